@@ -1,0 +1,514 @@
+"""Digest authentication (RFC 2617, RFC 7616, RFC 8760 for SHA-256).
+
+Sans-IO: the caller passes ``now`` (seconds, any monotonic-enough clock that
+all nodes sharing the secret agree on, normally the wall clock) and a
+``lookup`` for stored credentials; nothing here reads a clock or a socket.
+
+Credentials are stored as HA1 digests only (``ha1()``), one per algorithm.
+Nonces are stateless: a timestamp, a random salt and an HMAC over both with a
+node (or cluster) secret, so any node holding the secret can verify them.
+Only nonce-counts are kept, in a bounded table, to refuse replays.
+"""
+
+import hashlib
+import hmac
+import os
+from base64 import urlsafe_b64encode
+from collections import deque
+from dataclasses import dataclass
+from urllib.parse import unquote
+
+from .errors import SipParseError
+
+#: algorithm name -> hash constructor (RFC 7616 §3.2, RFC 8760)
+_HASHES = {"MD5": hashlib.md5, "SHA-256": hashlib.sha256}
+
+#: upper-cased algorithm token -> canonical spelling
+_ALGORITHMS = {
+    "MD5": "MD5", "MD5-SESS": "MD5-sess",
+    "SHA-256": "SHA-256", "SHA-256-SESS": "SHA-256-sess",
+}
+
+#: order in which challenges are offered: strongest first (RFC 8760 §2.4)
+_PREFERENCE = ("SHA-256", "MD5")
+
+_REQUIRED = ("username", "realm", "nonce", "uri", "response")
+_HEX = "0123456789abcdefABCDEF"
+_WS = " \t\r\n"
+_KEY_STRIP = " \t\r\n,"
+
+
+def ha1(username: str, realm: str, password: str, algorithm: str = "MD5") -> str:
+    """Return the hex HA1 ``H(username:realm:password)`` to store for a user.
+
+    ``algorithm`` is ``"MD5"`` or ``"SHA-256"`` (the -sess variants derive
+    their HA1 per session from this one, see ``expected_response``).
+    Raises ``ValueError`` for any other algorithm.
+    """
+    h = _HASHES.get(algorithm)
+    if h is None:
+        raise ValueError(f"unsupported digest algorithm {algorithm!r}")
+    return h(f"{username}:{realm}:{password}".encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """The parameters of one ``Digest`` Authorization header value."""
+
+    username: str
+    """User name, unquoted (``username*`` of RFC 7616 decoded)."""
+    realm: str
+    """Realm the client answers, unquoted."""
+    nonce: str
+    """Server nonce the client answers, as sent."""
+    uri: str
+    """The ``uri`` parameter (digest-uri), unquoted, not checked here."""
+    response: str
+    """The client's hex response, lower-cased."""
+    algorithm: str = "MD5"
+    """Canonical algorithm: ``MD5``, ``MD5-sess``, ``SHA-256``, ``SHA-256-sess``
+    or, unknown, as sent. ``MD5`` when absent."""
+    qop: str | None = None
+    """``auth``, ``auth-int`` (lower-cased), or None (RFC 2069 compatibility)."""
+    nc: str | None = None
+    """Nonce-count as sent (8 hex digits); present whenever ``qop`` is."""
+    cnonce: str | None = None
+    """Client nonce; present whenever ``qop`` is."""
+    opaque: str | None = None
+    """Opaque value echoed from the challenge, if any."""
+
+
+def _bad(detail: str) -> SipParseError:
+    return SipParseError(f"Bad Digest Credentials ({detail})")
+
+
+def _quoted(s: str, j: int) -> tuple[str, int]:
+    """Read a quoted-string whose opening quote is at ``j - 1``.
+
+    Return the unescaped content and the index just past the closing quote.
+    """
+    end = s.find('"', j)
+    if end < 0:
+        raise _bad("unterminated quoted string")
+    slash = s.find("\\", j, end)
+    if slash < 0:
+        return s[j:end], end + 1
+    out = []
+    n = len(s)
+    while j < n:
+        c = s[j]
+        if c == "\\":
+            if j + 1 >= n:
+                break
+            out.append(s[j + 1])
+            j += 2
+        elif c == '"':
+            return "".join(out), j + 1
+        else:
+            out.append(c)
+            j += 1
+    raise _bad("unterminated quoted string")
+
+
+def _params(s: str, i: int) -> dict[str, str]:
+    """Parse ``k=v, k="v", ...`` from ``s[i:]`` into a dict of lower-case keys.
+
+    The fast path splits on commas; values with escapes, quoted commas or
+    anything unusual go through the character scanner ``_params_slow``.
+    """
+    if "\\" in s:
+        return _params_slow(s, i)
+    params: dict[str, str] = {}
+    for part in s[i:].split(","):
+        key, eq, value = part.partition("=")
+        if not eq:
+            if part.strip(_WS):
+                return _params_slow(s, i)
+            continue
+        value = value.strip(_WS)
+        if value[:1] == '"':
+            if len(value) < 2 or value[-1] != '"' or '"' in value[1:-1]:
+                return _params_slow(s, i)
+            value = value[1:-1]
+        key = key.strip(_WS).lower()
+        if not key or '"' in key or " " in key or "\t" in key:
+            raise _bad("malformed parameter name")
+        if key in params:
+            raise _bad("duplicate parameter")
+        params[key] = value
+    return params
+
+
+def _params_slow(s: str, i: int) -> dict[str, str]:
+    """Scan ``k=v, k="v", ...`` from ``s[i:]`` character by character."""
+    params: dict[str, str] = {}
+    n = len(s)
+    while i < n:
+        eq = s.find("=", i)
+        if eq < 0:
+            if s[i:].strip(_KEY_STRIP):
+                raise _bad("parameter without value")
+            break
+        key = s[i:eq].strip(_KEY_STRIP).lower()
+        if not key or '"' in key or " " in key or "\t" in key:
+            raise _bad("malformed parameter name")
+        j = eq + 1
+        while j < n and s[j] in _WS:
+            j += 1
+        if j < n and s[j] == '"':
+            value, j = _quoted(s, j + 1)
+            comma = s.find(",", j)
+            if comma < 0:
+                comma = n
+            if s[j:comma].strip(_WS):
+                raise _bad("junk after quoted string")
+            i = comma + 1
+        else:
+            comma = s.find(",", j)
+            if comma < 0:
+                comma = n
+            value = s[j:comma].strip(_WS)
+            i = comma + 1
+        if key in params:
+            raise _bad("duplicate parameter")
+        params[key] = value
+    return params
+
+
+def _ext_value(value: str) -> str:
+    """Decode an RFC 5987 ext-value (``UTF-8''Mu%C3%A4fasa``)."""
+    parts = value.split("'", 2)
+    if len(parts) != 3:
+        raise _bad("malformed username*")
+    charset = parts[0].lower() or "utf-8"
+    if charset not in ("utf-8", "iso-8859-1"):
+        raise _bad("unsupported charset in username*")
+    try:
+        return unquote(parts[2], encoding=charset, errors="strict")
+    except UnicodeDecodeError:
+        raise _bad("malformed username*") from None
+
+
+def parse_credentials(value: str) -> Credentials:
+    """Parse an Authorization or Proxy-Authorization header value.
+
+    Accepts ``Digest k=v, k="v", ...`` with any case for the scheme and the
+    keys, spaces around ``=`` and ``,``, quoted strings with backslash
+    escapes, and unknown parameters (ignored). Raises ``SipParseError``
+    (400) when the scheme is not Digest, a required parameter (username,
+    realm, nonce, uri, response) is missing, a parameter is repeated,
+    ``qop`` comes without ``nc``/``cnonce`` or ``nc`` is not 8 hex digits.
+    """
+    s = value.lstrip(_WS)
+    if s[:6].lower() != "digest" or (len(s) > 6 and s[6] not in _WS):
+        raise _bad("not Digest")
+    p = _params(s, 6)
+    if "username*" in p:
+        if "username" in p:
+            raise _bad("both username and username*")
+        p["username"] = _ext_value(p["username*"])
+    for key in _REQUIRED:
+        if key not in p:
+            raise _bad(f"missing {key}")
+    algorithm = p.get("algorithm")
+    if algorithm is None:
+        algorithm = "MD5"
+    else:
+        algorithm = _ALGORITHMS.get(algorithm.upper(), algorithm)
+    qop = p.get("qop")
+    nc = p.get("nc")
+    cnonce = p.get("cnonce")
+    if qop is not None:
+        qop = qop.lower()
+        if nc is None or cnonce is None:
+            raise _bad("qop without nc or cnonce")
+        if len(nc) != 8 or nc.strip(_HEX):
+            raise _bad("malformed nc")
+    return Credentials(
+        p["username"], p["realm"], p["nonce"], p["uri"], p["response"].lower(),
+        algorithm, qop, nc, cnonce, p.get("opaque"))
+
+
+def expected_response(creds: Credentials, method: str, ha1_hex: str,
+                      body: bytes = b"") -> str | None:
+    """Return the hex response a client knowing ``ha1_hex`` must send.
+
+    Covers qop ``auth`` (RFC 2617 §3.2.2.1), qop absent (RFC 2069
+    compatibility), ``auth-int`` (HA2 over ``H(body)``, the message body)
+    and the ``-sess`` algorithms, whose session HA1 is
+    ``H(ha1_hex:nonce:cnonce)``. ``ha1_hex`` must be lower-case hex as
+    ``ha1()`` returns. Returns None when the response cannot be computed: an
+    unknown algorithm or qop, or a ``-sess`` algorithm without qop (no
+    cnonce). ``Authenticator`` offers only ``qop="auth"`` and refuses
+    ``auth-int`` answers.
+    """
+    algorithm = creds.algorithm
+    h = _HASHES.get(algorithm)
+    sess = False
+    if h is None:
+        if not algorithm.endswith("-sess"):
+            return None
+        h = _HASHES.get(algorithm[:-5])
+        if h is None:
+            return None
+        sess = True
+    qop = creds.qop
+    if qop is None:
+        if sess:
+            return None
+        ha2 = h(f"{method}:{creds.uri}".encode()).hexdigest()
+        return h(f"{ha1_hex}:{creds.nonce}:{ha2}".encode()).hexdigest()
+    if qop == "auth":
+        ha2 = h(f"{method}:{creds.uri}".encode()).hexdigest()
+    elif qop == "auth-int":
+        ha2 = h(f"{method}:{creds.uri}:{h(body).hexdigest()}".encode()).hexdigest()
+    else:
+        return None
+    if sess:
+        ha1_hex = h(f"{ha1_hex}:{creds.nonce}:{creds.cnonce}".encode()).hexdigest()
+    return h(f"{ha1_hex}:{creds.nonce}:{creds.nc}:{creds.cnonce}:{qop}:{ha2}"
+             .encode()).hexdigest()
+
+
+class NonceFactory:
+    """Makes and verifies stateless nonces.
+
+    A nonce is 48 URL-safe characters: the issue time in milliseconds (12
+    hex digits), a random salt (12 base64url characters), and a truncated
+    HMAC-SHA256 of those 24 characters under ``secret`` (24 base64url
+    characters). Every node that holds ``secret`` can verify a nonce
+    another made, so the secret should be shared across the cluster.
+    """
+
+    __slots__ = ("_secret", "lifetime", "max_skew")
+
+    def __init__(self, secret: bytes, lifetime: float = 300.0,
+                 max_skew: float = 5.0):
+        """``lifetime``: seconds a nonce stays fresh; ``max_skew``: seconds a
+        nonce may seem to come from the future (clock skew between nodes)."""
+        if not secret:
+            raise ValueError("nonce secret must not be empty")
+        self._secret = bytes(secret)
+        self.lifetime = lifetime
+        self.max_skew = max_skew
+
+    def _mac(self, prefix: str) -> str:
+        mac = hmac.digest(self._secret, prefix.encode("ascii"), "sha256")
+        return urlsafe_b64encode(mac[:18]).decode("ascii")
+
+    def make(self, now: float) -> str:
+        """Return a fresh nonce issued at ``now``."""
+        prefix = "%012x" % int(now * 1000) + urlsafe_b64encode(os.urandom(9)).decode("ascii")
+        return prefix + self._mac(prefix)
+
+    def _check(self, nonce: str, now: float) -> tuple[str, float]:
+        """Return (status as ``check``, the nonce's expiry time or 0.0)."""
+        if len(nonce) != 48 or not nonce.isascii():
+            return "invalid", 0.0
+        if not hmac.compare_digest(self._mac(nonce[:24]), nonce[24:]):
+            return "invalid", 0.0
+        issued = int(nonce[:12], 16) / 1000.0
+        expires_at = issued + self.lifetime
+        if now > expires_at or issued - now > self.max_skew:
+            return "stale", expires_at
+        return "ok", expires_at
+
+    def check(self, nonce: str, now: float) -> str:
+        """Return ``"ok"``, ``"stale"`` (genuine but older than ``lifetime``,
+        or from further in the future than ``max_skew``) or ``"invalid"``
+        (malformed, tampered with, or made with another secret)."""
+        return self._check(nonce, now)[0]
+
+
+class NonceCounts:
+    """Highest nonce-count seen per nonce, to refuse replays (RFC 7616 §3.4).
+
+    Memory is bounded by ``max_entries``: expired entries are dropped first,
+    then the oldest ones. Whenever a live entry is dropped, every nonce not
+    in the table that expires no later than it is refused from then on, so
+    eviction can cost a client one more challenge but never lets a replay
+    through.
+    """
+
+    __slots__ = ("max_entries", "_table", "_order", "_floor")
+
+    def __init__(self, max_entries: int = 100_000):
+        """Keep at most ``max_entries`` nonces."""
+        if max_entries < 1:
+            raise ValueError("max_entries must be positive")
+        self.max_entries = max_entries
+        self._table: dict[str, list] = {}
+        self._order: deque[str] = deque()
+        self._floor = float("-inf")
+
+    def __len__(self) -> int:
+        """Number of nonces tracked."""
+        return len(self._table)
+
+    def accept(self, nonce: str, nc: int, now: float, expires_at: float) -> bool:
+        """Record nonce-count ``nc`` for ``nonce``; False when it is a replay.
+
+        A count not greater than the highest seen for the nonce is refused;
+        so is a nonce already expired at ``now`` or one that may have been
+        evicted. ``expires_at`` is when the nonce stops being fresh.
+        """
+        entry = self._table.get(nonce)
+        if entry is not None:
+            if nc <= entry[0]:
+                return False
+            entry[0] = nc
+            return True
+        if nc < 1 or expires_at <= now or expires_at <= self._floor:
+            return False
+        self._sweep(now)
+        self._table[nonce] = [nc, expires_at]
+        self._order.append(nonce)
+        return True
+
+    def _sweep(self, now: float) -> None:
+        table, order = self._table, self._order
+        while order and table[order[0]][1] <= now:
+            del table[order.popleft()]
+        while len(table) >= self.max_entries:
+            expires_at = table.pop(order.popleft())[1]
+            if expires_at > self._floor:
+                self._floor = expires_at
+
+
+@dataclass(frozen=True, slots=True)
+class AuthResult:
+    """The outcome of ``Authenticator.authenticate``.
+
+    A wrong password and an unknown user give equal results, so that users
+    cannot be enumerated (the challenges differ only by their nonce).
+    """
+
+    ok: bool
+    """True when the credentials are valid."""
+    username: str | None
+    """The authenticated user when ``ok``, else None."""
+    challenges: list[str]
+    """WWW-Authenticate / Proxy-Authenticate values to send when not ``ok``
+    (SHA-256 first, then MD5); empty when ``ok``."""
+    stale: bool
+    """True when the response was right but the nonce had expired."""
+    reason: str
+    """Short cause, for logs and counters: ``ok``, ``missing`` (no
+    credentials for our realm), ``unsupported`` (algorithm or qop),
+    ``nonce`` (not ours), ``stale``, ``denied`` (wrong password or unknown
+    user, never told apart) or ``replay`` (nonce-count reused)."""
+
+
+def _quote(s: str) -> str:
+    return s.replace("\\", "\\\\").replace('"', '\\"')
+
+
+class Authenticator:
+    """Digest authentication of requests for one realm.
+
+    ``lookup(username)`` returns the user's stored HA1 per algorithm, e.g.
+    ``{"MD5": "...", "SHA-256": "..."}`` (lower-case hex, as ``ha1()``
+    gives), or None for an unknown user. A user without an HA1 for the
+    algorithm the client chose is treated as unknown. ``secret`` keys the
+    nonces (share it across the nodes of a cluster). ``algorithms`` are the
+    ones offered, among ``"MD5"`` and ``"SHA-256"``; the matching ``-sess``
+    variants are accepted too.
+    """
+
+    def __init__(self, realm: str, secret: bytes, lookup,
+                 nonce_lifetime: float = 300.0,
+                 algorithms: tuple[str, ...] = ("MD5", "SHA-256"),
+                 max_nonces: int = 100_000):
+        """Build an authenticator; ``max_nonces`` bounds the replay table."""
+        for a in algorithms:
+            if a not in _HASHES:
+                raise ValueError(f"unsupported digest algorithm {a!r}")
+        if not algorithms:
+            raise ValueError("no digest algorithm configured")
+        self.realm = realm
+        self.lookup = lookup
+        self.nonces = NonceFactory(secret, nonce_lifetime)
+        self.counts = NonceCounts(max_nonces)
+        offered = [a for a in _PREFERENCE if a in algorithms]
+        self.algorithms = tuple(offered)
+        self._accepted = {}
+        for a in offered:
+            self._accepted[a] = a
+            self._accepted[a + "-sess"] = a
+        rank = {a: i for i, a in enumerate(offered)}
+        self._rank = {name: rank[base] for name, base in self._accepted.items()}
+        dummy_password = os.urandom(16).hex()
+        self._dummy = {a: ha1("", realm, dummy_password, a) for a in offered}
+        head = f'Digest realm="{_quote(realm)}", nonce="'
+        self._challenge_parts = [
+            (head, f'", algorithm={a}, qop="auth"') for a in offered]
+
+    def challenge(self, now: float, stale: bool = False) -> list[str]:
+        """Return fresh challenge values, one per algorithm, SHA-256 first."""
+        nonce = self.nonces.make(now)
+        tail = ", stale=true" if stale else ""
+        return [head + nonce + rest + tail for head, rest in self._challenge_parts]
+
+    def _fail(self, now: float, reason: str, stale: bool = False) -> AuthResult:
+        return AuthResult(False, None, self.challenge(now, stale), stale, reason)
+
+    def _pick(self, header_values: list[str]) -> Credentials | None:
+        best = None
+        best_rank = len(self.algorithms)
+        unsupported = None
+        for value in header_values:
+            s = value.lstrip(_WS)
+            if s[:6].lower() != "digest":
+                continue
+            creds = parse_credentials(s)
+            if creds.realm != self.realm:
+                continue
+            rank = self._rank.get(creds.algorithm)
+            if rank is None:
+                unsupported = creds
+            elif rank < best_rank:
+                best, best_rank = creds, rank
+        return best or unsupported
+
+    def authenticate(self, method: str, header_values: list[str],
+                     now: float) -> AuthResult:
+        """Check a request's Authorization (or Proxy-Authorization) values.
+
+        Picks the credentials for our realm (the strongest algorithm if
+        several); values of other schemes or realms are ignored. Raises
+        ``SipParseError`` (400) when a Digest value is malformed. Without
+        usable credentials, with a foreign or stale nonce, a wrong response
+        or a replayed nonce-count, returns ``ok=False`` with fresh
+        challenges; ``stale`` is set only when the response was right for
+        an expired nonce. Credentials without qop (RFC 2069) are accepted
+        while the nonce is fresh; they cannot be protected against replay
+        within its lifetime. The digest-uri is not checked here.
+        """
+        creds = self._pick(header_values) if header_values else None
+        if creds is None:
+            return self._fail(now, "missing")
+        base = self._accepted.get(creds.algorithm)
+        qop = creds.qop
+        if base is None or (qop is not None and qop != "auth"):
+            return self._fail(now, "unsupported")
+        status, expires_at = self.nonces._check(creds.nonce, now)
+        if status == "invalid":
+            return self._fail(now, "nonce")
+        stored = self.lookup(creds.username)
+        user_ha1 = stored.get(base) if stored is not None else None
+        if user_ha1 is None:
+            expected = expected_response(creds, method, self._dummy[base])
+        else:
+            expected = expected_response(creds, method, user_ha1)
+        response = creds.response
+        if not response.isascii():
+            response = ""
+        matches = hmac.compare_digest(expected or "", response)
+        if user_ha1 is None or not matches:
+            return self._fail(now, "denied")
+        if status == "stale":
+            return self._fail(now, "stale", stale=True)
+        if qop is not None and not self.counts.accept(
+                creds.nonce, int(creds.nc, 16), now, expires_at):
+            return self._fail(now, "replay")
+        return AuthResult(True, creds.username, [], False, "ok")

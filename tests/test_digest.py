@@ -1,0 +1,390 @@
+"""Tests for sipcore.digest: RFC vectors, nonces, replay table, parsing, end to end."""
+
+import hashlib
+
+import pytest
+
+from sipcore.digest import (
+    Authenticator, AuthResult, Credentials, NonceCounts, NonceFactory,
+    expected_response, ha1, parse_credentials,
+)
+from sipcore.errors import SipParseError
+
+RFC2617_HEADER = (
+    'Digest username="Mufasa", realm="testrealm@host.com", '
+    'nonce="dcd98b7102dd2f0e8b11d0f600bfb0c093", uri="/dir/index.html", '
+    'qop=auth, nc=00000001, cnonce="0a4f113b", '
+    'response="6629fae49393a05397450978507c4ef1", '
+    'opaque="5ccc069c403ebaf9f0171e9517f40e41"')
+
+RFC7616_REALM = "http-auth@example.org"
+RFC7616_NONCE = "7ypf/xlj9XXwfDPEoM4URrv/xwf94BcCAzFZH4GiTo0v"
+RFC7616_CNONCE = "f2/wE4q74E6zIJEtWaHKaf5wv/H5QzzpXusqGemxURZJ"
+RFC7616_OPAQUE = "FQhe/qaU925kfnzjCev0ciny7QMkPqMAFRtzCUYo5tdS"
+
+
+def rfc7616_header(algorithm: str, response: str) -> str:
+    return (
+        f'Digest username="Mufasa", realm="{RFC7616_REALM}", '
+        f'uri="/dir/index.html", algorithm={algorithm}, '
+        f'nonce="{RFC7616_NONCE}", nc=00000001, cnonce="{RFC7616_CNONCE}", '
+        f'qop=auth, response="{response}", opaque="{RFC7616_OPAQUE}"')
+
+
+# ---- known vectors -------------------------------------------------------
+
+def test_ha1_md5_and_sha256():
+    assert ha1("Mufasa", "testrealm@host.com", "Circle Of Life") == \
+        "939e7578ed9e3c518a452acee763bce9"
+    assert ha1("Mufasa", RFC7616_REALM, "Circle of Life", "SHA-256") == \
+        hashlib.sha256(b"Mufasa:http-auth@example.org:Circle of Life").hexdigest()
+    assert len(ha1("a", "b", "c", "SHA-256")) == 64
+    with pytest.raises(ValueError):
+        ha1("a", "b", "c", "SHA-512")
+
+
+def test_rfc2617_example():
+    creds = parse_credentials(RFC2617_HEADER)
+    assert creds.algorithm == "MD5" and creds.qop == "auth"
+    assert creds.opaque == "5ccc069c403ebaf9f0171e9517f40e41"
+    h = ha1("Mufasa", "testrealm@host.com", "Circle Of Life")
+    assert expected_response(creds, "GET", h) == "6629fae49393a05397450978507c4ef1"
+
+
+def test_rfc7616_md5_example():
+    creds = parse_credentials(rfc7616_header("MD5", "8ca523f5e9506fed4657c9700eebdbec"))
+    h = ha1("Mufasa", RFC7616_REALM, "Circle of Life", "MD5")
+    assert expected_response(creds, "GET", h) == creds.response
+
+
+def test_rfc7616_sha256_example():
+    response = "753927fa0e85d155564e2e272a28d1802ca10daf4496794697cf8db5856cb6c1"
+    creds = parse_credentials(rfc7616_header("SHA-256", response))
+    assert creds.algorithm == "SHA-256"
+    h = ha1("Mufasa", RFC7616_REALM, "Circle of Life", "SHA-256")
+    assert expected_response(creds, "GET", h) == response
+
+
+def test_expected_response_variants():
+    md5 = lambda s: hashlib.md5(s.encode()).hexdigest()  # noqa: E731
+    h = ha1("bob", "r", "pw")
+    base = Credentials("bob", "r", "n1", "sip:r", "x")
+    assert expected_response(base, "REGISTER", h) == \
+        md5(f"{h}:n1:{md5('REGISTER:sip:r')}")
+    sess = Credentials("bob", "r", "n1", "sip:r", "x", "MD5-sess", "auth",
+                       "00000001", "cn")
+    ha1_sess = md5(f"{h}:n1:cn")
+    assert expected_response(sess, "REGISTER", h) == \
+        md5(f"{ha1_sess}:n1:00000001:cn:auth:{md5('REGISTER:sip:r')}")
+    body = b"v=0\r\n"
+    aint = Credentials("bob", "r", "n1", "sip:r", "x", "MD5", "auth-int",
+                       "00000001", "cn")
+    ha2 = md5(f"INVITE:sip:r:{hashlib.md5(body).hexdigest()}")
+    assert expected_response(aint, "INVITE", h, body) == \
+        md5(f"{h}:n1:00000001:cn:auth-int:{ha2}")
+    assert expected_response(Credentials("bob", "r", "n", "u", "x", "SHA-512"),
+                             "GET", h) is None
+    assert expected_response(Credentials("bob", "r", "n", "u", "x", "MD5-sess"),
+                             "GET", h) is None
+    assert expected_response(Credentials("bob", "r", "n", "u", "x", "MD5",
+                                         "bogus", "00000001", "c"), "GET", h) is None
+
+
+# ---- nonces --------------------------------------------------------------
+
+def test_nonce_round_trip():
+    f = NonceFactory(b"secret", lifetime=300.0)
+    n = f.make(1000.0)
+    assert len(n) == 48
+    assert not set(n) & set('",; \\=')
+    assert f.check(n, 1000.0) == "ok"
+    assert f.check(n, 1299.9) == "ok"
+    assert f.check(n, 1300.5) == "stale"
+    assert f.make(1000.0) != n
+
+
+def test_nonce_from_the_future_is_stale_beyond_skew():
+    f = NonceFactory(b"secret", lifetime=300.0, max_skew=5.0)
+    n = f.make(1000.0)
+    assert f.check(n, 997.0) == "ok"
+    assert f.check(n, 990.0) == "stale"
+
+
+def test_nonce_tampered_or_foreign_is_invalid():
+    f = NonceFactory(b"secret")
+    n = f.make(1000.0)
+    assert NonceFactory(b"other").check(n, 1000.0) == "invalid"
+    flipped = n[:-1] + ("A" if n[-1] != "A" else "B")
+    assert f.check(flipped, 1000.0) == "invalid"
+    later = "%012x" % (int(n[:12], 16) + 100_000) + n[12:]
+    assert f.check(later, 1000.0) == "invalid"
+    for bad in ("", "abc", n + "x", n[:-1], "é" * 48, "dcd98b7102dd2f0e8b11d0f600bfb0c093"):
+        assert f.check(bad, 1000.0) == "invalid"
+
+
+def test_nonce_secret_required():
+    with pytest.raises(ValueError):
+        NonceFactory(b"")
+
+
+# ---- nonce counts --------------------------------------------------------
+
+def test_nc_replay_refused_increasing_accepted():
+    t = NonceCounts()
+    assert t.accept("n", 1, 0.0, 300.0)
+    assert not t.accept("n", 1, 1.0, 300.0)
+    assert t.accept("n", 2, 1.0, 300.0)
+    assert t.accept("n", 5, 1.0, 300.0)
+    assert not t.accept("n", 4, 1.0, 300.0)
+    assert not t.accept("n", 5, 1.0, 300.0)
+    assert t.accept("other", 1, 1.0, 300.0)
+    assert not t.accept("zero", 0, 1.0, 300.0)
+    assert not t.accept("expired", 1, 301.0, 300.0)
+
+
+def test_nonce_counts_bounded_and_evicted_never_replayable():
+    t = NonceCounts(max_entries=10)
+    for i in range(100):
+        assert t.accept(f"n{i}", 1, 0.0, 100.0 + i)
+        assert len(t) <= 10
+    assert len(t) == 10
+    assert not t.accept("n0", 1, 0.0, 100.0)
+    assert not t.accept("n0", 2, 0.0, 100.0)
+    assert not t.accept("n95", 1, 0.0, 195.0)
+    assert t.accept("n95", 2, 0.0, 195.0)
+
+
+def test_nonce_counts_expired_entries_swept_first():
+    t = NonceCounts(max_entries=10)
+    for i in range(5):
+        t.accept(f"old{i}", 1, 0.0, 10.0)
+    t.accept("fresh", 1, 20.0, 100.0)
+    assert len(t) == 1
+    assert not t.accept("old0", 1, 20.0, 10.0)
+
+
+# ---- parsing -------------------------------------------------------------
+
+def test_parse_tricky_input():
+    c = parse_credentials(
+        '  digest   USERNAME = "Mu\\"fa\\\\sa" ,Realm="a, b=c",nonce=abc,'
+        '\turi = "sip:x@y;transport=udp",  response="ABCDEF", '
+        'ALGORITHM=sha-256,  qop="AUTH", NC=0000000a, cnonce="q\\"",foo=bar,')
+    assert c.username == 'Mu"fa\\sa'
+    assert c.realm == "a, b=c"
+    assert c.nonce == "abc"
+    assert c.uri == "sip:x@y;transport=udp"
+    assert c.response == "abcdef"
+    assert c.algorithm == "SHA-256"
+    assert c.qop == "auth"
+    assert c.nc == "0000000a"
+    assert c.cnonce == 'q"'
+    assert c.opaque is None
+
+
+def test_parse_quoted_commas_and_equals_without_escapes():
+    c = parse_credentials(
+        'Digest username="a,b", realm="x=y, z", nonce="n", uri="sip:u;lr", '
+        'response="0", opaque=""')
+    assert (c.username, c.realm, c.uri, c.opaque) == ("a,b", "x=y, z", "sip:u;lr", "")
+
+
+def test_parse_defaults_and_username_star():
+    c = parse_credentials(
+        "Digest username*=UTF-8''J%C3%A4s%C3%B8n, realm=r, nonce=n, uri=u, response=00")
+    assert c.username == "Jäsøn"
+    assert c.algorithm == "MD5" and c.qop is None and c.nc is None
+    assert parse_credentials(
+        "Digest username=a,realm=r,nonce=n,uri=u,response=0,algorithm=md5-sess"
+    ).algorithm == "MD5-sess"
+
+
+@pytest.mark.parametrize("value", [
+    "",
+    "Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ==",
+    "Digestusername=a",
+    'Digest realm="r", nonce="n", uri="u", response="0"',
+    'Digest username="a", nonce="n", uri="u", response="0"',
+    'Digest username="a", realm="r", uri="u", response="0"',
+    'Digest username="a", realm="r", nonce="n", response="0"',
+    'Digest username="a", realm="r", nonce="n", uri="u"',
+    'Digest username="a, realm="r", nonce="n", uri="u", response="0',
+    'Digest username="a" x, realm="r", nonce="n", uri="u", response="0"',
+    'Digest username="a", username="b", realm="r", nonce="n", uri="u", response="0"',
+    'Digest username="a", realm="r", nonce="n", uri="u", response="0", qop=auth',
+    'Digest username="a", realm="r", nonce="n", uri="u", response="0", qop=auth, '
+    'nc=1, cnonce="c"',
+    'Digest username="a", realm="r", nonce="n", uri="u", response="0", qop=auth, '
+    'nc=0x000001, cnonce="c"',
+    'Digest username="a", realm="r", nonce="n", uri="u", response="0", stray',
+    "Digest username*=nope, realm=r, nonce=n, uri=u, response=0",
+])
+def test_parse_malformed_is_400(value):
+    with pytest.raises(SipParseError) as err:
+        parse_credentials(value)
+    assert err.value.status == 400
+
+
+# ---- Authenticator end to end --------------------------------------------
+
+REALM = "tandem.test"
+USERS = {
+    "alice": {"MD5": ha1("alice", REALM, "wonderland"),
+              "SHA-256": ha1("alice", REALM, "wonderland", "SHA-256")},
+    "oldie": {"MD5": ha1("oldie", REALM, "pw")},
+}
+
+
+def make_auth(**kw) -> Authenticator:
+    return Authenticator(REALM, b"cluster-secret", USERS.get, **kw)
+
+
+def answer(challenge: str, user: str, password: str, method: str = "REGISTER",
+           nc: int = 1, cnonce: str = "0a4f113b", qop: bool = True,
+           algorithm: str | None = None) -> str:
+    """Play the client: answer one challenge value."""
+    params = parse_credentials(
+        challenge + ', username="x", uri="x", response="0"'
+        + (', nc=00000001, cnonce="x"' if 'qop=' in challenge else ""))
+    alg = algorithm or params.algorithm
+    uri = f"sip:{REALM}"
+    creds = Credentials(user, params.realm, params.nonce, uri, "", alg,
+                        "auth" if qop else None, f"{nc:08x}" if qop else None,
+                        cnonce if qop else None)
+    base = alg.removesuffix("-sess")
+    resp = expected_response(creds, method, ha1(user, params.realm, password, base))
+    value = (f'Digest username="{user}", realm="{params.realm}", '
+             f'nonce="{params.nonce}", uri="{uri}", response="{resp}", '
+             f'algorithm={alg}')
+    if qop:
+        value += f', qop=auth, nc={nc:08x}, cnonce="{cnonce}"'
+    return value
+
+
+def challenge_for(result: AuthResult, algorithm: str) -> str:
+    return next(c for c in result.challenges if f"algorithm={algorithm}," in c)
+
+
+def test_no_header_gives_challenges_sha256_first():
+    r = make_auth().authenticate("REGISTER", [], 100.0)
+    assert not r.ok and r.username is None and not r.stale and r.reason == "missing"
+    assert len(r.challenges) == 2
+    assert r.challenges[0].startswith(f'Digest realm="{REALM}", nonce="')
+    assert "algorithm=SHA-256" in r.challenges[0]
+    assert "algorithm=MD5" in r.challenges[1]
+    assert all('qop="auth"' in c and "stale" not in c for c in r.challenges)
+
+
+def test_challenge_stale_flag_and_single_algorithm():
+    a = make_auth(algorithms=("MD5",))
+    values = a.challenge(0.0, stale=True)
+    assert len(values) == 1 and values[0].endswith(', qop="auth", stale=true')
+    with pytest.raises(ValueError):
+        make_auth(algorithms=("SHA-512",))
+
+
+@pytest.mark.parametrize("algorithm", ["MD5", "SHA-256"])
+def test_correct_credentials_ok(algorithm):
+    a = make_auth()
+    first = a.authenticate("REGISTER", [], 100.0)
+    value = answer(challenge_for(first, algorithm), "alice", "wonderland")
+    r = a.authenticate("REGISTER", [value], 101.0)
+    assert r == AuthResult(True, "alice", [], False, "ok")
+
+
+def test_sess_variant_and_rfc2069_accepted():
+    a = make_auth()
+    ch = challenge_for(a.authenticate("REGISTER", [], 0.0), "MD5")
+    assert a.authenticate("REGISTER", [answer(ch, "alice", "wonderland",
+                                              algorithm="MD5-sess")], 1.0).ok
+    assert a.authenticate("REGISTER", [answer(ch, "alice", "wonderland",
+                                              qop=False)], 1.0).ok
+
+
+def test_wrong_password_and_unknown_user_look_the_same():
+    a = make_auth()
+    ch = challenge_for(a.authenticate("REGISTER", [], 0.0), "MD5")
+    wrong = a.authenticate("REGISTER", [answer(ch, "alice", "nope")], 1.0)
+    unknown = a.authenticate("REGISTER", [answer(ch, "mallory", "nope")], 1.0)
+    missing_alg = a.authenticate(
+        "REGISTER", [answer(challenge_for(a.authenticate("REGISTER", [], 0.0), "SHA-256"),
+                            "oldie", "pw")], 1.0)
+    for r in (wrong, unknown, missing_alg):
+        assert (r.ok, r.username, r.stale, r.reason) == (False, None, False, "denied")
+        assert len(r.challenges) == 2
+    strip = lambda r: [c.split('nonce="')[0] + c.split('nonce="')[1][49:]  # noqa: E731
+                       for c in r.challenges]
+    assert strip(wrong) == strip(unknown) == strip(missing_alg)
+
+
+def test_stale_nonce():
+    a = make_auth(nonce_lifetime=30.0)
+    ch = challenge_for(a.authenticate("REGISTER", [], 0.0), "SHA-256")
+    value = answer(ch, "alice", "wonderland")
+    r = a.authenticate("REGISTER", [value], 31.0)
+    assert not r.ok and r.stale and r.reason == "stale"
+    assert all(c.endswith("stale=true") for c in r.challenges)
+    wrong = a.authenticate("REGISTER", [answer(ch, "alice", "bad")], 31.0)
+    assert not wrong.stale and wrong.reason == "denied"
+
+
+def test_replayed_nc_refused_then_higher_nc_ok():
+    a = make_auth()
+    ch = challenge_for(a.authenticate("REGISTER", [], 0.0), "MD5")
+    value = answer(ch, "alice", "wonderland", nc=1)
+    assert a.authenticate("REGISTER", [value], 1.0).ok
+    replay = a.authenticate("REGISTER", [value], 2.0)
+    assert not replay.ok and replay.reason == "replay" and len(replay.challenges) == 2
+    assert a.authenticate("REGISTER", [answer(ch, "alice", "wonderland", nc=2)], 3.0).ok
+
+
+def test_failed_attempt_does_not_burn_nonce_count():
+    a = make_auth()
+    ch = challenge_for(a.authenticate("REGISTER", [], 0.0), "MD5")
+    assert not a.authenticate("REGISTER", [answer(ch, "alice", "bad", nc=9)], 1.0).ok
+    assert a.authenticate("REGISTER", [answer(ch, "alice", "wonderland", nc=1)], 1.0).ok
+
+
+def test_bad_nonce_and_other_node_nonce():
+    a = make_auth()
+    ch = challenge_for(a.authenticate("REGISTER", [], 0.0), "MD5")
+    forged = ch.replace('nonce="', 'nonce="Z', 1)
+    r = a.authenticate("REGISTER", [answer(forged, "alice", "wonderland")], 1.0)
+    assert not r.ok and r.reason == "nonce" and not r.stale
+    peer = Authenticator(REALM, b"cluster-secret", USERS.get)
+    assert peer.authenticate("REGISTER", [answer(ch, "alice", "wonderland")], 1.0).ok
+
+
+def test_picks_our_realm_among_several_values():
+    a = make_auth()
+    ch = challenge_for(a.authenticate("REGISTER", [], 0.0), "SHA-256")
+    good = answer(ch, "alice", "wonderland")
+    other = good.replace(f'realm="{REALM}"', 'realm="elsewhere"')
+    basic = "Basic YWxpY2U6d29uZGVybGFuZA=="
+    r = a.authenticate("REGISTER", [basic, other, good], 1.0)
+    assert r.ok and r.username == "alice"
+    only_other = a.authenticate("REGISTER", [other], 1.0)
+    assert not only_other.ok and only_other.reason == "missing"
+
+
+def test_unsupported_algorithm_or_qop_rechallenged():
+    a = make_auth(algorithms=("SHA-256",))
+    ch = challenge_for(a.authenticate("REGISTER", [], 0.0), "SHA-256")
+    md5 = answer(ch.replace("SHA-256", "MD5"), "alice", "wonderland")
+    r = a.authenticate("REGISTER", [md5], 1.0)
+    assert not r.ok and r.reason == "unsupported" and len(r.challenges) == 1
+    aint = answer(ch, "alice", "wonderland").replace("qop=auth", "qop=auth-int")
+    assert a.authenticate("REGISTER", [aint], 1.0).reason == "unsupported"
+
+
+def test_malformed_digest_raises_400():
+    with pytest.raises(SipParseError) as err:
+        make_auth().authenticate("REGISTER", ['Digest username="a"'], 0.0)
+    assert err.value.status == 400
+
+
+def test_no_secret_in_repr():
+    a = make_auth()
+    text = repr(a) + repr(a.nonces) + repr(a.authenticate("REGISTER", [], 0.0))
+    assert "cluster-secret" not in text
+    assert USERS["alice"]["MD5"] not in text
