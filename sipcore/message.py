@@ -1,0 +1,473 @@
+"""SIP requests and responses: parsing, validation and serialisation (RFC 3261 §7, §20, §25).
+
+Parsing is lazy: ``parse_message`` only splits the start line and the
+header fields; structured values (Via, CSeq, Contact...) are parsed when
+first asked for and cached until a header changes. Headers keep their
+order and their raw text, so a proxy forwards what it did not touch
+byte for byte.
+"""
+
+from .errors import SipError, SipParseError
+from .headers import (CANONICAL, LIST_HEADERS, Via, parse_cseq, parse_int,
+                      parse_via, split_list)
+from .uri import NameAddr, SipUri, parse_name_addr, parse_uri
+
+REQUIRED = ("via", "from", "to", "call-id", "cseq")
+_TOKEN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~")
+
+REASONS = {
+    100: "Trying", 180: "Ringing", 181: "Call Is Being Forwarded", 182: "Queued",
+    183: "Session Progress", 200: "OK", 202: "Accepted", 301: "Moved Permanently",
+    302: "Moved Temporarily", 400: "Bad Request", 401: "Unauthorized",
+    403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
+    407: "Proxy Authentication Required", 408: "Request Timeout",
+    413: "Request Entity Too Large", 414: "Request-URI Too Long",
+    415: "Unsupported Media Type", 416: "Unsupported URI Scheme",
+    420: "Bad Extension", 423: "Interval Too Brief",
+    480: "Temporarily Unavailable", 481: "Call/Transaction Does Not Exist",
+    482: "Loop Detected", 483: "Too Many Hops", 484: "Address Incomplete",
+    486: "Busy Here", 487: "Request Terminated", 488: "Not Acceptable Here",
+    500: "Server Internal Error", 501: "Not Implemented", 502: "Bad Gateway",
+    503: "Service Unavailable", 504: "Server Time-out",
+    505: "Version Not Supported", 513: "Message Too Large", 600: "Busy Everywhere",
+    603: "Decline", 604: "Does Not Exist Anywhere", 606: "Not Acceptable",
+}
+
+
+class Message:
+    """Common part of requests and responses.
+
+    ``headers`` is a list of ``[key, name, value]`` where ``key`` is the
+    lower-case canonical name used for lookups and ``name`` the spelling
+    written on the wire.
+    """
+
+    __slots__ = ("headers", "body", "_cache")
+
+    def __init__(self, headers: list | None = None, body: bytes = b""):
+        self.headers = headers if headers is not None else []
+        self.body = body
+        self._cache: dict = {}
+
+    # -- raw header access -------------------------------------------------
+    def get(self, name: str) -> str | None:
+        """The first value of header ``name`` (case-insensitive), or None."""
+        key = name.lower()
+        for h in self.headers:
+            if h[0] == key:
+                return h[2]
+        return None
+
+    def get_all(self, name: str) -> list[str]:
+        """Every value of ``name``, with comma-separated lists split."""
+        key = name.lower()
+        out: list[str] = []
+        split = key in LIST_HEADERS
+        for h in self.headers:
+            if h[0] == key:
+                if split:
+                    out.extend(v for v in split_list(h[2]) if v)
+                else:
+                    out.append(h[2])
+        return out
+
+    def raw_values(self, name: str) -> list[str]:
+        """Every header line's value for ``name``, unsplit."""
+        key = name.lower()
+        return [h[2] for h in self.headers if h[0] == key]
+
+    def add(self, name: str, value: str) -> None:
+        """Append a header field."""
+        self._cache.clear()
+        self.headers.append([_key(name), _display(name), value])
+
+    def prepend(self, name: str, value: str) -> None:
+        """Insert a header field before any other of the same name (or at the top)."""
+        self._cache.clear()
+        key = _key(name)
+        for i, h in enumerate(self.headers):
+            if h[0] == key:
+                self.headers.insert(i, [key, _display(name), value])
+                return
+        self.headers.insert(0, [key, _display(name), value])
+
+    def set(self, name: str, value: str) -> None:
+        """Replace every field ``name`` with one holding ``value``."""
+        self.remove(name)
+        self.add(name, value)
+
+    def remove(self, name: str) -> None:
+        """Drop every field ``name``."""
+        self._cache.clear()
+        key = name.lower()
+        self.headers = [h for h in self.headers if h[0] != key]
+
+    def pop_first_value(self, name: str) -> str | None:
+        """Remove and return the first value of a list header (e.g. the top Via or Route)."""
+        key = name.lower()
+        for i, h in enumerate(self.headers):
+            if h[0] == key:
+                self._cache.clear()
+                values = split_list(h[2])
+                if len(values) == 1:
+                    del self.headers[i]
+                else:
+                    h[2] = ", ".join(values[1:])
+                return values[0]
+        return None
+
+    # -- structured, cached views -------------------------------------------
+    def _cached(self, key, build):
+        try:
+            return self._cache[key]
+        except KeyError:
+            value = self._cache[key] = build()
+            return value
+
+    @property
+    def call_id(self) -> str:
+        """The Call-ID value ('' when missing)."""
+        return (self.get("call-id") or "").strip()
+
+    @property
+    def cseq(self) -> tuple[int, str]:
+        """``(number, method)`` from CSeq."""
+        return self._cached("cseq", lambda: parse_cseq(self.get("cseq") or ""))
+
+    @property
+    def vias(self) -> list[Via]:
+        """Every Via, topmost first."""
+        return self._cached("vias", lambda: [parse_via(v) for v in self.get_all("via")])
+
+    @property
+    def top_via(self) -> Via:
+        """The topmost Via."""
+        vias = self.vias
+        if not vias:
+            raise SipParseError("missing Via")
+        return vias[0]
+
+    @property
+    def from_(self) -> NameAddr:
+        """The From address."""
+        return self._cached("from", lambda: parse_name_addr(self._required("from")))
+
+    @property
+    def to(self) -> NameAddr:
+        """The To address."""
+        return self._cached("to", lambda: parse_name_addr(self._required("to")))
+
+    @property
+    def contacts(self) -> list[NameAddr] | str:
+        """Contact addresses, or the string ``"*"`` for a wildcard Contact."""
+        def build():
+            values = self.get_all("contact")
+            if any(v == "*" for v in values):
+                if len(values) != 1:
+                    raise SipParseError("wildcard Contact mixed with others")
+                return "*"
+            return [parse_name_addr(v) for v in values]
+        return self._cached("contacts", build)
+
+    @property
+    def max_forwards(self) -> int | None:
+        """Max-Forwards, or None when absent."""
+        v = self.get("max-forwards")
+        return None if v is None else parse_int(v, "Max-Forwards", 255)
+
+    @property
+    def expires(self) -> int | None:
+        """The Expires header, or None."""
+        v = self.get("expires")
+        return None if v is None else parse_int(v, "Expires")
+
+    def _required(self, key: str) -> str:
+        v = self.get(key)
+        if v is None:
+            raise SipParseError(f"missing {CANONICAL.get(key, key)} header")
+        return v
+
+    # -- serialisation -------------------------------------------------------
+    def encode(self) -> bytes:
+        """Serialise with a Content-Length that matches the body."""
+        lines = [self.start_line()]
+        for key, name, value in self.headers:
+            if key != "content-length":
+                lines.append(f"{name}: {value}")
+        lines.append(f"Content-Length: {len(self.body)}\r\n\r\n")
+        return "\r\n".join(lines).encode("utf-8", "surrogateescape") + self.body
+
+    __bytes__ = encode
+
+
+class Request(Message):
+    """A SIP request."""
+
+    __slots__ = ("method", "uri")
+
+    def __init__(self, method: str, uri: str, headers=None, body: bytes = b""):
+        super().__init__(headers, body)
+        self.method = method
+        self.uri = uri
+
+    def start_line(self) -> str:
+        """``METHOD uri SIP/2.0``."""
+        return f"{self.method} {self.uri} SIP/2.0"
+
+    @property
+    def ruri(self) -> SipUri:
+        """The parsed Request-URI."""
+        return self._cached("ruri", lambda: parse_uri(self.uri))
+
+    def validate(self) -> None:
+        """Check what every request must satisfy (§8.2, §16.3); raise ``SipError``."""
+        keys = {h[0] for h in self.headers}
+        for key in REQUIRED:
+            if key not in keys:
+                raise SipParseError(f"missing {CANONICAL[key]} header")
+        if not self.call_id:
+            raise SipParseError("empty Call-ID")
+        num, method = self.cseq
+        if method != self.method:
+            raise SipParseError("CSeq method does not match the request method")
+        self.max_forwards  # noqa: B018 - raises when malformed
+        self.top_via
+        self.from_
+        self.to
+        self.ruri
+
+    def __repr__(self) -> str:
+        return f"<Request {self.method} {self.uri}>"
+
+
+class Response(Message):
+    """A SIP response."""
+
+    __slots__ = ("status", "reason")
+
+    def __init__(self, status: int, reason: str | None = None, headers=None, body: bytes = b""):
+        super().__init__(headers, body)
+        self.status = status
+        self.reason = reason if reason is not None else REASONS.get(status, "Unknown")
+
+    def start_line(self) -> str:
+        """``SIP/2.0 code reason``."""
+        return f"SIP/2.0 {self.status} {self.reason}"
+
+    def validate(self) -> None:
+        """Check a response enough to route it: Via, CSeq, Call-ID, From, To."""
+        for key in REQUIRED:
+            self._required(key)
+        self.cseq
+        self.top_via
+
+    def __repr__(self) -> str:
+        return f"<Response {self.status} {self.reason}>"
+
+
+def _key(name: str) -> str:
+    c = CANONICAL.get(name.lower())
+    return c.lower() if c else name.lower()
+
+
+def _display(name: str) -> str:
+    return CANONICAL.get(name.lower(), name)
+
+
+def _is_token(text: str) -> bool:
+    return bool(text) and all(c in _TOKEN_CHARS for c in text)
+
+
+def parse_message(data: bytes, stream: bool = False) -> Request | Response:
+    """Parse one message from ``data``.
+
+    Over UDP (``stream=False``) a missing Content-Length means the rest of
+    the datagram is the body; extra bytes after Content-Length are dropped
+    (§18.3). Raises ``SipParseError`` for anything malformed; a request's
+    error carries enough for ``error_response`` when the headers parsed.
+    """
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        if data.endswith(b"\r\n"):
+            end, sep = len(data) - 2, 2
+        else:
+            raise SipParseError("no end of headers")
+    else:
+        sep = 4
+    text = data[:end].decode("utf-8", "surrogateescape")
+    body = data[end + sep:]
+    lines = text.split("\r\n")
+    while lines and not lines[0]:
+        lines.pop(0)
+    if not lines:
+        raise SipParseError("empty message")
+    headers: list = []
+    try:
+        msg = _start_line(lines[0], headers)
+    except SipError as err:
+        if err.request is not None:
+            try:
+                _parse_headers(lines, headers)
+            except SipError:
+                err.request = None
+        raise
+    try:
+        _parse_headers(lines, headers)
+        _set_body(msg, body, stream)
+    except SipError as err:
+        err.request = msg if isinstance(msg, Request) else None
+        raise
+    return msg
+
+
+def _parse_headers(lines: list[str], headers: list) -> None:
+    for line in lines[1:]:
+        if not line:
+            raise SipParseError("empty header line")
+        c = line[0]
+        if c == " " or c == "\t":
+            if not headers:
+                raise SipParseError("folded line before any header")
+            headers[-1][2] = headers[-1][2] + " " + line.strip()
+            continue
+        colon = line.find(":")
+        if colon <= 0:
+            raise SipParseError("header line without a colon")
+        raw = line[:colon].rstrip()
+        low = raw.lower()
+        canon = CANONICAL.get(low)
+        if canon is None:
+            if not _is_token(raw):
+                raise SipParseError(f"bad header name {raw[:40]!r}")
+            headers.append([low, raw, line[colon + 1:].strip()])
+        else:
+            headers.append([canon.lower(), canon, line[colon + 1:].strip()])
+
+
+def _set_body(msg: Message, body: bytes, stream: bool) -> None:
+    clen = None
+    for h in msg.headers:
+        if h[0] == "content-length":
+            v = h[2]
+            if not v.isdigit():
+                raise SipParseError("malformed Content-Length")
+            clen = int(v)
+    if clen is None:
+        msg.body = b"" if stream else body
+    else:
+        if len(body) < clen:
+            raise SipParseError("body shorter than Content-Length")
+        msg.body = body[:clen]
+
+
+def _start_line(first: str, headers: list) -> Request | Response:
+    if first.startswith("SIP/"):
+        parts = first.split(" ", 2)
+        if parts[0] != "SIP/2.0":
+            raise SipParseError("unsupported SIP version in response")
+        if len(parts) < 2 or len(parts[1]) != 3 or not parts[1].isdigit():
+            raise SipParseError("malformed status line")
+        status = int(parts[1])
+        if not 100 <= status <= 699:
+            raise SipParseError("status code out of range")
+        return Response(status, parts[2] if len(parts) > 2 else "", headers)
+    parts = first.split(" ")
+    if len(parts) != 3:
+        raise SipParseError("malformed request line")
+    method, uri, version = parts
+    if not _is_token(method):
+        raise SipParseError("malformed method")
+    req = Request(method, uri, headers)
+    if version != "SIP/2.0":
+        err = (SipError(505, "Version Not Supported") if version.upper().startswith("SIP/")
+               else SipParseError("malformed request line"))
+        err.request = req
+        raise err
+    return req
+
+
+def make_response(req: Request, status: int, reason: str | None = None,
+                  headers: list[tuple[str, str]] = (), body: bytes = b"",
+                  to_tag: str | None = None) -> Response:
+    """Build a response to ``req`` per §8.2.6: copy Via, From, To, Call-ID, CSeq.
+
+    ``to_tag`` is added to To when it has none and the status is above 100.
+    Works from raw header text, so a partly malformed request still gets
+    its error response.
+    """
+    out = []
+    for h in req.headers:
+        k = h[0]
+        if k == "via" or k == "from" or k == "call-id" or k == "cseq":
+            out.append([k, h[1], h[2]])
+        elif k == "to":
+            v = h[2]
+            if to_tag and status > 100 and ";tag=" not in v.replace(" ", "").lower():
+                v = f"{v};tag={to_tag}"
+            out.append([k, h[1], v])
+    for name, value in headers:
+        out.append([_key(name), _display(name), value])
+    return Response(status, reason, out, body)
+
+
+def error_response(req: Request, err: SipError, to_tag: str | None = None) -> Response:
+    """The response a request gets for ``err``."""
+    return make_response(req, err.status, err.reason, err.headers, to_tag=to_tag)
+
+
+class StreamFramer:
+    """Cut a byte stream (TCP) into messages by Content-Length (§18.3).
+
+    ``feed`` returns complete messages as bytes and ``PING`` for each
+    double-CRLF keep-alive (RFC 5626 §3.5.1); CRLFs before a start line are
+    otherwise skipped. Raises ``SipParseError`` when the stream cannot be
+    framed (the connection should then be closed).
+    """
+
+    PING = b"\r\n\r\n"
+
+    def __init__(self, max_header: int = 65536, max_body: int = 1 << 20):
+        self.buf = b""
+        self.max_header = max_header
+        self.max_body = max_body
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Add received bytes; return every message now complete."""
+        buf = self.buf + data
+        out = []
+        while buf:
+            if buf[:1] in (b"\r", b"\n"):
+                if buf.startswith(b"\r\n\r\n"):
+                    out.append(self.PING)
+                    buf = buf[4:]
+                    continue
+                if buf in (b"\r", b"\r\n", b"\r\n\r"):
+                    break
+                buf = buf[2:] if buf.startswith(b"\r\n") else buf[1:]
+                continue
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buf) > self.max_header:
+                    raise SipParseError("header section too large")
+                break
+            clen = _content_length(buf[:end])
+            if clen > self.max_body:
+                raise SipParseError("body too large")
+            total = end + 4 + clen
+            if len(buf) < total:
+                break
+            out.append(buf[:total])
+            buf = buf[total:]
+        self.buf = buf
+        return out
+
+
+def _content_length(head: bytes) -> int:
+    for line in head.split(b"\r\n")[1:]:
+        name, colon, value = line.partition(b":")
+        if colon and name.strip().lower() in (b"content-length", b"l"):
+            value = value.strip()
+            if not value.isdigit():
+                raise SipParseError("malformed Content-Length")
+            return int(value)
+    return 0
