@@ -1,0 +1,159 @@
+"""The registrar's rules (RFC 3261 §10.3, RFC 3327 Path, RFC 5626 instance/reg-id).
+
+``RegistrarRules.check`` covers steps 1–2 (domain, Require) before
+authentication; ``RegistrarRules.apply`` covers steps 4–8 after it and
+returns the binding changes and the response. Nothing here touches I/O:
+the caller commits the changes and only then sends the response.
+"""
+
+from dataclasses import dataclass, field
+from email.utils import formatdate
+from urllib.parse import unquote
+
+from .errors import SipError, SipParseError
+from .headers import parse_int
+from .location import Binding, Location, tombstone
+from .message import Request, Response, make_response
+from .uri import NameAddr, unquote_string
+
+SUPPORTED = frozenset({"path", "outbound"})
+
+
+@dataclass
+class RegisterOutcome:
+    """What a REGISTER does: bindings to write, then the response to send."""
+
+    changes: list[Binding] = field(default_factory=list)
+    """New versions (tombstones for removals) to commit before answering."""
+    response: Response | None = None
+    """The final response, built as if ``changes`` were committed."""
+
+
+class RegistrarRules:
+    """Registrar policy for one domain."""
+
+    def __init__(self, domain: str, aliases=(), min_expires: int = 60,
+                 max_expires: int = 3600, default_expires: int = 3600,
+                 max_contacts: int = 10):
+        self.domains = {domain.lower(), *(a.lower() for a in aliases)}
+        self.domain = domain.lower()
+        self.min_expires = min_expires
+        self.max_expires = max_expires
+        self.default_expires = default_expires
+        self.max_contacts = max_contacts
+
+    def check(self, req: Request) -> None:
+        """Steps 1–2: is the domain ours, are required extensions supported."""
+        host = req.ruri.host_bare
+        if req.ruri.scheme == "tel" or host not in self.domains:
+            raise SipError(404, "Domain Not Served Here")
+        unsupported = [o for o in req.get_all("require") if o.lower() not in SUPPORTED]
+        if unsupported:
+            raise SipError(420, "Bad Extension", [("Unsupported", ", ".join(unsupported))])
+
+    def aor_of(self, req: Request) -> tuple[str, str]:
+        """Step 5: the address of record from To, and its user part."""
+        uri = req.to.uri
+        if uri.scheme == "tel" or uri.host_bare not in self.domains or not uri.user:
+            raise SipError(404, "Not Found")
+        user = unquote(uri.user)
+        return f"sip:{user}@{self.domain}", user
+
+    def apply(self, req: Request, location: Location, now: float, node_id: str,
+              received: str | None, to_tag: str) -> RegisterOutcome:
+        """Steps 5–8 for an authenticated and authorised REGISTER."""
+        aor, _user = self.aor_of(req)
+        current = location.get(aor)
+        contacts = req.contacts
+        call_id = req.call_id
+        cseq = req.cseq[0]
+        hdr_expires = req.expires
+        changes: list[Binding] = []
+        if contacts == "*":
+            if hdr_expires != 0:
+                raise SipParseError("wildcard Contact requires Expires: 0")
+            for b in current.values():
+                if b.deleted or b.expires_at <= now:
+                    continue
+                _check_order(b, call_id, cseq)
+                changes.append(tombstone(b, call_id=call_id, cseq=cseq, origin=node_id,
+                                         updated_at=now))
+        elif contacts:
+            ua = req.get("user-agent")
+            path = req.get_all("path")
+            for na in contacts:
+                b = self._binding(na, aor, current, call_id, cseq, hdr_expires, now,
+                                  node_id, received, ua, path)
+                if b is not None:
+                    changes.append(b)
+        live = {k: b for k, b in current.items() if not b.deleted and b.expires_at > now}
+        for b in changes:
+            if b.deleted:
+                live.pop(b.key, None)
+            else:
+                live[b.key] = b
+        if len(live) > self.max_contacts:
+            raise SipError(403, "Too Many Contacts")
+        return RegisterOutcome(changes, self._ok(req, live.values(), now, to_tag))
+
+    def _binding(self, na: NameAddr, aor, current, call_id, cseq, hdr_expires, now,
+                 node_id, received, ua, path) -> Binding | None:
+        p = na.params
+        exp_text = p.get("expires")
+        if exp_text is not None:
+            expires = parse_int(exp_text, "Contact expires")
+        elif hdr_expires is not None:
+            expires = hdr_expires
+        else:
+            expires = self.default_expires
+        if 0 < expires < self.min_expires:
+            raise SipError(423, "Interval Too Brief", [("Min-Expires", str(self.min_expires))])
+        expires = min(expires, self.max_expires)
+        instance = p.get("+sip.instance")
+        instance = unquote_string(instance) if instance else None
+        reg_id = p.get("reg-id")
+        reg_id = parse_int(reg_id, "reg-id") if reg_id is not None else None
+        if instance:
+            key = instance if reg_id is None else f"{instance};reg-id={reg_id}"
+        else:
+            key = na.uri.canonical()
+        q = None
+        if p.get("q") is not None:
+            try:
+                q = float(p["q"])
+            except ValueError:
+                raise SipParseError("malformed q value") from None
+            if not 0.0 <= q <= 1.0:
+                raise SipParseError("q value out of range")
+        old = current.get(key)
+        if old is not None and not old.deleted:
+            _check_order(old, call_id, cseq)
+        if expires == 0:
+            if old is None or old.deleted or old.expires_at <= now:
+                return None
+            return tombstone(old, call_id=call_id, cseq=cseq, origin=node_id, updated_at=now)
+        return Binding(aor=aor, key=key, contact=str(na.uri), expires_at=now + expires,
+                       call_id=call_id, cseq=cseq, q=q, path=path, instance=instance,
+                       reg_id=reg_id, received=received, user_agent=ua,
+                       origin=node_id, updated_at=now)
+
+    def _ok(self, req: Request, live, now: float, to_tag: str) -> Response:
+        headers = []
+        for b in sorted(live, key=lambda b: b.expires_at):
+            extra = f";q={b.q:g}" if b.q is not None else ""
+            if b.instance:
+                extra += f';+sip.instance="{b.instance}"'
+            if b.reg_id is not None:
+                extra += f";reg-id={b.reg_id}"
+            headers.append(("Contact", f"<{b.contact}>;expires={max(0, int(b.expires_at - now))}{extra}"))
+        paths = req.raw_values("path")
+        if paths and "path" in (s.lower() for s in req.get_all("supported")):
+            headers.extend(("Path", v) for v in paths)
+        headers.append(("Date", formatdate(now, usegmt=True)))
+        return make_response(req, 200, "OK", headers, to_tag=to_tag)
+
+
+def _check_order(old: Binding, call_id: str, cseq: int) -> None:
+    """§10.3 step 7: within one Call-ID a REGISTER must carry a higher CSeq."""
+    if old.call_id == call_id and cseq <= old.cseq:
+        raise SipError(500, "Out Of Order CSeq", [("Retry-After", "1")])
