@@ -1,0 +1,128 @@
+"""Node configuration: a TOML file read into checked dataclasses.
+
+The schema is documented in ``conf/node.example.toml`` and the README.
+"""
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+
+
+class ConfigError(Exception):
+    """The configuration file is missing, unreadable or wrong."""
+
+
+@dataclass
+class Peer:
+    """Another node of the cluster, as this node knows it."""
+
+    id: str
+    bus: str
+    """ZeroMQ endpoint of its PUB socket, e.g. ``tcp://127.0.0.12:7001``."""
+    snapshot: str
+    """ZeroMQ endpoint of its ROUTER (snapshot) socket."""
+    public_key: str = ""
+    """Its CurveZMQ public key (Z85)."""
+
+
+@dataclass
+class NodeConfig:
+    """Everything one node needs to run."""
+
+    id: str
+    domain: str
+    address: str = "127.0.0.1"
+    port: int = 5060
+    aliases: list[str] = field(default_factory=list)
+    database: str = "sqlite:///tandem.db"
+    data_dir: str = "."
+    log_level: str = "INFO"
+    min_expires: int = 60
+    max_expires: int = 3600
+    default_expires: int = 3600
+    max_contacts: int = 10
+    nonce_lifetime: float = 300.0
+    auth_secret: str = ""
+    batch_max: int = 256
+    t1: float = 0.5
+    t2: float = 4.0
+    t4: float = 5.0
+    dns_servers: list[str] = field(default_factory=list)
+    dns_port: int = 53
+    bus_pub: str = ""
+    bus_snapshot: str = ""
+    control: str = ""
+    secret_key: str = ""
+    public_key: str = ""
+    peers: list[Peer] = field(default_factory=list)
+    heartbeat: float = 0.5
+    suspect_after: float = 1.5
+    dead_after: float = 5.0
+    alone_wait: float = 3.0
+
+
+_SECTIONS = {
+    "node": {"id": "id", "data_dir": "data_dir", "log_level": "log_level"},
+    "sip": {"address": "address", "port": "port", "domain": "domain", "aliases": "aliases",
+            "t1": "t1", "t2": "t2", "t4": "t4"},
+    "registrar": {"min_expires": "min_expires", "max_expires": "max_expires",
+                  "default_expires": "default_expires", "max_contacts": "max_contacts"},
+    "auth": {"secret": "auth_secret", "nonce_lifetime": "nonce_lifetime"},
+    "database": {"url": "database", "batch_max": "batch_max"},
+    "dns": {"servers": "dns_servers", "port": "dns_port"},
+    "cluster": {"pub": "bus_pub", "snapshot": "bus_snapshot", "control": "control",
+                "secret_key": "secret_key", "public_key": "public_key",
+                "heartbeat": "heartbeat", "suspect_after": "suspect_after",
+                "dead_after": "dead_after", "alone_wait": "alone_wait"},
+}
+
+
+def parse_config(data: dict, base_dir: str = ".") -> NodeConfig:
+    """Build a ``NodeConfig`` from parsed TOML, checking names and types."""
+    values: dict = {}
+    for section, body in data.items():
+        if section == "peers":
+            continue
+        names = _SECTIONS.get(section)
+        if names is None or not isinstance(body, dict):
+            raise ConfigError(f"unknown section [{section}]")
+        for k, v in body.items():
+            if k not in names:
+                raise ConfigError(f"unknown setting {section}.{k}")
+            values[names[k]] = v
+    for name in ("id", "domain"):
+        if not values.get(name):
+            raise ConfigError(f"missing required setting for {name}")
+    peers = []
+    for p in data.get("peers", []):
+        try:
+            peers.append(Peer(**p))
+        except TypeError as e:
+            raise ConfigError(f"bad [[peers]] entry: {e}") from None
+    values["peers"] = peers
+    cfg = NodeConfig(**values)
+    for name in ("port", "min_expires", "max_expires", "default_expires", "max_contacts",
+                 "batch_max", "dns_port"):
+        v = getattr(cfg, name)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise ConfigError(f"{name} must be a non-negative integer, not {v!r}")
+    if not 0 < cfg.port < 65536:
+        raise ConfigError(f"port out of range: {cfg.port}")
+    if not cfg.min_expires <= cfg.default_expires <= cfg.max_expires:
+        raise ConfigError("need min_expires <= default_expires <= max_expires")
+    if not os.path.isabs(cfg.data_dir):
+        cfg.data_dir = os.path.normpath(os.path.join(base_dir, cfg.data_dir))
+    cfg.domain = cfg.domain.lower()
+    return cfg
+
+
+def load_config(path: str) -> NodeConfig:
+    """Read and check a node configuration file."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    return parse_config(data, os.path.dirname(os.path.abspath(path)))

@@ -1,0 +1,152 @@
+"""``run.py lab``: a ready cluster on loopback, with demo users.
+
+Writes one configuration file per node under the lab's data folder,
+provisions the demo users (and those of ``--users``) in every node's
+database, starts each node as its own process, waits until each answers
+OPTIONS, prints what a phone needs, and stops the nodes on Ctrl-C or
+SIGTERM.
+"""
+
+import logging
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from store.models import close_store, init_store
+from store.users import add_user, import_users_csv
+
+log = logging.getLogger(__name__)
+
+DOMAIN = "example.test"
+DEMO_USERS = [("alice", "alice-secret"), ("bob", "bob-secret"),
+              ("carol", "carol-secret"), ("dave", "dave-secret")]
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def node_address(k: int) -> str:
+    """Loopback address of lab node ``k`` (1-based): 127.0.0.(10+k)."""
+    return f"127.0.0.{10 + k}"
+
+
+def write_node_config(data: str, k: int, secret: str) -> str:
+    """Write lab node ``k``'s configuration; return its path."""
+    node_dir = os.path.join(data, f"node{k}")
+    os.makedirs(node_dir, exist_ok=True)
+    path = os.path.join(node_dir, "node.toml")
+    text = f"""[node]
+id = "node{k}"
+data_dir = "{node_dir}"
+log_level = "INFO"
+
+[sip]
+address = "{node_address(k)}"
+port = 5060
+domain = "{DOMAIN}"
+
+[auth]
+secret = "{secret}"
+
+[database]
+url = "sqlite:///{node_dir}/tandem.db"
+"""
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def options_ping(address: str, port: int = 5060, timeout: float = 0.5) -> bool:
+    """Whether a SIP node answers OPTIONS over UDP within ``timeout``."""
+    branch = "z9hG4bK" + secrets.token_hex(8)
+    msg = (f"OPTIONS sip:{address}:{port} SIP/2.0\r\n"
+           f"Via: SIP/2.0/UDP 127.0.0.1:9;branch={branch};rport\r\n"
+           f"From: <sip:probe@{DOMAIN}>;tag=1\r\nTo: <sip:{address}>\r\n"
+           f"Call-ID: {branch}\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\n"
+           "Content-Length: 0\r\n\r\n").encode()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(timeout)
+        try:
+            s.sendto(msg, (address, port))
+            data = s.recv(65535)
+        except OSError:
+            return False
+    return data.startswith(b"SIP/2.0 200")
+
+
+def _secret(data: str) -> str:
+    path = os.path.join(data, "auth.secret")
+    if not os.path.exists(path):
+        with open(path, "w") as f:
+            f.write(secrets.token_hex(32))
+    with open(path) as f:
+        return f.read().strip()
+
+
+def run_lab(args) -> int:
+    """Start the lab and block until interrupted."""
+    data = os.path.abspath(args.data)
+    os.makedirs(data, exist_ok=True)
+    secret = _secret(data)
+    procs = []
+    stopping = []
+
+    def stop(*_):
+        stopping.append(True)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        for k in range(1, args.nodes + 1):
+            cfg = write_node_config(data, k, secret)
+            init_store(f"sqlite:///{data}/node{k}/tandem.db")
+            for name, pw in DEMO_USERS:
+                add_user(name, DOMAIN, pw)
+            if args.users:
+                import_users_csv(args.users, DOMAIN)
+            close_store()
+            logf = open(os.path.join(data, f"node{k}", "node.log"), "ab")
+            procs.append(subprocess.Popen(
+                [sys.executable, os.path.join(ROOT, "run.py"), "node", "--config", cfg],
+                stdout=logf, stderr=logf, cwd=ROOT))
+        for k, proc in enumerate(procs, 1):
+            if not _wait_ready(proc, node_address(k)):
+                log.error("node%d did not start; see %s", k,
+                          os.path.join(data, f"node{k}", "node.log"))
+                return 1
+        _banner(data, args.nodes)
+        while not stopping and all(p.poll() is None for p in procs):
+            time.sleep(0.2)
+        return 0
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def _wait_ready(proc, address: str, limit: float = 15.0) -> bool:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline and proc.poll() is None:
+        if options_ping(address):
+            return True
+    return False
+
+
+def _banner(data: str, n: int) -> None:
+    lines = ["", "Tandem lab is running. Ctrl-C stops it.", ""]
+    for k in range(1, n + 1):
+        lines.append(f"  node{k}: sip:{node_address(k)}:5060 (UDP and TCP), log {data}/node{k}/node.log")
+    lines += ["", f"Point a phone at: registrar/proxy {node_address(1)} port 5060, "
+              f"domain {DOMAIN}", "Users (username / password):"]
+    lines += [f"  {u} / {p}" for u, p in DEMO_USERS]
+    lines += ["", "Try: sipsak -s sip:alice@" + DOMAIN + " -H 127.0.0.1 -U -a alice-secret "
+              f"-p {node_address(1)}:5060 -vv", ""]
+    sys.stdout.write("\n".join(lines) + "\n")
+    sys.stdout.flush()

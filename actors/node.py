@@ -1,0 +1,153 @@
+"""The node: the supervisor that builds, starts and stops the actors.
+
+It opens the store, fills the location table from it, starts the
+transport and the actors, and routes each parsed request to the actor that
+owns it. Actors run in a ``gevent.pool.Group``; one that dies takes the
+node down with a log line rather than leaving it half alive.
+"""
+
+import logging
+import os
+import secrets
+import signal
+import time
+
+import gevent
+from gevent.event import Event
+from gevent.pool import Group
+
+from sipcore.digest import Authenticator
+from sipcore.errors import SipError
+from sipcore.location import Binding, Location, Sequencer
+from sipcore.message import error_response, make_response
+from sipcore.registrar import RegistrarRules
+from store import bindings as binding_store
+from store import users as user_store
+from store.models import close_store, incr_state, init_store
+
+from .config import NodeConfig
+from .registrar import RegistrarActor
+from .transport import Transport
+
+log = logging.getLogger(__name__)
+
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, MESSAGE, SUBSCRIBE, NOTIFY, REFER, INFO, UPDATE, PRACK"
+
+
+class UserDirectory:
+    """In-memory HA1 lookup, reloaded from the store every ``refresh`` seconds.
+
+    A miss reads the store at once, so a user added while the node runs can
+    register immediately.
+    """
+
+    def __init__(self, domain: str, refresh: float = 10.0, clock=time.time):
+        self.domain = domain
+        self.refresh = refresh
+        self.clock = clock
+        self.users: dict[str, dict] = {}
+        self.loaded_at = 0.0
+
+    def reload(self) -> None:
+        """Read every user of the domain."""
+        self.users = user_store.load_user_ha1s(self.domain)
+        self.loaded_at = self.clock()
+
+    def lookup(self, username: str) -> dict | None:
+        """HA1 values of ``username`` or None."""
+        if self.clock() - self.loaded_at > self.refresh:
+            self.reload()
+        found = self.users.get(username)
+        if found is None:
+            found = user_store.get_user_ha1(username, self.domain)
+            if found is not None:
+                self.users[username] = found
+        return found
+
+
+class Node:
+    """One Tandem node."""
+
+    def __init__(self, cfg: NodeConfig):
+        self.cfg = cfg
+        self.group = Group()
+        self.stopped = Event()
+        self.location = Location()
+        self.transport = None
+        self.registrar = None
+        self.started_at = 0.0
+
+    def start(self) -> None:
+        """Open the store, load the bindings and start every actor."""
+        cfg = self.cfg
+        os.makedirs(cfg.data_dir, exist_ok=True)
+        init_store(cfg.database)
+        epoch = incr_state("epoch")
+        now = time.time()
+        loaded = 0
+        for rec in binding_store.load_bindings(include_deleted=True):
+            b = Binding.from_record(rec)
+            if b.expires_at > now:
+                self.location.put(b)
+                loaded += 1
+        users = UserDirectory(cfg.domain)
+        users.reload()
+        secret = bytes.fromhex(cfg.auth_secret) if cfg.auth_secret else secrets.token_bytes(32)
+        auth = Authenticator(cfg.domain, secret, users.lookup, cfg.nonce_lifetime)
+        rules = RegistrarRules(cfg.domain, cfg.aliases, cfg.min_expires, cfg.max_expires,
+                               cfg.default_expires, cfg.max_contacts)
+        self.transport = Transport(cfg.address, cfg.port, self.on_request, self.on_response)
+        timers = {"t1": cfg.t1, "t2": cfg.t2, "t4": cfg.t4}
+        self.registrar = RegistrarActor(cfg.id, rules, auth, self.location, self.transport,
+                                        Sequencer(epoch), cfg.batch_max, timers=timers)
+        self.transport.start()
+        self.registrar.greenlet = self.group.spawn(self.registrar.run)
+        self.registrar.greenlet.link_exception(self._actor_died)
+        self.started_at = now
+        log.info("node %s up: epoch %d, %d bindings loaded, %d users, domain %s",
+                 cfg.id, epoch, loaded, len(users.users), cfg.domain)
+
+    def _actor_died(self, greenlet) -> None:
+        log.error("actor died: %r; stopping the node", greenlet.exception)
+        self.stop()
+
+    def on_request(self, req, dest) -> None:
+        """Route a parsed request to the actor that owns it."""
+        method = req.method
+        if method == "REGISTER":
+            self.registrar.submit(req, dest)
+        elif method == "ACK":
+            return
+        elif method == "OPTIONS" and req.ruri.user is None:
+            self._answer(req, dest, 200, [("Allow", ALLOW), ("Accept", "application/sdp"),
+                                          ("Supported", "path, outbound")])
+        else:
+            self._answer(req, dest, 405, [("Allow", "OPTIONS, REGISTER")])
+
+    def on_response(self, resp, source) -> None:
+        """Responses belong to the proxy's client transactions."""
+        log.debug("stray response %d from %s", resp.status, source)
+
+    def _answer(self, req, dest, status, headers) -> None:
+        try:
+            resp = make_response(req, status, headers=headers, to_tag=secrets.token_hex(6))
+        except SipError as err:
+            resp = error_response(req, err)
+        self.transport.send(dest, resp.encode())
+
+    def stop(self) -> None:
+        """Stop receiving, stop the actors, close the store."""
+        if self.stopped.is_set():
+            return
+        log.info("node %s stopping", self.cfg.id)
+        if self.transport is not None:
+            self.transport.stop()
+        self.group.kill(block=True, timeout=2)
+        close_store()
+        self.stopped.set()
+
+    def serve_forever(self) -> None:
+        """Run until SIGTERM or SIGINT, then stop cleanly."""
+        gevent.signal_handler(signal.SIGTERM, self.stop)
+        gevent.signal_handler(signal.SIGINT, self.stop)
+        self.stopped.wait()

@@ -1,0 +1,100 @@
+"""Tandem's one entry point: ``node``, ``user``, ``lab`` (see ``--help``)."""
+
+from gevent import monkey
+
+monkey.patch_all()
+
+import argparse  # noqa: E402
+import logging  # noqa: E402
+import sys  # noqa: E402
+
+
+def setup_logging(level: str, node_id: str = "-") -> None:
+    """One line per event, each with the node id; secrets are never logged."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(
+        f"%(asctime)s {node_id} %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def cmd_node(args) -> int:
+    """Run one node from its configuration file until SIGTERM."""
+    from actors.config import ConfigError, load_config
+    from actors.node import Node
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as e:
+        setup_logging("INFO")
+        logging.getLogger("tandem").error("configuration: %s", e)
+        return 2
+    setup_logging(cfg.log_level, cfg.id)
+    node = Node(cfg)
+    try:
+        node.start()
+    except OSError as e:
+        logging.getLogger("tandem").error("cannot start: %s", e)
+        return 1
+    node.serve_forever()
+    return 0
+
+
+def cmd_user(args) -> int:
+    """Provision users in a node's database."""
+    from actors.config import ConfigError, load_config
+    from store.db import StoreError
+    from store.models import init_store
+    from store.users import add_user, import_users_csv
+    setup_logging("WARNING")
+    log = logging.getLogger("tandem")
+    try:
+        cfg = load_config(args.config)
+        init_store(cfg.database)
+        if args.action == "add":
+            add_user(args.name, cfg.domain, args.password)
+            log.warning("user %s@%s saved", args.name, cfg.domain)
+        else:
+            n = import_users_csv(args.file, cfg.domain)
+            log.warning("%d users imported into %s", n, cfg.domain)
+    except (ConfigError, StoreError, OSError) as e:
+        log.error("%s", e)
+        return 2
+    return 0
+
+
+def cmd_lab(args) -> int:
+    """Start a ready lab on loopback."""
+    from actors.lab import run_lab
+    setup_logging("INFO", "lab")
+    return run_lab(args)
+
+
+def main(argv=None) -> int:
+    """Parse the command line and run the chosen command."""
+    p = argparse.ArgumentParser(prog="run.py", description="Tandem SIP cluster")
+    sub = p.add_subparsers(dest="command", required=True)
+    node = sub.add_parser("node", help="run one node")
+    node.add_argument("--config", required=True, help="node configuration (TOML)")
+    node.set_defaults(func=cmd_node)
+    user = sub.add_parser("user", help="provision users")
+    user.add_argument("--config", default="conf/node.example.toml",
+                      help="node configuration naming the database and domain")
+    usub = user.add_subparsers(dest="action", required=True)
+    add = usub.add_parser("add", help="add or update one user")
+    add.add_argument("name")
+    add.add_argument("--password", required=True)
+    imp = usub.add_parser("import", help="import users from a CSV (username,password)")
+    imp.add_argument("file")
+    user.set_defaults(func=cmd_user)
+    lab = sub.add_parser("lab", help="start a ready lab on loopback")
+    lab.add_argument("--users", help="CSV of extra users (username,password)")
+    lab.add_argument("--data", default="var/lab", help="where the lab keeps its state")
+    lab.add_argument("--nodes", type=int, default=1, help="how many nodes")
+    lab.set_defaults(func=cmd_lab)
+    args = p.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
