@@ -1,0 +1,123 @@
+"""DNS zone text for a SIP cluster, in BIND master-file format.
+
+:func:`cluster_zone` builds the zone that lets phones and other proxies
+find the cluster by RFC 3263: NAPTR records at the domain name point at the
+``_sip._udp`` and ``_sip._tcp`` SRV names, whose records share one priority
+and split the load by weight between the nodes' A (or AAAA) records. The
+same text is served by the lab DNS server (``actors/dnsserver.py``) and can
+be exported to BIND unchanged.
+"""
+
+import ipaddress
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+DEFAULT_WEIGHT = 50
+"""SRV weight of a node that names none (so two nodes split 50:50)."""
+
+SRV_PRIORITY = 10
+"""SRV priority shared by all nodes: they are peers, not backups."""
+
+_LABEL = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)$")
+
+
+@dataclass(frozen=True)
+class ZoneNode:
+    """One cluster node as it appears in the zone."""
+
+    name: str
+    """Host label (``node1``) or absolute name (``node1.example.com.``)."""
+    ip: str
+    """IPv4 address (A record) or IPv6 address (AAAA record)."""
+    port: int
+    """SIP port, for UDP and TCP alike."""
+    weight: int = DEFAULT_WEIGHT
+    """SRV weight, 0 to 65535."""
+
+    def fqdn(self, domain: str) -> str:
+        """The node's absolute host name under ``domain``."""
+        if self.name.endswith("."):
+            return self.name.lower()
+        return f"{self.name.lower()}.{domain}."
+
+
+def _check_domain(domain: str) -> str:
+    domain = domain.strip().rstrip(".").lower()
+    labels = domain.split(".")
+    if not domain or not all(_LABEL.match(label) for label in labels):
+        raise ValueError(f"invalid domain name: {domain!r}")
+    return domain
+
+
+def _check_node(entry: Sequence) -> ZoneNode:
+    if len(entry) not in (3, 4):
+        raise ValueError(f"node must be (name, ip, port[, weight]): {entry!r}")
+    node = ZoneNode(*entry)
+    labels = node.name.rstrip(".").split(".")
+    if not node.name or not all(_LABEL.match(label) for label in labels):
+        raise ValueError(f"invalid node name: {node.name!r}")
+    try:
+        ipaddress.ip_address(node.ip)
+    except ValueError:
+        raise ValueError(f"invalid node address: {node.ip!r}") from None
+    if not 0 < int(node.port) < 65536:
+        raise ValueError(f"invalid SIP port: {node.port!r}")
+    weight = DEFAULT_WEIGHT if node.weight is None else int(node.weight)
+    if not 0 <= weight < 65536:
+        raise ValueError(f"invalid SRV weight: {node.weight!r}")
+    return ZoneNode(node.name, node.ip, int(node.port), weight)
+
+
+def srv_names(domain: str) -> dict[str, str]:
+    """The absolute SRV owner names of ``domain``, keyed by NAPTR service."""
+    domain = _check_domain(domain)
+    return {"SIP+D2U": f"_sip._udp.{domain}.",
+            "SIP+D2T": f"_sip._tcp.{domain}."}
+
+
+def cluster_zone(domain: str, nodes: Iterable[Sequence], ttl: int = 60, *,
+                 serial: int = 1, nameserver: str | None = None,
+                 hostmaster: str | None = None) -> str:
+    """Zone text (BIND master-file format) for the SIP ``domain``.
+
+    ``nodes`` holds ``(name, ip, sip_port, weight)`` tuples (the weight may
+    be left out or ``None`` for :data:`DEFAULT_WEIGHT`). The zone has an SOA
+    (``serial`` as given, negative TTL equal to ``ttl``), an NS record
+    (``nameserver``, by default the first node), an A or AAAA record per
+    node whose name lies inside the domain, SRV records at ``_sip._udp``
+    and ``_sip._tcp`` with priority :data:`SRV_PRIORITY` and each node's
+    weight, and NAPTR records for SIP+D2U (preferred) and SIP+D2T pointing
+    at those SRV names. Raises ``ValueError`` on an invalid domain, node
+    name, address, port or weight.
+    """
+    domain = _check_domain(domain)
+    entries = [_check_node(entry) for entry in nodes]
+    ttl = int(ttl)
+    if ttl < 0:
+        raise ValueError(f"invalid TTL: {ttl}")
+    if nameserver is None:
+        nameserver = entries[0].fqdn(domain) if entries else f"ns.{domain}."
+    if hostmaster is None:
+        hostmaster = f"hostmaster.{domain}."
+    lines = [
+        f"$ORIGIN {domain}.",
+        f"$TTL {ttl}",
+        f"@ IN SOA {nameserver} {hostmaster} "
+        f"{int(serial)} 3600 600 86400 {ttl}",
+        f"@ IN NS {nameserver}",
+    ]
+    names = srv_names(domain)
+    for preference, (service, owner) in enumerate(names.items(), 1):
+        lines.append(f'@ IN NAPTR 10 {preference * 10} "s" "{service}" "" '
+                     f'{owner}')
+    for node in entries:
+        if not node.fqdn(domain).endswith(f".{domain}."):
+            continue
+        rtype = "AAAA" if ipaddress.ip_address(node.ip).version == 6 else "A"
+        lines.append(f"{node.fqdn(domain)} IN {rtype} {node.ip}")
+    for owner in names.values():
+        for node in entries:
+            lines.append(f"{owner} IN SRV {SRV_PRIORITY} {node.weight} "
+                         f"{node.port} {node.fqdn(domain)}")
+    return "\n".join(lines) + "\n"
