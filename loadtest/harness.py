@@ -1,0 +1,208 @@
+"""Real processes on loopback: Tandem nodes and SIPp runs, for tests and benchmarks.
+
+``NodeProcess`` writes a node configuration into a folder, provisions
+users, starts ``run.py node`` and waits (bounded) until it answers OPTIONS.
+``run_sipp`` runs one SIPp scenario to completion (bounded by a global
+timeout) and returns its final statistics.
+"""
+
+import csv
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SIPP_DIR = os.path.join(ROOT, "loadtest", "sipp")
+
+
+def free_port(address: str = "127.0.0.1") -> int:
+    """A port free for both UDP and TCP on ``address``."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            u.bind((address, 0))
+            port = u.getsockname()[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+                try:
+                    t.bind((address, port))
+                except OSError:
+                    continue
+                return port
+    raise RuntimeError("no free port")
+
+
+def options_ping(address: str, port: int, timeout: float = 0.5) -> bytes | None:
+    """Send one OPTIONS over UDP; return the response bytes or None."""
+    branch = "z9hG4bK" + os.urandom(6).hex()
+    msg = (f"OPTIONS sip:{address}:{port} SIP/2.0\r\n"
+           f"Via: SIP/2.0/UDP 127.0.0.1:9;branch={branch};rport\r\n"
+           f"From: <sip:probe@example.test>;tag=1\r\nTo: <sip:{address}>\r\n"
+           f"Call-ID: {branch}\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\n"
+           "Content-Length: 0\r\n\r\n").encode()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(timeout)
+        try:
+            s.sendto(msg, (address, port))
+            return s.recv(65535)
+        except OSError:
+            return None
+
+
+def write_users_csv(path: str, n: int, prefix: str = "user", start: int = 0) -> list:
+    """Write ``n`` users ``prefix<i>`` with password ``pw<i>``; return the rows."""
+    rows = [(f"{prefix}{i}", f"pw{i}") for i in range(start, start + n)]
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["username", "password"])
+        w.writerows(rows)
+    return rows
+
+
+class NodeProcess:
+    """One ``run.py node`` process with its own folder, database and port."""
+
+    def __init__(self, workdir: str, node_id: str = "node1", address: str = "127.0.0.1",
+                 port: int | None = None, domain: str = "example.test",
+                 database: str | None = None, extra: str = "", secret: str = "00" * 32):
+        self.dir = os.path.join(workdir, node_id)
+        os.makedirs(self.dir, exist_ok=True)
+        self.id = node_id
+        self.address = address
+        self.port = port or free_port(address)
+        self.domain = domain
+        self.database = database or f"sqlite:///{self.dir}/tandem.db"
+        self.config = os.path.join(self.dir, "node.toml")
+        self.log_path = os.path.join(self.dir, "node.log")
+        self.proc = None
+        with open(self.config, "w") as f:
+            f.write(f"""[node]
+id = "{node_id}"
+data_dir = "{self.dir}"
+log_level = "INFO"
+
+[sip]
+address = "{address}"
+port = {self.port}
+domain = "{domain}"
+
+[auth]
+secret = "{secret}"
+
+[database]
+url = "{self.database}"
+{extra}
+""")
+
+    def run_cli(self, *args: str) -> subprocess.CompletedProcess:
+        """Run ``run.py ARGS --config this-node`` (e.g. user import) to completion."""
+        cmd = [sys.executable, os.path.join(ROOT, "run.py"), *args[:1], "--config",
+               self.config, *args[1:]]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
+
+    def start(self, ready_timeout: float = 20.0) -> "NodeProcess":
+        """Start the process and wait until it answers OPTIONS."""
+        logf = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, os.path.join(ROOT, "run.py"), "node", "--config", self.config],
+            stdout=logf, stderr=logf, cwd=ROOT)
+        logf.close()
+        deadline = time.monotonic() + ready_timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.id} exited: {self.log_tail()}")
+            if options_ping(self.address, self.port, 0.2):
+                return self
+        raise RuntimeError(f"{self.id} not ready after {ready_timeout}s: {self.log_tail()}")
+
+    def log_tail(self, n: int = 30) -> str:
+        """The last lines of the node's log."""
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return "".join(f.readlines()[-n:])
+        except OSError:
+            return ""
+
+    def kill(self) -> None:
+        """SIGKILL the process and reap it."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM the process and wait for it; SIGKILL after ``timeout``."""
+        if not self.proc:
+            return None
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        return self.proc.returncode
+
+    def signal(self, sig: int) -> None:
+        """Send ``sig`` (e.g. SIGSTOP/SIGCONT)."""
+        self.proc.send_signal(sig)
+
+
+@dataclass
+class SippResult:
+    """What one SIPp run did."""
+
+    returncode: int
+    successful: int
+    failed: int
+    retransmissions: int
+    elapsed: float
+    stats: dict
+    stderr: str
+
+
+def write_inf(path: str, rows: list[tuple]) -> None:
+    """Write a SIPp injection file (SEQUENTIAL, ``;``-separated)."""
+    with open(path, "w") as f:
+        f.write("SEQUENTIAL\n")
+        for r in rows:
+            f.write(";".join(str(x) for x in r) + "\n")
+
+
+def run_sipp(scenario: str, target: str, workdir: str, inf: str | None = None,
+             calls: int = 1, rate: int = 10, limit: int = 200, transport: str = "u1",
+             local_ip: str = "127.0.0.1", local_port: int | None = None,
+             timeout: float = 120.0, extra: tuple = ()) -> SippResult:
+    """Run SIPp until ``calls`` calls are done (or ``timeout``); return its statistics."""
+    os.makedirs(workdir, exist_ok=True)
+    stf = os.path.join(workdir, f"sipp-{os.getpid()}-{time.monotonic_ns()}.csv")
+    sf = scenario if os.path.isabs(scenario) else os.path.join(SIPP_DIR, scenario)
+    cmd = ["sipp", "-sf", sf, "-m", str(calls), "-r", str(rate), "-l", str(limit),
+           "-t", transport, "-i", local_ip, "-p", str(local_port or free_port(local_ip)),
+           "-nostdin", "-bg", "-trace_stat", "-stf", stf, "-fd", "1",
+           "-timeout", f"{int(timeout)}s", "-timeout_error", "-max_retrans", "5",
+           "-recv_timeout", "10s", *extra]
+    if inf:
+        cmd += ["-inf", inf]
+    cmd.append(target)
+    t0 = time.monotonic()
+    proc = subprocess.run([c for c in cmd if c != "-bg"], capture_output=True, text=True,
+                          timeout=timeout + 30, cwd=workdir)
+    elapsed = time.monotonic() - t0
+    stats = _last_stats(stf)
+    return SippResult(proc.returncode, int(stats.get("SuccessfulCall(C)", 0) or 0),
+                      int(stats.get("FailedCall(C)", 0) or 0),
+                      int(stats.get("Retransmissions(C)", 0) or 0), elapsed, stats,
+                      proc.stderr[-3000:])
+
+
+def _last_stats(path: str) -> dict:
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.reader(f, delimiter=";"))
+    except OSError:
+        return {}
+    if len(rows) < 2:
+        return {}
+    return dict(zip(rows[0], rows[-1]))
