@@ -70,10 +70,11 @@ class Binding:
     def version(self) -> tuple:
         """The order in which versions of one binding supersede each other.
 
-        Within one Call-ID the CSeq decides; otherwise the update time, then
-        the origin node id break ties, so every node picks the same winner.
+        Within one Call-ID the CSeq decides (see ``is_newer``); otherwise the
+        update time, then the origin node id, its epoch and sequence number
+        break ties, so every node picks the same winner.
         """
-        return (self.updated_at, self.origin, self.seq)
+        return (self.updated_at, self.origin, self.epoch, self.seq)
 
 
 def is_newer(new: Binding, old: Binding | None) -> bool:
@@ -120,6 +121,15 @@ class Location:
         """Apply a replicated version if it is newer; return whether it was."""
         if is_newer(b, self.get(b.aor).get(b.key)):
             self.put(b)
+            return True
+        return False
+
+    def merge_undoable(self, b: Binding, undo: list) -> bool:
+        """``merge``, recording ``(aor, key, previous)`` in ``undo`` when applied."""
+        old = self.get(b.aor).get(b.key)
+        if is_newer(b, old):
+            self.put(b)
+            undo.append((b.aor, b.key, old))
             return True
         return False
 

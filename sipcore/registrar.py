@@ -8,6 +8,7 @@ the caller commits the changes and only then sends the response.
 
 from dataclasses import dataclass, field
 from email.utils import formatdate
+from math import inf, nextafter
 from urllib.parse import unquote
 
 from .errors import SipError, SipParseError
@@ -61,43 +62,52 @@ class RegistrarRules:
 
     def apply(self, req: Request, location: Location, now: float, node_id: str,
               received: str | None, to_tag: str) -> RegisterOutcome:
-        """Steps 5–8 for an authenticated and authorised REGISTER."""
+        """Steps 5–8 for an authenticated and authorised REGISTER.
+
+        Nothing is written: either every change is returned (to be put and
+        committed together) or a ``SipError`` is raised and nothing changes.
+        """
         aor, _user = self.aor_of(req)
         current = location.get(aor)
         contacts = req.contacts
         call_id = req.call_id
         cseq = req.cseq[0]
         hdr_expires = req.expires
-        changes: list[Binding] = []
+        live = {k: b for k, b in current.items() if not b.deleted and b.expires_at > now}
         if contacts == "*":
             if hdr_expires != 0:
                 raise SipParseError("wildcard Contact requires Expires: 0")
-            for b in current.values():
-                if b.deleted or b.expires_at <= now:
-                    continue
+            changes = []
+            for b in live.values():
                 _check_order(b, call_id, cseq)
                 changes.append(tombstone(b, call_id=call_id, cseq=cseq, origin=node_id,
-                                         updated_at=now))
-        elif contacts:
-            ua = req.get("user-agent")
-            path = req.get_all("path")
-            for na in contacts:
-                b = self._binding(na, aor, current, call_id, cseq, hdr_expires, now,
-                                  node_id, received, ua, path)
-                if b is not None:
-                    changes.append(b)
-        live = {k: b for k, b in current.items() if not b.deleted and b.expires_at > now}
-        for b in changes:
+                                         updated_at=_stamp(b, call_id, now)))
+            return RegisterOutcome(changes, self._ok(req, (), now, to_tag))
+        if not contacts:
+            return RegisterOutcome([], self._ok(req, live.values(), now, to_tag))
+        before = len(live)
+        ua = req.get("user-agent")
+        path = req.get_all("path")
+        pending: dict[str, Binding] = {}
+        for na in contacts:
+            key, b = self._binding(na, aor, current, call_id, cseq, hdr_expires, now,
+                                   node_id, received, ua, path)
+            if b is None:
+                pending.pop(key, None)
+                live.pop(key, None)
+                continue
+            pending[key] = b
             if b.deleted:
-                live.pop(b.key, None)
+                live.pop(key, None)
             else:
-                live[b.key] = b
-        if len(live) > self.max_contacts:
+                live[key] = b
+        if len(live) > self.max_contacts and len(live) > before:
             raise SipError(403, "Too Many Contacts")
-        return RegisterOutcome(changes, self._ok(req, live.values(), now, to_tag))
+        return RegisterOutcome(list(pending.values()), self._ok(req, live.values(), now, to_tag))
 
     def _binding(self, na: NameAddr, aor, current, call_id, cseq, hdr_expires, now,
-                 node_id, received, ua, path) -> Binding | None:
+                 node_id, received, ua, path) -> tuple[str, Binding | None]:
+        """One Contact's binding key and new version (a tombstone to remove; None: no change)."""
         p = na.params
         exp_text = p.get("expires")
         if exp_text is not None:
@@ -111,7 +121,7 @@ class RegistrarRules:
         expires = min(expires, self.max_expires)
         instance = p.get("+sip.instance")
         instance = unquote_string(instance) if instance else None
-        reg_id = p.get("reg-id")
+        reg_id = p.get("reg-id") if instance else None
         reg_id = parse_int(reg_id, "reg-id") if reg_id is not None else None
         if instance:
             key = instance if reg_id is None else f"{instance};reg-id={reg_id}"
@@ -126,16 +136,17 @@ class RegistrarRules:
             if not 0.0 <= q <= 1.0:
                 raise SipParseError("q value out of range")
         old = current.get(key)
-        if old is not None and not old.deleted:
+        if old is not None:
             _check_order(old, call_id, cseq)
         if expires == 0:
             if old is None or old.deleted or old.expires_at <= now:
-                return None
-            return tombstone(old, call_id=call_id, cseq=cseq, origin=node_id, updated_at=now)
-        return Binding(aor=aor, key=key, contact=str(na.uri), expires_at=now + expires,
-                       call_id=call_id, cseq=cseq, q=q, path=path, instance=instance,
-                       reg_id=reg_id, received=received, user_agent=ua,
-                       origin=node_id, updated_at=now)
+                return key, None
+            return key, tombstone(old, call_id=call_id, cseq=cseq, origin=node_id,
+                                  updated_at=_stamp(old, call_id, now))
+        return key, Binding(aor=aor, key=key, contact=str(na.uri), expires_at=now + expires,
+                            call_id=call_id, cseq=cseq, q=q, path=path, instance=instance,
+                            reg_id=reg_id, received=received, user_agent=ua, origin=node_id,
+                            updated_at=now if old is None else _stamp(old, call_id, now))
 
     def _ok(self, req: Request, live, now: float, to_tag: str) -> Response:
         headers = []
@@ -145,15 +156,34 @@ class RegistrarRules:
                 extra += f';+sip.instance="{b.instance}"'
             if b.reg_id is not None:
                 extra += f";reg-id={b.reg_id}"
-            headers.append(("Contact", f"<{b.contact}>;expires={max(0, int(b.expires_at - now))}{extra}"))
+            left = max(1, int(b.expires_at - now))
+            headers.append(("Contact", f"<{b.contact}>;expires={left}{extra}"))
         paths = req.raw_values("path")
-        if paths and "path" in (s.lower() for s in req.get_all("supported")):
-            headers.extend(("Path", v) for v in paths)
+        if paths:
+            options = req.get_all("supported") + req.get_all("require")
+            if "path" in (o.lower() for o in options):
+                headers.extend(("Path", v) for v in paths)
         headers.append(("Date", formatdate(now, usegmt=True)))
         return make_response(req, 200, "OK", headers, to_tag=to_tag)
 
 
 def _check_order(old: Binding, call_id: str, cseq: int) -> None:
-    """§10.3 step 7: within one Call-ID a REGISTER must carry a higher CSeq."""
+    """§10.3 step 7: within one Call-ID a REGISTER must carry a higher CSeq.
+
+    Checked against tombstones and not yet purged bindings too: a version
+    that ``is_newer`` ranks below the stored one would be written here but
+    refused by every peer.
+    """
     if old.call_id == call_id and cseq <= old.cseq:
         raise SipError(500, "Out Of Order CSeq", [("Retry-After", "1")])
+
+
+def _stamp(old: Binding, call_id: str, now: float) -> float:
+    """``updated_at`` for a new version of ``old``, so that ``is_newer`` ranks it above.
+
+    Across Call-IDs the time decides; if ``old`` carries a later time (a
+    peer's clock ahead of ours, or ours stepped back), step just past it.
+    """
+    if call_id != old.call_id and old.updated_at >= now:
+        return nextafter(old.updated_at, inf)
+    return now
