@@ -52,7 +52,7 @@ def cmd_user(args) -> int:
         cfg = load_config(args.config)
         init_store(cfg.database)
         if args.action == "add":
-            add_user(args.name, cfg.domain, args.password)
+            add_user(args.name, cfg.domain, args.password, replace=True)
             log.warning("user %s@%s saved", args.name, cfg.domain)
         else:
             n = import_users_csv(args.file, cfg.domain)

@@ -103,7 +103,7 @@ def run_lab(args) -> int:
             cfg = write_node_config(data, k, secret)
             init_store(f"sqlite:///{data}/node{k}/tandem.db")
             for name, pw in DEMO_USERS:
-                add_user(name, DOMAIN, pw)
+                add_user(name, DOMAIN, pw, replace=True)
             if args.users:
                 import_users_csv(args.users, DOMAIN)
             close_store()

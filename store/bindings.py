@@ -1,0 +1,298 @@
+"""Registrar bindings in the database, as plain dicts.
+
+A binding record is a ``dict`` whose keys are exactly
+:data:`store.models.BINDING_FIELDS` (every column of
+:class:`store.models.Binding` but ``id``)::
+
+    aor         str    canonical "sip:user@domain"
+    key         str    binding identity: +sip.instance plus reg-id when
+                       given, else the canonical contact URI
+    contact     str    the Contact URI as sent
+    expires_at  float  absolute unix time
+    q           float | None
+    call_id     str
+    cseq        int
+    path        list[str]  Path header values, stored as JSON text (write_batch
+                       also takes that JSON text; load_bindings gives lists)
+    instance    str | None
+    reg_id      int | None
+    received    str | None "transport:host:port" of the source
+    user_agent  str | None
+    origin      str    id of the node that is primary for the binding
+    epoch       int
+    seq         int
+    updated_at  float
+    deleted     bool   a tombstone, kept until expires_at
+
+The registrar keeps its location table in memory; this module is how that
+table reaches the disk (:func:`write_batch`, the group commit) and comes
+back at startup (:func:`load_bindings`).
+
+:func:`write_batch` is on the hot path. Peewee builds its INSERT ... ON
+CONFLICT statement once per backend (so the SQL dialect is peewee's), and
+the statement for a chunk of n rows is that single-row statement with n
+value groups; building it with peewee for every chunk costs about 70 us a
+row, twenty times the cost of executing it.
+"""
+
+import json
+import logging
+import time
+from operator import itemgetter
+
+import peewee
+
+from store.db import StoreError, max_variables
+from store.models import BINDING_FIELDS, Binding, get_database
+
+log = logging.getLogger(__name__)
+
+MAX_ROWS_PER_STATEMENT = 500
+"""Upper bound on the rows of one INSERT statement (fewer if the backend's
+bound-parameter limit requires it)."""
+
+SLOW_BATCH_S = 0.5
+"""A write_batch slower than this is logged as a warning."""
+
+_FIELD_SET = frozenset(BINDING_FIELDS)
+_NFIELDS = len(BINDING_FIELDS)
+_PATH_AT = BINDING_FIELDS.index("path")
+_DELETED_AT = BINDING_FIELDS.index("deleted")
+# The record is turned into parameters in three runs around the two columns
+# that need conversion ("path" to JSON and "deleted" to bool), which keeps
+# the per-row work to two C-level itemgetter calls.
+if not _PATH_AT < _DELETED_AT == _NFIELDS - 1:
+    raise ImportError("store.bindings expects path before deleted, last")
+_head = itemgetter(*BINDING_FIELDS[:_PATH_AT])
+_middle = itemgetter(*BINDING_FIELDS[_PATH_AT + 1:_DELETED_AT])
+_identity = itemgetter("aor", "key")
+_dumps = json.JSONEncoder(separators=(",", ":")).encode
+_loads = json.loads
+
+_upsert_templates = {}
+
+
+def _upsert_template(db: peewee.Database) -> tuple[str, str, str]:
+    """Return (prefix, value group, suffix) of the upsert for ``db``'s dialect.
+
+    The statement for n rows is ``prefix + ", ".join([group] * n) + suffix``.
+    """
+    template = _upsert_templates.get(type(db))
+    if template is not None:
+        return template
+    columns = [getattr(Binding, name) for name in BINDING_FIELDS]
+    updated = [column for column in columns
+               if column.name not in ("aor", "key")]
+    query = (Binding
+             .insert_many([(0,) * _NFIELDS], fields=columns)
+             .on_conflict(conflict_target=[Binding.aor, Binding.key],
+                          preserve=updated)
+             .as_rowcount())
+    sql, params = query.sql()
+    group = "(%s)" % ", ".join([db.param] * _NFIELDS)
+    if len(params) != _NFIELDS or sql.count(group) != 1:
+        raise StoreError("unexpected upsert SQL from peewee: %s" % sql)
+    prefix, suffix = sql.split(group)
+    template = _upsert_templates[type(db)] = (prefix, group, suffix)
+    return template
+
+
+def _encode_path(path) -> str:
+    """Turn a record's ``path`` into its JSON text.
+
+    A list (or tuple) of strings is encoded; a string is taken as JSON text
+    already, and checked to decode to a list so that no row can break
+    :func:`load_bindings`.
+    """
+    if not path:
+        if path is None:
+            raise StoreError("binding field path is None (use [])")
+        return "[]"
+    if isinstance(path, str):
+        try:
+            decoded = _loads(path)
+        except ValueError:
+            decoded = None
+        if not isinstance(decoded, list):
+            raise StoreError("binding field path %r is neither a list nor "
+                             "the JSON text of one" % path)
+        return path
+    if not isinstance(path, (list, tuple)):
+        raise StoreError("binding field path must be a list of strings, not "
+                         "%s" % type(path).__name__)
+    return _dumps(list(path))
+
+
+def _bad_record(record) -> StoreError:
+    """Build the error that says how ``record`` differs from a binding."""
+    if not isinstance(record, dict):
+        return StoreError("binding record must be a dict, not %s"
+                          % type(record).__name__)
+    missing = sorted(_FIELD_SET - record.keys())
+    extra = sorted(map(str, record.keys() - _FIELD_SET))
+    return StoreError("bad binding record for %r: missing fields %s, "
+                      "unknown fields %s" % (record.get("aor"),
+                                             missing or "none",
+                                             extra or "none"))
+
+
+def _params_of(records) -> list:
+    """Flatten ``records`` into one list of statement parameters."""
+    params = []
+    extend = params.extend
+    append = params.append
+    for record in records:
+        if len(record) != _NFIELDS:
+            raise _bad_record(record)
+        try:
+            extend(_head(record))
+            append(_encode_path(record["path"]))
+            extend(_middle(record))
+            deleted = record["deleted"]
+            append(deleted if deleted is None else bool(deleted))
+        except (KeyError, TypeError) as exc:
+            raise _bad_record(record) from exc
+    return params
+
+
+def _reset_if_broken(db: peewee.Database) -> None:
+    """Close this thread's connection if an error left it unusable.
+
+    The next call then opens a new one (e.g. after a PostgreSQL restart).
+    """
+    try:
+        if not db.is_closed() and not db.is_connection_usable():
+            db.close()
+    except peewee.PeeweeException:
+        log.warning("could not close a broken database connection",
+                    exc_info=True)
+
+
+def write_batch(upserts: list[dict],
+                deletes: list[tuple[str, str]] | None = None) -> None:
+    """Write many bindings in ONE transaction; durable when this returns.
+
+    Each record of ``upserts`` is inserted, or replaces every column of the
+    row with the same (aor, key). If the same (aor, key) appears more than
+    once, the last record in the list wins. ``deletes`` lists (aor, key)
+    pairs to remove outright (used to purge expired tombstones); they are
+    applied before the upserts, so an upsert of the same pair wins.
+
+    Everything or nothing is written: on any error the transaction is
+    rolled back and :class:`StoreError` raised. It must not be called
+    inside another transaction, since its commit is what makes the batch
+    durable.
+    """
+    db = get_database()
+    if db.in_transaction():
+        raise StoreError("write_batch must not run inside a transaction")
+    if not upserts and not deletes:
+        return
+    if not isinstance(upserts, list):
+        upserts = list(upserts)
+    deletes = list(deletes) if deletes else []
+    started = time.perf_counter()
+    latest = {}
+    try:
+        for record in upserts:
+            latest[_identity(record)] = record
+    except (KeyError, TypeError) as exc:
+        raise _bad_record(record) from exc
+    records = list(latest.values()) if len(latest) != len(upserts) else upserts
+    per_statement = max(1, min(MAX_ROWS_PER_STATEMENT,
+                               max_variables(db) // _NFIELDS))
+    try:
+        with db.atomic():
+            if deletes:
+                _delete_pairs(db, deletes)
+            if records:
+                prefix, group, suffix = _upsert_template(db)
+                for start in range(0, len(records), per_statement):
+                    chunk = records[start:start + per_statement]
+                    sql = prefix + ", ".join([group] * len(chunk)) + suffix
+                    db.execute_sql(sql, _params_of(chunk))
+    except peewee.PeeweeException as exc:
+        _reset_if_broken(db)
+        raise StoreError("write_batch of %d upserts and %d deletes failed, "
+                         "nothing written: %s"
+                         % (len(records), len(deletes), exc)) from exc
+    elapsed = time.perf_counter() - started
+    level = logging.WARNING if elapsed > SLOW_BATCH_S else logging.DEBUG
+    log.log(level, "wrote %d bindings, deleted %d, in %.1f ms",
+            len(records), len(deletes), elapsed * 1000)
+
+
+def _delete_pairs(db: peewee.Database, pairs) -> None:
+    """Delete the (aor, key) pairs, in chunks; caller holds the transaction."""
+    per_statement = max(1, min(MAX_ROWS_PER_STATEMENT,
+                               max_variables(db) // 2))
+    identity = peewee.Tuple(Binding.aor, Binding.key)
+    for start in range(0, len(pairs), per_statement):
+        chunk = [tuple(pair) for pair in pairs[start:start + per_statement]]
+        Binding.delete().where(identity.in_(chunk)).execute()
+
+
+def load_bindings(include_deleted: bool = True) -> list[dict]:
+    """Return every stored binding as a record dict (see the module doc).
+
+    With ``include_deleted`` (the default, for filling the location table
+    at startup) tombstones are included; without it only live bindings.
+    Expired rows not yet purged are returned either way.
+    """
+    db = get_database()
+    columns = [getattr(Binding, name) for name in BINDING_FIELDS]
+    query = Binding.select(*columns)
+    if not include_deleted:
+        query = query.where(Binding.deleted == False)  # noqa: E712
+    try:
+        rows = db.execute_sql(*query.sql()).fetchall()
+    except peewee.PeeweeException as exc:
+        _reset_if_broken(db)
+        raise StoreError("cannot load bindings: %s" % exc) from exc
+    records = []
+    append = records.append
+    for row in rows:
+        record = dict(zip(BINDING_FIELDS, row))
+        record["path"] = _loads(record["path"])
+        record["deleted"] = bool(record["deleted"])
+        append(record)
+    return records
+
+
+def purge_expired(now: float) -> int:
+    """Delete every row, live or tombstone, with ``expires_at < now``.
+
+    Returns how many rows were deleted.
+    """
+    db = get_database()
+    try:
+        with db.atomic():
+            count = (Binding.delete()
+                     .where(Binding.expires_at < now)
+                     .execute())
+    except peewee.PeeweeException as exc:
+        _reset_if_broken(db)
+        raise StoreError("cannot purge expired bindings: %s" % exc) from exc
+    if count:
+        log.info("purged %d expired bindings", count)
+    return count
+
+
+def count_bindings(live_only: bool = True, *, now: float | None = None) -> int:
+    """Count stored bindings.
+
+    With ``live_only`` tombstones are not counted. With ``now`` rows whose
+    ``expires_at`` is before it (expired, not yet purged) are not counted
+    either.
+    """
+    get_database()
+    query = Binding.select()
+    if live_only:
+        query = query.where(Binding.deleted == False)  # noqa: E712
+    if now is not None:
+        query = query.where(Binding.expires_at >= now)
+    try:
+        return query.count()
+    except peewee.PeeweeException as exc:
+        _reset_if_broken(get_database())
+        raise StoreError("cannot count bindings: %s" % exc) from exc

@@ -1,0 +1,227 @@
+"""SIP users: digest HA1 values per (username, domain), never passwords.
+
+A user's realm is its domain, so HA1 = H("username:domain:password") for
+H in MD5 and SHA-256 (RFC 8760), both kept so that either algorithm can be
+offered in a challenge. Lookups return ``{"MD5": hex, "SHA-256": hex}``.
+
+Disabled users are kept but invisible to authentication: neither
+:func:`get_user_ha1` nor :func:`load_user_ha1s` returns them.
+"""
+
+import csv
+import hashlib
+import logging
+import re
+import time
+
+import peewee
+
+from store.db import StoreError
+from store.models import User, get_database
+
+log = logging.getLogger(__name__)
+
+USERNAME_RE = re.compile(r"(?:[A-Za-z0-9\-_.!~*'()&=+$,;?/]|%[0-9A-Fa-f]{2})+")
+"""A SIP URI user part (RFC 3261 ``user``): unreserved, user-unreserved and
+%-escaped characters; so never ':', '@' or whitespace."""
+
+DOMAIN_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.\-]*[A-Za-z0-9])?"
+                       r"|\[[0-9A-Fa-f:.]+\]")
+"""A host name, an IPv4 address or a bracketed IPv6 address."""
+
+CSV_HEADER = ["username", "password"]
+"""The header line :func:`import_users_csv` expects."""
+
+_ROWS_PER_STATEMENT = 100
+
+
+def compute_ha1s(username: str, realm: str, password: str) -> dict[str, str]:
+    """Return the digest HA1 of the credentials for MD5 and for SHA-256."""
+    secret = ("%s:%s:%s" % (username, realm, password)).encode("utf-8")
+    return {"MD5": hashlib.md5(secret).hexdigest(),
+            "SHA-256": hashlib.sha256(secret).hexdigest()}
+
+
+def validate_username(username: str) -> str:
+    """Return ``username`` if it is a valid SIP user part, else raise."""
+    if not isinstance(username, str) or not USERNAME_RE.fullmatch(username):
+        raise StoreError("invalid username %r: use letters, digits and "
+                         "-_.!~*'()&=+$,;?/ or %%XX escapes; no ':', '@' or "
+                         "whitespace" % (username,))
+    return username
+
+
+def validate_domain(domain: str) -> str:
+    """Return ``domain`` if it is a host name or an address, else raise."""
+    if not isinstance(domain, str) or not DOMAIN_RE.fullmatch(domain):
+        raise StoreError("invalid domain %r: expected a host name or an IP "
+                         "address" % (domain,))
+    return domain
+
+
+def _validate_password(password: str) -> str:
+    """Return ``password`` if it is a non-empty string, else raise."""
+    if not isinstance(password, str) or not password:
+        raise StoreError("password must be a non-empty string")
+    return password
+
+
+def _row(username: str, domain: str, password: str, enabled: bool) -> dict:
+    """Build the User row for validated credentials."""
+    ha1 = compute_ha1s(username, domain, password)
+    return {"username": username, "domain": domain, "ha1_md5": ha1["MD5"],
+            "ha1_sha256": ha1["SHA-256"], "enabled": enabled,
+            "created_at": time.time()}
+
+
+def _upsert(rows: list[dict]) -> None:
+    """Insert the rows, or update the HA1s of existing (username, domain)."""
+    db = get_database()
+    try:
+        with db.atomic():
+            for chunk in peewee.chunked(rows, _ROWS_PER_STATEMENT):
+                (User.insert_many(chunk)
+                 .on_conflict(conflict_target=[User.username, User.domain],
+                              preserve=[User.ha1_md5, User.ha1_sha256])
+                 .as_rowcount()
+                 .execute())
+    except peewee.PeeweeException as exc:
+        raise StoreError("cannot write users: %s" % exc) from exc
+
+
+def add_user(username: str, domain: str, password: str, *,
+             enabled: bool = True, replace: bool = False) -> None:
+    """Create a user of ``domain`` from its plain password (not stored).
+
+    If the user exists, raise :class:`StoreError`; with ``replace`` set its
+    password (HA1s) is changed instead, and its enabled flag left alone.
+    """
+    row = _row(validate_username(username), validate_domain(domain),
+               _validate_password(password), bool(enabled))
+    if replace:
+        _upsert([row])
+        log.info("user %s@%s added or updated", username, domain)
+        return
+    get_database()
+    try:
+        User.insert(row).as_rowcount().execute()
+    except peewee.IntegrityError as exc:
+        raise StoreError("user %s@%s already exists"
+                         % (username, domain)) from exc
+    except peewee.PeeweeException as exc:
+        raise StoreError("cannot add user %s@%s: %s"
+                         % (username, domain, exc)) from exc
+    log.info("user %s@%s added", username, domain)
+
+
+def import_users_csv(path: str, domain: str) -> int:
+    """Import users of ``domain`` from a CSV file; return how many.
+
+    The file (UTF-8) starts with the header ``username,password``; each
+    further line is one user. Fields are taken as written (no trimming).
+    Existing users get the new password; users not in the file are left
+    alone. The file is checked whole before anything is written, and a bad
+    line raises :class:`StoreError` naming the file and line number.
+    """
+    validate_domain(domain)
+    rows = []
+    seen = {}
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle)
+            header = None
+            for fields in reader:
+                line = reader.line_num
+                if not fields:
+                    continue
+                if header is None:
+                    header = [field.strip().lower() for field in fields]
+                    if header != CSV_HEADER:
+                        raise StoreError(
+                            "%s line %d: header must be 'username,password',"
+                            " not %r" % (path, line, ",".join(fields)))
+                    continue
+                if len(fields) != 2:
+                    raise StoreError(
+                        "%s line %d: expected 2 fields (username,password), "
+                        "got %d" % (path, line, len(fields)))
+                username, password = fields
+                try:
+                    validate_username(username)
+                    _validate_password(password)
+                except StoreError as exc:
+                    raise StoreError("%s line %d: %s"
+                                     % (path, line, exc)) from None
+                if username in seen:
+                    raise StoreError("%s line %d: user %r already on line %d"
+                                     % (path, line, username, seen[username]))
+                seen[username] = line
+                rows.append(_row(username, domain, password, True))
+    except OSError as exc:
+        raise StoreError("cannot read users file %s: %s"
+                         % (path, exc)) from exc
+    except (csv.Error, UnicodeDecodeError) as exc:
+        raise StoreError("users file %s is not valid UTF-8 CSV: %s"
+                         % (path, exc)) from exc
+    if rows:
+        _upsert(rows)
+    log.info("imported %d users of %s from %s", len(rows), domain, path)
+    return len(rows)
+
+
+def get_user_ha1(username: str, domain: str) -> dict[str, str] | None:
+    """Return ``{"MD5": ..., "SHA-256": ...}`` for an enabled user, or None."""
+    get_database()
+    row = (User.select(User.ha1_md5, User.ha1_sha256)
+           .where((User.username == username) & (User.domain == domain)
+                  & (User.enabled == True))  # noqa: E712
+           .tuples()
+           .first())
+    if row is None:
+        return None
+    return {"MD5": row[0], "SHA-256": row[1]}
+
+
+def load_user_ha1s(domain: str) -> dict[str, dict[str, str]]:
+    """Return the HA1s of every enabled user of ``domain``, by username."""
+    get_database()
+    query = (User.select(User.username, User.ha1_md5, User.ha1_sha256)
+             .where((User.domain == domain) & (User.enabled == True))  # noqa
+             .tuples())
+    return {username: {"MD5": md5, "SHA-256": sha256}
+            for username, md5, sha256 in query}
+
+
+def list_users(domain: str) -> list[dict]:
+    """List the users of ``domain`` by username, without their HA1s.
+
+    Each item has ``username``, ``domain``, ``enabled`` and ``created_at``
+    (unix time).
+    """
+    get_database()
+    query = (User.select(User.username, User.domain, User.enabled,
+                         User.created_at)
+             .where(User.domain == domain)
+             .order_by(User.username)
+             .dicts())
+    return list(query)
+
+
+def set_user_enabled(username: str, domain: str, enabled: bool) -> bool:
+    """Enable or disable a user; return False if there is no such user."""
+    get_database()
+    count = (User.update(enabled=bool(enabled))
+             .where((User.username == username) & (User.domain == domain))
+             .execute())
+    return count > 0
+
+
+def delete_user(username: str, domain: str) -> bool:
+    """Delete a user; return False if there was no such user."""
+    get_database()
+    count = (User.delete()
+             .where((User.username == username) & (User.domain == domain))
+             .execute())
+    if count:
+        log.info("user %s@%s deleted", username, domain)
+    return count > 0
