@@ -43,6 +43,7 @@ class NodeConfig:
     max_contacts: int = 10
     nonce_lifetime: float = 300.0
     auth_secret: str = ""
+    auth_algorithms: list[str] = field(default_factory=lambda: ["MD5", "SHA-256"])
     batch_max: int = 256
     t1: float = 0.5
     t2: float = 4.0
@@ -59,6 +60,16 @@ class NodeConfig:
     suspect_after: float = 1.5
     dead_after: float = 5.0
     alone_wait: float = 3.0
+    control_keys: list[str] = field(default_factory=list)
+    """Public keys (Z85) of clients allowed on the control endpoint besides peers (dashboard)."""
+    hwm: int = 10000
+    """ZeroMQ high-water mark (messages) of the replication PUB and SUB sockets."""
+    snapshot_batch: int = 1000
+    """Bindings per snapshot message."""
+    snapshot_rate: int = 100000
+    """Upper bound on bindings per second streamed to one snapshot request (0: no bound)."""
+    sync_timeout: float = 5.0
+    """Seconds a snapshot may go silent before it counts as failed and is retried."""
 
 
 _SECTIONS = {
@@ -67,13 +78,16 @@ _SECTIONS = {
             "t1": "t1", "t2": "t2", "t4": "t4"},
     "registrar": {"min_expires": "min_expires", "max_expires": "max_expires",
                   "default_expires": "default_expires", "max_contacts": "max_contacts"},
-    "auth": {"secret": "auth_secret", "nonce_lifetime": "nonce_lifetime"},
+    "auth": {"secret": "auth_secret", "nonce_lifetime": "nonce_lifetime",
+             "algorithms": "auth_algorithms"},
     "database": {"url": "database", "batch_max": "batch_max"},
     "dns": {"servers": "dns_servers", "port": "dns_port"},
     "cluster": {"pub": "bus_pub", "snapshot": "bus_snapshot", "control": "control",
                 "secret_key": "secret_key", "public_key": "public_key",
                 "heartbeat": "heartbeat", "suspect_after": "suspect_after",
-                "dead_after": "dead_after", "alone_wait": "alone_wait"},
+                "dead_after": "dead_after", "alone_wait": "alone_wait",
+                "control_keys": "control_keys", "hwm": "hwm", "snapshot_batch": "snapshot_batch",
+                "snapshot_rate": "snapshot_rate", "sync_timeout": "sync_timeout"},
 }
 
 
@@ -102,12 +116,15 @@ def parse_config(data: dict, base_dir: str = ".") -> NodeConfig:
     values["peers"] = peers
     cfg = NodeConfig(**values)
     for name in ("port", "min_expires", "max_expires", "default_expires", "max_contacts",
-                 "batch_max", "dns_port"):
+                 "batch_max", "dns_port", "hwm", "snapshot_batch", "snapshot_rate"):
         v = getattr(cfg, name)
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
             raise ConfigError(f"{name} must be a non-negative integer, not {v!r}")
     if not 0 < cfg.port < 65536:
         raise ConfigError(f"port out of range: {cfg.port}")
+    bad = [a for a in cfg.auth_algorithms if a not in ("MD5", "SHA-256")]
+    if bad or not cfg.auth_algorithms:
+        raise ConfigError(f"auth.algorithms takes MD5 and/or SHA-256, not {bad}")
     if not cfg.min_expires <= cfg.default_expires <= cfg.max_expires:
         raise ConfigError("need min_expires <= default_expires <= max_expires")
     if not os.path.isabs(cfg.data_dir):

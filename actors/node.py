@@ -93,8 +93,9 @@ class Node:
         users = UserDirectory(cfg.domain)
         users.reload()
         secret = bytes.fromhex(cfg.auth_secret) if cfg.auth_secret else secrets.token_bytes(32)
-        auth = Authenticator(cfg.domain, secret, users.lookup, cfg.nonce_lifetime)
-        rules = RegistrarRules(cfg.domain, cfg.aliases, cfg.min_expires, cfg.max_expires,
+        auth = Authenticator(cfg.domain, secret, users.lookup, cfg.nonce_lifetime,
+                             tuple(cfg.auth_algorithms), max_nonces=500_000)
+        rules = RegistrarRules(cfg.domain, [*cfg.aliases, cfg.address], cfg.min_expires, cfg.max_expires,
                                cfg.default_expires, cfg.max_contacts)
         self.transport = Transport(cfg.address, cfg.port, self.on_request, self.on_response)
         timers = {"t1": cfg.t1, "t2": cfg.t2, "t4": cfg.t4}

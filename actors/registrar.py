@@ -9,7 +9,7 @@ and only then sends the 200s, so a binding is durable before its 200.
 
 import logging
 import time
-import uuid
+import os
 
 from gevent.queue import Empty, Queue
 
@@ -28,7 +28,7 @@ class RegistrarActor:
 
     def __init__(self, node_id: str, rules: RegistrarRules, authenticator, location: Location,
                  transport, sequencer, batch_max: int = 256, on_commit=None,
-                 timers: dict | None = None, clock=time.time):
+                 timers: dict | None = None, clock=time.time, monotonic=time.monotonic):
         self.node_id = node_id
         self.rules = rules
         self.auth = authenticator
@@ -38,6 +38,7 @@ class RegistrarActor:
         self.batch_max = batch_max
         self.on_commit = on_commit
         self.clock = clock
+        self.monotonic = monotonic
         self.tx = TransactionLayer(**(timers or {}))
         self.inbox: Queue = Queue()
         self.greenlet = None
@@ -48,25 +49,32 @@ class RegistrarActor:
         """Give a REGISTER to the actor (called by the transport)."""
         self.inbox.put((req, dest))
 
+    def merge(self, bindings: list[Binding]) -> None:
+        """Give replicated bindings to the actor: each is kept if newer (``is_newer``)
+        and persisted in the next group commit. Not published again."""
+        self.inbox.put((None, bindings))
+
     def run(self) -> None:
         """The actor's loop: batches of REGISTER, transaction timers, expiry."""
         inbox = self.inbox
-        next_expiry = next_purge = self.clock()
+        tx = self.tx
+        next_expiry = next_purge = self.monotonic()
         while True:
-            deadline = self.tx.get_timer()
+            deadline = tx.get_timer()
             deadline = next_expiry if deadline is None else min(deadline, next_expiry)
-            timeout = max(0.0, deadline - self.clock())
             try:
-                first = inbox.get(timeout=timeout)
+                first = inbox.get(timeout=max(0.0, deadline - self.monotonic()))
             except Empty:
                 first = None
-            now = self.clock()
-            self._send_all(self.tx.handle_timer(now))
-            if now >= next_expiry:
+            mono = self.monotonic()
+            tx.handle_timer(mono)
+            self._flush()
+            if mono >= next_expiry:
+                now = self.clock()
                 self.location.expire(now)
-                next_expiry = now + 1.0
-                if now >= next_purge:
-                    next_purge = now + 60.0
+                next_expiry = mono + 1.0
+                if mono >= next_purge:
+                    next_purge = mono + 60.0
                     self._purge(now)
             if first is None:
                 continue
@@ -77,9 +85,10 @@ class RegistrarActor:
                 except Empty:
                     break
             try:
-                self._process(batch, now)
+                self._process(batch, self.clock(), mono)
             except Exception:
                 log.exception("registrar batch of %d failed", len(batch))
+            self._flush()
 
     def _purge(self, now: float) -> None:
         try:
@@ -87,22 +96,30 @@ class RegistrarActor:
         except Exception:
             log.exception("purging expired bindings failed")
 
-    def _send_all(self, outgoing) -> None:
+    def _flush(self) -> None:
+        """Send what the transaction layer has queued; drop its events."""
         send = self.transport.send
-        for dest, data in outgoing:
+        for data, dest in self.tx.messages_to_send():
             send(dest, data)
+        while self.tx.next_event() is not None:
+            pass
 
-    def _process(self, batch: list, now: float) -> None:
-        pending = []
-        changes: list[Binding] = []
-        undo = []
+    def _process(self, batch: list, now: float, mono: float) -> None:
+        """One group commit: apply every request and merge, write once, then answer."""
         tx = self.tx
+        location = self.location
+        deferred = []
+        changes: list[Binding] = []
+        merged: list[Binding] = []
+        undo = []
         seq_before = self.sequencer.peek()
         for req, dest in batch:
-            st, out = tx.receive_request(req, dest, now)
-            if out:
-                self._send_all(out)
-            if st is None:
+            if req is None:
+                merged.extend(b for b in dest if location.merge_undoable(b, undo))
+                continue
+            tx.receive(req, dest, mono, dest[0] != "udp")
+            ev = tx.next_event()
+            if ev is None:
                 continue
             self.stats["register"] += 1
             try:
@@ -111,31 +128,32 @@ class RegistrarActor:
                 self.stats["rejected"] += 1
                 response, made = error_response(req, err, to_tag=_tag()), []
             for b in made:
-                undo.append((b.aor, b.key, self.location.put(b)))
+                undo.append((b.aor, b.key, location.put(b)))
             changes.extend(made)
-            if made:
-                pending.append((st, response))
+            if response.status < 300 and (changes or merged):
+                deferred.append((ev.transaction, ev.request, response))
             else:
-                self._send_all(tx.respond(st, response, now))
-        if changes:
+                tx.respond(ev.transaction, response, mono)
+        if changes or merged:
             try:
-                binding_store.write_batch([b.to_record() for b in changes])
+                binding_store.write_batch([b.to_record() for b in changes + merged])
             except Exception:
-                log.exception("group commit of %d bindings failed; answering 500", len(changes))
+                log.exception("group commit of %d bindings failed; answering 500",
+                              len(changes) + len(merged))
                 for aor, key, old in reversed(undo):
-                    self.location.restore(aor, key, old)
+                    location.restore(aor, key, old)
                 self.sequencer.rewind(seq_before)
-                for st, response in pending:
-                    err = SipError(500, "Database Unavailable", [("Retry-After", "5")])
-                    self._send_all(tx.respond(st, error_response(st.request, err), now))
+                err = SipError(500, "Database Unavailable", [("Retry-After", "5")])
+                for st, req, response in deferred:
+                    tx.respond(st, error_response(req, err, to_tag=_tag()), mono)
                 return
             self.stats["commits"] += 1
-            self.stats["committed"] += len(changes)
-            if self.on_commit is not None:
+            self.stats["committed"] += len(changes) + len(merged)
+            if self.on_commit is not None and changes:
                 self.on_commit(changes)
-        for st, response in pending:
+        for st, _req, response in deferred:
             self.stats["ok"] += 1
-            self._send_all(tx.respond(st, response, now))
+            tx.respond(st, response, mono)
 
     def _register(self, req: Request, dest, now: float):
         rules = self.rules
@@ -143,6 +161,9 @@ class RegistrarActor:
         result = self.auth.authenticate("REGISTER", req.raw_values("authorization"), now)
         if not result.ok:
             self.stats["challenged"] += 1
+            if result.reason != "missing":
+                log.info("REGISTER for %s from %s:%s:%d not authenticated: %s",
+                         req.to.uri.user, *dest, result.reason)
             headers = [("WWW-Authenticate", c) for c in result.challenges]
             return make_response(req, 401, "Unauthorized", headers, to_tag=_tag()), []
         _aor, user = rules.aor_of(req)
@@ -156,4 +177,4 @@ class RegistrarActor:
 
 
 def _tag() -> str:
-    return uuid.uuid4().hex[:12]
+    return os.urandom(6).hex()

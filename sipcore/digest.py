@@ -29,8 +29,6 @@ _ALGORITHMS = {
     "SHA-256": "SHA-256", "SHA-256-SESS": "SHA-256-sess",
 }
 
-#: order in which challenges are offered: strongest first (RFC 8760 §2.4)
-_PREFERENCE = ("SHA-256", "MD5")
 
 _REQUIRED = ("username", "realm", "nonce", "uri", "response")
 _HEX = "0123456789abcdefABCDEF"
@@ -411,13 +409,15 @@ class Authenticator:
     gives), or None for an unknown user. A user without an HA1 for the
     algorithm the client chose is treated as unknown. ``secret`` keys the
     nonces (share it across the nodes of a cluster). ``algorithms`` are the
-    ones offered, among ``"MD5"`` and ``"SHA-256"``; the matching ``-sess``
+    ones offered, among ``"MD5"`` and ``"SHA-256"``, in the server's order of
+    preference (RFC 8760 §2.4): many phones read only the first challenge
+    and know only MD5, so a node may put MD5 first. The matching ``-sess``
     variants are accepted too.
     """
 
     def __init__(self, realm: str, secret: bytes, lookup,
                  nonce_lifetime: float = 300.0,
-                 algorithms: tuple[str, ...] = ("MD5", "SHA-256"),
+                 algorithms: tuple[str, ...] = ("SHA-256", "MD5"),
                  max_nonces: int = 100_000):
         """Build an authenticator; ``max_nonces`` bounds the replay table."""
         for a in algorithms:
@@ -429,7 +429,7 @@ class Authenticator:
         self.lookup = lookup
         self.nonces = NonceFactory(secret, nonce_lifetime)
         self.counts = NonceCounts(max_nonces)
-        offered = [a for a in _PREFERENCE if a in algorithms]
+        offered = list(dict.fromkeys(algorithms))
         self.algorithms = tuple(offered)
         self._accepted = {}
         for a in offered:
