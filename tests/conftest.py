@@ -20,10 +20,14 @@ Store fixtures:
     closed after the test.
 """
 
-import os
+from gevent import monkey
+
+monkey.patch_all()
+
+import os  # noqa: E402
 
 import peewee
-import pytest
+import pytest  # noqa: E402
 
 from store.db import open_database
 from store.models import MODELS, close_store, init_store

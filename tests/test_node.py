@@ -1,0 +1,188 @@
+"""One real node process on loopback, driven by SIPp, sipsak and raw sockets."""
+
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import time
+
+import pytest
+
+from loadtest.bench_register import write_register_inf
+from loadtest.harness import NodeProcess, free_port, options_ping, run_sipp, write_users_csv
+
+USERS = 2000
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory):
+    work = str(tmp_path_factory.mktemp("node"))
+    n = NodeProcess(work, extra="[registrar]\nmin_expires = 60\n")
+    rows = write_users_csv(os.path.join(work, "users.csv"), USERS)
+    out = n.run_cli("user", "import", os.path.join(work, "users.csv"))
+    assert out.returncode == 0, out.stderr
+    n.rows = rows
+    n.work = work
+    n.start()
+    yield n
+    n.stop()
+
+
+def live_bindings(node) -> dict:
+    """Live bindings per AOR, read from the node's SQLite file."""
+    path = node.database.removeprefix("sqlite:///")
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        rows = con.execute("SELECT aor, contact FROM bindings WHERE deleted = 0 AND expires_at > ?",
+                           (time.time(),)).fetchall()
+    finally:
+        con.close()
+    out: dict = {}
+    for aor, contact in rows:
+        out.setdefault(aor, []).append(contact)
+    return out
+
+
+def register(node, rows, expires=3600, transport="u1", port=None, scenario="register_auth.xml",
+             rate=500):
+    inf = os.path.join(node.work, f"inf-{time.monotonic_ns()}.csv")
+    write_register_inf(inf, rows, node.domain, expires)
+    return run_sipp(scenario, f"{node.address}:{node.port}", node.work, inf=inf,
+                    calls=len(rows), rate=rate, transport=transport, local_port=port,
+                    timeout=90)
+
+
+def sip_exchange(node, text: str, timeout: float = 2.0) -> str | None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(timeout)
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        s.sendto(text.replace("PORT", str(port)).encode(), (node.address, node.port))
+        try:
+            return s.recv(65535).decode()
+        except socket.timeout:
+            return None
+
+
+def request(method="OPTIONS", drop=(), extra="", uri="sip:example.test"):
+    headers = [
+        "Via: SIP/2.0/UDP 127.0.0.1:PORT;branch=z9hG4bK" + os.urandom(6).hex(),
+        "From: <sip:user0@example.test>;tag=abc",
+        "To: <sip:user0@example.test>",
+        "Call-ID: " + os.urandom(8).hex(),
+        f"CSeq: 1 {method}",
+        "Max-Forwards: 70",
+    ]
+    headers = [h for h in headers if h.split(":")[0] not in drop]
+    return f"{method} {uri} SIP/2.0\r\n" + "\r\n".join(headers) + extra + \
+        "\r\nContent-Length: 0\r\n\r\n"
+
+
+def test_sipp_registers_2000_users_with_digest(node):
+    res = register(node, node.rows, port=free_port())
+    assert (res.successful, res.failed) == (USERS, 0), res.stderr
+    found = live_bindings(node)
+    assert len(found) == USERS
+    assert all(len(v) == 1 for v in found.values())
+
+
+def test_query_lists_every_binding(node):
+    res = register(node, node.rows, scenario="register_query.xml", rate=1000)
+    assert (res.successful, res.failed) == (USERS, 0), res.stderr
+
+
+def test_refresh_from_same_contact_keeps_one_binding(node):
+    rows = node.rows[:200]
+    port = free_port()
+    assert register(node, rows, port=port).failed == 0
+    before = live_bindings(node)
+    res = register(node, rows, port=port, expires=1800)
+    assert (res.successful, res.failed) == (200, 0)
+    after = live_bindings(node)
+    for user, _ in rows:
+        aor = f"sip:{user}@example.test"
+        assert len(after[aor]) == len(before[aor])
+
+
+def test_unregister_removes_bindings(node):
+    rows = node.rows[1000:1500]
+    port = free_port()
+    assert register(node, rows, port=port).failed == 0
+    res = register(node, rows, port=port, expires=0)
+    assert (res.successful, res.failed) == (500, 0)
+    found = live_bindings(node)
+    for user, _ in rows:
+        contacts = found.get(f"sip:{user}@example.test", [])
+        assert not any(f":{port};" in c or c.endswith(f":{port}") for c in contacts)
+
+
+def test_register_over_tcp(node):
+    res = register(node, node.rows[:100], transport="t1", rate=200)
+    assert (res.successful, res.failed) == (100, 0), res.stderr
+
+
+def test_sipsak_options_and_register(node):
+    target = f"sip:{node.address}:{node.port}"
+    opt = subprocess.run(["sipsak", "-s", target], capture_output=True, text=True, timeout=20)
+    assert opt.returncode == 0, opt.stdout + opt.stderr
+    user, pw = node.rows[-1]
+    reg = subprocess.run(["sipsak", "-U", "-s", f"sip:{user}@{node.address}:{node.port}",
+                          "-u", user, "-a", pw, "-i", "-x", "120", "-v"],
+                         capture_output=True, text=True, timeout=30)
+    assert reg.returncode == 0, reg.stdout + reg.stderr
+    assert "completed successful" in reg.stdout
+
+
+@pytest.mark.parametrize("missing", ["CSeq", "Call-ID", "From", "To", "Via"])
+def test_missing_header_gets_400_naming_it(node, missing):
+    answer = sip_exchange(node, request(drop=(missing,)))
+    assert answer.startswith(f"SIP/2.0 400 missing {missing} header")
+
+
+def test_garbage_gets_nothing_and_node_lives(node):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for junk in (b"\x00\xff" * 200, b"INVITE\r\n\r\n", b"SIP/2.0 999\r\n\r\n", os.urandom(1400)):
+            s.sendto(junk, (node.address, node.port))
+    assert options_ping(node.address, node.port, 2.0).startswith(b"SIP/2.0 200")
+
+
+def test_negative_content_length_is_400(node):
+    answer = sip_exchange(node, request().replace("Content-Length: 0", "Content-Length: -5"))
+    assert answer.startswith("SIP/2.0 400")
+
+
+def test_unsupported_method_gets_405_with_allow(node):
+    answer = sip_exchange(node, request("PUBLISH"))
+    assert answer.startswith("SIP/2.0 405")
+    assert "\r\nAllow: " in answer
+
+
+def test_interval_too_brief(node):
+    user, pw = node.rows[5]
+    res = register(node, [(user, pw)], expires=10)
+    assert res.failed == 1
+
+
+def test_sigkill_loses_no_answered_binding(tmp_path):
+    n = NodeProcess(str(tmp_path))
+    rows = write_users_csv(str(tmp_path / "users.csv"), 1000)
+    assert n.run_cli("user", "import", str(tmp_path / "users.csv")).returncode == 0
+    n.work = str(tmp_path)
+    n.start()
+    try:
+        res = register(n, rows, rate=2000)
+        assert (res.successful, res.failed) == (1000, 0)
+        n.kill()
+        assert len(live_bindings(n)) == 1000
+        n.start()
+        res = register(n, rows, scenario="register_query.xml", rate=1000)
+        assert (res.successful, res.failed) == (1000, 0), res.stderr
+    finally:
+        n.stop()
+
+
+def test_sigterm_stops_cleanly(tmp_path):
+    n = NodeProcess(str(tmp_path)).start()
+    n.proc.send_signal(signal.SIGTERM)
+    assert n.proc.wait(timeout=10) == 0
