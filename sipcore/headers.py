@@ -4,7 +4,8 @@ import re
 from dataclasses import dataclass, field
 
 from .errors import SipParseError
-from .uri import format_params, parse_params, split_hostport, split_quoted
+from .uri import (check_host, check_port, format_params, parse_number, parse_params,
+                  split_quoted)
 
 COMPACT = {
     "v": "Via", "f": "From", "t": "To", "i": "Call-ID", "m": "Contact",
@@ -48,8 +49,12 @@ def split_list(value: str) -> list[str]:
     return [p.strip() for p in split_quoted(value, ",")]
 
 
-_VIA = re.compile(r"\s*SIP\s*/\s*2\.0\s*/\s*([A-Za-z]+)\s+([^;\s]+(?:\s*:\s*\d+)?)\s*(.*)\Z",
-                  re.S)
+_TOKEN = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~"
+
+#: ``SIP/2.0/transport sent-by params``, case-insensitive as ABNF strings are (RFC 5234);
+#: the transport is a token (TLS-SCTP, WSS...)
+_VIA = re.compile(r"\s*SIP\s*/\s*2\.0\s*/\s*([A-Za-z0-9!%*_+`'~.-]+)\s+"
+                  r"(\[[^\]]*\]|[^;:\s\[]+)(?:\s*:\s*([0-9]+))?\s*(.*)\Z", re.S | re.I)
 
 
 @dataclass
@@ -66,6 +71,25 @@ class Via:
         """The ``branch`` parameter."""
         return self.params.get("branch")
 
+    @property
+    def received(self) -> str | None:
+        """The ``received`` parameter (§18.2.1), if any."""
+        return self.params.get("received")
+
+    @property
+    def rport(self) -> int | None:
+        """The ``rport`` value filled in by a server (RFC 3581), or None.
+
+        ``"rport" in via.params`` tells whether the client asked for it.
+        """
+        v = self.params.get("rport")
+        if not v:
+            return None
+        n = parse_number(v, "Via rport", 65535)
+        if n == 0:
+            raise SipParseError("Via rport out of range")
+        return n
+
     def __str__(self) -> str:
         port = f":{self.port}" if self.port is not None else ""
         return f"SIP/2.0/{self.transport} {self.host}{port}{format_params(self.params)}"
@@ -76,34 +100,39 @@ def parse_via(value: str) -> Via:
     m = _VIA.match(value)
     if not m:
         raise SipParseError("malformed Via")
-    transport, hostport, rest = m.groups()
-    host, port = split_hostport(hostport.replace(" ", "").replace("\t", ""))
-    rest = rest.strip()
-    if rest and not rest.startswith(";"):
-        raise SipParseError("malformed Via parameters")
-    return Via(transport.upper(), host, port, parse_params(rest))
+    transport, host, port_text, rest = m.groups()
+    try:
+        check_host(host)
+        port = check_port(port_text) if port_text else None
+        rest = rest.strip()
+        if rest and rest[0] != ";":
+            raise SipParseError("junk after sent-by")
+        params = parse_params(rest)
+    except SipParseError as err:
+        raise SipParseError(f"malformed Via: {err.reason}") from None
+    return Via(transport.upper(), host, port, params)
 
 
 def parse_cseq(value: str) -> tuple[int, str]:
     """Parse ``CSeq: number METHOD``; the number must fit 31 bits (§8.1.1.5)."""
     parts = value.split()
-    if len(parts) != 2 or not parts[0].isdigit():
+    if (len(parts) != 2 or not parts[0].isdigit() or not parts[0].isascii()
+            or parts[1].strip(_TOKEN)):
         raise SipParseError("malformed CSeq")
-    num = int(parts[0])
-    if num >= 2 ** 31:
+    num = parts[0]
+    if len(num) > 10:
+        num = num.lstrip("0") or "0"
+        if len(num) > 10:
+            raise SipParseError("CSeq number too large")
+    n = int(num)
+    if n >= 2 ** 31:
         raise SipParseError("CSeq number too large")
-    return num, parts[1]
+    return n, parts[1]
 
 
 def parse_int(value: str, name: str, maximum: int = 2 ** 32 - 1) -> int:
     """Parse a non-negative integer header such as Expires or Max-Forwards."""
-    value = value.strip()
-    if not value.isdigit() or not value.isascii():
-        raise SipParseError(f"malformed {name}")
-    n = int(value)
-    if n > maximum:
-        raise SipParseError(f"{name} out of range")
-    return n
+    return parse_number(value.strip(), name, maximum)
 
 
 def parse_header_params(value: str) -> tuple[str, dict[str, str | None]]:

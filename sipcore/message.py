@@ -10,10 +10,15 @@ byte for byte.
 from .errors import SipError, SipParseError
 from .headers import (CANONICAL, LIST_HEADERS, Via, parse_cseq, parse_int,
                       parse_via, split_list)
-from .uri import NameAddr, SipUri, parse_name_addr, parse_uri
+from .uri import NameAddr, SipUri, UnsupportedScheme, parse_name_addr, parse_number, parse_uri
 
 REQUIRED = ("via", "from", "to", "call-id", "cseq")
-_TOKEN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~")
+#: headers a request may carry once only (RFC 4475 §3.3.8); Content-Length is checked when parsing
+SINGLE = ("from", "to", "call-id", "cseq", "max-forwards")
+_TOKEN = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~"
+#: header name as written (canonical, lower-case or compact) -> (lookup key, canonical spelling)
+_NAMES = {low: (canon.lower(), canon) for low, canon in CANONICAL.items()}
+_NAMES.update({canon: (canon.lower(), canon) for canon in CANONICAL.values()})
 
 REASONS = {
     100: "Trying", 180: "Ringing", 181: "Call Is Being Forwarded", 182: "Queued",
@@ -132,12 +137,18 @@ class Message:
     @property
     def cseq(self) -> tuple[int, str]:
         """``(number, method)`` from CSeq."""
-        return self._cached("cseq", lambda: parse_cseq(self.get("cseq") or ""))
+        c = self._cache.get("cseq")
+        if c is None:
+            c = self._cache["cseq"] = parse_cseq(self.get("cseq") or "")
+        return c
 
     @property
     def vias(self) -> list[Via]:
         """Every Via, topmost first."""
-        return self._cached("vias", lambda: [parse_via(v) for v in self.get_all("via")])
+        c = self._cache.get("vias")
+        if c is None:
+            c = self._cache["vias"] = [parse_via(v) for v in self.get_all("via")]
+        return c
 
     @property
     def top_via(self) -> Via:
@@ -150,12 +161,18 @@ class Message:
     @property
     def from_(self) -> NameAddr:
         """The From address."""
-        return self._cached("from", lambda: parse_name_addr(self._required("from")))
+        c = self._cache.get("from")
+        if c is None:
+            c = self._cache["from"] = _address(self._required("from"), "From")
+        return c
 
     @property
     def to(self) -> NameAddr:
         """The To address."""
-        return self._cached("to", lambda: parse_name_addr(self._required("to")))
+        c = self._cache.get("to")
+        if c is None:
+            c = self._cache["to"] = _address(self._required("to"), "To")
+        return c
 
     @property
     def contacts(self) -> list[NameAddr] | str:
@@ -166,7 +183,7 @@ class Message:
                 if len(values) != 1:
                     raise SipParseError("wildcard Contact mixed with others")
                 return "*"
-            return [parse_name_addr(v) for v in values]
+            return [_address(v, "Contact") for v in values]
         return self._cached("contacts", build)
 
     @property
@@ -203,28 +220,60 @@ class Message:
 class Request(Message):
     """A SIP request."""
 
-    __slots__ = ("method", "uri")
+    __slots__ = ("method", "_uri")
 
     def __init__(self, method: str, uri: str, headers=None, body: bytes = b""):
         super().__init__(headers, body)
         self.method = method
-        self.uri = uri
+        self._uri = uri
+
+    @property
+    def uri(self) -> str:
+        """The Request-URI as text; setting it drops the parsed ``ruri``."""
+        return self._uri
+
+    @uri.setter
+    def uri(self, value: str) -> None:
+        self._uri = value
+        self._cache.pop("ruri", None)
 
     def start_line(self) -> str:
         """``METHOD uri SIP/2.0``."""
-        return f"{self.method} {self.uri} SIP/2.0"
+        return f"{self.method} {self._uri} SIP/2.0"
 
     @property
     def ruri(self) -> SipUri:
-        """The parsed Request-URI."""
-        return self._cached("ruri", lambda: parse_uri(self.uri))
+        """The parsed Request-URI (``416`` for an unknown scheme, else ``400``)."""
+        c = self._cache.get("ruri")
+        if c is None:
+            try:
+                c = self._cache["ruri"] = parse_uri(self._uri)
+            except UnsupportedScheme:
+                raise
+            except SipError as err:
+                raise SipParseError(f"bad Request-URI: {err.reason}") from None
+        return c
 
     def validate(self) -> None:
-        """Check what every request must satisfy (§8.2, §16.3); raise ``SipError``."""
-        keys = {h[0] for h in self.headers}
+        """Check what every request must satisfy (§8.2, §16.3); raise ``SipError``.
+
+        The error's ``request`` is set, for ``error_response(err.request, err)``.
+        """
+        try:
+            self._validate()
+        except SipError as err:
+            if err.request is None:
+                err.request = self
+            raise
+
+    def _validate(self) -> None:
+        keys = [h[0] for h in self.headers]
         for key in REQUIRED:
             if key not in keys:
                 raise SipParseError(f"missing {CANONICAL[key]} header")
+        for key in SINGLE:
+            if keys.count(key) > 1:
+                raise SipParseError(f"more than one {CANONICAL[key]} header")
         if not self.call_id:
             raise SipParseError("empty Call-ID")
         num, method = self.cseq
@@ -234,7 +283,8 @@ class Request(Message):
         self.top_via
         self.from_
         self.to
-        self.ruri
+        if self.ruri.headers:
+            raise SipParseError("headers in the Request-URI")
 
     def __repr__(self) -> str:
         return f"<Request {self.method} {self.uri}>"
@@ -265,6 +315,13 @@ class Response(Message):
         return f"<Response {self.status} {self.reason}>"
 
 
+def _address(value: str, name: str) -> NameAddr:
+    try:
+        return parse_name_addr(value)
+    except SipError as err:
+        raise SipParseError(f"bad {name} header: {err.reason}") from None
+
+
 def _key(name: str) -> str:
     c = CANONICAL.get(name.lower())
     return c.lower() if c else name.lower()
@@ -275,7 +332,7 @@ def _display(name: str) -> str:
 
 
 def _is_token(text: str) -> bool:
-    return bool(text) and all(c in _TOKEN_CHARS for c in text)
+    return bool(text) and not text.strip(_TOKEN)
 
 
 def parse_message(data: bytes, stream: bool = False) -> Request | Response:
@@ -283,75 +340,105 @@ def parse_message(data: bytes, stream: bool = False) -> Request | Response:
 
     Over UDP (``stream=False``) a missing Content-Length means the rest of
     the datagram is the body; extra bytes after Content-Length are dropped
-    (§18.3). Raises ``SipParseError`` for anything malformed; a request's
-    error carries enough for ``error_response`` when the headers parsed.
+    (§18.3). Raises ``SipError`` (never anything else) for anything
+    malformed; a request's error carries in ``request`` the request with
+    every header line that could be read, for ``error_response``.
     """
+    if data[:1] in (b"\r", b"\n"):
+        data = data.lstrip(b"\r\n")        # CRLFs before the start line (§7.5)
     end = data.find(b"\r\n\r\n")
-    if end < 0:
-        if data.endswith(b"\r\n"):
-            end, sep = len(data) - 2, 2
-        else:
-            raise SipParseError("no end of headers")
-    else:
+    complete = True
+    if end >= 0:
         sep = 4
+    elif data.endswith(b"\r\n"):
+        end, sep = len(data) - 2, 2
+    else:
+        end, sep, complete = len(data), 0, False
     text = data[:end].decode("utf-8", "surrogateescape")
-    body = data[end + sep:]
-    lines = text.split("\r\n")
-    while lines and not lines[0]:
-        lines.pop(0)
-    if not lines:
+    if not text:
         raise SipParseError("empty message")
+    lines = text.split("\r\n")
+    n = len(lines) - 1
+    # A CR, LF or NUL left after the split is bare; lines holding one are skipped.
+    dirty = text.count("\n") != n or text.count("\r") != n or "\x00" in text
     headers: list = []
     try:
         msg = _start_line(lines[0], headers)
     except SipError as err:
         if err.request is not None:
+            _parse_headers(lines, headers, dirty)
+        raise
+    problem = _parse_headers(lines, headers, dirty)
+    if problem is None:
+        if dirty and _has_ctl(lines[0]):
+            problem = SipParseError("control character in the start line")
+        elif not complete:
+            problem = SipParseError("no empty line after the header section")
+        else:
             try:
-                _parse_headers(lines, headers)
-            except SipError:
-                err.request = None
-        raise
-    try:
-        _parse_headers(lines, headers)
-        _set_body(msg, body, stream)
-    except SipError as err:
-        err.request = msg if isinstance(msg, Request) else None
-        raise
+                _set_body(msg, data[end + sep:], stream)
+            except SipError as err:
+                problem = err
+    if problem is not None:
+        problem.request = msg if isinstance(msg, Request) else None
+        raise problem
     return msg
 
 
-def _parse_headers(lines: list[str], headers: list) -> None:
-    for line in lines[1:]:
-        if not line:
-            raise SipParseError("empty header line")
+def _has_ctl(line: str) -> bool:
+    return "\r" in line or "\n" in line or "\x00" in line
+
+
+def _parse_headers(lines: list[str], headers: list, dirty: bool) -> SipParseError | None:
+    """Append every readable header field to ``headers``; return the first problem.
+
+    A bad line is skipped rather than ending the parse, so that the error
+    response to a malformed request still copies its Via, From, To,
+    Call-ID and CSeq.
+    """
+    problem = None
+    last = None
+    for i in range(1, len(lines)):
+        line = lines[i]
+        if not line or (dirty and _has_ctl(line)):
+            problem = problem or SipParseError("control character in a header line")
+            last = None
+            continue
         c = line[0]
         if c == " " or c == "\t":
-            if not headers:
-                raise SipParseError("folded line before any header")
-            headers[-1][2] = headers[-1][2] + " " + line.strip()
+            if last is None:
+                problem = problem or SipParseError("folded line without a header")
+                continue
+            v = line.strip()
+            if v:
+                last[2] = f"{last[2]} {v}" if last[2] else v
             continue
         colon = line.find(":")
         if colon <= 0:
-            raise SipParseError("header line without a colon")
+            problem = problem or SipParseError("header line without a colon")
+            last = None
+            continue
         raw = line[:colon].rstrip()
-        low = raw.lower()
-        canon = CANONICAL.get(low)
-        if canon is None:
+        known = _NAMES.get(raw) or _NAMES.get(raw.lower())
+        if known is None:
             if not _is_token(raw):
-                raise SipParseError(f"bad header name {raw[:40]!r}")
-            headers.append([low, raw, line[colon + 1:].strip()])
+                problem = problem or SipParseError(f"bad header name {raw[:40]!r}")
+                last = None
+                continue
+            last = [raw.lower(), raw, line[colon + 1:].strip()]
         else:
-            headers.append([canon.lower(), canon, line[colon + 1:].strip()])
+            last = [known[0], known[1], line[colon + 1:].strip()]
+        headers.append(last)
+    return problem
 
 
 def _set_body(msg: Message, body: bytes, stream: bool) -> None:
     clen = None
     for h in msg.headers:
         if h[0] == "content-length":
-            v = h[2]
-            if not v.isdigit():
-                raise SipParseError("malformed Content-Length")
-            clen = int(v)
+            if clen is not None:
+                raise SipParseError("more than one Content-Length header")
+            clen = parse_number(h[2], "Content-Length", 2 ** 32 - 1)
     if clen is None:
         msg.body = b"" if stream else body
     else:
@@ -365,7 +452,7 @@ def _start_line(first: str, headers: list) -> Request | Response:
         parts = first.split(" ", 2)
         if parts[0] != "SIP/2.0":
             raise SipParseError("unsupported SIP version in response")
-        if len(parts) < 2 or len(parts[1]) != 3 or not parts[1].isdigit():
+        if len(parts) < 2 or len(parts[1]) != 3 or parts[1].strip("0123456789"):
             raise SipParseError("malformed status line")
         status = int(parts[1])
         if not 100 <= status <= 699:
@@ -373,14 +460,22 @@ def _start_line(first: str, headers: list) -> Request | Response:
         return Response(status, parts[2] if len(parts) > 2 else "", headers)
     parts = first.split(" ")
     if len(parts) != 3:
-        raise SipParseError("malformed request line")
+        # Extra whitespace (RFC 4475 §3.1.2.8-10) gets a 400 if method and version are there.
+        words = first.split()
+        err = SipParseError("malformed request line")
+        if len(words) >= 3 and _is_token(words[0]) and words[-1] == "SIP/2.0":
+            err = SipParseError("whitespace in Request-URI" if len(words) > 3
+                                else "extra whitespace in request line")
+            err.request = Request(words[0], " ".join(words[1:-1]), headers)
+        raise err
     method, uri, version = parts
     if not _is_token(method):
         raise SipParseError("malformed method")
     req = Request(method, uri, headers)
     if version != "SIP/2.0":
-        err = (SipError(505, "Version Not Supported") if version.upper().startswith("SIP/")
-               else SipParseError("malformed request line"))
+        if not version.upper().startswith("SIP/"):
+            raise SipParseError("malformed request line")    # not SIP: drop, never answer
+        err = SipError(505, "Version Not Supported")
         err.request = req
         raise err
     return req
@@ -402,12 +497,21 @@ def make_response(req: Request, status: int, reason: str | None = None,
             out.append([k, h[1], h[2]])
         elif k == "to":
             v = h[2]
-            if to_tag and status > 100 and ";tag=" not in v.replace(" ", "").lower():
+            if to_tag and status > 100 and not _has_tag(req, v):
                 v = f"{v};tag={to_tag}"
             out.append([k, h[1], v])
     for name, value in headers:
         out.append([_key(name), _display(name), value])
     return Response(status, reason, out, body)
+
+
+def _has_tag(req: Request, value: str) -> bool:
+    """Whether To ``value`` has a tag parameter (not a ``tag`` inside its URI)."""
+    try:
+        addr = req.to if value is req.get("to") else _address(value, "To")
+        return addr.tag is not None
+    except SipError:
+        return ";tag=" in value.replace(" ", "").replace("\t", "").lower()
 
 
 def error_response(req: Request, err: SipError, to_tag: str | None = None) -> Response:
@@ -421,53 +525,76 @@ class StreamFramer:
     ``feed`` returns complete messages as bytes and ``PING`` for each
     double-CRLF keep-alive (RFC 5626 §3.5.1); CRLFs before a start line are
     otherwise skipped. Raises ``SipParseError`` when the stream cannot be
-    framed (the connection should then be closed).
+    framed (the connection should then be closed): a header section over
+    ``max_header`` bytes, a body over ``max_body``, a malformed or repeated
+    Content-Length.
     """
 
     PING = b"\r\n\r\n"
 
     def __init__(self, max_header: int = 65536, max_body: int = 1 << 20):
-        self.buf = b""
+        self.buf = bytearray()
         self.max_header = max_header
         self.max_body = max_body
+        self._scan = 0          # where to resume looking for the end of the headers
 
     def feed(self, data: bytes) -> list[bytes]:
         """Add received bytes; return every message now complete."""
-        buf = self.buf + data
+        buf = self.buf
+        buf += data
         out = []
         while buf:
-            if buf[:1] in (b"\r", b"\n"):
+            if buf[0] in b"\r\n":
                 if buf.startswith(b"\r\n\r\n"):
                     out.append(self.PING)
-                    buf = buf[4:]
+                    del buf[:4]
                     continue
                 if buf in (b"\r", b"\r\n", b"\r\n\r"):
                     break
-                buf = buf[2:] if buf.startswith(b"\r\n") else buf[1:]
+                del buf[:2 if buf.startswith(b"\r\n") else 1]
+                self._scan = 0
                 continue
-            end = buf.find(b"\r\n\r\n")
+            end = buf.find(b"\r\n\r\n", self._scan)
             if end < 0:
                 if len(buf) > self.max_header:
                     raise SipParseError("header section too large")
+                self._scan = max(0, len(buf) - 3)
                 break
-            clen = _content_length(buf[:end])
+            if end > self.max_header:
+                raise SipParseError("header section too large")
+            self._scan = end
+            clen = _content_length(bytes(buf[:end]))
             if clen > self.max_body:
                 raise SipParseError("body too large")
             total = end + 4 + clen
             if len(buf) < total:
                 break
-            out.append(buf[:total])
-            buf = buf[total:]
-        self.buf = buf
+            out.append(bytes(buf[:total]))
+            del buf[:total]
+            self._scan = 0
         return out
 
 
 def _content_length(head: bytes) -> int:
-    for line in head.split(b"\r\n")[1:]:
+    """The Content-Length of a header section (0 when absent), folded lines joined."""
+    clen = None
+    lines = head.split(b"\r\n")
+    for i in range(1, len(lines)):
+        line = lines[i]
+        if line[:1] in (b" ", b"\t"):
+            continue
         name, colon, value = line.partition(b":")
         if colon and name.strip().lower() in (b"content-length", b"l"):
+            j = i + 1
+            while j < len(lines) and lines[j][:1] in (b" ", b"\t"):
+                value += b" " + lines[j]
+                j += 1
             value = value.strip()
+            if clen is not None:
+                raise SipParseError("more than one Content-Length header")
             if not value.isdigit():
                 raise SipParseError("malformed Content-Length")
-            return int(value)
-    return 0
+            if len(value.lstrip(b"0")) > 10:
+                raise SipParseError("Content-Length out of range")
+            clen = int(value)
+    return clen or 0

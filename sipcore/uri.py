@@ -1,5 +1,6 @@
 """SIP, SIPS and tel URIs, name-addr values and header parameters (RFC 3261 §19, §20, §25)."""
 
+import re
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
@@ -7,40 +8,85 @@ from .errors import SipParseError
 
 SCHEMES = ("sip", "sips", "tel")
 
+_ALNUM = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+#: characters of a URI scheme after its first letter (RFC 3986 §3.1)
+_SCHEME_CHARS = _ALNUM + "+-."
+#: characters of a host name or IPv4 address (RFC 3261 §25.1; ``_`` is seen in the wild)
+_HOST_CHARS = _ALNUM + "-._"
+#: characters inside an IPv6 reference's brackets
+_IPV6_CHARS = "0123456789abcdefABCDEF:."
+#: characters of a tel URI number, global or local (RFC 3966 §3)
+_TEL_CHARS = "0123456789abcdefABCDEF+-.()*#"
+_DIGITS = "0123456789"
+
+
+def only(text: str, chars: str) -> bool:
+    """True when ``text`` is not empty and every character is in ``chars``.
+
+    ``str.strip`` removes characters from both ends until one outside
+    ``chars`` stops it, so the result is empty only when all of them are
+    in ``chars``; this runs at C speed, unlike a loop over a set.
+    """
+    return bool(text) and not text.strip(chars)
+
+
+def parse_number(value: str, name: str, maximum: int) -> int:
+    """Parse a decimal number (ASCII digits only) no larger than ``maximum``.
+
+    Leading zeros are allowed (``0068``); very long strings are refused
+    before ``int()`` sees them, which would raise ``ValueError`` past 4300
+    digits.
+    """
+    if not value.isdigit() or not value.isascii():
+        raise SipParseError(f"malformed {name}")
+    if len(value) > 20:
+        value = value.lstrip("0") or "0"
+        if len(value) > 20:
+            raise SipParseError(f"{name} out of range")
+    n = int(value)
+    if n > maximum:
+        raise SipParseError(f"{name} out of range")
+    return n
+
 
 def split_quoted(value: str, sep: str) -> list[str]:
     """Split ``value`` on ``sep`` outside quoted strings and ``<...>``.
 
     Backslash escapes inside quoted strings are honoured; empty pieces are
-    kept so callers can reject them.
+    kept so callers can reject them. The scan jumps between the next
+    separator, quote and ``<`` with ``str.find`` instead of looping over
+    every character.
     """
     if '"' not in value and "<" not in value:
         return value.split(sep)
     parts = []
-    start = 0
-    quoted = False
-    angle = False
-    i = 0
+    start = i = 0
     n = len(value)
     while i < n:
-        c = value[i]
-        if quoted:
-            if c == "\\":
-                i += 1
-            elif c == '"':
-                quoted = False
-        elif c == '"':
-            quoted = True
-        elif c == "<":
-            angle = True
-        elif c == ">":
-            angle = False
-        elif c == sep and not angle:
-            parts.append(value[start:i])
-            start = i + 1
-        i += 1
-    if quoted:
-        raise SipParseError("unterminated quoted string")
+        s = value.find(sep, i)
+        q = value.find('"', i)
+        a = value.find("<", i)
+        if s < 0:
+            s = n
+        if q < 0:
+            q = n
+        if a < 0:
+            a = n
+        if s < q and s < a:
+            parts.append(value[start:s])
+            start = i = s + 1
+        elif q < a:
+            e = _quoted_end(value, q)
+            if e < 0:
+                raise SipParseError("unterminated quoted string")
+            i = e + 1
+        elif a < n:
+            g = value.find(">", a)
+            if g < 0:
+                break
+            i = g + 1
+        else:
+            break
     parts.append(value[start:])
     return parts
 
@@ -100,16 +146,32 @@ def split_hostport(text: str) -> tuple[str, int | None]:
         if rest and not rest.startswith(":"):
             raise SipParseError("bad host")
         port_text = rest[1:] if rest else ""
+        colon = rest
     else:
-        host, _, port_text = text.partition(":")
+        host, colon, port_text = text.partition(":")
+    check_host(host)
+    if not colon:
+        return host, None
+    return host, check_port(port_text)
+
+
+def check_host(host: str) -> None:
+    """Raise ``SipParseError`` unless ``host`` is a host name, IPv4 address or ``[IPv6]``."""
     if not host:
         raise SipParseError("missing host")
-    port = None
-    if port_text:
-        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-            raise SipParseError(f"bad port {port_text!r}")
-        port = int(port_text)
-    return host, port
+    if host[0] == "[":
+        inner = host[1:-1]
+        if host[-1] != "]" or not inner or inner.strip(_IPV6_CHARS) or ":" not in inner:
+            raise SipParseError(f"bad IPv6 reference {host[:60]!r}")
+    elif host.strip(_HOST_CHARS):
+        raise SipParseError(f"bad host {host[:60]!r}")
+
+
+def check_port(text: str) -> int:
+    """Parse a port number, 1 to 65535."""
+    if not text.isdigit() or not text.isascii() or len(text) > 5 or not 0 < int(text) < 65536:
+        raise SipParseError(f"bad port {text[:20]!r}")
+    return int(text)
 
 
 @dataclass
@@ -186,6 +248,8 @@ def parse_uri(text: str) -> SipUri:
     if not colon or not scheme or not rest:
         raise SipParseError(f"bad URI {text[:60]!r}")
     if scheme not in SCHEMES:
+        if not (scheme[0].isascii() and scheme[0].isalpha()) or scheme.strip(_SCHEME_CHARS):
+            raise SipParseError(f"bad URI {text[:60]!r}")
         raise UnsupportedScheme(scheme)
     if " " in rest or "\t" in rest:
         raise SipParseError("whitespace in URI")
@@ -193,9 +257,13 @@ def parse_uri(text: str) -> SipUri:
         number, _, ptext = rest.partition(";")
         if not number:
             raise SipParseError("empty tel URI")
+        if number.strip(_TEL_CHARS):
+            raise SipParseError(f"bad tel number {number[:40]!r}")
         return SipUri("tel", user=number, params=parse_params(ptext))
     user = password = None
-    at = rest.rfind("@", 0, _first(rest, "?"))
+    # user and password cannot hold an unescaped "@" but may hold ";" and
+    # "?" (RFC 3261 §25.1 user-unreserved), so the first "@" ends them.
+    at = rest.find("@")
     if at >= 0:
         userinfo, rest = rest[:at], rest[at + 1:]
         user, sep, pw = userinfo.partition(":")
@@ -209,18 +277,19 @@ def parse_uri(text: str) -> SipUri:
     return SipUri(scheme, user, password, host, port, parse_params(ptext), headers)
 
 
-def _first(text: str, ch: str) -> int:
-    i = text.find(ch)
-    return len(text) if i < 0 else i
-
-
 class UnsupportedScheme(SipParseError):
     """A URI scheme the node does not handle (``416``)."""
 
     def __init__(self, scheme: str):
-        super().__init__(f"unsupported URI scheme {scheme!r}")
+        super().__init__(f"unsupported URI scheme {scheme[:40]!r}")
         self.status = 416
         self.reason = "Unsupported URI Scheme"
+        self.scheme = scheme
+        self.args = (f"416 unsupported URI scheme {scheme[:40]!r}",)
+
+
+#: a character that may not appear in an unquoted display name (RFC 3261 §25.1 separators)
+_SEPARATOR = re.compile(r'[()<>@,;:\\"/\[\]?={}]')
 
 
 @dataclass
@@ -236,49 +305,105 @@ class NameAddr:
         """The ``tag`` parameter, if any."""
         return self.params.get("tag")
 
+    @property
+    def name(self) -> str | None:
+        """The display name with its quotes and escapes resolved, or None."""
+        return None if self.display is None else unquote_string(self.display)
+
+    @property
+    def q(self) -> float | None:
+        """The Contact ``q`` parameter (0 to 1, three decimals at most), or None."""
+        v = self.params.get("q")
+        if v is None:
+            return None
+        whole, _, frac = v.partition(".")
+        if (whole not in ("0", "1") or len(frac) > 3 or (frac and not only(frac, _DIGITS))
+                or (whole == "1" and frac.strip("0"))):
+            raise SipParseError(f"bad Contact q value {v[:20]!r}")
+        return float(v)
+
+    @property
+    def expires(self) -> int | None:
+        """The Contact ``expires`` parameter in seconds (at most 2**32-1), or None."""
+        v = self.params.get("expires")
+        return None if v is None else parse_number(v, "Contact expires", 2 ** 32 - 1)
+
+    @property
+    def instance(self) -> str | None:
+        """The ``+sip.instance`` URN (RFC 5626) without quotes and ``<>``, or None."""
+        v = self.params.get("+sip.instance")
+        if v is None:
+            return None
+        v = unquote_string(v)
+        if v.startswith("<") and v.endswith(">"):
+            v = v[1:-1]
+        return v
+
+    @property
+    def reg_id(self) -> int | None:
+        """The ``reg-id`` parameter (RFC 5626: 1 to 2**31-1), or None."""
+        v = self.params.get("reg-id")
+        if v is None:
+            return None
+        n = parse_number(v, "reg-id", 2 ** 31 - 1)
+        if n == 0:
+            raise SipParseError("reg-id out of range")
+        return n
+
     def __str__(self) -> str:
         name = f"{self.display} " if self.display else ""
         return f"{name}<{self.uri}>{format_params(self.params)}"
 
 
 def parse_name_addr(text: str) -> NameAddr:
-    """Parse ``["Display"] <uri>;params`` or ``uri;params`` (RFC 3261 §20.10)."""
+    """Parse ``["Display"] <uri>;params`` or ``uri;params`` (RFC 3261 §20.10).
+
+    A URI of a scheme other than sip, sips or tel is a ``400`` here: ``416``
+    is only for the Request-URI (§8.2.2.1).
+    """
     text = text.strip()
     if not text:
         raise SipParseError("empty address")
-    lt = _find_unquoted(text, "<")
-    if lt >= 0:
+    try:
+        if text[0] == '"':
+            e = _quoted_end(text, 0)
+            if e < 0:
+                raise SipParseError("unterminated quoted string")
+            lt = text.find("<", e + 1)
+            if lt < 0 or text[e + 1:lt].strip():
+                raise SipParseError("bad display name")
+            display = text[:e + 1]
+        else:
+            lt = text.find("<")
+            if lt < 0:
+                # addr-spec form: parameters after the URI belong to the header (§20).
+                head, _, ptext = text.partition(";")
+                if "?" in head:
+                    raise SipParseError("a URI with headers must be enclosed in <>")
+                return NameAddr(parse_uri(head), None, parse_params(ptext))
+            display = text[:lt].rstrip() or None
+            if display and _SEPARATOR.search(display):
+                raise SipParseError("display name with separators must be quoted")
         gt = text.find(">", lt)
         if gt < 0:
             raise SipParseError("unterminated <URI>")
-        display = text[:lt].strip() or None
-        if display and display[0] == '"' and (len(display) < 2 or display[-1] != '"'):
-            raise SipParseError("bad display name")
         uri = parse_uri(text[lt + 1:gt])
-        params = parse_params(text[gt + 1:].lstrip())
-        if text[gt + 1:].strip() and not text[gt + 1:].lstrip().startswith(";"):
+        after = text[gt + 1:].lstrip()
+        if after and after[0] != ";":
             raise SipParseError("junk after <URI>")
-        return NameAddr(uri, display, params)
-    # addr-spec form: parameters after the URI belong to the header (§20).
-    head, _, ptext = text.partition(";")
-    return NameAddr(parse_uri(head), None, parse_params(ptext))
+        return NameAddr(uri, display, parse_params(after))
+    except UnsupportedScheme as err:
+        raise SipParseError(f"unsupported URI scheme {err.scheme[:40]!r}") from None
 
 
-def _find_unquoted(text: str, ch: str) -> int:
-    if '"' not in text:
-        return text.find(ch)
-    quoted = False
-    i = 0
-    while i < len(text):
-        c = text[i]
-        if quoted:
-            if c == "\\":
-                i += 1
-            elif c == '"':
-                quoted = False
-        elif c == '"':
-            quoted = True
-        elif c == ch:
-            return i
-        i += 1
-    return -1
+def _quoted_end(text: str, start: int) -> int:
+    """Index of the quote closing the quoted-string opened at ``start``, or -1."""
+    i = start + 1
+    while True:
+        q = text.find('"', i)
+        if q < 0:
+            return -1
+        b = text.find("\\", i, q)
+        if b < 0:
+            return q
+        i = b + 2
