@@ -60,6 +60,7 @@ class Transport:
         self._loop = None
         self.received = 0
         self.malformed = 0
+        self.fair_share = 64
 
     def start(self) -> None:
         """Bind both sockets and start receiving."""
@@ -94,6 +95,7 @@ class Transport:
     def _udp_loop(self) -> None:
         recv = self.udp.recvfrom
         handle = self.handle
+        count = 0
         while True:
             try:
                 data, addr = recv(65535)
@@ -102,6 +104,12 @@ class Transport:
                 gevent.sleep(0.01)
                 continue
             handle(data, "udp", addr[0], addr[1])
+            count += 1
+            if count >= self.fair_share:
+                # Under a steady flood recvfrom never blocks, so the actors
+                # would starve; let them run between bursts of datagrams.
+                count = 0
+                gevent.sleep(0)
 
     def handle(self, data: bytes, transport: str, ip: str, port: int) -> None:
         """Parse, validate and dispatch one message; never raises."""

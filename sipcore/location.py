@@ -7,7 +7,7 @@ It is pure: every method that depends on time takes ``now``.
 
 import heapq
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 
 
 @dataclass(slots=True)
@@ -51,9 +51,12 @@ class Binding:
 
     def to_record(self) -> dict:
         """A plain dict for the store (``path`` as JSON text)."""
-        d = asdict(self)
-        d["path"] = json.dumps(self.path)
-        return d
+        return {"aor": self.aor, "key": self.key, "contact": self.contact,
+                "expires_at": self.expires_at, "call_id": self.call_id, "cseq": self.cseq,
+                "q": self.q, "path": json.dumps(self.path) if self.path else "[]",
+                "instance": self.instance, "reg_id": self.reg_id, "received": self.received,
+                "user_agent": self.user_agent, "origin": self.origin, "epoch": self.epoch,
+                "seq": self.seq, "updated_at": self.updated_at, "deleted": self.deleted}
 
     @classmethod
     def from_record(cls, rec: dict) -> "Binding":

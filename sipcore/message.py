@@ -81,15 +81,21 @@ class Message:
         key = name.lower()
         return [h[2] for h in self.headers if h[0] == key]
 
+    def _invalidate(self, key: str) -> None:
+        """Forget the parsed views that depend on header ``key``."""
+        for c in _VIEWS.get(key, ()):
+            self._cache.pop(c, None)
+
     def add(self, name: str, value: str) -> None:
         """Append a header field."""
-        self._cache.clear()
-        self.headers.append([_key(name), _display(name), value])
+        key = _key(name)
+        self._invalidate(key)
+        self.headers.append([key, _display(name), value])
 
     def prepend(self, name: str, value: str) -> None:
         """Insert a header field before any other of the same name (or at the top)."""
-        self._cache.clear()
         key = _key(name)
+        self._invalidate(key)
         for i, h in enumerate(self.headers):
             if h[0] == key:
                 self.headers.insert(i, [key, _display(name), value])
@@ -103,16 +109,16 @@ class Message:
 
     def remove(self, name: str) -> None:
         """Drop every field ``name``."""
-        self._cache.clear()
-        key = name.lower()
+        key = _key(name)
+        self._invalidate(key)
         self.headers = [h for h in self.headers if h[0] != key]
 
     def pop_first_value(self, name: str) -> str | None:
         """Remove and return the first value of a list header (e.g. the top Via or Route)."""
-        key = name.lower()
+        key = _key(name)
         for i, h in enumerate(self.headers):
             if h[0] == key:
-                self._cache.clear()
+                self._invalidate(key)
                 values = split_list(h[2])
                 if len(values) == 1:
                     del self.headers[i]
@@ -152,11 +158,21 @@ class Message:
 
     @property
     def top_via(self) -> Via:
-        """The topmost Via."""
-        vias = self.vias
-        if not vias:
-            raise SipParseError("missing Via")
-        return vias[0]
+        """The topmost Via (only it is parsed, unless every Via was asked for)."""
+        c = self._cache.get("top_via")
+        if c is None:
+            vias = self._cache.get("vias")
+            if vias is not None:
+                if not vias:
+                    raise SipParseError("missing Via")
+                c = vias[0]
+            else:
+                first = self.get("via")
+                if first is None:
+                    raise SipParseError("missing Via")
+                c = parse_via(split_list(first)[0] if "," in first else first)
+            self._cache["top_via"] = c
+        return c
 
     @property
     def from_(self) -> NameAddr:
@@ -313,6 +329,11 @@ class Response(Message):
 
     def __repr__(self) -> str:
         return f"<Response {self.status} {self.reason}>"
+
+
+#: header key -> cached views built from it
+_VIEWS = {"via": ("vias", "top_via"), "from": ("from",), "to": ("to",),
+          "contact": ("contacts",), "cseq": ("cseq",)}
 
 
 def _address(value: str, name: str) -> NameAddr:

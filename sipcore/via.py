@@ -1,6 +1,7 @@
 """What a transport does to Via on receipt and where a response goes (RFC 3261 §18, RFC 3581)."""
 
-from .headers import parse_via
+from .errors import SipParseError
+from .headers import split_list
 from .message import Message, Request
 
 DEFAULT_PORTS = {"UDP": 5060, "TCP": 5060, "TLS": 5061, "SCTP": 5060}
@@ -35,20 +36,26 @@ def stamp_via(req: Request, transport: str, ip: str, port: int) -> tuple[str, st
 
 
 def _replace_top_via(msg: Message, value: str) -> None:
-    vias = msg.vias
-    first = msg.pop_first_value("via")
-    if first is None:
-        return
-    msg.prepend("Via", value)
-    msg._cache["vias"] = vias
+    top = msg.top_via
+    for h in msg.headers:
+        if h[0] == "via":
+            v = h[2]
+            if "," in v:
+                rest = split_list(v)[1:]
+                h[2] = ", ".join([value, *rest])
+            else:
+                h[2] = value
+            break
+    msg._cache.pop("vias", None)
+    msg._cache["top_via"] = top
 
 
 def response_destination(msg: Message) -> tuple[str, str, int] | None:
     """Where a proxy sends a response it forwards: the (new) top Via (§18.2.2)."""
-    vias = msg.vias
-    if not vias:
+    try:
+        via = msg.top_via
+    except SipParseError:
         return None
-    via = vias[0]
     transport = via.transport.lower()
     params = via.params
     host = params.get("received") or via.host
