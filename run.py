@@ -6,6 +6,7 @@ monkey.patch_all()
 
 import argparse  # noqa: E402
 import logging  # noqa: E402
+import os  # noqa: E402
 import sys  # noqa: E402
 
 
@@ -42,7 +43,7 @@ def cmd_node(args) -> int:
 
 def cmd_user(args) -> int:
     """Provision users in a node's database."""
-    from actors.config import ConfigError, load_config
+    from actors.config import ConfigError, load_config, sqlite_dir
     from store.db import StoreError
     from store.models import init_store
     from store.users import add_user, import_users_csv
@@ -50,6 +51,8 @@ def cmd_user(args) -> int:
     log = logging.getLogger("tandem")
     try:
         cfg = load_config(args.config)
+        if sqlite_dir(cfg):
+            os.makedirs(sqlite_dir(cfg), exist_ok=True)
         init_store(cfg.database)
         if args.action == "add":
             add_user(args.name, cfg.domain, args.password, replace=True)

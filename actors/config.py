@@ -130,7 +130,19 @@ def parse_config(data: dict, base_dir: str = ".") -> NodeConfig:
     if not os.path.isabs(cfg.data_dir):
         cfg.data_dir = os.path.normpath(os.path.join(base_dir, cfg.data_dir))
     cfg.domain = cfg.domain.lower()
+    if cfg.database.startswith("sqlite:///") and not cfg.database.startswith("sqlite:////") \
+            and ":memory:" not in cfg.database:
+        rel, _, query = cfg.database[len("sqlite:///"):].partition("?")
+        path = os.path.normpath(os.path.join(base_dir, rel))
+        cfg.database = f"sqlite:///{path}" + (f"?{query}" if query else "")
     return cfg
+
+
+def sqlite_dir(cfg: NodeConfig) -> str | None:
+    """The folder of the SQLite database file, if the database is SQLite."""
+    if cfg.database.startswith("sqlite:////"):
+        return os.path.dirname(cfg.database[len("sqlite:///"):].partition("?")[0])
+    return None
 
 
 def load_config(path: str) -> NodeConfig:
