@@ -71,6 +71,7 @@ class Transport:
         udp.bind((self.address, self.port))
         self.port = udp.getsockname()[1]
         self.udp = udp
+        self._raw_sendto = udp._sock.sendto
         listener = socket.socket(self.family, _socket.SOCK_STREAM)
         listener.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
         listener.bind((self.address, self.port))
@@ -93,23 +94,32 @@ class Transport:
 
     # -- receiving -----------------------------------------------------------
     def _udp_loop(self) -> None:
-        recv = self.udp.recvfrom
+        # Read the raw non-blocking socket until it is drained and only then
+        # wait for readability: one wake-up of the hub serves a whole burst
+        # of datagrams instead of one exception and one switch per datagram.
+        raw = self.udp._sock
+        recv = raw.recvfrom
         handle = self.handle
-        count = 0
+        hub = gevent.get_hub()
+        watcher = hub.loop.io(raw.fileno(), 1)
+        fair_share = self.fair_share
         while True:
+            n = 0
             try:
-                data, addr = recv(65535)
+                while n < fair_share:
+                    data, addr = recv(65535)
+                    handle(data, "udp", addr[0], addr[1])
+                    n += 1
+            except BlockingIOError:
+                hub.wait(watcher)
+                continue
             except OSError as e:
                 log.warning("udp receive failed: %s", e)
                 gevent.sleep(0.01)
                 continue
-            handle(data, "udp", addr[0], addr[1])
-            count += 1
-            if count >= self.fair_share:
-                # Under a steady flood recvfrom never blocks, so the actors
-                # would starve; let them run between bursts of datagrams.
-                count = 0
-                gevent.sleep(0)
+            # Under a steady flood the socket never drains, so the actors
+            # would starve; let them run between bursts of datagrams.
+            gevent.sleep(0)
 
     def handle(self, data: bytes, transport: str, ip: str, port: int) -> None:
         """Parse, validate and dispatch one message; never raises."""
@@ -170,7 +180,10 @@ class Transport:
         transport, host, port = dest
         try:
             if transport == "udp":
-                self.udp.sendto(data, (host, port))
+                try:
+                    self._raw_sendto(data, (host, port))
+                except BlockingIOError:
+                    self.udp.sendto(data, (host, port))
                 return True
             conn = self.connections.get((host, port))
             if conn is None:
