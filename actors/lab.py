@@ -16,12 +16,16 @@ import subprocess
 import sys
 import time
 
+from sipcore.zone import cluster_zone
 from store.models import close_store, init_store
 from store.users import add_user, import_users_csv
+
+from .dnsserver import DnsServer
 
 log = logging.getLogger(__name__)
 
 DOMAIN = "example.test"
+DNS_ADDRESS = "127.0.0.10"
 DEMO_USERS = [("alice", "alice-secret"), ("bob", "bob-secret"),
               ("carol", "carol-secret"), ("dave", "dave-secret")]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -92,6 +96,7 @@ def run_lab(args) -> int:
     secret = _secret(data)
     procs = []
     stopping = []
+    dns = None
 
     def stop(*_):
         stopping.append(True)
@@ -116,11 +121,14 @@ def run_lab(args) -> int:
                 log.error("node%d did not start; see %s", k,
                           os.path.join(data, f"node{k}", "node.log"))
                 return 1
-        _banner(data, args.nodes)
+        dns = _start_dns(args.nodes)
+        _banner(data, args.nodes, dns)
         while not stopping and all(p.poll() is None for p in procs):
             time.sleep(0.2)
         return 0
     finally:
+        if dns is not None:
+            dns.stop()
         for p in procs:
             if p.poll() is None:
                 p.terminate()
@@ -139,14 +147,30 @@ def _wait_ready(proc, address: str, limit: float = 15.0) -> bool:
     return False
 
 
-def _banner(data: str, n: int) -> None:
+def _start_dns(n: int):
+    """Serve the lab's zone (SRV weights 50:50...) on 127.0.0.10, port 53 or 5353."""
+    zone = cluster_zone(DOMAIN, [(f"node{k}", node_address(k), 5060, 50) for k in range(1, n + 1)])
+    for port in (53, 5353):
+        server = DnsServer(zone, DOMAIN, DNS_ADDRESS, port)
+        try:
+            server.start()
+            return server
+        except OSError as e:
+            log.warning("lab DNS cannot use %s:%d: %s", DNS_ADDRESS, port, e)
+    return None
+
+
+def _banner(data: str, n: int, dns) -> None:
     lines = ["", "Tandem lab is running. Ctrl-C stops it.", ""]
     for k in range(1, n + 1):
         lines.append(f"  node{k}: sip:{node_address(k)}:5060 (UDP and TCP), log {data}/node{k}/node.log")
+    if dns is not None:
+        lines += ["", f"  DNS for {DOMAIN} (NAPTR, SRV, A) on {DNS_ADDRESS} port {dns.port}: "
+                  f"dig @{DNS_ADDRESS} -p {dns.port} _sip._udp.{DOMAIN} SRV"]
     lines += ["", f"Point a phone at: registrar/proxy {node_address(1)} port 5060, "
               f"domain {DOMAIN}", "Users (username / password):"]
     lines += [f"  {u} / {p}" for u, p in DEMO_USERS]
-    lines += ["", "Try: sipsak -s sip:alice@" + DOMAIN + " -H 127.0.0.1 -U -a alice-secret "
-              f"-p {node_address(1)}:5060 -vv", ""]
+    lines += ["", f"Try: sipsak -U -s sip:alice@{node_address(1)} -u alice -a alice-secret -x 120 -vv",
+              ""]
     sys.stdout.write("\n".join(lines) + "\n")
     sys.stdout.flush()
