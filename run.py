@@ -22,6 +22,7 @@ def setup_logging(level: str, node_id: str = "-") -> None:
 
 def cmd_node(args) -> int:
     """Run one node from its configuration file until SIGTERM."""
+    from actors.bus import BusError
     from actors.config import ConfigError, load_config
     from actors.node import Node
     try:
@@ -34,8 +35,9 @@ def cmd_node(args) -> int:
     node = Node(cfg)
     try:
         node.start()
-    except OSError as e:
+    except (OSError, BusError) as e:
         logging.getLogger("tandem").error("cannot start: %s", e)
+        node.stop()
         return 1
     node.serve_forever()
     return 0
@@ -75,6 +77,7 @@ def cmd_lab(args) -> int:
 
 def main(argv=None) -> int:
     """Parse the command line and run the chosen command."""
+    from actors.keys import cmd_keys, configure_parser as configure_keys
     p = argparse.ArgumentParser(prog="run.py", description="Tandem SIP cluster")
     sub = p.add_subparsers(dest="command", required=True)
     node = sub.add_parser("node", help="run one node")
@@ -90,6 +93,9 @@ def main(argv=None) -> int:
     imp = usub.add_parser("import", help="import users from a CSV (username,password)")
     imp.add_argument("file")
     user.set_defaults(func=cmd_user)
+    keys = sub.add_parser("keys", help="make a CurveZMQ key pair")
+    configure_keys(keys)
+    keys.set_defaults(func=cmd_keys)
     lab = sub.add_parser("lab", help="start a ready lab on loopback")
     lab.add_argument("--users", help="CSV of extra users (username,password)")
     lab.add_argument("--data", default="var/lab", help="where the lab keeps its state")

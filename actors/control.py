@@ -1,0 +1,105 @@
+"""The node's control endpoint: JSON requests over a CurveZMQ ROUTER socket.
+
+The configuration master (and the tests' convergence check) sends
+``[CONTROL_REQUEST, {"cmd": name, ...}]`` from a DEALER (see
+``actors.bus.request``) and gets ``[CONTROL_REPLY, {"ok": true, "result":
+...}]`` or ``{"ok": false, "error": text}``. Only keys allowed on the
+``control`` ZAP domain get through: the node's own, its peers' and the
+``[cluster] control_keys``.
+
+Commands (``help`` and ``ping`` built in) are plain callables taking the
+request dict and returning a JSON-ready result; ``attach_replicator``
+registers ``status`` and ``digest``, and the node may add more with
+``handle``. One greenlet owns the socket and answers requests one at a time.
+"""
+
+import logging
+
+import gevent
+import zmq.green as zmq
+
+from .bus import (CONTROL_DOMAIN, CONTROL_REPLY, CONTROL_REQUEST, Bus, BusError, pack,
+                  recv_from, send, unpack)
+
+log = logging.getLogger(__name__)
+
+REPLY_TIMEOUT = 1.0
+"""Seconds a reply may wait for a slow client before it is dropped."""
+
+
+class ControlServer:
+    """Answers control requests on ``endpoint`` with the registered handlers."""
+
+    def __init__(self, bus: Bus, endpoint: str, handlers: dict | None = None):
+        self.bus = bus
+        self.endpoint = endpoint
+        self.handlers = {"help": self._help, "ping": self._ping}
+        self.handlers.update(handlers or {})
+        self.greenlet = None
+        self.sock = None
+        self.stats = {"requests": 0, "errors": 0}
+
+    def handle(self, cmd: str, fn) -> None:
+        """Register ``fn(request: dict) -> result`` for ``cmd``."""
+        self.handlers[cmd] = fn
+
+    def _help(self, _request: dict) -> dict:
+        """Every command with the first line of its handler's docstring."""
+        return {cmd: ((fn.__doc__ or "").strip().splitlines() or [""])[0]
+                for cmd, fn in sorted(self.handlers.items())}
+
+    def _ping(self, _request: dict) -> dict:
+        """This server's name and request counts (a liveness check)."""
+        return {"name": self.bus.name, **self.stats}
+
+    def start(self, on_failure=None) -> None:
+        """Bind the socket and start answering; ``on_failure(greenlet)`` if the loop dies."""
+        self.bus.start()
+        self.sock = self.bus.server(zmq.ROUTER, self.endpoint, CONTROL_DOMAIN, hwm=100)
+        self.greenlet = gevent.spawn(self._run)
+        if on_failure is not None:
+            self.greenlet.link_exception(on_failure)
+        log.info("control endpoint on %s", self.endpoint)
+
+    def stop(self) -> None:
+        """Stop answering and close the socket."""
+        if self.greenlet is not None:
+            self.greenlet.kill(block=True, timeout=1)
+            self.greenlet = None
+        if self.sock is not None:
+            self.bus.close_socket(self.sock)
+            self.sock = None
+
+    def _run(self) -> None:
+        sock = self.sock
+        while True:
+            frames, user = recv_from(sock)
+            if len(frames) != 3 or frames[1] != CONTROL_REQUEST:
+                log.warning("dropped a malformed control message from %s", user or "?")
+                continue
+            reply = self.answer(frames[2], user)
+            try:
+                send(sock, [frames[0], CONTROL_REPLY, pack(reply)], timeout=REPLY_TIMEOUT)
+            except BusError as e:
+                log.info("control reply to %s dropped: %s", user or "?", e)
+
+    def answer(self, body: bytes, user: str = "") -> dict:
+        """The reply to one request body."""
+        self.stats["requests"] += 1
+        try:
+            request = unpack(body)
+            cmd = request.get("cmd")
+            fn = self.handlers.get(cmd) if isinstance(cmd, str) else None
+            if fn is None:
+                known = ", ".join(sorted(self.handlers))
+                raise BusError(f"unknown command {cmd!r}; known: {known}")
+            result = fn(request)
+        except BusError as e:
+            self.stats["errors"] += 1
+            return {"ok": False, "error": str(e)}
+        except Exception:
+            self.stats["errors"] += 1
+            log.exception("control command from %s failed", user or "?")
+            return {"ok": False, "error": "internal error"}
+        log.debug("control %s from %s", cmd, user or "?")
+        return {"ok": True, "result": result}

@@ -1,0 +1,376 @@
+"""The replicator actor: publishes this node's binding changes, applies its peers'.
+
+Greenlets, each owning its socket: a publisher (PUB: one update per group
+commit, heartbeats), one subscriber per peer (SUB), a snapshot server
+(ROUTER: bindings and tombstones in bounded batches at a bounded rate, with
+an end marker), one short-lived syncer per snapshot request (DEALER), and
+the main loop, which owns the sync rules (``sipcore.replication``) and
+gets everything else through its inbox.
+
+It never writes the location table or the store: received bindings go to
+``apply(bindings)`` (the registrar's ``merge``), which keeps each one that
+``is_newer`` and persists it in its next group commit. It reads the
+location table (``Location.all``) to serve snapshots and digests; the copy
+is taken without yielding, so it is one consistent instant.
+"""
+
+import logging
+import time
+from collections import deque
+
+import gevent
+from gevent.pool import Group
+from gevent.queue import Empty, Queue
+
+from sipcore.location import Binding, Location
+from sipcore.replication import (ApplyBindings, Notice, Replication, RequestSnapshot, SetDigest,
+                                 SnapshotAssembler, SnapshotError, WireError, decode_heartbeat,
+                                 decode_snapshot_request, decode_update, encode_heartbeat,
+                                 encode_snapshot_request, encode_update, snapshot_stream)
+
+from . import bus as busmod
+from .bus import BUS_DOMAIN, CONTROL_DOMAIN, Bus, BusError, recv, recv_from, send
+from .config import NodeConfig
+from .control import ControlServer
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT_HWM = 64
+"""Snapshot messages in flight per connection (each holds up to ``snapshot_batch`` bindings)."""
+APPLY_CHUNK = 1000
+"""Most bindings handed to ``apply`` at once."""
+YIELD_LIMIT = 0.05
+"""Longest a snapshot batch waits for the hub to be idle (SIP first, but progress)."""
+
+
+def yield_to_sip(limit: float = YIELD_LIMIT) -> None:
+    """Let every ready greenlet and pending I/O run first, for at most ``limit`` seconds.
+
+    Snapshots go batch by batch through here, so a resync never starves SIP
+    processing, and a busy node still moves a batch every ``limit`` seconds.
+    """
+    with gevent.Timeout(limit, False):
+        gevent.idle()
+
+
+def make_bus(cfg: NodeConfig) -> Bus:
+    """The node's bus: its key pair; peers on the bus, and peers, itself and
+    ``control_keys`` on the control endpoint. Raises ``BusError`` on a bad key."""
+    if not cfg.secret_key or not cfg.public_key:
+        raise BusError("the cluster needs [cluster] secret_key and public_key "
+                       "(make them with `run.py keys`)")
+    bus = Bus(cfg.public_key, cfg.secret_key, cfg.id)
+    peers = {}
+    for p in cfg.peers:
+        if not p.public_key:
+            raise BusError(f"peer {p.id} has no public_key")
+        peers[p.public_key] = p.id
+    bus.allow(BUS_DOMAIN, peers)
+    control = {k: f"client{i}" for i, k in enumerate(cfg.control_keys)}
+    bus.allow(CONTROL_DOMAIN, {**control, **peers, cfg.public_key: cfg.id})
+    return bus
+
+
+class Replicator:
+    """Replication of one node's bindings to and from its peers.
+
+    ``publish(changes)`` is the registrar's ``on_commit`` hook; ``apply`` is
+    called with lists of received bindings; ``synced``/``state`` say whether
+    the node holds a snapshot from every live peer (or waited ``alone_wait``
+    alone). With no peers and no ``[cluster] pub`` it runs no sockets and is
+    synced at once.
+    """
+
+    def __init__(self, cfg: NodeConfig, epoch: int, location: Location, apply,
+                 bus: Bus | None = None, clock=time.time, monotonic=time.monotonic):
+        self.cfg = cfg
+        self.id = cfg.id
+        self.epoch = epoch
+        self.location = location
+        self.apply = apply
+        self.clock = clock
+        self.monotonic = monotonic
+        self.clustered = bool(cfg.peers or cfg.bus_pub)
+        if self.clustered and not (cfg.bus_pub and cfg.bus_snapshot):
+            raise BusError("a clustered node needs [cluster] pub and snapshot endpoints")
+        if bus is None and self.clustered:
+            bus = make_bus(cfg)
+        self.bus = bus
+        self.control = None
+        """The node's ``ControlServer`` when ``attach_replicator`` made one."""
+        self.peers = {p.id: p for p in cfg.peers}
+        self.core = Replication(cfg.id, self.peers, monotonic(), suspect_after=cfg.suspect_after,
+                                dead_after=cfg.dead_after, alone_wait=cfg.alone_wait,
+                                heartbeat=cfg.heartbeat, retry_after=min(1.0, cfg.sync_timeout))
+        if not self.clustered:
+            self.core.synced = True
+        self.published_seq = 0
+        self.inbox: Queue = Queue()
+        self.outbox: Queue = Queue()
+        self.group = Group()
+        self.syncs = Group()
+        self.lags: deque[float] = deque(maxlen=4096)
+        self.stats = {"published": 0, "published_bindings": 0, "applied_bindings": 0,
+                      "snapshots_served": 0, "snapshot_bindings_received": 0, "bad_messages": 0}
+
+    @property
+    def synced(self) -> bool:
+        """Whether the node may serve SIP (see the class doc)."""
+        return self.core.synced
+
+    @property
+    def state(self) -> str:
+        """``syncing`` or ``synced``."""
+        return self.core.state
+
+    def retry_after(self) -> int:
+        """Seconds for a ``Retry-After`` header while syncing."""
+        return self.core.retry_after_hint(self.monotonic())
+
+    def start(self, on_failure=None) -> None:
+        """Start the ZAP handler and every greenlet; ``on_failure(greenlet)`` if one dies."""
+        if not self.clustered:
+            log.info("replication off: no peers and no [cluster] pub endpoint")
+            return
+        self.bus.start()
+        beat = (self.cfg.heartbeat, self.cfg.suspect_after)
+        pub = self.bus.server(busmod.zmq.PUB, self.cfg.bus_pub, BUS_DOMAIN, self.cfg.hwm, beat)
+        router = self.bus.server(busmod.zmq.ROUTER, self.cfg.bus_snapshot, BUS_DOMAIN,
+                                 SNAPSHOT_HWM)
+        loops = [(self._publisher, pub), (self._snapshot_server, router)]
+        for p in self.peers.values():
+            sub = self.bus.client(busmod.zmq.SUB, p.bus, p.public_key, self.cfg.hwm, beat)
+            loops.append((self._subscriber, p.id, sub))
+        loops.append((self._run,))
+        for fn, *args in loops:
+            g = self.group.spawn(fn, *args)
+            if on_failure is not None:
+                g.link_exception(on_failure)
+        log.info("replicator up: epoch %d, pub %s, snapshot %s, %d peers (%s)", self.epoch,
+                 self.cfg.bus_pub, self.cfg.bus_snapshot, len(self.peers),
+                 ", ".join(self.peers) or "none")
+
+    def stop(self) -> None:
+        """Stop the control endpoint, every greenlet, and close the bus."""
+        if self.control is not None:
+            self.control.stop()
+        self.syncs.kill(block=True, timeout=1)
+        self.group.kill(block=True, timeout=1)
+        if self.bus is not None:
+            self.bus.close()
+        log.info("replicator stopped")
+
+    def publish(self, changes: list[Binding]) -> None:
+        """The registrar's ``on_commit``: queue one committed batch for publication."""
+        if changes and self.clustered:
+            self.outbox.put(changes)
+
+    def _publisher(self, sock) -> None:
+        heartbeat = self.cfg.heartbeat
+        next_beat = self.monotonic()
+        outbox = self.outbox
+        while True:
+            try:
+                changes = outbox.get(timeout=max(0.0, next_beat - self.monotonic()))
+            except Empty:
+                changes = None
+            if changes is not None:
+                body = encode_update(self.id, changes[0].epoch, self.clock(), changes)
+                send(sock, [busmod.UPDATE, body])
+                self.published_seq = changes[-1].seq
+                self.stats["published"] += 1
+                self.stats["published_bindings"] += len(changes)
+            if self.monotonic() >= next_beat:
+                body = encode_heartbeat(self.id, self.clock(), self.epoch, self.published_seq,
+                                        self.core.state)
+                send(sock, [busmod.HEARTBEAT, body])
+                next_beat = self.monotonic() + heartbeat
+
+    def _subscriber(self, peer: str, sock) -> None:
+        put = self.inbox.put
+        while True:
+            frames = recv(sock)
+            try:
+                if len(frames) != 2:
+                    raise WireError(f"{len(frames)} frames")
+                kind, body = frames
+                if kind == busmod.UPDATE:
+                    msg = decode_update(body)
+                elif kind == busmod.HEARTBEAT:
+                    msg = decode_heartbeat(body)
+                else:
+                    raise WireError(f"unknown message type {kind[:8]!r}")
+                sender = msg.origin if kind == busmod.UPDATE else msg.node
+                if sender != peer:
+                    raise WireError(f"message of {sender} on {peer}'s connection")
+            except WireError as e:
+                self.stats["bad_messages"] += 1
+                log.warning("dropped a bad message from %s: %s", peer, e)
+                continue
+            put((kind, peer, msg))
+
+    def _run(self) -> None:
+        tick_every = min(0.1, self.cfg.heartbeat / 2)
+        next_tick = self.monotonic()
+        core = self.core
+        while True:
+            try:
+                item = self.inbox.get(timeout=max(0.0, next_tick - self.monotonic()))
+            except Empty:
+                item = None
+            now = self.monotonic()
+            if item is not None:
+                kind, peer, *rest = item
+                if kind == busmod.UPDATE:
+                    self._act(core.update_received(peer, rest[0], now))
+                elif kind == busmod.HEARTBEAT:
+                    self._act(core.heartbeat_received(peer, rest[0], now, self.clock()))
+                elif kind == "done":
+                    self._act(core.snapshot_completed(peer, *rest, now))
+                else:
+                    self._act(core.snapshot_failed(peer, *rest, now))
+            if now >= next_tick:
+                self._act(core.tick(now))
+                next_tick = now + tick_every
+
+    def _act(self, actions: list) -> None:
+        for a in actions:
+            if isinstance(a, ApplyBindings):
+                self.lags.append(max(0.0, self.clock() - a.sent_at))
+                self.stats["applied_bindings"] += len(a.bindings)
+                self.apply(a.bindings)
+            elif isinstance(a, RequestSnapshot):
+                log.info("asking %s for a snapshot (%s)", a.peer, a.reason)
+                self.syncs.spawn(self._sync, a.peer, a.request)
+            elif isinstance(a, Notice):
+                log.log(logging.WARNING if a.warning else logging.INFO, "%s", a.text)
+
+    def _sync(self, peer: str, request: int) -> None:
+        """Fetch one snapshot from ``peer``, applying batches as they come."""
+        p = self.peers[peer]
+        timeout = self.cfg.sync_timeout
+        started = self.monotonic()
+        sock = None
+        try:
+            sock = self.bus.client(busmod.zmq.DEALER, p.snapshot, p.public_key, SNAPSHOT_HWM)
+            send(sock, [busmod.SNAPSHOT_REQUEST, encode_snapshot_request(self.id, request)],
+                 timeout=timeout)
+            assembler = SnapshotAssembler(request)
+            while True:
+                frames = recv(sock, timeout)
+                if frames is None:
+                    raise BusError(f"no snapshot data for {timeout} s")
+                if len(frames) != 2:
+                    raise WireError(f"{len(frames)} frames in a snapshot reply")
+                kind, body = frames
+                if kind == busmod.SNAPSHOT_BATCH:
+                    bindings = assembler.add(body)
+                    for i in range(0, len(bindings), APPLY_CHUNK):
+                        self.apply(bindings[i:i + APPLY_CHUNK])
+                        yield_to_sip()
+                elif kind == busmod.SNAPSHOT_END:
+                    end = assembler.finish(body)
+                    break
+                else:
+                    raise BusError(f"snapshot refused: {body[:200].decode(errors='replace')}")
+        except (BusError, WireError, SnapshotError) as e:
+            self.inbox.put(("failed", peer, request, str(e)))
+            return
+        except Exception as e:
+            log.exception("snapshot from %s crashed", peer)
+            self.inbox.put(("failed", peer, request, repr(e)))
+            return
+        finally:
+            if sock is not None:
+                self.bus.close_socket(sock)
+        self.stats["snapshot_bindings_received"] += end.count
+        log.info("snapshot from %s: %d bindings in %d batches, %.0f ms, digest ok", peer,
+                 end.count, end.batches, (self.monotonic() - started) * 1000)
+        self.inbox.put(("done", peer, request, end.epoch, end.seq))
+
+    def _snapshot_server(self, sock) -> None:
+        while True:
+            frames, user = recv_from(sock)
+            try:
+                if len(frames) != 3 or frames[1] != busmod.SNAPSHOT_REQUEST:
+                    raise WireError("not a snapshot request")
+                node, request = decode_snapshot_request(frames[2])
+                if node != user:
+                    raise WireError(f"request names {node} but the key is {user}'s")
+            except WireError as e:
+                self.stats["bad_messages"] += 1
+                log.warning("dropped a bad snapshot request from %s: %s", user or "?", e)
+                continue
+            try:
+                self._serve_snapshot(sock, frames[0], node, request)
+            except BusError as e:
+                log.warning("snapshot for %s aborted: %s", node, e)
+
+    def _serve_snapshot(self, sock, ident: bytes, node: str, request: int) -> None:
+        wall = self.clock()
+        bindings = [b for b in self.location.all() if b.expires_at > wall]
+        epoch, seq = self.epoch, self.published_seq
+        started = self.monotonic()
+        rate = self.cfg.snapshot_rate
+        sent = 0
+        for is_end, body, n in snapshot_stream(request, bindings, max(1, self.cfg.snapshot_batch),
+                                               epoch, seq):
+            kind = busmod.SNAPSHOT_END if is_end else busmod.SNAPSHOT_BATCH
+            send(sock, [ident, kind, body], timeout=self.cfg.sync_timeout)
+            sent += n
+            delay = started + sent / rate - self.monotonic() if rate else 0.0
+            if delay > 0:
+                gevent.sleep(delay)
+            else:
+                yield_to_sip()
+        self.stats["snapshots_served"] += 1
+        log.info("served a snapshot of %d bindings to %s at epoch %d seq %d in %.0f ms",
+                 len(bindings), node, epoch, seq, (self.monotonic() - started) * 1000)
+
+    def status(self, _request: dict | None = None) -> dict:
+        """Node id, sync state, peers with their liveness, and counts (for ``control``)."""
+        lags = sorted(self.lags)
+        pick = (lambda f: round(lags[min(len(lags) - 1, int(f * len(lags)))] * 1000, 3)) \
+            if lags else (lambda f: None)
+        wall = self.clock()
+        live = self.location.live_count(wall)
+        return {"id": self.id, "state": self.state, "epoch": self.epoch,
+                "seq": self.published_seq, "bindings": live,
+                "entries": len(self.location),
+                "peers": {k: v.status() for k, v in self.core.peers.items()},
+                "lag_ms": {"p50": pick(0.5), "p99": pick(0.99), "samples": len(lags)},
+                "bus": dict(self.bus.stats) if self.bus else {}, **self.stats}
+
+    def digest(self, _request: dict | None = None) -> dict:
+        """Digest of every unexpired binding and tombstone (``SetDigest.summary``)."""
+        wall = self.clock()
+        bindings = self.location.all()
+        d = SetDigest()
+        for i in range(0, len(bindings), 5000):
+            d.add(bindings[i:i + 5000], wall)
+            gevent.sleep(0)
+        return {"id": self.id, "state": self.state, **d.summary()}
+
+
+def attach_replicator(node) -> Replicator:
+    """Wire a replicator, and the control endpoint when configured, into a ``Node``.
+
+    Hooks the registrar's ``on_commit`` and ``merge``, starts the
+    replicator (and ``[cluster] control``), and sets ``node.replicator``.
+    Call it after the registrar is built and before the transport starts,
+    so no commit goes unpublished; ``node.replicator.stop()`` stops both.
+    Raises ``BusError`` on a bad key or an endpoint that cannot be bound.
+    """
+    cfg = node.cfg
+    registrar = node.registrar
+    rep = Replicator(cfg, registrar.sequencer.epoch, node.location, registrar.merge)
+    registrar.on_commit = rep.publish
+    rep.start(on_failure=node._actor_died)
+    if cfg.control:
+        if rep.bus is None:
+            rep.bus = make_bus(cfg)
+        rep.control = ControlServer(rep.bus, cfg.control,
+                                    {"status": rep.status, "digest": rep.digest})
+        rep.control.start(on_failure=node._actor_died)
+    node.replicator = rep
+    return rep
