@@ -99,7 +99,7 @@ def main(argv=None) -> int:
     lab = sub.add_parser("lab", help="start a ready lab on loopback")
     lab.add_argument("--users", help="CSV of extra users (username,password)")
     lab.add_argument("--data", default="var/lab", help="where the lab keeps its state")
-    lab.add_argument("--nodes", type=int, default=1, help="how many nodes")
+    lab.add_argument("--nodes", type=int, default=2, help="how many nodes (replicating)")
     lab.set_defaults(func=cmd_lab)
     args = p.parse_args(argv)
     return args.func(args)

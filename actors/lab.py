@@ -20,7 +20,9 @@ from sipcore.zone import cluster_zone
 from store.models import close_store, init_store
 from store.users import add_user, import_users_csv
 
+from .bus import Bus, BusError, request
 from .dnsserver import DnsServer
+from .keys import Member, cluster_toml, load_or_create_keypair
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +38,21 @@ def node_address(k: int) -> str:
     return f"127.0.0.{10 + k}"
 
 
-def write_node_config(data: str, k: int, secret: str) -> str:
+def lab_members(data: str, n: int) -> list[Member]:
+    """The lab's nodes with their bus endpoints and key pairs (kept under ``data``)."""
+    members = []
+    for k in range(1, n + 1):
+        node_dir = os.path.join(data, f"node{k}")
+        os.makedirs(node_dir, exist_ok=True)
+        public, secret = load_or_create_keypair(os.path.join(node_dir, "bus"))
+        ip = node_address(k)
+        members.append(Member(f"node{k}", f"tcp://{ip}:7001", f"tcp://{ip}:7002",
+                              f"tcp://{ip}:7003", public, secret))
+    return members
+
+
+def write_node_config(data: str, k: int, secret: str, members: list[Member],
+                      lab_key: str) -> str:
     """Write lab node ``k``'s configuration; return its path."""
     node_dir = os.path.join(data, f"node{k}")
     os.makedirs(node_dir, exist_ok=True)
@@ -56,7 +72,10 @@ secret = "{secret}"
 
 [database]
 url = "sqlite:///{node_dir}/tandem.db"
+
 """
+    if len(members) > 1:
+        text += cluster_toml(members[k - 1], members, control_keys=[lab_key])
     with open(path, "w") as f:
         f.write(text)
     return path
@@ -94,6 +113,8 @@ def run_lab(args) -> int:
     data = os.path.abspath(args.data)
     os.makedirs(data, exist_ok=True)
     secret = _secret(data)
+    members = lab_members(data, args.nodes)
+    lab_public, lab_secret = load_or_create_keypair(os.path.join(data, "lab"))
     procs = []
     stopping = []
     dns = None
@@ -105,7 +126,7 @@ def run_lab(args) -> int:
     signal.signal(signal.SIGINT, stop)
     try:
         for k in range(1, args.nodes + 1):
-            cfg = write_node_config(data, k, secret)
+            cfg = write_node_config(data, k, secret, members, lab_public)
             init_store(f"sqlite:///{data}/node{k}/tandem.db")
             for name, pw in DEMO_USERS:
                 add_user(name, DOMAIN, pw, replace=True)
@@ -122,7 +143,8 @@ def run_lab(args) -> int:
                           os.path.join(data, f"node{k}", "node.log"))
                 return 1
         dns = _start_dns(args.nodes)
-        _banner(data, args.nodes, dns)
+        states = _states(members, lab_public, lab_secret)
+        _banner(data, args.nodes, dns, states)
         while not stopping and all(p.poll() is None for p in procs):
             time.sleep(0.2)
         return 0
@@ -160,15 +182,40 @@ def _start_dns(n: int):
     return None
 
 
-def _banner(data: str, n: int, dns) -> None:
+def _states(members: list[Member], public: str, secret: str, limit: float = 15.0) -> dict:
+    """Each node's replication state, waiting (bounded) until all are synced."""
+    if len(members) < 2:
+        return {}
+    bus = Bus(public, secret)
+    deadline = time.monotonic() + limit
+    states: dict = {}
+    try:
+        while True:
+            for m in members:
+                try:
+                    states[m.id] = request(bus, m.control, m.public_key, {"cmd": "status"})["state"]
+                except BusError as e:
+                    states[m.id] = f"no answer ({e})"
+            if all(v == "synced" for v in states.values()) or time.monotonic() > deadline:
+                return states
+            time.sleep(0.2)
+    finally:
+        bus.close()
+
+
+def _banner(data: str, n: int, dns, states: dict) -> None:
     lines = ["", "Tandem lab is running. Ctrl-C stops it.", ""]
     for k in range(1, n + 1):
-        lines.append(f"  node{k}: sip:{node_address(k)}:5060 (UDP and TCP), log {data}/node{k}/node.log")
+        state = f", {states[f'node{k}']}" if f"node{k}" in states else ""
+        lines.append(f"  node{k}: sip:{node_address(k)}:5060 (UDP and TCP){state}, "
+                     f"log {data}/node{k}/node.log")
     if dns is not None:
         lines += ["", f"  DNS for {DOMAIN} (NAPTR, SRV, A) on {DNS_ADDRESS} port {dns.port}: "
                   f"dig @{DNS_ADDRESS} -p {dns.port} _sip._udp.{DOMAIN} SRV"]
+    others = ", ".join(node_address(k) for k in range(2, n + 1))
     lines += ["", f"Point a phone at: registrar/proxy {node_address(1)} port 5060, "
-              f"domain {DOMAIN}", "Users (username / password):"]
+              f"domain {DOMAIN}" + (f" (or any other node: {others})" if others else ""),
+              "Users (username / password):"]
     lines += [f"  {u} / {p}" for u, p in DEMO_USERS]
     lines += ["", f"Try: sipsak -U -s sip:alice@{node_address(1)} -u alice -a alice-secret -x 120 -vv",
               ""]
