@@ -11,6 +11,7 @@ import logging
 import time
 import os
 
+import gevent
 from gevent.queue import Empty, Queue
 
 from sipcore.errors import SipError
@@ -146,6 +147,9 @@ class RegistrarActor:
                 err = SipError(500, "Database Unavailable", [("Retry-After", "5")])
                 for st, req, response in deferred:
                     tx.respond(st, error_response(req, err, to_tag=_tag()), mono)
+                if merged:
+                    # Replicated versions must not be lost: retry them shortly.
+                    gevent.spawn_later(1.0, self.merge, merged)
                 return
             self.stats["commits"] += 1
             self.stats["committed"] += len(changes) + len(merged)
