@@ -19,6 +19,16 @@ from .uri import NameAddr, unquote_string
 
 SUPPORTED = frozenset({"path", "outbound"})
 
+_date_cache = [-1, ""]
+
+
+def http_date(now: float) -> str:
+    """The ``Date`` header value for ``now`` (RFC 1123 form), computed once a second."""
+    sec = int(now)
+    if _date_cache[0] != sec:
+        _date_cache[0], _date_cache[1] = sec, formatdate(sec, usegmt=True)
+    return _date_cache[1]
+
 
 @dataclass
 class RegisterOutcome:
@@ -163,7 +173,7 @@ class RegistrarRules:
             options = req.get_all("supported") + req.get_all("require")
             if "path" in (o.lower() for o in options):
                 headers.extend(("Path", v) for v in paths)
-        headers.append(("Date", formatdate(now, usegmt=True)))
+        headers.append(("Date", http_date(now)))
         return make_response(req, 200, "OK", headers, to_tag=to_tag)
 
 

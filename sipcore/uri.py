@@ -237,7 +237,30 @@ class SipUri:
         return "".join(out)
 
 
-def parse_uri(text: str) -> SipUri:
+#: parsed values by their text; REGISTERs and calls repeat the same From,
+#: To, Contact and Request-URI texts, so most parses are found here. The
+#: values are shared: callers treat them as read-only.
+_URI_CACHE: dict[str, "SipUri"] = {}
+_ADDR_CACHE: dict[str, "NameAddr"] = {}
+_CACHE_MAX = 20_000
+
+
+def parse_uri(text: str) -> "SipUri":
+    """Parse a SIP, SIPS or tel URI (cached by text; the result is read-only).
+
+    Raises ``SipParseError`` when malformed, ``UnsupportedScheme`` (416)
+    for an unknown scheme.
+    """
+    found = _URI_CACHE.get(text)
+    if found is None:
+        found = _parse_uri(text)
+        if len(_URI_CACHE) >= _CACHE_MAX:
+            _URI_CACHE.clear()
+        _URI_CACHE[text] = found
+    return found
+
+
+def _parse_uri(text: str) -> SipUri:
     """Parse a SIP, SIPS or tel URI; raise ``SipParseError`` when malformed.
 
     An unknown scheme raises ``SipError`` 416 through ``UnsupportedScheme``.
@@ -355,7 +378,18 @@ class NameAddr:
         return f"{name}<{self.uri}>{format_params(self.params)}"
 
 
-def parse_name_addr(text: str) -> NameAddr:
+def parse_name_addr(text: str) -> "NameAddr":
+    """Parse a name-addr or addr-spec with parameters (cached by text; read-only result)."""
+    found = _ADDR_CACHE.get(text)
+    if found is None:
+        found = _parse_name_addr(text)
+        if len(_ADDR_CACHE) >= _CACHE_MAX:
+            _ADDR_CACHE.clear()
+        _ADDR_CACHE[text] = found
+    return found
+
+
+def _parse_name_addr(text: str) -> NameAddr:
     """Parse ``["Display"] <uri>;params`` or ``uri;params`` (RFC 3261 §20.10).
 
     A URI of a scheme other than sip, sips or tel is a ``400`` here: ``416``
