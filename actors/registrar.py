@@ -118,6 +118,18 @@ class RegistrarActor:
             if req is None:
                 merged.extend(b for b in dest if location.merge_undoable(b, undo))
                 continue
+            if req.get("authorization") is None:
+                # Without credentials the answer is a challenge (or an error)
+                # that changes nothing: send it statelessly, as a proxy's
+                # sl_send_reply would; a retransmission just gets another.
+                self.stats["register"] += 1
+                try:
+                    response, _ = self._register(req, dest, now)
+                except SipError as err:
+                    self.stats["rejected"] += 1
+                    response = error_response(req, err, to_tag=_tag())
+                self.transport.send(dest, response.encode())
+                continue
             tx.receive(req, dest, mono, dest[0] != "udp")
             ev = tx.next_event()
             if ev is None:
