@@ -1,28 +1,37 @@
 """The replicator actor: publishes this node's binding changes, applies its peers'.
 
 Greenlets, each owning its socket: a publisher (PUB: one update per group
-commit, heartbeats), one subscriber per peer (SUB), a snapshot server
-(ROUTER: bindings and tombstones in bounded batches at a bounded rate, with
-an end marker), one short-lived syncer per snapshot request (DEALER), and
-the main loop, which owns the sync rules (``sipcore.replication``) and
-gets everything else through its inbox.
+commit, heartbeats carrying the version held of each peer's stream), one
+subscriber per peer (SUB), a snapshot server (ROUTER: bindings and
+tombstones in bounded batches at a bounded rate, with an end marker that
+also says which versions of other origins the snapshot holds), one
+short-lived syncer per snapshot request (DEALER), and the main loop, which
+owns the sync rules (``sipcore.replication``) and gets everything else
+through its inbox; besides, a lag meter without a socket.
 
 It never writes the location table or the store: received bindings go to
 ``apply(bindings)`` (the registrar's ``merge``), which keeps each one that
 ``is_newer`` and persists it in its next group commit. It reads the
 location table (``Location.all``) to serve snapshots and digests; the copy
 is taken without yielding, so it is one consistent instant.
+
+Replication lag is measured per update, from the wall time the origin
+committed it (stamped in ``publish``, just before the origin's 200s go out)
+to the moment this node's location table holds it (a small greenlet polls
+the table every millisecond while updates are on their way in).
 """
 
+import itertools
 import logging
 import time
 from collections import deque
 
 import gevent
+from gevent.event import Event
 from gevent.pool import Group
 from gevent.queue import Empty, Queue
 
-from sipcore.location import Binding, Location
+from sipcore.location import Binding, Location, is_newer
 from sipcore.replication import (ApplyBindings, Notice, Replication, RequestSnapshot, SetDigest,
                                  SnapshotAssembler, SnapshotError, WireError, decode_heartbeat,
                                  decode_snapshot_request, decode_update, encode_heartbeat,
@@ -41,6 +50,14 @@ APPLY_CHUNK = 1000
 """Most bindings handed to ``apply`` at once."""
 YIELD_LIMIT = 0.05
 """Longest a snapshot batch waits for the hub to be idle (SIP first, but progress)."""
+SETTLE_LIMIT = 0.25
+"""Longest a snapshot waits for applied updates to reach the location table."""
+LAND_POLL = 0.001
+"""How often (seconds) the lag meter looks for updates handed to ``apply``."""
+LAND_LIMIT = 5.0
+"""Seconds after which an update not yet in the location table is no longer measured."""
+LANDINGS = 20000
+"""Updates whose lag is kept for the ``lags`` control command."""
 
 
 def yield_to_sip(limit: float = YIELD_LIMIT) -> None:
@@ -78,16 +95,20 @@ class Replicator:
     called with lists of received bindings; ``synced``/``state`` say whether
     the node holds a snapshot from every live peer (or waited ``alone_wait``
     alone). With no peers and no ``[cluster] pub`` it runs no sockets and is
-    synced at once.
+    synced at once. ``settled()`` (default: always true) says whether every
+    list given to ``apply`` so far is in the location table; a snapshot
+    claims the versions it holds of other origins only once it is.
     """
 
     def __init__(self, cfg: NodeConfig, epoch: int, location: Location, apply,
-                 bus: Bus | None = None, clock=time.time, monotonic=time.monotonic):
+                 bus: Bus | None = None, clock=time.time, monotonic=time.monotonic,
+                 settled=None):
         self.cfg = cfg
         self.id = cfg.id
         self.epoch = epoch
         self.location = location
         self.apply = apply
+        self.settled = settled or (lambda: True)
         self.clock = clock
         self.monotonic = monotonic
         self.clustered = bool(cfg.peers or cfg.bus_pub)
@@ -110,8 +131,14 @@ class Replicator:
         self.group = Group()
         self.syncs = Group()
         self.lags: deque[float] = deque(maxlen=4096)
+        """Lag (seconds) of each of the latest bindings received live."""
+        self.landings: deque[tuple[str, int, int, int, float]] = deque(maxlen=LANDINGS)
+        """``(origin, epoch, first seq, last seq, lag seconds)`` of the latest updates."""
+        self._in_flight: deque[tuple[ApplyBindings, float]] = deque()
+        self._landed = Event()
         self.stats = {"published": 0, "published_bindings": 0, "applied_bindings": 0,
-                      "snapshots_served": 0, "snapshot_bindings_received": 0, "bad_messages": 0}
+                      "snapshots_served": 0, "snapshot_bindings_received": 0, "bad_messages": 0,
+                      "lag_unmeasured": 0}
 
     @property
     def synced(self) -> bool:
@@ -137,7 +164,7 @@ class Replicator:
         pub = self.bus.server(busmod.zmq.PUB, self.cfg.bus_pub, BUS_DOMAIN, self.cfg.hwm, beat)
         router = self.bus.server(busmod.zmq.ROUTER, self.cfg.bus_snapshot, BUS_DOMAIN,
                                  SNAPSHOT_HWM)
-        loops = [(self._publisher, pub), (self._snapshot_server, router)]
+        loops = [(self._publisher, pub), (self._snapshot_server, router), (self._lag_meter,)]
         for p in self.peers.values():
             sub = self.bus.client(busmod.zmq.SUB, p.bus, p.public_key, self.cfg.hwm, beat)
             loops.append((self._subscriber, p.id, sub))
@@ -161,9 +188,10 @@ class Replicator:
         log.info("replicator stopped")
 
     def publish(self, changes: list[Binding]) -> None:
-        """The registrar's ``on_commit``: queue one committed batch for publication."""
+        """The registrar's ``on_commit``: queue one committed batch for publication,
+        stamped with the commit's wall time."""
         if changes and self.clustered:
-            self.outbox.put(changes)
+            self.outbox.put((self.clock(), changes))
 
     def _publisher(self, sock) -> None:
         heartbeat = self.cfg.heartbeat
@@ -171,18 +199,19 @@ class Replicator:
         outbox = self.outbox
         while True:
             try:
-                changes = outbox.get(timeout=max(0.0, next_beat - self.monotonic()))
+                committed_at, changes = outbox.get(
+                    timeout=max(0.0, next_beat - self.monotonic()))
             except Empty:
                 changes = None
             if changes is not None:
-                body = encode_update(self.id, changes[0].epoch, self.clock(), changes)
+                body = encode_update(self.id, changes[0].epoch, committed_at, changes)
                 send(sock, [busmod.UPDATE, body])
                 self.published_seq = changes[-1].seq
                 self.stats["published"] += 1
                 self.stats["published_bindings"] += len(changes)
             if self.monotonic() >= next_beat:
                 body = encode_heartbeat(self.id, self.clock(), self.epoch, self.published_seq,
-                                        self.core.state)
+                                        self.core.state, self.core.versions())
                 send(sock, [busmod.HEARTBEAT, body])
                 next_beat = self.monotonic() + heartbeat
 
@@ -226,7 +255,8 @@ class Replicator:
                 elif kind == busmod.HEARTBEAT:
                     self._act(core.heartbeat_received(peer, rest[0], now, self.clock()))
                 elif kind == "done":
-                    self._act(core.snapshot_completed(peer, *rest, now))
+                    request, epoch, seq, versions = rest
+                    self._act(core.snapshot_completed(peer, request, epoch, seq, now, versions))
                 else:
                     self._act(core.snapshot_failed(peer, *rest, now))
             if now >= next_tick:
@@ -236,14 +266,41 @@ class Replicator:
     def _act(self, actions: list) -> None:
         for a in actions:
             if isinstance(a, ApplyBindings):
-                self.lags.append(max(0.0, self.clock() - a.sent_at))
                 self.stats["applied_bindings"] += len(a.bindings)
                 self.apply(a.bindings)
+                self._in_flight.append((a, self.clock()))
+                self._landed.set()
             elif isinstance(a, RequestSnapshot):
                 log.info("asking %s for a snapshot (%s)", a.peer, a.reason)
                 self.syncs.spawn(self._sync, a.peer, a.request)
             elif isinstance(a, Notice):
                 log.log(logging.WARNING if a.warning else logging.INFO, "%s", a.text)
+
+    def _lag_meter(self) -> None:
+        """Record each applied update's lag once the location table holds it."""
+        pending = self._in_flight
+        get = self.location.get
+        while True:
+            self._landed.wait()
+            while pending:
+                now = self.clock()
+                for _ in range(len(pending)):
+                    a, handed_at = pending.popleft()
+                    last = a.bindings[-1]
+                    held = get(last.aor).get(last.key)
+                    if held is not None and not is_newer(last, held):
+                        lag = max(0.0, now - a.sent_at)
+                        first = a.bindings[0]
+                        self.lags.extend(itertools.repeat(lag, min(len(a.bindings), 4096)))
+                        self.landings.append((first.origin, first.epoch, first.seq, last.seq,
+                                              lag))
+                    elif now - handed_at < LAND_LIMIT:
+                        pending.append((a, handed_at))
+                    else:
+                        self.stats["lag_unmeasured"] += 1
+                if pending:
+                    gevent.sleep(LAND_POLL)
+            self._landed.clear()
 
     def _sync(self, peer: str, request: int) -> None:
         """Fetch one snapshot from ``peer``, applying batches as they come."""
@@ -286,7 +343,7 @@ class Replicator:
         self.stats["snapshot_bindings_received"] += end.count
         log.info("snapshot from %s: %d bindings in %d batches, %.0f ms, digest ok", peer,
                  end.count, end.batches, (self.monotonic() - started) * 1000)
-        self.inbox.put(("done", peer, request, end.epoch, end.seq))
+        self.inbox.put(("done", peer, request, end.epoch, end.seq, end.versions))
 
     def _snapshot_server(self, sock) -> None:
         while True:
@@ -307,14 +364,22 @@ class Replicator:
                 log.warning("snapshot for %s aborted: %s", node, e)
 
     def _serve_snapshot(self, sock, ident: bytes, node: str, request: int) -> None:
+        started = self.monotonic()
+        versions = self.core.versions()
+        with gevent.Timeout(SETTLE_LIMIT, False):
+            while not self.settled():
+                gevent.sleep(LAND_POLL)
+        if not self.settled():
+            log.info("updates still on their way to the table: the snapshot for %s "
+                     "claims no version of other origins", node)
+            versions = {}
         wall = self.clock()
         bindings = [b for b in self.location.all() if b.expires_at > wall]
         epoch, seq = self.epoch, self.published_seq
-        started = self.monotonic()
         rate = self.cfg.snapshot_rate
         sent = 0
         for is_end, body, n in snapshot_stream(request, bindings, max(1, self.cfg.snapshot_batch),
-                                               epoch, seq):
+                                               epoch, seq, versions):
             kind = busmod.SNAPSHOT_END if is_end else busmod.SNAPSHOT_BATCH
             send(sock, [ident, kind, body], timeout=self.cfg.sync_timeout)
             sent += n
@@ -327,19 +392,38 @@ class Replicator:
         log.info("served a snapshot of %d bindings to %s at epoch %d seq %d in %.0f ms",
                  len(bindings), node, epoch, seq, (self.monotonic() - started) * 1000)
 
-    def status(self, _request: dict | None = None) -> dict:
-        """Node id, sync state, peers with their liveness, and counts (for ``control``)."""
+    def status(self, request: dict | None = None) -> dict:
+        """Node id, sync state, peers with their liveness, and counts (for ``control``).
+
+        ``lag_ms`` gives the p50 and p99 over the latest 4096 bindings received
+        live: wall time from the origin's commit to this node's location table
+        holding the binding. With ``{"brief": true}`` the reply leaves out what
+        costs a pass over the table or the lags (``bindings``, ``entries``,
+        ``lag_ms``), for polling a large table.
+        """
+        out = {"id": self.id, "state": self.state, "epoch": self.epoch,
+               "seq": self.published_seq,
+               "peers": {k: v.status() for k, v in self.core.peers.items()},
+               "bus": dict(self.bus.stats) if self.bus else {}, **self.stats}
+        if (request or {}).get("brief"):
+            return out
         lags = sorted(self.lags)
         pick = (lambda f: round(lags[min(len(lags) - 1, int(f * len(lags)))] * 1000, 3)) \
             if lags else (lambda f: None)
-        wall = self.clock()
-        live = self.location.live_count(wall)
-        return {"id": self.id, "state": self.state, "epoch": self.epoch,
-                "seq": self.published_seq, "bindings": live,
-                "entries": len(self.location),
-                "peers": {k: v.status() for k, v in self.core.peers.items()},
-                "lag_ms": {"p50": pick(0.5), "p99": pick(0.99), "samples": len(lags)},
-                "bus": dict(self.bus.stats) if self.bus else {}, **self.stats}
+        out.update(bindings=self.location.live_count(self.clock()), entries=len(self.location),
+                   lag_ms={"p50": pick(0.5), "p99": pick(0.99), "samples": len(lags)})
+        return out
+
+    def lag_list(self, request: dict | None = None) -> dict:
+        """The latest live updates received with their lag in ms (``origin`` filters).
+
+        Each entry is ``[origin, epoch, first seq, last seq, lag ms]``; the lag
+        runs from the origin's commit to this node's location table holding it.
+        """
+        origin = (request or {}).get("origin")
+        return {"id": self.id, "unmeasured": self.stats["lag_unmeasured"],
+                "updates": [[o, e, f, la, round(lag * 1000, 3)]
+                            for o, e, f, la, lag in self.landings if origin in (None, o)]}
 
     def digest(self, _request: dict | None = None) -> dict:
         """Digest of every unexpired binding and tombstone (``SetDigest.summary``)."""
@@ -355,22 +439,27 @@ class Replicator:
 def attach_replicator(node) -> Replicator:
     """Wire a replicator, and the control endpoint when configured, into a ``Node``.
 
-    Hooks the registrar's ``on_commit`` and ``merge``, starts the
-    replicator (and ``[cluster] control``), and sets ``node.replicator``.
+    Hooks the registrar's ``on_commit`` and ``merge`` (and its inbox, to know
+    when merges have reached the table), starts the replicator (and
+    ``[cluster] control`` with ``status``, ``digest`` and ``lags``), and sets
+    ``node.replicator``.
     Call it after the registrar is built and before the transport starts,
     so no commit goes unpublished; ``node.replicator.stop()`` stops both.
     Raises ``BusError`` on a bad key or an endpoint that cannot be bound.
     """
     cfg = node.cfg
     registrar = node.registrar
-    rep = Replicator(cfg, registrar.sequencer.epoch, node.location, registrar.merge)
+    inbox = getattr(registrar, "inbox", None)
+    rep = Replicator(cfg, registrar.sequencer.epoch, node.location, registrar.merge,
+                     settled=inbox.empty if inbox is not None else None)
     registrar.on_commit = rep.publish
     rep.start(on_failure=node._actor_died)
     if cfg.control:
         if rep.bus is None:
             rep.bus = make_bus(cfg)
         rep.control = ControlServer(rep.bus, cfg.control,
-                                    {"status": rep.status, "digest": rep.digest})
+                                    {"status": rep.status, "digest": rep.digest,
+                                     "lags": rep.lag_list})
         rep.control.start(on_failure=node._actor_died)
     node.replicator = rep
     return rep

@@ -164,6 +164,33 @@ def test_sigstop_while_updates_flow_then_sigcont_converges_through_the_gap_rule(
     assert gap_syncs >= 1, after
 
 
+def test_last_updates_of_a_node_that_dies_are_relayed_by_the_peer_that_got_them(ready):
+    """C is stopped until B (and so A, with the same ZMTP heartbeat timeout) gives
+    up on it, A registers 1,000 users that B gets and C misses, A dies for good,
+    C continues: nothing from A tells C of the gap, B's heartbeats do."""
+    c = ready
+    a, b, third = c.nodes
+
+    def peers_of(node):
+        return c.control(node, "status")["peers"]
+
+    relays_before = peers_of(third)[b.id]["sync_reasons"].get("relay", 0)
+    third.signal(signal.SIGSTOP)
+    try:
+        assert wait(lambda: peers_of(b)[third.id]["liveness"] != "alive", 5.0)
+        assert_all_ok([register(c, a, c.rows[:1000], c.ports[a.id])])
+        last = c.control(a, "status")["seq"]
+        assert wait(lambda: peers_of(b)[a.id]["seq"] == last, 5.0)
+        a.kill()
+    finally:
+        third.signal(signal.SIGCONT)
+    ok, got = c.wait_converged(8.0, nodes=[b, third])
+    assert ok, got
+    assert wait(lambda: (peers_of(third)[a.id]["relayed"] or [0, 0])[1] == last, 5.0), \
+        peers_of(third)
+    assert peers_of(third)[b.id]["sync_reasons"].get("relay", 0) > relays_before
+
+
 def test_a_client_with_an_unknown_key_gets_no_answer(ready):
     node = ready.nodes[0]
     member = ready.members[node.id]

@@ -6,7 +6,7 @@ import random
 import pytest
 
 from sipcore.location import Binding, Location, tombstone
-from sipcore.replication import (ALIVE, DEAD, SUSPECTED, SYNCED, SYNCING, UNKNOWN,
+from sipcore.replication import (ALIVE, DEAD, MAX_VERSIONS, SUSPECTED, SYNCED, SYNCING, UNKNOWN,
                                  ApplyBindings, Heartbeat, Liveness, Notice, Replication,
                                  RequestSnapshot, SetDigest, SkewMeter, SnapshotAssembler,
                                  SnapshotError, Update, WireError, decode_heartbeat,
@@ -515,3 +515,165 @@ def test_status_is_json_ready():
 def test_row_binding_builds_a_binding():
     row = json.loads(encode_update("n1", 1, T0, [b()]))["b"][0]
     assert row_binding(row) == b()
+
+
+# -- version vectors: gaps of a third origin ------------------------------------------------
+
+def test_heartbeat_and_end_marker_carry_version_vectors():
+    hb_ = decode_heartbeat(encode_heartbeat("n2", T0, 3, 41, SYNCED, {"n3": (2, 7), "n1": (5, 0)}))
+    assert hb_.versions == {"n3": (2, 7), "n1": (5, 0)}
+    assert decode_heartbeat(b'{"id":"n2","t":1.0,"e":1,"s":0,"st":"synced"}').versions == {}
+    msgs = list(snapshot_stream(5, [b()], 3, 2, 40, {"n3": (1, 9)}))
+    asm = SnapshotAssembler(5)
+    asm.add(msgs[0][1])
+    assert asm.finish(msgs[-1][1]).versions == {"n3": (1, 9)}
+
+
+@pytest.mark.parametrize("vector", [
+    "[]", '{"n3": [1]}', '{"n3": [1, -1]}', '{"n3": [true, 1]}', '{"n3": [1.5, 1]}',
+    '{"n3": "1/2"}', '{"": [1, 2]}',
+    json.dumps({f"n{i}": [1, 1] for i in range(MAX_VERSIONS + 1)}),
+])
+def test_bad_version_vectors_are_wire_errors(vector):
+    body = ('{"id": "n2", "t": 1.0, "e": 1, "s": 0, "st": "synced", "v": %s}' % vector).encode()
+    with pytest.raises(WireError):
+        decode_heartbeat(body)
+    end = ('{"r": 5, "n": 0, "c": 0, "d": "x", "e": 1, "s": 0, "v": %s}' % vector).encode()
+    with pytest.raises(WireError):
+        SnapshotAssembler(5).finish(end)
+
+
+def hbv(node="n2", versions=None, epoch=1, seq=0):
+    """A heartbeat of ``node`` carrying a version vector."""
+    return Heartbeat(node, T0, epoch, seq, SYNCED, versions or {})
+
+
+def both_joined(**kw):
+    """n1 with peers n2 and n3, both joined at epoch 1 seq 0 at t=0; n3 sent seq 1-2 at 0.1."""
+    r = core(relay_grace=0.5, **kw)
+    joined(r, "n2")
+    joined(r, "n3")
+    r.update_received("n3", update(1, 2, origin="n3"), 0.1)
+    return r
+
+
+def test_versions_report_direct_and_relayed_streams_but_never_our_own():
+    r = core()
+    assert r.versions() == {}
+    joined(r, "n2")
+    r.update_received("n2", update(1, 3), 0.1)
+    assert r.versions() == {"n2": (1, 3)}
+    (req,) = kinds(r.heartbeat_received("n3", hb("n3"), 0.2, T0), RequestSnapshot)
+    r.snapshot_completed("n3", req.request, 1, 0, 0.3, {"n1": (7, 7), "n2": (1, 1), "n9": (1, 1)})
+    assert r.versions() == {"n2": (1, 3), "n3": (1, 0)}
+    (req,) = kinds(r.heartbeat_received("n3", hb("n3", epoch=2), 0.4, T0), RequestSnapshot)
+    r.snapshot_completed("n3", req.request, 2, 0, 0.5, {"n2": (1, 8)})
+    assert r.versions() == {"n2": (1, 8), "n3": (2, 0)}
+    status = r.peers["n2"].status()
+    assert (status["seq"], status["relayed"]) == (3, [1, 8])
+    json.dumps(status)
+
+
+def test_peer_holding_what_a_dead_origin_sent_last_is_asked_for_a_snapshot():
+    """n3 sent seq 3, n1 missed it, n2 got it; n3 dies before a heartbeat reveals the gap."""
+    r = both_joined()
+    assert kinds(r.heartbeat_received("n2", hbv(versions={"n3": (1, 3)}), 0.2, T0),
+                 RequestSnapshot) == []
+    assert kinds(r.heartbeat_received("n2", hbv(versions={"n3": (1, 3)}), 1.0, T0),
+                 RequestSnapshot) == [], "n3 is still alive: its own heartbeat will tell"
+    r.tick(1.7)
+    assert r.peers["n3"].liveness.state == SUSPECTED
+    acts = r.heartbeat_received("n2", hbv(versions={"n3": (1, 3)}), 1.7, T0)
+    (req,) = kinds(acts, RequestSnapshot)
+    assert (req.peer, req.reason) == ("n2", "relay")
+    assert any("gap from n3" in n.text and "n2 holds 1/3, we hold 1/2" in n.text
+               for n in kinds(acts, Notice))
+    assert r.peers["n3"].counts["gaps"] == 1 and r.peers["n2"].reasons["relay"] == 1
+    r.snapshot_completed("n2", req.request, 1, 0, 1.8, {"n3": (1, 3)})
+    assert r.versions()["n3"] == (1, 3)
+    assert (r.peers["n3"].epoch, r.peers["n3"].seq) == (1, 2)
+    for t in (2.5, 3.0, 6.0):
+        r.tick(t)
+        assert kinds(r.heartbeat_received("n2", hbv(versions={"n3": (1, 3)}), t, T0),
+                     RequestSnapshot) == []
+
+
+def test_a_claim_must_last_the_grace_period():
+    r = both_joined()
+    r.tick(2.0)
+    assert r.peers["n3"].liveness.state == SUSPECTED
+    claim = {"n3": (1, 3)}
+    assert kinds(r.heartbeat_received("n2", hbv(versions=claim), 2.0, T0), RequestSnapshot) == []
+    assert kinds(r.heartbeat_received("n2", hbv(versions=claim), 2.4, T0), RequestSnapshot) == []
+    (req,) = kinds(r.heartbeat_received("n2", hbv(versions=claim), 2.5, T0), RequestSnapshot)
+    assert req.reason == "relay"
+
+
+def test_claims_about_an_origin_alive_to_us_never_ask_a_relay():
+    r = both_joined()
+    for i in range(20):
+        t = 0.2 + i * 0.4
+        r.heartbeat_received("n3", hb("n3", seq=2), t, T0)
+        assert kinds(r.heartbeat_received("n2", hbv(versions={"n3": (1, 5)}), t, T0),
+                     RequestSnapshot) == []
+        r.tick(t)
+
+
+def test_a_claim_caught_up_by_the_origin_stream_is_forgotten():
+    r = both_joined()
+    r.heartbeat_received("n2", hbv(versions={"n3": (1, 3)}), 0.2, T0)
+    r.update_received("n3", update(3, origin="n3"), 0.3)
+    r.tick(2.0)
+    assert r.peers["n3"].liveness.state == SUSPECTED
+    assert kinds(r.heartbeat_received("n2", hbv(versions={"n3": (1, 3)}), 2.0, T0),
+                 RequestSnapshot) == []
+    assert kinds(r.heartbeat_received("n2", hbv(versions={"n3": (1, 3)}), 3.0, T0),
+                 RequestSnapshot) == []
+
+
+def test_a_newer_epoch_of_a_dead_origin_is_a_gap_too():
+    r = both_joined()
+    r.tick(2.0)
+    r.heartbeat_received("n2", hbv(versions={"n3": (2, 1)}), 2.0, T0)
+    (req,) = kinds(r.heartbeat_received("n2", hbv(versions={"n3": (2, 1)}), 2.6, T0),
+                   RequestSnapshot)
+    assert req.reason == "relay"
+
+
+def test_an_origin_never_heard_is_covered_by_the_relay_join_snapshot():
+    """n1 starts after n3 died: the join snapshot of n2 says what it held of n3."""
+    r = core(relay_grace=0.5)
+    (req,) = kinds(r.heartbeat_received("n2", hbv(versions={"n3": (1, 9)}), 0.0, T0),
+                   RequestSnapshot)
+    assert req.reason == "join"
+    r.snapshot_completed("n2", req.request, 1, 0, 0.1, {"n3": (1, 9)})
+    for t in (0.5, 1.0, 4.0):
+        r.tick(t)
+        assert kinds(r.heartbeat_received("n2", hbv(versions={"n3": (1, 9)}), t, T0),
+                     RequestSnapshot) == []
+    r.heartbeat_received("n2", hbv(versions={"n3": (1, 10)}), 4.1, T0)
+    (req,) = kinds(r.heartbeat_received("n2", hbv(versions={"n3": (1, 10)}), 4.7, T0),
+                   RequestSnapshot)
+    assert req.reason == "relay"
+
+
+def test_own_unknown_and_sender_origins_in_a_vector_are_ignored():
+    r = both_joined()
+    r.tick(2.0)
+    odd = {"n1": (9, 9), "n7": (1, 1), "n2": (5, 5)}
+    for t in (2.0, 3.0, 4.0):
+        assert kinds(r.heartbeat_received("n2", hbv(versions=odd), t, T0), RequestSnapshot) == []
+
+
+def test_no_relay_while_the_sender_itself_is_being_synced():
+    r = both_joined()
+    r.tick(2.0)
+    claim = {"n3": (1, 3)}
+    r.heartbeat_received("n2", hbv(versions=claim), 2.0, T0)
+    (req,) = kinds(r.heartbeat_received("n2", hbv(versions=claim, seq=4), 2.1, T0),
+                   RequestSnapshot)
+    assert req.reason == "gap"
+    assert kinds(r.heartbeat_received("n2", hbv(versions=claim, seq=4), 3.0, T0),
+                 RequestSnapshot) == []
+    r.snapshot_completed("n2", req.request, 1, 4, 3.1, claim)
+    assert r.versions()["n3"] == (1, 3)
