@@ -8,6 +8,7 @@ timeout) and returns its final statistics.
 
 import csv
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -20,17 +21,22 @@ SIPP_DIR = os.path.join(ROOT, "loadtest", "sipp")
 
 
 def free_port(address: str = "127.0.0.1") -> int:
-    """A port free for both UDP and TCP on ``address``."""
-    for _ in range(100):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            u.bind((address, 0))
-            port = u.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-                try:
-                    t.bind((address, port))
-                except OSError:
-                    continue
-                return port
+    """A port free for both UDP and TCP on ``address``.
+
+    Taken below the kernel's range of ephemeral ports (32768 and up), so a
+    node started later does not find its port taken by another process's
+    outgoing connection.
+    """
+    for _ in range(200):
+        port = random.randint(20000, 32000)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u, \
+                socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+            try:
+                u.bind((address, port))
+                t.bind((address, port))
+            except OSError:
+                continue
+            return port
     raise RuntimeError("no free port")
 
 
