@@ -25,8 +25,10 @@ from store import bindings as binding_store
 from store import users as user_store
 from store.models import close_store, incr_state, init_store
 
-from .config import NodeConfig
+from .config import NodeConfig, sqlite_dir
+from .proxy import ProxyActor
 from .registrar import RegistrarActor
+from .replicator import attach_replicator
 from .transport import Transport
 
 log = logging.getLogger(__name__)
@@ -75,12 +77,16 @@ class Node:
         self.location = Location()
         self.transport = None
         self.registrar = None
+        self.proxy = None
+        self.replicator = None
         self.started_at = 0.0
 
     def start(self) -> None:
         """Open the store, load the bindings and start every actor."""
         cfg = self.cfg
         os.makedirs(cfg.data_dir, exist_ok=True)
+        if sqlite_dir(cfg):
+            os.makedirs(sqlite_dir(cfg), exist_ok=True)
         init_store(cfg.database)
         epoch = incr_state("epoch")
         now = time.time()
@@ -101,9 +107,13 @@ class Node:
         timers = {"t1": cfg.t1, "t2": cfg.t2, "t4": cfg.t4}
         self.registrar = RegistrarActor(cfg.id, rules, auth, self.location, self.transport,
                                         Sequencer(epoch), cfg.batch_max, timers=timers)
+        attach_replicator(self)
         self.transport.start()
         self.registrar.greenlet = self.group.spawn(self.registrar.run)
         self.registrar.greenlet.link_exception(self._actor_died)
+        self.proxy = ProxyActor.from_config(cfg, secret, users.lookup, self.location, self.transport)
+        self.proxy.greenlet = self.group.spawn(self.proxy.run)
+        self.proxy.greenlet.link_exception(self._actor_died)
         self.started_at = now
         log.info("node %s up: epoch %d, %d bindings loaded, %d users, domain %s",
                  cfg.id, epoch, loaded, len(users.users), cfg.domain)
@@ -115,23 +125,26 @@ class Node:
     def on_request(self, req, dest) -> None:
         """Route a parsed request to the actor that owns it."""
         method = req.method
+        if not self.replicator.synced:
+            if method != "ACK":
+                retry = str(self.replicator.retry_after())
+                self._answer(req, dest, 503, [("Retry-After", retry)], "Syncing")
+            return
         if method == "REGISTER":
             self.registrar.submit(req, dest)
-        elif method == "ACK":
-            return
-        elif method == "OPTIONS" and req.ruri.user is None:
+        elif method == "OPTIONS" and self.proxy.is_for_node(req):
             self._answer(req, dest, 200, [("Allow", ALLOW), ("Accept", "application/sdp"),
                                           ("Supported", "path, outbound")])
         else:
-            self._answer(req, dest, 405, [("Allow", "OPTIONS, REGISTER")])
+            self.proxy.submit(req, dest)
 
     def on_response(self, resp, source) -> None:
         """Responses belong to the proxy's client transactions."""
-        log.debug("stray response %d from %s", resp.status, source)
+        self.proxy.submit(resp, source)
 
-    def _answer(self, req, dest, status, headers) -> None:
+    def _answer(self, req, dest, status, headers, reason=None) -> None:
         try:
-            resp = make_response(req, status, headers=headers, to_tag=secrets.token_hex(6))
+            resp = make_response(req, status, reason, headers, to_tag=secrets.token_hex(6))
         except SipError as err:
             resp = error_response(req, err)
         self.transport.send(dest, resp.encode())
@@ -143,6 +156,8 @@ class Node:
         log.info("node %s stopping", self.cfg.id)
         if self.transport is not None:
             self.transport.stop()
+        if self.replicator is not None:
+            self.replicator.stop()
         self.group.kill(block=True, timeout=2)
         close_store()
         self.stopped.set()

@@ -53,16 +53,18 @@ TIMER_K = 9
 TIMER_M = 10
 #: 64*T1 after a CANCEL was sent without a final response to the INVITE (§9.1)
 TIMER_CANCEL = 11
+#: RFC 6026 §8.7: how long an INVITE server transaction stays Accepted after its 2xx
+TIMER_L = 12
 
 #: the name of each timer kind, indexed by kind
-TIMER_NAMES = ("A", "B", "D", "E", "F", "G", "H", "I", "J", "K", "M", "CANCEL")
+TIMER_NAMES = ("A", "B", "D", "E", "F", "G", "H", "I", "J", "K", "M", "CANCEL", "L")
 
 
 @dataclass(frozen=True, slots=True)
 class TimerConfig:
     """The base timer values of RFC 3261 §17 (seconds).
 
-    Every other timer derives from them: B, F, H, J and M are ``64*t1``;
+    Every other timer derives from them: B, F, H, J, L and M are ``64*t1``;
     D is ``d`` (at least 32 s) on unreliable transports; I and K are
     ``t4``. On reliable transports A, E and G are never armed and D, I, J
     and K are zero.
@@ -83,7 +85,7 @@ class TimerConfig:
 
     @property
     def timeout(self) -> float:
-        """``64*T1``: timers B, F, H, J and M."""
+        """``64*T1``: timers B, F, H, J, L and M."""
         return 64 * self.t1
 
 
@@ -206,7 +208,8 @@ class TimerHandlers:
 
 
 _H = TimerHandlers
-# Indexed by timer kind: D, J and K all end a Completed transaction.
+# Indexed by timer kind: D, J and K all end a Completed transaction, L and M an
+# Accepted one.
 _FIRE = (_H._on_a, _H._on_b, _H._on_completed_end, _H._on_e, _H._on_f, _H._on_g,
          _H._on_h, _H._on_i, _H._on_completed_end, _H._on_completed_end, _H._on_m,
-         _H._on_cancel)
+         _H._on_cancel, _H._on_m)

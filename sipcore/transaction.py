@@ -25,8 +25,10 @@ INVITE client transaction that received a 2xx stays 64*T1 in an Accepted
 state, so that every 2xx (retransmissions, other forks) reaches the TU; a
 2xx to INVITE that matches no transaction is reported as ``StrayResponse``
 (a proxy forwards it statelessly, §16.7); other unmatched responses are
-dropped. An INVITE server transaction still ends at its 2xx, as in §17.2.1.
-After a CANCEL, an INVITE client transaction waits 64*T1 for its final
+dropped. An INVITE server transaction that sent a 2xx stays 64*T1 in the
+Accepted state (RFC 6026 Timer L): retransmissions of the INVITE are
+absorbed, an ACK matching it goes to the TU as ``AckReceived``, a CANCEL
+still finds it, and further 2xx from the TU are sent. After a CANCEL, an INVITE client transaction waits 64*T1 for its final
 response and then times out (§9.1).
 """
 
@@ -38,7 +40,7 @@ from .errors import SipError
 from .headers import split_list
 from .message import Request, Response, make_response
 from .timers import (TIMER_A, TIMER_B, TIMER_CANCEL, TIMER_D, TIMER_E, TIMER_F,
-                     TIMER_G, TIMER_H, TIMER_I, TIMER_J, TIMER_K, TIMER_M, State,
+                     TIMER_G, TIMER_H, TIMER_I, TIMER_J, TIMER_K, TIMER_L, TIMER_M, State,
                      TimerConfig, TimerHandlers, TimerQueues)
 
 __all__ = [
@@ -113,7 +115,8 @@ class ClientTransaction(Transaction):
     """A transaction for a request sent (§17.1).
 
     ``cancel`` is the CANCEL client transaction, once one was sent for
-    this INVITE.
+    this INVITE. ``request`` is released once a 2xx moves an INVITE to
+    Accepted (nothing is built from it any more).
     """
 
     __slots__ = ("cancel", "_ack", "_cancel_pending")
@@ -353,7 +356,7 @@ class TransactionLayer(TimerHandlers):
         tx = self._server.get(key)
         method = req.method
         if method == "ACK":
-            if tx is None:
+            if tx is None or tx.state is _ACCEPTED:
                 self._events.append(AckReceived(req, source))
             elif tx.state is _COMPLETED:
                 tx.state = _CONFIRMED
@@ -421,6 +424,8 @@ class TransactionLayer(TimerHandlers):
                 tx.state = _ACCEPTED
                 tx.status = status
                 tx._cancel_pending = None
+                tx.request = None
+                tx._data = None
                 self._timers.add(now, self._timeout, tx, TIMER_M)
             self._events.append(ResponseReceived(tx, resp))
         elif live:
@@ -445,7 +450,8 @@ class TransactionLayer(TimerHandlers):
         Returns False, sending nothing, when ``tx`` already sent its final
         response -- except a 2xx to INVITE, which is then sent statelessly
         to the transaction's destination (a forking proxy relays every 2xx,
-        §16.7). The 2xx of an INVITE ends its transaction (§17.2.1).
+        §16.7). The 2xx of an INVITE moves its transaction to Accepted for
+        64*T1 (RFC 6026), where it absorbs retransmitted INVITEs.
         """
         state = tx.state
         status = response.status
@@ -462,7 +468,10 @@ class TransactionLayer(TimerHandlers):
             tx.state = _PROCEEDING
         elif tx.method == "INVITE":
             if status < 300:
-                self._terminate(tx)
+                tx.state = _ACCEPTED
+                tx._data = None
+                tx.request = None
+                self._timers.add(now, self._timeout, tx, TIMER_L)
             else:
                 tx._data = data
                 tx.state = _COMPLETED

@@ -210,15 +210,18 @@ def test_reliable_invite_server_no_g_and_timer_i_zero():
     assert events(layer) == [TransactionTimeout(tx2, "H")]
 
 
-def test_2xx_ends_invite_server_and_acks_for_2xx_go_to_tu():
+def test_2xx_moves_invite_server_to_accepted_until_timer_l():
     layer = TransactionLayer()
     req = request("INVITE")
     tx = new_server(layer, req)
     sent(layer)
     ok = make_response(req, 200, to_tag="t")
     assert layer.respond(tx, ok, 1.0)
-    assert tx.state is State.TERMINATED and layer.stats()["server"] == 0
-    assert layer.get_timer() is None
+    assert tx.state is State.ACCEPTED and layer.stats()["server"] == 1
+    assert tx.request is None
+    assert layer.get_timer() == 33.0
+    layer.receive(request("INVITE"), UDP, 1.05)
+    assert events(layer) == []
     ack = request("ACK", branch="z9hG4bKack2xx")
     layer.receive(ack, UDP, 1.1)
     assert events(layer) == [AckReceived(ack, UDP)]
@@ -229,6 +232,25 @@ def test_2xx_ends_invite_server_and_acks_for_2xx_go_to_tu():
     assert layer.respond(tx, make_response(req, 200, to_tag="fork2"), 1.3)
     assert b"tag=fork2" in sent(layer)[0]
     assert not layer.respond(tx, make_response(req, 486), 1.4)
+    cancel = request("CANCEL")
+    layer.receive(cancel, UDP, 1.5)
+    (ev,) = events(layer)
+    assert ev.invite is tx
+    assert run_until(layer, 33.0) == []
+    assert tx.state is State.TERMINATED and layer.stats()["server"] == 1
+    layer.receive(request("INVITE"), UDP, 34.0)
+    (ev,) = events(layer)
+    assert isinstance(ev, RequestReceived) and ev.transaction is not tx
+
+
+def test_reliable_invite_server_accepted_too():
+    layer = TransactionLayer()
+    req = request("INVITE")
+    tx = new_server(layer, req, source=TCP, reliable=True)
+    layer.respond(tx, make_response(req, 200, to_tag="t"), 1.0)
+    assert tx.state is State.ACCEPTED
+    layer.handle_timer(33.0)
+    assert tx.state is State.TERMINATED and layer.stats()["server"] == 0
 
 
 def test_cancel_is_its_own_transaction_and_finds_its_invite():

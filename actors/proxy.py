@@ -1,0 +1,210 @@
+"""The proxy actor: calls between phones and to other domains.
+
+One greenlet owns the inbox and the ``sipcore.forking.ProxyCore`` (with its
+transaction layer and every response context). It takes what waits in the
+inbox as one batch, feeds it to the core with the time, fires due timers,
+and hands what the core produced to the transport. Nothing in its loop
+waits on the network:
+
+- RFC 3263 lookups run in a greenlet each (``actors.dns.Resolver``
+  blocks only its caller) and come back through the inbox;
+- a message for a TCP peer without a connection is sent by a greenlet
+  that connects first (a dead peer costs that greenlet the connect
+  timeout, not the actor); a failed send comes back as a transport error;
+- UDP sends never wait, so thousands of transactions to a target that
+  never answers cost memory and timers, not time.
+
+When the inbox holds a large backlog (half of ``batch_max`` items in one
+turn), the core sends ``100 Trying`` at once instead of holding it back,
+so that callers waiting on a busy node stop retransmitting their INVITEs.
+
+The loop waits on its inbox without a timeout (a gevent ``Timeout`` per
+wait costs as much as handling a small message); a ticker greenlet puts a
+tick in the inbox when the core's next timer is due, checking every
+``tick`` seconds, so timers fire at most that late.
+"""
+
+import logging
+import time
+
+import gevent
+from gevent.queue import Empty, Queue
+
+from sipcore.digest import Authenticator
+from sipcore.forking import ProxyCore
+from sipcore.proxy import ProxySettings
+
+from .dns import Resolver
+
+log = logging.getLogger(__name__)
+
+_DNS = "dns"
+_ERROR = "error"
+_TICK = ("tick", None)
+
+
+class ProxyActor:
+    """The transaction-stateful forking proxy of a node.
+
+    ``core`` is the sans-IO proxy, ``transport`` has ``send(dest, data) ->
+    bool`` and a ``connections`` dict of open TCP connections keyed by
+    ``(host, port)``, ``resolver`` a ``Resolver`` (or anything with its
+    ``resolve`` method). ``batch_max`` bounds the inbox items handled per
+    turn of the loop; ``tick`` how late a timer may fire.
+    """
+
+    def __init__(self, core: ProxyCore, transport, resolver, batch_max: int = 512,
+                 tick: float = 0.01, monotonic=time.monotonic, clock=time.time):
+        self.core = core
+        self.transport = transport
+        self.resolver = resolver
+        self.batch_max = batch_max
+        self.tick = tick
+        self.monotonic = monotonic
+        self.clock = clock
+        self.inbox: Queue = Queue()
+        self.greenlet = None
+        self._connecting: dict[tuple, list[bytes]] = {}
+        self._failed: list[tuple] = []
+        self._deadline: float | None = None
+        self._ticked = False
+
+    @classmethod
+    def from_config(cls, cfg, secret: bytes, user_lookup, location, transport) -> "ProxyActor":
+        """Build the actor of a node: its own Authenticator (same secret and users
+        as the registrar's), the location table (read only), a resolver on
+        ``cfg.dns_servers``/``cfg.dns_port`` (the system's when none)."""
+        settings = ProxySettings(cfg.domain, cfg.address, transport.port, tuple(cfg.aliases))
+        auth = Authenticator(cfg.domain, secret, user_lookup, cfg.nonce_lifetime,
+                             tuple(cfg.auth_algorithms), max_nonces=500_000)
+        core = ProxyCore(settings, location, auth, lambda user: user_lookup(user) is not None,
+                         t1=cfg.t1, t2=cfg.t2, t4=cfg.t4)
+        resolver = Resolver(cfg.dns_servers or None, cfg.dns_port)
+        return cls(core, transport, resolver)
+
+    def is_for_node(self, req) -> bool:
+        """Whether ``req`` is addressed to the node itself rather than through it: no
+        user part, no Route, our domain or address (any port). Read-only, callable
+        from any greenlet."""
+        ruri = req.ruri
+        return (ruri.user is None and req.get("route") is None
+                and self.core.settings.is_our_host(ruri))
+
+    def submit(self, msg, source) -> None:
+        """Give the actor a request or response from the transport."""
+        self.inbox.put((msg, source))
+
+    def run(self) -> None:
+        """The actor's loop: inbox batches, timers, output (and its ticker)."""
+        ticker = gevent.spawn(self._ticker)
+        try:
+            self._loop()
+        finally:
+            ticker.kill(block=False)
+
+    def _loop(self) -> None:
+        inbox = self.inbox
+        core = self.core
+        monotonic = self.monotonic
+        handle = self._handle
+        batch_max = self.batch_max
+        trying_delay = core.trying_delay
+        while True:
+            item = inbox.get()
+            now = monotonic()
+            wall = self.clock()
+            core.trying_delay = 0.0 if inbox.qsize() >= batch_max // 2 else trying_delay
+            handle(item, now, wall)
+            for _ in range(batch_max):
+                try:
+                    item = inbox.get_nowait()
+                except Empty:
+                    break
+                handle(item, now, wall)
+            deadline = core.get_timer()
+            if deadline is not None and now >= deadline:
+                self._guard(core.handle_timer, now)
+            self._flush(now)
+            self._deadline = core.get_timer()
+
+    def _ticker(self) -> None:
+        """Wake the loop with a tick when the core's next timer is due."""
+        monotonic = self.monotonic
+        while True:
+            gevent.sleep(self.tick)
+            deadline = self._deadline
+            if deadline is not None and not self._ticked and monotonic() >= deadline:
+                self._ticked = True
+                self.inbox.put(_TICK)
+
+    def _guard(self, fn, *args) -> None:
+        try:
+            fn(*args)
+        except Exception:
+            log.exception("proxy: %s failed", getattr(fn, "__name__", fn))
+
+    def _handle(self, item: tuple, now: float, wall: float) -> None:
+        first = item[0]
+        try:
+            if item is _TICK:
+                self._ticked = False
+            elif first is _DNS:
+                self.core.resolved(item[1], item[2], now)
+            elif first is _ERROR:
+                self.core.transport_error(item[1], now)
+            else:
+                self.core.receive(first, item[1], now, wall)
+        except Exception:
+            log.exception("proxy: error handling %r from %s", first, item[1])
+
+    def _flush(self, now: float) -> None:
+        """Send what the core queued, start its lookups, report failed sends back."""
+        core = self.core
+        transport = self.transport
+        send = transport.send
+        connections = transport.connections
+        for _ in range(10):
+            for data, dest in core.messages_to_send():
+                if dest[0] == "udp" or ((dest[1], dest[2]) in connections
+                                        and dest not in self._connecting):
+                    if not send(dest, data):
+                        self._failed.append(dest)
+                else:
+                    self._send_later(dest, data)
+            for lookup in core.lookups():
+                gevent.spawn(self._resolve, lookup)
+            if not self._failed:
+                return
+            failed, self._failed = self._failed, []
+            for dest in dict.fromkeys(failed):
+                self._guard(core.transport_error, dest, now)
+
+    def _send_later(self, dest: tuple, data: bytes) -> None:
+        pending = self._connecting.get(dest)
+        if pending is not None:
+            pending.append(data)
+            return
+        self._connecting[dest] = [data]
+        gevent.spawn(self._connect_and_send, dest)
+
+    def _connect_and_send(self, dest: tuple) -> None:
+        """Open a TCP connection and send what queued for it (outside the actor's loop)."""
+        pending = self._connecting[dest]
+        ok = True
+        try:
+            while pending and ok:
+                ok = self.transport.send(dest, pending.pop(0))
+        finally:
+            del self._connecting[dest]
+        if not ok:
+            self.inbox.put((_ERROR, dest))
+
+    def _resolve(self, lookup) -> None:
+        """One RFC 3263 resolution in its own greenlet; the answer goes to the inbox."""
+        try:
+            targets = self.resolver.resolve(lookup.host, lookup.port, lookup.transport,
+                                            lookup.scheme)
+        except Exception:
+            log.exception("proxy: resolving %s failed", lookup.host)
+            targets = []
+        self.inbox.put((_DNS, lookup.token, targets))

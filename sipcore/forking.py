@@ -1,0 +1,596 @@
+"""A transaction-stateful forking proxy (RFC 3261 §16), sans-IO.
+
+``ProxyCore`` owns a ``TransactionLayer`` and one response context per
+request it forwards. Its owner feeds it parsed messages and the time, and
+drains bytes to send and DNS lookups to make::
+
+    core.receive(msg, source, now, wall)   # a request or response from the transport
+    core.resolved(token, targets, now)     # the answer to a Lookup (RFC 3263)
+    core.transport_error(dest, now)        # sending to dest failed
+    core.handle_timer(now)                 # when now >= core.get_timer()
+
+    for data, dest in core.messages_to_send(): ...
+    for lookup in core.lookups(): ...       # resolve, then call core.resolved
+
+``now`` is a monotonic clock (transaction timers, Timer C); ``wall`` the
+wall clock that binding expiry and digest nonces are measured with.
+
+What it does with a request: §16.3 validation, §16.4 Route
+pre-processing, caller authentication (a request from a user of our
+domain that is not inside a dialog must carry valid Proxy-Authorization
+for that same user, else ``407``), target set from the location table
+(``404`` unknown user, ``480`` no binding), parallel forking within the
+highest q and sequential groups below, RFC 3263 routing of other domains
+with failover to the next target on a transport error, a timeout or a
+``503``, ``100 Trying`` (held back 200 ms, §17.2.1, and skipped when a
+provisional response is relayed first), provisional responses relayed,
+every 2xx relayed and the other branches cancelled, best-response
+selection, an incoming CANCEL answered and applied to every branch, Timer
+C. ACKs for 2xx, and other requests inside a dialog we Record-Routed whose
+Request-URI is an address, are forwarded statelessly (§16.11), with their
+responses relayed by Via; re-INVITEs stay stateful.
+"""
+
+import logging
+import os
+from collections import deque
+from urllib.parse import unquote
+
+from .errors import SipError
+from .message import Request, Response, error_response, make_response
+from .proxy import (ALLOW, DIALOG_METHODS, STATELESS_PREFIX, TRANSPORTS, UNCHALLENGED,
+                    BranchTarget, Lookup, ProxySettings, best_response, branch_prefix,
+                    branch_request, check_request, destinations, preprocess_route,
+                    route_next_hop, stateless_branch, strip_our_via, target_groups,
+                    trying_response)
+from .rfc3263 import Locator, Target
+from .transaction import (AckReceived, RequestReceived, ResponseReceived, StrayResponse,
+                          TransactionLayer, TransactionTimeout, TransportError)
+from .uri import parse_uri
+
+log = logging.getLogger(__name__)
+
+_CALL_DONE = [("Reason", 'SIP;cause=200;text="Call completed elsewhere"')]
+_UNREACHABLE = (404, "Destination Not Found")
+#: requests never forwarded statelessly (they need a transaction: CANCEL matching, 100, 408)
+_STATEFUL = frozenset({"INVITE", "ACK", "CANCEL"})
+
+
+class Context:
+    """The response context of one forwarded request (§16)."""
+
+    __slots__ = ("server", "request", "ruri", "invite", "prefix", "record_route", "groups",
+                 "branches", "finals", "live", "final_sent", "stopped", "cancelled")
+
+    def __init__(self, server, request: Request, prefix: str, record_route: str | None,
+                 groups: list):
+        self.server = server
+        self.request = request
+        self.ruri = request.ruri
+        self.invite = request.method == "INVITE"
+        self.prefix = prefix
+        self.record_route = record_route
+        self.groups = groups
+        self.branches: list[Branch] = []
+        self.finals: list[Response] = []
+        self.live = 0
+        self.final_sent = False
+        self.stopped = False
+        self.cancelled = False
+
+
+class Branch:
+    """One forwarded copy of a request: its target, destinations left and client transaction."""
+
+    __slots__ = ("ctx", "request", "dests", "tx", "done", "tries")
+
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+        self.request: Request | None = None
+        self.dests: list = []
+        self.tx = None
+        self.done = False
+        self.tries = 0
+
+
+class ProxyCore:
+    """The proxy's logic; see the module docstring.
+
+    ``location`` is the ``Location`` table (read only), ``authenticator``
+    a ``digest.Authenticator`` for our realm (None: no caller
+    authentication), ``user_exists(user)`` tells ``404`` from ``480``.
+    ``timer_c`` bounds how long a ringing INVITE branch may stay without
+    news (§16.6 step 11). ``trying_delay``: an INVITE gets ``100 Trying``
+    only if nothing else was sent upstream within that many seconds
+    (§17.2.1 asks for it within 200 ms; 0 sends it at once).
+    """
+
+    def __init__(self, settings: ProxySettings, location, authenticator=None,
+                 user_exists=None, *, t1: float = 0.5, t2: float = 4.0, t4: float = 5.0,
+                 timer_c: float = 180.0, trying_delay: float = 0.2):
+        self.settings = settings
+        self.location = location
+        self.auth = authenticator
+        self.user_exists = user_exists or (lambda user: False)
+        self.timer_c = timer_c
+        self.trying_delay = trying_delay
+        self._trying: deque = deque()
+        self.layer = TransactionLayer(t1, t2, t4, auto_trying=False)
+        self._seq = 0
+        self._tag = os.urandom(4).hex()
+        self._unique = os.urandom(3).hex()
+        self._lookups: dict[int, object] = {}
+        self._lookups_out: list[Lookup] = []
+        self._ringing: dict[Branch, float] = {}
+        self._literal: dict[tuple, list] = {}
+        self.stats = {"requests": 0, "forwarded": 0, "challenged": 0, "rejected": 0,
+                      "cancelled": 0, "timeouts": 0, "stateless": 0}
+
+    # -- outputs -------------------------------------------------------------
+    def messages_to_send(self) -> list[tuple[bytes, object]]:
+        """Take every ``(bytes, destination)`` queued, oldest first."""
+        return self.layer.messages_to_send()
+
+    def lookups(self) -> list[Lookup]:
+        """Take the RFC 3263 lookups to make."""
+        out, self._lookups_out = self._lookups_out, []
+        return out
+
+    def get_timer(self) -> float | None:
+        """When ``handle_timer`` should next be called, or None."""
+        t = self.layer.get_timer()
+        if self._ringing:
+            c = next(iter(self._ringing.values())) + self.timer_c
+            if t is None or c < t:
+                t = c
+        if self._trying:
+            c = self._trying[0][0]
+            if t is None or c < t:
+                t = c
+        return t
+
+    # -- inputs --------------------------------------------------------------
+    def receive(self, msg: Request | Response, source: tuple, now: float,
+                wall: float | None = None) -> None:
+        """Feed one validated message from ``source`` (``(transport, host, port)``)."""
+        if type(msg) is Response:
+            if (msg.top_via.branch or "").startswith(STATELESS_PREFIX):
+                dest = strip_our_via(msg, self.settings)
+                if dest is not None:
+                    self.layer.send(msg, dest)
+                return
+        elif (msg.method not in _STATEFUL and msg.get("route") == self.settings.record_route
+              and msg.to.tag is not None and self._forward_stateless(msg)):
+            return
+        try:
+            self.layer.receive(msg, source, now, source[0] != "udp")
+        except SipError as err:
+            if isinstance(msg, Request) and msg.method != "ACK":
+                self.layer.send(error_response(msg, err, self._new_tag()), source)
+            return
+        self._drain(now, now if wall is None else wall)
+
+    def resolved(self, token: int, targets: list[Target], now: float) -> None:
+        """The targets found for the ``Lookup`` with ``token`` (empty: none)."""
+        item = self._lookups.pop(token, None)
+        if item is None:
+            return
+        dests = destinations(targets)
+        if isinstance(item, Branch):
+            if item.done:
+                return
+            item.dests = dests
+            if not self._send_branch(item, now):
+                self._branch_final(item, self._generated(item.ctx, *_UNREACHABLE), now)
+        elif dests:
+            self._send_stateless_to(item[0], item[1], dests[0])
+        self._drain(now, now)
+
+    def transport_error(self, dest: tuple, now: float) -> None:
+        """Sending to ``dest`` failed: its transactions fail over or end."""
+        self.layer.transport_error(dest, now)
+        self._drain(now, now)
+
+    def handle_timer(self, now: float) -> None:
+        """Fire the transaction timers and Timer C due at ``now``."""
+        self.layer.handle_timer(now)
+        trying = self._trying
+        while trying and trying[0][0] <= now:
+            ctx = trying.popleft()[1]
+            if not ctx.final_sent and ctx.server.status == 0:
+                self.layer.respond(ctx.server, trying_response(ctx.request), now)
+        ringing = self._ringing
+        limit = now - self.timer_c
+        while ringing:
+            branch, since = next(iter(ringing.items()))
+            if since > limit:
+                break
+            del ringing[branch]
+            if not branch.done and branch.tx is not None:
+                log.info("timer C fired for %s; cancelling the branch", branch.tx.key[0])
+                self.layer.cancel(branch.tx, now)
+        self._drain(now, now)
+
+    # -- events ----------------------------------------------------------------
+    def _drain(self, now: float, wall: float) -> None:
+        layer = self.layer
+        while (ev := layer.next_event()) is not None:
+            kind = type(ev)
+            if kind is ResponseReceived:
+                self._on_response(ev.transaction, ev.response, now)
+            elif kind is RequestReceived:
+                if ev.request.method == "CANCEL":
+                    self._on_cancel(ev, now)
+                else:
+                    self._on_request(ev.transaction, ev.request, now, wall)
+            elif kind is AckReceived:
+                self._forward_ack(ev.request)
+            elif kind is StrayResponse:
+                dest = strip_our_via(ev.response, self.settings)
+                if dest is not None:
+                    self.layer.send(ev.response, dest)
+            elif kind is TransactionTimeout:
+                self._on_failure(ev.transaction, 408, now)
+            elif kind is TransportError:
+                self._on_failure(ev.transaction, 503, now)
+
+    def _on_request(self, stx, req: Request, now: float, wall: float) -> None:
+        self.stats["requests"] += 1
+        try:
+            self._route(stx, req, now, wall)
+        except SipError as err:
+            self.stats["rejected"] += 1
+            self.layer.respond(stx, make_response(req, err.status, err.reason, err.headers,
+                                                  to_tag=self._new_tag()), now)
+
+    def _route(self, stx, req: Request, now: float, wall: float) -> None:
+        """§16.3 to §16.5 for a new request; raises ``SipError`` to answer it."""
+        s = self.settings
+        try:
+            loop = check_request(req, s)
+        except SipError as err:
+            if err.status == 482:
+                log.info("loop detected: %s %s call %s", req.method, req.uri, req.call_id)
+            raise
+        routed = preprocess_route(req, s)
+        ruri = req.ruri
+        method = req.method
+        has_route = req.get("route") is not None
+        local = not has_route and s.is_local(ruri)
+        if local and ruri.user is None:
+            if method == "OPTIONS":
+                self.layer.respond(stx, make_response(req, 200, headers=[("Allow", ALLOW)],
+                                                      to_tag=self._new_tag()), now)
+                return
+            raise SipError(405, "Method Not Allowed", [("Allow", ALLOW)])
+        in_dialog = req.to.tag is not None
+        caller = None
+        if self.auth is not None and not in_dialog and method not in UNCHALLENGED:
+            from_uri = req.from_.uri
+            if from_uri.user and s.is_local(from_uri):
+                caller = self._authenticate(req, unquote(from_uri.user), wall)
+        if local:
+            user = unquote(ruri.user)
+            bindings = self.location.lookup(s.aor(ruri), wall)
+            if not bindings:
+                if self.user_exists(user):
+                    raise SipError(480, "Temporarily Unavailable")
+                raise SipError(404, "Not Found")
+            groups = target_groups(bindings)
+        else:
+            if caller is None and not (routed and in_dialog):
+                raise SipError(403, "Relaying Denied")
+            if ruri.scheme == "tel" and not has_route:
+                raise SipError(404, "Not Found")
+            groups = [[BranchTarget(req.uri)]]
+        rr = s.record_route if method in DIALOG_METHODS and not in_dialog else None
+        ctx = stx.user = Context(stx, req, branch_prefix(loop), rr, groups)
+        if ctx.invite:
+            if self.trying_delay > 0:
+                self._trying.append((now + self.trying_delay, ctx))
+            else:
+                self.layer.respond(stx, trying_response(req), now)
+        self._advance(ctx, now)
+
+    def _authenticate(self, req: Request, user: str, wall: float) -> str:
+        result = self.auth.authenticate(req.method, req.raw_values("proxy-authorization"), wall)
+        if not result.ok:
+            self.stats["challenged"] += 1
+            if result.reason != "missing":
+                log.info("%s from %s not authenticated: %s", req.method, user, result.reason)
+            raise SipError(407, "Proxy Authentication Required",
+                           [("Proxy-Authenticate", c) for c in result.challenges])
+        if result.username != user:
+            log.info("%s from %s with credentials of %s refused", req.method, user,
+                     result.username)
+            raise SipError(403, "Credentials Do Not Match From")
+        return user
+
+    # -- branches --------------------------------------------------------------
+    def _advance(self, ctx: Context, now: float) -> None:
+        """Start the next group while nothing is pending; answer when all is done."""
+        while not ctx.live and not ctx.final_sent:
+            if ctx.stopped or not ctx.groups:
+                self._send_final(ctx, now)
+                return
+            for target in ctx.groups.pop(0):
+                self._start_branch(ctx, target, now)
+
+    def _start_branch(self, ctx: Context, target: BranchTarget, now: float) -> None:
+        branch = Branch(ctx)
+        ctx.branches.append(branch)
+        req = branch_request(ctx.request, target, ctx.record_route, self.settings.domain)
+        if target.dest is None or target.routes:
+            try:
+                hop = route_next_hop(req, ctx.ruri if target.uri == ctx.request.uri else None)
+            except SipError as err:
+                branch.done = True
+                ctx.finals.append(self._generated(ctx, err.status, err.reason))
+                return
+        branch.request = req
+        ctx.live += 1
+        if target.dest is not None and not target.routes:
+            branch.dests = [target.dest]
+            if target.dest[0] != "udp":
+                self._add_contact_fallback(branch, target)
+        else:
+            dests = self._locate(hop, branch)
+            if dests is None:
+                return
+            branch.dests = dests
+        if not self._send_branch(branch, now):
+            branch.done = True
+            ctx.live -= 1
+            ctx.finals.append(self._generated(ctx, *_UNREACHABLE))
+
+    def _add_contact_fallback(self, branch: Branch, target: BranchTarget) -> None:
+        """After a TCP flow (which dies with its connection), try the contact itself."""
+        try:
+            uri = parse_uri(target.uri)
+        except SipError:
+            return
+        for dest in self._locate(uri, None, lookup=False) or ():
+            if dest not in branch.dests:
+                branch.dests.append(dest)
+
+    def _locate(self, uri, item, lookup: bool = True) -> list | None:
+        """Destinations for ``uri`` at once (an IP address), or None after queueing a
+        Lookup for ``item`` (``[]`` instead when ``lookup`` is false)."""
+        scheme = uri.scheme
+        if scheme != "sip" and scheme != "sips":
+            return []
+        host = uri.params.get("maddr") or uri.host
+        key = (host, uri.port, uri.transport, scheme)
+        found = self._literal.get(key)
+        if found is not None:
+            return list(found)
+        try:
+            loc = Locator(host, uri.port, uri.transport, scheme, supported=TRANSPORTS)
+        except ValueError:
+            return []
+        if loc.done:
+            found = destinations(loc.targets)
+            if len(self._literal) > 10000:
+                self._literal.clear()
+            self._literal[key] = found
+            return list(found)
+        if not lookup:
+            return []
+        self._seq += 1
+        self._lookups[self._seq] = item
+        self._lookups_out.append(Lookup(self._seq, host, uri.port, uri.transport, scheme))
+        return None
+
+    def _send_branch(self, branch: Branch, now: float) -> bool:
+        """Send the branch to its next destination in a new client transaction."""
+        if not branch.dests:
+            return False
+        dest = branch.dests.pop(0)
+        req = branch.request
+        if branch.tries:
+            req = Request(req.method, req.uri, [h[:] for h in req.headers], req.body)
+        branch.tries += 1
+        self._seq += 1
+        self.settings.set_via(req, dest[0], f"{branch.ctx.prefix}{self._unique}{self._seq:x}")
+        tx = self.layer.send_request(req, dest, now, dest[0] != "udp")
+        tx.user = branch
+        branch.tx = tx
+        self.stats["forwarded"] += 1
+        return True
+
+    def _branch_final(self, branch: Branch, resp: Response | None, now: float) -> None:
+        """A branch ended with ``resp`` (None: nothing to keep); move the context on."""
+        ctx = branch.ctx
+        if branch.done:
+            return
+        branch.done = True
+        if branch.tx is not None:
+            branch.tx.user = None
+        branch.tx = branch.request = None
+        branch.dests = ()
+        ctx.live -= 1
+        self._ringing.pop(branch, None)
+        if ctx.final_sent:
+            return
+        if resp is not None:
+            ctx.finals.append(resp)
+            if resp.status >= 600 and ctx.invite and not ctx.stopped:
+                ctx.stopped = True
+                self._cancel_branches(ctx, now, ())
+        self._advance(ctx, now)
+
+    def _cancel_branches(self, ctx: Context, now: float, headers) -> None:
+        for b in ctx.branches:
+            if b.done:
+                continue
+            if b.tx is not None:
+                self.layer.cancel(b.tx, now, headers)
+            else:
+                b.done = True
+                ctx.live -= 1
+                if not ctx.final_sent:
+                    ctx.finals.append(self._generated(ctx, 487, "Request Terminated"))
+
+    def _send_final(self, ctx: Context, now: float) -> None:
+        ctx.final_sent = True
+        if ctx.cancelled:
+            resp = next((r for r in ctx.finals if r.status == 487), None)
+            if resp is None:
+                resp = self._generated(ctx, 487, "Request Terminated")
+        elif not ctx.finals:
+            resp = self._generated(ctx, 408, "Request Timeout")
+        else:
+            resp = best_response(ctx.finals)
+            if resp.status == 503:
+                resp = self._generated(ctx, 500, "Server Internal Error")
+        if resp.status == 408:
+            self.stats["timeouts"] += 1
+            log.info("%s to %s: no final response; 408", ctx.request.method, ctx.request.uri)
+        self.layer.respond(ctx.server, resp, now)
+        self._release(ctx)
+
+    @staticmethod
+    def _release(ctx: Context) -> None:
+        """Once answered, a context keeps only what relaying later 2xx needs.
+
+        Dropping the links back to it (server transaction, branch list)
+        leaves no reference cycle, so it is freed as soon as its
+        transactions end, without waiting for the cyclic collector.
+        """
+        ctx.server.user = None
+        ctx.request = None
+        ctx.finals = ctx.branches = ()
+        ctx.groups = None
+
+    def _generated(self, ctx: Context, status: int, reason: str) -> Response | None:
+        """A response of our own for the context's request (None once it is answered)."""
+        if ctx.request is None:
+            return None
+        return make_response(ctx.request, status, reason, to_tag=self._new_tag())
+
+    # -- responses -------------------------------------------------------------
+    def _on_response(self, tx, resp: Response, now: float) -> None:
+        branch = tx.user
+        if type(branch) is not Branch:
+            if branch is not None and 200 <= resp.status < 300:
+                resp.pop_first_value("via")
+                self.layer.respond(branch, resp, now)
+            return
+        ctx = branch.ctx
+        status = resp.status
+        if status < 200:
+            if status == 100 or ctx.final_sent:
+                return
+            if ctx.invite and branch.tx is tx:
+                self._ringing.pop(branch, None)
+                self._ringing[branch] = now
+            resp.pop_first_value("via")
+            self.layer.respond(ctx.server, resp, now)
+            return
+        if status < 300:
+            resp.pop_first_value("via")
+            self.layer.respond(ctx.server, resp, now)
+            first = not ctx.final_sent
+            ctx.final_sent = ctx.stopped = True
+            self._branch_final(branch, None, now)
+            tx.user = ctx.server
+            if not first:
+                return
+            if ctx.invite:
+                self._cancel_branches(ctx, now, _CALL_DONE)
+            self._release(ctx)
+            return
+        if branch.tx is not tx or branch.done:
+            return
+        if status == 503 and branch.dests and not ctx.stopped:
+            log.info("503 from %s:%s:%d; trying the next target", *tx.destination)
+            if self._send_branch(branch, now):
+                return
+        resp.pop_first_value("via")
+        self._branch_final(branch, resp, now)
+
+    def _on_failure(self, tx, status: int, now: float) -> None:
+        """A timeout (408) or transport error (503) of a transaction."""
+        branch = tx.user
+        if type(branch) is not Branch or branch.tx is not tx or branch.done:
+            return
+        ctx = branch.ctx
+        if branch.dests and not ctx.stopped:
+            log.info("%s to %s:%s:%d; trying the next target",
+                     "timeout" if status == 408 else "transport error", *tx.destination)
+            if self._send_branch(branch, now):
+                return
+        reason = "Request Timeout" if status == 408 else "Service Unavailable"
+        self._branch_final(branch, self._generated(ctx, status, reason), now)
+
+    def _on_cancel(self, ev: RequestReceived, now: float) -> None:
+        """§16.10: answer the CANCEL, then cancel every branch of its INVITE."""
+        cancel = ev.request
+        invite = ev.invite
+        if invite is None:
+            self.layer.respond(ev.transaction, make_response(
+                cancel, 481, to_tag=self._new_tag()), now)
+            return
+        self.layer.respond(ev.transaction, make_response(cancel, 200, to_tag=self._new_tag()),
+                           now)
+        ctx = invite.user
+        if ctx is None or ctx.final_sent or ctx.cancelled:
+            return
+        self.stats["cancelled"] += 1
+        ctx.cancelled = True
+        ctx.stopped = True
+        reason = cancel.get("reason")
+        self._cancel_branches(ctx, now, [("Reason", reason)] if reason else ())
+        self._advance(ctx, now)
+
+    # -- stateless forwarding ----------------------------------------------------
+    def _forward_stateless(self, req: Request) -> bool:
+        """Forward an in-dialog request routed through us without a transaction (§16.11).
+
+        Taken when our Route is its only one and the Request-URI names an
+        address (no DNS); returns False, changing nothing, otherwise.
+        """
+        if len(req.raw_values("route")) != 1 or req.get("proxy-require") is not None:
+            return False
+        try:
+            dests = self._locate(req.ruri, None, lookup=False)
+            mf = req.max_forwards
+        except SipError:
+            return False
+        if not dests or (mf is not None and mf <= 0):
+            return False
+        branch = stateless_branch(req)
+        req.pop_first_value("route")
+        out = branch_request(req, BranchTarget(req.uri), None, self.settings.domain)
+        self._send_stateless_to(out, branch, dests[0])
+        self.stats["stateless"] += 1
+        return True
+
+    def _forward_ack(self, ack: Request) -> None:
+        """Forward an ACK for a 2xx statelessly along its Route set (§16.11)."""
+        s = self.settings
+        try:
+            branch = stateless_branch(ack)
+            preprocess_route(ack, s)
+            mf = ack.max_forwards
+            if (mf is not None and mf <= 0) or (ack.get("route") is None and s.is_local(ack.ruri)):
+                log.debug("ACK for %s dropped", ack.uri)
+                return
+            out = branch_request(ack, BranchTarget(ack.uri), None, self.settings.domain)
+            hop = route_next_hop(out, ack.ruri)
+        except SipError as err:
+            log.info("ACK for %s dropped: %s", ack.uri, err.reason)
+            return
+        self.stats["stateless"] += 1
+        dests = self._locate(hop, (out, branch))
+        if dests:
+            self._send_stateless_to(out, branch, dests[0])
+
+    def _send_stateless_to(self, req: Request, branch: str, dest: tuple) -> None:
+        self.settings.set_via(req, dest[0], branch)
+        self.layer.send(req, dest)
+
+    def _new_tag(self) -> str:
+        self._seq += 1
+        return f"{self._tag}{self._seq:x}"
+

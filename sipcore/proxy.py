@@ -1,0 +1,430 @@
+"""The steps of RFC 3261 §16 as pure functions: what a proxy checks, rewrites and chooses.
+
+``sipcore.forking.ProxyCore`` strings them together around the transaction
+layer; everything here works on one message at a time and keeps no state:
+
+- ``ProxySettings`` says who the proxy is (domain names, address, port)
+  and answers "is this URI ours?".
+- ``check_request``: §16.3 validation (Max-Forwards, Proxy-Require, loop
+  detection with the branch rule of §16.6 step 8).
+- ``preprocess_route``: §16.4, including strict-router interworking.
+- ``target_groups``: §16.5/§16.6 target set from the location service,
+  parallel within the highest q, sequential groups for lower q.
+- ``branch_request``, ``route_next_hop``: §16.6 steps 1–7 for one target.
+- ``best_response``: §16.7 step 6 and 7 (6xx first, lowest class,
+  challenges aggregated).
+- ``stateless_branch``, ``strip_our_via``: §16.11 forwarding without a
+  transaction (ACK for 2xx, requests inside a dialog, their responses).
+"""
+
+from dataclasses import dataclass, field
+from urllib.parse import unquote
+
+from .errors import SipError
+from .headers import Via, parse_int, split_list
+from .message import Request, Response, make_response
+from .rfc3263 import Target
+from .transaction import MAGIC_COOKIE
+from .uri import SipUri, parse_name_addr
+from .via import response_destination
+
+#: what the proxy lets through (and the Allow of its 405)
+ALLOW = ("INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, MESSAGE, SUBSCRIBE, NOTIFY, "
+         "REFER, INFO, UPDATE, PRACK")
+
+#: methods that start a dialog, so the proxy Record-Routes them (§16.6 step 4)
+DIALOG_METHODS = frozenset({"INVITE", "SUBSCRIBE", "REFER"})
+#: methods never challenged (§22.1: CANCEL and ACK cannot be resubmitted)
+UNCHALLENGED = frozenset({"ACK", "CANCEL"})
+#: 4xx responses preferred by §16.7 step 6, as they tell the UAC how to retry
+_PREFERRED = (401, 407, 415, 420, 484)
+_AUTH_HEADERS = {401: "www-authenticate", 407: "proxy-authenticate"}
+_DEFAULT_PORT = {"sip": 5060, "sips": 5061}
+#: transports the node speaks
+TRANSPORTS = ("udp", "tcp")
+#: the branch prefix of requests forwarded statelessly (stateful ones have a hex digit here)
+STATELESS_PREFIX = MAGIC_COOKIE + "s"
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """An RFC 3263 resolution for the owner to make, then answer with ``ProxyCore.resolved``."""
+
+    token: int
+    """Pass it back with the answer."""
+    host: str
+    """The URI host (or maddr)."""
+    port: int | None
+    """The URI port, None when absent."""
+    transport: str | None
+    """The URI ``transport`` parameter, None when absent."""
+    scheme: str
+    """``sip`` or ``sips``."""
+
+
+def destinations(targets: list[Target]) -> list[tuple]:
+    """``(transport, host, port)`` for the RFC 3263 targets the node can reach (UDP, TCP)."""
+    return [(t.transport, t.host, t.port) for t in targets if t.transport in TRANSPORTS]
+
+
+@dataclass
+class ProxySettings:
+    """Who the proxy is.
+
+    ``domain`` and ``aliases`` are the domain names it is responsible for;
+    ``address`` and ``port`` where it listens (and what it puts in Via
+    and Record-Route). ``supported`` lists the option tags a
+    ``Proxy-Require`` may name.
+    """
+
+    domain: str
+    address: str
+    port: int
+    aliases: tuple[str, ...] = ()
+    supported: frozenset = frozenset()
+    names: frozenset = field(init=False)
+    """Lower-case domain names that are ours (``domain`` and ``aliases``)."""
+    sent_by: str = field(init=False)
+    """``address:port`` as written in our Via."""
+    record_route: str = field(init=False)
+    """Our Record-Route value (loose routing, §16.6 step 4)."""
+
+    def __post_init__(self) -> None:
+        self.domain = self.domain.lower()
+        self.names = frozenset([self.domain, *(a.lower() for a in self.aliases)])
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        self.sent_by = f"{host}:{self.port}"
+        self.record_route = f"<sip:{self.sent_by};lr>"
+        self._address = self.address.lower()
+        self._via_host = host
+
+    def is_local(self, uri: SipUri) -> bool:
+        """Whether ``uri`` is in a domain this proxy is responsible for.
+
+        A domain name is ours whatever the port; our IP address only with
+        our port (a phone on the same host listens on another one).
+        """
+        if uri.scheme == "tel":
+            return False
+        host = uri.host_bare
+        if host in self.names:
+            return True
+        port = uri.port or _DEFAULT_PORT.get(uri.scheme, 5060)
+        return host == self._address and port == self.port
+
+    def is_our_host(self, uri: SipUri) -> bool:
+        """Whether ``uri`` names one of our domains or our address, whatever its port."""
+        host = uri.host_bare
+        return uri.scheme != "tel" and (host in self.names or host == self._address)
+
+    def is_us(self, uri: SipUri) -> bool:
+        """Whether ``uri`` names the proxy itself (a local URI without a user part)."""
+        return uri.user is None and self.is_local(uri)
+
+    def aor(self, uri: SipUri) -> str:
+        """The address of record a local Request-URI stands for."""
+        return f"sip:{unquote(uri.user or '')}@{self.domain}"
+
+    def set_via(self, req: Request, transport: str, branch: str) -> None:
+        """Fill the placeholder Via that ``branch_request`` put on top of ``req``.
+
+        The parsed view is stored with it, so nobody parses back what we wrote.
+        """
+        t = transport.upper()
+        req.headers[0][2] = f"SIP/2.0/{t} {self.sent_by};branch={branch}"
+        cache = req._cache
+        cache.pop("vias", None)
+        cache["top_via"] = Via(t, self._via_host, self.port, {"branch": branch})
+
+
+#: headers that decide how a request is routed, hashed into the loop-detection value
+_LOOP_KEYS = frozenset({"from", "to", "call-id", "route", "proxy-require"})
+_MASK = 0xFFFFFFFFFFFFFFFF
+
+
+def _scan(req: Request, sent_by: str) -> tuple[str, str | None, bool, bool]:
+    """One pass over the headers: (loop hash, Max-Forwards text, has Proxy-Require,
+    has a Via naming ``sent_by``)."""
+    parts = [req.uri, req.cseq[0]]
+    mf = None
+    proxy_require = ours = False
+    for k, _, v in req.headers:
+        if k in _LOOP_KEYS:
+            parts.append(v)
+            if k == "proxy-require":
+                proxy_require = True
+        elif k == "via":
+            if sent_by in v:
+                ours = True
+        elif k == "max-forwards":
+            mf = v
+    return "%016x" % (hash(tuple(parts)) & _MASK), mf, proxy_require, ours
+
+
+def loop_hash(req: Request) -> str:
+    """The loop-detection part of our branch (§16.6 step 8, §16.3 step 4).
+
+    It covers what decides how the request is processed -- the incoming
+    Request-URI, From and To (with their tags), Call-ID, CSeq number,
+    Route and Proxy-Require -- and not the method, so a CANCEL gets the
+    same value as its INVITE. Computed on the request as received. It is
+    Python's string hash, salted per process: only this process ever
+    compares it with its own Vias.
+    """
+    return _scan(req, "\0")[0]
+
+
+def branch_prefix(loop: str) -> str:
+    """The start of every branch this proxy makes for a request with ``loop`` hash."""
+    return f"{MAGIC_COOKIE}{loop}."
+
+
+def check_request(req: Request, settings: ProxySettings) -> str:
+    """§16.3 steps 3–5; raise ``SipError`` with the response to send, else return
+    the request's ``loop_hash``.
+
+    Max-Forwards 0 gives ``483``; an unsupported ``Proxy-Require`` option
+    ``420`` with ``Unsupported``; a Via of ours whose branch carries this
+    request's loop hash means the request came back unchanged: ``482``. A
+    Via of ours with another hash is a spiral and is fine.
+    """
+    sent_by = settings.sent_by
+    loop, mf, proxy_require, ours = _scan(req, sent_by)
+    if mf is not None and parse_int(mf, "Max-Forwards", 255) <= 0:
+        raise SipError(483, "Too Many Hops")
+    if proxy_require:
+        supported = settings.supported
+        unsupported = [t for t in req.get_all("proxy-require") if t.lower() not in supported]
+        if unsupported:
+            raise SipError(420, "Bad Extension", [("Unsupported", ", ".join(unsupported))])
+    if ours:
+        prefix = branch_prefix(loop)
+        for via in req.vias:
+            port = via.port or 5060
+            if f"{via.host.lower()}:{port}" == sent_by and (via.branch or "").startswith(prefix):
+                raise SipError(482, "Loop Detected")
+    return loop
+
+
+def first_route(req: Request) -> str | None:
+    """The first Route value, or None."""
+    value = req.get("route")
+    if value is None:
+        return None
+    return split_list(value)[0] if "," in value else value
+
+
+def _route_uri(value: str) -> SipUri:
+    try:
+        return parse_name_addr(value).uri
+    except SipError:
+        raise SipError(400, "Bad Route header") from None
+
+
+def preprocess_route(req: Request, settings: ProxySettings) -> bool:
+    """§16.4: undo a strict router's rewrite and remove our own Route.
+
+    If the Request-URI is our Record-Route URI (a strict router put it
+    there) the last Route value becomes the Request-URI. Then a first
+    Route naming us is removed. Returns True when the request was routed
+    to us by a Route set (either case), which makes it a request inside
+    a dialog we Record-Routed.
+    """
+    routed = False
+    first = req.get("route")
+    if first is None:
+        return False
+    if first == settings.record_route:
+        req.pop_first_value("route")
+        return True
+    if settings.is_us(req.ruri):
+        values = req.get_all("route")
+        last = values[-1]
+        req.remove("route")
+        for v in values[:-1]:
+            req.add("Route", v)
+        req.uri = str(_route_uri(last))
+        routed = True
+    first = first_route(req)
+    if first is not None and settings.is_us(_route_uri(first)):
+        req.pop_first_value("route")
+        routed = True
+    return routed
+
+
+@dataclass(slots=True)
+class BranchTarget:
+    """One place a request is forked to."""
+
+    uri: str
+    """The Request-URI of the branch."""
+    routes: tuple[str, ...] = ()
+    """Route values to put first (a binding's Path, RFC 3327)."""
+    dest: tuple | None = None
+    """A known destination ``(transport, host, port)`` (the flow a phone registered
+    from), or None to locate the next hop by RFC 3263."""
+
+
+def parse_received(received: str | None) -> tuple | None:
+    """``"udp:1.2.3.4:5060"`` (a binding's ``received``) as a destination tuple."""
+    if not received:
+        return None
+    transport, _, rest = received.partition(":")
+    host, _, port = rest.rpartition(":")
+    if transport not in ("udp", "tcp") or not host or not port.isdigit():
+        return None
+    return (transport, host.strip("[]"), int(port))
+
+
+def binding_target(binding) -> BranchTarget:
+    """The branch target for a location binding.
+
+    With a Path the request follows it; without one it goes back over the
+    flow the REGISTER came from when the contact's transport matches it
+    (the phone may sit behind a NAT), else to the contact by RFC 3263.
+    """
+    contact = binding.contact
+    if binding.path:
+        return BranchTarget(contact, tuple(binding.path))
+    dest = parse_received(binding.received)
+    if dest is not None:
+        lower = contact.lower()
+        want = "tcp" if ";transport=tcp" in lower else "udp"
+        if want != dest[0] or lower.startswith("sips:"):
+            dest = None
+    return BranchTarget(contact, (), dest)
+
+
+def target_groups(bindings: list) -> list[list[BranchTarget]]:
+    """§16.6: bindings (highest q first) as groups tried one after the other.
+
+    Bindings of equal q are forked in parallel; a lower q is tried only
+    once every branch of the higher one failed. A missing q counts as 1.
+    """
+    groups: list[list[BranchTarget]] = []
+    last_q = None
+    for b in bindings:
+        q = 1.0 if b.q is None else b.q
+        if q != last_q:
+            groups.append([])
+            last_q = q
+        groups[-1].append(binding_target(b))
+    return groups
+
+
+def branch_request(req: Request, target: BranchTarget, record_route: str | None,
+                   realm: str | None) -> Request:
+    """§16.6 steps 1–5 for one target: a copy of ``req`` to forward.
+
+    The copy gets the target's Request-URI, Max-Forwards decremented (70
+    when absent), ``record_route`` on top of any Record-Route, the
+    target's Path values as first Routes, and loses the
+    Proxy-Authorization values of ``realm`` (the credentials were for
+    us). Its first header is an empty Via to be filled by ``set_via``.
+    """
+    headers: list = [["via", "Via", ""]]
+    if record_route is not None:
+        headers.append(["record-route", "Record-Route", record_route])
+    for r in target.routes:
+        headers.append(["route", "Route", r])
+    mf = False
+    realm_text = f'realm="{realm}"' if realm else None
+    for k, n, v in req.headers:
+        if k == "max-forwards":
+            mf = True
+            v = str(max(0, int(v) - 1))
+        elif k == "proxy-authorization" and realm_text is not None and realm_text in v:
+            continue
+        headers.append([k, n, v])
+    if not mf:
+        headers.append(["max-forwards", "Max-Forwards", "70"])
+    return Request(req.method, target.uri, headers, req.body)
+
+
+def route_next_hop(req: Request, ruri: SipUri | None = None) -> SipUri:
+    """§16.6 steps 6–7: the URI to locate the next hop from.
+
+    The first Route if any -- when it lacks ``lr`` the next hop is a
+    strict router, so the Request-URI moves to the end of the Route set
+    and that Route becomes the Request-URI -- else the Request-URI
+    (``ruri`` when the caller has it parsed already).
+    """
+    first = first_route(req)
+    if first is None:
+        return ruri if ruri is not None else req.ruri
+    uri = _route_uri(first)
+    if "lr" in uri.params:
+        return uri
+    req.pop_first_value("route")
+    req.add("Route", f"<{req.uri}>")
+    req.uri = str(uri)
+    return req.ruri
+
+
+def best_response(finals: list[Response]) -> Response:
+    """§16.7 step 6 and 7: the final response to send upstream.
+
+    A 6xx if any; else one of the lowest class, preferring 401, 407, 415,
+    420 and 484 among 4xx. A 401/407 carries the challenges of every
+    401/407 received (aggregated). The caller turns a 503 into a 500.
+    """
+    chosen = None
+    for r in finals:
+        if r.status >= 600:
+            chosen = r
+            break
+    if chosen is None:
+        lowest = min(r.status // 100 for r in finals)
+        group = [r for r in finals if r.status // 100 == lowest]
+        chosen = group[0]
+        if lowest == 4:
+            for code in _PREFERRED:
+                found = next((r for r in group if r.status == code), None)
+                if found is not None:
+                    chosen = found
+                    break
+    if chosen.status in _AUTH_HEADERS:
+        have = set(chosen.raw_values("www-authenticate") + chosen.raw_values("proxy-authenticate"))
+        for r in finals:
+            if r is chosen or r.status not in _AUTH_HEADERS:
+                continue
+            key = _AUTH_HEADERS[r.status]
+            name = "WWW-Authenticate" if key == "www-authenticate" else "Proxy-Authenticate"
+            for v in r.raw_values(key):
+                if v not in have:
+                    have.add(v)
+                    chosen.add(name, v)
+    return chosen
+
+
+def trying_response(req: Request) -> Response:
+    """The ``100 Trying`` a proxy sends for an INVITE it will forward (§16.2)."""
+    return make_response(req, 100)
+
+
+def strip_our_via(resp: Response, settings: ProxySettings) -> tuple | None:
+    """For a response relayed without a transaction (§16.11, §18.2.2): when its top
+    Via is ours and another follows, remove ours and return where the response goes;
+    else None (it is dropped)."""
+    try:
+        top = resp.top_via
+    except SipError:
+        return None
+    if f"{top.host.lower()}:{top.port or 5060}" != settings.sent_by:
+        return None
+    resp.pop_first_value("via")
+    if resp.get("via") is None:
+        return None
+    return response_destination(resp)
+
+
+_STATELESS_KEYS = frozenset({"via", "call-id", "cseq", "route"})
+
+
+def stateless_branch(req: Request) -> str:
+    """A branch for a request forwarded statelessly (§16.11): the same for retransmissions
+    (of this process; the hash is salted per process)."""
+    key = [req.uri]
+    key.extend(v for k, _, v in req.headers if k in _STATELESS_KEYS)
+    return "%s%016x" % (STATELESS_PREFIX, hash(tuple(key)) & _MASK)
+
