@@ -6,6 +6,7 @@ owns it. Actors run in a ``gevent.pool.Group``; one that dies takes the
 node down with a log line rather than leaving it half alive.
 """
 
+import gc
 import logging
 import os
 import secrets
@@ -115,6 +116,13 @@ class Node:
         self.proxy.greenlet = self.group.spawn(self.proxy.run)
         self.proxy.greenlet.link_exception(self._actor_died)
         self.started_at = now
+        # The node keeps hundreds of thousands of long-lived objects
+        # (bindings, transactions, nonces). With the default thresholds the
+        # collector makes full passes of a third of a second under load,
+        # long enough to overflow socket buffers; objects loaded at start
+        # are frozen out of its sight and young ones are collected rarely.
+        gc.freeze()
+        gc.set_threshold(50_000, 50, 100)
         log.info("node %s up: epoch %d, %d bindings loaded, %d users, domain %s",
                  cfg.id, epoch, loaded, len(users.users), cfg.domain)
 

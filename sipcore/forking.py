@@ -38,8 +38,8 @@ from urllib.parse import unquote
 
 from .errors import SipError
 from .message import Request, Response, error_response, make_response
-from .proxy import (ALLOW, DIALOG_METHODS, STATELESS_PREFIX, TRANSPORTS, UNCHALLENGED,
-                    BranchTarget, Lookup, ProxySettings, best_response, branch_prefix,
+from .proxy import (ALLOW, DIALOG_METHODS, STATELESS_PREFIX, TRANSPORTS, UNCHALLENGED, Branch,
+                    BranchTarget, Context, Lookup, ProxySettings, best_response, branch_prefix,
                     branch_request, check_request, destinations, preprocess_route,
                     route_next_hop, stateless_branch, strip_our_via, target_groups,
                     trying_response)
@@ -54,43 +54,6 @@ _CALL_DONE = [("Reason", 'SIP;cause=200;text="Call completed elsewhere"')]
 _UNREACHABLE = (404, "Destination Not Found")
 #: requests never forwarded statelessly (they need a transaction: CANCEL matching, 100, 408)
 _STATEFUL = frozenset({"INVITE", "ACK", "CANCEL"})
-
-
-class Context:
-    """The response context of one forwarded request (§16)."""
-
-    __slots__ = ("server", "request", "ruri", "invite", "prefix", "record_route", "groups",
-                 "branches", "finals", "live", "final_sent", "stopped", "cancelled")
-
-    def __init__(self, server, request: Request, prefix: str, record_route: str | None,
-                 groups: list):
-        self.server = server
-        self.request = request
-        self.ruri = request.ruri
-        self.invite = request.method == "INVITE"
-        self.prefix = prefix
-        self.record_route = record_route
-        self.groups = groups
-        self.branches: list[Branch] = []
-        self.finals: list[Response] = []
-        self.live = 0
-        self.final_sent = False
-        self.stopped = False
-        self.cancelled = False
-
-
-class Branch:
-    """One forwarded copy of a request: its target, destinations left and client transaction."""
-
-    __slots__ = ("ctx", "request", "dests", "tx", "done", "tries")
-
-    def __init__(self, ctx: Context):
-        self.ctx = ctx
-        self.request: Request | None = None
-        self.dests: list = []
-        self.tx = None
-        self.done = False
-        self.tries = 0
 
 
 class ProxyCore:
@@ -159,8 +122,13 @@ class ProxyCore:
                 if dest is not None:
                     self.layer.send(msg, dest)
                 return
-        elif (msg.method not in _STATEFUL and msg.get("route") == self.settings.record_route
-              and msg.to.tag is not None and self._forward_stateless(msg)):
+        elif msg.to.tag is not None:
+            if (msg.method not in _STATEFUL and msg.get("route") == self.settings.record_route
+                    and self._forward_stateless(msg)):
+                return
+        elif (self.auth is not None and msg.method not in UNCHALLENGED
+              and msg.get("proxy-authorization") is None
+              and self._challenge(msg, source, now if wall is None else wall)):
             return
         try:
             self.layer.receive(msg, source, now, source[0] != "udp")
@@ -543,7 +511,25 @@ class ProxyCore:
         self._cancel_branches(ctx, now, [("Reason", reason)] if reason else ())
         self._advance(ctx, now)
 
-    # -- stateless forwarding ----------------------------------------------------
+    # -- stateless answers and forwarding ---------------------------------------
+    def _challenge(self, req: Request, source: tuple, wall: float) -> bool:
+        """Answer ``407`` without a transaction to a request of one of our users that
+        carries no credentials, as most proxies do: a retransmission simply gets a
+        fresh challenge, and the ACK of the 407 is dropped. False if not such a request."""
+        s = self.settings
+        from_uri = req.from_.uri
+        if not from_uri.user or not s.is_local(from_uri) or s.is_us(req.ruri):
+            return False
+        try:
+            check_request(req, s)
+        except SipError:
+            return False
+        self.stats["challenged"] += 1
+        headers = [("Proxy-Authenticate", c) for c in self.auth.challenge(wall)]
+        self.layer.send(make_response(req, 407, "Proxy Authentication Required", headers,
+                                      to_tag=self._new_tag()), source)
+        return True
+
     def _forward_stateless(self, req: Request) -> bool:
         """Forward an in-dialog request routed through us without a transaction (§16.11).
 
@@ -567,9 +553,13 @@ class ProxyCore:
         return True
 
     def _forward_ack(self, ack: Request) -> None:
-        """Forward an ACK for a 2xx statelessly along its Route set (§16.11)."""
+        """Forward an ACK for a 2xx statelessly along its Route set (§16.11); drop the
+        ACK of a response of ours (its To tag is one we made)."""
         s = self.settings
         try:
+            if (ack.to.tag or "").startswith(self._tag) or (
+                    ack.get("route") is None and s.is_local(ack.ruri)):
+                return
             branch = stateless_branch(ack)
             preprocess_route(ack, s)
             mf = ack.max_forwards

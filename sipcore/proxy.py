@@ -11,6 +11,8 @@ layer; everything here works on one message at a time and keeps no state:
 - ``target_groups``: §16.5/§16.6 target set from the location service,
   parallel within the highest q, sequential groups for lower q.
 - ``branch_request``, ``route_next_hop``: §16.6 steps 1–7 for one target.
+- ``Context`` and ``Branch``: the state of one response context (§16)
+  and of each of its forwarded copies.
 - ``best_response``: §16.7 step 6 and 7 (6xx first, lowest class,
   challenges aggregated).
 - ``stateless_branch``, ``strip_our_via``: §16.11 forwarding without a
@@ -135,6 +137,43 @@ class ProxySettings:
         cache = req._cache
         cache.pop("vias", None)
         cache["top_via"] = Via(t, self._via_host, self.port, {"branch": branch})
+
+
+class Context:
+    """The response context of one forwarded request (§16)."""
+
+    __slots__ = ("server", "request", "ruri", "invite", "prefix", "record_route", "groups",
+                 "branches", "finals", "live", "final_sent", "stopped", "cancelled")
+
+    def __init__(self, server, request: Request, prefix: str, record_route: str | None,
+                 groups: list):
+        self.server = server
+        self.request = request
+        self.ruri = request.ruri
+        self.invite = request.method == "INVITE"
+        self.prefix = prefix
+        self.record_route = record_route
+        self.groups = groups
+        self.branches: list[Branch] = []
+        self.finals: list[Response] = []
+        self.live = 0
+        self.final_sent = False
+        self.stopped = False
+        self.cancelled = False
+
+
+class Branch:
+    """One forwarded copy of a request: its target, destinations left and client transaction."""
+
+    __slots__ = ("ctx", "request", "dests", "tx", "done", "tries")
+
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+        self.request: Request | None = None
+        self.dests: list = []
+        self.tx = None
+        self.done = False
+        self.tries = 0
 
 
 #: headers that decide how a request is routed, hashed into the loop-detection value

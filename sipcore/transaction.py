@@ -28,8 +28,9 @@ state, so that every 2xx (retransmissions, other forks) reaches the TU; a
 dropped. An INVITE server transaction that sent a 2xx stays 64*T1 in the
 Accepted state (RFC 6026 Timer L): retransmissions of the INVITE are
 absorbed, an ACK matching it goes to the TU as ``AckReceived``, a CANCEL
-still finds it, and further 2xx from the TU are sent. After a CANCEL, an INVITE client transaction waits 64*T1 for its final
-response and then times out (§9.1).
+still finds it, and further 2xx from the TU are sent. After a CANCEL, an
+INVITE client transaction waits 64*T1 for its final response and then
+times out (§9.1).
 """
 
 import secrets
