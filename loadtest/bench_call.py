@@ -12,11 +12,6 @@ retransmissions and the node's CPU use. Run from the repository root:
 The run is bounded: SIPp stops after ``--calls`` calls or ``--timeout``
 seconds. The helpers (``Uas``, ``register_contact``, ``write_call_inf``)
 are shared with ``tests/test_proxy.py``.
-
-``--gc-threshold 50000,50,100`` is an experiment: it starts the node with
-``gc.freeze()`` after start-up and those collector thresholds, to measure
-what Python's default collector (full collections of every live
-transaction, 100-300 ms each) costs near saturation.
 """
 
 import argparse
@@ -30,8 +25,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from loadtest.bench_register import cpu_seconds, write_register_inf  # noqa: E402
-from loadtest.harness import (ROOT, SIPP_DIR, NodeProcess, _last_stats,  # noqa: E402
-                              free_port, options_ping, run_sipp, write_users_csv)
+from loadtest.harness import (SIPP_DIR, NodeProcess, _last_stats,  # noqa: E402
+                              free_port, run_sipp, write_users_csv)
 
 #: SIPp socket buffers (bytes): its 64 KB default drops datagrams in bursts
 SIPP_BUFFERS = ("-buff_size", "4194304")
@@ -93,36 +88,6 @@ class Uas:
         return self.stop()
 
 
-_GC_NODE = """
-import gc, sys
-sys.path.insert(0, {root!r})
-import run
-from actors import node
-start = node.Node.start
-def tuned(self):
-    start(self)
-    gc.freeze()
-    gc.set_threshold({thresholds})
-node.Node.start = tuned
-sys.exit(run.main(["node", "--config", {config!r}]))
-"""
-
-
-def start_with_gc(node: NodeProcess, thresholds: str, ready_timeout: float = 20.0) -> None:
-    """Start ``node`` as ``NodeProcess.start`` does, with the collector tuned (an experiment)."""
-    code = _GC_NODE.format(root=ROOT, thresholds=thresholds, config=node.config)
-    with open(node.log_path, "ab") as logf:
-        node.proc = subprocess.Popen([sys.executable, "-c", code], stdout=logf, stderr=logf,
-                                     cwd=ROOT)
-    deadline = time.monotonic() + ready_timeout
-    while time.monotonic() < deadline:
-        if node.proc.poll() is not None:
-            raise RuntimeError(f"node exited: {node.log_tail()}")
-        if options_ping(node.address, node.port, 0.2):
-            return
-    raise RuntimeError(f"node not ready: {node.log_tail()}")
-
-
 def main() -> int:
     """Run the benchmark and print its figures."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -132,8 +97,6 @@ def main() -> int:
     ap.add_argument("--callers", type=int, default=1000)
     ap.add_argument("--timeout", type=int, default=180)
     ap.add_argument("--transport", default="u1", help="SIPp transport (u1, t1, un)")
-    ap.add_argument("--gc-threshold", help="e.g. 50000,50,100: gc.freeze() and these "
-                    "collector thresholds in the node (experiment)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="tandem-bench-call-") as work:
         node = NodeProcess(work)
@@ -145,10 +108,7 @@ def main() -> int:
         callee, callee_pw = rows[0]
         inf = os.path.join(work, "calls.csv")
         write_call_inf(inf, rows[1:], node.domain, callee)
-        if args.gc_threshold:
-            start_with_gc(node, args.gc_threshold)
-        else:
-            node.start()
+        node.start()
         uas = None
         try:
             port = free_port()
