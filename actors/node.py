@@ -91,12 +91,12 @@ class Node:
         init_store(cfg.database)
         epoch = incr_state("epoch")
         now = time.time()
-        loaded = 0
-        for rec in binding_store.load_bindings(include_deleted=True):
-            b = Binding.from_record(rec)
-            if b.expires_at > now:
-                self.location.put(b)
-                loaded += 1
+        # Loading allocates an object graph that only grows: a collector pass
+        # over it would find nothing, so it is kept out of the way (see below).
+        gc.disable()
+        loaded = self.location.load(
+            b for b in map(Binding.from_record, binding_store.load_bindings(include_deleted=True))
+            if b.expires_at > now)
         users = UserDirectory(cfg.domain)
         users.reload()
         secret = bytes.fromhex(cfg.auth_secret) if cfg.auth_secret else secrets.token_bytes(32)
@@ -123,6 +123,7 @@ class Node:
         # are frozen out of its sight and young ones are collected rarely.
         gc.freeze()
         gc.set_threshold(50_000, 50, 100)
+        gc.enable()
         log.info("node %s up: epoch %d, %d bindings loaded, %d users, domain %s",
                  cfg.id, epoch, loaded, len(users.users), cfg.domain)
 

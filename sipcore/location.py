@@ -120,6 +120,21 @@ class Location:
             heapq.heappush(self._heap, (b.expires_at, b.aor, b.key))
         return old
 
+    def load(self, bindings) -> int:
+        """Fill the table at start-up (one heap build instead of a push each); return the count."""
+        table = self.table
+        heap = self._heap
+        n = 0
+        for b in bindings:
+            per = table.get(b.aor)
+            if per is None:
+                per = table[b.aor] = {}
+            per[b.key] = b
+            heap.append((b.expires_at, b.aor, b.key))
+            n += 1
+        heapq.heapify(heap)
+        return n
+
     def merge(self, b: Binding) -> bool:
         """Apply a replicated version if it is newer; return whether it was."""
         if is_newer(b, self.get(b.aor).get(b.key)):
