@@ -81,8 +81,8 @@ url = "sqlite:///{node_dir}/tandem.db"
     return path
 
 
-def options_ping(address: str, port: int = 5060, timeout: float = 0.5) -> bool:
-    """Whether a SIP node answers OPTIONS over UDP within ``timeout``."""
+def options_ping(address: str, port: int = 5060, timeout: float = 0.5) -> bytes | None:
+    """Send one OPTIONS over UDP; return the response bytes, or None after ``timeout``."""
     branch = "z9hG4bK" + secrets.token_hex(8)
     msg = (f"OPTIONS sip:{address}:{port} SIP/2.0\r\n"
            f"Via: SIP/2.0/UDP 127.0.0.1:9;branch={branch};rport\r\n"
@@ -93,10 +93,9 @@ def options_ping(address: str, port: int = 5060, timeout: float = 0.5) -> bool:
         s.settimeout(timeout)
         try:
             s.sendto(msg, (address, port))
-            data = s.recv(65535)
+            return s.recv(65535)
         except OSError:
-            return False
-    return data.startswith(b"SIP/2.0 200")
+            return None
 
 
 def _secret(data: str) -> str:
@@ -164,7 +163,8 @@ def run_lab(args) -> int:
 def _wait_ready(proc, address: str, limit: float = 15.0) -> bool:
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline and proc.poll() is None:
-        if options_ping(address):
+        answer = options_ping(address)
+        if answer is not None and answer.startswith(b"SIP/2.0 200"):
             return True
     return False
 

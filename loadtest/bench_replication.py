@@ -48,7 +48,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from actors.bus import BusError  # noqa: E402
 from actors.keys import cluster_toml  # noqa: E402
 from loadtest.bench_register import cpu_seconds, write_register_inf  # noqa: E402
-from loadtest.harness import Cluster, NodeProcess, run_sipp, write_users_csv  # noqa: E402
+from loadtest.harness import Cluster, NodeProcess, free_port, run_sipp, write_users_csv  # noqa: E402
 
 LAG_TARGET_MS = 20.0
 RATIO_TARGET = 0.80
@@ -109,34 +109,14 @@ def sipp_register(node: NodeProcess, work: str, rows: list, rate: int, limit: in
                     calls=len(rows), rate=rate, limit=limit, timeout=timeout)
 
 
-def stable_port(address: str = "127.0.0.1") -> int:
-    """A port free for UDP and TCP below the kernel's ephemeral range.
-
-    Ports from ``harness.free_port`` come from the ephemeral range, where the
-    outgoing connections of running nodes may take them before a node that
-    is started later binds them.
-    """
-    for _ in range(500):
-        port = random.randint(20000, 32000)
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u, \
-                socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-            try:
-                u.bind((address, port))
-                t.bind((address, port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port below the ephemeral range")
-
-
 def make_cluster(work: str) -> Cluster:
     """Three nodes configured with ``SETTINGS``, every port from ``stable_port``."""
     cluster = Cluster(work, 3, settings=SETTINGS)
-    members = [dataclasses.replace(m, **{k: f"tcp://127.0.0.1:{stable_port()}"
+    members = [dataclasses.replace(m, **{k: f"tcp://127.0.0.1:{free_port()}"
                                          for k in ("pub", "snapshot", "control")})
                for m in cluster.members.values()]
     cluster.members = {m.id: m for m in members}
-    cluster.nodes = [NodeProcess(work, m.id, port=stable_port(), extra="\n" + cluster_toml(
+    cluster.nodes = [NodeProcess(work, m.id, port=free_port(), extra="\n" + cluster_toml(
         m, members, control_keys=[cluster.client_public], **SETTINGS)) for m in members]
     return cluster
 
@@ -220,7 +200,7 @@ def bench_throughput(work: str, users: int, rounds: int, rate: int, limit: int) 
         f"(SIPp limit {limit}); {rounds} runs of each configuration, alternated")
     os.makedirs(work)
     rows = write_users_csv(os.path.join(work, "users.csv"), users * rounds)
-    solo = NodeProcess(os.path.join(work, "solo"), "solo", port=stable_port())
+    solo = NodeProcess(os.path.join(work, "solo"), "solo", port=free_port())
     res = solo.run_cli("user", "import", os.path.join(work, "users.csv"))
     if res.returncode:
         raise RuntimeError(f"user import failed: {res.stderr}")

@@ -16,6 +16,8 @@ import sys
 import time
 from dataclasses import dataclass
 
+from actors.lab import options_ping  # noqa: E402,F401 - re-exported for tests
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIPP_DIR = os.path.join(ROOT, "loadtest", "sipp")
 
@@ -38,23 +40,6 @@ def free_port(address: str = "127.0.0.1") -> int:
                 continue
             return port
     raise RuntimeError("no free port")
-
-
-def options_ping(address: str, port: int, timeout: float = 0.5) -> bytes | None:
-    """Send one OPTIONS over UDP; return the response bytes or None."""
-    branch = "z9hG4bK" + os.urandom(6).hex()
-    msg = (f"OPTIONS sip:{address}:{port} SIP/2.0\r\n"
-           f"Via: SIP/2.0/UDP 127.0.0.1:9;branch={branch};rport\r\n"
-           f"From: <sip:probe@example.test>;tag=1\r\nTo: <sip:{address}>\r\n"
-           f"Call-ID: {branch}\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\n"
-           "Content-Length: 0\r\n\r\n").encode()
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.settimeout(timeout)
-        try:
-            s.sendto(msg, (address, port))
-            return s.recv(65535)
-        except OSError:
-            return None
 
 
 def write_users_csv(path: str, n: int, prefix: str = "user", start: int = 0) -> list:

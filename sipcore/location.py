@@ -61,14 +61,16 @@ class Binding:
     @classmethod
     def from_record(cls, rec: dict) -> "Binding":
         """Build from a store record (``path`` may be JSON text or a list)."""
-        d = {k: rec[k] for k in cls.__dataclass_fields__ if k in rec}
-        p = d.get("path")
+        p = rec.get("path")
         if isinstance(p, str):
-            d["path"] = json.loads(p) if p else []
+            p = json.loads(p) if p and p != "[]" else []
         elif p is None:
-            d["path"] = []
-        d["deleted"] = bool(d.get("deleted"))
-        return cls(**d)
+            p = []
+        g = rec.get
+        return cls(rec["aor"], rec["key"], rec["contact"], rec["expires_at"], rec["call_id"],
+                   rec["cseq"], g("q"), p, g("instance"), g("reg_id"), g("received"),
+                   g("user_agent"), g("origin", ""), g("epoch", 0), g("seq", 0),
+                   g("updated_at", 0.0), bool(g("deleted")))
 
     def version(self) -> tuple:
         """The order in which versions of one binding supersede each other.
