@@ -40,7 +40,8 @@ from dataclasses import dataclass
 from .errors import SipError
 from .headers import split_list
 from .message import Request, Response, make_response
-from .timers import (TIMER_A, TIMER_B, TIMER_CANCEL, TIMER_D, TIMER_E, TIMER_F,
+from .timers import (_ACCEPTED, _CALLING, _COMPLETED, _CONFIRMED,  # state aliases, shared
+                     _PROCEEDING, _TRYING, TIMER_A, TIMER_B, TIMER_CANCEL, TIMER_D, TIMER_E, TIMER_F,
                      TIMER_G, TIMER_H, TIMER_I, TIMER_J, TIMER_K, TIMER_L, TIMER_M, State,
                      TimerConfig, TimerHandlers, TimerQueues)
 
@@ -54,12 +55,6 @@ __all__ = [
 #: the RFC 3261 branch prefix (§8.1.1.7)
 MAGIC_COOKIE = "z9hG4bK"
 
-_CALLING = State.CALLING
-_TRYING = State.TRYING
-_PROCEEDING = State.PROCEEDING
-_COMPLETED = State.COMPLETED
-_CONFIRMED = State.CONFIRMED
-_ACCEPTED = State.ACCEPTED
 _TERMINATED = State.TERMINATED
 
 

@@ -252,12 +252,15 @@ def parse_uri(text: str) -> "SipUri":
     for an unknown scheme.
     """
     found = _URI_CACHE.get(text)
-    if found is None:
-        found = _parse_uri(text)
-        if len(_URI_CACHE) >= _CACHE_MAX:
-            _URI_CACHE.clear()
-        _URI_CACHE[text] = found
-    return found
+    return found if found is not None else _remember(_URI_CACHE, text, _parse_uri(text))
+
+
+def _remember(cache: dict, text: str, value):
+    """Keep ``value`` as the parse of ``text`` (the cache is emptied when full)."""
+    if len(cache) >= _CACHE_MAX:
+        cache.clear()
+    cache[text] = value
+    return value
 
 
 def _parse_uri(text: str) -> SipUri:
@@ -381,12 +384,7 @@ class NameAddr:
 def parse_name_addr(text: str) -> "NameAddr":
     """Parse a name-addr or addr-spec with parameters (cached by text; read-only result)."""
     found = _ADDR_CACHE.get(text)
-    if found is None:
-        found = _parse_name_addr(text)
-        if len(_ADDR_CACHE) >= _CACHE_MAX:
-            _ADDR_CACHE.clear()
-        _ADDR_CACHE[text] = found
-    return found
+    return found if found is not None else _remember(_ADDR_CACHE, text, _parse_name_addr(text))
 
 
 def _parse_name_addr(text: str) -> NameAddr:
