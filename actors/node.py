@@ -38,10 +38,12 @@ ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, MESSAGE, SUBSCRIBE, NOTIFY
 
 
 class UserDirectory:
-    """In-memory HA1 lookup, reloaded from the store every ``refresh`` seconds.
+    """In-memory HA1 lookup, reloaded when the store's users change.
 
-    A miss reads the store at once, so a user added while the node runs can
-    register immediately.
+    Every ``refresh`` seconds it reads the store's users version and
+    reloads the whole table only when that moved (a password changed, a
+    user was disabled or deleted). A miss reads the store at once, so a
+    user added while the node runs can register immediately.
     """
 
     def __init__(self, domain: str, refresh: float = 10.0, clock=time.time):
@@ -49,17 +51,26 @@ class UserDirectory:
         self.refresh = refresh
         self.clock = clock
         self.users: dict[str, dict] = {}
-        self.loaded_at = 0.0
+        self.checked_at = 0.0
+        self.version = None
 
     def reload(self) -> None:
         """Read every user of the domain."""
+        version = user_store.users_version()
         self.users = user_store.load_user_ha1s(self.domain)
-        self.loaded_at = self.clock()
+        self.version = version
+        self.checked_at = self.clock()
 
     def lookup(self, username: str) -> dict | None:
         """HA1 values of ``username`` or None."""
-        if self.clock() - self.loaded_at > self.refresh:
-            self.reload()
+        if self.clock() - self.checked_at > self.refresh:
+            self.checked_at = self.clock()
+            try:
+                if user_store.users_version() != self.version:
+                    self.reload()
+            except Exception as e:
+                # Keep authenticating from memory while the store is away.
+                log.warning("cannot refresh users: %s", e)
         found = self.users.get(username)
         if found is None:
             found = user_store.get_user_ha1(username, self.domain)

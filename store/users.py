@@ -17,7 +17,7 @@ import time
 import peewee
 
 from store.db import StoreError
-from store.models import User, get_database
+from store.models import User, get_database, get_state, incr_state
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,7 @@ CSV_HEADER = ["username", "password"]
 """The header line :func:`import_users_csv` expects."""
 
 _ROWS_PER_STATEMENT = 100
+_VERSION_KEY = "users_version"
 
 
 def compute_ha1s(username: str, realm: str, password: str) -> dict[str, str]:
@@ -74,6 +75,19 @@ def _row(username: str, domain: str, password: str, enabled: bool) -> dict:
             "created_at": time.time()}
 
 
+def users_version() -> int:
+    """A number that changes whenever a user is added, changed or deleted.
+
+    Nodes keep every user's HA1 in memory and reload them only when this
+    number moves, which is one cheap read instead of a whole table.
+    """
+    return int(get_state(_VERSION_KEY, 0))
+
+
+def _changed() -> None:
+    incr_state(_VERSION_KEY)
+
+
 def _upsert(rows: list[dict]) -> None:
     """Insert the rows, or update the HA1s of existing (username, domain)."""
     db = get_database()
@@ -85,6 +99,7 @@ def _upsert(rows: list[dict]) -> None:
                               preserve=[User.ha1_md5, User.ha1_sha256])
                  .as_rowcount()
                  .execute())
+            _changed()
     except peewee.PeeweeException as exc:
         raise StoreError("cannot write users: %s" % exc) from exc
 
@@ -104,7 +119,9 @@ def add_user(username: str, domain: str, password: str, *,
         return
     get_database()
     try:
-        User.insert(row).as_rowcount().execute()
+        with get_database().atomic():
+            User.insert(row).as_rowcount().execute()
+            _changed()
     except peewee.IntegrityError as exc:
         raise StoreError("user %s@%s already exists"
                          % (username, domain)) from exc
@@ -209,19 +226,21 @@ def list_users(domain: str) -> list[dict]:
 
 def set_user_enabled(username: str, domain: str, enabled: bool) -> bool:
     """Enable or disable a user; return False if there is no such user."""
-    get_database()
-    count = (User.update(enabled=bool(enabled))
-             .where((User.username == username) & (User.domain == domain))
-             .execute())
+    with get_database().atomic():
+        count = (User.update(enabled=bool(enabled))
+                 .where((User.username == username) & (User.domain == domain))
+                 .execute())
+        _changed()
     return count > 0
 
 
 def delete_user(username: str, domain: str) -> bool:
     """Delete a user; return False if there was no such user."""
-    get_database()
-    count = (User.delete()
-             .where((User.username == username) & (User.domain == domain))
-             .execute())
+    with get_database().atomic():
+        count = (User.delete()
+                 .where((User.username == username) & (User.domain == domain))
+                 .execute())
+        _changed()
     if count:
         log.info("user %s@%s deleted", username, domain)
     return count > 0

@@ -476,6 +476,26 @@ def test_disable_and_delete_user(store):
         "bob": ha1s("bob", "example.com", "pw")}
 
 
+def test_users_version_moves_on_every_change(store):
+    seen = [users.users_version()]
+
+    def moved():
+        seen.append(users.users_version())
+        return seen[-1] != seen[-2]
+
+    users.add_user("alice", "example.com", "pw")
+    assert moved()
+    users.add_user("alice", "example.com", "new", replace=True)
+    assert moved()
+    assert users.set_user_enabled("alice", "example.com", False)
+    assert moved()
+    assert users.delete_user("alice", "example.com")
+    assert moved()
+    users.get_user_ha1("alice", "example.com")
+    users.load_user_ha1s("example.com")
+    assert not moved()
+
+
 @pytest.mark.parametrize("username", ["", "al ice", "a:b", "a@b", "tab\t",
                                       "new\nline", "bad%zz", None])
 def test_bad_username(store, username):
