@@ -4,8 +4,8 @@ import re
 from dataclasses import dataclass, field
 
 from .errors import SipParseError
-from .uri import (check_host, check_port, format_params, parse_number, parse_params,
-                  split_quoted)
+from .uri import (_SMALL_CACHE_MAX, _remember, check_host, check_port, format_params,
+                  parse_number, parse_params, split_quoted)
 
 COMPACT = {
     "v": "Via", "f": "From", "t": "To", "i": "Call-ID", "m": "Contact",
@@ -95,8 +95,60 @@ class Via:
         return f"SIP/2.0/{self.transport} {self.host}{port}{format_params(self.params)}"
 
 
+#: ``(transport, host, port)`` by the text of a Via before its first ``;``:
+#: a client sends the same sent-by with a new branch in every request.
+_SENT_BY_CACHE: dict[str, tuple[str, str, int | None]] = {}
+#: parsed CSeq values by their text (at most ``_CSEQ_TEXT_MAX`` characters)
+_CSEQ_CACHE: dict[str, tuple[int, str]] = {}
+_CSEQ_TEXT_MAX = 40
+
+
 def parse_via(value: str) -> Via:
-    """Parse one Via value; raise ``SipParseError`` when malformed."""
+    """Parse one Via value; raise ``SipParseError`` when malformed.
+
+    Every call returns a new ``Via`` with its own ``params``, which
+    callers may change (``received``, ``rport``); the sent-by part is
+    looked up by its text and only the parameters are parsed.
+    """
+    semi = value.find(";")
+    head = value if semi < 0 else value[:semi]
+    sent_by = _SENT_BY_CACHE.get(head)
+    if sent_by is None:
+        sent_by = _sent_by(head)
+        if sent_by is None:
+            return _parse_via(value)
+        _remember(_SENT_BY_CACHE, head, sent_by)
+    if semi < 0:
+        return Via(*sent_by, {})
+    try:
+        params = parse_params(value[semi:].strip())
+    except SipParseError as err:
+        raise SipParseError(f"malformed Via: {err.reason}") from None
+    return Via(*sent_by, params)
+
+
+def _sent_by(head: str) -> tuple[str, str, int | None] | None:
+    """``(transport, host, port)`` of a Via's text before its first ``;``, or None.
+
+    None unless ``head`` is a valid sent-by with nothing after it: then
+    ``_VIA`` matches ``head + ";..."`` with the same groups (no group of
+    the sent-by can take a ``;``) and the parameters from the ``;`` on.
+    Anything else is left to ``_parse_via`` and its error messages.
+    """
+    m = _VIA.match(head)
+    if m is None or m.group(4):
+        return None
+    transport, host, port_text, _ = m.groups()
+    try:
+        check_host(host)
+        port = check_port(port_text) if port_text else None
+    except SipParseError:
+        return None
+    return transport.upper(), host, port
+
+
+def _parse_via(value: str) -> Via:
+    """Parse one Via value from scratch; raise ``SipParseError`` when malformed."""
     m = _VIA.match(value)
     if not m:
         raise SipParseError("malformed Via")
@@ -114,7 +166,21 @@ def parse_via(value: str) -> Via:
 
 
 def parse_cseq(value: str) -> tuple[int, str]:
-    """Parse ``CSeq: number METHOD``; the number must fit 31 bits (§8.1.1.5)."""
+    """Parse ``CSeq: number METHOD``; the number must fit 31 bits (§8.1.1.5).
+
+    Results are cached by text (they are immutable); errors are raised anew.
+    """
+    found = _CSEQ_CACHE.get(value)
+    if found is not None:
+        return found
+    found = _parse_cseq(value)
+    if len(value) <= _CSEQ_TEXT_MAX:
+        _remember(_CSEQ_CACHE, value, found, _SMALL_CACHE_MAX)
+    return found
+
+
+def _parse_cseq(value: str) -> tuple[int, str]:
+    """Parse a CSeq value from scratch; raise ``SipParseError`` when malformed."""
     parts = value.split()
     if (len(parts) != 2 or not parts[0].isdigit() or not parts[0].isascii()
             or parts[1].strip(_TOKEN)):

@@ -35,15 +35,21 @@ def parse_number(value: str, name: str, maximum: int) -> int:
 
     Leading zeros are allowed (``0068``); very long strings are refused
     before ``int()`` sees them, which would raise ``ValueError`` past 4300
-    digits.
+    digits. Short texts are cached: Max-Forwards, Expires and
+    Content-Length repeat the same few values in every message.
     """
-    if not value.isdigit() or not value.isascii():
-        raise SipParseError(f"malformed {name}")
-    if len(value) > 20:
-        value = value.lstrip("0") or "0"
-        if len(value) > 20:
-            raise SipParseError(f"{name} out of range")
-    n = int(value)
+    n = _NUMBER_CACHE.get(value)
+    if n is None:
+        if not value.isdigit() or not value.isascii():
+            raise SipParseError(f"malformed {name}")
+        if len(value) <= _NUMBER_TEXT_MAX:
+            n = _remember(_NUMBER_CACHE, value, int(value), _SMALL_CACHE_MAX)
+        else:
+            digits = (value.lstrip("0") or "0") if len(value) > 20 else value
+            if len(digits) > 20:
+                raise SipParseError(f"{name} out of range")
+            n = int(digits)
+    # The bound is checked on every call: only the text's value is cached.
     if n > maximum:
         raise SipParseError(f"{name} out of range")
     return n
@@ -118,7 +124,9 @@ def parse_params(text: str) -> dict[str, str | None]:
     params: dict[str, str | None] = {}
     if not text:
         return params
-    for piece in split_quoted(text, ";"):
+    # split_quoted's own shortcut, without the call: most parameters hold no quotes.
+    pieces = text.split(";") if '"' not in text and "<" not in text else split_quoted(text, ";")
+    for piece in pieces:
         piece = piece.strip()
         if not piece:
             continue
@@ -132,7 +140,9 @@ def parse_params(text: str) -> dict[str, str | None]:
 
 def format_params(params: dict[str, str | None]) -> str:
     """Serialise parameters as ``;name=value`` pieces."""
-    return "".join(f";{k}" if v is None else f";{k}={v}" for k, v in params.items())
+    if not params:
+        return ""
+    return "".join([f";{k}" if v is None else f";{k}={v}" for k, v in params.items()])
 
 
 def split_hostport(text: str) -> tuple[str, int | None]:
@@ -187,21 +197,19 @@ class SipUri:
     headers: str = ""
 
     def __str__(self) -> str:
+        params = format_params(self.params) if self.params else ""
         if self.scheme == "tel":
-            return f"tel:{self.user}{format_params(self.params)}"
-        out = [self.scheme, ":"]
-        if self.user is not None:
-            out.append(self.user)
-            if self.password is not None:
-                out.append(":" + self.password)
-            out.append("@")
-        out.append(self.host)
-        if self.port is not None:
-            out.append(f":{self.port}")
-        out.append(format_params(self.params))
-        if self.headers:
-            out.append("?" + self.headers)
-        return "".join(out)
+            return f"tel:{self.user}{params}"
+        user = self.user
+        if user is None:
+            userinfo = ""
+        elif self.password is None:
+            userinfo = user + "@"
+        else:
+            userinfo = user + ":" + self.password + "@"
+        port = "" if self.port is None else f":{self.port}"
+        headers = "?" + self.headers if self.headers else ""
+        return f"{self.scheme}:{userinfo}{self.host}{port}{params}{headers}"
 
     @property
     def host_bare(self) -> str:
@@ -224,25 +232,43 @@ class SipUri:
 
     def canonical(self) -> str:
         """A form for comparing contacts: case-folded scheme and host, escapes resolved."""
-        out = [self.scheme.lower(), ":"]
-        if self.user is not None:
-            out.append(unquote(self.user) + "@")
-        out.append(self.host.lower())
+        user = self.user
+        if user is None:
+            user = ""
+        else:
+            # unquote returns its argument when there is no "%"; the test saves the call.
+            user = (unquote(user) if "%" in user else user) + "@"
+        out = f"{self.scheme.lower()}:{user}{self.host.lower()}"
         if self.port is not None:
-            out.append(f":{self.port}")
-        for k in ("transport", "user", "maddr", "ttl", "method"):
-            v = self.params.get(k)
-            if v is not None:
-                out.append(f";{k}={v.lower()}")
-        return "".join(out)
+            out += f":{self.port}"
+        params = self.params
+        if params:
+            for k in _CANONICAL_PARAMS:
+                v = params.get(k)
+                if v is not None:
+                    out += f";{k}={v.lower()}"
+        return out
 
+
+#: URI parameters that take part in comparing contacts, in the order ``canonical`` writes them
+_CANONICAL_PARAMS = ("transport", "user", "maddr", "ttl", "method")
 
 #: parsed values by their text; REGISTERs and calls repeat the same From,
 #: To, Contact and Request-URI texts, so most parses are found here. The
 #: values are shared: callers treat them as read-only.
 _URI_CACHE: dict[str, "SipUri"] = {}
 _ADDR_CACHE: dict[str, "NameAddr"] = {}
+#: a parse of a name-addr by the text of its ``[display] <uri>`` part, for
+#: its ``uri`` and ``display`` only (the ``NameAddr`` itself saves building
+#: a tuple): a From differs in every dialog by its tag only, so its whole
+#: text is seldom seen twice but its address part is.
+_ADDR_PART_CACHE: dict[str, "NameAddr"] = {}
 _CACHE_MAX = 20_000
+#: numbers by their text (at most ``_NUMBER_TEXT_MAX`` characters)
+_NUMBER_CACHE: dict[str, int] = {}
+_NUMBER_TEXT_MAX = 10
+#: size of the caches of small values that take few distinct texts
+_SMALL_CACHE_MAX = 1024
 
 
 def parse_uri(text: str) -> "SipUri":
@@ -255,9 +281,12 @@ def parse_uri(text: str) -> "SipUri":
     return found if found is not None else _remember(_URI_CACHE, text, _parse_uri(text))
 
 
-def _remember(cache: dict, text: str, value):
-    """Keep ``value`` as the parse of ``text`` (the cache is emptied when full)."""
-    if len(cache) >= _CACHE_MAX:
+def _remember(cache: dict, text: str, value, limit: int | None = None):
+    """Keep ``value`` as the parse of ``text`` (the cache is emptied when full).
+
+    ``limit`` is the cache's size, ``_CACHE_MAX`` by default.
+    """
+    if len(cache) >= (_CACHE_MAX if limit is None else limit):
         cache.clear()
     cache[text] = value
     return value
@@ -382,9 +411,51 @@ class NameAddr:
 
 
 def parse_name_addr(text: str) -> "NameAddr":
-    """Parse a name-addr or addr-spec with parameters (cached by text; read-only result)."""
+    """Parse a name-addr or addr-spec with parameters (cached by text; read-only result).
+
+    On a miss, the ``[display] <uri>`` part is looked up by its text and
+    only the header parameters after the ``>`` are parsed, so each result
+    has its own ``params`` but may share its ``uri`` with others, as
+    ``parse_uri`` results are shared. The result equals ``_parse_name_addr(text)``.
+    """
     found = _ADDR_CACHE.get(text)
-    return found if found is not None else _remember(_ADDR_CACHE, text, _parse_name_addr(text))
+    if found is not None:
+        return found
+    t = text.strip()
+    # "<" first is the common form; _address_end gives the same answer for it.
+    gt = t.find(">") if t[:1] == "<" else _address_end(t)
+    if gt < 0:
+        # An addr-spec (whose parameters are the header's, §20.10) or an error.
+        return _remember(_ADDR_CACHE, text, _parse_name_addr(t))
+    head = t[:gt + 1]
+    part = _ADDR_PART_CACHE.get(head)
+    if part is None:
+        # _parse_name_addr finds the same ">" and parses the address from
+        # ``head`` alone, so its uri and display hold for any text starting
+        # with ``head``; its errors before the ">" are those of ``head``.
+        na = _parse_name_addr(t)
+        _remember(_ADDR_PART_CACHE, head, na)
+        return _remember(_ADDR_CACHE, text, na)
+    after = t[gt + 1:].lstrip()
+    if after and after[0] != ";":
+        raise SipParseError("junk after <URI>")
+    return _remember(_ADDR_CACHE, text, NameAddr(part.uri, part.display, parse_params(after)))
+
+
+def _address_end(text: str) -> int:
+    """Where ``_parse_name_addr`` finds the ``>`` closing a name-addr's URI, or -1.
+
+    -1 means an addr-spec, or a malformed value that ``_parse_name_addr``
+    must reject itself. ``text`` is stripped.
+    """
+    if text[:1] == '"':
+        e = _quoted_end(text, 0)
+        if e < 0:
+            return -1
+        lt = text.find("<", e + 1)
+    else:
+        lt = text.find("<")
+    return -1 if lt < 0 else text.find(">", lt)
 
 
 def _parse_name_addr(text: str) -> NameAddr:

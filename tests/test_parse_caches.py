@@ -1,0 +1,422 @@
+"""The parse caches and shortcuts give what the plain parsers give (sipcore.uri, sipcore.headers).
+
+``parse_name_addr`` reuses the parse of a ``[display] <uri>`` part,
+``parse_via`` that of a sent-by, ``parse_cseq`` and ``parse_number`` whole
+results; each is checked against the uncached parser on valid and
+malformed inputs, before and after the caches hold a related value.
+``parse_params``, ``format_params`` and ``SipUri.__str__``/``canonical``
+are checked against their previous versions, kept here as references.
+"""
+
+import itertools
+from urllib.parse import unquote
+
+import pytest
+
+from sipcore import headers, uri
+from sipcore.errors import SipParseError
+from sipcore.headers import _parse_cseq, _parse_via, parse_cseq, parse_int, parse_via
+from sipcore.uri import (SipUri, _parse_name_addr, format_params, parse_name_addr, parse_number,
+                         parse_params, parse_uri, split_quoted)
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+CACHES = (uri._URI_CACHE, uri._ADDR_CACHE, uri._ADDR_PART_CACHE, uri._NUMBER_CACHE,
+          headers._SENT_BY_CACHE, headers._CSEQ_CACHE)
+
+
+@pytest.fixture(autouse=True)
+def empty_caches():
+    """Start and leave every test with empty caches."""
+    for cache in CACHES:
+        cache.clear()
+    yield
+    for cache in CACHES:
+        cache.clear()
+
+
+def outcome(parse, *args):
+    """What ``parse(*args)`` gives, comparable across calls: its value or its error.
+
+    Parameters are compared in order too, since they serialise in order.
+    """
+    try:
+        value = parse(*args)
+    except SipParseError as err:
+        return ("error", type(err), err.status, err.reason)
+    params = getattr(value, "params", None)
+    if params is None:
+        return ("ok", value)
+    return ("ok", value, list(params.items()), str(value))
+
+
+def try_parse(parse, text):
+    """Parse ``text`` for the side effect on the caches, ignoring errors."""
+    try:
+        parse(text)
+    except SipParseError:
+        pass
+
+
+# -- parse_name_addr ------------------------------------------------------------
+
+#: ``[display] <uri>`` parts, the last ones malformed
+ADDRESS_PARTS = [
+    "<sip:user17@example.test>",
+    '"Alice" <sip:alice@example.test>',
+    '"Smith, <John>" <sip:john@example.test>',
+    '"a;b>c" <sip:x@example.test>',
+    '"x>" <sip:x@example.test;lr>',
+    r'"J Rosenberg \\\""  <sip:jdrosen@example.test>',
+    r'"x\">y" <sip:x@example.test>',
+    "Alice  Smith <sip:alice@example.test>",
+    "caller<sip:caller@example.test>",
+    "<sip:a@[::1]:5060;transport=TCP;lr>",
+    "<sip:a@[2001:DB8::10]>",
+    "<sips:a:pw@Example.TEST:5061?subject=x>",
+    "<tel:+1-201-555-0123;phone-context=example.test>",
+    "< sip:a@example.test >",
+    "<SIP:A@EXAMPLE.TEST;TRANSPORT=UDP>",
+    '"open <sip:a@example.test>',
+    '"A" B <sip:a@example.test>',
+    "Bell, A <sip:a@example.test>",
+    "<http://example.test/>",
+    "<sip:a@exa mple.test>",
+    "<sip:a@[::1>",
+    "<>",
+    '"A" >',
+]
+
+#: what may follow the address part, the last ones malformed
+TAILS = [
+    "", ";tag=1234SIPpTag0017", " ; TAG = X ;lr", ";q=0.5;expires=3600",
+    ' ;+sip.instance="<urn:uuid:1;2>";reg-id=1', ";tag=a>b", "\t;tag=1 ", ";tag=1;tag=2",
+    " junk", "x;tag=1", ";=x", ';a="unterminated', ">",
+]
+
+#: addr-spec forms (no ``<>``) and values without a complete name-addr
+OTHER_ADDRESSES = [
+    "sip:alice@example.test;tag=1", "sip:alice@example.test;transport=tcp;TAG=x",
+    "  sip:a@example.test ;tag=1  ", "tel:+1;tag=2", "sip:a@b?x=y;tag=1", "isbn:123",
+    "sip:a@b;x=>", "sip:a@b>;tag=1", "<sip:a@example.test", '"A"', '"A" ', "", "   ",
+    "sip:a@[::1]:5060;tag=1",
+]
+
+NAME_ADDR_TEXTS = ([a + t for a, t in itertools.product(ADDRESS_PARTS, TAILS)]
+                   + ["  " + a + ";tag=1 " for a in ADDRESS_PARTS] + OTHER_ADDRESSES)
+
+
+@pytest.mark.parametrize("text", NAME_ADDR_TEXTS)
+def test_name_addr_equals_uncached_parse(text):
+    expected = outcome(_parse_name_addr, text)
+    assert outcome(parse_name_addr, text) == expected       # nothing cached
+    assert outcome(parse_name_addr, text) == expected       # whole text cached (when valid)
+    uri._ADDR_CACHE.clear()
+    assert outcome(parse_name_addr, text) == expected       # address part cached
+
+
+@pytest.mark.parametrize("part", ADDRESS_PARTS)
+def test_name_addr_after_another_tail_of_the_same_address(part):
+    for primer, text in itertools.permutations([part + t for t in TAILS], 2):
+        uri._ADDR_CACHE.clear()
+        uri._ADDR_PART_CACHE.clear()
+        try_parse(parse_name_addr, primer)
+        assert outcome(parse_name_addr, text) == outcome(_parse_name_addr, text), (primer, text)
+
+
+def test_from_values_differing_by_tag_share_the_uri_not_the_params():
+    a = parse_name_addr("<sip:user17@example.test>;tag=1")
+    b = parse_name_addr("<sip:user17@example.test>;tag=2")
+    assert a.uri is b.uri and a.params is not b.params
+    assert (a.tag, b.tag) == ("1", "2")
+    assert parse_name_addr("<sip:user17@example.test>;tag=1") is a    # whole-text cache, as before
+
+
+def test_address_part_is_cached_once_per_address():
+    for i in range(5):
+        parse_name_addr(f'"Alice" <sip:alice@example.test>;tag={i}')
+    assert list(uri._ADDR_PART_CACHE) == ['"Alice" <sip:alice@example.test>']
+
+
+def test_addr_spec_parameters_stay_header_parameters():
+    parse_name_addr("<sip:a@example.test;lr>;tag=1")
+    na = parse_name_addr("sip:a@example.test;lr;tag=2")
+    assert na.uri.params == {} and na.params == {"lr": None, "tag": "2"}
+    assert uri._ADDR_PART_CACHE.keys() == {"<sip:a@example.test;lr>"}
+
+
+# -- parse_via ------------------------------------------------------------------
+
+#: Via texts before the first ``;``, the last ones malformed
+SENT_BYS = [
+    "SIP/2.0/UDP 127.0.0.1:5061", "SIP/2.0/UDP 127.0.0.1", "SIP/2.0/UDP 127.0.0.1 ",
+    " sip / 2.0 / tcp  host.example.test : 5060 ", "SIP/2.0/TLS [2001:db8::1]:5061",
+    "SIP/2.0/UDP [::1]", "SIP/2.0/ws-sctp h_1.example.test:00080",
+    "SIP/2.0/UDP [a;b]:5060", "SIP/2.0/UDP [::1", "SIP/2.0/UDP host:0", "SIP/2.0/UDP host:70000",
+    "SIP/2.0/UDP host:", "SIP/2.0/UDP host junk", "SIP/2.0/UDP", "SIP/2.1/UDP host",
+    "SIP/2.0/UDP ho\u00e4st", "",
+]
+
+VIA_TAILS = [
+    "", ";branch=z9hG4bK-1234-17-1;rport", " ;branch=x ; RPORT=5 ", ";received=192.0.2.1;rport=5061",
+    ";", ";=x", ';a="x;y"', ';a="unterminated', ";branch=a;branch=b",
+]
+
+
+@pytest.mark.parametrize("text", [s + t for s, t in itertools.product(SENT_BYS, VIA_TAILS)])
+def test_via_equals_uncached_parse(text):
+    expected = outcome(_parse_via, text)
+    assert outcome(parse_via, text) == expected
+    assert outcome(parse_via, text) == expected
+
+
+@pytest.mark.parametrize("sent_by", SENT_BYS)
+def test_via_after_another_branch_of_the_same_sent_by(sent_by):
+    for primer, text in itertools.permutations([sent_by + t for t in VIA_TAILS], 2):
+        headers._SENT_BY_CACHE.clear()
+        try_parse(parse_via, primer)
+        assert outcome(parse_via, text) == outcome(_parse_via, text), (primer, text)
+
+
+@pytest.mark.parametrize("text", ["SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bK-1;rport",
+                                  "SIP/2.0/UDP 127.0.0.1:5061"])
+def test_changing_a_via_does_not_change_the_next_parse(text):
+    first = parse_via(text)
+    expected = dict(first.params)
+    first.params["received"] = "192.0.2.9"      # as stamp_via does
+    first.params["rport"] = "5099"
+    first.host = "changed"
+    again = parse_via(text)
+    assert again is not first and again.params is not first.params
+    assert again.params == expected and again.host == "127.0.0.1"
+
+
+# -- parse_cseq, parse_int, parse_number ------------------------------------------
+
+@pytest.mark.parametrize("text", [
+    "1 REGISTER", " 1  REGISTER ", "0001 INVITE", "2147483647 ACK", "0" * 30 + "7 BYE",
+    "2147483648 INVITE", "1", "1 REGISTER x", "-1 INVITE", "\u0661 INVITE", "1 INV/ITE", "",
+    "9" * 50 + " INVITE",
+])
+def test_cseq_equals_uncached_parse(text):
+    expected = outcome(_parse_cseq, text)
+    for _ in range(3):
+        assert outcome(parse_cseq, text) == expected
+
+
+def test_cseq_errors_are_raised_every_time():
+    for _ in range(3):
+        with pytest.raises(SipParseError, match="malformed CSeq"):
+            parse_cseq("1 REGISTER extra")
+    assert not headers._CSEQ_CACHE
+
+
+def _parse_number_reference(value: str, name: str, maximum: int) -> int:
+    """``parse_number`` before its cache."""
+    if not value.isdigit() or not value.isascii():
+        raise SipParseError(f"malformed {name}")
+    if len(value) > 20:
+        value = value.lstrip("0") or "0"
+        if len(value) > 20:
+            raise SipParseError(f"{name} out of range")
+    n = int(value)
+    if n > maximum:
+        raise SipParseError(f"{name} out of range")
+    return n
+
+
+@pytest.mark.parametrize("text", ["70", "0", "0070", "255", "256", "4294967295", "4294967296",
+                                  "0" * 25 + "9", "9" * 25, "", " 70", "7a", "\u00b2", "\u0661"])
+@pytest.mark.parametrize("maximum", [0, 69, 70, 255, 2 ** 32 - 1])
+def test_number_equals_uncached_parse(text, maximum):
+    expected = outcome(_parse_number_reference, text, "Max-Forwards", maximum)
+    for _ in range(3):
+        assert outcome(parse_number, text, "Max-Forwards", maximum) == expected
+
+
+def test_number_bound_and_name_are_checked_on_every_call():
+    assert parse_int(" 70 ", "Max-Forwards", 255) == 70
+    with pytest.raises(SipParseError) as exc:
+        parse_int("70", "Expires", 69)
+    assert exc.value.reason == "Expires out of range"
+    assert parse_number("70", "X", 70) == 70
+
+
+# -- caches stay bounded ----------------------------------------------------------
+
+def test_caches_are_emptied_when_full(monkeypatch):
+    monkeypatch.setattr(uri, "_CACHE_MAX", 8)
+    for i in range(50):
+        parse_name_addr(f'"User {i}" <sip:user{i}@example.test>;tag={i}')
+        parse_via(f"SIP/2.0/UDP 192.0.2.{i}:5060;branch=z9hG4bK-{i}")
+        assert all(len(c) <= 8 for c in (uri._URI_CACHE, uri._ADDR_CACHE, uri._ADDR_PART_CACHE,
+                                          headers._SENT_BY_CACHE))
+
+
+def test_small_caches_are_bounded_and_skip_long_texts():
+    for i in range(3 * uri._SMALL_CACHE_MAX):
+        parse_cseq(f"{i} INVITE")
+        parse_number(str(i), "X", 2 ** 32 - 1)
+        assert len(headers._CSEQ_CACHE) <= uri._SMALL_CACHE_MAX
+        assert len(uri._NUMBER_CACHE) <= uri._SMALL_CACHE_MAX
+    headers._CSEQ_CACHE.clear()
+    uri._NUMBER_CACHE.clear()
+    parse_cseq("1" + " " * 60 + "INVITE")
+    parse_number("0" * 11 + "7", "X", 10)
+    assert not headers._CSEQ_CACHE and not uri._NUMBER_CACHE
+
+
+# -- parse_params, format_params, SipUri.__str__ and canonical -----------------------
+
+def _parse_params_reference(text: str) -> dict[str, str | None]:
+    """``parse_params`` before its shortcut."""
+    params: dict[str, str | None] = {}
+    if not text:
+        return params
+    for piece in split_quoted(text, ";"):
+        piece = piece.strip()
+        if not piece:
+            continue
+        name, eq, val = piece.partition("=")
+        name = name.strip().lower()
+        if not name:
+            raise SipParseError("empty parameter name")
+        params[name] = val.strip() if eq else None
+    return params
+
+
+def _format_params_reference(params: dict[str, str | None]) -> str:
+    """``format_params`` as it was."""
+    return "".join(f";{k}" if v is None else f";{k}={v}" for k, v in params.items())
+
+
+def _str_reference(u: SipUri) -> str:
+    """``SipUri.__str__`` as it was."""
+    if u.scheme == "tel":
+        return f"tel:{u.user}{_format_params_reference(u.params)}"
+    out = [u.scheme, ":"]
+    if u.user is not None:
+        out.append(u.user)
+        if u.password is not None:
+            out.append(":" + u.password)
+        out.append("@")
+    out.append(u.host)
+    if u.port is not None:
+        out.append(f":{u.port}")
+    out.append(_format_params_reference(u.params))
+    if u.headers:
+        out.append("?" + u.headers)
+    return "".join(out)
+
+
+def _canonical_reference(u: SipUri) -> str:
+    """``SipUri.canonical`` as it was."""
+    out = [u.scheme.lower(), ":"]
+    if u.user is not None:
+        out.append(unquote(u.user) + "@")
+    out.append(u.host.lower())
+    if u.port is not None:
+        out.append(f":{u.port}")
+    for k in ("transport", "user", "maddr", "ttl", "method"):
+        v = u.params.get(k)
+        if v is not None:
+            out.append(f";{k}={v.lower()}")
+    return "".join(out)
+
+
+PARAM_TEXTS = [
+    "", ";", ";;", "lr", ";lr", ";branch=z9hG4bK-1;rport", ";tag=1234SIPpTag0017", "Transport=UDP",
+    " ; Q = 0.5 ; ", ";a=\tb", ";a=\u00a0b\u00a0", ";A=B\x0b", ';a="x;y";b', ";a=<x;y>;b", ";x=",
+    ";=x", "=x", ';a="unterminated', ";a=1;A=2", ";\u00c9T\u00c9=1",
+]
+
+
+@pytest.mark.parametrize("text", PARAM_TEXTS)
+def test_params_equal_reference(text):
+    expected = outcome(_parse_params_reference, text)
+    got = outcome(parse_params, text)
+    assert got == expected
+    if expected[0] == "ok":
+        assert list(parse_params(text).items()) == list(_parse_params_reference(text).items())
+        assert format_params(parse_params(text)) == _format_params_reference(parse_params(text))
+
+
+URIS = [
+    "sip:alice@example.test", "SIP:Alice@EXAMPLE.test:5060", "sips:a:pw@h.test:5061;transport=TLS;lr?x=y",
+    "sip:%61lice@example.test;User=Phone;maddr=192.0.2.1;ttl=5;method=INVITE;transport=TCP",
+    "sip:[2001:DB8::1]:5070;lr", "sip:registrar.example.test", "sip:a@b.test?subject=x",
+    "tel:+1-201-555-0123;phone-context=example.test", "tel:7042", "sip:user;par=u%40x@example.test",
+]
+
+
+@pytest.mark.parametrize("text", URIS)
+def test_uri_str_and_canonical_equal_reference(text):
+    u = parse_uri(text)
+    assert str(u) == _str_reference(u)
+    assert u.canonical() == _canonical_reference(u)
+    changed = SipUri(u.scheme, u.user, "pw", u.host, 1, {"transport": "UDP", "x": None}, "h=1")
+    assert str(changed) == _str_reference(changed)
+    assert changed.canonical() == _canonical_reference(changed)
+
+
+def test_format_params_of_non_text_values():
+    params = {"rport": 5061, "lr": None, "ttl": 1.5}
+    assert format_params(params) == _format_params_reference(params) == ";rport=5061;lr;ttl=1.5"
+    assert format_params({}) == ""
+
+
+# -- properties ----------------------------------------------------------------------
+
+#: pieces that make the parsers take their rarer branches
+_PIECES = st.sampled_from([
+    '"', "<", ">", ";", "=", " ", "\t", "\\", ":", "@", ".", ",", "?", "[", "]", "a", "B", "1",
+    "sip:", "tel:+1", "<sip:a@b.test>", "tag=", "lr", "[::1]", ":5060", "SIP/2.0/UDP ",
+    "\u00a0", "\x0b", "\u00e9", "%41",
+])
+_TEXTS = st.lists(_PIECES, max_size=12).map("".join)
+_SETTINGS = settings(max_examples=300, deadline=None,
+                     suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+def _prime(parse, text, other):
+    """Parse ``other`` after every prefix of ``text``, to fill the caches with related values."""
+    for cut in range(len(text) + 1):
+        try_parse(parse, text[:cut] + other)
+
+@_SETTINGS
+@given(_TEXTS, _TEXTS)
+def test_name_addr_property(text, other):
+    for cache in CACHES:
+        cache.clear()
+    _prime(parse_name_addr, text, other)
+    expected = outcome(_parse_name_addr, text)
+    assert outcome(parse_name_addr, text) == expected
+    assert outcome(parse_name_addr, text) == expected
+
+@_SETTINGS
+@given(st.sampled_from(SENT_BYS), _TEXTS, _TEXTS)
+def test_via_property(sent_by, text, other):
+    headers._SENT_BY_CACHE.clear()
+    text = sent_by + text
+    _prime(parse_via, text, other)
+    assert outcome(parse_via, text) == outcome(_parse_via, text)
+
+@_SETTINGS
+@given(_TEXTS)
+def test_params_property(text):
+    expected = outcome(_parse_params_reference, text)
+    assert outcome(parse_params, text) == expected
+    if expected[0] == "ok":
+        params = parse_params(text)
+        assert list(params.items()) == list(_parse_params_reference(text).items())
+        assert format_params(params) == _format_params_reference(params)
+
+@_SETTINGS
+@given(_TEXTS)
+def test_uri_property(text):
+    try:
+        u = parse_uri(text)
+    except SipParseError:
+        return
+    assert str(u) == _str_reference(u)
+    assert u.canonical() == _canonical_reference(u)
