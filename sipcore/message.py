@@ -7,6 +7,8 @@ order and their raw text, so a proxy forwards what it did not touch
 byte for byte.
 """
 
+from itertools import islice
+
 from .errors import SipError, SipParseError
 from .headers import (CANONICAL, LIST_HEADERS, Via, parse_cseq, parse_int,
                       parse_via, split_list)
@@ -15,6 +17,7 @@ from .uri import NameAddr, SipUri, UnsupportedScheme, parse_name_addr, parse_num
 REQUIRED = ("via", "from", "to", "call-id", "cseq")
 #: headers a request may carry once only (RFC 4475 §3.3.8); Content-Length is checked when parsing
 SINGLE = ("from", "to", "call-id", "cseq", "max-forwards")
+_REQUIRED = frozenset(REQUIRED)     # for one superset test in the common case
 _TOKEN = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~"
 #: header name as written (canonical, lower-case or compact) -> (lookup key, canonical spelling)
 _NAMES = {low: (canon.lower(), canon) for low, canon in CANONICAL.items()}
@@ -128,13 +131,6 @@ class Message:
         return None
 
     # -- structured, cached views -------------------------------------------
-    def _cached(self, key, build):
-        try:
-            return self._cache[key]
-        except KeyError:
-            value = self._cache[key] = build()
-            return value
-
     @property
     def call_id(self) -> str:
         """The Call-ID value ('' when missing)."""
@@ -193,14 +189,17 @@ class Message:
     @property
     def contacts(self) -> list[NameAddr] | str:
         """Contact addresses, or the string ``"*"`` for a wildcard Contact."""
-        def build():
+        c = self._cache.get("contacts")
+        if c is None:
             values = self.get_all("contact")
             if any(v == "*" for v in values):
                 if len(values) != 1:
                     raise SipParseError("wildcard Contact mixed with others")
-                return "*"
-            return [_address(v, "Contact") for v in values]
-        return self._cached("contacts", build)
+                c = "*"
+            else:
+                c = [_address(v, "Contact") for v in values]
+            self._cache["contacts"] = c
+        return c
 
     @property
     def max_forwards(self) -> int | None:
@@ -239,7 +238,10 @@ class Request(Message):
     __slots__ = ("method", "_uri")
 
     def __init__(self, method: str, uri: str, headers=None, body: bytes = b""):
-        super().__init__(headers, body)
+        # Message.__init__ inlined: a request is built for every datagram.
+        self.headers = headers if headers is not None else []
+        self.body = body
+        self._cache = {}
         self.method = method
         self._uri = uri
 
@@ -283,13 +285,17 @@ class Request(Message):
             raise
 
     def _validate(self) -> None:
-        keys = [h[0] for h in self.headers]
-        for key in REQUIRED:
-            if key not in keys:
-                raise SipParseError(f"missing {CANONICAL[key]} header")
-        for key in SINGLE:
-            if keys.count(key) > 1:
-                raise SipParseError(f"more than one {CANONICAL[key]} header")
+        headers = self.headers
+        present = {h[0] for h in headers}
+        if not present >= _REQUIRED:
+            for key in REQUIRED:
+                if key not in present:
+                    raise SipParseError(f"missing {CANONICAL[key]} header")
+        if len(present) != len(headers):        # some header is repeated: is it a single one?
+            keys = [h[0] for h in headers]
+            for key in SINGLE:
+                if keys.count(key) > 1:
+                    raise SipParseError(f"more than one {CANONICAL[key]} header")
         if not self.call_id:
             raise SipParseError("empty Call-ID")
         num, method = self.cseq
@@ -312,7 +318,10 @@ class Response(Message):
     __slots__ = ("status", "reason")
 
     def __init__(self, status: int, reason: str | None = None, headers=None, body: bytes = b""):
-        super().__init__(headers, body)
+        # Message.__init__ inlined: a response is built for every request answered.
+        self.headers = headers if headers is not None else []
+        self.body = body
+        self._cache = {}
         self.status = status
         self.reason = reason if reason is not None else REASONS.get(status, "Unknown")
 
@@ -353,7 +362,8 @@ def _display(name: str) -> str:
 
 
 def _is_token(text: str) -> bool:
-    return bool(text) and not text.strip(_TOKEN)
+    # Letters and digits alone (REGISTER, INVITE...) need no look at the other token characters.
+    return bool(text) and ((text.isascii() and text.isalnum()) or not text.strip(_TOKEN))
 
 
 def parse_message(data: bytes, stream: bool = False) -> Request | Response:
@@ -379,9 +389,10 @@ def parse_message(data: bytes, stream: bool = False) -> Request | Response:
     if not text:
         raise SipParseError("empty message")
     lines = text.split("\r\n")
-    n = len(lines) - 1
     # A CR, LF or NUL left after the split is bare; lines holding one are skipped.
-    dirty = text.count("\n") != n or text.count("\r") != n or "\x00" in text
+    # Joining the lines and searching is quicker than counting CRs and LFs in ``text``.
+    joined = "".join(lines)
+    dirty = "\r" in joined or "\n" in joined or "\x00" in joined
     headers: list = []
     try:
         msg = _start_line(lines[0], headers)
@@ -419,14 +430,14 @@ def _parse_headers(lines: list[str], headers: list, dirty: bool) -> SipParseErro
     """
     problem = None
     last = None
-    for i in range(1, len(lines)):
-        line = lines[i]
+    names = _NAMES
+    append = headers.append
+    for line in islice(lines, 1, None):
         if not line or (dirty and _has_ctl(line)):
             problem = problem or SipParseError("control character in a header line")
             last = None
             continue
-        c = line[0]
-        if c == " " or c == "\t":
+        if line[0] in " \t":
             if last is None:
                 problem = problem or SipParseError("folded line without a header")
                 continue
@@ -434,22 +445,25 @@ def _parse_headers(lines: list[str], headers: list, dirty: bool) -> SipParseErro
             if v:
                 last[2] = f"{last[2]} {v}" if last[2] else v
             continue
-        colon = line.find(":")
-        if colon <= 0:
+        raw, colon, value = line.partition(":")
+        if not colon or not raw:
             problem = problem or SipParseError("header line without a colon")
             last = None
             continue
-        raw = line[:colon].rstrip()
-        known = _NAMES.get(raw) or _NAMES.get(raw.lower())
+        # The usual name, written as known and with no space before the colon,
+        # is found at once; anything else is stripped and lower-cased first.
+        known = names.get(raw)
         if known is None:
-            if not _is_token(raw):
-                problem = problem or SipParseError(f"bad header name {raw[:40]!r}")
-                last = None
-                continue
-            last = [raw.lower(), raw, line[colon + 1:].strip()]
-        else:
-            last = [known[0], known[1], line[colon + 1:].strip()]
-        headers.append(last)
+            raw = raw.rstrip()
+            known = names.get(raw) or names.get(raw.lower())
+            if known is None:
+                if not _is_token(raw):
+                    problem = problem or SipParseError(f"bad header name {raw[:40]!r}")
+                    last = None
+                    continue
+                known = (raw.lower(), raw)
+        last = [known[0], known[1], value.strip()]
+        append(last)
     return problem
 
 
@@ -459,7 +473,9 @@ def _set_body(msg: Message, body: bytes, stream: bool) -> None:
         if h[0] == "content-length":
             if clen is not None:
                 raise SipParseError("more than one Content-Length header")
-            clen = parse_number(h[2], "Content-Length", 2 ** 32 - 1)
+            v = h[2]
+            # "0" is what nearly every request without a body says.
+            clen = 0 if v == "0" else parse_number(v, "Content-Length", 2 ** 32 - 1)
     if clen is None:
         msg.body = b"" if stream else body
     else:
@@ -511,25 +527,32 @@ def make_response(req: Request, status: int, reason: str | None = None,
     Works from raw header text, so a partly malformed request still gets
     its error response.
     """
-    out = []
-    for h in req.headers:
-        k = h[0]
-        if k == "via" or k == "from" or k == "call-id" or k == "cseq":
-            out.append([k, h[1], h[2]])
-        elif k == "to":
-            v = h[2]
-            if to_tag and status > 100 and not _has_tag(req, v):
-                v = f"{v};tag={to_tag}"
-            out.append([k, h[1], v])
+    out = [[h[0], h[1], h[2]] for h in req.headers if h[0] in _COPIED]
+    if to_tag:
+        first = True
+        for h in out:
+            if h[0] == "to":
+                if status > 100 and not _has_tag(req, h[2], first):
+                    h[2] = f"{h[2]};tag={to_tag}"
+                first = False
     for name, value in headers:
-        out.append([_key(name), _display(name), value])
+        # _NAMES holds the usual spellings with the key and display name they get.
+        known = _NAMES.get(name) or (_key(name), _display(name))
+        out.append([known[0], known[1], value])
     return Response(status, reason, out, body)
 
 
-def _has_tag(req: Request, value: str) -> bool:
-    """Whether To ``value`` has a tag parameter (not a ``tag`` inside its URI)."""
+#: the header keys a response copies from its request (§8.2.6.2)
+_COPIED = frozenset(("via", "from", "to", "call-id", "cseq"))
+
+
+def _has_tag(req: Request, value: str, first: bool) -> bool:
+    """Whether To ``value`` has a tag parameter (not a ``tag`` inside its URI).
+
+    ``first`` says ``value`` is the request's first To, whose parsed form is cached.
+    """
     try:
-        addr = req.to if value is req.get("to") else _address(value, "To")
+        addr = req.to if first else _address(value, "To")
         return addr.tag is not None
     except SipError:
         return ";tag=" in value.replace(" ", "").replace("\t", "").lower()

@@ -5,6 +5,7 @@ import random
 import pytest
 
 from sipcore.errors import SipError, SipParseError
+from sipcore.headers import CANONICAL
 from sipcore.message import (Request, Response, StreamFramer, error_response, make_response,
                              parse_message)
 from sipcore.uri import parse_name_addr
@@ -407,6 +408,24 @@ def test_header_names_are_case_insensitive():
     assert b"\r\nMax-Forwards: 10\r\n" in req.encode()
 
 
+def test_header_names_with_space_before_the_colon():
+    req = parse_message(build([
+        "OPTIONS sip:example.test SIP/2.0", "Via : SIP/2.0/UDP h.example.test;branch=z9hG4bKx",
+        "t\t: <sip:a@example.test>", "FROM  : <sip:a@example.test>;tag=1", "Call-ID:x",
+        "CSeq:  1 OPTIONS  ", "X-Odd \t: kept", "Content-Length: 0",
+    ]))
+    req.validate()
+    assert [h[:2] for h in req.headers] == [
+        ["via", "Via"], ["to", "To"], ["from", "From"], ["call-id", "Call-ID"], ["cseq", "CSeq"],
+        ["x-odd", "X-Odd"], ["content-length", "Content-Length"]]
+    assert req.get("x-odd") == "kept" and req.cseq == (1, "OPTIONS") and req.call_id == "x"
+
+
+def test_line_holding_only_a_header_name_has_no_colon():
+    for line in ["Via", "max-forwards", "v", "X-Unknown"]:
+        reject(register((None, line)), 400, "header line without a colon")
+
+
 def test_unknown_headers_preserved_byte_for_byte_and_order_kept():
     unknown = [
         'X-Custom-HEADER: Some;weird=Value, "quoted, \\"escaped\\"" <sip:x@y>;;,,',
@@ -556,6 +575,39 @@ def test_header_editing():
     assert req.get("User-Agent") is None
 
 
+def test_get_sees_headers_changed_in_place():
+    """Code outside Message edits ``headers`` directly (e.g. the top Via's value)."""
+    req = parse_message(register())
+    assert req.get("expires") == "3600"
+    next(h for h in req.headers if h[0] == "expires")[2] = "60"
+    assert req.get("expires") == "60" and req.expires == 60
+    req.headers.insert(0, ["route", "Route", "<sip:r.example.test;lr>"])
+    assert req.get("route") == "<sip:r.example.test;lr>"
+    del req.headers[0]
+    assert req.get("route") is None
+    req.headers = [["call-id", "Call-ID", "other"]]
+    assert req.get("call-id") == "other" and req.get("expires") is None
+
+
+def test_get_returns_the_first_of_repeated_headers():
+    req = parse_message(register((None, "Expires: 60"), (None, "x-a: 1"), (None, "X-A: 2")))
+    assert req.get("expires") == "3600" and req.get("X-a") == "1"
+    assert req.raw_values("x-a") == ["1", "2"]
+    req.remove("expires")
+    assert req.get("expires") is None
+    req.add("expires", "10")
+    req.prepend("Expires", "20")
+    assert req.get("Expires") == "20" and req.raw_values("expires") == ["20", "10"]
+
+
+def test_repeated_list_headers_pass_validation():
+    second_via = "v: SIP/2.0/UDP p.example.test;branch=z9hG4bK2"
+    req = parse_message(register((None, "Contact: <sip:alice@192.0.2.11>"),
+                                 ("Via", REGISTER_LINES[1] + CRLF + second_via)))
+    req.validate()
+    assert len(req.contacts) == 2 and len(req.vias) == 2
+
+
 # -- make_response ------------------------------------------------------------
 
 def test_make_response_copies_the_right_headers():
@@ -593,6 +645,28 @@ def test_make_response_no_tag_on_100():
     req = parse_message(register())
     assert make_response(req, 100, to_tag="new").to.tag is None
     assert make_response(req, 100).reason == "Trying"
+
+
+def test_make_response_tags_each_to_without_one():
+    """A request with two To headers is invalid, yet its error response copies both."""
+    untagged, tagged = "<sip:alice@example.test>", "<sip:alice@example.test>;tag=abc"
+    for first, second in [(untagged, tagged), (tagged, untagged), (untagged, untagged)]:
+        req = parse_message(register(("To", f"To: {first}"), (None, f"t: {second}")))
+        assert req.to.tag == ("abc" if first == tagged else None)
+        values = make_response(req, 400, to_tag="new").raw_values("to")
+        assert values == [v if v == tagged else v + ";tag=new" for v in (first, second)]
+        assert make_response(req, 400).raw_values("to") == [first, second]
+
+
+def test_make_response_names_extra_headers_as_add_does():
+    names = set(CANONICAL) | set(CANONICAL.values()) | {n.upper() for n in CANONICAL.values()}
+    names |= {"X-Custom", "x-custom", "Max-forwards", "WWW-AUTHENTICATE"}
+    req = parse_message(register())
+    for name in sorted(names):
+        resp = make_response(req, 200, headers=[(name, "v")])
+        ref = Response(200)
+        ref.add(name, "v")
+        assert resp.headers[-1] == ref.headers[0], name
 
 
 # -- invalid requests: each gets its answer -----------------------------------
@@ -725,6 +799,14 @@ def test_lone_start_line():
     with pytest.raises(SipParseError) as exc:
         parse_message(b"REGISTER sip:example.test SIP/2.0")
     assert exc.value.reason == "no empty line after the header section"
+
+
+def test_bare_cr_or_lf_anywhere_is_found():
+    reject(register(start="REGISTER sip:exa\rmple.test SIP/2.0"), 400, "control character in the start line")
+    reject(register(start="REGISTER sip:exa\nmple.test SIP/2.0"), 400, "control character in the start line")
+    reject(register()[:-4] + b"\r\r\n\r\n", 400, "control character in a header line")
+    reject(register(("Expires", "Expires: 3600\n")), 400, "control character in a header line")
+    reject(register(("Expires", "\rExpires: 3600")), 400, "control character in a header line")
 
 
 def test_error_response_with_to_tag():
