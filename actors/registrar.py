@@ -15,11 +15,11 @@ import time
 import gevent
 from gevent.queue import Empty, Queue
 
+from sipcore.answered import NEW, AnsweredRequests
 from sipcore.errors import SipError
 from sipcore.location import Binding, Location
 from sipcore.message import Request, error_response, make_response
 from sipcore.registrar import RegistrarRules
-from sipcore.transaction import TransactionLayer
 from store import bindings as binding_store
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ class RegistrarActor:
         self.on_commit = on_commit
         self.clock = clock
         self.monotonic = monotonic
-        self.tx = TransactionLayer(**(timers or {}))
+        self.answered = AnsweredRequests((timers or {}).get("t1", 0.5))
         self.inbox: Queue = Queue()
         self.greenlet = None
         self.stats = {"register": 0, "ok": 0, "challenged": 0, "rejected": 0,
@@ -57,23 +57,19 @@ class RegistrarActor:
         self.inbox.put((None, bindings))
 
     def run(self) -> None:
-        """The actor's loop: batches of REGISTER, transaction timers, expiry."""
+        """The actor's loop: batches of REGISTER, expiry of bindings and transactions."""
         inbox = self.inbox
-        tx = self.tx
         next_expiry = next_purge = self.monotonic()
         while True:
-            deadline = tx.get_timer()
-            deadline = next_expiry if deadline is None else min(deadline, next_expiry)
             try:
-                first = inbox.get(timeout=max(0.0, deadline - self.monotonic()))
+                first = inbox.get(timeout=max(0.0, next_expiry - self.monotonic()))
             except Empty:
                 first = None
             mono = self.monotonic()
-            tx.handle_timer(mono)
-            self._flush()
             if mono >= next_expiry:
                 now = self.clock()
                 self.location.expire(now)
+                self.answered.expire(mono)
                 next_expiry = mono + 1.0
                 if mono >= next_purge:
                     next_purge = mono + 60.0
@@ -90,7 +86,6 @@ class RegistrarActor:
                 self._process(batch, self.clock(), mono)
             except Exception:
                 log.exception("registrar batch of %d failed", len(batch))
-            self._flush()
 
     def _purge(self, now: float) -> None:
         try:
@@ -98,18 +93,17 @@ class RegistrarActor:
         except Exception:
             log.exception("purging expired bindings failed")
 
-    def _flush(self) -> None:
-        """Send what the transaction layer has queued; drop its events."""
-        send = self.transport.send
-        for data, dest in self.tx.messages_to_send():
-            send(dest, data)
-        while self.tx.next_event() is not None:
-            pass
+    def _answer(self, key, dest, response, mono: float) -> None:
+        data = response.encode()
+        self.answered.answered(key, data, dest[0] != "udp", mono)
+        self.transport.send(dest, data)
 
     def _process(self, batch: list, now: float, mono: float) -> None:
         """One group commit: apply every request and merge, write once, then answer."""
-        tx = self.tx
         location = self.location
+        answered = self.answered
+        send = self.transport.send
+        stats = self.stats
         deferred = []
         changes: list[Binding] = []
         merged: list[Binding] = []
@@ -123,31 +117,44 @@ class RegistrarActor:
                 # Without credentials the answer is a challenge (or an error)
                 # that changes nothing: send it statelessly, as a proxy's
                 # sl_send_reply would; a retransmission just gets another.
-                self.stats["register"] += 1
+                stats["register"] += 1
                 try:
-                    response, _ = self._register(req, dest, now)
+                    self.rules.check(req)
+                    stats["challenged"] += 1
+                    response = self._challenge(req, now)
                 except SipError as err:
-                    self.stats["rejected"] += 1
+                    stats["rejected"] += 1
                     response = error_response(req, err, to_tag=_tag())
-                self.transport.send(dest, response.encode())
+                send(dest, response.encode())
                 continue
-            tx.receive(req, dest, mono, dest[0] != "udp")
-            ev = tx.next_event()
-            if ev is None:
+            try:
+                verdict, key, data = answered.receive(req, mono)
+            except SipError as err:
+                send(dest, error_response(req, err, to_tag=_tag()).encode())
                 continue
-            self.stats["register"] += 1
+            if verdict is not NEW:
+                if data is not None:
+                    send(dest, data)
+                continue
+            stats["register"] += 1
             try:
                 response, made = self._register(req, dest, now)
             except SipError as err:
-                self.stats["rejected"] += 1
+                stats["rejected"] += 1
                 response, made = error_response(req, err, to_tag=_tag()), []
+            except Exception:
+                # A bug must cost this request a 500, not the whole batch
+                # its answer (nor leave its transaction pending for ever).
+                log.exception("REGISTER from %s:%s:%d failed", *dest)
+                stats["rejected"] += 1
+                response, made = error_response(req, SipError(500, "Server Internal Error"), to_tag=_tag()), []
             for b in made:
                 undo.append((b.aor, b.key, location.put(b)))
             changes.extend(made)
             if response.status < 300 and (changes or merged):
-                deferred.append((ev.transaction, ev.request, response))
+                deferred.append((key, dest, req, response))
             else:
-                tx.respond(ev.transaction, response, mono)
+                self._answer(key, dest, response, mono)
         if changes or merged:
             try:
                 binding_store.write_batch([b.to_record() for b in changes + merged])
@@ -158,19 +165,26 @@ class RegistrarActor:
                     location.restore(aor, key, old)
                 self.sequencer.rewind(seq_before)
                 err = SipError(500, "Database Unavailable", [("Retry-After", "5")])
-                for st, req, response in deferred:
-                    tx.respond(st, error_response(req, err, to_tag=_tag()), mono)
+                for key, dest, req, _response in deferred:
+                    self._answer(key, dest, error_response(req, err, to_tag=_tag()), mono)
                 if merged:
                     # Replicated versions must not be lost: retry them shortly.
                     gevent.spawn_later(1.0, self.merge, merged)
                 return
-            self.stats["commits"] += 1
-            self.stats["committed"] += len(changes) + len(merged)
+            stats["commits"] += 1
+            stats["committed"] += len(changes) + len(merged)
             if self.on_commit is not None and changes:
-                self.on_commit(changes)
-        for st, _req, response in deferred:
-            self.stats["ok"] += 1
-            tx.respond(st, response, mono)
+                try:
+                    self.on_commit(changes)
+                except Exception:
+                    log.exception("publishing %d committed bindings failed", len(changes))
+        for key, dest, _req, response in deferred:
+            stats["ok"] += 1
+            self._answer(key, dest, response, mono)
+
+    def _challenge(self, req: Request, now: float):
+        headers = [("WWW-Authenticate", c) for c in self.auth.challenge(now)]
+        return make_response(req, 401, "Unauthorized", headers, to_tag=_tag())
 
     def _register(self, req: Request, dest, now: float):
         rules = self.rules

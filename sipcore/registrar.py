@@ -83,7 +83,8 @@ class RegistrarRules:
         call_id = req.call_id
         cseq = req.cseq[0]
         hdr_expires = req.expires
-        live = {k: b for k, b in current.items() if not b.deleted and b.expires_at > now}
+        live = {k: b for k, b in current.items()
+                if not b.deleted and b.expires_at > now} if current else {}
         if contacts == "*":
             if hdr_expires != 0:
                 raise SipParseError("wildcard Contact requires Expires: 0")
@@ -160,7 +161,9 @@ class RegistrarRules:
 
     def _ok(self, req: Request, live, now: float, to_tag: str) -> Response:
         headers = []
-        for b in sorted(live, key=lambda b: b.expires_at):
+        if len(live) > 1:
+            live = sorted(live, key=_expiry)
+        for b in live:
             extra = f";q={b.q:g}" if b.q is not None else ""
             if b.instance:
                 extra += f';+sip.instance="{b.instance}"'
@@ -175,6 +178,10 @@ class RegistrarRules:
                 headers.extend(("Path", v) for v in paths)
         headers.append(("Date", http_date(now)))
         return make_response(req, 200, "OK", headers, to_tag=to_tag)
+
+
+def _expiry(b: Binding) -> float:
+    return b.expires_at
 
 
 def _check_order(old: Binding, call_id: str, cseq: int) -> None:
