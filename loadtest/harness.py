@@ -9,6 +9,7 @@ timeout) and returns its final statistics.
 import csv
 import os
 import random
+import resource
 import signal
 import socket
 import subprocess
@@ -151,6 +152,8 @@ class SippResult:
     elapsed: float
     stats: dict
     stderr: str
+    cpu: float = 0.0
+    """CPU seconds (user and system) SIPp used."""
 
 
 def write_inf(path: str, rows: list[tuple]) -> None:
@@ -178,14 +181,22 @@ def run_sipp(scenario: str, target: str, workdir: str, inf: str | None = None,
         cmd += ["-inf", inf]
     cmd.append(target)
     t0 = time.monotonic()
+    cpu0 = _children_cpu()
     proc = subprocess.run([c for c in cmd if c != "-bg"], capture_output=True, text=True,
                           timeout=timeout + 30, cwd=workdir)
     elapsed = time.monotonic() - t0
+    cpu = _children_cpu() - cpu0
     stats = _last_stats(stf)
     return SippResult(proc.returncode, int(stats.get("SuccessfulCall(C)", 0) or 0),
                       int(stats.get("FailedCall(C)", 0) or 0),
                       int(stats.get("Retransmissions(C)", 0) or 0), elapsed, stats,
-                      proc.stderr[-3000:])
+                      proc.stderr[-3000:], cpu)
+
+
+def _children_cpu() -> float:
+    """CPU seconds of the waited-for children of this process (SIPp runs one at a time)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _last_stats(path: str) -> dict:
