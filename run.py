@@ -35,12 +35,34 @@ def cmd_node(args) -> int:
     node = Node(cfg)
     try:
         node.start()
-    except (OSError, BusError) as e:
+    except (OSError, BusError, ValueError) as e:
         logging.getLogger("tandem").error("cannot start: %s", e)
         node.stop()
         return 1
     node.serve_forever()
     return 0
+
+
+def cmd_front(args) -> int:
+    """Run a node's challenge front (started by the node: secret and pid on stdin)."""
+    from actors.config import ConfigError, load_config
+    from actors.front import serve_front
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as e:
+        setup_logging("INFO")
+        logging.getLogger("tandem").error("configuration: %s", e)
+        return 2
+    setup_logging(cfg.log_level, f"{cfg.id}/front")
+    try:
+        secret_hex, parent = sys.stdin.readline().split()
+        secret, parent = bytes.fromhex(secret_hex), int(parent)
+    except ValueError:
+        secret, parent = b"", 0
+    if not secret:
+        logging.getLogger("tandem").error("expected the secret and the node's pid on stdin")
+        return 2
+    return serve_front(cfg, secret, parent)
 
 
 def cmd_user(args) -> int:
@@ -83,6 +105,9 @@ def main(argv=None) -> int:
     node = sub.add_parser("node", help="run one node")
     node.add_argument("--config", required=True, help="node configuration (TOML)")
     node.set_defaults(func=cmd_node)
+    front = sub.add_parser("front", help="a node's challenge front (the node starts it)")
+    front.add_argument("--config", required=True, help="the node's configuration (TOML)")
+    front.set_defaults(func=cmd_front)
     user = sub.add_parser("user", help="provision users")
     user.add_argument("--config", default="conf/node.example.toml",
                       help="node configuration naming the database and domain")

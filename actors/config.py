@@ -48,6 +48,10 @@ class NodeConfig:
     t1: float = 0.5
     t2: float = 4.0
     t4: float = 5.0
+    challenge_front: bool = False
+    """Run a second process that answers REGISTERs without credentials (401) on the same UDP port."""
+    source: str = ""
+    """The file this configuration was read from (empty when built in memory)."""
     dns_servers: list[str] = field(default_factory=list)
     dns_port: int = 53
     bus_pub: str = ""
@@ -75,7 +79,7 @@ class NodeConfig:
 _SECTIONS = {
     "node": {"id": "id", "data_dir": "data_dir", "log_level": "log_level"},
     "sip": {"address": "address", "port": "port", "domain": "domain", "aliases": "aliases",
-            "t1": "t1", "t2": "t2", "t4": "t4"},
+            "t1": "t1", "t2": "t2", "t4": "t4", "challenge_front": "challenge_front"},
     "registrar": {"min_expires": "min_expires", "max_expires": "max_expires",
                   "default_expires": "default_expires", "max_contacts": "max_contacts"},
     "auth": {"secret": "auth_secret", "nonce_lifetime": "nonce_lifetime",
@@ -120,6 +124,8 @@ def parse_config(data: dict, base_dir: str = ".") -> NodeConfig:
         v = getattr(cfg, name)
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
             raise ConfigError(f"{name} must be a non-negative integer, not {v!r}")
+    if not isinstance(cfg.challenge_front, bool):
+        raise ConfigError(f"sip.challenge_front must be true or false, not {cfg.challenge_front!r}")
     if not 0 < cfg.port < 65536:
         raise ConfigError(f"port out of range: {cfg.port}")
     bad = [a for a in cfg.auth_algorithms if a not in ("MD5", "SHA-256")]
@@ -154,4 +160,6 @@ def load_config(path: str) -> NodeConfig:
         raise ConfigError(f"cannot read {path}: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: {e}") from None
-    return parse_config(data, os.path.dirname(os.path.abspath(path)))
+    cfg = parse_config(data, os.path.dirname(os.path.abspath(path)))
+    cfg.source = os.path.abspath(path)
+    return cfg

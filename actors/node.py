@@ -27,6 +27,8 @@ from store import users as user_store
 from store.models import close_store, incr_state, init_store
 
 from .config import NodeConfig, sqlite_dir
+from .front import FrontProcess
+from .front import paths as front_paths
 from .proxy import ProxyActor
 from .registrar import RegistrarActor
 from .replicator import attach_replicator
@@ -91,6 +93,7 @@ class Node:
         self.registrar = None
         self.proxy = None
         self.replicator = None
+        self.front = None
         self.started_at = 0.0
 
     def start(self) -> None:
@@ -115,7 +118,9 @@ class Node:
                              tuple(cfg.auth_algorithms), max_nonces=500_000)
         rules = RegistrarRules(cfg.domain, [*cfg.aliases, cfg.address], cfg.min_expires, cfg.max_expires,
                                cfg.default_expires, cfg.max_contacts)
-        self.transport = Transport(cfg.address, cfg.port, self.on_request, self.on_response)
+        front_in = front_paths(cfg)[0] if cfg.challenge_front else None
+        self.transport = Transport(cfg.address, cfg.port, self.on_request, self.on_response,
+                                   front_path=front_in)
         timers = {"t1": cfg.t1, "t2": cfg.t2, "t4": cfg.t4}
         self.registrar = RegistrarActor(cfg.id, rules, auth, self.location, self.transport,
                                         Sequencer(epoch), cfg.batch_max, timers=timers)
@@ -126,6 +131,10 @@ class Node:
         self.proxy = ProxyActor.from_config(cfg, secret, users.lookup, self.location, self.transport)
         self.proxy.greenlet = self.group.spawn(self.proxy.run)
         self.proxy.greenlet.link_exception(self._actor_died)
+        if cfg.challenge_front:
+            self.front = FrontProcess(cfg, secret)
+            self.front.start()
+            self.group.spawn(self._tell_front)
         self.started_at = now
         # The node keeps hundreds of thousands of long-lived objects
         # (bindings, transactions, nonces). With the default thresholds the
@@ -137,6 +146,11 @@ class Node:
         gc.enable()
         log.info("node %s up: epoch %d, %d bindings loaded, %d users, domain %s",
                  cfg.id, epoch, loaded, len(users.users), cfg.domain)
+
+    def _tell_front(self) -> None:
+        while True:
+            self.front.tell(self.replicator.synced)
+            gevent.sleep(1.0)
 
     def _actor_died(self, greenlet) -> None:
         log.error("actor died: %r; stopping the node", greenlet.exception)
@@ -174,6 +188,8 @@ class Node:
         if self.stopped.is_set():
             return
         log.info("node %s stopping", self.cfg.id)
+        if self.front is not None:
+            self.front.stop()
         if self.transport is not None:
             self.transport.stop()
         if self.replicator is not None:

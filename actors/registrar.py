@@ -18,8 +18,8 @@ from gevent.queue import Empty, Queue
 from sipcore.answered import NEW, AnsweredRequests
 from sipcore.errors import SipError
 from sipcore.location import Binding, Location
-from sipcore.message import Request, error_response, make_response
-from sipcore.registrar import RegistrarRules
+from sipcore.message import Request, error_response
+from sipcore.registrar import RegistrarRules, challenge_response
 from store import bindings as binding_store
 
 log = logging.getLogger(__name__)
@@ -124,13 +124,13 @@ class RegistrarActor:
                     response = self._challenge(req, now)
                 except SipError as err:
                     stats["rejected"] += 1
-                    response = error_response(req, err, to_tag=_tag())
+                    response = error_response(req, err, to_tag=new_tag())
                 send(dest, response.encode())
                 continue
             try:
                 verdict, key, data = answered.receive(req, mono)
             except SipError as err:
-                send(dest, error_response(req, err, to_tag=_tag()).encode())
+                send(dest, error_response(req, err, to_tag=new_tag()).encode())
                 continue
             if verdict is not NEW:
                 if data is not None:
@@ -141,13 +141,13 @@ class RegistrarActor:
                 response, made = self._register(req, dest, now)
             except SipError as err:
                 stats["rejected"] += 1
-                response, made = error_response(req, err, to_tag=_tag()), []
+                response, made = error_response(req, err, to_tag=new_tag()), []
             except Exception:
                 # A bug must cost this request a 500, not the whole batch
                 # its answer (nor leave its transaction pending for ever).
                 log.exception("REGISTER from %s:%s:%d failed", *dest)
                 stats["rejected"] += 1
-                response, made = error_response(req, SipError(500, "Server Internal Error"), to_tag=_tag()), []
+                response, made = error_response(req, SipError(500, "Server Internal Error"), to_tag=new_tag()), []
             for b in made:
                 undo.append((b.aor, b.key, location.put(b)))
             changes.extend(made)
@@ -166,7 +166,7 @@ class RegistrarActor:
                 self.sequencer.rewind(seq_before)
                 err = SipError(500, "Database Unavailable", [("Retry-After", "5")])
                 for key, dest, req, _response in deferred:
-                    self._answer(key, dest, error_response(req, err, to_tag=_tag()), mono)
+                    self._answer(key, dest, error_response(req, err, to_tag=new_tag()), mono)
                 if merged:
                     # Replicated versions must not be lost: retry them shortly.
                     gevent.spawn_later(1.0, self.merge, merged)
@@ -183,8 +183,7 @@ class RegistrarActor:
             self._answer(key, dest, response, mono)
 
     def _challenge(self, req: Request, now: float):
-        headers = [("WWW-Authenticate", c) for c in self.auth.challenge(now)]
-        return make_response(req, 401, "Unauthorized", headers, to_tag=_tag())
+        return challenge_response(req, self.auth.challenge(now), new_tag())
 
     def _register(self, req: Request, dest, now: float):
         rules = self.rules
@@ -195,13 +194,12 @@ class RegistrarActor:
             if result.reason != "missing":
                 log.info("REGISTER for %s from %s:%s:%d not authenticated: %s",
                          req.to.uri.user, *dest, result.reason)
-            headers = [("WWW-Authenticate", c) for c in result.challenges]
-            return make_response(req, 401, "Unauthorized", headers, to_tag=_tag()), []
+            return challenge_response(req, result.challenges, new_tag()), []
         _aor, user = rules.aor_of(req)
         if result.username != user:
             raise SipError(403, "Not Allowed To Register This User")
         received = "%s:%s:%d" % dest
-        outcome = rules.apply(req, self.location, now, self.node_id, received, _tag())
+        outcome = rules.apply(req, self.location, now, self.node_id, received, new_tag())
         for b in outcome.changes:
             b.epoch, b.seq = self.sequencer.next()
         return outcome.response, outcome.changes
@@ -211,8 +209,8 @@ _TAG_PREFIX = os.urandom(4).hex()
 _tag_counter = itertools.count(1)
 
 
-def _tag() -> str:
-    """A To tag unique to this process. A registrar's responses start no
+def new_tag() -> str:
+    """A To tag unique to this process (each process draws its own prefix). A registrar's responses start no
     dialog, so the tag needs to be unique, not unguessable; a counter spares
     a getrandom() system call per response."""
     return f"{_TAG_PREFIX}{next(_tag_counter):x}"

@@ -6,8 +6,11 @@ drops a malformed response with a log line), and hands the rest to the
 node's dispatcher. Nothing malformed may stop the receive loops.
 """
 
+import ctypes
 import logging
+import os
 import socket as _socket
+import struct
 
 import gevent
 from gevent import socket
@@ -44,10 +47,14 @@ class Transport:
 
     ``on_request(req, dest)`` gets each valid request with the destination
     its responses go to; ``on_response(resp, source)`` each valid response.
+    With ``front_path``, the UDP socket shares its port with a challenge
+    front (see ``actors.front``) that the kernel hands every datagram while
+    it runs, and the datagrams the front passes on arrive over a Unix
+    stream socket at ``front_path``, each with its original source.
     """
 
     def __init__(self, address: str, port: int, on_request, on_response,
-                 tcp_connect_timeout: float = 2.0):
+                 tcp_connect_timeout: float = 2.0, front_path: str | None = None):
         self.address = address
         self.port = port
         self.on_request = on_request
@@ -61,14 +68,22 @@ class Transport:
         self.received = 0
         self.malformed = 0
         self.fair_share = 64
+        self.front_path = front_path
+        self.forwarded = None
 
     def start(self) -> None:
         """Bind both sockets and start receiving."""
-        udp = socket.socket(self.family, _socket.SOCK_DGRAM)
-        udp.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
-        for opt in (_socket.SO_RCVBUF, _socket.SO_SNDBUF):
-            udp.setsockopt(_socket.SOL_SOCKET, opt, 8 << 20)
+        udp = udp_socket(self.family, reuseport=self.front_path is not None)
         udp.bind((self.address, self.port))
+        if self.front_path is not None:
+            steer_to_second(udp)
+            listener = socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+            if os.path.exists(self.front_path):
+                os.unlink(self.front_path)
+            listener.bind(self.front_path)
+            listener.listen(8)
+            self.forwarded = StreamServer(listener, self._serve_front)
+            self.forwarded.start()
         self.port = udp.getsockname()[1]
         self.udp = udp
         self._raw_sendto = udp._sock.sendto
@@ -85,6 +100,8 @@ class Transport:
         """Close the sockets and every connection."""
         if self._loop is not None:
             self._loop.kill(block=False)
+        if self.forwarded is not None:
+            self.forwarded.stop(timeout=1)
         if self.tcp is not None:
             self.tcp.stop(timeout=1)
         for conn in list(self.connections.values()):
@@ -94,32 +111,26 @@ class Transport:
 
     # -- receiving -----------------------------------------------------------
     def _udp_loop(self) -> None:
-        # Read the raw non-blocking socket until it is drained and only then
-        # wait for readability: one wake-up of the hub serves a whole burst
-        # of datagrams instead of one exception and one switch per datagram.
-        raw = self.udp._sock
-        recv = raw.recvfrom
         handle = self.handle
-        hub = gevent.get_hub()
-        watcher = hub.loop.io(raw.fileno(), 1)
-        fair_share = self.fair_share
-        while True:
-            n = 0
-            try:
-                while n < fair_share:
-                    data, addr = recv(65535)
-                    handle(data, "udp", addr[0], addr[1])
-                    n += 1
-            except BlockingIOError:
-                hub.wait(watcher)
-                continue
-            except OSError as e:
-                log.warning("udp receive failed: %s", e)
-                gevent.sleep(0.01)
-                continue
-            # Under a steady flood the socket never drains, so the actors
-            # would starve; let them run between bursts of datagrams.
-            gevent.sleep(0)
+        drain(self.udp._sock, lambda data, addr: handle(data, "udp", addr[0], addr[1]),
+              self.fair_share)
+
+    def _serve_front(self, sock, _addr) -> None:
+        """Read the datagrams the challenge front passes on, as if received here."""
+        handle = self.handle
+        buf = bytearray()
+        try:
+            while True:
+                data = sock.recv(1 << 18)
+                if not data:
+                    break
+                buf += data
+                for ip, port, payload in unwrap(buf):
+                    handle(payload, "udp", ip, port)
+        except (OSError, ValueError) as e:
+            log.warning("challenge front connection: %s", e)
+        finally:
+            sock.close()
 
     def handle(self, data: bytes, transport: str, ip: str, port: int) -> None:
         """Parse, validate and dispatch one message; never raises."""
@@ -201,3 +212,97 @@ class Transport:
         self.connections[conn.peer] = conn
         gevent.spawn(self._read_connection, conn)
         return conn
+
+
+def udp_socket(family: int, reuseport: bool = False):
+    """A gevent UDP socket with large buffers (and SO_REUSEPORT when asked), not yet bound."""
+    udp = socket.socket(family, _socket.SOCK_DGRAM)
+    udp.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
+    if reuseport:
+        udp.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEPORT, 1)
+    for opt in (_socket.SO_RCVBUF, _socket.SO_SNDBUF):
+        udp.setsockopt(_socket.SOL_SOCKET, opt, 8 << 20)
+    return udp
+
+
+#: Linux's SO_ATTACH_REUSEPORT_CBPF, missing from Python's socket module
+SO_ATTACH_REUSEPORT_CBPF = 51
+_BPF_RET_K = 0x06
+
+
+def steer_to_second(sock) -> None:
+    """Make the kernel give every datagram of ``sock``'s SO_REUSEPORT group to
+    the group's second socket (the challenge front, bound after ``sock``).
+
+    The classic BPF program is one instruction, ``return 1``; while the
+    group has a single socket, the index is out of range and the kernel
+    falls back to its hash, so ``sock`` receives everything again as soon
+    as the front is gone.
+    """
+    program = ctypes.create_string_buffer(struct.pack("HBBI", _BPF_RET_K, 0, 0, 1))
+    fprog = struct.pack("HP", 1, ctypes.addressof(program))
+    sock.setsockopt(_socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, fprog)
+
+
+def wrap(ip: str, port: int, data: bytes) -> bytes:
+    """One datagram as the front passes it on a stream: a 4-byte length, then
+    ``ip port\n`` and the payload."""
+    frame = b"%s %d\n" % (ip.encode("ascii"), port) + data
+    return len(frame).to_bytes(4, "big") + frame
+
+
+def unwrap(buf: bytearray) -> list[tuple[str, int, bytes]]:
+    """Take every complete frame of ``wrap`` off the front of ``buf``.
+
+    Raises ``ValueError`` on a frame that ``wrap`` cannot have made.
+    """
+    out = []
+    while len(buf) >= 4:
+        size = int.from_bytes(buf[:4], "big")
+        if size > 70000:
+            raise ValueError("frame of %d bytes" % size)
+        if len(buf) < 4 + size:
+            break
+        frame = bytes(buf[4:4 + size])
+        del buf[:4 + size]
+        head, nl, payload = frame.partition(b"\n")
+        ip, _, port = head.partition(b" ")
+        if not nl or not port.isdigit():
+            raise ValueError("frame without a source address")
+        out.append((ip.decode("ascii"), int(port), payload))
+    return out
+
+
+def drain(raw, on_datagram, fair_share: int = 64, after_burst=None) -> None:
+    """Receive datagrams from the raw non-blocking socket ``raw`` for ever,
+    calling ``on_datagram(data, addr)`` for each, and ``after_burst()`` after
+    each burst of them.
+
+    The socket is read until it is drained and only then waited on: one
+    wake-up of the hub serves a whole burst of datagrams instead of one
+    exception and one switch per datagram. Under a steady flood the socket
+    never drains, so every ``fair_share`` datagrams the other greenlets get
+    their turn.
+    """
+    recv = raw.recvfrom
+    hub = gevent.get_hub()
+    watcher = hub.loop.io(raw.fileno(), 1)
+    while True:
+        n = 0
+        try:
+            while n < fair_share:
+                data, addr = recv(65535)
+                on_datagram(data, addr)
+                n += 1
+        except BlockingIOError:
+            if after_burst is not None and n:
+                after_burst()
+            hub.wait(watcher)
+            continue
+        except OSError as e:
+            log.warning("udp receive failed: %s", e)
+            gevent.sleep(0.01)
+            continue
+        if after_burst is not None:
+            after_burst()
+        gevent.sleep(0)

@@ -58,7 +58,8 @@ class NodeProcess:
 
     def __init__(self, workdir: str, node_id: str = "node1", address: str = "127.0.0.1",
                  port: int | None = None, domain: str = "example.test",
-                 database: str | None = None, extra: str = "", secret: str = "00" * 32):
+                 database: str | None = None, extra: str = "", secret: str = "00" * 32,
+                 front: bool = False):
         self.dir = os.path.join(workdir, node_id)
         os.makedirs(self.dir, exist_ok=True)
         self.id = node_id
@@ -79,6 +80,7 @@ log_level = "INFO"
 address = "{address}"
 port = {self.port}
 domain = "{domain}"
+challenge_front = {"true" if front else "false"}
 
 [auth]
 secret = "{secret}"

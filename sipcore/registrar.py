@@ -180,6 +180,13 @@ class RegistrarRules:
         return make_response(req, 200, "OK", headers, to_tag=to_tag)
 
 
+def challenge_response(req: Request, challenges: list[str], to_tag: str) -> Response:
+    """The 401 asking ``req``'s sender for credentials (§22.1), one
+    WWW-Authenticate per challenge."""
+    return make_response(req, 401, "Unauthorized",
+                         [("WWW-Authenticate", c) for c in challenges], to_tag=to_tag)
+
+
 def _expiry(b: Binding) -> float:
     return b.expires_at
 

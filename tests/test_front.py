@@ -1,0 +1,112 @@
+"""A node with its challenge front (``sip.challenge_front``): real processes on loopback."""
+
+import os
+import signal
+import time
+
+import pytest
+
+from actors.transport import unwrap, wrap
+from loadtest.harness import NodeProcess, options_ping, write_users_csv
+from tests.test_node import register, request, sip_exchange
+
+USERS = 1000
+
+
+def front_pid(node) -> int | None:
+    """The pid of the node's challenge front, if it runs."""
+    pid = node.proc.pid
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            kids = [int(c) for c in f.read().split()]
+    except OSError:
+        return None
+    return kids[0] if kids else None
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def wait_until(check, timeout: float, step: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(step)
+    return check()
+
+
+@pytest.fixture
+def node(tmp_path):
+    n = NodeProcess(str(tmp_path), front=True)
+    n.rows = write_users_csv(os.path.join(n.dir, "users.csv"), USERS)
+    out = n.run_cli("user", "import", os.path.join(n.dir, "users.csv"))
+    assert out.returncode == 0, out.stderr
+    n.work = n.dir
+    n.start()
+    assert wait_until(lambda: front_pid(n) is not None, 10), n.log_tail()
+    yield n
+    if n.proc.poll() is None:
+        n.signal(signal.SIGCONT)
+    n.stop()
+
+
+def challenged_by_front(node, timeout: float = 5.0) -> bool:
+    """Whether a REGISTER without credentials gets its 401 while the node
+    itself is stopped, i.e. from the front alone."""
+    def attempt():
+        node.signal(signal.SIGSTOP)
+        try:
+            answer = sip_exchange(node, request("REGISTER"), timeout=0.5)
+        finally:
+            node.signal(signal.SIGCONT)
+        return answer is not None and answer.startswith("SIP/2.0 401")
+    return wait_until(attempt, timeout, step=0.2)
+
+
+def test_frame_round_trip_and_partial_frames():
+    buf = bytearray(wrap("127.0.0.1", 5060, b"REGISTER a") + wrap("::1", 1, b"x\ny"))
+    tail = wrap("10.0.0.1", 7, b"later")
+    buf += tail[:5]
+    assert unwrap(buf) == [("127.0.0.1", 5060, b"REGISTER a"), ("::1", 1, b"x\ny")]
+    assert bytes(buf) == tail[:5]
+    buf += tail[5:]
+    assert unwrap(buf) == [("10.0.0.1", 7, b"later")] and not buf
+    with pytest.raises(ValueError):
+        unwrap(bytearray(b"\x00\x00\x00\x03abc"))
+    with pytest.raises(ValueError):
+        unwrap(bytearray(b"\xff\xff\xff\xff"))
+
+
+def test_registrations_with_the_front(node):
+    res = register(node, node.rows, rate=500)
+    assert (res.successful, res.failed, res.retransmissions) == (USERS, 0, 0), res.stderr
+    assert challenged_by_front(node), "the front answers challenges itself"
+    bad = sip_exchange(node, request("REGISTER", drop=("From",)))
+    assert bad is not None and bad.startswith("SIP/2.0 400") and "From" in bad.split("\r\n")[0], \
+        "what the front cannot answer reaches the node"
+    assert node.stop() == 0
+    log = open(node.log_path).read()
+    stopped = [line for line in log.splitlines() if "challenge front stopped" in line]
+    assert stopped and "'challenged': 0," not in stopped[0], log[-2000:]
+
+
+def test_the_node_takes_the_port_when_the_front_dies(node):
+    pid = front_pid(node)
+    os.kill(pid, signal.SIGKILL)
+    assert wait_until(lambda: not alive(pid), 5)
+    res = register(node, node.rows[:300], rate=300)
+    assert (res.successful, res.failed) == (300, 0), res.stderr
+    assert options_ping(node.address, node.port, 1.0)
+    assert wait_until(lambda: "challenge front exited" in node.log_tail(50), 5)
+
+
+def test_the_front_exits_with_the_node(node):
+    pid = front_pid(node)
+    node.kill()
+    assert wait_until(lambda: not alive(pid), 5), "an orphaned front must not hold the port"
