@@ -121,12 +121,15 @@ class Transport:
         buf = bytearray()
         try:
             while True:
-                data = sock.recv(1 << 18)
+                data = sock.recv(1 << 16)
                 if not data:
                     break
                 buf += data
                 for ip, port, payload in unwrap(buf):
                     handle(payload, "udp", ip, port)
+                # A busy stream never blocks, so recv() never yields: let
+                # the actors run between chunks, as the UDP loop does.
+                gevent.sleep(0)
         except (OSError, ValueError) as e:
             log.warning("challenge front connection: %s", e)
         finally:
