@@ -72,6 +72,9 @@ def main() -> int:
     ap.add_argument("--register", type=int, default=None,
                     help="register only the first N users (default: all); comparing two "
                          "counts under valgrind gives instructions per registration")
+    ap.add_argument("--credentials-only", action="store_true",
+                    help="feed only the REGISTERs with credentials, as a node whose "
+                         "challenge front answers the others gets them")
     ap.add_argument("--burst", type=int, default=64, help="datagrams handled between yields")
     ap.add_argument("--profile", action="store_true", help="print a cProfile listing")
     args = ap.parse_args()
@@ -103,7 +106,8 @@ def main() -> int:
             burst = args.burst
             for k in range(0, len(messages), burst // 2):
                 for first, second in messages[k:k + burst // 2]:
-                    handle(first, "udp", "127.0.0.1", src_port)
+                    if not args.credentials_only:
+                        handle(first, "udp", "127.0.0.1", src_port)
                     handle(second, "udp", "127.0.0.1", src_port)
                 gevent.sleep(0)
             while node.registrar.inbox.qsize():
@@ -123,7 +127,7 @@ def main() -> int:
         stats = dict(node.registrar.stats)
         node.stop()
     ok = stats["ok"]
-    sys.stdout.write(f"{ok} of {count} registered, {stats['challenged']} challenged, "
+    sys.stdout.write(f"{ok} of {count} registered, {stats['challenged']} challenged here, "
                      f"{stats['rejected']} rejected, {stats['commits']} commits\n"
                      f"cpu {cpu:.2f} s, wall {wall:.2f} s: {1e6 * cpu / max(ok, 1):.0f} us "
                      f"CPU per authenticated registration\n")

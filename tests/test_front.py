@@ -9,6 +9,7 @@ import pytest
 from actors.transport import unwrap, wrap
 from loadtest.harness import NodeProcess, options_ping, write_users_csv
 from tests.test_node import register, request, sip_exchange
+from tests.test_proxy import call, phone
 
 USERS = 1000
 
@@ -110,3 +111,14 @@ def test_the_front_exits_with_the_node(node):
     pid = front_pid(node)
     node.kill()
     assert wait_until(lambda: not alive(pid), 5), "an orphaned front must not hold the port"
+
+
+def test_calls_through_a_node_with_the_front(node):
+    """Requests to and responses from phones all reach the node's proxy through the front."""
+    uas = phone(node, "user0", "uas_answer.xml")
+    try:
+        res = call(node, "user0", calls=200, rate=100)
+    finally:
+        stats = uas.stop()
+    assert (res.successful, res.failed) == (200, 0), res.stderr
+    assert stats["SuccessfulCall(C)"] == "200"
