@@ -563,6 +563,48 @@ def error_response(req: Request, err: SipError, to_tag: str | None = None) -> Re
     return make_response(req, err.status, err.reason, err.headers, to_tag=to_tag)
 
 
+def response_bytes(req: Request, status: int, reason: str | None = None,
+                   headers: list[tuple[str, str]] = (), body: bytes = b"",
+                   to_tag: str | None = None) -> bytes:
+    """``make_response(req, status, reason, headers, body, to_tag).encode()``, built directly.
+
+    For a response that is only sent: the wire lines are written straight
+    into one list, with no ``Response`` nor header lists on the way. The
+    bytes are the same for every request, malformed ones included.
+    """
+    if reason is None:
+        reason = REASONS.get(status, "Unknown")
+    lines = [f"SIP/2.0 {status} {reason}"]
+    append = lines.append
+    copied = _COPIED
+    first = True
+    for h in req.headers:
+        key = h[0]
+        if key in copied:
+            # The To tag rule of make_response, asked in the same order (``req.to`` is cached).
+            if key == "to" and to_tag:
+                if status > 100 and not _has_tag(req, h[2], first):
+                    append(f"{h[1]}: {h[2]};tag={to_tag}")
+                else:
+                    append(f"{h[1]}: {h[2]}")
+                first = False
+            else:
+                append(f"{h[1]}: {h[2]}")
+    names = _NAMES
+    for name, value in headers:
+        known = names.get(name) or (_key(name), _display(name))
+        # encode() writes its own Content-Length in place of any given one.
+        if known[0] != "content-length":
+            append(f"{known[1]}: {value}")
+    append(f"Content-Length: {len(body)}\r\n\r\n")
+    return "\r\n".join(lines).encode("utf-8", "surrogateescape") + body
+
+
+def error_response_bytes(req: Request, err: SipError, to_tag: str | None = None) -> bytes:
+    """``error_response(req, err, to_tag).encode()``, built by ``response_bytes``."""
+    return response_bytes(req, err.status, err.reason, err.headers, to_tag=to_tag)
+
+
 class StreamFramer:
     """Cut a byte stream (TCP) into messages by Content-Length (§18.3).
 

@@ -15,39 +15,36 @@ def stamp_via(req: Request, transport: str, ip: str, port: int) -> tuple[str, st
     connection the request came in on, named by the source address.
     """
     via = req.top_via
-    host = via.host[1:-1] if via.host.startswith("[") else via.host
+    host = via.host
+    if "[" in host:         # parse_via's host holds "[" only as an IPv6 reference's first character
+        host = host[1:-1]
     params = via.params
-    changed = False
-    if "rport" in params:
-        params["rport"] = str(port)
+    rport = "rport" in params
+    if rport or host != ip:
+        if rport:
+            params["rport"] = str(port)
         params["received"] = ip
-        changed = True
-    elif host != ip:
-        params["received"] = ip
-        changed = True
-    if changed:
-        _replace_top_via(req, str(via))
+        # str(via) written out (Via.__str__ and format_params): this runs for
+        # every request, and the calls and the list comprehension cost more
+        # than the formatting itself.
+        text = (f"SIP/2.0/{via.transport} {via.host}" if via.port is None
+                else f"SIP/2.0/{via.transport} {via.host}:{via.port}")
+        for k, v in params.items():
+            text = f"{text};{k}" if v is None else f"{text};{k}={v}"
+        for h in req.headers:
+            if h[0] == "via":
+                v = h[2]
+                h[2] = ", ".join([text, *split_list(v)[1:]]) if "," in v else text
+                break
+        # The parsed list of Vias is stale now; "top_via" is ``via`` itself,
+        # changed in place above, and stays cached.
+        req._cache.pop("vias", None)
     if transport != "udp":
         return (transport, ip, port)
-    if "rport" in params:
+    if rport:
         return ("udp", ip, port)
     target = params.get("received") or host
     return ("udp", target, via.port or DEFAULT_PORTS.get(via.transport, 5060))
-
-
-def _replace_top_via(msg: Message, value: str) -> None:
-    top = msg.top_via
-    for h in msg.headers:
-        if h[0] == "via":
-            v = h[2]
-            if "," in v:
-                rest = split_list(v)[1:]
-                h[2] = ", ".join([value, *rest])
-            else:
-                h[2] = value
-            break
-    msg._cache.pop("vias", None)
-    msg._cache["top_via"] = top
 
 
 def response_destination(msg: Message) -> tuple[str, str, int] | None:

@@ -3,11 +3,13 @@
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sipcore.errors import SipError, SipParseError
 from sipcore.headers import CANONICAL
-from sipcore.message import (Request, Response, StreamFramer, error_response, make_response,
-                             parse_message)
+from sipcore.message import (Request, Response, StreamFramer, error_response,
+                             error_response_bytes, make_response, parse_message, response_bytes)
 from sipcore.uri import parse_name_addr
 
 CRLF = "\r\n"
@@ -946,6 +948,132 @@ def test_fuzzed_messages_only_raise_sip_errors(seed):
             outcomes["ok"] += 1
     assert outcomes["ok"] and outcomes["dropped"], outcomes
     assert outcomes["answered"] or base.startswith(b"SIP/2.0 "), outcomes
+
+
+# -- response_bytes: make_response(...).encode() without the Response ----------
+
+def parsed_request(data: bytes) -> tuple[Request | None, SipError | None]:
+    """A fresh parse of ``data``: the request (or the request its error carries) and the error."""
+    try:
+        msg = parse_message(data)
+        msg.validate()
+    except SipError as err:
+        return err.request, err
+    return (msg, None) if isinstance(msg, Request) else (None, None)
+
+
+def response_corpus() -> list[bytes]:
+    """Requests valid, malformed and odd, each to be answered."""
+    invite, _ = torture_invite()
+    many = [(None, f"X-Header-{i}: value {i};p=\"q, r\"") for i in range(60)]
+    return [
+        register(), invite, register(*many),
+        register(("Via", CRLF.join([
+            "Via: SIP/2.0/UDP proxy.example.test;branch=z9hG4bK1, SIP/2.0/TCP p2.example.test;branch=z9hG4bK2",
+            "v: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK776asdhds;rport=5060;received=192.0.2.10",
+            "VIA : SIP/2.0/UDP [2001:db8::1];branch=z9hG4bK3"]))),
+        register(("To", "To: <sip:alice@example.test>;tag=abc")),
+        register(("To", "t: <sip:alice@example.test> ;\tTAG = abc")),
+        register(("To", "To: <sip:alice@example.test;tag=uri-param>")),
+        register(("To", 'To: "Mr. J. User <sip:j.user@example.test>')),
+        register(("To", "To: garbage;tag=x")),
+        register(("To", "To: <sip:alice@example.test>"), (None, "t: <sip:alice@example.test>;tag=abc")),
+        register(("To", "To: <sip:alice@example.test>;tag=abc"), (None, "TO: <http://x>")),
+        register(("To", "To: <http://x>"), (None, "to: <sip:alice@example.test>")),
+        register(("From", 'From: "\u00c5lice \u2603" <sip:alice@example.test>;tag=\u00e9'),
+                 ("To", "To: <sip:\u00e5@example.test>")),
+        register(("Call-ID", "Call-ID: \udcff\udcfe@example.test"), ("To", "To: <sip:a@b>;x=\udce9")),
+        register(("CSeq", "cseq: 7 REGISTER"), ("Call-ID", "i: compact@example.test")),
+        register(("Content-Length", "Content-Length: 5"), body=b"hello"),
+        register(("Via", None), ("CSeq", None)),
+        b"REGISTER sip:example.test SIP/2.0\r\n\r\n",
+        b"OPTIONS sip:\xff@example.test SIP/2.0\r\nTo: <sip:\xfe@example.test>\r\nVia: SIP/2.0/UDP h\r\n\r\n",
+        *(case[1] for case in INVALID_REQUESTS),
+        *(data for data in GARBAGE if parsed_request(data)[0] is not None),
+    ]
+
+
+#: (status, reason, to_tag) combinations answered with
+RESPONSE_KINDS = [(100, None, "t1"), (180, None, None), (200, "OK", "as8d7f"), (401, "Unauthorized", "x"),
+                  (400, "", "x"), (299, None, ""), (101, "D\u00e9j\u00e0", "t\u00e9"), (699, "Six", "z")]
+#: extra header lists, with names in every spelling make_response accepts
+RESPONSE_HEADERS = [
+    (),
+    [("Contact", "<sip:user1@127.0.0.1:5555;transport=UDP>;expires=3600"),
+     ("Date", "Mon, 01 Jan 2024 00:00:00 GMT")],
+    [("WWW-Authenticate", 'Digest realm="example.test", nonce="' + "n" * 48 + '", qop="auth"')] * 2,
+    [("m", "<sip:a@b>"), ("l", "99"), ("CONTENT-LENGTH", "5"), ("Content-Length", "0"), ("x-custom", "v"),
+     ("Max-forwards", "70"), ("i", "other"), ("t", "<sip:t@example.test>"), ("WWW-AUTHENTICATE", ""),
+     ("X-\u00dcnicode", "v\udcff\u2603"), ("v", "SIP/2.0/UDP h"), ("Min-Expires", 60)],
+]
+
+
+def assert_same_response(data: bytes, status, reason, headers, body, to_tag) -> None:
+    """response_bytes and make_response(...).encode() agree, and leave the request alike."""
+    fast, err = parsed_request(data)
+    slow, _ = parsed_request(data)
+    wire = response_bytes(fast, status, reason, headers, body, to_tag)
+    assert wire == make_response(slow, status, reason, headers, body, to_tag).encode()
+    assert list(fast._cache) == list(slow._cache)
+    if err is not None:
+        assert error_response_bytes(fast, err, to_tag) == error_response(slow, err, to_tag).encode()
+
+
+@pytest.mark.parametrize("data", response_corpus())
+def test_response_bytes_equals_make_response_encoded(data):
+    for status, reason, to_tag in RESPONSE_KINDS:
+        for headers in RESPONSE_HEADERS:
+            for body in (b"", b"v=0\r\n\xff"):
+                assert_same_response(data, status, reason, headers, body, to_tag)
+
+
+def test_response_bytes_defaults():
+    req = parse_message(register())
+    assert response_bytes(req, 200) == make_response(req, 200).encode()
+    assert response_bytes(req, 487).startswith(b"SIP/2.0 487 Request Terminated\r\nVia: ")
+
+
+def test_error_response_bytes_equals_error_response_encoded():
+    for data in [register()] + [case[1] for case in INVALID_REQUESTS]:
+        req, _ = parsed_request(data)
+        for err in [SipError(423, "Interval Too Brief", [("Min-Expires", "60")]),
+                    SipError(500, "Database Unavailable", [("Retry-After", "5"), ("l", "7")]),
+                    SipParseError("bad \udcff thing")]:
+            for to_tag in (None, "e1"):
+                assert error_response_bytes(req, err, to_tag) == error_response(req, err, to_tag).encode()
+
+
+_HEADER_NAMES = st.sampled_from(["Via", "v", "VIA", "To", "t", "TO", "From", "f", "Call-ID", "i", "CSeq",
+                                 "cseq", "Contact", "m", "Content-Length", "l", "Max-Forwards", "X-Odd",
+                                 "x-odd", "Expires", "Bad Name", ""])
+_HEADER_VALUES = st.one_of(
+    st.sampled_from(["<sip:a@example.test>", "<sip:a@example.test>;tag=1", "sip:a@b ; TAG = 2",
+                     "<sip:a@example.test;tag=u>", '"unterminated <sip:a@b>', "<http://x>", "",
+                     "SIP/2.0/UDP h;branch=z9hG4bK1;rport", "SIP/2.0/UDP a, SIP/2.0/TCP b", "1 REGISTER",
+                     "c@h", "0", "5", " folded"]).map(str.encode),
+    st.binary(max_size=16).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b"")),
+    st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n"),
+            max_size=16).map(str.encode))
+_SEPARATORS = st.sampled_from([b": ", b":", b" : ", b"\t:\t"])
+_START_LINES = st.sampled_from([b"REGISTER sip:example.test SIP/2.0", b"INVITE sip:a@b SIP/2.0",
+                                b"OPTIONS  sip:x  SIP/2.0", b"REGISTER sip:x SIP/3.0"])
+_TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n"), max_size=12)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_START_LINES,
+       st.lists(st.tuples(_HEADER_NAMES.map(str.encode), _SEPARATORS, _HEADER_VALUES), max_size=12),
+       st.binary(max_size=8),
+       st.one_of(st.integers(100, 699), st.sampled_from([100, 101, 200, 401])),
+       st.one_of(st.none(), _TEXT),
+       st.lists(st.tuples(st.one_of(_HEADER_NAMES, _TEXT.filter(bool)), _TEXT), max_size=4),
+       st.binary(max_size=8),
+       st.one_of(st.none(), st.just(""), st.text("abc123", min_size=1, max_size=8)))
+def test_generated_requests_get_the_same_response_bytes(start, lines, tail, status, reason, headers,
+                                                        body, to_tag):
+    data = b"\r\n".join([start] + [name + sep + value for name, sep, value in lines]) + b"\r\n\r\n" + tail
+    assert parsed_request(data)[0] is not None
+    assert_same_response(data, status, reason, headers, body, to_tag)
 
 
 # -- StreamFramer ---------------------------------------------------------------
