@@ -35,7 +35,7 @@ from gevent.event import Event
 from sipcore.digest import Authenticator
 from sipcore.errors import SipError
 from sipcore.message import parse_message
-from sipcore.registrar import RegistrarRules, challenge_response
+from sipcore.registrar import RegistrarRules, challenge_bytes
 from sipcore.via import stamp_via
 
 from .config import NodeConfig
@@ -136,8 +136,8 @@ class ChallengeFront:
                 if req.method == "REGISTER" and not req.raw_values("authorization"):
                     dest = stamp_via(req, "udp", ip, port)
                     self.rules.check(req)
-                    response = challenge_response(req, self.auth.challenge(time.time()), new_tag())
-                    send(response.encode(), (dest[1], dest[2]))
+                    send(challenge_bytes(req, self.auth.challenge(time.time()), new_tag()),
+                         (dest[1], dest[2]))
                     self.stats["challenged"] += 1
                     return
             except SipError:

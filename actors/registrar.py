@@ -18,8 +18,8 @@ from gevent.queue import Empty, Queue
 from sipcore.answered import NEW, AnsweredRequests
 from sipcore.errors import SipError
 from sipcore.location import Binding, Location
-from sipcore.message import Request, error_response
-from sipcore.registrar import RegistrarRules, challenge_response
+from sipcore.message import Request, error_response, error_response_bytes
+from sipcore.registrar import RegistrarRules, challenge_bytes, challenge_response
 from store import bindings as binding_store
 
 log = logging.getLogger(__name__)
@@ -121,16 +121,16 @@ class RegistrarActor:
                 try:
                     self.rules.check(req)
                     stats["challenged"] += 1
-                    response = self._challenge(req, now)
+                    data = challenge_bytes(req, self.auth.challenge(now), new_tag())
                 except SipError as err:
                     stats["rejected"] += 1
-                    response = error_response(req, err, to_tag=new_tag())
-                send(dest, response.encode())
+                    data = error_response_bytes(req, err, to_tag=new_tag())
+                send(dest, data)
                 continue
             try:
                 verdict, key, data = answered.receive(req, mono)
             except SipError as err:
-                send(dest, error_response(req, err, to_tag=new_tag()).encode())
+                send(dest, error_response_bytes(req, err, to_tag=new_tag()))
                 continue
             if verdict is not NEW:
                 if data is not None:
@@ -181,9 +181,6 @@ class RegistrarActor:
         for key, dest, _req, response in deferred:
             stats["ok"] += 1
             self._answer(key, dest, response, mono)
-
-    def _challenge(self, req: Request, now: float):
-        return challenge_response(req, self.auth.challenge(now), new_tag())
 
     def _register(self, req: Request, dest, now: float):
         rules = self.rules

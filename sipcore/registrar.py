@@ -14,7 +14,7 @@ from urllib.parse import unquote
 from .errors import SipError, SipParseError
 from .headers import parse_int
 from .location import Binding, Location, tombstone
-from .message import Request, Response, make_response
+from .message import Request, Response, make_response, response_bytes
 from .uri import NameAddr, unquote_string
 
 SUPPORTED = frozenset({"path", "outbound"})
@@ -185,6 +185,13 @@ def challenge_response(req: Request, challenges: list[str], to_tag: str) -> Resp
     WWW-Authenticate per challenge."""
     return make_response(req, 401, "Unauthorized",
                          [("WWW-Authenticate", c) for c in challenges], to_tag=to_tag)
+
+
+def challenge_bytes(req: Request, challenges: list[str], to_tag: str) -> bytes:
+    """``challenge_response(...).encode()``, built directly (the hot path of a
+    REGISTER without credentials)."""
+    return response_bytes(req, 401, "Unauthorized",
+                          [("WWW-Authenticate", c) for c in challenges], to_tag=to_tag)
 
 
 def _expiry(b: Binding) -> float:
