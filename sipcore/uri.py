@@ -292,11 +292,65 @@ def _remember(cache: dict, text: str, value, limit: int | None = None):
     return value
 
 
+#: the common form of a SIP or SIPS URI (five groups: scheme, user, host,
+#: port, parameters), which ``_parse_uri`` and ``_parse_name_addr`` read with
+#: one match: no password, no headers, a host name, IPv4 address or IPv6
+#: reference. Every class is ASCII without whitespace (so ``strip`` would
+#: change nothing) and without ``@`` (so an ``@`` is the one ending the user,
+#: where ``_parse_uri_general`` splits), ``?`` (no headers) or ``<``, ``>``
+#: and quotes (so in a name-addr the first ``>`` ends the URI, as there). The
+#: host and port classes hold no ``;``, so the parameters start at the first
+#: ``;`` after the user. The user and host are possessive (``++``): neither
+#: class holds what follows it, so backtracking could find no other match.
+#: The scheme is spelled out letter by letter: IGNORECASE would also take
+#: ``ſ`` and ``İ`` for ``s`` and ``i``.
+_SIP_URI_PATTERN = (
+    r"([sS][iI][pP][sS]?):"
+    r"(?:([A-Za-z0-9\-_.!~*'()&=+$,;/%]++)@)?"
+    r"([A-Za-z0-9\-._]++|\[[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*\])"
+    r"(?::([0-9]{1,5}))?"
+    r"(?:;([!#-;=A-~]*+))?")
+_SIMPLE_SIP_URI = re.compile(_SIP_URI_PATTERN)
+#: ``<uri>`` and its header parameters (seven groups: the URI's text, its
+#: five, the parameters after the ``;``). Nothing may stand between ``>`` and
+#: ``;``; the parameters are printable ASCII without quotes or ``<``, so
+#: ``parse_params`` splits them as it splits the general path's text, which
+#: only adds an empty piece before the ``;``.
+_SIMPLE_NAME_ADDR = re.compile(rf"<({_SIP_URI_PATTERN})>(?:;([!#-;=-~]*+))?")
+
+
+def _simple_sip_uri(scheme: str, user: str | None, host: str, port: str | None,
+                    ptext: str | None) -> SipUri | None:
+    """The ``SipUri`` of a ``_SIP_URI_PATTERN`` match's groups, or None for a port out of range.
+
+    The pattern leaves host and brackets as ``check_host`` wants them; only
+    the port's range is left to check, and its error is left to
+    ``_parse_uri_general``.
+    """
+    if port is not None:
+        port = int(port)
+        if not 0 < port < 65536:
+            return None
+    return SipUri(scheme.lower(), user, None, host, port, parse_params(ptext) if ptext else {}, "")
+
+
 def _parse_uri(text: str) -> SipUri:
     """Parse a SIP, SIPS or tel URI; raise ``SipParseError`` when malformed.
 
     An unknown scheme raises ``SipError`` 416 through ``UnsupportedScheme``.
+    The result or error is that of ``_parse_uri_general``; URIs of the
+    common form (``_SIMPLE_SIP_URI``) take a shorter way to the same ``SipUri``.
     """
+    m = _SIMPLE_SIP_URI.fullmatch(text)
+    if m is not None:
+        uri = _simple_sip_uri(*m.groups())
+        if uri is not None:
+            return uri
+    return _parse_uri_general(text)
+
+
+def _parse_uri_general(text: str) -> SipUri:
+    """Parse any URI as ``_parse_uri`` does, without its shortcut for the common form."""
     text = text.strip()
     scheme, colon, rest = text.partition(":")
     scheme = scheme.lower()
@@ -462,8 +516,27 @@ def _parse_name_addr(text: str) -> NameAddr:
     """Parse ``["Display"] <uri>;params`` or ``uri;params`` (RFC 3261 §20.10).
 
     A URI of a scheme other than sip, sips or tel is a ``400`` here: ``416``
-    is only for the Request-URI (§8.2.2.1).
+    is only for the Request-URI (§8.2.2.1). The result or error is that of
+    ``_parse_name_addr_general``; a ``<uri>`` of the common form, without
+    display name, takes a shorter way to the same ``NameAddr``.
     """
+    m = _SIMPLE_NAME_ADDR.fullmatch(text)
+    if m is not None:
+        uri_text, scheme, user, host, port, uri_ptext, ptext = m.groups()
+        # parse_uri(uri_text), as the general path calls it, with the
+        # match already made: the same cache, and _parse_uri's shortcut.
+        uri = _URI_CACHE.get(uri_text)
+        if uri is None:
+            uri = _simple_sip_uri(scheme, user, host, port, uri_ptext)
+            if uri is not None:
+                _remember(_URI_CACHE, uri_text, uri)
+        if uri is not None:
+            return NameAddr(uri, None, parse_params(ptext) if ptext else {})
+    return _parse_name_addr_general(text)
+
+
+def _parse_name_addr_general(text: str) -> NameAddr:
+    """Parse any name-addr or addr-spec as ``_parse_name_addr`` does, without its shortcut."""
     text = text.strip()
     if not text:
         raise SipParseError("empty address")

@@ -6,6 +6,9 @@ results; each is checked against the uncached parser on valid and
 malformed inputs, before and after the caches hold a related value.
 ``parse_params``, ``format_params`` and ``SipUri.__str__``/``canonical``
 are checked against their previous versions, kept here as references.
+``_parse_uri`` and ``_parse_name_addr`` read the common forms with one
+regular expression; they are checked against the general parsers they fall
+back to, ``_parse_uri_general`` and ``_parse_name_addr_general``.
 """
 
 import itertools
@@ -16,8 +19,9 @@ import pytest
 from sipcore import headers, uri
 from sipcore.errors import SipParseError
 from sipcore.headers import _parse_cseq, _parse_via, parse_cseq, parse_int, parse_via
-from sipcore.uri import (SipUri, _parse_name_addr, format_params, parse_name_addr, parse_number,
-                         parse_params, parse_uri, split_quoted)
+from sipcore.uri import (SipUri, UnsupportedScheme, _parse_name_addr, _parse_name_addr_general,
+                         _parse_uri, _parse_uri_general, format_params, parse_name_addr,
+                         parse_number, parse_params, parse_uri, split_quoted)
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -44,7 +48,7 @@ def outcome(parse, *args):
     try:
         value = parse(*args)
     except SipParseError as err:
-        return ("error", type(err), err.status, err.reason)
+        return ("error", type(err), err.status, err.reason, err.args)
     params = getattr(value, "params", None)
     if params is None:
         return ("ok", value)
@@ -109,7 +113,7 @@ NAME_ADDR_TEXTS = ([a + t for a, t in itertools.product(ADDRESS_PARTS, TAILS)]
 
 @pytest.mark.parametrize("text", NAME_ADDR_TEXTS)
 def test_name_addr_equals_uncached_parse(text):
-    expected = outcome(_parse_name_addr, text)
+    expected = outcome(_parse_name_addr_general, text)
     assert outcome(parse_name_addr, text) == expected       # nothing cached
     assert outcome(parse_name_addr, text) == expected       # whole text cached (when valid)
     uri._ADDR_CACHE.clear()
@@ -122,7 +126,8 @@ def test_name_addr_after_another_tail_of_the_same_address(part):
         uri._ADDR_CACHE.clear()
         uri._ADDR_PART_CACHE.clear()
         try_parse(parse_name_addr, primer)
-        assert outcome(parse_name_addr, text) == outcome(_parse_name_addr, text), (primer, text)
+        expected = outcome(_parse_name_addr_general, text)
+        assert outcome(parse_name_addr, text) == expected, (primer, text)
 
 
 def test_from_values_differing_by_tag_share_the_uri_not_the_params():
@@ -366,6 +371,116 @@ def test_format_params_of_non_text_values():
     assert format_params({}) == ""
 
 
+# -- the shortcuts of _parse_uri and _parse_name_addr --------------------------------
+
+#: URIs around the edges of ``_SIMPLE_SIP_URI``: valid and malformed, taken
+#: by the shortcut or left to the general parser
+URI_TEXTS = [
+    # the common forms
+    "sip:user17@example.test", "sip:user17@127.0.0.1:5061;transport=UDP", "sip:example.test",
+    "sips:a@h.test:5061;transport=TLS;lr", "sip:a@h;maddr=192.0.2.1;ttl=5;method=INVITE",
+    # scheme case, and letters IGNORECASE would take
+    "SIP:A@EXAMPLE.TEST;TRANSPORT=UDP", "SiPs:a@h", "sIP:h", "\u017fip:h", "s\u0130p:h", "sipx:h",
+    "sipss:h", "sip", "sip:", "sips:", ":h", "http://example.test/", "isbn:123",
+    # users
+    "sip:@h", "sip:user@", "sip:user@:5060", "sip:user:pw@h", "sip:user:@h", "sip::pw@h",
+    "sip:a@b@c", "sip:%40@h", "sip:user%40x@h", "sip:%zz@h", "sip:user;par=u%40x@h;lr",
+    "sip:a;b=c@h;x", "sip:a?b@h", "sip:a!~*'()&=+$,/-_.@h", "sip:\u00e9@h", "sip:a\u00a0b@h",
+    "sip:a\nb@h", "sip:a b@h", "sip:a\tb@h", "sip:\"a\"@h", "sip:a<b@h", "sip:a>b@h",
+    # hosts
+    "sip:h.", "sip:-h_", "sip:a@.", "sip:a@h\u00e9", "sip:a@h/x", "sip:a@h,x", "sip:a@h%41",
+    "sip:[::1]", "sip:a@[::1]:5060", "sip:a@[2001:DB8::10]:5061;lr", "sip:a@[::ffff:1.2.3.4]",
+    "sip:a@[::1]x", "sip:a@[::1];lr", "sip:a@[::1]:", "sip:a@[::1", "sip:a@[1.2.3.4]",
+    "sip:a@[]", "sip:a@[:]", "sip:a@[::g]", "sip:a@[fe80::1%25eth0]", "sip:a@[fe80::1%25]",
+    "sip:a@[::1]]", "sip:a@h]", "sip:a@h[", "sip:a@[[::1]]",
+    # ports
+    "sip:user@host:", "sip:user@host:0", "sip:h:00000", "sip:h:1", "sip:h:00080", "sip:h:65535",
+    "sip:h:65536", "sip:h:99999", "sip:h:000000", "sip:h:123456", "sip:h:005060", "sip:h:+5060",
+    "sip:h:-1", "sip:h: 5060", "sip:h:5060:5060", "sip:h:5o60", "sip:h:\u0661", "sip:h:\u00b2",
+    "sip:h:0;lr",
+    # parameters
+    "sip:h;", "sip:h;;", "sip:h;lr", "sip:h;LR;Transport=Udp", "sip:h;a=1;A=2", "sip:h;=x",
+    "sip:h;a=", "sip:h;a==b", "sip:h;a=b=c", "sip:h;a=[::1]:5", "sip:h;a=\\x", "sip:h;a=\u00e9",
+    "sip:h;\u00c9=1", 'sip:h;a="x;y"', 'sip:h;a="x', "sip:h;a=<x;y>", "sip:h;a=x>y", "sip:h;a@b",
+    "sip:h:5060;", "sip:a@h:5060;transport", "sip:h;a=b?x=y", "sip:h?x=y", "sip:h?",
+    # an "@" after the host: the general parser takes what is before it for the user
+    "sip:h:5060;a@b", "sip:h;a:b@c", "sip:[::1];a@b", "sip:a@h;b@c",
+    # whitespace
+    " sip:h", "sip:h ", "\tsip:h;lr\t", "sip:h\n", "sip:h\r\n", "\x1csip:h\x1f", "sip:h\x85",
+    "sip:h\u00a0", "sip: h", "sip:h ;lr", "sip:h; lr", "sip:h;lr\x0b", "", "   ",
+    # tel
+    "tel:+1-201-555-0123;phone-context=example.test", "TEL:7042", "tel:", "tel:;x", "tel:12a;=x",
+]
+
+
+def _uri_outcomes(text):
+    """What ``_parse_uri`` and ``_parse_uri_general`` give for ``text``."""
+    return outcome(_parse_uri, text), outcome(_parse_uri_general, text)
+
+
+@pytest.mark.parametrize("text", URI_TEXTS)
+def test_uri_shortcut_equals_general_parse(text):
+    got, expected = _uri_outcomes(text)
+    assert got == expected
+    assert outcome(parse_uri, text) == expected
+
+
+#: what may follow a ``<uri>``, the last ones malformed
+ADDR_TAILS = TAILS + [";", ";;", ";tag", ";a=b?c@d>e", ";a=<b>", ' ;a="b"', ";a=\u00e9", ";tag=1 "]
+
+
+@pytest.mark.parametrize("text", URI_TEXTS)
+def test_name_addr_shortcut_equals_general_parse(text):
+    for tail in ADDR_TAILS:
+        value = f"<{text}>{tail}"
+        for cache in CACHES:
+            cache.clear()
+        expected = outcome(_parse_name_addr_general, value)
+        # the URI found in the cache the general parse filled, then parsed anew
+        assert outcome(_parse_name_addr, value) == expected, value
+        uri._URI_CACHE.clear()
+        assert outcome(_parse_name_addr, value) == expected, value
+        assert outcome(_parse_name_addr, value) == expected, value
+
+
+def test_common_forms_take_the_shortcuts(monkeypatch):
+    """The shortcuts do not give up on the forms they are for."""
+    def refuse(text):
+        raise AssertionError(f"general parser called for {text!r}")
+    monkeypatch.setattr(uri, "_parse_uri_general", refuse)
+    monkeypatch.setattr(uri, "_parse_name_addr_general", refuse)
+    u = parse_uri("SIP:user17@127.0.0.1:5061;transport=UDP;lr")
+    assert u == SipUri("sip", "user17", None, "127.0.0.1", 5061, {"transport": "UDP", "lr": None})
+    ipv6 = SipUri("sips", None, None, "[2001:db8::1]", 65535)
+    assert parse_uri("sips:[2001:db8::1]:65535;") == ipv6
+    na = parse_name_addr("<sip:user17@example.test>;tag=1234SIPpTag0017")
+    assert (na.uri, na.display, na.params) == (parse_uri("sip:user17@example.test"), None,
+                                               {"tag": "1234SIPpTag0017"})
+    assert parse_name_addr("<sip:example.test;lr>").params == {}
+    assert uri._URI_CACHE.keys() == {"SIP:user17@127.0.0.1:5061;transport=UDP;lr",
+                                      "sips:[2001:db8::1]:65535;", "sip:user17@example.test",
+                                      "sip:example.test;lr"}
+
+
+def test_name_addr_shortcut_shares_the_cached_uri():
+    first = parse_uri("sip:a@example.test")
+    assert _parse_name_addr("<sip:a@example.test>;tag=1").uri is first
+    uri._URI_CACHE.clear()
+    second = _parse_name_addr("<sip:a@example.test>;tag=2").uri
+    assert second == first and parse_uri("sip:a@example.test") is second
+
+
+def test_shortcut_errors_are_those_of_the_general_parser():
+    with pytest.raises(SipParseError) as exc:
+        _parse_uri("sip:a@h:65536")
+    assert exc.value.reason == "bad port '65536'"
+    with pytest.raises(SipParseError) as exc:
+        _parse_name_addr("<sip:a@h;=x>;tag=1")
+    assert exc.value.reason == "empty parameter name"
+    with pytest.raises(UnsupportedScheme):
+        _parse_uri("sipx:h")
+
+
 # -- properties ----------------------------------------------------------------------
 
 #: pieces that make the parsers take their rarer branches
@@ -389,7 +504,7 @@ def test_name_addr_property(text, other):
     for cache in CACHES:
         cache.clear()
     _prime(parse_name_addr, text, other)
-    expected = outcome(_parse_name_addr, text)
+    expected = outcome(_parse_name_addr_general, text)
     assert outcome(parse_name_addr, text) == expected
     assert outcome(parse_name_addr, text) == expected
 
@@ -420,3 +535,35 @@ def test_uri_property(text):
         return
     assert str(u) == _str_reference(u)
     assert u.canonical() == _canonical_reference(u)
+
+
+#: pieces of URIs around the edges of ``_SIMPLE_SIP_URI``
+_URI_PIECES = st.sampled_from([
+    "sip:", "SIPS:", "sIp:", "tel:", "\u017fip:", "user", "@", ":", "5060", "0", "65536", "00080",
+    "[", "]", "::1", "[::1]", ";", "=", "lr", ":5060;", "transport=UDP", "%40", " ", "\t", "\n",
+    "?", ">", "<", '"', ".", "-", "_", "\u00e9", "\u0661", "\u00a0", "\x1c", "A", "7",
+])
+#: texts of the shortcut's form, and texts near it
+_URI_TEXTS = st.one_of(st.from_regex(uri._SIMPLE_SIP_URI, fullmatch=True),
+                       st.lists(_URI_PIECES, max_size=10).map("".join))
+
+
+@_SETTINGS
+@given(_URI_TEXTS)
+def test_uri_shortcut_property(text):
+    got, expected = _uri_outcomes(text)
+    assert got == expected
+
+
+@_SETTINGS
+@given(st.one_of(st.from_regex(uri._SIMPLE_NAME_ADDR, fullmatch=True),
+                 st.tuples(_URI_TEXTS, _TEXTS).map(lambda p: f"<{p[0]}>{p[1]}")),
+       st.booleans())
+def test_name_addr_shortcut_property(text, uri_cached):
+    for cache in CACHES:
+        cache.clear()
+    expected = outcome(_parse_name_addr_general, text)
+    if not uri_cached:
+        uri._URI_CACHE.clear()
+    assert outcome(_parse_name_addr, text) == expected
+    assert outcome(_parse_name_addr, text) == expected
