@@ -14,7 +14,8 @@ import hashlib
 import hmac
 import os
 import random
-from base64 import urlsafe_b64encode
+import re
+from binascii import b2a_base64
 from collections import deque
 from dataclasses import dataclass
 from urllib.parse import unquote
@@ -35,6 +36,30 @@ _REQUIRED = ("username", "realm", "nonce", "uri", "response")
 _HEX = "0123456789abcdefABCDEF"
 _WS = " \t\r\n"
 _KEY_STRIP = " \t\r\n,"
+#: standard base64 alphabet -> URL-safe one (RFC 4648 §5)
+_URLSAFE = bytes.maketrans(b"+/", b"-_")
+
+# The fast path of ``_params`` goes by a parameter list's shape: its text with
+# every quoted string emptied, e.g. ' username="",realm="",nc=00000001'. A
+# shape is plain when it lists ``name=value`` pieces, the name a token and the
+# value an emptied quoted string or a run of characters other than white space,
+# commas, quotes and backslashes, with a comma between any two (the lookahead)
+# and spaces or extra commas around them. ``_params_slow`` reads any list of
+# plain shape without backslashes alike, whatever its quoted strings hold, so
+# what a shape says can be kept and used again.
+#
+# A text matches these patterns in one way at most (an absent value is not an
+# empty run), so that a failing match does not try many ways first.
+_SHAPE_PARAM = (r"([!#$%&'*+\-.^_`|~0-9A-Za-z]+)[ \t\r\n]*="
+                r'(?:[ \t\r\n]*(?:("")|([^ \t\r\n,"\\]+)))?')
+_SHAPE_PARAM_RE = re.compile(_SHAPE_PARAM)
+_SHAPE_RE = re.compile(rf"(?:[ \t\r\n,]*{_SHAPE_PARAM}[ \t\r\n]*(?=,|\Z))*[ \t\r\n,]*")
+#: shape -> ``_shape(shape)``: a kind of client sends one shape every time
+_SHAPES: dict[str, tuple] = {}
+#: how many shapes are kept (the table is emptied when full), and the
+#: longest shape the fast path reads
+_SHAPES_MAX = 256
+_SHAPE_TEXT_MAX = 300
 
 
 def ha1(username: str, realm: str, password: str, algorithm: str = "MD5") -> str:
@@ -109,32 +134,54 @@ def _quoted(s: str, j: int) -> tuple[str, int]:
     raise _bad("unterminated quoted string")
 
 
+def _shape(shape: str) -> tuple:
+    """What a parameter list's shape says, or ``()`` when it is not plain.
+
+    Returns the lower-cased names of the quoted strings, in order, and a
+    dict of the other parameters. A repeated name makes a shape not plain.
+    """
+    if not _SHAPE_RE.fullmatch(shape):
+        return ()
+    found = _SHAPE_PARAM_RE.findall(shape)
+    quoted = []
+    others = {}
+    for name, emptied, value in found:
+        if emptied:
+            quoted.append(name.lower())
+        else:
+            others[name.lower()] = value
+    if len(others.keys() | quoted) != len(found):
+        return ()
+    return tuple(quoted), others
+
+
 def _params(s: str, i: int) -> dict[str, str]:
     """Parse ``k=v, k="v", ...`` from ``s[i:]`` into a dict of lower-case keys.
 
-    The fast path splits on commas; values with escapes, quoted commas or
-    anything unusual go through the character scanner ``_params_slow``.
+    A list without backslashes whose shape (see ``_SHAPE_RE``) is plain is
+    put together from its quoted strings and what its shape says, kept by
+    shape; anything else goes through the character scanner
+    ``_params_slow``. Both ways give the same result or the same error.
     """
-    if "\\" in s:
+    text = s[i:]
+    pieces = text.split('"')
+    if "\\" in text or len(pieces) % 2 == 0:
         return _params_slow(s, i)
-    params: dict[str, str] = {}
-    for part in s[i:].split(","):
-        key, eq, value = part.partition("=")
-        if not eq:
-            if part.strip(_WS):
-                return _params_slow(s, i)
-            continue
-        value = value.strip(_WS)
-        if value[:1] == '"':
-            if len(value) < 2 or value[-1] != '"' or '"' in value[1:-1]:
-                return _params_slow(s, i)
-            value = value[1:-1]
-        key = key.strip(_WS).lower()
-        if not key or '"' in key or " " in key or "\t" in key:
-            raise _bad("malformed parameter name")
-        if key in params:
-            raise _bad("duplicate parameter")
-        params[key] = value
+    shape = '""'.join(pieces[::2])
+    known = _SHAPES.get(shape)
+    if known is None:
+        # Long shapes are left to the scanner: they are not kept, and the
+        # regular expressions would take time to fail on some of them.
+        if len(shape) > _SHAPE_TEXT_MAX:
+            return _params_slow(s, i)
+        if len(_SHAPES) >= _SHAPES_MAX:
+            _SHAPES.clear()
+        known = _SHAPES[shape] = _shape(shape)
+    if not known:
+        return _params_slow(s, i)
+    quoted, others = known
+    params = dict(zip(quoted, pieces[1::2]))
+    params.update(others)
     return params
 
 
@@ -269,6 +316,11 @@ def expected_response(creds: Credentials, method: str, ha1_hex: str,
              .encode()).hexdigest()
 
 
+def _b64url(data: bytes) -> bytes:
+    """``base64.urlsafe_b64encode(data)``, without its Python-level wrappers."""
+    return b2a_base64(data, newline=False).translate(_URLSAFE)
+
+
 class NonceFactory:
     """Makes and verifies stateless nonces.
 
@@ -279,7 +331,7 @@ class NonceFactory:
     another made, so the secret should be shared across the cluster.
     """
 
-    __slots__ = ("_secret", "lifetime", "max_skew", "_rng")
+    __slots__ = ("_hmac", "lifetime", "max_skew", "_rng")
 
     def __init__(self, secret: bytes, lifetime: float = 300.0,
                  max_skew: float = 5.0):
@@ -287,7 +339,8 @@ class NonceFactory:
         nonce may seem to come from the future (clock skew between nodes)."""
         if not secret:
             raise ValueError("nonce secret must not be empty")
-        self._secret = bytes(secret)
+        # Keyed once: copying the keyed state per MAC is cheaper than keying anew.
+        self._hmac = hmac.new(bytes(secret), digestmod=hashlib.sha256)
         self.lifetime = lifetime
         self.max_skew = max_skew
         # The salt only makes nonces of one millisecond differ (the HMAC
@@ -295,21 +348,24 @@ class NonceFactory:
         # system call per challenge.
         self._rng = random.Random(os.urandom(16))
 
-    def _mac(self, prefix: str) -> str:
-        mac = hmac.digest(self._secret, prefix.encode("ascii"), "sha256")
-        return urlsafe_b64encode(mac[:18]).decode("ascii")
+    def _mac(self, prefix: bytes) -> bytes:
+        """The base64url HMAC part of a nonce that starts with ``prefix``."""
+        mac = self._hmac.copy()
+        mac.update(prefix)
+        return _b64url(mac.digest()[:18])
 
     def make(self, now: float) -> str:
         """Return a fresh nonce issued at ``now``."""
         salt = self._rng.getrandbits(72).to_bytes(9, "big")
-        prefix = "%012x" % int(now * 1000) + urlsafe_b64encode(salt).decode("ascii")
-        return prefix + self._mac(prefix)
+        prefix = b"%012x" % int(now * 1000) + _b64url(salt)
+        return (prefix + self._mac(prefix)).decode("ascii")
 
     def _check(self, nonce: str, now: float) -> tuple[str, float]:
         """Return (status as ``check``, the nonce's expiry time or 0.0)."""
         if len(nonce) != 48 or not nonce.isascii():
             return "invalid", 0.0
-        if not hmac.compare_digest(self._mac(nonce[:24]), nonce[24:]):
+        raw = nonce.encode("ascii")
+        if not hmac.compare_digest(self._mac(raw[:24]), raw[24:]):
             return "invalid", 0.0
         issued = int(nonce[:12], 16) / 1000.0
         expires_at = issued + self.lifetime

@@ -1,12 +1,17 @@
 """Tests for sipcore.digest: RFC vectors, nonces, replay table, parsing, end to end."""
 
+import base64
 import hashlib
+import hmac
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from sipcore import digest
 from sipcore.digest import (
     Authenticator, AuthResult, Credentials, NonceCounts, NonceFactory,
-    expected_response, ha1, parse_credentials,
+    _params, _params_slow, expected_response, ha1, parse_credentials,
 )
 from sipcore.errors import SipParseError
 
@@ -122,6 +127,26 @@ def test_nonce_tampered_or_foreign_is_invalid():
         assert f.check(bad, 1000.0) == "invalid"
 
 
+def test_nonce_format_unchanged():
+    """Nonces are made and checked as before, so nodes of either version agree."""
+    secret = b"secret"
+    f = NonceFactory(secret)
+
+    def old_mac(prefix: str) -> str:
+        mac = hmac.digest(secret, prefix.encode("ascii"), "sha256")[:18]
+        return base64.urlsafe_b64encode(mac).decode("ascii")
+
+    for i in range(200):
+        n = f.make(1000.0 + i)
+        assert n[:12] == "%012x" % (1_000_000 + 1000 * i)
+        assert len(base64.urlsafe_b64decode(n[12:24])) == 9
+        assert n[24:] == old_mac(n[:24])
+    # A salt whose base64 needs both URL-safe characters.
+    prefix = "%012x" % 1_000_000 + base64.urlsafe_b64encode(b"\xfb\xff\xbf" * 3).decode()
+    assert "-" in prefix and "_" in prefix
+    assert f.check(prefix + old_mac(prefix), 1000.0) == "ok"
+
+
 def test_nonce_secret_required():
     with pytest.raises(ValueError):
         NonceFactory(b"")
@@ -223,6 +248,153 @@ def test_parse_malformed_is_400(value):
     with pytest.raises(SipParseError) as err:
         parse_credentials(value)
     assert err.value.status == 400
+
+
+# ---- parameter lists: fast path against the scanner ----------------------
+
+def params_outcome(parse, value: str):
+    """What ``parse(value, 6)`` gives for a ``Digest ...`` value: its dict or its error."""
+    try:
+        return ("ok", parse(value, 6))
+    except SipParseError as err:
+        return ("error", err.reason)
+
+
+def assert_params_agree(value: str):
+    """``_params`` gives what ``_params_slow`` gives, whether the shape is new or known."""
+    expected = params_outcome(_params_slow, value)
+    assert params_outcome(_params, value) == expected
+    assert params_outcome(_params, value) == expected
+
+
+@pytest.fixture
+def no_shapes():
+    """Start and leave the test with no shape known."""
+    digest._SHAPES.clear()
+    yield
+    digest._SHAPES.clear()
+
+
+SIPP = ('username="user17",realm="example.test",cnonce="6b8b4567",nc=00000001,qop=auth,'
+        'uri="sip:example.test",nonce="0000000f4240AbCdEf-_12345678901234567890123456789012",'
+        'response="0123456789abcdef0123456789abcdef",algorithm=MD5')
+
+PARAM_LISTS = [
+    SIPP,
+    SIPP.replace(",", ", "),
+    'username="a", realm="r", uri="sip:r", nonce="n", response="0", algorithm=MD5',
+    'username="a,b", realm="x=y, z", uri="sip:u;lr"',
+    'username="Mu\\"fa", realm="r"',
+    'username="a\\\\", realm="r"',
+    'username="a\\',
+    'realm=a\\,b',
+    ' username = "a" , realm= r ,\tnc =1',
+    'opaque="", nc=, uri=',
+    'foo=bar, x-y*=1, username*=UTF-8\'\'a%20b',
+    'USERNAME="a", Realm=r, NC=00000001',
+    'username="a',
+    'username="a", realm="r',
+    'username="a",',
+    ',,username="a",, ,realm="r",,',
+    'username="a" x, realm="r"',
+    'username="a"realm="r"',
+    'username="a"  ,realm="r"',
+    'username=a b, realm=r',
+    'username="a", username="b"',
+    'username="a", USERNAME="b"',
+    'nc=1, NC=2',
+    'username',
+    'username="a", stray',
+    'stray, username="a"',
+    'a"b=c',
+    'a b=c',
+    '=x',
+    ' = "x"',
+    'a;b=c',
+    'a=x"y',
+    'a="x""y"',
+    'a="""',
+    'a=""""',
+    'a="x", b="y',
+    'a==b, c=d=e',
+    'a="é", ü=1, b=é',
+    'a=\x0bb\x0b, c="\x0b"',
+    'a=\r\n"x"\r\n,\r\nb=c',
+    'a="x"\x0b, b=c',
+    'a="x\ny"',
+    '',
+    '   ',
+    ',',
+    '"',
+    '""',
+    '="a", b',
+]
+
+
+@pytest.mark.parametrize("text", PARAM_LISTS)
+def test_params_fast_path_agrees_with_scanner(no_shapes, text):
+    assert_params_agree("Digest " + text)
+
+
+def test_params_same_shape_other_values(no_shapes):
+    assert _params('Digest username="a", realm="r", nc=00000001', 6) == \
+        {"username": "a", "realm": "r", "nc": "00000001"}
+    second = _params('Digest username="b, c", realm="", nc=00000001', 6)
+    assert second == {"username": "b, c", "realm": "", "nc": "00000001"}
+    assert len(digest._SHAPES) == 1
+    # Each call gets its own dict (parse_credentials adds "username" to it).
+    second["nc"] = "x"
+    assert _params('Digest username="a", realm="r", nc=00000001', 6)["nc"] == "00000001"
+
+
+def test_params_shapes_bounded(no_shapes):
+    for n in range(2 * digest._SHAPES_MAX):
+        assert _params(f'Digest username="a", nc={n:08x}', 6)["nc"] == f"{n:08x}"
+        assert len(digest._SHAPES) <= digest._SHAPES_MAX
+    digest._SHAPES.clear()
+    long = 'Digest username="a", ' + "x" * digest._SHAPE_TEXT_MAX + '=1'
+    assert _params(long, 6)["username"] == "a"
+    assert not digest._SHAPES
+
+
+# Mostly well-formed pieces, so that plain shapes are common, with odd ones
+# among them.
+_PARAM_NAMES = [
+    "username", "realm", "nonce", "uri", "response", "qop", "nc", "cnonce", "algorithm",
+    "opaque", "username*", "Realm", "x-y", "NC", "a b", 'a"', "", "é", ",", "a\\",
+]
+_SPACES = st.sampled_from(["", "", "", "", " ", "\t", "\r\n "])
+_SEPARATORS = st.sampled_from([",", ",", ",", ", ", ", ", ", ", " ,", ",,", ", ,", "", " "])
+_ODD = st.text(st.sampled_from(list('a ,"\\\t\x0b')), max_size=3)
+_QUOTED = st.one_of(st.text(st.sampled_from(list("ab0 ,=;:é")), max_size=6), _ODD)
+_BARE = st.one_of(st.text(st.sampled_from(list("ab0-.:=é")), max_size=6), _ODD)
+
+
+def _render(names, items, which: int) -> str:
+    """A ``Digest`` value of ``items``, quoted strings taken from column ``which``."""
+    out = []
+    for name, (before, after, quoted, values, bare, trail, sep) in zip(names, items):
+        value = f'"{values[which]}"' if quoted else bare
+        out.append(f"{name}{before}={after}{value}{trail}{sep}")
+    return "Digest " + "".join(out)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.permutations(_PARAM_NAMES),
+       st.lists(st.tuples(_SPACES, _SPACES, st.booleans(), st.tuples(_QUOTED, _QUOTED),
+                          _BARE, _SPACES, _SEPARATORS), max_size=6))
+def test_params_property(names, items):
+    # The two renderings share a layout, so a plain shape the first makes
+    # known is found again for the second, with other quoted contents.
+    for which in (0, 1):
+        assert_params_agree(_render(names, items, which))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(list('ab=,"\\ \t\r\n\x0bé') + [
+    "username", "Realm", '"x"', '""', ", ", "=x", '="q,r"']), max_size=16).map("".join))
+def test_params_property_any_text(text):
+    assert_params_agree("Digest " + text)
 
 
 # ---- Authenticator end to end --------------------------------------------
