@@ -25,13 +25,10 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from loadtest.bench_register import cpu_seconds, write_register_inf  # noqa: E402
-from loadtest.harness import (SIPP_DIR, NodeProcess, _last_stats,  # noqa: E402
+from loadtest.harness import (SIPP_BUFFERS, SIPP_DIR, NodeProcess, _last_stats,  # noqa: E402
                               free_port, run_sipp, write_users_csv)
 
 #: SIPp socket buffers (bytes): its 64 KB default drops datagrams in bursts
-SIPP_BUFFERS = ("-buff_size", "4194304")
-
-
 def write_call_inf(path: str, callers, domain: str, callee: str) -> None:
     """SIPp injection rows for ``uac_auth_call.xml``/``uac_cancel.xml``: one per caller
     of ``domain``; ``callee`` is a user of ``domain`` or a ``user@other.domain``."""

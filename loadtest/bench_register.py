@@ -18,7 +18,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from loadtest.harness import NodeProcess, run_sipp, write_users_csv  # noqa: E402
+from loadtest.harness import SIPP_BUFFERS, NodeProcess, run_sipp, write_users_csv  # noqa: E402
 
 
 def cpu_seconds(pid: int) -> float:
@@ -69,7 +69,7 @@ def main() -> int:
             front0 = sum(map(cpu_seconds, fronts))
             res = run_sipp("register_auth.xml", f"{node.address}:{node.port}", work, inf=inf,
                            calls=args.users, rate=args.rate, limit=args.limit,
-                           timeout=args.timeout)
+                           timeout=args.timeout, extra=SIPP_BUFFERS)
             cpu = cpu_seconds(node.proc.pid) - cpu0
             front_cpu = sum(map(cpu_seconds, fronts)) - front0
         finally:

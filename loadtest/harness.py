@@ -166,6 +166,11 @@ def write_inf(path: str, rows: list[tuple]) -> None:
             f.write(";".join(str(x) for x in r) + "\n")
 
 
+#: SIPp socket buffers of 4 MB: a node answers a whole group commit at once,
+#: and one SIPp socket stands for thousands of phones, each with its own buffer.
+SIPP_BUFFERS = ("-buff_size", "4194304")
+
+
 def run_sipp(scenario: str, target: str, workdir: str, inf: str | None = None,
              calls: int = 1, rate: int = 10, limit: int = 200, transport: str = "u1",
              local_ip: str = "127.0.0.1", local_port: int | None = None,

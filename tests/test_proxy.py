@@ -7,8 +7,9 @@ import time
 import pytest
 
 from actors.dnsserver import DnsServer
-from loadtest.bench_call import SIPP_BUFFERS, Uas, register_contact, write_call_inf
-from loadtest.harness import NodeProcess, free_port, options_ping, run_sipp, write_users_csv
+from loadtest.bench_call import Uas, register_contact, write_call_inf
+from loadtest.harness import (SIPP_BUFFERS, NodeProcess, free_port, options_ping, run_sipp,
+                              write_users_csv)
 
 USERS = 50
 CALLS = 2000
