@@ -15,8 +15,8 @@ node spends its one core on what needs the location table, and the
 challenges take the second core.
 
 The front answers only while the node says it is synced (a status datagram
-every second); otherwise it passes everything on, so a syncing node still
-answers 503. If the front dies, the kernel hands the port's datagrams to
+four times a second); otherwise it passes everything on, so a syncing node
+still answers 503. If the front dies, the kernel hands the port's datagrams to
 the node's own socket again; if the node dies, the front exits.
 """
 
@@ -46,8 +46,10 @@ log = logging.getLogger(__name__)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-#: how long the node's last "synced" lets the front answer
-STATUS_VALID = 3.0
+#: how often the node tells the front its status, and how long the last
+#: "synced" lets the front answer
+STATUS_EVERY = 0.25
+STATUS_VALID = 1.0
 
 
 def paths(cfg: NodeConfig) -> tuple[str, str]:
@@ -111,12 +113,16 @@ class ChallengeFront:
     def _status_loop(self) -> None:
         while True:
             try:
-                with gevent.Timeout(1.0, False):
+                answering = self.clock() < self.synced_until
+                with gevent.Timeout(STATUS_VALID, False):
                     status = self.ctl.recv(64)
                     if status == b"synced":
                         self.synced_until = self.clock() + STATUS_VALID
                     elif status == b"syncing":
                         self.synced_until = 0.0
+                if answering != (self.clock() < self.synced_until):
+                    log.info("answering challenges" if not answering else
+                             "node not synced: passing every request on")
             except OSError as e:
                 log.warning("status socket: %s", e)
                 gevent.sleep(1.0)

@@ -27,7 +27,7 @@ from store import users as user_store
 from store.models import close_store, incr_state, init_store
 
 from .config import NodeConfig, sqlite_dir
-from .front import FrontProcess
+from .front import STATUS_EVERY, FrontProcess
 from .front import paths as front_paths
 from .proxy import ProxyActor
 from .registrar import RegistrarActor
@@ -150,7 +150,7 @@ class Node:
     def _tell_front(self) -> None:
         while True:
             self.front.tell(self.replicator.synced)
-            gevent.sleep(1.0)
+            gevent.sleep(STATUS_EVERY)
 
     def _actor_died(self, greenlet) -> None:
         log.error("actor died: %r; stopping the node", greenlet.exception)

@@ -70,6 +70,7 @@ class NodeProcess:
         self.config = os.path.join(self.dir, "node.toml")
         self.log_path = os.path.join(self.dir, "node.log")
         self.proc = None
+        self.front = front
         with open(self.config, "w") as f:
             f.write(f"""[node]
 id = "{node_id}"
@@ -97,8 +98,10 @@ url = "{self.database}"
         return subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
 
     def start(self, ready_timeout: float = 20.0) -> "NodeProcess":
-        """Start the process and wait until it answers OPTIONS."""
+        """Start the process and wait until it answers OPTIONS (and, with a
+        challenge front, until the front answers challenges)."""
         logf = open(self.log_path, "ab")
+        log_start = logf.tell()
         self.proc = subprocess.Popen(
             [sys.executable, os.path.join(ROOT, "run.py"), "node", "--config", self.config],
             stdout=logf, stderr=logf, cwd=ROOT)
@@ -107,9 +110,15 @@ url = "{self.database}"
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.id} exited: {self.log_tail()}")
-            if options_ping(self.address, self.port, 0.2):
+            if options_ping(self.address, self.port, 0.2) and (
+                    not self.front or self._logged_since(log_start, "answering challenges")):
                 return self
         raise RuntimeError(f"{self.id} not ready after {ready_timeout}s: {self.log_tail()}")
+
+    def _logged_since(self, offset: int, text: str) -> bool:
+        with open(self.log_path, "rb") as f:
+            f.seek(offset)
+            return text.encode() in f.read()
 
     def log_tail(self, n: int = 30) -> str:
         """The last lines of the node's log."""
