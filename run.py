@@ -20,18 +20,28 @@ def setup_logging(level: str, node_id: str = "-") -> None:
     root.setLevel(level.upper())
 
 
-def cmd_node(args) -> int:
-    """Run one node from its configuration file until SIGTERM."""
-    from actors.bus import BusError
+def load_node_config(path: str, role: str = ""):
+    """The node configuration at ``path``, with logging set up for it (the
+    log lines carry the node id, and ``/role`` if given); None, logged, when
+    the file is wrong."""
     from actors.config import ConfigError, load_config
-    from actors.node import Node
     try:
-        cfg = load_config(args.config)
+        cfg = load_config(path)
     except ConfigError as e:
         setup_logging("INFO")
         logging.getLogger("tandem").error("configuration: %s", e)
+        return None
+    setup_logging(cfg.log_level, f"{cfg.id}/{role}" if role else cfg.id)
+    return cfg
+
+
+def cmd_node(args) -> int:
+    """Run one node from its configuration file until SIGTERM."""
+    from actors.bus import BusError
+    from actors.node import Node
+    cfg = load_node_config(args.config)
+    if cfg is None:
         return 2
-    setup_logging(cfg.log_level, cfg.id)
     node = Node(cfg)
     try:
         node.start()
@@ -45,15 +55,10 @@ def cmd_node(args) -> int:
 
 def cmd_front(args) -> int:
     """Run a node's challenge front (started by the node: secret and pid on stdin)."""
-    from actors.config import ConfigError, load_config
     from actors.front import serve_front
-    try:
-        cfg = load_config(args.config)
-    except ConfigError as e:
-        setup_logging("INFO")
-        logging.getLogger("tandem").error("configuration: %s", e)
+    cfg = load_node_config(args.config, "front")
+    if cfg is None:
         return 2
-    setup_logging(cfg.log_level, f"{cfg.id}/front")
     try:
         secret_hex, parent = sys.stdin.readline().split()
         secret, parent = bytes.fromhex(secret_hex), int(parent)
