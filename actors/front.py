@@ -147,7 +147,8 @@ class ChallengeFront:
                     self.stats["challenged"] += 1
                     return
             except SipError:
-                pass                # the node answers errors, and logs them
+                # Not answered here: the node answers errors, and logs them.
+                pass
             except OSError as e:
                 log.info("sending a challenge to %s:%d failed: %s", ip, port, e)
                 return
@@ -216,7 +217,8 @@ class FrontProcess:
         try:
             self.status.sendto(b"synced" if synced else b"syncing", self.ctl_path)
         except OSError:
-            pass                    # not bound yet: the next second will do
+            # The front has not bound its socket yet: the next status will do.
+            pass
 
     def stop(self) -> None:
         """Stop the front and wait for it."""
