@@ -7,7 +7,7 @@ import time
 import pytest
 
 from actors.transport import unwrap, wrap
-from loadtest.harness import NodeProcess, options_ping, write_users_csv
+from loadtest.harness import NodeProcess, free_port, options_ping, write_users_csv
 from tests.test_node import register, request, sip_exchange
 from tests.test_proxy import call, phone
 
@@ -122,3 +122,25 @@ def test_calls_through_a_node_with_the_front(node):
         stats = uas.stop()
     assert (res.successful, res.failed) == (200, 0), res.stderr
     assert stats["SuccessfulCall(C)"] == "200"
+
+
+def test_a_syncing_node_answers_503_through_the_front(tmp_path):
+    """Until the node is synced the front answers nothing: the node's 503 gets through."""
+    from actors.keys import Member, cluster_toml, generate_keypair
+    me, ghost = (Member(name, *[f"tcp://127.0.0.1:{free_port()}" for _ in range(3)],
+                        *generate_keypair()) for name in ("node1", "node2"))
+    # node2 never starts: node1 syncs "alone" only after alone_wait.
+    n = NodeProcess(str(tmp_path), front=True,
+                    extra=cluster_toml(me, [me, ghost], alone_wait=4.0, heartbeat=0.2))
+    n.front = False            # start() must not wait for the front: it cannot answer yet
+    n.start()
+    try:
+        assert wait_until(lambda: front_pid(n) is not None, 10), n.log_tail()
+        answer = sip_exchange(n, request("REGISTER"))
+        assert answer is not None and answer.startswith("SIP/2.0 503"), answer
+        assert "Retry-After" in answer
+        assert wait_until(lambda: "answering challenges" in n.log_tail(50), 15), n.log_tail()
+        answer = sip_exchange(n, request("REGISTER"))
+        assert answer is not None and answer.startswith("SIP/2.0 401"), answer
+    finally:
+        n.stop()
