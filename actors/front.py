@@ -40,7 +40,7 @@ from sipcore.via import stamp_via
 
 from .config import NodeConfig
 from .registrar import new_tag
-from .transport import drain, udp_socket, wrap
+from .transport import drain, udp_socket, unix_socket, wrap
 
 log = logging.getLogger(__name__)
 
@@ -84,10 +84,7 @@ class ChallengeFront:
         family = _socket.AF_INET6 if ":" in self.cfg.address else _socket.AF_INET
         self.udp = udp_socket(family, reuseport=True)
         self.udp.bind((self.cfg.address, self.cfg.port))
-        self.ctl = socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM)
-        if os.path.exists(self.ctl_path):
-            os.unlink(self.ctl_path)
-        self.ctl.bind(self.ctl_path)
+        self.ctl = unix_socket(_socket.SOCK_DGRAM, self.ctl_path)
         log.info("challenge front on %s:%d (udp)", self.cfg.address, self.cfg.port)
 
     def run(self) -> None:
@@ -207,7 +204,8 @@ class FrontProcess:
         self.proc.stdin.close()
 
     def tell(self, synced: bool) -> None:
-        """Send the node's sync status (once a second); a dead front is reported once."""
+        """Send the node's sync status (every ``STATUS_EVERY`` seconds); a dead
+        front is reported once."""
         if self.proc is not None and self.proc.poll() is not None:
             log.warning("challenge front exited with %s; the node takes the whole port",
                         self.proc.returncode)

@@ -77,10 +77,7 @@ class Transport:
         udp.bind((self.address, self.port))
         if self.front_path is not None:
             steer_to_second(udp)
-            listener = socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
-            if os.path.exists(self.front_path):
-                os.unlink(self.front_path)
-            listener.bind(self.front_path)
+            listener = unix_socket(_socket.SOCK_STREAM, self.front_path)
             listener.listen(8)
             self.forwarded = StreamServer(listener, self._serve_front)
             self.forwarded.start()
@@ -226,6 +223,16 @@ def udp_socket(family: int, reuseport: bool = False):
     for opt in (_socket.SO_RCVBUF, _socket.SO_SNDBUF):
         udp.setsockopt(_socket.SOL_SOCKET, opt, 8 << 20)
     return udp
+
+
+def unix_socket(kind: int, path: str):
+    """A gevent Unix socket of ``kind`` bound to ``path`` (a stale file left
+    by an earlier run is removed first)."""
+    sock = socket.socket(_socket.AF_UNIX, kind)
+    if os.path.exists(path):
+        os.unlink(path)
+    sock.bind(path)
+    return sock
 
 
 #: Linux's SO_ATTACH_REUSEPORT_CBPF, missing from Python's socket module
