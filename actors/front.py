@@ -4,15 +4,15 @@ Half of the requests a registrar gets are first REGISTERs without
 credentials, and their answer, a 401 with a fresh nonce, needs no state:
 the nonce is an HMAC under the node's secret, verified later by the node
 itself. With ``[sip] challenge_front = true`` the node starts this process,
-which binds the same UDP address with SO_REUSEPORT; the node steers every
-datagram of the port to it (``actors.transport.steer_to_second``). The
-front parses and validates each REGISTER that carries no Authorization,
-checks the domain with the registrar's rules and answers the 401 from the
-shared port; everything else (requests with credentials, other methods,
-responses, anything it would have to answer with an error) it passes to
-the node over a Unix socket, with its source address, untouched. So the
-node spends its one core on what needs the location table, and the
-challenges take the second core.
+which binds the same UDP address with SO_REUSEPORT; a BPF program of the
+node (``actors.steering``) makes the kernel hand this process the
+REGISTERs without credentials, and the node everything else. The front
+parses and validates each REGISTER it gets, checks the domain with the
+registrar's rules and answers the 401 from the shared port; what it will
+not answer (a datagram the program misjudged, anything it would have to
+answer with an error) it passes to the node over a Unix socket, with its
+source address, untouched. So the node spends its one core on what needs
+the location table, and the challenges take the second core.
 
 The front answers only while the node says it is synced (a status datagram
 four times a second); otherwise it passes everything on, so a syncing node

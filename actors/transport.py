@@ -6,11 +6,9 @@ drops a malformed response with a log line), and hands the rest to the
 node's dispatcher. Nothing malformed may stop the receive loops.
 """
 
-import ctypes
 import logging
 import os
 import socket as _socket
-import struct
 
 import gevent
 from gevent import socket
@@ -20,6 +18,8 @@ from gevent.server import StreamServer
 from sipcore.errors import SipError
 from sipcore.message import Request, StreamFramer, error_response, parse_message
 from sipcore.via import stamp_via
+
+from .steering import steer_challenges
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +48,10 @@ class Transport:
     ``on_request(req, dest)`` gets each valid request with the destination
     its responses go to; ``on_response(resp, source)`` each valid response.
     With ``front_path``, the UDP socket shares its port with a challenge
-    front (see ``actors.front``) that the kernel hands every datagram while
-    it runs, and the datagrams the front passes on arrive over a Unix
-    stream socket at ``front_path``, each with its original source.
+    front (see ``actors.front``) that the kernel hands the REGISTERs
+    without credentials while it runs (``actors.steering``); the datagrams
+    the front passes on arrive over a Unix stream socket at
+    ``front_path``, each with its original source.
     """
 
     def __init__(self, address: str, port: int, on_request, on_response,
@@ -76,7 +77,7 @@ class Transport:
         udp = udp_socket(self.family, reuseport=self.front_path is not None)
         udp.bind((self.address, self.port))
         if self.front_path is not None:
-            steer_to_second(udp)
+            steer_challenges(udp)
             listener = unix_socket(_socket.SOCK_STREAM, self.front_path)
             listener.listen(8)
             self.forwarded = StreamServer(listener, self._serve_front)
@@ -233,25 +234,6 @@ def unix_socket(kind: int, path: str):
         os.unlink(path)
     sock.bind(path)
     return sock
-
-
-#: Linux's SO_ATTACH_REUSEPORT_CBPF, missing from Python's socket module
-SO_ATTACH_REUSEPORT_CBPF = 51
-_BPF_RET_K = 0x06
-
-
-def steer_to_second(sock) -> None:
-    """Make the kernel give every datagram of ``sock``'s SO_REUSEPORT group to
-    the group's second socket (the challenge front, bound after ``sock``).
-
-    The classic BPF program is one instruction, ``return 1``; while the
-    group has a single socket, the index is out of range and the kernel
-    falls back to its hash, so ``sock`` receives everything again as soon
-    as the front is gone.
-    """
-    program = ctypes.create_string_buffer(struct.pack("HBBI", _BPF_RET_K, 0, 0, 1))
-    fprog = struct.pack("HP", 1, ctypes.addressof(program))
-    sock.setsockopt(_socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, fprog)
 
 
 def wrap(ip: str, port: int, data: bytes) -> bytes:

@@ -74,6 +74,10 @@ def main() -> int:
             front_cpu = sum(map(cpu_seconds, fronts)) - front0
         finally:
             node.stop()
+        # The front logs what it answered and what it passed on as it stops.
+        front_stats = [line.split("challenge front stopped: ", 1)[1]
+                       for line in node.log_tail(200).splitlines()
+                       if "challenge front stopped: " in line]
     secs = res.elapsed
     sys.stdout.write(
         f"authenticated REGISTER: {res.successful} ok, {res.failed} failed, "
@@ -82,6 +86,7 @@ def main() -> int:
         f"node CPU: {cpu:.2f} s = {100 * cpu / secs:.0f}% of one core\n"
         + (f"challenge front CPU: {front_cpu:.2f} s = {100 * front_cpu / secs:.0f}% of one core\n"
            if fronts else "")
+        + "".join(f"challenge front: {stats}\n" for stats in front_stats)
         + f"{1e6 * (cpu + front_cpu) / max(1, res.successful):.0f} us of node CPU "
         "per authenticated registration\n"
         f"SIPp CPU: {res.cpu:.2f} s = {100 * res.cpu / secs:.0f}% of one core\n")

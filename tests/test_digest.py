@@ -413,13 +413,12 @@ def make_auth(**kw) -> Authenticator:
 
 def answer(challenge: str, user: str, password: str, method: str = "REGISTER",
            nc: int = 1, cnonce: str = "0a4f113b", qop: bool = True,
-           algorithm: str | None = None) -> str:
+           algorithm: str | None = None, uri: str = f"sip:{REALM}") -> str:
     """Play the client: answer one challenge value."""
     params = parse_credentials(
         challenge + ', username="x", uri="x", response="0"'
         + (', nc=00000001, cnonce="x"' if 'qop=' in challenge else ""))
     alg = algorithm or params.algorithm
-    uri = f"sip:{REALM}"
     creds = Credentials(user, params.realm, params.nonce, uri, "", alg,
                         "auth" if qop else None, f"{nc:08x}" if qop else None,
                         cnonce if qop else None)

@@ -8,6 +8,7 @@ import pytest
 
 from actors.transport import unwrap, wrap
 from loadtest.harness import NodeProcess, free_port, options_ping, write_users_csv
+from tests.test_digest import answer
 from tests.test_node import register, request, sip_exchange
 from tests.test_proxy import call, phone
 
@@ -95,6 +96,29 @@ def test_registrations_with_the_front(node):
     log = open(node.log_path).read()
     stopped = [line for line in log.splitlines() if "challenge front stopped" in line]
     assert stopped and "'challenged': 0," not in stopped[0], log[-2000:]
+
+
+def test_the_kernel_hands_credentials_to_the_node_itself(node):
+    """With the front stopped, the node still answers an authenticated
+    REGISTER and an OPTIONS: the kernel gives it those directly, while a
+    REGISTER without credentials waits for the front."""
+    challenge = sip_exchange(node, request("REGISTER"))
+    assert challenge is not None and challenge.startswith("SIP/2.0 401"), challenge
+    www = next(line.split(":", 1)[1].strip() for line in challenge.split("\r\n")
+               if line.startswith("WWW-Authenticate:") and "algorithm=MD5" in line)
+    user, password = node.rows[0]
+    creds = answer(www, user, password, uri="sip:example.test")
+    pid = front_pid(node)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        assert sip_exchange(node, request("OPTIONS")).startswith("SIP/2.0 200")
+        ok = sip_exchange(node, request("REGISTER", extra=(
+            f"\r\nContact: <sip:{user}@127.0.0.1:5999>\r\nAuthorization: {creds}")))
+        assert ok is not None and ok.startswith("SIP/2.0 200"), ok
+        assert "<sip:user0@127.0.0.1:5999>;expires=" in ok
+        assert sip_exchange(node, request("REGISTER"), timeout=0.5) is None
+    finally:
+        os.kill(pid, signal.SIGCONT)
 
 
 def test_the_node_takes_the_port_when_the_front_dies(node):
