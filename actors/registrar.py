@@ -157,7 +157,7 @@ class RegistrarActor:
                 self._answer(key, dest, response, mono)
         if changes or merged:
             try:
-                binding_store.write_batch([b.to_record() for b in changes + merged])
+                binding_store.write_bindings(changes + merged)
             except Exception:
                 log.exception("group commit of %d bindings failed; answering 500",
                               len(changes) + len(merged))
@@ -192,14 +192,15 @@ class RegistrarActor:
                 log.info("REGISTER for %s from %s:%s:%d not authenticated: %s",
                          req.to.uri.user, *dest, result.reason)
             return challenge_response(req, result.challenges, new_tag()), []
-        _aor, user = rules.aor_of(req)
+        aor, user = rules.aor_of(req)
         if result.username != user:
             raise SipError(403, "Not Allowed To Register This User")
         received = "%s:%s:%d" % dest
-        outcome = rules.apply(req, self.location, now, self.node_id, received, new_tag())
+        outcome = rules.apply(req, self.location, now, self.node_id, received, new_tag(), aor)
         for b in outcome.changes:
             b.epoch, b.seq = self.sequencer.next()
-        return outcome.response, outcome.changes
+        # The outcome stands for its 200: ``status`` and ``encode()``.
+        return outcome, outcome.changes
 
 
 _TAG_PREFIX = os.urandom(4).hex()

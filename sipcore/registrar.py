@@ -6,7 +6,7 @@ returns the binding changes and the response. Nothing here touches I/O:
 the caller commits the changes and only then sends the response.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from email.utils import formatdate
 from math import inf, nextafter
 from urllib.parse import unquote
@@ -32,12 +32,26 @@ def http_date(now: float) -> str:
 
 @dataclass
 class RegisterOutcome:
-    """What a REGISTER does: bindings to write, then the response to send."""
+    """What a REGISTER does: bindings to write, then the 200 to send."""
 
-    changes: list[Binding] = field(default_factory=list)
+    changes: list[Binding]
     """New versions (tombstones for removals) to commit before answering."""
-    response: Response | None = None
-    """The final response, built as if ``changes`` were committed."""
+    request: Request
+    """The REGISTER."""
+    headers: list[tuple[str, str]]
+    """The 200's own header fields (Contact per binding, Path, Date)."""
+    to_tag: str
+    """The tag the 200 adds to To."""
+    status = 200
+
+    @property
+    def response(self) -> Response:
+        """The 200, built as if ``changes`` were committed."""
+        return make_response(self.request, 200, "OK", self.headers, to_tag=self.to_tag)
+
+    def encode(self) -> bytes:
+        """``response.encode()``, built directly (the registrar's hot path)."""
+        return response_bytes(self.request, 200, "OK", self.headers, to_tag=self.to_tag)
 
 
 class RegistrarRules:
@@ -71,13 +85,15 @@ class RegistrarRules:
         return f"sip:{user}@{self.domain}", user
 
     def apply(self, req: Request, location: Location, now: float, node_id: str,
-              received: str | None, to_tag: str) -> RegisterOutcome:
+              received: str | None, to_tag: str, aor: str | None = None) -> RegisterOutcome:
         """Steps 5–8 for an authenticated and authorised REGISTER.
 
         Nothing is written: either every change is returned (to be put and
         committed together) or a ``SipError`` is raised and nothing changes.
+        ``aor`` is ``aor_of(req)``'s, when the caller has it already.
         """
-        aor, _user = self.aor_of(req)
+        if aor is None:
+            aor = self.aor_of(req)[0]
         current = location.get(aor)
         contacts = req.contacts
         call_id = req.call_id
@@ -93,9 +109,9 @@ class RegistrarRules:
                 _check_order(b, call_id, cseq)
                 changes.append(tombstone(b, call_id=call_id, cseq=cseq, origin=node_id,
                                          updated_at=_stamp(b, call_id, now)))
-            return RegisterOutcome(changes, self._ok(req, (), now, to_tag))
+            return RegisterOutcome(changes, req, self._ok(req, (), now), to_tag)
         if not contacts:
-            return RegisterOutcome([], self._ok(req, live.values(), now, to_tag))
+            return RegisterOutcome([], req, self._ok(req, live.values(), now), to_tag)
         before = len(live)
         ua = req.get("user-agent")
         path = req.get_all("path")
@@ -114,7 +130,8 @@ class RegistrarRules:
                 live[key] = b
         if len(live) > self.max_contacts and len(live) > before:
             raise SipError(403, "Too Many Contacts")
-        return RegisterOutcome(list(pending.values()), self._ok(req, live.values(), now, to_tag))
+        return RegisterOutcome(list(pending.values()), req, self._ok(req, live.values(), now),
+                               to_tag)
 
     def _binding(self, na: NameAddr, aor, current, call_id, cseq, hdr_expires, now,
                  node_id, received, ua, path) -> tuple[str, Binding | None]:
@@ -159,7 +176,8 @@ class RegistrarRules:
                             reg_id=reg_id, received=received, user_agent=ua, origin=node_id,
                             updated_at=now if old is None else _stamp(old, call_id, now))
 
-    def _ok(self, req: Request, live, now: float, to_tag: str) -> Response:
+    def _ok(self, req: Request, live, now: float) -> list[tuple[str, str]]:
+        """The 200's header fields: every live binding with the seconds it has left."""
         headers = []
         if len(live) > 1:
             live = sorted(live, key=_expiry)
@@ -177,7 +195,7 @@ class RegistrarRules:
             if "path" in (o.lower() for o in options):
                 headers.extend(("Path", v) for v in paths)
         headers.append(("Date", http_date(now)))
-        return make_response(req, 200, "OK", headers, to_tag=to_tag)
+        return headers
 
 
 def challenge_response(req: Request, challenges: list[str], to_tag: str) -> Response:

@@ -38,7 +38,7 @@ row, twenty times the cost of executing it.
 import json
 import logging
 import time
-from operator import itemgetter
+from operator import attrgetter, itemgetter
 
 import peewee
 
@@ -66,6 +66,8 @@ if not _PATH_AT < _DELETED_AT == _NFIELDS - 1:
 _head = itemgetter(*BINDING_FIELDS[:_PATH_AT])
 _middle = itemgetter(*BINDING_FIELDS[_PATH_AT + 1:_DELETED_AT])
 _identity = itemgetter("aor", "key")
+_head_of = attrgetter(*BINDING_FIELDS[:_PATH_AT])
+_middle_of = attrgetter(*BINDING_FIELDS[_PATH_AT + 1:_DELETED_AT])
 _dumps = json.JSONEncoder(separators=(",", ":")).encode
 _loads = json.loads
 
@@ -191,7 +193,6 @@ def write_batch(upserts: list[dict],
     if not isinstance(upserts, list):
         upserts = list(upserts)
     deletes = list(deletes) if deletes else []
-    started = time.perf_counter()
     latest = {}
     try:
         for record in upserts:
@@ -199,6 +200,49 @@ def write_batch(upserts: list[dict],
     except (KeyError, TypeError) as exc:
         raise _bad_record(record) from exc
     records = list(latest.values()) if len(latest) != len(upserts) else upserts
+    _commit(db, records, _params_of, deletes)
+
+
+def write_bindings(bindings: list) -> None:
+    """``write_batch(upserts)`` for objects with an attribute per record key
+    (``sipcore.location.Binding``): the registrar's group commit, without
+    a dict per binding. Durable when this returns; the last of several
+    bindings with the same (aor, key) wins.
+    """
+    db = get_database()
+    if db.in_transaction():
+        raise StoreError("write_bindings must not run inside a transaction")
+    if not bindings:
+        return
+    try:
+        latest = {(b.aor, b.key): b for b in bindings}
+    except AttributeError as exc:
+        raise StoreError("write_bindings takes binding objects: %s" % exc) from exc
+    records = list(latest.values()) if len(latest) != len(bindings) else bindings
+    _commit(db, records, _params_of_bindings, [])
+
+
+def _params_of_bindings(bindings) -> list:
+    """``_params_of`` for binding objects."""
+    params = []
+    extend = params.extend
+    append = params.append
+    for b in bindings:
+        try:
+            extend(_head_of(b))
+            append(_encode_path(b.path))
+            extend(_middle_of(b))
+            append(bool(b.deleted))
+        except AttributeError as exc:
+            raise StoreError("not a binding: %r (%s)" % (b, exc)) from exc
+    return params
+
+
+def _commit(db: peewee.Database, records: list, params_of, deletes: list) -> None:
+    """Delete ``deletes`` and upsert ``records`` (made parameters by
+    ``params_of``) in one transaction, in statements of as many rows as the
+    backend takes."""
+    started = time.perf_counter()
     per_statement = max(1, min(MAX_ROWS_PER_STATEMENT,
                                max_variables(db) // _NFIELDS))
     try:
@@ -210,10 +254,10 @@ def write_batch(upserts: list[dict],
                 for start in range(0, len(records), per_statement):
                     chunk = records[start:start + per_statement]
                     sql = prefix + ", ".join([group] * len(chunk)) + suffix
-                    db.execute_sql(sql, _params_of(chunk))
+                    db.execute_sql(sql, params_of(chunk))
     except peewee.PeeweeException as exc:
         _reset_if_broken(db)
-        raise StoreError("write_batch of %d upserts and %d deletes failed, "
+        raise StoreError("write of %d upserts and %d deletes failed, "
                          "nothing written: %s"
                          % (len(records), len(deletes), exc)) from exc
     elapsed = time.perf_counter() - started

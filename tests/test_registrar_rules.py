@@ -49,6 +49,7 @@ def register(rules, loc, req, now=T0, node="n1"):
     """What the actor does after authentication: apply, then put every change."""
     rules.check(req)
     out = rules.apply(req, loc, now, node, "udp:192.0.2.10:5060", "totag")
+    assert out.encode() == out.response.encode(), "the 200's bytes are those of its Response"
     for b in out.changes:
         assert is_newer(b, loc.get(b.aor).get(b.key)), "peers would refuse this version"
         loc.put(b)

@@ -222,6 +222,24 @@ def test_same_key_twice_in_one_batch_last_wins(store):
     assert loaded[(newer["aor"], newer["key"])] == newer
 
 
+def test_write_bindings_stores_what_write_batch_stores(store):
+    """The registrar writes ``sipcore.location.Binding`` objects; each row is
+    the one its ``to_record`` would give, and the last of a key wins."""
+    from sipcore.location import Binding as LocBinding
+    objs = [LocBinding.from_record(make_binding(i)) for i in range(1200)]
+    objs.append(LocBinding.from_record(make_binding(7, cseq=70, path=[], deleted=True)))
+    bindings.write_bindings(objs)
+    expected = by_identity([b.to_record() for b in objs])
+    for r in expected.values():
+        r["path"] = json.loads(r["path"])
+    assert by_identity(bindings.load_bindings()) == expected
+    assert expected[(objs[-1].aor, objs[-1].key)]["cseq"] == 70
+    with pytest.raises(StoreError):
+        bindings.write_bindings([make_binding(1)])
+    with get_database().atomic(), pytest.raises(StoreError):
+        bindings.write_bindings(objs[:1])
+
+
 def test_same_key_different_aor_are_distinct(store):
     one = make_binding(1, aor="sip:a@example.com", key="k")
     two = make_binding(2, aor="sip:b@example.com", key="k")
