@@ -404,6 +404,7 @@ USERS = {
     "alice": {"MD5": ha1("alice", REALM, "wonderland"),
               "SHA-256": ha1("alice", REALM, "wonderland", "SHA-256")},
     "oldie": {"MD5": ha1("oldie", REALM, "pw")},
+    "blank": {"MD5": ""},
 }
 
 
@@ -559,3 +560,272 @@ def test_no_secret_in_repr():
     text = repr(a) + repr(a.nonces) + repr(a.authenticate("REGISTER", [], 0.0))
     assert "cluster-secret" not in text
     assert USERS["alice"]["MD5"] not in text
+
+
+# ---- nonce keys, salts and counts: fast ways against the plain ones ------
+
+@pytest.mark.parametrize("secret", [b"k", b"\x00" * 32, bytes(range(64)), bytes(range(65)),
+                                    b"long secret " * 20])
+def test_nonce_mac_is_hmac_sha256_for_any_secret_length(secret):
+    f = NonceFactory(secret)
+    for i in range(3):
+        n = f.make(1000.0 + i)
+        mac = hmac.digest(secret, n[:24].encode(), "sha256")[:18]
+        assert n[24:] == base64.urlsafe_b64encode(mac).decode()
+        assert f.check(n, 1000.0) == "ok"
+
+
+def test_nonce_salts_come_in_batches_all_distinct():
+    f = NonceFactory(b"secret")
+    nonces = [f.make(1000.0) for _ in range(3 * digest._SALT_BATCH + 1)]
+    salts = {n[12:24] for n in nonces}
+    assert len(salts) == len(nonces)
+    for salt in salts:
+        assert len(base64.urlsafe_b64decode(salt)) == 9
+    assert all(f.check(n, 1000.0) == "ok" for n in nonces)
+
+
+class SweepingAlways(NonceCounts):
+    """``NonceCounts`` that sweeps before every new entry, as it did before
+    it learnt to skip a sweep that would drop nothing."""
+
+    def accept(self, nonce, nc, now, expires_at):
+        entry = self._table.get(nonce)
+        if entry is not None:
+            if nc <= entry[0]:
+                return False
+            entry[0] = nc
+            return True
+        if nc < 1 or expires_at <= now or expires_at <= self._floor:
+            return False
+        self._sweep(now)
+        self._table[nonce] = [nc, expires_at]
+        self._order.append(nonce)
+        return True
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 6),
+       st.lists(st.tuples(st.integers(0, 9), st.integers(0, 3), st.integers(0, 30),
+                          st.integers(0, 40)), max_size=60))
+def test_nonce_counts_skip_only_idle_sweeps(size, calls):
+    fast, plain = NonceCounts(size), SweepingAlways(size)
+    now = 0.0
+    for nonce, nc, step, life in calls:
+        now += step
+        args = (f"n{nonce}", nc, now, now + life - 10)
+        assert fast.accept(*args) == plain.accept(*args)
+        assert fast._table == plain._table
+        assert list(fast._order) == list(plain._order)
+        assert fast._floor == plain._floor
+
+
+# ---- Authenticator fast path against the general path --------------------
+
+def test_success_result_equals_constructed_one():
+    made = digest._success("alice")
+    assert made == AuthResult(True, "alice", [], False, "ok")
+    assert repr(made) == repr(AuthResult(True, "alice", [], False, "ok"))
+    assert made.challenges is not digest._success("alice").challenges
+    with pytest.raises(AttributeError):
+        made.ok = False
+
+
+PASSWORDS = {"alice": "wonderland", "oldie": "pw"}
+
+
+def recording_auth(**kw):
+    """An authenticator with a seeded salt generator, and the user names it looked up."""
+    looked_up = []
+
+    def lookup(user):
+        looked_up.append(user)
+        return USERS.get(user)
+
+    a = Authenticator(REALM, b"cluster-secret", lookup, **kw)
+    a.nonces._rng.seed(7)
+    return a, looked_up
+
+
+def auth_outcome(call, values, now):
+    """What ``call("REGISTER", values, now)`` gives: its result or its error."""
+    try:
+        return ("ok", call("REGISTER", values, now))
+    except Exception as err:  # whatever it is, both paths must raise it
+        return ("error", type(err), str(err))
+
+
+def assert_paths_agree(calls, **kw):
+    """``authenticate`` and ``_authenticate_slow`` give equal results, look
+    up the same users and leave equal replay tables for ``calls``, a list
+    of (header values, now)."""
+    fast, fast_lookups = recording_auth(**kw)
+    slow, slow_lookups = recording_auth(**kw)
+    for values, now in calls:
+        assert auth_outcome(fast.authenticate, values, now) == \
+            auth_outcome(slow._authenticate_slow, values, now)
+        assert fast_lookups == slow_lookups
+        assert fast.counts._table == slow.counts._table
+
+
+SIPP_ORDER = ("username", "realm", "cnonce", "nc", "qop", "uri", "nonce", "response", "algorithm")
+PHONE_ORDER = ("username", "realm", "nonce", "uri", "response", "algorithm", "cnonce", "qop", "nc")
+
+
+def credentials_value(nonce, user="alice", password="wonderland", realm=REALM,
+                      algorithm="MD5", qop="auth", nc="00000001", cnonce="6b8b4567",
+                      uri=f"sip:{REALM}", order=SIPP_ORDER, separator=",", quoted=(),
+                      response=None, scheme="Digest ", extra="", upper=False, ha1_hex=None):
+    """A client's value: ``quoted`` names also quote algorithm, qop or nc,
+    ``response`` replaces the right one (computed from ``ha1_hex`` if
+    given), ``upper`` upper-cases it; a None parameter is left out."""
+    if response is None:
+        canonical = digest._ALGORITHMS.get((algorithm or "MD5").upper(), algorithm)
+        creds = Credentials(user, realm, nonce, uri, "", canonical, qop, nc, cnonce)
+        base = canonical.removesuffix("-sess")
+        if ha1_hex is None:
+            ha1_hex = ha1(user, realm, password, base if base in digest._HASHES else "MD5")
+        response = expected_response(creds, "REGISTER", ha1_hex) or "0" * 32
+    if upper:
+        response = response.upper()
+    values = {"username": user, "realm": realm, "nonce": nonce, "uri": uri,
+              "response": response, "algorithm": algorithm, "qop": qop, "nc": nc,
+              "cnonce": cnonce}
+    plain = {"algorithm", "qop", "nc"} - set(quoted)
+    parts = [f"{k}={v}" if k in plain else f'{k}="{v}"'
+             for k in order if (v := values[k]) is not None]
+    return scheme + separator.join(parts) + extra
+
+
+def issued(at=100.0):
+    """A nonce our secret made at ``at``, without touching the twins' salts."""
+    return NonceFactory(b"cluster-secret").make(at)
+
+
+@pytest.mark.parametrize("order,separator", [(SIPP_ORDER, ","), (PHONE_ORDER, ", "),
+                                             (SIPP_ORDER, ", "), (PHONE_ORDER, ",")])
+@pytest.mark.parametrize("algorithm", [None, "MD5", "SHA-256", "sha-256"])
+def test_usual_credentials_take_the_fast_path(monkeypatch, order, separator, algorithm):
+    a, _ = recording_auth()
+    # Going through the general path would call None.
+    monkeypatch.setattr(a, "_authenticate_slow", None)
+    nonce = issued()
+    value = credentials_value(nonce, algorithm=algorithm, order=order, separator=separator)
+    assert a.authenticate("REGISTER", [value], 101.0) == AuthResult(True, "alice", [], False, "ok")
+    value = credentials_value(nonce, algorithm=algorithm, order=order, separator=separator,
+                              nc="00000002", cnonce="x")
+    assert a.authenticate("REGISTER", [value], 101.0).ok
+    assert not a.authenticate("REGISTER", [value], 101.0).ok
+
+
+@pytest.mark.parametrize("change", [
+    {}, {"upper": True}, {"user": "mallory"}, {"password": "nope"},
+    {"user": "oldie", "algorithm": "SHA-256"}, {"user": "blank", "ha1_hex": ""},
+    {"user": 'al"ice'}, {"user": 'al\\"ice'}, {"user": "al\\\\ice"},
+    {"realm": "elsewhere"}, {"scheme": "Digest\t"}, {"scheme": " digest "},
+    {"scheme": "Digest,"}, {"scheme": "Bearer "},
+    {"algorithm": "MD5-sess"}, {"algorithm": "SHA-512"}, {"qop": "auth-int"},
+    {"qop": None, "nc": None, "cnonce": None},
+    {"quoted": ("qop",)}, {"quoted": ("nc",)}, {"quoted": ("algorithm",)},
+    {"quoted": ("algorithm",), "algorithm": "SHA-256"},
+    {"quoted": ("algorithm",), "algorithm": "MD5-sess"},
+    {"nc": "0000000A"}, {"nc": "00000000"}, {"nc": "1"}, {"nc": "0000001g"},
+    {"nc": "0x000001"}, {"cnonce": None}, {"uri": None},
+    {"response": "é" * 32}, {"response": "0" * 32},
+    {"extra": ", username*=UTF-8''alice"}, {"extra": ', opaque="x", foo=bar'},
+    {"extra": ', response="0"'}, {"extra": ', x="'},
+])
+def test_fast_path_agrees_with_general_path(change):
+    nonce = issued()
+    value = credentials_value(nonce, **change)
+    assert_paths_agree([([value], 101.0), ([value], 102.0), ([value], 500.0)])
+    assert_paths_agree([([value], 500.0), ([value, value], 101.0), ([], 101.0)])
+
+
+@pytest.mark.parametrize("user", ["mallory", "oldie"])
+def test_no_ha1_denied_even_for_the_dummy_response(user):
+    """A user without an HA1 is refused even with the response the dummy
+    HA1 (otherwise a secret) gives, on both paths."""
+    dummy = ha1("", REALM, "guessed")
+    for a, call in ((make_auth(), "authenticate"), (make_auth(), "_authenticate_slow")):
+        a._dummy = {"MD5": dummy, "SHA-256": dummy}
+        value = credentials_value(issued(), user=user, algorithm="SHA-256", ha1_hex=dummy)
+        assert getattr(a, call)("REGISTER", [value], 101.0).reason == "denied"
+
+
+def test_plans_and_ha2s_bounded():
+    a = make_auth()
+    nonce = issued()
+    for n in range(digest._SHAPES_MAX + 10):
+        value = credentials_value(nonce, nc=f"{n + 1:08x}", uri=f"sip:{n}@{REALM}")
+        assert a.authenticate("REGISTER", [value], 101.0).ok
+        assert len(a._plans) <= digest._SHAPES_MAX
+        assert len(a._ha2s["MD5"]) <= digest._HA2S_MAX
+    a._plans.clear()
+    long = credentials_value(nonce, nc="00100000", extra=", x=" + "y" * digest._SHAPE_TEXT_MAX)
+    assert a.authenticate("REGISTER", [long], 101.0).ok
+    assert not a._plans
+
+
+# Two kinds of parameters: usual ones, which mostly take the fast path, and
+# any, odd ones among them.
+_USUAL = {
+    "user": ["alice", "alice", "oldie", "mallory"],
+    "realm": [REALM],
+    "algorithm": [None, "MD5", "MD5", "SHA-256", "sha-256"],
+    "qop": ["auth", "auth", "AUTH"],
+    "nc": ["00000001", "00000001", "00000002", "0000000A", "0000000a"],
+    "cnonce": ["6b8b4567", "", "a,b=c"],
+    "uri": [f"sip:{REALM}", f"sip:{REALM}", "sip:x;a=b,c"],
+    "separator": [",", ", "],
+    "scheme": ["Digest ", "digest "],
+    "extra": ["", "", ', opaque="xyz"', ", foo=bar"],
+    "quoted": [()],
+}
+_ODD = {
+    "user": ['al"ice', 'al\\"ice', "al\\\\ice", "a,b", "é", "", "alice "],
+    "realm": ["elsewhere", REALM.upper(), ""],
+    "algorithm": ["MD5-sess", "SHA-256-sess", "SHA-512", ""],
+    "qop": ["auth-int", None, ""],
+    "nc": ["00000000", "1", "0000001g", ""],
+    "cnonce": ["é", None],
+    "uri": ["é", ""],
+    "separator": [" ,", ",\t", ",,", ", \r\n "],
+    "scheme": ["DIGEST\t", "  Digest ", "Digest", "Digest,", 'Digest"', "Basic ", "Bearer "],
+    "extra": [", username*=UTF-8''alice", ', realm="other"', ', x="', ", x", " x",
+              ', y="\\\\"'],
+    "quoted": [("algorithm",), ("qop",), ("nc",)],
+}
+
+
+@st.composite
+def credential_values(draw):
+    """A client's Authorization value, often usual, else with odd parameters."""
+    nonce = draw(st.one_of(st.just(issued()), st.sampled_from([
+        issued(), issued(-1000.0), issued(200.0), "Z" + issued()[1:],
+        NonceFactory(b"other").make(100.0), issued()[:-1], "é" * 48, ""])))
+    odd = draw(st.booleans())
+    kw = {name: draw(st.sampled_from(usual + _ODD[name] if odd else usual))
+          for name, usual in _USUAL.items()}
+    kw["order"] = draw(st.permutations(SIPP_ORDER))
+    kw["upper"] = draw(st.sampled_from([False] * 7 + [True]))
+    right = draw(st.sampled_from([True, True, True, False]))
+    kw["password"] = PASSWORDS.get(kw["user"], "x") if right else "nope"
+    value = credentials_value(nonce, **kw)
+    if draw(st.sampled_from([False] * 7 + [True])):
+        value = value.replace('response="', 'response="é', 1)
+    return value
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(credential_values(), st.sampled_from([1, 1, 1, 0, 2, 3]),
+                          st.sampled_from([99.0, 101.0, 101.0, 150.0, 401.0])),
+                min_size=1, max_size=4))
+def test_fast_path_property(cases):
+    calls = []
+    for value, kind, now in cases:
+        values = ([], [value], [value, value], ["Basic YWxpY2U6d29uZGVybGFuZA==", value])[kind]
+        calls.append((values, now))
+        # Sent again: a replay, or the same failure once more.
+        calls.append((values, now + 1.0))
+    assert_paths_agree(calls)
