@@ -20,6 +20,7 @@ still answers 503. If the front dies, the kernel hands the port's datagrams to
 the node's own socket again; if the node dies, the front exits.
 """
 
+import gc
 import logging
 import os
 import signal
@@ -35,6 +36,7 @@ from gevent.event import Event
 from sipcore.digest import Authenticator
 from sipcore.errors import SipError
 from sipcore.message import parse_message
+from sipcore.quick_challenge import QuickChallenge
 from sipcore.registrar import RegistrarRules, challenge_bytes
 from sipcore.via import stamp_via
 
@@ -67,6 +69,7 @@ class ChallengeFront:
                                     cfg.max_expires, cfg.default_expires, cfg.max_contacts)
         self.auth = Authenticator(cfg.domain, secret, lambda _user: None, cfg.nonce_lifetime,
                                   tuple(cfg.auth_algorithms))
+        self.quick = QuickChallenge(self.rules.domains)
         self.clock = clock
         self.node_path, self.ctl_path = paths(cfg)
         self.synced_until = 0.0
@@ -129,7 +132,19 @@ class ChallengeFront:
 
     def handle(self, data: bytes, ip: str, port: int, send) -> None:
         """Answer ``data`` with a challenge when it is a REGISTER without
-        credentials and the node is synced; otherwise pass it on."""
+        credentials and the node is synced; otherwise pass it on.
+
+        The usual REGISTER gets its 401 from ``QuickChallenge``; any other
+        goes through the general parser, which writes the same bytes."""
+        if self.clock() < self.synced_until:
+            quick = self.quick.answer(data, ip, port, self._challenges, new_tag)
+            if quick is not None:
+                try:
+                    send(*quick)
+                    self.stats["challenged"] += 1
+                except OSError as e:
+                    log.info("sending a challenge to %s:%d failed: %s", ip, port, e)
+                return
         if (data[:9] == b"REGISTER " and self.clock() < self.synced_until
                 and b"authorization" not in data.lower()):
             try:
@@ -150,6 +165,9 @@ class ChallengeFront:
                 log.info("sending a challenge to %s:%d failed: %s", ip, port, e)
                 return
         self.pending.append(wrap(ip, port, data))
+
+    def _challenges(self) -> list[str]:
+        return self.auth.challenge(time.time())
 
     def flush(self) -> None:
         """Pass the datagrams of the last burst to the node, in one write."""
@@ -241,6 +259,11 @@ def serve_front(cfg: NodeConfig, secret: bytes, parent: int) -> int:
         return 1
     gevent.signal_handler(signal.SIGTERM, front.stopped.set)
     gevent.signal_handler(signal.SIGINT, front.stopped.set)
+    # As in the node (actors.node): each challenge leaves garbage without
+    # cycles, and the parse caches hold thousands of objects that a full
+    # collection would walk for nothing; collect young objects rarely.
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 100)
     front.run()
     log.info("challenge front stopped: %s", front.stats)
     return 0
