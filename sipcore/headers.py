@@ -57,7 +57,7 @@ _VIA = re.compile(r"\s*SIP\s*/\s*2\.0\s*/\s*([A-Za-z0-9!%*_+`'~.-]+)\s+"
                   r"(\[[^\]]*\]|[^;:\s\[]+)(?:\s*:\s*([0-9]+))?\s*(.*)\Z", re.S | re.I)
 
 
-@dataclass
+@dataclass(slots=True)
 class Via:
     """One Via value: ``SIP/2.0/UDP host:port;params``."""
 
@@ -110,21 +110,23 @@ def parse_via(value: str) -> Via:
     callers may change (``received``, ``rport``); the sent-by part is
     looked up by its text and only the parameters are parsed.
     """
-    semi = value.find(";")
-    head = value if semi < 0 else value[:semi]
+    head, semi, rest = value.partition(";")
     sent_by = _SENT_BY_CACHE.get(head)
     if sent_by is None:
         sent_by = _sent_by(head)
         if sent_by is None:
             return _parse_via(value)
         _remember(_SENT_BY_CACHE, head, sent_by)
-    if semi < 0:
-        return Via(*sent_by, {})
+    transport, host, port = sent_by
+    if not semi:
+        return Via(transport, host, port, {})
     try:
-        params = parse_params(value[semi:].strip())
+        # _parse_via reads ";" + rest, trailing whitespace stripped: the same
+        # pieces, less an empty first one, and each piece is stripped anyway.
+        params = parse_params(rest)
     except SipParseError as err:
         raise SipParseError(f"malformed Via: {err.reason}") from None
-    return Via(*sent_by, params)
+    return Via(transport, host, port, params)
 
 
 def _sent_by(head: str) -> tuple[str, str, int | None] | None:

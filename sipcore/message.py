@@ -4,13 +4,14 @@ Parsing is lazy: ``parse_message`` only splits the start line and the
 header fields; structured values (Via, CSeq, Contact...) are parsed when
 first asked for and cached until a header changes. Headers keep their
 order and their raw text, so a proxy forwards what it did not touch
-byte for byte.
+byte for byte; the fields are indexed by key as they are read
+(``Headers``), so that looking one up does not scan them.
 """
 
 from itertools import islice
 
 from .errors import SipError, SipParseError
-from .headers import (CANONICAL, LIST_HEADERS, Via, parse_cseq, parse_int,
+from .headers import (CANONICAL, LIST_HEADERS, Via, parse_cseq,
                       parse_via, split_list)
 from .uri import NameAddr, SipUri, UnsupportedScheme, parse_name_addr, parse_number, parse_uri
 
@@ -19,6 +20,9 @@ REQUIRED = ("via", "from", "to", "call-id", "cseq")
 SINGLE = ("from", "to", "call-id", "cseq", "max-forwards")
 _REQUIRED = frozenset(REQUIRED)     # for one superset test in the common case
 _TOKEN = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~"
+#: the methods of RFC 3261 and its extensions, for the usual request line
+_METHODS = frozenset(("REGISTER", "INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "SUBSCRIBE",
+                      "NOTIFY", "PUBLISH", "MESSAGE", "INFO", "PRACK", "UPDATE", "REFER"))
 #: header name as written (canonical, lower-case or compact) -> (lookup key, canonical spelling)
 _NAMES = {low: (canon.lower(), canon) for low, canon in CANONICAL.items()}
 _NAMES.update({canon: (canon.lower(), canon) for canon in CANONICAL.values()})
@@ -42,12 +46,69 @@ REASONS = {
 }
 
 
+class Headers(list):
+    """The header fields of a parsed message, ``[key, name, value]`` lists, with an index by key.
+
+    ``first`` maps each key to its first field and ``repeated`` holds the
+    keys of more than one field. The parser builds them as it reads the
+    fields, ``reindex`` when they are next needed after a change: every
+    change to the list itself (insert, delete, replace, sort...) drops them,
+    so code may edit the list directly. A field's value may be changed in
+    place (``field[2] = ...``): the index holds the fields.
+    """
+
+    __slots__ = ("first", "repeated")
+
+    def __getattr__(self, name: str):
+        # Only for a slot never set: a list made into Headers and not indexed yet.
+        if name == "first" or name == "repeated":
+            return None
+        raise AttributeError(f"'Headers' object has no attribute {name!r}")
+
+    def reindex(self) -> dict:
+        """Build ``first`` and ``repeated`` from the fields; return ``first``."""
+        first: dict = {}
+        repeated = set()
+        for h in self:
+            key = h[0]
+            if key in first:
+                repeated.add(key)
+            else:
+                first[key] = h
+        self.first = first
+        self.repeated = repeated
+        return first
+
+
+#: ``repeated`` when no key repeats
+_NO_KEYS: frozenset = frozenset()
+
+
+def _dropping_index(name: str):
+    """``list``'s method ``name``, made to drop the ``Headers`` index first."""
+    method = getattr(list, name)
+
+    def change(self, *args, **kwargs):
+        self.first = self.repeated = None
+        return method(self, *args, **kwargs)
+
+    change.__name__ = change.__qualname__ = name
+    change.__doc__ = method.__doc__
+    return change
+
+
+for _name in ("__setitem__", "__delitem__", "__iadd__", "__imul__", "append", "extend",
+              "insert", "pop", "remove", "clear", "sort", "reverse"):
+    setattr(Headers, _name, _dropping_index(_name))
+del _name
+
+
 class Message:
     """Common part of requests and responses.
 
     ``headers`` is a list of ``[key, name, value]`` where ``key`` is the
     lower-case canonical name used for lookups and ``name`` the spelling
-    written on the wire.
+    written on the wire; a parsed message's is a ``Headers``, indexed by key.
     """
 
     __slots__ = ("headers", "body", "_cache")
@@ -58,10 +119,22 @@ class Message:
         self._cache: dict = {}
 
     # -- raw header access -------------------------------------------------
+    # A parsed message's fields are ``Headers``, found through their index;
+    # fields given as a plain list are scanned.
     def get(self, name: str) -> str | None:
         """The first value of header ``name`` (case-insensitive), or None."""
-        key = name.lower()
-        for h in self.headers:
+        return self._get(name.lower())
+
+    def _get(self, key: str) -> str | None:
+        """``get`` for a lower-case ``key``."""
+        headers = self.headers
+        if type(headers) is Headers:
+            first = headers.first
+            if first is None:
+                first = headers.reindex()
+            h = first.get(key)
+            return None if h is None else h[2]
+        for h in headers:
             if h[0] == key:
                 return h[2]
         return None
@@ -69,9 +142,26 @@ class Message:
     def get_all(self, name: str) -> list[str]:
         """Every value of ``name``, with comma-separated lists split."""
         key = name.lower()
+        headers = self.headers
+        if type(headers) is Headers:
+            first = headers.first
+            if first is None:
+                first = headers.reindex()
+            if key not in headers.repeated:
+                h = first.get(key)
+                if h is None:
+                    return []
+                value = h[2]
+                if key not in LIST_HEADERS:
+                    return [value]
+                if "," in value:
+                    return [v for v in split_list(value) if v]
+                # split_list's answer for a single value, without the calls.
+                value = value.strip()
+                return [value] if value else []
         out: list[str] = []
         split = key in LIST_HEADERS
-        for h in self.headers:
+        for h in headers:
             if h[0] == key:
                 if split:
                     out.extend(v for v in split_list(h[2]) if v)
@@ -82,7 +172,15 @@ class Message:
     def raw_values(self, name: str) -> list[str]:
         """Every header line's value for ``name``, unsplit."""
         key = name.lower()
-        return [h[2] for h in self.headers if h[0] == key]
+        headers = self.headers
+        if type(headers) is Headers:
+            first = headers.first
+            if first is None:
+                first = headers.reindex()
+            if key not in headers.repeated:
+                h = first.get(key)
+                return [] if h is None else [h[2]]
+        return [h[2] for h in headers if h[0] == key]
 
     def _invalidate(self, key: str) -> None:
         """Forget the parsed views that depend on header ``key``."""
@@ -114,7 +212,7 @@ class Message:
         """Drop every field ``name``."""
         key = _key(name)
         self._invalidate(key)
-        self.headers = [h for h in self.headers if h[0] != key]
+        self.headers = Headers([h for h in self.headers if h[0] != key])
 
     def pop_first_value(self, name: str) -> str | None:
         """Remove and return the first value of a list header (e.g. the top Via or Route)."""
@@ -134,14 +232,14 @@ class Message:
     @property
     def call_id(self) -> str:
         """The Call-ID value ('' when missing)."""
-        return (self.get("call-id") or "").strip()
+        return (self._get("call-id") or "").strip()
 
     @property
     def cseq(self) -> tuple[int, str]:
         """``(number, method)`` from CSeq."""
         c = self._cache.get("cseq")
         if c is None:
-            c = self._cache["cseq"] = parse_cseq(self.get("cseq") or "")
+            c = self._cache["cseq"] = parse_cseq(self._get("cseq") or "")
         return c
 
     @property
@@ -163,7 +261,7 @@ class Message:
                     raise SipParseError("missing Via")
                 c = vias[0]
             else:
-                first = self.get("via")
+                first = self._get("via")
                 if first is None:
                     raise SipParseError("missing Via")
                 c = parse_via(split_list(first)[0] if "," in first else first)
@@ -175,7 +273,7 @@ class Message:
         """The From address."""
         c = self._cache.get("from")
         if c is None:
-            c = self._cache["from"] = _address(self._required("from"), "From")
+            c = self._cache["from"] = self._address_header("from", "From")
         return c
 
     @property
@@ -183,7 +281,7 @@ class Message:
         """The To address."""
         c = self._cache.get("to")
         if c is None:
-            c = self._cache["to"] = _address(self._required("to"), "To")
+            c = self._cache["to"] = self._address_header("to", "To")
         return c
 
     @property
@@ -192,7 +290,7 @@ class Message:
         c = self._cache.get("contacts")
         if c is None:
             values = self.get_all("contact")
-            if any(v == "*" for v in values):
+            if "*" in values:
                 if len(values) != 1:
                     raise SipParseError("wildcard Contact mixed with others")
                 c = "*"
@@ -204,17 +302,24 @@ class Message:
     @property
     def max_forwards(self) -> int | None:
         """Max-Forwards, or None when absent."""
-        v = self.get("max-forwards")
-        return None if v is None else parse_int(v, "Max-Forwards", 255)
+        v = self._get("max-forwards")
+        return None if v is None else parse_number(v.strip(), "Max-Forwards", 255)
 
     @property
     def expires(self) -> int | None:
         """The Expires header, or None."""
-        v = self.get("expires")
-        return None if v is None else parse_int(v, "Expires")
+        v = self._get("expires")
+        return None if v is None else parse_number(v.strip(), "Expires", 2 ** 32 - 1)
+
+    def _address_header(self, key: str, name: str) -> NameAddr:
+        """Header ``key`` (From or To) parsed; a 400 naming ``name`` when missing or malformed."""
+        value = self._get(key)
+        if value is None:
+            raise SipParseError(f"missing {name} header")
+        return _address(value, name)
 
     def _required(self, key: str) -> str:
-        v = self.get(key)
+        v = self._get(key)
         if v is None:
             raise SipParseError(f"missing {CANONICAL.get(key, key)} header")
         return v
@@ -286,15 +391,22 @@ class Request(Message):
 
     def _validate(self) -> None:
         headers = self.headers
-        present = {h[0] for h in headers}
-        if not present >= _REQUIRED:
+        if type(headers) is Headers:
+            present = headers.first
+            if present is None:
+                present = headers.reindex()
+            repeated = headers.repeated
+        else:
+            keys = [h[0] for h in headers]
+            present = dict.fromkeys(keys)
+            repeated = {key for key in keys if keys.count(key) > 1} if len(present) != len(keys) else ()
+        if not present.keys() >= _REQUIRED:
             for key in REQUIRED:
                 if key not in present:
                     raise SipParseError(f"missing {CANONICAL[key]} header")
-        if len(present) != len(headers):        # some header is repeated: is it a single one?
-            keys = [h[0] for h in headers]
+        if repeated:        # some header is repeated: is it a single one?
             for key in SINGLE:
-                if keys.count(key) > 1:
+                if key in repeated:
                     raise SipParseError(f"more than one {CANONICAL[key]} header")
         if not self.call_id:
             raise SipParseError("empty Call-ID")
@@ -393,14 +505,13 @@ def parse_message(data: bytes, stream: bool = False) -> Request | Response:
     # Joining the lines and searching is quicker than counting CRs and LFs in ``text``.
     joined = "".join(lines)
     dirty = "\r" in joined or "\n" in joined or "\x00" in joined
-    headers: list = []
-    try:
-        msg = _start_line(lines[0], headers)
-    except SipError as err:
-        if err.request is not None:
-            _parse_headers(lines, headers, dirty)
-        raise
-    problem = _parse_headers(lines, headers, dirty)
+    # The fields are read first: a start line error may carry a request to answer.
+    headers = None if dirty else _plain_fields(lines)
+    if headers is None:
+        headers, problem = _parse_headers(lines, dirty)
+    else:
+        problem = None
+    msg = _start_line(lines[0], headers)
     if problem is None:
         if dirty and _has_ctl(lines[0]):
             problem = SipParseError("control character in the start line")
@@ -421,17 +532,19 @@ def _has_ctl(line: str) -> bool:
     return "\r" in line or "\n" in line or "\x00" in line
 
 
-def _parse_headers(lines: list[str], headers: list, dirty: bool) -> SipParseError | None:
-    """Append every readable header field to ``headers``; return the first problem.
+def _parse_headers(lines: list[str], dirty: bool) -> tuple[Headers, SipParseError | None]:
+    """Every readable header field of ``lines`` (after the start line), and the first problem.
 
     A bad line is skipped rather than ending the parse, so that the error
     response to a malformed request still copies its Via, From, To,
-    Call-ID and CSeq.
+    Call-ID and CSeq. ``dirty`` says some line holds a CR, LF or NUL.
+    ``_plain_fields`` reads the usual lines the same way, quicker.
     """
+    fields: list = []
     problem = None
     last = None
     names = _NAMES
-    append = headers.append
+    append = fields.append
     for line in islice(lines, 1, None):
         if not line or (dirty and _has_ctl(line)):
             problem = problem or SipParseError("control character in a header line")
@@ -464,27 +577,75 @@ def _parse_headers(lines: list[str], headers: list, dirty: bool) -> SipParseErro
                 known = (raw.lower(), raw)
         last = [known[0], known[1], value.strip()]
         append(last)
-    return problem
+    return Headers(fields), problem
+
+
+def _plain_fields(lines: list[str]) -> Headers | None:
+    """The indexed fields of header lines that all read ``Name: value``, or None.
+
+    None when some line is anything else (folded, without ``": "``, with a
+    name that is not a token...): ``_parse_headers`` must read the lines
+    its own way. ``lines`` hold no CR, LF or NUL. A name that is a token
+    holds no colon, so the first ``": "`` of its line is its first colon
+    and the value is what ``_parse_headers`` strips after that colon.
+    """
+    get = _NAMES.get
+    fields: list = []
+    append = fields.append
+    first: dict = {}
+    setdefault = first.setdefault
+    for line in islice(lines, 1, None):
+        raw, sep, value = line.partition(": ")
+        known = get(raw)
+        if known is None or not sep:
+            if not sep or not _is_token(raw):
+                return None
+            # What _parse_headers finds for a name it does not know as written.
+            low = raw.lower()
+            known = get(low) or (low, raw)
+        key, name = known
+        h = [key, name, value.strip()]
+        append(h)
+        setdefault(key, h)
+    headers = Headers(fields)
+    # The index is kept unless some key repeats: reindex then finds which.
+    if len(first) == len(fields):
+        headers.first = first
+        headers.repeated = _NO_KEYS
+    return headers
 
 
 def _set_body(msg: Message, body: bytes, stream: bool) -> None:
-    clen = None
-    for h in msg.headers:
-        if h[0] == "content-length":
-            if clen is not None:
-                raise SipParseError("more than one Content-Length header")
-            v = h[2]
-            # "0" is what nearly every request without a body says.
-            clen = 0 if v == "0" else parse_number(v, "Content-Length", 2 ** 32 - 1)
-    if clen is None:
+    headers = msg.headers
+    first = headers.first
+    if first is None:
+        first = headers.reindex()
+    h = first.get("content-length")
+    if h is None:
         msg.body = b"" if stream else body
-    else:
-        if len(body) < clen:
-            raise SipParseError("body shorter than Content-Length")
-        msg.body = body[:clen]
+        return
+    v = h[2]
+    # "0" is what nearly every request without a body says.
+    clen = 0 if v == "0" else parse_number(v, "Content-Length", 2 ** 32 - 1)
+    if "content-length" in headers.repeated:
+        # Only now: a malformed first value is the error, as reading the fields in order finds.
+        raise SipParseError("more than one Content-Length header")
+    if len(body) < clen:
+        raise SipParseError("body shorter than Content-Length")
+    msg.body = body[:clen]
 
 
 def _start_line(first: str, headers: list) -> Request | Response:
+    """The message the start line ``first`` begins, holding ``headers``; raise ``SipError``."""
+    parts = first.split(" ")
+    if len(parts) == 3 and parts[0] in _METHODS and parts[2] == "SIP/2.0":
+        # The usual request line, whose method is a token: _start_line_general's request.
+        return Request(parts[0], parts[1], headers)
+    return _start_line_general(first, headers)
+
+
+def _start_line_general(first: str, headers: list) -> Request | Response:
+    """``_start_line`` for any start line."""
     if first.startswith("SIP/"):
         parts = first.split(" ", 2)
         if parts[0] != "SIP/2.0":
@@ -527,12 +688,13 @@ def make_response(req: Request, status: int, reason: str | None = None,
     Works from raw header text, so a partly malformed request still gets
     its error response.
     """
-    out = [[h[0], h[1], h[2]] for h in req.headers if h[0] in _COPIED]
-    if to_tag:
+    # A field is [key, name, value]: a slice copies it.
+    out = [h[:] for h in req.headers if h[0] in _COPIED]
+    if to_tag and status > 100:
         first = True
         for h in out:
             if h[0] == "to":
-                if status > 100 and not _has_tag(req, h[2], first):
+                if not _has_tag(req, h[2], first):
                     h[2] = f"{h[2]};tag={to_tag}"
                 first = False
     for name, value in headers:
@@ -553,7 +715,7 @@ def _has_tag(req: Request, value: str, first: bool) -> bool:
     """
     try:
         addr = req.to if first else _address(value, "To")
-        return addr.tag is not None
+        return addr.params.get("tag") is not None
     except SipError:
         return ";tag=" in value.replace(" ", "").replace("\t", "").lower()
 
@@ -577,19 +739,16 @@ def response_bytes(req: Request, status: int, reason: str | None = None,
     lines = [f"SIP/2.0 {status} {reason}"]
     append = lines.append
     copied = _COPIED
+    tag = to_tag if status > 100 else None
     first = True
-    for h in req.headers:
-        key = h[0]
+    for key, name, value in req.headers:
         if key in copied:
             # The To tag rule of make_response, asked in the same order (``req.to`` is cached).
-            if key == "to" and to_tag:
-                if status > 100 and not _has_tag(req, h[2], first):
-                    append(f"{h[1]}: {h[2]};tag={to_tag}")
-                else:
-                    append(f"{h[1]}: {h[2]}")
+            if key == "to" and tag:
+                if not _has_tag(req, value, first):
+                    value = f"{value};tag={tag}"
                 first = False
-            else:
-                append(f"{h[1]}: {h[2]}")
+            append(f"{name}: {value}")
     names = _NAMES
     for name, value in headers:
         known = names.get(name) or (_key(name), _display(name))

@@ -2,6 +2,7 @@
 
 import re
 from dataclasses import dataclass, field
+from itertools import product
 from urllib.parse import unquote
 
 from .errors import SipParseError
@@ -59,26 +60,33 @@ def split_quoted(value: str, sep: str) -> list[str]:
     """Split ``value`` on ``sep`` outside quoted strings and ``<...>``.
 
     Backslash escapes inside quoted strings are honoured; empty pieces are
-    kept so callers can reject them. The scan jumps between the next
-    separator, quote and ``<`` with ``str.find`` instead of looping over
-    every character.
+    kept so callers can reject them. The scan jumps with ``str.find`` to
+    the next quote or ``<`` and looks for separators only before it; once
+    neither is left, the rest is split at once.
     """
     if '"' not in value and "<" not in value:
         return value.split(sep)
     parts = []
     start = i = 0
     n = len(value)
-    while i < n:
-        s = value.find(sep, i)
-        q = value.find('"', i)
-        a = value.find("<", i)
-        if s < 0:
-            s = n
-        if q < 0:
-            q = n
-        if a < 0:
-            a = n
-        if s < q and s < a:
+    q = a = -1
+    while True:
+        # The next quote and "<" at or after i (n when there is none).
+        if q < i:
+            q = value.find('"', i)
+            if q < 0:
+                q = n
+        if a < i:
+            a = value.find("<", i)
+            if a < 0:
+                a = n
+        if q == n and a == n:
+            rest = value[i:].split(sep)
+            rest[0] = value[start:i] + rest[0]
+            parts += rest
+            return parts
+        s = value.find(sep, i, min(q, a))
+        if s >= 0:
             parts.append(value[start:s])
             start = i = s + 1
         elif q < a:
@@ -86,15 +94,12 @@ def split_quoted(value: str, sep: str) -> list[str]:
             if e < 0:
                 raise SipParseError("unterminated quoted string")
             i = e + 1
-        elif a < n:
+        else:
             g = value.find(">", a)
             if g < 0:
-                break
+                parts.append(value[start:])
+                return parts
             i = g + 1
-        else:
-            break
-    parts.append(value[start:])
-    return parts
 
 
 def unquote_string(value: str) -> str:
@@ -124,8 +129,13 @@ def parse_params(text: str) -> dict[str, str | None]:
     params: dict[str, str | None] = {}
     if not text:
         return params
-    # split_quoted's own shortcut, without the call: most parameters hold no quotes.
-    pieces = text.split(";") if '"' not in text and "<" not in text else split_quoted(text, ";")
+    if '"' in text or "<" in text:
+        pieces = split_quoted(text, ";")
+    elif text.isascii() and text.isprintable() and " " not in text:
+        # Printable ASCII but the space: no whitespace to strip.
+        return _plain_params(text)
+    else:
+        pieces = text.split(";")
     for piece in pieces:
         piece = piece.strip()
         if not piece:
@@ -135,6 +145,29 @@ def parse_params(text: str) -> dict[str, str | None]:
         if not name:
             raise SipParseError("empty parameter name")
         params[name] = val.strip() if eq else None
+    return params
+
+
+def _plain_params(text: str) -> dict[str, str | None]:
+    """``parse_params(text)`` for printable ASCII without space, quote or ``<``.
+
+    Such a text holds no whitespace to strip and no quoted string or
+    ``<...>`` to keep whole; a single parameter needs no split.
+    """
+    if ";" not in text:
+        if not text:
+            return {}
+        name, eq, val = text.partition("=")
+        if not name:
+            raise SipParseError("empty parameter name")
+        return {name.lower(): val if eq else None}
+    params: dict[str, str | None] = {}
+    for piece in text.split(";"):
+        if piece:
+            name, eq, val = piece.partition("=")
+            if not name:
+                raise SipParseError("empty parameter name")
+            params[name.lower()] = val if eq else None
     return params
 
 
@@ -184,7 +217,7 @@ def check_port(text: str) -> int:
     return int(text)
 
 
-@dataclass
+@dataclass(slots=True)
 class SipUri:
     """A parsed URI; ``tel`` URIs keep the number in ``user`` and no host."""
 
@@ -258,11 +291,6 @@ _CANONICAL_PARAMS = ("transport", "user", "maddr", "ttl", "method")
 #: values are shared: callers treat them as read-only.
 _URI_CACHE: dict[str, "SipUri"] = {}
 _ADDR_CACHE: dict[str, "NameAddr"] = {}
-#: a parse of a name-addr by the text of its ``[display] <uri>`` part, for
-#: its ``uri`` and ``display`` only (the ``NameAddr`` itself saves building
-#: a tuple): a From differs in every dialog by its tag only, so its whole
-#: text is seldom seen twice but its address part is.
-_ADDR_PART_CACHE: dict[str, "NameAddr"] = {}
 _CACHE_MAX = 20_000
 #: numbers by their text (at most ``_NUMBER_TEXT_MAX`` characters)
 _NUMBER_CACHE: dict[str, int] = {}
@@ -293,17 +321,16 @@ def _remember(cache: dict, text: str, value, limit: int | None = None):
 
 
 #: the common form of a SIP or SIPS URI (five groups: scheme, user, host,
-#: port, parameters), which ``_parse_uri`` and ``_parse_name_addr`` read with
-#: one match: no password, no headers, a host name, IPv4 address or IPv6
-#: reference. Every class is ASCII without whitespace (so ``strip`` would
-#: change nothing) and without ``@`` (so an ``@`` is the one ending the user,
-#: where ``_parse_uri_general`` splits), ``?`` (no headers) or ``<``, ``>``
-#: and quotes (so in a name-addr the first ``>`` ends the URI, as there). The
-#: host and port classes hold no ``;``, so the parameters start at the first
-#: ``;`` after the user. The user and host are possessive (``++``): neither
-#: class holds what follows it, so backtracking could find no other match.
-#: The scheme is spelled out letter by letter: IGNORECASE would also take
-#: ``ſ`` and ``İ`` for ``s`` and ``i``.
+#: port, parameters), which ``_sip_uri`` reads: no password, no headers, a
+#: host name, IPv4 address or IPv6 reference. Every class is ASCII without
+#: whitespace (so ``strip`` would change nothing) and without ``@`` (so an
+#: ``@`` is the one ending the user, where ``_parse_uri_general`` splits),
+#: ``?`` (no headers) or ``<``, ``>`` and quotes (so in a name-addr the
+#: first ``>`` ends the URI, as there). The host and port classes hold no
+#: ``;``, so the parameters start at the first ``;`` after the user. The user
+#: and host are possessive (``++``): neither class holds what follows it, so
+#: backtracking could find no other match. The scheme is spelled out letter
+#: by letter: IGNORECASE would also take ``ſ`` and ``İ`` for ``s`` and ``i``.
 _SIP_URI_PATTERN = (
     r"([sS][iI][pP][sS]?):"
     r"(?:([A-Za-z0-9\-_.!~*'()&=+$,;/%]++)@)?"
@@ -311,27 +338,65 @@ _SIP_URI_PATTERN = (
     r"(?::([0-9]{1,5}))?"
     r"(?:;([!#-;=A-~]*+))?")
 _SIMPLE_SIP_URI = re.compile(_SIP_URI_PATTERN)
-#: ``<uri>`` and its header parameters (seven groups: the URI's text, its
-#: five, the parameters after the ``;``). Nothing may stand between ``>`` and
-#: ``;``; the parameters are printable ASCII without quotes or ``<``, so
-#: ``parse_params`` splits them as it splits the general path's text, which
-#: only adds an empty piece before the ``;``.
-_SIMPLE_NAME_ADDR = re.compile(rf"<({_SIP_URI_PATTERN})>(?:;([!#-;=-~]*+))?")
+#: the user class of ``_SIP_URI_PATTERN``
+_USER_CHARS = _ALNUM + "-_.!~*'()&=+$,;/%"
+#: every spelling of the schemes of ``_SIP_URI_PATTERN``, to its lower-case one
+_SIP_SCHEMES = {"".join(letters): scheme for scheme in ("sip", "sips")
+                for letters in product(*zip(scheme, scheme.upper()))}
+#: ``(host, port, params)`` of a URI of the common form by its host part,
+#: the text after the ``@`` ending the user (after the scheme without a
+#: user): every user of a domain, or of a client's address, shares it. The
+#: ``params`` are shared too: a parsed URI is read-only.
+_HOST_PART_CACHE: dict[str, tuple[str, int | None, dict[str, str | None]]] = {}
+#: ``"display" <uri>`` and its header parameters (three groups: the quoted
+#: display name, the URI's text, the parameters after the ``;``). The display
+#: name holds no quote or backslash, so its first quote after the opening
+#: one closes it, where ``_quoted_end`` finds the end, and only spaces and
+#: tabs stand between it and the ``<``: the general path finds that ``<``
+#: and the first ``>`` after it. Nothing may stand between ``>`` and ``;``;
+#: the parameters are printable ASCII without quotes or ``<``, so
+#: ``_plain_params`` reads them as ``parse_params`` reads the general path's
+#: text, which only adds an empty piece before the ``;``.
+_DISPLAY_NAME_ADDR = re.compile(r'("[^"\\]*+")[ \t]*+<([^>]*+)>(?:;([!#-;=-~]*+))?')
 
 
-def _simple_sip_uri(scheme: str, user: str | None, host: str, port: str | None,
-                    ptext: str | None) -> SipUri | None:
-    """The ``SipUri`` of a ``_SIP_URI_PATTERN`` match's groups, or None for a port out of range.
+def _sip_uri(text: str) -> SipUri | None:
+    """The ``SipUri`` of a URI of the common form (``_SIMPLE_SIP_URI``), or None.
 
-    The pattern leaves host and brackets as ``check_host`` wants them; only
-    the port's range is left to check, and its error is left to
-    ``_parse_uri_general``.
+    None for any other text, and for a port out of range, whose error is
+    left to ``_parse_uri_general``. The pattern leaves host and brackets as
+    ``check_host`` wants them. It is matched only for a host part not seen
+    before: the pattern is a scheme, an optional user ending at the first
+    ``@``, then the host part's own pattern, so a host part matched once
+    matches after any scheme and user, and only those are left to check.
     """
-    if port is not None:
-        port = int(port)
-        if not 0 < port < 65536:
+    scheme, _, rest = text.partition(":")
+    scheme = _SIP_SCHEMES.get(scheme)
+    if scheme is None:
+        return None
+    user, at, host_part = rest.partition("@")
+    if not at:
+        user, host_part = None, rest
+    known = _HOST_PART_CACHE.get(host_part)
+    if known is None:
+        m = _SIMPLE_SIP_URI.fullmatch(text)
+        if m is None:
             return None
-    return SipUri(scheme.lower(), user, None, host, port, parse_params(ptext) if ptext else {}, "")
+        host, port, ptext = m.group(3, 4, 5)
+        if port is not None:
+            port = int(port)
+            if not 0 < port < 65536:
+                return None
+        known = (host, port, _plain_params(ptext) if ptext else {})
+        if len(_HOST_PART_CACHE) >= _CACHE_MAX:
+            _HOST_PART_CACHE.clear()
+        _HOST_PART_CACHE[host_part] = known
+    elif user is not None and not (user.isalnum() and user.isascii()) and (
+            not user or user.strip(_USER_CHARS)):
+        # Letters and digits alone (most users) need no look at the other user characters.
+        return None
+    host, port, params = known
+    return SipUri(scheme, user, None, host, port, params, "")
 
 
 def _parse_uri(text: str) -> SipUri:
@@ -341,12 +406,8 @@ def _parse_uri(text: str) -> SipUri:
     The result or error is that of ``_parse_uri_general``; URIs of the
     common form (``_SIMPLE_SIP_URI``) take a shorter way to the same ``SipUri``.
     """
-    m = _SIMPLE_SIP_URI.fullmatch(text)
-    if m is not None:
-        uri = _simple_sip_uri(*m.groups())
-        if uri is not None:
-            return uri
-    return _parse_uri_general(text)
+    uri = _sip_uri(text)
+    return uri if uri is not None else _parse_uri_general(text)
 
 
 def _parse_uri_general(text: str) -> SipUri:
@@ -401,7 +462,7 @@ class UnsupportedScheme(SipParseError):
 _SEPARATOR = re.compile(r'[()<>@,;:\\"/\[\]?={}]')
 
 
-@dataclass
+@dataclass(slots=True)
 class NameAddr:
     """A ``name-addr`` or ``addr-spec`` with its header parameters (From, To, Contact, Route)."""
 
@@ -467,49 +528,18 @@ class NameAddr:
 def parse_name_addr(text: str) -> "NameAddr":
     """Parse a name-addr or addr-spec with parameters (cached by text; read-only result).
 
-    On a miss, the ``[display] <uri>`` part is looked up by its text and
-    only the header parameters after the ``>`` are parsed, so each result
-    has its own ``params`` but may share its ``uri`` with others, as
-    ``parse_uri`` results are shared. The result equals ``_parse_name_addr(text)``.
+    The result equals ``_parse_name_addr(text)``; its ``uri`` may be shared
+    with others, as ``parse_uri`` results are (a To and a From naming the
+    same URI share it).
     """
     found = _ADDR_CACHE.get(text)
-    if found is not None:
-        return found
-    t = text.strip()
-    # "<" first is the common form; _address_end gives the same answer for it.
-    gt = t.find(">") if t[:1] == "<" else _address_end(t)
-    if gt < 0:
-        # An addr-spec (whose parameters are the header's, §20.10) or an error.
-        return _remember(_ADDR_CACHE, text, _parse_name_addr(t))
-    head = t[:gt + 1]
-    part = _ADDR_PART_CACHE.get(head)
-    if part is None:
-        # _parse_name_addr finds the same ">" and parses the address from
-        # ``head`` alone, so its uri and display hold for any text starting
-        # with ``head``; its errors before the ">" are those of ``head``.
-        na = _parse_name_addr(t)
-        _remember(_ADDR_PART_CACHE, head, na)
-        return _remember(_ADDR_CACHE, text, na)
-    after = t[gt + 1:].lstrip()
-    if after and after[0] != ";":
-        raise SipParseError("junk after <URI>")
-    return _remember(_ADDR_CACHE, text, NameAddr(part.uri, part.display, parse_params(after)))
-
-
-def _address_end(text: str) -> int:
-    """Where ``_parse_name_addr`` finds the ``>`` closing a name-addr's URI, or -1.
-
-    -1 means an addr-spec, or a malformed value that ``_parse_name_addr``
-    must reject itself. ``text`` is stripped.
-    """
-    if text[:1] == '"':
-        e = _quoted_end(text, 0)
-        if e < 0:
-            return -1
-        lt = text.find("<", e + 1)
-    else:
-        lt = text.find("<")
-    return -1 if lt < 0 else text.find(">", lt)
+    if found is None:
+        found = _parse_name_addr(text)
+        # _remember, written out: a name-addr is parsed three times per REGISTER.
+        if len(_ADDR_CACHE) >= _CACHE_MAX:
+            _ADDR_CACHE.clear()
+        _ADDR_CACHE[text] = found
+    return found
 
 
 def _parse_name_addr(text: str) -> NameAddr:
@@ -517,22 +547,48 @@ def _parse_name_addr(text: str) -> NameAddr:
 
     A URI of a scheme other than sip, sips or tel is a ``400`` here: ``416``
     is only for the Request-URI (§8.2.2.1). The result or error is that of
-    ``_parse_name_addr_general``; a ``<uri>`` of the common form, without
-    display name, takes a shorter way to the same ``NameAddr``.
+    ``_parse_name_addr_general``; a ``<uri>`` of the common form, with or
+    without a quoted display name, takes a shorter way to the same ``NameAddr``.
     """
-    m = _SIMPLE_NAME_ADDR.fullmatch(text)
-    if m is not None:
-        uri_text, scheme, user, host, port, uri_ptext, ptext = m.groups()
-        # parse_uri(uri_text), as the general path calls it, with the
-        # match already made: the same cache, and _parse_uri's shortcut.
-        uri = _URI_CACHE.get(uri_text)
-        if uri is None:
-            uri = _simple_sip_uri(scheme, user, host, port, uri_ptext)
-            if uri is not None:
-                _remember(_URI_CACHE, uri_text, uri)
+    head, gt, after = text.partition(">")
+    if gt and head[:1] == "<" and (not after or after[0] == ";"):
+        # What the general path finds for a text starting with "<": no
+        # display name, the URI up to the first ">", and parse_params of
+        # what follows (less its ";", and with the trailing whitespace the
+        # general path strips first: the pieces are the same, stripped).
+        uri = _common_uri(head[1:])
         if uri is not None:
-            return NameAddr(uri, None, parse_params(ptext) if ptext else {})
+            if not after:
+                return NameAddr(uri, None, {})
+            tag = after[5:]
+            if after[:5] == ";tag=" and tag.isalnum() and tag.isascii():
+                # A From's usual parameters: one tag, of letters and digits.
+                return NameAddr(uri, None, {"tag": tag})
+            return NameAddr(uri, None, parse_params(after[1:]))
+    elif head[:1] == '"':
+        m = _DISPLAY_NAME_ADDR.fullmatch(text)
+        if m is not None:
+            display, uri_text, ptext = m.groups()
+            uri = _common_uri(uri_text)
+            if uri is not None:
+                return NameAddr(uri, display, _plain_params(ptext) if ptext else {})
     return _parse_name_addr_general(text)
+
+
+def _common_uri(text: str) -> SipUri | None:
+    """``parse_uri(text)`` as the general path calls it, for a URI cached or of the common form.
+
+    None for any other text: the general path then parses it.
+    """
+    uri = _URI_CACHE.get(text)
+    if uri is None:
+        uri = _sip_uri(text)
+        if uri is not None:
+            # _remember, written out: this runs for each From, To and Contact.
+            if len(_URI_CACHE) >= _CACHE_MAX:
+                _URI_CACHE.clear()
+            _URI_CACHE[text] = uri
+    return uri
 
 
 def _parse_name_addr_general(text: str) -> NameAddr:

@@ -6,11 +6,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sipcore import message
 from sipcore.errors import SipError, SipParseError
 from sipcore.headers import CANONICAL
 from sipcore.message import (Request, Response, StreamFramer, error_response,
                              error_response_bytes, make_response, parse_message, response_bytes)
-from sipcore.uri import parse_name_addr
+from sipcore.uri import parse_name_addr, parse_number
 
 CRLF = "\r\n"
 INSTANCE = "urn:uuid:00000000-0000-1000-8000-AABBCCDDEEFF"
@@ -1008,13 +1009,32 @@ RESPONSE_HEADERS = [
 ]
 
 
+def _make_response_reference(req, status, reason=None, headers=(), body=b"", to_tag=None):
+    """``make_response`` as it was, on a scanned copy of the fields."""
+    out = [[h[0], h[1], h[2]] for h in req.headers if h[0] in message._COPIED]
+    if to_tag:
+        first = True
+        for h in out:
+            if h[0] == "to":
+                if status > 100 and not message._has_tag(req, h[2], first):
+                    h[2] = f"{h[2]};tag={to_tag}"
+                first = False
+    for name, value in headers:
+        known = message._NAMES.get(name) or (message._key(name), message._display(name))
+        out.append([known[0], known[1], value])
+    return Response(status, reason, out, body)
+
+
 def assert_same_response(data: bytes, status, reason, headers, body, to_tag) -> None:
-    """response_bytes and make_response(...).encode() agree, and leave the request alike."""
+    """response_bytes, make_response(...).encode() and the previous make_response agree,
+    and leave the request alike."""
     fast, err = parsed_request(data)
     slow, _ = parsed_request(data)
+    old, _ = parsed_request(data)
     wire = response_bytes(fast, status, reason, headers, body, to_tag)
     assert wire == make_response(slow, status, reason, headers, body, to_tag).encode()
-    assert list(fast._cache) == list(slow._cache)
+    assert wire == _make_response_reference(old, status, reason, headers, body, to_tag).encode()
+    assert list(fast._cache) == list(slow._cache) == list(old._cache)
     if err is not None:
         assert error_response_bytes(fast, err, to_tag) == error_response(slow, err, to_tag).encode()
 
@@ -1189,3 +1209,214 @@ def test_framer_fuzzed_streams_only_raise_sip_errors():
                 pos += step
         except SipParseError:
             pass
+
+
+# -- shortcuts: each gives what the general path gives ---------------------------
+#
+# ``_plain_fields`` reads header lines of the usual form, ``_parse_headers``
+# any line; ``_start_line`` reads the usual request line, ``_start_line_general``
+# any; a parsed message's ``Headers`` are found through their index, a plain
+# list of fields by scanning it; ``_set_body``, ``make_response`` and
+# ``response_bytes`` are checked against their previous versions, kept here.
+
+def _lines(data: bytes) -> list[str]:
+    return data.split(b"\r\n\r\n")[0].decode("utf-8", "surrogateescape").split("\r\n")
+
+
+_NAMES_AS_WRITTEN = st.sampled_from([
+    "Via", "v", "VIA", "via", "To", "t", "From", "f", "Call-ID", "call-id", "Call-Id", "i", "CSeq",
+    "Contact", "m", "Content-Length", "l", "Max-Forwards", "Expires", "X-Odd", "x-odd", "P-Asserted-Identity",
+    "Bad Name", "", " Via", "\tTo", "Via ", "X:Y", "\u00e9t\u00e9", "!%*_+`'~.-", "Route"])
+_SEPARATORS_AS_WRITTEN = st.sampled_from([": ", ":", " : ", ":  ", ":\t", "", " "])
+_VALUES_AS_WRITTEN = st.sampled_from([
+    "", " ", "x", "x ", " x", "\tx\t", "<sip:a@b>;tag=1", "a: b", "a:b", "SIP/2.0/UDP h;branch=z9hG4bK1",
+    "a, b", "\u00a0x\u00a0", "x\x0b", "\x1cx", "\u00e9", "0", "70", "1 REGISTER"])
+_HEADER_LINES = st.lists(
+    st.tuples(_NAMES_AS_WRITTEN, _SEPARATORS_AS_WRITTEN, _VALUES_AS_WRITTEN).map("".join), max_size=10)
+#: lines all of the form the shortcut reads
+_PLAIN_LINES = st.lists(
+    st.tuples(_NAMES_AS_WRITTEN.filter(lambda n: n and message._is_token(n)),
+              _VALUES_AS_WRITTEN).map(": ".join), max_size=10)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.one_of(_HEADER_LINES, _PLAIN_LINES), st.booleans())
+def test_plain_fields_read_what_parse_headers_reads(lines, odd_line_last):
+    lines = ["REGISTER sip:example.test SIP/2.0"] + lines
+    if odd_line_last:
+        lines.append("Odd line")
+    headers = message._plain_fields(lines)
+    if headers is None:
+        plain = all(message._is_token(line.partition(": ")[0]) and ": " in line for line in lines[1:])
+        assert not plain
+        return
+    general, problem = message._parse_headers(lines, False)
+    assert problem is None and headers == general
+    assert type(headers) is message.Headers
+    if headers.first is not None:        # indexed as it was read: as reindex would
+        first, repeated = headers.first, headers.repeated
+        assert first == headers.reindex() and repeated == headers.repeated == set()
+
+
+def test_plain_fields_read_the_usual_messages():
+    for data in [register(), register((None, "X-Odd: 1"), ("To", "To: <sip:a@b>")), torture_invite()[0]]:
+        lines = _lines(data)
+        if any(line[:1] in (" ", "\t") for line in lines):
+            assert message._plain_fields(lines) is None
+            continue
+        assert message._plain_fields(lines) is not None
+
+
+def test_plain_fields_leave_odd_lines_to_parse_headers():
+    for odd in ["Via : x", "Via:x", " folded", "no colon", ": x", "X-A b: 1", "\u00e9: 1", "Via:: x"]:
+        assert message._plain_fields(["REGISTER sip:a SIP/2.0", "To: <sip:a@b>", odd]) is None, odd
+
+
+_START_LINES_AS_WRITTEN = st.one_of(
+    st.tuples(st.sampled_from(sorted(message._METHODS)
+                              + ["FOO", "register", "SIP/2.0", "", "INV ITE", "\u00c9"]),
+              st.sampled_from([" ", "  ", "\t"]),
+              st.sampled_from(["sip:a@b", "", "sip:a b", "x"]),
+              st.sampled_from([" ", "  "]),
+              st.sampled_from(["SIP/2.0", "SIP/3.0", "sip/2.0", "HTTP/1.1", "SIP/2.0 ", ""])).map("".join),
+    st.sampled_from(["SIP/2.0 200 OK", "SIP/2.0 180 Ringing extra", "SIP/2.1 200 OK", "SIP/2.0 2000 X"]),
+    st.text(max_size=12))
+
+
+def _start_outcome(parse, line):
+    try:
+        msg = parse(line, [])
+    except SipError as err:
+        req = err.request
+        return ("error", err.status, err.reason, None if req is None else (req.method, req.uri))
+    if isinstance(msg, Request):
+        return ("request", msg.method, msg.uri)
+    return ("response", msg.status, msg.reason)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(_START_LINES_AS_WRITTEN)
+def test_start_line_shortcut_reads_what_the_general_path_reads(line):
+    assert _start_outcome(message._start_line, line) == _start_outcome(message._start_line_general, line)
+
+
+# The ways code outside Message changes a parsed message's fields in place.
+_EDITS = [
+    lambda h: h.insert(0, ["route", "Route", "<sip:r.example.test;lr>"]),
+    lambda h: h.append(["expires", "Expires", "60"]),
+    lambda h: h.extend([["contact", "Contact", "<sip:b@h>"], ["path", "Path", "<sip:p;lr>"]]),
+    lambda h: h.pop(),
+    lambda h: h.pop(0),
+    lambda h: h.remove(h[1]),
+    lambda h: h.__delitem__(2),
+    lambda h: h.__delitem__(slice(1, 3)),
+    lambda h: h.__setitem__(0, ["call-id", "Call-ID", "replaced"]),
+    lambda h: h.__setitem__(slice(0, 1), [["to", "To", "<sip:x@y>"], ["to", "To", "<sip:z@y>"]]),
+    lambda h: h.__iadd__([["require", "Require", "path"]]),
+    lambda h: h.__imul__(2),
+    lambda h: h.sort(key=lambda f: f[0]),
+    lambda h: h.reverse(),
+    lambda h: h.clear(),
+    lambda h: h[0].__setitem__(2, "changed in place"),
+]
+_ASKED = ["via", "To", "from", "call-id", "CSeq", "contact", "expires", "Route", "path", "require",
+          "content-length", "x-odd"]
+
+
+def _views(req: Request) -> list:
+    return [(req.get(n), req.get_all(n), req.raw_values(n)) for n in _ASKED]
+
+
+@settings(max_examples=800, deadline=None)
+@given(st.lists(st.integers(0, len(_EDITS) - 1), max_size=6), st.booleans())
+def test_index_follows_direct_changes_of_the_fields(edits, ask_between):
+    req = parse_message(register((None, "Contact: <sip:c@h>"), (None, "X-Odd: 1")))
+    scanned = Request(req.method, req.uri, list(req.headers))
+    assert type(req.headers) is message.Headers and type(scanned.headers) is list
+    for i in edits:
+        for r in (req, scanned):
+            if r.headers:
+                _EDITS[i](r.headers)
+        if ask_between:
+            assert _views(req) == _views(scanned)
+    assert req.headers == scanned.headers
+    assert _views(req) == _views(scanned)
+
+
+def test_message_methods_keep_the_index_right():
+    req = parse_message(register())
+    scanned = Request(req.method, req.uri, [h[:] for h in req.headers])
+    for r in (req, scanned):
+        r.add("Route", "<sip:a;lr>, <sip:b;lr>")
+        r.prepend("Via", "SIP/2.0/UDP p.example.test;branch=z9hG4bK2")
+        assert r.pop_first_value("route") == "<sip:a;lr>"
+        r.set("Expires", "10")
+        r.remove("user-agent")
+        r.pop_first_value("via")
+    assert req.headers == scanned.headers and _views(req) == _views(scanned)
+    assert type(req.headers) is message.Headers
+
+
+def _set_body_reference(msg, body: bytes, stream: bool) -> None:
+    """``_set_body`` as it was: one pass over the fields."""
+    clen = None
+    for h in msg.headers:
+        if h[0] == "content-length":
+            if clen is not None:
+                raise SipParseError("more than one Content-Length header")
+            v = h[2]
+            clen = 0 if v == "0" else parse_number(v, "Content-Length", 2 ** 32 - 1)
+    if clen is None:
+        msg.body = b"" if stream else body
+    else:
+        if len(body) < clen:
+            raise SipParseError("body shorter than Content-Length")
+        msg.body = body[:clen]
+
+
+def _body_outcome(set_body, fields, body, stream):
+    msg = Request("OPTIONS", "sip:a", fields)
+    try:
+        set_body(msg, body, stream)
+    except SipError as err:
+        return ("error", err.reason)
+    return ("ok", msg.body)
+
+
+@settings(max_examples=800, deadline=None)
+@given(st.lists(st.sampled_from(["0", "3", "007", "x", "", "99999999999", "5"]), max_size=3),
+       st.integers(0, 4), st.binary(max_size=6), st.booleans())
+def test_set_body_as_before(lengths, at, body, stream):
+    fields = [["via", "Via", "SIP/2.0/UDP h"], ["to", "To", "<sip:a@b>"]]
+    for i, value in enumerate(lengths):
+        fields.insert(min(at + i, len(fields)), ["content-length", "Content-Length", value])
+    assert (_body_outcome(message._set_body, message.Headers(f[:] for f in fields), body, stream)
+            == _body_outcome(_set_body_reference, [f[:] for f in fields], body, stream))
+
+
+def test_first_content_length_error_comes_before_the_repetition():
+    reject(build(REGISTER_LINES[:-1] + ["Content-Length: x", "l: 0"]), 400, "malformed Content-Length")
+    reject(build(REGISTER_LINES[:-1] + ["Content-Length: 0", "l: x"]), 400, "more than one Content-Length")
+
+
+@settings(max_examples=800, deadline=None)
+@given(st.lists(st.sampled_from(["via", "from", "to", "call-id", "cseq", "max-forwards", "contact", "x"]),
+                max_size=9))
+def test_validate_reads_indexed_and_plain_fields_alike(keys):
+    values = {"via": "SIP/2.0/UDP h;branch=z9hG4bK1", "from": "<sip:a@b>;tag=1", "to": "<sip:a@b>",
+              "call-id": "c1", "cseq": "1 OPTIONS", "max-forwards": "70", "contact": "<sip:a@h>", "x": "1"}
+    fields = [[k, CANONICAL.get(k, k), values[k]] for k in keys]
+    outcomes = []
+    for headers in (message.Headers(f[:] for f in fields), [f[:] for f in fields]):
+        try:
+            Request("OPTIONS", "sip:a@b", headers).validate()
+            outcomes.append("ok")
+        except SipError as err:
+            outcomes.append(err.reason)
+    assert outcomes[0] == outcomes[1]
+    missing = [k for k in ("via", "from", "to", "call-id", "cseq") if k not in keys]
+    repeated = [k for k in ("from", "to", "call-id", "cseq", "max-forwards") if keys.count(k) > 1]
+    if missing:
+        assert outcomes[0] == f"missing {CANONICAL[missing[0]]} header"
+    elif repeated:
+        assert outcomes[0] == f"more than one {CANONICAL[repeated[0]]} header"

@@ -1,13 +1,15 @@
 """The parse caches and shortcuts give what the plain parsers give (sipcore.uri, sipcore.headers).
 
-``parse_name_addr`` reuses the parse of a ``[display] <uri>`` part,
-``parse_via`` that of a sent-by, ``parse_cseq`` and ``parse_number`` whole
-results; each is checked against the uncached parser on valid and
-malformed inputs, before and after the caches hold a related value.
-``parse_params``, ``format_params`` and ``SipUri.__str__``/``canonical``
+``parse_name_addr`` reuses whole results and the parse of the URI inside
+``<>``, ``_sip_uri`` that of a URI's host part, ``parse_via`` that of a
+sent-by, ``parse_cseq`` and ``parse_number`` whole results; each is
+checked against the uncached parser on valid and malformed inputs, before
+and after the caches hold a related value. ``parse_params``,
+``split_quoted``, ``format_params`` and ``SipUri.__str__``/``canonical``
 are checked against their previous versions, kept here as references.
-``_parse_uri`` and ``_parse_name_addr`` read the common forms with one
-regular expression; they are checked against the general parsers they fall
+``_parse_uri`` and ``_parse_name_addr`` read the common forms with a few
+splits (and a regular expression for a host part not seen before, or a
+display name); they are checked against the general parsers they fall
 back to, ``_parse_uri_general`` and ``_parse_name_addr_general``.
 """
 
@@ -26,7 +28,7 @@ from sipcore.uri import (SipUri, UnsupportedScheme, _parse_name_addr, _parse_nam
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-CACHES = (uri._URI_CACHE, uri._ADDR_CACHE, uri._ADDR_PART_CACHE, uri._NUMBER_CACHE,
+CACHES = (uri._URI_CACHE, uri._ADDR_CACHE, uri._HOST_PART_CACHE, uri._NUMBER_CACHE,
           headers._SENT_BY_CACHE, headers._CSEQ_CACHE)
 
 
@@ -123,8 +125,8 @@ def test_name_addr_equals_uncached_parse(text):
 @pytest.mark.parametrize("part", ADDRESS_PARTS)
 def test_name_addr_after_another_tail_of_the_same_address(part):
     for primer, text in itertools.permutations([part + t for t in TAILS], 2):
-        uri._ADDR_CACHE.clear()
-        uri._ADDR_PART_CACHE.clear()
+        for cache in CACHES:
+            cache.clear()
         try_parse(parse_name_addr, primer)
         expected = outcome(_parse_name_addr_general, text)
         assert outcome(parse_name_addr, text) == expected, (primer, text)
@@ -138,17 +140,20 @@ def test_from_values_differing_by_tag_share_the_uri_not_the_params():
     assert parse_name_addr("<sip:user17@example.test>;tag=1") is a    # whole-text cache, as before
 
 
-def test_address_part_is_cached_once_per_address():
-    for i in range(5):
-        parse_name_addr(f'"Alice" <sip:alice@example.test>;tag={i}')
-    assert list(uri._ADDR_PART_CACHE) == ['"Alice" <sip:alice@example.test>']
+def test_to_after_from_shares_the_uri():
+    """A REGISTER's To names the URI its From names: the URI cache gives it."""
+    for display in ("", '"Alice" '):
+        sender = parse_name_addr(f"{display}<sip:alice@example.test>;tag=1")
+        to = parse_name_addr(f"{display}<sip:alice@example.test>")
+        assert to.uri is sender.uri and to.params == {} and to.display == sender.display
+        assert to == _parse_name_addr_general(f"{display}<sip:alice@example.test>")
 
 
 def test_addr_spec_parameters_stay_header_parameters():
     parse_name_addr("<sip:a@example.test;lr>;tag=1")
     na = parse_name_addr("sip:a@example.test;lr;tag=2")
     assert na.uri.params == {} and na.params == {"lr": None, "tag": "2"}
-    assert uri._ADDR_PART_CACHE.keys() == {"<sip:a@example.test;lr>"}
+    assert uri._URI_CACHE.keys() == {"sip:a@example.test;lr", "sip:a@example.test"}
 
 
 # -- parse_via ------------------------------------------------------------------
@@ -254,8 +259,9 @@ def test_caches_are_emptied_when_full(monkeypatch):
     monkeypatch.setattr(uri, "_CACHE_MAX", 8)
     for i in range(50):
         parse_name_addr(f'"User {i}" <sip:user{i}@example.test>;tag={i}')
+        parse_name_addr(f"<sip:user{i}@192.0.2.{i}:5060;transport=udp>")
         parse_via(f"SIP/2.0/UDP 192.0.2.{i}:5060;branch=z9hG4bK-{i}")
-        assert all(len(c) <= 8 for c in (uri._URI_CACHE, uri._ADDR_CACHE, uri._ADDR_PART_CACHE,
+        assert all(len(c) <= 8 for c in (uri._URI_CACHE, uri._ADDR_CACHE, uri._HOST_PART_CACHE,
                                           headers._SENT_BY_CACHE))
 
 
@@ -274,12 +280,48 @@ def test_small_caches_are_bounded_and_skip_long_texts():
 
 # -- parse_params, format_params, SipUri.__str__ and canonical -----------------------
 
+def _split_quoted_reference(value: str, sep: str) -> list[str]:
+    """``split_quoted`` as it was: three searches from every position reached."""
+    if '"' not in value and "<" not in value:
+        return value.split(sep)
+    parts = []
+    start = i = 0
+    n = len(value)
+    while i < n:
+        s = value.find(sep, i)
+        q = value.find('"', i)
+        a = value.find("<", i)
+        if s < 0:
+            s = n
+        if q < 0:
+            q = n
+        if a < 0:
+            a = n
+        if s < q and s < a:
+            parts.append(value[start:s])
+            start = i = s + 1
+        elif q < a:
+            e = uri._quoted_end(value, q)
+            if e < 0:
+                raise SipParseError("unterminated quoted string")
+            i = e + 1
+        elif a < n:
+            g = value.find(">", a)
+            if g < 0:
+                break
+            i = g + 1
+        else:
+            break
+    parts.append(value[start:])
+    return parts
+
+
 def _parse_params_reference(text: str) -> dict[str, str | None]:
-    """``parse_params`` before its shortcut."""
+    """``parse_params`` before its shortcuts."""
     params: dict[str, str | None] = {}
     if not text:
         return params
-    for piece in split_quoted(text, ";"):
+    for piece in _split_quoted_reference(text, ";"):
         piece = piece.strip()
         if not piece:
             continue
@@ -426,7 +468,8 @@ def test_uri_shortcut_equals_general_parse(text):
 
 
 #: what may follow a ``<uri>``, the last ones malformed
-ADDR_TAILS = TAILS + [";", ";;", ";tag", ";a=b?c@d>e", ";a=<b>", ' ;a="b"', ";a=\u00e9", ";tag=1 "]
+ADDR_TAILS = TAILS + [";", ";;", ";tag", ";a=b?c@d>e", ";a=<b>", ' ;a="b"', ";a=\u00e9", ";tag=1 ",
+                      ";tag=", ";tag=\u00e9", ";tag=\u0661", ";tag=a-b", ";TAG=x", ";tag=1;", ";tag=x\x0b"]
 
 
 @pytest.mark.parametrize("text", URI_TEXTS)
@@ -457,9 +500,32 @@ def test_common_forms_take_the_shortcuts(monkeypatch):
     assert (na.uri, na.display, na.params) == (parse_uri("sip:user17@example.test"), None,
                                                {"tag": "1234SIPpTag0017"})
     assert parse_name_addr("<sip:example.test;lr>").params == {}
+    na = parse_name_addr('"Alice Smith"\t<sip:alice@example.test>;tag=9;lr')
+    assert (na.display, na.params) == ('"Alice Smith"', {"tag": "9", "lr": None})
+    assert parse_uri("sip:a%40b;x=y@example.test").user == "a%40b;x=y"
     assert uri._URI_CACHE.keys() == {"SIP:user17@127.0.0.1:5061;transport=UDP;lr",
                                       "sips:[2001:db8::1]:65535;", "sip:user17@example.test",
-                                      "sip:example.test;lr"}
+                                      "sip:example.test;lr", "sip:alice@example.test",
+                                      "sip:a%40b;x=y@example.test"}
+    assert uri._HOST_PART_CACHE.keys() == {"127.0.0.1:5061;transport=UDP;lr", "[2001:db8::1]:65535;",
+                                            "example.test", "example.test;lr"}
+
+
+def test_host_part_is_matched_once(monkeypatch):
+    """Users of one domain share the parse of the host part, parameters included."""
+    first = parse_uri("sip:alice@example.test:5070;transport=tcp")
+    matched = []
+
+    class Recording:
+        def fullmatch(self, text, pattern=uri._SIMPLE_SIP_URI):
+            matched.append(text)
+            return pattern.fullmatch(text)
+    monkeypatch.setattr(uri, "_SIMPLE_SIP_URI", Recording())
+    second = parse_uri("SIPS:bob@example.test:5070;transport=tcp")
+    third = parse_uri("sip:example.test:5070;transport=tcp")
+    assert not matched
+    assert (second.scheme, second.user, second.port) == ("sips", "bob", 5070)
+    assert third.user is None and third.params is first.params is second.params
 
 
 def test_name_addr_shortcut_shares_the_cached_uri():
@@ -468,6 +534,13 @@ def test_name_addr_shortcut_shares_the_cached_uri():
     uri._URI_CACHE.clear()
     second = _parse_name_addr("<sip:a@example.test>;tag=2").uri
     assert second == first and parse_uri("sip:a@example.test") is second
+
+
+@pytest.mark.parametrize("user", ["", "a b", "a@b", "\u00e9", "a:pw", "a?b", "a<b", 'a"b', "a\tb"])
+def test_host_part_seen_before_with_a_user_out_of_the_common_form(user):
+    parse_uri("sip:alice@example.test")
+    text = f"sip:{user}@example.test"
+    assert outcome(_parse_uri, text) == outcome(_parse_uri_general, text)
 
 
 def test_shortcut_errors_are_those_of_the_general_parser():
@@ -527,6 +600,23 @@ def test_params_property(text):
         assert format_params(params) == _format_params_reference(params)
 
 @_SETTINGS
+@given(st.one_of(st.from_regex(r"[!#-;=-~]*", fullmatch=True),
+                 st.lists(st.sampled_from([";", "=", "a", "B", "tag", "1", ";;", "=="]),
+                          max_size=8).map("".join)))
+def test_plain_params_property(text):
+    """The parameters of a text of the name-addr shortcut's class read as ``parse_params`` reads them."""
+    expected = outcome(_parse_params_reference, text)
+    assert outcome(uri._plain_params, text) == expected
+    if expected[0] == "ok":
+        assert list(uri._plain_params(text).items()) == list(_parse_params_reference(text).items())
+
+@_SETTINGS
+@given(st.lists(st.sampled_from(['"', "<", ">", ";", ",", "\\", "a", " ", "b=c", '""', "<>", "x;y"]),
+                max_size=14).map("".join), st.sampled_from([";", ","]))
+def test_split_quoted_property(text, sep):
+    assert outcome(split_quoted, text, sep) == outcome(_split_quoted_reference, text, sep)
+
+@_SETTINGS
 @given(_TEXTS)
 def test_uri_property(text):
     try:
@@ -555,9 +645,47 @@ def test_uri_shortcut_property(text):
     assert got == expected
 
 
+def _host_part(text: str) -> str:
+    """What ``_sip_uri`` takes for the host part of ``text``."""
+    rest = text.partition(":")[2]
+    host_part = rest.partition("@")[2]
+    return host_part if "@" in rest else rest
+
+
+_SCHEMES = st.sampled_from(["sip", "SIP", "sIpS", "sips", "tel", "sipx", "\u017fip", "", "sip "])
+_USERS = st.one_of(st.none(), st.sampled_from(
+    ["", "alice", "User17", "a;b=c", "%40x", "a b", "a@b", "\u00e9", "a:pw", "a?b", "a>b",
+     "A!~*'()&=+$,;/%-_.", "\u0661", "7"]), st.text(max_size=4))
+
+
 @_SETTINGS
-@given(st.one_of(st.from_regex(uri._SIMPLE_NAME_ADDR, fullmatch=True),
-                 st.tuples(_URI_TEXTS, _TEXTS).map(lambda p: f"<{p[0]}>{p[1]}")),
+@given(_URI_TEXTS, _SCHEMES, _USERS, _SCHEMES, _USERS)
+def test_uri_with_a_host_part_seen_before_property(text, scheme1, user1, scheme2, user2):
+    """A URI whose host part another URI had, of the common form or not, parses as in general."""
+    host_part = _host_part(text)
+
+    def uri_text(scheme, user):
+        return f"{scheme}:{host_part}" if user is None else f"{scheme}:{user}@{host_part}"
+    for cache in CACHES:
+        cache.clear()
+    try_parse(_parse_uri, text)
+    try_parse(_parse_uri, uri_text(scheme1, user1))
+    second = uri_text(scheme2, user2)
+    got, expected = _uri_outcomes(second)
+    assert got == expected
+    uri._URI_CACHE.clear()
+    assert outcome(_parse_name_addr, f"<{second}>") == outcome(_parse_name_addr_general, f"<{second}>")
+
+
+#: display names around the edges of ``_DISPLAY_NAME_ADDR``
+_DISPLAYS = st.sampled_from(['"A" ', '"" ', '"a<b>" ', '"a;b" ', r'"x\"y" ', '"u"\t', '"v"', '"w"  ',
+                             '"x" \u00a0', "A ", '"open ', '"\u00e9" '])
+
+
+@_SETTINGS
+@given(st.one_of(st.from_regex(uri._DISPLAY_NAME_ADDR, fullmatch=True),
+                 st.tuples(_URI_TEXTS, _TEXTS).map(lambda p: f"<{p[0]}>{p[1]}"),
+                 st.tuples(_DISPLAYS, _URI_TEXTS, _TEXTS).map(lambda p: f"{p[0]}<{p[1]}>{p[2]}")),
        st.booleans())
 def test_name_addr_shortcut_property(text, uri_cached):
     for cache in CACHES:

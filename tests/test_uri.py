@@ -1,8 +1,13 @@
 """SIP, SIPS and tel URIs, name-addr values and parameters (RFC 3261 §19, §20.10, §25)."""
 
+import copy
+import dataclasses
+import pickle
+
 import pytest
 
 from sipcore.errors import SipError, SipParseError
+from sipcore.headers import parse_via
 from sipcore.uri import (NameAddr, SipUri, UnsupportedScheme, check_host, format_params,
                          parse_name_addr, parse_number, parse_params, parse_uri, split_hostport,
                          split_quoted, unquote_string)
@@ -366,3 +371,16 @@ def test_addr_spec_str_adds_brackets():
     na = parse_name_addr("sip:alice@example.test;tag=1")
     assert str(na) == "<sip:alice@example.test>;tag=1"
     assert isinstance(na, NameAddr) and isinstance(na.uri, SipUri)
+
+
+def test_parsed_values_copy_pickle_and_replace():
+    """``SipUri``, ``NameAddr`` and ``Via`` keep their slots through copies and pickles."""
+    via = parse_via("SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK1;rport")
+    na = parse_name_addr('"Alice" <sip:alice@example.test:5070;transport=tcp>;tag=1')
+    for value in (na, na.uri, via):
+        assert copy.copy(value) == value and copy.deepcopy(value) == value
+        assert pickle.loads(pickle.dumps(value)) == value
+    changed = dataclasses.replace(na.uri, user="bob")
+    assert str(changed) == "sip:bob@example.test:5070;transport=tcp" and na.uri.user == "alice"
+    via.params["received"] = "192.0.2.9"
+    assert str(via) == "SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK1;rport;received=192.0.2.9"
