@@ -30,6 +30,7 @@ Anything else gets ``None``, and the general path answers it.
 import re
 
 from .headers import CANONICAL
+from .via import DEFAULT_PORTS
 
 _PORT = r"[1-9][0-9]{0,4}"
 _HOST = r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?"
@@ -43,22 +44,25 @@ _TO = re.compile(_ADDRESS)
 _CALL_ID = re.compile(r"[!-~]+")
 _CSEQ = re.compile(r"[0-9]{1,9} REGISTER")
 _MAX_FORWARDS = re.compile(r"0|[1-9][0-9]?|1[0-9]{2}|2[0-4][0-9]|25[0-5]")
+_ZERO = re.compile("0")
 #: every header line: a token name, no space before the colon, a value of
 #: printable ASCII or tabs (a line that is not matched, say a folded one,
 #: makes the count of fields fall short of the count of lines)
 _FIELD = re.compile(r"^([A-Za-z0-9!%*_+`'~.-]+):[ \t]*([\t -~]*)\r\n", re.M)
 
-#: header name as written -> its lower-case canonical name, for the names
-#: the shortcut looks at (the others, whatever their case, are let be)
-_KEYS = {}
-for _low, _canon in CANONICAL.items():
-    if _canon.lower() in ("via", "from", "to", "call-id", "cseq", "max-forwards",
-                          "content-length", "require", "proxy-require", "authorization",
-                          "proxy-authorization"):
-        for _spelling in (_low, _canon, _low.upper()):
-            _KEYS[_spelling] = _canon.lower()
 _COPIED = {"via", "from", "to", "call-id", "cseq"}
 _REFUSED = {"require", "proxy-require", "authorization", "proxy-authorization"}
+#: each header checked besides Via: the form its value must have, and the
+#: spelling the 401 copies it with (None: not copied)
+_CHECKS = {"from": (_FROM, "From"), "to": (_TO, "To"), "call-id": (_CALL_ID, "Call-ID"),
+           "cseq": (_CSEQ, "CSeq"), "max-forwards": (_MAX_FORWARDS, None),
+           "content-length": (_ZERO, None)}
+#: header name as written -> its lower-case canonical name, for the names
+#: the shortcut looks at (the others, whatever their case, are let be)
+_KEYS = {spelling: canon.lower()
+         for low, canon in CANONICAL.items()
+         if canon.lower() in _COPIED | _REFUSED | _CHECKS.keys()
+         for spelling in (low, canon, low.upper())}
 
 
 class QuickChallenge:
@@ -88,8 +92,7 @@ class QuickChallenge:
             return None
         copied = []
         seen = set()
-        to_value = None
-        dest = None
+        to_at = dest = None
         keys = _KEYS
         for name, value in fields:
             key = keys.get(name)
@@ -108,31 +111,17 @@ class QuickChallenge:
                     return None
                 value, dest = found
                 copied.append(f"Via: {value}")
-            elif key == "from":
-                if _FROM.fullmatch(value) is None:
-                    return None
-                copied.append(f"From: {value}")
-            elif key == "to":
-                if _TO.fullmatch(value) is None:
-                    return None
-                to_value = value
-                copied.append(None)
-            elif key == "call-id":
-                if _CALL_ID.fullmatch(value) is None:
-                    return None
-                copied.append(f"Call-ID: {value}")
-            elif key == "cseq":
-                if _CSEQ.fullmatch(value) is None:
-                    return None
-                copied.append(f"CSeq: {value}")
-            elif key == "max-forwards":
-                if _MAX_FORWARDS.fullmatch(value) is None:
-                    return None
-            elif value != "0":          # Content-Length
+                continue
+            pattern, display = _CHECKS[key]
+            if pattern.fullmatch(value) is None:
                 return None
+            if key == "to":
+                to_at = len(copied)
+            if display is not None:
+                copied.append(f"{display}: {value}")
         if len(seen & _COPIED) != 5:
             return None
-        copied[copied.index(None)] = f"To: {to_value};tag={new_tag()}"
+        copied[to_at] += f";tag={new_tag()}"
         copied.extend([f"WWW-Authenticate: {c}" for c in challenges()])
         return ("SIP/2.0 401 Unauthorized\r\n" + "\r\n".join(copied)
                 + "\r\nContent-Length: 0\r\n\r\n").encode(), dest
@@ -164,4 +153,4 @@ def _stamp(value: str, ip: str, port: int):
                          *(";" + p for p in pieces), f";received={ip}"])
     if rport:
         return value, (ip, port)
-    return value, (ip, int(via_port) if via_port else 5060)
+    return value, (ip, int(via_port) if via_port else DEFAULT_PORTS["UDP"])
