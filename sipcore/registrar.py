@@ -94,11 +94,25 @@ class RegistrarRules:
         """
         if aor is None:
             aor = self.aor_of(req)[0]
-        current = location.get(aor)
         contacts = req.contacts
         call_id = req.call_id
         cseq = req.cseq[0]
-        hdr_expires = req.expires
+        expires = req.expires
+        changes, live = self.update(aor, contacts, call_id, cseq, expires, req.get("user-agent"),
+                                    req.get_all("path") if contacts and contacts != "*" else [],
+                                    location, now, node_id, received)
+        return RegisterOutcome(changes, req, self._ok(req, live, now), to_tag)
+
+    def update(self, aor: str, contacts, call_id: str, cseq: int, hdr_expires: int | None,
+               ua: str | None, path: list[str], location: Location, now: float, node_id: str,
+               received: str | None) -> tuple[list[Binding], list[Binding]]:
+        """``apply``'s work on the request's parts: ``(changes, live)``, the
+        new versions to commit and the bindings of ``aor`` alive after them.
+
+        ``contacts`` is ``Request.contacts`` (addresses, or ``"*"``),
+        ``hdr_expires`` the Expires header, ``path`` the Path values.
+        """
+        current = location.get(aor)
         live = {k: b for k, b in current.items()
                 if not b.deleted and b.expires_at > now} if current else {}
         if contacts == "*":
@@ -109,12 +123,10 @@ class RegistrarRules:
                 _check_order(b, call_id, cseq)
                 changes.append(tombstone(b, call_id=call_id, cseq=cseq, origin=node_id,
                                          updated_at=_stamp(b, call_id, now)))
-            return RegisterOutcome(changes, req, self._ok(req, (), now), to_tag)
+            return changes, []
         if not contacts:
-            return RegisterOutcome([], req, self._ok(req, live.values(), now), to_tag)
+            return [], list(live.values())
         before = len(live)
-        ua = req.get("user-agent")
-        path = req.get_all("path")
         pending: dict[str, Binding] = {}
         for na in contacts:
             key, b = self._binding(na, aor, current, call_id, cseq, hdr_expires, now,
@@ -130,8 +142,7 @@ class RegistrarRules:
                 live[key] = b
         if len(live) > self.max_contacts and len(live) > before:
             raise SipError(403, "Too Many Contacts")
-        return RegisterOutcome(list(pending.values()), req, self._ok(req, live.values(), now),
-                               to_tag)
+        return list(pending.values()), list(live.values())
 
     def _binding(self, na: NameAddr, aor, current, call_id, cseq, hdr_expires, now,
                  node_id, received, ua, path) -> tuple[str, Binding | None]:
@@ -177,7 +188,21 @@ class RegistrarRules:
                             updated_at=now if old is None else _stamp(old, call_id, now))
 
     def _ok(self, req: Request, live, now: float) -> list[tuple[str, str]]:
-        """The 200's header fields: every live binding with the seconds it has left."""
+        """The 200's header fields: every live binding with the seconds it has
+        left, the Path the registrar took (if the UA supports it), Date."""
+        headers = self.contact_fields(live, now)
+        paths = req.raw_values("path")
+        if paths:
+            options = req.get_all("supported") + req.get_all("require")
+            if "path" in (o.lower() for o in options):
+                headers.extend(("Path", v) for v in paths)
+        headers.append(("Date", http_date(now)))
+        return headers
+
+    @staticmethod
+    def contact_fields(live: list[Binding], now: float) -> list[tuple[str, str]]:
+        """A Contact field per binding of ``live``, with the seconds it has
+        left, the soonest to expire first."""
         headers = []
         if len(live) > 1:
             live = sorted(live, key=_expiry)
@@ -189,12 +214,6 @@ class RegistrarRules:
                 extra += f";reg-id={b.reg_id}"
             left = max(1, int(b.expires_at - now))
             headers.append(("Contact", f"<{b.contact}>;expires={left}{extra}"))
-        paths = req.raw_values("path")
-        if paths:
-            options = req.get_all("supported") + req.get_all("require")
-            if "path" in (o.lower() for o in options):
-                headers.extend(("Path", v) for v in paths)
-        headers.append(("Date", http_date(now)))
         return headers
 
 

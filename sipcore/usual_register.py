@@ -1,0 +1,230 @@
+"""The usual REGISTER, read from its text without the general parser.
+
+Nearly every REGISTER a registrar gets has one shape: the one SIPp and
+phones send. For such a request parsing and validating it in full costs
+more than all the registrar's own work, so ``scan`` recognises it, line by
+line with strict regular expressions, and keeps only what answering it
+needs. What it recognises is a subset of what is valid:
+
+- the request line ``REGISTER sip:host[:port] SIP/2.0``, host one of the
+  domain's names (lower case), nothing after the empty line ending the
+  header, only ASCII, no folded line, no empty header value where the
+  general path would refuse one;
+- one Via line holding one ``SIP/2.0/UDP host[:port]`` value, parameter
+  names in lower case, each once, no ``received``, ``rport`` without value;
+- From and To as ``<sip:user@host>`` (or ``sips``), with an optional quoted
+  display name of printable characters; From may have a ``tag``, To
+  nothing after ``>``;
+- ``CSeq: n REGISTER``, a Call-ID of visible characters, Max-Forwards from
+  0 to 255, Content-Length 0;
+- no Require, Proxy-Require or Proxy-Authorization, and at most one line
+  of each header looked at here (Authorization, Contact, Expires, Path,
+  User-Agent among them); any other header (a token name, a value of
+  printable characters or tabs).
+
+Anything else gets ``None``, and the general path answers it. The challenge
+front (``sipcore.quick_challenge``) answers the usual REGISTER without
+credentials from a ``UsualRegister``, the registrar (``actors.registrar``)
+the usual one with credentials; ``tests/test_usual_register.py`` and
+``tests/test_quick_challenge.py`` hold them to the general path's bytes.
+"""
+
+import re
+
+from .headers import CANONICAL
+from .message import _address, parse_message
+from .registrar import RegistrarRules, http_date
+from .transaction import MAGIC_COOKIE
+from .uri import parse_number
+from .via import DEFAULT_PORTS, stamp_via
+
+_PORT = r"[1-9][0-9]{0,4}"
+_HOST = r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?"
+_START = re.compile(rf"REGISTER sip:({_HOST})(?::({_PORT}))? SIP/2\.0")
+_VIA = re.compile(rf"SIP/2\.0/UDP ({_HOST})(?::({_PORT}))?"
+                  r"((?:;[a-z0-9-]+(?:=[A-Za-z0-9.!%*_+`'~-]+)?)*)")
+_ADDRESS = (r'(?:"[ !#-\[\]-~]*" *)?<sips?:([A-Za-z0-9_.!~*\'()&=+$,-]+)'
+            rf"@({_HOST})>")
+_FROM = re.compile(rf"{_ADDRESS}(?:;tag=[A-Za-z0-9.!%*_+`'~-]+)?")
+_TO = re.compile(_ADDRESS)
+_CALL_ID = re.compile(r"[!-~]+")
+_CSEQ = re.compile(r"([0-9]{1,9}) REGISTER")
+_MAX_FORWARDS = re.compile(r"0|[1-9][0-9]?|1[0-9]{2}|2[0-4][0-9]|25[0-5]")
+_ZERO = re.compile("0")
+#: every header line: a token name, no space before the colon, a value of
+#: printable ASCII or tabs (a line that is not matched, say a folded one,
+#: makes the count of fields fall short of the count of lines)
+_FIELD = re.compile(r"^([A-Za-z0-9!%*_+`'~.-]+):[ \t]*([\t -~]*)\r\n", re.M)
+
+_COPIED = {"via", "from", "to", "call-id", "cseq"}
+_REFUSED = {"require", "proxy-require", "proxy-authorization"}
+#: the headers whose first line is kept, as written (trailing blanks dropped)
+_KEPT = {"authorization", "contact", "expires", "path", "user-agent"}
+#: each header checked besides Via: the form its value must have, and the
+#: spelling a response copies it with (None: not copied)
+_CHECKS = {"from": (_FROM, "From"), "to": (_TO, "To"), "call-id": (_CALL_ID, "Call-ID"),
+           "cseq": (_CSEQ, "CSeq"), "max-forwards": (_MAX_FORWARDS, None),
+           "content-length": (_ZERO, None)}
+#: header name as written -> its lower-case canonical name, for the names
+#: looked at here (the others, whatever their case, are let be)
+_KEYS = {spelling: canon.lower()
+         for low, canon in CANONICAL.items()
+         if canon.lower() in _COPIED | _REFUSED | _KEPT | _CHECKS.keys()
+         for spelling in (low, canon, low.upper())}
+_BLANKS = " \t"
+
+
+class UsualRegister:
+    """A usual REGISTER (see the module's text), as ``scan`` read it."""
+
+    __slots__ = ("data", "ip", "port", "dest", "key", "copied", "to_at", "user", "to_host",
+                 "call_id", "cseq", "kept")
+
+    def response(self, status: int, reason: str, headers, to_tag: str) -> bytes:
+        """What ``response_bytes(request, status, reason, headers, to_tag=to_tag)``
+        writes for the parsed request: the copied fields, To with ``to_tag``,
+        then ``headers`` (canonical names, no Content-Length)."""
+        copied = self.copied
+        at = self.to_at
+        lines = [f"SIP/2.0 {status} {reason}", *copied[:at], f"{copied[at]};tag={to_tag}",
+                 *copied[at + 1:]]
+        lines += [f"{name}: {value}" for name, value in headers]
+        lines.append("Content-Length: 0\r\n\r\n")
+        return "\r\n".join(lines).encode()
+
+    def request(self):
+        """The general path's request and destination: ``parse_message``,
+        ``validate`` and ``stamp_via`` of the datagram."""
+        req = parse_message(self.data)
+        req.validate()
+        return req, stamp_via(req, "udp", self.ip, self.port)
+
+    def outcome(self, rules: RegistrarRules, location, now: float, node_id: str, to_tag: str):
+        """``(changes, 200 bytes)``: what ``rules.aor_of`` and ``rules.apply``
+        give for the parsed request. Raises the ``SipError`` they raise, and
+        ``NotUsual`` for what only the general path takes (no Contact or
+        more than one, a wildcard, a Path, a To host not written as one of
+        the domain's names, a Via branch without the magic cookie). Nothing
+        is changed: the caller puts and commits the changes."""
+        kept = self.kept
+        contact = kept.get("contact")
+        if (contact is None or contact[:1] != "<" or "," in contact or "\\" in contact
+                or "path" in kept or self.to_host not in rules.domains or self.key is None):
+            raise NotUsual()
+        # Contact before Expires: the general path's order, so the same error wins.
+        contacts = [_address(contact, "Contact")]
+        expires = kept.get("expires")
+        if expires is not None:
+            expires = parse_number(expires, "Expires", 2 ** 32 - 1)
+        aor = f"sip:{self.user}@{rules.domain}"
+        changes, live = rules.update(aor, contacts, self.call_id, self.cseq, expires,
+                                     kept.get("user-agent"), [], location, now, node_id,
+                                     "udp:%s:%d" % self.dest)
+        fields = rules.contact_fields(live, now)
+        fields.append(("Date", http_date(now)))
+        return changes, self.response(200, "OK", fields, to_tag)
+
+
+class NotUsual(Exception):
+    """A REGISTER that ``UsualRegister.outcome`` leaves to the general path."""
+
+
+def scan(data: bytes, ip: str, port: int, domains) -> UsualRegister | None:
+    """The usual REGISTER ``data`` from ``ip:port`` (UDP), or None when the
+    general path must read it. ``domains``: the host names a REGISTER may
+    be for (``RegistrarRules.domains``)."""
+    end = data.find(b"\r\n\r\n")
+    if end < 0 or end + 4 != len(data) or not data.isascii():
+        return None
+    text = data[:end + 2].decode("ascii")
+    first = text.find("\r\n")
+    m = _START.fullmatch(text, 0, first)
+    if m is None or m.group(1) not in domains or not _port_ok(m.group(2)):
+        return None
+    fields = _FIELD.findall(text, first + 2)
+    if len(fields) != text.count("\r\n") - 1:
+        return None
+    usual = UsualRegister()
+    copied = []
+    kept = {}
+    seen = set()
+    keys = _KEYS
+    for name, value in fields:
+        key = keys.get(name)
+        if key is None:
+            key = keys.get(name.lower())
+            if key is None:
+                continue
+        if key in seen or key in _REFUSED:
+            return None
+        seen.add(key)
+        if key in _KEPT:
+            kept[key] = value.rstrip(_BLANKS)
+            continue
+        if key == "via":
+            value = _stamp(usual, value, ip, port)
+            if value is None:
+                return None
+            copied.append(f"Via: {value}")
+            continue
+        pattern, display = _CHECKS[key]
+        m = pattern.fullmatch(value)
+        if m is None:
+            return None
+        if key == "to":
+            usual.to_at = len(copied)
+            usual.user, usual.to_host = m.groups()
+        elif key == "cseq":
+            usual.cseq = int(m.group(1))
+        elif key == "call-id":
+            usual.call_id = value
+        if display is not None:
+            copied.append(f"{display}: {value}")
+    if len(seen & _COPIED) != 5:
+        return None
+    usual.data, usual.ip, usual.port = data, ip, port
+    usual.copied = copied
+    usual.kept = kept
+    return usual
+
+
+def _port_ok(text: str | None) -> bool:
+    return text is None or int(text) < 65536
+
+
+def _stamp(usual: UsualRegister, value: str, ip: str, port: int) -> str | None:
+    """The top Via ``value`` with ``received``/``rport`` as ``stamp_via``
+    writes it; sets ``usual``'s destination and transaction key as
+    ``stamp_via`` and ``server_key`` find them. None for a Via not of the
+    recognised form."""
+    m = _VIA.fullmatch(value)
+    if m is None or not _port_ok(m.group(2)):
+        return None
+    host, via_port, params = m.groups()
+    pieces = params.split(";")[1:]
+    names = [p.partition("=")[0] for p in pieces]
+    if len(set(names)) != len(names) or "received" in names or "rport=" in params:
+        return None
+    rport = "rport" in names
+    if rport or host != ip:
+        # stamp_via writes the Via anew from its parts: the same text here,
+        # with rport's value filled in and received added last.
+        if rport:
+            pieces = [f"rport={port}" if p == "rport" else p for p in pieces]
+        value = "".join([f"SIP/2.0/UDP {host}" if via_port is None else f"SIP/2.0/UDP {host}:{via_port}",
+                         *(";" + p for p in pieces), f";received={ip}"])
+    if rport:
+        usual.dest = (ip, port)
+    else:
+        usual.dest = (ip, int(via_port) if via_port else DEFAULT_PORTS["UDP"])
+    branch = None
+    for p in pieces:
+        if p[:7] == "branch=":
+            branch = p[7:]
+    # Without the magic cookie the transaction key is made of other fields:
+    # the general path finds it.
+    if branch is None or not branch.startswith(MAGIC_COOKIE):
+        usual.key = None
+    else:
+        usual.key = (branch, host.lower(), int(via_port) if via_port else None, "REGISTER")
+    return value
