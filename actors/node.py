@@ -22,6 +22,7 @@ from sipcore.errors import SipError
 from sipcore.location import Binding, Location, Sequencer
 from sipcore.message import error_response, make_response
 from sipcore.registrar import RegistrarRules
+from sipcore.usual_register import scan
 from store import bindings as binding_store
 from store import users as user_store
 from store.models import close_store, incr_state, init_store
@@ -121,6 +122,8 @@ class Node:
         front_in = front_paths(cfg)[0] if cfg.challenge_front else None
         self.transport = Transport(cfg.address, cfg.port, self.on_request, self.on_response,
                                    front_path=front_in)
+        self.transport.quick = self.on_datagram
+        self.domains = frozenset(rules.domains)
         timers = {"t1": cfg.t1, "t2": cfg.t2, "t4": cfg.t4}
         self.registrar = RegistrarActor(cfg.id, rules, auth, self.location, self.transport,
                                         Sequencer(epoch), cfg.batch_max, timers=timers)
@@ -171,6 +174,18 @@ class Node:
                                           ("Supported", "path, outbound")])
         else:
             self.proxy.submit(req, dest)
+
+    def on_datagram(self, data: bytes, ip: str, port: int) -> bool:
+        """Give a usual REGISTER with credentials (``sipcore.usual_register``)
+        to the registrar unparsed; False for any other datagram, which the
+        transport then parses and gives to ``on_request``."""
+        if data[:9] != b"REGISTER " or not self.replicator.synced:
+            return False
+        usual = scan(data, ip, port, self.domains)
+        if usual is None or "authorization" not in usual.kept:
+            return False
+        self.registrar.submit(usual, None)
+        return True
 
     def on_response(self, resp, source) -> None:
         """Responses belong to the proxy's client transactions."""

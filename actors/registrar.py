@@ -20,6 +20,7 @@ from sipcore.errors import SipError
 from sipcore.location import Binding, Location
 from sipcore.message import Request, error_response, error_response_bytes
 from sipcore.registrar import RegistrarRules, challenge_bytes, challenge_response
+from sipcore.usual_register import NotUsual, UsualRegister
 from store import bindings as binding_store
 
 log = logging.getLogger(__name__)
@@ -93,16 +94,13 @@ class RegistrarActor:
         except Exception:
             log.exception("purging expired bindings failed")
 
-    def _answer(self, key, dest, response, mono: float) -> None:
-        data = response.encode()
+    def _answer(self, key, dest, data: bytes, mono: float) -> None:
         self.answered.answered(key, data, dest[0] != "udp", mono)
         self.transport.send(dest, data)
 
     def _process(self, batch: list, now: float, mono: float) -> None:
         """One group commit: apply every request and merge, write once, then answer."""
         location = self.location
-        answered = self.answered
-        send = self.transport.send
         stats = self.stats
         deferred = []
         changes: list[Binding] = []
@@ -113,48 +111,20 @@ class RegistrarActor:
             if req is None:
                 merged.extend(b for b in dest if location.merge_undoable(b, undo))
                 continue
-            if req.get("authorization") is None:
-                # Without credentials the answer is a challenge (or an error)
-                # that changes nothing: send it statelessly, as a proxy's
-                # sl_send_reply would; a retransmission just gets another.
-                stats["register"] += 1
-                try:
-                    self.rules.check(req)
-                    stats["challenged"] += 1
-                    data = challenge_bytes(req, self.auth.challenge(now), new_tag())
-                except SipError as err:
-                    stats["rejected"] += 1
-                    data = error_response_bytes(req, err, to_tag=new_tag())
-                send(dest, data)
+            if type(req) is UsualRegister:
+                done = self._usual(req, now, mono)
+            else:
+                done = self._request(req, dest, now, mono)
+            if done is None:
                 continue
-            try:
-                verdict, key, data = answered.receive(req, mono)
-            except SipError as err:
-                send(dest, error_response_bytes(req, err, to_tag=new_tag()))
-                continue
-            if verdict is not NEW:
-                if data is not None:
-                    send(dest, data)
-                continue
-            stats["register"] += 1
-            try:
-                response, made = self._register(req, dest, now)
-            except SipError as err:
-                stats["rejected"] += 1
-                response, made = error_response(req, err, to_tag=new_tag()), []
-            except Exception:
-                # A bug must cost this request a 500, not the whole batch
-                # its answer (nor leave its transaction pending for ever).
-                log.exception("REGISTER from %s:%s:%d failed", *dest)
-                stats["rejected"] += 1
-                response, made = error_response(req, SipError(500, "Server Internal Error"), to_tag=new_tag()), []
+            key, dest, req, status, data, made = done
             for b in made:
                 undo.append((b.aor, b.key, location.put(b)))
             changes.extend(made)
-            if response.status < 300 and (changes or merged):
-                deferred.append((key, dest, req, response))
+            if status < 300 and (changes or merged):
+                deferred.append((key, dest, req, data))
             else:
-                self._answer(key, dest, response, mono)
+                self._answer(key, dest, data, mono)
         if changes or merged:
             try:
                 binding_store.write_bindings(changes + merged)
@@ -165,8 +135,10 @@ class RegistrarActor:
                     location.restore(aor, key, old)
                 self.sequencer.rewind(seq_before)
                 err = SipError(500, "Database Unavailable", [("Retry-After", "5")])
-                for key, dest, req, _response in deferred:
-                    self._answer(key, dest, error_response(req, err, to_tag=new_tag()), mono)
+                for key, dest, req, _data in deferred:
+                    if type(req) is UsualRegister:
+                        req = req.request()[0]
+                    self._answer(key, dest, error_response_bytes(req, err, to_tag=new_tag()), mono)
                 if merged:
                     # Replicated versions must not be lost: retry them shortly.
                     gevent.spawn_later(1.0, self.merge, merged)
@@ -178,14 +150,108 @@ class RegistrarActor:
                     self.on_commit(changes)
                 except Exception:
                     log.exception("publishing %d committed bindings failed", len(changes))
-        for key, dest, _req, response in deferred:
+        for key, dest, _req, data in deferred:
             stats["ok"] += 1
-            self._answer(key, dest, response, mono)
+            self._answer(key, dest, data, mono)
 
-    def _register(self, req: Request, dest, now: float):
+    def _request(self, req: Request, dest, now: float, mono: float, key=None, result=None):
+        """Handle one parsed REGISTER: ``(key, dest, req, status, response
+        bytes, changes)`` to commit before answering, or None when it was
+        answered already (a challenge, an error, a retransmission).
+
+        ``key`` is given when its transaction was received already, and
+        ``result`` when its credentials were checked already
+        (``_usual`` leaving a request to this general path).
+        """
+        stats = self.stats
+        send = self.transport.send
+        if req.get("authorization") is None:
+            # Without credentials the answer is a challenge (or an error)
+            # that changes nothing: send it statelessly, as a proxy's
+            # sl_send_reply would; a retransmission just gets another.
+            stats["register"] += 1
+            try:
+                self.rules.check(req)
+                stats["challenged"] += 1
+                data = challenge_bytes(req, self.auth.challenge(now), new_tag())
+            except SipError as err:
+                stats["rejected"] += 1
+                data = error_response_bytes(req, err, to_tag=new_tag())
+            send(dest, data)
+            return None
+        if key is None:
+            try:
+                verdict, key, data = self.answered.receive(req, mono)
+            except SipError as err:
+                send(dest, error_response_bytes(req, err, to_tag=new_tag()))
+                return None
+            if verdict is not NEW:
+                if data is not None:
+                    send(dest, data)
+                return None
+        stats["register"] += 1
+        try:
+            response, made = self._register(req, dest, now, result)
+        except SipError as err:
+            stats["rejected"] += 1
+            response, made = error_response(req, err, to_tag=new_tag()), []
+        except Exception:
+            # A bug must cost this request a 500, not the whole batch
+            # its answer (nor leave its transaction pending for ever).
+            log.exception("REGISTER from %s:%s:%d failed", *dest)
+            stats["rejected"] += 1
+            response, made = error_response(req, SipError(500, "Server Internal Error"), to_tag=new_tag()), []
+        return key, dest, req, response.status, response.encode(), made
+
+    def _usual(self, usual: UsualRegister, now: float, mono: float):
+        """``_request`` for a usual REGISTER with credentials, answered from
+        its text (``sipcore.usual_register``) when it is a plain refresh
+        or registration that authenticates; anything else takes the
+        general path, with the same answer.
+
+        The bindings are worked out before the credentials are checked,
+        since accepting credentials uses up their nonce-count: a request
+        left to the general path afterwards must take the result along.
+        """
+        key = usual.key
+        if key is None:
+            return self._general(usual, now, mono)
+        verdict, key, data = self.answered.receive_key(key, mono)
+        if verdict is not NEW:
+            if data is not None:
+                self.transport.send(("udp", *usual.dest), data)
+            return None
+        try:
+            made, data = usual.outcome(self.rules, self.location, now, self.node_id, new_tag())
+        except (SipError, NotUsual):
+            return self._general(usual, now, mono, key)
+        result = self.auth.authenticate("REGISTER", [usual.kept["authorization"]], now)
+        if not result.ok or result.username != usual.user:
+            return self._general(usual, now, mono, key, result)
+        for b in made:
+            b.epoch, b.seq = self.sequencer.next()
+        self.stats["register"] += 1
+        return key, ("udp", *usual.dest), usual, 200, data, made
+
+    def _general(self, usual: UsualRegister, now: float, mono: float, key=None, result=None):
+        """``_request`` for ``usual`` parsed by the general parser."""
+        try:
+            req, dest = usual.request()
+        except SipError:
+            # scan takes only what the parser reads: should that ever fail,
+            # the transport answers the datagram as it answers any other.
+            log.exception("a usual REGISTER from %s:%d is malformed", usual.ip, usual.port)
+            if key is not None:
+                self.answered.forget(key)
+            self.transport.handle(usual.data, "udp", usual.ip, usual.port)
+            return None
+        return self._request(req, dest, now, mono, key, result)
+
+    def _register(self, req: Request, dest, now: float, result=None):
         rules = self.rules
         rules.check(req)
-        result = self.auth.authenticate("REGISTER", req.raw_values("authorization"), now)
+        if result is None:
+            result = self.auth.authenticate("REGISTER", req.raw_values("authorization"), now)
         if not result.ok:
             self.stats["challenged"] += 1
             if result.reason != "missing":

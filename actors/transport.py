@@ -71,6 +71,9 @@ class Transport:
         self.fair_share = 64
         self.front_path = front_path
         self.forwarded = None
+        #: ``quick(data, ip, port)``, when set, sees each UDP datagram first
+        #: and returns True when it took the datagram, which is then not parsed
+        self.quick = None
 
     def start(self) -> None:
         """Bind both sockets and start receiving."""
@@ -109,9 +112,24 @@ class Transport:
 
     # -- receiving -----------------------------------------------------------
     def _udp_loop(self) -> None:
-        handle = self.handle
-        drain(self.udp._sock, lambda data, addr: handle(data, "udp", addr[0], addr[1]),
+        receive = self.receive
+        drain(self.udp._sock, lambda data, addr: receive(data, addr[0], addr[1]),
               self.fair_share)
+
+    def receive(self, data: bytes, ip: str, port: int) -> None:
+        """One UDP datagram from ``ip:port``: offered to ``quick``, then
+        handled; never raises."""
+        quick = self.quick
+        if quick is not None:
+            try:
+                taken = quick(data, ip, port)
+            except Exception:
+                log.exception("quick path failed on a datagram from %s:%d", ip, port)
+                taken = False
+            if taken:
+                self.received += 1
+                return
+        self.handle(data, "udp", ip, port)
 
     def _serve_front(self, sock, _addr) -> None:
         """Read the datagrams the challenge front passes on, as if received here."""

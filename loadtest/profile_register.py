@@ -1,7 +1,7 @@
 """Profile the REGISTER hot path of one node in-process, without SIPp.
 
 Builds a real node (SQLite in a temporary folder, N users), then feeds its
-transport the datagrams SIPp's ``register_auth.xml`` sends: for each user a
+transport (``Transport.receive``) the datagrams SIPp's ``register_auth.xml`` sends: for each user a
 REGISTER without credentials, then one with digest credentials computed
 for a nonce the node issued. Responses go out through the node's real UDP
 socket to a sink socket nobody reads. Prints the CPU time per
@@ -99,7 +99,7 @@ def main() -> int:
         make_nonce = node.registrar.auth.nonces.make
         count = args.users if args.register is None else min(args.register, args.users)
         messages = [registration(i, src_port, make_nonce(time.time())) for i in range(count)]
-        handle = node.transport.handle
+        receive = node.transport.receive
         done = gevent.event.Event()
 
         def feed():
@@ -107,8 +107,8 @@ def main() -> int:
             for k in range(0, len(messages), burst // 2):
                 for first, second in messages[k:k + burst // 2]:
                     if not args.credentials_only:
-                        handle(first, "udp", "127.0.0.1", src_port)
-                    handle(second, "udp", "127.0.0.1", src_port)
+                        receive(first, "127.0.0.1", src_port)
+                    receive(second, "127.0.0.1", src_port)
                 gevent.sleep(0)
             while node.registrar.inbox.qsize():
                 gevent.sleep(0.001)

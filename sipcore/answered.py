@@ -47,14 +47,22 @@ class AnsweredRequests:
         Raises ``SipError`` when the request's Via (or, without the magic
         cookie, its Call-ID, CSeq or From) cannot be parsed.
         """
+        return self.receive_key(server_key(req), now)
+
+    def receive_key(self, key: tuple, now: float) -> tuple[str, tuple, bytes | None]:
+        """``receive`` for a request whose ``server_key`` is ``key``."""
         self.expire(now)
-        key = server_key(req)
         table = self._table
         if key not in table:
             table[key] = None
             return NEW, key, None
         data = table[key]
         return (PENDING, key, None) if data is None else (ANSWERED, key, data)
+
+    def forget(self, key: tuple) -> None:
+        """Drop the pending transaction of ``key``, as if never received."""
+        if self._table.get(key, b"") is None:
+            del self._table[key]
 
     def answered(self, key: tuple, data: bytes, reliable: bool, now: float) -> None:
         """The final response ``data`` was sent for the request of ``key``."""

@@ -11,6 +11,7 @@ import pytest
 
 from loadtest.bench_register import write_register_inf
 from loadtest.harness import NodeProcess, free_port, options_ping, run_sipp, write_users_csv
+from sipcore.digest import Credentials, expected_response, ha1
 
 USERS = 2000
 
@@ -162,6 +163,89 @@ def test_interval_too_brief(node):
     user, pw = node.rows[5]
     res = register(node, [(user, pw)], expires=10)
     assert res.failed == 1
+
+
+class Phone:
+    """One UDP socket sending SIPp-shaped REGISTERs, the shape the node's quick path takes."""
+
+    def __init__(self, node, user: str):
+        self.node = node
+        self.user = user
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.settimeout(3.0)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.call_id = os.urandom(6).hex() + "@127.0.0.1"
+        self.cseq = 0
+
+    def nonce(self) -> str:
+        answer = self.send(self.register())
+        assert answer.startswith("SIP/2.0 401"), answer
+        return answer.split('nonce="', 1)[1].split('"', 1)[0]
+
+    def credentials(self, nonce: str, password: str, nc: int = 1, user: str | None = None) -> str:
+        user = user or self.user
+        creds = Credentials(username=user, realm="example.test", nonce=nonce,
+                            uri="sip:example.test", response="", algorithm="MD5", qop="auth",
+                            nc=f"{nc:08x}", cnonce="0a4f113b")
+        response = expected_response(creds, "REGISTER", ha1(user, "example.test", password))
+        return (f'Authorization: Digest username="{user}",realm="example.test",'
+                f'cnonce="0a4f113b",nc={nc:08x},qop=auth,uri="sip:example.test",'
+                f'nonce="{nonce}",response="{response}",algorithm=MD5\r\n')
+
+    def register(self, auth: str = "", expires: int = 3600) -> bytes:
+        self.cseq += 1
+        return (f"REGISTER sip:example.test SIP/2.0\r\n"
+                f"Via: SIP/2.0/UDP 127.0.0.1:{self.port};branch=z9hG4bK{os.urandom(6).hex()};rport\r\n"
+                f"From: <sip:{self.user}@example.test>;tag=t{self.cseq}\r\n"
+                f"To: <sip:{self.user}@example.test>\r\nCall-ID: {self.call_id}\r\n"
+                f"CSeq: {self.cseq} REGISTER\r\n"
+                f"Contact: <sip:{self.user}@127.0.0.1:{self.port};transport=UDP>\r\n"
+                f"{auth}Max-Forwards: 70\r\nExpires: {expires}\r\nUser-Agent: SIPp\r\n"
+                "Content-Length: 0\r\n\r\n").encode()
+
+    def send(self, data: bytes) -> str:
+        self.sock.sendto(data, (self.node.address, self.node.port))
+        return self.sock.recv(65535).decode()
+
+
+def test_refused_credentials_use_up_nothing(node):
+    """A REGISTER refused before its credentials are accepted leaves their
+    nonce-count unused, whichever path answered it."""
+    user, pw = node.rows[7]
+    phone = Phone(node, user)
+    nonce = phone.nonce()
+    assert phone.send(phone.register(phone.credentials(nonce, "wrong"))).startswith("SIP/2.0 401")
+    assert phone.send(phone.register(phone.credentials(nonce, pw))).startswith("SIP/2.0 200")
+    # The same nonce-count again, in a new transaction: a replay.
+    assert phone.send(phone.register(phone.credentials(nonce, pw))).startswith("SIP/2.0 401")
+    assert phone.send(phone.register(phone.credentials(nonce, pw, nc=2))).startswith("SIP/2.0 200")
+
+
+def test_accepted_credentials_of_another_user_get_403(node):
+    (user, _), (other, other_pw) = node.rows[8], node.rows[9]
+    phone = Phone(node, user)
+    nonce = phone.nonce()
+    answer = phone.send(phone.register(phone.credentials(nonce, other_pw, user=other)))
+    assert answer.startswith("SIP/2.0 403"), answer
+
+
+def test_too_brief_after_accepted_credentials_gets_423(node):
+    user, pw = node.rows[10]
+    phone = Phone(node, user)
+    nonce = phone.nonce()
+    answer = phone.send(phone.register(phone.credentials(nonce, pw), expires=10))
+    assert answer.startswith("SIP/2.0 423") and "\r\nMin-Expires: 60\r\n" in answer, answer
+    assert phone.send(phone.register(phone.credentials(nonce, pw, nc=2))).startswith("SIP/2.0 200")
+
+
+def test_retransmission_gets_the_same_200(node):
+    user, pw = node.rows[11]
+    phone = Phone(node, user)
+    data = phone.register(phone.credentials(phone.nonce(), pw))
+    first = phone.send(data)
+    assert first.startswith("SIP/2.0 200")
+    assert phone.send(data) == first
 
 
 def test_sigkill_loses_no_answered_binding(tmp_path):
