@@ -30,6 +30,7 @@ the usual one with credentials; ``tests/test_usual_register.py`` and
 """
 
 import re
+from itertools import islice
 
 from .headers import CANONICAL
 from .message import _address, parse_message
@@ -51,25 +52,29 @@ _CALL_ID = re.compile(r"[!-~]+")
 _CSEQ = re.compile(r"([0-9]{1,9}) REGISTER")
 _MAX_FORWARDS = re.compile(r"0|[1-9][0-9]?|1[0-9]{2}|2[0-4][0-9]|25[0-5]")
 _ZERO = re.compile("0")
-#: every header line: a token name, no space before the colon, a value of
-#: printable ASCII or tabs (a line that is not matched, say a folded one,
-#: makes the count of fields fall short of the count of lines)
-_FIELD = re.compile(r"^([A-Za-z0-9!%*_+`'~.-]+):[ \t]*([\t -~]*)\r\n", re.M)
+_PARAM_NAME = re.compile(r";([a-z0-9-]+)")
+_RPORT = re.compile(r";rport(?=;|\Z)")
+_BRANCH = re.compile(r";branch=([^;]*)")
+#: a header name (the general parser refuses a line with any other)
+_TOKEN = re.compile(r"[A-Za-z0-9!%*_+`'~.-]+")
+#: the bytes a usual REGISTER is made of: printable ASCII, tab, CR and LF
+_PLAIN = bytes([9, 10, 13, *range(32, 127)])
 
 _COPIED = {"via", "from", "to", "call-id", "cseq"}
+#: the spelling a response copies each with
+_DISPLAY = {"via": "Via", "from": "From", "to": "To", "call-id": "Call-ID", "cseq": "CSeq"}
 _REFUSED = {"require", "proxy-require", "proxy-authorization"}
-#: the headers whose first line is kept, as written (trailing blanks dropped)
-_KEPT = {"authorization", "contact", "expires", "path", "user-agent"}
-#: each header checked besides Via: the form its value must have, and the
-#: spelling a response copies it with (None: not copied)
-_CHECKS = {"from": (_FROM, "From"), "to": (_TO, "To"), "call-id": (_CALL_ID, "Call-ID"),
-           "cseq": (_CSEQ, "CSeq"), "max-forwards": (_MAX_FORWARDS, None),
-           "content-length": (_ZERO, None)}
+#: the headers whose value is kept, as the general parser reads it
+_KEPT = ("authorization", "contact", "expires", "path", "user-agent")
+#: the form each header's value must have, when present (Via, To and CSeq
+#: are read further after this check)
+_CHECKED = (("from", _FROM), ("call-id", _CALL_ID), ("max-forwards", _MAX_FORWARDS),
+            ("content-length", _ZERO))
 #: header name as written -> its lower-case canonical name, for the names
 #: looked at here (the others, whatever their case, are let be)
 _KEYS = {spelling: canon.lower()
          for low, canon in CANONICAL.items()
-         if canon.lower() in _COPIED | _REFUSED | _KEPT | _CHECKS.keys()
+         if canon.lower() in _COPIED | _REFUSED | {*_KEPT, *dict(_CHECKED)}
          for spelling in (low, canon, low.upper())}
 _BLANKS = " \t"
 
@@ -134,57 +139,54 @@ def scan(data: bytes, ip: str, port: int, domains) -> UsualRegister | None:
     general path must read it. ``domains``: the host names a REGISTER may
     be for (``RegistrarRules.domains``)."""
     end = data.find(b"\r\n\r\n")
-    if end < 0 or end + 4 != len(data) or not data.isascii():
+    if end < 0 or end + 4 != len(data) or data.translate(None, _PLAIN):
         return None
-    text = data[:end + 2].decode("ascii")
-    first = text.find("\r\n")
-    m = _START.fullmatch(text, 0, first)
+    text = data[:end].decode("ascii")
+    lines = text.split("\r\n")
+    # A lone CR or LF (split leaves them in lines) is for the general path.
+    if text.count("\n") != len(lines) - 1 or text.count("\r") != len(lines) - 1:
+        return None
+    m = _START.fullmatch(lines[0])
     if m is None or m.group(1) not in domains or not _port_ok(m.group(2)):
         return None
-    fields = _FIELD.findall(text, first + 2)
-    if len(fields) != text.count("\r\n") - 1:
-        return None
-    usual = UsualRegister()
-    copied = []
-    kept = {}
-    seen = set()
+    found = {}
     keys = _KEYS
-    for name, value in fields:
+    for line in islice(lines, 1, None):
+        name, colon, value = line.partition(":")
         key = keys.get(name)
-        if key is None:
+        if key is None or not colon:
+            # A folded line starts with a blank: its "name" is no token.
+            if not colon or _TOKEN.fullmatch(name) is None:
+                return None
             key = keys.get(name.lower())
             if key is None:
                 continue
-        if key in seen or key in _REFUSED:
+        if key in found:
             return None
-        seen.add(key)
-        if key in _KEPT:
-            kept[key] = value.rstrip(_BLANKS)
-            continue
-        if key == "via":
-            value = _stamp(usual, value, ip, port)
-            if value is None:
-                return None
-            copied.append(f"Via: {value}")
-            continue
-        pattern, display = _CHECKS[key]
-        m = pattern.fullmatch(value)
-        if m is None:
-            return None
-        if key == "to":
-            usual.to_at = len(copied)
-            usual.user, usual.to_host = m.groups()
-        elif key == "cseq":
-            usual.cseq = int(m.group(1))
-        elif key == "call-id":
-            usual.call_id = value
-        if display is not None:
-            copied.append(f"{display}: {value}")
-    if len(seen & _COPIED) != 5:
+        found[key] = value.strip(_BLANKS)
+    present = found.keys()
+    if not present >= _COPIED or not present.isdisjoint(_REFUSED):
         return None
+    for key, pattern in _CHECKED:
+        value = found.get(key)
+        if value is not None and pattern.fullmatch(value) is None:
+            return None
+    usual = UsualRegister()
+    via = _stamp(usual, found["via"], ip, port)
+    to = _TO.fullmatch(found["to"])
+    cseq = _CSEQ.fullmatch(found["cseq"])
+    if via is None or to is None or cseq is None:
+        return None
+    usual.user, usual.to_host = to.groups()
+    usual.cseq = int(cseq.group(1))
+    usual.call_id = found["call-id"]
+    # The response copies these in the request's order.
+    order = [key for key in found if key in _COPIED]
+    found["via"] = via
+    usual.copied = [f"{_DISPLAY[key]}: {found[key]}" for key in order]
+    usual.to_at = order.index("to")
+    usual.kept = {key: found[key] for key in _KEPT if key in present}
     usual.data, usual.ip, usual.port = data, ip, port
-    usual.copied = copied
-    usual.kept = kept
     return usual
 
 
@@ -198,33 +200,33 @@ def _stamp(usual: UsualRegister, value: str, ip: str, port: int) -> str | None:
     ``stamp_via`` and ``server_key`` find them. None for a Via not of the
     recognised form."""
     m = _VIA.fullmatch(value)
-    if m is None or not _port_ok(m.group(2)):
+    if m is None:
         return None
     host, via_port, params = m.groups()
-    pieces = params.split(";")[1:]
-    names = [p.partition("=")[0] for p in pieces]
+    names = _PARAM_NAME.findall(params)
     if len(set(names)) != len(names) or "received" in names or "rport=" in params:
         return None
+    if via_port is not None:
+        via_port = int(via_port)
+        if via_port > 65535:
+            return None
     rport = "rport" in names
     if rport or host != ip:
-        # stamp_via writes the Via anew from its parts: the same text here,
-        # with rport's value filled in and received added last.
+        # stamp_via writes the Via anew from its parts: the same text, as
+        # the form is strict, with rport's value filled in and received
+        # added last.
         if rport:
-            pieces = [f"rport={port}" if p == "rport" else p for p in pieces]
-        value = "".join([f"SIP/2.0/UDP {host}" if via_port is None else f"SIP/2.0/UDP {host}:{via_port}",
-                         *(";" + p for p in pieces), f";received={ip}"])
+            value = _RPORT.sub(f";rport={port}", value, 1)
+        value = f"{value};received={ip}"
     if rport:
         usual.dest = (ip, port)
     else:
-        usual.dest = (ip, int(via_port) if via_port else DEFAULT_PORTS["UDP"])
-    branch = None
-    for p in pieces:
-        if p[:7] == "branch=":
-            branch = p[7:]
+        usual.dest = (ip, via_port or DEFAULT_PORTS["UDP"])
+    branch = _BRANCH.search(params)
     # Without the magic cookie the transaction key is made of other fields:
     # the general path finds it.
-    if branch is None or not branch.startswith(MAGIC_COOKIE):
+    if branch is None or not branch.group(1).startswith(MAGIC_COOKIE):
         usual.key = None
     else:
-        usual.key = (branch, host.lower(), int(via_port) if via_port else None, "REGISTER")
+        usual.key = (branch.group(1), host.lower(), via_port, "REGISTER")
     return value
