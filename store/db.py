@@ -36,6 +36,12 @@ SQLITE_SYNCHRONOUS = ("off", "normal", "full", "extra")
 SQLITE_BUSY_TIMEOUT_MS = 5000
 """How long a SQLite connection waits for a lock before giving up."""
 
+SQLITE_LOCK_TYPE = "IMMEDIATE"
+"""How SQLite write transactions begin: ``BEGIN IMMEDIATE`` takes the write
+lock at once, so a transaction never has to upgrade a read lock midway
+(which fails at once, without the busy timeout, when another connection
+writes)."""
+
 PG_CONNECT_TIMEOUT_S = 10
 """Connect timeout for PostgreSQL unless the URL sets ``connect_timeout``."""
 
@@ -133,7 +139,7 @@ def _open_sqlite(url: str) -> peewee.SqliteDatabase:
     ]
     return peewee.SqliteDatabase(path, pragmas=pragmas,
                                  timeout=SQLITE_BUSY_TIMEOUT_MS / 1000,
-                                 lock_type="IMMEDIATE")
+                                 lock_type=SQLITE_LOCK_TYPE)
 
 
 def _open_postgresql(url: str) -> peewee.PostgresqlDatabase:
@@ -154,6 +160,16 @@ def _open_postgresql(url: str) -> peewee.PostgresqlDatabase:
 def is_sqlite(db: peewee.Database) -> bool:
     """Tell whether ``db`` is a SQLite database (as opposed to PostgreSQL)."""
     return isinstance(db, peewee.SqliteDatabase)
+
+
+def begin_statement(db: peewee.Database) -> str:
+    """Return the statement that opens a write transaction on ``db``.
+
+    It is the one peewee's ``db.begin()`` runs on the databases
+    :func:`open_database` makes, for code that drives the DB-API connection
+    itself.
+    """
+    return "BEGIN " + SQLITE_LOCK_TYPE if is_sqlite(db) else "BEGIN"
 
 
 def max_variables(db: peewee.Database) -> int:

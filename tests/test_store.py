@@ -240,6 +240,83 @@ def test_write_bindings_stores_what_write_batch_stores(store):
         bindings.write_bindings(objs[:1])
 
 
+def stored_as(objs) -> dict:
+    """What load_bindings should give for binding objects, by identity."""
+    expected = by_identity([b.to_record() for b in objs])
+    for record in expected.values():
+        record["path"] = json.loads(record["path"])
+    return expected
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 31, 45, 256, 257, 600])
+def test_write_bindings_sizes_and_null_columns(store, size):
+    """Every batch size is split into statements without losing a row, and
+    a nullable column that is None in all, some or none of a statement's
+    rows comes back as written (SQLite writes the all-None ones as NULL
+    literals)."""
+    from sipcore.location import Binding as LocBinding
+    bare = dict(q=None, instance=None, reg_id=None, received=None,
+                user_agent=None, path=[])
+    batches = [
+        [make_binding(i, **bare) for i in range(size)],
+        [make_binding(i, **(bare if i % 3 else {}), deleted=i % 2 == 0)
+         for i in range(size)],
+        [make_binding(i, cseq=7, user_agent=None) for i in range(size)],
+    ]
+    for records in batches:
+        objs = [LocBinding.from_record(r) for r in records]
+        bindings.write_bindings(objs)
+        loaded = by_identity(bindings.load_bindings())
+        assert loaded == stored_as(objs)
+        assert all(isinstance(r["deleted"], bool) for r in loaded.values())
+
+
+def test_write_bindings_failure_mid_batch_rolls_back(store):
+    """A row the database rejects in a late statement of a batch undoes the
+    statements before it; the connection stays usable, outside any
+    transaction, for the next write and for peewee's own transactions."""
+    from sipcore.location import Binding as LocBinding
+    kept = [LocBinding.from_record(make_binding(i)) for i in range(5)]
+    bindings.write_bindings(kept)
+    changed = [LocBinding.from_record(make_binding(i, cseq=50))
+               for i in range(1200)]
+    changed[1100].contact = None
+    with pytest.raises(StoreError, match="nothing written"):
+        bindings.write_bindings(changed)
+    assert not store.in_transaction()
+    assert by_identity(bindings.load_bindings()) == stored_as(kept)
+    del changed[1100]
+    bindings.write_bindings(changed)
+    assert bindings.count_bindings() == 1199
+    with store.atomic():
+        set_state("after", 1)
+    assert get_state("after") == 1
+
+
+def test_sqlite_disk_full_mid_batch_rolls_back(tmp_path):
+    """SQLite running out of pages after the first statements of a batch:
+    nothing is written and the next write succeeds."""
+    from sipcore.location import Binding as LocBinding
+    db = init_store("sqlite:///%s" % (tmp_path / "full.db"))
+    try:
+        kept = [LocBinding.from_record(make_binding(i)) for i in range(5)]
+        bindings.write_bindings(kept)
+        pages = db.execute_sql("PRAGMA page_count").fetchone()[0]
+        # Each row fills about a page: the first statement (256 rows) fits.
+        db.execute_sql("PRAGMA max_page_count = %d" % (pages + 400))
+        big = [LocBinding.from_record(make_binding(i, contact="x" * 3000))
+               for i in range(1000)]
+        with pytest.raises(StoreError, match="full"):
+            bindings.write_bindings(big)
+        assert not db.in_transaction()
+        assert by_identity(bindings.load_bindings()) == stored_as(kept)
+        db.execute_sql("PRAGMA max_page_count = 1073741823")
+        bindings.write_bindings(big)
+        assert bindings.count_bindings() == 1000
+    finally:
+        close_store()
+
+
 def test_same_key_different_aor_are_distinct(store):
     one = make_binding(1, aor="sip:a@example.com", key="k")
     two = make_binding(2, aor="sip:b@example.com", key="k")
