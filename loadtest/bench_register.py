@@ -21,11 +21,17 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from loadtest.harness import SIPP_BUFFERS, NodeProcess, run_sipp, write_users_csv  # noqa: E402
 
 
-def cpu_seconds(pid: int) -> float:
-    """User+system CPU time of a process, from /proc."""
+def cpu_times(pid: int) -> tuple[float, float]:
+    """``(user, system)`` CPU seconds of a process, from /proc."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def cpu_seconds(pid: int) -> float:
+    """User+system CPU time of a process, from /proc."""
+    return sum(cpu_times(pid))
 
 
 def children(pid: int) -> list[int]:
@@ -64,13 +70,15 @@ def main() -> int:
         write_register_inf(inf, rows, node.domain)
         node.start()
         try:
-            cpu0 = cpu_seconds(node.proc.pid)
+            user0, system0 = cpu_times(node.proc.pid)
             fronts = children(node.proc.pid)
             front0 = sum(map(cpu_seconds, fronts))
             res = run_sipp("register_auth.xml", f"{node.address}:{node.port}", work, inf=inf,
                            calls=args.users, rate=args.rate, limit=args.limit,
                            timeout=args.timeout, extra=SIPP_BUFFERS)
-            cpu = cpu_seconds(node.proc.pid) - cpu0
+            user, system = cpu_times(node.proc.pid)
+            user, system = user - user0, system - system0
+            cpu = user + system
             front_cpu = sum(map(cpu_seconds, fronts)) - front0
         finally:
             node.stop()
@@ -83,7 +91,8 @@ def main() -> int:
         f"authenticated REGISTER: {res.successful} ok, {res.failed} failed, "
         f"{res.retransmissions} retransmissions in {secs:.2f} s (SIPp wall time)\n"
         f"throughput: {res.successful / secs:.0f} REGISTER/s (offered {args.rate}/s)\n"
-        f"node CPU: {cpu:.2f} s = {100 * cpu / secs:.0f}% of one core\n"
+        f"node CPU: {cpu:.2f} s = {100 * cpu / secs:.0f}% of one core "
+        f"(user {user:.2f} s, system {system:.2f} s)\n"
         + (f"challenge front CPU: {front_cpu:.2f} s = {100 * front_cpu / secs:.0f}% of one core\n"
            if fronts else "")
         + "".join(f"challenge front: {stats}\n" for stats in front_stats)

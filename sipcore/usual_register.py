@@ -3,13 +3,13 @@
 Nearly every REGISTER a registrar gets has one shape: the one SIPp and
 phones send. For such a request parsing and validating it in full costs
 more than all the registrar's own work, so ``scan`` recognises it, line by
-line with strict regular expressions, and keeps only what answering it
-needs. What it recognises is a subset of what is valid:
+line, with strict regular expressions for the fields a response copies,
+and keeps only what answering it needs, each value as the general parser
+reads it. What it recognises is a subset of what is valid:
 
 - the request line ``REGISTER sip:host[:port] SIP/2.0``, host one of the
   domain's names (lower case), nothing after the empty line ending the
-  header, only ASCII, no folded line, no empty header value where the
-  general path would refuse one;
+  header, only ASCII, no folded line, no bare CR or LF, no NUL;
 - one Via line holding one ``SIP/2.0/UDP host[:port]`` value, parameter
   names in lower case, each once, no ``received``, ``rport`` without value;
 - From and To as ``<sip:user@host>`` (or ``sips``), with an optional quoted
@@ -19,8 +19,8 @@ needs. What it recognises is a subset of what is valid:
   0 to 255, Content-Length 0;
 - no Require, Proxy-Require or Proxy-Authorization, and at most one line
   of each header looked at here (Authorization, Contact, Expires, Path,
-  User-Agent among them); any other header (a token name, a value of
-  printable characters or tabs).
+  User-Agent among them); any other header with a token for its name
+  (its value is not looked at).
 
 Anything else gets ``None``, and the general path answers it. The challenge
 front (``sipcore.quick_challenge``) answers the usual REGISTER without
@@ -57,8 +57,6 @@ _RPORT = re.compile(r";rport(?=;|\Z)")
 _BRANCH = re.compile(r";branch=([^;]*)")
 #: a header name (the general parser refuses a line with any other)
 _TOKEN = re.compile(r"[A-Za-z0-9!%*_+`'~.-]+")
-#: the bytes a usual REGISTER is made of: printable ASCII, tab, CR and LF
-_PLAIN = bytes([9, 10, 13, *range(32, 127)])
 
 _COPIED = {"via", "from", "to", "call-id", "cseq"}
 #: the spelling a response copies each with
@@ -76,7 +74,6 @@ _KEYS = {spelling: canon.lower()
          for low, canon in CANONICAL.items()
          if canon.lower() in _COPIED | _REFUSED | {*_KEPT, *dict(_CHECKED)}
          for spelling in (low, canon, low.upper())}
-_BLANKS = " \t"
 
 
 class UsualRegister:
@@ -139,12 +136,14 @@ def scan(data: bytes, ip: str, port: int, domains) -> UsualRegister | None:
     general path must read it. ``domains``: the host names a REGISTER may
     be for (``RegistrarRules.domains``)."""
     end = data.find(b"\r\n\r\n")
-    if end < 0 or end + 4 != len(data) or data.translate(None, _PLAIN):
+    if end < 0 or end + 4 != len(data) or not data.isascii():
         return None
     text = data[:end].decode("ascii")
     lines = text.split("\r\n")
-    # A lone CR or LF (split leaves them in lines) is for the general path.
-    if text.count("\n") != len(lines) - 1 or text.count("\r") != len(lines) - 1:
+    # A bare CR or LF (split leaves them in lines) or a NUL is for the
+    # general path; other control characters are read as it reads them.
+    joined = "".join(lines)
+    if "\r" in joined or "\n" in joined or "\x00" in joined:
         return None
     m = _START.fullmatch(lines[0])
     if m is None or m.group(1) not in domains or not _port_ok(m.group(2)):
@@ -163,7 +162,7 @@ def scan(data: bytes, ip: str, port: int, domains) -> UsualRegister | None:
                 continue
         if key in found:
             return None
-        found[key] = value.strip(_BLANKS)
+        found[key] = value.strip()
     present = found.keys()
     if not present >= _COPIED or not present.isdisjoint(_REFUSED):
         return None

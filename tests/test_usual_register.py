@@ -193,10 +193,11 @@ PIECES = {
                  '"Alice" <sip:alice@10.0.0.9>', "*"]),
     "expires": (["3600", "60", "0", None, "99999"],
                 ["30", "x", "4294967296", "-1", "3600 ", "03600"]),
-    "user-agent": (["SIPp", None, "Phone/1.2 (a, b)"], ["", "\tX"]),
+    "user-agent": (["SIPp", None, "Phone/1.2 (a, b)"], ["", "\tX", "a\x01b", "\x0bX\x0c", "X\x00"]),
     "other": ([None, ("Supported", "path, outbound"), ("Allow", "INVITE, ACK")],
               [("Path", "<sip:edge.test;lr>"), ("Require", "outbound"), ("Content-Length", "0"),
-               ("v", "SIP/2.0/UDP 10.0.0.1;branch=z9hG4bKz"), ("Authorization", AUTH)]),
+               ("v", "SIP/2.0/UDP 10.0.0.1;branch=z9hG4bKz"), ("Authorization", AUTH),
+               ("X-Ctl", "\x1fa\x7f"), ("X-Bare", "a\rb"), ("X-Lf", "a\nb"), ("Bad Name", "x")]),
 }
 
 
