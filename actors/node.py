@@ -182,7 +182,7 @@ class Node:
         if data[:9] != b"REGISTER " or not self.replicator.synced:
             return False
         usual = scan(data, ip, port, self.domains)
-        if usual is None or "authorization" not in usual.kept:
+        if usual is None or "authorization" not in usual.fields:
             return False
         self.registrar.submit(usual, None)
         return True

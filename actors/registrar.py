@@ -225,7 +225,7 @@ class RegistrarActor:
             made, data = usual.outcome(self.rules, self.location, now, self.node_id, new_tag())
         except (SipError, NotUsual):
             return self._general(usual, now, mono, key)
-        result = self.auth.authenticate("REGISTER", [usual.kept["authorization"]], now)
+        result = self.auth.authenticate("REGISTER", [usual.fields["authorization"]], now)
         if not result.ok or result.username != usual.user:
             return self._general(usual, now, mono, key, result)
         for b in made:

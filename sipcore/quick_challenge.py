@@ -30,7 +30,7 @@ class QuickChallenge:
         the To tag; neither is called for a datagram left to the general path.
         """
         usual = scan(data, ip, port, self.domains)
-        if usual is None or "authorization" in usual.kept:
+        if usual is None or "authorization" in usual.fields:
             return None
         fields = [("WWW-Authenticate", c) for c in challenges()]
         return usual.response(401, "Unauthorized", fields, new_tag()), usual.dest

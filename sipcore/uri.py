@@ -173,9 +173,10 @@ def _plain_params(text: str) -> dict[str, str | None]:
 
 def format_params(params: dict[str, str | None]) -> str:
     """Serialise parameters as ``;name=value`` pieces."""
-    if not params:
-        return ""
-    return "".join([f";{k}" if v is None else f";{k}={v}" for k, v in params.items()])
+    text = ""
+    for k, v in params.items():
+        text = f"{text};{k}" if v is None else f"{text};{k}={v}"
+    return text
 
 
 def split_hostport(text: str) -> tuple[str, int | None]:

@@ -62,7 +62,7 @@ _COPIED = {"via", "from", "to", "call-id", "cseq"}
 #: the spelling a response copies each with
 _DISPLAY = {"via": "Via", "from": "From", "to": "To", "call-id": "Call-ID", "cseq": "CSeq"}
 _REFUSED = {"require", "proxy-require", "proxy-authorization"}
-#: the headers whose value is kept, as the general parser reads it
+#: the headers read by the registrar besides those checked here
 _KEPT = ("authorization", "contact", "expires", "path", "user-agent")
 #: the form each header's value must have, when present (Via, To and CSeq
 #: are read further after this check)
@@ -77,10 +77,18 @@ _KEYS = {spelling: canon.lower()
 
 
 class UsualRegister:
-    """A usual REGISTER (see the module's text), as ``scan`` read it."""
+    """A usual REGISTER (see the module's text), as ``scan`` read it.
+
+    ``fields`` holds every header looked at here, by lower-case canonical
+    name, each value as the general parser reads it (the top Via stamped
+    as ``stamp_via`` stamps it); ``copied`` the lines a response copies, in
+    the request's order, To at ``to_at``; ``dest`` the (host, port) a
+    response goes to; ``key`` the ``server_key`` (None without the magic
+    cookie); ``user`` and ``to_host`` the parts of the To URI.
+    """
 
     __slots__ = ("data", "ip", "port", "dest", "key", "copied", "to_at", "user", "to_host",
-                 "call_id", "cseq", "kept")
+                 "call_id", "cseq", "fields")
 
     def response(self, status: int, reason: str, headers, to_tag: str) -> bytes:
         """What ``response_bytes(request, status, reason, headers, to_tag=to_tag)``
@@ -90,7 +98,7 @@ class UsualRegister:
         at = self.to_at
         lines = [f"SIP/2.0 {status} {reason}", *copied[:at], f"{copied[at]};tag={to_tag}",
                  *copied[at + 1:]]
-        lines += [f"{name}: {value}" for name, value in headers]
+        lines.extend(map("%s: %s".__mod__, headers))
         lines.append("Content-Length: 0\r\n\r\n")
         return "\r\n".join(lines).encode()
 
@@ -108,23 +116,23 @@ class UsualRegister:
         more than one, a wildcard, a Path, a To host not written as one of
         the domain's names, a Via branch without the magic cookie). Nothing
         is changed: the caller puts and commits the changes."""
-        kept = self.kept
-        contact = kept.get("contact")
+        fields = self.fields
+        contact = fields.get("contact")
         if (contact is None or contact[:1] != "<" or "," in contact or "\\" in contact
-                or "path" in kept or self.to_host not in rules.domains or self.key is None):
+                or "path" in fields or self.to_host not in rules.domains or self.key is None):
             raise NotUsual()
         # Contact before Expires: the general path's order, so the same error wins.
         contacts = [_address(contact, "Contact")]
-        expires = kept.get("expires")
+        expires = fields.get("expires")
         if expires is not None:
             expires = parse_number(expires, "Expires", 2 ** 32 - 1)
         aor = f"sip:{self.user}@{rules.domain}"
         changes, live = rules.update(aor, contacts, self.call_id, self.cseq, expires,
-                                     kept.get("user-agent"), [], location, now, node_id,
+                                     fields.get("user-agent"), [], location, now, node_id,
                                      "udp:%s:%d" % self.dest)
-        fields = rules.contact_fields(live, now)
-        fields.append(("Date", http_date(now)))
-        return changes, self.response(200, "OK", fields, to_tag)
+        headers = rules.contact_fields(live, now)
+        headers.append(("Date", http_date(now)))
+        return changes, self.response(200, "OK", headers, to_tag)
 
 
 class NotUsual(Exception):
@@ -179,12 +187,17 @@ def scan(data: bytes, ip: str, port: int, domains) -> UsualRegister | None:
     usual.user, usual.to_host = to.groups()
     usual.cseq = int(cseq.group(1))
     usual.call_id = found["call-id"]
-    # The response copies these in the request's order.
-    order = [key for key in found if key in _COPIED]
     found["via"] = via
-    usual.copied = [f"{_DISPLAY[key]}: {found[key]}" for key in order]
-    usual.to_at = order.index("to")
-    usual.kept = {key: found[key] for key in _KEPT if key in present}
+    # The response copies these in the request's order.
+    copied = []
+    for key in found:
+        display = _DISPLAY.get(key)
+        if display is not None:
+            if key == "to":
+                usual.to_at = len(copied)
+            copied.append(f"{display}: {found[key]}")
+    usual.copied = copied
+    usual.fields = found
     usual.data, usual.ip, usual.port = data, ip, port
     return usual
 

@@ -53,7 +53,7 @@ def quick(data: bytes, ip: str, port: int, location: Location):
     """What the registrar's quick path makes of ``data``, in ``general``'s
     terms; None where it leaves the request to the general path."""
     usual = scan(data, ip, port, RULES.domains)
-    if usual is None or "authorization" not in usual.kept or usual.key is None:
+    if usual is None or "authorization" not in usual.fields or usual.key is None:
         return None
     try:
         changes, out = usual.outcome(RULES, location, NOW, "n1", "TAG")
@@ -61,7 +61,7 @@ def quick(data: bytes, ip: str, port: int, location: Location):
         return None
     except SipError as err:
         return ("error", err.status, err.reason)
-    return ("ok", usual.key, usual.dest, usual.user, [usual.kept["authorization"]], changes, out)
+    return ("ok", usual.key, usual.dest, usual.user, [usual.fields["authorization"]], changes, out)
 
 
 def message(start: str, headers: list[tuple[str, str]], tail: str = "") -> bytes:
