@@ -176,15 +176,19 @@ class Node:
             self.proxy.submit(req, dest)
 
     def on_datagram(self, data: bytes, ip: str, port: int) -> bool:
-        """Give a usual REGISTER with credentials (``sipcore.usual_register``)
-        to the registrar unparsed; False for any other datagram, which the
+        """Give a usual REGISTER (``sipcore.usual_register``) to the registrar
+        unparsed: one with credentials to its inbox, one without to be
+        challenged at once. False for any other datagram, which the
         transport then parses and gives to ``on_request``."""
         if data[:9] != b"REGISTER " or not self.replicator.synced:
             return False
         usual = scan(data, ip, port, self.domains)
-        if usual is None or "authorization" not in usual.fields:
+        if usual is None:
             return False
-        self.registrar.submit(usual, None)
+        if "authorization" in usual.fields:
+            self.registrar.submit(usual, None)
+        else:
+            self.registrar.challenge(usual)
         return True
 
     def on_response(self, resp, source) -> None:

@@ -52,6 +52,15 @@ class RegistrarActor:
         """Give a REGISTER to the actor (called by the transport)."""
         self.inbox.put((req, dest))
 
+    def challenge(self, usual: UsualRegister) -> None:
+        """Answer a usual REGISTER without credentials with its 401 at once,
+        as ``_request`` answers any REGISTER without credentials."""
+        stats = self.stats
+        stats["register"] += 1
+        stats["challenged"] += 1
+        self.transport.send(("udp", *usual.dest),
+                            usual.challenge(self.auth.challenge(self.clock()), new_tag()))
+
     def merge(self, bindings: list[Binding]) -> None:
         """Give replicated bindings to the actor: each is kept if newer (``is_newer``)
         and persisted in the next group commit. Not published again."""

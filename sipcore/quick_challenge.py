@@ -32,5 +32,4 @@ class QuickChallenge:
         usual = scan(data, ip, port, self.domains)
         if usual is None or "authorization" in usual.fields:
             return None
-        fields = [("WWW-Authenticate", c) for c in challenges()]
-        return usual.response(401, "Unauthorized", fields, new_tag()), usual.dest
+        return usual.challenge(challenges(), new_tag()), usual.dest

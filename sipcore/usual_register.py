@@ -102,6 +102,12 @@ class UsualRegister:
         lines.append("Content-Length: 0\r\n\r\n")
         return "\r\n".join(lines).encode()
 
+    def challenge(self, challenges: list[str], to_tag: str) -> bytes:
+        """The 401 that ``challenge_bytes(request, challenges, to_tag)`` writes
+        for the parsed request: one WWW-Authenticate per challenge."""
+        return self.response(401, "Unauthorized",
+                             [("WWW-Authenticate", c) for c in challenges], to_tag)
+
     def request(self):
         """The general path's request and destination: ``parse_message``,
         ``validate`` and ``stamp_via`` of the datagram."""
