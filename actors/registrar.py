@@ -5,6 +5,10 @@ REGISTER, and the writes to the location table. It takes every REGISTER
 waiting in its inbox as one batch, applies the rules to each, writes all
 binding changes of the batch in one database transaction (group commit),
 and only then sends the 200s, so a binding is durable before its 200.
+
+A usual REGISTER (``sipcore.usual_register``) reaches the inbox unparsed,
+from ``Node.on_datagram``; it is answered from its text when the answer is
+a 200, and by the general path otherwise.
 """
 
 import itertools

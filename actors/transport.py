@@ -3,7 +3,9 @@
 The transport parses and validates each message, stamps the top Via of
 requests (``received``/``rport``), answers what is malformed with 400 (or
 drops a malformed response with a log line), and hands the rest to the
-node's dispatcher. Nothing malformed may stop the receive loops.
+node's dispatcher. Nothing malformed may stop the receive loops. A UDP
+datagram is first offered to ``quick`` (the node's ``on_datagram``), which
+may take it unparsed.
 """
 
 import logging
