@@ -234,11 +234,19 @@ class RegistrarActor:
             if data is not None:
                 self.transport.send(("udp", *usual.dest), data)
             return None
+        # Neither step changes anything unless the credentials are accepted,
+        # the last thing authenticate does: whatever either raises (a 423, a
+        # malformed Authorization, a bug), the general path can start over
+        # and answer it as it answers any request.
         try:
             made, data = usual.outcome(self.rules, self.location, now, self.node_id, new_tag())
+            result = self.auth.authenticate("REGISTER", [usual.fields["authorization"]], now)
         except (SipError, NotUsual):
             return self._general(usual, now, mono, key)
-        result = self.auth.authenticate("REGISTER", [usual.fields["authorization"]], now)
+        except Exception:
+            log.exception("usual REGISTER from %s:%d failed; the general path answers it",
+                          *usual.dest)
+            return self._general(usual, now, mono, key)
         if not result.ok or result.username != usual.user:
             return self._general(usual, now, mono, key, result)
         for b in made:

@@ -239,6 +239,21 @@ def test_too_brief_after_accepted_credentials_gets_423(node):
     assert phone.send(phone.register(phone.credentials(nonce, pw, nc=2))).startswith("SIP/2.0 200")
 
 
+def test_malformed_credentials_get_400_and_the_batch_goes_on(node):
+    """A usual REGISTER whose Authorization cannot be read gets 400; the
+    REGISTERs around it, in the same batch, get their answers."""
+    (user, pw), (other, other_pw) = node.rows[12], node.rows[13]
+    phone, neighbour = Phone(node, user), Phone(node, other)
+    bad = phone.register('Authorization: Digest username="x", realm="example.test", nc=zz\r\n')
+    good = neighbour.register(neighbour.credentials(neighbour.nonce(), other_pw))
+    neighbour.sock.sendto(good, (node.address, node.port))
+    phone.sock.sendto(bad, (node.address, node.port))
+    neighbour.sock.sendto(neighbour.register(), (node.address, node.port))
+    assert phone.sock.recv(65535).decode().startswith("SIP/2.0 400 Bad Digest Credentials")
+    assert neighbour.sock.recv(65535).decode().startswith("SIP/2.0 200")
+    assert neighbour.sock.recv(65535).decode().startswith("SIP/2.0 401")
+
+
 def test_retransmission_gets_the_same_200(node):
     user, pw = node.rows[11]
     phone = Phone(node, user)
