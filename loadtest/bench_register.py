@@ -34,6 +34,12 @@ def cpu_seconds(pid: int) -> float:
     return sum(cpu_times(pid))
 
 
+def _sum_times(pids: list[int]) -> tuple[float, float]:
+    """``cpu_times`` summed over ``pids``."""
+    times = [cpu_times(pid) for pid in pids]
+    return sum(t[0] for t in times), sum(t[1] for t in times)
+
+
 def children(pid: int) -> list[int]:
     """Live child processes of ``pid`` (the node's challenge front)."""
     with open(f"/proc/{pid}/task/{pid}/children") as f:
@@ -72,14 +78,16 @@ def main() -> int:
         try:
             user0, system0 = cpu_times(node.proc.pid)
             fronts = children(node.proc.pid)
-            front0 = sum(map(cpu_seconds, fronts))
+            front_user0, front_system0 = _sum_times(fronts)
             res = run_sipp("register_auth.xml", f"{node.address}:{node.port}", work, inf=inf,
                            calls=args.users, rate=args.rate, limit=args.limit,
                            timeout=args.timeout, extra=SIPP_BUFFERS)
             user, system = cpu_times(node.proc.pid)
             user, system = user - user0, system - system0
             cpu = user + system
-            front_cpu = sum(map(cpu_seconds, fronts)) - front0
+            front_user, front_system = _sum_times(fronts)
+            front_user, front_system = front_user - front_user0, front_system - front_system0
+            front_cpu = front_user + front_system
         finally:
             node.stop()
         # The front logs what it answered and what it passed on as it stops.
@@ -93,8 +101,8 @@ def main() -> int:
         f"throughput: {res.successful / secs:.0f} REGISTER/s (offered {args.rate}/s)\n"
         f"node CPU: {cpu:.2f} s = {100 * cpu / secs:.0f}% of one core "
         f"(user {user:.2f} s, system {system:.2f} s)\n"
-        + (f"challenge front CPU: {front_cpu:.2f} s = {100 * front_cpu / secs:.0f}% of one core\n"
-           if fronts else "")
+        + (f"challenge front CPU: {front_cpu:.2f} s = {100 * front_cpu / secs:.0f}% of one core "
+           f"(user {front_user:.2f} s, system {front_system:.2f} s)\n" if fronts else "")
         + "".join(f"challenge front: {stats}\n" for stats in front_stats)
         + f"{1e6 * (cpu + front_cpu) / max(1, res.successful):.0f} us of node CPU "
         "per authenticated registration\n"
