@@ -19,6 +19,8 @@ from sipcore.registrar import RegistrarRules
 from sipcore.transaction import server_key
 from sipcore.usual_register import NotUsual, scan
 from sipcore.via import stamp_via
+from tests.test_quick_challenge import PHONE as CHALLENGED_PHONE
+from tests.test_quick_challenge import message
 
 RULES = RegistrarRules("example.test", ["alias.test", "127.0.0.1"], min_expires=60,
                        max_expires=7200, default_expires=3600, max_contacts=3)
@@ -64,27 +66,14 @@ def quick(data: bytes, ip: str, port: int, location: Location):
     return ("ok", usual.key, usual.dest, usual.user, [usual.fields["authorization"]], changes, out)
 
 
-def message(start: str, headers: list[tuple[str, str]], tail: str = "") -> bytes:
-    return (start + "\r\n" + "".join(f"{n}: {v}\r\n" for n, v in headers) + "\r\n" + tail).encode(
-        "utf-8", "surrogateescape")
-
-
 SIPP = [("Via", "SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bK-17-2-0;rport"),
         ("From", "<sip:alice@example.test>;tag=1234SIPpTag0017"),
         ("To", "<sip:alice@example.test>"), ("Call-ID", "17-1234@127.0.0.1"),
         ("CSeq", "2 REGISTER"), ("Contact", "<sip:alice@127.0.0.1:5061;transport=UDP>"),
         ("Authorization", AUTH), ("Max-Forwards", "70"), ("Expires", "3600"),
         ("User-Agent", "SIPp"), ("Content-Length", "0")]
-PHONE = [("Via", "SIP/2.0/UDP 192.168.1.20:5060;branch=z9hG4bK1e2f3a;rport"),
-         ("Max-Forwards", "70"),
-         ("Contact", '<sip:alice@192.168.1.20:5060;ob>;reg-id=1;'
-                     '+sip.instance="<urn:uuid:00000000-0000-1000-8000-000000000001>"'),
-         ("To", '"Alice" <sip:alice@example.test>'),
-         ("From", '"Alice" <sip:alice@example.test>;tag=a8f1c2'),
-         ("Call-ID", "f81d4fae7dec11d0a76500a0c91e6bf6"), ("CSeq", "20 REGISTER"),
-         ("Expires", "300"), ("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS"),
-         ("Supported", "path, outbound"), ("User-Agent", "Phone 1.2"),
-         ("Authorization", AUTH), ("Content-Length", "0")]
+#: the phone of the quick 401's tests, with credentials
+PHONE = [*CHALLENGED_PHONE[:-1], ("Authorization", AUTH), CHALLENGED_PHONE[-1]]
 
 
 def binding(contact="sip:alice@10.0.0.9:5060", call_id="other-call", cseq=7, left=600.0, **kw):
