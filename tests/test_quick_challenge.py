@@ -207,3 +207,35 @@ def test_the_quick_answer_is_the_general_one(data, source):
     event("answered quickly" if answer is not None else "left to the general path")
     if answer is not None:
         assert answer == general(data, *source)
+
+
+_BYTES = b"\r\n\x00\x01\x7f \t:;,<>\"\\%=@.-_0aZ\xc3\xa9"
+
+
+def mutated(messages: list[bytes]):
+    """A strategy: one of ``messages`` with up to three bytes replaced, inserted or deleted."""
+    @st.composite
+    def one(draw):
+        data = bytearray(draw(st.sampled_from(messages)))
+        for _ in range(draw(st.integers(1, 3))):
+            at = draw(st.integers(0, len(data) - 1))
+            byte = draw(st.sampled_from(_BYTES))
+            how = draw(st.sampled_from(["replace", "insert", "delete"]))
+            if how == "replace":
+                data[at] = byte
+            elif how == "insert":
+                data.insert(at, byte)
+            else:
+                del data[at]
+        return bytes(data)
+    return one()
+
+
+@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mutated([message("REGISTER sip:example.test SIP/2.0", h) for h in (SIPP, PHONE)]),
+       st.sampled_from([SOURCE, ("203.0.113.9", 40000)]))
+def test_damaged_registers_are_answered_as_the_general_path_answers(data, source):
+    answer = quick(data, *source)
+    event("quick" if answer is not None else "general")
+    if answer is not None:
+        assert answer == general(data, *source)

@@ -20,7 +20,7 @@ from sipcore.transaction import server_key
 from sipcore.usual_register import NotUsual, scan
 from sipcore.via import stamp_via
 from tests.test_quick_challenge import PHONE as CHALLENGED_PHONE
-from tests.test_quick_challenge import message
+from tests.test_quick_challenge import message, mutated
 
 RULES = RegistrarRules("example.test", ["alias.test", "127.0.0.1"], min_expires=60,
                        max_expires=7200, default_expires=3600, max_contacts=3)
@@ -217,3 +217,14 @@ def test_quick_path_agrees_with_the_general_path(drawn, source):
           "quick error" if answer is not None else "general")
     if answer is not None:
         assert answer == general(data, *source, location(state))
+
+
+
+@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mutated([message("REGISTER sip:example.test SIP/2.0", h) for h in (SIPP, PHONE)]),
+       st.sampled_from(list(STATES)))
+def test_damaged_registers_are_answered_as_the_general_path_answers(data, state):
+    answer = quick(data, *NAT, location(state))
+    event("quick" if answer is not None else "general")
+    if answer is not None:
+        assert answer == general(data, *NAT, location(state))
