@@ -52,6 +52,10 @@ _CALL_ID = re.compile(r"[!-~]+")
 _CSEQ = re.compile(r"([0-9]{1,9}) REGISTER")
 _MAX_FORWARDS = re.compile(r"0|[1-9][0-9]?|1[0-9]{2}|2[0-4][0-9]|25[0-5]")
 _ZERO = re.compile("0")
+_BRANCH_VALUE = r"(z9hG4bK[A-Za-z0-9.!%*_+`'~-]*)"
+#: a Via with only a branch (with the magic cookie) and a valueless rport
+_VIA_USUAL = re.compile(rf"SIP/2\.0/UDP ({_HOST})(?::({_PORT}))?"
+                        rf"(?:;branch={_BRANCH_VALUE};rport|(;rport);branch={_BRANCH_VALUE})")
 _PARAM_NAME = re.compile(r";([a-z0-9-]+)")
 _RPORT = re.compile(r";rport(?=;|\Z)")
 _BRANCH = re.compile(r";branch=([^;]*)")
@@ -217,6 +221,19 @@ def _stamp(usual: UsualRegister, value: str, ip: str, port: int) -> str | None:
     writes it; sets ``usual``'s destination and transaction key as
     ``stamp_via`` and ``server_key`` find them. None for a Via not of the
     recognised form."""
+    m = _VIA_USUAL.fullmatch(value)
+    if m is not None:
+        # branch and rport alone, in either order: what nearly every UA sends.
+        host, via_port, branch, first, after = m.groups()
+        if via_port is not None:
+            via_port = int(via_port)
+            if via_port > 65535:
+                return None
+        usual.dest = (ip, port)
+        usual.key = (branch or after, host.lower(), via_port, "REGISTER")
+        if first is None:
+            return f"{value}={port};received={ip}"
+        return f"{value[:m.start(4)]};rport={port}{value[m.end(4):]};received={ip}"
     m = _VIA.fullmatch(value)
     if m is None:
         return None
