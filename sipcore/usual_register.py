@@ -123,9 +123,10 @@ class UsualRegister:
         """``(changes, 200 bytes)``: what ``rules.aor_of`` and ``rules.apply``
         give for the parsed request. Raises the ``SipError`` they raise, and
         ``NotUsual`` for what only the general path takes (no Contact or
-        more than one, a wildcard, a Path, a To host not written as one of
-        the domain's names, a Via branch without the magic cookie). Nothing
-        is changed: the caller puts and commits the changes."""
+        more than one, a wildcard, a Contact not in angle brackets or with
+        a backslash, a Path, a To host not written as one of the domain's
+        names, a Via branch without the magic cookie). Nothing is changed:
+        the caller puts and commits the changes."""
         fields = self.fields
         contact = fields.get("contact")
         if (contact is None or contact[:1] != "<" or "," in contact or "\\" in contact
