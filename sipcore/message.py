@@ -103,6 +103,10 @@ for _name in ("__setitem__", "__delitem__", "__iadd__", "__imul__", "append", "e
 del _name
 
 
+#: what ``Message._single`` gives when the fields must be scanned
+_SCAN = object()
+
+
 class Message:
     """Common part of requests and responses.
 
@@ -139,29 +143,37 @@ class Message:
                 return h[2]
         return None
 
-    def get_all(self, name: str) -> list[str]:
-        """Every value of ``name``, with comma-separated lists split."""
-        key = name.lower()
+    def _single(self, key: str):
+        """The one field of lower-case ``key`` (None when there is none), or
+        ``_SCAN`` when the fields must be scanned: ``key`` is repeated, or
+        the fields are a plain list, not indexed ``Headers``."""
         headers = self.headers
         if type(headers) is Headers:
             first = headers.first
             if first is None:
                 first = headers.reindex()
             if key not in headers.repeated:
-                h = first.get(key)
-                if h is None:
-                    return []
-                value = h[2]
-                if key not in LIST_HEADERS:
-                    return [value]
-                if "," in value:
-                    return [v for v in split_list(value) if v]
-                # split_list's answer for a single value, without the calls.
-                value = value.strip()
-                return [value] if value else []
+                return first.get(key)
+        return _SCAN
+
+    def get_all(self, name: str) -> list[str]:
+        """Every value of ``name``, with comma-separated lists split."""
+        key = name.lower()
+        h = self._single(key)
+        if h is not _SCAN:
+            if h is None:
+                return []
+            value = h[2]
+            if key not in LIST_HEADERS:
+                return [value]
+            if "," in value:
+                return [v for v in split_list(value) if v]
+            # split_list's answer for a single value, without the calls.
+            value = value.strip()
+            return [value] if value else []
         out: list[str] = []
         split = key in LIST_HEADERS
-        for h in headers:
+        for h in self.headers:
             if h[0] == key:
                 if split:
                     out.extend(v for v in split_list(h[2]) if v)
@@ -172,15 +184,10 @@ class Message:
     def raw_values(self, name: str) -> list[str]:
         """Every header line's value for ``name``, unsplit."""
         key = name.lower()
-        headers = self.headers
-        if type(headers) is Headers:
-            first = headers.first
-            if first is None:
-                first = headers.reindex()
-            if key not in headers.repeated:
-                h = first.get(key)
-                return [] if h is None else [h[2]]
-        return [h[2] for h in headers if h[0] == key]
+        h = self._single(key)
+        if h is not _SCAN:
+            return [] if h is None else [h[2]]
+        return [h[2] for h in self.headers if h[0] == key]
 
     def _invalidate(self, key: str) -> None:
         """Forget the parsed views that depend on header ``key``."""
