@@ -5,9 +5,13 @@ from gevent import monkey
 monkey.patch_all()
 
 import argparse  # noqa: E402
+import json  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
+
+__version__ = "0.9.0"
+"""Tandem's release; tags in git are ``v<version>``."""
 
 
 def setup_logging(level: str, node_id: str = "-") -> None:
@@ -96,16 +100,29 @@ def cmd_user(args) -> int:
 
 
 def cmd_lab(args) -> int:
-    """Start a ready lab on loopback."""
+    """Start a ready lab on loopback, or ask a running one for its state or a restart."""
     from actors.lab import run_lab
+    from actors.lab_control import LabControlError, ask
     setup_logging("INFO", "lab")
-    return run_lab(args)
+    if args.action == "run":
+        return run_lab(args)
+    if args.action == "restart" and not args.node:
+        logging.getLogger("tandem").error("lab restart needs a node id, e.g. node2")
+        return 2
+    try:
+        result = ask(args.data, "status" if args.action == "status" else f"restart {args.node}")
+    except LabControlError as e:
+        logging.getLogger("tandem").error("%s", e)
+        return 1
+    sys.stdout.write(json.dumps(result, indent=2) + "\n")
+    return 0
 
 
 def main(argv=None) -> int:
     """Parse the command line and run the chosen command."""
     from actors.keys import cmd_keys, configure_parser as configure_keys
     p = argparse.ArgumentParser(prog="run.py", description="Tandem SIP cluster")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     node = sub.add_parser("node", help="run one node")
     node.add_argument("--config", required=True, help="node configuration (TOML)")
@@ -126,12 +143,22 @@ def main(argv=None) -> int:
     keys = sub.add_parser("keys", help="make a CurveZMQ key pair")
     configure_keys(keys)
     keys.set_defaults(func=cmd_keys)
-    lab = sub.add_parser("lab", help="start a ready lab on loopback")
+    lab = sub.add_parser("lab", help="start a ready lab on loopback (or: lab status, "
+                         "lab restart NODE)")
+    lab.add_argument("action", nargs="?", default="run", choices=("run", "status", "restart"),
+                     help="run the lab (default), or ask the running lab for its state "
+                          "or to restart a node")
+    lab.add_argument("node", nargs="?", help="with restart: the node id, e.g. node2")
     lab.add_argument("--users", help="CSV of extra users (username,password)")
     lab.add_argument("--data", default="var/lab", help="where the lab keeps its state")
-    lab.add_argument("--nodes", type=int, default=2, help="how many nodes (replicating)")
+    lab.add_argument("--nodes", type=int, default=2, choices=range(1, 10), metavar="N",
+                     help="how many nodes (replicating), 1 to 9")
+    lab.add_argument("--base", default="127.0.0.10",
+                     help="the lab's first loopback address: its DNS; node k gets the k-th "
+                          "address after it")
     lab.set_defaults(func=cmd_lab)
     args = p.parse_args(argv)
+    os.umask(0o077)  # whatever Tandem creates (keys, configs, databases, logs) is its owner's only
     return args.func(args)
 
 

@@ -7,6 +7,8 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 
+from store.files import InsecureFileError, check_private
+
 
 class ConfigError(Exception):
     """The configuration file is missing, unreadable or wrong."""
@@ -43,7 +45,7 @@ class NodeConfig:
     max_contacts: int = 10
     nonce_lifetime: float = 300.0
     auth_secret: str = ""
-    auth_algorithms: list[str] = field(default_factory=lambda: ["MD5", "SHA-256"])
+    auth_algorithms: list[str] = field(default_factory=lambda: ["MD5"])
     batch_max: int = 256
     t1: float = 0.5
     t2: float = 4.0
@@ -161,5 +163,10 @@ def load_config(path: str) -> NodeConfig:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: {e}") from None
     cfg = parse_config(data, os.path.dirname(os.path.abspath(path)))
+    if cfg.auth_secret or cfg.secret_key:
+        try:
+            check_private(path, "configuration")
+        except InsecureFileError as e:
+            raise ConfigError(str(e)) from None
     cfg.source = os.path.abspath(path)
     return cfg

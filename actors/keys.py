@@ -12,6 +12,8 @@ import os
 import sys
 from dataclasses import dataclass
 
+from store.files import InsecureFileError, check_private, make_private_dir, write_private
+
 from .bus import BusError, check_key, generate_keypair
 
 __all__ = ["generate_keypair", "write_keypair", "read_keypair", "load_or_create_keypair",
@@ -22,11 +24,9 @@ def write_keypair(prefix: str, public: str, secret: str) -> tuple[str, str]:
     """Write ``PREFIX.public`` and ``PREFIX.secret`` (mode 0600); return both paths."""
     pub_path, sec_path = prefix + ".public", prefix + ".secret"
     directory = os.path.dirname(os.path.abspath(prefix))
-    os.makedirs(directory, exist_ok=True)
-    fd = os.open(sec_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(secret + "\n")
-    os.chmod(sec_path, 0o600)
+    if not os.path.isdir(directory):
+        make_private_dir(directory)
+    write_private(sec_path, secret + "\n")
     with open(pub_path, "w") as f:
         f.write(public + "\n")
     return pub_path, sec_path
@@ -35,12 +35,15 @@ def write_keypair(prefix: str, public: str, secret: str) -> tuple[str, str]:
 def read_keypair(prefix: str) -> tuple[str, str]:
     """Read a pair written by ``write_keypair``; ``BusError`` if missing or malformed."""
     try:
+        check_private(prefix + ".secret", "secret key")
         with open(prefix + ".public") as f:
             public = f.read().strip()
         with open(prefix + ".secret") as f:
             secret = f.read().strip()
     except OSError as e:
         raise BusError(f"cannot read key pair {prefix}: {e.strerror}") from None
+    except InsecureFileError as e:
+        raise BusError(str(e)) from None
     check_key(public, f"{prefix}.public")
     check_key(secret, f"{prefix}.secret")
     return public, secret

@@ -1,12 +1,17 @@
 """``run.py lab``: a ready cluster on loopback, with demo users.
 
-Writes one configuration file per node under the lab's data folder,
-provisions the demo users (and those of ``--users``) in every node's
-database, starts each node as its own process, waits until each answers
-OPTIONS, prints what a phone needs, and stops the nodes on Ctrl-C or
-SIGTERM.
+Writes one configuration file per node under the lab's data folder (0700,
+its secrets 0600), provisions the demo users (and those of ``--users``) in
+every node's database, starts each node as its own process, waits until
+each answers OPTIONS, prints what a phone needs, and then watches the nodes:
+a node that dies is reported at once (how it died, how long it had run) and
+the others, the DNS and the lab go on serving, since showing a failover is
+what the lab is for. ``run.py lab status`` and ``run.py lab restart NODE``
+talk to the running lab over its control socket (see ``actors.lab_control``).
+Ctrl-C or SIGTERM stops everything.
 """
 
+import ipaddress
 import logging
 import os
 import secrets
@@ -15,55 +20,62 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
+
+import gevent
 
 from sipcore.zone import cluster_zone
+from store.files import check_private, make_private_dir, write_private, InsecureFileError
 from store.models import close_store, init_store
 from store.users import add_user, import_users_csv
 
 from .bus import Bus, BusError, request
 from .dnsserver import DnsServer
 from .keys import Member, cluster_toml, load_or_create_keypair
+from .lab_control import LabControlError, LabControlServer
 
 log = logging.getLogger(__name__)
 
 DOMAIN = "example.test"
-DNS_ADDRESS = "127.0.0.10"
+BASE_ADDRESS = "127.0.0.10"
+"""The lab's first loopback address: DNS here, node k on the k-th after it."""
 DEMO_USERS = [("alice", "alice-secret"), ("bob", "bob-secret"),
               ("carol", "carol-secret"), ("dave", "dave-secret")]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+READY_LIMIT = 15.0
+"""Seconds a node may take to answer OPTIONS after it is started."""
+WATCH_INTERVAL = 0.2
+"""Seconds between two looks at the node processes."""
 
 
-def node_address(k: int) -> str:
-    """Loopback address of lab node ``k`` (1-based): 127.0.0.(10+k)."""
-    return f"127.0.0.{10 + k}"
+def node_address(k: int, base: str = BASE_ADDRESS) -> str:
+    """Loopback address of lab node ``k`` (1-based): the k-th address after ``base``."""
+    return str(ipaddress.IPv4Address(base) + k)
 
 
-def lab_members(data: str, n: int) -> list[Member]:
+def lab_members(data: str, n: int, base: str = BASE_ADDRESS) -> list[Member]:
     """The lab's nodes with their bus endpoints and key pairs (kept under ``data``)."""
     members = []
     for k in range(1, n + 1):
-        node_dir = os.path.join(data, f"node{k}")
-        os.makedirs(node_dir, exist_ok=True)
+        node_dir = make_private_dir(os.path.join(data, f"node{k}"))
         public, secret = load_or_create_keypair(os.path.join(node_dir, "bus"))
-        ip = node_address(k)
+        ip = node_address(k, base)
         members.append(Member(f"node{k}", f"tcp://{ip}:7001", f"tcp://{ip}:7002",
                               f"tcp://{ip}:7003", public, secret))
     return members
 
 
 def write_node_config(data: str, k: int, secret: str, members: list[Member],
-                      lab_key: str) -> str:
-    """Write lab node ``k``'s configuration; return its path."""
-    node_dir = os.path.join(data, f"node{k}")
-    os.makedirs(node_dir, exist_ok=True)
-    path = os.path.join(node_dir, "node.toml")
+                      lab_key: str, base: str = BASE_ADDRESS) -> str:
+    """Write lab node ``k``'s configuration (mode 0600); return its path."""
+    node_dir = make_private_dir(os.path.join(data, f"node{k}"))
     text = f"""[node]
 id = "node{k}"
 data_dir = "{node_dir}"
 log_level = "INFO"
 
 [sip]
-address = "{node_address(k)}"
+address = "{node_address(k, base)}"
 port = 5060
 domain = "{DOMAIN}"
 
@@ -76,9 +88,7 @@ url = "sqlite:///{node_dir}/tandem.db"
 """
     if len(members) > 1:
         text += cluster_toml(members[k - 1], members, control_keys=[lab_key])
-    with open(path, "w") as f:
-        f.write(text)
-    return path
+    return write_private(os.path.join(node_dir, "node.toml"), text)
 
 
 def options_ping(address: str, port: int = 5060, timeout: float = 0.5) -> bytes | None:
@@ -98,126 +108,275 @@ def options_ping(address: str, port: int = 5060, timeout: float = 0.5) -> bytes 
             return None
 
 
-def _secret(data: str) -> str:
-    path = os.path.join(data, "auth.secret")
+def _private_secret(path: str) -> str:
+    """The hex secret kept in ``path`` (made first if missing), its mode tightened to 0600."""
     if not os.path.exists(path):
-        with open(path, "w") as f:
-            f.write(secrets.token_hex(32))
+        write_private(path, secrets.token_hex(32))
+    try:
+        check_private(path, "lab secret")
+    except InsecureFileError:
+        log.warning("%s was readable by others; its mode is now 0600", path)
+        os.chmod(path, 0o600)
     with open(path) as f:
         return f.read().strip()
 
 
+def describe_exit(code: int) -> str:
+    """How a process with return code ``code`` ended, in words."""
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exited with status {code}"
+
+
+@dataclass
+class LabNode:
+    """One node process of the lab."""
+
+    k: int
+    address: str
+    config: str
+    log_path: str
+    proc: subprocess.Popen | None = None
+    started: float = 0.0
+    deaths: int = 0
+    restarts: int = 0
+    last_exit: str = ""
+    reported: bool = field(default=False, repr=False)
+
+    @property
+    def id(self) -> str:
+        """The node id, ``node<k>``."""
+        return f"node{self.k}"
+
+    def start(self) -> None:
+        """Start the node process, its output appended to its log."""
+        with open(self.log_path, "ab") as logf:
+            self.proc = subprocess.Popen(
+                [sys.executable, os.path.join(ROOT, "run.py"), "node", "--config", self.config],
+                stdout=logf, stderr=logf, cwd=ROOT)
+        self.started = time.monotonic()
+        self.reported = False
+
+    def alive(self) -> bool:
+        """Whether the process runs."""
+        return self.proc is not None and self.proc.poll() is None
+
+    def wait_ready(self, limit: float = READY_LIMIT) -> bool:
+        """Wait (bounded) until the node answers OPTIONS with 200."""
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline and self.alive():
+            answer = options_ping(self.address)
+            if answer is not None and answer.startswith(b"SIP/2.0 200"):
+                return True
+        return False
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """SIGTERM, then SIGKILL after ``timeout`` seconds."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def status(self) -> dict:
+        """JSON-ready state of this node for ``run.py lab status``."""
+        up = self.alive()
+        return {"id": self.id, "address": f"{self.address}:5060", "running": up,
+                "uptime": round(time.monotonic() - self.started, 1) if up else 0.0,
+                "pid": self.proc.pid if up and self.proc else None,
+                "deaths": self.deaths, "restarts": self.restarts, "last_exit": self.last_exit}
+
+
+class Lab:
+    """The lab's nodes, DNS and control socket, from set-up to Ctrl-C."""
+
+    def __init__(self, data: str, n: int, users_csv: str | None = None,
+                 base: str = BASE_ADDRESS, out=None):
+        self.data = make_private_dir(os.path.abspath(data))
+        self.n = n
+        self.users_csv = users_csv
+        self.base = base
+        self.out = out or sys.stdout
+        self.nodes: list[LabNode] = []
+        self.members: list[Member] = []
+        self.lab_public = self.lab_secret = ""
+        self.dns: DnsServer | None = None
+        self.control = LabControlServer(self.data, self.status, self.restart)
+        self.stopping = False
+
+    def say(self, text: str) -> None:
+        """One message to the person watching the lab's terminal."""
+        self.out.write(text + "\n")
+        self.out.flush()
+
+    def setup(self) -> None:
+        """Keys, configurations and users for every node."""
+        secret = _private_secret(os.path.join(self.data, "auth.secret"))
+        self.members = lab_members(self.data, self.n, self.base)
+        self.lab_public, self.lab_secret = load_or_create_keypair(os.path.join(self.data, "lab"))
+        for k in range(1, self.n + 1):
+            cfg = write_node_config(self.data, k, secret, self.members, self.lab_public, self.base)
+            init_store(f"sqlite:///{self.data}/node{k}/tandem.db")
+            try:
+                for name, pw in DEMO_USERS:
+                    add_user(name, DOMAIN, pw, replace=True)
+                if self.users_csv:
+                    import_users_csv(self.users_csv, DOMAIN)
+            finally:
+                close_store()
+            self.nodes.append(LabNode(k, node_address(k, self.base), cfg,
+                                      os.path.join(self.data, f"node{k}", "node.log")))
+
+    def start(self) -> bool:
+        """Start every node and wait until each answers; False (logged) if one does not."""
+        for node in self.nodes:
+            node.start()
+        for node in self.nodes:
+            if not node.wait_ready():
+                log.error("%s did not start; see %s", node.id, node.log_path)
+                return False
+        self.dns = self._start_dns()
+        self.control.start()
+        return True
+
+    def _start_dns(self) -> DnsServer | None:
+        """Serve the lab's zone (SRV weights 50:50...) on the base address, port 53 or 5353."""
+        zone = cluster_zone(DOMAIN, [(n.id, n.address, 5060, 50) for n in self.nodes])
+        for port in (53, 5353):
+            server = DnsServer(zone, DOMAIN, self.base, port)
+            try:
+                server.start()
+                return server
+            except OSError as e:
+                log.warning("lab DNS cannot use %s:%d: %s", self.base, port, e)
+        return None
+
+    def watch(self) -> None:
+        """Report each node's death once, until Ctrl-C or SIGTERM; never exits on a death."""
+        while not self.stopping:
+            for node in self.nodes:
+                if node.proc is not None and not node.alive() and not node.reported:
+                    self._report_death(node)
+            gevent.sleep(WATCH_INTERVAL)
+
+    def _report_death(self, node: LabNode) -> None:
+        assert node.proc is not None
+        node.reported = True
+        node.deaths += 1
+        node.last_exit = describe_exit(node.proc.returncode)
+        ran = time.monotonic() - node.started
+        others = [n.id for n in self.nodes if n.alive()]
+        if others:
+            one = len(others) == 1
+            serving = (f"{', '.join(others)} go{'es' if one else ''} on serving, "
+                       f"and phones move to {'it' if one else 'them'}")
+        else:
+            serving = "no node is left serving"
+        log.error("%s died (%s) after %.0f s; %s", node.id, node.last_exit, ran, serving)
+        self.say(f"\n!! {node.id} ({node.address}) died: {node.last_exit}, after {ran:.0f} s; "
+                 f"{serving}.\n"
+                 f"   Its log: {node.log_path}\n"
+                 f"   Bring it back: bash scripts/lab.sh restart {node.id} --data {self.data}\n")
+
+    def status(self) -> dict:
+        """Every node's process state (the control socket's ``status``)."""
+        return {"nodes": [n.status() for n in self.nodes],
+                "dns": f"{self.base}:{self.dns.port}" if self.dns else None}
+
+    def restart(self, node_id: str) -> dict:
+        """Stop (if running) and start node ``node_id``; wait until it answers OPTIONS."""
+        node = next((n for n in self.nodes if n.id == node_id), None)
+        if node is None:
+            known = ", ".join(n.id for n in self.nodes)
+            raise LabControlError(f"no node {node_id!r} in this lab; known: {known}")
+        if node.alive():
+            node.reported = True  # a stop asked for is not a death to report
+        node.stop()
+        node.start()
+        node.restarts += 1
+        if not node.wait_ready():
+            raise LabControlError(f"{node.id} was started but does not answer; see {node.log_path}")
+        log.info("%s restarted", node.id)
+        self.say(f"\n** {node.id} ({node.address}) is back and answering.\n")
+        return node.status()
+
+    def stop(self) -> None:
+        """Stop the control socket, the DNS and every node."""
+        self.control.stop()
+        if self.dns is not None:
+            self.dns.stop()
+        for node in self.nodes:
+            if node.alive():
+                assert node.proc is not None
+                node.proc.terminate()
+        for node in self.nodes:
+            node.stop()
+
+    def replication_states(self, limit: float = 15.0) -> dict:
+        """Each node's replication state, waiting (bounded) until all are synced."""
+        if len(self.members) < 2:
+            return {}
+        bus = Bus(self.lab_public, self.lab_secret)
+        deadline = time.monotonic() + limit
+        states: dict = {}
+        try:
+            while True:
+                for m in self.members:
+                    try:
+                        states[m.id] = request(bus, m.control, m.public_key,
+                                               {"cmd": "status"})["state"]
+                    except BusError as e:
+                        states[m.id] = f"no answer ({e})"
+                if all(v == "synced" for v in states.values()) or time.monotonic() > deadline:
+                    return states
+                gevent.sleep(0.2)
+        finally:
+            bus.close()
+
+    def banner(self, states: dict) -> str:
+        """What a person needs to use the lab."""
+        lines = ["", "Tandem lab is running. Ctrl-C stops it.", ""]
+        for node in self.nodes:
+            state = f", {states[node.id]}" if node.id in states else ""
+            lines.append(f"  {node.id}: sip:{node.address}:5060 (UDP and TCP){state}, "
+                         f"log {node.log_path}")
+        if self.dns is not None:
+            lines += ["", f"  DNS for {DOMAIN} (NAPTR, SRV, A) on {self.base} port "
+                      f"{self.dns.port}: dig @{self.base} -p {self.dns.port} "
+                      f"_sip._udp.{DOMAIN} SRV"]
+        first = self.nodes[0].address
+        others = ", ".join(n.address for n in self.nodes[1:])
+        lines += ["", f"Point a phone at: registrar/proxy {first} port 5060, "
+                  f"domain {DOMAIN}" + (f" (or any other node: {others})" if others else ""),
+                  "Users (username / password):"]
+        lines += [f"  {u} / {p}" for u, p in DEMO_USERS]
+        lines += ["", f"Try: sipsak -U -s sip:alice@{first} -u alice -a alice-secret -x 120 -vv",
+                  f"Kill a node to see failover; the lab reports it and keeps serving. "
+                  f"State: bash scripts/lab.sh status --data {self.data}", ""]
+        return "\n".join(lines)
+
+
 def run_lab(args) -> int:
     """Start the lab and block until interrupted."""
-    data = os.path.abspath(args.data)
-    os.makedirs(data, exist_ok=True)
-    secret = _secret(data)
-    members = lab_members(data, args.nodes)
-    lab_public, lab_secret = load_or_create_keypair(os.path.join(data, "lab"))
-    procs = []
-    stopping = []
-    dns = None
+    lab = Lab(args.data, args.nodes, args.users, args.base)
 
     def stop(*_):
-        stopping.append(True)
+        lab.stopping = True
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     try:
-        for k in range(1, args.nodes + 1):
-            cfg = write_node_config(data, k, secret, members, lab_public)
-            init_store(f"sqlite:///{data}/node{k}/tandem.db")
-            for name, pw in DEMO_USERS:
-                add_user(name, DOMAIN, pw, replace=True)
-            if args.users:
-                import_users_csv(args.users, DOMAIN)
-            close_store()
-            logf = open(os.path.join(data, f"node{k}", "node.log"), "ab")
-            procs.append(subprocess.Popen(
-                [sys.executable, os.path.join(ROOT, "run.py"), "node", "--config", cfg],
-                stdout=logf, stderr=logf, cwd=ROOT))
-        for k, proc in enumerate(procs, 1):
-            if not _wait_ready(proc, node_address(k)):
-                log.error("node%d did not start; see %s", k,
-                          os.path.join(data, f"node{k}", "node.log"))
-                return 1
-        dns = _start_dns(args.nodes)
-        states = _states(members, lab_public, lab_secret)
-        _banner(data, args.nodes, dns, states)
-        while not stopping and all(p.poll() is None for p in procs):
-            time.sleep(0.2)
+        lab.setup()
+        if not lab.start():
+            return 1
+        lab.say(lab.banner(lab.replication_states()))
+        lab.watch()
         return 0
     finally:
-        if dns is not None:
-            dns.stop()
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                p.kill()
-
-
-def _wait_ready(proc, address: str, limit: float = 15.0) -> bool:
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline and proc.poll() is None:
-        answer = options_ping(address)
-        if answer is not None and answer.startswith(b"SIP/2.0 200"):
-            return True
-    return False
-
-
-def _start_dns(n: int):
-    """Serve the lab's zone (SRV weights 50:50...) on 127.0.0.10, port 53 or 5353."""
-    zone = cluster_zone(DOMAIN, [(f"node{k}", node_address(k), 5060, 50) for k in range(1, n + 1)])
-    for port in (53, 5353):
-        server = DnsServer(zone, DOMAIN, DNS_ADDRESS, port)
-        try:
-            server.start()
-            return server
-        except OSError as e:
-            log.warning("lab DNS cannot use %s:%d: %s", DNS_ADDRESS, port, e)
-    return None
-
-
-def _states(members: list[Member], public: str, secret: str, limit: float = 15.0) -> dict:
-    """Each node's replication state, waiting (bounded) until all are synced."""
-    if len(members) < 2:
-        return {}
-    bus = Bus(public, secret)
-    deadline = time.monotonic() + limit
-    states: dict = {}
-    try:
-        while True:
-            for m in members:
-                try:
-                    states[m.id] = request(bus, m.control, m.public_key, {"cmd": "status"})["state"]
-                except BusError as e:
-                    states[m.id] = f"no answer ({e})"
-            if all(v == "synced" for v in states.values()) or time.monotonic() > deadline:
-                return states
-            time.sleep(0.2)
-    finally:
-        bus.close()
-
-
-def _banner(data: str, n: int, dns, states: dict) -> None:
-    lines = ["", "Tandem lab is running. Ctrl-C stops it.", ""]
-    for k in range(1, n + 1):
-        state = f", {states[f'node{k}']}" if f"node{k}" in states else ""
-        lines.append(f"  node{k}: sip:{node_address(k)}:5060 (UDP and TCP){state}, "
-                     f"log {data}/node{k}/node.log")
-    if dns is not None:
-        lines += ["", f"  DNS for {DOMAIN} (NAPTR, SRV, A) on {DNS_ADDRESS} port {dns.port}: "
-                  f"dig @{DNS_ADDRESS} -p {dns.port} _sip._udp.{DOMAIN} SRV"]
-    others = ", ".join(node_address(k) for k in range(2, n + 1))
-    lines += ["", f"Point a phone at: registrar/proxy {node_address(1)} port 5060, "
-              f"domain {DOMAIN}" + (f" (or any other node: {others})" if others else ""),
-              "Users (username / password):"]
-    lines += [f"  {u} / {p}" for u, p in DEMO_USERS]
-    lines += ["", f"Try: sipsak -U -s sip:alice@{node_address(1)} -u alice -a alice-secret -x 120 -vv",
-              ""]
-    sys.stdout.write("\n".join(lines) + "\n")
-    sys.stdout.flush()
+        lab.stop()

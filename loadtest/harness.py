@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 
 from actors.lab import options_ping  # noqa: E402,F401 - re-exported for tests
+from store.files import write_private  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIPP_DIR = os.path.join(ROOT, "loadtest", "sipp")
@@ -71,8 +72,7 @@ class NodeProcess:
         self.log_path = os.path.join(self.dir, "node.log")
         self.proc = None
         self.front = front
-        with open(self.config, "w") as f:
-            f.write(f"""[node]
+        write_private(self.config, f"""[node]
 id = "{node_id}"
 data_dir = "{self.dir}"
 log_level = "INFO"

@@ -1,17 +1,26 @@
 #!/usr/bin/env bash
-# Install everything the tests need on a fresh Debian machine (as root), then run them.
+# README command 2: install everything the tests need (as root on Debian: SIPp, sipsak,
+# PostgreSQL, Chromium, softphones), make .venv with the test dependencies, run every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
 need=()
 command -v sipp >/dev/null || need+=(sip-tester)
 command -v sipsak >/dev/null || need+=(sipsak)
-[ -x /usr/lib/postgresql/15/bin/initdb ] || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+command -v chromium >/dev/null || need+=(chromium)
+command -v chromedriver >/dev/null || need+=(chromium-driver)
+command -v baresip >/dev/null || need+=(baresip-core)
+command -v linphonec >/dev/null || need+=(linphone-cli)
 if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "the tests need these Debian packages; as root: apt install ${need[*]}" >&2
+    exit 2
+  fi
   apt-get update -qq
   apt-get install -y -qq "${need[@]}" >/dev/null
 fi
-python3 -m pip install -q -r requirements-dev.txt
+source scripts/venv.sh requirements-dev.txt
 status=0
-python3 -m pytest -q "$@" || status=$?
+.venv/bin/python -m pytest -q "$@" || status=$?
 exit $status

@@ -28,6 +28,8 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import peewee
 
+from .files import create_private
+
 log = logging.getLogger(__name__)
 
 SQLITE_SYNCHRONOUS = ("off", "normal", "full", "extra")
@@ -122,6 +124,7 @@ def _open_sqlite(url: str) -> peewee.SqliteDatabase:
         if not os.path.isdir(directory):
             raise StoreError("directory %s of sqlite database %s does not "
                              "exist" % (directory, url))
+        create_private(path)
     synchronous = "normal"
     for name, value in parse_qsl(parts.query, keep_blank_values=True):
         if name != "synchronous":

@@ -1,0 +1,77 @@
+"""Node configuration: defaults every phone accepts, and secrets kept private."""
+
+import os
+import socket
+import stat
+
+import pytest
+
+from actors.config import ConfigError, load_config, parse_config
+from loadtest.harness import NodeProcess
+from store.files import InsecureFileError, check_private, create_private, write_private
+
+MINIMAL = {"node": {"id": "n1"}, "sip": {"domain": "example.test"}}
+
+
+def test_challenges_offer_md5_only_by_default():
+    # Debian 12's baresip rejects a whole 401 when any challenge is not MD5.
+    assert parse_config(MINIMAL).auth_algorithms == ["MD5"]
+    sha = parse_config({**MINIMAL, "auth": {"algorithms": ["SHA-256", "MD5"]}})
+    assert sha.auth_algorithms == ["SHA-256", "MD5"]
+
+
+def test_a_real_node_challenges_with_one_md5_header(tmp_path):
+    node = NodeProcess(str(tmp_path)).start()
+    try:
+        msg = (f"REGISTER sip:example.test SIP/2.0\r\n"
+               f"Via: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bKmd5only;rport\r\n"
+               f"From: <sip:alice@example.test>;tag=1\r\nTo: <sip:alice@example.test>\r\n"
+               f"Call-ID: md5only\r\nCSeq: 1 REGISTER\r\nMax-Forwards: 70\r\n"
+               f"Contact: <sip:alice@127.0.0.1:9>\r\nContent-Length: 0\r\n\r\n").encode()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(5)
+            s.sendto(msg, (node.address, node.port))
+            reply = s.recv(65535).decode()
+    finally:
+        node.stop()
+    assert reply.startswith("SIP/2.0 401")
+    challenges = [line for line in reply.split("\r\n") if line.startswith("WWW-Authenticate")]
+    assert len(challenges) == 1 and "algorithm=MD5" in challenges[0]
+
+
+def test_private_files_are_owner_only(tmp_path):
+    path = str(tmp_path / "secret")
+    write_private(path, "s3cret")
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    check_private(path, "secret")
+    os.chmod(path, 0o644)
+    with pytest.raises(InsecureFileError, match="chmod 600"):
+        check_private(path, "secret")
+    write_private(path, "again")
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    db = str(tmp_path / "x.db")
+    create_private(db)
+    assert stat.S_IMODE(os.stat(db).st_mode) == 0o600
+    assert not [n for n in os.listdir(tmp_path) if ".tmp" in n]
+
+
+def test_world_readable_config_with_secrets_is_refused(tmp_path):
+    node = NodeProcess(str(tmp_path))
+    assert stat.S_IMODE(os.stat(node.config).st_mode) == 0o600
+    load_config(node.config)
+    os.chmod(node.config, 0o644)
+    with pytest.raises(ConfigError, match="other users of this host can read it"):
+        load_config(node.config)
+    out = node.run_cli("user", "add", "zed", "--password", "zed-secret")
+    assert out.returncode == 2 and "chmod 600" in out.stderr
+    assert "00" * 32 not in out.stderr, "the secret itself is never printed"
+
+
+def test_store_creates_sqlite_files_private(tmp_path):
+    node = NodeProcess(str(tmp_path))
+    out = node.run_cli("user", "add", "zed", "--password", "zed-secret")
+    assert out.returncode == 0, out.stderr
+    for name in os.listdir(node.dir):
+        if name.startswith("tandem.db"):
+            mode = stat.S_IMODE(os.stat(os.path.join(node.dir, name)).st_mode)
+            assert mode == 0o600, f"{name} has mode {mode:04o}"
