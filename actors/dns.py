@@ -153,10 +153,6 @@ class Resolver:
         return self._lookup(Query(name.rstrip(".").lower(), rdtype.upper()),
                             deadline)
 
-    def clear_cache(self) -> None:
-        """Forget every cached answer."""
-        self._cache.clear()
-
     def _run(self, queries: tuple[Query, ...], deadline: float
              ) -> dict[Query, tuple]:
         answers = {}

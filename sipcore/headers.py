@@ -37,11 +37,6 @@ LIST_HEADERS = frozenset({
 })
 
 
-def canonical_name(name: str) -> str:
-    """Return the canonical spelling of a header name, expanding compact forms."""
-    return CANONICAL.get(name.lower(), name)
-
-
 def split_list(value: str) -> list[str]:
     """Split a comma-separated header value outside quotes and ``<>``."""
     if "," not in value:
@@ -202,8 +197,3 @@ def parse_int(value: str, name: str, maximum: int = 2 ** 32 - 1) -> int:
     """Parse a non-negative integer header such as Expires or Max-Forwards."""
     return parse_number(value.strip(), name, maximum)
 
-
-def parse_header_params(value: str) -> tuple[str, dict[str, str | None]]:
-    """Split ``token;params`` (e.g. a Supported or Event value)."""
-    head, _, rest = value.partition(";")
-    return head.strip(), parse_params(rest)

@@ -56,9 +56,6 @@ TIMER_CANCEL = 11
 #: RFC 6026 §8.7: how long an INVITE server transaction stays Accepted after its 2xx
 TIMER_L = 12
 
-#: the name of each timer kind, indexed by kind
-TIMER_NAMES = ("A", "B", "D", "E", "F", "G", "H", "I", "J", "K", "M", "CANCEL", "L")
-
 
 @dataclass(frozen=True, slots=True)
 class TimerConfig:
