@@ -14,7 +14,7 @@ cancellation. A timer that no longer applies is recognised when it fires
 
 from collections import deque
 from dataclasses import dataclass
-from enum import Enum
+from enum import Enum, IntEnum
 from operator import itemgetter
 
 _INF = float("inf")
@@ -39,22 +39,24 @@ _COMPLETED = State.COMPLETED
 _CONFIRMED = State.CONFIRMED
 _ACCEPTED = State.ACCEPTED
 
-# Timer kinds, as stored in queue entries (RFC 3261 §17 and RFC 6026 §8.4).
-TIMER_A = 0
-TIMER_B = 1
-TIMER_D = 2
-TIMER_E = 3
-TIMER_F = 4
-TIMER_G = 5
-TIMER_H = 6
-TIMER_I = 7
-TIMER_J = 8
-TIMER_K = 9
-TIMER_M = 10
-#: 64*T1 after a CANCEL was sent without a final response to the INVITE (§9.1)
-TIMER_CANCEL = 11
-#: RFC 6026 §8.7: how long an INVITE server transaction stays Accepted after its 2xx
-TIMER_L = 12
+class Timer(IntEnum):
+    """Timer kinds, as stored in queue entries (RFC 3261 §17 and RFC 6026 §8.4)."""
+
+    A = 0
+    B = 1
+    D = 2
+    E = 3
+    F = 4
+    G = 5
+    H = 6
+    I = 7  # noqa: E741 -- the RFC's name
+    J = 8
+    K = 9
+    M = 10
+    CANCEL = 11
+    """64*T1 after a CANCEL was sent without a final response to the INVITE (§9.1)."""
+    L = 12
+    """RFC 6026 §8.7: how long an INVITE server transaction stays Accepted after its 2xx."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +102,7 @@ class TimerQueues:
         self._queues: dict[float, deque] = {}
         self._next = _INF
 
-    def add(self, now: float, duration: float, owner: object, kind: int) -> None:
+    def add(self, now: float, duration: float, owner: object, kind: Timer) -> None:
         """Arm timer ``kind`` of ``owner`` to fire ``duration`` seconds after ``now``."""
         q = self._queues.get(duration)
         if q is None:
@@ -114,7 +116,7 @@ class TimerQueues:
         """The earliest deadline armed, or None when nothing is armed."""
         return None if self._next == _INF else self._next
 
-    def pop_due(self, now: float) -> list[tuple[float, object, int]]:
+    def pop_due(self, now: float) -> list[tuple[float, object, Timer]]:
         """Remove and return every entry whose deadline is ``<= now``, earliest first."""
         if now < self._next:
             return []
@@ -143,7 +145,7 @@ class TimerHandlers:
 
     The host class provides ``_timers`` (a ``TimerQueues``), ``_out`` (the
     list of ``(bytes, destination)`` to send), ``_t2``, and the methods
-    ``_terminate(tx)`` and ``_timeout_tx(tx, timer_name)``. A timer whose
+    ``_terminate(tx)`` and ``_timeout_tx(tx, timer)``. A timer whose
     transaction has left the state that armed it does nothing.
     """
 
@@ -155,37 +157,37 @@ class TimerHandlers:
         for _, tx, kind in self._timers.pop_due(now):
             fire[kind](self, tx, now)
 
-    def _retransmit(self, tx, now: float, kind: int, interval: float) -> None:
+    def _retransmit(self, tx, now: float, kind: Timer, interval: float) -> None:
         tx._interval = interval
         self._out.append((tx._data, tx.destination))
         self._timers.add(now, interval, tx, kind)
 
     def _on_a(self, tx, now):
         if tx.state is _CALLING:
-            self._retransmit(tx, now, TIMER_A, tx._interval * 2)
+            self._retransmit(tx, now, Timer.A, tx._interval * 2)
 
     def _on_b(self, tx, now):
         if tx.state is _CALLING:
-            self._timeout_tx(tx, "B")
+            self._timeout_tx(tx, Timer.B)
 
     def _on_e(self, tx, now):
         state = tx.state
         if state is _TRYING:
-            self._retransmit(tx, now, TIMER_E, min(tx._interval * 2, self._t2))
+            self._retransmit(tx, now, Timer.E, min(tx._interval * 2, self._t2))
         elif state is _PROCEEDING:
-            self._retransmit(tx, now, TIMER_E, self._t2)
+            self._retransmit(tx, now, Timer.E, self._t2)
 
     def _on_f(self, tx, now):
         if tx.state is _TRYING or tx.state is _PROCEEDING:
-            self._timeout_tx(tx, "F")
+            self._timeout_tx(tx, Timer.F)
 
     def _on_g(self, tx, now):
         if tx.state is _COMPLETED:
-            self._retransmit(tx, now, TIMER_G, min(tx._interval * 2, self._t2))
+            self._retransmit(tx, now, Timer.G, min(tx._interval * 2, self._t2))
 
     def _on_h(self, tx, now):
         if tx.state is _COMPLETED:
-            self._timeout_tx(tx, "H")
+            self._timeout_tx(tx, Timer.H)
 
     def _on_i(self, tx, now):
         if tx.state is _CONFIRMED:
@@ -201,12 +203,17 @@ class TimerHandlers:
 
     def _on_cancel(self, tx, now):
         if tx.state is _PROCEEDING:
-            self._timeout_tx(tx, "CANCEL")
+            self._timeout_tx(tx, Timer.CANCEL)
 
 
 _H = TimerHandlers
-# Indexed by timer kind: D, J and K all end a Completed transaction, L and M an
-# Accepted one.
-_FIRE = (_H._on_a, _H._on_b, _H._on_completed_end, _H._on_e, _H._on_f, _H._on_g,
-         _H._on_h, _H._on_i, _H._on_completed_end, _H._on_completed_end, _H._on_m,
-         _H._on_cancel, _H._on_m)
+#: what each timer does when it fires: D, J and K all end a Completed transaction, L and M
+#: an Accepted one
+HANDLERS = {
+    Timer.A: _H._on_a, Timer.B: _H._on_b, Timer.D: _H._on_completed_end, Timer.E: _H._on_e,
+    Timer.F: _H._on_f, Timer.G: _H._on_g, Timer.H: _H._on_h, Timer.I: _H._on_i,
+    Timer.J: _H._on_completed_end, Timer.K: _H._on_completed_end, Timer.M: _H._on_m,
+    Timer.CANCEL: _H._on_cancel, Timer.L: _H._on_m,
+}
+# The same table indexed by the timer's value: firing is one tuple index.
+_FIRE = tuple(HANDLERS[t] for t in Timer)

@@ -41,14 +41,12 @@ from .errors import SipError
 from .headers import split_list
 from .message import Request, Response, make_response
 from .timers import (_ACCEPTED, _CALLING, _COMPLETED, _CONFIRMED,  # state aliases, shared
-                     _PROCEEDING, _TRYING, TIMER_A, TIMER_B, TIMER_CANCEL, TIMER_D, TIMER_E, TIMER_F,
-                     TIMER_G, TIMER_H, TIMER_I, TIMER_J, TIMER_K, TIMER_L, TIMER_M, State,
-                     TimerConfig, TimerHandlers, TimerQueues)
+                     _PROCEEDING, _TRYING, State, Timer, TimerConfig, TimerHandlers, TimerQueues)
 
 __all__ = [
     "MAGIC_COOKIE", "State", "Transaction", "ServerTransaction", "ClientTransaction",
     "TransactionEvent", "RequestReceived", "AckReceived", "ResponseReceived",
-    "StrayResponse", "TransactionTimeout", "TransportError", "TransactionLayer",
+    "StrayResponse", "TransactionTimeout", "TransportError", "TransactionLayer", "Timer",
     "new_branch", "server_key", "build_ack", "build_cancel",
 ]
 
@@ -183,9 +181,9 @@ class TransactionTimeout(TransactionEvent):
 
     transaction: Transaction
     """The transaction that timed out."""
-    timer: str
-    """``"B"``, ``"F"`` (no final response), ``"H"`` (no ACK) or ``"CANCEL"``
-    (no final response 64*T1 after a CANCEL, §9.1)."""
+    timer: Timer
+    """``Timer.B``, ``Timer.F`` (no final response), ``Timer.H`` (no ACK) or
+    ``Timer.CANCEL`` (no final response 64*T1 after a CANCEL, §9.1)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -359,7 +357,7 @@ class TransactionLayer(TimerHandlers):
                 if tx.reliable:
                     self._terminate(tx)
                 else:
-                    self._timers.add(now, self._t4, tx, TIMER_I)
+                    self._timers.add(now, self._t4, tx, Timer.I)
             return
         if tx is not None:
             if tx._data is not None and tx.state is not _CONFIRMED:
@@ -403,7 +401,7 @@ class TransactionLayer(TimerHandlers):
                 self._terminate(tx)
             else:
                 tx.state = _COMPLETED
-                self._timers.add(now, self._t4, tx, TIMER_K)
+                self._timers.add(now, self._t4, tx, Timer.K)
 
     def _invite_response(self, tx: ClientTransaction, resp: Response, status: int,
                          state: State, now: float) -> None:
@@ -422,7 +420,7 @@ class TransactionLayer(TimerHandlers):
                 tx._cancel_pending = None
                 tx.request = None
                 tx._data = None
-                self._timers.add(now, self._timeout, tx, TIMER_M)
+                self._timers.add(now, self._timeout, tx, Timer.M)
             self._events.append(ResponseReceived(tx, resp))
         elif live:
             tx.state = _COMPLETED
@@ -435,7 +433,7 @@ class TransactionLayer(TimerHandlers):
                 self._terminate(tx)
             else:
                 tx._ack = ack
-                self._timers.add(now, self._d, tx, TIMER_D)
+                self._timers.add(now, self._d, tx, Timer.D)
         elif state is _COMPLETED:
             self._out.append((tx._ack, tx.destination))
 
@@ -467,22 +465,22 @@ class TransactionLayer(TimerHandlers):
                 tx.state = _ACCEPTED
                 tx._data = None
                 tx.request = None
-                self._timers.add(now, self._timeout, tx, TIMER_L)
+                self._timers.add(now, self._timeout, tx, Timer.L)
             else:
                 tx._data = data
                 tx.state = _COMPLETED
                 tx.request = None
                 if not tx.reliable:
                     tx._interval = self._t1
-                    self._timers.add(now, self._t1, tx, TIMER_G)
-                self._timers.add(now, self._timeout, tx, TIMER_H)
+                    self._timers.add(now, self._t1, tx, Timer.G)
+                self._timers.add(now, self._timeout, tx, Timer.H)
         elif tx.reliable:
             self._terminate(tx)
         else:
             tx._data = data
             tx.state = _COMPLETED
             tx.request = None
-            self._timers.add(now, self._timeout, tx, TIMER_J)
+            self._timers.add(now, self._timeout, tx, Timer.J)
         return True
 
     def send_request(self, request: Request, destination: object, now: float,
@@ -515,8 +513,8 @@ class TransactionLayer(TimerHandlers):
         timers = self._timers
         if not reliable:
             tx._interval = self._t1
-            timers.add(now, self._t1, tx, TIMER_A if invite else TIMER_E)
-        timers.add(now, self._timeout, tx, TIMER_B if invite else TIMER_F)
+            timers.add(now, self._t1, tx, Timer.A if invite else Timer.E)
+        timers.add(now, self._timeout, tx, Timer.B if invite else Timer.F)
         return tx
 
     def cancel(self, tx: ClientTransaction, now: float,
@@ -545,7 +543,7 @@ class TransactionLayer(TimerHandlers):
         request = tx._cancel_pending
         tx._cancel_pending = None
         tx.cancel = self.send_request(request, tx.destination, now, tx.reliable)
-        self._timers.add(now, self._timeout, tx, TIMER_CANCEL)
+        self._timers.add(now, self._timeout, tx, Timer.CANCEL)
 
     def transport_error(self, target: Transaction | object, now: float) -> None:
         """Report that sending failed, for one transaction or for a destination.
@@ -564,7 +562,7 @@ class TransactionLayer(TimerHandlers):
                 self._events.append(TransportError(tx, tx.destination))
                 self._terminate(tx)
 
-    def _timeout_tx(self, tx: Transaction, timer: str) -> None:
+    def _timeout_tx(self, tx: Transaction, timer: Timer) -> None:
         self._events.append(TransactionTimeout(tx, timer))
         self._terminate(tx)
 

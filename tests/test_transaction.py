@@ -8,7 +8,7 @@ import pytest
 
 from sipcore.errors import SipError
 from sipcore.message import Request, make_response, parse_message
-from sipcore.timers import TimerConfig, TimerQueues
+from sipcore.timers import Timer, TimerConfig, TimerQueues
 from sipcore.transaction import (MAGIC_COOKIE, AckReceived, ClientTransaction,
                                  RequestReceived, ResponseReceived, ServerTransaction,
                                  State, StrayResponse, TransactionLayer,
@@ -191,7 +191,7 @@ def test_timer_h_gives_up_without_ack():
     resent = run_until(layer, 40.0)
     assert [t for t, _ in resent] == [0.5, 1.5, 3.5, 7.5, 11.5, 15.5, 19.5, 23.5, 27.5, 31.5]
     (ev,) = events(layer)
-    assert ev == TransactionTimeout(tx, "H") and tx.state is State.TERMINATED
+    assert ev == TransactionTimeout(tx, Timer.H) and tx.state is State.TERMINATED
 
 
 def test_reliable_invite_server_no_g_and_timer_i_zero():
@@ -207,7 +207,7 @@ def test_reliable_invite_server_no_g_and_timer_i_zero():
     layer.respond(tx2, make_response(tx2.request, 500), 2.0)
     sent(layer)
     assert run_until(layer, 40.0) == []
-    assert events(layer) == [TransactionTimeout(tx2, "H")]
+    assert events(layer) == [TransactionTimeout(tx2, Timer.H)]
 
 
 def test_2xx_moves_invite_server_to_accepted_until_timer_l():
@@ -310,7 +310,7 @@ def test_timer_e_capped_at_t2_and_timer_f_timeout():
     assert layer.messages_to_send() == [(req.encode(), PEER)]
     resent = run_until(layer, 100.0)
     assert [t for t, _ in resent] == [0.5, 1.5, 3.5, 7.5, 11.5, 15.5, 19.5, 23.5, 27.5, 31.5]
-    assert events(layer) == [TransactionTimeout(tx, "F")] and tx.state is State.TERMINATED
+    assert events(layer) == [TransactionTimeout(tx, Timer.F)] and tx.state is State.TERMINATED
     layer.receive(response_to(req, 200), PEER, 101.0)
     assert events(layer) == []
 
@@ -346,7 +346,7 @@ def test_reliable_non_invite_client():
     tx2 = layer.send_request(request(branch="z9hG4bKr2"), TCP, 1.0, reliable=True)
     sent(layer)
     assert run_until(layer, 40.0) == []
-    assert events(layer) == [TransactionTimeout(tx2, "F")]
+    assert events(layer) == [TransactionTimeout(tx2, Timer.F)]
 
 
 # -- client, INVITE -------------------------------------------------------------------
@@ -357,7 +357,7 @@ def test_timer_a_doubles_and_timer_b_times_out():
     sent(layer)
     resent = run_until(layer, 100.0)
     assert [t for t, _ in resent] == [0.5, 1.5, 3.5, 7.5, 15.5, 31.5]
-    assert events(layer) == [TransactionTimeout(tx, "B")]
+    assert events(layer) == [TransactionTimeout(tx, Timer.B)]
 
 
 def test_provisional_stops_timer_a_and_b():
@@ -525,7 +525,7 @@ def test_no_final_after_cancel_times_out():
     layer.receive(response_to(build_cancel(req), 200), PEER, 2.1)
     events(layer)
     run_until(layer, 100.0)
-    assert events(layer) == [TransactionTimeout(tx, "CANCEL")]
+    assert events(layer) == [TransactionTimeout(tx, Timer.CANCEL)]
     assert tx.state is State.TERMINATED
 
 
