@@ -252,7 +252,7 @@ class ProxyCore:
                 raise SipError(404, "Not Found")
             groups = [[BranchTarget(req.uri)]]
         rr = s.record_route if method in DIALOG_METHODS and not in_dialog else None
-        ctx = stx.user = Context(stx, req, branch_prefix(loop), rr, groups)
+        ctx = stx.context = Context(stx, req, branch_prefix(loop), rr, groups)
         if ctx.invite:
             if self.trying_delay > 0:
                 self._trying.append((now + self.trying_delay, ctx))
@@ -361,7 +361,7 @@ class ProxyCore:
         self._seq += 1
         self.settings.set_via(req, dest[0], f"{branch.ctx.prefix}{self._unique}{self._seq:x}")
         tx = self.layer.send_request(req, dest, now, dest[0] != "udp")
-        tx.user = branch
+        tx.fork = branch
         branch.tx = tx
         self.stats["forwarded"] += 1
         return True
@@ -373,7 +373,7 @@ class ProxyCore:
             return
         branch.done = True
         if branch.tx is not None:
-            branch.tx.user = None
+            branch.tx.fork = None
         branch.tx = branch.request = None
         branch.dests = ()
         ctx.live -= 1
@@ -425,7 +425,7 @@ class ProxyCore:
         leaves no reference cycle, so it is freed as soon as its
         transactions end, without waiting for the cyclic collector.
         """
-        ctx.server.user = None
+        ctx.server.context = None
         ctx.request = None
         ctx.finals = ctx.branches = ()
         ctx.groups = None
@@ -438,11 +438,11 @@ class ProxyCore:
 
     # -- responses -------------------------------------------------------------
     def _on_response(self, tx, resp: Response, now: float) -> None:
-        branch = tx.user
-        if type(branch) is not Branch:
-            if branch is not None and 200 <= resp.status < 300:
+        branch = tx.fork
+        if branch is None:
+            if tx.relay_to is not None and 200 <= resp.status < 300:
                 resp.pop_first_value("via")
-                self.layer.respond(branch, resp, now)
+                self.layer.respond(tx.relay_to, resp, now)
             return
         ctx = branch.ctx
         status = resp.status
@@ -461,7 +461,8 @@ class ProxyCore:
             first = not ctx.final_sent
             ctx.final_sent = ctx.stopped = True
             self._branch_final(branch, None, now)
-            tx.user = ctx.server
+            tx.fork = None
+            tx.relay_to = ctx.server
             if not first:
                 return
             if ctx.invite:
@@ -479,8 +480,8 @@ class ProxyCore:
 
     def _on_failure(self, tx, status: int, now: float) -> None:
         """A timeout (408) or transport error (503) of a transaction."""
-        branch = tx.user
-        if type(branch) is not Branch or branch.tx is not tx or branch.done:
+        branch = tx.fork
+        if branch is None or branch.tx is not tx or branch.done:
             return
         ctx = branch.ctx
         if branch.dests and not ctx.stopped:
@@ -501,7 +502,7 @@ class ProxyCore:
             return
         self.layer.respond(ev.transaction, make_response(cancel, 200, to_tag=self._new_tag()),
                            now)
-        ctx = invite.user
+        ctx = invite.context
         if ctx is None or ctx.final_sent or ctx.cancelled:
             return
         self.stats["cancelled"] += 1

@@ -59,13 +59,17 @@ _TERMINATED = State.TERMINATED
 class Transaction:
     """State shared by client and server transactions.
 
-    ``user`` is free for the TU (e.g. the proxy's response context).
+    Three slots belong to the TU: ``context``, its state for a server
+    transaction (the proxy's response context); ``fork``, the proxy branch a
+    client transaction was sent for; ``relay_to``, the server transaction that the
+    further 2xx responses of a client INVITE go to once its branch has ended
+    (§16.7 step 5: a proxy forwards every 2xx).
     ``status`` is the code of the last response sent (server) or received
     (client), 0 before any.
     """
 
     __slots__ = ("key", "method", "request", "destination", "reliable", "state",
-                 "status", "user", "_data", "_interval")
+                 "status", "context", "fork", "relay_to", "_data", "_interval")
 
     is_server = False
 
@@ -78,7 +82,9 @@ class Transaction:
         self.reliable = reliable
         self.state = state
         self.status = 0
-        self.user = None
+        self.context: object = None
+        self.fork: object = None
+        self.relay_to: Transaction | None = None
         self._data: bytes | None = None
         self._interval = 0.0
 
