@@ -22,6 +22,7 @@ from operator import itemgetter
 from urllib.parse import unquote
 
 from .errors import SipParseError
+from .grammar import TOKEN, is_token
 
 #: algorithm name -> hash constructor (RFC 7616 §3.2, RFC 8760)
 _HASHES = {"MD5": hashlib.md5, "SHA-256": hashlib.sha256}
@@ -55,7 +56,7 @@ _SALT_BATCH = 64
 #
 # A text matches these patterns in one way at most (an absent value is not an
 # empty run), so that a failing match does not try many ways first.
-_SHAPE_PARAM = (r"([!#$%&'*+\-.^_`|~0-9A-Za-z]+)[ \t\r\n]*="
+_SHAPE_PARAM = (rf"({TOKEN})[ \t\r\n]*="
                 r'(?:[ \t\r\n]*(?:("")|([^ \t\r\n,"\\]+)))?')
 _SHAPE_PARAM_RE = re.compile(_SHAPE_PARAM)
 _SHAPE_RE = re.compile(rf"(?:[ \t\r\n,]*{_SHAPE_PARAM}[ \t\r\n]*(?=,|\Z))*[ \t\r\n,]*")
@@ -214,7 +215,7 @@ def _params_slow(s: str, i: int) -> dict[str, str]:
                 raise _bad("parameter without value")
             break
         key = s[i:eq].strip(_KEY_STRIP).lower()
-        if not key or '"' in key or " " in key or "\t" in key:
+        if not is_token(key):
             raise _bad("malformed parameter name")
         j = eq + 1
         while j < n and s[j] in _WS:

@@ -4,8 +4,17 @@ import re
 from dataclasses import dataclass, field
 
 from .errors import SipParseError
-from .uri import (_SMALL_CACHE_MAX, _remember, check_host, check_port, format_params,
-                  parse_number, parse_params, split_quoted)
+from .grammar import TOKEN, TOKEN_CHARS
+from .uri import (
+    _SMALL_CACHE_MAX,
+    _remember,
+    check_host,
+    check_port,
+    format_params,
+    parse_number,
+    parse_params,
+    split_quoted,
+)
 
 COMPACT = {
     "v": "Via", "f": "From", "t": "To", "i": "Call-ID", "m": "Contact",
@@ -44,11 +53,9 @@ def split_list(value: str) -> list[str]:
     return [p.strip() for p in split_quoted(value, ",")]
 
 
-_TOKEN = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~"
-
 #: ``SIP/2.0/transport sent-by params``, case-insensitive as ABNF strings are (RFC 5234);
 #: the transport is a token (TLS-SCTP, WSS...)
-_VIA = re.compile(r"\s*SIP\s*/\s*2\.0\s*/\s*([A-Za-z0-9!%*_+`'~.-]+)\s+"
+_VIA = re.compile(rf"\s*SIP\s*/\s*2\.0\s*/\s*({TOKEN})\s+"
                   r"(\[[^\]]*\]|[^;:\s\[]+)(?:\s*:\s*([0-9]+))?\s*(.*)\Z", re.S | re.I)
 
 
@@ -180,7 +187,7 @@ def _parse_cseq(value: str) -> tuple[int, str]:
     """Parse a CSeq value from scratch; raise ``SipParseError`` when malformed."""
     parts = value.split()
     if (len(parts) != 2 or not parts[0].isdigit() or not parts[0].isascii()
-            or parts[1].strip(_TOKEN)):
+            or parts[1].strip(TOKEN_CHARS)):
         raise SipParseError("malformed CSeq")
     num = parts[0]
     if len(num) > 10:

@@ -11,15 +11,21 @@ byte for byte; the fields are indexed by key as they are read
 from itertools import islice
 
 from .errors import SipError, SipParseError
-from .headers import (CANONICAL, LIST_HEADERS, Via, parse_cseq,
-                      parse_via, split_list)
-from .uri import NameAddr, SipUri, UnsupportedScheme, parse_name_addr, parse_number, parse_uri
+from .grammar import is_token
+from .headers import CANONICAL, LIST_HEADERS, Via, parse_cseq, parse_via, split_list
+from .uri import (
+    NameAddr,
+    SipUri,
+    UnsupportedScheme,
+    parse_name_addr,
+    parse_number,
+    parse_uri,
+)
 
 REQUIRED = ("via", "from", "to", "call-id", "cseq")
 #: headers a request may carry once only (RFC 4475 §3.3.8); Content-Length is checked when parsing
 SINGLE = ("from", "to", "call-id", "cseq", "max-forwards")
 _REQUIRED = frozenset(REQUIRED)     # for one superset test in the common case
-_TOKEN = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~"
 #: the methods of RFC 3261 and its extensions, for the usual request line
 _METHODS = frozenset(("REGISTER", "INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "SUBSCRIBE",
                       "NOTIFY", "PUBLISH", "MESSAGE", "INFO", "PRACK", "UPDATE", "REFER"))
@@ -480,11 +486,6 @@ def _display(name: str) -> str:
     return CANONICAL.get(name.lower(), name)
 
 
-def _is_token(text: str) -> bool:
-    # Letters and digits alone (REGISTER, INVITE...) need no look at the other token characters.
-    return bool(text) and ((text.isascii() and text.isalnum()) or not text.strip(_TOKEN))
-
-
 def parse_message(data: bytes, stream: bool = False) -> Request | Response:
     """Parse one message from ``data``.
 
@@ -577,7 +578,7 @@ def _parse_headers(lines: list[str], dirty: bool) -> tuple[Headers, SipParseErro
             raw = raw.rstrip()
             known = names.get(raw) or names.get(raw.lower())
             if known is None:
-                if not _is_token(raw):
+                if not is_token(raw):
                     problem = problem or SipParseError(f"bad header name {raw[:40]!r}")
                     last = None
                     continue
@@ -605,7 +606,7 @@ def _plain_fields(lines: list[str]) -> Headers | None:
         raw, sep, value = line.partition(": ")
         known = get(raw)
         if known is None or not sep:
-            if not sep or not _is_token(raw):
+            if not sep or not is_token(raw):
                 return None
             # What _parse_headers finds for a name it does not know as written.
             low = raw.lower()
@@ -668,13 +669,13 @@ def _start_line_general(first: str, headers: list) -> Request | Response:
         # Extra whitespace (RFC 4475 §3.1.2.8-10) gets a 400 if method and version are there.
         words = first.split()
         err = SipParseError("malformed request line")
-        if len(words) >= 3 and _is_token(words[0]) and words[-1] == "SIP/2.0":
+        if len(words) >= 3 and is_token(words[0]) and words[-1] == "SIP/2.0":
             err = SipParseError("whitespace in Request-URI" if len(words) > 3
                                 else "extra whitespace in request line")
             err.request = Request(words[0], " ".join(words[1:-1]), headers)
         raise err
     method, uri, version = parts
-    if not _is_token(method):
+    if not is_token(method):
         raise SipParseError("malformed method")
     req = Request(method, uri, headers)
     if version != "SIP/2.0":

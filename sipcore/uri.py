@@ -6,6 +6,7 @@ from itertools import product
 from urllib.parse import unquote
 
 from .errors import SipParseError
+from .grammar import SEPARATOR_CLASS
 
 SCHEMES = ("sip", "sips", "tel")
 
@@ -460,7 +461,7 @@ class UnsupportedScheme(SipParseError):
 
 
 #: a character that may not appear in an unquoted display name (RFC 3261 §25.1 separators)
-_SEPARATOR = re.compile(r'[()<>@,;:\\"/\[\]?={}]')
+_SEPARATOR = re.compile(SEPARATOR_CLASS)
 
 
 @dataclass(slots=True)

@@ -32,6 +32,7 @@ the usual one with credentials; ``tests/test_usual_register.py`` and
 import re
 from itertools import islice
 
+from .grammar import TOKEN, TOKEN_CLASS
 from .headers import CANONICAL
 from .message import _address, parse_message
 from .registrar import RegistrarRules, http_date
@@ -43,16 +44,16 @@ _PORT = r"[1-9][0-9]{0,4}"
 _HOST = r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?"
 _START = re.compile(rf"REGISTER sip:({_HOST})(?::({_PORT}))? SIP/2\.0")
 _VIA = re.compile(rf"SIP/2\.0/UDP ({_HOST})(?::({_PORT}))?"
-                  r"((?:;[a-z0-9-]+(?:=[A-Za-z0-9.!%*_+`'~-]+)?)*)")
+                  rf"((?:;[a-z0-9-]+(?:={TOKEN})?)*)")
 _ADDRESS = (r'(?:"[ !#-\[\]-~]*" *)?<sips?:([A-Za-z0-9_.!~*\'()&=+$,-]+)'
             rf"@({_HOST})>")
-_FROM = re.compile(rf"{_ADDRESS}(?:;tag=[A-Za-z0-9.!%*_+`'~-]+)?")
+_FROM = re.compile(rf"{_ADDRESS}(?:;tag={TOKEN})?")
 _TO = re.compile(_ADDRESS)
 _CALL_ID = re.compile(r"[!-~]+")
 _CSEQ = re.compile(r"([0-9]{1,9}) REGISTER")
 _MAX_FORWARDS = re.compile(r"0|[1-9][0-9]?|1[0-9]{2}|2[0-4][0-9]|25[0-5]")
 _ZERO = re.compile("0")
-_BRANCH_VALUE = r"(z9hG4bK[A-Za-z0-9.!%*_+`'~-]*)"
+_BRANCH_VALUE = rf"(z9hG4bK{TOKEN_CLASS}*)"
 #: a Via with only a branch (with the magic cookie) and a valueless rport
 _VIA_USUAL = re.compile(rf"SIP/2\.0/UDP ({_HOST})(?::({_PORT}))?"
                         rf"(?:;branch={_BRANCH_VALUE};rport|(;rport);branch={_BRANCH_VALUE})")
@@ -60,7 +61,7 @@ _PARAM_NAME = re.compile(r";([a-z0-9-]+)")
 _RPORT = re.compile(r";rport(?=;|\Z)")
 _BRANCH = re.compile(r";branch=([^;]*)")
 #: a header name (the general parser refuses a line with any other)
-_TOKEN = re.compile(r"[A-Za-z0-9!%*_+`'~.-]+")
+_TOKEN = re.compile(TOKEN)
 
 _COPIED = {"via", "from", "to", "call-id", "cseq"}
 #: the spelling a response copies each with

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from sipcore import message
 from sipcore.errors import SipError, SipParseError
 from sipcore.headers import CANONICAL
+from sipcore.grammar import is_token
 from sipcore.message import (Request, Response, StreamFramer, error_response,
                              error_response_bytes, make_response, parse_message, response_bytes)
 from sipcore.uri import parse_name_addr, parse_number
@@ -1235,7 +1236,7 @@ _HEADER_LINES = st.lists(
     st.tuples(_NAMES_AS_WRITTEN, _SEPARATORS_AS_WRITTEN, _VALUES_AS_WRITTEN).map("".join), max_size=10)
 #: lines all of the form the shortcut reads
 _PLAIN_LINES = st.lists(
-    st.tuples(_NAMES_AS_WRITTEN.filter(lambda n: n and message._is_token(n)),
+    st.tuples(_NAMES_AS_WRITTEN.filter(lambda n: n and is_token(n)),
               _VALUES_AS_WRITTEN).map(": ".join), max_size=10)
 
 
@@ -1247,7 +1248,7 @@ def test_plain_fields_read_what_parse_headers_reads(lines, odd_line_last):
         lines.append("Odd line")
     headers = message._plain_fields(lines)
     if headers is None:
-        plain = all(message._is_token(line.partition(": ")[0]) and ": " in line for line in lines[1:])
+        plain = all(is_token(line.partition(": ")[0]) and ": " in line for line in lines[1:])
         assert not plain
         return
     general, problem = message._parse_headers(lines, False)
