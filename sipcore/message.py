@@ -195,6 +195,21 @@ class Message:
             return [] if h is None else [h[2]]
         return [h[2] for h in self.headers if h[0] == key]
 
+    def set_top_via(self, text: str, parsed: Via) -> None:
+        """Write ``text`` over the topmost Via value; ``parsed`` is its parsed view.
+
+        Whoever writes a Via holds it parsed already, so the view is kept and
+        nobody parses back what was written; the list of every Via is dropped.
+        """
+        for h in self.headers:
+            if h[0] == "via":
+                v = h[2]
+                h[2] = ", ".join([text, *split_list(v)[1:]]) if "," in v else text
+                break
+        cache = self._cache
+        cache.pop("vias", None)
+        cache["top_via"] = parsed
+
     def _invalidate(self, key: str) -> None:
         """Forget the parsed views that depend on header ``key``."""
         for c in _VIEWS.get(key, ()):

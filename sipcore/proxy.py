@@ -133,10 +133,8 @@ class ProxySettings:
         The parsed view is stored with it, so nobody parses back what we wrote.
         """
         t = transport.upper()
-        req.headers[0][2] = f"SIP/2.0/{t} {self.sent_by};branch={branch}"
-        cache = req._cache
-        cache.pop("vias", None)
-        cache["top_via"] = Via(t, self._via_host, self.port, {"branch": branch})
+        req.set_top_via(f"SIP/2.0/{t} {self.sent_by};branch={branch}",
+                        Via(t, self._via_host, self.port, {"branch": branch}))
 
 
 class Context:

@@ -1,7 +1,6 @@
 """What a transport does to Via on receipt and where a response goes (RFC 3261 §18, RFC 3581)."""
 
 from .errors import SipParseError
-from .headers import split_list
 from .message import Message, Request
 
 DEFAULT_PORTS = {"UDP": 5060, "TCP": 5060, "TLS": 5061, "SCTP": 5060}
@@ -31,14 +30,7 @@ def stamp_via(req: Request, transport: str, ip: str, port: int) -> tuple[str, st
                 else f"SIP/2.0/{via.transport} {via.host}:{via.port}")
         for k, v in params.items():
             text = f"{text};{k}" if v is None else f"{text};{k}={v}"
-        for h in req.headers:
-            if h[0] == "via":
-                v = h[2]
-                h[2] = ", ".join([text, *split_list(v)[1:]]) if "," in v else text
-                break
-        # The parsed list of Vias is stale now; "top_via" is ``via`` itself,
-        # changed in place above, and stays cached.
-        req._cache.pop("vias", None)
+        req.set_top_via(text, via)
     if transport != "udp":
         return (transport, ip, port)
     if rport:
