@@ -1,6 +1,7 @@
 """SIP, SIPS and tel URIs, name-addr values and header parameters (RFC 3261 §19, §20, §25)."""
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from itertools import product
 from urllib.parse import unquote
@@ -9,6 +10,35 @@ from .errors import SipParseError
 from .grammar import SEPARATOR_CLASS
 
 SCHEMES = ("sip", "sips", "tel")
+
+
+
+class Params(dict):
+    """Parsed parameters, read-only: they live in parses shared process-wide.
+
+    A dict (so reading costs what a dict's does, and copies and pickles work)
+    whose every method that would change it raises ``TypeError``.
+    """
+
+    __slots__ = ()
+
+    def _read_only(self, *args, **kwargs):
+        raise TypeError("parsed parameters are read-only")
+
+    __setitem__ = __delitem__ = __ior__ = _read_only
+    clear = pop = popitem = setdefault = update = _read_only
+
+    def __reduce__(self):
+        return (Params, (dict(self),))
+
+
+#: the parameters of a URI or name-addr that has none
+NO_PARAMS = Params()
+
+
+def read_only(params: dict[str, str | None]) -> Mapping[str, str | None]:
+    """Parsed parameters made read-only, to keep in a shared parse."""
+    return Params(params) if params else NO_PARAMS
 
 _ALNUM = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 #: characters of a URI scheme after its first letter (RFC 3986 §3.1)
@@ -219,16 +249,20 @@ def check_port(text: str) -> int:
     return int(text)
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class SipUri:
-    """A parsed URI; ``tel`` URIs keep the number in ``user`` and no host."""
+    """A parsed URI; ``tel`` URIs keep the number in ``user`` and no host.
+
+    Immutable, parameters included: parses are cached and shared process-wide,
+    so one stray write would corrupt every later parse of the same text.
+    """
 
     scheme: str
     user: str | None = None
     password: str | None = None
     host: str = ""
     port: int | None = None
-    params: dict[str, str | None] = field(default_factory=dict)
+    params: Mapping[str, str | None] = field(default_factory=lambda: NO_PARAMS)
     headers: str = ""
 
     def __str__(self) -> str:
@@ -389,7 +423,7 @@ def _sip_uri(text: str) -> SipUri | None:
             port = int(port)
             if not 0 < port < 65536:
                 return None
-        known = (host, port, _plain_params(ptext) if ptext else {})
+        known = (host, port, read_only(_plain_params(ptext)) if ptext else NO_PARAMS)
         if len(_HOST_PART_CACHE) >= _CACHE_MAX:
             _HOST_PART_CACHE.clear()
         _HOST_PART_CACHE[host_part] = known
@@ -431,7 +465,7 @@ def _parse_uri_general(text: str) -> SipUri:
             raise SipParseError("empty tel URI")
         if number.strip(_TEL_CHARS):
             raise SipParseError(f"bad tel number {number[:40]!r}")
-        return SipUri("tel", user=number, params=parse_params(ptext))
+        return SipUri("tel", user=number, params=read_only(parse_params(ptext)))
     user = password = None
     # user and password cannot hold an unescaped "@" but may hold ";" and
     # "?" (RFC 3261 §25.1 user-unreserved), so the first "@" ends them.
@@ -446,7 +480,7 @@ def _parse_uri_general(text: str) -> SipUri:
     rest, _, headers = rest.partition("?")
     hostport, _, ptext = rest.partition(";")
     host, port = split_hostport(hostport)
-    return SipUri(scheme, user, password, host, port, parse_params(ptext), headers)
+    return SipUri(scheme, user, password, host, port, read_only(parse_params(ptext)), headers)
 
 
 class UnsupportedScheme(SipParseError):
@@ -464,13 +498,16 @@ class UnsupportedScheme(SipParseError):
 _SEPARATOR = re.compile(SEPARATOR_CLASS)
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class NameAddr:
-    """A ``name-addr`` or ``addr-spec`` with its header parameters (From, To, Contact, Route)."""
+    """A ``name-addr`` or ``addr-spec`` with its header parameters (From, To, Contact, Route).
+
+    Immutable like ``SipUri``, and for the same reason.
+    """
 
     uri: SipUri
     display: str | None = None
-    params: dict[str, str | None] = field(default_factory=dict)
+    params: Mapping[str, str | None] = field(default_factory=lambda: NO_PARAMS)
 
     @property
     def tag(self) -> str | None:
@@ -561,19 +598,19 @@ def _parse_name_addr(text: str) -> NameAddr:
         uri = _common_uri(head[1:])
         if uri is not None:
             if not after:
-                return NameAddr(uri, None, {})
+                return NameAddr(uri, None, NO_PARAMS)
             tag = after[5:]
             if after[:5] == ";tag=" and tag.isalnum() and tag.isascii():
                 # A From's usual parameters: one tag, of letters and digits.
-                return NameAddr(uri, None, {"tag": tag})
-            return NameAddr(uri, None, parse_params(after[1:]))
+                return NameAddr(uri, None, Params({"tag": tag}))
+            return NameAddr(uri, None, read_only(parse_params(after[1:])))
     elif head[:1] == '"':
         m = _DISPLAY_NAME_ADDR.fullmatch(text)
         if m is not None:
             display, uri_text, ptext = m.groups()
             uri = _common_uri(uri_text)
             if uri is not None:
-                return NameAddr(uri, display, _plain_params(ptext) if ptext else {})
+                return NameAddr(uri, display, read_only(_plain_params(ptext)) if ptext else NO_PARAMS)
     return _parse_name_addr_general(text)
 
 
@@ -614,7 +651,7 @@ def _parse_name_addr_general(text: str) -> NameAddr:
                 head, _, ptext = text.partition(";")
                 if "?" in head:
                     raise SipParseError("a URI with headers must be enclosed in <>")
-                return NameAddr(parse_uri(head), None, parse_params(ptext))
+                return NameAddr(parse_uri(head), None, read_only(parse_params(ptext)))
             display = text[:lt].rstrip() or None
             if display and _SEPARATOR.search(display):
                 raise SipParseError("display name with separators must be quoted")
@@ -625,7 +662,7 @@ def _parse_name_addr_general(text: str) -> NameAddr:
         after = text[gt + 1:].lstrip()
         if after and after[0] != ";":
             raise SipParseError("junk after <URI>")
-        return NameAddr(uri, display, parse_params(after))
+        return NameAddr(uri, display, read_only(parse_params(after)))
     except UnsupportedScheme as err:
         raise SipParseError(f"unsupported URI scheme {err.scheme[:40]!r}") from None
 
