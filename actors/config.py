@@ -7,6 +7,7 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 
+from sipcore.registrar import RegistrarRules
 from store.files import InsecureFileError, check_private
 
 
@@ -144,6 +145,12 @@ def parse_config(data: dict, base_dir: str = ".") -> NodeConfig:
         path = os.path.normpath(os.path.join(base_dir, rel))
         cfg.database = f"sqlite:///{path}" + (f"?{query}" if query else "")
     return cfg
+
+
+def registrar_rules(cfg: NodeConfig) -> RegistrarRules:
+    """The registrar rules a node's configuration sets (the node and its challenge front share them)."""
+    return RegistrarRules(cfg.domain, [*cfg.aliases, cfg.address], cfg.min_expires, cfg.max_expires,
+                          cfg.default_expires, cfg.max_contacts)
 
 
 def sqlite_dir(cfg: NodeConfig) -> str | None:

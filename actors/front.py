@@ -20,7 +20,6 @@ still answers 503. If the front dies, the kernel hands the port's datagrams to
 the node's own socket again; if the node dies, the front exits.
 """
 
-import gc
 import logging
 import os
 import signal
@@ -37,11 +36,11 @@ from sipcore.digest import Authenticator
 from sipcore.errors import SipError
 from sipcore.message import parse_message
 from sipcore.quick_challenge import QuickChallenge
-from sipcore.registrar import RegistrarRules, challenge_bytes
+from sipcore.registrar import challenge_bytes
 from sipcore.via import stamp_via
 
-from .config import NodeConfig
-from .registrar import new_tag
+from .config import NodeConfig, registrar_rules
+from .process import new_tag, tune_gc
 from .transport import drain, udp_socket, unix_socket, wrap
 
 log = logging.getLogger(__name__)
@@ -65,8 +64,7 @@ class ChallengeFront:
 
     def __init__(self, cfg: NodeConfig, secret: bytes, parent: int, clock=time.monotonic):
         self.cfg = cfg
-        self.rules = RegistrarRules(cfg.domain, [*cfg.aliases, cfg.address], cfg.min_expires,
-                                    cfg.max_expires, cfg.default_expires, cfg.max_contacts)
+        self.rules = registrar_rules(cfg)
         self.auth = Authenticator(cfg.domain, secret, lambda _user: None, cfg.nonce_lifetime,
                                   tuple(cfg.auth_algorithms))
         self.quick = QuickChallenge(self.rules.domains)
@@ -259,11 +257,7 @@ def serve_front(cfg: NodeConfig, secret: bytes, parent: int) -> int:
         return 1
     gevent.signal_handler(signal.SIGTERM, front.stopped.set)
     gevent.signal_handler(signal.SIGINT, front.stopped.set)
-    # As in the node (actors.node): each challenge leaves garbage without
-    # cycles, and the parse caches hold thousands of objects that a full
-    # collection would walk for nothing; collect young objects rarely.
-    gc.freeze()
-    gc.set_threshold(50_000, 50, 100)
+    tune_gc()
     front.run()
     log.info("challenge front stopped: %s", front.stats)
     return 0

@@ -21,24 +21,22 @@ from sipcore.digest import Authenticator
 from sipcore.errors import SipError
 from sipcore.location import Binding, Location, Sequencer
 from sipcore.message import error_response, make_response
-from sipcore.registrar import RegistrarRules
+from sipcore.proxy import OPTIONS_FIELDS
 from sipcore.usual_register import scan
 from store import bindings as binding_store
 from store import users as user_store
 from store.models import close_store, incr_state, init_store
 
-from .config import NodeConfig, sqlite_dir
+from .config import NodeConfig, registrar_rules, sqlite_dir
 from .front import STATUS_EVERY, FrontProcess
 from .front import paths as front_paths
+from .process import tune_gc
 from .proxy import ProxyActor
 from .registrar import RegistrarActor
 from .replicator import attach_replicator
 from .transport import Transport
 
 log = logging.getLogger(__name__)
-
-ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, MESSAGE, SUBSCRIBE, NOTIFY, REFER, INFO, UPDATE, PRACK"
-
 
 class UserDirectory:
     """In-memory HA1 lookup, reloaded when the store's users change.
@@ -117,8 +115,7 @@ class Node:
         secret = bytes.fromhex(cfg.auth_secret) if cfg.auth_secret else secrets.token_bytes(32)
         auth = Authenticator(cfg.domain, secret, users.lookup, cfg.nonce_lifetime,
                              tuple(cfg.auth_algorithms), max_nonces=500_000)
-        rules = RegistrarRules(cfg.domain, [*cfg.aliases, cfg.address], cfg.min_expires, cfg.max_expires,
-                               cfg.default_expires, cfg.max_contacts)
+        rules = registrar_rules(cfg)
         front_in = front_paths(cfg)[0] if cfg.challenge_front else None
         self.transport = Transport(cfg.address, cfg.port, self.on_request, self.on_response,
                                    front_path=front_in)
@@ -139,14 +136,7 @@ class Node:
             self.front.start()
             self.group.spawn(self._tell_front)
         self.started_at = now
-        # The node keeps hundreds of thousands of long-lived objects
-        # (bindings, transactions, nonces). With the default thresholds the
-        # collector makes full passes of a third of a second under load,
-        # long enough to overflow socket buffers; objects loaded at start
-        # are frozen out of its sight and young ones are collected rarely.
-        gc.freeze()
-        gc.set_threshold(50_000, 50, 100)
-        gc.enable()
+        tune_gc()
         log.info("node %s up: epoch %d, %d bindings loaded, %d users, domain %s",
                  cfg.id, epoch, loaded, len(users.users), cfg.domain)
 
@@ -170,8 +160,7 @@ class Node:
         if method == "REGISTER":
             self.registrar.submit(req, dest)
         elif method == "OPTIONS" and self.proxy.is_for_node(req):
-            self._answer(req, dest, 200, [("Allow", ALLOW), ("Accept", "application/sdp"),
-                                          ("Supported", "path, outbound")])
+            self._answer(req, dest, 200, OPTIONS_FIELDS)
         else:
             self.proxy.submit(req, dest)
 

@@ -11,9 +11,7 @@ from ``Node.on_datagram``; it is answered from its text when the answer is
 a 200, and by the general path otherwise.
 """
 
-import itertools
 import logging
-import os
 import time
 
 import gevent
@@ -26,6 +24,8 @@ from sipcore.message import Request, error_response, error_response_bytes
 from sipcore.registrar import RegistrarRules, challenge_bytes, challenge_response
 from sipcore.usual_register import NotUsual, UsualRegister
 from store import bindings as binding_store
+
+from .process import new_tag
 
 log = logging.getLogger(__name__)
 
@@ -289,13 +289,3 @@ class RegistrarActor:
         # The outcome stands for its 200: ``status`` and ``encode()``.
         return outcome, outcome.changes
 
-
-_TAG_PREFIX = os.urandom(4).hex()
-_tag_counter = itertools.count(1)
-
-
-def new_tag() -> str:
-    """A To tag unique to this process (each process draws its own prefix). A registrar's responses start no
-    dialog, so the tag needs to be unique, not unguessable; a counter spares
-    a getrandom() system call per response."""
-    return f"{_TAG_PREFIX}{next(_tag_counter):x}"

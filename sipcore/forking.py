@@ -38,7 +38,7 @@ from urllib.parse import unquote
 
 from .errors import SipError
 from .message import Request, Response, error_response, make_response
-from .proxy import (ALLOW, DIALOG_METHODS, STATELESS_PREFIX, TRANSPORTS, UNCHALLENGED, Branch,
+from .proxy import (ALLOW, DIALOG_METHODS, OPTIONS_FIELDS, STATELESS_PREFIX, TRANSPORTS, UNCHALLENGED, Branch,
                     BranchTarget, Context, Lookup, ProxySettings, best_response, branch_prefix,
                     branch_request, check_request, destinations, preprocess_route,
                     route_next_hop, stateless_branch, strip_our_via, target_groups,
@@ -227,7 +227,7 @@ class ProxyCore:
         local = not has_route and s.is_local(ruri)
         if local and ruri.user is None:
             if method == "OPTIONS":
-                self.layer.respond(stx, make_response(req, 200, headers=[("Allow", ALLOW)],
+                self.layer.respond(stx, make_response(req, 200, headers=OPTIONS_FIELDS,
                                                       to_tag=self._new_tag()), now)
                 return
             raise SipError(405, "Method Not Allowed", [("Allow", ALLOW)])

@@ -33,6 +33,8 @@ from .via import response_destination
 #: what the proxy lets through (and the Allow of its 405)
 ALLOW = ("INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, MESSAGE, SUBSCRIBE, NOTIFY, "
          "REFER, INFO, UPDATE, PRACK")
+#: the fields of the 200 to an OPTIONS for the node itself (RFC 3261 §11.2)
+OPTIONS_FIELDS = (("Allow", ALLOW), ("Accept", "application/sdp"), ("Supported", "path, outbound"))
 
 #: methods that start a dialog, so the proxy Record-Routes them (§16.6 step 4)
 DIALOG_METHODS = frozenset({"INVITE", "SUBSCRIBE", "REFER"})
