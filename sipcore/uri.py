@@ -2,8 +2,8 @@
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from itertools import product
+from typing import NamedTuple
 from urllib.parse import unquote
 
 from .errors import SipParseError
@@ -249,12 +249,15 @@ def check_port(text: str) -> int:
     return int(text)
 
 
-@dataclass(frozen=True, slots=True)
-class SipUri:
+class SipUri(NamedTuple):
     """A parsed URI; ``tel`` URIs keep the number in ``user`` and no host.
 
     Immutable, parameters included: parses are cached and shared process-wide,
-    so one stray write would corrupt every later parse of the same text.
+    so one stray write would corrupt every later parse of the same text. A
+    named tuple rather than a frozen dataclass, which is made four times slower
+    (4.1 against 0.9 µs): counted with cachegrind (``loadtest/profile_register.py``),
+    immutability costs an authenticated REGISTER 1.5% more instructions as a named
+    tuple and 3.8% as a frozen dataclass.
     """
 
     scheme: str
@@ -262,7 +265,7 @@ class SipUri:
     password: str | None = None
     host: str = ""
     port: int | None = None
-    params: Mapping[str, str | None] = field(default_factory=lambda: NO_PARAMS)
+    params: Mapping[str, str | None] = NO_PARAMS
     headers: str = ""
 
     def __str__(self) -> str:
@@ -498,8 +501,7 @@ class UnsupportedScheme(SipParseError):
 _SEPARATOR = re.compile(SEPARATOR_CLASS)
 
 
-@dataclass(frozen=True, slots=True)
-class NameAddr:
+class NameAddr(NamedTuple):
     """A ``name-addr`` or ``addr-spec`` with its header parameters (From, To, Contact, Route).
 
     Immutable like ``SipUri``, and for the same reason.
@@ -507,7 +509,7 @@ class NameAddr:
 
     uri: SipUri
     display: str | None = None
-    params: Mapping[str, str | None] = field(default_factory=lambda: NO_PARAMS)
+    params: Mapping[str, str | None] = NO_PARAMS
 
     @property
     def tag(self) -> str | None:

@@ -701,17 +701,15 @@ def test_name_addr_shortcut_property(text, uri_cached):
                                   "tel:+15551234567;phone-context=example.test"])
 def test_a_shared_parse_cannot_be_written(text):
     """Parses are shared process-wide: a write must fail, not corrupt every later parse."""
-    import dataclasses
-
     parsed = parse_uri(text)
     na = parse_name_addr(f"<{text}>;tag=1")
     for value in (parsed, na):
-        with pytest.raises(dataclasses.FrozenInstanceError):
+        with pytest.raises(AttributeError):
             value.params = {}
         for write in (lambda p: p.__setitem__("lr", None), lambda p: p.pop("tag", None),
                       lambda p: p.update(x="1"), lambda p: p.clear(), lambda p: p.setdefault("x")):
             with pytest.raises(TypeError):
                 write(value.params)
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(AttributeError):
         parsed.host = "evil.test"
     assert parse_uri(text) is parsed and str(parsed) == text
