@@ -4,6 +4,11 @@ import gc
 import itertools
 import os
 
+#: set (``TANDEM_STRICT=1``) by the test suite for its processes too: where a node would
+#: log an unexpected exception and go on (a fast path falling back to the general one, a
+#: failed batch), it raises instead, so that a test fails on a bug a fallback would hide
+STRICT = os.environ.get("TANDEM_STRICT") == "1"
+
 _TAG_PREFIX = os.urandom(4).hex()
 _tag_counter = itertools.count(1)
 

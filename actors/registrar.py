@@ -25,7 +25,7 @@ from sipcore.registrar import RegistrarRules, challenge_bytes, challenge_respons
 from sipcore.usual_register import NotUsual, UsualRegister
 from store import bindings as binding_store
 
-from .process import new_tag
+from .process import STRICT, new_tag
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class RegistrarActor:
         self.inbox: Queue = Queue()
         self.greenlet = None
         self.stats = {"register": 0, "ok": 0, "challenged": 0, "rejected": 0,
-                      "commits": 0, "committed": 0}
+                      "commits": 0, "committed": 0, "usual_fallback": 0}
 
     def submit(self, req: Request, dest) -> None:
         """Give a REGISTER to the actor (called by the transport)."""
@@ -100,6 +100,8 @@ class RegistrarActor:
                 self._process(batch, self.clock(), mono)
             except Exception:
                 log.exception("registrar batch of %d failed", len(batch))
+                if STRICT:
+                    raise
 
     def _purge(self, now: float) -> None:
         try:
@@ -244,8 +246,11 @@ class RegistrarActor:
         except (SipError, NotUsual):
             return self._general(usual, now, mono, key)
         except Exception:
+            self.stats["usual_fallback"] += 1
             log.exception("usual REGISTER from %s:%d failed; the general path answers it",
                           *usual.dest)
+            if STRICT:
+                raise
             return self._general(usual, now, mono, key)
         if not result.ok or result.username != usual.user:
             return self._general(usual, now, mono, key, result)

@@ -26,6 +26,10 @@ monkey.patch_all()
 
 import os  # noqa: E402
 
+# A fast path's fallback or a swallowed batch failure raises under the tests
+# (actors.process.STRICT), in this process and in the nodes the tests start.
+os.environ["TANDEM_STRICT"] = "1"
+
 import peewee
 import pytest  # noqa: E402
 
