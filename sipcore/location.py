@@ -176,7 +176,7 @@ class Location:
             exp, aor, key = heapq.heappop(heap)
             per = self.table.get(aor)
             b = per.get(key) if per else None
-            if b is None or b.expires_at != exp:
+            if per is None or b is None or b.expires_at != exp:
                 continue
             del per[key]
             if not per:

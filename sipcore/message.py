@@ -8,6 +8,7 @@ byte for byte; the fields are indexed by key as they are read
 (``Headers``), so that looking one up does not scan them.
 """
 
+from collections.abc import Sequence
 from itertools import islice
 
 from .errors import SipError, SipParseError
@@ -64,6 +65,8 @@ class Headers(list):
     """
 
     __slots__ = ("first", "repeated")
+    first: dict | None
+    repeated: set | frozenset
 
     def __getattr__(self, name: str):
         # Only for a slot never set: a list made into Headers and not indexed yet.
@@ -353,6 +356,10 @@ class Message:
         return v
 
     # -- serialisation -------------------------------------------------------
+    def start_line(self) -> str:
+        """The request or status line (in the subclasses)."""
+        raise NotImplementedError
+
     def encode(self) -> bytes:
         """Serialise with a Content-Length that matches the body."""
         lines = [self.start_line()]
@@ -427,7 +434,8 @@ class Request(Message):
         else:
             keys = [h[0] for h in headers]
             present = dict.fromkeys(keys)
-            repeated = {key for key in keys if keys.count(key) > 1} if len(present) != len(keys) else ()
+            repeated = ({key for key in keys if keys.count(key) > 1}
+                        if len(present) != len(keys) else _NO_KEYS)
         if not present.keys() >= _REQUIRED:
             for key in REQUIRED:
                 if key not in present:
@@ -438,13 +446,14 @@ class Request(Message):
                     raise SipParseError(f"more than one {CANONICAL[key]} header")
         if not self.call_id:
             raise SipParseError("empty Call-ID")
-        num, method = self.cseq
+        _, method = self.cseq
         if method != self.method:
             raise SipParseError("CSeq method does not match the request method")
-        self.max_forwards  # noqa: B018 - raises when malformed
-        self.top_via
-        self.from_
-        self.to
+        # Each property parses its header and raises when it is malformed.
+        self.max_forwards  # noqa: B018
+        self.top_via  # noqa: B018
+        self.from_  # noqa: B018
+        self.to  # noqa: B018
         if self.ruri.headers:
             raise SipParseError("headers in the Request-URI")
 
@@ -473,8 +482,8 @@ class Response(Message):
         """Check a response enough to route it: Via, CSeq, Call-ID, From, To."""
         for key in REQUIRED:
             self._required(key)
-        self.cseq
-        self.top_via
+        self.cseq  # noqa: B018 - parsed to raise when malformed
+        self.top_via  # noqa: B018
 
     def __repr__(self) -> str:
         return f"<Response {self.status} {self.reason}>"
@@ -530,10 +539,9 @@ def parse_message(data: bytes, stream: bool = False) -> Request | Response:
     dirty = "\r" in joined or "\n" in joined or "\x00" in joined
     # The fields are read first: a start line error may carry a request to answer.
     headers = None if dirty else _plain_fields(lines)
+    problem: SipError | None = None
     if headers is None:
         headers, problem = _parse_headers(lines, dirty)
-    else:
-        problem = None
     msg = _start_line(lines[0], headers)
     if problem is None:
         if dirty and _has_ctl(lines[0]):
@@ -640,6 +648,7 @@ def _plain_fields(lines: list[str]) -> Headers | None:
 
 def _set_body(msg: Message, body: bytes, stream: bool) -> None:
     headers = msg.headers
+    assert isinstance(headers, Headers)    # msg is what the parser made
     first = headers.first
     if first is None:
         first = headers.reindex()
@@ -683,7 +692,7 @@ def _start_line_general(first: str, headers: list) -> Request | Response:
     if len(parts) != 3:
         # Extra whitespace (RFC 4475 §3.1.2.8-10) gets a 400 if method and version are there.
         words = first.split()
-        err = SipParseError("malformed request line")
+        err: SipError = SipParseError("malformed request line")
         if len(words) >= 3 and is_token(words[0]) and words[-1] == "SIP/2.0":
             err = SipParseError("whitespace in Request-URI" if len(words) > 3
                                 else "extra whitespace in request line")
@@ -696,14 +705,14 @@ def _start_line_general(first: str, headers: list) -> Request | Response:
     if version != "SIP/2.0":
         if not version.upper().startswith("SIP/"):
             raise SipParseError("malformed request line")    # not SIP: drop, never answer
-        err = SipError(505, "Version Not Supported")
-        err.request = req
-        raise err
+        unsupported = SipError(505, "Version Not Supported")
+        unsupported.request = req
+        raise unsupported
     return req
 
 
 def make_response(req: Request, status: int, reason: str | None = None,
-                  headers: list[tuple[str, str]] = (), body: bytes = b"",
+                  headers: Sequence[tuple[str, str]] = (), body: bytes = b"",
                   to_tag: str | None = None) -> Response:
     """Build a response to ``req`` per §8.2.6: copy Via, From, To, Call-ID, CSeq.
 
@@ -749,7 +758,7 @@ def error_response(req: Request, err: SipError, to_tag: str | None = None) -> Re
 
 
 def response_bytes(req: Request, status: int, reason: str | None = None,
-                   headers: list[tuple[str, str]] = (), body: bytes = b"",
+                   headers: Sequence[tuple[str, str]] = (), body: bytes = b"",
                    to_tag: str | None = None) -> bytes:
     """``make_response(req, status, reason, headers, body, to_tag).encode()``, built directly.
 

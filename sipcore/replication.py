@@ -20,8 +20,8 @@ the one we hold is asked for a snapshot (reason ``relay``).
 
 import math
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from .replication_wire import (FIELDS, MAX_VERSIONS, SYNCED, SYNCING, Heartbeat, SetDigest,
                                SnapshotAssembler, SnapshotEnd, SnapshotError, Update, Versions,
@@ -303,7 +303,7 @@ class Replication:
             o = self.peers.get(origin)
             if o is not None and o is not p and (o.relayed is None or version > o.relayed):
                 o.relayed = version
-        out = [Notice(f"synced with {peer} at epoch {epoch} seq {seq}")]
+        out: list = [Notice(f"synced with {peer} at epoch {epoch} seq {seq}")]
         queue, p.queue = p.queue, deque()
         while queue:
             upd = queue.popleft()
@@ -356,7 +356,7 @@ class Replication:
         old = p.liveness.heard(now)
         if old is None:
             return []
-        out = [Notice(f"peer {p.id} {old} -> alive")]
+        out: list = [Notice(f"peer {p.id} {old} -> alive")]
         if old in (UNKNOWN, DEAD) and p.request is None:
             p.retry_at = None
             out += self._sync(p, "join" if old == UNKNOWN else "reconnect", now)

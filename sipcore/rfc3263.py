@@ -342,7 +342,7 @@ class Locator:
             self._after_address()
 
     def _after_address(self) -> None:
-        targets = []
+        targets: list[Target] = []
         for name, port, transport in self._address_plan:
             if is_ip_literal(name):
                 addresses = [name]

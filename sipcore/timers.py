@@ -150,6 +150,8 @@ class TimerHandlers:
     """
 
     __slots__ = ()
+    _timers: TimerQueues
+    _out: list
 
     def handle_timer(self, now: float) -> None:
         """Fire every timer due at ``now``: retransmissions, timeouts, terminations."""

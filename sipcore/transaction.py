@@ -35,6 +35,7 @@ times out (§9.1).
 
 import secrets
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .errors import SipError
@@ -242,7 +243,7 @@ def build_ack(request: Request, response: Response) -> Request:
     return Request("ACK", request.uri, headers)
 
 
-def build_cancel(request: Request, headers: list[tuple[str, str]] = ()) -> Request:
+def build_cancel(request: Request, headers: Sequence[tuple[str, str]] = ()) -> Request:
     """The CANCEL for ``request`` (§9.1), with extra ``headers`` such as Reason.
 
     Same Request-URI, Call-ID, From, To, CSeq number and Route as the
@@ -432,6 +433,7 @@ class TransactionLayer(TimerHandlers):
             tx.state = _COMPLETED
             tx.status = status
             tx._cancel_pending = None
+            assert tx.request is not None    # kept until the transaction completes
             ack = build_ack(tx.request, resp).encode()
             self._out.append((ack, tx.destination))
             self._events.append(ResponseReceived(tx, resp))
@@ -440,7 +442,7 @@ class TransactionLayer(TimerHandlers):
             else:
                 tx._ack = ack
                 self._timers.add(now, self._d, tx, Timer.D)
-        elif state is _COMPLETED:
+        elif state is _COMPLETED and tx._ack is not None:
             self._out.append((tx._ack, tx.destination))
 
     # -- TU actions --------------------------------------------------------------
@@ -524,7 +526,7 @@ class TransactionLayer(TimerHandlers):
         return tx
 
     def cancel(self, tx: ClientTransaction, now: float,
-               headers: list[tuple[str, str]] = ()) -> bool:
+               headers: Sequence[tuple[str, str]] = ()) -> bool:
         """Cancel INVITE client transaction ``tx`` (§9.1).
 
         The CANCEL is sent at once if a provisional response arrived, else
@@ -540,6 +542,7 @@ class TransactionLayer(TimerHandlers):
         state = tx.state
         if state is not _CALLING and state is not _PROCEEDING:
             return False
+        assert tx.request is not None    # kept while calling or proceeding
         tx._cancel_pending = build_cancel(tx.request, headers)
         if state is _PROCEEDING:
             self._send_cancel(tx, now)
@@ -547,6 +550,7 @@ class TransactionLayer(TimerHandlers):
 
     def _send_cancel(self, tx: ClientTransaction, now: float) -> None:
         request = tx._cancel_pending
+        assert request is not None    # set by cancel()
         tx._cancel_pending = None
         tx.cancel = self.send_request(request, tx.destination, now, tx.reliable)
         self._timers.add(now, self._timeout, tx, Timer.CANCEL)
@@ -586,6 +590,7 @@ class TransactionLayer(TimerHandlers):
             indexed = tx.reliable
         else:
             del self._client[tx.key]
+            assert isinstance(tx, ClientTransaction)
             tx._cancel_pending = None
             indexed = True
         if indexed:

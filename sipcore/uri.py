@@ -202,7 +202,7 @@ def _plain_params(text: str) -> dict[str, str | None]:
     return params
 
 
-def format_params(params: dict[str, str | None]) -> str:
+def format_params(params: Mapping[str, str | None]) -> str:
     """Serialise parameters as ``;name=value`` pieces."""
     text = ""
     for k, v in params.items():
@@ -381,12 +381,12 @@ _SIMPLE_SIP_URI = re.compile(_SIP_URI_PATTERN)
 _USER_CHARS = _ALNUM + "-_.!~*'()&=+$,;/%"
 #: every spelling of the schemes of ``_SIP_URI_PATTERN``, to its lower-case one
 _SIP_SCHEMES = {"".join(letters): scheme for scheme in ("sip", "sips")
-                for letters in product(*zip(scheme, scheme.upper()))}
+                for letters in product(*zip(scheme, scheme.upper(), strict=True))}
 #: ``(host, port, params)`` of a URI of the common form by its host part,
 #: the text after the ``@`` ending the user (after the scheme without a
 #: user): every user of a domain, or of a client's address, shares it. The
 #: ``params`` are shared too: a parsed URI is read-only.
-_HOST_PART_CACHE: dict[str, tuple[str, int | None, dict[str, str | None]]] = {}
+_HOST_PART_CACHE: dict[str, tuple[str, int | None, Mapping[str, str | None]]] = {}
 #: ``"display" <uri>`` and its header parameters (three groups: the quoted
 #: display name, the URI's text, the parameters after the ``;``). The display
 #: name holds no quote or backslash, so its first quote after the opening
@@ -409,10 +409,11 @@ def _sip_uri(text: str) -> SipUri | None:
     ``@``, then the host part's own pattern, so a host part matched once
     matches after any scheme and user, and only those are left to check.
     """
-    scheme, _, rest = text.partition(":")
-    scheme = _SIP_SCHEMES.get(scheme)
+    written, _, rest = text.partition(":")
+    scheme = _SIP_SCHEMES.get(written)
     if scheme is None:
         return None
+    user: str | None
     user, at, host_part = rest.partition("@")
     if not at:
         user, host_part = None, rest
@@ -421,9 +422,10 @@ def _sip_uri(text: str) -> SipUri | None:
         m = _SIMPLE_SIP_URI.fullmatch(text)
         if m is None:
             return None
-        host, port, ptext = m.group(3, 4, 5)
-        if port is not None:
-            port = int(port)
+        host, digits, ptext = m.group(3, 4, 5)
+        port = None
+        if digits is not None:
+            port = int(digits)
             if not 0 < port < 65536:
                 return None
         known = (host, port, read_only(_plain_params(ptext)) if ptext else NO_PARAMS)
@@ -612,7 +614,8 @@ def _parse_name_addr(text: str) -> NameAddr:
             display, uri_text, ptext = m.groups()
             uri = _common_uri(uri_text)
             if uri is not None:
-                return NameAddr(uri, display, read_only(_plain_params(ptext)) if ptext else NO_PARAMS)
+                params = read_only(_plain_params(ptext)) if ptext else NO_PARAMS
+                return NameAddr(uri, display, params)
     return _parse_name_addr_general(text)
 
 
@@ -637,6 +640,7 @@ def _parse_name_addr_general(text: str) -> NameAddr:
     text = text.strip()
     if not text:
         raise SipParseError("empty address")
+    display: str | None
     try:
         if text[0] == '"':
             e = _quoted_end(text, 0)

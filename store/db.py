@@ -84,6 +84,7 @@ def open_database(url: str) -> peewee.Database:
     :func:`store.models.init_store` for that.
     """
     scheme = urlsplit(url).scheme.lower()
+    db: peewee.Database
     if scheme == "sqlite":
         db = _open_sqlite(url)
     elif scheme in ("postgresql", "postgres"):
@@ -153,7 +154,7 @@ def _open_postgresql(url: str) -> peewee.PostgresqlDatabase:
                          "postgresql://user:pw@host:port/dbname"
                          % redact_url(url))
     dsn = "postgresql" + url[len(parts.scheme):]
-    params = {}
+    params: dict = {}
     query = dict(parse_qsl(parts.query, keep_blank_values=True))
     if "connect_timeout" not in query:
         params["connect_timeout"] = PG_CONNECT_TIMEOUT_S

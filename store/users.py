@@ -13,6 +13,8 @@ import hashlib
 import logging
 import re
 import time
+from collections.abc import Iterable
+from typing import cast
 
 import peewee
 
@@ -142,7 +144,7 @@ def import_users_csv(path: str, domain: str) -> int:
     """
     validate_domain(domain)
     rows = []
-    seen = {}
+    seen: dict[str, int] = {}
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:
             reader = csv.reader(handle)
@@ -205,8 +207,10 @@ def load_user_ha1s(domain: str) -> dict[str, dict[str, str]]:
     query = (User.select(User.username, User.ha1_md5, User.ha1_sha256)
              .where((User.domain == domain) & (User.enabled == True))  # noqa
              .tuples())
+    # .tuples() and .dicts() change the rows, which peewee's annotations do not say.
+    rows = cast(Iterable[tuple[str, str, str]], query)
     return {username: {"MD5": md5, "SHA-256": sha256}
-            for username, md5, sha256 in query}
+            for username, md5, sha256 in rows}
 
 
 def list_users(domain: str) -> list[dict]:
@@ -221,7 +225,8 @@ def list_users(domain: str) -> list[dict]:
              .where(User.domain == domain)
              .order_by(User.username)
              .dicts())
-    return list(query)
+    rows = cast(Iterable[dict], query)
+    return list(rows)
 
 
 def set_user_enabled(username: str, domain: str, enabled: bool) -> bool:
