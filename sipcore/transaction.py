@@ -35,8 +35,9 @@ times out (§9.1).
 
 import secrets
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from .errors import SipError
 from .headers import split_list
@@ -50,6 +51,9 @@ __all__ = [
     "StrayResponse", "TransactionTimeout", "TransportError", "TransactionLayer", "Timer",
     "new_branch", "server_key", "build_ack", "build_cancel",
 ]
+
+#: a transaction's matching key (§17.1.3, §17.2.3)
+Key = tuple[Any, ...]
 
 #: the RFC 3261 branch prefix (§8.1.1.7)
 MAGIC_COOKIE = "z9hG4bK"
@@ -74,7 +78,7 @@ class Transaction:
 
     is_server = False
 
-    def __init__(self, key: tuple, method: str, request: Request | None,
+    def __init__(self, key: Key, method: str, request: Request | None,
                  destination: object, reliable: bool, state: State):
         self.key = key
         self.method = method
@@ -92,7 +96,8 @@ class Transaction:
     @property
     def branch(self) -> str | None:
         """The top Via branch that identifies the transaction (None for RFC 2543 keys)."""
-        return self.key[0]
+        branch = self.key[0]
+        return branch if isinstance(branch, str) else None
 
     def __repr__(self) -> str:
         kind = "Server" if self.is_server else "Client"
@@ -122,7 +127,8 @@ class ClientTransaction(Transaction):
 
     __slots__ = ("cancel", "_ack", "_cancel_pending")
 
-    def __init__(self, key, method, request, destination, reliable, state):
+    def __init__(self, key: Key, method: str, request: Request | None, destination: object,
+                 reliable: bool, state: State):
         super().__init__(key, method, request, destination, reliable, state)
         self.cancel: ClientTransaction | None = None
         self._ack: bytes | None = None
@@ -203,7 +209,7 @@ class TransportError(TransactionEvent):
     """Its destination."""
 
 
-def new_branch(randbytes=None) -> str:
+def new_branch(randbytes: Callable[[int], bytes] | None = None) -> str:
     """A fresh RFC 3261 branch: the magic cookie and 80 random bits in hex.
 
     ``randbytes`` is a callable ``n -> bytes`` (e.g. ``random.Random(1).randbytes``
@@ -212,7 +218,7 @@ def new_branch(randbytes=None) -> str:
     return MAGIC_COOKIE + (randbytes or secrets.token_bytes)(10).hex()
 
 
-def server_key(request: Request) -> tuple:
+def server_key(request: Request) -> Key:
     """The §17.2.3 matching key of a request; an ACK gets its INVITE's key.
 
     With the magic cookie: ``(branch, sent-by host, sent-by port, method)``.
@@ -255,8 +261,8 @@ def build_cancel(request: Request, headers: Sequence[tuple[str, str]] = ()) -> R
     return cancel
 
 
-def _copy_for(request: Request, method: str) -> list:
-    out = []
+def _copy_for(request: Request, method: str) -> list[list[str]]:
+    out: list[list[str]] = []
     via_done = False
     num = request.cseq[0]
     for key, name, value in request.headers:
@@ -291,11 +297,11 @@ class TransactionLayer(TimerHandlers):
         self._t4 = t4
         self._d = timer_d
         self._timeout = self.config.timeout
-        self._server: dict[tuple, ServerTransaction] = {}
-        self._client: dict[tuple, ClientTransaction] = {}
+        self._server: dict[Key, ServerTransaction] = {}
+        self._client: dict[Key, ClientTransaction] = {}
         self._by_dest: dict[object, dict[Transaction, None]] = {}
         self._timers = TimerQueues()
-        self._out: list[tuple[bytes, object]] = []
+        self._out: list[tuple[bytes, Any]] = []
         self._events: deque[TransactionEvent] = deque()
 
     # -- outputs -------------------------------------------------------------
@@ -352,7 +358,7 @@ class TransactionLayer(TimerHandlers):
         else:
             self._receive_response(message, source, now)
 
-    def _receive_request(self, req: Request, source, now: float, reliable: bool) -> None:
+    def _receive_request(self, req: Request, source: object, now: float, reliable: bool) -> None:
         key = server_key(req)
         tx = self._server.get(key)
         method = req.method
@@ -385,7 +391,7 @@ class TransactionLayer(TimerHandlers):
             tx.status = 100
             self._out.append((data, source))
 
-    def _receive_response(self, resp: Response, source, now: float) -> None:
+    def _receive_response(self, resp: Response, source: object, now: float) -> None:
         try:
             key = (resp.top_via.branch, resp.cseq[1])
         except SipError:

@@ -3,7 +3,7 @@
 import re
 from collections.abc import Mapping
 from itertools import product
-from typing import NamedTuple
+from typing import Any, NamedTuple, NoReturn, TypeVar
 from urllib.parse import unquote
 
 from .errors import SipParseError
@@ -13,7 +13,7 @@ SCHEMES = ("sip", "sips", "tel")
 
 
 
-class Params(dict):
+class Params(dict[str, str | None]):
     """Parsed parameters, read-only: they live in parses shared process-wide.
 
     A dict (so reading costs what a dict's does, and copies and pickles work)
@@ -22,13 +22,13 @@ class Params(dict):
 
     __slots__ = ()
 
-    def _read_only(self, *args, **kwargs):
+    def _read_only(self, *args: Any, **kwargs: Any) -> NoReturn:
         raise TypeError("parsed parameters are read-only")
 
     __setitem__ = __delitem__ = __ior__ = _read_only
     clear = pop = popitem = setdefault = update = _read_only
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[type["Params"], tuple[dict[str, str | None]]]:
         return (Params, (dict(self),))
 
 
@@ -348,7 +348,10 @@ def parse_uri(text: str) -> "SipUri":
     return found if found is not None else _remember(_URI_CACHE, text, _parse_uri(text))
 
 
-def _remember(cache: dict, text: str, value, limit: int | None = None):
+_V = TypeVar("_V")
+
+
+def _remember(cache: dict[str, _V], text: str, value: _V, limit: int | None = None) -> _V:
     """Keep ``value`` as the parse of ``text`` (the cache is emptied when full).
 
     ``limit`` is the cache's size, ``_CACHE_MAX`` by default.

@@ -14,7 +14,7 @@ import logging
 import re
 import time
 from collections.abc import Iterable
-from typing import cast
+from typing import Any, cast
 
 import peewee
 
@@ -69,7 +69,7 @@ def _validate_password(password: str) -> str:
     return password
 
 
-def _row(username: str, domain: str, password: str, enabled: bool) -> dict:
+def _row(username: str, domain: str, password: str, enabled: bool) -> dict[str, Any]:
     """Build the User row for validated credentials."""
     ha1 = compute_ha1s(username, domain, password)
     return {"username": username, "domain": domain, "ha1_md5": ha1["MD5"],
@@ -90,7 +90,7 @@ def _changed() -> None:
     incr_state(_VERSION_KEY)
 
 
-def _upsert(rows: list[dict]) -> None:
+def _upsert(rows: list[dict[str, Any]]) -> None:
     """Insert the rows, or update the HA1s of existing (username, domain)."""
     db = get_database()
     try:
@@ -213,7 +213,7 @@ def load_user_ha1s(domain: str) -> dict[str, dict[str, str]]:
             for username, md5, sha256 in rows}
 
 
-def list_users(domain: str) -> list[dict]:
+def list_users(domain: str) -> list[dict[str, Any]]:
     """List the users of ``domain`` by username, without their HA1s.
 
     Each item has ``username``, ``domain``, ``enabled`` and ``created_at``
@@ -225,7 +225,7 @@ def list_users(domain: str) -> list[dict]:
              .where(User.domain == domain)
              .order_by(User.username)
              .dicts())
-    rows = cast(Iterable[dict], query)
+    rows = cast(Iterable[dict[str, Any]], query)
     return list(rows)
 
 
@@ -236,7 +236,7 @@ def set_user_enabled(username: str, domain: str, enabled: bool) -> bool:
                  .where((User.username == username) & (User.domain == domain))
                  .execute())
         _changed()
-    return count > 0
+    return bool(count > 0)
 
 
 def delete_user(username: str, domain: str) -> bool:
@@ -248,4 +248,4 @@ def delete_user(username: str, domain: str) -> bool:
         _changed()
     if count:
         log.info("user %s@%s deleted", username, domain)
-    return count > 0
+    return bool(count > 0)
