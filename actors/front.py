@@ -62,11 +62,13 @@ def paths(cfg: NodeConfig) -> tuple[str, str]:
 class ChallengeFront:
     """The front's receive loop (one gevent process)."""
 
-    def __init__(self, cfg: NodeConfig, secret: bytes, parent: int, clock=time.monotonic):
+    def __init__(self, cfg: NodeConfig, secret: bytes, parent: int, clock=time.monotonic,
+                 origin: str = "AAAAAAAA"):
         self.cfg = cfg
         self.rules = registrar_rules(cfg)
+        # The node's origin tag: its nonces are the node's own.
         self.auth = Authenticator(cfg.domain, secret, lambda _user: None, cfg.nonce_lifetime,
-                                  tuple(cfg.auth_algorithms))
+                                  tuple(cfg.auth_algorithms), origin=origin)
         self.quick = QuickChallenge(self.rules.domains)
         self.clock = clock
         self.node_path, self.ctl_path = paths(cfg)
@@ -198,17 +200,18 @@ class ChallengeFront:
 class FrontProcess:
     """The node's handle on its challenge front process."""
 
-    def __init__(self, cfg: NodeConfig, secret: bytes):
+    def __init__(self, cfg: NodeConfig, secret: bytes, origin: str):
         self.cfg = cfg
         self.secret = secret
+        self.origin = origin
         self.proc = None
         self.ctl_path = paths(cfg)[1]
         self.status = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM)
         self.status.setblocking(False)
 
     def start(self) -> None:
-        """Start ``run.py front`` for this node's configuration; the secret and
-        the node's pid go on its stdin."""
+        """Start ``run.py front`` for this node's configuration; the secret, the
+        node's pid and its nonces' origin tag go on its stdin."""
         if not self.cfg.source:
             raise ValueError("sip.challenge_front needs the node to run from a configuration file")
         self.proc = subprocess.Popen(
@@ -216,7 +219,8 @@ class FrontProcess:
             stdin=subprocess.PIPE, cwd=ROOT)
         # The node's pid travels with the secret: a front whose node died
         # before it read them must see it at once.
-        self.proc.stdin.write(b"%s %d\n" % (self.secret.hex().encode(), os.getpid()))
+        self.proc.stdin.write(b"%s %d %s\n" % (self.secret.hex().encode(), os.getpid(),
+                                                 self.origin.encode()))
         self.proc.stdin.close()
 
     def tell(self, synced: bool) -> None:
@@ -247,9 +251,9 @@ class FrontProcess:
         self.proc = None
 
 
-def serve_front(cfg: NodeConfig, secret: bytes, parent: int) -> int:
+def serve_front(cfg: NodeConfig, secret: bytes, parent: int, origin: str) -> int:
     """The ``run.py front`` process: serve until SIGTERM or the end of the node ``parent``."""
-    front = ChallengeFront(cfg, secret, parent)
+    front = ChallengeFront(cfg, secret, parent, origin=origin)
     try:
         front.start()
     except OSError as e:

@@ -17,7 +17,8 @@ import gevent
 from gevent.event import Event
 from gevent.pool import Group
 
-from sipcore.digest import Authenticator
+from sipcore.authguard import AuthGuard
+from sipcore.digest import Authenticator, origin_tag
 from sipcore.errors import SipError
 from sipcore.location import Binding, Location, Sequencer
 from sipcore.message import error_response, make_response
@@ -27,7 +28,7 @@ from store import bindings as binding_store
 from store import users as user_store
 from store.models import close_store, incr_state, init_store
 
-from .config import NodeConfig, registrar_rules, sqlite_dir
+from .config import NodeConfig, guard_settings, registrar_rules, server_uris, sqlite_dir
 from .front import STATUS_EVERY, FrontProcess
 from .front import paths as front_paths
 from .process import tune_gc
@@ -113,8 +114,14 @@ class Node:
         users = UserDirectory(cfg.domain)
         users.reload()
         secret = bytes.fromhex(cfg.auth_secret) if cfg.auth_secret else secrets.token_bytes(32)
+        # Nonces name this node and this boot: an answer counted here is
+        # never counted again on a peer or after a restart.
+        origin = origin_tag(cfg.id, epoch)
+        self.guard = AuthGuard(guard_settings(cfg))
         auth = Authenticator(cfg.domain, secret, users.lookup, cfg.nonce_lifetime,
-                             tuple(cfg.auth_algorithms), max_nonces=500_000)
+                             tuple(cfg.auth_algorithms), max_nonces=500_000, origin=origin,
+                             require_qop=cfg.require_qop, guard=self.guard,
+                             server_uris=server_uris(cfg))
         rules = registrar_rules(cfg)
         front_in = front_paths(cfg)[0] if cfg.challenge_front else None
         self.transport = Transport(cfg.address, cfg.port, self.on_request, self.on_response,
@@ -123,16 +130,18 @@ class Node:
         self.domains = frozenset(rules.domains)
         timers = {"t1": cfg.t1, "t2": cfg.t2, "t4": cfg.t4}
         self.registrar = RegistrarActor(cfg.id, rules, auth, self.location, self.transport,
-                                        Sequencer(epoch), cfg.batch_max, timers=timers)
+                                        Sequencer(epoch), cfg.batch_max, timers=timers,
+                                        ban_drop=cfg.ban_response == "drop")
         attach_replicator(self)
         self.transport.start()
         self.registrar.greenlet = self.group.spawn(self.registrar.run)
         self.registrar.greenlet.link_exception(self._actor_died)
-        self.proxy = ProxyActor.from_config(cfg, secret, users.lookup, self.location, self.transport)
+        self.proxy = ProxyActor.from_config(cfg, secret, users.lookup, self.location, self.transport,
+                                            auth)
         self.proxy.greenlet = self.group.spawn(self.proxy.run)
         self.proxy.greenlet.link_exception(self._actor_died)
         if cfg.challenge_front:
-            self.front = FrontProcess(cfg, secret)
+            self.front = FrontProcess(cfg, secret, origin)
             self.front.start()
             self.group.spawn(self._tell_front)
         self.started_at = now

@@ -603,14 +603,19 @@ class Authenticator:
     ``require_qop`` (the default) credentials without qop (RFC 2069, which
     cannot be protected against replay) are refused. ``guard`` (an
     ``sipcore.authguard.AuthGuard``) counts wrong answers and refuses banned
-    sources and users before any password check.
+    sources and users before any password check. ``server_uris`` (lower
+    case) are digest-uris taken whatever the Request-URI: the names of this
+    server itself (``sip:domain``, ``sip:address:port``...), which SIPp and
+    some phones answer with instead of the Request-URI; any other must be
+    the Request-URI.
     """
 
     def __init__(self, realm: str, secret: bytes, lookup,
                  nonce_lifetime: float = 300.0,
                  algorithms: tuple[str, ...] = ("SHA-256", "MD5"),
                  max_nonces: int = 100_000, origin: str = "AAAAAAAA",
-                 require_qop: bool = True, guard=None):
+                 require_qop: bool = True, guard=None,
+                 server_uris: frozenset[str] = frozenset()):
         """Build an authenticator; ``max_nonces`` bounds the replay table."""
         for a in algorithms:
             if a not in _HASHES:
@@ -623,6 +628,7 @@ class Authenticator:
         self.counts = NonceCounts(max_nonces)
         self.require_qop = require_qop
         self.guard = guard
+        self.server_uris = server_uris
         offered = list(dict.fromkeys(algorithms))
         self.algorithms = tuple(offered)
         self._accepted = {}
@@ -752,7 +758,7 @@ class Authenticator:
         if realm != self.realm:
             return self._authenticate_slow(method, header_values, now, uri, source)
         if uri is not None and digest_uri != uri:
-            _check_uri(digest_uri, uri)
+            self._check_uri(digest_uri, uri)
         status, expires_at = self.nonces._check(nonce, now)
         if status == "invalid":
             return self._fail(now, "nonce")
@@ -804,7 +810,7 @@ class Authenticator:
         if creds is None:
             return self._fail(now, "missing")
         if uri is not None and creds.uri != uri:
-            _check_uri(creds.uri, uri)
+            self._check_uri(creds.uri, uri)
         base = self._accepted.get(creds.algorithm)
         qop = creds.qop
         if base is None or (qop != "auth" if qop is not None or self.require_qop else False):
@@ -840,9 +846,9 @@ class Authenticator:
             guard.succeeded(source, creds.username, now)
         return AuthResult(True, creds.username, [], False, "ok")
 
-
-def _check_uri(digest_uri: str, request_uri: str) -> None:
-    """Raise ``SipParseError`` (400) unless the digest-uri names the Request-URI
-    (the same text, or the same but for the case of its letters)."""
-    if digest_uri.lower() != request_uri.lower():
-        raise _bad("uri does not match the Request-URI")
+    def _check_uri(self, digest_uri: str, request_uri: str) -> None:
+        """Raise ``SipParseError`` (400) unless the digest-uri is the Request-URI
+        (but for the case of its letters) or one of ``server_uris``."""
+        digest_uri = digest_uri.lower()
+        if digest_uri != request_uri.lower() and digest_uri not in self.server_uris:
+            raise _bad("uri does not match the Request-URI")

@@ -554,6 +554,17 @@ def test_digest_uri_must_match_the_request_uri():
         a.authenticate("REGISTER", [value], 1.0, uri="sip:elsewhere.test")
     # Refused before anything is counted: the same credentials still pass.
     assert a.authenticate("REGISTER", [value], 1.0, uri=uri.upper()).ok
+    # A name of the server itself stands for any Request-URI (SIPp sends its
+    # target's address), nothing else does.
+    server = make_auth(server_uris=frozenset({"sip:192.0.2.10:5060"}))
+    for digest_uri, ok in (("sip:192.0.2.10:5060", True), ("sip:bob@tandem.test", False)):
+        ch = challenge_for(server.authenticate("REGISTER", [], 0.0), "MD5")
+        creds = answer(ch, "alice", "wonderland", uri=digest_uri)
+        if ok:
+            assert server.authenticate("REGISTER", [creds], 1.0, uri="sip:alice@tandem.test").ok
+        else:
+            with pytest.raises(SipParseError):
+                server.authenticate("REGISTER", [creds], 1.0, uri="sip:alice@tandem.test")
 
 
 def test_nonce_of_another_node_or_boot_is_stale_when_answered_rightly():
