@@ -17,7 +17,7 @@ import gevent
 from gevent.event import Event
 from gevent.pool import Group
 
-from sipcore.authguard import AuthGuard
+from sipcore.authguard import SOURCE, USER, AuthGuard, Ban
 from sipcore.digest import Authenticator, origin_tag
 from sipcore.errors import SipError
 from sipcore.location import Binding, Location, Sequencer
@@ -28,6 +28,7 @@ from store import bindings as binding_store
 from store import users as user_store
 from store.models import close_store, incr_state, init_store
 
+from .bus import BusError
 from .config import NodeConfig, guard_settings, registrar_rules, server_uris, sqlite_dir
 from .front import STATUS_EVERY, FrontProcess
 from .front import paths as front_paths
@@ -133,6 +134,11 @@ class Node:
                                         Sequencer(epoch), cfg.batch_max, timers=timers,
                                         ban_drop=cfg.ban_response == "drop")
         attach_replicator(self)
+        self.replicator.on_bans = self._peer_bans
+        if self.replicator.control is not None:
+            self.replicator.control.handle("bans", self._list_bans)
+            self.replicator.control.handle("unban", self._unban)
+            self.replicator.control.handle("ban", self._ban)
         self.transport.start()
         self.registrar.greenlet = self.group.spawn(self.registrar.run)
         self.registrar.greenlet.link_exception(self._actor_died)
@@ -140,6 +146,7 @@ class Node:
                                             auth)
         self.proxy.greenlet = self.group.spawn(self.proxy.run)
         self.proxy.greenlet.link_exception(self._actor_died)
+        self.group.spawn(self._share_bans).link_exception(self._actor_died)
         if cfg.challenge_front:
             self.front = FrontProcess(cfg, secret, origin)
             self.front.start()
@@ -148,6 +155,47 @@ class Node:
         tune_gc()
         log.info("node %s up: epoch %d, %d bindings loaded, %d users, domain %s",
                  cfg.id, epoch, loaded, len(users.users), cfg.domain)
+
+    def _share_bans(self) -> None:
+        """Log the bans the guard made or lifted, and give them to the peers."""
+        while True:
+            bans = self.guard.take_new()
+            for b in bans:
+                if b.until:
+                    log.warning("banned %s %s for %.0f s after repeated failed authentications",
+                                b.kind, b.key, b.until - time.time())
+                else:
+                    log.warning("ban of %s %s lifted", b.kind, b.key)
+            self.replicator.share_bans(bans)
+            gevent.sleep(0.25)
+
+    def _peer_bans(self, origin: str, bans: list) -> None:
+        if self.guard.apply_peer(origin, bans, time.time()):
+            log.warning("bans from %s applied: %s", origin,
+                        ", ".join(f"{k} {key}" + ("" if u else " lifted") for k, key, u in bans[:10]))
+
+    def _list_bans(self, _request: dict) -> list:
+        """Bans in force against password guessing: kind, key, seconds left, origin."""
+        now = time.time()
+        return [{"kind": b.kind, "key": b.key, "left": round(b.until - now, 1),
+                 "origin": b.origin or self.cfg.id} for b in self.guard.bans(now)]
+
+    def _unban(self, request: dict) -> bool:
+        """Lift a ban on every node: {"kind": "source"|"user", "key": address or user}."""
+        kind, key = request.get("kind"), request.get("key")
+        if kind not in (SOURCE, USER) or not isinstance(key, str):
+            raise BusError('unban needs "kind" (source or user) and "key"')
+        return self.guard.lift(kind, key)
+
+    def _ban(self, request: dict) -> bool:
+        """Ban on every node: {"kind": "source"|"user", "key", "seconds"} (default ban_time)."""
+        kind, key = request.get("kind"), request.get("key")
+        seconds = request.get("seconds", self.cfg.ban_time)
+        if (kind not in (SOURCE, USER) or not isinstance(key, str) or not key
+                or not isinstance(seconds, (int, float)) or isinstance(seconds, bool)
+                or seconds <= 0):
+            raise BusError('ban needs "kind" (source or user), "key" and positive "seconds"')
+        return self.guard.add(Ban(kind, key, time.time() + seconds), time.time(), share=True)
 
     def _tell_front(self) -> None:
         while True:

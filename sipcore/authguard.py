@@ -114,9 +114,7 @@ class AuthGuard:
         if entry[0] >= limit:
             del table[(kind, key)]
             ban = Ban(kind, key, now + self.settings.ban_time)
-            if self.add(ban, now):
-                self._new.append(ban)
-                del self._new[:-self.settings.max_entries]
+            self.add(ban, now, share=True)
 
     def _sweep(self, table: dict, now: float) -> None:
         """Make room in a full counter table: drop ended windows, else all."""
@@ -136,9 +134,10 @@ class AuthGuard:
                 known.clear()
         known[(user, source or "")] = now
 
-    def add(self, ban: Ban, now: float) -> bool:
+    def add(self, ban: Ban, now: float, share: bool = False) -> bool:
         """Apply ``ban`` (made here, by a peer or by an operator); True when it
-        is new or lasts longer than the one held."""
+        is new or lasts longer than the one held. With ``share`` it is given
+        to ``take_new`` too."""
         if ban.until <= now or ban.kind not in (SOURCE, USER):
             return False
         key = (ban.kind, ban.key)
@@ -154,18 +153,37 @@ class AuthGuard:
                 del bans[min(bans, key=lambda k: bans[k].until)]
         bans[key] = ban
         self.stats["bans"] += 1
+        if share:
+            self._new.append(ban)
+            del self._new[:-self.settings.max_entries]
         return True
 
-    def lift(self, kind: str, key: str) -> bool:
-        """End a ban now; True when there was one. Its failure count restarts too."""
+    def lift(self, kind: str, key: str, share: bool = True) -> bool:
+        """End a ban now; True when there was one. Its failure count restarts
+        too. With ``share``, the lifting is given to ``take_new`` (as a ban
+        ending at 0) for the peers."""
         self._failures.pop((kind, key), None)
-        return self._bans.pop((kind, key), None) is not None
+        lifted = self._bans.pop((kind, key), None) is not None
+        if lifted and share:
+            self._new.append(Ban(kind, key, 0.0))
+        return lifted
+
+    def apply_peer(self, origin: str, bans, now: float) -> int:
+        """Apply ``(kind, key, until)`` bans a peer ``origin`` shared (until 0:
+        lifted there); returns how many changed anything. Never shared again."""
+        changed = 0
+        for kind, key, until in bans:
+            if until == 0:
+                changed += self.lift(kind, key, share=False)
+            else:
+                changed += self.add(Ban(kind, key, until, origin), now)
+        return changed
 
     def bans(self, now: float) -> list[Ban]:
         """Every ban in force, the one ending first first."""
         return sorted((b for b in self._bans.values() if b.until > now), key=lambda b: b.until)
 
     def take_new(self) -> list[Ban]:
-        """The bans made here since the last call (to share with the peers)."""
+        """The bans made or lifted here since the last call (to share with the peers)."""
         new, self._new = self._new, []
         return new

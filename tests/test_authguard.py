@@ -63,3 +63,27 @@ def test_tables_are_bounded_under_a_flood_of_sources():
         g.succeeded(f"10.9.{i // 256 % 256}.{i % 256}", f"user{i}", float(i % 50))
     assert len(g._failures) <= 100 and len(g._bans) <= 100 and len(g._known) <= 100
     assert len(g.take_new()) <= 100
+
+
+def test_bans_on_the_wire_round_trip_and_malformed_ones_refused():
+    import pytest
+
+    from sipcore.replication_wire import MAX_BANS, WireError, decode_bans, encode_bans
+    g = guard()
+    g.add(Ban(SOURCE, "203.0.113.9", 500.0), 10.0, share=True)
+    g.lift(SOURCE, "203.0.113.9")
+    body = encode_bans("node1", g.take_new())
+    assert len(body) < 120, "small on the wire"
+    node, bans = decode_bans(body)
+    assert node == "node1" and bans == [(SOURCE, "203.0.113.9", 500.0), (SOURCE, "203.0.113.9", 0.0)]
+    peer = guard()
+    assert peer.apply_peer(node, bans[:1], 10.0) == 1 and peer.refused("203.0.113.9", "u", 11.0)
+    assert peer.apply_peer(node, bans[1:], 10.0) == 1 and not peer.refused("203.0.113.9", "u", 11.0)
+    assert peer.take_new() == [], "a peer's bans and lifts are not shared again"
+    for bad in (b'{"v":2,"id":"n","b":[]}', b'{"v":1,"id":"n","b":[["x","k",1]]}',
+                b'{"v":1,"id":"n","b":[["s","",1]]}', b'{"v":1,"id":"n","b":[["s","k",true]]}',
+                b'{"v":1,"id":"n","b":[["s","k"]]}', b"[]", b"\xff",
+                b'{"v":1,"id":"n","b":[["s","' + b"k" * 300 + b'",1]]}',
+                ('{"v":1,"id":"n","b":[' + ",".join(['["s","k",1]'] * (MAX_BANS + 1)) + "]}").encode()):
+        with pytest.raises(WireError):
+            decode_bans(bad)
