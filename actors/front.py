@@ -36,12 +36,13 @@ from sipcore.digest import Authenticator
 from sipcore.errors import SipError
 from sipcore.message import parse_message
 from sipcore.quick_challenge import QuickChallenge
+from sipcore.ratelimit import emergency_invite
 from sipcore.registrar import challenge_bytes
 from sipcore.via import stamp_via
 
 from .config import NodeConfig, registrar_rules
 from .process import new_tag, tune_gc
-from .transport import drain, udp_socket, unix_socket, wrap
+from .transport import Limits, drain, udp_socket, unix_socket, wrap
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,10 @@ class ChallengeFront:
         self.pending: list[bytes] = []
         self.retry_at = 0.0
         self.ctl = None
-        self.stats = {"challenged": 0, "passed": 0, "dropped": 0}
+        self.stats = {"challenged": 0, "passed": 0, "dropped": 0, "rate_limited": 0}
+        # The node's own limit, applied here to the datagrams the kernel hands the front.
+        self.limits = Limits.from_config(cfg)
+        self.limiter = self.limits.limiter()
         self.stopped = Event()
 
     def start(self) -> None:
@@ -135,7 +139,13 @@ class ChallengeFront:
         credentials and the node is synced; otherwise pass it on.
 
         The usual REGISTER gets its 401 from ``QuickChallenge``; any other
-        goes through the general parser, which writes the same bytes."""
+        goes through the general parser, which writes the same bytes. A
+        source over its rate limit is dropped first, as the node drops it."""
+        limiter = self.limiter
+        if limiter is not None and not limiter.allow(ip, time.monotonic()) \
+                and not emergency_invite(data, self.limits.emergency_numbers):
+            self.stats["rate_limited"] += 1
+            return
         if self.clock() < self.synced_until:
             quick = self.quick.answer(data, ip, port, self._challenges, new_tag)
             if quick is not None:

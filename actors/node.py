@@ -36,7 +36,7 @@ from .process import tune_gc
 from .proxy import ProxyActor
 from .registrar import RegistrarActor
 from .replicator import attach_replicator
-from .transport import Transport
+from .transport import Limits, Transport
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ class Node:
         rules = registrar_rules(cfg)
         front_in = front_paths(cfg)[0] if cfg.challenge_front else None
         self.transport = Transport(cfg.address, cfg.port, self.on_request, self.on_response,
-                                   front_path=front_in)
+                                   front_path=front_in, limits=Limits.from_config(cfg))
         self.transport.quick = self.on_datagram
         self.domains = frozenset(rules.domains)
         timers = {"t1": cfg.t1, "t2": cfg.t2, "t4": cfg.t4}
