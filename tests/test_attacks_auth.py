@@ -21,11 +21,11 @@ def svcrack_path() -> str:
 class Phone:
     """A UDP phone registering one user, by hand, so answers can be captured and replayed."""
 
-    def __init__(self, user: str, password: str):
+    def __init__(self, user: str, password: str, address: str = "127.0.0.1"):
         self.user, self.password = user, password
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.settimeout(3.0)
-        self.sock.bind(("127.0.0.1", 0))
+        self.sock.bind((address, 0))
         self.port = self.sock.getsockname()[1]
         self.call_id = os.urandom(6).hex()
         self.cseq = 0
@@ -33,11 +33,11 @@ class Phone:
     def register(self, node, auth: str = "") -> bytes:
         self.cseq += 1
         return (f"REGISTER sip:example.test SIP/2.0\r\n"
-                f"Via: SIP/2.0/UDP 127.0.0.1:{self.port};branch=z9hG4bK{os.urandom(6).hex()};rport\r\n"
+                f"Via: SIP/2.0/UDP {self.sock.getsockname()[0]}:{self.port};branch=z9hG4bK{os.urandom(6).hex()};rport\r\n"
                 f"From: <sip:{self.user}@example.test>;tag=t{self.cseq}\r\n"
                 f"To: <sip:{self.user}@example.test>\r\nCall-ID: {self.call_id}\r\n"
                 f"CSeq: {self.cseq} REGISTER\r\n"
-                f"Contact: <sip:{self.user}@127.0.0.1:{self.port}>\r\n"
+                f"Contact: <sip:{self.user}@{self.sock.getsockname()[0]}:{self.port}>\r\n"
                 f"{auth}Max-Forwards: 70\r\nExpires: 600\r\nContent-Length: 0\r\n\r\n").encode()
 
     def send(self, node, data: bytes) -> str:
@@ -177,3 +177,106 @@ def test_a_ban_made_on_one_node_holds_on_the_other_and_lifts_everywhere(cluster)
     assert cluster.control(one, "bans") == []
     answer, _ = honest.login(one)
     assert answer.startswith("SIP/2.0 200"), answer
+
+
+# -- flooding and exhaustion ---------------------------------------------------
+
+LIMITS = ("udp_rate = 50\nudp_burst = 100\ntcp_max_connections = 200\ntcp_max_per_source = 20\n"
+          "tcp_idle_timeout = 1.0\ntcp_header_timeout = 1.0\nmax_message_size = 4000\n"
+          "log_rate = 5")
+
+
+@pytest.fixture
+def limited_node(tmp_path):
+    node = NodeProcess(str(tmp_path), limits=LIMITS)
+    out = node.run_cli("user", "import", users_csv(str(tmp_path / "u.csv"), [("bob", "pw-bob")]))
+    assert out.returncode == 0, out.stderr
+    node.start()
+    yield node
+    node.stop()
+
+
+def options(port: int) -> bytes:
+    return (f"OPTIONS sip:example.test SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK{os.urandom(6).hex()}\r\n"
+            f"From: <sip:x@example.test>;tag=1\r\nTo: <sip:example.test>\r\n"
+            f"Call-ID: {os.urandom(6).hex()}\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\n"
+            "Content-Length: 0\r\n\r\n").encode()
+
+
+def test_udp_flood_is_limited_per_source_and_others_still_register(limited_node):
+    """5,000 garbage datagrams from one source: a bounded part reaches the
+    parser and the log, and a phone on another address registers meanwhile."""
+    flood = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    flood.bind(("127.0.0.3", 0))
+    flooder = flood.getsockname()[1]
+    with open(limited_node.log_path) as f:
+        f.seek(0, 2)
+        log_start = f.tell()
+    for i in range(5000):
+        flood.sendto(b"GARBAGE %d\r\n\r\n" % i if i % 2 else options(flooder),
+                     (limited_node.address, limited_node.port))
+    phone = Phone("bob", "pw-bob")
+    answer, _ = phone.login(limited_node)
+    assert answer.startswith("SIP/2.0 200"), answer
+    flood.settimeout(0.5)
+    answered = 0
+    try:
+        while answered < 5000:
+            flood.recv(65535)
+            answered += 1
+    except socket.timeout:
+        pass
+    flood.close()
+    assert 0 < answered <= 200, answered
+    with open(limited_node.log_path) as f:
+        f.seek(log_start)
+        logged = f.read()
+    assert logged.count("\n") < 60, logged[-2000:]
+
+
+def tcp_connect(node) -> socket.socket:
+    s = socket.create_connection((node.address, node.port), timeout=3.0)
+    return s
+
+
+def closed_within(sock: socket.socket, seconds: float) -> bool:
+    sock.settimeout(seconds)
+    try:
+        while sock.recv(65536):
+            pass
+        return True
+    except socket.timeout:
+        return False
+    except OSError:
+        return True
+
+
+def test_tcp_connections_capped_per_source_idle_and_slow_ones_closed(limited_node):
+    held = [tcp_connect(limited_node) for _ in range(20)]
+    extra = tcp_connect(limited_node)
+    assert closed_within(extra, 2.0), "the 21st connection of a source is closed at once"
+    # Slow header: a message started and never finished is cut after tcp_header_timeout.
+    held[0].sendall(b"OPTIONS sip:example.test SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:1")
+    started = time.monotonic()
+    assert closed_within(held[0], 3.0)
+    assert time.monotonic() - started < 2.5
+    # Idle connections go after tcp_idle_timeout; then the source may connect again.
+    assert all(closed_within(s, 3.0) for s in held[1:])
+    again = tcp_connect(limited_node)
+    again.sendall(options(again.getsockname()[1]).replace(b"UDP", b"TCP"))
+    again.settimeout(3.0)
+    assert again.recv(65535).startswith(b"SIP/2.0 200")
+    for s in (*held, extra, again):
+        s.close()
+
+
+def test_oversized_tcp_message_gets_513_and_the_connection_closes(limited_node):
+    s = tcp_connect(limited_node)
+    body = b"x" * 10_000
+    s.sendall(options(s.getsockname()[1]).replace(b"UDP", b"TCP")
+              .replace(b"Content-Length: 0", b"Content-Length: %d" % len(body)) + body)
+    s.settimeout(3.0)
+    assert s.recv(65535).startswith(b"SIP/2.0 513")
+    assert closed_within(s, 3.0)
+    s.close()
