@@ -71,7 +71,8 @@ class NodeConfig:
     tcp_header_timeout: float = 10.0
     """Seconds a message may take from its first byte to its last over TCP."""
     max_message_size: int = 65535
-    """Largest SIP message taken (bytes); a larger one over TCP gets 513 and the connection closes."""
+    """Largest SIP message taken (bytes); a larger one over TCP gets 513, then
+    the connection closes."""
     log_rate: float = 20.0
     """Lines per second and per kind of event about bad input (the rest are counted, not logged)."""
     batch_max: int = 256

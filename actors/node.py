@@ -142,8 +142,8 @@ class Node:
         self.transport.start()
         self.registrar.greenlet = self.group.spawn(self.registrar.run)
         self.registrar.greenlet.link_exception(self._actor_died)
-        self.proxy = ProxyActor.from_config(cfg, secret, users.lookup, self.location, self.transport,
-                                            auth)
+        self.proxy = ProxyActor.from_config(cfg, secret, users.lookup, self.location,
+                                            self.transport, auth)
         self.proxy.greenlet = self.group.spawn(self.proxy.run)
         self.proxy.greenlet.link_exception(self._actor_died)
         self.group.spawn(self._share_bans).link_exception(self._actor_died)
@@ -171,8 +171,8 @@ class Node:
 
     def _peer_bans(self, origin: str, bans: list) -> None:
         if self.guard.apply_peer(origin, bans, time.time()):
-            log.warning("bans from %s applied: %s", origin,
-                        ", ".join(f"{k} {key}" + ("" if u else " lifted") for k, key, u in bans[:10]))
+            shown = ", ".join(f"{k} {key}" + ("" if u else " lifted") for k, key, u in bans[:10])
+            log.warning("bans from %s applied: %s", origin, shown)
 
     def _list_bans(self, _request: dict) -> list:
         """Bans in force against password guessing: kind, key, seconds left, origin."""

@@ -280,7 +280,7 @@ class Transport:
                 conn.sock.settimeout(max(0.01, timeout))
                 try:
                     data = conn.sock.recv(65536)
-                except socket.timeout:
+                except TimeoutError:
                     self.stats["tcp_timed_out"] += 1
                     self._log("tcp_timeout", "closing tcp %s:%d: %s", ip, port,
                               "message too slow" if started is not None else "idle")
@@ -312,7 +312,6 @@ class Transport:
                 self.per_source[ip] = left
             else:
                 self.per_source.pop(ip, None)
-            conn.framer = None
             conn.sock.close()
 
     def _too_large(self, conn: Connection) -> None:

@@ -18,6 +18,7 @@ applies one a peer made) and that the control endpoint lists and lifts.
 Every table is bounded.
 """
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 SOURCE = "source"
@@ -60,7 +61,7 @@ class AuthGuard:
     def __init__(self, settings: GuardSettings = GuardSettings()):
         self.settings = settings
         #: (kind, key) -> [failures, end of the window]
-        self._failures: dict[tuple[str, str], list] = {}
+        self._failures: dict[tuple[str, str], list[float]] = {}
         #: (kind, key) -> Ban
         self._bans: dict[tuple[str, str], Ban] = {}
         #: (user, source) -> last success time
@@ -116,7 +117,7 @@ class AuthGuard:
             ban = Ban(kind, key, now + self.settings.ban_time)
             self.add(ban, now, share=True)
 
-    def _sweep(self, table: dict, now: float) -> None:
+    def _sweep(self, table: dict[tuple[str, str], list[float]], now: float) -> None:
         """Make room in a full counter table: drop ended windows, else all."""
         for k in [k for k, v in table.items() if v[1] <= now]:
             del table[k]
@@ -124,7 +125,8 @@ class AuthGuard:
             table.clear()
 
     def succeeded(self, source: str | None, user: str, now: float) -> None:
-        """Remember that ``source`` authenticated as ``user`` (exempt from a lockout of ``user``)."""
+        """Remember that ``source`` authenticated as ``user`` (exempt from a
+        lockout of ``user``)."""
         known = self._known
         if len(known) >= self.settings.max_entries and (user, source or "") not in known:
             horizon = now - self.settings.ban_time
@@ -168,7 +170,7 @@ class AuthGuard:
             self._new.append(Ban(kind, key, 0.0))
         return lifted
 
-    def apply_peer(self, origin: str, bans, now: float) -> int:
+    def apply_peer(self, origin: str, bans: Iterable[tuple[str, str, float]], now: float) -> int:
         """Apply ``(kind, key, until)`` bans a peer ``origin`` shared (until 0:
         lifted there); returns how many changed anything. Never shared again."""
         changed = 0

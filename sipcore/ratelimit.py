@@ -9,6 +9,7 @@ Both take ``now`` (a monotonic clock) and bound their tables.
 """
 
 import re
+from collections.abc import Collection
 
 #: the user part of an INVITE's Request-URI: ``INVITE sip:911@...`` or ``tel:112``
 _INVITE_USER = re.compile(rb"INVITE (?:sips?:([^@;> ]+)@|tel:([^;> ]+))")
@@ -32,7 +33,7 @@ class SourceLimiter:
         self.burst = float(burst)
         self.max_sources = max_sources
         #: source -> [tokens, time of the last refill]
-        self._buckets: dict[str, list] = {}
+        self._buckets: dict[str, list[float]] = {}
         self.dropped = 0
 
     def __len__(self) -> int:
@@ -67,7 +68,7 @@ class SourceLimiter:
             buckets.clear()
 
 
-def emergency_invite(data: bytes, numbers) -> bool:
+def emergency_invite(data: bytes, numbers: Collection[str]) -> bool:
     """Whether the datagram ``data`` is an INVITE to one of ``numbers``
     (emergency calls pass every limit). Looks at the request line only."""
     if not numbers or not data.startswith(b"INVITE "):
@@ -88,7 +89,7 @@ class LogLimiter:
         self.burst = burst
         self.max_kinds = max_kinds
         #: kind -> [tokens, last refill, lines suppressed since the last one let through]
-        self._kinds: dict[str, list] = {}
+        self._kinds: dict[str, list[float]] = {}
 
     def allow(self, kind: str, now: float) -> int | None:
         """None when a line of ``kind`` must be suppressed now; otherwise the
@@ -107,5 +108,5 @@ class LogLimiter:
             entry[2] += 1
             return None
         entry[0] = tokens - 1.0
-        suppressed, entry[2] = entry[2], 0
+        suppressed, entry[2] = int(entry[2]), 0
         return suppressed

@@ -24,9 +24,12 @@ import math
 from dataclasses import dataclass, field
 from operator import attrgetter
 from collections.abc import Iterable, Iterator
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from .location import Binding
+
+if TYPE_CHECKING:
+    from .authguard import Ban
 
 FIELDS = ("aor", "key", "contact", "expires_at", "call_id", "cseq", "q", "path",
           "instance", "reg_id", "received", "user_agent", "origin", "epoch", "seq",
@@ -366,7 +369,7 @@ _BAN_KINDS = {"s": "source", "u": "user"}
 _BAN_CODES = {v: k for k, v in _BAN_KINDS.items()}
 
 
-def encode_bans(node: str, bans) -> bytes:
+def encode_bans(node: str, bans: "Iterable[Ban]") -> bytes:
     """One bans message ``{"v": 1, "id", "b": [[kind, key, until], ...]}`` of
     node ``node``: kind ``s`` (source) or ``u`` (user), ``until`` the
     wall-clock end of the ban, 0 for a ban lifted. ``bans`` are
