@@ -280,3 +280,28 @@ def test_oversized_tcp_message_gets_513_and_the_connection_closes(limited_node):
     assert s.recv(65535).startswith(b"SIP/2.0 513")
     assert closed_within(s, 3.0)
     s.close()
+
+
+@pytest.mark.parametrize("host", ["example.test", "EXAMPLE.test"])
+def test_usual_and_general_register_paths_apply_the_same_rules(lone_node, host):
+    """The usual REGISTER (read from its text) and one the general parser
+    reads (an upper-case Request-URI host) get the same answers: 400 for a
+    digest uri naming another resource, 401 then 403 once the source is banned."""
+    phone = Phone("bob", "pw-bob", address="127.0.0.5" if host.islower() else "127.0.0.6")
+
+    def send(auth=""):
+        data = phone.register(lone_node, auth).replace(b"REGISTER sip:example.test",
+                                                       f"REGISTER sip:{host}".encode())
+        return phone.send(lone_node, data)
+
+    challenge = send()
+    assert challenge.startswith("SIP/2.0 401"), challenge
+    wrong_uri = phone.authorization(challenge).replace('uri="sip:example.test"',
+                                                       'uri="sip:bob@example.test"')
+    answer = send(wrong_uri)
+    assert answer.startswith("SIP/2.0 400") and "uri does not match" in answer, answer
+    for _ in range(10):
+        answer = send(phone.authorization(send(), "guess"))
+        assert answer.startswith("SIP/2.0 401"), answer
+    answer = send(phone.authorization(send()))
+    assert answer.startswith("SIP/2.0 403"), answer
