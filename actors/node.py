@@ -132,7 +132,8 @@ class Node:
         timers = {"t1": cfg.t1, "t2": cfg.t2, "t4": cfg.t4}
         self.registrar = RegistrarActor(cfg.id, rules, auth, self.location, self.transport,
                                         Sequencer(epoch), cfg.batch_max, timers=timers,
-                                        ban_drop=cfg.ban_response == "drop")
+                                        ban_drop=cfg.ban_response == "drop",
+                                        log_rate=cfg.log_rate)
         attach_replicator(self)
         self.replicator.on_bans = self._peer_bans
         if self.replicator.control is not None:

@@ -29,6 +29,7 @@ from sipcore.digest import BANNED
 from sipcore.errors import SipError
 from sipcore.location import Binding, Location
 from sipcore.message import Request, error_response, error_response_bytes
+from sipcore.ratelimit import LogLimiter
 from sipcore.registrar import RegistrarRules, challenge_bytes, challenge_response
 from sipcore.usual_register import NotUsual, UsualRegister
 from sipcore.via import source_address
@@ -45,7 +46,7 @@ class RegistrarActor:
     def __init__(self, node_id: str, rules: RegistrarRules, authenticator, location: Location,
                  transport, sequencer, batch_max: int = 256, on_commit=None,
                  timers: dict | None = None, clock=time.time, monotonic=time.monotonic,
-                 ban_drop: bool = False):
+                 ban_drop: bool = False, log_rate: float = 20.0):
         self.node_id = node_id
         self.rules = rules
         self.auth = authenticator
@@ -57,6 +58,7 @@ class RegistrarActor:
         self.clock = clock
         self.monotonic = monotonic
         self.ban_drop = ban_drop
+        self.log_limit = LogLimiter(log_rate)
         self.answered = AnsweredRequests((timers or {}).get("t1", 0.5))
         self.inbox: Queue = Queue()
         self.greenlet = None
@@ -304,8 +306,12 @@ class RegistrarActor:
         if not result.ok:
             self.stats["challenged"] += 1
             if result.reason != "missing":
-                log.info("REGISTER for %s from %s:%s:%d not authenticated: %s",
-                         req.to.uri.user, *dest, result.reason)
+                # A guesser on many addresses must not fill the disk: lines rate-limited.
+                suppressed = self.log_limit.allow("not_authenticated", self.monotonic())
+                if suppressed is not None:
+                    log.info("REGISTER for %s from %s:%s:%d not authenticated: %s%s",
+                             req.to.uri.user, *dest, result.reason,
+                             f" ({suppressed} more not logged)" if suppressed else "")
             return challenge_response(req, result.challenges, new_tag()), []
         aor, user = rules.aor_of(req)
         if result.username != user:
