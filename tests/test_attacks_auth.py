@@ -305,3 +305,27 @@ def test_usual_and_general_register_paths_apply_the_same_rules(lone_node, host):
         assert answer.startswith("SIP/2.0 401"), answer
     answer = send(phone.authorization(send()))
     assert answer.startswith("SIP/2.0 403"), answer
+
+
+def test_banned_source_gets_silence_with_ban_response_drop(tmp_path):
+    node = NodeProcess(str(tmp_path), auth='max_failures = 2\nban_response = "drop"')
+    out = node.run_cli("user", "import", users_csv(str(tmp_path / "u.csv"), [("bob", "pw-bob")]))
+    assert out.returncode == 0, out.stderr
+    node.start()
+    try:
+        phone = Phone("bob", "pw-bob")
+        for _ in range(2):
+            challenge = phone.send(node, phone.register(node))
+            assert phone.send(node, phone.register(node, phone.authorization(challenge, "x"))) \
+                .startswith("SIP/2.0 401")
+        challenge = phone.send(node, phone.register(node))
+        assert challenge.startswith("SIP/2.0 401"), "a REGISTER without credentials is challenged"
+        phone.sock.settimeout(1.0)
+        with pytest.raises(TimeoutError):
+            phone.send(node, phone.register(node, phone.authorization(challenge)))
+        # The ban is of the address: a phone on another one registers.
+        other = Phone("bob", "pw-bob", address="127.0.0.7")
+        answer, _ = other.login(node)
+        assert answer.startswith("SIP/2.0 200"), answer
+    finally:
+        node.stop()
