@@ -10,8 +10,9 @@ may take it unparsed.
 Limits (``Limits``, from ``[limits]``): a per-source token bucket on UDP
 datagrams, checked before anything else (an INVITE to an emergency number
 always passes); datagrams over the maximum message size dropped; TCP
-connections capped in total and per source address (a connection over
-the cap is closed at once), closed after an idle time and when a message
+connections capped per source address (a connection over the cap is
+closed at once) and in total (a new one evicts the connection silent the
+longest), closed after an idle time and when a message
 takes too long to arrive; a message over the maximum size over TCP gets
 513 where its header can be read, and its connection is closed. Lines
 about bad input are rate-limited per kind.
@@ -80,6 +81,8 @@ class Connection:
         self.peer = peer
         self.lock = Semaphore()
         self.framer = StreamFramer()
+        #: monotonic time of the last bytes received (eviction picks the oldest)
+        self.active = time.monotonic()
 
     def send(self, data: bytes) -> None:
         """Write all of ``data``."""
@@ -125,7 +128,8 @@ class Transport:
         self.log_limit = LogLimiter(limits.log_rate)
         #: open TCP connections per source address
         self.per_source: dict[str, int] = {}
-        self.stats = {"rate_limited": 0, "oversized": 0, "tcp_refused": 0, "tcp_timed_out": 0}
+        self.stats = {"rate_limited": 0, "oversized": 0, "tcp_refused": 0, "tcp_evicted": 0,
+                      "tcp_timed_out": 0}
 
     def start(self) -> None:
         """Bind both sockets and start receiving."""
@@ -255,12 +259,20 @@ class Transport:
         ip = addr[0]
         limits = self.limits
         held = self.per_source.get(ip, 0)
-        if len(self.connections) >= limits.tcp_max_connections or held >= limits.tcp_max_per_source:
+        if held >= limits.tcp_max_per_source:
             self.stats["tcp_refused"] += 1
-            self._log("tcp_refused", "refused a tcp connection from %s: %d open, %d from it",
-                      ip, len(self.connections), held)
+            self._log("tcp_refused", "refused a tcp connection from %s: %d from it", ip, held)
             sock.close()
             return
+        if len(self.connections) >= limits.tcp_max_connections:
+            # Full: the connection silent the longest makes room, so idle
+            # connections held open by a few addresses cannot lock clients out.
+            idle = min(self.connections.values(), key=lambda c: c.active)
+            self.stats["tcp_evicted"] += 1
+            self._log("tcp_evicted", "%d tcp connections: closing the idlest, from %s:%d",
+                      len(self.connections), *idle.peer)
+            del self.connections[idle.peer]
+            idle.sock.close()
         conn = Connection(sock, (ip, addr[1]))
         self.connections[conn.peer] = conn
         self._read_connection(conn)
@@ -287,6 +299,7 @@ class Transport:
                     break
                 if not data:
                     break
+                conn.active = time.monotonic()
                 for raw in conn.framer.feed(data):
                     if raw == StreamFramer.PING:
                         conn.send(b"\r\n")

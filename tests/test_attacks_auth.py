@@ -329,3 +329,32 @@ def test_banned_source_gets_silence_with_ban_response_drop(tmp_path):
         assert answer.startswith("SIP/2.0 200"), answer
     finally:
         node.stop()
+
+
+def test_idle_tcp_connections_filling_the_cap_leave_real_clients_served(tmp_path):
+    """Idle connections from two addresses fill the total cap; a real client
+    still connects (the idlest connection makes room) and is answered."""
+    node = NodeProcess(str(tmp_path), limits="tcp_max_connections = 30\ntcp_max_per_source = 20")
+    node.start()
+    held = []
+    try:
+        for address, count in (("127.0.0.8", 20), ("127.0.0.9", 10)):
+            for _ in range(count):
+                held.append(socket.create_connection((node.address, node.port), timeout=3.0,
+                                                     source_address=(address, 0)))
+        # An answer on the last one shows the node has accepted them all (in order).
+        last = held[-1]
+        last.sendall(options(last.getsockname()[1]).replace(b"UDP", b"TCP"))
+        assert last.recv(65535).startswith(b"SIP/2.0 200")
+        for attempt in range(3):
+            client = socket.create_connection((node.address, node.port), timeout=3.0,
+                                              source_address=("127.0.0.11", 0))
+            client.sendall(options(client.getsockname()[1]).replace(b"UDP", b"TCP"))
+            client.settimeout(3.0)
+            assert client.recv(65535).startswith(b"SIP/2.0 200"), attempt
+            client.close()
+        assert sum(closed_within(s, 0.05) for s in held) >= 1
+    finally:
+        for s in held:
+            s.close()
+        node.stop()
