@@ -58,20 +58,21 @@ def cmd_node(args) -> int:
 
 
 def cmd_front(args) -> int:
-    """Run a node's challenge front (started by the node: secret and pid on stdin)."""
+    """Run a node's challenge front (started by the node: secret, pid and origin tag on stdin)."""
     from actors.front import serve_front
     cfg = load_node_config(args.config, "front")
     if cfg is None:
         return 2
     try:
-        secret_hex, parent = sys.stdin.readline().split()
+        secret_hex, parent, origin = sys.stdin.readline().split()
         secret, parent = bytes.fromhex(secret_hex), int(parent)
     except ValueError:
-        secret, parent = b"", 0
+        secret, parent, origin = b"", 0, ""
     if not secret:
-        logging.getLogger("tandem").error("expected the secret and the node's pid on stdin")
+        logging.getLogger("tandem").error(
+            "expected the secret, the node's pid and its origin tag on stdin")
         return 2
-    return serve_front(cfg, secret, parent)
+    return serve_front(cfg, secret, parent, origin)
 
 
 def cmd_user(args) -> int:

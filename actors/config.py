@@ -7,6 +7,7 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 
+from sipcore.authguard import GuardSettings
 from sipcore.registrar import RegistrarRules
 from store.files import InsecureFileError, check_private
 
@@ -47,6 +48,33 @@ class NodeConfig:
     nonce_lifetime: float = 300.0
     auth_secret: str = ""
     auth_algorithms: list[str] = field(default_factory=lambda: ["MD5"])
+    require_qop: bool = True
+    """Refuse digest credentials without qop (RFC 2069, replayable while their nonce lives)."""
+    max_failures: int = 10
+    """Wrong answers from one source within ``failure_window`` that ban it (0: never)."""
+    max_user_failures: int = 30
+    """Wrong answers for one user name within ``failure_window`` that lock it (0: never)."""
+    failure_window: float = 60.0
+    ban_time: float = 600.0
+    """Seconds a ban (source) or a lockout (user) lasts."""
+    ban_response: str = "403"
+    """What a banned source's credentials get: ``"403"`` or ``"drop"`` (silence)."""
+    udp_rate: float = 200.0
+    """Datagrams per second one source may send (token bucket; 0: no limit)."""
+    udp_burst: int = 400
+    """Datagrams one source may send at once above ``udp_rate``."""
+    tcp_max_connections: int = 2000
+    tcp_max_per_source: int = 32
+    """Connections from one IP address at once."""
+    tcp_idle_timeout: float = 300.0
+    """Seconds a TCP connection may stay silent (a CRLF keep-alive counts) before it is closed."""
+    tcp_header_timeout: float = 10.0
+    """Seconds a message may take from its first byte to its last over TCP."""
+    max_message_size: int = 65535
+    """Largest SIP message taken (bytes); a larger one over TCP gets 513, then
+    the connection closes."""
+    log_rate: float = 20.0
+    """Lines per second and per kind of event about bad input (the rest are counted, not logged)."""
     batch_max: int = 256
     t1: float = 0.5
     t2: float = 4.0
@@ -86,7 +114,16 @@ _SECTIONS = {
     "registrar": {"min_expires": "min_expires", "max_expires": "max_expires",
                   "default_expires": "default_expires", "max_contacts": "max_contacts"},
     "auth": {"secret": "auth_secret", "nonce_lifetime": "nonce_lifetime",
-             "algorithms": "auth_algorithms"},
+             "algorithms": "auth_algorithms", "require_qop": "require_qop",
+             "max_failures": "max_failures", "max_user_failures": "max_user_failures",
+             "failure_window": "failure_window", "ban_time": "ban_time",
+             "ban_response": "ban_response"},
+    "limits": {"udp_rate": "udp_rate", "udp_burst": "udp_burst",
+               "tcp_max_connections": "tcp_max_connections",
+               "tcp_max_per_source": "tcp_max_per_source",
+               "tcp_idle_timeout": "tcp_idle_timeout",
+               "tcp_header_timeout": "tcp_header_timeout",
+               "max_message_size": "max_message_size", "log_rate": "log_rate"},
     "database": {"url": "database", "batch_max": "batch_max"},
     "dns": {"servers": "dns_servers", "port": "dns_port"},
     "cluster": {"pub": "bus_pub", "snapshot": "bus_snapshot", "control": "control",
@@ -123,10 +160,23 @@ def parse_config(data: dict, base_dir: str = ".") -> NodeConfig:
     values["peers"] = peers
     cfg = NodeConfig(**values)
     for name in ("port", "min_expires", "max_expires", "default_expires", "max_contacts",
-                 "batch_max", "dns_port", "hwm", "snapshot_batch", "snapshot_rate"):
+                 "batch_max", "dns_port", "hwm", "snapshot_batch", "snapshot_rate",
+                 "max_failures", "max_user_failures", "udp_burst", "tcp_max_connections",
+                 "tcp_max_per_source", "max_message_size"):
         v = getattr(cfg, name)
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
             raise ConfigError(f"{name} must be a non-negative integer, not {v!r}")
+    for name in ("failure_window", "ban_time", "udp_rate", "tcp_idle_timeout",
+                 "tcp_header_timeout", "log_rate"):
+        v = getattr(cfg, name)
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0:
+            raise ConfigError(f"{name} must be a non-negative number, not {v!r}")
+    if not isinstance(cfg.require_qop, bool):
+        raise ConfigError(f"auth.require_qop must be true or false, not {cfg.require_qop!r}")
+    if cfg.ban_response not in ("403", "drop"):
+        raise ConfigError(f'auth.ban_response takes "403" or "drop", not {cfg.ban_response!r}')
+    if cfg.max_message_size < 1500:
+        raise ConfigError("limits.max_message_size must be at least 1500 bytes")
     if not isinstance(cfg.challenge_front, bool):
         raise ConfigError(f"sip.challenge_front must be true or false, not {cfg.challenge_front!r}")
     if not 0 < cfg.port < 65536:
@@ -151,6 +201,20 @@ def registrar_rules(cfg: NodeConfig) -> RegistrarRules:
     """The registrar rules a node's configuration sets (the node and its challenge front share them)."""
     return RegistrarRules(cfg.domain, [*cfg.aliases, cfg.address], cfg.min_expires, cfg.max_expires,
                           cfg.default_expires, cfg.max_contacts)
+
+
+def guard_settings(cfg: NodeConfig) -> GuardSettings:
+    """The guard against password guessing that a node's ``[auth]`` settings make."""
+    return GuardSettings(cfg.max_failures, cfg.max_user_failures, float(cfg.failure_window),
+                         float(cfg.ban_time))
+
+
+def server_uris(cfg: NodeConfig) -> frozenset[str]:
+    """The URIs naming the node itself (its domain, aliases and address, with
+    and without its port), lower case: digest-uris taken for any request."""
+    hosts = [cfg.domain, *cfg.aliases, f"[{cfg.address}]" if ":" in cfg.address else cfg.address]
+    return frozenset(f"{scheme}:{host}{port}".lower() for scheme in ("sip", "sips")
+                     for host in hosts for port in ("", f":{cfg.port}"))
 
 
 def sqlite_dir(cfg: NodeConfig) -> str | None:

@@ -55,12 +55,17 @@ def write_users_csv(path: str, n: int, prefix: str = "user", start: int = 0) -> 
 
 
 class NodeProcess:
-    """One ``run.py node`` process with its own folder, database and port."""
+    """One ``run.py node`` process with its own folder, database and port.
+
+    ``auth`` adds lines to its ``[auth]`` section, ``limits`` is its
+    ``[limits]`` section: by default the per-source UDP rate limit is off,
+    since a load test sends everything from one address.
+    """
 
     def __init__(self, workdir: str, node_id: str = "node1", address: str = "127.0.0.1",
                  port: int | None = None, domain: str = "example.test",
                  database: str | None = None, extra: str = "", secret: str = "00" * 32,
-                 front: bool = False):
+                 front: bool = False, auth: str = "", limits: str = "udp_rate = 0"):
         self.dir = os.path.join(workdir, node_id)
         os.makedirs(self.dir, exist_ok=True)
         self.id = node_id
@@ -85,6 +90,10 @@ challenge_front = {"true" if front else "false"}
 
 [auth]
 secret = "{secret}"
+{auth}
+
+[limits]
+{limits}
 
 [database]
 url = "{self.database}"
@@ -236,7 +245,8 @@ class Cluster:
     """
 
     def __init__(self, workdir: str, n: int = 3, domain: str = "example.test",
-                 settings: dict | None = None, address: str = "127.0.0.1", extra: str = ""):
+                 settings: dict | None = None, address: str = "127.0.0.1", extra: str = "",
+                 auth: str = ""):
         from actors.keys import Member, cluster_toml, generate_keypair
         self.client_public, self.client_secret = generate_keypair()
         members = []
@@ -248,7 +258,8 @@ class Cluster:
         for m in members:
             text = extra + "\n" + cluster_toml(m, members, control_keys=[self.client_public],
                                                **(settings or {}))
-            self.nodes.append(NodeProcess(workdir, m.id, address, domain=domain, extra=text))
+            self.nodes.append(NodeProcess(workdir, m.id, address, domain=domain, extra=text,
+                                          auth=auth))
         self._bus = None
 
     def provision(self, users_csv: str) -> None:

@@ -36,6 +36,7 @@ import os
 from collections import deque
 from urllib.parse import unquote
 
+from .digest import BANNED
 from .errors import SipError
 from .message import Request, Response, error_response, make_response
 from .proxy import (ALLOW, DIALOG_METHODS, OPTIONS_FIELDS, STATELESS_PREFIX, TRANSPORTS, UNCHALLENGED, Branch,
@@ -47,6 +48,7 @@ from .rfc3263 import Locator, Target
 from .transaction import (AckReceived, RequestReceived, ResponseReceived, StrayResponse,
                           TransactionLayer, TransactionTimeout, TransportError)
 from .uri import parse_uri
+from .via import source_address
 
 log = logging.getLogger(__name__)
 
@@ -261,7 +263,10 @@ class ProxyCore:
         self._advance(ctx, now)
 
     def _authenticate(self, req: Request, user: str, wall: float) -> str:
-        result = self.auth.authenticate(req.method, req.raw_values("proxy-authorization"), wall)
+        result = self.auth.authenticate(req.method, req.raw_values("proxy-authorization"), wall,
+                                        req.uri, source_address(req))
+        if result is BANNED:
+            raise SipError(403, "Forbidden (Too Many Failed Authentications)")
         if not result.ok:
             self.stats["challenged"] += 1
             if result.reason != "missing":
