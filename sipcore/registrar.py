@@ -11,6 +11,7 @@ from email.utils import formatdate
 from math import inf, nextafter
 from urllib.parse import unquote
 
+from .cluster import ClusterAddresses
 from .errors import SipError, SipParseError
 from .headers import parse_int
 from .location import Binding, Location, tombstone
@@ -55,12 +56,19 @@ class RegisterOutcome:
 
 
 class RegistrarRules:
-    """Registrar policy for one domain."""
+    """Registrar policy for one domain.
+
+    ``cluster`` knows the cluster's names and node addresses: a Contact
+    reaching any of them is refused (``403``), since a call forked to it
+    would come back to the cluster on every pass. Without it, the domain
+    name alone counts.
+    """
 
     def __init__(self, domain: str, aliases=(), min_expires: int = 60,
                  max_expires: int = 3600, default_expires: int = 3600,
-                 max_contacts: int = 10):
+                 max_contacts: int = 10, cluster: ClusterAddresses | None = None):
         self.domains = {domain.lower(), *(a.lower() for a in aliases)}
+        self.cluster = cluster if cluster is not None else ClusterAddresses([domain], ())
         self.domain = domain.lower()
         self.min_expires = min_expires
         self.max_expires = max_expires
@@ -182,6 +190,8 @@ class RegistrarRules:
                 return key, None
             return key, tombstone(old, call_id=call_id, cseq=cseq, origin=node_id,
                                   updated_at=_stamp(old, call_id, now))
+        if self.cluster.points_here(na.uri):
+            raise SipError(403, "Contact Points At This Cluster")
         return key, Binding(aor=aor, key=key, contact=str(na.uri), expires_at=now + expires,
                             call_id=call_id, cseq=cseq, q=q, path=path, instance=instance,
                             reg_id=reg_id, received=received, user_agent=ua, origin=node_id,

@@ -33,7 +33,7 @@ def core(location):
     """A proxy for example.test at 127.0.0.1:5060 with digest users; 100 Trying at once."""
     settings = ProxySettings(DOMAIN, *PROXY)
     auth = Authenticator(DOMAIN, b"k" * 32, lookup, algorithms=("MD5",))
-    return ProxyCore(settings, location, auth, lambda u: u in USERS, trying_delay=0)
+    return ProxyCore(settings, location, auth, trying_delay=0)
 
 
 def lookup(user):
@@ -64,6 +64,11 @@ def request(method, uri="sip:bob@example.test", source=ALICE, frm="sip:alice@exa
     req.validate()
     stamp_via(req, source[0], source[1], source[2])
     return req
+
+
+def our_route(core, call_id="call-1"):
+    """The Route a phone sends inside a dialog the proxy Record-Routed (From tag ``ftag``)."""
+    return core.settings.record_route(request("INVITE", call_id=call_id))
 
 
 def reply(forwarded, status, to_tag="callee", extra=()):
@@ -160,22 +165,26 @@ def test_unsupported_proxy_require_gets_420(core, location):
 def test_loop_gets_482_but_a_spiral_passes(core, location):
     same = loop_hash(request("INVITE"))
     assert same == loop_hash(request("CANCEL")) != loop_hash(request("INVITE", cseq=2))
-    bind(location, "bob", PHONES[0], contact="sip:bob@example.test")
-    bind(location, "carol", PHONES[1], contact="sip:bob2@example.test")
+    bind(location, "bob", PHONES[0])
+    bind(location, "carol", PHONES[1])
     bind(location, "bob2", PHONES[2])
     _, branches = forward(core, request("MESSAGE", frm="sip:x@other.test"))
     looped = branches[PHONES[0]]
     assert looped.max_forwards == 69 and looped.top_via.host == "127.0.0.1"
+    # bob's device sends it back to bob unchanged: a loop
     looped = parse_message(looped.encode())
-    stamp_via(looped, "udp", "127.0.0.1", 5060)
-    core.receive(looped, ("udp", "127.0.0.1", 5060), 0.1, WALL)
+    looped.uri = "sip:bob@example.test"
+    stamp_via(looped, "udp", *PHONES[0][1:])
+    core.receive(looped, PHONES[0], 0.1, WALL)
     assert only(core).status == 482
     _, branches = forward(core, request("MESSAGE", uri="sip:carol@example.test", call_id="c2",
                                         frm="sip:x@other.test", to="sip:carol@example.test",
                                         branch="z9hG4bKc2"))
+    # carol's device forwards it to bob2: a spiral
     spiral = parse_message(branches[PHONES[1]].encode())
-    stamp_via(spiral, "udp", "127.0.0.1", 5060)
-    core.receive(spiral, ("udp", "127.0.0.1", 5060), 0.2, WALL)
+    spiral.uri = "sip:bob2@example.test"
+    stamp_via(spiral, "udp", *PHONES[1][1:])
+    core.receive(spiral, PHONES[1], 0.2, WALL)
     msgs = out(core)
     assert [d for _, d in msgs] == [PHONES[2]]
     assert len(msgs[0][0].vias) == 3 and msgs[0][0].max_forwards == 68
@@ -185,7 +194,7 @@ def test_loop_gets_482_but_a_spiral_passes(core, location):
 
 def test_our_route_is_removed_and_in_dialog_request_forwarded_unchallenged(core):
     bye = request("BYE", uri="sip:bob@10.0.0.2:5062", to_tag="callee",
-                  extra=("Route: <sip:127.0.0.1:5060;lr>, <sip:10.9.9.9;lr>",))
+                  extra=(f"Route: {our_route(core)}, <sip:10.9.9.9;lr>",))
     _, branches = forward(core, bye)
     (fwd,) = branches.values()
     assert list(branches) == [("udp", "10.9.9.9", 5060)]
@@ -195,7 +204,8 @@ def test_our_route_is_removed_and_in_dialog_request_forwarded_unchallenged(core)
 
 
 def test_strict_router_rewrite_is_undone(core):
-    req = request("BYE", uri="sip:127.0.0.1:5060;lr", to_tag="t",
+    strict = our_route(core)[1:-1]
+    req = request("BYE", uri=strict, to_tag="t",
                   extra=("Route: <sip:bob@10.0.0.2:5062>",))
     _, branches = forward(core, req)
     assert branches[PHONES[0]].uri == "sip:bob@10.0.0.2:5062"
@@ -222,7 +232,8 @@ def test_path_becomes_route_and_record_route_is_added(core, location):
     fwd = branches[dest]
     assert dest == ("udp", "10.5.5.5", 5080)
     assert fwd.get("route") == "<sip:10.5.5.5:5080;lr>"
-    assert fwd.get("record-route") == "<sip:127.0.0.1:5060;lr>"
+    assert fwd.get("record-route") == our_route(core)
+    assert fwd.get("record-route").startswith("<sip:127.0.0.1:5060;lr;dlg=")
     assert fwd.raw_values("proxy-authorization") == [other]
 
 
@@ -251,10 +262,10 @@ def test_target_groups_by_q():
 
 # -- §16.5 targets and authentication ---------------------------------------------
 
-def test_unknown_user_404_known_user_without_binding_480(core):
+def test_unknown_user_and_known_user_without_binding_both_480(core):
     core.receive(request("MESSAGE", uri="sip:nobody@example.test", frm="sip:x@other.test"),
                  ALICE, 0.0, WALL)
-    assert only(core).status == 404
+    assert only(core).status == 480
     core.receive(request("MESSAGE", uri="sip:carol@example.test", frm="sip:x@other.test",
                          call_id="c2", branch="z9hG4bKc2"), ALICE, 0.0, WALL)
     assert only(core).status == 480
@@ -487,12 +498,12 @@ def test_timer_c_cancels_a_branch_that_rings_forever(core, location):
 
 def test_ack_for_2xx_and_stray_2xx_are_forwarded_statelessly(core):
     ack = request("ACK", uri="sip:bob@10.0.0.2:5062", to_tag="t", branch="z9hG4bKack",
-                  extra=("Route: <sip:127.0.0.1:5060;lr>",))
+                  extra=(f"Route: {our_route(core)}",))
     core.receive(ack, ALICE, 0.0, WALL)
     fwd = only(core, PHONES[0])
     assert fwd.method == "ACK" and fwd.get("route") is None and len(fwd.vias) == 2
     core.receive(request("ACK", uri="sip:bob@10.0.0.2:5062", to_tag="t", branch="z9hG4bKack",
-                         extra=("Route: <sip:127.0.0.1:5060;lr>",)), ALICE, 0.1, WALL)
+                         extra=(f"Route: {our_route(core)}",)), ALICE, 0.1, WALL)
     assert only(core).top_via.branch == fwd.top_via.branch
     stray = reply(fwd, 200)
     stray.set("CSeq", "1 INVITE")
@@ -503,14 +514,14 @@ def test_ack_for_2xx_and_stray_2xx_are_forwarded_statelessly(core):
 
 def test_in_dialog_request_is_forwarded_statelessly_with_its_response(core):
     bye = request("BYE", uri="sip:bob@10.0.0.2:5062", to_tag="t", branch="z9hG4bKbye",
-                  extra=("Route: <sip:127.0.0.1:5060;lr>",))
+                  extra=(f"Route: {our_route(core)}",))
     core.receive(bye, ALICE, 0.0, WALL)
     fwd = only(core, PHONES[0])
     assert fwd.method == "BYE" and fwd.get("route") is None and fwd.max_forwards == 69
     assert fwd.top_via.branch.startswith("z9hG4bKs")
     assert core.layer.stats() == {"server": 0, "client": 0}
     core.receive(request("BYE", uri="sip:bob@10.0.0.2:5062", to_tag="t", branch="z9hG4bKbye",
-                         extra=("Route: <sip:127.0.0.1:5060;lr>",)), ALICE, 0.5, WALL)
+                         extra=(f"Route: {our_route(core)}",)), ALICE, 0.5, WALL)
     assert only(core, PHONES[0]).top_via.branch == fwd.top_via.branch
     core.receive(reply(fwd, 200), PHONES[0], 0.6)
     resp = only(core, ("udp", "10.0.0.1", 5061))
