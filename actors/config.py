@@ -7,7 +7,7 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 
-from sipcore.cluster import ClusterAddresses
+from sipcore.cluster_addresses import ClusterAddresses
 from sipcore.registrar import RegistrarRules
 from store.files import InsecureFileError, check_private
 

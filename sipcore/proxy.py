@@ -24,7 +24,7 @@ import os
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
-from .cluster import ClusterAddresses
+from .cluster_addresses import ClusterAddresses
 from .errors import SipError
 from .headers import Via, parse_int, split_list
 from .message import Request, Response, make_response

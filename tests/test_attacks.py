@@ -55,7 +55,7 @@ def received(sock, wait: float = QUIET) -> list[Request]:
         sock.settimeout(left)
         try:
             msg = parse_message(sock.recv(65535))
-        except (socket.timeout, TimeoutError):
+        except TimeoutError:
             break
         if isinstance(msg, Request):
             got.append(msg)

@@ -5,6 +5,7 @@ import pathlib
 
 import pytest
 
+from sipcore.cluster_addresses import ClusterAddresses
 from sipcore.digest import Authenticator, Credentials, expected_response, ha1
 from sipcore.forking import ProxyCore
 from sipcore.location import Binding, Location
@@ -603,3 +604,91 @@ def test_sans_io_imports_only():
         mods = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
         mods += [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and not n.level]
         assert not {m.split(".")[0] for m in mods} & banned, (name, mods)
+
+
+# -- issue 11: dialogs proven, loops bounded, identity, enumeration, emergency ----
+
+def test_a_route_without_our_token_proves_no_dialog(core):
+    forged = ("Route: <sip:127.0.0.1:5060;lr>", "Route: <sip:127.0.0.1:5060;lr;dlg=00ff>",
+              f"Route: {our_route(core, call_id='another-call')}")
+    for k, route in enumerate(forged):
+        core.receive(request("INVITE", uri="sip:+15551234567@10.9.9.9", frm="sip:x@other.test",
+                             to_tag="t", call_id="call-1", branch=f"z9hG4bKf{k}",
+                             extra=(route,)), ALICE, 0.0, WALL)
+        assert only(core, ALICE).status == 403
+        core.receive(request("MESSAGE", uri="sip:+15551234567@10.9.9.9", to_tag="t",
+                             branch=f"z9hG4bKm{k}", extra=(route,)), ALICE, 0.0, WALL)
+        assert only(core, ALICE).status == 407
+        core.receive(request("ACK", uri="sip:+15551234567@10.9.9.9", to_tag="t",
+                             branch=f"z9hG4bKa{k}", extra=(route,)), ALICE, 0.0, WALL)
+        assert out(core) == []
+
+
+def test_a_peer_node_accepts_our_token_after_failover(location):
+    cluster = ClusterAddresses([DOMAIN], [PROXY, ("127.0.0.2", 5060)])
+    mine = ProxySettings(DOMAIN, *PROXY, secret=b"s" * 32, cluster=cluster)
+    peer = ProxyCore(ProxySettings(DOMAIN, "127.0.0.2", 5060, secret=b"s" * 32, cluster=cluster),
+                     location)
+    route = mine.record_route(request("INVITE"))
+    # the callee hangs up: the caller's tag is in To
+    bye = request("BYE", uri="sip:alice@10.0.0.1:5061", frm="sip:bob@example.test",
+                  to="sip:alice@example.test", to_tag="ftag", extra=(f"Route: {route}",))
+    bye.set("From", "<sip:bob@example.test>;tag=callee")
+    core_sent = forward(peer, bye)[1]
+    assert list(core_sent) == [ALICE] and core_sent[ALICE].get("route") is None
+    other = ProxySettings(DOMAIN, *PROXY, secret=b"t" * 32, cluster=cluster)
+    assert route != other.record_route(request("INVITE"))
+
+
+def test_max_breadth_and_max_branches(location):
+    core = ProxyCore(ProxySettings(DOMAIN, *PROXY, max_branches=2), location, trying_delay=0)
+    for n, phone in enumerate(PHONES):
+        bind(location, "bob", phone, n=n)
+    _, branches = forward(core, request("MESSAGE", frm="sip:x@other.test"))
+    assert len(branches) == 2
+    assert {m.get("max-breadth") for m in branches.values()} == {"30"}
+    core.receive(request("MESSAGE", frm="sip:x@other.test", call_id="c2", branch="z9hG4bKc2",
+                         extra=("Max-Breadth: 0",)), ALICE, 0.0, WALL)
+    resp = only(core, ALICE)
+    assert (resp.status, resp.reason) == (440, "Max-Breadth Exceeded")
+    _, branches = forward(core, request("MESSAGE", frm="sip:x@other.test", call_id="c3",
+                                        branch="z9hG4bKc3", extra=("Max-Breadth: 1",)))
+    assert [m.get("max-breadth") for m in branches.values()] == ["1"]
+
+
+def test_bindings_reaching_the_cluster_are_never_forked_to(core, location):
+    bind(location, "bob", PHONES[0], contact="sip:bob@example.test", n=1)
+    bind(location, "bob", PHONES[1], contact="sip:bob@127.0.0.1:5060", n=2)
+    core.receive(request("MESSAGE", frm="sip:x@other.test"), ALICE, 0.0, WALL)
+    assert only(core, ALICE).status == 480
+    bind(location, "bob", PHONES[2], n=3)
+    _, branches = forward(core, request("MESSAGE", frm="sip:x@other.test", call_id="c2",
+                                        branch="z9hG4bKc2"))
+    assert list(branches) == [PHONES[2]]
+
+
+@pytest.mark.parametrize("frm", ["sip:alice@example.test.", "sip:alice@EXAMPLE.TEST",
+                                 "sip:alice@127.0.0.1", "sip:alice@127.0.0.1:5070"])
+def test_the_domain_in_any_spelling_is_challenged(core, location, frm):
+    bind(location, "bob", PHONES[0])
+    core.receive(request("INVITE", frm=frm), ALICE, 0.0, WALL)
+    assert only(core, ALICE).status == 407
+
+
+def test_emergency_numbers_are_never_challenged(location):
+    settings = ProxySettings(DOMAIN, *PROXY, emergency=frozenset({"911", "112"}))
+    auth = Authenticator(DOMAIN, b"k" * 32, lookup, algorithms=("MD5",))
+    core = ProxyCore(settings, location, auth, trying_delay=0)
+    bind(location, "911", PHONES[2])
+    for k, uri in enumerate(("sip:911@example.test", "sip:911@far.test", "tel:911")):
+        bad = 'Digest username="bob", realm="example.test", nonce="n", uri="x", response="r"'
+        _, branches = forward(core, request("INVITE", uri=uri, to=uri, call_id=f"e{k}",
+                                            branch=f"z9hG4bKe{k}",
+                                            extra=("Max-Breadth: 0", f"Proxy-Authorization: {bad}")))
+        assert list(branches) == [PHONES[2]] and branches[PHONES[2]].uri.startswith("sip:911@")
+    for k, (uri, frm) in enumerate((("sip:112@example.test", "sip:alice@example.test"),
+                                    ("sip:112@far.test", "sip:x@other.test"))):
+        core.receive(request("INVITE", uri=uri, to=uri, frm=frm, call_id=f"n{k}",
+                             branch=f"z9hG4bKn{k}"), ALICE, 0.0, WALL)
+        resp = [m for m, _ in out(core) if m.status != 100]
+        assert [(r.status, r.reason) for r in resp] == [(480, "No Route For Emergency Number")]
