@@ -21,6 +21,7 @@ import time
 
 import pytest
 
+from loadtest.harness import Cluster, write_users_csv
 from loadtest.sipclient import SipClient
 from sipcore.message import Request, parse_message
 from tests.test_proxy import exchange, invite, start_node
@@ -223,3 +224,44 @@ def test_emergency_calls_are_never_challenged_nor_refused(node):
         assert answer.startswith("SIP/2.0 480"), answer
     finally:
         sos.close()
+
+
+def test_in_a_cluster_a_peer_is_refused_as_contact_and_honours_our_tokens(tmp_path):
+    """Two nodes: a Contact at the peer's address is refused, and a dialog Record-Routed
+    by node 1 goes on through node 2 (failover), while a forged one does not."""
+    work = str(tmp_path)
+    cluster = Cluster(work, n=2)
+    rows = write_users_csv(os.path.join(work, "users.csv"), 5)
+    cluster.provision(os.path.join(work, "users.csv"))
+    cluster.start()
+    one, two = cluster.nodes
+    one.rows = rows
+    callee = far = None
+    try:
+        assert cluster.wait_synced(15)
+        client = SipClient((one.address, one.port), "user2", "pw2", one.domain, t1=0.25,
+                           timeout=8.0)
+        resp = client.request("REGISTER", f"sip:{one.domain}",
+                              [("Contact", f"<sip:user2@{two.address}:{two.port}>")])
+        client.close()
+        assert (resp.status, resp.reason) == (403, "Contact Points At This Cluster")
+        callee = phone(one, "user1")
+        far = listener()
+        call_id = os.urandom(8).hex()
+        exchange(one, invite("sip:user1@example.test", call_id=call_id), timeout=QUIET)
+        rr = next(m for m in received(callee.sock) if m.method == "INVITE").get("record-route")
+        target = f"sip:x@127.0.0.1:{far.getsockname()[1]}"
+        answer = exchange(two, forged("INVITE", target, rr))
+        assert answer.startswith("SIP/2.0 403"), answer
+        bye = forged("BYE", target, rr, call_id=call_id, frm="sip:user1@example.test",
+                     from_tag="callee", to_tag="f1")
+        exchange(two, bye, timeout=QUIET)
+        got = received(far)
+        # node 2 forwards it statefully (Timer E retransmits: the far end never answers)
+        assert {(m.method, m.top_via.branch) for m in got} == {("BYE", got[0].top_via.branch)}
+        assert got[0].get("route") is None
+    finally:
+        for s in (callee, far):
+            if s is not None:
+                s.close()
+        cluster.stop()
