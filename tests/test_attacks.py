@@ -17,6 +17,7 @@ credentials), and checks that the forged request reaches nothing:
 import os
 import socket
 import statistics
+import subprocess
 import time
 
 import pytest
@@ -265,3 +266,12 @@ def test_in_a_cluster_a_peer_is_refused_as_contact_and_honours_our_tokens(tmp_pa
             if s is not None:
                 s.close()
         cluster.stop()
+
+
+def test_sipsak_cannot_register_the_domain_as_its_contact(node):
+    reg = subprocess.run(["sipsak", "-U", "-s", f"sip:user8@{node.address}:{node.port}",
+                          "-C", "sip:user8@example.test", "-u", "user8", "-a",
+                          dict(node.rows)["user8"], "-x", "120", "-vv"],
+                         capture_output=True, text=True, timeout=30)
+    assert reg.returncode != 0
+    assert "403 Contact Points At This Cluster" in reg.stdout + reg.stderr, reg.stdout
