@@ -283,7 +283,7 @@ class ProxyCore:
         s = self.settings
         bindings = self.location.lookup(s.aor(ruri), wall)
         if bindings:
-            points_here = s.cluster.points_here
+            points_here = s.addresses.points_here
             bindings = [b for b in bindings if not points_here(parse_uri(b.contact))]
         if not bindings:
             raise SipError(480, "Temporarily Unavailable")

@@ -105,6 +105,8 @@ class ProxySettings:
     """Lower-case domain names that are ours (``domain`` and ``aliases``)."""
     sent_by: str = field(init=False)
     """``address:port`` as written in our Via."""
+    addresses: ClusterAddresses = field(init=False)
+    """``cluster``, or this node alone when it was None."""
 
     def __post_init__(self) -> None:
         self.domain = self.domain.lower()
@@ -113,8 +115,7 @@ class ProxySettings:
         self.sent_by = f"{host}:{self.port}"
         self._rr_start = f"<sip:{self.sent_by};lr;{DIALOG_PARAM}="
         self._dialog_key = hmac.digest(self.secret or os.urandom(32), b"record-route", "sha256")
-        if self.cluster is None:
-            self.cluster = ClusterAddresses(self.names, [(self.address, self.port)])
+        self.addresses = self.cluster or ClusterAddresses(self.names, [(self.address, self.port)])
         self._address = self.address.lower()
         self._via_host = host
 
@@ -155,13 +156,13 @@ class ProxySettings:
     def is_cluster_route(self, uri: SipUri) -> bool:
         """Whether ``uri`` routes to a node of the cluster (ours or a peer's, so a
         dialog survives its node's failover): no user part, a node's address."""
-        return uri.user is None and self.cluster.points_here(uri)
+        return uri.user is None and self.addresses.points_here(uri)
 
     # -- callers and targets ---------------------------------------------------------
     def names_domain(self, uri: SipUri) -> bool:
         """Whether ``uri`` (a From) names our domain in any spelling: case, trailing
         dot, alias, a node's address with any port."""
-        return self.cluster.names_domain(uri)
+        return self.addresses.names_domain(uri)
 
     def is_emergency(self, uri: SipUri) -> bool:
         """Whether ``uri`` dials one of the emergency numbers."""
