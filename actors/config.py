@@ -8,6 +8,7 @@ import tomllib
 from dataclasses import dataclass, field
 
 from sipcore.authguard import GuardSettings
+from sipcore.cluster_addresses import ClusterAddresses
 from sipcore.registrar import RegistrarRules
 from store.files import InsecureFileError, check_private
 
@@ -27,6 +28,9 @@ class Peer:
     """ZeroMQ endpoint of its ROUTER (snapshot) socket."""
     public_key: str = ""
     """Its CurveZMQ public key (Z85)."""
+    sip: str = ""
+    """Its SIP address, ``host:port`` (``[v6]:port``), so that this node knows the cluster's
+    addresses: contacts pointing at any node are refused, a From naming one is the domain."""
 
 
 @dataclass
@@ -81,6 +85,10 @@ class NodeConfig:
     t4: float = 5.0
     challenge_front: bool = False
     """Run a second process that answers REGISTERs without credentials (401) on the same UDP port."""
+    emergency_numbers: list[str] = field(default_factory=lambda: ["911", "112"])
+    """Numbers whose calls no defence may challenge or refuse."""
+    max_branches: int = 16
+    """Branches one request may be forked to at most (all groups together)."""
     source: str = ""
     """The file this configuration was read from (empty when built in memory)."""
     dns_servers: list[str] = field(default_factory=list)
@@ -110,7 +118,8 @@ class NodeConfig:
 _SECTIONS = {
     "node": {"id": "id", "data_dir": "data_dir", "log_level": "log_level"},
     "sip": {"address": "address", "port": "port", "domain": "domain", "aliases": "aliases",
-            "t1": "t1", "t2": "t2", "t4": "t4", "challenge_front": "challenge_front"},
+            "t1": "t1", "t2": "t2", "t4": "t4", "challenge_front": "challenge_front",
+            "emergency_numbers": "emergency_numbers"},
     "registrar": {"min_expires": "min_expires", "max_expires": "max_expires",
                   "default_expires": "default_expires", "max_contacts": "max_contacts"},
     "auth": {"secret": "auth_secret", "nonce_lifetime": "nonce_lifetime",
@@ -118,7 +127,7 @@ _SECTIONS = {
              "max_failures": "max_failures", "max_user_failures": "max_user_failures",
              "failure_window": "failure_window", "ban_time": "ban_time",
              "ban_response": "ban_response"},
-    "limits": {"udp_rate": "udp_rate", "udp_burst": "udp_burst",
+    "limits": {"max_branches": "max_branches", "udp_rate": "udp_rate", "udp_burst": "udp_burst",
                "tcp_max_connections": "tcp_max_connections",
                "tcp_max_per_source": "tcp_max_per_source",
                "tcp_idle_timeout": "tcp_idle_timeout",
@@ -162,7 +171,7 @@ def parse_config(data: dict, base_dir: str = ".") -> NodeConfig:
     for name in ("port", "min_expires", "max_expires", "default_expires", "max_contacts",
                  "batch_max", "dns_port", "hwm", "snapshot_batch", "snapshot_rate",
                  "max_failures", "max_user_failures", "udp_burst", "tcp_max_connections",
-                 "tcp_max_per_source", "max_message_size"):
+                 "tcp_max_per_source", "max_message_size", "max_branches"):
         v = getattr(cfg, name)
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
             raise ConfigError(f"{name} must be a non-negative integer, not {v!r}")
@@ -181,6 +190,14 @@ def parse_config(data: dict, base_dir: str = ".") -> NodeConfig:
         raise ConfigError(f"sip.challenge_front must be true or false, not {cfg.challenge_front!r}")
     if not 0 < cfg.port < 65536:
         raise ConfigError(f"port out of range: {cfg.port}")
+    if cfg.max_branches < 1:
+        raise ConfigError("limits.max_branches must be at least 1")
+    if not isinstance(cfg.emergency_numbers, list) or not all(
+            isinstance(n, str) and n for n in cfg.emergency_numbers):
+        raise ConfigError("sip.emergency_numbers must be a list of numbers as strings")
+    for p in peers:
+        if p.sip:
+            _sip_address(p.sip, f"peer {p.id}")
     bad = [a for a in cfg.auth_algorithms if a not in ("MD5", "SHA-256")]
     if bad or not cfg.auth_algorithms:
         raise ConfigError(f"auth.algorithms takes MD5 and/or SHA-256, not {bad}")
@@ -197,10 +214,27 @@ def parse_config(data: dict, base_dir: str = ".") -> NodeConfig:
     return cfg
 
 
+def _sip_address(text: str, what: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port``) as a pair; ``ConfigError`` when malformed."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{what}: sip must be host:port, not {text!r}")
+    return host.strip("[]"), int(port)
+
+
+def cluster_addresses(cfg: NodeConfig, port: int | None = None) -> ClusterAddresses:
+    """The cluster's names and node addresses as this node knows them: the domain,
+    its aliases, its own ``[sip]`` address (``port``: the one it listens on, when
+    known) and each peer's ``sip``."""
+    nodes = [(cfg.address, port or cfg.port)]
+    nodes.extend(_sip_address(p.sip, f"peer {p.id}") for p in cfg.peers if p.sip)
+    return ClusterAddresses([cfg.domain, *cfg.aliases], nodes)
+
+
 def registrar_rules(cfg: NodeConfig) -> RegistrarRules:
     """The registrar rules a node's configuration sets (the node and its challenge front share them)."""
     return RegistrarRules(cfg.domain, [*cfg.aliases, cfg.address], cfg.min_expires, cfg.max_expires,
-                          cfg.default_expires, cfg.max_contacts)
+                          cfg.default_expires, cfg.max_contacts, cluster_addresses(cfg))
 
 
 def guard_settings(cfg: NodeConfig) -> GuardSettings:

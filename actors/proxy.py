@@ -34,6 +34,7 @@ from sipcore.digest import Authenticator
 from sipcore.forking import ProxyCore
 from sipcore.proxy import ProxySettings
 
+from .config import cluster_addresses
 from .dns import Resolver
 
 log = logging.getLogger(__name__)
@@ -75,13 +76,16 @@ class ProxyActor:
         """Build the actor of a node: ``auth`` (the node's Authenticator, whose
         nonces, counts and guard the registrar shares) or one of its own (same
         secret and users), the location table (read only), a resolver on
-        ``cfg.dns_servers``/``cfg.dns_port`` (the system's when none)."""
-        settings = ProxySettings(cfg.domain, cfg.address, transport.port, tuple(cfg.aliases))
+        ``cfg.dns_servers``/``cfg.dns_port`` (the system's when none). The
+        secret keys the Record-Route tokens too."""
+        settings = ProxySettings(cfg.domain, cfg.address, transport.port, tuple(cfg.aliases),
+                                 secret=secret, cluster=cluster_addresses(cfg, transport.port),
+                                 emergency=frozenset(cfg.emergency_numbers),
+                                 max_branches=cfg.max_branches)
         if auth is None:
             auth = Authenticator(cfg.domain, secret, user_lookup, cfg.nonce_lifetime,
                                  tuple(cfg.auth_algorithms), max_nonces=500_000)
-        core = ProxyCore(settings, location, auth, lambda user: user_lookup(user) is not None,
-                         t1=cfg.t1, t2=cfg.t2, t4=cfg.t4)
+        core = ProxyCore(settings, location, auth, t1=cfg.t1, t2=cfg.t2, t4=cfg.t4)
         resolver = Resolver(cfg.dns_servers or None, cfg.dns_port)
         return cls(core, transport, resolver)
 

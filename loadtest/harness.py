@@ -252,14 +252,15 @@ class Cluster:
         members = []
         for k in range(1, n + 1):
             ends = [f"tcp://{address}:{free_port(address)}" for _ in range(3)]
-            members.append(Member(f"node{k}", *ends, *generate_keypair()))
+            members.append(Member(f"node{k}", *ends, *generate_keypair(),
+                                  sip=f"{address}:{free_port(address)}"))
         self.members = {m.id: m for m in members}
         self.nodes = []
         for m in members:
             text = extra + "\n" + cluster_toml(m, members, control_keys=[self.client_public],
                                                **(settings or {}))
-            self.nodes.append(NodeProcess(workdir, m.id, address, domain=domain, extra=text,
-                                          auth=auth))
+            self.nodes.append(NodeProcess(workdir, m.id, address, int(m.sip.rsplit(":", 1)[1]),
+                                          domain=domain, extra=text, auth=auth))
         self._bus = None
 
     def provision(self, users_csv: str) -> None:
