@@ -60,7 +60,9 @@ class NodeProcess:
     def __init__(self, workdir: str, node_id: str = "node1", address: str = "127.0.0.1",
                  port: int | None = None, domain: str = "example.test",
                  database: str | None = None, extra: str = "", secret: str = "00" * 32,
-                 front: bool = False):
+                 front: bool = False, prefix: tuple = ()):
+        self.prefix = list(prefix)
+        """Command prefix the node runs under (``ip netns exec NAME`` for another host)."""
         self.dir = os.path.join(workdir, node_id)
         os.makedirs(self.dir, exist_ok=True)
         self.id = node_id
@@ -103,7 +105,8 @@ url = "{self.database}"
         logf = open(self.log_path, "ab")
         log_start = logf.tell()
         self.proc = subprocess.Popen(
-            [sys.executable, os.path.join(ROOT, "run.py"), "node", "--config", self.config],
+            [*self.prefix, sys.executable, os.path.join(ROOT, "run.py"), "node", "--config",
+             self.config],
             stdout=logf, stderr=logf, cwd=ROOT)
         logf.close()
         deadline = time.monotonic() + ready_timeout
@@ -183,12 +186,16 @@ SIPP_BUFFERS = ("-buff_size", "4194304")
 def run_sipp(scenario: str, target: str, workdir: str, inf: str | None = None,
              calls: int = 1, rate: int = 10, limit: int = 200, transport: str = "u1",
              local_ip: str = "127.0.0.1", local_port: int | None = None,
-             timeout: float = 120.0, extra: tuple = ()) -> SippResult:
-    """Run SIPp until ``calls`` calls are done (or ``timeout``); return its statistics."""
+             timeout: float = 120.0, extra: tuple = (), prefix: tuple = ()) -> SippResult:
+    """Run SIPp until ``calls`` calls are done (or ``timeout``); return its statistics.
+
+    ``prefix`` runs it under a command such as ``ip netns exec HOST`` (then
+    give ``local_port``: this process cannot probe another host's ports).
+    """
     os.makedirs(workdir, exist_ok=True)
     stf = os.path.join(workdir, f"sipp-{os.getpid()}-{time.monotonic_ns()}.csv")
     sf = scenario if os.path.isabs(scenario) else os.path.join(SIPP_DIR, scenario)
-    cmd = ["sipp", "-sf", sf, "-m", str(calls), "-r", str(rate), "-l", str(limit),
+    cmd = [*prefix, "sipp", "-sf", sf, "-m", str(calls), "-r", str(rate), "-l", str(limit),
            "-t", transport, "-i", local_ip, "-p", str(local_port or free_port(local_ip)),
            "-nostdin", "-bg", "-trace_stat", "-stf", stf, "-fd", "1",
            "-timeout", f"{int(timeout)}s", "-timeout_error", "-max_retrans", "5",
@@ -227,28 +234,45 @@ def _last_stats(path: str) -> dict:
 
 
 class Cluster:
-    """``n`` nodes on loopback that replicate to each other, and a control client.
+    """``n`` nodes that replicate to each other, and a control client.
 
     Each node gets its own CurveZMQ key pair, PUB, snapshot and control
-    endpoints on ``address``, and every other node as a peer; ``settings``
-    adds ``[cluster]`` keys (``heartbeat``, ``dead_after``...). The client
-    key used for control requests is in every node's ``control_keys``.
+    endpoints, and every other node as a peer; ``settings`` adds
+    ``[cluster]`` keys (``heartbeat``, ``dead_after``...). The client key
+    used for control requests is in every node's ``control_keys``.
+
+    By default every node is on loopback ``address`` with free ports. With
+    ``hosts``, a list of ``(address, command prefix)`` one per node, node k
+    runs under its prefix (e.g. ``ip netns exec HOST``) on its own address
+    with the standard ports: SIP on 5060, bus, snapshot and control on
+    7001-7003.
     """
 
     def __init__(self, workdir: str, n: int = 3, domain: str = "example.test",
-                 settings: dict | None = None, address: str = "127.0.0.1", extra: str = ""):
+                 settings: dict | None = None, address: str = "127.0.0.1", extra: str = "",
+                 hosts: list[tuple[str, tuple]] | None = None):
         from actors.keys import Member, cluster_toml, generate_keypair
         self.client_public, self.client_secret = generate_keypair()
+        if hosts is not None:
+            n = len(hosts)
         members = []
         for k in range(1, n + 1):
-            ends = [f"tcp://{address}:{free_port(address)}" for _ in range(3)]
+            if hosts is None:
+                ends = [f"tcp://{address}:{free_port(address)}" for _ in range(3)]
+            else:
+                ends = [f"tcp://{hosts[k - 1][0]}:{port}" for port in (7001, 7002, 7003)]
             members.append(Member(f"node{k}", *ends, *generate_keypair()))
         self.members = {m.id: m for m in members}
         self.nodes = []
-        for m in members:
+        for k, m in enumerate(members):
             text = extra + "\n" + cluster_toml(m, members, control_keys=[self.client_public],
                                                **(settings or {}))
-            self.nodes.append(NodeProcess(workdir, m.id, address, domain=domain, extra=text))
+            if hosts is None:
+                node = NodeProcess(workdir, m.id, address, domain=domain, extra=text)
+            else:
+                node = NodeProcess(workdir, m.id, hosts[k][0], 5060, domain=domain, extra=text,
+                                   prefix=hosts[k][1])
+            self.nodes.append(node)
         self._bus = None
 
     def provision(self, users_csv: str) -> None:
