@@ -60,7 +60,7 @@ class NodeProcess:
     def __init__(self, workdir: str, node_id: str = "node1", address: str = "127.0.0.1",
                  port: int | None = None, domain: str = "example.test",
                  database: str | None = None, extra: str = "", secret: str = "00" * 32,
-                 front: bool = False, prefix: tuple = ()):
+                 front: bool = False, prefix: tuple = (), log_file: str = ""):
         self.prefix = list(prefix)
         """Command prefix the node runs under (``ip netns exec NAME`` for another host)."""
         self.dir = os.path.join(workdir, node_id)
@@ -72,12 +72,16 @@ class NodeProcess:
         self.database = database or f"sqlite:///{self.dir}/tandem.db"
         self.config = os.path.join(self.dir, "node.toml")
         self.log_path = os.path.join(self.dir, "node.log")
+        """The process's stdout and stderr."""
+        self.log_file = log_file
+        """``[node] log_file``, where the node logs instead, if set."""
         self.proc = None
         self.front = front
         write_private(self.config, f"""[node]
 id = "{node_id}"
 data_dir = "{self.dir}"
 log_level = "INFO"
+{f'log_file = "{log_file}"' if log_file else ""}
 
 [sip]
 address = "{address}"
@@ -102,8 +106,9 @@ url = "{self.database}"
     def start(self, ready_timeout: float = 20.0) -> "NodeProcess":
         """Start the process and wait until it answers OPTIONS (and, with a
         challenge front, until the front answers challenges)."""
+        logged = self.log_file or self.log_path
+        log_start = os.path.getsize(logged) if os.path.exists(logged) else 0
         logf = open(self.log_path, "ab")
-        log_start = logf.tell()
         self.proc = subprocess.Popen(
             [*self.prefix, sys.executable, os.path.join(ROOT, "run.py"), "node", "--config",
              self.config],
@@ -119,14 +124,18 @@ url = "{self.database}"
         raise RuntimeError(f"{self.id} not ready after {ready_timeout}s: {self.log_tail()}")
 
     def _logged_since(self, offset: int, text: str) -> bool:
-        with open(self.log_path, "rb") as f:
+        try:
+            f = open(self.log_file or self.log_path, "rb")
+        except FileNotFoundError:
+            return False
+        with f:
             f.seek(offset)
             return text.encode() in f.read()
 
     def log_tail(self, n: int = 30) -> str:
-        """The last lines of the node's log."""
+        """The last lines of the node's log (its ``log_file`` if it has one)."""
         try:
-            with open(self.log_path, errors="replace") as f:
+            with open(self.log_file or self.log_path, errors="replace") as f:
                 return "".join(f.readlines()[-n:])
         except OSError:
             return ""
