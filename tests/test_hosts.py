@@ -117,6 +117,8 @@ def test_a_node_cut_off_while_phones_register_elsewhere_converges_when_plugged_b
     host = lab.net[cut.id]
     host.link(False)
     try:
+        assert wait(lambda: lab.cluster.control(a, "status")["peers"][cut.id]["liveness"]
+                    != "alive", 5.0), "node1 still hears the cut-off node"
         rows = lab.rows[:200]
         with ThreadPoolExecutor(2) as pool:
             jobs = [pool.submit(lab.register, a, rows[0::2], 21001),
