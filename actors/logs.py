@@ -17,7 +17,7 @@ FORMAT = "%(asctime)s {node} %(levelname)s %(name)s: %(message)s"
 
 
 class PrivateFileHandler(logging.StreamHandler[TextIO]):
-    """Appends to ``path``, created 0600 (a log may name users and addresses)."""
+    """Appends to ``path``, kept 0600 (a log names users and addresses)."""
 
     def __init__(self, path: str):
         self.path = path
@@ -27,6 +27,8 @@ class PrivateFileHandler(logging.StreamHandler[TextIO]):
         if not os.path.isdir(os.path.dirname(self.path) or "."):
             make_private_dir(os.path.dirname(self.path))
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, PRIVATE_FILE)
+        # A file made by someone else (or before) may be readable by others.
+        os.fchmod(fd, PRIVATE_FILE)
         return os.fdopen(fd, "a", encoding="utf-8")
 
     def reopen(self) -> None:

@@ -10,6 +10,7 @@ during a rolling restart).
 """
 
 import os
+import subprocess
 import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +21,7 @@ from loadtest.bench_call import Uas, write_call_inf
 from loadtest.bench_register import write_register_inf
 from loadtest.harness import Cluster, run_sipp, write_users_csv
 from tests.conftest import _in_ci
-from tests.netns import NamespacesUnavailable, Network
+from tests.netns import NamespacesUnavailable, Network, sweep
 
 USERS = 600
 SETTINGS = {"heartbeat": 0.2, "suspect_after": 1.0, "dead_after": 3.0, "alone_wait": 2.0,
@@ -155,8 +156,10 @@ def test_a_split_where_both_sides_register_heals_to_the_newest_binding(ready):
     for host in side_b:
         host.block([h.address for h in side_a])
     try:
+        # A long split: each side takes the other for dead (dead_after), so
+        # healing goes through the reconnect path, not just a heartbeat gap.
         assert wait(lambda: lab.cluster.control(c, "status")["peers"][a.id]["liveness"]
-                    != "alive", 5.0), "node3 still hears node1"
+                    == "dead", 10.0), "node3 does not take node1 for dead"
         # Both sides take new registrations, and the same AoR with another contact each.
         lab.register(a, lab.rows[400:450] + row(both), 22002)
         lab.register(c, lab.rows[450:500] + row(both), 22003)
@@ -228,3 +231,19 @@ def test_rolling_restart_under_call_load_fails_no_call_beyond_the_stopped_node(r
     print("\nrolling restart (stopped, calls through, ok, failed, restart-to-converged s):")
     for line in report:
         print(f"  {line[0]} {line[1]} {line[2]} {line[3]} {line[4]:.2f}")
+
+
+def test_sweep_removes_the_namespaces_of_dead_runs_only(lab):
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    stale = f"tandem-{gone.pid}-stale"
+    subprocess.run(["ip", "netns", "add", stale], check=True, timeout=30)
+    try:
+        removed = sweep()
+        assert stale in removed
+        listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
+                                 timeout=30).stdout
+        assert stale not in listing
+        assert all(h.ns in listing for h in lab.net.hosts.values()), listing
+    finally:
+        subprocess.run(["ip", "netns", "del", stale], capture_output=True, timeout=30)

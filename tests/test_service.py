@@ -132,6 +132,20 @@ def test_sighup_applies_the_log_level_and_a_changed_password_at_once(logging_nod
     assert not register(node, user, old)
 
 
+def test_a_log_file_others_could_read_is_made_private(tmp_path):
+    log_file = tmp_path / "node1" / "open.log"
+    log_file.parent.mkdir()
+    log_file.write_text("from before\n")
+    log_file.chmod(0o644)
+    node = NodeProcess(str(tmp_path), address="127.0.0.1", log_file=str(log_file))
+    node.start()
+    try:
+        assert stat.S_IMODE(os.stat(log_file).st_mode) == 0o600
+        assert text_of(str(log_file)).startswith("from before\n")
+    finally:
+        node.stop()
+
+
 def test_sighup_with_a_broken_configuration_keeps_the_node_running(logging_node):
     node = logging_node
     write_private(node.config, node.toml.replace("[sip]", "[sip\n"))
