@@ -242,6 +242,16 @@ def _last_stats(path: str) -> dict:
     return dict(zip(rows[0], rows[-1]))
 
 
+def _keys_on_host(prefix: str, command_prefix: tuple) -> tuple[str, str]:
+    """Run ``run.py keys --out PREFIX`` under ``command_prefix``; return the pair it wrote."""
+    from actors.keys import read_keypair
+    out = subprocess.run([*command_prefix, sys.executable, os.path.join(ROOT, "run.py"), "keys",
+                          "--out", prefix], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    if out.returncode:
+        raise RuntimeError(f"run.py keys --out {prefix} failed: {out.stderr}")
+    return read_keypair(prefix)
+
+
 class Cluster:
     """``n`` nodes that replicate to each other, and a control client.
 
@@ -254,7 +264,8 @@ class Cluster:
     ``hosts``, a list of ``(address, command prefix)`` one per node, node k
     runs under its prefix (e.g. ``ip netns exec HOST``) on its own address
     with the standard ports: SIP on 5060, bus, snapshot and control on
-    7001-7003.
+    7001-7003, and makes its key pair there with ``run.py keys --out``, as
+    an administrator would on each server.
     """
 
     def __init__(self, workdir: str, n: int = 3, domain: str = "example.test",
@@ -268,9 +279,11 @@ class Cluster:
         for k in range(1, n + 1):
             if hosts is None:
                 ends = [f"tcp://{address}:{free_port(address)}" for _ in range(3)]
+                keys = generate_keypair()
             else:
                 ends = [f"tcp://{hosts[k - 1][0]}:{port}" for port in (7001, 7002, 7003)]
-            members.append(Member(f"node{k}", *ends, *generate_keypair()))
+                keys = _keys_on_host(os.path.join(workdir, f"node{k}", "bus"), hosts[k - 1][1])
+            members.append(Member(f"node{k}", *ends, *keys))
         self.members = {m.id: m for m in members}
         self.nodes = []
         for k, m in enumerate(members):
