@@ -125,12 +125,11 @@ url = "{self.database}"
 
     def _logged_since(self, offset: int, text: str) -> bool:
         try:
-            f = open(self.log_file or self.log_path, "rb")
+            with open(self.log_file or self.log_path, "rb") as f:
+                f.seek(offset)
+                return text.encode() in f.read()
         except FileNotFoundError:
             return False
-        with f:
-            f.seek(offset)
-            return text.encode() in f.read()
 
     def log_tail(self, n: int = 30) -> str:
         """The last lines of the node's log (its ``log_file`` if it has one)."""
