@@ -14,14 +14,7 @@ __version__ = "0.9.0"
 """Tandem's release; tags in git are ``v<version>``."""
 
 
-def setup_logging(level: str, node_id: str = "-") -> None:
-    """One line per event, each with the node id; secrets are never logged."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(
-        f"%(asctime)s {node_id} %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+from actors.logs import setup_logging  # noqa: E402
 
 
 def load_node_config(path: str, role: str = ""):
@@ -35,7 +28,12 @@ def load_node_config(path: str, role: str = ""):
         setup_logging("INFO")
         logging.getLogger("tandem").error("configuration: %s", e)
         return None
-    setup_logging(cfg.log_level, f"{cfg.id}/{role}" if role else cfg.id)
+    try:
+        setup_logging(cfg.log_level, f"{cfg.id}/{role}" if role else cfg.id, cfg.log_file)
+    except OSError as e:
+        setup_logging("INFO", cfg.id)
+        logging.getLogger("tandem").error("cannot open log_file %s: %s", cfg.log_file, e)
+        return None
     return cfg
 
 

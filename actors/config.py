@@ -45,6 +45,8 @@ class NodeConfig:
     database: str = "sqlite:///tandem.db"
     data_dir: str = "."
     log_level: str = "INFO"
+    log_file: str = ""
+    """Log to this file (created 0600, reopened on SIGHUP) instead of stderr."""
     min_expires: int = 60
     max_expires: int = 3600
     default_expires: int = 3600
@@ -116,7 +118,8 @@ class NodeConfig:
 
 
 _SECTIONS = {
-    "node": {"id": "id", "data_dir": "data_dir", "log_level": "log_level"},
+    "node": {"id": "id", "data_dir": "data_dir", "log_level": "log_level",
+             "log_file": "log_file"},
     "sip": {"address": "address", "port": "port", "domain": "domain", "aliases": "aliases",
             "t1": "t1", "t2": "t2", "t4": "t4", "challenge_front": "challenge_front",
             "emergency_numbers": "emergency_numbers"},
@@ -205,6 +208,8 @@ def parse_config(data: dict, base_dir: str = ".") -> NodeConfig:
         raise ConfigError("need min_expires <= default_expires <= max_expires")
     if not os.path.isabs(cfg.data_dir):
         cfg.data_dir = os.path.normpath(os.path.join(base_dir, cfg.data_dir))
+    if cfg.log_file and not os.path.isabs(cfg.log_file):
+        cfg.log_file = os.path.normpath(os.path.join(base_dir, cfg.log_file))
     cfg.domain = cfg.domain.lower()
     if cfg.database.startswith("sqlite:///") and not cfg.database.startswith("sqlite:////") \
             and ":memory:" not in cfg.database:

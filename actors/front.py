@@ -40,6 +40,7 @@ from sipcore.ratelimit import emergency_invite
 from sipcore.registrar import challenge_bytes
 from sipcore.via import stamp_via
 
+from . import logs
 from .config import NodeConfig, registrar_rules
 from .process import new_tag, tune_gc
 from .transport import Limits, drain, udp_socket, unix_socket, wrap
@@ -271,6 +272,8 @@ def serve_front(cfg: NodeConfig, secret: bytes, parent: int, origin: str) -> int
         return 1
     gevent.signal_handler(signal.SIGTERM, front.stopped.set)
     gevent.signal_handler(signal.SIGINT, front.stopped.set)
+    # The node passes its SIGHUP on: logrotate has moved the shared log file.
+    gevent.signal_handler(signal.SIGHUP, logs.reopen)
     tune_gc()
     front.run()
     log.info("challenge front stopped: %s", front.stats)

@@ -28,8 +28,10 @@ from store import bindings as binding_store
 from store import users as user_store
 from store.models import close_store, incr_state, init_store
 
+from . import logs
 from .bus import BusError
-from .config import NodeConfig, guard_settings, registrar_rules, server_uris, sqlite_dir
+from .config import (ConfigError, NodeConfig, guard_settings, load_config, registrar_rules,
+                     server_uris, sqlite_dir)
 from .front import STATUS_EVERY, FrontProcess
 from .front import paths as front_paths
 from .process import tune_gc
@@ -64,6 +66,15 @@ class UserDirectory:
         self.version = version
         self.checked_at = self.clock()
 
+    def expire(self) -> None:
+        """Make the next lookup reload every user (on SIGHUP).
+
+        The reload happens in the lookup's greenlet, the registrar's, which
+        owns the store connection, not in the signal handler's.
+        """
+        self.checked_at = 0.0
+        self.version = None
+
     def lookup(self, username: str) -> dict | None:
         """HA1 values of ``username`` or None."""
         if self.clock() - self.checked_at > self.refresh:
@@ -95,6 +106,7 @@ class Node:
         self.proxy = None
         self.replicator = None
         self.front = None
+        self.users: UserDirectory | None = None
         self.started_at = 0.0
 
     def start(self) -> None:
@@ -114,6 +126,7 @@ class Node:
             if b.expires_at > now)
         users = UserDirectory(cfg.domain)
         users.reload()
+        self.users = users
         secret = bytes.fromhex(cfg.auth_secret) if cfg.auth_secret else secrets.token_bytes(32)
         # Nonces name this node and this boot: an answer counted here is
         # never counted again on a peer or after a restart.
@@ -264,8 +277,32 @@ class Node:
         close_store()
         self.stopped.set()
 
+    def reload(self) -> None:
+        """SIGHUP: reopen the log file, apply a changed ``[node] log_level`` and
+        reload the user cache; the challenge front gets the SIGHUP too.
+
+        Every other setting needs a restart. A configuration that no longer
+        loads is logged and the node carries on with what it has.
+        """
+        reopened = logs.reopen()
+        if self.front is not None and self.front.proc is not None:
+            self.front.proc.send_signal(signal.SIGHUP)
+        level = self.cfg.log_level
+        if self.cfg.source:
+            try:
+                level = load_config(self.cfg.source).log_level
+                logs.set_level(level)
+                self.cfg.log_level = level
+            except (ConfigError, ValueError) as e:
+                log.error("SIGHUP: configuration not reloaded: %s", e)
+        if self.users is not None:
+            self.users.expire()
+        log.warning("SIGHUP: log file %s, log level %s, users reloaded at the next lookup",
+                    "reopened" if reopened else "not used (stderr)", level)
+
     def serve_forever(self) -> None:
-        """Run until SIGTERM or SIGINT, then stop cleanly."""
+        """Run until SIGTERM or SIGINT, then stop cleanly; SIGHUP reloads (``reload``)."""
         gevent.signal_handler(signal.SIGTERM, self.stop)
         gevent.signal_handler(signal.SIGINT, self.stop)
+        gevent.signal_handler(signal.SIGHUP, self.reload)
         self.stopped.wait()
