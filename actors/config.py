@@ -7,6 +7,7 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 
+from sipcore.nat import NAT_HANDLING
 from sipcore.registrar import RegistrarRules
 from store.files import InsecureFileError, check_private
 
@@ -53,6 +54,8 @@ class NodeConfig:
     t4: float = 5.0
     challenge_front: bool = False
     """Run a second process that answers REGISTERs without credentials (401) on the same UDP port."""
+    nat_handling: str = "auto"
+    """When a call goes to the flow a phone registered from rather than its Contact (``sipcore.nat``)."""
     source: str = ""
     """The file this configuration was read from (empty when built in memory)."""
     dns_servers: list[str] = field(default_factory=list)
@@ -82,7 +85,8 @@ class NodeConfig:
 _SECTIONS = {
     "node": {"id": "id", "data_dir": "data_dir", "log_level": "log_level"},
     "sip": {"address": "address", "port": "port", "domain": "domain", "aliases": "aliases",
-            "t1": "t1", "t2": "t2", "t4": "t4", "challenge_front": "challenge_front"},
+            "t1": "t1", "t2": "t2", "t4": "t4", "challenge_front": "challenge_front",
+            "nat_handling": "nat_handling"},
     "registrar": {"min_expires": "min_expires", "max_expires": "max_expires",
                   "default_expires": "default_expires", "max_contacts": "max_contacts"},
     "auth": {"secret": "auth_secret", "nonce_lifetime": "nonce_lifetime",
@@ -129,6 +133,9 @@ def parse_config(data: dict, base_dir: str = ".") -> NodeConfig:
             raise ConfigError(f"{name} must be a non-negative integer, not {v!r}")
     if not isinstance(cfg.challenge_front, bool):
         raise ConfigError(f"sip.challenge_front must be true or false, not {cfg.challenge_front!r}")
+    if cfg.nat_handling not in NAT_HANDLING:
+        raise ConfigError(f"sip.nat_handling takes one of {', '.join(NAT_HANDLING)}, "
+                          f"not {cfg.nat_handling!r}")
     if not 0 < cfg.port < 65536:
         raise ConfigError(f"port out of range: {cfg.port}")
     bad = [a for a in cfg.auth_algorithms if a not in ("MD5", "SHA-256")]

@@ -74,7 +74,8 @@ class ProxyActor:
         """Build the actor of a node: its own Authenticator (same secret and users
         as the registrar's), the location table (read only), a resolver on
         ``cfg.dns_servers``/``cfg.dns_port`` (the system's when none)."""
-        settings = ProxySettings(cfg.domain, cfg.address, transport.port, tuple(cfg.aliases))
+        settings = ProxySettings(cfg.domain, cfg.address, transport.port, tuple(cfg.aliases),
+                                 nat_handling=cfg.nat_handling)
         auth = Authenticator(cfg.domain, secret, user_lookup, cfg.nonce_lifetime,
                              tuple(cfg.auth_algorithms), max_nonces=500_000)
         core = ProxyCore(settings, location, auth, lambda user: user_lookup(user) is not None,

@@ -244,7 +244,7 @@ class ProxyCore:
                 if self.user_exists(user):
                     raise SipError(480, "Temporarily Unavailable")
                 raise SipError(404, "Not Found")
-            groups = target_groups(bindings)
+            groups = target_groups(bindings, s.nat_handling)
         else:
             if caller is None and not (routed and in_dialog):
                 raise SipError(403, "Relaying Denied")

@@ -25,9 +25,10 @@ from urllib.parse import unquote
 from .errors import SipError
 from .headers import Via, parse_int, split_list
 from .message import Request, Response, make_response
+from .nat import NAT_HANDLING, is_outbound, use_flow
 from .rfc3263 import Target
 from .transaction import MAGIC_COOKIE
-from .uri import SipUri, parse_name_addr
+from .uri import SipUri, parse_name_addr, parse_uri
 from .via import response_destination
 
 #: what the proxy lets through (and the Allow of its 405)
@@ -78,7 +79,8 @@ class ProxySettings:
     ``domain`` and ``aliases`` are the domain names it is responsible for;
     ``address`` and ``port`` where it listens (and what it puts in Via
     and Record-Route). ``supported`` lists the option tags a
-    ``Proxy-Require`` may name.
+    ``Proxy-Require`` may name; ``nat_handling`` (one of
+    ``sipcore.nat.NAT_HANDLING``) when a binding's flow replaces its Contact.
     """
 
     domain: str
@@ -86,6 +88,7 @@ class ProxySettings:
     port: int
     aliases: tuple[str, ...] = ()
     supported: frozenset = frozenset()
+    nat_handling: str = "auto"
     names: frozenset = field(init=False)
     """Lower-case domain names that are ours (``domain`` and ``aliases``)."""
     sent_by: str = field(init=False)
@@ -94,6 +97,8 @@ class ProxySettings:
     """Our Record-Route value (loose routing, §16.6 step 4)."""
 
     def __post_init__(self) -> None:
+        if self.nat_handling not in NAT_HANDLING:
+            raise ValueError(f"nat_handling must be one of {NAT_HANDLING}, not {self.nat_handling!r}")
         self.domain = self.domain.lower()
         self.names = frozenset([self.domain, *(a.lower() for a in self.aliases)])
         host = f"[{self.address}]" if ":" in self.address else self.address
@@ -315,30 +320,36 @@ def parse_received(received: str | None) -> tuple | None:
     return (transport, host.strip("[]"), int(port))
 
 
-def binding_target(binding) -> BranchTarget:
-    """The branch target for a location binding.
+def binding_target(binding, nat_handling: str = "auto") -> BranchTarget:
+    """The branch target for a location binding (RFC 3261 §16.5).
 
-    With a Path the request follows it; without one it goes back over the
-    flow the REGISTER came from when the contact's transport matches it
-    (the phone may sit behind a NAT), else to the contact by RFC 3263.
+    With a Path the request follows it; else it goes to the Contact by RFC
+    3263, or back over the flow the REGISTER came from when it is an RFC 5626
+    outbound registration or NAT handling says so (``sipcore.nat``), the
+    Contact's transport matching the flow's.
     """
     contact = binding.contact
     if binding.path:
         return BranchTarget(contact, tuple(binding.path))
     dest = parse_received(binding.received)
     if dest is not None:
-        lower = contact.lower()
-        want = "tcp" if ";transport=tcp" in lower else "udp"
-        if want != dest[0] or lower.startswith("sips:"):
+        try:
+            uri = parse_uri(contact)
+        except SipError:
+            uri = None
+        if (uri is None or uri.scheme != "sip" or (uri.transport or "udp") != dest[0]
+                or not use_flow(nat_handling, dest[0], uri.params.get("maddr") or uri.host_bare,
+                                dest[1], is_outbound(binding.instance, binding.reg_id))):
             dest = None
     return BranchTarget(contact, (), dest)
 
 
-def target_groups(bindings: list) -> list[list[BranchTarget]]:
+def target_groups(bindings: list, nat_handling: str = "auto") -> list[list[BranchTarget]]:
     """§16.6: bindings (highest q first) as groups tried one after the other.
 
     Bindings of equal q are forked in parallel; a lower q is tried only
     once every branch of the higher one failed. A missing q counts as 1.
+    ``nat_handling`` is ``[sip] nat_handling`` (see ``binding_target``).
     """
     groups: list[list[BranchTarget]] = []
     last_q = None
@@ -347,7 +358,7 @@ def target_groups(bindings: list) -> list[list[BranchTarget]]:
         if q != last_q:
             groups.append([])
             last_q = q
-        groups[-1].append(binding_target(b))
+        groups[-1].append(binding_target(b, nat_handling))
     return groups
 
 

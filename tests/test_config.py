@@ -75,3 +75,12 @@ def test_store_creates_sqlite_files_private(tmp_path):
         if name.startswith("tandem.db"):
             mode = stat.S_IMODE(os.stat(os.path.join(node.dir, name)).st_mode)
             assert mode == 0o600, f"{name} has mode {mode:04o}"
+
+
+def test_nat_handling_defaults_to_auto_and_takes_three_values():
+    assert parse_config(MINIMAL).nat_handling == "auto"
+    for mode in ("auto", "always", "never"):
+        assert parse_config({**MINIMAL, "sip": {**MINIMAL.get("sip", {}),
+                                                 "nat_handling": mode}}).nat_handling == mode
+    with pytest.raises(ConfigError, match="nat_handling takes one of auto, always, never"):
+        parse_config({**MINIMAL, "sip": {**MINIMAL.get("sip", {}), "nat_handling": "yes"}})
