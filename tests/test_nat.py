@@ -1,7 +1,14 @@
 """The Contact-or-flow rules of sipcore.nat and binding_target (RFC 3261 §16.5, RFC 5626)."""
 
+import os
+import socket
+import subprocess
+
+import gevent
 import pytest
 
+from loadtest.harness import NodeProcess
+from sipcore.digest import Credentials, expected_response, ha1
 from sipcore.location import Binding
 from sipcore.nat import is_outbound, nat_detected, use_flow
 from sipcore.proxy import ProxySettings, binding_target
@@ -84,3 +91,104 @@ def test_always_keeps_the_old_behaviour():
 def test_settings_refuse_an_unknown_mode():
     with pytest.raises(ValueError, match="nat_handling"):
         ProxySettings("example.test", "127.0.0.1", 5060, nat_handling="sometimes")
+
+
+# -- a real node: the Contact is called, not the REGISTER's source ------------------
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory):
+    """A node with users alice and bob (password ``pw``)."""
+    n = NodeProcess(str(tmp_path_factory.mktemp("nat")))
+    for user in ("alice", "bob"):
+        out = n.run_cli("user", "add", user, "--password", "pw")
+        assert out.returncode == 0, out.stderr
+    n.start()
+    yield n
+    n.stop()
+
+
+def _udp(timeout: float = 5.0) -> socket.socket:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(timeout)
+    s.bind(("127.0.0.1", 0))
+    return s
+
+
+def _answer_busy(listener: socket.socket) -> str:
+    """Wait (bounded by the socket's timeout) for an INVITE, answer 486; return the INVITE."""
+    while True:
+        data, src = listener.recvfrom(65535)
+        text = data.decode()
+        if text.startswith("INVITE "):
+            break
+    head = text.split("\r\n\r\n", 1)[0].split("\r\n")
+    keep = [h for h in head[1:] if h.split(":", 1)[0].lower() in ("via", "from", "to", "call-id",
+                                                                 "cseq")]
+    keep = [h + ";tag=busy" if h.lower().startswith("to:") else h for h in keep]
+    listener.sendto(("SIP/2.0 486 Busy Here\r\n" + "\r\n".join(keep)
+                     + "\r\nContent-Length: 0\r\n\r\n").encode(), src)
+    return text
+
+
+def _call(node, user: str) -> str:
+    """INVITE ``user`` from a stranger; the first final response's status line."""
+    with _udp(40) as s:
+        port = s.getsockname()[1]
+        to = f"sip:{user}@{node.domain}"
+        s.sendto((f"INVITE {to} SIP/2.0\r\n"
+                  f"Via: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK{os.urandom(6).hex()};rport\r\n"
+                  f"From: <sip:stranger@other.test>;tag=f1\r\nTo: <{to}>\r\n"
+                  f"Call-ID: {os.urandom(8).hex()}\r\nCSeq: 1 INVITE\r\nMax-Forwards: 70\r\n"
+                  f"Contact: <sip:x@127.0.0.1:{port}>\r\nContent-Length: 0\r\n\r\n").encode(),
+                 (node.address, node.port))
+        while True:
+            text = s.recv(65535).decode()
+            if not text.startswith("SIP/2.0 1"):
+                return text.split("\r\n", 1)[0]
+
+
+def test_sipsak_registering_another_listener_gets_it_called(node):
+    """sipsak -C binds a contact that is not sipsak: the call reaches that contact."""
+    with _udp() as device:
+        contact = f"sip:alice@127.0.0.1:{device.getsockname()[1]}"
+        reg = subprocess.run(["sipsak", "-U", "-C", contact, "-s",
+                              f"sip:alice@{node.address}:{node.port}", "-u", "alice", "-a", "pw",
+                              "-x", "600"], capture_output=True, text=True, timeout=20)
+        assert reg.returncode == 0, reg.stdout + reg.stderr
+        result = gevent.spawn(_call, node, "alice")
+        invite = _answer_busy(device)
+        assert invite.startswith(f"INVITE {contact} SIP/2.0")
+        assert result.get(timeout=10) == "SIP/2.0 486 Busy Here"
+
+
+def test_phone_sending_from_another_port_is_called_where_it_listens(node):
+    """A REGISTER sent from one port with a Contact on another: the call goes to the Contact."""
+    with _udp() as sender, _udp() as listener:
+        listen = listener.getsockname()[1]
+        send = sender.getsockname()[1]
+        call_id = os.urandom(8).hex()
+
+        def register(cseq: int, auth: str = "") -> str:
+            branch = f"z9hG4bK{cseq}{call_id}"
+            sender.sendto((f"REGISTER sip:{node.domain} SIP/2.0\r\n"
+                           f"Via: SIP/2.0/UDP 127.0.0.1:{listen};rport;branch={branch}\r\n"
+                           f"From: <sip:bob@{node.domain}>;tag=r\r\nTo: <sip:bob@{node.domain}>\r\n"
+                           f"Call-ID: {call_id}\r\nCSeq: {cseq} REGISTER\r\nMax-Forwards: 70\r\n"
+                           f"Contact: <sip:bob@127.0.0.1:{listen}>\r\nExpires: 600\r\n{auth}"
+                           "Content-Length: 0\r\n\r\n").encode(), (node.address, node.port))
+            return sender.recv(65535).decode()
+
+        challenge = register(1)
+        assert challenge.startswith("SIP/2.0 401"), challenge
+        nonce = challenge.split('nonce="', 1)[1].split('"', 1)[0]
+        creds = Credentials(username="bob", realm=node.domain, nonce=nonce,
+                            uri=f"sip:{node.domain}", response="", algorithm="MD5")
+        response = expected_response(creds, "REGISTER", ha1("bob", node.domain, "pw"))
+        ok = register(2, f'Authorization: Digest username="bob",realm="{node.domain}",'
+                         f'nonce="{nonce}",uri="sip:{node.domain}",response="{response}",'
+                         "algorithm=MD5\r\n")
+        assert ok.startswith("SIP/2.0 200"), ok
+        assert send != listen
+        result = gevent.spawn(_call, node, "bob")
+        _answer_busy(listener)
+        assert result.get(timeout=10) == "SIP/2.0 486 Busy Here"
