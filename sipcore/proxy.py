@@ -98,7 +98,8 @@ class ProxySettings:
 
     def __post_init__(self) -> None:
         if self.nat_handling not in NAT_HANDLING:
-            raise ValueError(f"nat_handling must be one of {NAT_HANDLING}, not {self.nat_handling!r}")
+            raise ValueError(f"nat_handling must be one of {NAT_HANDLING}, "
+                             f"not {self.nat_handling!r}")
         self.domain = self.domain.lower()
         self.names = frozenset([self.domain, *(a.lower() for a in self.aliases)])
         host = f"[{self.address}]" if ":" in self.address else self.address
