@@ -41,7 +41,7 @@ from .message import Request, Response, error_response, make_response
 from .proxy import (ALLOW, DIALOG_METHODS, OPTIONS_FIELDS, STATELESS_PREFIX, TRANSPORTS, UNCHALLENGED, Branch,
                     BranchTarget, Context, Lookup, ProxySettings, best_response, branch_prefix,
                     branch_request, check_request, destinations, preprocess_route,
-                    route_next_hop, stateless_branch, strip_our_via, target_groups,
+                    record_routes, route_next_hop, stateless_branch, strip_our_via, target_groups,
                     trying_response)
 from .rfc3263 import Locator, Target
 from .transaction import (AckReceived, RequestReceived, ResponseReceived, StrayResponse,
@@ -251,7 +251,8 @@ class ProxyCore:
             if ruri.scheme == "tel" and not has_route:
                 raise SipError(404, "Not Found")
             groups = [[BranchTarget(req.uri)]]
-        rr = s.record_route if method in DIALOG_METHODS and not in_dialog else None
+        # Record-Route: the leg the request came on; each branch adds its own (RFC 5658).
+        rr = stx.destination[0] if method in DIALOG_METHODS and not in_dialog else None
         ctx = stx.context = Context(stx, req, branch_prefix(loop), rr, groups)
         if ctx.invite:
             if self.trying_delay > 0:
@@ -287,7 +288,9 @@ class ProxyCore:
     def _start_branch(self, ctx: Context, target: BranchTarget, now: float) -> None:
         branch = Branch(ctx)
         ctx.branches.append(branch)
-        req = branch_request(ctx.request, target, ctx.record_route, self.settings.domain)
+        # An empty Record-Route to fill when the branch's transport is known (_send_branch).
+        req = branch_request(ctx.request, target, None if ctx.record_route is None else "",
+                             self.settings.domain)
         if target.dest is None or target.routes:
             try:
                 hop = route_next_hop(req, ctx.ruri if target.uri == ctx.request.uri else None)
@@ -355,8 +358,13 @@ class ProxyCore:
             return False
         dest = branch.dests.pop(0)
         req = branch.request
-        if branch.tries:
-            req = Request(req.method, req.uri, [h[:] for h in req.headers], req.body)
+        inbound = branch.ctx.record_route
+        if branch.tries or inbound is not None:
+            headers = [h[:] for h in req.headers]
+            if inbound is not None:
+                headers[1:2] = [["record-route", "Record-Route", v]
+                                for v in record_routes(self.settings, inbound, dest[0])]
+            req = Request(req.method, req.uri, headers, req.body)
         branch.tries += 1
         self._seq += 1
         self.settings.set_via(req, dest[0], f"{branch.ctx.prefix}{self._unique}{self._seq:x}")

@@ -94,7 +94,7 @@ class ProxySettings:
     sent_by: str = field(init=False)
     """``address:port`` as written in our Via."""
     record_route: str = field(init=False)
-    """Our Record-Route value (loose routing, §16.6 step 4)."""
+    """Our Record-Route value for a UDP leg (``record_route_uri("udp")``)."""
 
     def __post_init__(self) -> None:
         if self.nat_handling not in NAT_HANDLING:
@@ -104,9 +104,16 @@ class ProxySettings:
         self.names = frozenset([self.domain, *(a.lower() for a in self.aliases)])
         host = f"[{self.address}]" if ":" in self.address else self.address
         self.sent_by = f"{host}:{self.port}"
-        self.record_route = f"<sip:{self.sent_by};lr>"
+        self.record_route = self.record_route_uri("udp")
         self._address = self.address.lower()
         self._via_host = host
+
+    def record_route_uri(self, transport: str) -> str:
+        """Our Record-Route value for a leg over ``transport``: loose routing (§16.6 step 4),
+        with the ``transport`` parameter when the leg is not UDP, so that the phone on
+        that side keeps sending its requests of the dialog over it (§16.6, §19.1.1)."""
+        param = "" if transport == "udp" else f";transport={transport}"
+        return f"<sip:{self.sent_by}{param};lr>"
 
     def is_local(self, uri: SipUri) -> bool:
         """Whether ``uri`` is in a domain this proxy is responsible for.
@@ -271,7 +278,8 @@ def preprocess_route(req: Request, settings: ProxySettings) -> bool:
 
     If the Request-URI is our Record-Route URI (a strict router put it
     there) the last Route value becomes the Request-URI. Then a first
-    Route naming us is removed. Returns True when the request was routed
+    Route naming us is removed (with the next, when it names us too: the
+    double Record-Route of RFC 5658). Returns True when the request was routed
     to us by a Route set (either case), which makes it a request inside
     a dialog we Record-Routed.
     """
@@ -281,8 +289,11 @@ def preprocess_route(req: Request, settings: ProxySettings) -> bool:
         return False
     if first == settings.record_route:
         req.pop_first_value("route")
-        return True
-    if settings.is_us(req.ruri):
+        first = req.get("route")
+        if first is None or "transport=" not in first:
+            return True
+        routed = True
+    if not routed and settings.is_us(req.ruri):
         values = req.get_all("route")
         last = values[-1]
         req.remove("route")
@@ -291,9 +302,11 @@ def preprocess_route(req: Request, settings: ProxySettings) -> bool:
         req.uri = str(_route_uri(last))
         routed = True
     first = first_route(req)
-    if first is not None and settings.is_us(_route_uri(first)):
+    # Two of ours in a row when we double Record-Routed (RFC 5658): both go.
+    while first is not None and settings.is_us(_route_uri(first)):
         req.pop_first_value("route")
         routed = True
+        first = first_route(req)
     return routed
 
 
@@ -361,6 +374,15 @@ def target_groups(bindings: list, nat_handling: str = "auto") -> list[list[Branc
             last_q = q
         groups[-1].append(binding_target(b, nat_handling))
     return groups
+
+
+def record_routes(settings: ProxySettings, inbound: str, outbound: str) -> list[str]:
+    """The Record-Route values to put on top for a request that came over ``inbound`` and
+    leaves over ``outbound``: one when the legs share a transport, else two (RFC 5658
+    §4: the one facing the callee first, the one facing the caller below it)."""
+    if inbound == outbound:
+        return [settings.record_route_uri(outbound)]
+    return [settings.record_route_uri(outbound), settings.record_route_uri(inbound)]
 
 
 def branch_request(req: Request, target: BranchTarget, record_route: str | None,

@@ -97,9 +97,10 @@ def test_settings_refuse_an_unknown_mode():
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory):
-    """A node with users alice and bob (password ``pw``)."""
-    n = NodeProcess(str(tmp_path_factory.mktemp("nat")))
-    for user in ("alice", "bob"):
+    """A node on 127.0.0.2 (not the kernel's default source) with users alice, bob and carol
+    (password ``pw``)."""
+    n = NodeProcess(str(tmp_path_factory.mktemp("nat")), address="127.0.0.2")
+    for user in ("alice", "bob", "carol"):
         out = n.run_cli("user", "add", user, "--password", "pw")
         assert out.returncode == 0, out.stderr
     n.start()
@@ -161,34 +162,66 @@ def test_sipsak_registering_another_listener_gets_it_called(node):
         assert result.get(timeout=10) == "SIP/2.0 486 Busy Here"
 
 
+def _register(node, sender: socket.socket, user: str, contact: str, via_port: int) -> None:
+    """Register ``contact`` for ``user`` from ``sender`` (Via names ``via_port``, with rport)."""
+    call_id = os.urandom(8).hex()
+
+    def send(cseq: int, auth: str = "") -> str:
+        branch = f"z9hG4bK{cseq}{call_id}"
+        sender.sendto((f"REGISTER sip:{node.domain} SIP/2.0\r\n"
+                       f"Via: SIP/2.0/UDP 127.0.0.1:{via_port};rport;branch={branch}\r\n"
+                       f"From: <sip:{user}@{node.domain}>;tag=r\r\n"
+                       f"To: <sip:{user}@{node.domain}>\r\n"
+                       f"Call-ID: {call_id}\r\nCSeq: {cseq} REGISTER\r\nMax-Forwards: 70\r\n"
+                       f"Contact: <{contact}>\r\nExpires: 600\r\n{auth}"
+                       "Content-Length: 0\r\n\r\n").encode(), (node.address, node.port))
+        return sender.recv(65535).decode()
+
+    challenge = send(1)
+    assert challenge.startswith("SIP/2.0 401"), challenge
+    nonce = challenge.split('nonce="', 1)[1].split('"', 1)[0]
+    creds = Credentials(username=user, realm=node.domain, nonce=nonce,
+                        uri=f"sip:{node.domain}", response="", algorithm="MD5")
+    response = expected_response(creds, "REGISTER", ha1(user, node.domain, "pw"))
+    ok = send(2, f'Authorization: Digest username="{user}",realm="{node.domain}",'
+                 f'nonce="{nonce}",uri="sip:{node.domain}",response="{response}",'
+                 "algorithm=MD5\r\n")
+    assert ok.startswith("SIP/2.0 200"), ok
+
+
 def test_phone_sending_from_another_port_is_called_where_it_listens(node):
     """A REGISTER sent from one port with a Contact on another: the call goes to the Contact."""
     with _udp() as sender, _udp() as listener:
         listen = listener.getsockname()[1]
-        send = sender.getsockname()[1]
-        call_id = os.urandom(8).hex()
-
-        def register(cseq: int, auth: str = "") -> str:
-            branch = f"z9hG4bK{cseq}{call_id}"
-            sender.sendto((f"REGISTER sip:{node.domain} SIP/2.0\r\n"
-                           f"Via: SIP/2.0/UDP 127.0.0.1:{listen};rport;branch={branch}\r\n"
-                           f"From: <sip:bob@{node.domain}>;tag=r\r\nTo: <sip:bob@{node.domain}>\r\n"
-                           f"Call-ID: {call_id}\r\nCSeq: {cseq} REGISTER\r\nMax-Forwards: 70\r\n"
-                           f"Contact: <sip:bob@127.0.0.1:{listen}>\r\nExpires: 600\r\n{auth}"
-                           "Content-Length: 0\r\n\r\n").encode(), (node.address, node.port))
-            return sender.recv(65535).decode()
-
-        challenge = register(1)
-        assert challenge.startswith("SIP/2.0 401"), challenge
-        nonce = challenge.split('nonce="', 1)[1].split('"', 1)[0]
-        creds = Credentials(username="bob", realm=node.domain, nonce=nonce,
-                            uri=f"sip:{node.domain}", response="", algorithm="MD5")
-        response = expected_response(creds, "REGISTER", ha1("bob", node.domain, "pw"))
-        ok = register(2, f'Authorization: Digest username="bob",realm="{node.domain}",'
-                         f'nonce="{nonce}",uri="sip:{node.domain}",response="{response}",'
-                         "algorithm=MD5\r\n")
-        assert ok.startswith("SIP/2.0 200"), ok
-        assert send != listen
+        assert sender.getsockname()[1] != listen
+        _register(node, sender, "bob", f"sip:bob@127.0.0.1:{listen}", listen)
         result = gevent.spawn(_call, node, "bob")
         _answer_busy(listener)
         assert result.get(timeout=10) == "SIP/2.0 486 Busy Here"
+
+
+def test_udp_call_to_a_tcp_contact_double_record_routes_from_the_node_address(node):
+    """The INVITE leaves over TCP from the node's own address, with two Record-Routes
+    (RFC 5658): the TCP one facing the callee on top, the caller's UDP one below."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        server.settimeout(10)
+        contact = f"sip:carol@127.0.0.1:{server.getsockname()[1]};transport=tcp"
+        with _udp() as sender:
+            _register(node, sender, "carol", contact, sender.getsockname()[1])
+        result = gevent.spawn(_call, node, "carol")
+        conn, peer = server.accept()
+        with conn:
+            assert peer[0] == node.address
+            conn.settimeout(10)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = conn.recv(65535)
+                assert chunk, "connection closed before the INVITE"
+                data += chunk
+        result.kill()
+    invite = data.decode()
+    assert invite.startswith(f"INVITE {contact} SIP/2.0")
+    routes = [line.split(":", 1)[1].strip() for line in invite.split("\r\n")
+              if line.lower().startswith("record-route:")]
+    here = f"{node.address}:{node.port}"
+    assert ", ".join(routes) == f"<sip:{here};transport=tcp;lr>, <sip:{here};lr>"

@@ -594,3 +594,52 @@ def test_sans_io_imports_only():
         mods = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
         mods += [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and not n.level]
         assert not {m.split(".")[0] for m in mods} & banned, (name, mods)
+
+
+# -- Record-Route per transport (§16.6 step 4, RFC 5658) ---------------------------
+
+TCP_BOB = "sip:bob@10.0.0.2:5062;transport=tcp"
+RR_UDP, RR_TCP = "<sip:127.0.0.1:5060;lr>", "<sip:127.0.0.1:5060;transport=tcp;lr>"
+
+
+def _subscribe_to_tcp_bob(core, location, source):
+    location.put(Binding(f"sip:bob@{DOMAIN}", "k", TCP_BOB, WALL + 3600, "reg", 1,
+                         received="tcp:10.0.0.2:40000"))
+    core.receive(request("SUBSCRIBE", frm="sip:x@other.test", extra=("Event: presence",)),
+                 source, 0.0, WALL)
+    return {d: m for m, d in out(core) if not isinstance(m, Response)}
+
+
+def test_tcp_to_tcp_records_one_route_with_its_transport(core, location):
+    (fwd,) = _subscribe_to_tcp_bob(core, location, ("tcp", "10.0.0.1", 41000)).values()
+    assert fwd.get_all("record-route") == [RR_TCP]
+
+
+def test_udp_to_tcp_records_two_routes(core, location):
+    """RFC 5658: the one facing the callee (TCP) on top, the caller's (UDP) below."""
+    branches = _subscribe_to_tcp_bob(core, location, ALICE)
+    assert list(branches) == [("tcp", "10.0.0.2", 40000)]
+    (fwd,) = branches.values()
+    assert fwd.get_all("record-route") == [RR_TCP, RR_UDP]
+    assert fwd.top_via.transport == "TCP"
+
+
+def test_udp_to_udp_record_route_has_no_transport(core, location):
+    bind(location, "bob", PHONES[0])
+    _, branches = forward(core, request("SUBSCRIBE", frm="sip:x@other.test",
+                                        extra=("Event: presence",)))
+    assert branches[PHONES[0]].get_all("record-route") == [RR_UDP]
+
+
+def test_both_of_a_double_record_route_are_removed():
+    settings = ProxySettings(DOMAIN, *PROXY)
+    req = request("BYE", uri="sip:bob@10.0.0.2:5062", to_tag="t",
+                  extra=(f"Route: {RR_TCP}, {RR_UDP}, <sip:10.0.0.9;lr>",))
+    assert preprocess_route(req, settings)
+    assert req.get_all("route") == ["<sip:10.0.0.9;lr>"]
+    req = request("BYE", uri="sip:bob@10.0.0.2:5062", to_tag="t",
+                  extra=(f"Route: {RR_UDP}, {RR_TCP}",))
+    assert preprocess_route(req, settings) and req.get("route") is None
+    req = request("BYE", uri="sip:bob@10.0.0.2:5062", to_tag="t",
+                  extra=(f"Route: {RR_UDP}", f"Route: {RR_TCP}"))
+    assert preprocess_route(req, settings) and req.get("route") is None
