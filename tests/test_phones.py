@@ -1,0 +1,94 @@
+"""Real softphones (PJSUA2, baresip, linphonec) register with a real node over UDP and TCP,
+call each other through it and hang up with BYE.
+
+Each phone is a child process (``tests.phones``); every wait is on one of its output
+lines, bounded. A phone whose program is missing is skipped, or fails under ``$CI``.
+"""
+
+import os
+import shutil
+
+import pytest
+
+from loadtest.harness import NodeProcess, free_port
+from tests.conftest import _in_ci
+from tests.phones import pjsua
+
+USERS = ("alice", "bob", "carol", "dave")
+
+
+def _need(what: str, present: bool) -> None:
+    if present:
+        return
+    if _in_ci():
+        pytest.fail(f"{what} is required when CI is set", pytrace=False)
+    pytest.skip(f"{what} not installed")
+
+
+def _have_pjsua2() -> bool:
+    try:
+        import pjsua2  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory):
+    """A node on 127.0.0.3 with USERS (password ``<user>-pw``), default settings."""
+    n = NodeProcess(str(tmp_path_factory.mktemp("phones")), address="127.0.0.3")
+    for user in USERS:
+        out = n.run_cli("user", "add", user, "--password", f"{user}-pw")
+        assert out.returncode == 0, out.stderr
+    n.start()
+    yield n
+    n.stop()
+
+
+@pytest.fixture
+def phones():
+    """Phones started by a test, stopped after it."""
+    started: list = []
+    yield started
+    for p in started:
+        p.stop()
+
+
+def _pjsua(node, phones, user: str, transport: str):
+    p = pjsua(f"pjsua-{user}-{transport}", user, f"{user}-pw", node.domain,
+              f"{node.address}:{node.port}", transport, free_port(), free_port())
+    phones.append(p)
+    p.wait_for("REGISTERED 200", "REGISTERED 4", "REGISTERED 5")
+    assert p.lines[-1].endswith("REGISTERED 200"), p.lines[-20:]
+    return p
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+def test_pjsua2_calls_pjsua2_and_hangs_up(node, phones, transport):
+    """Two PJSUA2 phones with only one transport each: 407, 180/200, ACK and BYE all over
+    it (a TCP-only phone cannot send an ACK or BYE over UDP)."""
+    _need("pjsua2", _have_pjsua2())
+    caller = _pjsua(node, phones, "alice", transport)
+    callee = _pjsua(node, phones, "bob", transport)
+    caller.send(f"call sip:bob@{node.domain}")
+    callee.wait_for("INCOMING")
+    caller.wait_for("CALL CONFIRMED")
+    callee.wait_for("CALL CONFIRMED")
+    caller.send("hangup")
+    assert caller.wait_for("CALL DISCONNECTED").endswith(" 200")
+    callee.wait_for("CALL DISCONNECTED")
+
+
+def test_pjsua2_udp_calls_pjsua2_tcp(node, phones):
+    """Legs of different transports (double Record-Route): the call completes both ways."""
+    _need("pjsua2", _have_pjsua2())
+    udp = _pjsua(node, phones, "carol", "udp")
+    tcp = _pjsua(node, phones, "dave", "tcp")
+    for caller, callee, user in ((udp, tcp, "dave"), (tcp, udp, "carol")):
+        caller.send(f"call sip:{user}@{node.domain}")
+        callee.wait_for("INCOMING")
+        caller.wait_for("CALL CONFIRMED")
+        callee.wait_for("CALL CONFIRMED")
+        callee.send("hangup")
+        assert callee.wait_for("CALL DISCONNECTED").endswith(" 200")
+        caller.wait_for("CALL DISCONNECTED")
