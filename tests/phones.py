@@ -8,9 +8,11 @@ PJSUA2 user agent (null audio device) that prints ``REGISTERED <code>``,
 """
 
 import argparse
+import json
 import os
 import queue
 import select
+import socket
 import subprocess
 import sys
 import threading
@@ -25,6 +27,7 @@ class Phone:
     def __init__(self, name: str, argv: list[str], cwd: str | None = None):
         self.name = name
         self.lines: list[str] = []
+        self._ctrl: socket.socket | None = None
         self._queue: queue.Queue = queue.Queue()
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True, bufsize=1, cwd=cwd)
@@ -36,10 +39,47 @@ class Phone:
             self._queue.put(line.rstrip("\n"))
         self._queue.put(None)
 
+    ctrl: tuple | None = None
+    """baresip's ctrl_tcp address, where commands go instead of stdin."""
+
     def send(self, command: str) -> None:
-        """Write one command line to the phone's stdin."""
+        """Write one command line to the phone's stdin (for baresip, ``/cmd params`` as a
+        ctrl_tcp netstring)."""
+        if self.ctrl is not None:
+            cmd, _, params = command.lstrip("/").partition(" ")
+            body = json.dumps({"command": cmd, "params": params, "token": cmd}).encode()
+            self._ctrl_socket().sendall(b"%d:%s," % (len(body), body))
+            return
         self.proc.stdin.write(command + "\n")
         self.proc.stdin.flush()
+
+    def _ctrl_socket(self) -> socket.socket:
+        """The connection to baresip's ctrl_tcp (made once: call it when baresip is ready,
+        before the events wanted); its events come out as ``EVENT <type> <text>`` lines."""
+        if self._ctrl is None:
+            self._ctrl = socket.create_connection(self.ctrl, timeout=5)
+            threading.Thread(target=self._read_ctrl, args=(self._ctrl,), daemon=True).start()
+        return self._ctrl
+
+    def _read_ctrl(self, sock: socket.socket) -> None:
+        buf = b""
+        sock.settimeout(None)
+        while True:
+            try:
+                data = sock.recv(65536)
+            except OSError:
+                return
+            if not data:
+                return
+            buf += data
+            while b":" in buf:
+                size, _, rest = buf.partition(b":")
+                if not size.isdigit() or len(rest) < int(size) + 1:
+                    break
+                body, buf = rest[:int(size)], rest[int(size) + 1:]
+                msg = json.loads(body)
+                if msg.get("event"):
+                    self._queue.put(f"EVENT {msg.get('type')} {msg.get('param', '')}")
 
     def wait_for(self, *needles: str, timeout: float = 15.0) -> str:
         """The first output line (from now on) holding any of ``needles``; AssertionError
@@ -62,7 +102,7 @@ class Phone:
         """End the process (quit, then SIGKILL after 5 s)."""
         if self.proc.poll() is None:
             try:
-                self.send("quit" if self.name.startswith("pjsua") else "q")
+                self.send("/quit" if self.ctrl else "quit")
             except (BrokenPipeError, OSError):
                 pass
             try:
@@ -70,6 +110,12 @@ class Phone:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+        if self._ctrl is not None:
+            self._ctrl.close()
+        while not self._queue.empty():
+            line = self._queue.get()
+            if line is not None:
+                self.lines.append(line)
 
 
 def pjsua(name: str, user: str, password: str, domain: str, proxy: str, transport: str,
@@ -80,6 +126,45 @@ def pjsua(name: str, user: str, password: str, domain: str, proxy: str, transpor
                         "--password", password, "--domain", domain, "--proxy", proxy,
                         "--transport", transport, "--port", str(port),
                         "--rtp-port", str(rtp_port)], cwd=ROOT)
+
+
+def baresip(name: str, folder: str, user: str, password: str, domain: str, proxy: str,
+            transport: str, port: int, rtp_port: int, ctrl_port: int) -> Phone:
+    """Debian's baresip with a configuration in ``folder`` (made here): ``user`` registered
+    through ``proxy`` over ``transport``, SIP on 127.0.0.1:``port``, a sine wave for its
+    microphone, a file for its speaker, calls answered at once; driven through its ctrl_tcp
+    module on 127.0.0.1:``ctrl_port`` (``Phone.send`` writes ``/command params``)."""
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "config"), "w") as f:
+        f.write(f"""poll_method poll
+sip_listen 127.0.0.1:{port}
+sip_transports {transport}
+audio_player aufile,{os.path.join(folder, "heard.wav")}
+audio_source ausine,440
+ausrc_srate 48000
+ausrc_channels 2
+auplay_channels 2
+auplay_srate 48000
+audio_alert aufile,{os.path.join(folder, "alert.wav")}
+rtp_ports {rtp_port}-{rtp_port + 9}
+ctrl_tcp_listen 127.0.0.1:{ctrl_port}
+module_path /usr/lib/baresip/modules
+module stdio.so
+module g711.so
+module ausine.so
+module aufile.so
+module_app account.so
+module_app menu.so
+module_app ctrl_tcp.so
+""")
+    with open(os.path.join(folder, "accounts"), "w") as f:
+        f.write(f'<sip:{user}@{domain};transport={transport}>;auth_pass={password};'
+                f'outbound="sip:{proxy};transport={transport}";regint=600;'
+                "answermode=auto;audio_codecs=PCMU,PCMA\n")
+    # stdbuf: baresip writes through stdio, block-buffered on a pipe
+    phone = Phone(name, ["stdbuf", "-oL", "baresip", "-f", folder], cwd=folder)
+    phone.ctrl = ("127.0.0.1", ctrl_port)
+    return phone
 
 
 def _run_pjsua(args) -> None:

@@ -5,16 +5,15 @@ Each phone is a child process (``tests.phones``); every wait is on one of its ou
 lines, bounded. A phone whose program is missing is skipped, or fails under ``$CI``.
 """
 
-import os
 import shutil
 
 import pytest
 
 from loadtest.harness import NodeProcess, free_port
 from tests.conftest import _in_ci
-from tests.phones import pjsua
+from tests.phones import baresip, pjsua
 
-USERS = ("alice", "bob", "carol", "dave")
+USERS = ("alice", "bob", "carol", "dave", "erin", "frank")
 
 
 def _need(what: str, present: bool) -> None:
@@ -92,3 +91,49 @@ def test_pjsua2_udp_calls_pjsua2_tcp(node, phones):
         callee.send("hangup")
         assert callee.wait_for("CALL DISCONNECTED").endswith(" 200")
         caller.wait_for("CALL DISCONNECTED")
+
+
+def _baresip(node, phones, tmp_path, user: str, transport: str):
+    _need("baresip", shutil.which("baresip") is not None)
+    p = baresip(f"baresip-{user}-{transport}", str(tmp_path / f"baresip-{user}"), user,
+                f"{user}-pw", node.domain, f"{node.address}:{node.port}", transport,
+                free_port(), free_port(), free_port())
+    phones.append(p)
+    line = p.wait_for(f"{user}@{node.domain}: {{0/{transport.upper()}/v4}}")
+    assert " 200 OK " in line, p.lines[-20:]
+    p.send("/reginfo")  # opens the ctrl_tcp connection its events come on
+    return p
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+def test_baresip_calls_baresip_and_hangs_up(node, phones, tmp_path, transport):
+    """Debian's baresip registers with the default (MD5) challenges, calls another through
+    the node (it answers at once) and hangs up; the callee sees the BYE."""
+    caller = _baresip(node, phones, tmp_path, "erin", transport)
+    callee = _baresip(node, phones, tmp_path, "frank", transport)
+    caller.send(f"/dial sip:frank@{node.domain}")
+    caller.wait_for("EVENT CALL_ESTABLISHED")
+    callee.wait_for("EVENT CALL_ESTABLISHED")
+    caller.send("/hangup")
+    caller.wait_for("EVENT CALL_CLOSED")
+    assert "reset by peer" in callee.wait_for("EVENT CALL_CLOSED")
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+def test_baresip_and_pjsua2_call_each_other(node, phones, tmp_path, transport):
+    _need("pjsua2", _have_pjsua2())
+    bare = _baresip(node, phones, tmp_path, "erin", transport)
+    pj = _pjsua(node, phones, "alice", transport)
+    bare.send(f"/dial sip:alice@{node.domain}")
+    pj.wait_for("INCOMING")
+    bare.wait_for("EVENT CALL_ESTABLISHED")
+    pj.wait_for("CALL CONFIRMED")
+    pj.send("hangup")
+    assert pj.wait_for("CALL DISCONNECTED").endswith(" 200")
+    assert "reset by peer" in bare.wait_for("EVENT CALL_CLOSED")
+    pj.send(f"call sip:erin@{node.domain}")
+    bare.wait_for("EVENT CALL_ESTABLISHED")
+    pj.wait_for("CALL CONFIRMED")
+    bare.send("/hangup")
+    bare.wait_for("EVENT CALL_CLOSED")
+    pj.wait_for("CALL DISCONNECTED")
