@@ -4,7 +4,8 @@ are events to wait for (with a bound), and whose stdin takes commands.
 ``Phone`` wraps one process. ``pjsua`` is run as ``python -m tests.phones pjsua ...``: a
 PJSUA2 user agent (null audio device) that prints ``REGISTERED <code>``,
 ``INCOMING``, ``CALL <state> <code>`` and reads ``call URI``, ``hangup`` and ``quit``.
-``baresip`` and ``linphonec`` are Debian's programs with a generated configuration.
+``baresip`` is Debian's program with a generated configuration, driven through its
+ctrl_tcp module.
 """
 
 import argparse

@@ -1,4 +1,4 @@
-"""Real softphones (PJSUA2, baresip, linphonec) register with a real node over UDP and TCP,
+"""Real softphones (PJSUA2, baresip) register with a real node over UDP and TCP,
 call each other through it and hang up with BYE.
 
 Each phone is a child process (``tests.phones``); every wait is on one of its output
