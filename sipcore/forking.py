@@ -40,7 +40,7 @@ from .errors import SipError
 from .message import Request, Response, error_response, make_response
 from .proxy import (ALLOW, DIALOG_METHODS, OPTIONS_FIELDS, STATELESS_PREFIX, TRANSPORTS, UNCHALLENGED, Branch,
                     BranchTarget, Context, Lookup, ProxySettings, best_response, branch_prefix,
-                    branch_request, check_request, destinations, preprocess_route,
+                    branch_request, check_request, destinations, first_route, preprocess_route,
                     record_routes, route_next_hop, stateless_branch, strip_our_via, target_groups,
                     trying_response)
 from .rfc3263 import Locator, Target
@@ -222,6 +222,10 @@ class ProxyCore:
             raise
         routed = preprocess_route(req, s)
         ruri = req.ruri
+        if ruri.scheme == "sips" or (first_route(req) or "").lstrip("<").startswith("sips:"):
+            # §26.2: a sips request goes over TLS on every hop. The node has no TLS, so it
+            # refuses rather than forward it over UDP or TCP.
+            raise SipError(416, "SIPS Needs TLS, Not Offered Here")
         method = req.method
         has_route = req.get("route") is not None
         local = not has_route and s.is_local(ruri)

@@ -643,3 +643,16 @@ def test_both_of_a_double_record_route_are_removed():
     req = request("BYE", uri="sip:bob@10.0.0.2:5062", to_tag="t",
                   extra=(f"Route: {RR_UDP}", f"Route: {RR_TCP}"))
     assert preprocess_route(req, settings) and req.get("route") is None
+
+
+def test_sips_is_refused_never_downgraded(core, location):
+    """§26.2: without TLS a sips request gets 416 with the reason, not a UDP copy."""
+    bind(location, "bob", PHONES[0])
+    core.receive(request("MESSAGE", uri="sips:bob@example.test", frm="sip:x@other.test",
+                         to="sips:bob@example.test"), ALICE, 0.0, WALL)
+    (resp, dest), = out(core)
+    assert dest == ALICE and resp.status == 416 and "TLS" in resp.reason
+    core.receive(request("MESSAGE", frm="sip:x@other.test", call_id="c2", branch="z9hG4bKc2",
+                         extra=("Route: <sips:proxy.far.test;lr>",)), ALICE, 0.0, WALL)
+    (resp, dest), = out(core)
+    assert resp.status == 416
