@@ -13,6 +13,8 @@ import hashlib
 import logging
 import re
 import time
+from collections.abc import Iterable
+from typing import Any, cast
 
 import peewee
 
@@ -67,7 +69,7 @@ def _validate_password(password: str) -> str:
     return password
 
 
-def _row(username: str, domain: str, password: str, enabled: bool) -> dict:
+def _row(username: str, domain: str, password: str, enabled: bool) -> dict[str, Any]:
     """Build the User row for validated credentials."""
     ha1 = compute_ha1s(username, domain, password)
     return {"username": username, "domain": domain, "ha1_md5": ha1["MD5"],
@@ -88,7 +90,7 @@ def _changed() -> None:
     incr_state(_VERSION_KEY)
 
 
-def _upsert(rows: list[dict]) -> None:
+def _upsert(rows: list[dict[str, Any]]) -> None:
     """Insert the rows, or update the HA1s of existing (username, domain)."""
     db = get_database()
     try:
@@ -142,7 +144,7 @@ def import_users_csv(path: str, domain: str) -> int:
     """
     validate_domain(domain)
     rows = []
-    seen = {}
+    seen: dict[str, int] = {}
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:
             reader = csv.reader(handle)
@@ -205,11 +207,13 @@ def load_user_ha1s(domain: str) -> dict[str, dict[str, str]]:
     query = (User.select(User.username, User.ha1_md5, User.ha1_sha256)
              .where((User.domain == domain) & (User.enabled == True))  # noqa
              .tuples())
+    # .tuples() and .dicts() change the rows, which peewee's annotations do not say.
+    rows = cast(Iterable[tuple[str, str, str]], query)
     return {username: {"MD5": md5, "SHA-256": sha256}
-            for username, md5, sha256 in query}
+            for username, md5, sha256 in rows}
 
 
-def list_users(domain: str) -> list[dict]:
+def list_users(domain: str) -> list[dict[str, Any]]:
     """List the users of ``domain`` by username, without their HA1s.
 
     Each item has ``username``, ``domain``, ``enabled`` and ``created_at``
@@ -221,7 +225,8 @@ def list_users(domain: str) -> list[dict]:
              .where(User.domain == domain)
              .order_by(User.username)
              .dicts())
-    return list(query)
+    rows = cast(Iterable[dict[str, Any]], query)
+    return list(rows)
 
 
 def set_user_enabled(username: str, domain: str, enabled: bool) -> bool:
@@ -231,7 +236,7 @@ def set_user_enabled(username: str, domain: str, enabled: bool) -> bool:
                  .where((User.username == username) & (User.domain == domain))
                  .execute())
         _changed()
-    return count > 0
+    return bool(count > 0)
 
 
 def delete_user(username: str, domain: str) -> bool:
@@ -243,4 +248,4 @@ def delete_user(username: str, domain: str) -> bool:
         _changed()
     if count:
         log.info("user %s@%s deleted", username, domain)
-    return count > 0
+    return bool(count > 0)
