@@ -55,7 +55,7 @@ class NodeConfig:
     challenge_front: bool = False
     """Run a second process that answers REGISTERs without credentials (401) on the same UDP port."""
     nat_handling: str = "auto"
-    """When a call goes to the flow a phone registered from rather than its Contact (``sipcore.nat``)."""
+    """When a call goes to the flow a phone registered on, not its Contact (``sipcore.nat``)."""
     source: str = ""
     """The file this configuration was read from (empty when built in memory)."""
     dns_servers: list[str] = field(default_factory=list)

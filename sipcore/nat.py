@@ -48,6 +48,7 @@ which rule 1 catches.
 """
 
 import ipaddress
+from ipaddress import IPv4Address, IPv6Address
 
 #: the values of ``[sip] nat_handling``
 NAT_HANDLING = ("auto", "always", "never")
@@ -57,7 +58,7 @@ _PRIVATE = tuple(ipaddress.ip_network(n) for n in (
     "fc00::/7", "fe80::/10"))
 
 
-def _address(host: str):
+def _address(host: str) -> IPv4Address | IPv6Address | None:
     try:
         return ipaddress.ip_address(host.strip("[]"))
     except ValueError:
