@@ -3,7 +3,8 @@ are events to wait for (with a bound), and whose stdin takes commands.
 
 ``Phone`` wraps one process. ``pjsua`` is run as ``python -m tests.phones pjsua ...``: a
 PJSUA2 user agent (null audio device) that prints ``REGISTERED <code>``,
-``INCOMING``, ``CALL <state> <code>`` and reads ``call URI``, ``hangup`` and ``quit``.
+``INCOMING``, ``CALL <state> <code>`` and reads ``call URI``, ``hangup``, ``quit`` and
+``rtp`` (answered ``RTP <packets received>`` on the confirmed call, or ``RTP none``).
 ``baresip`` is Debian's program with a generated configuration, driven through its
 ctrl_tcp module.
 """
@@ -98,6 +99,17 @@ class Phone:
             self.lines.append(line)
             if any(n in line for n in needles):
                 return line
+
+    def rtp_received(self, timeout: float = 10.0) -> int:
+        """Packets a PJSUA2 phone received on its confirmed call, asked until some came
+        or ``timeout`` passed (0 then)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.send("rtp")
+            line = self.wait_for("RTP ", timeout=max(1.0, deadline - time.monotonic()))
+            count = line.rsplit(" ", 1)[1]
+            if (count.isdigit() and int(count) > 0) or time.monotonic() > deadline:
+                return int(count) if count.isdigit() else 0
 
     def stop(self) -> None:
         """End the process (quit, then SIGKILL after 5 s)."""
@@ -235,6 +247,13 @@ def _run_pjsua(args) -> None:
                 call = Call(acc)
                 calls.append(call)
                 call.makeCall(arg, pj.CallOpParam(True))
+            elif cmd == "rtp":
+                for call in calls:
+                    if call.isActive() and call.getInfo().state == pj.PJSIP_INV_STATE_CONFIRMED:
+                        say(f"RTP {call.getStreamStat(0).rtcp.rxStat.pkt}")
+                        break
+                else:
+                    say("RTP none")
             elif cmd == "hangup":
                 for call in calls:
                     if call.isActive():

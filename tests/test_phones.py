@@ -73,6 +73,7 @@ def test_pjsua2_calls_pjsua2_and_hangs_up(node, phones, transport):
     callee.wait_for("INCOMING")
     caller.wait_for("CALL CONFIRMED")
     callee.wait_for("CALL CONFIRMED")
+    assert caller.rtp_received() > 0 and callee.rtp_received() > 0
     caller.send("hangup")
     assert caller.wait_for("CALL DISCONNECTED").endswith(" 200")
     callee.wait_for("CALL DISCONNECTED")
@@ -128,6 +129,7 @@ def test_baresip_and_pjsua2_call_each_other(node, phones, tmp_path, transport):
     pj.wait_for("INCOMING")
     bare.wait_for("EVENT CALL_ESTABLISHED")
     pj.wait_for("CALL CONFIRMED")
+    assert pj.rtp_received() > 0  # baresip's sine wave, phone to phone
     pj.send("hangup")
     assert pj.wait_for("CALL DISCONNECTED").endswith(" 200")
     assert "reset by peer" in bare.wait_for("EVENT CALL_CLOSED")
