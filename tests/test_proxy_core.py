@@ -656,3 +656,14 @@ def test_sips_is_refused_never_downgraded(core, location):
                          extra=("Route: <sips:proxy.far.test;lr>",)), ALICE, 0.0, WALL)
     (resp, dest), = out(core)
     assert resp.status == 416
+
+
+def test_a_stack_of_forged_routes_naming_us_is_all_removed_once():
+    """Hostile: 200 Routes naming us (both forms) before a foreign one are all removed in
+    one pass and the request goes on to the foreign hop, not back to us 200 times."""
+    settings = ProxySettings(DOMAIN, *PROXY)
+    ours = ", ".join([RR_UDP, RR_TCP] * 100)
+    req = request("BYE", uri="sip:bob@10.0.0.2:5062", to_tag="t",
+                  extra=(f"Route: {ours}, <sip:10.0.0.9;lr>",))
+    assert preprocess_route(req, settings)
+    assert req.get_all("route") == ["<sip:10.0.0.9;lr>"]
