@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from sipcore.authguard import GuardSettings
 from sipcore.cluster_addresses import ClusterAddresses
+from sipcore.nat import NAT_HANDLING
 from sipcore.registrar import RegistrarRules
 from store.files import InsecureFileError, check_private
 
@@ -91,6 +92,8 @@ class NodeConfig:
     """Numbers whose calls no defence may challenge or refuse."""
     max_branches: int = 16
     """Branches one request may be forked to at most (all groups together)."""
+    nat_handling: str = "auto"
+    """When a call goes to the flow a phone registered on, not its Contact (``sipcore.nat``)."""
     source: str = ""
     """The file this configuration was read from (empty when built in memory)."""
     dns_servers: list[str] = field(default_factory=list)
@@ -122,7 +125,7 @@ _SECTIONS = {
              "log_file": "log_file"},
     "sip": {"address": "address", "port": "port", "domain": "domain", "aliases": "aliases",
             "t1": "t1", "t2": "t2", "t4": "t4", "challenge_front": "challenge_front",
-            "emergency_numbers": "emergency_numbers"},
+            "emergency_numbers": "emergency_numbers", "nat_handling": "nat_handling"},
     "registrar": {"min_expires": "min_expires", "max_expires": "max_expires",
                   "default_expires": "default_expires", "max_contacts": "max_contacts"},
     "auth": {"secret": "auth_secret", "nonce_lifetime": "nonce_lifetime",
@@ -191,6 +194,9 @@ def parse_config(data: dict, base_dir: str = ".") -> NodeConfig:
         raise ConfigError("limits.max_message_size must be at least 1500 bytes")
     if not isinstance(cfg.challenge_front, bool):
         raise ConfigError(f"sip.challenge_front must be true or false, not {cfg.challenge_front!r}")
+    if cfg.nat_handling not in NAT_HANDLING:
+        raise ConfigError(f"sip.nat_handling takes one of {', '.join(NAT_HANDLING)}, "
+                          f"not {cfg.nat_handling!r}")
     if not 0 < cfg.port < 65536:
         raise ConfigError(f"port out of range: {cfg.port}")
     if cfg.max_branches < 1:

@@ -363,7 +363,13 @@ class Transport:
             return False
 
     def _connect(self, host: str, port: int) -> Connection:
-        sock = socket.create_connection((host, port), timeout=self.connect_timeout)
+        # From the node's own address (the one in its Via and Record-Route), not the
+        # kernel's choice: on a host with several addresses the far end sees the node.
+        source = None
+        if self.address not in ("0.0.0.0", "::") and (":" in self.address) == (":" in host):
+            source = (self.address, 0)
+        sock = socket.create_connection((host, port), timeout=self.connect_timeout,
+                                        source_address=source)
         conn = Connection(sock, (host, port))
         self.connections[conn.peer] = conn
         gevent.spawn(self._read_connection, conn)

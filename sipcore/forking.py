@@ -50,8 +50,9 @@ from .errors import SipError
 from .message import Request, Response, error_response, make_response
 from .proxy import (ALLOW, DIALOG_METHODS, OPTIONS_FIELDS, STATELESS_PREFIX, TRANSPORTS, UNCHALLENGED, Branch,
                     BranchTarget, Context, Lookup, ProxySettings, best_response, branch_prefix,
-                    branch_request, check_request, destinations, max_breadth, preprocess_route,
-                    route_next_hop, stateless_branch, strip_our_via, target_groups,
+                    branch_request, check_request, destinations, first_route, max_breadth,
+                    preprocess_route, record_routes, route_next_hop, stateless_branch,
+                    strip_our_via, target_groups,
                     trying_response)
 from .rfc3263 import Locator, Target
 from .transaction import (AckReceived, RequestReceived, ResponseReceived, StrayResponse,
@@ -233,6 +234,10 @@ class ProxyCore:
             raise
         routed = preprocess_route(req, s)
         ruri = req.ruri
+        if ruri.scheme == "sips" or (first_route(req) or "").lstrip("<").startswith("sips:"):
+            # §26.2: a sips request goes over TLS on every hop. The node has no TLS, so it
+            # refuses rather than forward it over UDP or TCP.
+            raise SipError(416, "SIPS Needs TLS, Not Offered Here")
         method = req.method
         has_route = req.get("route") is not None
         local = not has_route and s.is_local(ruri)
@@ -265,7 +270,8 @@ class ProxyCore:
             if ruri.scheme == "tel" and not has_route:
                 raise SipError(404, "Not Found")
             groups = [[BranchTarget(req.uri)]]
-        rr = s.record_route(req) if method in DIALOG_METHODS and req.to.tag is None else None
+        # Record-Route: the leg the request came on; each branch adds its own (RFC 5658).
+        rr = stx.destination[0] if method in DIALOG_METHODS and req.to.tag is None else None
         ctx = stx.context = Context(stx, req, branch_prefix(loop), rr, groups, breadth)
         if ctx.invite:
             if self.trying_delay > 0:
@@ -289,7 +295,7 @@ class ProxyCore:
             bindings = [b for b in bindings if not points_here(parse_uri(b.contact))]
         if not bindings:
             raise SipError(480, "Temporarily Unavailable")
-        return target_groups(bindings, s.max_branches, breadth)
+        return target_groups(bindings, s.max_branches, breadth, s.nat_handling)
 
     def _emergency_targets(self, req: Request, ruri, local: bool, caller, wall: float,
                            breadth: int) -> list:
@@ -301,7 +307,7 @@ class ProxyCore:
         number = ruri.user.split(";")[0]
         bindings = self.location.lookup(f"sip:{unquote(number)}@{s.domain}", wall)
         if bindings:
-            return target_groups(bindings, s.max_branches, breadth)
+            return target_groups(bindings, s.max_branches, breadth, s.nat_handling)
         if local or caller is None or (ruri.scheme == "tel" and req.get("route") is None):
             raise SipError(480, "No Route For Emergency Number")
         return [[BranchTarget(req.uri)]]
@@ -358,8 +364,9 @@ class ProxyCore:
                       breadth: int | None = None) -> None:
         branch = Branch(ctx)
         ctx.branches.append(branch)
-        req = branch_request(ctx.request, target, ctx.record_route, self.settings.domain,
-                             breadth)
+        # An empty Record-Route to fill when the branch's transport is known (_send_branch).
+        req = branch_request(ctx.request, target, None if ctx.record_route is None else "",
+                             self.settings.domain, breadth)
         if target.dest is None or target.routes:
             try:
                 hop = route_next_hop(req, ctx.ruri if target.uri == ctx.request.uri else None)
@@ -427,8 +434,13 @@ class ProxyCore:
             return False
         dest = branch.dests.pop(0)
         req = branch.request
-        if branch.tries:
-            req = Request(req.method, req.uri, [h[:] for h in req.headers], req.body)
+        inbound = branch.ctx.record_route
+        if branch.tries or inbound is not None:
+            headers = [h[:] for h in req.headers]
+            if inbound is not None:
+                headers[1:2] = [["record-route", "Record-Route", v]
+                                for v in record_routes(self.settings, req, inbound, dest[0])]
+            req = Request(req.method, req.uri, headers, req.body)
         branch.tries += 1
         self._seq += 1
         self.settings.set_via(req, dest[0], f"{branch.ctx.prefix}{self._unique}{self._seq:x}")

@@ -28,9 +28,10 @@ from .cluster_addresses import ClusterAddresses
 from .errors import SipError
 from .headers import Via, parse_int, split_list
 from .message import Request, Response, make_response
+from .nat import NAT_HANDLING, is_outbound, use_flow
 from .rfc3263 import Target
 from .transaction import MAGIC_COOKIE
-from .uri import SipUri, parse_name_addr
+from .uri import SipUri, parse_name_addr, parse_uri
 from .via import response_destination
 
 #: what the proxy lets through (and the Allow of its 405)
@@ -89,7 +90,9 @@ class ProxySettings:
     Record-Route (the cluster's shared ``[auth]`` secret, so that any node
     accepts them; random when empty). ``cluster`` knows every node's
     address (this one alone when None). ``emergency`` holds the numbers no
-    defence may refuse; ``max_branches`` caps the branches of one request.
+    defence may refuse; ``max_branches`` caps the branches of one request;
+    ``nat_handling`` (one of ``sipcore.nat.NAT_HANDLING``) says when a
+    binding's flow replaces its Contact.
     """
 
     domain: str
@@ -101,6 +104,7 @@ class ProxySettings:
     cluster: ClusterAddresses | None = None
     emergency: frozenset = frozenset()
     max_branches: int = 16
+    nat_handling: str = "auto"
     names: frozenset = field(init=False)
     """Lower-case domain names that are ours (``domain`` and ``aliases``)."""
     sent_by: str = field(init=False)
@@ -109,11 +113,16 @@ class ProxySettings:
     """``cluster``, or this node alone when it was None."""
 
     def __post_init__(self) -> None:
+        if self.nat_handling not in NAT_HANDLING:
+            raise ValueError(f"nat_handling must be one of {NAT_HANDLING}, "
+                             f"not {self.nat_handling!r}")
         self.domain = self.domain.lower()
         self.names = frozenset([self.domain, *(a.lower() for a in self.aliases)])
         host = f"[{self.address}]" if ":" in self.address else self.address
         self.sent_by = f"{host}:{self.port}"
-        self._rr_start = f"<sip:{self.sent_by};lr;{DIALOG_PARAM}="
+        # Our Record-Route for each transport a leg may use, up to its token.
+        self._rr_starts = {t: f"<sip:{self.sent_by}{'' if t == 'udp' else ';transport=' + t};lr;"
+                              f"{DIALOG_PARAM}=" for t in ("udp", "tcp")}
         self._dialog_key = hmac.digest(self.secret or os.urandom(32), b"record-route", "sha256")
         self.addresses = self.cluster or ClusterAddresses(self.names, [(self.address, self.port)])
         self._address = self.address.lower()
@@ -126,21 +135,26 @@ class ProxySettings:
         msg = f"{call_id}\0{tag or ''}".encode()
         return hmac.digest(self._dialog_key, msg, "sha256")[:12].hex()
 
-    def record_route(self, req: Request) -> str:
-        """Our Record-Route value for a request that starts a dialog (loose routing,
-        §16.6 step 4), carrying the dialog's token."""
-        return f"{self._rr_start}{self.dialog_token(req.call_id, req.from_.tag)}>"
+    def record_route(self, req: Request, transport: str = "udp") -> str:
+        """Our Record-Route value for a request that starts a dialog, for a leg over
+        ``transport``: loose routing (§16.6 step 4), the ``transport`` parameter when
+        the leg is not UDP, so that the phone on that side keeps sending its requests
+        of the dialog over it (§16.6, §19.1.1), and the dialog's token."""
+        return f"{self._rr_starts[transport]}{self.dialog_token(req.call_id, req.from_.tag)}>"
 
     def is_record_route(self, route: str, req: Request) -> bool:
-        """Whether ``route`` is, as we wrote it, the Record-Route of the dialog
-        ``req`` is in (sent by either end: the caller's tag is in From or To)."""
-        if not route.startswith(self._rr_start):
+        """Whether ``route`` is, as we wrote it for any transport, the Record-Route of
+        the dialog ``req`` is in (sent by either end: the caller's tag is in From or To)."""
+        for start in self._rr_starts.values():
+            if route.startswith(start):
+                break
+        else:
             return False
         call_id = req.call_id
-        end = f"{self._rr_start}{self.dialog_token(call_id, req.from_.tag)}>"
+        end = f"{start}{self.dialog_token(call_id, req.from_.tag)}>"
         if hmac.compare_digest(route, end):
             return True
-        end = f"{self._rr_start}{self.dialog_token(call_id, req.to.tag)}>"
+        end = f"{start}{self.dialog_token(call_id, req.to.tag)}>"
         return hmac.compare_digest(route, end)
 
     def proves_dialog(self, uri: SipUri, req: Request) -> bool:
@@ -334,7 +348,8 @@ def preprocess_route(req: Request, settings: ProxySettings) -> bool:
 
     If the Request-URI is a Record-Route URI of the cluster (a strict
     router put it there) the last Route value becomes the Request-URI.
-    Then a first Route naming a node of the cluster is removed. Returns
+    Then a first Route naming a node of the cluster is removed (with the
+    next ones naming one too: the double Record-Route of RFC 5658). Returns
     True only when the URI so removed carries the token of the dialog the
     request is in: the request then came by a Route the cluster wrote.
     Any other request, with a To tag or not, is out of the dialogs we
@@ -345,6 +360,9 @@ def preprocess_route(req: Request, settings: ProxySettings) -> bool:
         return False
     if settings.is_record_route(first, req):
         req.pop_first_value("route")
+        second = req.get("route")
+        if second is not None and settings.is_record_route(second, req):
+            req.pop_first_value("route")    # the other half of a double Record-Route
         return True
     proven = False
     ruri = req.ruri
@@ -357,11 +375,13 @@ def preprocess_route(req: Request, settings: ProxySettings) -> bool:
             req.add("Route", v)
         req.uri = str(_route_uri(last))
     first = first_route(req)
-    if first is not None:
+    while first is not None:
         uri = _route_uri(first)
-        if settings.is_cluster_route(uri):
-            req.pop_first_value("route")
-            proven = settings.proves_dialog(uri, req) or proven
+        if not settings.is_cluster_route(uri):
+            break
+        req.pop_first_value("route")
+        proven = settings.proves_dialog(uri, req) or proven
+        first = first_route(req)
     return proven
 
 
@@ -389,27 +409,32 @@ def parse_received(received: str | None) -> tuple | None:
     return (transport, host.strip("[]"), int(port))
 
 
-def binding_target(binding) -> BranchTarget:
-    """The branch target for a location binding.
+def binding_target(binding, nat_handling: str = "auto") -> BranchTarget:
+    """The branch target for a location binding (RFC 3261 §16.5).
 
-    With a Path the request follows it; without one it goes back over the
-    flow the REGISTER came from when the contact's transport matches it
-    (the phone may sit behind a NAT), else to the contact by RFC 3263.
+    With a Path the request follows it; else it goes to the Contact by RFC
+    3263, or back over the flow the REGISTER came from when it is an RFC 5626
+    outbound registration or NAT handling says so (``sipcore.nat``), the
+    Contact's transport matching the flow's.
     """
     contact = binding.contact
     if binding.path:
         return BranchTarget(contact, tuple(binding.path))
     dest = parse_received(binding.received)
     if dest is not None:
-        lower = contact.lower()
-        want = "tcp" if ";transport=tcp" in lower else "udp"
-        if want != dest[0] or lower.startswith("sips:"):
+        try:
+            uri = parse_uri(contact)
+        except SipError:
+            uri = None
+        if (uri is None or uri.scheme != "sip" or (uri.transport or "udp") != dest[0]
+                or not use_flow(nat_handling, dest[0], uri.params.get("maddr") or uri.host_bare,
+                                dest[1], is_outbound(binding.instance, binding.reg_id))):
             dest = None
     return BranchTarget(contact, (), dest)
 
 
-def target_groups(bindings: list, max_branches: int = 16,
-                  breadth: int = DEFAULT_BREADTH) -> list[list[BranchTarget]]:
+def target_groups(bindings: list, max_branches: int = 16, breadth: int = DEFAULT_BREADTH,
+                  nat_handling: str = "auto") -> list[list[BranchTarget]]:
     """§16.6: bindings (highest q first) as groups tried one after the other.
 
     Bindings of equal q are forked in parallel; a lower q is tried only
@@ -417,6 +442,7 @@ def target_groups(bindings: list, max_branches: int = 16,
     At most ``max_branches`` bindings are taken in all, and at most
     ``breadth`` (the request's Max-Breadth, RFC 5393 §5.1) in one group,
     which bounds what one request can make however many bindings it meets.
+    ``nat_handling`` is ``[sip] nat_handling`` (see ``binding_target``).
     """
     groups: list[list[BranchTarget]] = []
     last_q = None
@@ -426,7 +452,7 @@ def target_groups(bindings: list, max_branches: int = 16,
             groups.append([])
             last_q = q
         if len(groups[-1]) < breadth:
-            groups[-1].append(binding_target(b))
+            groups[-1].append(binding_target(b, nat_handling))
     return groups
 
 
@@ -439,6 +465,16 @@ def max_breadth(req: Request) -> int:
     if breadth == 0:
         raise SipError(440, "Max-Breadth Exceeded")
     return breadth
+
+
+def record_routes(settings: ProxySettings, req: Request, inbound: str,
+                  outbound: str) -> list[str]:
+    """The Record-Route values to put on top for ``req``, which came over ``inbound``
+    and leaves over ``outbound``: one when the legs share a transport, else two (RFC
+    5658 §4: the one facing the callee first, the one facing the caller below it)."""
+    if inbound == outbound:
+        return [settings.record_route(req, outbound)]
+    return [settings.record_route(req, outbound), settings.record_route(req, inbound)]
 
 
 def branch_request(req: Request, target: BranchTarget, record_route: str | None,

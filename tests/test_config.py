@@ -87,3 +87,12 @@ def test_security_defaults_and_bad_values_refused():
                               ("limits", "nonsense", 1)):
         with pytest.raises(ConfigError):
             parse_config({**MINIMAL, section: {key: bad}})
+
+
+def test_nat_handling_defaults_to_auto_and_takes_three_values():
+    assert parse_config(MINIMAL).nat_handling == "auto"
+    for mode in ("auto", "always", "never"):
+        assert parse_config({**MINIMAL, "sip": {**MINIMAL.get("sip", {}),
+                                                 "nat_handling": mode}}).nat_handling == mode
+    with pytest.raises(ConfigError, match="nat_handling takes one of auto, always, never"):
+        parse_config({**MINIMAL, "sip": {**MINIMAL.get("sip", {}), "nat_handling": "yes"}})

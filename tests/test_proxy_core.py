@@ -163,7 +163,9 @@ def test_unsupported_proxy_require_gets_420(core, location):
     assert resp.status == 420 and resp.get("unsupported") == "foo, bar"
 
 
-def test_loop_gets_482_but_a_spiral_passes(core, location):
+def test_loop_gets_482_but_a_spiral_passes(location):
+    settings = ProxySettings(DOMAIN, *PROXY, nat_handling="always")
+    core = ProxyCore(settings, location, Authenticator(DOMAIN, b"k" * 32, lookup), trying_delay=0)
     same = loop_hash(request("INVITE"))
     assert same == loop_hash(request("CANCEL")) != loop_hash(request("INVITE", cseq=2))
     bind(location, "bob", PHONES[0])
@@ -692,3 +694,80 @@ def test_emergency_numbers_are_never_challenged(location):
                              branch=f"z9hG4bKn{k}"), ALICE, 0.0, WALL)
         resp = [m for m, _ in out(core) if m.status != 100]
         assert [(r.status, r.reason) for r in resp] == [(480, "No Route For Emergency Number")]
+
+
+# -- Record-Route per transport (§16.6 step 4, RFC 5658) ---------------------------
+
+TCP_BOB = "sip:bob@10.0.0.2:5062;transport=tcp"
+SUBSCRIBE = dict(frm="sip:x@other.test", extra=("Event: presence",))
+
+
+def rr(settings, transport, req=None):
+    """Our Record-Route for ``req``'s dialog (the SUBSCRIBE below by default) on a leg."""
+    return settings.record_route(req or request("SUBSCRIBE", **SUBSCRIBE), transport)
+
+
+def _subscribe_to_tcp_bob(core, location, source):
+    location.put(Binding(f"sip:bob@{DOMAIN}", "k", TCP_BOB, WALL + 3600, "reg", 1,
+                         received="tcp:10.0.0.2:40000"))
+    core.receive(request("SUBSCRIBE", **SUBSCRIBE), source, 0.0, WALL)
+    return {d: m for m, d in out(core) if not isinstance(m, Response)}
+
+
+def test_tcp_to_tcp_records_one_route_with_its_transport(core, location):
+    (fwd,) = _subscribe_to_tcp_bob(core, location, ("tcp", "10.0.0.1", 41000)).values()
+    assert fwd.get_all("record-route") == [rr(core.settings, "tcp")]
+    assert ";transport=tcp;lr;dlg=" in fwd.get("record-route")
+
+
+def test_udp_to_tcp_records_two_routes(core, location):
+    """RFC 5658: the one facing the callee (TCP) on top, the caller's (UDP) below."""
+    branches = _subscribe_to_tcp_bob(core, location, ALICE)
+    assert list(branches) == [("tcp", "10.0.0.2", 40000)]
+    (fwd,) = branches.values()
+    assert fwd.get_all("record-route") == [rr(core.settings, "tcp"), rr(core.settings, "udp")]
+    assert fwd.top_via.transport == "TCP"
+
+
+def test_udp_to_udp_record_route_has_no_transport(core, location):
+    bind(location, "bob", PHONES[0])
+    _, branches = forward(core, request("SUBSCRIBE", **SUBSCRIBE))
+    assert branches[PHONES[0]].get_all("record-route") == [rr(core.settings, "udp")]
+    assert "transport" not in branches[PHONES[0]].get("record-route")
+
+
+def test_both_of_a_double_record_route_are_removed():
+    settings = ProxySettings(DOMAIN, *PROXY)
+    bye = dict(uri="sip:bob@10.0.0.2:5062", to_tag="t")
+    tcp, udp = rr(settings, "tcp", request("BYE", **bye)), rr(settings, "udp", request("BYE", **bye))
+    req = request("BYE", **bye, extra=(f"Route: {tcp}, {udp}, <sip:10.0.0.9;lr>",))
+    assert preprocess_route(req, settings)
+    assert req.get_all("route") == ["<sip:10.0.0.9;lr>"]
+    req = request("BYE", **bye, extra=(f"Route: {udp}, {tcp}",))
+    assert preprocess_route(req, settings) and req.get("route") is None
+    req = request("BYE", **bye, extra=(f"Route: {udp}", f"Route: {tcp}"))
+    assert preprocess_route(req, settings) and req.get("route") is None
+
+
+def test_sips_is_refused_never_downgraded(core, location):
+    """§26.2: without TLS a sips request gets 416 with the reason, not a UDP copy."""
+    bind(location, "bob", PHONES[0])
+    core.receive(request("MESSAGE", uri="sips:bob@example.test", frm="sip:x@other.test",
+                         to="sips:bob@example.test"), ALICE, 0.0, WALL)
+    (resp, dest), = out(core)
+    assert dest == ALICE and resp.status == 416 and "TLS" in resp.reason
+    core.receive(request("MESSAGE", frm="sip:x@other.test", call_id="c2", branch="z9hG4bKc2",
+                         extra=("Route: <sips:proxy.far.test;lr>",)), ALICE, 0.0, WALL)
+    (resp, dest), = out(core)
+    assert resp.status == 416
+
+
+def test_a_stack_of_forged_routes_naming_us_is_all_removed_once():
+    """Hostile: 200 Routes naming us (both forms, no dialog token) before a foreign one are
+    all removed in one pass, and prove no dialog: the request is not trusted as in one."""
+    settings = ProxySettings(DOMAIN, *PROXY)
+    ours = ", ".join(["<sip:127.0.0.1:5060;lr>", "<sip:127.0.0.1:5060;transport=tcp;lr>"] * 100)
+    req = request("BYE", uri="sip:bob@10.0.0.2:5062", to_tag="t",
+                  extra=(f"Route: {ours}, <sip:10.0.0.9;lr>",))
+    assert not preprocess_route(req, settings)
+    assert req.get_all("route") == ["<sip:10.0.0.9;lr>"]

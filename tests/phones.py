@@ -1,0 +1,282 @@
+"""Real softphones for the interop tests: each runs as a child process whose output lines
+are events to wait for (with a bound), and whose stdin takes commands.
+
+``Phone`` wraps one process. ``pjsua`` is run as ``python -m tests.phones pjsua ...``: a
+PJSUA2 user agent (null audio device) that prints ``REGISTERED <code>``,
+``INCOMING``, ``CALL <state> <code>`` and reads ``call URI``, ``hangup``, ``quit`` and
+``rtp`` (answered ``RTP <packets received>`` on the confirmed call, or ``RTP none``).
+``baresip`` is Debian's program with a generated configuration, driven through its
+ctrl_tcp module.
+"""
+
+import argparse
+import json
+import os
+import queue
+import select
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class Phone:
+    """One softphone process: ``send`` a command line, ``wait_for`` an output line."""
+
+    def __init__(self, name: str, argv: list[str], cwd: str | None = None):
+        self.name = name
+        self.lines: list[str] = []
+        self._ctrl: socket.socket | None = None
+        self._queue: queue.Queue = queue.Queue()
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True, bufsize=1, cwd=cwd)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self._queue.put(line.rstrip("\n"))
+        self._queue.put(None)
+
+    ctrl: tuple | None = None
+    """baresip's ctrl_tcp address, where commands go instead of stdin."""
+
+    def send(self, command: str) -> None:
+        """Write one command line to the phone's stdin (for baresip, ``/cmd params`` as a
+        ctrl_tcp netstring)."""
+        if self.ctrl is not None:
+            cmd, _, params = command.lstrip("/").partition(" ")
+            body = json.dumps({"command": cmd, "params": params, "token": cmd}).encode()
+            self._ctrl_socket().sendall(b"%d:%s," % (len(body), body))
+            return
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+
+    def _ctrl_socket(self) -> socket.socket:
+        """The connection to baresip's ctrl_tcp (made once: call it when baresip is ready,
+        before the events wanted); its events come out as ``EVENT <type> <text>`` lines."""
+        if self._ctrl is None:
+            self._ctrl = socket.create_connection(self.ctrl, timeout=5)
+            threading.Thread(target=self._read_ctrl, args=(self._ctrl,), daemon=True).start()
+        return self._ctrl
+
+    def _read_ctrl(self, sock: socket.socket) -> None:
+        buf = b""
+        sock.settimeout(None)
+        while True:
+            try:
+                data = sock.recv(65536)
+            except OSError:
+                return
+            if not data:
+                return
+            buf += data
+            while b":" in buf:
+                size, _, rest = buf.partition(b":")
+                if not size.isdigit() or len(rest) < int(size) + 1:
+                    break
+                body, buf = rest[:int(size)], rest[int(size) + 1:]
+                msg = json.loads(body)
+                if msg.get("event"):
+                    self._queue.put(f"EVENT {msg.get('type')} {msg.get('param', '')}")
+
+    def wait_for(self, *needles: str, timeout: float = 15.0) -> str:
+        """The first output line (from now on) holding any of ``needles``; AssertionError
+        with the phone's output after ``timeout`` seconds or when it exits."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                line = self._queue.get(timeout=max(0.0, left)) if left > 0 else None
+            except queue.Empty:
+                line = None
+            if line is None:
+                tail = "\n".join(self.lines[-40:])
+                raise AssertionError(f"{self.name}: none of {needles} within {timeout}s:\n{tail}")
+            self.lines.append(line)
+            if any(n in line for n in needles):
+                return line
+
+    def rtp_received(self, timeout: float = 10.0) -> int:
+        """Packets a PJSUA2 phone received on its confirmed call, asked until some came
+        or ``timeout`` passed (0 then)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.send("rtp")
+            line = self.wait_for("RTP ", timeout=max(1.0, deadline - time.monotonic()))
+            count = line.rsplit(" ", 1)[1]
+            if (count.isdigit() and int(count) > 0) or time.monotonic() > deadline:
+                return int(count) if count.isdigit() else 0
+
+    def stop(self) -> None:
+        """End the process (quit, then SIGKILL after 5 s)."""
+        if self.proc.poll() is None:
+            try:
+                self.send("/quit" if self.ctrl else "quit")
+            except (BrokenPipeError, OSError):
+                pass
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if self._ctrl is not None:
+            self._ctrl.close()
+        while not self._queue.empty():
+            line = self._queue.get()
+            if line is not None:
+                self.lines.append(line)
+
+
+def pjsua(name: str, user: str, password: str, domain: str, proxy: str, transport: str,
+          port: int, rtp_port: int) -> Phone:
+    """A PJSUA2 phone registering ``user`` through ``proxy`` (``host:port``) over
+    ``transport`` only, listening on 127.0.0.1:``port``, RTP from ``rtp_port``."""
+    return Phone(name, [sys.executable, "-m", "tests.phones", "pjsua", "--user", user,
+                        "--password", password, "--domain", domain, "--proxy", proxy,
+                        "--transport", transport, "--port", str(port),
+                        "--rtp-port", str(rtp_port)], cwd=ROOT)
+
+
+def baresip(name: str, folder: str, user: str, password: str, domain: str, proxy: str,
+            transport: str, port: int, rtp_port: int, ctrl_port: int) -> Phone:
+    """Debian's baresip with a configuration in ``folder`` (made here): ``user`` registered
+    through ``proxy`` over ``transport``, SIP on 127.0.0.1:``port``, a sine wave for its
+    microphone, a file for its speaker, calls answered at once; driven through its ctrl_tcp
+    module on 127.0.0.1:``ctrl_port`` (``Phone.send`` writes ``/command params``)."""
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "config"), "w") as f:
+        f.write(f"""poll_method poll
+sip_listen 127.0.0.1:{port}
+sip_transports {transport}
+audio_player aufile,{os.path.join(folder, "heard.wav")}
+audio_source ausine,440
+ausrc_srate 48000
+ausrc_channels 2
+auplay_channels 2
+auplay_srate 48000
+audio_alert aufile,{os.path.join(folder, "alert.wav")}
+rtp_ports {rtp_port}-{rtp_port + 9}
+ctrl_tcp_listen 127.0.0.1:{ctrl_port}
+module_path /usr/lib/baresip/modules
+module stdio.so
+module g711.so
+module ausine.so
+module aufile.so
+module_app account.so
+module_app menu.so
+module_app ctrl_tcp.so
+""")
+    with open(os.path.join(folder, "accounts"), "w") as f:
+        f.write(f'<sip:{user}@{domain};transport={transport}>;auth_pass={password};'
+                f'outbound="sip:{proxy};transport={transport}";regint=600;'
+                "answermode=auto;audio_codecs=PCMU,PCMA\n")
+    # stdbuf: baresip writes through stdio, block-buffered on a pipe
+    phone = Phone(name, ["stdbuf", "-oL", "baresip", "-f", folder], cwd=folder)
+    phone.ctrl = ("127.0.0.1", ctrl_port)
+    return phone
+
+
+def _run_pjsua(args) -> None:
+    import pjsua2 as pj
+
+    ep = pj.Endpoint()
+    ep.libCreate()
+    cfg = pj.EpConfig()
+    cfg.uaConfig.threadCnt = 0
+    cfg.uaConfig.mainThreadOnly = True
+    cfg.logConfig.level = 1
+    cfg.logConfig.consoleLevel = 1
+    ep.libInit(cfg)
+    tcfg = pj.TransportConfig()
+    tcfg.port = args.port
+    tcfg.boundAddress = "127.0.0.1"
+    kind = pj.PJSIP_TRANSPORT_TCP if args.transport == "tcp" else pj.PJSIP_TRANSPORT_UDP
+    ep.transportCreate(kind, tcfg)
+    ep.libStart()
+    ep.audDevManager().setNullDev()
+
+    def say(text: str) -> None:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+
+    calls: list = []
+
+    class Call(pj.Call):
+        def onCallState(self, prm):
+            info = self.getInfo()
+            say(f"CALL {info.stateText} {info.lastStatusCode}")
+
+    class Account(pj.Account):
+        def onRegState(self, prm):
+            say(f"REGISTERED {prm.code}")
+
+        def onIncomingCall(self, prm):
+            call = Call(self, prm.callId)
+            calls.append(call)
+            say("INCOMING")
+            op = pj.CallOpParam()
+            op.statusCode = 200
+            call.answer(op)
+
+    acfg = pj.AccountConfig()
+    acfg.idUri = f"sip:{args.user}@{args.domain}"
+    suffix = ";transport=tcp" if args.transport == "tcp" else ""
+    acfg.regConfig.registrarUri = f"sip:{args.proxy}{suffix}"
+    acfg.sipConfig.proxies.append(f"sip:{args.proxy}{suffix};lr")
+    acfg.mediaConfig.transportConfig.port = args.rtp_port
+    acfg.mediaConfig.transportConfig.portRange = 10
+    acfg.mediaConfig.transportConfig.boundAddress = "127.0.0.1"
+    acfg.sipConfig.authCreds.append(pj.AuthCredInfo("digest", "*", args.user, 0, args.password))
+    acc = Account()
+    acc.create(acfg)
+    try:
+        while True:
+            ep.libHandleEvents(20)
+            ready, _, _ = select.select([sys.stdin], [], [], 0)
+            if not ready:
+                continue
+            line = sys.stdin.readline()
+            if not line or line.strip() == "quit":
+                break
+            cmd, _, arg = line.strip().partition(" ")
+            if cmd == "call":
+                call = Call(acc)
+                calls.append(call)
+                call.makeCall(arg, pj.CallOpParam(True))
+            elif cmd == "rtp":
+                for call in calls:
+                    if call.isActive() and call.getInfo().state == pj.PJSIP_INV_STATE_CONFIRMED:
+                        say(f"RTP {call.getStreamStat(0).rtcp.rxStat.pkt}")
+                        break
+                else:
+                    say("RTP none")
+            elif cmd == "hangup":
+                for call in calls:
+                    if call.isActive():
+                        call.hangup(pj.CallOpParam(True))
+    finally:
+        calls.clear()
+        acc.shutdown()
+        ep.libDestroy()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m tests.phones pjsua ...``: run one PJSUA2 phone on stdin/stdout."""
+    parser = argparse.ArgumentParser(prog="tests.phones")
+    sub = parser.add_subparsers(dest="phone", required=True)
+    p = sub.add_parser("pjsua")
+    for opt in ("--user", "--password", "--domain", "--proxy"):
+        p.add_argument(opt, required=True)
+    p.add_argument("--transport", choices=("udp", "tcp"), default="udp")
+    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--rtp-port", type=int, default=4000)
+    args = parser.parse_args(argv)
+    _run_pjsua(args)
+
+
+if __name__ == "__main__":
+    main()
