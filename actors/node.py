@@ -28,6 +28,7 @@ from store import users as user_store
 from store.models import close_store, incr_state, init_store
 
 from .config import NodeConfig, registrar_rules, sqlite_dir
+from .config_sync import attach_config_sync
 from .front import STATUS_EVERY, FrontProcess
 from .front import paths as front_paths
 from .process import tune_gc
@@ -93,6 +94,7 @@ class Node:
         self.proxy = None
         self.replicator = None
         self.front = None
+        self.users = None
         self.started_at = 0.0
 
     def start(self) -> None:
@@ -110,7 +112,7 @@ class Node:
         loaded = self.location.load(
             b for b in map(Binding.from_record, binding_store.load_bindings(include_deleted=True))
             if b.expires_at > now)
-        users = UserDirectory(cfg.domain)
+        users = self.users = UserDirectory(cfg.domain)
         users.reload()
         secret = bytes.fromhex(cfg.auth_secret) if cfg.auth_secret else secrets.token_bytes(32)
         auth = Authenticator(cfg.domain, secret, users.lookup, cfg.nonce_lifetime,
@@ -125,6 +127,7 @@ class Node:
         self.registrar = RegistrarActor(cfg.id, rules, auth, self.location, self.transport,
                                         Sequencer(epoch), cfg.batch_max, timers=timers)
         attach_replicator(self)
+        attach_config_sync(self)
         self.transport.start()
         self.registrar.greenlet = self.group.spawn(self.registrar.run)
         self.registrar.greenlet.link_exception(self._actor_died)

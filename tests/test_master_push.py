@@ -1,0 +1,131 @@
+"""The master pushes configuration to real node processes over CurveZMQ.
+
+Two real nodes with the master's public key as ``[cluster] master_key``; the
+master's store and pusher run in the test process. Registrations are real
+(sipsak with digest authentication).
+"""
+
+import subprocess
+import time
+
+import pytest
+
+from actors.bus import Bus, BusError, generate_keypair, request
+from loadtest.harness import Cluster
+from store import master as ms
+from web.push import Pusher
+
+SETTINGS = {"heartbeat": 0.2, "suspect_after": 1.0, "dead_after": 10.0, "alone_wait": 1.0,
+            "sync_timeout": 3.0}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    work = str(tmp_path_factory.mktemp("master"))
+    public, secret = generate_keypair()
+    cluster = Cluster(work, 2, settings={**SETTINGS, "master_key": public})
+    cluster.start()
+    ms.init_master_store(f"sqlite:///{work}/master.db")
+    ms.setup("example.test")
+    for m in cluster.members.values():
+        ms.save_node(m.id, "", m.control, m.public_key)
+    pusher = Pusher(public, secret, interval=0.2)
+    pusher.start()
+    try:
+        yield cluster, pusher
+    finally:
+        pusher.stop()
+        ms.close_master_store()
+        cluster.stop()
+
+
+def wait_acked(version: int, timeout: float, nodes=None) -> bool:
+    """Until every node (or those named) acknowledged ``version``; bounded."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        acked = {n["node_id"]: n["acked_version"] for n in ms.list_nodes()}
+        if all(acked[k] >= version for k in (nodes or acked)):
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def sipsak_register(node, user: str, password: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["sipsak", "-U", "-s", f"sip:{user}@{node.address}:{node.port}",
+                           "-u", user, "-a", password, "-i", "-x", "120", "-v"],
+                          capture_output=True, text=True, timeout=30)
+
+
+def registered(node, user, password) -> bool:
+    return "completed successful" in sipsak_register(node, user, password).stdout
+
+
+def test_user_added_on_the_master_registers_on_every_node_within_a_second(setup):
+    cluster, pusher = setup
+    assert not registered(cluster.nodes[0], "zed", "zed-pw")
+    version = ms.save_user("zed", "zed-pw")
+    start = time.monotonic()
+    pusher.poke()
+    assert wait_acked(version, 5.0), ms.list_nodes()
+    assert time.monotonic() - start < 1.0
+    for node in cluster.nodes:
+        assert cluster.control(node, "config_version")["version"] == version
+        assert registered(node, "zed", "zed-pw"), node.log_tail()
+    version = ms.save_user("zed", "new-pw")
+    pusher.poke()
+    assert wait_acked(version, 5.0)
+    for node in cluster.nodes:
+        assert registered(node, "zed", "new-pw") and not registered(node, "zed", "zed-pw")
+
+
+def test_push_from_another_key_is_refused(setup):
+    cluster, _ = setup
+    node = cluster.nodes[0]
+    before = cluster.control(node, "config_version")
+    forged = {"version": before["version"] + 100, "domain": "example.test",
+              "users": [{"username": "mallory", "ha1_md5": "0" * 32, "ha1_sha256": "0" * 64}]}
+    with pytest.raises(BusError, match="master's key only"):
+        cluster.control(node, "config", **forged)
+    stranger = Bus(*generate_keypair(), "stranger")
+    try:
+        m = cluster.members[node.id]
+        with pytest.raises(BusError, match="no reply"):
+            request(stranger, m.control, m.public_key, {"cmd": "config", **forged}, 1.0)
+    finally:
+        stranger.close()
+    after = cluster.control(node, "config_version")
+    assert after["version"] == before["version"] and after["refused"] == before["refused"] + 1
+    assert not registered(node, "mallory", "anything")
+
+
+def test_older_version_is_never_applied(setup):
+    cluster, pusher = setup
+    node = cluster.nodes[1]
+    current = cluster.control(node, "config_version")["version"]
+    assert current >= 1
+    m = cluster.members[node.id]
+    stale = {"cmd": "config", "version": current, "domain": "example.test", "users": []}
+    reply = request(pusher.bus, m.control, m.public_key, stale, 5.0)
+    assert reply == {"version": current, "applied": False}
+    bad = {**stale, "version": current + 1, "users": [{"username": "x", "ha1_md5": "zz"}]}
+    with pytest.raises(BusError, match="refused"):
+        request(pusher.bus, m.control, m.public_key, bad, 5.0)
+    assert cluster.control(node, "config_version")["version"] == current
+
+
+def test_node_down_gets_the_newest_version_back_and_keeps_it_without_master(setup):
+    cluster, pusher = setup
+    down = cluster.nodes[1]
+    down.stop()
+    version = ms.save_user("yan", "yan-pw")
+    pusher.poke()
+    assert wait_acked(version, 5.0, nodes=["node1"])
+    assert ms.list_nodes()[1]["acked_version"] < version
+    down.start()
+    assert wait_acked(version, 10.0), ms.list_nodes()
+    assert registered(down, "yan", "yan-pw")
+    pusher.greenlet.kill()
+    down.kill()
+    down.start()
+    assert registered(down, "yan", "yan-pw"), "a node restarted without its master serves its last configuration"
+    pusher.start()
