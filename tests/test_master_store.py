@@ -78,3 +78,18 @@ def test_sqlite_database_is_private(tmp_path):
         assert stat.S_IMODE(os.stat(tmp_path / "master.db").st_mode) == 0o600
     finally:
         ms.close_master_store()
+
+
+def test_replace_users_writes_only_what_differs_and_removes_the_rest(store):
+    from store.users import load_user_ha1s, replace_users
+    pushed = [{"username": f"u{i}", "ha1_md5": f"{i:032x}", "ha1_sha256": f"{i:064x}"}
+              for i in range(300)]
+    assert replace_users("example.test", pushed) == (300, 0)
+    assert replace_users("example.test", pushed) == (0, 0)
+    pushed[5] = {**pushed[5], "ha1_md5": "f" * 32}
+    assert replace_users("example.test", pushed[:200]) == (1, 100)
+    users = load_user_ha1s("example.test")
+    assert len(users) == 200 and users["u5"]["MD5"] == "f" * 32
+    with pytest.raises(StoreError):
+        replace_users("example.test", [{"username": "x", "ha1_md5": "zz", "ha1_sha256": ""}])
+    assert len(load_user_ha1s("example.test")) == 200
