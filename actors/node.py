@@ -34,6 +34,7 @@ from .front import paths as front_paths
 from .process import tune_gc
 from .proxy import ProxyActor
 from .registrar import RegistrarActor
+from .registrations import attach_registrations
 from .replicator import attach_replicator
 from .transport import Transport
 
@@ -128,6 +129,7 @@ class Node:
                                         Sequencer(epoch), cfg.batch_max, timers=timers)
         attach_replicator(self)
         attach_config_sync(self)
+        attach_registrations(self)
         self.transport.start()
         self.registrar.greenlet = self.group.spawn(self.registrar.run)
         self.registrar.greenlet.link_exception(self._actor_died)

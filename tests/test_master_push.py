@@ -50,6 +50,19 @@ def wait_acked(version: int, timeout: float, nodes=None) -> bool:
     return False
 
 
+def wait_serving(cluster, node, timeout: float = 10.0) -> bool:
+    """Until a (re)started node has synced and so takes REGISTERs; bounded."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if cluster.control(node, "status", 1.0, brief=True)["state"] == "synced":
+                return True
+        except BusError:
+            pass
+        time.sleep(0.05)
+    return False
+
+
 def sipsak_register(node, user: str, password: str) -> subprocess.CompletedProcess:
     return subprocess.run(["sipsak", "-U", "-s", f"sip:{user}@{node.address}:{node.port}",
                            "-u", user, "-a", password, "-i", "-x", "120", "-v"],
@@ -123,9 +136,39 @@ def test_node_down_gets_the_newest_version_back_and_keeps_it_without_master(setu
     assert ms.list_nodes()[1]["acked_version"] < version
     down.start()
     assert wait_acked(version, 10.0), ms.list_nodes()
+    assert wait_serving(cluster, down)
     assert registered(down, "yan", "yan-pw")
     pusher.greenlet.kill()
     down.kill()
     down.start()
+    assert wait_serving(cluster, down)
     assert registered(down, "yan", "yan-pw"), "a node restarted without its master serves its last configuration"
     pusher.start()
+
+
+def test_dashboard_shows_every_nodes_state_and_the_merged_registrations(setup):
+    import base64
+
+    from web import create_app
+    cluster, pusher = setup
+    version = ms.save_user("reg", "reg-pw")
+    pusher.poke()
+    assert wait_acked(version, 5.0)
+    assert registered(cluster.nodes[0], "reg", "reg-pw")
+    ms.add_admin("admin", "admin-pw")
+    client = create_app({"SECRET_KEY": "k"}, pusher).test_client()
+    auth = {"Authorization": "Basic " + base64.b64encode(b"admin:admin-pw").decode()}
+    deadline = time.monotonic() + 5.0
+    while True:
+        found = client.get("/api/registrations?user=reg", headers=auth).json
+        rows = [b for b in found["bindings"] if b["aor"] == "sip:reg@example.test"]
+        if rows and len(rows[0]["present_on"]) == 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert rows and rows[0]["origin"] == "node1", found
+    assert sorted(rows[0]["present_on"]) == ["node1", "node2"]
+    assert found["errors"] == {} and found["balance_index"] == 1.0
+    assert client.get("/api/registrations?user=reg").status_code == 401
+    with pytest.raises(BusError, match="non-negative"):
+        m = cluster.members["node1"]
+        request(pusher.bus, m.control, m.public_key, {"cmd": "bindings", "limit": -1}, 2.0)

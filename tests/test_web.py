@@ -50,7 +50,7 @@ def basic(password=PASSWORD, user="admin"):
 
 def test_pages_need_login(app):
     c = app.test_client()
-    for path in ("/", "/users"):
+    for path in ("/", "/users", "/registrations"):
         r = c.get(path)
         assert r.status_code == 302 and "/login" in r.headers["Location"]
     r = c.post("/users", data={"username": "x", "password": "y"})
@@ -81,6 +81,7 @@ def test_login_then_add_user_on_the_page(app):
     assert app.extensions["pusher"].count == 1
     assert "zed-pw" not in c.get("/users").get_data(as_text=True)
     assert "(behind)" in c.get("/").get_data(as_text=True)
+    assert c.get("/registrations?user=zed").status_code == 200
 
 
 def test_form_without_csrf_token_is_refused(app):

@@ -1,6 +1,6 @@
 """The JSON API under ``/api``: HTTP Basic as an admin on every call.
 
-``GET /api/users`` (``?q=`` search), ``POST /api/users`` with
+``GET /api/registrations`` (``?user=``), ``GET /api/users`` (``?q=`` search), ``POST /api/users`` with
 ``{"username", "password"}``, ``DELETE /api/users/<name>``, ``GET
 /api/nodes`` and ``GET /api/config`` (the newest version and each node's).
 """
@@ -10,6 +10,7 @@ from flask import Blueprint, current_app, request
 from store import master as ms
 from store.db import StoreError
 
+from . import cluster
 from .auth import basic_auth_required
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -74,3 +75,15 @@ def config():
     """The newest configuration version and the one each node runs."""
     return {"version": ms.current_version(), "domain": ms.domain(),
             "nodes": {n["node_id"]: n["acked_version"] for n in ms.list_nodes()}}
+
+
+@bp.get("/registrations")
+@basic_auth_required
+def registrations():
+    """Every node's registrations merged: user, contact, primary node, nodes holding it."""
+    pusher = current_app.extensions.get("pusher")
+    if pusher is None:
+        return {"error": "the master has no bus"}, 503
+    found = cluster.registrations(pusher.bus, ms.list_nodes(), request.args.get("user", "")[:64],
+                                  min(max(request.args.get("limit", 100, type=int), 1), 1000))
+    return {**found, "balance_index": cluster.balance_index(found["bindings"])}

@@ -12,6 +12,7 @@ from store import master as ms
 from store.db import StoreError
 from store.users import read_users_csv
 
+from . import cluster
 from .auth import login_required
 
 bp = Blueprint("pages", __name__)
@@ -41,12 +42,31 @@ def changed() -> None:
         pusher.poke()
 
 
+def bus():
+    """The master's bus (the pusher's), or None when the app runs without one."""
+    pusher = current_app.extensions.get("pusher")
+    return getattr(pusher, "bus", None)
+
+
 @bp.route("/")
 @login_required
 def nodes():
-    """Every node with the configuration version it acknowledged."""
-    return render_template("nodes.html", nodes=ms.list_nodes(), version=ms.current_version(),
-                           domain=ms.domain(), action=ActionForm())
+    """Every node: state and bindings (asked now), and the configuration version it acknowledged."""
+    nodes = ms.list_nodes()
+    states = cluster.node_states(bus(), nodes) if bus() is not None else {}
+    return render_template("nodes.html", nodes=nodes, version=ms.current_version(),
+                           domain=ms.domain(), states=states)
+
+
+@bp.route("/registrations")
+@login_required
+def registrations():
+    """The registrations of every node merged, with primary node; filter by user."""
+    user = request.args.get("user", "")[:64]
+    found = (cluster.registrations(bus(), ms.list_nodes(), user) if bus() is not None
+             else {"bindings": [], "errors": {}, "totals": {}})
+    return render_template("registrations.html", user=user, **found,
+                           balance=cluster.balance_index(found["bindings"]))
 
 
 @bp.route("/users", methods=["GET", "POST"])
