@@ -33,6 +33,7 @@ from .bus import Bus, BusError, request
 from .dnsserver import DnsServer
 from .keys import Member, cluster_toml, load_or_create_keypair
 from .lab_control import LabControlError, LabControlServer
+from .lab_master import LabMaster
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ def lab_members(data: str, n: int, base: str = BASE_ADDRESS) -> list[Member]:
 
 
 def write_node_config(data: str, k: int, secret: str, members: list[Member],
-                      lab_key: str, base: str = BASE_ADDRESS) -> str:
+                      lab_key: str, base: str = BASE_ADDRESS, master_key: str = "") -> str:
     """Write lab node ``k``'s configuration (mode 0600); return its path."""
     node_dir = make_private_dir(os.path.join(data, f"node{k}"))
     text = f"""[node]
@@ -87,7 +88,8 @@ url = "sqlite:///{node_dir}/tandem.db"
 
 """
     if len(members) > 1:
-        text += cluster_toml(members[k - 1], members, control_keys=[lab_key])
+        extra = {"master_key": master_key} if master_key else {}
+        text += cluster_toml(members[k - 1], members, control_keys=[lab_key], **extra)
     return write_private(os.path.join(node_dir, "node.toml"), text)
 
 
@@ -207,6 +209,7 @@ class Lab:
         self.members: list[Member] = []
         self.lab_public = self.lab_secret = ""
         self.dns: DnsServer | None = None
+        self.master = LabMaster(self.data, base, DOMAIN, ROOT)
         self.control = LabControlServer(self.data, self.status, self.restart)
         self.stopping = False
 
@@ -220,8 +223,10 @@ class Lab:
         secret = _private_secret(os.path.join(self.data, "auth.secret"))
         self.members = lab_members(self.data, self.n, self.base)
         self.lab_public, self.lab_secret = load_or_create_keypair(os.path.join(self.data, "lab"))
+        master_key = self.master.public_key()
         for k in range(1, self.n + 1):
-            cfg = write_node_config(self.data, k, secret, self.members, self.lab_public, self.base)
+            cfg = write_node_config(self.data, k, secret, self.members, self.lab_public, self.base,
+                                    master_key)
             init_store(f"sqlite:///{self.data}/node{k}/tandem.db")
             try:
                 for name, pw in DEMO_USERS:
@@ -232,6 +237,12 @@ class Lab:
                 close_store()
             self.nodes.append(LabNode(k, node_address(k, self.base), cfg,
                                       os.path.join(self.data, f"node{k}", "node.log")))
+        self.master.setup(self.members, {n.id: f"{n.address}:5060" for n in self.nodes},
+                          DEMO_USERS, self.users_csv)
+
+    def watched(self) -> list:
+        """The processes the lab watches and restarts: the nodes and the master."""
+        return [*self.nodes, self.master]
 
     def start(self) -> bool:
         """Start every node and wait until each answers; False (logged) if one does not."""
@@ -241,6 +252,10 @@ class Lab:
             if not node.wait_ready():
                 log.error("%s did not start; see %s", node.id, node.log_path)
                 return False
+        self.master.start()
+        if not self.master.wait_ready():
+            log.error("the master did not start; see %s (the nodes go on serving)",
+                      self.master.log_path)
         self.dns = self._start_dns()
         self.control.start()
         return True
@@ -260,12 +275,12 @@ class Lab:
     def watch(self) -> None:
         """Report each node's death once, until Ctrl-C or SIGTERM; never exits on a death."""
         while not self.stopping:
-            for node in self.nodes:
+            for node in self.watched():
                 if node.proc is not None and not node.alive() and not node.reported:
                     self._report_death(node)
             gevent.sleep(WATCH_INTERVAL)
 
-    def _report_death(self, node: LabNode) -> None:
+    def _report_death(self, node) -> None:
         assert node.proc is not None
         node.reported = True
         node.deaths += 1
@@ -286,14 +301,14 @@ class Lab:
 
     def status(self) -> dict:
         """Every node's process state (the control socket's ``status``)."""
-        return {"nodes": [n.status() for n in self.nodes],
+        return {"nodes": [n.status() for n in self.nodes], "master": self.master.status(),
                 "dns": f"{self.base}:{self.dns.port}" if self.dns else None}
 
     def restart(self, node_id: str) -> dict:
         """Stop (if running) and start node ``node_id``; wait until it answers OPTIONS."""
-        node = next((n for n in self.nodes if n.id == node_id), None)
+        node = next((n for n in self.watched() if n.id == node_id), None)
         if node is None:
-            known = ", ".join(n.id for n in self.nodes)
+            known = ", ".join(n.id for n in self.watched())
             raise LabControlError(f"no node {node_id!r} in this lab; known: {known}")
         if node.alive():
             node.reported = True  # a stop asked for is not a death to report
@@ -311,11 +326,11 @@ class Lab:
         self.control.stop()
         if self.dns is not None:
             self.dns.stop()
-        for node in self.nodes:
+        for node in self.watched():
             if node.alive():
                 assert node.proc is not None
                 node.proc.terminate()
-        for node in self.nodes:
+        for node in self.watched():
             node.stop()
 
     def replication_states(self, limit: float = 15.0) -> dict:
@@ -356,6 +371,11 @@ class Lab:
                   f"domain {DOMAIN}" + (f" (or any other node: {others})" if others else ""),
                   "Users (username / password):"]
         lines += [f"  {u} / {p}" for u, p in DEMO_USERS]
+        if self.master.alive():
+            lines += ["", f"Dashboard (configuration master): {self.master.url}, "
+                      f"admin / {self.master.password()}",
+                      f"  (password kept in {self.master.dir}/admin-password, mode 0600; "
+                      "users added there reach every node)"]
         lines += ["", f"Try: sipsak -U -s sip:alice@{first} -u alice -a alice-secret -x 120 -vv",
                   f"Kill a node to see failover; the lab reports it and keeps serving. "
                   f"State: bash scripts/lab.sh status --data {self.data}", ""]
