@@ -151,3 +151,17 @@ def test_oversized_import_is_refused(app):
                                       "file": (io.BytesIO(big), "big.csv")})
     assert r.status_code == 413
     assert ms.count_users() == 0
+
+
+def test_example_settings_parse_and_bad_ones_are_named(tmp_path):
+    from web.settings import SettingsError, load_settings
+    settings = load_settings("conf/master.example.toml")
+    assert settings.listen == "127.0.0.10:8080" and len(settings.nodes) == 2
+    assert settings.database_url.endswith("var/master/master.db")
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[master]\nlisten = "x"\ncolour = "red"\n')
+    with pytest.raises(SettingsError, match="colour"):
+        load_settings(str(bad))
+    bad.write_text('[[nodes]]\nid = "n"\n')
+    with pytest.raises(SettingsError, match="lacks"):
+        load_settings(str(bad))
