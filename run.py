@@ -86,6 +86,11 @@ def cmd_user(args) -> int:
         cfg = load_config(args.config)
         if sqlite_dir(cfg):
             os.makedirs(sqlite_dir(cfg), exist_ok=True)
+        if cfg.master_key:
+            log.error("%s takes its users from the configuration master ([cluster] master_key): "
+                      "add them there (the dashboard's Users page or POST /api/users); a user "
+                      "written here would be removed by the master's next push", args.config)
+            return 2
         init_store(cfg.database)
         if args.action == "add":
             add_user(args.name, cfg.domain, args.password, replace=True)

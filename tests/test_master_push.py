@@ -5,6 +5,7 @@ master's store and pusher run in the test process. Registrations are real
 (sipsak with digest authentication).
 """
 
+import os
 import subprocess
 import time
 
@@ -172,3 +173,29 @@ def test_dashboard_shows_every_nodes_state_and_the_merged_registrations(setup):
     with pytest.raises(BusError, match="non-negative"):
         m = cluster.members["node1"]
         request(pusher.bus, m.control, m.public_key, {"cmd": "bindings", "limit": -1}, 2.0)
+
+
+def test_a_node_that_lost_its_configuration_gets_it_again(setup):
+    cluster, pusher = setup
+    node = cluster.nodes[0]
+    version = ms.save_user("lost", "lost-pw")
+    pusher.poke()
+    assert wait_acked(version, 5.0)
+    node.stop()
+    path = node.database.removeprefix("sqlite:///")
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(path + suffix):
+            os.unlink(path + suffix)
+    node.start()
+    assert wait_serving(cluster, node)
+    deadline = time.monotonic() + 5.0
+    while cluster.control(node, "config_version")["version"] < version:
+        assert time.monotonic() < deadline, ms.list_nodes()
+        time.sleep(0.05)
+    assert registered(node, "lost", "lost-pw")
+
+
+def test_user_command_on_a_node_with_a_master_points_to_the_master(setup):
+    cluster, _ = setup
+    out = cluster.nodes[0].run_cli("user", "add", "local", "--password", "pw")
+    assert out.returncode == 2 and "configuration master" in out.stderr

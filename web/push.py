@@ -2,7 +2,8 @@
 
 One greenlet owns the push. It wakes on every change (``poke``) and every
 ``interval`` seconds, and sends the newest configuration version to each
-node that has not acknowledged it, on the node's control endpoint with the
+node that does not run it (a node that acknowledged it is asked, cheaply,
+which version it runs), on the node's control endpoint with the
 master's key pair (the nodes know it as ``[cluster] master_key``). A node
 that is down keeps its last version and gets the newest one once it answers
 again; the master is never needed for a call.
@@ -21,6 +22,8 @@ log = logging.getLogger(__name__)
 
 PUSH_TIMEOUT = 30.0
 """Seconds a node may take to apply and acknowledge one version (10,000 users take about one)."""
+CHECK_TIMEOUT = 1.0
+"""Seconds a node may take to say which version it runs."""
 
 
 class Pusher:
@@ -69,13 +72,29 @@ class Pusher:
         outcome = {}
         if version == 0:
             return outcome
-        behind = [n for n in ms.list_nodes() if n["acked_version"] < version]
-        jobs = {n["node_id"]: gevent.spawn(self._push, n, version) for n in behind}
+        jobs = {n["node_id"]: gevent.spawn(self._check_and_push, n, version)
+                for n in ms.list_nodes()}
         gevent.joinall(list(jobs.values()), timeout=PUSH_TIMEOUT + 1)
         for node_id, job in jobs.items():
             outcome[node_id] = job.value if job.successful() else "push failed"
         self.last_round = time.time()
         return outcome
+
+    def _check_and_push(self, node: dict, version: int) -> str:
+        """Push ``version`` to a node behind it; a node thought current is asked first
+        (cheaply), since it may have lost its store and restarted meanwhile."""
+        if node["acked_version"] >= version:
+            try:
+                running = request(self.bus, node["control"], node["public_key"],
+                                  {"cmd": "config_version"}, timeout=CHECK_TIMEOUT)["version"]
+            except BusError as e:
+                ms.record_ack(node["node_id"], node["acked_version"], str(e))
+                return str(e)
+            if running >= version:
+                if node["last_error"]:
+                    ms.record_ack(node["node_id"], running)
+                return f"version {running}"
+        return self._push(node, version)
 
     def _push(self, node: dict, version: int) -> str:
         message = {"cmd": "config", **self._config(version)}
