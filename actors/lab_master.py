@@ -46,7 +46,8 @@ class LabMaster:
 
     def _head(self) -> str:
         return (f'[master]\nlisten = "{self.address}:{MASTER_PORT}"\n'
-                f'data_dir = "{self.dir}"\ndomain = "{self.domain}"\npush_interval = 1.0\n')
+                f'data_dir = "{self.dir}"\ndomain = "{self.domain}"\npush_interval = 1.0\n'
+                f'lab_data = "{os.path.dirname(self.dir)}"\n')
 
     def public_key(self) -> str:
         """The master's CurveZMQ public key (made by ``init`` on first use)."""

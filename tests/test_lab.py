@@ -148,6 +148,13 @@ def test_the_master_provisions_every_node_and_its_death_stops_no_node(lab):
     restarted = run_py("lab", "restart", "master", "--data", data)
     assert restarted.returncode == 0, restarted.stderr
     assert lab_status(data)["master"]["running"] is True
+    restart = urllib.request.Request(
+        f"http://{base}:8080/api/nodes/node2/restart", method="POST",
+        headers={"Authorization": request.headers["Authorization"]})
+    with urllib.request.urlopen(restart, timeout=60) as r:
+        assert json.loads(r.read())["state"]["restarts"] == 1
+    assert lab_status(data)["nodes"][1]["restarts"] == 1
+    assert answers_options(node_ip(base, 2))
 
 
 def test_lab_files_are_private(lab):

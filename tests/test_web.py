@@ -165,3 +165,17 @@ def test_example_settings_parse_and_bad_ones_are_named(tmp_path):
     bad.write_text('[[nodes]]\nid = "n"\n')
     with pytest.raises(SettingsError, match="lacks"):
         load_settings(str(bad))
+
+
+def test_restart_is_refused_without_a_lab_unknown_node_or_csrf(app):
+    c = app.test_client()
+    r = c.post("/api/nodes/node1/restart", headers=basic())
+    assert r.status_code == 400 and "lab_data" in r.json["error"]
+    r = c.post("/api/nodes/nodeX/restart", headers=basic())
+    assert r.status_code == 400 and "no node" in r.json["error"]
+    assert c.post("/api/nodes/node1/restart").status_code == 401
+    login(c)
+    assert c.post("/nodes/node1/restart").status_code == 400
+    page = c.get("/").get_data(as_text=True)
+    r = c.post("/nodes/node1/restart", data={"csrf_token": token(page)}, follow_redirects=True)
+    assert "Restart of node1 failed" in r.get_data(as_text=True)

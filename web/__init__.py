@@ -27,6 +27,7 @@ def create_app(config: dict, pusher=None) -> Flask:
         WTF_CSRF_TIME_LIMIT=None,
         LOGIN_FAILURES=5,
         LOGIN_WINDOW=60.0,
+        LAB_DATA="",
     )
     app.config.update(config)
     csrf.init_app(app)

@@ -1,8 +1,10 @@
 """The JSON API under ``/api``: HTTP Basic as an admin on every call.
 
-``GET /api/registrations`` (``?user=``), ``GET /api/users`` (``?q=`` search), ``POST /api/users`` with
-``{"username", "password"}``, ``DELETE /api/users/<name>``, ``GET
-/api/nodes`` and ``GET /api/config`` (the newest version and each node's).
+``GET /api/registrations`` (``?user=``), ``GET /api/users`` (``?q=``
+search), ``POST /api/users`` with ``{"username", "password"}``, ``DELETE
+/api/users/<name>``, ``GET /api/nodes``, ``POST /api/nodes/<id>/restart``
+(through the lab) and ``GET /api/config`` (the newest version and each
+node's).
 """
 
 from flask import Blueprint, current_app, request
@@ -10,7 +12,7 @@ from flask import Blueprint, current_app, request
 from store import master as ms
 from store.db import StoreError
 
-from . import cluster
+from . import cluster, services
 from .auth import basic_auth_required
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -87,3 +89,14 @@ def registrations():
     found = cluster.registrations(pusher.bus, ms.list_nodes(), request.args.get("user", "")[:64],
                                   min(max(request.args.get("limit", 100, type=int), 1), 1000))
     return {**found, "balance_index": cluster.balance_index(found["bindings"])}
+
+
+@bp.post("/nodes/<node_id>/restart")
+@basic_auth_required
+def restart_node(node_id):
+    """Restart a node's process through the lab; its new process state."""
+    try:
+        return {"node": node_id, "state": services.restart_node(current_app.config["LAB_DATA"],
+                                                                node_id)}
+    except services.ServiceError as e:
+        return {"error": str(e)}, 400

@@ -12,7 +12,7 @@ from store import master as ms
 from store.db import StoreError
 from store.users import read_users_csv
 
-from . import cluster
+from . import cluster, services
 from .auth import login_required
 
 bp = Blueprint("pages", __name__)
@@ -55,7 +55,22 @@ def nodes():
     nodes = ms.list_nodes()
     states = cluster.node_states(bus(), nodes) if bus() is not None else {}
     return render_template("nodes.html", nodes=nodes, version=ms.current_version(),
-                           domain=ms.domain(), states=states)
+                           domain=ms.domain(), states=states, action=ActionForm())
+
+
+@bp.route("/nodes/<node_id>/restart", methods=["POST"])
+@login_required
+def restart_node(node_id):
+    """Restart a node's process (through the lab) and show the result."""
+    if not ActionForm().validate_on_submit():
+        return "CSRF token missing or wrong", 400
+    try:
+        state = services.restart_node(current_app.config["LAB_DATA"], node_id)
+    except services.ServiceError as e:
+        flash(f"Restart of {node_id} failed: {e}")
+    else:
+        flash(f"{node_id} restarted (restarts: {state.get('restarts')}); it answers again.")
+    return redirect(url_for("pages.nodes"))
 
 
 @bp.route("/registrations")

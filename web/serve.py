@@ -50,7 +50,8 @@ def serve(settings) -> int:
                      int(n.get("weight", 50)))
     pusher = Pusher(read_secret(settings.path("master.public")),
                     read_secret(settings.path("master.secret")), settings.push_interval)
-    app = create_app({"SECRET_KEY": read_secret(settings.path("session.key"))}, pusher)
+    app = create_app({"SECRET_KEY": read_secret(settings.path("session.key")),
+                      "LAB_DATA": settings.lab_data}, pusher)
     host, _, port = settings.listen.rpartition(":")
     server = WSGIServer((host, int(port)), app, log=None)
     server.start()

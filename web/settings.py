@@ -44,6 +44,8 @@ class MasterSettings:
     domain: str = ""
     nodes: list[dict] = field(default_factory=list)
     push_interval: float = 2.0
+    lab_data: str = ""
+    """The data folder of the lab running the nodes (restarts go to its control socket)."""
 
     @property
     def database_url(self) -> str:
@@ -65,7 +67,7 @@ def load_settings(path: str) -> MasterSettings:
     except tomllib.TOMLDecodeError as e:
         raise SettingsError(f"{path}: {e}") from None
     body = data.get("master", {})
-    known = {"listen", "data_dir", "database", "domain", "push_interval"}
+    known = {"listen", "data_dir", "database", "domain", "push_interval", "lab_data"}
     unknown = (set(body) - known) | (set(data) - {"master", "nodes"})
     if unknown:
         raise SettingsError(f"{path}: unknown settings {sorted(unknown)}")
@@ -78,7 +80,9 @@ def load_settings(path: str) -> MasterSettings:
             raise SettingsError(f"{path}: a [[nodes]] entry lacks {sorted(missing)}")
     return MasterSettings(data_dir=data_dir, listen=body.get("listen", DEFAULT_LISTEN),
                           database=body.get("database", ""), domain=body.get("domain", ""),
-                          nodes=nodes, push_interval=float(body.get("push_interval", 2.0)))
+                          nodes=nodes, push_interval=float(body.get("push_interval", 2.0)),
+                          lab_data=os.path.normpath(os.path.join(base, body["lab_data"]))
+                          if body.get("lab_data") else "")
 
 
 def read_secret(path: str) -> str:
