@@ -14,6 +14,7 @@ ZeroMQ error comes out as :class:`BusError`. Secret keys are never logged.
 
 import json
 import logging
+from typing import overload
 
 import gevent
 import zmq.green as zmq
@@ -95,6 +96,10 @@ def send(sock, frames: list[bytes], timeout: float | None = None) -> None:
         raise BusError(f"send failed: {e}") from None
 
 
+@overload
+def recv(sock, timeout: None = None) -> list[bytes]: ...
+@overload
+def recv(sock, timeout: float) -> list[bytes] | None: ...
 def recv(sock, timeout: float | None = None) -> list[bytes] | None:
     """Receive one multipart message; ``None`` after ``timeout`` seconds; ``BusError`` on error."""
     try:
@@ -105,6 +110,10 @@ def recv(sock, timeout: float | None = None) -> list[bytes] | None:
         raise BusError(f"receive failed: {e}") from None
 
 
+@overload
+def recv_from(sock, timeout: None = None) -> tuple[list[bytes], str]: ...
+@overload
+def recv_from(sock, timeout: float) -> tuple[list[bytes], str] | None: ...
 def recv_from(sock, timeout: float | None = None) -> tuple[list[bytes], str] | None:
     """Like ``recv`` on a server socket, with the ZAP user id (the client's name)."""
     try:
@@ -133,9 +142,9 @@ class Bus:
         self.name = name
         self.ctx = zmq.Context()
         self._allowed: dict[bytes, dict[bytes, str]] = {}
-        self._sockets = []
-        self._zap = None
-        self._zap_greenlet = None
+        self._sockets: list[zmq.Socket] = []
+        self._zap: zmq.Socket | None = None
+        self._zap_greenlet: gevent.Greenlet | None = None
         self._refused_keys: set[tuple[bytes, bytes]] = set()
         self.stats = {"accepted": 0, "refused": 0}
 
@@ -149,15 +158,14 @@ class Bus:
         if self._zap is not None:
             return
         try:
-            self._zap = self.ctx.socket(zmq.REP)
-            self._zap.linger = 0
-            self._zap.bind(ZAP_ENDPOINT)
+            zap = self._zap = self.ctx.socket(zmq.REP)
+            zap.linger = 0
+            zap.bind(ZAP_ENDPOINT)
         except zmq.ZMQError as e:
             raise BusError(f"cannot start the ZAP handler: {e}") from None
-        self._zap_greenlet = gevent.spawn(self._serve_zap)
+        self._zap_greenlet = gevent.spawn(self._serve_zap, zap)
 
-    def _serve_zap(self) -> None:
-        sock = self._zap
+    def _serve_zap(self, sock: zmq.Socket) -> None:
         while True:
             try:
                 frames = sock.recv_multipart()

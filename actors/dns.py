@@ -24,8 +24,7 @@ import dns.resolver
 import gevent
 from gevent import monkey
 
-from sipcore.rfc3263 import (SUPPORTED_TRANSPORTS, Locator, Naptr, Query,
-                             Srv, Target)
+from sipcore.rfc3263 import SUPPORTED_TRANSPORTS, Locator, Naptr, Query, Srv, Target
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +104,7 @@ class Resolver:
     @property
     def nameservers(self) -> list[str]:
         """The name servers queried, in order."""
-        return list(self._resolver.nameservers)
+        return [str(server) for server in self._resolver.nameservers]
 
     def resolve(self, uri_host: str, port: int | None = None,
                 transport: str | None = None, scheme: str = "sip"

@@ -49,7 +49,7 @@ class _Zone:
             raise ValueError(f"invalid zone for {origin}: {exc}") from exc
         self.text = text
         self.origin = origin
-        self.existing = set()
+        self.existing: set[dns.name.Name] = set()
         for name in self.zone.nodes:
             while name not in self.existing and name.is_subdomain(origin):
                 self.existing.add(name)
@@ -60,7 +60,7 @@ class _Zone:
         self.negative_soa = dns.rrset.from_rdata_list(
             origin, min(soa.ttl, soa[0].minimum), list(soa))
 
-    def rdatasets(self, name: dns.name.Name, rdtype: int) -> list:
+    def rdatasets(self, name: dns.name.Name, rdtype: dns.rdatatype.RdataType) -> list:
         """The rdatasets of ``name`` for ``rdtype`` (all of them for ANY)."""
         node = self.zone.get_node(name)
         if node is None:

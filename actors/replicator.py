@@ -32,10 +32,11 @@ from gevent.pool import Group
 from gevent.queue import Empty, Queue
 
 from sipcore.location import Binding, Location, is_newer
-from sipcore.replication import (ApplyBindings, Notice, Replication, RequestSnapshot, SetDigest,
-                                 SnapshotAssembler, SnapshotError, WireError, decode_heartbeat,
-                                 decode_snapshot_request, decode_update, encode_heartbeat,
-                                 encode_snapshot_request, encode_update, snapshot_stream)
+from sipcore.replication import (ApplyBindings, Heartbeat, Notice, Replication, RequestSnapshot,
+                                 SetDigest, SnapshotAssembler, SnapshotError, Update, WireError,
+                                 decode_heartbeat, decode_snapshot_request, decode_update,
+                                 encode_heartbeat, encode_snapshot_request, encode_update,
+                                 snapshot_stream)
 
 from . import bus as busmod
 from .bus import BUS_DOMAIN, CONTROL_DOMAIN, Bus, BusError, recv, recv_from, send
@@ -120,7 +121,7 @@ class Replicator:
         if bus is None and self.clustered:
             bus = make_bus(cfg)
         self.bus = bus
-        self.control = None
+        self.control: ControlServer | None = None
         """The node's ``ControlServer`` when ``attach_replicator`` made one."""
         self.peers = {p.id: p for p in cfg.peers}
         self.core = Replication(cfg.id, self.peers, monotonic(), suspect_after=cfg.suspect_after,
@@ -162,14 +163,15 @@ class Replicator:
         if not self.clustered:
             log.info("replication off: no peers and no [cluster] pub endpoint")
             return
-        self.bus.start()
+        bus = self.bus
+        assert bus is not None    # a clustered replicator always has one
+        bus.start()
         beat = (self.cfg.heartbeat, self.cfg.suspect_after)
-        pub = self.bus.server(busmod.zmq.PUB, self.cfg.bus_pub, BUS_DOMAIN, self.cfg.hwm, beat)
-        router = self.bus.server(busmod.zmq.ROUTER, self.cfg.bus_snapshot, BUS_DOMAIN,
-                                 SNAPSHOT_HWM)
+        pub = bus.server(busmod.zmq.PUB, self.cfg.bus_pub, BUS_DOMAIN, self.cfg.hwm, beat)
+        router = bus.server(busmod.zmq.ROUTER, self.cfg.bus_snapshot, BUS_DOMAIN, SNAPSHOT_HWM)
         loops = [(self._publisher, pub), (self._snapshot_server, router), (self._lag_meter,)]
         for p in self.peers.values():
-            sub = self.bus.client(busmod.zmq.SUB, p.bus, p.public_key, self.cfg.hwm, beat)
+            sub = bus.client(busmod.zmq.SUB, p.bus, p.public_key, self.cfg.hwm, beat)
             loops.append((self._subscriber, p.id, sub))
         loops.append((self._run,))
         for fn, *args in loops:
@@ -226,13 +228,15 @@ class Replicator:
                 if len(frames) != 2:
                     raise WireError(f"{len(frames)} frames")
                 kind, body = frames
+                msg: Update | Heartbeat
                 if kind == busmod.UPDATE:
                     msg = decode_update(body)
+                    sender = msg.origin
                 elif kind == busmod.HEARTBEAT:
                     msg = decode_heartbeat(body)
+                    sender = msg.node
                 else:
                     raise WireError(f"unknown message type {kind[:8]!r}")
-                sender = msg.origin if kind == busmod.UPDATE else msg.node
                 if sender != peer:
                     raise WireError(f"message of {sender} on {peer}'s connection")
             except WireError as e:
@@ -261,7 +265,8 @@ class Replicator:
                     request, epoch, seq, versions = rest
                     self._act(core.snapshot_completed(peer, request, epoch, seq, now, versions))
                 else:
-                    self._act(core.snapshot_failed(peer, *rest, now))
+                    request, reason = rest
+                    self._act(core.snapshot_failed(peer, request, reason, now))
             if now >= next_tick:
                 self._act(core.tick(now))
                 next_tick = now + tick_every
@@ -310,9 +315,11 @@ class Replicator:
         p = self.peers[peer]
         timeout = self.cfg.sync_timeout
         started = self.monotonic()
+        bus = self.bus
+        assert bus is not None    # only a clustered replicator syncs
         sock = None
         try:
-            sock = self.bus.client(busmod.zmq.DEALER, p.snapshot, p.public_key, SNAPSHOT_HWM)
+            sock = bus.client(busmod.zmq.DEALER, p.snapshot, p.public_key, SNAPSHOT_HWM)
             send(sock, [busmod.SNAPSHOT_REQUEST, encode_snapshot_request(self.id, request)],
                  timeout=timeout)
             assembler = SnapshotAssembler(request)
@@ -342,7 +349,7 @@ class Replicator:
             return
         finally:
             if sock is not None:
-                self.bus.close_socket(sock)
+                bus.close_socket(sock)
         self.stats["snapshot_bindings_received"] += end.count
         log.info("snapshot from %s: %d bindings in %d batches, %.0f ms, digest ok", peer,
                  end.count, end.batches, (self.monotonic() - started) * 1000)
@@ -460,9 +467,10 @@ def attach_replicator(node) -> Replicator:
     if cfg.control:
         if rep.bus is None:
             rep.bus = make_bus(cfg)
-        rep.control = ControlServer(rep.bus, cfg.control,
-                                    {"status": rep.status, "digest": rep.digest,
-                                     "lags": rep.lag_list})
-        rep.control.start(on_failure=node._actor_died)
+        control = ControlServer(rep.bus, cfg.control,
+                                {"status": rep.status, "digest": rep.digest,
+                                 "lags": rep.lag_list})
+        control.start(on_failure=node._actor_died)
+        rep.control = control
     node.replicator = rep
     return rep

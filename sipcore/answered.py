@@ -15,7 +15,7 @@ Sans-IO: ``now`` is a monotonic clock in seconds, passed by the caller.
 from collections import deque
 
 from .message import Request
-from .transaction import server_key
+from .transaction import Key, server_key
 
 #: what ``receive`` says about a request
 NEW, PENDING, ANSWERED = "new", "pending", "answered"
@@ -34,14 +34,14 @@ class AnsweredRequests:
 
     def __init__(self, t1: float = 0.5):
         self.lifetime = 64 * t1
-        self._table: dict[tuple, bytes | None] = {}
-        self._expiry: deque = deque()
+        self._table: dict[Key, bytes | None] = {}
+        self._expiry: deque[tuple[float, Key]] = deque()
 
     def __len__(self) -> int:
         """Transactions alive (pending or answered)."""
         return len(self._table)
 
-    def receive(self, req: Request, now: float) -> tuple[str, tuple, bytes | None]:
+    def receive(self, req: Request, now: float) -> tuple[str, Key, bytes | None]:
         """``(verdict, key, response bytes or None)`` for ``req``.
 
         Raises ``SipError`` when the request's Via (or, without the magic
@@ -49,7 +49,7 @@ class AnsweredRequests:
         """
         return self.receive_key(server_key(req), now)
 
-    def receive_key(self, key: tuple, now: float) -> tuple[str, tuple, bytes | None]:
+    def receive_key(self, key: Key, now: float) -> tuple[str, Key, bytes | None]:
         """``receive`` for a request whose ``server_key`` is ``key``."""
         self.expire(now)
         table = self._table
@@ -59,12 +59,12 @@ class AnsweredRequests:
         data = table[key]
         return (PENDING, key, None) if data is None else (ANSWERED, key, data)
 
-    def forget(self, key: tuple) -> None:
+    def forget(self, key: Key) -> None:
         """Drop the pending transaction of ``key``, as if never received."""
         if self._table.get(key, b"") is None:
             del self._table[key]
 
-    def answered(self, key: tuple, data: bytes, reliable: bool, now: float) -> None:
+    def answered(self, key: Key, data: bytes, reliable: bool, now: float) -> None:
         """The final response ``data`` was sent for the request of ``key``."""
         if reliable:
             self._table.pop(key, None)

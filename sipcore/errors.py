@@ -1,5 +1,12 @@
 """Errors that know the SIP response they should produce."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .message import Request
+
 
 class SipError(Exception):
     """A request that cannot be handled, with the response it must get.
@@ -10,7 +17,7 @@ class SipError(Exception):
     there is enough of one to answer.
     """
 
-    request = None
+    request: Request | None = None
 
     def __init__(self, status: int, reason: str,
                  headers: list[tuple[str, str]] | None = None):

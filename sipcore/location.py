@@ -7,7 +7,9 @@ It is pure: every method that depends on time takes ``now``.
 
 import heapq
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 
 @dataclass(slots=True)
@@ -49,7 +51,7 @@ class Binding:
     deleted: bool = False
     """A tombstone: the binding was removed; kept until ``expires_at``."""
 
-    def to_record(self) -> dict:
+    def to_record(self) -> dict[str, Any]:
         """A plain dict for the store (``path`` as JSON text)."""
         return {"aor": self.aor, "key": self.key, "contact": self.contact,
                 "expires_at": self.expires_at, "call_id": self.call_id, "cseq": self.cseq,
@@ -59,7 +61,7 @@ class Binding:
                 "seq": self.seq, "updated_at": self.updated_at, "deleted": self.deleted}
 
     @classmethod
-    def from_record(cls, rec: dict) -> "Binding":
+    def from_record(cls, rec: dict[str, Any]) -> "Binding":
         """Build from a store record (``path`` may be JSON text or a list)."""
         p = rec.get("path")
         if isinstance(p, str):
@@ -72,7 +74,7 @@ class Binding:
                    g("user_agent"), g("origin", ""), g("epoch", 0), g("seq", 0),
                    g("updated_at", 0.0), bool(g("deleted")))
 
-    def version(self) -> tuple:
+    def version(self) -> tuple[Any, ...]:
         """The order in which versions of one binding supersede each other.
 
         Within one Call-ID the CSeq decides (see ``is_newer``); otherwise the
@@ -94,7 +96,7 @@ def is_newer(new: Binding, old: Binding | None) -> bool:
 class Location:
     """Address of record -> key -> Binding, with an expiry heap."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.table: dict[str, dict[str, Binding]] = {}
         self._heap: list[tuple[float, str, str]] = []
 
@@ -122,7 +124,7 @@ class Location:
             heapq.heappush(self._heap, (b.expires_at, b.aor, b.key))
         return old
 
-    def load(self, bindings) -> int:
+    def load(self, bindings: Iterable[Binding]) -> int:
         """Fill the table at start-up (one heap build instead of a push each); return the count."""
         table = self.table
         heap = self._heap
@@ -144,7 +146,7 @@ class Location:
             return True
         return False
 
-    def merge_undoable(self, b: Binding, undo: list) -> bool:
+    def merge_undoable(self, b: Binding, undo: list[tuple[str, str, Binding | None]]) -> bool:
         """``merge``, recording ``(aor, key, previous)`` in ``undo`` when applied."""
         old = self.get(b.aor).get(b.key)
         if is_newer(b, old):
@@ -176,7 +178,7 @@ class Location:
             exp, aor, key = heapq.heappop(heap)
             per = self.table.get(aor)
             b = per.get(key) if per else None
-            if b is None or b.expires_at != exp:
+            if per is None or b is None or b.expires_at != exp:
                 continue
             del per[key]
             if not per:
@@ -194,7 +196,7 @@ class Location:
                    if not b.deleted and b.expires_at > now)
 
 
-def tombstone(b: Binding, **changes) -> Binding:
+def tombstone(b: Binding, **changes: Any) -> Binding:
     """A deleted version of ``b`` that keeps its expiry time."""
     return replace(b, deleted=True, **changes)
 

@@ -8,7 +8,9 @@ byte for byte; the fields are indexed by key as they are read
 (``Headers``), so that looking one up does not scan them.
 """
 
+from collections.abc import Callable, Sequence
 from itertools import islice
+from typing import Any
 
 from .errors import SipError, SipParseError
 from .grammar import is_token
@@ -52,7 +54,11 @@ REASONS = {
 }
 
 
-class Headers(list):
+#: one header field: ``[key, name, value]``
+Field = list[str]
+
+
+class Headers(list[Field]):
     """The header fields of a parsed message, ``[key, name, value]`` lists, with an index by key.
 
     ``first`` maps each key to its first field and ``repeated`` holds the
@@ -64,16 +70,18 @@ class Headers(list):
     """
 
     __slots__ = ("first", "repeated")
+    first: dict[str, Field] | None
+    repeated: set[str] | frozenset[str]
 
-    def __getattr__(self, name: str):
+    def __getattr__(self, name: str) -> None:
         # Only for a slot never set: a list made into Headers and not indexed yet.
         if name == "first" or name == "repeated":
             return None
         raise AttributeError(f"'Headers' object has no attribute {name!r}")
 
-    def reindex(self) -> dict:
+    def reindex(self) -> dict[str, Field]:
         """Build ``first`` and ``repeated`` from the fields; return ``first``."""
-        first: dict = {}
+        first: dict[str, Field] = {}
         repeated = set()
         for h in self:
             key = h[0]
@@ -87,15 +95,16 @@ class Headers(list):
 
 
 #: ``repeated`` when no key repeats
-_NO_KEYS: frozenset = frozenset()
+_NO_KEYS: frozenset[str] = frozenset()
 
 
-def _dropping_index(name: str):
+def _dropping_index(name: str) -> Callable[..., Any]:
     """``list``'s method ``name``, made to drop the ``Headers`` index first."""
     method = getattr(list, name)
 
-    def change(self, *args, **kwargs):
-        self.first = self.repeated = None
+    def change(self: Headers, *args: Any, **kwargs: Any) -> Any:
+        # ``repeated`` is read only after ``first``, which reindexes when None.
+        self.first = None
         return method(self, *args, **kwargs)
 
     change.__name__ = change.__qualname__ = name
@@ -123,10 +132,10 @@ class Message:
 
     __slots__ = ("headers", "body", "_cache")
 
-    def __init__(self, headers: list | None = None, body: bytes = b""):
+    def __init__(self, headers: list[Field] | None = None, body: bytes = b""):
         self.headers = headers if headers is not None else []
         self.body = body
-        self._cache: dict = {}
+        self._cache: dict[str, Any] = {}
 
     # -- raw header access -------------------------------------------------
     # A parsed message's fields are ``Headers``, found through their index;
@@ -142,14 +151,14 @@ class Message:
             first = headers.first
             if first is None:
                 first = headers.reindex()
-            h = first.get(key)
-            return None if h is None else h[2]
+            f = first.get(key)
+            return None if f is None else f[2]
         for h in headers:
             if h[0] == key:
                 return h[2]
         return None
 
-    def _single(self, key: str):
+    def _single(self, key: str) -> Any:
         """The one field of lower-case ``key`` (None when there is none), or
         ``_SCAN`` when the fields must be scanned: ``key`` is repeated, or
         the fields are a plain list, not indexed ``Headers``."""
@@ -353,6 +362,10 @@ class Message:
         return v
 
     # -- serialisation -------------------------------------------------------
+    def start_line(self) -> str:
+        """The request or status line (in the subclasses)."""
+        raise NotImplementedError
+
     def encode(self) -> bytes:
         """Serialise with a Content-Length that matches the body."""
         lines = [self.start_line()]
@@ -370,7 +383,8 @@ class Request(Message):
 
     __slots__ = ("method", "_uri")
 
-    def __init__(self, method: str, uri: str, headers=None, body: bytes = b""):
+    def __init__(self, method: str, uri: str, headers: list[Field] | None = None,
+                 body: bytes = b""):
         # Message.__init__ inlined: a request is built for every datagram.
         self.headers = headers if headers is not None else []
         self.body = body
@@ -419,15 +433,16 @@ class Request(Message):
 
     def _validate(self) -> None:
         headers = self.headers
+        present: dict[str, Any]
         if type(headers) is Headers:
-            present = headers.first
-            if present is None:
-                present = headers.reindex()
+            first = headers.first
+            present = first if first is not None else headers.reindex()
             repeated = headers.repeated
         else:
             keys = [h[0] for h in headers]
             present = dict.fromkeys(keys)
-            repeated = {key for key in keys if keys.count(key) > 1} if len(present) != len(keys) else ()
+            repeated = ({key for key in keys if keys.count(key) > 1}
+                        if len(present) != len(keys) else _NO_KEYS)
         if not present.keys() >= _REQUIRED:
             for key in REQUIRED:
                 if key not in present:
@@ -438,13 +453,14 @@ class Request(Message):
                     raise SipParseError(f"more than one {CANONICAL[key]} header")
         if not self.call_id:
             raise SipParseError("empty Call-ID")
-        num, method = self.cseq
+        _, method = self.cseq
         if method != self.method:
             raise SipParseError("CSeq method does not match the request method")
-        self.max_forwards  # noqa: B018 - raises when malformed
-        self.top_via
-        self.from_
-        self.to
+        # Each property parses its header and raises when it is malformed.
+        self.max_forwards  # noqa: B018
+        self.top_via  # noqa: B018
+        self.from_  # noqa: B018
+        self.to  # noqa: B018
         if self.ruri.headers:
             raise SipParseError("headers in the Request-URI")
 
@@ -457,7 +473,8 @@ class Response(Message):
 
     __slots__ = ("status", "reason")
 
-    def __init__(self, status: int, reason: str | None = None, headers=None, body: bytes = b""):
+    def __init__(self, status: int, reason: str | None = None,
+                 headers: list[Field] | None = None, body: bytes = b""):
         # Message.__init__ inlined: a response is built for every request answered.
         self.headers = headers if headers is not None else []
         self.body = body
@@ -473,8 +490,8 @@ class Response(Message):
         """Check a response enough to route it: Via, CSeq, Call-ID, From, To."""
         for key in REQUIRED:
             self._required(key)
-        self.cseq
-        self.top_via
+        self.cseq  # noqa: B018 - parsed to raise when malformed
+        self.top_via  # noqa: B018
 
     def __repr__(self) -> str:
         return f"<Response {self.status} {self.reason}>"
@@ -530,10 +547,9 @@ def parse_message(data: bytes, stream: bool = False) -> Request | Response:
     dirty = "\r" in joined or "\n" in joined or "\x00" in joined
     # The fields are read first: a start line error may carry a request to answer.
     headers = None if dirty else _plain_fields(lines)
+    problem: SipError | None = None
     if headers is None:
         headers, problem = _parse_headers(lines, dirty)
-    else:
-        problem = None
     msg = _start_line(lines[0], headers)
     if problem is None:
         if dirty and _has_ctl(lines[0]):
@@ -563,7 +579,7 @@ def _parse_headers(lines: list[str], dirty: bool) -> tuple[Headers, SipParseErro
     Call-ID and CSeq. ``dirty`` says some line holds a CR, LF or NUL.
     ``_plain_fields`` reads the usual lines the same way, quicker.
     """
-    fields: list = []
+    fields: list[Field] = []
     problem = None
     last = None
     names = _NAMES
@@ -613,9 +629,9 @@ def _plain_fields(lines: list[str]) -> Headers | None:
     and the value is what ``_parse_headers`` strips after that colon.
     """
     get = _NAMES.get
-    fields: list = []
+    fields: list[Field] = []
     append = fields.append
-    first: dict = {}
+    first: dict[str, Field] = {}
     setdefault = first.setdefault
     for line in islice(lines, 1, None):
         raw, sep, value = line.partition(": ")
@@ -640,6 +656,7 @@ def _plain_fields(lines: list[str]) -> Headers | None:
 
 def _set_body(msg: Message, body: bytes, stream: bool) -> None:
     headers = msg.headers
+    assert isinstance(headers, Headers)    # msg is what the parser made
     first = headers.first
     if first is None:
         first = headers.reindex()
@@ -658,7 +675,7 @@ def _set_body(msg: Message, body: bytes, stream: bool) -> None:
     msg.body = body[:clen]
 
 
-def _start_line(first: str, headers: list) -> Request | Response:
+def _start_line(first: str, headers: list[Field]) -> Request | Response:
     """The message the start line ``first`` begins, holding ``headers``; raise ``SipError``."""
     parts = first.split(" ")
     if len(parts) == 3 and parts[0] in _METHODS and parts[2] == "SIP/2.0":
@@ -667,7 +684,7 @@ def _start_line(first: str, headers: list) -> Request | Response:
     return _start_line_general(first, headers)
 
 
-def _start_line_general(first: str, headers: list) -> Request | Response:
+def _start_line_general(first: str, headers: list[Field]) -> Request | Response:
     """``_start_line`` for any start line."""
     if first.startswith("SIP/"):
         parts = first.split(" ", 2)
@@ -683,7 +700,7 @@ def _start_line_general(first: str, headers: list) -> Request | Response:
     if len(parts) != 3:
         # Extra whitespace (RFC 4475 §3.1.2.8-10) gets a 400 if method and version are there.
         words = first.split()
-        err = SipParseError("malformed request line")
+        err: SipError = SipParseError("malformed request line")
         if len(words) >= 3 and is_token(words[0]) and words[-1] == "SIP/2.0":
             err = SipParseError("whitespace in Request-URI" if len(words) > 3
                                 else "extra whitespace in request line")
@@ -696,14 +713,14 @@ def _start_line_general(first: str, headers: list) -> Request | Response:
     if version != "SIP/2.0":
         if not version.upper().startswith("SIP/"):
             raise SipParseError("malformed request line")    # not SIP: drop, never answer
-        err = SipError(505, "Version Not Supported")
-        err.request = req
-        raise err
+        unsupported = SipError(505, "Version Not Supported")
+        unsupported.request = req
+        raise unsupported
     return req
 
 
 def make_response(req: Request, status: int, reason: str | None = None,
-                  headers: list[tuple[str, str]] = (), body: bytes = b"",
+                  headers: Sequence[tuple[str, str]] = (), body: bytes = b"",
                   to_tag: str | None = None) -> Response:
     """Build a response to ``req`` per §8.2.6: copy Via, From, To, Call-ID, CSeq.
 
@@ -749,7 +766,7 @@ def error_response(req: Request, err: SipError, to_tag: str | None = None) -> Re
 
 
 def response_bytes(req: Request, status: int, reason: str | None = None,
-                   headers: list[tuple[str, str]] = (), body: bytes = b"",
+                   headers: Sequence[tuple[str, str]] = (), body: bytes = b"",
                    to_tag: str | None = None) -> bytes:
     """``make_response(req, status, reason, headers, body, to_tag).encode()``, built directly.
 
@@ -817,8 +834,8 @@ class StreamFramer:
                     out.append(self.PING)
                     del buf[:4]
                     continue
-                if buf in (b"\r", b"\r\n", b"\r\n\r"):
-                    break
+                if len(buf) < 4 and b"\r\n\r\n".startswith(buf):
+                    break    # the start of a keep-alive or of a message's CRLF
                 del buf[:2 if buf.startswith(b"\r\n") else 1]
                 self._scan = 0
                 continue

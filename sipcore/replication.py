@@ -20,8 +20,9 @@ the one we hold is asked for a snapshot (reason ``relay``).
 
 import math
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Any
 
 from .replication_wire import (FIELDS, MAX_VERSIONS, SYNCED, SYNCING, Heartbeat, SetDigest,
                                SnapshotAssembler, SnapshotEnd, SnapshotError, Update, Versions,
@@ -134,6 +135,10 @@ class Notice:
     """Whether it is a warning rather than information."""
 
 
+#: what the replication core asks its actor to do
+Action = RequestSnapshot | ApplyBindings | SetDigest | Notice
+
+
 class PeerState:
     """What this node knows of one peer's stream."""
 
@@ -159,7 +164,7 @@ class PeerState:
             return self.relayed
         return direct
 
-    def status(self) -> dict:
+    def status(self) -> dict[str, Any]:
         """A JSON-ready view for the control endpoint."""
         return {"liveness": self.liveness.state, "epoch": self.epoch, "seq": self.seq,
                 "relayed": list(self.relayed) if self.relayed else None,
@@ -208,7 +213,7 @@ class Replication:
                 out[p.id] = held
         return out
 
-    def heartbeat_received(self, peer: str, hb: Heartbeat, now: float, wall: float) -> list:
+    def heartbeat_received(self, peer: str, hb: Heartbeat, now: float, wall: float) -> list[Action]:
         """A heartbeat from ``peer``: its wall clock, epoch, last published seq and
         the versions it holds of other origins (see the module doc)."""
         p = self.peers[peer]
@@ -235,7 +240,7 @@ class Replication:
             out += self._check_claims(p, hb.versions, now)
         return out
 
-    def _check_claims(self, p: PeerState, versions: Versions, now: float) -> list:
+    def _check_claims(self, p: PeerState, versions: Versions, now: float) -> list[Action]:
         """Ask ``p`` for a snapshot if it has held, for ``relay_grace``, a newer
         version of an origin that is not alive to us than the one we hold."""
         claims = p.claims
@@ -261,7 +266,7 @@ class Replication:
                                True)] + self._sync(p, "relay", now)
         return []
 
-    def update_received(self, peer: str, upd: Update, now: float) -> list:
+    def update_received(self, peer: str, upd: Update, now: float) -> list[Action]:
         """A live update from ``peer``: apply it, skip it, or queue it and sync."""
         p = self.peers[peer]
         out = self._heard(p, now)
@@ -286,7 +291,7 @@ class Replication:
         return out
 
     def snapshot_completed(self, peer: str, request: int, epoch: int, seq: int,
-                           now: float, versions: Versions | None = None) -> list:
+                           now: float, versions: Versions | None = None) -> list[Action]:
         """The snapshot ``request`` from ``peer`` arrived whole and was applied.
 
         ``(epoch, seq)`` is the peer's own stamp in its end marker and
@@ -303,7 +308,7 @@ class Replication:
             o = self.peers.get(origin)
             if o is not None and o is not p and (o.relayed is None or version > o.relayed):
                 o.relayed = version
-        out = [Notice(f"synced with {peer} at epoch {epoch} seq {seq}")]
+        out: list[Action] = [Notice(f"synced with {peer} at epoch {epoch} seq {seq}")]
         queue, p.queue = p.queue, deque()
         while queue:
             upd = queue.popleft()
@@ -319,7 +324,7 @@ class Replication:
             out.append(self._apply(p, upd))
         return out + self._check_synced(now)
 
-    def snapshot_failed(self, peer: str, request: int, reason: str, now: float) -> list:
+    def snapshot_failed(self, peer: str, request: int, reason: str, now: float) -> list[Action]:
         """The snapshot ``request`` from ``peer`` failed; retry later if it lives."""
         p = self.peers[peer]
         if request != p.request:
@@ -330,9 +335,9 @@ class Replication:
             p.retry_at = now + self.retry_after
         return [Notice(f"snapshot from {peer} failed: {reason}", True)]
 
-    def tick(self, now: float) -> list:
+    def tick(self, now: float) -> list[Action]:
         """Age peers, retry failed syncs, and decide whether this node is synced."""
-        out = []
+        out: list[Action] = []
         for p in self.peers.values():
             old = p.liveness.check(now)
             if old is not None:
@@ -352,17 +357,17 @@ class Replication:
         """Seconds a client should wait before retrying while this node syncs."""
         return 0 if self.synced else max(1, math.ceil(self.alone_wait - (now - self.started)))
 
-    def _heard(self, p: PeerState, now: float) -> list:
+    def _heard(self, p: PeerState, now: float) -> list[Action]:
         old = p.liveness.heard(now)
         if old is None:
             return []
-        out = [Notice(f"peer {p.id} {old} -> alive")]
+        out: list[Action] = [Notice(f"peer {p.id} {old} -> alive")]
         if old in (UNKNOWN, DEAD) and p.request is None:
             p.retry_at = None
             out += self._sync(p, "join" if old == UNKNOWN else "reconnect", now)
         return out
 
-    def _sync(self, p: PeerState, reason: str, now: float) -> list:
+    def _sync(self, p: PeerState, reason: str, now: float) -> list[Action]:
         self._requests += 1
         p.request = self._requests
         p.retry_at = None
@@ -380,7 +385,7 @@ class Replication:
         p.counts["updates"] += 1
         return ApplyBindings(p.id, upd.bindings, upd.sent_at)
 
-    def _check_synced(self, now: float) -> list:
+    def _check_synced(self, now: float) -> list[Action]:
         if self.synced:
             return []
         peers = self.peers.values()

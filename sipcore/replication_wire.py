@@ -23,7 +23,8 @@ import json
 import math
 from dataclasses import dataclass, field
 from operator import attrgetter
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any, NoReturn
 
 from .location import Binding
 
@@ -63,11 +64,11 @@ class SnapshotError(Exception):
     """A snapshot stream that is incomplete or does not match its end marker."""
 
 
-def _reject_constant(name: str):
+def _reject_constant(name: str) -> NoReturn:
     raise WireError(f"non-finite number {name} in message")
 
 
-def _loads(data: bytes) -> dict:
+def _loads(data: bytes) -> dict[str, Any]:
     """Parse a JSON object body, turning every failure into ``WireError``."""
     try:
         obj = json.loads(data, parse_constant=_reject_constant)
@@ -80,7 +81,7 @@ def _loads(data: bytes) -> dict:
     return obj
 
 
-def _get(obj: dict, name: str, kind: str):
+def _get(obj: dict[str, Any], name: str, kind: str) -> Any:
     """Field ``name`` of a decoded message, checked against ``kind``."""
     if name not in obj:
         raise WireError(f"missing field {name!r}")
@@ -90,11 +91,11 @@ def _get(obj: dict, name: str, kind: str):
     return value
 
 
-def _encode_versions(versions: Versions | None) -> dict:
+def _encode_versions(versions: Versions | None) -> dict[str, list[int]]:
     return {k: [e, s] for k, (e, s) in (versions or {}).items()}
 
 
-def _versions(obj: dict) -> Versions:
+def _versions(obj: dict[str, Any]) -> Versions:
     """The optional version vector ``"v"`` of a decoded message, checked."""
     raw = obj.get("v", {})
     if not isinstance(raw, dict):
@@ -111,7 +112,7 @@ def _versions(obj: dict) -> Versions:
     return out
 
 
-def _row_types() -> frozenset:
+def _row_types() -> frozenset[tuple[type, ...]]:
     """Every allowed tuple of a wire row's field types (a few hundred)."""
     per_field = [_TYPES[kind] + ((type(None),) if optional else ()) for _, kind, optional in _SPEC]
     return frozenset(itertools.product(*per_field))
@@ -120,7 +121,7 @@ def _row_types() -> frozenset:
 _ROW_TYPES = _row_types()
 
 
-def _row_type_error(row: list) -> WireError:
+def _row_type_error(row: list[Any]) -> WireError:
     """The error naming the first field of ``row`` with a wrong type."""
     for (name, kind, optional), value in zip(_SPEC, row):
         if value is None:
@@ -132,7 +133,7 @@ def _row_type_error(row: list) -> WireError:
     return WireError("binding field types")
 
 
-def row_binding(row) -> Binding:
+def row_binding(row: Any) -> Binding:
     """Validate one wire list and build its ``Binding``."""
     if type(row) is not list or len(row) != _NFIELDS:
         raise WireError(f"a binding must be a list of {_NFIELDS} fields")
@@ -150,7 +151,7 @@ def row_binding(row) -> Binding:
     return Binding(*row)
 
 
-def _rows(obj: dict) -> list[Binding]:
+def _rows(obj: dict[str, Any]) -> list[Binding]:
     return [row_binding(r) for r in _get(obj, "b", _LIST)]
 
 
@@ -339,7 +340,7 @@ def binding_hash(b: Binding) -> int:
 class SetDigest:
     """An order-independent digest of a set of bindings, built incrementally."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.total = self.live = self.tombstones = 0
 
     def add(self, bindings: Iterable[Binding], wall: float | None = None) -> "SetDigest":
@@ -351,6 +352,6 @@ class SetDigest:
                 self.live += not b.deleted
         return self
 
-    def summary(self) -> dict:
+    def summary(self) -> dict[str, Any]:
         """``{"digest": 32 hex digits, "live": n, "tombstones": n}``."""
         return {"digest": f"{self.total:032x}", "live": self.live, "tombstones": self.tombstones}

@@ -35,6 +35,7 @@ import ipaddress
 import random
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
 
 SUPPORTED_TRANSPORTS = ("udp", "tcp", "tls")
 """Every transport the locator knows, in no particular order."""
@@ -118,7 +119,17 @@ def is_ip_literal(host: str) -> bool:
     return True
 
 
-def srv_order(records: Iterable, rng) -> list:
+class _Weighted(Protocol):
+    @property
+    def priority(self) -> int: ...
+    @property
+    def weight(self) -> int: ...
+
+
+_S = TypeVar("_S", bound=_Weighted)
+
+
+def srv_order(records: Iterable[_S], rng: random.Random) -> list[_S]:
     """Order SRV-like ``records`` as RFC 2782 asks.
 
     Records need ``priority`` and ``weight`` attributes. Lower priorities
@@ -207,7 +218,8 @@ class Locator:
                  transport: str | None = None, scheme: str = "sip", *,
                  is_ip: bool | None = None,
                  supported: Iterable[str] = SUPPORTED_TRANSPORTS,
-                 families: Sequence[str] = ("A", "AAAA"), rng=None):
+                 families: Sequence[str] = ("A", "AAAA"),
+                 rng: random.Random | None = None):
         scheme = scheme.lower()
         if scheme not in ("sip", "sips"):
             raise ValueError(f"not a SIP URI scheme: {scheme!r}")
@@ -224,7 +236,7 @@ class Locator:
         self._rng = rng if rng is not None else random.Random()
         self._targets: list[Target] = []
         self._pending: dict[Query, None] = {}
-        self._answers: dict[Query, tuple] = {}
+        self._answers: dict[Query, tuple[Any, ...]] = {}
         self._srv_plan: list[tuple[Query, str]] = []
         self._address_plan: list[tuple[str, int, str]] = []
         self._fallback = ""
@@ -247,7 +259,7 @@ class Locator:
         """The queries of the current phase that still need an answer."""
         return tuple(self._pending)
 
-    def feed(self, query: Query, records: Iterable | None) -> None:
+    def feed(self, query: Query, records: Iterable[Any] | None) -> None:
         """Give the answer to a pending ``query``.
 
         ``records`` are :class:`Naptr` for NAPTR, :class:`Srv` for SRV and
@@ -268,7 +280,7 @@ class Locator:
                 return transport
         return "udp"
 
-    def _start(self, port, transport, is_ip) -> None:
+    def _start(self, port: int | None, transport: str | None, is_ip: bool | None) -> None:
         if transport == "":
             self._finish("transport not supported")
             return
@@ -309,7 +321,7 @@ class Locator:
                     for t in allowed if t in self._supported]
         self._srv_step(plan)
 
-    def _srv_step(self, plan) -> None:
+    def _srv_step(self, plan: list[tuple[Query, str]]) -> None:
         self.step = "srv"
         self._srv_plan = plan
         self._pending = {query: None for query, _ in plan}
@@ -332,7 +344,7 @@ class Locator:
         else:
             self._address_step(plan)
 
-    def _address_step(self, plan) -> None:
+    def _address_step(self, plan: list[tuple[str, int, str]]) -> None:
         self.step = "address"
         self._address_plan = plan
         self._pending = {Query(name, family): None
@@ -342,7 +354,7 @@ class Locator:
             self._after_address()
 
     def _after_address(self) -> None:
-        targets = []
+        targets: list[Target] = []
         for name, port, transport in self._address_plan:
             if is_ip_literal(name):
                 addresses = [name]
@@ -369,7 +381,7 @@ class Locator:
 
 
 def locate(host: str, port: int | None, transport: str | None, scheme: str,
-           lookup: Callable[[Query], Iterable | None], **options
+           lookup: Callable[[Query], Iterable[Any] | None], **options: Any
            ) -> list[Target]:
     """Drive a :class:`Locator` with a blocking ``lookup(query)`` callable.
 

@@ -12,10 +12,20 @@ cancellation. A timer that no longer applies is recognised when it fires
 (by the state of its transaction) and ignored.
 """
 
+from __future__ import annotations
+
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum, IntEnum
 from operator import itemgetter
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .transaction import Transaction
+
+#: a timer queue entry: deadline, owner, which timer
+Entry = tuple[float, Any, "Timer"]
 
 _INF = float("inf")
 _BY_DEADLINE = itemgetter(0)
@@ -99,7 +109,7 @@ class TimerQueues:
     __slots__ = ("_queues", "_next")
 
     def __init__(self) -> None:
-        self._queues: dict[float, deque] = {}
+        self._queues: dict[float, deque[Entry]] = {}
         self._next = _INF
 
     def add(self, now: float, duration: float, owner: object, kind: Timer) -> None:
@@ -116,11 +126,11 @@ class TimerQueues:
         """The earliest deadline armed, or None when nothing is armed."""
         return None if self._next == _INF else self._next
 
-    def pop_due(self, now: float) -> list[tuple[float, object, Timer]]:
+    def pop_due(self, now: float) -> list[Entry]:
         """Remove and return every entry whose deadline is ``<= now``, earliest first."""
         if now < self._next:
             return []
-        due: list = []
+        due: list[Entry] = []
         sources = 0
         nxt = _INF
         for q in self._queues.values():
@@ -150,6 +160,15 @@ class TimerHandlers:
     """
 
     __slots__ = ()
+    _timers: TimerQueues
+    _out: list[tuple[bytes, Any]]
+    _t2: float
+
+    def _terminate(self, tx: Transaction) -> None:
+        raise NotImplementedError
+
+    def _timeout_tx(self, tx: Transaction, timer: Timer) -> None:
+        raise NotImplementedError
 
     def handle_timer(self, now: float) -> None:
         """Fire every timer due at ``now``: retransmissions, timeouts, terminations."""
@@ -157,51 +176,53 @@ class TimerHandlers:
         for _, tx, kind in self._timers.pop_due(now):
             fire[kind](self, tx, now)
 
-    def _retransmit(self, tx, now: float, kind: Timer, interval: float) -> None:
+    def _retransmit(self, tx: Transaction, now: float, kind: Timer, interval: float) -> None:
         tx._interval = interval
-        self._out.append((tx._data, tx.destination))
+        data = tx._data
+        if data is not None:    # always set while a retransmitting state lasts
+            self._out.append((data, tx.destination))
         self._timers.add(now, interval, tx, kind)
 
-    def _on_a(self, tx, now):
+    def _on_a(self, tx: Transaction, now: float) -> None:
         if tx.state is _CALLING:
             self._retransmit(tx, now, Timer.A, tx._interval * 2)
 
-    def _on_b(self, tx, now):
+    def _on_b(self, tx: Transaction, now: float) -> None:
         if tx.state is _CALLING:
             self._timeout_tx(tx, Timer.B)
 
-    def _on_e(self, tx, now):
+    def _on_e(self, tx: Transaction, now: float) -> None:
         state = tx.state
         if state is _TRYING:
             self._retransmit(tx, now, Timer.E, min(tx._interval * 2, self._t2))
         elif state is _PROCEEDING:
             self._retransmit(tx, now, Timer.E, self._t2)
 
-    def _on_f(self, tx, now):
+    def _on_f(self, tx: Transaction, now: float) -> None:
         if tx.state is _TRYING or tx.state is _PROCEEDING:
             self._timeout_tx(tx, Timer.F)
 
-    def _on_g(self, tx, now):
+    def _on_g(self, tx: Transaction, now: float) -> None:
         if tx.state is _COMPLETED:
             self._retransmit(tx, now, Timer.G, min(tx._interval * 2, self._t2))
 
-    def _on_h(self, tx, now):
+    def _on_h(self, tx: Transaction, now: float) -> None:
         if tx.state is _COMPLETED:
             self._timeout_tx(tx, Timer.H)
 
-    def _on_i(self, tx, now):
+    def _on_i(self, tx: Transaction, now: float) -> None:
         if tx.state is _CONFIRMED:
             self._terminate(tx)
 
-    def _on_completed_end(self, tx, now):
+    def _on_completed_end(self, tx: Transaction, now: float) -> None:
         if tx.state is _COMPLETED:
             self._terminate(tx)
 
-    def _on_m(self, tx, now):
+    def _on_m(self, tx: Transaction, now: float) -> None:
         if tx.state is _ACCEPTED:
             self._terminate(tx)
 
-    def _on_cancel(self, tx, now):
+    def _on_cancel(self, tx: Transaction, now: float) -> None:
         if tx.state is _PROCEEDING:
             self._timeout_tx(tx, Timer.CANCEL)
 

@@ -35,7 +35,9 @@ times out (§9.1).
 
 import secrets
 from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from .errors import SipError
 from .headers import split_list
@@ -49,6 +51,9 @@ __all__ = [
     "StrayResponse", "TransactionTimeout", "TransportError", "TransactionLayer", "Timer",
     "new_branch", "server_key", "build_ack", "build_cancel",
 ]
+
+#: a transaction's matching key (§17.1.3, §17.2.3)
+Key = tuple[Any, ...]
 
 #: the RFC 3261 branch prefix (§8.1.1.7)
 MAGIC_COOKIE = "z9hG4bK"
@@ -73,7 +78,7 @@ class Transaction:
 
     is_server = False
 
-    def __init__(self, key: tuple, method: str, request: Request | None,
+    def __init__(self, key: Key, method: str, request: Request | None,
                  destination: object, reliable: bool, state: State):
         self.key = key
         self.method = method
@@ -91,7 +96,8 @@ class Transaction:
     @property
     def branch(self) -> str | None:
         """The top Via branch that identifies the transaction (None for RFC 2543 keys)."""
-        return self.key[0]
+        branch = self.key[0]
+        return branch if isinstance(branch, str) else None
 
     def __repr__(self) -> str:
         kind = "Server" if self.is_server else "Client"
@@ -121,7 +127,8 @@ class ClientTransaction(Transaction):
 
     __slots__ = ("cancel", "_ack", "_cancel_pending")
 
-    def __init__(self, key, method, request, destination, reliable, state):
+    def __init__(self, key: Key, method: str, request: Request | None, destination: object,
+                 reliable: bool, state: State):
         super().__init__(key, method, request, destination, reliable, state)
         self.cancel: ClientTransaction | None = None
         self._ack: bytes | None = None
@@ -202,7 +209,7 @@ class TransportError(TransactionEvent):
     """Its destination."""
 
 
-def new_branch(randbytes=None) -> str:
+def new_branch(randbytes: Callable[[int], bytes] | None = None) -> str:
     """A fresh RFC 3261 branch: the magic cookie and 80 random bits in hex.
 
     ``randbytes`` is a callable ``n -> bytes`` (e.g. ``random.Random(1).randbytes``
@@ -211,7 +218,7 @@ def new_branch(randbytes=None) -> str:
     return MAGIC_COOKIE + (randbytes or secrets.token_bytes)(10).hex()
 
 
-def server_key(request: Request) -> tuple:
+def server_key(request: Request) -> Key:
     """The §17.2.3 matching key of a request; an ACK gets its INVITE's key.
 
     With the magic cookie: ``(branch, sent-by host, sent-by port, method)``.
@@ -242,7 +249,7 @@ def build_ack(request: Request, response: Response) -> Request:
     return Request("ACK", request.uri, headers)
 
 
-def build_cancel(request: Request, headers: list[tuple[str, str]] = ()) -> Request:
+def build_cancel(request: Request, headers: Sequence[tuple[str, str]] = ()) -> Request:
     """The CANCEL for ``request`` (§9.1), with extra ``headers`` such as Reason.
 
     Same Request-URI, Call-ID, From, To, CSeq number and Route as the
@@ -254,8 +261,8 @@ def build_cancel(request: Request, headers: list[tuple[str, str]] = ()) -> Reque
     return cancel
 
 
-def _copy_for(request: Request, method: str) -> list:
-    out = []
+def _copy_for(request: Request, method: str) -> list[list[str]]:
+    out: list[list[str]] = []
     via_done = False
     num = request.cseq[0]
     for key, name, value in request.headers:
@@ -290,11 +297,11 @@ class TransactionLayer(TimerHandlers):
         self._t4 = t4
         self._d = timer_d
         self._timeout = self.config.timeout
-        self._server: dict[tuple, ServerTransaction] = {}
-        self._client: dict[tuple, ClientTransaction] = {}
+        self._server: dict[Key, ServerTransaction] = {}
+        self._client: dict[Key, ClientTransaction] = {}
         self._by_dest: dict[object, dict[Transaction, None]] = {}
         self._timers = TimerQueues()
-        self._out: list[tuple[bytes, object]] = []
+        self._out: list[tuple[bytes, Any]] = []
         self._events: deque[TransactionEvent] = deque()
 
     # -- outputs -------------------------------------------------------------
@@ -351,7 +358,7 @@ class TransactionLayer(TimerHandlers):
         else:
             self._receive_response(message, source, now)
 
-    def _receive_request(self, req: Request, source, now: float, reliable: bool) -> None:
+    def _receive_request(self, req: Request, source: object, now: float, reliable: bool) -> None:
         key = server_key(req)
         tx = self._server.get(key)
         method = req.method
@@ -384,7 +391,7 @@ class TransactionLayer(TimerHandlers):
             tx.status = 100
             self._out.append((data, source))
 
-    def _receive_response(self, resp: Response, source, now: float) -> None:
+    def _receive_response(self, resp: Response, source: object, now: float) -> None:
         try:
             key = (resp.top_via.branch, resp.cseq[1])
         except SipError:
@@ -432,6 +439,7 @@ class TransactionLayer(TimerHandlers):
             tx.state = _COMPLETED
             tx.status = status
             tx._cancel_pending = None
+            assert tx.request is not None    # kept until the transaction completes
             ack = build_ack(tx.request, resp).encode()
             self._out.append((ack, tx.destination))
             self._events.append(ResponseReceived(tx, resp))
@@ -440,7 +448,7 @@ class TransactionLayer(TimerHandlers):
             else:
                 tx._ack = ack
                 self._timers.add(now, self._d, tx, Timer.D)
-        elif state is _COMPLETED:
+        elif state is _COMPLETED and tx._ack is not None:
             self._out.append((tx._ack, tx.destination))
 
     # -- TU actions --------------------------------------------------------------
@@ -524,7 +532,7 @@ class TransactionLayer(TimerHandlers):
         return tx
 
     def cancel(self, tx: ClientTransaction, now: float,
-               headers: list[tuple[str, str]] = ()) -> bool:
+               headers: Sequence[tuple[str, str]] = ()) -> bool:
         """Cancel INVITE client transaction ``tx`` (§9.1).
 
         The CANCEL is sent at once if a provisional response arrived, else
@@ -540,6 +548,7 @@ class TransactionLayer(TimerHandlers):
         state = tx.state
         if state is not _CALLING and state is not _PROCEEDING:
             return False
+        assert tx.request is not None    # kept while calling or proceeding
         tx._cancel_pending = build_cancel(tx.request, headers)
         if state is _PROCEEDING:
             self._send_cancel(tx, now)
@@ -547,6 +556,7 @@ class TransactionLayer(TimerHandlers):
 
     def _send_cancel(self, tx: ClientTransaction, now: float) -> None:
         request = tx._cancel_pending
+        assert request is not None    # set by cancel()
         tx._cancel_pending = None
         tx.cancel = self.send_request(request, tx.destination, now, tx.reliable)
         self._timers.add(now, self._timeout, tx, Timer.CANCEL)
@@ -586,6 +596,7 @@ class TransactionLayer(TimerHandlers):
             indexed = tx.reliable
         else:
             del self._client[tx.key]
+            assert isinstance(tx, ClientTransaction)
             tx._cancel_pending = None
             indexed = True
         if indexed:

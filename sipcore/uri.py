@@ -3,7 +3,7 @@
 import re
 from collections.abc import Mapping
 from itertools import product
-from typing import NamedTuple
+from typing import Any, NamedTuple, NoReturn, TypeVar
 from urllib.parse import unquote
 
 from .errors import SipParseError
@@ -13,7 +13,7 @@ SCHEMES = ("sip", "sips", "tel")
 
 
 
-class Params(dict):
+class Params(dict[str, str | None]):
     """Parsed parameters, read-only: they live in parses shared process-wide.
 
     A dict (so reading costs what a dict's does, and copies and pickles work)
@@ -22,13 +22,13 @@ class Params(dict):
 
     __slots__ = ()
 
-    def _read_only(self, *args, **kwargs):
+    def _read_only(self, *args: Any, **kwargs: Any) -> NoReturn:
         raise TypeError("parsed parameters are read-only")
 
     __setitem__ = __delitem__ = __ior__ = _read_only
     clear = pop = popitem = setdefault = update = _read_only
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[type["Params"], tuple[dict[str, str | None]]]:
         return (Params, (dict(self),))
 
 
@@ -202,7 +202,7 @@ def _plain_params(text: str) -> dict[str, str | None]:
     return params
 
 
-def format_params(params: dict[str, str | None]) -> str:
+def format_params(params: Mapping[str, str | None]) -> str:
     """Serialise parameters as ``;name=value`` pieces."""
     text = ""
     for k, v in params.items():
@@ -348,7 +348,10 @@ def parse_uri(text: str) -> "SipUri":
     return found if found is not None else _remember(_URI_CACHE, text, _parse_uri(text))
 
 
-def _remember(cache: dict, text: str, value, limit: int | None = None):
+_V = TypeVar("_V")
+
+
+def _remember(cache: dict[str, _V], text: str, value: _V, limit: int | None = None) -> _V:
     """Keep ``value`` as the parse of ``text`` (the cache is emptied when full).
 
     ``limit`` is the cache's size, ``_CACHE_MAX`` by default.
@@ -381,12 +384,12 @@ _SIMPLE_SIP_URI = re.compile(_SIP_URI_PATTERN)
 _USER_CHARS = _ALNUM + "-_.!~*'()&=+$,;/%"
 #: every spelling of the schemes of ``_SIP_URI_PATTERN``, to its lower-case one
 _SIP_SCHEMES = {"".join(letters): scheme for scheme in ("sip", "sips")
-                for letters in product(*zip(scheme, scheme.upper()))}
+                for letters in product(*zip(scheme, scheme.upper(), strict=True))}
 #: ``(host, port, params)`` of a URI of the common form by its host part,
 #: the text after the ``@`` ending the user (after the scheme without a
 #: user): every user of a domain, or of a client's address, shares it. The
 #: ``params`` are shared too: a parsed URI is read-only.
-_HOST_PART_CACHE: dict[str, tuple[str, int | None, dict[str, str | None]]] = {}
+_HOST_PART_CACHE: dict[str, tuple[str, int | None, Mapping[str, str | None]]] = {}
 #: ``"display" <uri>`` and its header parameters (three groups: the quoted
 #: display name, the URI's text, the parameters after the ``;``). The display
 #: name holds no quote or backslash, so its first quote after the opening
@@ -409,10 +412,11 @@ def _sip_uri(text: str) -> SipUri | None:
     ``@``, then the host part's own pattern, so a host part matched once
     matches after any scheme and user, and only those are left to check.
     """
-    scheme, _, rest = text.partition(":")
-    scheme = _SIP_SCHEMES.get(scheme)
+    written, _, rest = text.partition(":")
+    scheme = _SIP_SCHEMES.get(written)
     if scheme is None:
         return None
+    user: str | None
     user, at, host_part = rest.partition("@")
     if not at:
         user, host_part = None, rest
@@ -421,9 +425,10 @@ def _sip_uri(text: str) -> SipUri | None:
         m = _SIMPLE_SIP_URI.fullmatch(text)
         if m is None:
             return None
-        host, port, ptext = m.group(3, 4, 5)
-        if port is not None:
-            port = int(port)
+        host, digits, ptext = m.group(3, 4, 5)
+        port = None
+        if digits is not None:
+            port = int(digits)
             if not 0 < port < 65536:
                 return None
         known = (host, port, read_only(_plain_params(ptext)) if ptext else NO_PARAMS)
@@ -612,7 +617,8 @@ def _parse_name_addr(text: str) -> NameAddr:
             display, uri_text, ptext = m.groups()
             uri = _common_uri(uri_text)
             if uri is not None:
-                return NameAddr(uri, display, read_only(_plain_params(ptext)) if ptext else NO_PARAMS)
+                params = read_only(_plain_params(ptext)) if ptext else NO_PARAMS
+                return NameAddr(uri, display, params)
     return _parse_name_addr_general(text)
 
 
@@ -637,6 +643,7 @@ def _parse_name_addr_general(text: str) -> NameAddr:
     text = text.strip()
     if not text:
         raise SipParseError("empty address")
+    display: str | None
     try:
         if text[0] == '"':
             e = _quoted_end(text, 0)

@@ -12,6 +12,7 @@ import ipaddress
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 DEFAULT_WEIGHT = 50
 """SRV weight of a node that names none (so two nodes split 50:50)."""
@@ -50,7 +51,7 @@ def _check_domain(domain: str) -> str:
     return domain
 
 
-def _check_node(entry: Sequence) -> ZoneNode:
+def _check_node(entry: Sequence[Any]) -> ZoneNode:
     if len(entry) not in (3, 4):
         raise ValueError(f"node must be (name, ip, port[, weight]): {entry!r}")
     node = ZoneNode(*entry)
@@ -76,7 +77,7 @@ def srv_names(domain: str) -> dict[str, str]:
             "SIP+D2T": f"_sip._tcp.{domain}."}
 
 
-def cluster_zone(domain: str, nodes: Iterable[Sequence], ttl: int = 60, *,
+def cluster_zone(domain: str, nodes: Iterable[Sequence[Any]], ttl: int = 60, *,
                  serial: int = 1, nameserver: str | None = None,
                  hostmaster: str | None = None) -> str:
     """Zone text (BIND master-file format) for the SIP ``domain``.

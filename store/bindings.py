@@ -132,7 +132,7 @@ class _Writer:
         if self._sqlite:
             # Chunks of power-of-two sizes only (see the module doc).
             self._most = 1 << (self._most.bit_length() - 1)
-        self._texts = {}
+        self._texts: dict[tuple, str] = {}
 
     def statements(self, records: list, params_of) -> list[tuple[str, list]]:
         """Return (sql, parameters) of the upserts of ``records``, whose
@@ -146,7 +146,7 @@ class _Writer:
         for rows in self._chunk_rows(len(records)):
             start, end = end, end + rows * _NFIELDS
             chunk = params[start:end]
-            nulls = ()
+            nulls: tuple[int, ...] = ()
             if self._sqlite:
                 nulls = tuple(at for at in _NULLABLE_AT
                               if chunk[at::_NFIELDS].count(None) == rows)
@@ -191,7 +191,7 @@ class _Writer:
 
 # One per database class: its databases share the dialect and, since the
 # process has one sqlite3 library, the limits.
-_writers = {}
+_writers: dict[type, _Writer] = {}
 
 
 def _writer(db: peewee.Database) -> _Writer:
@@ -243,7 +243,7 @@ def _bad_record(record) -> StoreError:
 
 def _params_of(records) -> list:
     """Flatten ``records`` into one list of statement parameters."""
-    params = []
+    params: list = []
     extend = params.extend
     append = params.append
     for record in records:
@@ -327,7 +327,7 @@ def write_bindings(bindings: list) -> None:
 
 def _params_of_bindings(bindings) -> list:
     """``_params_of`` for binding objects."""
-    params = []
+    params: list = []
     extend = params.extend
     append = params.append
     for b in bindings:
@@ -443,10 +443,10 @@ def load_bindings(include_deleted: bool = True) -> list[dict]:
     except peewee.PeeweeException as exc:
         _reset_if_broken(db)
         raise StoreError("cannot load bindings: %s" % exc) from exc
-    records = []
+    records: list = []
     append = records.append
     for row in rows:
-        record = dict(zip(BINDING_FIELDS, row))
+        record = dict(zip(BINDING_FIELDS, row, strict=True))
         record["path"] = _loads(record["path"])
         record["deleted"] = bool(record["deleted"])
         append(record)

@@ -24,6 +24,7 @@ database returned here to the models and creates the tables.
 import logging
 import os
 import sqlite3
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import peewee
@@ -84,6 +85,7 @@ def open_database(url: str) -> peewee.Database:
     :func:`store.models.init_store` for that.
     """
     scheme = urlsplit(url).scheme.lower()
+    db: peewee.Database
     if scheme == "sqlite":
         db = _open_sqlite(url)
     elif scheme in ("postgresql", "postgres"):
@@ -99,7 +101,7 @@ def open_database(url: str) -> peewee.Database:
         raise StoreError("cannot open database %s: %s"
                          % (redact_url(url), exc)) from exc
     if isinstance(db, peewee.SqliteDatabase) and db.database != ":memory:":
-        mode = db.execute_sql("PRAGMA journal_mode").fetchone()[0]
+        mode = db.execute_sql("PRAGMA journal_mode").fetchone()[0]  # type: ignore[no-untyped-call]
         if str(mode).lower() != "wal":
             log.warning("sqlite database %s is in journal mode %s, not wal",
                         db.database, mode)
@@ -153,7 +155,7 @@ def _open_postgresql(url: str) -> peewee.PostgresqlDatabase:
                          "postgresql://user:pw@host:port/dbname"
                          % redact_url(url))
     dsn = "postgresql" + url[len(parts.scheme):]
-    params = {}
+    params: dict[str, Any] = {}
     query = dict(parse_qsl(parts.query, keep_blank_values=True))
     if "connect_timeout" not in query:
         params["connect_timeout"] = PG_CONNECT_TIMEOUT_S
@@ -183,7 +185,7 @@ def max_variables(db: peewee.Database) -> int:
     """
     if not is_sqlite(db):
         return 65535
-    getlimit = getattr(db.connection(), "getlimit", None)
+    getlimit = getattr(db.connection(), "getlimit", None)  # type: ignore[no-untyped-call]
     if getlimit is None:
         return 999
-    return getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+    return int(getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER))

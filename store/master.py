@@ -13,6 +13,8 @@ numbers it; :func:`config_for` builds what is pushed for a version.
 import json
 import logging
 import time
+from collections.abc import Iterable
+from typing import Any, cast
 
 import peewee
 from werkzeug.security import check_password_hash, generate_password_hash
@@ -121,13 +123,13 @@ def close_master_store() -> None:
     master_db.initialize(None)
 
 
-def get_setting(key: str, default=None):
+def get_setting(key: str, default: Any = None) -> Any:
     """The setting under ``key``, or ``default``."""
     row = Setting.get_or_none(Setting.key == key)
     return default if row is None else json.loads(row.value)
 
 
-def set_setting(key: str, value) -> None:
+def set_setting(key: str, value: Any) -> None:
     """Store ``value`` (JSON-ready) under ``key``."""
     (Setting.insert(key=key, value=json.dumps(value))
      .on_conflict(conflict_target=[Setting.key], preserve=[Setting.value]).execute())
@@ -138,7 +140,7 @@ def domain() -> str:
     value = get_setting("domain")
     if not value:
         raise StoreError("the master has no domain: run `run.py master init` first")
-    return value
+    return str(value)
 
 
 def new_version(reason: str) -> int:
@@ -198,12 +200,13 @@ def delete_user(username: str) -> int | None:
         return new_version(f"user {username} deleted")
 
 
-def list_users(search: str = "", limit: int = 100, offset: int = 0) -> list[dict]:
+def list_users(search: str = "", limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
     """Users by name (no HA1s), optionally those whose name contains ``search``."""
     query = SipUser.select(SipUser.username, SipUser.enabled, SipUser.created_at)
     if search:
         query = query.where(SipUser.username.contains(search))
-    return list(query.order_by(SipUser.username).limit(limit).offset(offset).dicts())
+    rows = query.order_by(SipUser.username).limit(limit).offset(offset).dicts()
+    return list(cast(Iterable[dict[str, Any]], rows))
 
 
 def count_users() -> int:
@@ -224,23 +227,25 @@ def save_node(node_id: str, sip: str, control: str, public_key: str, bus: str = 
      .execute())
 
 
-def list_nodes() -> list[dict]:
+def list_nodes() -> list[dict[str, Any]]:
     """Every node with its endpoints, weight and acknowledged version."""
-    return list(ClusterNode.select().order_by(ClusterNode.node_id).dicts())
+    rows = ClusterNode.select().order_by(ClusterNode.node_id).dicts()
+    return list(cast(Iterable[dict[str, Any]], rows))
 
 
 def record_ack(node_id: str, version: int, error: str = "") -> None:
     """Remember what a node acknowledged (or the error of the last push)."""
-    fields = {ClusterNode.last_error: error[:500]}
+    fields: dict[Any, Any] = {ClusterNode.last_error: error[:500]}
     if not error:
         fields.update({ClusterNode.acked_version: version, ClusterNode.acked_at: time.time()})
     ClusterNode.update(fields).where(ClusterNode.node_id == node_id).execute()
 
 
-def config_for(version: int) -> dict:
+def config_for(version: int) -> dict[str, Any]:
     """What version ``version`` tells every node: the domain and every user's HA1s."""
-    users = list(SipUser.select(SipUser.username, SipUser.ha1_md5, SipUser.ha1_sha256,
-                                SipUser.enabled).order_by(SipUser.username).dicts())
+    query = (SipUser.select(SipUser.username, SipUser.ha1_md5, SipUser.ha1_sha256,
+                            SipUser.enabled).order_by(SipUser.username).dicts())
+    users = list(cast(Iterable[dict[str, Any]], query))
     return {"version": version, "domain": domain(), "users": users}
 
 

@@ -13,6 +13,7 @@ round a current timestamp to about two minutes.
 import json
 import logging
 import time
+from typing import Any, cast
 
 import peewee
 
@@ -27,7 +28,7 @@ db_proxy = peewee.DatabaseProxy()
 class JSONListField(peewee.TextField):
     """A list of strings, stored as compact JSON text."""
 
-    def db_value(self, value):
+    def db_value(self, value: Any) -> str | None:
         """Encode a list (or tuple) as JSON; ``None`` stays ``None``."""
         if value is None:
             return None
@@ -38,7 +39,7 @@ class JSONListField(peewee.TextField):
                             % (self.name, type(value).__name__))
         return json.dumps(list(value), separators=(",", ":"))
 
-    def python_value(self, value):
+    def python_value(self, value: Any) -> Any:
         """Decode the JSON text back to a list."""
         if value is None:
             return None
@@ -145,10 +146,10 @@ def get_database() -> peewee.Database:
     if db is None:
         raise StoreError("the store is not initialised: call "
                          "store.models.init_store(url) first")
-    return db
+    return cast(peewee.Database, db)
 
 
-def get_state(key: str, default=None):
+def get_state(key: str, default: Any = None) -> Any:
     """Return the value stored under ``key`` in NodeState, or ``default``.
 
     Values are stored as JSON, so ints, strings, lists and dicts come back
@@ -161,7 +162,7 @@ def get_state(key: str, default=None):
     return json.loads(row.value)
 
 
-def set_state(key: str, value) -> None:
+def set_state(key: str, value: Any) -> None:
     """Store the JSON-serialisable ``value`` under ``key``, replacing any."""
     get_database()
     encoded = json.dumps(value)

@@ -13,6 +13,8 @@ import hashlib
 import logging
 import re
 import time
+from collections.abc import Iterable
+from typing import Any, cast
 
 import peewee
 
@@ -67,7 +69,7 @@ def _validate_password(password: str) -> str:
     return password
 
 
-def _row(username: str, domain: str, password: str, enabled: bool) -> dict:
+def _row(username: str, domain: str, password: str, enabled: bool) -> dict[str, Any]:
     """Build the User row for validated credentials."""
     ha1 = compute_ha1s(username, domain, password)
     return {"username": username, "domain": domain, "ha1_md5": ha1["MD5"],
@@ -88,7 +90,7 @@ def _changed() -> None:
     incr_state(_VERSION_KEY)
 
 
-def _upsert(rows: list[dict]) -> None:
+def _upsert(rows: list[dict[str, Any]]) -> None:
     """Insert the rows, or update the HA1s of existing (username, domain)."""
     db = get_database()
     try:
@@ -131,7 +133,7 @@ def add_user(username: str, domain: str, password: str, *,
     log.info("user %s@%s added", username, domain)
 
 
-def read_users_csv(handle, name: str) -> list[tuple[str, str]]:
+def read_users_csv(handle: Iterable[str], name: str) -> list[tuple[str, str]]:
     """The ``(username, password)`` rows of a users CSV read from ``handle``.
 
     The text starts with the header ``username,password``; each further line
@@ -139,7 +141,7 @@ def read_users_csv(handle, name: str) -> list[tuple[str, str]]:
     :class:`StoreError` naming ``name`` (the file) and the line number.
     """
     rows = []
-    seen = {}
+    seen: dict[str, int] = {}
     try:
         reader = csv.reader(handle)
         header = None
@@ -217,11 +219,13 @@ def load_user_ha1s(domain: str) -> dict[str, dict[str, str]]:
     query = (User.select(User.username, User.ha1_md5, User.ha1_sha256)
              .where((User.domain == domain) & (User.enabled == True))  # noqa
              .tuples())
+    # .tuples() and .dicts() change the rows, which peewee's annotations do not say.
+    rows = cast(Iterable[tuple[str, str, str]], query)
     return {username: {"MD5": md5, "SHA-256": sha256}
-            for username, md5, sha256 in query}
+            for username, md5, sha256 in rows}
 
 
-def list_users(domain: str) -> list[dict]:
+def list_users(domain: str) -> list[dict[str, Any]]:
     """List the users of ``domain`` by username, without their HA1s.
 
     Each item has ``username``, ``domain``, ``enabled`` and ``created_at``
@@ -233,7 +237,8 @@ def list_users(domain: str) -> list[dict]:
              .where(User.domain == domain)
              .order_by(User.username)
              .dicts())
-    return list(query)
+    rows = cast(Iterable[dict[str, Any]], query)
+    return list(rows)
 
 
 def set_user_enabled(username: str, domain: str, enabled: bool) -> bool:
@@ -243,7 +248,7 @@ def set_user_enabled(username: str, domain: str, enabled: bool) -> bool:
                  .where((User.username == username) & (User.domain == domain))
                  .execute())
         _changed()
-    return count > 0
+    return bool(count > 0)
 
 
 def delete_user(username: str, domain: str) -> bool:
@@ -255,17 +260,17 @@ def delete_user(username: str, domain: str) -> bool:
         _changed()
     if count:
         log.info("user %s@%s deleted", username, domain)
-    return count > 0
+    return bool(count > 0)
 
 
 _HEX = frozenset("0123456789abcdef")
 
 
-def _ha1_row(user: dict, domain: str) -> dict:
+def _ha1_row(user: dict[str, Any], domain: str) -> dict[str, Any]:
     """A User row from a pushed ``{username, ha1_md5, ha1_sha256, enabled}``, checked."""
     if not isinstance(user, dict):
         raise StoreError("a pushed user must be an object, not %r" % (user,))
-    username = validate_username(user.get("username"))
+    username = validate_username(user.get("username"))  # type: ignore[arg-type] # checked there
     md5, sha256 = user.get("ha1_md5"), user.get("ha1_sha256")
     for value, size, name in ((md5, 32, "ha1_md5"), (sha256, 64, "ha1_sha256")):
         if not isinstance(value, str) or len(value) != size or not _HEX.issuperset(value):
@@ -275,7 +280,7 @@ def _ha1_row(user: dict, domain: str) -> dict:
             "enabled": bool(user.get("enabled", True)), "created_at": time.time()}
 
 
-def replace_users(domain: str, users: list[dict]) -> tuple[int, int]:
+def replace_users(domain: str, users: list[dict[str, Any]]) -> tuple[int, int]:
     """Make ``domain``'s users exactly ``users`` (HA1s as the master pushes them).
 
     Each item is ``{"username", "ha1_md5", "ha1_sha256", "enabled"}``; every
@@ -293,9 +298,10 @@ def replace_users(domain: str, users: list[dict]) -> tuple[int, int]:
         with db.atomic():
             # Only what differs is written: a push carries every user, and
             # one changed password must not rewrite ten thousand rows.
+            query = (User.select(User.username, User.ha1_md5, User.ha1_sha256, User.enabled)
+                     .where(User.domain == domain).tuples())
             present = {u: (md5, sha256, bool(enabled)) for u, md5, sha256, enabled in
-                       User.select(User.username, User.ha1_md5, User.ha1_sha256, User.enabled)
-                       .where(User.domain == domain).tuples()}
+                       cast(Iterable[tuple[str, str, str, bool]], query)}
             rows = [r for r in rows if present.get(r["username"])
                     != (r["ha1_md5"], r["ha1_sha256"], r["enabled"])]
             for chunk in peewee.chunked(rows, _ROWS_PER_STATEMENT):
@@ -305,9 +311,9 @@ def replace_users(domain: str, users: list[dict]) -> tuple[int, int]:
                  .as_rowcount()
                  .execute())
             gone = sorted(set(present) - names)
-            for chunk in peewee.chunked(gone, _ROWS_PER_STATEMENT):
+            for names_chunk in peewee.chunked(gone, _ROWS_PER_STATEMENT):
                 (User.delete()
-                 .where((User.domain == domain) & (User.username.in_(chunk)))
+                 .where((User.domain == domain) & (User.username.in_(names_chunk)))
                  .execute())
             _changed()
     except peewee.PeeweeException as exc:

@@ -20,9 +20,9 @@ from loadtest.harness import ROOT, Cluster, free_port
 from store.files import write_private
 
 pytest.importorskip("selenium")
-from selenium import webdriver  # noqa: E402
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+from selenium import webdriver
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
@@ -50,11 +50,11 @@ def master(tmp_path):
     cluster = Cluster(str(tmp_path), 2, settings={"master_key": public, "alone_wait": 1.0})
     nodes = "".join(f'\n[[nodes]]\nid = "{m.id}"\nsip = "{n.address}:{n.port}"\n'
                     f'control = "{m.control}"\npublic_key = "{m.public_key}"\n'
-                    for m, n in zip(cluster.members.values(), cluster.nodes))
+                    for m, n in zip(cluster.members.values(), cluster.nodes, strict=True))
     write_private(config, head + nodes)
-    log = open(tmp_path / "master.log", "wb")
-    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "run.py"), "master",
-                             "--config", config], stdout=log, stderr=log, cwd=ROOT)
+    with open(tmp_path / "master.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "run.py"), "master",
+                                 "--config", config], stdout=log, stderr=log, cwd=ROOT)
     try:
         cluster.start()
         yield {"url": f"http://127.0.0.1:{port}", "password": password, "cluster": cluster,
@@ -62,7 +62,6 @@ def master(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
-        log.close()
         cluster.stop()
 
 
@@ -118,7 +117,7 @@ def test_sign_in_add_a_user_and_see_it_registered_on_both_nodes(master, browser)
     browser.find_element(By.ID, "add-user").click()
     WebDriverWait(browser, 10).until(lambda d: "User webuser saved" in d.page_source)
     browser.save_screenshot(str(shots / "users.png"))
-    assert page_with(browser, url + "/", "1 (current)"), open(master["log"]).read()[-2000:]
+    assert page_with(browser, url + "/", "1 (current)"), master["log"].read_text()[-2000:]
     body = browser.find_element(By.TAG_NAME, "body").text
     assert body.count("1 (current)") == 2 and "(behind)" not in body
     assert body.count("synced") == 2
@@ -134,4 +133,4 @@ def test_sign_in_add_a_user_and_see_it_registered_on_both_nodes(master, browser)
     assert "sip:webuser@example.test" in rows[1].text
     browser.save_screenshot(str(shots / "registrations.png"))
     assert master["password"] not in browser.page_source
-    assert master["password"] not in open(master["log"]).read()
+    assert master["password"] not in master["log"].read_text()

@@ -126,7 +126,8 @@ def test_the_master_provisions_every_node_and_its_death_stops_no_node(lab):
     import base64
     import urllib.request
     proc, data, base, out_path = lab
-    password = open(os.path.join(data, "master", "admin-password")).read().strip()
+    with open(os.path.join(data, "master", "admin-password")) as f:
+        password = f.read().strip()
     text = out_path.read_text()
     assert f"http://{base}:8080, admin / {password}" in text
     request = urllib.request.Request(
@@ -137,7 +138,7 @@ def test_the_master_provisions_every_node_and_its_death_stops_no_node(lab):
     with urllib.request.urlopen(request, timeout=10) as r:
         assert r.status == 201
     for k in (1, 2):
-        assert wait_for(lambda: sipsak_register(node_ip(base, k), "lab-zed", "zed-pw"), 10)
+        assert wait_for(lambda k=k: sipsak_register(node_ip(base, k), "lab-zed", "zed-pw"), 10)
     os.kill(lab_status(data)["master"]["pid"], signal.SIGKILL)
     assert wait_for(lambda: "master" in out_path.read_text()
                     and "died: killed by SIGKILL" in out_path.read_text(), 10)

@@ -163,7 +163,7 @@ def test_dashboard_shows_every_nodes_state_and_the_merged_registrations(setup):
     while True:
         found = client.get("/api/registrations?user=reg", headers=auth).json
         rows = [b for b in found["bindings"] if b["aor"] == "sip:reg@example.test"]
-        if rows and len(rows[0]["present_on"]) == 2 or time.monotonic() > deadline:
+        if (rows and len(rows[0]["present_on"]) == 2) or time.monotonic() > deadline:
             break
         time.sleep(0.05)
     assert rows and rows[0]["origin"] == "node1", found

@@ -18,7 +18,10 @@ MAX_UPLOAD = 8 * 1024 * 1024
 
 
 def create_app(config: dict, pusher=None) -> Flask:
-    """The dashboard app; ``config`` needs ``SECRET_KEY`` (the master store is bound by the caller)."""
+    """The dashboard app; ``config`` needs ``SECRET_KEY``.
+
+    The caller binds the master store (``store.master.init_master_store``).
+    """
     app = Flask(__name__)
     app.config.update(
         SESSION_COOKIE_HTTPONLY=True,
