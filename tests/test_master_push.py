@@ -170,6 +170,13 @@ def test_dashboard_shows_every_nodes_state_and_the_merged_registrations(setup):
     assert sorted(rows[0]["present_on"]) == ["node1", "node2"]
     assert found["errors"] == {} and found["balance_index"] == 1.0
     assert client.get("/api/registrations?user=reg").status_code == 401
+    text = client.get("/metrics", headers=auth).get_data(as_text=True)
+    for node_id in ("node1", "node2"):
+        assert f'tandem_node_up{{node="{node_id}"}} 1' in text
+        assert f'tandem_node_synced{{node="{node_id}"}} 1' in text
+        assert f'tandem_node_config_version{{node="{node_id}"}} {version}' in text
+    assert f"tandem_config_version_current {version}" in text
+    assert client.get("/metrics").status_code == 401
     with pytest.raises(BusError, match="non-negative"):
         m = cluster.members["node1"]
         request(pusher.bus, m.control, m.public_key, {"cmd": "bindings", "limit": -1}, 2.0)

@@ -61,7 +61,7 @@ def test_pages_need_login(app):
 def test_api_without_credentials_gets_401_and_no_data(app):
     c = app.test_client()
     for method, path in (("get", "/api/users"), ("get", "/api/nodes"), ("get", "/api/config"),
-                         ("post", "/api/users"), ("delete", "/api/users/x")):
+                         ("post", "/api/users"), ("delete", "/api/users/x"), ("get", "/metrics")):
         r = getattr(c, method)(path)
         assert r.status_code == 401, path
         assert "node1" not in r.get_data(as_text=True)
@@ -179,3 +179,9 @@ def test_restart_is_refused_without_a_lab_unknown_node_or_csrf(app):
     page = c.get("/").get_data(as_text=True)
     r = c.post("/nodes/node1/restart", data={"csrf_token": token(page)}, follow_redirects=True)
     assert "Restart of node1 failed" in r.get_data(as_text=True)
+
+
+def test_metrics_without_an_answer_say_the_node_is_down(app):
+    text = app.test_client().get("/metrics", headers=basic()).get_data(as_text=True)
+    assert 'tandem_node_up{node="node1"} 0' in text
+    assert "# TYPE tandem_node_bindings gauge" in text and "tandem_users 0" in text

@@ -2,7 +2,7 @@
 
 ``create_app(config)`` builds the app with its blueprints: ``auth``
 (login, logout, the login limiter), ``pages`` (nodes, users) and ``api``
-(JSON under ``/api``, HTTP Basic). Every page and API call needs an admin;
+(JSON under ``/api``, HTTP Basic) and ``metrics`` (Prometheus). Every page and API call needs an admin;
 every form carries a CSRF token (Flask-WTF); the session cookie is HttpOnly
 and SameSite=Strict. ``app.extensions["pusher"]`` (optional) is poked on
 every configuration change.
@@ -35,10 +35,11 @@ def create_app(config: dict, pusher=None) -> Flask:
     app.config.update(config)
     csrf.init_app(app)
     app.extensions["pusher"] = pusher
-    from . import api, auth, pages
+    from . import api, auth, metrics, pages
     auth.init_app(app)
     app.register_blueprint(auth.bp)
     app.register_blueprint(pages.bp)
     app.register_blueprint(api.bp)
+    app.register_blueprint(metrics.bp)
     csrf.exempt(api.bp)
     return app
