@@ -1,11 +1,12 @@
 """The configuration master's dashboard: a Flask app factory.
 
-``create_app(config)`` builds the app with its blueprints: ``auth``
-(login, logout, the login limiter), ``pages`` (nodes, users) and ``api``
-(JSON under ``/api``, HTTP Basic) and ``metrics`` (Prometheus). Every page and API call needs an admin;
-every form carries a CSRF token (Flask-WTF); the session cookie is HttpOnly
-and SameSite=Strict. ``app.extensions["pusher"]`` (optional) is poked on
-every configuration change.
+``create_app(config)`` builds the app with its blueprints: ``auth`` (login,
+logout, the login limiter), ``pages`` (nodes, users, registrations, restart),
+``api`` (JSON under ``/api``, HTTP Basic) and ``metrics`` (Prometheus). Every
+page and API call needs an admin; every form carries a CSRF token
+(Flask-WTF); the session cookie is HttpOnly and SameSite=Strict.
+``app.extensions["pusher"]`` (optional) is poked on every configuration
+change, and its bus asks the nodes for state and bindings.
 """
 
 from flask import Flask
