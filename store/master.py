@@ -139,7 +139,8 @@ def domain() -> str:
     """The cluster's SIP domain (also the digest realm)."""
     value = get_setting("domain")
     if not value:
-        raise StoreError("the master has no domain: run `run.py master init` first")
+        raise StoreError("the master has no domain: set [master] domain and run "
+                         "`run.py master init`")
     return str(value)
 
 

@@ -29,10 +29,11 @@ log = logging.getLogger(__name__)
 
 def init(settings) -> int:
     """First run: files, database, domain and the admin account."""
+    if not settings.domain:
+        raise SettingsError("set [master] domain (the SIP domain, e.g. example.test) first")
     password = init_files(settings)
     ms.init_master_store(settings.database_url)
-    if settings.domain:
-        ms.setup(settings.domain)
+    ms.setup(settings.domain)
     if password is not None:
         ms.add_admin("admin", password)
         sys.stdout.write(f"admin password: {password}\n"
