@@ -234,6 +234,28 @@ def list_nodes() -> list[dict[str, Any]]:
     return list(cast(Iterable[dict[str, Any]], rows))
 
 
+MAX_WEIGHT = 65535
+"""Largest SRV weight (RFC 2782: 16 bits)."""
+
+
+def set_weight(node_id: str, weight: int) -> None:
+    """Set a node's SRV weight (0 to 65535); ``StoreError`` for a bad value or node."""
+    if not isinstance(weight, int) or isinstance(weight, bool) or not 0 <= weight <= MAX_WEIGHT:
+        raise StoreError("weight of %s must be an integer from 0 to %d" % (node_id, MAX_WEIGHT))
+    if not ClusterNode.update(weight=weight).where(ClusterNode.node_id == node_id).execute():
+        raise StoreError("no node %r" % (node_id,))
+
+
+def zone_nodes() -> list[tuple[str, str, int, int]]:
+    """``(node id, address, SIP port, weight)`` of every node with a SIP address."""
+    out = []
+    for n in list_nodes():
+        host, _, port = str(n["sip"]).rpartition(":")
+        if host and port.isdigit():
+            out.append((str(n["node_id"]), host, int(port), int(n["weight"])))
+    return out
+
+
 def record_ack(node_id: str, version: int, error: str = "") -> None:
     """Remember what a node acknowledged (or the error of the last push)."""
     fields: dict[Any, Any] = {ClusterNode.last_error: error[:500]}

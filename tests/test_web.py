@@ -185,3 +185,30 @@ def test_metrics_without_an_answer_say_the_node_is_down(app):
     text = app.test_client().get("/metrics", headers=basic()).get_data(as_text=True)
     assert 'tandem_node_up{node="node1"} 0' in text
     assert "# TYPE tandem_node_bindings gauge" in text and "tandem_users 0" in text
+
+
+def test_dns_weights_zone_and_export(app):
+    c = app.test_client()
+    assert c.get("/dns").status_code == 302 and c.get("/dns/zone").status_code == 302
+    assert c.get("/api/dns").status_code == 401
+    r = c.get("/api/dns", headers=basic())
+    assert r.json["weights"] == {"node1": 50}
+    assert "_sip._udp.example.test." in r.json["zone"] and " 50 5060 " in r.json["zone"]
+    r = c.post("/api/dns", json={"weights": {"node1": 70}}, headers=basic())
+    assert r.status_code == 200 and " 70 5060 " in r.json["zone"]
+    for bad in ({"node1": 70000}, {"node1": "x"}, {"nodeX": 1}, {"node1": True}):
+        r = c.post("/api/dns", json={"weights": bad}, headers=basic())
+        assert r.status_code == 400, bad
+    assert c.get("/api/dns", headers=basic()).json["weights"] == {"node1": 70}
+    login(c)
+    page = c.get("/dns").get_data(as_text=True)
+    assert c.post("/dns", data={"weight-node1": "10"}).status_code == 400
+    r = c.post("/dns", data={"csrf_token": token(page), "weight-node1": "10"},
+               follow_redirects=True)
+    assert "Weights saved" in r.get_data(as_text=True)
+    r = c.post("/dns", data={"csrf_token": token(page), "weight-node1": "-3"},
+               follow_redirects=True)
+    assert "Weights not changed" in r.get_data(as_text=True)
+    export = c.get("/dns/zone")
+    assert export.headers["Content-Disposition"].endswith("example.test.zone")
+    assert " 10 5060 " in export.get_data(as_text=True)
