@@ -23,9 +23,11 @@ import time
 from dataclasses import dataclass, field
 
 import gevent
+import peewee
 
 from sipcore.zone import cluster_zone
 from store.files import check_private, make_private_dir, write_private, InsecureFileError
+from store.db import StoreError
 from store.models import close_store, init_store
 from store.users import add_user, import_users_csv
 
@@ -47,6 +49,8 @@ READY_LIMIT = 15.0
 """Seconds a node may take to answer OPTIONS after it is started."""
 WATCH_INTERVAL = 0.2
 """Seconds between two looks at the node processes."""
+WEIGHTS_EVERY = 5
+"""Looks between two reads of the master's SRV weights (the DNS follows them)."""
 
 
 def node_address(k: int, base: str = BASE_ADDRESS) -> str:
@@ -210,6 +214,8 @@ class Lab:
         self.lab_public = self.lab_secret = ""
         self.dns: DnsServer | None = None
         self.master = LabMaster(self.data, base, DOMAIN, ROOT)
+        self.weights: dict[str, int] = {}
+        self.serial = 1
         self.control = LabControlServer(self.data, self.status, self.restart)
         self.stopping = False
 
@@ -262,7 +268,7 @@ class Lab:
 
     def _start_dns(self) -> DnsServer | None:
         """Serve the lab's zone (SRV weights 50:50...) on the base address, port 53 or 5353."""
-        zone = cluster_zone(DOMAIN, [(n.id, n.address, 5060, 50) for n in self.nodes])
+        zone = self._zone()
         for port in (53, 5353):
             server = DnsServer(zone, DOMAIN, self.base, port)
             try:
@@ -272,9 +278,32 @@ class Lab:
                 log.warning("lab DNS cannot use %s:%d: %s", self.base, port, e)
         return None
 
+    def _zone(self, weights: dict[str, int] | None = None, serial: int = 1) -> str:
+        """The lab's zone: every node, with its SRV weight (50 unless given)."""
+        weights = weights or {}
+        return cluster_zone(DOMAIN, [(n.id, n.address, 5060, weights.get(n.id, 50))
+                                     for n in self.nodes], serial=serial)
+
+    def _follow_weights(self) -> None:
+        """Serve the master's SRV weights once they change (the master may be down)."""
+        try:
+            weights = self.master.weights()
+        except (StoreError, peewee.PeeweeException) as e:  # locked or missing: next time
+            log.debug("cannot read the master's weights: %s", e)
+            return
+        if weights and weights != self.weights and self.dns is not None:
+            self.serial += 1
+            self.dns.update_zone(self._zone(weights, self.serial))
+            log.info("DNS weights now %s", weights)
+        self.weights = weights
+
     def watch(self) -> None:
         """Report each node's death once, until Ctrl-C or SIGTERM; never exits on a death."""
+        looks = 0
         while not self.stopping:
+            looks += 1
+            if looks % WEIGHTS_EVERY == 0:
+                self._follow_weights()
             for node in self.watched():
                 if node.proc is not None and not node.alive() and not node.reported:
                     self._report_death(node)

@@ -84,6 +84,14 @@ class LabMaster:
         finally:
             master_store.close_master_store()
 
+    def weights(self) -> dict[str, int]:
+        """The SRV weight of each node as the master holds it (the DNS page sets them)."""
+        master_store.init_master_store(f"sqlite:///{self.dir}/master.db")
+        try:
+            return {n[0]: n[3] for n in master_store.zone_nodes()}
+        finally:
+            master_store.close_master_store()
+
     def start(self) -> None:
         """Start ``run.py master``, its output appended to its log."""
         with open(self.log_path, "ab") as logf:

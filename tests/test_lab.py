@@ -156,6 +156,20 @@ def test_the_master_provisions_every_node_and_its_death_stops_no_node(lab):
         assert json.loads(r.read())["state"]["restarts"] == 1
     assert lab_status(data)["nodes"][1]["restarts"] == 1
     assert answers_options(node_ip(base, 2))
+    weights = urllib.request.Request(
+        f"http://{base}:8080/api/dns", method="POST",
+        data=json.dumps({"weights": {"node1": 80, "node2": 20}}).encode(),
+        headers={"Content-Type": "application/json",
+                 "Authorization": request.headers["Authorization"]})
+    with urllib.request.urlopen(weights, timeout=10) as r:
+        assert r.status == 200
+    host, port = lab_status(data)["dns"].rsplit(":", 1)
+
+    def served_weights():
+        reply = dns.query.udp(dns.message.make_query("_sip._udp.example.test", "SRV"),
+                              host, port=int(port), timeout=2)
+        return sorted(r.weight for r in reply.answer[0])
+    assert wait_for(lambda: served_weights() == [20, 80], 5), served_weights()
 
 
 def test_lab_files_are_private(lab):
