@@ -1,4 +1,4 @@
-"""Tandem's one entry point: ``node``, ``user``, ``lab`` (see ``--help``)."""
+"""Tandem's one entry point: ``node``, ``master``, ``user``, ``lab`` (see ``--help``)."""
 
 from gevent import monkey
 
@@ -85,6 +85,11 @@ def cmd_user(args) -> int:
         cfg = load_config(args.config)
         if sqlite_dir(cfg):
             os.makedirs(sqlite_dir(cfg), exist_ok=True)
+        if cfg.master_key:
+            log.error("%s takes its users from the configuration master ([cluster] master_key): "
+                      "add them there (the dashboard's Users page or POST /api/users); a user "
+                      "written here would be removed by the master's next push", args.config)
+            return 2
         init_store(cfg.database)
         if args.action == "add":
             add_user(args.name, cfg.domain, args.password, replace=True)
@@ -117,6 +122,13 @@ def cmd_lab(args) -> int:
     return 0
 
 
+def cmd_master(args) -> int:
+    """Set up or run the configuration master (the dashboard)."""
+    from web.serve import cmd_master as run_master
+    setup_logging("INFO", "master")
+    return run_master(args)
+
+
 def main(argv=None) -> int:
     """Parse the command line and run the chosen command."""
     from actors.keys import cmd_keys, configure_parser as configure_keys
@@ -139,6 +151,12 @@ def main(argv=None) -> int:
     imp = usub.add_parser("import", help="import users from a CSV (username,password)")
     imp.add_argument("file")
     user.set_defaults(func=cmd_user)
+    master = sub.add_parser("master", help="run the configuration master (or: master init)")
+    master.add_argument("action", nargs="?", default="run", choices=("run", "init"),
+                        help="run the dashboard (default), or set up its data folder, "
+                             "database, key pair and admin account")
+    master.add_argument("--config", required=True, help="master configuration (TOML)")
+    master.set_defaults(func=cmd_master)
     keys = sub.add_parser("keys", help="make a CurveZMQ key pair")
     configure_keys(keys)
     keys.set_defaults(func=cmd_keys)

@@ -110,6 +110,8 @@ class NodeConfig:
     alone_wait: float = 3.0
     control_keys: list[str] = field(default_factory=list)
     """Public keys (Z85) of clients allowed on the control endpoint besides peers (dashboard)."""
+    master_key: str = ""
+    """The configuration master's public key (Z85): the only client whose pushes are applied."""
     hwm: int = 10000
     """ZeroMQ high-water mark (messages) of the replication PUB and SUB sockets."""
     snapshot_batch: int = 1000
@@ -145,7 +147,7 @@ _SECTIONS = {
                 "secret_key": "secret_key", "public_key": "public_key",
                 "heartbeat": "heartbeat", "suspect_after": "suspect_after",
                 "dead_after": "dead_after", "alone_wait": "alone_wait",
-                "control_keys": "control_keys", "hwm": "hwm", "snapshot_batch": "snapshot_batch",
+                "control_keys": "control_keys", "master_key": "master_key", "hwm": "hwm", "snapshot_batch": "snapshot_batch",
                 "snapshot_rate": "snapshot_rate", "sync_timeout": "sync_timeout"},
 }
 

@@ -8,7 +8,9 @@ The configuration master (and the tests' convergence check) sends
 ``[cluster] control_keys``.
 
 Commands (``help`` and ``ping`` built in) are plain callables taking the
-request dict and returning a JSON-ready result; ``attach_replicator``
+request dict and returning a JSON-ready result; the dict's ``"from"`` is
+set to the client's ZAP name (whatever the client wrote there), so a
+handler can tell the master from a peer; ``attach_replicator``
 registers ``status`` and ``digest``, and the node may add more with
 ``handle``. One greenlet owns the socket and answers requests one at a time.
 """
@@ -88,6 +90,7 @@ class ControlServer:
         self.stats["requests"] += 1
         try:
             request = unpack(body)
+            request["from"] = user
             cmd = request.get("cmd")
             fn = self.handlers.get(cmd) if isinstance(cmd, str) else None
             if fn is None:

@@ -23,9 +23,11 @@ import time
 from dataclasses import dataclass, field
 
 import gevent
+import peewee
 
 from sipcore.zone import cluster_zone
 from store.files import check_private, make_private_dir, write_private, InsecureFileError
+from store.db import StoreError
 from store.models import close_store, init_store
 from store.users import add_user, import_users_csv
 
@@ -33,6 +35,7 @@ from .bus import Bus, BusError, request
 from .dnsserver import DnsServer
 from .keys import Member, cluster_toml, load_or_create_keypair
 from .lab_control import LabControlError, LabControlServer
+from .lab_master import LabMaster
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +49,8 @@ READY_LIMIT = 15.0
 """Seconds a node may take to answer OPTIONS after it is started."""
 WATCH_INTERVAL = 0.2
 """Seconds between two looks at the node processes."""
+WEIGHTS_EVERY = 5
+"""Looks between two reads of the master's SRV weights (the DNS follows them)."""
 
 
 def node_address(k: int, base: str = BASE_ADDRESS) -> str:
@@ -66,7 +71,7 @@ def lab_members(data: str, n: int, base: str = BASE_ADDRESS) -> list[Member]:
 
 
 def write_node_config(data: str, k: int, secret: str, members: list[Member],
-                      lab_key: str, base: str = BASE_ADDRESS) -> str:
+                      lab_key: str, base: str = BASE_ADDRESS, master_key: str = "") -> str:
     """Write lab node ``k``'s configuration (mode 0600); return its path."""
     node_dir = make_private_dir(os.path.join(data, f"node{k}"))
     text = f"""[node]
@@ -87,7 +92,8 @@ url = "sqlite:///{node_dir}/tandem.db"
 
 """
     if len(members) > 1:
-        text += cluster_toml(members[k - 1], members, control_keys=[lab_key])
+        extra = {"master_key": master_key} if master_key else {}
+        text += cluster_toml(members[k - 1], members, control_keys=[lab_key], **extra)
     return write_private(os.path.join(node_dir, "node.toml"), text)
 
 
@@ -207,6 +213,9 @@ class Lab:
         self.members: list[Member] = []
         self.lab_public = self.lab_secret = ""
         self.dns: DnsServer | None = None
+        self.master = LabMaster(self.data, base, DOMAIN, ROOT)
+        self.weights: dict[str, int] = {}
+        self.serial = 1
         self.control = LabControlServer(self.data, self.status, self.restart)
         self.stopping = False
 
@@ -220,8 +229,10 @@ class Lab:
         secret = _private_secret(os.path.join(self.data, "auth.secret"))
         self.members = lab_members(self.data, self.n, self.base)
         self.lab_public, self.lab_secret = load_or_create_keypair(os.path.join(self.data, "lab"))
+        master_key = self.master.public_key()
         for k in range(1, self.n + 1):
-            cfg = write_node_config(self.data, k, secret, self.members, self.lab_public, self.base)
+            cfg = write_node_config(self.data, k, secret, self.members, self.lab_public, self.base,
+                                    master_key)
             init_store(f"sqlite:///{self.data}/node{k}/tandem.db")
             try:
                 for name, pw in DEMO_USERS:
@@ -232,6 +243,12 @@ class Lab:
                 close_store()
             self.nodes.append(LabNode(k, node_address(k, self.base), cfg,
                                       os.path.join(self.data, f"node{k}", "node.log")))
+        self.master.setup(self.members, {n.id: f"{n.address}:5060" for n in self.nodes},
+                          DEMO_USERS, self.users_csv)
+
+    def watched(self) -> list:
+        """The processes the lab watches and restarts: the nodes and the master."""
+        return [*self.nodes, self.master]
 
     def start(self) -> bool:
         """Start every node and wait until each answers; False (logged) if one does not."""
@@ -241,13 +258,17 @@ class Lab:
             if not node.wait_ready():
                 log.error("%s did not start; see %s", node.id, node.log_path)
                 return False
+        self.master.start()
+        if not self.master.wait_ready():
+            log.error("the master did not start; see %s (the nodes go on serving)",
+                      self.master.log_path)
         self.dns = self._start_dns()
         self.control.start()
         return True
 
     def _start_dns(self) -> DnsServer | None:
         """Serve the lab's zone (SRV weights 50:50...) on the base address, port 53 or 5353."""
-        zone = cluster_zone(DOMAIN, [(n.id, n.address, 5060, 50) for n in self.nodes])
+        zone = self._zone()
         for port in (53, 5353):
             server = DnsServer(zone, DOMAIN, self.base, port)
             try:
@@ -257,15 +278,38 @@ class Lab:
                 log.warning("lab DNS cannot use %s:%d: %s", self.base, port, e)
         return None
 
+    def _zone(self, weights: dict[str, int] | None = None, serial: int = 1) -> str:
+        """The lab's zone: every node, with its SRV weight (50 unless given)."""
+        weights = weights or {}
+        return cluster_zone(DOMAIN, [(n.id, n.address, 5060, weights.get(n.id, 50))
+                                     for n in self.nodes], serial=serial)
+
+    def _follow_weights(self) -> None:
+        """Serve the master's SRV weights once they change (the master may be down)."""
+        try:
+            weights = self.master.weights()
+        except (StoreError, peewee.PeeweeException) as e:  # locked or missing: next time
+            log.debug("cannot read the master's weights: %s", e)
+            return
+        if weights and weights != self.weights and self.dns is not None:
+            self.serial += 1
+            self.dns.update_zone(self._zone(weights, self.serial))
+            log.info("DNS weights now %s", weights)
+        self.weights = weights
+
     def watch(self) -> None:
         """Report each node's death once, until Ctrl-C or SIGTERM; never exits on a death."""
+        looks = 0
         while not self.stopping:
-            for node in self.nodes:
+            looks += 1
+            if looks % WEIGHTS_EVERY == 0:
+                self._follow_weights()
+            for node in self.watched():
                 if node.proc is not None and not node.alive() and not node.reported:
                     self._report_death(node)
             gevent.sleep(WATCH_INTERVAL)
 
-    def _report_death(self, node: LabNode) -> None:
+    def _report_death(self, node) -> None:
         assert node.proc is not None
         node.reported = True
         node.deaths += 1
@@ -286,14 +330,14 @@ class Lab:
 
     def status(self) -> dict:
         """Every node's process state (the control socket's ``status``)."""
-        return {"nodes": [n.status() for n in self.nodes],
+        return {"nodes": [n.status() for n in self.nodes], "master": self.master.status(),
                 "dns": f"{self.base}:{self.dns.port}" if self.dns else None}
 
     def restart(self, node_id: str) -> dict:
         """Stop (if running) and start node ``node_id``; wait until it answers OPTIONS."""
-        node = next((n for n in self.nodes if n.id == node_id), None)
+        node = next((n for n in self.watched() if n.id == node_id), None)
         if node is None:
-            known = ", ".join(n.id for n in self.nodes)
+            known = ", ".join(n.id for n in self.watched())
             raise LabControlError(f"no node {node_id!r} in this lab; known: {known}")
         if node.alive():
             node.reported = True  # a stop asked for is not a death to report
@@ -311,11 +355,11 @@ class Lab:
         self.control.stop()
         if self.dns is not None:
             self.dns.stop()
-        for node in self.nodes:
+        for node in self.watched():
             if node.alive():
                 assert node.proc is not None
                 node.proc.terminate()
-        for node in self.nodes:
+        for node in self.watched():
             node.stop()
 
     def replication_states(self, limit: float = 15.0) -> dict:
@@ -356,6 +400,11 @@ class Lab:
                   f"domain {DOMAIN}" + (f" (or any other node: {others})" if others else ""),
                   "Users (username / password):"]
         lines += [f"  {u} / {p}" for u, p in DEMO_USERS]
+        if self.master.alive():
+            lines += ["", f"Dashboard (configuration master): {self.master.url}, "
+                      f"admin / {self.master.password()}",
+                      f"  (password kept in {self.master.dir}/admin-password, mode 0600; "
+                      "users added there reach every node)"]
         lines += ["", f"Try: sipsak -U -s sip:alice@{first} -u alice -a alice-secret -x 120 -vv",
                   f"Kill a node to see failover; the lab reports it and keeps serving. "
                   f"State: bash scripts/lab.sh status --data {self.data}", ""]

@@ -32,11 +32,13 @@ from . import logs
 from .bus import BusError
 from .config import (ConfigError, NodeConfig, guard_settings, load_config, registrar_rules,
                      server_uris, sqlite_dir)
+from .config_sync import attach_config_sync
 from .front import STATUS_EVERY, FrontProcess
 from .front import paths as front_paths
 from .process import tune_gc
 from .proxy import ProxyActor
 from .registrar import RegistrarActor
+from .registrations import attach_registrations
 from .replicator import attach_replicator
 from .transport import Limits, Transport
 
@@ -124,7 +126,7 @@ class Node:
         loaded = self.location.load(
             b for b in map(Binding.from_record, binding_store.load_bindings(include_deleted=True))
             if b.expires_at > now)
-        users = UserDirectory(cfg.domain)
+        users = self.users = UserDirectory(cfg.domain)
         users.reload()
         self.users = users
         secret = bytes.fromhex(cfg.auth_secret) if cfg.auth_secret else secrets.token_bytes(32)
@@ -153,6 +155,8 @@ class Node:
             self.replicator.control.handle("bans", self._list_bans)
             self.replicator.control.handle("unban", self._unban)
             self.replicator.control.handle("ban", self._ban)
+        attach_config_sync(self)
+        attach_registrations(self)
         self.transport.start()
         self.registrar.greenlet = self.group.spawn(self.registrar.run)
         self.registrar.greenlet.link_exception(self._actor_died)

@@ -42,6 +42,7 @@ from sipcore.replication_wire import MAX_BANS, decode_bans, encode_bans
 from . import bus as busmod
 from .bus import BUS_DOMAIN, CONTROL_DOMAIN, Bus, BusError, recv, recv_from, send
 from .config import NodeConfig
+from .config_sync import MASTER
 from .control import ControlServer
 
 log = logging.getLogger(__name__)
@@ -73,8 +74,8 @@ def yield_to_sip(limit: float = YIELD_LIMIT) -> None:
 
 
 def make_bus(cfg: NodeConfig) -> Bus:
-    """The node's bus: its key pair; peers on the bus, and peers, itself and
-    ``control_keys`` on the control endpoint. Raises ``BusError`` on a bad key."""
+    """The node's bus: its key pair; peers on the bus, and peers, itself,
+    ``control_keys`` and the master (named ``master``) on the control endpoint. Raises ``BusError`` on a bad key."""
     if not cfg.secret_key or not cfg.public_key:
         raise BusError("the cluster needs [cluster] secret_key and public_key "
                        "(make them with `run.py keys`)")
@@ -86,6 +87,8 @@ def make_bus(cfg: NodeConfig) -> Bus:
         peers[p.public_key] = p.id
     bus.allow(BUS_DOMAIN, peers)
     control = {k: f"client{i}" for i, k in enumerate(cfg.control_keys)}
+    if cfg.master_key:
+        control[cfg.master_key] = MASTER
     bus.allow(CONTROL_DOMAIN, {**control, **peers, cfg.public_key: cfg.id})
     return bus
 

@@ -133,55 +133,67 @@ def add_user(username: str, domain: str, password: str, *,
     log.info("user %s@%s added", username, domain)
 
 
-def import_users_csv(path: str, domain: str) -> int:
-    """Import users of ``domain`` from a CSV file; return how many.
+def read_users_csv(handle: Iterable[str], name: str) -> list[tuple[str, str]]:
+    """The ``(username, password)`` rows of a users CSV read from ``handle``.
 
-    The file (UTF-8) starts with the header ``username,password``; each
-    further line is one user. Fields are taken as written (no trimming).
-    Existing users get the new password; users not in the file are left
-    alone. The file is checked whole before anything is written, and a bad
-    line raises :class:`StoreError` naming the file and line number.
+    The text starts with the header ``username,password``; each further line
+    is one user. Fields are taken as written (no trimming). A bad line raises
+    :class:`StoreError` naming ``name`` (the file) and the line number.
     """
-    validate_domain(domain)
     rows = []
     seen: dict[str, int] = {}
     try:
-        with open(path, newline="", encoding="utf-8-sig") as handle:
-            reader = csv.reader(handle)
-            header = None
-            for fields in reader:
-                line = reader.line_num
-                if not fields:
-                    continue
-                if header is None:
-                    header = [field.strip().lower() for field in fields]
-                    if header != CSV_HEADER:
-                        raise StoreError(
-                            "%s line %d: header must be 'username,password',"
-                            " not %r" % (path, line, ",".join(fields)))
-                    continue
-                if len(fields) != 2:
+        reader = csv.reader(handle)
+        header = None
+        for fields in reader:
+            line = reader.line_num
+            if not fields:
+                continue
+            if header is None:
+                header = [field.strip().lower() for field in fields]
+                if header != CSV_HEADER:
                     raise StoreError(
-                        "%s line %d: expected 2 fields (username,password), "
-                        "got %d" % (path, line, len(fields)))
-                username, password = fields
-                try:
-                    validate_username(username)
-                    _validate_password(password)
-                except StoreError as exc:
-                    raise StoreError("%s line %d: %s"
-                                     % (path, line, exc)) from None
-                if username in seen:
-                    raise StoreError("%s line %d: user %r already on line %d"
-                                     % (path, line, username, seen[username]))
-                seen[username] = line
-                rows.append(_row(username, domain, password, True))
+                        "%s line %d: header must be 'username,password',"
+                        " not %r" % (name, line, ",".join(fields)))
+                continue
+            if len(fields) != 2:
+                raise StoreError(
+                    "%s line %d: expected 2 fields (username,password), "
+                    "got %d" % (name, line, len(fields)))
+            username, password = fields
+            try:
+                validate_username(username)
+                _validate_password(password)
+            except StoreError as exc:
+                raise StoreError("%s line %d: %s"
+                                 % (name, line, exc)) from None
+            if username in seen:
+                raise StoreError("%s line %d: user %r already on line %d"
+                                 % (name, line, username, seen[username]))
+            seen[username] = line
+            rows.append((username, password))
+    except (csv.Error, UnicodeDecodeError) as exc:
+        raise StoreError("users file %s is not valid UTF-8 CSV: %s"
+                         % (name, exc)) from exc
+    return rows
+
+
+def import_users_csv(path: str, domain: str) -> int:
+    """Import users of ``domain`` from a CSV file; return how many.
+
+    The file (UTF-8) is read by :func:`read_users_csv`. Existing users get
+    the new password; users not in the file are left alone. The file is
+    checked whole before anything is written, and a bad line raises
+    :class:`StoreError` naming the file and line number.
+    """
+    validate_domain(domain)
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            pairs = read_users_csv(handle, path)
     except OSError as exc:
         raise StoreError("cannot read users file %s: %s"
                          % (path, exc)) from exc
-    except (csv.Error, UnicodeDecodeError) as exc:
-        raise StoreError("users file %s is not valid UTF-8 CSV: %s"
-                         % (path, exc)) from exc
+    rows = [_row(username, domain, password, True) for username, password in pairs]
     if rows:
         _upsert(rows)
     log.info("imported %d users of %s from %s", len(rows), domain, path)
@@ -249,3 +261,61 @@ def delete_user(username: str, domain: str) -> bool:
     if count:
         log.info("user %s@%s deleted", username, domain)
     return bool(count > 0)
+
+
+_HEX = frozenset("0123456789abcdef")
+
+
+def _ha1_row(user: dict[str, Any], domain: str) -> dict[str, Any]:
+    """A User row from a pushed ``{username, ha1_md5, ha1_sha256, enabled}``, checked."""
+    if not isinstance(user, dict):
+        raise StoreError("a pushed user must be an object, not %r" % (user,))
+    username = validate_username(user.get("username"))  # type: ignore[arg-type] # checked there
+    md5, sha256 = user.get("ha1_md5"), user.get("ha1_sha256")
+    for value, size, name in ((md5, 32, "ha1_md5"), (sha256, 64, "ha1_sha256")):
+        if not isinstance(value, str) or len(value) != size or not _HEX.issuperset(value):
+            raise StoreError("user %s: %s must be %d lowercase hex digits"
+                             % (username, name, size))
+    return {"username": username, "domain": domain, "ha1_md5": md5, "ha1_sha256": sha256,
+            "enabled": bool(user.get("enabled", True)), "created_at": time.time()}
+
+
+def replace_users(domain: str, users: list[dict[str, Any]]) -> tuple[int, int]:
+    """Make ``domain``'s users exactly ``users`` (HA1s as the master pushes them).
+
+    Each item is ``{"username", "ha1_md5", "ha1_sha256", "enabled"}``; every
+    item is checked before anything is written, and the whole change is one
+    transaction, so a node holds either the old set or the new one; only the
+    users that differ are written. Returns ``(written, deleted)``.
+    """
+    validate_domain(domain)
+    rows = [_ha1_row(u, domain) for u in users]
+    names = {r["username"] for r in rows}
+    if len(names) != len(rows):
+        raise StoreError("the pushed users name someone twice")
+    db = get_database()
+    try:
+        with db.atomic():
+            # Only what differs is written: a push carries every user, and
+            # one changed password must not rewrite ten thousand rows.
+            query = (User.select(User.username, User.ha1_md5, User.ha1_sha256, User.enabled)
+                     .where(User.domain == domain).tuples())
+            present = {u: (md5, sha256, bool(enabled)) for u, md5, sha256, enabled in
+                       cast(Iterable[tuple[str, str, str, bool]], query)}
+            rows = [r for r in rows if present.get(r["username"])
+                    != (r["ha1_md5"], r["ha1_sha256"], r["enabled"])]
+            for chunk in peewee.chunked(rows, _ROWS_PER_STATEMENT):
+                (User.insert_many(chunk)
+                 .on_conflict(conflict_target=[User.username, User.domain],
+                              preserve=[User.ha1_md5, User.ha1_sha256, User.enabled])
+                 .as_rowcount()
+                 .execute())
+            gone = sorted(set(present) - names)
+            for names_chunk in peewee.chunked(gone, _ROWS_PER_STATEMENT):
+                (User.delete()
+                 .where((User.domain == domain) & (User.username.in_(names_chunk)))
+                 .execute())
+            _changed()
+    except peewee.PeeweeException as exc:
+        raise StoreError("cannot write users: %s" % exc) from exc
+    return len(rows), len(gone)

@@ -116,10 +116,67 @@ def test_a_killed_node_is_reported_and_the_rest_serves_until_it_is_restarted(lab
     assert not answers_options(node1)
 
 
+def sipsak_register(address: str, user: str, password: str) -> bool:
+    reg = subprocess.run(["sipsak", "-U", "-s", f"sip:{user}@{address}", "-u", user,
+                          "-a", password, "-x", "60"], capture_output=True, text=True, timeout=30)
+    return reg.returncode == 0
+
+
+def test_the_master_provisions_every_node_and_its_death_stops_no_node(lab):
+    import base64
+    import urllib.request
+    proc, data, base, out_path = lab
+    with open(os.path.join(data, "master", "admin-password")) as f:
+        password = f.read().strip()
+    text = out_path.read_text()
+    assert f"http://{base}:8080, admin / {password}" in text
+    request = urllib.request.Request(
+        f"http://{base}:8080/api/users", method="POST",
+        data=json.dumps({"username": "lab-zed", "password": "zed-pw"}).encode(),
+        headers={"Content-Type": "application/json", "Authorization": "Basic "
+                 + base64.b64encode(f"admin:{password}".encode()).decode()})
+    with urllib.request.urlopen(request, timeout=10) as r:
+        assert r.status == 201
+    for k in (1, 2):
+        assert wait_for(lambda k=k: sipsak_register(node_ip(base, k), "lab-zed", "zed-pw"), 10)
+    os.kill(lab_status(data)["master"]["pid"], signal.SIGKILL)
+    assert wait_for(lambda: "master" in out_path.read_text()
+                    and "died: killed by SIGKILL" in out_path.read_text(), 10)
+    assert proc.poll() is None
+    for k in (1, 2):
+        assert sipsak_register(node_ip(base, k), "lab-zed", "zed-pw")
+        assert sipsak_register(node_ip(base, k), "alice", "alice-secret")
+    restarted = run_py("lab", "restart", "master", "--data", data)
+    assert restarted.returncode == 0, restarted.stderr
+    assert lab_status(data)["master"]["running"] is True
+    restart = urllib.request.Request(
+        f"http://{base}:8080/api/nodes/node2/restart", method="POST",
+        headers={"Authorization": request.headers["Authorization"]})
+    with urllib.request.urlopen(restart, timeout=60) as r:
+        assert json.loads(r.read())["state"]["restarts"] == 1
+    assert lab_status(data)["nodes"][1]["restarts"] == 1
+    assert answers_options(node_ip(base, 2))
+    weights = urllib.request.Request(
+        f"http://{base}:8080/api/dns", method="POST",
+        data=json.dumps({"weights": {"node1": 80, "node2": 20}}).encode(),
+        headers={"Content-Type": "application/json",
+                 "Authorization": request.headers["Authorization"]})
+    with urllib.request.urlopen(weights, timeout=10) as r:
+        assert r.status == 200
+    host, port = lab_status(data)["dns"].rsplit(":", 1)
+
+    def served_weights():
+        reply = dns.query.udp(dns.message.make_query("_sip._udp.example.test", "SRV"),
+                              host, port=int(port), timeout=2)
+        return sorted(r.weight for r in reply.answer[0])
+    assert wait_for(lambda: served_weights() == [20, 80], 5), served_weights()
+
+
 def test_lab_files_are_private(lab):
     _proc, data, _base, _out = lab
     assert stat.S_IMODE(os.stat(data).st_mode) == 0o700
     for name in ("auth.secret", "lab.secret", "lab.sock", "node1/node.toml",
+                 "master/master.db", "master/admin-password", "master/master.secret",
                  "node1/bus.secret", "node1/tandem.db", "node2/node.toml"):
         mode = stat.S_IMODE(os.stat(os.path.join(data, name)).st_mode)
         assert mode & 0o077 == 0, f"{name} has mode {mode:04o}"

@@ -58,3 +58,11 @@ def test_the_check_sees_a_forbidden_import(tmp_path):
     sample = tmp_path / "sample.py"
     sample.write_text("def f():\n    import gevent.socket\n    from actors.bus import Bus\n")
     assert {n for n in imports_of(sample) if offending(n, IO_MODULES)} == {"gevent.socket", "actors.bus"}
+
+
+@pytest.mark.parametrize("path", modules("web"), ids=lambda p: p.name)
+def test_web_uses_only_the_bus_of_a_node(path):
+    """The bus, and the lab's control socket (a supervisor, not a node)."""
+    bad = sorted(n for n in imports_of(path)
+                 if offending(n, {"actors"}) and n not in ("actors.bus", "actors.lab_control"))
+    assert not bad, f"web/{path.name} imports {bad}"

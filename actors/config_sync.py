@@ -1,0 +1,82 @@
+"""A node's side of the configuration master: apply pushed configuration versions.
+
+The master sends ``{"cmd": "config", "version": n, "domain": d, "users":
+[...]}`` to the node's control endpoint. Only the client the node's ZAP
+handler names ``master`` (the ``[cluster] master_key``) is obeyed: CurveZMQ
+proves the sender holds the master's secret key, so a peer, a dashboard
+client or anyone else gets an error and changes nothing. A version is
+applied only when it is newer than the one the node holds; the users go
+into the node's own store (one transaction) and the version into its node
+state, so a node restarted while the master is down serves the last
+configuration it got. ``config_version`` reports what the node runs.
+"""
+
+import logging
+
+from store.db import StoreError
+from store.models import get_state, set_state
+from store.users import replace_users
+
+from .bus import BusError
+
+log = logging.getLogger(__name__)
+
+MASTER = "master"
+"""The ZAP name of ``[cluster] master_key`` on the control endpoint."""
+
+VERSION_KEY = "config_version"
+"""Node state key of the configuration version the node runs."""
+
+
+class ConfigSync:
+    """Applies the master's configuration versions to one node's store."""
+
+    def __init__(self, domain: str, on_users=None):
+        self.domain = domain
+        self.on_users = on_users
+        self.stats = {"applied": 0, "stale": 0, "refused": 0}
+
+    def version(self, _request: dict | None = None) -> dict:
+        """The configuration version this node runs (0: none from a master yet)."""
+        return {"version": int(get_state(VERSION_KEY, 0)), **self.stats}
+
+    def apply(self, request: dict) -> dict:
+        """Apply a configuration version pushed by the master (refused from anyone else)."""
+        if request.get("from") != MASTER:
+            self.stats["refused"] += 1
+            log.warning("refused a configuration push from %s: not the master's key",
+                        request.get("from") or "?")
+            raise BusError("configuration is accepted from the master's key only")
+        version, users = request.get("version"), request.get("users")
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise BusError("version must be a positive integer")
+        if request.get("domain") != self.domain:
+            raise BusError(f"configuration for domain {request.get('domain')!r}, "
+                           f"this node serves {self.domain!r}")
+        if not isinstance(users, list):
+            raise BusError("users must be a list")
+        current = int(get_state(VERSION_KEY, 0))
+        if version <= current:
+            self.stats["stale"] += 1
+            return {"version": current, "applied": False}
+        try:
+            written, deleted = replace_users(self.domain, users)
+        except StoreError as e:
+            raise BusError(f"configuration {version} refused: {e}") from None
+        set_state(VERSION_KEY, version)
+        self.stats["applied"] += 1
+        if self.on_users is not None:
+            self.on_users()
+        log.info("configuration %d applied: %d users, %d removed", version, written, deleted)
+        return {"version": version, "applied": True}
+
+
+def attach_config_sync(node) -> ConfigSync | None:
+    """Serve ``config`` and ``config_version`` on the node's control endpoint, if it has one."""
+    control = node.replicator.control if node.replicator is not None else None
+    if control is None:
+        return None
+    sync = ConfigSync(node.cfg.domain, node.users.reload)
+    control.handle("config", sync.apply)
+    control.handle("config_version", sync.version)
+    return sync

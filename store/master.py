@@ -1,0 +1,299 @@
+"""The configuration master's database: the cluster's source of truth.
+
+Separate from the node's models (:mod:`store.models`): its own database
+proxy, tables prefixed ``master_``, bound by :func:`init_master_store` to a
+URL (SQLite by default, PostgreSQL by URL, through :func:`store.db.open_database`).
+It holds the domain settings, the SIP users (HA1 only), the nodes, the
+configuration versions and the admin accounts (password hashes only).
+
+Every change to what nodes serve goes through :func:`new_version`, which
+numbers it; :func:`config_for` builds what is pushed for a version.
+"""
+
+import json
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any, cast
+
+import peewee
+from werkzeug.security import check_password_hash, generate_password_hash
+
+from store.db import StoreError, open_database
+from store.users import compute_ha1s, validate_domain, validate_username
+
+log = logging.getLogger(__name__)
+
+master_db = peewee.DatabaseProxy()
+"""The database of every master model; bound by :func:`init_master_store`."""
+
+MAX_USERS = 1_000_000
+"""Upper bound on SIP users the master holds (a push carries them all)."""
+
+
+class MasterModel(peewee.Model):
+    """Base of the master's models."""
+
+    class Meta:
+        database = master_db
+
+
+class Setting(MasterModel):
+    """One cluster setting (``domain``, ``aliases``...), JSON-encoded."""
+
+    key = peewee.TextField(primary_key=True)
+    value = peewee.TextField()
+
+    class Meta:
+        table_name = "master_settings"
+
+
+class SipUser(MasterModel):
+    """A SIP user of the cluster's domain: HA1 digests only, never a password."""
+
+    username = peewee.TextField(unique=True)
+    ha1_md5 = peewee.CharField(max_length=32)
+    ha1_sha256 = peewee.CharField(max_length=64)
+    enabled = peewee.BooleanField(default=True)
+    created_at = peewee.DoubleField(default=time.time)
+
+    class Meta:
+        table_name = "master_users"
+
+
+class ClusterNode(MasterModel):
+    """A node the master manages, and the last version it acknowledged."""
+
+    node_id = peewee.TextField(unique=True)
+    sip = peewee.TextField()
+    bus = peewee.TextField(default="")
+    control = peewee.TextField()
+    public_key = peewee.TextField()
+    weight = peewee.IntegerField(default=50)
+    acked_version = peewee.IntegerField(default=0)
+    acked_at = peewee.DoubleField(default=0.0)
+    last_error = peewee.TextField(default="")
+
+    class Meta:
+        table_name = "master_nodes"
+
+
+class ConfigVersion(MasterModel):
+    """One configuration version: its number, when and why it was made."""
+
+    version = peewee.AutoField()
+    created_at = peewee.DoubleField(default=time.time)
+    reason = peewee.TextField()
+
+    class Meta:
+        table_name = "master_versions"
+
+
+class Admin(MasterModel):
+    """A dashboard administrator (werkzeug's salted scrypt hash of the password)."""
+
+    username = peewee.TextField(unique=True)
+    password_hash = peewee.TextField()
+    created_at = peewee.DoubleField(default=time.time)
+
+    class Meta:
+        table_name = "master_admins"
+
+
+MASTER_MODELS = (Setting, SipUser, ClusterNode, ConfigVersion, Admin)
+"""Every master model, in table-creation order."""
+
+
+def init_master_store(url: str) -> peewee.Database:
+    """Open the master's database at ``url``, bind the models, create missing tables."""
+    db = open_database(url)
+    master_db.initialize(db)
+    try:
+        db.create_tables(MASTER_MODELS, safe=True)
+    except peewee.DatabaseError as exc:
+        raise StoreError("cannot create the master's tables: %s" % exc) from exc
+    return db
+
+
+def close_master_store() -> None:
+    """Close and unbind the master's database."""
+    db = master_db.obj
+    if db is not None and not db.is_closed():
+        db.close()
+    master_db.initialize(None)
+
+
+def get_setting(key: str, default: Any = None) -> Any:
+    """The setting under ``key``, or ``default``."""
+    row = Setting.get_or_none(Setting.key == key)
+    return default if row is None else json.loads(row.value)
+
+
+def set_setting(key: str, value: Any) -> None:
+    """Store ``value`` (JSON-ready) under ``key``."""
+    (Setting.insert(key=key, value=json.dumps(value))
+     .on_conflict(conflict_target=[Setting.key], preserve=[Setting.value]).execute())
+
+
+def domain() -> str:
+    """The cluster's SIP domain (also the digest realm)."""
+    value = get_setting("domain")
+    if not value:
+        raise StoreError("the master has no domain: set [master] domain and run "
+                         "`run.py master init`")
+    return str(value)
+
+
+def new_version(reason: str) -> int:
+    """Record a new configuration version; return its number."""
+    return ConfigVersion.create(reason=reason[:200]).version
+
+
+def current_version() -> int:
+    """The newest configuration version (0 when none was made)."""
+    return ConfigVersion.select(peewee.fn.MAX(ConfigVersion.version)).scalar() or 0
+
+
+def save_user(username: str, password: str, enabled: bool = True) -> int:
+    """Add a user or change its password; return the new configuration version."""
+    validate_username(username)
+    if not isinstance(password, str) or not password:
+        raise StoreError("password must be a non-empty string")
+    ha1 = compute_ha1s(username, domain(), password)
+    with master_db.atomic():
+        if SipUser.get_or_none(SipUser.username == username) is None \
+                and SipUser.select().count() >= MAX_USERS:
+            raise StoreError("the master holds %d users already (the limit)" % MAX_USERS)
+        (SipUser.insert(username=username, ha1_md5=ha1["MD5"], ha1_sha256=ha1["SHA-256"],
+                        enabled=bool(enabled))
+         .on_conflict(conflict_target=[SipUser.username],
+                      preserve=[SipUser.ha1_md5, SipUser.ha1_sha256, SipUser.enabled])
+         .execute())
+        version = new_version(f"user {username} saved")
+    log.info("user %s saved (configuration %d)", username, version)
+    return version
+
+
+def save_users(rows: list[tuple[str, str]], reason: str) -> int:
+    """Add or change many ``(username, password)`` at once, one version; return it."""
+    realm = domain()
+    records = []
+    for username, password in rows:
+        ha1 = compute_ha1s(validate_username(username), realm, password)
+        records.append({"username": username, "ha1_md5": ha1["MD5"],
+                        "ha1_sha256": ha1["SHA-256"], "enabled": True})
+    with master_db.atomic():
+        if SipUser.select().count() + len(records) > MAX_USERS:
+            raise StoreError("more than %d users" % MAX_USERS)
+        for chunk in peewee.chunked(records, 100):
+            (SipUser.insert_many(chunk)
+             .on_conflict(conflict_target=[SipUser.username],
+                          preserve=[SipUser.ha1_md5, SipUser.ha1_sha256, SipUser.enabled])
+             .execute())
+        return new_version(reason)
+
+
+def delete_user(username: str) -> int | None:
+    """Delete a user; the new configuration version, or None if there was no such user."""
+    with master_db.atomic():
+        if not SipUser.delete().where(SipUser.username == username).execute():
+            return None
+        return new_version(f"user {username} deleted")
+
+
+def list_users(search: str = "", limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
+    """Users by name (no HA1s), optionally those whose name contains ``search``."""
+    query = SipUser.select(SipUser.username, SipUser.enabled, SipUser.created_at)
+    if search:
+        query = query.where(SipUser.username.contains(search))
+    rows = query.order_by(SipUser.username).limit(limit).offset(offset).dicts()
+    return list(cast(Iterable[dict[str, Any]], rows))
+
+
+def count_users() -> int:
+    """How many SIP users the master holds."""
+    return SipUser.select().count()
+
+
+def save_node(node_id: str, sip: str, control: str, public_key: str, bus: str = "",
+              weight: int = 50) -> None:
+    """Add or change a node the master pushes to."""
+    if not node_id or not control or not public_key:
+        raise StoreError("a node needs an id, a control endpoint and a public key")
+    (ClusterNode.insert(node_id=node_id, sip=sip, bus=bus, control=control,
+                        public_key=public_key, weight=weight)
+     .on_conflict(conflict_target=[ClusterNode.node_id],
+                  preserve=[ClusterNode.sip, ClusterNode.bus, ClusterNode.control,
+                            ClusterNode.public_key, ClusterNode.weight])
+     .execute())
+
+
+def list_nodes() -> list[dict[str, Any]]:
+    """Every node with its endpoints, weight and acknowledged version."""
+    rows = ClusterNode.select().order_by(ClusterNode.node_id).dicts()
+    return list(cast(Iterable[dict[str, Any]], rows))
+
+
+MAX_WEIGHT = 65535
+"""Largest SRV weight (RFC 2782: 16 bits)."""
+
+
+def set_weight(node_id: str, weight: int) -> None:
+    """Set a node's SRV weight (0 to 65535); ``StoreError`` for a bad value or node."""
+    if not isinstance(weight, int) or isinstance(weight, bool) or not 0 <= weight <= MAX_WEIGHT:
+        raise StoreError("weight of %s must be an integer from 0 to %d" % (node_id, MAX_WEIGHT))
+    if not ClusterNode.update(weight=weight).where(ClusterNode.node_id == node_id).execute():
+        raise StoreError("no node %r" % (node_id,))
+
+
+def zone_nodes() -> list[tuple[str, str, int, int]]:
+    """``(node id, address, SIP port, weight)`` of every node with a SIP address."""
+    out = []
+    for n in list_nodes():
+        host, _, port = str(n["sip"]).rpartition(":")
+        if host and port.isdigit():
+            out.append((str(n["node_id"]), host, int(port), int(n["weight"])))
+    return out
+
+
+def record_ack(node_id: str, version: int, error: str = "") -> None:
+    """Remember what a node acknowledged (or the error of the last push)."""
+    fields: dict[Any, Any] = {ClusterNode.last_error: error[:500]}
+    if not error:
+        fields.update({ClusterNode.acked_version: version, ClusterNode.acked_at: time.time()})
+    ClusterNode.update(fields).where(ClusterNode.node_id == node_id).execute()
+
+
+def config_for(version: int) -> dict[str, Any]:
+    """What version ``version`` tells every node: the domain and every user's HA1s."""
+    query = (SipUser.select(SipUser.username, SipUser.ha1_md5, SipUser.ha1_sha256,
+                            SipUser.enabled).order_by(SipUser.username).dicts())
+    users = list(cast(Iterable[dict[str, Any]], query))
+    return {"version": version, "domain": domain(), "users": users}
+
+
+def add_admin(username: str, password: str) -> None:
+    """Create or reset an admin account (only a slow salted hash is kept)."""
+    if not username or not password:
+        raise StoreError("an admin needs a name and a password")
+    digest = generate_password_hash(password)
+    (Admin.insert(username=username, password_hash=digest)
+     .on_conflict(conflict_target=[Admin.username], preserve=[Admin.password_hash])
+     .execute())
+
+
+def check_admin(username: str, password: str) -> bool:
+    """Whether ``password`` is ``username``'s (a hash is checked even for an unknown name)."""
+    row = Admin.get_or_none(Admin.username == username)
+    digest = row.password_hash if row is not None else _DUMMY_HASH
+    ok = check_password_hash(digest, password or "")
+    return ok and row is not None
+
+
+_DUMMY_HASH = generate_password_hash("not a password of anyone")
+"""Checked for unknown names, so a login takes as long whether the name exists or not."""
+
+
+def setup(domain_name: str) -> None:
+    """Set the cluster's domain (first run)."""
+    set_setting("domain", validate_domain(domain_name.lower()))

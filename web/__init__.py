@@ -1,0 +1,49 @@
+"""The configuration master's dashboard: a Flask app factory.
+
+``create_app(config)`` builds the app with its blueprints: ``auth`` (login,
+logout, the login limiter), ``pages`` (nodes, users, registrations, restart),
+``dns`` (SRV weights, the zone, a BIND export),
+``api`` (JSON under ``/api``, HTTP Basic) and ``metrics`` (Prometheus). Every
+page and API call needs an admin; every form carries a CSRF token
+(Flask-WTF); the session cookie is HttpOnly and SameSite=Strict.
+``app.extensions["pusher"]`` (optional) is poked on every configuration
+change, and its bus asks the nodes for state and bindings.
+"""
+
+from flask import Flask
+from flask_wtf.csrf import CSRFProtect
+
+csrf = CSRFProtect()
+
+MAX_UPLOAD = 8 * 1024 * 1024
+"""Largest request body (a CSV import) in bytes; a bigger one gets 413."""
+
+
+def create_app(config: dict, pusher=None) -> Flask:
+    """The dashboard app; ``config`` needs ``SECRET_KEY``.
+
+    The caller binds the master store (``store.master.init_master_store``).
+    """
+    app = Flask(__name__)
+    app.config.update(
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Strict",
+        MAX_CONTENT_LENGTH=MAX_UPLOAD,
+        WTF_CSRF_TIME_LIMIT=None,
+        LOGIN_FAILURES=5,
+        LOGIN_WINDOW=60.0,
+        LAB_DATA="",
+    )
+    app.config.update(config)
+    csrf.init_app(app)
+    app.extensions["pusher"] = pusher
+    from . import api, auth, dns, metrics, pages
+    auth.init_app(app)
+    app.register_blueprint(auth.bp)
+    app.register_blueprint(pages.bp)
+    app.register_blueprint(api.bp)
+    app.register_blueprint(metrics.bp)
+    app.register_blueprint(dns.bp)
+    csrf.exempt(dns.api_set)
+    csrf.exempt(api.bp)
+    return app

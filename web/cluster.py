@@ -1,0 +1,58 @@
+"""What the dashboard asks the nodes: state and registrations, over their control endpoints.
+
+Every node is asked at once (one greenlet each) with a short bound, so a
+dead node costs one timeout per page, not one per node; its answer is
+shown as ``unreachable``. Registrations are merged by (address of record,
+contact): each comes with its primary node and the nodes that hold it.
+"""
+
+import gevent
+
+from actors.bus import BusError, request
+
+ASK_TIMEOUT = 1.0
+"""Seconds a node may take to answer the dashboard."""
+
+
+def ask_all(bus, nodes: list[dict], message: dict) -> dict:
+    """``{node id: result or {"error": text}}`` for ``message`` sent to every node."""
+    def one(node):
+        try:
+            return request(bus, node["control"], node["public_key"], message, ASK_TIMEOUT)
+        except BusError as e:
+            return {"error": str(e)}
+    jobs = {n["node_id"]: gevent.spawn(one, n) for n in nodes}
+    gevent.joinall(list(jobs.values()), timeout=ASK_TIMEOUT + 1)
+    return {k: (j.value if j.successful() and j.value is not None else {"error": "no answer"})
+            for k, j in jobs.items()}
+
+
+def node_states(bus, nodes: list[dict]) -> dict:
+    """Each node's replication state and binding count (``status``), or its error."""
+    return ask_all(bus, nodes, {"cmd": "status"})
+
+
+def registrations(bus, nodes: list[dict], user: str = "", limit: int = 100) -> dict:
+    """The registrations of every node merged: ``{"bindings", "errors", "totals"}``."""
+    answers = ask_all(bus, nodes, {"cmd": "bindings", "user": user, "limit": limit})
+    merged: dict[tuple, dict] = {}
+    errors, totals = {}, {}
+    for node_id, answer in answers.items():
+        if "error" in answer:
+            errors[node_id] = answer["error"]
+            continue
+        totals[node_id] = answer["total"]
+        for b in answer["bindings"]:
+            entry = merged.setdefault((b["aor"], b["contact"]), {**b, "present_on": []})
+            entry["present_on"].append(node_id)
+    rows = sorted(merged.values(), key=lambda b: (b["aor"], b["contact"]))[:limit]
+    return {"bindings": rows, "errors": errors, "totals": totals}
+
+
+def balance_index(bindings: list[dict]) -> float:
+    """1/Σ(nᵢ/N)² over the primary nodes: 1 when one node holds all, k when k share evenly."""
+    counts: dict[str, int] = {}
+    for b in bindings:
+        counts[b["origin"]] = counts.get(b["origin"], 0) + 1
+    total = sum(counts.values())
+    return 1 / sum((n / total) ** 2 for n in counts.values()) if total else 0.0

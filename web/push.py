@@ -1,0 +1,111 @@
+"""The master's configuration push: every node gets the newest version, over CurveZMQ.
+
+One greenlet owns the push. It wakes on every change (``poke``) and every
+``interval`` seconds, and sends the newest configuration version to each
+node that does not run it (a node that acknowledged it is asked, cheaply,
+which version it runs), on the node's control endpoint with the
+master's key pair (the nodes know it as ``[cluster] master_key``). A node
+that is down keeps its last version and gets the newest one once it answers
+again; the master is never needed for a call.
+"""
+
+import logging
+import time
+
+import gevent
+from gevent.event import Event
+
+from actors.bus import Bus, BusError, request
+from store import master as ms
+
+log = logging.getLogger(__name__)
+
+PUSH_TIMEOUT = 30.0
+"""Seconds a node may take to apply and acknowledge one version (10,000 users take about one)."""
+CHECK_TIMEOUT = 1.0
+"""Seconds a node may take to say which version it runs."""
+
+
+class Pusher:
+    """Pushes configuration versions to every node until each acknowledges the newest."""
+
+    def __init__(self, public_key: str, secret_key: str, interval: float = 2.0):
+        self.bus = Bus(public_key, secret_key, "master")
+        self.interval = interval
+        self.wake = Event()
+        self.greenlet = None
+        self._cached: tuple[int, dict] | None = None
+        self.last_round = 0.0
+
+    def start(self) -> None:
+        """Start the push greenlet."""
+        self.greenlet = gevent.spawn(self._run)
+
+    def stop(self) -> None:
+        """Stop pushing and close the bus."""
+        if self.greenlet is not None:
+            self.greenlet.kill(block=True, timeout=2)
+            self.greenlet = None
+        self.bus.close()
+
+    def poke(self) -> None:
+        """Push at once (a change was made)."""
+        self.wake.set()
+
+    def _run(self) -> None:
+        while True:
+            self.wake.wait(self.interval)
+            self.wake.clear()
+            try:
+                self.push_round()
+            except Exception:
+                log.exception("configuration push round failed")
+
+    def _config(self, version: int) -> dict:
+        if self._cached is None or self._cached[0] != version:
+            self._cached = (version, ms.config_for(version))
+        return self._cached[1]
+
+    def push_round(self) -> dict:
+        """Send the newest version to every node behind it; ``{node id: outcome}``."""
+        version = ms.current_version()
+        outcome = {}
+        if version == 0:
+            return outcome
+        jobs = {n["node_id"]: gevent.spawn(self._check_and_push, n, version)
+                for n in ms.list_nodes()}
+        gevent.joinall(list(jobs.values()), timeout=PUSH_TIMEOUT + 1)
+        for node_id, job in jobs.items():
+            outcome[node_id] = job.value if job.successful() else "push failed"
+        self.last_round = time.time()
+        return outcome
+
+    def _check_and_push(self, node: dict, version: int) -> str:
+        """Push ``version`` to a node behind it; a node thought current is asked first
+        (cheaply), since it may have lost its store and restarted meanwhile."""
+        if node["acked_version"] >= version:
+            try:
+                running = request(self.bus, node["control"], node["public_key"],
+                                  {"cmd": "config_version"}, timeout=CHECK_TIMEOUT)["version"]
+            except BusError as e:
+                ms.record_ack(node["node_id"], node["acked_version"], str(e))
+                return str(e)
+            if running >= version:
+                if node["last_error"]:
+                    ms.record_ack(node["node_id"], running)
+                return f"version {running}"
+        return self._push(node, version)
+
+    def _push(self, node: dict, version: int) -> str:
+        message = {"cmd": "config", **self._config(version)}
+        try:
+            result = request(self.bus, node["control"], node["public_key"], message,
+                             timeout=PUSH_TIMEOUT)
+        except BusError as e:
+            ms.record_ack(node["node_id"], version, str(e))
+            log.info("node %s did not take configuration %d: %s", node["node_id"], version, e)
+            return str(e)
+        acked = int(result.get("version", 0))
+        ms.record_ack(node["node_id"], acked)
+        log.info("node %s runs configuration %d", node["node_id"], acked)
+        return f"version {acked}"

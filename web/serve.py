@@ -1,0 +1,85 @@
+"""``run.py master``: set up (``init``) or run the configuration master.
+
+``init`` makes the data folder, the database (0600), the master's CurveZMQ
+key pair and the first admin ``admin`` with a generated password, written
+to ``<data_dir>/admin-password`` (0600) and shown once on the terminal.
+Running opens the database, records the ``[[nodes]]`` of the configuration,
+starts the pusher and serves the dashboard with gevent's WSGI server until
+SIGTERM.
+"""
+
+import logging
+import os
+import signal
+import sys
+
+import gevent
+from gevent.event import Event
+from gevent.pywsgi import WSGIServer
+
+from store import master as ms
+from store.db import StoreError
+
+from . import create_app
+from .push import Pusher
+from .settings import SettingsError, init_files, load_settings, read_secret
+
+log = logging.getLogger(__name__)
+
+
+def init(settings) -> int:
+    """First run: files, database, domain and the admin account."""
+    if not settings.domain:
+        raise SettingsError("set [master] domain (the SIP domain, e.g. example.test) first")
+    password = init_files(settings)
+    ms.init_master_store(settings.database_url)
+    ms.setup(settings.domain)
+    if password is not None:
+        ms.add_admin("admin", password)
+        sys.stdout.write(f"admin password: {password}\n"
+                         f"(also in {settings.path('admin-password')}, mode 0600)\n")
+    public = read_secret(settings.path("master.public"))
+    sys.stdout.write(f"master public key (each node's [cluster] master_key): {public}\n")
+    return 0
+
+
+def serve(settings) -> int:
+    """Run the dashboard and the pusher until SIGTERM or SIGINT."""
+    ms.init_master_store(settings.database_url)
+    for n in settings.nodes:
+        ms.save_node(n["id"], n["sip"], n["control"], n["public_key"], n.get("bus", ""),
+                     int(n.get("weight", 50)))
+    pusher = Pusher(read_secret(settings.path("master.public")),
+                    read_secret(settings.path("master.secret")), settings.push_interval)
+    app = create_app({"SECRET_KEY": read_secret(settings.path("session.key")),
+                      "LAB_DATA": settings.lab_data}, pusher)
+    host, _, port = settings.listen.rpartition(":")
+    server = WSGIServer((host, int(port)), app, log=None)
+    server.start()
+    pusher.start()
+    pusher.poke()
+    log.info("dashboard on http://%s, domain %s, %d nodes", settings.listen, ms.domain(),
+             len(settings.nodes))
+    stopped = Event()
+    gevent.signal_handler(signal.SIGTERM, stopped.set)
+    gevent.signal_handler(signal.SIGINT, stopped.set)
+    stopped.wait()
+    server.stop(timeout=2)
+    pusher.stop()
+    ms.close_master_store()
+    return 0
+
+
+def cmd_master(args) -> int:
+    """``run.py master [init] --config master.toml``."""
+    try:
+        settings = load_settings(args.config)
+        if args.action == "init":
+            return init(settings)
+        if not os.path.exists(settings.path("master.secret")):
+            raise SettingsError(f"{settings.data_dir} is not set up: run "
+                                f"`run.py master init --config {args.config}` first")
+        return serve(settings)
+    except (SettingsError, StoreError, OSError) as e:
+        log.error("%s", e)
+        return 2
