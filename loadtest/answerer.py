@@ -61,6 +61,13 @@ class AnsweringAgent:
         """Start answering."""
         self._loop = gevent.spawn(self._serve)
 
+    def unregister(self) -> int:
+        """Remove the agent's contacts (Expires 0) at the node each was registered with;
+        return how many got a 2xx."""
+        if not self.phones:
+            return 0
+        return self.register(self.phones[0].server, [], self.phones[0].domain, 0)
+
     def stop(self) -> None:
         """Stop answering and close every socket."""
         if self._loop is not None:

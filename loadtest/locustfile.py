@@ -30,11 +30,15 @@ re-INVITE), BYE (hangup). A failure is reported with its SIP status
 import itertools
 import os
 import random
+import sys
 import time
 from urllib.parse import urlparse
 
 import gevent
 from locust import User, between, events, task
+
+# Locust puts this file's folder on the path, not the repository's root.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from actors.dns import Resolver
 from loadtest.answerer import AnsweringAgent
@@ -133,6 +137,7 @@ def stop_answering(environment, **_kw):
         _refresher.kill()
         _refresher = None
     if _agent is not None:
+        _agent.unregister()
         _agent.stop()
         _agent = None
 
@@ -164,7 +169,8 @@ class SipPhone(User):
         self.register()
 
     def on_stop(self):
-        """Close the socket."""
+        """Unregister (a phone switched off) and close the socket."""
+        timed("REGISTER", "unregister", lambda: self.client.register(0))
         self.client.close()
 
 
