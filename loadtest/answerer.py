@@ -41,13 +41,16 @@ class AnsweringAgent:
     is called from one greenlet), their responses handed over by a queue.
     """
 
-    def __init__(self, local_ip: str = "127.0.0.1", ring: float = 0.05, t1: float = 0.5):
+    def __init__(self, local_ip: str = "127.0.0.1", ring: float = 0.05, t1: float = 0.5,
+                 timeout: float = 8.0):
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind((local_ip, 0))
         self.local = self.sock.getsockname()
         self.ring = ring
         self.t1 = t1
+        self.timeout = timeout
         self.phones: list[SipClient] = []
+        self.nodes: list[tuple[str, int]] = []
         self.answered = 0
         self.ended = 0
         self._last: OrderedDict[str, bytes] = OrderedDict()
@@ -62,11 +65,8 @@ class AnsweringAgent:
         self._loop = gevent.spawn(self._serve)
 
     def unregister(self) -> int:
-        """Remove the agent's contacts (Expires 0) at the node each was registered with;
-        return how many got a 2xx."""
-        if not self.phones:
-            return 0
-        return self.register(self.phones[0].server, [], self.phones[0].domain, 0)
+        """Remove the agent's contacts (Expires 0); return how many got a 2xx."""
+        return self.register(self.nodes, [], "", 0) if self.phones else 0
 
     def stop(self) -> None:
         """Stop answering and close every socket."""
@@ -77,21 +77,28 @@ class AnsweringAgent:
             phone.close()
         self.sock.close()
 
-    def register(self, server: tuple[str, int], users: list[tuple[str, str]], domain: str,
+    def register(self, nodes: list[tuple[str, int]], users: list[tuple[str, str]], domain: str,
                  expires: int = 300) -> int:
         """Register (or refresh) ``users`` with this agent as their contact; return how many
-        got a 2xx. Failures are logged with their status."""
+        got a 2xx. A node that does not answer is put last, and the user tried at the next
+        one, as a phone does; failures are logged with their status."""
         if not self.phones:
             # Registered from this socket: the proxy sends calls back over the REGISTER's flow.
-            self.phones = [SipClient(server, u, pw, domain, shared=(self.sock, self._responses))
-                           for u, pw in users]
+            self.phones = [SipClient(nodes[0], u, pw, domain, timeout=self.timeout,
+                                     shared=(self.sock, self._responses)) for u, pw in users]
+        self.nodes = list(nodes)
         ok = 0
         for phone in self.phones:
-            phone.server = server
-            try:
-                resp = phone.register(expires)
-            except SipClientError as e:
-                log.warning("answerer: REGISTER %s failed: %s", phone.user, e)
+            for _ in self.nodes:
+                phone.server = self.nodes[0]
+                try:
+                    resp = phone.register(expires)
+                    break
+                except SipClientError as e:
+                    log.warning("answerer: REGISTER %s at %s failed: %s", phone.user,
+                                phone.server, e)
+                    self.nodes.append(self.nodes.pop(0))
+            else:
                 continue
             if resp.status < 300:
                 ok += 1
