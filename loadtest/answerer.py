@@ -6,7 +6,8 @@ and answers what the proxy brings: an INVITE gets ``180 Ringing`` at once
 and ``200 OK`` with an SDP answer after ``ring`` seconds, the 200 sent again
 (Timer G's doubling, §13.3.1.4) until its ACK comes or 32 s pass; a
 re-INVITE gets 200 at once; BYE 200; CANCEL 200 and the INVITE 487 if it is
-not answered yet; OPTIONS 200; anything else 501. A retransmitted request
+not answered yet (200 alone if it is, 481 if it is unknown); OPTIONS 200;
+anything else 501. A retransmitted request
 gets the last response again. What it keeps per call is bounded.
 """
 
@@ -27,7 +28,7 @@ from sipcore.message import Request, make_response, parse_message
 log = logging.getLogger(__name__)
 
 MAX_REMEMBERED = 10000
-"""Transactions (by branch) whose last response is kept for retransmissions."""
+"""Transactions (by branch and method) whose last response is kept for retransmissions."""
 MAX_QUEUED = 1000
 """Responses to the agent's own REGISTERs waiting to be read; more are dropped."""
 ACK_WAIT = 32.0
@@ -53,7 +54,7 @@ class AnsweringAgent:
         self.nodes: list[tuple[str, int]] = []
         self.answered = 0
         self.ended = 0
-        self._last: OrderedDict[str, bytes] = OrderedDict()
+        self._last: OrderedDict[tuple[str, str], bytes] = OrderedDict()
         self._unacked: dict[tuple[str, int], gevent.Greenlet] = {}
         self._responses: Queue = Queue(MAX_QUEUED)
         self._pending: dict[str, tuple[Request, str]] = {}
@@ -128,10 +129,11 @@ class AnsweringAgent:
 
     def _handle(self, req: Request, addr) -> None:
         branch = req.top_via.branch or ""
-        if req.method != "ACK" and branch in self._last:
-            self.sock.sendto(self._last[branch], addr)
-            return
         method = req.method
+        last = self._last.get((branch, method))
+        if last is not None:
+            self.sock.sendto(last, addr)
+            return
         if method == "ACK":
             waiter = self._unacked.pop((req.call_id, req.cseq[0]), None)
             if waiter is not None:
@@ -147,10 +149,14 @@ class AnsweringAgent:
             self.ended += 1
             self._send(req, addr, 200)
         elif method == "CANCEL":
-            self._send(req, addr, 200)
             pending = self._pending.pop(branch, None)
             if pending is not None:
+                self._send(req, addr, 200)
                 self._send(pending[0], addr, 487, pending[1])
+            elif (branch, "INVITE") in self._last:
+                self._send(req, addr, 200)     # answered already: the CANCEL changes nothing
+            else:
+                self._send(req, addr, 481)     # no such transaction (§9.2)
         elif method == "OPTIONS":
             self._send(req, addr, 200)
         else:
@@ -190,7 +196,7 @@ class AnsweringAgent:
             headers.append(("Content-Type", "application/sdp"))
         data = make_response(req, status, headers=headers, body=body, to_tag=tag).encode()
         self.sock.sendto(data, addr)
-        self._last[req.top_via.branch or ""] = data
+        self._last[(req.top_via.branch or "", req.method)] = data
         while len(self._last) > MAX_REMEMBERED:
             self._last.popitem(last=False)
         return data
