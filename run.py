@@ -14,14 +14,7 @@ __version__ = "0.9.0"
 """Tandem's release; tags in git are ``v<version>``."""
 
 
-def setup_logging(level: str, node_id: str = "-") -> None:
-    """One line per event, each with the node id; secrets are never logged."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(
-        f"%(asctime)s {node_id} %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+from actors.logs import setup_logging  # noqa: E402
 
 
 def load_node_config(path: str, role: str = ""):
@@ -35,7 +28,12 @@ def load_node_config(path: str, role: str = ""):
         setup_logging("INFO")
         logging.getLogger("tandem").error("configuration: %s", e)
         return None
-    setup_logging(cfg.log_level, f"{cfg.id}/{role}" if role else cfg.id)
+    try:
+        setup_logging(cfg.log_level, f"{cfg.id}/{role}" if role else cfg.id, cfg.log_file)
+    except OSError as e:
+        setup_logging("INFO", cfg.id)
+        logging.getLogger("tandem").error("cannot open log_file %s: %s", cfg.log_file, e)
+        return None
     return cfg
 
 
@@ -58,20 +56,21 @@ def cmd_node(args) -> int:
 
 
 def cmd_front(args) -> int:
-    """Run a node's challenge front (started by the node: secret and pid on stdin)."""
+    """Run a node's challenge front (started by the node: secret, pid and origin tag on stdin)."""
     from actors.front import serve_front
     cfg = load_node_config(args.config, "front")
     if cfg is None:
         return 2
     try:
-        secret_hex, parent = sys.stdin.readline().split()
+        secret_hex, parent, origin = sys.stdin.readline().split()
         secret, parent = bytes.fromhex(secret_hex), int(parent)
     except ValueError:
-        secret, parent = b"", 0
+        secret, parent, origin = b"", 0, ""
     if not secret:
-        logging.getLogger("tandem").error("expected the secret and the node's pid on stdin")
+        logging.getLogger("tandem").error(
+            "expected the secret, the node's pid and its origin tag on stdin")
         return 2
-    return serve_front(cfg, secret, parent)
+    return serve_front(cfg, secret, parent, origin)
 
 
 def cmd_user(args) -> int:

@@ -7,6 +7,8 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 
+from sipcore.authguard import GuardSettings
+from sipcore.cluster_addresses import ClusterAddresses
 from sipcore.registrar import RegistrarRules
 from store.files import InsecureFileError, check_private
 
@@ -26,6 +28,9 @@ class Peer:
     """ZeroMQ endpoint of its ROUTER (snapshot) socket."""
     public_key: str = ""
     """Its CurveZMQ public key (Z85)."""
+    sip: str = ""
+    """Its SIP address, ``host:port`` (``[v6]:port``), so that this node knows the cluster's
+    addresses: contacts pointing at any node are refused, a From naming one is the domain."""
 
 
 @dataclass
@@ -40,6 +45,8 @@ class NodeConfig:
     database: str = "sqlite:///tandem.db"
     data_dir: str = "."
     log_level: str = "INFO"
+    log_file: str = ""
+    """Log to this file (created 0600, reopened on SIGHUP) instead of stderr."""
     min_expires: int = 60
     max_expires: int = 3600
     default_expires: int = 3600
@@ -47,12 +54,43 @@ class NodeConfig:
     nonce_lifetime: float = 300.0
     auth_secret: str = ""
     auth_algorithms: list[str] = field(default_factory=lambda: ["MD5"])
+    require_qop: bool = True
+    """Refuse digest credentials without qop (RFC 2069, replayable while their nonce lives)."""
+    max_failures: int = 10
+    """Wrong answers from one source within ``failure_window`` that ban it (0: never)."""
+    max_user_failures: int = 30
+    """Wrong answers for one user name within ``failure_window`` that lock it (0: never)."""
+    failure_window: float = 60.0
+    ban_time: float = 600.0
+    """Seconds a ban (source) or a lockout (user) lasts."""
+    ban_response: str = "403"
+    """What a banned source's credentials get: ``"403"`` or ``"drop"`` (silence)."""
+    udp_rate: float = 200.0
+    """Datagrams per second one source may send (token bucket; 0: no limit)."""
+    udp_burst: int = 400
+    """Datagrams one source may send at once above ``udp_rate``."""
+    tcp_max_connections: int = 2000
+    tcp_max_per_source: int = 32
+    """Connections from one IP address at once."""
+    tcp_idle_timeout: float = 300.0
+    """Seconds a TCP connection may stay silent (a CRLF keep-alive counts) before it is closed."""
+    tcp_header_timeout: float = 10.0
+    """Seconds a message may take from its first byte to its last over TCP."""
+    max_message_size: int = 65535
+    """Largest SIP message taken (bytes); a larger one over TCP gets 513, then
+    the connection closes."""
+    log_rate: float = 20.0
+    """Lines per second and per kind of event about bad input (the rest are counted, not logged)."""
     batch_max: int = 256
     t1: float = 0.5
     t2: float = 4.0
     t4: float = 5.0
     challenge_front: bool = False
     """Run a second process that answers REGISTERs without credentials (401) on the same UDP port."""
+    emergency_numbers: list[str] = field(default_factory=lambda: ["911", "112"])
+    """Numbers whose calls no defence may challenge or refuse."""
+    max_branches: int = 16
+    """Branches one request may be forked to at most (all groups together)."""
     source: str = ""
     """The file this configuration was read from (empty when built in memory)."""
     dns_servers: list[str] = field(default_factory=list)
@@ -80,13 +118,24 @@ class NodeConfig:
 
 
 _SECTIONS = {
-    "node": {"id": "id", "data_dir": "data_dir", "log_level": "log_level"},
+    "node": {"id": "id", "data_dir": "data_dir", "log_level": "log_level",
+             "log_file": "log_file"},
     "sip": {"address": "address", "port": "port", "domain": "domain", "aliases": "aliases",
-            "t1": "t1", "t2": "t2", "t4": "t4", "challenge_front": "challenge_front"},
+            "t1": "t1", "t2": "t2", "t4": "t4", "challenge_front": "challenge_front",
+            "emergency_numbers": "emergency_numbers"},
     "registrar": {"min_expires": "min_expires", "max_expires": "max_expires",
                   "default_expires": "default_expires", "max_contacts": "max_contacts"},
     "auth": {"secret": "auth_secret", "nonce_lifetime": "nonce_lifetime",
-             "algorithms": "auth_algorithms"},
+             "algorithms": "auth_algorithms", "require_qop": "require_qop",
+             "max_failures": "max_failures", "max_user_failures": "max_user_failures",
+             "failure_window": "failure_window", "ban_time": "ban_time",
+             "ban_response": "ban_response"},
+    "limits": {"max_branches": "max_branches", "udp_rate": "udp_rate", "udp_burst": "udp_burst",
+               "tcp_max_connections": "tcp_max_connections",
+               "tcp_max_per_source": "tcp_max_per_source",
+               "tcp_idle_timeout": "tcp_idle_timeout",
+               "tcp_header_timeout": "tcp_header_timeout",
+               "max_message_size": "max_message_size", "log_rate": "log_rate"},
     "database": {"url": "database", "batch_max": "batch_max"},
     "dns": {"servers": "dns_servers", "port": "dns_port"},
     "cluster": {"pub": "bus_pub", "snapshot": "bus_snapshot", "control": "control",
@@ -123,14 +172,35 @@ def parse_config(data: dict, base_dir: str = ".") -> NodeConfig:
     values["peers"] = peers
     cfg = NodeConfig(**values)
     for name in ("port", "min_expires", "max_expires", "default_expires", "max_contacts",
-                 "batch_max", "dns_port", "hwm", "snapshot_batch", "snapshot_rate"):
+                 "batch_max", "dns_port", "hwm", "snapshot_batch", "snapshot_rate",
+                 "max_failures", "max_user_failures", "udp_burst", "tcp_max_connections",
+                 "tcp_max_per_source", "max_message_size", "max_branches"):
         v = getattr(cfg, name)
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
             raise ConfigError(f"{name} must be a non-negative integer, not {v!r}")
+    for name in ("failure_window", "ban_time", "udp_rate", "tcp_idle_timeout",
+                 "tcp_header_timeout", "log_rate"):
+        v = getattr(cfg, name)
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0:
+            raise ConfigError(f"{name} must be a non-negative number, not {v!r}")
+    if not isinstance(cfg.require_qop, bool):
+        raise ConfigError(f"auth.require_qop must be true or false, not {cfg.require_qop!r}")
+    if cfg.ban_response not in ("403", "drop"):
+        raise ConfigError(f'auth.ban_response takes "403" or "drop", not {cfg.ban_response!r}')
+    if cfg.max_message_size < 1500:
+        raise ConfigError("limits.max_message_size must be at least 1500 bytes")
     if not isinstance(cfg.challenge_front, bool):
         raise ConfigError(f"sip.challenge_front must be true or false, not {cfg.challenge_front!r}")
     if not 0 < cfg.port < 65536:
         raise ConfigError(f"port out of range: {cfg.port}")
+    if cfg.max_branches < 1:
+        raise ConfigError("limits.max_branches must be at least 1")
+    if not isinstance(cfg.emergency_numbers, list) or not all(
+            isinstance(n, str) and n for n in cfg.emergency_numbers):
+        raise ConfigError("sip.emergency_numbers must be a list of numbers as strings")
+    for p in peers:
+        if p.sip:
+            _sip_address(p.sip, f"peer {p.id}")
     bad = [a for a in cfg.auth_algorithms if a not in ("MD5", "SHA-256")]
     if bad or not cfg.auth_algorithms:
         raise ConfigError(f"auth.algorithms takes MD5 and/or SHA-256, not {bad}")
@@ -138,6 +208,8 @@ def parse_config(data: dict, base_dir: str = ".") -> NodeConfig:
         raise ConfigError("need min_expires <= default_expires <= max_expires")
     if not os.path.isabs(cfg.data_dir):
         cfg.data_dir = os.path.normpath(os.path.join(base_dir, cfg.data_dir))
+    if cfg.log_file and not os.path.isabs(cfg.log_file):
+        cfg.log_file = os.path.normpath(os.path.join(base_dir, cfg.log_file))
     cfg.domain = cfg.domain.lower()
     if cfg.database.startswith("sqlite:///") and not cfg.database.startswith("sqlite:////") \
             and ":memory:" not in cfg.database:
@@ -147,10 +219,41 @@ def parse_config(data: dict, base_dir: str = ".") -> NodeConfig:
     return cfg
 
 
+def _sip_address(text: str, what: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port``) as a pair; ``ConfigError`` when malformed."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{what}: sip must be host:port, not {text!r}")
+    return host.strip("[]"), int(port)
+
+
+def cluster_addresses(cfg: NodeConfig, port: int | None = None) -> ClusterAddresses:
+    """The cluster's names and node addresses as this node knows them: the domain,
+    its aliases, its own ``[sip]`` address (``port``: the one it listens on, when
+    known) and each peer's ``sip``."""
+    nodes = [(cfg.address, port or cfg.port)]
+    nodes.extend(_sip_address(p.sip, f"peer {p.id}") for p in cfg.peers if p.sip)
+    return ClusterAddresses([cfg.domain, *cfg.aliases], nodes)
+
+
 def registrar_rules(cfg: NodeConfig) -> RegistrarRules:
     """The registrar rules a node's configuration sets (the node and its challenge front share them)."""
     return RegistrarRules(cfg.domain, [*cfg.aliases, cfg.address], cfg.min_expires, cfg.max_expires,
-                          cfg.default_expires, cfg.max_contacts)
+                          cfg.default_expires, cfg.max_contacts, cluster_addresses(cfg))
+
+
+def guard_settings(cfg: NodeConfig) -> GuardSettings:
+    """The guard against password guessing that a node's ``[auth]`` settings make."""
+    return GuardSettings(cfg.max_failures, cfg.max_user_failures, float(cfg.failure_window),
+                         float(cfg.ban_time))
+
+
+def server_uris(cfg: NodeConfig) -> frozenset[str]:
+    """The URIs naming the node itself (its domain, aliases and address, with
+    and without its port), lower case: digest-uris taken for any request."""
+    hosts = [cfg.domain, *cfg.aliases, f"[{cfg.address}]" if ":" in cfg.address else cfg.address]
+    return frozenset(f"{scheme}:{host}{port}".lower() for scheme in ("sip", "sips")
+                     for host in hosts for port in ("", f":{cfg.port}"))
 
 
 def sqlite_dir(cfg: NodeConfig) -> str | None:

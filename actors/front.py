@@ -36,12 +36,14 @@ from sipcore.digest import Authenticator
 from sipcore.errors import SipError
 from sipcore.message import parse_message
 from sipcore.quick_challenge import QuickChallenge
+from sipcore.ratelimit import emergency_invite
 from sipcore.registrar import challenge_bytes
 from sipcore.via import stamp_via
 
+from . import logs
 from .config import NodeConfig, registrar_rules
 from .process import new_tag, tune_gc
-from .transport import drain, udp_socket, unix_socket, wrap
+from .transport import Limits, drain, udp_socket, unix_socket, wrap
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +64,13 @@ def paths(cfg: NodeConfig) -> tuple[str, str]:
 class ChallengeFront:
     """The front's receive loop (one gevent process)."""
 
-    def __init__(self, cfg: NodeConfig, secret: bytes, parent: int, clock=time.monotonic):
+    def __init__(self, cfg: NodeConfig, secret: bytes, parent: int, clock=time.monotonic,
+                 origin: str = "AAAAAAAA"):
         self.cfg = cfg
         self.rules = registrar_rules(cfg)
+        # The node's origin tag: its nonces are the node's own.
         self.auth = Authenticator(cfg.domain, secret, lambda _user: None, cfg.nonce_lifetime,
-                                  tuple(cfg.auth_algorithms))
+                                  tuple(cfg.auth_algorithms), origin=origin)
         self.quick = QuickChallenge(self.rules.domains)
         self.clock = clock
         self.node_path, self.ctl_path = paths(cfg)
@@ -77,7 +81,10 @@ class ChallengeFront:
         self.pending: list[bytes] = []
         self.retry_at = 0.0
         self.ctl = None
-        self.stats = {"challenged": 0, "passed": 0, "dropped": 0}
+        self.stats = {"challenged": 0, "passed": 0, "dropped": 0, "rate_limited": 0}
+        # The node's own limit, applied here to the datagrams the kernel hands the front.
+        self.limits = Limits.from_config(cfg)
+        self.limiter = self.limits.limiter()
         self.stopped = Event()
 
     def start(self) -> None:
@@ -133,7 +140,13 @@ class ChallengeFront:
         credentials and the node is synced; otherwise pass it on.
 
         The usual REGISTER gets its 401 from ``QuickChallenge``; any other
-        goes through the general parser, which writes the same bytes."""
+        goes through the general parser, which writes the same bytes. A
+        source over its rate limit is dropped first, as the node drops it."""
+        limiter = self.limiter
+        if limiter is not None and not limiter.allow(ip, time.monotonic()) \
+                and not emergency_invite(data, self.limits.emergency_numbers):
+            self.stats["rate_limited"] += 1
+            return
         if self.clock() < self.synced_until:
             quick = self.quick.answer(data, ip, port, self._challenges, new_tag)
             if quick is not None:
@@ -198,17 +211,18 @@ class ChallengeFront:
 class FrontProcess:
     """The node's handle on its challenge front process."""
 
-    def __init__(self, cfg: NodeConfig, secret: bytes):
+    def __init__(self, cfg: NodeConfig, secret: bytes, origin: str):
         self.cfg = cfg
         self.secret = secret
+        self.origin = origin
         self.proc = None
         self.ctl_path = paths(cfg)[1]
         self.status = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM)
         self.status.setblocking(False)
 
     def start(self) -> None:
-        """Start ``run.py front`` for this node's configuration; the secret and
-        the node's pid go on its stdin."""
+        """Start ``run.py front`` for this node's configuration; the secret, the
+        node's pid and its nonces' origin tag go on its stdin."""
         if not self.cfg.source:
             raise ValueError("sip.challenge_front needs the node to run from a configuration file")
         self.proc = subprocess.Popen(
@@ -216,7 +230,8 @@ class FrontProcess:
             stdin=subprocess.PIPE, cwd=ROOT)
         # The node's pid travels with the secret: a front whose node died
         # before it read them must see it at once.
-        self.proc.stdin.write(b"%s %d\n" % (self.secret.hex().encode(), os.getpid()))
+        self.proc.stdin.write(b"%s %d %s\n" % (self.secret.hex().encode(), os.getpid(),
+                                                 self.origin.encode()))
         self.proc.stdin.close()
 
     def tell(self, synced: bool) -> None:
@@ -247,9 +262,9 @@ class FrontProcess:
         self.proc = None
 
 
-def serve_front(cfg: NodeConfig, secret: bytes, parent: int) -> int:
+def serve_front(cfg: NodeConfig, secret: bytes, parent: int, origin: str) -> int:
     """The ``run.py front`` process: serve until SIGTERM or the end of the node ``parent``."""
-    front = ChallengeFront(cfg, secret, parent)
+    front = ChallengeFront(cfg, secret, parent, origin=origin)
     try:
         front.start()
     except OSError as e:
@@ -257,6 +272,8 @@ def serve_front(cfg: NodeConfig, secret: bytes, parent: int) -> int:
         return 1
     gevent.signal_handler(signal.SIGTERM, front.stopped.set)
     gevent.signal_handler(signal.SIGINT, front.stopped.set)
+    # The node passes its SIGHUP on: logrotate has moved the shared log file.
+    gevent.signal_handler(signal.SIGHUP, logs.reopen)
     tune_gc()
     front.run()
     log.info("challenge front stopped: %s", front.stats)

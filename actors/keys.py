@@ -74,6 +74,8 @@ class Member:
     """Its CurveZMQ public key."""
     secret_key: str = ""
     """Its secret key (only needed for its own configuration)."""
+    sip: str = ""
+    """Its SIP ``host:port``, so that peers know the cluster's addresses."""
 
 
 def _toml_value(v) -> str:
@@ -106,6 +108,8 @@ def cluster_toml(me: Member, members: list[Member], **settings) -> str:
         lines += ["", "[[peers]]", f"id = {_toml_value(m.id)}", f"bus = {_toml_value(m.pub)}",
                   f"snapshot = {_toml_value(m.snapshot)}",
                   f"public_key = {_toml_value(m.public_key)}"]
+        if m.sip:
+            lines.append(f"sip = {_toml_value(m.sip)}")
     return "\n".join(lines) + "\n"
 
 

@@ -69,7 +69,7 @@ def lab_members(data: str, n: int, base: str = BASE_ADDRESS) -> list[Member]:
         public, secret = load_or_create_keypair(os.path.join(node_dir, "bus"))
         ip = node_address(k, base)
         members.append(Member(f"node{k}", f"tcp://{ip}:7001", f"tcp://{ip}:7002",
-                              f"tcp://{ip}:7003", public, secret))
+                              f"tcp://{ip}:7003", public, secret, sip=f"{ip}:5060"))
     return members
 
 

@@ -17,7 +17,8 @@ import gevent
 from gevent.event import Event
 from gevent.pool import Group
 
-from sipcore.digest import Authenticator
+from sipcore.authguard import SOURCE, USER, AuthGuard, Ban
+from sipcore.digest import Authenticator, origin_tag
 from sipcore.errors import SipError
 from sipcore.location import Binding, Location, Sequencer
 from sipcore.message import error_response, make_response
@@ -27,14 +28,17 @@ from store import bindings as binding_store
 from store import users as user_store
 from store.models import close_store, incr_state, init_store
 
-from .config import NodeConfig, registrar_rules, sqlite_dir
+from . import logs
+from .bus import BusError
+from .config import (ConfigError, NodeConfig, guard_settings, load_config, registrar_rules,
+                     server_uris, sqlite_dir)
 from .front import STATUS_EVERY, FrontProcess
 from .front import paths as front_paths
 from .process import tune_gc
 from .proxy import ProxyActor
 from .registrar import RegistrarActor
 from .replicator import attach_replicator
-from .transport import Transport
+from .transport import Limits, Transport
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +65,15 @@ class UserDirectory:
         self.users = user_store.load_user_ha1s(self.domain)
         self.version = version
         self.checked_at = self.clock()
+
+    def expire(self) -> None:
+        """Make the next lookup reload every user (on SIGHUP).
+
+        The reload happens in the lookup's greenlet, the registrar's, which
+        owns the store connection, not in the signal handler's.
+        """
+        self.checked_at = 0.0
+        self.version = None
 
     def lookup(self, username: str) -> dict | None:
         """HA1 values of ``username`` or None."""
@@ -93,6 +106,7 @@ class Node:
         self.proxy = None
         self.replicator = None
         self.front = None
+        self.users: UserDirectory | None = None
         self.started_at = 0.0
 
     def start(self) -> None:
@@ -112,33 +126,90 @@ class Node:
             if b.expires_at > now)
         users = UserDirectory(cfg.domain)
         users.reload()
+        self.users = users
         secret = bytes.fromhex(cfg.auth_secret) if cfg.auth_secret else secrets.token_bytes(32)
+        # Nonces name this node and this boot: an answer counted here is
+        # never counted again on a peer or after a restart.
+        origin = origin_tag(cfg.id, epoch)
+        self.guard = AuthGuard(guard_settings(cfg))
         auth = Authenticator(cfg.domain, secret, users.lookup, cfg.nonce_lifetime,
-                             tuple(cfg.auth_algorithms), max_nonces=500_000)
+                             tuple(cfg.auth_algorithms), max_nonces=500_000, origin=origin,
+                             require_qop=cfg.require_qop, guard=self.guard,
+                             server_uris=server_uris(cfg))
         rules = registrar_rules(cfg)
         front_in = front_paths(cfg)[0] if cfg.challenge_front else None
         self.transport = Transport(cfg.address, cfg.port, self.on_request, self.on_response,
-                                   front_path=front_in)
+                                   front_path=front_in, limits=Limits.from_config(cfg))
         self.transport.quick = self.on_datagram
         self.domains = frozenset(rules.domains)
         timers = {"t1": cfg.t1, "t2": cfg.t2, "t4": cfg.t4}
         self.registrar = RegistrarActor(cfg.id, rules, auth, self.location, self.transport,
-                                        Sequencer(epoch), cfg.batch_max, timers=timers)
+                                        Sequencer(epoch), cfg.batch_max, timers=timers,
+                                        ban_drop=cfg.ban_response == "drop",
+                                        log_rate=cfg.log_rate)
         attach_replicator(self)
+        self.replicator.on_bans = self._peer_bans
+        if self.replicator.control is not None:
+            self.replicator.control.handle("bans", self._list_bans)
+            self.replicator.control.handle("unban", self._unban)
+            self.replicator.control.handle("ban", self._ban)
         self.transport.start()
         self.registrar.greenlet = self.group.spawn(self.registrar.run)
         self.registrar.greenlet.link_exception(self._actor_died)
-        self.proxy = ProxyActor.from_config(cfg, secret, users.lookup, self.location, self.transport)
+        self.proxy = ProxyActor.from_config(cfg, secret, users.lookup, self.location,
+                                            self.transport, auth)
         self.proxy.greenlet = self.group.spawn(self.proxy.run)
         self.proxy.greenlet.link_exception(self._actor_died)
+        self.group.spawn(self._share_bans).link_exception(self._actor_died)
         if cfg.challenge_front:
-            self.front = FrontProcess(cfg, secret)
+            self.front = FrontProcess(cfg, secret, origin)
             self.front.start()
             self.group.spawn(self._tell_front)
         self.started_at = now
         tune_gc()
         log.info("node %s up: epoch %d, %d bindings loaded, %d users, domain %s",
                  cfg.id, epoch, loaded, len(users.users), cfg.domain)
+
+    def _share_bans(self) -> None:
+        """Log the bans the guard made or lifted, and give them to the peers."""
+        while True:
+            bans = self.guard.take_new()
+            for b in bans:
+                if b.until:
+                    log.warning("banned %s %s for %.0f s after repeated failed authentications",
+                                b.kind, b.key, b.until - time.time())
+                else:
+                    log.warning("ban of %s %s lifted", b.kind, b.key)
+            self.replicator.share_bans(bans)
+            gevent.sleep(0.25)
+
+    def _peer_bans(self, origin: str, bans: list) -> None:
+        if self.guard.apply_peer(origin, bans, time.time()):
+            shown = ", ".join(f"{k} {key}" + ("" if u else " lifted") for k, key, u in bans[:10])
+            log.warning("bans from %s applied: %s", origin, shown)
+
+    def _list_bans(self, _request: dict) -> list:
+        """Bans in force against password guessing: kind, key, seconds left, origin."""
+        now = time.time()
+        return [{"kind": b.kind, "key": b.key, "left": round(b.until - now, 1),
+                 "origin": b.origin or self.cfg.id} for b in self.guard.bans(now)]
+
+    def _unban(self, request: dict) -> bool:
+        """Lift a ban on every node: {"kind": "source"|"user", "key": address or user}."""
+        kind, key = request.get("kind"), request.get("key")
+        if kind not in (SOURCE, USER) or not isinstance(key, str):
+            raise BusError('unban needs "kind" (source or user) and "key"')
+        return self.guard.lift(kind, key)
+
+    def _ban(self, request: dict) -> bool:
+        """Ban on every node: {"kind": "source"|"user", "key", "seconds"} (default ban_time)."""
+        kind, key = request.get("kind"), request.get("key")
+        seconds = request.get("seconds", self.cfg.ban_time)
+        if (kind not in (SOURCE, USER) or not isinstance(key, str) or not key
+                or not isinstance(seconds, (int, float)) or isinstance(seconds, bool)
+                or seconds <= 0):
+            raise BusError('ban needs "kind" (source or user), "key" and positive "seconds"')
+        return self.guard.add(Ban(kind, key, time.time() + seconds), time.time(), share=True)
 
     def _tell_front(self) -> None:
         while True:
@@ -206,8 +277,32 @@ class Node:
         close_store()
         self.stopped.set()
 
+    def reload(self) -> None:
+        """SIGHUP: reopen the log file, apply a changed ``[node] log_level`` and
+        reload the user cache; the challenge front gets the SIGHUP too.
+
+        Every other setting needs a restart. A configuration that no longer
+        loads is logged and the node carries on with what it has.
+        """
+        reopened = logs.reopen()
+        if self.front is not None and self.front.proc is not None:
+            self.front.proc.send_signal(signal.SIGHUP)
+        level = self.cfg.log_level
+        if self.cfg.source:
+            try:
+                level = load_config(self.cfg.source).log_level
+                logs.set_level(level)
+                self.cfg.log_level = level
+            except (ConfigError, ValueError) as e:
+                log.error("SIGHUP: configuration not reloaded: %s", e)
+        if self.users is not None:
+            self.users.expire()
+        log.warning("SIGHUP: log file %s, log level %s, users reloaded at the next lookup",
+                    "reopened" if reopened else "not used (stderr)", level)
+
     def serve_forever(self) -> None:
-        """Run until SIGTERM or SIGINT, then stop cleanly."""
+        """Run until SIGTERM or SIGINT, then stop cleanly; SIGHUP reloads (``reload``)."""
         gevent.signal_handler(signal.SIGTERM, self.stop)
         gevent.signal_handler(signal.SIGINT, self.stop)
+        gevent.signal_handler(signal.SIGHUP, self.reload)
         self.stopped.wait()

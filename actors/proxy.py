@@ -35,6 +35,7 @@ from sipcore.forking import ProxyCore
 from sipcore.proxy import ProxySettings
 
 from .call_log import CallLog
+from .config import cluster_addresses
 from .dns import Resolver
 
 log = logging.getLogger(__name__)
@@ -72,15 +73,21 @@ class ProxyActor:
         self.call_log = CallLog()
 
     @classmethod
-    def from_config(cls, cfg, secret: bytes, user_lookup, location, transport) -> "ProxyActor":
-        """Build the actor of a node: its own Authenticator (same secret and users
-        as the registrar's), the location table (read only), a resolver on
-        ``cfg.dns_servers``/``cfg.dns_port`` (the system's when none)."""
-        settings = ProxySettings(cfg.domain, cfg.address, transport.port, tuple(cfg.aliases))
-        auth = Authenticator(cfg.domain, secret, user_lookup, cfg.nonce_lifetime,
-                             tuple(cfg.auth_algorithms), max_nonces=500_000)
-        core = ProxyCore(settings, location, auth, lambda user: user_lookup(user) is not None,
-                         t1=cfg.t1, t2=cfg.t2, t4=cfg.t4)
+    def from_config(cls, cfg, secret: bytes, user_lookup, location, transport,
+                    auth: Authenticator | None = None) -> "ProxyActor":
+        """Build the actor of a node: ``auth`` (the node's Authenticator, whose
+        nonces, counts and guard the registrar shares) or one of its own (same
+        secret and users), the location table (read only), a resolver on
+        ``cfg.dns_servers``/``cfg.dns_port`` (the system's when none). The
+        secret keys the Record-Route tokens too."""
+        settings = ProxySettings(cfg.domain, cfg.address, transport.port, tuple(cfg.aliases),
+                                 secret=secret, cluster=cluster_addresses(cfg, transport.port),
+                                 emergency=frozenset(cfg.emergency_numbers),
+                                 max_branches=cfg.max_branches)
+        if auth is None:
+            auth = Authenticator(cfg.domain, secret, user_lookup, cfg.nonce_lifetime,
+                                 tuple(cfg.auth_algorithms), max_nonces=500_000)
+        core = ProxyCore(settings, location, auth, t1=cfg.t1, t2=cfg.t2, t4=cfg.t4)
         resolver = Resolver(cfg.dns_servers or None, cfg.dns_port)
         return cls(core, transport, resolver)
 

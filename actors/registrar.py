@@ -9,6 +9,13 @@ and only then sends the 200s, so a binding is durable before its 200.
 A usual REGISTER (``sipcore.usual_register``) reaches the inbox unparsed,
 from ``Node.on_datagram``; it is answered from its text when the answer is
 a 200, and by the general path otherwise.
+
+Both paths give the authenticator the Request-URI (the digest uri must
+match it) and the source address (for ``sipcore.authguard``): credentials
+from a banned source, or for a locked user, get 403 (or nothing, with
+``ban_drop``) without a password check. A REGISTER without credentials is
+always challenged: the challenge costs nothing and checks nothing, and the
+challenge front answers it the same way without knowing the bans.
 """
 
 import logging
@@ -18,11 +25,14 @@ import gevent
 from gevent.queue import Empty, Queue
 
 from sipcore.answered import NEW, AnsweredRequests
+from sipcore.digest import BANNED
 from sipcore.errors import SipError
 from sipcore.location import Binding, Location
 from sipcore.message import Request, error_response, error_response_bytes
+from sipcore.ratelimit import LogLimiter
 from sipcore.registrar import RegistrarRules, challenge_bytes, challenge_response
 from sipcore.usual_register import NotUsual, UsualRegister
+from sipcore.via import source_address
 from store import bindings as binding_store
 
 from .process import STRICT, new_tag
@@ -35,7 +45,8 @@ class RegistrarActor:
 
     def __init__(self, node_id: str, rules: RegistrarRules, authenticator, location: Location,
                  transport, sequencer, batch_max: int = 256, on_commit=None,
-                 timers: dict | None = None, clock=time.time, monotonic=time.monotonic):
+                 timers: dict | None = None, clock=time.time, monotonic=time.monotonic,
+                 ban_drop: bool = False, log_rate: float = 20.0):
         self.node_id = node_id
         self.rules = rules
         self.auth = authenticator
@@ -46,11 +57,14 @@ class RegistrarActor:
         self.on_commit = on_commit
         self.clock = clock
         self.monotonic = monotonic
+        self.ban_drop = ban_drop
+        self.log_limit = LogLimiter(log_rate)
         self.answered = AnsweredRequests((timers or {}).get("t1", 0.5))
         self.inbox: Queue = Queue()
         self.greenlet = None
         self.stats = {"register": 0, "ok": 0, "challenged": 0, "rejected": 0,
-                      "commits": 0, "committed": 0, "usual_fallback": 0}
+                      "commits": 0, "committed": 0, "usual_fallback": 0,
+                      "banned": 0}
 
     def submit(self, req: Request, dest) -> None:
         """Give a REGISTER to the actor (called by the transport)."""
@@ -207,6 +221,10 @@ class RegistrarActor:
         stats["register"] += 1
         try:
             response, made = self._register(req, dest, now, result)
+            if response is None:
+                # A banned source, answered with silence.
+                self.answered.forget(key)
+                return None
         except SipError as err:
             stats["rejected"] += 1
             response, made = error_response(req, err, to_tag=new_tag()), []
@@ -242,7 +260,8 @@ class RegistrarActor:
         # and answer it as it answers any request.
         try:
             made, data = usual.outcome(self.rules, self.location, now, self.node_id, new_tag())
-            result = self.auth.authenticate("REGISTER", [usual.fields["authorization"]], now)
+            result = self.auth.authenticate("REGISTER", [usual.fields["authorization"]], now,
+                                            usual.uri, usual.ip)
         except (SipError, NotUsual):
             return self._general(usual, now, mono, key)
         except Exception:
@@ -277,12 +296,22 @@ class RegistrarActor:
         rules = self.rules
         rules.check(req)
         if result is None:
-            result = self.auth.authenticate("REGISTER", req.raw_values("authorization"), now)
+            result = self.auth.authenticate("REGISTER", req.raw_values("authorization"), now,
+                                            req.uri, source_address(req))
+        if result is BANNED:
+            self.stats["banned"] += 1
+            if self.ban_drop:
+                return None, []
+            raise SipError(403, "Forbidden (Too Many Failed Authentications)")
         if not result.ok:
             self.stats["challenged"] += 1
             if result.reason != "missing":
-                log.info("REGISTER for %s from %s:%s:%d not authenticated: %s",
-                         req.to.uri.user, *dest, result.reason)
+                # A guesser on many addresses must not fill the disk: lines rate-limited.
+                suppressed = self.log_limit.allow("not_authenticated", self.monotonic())
+                if suppressed is not None:
+                    log.info("REGISTER for %s from %s:%s:%d not authenticated: %s%s",
+                             req.to.uri.user, *dest, result.reason,
+                             f" ({suppressed} more not logged)" if suppressed else "")
             return challenge_response(req, result.challenges, new_tag()), []
         aor, user = rules.aor_of(req)
         if result.username != user:

@@ -37,6 +37,7 @@ from sipcore.replication import (ApplyBindings, Heartbeat, Notice, Replication, 
                                  decode_heartbeat, decode_snapshot_request, decode_update,
                                  encode_heartbeat, encode_snapshot_request, encode_update,
                                  snapshot_stream)
+from sipcore.replication_wire import MAX_BANS, decode_bans, encode_bans
 
 from . import bus as busmod
 from .bus import BUS_DOMAIN, CONTROL_DOMAIN, Bus, BusError, recv, recv_from, send
@@ -127,6 +128,9 @@ class Replicator:
         if not self.clustered:
             self.core.synced = True
         self.published_seq = 0
+        #: bans to publish (``share_bans``); ``on_bans(origin, bans)`` applies a peer's
+        self._bans: list = []
+        self.on_bans = None
         self.inbox: Queue = Queue()
         self.outbox: Queue = Queue()
         self.group = Group()
@@ -195,6 +199,13 @@ class Replicator:
         if changes and self.clustered:
             self.outbox.put((self.clock(), changes))
 
+    def share_bans(self, bans: list) -> None:
+        """Queue bans made or lifted here (``sipcore.authguard.Ban``) for the
+        peers; published with the next update or heartbeat."""
+        if bans and self.clustered:
+            self._bans.extend(bans)
+            del self._bans[:-MAX_BANS * 10]
+
     def _publisher(self, sock) -> None:
         heartbeat = self.cfg.heartbeat
         next_beat = self.monotonic()
@@ -211,6 +222,10 @@ class Replicator:
                 self.published_seq = changes[-1].seq
                 self.stats["published"] += 1
                 self.stats["published_bindings"] += len(changes)
+            if self._bans:
+                bans, self._bans = self._bans, []
+                for i in range(0, len(bans), MAX_BANS):
+                    send(sock, [busmod.BANS, encode_bans(self.id, bans[i:i + MAX_BANS])])
             if self.monotonic() >= next_beat:
                 body = encode_heartbeat(self.id, self.clock(), self.epoch, self.published_seq,
                                         self.core.state, self.core.versions())
@@ -225,13 +240,16 @@ class Replicator:
                 if len(frames) != 2:
                     raise WireError(f"{len(frames)} frames")
                 kind, body = frames
-                msg: Update | Heartbeat
+                msg: Update | Heartbeat | tuple[str, list]
                 if kind == busmod.UPDATE:
                     msg = decode_update(body)
                     sender = msg.origin
                 elif kind == busmod.HEARTBEAT:
                     msg = decode_heartbeat(body)
                     sender = msg.node
+                elif kind == busmod.BANS:
+                    msg = decode_bans(body)
+                    sender = msg[0]
                 else:
                     raise WireError(f"unknown message type {kind[:8]!r}")
                 if sender != peer:
@@ -258,6 +276,9 @@ class Replicator:
                     self._act(core.update_received(peer, rest[0], now))
                 elif kind == busmod.HEARTBEAT:
                     self._act(core.heartbeat_received(peer, rest[0], now, self.clock()))
+                elif kind == busmod.BANS:
+                    if self.on_bans is not None:
+                        self.on_bans(peer, rest[0][1])
                 elif kind == "done":
                     request, epoch, seq, versions = rest
                     self._act(core.snapshot_completed(peer, request, epoch, seq, now, versions))

@@ -6,11 +6,24 @@ drops a malformed response with a log line), and hands the rest to the
 node's dispatcher. Nothing malformed may stop the receive loops. A UDP
 datagram is first offered to ``quick`` (the node's ``on_datagram``), which
 may take it unparsed.
+
+Limits (``Limits``, from ``[limits]``): a per-source token bucket on UDP
+datagrams, checked before anything else (an INVITE to an emergency number
+always passes); datagrams over the maximum message size dropped; TCP
+connections capped per source address (a connection over the cap is
+closed at once) and in total (a new one evicts the connection silent the
+longest), closed after an idle time and when a message
+takes too long to arrive; a message over the maximum size over TCP gets
+513 where its header can be read, and its connection is closed. Lines
+about bad input are rate-limited per kind.
 """
 
 import logging
 import os
+import re
 import socket as _socket
+import time
+from dataclasses import dataclass
 
 import gevent
 from gevent import socket
@@ -19,6 +32,7 @@ from gevent.server import StreamServer
 
 from sipcore.errors import SipError
 from sipcore.message import Request, StreamFramer, error_response, parse_message
+from sipcore.ratelimit import LogLimiter, SourceLimiter, emergency_invite
 from sipcore.via import stamp_via
 
 from .steering import steer_challenges
@@ -27,6 +41,36 @@ log = logging.getLogger(__name__)
 
 #: A destination: ``(transport, host, port)``, transport "udp" or "tcp".
 Dest = tuple[str, str, int]
+
+_CONTENT_LENGTH = re.compile(rb"(?im)^(content-length|l)[ \t]*:[^\r\n]*")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a transport takes at most (the ``[limits]`` settings)."""
+
+    udp_rate: float = 0.0
+    """Datagrams per second per source (0: no limit)."""
+    udp_burst: int = 400
+    tcp_max_connections: int = 2000
+    tcp_max_per_source: int = 32
+    tcp_idle_timeout: float = 300.0
+    tcp_header_timeout: float = 10.0
+    max_message_size: int = 65535
+    log_rate: float = 20.0
+    emergency_numbers: frozenset = frozenset()
+    """Request-URI users of INVITEs no limit drops."""
+
+    @classmethod
+    def from_config(cls, cfg) -> "Limits":
+        """The limits a node's configuration sets."""
+        return cls(cfg.udp_rate, cfg.udp_burst, cfg.tcp_max_connections, cfg.tcp_max_per_source,
+                   cfg.tcp_idle_timeout, cfg.tcp_header_timeout, cfg.max_message_size,
+                   cfg.log_rate, frozenset(getattr(cfg, "emergency_numbers", ()) or ()))
+
+    def limiter(self) -> SourceLimiter | None:
+        """The per-source UDP limiter, None when off."""
+        return SourceLimiter(self.udp_rate, self.udp_burst) if self.udp_rate > 0 else None
 
 
 class Connection:
@@ -37,6 +81,8 @@ class Connection:
         self.peer = peer
         self.lock = Semaphore()
         self.framer = StreamFramer()
+        #: monotonic time of the last bytes received (eviction picks the oldest)
+        self.active = time.monotonic()
 
     def send(self, data: bytes) -> None:
         """Write all of ``data``."""
@@ -57,7 +103,8 @@ class Transport:
     """
 
     def __init__(self, address: str, port: int, on_request, on_response,
-                 tcp_connect_timeout: float = 2.0, front_path: str | None = None):
+                 tcp_connect_timeout: float = 2.0, front_path: str | None = None,
+                 limits: Limits = Limits()):
         self.address = address
         self.port = port
         self.on_request = on_request
@@ -76,6 +123,13 @@ class Transport:
         #: ``quick(data, ip, port)``, when set, sees each UDP datagram first
         #: and returns True when it took the datagram, which is then not parsed
         self.quick = None
+        self.limits = limits
+        self.limiter = limits.limiter()
+        self.log_limit = LogLimiter(limits.log_rate)
+        #: open TCP connections per source address
+        self.per_source: dict[str, int] = {}
+        self.stats = {"rate_limited": 0, "oversized": 0, "tcp_refused": 0, "tcp_evicted": 0,
+                      "tcp_timed_out": 0}
 
     def start(self) -> None:
         """Bind both sockets and start receiving."""
@@ -119,8 +173,18 @@ class Transport:
               self.fair_share)
 
     def receive(self, data: bytes, ip: str, port: int) -> None:
-        """One UDP datagram from ``ip:port``: offered to ``quick``, then
-        handled; never raises."""
+        """One UDP datagram from ``ip:port``: rate-limited, offered to
+        ``quick``, then handled; never raises."""
+        limiter = self.limiter
+        if limiter is not None and not limiter.allow(ip, time.monotonic()) \
+                and not emergency_invite(data, self.limits.emergency_numbers):
+            self.stats["rate_limited"] += 1
+            self._log("rate_limited", "rate limit: dropping datagrams from %s", ip)
+            return
+        if len(data) > self.limits.max_message_size:
+            self.stats["oversized"] += 1
+            self._log("oversized", "dropped a datagram of %d bytes from %s", len(data), ip)
+            return
         quick = self.quick
         if quick is not None:
             try:
@@ -171,7 +235,8 @@ class Transport:
             self.malformed += 1
             req = err.request if err.request is not None else (
                 msg if isinstance(msg, Request) else None)
-            log.info("malformed message from %s:%s:%d: %s", transport, ip, port, err.reason)
+            self._log("malformed", "malformed message from %s:%s:%d: %s", transport, ip, port,
+                      err.reason)
             if req is not None and req.method != "ACK":
                 try:
                     self.send((transport, ip, port), error_response(req, err).encode())
@@ -180,31 +245,102 @@ class Transport:
         except Exception:
             log.exception("error handling message from %s:%s:%d", transport, ip, port)
 
+    def _log(self, kind: str, msg: str, *args) -> None:
+        """Log a line about bad input, at most ``log_rate`` a second per ``kind``."""
+        suppressed = self.log_limit.allow(kind, time.monotonic())
+        if suppressed is None:
+            return
+        if suppressed:
+            msg += " (%d more like it not logged)"
+            args = (*args, suppressed)
+        log.info(msg, *args)
+
     def _serve_connection(self, sock, addr) -> None:
-        conn = Connection(sock, (addr[0], addr[1]))
+        ip = addr[0]
+        limits = self.limits
+        held = self.per_source.get(ip, 0)
+        if held >= limits.tcp_max_per_source:
+            self.stats["tcp_refused"] += 1
+            self._log("tcp_refused", "refused a tcp connection from %s: %d from it", ip, held)
+            sock.close()
+            return
+        if len(self.connections) >= limits.tcp_max_connections:
+            # Full: the connection silent the longest makes room, so idle
+            # connections held open by a few addresses cannot lock clients out.
+            idle = min(self.connections.values(), key=lambda c: c.active)
+            self.stats["tcp_evicted"] += 1
+            self._log("tcp_evicted", "%d tcp connections: closing the idlest, from %s:%d",
+                      len(self.connections), *idle.peer)
+            del self.connections[idle.peer]
+            idle.sock.close()
+        conn = Connection(sock, (ip, addr[1]))
         self.connections[conn.peer] = conn
         self._read_connection(conn)
 
     def _read_connection(self, conn: Connection) -> None:
         ip, port = conn.peer
+        limits = self.limits
+        conn.framer = StreamFramer(limits.max_message_size, limits.max_message_size)
+        self.per_source[ip] = self.per_source.get(ip, 0) + 1
+        started = None
         try:
             while True:
-                data = conn.sock.recv(65536)
+                # Idle: nothing pending; a message under way must end by its deadline.
+                timeout = limits.tcp_idle_timeout
+                if started is not None:
+                    timeout = min(timeout, started + limits.tcp_header_timeout - time.monotonic())
+                conn.sock.settimeout(max(0.01, timeout))
+                try:
+                    data = conn.sock.recv(65536)
+                except TimeoutError:
+                    self.stats["tcp_timed_out"] += 1
+                    self._log("tcp_timeout", "closing tcp %s:%d: %s", ip, port,
+                              "message too slow" if started is not None else "idle")
+                    break
                 if not data:
                     break
+                conn.active = time.monotonic()
                 for raw in conn.framer.feed(data):
                     if raw == StreamFramer.PING:
                         conn.send(b"\r\n")
                     else:
                         self.handle(raw, "tcp", ip, port)
+                if conn.framer.buf.strip(b"\r\n"):
+                    if started is None:
+                        started = time.monotonic()
+                else:
+                    started = None
         except SipError as err:
-            log.info("closing tcp %s:%d: %s", ip, port, err.reason)
+            if "too large" in err.reason:
+                self.stats["oversized"] += 1
+                self._too_large(conn)
+            self._log("tcp_framing", "closing tcp %s:%d: %s", ip, port, err.reason)
         except OSError as e:
             log.debug("tcp %s:%d: %s", ip, port, e)
         finally:
             if self.connections.get(conn.peer) is conn:
                 del self.connections[conn.peer]
+            left = self.per_source.get(ip, 1) - 1
+            if left > 0:
+                self.per_source[ip] = left
+            else:
+                self.per_source.pop(ip, None)
             conn.sock.close()
+
+    def _too_large(self, conn: Connection) -> None:
+        """Answer 513 to the oversized request whose header section the
+        framer holds, when that header can be read (else nothing)."""
+        buf = bytes(conn.framer.buf[:self.limits.max_message_size])
+        end = buf.find(b"\r\n\r\n")
+        if end < 0 or buf[:4] == b"SIP/":
+            return
+        head = _CONTENT_LENGTH.sub(b"Content-Length: 0", buf[:end]) + b"\r\n\r\n"
+        try:
+            req = parse_message(head)
+            if isinstance(req, Request) and req.method != "ACK":
+                conn.send(error_response(req, SipError(513, "Message Too Large")).encode())
+        except (SipError, OSError):
+            pass
 
     # -- sending -------------------------------------------------------------
     def send(self, dest: Dest, data: bytes) -> bool:
@@ -228,7 +364,6 @@ class Transport:
 
     def _connect(self, host: str, port: int) -> Connection:
         sock = socket.create_connection((host, port), timeout=self.connect_timeout)
-        sock.settimeout(None)
         conn = Connection(sock, (host, port))
         self.connections[conn.peer] = conn
         gevent.spawn(self._read_connection, conn)

@@ -259,7 +259,7 @@ def bench_throughput(work: str, users: int, rounds: int, rate: int, limit: int) 
 def provision_bindings(node: NodeProcess, n: int) -> None:
     """Write ``n`` live bindings of origin ``node`` straight into its database."""
     from sipcore.location import Binding
-    from store.bindings import write_batch
+    from store.bindings import write_bindings
     from store.models import close_store, init_store
     init_store(node.database)
     try:
@@ -271,8 +271,8 @@ def provision_bindings(node: NodeProcess, n: int) -> None:
                 records.append(Binding(f"sip:user{i}@{node.domain}", contact, contact, now + 3000,
                                        f"cid{i}@bench", 2, None, [], None, None,
                                        "udp:127.0.0.1:5099", "bench", node.id, 0, i + 1,
-                                       now).to_record())
-            write_batch(records)
+                                       now))
+            write_bindings(records)
     finally:
         close_store()
 

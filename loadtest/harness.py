@@ -55,12 +55,20 @@ def write_users_csv(path: str, n: int, prefix: str = "user", start: int = 0) -> 
 
 
 class NodeProcess:
-    """One ``run.py node`` process with its own folder, database and port."""
+    """One ``run.py node`` process with its own folder, database and port.
+
+    ``auth`` adds lines to its ``[auth]`` section, ``limits`` is its
+    ``[limits]`` section: by default the per-source UDP rate limit is off,
+    since a load test sends everything from one address.
+    """
 
     def __init__(self, workdir: str, node_id: str = "node1", address: str = "127.0.0.1",
                  port: int | None = None, domain: str = "example.test",
                  database: str | None = None, extra: str = "", secret: str = "00" * 32,
-                 front: bool = False):
+                 front: bool = False, auth: str = "", limits: str = "udp_rate = 0",
+                 prefix: tuple = (), log_file: str = ""):
+        self.prefix = list(prefix)
+        """Command prefix the node runs under (``ip netns exec NAME`` for another host)."""
         self.dir = os.path.join(workdir, node_id)
         os.makedirs(self.dir, exist_ok=True)
         self.id = node_id
@@ -70,12 +78,16 @@ class NodeProcess:
         self.database = database or f"sqlite:///{self.dir}/tandem.db"
         self.config = os.path.join(self.dir, "node.toml")
         self.log_path = os.path.join(self.dir, "node.log")
+        """The process's stdout and stderr."""
+        self.log_file = log_file
+        """``[node] log_file``, where the node logs instead, if set."""
         self.proc = None
         self.front = front
         write_private(self.config, f"""[node]
 id = "{node_id}"
 data_dir = "{self.dir}"
 log_level = "INFO"
+{f'log_file = "{log_file}"' if log_file else ""}
 
 [sip]
 address = "{address}"
@@ -85,6 +97,10 @@ challenge_front = {"true" if front else "false"}
 
 [auth]
 secret = "{secret}"
+{auth}
+
+[limits]
+{limits}
 
 [database]
 url = "{self.database}"
@@ -100,10 +116,12 @@ url = "{self.database}"
     def start(self, ready_timeout: float = 20.0) -> "NodeProcess":
         """Start the process and wait until it answers OPTIONS (and, with a
         challenge front, until the front answers challenges)."""
+        logged = self.log_file or self.log_path
+        log_start = os.path.getsize(logged) if os.path.exists(logged) else 0
         logf = open(self.log_path, "ab")
-        log_start = logf.tell()
         self.proc = subprocess.Popen(
-            [sys.executable, os.path.join(ROOT, "run.py"), "node", "--config", self.config],
+            [*self.prefix, sys.executable, os.path.join(ROOT, "run.py"), "node", "--config",
+             self.config],
             stdout=logf, stderr=logf, cwd=ROOT)
         logf.close()
         deadline = time.monotonic() + ready_timeout
@@ -116,14 +134,17 @@ url = "{self.database}"
         raise RuntimeError(f"{self.id} not ready after {ready_timeout}s: {self.log_tail()}")
 
     def _logged_since(self, offset: int, text: str) -> bool:
-        with open(self.log_path, "rb") as f:
-            f.seek(offset)
-            return text.encode() in f.read()
+        try:
+            with open(self.log_file or self.log_path, "rb") as f:
+                f.seek(offset)
+                return text.encode() in f.read()
+        except FileNotFoundError:
+            return False
 
     def log_tail(self, n: int = 30) -> str:
-        """The last lines of the node's log."""
+        """The last lines of the node's log (its ``log_file`` if it has one)."""
         try:
-            with open(self.log_path, errors="replace") as f:
+            with open(self.log_file or self.log_path, errors="replace") as f:
                 return "".join(f.readlines()[-n:])
         except OSError:
             return ""
@@ -183,12 +204,16 @@ SIPP_BUFFERS = ("-buff_size", "4194304")
 def run_sipp(scenario: str, target: str, workdir: str, inf: str | None = None,
              calls: int = 1, rate: int = 10, limit: int = 200, transport: str = "u1",
              local_ip: str = "127.0.0.1", local_port: int | None = None,
-             timeout: float = 120.0, extra: tuple = ()) -> SippResult:
-    """Run SIPp until ``calls`` calls are done (or ``timeout``); return its statistics."""
+             timeout: float = 120.0, extra: tuple = (), prefix: tuple = ()) -> SippResult:
+    """Run SIPp until ``calls`` calls are done (or ``timeout``); return its statistics.
+
+    ``prefix`` runs it under a command such as ``ip netns exec HOST`` (then
+    give ``local_port``: this process cannot probe another host's ports).
+    """
     os.makedirs(workdir, exist_ok=True)
     stf = os.path.join(workdir, f"sipp-{os.getpid()}-{time.monotonic_ns()}.csv")
     sf = scenario if os.path.isabs(scenario) else os.path.join(SIPP_DIR, scenario)
-    cmd = ["sipp", "-sf", sf, "-m", str(calls), "-r", str(rate), "-l", str(limit),
+    cmd = [*prefix, "sipp", "-sf", sf, "-m", str(calls), "-r", str(rate), "-l", str(limit),
            "-t", transport, "-i", local_ip, "-p", str(local_port or free_port(local_ip)),
            "-nostdin", "-bg", "-trace_stat", "-stf", stf, "-fd", "1",
            "-timeout", f"{int(timeout)}s", "-timeout_error", "-max_retrans", "5",
@@ -226,29 +251,59 @@ def _last_stats(path: str) -> dict:
     return dict(zip(rows[0], rows[-1]))
 
 
+def _keys_on_host(prefix: str, command_prefix: tuple) -> tuple[str, str]:
+    """Run ``run.py keys --out PREFIX`` under ``command_prefix``; return the pair it wrote."""
+    from actors.keys import read_keypair
+    out = subprocess.run([*command_prefix, sys.executable, os.path.join(ROOT, "run.py"), "keys",
+                          "--out", prefix], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    if out.returncode:
+        raise RuntimeError(f"run.py keys --out {prefix} failed: {out.stderr}")
+    return read_keypair(prefix)
+
+
 class Cluster:
-    """``n`` nodes on loopback that replicate to each other, and a control client.
+    """``n`` nodes that replicate to each other, and a control client.
 
     Each node gets its own CurveZMQ key pair, PUB, snapshot and control
-    endpoints on ``address``, and every other node as a peer; ``settings``
-    adds ``[cluster]`` keys (``heartbeat``, ``dead_after``...). The client
-    key used for control requests is in every node's ``control_keys``.
+    endpoints, and every other node as a peer; ``settings`` adds
+    ``[cluster]`` keys (``heartbeat``, ``dead_after``...). The client key
+    used for control requests is in every node's ``control_keys``.
+
+    By default every node is on loopback ``address`` with free ports. With
+    ``hosts``, a list of ``(address, command prefix)`` one per node, node k
+    runs under its prefix (e.g. ``ip netns exec HOST``) on its own address
+    with the standard ports: SIP on 5060, bus, snapshot and control on
+    7001-7003, and makes its key pair there with ``run.py keys --out``, as
+    an administrator would on each server.
     """
 
     def __init__(self, workdir: str, n: int = 3, domain: str = "example.test",
-                 settings: dict | None = None, address: str = "127.0.0.1", extra: str = ""):
+                 settings: dict | None = None, address: str = "127.0.0.1", extra: str = "",
+                 auth: str = "", hosts: list[tuple[str, tuple]] | None = None):
         from actors.keys import Member, cluster_toml, generate_keypair
         self.client_public, self.client_secret = generate_keypair()
+        if hosts is not None:
+            n = len(hosts)
         members = []
         for k in range(1, n + 1):
-            ends = [f"tcp://{address}:{free_port(address)}" for _ in range(3)]
-            members.append(Member(f"node{k}", *ends, *generate_keypair()))
+            if hosts is None:
+                ends = [f"tcp://{address}:{free_port(address)}" for _ in range(3)]
+                keys = generate_keypair()
+                sip = f"{address}:{free_port(address)}"
+            else:
+                ends = [f"tcp://{hosts[k - 1][0]}:{port}" for port in (7001, 7002, 7003)]
+                keys = _keys_on_host(os.path.join(workdir, f"node{k}", "bus"), hosts[k - 1][1])
+                sip = f"{hosts[k - 1][0]}:5060"
+            members.append(Member(f"node{k}", *ends, *keys, sip=sip))
         self.members = {m.id: m for m in members}
         self.nodes = []
-        for m in members:
+        for k, m in enumerate(members):
             text = extra + "\n" + cluster_toml(m, members, control_keys=[self.client_public],
                                                **(settings or {}))
-            self.nodes.append(NodeProcess(workdir, m.id, address, domain=domain, extra=text))
+            host, port = m.sip.rsplit(":", 1)
+            self.nodes.append(NodeProcess(workdir, m.id, host, int(port), domain=domain,
+                                          extra=text, auth=auth,
+                                          prefix=hosts[k][1] if hosts else ()))
         self._bus = None
 
     def provision(self, users_csv: str) -> None:

@@ -90,6 +90,8 @@ def main() -> int:
         cfg = parse_config({"node": {"id": "prof", "data_dir": work},
                             "sip": {"address": "127.0.0.1", "port": free_port(), "domain": DOMAIN},
                             "auth": {"secret": "00" * 32},
+                            # every datagram comes from one address: no per-source limit
+                            "limits": {"udp_rate": 0},
                             "database": {"url": f"sqlite:///{work}/tandem.db"}}, work)
         init_store(cfg.database)
         import_users_csv(csv, DOMAIN)

@@ -5,9 +5,13 @@ all nodes sharing the secret agree on, normally the wall clock) and a
 ``lookup`` for stored credentials; nothing here reads a clock or a socket.
 
 Credentials are stored as HA1 digests only (``ha1()``), one per algorithm.
-Nonces are stateless: a timestamp, a random salt and an HMAC over both with a
-node (or cluster) secret, so any node holding the secret can verify them.
-Only nonce-counts are kept, in a bounded table, to refuse replays.
+Nonces are stateless: a timestamp, a random salt, the tag of the node and
+boot epoch that made them (``origin_tag``) and an HMAC over the three with
+the cluster's secret, so any node holding the secret can tell a genuine
+nonce from a forged one, and its own from another node's (or from its own
+before a restart). Only nonce-counts are kept, in a bounded table, to refuse
+replays; a nonce that saw a wrong answer is used up there too, so every
+guess of a password costs a fresh challenge.
 """
 
 import hashlib
@@ -44,6 +48,10 @@ _URLSAFE = bytes.maketrans(b"+/", b"-_")
 _HMAC_BLOCK = 64
 #: how many nonce salts ``NonceFactory`` draws at a time
 _SALT_BATCH = 64
+#: characters of a nonce: issue time, salt, origin tag, HMAC
+NONCE_LENGTH = 12 + 12 + 8 + 24
+#: the nonce-count a used-up nonce is given: above any 8-hex-digit count
+_USED_UP = 1 << 32
 
 # The fast path of ``_params`` goes by a parameter list's shape: its text with
 # every quoted string emptied, e.g. ' username="",realm="",nc=00000001'. A
@@ -340,24 +348,39 @@ def _b64url(data: bytes) -> bytes:
     return b2a_base64(data, newline=False).translate(_URLSAFE)
 
 
+def origin_tag(node_id: str, epoch: int) -> str:
+    """The 8 base64url characters naming one node's one boot epoch in its nonces."""
+    return _b64url(hashlib.sha256(f"{node_id}:{epoch}".encode()).digest()[:6]).decode()
+
+
 class NonceFactory:
     """Makes and verifies stateless nonces.
 
-    A nonce is 48 URL-safe characters: the issue time in milliseconds (12
-    hex digits), a random salt (12 base64url characters), and a truncated
-    HMAC-SHA256 of those 24 characters under ``secret`` (24 base64url
-    characters). Every node that holds ``secret`` can verify a nonce
-    another made, so the secret should be shared across the cluster.
+    A nonce is ``NONCE_LENGTH`` (56) URL-safe characters: the issue time in
+    milliseconds (12 hex digits), a random salt (12 base64url characters),
+    the ``origin`` tag (8 base64url characters, ``origin_tag`` of the node
+    and its boot epoch) and a truncated HMAC-SHA256 of those 32 characters
+    under ``secret`` (24 base64url characters). Every node that holds
+    ``secret`` can verify a nonce another made, so the secret should be
+    shared across the cluster; ``check`` tells a genuine nonce of another
+    origin (``"foreign"``), which the node did not count uses of, from a
+    forged one (``"invalid"``).
     """
 
-    __slots__ = ("_inner", "_outer", "lifetime", "max_skew", "_rng", "_salts")
+    __slots__ = ("_inner", "_outer", "lifetime", "max_skew", "_rng", "_salts", "origin",
+                 "_origin")
 
     def __init__(self, secret: bytes, lifetime: float = 300.0,
-                 max_skew: float = 5.0):
+                 max_skew: float = 5.0, origin: str = "AAAAAAAA"):
         """``lifetime``: seconds a nonce stays fresh; ``max_skew``: seconds a
-        nonce may seem to come from the future (clock skew between nodes)."""
+        nonce may seem to come from the future (clock skew between nodes);
+        ``origin``: this node's ``origin_tag``."""
         if not secret:
             raise ValueError("nonce secret must not be empty")
+        if len(origin) != 8 or not origin.isascii():
+            raise ValueError("nonce origin must be 8 ASCII characters (origin_tag)")
+        self.origin = origin
+        self._origin = origin.encode()
         # HMAC (RFC 2104) keyed once: the hash states after the key's inner
         # and outer pads are copied per MAC, which costs less than copying
         # an ``hmac.HMAC`` (a Python object around the same two states).
@@ -400,16 +423,18 @@ class NonceFactory:
         salt = next(self._salts, None)
         if salt is None:
             salt = self._salt()
-        prefix = b"%012x" % int(now * 1000) + salt
+        prefix = b"%012x" % int(now * 1000) + salt + self._origin
         return (prefix + self._mac(prefix)).decode()
 
     def _check(self, nonce: str, now: float) -> tuple[str, float]:
         """Return (status as ``check``, the nonce's expiry time or 0.0)."""
-        if len(nonce) != 48 or not nonce.isascii():
+        if len(nonce) != NONCE_LENGTH or not nonce.isascii():
             return "invalid", 0.0
         raw = nonce.encode()
-        if not hmac.compare_digest(self._mac(raw[:24]), raw[24:]):
+        if not hmac.compare_digest(self._mac(raw[:32]), raw[32:]):
             return "invalid", 0.0
+        if raw[24:32] != self._origin:
+            return "foreign", 0.0
         issued = int(nonce[:12], 16) / 1000.0
         expires_at = issued + self.lifetime
         if now > expires_at or issued - now > self.max_skew:
@@ -418,8 +443,10 @@ class NonceFactory:
 
     def check(self, nonce: str, now: float) -> str:
         """Return ``"ok"``, ``"stale"`` (genuine but older than ``lifetime``,
-        or from further in the future than ``max_skew``) or ``"invalid"``
-        (malformed, tampered with, or made with another secret)."""
+        or from further in the future than ``max_skew``), ``"foreign"``
+        (genuine, made by another node or by this one before a restart) or
+        ``"invalid"`` (malformed, tampered with, or made with another
+        secret)."""
         return self._check(nonce, now)[0]
 
 
@@ -472,6 +499,19 @@ class NonceCounts:
         order.append(nonce)
         return True
 
+    def use_up(self, nonce: str, now: float, expires_at: float) -> None:
+        """Refuse every later count of ``nonce`` (a wrong answer was given to it)."""
+        entry = self._table.get(nonce)
+        if entry is not None:
+            entry[0] = _USED_UP
+        elif self.accept(nonce, 1, now, expires_at):
+            self._table[nonce][0] = _USED_UP
+
+    def used_up(self, nonce: str) -> bool:
+        """Whether ``use_up`` was called for ``nonce`` (and it is still tracked)."""
+        entry = self._table.get(nonce)
+        return entry is not None and entry[0] == _USED_UP
+
     def _sweep(self, now: float) -> None:
         table, order = self._table, self._order
         while order and table[order[0]][1] <= now:
@@ -501,9 +541,14 @@ class AuthResult:
     """True when the response was right but the nonce had expired."""
     reason: str
     """Short cause, for logs and counters: ``ok``, ``missing`` (no
-    credentials for our realm), ``unsupported`` (algorithm or qop),
-    ``nonce`` (not ours), ``stale``, ``denied`` (wrong password or unknown
-    user, never told apart) or ``replay`` (nonce-count reused)."""
+    credentials for our realm), ``unsupported`` (algorithm or qop, or no
+    qop while it is required), ``nonce`` (not ours), ``stale``,
+    ``foreign`` (a nonce of another node or of an earlier boot, answered
+    rightly: ``stale`` is set), ``denied`` (wrong password or unknown user,
+    never told apart), ``used`` (a nonce used up by a wrong answer),
+    ``replay`` (nonce-count reused) or ``banned`` (the source or the user
+    is banned by the guard: no password was checked and ``challenges`` is
+    empty, the caller answers 403 or nothing)."""
 
 
 _new_object = object.__new__
@@ -530,6 +575,10 @@ def _success(username: str) -> AuthResult:
     return result
 
 
+#: what ``authenticate`` returns while the guard refuses a source or user
+BANNED = AuthResult(False, None, [], False, "banned")
+
+
 def _quote(s: str) -> str:
     return s.replace("\\", "\\\\").replace('"', '\\"')
 
@@ -546,12 +595,27 @@ class Authenticator:
     preference (RFC 8760 §2.4): many phones read only the first challenge
     and know only MD5, so a node may put MD5 first. The matching ``-sess``
     variants are accepted too.
+
+    ``origin`` is the node's ``origin_tag`` (its id and boot epoch): a nonce
+    of another origin answered rightly gets a stale challenge, so a phone
+    that moves to another node, or finds its node restarted, answers again
+    at once, and a captured answer never counts anywhere else. With
+    ``require_qop`` (the default) credentials without qop (RFC 2069, which
+    cannot be protected against replay) are refused. ``guard`` (an
+    ``sipcore.authguard.AuthGuard``) counts wrong answers and refuses banned
+    sources and users before any password check. ``server_uris`` (lower
+    case) are digest-uris taken whatever the Request-URI: the names of this
+    server itself (``sip:domain``, ``sip:address:port``...), which SIPp and
+    some phones answer with instead of the Request-URI; any other must be
+    the Request-URI.
     """
 
     def __init__(self, realm: str, secret: bytes, lookup,
                  nonce_lifetime: float = 300.0,
                  algorithms: tuple[str, ...] = ("SHA-256", "MD5"),
-                 max_nonces: int = 100_000):
+                 max_nonces: int = 100_000, origin: str = "AAAAAAAA",
+                 require_qop: bool = True, guard=None,
+                 server_uris: frozenset[str] = frozenset()):
         """Build an authenticator; ``max_nonces`` bounds the replay table."""
         for a in algorithms:
             if a not in _HASHES:
@@ -560,8 +624,11 @@ class Authenticator:
             raise ValueError("no digest algorithm configured")
         self.realm = realm
         self.lookup = lookup
-        self.nonces = NonceFactory(secret, nonce_lifetime)
+        self.nonces = NonceFactory(secret, nonce_lifetime, origin=origin)
         self.counts = NonceCounts(max_nonces)
+        self.require_qop = require_qop
+        self.guard = guard
+        self.server_uris = server_uris
         offered = list(dict.fromkeys(algorithms))
         self.algorithms = tuple(offered)
         self._accepted = {}
@@ -643,25 +710,34 @@ class Authenticator:
                 self._ha2s[algorithm], nc, int(nc, 16))
 
     def authenticate(self, method: str, header_values: list[str],
-                     now: float) -> AuthResult:
+                     now: float, uri: str | None = None,
+                     source: str | None = None) -> AuthResult:
         """Check a request's Authorization (or Proxy-Authorization) values.
 
         Picks the credentials for our realm (the strongest algorithm if
         several); values of other schemes or realms are ignored. Raises
-        ``SipParseError`` (400) when a Digest value is malformed. Without
-        usable credentials, with a foreign or stale nonce, a wrong response
-        or a replayed nonce-count, returns ``ok=False`` with fresh
-        challenges; ``stale`` is set only when the response was right for
-        an expired nonce. Credentials without qop (RFC 2069) are accepted
-        while the nonce is fresh; they cannot be protected against replay
-        within its lifetime. The digest-uri is not checked here.
+        ``SipParseError`` (400) when a Digest value is malformed, or when
+        ``uri`` (the Request-URI as text) is given and the digest-uri is
+        not it (RFC 2617 §3.2.2.5). ``source`` is the sender's address, for
+        the guard. Without usable credentials, with a nonce not ours, a
+        wrong response, a used-up nonce or a replayed nonce-count, returns
+        ``ok=False`` with fresh challenges; ``stale`` is set only when the
+        response was right for an expired nonce or one of another origin. A
+        wrong response uses its nonce up. While the guard bans the source
+        or the user, returns ``BANNED`` without checking anything more.
+        Credentials without qop (RFC 2069) are accepted, while the nonce is
+        fresh, only without ``require_qop``: they cannot be protected
+        against replay within its lifetime.
+
+        Nothing changes (no count, no use) before a ``SipParseError``, so a
+        caller may give a request that raised to another path.
 
         A single value of our realm whose shape has a plan (see ``_plan``),
         the usual case, is read and checked here; anything else goes
         through ``_authenticate_slow``. Both give the same result.
         """
         if len(header_values) != 1:
-            return self._authenticate_slow(method, header_values, now)
+            return self._authenticate_slow(method, header_values, now, uri, source)
         value = header_values[0]
         pieces = value.split('"')
         shape = '""'.join(pieces[::2])
@@ -669,24 +745,34 @@ class Authenticator:
         plan = plans.get(shape)
         if plan is None:
             if len(shape) > _SHAPE_TEXT_MAX:
-                return self._authenticate_slow(method, header_values, now)
+                return self._authenticate_slow(method, header_values, now, uri, source)
             if len(plans) >= _SHAPES_MAX:
                 plans.clear()
             plan = plans[shape] = self._plan(shape)
         # A value whose last quoted string is unterminated has the shape of
         # that value cut before it; the count of pieces tells them apart.
         if not plan or len(pieces) != plan[0] or "\\" in value:
-            return self._authenticate_slow(method, header_values, now)
+            return self._authenticate_slow(method, header_values, now, uri, source)
         _, fields, base, h, ha2s, nc, count = plan
-        username, realm, nonce, uri, response, cnonce = fields(pieces)
+        username, realm, nonce, digest_uri, response, cnonce = fields(pieces)
         if realm != self.realm:
-            return self._authenticate_slow(method, header_values, now)
+            return self._authenticate_slow(method, header_values, now, uri, source)
+        if uri is not None and digest_uri != uri:
+            self._check_uri(digest_uri, uri)
         status, expires_at = self.nonces._check(nonce, now)
         if status == "invalid":
             return self._fail(now, "nonce")
+        guard = self.guard
+        if guard is not None and guard.refused(source, username, now):
+            return BANNED
+        counts = self.counts
+        if status == "ok" and counts.used_up(nonce):
+            if guard is not None:
+                guard.failed(source, username, now)
+            return self._fail(now, "used")
         stored = self.lookup(username)
         user_ha1 = stored.get(base) if stored is not None else None
-        a2 = f"{method}:{uri}"
+        a2 = f"{method}:{digest_uri}"
         ha2 = ha2s.get(a2)
         if ha2 is None:
             if len(ha2s) >= _HA2S_MAX:
@@ -698,26 +784,47 @@ class Authenticator:
         if not response.isascii():
             response = ""
         if not hmac.compare_digest(expected, response) or user_ha1 is None:
-            return self._fail(now, "denied")
-        if status == "stale":
-            return self._fail(now, "stale", stale=True)
-        if not self.counts.accept(nonce, count, now, expires_at):
+            return self._denied(nonce, status, expires_at, source, username, now)
+        if status != "ok":
+            return self._fail(now, status, stale=True)
+        if not counts.accept(nonce, count, now, expires_at):
             return self._fail(now, "replay")
+        if guard is not None:
+            guard.succeeded(source, username, now)
         return _success(username)
 
+    def _denied(self, nonce: str, status: str, expires_at: float, source: str | None,
+                username: str, now: float) -> AuthResult:
+        """A wrong answer: its nonce is used up, the guard counts it."""
+        if status == "ok":
+            self.counts.use_up(nonce, now, expires_at)
+        if self.guard is not None:
+            self.guard.failed(source, username, now)
+        return self._fail(now, "denied")
+
     def _authenticate_slow(self, method: str, header_values: list[str],
-                           now: float) -> AuthResult:
+                           now: float, uri: str | None = None,
+                           source: str | None = None) -> AuthResult:
         """``authenticate`` for any values, through ``parse_credentials``."""
         creds = self._pick(header_values) if header_values else None
         if creds is None:
             return self._fail(now, "missing")
+        if uri is not None and creds.uri != uri:
+            self._check_uri(creds.uri, uri)
         base = self._accepted.get(creds.algorithm)
         qop = creds.qop
-        if base is None or (qop is not None and qop != "auth"):
+        if base is None or (qop != "auth" if qop is not None or self.require_qop else False):
             return self._fail(now, "unsupported")
         status, expires_at = self.nonces._check(creds.nonce, now)
         if status == "invalid":
             return self._fail(now, "nonce")
+        guard = self.guard
+        if guard is not None and guard.refused(source, creds.username, now):
+            return BANNED
+        if status == "ok" and self.counts.used_up(creds.nonce):
+            if guard is not None:
+                guard.failed(source, creds.username, now)
+            return self._fail(now, "used")
         stored = self.lookup(creds.username)
         user_ha1 = stored.get(base) if stored is not None else None
         if user_ha1 is None:
@@ -729,10 +836,19 @@ class Authenticator:
             response = ""
         matches = hmac.compare_digest(expected or "", response)
         if user_ha1 is None or not matches:
-            return self._fail(now, "denied")
-        if status == "stale":
-            return self._fail(now, "stale", stale=True)
+            return self._denied(creds.nonce, status, expires_at, source, creds.username, now)
+        if status != "ok":
+            return self._fail(now, status, stale=True)
         if qop is not None and not self.counts.accept(
                 creds.nonce, int(creds.nc, 16), now, expires_at):
             return self._fail(now, "replay")
+        if guard is not None:
+            guard.succeeded(source, creds.username, now)
         return AuthResult(True, creds.username, [], False, "ok")
+
+    def _check_uri(self, digest_uri: str, request_uri: str) -> None:
+        """Raise ``SipParseError`` (400) unless the digest-uri is the Request-URI
+        (but for the case of its letters) or one of ``server_uris``."""
+        digest_uri = digest_uri.lower()
+        if digest_uri != request_uri.lower() and digest_uri not in self.server_uris:
+            raise _bad("uri does not match the Request-URI")

@@ -18,9 +18,11 @@ wall clock that binding expiry and digest nonces are measured with.
 What it does with a request: §16.3 validation, §16.4 Route
 pre-processing, caller authentication (a request from a user of our
 domain that is not inside a dialog must carry valid Proxy-Authorization
-for that same user, else ``407``), target set from the location table
-(``404`` unknown user, ``480`` no binding), parallel forking within the
-highest q and sequential groups below, RFC 3263 routing of other domains
+for that same user, else ``407``; the domain in any spelling counts),
+target set from the location table (``480`` for an unknown user and a
+user without a binding alike; contacts that reach the cluster itself
+skipped), parallel forking within the highest q and sequential groups
+below (at most ``max_branches`` in all and Max-Breadth at once, RFC 5393), RFC 3263 routing of other domains
 with failover to the next target on a transport error, a timeout or a
 ``503``, ``100 Trying`` (held back 200 ms, §17.2.1, and skipped when a
 provisional response is relayed first), provisional responses relayed,
@@ -29,6 +31,13 @@ selection, an incoming CANCEL answered and applied to every branch, Timer
 C. ACKs for 2xx, and other requests inside a dialog we Record-Routed whose
 Request-URI is an address, are forwarded statelessly (§16.11), with their
 responses relayed by Via; re-INVITEs stay stateful.
+
+A request is inside a dialog only when its Route carries the token our
+Record-Route put there (``ProxySettings.record_route``): any other, To
+tag or not, is handled as a new request (challenged if from our domain,
+``403`` if it would be relayed for a stranger; a forged ACK is dropped).
+A call to an emergency number (``ProxySettings.emergency``) is never
+challenged nor refused by these defences.
 """
 
 import logging
@@ -38,17 +47,19 @@ from urllib.parse import unquote
 
 from .call_events import (ANSWER, ATTEMPT, BYE, CANCEL, FAILURE, RINGING, CallEvent,
                           call_event)
+from .digest import BANNED
 from .errors import SipError
 from .message import Request, Response, error_response, make_response
 from .proxy import (ALLOW, DIALOG_METHODS, OPTIONS_FIELDS, STATELESS_PREFIX, TRANSPORTS, UNCHALLENGED, Branch,
                     BranchTarget, Context, Lookup, ProxySettings, best_response, branch_prefix,
-                    branch_request, check_request, destinations, preprocess_route,
+                    branch_request, check_request, destinations, max_breadth, preprocess_route,
                     route_next_hop, stateless_branch, strip_our_via, target_groups,
                     trying_response)
 from .rfc3263 import Locator, Target
 from .transaction import (AckReceived, RequestReceived, ResponseReceived, StrayResponse,
                           TransactionLayer, TransactionTimeout, TransportError)
 from .uri import parse_uri
+from .via import source_address
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +74,7 @@ class ProxyCore:
 
     ``location`` is the ``Location`` table (read only), ``authenticator``
     a ``digest.Authenticator`` for our realm (None: no caller
-    authentication), ``user_exists(user)`` tells ``404`` from ``480``.
+    authentication).
     ``timer_c`` bounds how long a ringing INVITE branch may stay without
     news (§16.6 step 11). ``trying_delay``: an INVITE gets ``100 Trying``
     only if nothing else was sent upstream within that many seconds
@@ -71,12 +82,11 @@ class ProxyCore:
     """
 
     def __init__(self, settings: ProxySettings, location, authenticator=None,
-                 user_exists=None, *, t1: float = 0.5, t2: float = 4.0, t4: float = 5.0,
+                 *, t1: float = 0.5, t2: float = 4.0, t4: float = 5.0,
                  timer_c: float = 180.0, trying_delay: float = 0.2):
         self.settings = settings
         self.location = location
         self.auth = authenticator
-        self.user_exists = user_exists or (lambda user: False)
         self.timer_c = timer_c
         self.trying_delay = trying_delay
         self._trying: deque = deque()
@@ -136,7 +146,9 @@ class ProxyCore:
                     self.layer.send(msg, dest)
                 return
         elif msg.to.tag is not None:
-            if (msg.method not in _STATEFUL and msg.get("route") == self.settings.record_route
+            route = msg.get("route")
+            if (msg.method not in _STATEFUL and route is not None
+                    and self.settings.is_record_route(route, msg)
                     and self._forward_stateless(msg, source)):
                 return
         elif (self.auth is not None and msg.method not in UNCHALLENGED
@@ -244,29 +256,32 @@ class ProxyCore:
                                                       to_tag=self._new_tag()), now)
                 return
             raise SipError(405, "Method Not Allowed", [("Allow", ALLOW)])
-        in_dialog = req.to.tag is not None
+        # Only a Route the cluster wrote (its token verified) makes a request
+        # part of a dialog; a To tag alone proves nothing (issue 11: relay).
+        in_dialog = routed and req.to.tag is not None
+        emergency = bool(s.emergency) and s.is_emergency(ruri)
         caller = None
         if self.auth is not None and not in_dialog and method not in UNCHALLENGED:
             from_uri = req.from_.uri
-            if from_uri.user and s.is_local(from_uri):
-                caller = self._authenticate(req, unquote(from_uri.user), wall)
-        if local:
-            user = unquote(ruri.user)
-            bindings = self.location.lookup(s.aor(ruri), wall)
-            if not bindings:
-                if self.user_exists(user):
-                    raise SipError(480, "Temporarily Unavailable")
-                raise SipError(404, "Not Found")
-            groups = target_groups(bindings)
+            if from_uri.user and s.names_domain(from_uri):
+                if emergency:
+                    caller = self._emergency_caller(req, wall)
+                else:
+                    caller = self._authenticate(req, unquote(from_uri.user), wall)
+        breadth = max_breadth(req) if not emergency else self._emergency_breadth(req)
+        if emergency and not in_dialog:
+            groups = self._emergency_targets(req, ruri, local, caller, wall, breadth)
+        elif local:
+            groups = self._local_targets(ruri, wall, breadth)
         else:
-            if caller is None and not (routed and in_dialog):
+            if caller is None and not in_dialog:
                 raise SipError(403, "Relaying Denied")
             if ruri.scheme == "tel" and not has_route:
                 raise SipError(404, "Not Found")
             groups = [[BranchTarget(req.uri)]]
-        rr = s.record_route if method in DIALOG_METHODS and not in_dialog else None
-        ctx = stx.context = Context(stx, req, branch_prefix(loop), rr, groups)
-        if method == "BYE" or (ctx.invite and not in_dialog):
+        rr = s.record_route(req) if method in DIALOG_METHODS and req.to.tag is None else None
+        ctx = stx.context = Context(stx, req, branch_prefix(loop), rr, groups, breadth)
+        if method == "BYE" or (ctx.invite and req.to.tag is None):
             self._call_event(BYE if method == "BYE" else ATTEMPT, req, stx.destination)
         if ctx.invite:
             if self.trying_delay > 0:
@@ -275,8 +290,62 @@ class ProxyCore:
                 self.layer.respond(stx, trying_response(req), now)
         self._advance(ctx, now)
 
+    def _local_targets(self, ruri, wall: float, breadth: int) -> list:
+        """The branch groups for a user of our domain.
+
+        An unknown user and a user without a binding get the same ``480``
+        after the same work (one location lookup), so that nobody learns
+        which users exist (issue 11: enumeration). Bindings whose contact
+        reaches the cluster itself are never forked to (they would loop).
+        """
+        s = self.settings
+        bindings = self.location.lookup(s.aor(ruri), wall)
+        if bindings:
+            points_here = s.addresses.points_here
+            bindings = [b for b in bindings if not points_here(parse_uri(b.contact))]
+        if not bindings:
+            raise SipError(480, "Temporarily Unavailable")
+        return target_groups(bindings, s.max_branches, breadth)
+
+    def _emergency_targets(self, req: Request, ruri, local: bool, caller, wall: float,
+                           breadth: int) -> list:
+        """Where a call to an emergency number goes: the phones registered as that
+        number of our domain, whatever domain the Request-URI names; else where
+        routing takes an authenticated caller's call. Nobody else's request is
+        relayed to another domain for being to such a number."""
+        s = self.settings
+        number = ruri.user.split(";")[0]
+        bindings = self.location.lookup(f"sip:{unquote(number)}@{s.domain}", wall)
+        if bindings:
+            return target_groups(bindings, s.max_branches, breadth)
+        if local or caller is None or (ruri.scheme == "tel" and req.get("route") is None):
+            raise SipError(480, "No Route For Emergency Number")
+        return [[BranchTarget(req.uri)]]
+
+    def _emergency_caller(self, req: Request, wall: float) -> str | None:
+        """The authenticated user of a call to an emergency number, or None: such a
+        call is never challenged, nor refused for credentials that do not match."""
+        values = req.raw_values("proxy-authorization")
+        if not values:
+            return None
+        result = self.auth.authenticate(req.method, values, wall)
+        if result.ok and result.username == unquote(req.from_.uri.user):
+            return result.username
+        return None
+
+    @staticmethod
+    def _emergency_breadth(req: Request) -> int:
+        """Max-Breadth for an emergency call: the request's, but never a ``440``."""
+        try:
+            return max_breadth(req)
+        except SipError:
+            return 1
+
     def _authenticate(self, req: Request, user: str, wall: float) -> str:
-        result = self.auth.authenticate(req.method, req.raw_values("proxy-authorization"), wall)
+        result = self.auth.authenticate(req.method, req.raw_values("proxy-authorization"), wall,
+                                        req.uri, source_address(req))
+        if result is BANNED:
+            raise SipError(403, "Forbidden (Too Many Failed Authentications)")
         if not result.ok:
             self.stats["challenged"] += 1
             if result.reason != "missing":
@@ -296,13 +365,17 @@ class ProxyCore:
             if ctx.stopped or not ctx.groups:
                 self._send_final(ctx, now)
                 return
-            for target in ctx.groups.pop(0):
-                self._start_branch(ctx, target, now)
+            group = ctx.groups.pop(0)
+            share = max(1, ctx.breadth // len(group)) if group else 1
+            for target in group:
+                self._start_branch(ctx, target, now, share)
 
-    def _start_branch(self, ctx: Context, target: BranchTarget, now: float) -> None:
+    def _start_branch(self, ctx: Context, target: BranchTarget, now: float,
+                      breadth: int | None = None) -> None:
         branch = Branch(ctx)
         ctx.branches.append(branch)
-        req = branch_request(ctx.request, target, ctx.record_route, self.settings.domain)
+        req = branch_request(ctx.request, target, ctx.record_route, self.settings.domain,
+                             breadth)
         if target.dest is None or target.routes:
             try:
                 hop = route_next_hop(req, ctx.ruri if target.uri == ctx.request.uri else None)
@@ -541,7 +614,9 @@ class ProxyCore:
         fresh challenge, and the ACK of the 407 is dropped. False if not such a request."""
         s = self.settings
         from_uri = req.from_.uri
-        if not from_uri.user or not s.is_local(from_uri) or s.is_us(req.ruri):
+        if not from_uri.user or not s.names_domain(from_uri) or s.is_us(req.ruri):
+            return False
+        if s.emergency and s.is_emergency(req.ruri):
             return False
         try:
             check_request(req, s)
@@ -586,7 +661,9 @@ class ProxyCore:
                     ack.get("route") is None and s.is_local(ack.ruri)):
                 return
             branch = stateless_branch(ack)
-            preprocess_route(ack, s)
+            if not preprocess_route(ack, s):
+                log.debug("ACK for %s dropped: not in a dialog we Record-Routed", ack.uri)
+                return
             mf = ack.max_forwards
             if (mf is not None and mf <= 0) or (ack.get("route") is None and s.is_local(ack.ruri)):
                 log.debug("ACK for %s dropped", ack.uri)

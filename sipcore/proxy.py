@@ -19,9 +19,12 @@ layer; everything here works on one message at a time and keeps no state:
   transaction (ACK for 2xx, requests inside a dialog, their responses).
 """
 
+import hmac
+import os
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
+from .cluster_addresses import ClusterAddresses
 from .errors import SipError
 from .headers import Via, parse_int, split_list
 from .message import Request, Response, make_response
@@ -46,6 +49,10 @@ _AUTH_HEADERS = {401: "www-authenticate", 407: "proxy-authenticate"}
 _DEFAULT_PORT = {"sip": 5060, "sips": 5061}
 #: transports the node speaks
 TRANSPORTS = ("udp", "tcp")
+#: Max-Breadth of a request without one (RFC 5393 §5.1 recommends 60)
+DEFAULT_BREADTH = 60
+#: the Record-Route URI parameter holding the dialog token
+DIALOG_PARAM = "dlg"
 #: the branch prefix of requests forwarded statelessly (stateful ones have a hex digit here)
 STATELESS_PREFIX = MAGIC_COOKIE + "s"
 
@@ -78,7 +85,11 @@ class ProxySettings:
     ``domain`` and ``aliases`` are the domain names it is responsible for;
     ``address`` and ``port`` where it listens (and what it puts in Via
     and Record-Route). ``supported`` lists the option tags a
-    ``Proxy-Require`` may name.
+    ``Proxy-Require`` may name. ``secret`` keys the dialog tokens of its
+    Record-Route (the cluster's shared ``[auth]`` secret, so that any node
+    accepts them; random when empty). ``cluster`` knows every node's
+    address (this one alone when None). ``emergency`` holds the numbers no
+    defence may refuse; ``max_branches`` caps the branches of one request.
     """
 
     domain: str
@@ -86,21 +97,78 @@ class ProxySettings:
     port: int
     aliases: tuple[str, ...] = ()
     supported: frozenset = frozenset()
+    secret: bytes = b""
+    cluster: ClusterAddresses | None = None
+    emergency: frozenset = frozenset()
+    max_branches: int = 16
     names: frozenset = field(init=False)
     """Lower-case domain names that are ours (``domain`` and ``aliases``)."""
     sent_by: str = field(init=False)
     """``address:port`` as written in our Via."""
-    record_route: str = field(init=False)
-    """Our Record-Route value (loose routing, §16.6 step 4)."""
+    addresses: ClusterAddresses = field(init=False)
+    """``cluster``, or this node alone when it was None."""
 
     def __post_init__(self) -> None:
         self.domain = self.domain.lower()
         self.names = frozenset([self.domain, *(a.lower() for a in self.aliases)])
         host = f"[{self.address}]" if ":" in self.address else self.address
         self.sent_by = f"{host}:{self.port}"
-        self.record_route = f"<sip:{self.sent_by};lr>"
+        self._rr_start = f"<sip:{self.sent_by};lr;{DIALOG_PARAM}="
+        self._dialog_key = hmac.digest(self.secret or os.urandom(32), b"record-route", "sha256")
+        self.addresses = self.cluster or ClusterAddresses(self.names, [(self.address, self.port)])
         self._address = self.address.lower()
         self._via_host = host
+
+    # -- dialogs we Record-Routed ------------------------------------------------
+    def dialog_token(self, call_id: str, tag: str | None) -> str:
+        """The token of our Record-Route for a dialog: a MAC under the cluster's
+        secret over its Call-ID and the caller's From tag (96 bits, hex)."""
+        msg = f"{call_id}\0{tag or ''}".encode()
+        return hmac.digest(self._dialog_key, msg, "sha256")[:12].hex()
+
+    def record_route(self, req: Request) -> str:
+        """Our Record-Route value for a request that starts a dialog (loose routing,
+        §16.6 step 4), carrying the dialog's token."""
+        return f"{self._rr_start}{self.dialog_token(req.call_id, req.from_.tag)}>"
+
+    def is_record_route(self, route: str, req: Request) -> bool:
+        """Whether ``route`` is, as we wrote it, the Record-Route of the dialog
+        ``req`` is in (sent by either end: the caller's tag is in From or To)."""
+        if not route.startswith(self._rr_start):
+            return False
+        call_id = req.call_id
+        end = f"{self._rr_start}{self.dialog_token(call_id, req.from_.tag)}>"
+        if hmac.compare_digest(route, end):
+            return True
+        end = f"{self._rr_start}{self.dialog_token(call_id, req.to.tag)}>"
+        return hmac.compare_digest(route, end)
+
+    def proves_dialog(self, uri: SipUri, req: Request) -> bool:
+        """Whether ``uri`` (a Route, or a Request-URI a strict router wrote) carries
+        the token of the dialog ``req`` is in, made by any node of the cluster."""
+        token = uri.params.get(DIALOG_PARAM)
+        if not token:
+            return False
+        call_id = req.call_id
+        return (hmac.compare_digest(token, self.dialog_token(call_id, req.from_.tag))
+                or hmac.compare_digest(token, self.dialog_token(call_id, req.to.tag)))
+
+    def is_cluster_route(self, uri: SipUri) -> bool:
+        """Whether ``uri`` routes to a node of the cluster (ours or a peer's, so a
+        dialog survives its node's failover): no user part, a node's address."""
+        return uri.user is None and self.addresses.points_here(uri)
+
+    # -- callers and targets ---------------------------------------------------------
+    def names_domain(self, uri: SipUri) -> bool:
+        """Whether ``uri`` (a From) names our domain in any spelling: case, trailing
+        dot, alias, a node's address with any port."""
+        return self.addresses.names_domain(uri)
+
+    def is_emergency(self, uri: SipUri) -> bool:
+        """Whether ``uri`` dials one of the emergency numbers."""
+        user = uri.user
+        return user is not None and (user in self.emergency
+                                     or unquote(user).split(";")[0] in self.emergency)
 
     def is_local(self, uri: SipUri) -> bool:
         """Whether ``uri`` is in a domain this proxy is responsible for.
@@ -143,10 +211,10 @@ class Context:
     """The response context of one forwarded request (§16)."""
 
     __slots__ = ("server", "request", "ruri", "invite", "prefix", "record_route", "groups",
-                 "branches", "finals", "live", "final_sent", "stopped", "cancelled")
+                 "breadth", "branches", "finals", "live", "final_sent", "stopped", "cancelled")
 
     def __init__(self, server, request: Request, prefix: str, record_route: str | None,
-                 groups: list):
+                 groups: list, breadth: int = DEFAULT_BREADTH):
         self.server = server
         self.request = request
         self.ruri = request.ruri
@@ -154,6 +222,7 @@ class Context:
         self.prefix = prefix
         self.record_route = record_route
         self.groups = groups
+        self.breadth = breadth
         self.branches: list[Branch] = []
         self.finals: list[Response] = []
         self.live = 0
@@ -263,32 +332,37 @@ def _route_uri(value: str) -> SipUri:
 def preprocess_route(req: Request, settings: ProxySettings) -> bool:
     """§16.4: undo a strict router's rewrite and remove our own Route.
 
-    If the Request-URI is our Record-Route URI (a strict router put it
-    there) the last Route value becomes the Request-URI. Then a first
-    Route naming us is removed. Returns True when the request was routed
-    to us by a Route set (either case), which makes it a request inside
-    a dialog we Record-Routed.
+    If the Request-URI is a Record-Route URI of the cluster (a strict
+    router put it there) the last Route value becomes the Request-URI.
+    Then a first Route naming a node of the cluster is removed. Returns
+    True only when the URI so removed carries the token of the dialog the
+    request is in: the request then came by a Route the cluster wrote.
+    Any other request, with a To tag or not, is out of the dialogs we
+    know and gets no trust from its Route.
     """
-    routed = False
     first = req.get("route")
     if first is None:
         return False
-    if first == settings.record_route:
+    if settings.is_record_route(first, req):
         req.pop_first_value("route")
         return True
-    if settings.is_us(req.ruri):
+    proven = False
+    ruri = req.ruri
+    if settings.is_cluster_route(ruri):
+        proven = settings.proves_dialog(ruri, req)
         values = req.get_all("route")
         last = values[-1]
         req.remove("route")
         for v in values[:-1]:
             req.add("Route", v)
         req.uri = str(_route_uri(last))
-        routed = True
     first = first_route(req)
-    if first is not None and settings.is_us(_route_uri(first)):
-        req.pop_first_value("route")
-        routed = True
-    return routed
+    if first is not None:
+        uri = _route_uri(first)
+        if settings.is_cluster_route(uri):
+            req.pop_first_value("route")
+            proven = settings.proves_dialog(uri, req) or proven
+    return proven
 
 
 @dataclass(slots=True)
@@ -334,32 +408,49 @@ def binding_target(binding) -> BranchTarget:
     return BranchTarget(contact, (), dest)
 
 
-def target_groups(bindings: list) -> list[list[BranchTarget]]:
+def target_groups(bindings: list, max_branches: int = 16,
+                  breadth: int = DEFAULT_BREADTH) -> list[list[BranchTarget]]:
     """§16.6: bindings (highest q first) as groups tried one after the other.
 
     Bindings of equal q are forked in parallel; a lower q is tried only
     once every branch of the higher one failed. A missing q counts as 1.
+    At most ``max_branches`` bindings are taken in all, and at most
+    ``breadth`` (the request's Max-Breadth, RFC 5393 §5.1) in one group,
+    which bounds what one request can make however many bindings it meets.
     """
     groups: list[list[BranchTarget]] = []
     last_q = None
-    for b in bindings:
+    for b in bindings[:max_branches]:
         q = 1.0 if b.q is None else b.q
         if q != last_q:
             groups.append([])
             last_q = q
-        groups[-1].append(binding_target(b))
+        if len(groups[-1]) < breadth:
+            groups[-1].append(binding_target(b))
     return groups
 
 
+def max_breadth(req: Request) -> int:
+    """The request's Max-Breadth (RFC 5393), 60 when absent; ``440`` when it is 0."""
+    value = req.get("max-breadth")
+    if value is None:
+        return DEFAULT_BREADTH
+    breadth = parse_int(value, "Max-Breadth", 2 ** 31)
+    if breadth == 0:
+        raise SipError(440, "Max-Breadth Exceeded")
+    return breadth
+
+
 def branch_request(req: Request, target: BranchTarget, record_route: str | None,
-                   realm: str | None) -> Request:
+                   realm: str | None, breadth: int | None = None) -> Request:
     """§16.6 steps 1–5 for one target: a copy of ``req`` to forward.
 
     The copy gets the target's Request-URI, Max-Forwards decremented (70
     when absent), ``record_route`` on top of any Record-Route, the
-    target's Path values as first Routes, and loses the
-    Proxy-Authorization values of ``realm`` (the credentials were for
-    us). Its first header is an empty Via to be filled by ``set_via``.
+    target's Path values as first Routes, ``Max-Breadth: breadth`` when
+    given (RFC 5393), and loses the Proxy-Authorization values of
+    ``realm`` (the credentials were for us). Its first header is an empty
+    Via to be filled by ``set_via``.
     """
     headers: list = [["via", "Via", ""]]
     if record_route is not None:
@@ -372,11 +463,14 @@ def branch_request(req: Request, target: BranchTarget, record_route: str | None,
         if k == "max-forwards":
             mf = True
             v = str(max(0, int(v) - 1))
-        elif k == "proxy-authorization" and realm_text is not None and realm_text in v:
+        elif (k == "proxy-authorization" and realm_text is not None and realm_text in v) or (
+                k == "max-breadth" and breadth is not None):
             continue
         headers.append([k, n, v])
     if not mf:
         headers.append(["max-forwards", "Max-Forwards", "70"])
+    if breadth is not None:
+        headers.append(["max-breadth", "Max-Breadth", str(breadth)])
     return Request(req.method, target.uri, headers, req.body)
 
 

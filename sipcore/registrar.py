@@ -8,9 +8,11 @@ the caller commits the changes and only then sends the response.
 
 from dataclasses import dataclass
 from email.utils import formatdate
+from ipaddress import ip_address
 from math import inf, nextafter
 from urllib.parse import unquote
 
+from .cluster_addresses import ClusterAddresses
 from .errors import SipError, SipParseError
 from .headers import parse_int
 from .location import Binding, Location, tombstone
@@ -55,12 +57,21 @@ class RegisterOutcome:
 
 
 class RegistrarRules:
-    """Registrar policy for one domain."""
+    """Registrar policy for one domain.
+
+    ``cluster`` knows the cluster's names and node addresses: a Contact
+    reaching any of them is refused (``403``), since a call forked to it
+    would come back to the cluster on every pass. Without it, the domain
+    and its aliases that are names (not addresses) count.
+    """
 
     def __init__(self, domain: str, aliases=(), min_expires: int = 60,
                  max_expires: int = 3600, default_expires: int = 3600,
-                 max_contacts: int = 10):
+                 max_contacts: int = 10, cluster: ClusterAddresses | None = None):
         self.domains = {domain.lower(), *(a.lower() for a in aliases)}
+        if cluster is None:
+            cluster = ClusterAddresses([n for n in self.domains if not _is_address(n)], ())
+        self.cluster = cluster
         self.domain = domain.lower()
         self.min_expires = min_expires
         self.max_expires = max_expires
@@ -182,6 +193,8 @@ class RegistrarRules:
                 return key, None
             return key, tombstone(old, call_id=call_id, cseq=cseq, origin=node_id,
                                   updated_at=_stamp(old, call_id, now))
+        if self.cluster.points_here(na.uri):
+            raise SipError(403, "Contact Points At This Cluster")
         return key, Binding(aor=aor, key=key, contact=str(na.uri), expires_at=now + expires,
                             call_id=call_id, cseq=cseq, q=q, path=path, instance=instance,
                             reg_id=reg_id, received=received, user_agent=ua, origin=node_id,
@@ -229,6 +242,14 @@ def challenge_bytes(req: Request, challenges: list[str], to_tag: str) -> bytes:
     REGISTER without credentials)."""
     return response_bytes(req, 401, "Unauthorized",
                           [("WWW-Authenticate", c) for c in challenges], to_tag=to_tag)
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _expiry(b: Binding) -> float:

@@ -24,9 +24,12 @@ import math
 from dataclasses import dataclass, field
 from operator import attrgetter
 from collections.abc import Iterable, Iterator
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from .location import Binding
+
+if TYPE_CHECKING:
+    from .authguard import Ban
 
 FIELDS = ("aor", "key", "contact", "expires_at", "call_id", "cseq", "q", "path",
           "instance", "reg_id", "received", "user_agent", "origin", "epoch", "seq",
@@ -355,3 +358,42 @@ class SetDigest:
     def summary(self) -> dict[str, Any]:
         """``{"digest": 32 hex digits, "live": n, "tombstones": n}``."""
         return {"digest": f"{self.total:032x}", "live": self.live, "tombstones": self.tombstones}
+
+
+BANS_VERSION = 1
+"""Version of the bans message; a receiver drops any other."""
+MAX_BANS = 1000
+"""Most bans one message may carry."""
+_MAX_BAN_KEY = 256
+_BAN_KINDS = {"s": "source", "u": "user"}
+_BAN_CODES = {v: k for k, v in _BAN_KINDS.items()}
+
+
+def encode_bans(node: str, bans: "Iterable[Ban]") -> bytes:
+    """One bans message ``{"v": 1, "id", "b": [[kind, key, until], ...]}`` of
+    node ``node``: kind ``s`` (source) or ``u`` (user), ``until`` the
+    wall-clock end of the ban, 0 for a ban lifted. ``bans`` are
+    ``sipcore.authguard.Ban`` values (at most ``MAX_BANS``)."""
+    return _dumps({"v": BANS_VERSION, "id": node,
+                   "b": [[_BAN_CODES[b.kind], b.key, round(b.until, 3)] for b in bans]}).encode()
+
+
+def decode_bans(data: bytes) -> tuple[str, list[tuple[str, str, float]]]:
+    """``(node, [(kind, key, until), ...])`` of a bans message, kind
+    ``"source"`` or ``"user"``; ``WireError`` when malformed or of another version."""
+    obj = _loads(data)
+    if obj.get("v") != BANS_VERSION:
+        raise WireError(f"bans message of version {obj.get('v')!r}")
+    node = _get(obj, "id", _STR)
+    rows = _get(obj, "b", _LIST)
+    if len(rows) > MAX_BANS:
+        raise WireError(f"{len(rows)} bans in one message")
+    out = []
+    for row in rows:
+        if (not isinstance(row, list) or len(row) != 3 or row[0] not in _BAN_KINDS
+                or not isinstance(row[1], str) or not 0 < len(row[1]) <= _MAX_BAN_KEY
+                or isinstance(row[2], bool) or not isinstance(row[2], (int, float))
+                or not math.isfinite(row[2])):
+            raise WireError(f"malformed ban {str(row)[:80]}")
+        out.append((_BAN_KINDS[row[0]], row[1], float(row[2])))
+    return node, out

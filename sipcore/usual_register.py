@@ -89,11 +89,12 @@ class UsualRegister:
     as ``stamp_via`` stamps it); ``copied`` the lines a response copies, in
     the request's order, To at ``to_at``; ``dest`` the (host, port) a
     response goes to; ``key`` the ``server_key`` (None without the magic
-    cookie); ``user`` and ``to_host`` the parts of the To URI.
+    cookie); ``user`` and ``to_host`` the parts of the To URI; ``uri`` the
+    Request-URI as written.
     """
 
     __slots__ = ("data", "ip", "port", "dest", "key", "copied", "to_at", "user", "to_host",
-                 "call_id", "cseq", "fields")
+                 "call_id", "cseq", "fields", "uri")
 
     def response(self, status: int, reason: str, headers, to_tag: str) -> bytes:
         """What ``response_bytes(request, status, reason, headers, to_tag=to_tag)``
@@ -211,6 +212,7 @@ def scan(data: bytes, ip: str, port: int, domains) -> UsualRegister | None:
     usual.copied = copied
     usual.fields = found
     usual.data, usual.ip, usual.port = data, ip, port
+    usual.uri = lines[0][9:-8]
     return usual
 
 

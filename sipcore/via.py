@@ -39,6 +39,13 @@ def stamp_via(req: Request, transport: str, ip: str, port: int) -> tuple[str, st
     return ("udp", target, via.port or DEFAULT_PORTS.get(via.transport, 5060))
 
 
+def source_address(req: Request) -> str:
+    """The address a received request came from, as ``stamp_via`` left its top Via."""
+    via = req.top_via
+    host = via.params.get("received") or via.host
+    return host[1:-1] if host.startswith("[") else host
+
+
 def response_destination(msg: Message) -> tuple[str, str, int] | None:
     """Where a proxy sends a response it forwards: the (new) top Via (§18.2.2)."""
     try:

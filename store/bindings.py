@@ -12,8 +12,7 @@ A binding record is a ``dict`` whose keys are exactly
     q           float | None
     call_id     str
     cseq        int
-    path        list[str]  Path header values, stored as JSON text (write_batch
-                       also takes that JSON text; load_bindings gives lists)
+    path        list[str]  Path header values, stored as JSON text
     instance    str | None
     reg_id      int | None
     received    str | None "transport:host:port" of the source
@@ -25,10 +24,10 @@ A binding record is a ``dict`` whose keys are exactly
     deleted     bool   a tombstone, kept until expires_at
 
 The registrar keeps its location table in memory; this module is how that
-table reaches the disk (:func:`write_batch`, the group commit) and comes
+table reaches the disk (:func:`write_bindings`, the group commit) and comes
 back at startup (:func:`load_bindings`).
 
-:func:`write_batch` and :func:`write_bindings` are on the hot path. Peewee
+:func:`write_bindings` is on the hot path. Peewee
 builds its INSERT ... ON CONFLICT statement once per backend (so the SQL
 dialect is peewee's), and the statement for a chunk of n rows is that
 single-row statement with n value groups; building it with peewee for every
@@ -53,7 +52,7 @@ sizes times the few NULL patterns a deployment's phones produce.
 import json
 import logging
 import time
-from operator import attrgetter, itemgetter
+from operator import attrgetter
 
 import peewee
 
@@ -67,20 +66,16 @@ MAX_ROWS_PER_STATEMENT = 500
 bound-parameter limit requires it; on SQLite the power of two below)."""
 
 SLOW_BATCH_S = 0.5
-"""A write_batch slower than this is logged as a warning."""
+"""A write_bindings slower than this is logged as a warning."""
 
-_FIELD_SET = frozenset(BINDING_FIELDS)
 _NFIELDS = len(BINDING_FIELDS)
 _PATH_AT = BINDING_FIELDS.index("path")
 _DELETED_AT = BINDING_FIELDS.index("deleted")
-# The record is turned into parameters in three runs around the two columns
+# A binding is turned into parameters in three runs around the two columns
 # that need conversion ("path" to JSON and "deleted" to bool), which keeps
-# the per-row work to two C-level itemgetter calls.
+# the per-row work to two C-level attrgetter calls.
 if not _PATH_AT < _DELETED_AT == _NFIELDS - 1:
     raise ImportError("store.bindings expects path before deleted, last")
-_head = itemgetter(*BINDING_FIELDS[:_PATH_AT])
-_middle = itemgetter(*BINDING_FIELDS[_PATH_AT + 1:_DELETED_AT])
-_identity = itemgetter("aor", "key")
 _head_of = attrgetter(*BINDING_FIELDS[:_PATH_AT])
 _middle_of = attrgetter(*BINDING_FIELDS[_PATH_AT + 1:_DELETED_AT])
 _dumps = json.JSONEncoder(separators=(",", ":")).encode
@@ -134,10 +129,9 @@ class _Writer:
             self._most = 1 << (self._most.bit_length() - 1)
         self._texts: dict[tuple, str] = {}
 
-    def statements(self, records: list, params_of) -> list[tuple[str, list]]:
-        """Return (sql, parameters) of the upserts of ``records``, whose
-        parameters ``params_of`` gives in :data:`BINDING_FIELDS` order."""
-        params = params_of(records)
+    def statements(self, records: list) -> list[tuple[str, list]]:
+        """Return (sql, parameters) of the upserts of binding objects ``records``."""
+        params = _params_of(records)
         if self._sqlite:
             params[_DELETED_AT::_NFIELDS] = map(
                 _sqlite_flag, params[_DELETED_AT::_NFIELDS])
@@ -202,62 +196,12 @@ def _writer(db: peewee.Database) -> _Writer:
     return writer
 
 
-def _encode_path(path) -> str:
-    """Turn a record's ``path`` into its JSON text.
-
-    A list (or tuple) of strings is encoded; a string is taken as JSON text
-    already, and checked to decode to a list so that no row can break
-    :func:`load_bindings`.
-    """
-    if not path:
-        if path is None:
-            raise StoreError("binding field path is None (use [])")
-        return "[]"
-    if isinstance(path, str):
-        try:
-            decoded = _loads(path)
-        except ValueError:
-            decoded = None
-        if not isinstance(decoded, list):
-            raise StoreError("binding field path %r is neither a list nor "
-                             "the JSON text of one" % path)
-        return path
+def _encode_path(path: list[str] | tuple[str, ...]) -> str:
+    """A binding's ``path`` as its JSON text."""
     if not isinstance(path, (list, tuple)):
         raise StoreError("binding field path must be a list of strings, not "
                          "%s" % type(path).__name__)
-    return _dumps(list(path))
-
-
-def _bad_record(record) -> StoreError:
-    """Build the error that says how ``record`` differs from a binding."""
-    if not isinstance(record, dict):
-        return StoreError("binding record must be a dict, not %s"
-                          % type(record).__name__)
-    missing = sorted(_FIELD_SET - record.keys())
-    extra = sorted(map(str, record.keys() - _FIELD_SET))
-    return StoreError("bad binding record for %r: missing fields %s, "
-                      "unknown fields %s" % (record.get("aor"),
-                                             missing or "none",
-                                             extra or "none"))
-
-
-def _params_of(records) -> list:
-    """Flatten ``records`` into one list of statement parameters."""
-    params: list = []
-    extend = params.extend
-    append = params.append
-    for record in records:
-        if len(record) != _NFIELDS:
-            raise _bad_record(record)
-        try:
-            extend(_head(record))
-            append(_encode_path(record["path"]))
-            extend(_middle(record))
-            deleted = record["deleted"]
-            append(deleted if deleted is None else bool(deleted))
-        except (KeyError, TypeError) as exc:
-            raise _bad_record(record) from exc
-    return params
+    return _dumps(list(path)) if path else "[]"
 
 
 def _reset_if_broken(db: peewee.Database) -> None:
@@ -273,44 +217,16 @@ def _reset_if_broken(db: peewee.Database) -> None:
                     exc_info=True)
 
 
-def write_batch(upserts: list[dict],
-                deletes: list[tuple[str, str]] | None = None) -> None:
+def write_bindings(bindings: list) -> None:
     """Write many bindings in ONE transaction; durable when this returns.
 
-    Each record of ``upserts`` is inserted, or replaces every column of the
-    row with the same (aor, key). If the same (aor, key) appears more than
-    once, the last record in the list wins. ``deletes`` lists (aor, key)
-    pairs to remove outright (used to purge expired tombstones); they are
-    applied before the upserts, so an upsert of the same pair wins.
-
-    Everything or nothing is written: on any error the transaction is
-    rolled back and :class:`StoreError` raised. It must not be called
-    inside another transaction, since its commit is what makes the batch
-    durable.
-    """
-    db = get_database()
-    if db.in_transaction():
-        raise StoreError("write_batch must not run inside a transaction")
-    if not upserts and not deletes:
-        return
-    if not isinstance(upserts, list):
-        upserts = list(upserts)
-    deletes = list(deletes) if deletes else []
-    latest = {}
-    try:
-        for record in upserts:
-            latest[_identity(record)] = record
-    except (KeyError, TypeError) as exc:
-        raise _bad_record(record) from exc
-    records = list(latest.values()) if len(latest) != len(upserts) else upserts
-    _commit(db, records, _params_of, deletes)
-
-
-def write_bindings(bindings: list) -> None:
-    """``write_batch(upserts)`` for objects with an attribute per record key
-    (``sipcore.location.Binding``): the registrar's group commit, without
-    a dict per binding. Durable when this returns; the last of several
-    bindings with the same (aor, key) wins.
+    ``bindings`` are objects with an attribute per record key
+    (``sipcore.location.Binding``): the registrar's group commit. Each is
+    inserted, or replaces every column of the row with the same (aor,
+    key); of several with the same (aor, key) the last wins. Everything or
+    nothing is written: on any error the transaction is rolled back and
+    :class:`StoreError` raised. It must not be called inside another
+    transaction, since its commit is what makes the batch durable.
     """
     db = get_database()
     if db.in_transaction():
@@ -322,11 +238,11 @@ def write_bindings(bindings: list) -> None:
     except AttributeError as exc:
         raise StoreError("write_bindings takes binding objects: %s" % exc) from exc
     records = list(latest.values()) if len(latest) != len(bindings) else bindings
-    _commit(db, records, _params_of_bindings, [])
+    _commit(db, records)
 
 
-def _params_of_bindings(bindings) -> list:
-    """``_params_of`` for binding objects."""
+def _params_of(bindings) -> list:
+    """Flatten ``bindings`` into one list of statement parameters."""
     params: list = []
     extend = params.extend
     append = params.append
@@ -337,56 +253,49 @@ def _params_of_bindings(bindings) -> list:
             extend(_middle_of(b))
             append(bool(b.deleted))
         except AttributeError as exc:
-            raise StoreError("not a binding: %r (%s)" % (b, exc)) from exc
+            raise StoreError("not a binding: %s of %s" % (exc, getattr(b, "aor", "?"))) from exc
     return params
 
 
-def _commit(db: peewee.Database, records: list, params_of, deletes: list) -> None:
-    """Delete ``deletes`` and upsert ``records`` (made parameters by
-    ``params_of``) in one transaction, in statements of as many rows as the
+def _commit(db: peewee.Database, records: list) -> None:
+    """Upsert ``records`` in one transaction, in statements of as many rows as the
     backend takes."""
     started = time.perf_counter()
     try:
         writer = _writer(db)
         connection = db.connection()
     except peewee.PeeweeException as exc:
-        raise _write_failed(db, records, deletes, exc) from exc
+        raise _write_failed(db, records, exc) from exc
     # Built before BEGIN, so that a bad record fails without touching the
     # database and the write lock is held only while the database works.
-    statements = writer.statements(records, params_of) if records else []
+    statements = writer.statements(records)
     try:
-        _transact(db, connection.cursor(), writer.begin, deletes, statements)
+        _transact(db, connection.cursor(), writer.begin, statements)
     except (peewee.PeeweeException, connection.Error) as exc:
-        raise _write_failed(db, records, deletes, exc) from exc
+        raise _write_failed(db, records, exc) from exc
     elapsed = time.perf_counter() - started
     if elapsed > SLOW_BATCH_S:
-        log.warning("wrote %d bindings, deleted %d, in %.1f ms",
-                    len(records), len(deletes), elapsed * 1000)
+        log.warning("wrote %d bindings in %.1f ms", len(records), elapsed * 1000)
     elif log.isEnabledFor(logging.DEBUG):
-        log.debug("wrote %d bindings, deleted %d, in %.1f ms",
-                  len(records), len(deletes), elapsed * 1000)
+        log.debug("wrote %d bindings in %.1f ms", len(records), elapsed * 1000)
 
 
-def _write_failed(db: peewee.Database, records: list, deletes: list,
-                  exc: Exception) -> StoreError:
+def _write_failed(db: peewee.Database, records: list, exc: Exception) -> StoreError:
     """Reset a broken connection; return the error that reports ``exc``."""
     _reset_if_broken(db)
-    return StoreError("write of %d upserts and %d deletes failed, nothing "
-                      "written: %s" % (len(records), len(deletes), exc))
+    return StoreError("write of %d bindings failed, nothing written: %s"
+                      % (len(records), exc))
 
 
-def _transact(db: peewee.Database, cursor, begin: str, deletes: list,
-              statements: list) -> None:
-    """Run ``deletes`` and ``statements`` between ``begin`` and COMMIT on
-    ``cursor``, a cursor of ``db``'s connection; roll back on any error."""
+def _transact(db: peewee.Database, cursor, begin: str, statements: list) -> None:
+    """Run ``statements`` between ``begin`` and COMMIT on ``cursor``, a
+    cursor of ``db``'s connection; roll back on any error."""
     cursor.execute(begin)
     # Peewee's record of the transaction, as atomic() would push it: while
     # it is there in_transaction() is true, and peewee neither closes the
     # connection nor starts another transaction on it.
     db.push_transaction(db.transaction())
     try:
-        if deletes:
-            _delete_pairs(db, deletes)
         for sql, params in statements:
             cursor.execute(sql, params)
         cursor.execute("COMMIT")
@@ -414,16 +323,6 @@ def _roll_back(db: peewee.Database, cursor) -> None:
         except peewee.PeeweeException:
             log.warning("could not close a database connection whose "
                         "rollback failed", exc_info=True)
-
-
-def _delete_pairs(db: peewee.Database, pairs) -> None:
-    """Delete the (aor, key) pairs, in chunks; caller holds the transaction."""
-    per_statement = max(1, min(MAX_ROWS_PER_STATEMENT,
-                               max_variables(db) // 2))
-    identity = peewee.Tuple(Binding.aor, Binding.key)
-    for start in range(0, len(pairs), per_statement):
-        chunk = [tuple(pair) for pair in pairs[start:start + per_statement]]
-        Binding.delete().where(identity.in_(chunk)).execute()
 
 
 def load_bindings(include_deleted: bool = True) -> list[dict]:

@@ -75,3 +75,15 @@ def test_store_creates_sqlite_files_private(tmp_path):
         if name.startswith("tandem.db"):
             mode = stat.S_IMODE(os.stat(os.path.join(node.dir, name)).st_mode)
             assert mode == 0o600, f"{name} has mode {mode:04o}"
+
+
+def test_security_defaults_and_bad_values_refused():
+    cfg = parse_config(MINIMAL)
+    assert (cfg.require_qop, cfg.max_failures, cfg.ban_time, cfg.ban_response) == (True, 10, 600.0, "403")
+    assert (cfg.udp_rate, cfg.udp_burst, cfg.tcp_max_per_source) == (200.0, 400, 32)
+    for section, key, bad in (("auth", "ban_response", "teapot"), ("auth", "max_failures", -1),
+                              ("auth", "require_qop", "yes"), ("auth", "ban_time", "long"),
+                              ("limits", "udp_rate", -5), ("limits", "max_message_size", 100),
+                              ("limits", "nonsense", 1)):
+        with pytest.raises(ConfigError):
+            parse_config({**MINIMAL, section: {key: bad}})

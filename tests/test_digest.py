@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 
 from sipcore import digest
 from sipcore.digest import (
-    Authenticator, AuthResult, Credentials, NonceCounts, NonceFactory,
-    _params, _params_slow, expected_response, ha1, parse_credentials,
+    BANNED, NONCE_LENGTH, Authenticator, AuthResult, Credentials, NonceCounts, NonceFactory,
+    _params, _params_slow, expected_response, ha1, origin_tag, parse_credentials,
 )
 from sipcore.errors import SipParseError
 
@@ -100,7 +100,7 @@ def test_expected_response_variants():
 def test_nonce_round_trip():
     f = NonceFactory(b"secret", lifetime=300.0)
     n = f.make(1000.0)
-    assert len(n) == 48
+    assert len(n) == NONCE_LENGTH
     assert not set(n) & set('",; \\=')
     assert f.check(n, 1000.0) == "ok"
     assert f.check(n, 1299.9) == "ok"
@@ -127,8 +127,8 @@ def test_nonce_tampered_or_foreign_is_invalid():
         assert f.check(bad, 1000.0) == "invalid"
 
 
-def test_nonce_format_unchanged():
-    """Nonces are made and checked as before, so nodes of either version agree."""
+def test_nonce_format():
+    """Time, salt, origin tag, then HMAC-SHA256 over the three: the layout any node checks."""
     secret = b"secret"
     f = NonceFactory(secret)
 
@@ -140,9 +140,11 @@ def test_nonce_format_unchanged():
         n = f.make(1000.0 + i)
         assert n[:12] == "%012x" % (1_000_000 + 1000 * i)
         assert len(base64.urlsafe_b64decode(n[12:24])) == 9
-        assert n[24:] == old_mac(n[:24])
+        assert n[24:32] == f.origin
+        assert n[32:] == old_mac(n[:32])
     # A salt whose base64 needs both URL-safe characters.
-    prefix = "%012x" % 1_000_000 + base64.urlsafe_b64encode(b"\xfb\xff\xbf" * 3).decode()
+    prefix = ("%012x" % 1_000_000 + base64.urlsafe_b64encode(b"\xfb\xff\xbf" * 3).decode()
+              + f.origin)
     assert "-" in prefix and "_" in prefix
     assert f.check(prefix + old_mac(prefix), 1000.0) == "ok"
 
@@ -465,7 +467,7 @@ def test_correct_credentials_ok(algorithm):
 
 
 def test_sess_variant_and_rfc2069_accepted():
-    a = make_auth()
+    a = make_auth(require_qop=False)
     ch = challenge_for(a.authenticate("REGISTER", [], 0.0), "MD5")
     assert a.authenticate("REGISTER", [answer(ch, "alice", "wonderland",
                                               algorithm="MD5-sess")], 1.0).ok
@@ -473,18 +475,26 @@ def test_sess_variant_and_rfc2069_accepted():
                                               qop=False)], 1.0).ok
 
 
-def test_wrong_password_and_unknown_user_look_the_same():
+def test_rfc2069_refused_when_qop_is_required():
+    """By default credentials without qop, replayable while the nonce lives, are refused."""
     a = make_auth()
     ch = challenge_for(a.authenticate("REGISTER", [], 0.0), "MD5")
-    wrong = a.authenticate("REGISTER", [answer(ch, "alice", "nope")], 1.0)
-    unknown = a.authenticate("REGISTER", [answer(ch, "mallory", "nope")], 1.0)
+    r = a.authenticate("REGISTER", [answer(ch, "alice", "wonderland", qop=False)], 1.0)
+    assert not r.ok and r.reason == "unsupported" and r.challenges
+
+
+def test_wrong_password_and_unknown_user_look_the_same():
+    a = make_auth()
+    fresh = lambda: challenge_for(a.authenticate("REGISTER", [], 0.0), "MD5")  # noqa: E731
+    wrong = a.authenticate("REGISTER", [answer(fresh(), "alice", "nope")], 1.0)
+    unknown = a.authenticate("REGISTER", [answer(fresh(), "mallory", "nope")], 1.0)
     missing_alg = a.authenticate(
         "REGISTER", [answer(challenge_for(a.authenticate("REGISTER", [], 0.0), "SHA-256"),
                             "oldie", "pw")], 1.0)
     for r in (wrong, unknown, missing_alg):
         assert (r.ok, r.username, r.stale, r.reason) == (False, None, False, "denied")
         assert len(r.challenges) == 2
-    strip = lambda r: [c.split('nonce="')[0] + c.split('nonce="')[1][49:]  # noqa: E731
+    strip = lambda r: [c.split('nonce="')[0] + c.split('nonce="')[1][NONCE_LENGTH + 1:]  # noqa: E731
                        for c in r.challenges]
     assert strip(wrong) == strip(unknown) == strip(missing_alg)
 
@@ -510,11 +520,91 @@ def test_replayed_nc_refused_then_higher_nc_ok():
     assert a.authenticate("REGISTER", [answer(ch, "alice", "wonderland", nc=2)], 3.0).ok
 
 
-def test_failed_attempt_does_not_burn_nonce_count():
+@pytest.mark.parametrize("slow", [False, True])
+def test_wrong_answer_uses_up_its_nonce(slow):
+    """After a wrong password a nonce takes nothing more, not even the right
+    password: each guess costs a fresh challenge (both ways of reading)."""
     a = make_auth()
     ch = challenge_for(a.authenticate("REGISTER", [], 0.0), "MD5")
-    assert not a.authenticate("REGISTER", [answer(ch, "alice", "bad", nc=9)], 1.0).ok
+    # A backslash escape sends a value through the character scanner.
+    tweak = (lambda v: v.replace('cnonce="0a4f113b"', 'cnonce="0a4f\\113b"')) if slow else str
+    r = a.authenticate("REGISTER", [tweak(answer(ch, "alice", "bad", nc=1))], 1.0)
+    assert not r.ok and r.reason == "denied"
+    for nc in (2, 3):
+        r = a.authenticate("REGISTER", [tweak(answer(ch, "alice", "wonderland", nc=nc))], 1.0)
+        assert not r.ok and r.reason == "used" and r.challenges
+    fresh = challenge_for(r, "MD5")
+    assert a.authenticate("REGISTER", [tweak(answer(fresh, "alice", "wonderland"))], 1.0).ok
+
+
+def test_wrong_answer_after_success_uses_the_nonce_up():
+    a = make_auth()
+    ch = challenge_for(a.authenticate("REGISTER", [], 0.0), "MD5")
     assert a.authenticate("REGISTER", [answer(ch, "alice", "wonderland", nc=1)], 1.0).ok
+    assert not a.authenticate("REGISTER", [answer(ch, "alice", "bad", nc=2)], 1.0).ok
+    assert a.authenticate("REGISTER", [answer(ch, "alice", "wonderland", nc=3)], 1.0).reason == "used"
+
+
+def test_digest_uri_must_match_the_request_uri():
+    a = make_auth()
+    ch = challenge_for(a.authenticate("REGISTER", [], 0.0), "MD5")
+    value = answer(ch, "alice", "wonderland")
+    uri = value.split('uri="', 1)[1].split('"', 1)[0]
+    with pytest.raises(SipParseError, match="uri does not match"):
+        a.authenticate("REGISTER", [value], 1.0, uri="sip:elsewhere.test")
+    # Refused before anything is counted: the same credentials still pass.
+    assert a.authenticate("REGISTER", [value], 1.0, uri=uri.upper()).ok
+    # A name of the server itself stands for any Request-URI (SIPp sends its
+    # target's address), nothing else does.
+    server = make_auth(server_uris=frozenset({"sip:192.0.2.10:5060"}))
+    for digest_uri, ok in (("sip:192.0.2.10:5060", True), ("sip:bob@tandem.test", False)):
+        ch = challenge_for(server.authenticate("REGISTER", [], 0.0), "MD5")
+        creds = answer(ch, "alice", "wonderland", uri=digest_uri)
+        if ok:
+            assert server.authenticate("REGISTER", [creds], 1.0, uri="sip:alice@tandem.test").ok
+        else:
+            with pytest.raises(SipParseError):
+                server.authenticate("REGISTER", [creds], 1.0, uri="sip:alice@tandem.test")
+
+
+def test_nonce_of_another_node_or_boot_is_stale_when_answered_rightly():
+    """A captured answer does not count on a peer or after a restart; an
+    honest phone gets stale=true and answers again without asking its user."""
+    one = make_auth(origin=origin_tag("node1", 1))
+    two = make_auth(origin=origin_tag("node2", 1))
+    rebooted = make_auth(origin=origin_tag("node1", 2))
+    ch = challenge_for(one.authenticate("REGISTER", [], 0.0), "MD5")
+    captured = answer(ch, "alice", "wonderland")
+    assert one.authenticate("REGISTER", [captured], 1.0).ok
+    for other in (two, rebooted):
+        r = other.authenticate("REGISTER", [captured], 1.0)
+        assert not r.ok and r.stale and r.reason == "foreign"
+        assert all(c.endswith("stale=true") for c in r.challenges)
+        again = answer(challenge_for(r, "MD5"), "alice", "wonderland")
+        assert other.authenticate("REGISTER", [again], 1.0).ok
+    wrong = two.authenticate("REGISTER", [answer(ch, "alice", "bad", nc=2)], 1.0)
+    assert not wrong.stale and wrong.reason == "denied"
+    assert origin_tag("node1", 1) != origin_tag("node1", 2)
+    assert NonceFactory(b"cluster-secret", origin=origin_tag("node2", 1)).check(
+        challenge_for(one.authenticate("REGISTER", [], 0.0), "MD5").split('nonce="')[1][:NONCE_LENGTH],
+        1.0) == "foreign"
+
+
+def test_guard_counts_failures_and_bans_before_any_password_check():
+    from sipcore.authguard import AuthGuard, GuardSettings
+    guard = AuthGuard(GuardSettings(max_failures=3, window=60.0, ban_time=100.0))
+    a = make_auth(guard=guard)
+
+    def attempt(password, source="192.0.2.1", now=1.0):
+        ch = challenge_for(a.authenticate("REGISTER", [], now), "MD5")
+        return a.authenticate("REGISTER", [answer(ch, "alice", password)], now, source=source)
+
+    assert attempt("wonderland").ok
+    for _ in range(3):
+        assert attempt("guess").reason == "denied"
+    assert attempt("wonderland") is BANNED
+    assert attempt("wonderland", source="192.0.2.2").ok
+    assert attempt("wonderland", now=102.0).ok
 
 
 def test_bad_nonce_and_other_node_nonce():
@@ -524,7 +614,8 @@ def test_bad_nonce_and_other_node_nonce():
     r = a.authenticate("REGISTER", [answer(forged, "alice", "wonderland")], 1.0)
     assert not r.ok and r.reason == "nonce" and not r.stale
     peer = Authenticator(REALM, b"cluster-secret", USERS.get)
-    assert peer.authenticate("REGISTER", [answer(ch, "alice", "wonderland")], 1.0).ok
+    r = peer.authenticate("REGISTER", [answer(ch, "alice", "wonderland")], 1.0)
+    assert r.ok, "same secret and origin: one node's nonce is good on its twin"
 
 
 def test_picks_our_realm_among_several_values():
@@ -570,8 +661,8 @@ def test_nonce_mac_is_hmac_sha256_for_any_secret_length(secret):
     f = NonceFactory(secret)
     for i in range(3):
         n = f.make(1000.0 + i)
-        mac = hmac.digest(secret, n[:24].encode(), "sha256")[:18]
-        assert n[24:] == base64.urlsafe_b64encode(mac).decode()
+        mac = hmac.digest(secret, n[:32].encode(), "sha256")[:18]
+        assert n[32:] == base64.urlsafe_b64encode(mac).decode()
         assert f.check(n, 1000.0) == "ok"
 
 

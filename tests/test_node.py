@@ -209,13 +209,15 @@ class Phone:
         return self.sock.recv(65535).decode()
 
 
-def test_refused_credentials_use_up_nothing(node):
-    """A REGISTER refused before its credentials are accepted leaves their
-    nonce-count unused, whichever path answered it."""
+def test_wrong_answer_uses_up_the_nonce(node):
+    """After a wrong password its nonce takes nothing more, not even the right
+    password: the next try needs a fresh challenge."""
     user, pw = node.rows[7]
     phone = Phone(node, user)
     nonce = phone.nonce()
     assert phone.send(phone.register(phone.credentials(nonce, "wrong"))).startswith("SIP/2.0 401")
+    assert phone.send(phone.register(phone.credentials(nonce, pw, nc=2))).startswith("SIP/2.0 401")
+    nonce = phone.nonce()
     assert phone.send(phone.register(phone.credentials(nonce, pw))).startswith("SIP/2.0 200")
     # The same nonce-count again, in a new transaction: a replay.
     assert phone.send(phone.register(phone.credentials(nonce, pw))).startswith("SIP/2.0 401")

@@ -15,17 +15,22 @@ USERS = 50
 CALLS = 2000
 
 
-def start_node(work, extra="", t1=None, users=USERS):
-    """A node with ``users`` users (``user0``...), started; ``t1`` shortens every timer."""
+def start_node(work, extra="", t1=None, users=USERS, sip="", numbers=0):
+    """A node with ``users`` users (``user0``...), started; ``t1`` shortens every timer,
+    ``sip`` adds lines to ``[sip]``, ``numbers`` adds users ``911``... (password ``pw1``...)."""
     n = NodeProcess(work, extra=extra)
-    if t1 is not None:
+    if t1 is not None or sip:
         with open(n.config) as f:
             text = f.read()
+        lines = (f"t1 = {t1}\n" if t1 is not None else "") + sip
         with open(n.config, "w") as f:
-            f.write(text.replace("[sip]\n", f"[sip]\nt1 = {t1}\n", 1))
+            f.write(text.replace("[sip]\n", f"[sip]\n{lines}", 1))
     n.rows = write_users_csv(os.path.join(work, "users.csv"), users)
-    out = n.run_cli("user", "import", os.path.join(work, "users.csv"))
-    assert out.returncode == 0, out.stderr
+    if numbers:
+        n.rows += write_users_csv(os.path.join(work, "numbers.csv"), numbers, "91", 1)
+    for name in ("users.csv", "numbers.csv")[:1 + bool(numbers)]:
+        out = n.run_cli("user", "import", os.path.join(work, name))
+        assert out.returncode == 0, out.stderr
     n.work = work
     return n.start()
 
@@ -130,8 +135,8 @@ def test_calls_over_tcp(node):
     assert stats["SuccessfulCall(C)"] == "50"
 
 
-def test_unknown_user_404_known_user_without_binding_480(node):
-    assert exchange(node, invite("sip:nobody@example.test")).startswith("SIP/2.0 404")
+def test_unknown_user_and_known_user_without_binding_both_480(node):
+    assert exchange(node, invite("sip:nobody@example.test")).startswith("SIP/2.0 480")
     assert exchange(node, invite("sip:user9@example.test")).startswith("SIP/2.0 480")
 
 

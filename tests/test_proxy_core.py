@@ -5,6 +5,7 @@ import pathlib
 
 import pytest
 
+from sipcore.cluster_addresses import ClusterAddresses
 from sipcore.digest import Authenticator, Credentials, expected_response, ha1
 from sipcore.forking import ProxyCore
 from sipcore.location import Binding, Location
@@ -33,7 +34,7 @@ def core(location):
     """A proxy for example.test at 127.0.0.1:5060 with digest users; 100 Trying at once."""
     settings = ProxySettings(DOMAIN, *PROXY)
     auth = Authenticator(DOMAIN, b"k" * 32, lookup, algorithms=("MD5",))
-    return ProxyCore(settings, location, auth, lambda u: u in USERS, trying_delay=0)
+    return ProxyCore(settings, location, auth, trying_delay=0)
 
 
 def lookup(user):
@@ -64,6 +65,11 @@ def request(method, uri="sip:bob@example.test", source=ALICE, frm="sip:alice@exa
     req.validate()
     stamp_via(req, source[0], source[1], source[2])
     return req
+
+
+def our_route(core, call_id="call-1"):
+    """The Route a phone sends inside a dialog the proxy Record-Routed (From tag ``ftag``)."""
+    return core.settings.record_route(request("INVITE", call_id=call_id))
 
 
 def reply(forwarded, status, to_tag="callee", extra=()):
@@ -160,22 +166,26 @@ def test_unsupported_proxy_require_gets_420(core, location):
 def test_loop_gets_482_but_a_spiral_passes(core, location):
     same = loop_hash(request("INVITE"))
     assert same == loop_hash(request("CANCEL")) != loop_hash(request("INVITE", cseq=2))
-    bind(location, "bob", PHONES[0], contact="sip:bob@example.test")
-    bind(location, "carol", PHONES[1], contact="sip:bob2@example.test")
+    bind(location, "bob", PHONES[0])
+    bind(location, "carol", PHONES[1])
     bind(location, "bob2", PHONES[2])
     _, branches = forward(core, request("MESSAGE", frm="sip:x@other.test"))
     looped = branches[PHONES[0]]
     assert looped.max_forwards == 69 and looped.top_via.host == "127.0.0.1"
+    # bob's device sends it back to bob unchanged: a loop
     looped = parse_message(looped.encode())
-    stamp_via(looped, "udp", "127.0.0.1", 5060)
-    core.receive(looped, ("udp", "127.0.0.1", 5060), 0.1, WALL)
+    looped.uri = "sip:bob@example.test"
+    stamp_via(looped, "udp", *PHONES[0][1:])
+    core.receive(looped, PHONES[0], 0.1, WALL)
     assert only(core).status == 482
     _, branches = forward(core, request("MESSAGE", uri="sip:carol@example.test", call_id="c2",
                                         frm="sip:x@other.test", to="sip:carol@example.test",
                                         branch="z9hG4bKc2"))
+    # carol's device forwards it to bob2: a spiral
     spiral = parse_message(branches[PHONES[1]].encode())
-    stamp_via(spiral, "udp", "127.0.0.1", 5060)
-    core.receive(spiral, ("udp", "127.0.0.1", 5060), 0.2, WALL)
+    spiral.uri = "sip:bob2@example.test"
+    stamp_via(spiral, "udp", *PHONES[1][1:])
+    core.receive(spiral, PHONES[1], 0.2, WALL)
     msgs = out(core)
     assert [d for _, d in msgs] == [PHONES[2]]
     assert len(msgs[0][0].vias) == 3 and msgs[0][0].max_forwards == 68
@@ -185,7 +195,7 @@ def test_loop_gets_482_but_a_spiral_passes(core, location):
 
 def test_our_route_is_removed_and_in_dialog_request_forwarded_unchallenged(core):
     bye = request("BYE", uri="sip:bob@10.0.0.2:5062", to_tag="callee",
-                  extra=("Route: <sip:127.0.0.1:5060;lr>, <sip:10.9.9.9;lr>",))
+                  extra=(f"Route: {our_route(core)}, <sip:10.9.9.9;lr>",))
     _, branches = forward(core, bye)
     (fwd,) = branches.values()
     assert list(branches) == [("udp", "10.9.9.9", 5060)]
@@ -195,7 +205,8 @@ def test_our_route_is_removed_and_in_dialog_request_forwarded_unchallenged(core)
 
 
 def test_strict_router_rewrite_is_undone(core):
-    req = request("BYE", uri="sip:127.0.0.1:5060;lr", to_tag="t",
+    strict = our_route(core)[1:-1]
+    req = request("BYE", uri=strict, to_tag="t",
                   extra=("Route: <sip:bob@10.0.0.2:5062>",))
     _, branches = forward(core, req)
     assert branches[PHONES[0]].uri == "sip:bob@10.0.0.2:5062"
@@ -222,7 +233,8 @@ def test_path_becomes_route_and_record_route_is_added(core, location):
     fwd = branches[dest]
     assert dest == ("udp", "10.5.5.5", 5080)
     assert fwd.get("route") == "<sip:10.5.5.5:5080;lr>"
-    assert fwd.get("record-route") == "<sip:127.0.0.1:5060;lr>"
+    assert fwd.get("record-route") == our_route(core)
+    assert fwd.get("record-route").startswith("<sip:127.0.0.1:5060;lr;dlg=")
     assert fwd.raw_values("proxy-authorization") == [other]
 
 
@@ -251,10 +263,10 @@ def test_target_groups_by_q():
 
 # -- §16.5 targets and authentication ---------------------------------------------
 
-def test_unknown_user_404_known_user_without_binding_480(core):
+def test_unknown_user_and_known_user_without_binding_both_480(core):
     core.receive(request("MESSAGE", uri="sip:nobody@example.test", frm="sip:x@other.test"),
                  ALICE, 0.0, WALL)
-    assert only(core).status == 404
+    assert only(core).status == 480
     core.receive(request("MESSAGE", uri="sip:carol@example.test", frm="sip:x@other.test",
                          call_id="c2", branch="z9hG4bKc2"), ALICE, 0.0, WALL)
     assert only(core).status == 480
@@ -487,12 +499,12 @@ def test_timer_c_cancels_a_branch_that_rings_forever(core, location):
 
 def test_ack_for_2xx_and_stray_2xx_are_forwarded_statelessly(core):
     ack = request("ACK", uri="sip:bob@10.0.0.2:5062", to_tag="t", branch="z9hG4bKack",
-                  extra=("Route: <sip:127.0.0.1:5060;lr>",))
+                  extra=(f"Route: {our_route(core)}",))
     core.receive(ack, ALICE, 0.0, WALL)
     fwd = only(core, PHONES[0])
     assert fwd.method == "ACK" and fwd.get("route") is None and len(fwd.vias) == 2
     core.receive(request("ACK", uri="sip:bob@10.0.0.2:5062", to_tag="t", branch="z9hG4bKack",
-                         extra=("Route: <sip:127.0.0.1:5060;lr>",)), ALICE, 0.1, WALL)
+                         extra=(f"Route: {our_route(core)}",)), ALICE, 0.1, WALL)
     assert only(core).top_via.branch == fwd.top_via.branch
     stray = reply(fwd, 200)
     stray.set("CSeq", "1 INVITE")
@@ -503,14 +515,14 @@ def test_ack_for_2xx_and_stray_2xx_are_forwarded_statelessly(core):
 
 def test_in_dialog_request_is_forwarded_statelessly_with_its_response(core):
     bye = request("BYE", uri="sip:bob@10.0.0.2:5062", to_tag="t", branch="z9hG4bKbye",
-                  extra=("Route: <sip:127.0.0.1:5060;lr>",))
+                  extra=(f"Route: {our_route(core)}",))
     core.receive(bye, ALICE, 0.0, WALL)
     fwd = only(core, PHONES[0])
     assert fwd.method == "BYE" and fwd.get("route") is None and fwd.max_forwards == 69
     assert fwd.top_via.branch.startswith("z9hG4bKs")
     assert core.layer.stats() == {"server": 0, "client": 0}
     core.receive(request("BYE", uri="sip:bob@10.0.0.2:5062", to_tag="t", branch="z9hG4bKbye",
-                         extra=("Route: <sip:127.0.0.1:5060;lr>",)), ALICE, 0.5, WALL)
+                         extra=(f"Route: {our_route(core)}",)), ALICE, 0.5, WALL)
     assert only(core, PHONES[0]).top_via.branch == fwd.top_via.branch
     core.receive(reply(fwd, 200), PHONES[0], 0.6)
     resp = only(core, ("udp", "10.0.0.1", 5061))
@@ -592,3 +604,91 @@ def test_sans_io_imports_only():
         mods = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
         mods += [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and not n.level]
         assert not {m.split(".")[0] for m in mods} & banned, (name, mods)
+
+
+# -- issue 11: dialogs proven, loops bounded, identity, enumeration, emergency ----
+
+def test_a_route_without_our_token_proves_no_dialog(core):
+    forged = ("Route: <sip:127.0.0.1:5060;lr>", "Route: <sip:127.0.0.1:5060;lr;dlg=00ff>",
+              f"Route: {our_route(core, call_id='another-call')}")
+    for k, route in enumerate(forged):
+        core.receive(request("INVITE", uri="sip:+15551234567@10.9.9.9", frm="sip:x@other.test",
+                             to_tag="t", call_id="call-1", branch=f"z9hG4bKf{k}",
+                             extra=(route,)), ALICE, 0.0, WALL)
+        assert only(core, ALICE).status == 403
+        core.receive(request("MESSAGE", uri="sip:+15551234567@10.9.9.9", to_tag="t",
+                             branch=f"z9hG4bKm{k}", extra=(route,)), ALICE, 0.0, WALL)
+        assert only(core, ALICE).status == 407
+        core.receive(request("ACK", uri="sip:+15551234567@10.9.9.9", to_tag="t",
+                             branch=f"z9hG4bKa{k}", extra=(route,)), ALICE, 0.0, WALL)
+        assert out(core) == []
+
+
+def test_a_peer_node_accepts_our_token_after_failover(location):
+    cluster = ClusterAddresses([DOMAIN], [PROXY, ("127.0.0.2", 5060)])
+    mine = ProxySettings(DOMAIN, *PROXY, secret=b"s" * 32, cluster=cluster)
+    peer = ProxyCore(ProxySettings(DOMAIN, "127.0.0.2", 5060, secret=b"s" * 32, cluster=cluster),
+                     location)
+    route = mine.record_route(request("INVITE"))
+    # the callee hangs up: the caller's tag is in To
+    bye = request("BYE", uri="sip:alice@10.0.0.1:5061", frm="sip:bob@example.test",
+                  to="sip:alice@example.test", to_tag="ftag", extra=(f"Route: {route}",))
+    bye.set("From", "<sip:bob@example.test>;tag=callee")
+    core_sent = forward(peer, bye)[1]
+    assert list(core_sent) == [ALICE] and core_sent[ALICE].get("route") is None
+    other = ProxySettings(DOMAIN, *PROXY, secret=b"t" * 32, cluster=cluster)
+    assert route != other.record_route(request("INVITE"))
+
+
+def test_max_breadth_and_max_branches(location):
+    core = ProxyCore(ProxySettings(DOMAIN, *PROXY, max_branches=2), location, trying_delay=0)
+    for n, phone in enumerate(PHONES):
+        bind(location, "bob", phone, n=n)
+    _, branches = forward(core, request("MESSAGE", frm="sip:x@other.test"))
+    assert len(branches) == 2
+    assert {m.get("max-breadth") for m in branches.values()} == {"30"}
+    core.receive(request("MESSAGE", frm="sip:x@other.test", call_id="c2", branch="z9hG4bKc2",
+                         extra=("Max-Breadth: 0",)), ALICE, 0.0, WALL)
+    resp = only(core, ALICE)
+    assert (resp.status, resp.reason) == (440, "Max-Breadth Exceeded")
+    _, branches = forward(core, request("MESSAGE", frm="sip:x@other.test", call_id="c3",
+                                        branch="z9hG4bKc3", extra=("Max-Breadth: 1",)))
+    assert [m.get("max-breadth") for m in branches.values()] == ["1"]
+
+
+def test_bindings_reaching_the_cluster_are_never_forked_to(core, location):
+    bind(location, "bob", PHONES[0], contact="sip:bob@example.test", n=1)
+    bind(location, "bob", PHONES[1], contact="sip:bob@127.0.0.1:5060", n=2)
+    core.receive(request("MESSAGE", frm="sip:x@other.test"), ALICE, 0.0, WALL)
+    assert only(core, ALICE).status == 480
+    bind(location, "bob", PHONES[2], n=3)
+    _, branches = forward(core, request("MESSAGE", frm="sip:x@other.test", call_id="c2",
+                                        branch="z9hG4bKc2"))
+    assert list(branches) == [PHONES[2]]
+
+
+@pytest.mark.parametrize("frm", ["sip:alice@example.test.", "sip:alice@EXAMPLE.TEST",
+                                 "sip:alice@127.0.0.1", "sip:alice@127.0.0.1:5070"])
+def test_the_domain_in_any_spelling_is_challenged(core, location, frm):
+    bind(location, "bob", PHONES[0])
+    core.receive(request("INVITE", frm=frm), ALICE, 0.0, WALL)
+    assert only(core, ALICE).status == 407
+
+
+def test_emergency_numbers_are_never_challenged(location):
+    settings = ProxySettings(DOMAIN, *PROXY, emergency=frozenset({"911", "112"}))
+    auth = Authenticator(DOMAIN, b"k" * 32, lookup, algorithms=("MD5",))
+    core = ProxyCore(settings, location, auth, trying_delay=0)
+    bind(location, "911", PHONES[2])
+    for k, uri in enumerate(("sip:911@example.test", "sip:911@far.test", "tel:911")):
+        bad = 'Digest username="bob", realm="example.test", nonce="n", uri="x", response="r"'
+        _, branches = forward(core, request("INVITE", uri=uri, to=uri, call_id=f"e{k}",
+                                            branch=f"z9hG4bKe{k}",
+                                            extra=("Max-Breadth: 0", f"Proxy-Authorization: {bad}")))
+        assert list(branches) == [PHONES[2]] and branches[PHONES[2]].uri.startswith("sip:911@")
+    for k, (uri, frm) in enumerate((("sip:112@example.test", "sip:alice@example.test"),
+                                    ("sip:112@far.test", "sip:x@other.test"))):
+        core.receive(request("INVITE", uri=uri, to=uri, frm=frm, call_id=f"n{k}",
+                             branch=f"z9hG4bKn{k}"), ALICE, 0.0, WALL)
+        resp = [m for m, _ in out(core) if m.status != 100]
+        assert [(r.status, r.reason) for r in resp] == [(480, "No Route For Emergency Number")]

@@ -4,6 +4,7 @@ from email.utils import parsedate_to_datetime
 
 import pytest
 
+from sipcore.cluster_addresses import ClusterAddresses
 from sipcore.errors import SipError
 from sipcore.location import Binding, Location, is_newer
 from sipcore.message import parse_message
@@ -460,3 +461,20 @@ def test_a_table_over_the_limit_can_still_be_refreshed_and_cleaned(rules, loc):
     out = register(rules, loc, reg("<sip:alice@192.0.2.21>;expires=0", call_id="x", cseq=2))
     assert len(listed(out.response)) == 4
     fails(403, rules, loc, reg("<sip:alice@192.0.2.99>", call_id="x", cseq=3))
+
+
+@pytest.mark.parametrize("contact", ["<sip:alice@example.test>", "<sip:alice@ALIAS.test.:5070>"])
+def test_a_contact_reaching_the_domain_is_refused(rules, loc, contact):
+    with pytest.raises(SipError) as err:
+        register(rules, loc, reg(contact))
+    assert (err.value.status, err.value.reason) == (403, "Contact Points At This Cluster")
+    assert loc.get("sip:alice@example.test") in (None, {})
+
+
+def test_a_contact_reaching_a_node_is_refused_but_its_removal_is_not(loc):
+    cluster = ClusterAddresses(["example.test"], [("192.0.2.1", 5060), ("192.0.2.2", 5060)])
+    rules = RegistrarRules("example.test", cluster=cluster)
+    with pytest.raises(SipError, match="Contact Points At This Cluster"):
+        register(rules, loc, reg("<sip:alice@192.0.2.2>"))
+    register(rules, loc, reg("<sip:alice@192.0.2.2:5062>"))
+    register(rules, loc, reg("<sip:alice@192.0.2.2>;expires=0", cseq=2))

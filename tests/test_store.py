@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from sipcore.location import Binding as LocBinding
 from store import bindings, users
 from store.db import StoreError, open_database, redact_url
 from store.models import (BINDING_FIELDS, close_store, get_database,
@@ -46,6 +47,11 @@ def make_binding(i: int, **overrides) -> dict:
     return record
 
 
+def write(records: list[dict]) -> None:
+    """Write binding records through the store's one writer, as binding objects."""
+    bindings.write_bindings([LocBinding(**record) for record in records])
+
+
 def by_identity(records: list[dict]) -> dict:
     """Index records by (aor, key)."""
     return {(r["aor"], r["key"]): r for r in records}
@@ -74,11 +80,11 @@ def test_pg_fixture_without_binaries(tmp_path, ci, outcome, code, message):
 def test_postgresql_reconnects_after_restart(pg_server):
     init_store(pg_server.url)
     try:
-        bindings.write_batch([make_binding(1)])
+        write([make_binding(1)])
         pg_server.restart()
         with pytest.raises(StoreError, match="nothing written"):
-            bindings.write_batch([make_binding(2)])
-        bindings.write_batch([make_binding(3)])
+            write([make_binding(2)])
+        write([make_binding(3)])
         assert bindings.count_bindings() == 2
     finally:
         close_store()
@@ -131,7 +137,7 @@ def test_sqlite_pragmas(tmp_path, query, level):
 def test_sqlite_memory():
     init_store("sqlite:///:memory:")
     try:
-        bindings.write_batch([make_binding(1)])
+        write([make_binding(1)])
         assert bindings.count_bindings() == 1
     finally:
         close_store()
@@ -148,7 +154,7 @@ def test_store_not_initialised():
 
 
 def test_init_store_twice_keeps_data(store, store_url):
-    bindings.write_batch([make_binding(1)])
+    write([make_binding(1)])
     close_store()
     init_store(store_url)
     assert bindings.count_bindings() == 1
@@ -178,7 +184,7 @@ def test_round_trip_all_fields(store):
                             key="sip:user2@192.0.2.2:5060"),
                make_binding(3, contact="sip:ü@example.com;x=\"é\"",
                             path=["<sip:a;lr>"], expires_at=NOW + 0.000001)]
-    bindings.write_batch(records)
+    write(records)
     loaded = by_identity(bindings.load_bindings())
     assert loaded == by_identity(records)
     for record in loaded.values():
@@ -187,15 +193,8 @@ def test_round_trip_all_fields(store):
         assert isinstance(record["path"], list)
 
 
-def test_path_as_json_text(store):
-    bindings.write_batch([make_binding(1, path='["<sip:a;lr>", "<sip:b>"]'),
-                          make_binding(2, path="[]")])
-    loaded = sorted(bindings.load_bindings(), key=lambda r: r["seq"])
-    assert [r["path"] for r in loaded] == [["<sip:a;lr>", "<sip:b>"], []]
-
-
 def test_times_keep_double_precision(store):
-    bindings.write_batch([make_binding(1, expires_at=NOW, updated_at=NOW)])
+    write([make_binding(1, expires_at=NOW, updated_at=NOW)])
     (record,) = bindings.load_bindings()
     assert record["expires_at"] == NOW
     assert record["updated_at"] == NOW
@@ -207,8 +206,8 @@ def test_upsert_same_key_twice_keeps_newer(store):
                          seq=50, expires_at=NOW + 9999, path=["<sip:x;lr>"],
                          user_agent=None, q=None, origin="node-b", epoch=4,
                          received="tcp:198.51.100.1:40000")
-    bindings.write_batch([first])
-    bindings.write_batch([newer])
+    write([first])
+    write([newer])
     assert bindings.load_bindings() == [newer]
     assert bindings.count_bindings() == 1
 
@@ -216,16 +215,15 @@ def test_upsert_same_key_twice_keeps_newer(store):
 def test_same_key_twice_in_one_batch_last_wins(store):
     older = make_binding(1, cseq=1)
     newer = make_binding(1, cseq=2, contact="sip:new@192.0.2.9")
-    bindings.write_batch([older, make_binding(2), newer])
+    write([older, make_binding(2), newer])
     loaded = by_identity(bindings.load_bindings())
     assert len(loaded) == 2
     assert loaded[(newer["aor"], newer["key"])] == newer
 
 
-def test_write_bindings_stores_what_write_batch_stores(store):
+def test_write_bindings_stores_each_binding_as_its_record(store):
     """The registrar writes ``sipcore.location.Binding`` objects; each row is
     the one its ``to_record`` would give, and the last of a key wins."""
-    from sipcore.location import Binding as LocBinding
     objs = [LocBinding.from_record(make_binding(i)) for i in range(1200)]
     objs.append(LocBinding.from_record(make_binding(7, cseq=70, path=[], deleted=True)))
     bindings.write_bindings(objs)
@@ -254,7 +252,6 @@ def test_write_bindings_sizes_and_null_columns(store, size):
     a nullable column that is None in all, some or none of a statement's
     rows comes back as written (SQLite writes the all-None ones as NULL
     literals)."""
-    from sipcore.location import Binding as LocBinding
     bare = dict(q=None, instance=None, reg_id=None, received=None,
                 user_agent=None, path=[])
     batches = [
@@ -275,7 +272,6 @@ def test_write_bindings_failure_mid_batch_rolls_back(store):
     """A row the database rejects in a late statement of a batch undoes the
     statements before it; the connection stays usable, outside any
     transaction, for the next write and for peewee's own transactions."""
-    from sipcore.location import Binding as LocBinding
     kept = [LocBinding.from_record(make_binding(i)) for i in range(5)]
     bindings.write_bindings(kept)
     changed = [LocBinding.from_record(make_binding(i, cseq=50))
@@ -296,7 +292,6 @@ def test_write_bindings_failure_mid_batch_rolls_back(store):
 def test_sqlite_disk_full_mid_batch_rolls_back(tmp_path):
     """SQLite running out of pages after the first statements of a batch:
     nothing is written and the next write succeeds."""
-    from sipcore.location import Binding as LocBinding
     db = init_store("sqlite:///%s" % (tmp_path / "full.db"))
     try:
         kept = [LocBinding.from_record(make_binding(i)) for i in range(5)]
@@ -320,109 +315,79 @@ def test_sqlite_disk_full_mid_batch_rolls_back(tmp_path):
 def test_same_key_different_aor_are_distinct(store):
     one = make_binding(1, aor="sip:a@example.com", key="k")
     two = make_binding(2, aor="sip:b@example.com", key="k")
-    bindings.write_batch([one, two])
+    write([one, two])
     assert bindings.count_bindings() == 2
 
 
 def test_large_batch(store):
     records = [make_binding(i) for i in range(5000)]
-    bindings.write_batch(records)
+    write(records)
     assert bindings.count_bindings() == 5000
     assert by_identity(bindings.load_bindings()) == by_identity(records)
 
 
 @pytest.mark.parametrize("bad", [{"contact": None}, {"expires_at": None},
-                                 {"origin": None}, {"deleted": None}])
+                                 {"origin": None}])
 def test_batch_is_atomic(store, bad):
     kept = make_binding(9000, aor="sip:kept@example.com")
-    bindings.write_batch([kept])
+    write([kept])
     records = [make_binding(i) for i in range(5000)]
     records.append(make_binding(5000, **bad))
     changed_kept = dict(kept, contact="sip:changed@192.0.2.1")
     with pytest.raises(StoreError, match="nothing written"):
-        bindings.write_batch(records + [changed_kept],
-                             deletes=[(kept["aor"], kept["key"])])
+        write(records + [changed_kept])
     assert bindings.load_bindings() == [kept]
-    bindings.write_batch(records[:10])
+    write(records[:10])
     assert bindings.count_bindings() == 11
 
 
 @pytest.mark.parametrize("mangle, message", [
-    (lambda r: r.pop("seq"), "missing fields \\['seq'\\]"),
-    (lambda r: r.update(extra=1), "unknown fields \\['extra'\\]"),
-    (lambda r: r.update(path="<sip:x;lr>"), "neither a list nor"),
-    (lambda r: r.update(path='{"a": 1}'), "neither a list nor"),
-    (lambda r: r.update(path=5), "path must be a list"),
-    (lambda r: r.update(path=None), "path is None"),
-    (lambda r: r.update(contact={"not": "a string"}), "nothing written"),
+    (lambda b: delattr(b, "seq"), "not a binding"),
+    (lambda b: setattr(b, "path", "<sip:x;lr>"), "path must be a list"),
+    (lambda b: setattr(b, "path", 5), "path must be a list"),
+    (lambda b: setattr(b, "path", None), "path must be a list"),
+    (lambda b: setattr(b, "contact", {"not": "a string"}), "nothing written"),
 ])
-def test_bad_record_rejected(store, mangle, message):
-    record = make_binding(2)
-    mangle(record)
+def test_bad_binding_rejected(store, mangle, message):
+    binding = LocBinding(**make_binding(2))
+    mangle(binding)
     with pytest.raises(StoreError, match=message):
-        bindings.write_batch([make_binding(1), record])
+        bindings.write_bindings([LocBinding(**make_binding(1)), binding])
     assert bindings.count_bindings() == 0
 
 
-def test_record_without_identity_rejected(store):
-    with pytest.raises(StoreError, match="missing fields"):
-        bindings.write_batch([{"contact": "sip:x@y"}])
+def test_record_dict_rejected(store):
+    with pytest.raises(StoreError, match="takes binding objects"):
+        bindings.write_bindings([{"contact": "sip:x@y"}])
 
 
-def test_write_batch_refuses_enclosing_transaction(store):
-    with store.atomic():
-        with pytest.raises(StoreError, match="inside a transaction"):
-            bindings.write_batch([make_binding(1)])
+def test_write_refuses_enclosing_transaction(store):
+    with store.atomic(), pytest.raises(StoreError, match="inside a transaction"):
+        write([make_binding(1)])
 
 
 def test_empty_batch_is_noop(store):
-    bindings.write_batch([])
-    bindings.write_batch([], deletes=[])
+    bindings.write_bindings([])
     assert bindings.count_bindings(live_only=False) == 0
-
-
-def test_deletes(store):
-    records = [make_binding(i) for i in range(10)]
-    bindings.write_batch(records)
-    gone = [(r["aor"], r["key"]) for r in records[:3]]
-    bindings.write_batch([], deletes=gone + [("sip:nobody@x", "k")])
-    left = by_identity(bindings.load_bindings())
-    assert set(left) == set(by_identity(records[3:]))
-
-
-def test_many_deletes(store):
-    records = [make_binding(i) for i in range(1200)]
-    bindings.write_batch(records)
-    bindings.write_batch([], deletes=[(r["aor"], r["key"])
-                                      for r in records[:1100]])
-    assert bindings.count_bindings() == 100
-
-
-def test_delete_and_upsert_same_key_upsert_wins(store):
-    old = make_binding(1)
-    bindings.write_batch([old])
-    new = make_binding(1, cseq=50)
-    bindings.write_batch([new], deletes=[(old["aor"], old["key"])])
-    assert bindings.load_bindings() == [new]
 
 
 def test_tombstones(store):
     live = make_binding(1)
     tomb = make_binding(2, deleted=True)
-    bindings.write_batch([live, tomb])
+    write([live, tomb])
     everything = by_identity(bindings.load_bindings())
     assert everything == by_identity([live, tomb])
     assert everything[(tomb["aor"], tomb["key"])]["deleted"] is True
     assert bindings.load_bindings(include_deleted=False) == [live]
     assert bindings.count_bindings() == 1
     assert bindings.count_bindings(live_only=False) == 2
-    bindings.write_batch([dict(live, deleted=True)])
+    write([dict(live, deleted=True)])
     assert bindings.count_bindings() == 0
     assert bindings.count_bindings(live_only=False) == 2
 
 
 def test_count_with_now(store):
-    bindings.write_batch([make_binding(1, expires_at=NOW - 1),
+    write([make_binding(1, expires_at=NOW - 1),
                           make_binding(2, expires_at=NOW + 1),
                           make_binding(3, expires_at=NOW + 1, deleted=True)])
     assert bindings.count_bindings(now=NOW) == 1
@@ -436,7 +401,7 @@ def test_purge_expired(store):
     fresh_live = make_binding(3, expires_at=NOW + 10)
     fresh_tomb = make_binding(4, expires_at=NOW + 10, deleted=True)
     edge = make_binding(5, expires_at=NOW)
-    bindings.write_batch([expired_live, expired_tomb, fresh_live, fresh_tomb,
+    write([expired_live, expired_tomb, fresh_live, fresh_tomb,
                           edge])
     assert bindings.purge_expired(NOW) == 2
     assert by_identity(bindings.load_bindings()) == by_identity(
@@ -448,11 +413,12 @@ def test_purge_expired(store):
 
 CHILD = """
 import json, sys
+from sipcore.location import Binding
 from store.models import init_store
-from store.bindings import write_batch
+from store.bindings import write_bindings
 init_store(sys.argv[1])
 with open(sys.argv[2]) as handle:
-    write_batch(json.load(handle))
+    write_bindings([Binding(**record) for record in json.load(handle)])
 sys.stdout.write("written\\n")
 sys.stdout.flush()
 sys.stdin.read()

@@ -1,0 +1,63 @@
+"""Per-source token buckets and the log limiter, on a fake clock."""
+
+import pytest
+
+from sipcore.ratelimit import LogLimiter, SourceLimiter, emergency_invite
+
+
+def test_bucket_allows_the_burst_then_the_rate():
+    lim = SourceLimiter(rate=10, burst=20)
+    assert sum(lim.allow("a", 0.0) for _ in range(50)) == 20
+    assert lim.dropped == 30
+    assert sum(lim.allow("a", 1.0) for _ in range(50)) == 10, "one second refills ten"
+    assert sum(lim.allow("b", 1.0) for _ in range(50)) == 20, "another source has its own bucket"
+    assert sum(lim.allow("a", 100.0) for _ in range(50)) == 20, "never more than the burst"
+
+
+def test_flooder_does_not_starve_a_quiet_source():
+    lim = SourceLimiter(rate=200, burst=400)
+    quiet_ok = 0
+    for ms in range(2000):
+        now = ms / 1000
+        for _ in range(50):
+            lim.allow("flood", now)
+        if ms % 100 == 0:
+            quiet_ok += lim.allow("phone", now)
+    assert quiet_ok == 20
+    assert lim.dropped > 90_000
+
+
+def test_table_bounded_under_many_sources():
+    lim = SourceLimiter(rate=1, burst=2, max_sources=1000)
+    for i in range(50_000):
+        lim.allow(f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}", i / 1e6)
+    assert len(lim) <= 1000
+
+
+def test_bad_settings_refused():
+    with pytest.raises(ValueError):
+        SourceLimiter(0, 10)
+    with pytest.raises(ValueError):
+        SourceLimiter(1, 0)
+
+
+@pytest.mark.parametrize("data, expected", [
+    (b"INVITE sip:911@example.test SIP/2.0\r\n", True),
+    (b"INVITE tel:112 SIP/2.0\r\n", True),
+    (b"INVITE sip:9110@example.test SIP/2.0\r\n", False),
+    (b"REGISTER sip:911@example.test SIP/2.0\r\n", False),
+    (b"INVITE sip:example.test SIP/2.0\r\n", False),
+    (b"\xff\xfe garbage", False),
+])
+def test_emergency_invites_recognised_from_the_request_line(data, expected):
+    assert emergency_invite(data, frozenset({"911", "112"})) is expected
+    assert not emergency_invite(data, frozenset())
+
+
+def test_log_limiter_lets_a_few_lines_through_and_counts_the_rest():
+    log = LogLimiter(rate=2, burst=3)
+    got = [log.allow("malformed", 0.0) for _ in range(10)]
+    assert got[:3] == [0, 0, 0] and got[3:] == [None] * 7
+    assert log.allow("other", 0.0) == 0
+    assert log.allow("malformed", 0.5) == 7, "the next line tells how many were dropped"
+    assert LogLimiter(rate=0).allow("x", 0.0) == 0

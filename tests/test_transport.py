@@ -1,0 +1,43 @@
+"""The transport's limits, fed datagrams in-process (its receive path parses and dispatches)."""
+
+import os
+
+from actors.transport import Limits, Transport
+
+
+def invite(user: str) -> bytes:
+    return (f"INVITE sip:{user}@example.test SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 192.0.2.9:5060;branch=z9hG4bK{os.urandom(6).hex()}\r\n"
+            f"From: <sip:alice@example.test>;tag=1\r\nTo: <sip:{user}@example.test>\r\n"
+            f"Call-ID: {os.urandom(6).hex()}\r\nCSeq: 1 INVITE\r\nMax-Forwards: 70\r\n"
+            "Contact: <sip:alice@192.0.2.9>\r\nContent-Length: 0\r\n\r\n").encode()
+
+
+def transport(**limits) -> tuple[Transport, list]:
+    got: list = []
+    t = Transport("127.0.0.1", 0, lambda req, dest: got.append(req.ruri.user), lambda *a: None,
+                  limits=Limits(**limits))
+    return t, got
+
+
+def test_a_flooding_source_is_cut_to_its_burst_but_emergency_invites_pass():
+    t, got = transport(udp_rate=1.0, udp_burst=5, emergency_numbers=frozenset({"911"}))
+    for _ in range(50):
+        t.receive(invite("bob"), "192.0.2.9", 5060)
+    for _ in range(20):
+        t.receive(invite("911"), "192.0.2.9", 5060)
+    assert got.count("bob") == 5 and got.count("911") == 20
+    assert t.stats["rate_limited"] == 45
+    t.receive(invite("carol"), "192.0.2.10", 5060)
+    assert got[-1] == "carol", "another source has its own bucket"
+
+
+def test_no_limit_when_off_and_oversized_datagrams_dropped():
+    t, got = transport(udp_rate=0, max_message_size=1500)
+    for _ in range(1000):
+        t.receive(invite("bob"), "192.0.2.9", 5060)
+    assert len(got) == 1000
+    big = invite("bob").replace(b"Content-Length: 0\r\n\r\n",
+                                b"Content-Length: 2000\r\n\r\n" + b"x" * 2000)
+    t.receive(big, "192.0.2.9", 5060)
+    assert len(got) == 1000 and t.stats["oversized"] == 1
