@@ -29,7 +29,7 @@ from sipcore.zone import cluster_zone
 from store.files import check_private, make_private_dir, write_private, InsecureFileError
 from store.db import StoreError
 from store.models import close_store, init_store
-from store.users import add_user, import_users_csv
+from store.users import add_user, add_users, import_users_csv
 
 from .bus import Bus, BusError, request
 from .dnsserver import DnsServer
@@ -44,6 +44,9 @@ BASE_ADDRESS = "127.0.0.10"
 """The lab's first loopback address: DNS here, node k on the k-th after it."""
 DEMO_USERS = [("alice", "alice-secret"), ("bob", "bob-secret"),
               ("carol", "carol-secret"), ("dave", "dave-secret")]
+LOAD_USERS = 200
+"""Load-test users the lab provisions: ``load0``.. with password ``load<i>-secret``
+(what ``loadtest/locustfile.py`` uses by default)."""
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 READY_LIMIT = 15.0
 """Seconds a node may take to answer OPTIONS after it is started."""
@@ -51,6 +54,11 @@ WATCH_INTERVAL = 0.2
 """Seconds between two looks at the node processes."""
 WEIGHTS_EVERY = 5
 """Looks between two reads of the master's SRV weights (the DNS follows them)."""
+
+
+def load_users(n: int = LOAD_USERS) -> list[tuple[str, str]]:
+    """The lab's load-test users: (``load<i>``, ``load<i>-secret``) for i below ``n``."""
+    return [(f"load{i}", f"load{i}-secret") for i in range(n)]
 
 
 def node_address(k: int, base: str = BASE_ADDRESS) -> str:
@@ -237,6 +245,7 @@ class Lab:
             try:
                 for name, pw in DEMO_USERS:
                     add_user(name, DOMAIN, pw, replace=True)
+                add_users(load_users(), DOMAIN)
                 if self.users_csv:
                     import_users_csv(self.users_csv, DOMAIN)
             finally:
@@ -244,7 +253,7 @@ class Lab:
             self.nodes.append(LabNode(k, node_address(k, self.base), cfg,
                                       os.path.join(self.data, f"node{k}", "node.log")))
         self.master.setup(self.members, {n.id: f"{n.address}:5060" for n in self.nodes},
-                          DEMO_USERS, self.users_csv)
+                          DEMO_USERS + load_users(), self.users_csv)
 
     def watched(self) -> list:
         """The processes the lab watches and restarts: the nodes and the master."""
@@ -400,6 +409,8 @@ class Lab:
                   f"domain {DOMAIN}" + (f" (or any other node: {others})" if others else ""),
                   "Users (username / password):"]
         lines += [f"  {u} / {p}" for u, p in DEMO_USERS]
+        lines += [f"  load0 .. load{LOAD_USERS - 1} / load<i>-secret (for Locust: "
+                  f"locust -f loadtest/locustfile.py --headless -u 50 -r 10 -t 30s --csv out)"]
         if self.master.alive():
             lines += ["", f"Dashboard (configuration master): {self.master.url}, "
                       f"admin / {self.master.password()}",

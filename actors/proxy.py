@@ -34,6 +34,7 @@ from sipcore.digest import Authenticator
 from sipcore.forking import ProxyCore
 from sipcore.proxy import ProxySettings
 
+from .call_log import CallLog
 from .config import cluster_addresses
 from .dns import Resolver
 
@@ -69,6 +70,7 @@ class ProxyActor:
         self._failed: list[tuple] = []
         self._deadline: float | None = None
         self._ticked = False
+        self.call_log = CallLog()
 
     @classmethod
     def from_config(cls, cfg, secret: bytes, user_lookup, location, transport,
@@ -180,6 +182,7 @@ class ProxyActor:
                     self._send_later(dest, data)
             for lookup in core.lookups():
                 gevent.spawn(self._resolve, lookup)
+            self.call_log.record(core.take_call_events(), self.clock())
             if not self._failed:
                 return
             failed, self._failed = self._failed, []

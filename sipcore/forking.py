@@ -45,6 +45,8 @@ import os
 from collections import deque
 from urllib.parse import unquote
 
+from .call_events import (ANSWER, ATTEMPT, BYE, CANCEL, FAILURE, RINGING, CallEvent,
+                          call_event)
 from .digest import BANNED
 from .errors import SipError
 from .message import Request, Response, error_response, make_response
@@ -97,6 +99,7 @@ class ProxyCore:
         self._lookups_out: list[Lookup] = []
         self._ringing: dict[Branch, float] = {}
         self._literal: dict[tuple, list] = {}
+        self._call_events: list[CallEvent] = []
         self.stats = {"requests": 0, "forwarded": 0, "challenged": 0, "rejected": 0,
                       "cancelled": 0, "timeouts": 0, "stateless": 0}
 
@@ -104,6 +107,16 @@ class ProxyCore:
     def messages_to_send(self) -> list[tuple[bytes, object]]:
         """Take every ``(bytes, destination)`` queued, oldest first."""
         return self.layer.messages_to_send()
+
+    def take_call_events(self) -> list[CallEvent]:
+        """Take the call events queued (attempt, ringing, answer, failure, cancel, bye)."""
+        out, self._call_events = self._call_events, []
+        return out
+
+    def _call_event(self, kind: str, msg, source: tuple, status: int | None = None) -> None:
+        ev = call_event(kind, msg, source, status)
+        if ev is not None:
+            self._call_events.append(ev)
 
     def lookups(self) -> list[Lookup]:
         """Take the RFC 3263 lookups to make."""
@@ -136,7 +149,8 @@ class ProxyCore:
         elif msg.to.tag is not None:
             route = msg.get("route")
             if (msg.method not in _STATEFUL and route is not None
-                    and self.settings.is_record_route(route, msg) and self._forward_stateless(msg)):
+                    and self.settings.is_record_route(route, msg)
+                    and self._forward_stateless(msg, source)):
                 return
         elif (self.auth is not None and msg.method not in UNCHALLENGED
               and msg.get("proxy-authorization") is None
@@ -273,6 +287,8 @@ class ProxyCore:
         # Record-Route: the leg the request came on; each branch adds its own (RFC 5658).
         rr = stx.destination[0] if method in DIALOG_METHODS and req.to.tag is None else None
         ctx = stx.context = Context(stx, req, branch_prefix(loop), rr, groups, breadth)
+        if method == "BYE" or (ctx.invite and req.to.tag is None):
+            self._call_event(BYE if method == "BYE" else ATTEMPT, req, stx.destination)
         if ctx.invite:
             if self.trying_delay > 0:
                 self._trying.append((now + self.trying_delay, ctx))
@@ -498,6 +514,8 @@ class ProxyCore:
         if resp.status == 408:
             self.stats["timeouts"] += 1
             log.info("%s to %s: no final response; 408", ctx.request.method, ctx.request.uri)
+        if ctx.invite and not ctx.cancelled and ctx.request.to.tag is None:
+            self._call_event(FAILURE, resp, ctx.server.destination, resp.status)
         self.layer.respond(ctx.server, resp, now)
         self._release(ctx)
 
@@ -536,6 +554,8 @@ class ProxyCore:
             if ctx.invite and branch.tx is tx:
                 self._ringing.pop(branch, None)
                 self._ringing[branch] = now
+                if status == 180 and ctx.request.to.tag is None:
+                    self._call_event(RINGING, resp, ctx.server.destination, status)
             resp.pop_first_value("via")
             self.layer.respond(ctx.server, resp, now)
             return
@@ -550,6 +570,8 @@ class ProxyCore:
             if not first:
                 return
             if ctx.invite:
+                if ctx.request.to.tag is None:
+                    self._call_event(ANSWER, resp, ctx.server.destination, status)
                 self._cancel_branches(ctx, now, _CALL_DONE)
             self._release(ctx)
             return
@@ -590,6 +612,7 @@ class ProxyCore:
         if ctx is None or ctx.final_sent or ctx.cancelled:
             return
         self.stats["cancelled"] += 1
+        self._call_event(CANCEL, cancel, ev.transaction.destination)
         ctx.cancelled = True
         ctx.stopped = True
         reason = cancel.get("reason")
@@ -617,7 +640,7 @@ class ProxyCore:
                                       to_tag=self._new_tag()), source)
         return True
 
-    def _forward_stateless(self, req: Request) -> bool:
+    def _forward_stateless(self, req: Request, source: tuple) -> bool:
         """Forward an in-dialog request routed through us without a transaction (§16.11).
 
         Taken when our Route is its only one and the Request-URI names an
@@ -637,6 +660,8 @@ class ProxyCore:
         out = branch_request(req, BranchTarget(req.uri), None, self.settings.domain)
         self._send_stateless_to(out, branch, dests[0])
         self.stats["stateless"] += 1
+        if req.method == "BYE":
+            self._call_event(BYE, req, source)
         return True
 
     def _forward_ack(self, ack: Request) -> None:

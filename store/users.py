@@ -133,6 +133,21 @@ def add_user(username: str, domain: str, password: str, *,
     log.info("user %s@%s added", username, domain)
 
 
+def add_users(users: list[tuple[str, str]], domain: str) -> int:
+    """Create or update many users of ``domain`` in one transaction; return how many.
+
+    ``users`` holds (username, password) pairs, all checked before anything
+    is written; existing users get the new password (as ``replace=True``).
+    """
+    validate_domain(domain)
+    rows = [_row(validate_username(name), domain, _validate_password(pw), True)
+            for name, pw in users]
+    if rows:
+        _upsert(rows)
+    log.info("added or updated %d users of %s", len(rows), domain)
+    return len(rows)
+
+
 def read_users_csv(handle: Iterable[str], name: str) -> list[tuple[str, str]]:
     """The ``(username, password)`` rows of a users CSV read from ``handle``.
 

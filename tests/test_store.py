@@ -632,3 +632,16 @@ def test_import_csv_unreadable(store, tmp_path):
     latin.write_bytes(b"username,password\nalice,\xe9t\xe9\n")
     with pytest.raises(StoreError, match="not valid UTF-8"):
         users.import_users_csv(str(latin), "example.com")
+
+
+def test_add_users_in_bulk_checks_all_before_writing(store):
+    users.add_user("load0", "example.com", "old")
+    assert users.add_users([("load0", "load0-secret"), ("load1", "load1-secret")],
+                           "example.com") == 2
+    assert users.get_user_ha1("load0", "example.com") == users.compute_ha1s(
+        "load0", "example.com", "load0-secret")
+    before = users.users_version()
+    with pytest.raises(StoreError, match="invalid username"):
+        users.add_users([("load2", "x"), ("bad:name", "x")], "example.com")
+    assert users.get_user_ha1("load2", "example.com") is None
+    assert users.users_version() == before
