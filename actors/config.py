@@ -87,7 +87,8 @@ class NodeConfig:
     t2: float = 4.0
     t4: float = 5.0
     challenge_front: bool = False
-    """Run a second process that answers REGISTERs without credentials (401) on the same UDP port."""
+    """Run a second process that answers REGISTERs without credentials (401) on the same
+    UDP port."""
     emergency_numbers: list[str] = field(default_factory=lambda: ["911", "112"])
     """Numbers whose calls no defence may challenge or refuse."""
     max_branches: int = 16
@@ -147,7 +148,8 @@ _SECTIONS = {
                 "secret_key": "secret_key", "public_key": "public_key",
                 "heartbeat": "heartbeat", "suspect_after": "suspect_after",
                 "dead_after": "dead_after", "alone_wait": "alone_wait",
-                "control_keys": "control_keys", "master_key": "master_key", "hwm": "hwm", "snapshot_batch": "snapshot_batch",
+                "control_keys": "control_keys", "master_key": "master_key", "hwm": "hwm",
+                "snapshot_batch": "snapshot_batch",
                 "snapshot_rate": "snapshot_rate", "sync_timeout": "sync_timeout"},
 }
 
@@ -245,7 +247,8 @@ def cluster_addresses(cfg: NodeConfig, port: int | None = None) -> ClusterAddres
 
 
 def registrar_rules(cfg: NodeConfig) -> RegistrarRules:
-    """The registrar rules a node's configuration sets (the node and its challenge front share them)."""
+    """The registrar rules a node's configuration sets (the node and its challenge front
+    share them)."""
     return RegistrarRules(cfg.domain, [*cfg.aliases, cfg.address], cfg.min_expires, cfg.max_expires,
                           cfg.default_expires, cfg.max_contacts, cluster_addresses(cfg))
 

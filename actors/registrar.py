@@ -233,7 +233,9 @@ class RegistrarActor:
             # its answer (nor leave its transaction pending for ever).
             log.exception("REGISTER from %s:%s:%d failed", *dest)
             stats["rejected"] += 1
-            response, made = error_response(req, SipError(500, "Server Internal Error"), to_tag=new_tag()), []
+            response = error_response(req, SipError(500, "Server Internal Error"),
+                                      to_tag=new_tag())
+            made = []
         return key, dest, req, response.status, response.encode(), made
 
     def _usual(self, usual: UsualRegister, now: float, mono: float):

@@ -75,7 +75,8 @@ def yield_to_sip(limit: float = YIELD_LIMIT) -> None:
 
 def make_bus(cfg: NodeConfig) -> Bus:
     """The node's bus: its key pair; peers on the bus, and peers, itself,
-    ``control_keys`` and the master (named ``master``) on the control endpoint. Raises ``BusError`` on a bad key."""
+    ``control_keys`` and the master (named ``master``) on the control endpoint.
+    Raises ``BusError`` on a bad key."""
     if not cfg.secret_key or not cfg.public_key:
         raise BusError("the cluster needs [cluster] secret_key and public_key "
                        "(make them with `run.py keys`)")

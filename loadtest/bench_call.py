@@ -24,8 +24,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from loadtest.bench_register import cpu_seconds, write_register_inf  # noqa: E402
-from loadtest.harness import (SIPP_BUFFERS, SIPP_DIR, NodeProcess, _last_stats,  # noqa: E402
+from loadtest.bench_register import cpu_seconds, write_register_inf
+from loadtest.harness import (SIPP_BUFFERS, SIPP_DIR, NodeProcess, _last_stats,
                               free_port, run_sipp, write_users_csv)
 
 #: SIPp socket buffers (bytes): its 64 KB default drops datagrams in bursts

@@ -18,7 +18,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from loadtest.harness import SIPP_BUFFERS, NodeProcess, run_sipp, write_users_csv  # noqa: E402
+from loadtest.harness import SIPP_BUFFERS, NodeProcess, run_sipp, write_users_csv
 
 
 def cpu_times(pid: int) -> tuple[float, float]:

@@ -34,10 +34,8 @@ end, even on failure. The machine's other load is printed with the figures.
 import argparse
 import dataclasses
 import os
-import random
 import re
 import signal
-import socket
 import statistics
 import sys
 import tempfile
@@ -45,10 +43,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from actors.bus import BusError  # noqa: E402
-from actors.keys import cluster_toml  # noqa: E402
-from loadtest.bench_register import cpu_seconds, write_register_inf  # noqa: E402
-from loadtest.harness import Cluster, NodeProcess, free_port, run_sipp, write_users_csv  # noqa: E402
+from actors.bus import BusError
+from actors.keys import cluster_toml
+from loadtest.bench_register import cpu_seconds, write_register_inf
+from loadtest.harness import Cluster, NodeProcess, free_port, run_sipp, write_users_csv
 
 LAG_TARGET_MS = 20.0
 RATIO_TARGET = 0.80
@@ -231,7 +229,7 @@ def bench_throughput(work: str, users: int, rounds: int, rate: int, limit: int) 
                     synced, _ = cluster.wait_converged(30.0)
                     ok = ok and synced
                     peer_cpu = [cpu_seconds(p.proc.pid) - c0
-                                for p, c0 in zip(cluster.nodes[1:], peers0)]
+                                for p, c0 in zip(cluster.nodes[1:], peers0, strict=False)]
                     extra = (f"; peers converged: {synced}, peer CPU "
                              + ", ".join(f"{1e6 * c / max(1, res.successful):.0f}"
                                          for c in peer_cpu) + " us/binding")

@@ -17,8 +17,8 @@ import sys
 import time
 from dataclasses import dataclass
 
-from actors.lab import options_ping  # noqa: E402,F401 - re-exported for tests
-from store.files import write_private  # noqa: E402
+from actors.lab import options_ping
+from store.files import write_private
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIPP_DIR = os.path.join(ROOT, "loadtest", "sipp")
@@ -118,12 +118,11 @@ url = "{self.database}"
         challenge front, until the front answers challenges)."""
         logged = self.log_file or self.log_path
         log_start = os.path.getsize(logged) if os.path.exists(logged) else 0
-        logf = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [*self.prefix, sys.executable, os.path.join(ROOT, "run.py"), "node", "--config",
-             self.config],
-            stdout=logf, stderr=logf, cwd=ROOT)
-        logf.close()
+        with open(self.log_path, "ab") as logf:
+            self.proc = subprocess.Popen(
+                [*self.prefix, sys.executable, os.path.join(ROOT, "run.py"), "node", "--config",
+                 self.config],
+                stdout=logf, stderr=logf, cwd=ROOT)
         deadline = time.monotonic() + ready_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -248,7 +247,7 @@ def _last_stats(path: str) -> dict:
         return {}
     if len(rows) < 2:
         return {}
-    return dict(zip(rows[0], rows[-1]))
+    return dict(zip(rows[0], rows[-1], strict=False))
 
 
 def _keys_on_host(prefix: str, command_prefix: tuple) -> tuple[str, str]:

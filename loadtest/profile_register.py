@@ -134,7 +134,8 @@ def main() -> int:
                      f"cpu {cpu:.2f} s, wall {wall:.2f} s: {1e6 * cpu / max(ok, 1):.0f} us "
                      f"CPU per authenticated registration\n")
     if prof:
-        pstats.Stats(prof, stream=sys.stdout).sort_stats(os.environ.get("PROFILE_SORT", "tottime")).print_stats(35)
+        order = os.environ.get("PROFILE_SORT", "tottime")
+        pstats.Stats(prof, stream=sys.stdout).sort_stats(order).print_stats(35)
     return 0 if ok == count else 1
 
 

@@ -207,7 +207,7 @@ def _params(s: str, i: int) -> dict[str, str]:
     if not known:
         return _params_slow(s, i)
     quoted, others = known
-    params = dict(zip(quoted, pieces[1::2]))
+    params = dict(zip(quoted, pieces[1::2], strict=False))
     params.update(others)
     return params
 
@@ -493,7 +493,7 @@ class NonceCounts:
             return False
         order = self._order
         # The conditions under which ``_sweep`` would drop anything.
-        if order and table[order[0]][1] <= now or len(table) >= self.max_entries:
+        if (order and table[order[0]][1] <= now) or len(table) >= self.max_entries:
             self._sweep(now)
         table[nonce] = [nc, expires_at]
         order.append(nonce)

@@ -22,7 +22,8 @@ for that same user, else ``407``; the domain in any spelling counts),
 target set from the location table (``480`` for an unknown user and a
 user without a binding alike; contacts that reach the cluster itself
 skipped), parallel forking within the highest q and sequential groups
-below (at most ``max_branches`` in all and Max-Breadth at once, RFC 5393), RFC 3263 routing of other domains
+below (at most ``max_branches`` in all and Max-Breadth at once, RFC 5393),
+RFC 3263 routing of other domains
 with failover to the next target on a transport error, a timeout or a
 ``503``, ``100 Trying`` (held back 200 ms, §17.2.1, and skipped when a
 provisional response is relayed first), provisional responses relayed,
@@ -50,7 +51,8 @@ from .call_events import (ANSWER, ATTEMPT, BYE, CANCEL, FAILURE, RINGING, CallEv
 from .digest import BANNED
 from .errors import SipError
 from .message import Request, Response, error_response, make_response
-from .proxy import (ALLOW, DIALOG_METHODS, OPTIONS_FIELDS, STATELESS_PREFIX, TRANSPORTS, UNCHALLENGED, Branch,
+from .proxy import (ALLOW, DIALOG_METHODS, OPTIONS_FIELDS, STATELESS_PREFIX, TRANSPORTS,
+                    UNCHALLENGED, Branch,
                     BranchTarget, Context, Lookup, ProxySettings, best_response, branch_prefix,
                     branch_request, check_request, destinations, first_route, max_breadth,
                     preprocess_route, record_routes, route_next_hop, stateless_branch,

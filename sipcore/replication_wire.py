@@ -36,7 +36,7 @@ FIELDS = ("aor", "key", "contact", "expires_at", "call_id", "cseq", "q", "path",
           "updated_at", "deleted")
 """Order of a binding's fields on the wire (the ``Binding`` constructor's order)."""
 
-if FIELDS != tuple(Binding.__dataclass_fields__):
+if tuple(Binding.__dataclass_fields__) != FIELDS:
     raise ImportError("sipcore.replication_wire FIELDS must follow Binding's field order")
 
 SYNCING, SYNCED = "syncing", "synced"
@@ -126,7 +126,7 @@ _ROW_TYPES = _row_types()
 
 def _row_type_error(row: list[Any]) -> WireError:
     """The error naming the first field of ``row`` with a wrong type."""
-    for (name, kind, optional), value in zip(_SPEC, row):
+    for (name, kind, optional), value in zip(_SPEC, row, strict=False):
         if value is None:
             if not optional:
                 return WireError(f"binding field {name} is missing")

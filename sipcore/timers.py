@@ -15,7 +15,6 @@ cancellation. A timer that no longer applies is recognised when it fires
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum, IntEnum
 from operator import itemgetter

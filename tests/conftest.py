@@ -24,14 +24,14 @@ from gevent import monkey
 
 monkey.patch_all()
 
-import os  # noqa: E402
+import os
 
 # A fast path's fallback or a swallowed batch failure raises under the tests
 # (actors.process.STRICT), in this process and in the nodes the tests start.
 os.environ["TANDEM_STRICT"] = "1"
 
 import peewee
-import pytest  # noqa: E402
+import pytest
 
 from store.db import open_database
 from store.models import MODELS, close_store, init_store

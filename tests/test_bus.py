@@ -155,7 +155,7 @@ def test_subscriber_with_unknown_key_receives_nothing(buses):
 
 
 def test_server_impersonator_is_not_trusted(buses):
-    real, real_pub = buses(name="real")
+    _real, real_pub = buses(name="real")
     fake, _ = buses(name="fake")
     client, client_pub = buses(name="client")
     fake.allow(BUS_DOMAIN, {client_pub: "client"})

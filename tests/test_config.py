@@ -23,11 +23,11 @@ def test_challenges_offer_md5_only_by_default():
 def test_a_real_node_challenges_with_one_md5_header(tmp_path):
     node = NodeProcess(str(tmp_path)).start()
     try:
-        msg = (f"REGISTER sip:example.test SIP/2.0\r\n"
-               f"Via: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bKmd5only;rport\r\n"
-               f"From: <sip:alice@example.test>;tag=1\r\nTo: <sip:alice@example.test>\r\n"
-               f"Call-ID: md5only\r\nCSeq: 1 REGISTER\r\nMax-Forwards: 70\r\n"
-               f"Contact: <sip:alice@127.0.0.1:9>\r\nContent-Length: 0\r\n\r\n").encode()
+        msg = (b"REGISTER sip:example.test SIP/2.0\r\n"
+               b"Via: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bKmd5only;rport\r\n"
+               b"From: <sip:alice@example.test>;tag=1\r\nTo: <sip:alice@example.test>\r\n"
+               b"Call-ID: md5only\r\nCSeq: 1 REGISTER\r\nMax-Forwards: 70\r\n"
+               b"Contact: <sip:alice@127.0.0.1:9>\r\nContent-Length: 0\r\n\r\n")
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.settimeout(5)
             s.sendto(msg, (node.address, node.port))

@@ -375,7 +375,7 @@ _BARE = st.one_of(st.text(st.sampled_from(list("ab0-.:=é")), max_size=6), _ODD)
 def _render(names, items, which: int) -> str:
     """A ``Digest`` value of ``items``, quoted strings taken from column ``which``."""
     out = []
-    for name, (before, after, quoted, values, bare, trail, sep) in zip(names, items):
+    for name, (before, after, quoted, values, bare, trail, sep) in zip(names, items, strict=False):
         value = f'"{values[which]}"' if quoted else bare
         out.append(f"{name}{before}={after}{value}{trail}{sep}")
     return "Digest " + "".join(out)

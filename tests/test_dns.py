@@ -5,23 +5,23 @@ from gevent import monkey
 if not monkey.is_module_patched("socket"):
     monkey.patch_all()
 
-import random  # noqa: E402
-import socket  # noqa: E402
-import time  # noqa: E402
-from collections import Counter  # noqa: E402
+import random
+import socket
+import time
+from collections import Counter
 
-import dns.flags  # noqa: E402
-import dns.message  # noqa: E402
-import dns.query  # noqa: E402
-import dns.rcode  # noqa: E402
-import dns.rdatatype  # noqa: E402
-import gevent  # noqa: E402
-import pytest  # noqa: E402
+import dns.flags
+import dns.message
+import dns.query
+import dns.rcode
+import dns.rdatatype
+import gevent
+import pytest
 
-from actors.dns import NEGATIVE_TTL_CAP, Resolver  # noqa: E402
-from actors.dnsserver import DnsServer  # noqa: E402
-from sipcore.rfc3263 import Target  # noqa: E402
-from sipcore.zone import cluster_zone  # noqa: E402
+from actors.dns import NEGATIVE_TTL_CAP, Resolver
+from actors.dnsserver import DnsServer
+from sipcore.rfc3263 import Target
+from sipcore.zone import cluster_zone
 
 DOMAIN = "example.com"
 NODES = [("node1", "127.0.0.11", 5060, 50), ("node2", "127.0.0.12", 5062, 50)]

@@ -93,7 +93,8 @@ def test_registrations_with_the_front(node):
     assert bad is not None and bad.startswith("SIP/2.0 400") and "From" in bad.split("\r\n")[0], \
         "what the front cannot answer reaches the node"
     assert node.stop() == 0
-    log = open(node.log_path).read()
+    with open(node.log_path) as f:
+        log = f.read()
     stopped = [line for line in log.splitlines() if "challenge front stopped" in line]
     assert stopped and "'challenged': 0," not in stopped[0], log[-2000:]
 

@@ -291,8 +291,8 @@ def test_extra_octets_after_content_length_are_dropped_over_udp():
 
 
 def test_user_part_with_parameters():
-    req = parse_message(register(start="OPTIONS sip:user;par=u%40example.net@example.test SIP/2.0",
-                                 *[("CSeq", "CSeq: 1 OPTIONS")]))
+    req = parse_message(register(("CSeq", "CSeq: 1 OPTIONS"),
+                                 start="OPTIONS sip:user;par=u%40example.net@example.test SIP/2.0"))
     req.validate()
     assert req.ruri.user == "user;par=u%40example.net" and req.ruri.host == "example.test"
     assert req.ruri.params == {}
@@ -798,7 +798,7 @@ def test_every_answer_carries_via_call_id_and_cseq_unless_missing():
 
 def test_lone_start_line():
     for data in [b"REGISTER sip:example.test SIP/2.0\r\n", b"REGISTER sip:example.test SIP/2.0\r\n\r\n"]:
-        err, answer = reject(data, 400, "missing Via header")
+        _err, answer = reject(data, 400, "missing Via header")
         assert answer.headers == [["content-length", "Content-Length", "0"]]
     with pytest.raises(SipParseError) as exc:
         parse_message(b"REGISTER sip:example.test SIP/2.0")
@@ -1171,7 +1171,7 @@ def test_framer_oversized_header_section():
         f.feed(register(("User-Agent", "User-Agent: " + "a" * 2000)))
     f = StreamFramer(max_header=1000)
     with pytest.raises(SipParseError):
-        for i in range(1100):
+        for _i in range(1100):
             f.feed(b"a")
 
 

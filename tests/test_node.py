@@ -62,7 +62,7 @@ def sip_exchange(node, text: str, timeout: float = 2.0) -> str | None:
         s.sendto(text.replace("PORT", str(port)).encode(), (node.address, node.port))
         try:
             return s.recv(65535).decode()
-        except socket.timeout:
+        except TimeoutError:
             return None
 
 
@@ -244,7 +244,7 @@ def test_too_brief_after_accepted_credentials_gets_423(node):
 def test_malformed_credentials_get_400_and_the_batch_goes_on(node):
     """A usual REGISTER whose Authorization cannot be read gets 400; the
     REGISTERs around it, in the same batch, get their answers."""
-    (user, pw), (other, other_pw) = node.rows[12], node.rows[13]
+    (user, _pw), (other, other_pw) = node.rows[12], node.rows[13]
     phone, neighbour = Phone(node, user), Phone(node, other)
     bad = phone.register('Authorization: Digest username="x", realm="example.test", nc=zz\r\n')
     good = neighbour.register(neighbour.credentials(neighbour.nonce(), other_pw))

@@ -74,7 +74,7 @@ def exchange(node, text: str, timeout: float = 3.0) -> str | None:
         while time.monotonic() < deadline:
             try:
                 data = s.recv(65535).decode()
-            except socket.timeout:
+            except TimeoutError:
                 return None
             if not data.startswith("SIP/2.0 1"):
                 return data

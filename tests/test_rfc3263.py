@@ -291,7 +291,7 @@ def test_unusable_transport_gives_no_target(transport, scheme, supported):
 def test_locator_misuse():
     locator = Locator("example.com")
     with pytest.raises(RuntimeError):
-        locator.targets
+        locator.targets  # noqa: B018 - the property raises
     with pytest.raises(ValueError):
         locator.feed(Query("example.com", "SRV"), [])
     with pytest.raises(ValueError):
