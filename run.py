@@ -83,8 +83,9 @@ def cmd_user(args) -> int:
     log = logging.getLogger("tandem")
     try:
         cfg = load_config(args.config)
-        if sqlite_dir(cfg):
-            os.makedirs(sqlite_dir(cfg), exist_ok=True)
+        folder = sqlite_dir(cfg)
+        if folder:
+            os.makedirs(folder, exist_ok=True)
         if cfg.master_key:
             log.error("%s takes its users from the configuration master ([cluster] master_key): "
                       "add them there (the dashboard's Users page or POST /api/users); a user "

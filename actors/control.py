@@ -58,9 +58,9 @@ class ControlServer:
         """Bind the socket and start answering; ``on_failure(greenlet)`` if the loop dies."""
         self.bus.start()
         self.sock = self.bus.server(zmq.ROUTER, self.endpoint, CONTROL_DOMAIN, hwm=100)
-        self.greenlet = gevent.spawn(self._run)
+        greenlet = self.greenlet = gevent.spawn(self._run)
         if on_failure is not None:
-            self.greenlet.link_exception(on_failure)
+            greenlet.link_exception(on_failure)
         log.info("control endpoint on %s", self.endpoint)
 
     def stop(self) -> None:

@@ -23,6 +23,7 @@ import os
 import re
 import socket as _socket
 import time
+from typing import Any
 from dataclasses import dataclass
 
 import gevent
@@ -111,15 +112,15 @@ class Transport:
         self.on_response = on_response
         self.connect_timeout = tcp_connect_timeout
         self.family = _socket.AF_INET6 if ":" in address else _socket.AF_INET
-        self.udp = None
-        self.tcp = None
+        self.udp: Any = None
+        self.tcp: StreamServer | None = None
         self.connections: dict[tuple[str, int], Connection] = {}
-        self._loop = None
+        self._loop: gevent.Greenlet | None = None
         self.received = 0
         self.malformed = 0
         self.fair_share = 64
         self.front_path = front_path
-        self.forwarded = None
+        self.forwarded: StreamServer | None = None
         #: ``quick(data, ip, port)``, when set, sees each UDP datagram first
         #: and returns True when it took the datagram, which is then not parsed
         self.quick = None
@@ -139,8 +140,8 @@ class Transport:
             steer_challenges(udp)
             listener = unix_socket(_socket.SOCK_STREAM, self.front_path)
             listener.listen(8)
-            self.forwarded = StreamServer(listener, self._serve_front)
-            self.forwarded.start()
+            forwarded = self.forwarded = StreamServer(listener, self._serve_front)
+            forwarded.start()
         self.port = udp.getsockname()[1]
         self.udp = udp
         self._raw_sendto = udp._sock.sendto

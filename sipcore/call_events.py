@@ -38,7 +38,7 @@ class CallEvent:
     """The final status of a failure (486, 408...), the 18x of a ringing; else None."""
 
 
-def call_event(kind: str, msg: Message, source: tuple, status: int | None = None
+def call_event(kind: str, msg: Message, source: tuple[str, str, int], status: int | None = None
                ) -> CallEvent | None:
     """The event of ``kind`` for the call ``msg`` (a request or response) belongs to;
     None when its From, To or Call-ID cannot be read."""

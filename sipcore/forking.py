@@ -44,6 +44,7 @@ challenged nor refused by these defences.
 import logging
 import os
 from collections import deque
+from typing import Any
 from urllib.parse import unquote
 
 from .call_events import (ANSWER, ATTEMPT, BYE, CANCEL, FAILURE, RINGING, CallEvent,
@@ -106,7 +107,7 @@ class ProxyCore:
                       "cancelled": 0, "timeouts": 0, "stateless": 0}
 
     # -- outputs -------------------------------------------------------------
-    def messages_to_send(self) -> list[tuple[bytes, object]]:
+    def messages_to_send(self) -> list[tuple[bytes, Any]]:
         """Take every ``(bytes, destination)`` queued, oldest first."""
         return self.layer.messages_to_send()
 

@@ -69,7 +69,7 @@ class Pusher:
     def push_round(self) -> dict:
         """Send the newest version to every node behind it; ``{node id: outcome}``."""
         version = ms.current_version()
-        outcome = {}
+        outcome: dict[str, object] = {}
         if version == 0:
             return outcome
         jobs = {n["node_id"]: gevent.spawn(self._check_and_push, n, version)
