@@ -36,6 +36,7 @@ from .dnsserver import DnsServer
 from .keys import Member, cluster_toml, load_or_create_keypair
 from .lab_control import LabControlError, LabControlServer
 from .lab_master import LabMaster
+from .watched import WatchedProcess
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +147,7 @@ def describe_exit(code: int) -> str:
 
 
 @dataclass
-class LabNode:
+class LabNode(WatchedProcess):
     """One node process of the lab."""
 
     k: int
@@ -160,10 +161,11 @@ class LabNode:
     last_exit: str = ""
     reported: bool = field(default=False, repr=False)
 
-    @property
-    def id(self) -> str:
-        """The node id, ``node<k>``."""
-        return f"node{self.k}"
+    id: str = field(init=False)
+    """The node id, ``node<k>``."""
+
+    def __post_init__(self) -> None:
+        self.id = f"node{self.k}"
 
     def start(self) -> None:
         """Start the node process, its output appended to its log."""
@@ -174,9 +176,9 @@ class LabNode:
         self.started = time.monotonic()
         self.reported = False
 
-    def alive(self) -> bool:
-        """Whether the process runs."""
-        return self.proc is not None and self.proc.poll() is None
+    def where(self) -> str:
+        """The node's SIP address."""
+        return f"{self.address}:5060"
 
     def wait_ready(self, limit: float = READY_LIMIT) -> bool:
         """Wait (bounded) until the node answers OPTIONS with 200."""
@@ -186,25 +188,6 @@ class LabNode:
             if answer is not None and answer.startswith(b"SIP/2.0 200"):
                 return True
         return False
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """SIGTERM, then SIGKILL after ``timeout`` seconds."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-    def status(self) -> dict:
-        """JSON-ready state of this node for ``run.py lab status``."""
-        up = self.alive()
-        return {"id": self.id, "address": f"{self.address}:5060", "running": up,
-                "uptime": round(time.monotonic() - self.started, 1) if up else 0.0,
-                "pid": self.proc.pid if up and self.proc else None,
-                "deaths": self.deaths, "restarts": self.restarts, "last_exit": self.last_exit}
 
 
 class Lab:

@@ -21,11 +21,12 @@ from store.files import make_private_dir, write_private
 from store.users import read_users_csv
 
 from .keys import Member
+from .watched import WatchedProcess
 
 MASTER_PORT = 8080
 
 
-class LabMaster:
+class LabMaster(WatchedProcess):
     """The master process of a lab (the same surface as ``actors.lab.LabNode``)."""
 
     id = "master"
@@ -101,9 +102,9 @@ class LabMaster:
         self.started = time.monotonic()
         self.reported = False
 
-    def alive(self) -> bool:
-        """Whether the process runs."""
-        return self.proc is not None and self.proc.poll() is None
+    def where(self) -> str:
+        """The dashboard's URL."""
+        return self.url
 
     def wait_ready(self, limit: float = 15.0) -> bool:
         """Wait (bounded) until the dashboard answers its login page."""
@@ -116,22 +117,3 @@ class LabMaster:
             except (urllib.error.URLError, OSError):
                 time.sleep(0.1)
         return False
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """SIGTERM, then SIGKILL after ``timeout`` seconds."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-    def status(self) -> dict:
-        """JSON-ready state of the master for ``run.py lab status``."""
-        up = self.alive()
-        return {"id": self.id, "address": self.url, "running": up,
-                "uptime": round(time.monotonic() - self.started, 1) if up else 0.0,
-                "pid": self.proc.pid if up and self.proc else None,
-                "deaths": self.deaths, "restarts": self.restarts, "last_exit": self.last_exit}
