@@ -4,14 +4,13 @@ The schema is documented in ``conf/node.example.toml`` and the README.
 """
 
 import os
-import tomllib
 from dataclasses import dataclass, field
 
 from sipcore.authguard import GuardSettings
 from sipcore.cluster_addresses import ClusterAddresses
 from sipcore.nat import NAT_HANDLING
 from sipcore.registrar import RegistrarRules
-from store.files import InsecureFileError, check_private
+from store.files import InsecureFileError, check_private, read_toml
 
 
 class ConfigError(Exception):
@@ -276,13 +275,7 @@ def sqlite_dir(cfg: NodeConfig) -> str | None:
 
 def load_config(path: str) -> NodeConfig:
     """Read and check a node configuration file."""
-    try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except OSError as e:
-        raise ConfigError(f"cannot read {path}: {e.strerror}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: {e}") from None
+    data = read_toml(path, ConfigError)
     cfg = parse_config(data, os.path.dirname(os.path.abspath(path)))
     if cfg.auth_secret or cfg.secret_key:
         try:

@@ -8,6 +8,8 @@ is a leaked secret, so the node refuses to start and says how to fix it.
 
 import os
 import stat
+import tomllib
+from typing import Any
 
 PRIVATE_FILE = 0o600
 PRIVATE_DIR = 0o700
@@ -62,3 +64,15 @@ def check_private(path: str, what: str) -> None:
         raise InsecureFileError(
             f"{what} {path} holds secrets but has mode {mode:04o}, so other users of this "
             f"host can read it; run: chmod 600 {path}")
+
+
+def read_toml(path: str, error: type[Exception]) -> dict[str, Any]:
+    """The TOML file ``path`` read; ``error`` with a clear message when it
+    cannot be read or is not TOML."""
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except OSError as e:
+        raise error(f"cannot read {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise error(f"{path}: {e}") from None

@@ -21,11 +21,10 @@ pair (``master.public``, ``master.secret``), the session-signing key
 
 import os
 import secrets
-import tomllib
 from dataclasses import dataclass, field
 
 from actors.bus import generate_keypair
-from store.files import check_private, make_private_dir, write_private
+from store.files import check_private, make_private_dir, read_toml, write_private
 
 DEFAULT_LISTEN = "127.0.0.10:8080"
 
@@ -59,13 +58,7 @@ class MasterSettings:
 
 def load_settings(path: str) -> MasterSettings:
     """Read and check ``path``."""
-    try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except OSError as e:
-        raise SettingsError(f"cannot read {path}: {e.strerror}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise SettingsError(f"{path}: {e}") from None
+    data = read_toml(path, SettingsError)
     body = data.get("master", {})
     known = {"listen", "data_dir", "database", "domain", "push_interval", "lab_data"}
     unknown = (set(body) - known) | (set(data) - {"master", "nodes"})
