@@ -33,6 +33,7 @@ from .bus import BusError
 from .config import (ConfigError, NodeConfig, guard_settings, load_config, registrar_rules,
                      server_uris, sqlite_dir)
 from .config_sync import attach_config_sync
+from .drain import Drain, attach_drain
 from .front import STATUS_EVERY, FrontProcess
 from .front import paths as front_paths
 from .process import tune_gc
@@ -109,6 +110,7 @@ class Node:
         self.replicator = None
         self.front = None
         self.users: UserDirectory | None = None
+        self.drain: Drain | None = None
         self.started_at = 0.0
 
     def start(self) -> None:
@@ -164,6 +166,7 @@ class Node:
                                             self.transport, auth)
         self.proxy.greenlet = self.group.spawn(self.proxy.run)
         self.proxy.greenlet.link_exception(self._actor_died)
+        attach_drain(self)
         self.group.spawn(self._share_bans).link_exception(self._actor_died)
         if cfg.challenge_front:
             self.front = FrontProcess(cfg, secret, origin)
@@ -217,8 +220,15 @@ class Node:
 
     def _tell_front(self) -> None:
         while True:
-            self.front.tell(self.replicator.synced)
+            self.tell_front()
             gevent.sleep(STATUS_EVERY)
+
+    def tell_front(self) -> None:
+        """Let the challenge front answer only while the node is synced and not
+        draining (otherwise it passes everything on, to get the node's 503)."""
+        if self.front is not None:
+            drain = self.drain
+            self.front.tell(self.replicator.synced and not (drain is not None and drain.on))
 
     def _actor_died(self, greenlet) -> None:
         log.error("actor died: %r; stopping the node", greenlet.exception)
@@ -231,6 +241,11 @@ class Node:
             if method != "ACK":
                 retry = str(self.replicator.retry_after())
                 self._answer(req, dest, 503, [("Retry-After", retry)], "Syncing")
+            return
+        drain = self.drain
+        if drain is not None and drain.refuses(req):
+            drain.refused += 1
+            self._answer(req, dest, 503, [("Retry-After", str(drain.retry_after))], "Draining")
             return
         if method == "REGISTER":
             self.registrar.submit(req, dest)
@@ -245,6 +260,9 @@ class Node:
         challenged at once. False for any other datagram, which the
         transport then parses and gives to ``on_request``."""
         if data[:9] != b"REGISTER " or not self.replicator.synced:
+            return False
+        drain = self.drain
+        if drain is not None and drain.on:
             return False
         usual = scan(data, ip, port, self.domains)
         if usual is None:
