@@ -76,7 +76,7 @@ def attach_drain(node) -> None:
     replicator_status = control.handlers["status"]
 
     def status(request: dict) -> dict:
-        """Node id, sync state, peers, counts, and whether it drains with its pending transactions."""
+        """The replicator's status, whether the node drains, and its pending transactions."""
         out = replicator_status(request)
         pending = node.proxy.core.layer.stats()
         out.update(draining=drain.on, pending_server=pending["server"],

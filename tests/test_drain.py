@@ -110,7 +110,7 @@ def test_a_drain_with_retry_after_is_told_to_phones(lab):
                                   {"on": True, "retry_after": "30"}])
 def test_bad_drain_requests_are_refused_and_change_nothing(lab, args):
     cluster, node = lab
-    with pytest.raises(BusError, match="drain needs|retry_after"):
+    with pytest.raises(BusError, match=r"drain needs|retry_after"):
         cluster.control(node, "drain", **args)
     assert cluster.control(node, "status")["draining"] is False
 
