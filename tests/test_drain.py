@@ -1,9 +1,11 @@
 """Draining a real node (issues 12 and 17): 503 with Retry-After for new calls and
 REGISTERs (sipsak and the load tests' SIP client), calls in progress go on to their
 BYE, an emergency call still goes through, and undraining takes everything again.
-The control command is tried with bad arguments and with a key the node does not know."""
+The control command is tried with bad arguments and with a key the node does not know;
+the dashboard's API and Nodes page drive the same node through Flask's test client."""
 
 import os
+import re
 import subprocess
 
 import pytest
@@ -12,6 +14,10 @@ from actors.bus import Bus, BusError, generate_keypair, request
 from loadtest.answerer import AnsweringAgent
 from loadtest.harness import Cluster, write_users_csv
 from loadtest.sipclient import SipClient
+from store import master as ms
+from tests.test_web import PASSWORD, basic, login, token
+from web import create_app
+from web.push import Pusher
 
 SETTINGS = {"heartbeat": 0.2, "alone_wait": 0.5, "sync_timeout": 3.0}
 
@@ -128,3 +134,76 @@ def test_an_unknown_key_cannot_drain_the_node(lab):
         stranger.close()
     assert cluster.control(node, "status")["draining"] is False
     assert client(node, "user5").register().status == 200
+
+
+@pytest.fixture
+def dashboard(lab, tmp_path):
+    """The dashboard with a master bus whose key the node takes (never started: no pushes)."""
+    cluster, node = lab
+    ms.init_master_store(f"sqlite:///{tmp_path}/master.db")
+    ms.setup("example.test")
+    ms.add_admin("admin", PASSWORD)
+    member = cluster.members[node.id]
+    ms.save_node(node.id, f"{node.address}:{node.port}", member.control, member.public_key)
+    ms.save_node("ghost", "127.0.0.1:9", "tcp://127.0.0.1:9", "k" * 40)
+    pusher = Pusher(cluster.client_public, cluster.client_secret)
+    try:
+        yield create_app({"SECRET_KEY": "test-key"}, pusher), cluster, node
+    finally:
+        drain(cluster, node, False)
+        pusher.bus.close()
+        ms.close_master_store()
+
+
+def test_api_drains_and_undrains_a_real_node(dashboard):
+    app, _cluster, node = dashboard
+    c = app.test_client()
+    url = f"/api/nodes/{node.id}/drain"
+    r = c.post(url, json={"on": True}, headers=basic())
+    assert r.status_code == 200 and r.json == {"node": node.id, "draining": True,
+                                               "retry_after": 30}
+    assert client(node, "user5").register().status == 503
+    r = c.post(url, json={"on": False}, headers=basic())
+    assert r.status_code == 200 and r.json["draining"] is False
+    assert client(node, "user5").register().status == 200
+
+
+def test_api_drain_refuses_strangers_bad_bodies_and_unknown_or_dead_nodes(dashboard):
+    app, cluster, node = dashboard
+    c = app.test_client()
+    url = f"/api/nodes/{node.id}/drain"
+    for headers in ({}, basic("wrong"), basic(user="nobody")):
+        r = c.post(url, json={"on": True}, headers=headers)
+        assert r.status_code == 401 and "draining" not in r.get_data(as_text=True)
+    for body in ({"on": "yes"}, {"on": 1}, {}, [True], "x" * 100_000):
+        r = c.post(url, json=body, headers=basic())
+        assert r.status_code == 400 and "on" in r.json["error"], body
+    r = c.post("/api/nodes/nodeX/drain", json={"on": True}, headers=basic())
+    assert r.status_code == 400 and "no node" in r.json["error"]
+    r = c.post("/api/nodes/ghost/drain", json={"on": True}, headers=basic())
+    assert r.status_code == 400 and r.json["error"].startswith("ghost:")
+    assert cluster.control(node, "status")["draining"] is False
+
+
+def test_nodes_page_drain_button_needs_csrf_and_shows_the_state(dashboard):
+    app, cluster, node = dashboard
+    c = app.test_client()
+    assert c.post(f"/nodes/{node.id}/drain", data={"on": "1"}).status_code == 400  # no session
+    page = c.get("/login").get_data(as_text=True)
+    r = c.post(f"/nodes/{node.id}/drain", data={"csrf_token": token(page), "on": "1"})
+    assert r.status_code == 302 and "/login" in r.headers["Location"]
+    login(c)
+    assert c.post(f"/nodes/{node.id}/drain", data={"on": "1"}).status_code == 400
+    assert cluster.control(node, "status")["draining"] is False
+    page = c.get("/").get_data(as_text=True)
+    assert f'id="drain-{node.id}" type="submit">Drain<' in page
+    r = c.post(f"/nodes/{node.id}/drain", data={"csrf_token": token(page), "on": "1"},
+               follow_redirects=True)
+    page = r.get_data(as_text=True)
+    assert f"{node.id} drains" in page and re.search(r"draining, \d+ pending", page)
+    assert f'id="drain-{node.id}" type="submit">Undrain<' in page
+    assert cluster.control(node, "status")["draining"] is True
+    r = c.post(f"/nodes/{node.id}/drain", data={"csrf_token": token(page), "on": "0"},
+               follow_redirects=True)
+    assert "takes new calls and REGISTERs again" in r.get_data(as_text=True)
+    assert cluster.control(node, "status")["draining"] is False

@@ -3,7 +3,8 @@
 ``GET /api/registrations`` (``?user=``), ``GET /api/users`` (``?q=``
 search), ``POST /api/users`` with ``{"username", "password"}``, ``DELETE
 /api/users/<name>``, ``GET /api/nodes``, ``POST /api/nodes/<id>/restart``
-(through the lab) and ``GET /api/config`` (the newest version and each
+(through the lab), ``POST /api/nodes/<id>/drain`` with ``{"on": bool}``
+(straight to the node) and ``GET /api/config`` (the newest version and each
 node's).
 """
 
@@ -98,5 +99,20 @@ def restart_node(node_id):
     try:
         return {"node": node_id, "state": services.restart_node(current_app.config["LAB_DATA"],
                                                                 node_id)}
+    except services.ServiceError as e:
+        return {"error": str(e)}, 400
+
+
+@bp.post("/nodes/<node_id>/drain")
+@basic_auth_required
+def drain_node(node_id):
+    """Drain a node or end its drain: ``{"on": true|false}``; the node's drain state."""
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict) or not isinstance(body.get("on"), bool):
+        return {"error": 'expected a JSON object {"on": true|false}'}, 400
+    pusher = current_app.extensions.get("pusher")
+    try:
+        return {"node": node_id,
+                **services.drain_node(getattr(pusher, "bus", None), node_id, body["on"])}
     except services.ServiceError as e:
         return {"error": str(e)}, 400

@@ -73,6 +73,23 @@ def restart_node(node_id):
     return redirect(url_for("pages.nodes"))
 
 
+@bp.route("/nodes/<node_id>/drain", methods=["POST"])
+@login_required
+def drain_node(node_id):
+    """Drain a node (``on=1``) or end its drain (``on=0``) and show the result."""
+    if not ActionForm().validate_on_submit():
+        return "CSRF token missing or wrong", 400
+    on = request.form.get("on") == "1"
+    try:
+        services.drain_node(bus(), node_id, on)
+    except services.ServiceError as e:
+        flash(f"{'Drain' if on else 'Undrain'} of {node_id} failed: {e}")
+    else:
+        flash(f"{node_id} drains: new calls and REGISTERs get 503." if on
+              else f"{node_id} takes new calls and REGISTERs again.")
+    return redirect(url_for("pages.nodes"))
+
+
 @bp.route("/registrations")
 @login_required
 def registrations():

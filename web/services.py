@@ -1,5 +1,7 @@
-"""Service actions on a node: restart it through the lab that runs it.
+"""Service actions on a node: restart it through the lab that runs it, drain it.
 
+A drain goes straight to the node's control endpoint (``drain``, see
+``actors.drain``), as the dashboard's other questions do (``web.cluster``).
 In a lab (``run.py lab``) the master's ``[master] lab_data`` names the
 lab's data folder, and a restart goes to the lab's control socket
 (``actors.lab_control``, 0600 in the lab's 0700 folder), which stops the
@@ -7,9 +9,11 @@ node's process, starts it and waits until it answers. Without a lab there
 is no process supervisor to ask, and the action says so.
 """
 
+from actors.bus import BusError, request
 from actors.lab_control import LabControlError, ask
-
 from store import master as ms
+
+from .cluster import ASK_TIMEOUT
 
 
 class ServiceError(Exception):
@@ -26,3 +30,19 @@ def restart_node(lab_data: str, node_id: str) -> dict:
         return ask(lab_data, f"restart {node_id}")
     except LabControlError as e:
         raise ServiceError(str(e)) from None
+
+
+def drain_node(bus, node_id: str, on: bool) -> dict:
+    """Drain node ``node_id`` (``on``) or end its drain; the node's drain state."""
+    if not isinstance(on, bool):
+        raise ServiceError('drain needs "on": true or false')
+    node = next((n for n in ms.list_nodes() if n["node_id"] == node_id), None)
+    if node is None:
+        raise ServiceError(f"no node {node_id!r}")
+    if bus is None:
+        raise ServiceError("the master has no bus to reach the node")
+    try:
+        return request(bus, node["control"], node["public_key"], {"cmd": "drain", "on": on},
+                       ASK_TIMEOUT)
+    except BusError as e:
+        raise ServiceError(f"{node_id}: {e}") from None
