@@ -135,6 +135,9 @@ class RegistrarActor:
         changes: list[Binding] = []
         merged: list[Binding] = []
         undo = []
+        # (binding, the one it replaced) for the log lines, written after the 200s
+        noted: list[tuple[Binding, Binding | None]] | None = \
+            [] if log.isEnabledFor(logging.INFO) else None
         seq_before = self.sequencer.peek()
         for req, dest in batch:
             if req is None:
@@ -148,7 +151,10 @@ class RegistrarActor:
                 continue
             key, dest, req, status, data, made = done
             for b in made:
-                undo.append((b.aor, b.key, location.put(b)))
+                old = location.put(b)
+                undo.append((b.aor, b.key, old))
+                if noted is not None:
+                    noted.append((b, old))
             changes.extend(made)
             if status < 300 and (changes or merged):
                 deferred.append((key, dest, req, data))
@@ -182,6 +188,35 @@ class RegistrarActor:
         for key, dest, _req, data in deferred:
             stats["ok"] += 1
             self._answer(key, dest, data, mono)
+        if noted:
+            self._log_changes(noted, now)
+
+    def _log_changes(self, noted: list[tuple[Binding, Binding | None]], now: float) -> None:
+        """One line per committed registration change (issue 14): user, Call-ID,
+        source and the contacts the user now has, after the batch's 200s went out.
+
+        Contacts added or removed are INFO; a refresh of the same contacts
+        (most REGISTERs under load) is DEBUG, so a busy registrar's log holds
+        what changed, not every refresh.
+        """
+        per: dict[tuple[str, str], list[int]] = {}
+        for b, old in noted:
+            counts = per.setdefault((b.aor, b.call_id), [0, 0, 0])
+            if b.deleted:
+                counts[1] += 1
+            elif old is None or old.deleted:
+                counts[0] += 1
+            else:
+                counts[2] += 1
+        sources = {(b.aor, b.call_id): b.received for b, _old in noted}
+        location = self.location
+        for (aor, call_id), (added, removed, refreshed) in per.items():
+            contacts = sum(1 for x in location.get(aor).values()
+                           if not x.deleted and x.expires_at > now)
+            log.log(logging.INFO if added or removed else logging.DEBUG,
+                    "registration of %s (Call-ID %s) from %s: %d contacts now, "
+                    "%d added, %d removed, %d refreshed", aor, call_id,
+                    sources[aor, call_id] or "?", contacts, added, removed, refreshed)
 
     def _request(self, req: Request, dest, now: float, mono: float, key=None, result=None):
         """Handle one parsed REGISTER: ``(key, dest, req, status, response

@@ -289,3 +289,33 @@ def test_sigterm_stops_cleanly(tmp_path):
     n = NodeProcess(str(tmp_path)).start()
     n.proc.send_signal(signal.SIGTERM)
     assert n.proc.wait(timeout=10) == 0
+
+
+def test_each_registration_change_logs_one_info_line(node):
+    """Issue 14: user, Call-ID, source and contact count for a REGISTER that adds or
+    removes a contact; a plain refresh stays out of the INFO log."""
+    rows = node.rows[1600:1603]
+    port = free_port()
+    with open(node.log_path, "rb") as f:
+        start = len(f.read())
+
+    def lines(user):
+        deadline = time.monotonic() + 5
+        while True:
+            with open(node.log_path, errors="replace") as f:
+                f.seek(start)
+                found = [ln for ln in f if f"registration of sip:{user}@example.test " in ln]
+            if len(found) >= 2 or time.monotonic() > deadline:
+                return found
+            time.sleep(0.05)
+
+    assert register(node, rows, port=port).failed == 0
+    assert register(node, rows, port=port).failed == 0       # refreshes: not at INFO
+    assert register(node, rows, port=port, expires=0).failed == 0
+    for user, _ in rows:
+        got = lines(user)
+        assert len(got) == 2, got
+        assert all(" INFO " in ln and f"from udp:127.0.0.1:{port}: " in ln
+                   and "(Call-ID " in ln for ln in got)
+        assert got[0].rstrip().endswith("1 contacts now, 1 added, 0 removed, 0 refreshed")
+        assert got[1].rstrip().endswith("0 contacts now, 0 added, 1 removed, 0 refreshed")
