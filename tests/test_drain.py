@@ -11,10 +11,14 @@ import subprocess
 import pytest
 
 from actors.bus import Bus, BusError, generate_keypair, request
+from actors.keys import Member, cluster_toml
 from loadtest.answerer import AnsweringAgent
-from loadtest.harness import Cluster, write_users_csv
+from loadtest.harness import Cluster, NodeProcess, free_port, write_users_csv
 from loadtest.sipclient import SipClient
 from store import master as ms
+from tests.test_front import front_pid, wait_until
+from tests.test_node import request as sip_request
+from tests.test_node import sip_exchange
 from tests.test_web import PASSWORD, basic, login, token
 from web import create_app
 from web.push import Pusher
@@ -207,3 +211,30 @@ def test_nodes_page_drain_button_needs_csrf_and_shows_the_state(dashboard):
                follow_redirects=True)
     assert "takes new calls and REGISTERs again" in r.get_data(as_text=True)
     assert cluster.control(node, "status")["draining"] is False
+
+
+def test_the_challenge_front_passes_registers_on_while_the_node_drains(tmp_path):
+    """With ``challenge_front`` a REGISTER without credentials is answered by the front:
+    while the node drains the front passes it on, so it gets the node's 503 too."""
+    me = Member("node1", *[f"tcp://127.0.0.1:{free_port()}" for _ in range(3)],
+                *generate_keypair())
+    public, secret = generate_keypair()
+    n = NodeProcess(str(tmp_path), front=True,
+                    extra=cluster_toml(me, [me], control_keys=[public], alone_wait=0.5))
+    n.start()
+    bus = Bus(public, secret, "test")
+    try:
+        assert wait_until(lambda: front_pid(n) is not None, 10), n.log_tail()
+        assert wait_until(lambda: "answering challenges" in n.log_tail(50), 15), n.log_tail()
+        ask = {"cmd": "drain", "on": True}
+        assert request(bus, me.control, me.public_key, ask, 2.0)["draining"] is True
+        answer = sip_exchange(n, sip_request("REGISTER"))
+        assert answer is not None and answer.startswith("SIP/2.0 503 Draining"), answer
+        assert "Retry-After: 30" in answer
+        ask["on"] = False
+        assert request(bus, me.control, me.public_key, ask, 2.0)["draining"] is False
+        assert wait_until(lambda: (sip_exchange(n, sip_request("REGISTER"), 0.5) or "")
+                          .startswith("SIP/2.0 401"), 5)
+    finally:
+        bus.close()
+        n.stop()
