@@ -13,7 +13,8 @@ import pytest
 from actors.bus import Bus, BusError, generate_keypair, request
 from actors.keys import Member, cluster_toml
 from loadtest.answerer import AnsweringAgent
-from loadtest.harness import Cluster, NodeProcess, free_port, write_users_csv
+from loadtest.bench_register import write_register_inf
+from loadtest.harness import Cluster, NodeProcess, free_port, run_sipp, write_users_csv
 from loadtest.sipclient import SipClient
 from store import master as ms
 from tests.test_front import front_pid, wait_until
@@ -101,6 +102,25 @@ def test_drain_refuses_new_calls_and_registers_but_not_dialogs_nor_emergencies(l
     finally:
         drain(cluster, node, False)
         caller.close()
+
+
+def test_sipp_registrations_fail_while_draining_and_succeed_after(lab):
+    cluster, node = lab
+    rows = [(f"user{k}", node.rows[f"user{k}"]) for k in range(3, 6)]   # not the callee
+    inf = os.path.join(node.dir, "drain-register.csv")
+    write_register_inf(inf, rows, node.domain)
+
+    def sipp():
+        return run_sipp("register_auth.xml", f"{node.address}:{node.port}", node.dir, inf=inf,
+                        calls=len(rows), rate=100, timeout=30)
+    try:
+        drain(cluster, node, True)
+        res = sipp()
+        assert (res.successful, res.failed) == (0, len(rows)), res.stderr
+    finally:
+        drain(cluster, node, False)
+    res = sipp()
+    assert (res.successful, res.failed) == (len(rows), 0), res.stderr
 
 
 def test_a_drain_with_retry_after_is_told_to_phones(lab):
