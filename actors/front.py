@@ -14,9 +14,10 @@ answer with an error) it passes to the node over a Unix socket, with its
 source address, untouched. So the node spends its one core on what needs
 the location table, and the challenges take the second core.
 
-The front answers only while the node says it is synced (a status datagram
-four times a second); otherwise it passes everything on, so a syncing node
-still answers 503. If the front dies, the kernel hands the port's datagrams to
+The front answers only while the node says it is synced and not draining (a
+status datagram four times a second, and at once when a drain starts);
+otherwise it passes everything on, so a syncing or draining node still
+answers 503. If the front dies, the kernel hands the port's datagrams to
 the node's own socket again; if the node dies, the front exits.
 """
 
@@ -127,7 +128,7 @@ class ChallengeFront:
                         self.synced_until = 0.0
                 if answering != (self.clock() < self.synced_until):
                     log.info("answering challenges" if not answering else
-                             "node not synced: passing every request on")
+                             "node syncing or draining: passing every request on")
             except OSError as e:
                 log.warning("status socket: %s", e)
                 gevent.sleep(1.0)
