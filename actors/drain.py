@@ -7,7 +7,10 @@ target, and keeps forwarding what belongs to calls in progress: in-dialog
 requests (BYE, re-INVITE, ACK), CANCELs and responses. A call to one of
 ``[sip] emergency_numbers`` is never refused (issue 17). The node's
 ``status`` says ``draining`` and counts the proxy's pending transactions,
-so an operator (or the master) sees when the node is empty.
+so an operator (or the master) sees when the node is empty: ``drained``
+once no transaction waits for a final response (those answered only wait
+out their timers). Calls in progress are not counted: a node knows no
+dialogs yet (issue 17's dialog records).
 """
 
 import logging
@@ -78,9 +81,13 @@ def attach_drain(node) -> None:
     def status(request: dict) -> dict:
         """The replicator's status, whether the node drains, and its pending transactions."""
         out = replicator_status(request)
-        pending = node.proxy.core.layer.stats()
+        layer = node.proxy.core.layer
+        pending = layer.unanswered()
         out.update(draining=drain.on, pending_server=pending["server"],
-                   pending_client=pending["client"], drain_refused=drain.refused)
+                   pending_client=pending["client"],
+                   transactions=layer.stats()["server"] + layer.stats()["client"],
+                   drained=drain.on and not pending["server"] and not pending["client"],
+                   drain_refused=drain.refused)
         return out
 
     def set_drain(request: dict) -> dict:

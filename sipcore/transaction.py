@@ -323,6 +323,15 @@ class TransactionLayer(TimerHandlers):
         """Live transaction counts (for statistics)."""
         return {"server": len(self._server), "client": len(self._client)}
 
+    def unanswered(self) -> dict[str, int]:
+        """Transactions still waiting for a final response: server ones not yet
+        answered, client ones not yet answered by the next hop (a drain is over
+        when both are 0; answered ones only wait out their timers). A pass over
+        the tables, for a control request, not for the hot path."""
+        waiting = (_CALLING, _TRYING, _PROCEEDING)
+        return {"server": sum(1 for tx in self._server.values() if tx.state in waiting),
+                "client": sum(1 for tx in self._client.values() if tx.state in waiting)}
+
     def find_server(self, request: Request) -> ServerTransaction | None:
         """The live server transaction ``request`` belongs to (an ACK's INVITE), or None."""
         try:

@@ -99,6 +99,16 @@ def test_final_response_retransmitted_on_request_retransmission_then_timer_j():
     assert isinstance(events(layer)[0], RequestReceived)
 
 
+def test_unanswered_counts_only_transactions_without_a_final_response():
+    layer = TransactionLayer()
+    req = request()
+    tx = new_server(layer, req)
+    new_server(layer, request(branch="z9hG4bKbbb"))
+    assert layer.unanswered() == {"server": 2, "client": 0}
+    layer.respond(tx, make_response(req, 200), 0.0)
+    assert layer.stats()["server"] == 2 and layer.unanswered() == {"server": 1, "client": 0}
+
+
 def test_provisional_moves_to_proceeding_and_is_resent():
     layer = TransactionLayer()
     req = request("OPTIONS")
