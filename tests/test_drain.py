@@ -16,7 +16,7 @@ from actors.keys import Member, cluster_toml
 from loadtest.answerer import AnsweringAgent
 from loadtest.bench_register import write_register_inf
 from loadtest.harness import Cluster, NodeProcess, free_port, run_sipp, write_users_csv
-from loadtest.sipclient import SipClient
+from loadtest.sipclient import SipClient, sdp_offer
 from store import master as ms
 from tests.test_front import front_pid, wait_until
 from tests.test_node import request as sip_request
@@ -88,6 +88,9 @@ def test_drain_refuses_new_calls_and_registers_but_not_dialogs_nor_emergencies(l
         refused, none = caller.invite(f"sip:user1@{node.domain}")
         assert (refused.status, refused.get("retry-after"), none) == (503, "30", None)
 
+        hold = call.request("INVITE", sdp_offer(caller.local[0], 40000, "sendonly"),
+                            [("Content-Type", "application/sdp")])
+        assert hold.status == 200                          # a re-INVITE (hold) goes on
         assert call.request("BYE").status == 200          # the call in progress ends
         resp, sos = caller.invite(f"sip:911@{node.domain}")
         assert resp.status == 200 and sos is not None      # never refused by a drain
