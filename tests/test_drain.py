@@ -6,6 +6,7 @@ the dashboard's API and Nodes page drive the same node through Flask's test clie
 
 import os
 import re
+import socket
 import time
 import subprocess
 
@@ -21,6 +22,7 @@ from store import master as ms
 from tests.test_front import front_pid, wait_until
 from tests.test_node import request as sip_request
 from tests.test_node import sip_exchange
+from tests.test_proxy import invite
 from tests.test_web import PASSWORD, basic, login, token
 from web import create_app
 from web.push import Pusher
@@ -267,3 +269,31 @@ def test_the_challenge_front_passes_registers_on_while_the_node_drains(tmp_path)
     finally:
         bus.close()
         n.stop()
+
+
+def test_a_flood_on_a_drained_node_gets_503s_and_leaves_no_state(lab):
+    """A bounded flood of new INVITEs (unauthenticated, forged callers) while draining:
+    every answer is a stateless 503, no transaction is left behind, control still answers."""
+    cluster, node = lab
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(1.0)
+    port = sock.getsockname()[1]
+    try:
+        drain(cluster, node, True)
+        before = cluster.control(node, "status")["transactions"]
+        for _ in range(300):
+            text = invite(f"sip:user1@{node.domain}").replace("PORT", str(port))
+            sock.sendto(text.encode(), (node.address, node.port))
+        answers = []
+        while len(answers) < 300:
+            try:
+                answers.append(sock.recv(65535).decode())
+            except TimeoutError:
+                break
+        assert answers and all(a.startswith("SIP/2.0 503 Draining") for a in answers)
+        status = cluster.control(node, "status")
+        assert status["transactions"] <= before and status["drained"], status
+    finally:
+        drain(cluster, node, False)
+        sock.close()
