@@ -129,7 +129,7 @@ def test_the_node_takes_the_port_when_the_front_dies(node):
     res = register(node, node.rows[:300], rate=300)
     assert (res.successful, res.failed) == (300, 0), res.stderr
     assert options_ping(node.address, node.port, 1.0)
-    assert wait_until(lambda: "challenge front exited" in node.log_tail(50), 5)
+    assert wait_until(lambda: "challenge front exited" in node.log_tail(2000), 5)
 
 
 def test_the_front_exits_with_the_node(node):
