@@ -48,7 +48,7 @@ UNCHALLENGED = frozenset({"ACK", "CANCEL"})
 _PREFERRED = (401, 407, 415, 420, 484)
 _AUTH_HEADERS = {401: "www-authenticate", 407: "proxy-authenticate"}
 _DEFAULT_PORT = {"sip": 5060, "sips": 5061}
-#: transports the node speaks
+#: transports the node speaks (and "tls" when its settings give a ``tls_port``)
 TRANSPORTS = ("udp", "tcp")
 #: Max-Breadth of a request without one (RFC 5393 §5.1 recommends 60)
 DEFAULT_BREADTH = 60
@@ -74,9 +74,15 @@ class Lookup:
     """``sip`` or ``sips``."""
 
 
-def destinations(targets: list[Target]) -> list[tuple]:
-    """``(transport, host, port)`` for the RFC 3263 targets the node can reach (UDP, TCP)."""
-    return [(t.transport, t.host, t.port) for t in targets if t.transport in TRANSPORTS]
+def destinations(targets: list[Target], transports: tuple[str, ...] = TRANSPORTS) -> list[tuple]:
+    """``(transport, host, port)`` for the RFC 3263 targets over ``transports``."""
+    return [(t.transport, t.host, t.port) for t in targets if t.transport in transports]
+
+
+def sips_request(req: Request) -> bool:
+    """Whether ``req`` must go over TLS on every hop (RFC 3261 §26.2): a ``sips``
+    Request-URI, or a first Route that is one."""
+    return req.ruri.scheme == "sips" or (first_route(req) or "").lstrip("<").startswith("sips:")
 
 
 @dataclass
@@ -92,7 +98,8 @@ class ProxySettings:
     address (this one alone when None). ``emergency`` holds the numbers no
     defence may refuse; ``max_branches`` caps the branches of one request;
     ``nat_handling`` (one of ``sipcore.nat.NAT_HANDLING``) says when a
-    binding's flow replaces its Contact.
+    binding's flow replaces its Contact; ``tls_port`` is where the node takes
+    SIP over TLS (0: it has no TLS).
     """
 
     domain: str
@@ -105,12 +112,15 @@ class ProxySettings:
     emergency: frozenset = frozenset()
     max_branches: int = 16
     nat_handling: str = "auto"
+    tls_port: int = 0
     names: frozenset = field(init=False)
     """Lower-case domain names that are ours (``domain`` and ``aliases``)."""
     sent_by: str = field(init=False)
     """``address:port`` as written in our Via."""
     addresses: ClusterAddresses = field(init=False)
     """``cluster``, or this node alone when it was None."""
+    transports: tuple[str, ...] = field(init=False)
+    """The transports the node forwards over (``TRANSPORTS``, and "tls" with a ``tls_port``)."""
 
     def __post_init__(self) -> None:
         if self.nat_handling not in NAT_HANDLING:
@@ -121,8 +131,12 @@ class ProxySettings:
         host = f"[{self.address}]" if ":" in self.address else self.address
         self.sent_by = f"{host}:{self.port}"
         # Our Record-Route for each transport a leg may use, up to its token.
-        self._rr_starts = {t: f"<sip:{self.sent_by}{'' if t == 'udp' else ';transport=' + t};lr;"
-                              f"{DIALOG_PARAM}=" for t in ("udp", "tcp")}
+        # A TLS leg names the TLS port, where the phone's requests of the dialog must go.
+        self.transports = TRANSPORTS + (("tls",) if self.tls_port else ())
+        self._rr_starts = {
+            t: f"<sip:{self.sent_by if t != 'tls' else f'{host}:{self.tls_port}'}"
+               f"{'' if t == 'udp' else ';transport=' + t};lr;{DIALOG_PARAM}="
+            for t in self.transports}
         self._dialog_key = hmac.digest(self.secret or os.urandom(32), b"record-route", "sha256")
         self.addresses = self.cluster or ClusterAddresses(self.names, [(self.address, self.port)])
         self._address = self.address.lower()
@@ -404,7 +418,7 @@ def parse_received(received: str | None) -> tuple | None:
         return None
     transport, _, rest = received.partition(":")
     host, _, port = rest.rpartition(":")
-    if transport not in ("udp", "tcp") or not host or not port.isdigit():
+    if transport not in ("udp", "tcp", "tls") or not host or not port.isdigit():
         return None
     return (transport, host.strip("[]"), int(port))
 
@@ -426,7 +440,9 @@ def binding_target(binding, nat_handling: str = "auto") -> BranchTarget:
             uri = parse_uri(contact)
         except SipError:
             uri = None
-        if (uri is None or uri.scheme != "sip" or (uri.transport or "udp") != dest[0]
+        # A sips Contact is reached over TLS only, so over a TLS flow or by its URI.
+        if (uri is None or uri.scheme not in ("sip", "sips")
+                or ("tls" if uri.scheme == "sips" else uri.transport or "udp") != dest[0]
                 or not use_flow(nat_handling, dest[0], uri.params.get("maddr") or uri.host_bare,
                                 dest[1], is_outbound(binding.instance, binding.reg_id))):
             dest = None

@@ -1,0 +1,245 @@
+"""SIP over TLS (RFC 3261 §26.2) against a real node process: a self-signed
+certificate made here with openssl, Python ``ssl`` phones registering and
+calling each other over TLS, and hostile peers on the TLS port."""
+
+import os
+import re
+import socket
+import ssl
+import subprocess
+import time
+
+import pytest
+
+from actors.config import ConfigError, load_config
+from loadtest.harness import NodeProcess, free_port, write_users_csv
+from sipcore.digest import Credentials, expected_response, ha1
+
+HEADER_TIMEOUT = 1.0
+
+
+def make_cert(folder: str) -> tuple[str, str]:
+    """A self-signed certificate for 127.0.0.1 and its key (0600), made by openssl."""
+    cert, key = os.path.join(folder, "cert.pem"), os.path.join(folder, "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", key, "-out", cert], check=True, capture_output=True, timeout=60)
+    os.chmod(key, 0o600)
+    return cert, key
+
+
+def tls_node(work: str, cert: str, key: str) -> NodeProcess:
+    """A node (not started) with TLS on a free port and ten users."""
+    node = NodeProcess(work, limits=f"udp_rate = 0\ntcp_header_timeout = {HEADER_TIMEOUT}")
+    node.tls_port = free_port(node.address)
+    with open(node.config) as f:
+        text = f.read()
+    with open(node.config, "w") as f:
+        f.write(text.replace("[sip]\n", f'[sip]\ntls_port = {node.tls_port}\n'
+                                        f'tls_cert = "{cert}"\ntls_key = "{key}"\n', 1))
+    node.rows = write_users_csv(os.path.join(work, "users.csv"), 10)
+    out = node.run_cli("user", "import", os.path.join(work, "users.csv"))
+    assert out.returncode == 0, out.stderr
+    return node
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory):
+    return make_cert(str(tmp_path_factory.mktemp("certs")))
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory, certs):
+    n = tls_node(str(tmp_path_factory.mktemp("tls")), *certs).start()
+    yield n
+    n.stop()
+
+
+class TlsPhone:
+    """A phone over one TLS connection to the node, verifying the node's certificate."""
+
+    def __init__(self, node, user: str, cafile: str):
+        self.user, self.password = user, dict(node.rows)[user]
+        ctx = ssl.create_default_context(cafile=cafile)
+        raw = socket.create_connection((node.address, node.tls_port), timeout=5)
+        self.sock = ctx.wrap_socket(raw, server_hostname=node.address)
+        self.host, self.port = self.sock.getsockname()[:2]
+        self.buf = b""
+        self.call_id = os.urandom(6).hex()
+        self.cseq = 0
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def send(self, text: str) -> None:
+        self.sock.sendall(text.encode())
+
+    def read(self, timeout: float = 5.0) -> str:
+        """The next whole message on the connection (framed by Content-Length)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            end = self.buf.find(b"\r\n\r\n")
+            if end >= 0:
+                length = re.search(rb"(?im)^content-length:\s*(\d+)", self.buf[:end])
+                total = end + 4 + (int(length.group(1)) if length else 0)
+                if len(self.buf) >= total:
+                    msg, self.buf = self.buf[:total], self.buf[total:]
+                    return msg.decode()
+            left = deadline - time.monotonic()
+            assert left > 0, f"no whole message within {timeout}s: {self.buf!r}"
+            self.sock.settimeout(left)
+            data = self.sock.recv(65536)
+            assert data, "the node closed the connection"
+            self.buf += data
+
+    def final(self) -> str:
+        """The next message that is not a provisional response."""
+        while True:
+            msg = self.read()
+            if not msg.startswith("SIP/2.0 1"):
+                return msg
+
+    def via(self) -> str:
+        return f"Via: SIP/2.0/TLS {self.host}:{self.port};branch=z9hG4bK{os.urandom(6).hex()}"
+
+    def contact(self) -> str:
+        return f"<sip:{self.user}@{self.host}:{self.port};transport=tls>"
+
+    def auth(self, challenge: str, method: str, uri: str) -> str:
+        """The Authorization or Proxy-Authorization answering ``challenge``."""
+        nonce = challenge.split('nonce="', 1)[1].split('"', 1)[0]
+        creds = Credentials(self.user, "example.test", nonce, uri, "", "MD5", "auth",
+                            "00000001", "c0ffee")
+        resp = expected_response(creds, method, ha1(self.user, "example.test", self.password))
+        name = "Proxy-Authorization" if challenge.startswith("SIP/2.0 407") else "Authorization"
+        return (f'{name}: Digest username="{self.user}",realm="example.test",nonce="{nonce}",'
+                f'uri="{uri}",response="{resp}",algorithm=MD5,cnonce="c0ffee",qop=auth,'
+                f'nc=00000001\r\n')
+
+    def register(self) -> str:
+        """REGISTER over the connection, answering the challenge; the final answer."""
+        answer = ""
+        for _ in range(2):
+            self.cseq += 1
+            auth = self.auth(answer, "REGISTER", "sip:example.test") if answer else ""
+            self.send(f"REGISTER sip:example.test SIP/2.0\r\n{self.via()}\r\n"
+                      f"From: <sip:{self.user}@example.test>;tag=r{self.cseq}\r\n"
+                      f"To: <sip:{self.user}@example.test>\r\nCall-ID: {self.call_id}\r\n"
+                      f"CSeq: {self.cseq} REGISTER\r\nContact: {self.contact()}\r\n{auth}"
+                      f"Max-Forwards: 70\r\nExpires: 600\r\nContent-Length: 0\r\n\r\n")
+            answer = self.final()
+            if not answer.startswith("SIP/2.0 401"):
+                return answer
+        return answer
+
+
+def header(msg: str, name: str) -> list[str]:
+    return re.findall(rf"(?im)^{name}:\s*(.*?)\r$", msg)
+
+
+def test_a_phone_registers_over_tls(node, certs):
+    phone = TlsPhone(node, "user0", certs[0])
+    try:
+        answer = phone.register()
+        assert answer.startswith("SIP/2.0 200"), answer
+        assert f"{phone.host}:{phone.port};transport=tls" in answer
+        assert header(answer, "Via")[0].startswith("SIP/2.0/TLS")
+    finally:
+        phone.close()
+
+
+def test_a_call_between_two_tls_phones(node, certs):
+    """user2 calls user1, both on TLS: the INVITE reaches user1 over its own TLS
+    connection with our Via over TLS and a Record-Route naming the TLS port; ACK
+    and BYE follow the Record-Route over TLS."""
+    callee, caller = TlsPhone(node, "user1", certs[0]), TlsPhone(node, "user2", certs[0])
+    try:
+        assert callee.register().startswith("SIP/2.0 200")
+        assert caller.register().startswith("SIP/2.0 200")
+        ruri, call_id = "sip:user1@example.test", os.urandom(6).hex()
+        sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+
+        def invite(cseq: int, auth: str = "") -> str:
+            return (f"INVITE {ruri} SIP/2.0\r\n{caller.via()}\r\n"
+                    f"From: <sip:user2@example.test>;tag=c1\r\nTo: <{ruri}>\r\n"
+                    f"Call-ID: {call_id}\r\nCSeq: {cseq} INVITE\r\nContact: {caller.contact()}\r\n"
+                    f"{auth}Max-Forwards: 70\r\nContent-Type: application/sdp\r\n"
+                    f"Content-Length: {len(sdp)}\r\n\r\n{sdp}")
+
+        caller.send(invite(1))
+        challenge = caller.final()
+        assert challenge.startswith("SIP/2.0 407"), challenge
+        caller.send(f"ACK {ruri} SIP/2.0\r\n{header(challenge, 'Via')[0].join(['Via: ', ''])}\r\n"
+                    f"From: <sip:user2@example.test>;tag=c1\r\nTo: {header(challenge, 'To')[0]}\r\n"
+                    f"Call-ID: {call_id}\r\nCSeq: 1 ACK\r\nMax-Forwards: 70\r\n"
+                    f"Content-Length: 0\r\n\r\n")
+        caller.send(invite(2, caller.auth(challenge, "INVITE", ruri)))
+
+        got = callee.read()
+        assert got.startswith("INVITE sip:user1@"), got
+        vias = header(got, "Via")
+        assert vias[0].startswith(f"SIP/2.0/TLS {node.address}:"), vias
+        rr = header(got, "Record-Route")
+        assert len(rr) == 1 and f"{node.address}:{node.tls_port};transport=tls;lr" in rr[0], rr
+        callee.send("SIP/2.0 200 OK\r\n" + "".join(f"Via: {v}\r\n" for v in vias)
+                    + f"Record-Route: {rr[0]}\r\nFrom: {header(got, 'From')[0]}\r\n"
+                    f"To: {header(got, 'To')[0]};tag=b1\r\nCall-ID: {call_id}\r\n"
+                    f"CSeq: 2 INVITE\r\nContact: {callee.contact()}\r\n"
+                    f"Content-Type: application/sdp\r\nContent-Length: {len(sdp)}\r\n\r\n{sdp}")
+        ok = caller.final()
+        assert ok.startswith("SIP/2.0 200"), ok
+        route = header(ok, "Record-Route")[0]
+        for method, cseq in (("ACK", 2), ("BYE", 3)):
+            caller.send(f"{method} {callee.contact()[1:-1]} SIP/2.0\r\n{caller.via()}\r\n"
+                        f"Route: {route}\r\nFrom: <sip:user2@example.test>;tag=c1\r\n"
+                        f"To: <{ruri}>;tag=b1\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n"
+                        f"Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n")
+            got = callee.read()
+            assert got.startswith(f"{method} "), got
+            assert header(got, "Via")[0].startswith("SIP/2.0/TLS"), got
+        callee.send("SIP/2.0 200 OK\r\n" + "".join(f"Via: {v}\r\n" for v in header(got, "Via"))
+                    + f"From: {header(got, 'From')[0]}\r\nTo: {header(got, 'To')[0]}\r\n"
+                    f"Call-ID: {call_id}\r\nCSeq: 3 BYE\r\nContent-Length: 0\r\n\r\n")
+        bye_ok = caller.final()
+        assert bye_ok.startswith("SIP/2.0 200") and "3 BYE" in bye_ok, bye_ok
+    finally:
+        caller.close()
+        callee.close()
+
+
+def test_plaintext_on_the_tls_port_is_dropped_and_tls_still_works(node, certs):
+    with socket.create_connection((node.address, node.tls_port), timeout=5) as s:
+        s.sendall(b"OPTIONS sip:example.test SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:9;"
+                  b"branch=z9hG4bKplain\r\nContent-Length: 0\r\n\r\n")
+        try:
+            data = s.recv(65536)
+        except ConnectionResetError:
+            data = b""
+        # The node closes the connection (a reset, as it leaves the bytes unread):
+        # no SIP answer in clear text.
+        assert data == b"", data
+    deadline = time.monotonic() + 5
+    while "tls handshake with 127.0.0.1" not in node.log_tail(200):
+        assert time.monotonic() < deadline, node.log_tail()
+        time.sleep(0.05)
+    test_a_phone_registers_over_tls(node, certs)
+
+
+def test_a_silent_handshake_is_closed_after_the_header_timeout(node):
+    with socket.create_connection((node.address, node.tls_port), timeout=5) as s:
+        started = time.monotonic()
+        assert s.recv(1) == b""
+        waited = time.monotonic() - started
+    assert HEADER_TIMEOUT * 0.8 <= waited < HEADER_TIMEOUT + 3, waited
+
+
+def test_a_key_others_can_read_is_refused(tmp_path):
+    cert, key = make_cert(str(tmp_path))
+    node = tls_node(str(tmp_path / "w"), cert, key)
+    os.chmod(key, 0o640)
+    with pytest.raises(ConfigError, match="chmod 600"):
+        load_config(node.config)
+    with pytest.raises(RuntimeError, match="chmod 600"):
+        node.start(ready_timeout=15)
+    os.chmod(key, 0o600)
+    assert load_config(node.config).tls_port == node.tls_port
