@@ -762,6 +762,38 @@ def test_sips_is_refused_never_downgraded(core, location):
     assert resp.status == 416
 
 
+@pytest.fixture
+def tls_core(location):
+    """The ``core`` proxy with TLS on port 5061 (no authentication)."""
+    return ProxyCore(ProxySettings(DOMAIN, *PROXY, tls_port=5061), location, trying_delay=0)
+
+
+def test_with_tls_a_sips_request_goes_over_tls_only(tls_core, location):
+    """§26.2 with TLS: a sips request reaches a phone registered over TLS (its
+    flow), and is never copied to a binding reachable only over UDP."""
+    bind(location, "bob", ("tls", "10.0.0.2", 5062), contact="sips:bob@10.0.0.2:5062")
+    bind(location, "bob", PHONES[1], n=1)
+    tls_core.receive(request("INVITE", uri="sips:bob@example.test", frm="sips:x@other.test",
+                             to="sips:bob@example.test"), ALICE, 0.0, WALL)
+    sent = [(m, d) for m, d in out(tls_core) if d != ALICE]
+    assert [d for _, d in sent] == [("tls", "10.0.0.2", 5062)]
+    fwd = sent[0][0]
+    assert fwd.top_via.transport == "TLS"
+    # The caller's leg is UDP, the callee's TLS: two Record-Routes (RFC 5658).
+    rr = fwd.get_all("record-route")
+    assert rr[0].startswith("<sip:127.0.0.1:5061;transport=tls;lr;") and len(rr) == 2
+    assert rr[1].startswith("<sip:127.0.0.1:5060;lr;")
+
+
+def test_with_tls_a_sips_request_to_udp_phones_only_is_not_downgraded(tls_core, location):
+    bind(location, "bob", PHONES[0])
+    tls_core.receive(request("MESSAGE", uri="sips:bob@example.test", frm="sip:x@other.test",
+                             to="sips:bob@example.test"), ALICE, 0.0, WALL)
+    sent = out(tls_core)
+    assert all(dest == ALICE for _, dest in sent), sent
+    assert (sent[-1][0].status, sent[-1][0].reason) == (404, "Destination Not Found")
+
+
 def test_a_stack_of_forged_routes_naming_us_is_all_removed_once():
     """Hostile: 200 Routes naming us (both forms, no dialog token) before a foreign one are
     all removed in one pass, and prove no dialog: the request is not trusted as in one."""
