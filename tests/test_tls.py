@@ -56,17 +56,22 @@ def node(tmp_path_factory, certs):
 
 
 class TlsPhone:
-    """A phone over one TLS connection to the node, verifying the node's certificate."""
+    """A phone over one TLS connection to the node, verifying the node's certificate
+    (with no ``cafile``, not connected: ``attach`` gives it a connection later)."""
 
-    def __init__(self, node, user: str, cafile: str):
+    def __init__(self, node, user: str, cafile: str | None):
         self.user, self.password = user, dict(node.rows)[user]
-        ctx = ssl.create_default_context(cafile=cafile)
-        raw = socket.create_connection((node.address, node.tls_port), timeout=5)
-        self.sock = ctx.wrap_socket(raw, server_hostname=node.address)
-        self.host, self.port = self.sock.getsockname()[:2]
         self.buf = b""
         self.call_id = os.urandom(6).hex()
         self.cseq = 0
+        if cafile is not None:
+            ctx = ssl.create_default_context(cafile=cafile)
+            raw = socket.create_connection((node.address, node.tls_port), timeout=5)
+            self.attach(ctx.wrap_socket(raw, server_hostname=node.address))
+
+    def attach(self, sock) -> None:
+        self.sock = sock
+        self.host, self.port = sock.getsockname()[:2]
 
     def close(self) -> None:
         self.sock.close()
@@ -205,6 +210,74 @@ def test_a_call_between_two_tls_phones(node, certs):
     finally:
         caller.close()
         callee.close()
+
+
+def register_udp(node, phone: "TlsPhone", contact: str) -> str:
+    """REGISTER ``contact`` for ``phone``'s user over UDP (answering the challenge)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(5)
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        answer = ""
+        for cseq in (1, 2):
+            auth = phone.auth(answer, "REGISTER", "sip:example.test") if answer else ""
+            s.sendto((f"REGISTER sip:example.test SIP/2.0\r\n"
+                      f"Via: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bKu{cseq}{phone.call_id}\r\n"
+                      f"From: <sip:{phone.user}@example.test>;tag=u{cseq}\r\n"
+                      f"To: <sip:{phone.user}@example.test>\r\nCall-ID: u{phone.call_id}\r\n"
+                      f"CSeq: {cseq} REGISTER\r\nContact: <{contact}>\r\n{auth}"
+                      f"Max-Forwards: 70\r\nExpires: 600\r\nContent-Length: 0\r\n\r\n").encode(),
+                     (node.address, node.port))
+            answer = s.recv(65535).decode()
+            if not answer.startswith("SIP/2.0 401"):
+                break
+        return answer
+
+
+def test_a_sips_contact_is_reached_over_a_tls_connection_the_node_opens(node, certs):
+    """A phone registers (over UDP) a sips Contact where it listens for TLS: a sips
+    INVITE for it makes the node connect there over TLS (never UDP)."""
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(*certs)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    listener.settimeout(10)
+    port = listener.getsockname()[1]
+    caller = TlsPhone(node, "user4", certs[0])
+    callee = TlsPhone(node, "user3", None)
+    try:
+        answer = register_udp(node, callee, f"sips:user3@127.0.0.1:{port}")
+        assert answer.startswith("SIP/2.0 200"), answer
+        assert caller.register().startswith("SIP/2.0 200")
+        ruri = "sips:user3@example.test"
+        caller.send(f"MESSAGE {ruri} SIP/2.0\r\n{caller.via()}\r\n"
+                    f"From: <sips:user4@example.test>;tag=m1\r\nTo: <{ruri}>\r\n"
+                    f"Call-ID: m{caller.call_id}\r\nCSeq: 1 MESSAGE\r\nMax-Forwards: 70\r\n"
+                    f"Content-Type: text/plain\r\nContent-Length: 2\r\n\r\nhi")
+        challenge = caller.final()
+        assert challenge.startswith("SIP/2.0 407"), challenge
+        caller.send(f"MESSAGE {ruri} SIP/2.0\r\n{caller.via()}\r\n"
+                    f"From: <sips:user4@example.test>;tag=m1\r\nTo: <{ruri}>\r\n"
+                    f"Call-ID: m{caller.call_id}\r\nCSeq: 2 MESSAGE\r\nMax-Forwards: 70\r\n"
+                    f"{caller.auth(challenge, 'MESSAGE', ruri)}"
+                    f"Content-Type: text/plain\r\nContent-Length: 2\r\n\r\nhi")
+        raw, _ = listener.accept()
+        callee.attach(server_ctx.wrap_socket(raw, server_side=True))
+        got = callee.read()
+        assert got.startswith(f"MESSAGE sips:user3@127.0.0.1:{port} "), got
+        vias = header(got, "Via")
+        assert vias[0].startswith(f"SIP/2.0/TLS {node.address}:"), vias
+        callee.send("SIP/2.0 200 OK\r\n" + "".join(f"Via: {v}\r\n" for v in vias)
+                    + f"From: {header(got, 'From')[0]}\r\nTo: {header(got, 'To')[0]};tag=x\r\n"
+                    f"Call-ID: {header(got, 'Call-ID')[0]}\r\nCSeq: 2 MESSAGE\r\n"
+                    f"Content-Length: 0\r\n\r\n")
+        ok = caller.final()
+        assert ok.startswith("SIP/2.0 200"), ok
+        callee.close()
+    finally:
+        caller.close()
+        listener.close()
 
 
 def test_plaintext_on_the_tls_port_is_dropped_and_tls_still_works(node, certs):
