@@ -316,3 +316,35 @@ def test_a_key_others_can_read_is_refused(tmp_path):
         node.start(ready_timeout=15)
     os.chmod(key, 0o600)
     assert load_config(node.config).tls_port == node.tls_port
+
+
+def test_silent_handshakes_count_against_the_per_source_cap(node, certs):
+    """Hostile: connections that never finish their handshake hold a slot each; past
+    ``tcp_max_per_source`` (32) the next is refused at once, and once the held ones
+    time out a phone from that address registers again."""
+    held = [socket.create_connection((node.address, node.tls_port), timeout=5)
+            for _ in range(32)]
+    try:
+        with socket.create_connection((node.address, node.tls_port), timeout=5) as extra:
+            try:
+                assert extra.recv(1) == b""
+            except ConnectionResetError:
+                pass
+        deadline = time.monotonic() + 5
+        while "refused a tcp connection from 127.0.0.1" not in node.log_tail(400):
+            assert time.monotonic() < deadline, node.log_tail()
+            time.sleep(0.05)
+        for s in held:
+            assert s.recv(1) == b""          # closed by the handshake timeout
+    finally:
+        for s in held:
+            s.close()
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            test_a_phone_registers_over_tls(node, certs)
+            break
+        except (AssertionError, OSError):
+            # the node may not have counted the last closes yet
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
