@@ -117,6 +117,8 @@ class ProxySettings:
     """Lower-case domain names that are ours (``domain`` and ``aliases``)."""
     sent_by: str = field(init=False)
     """``address:port`` as written in our Via."""
+    tls_sent_by: str = field(init=False)
+    """``address:tls_port``, written in our Via over TLS (``sent_by`` without TLS)."""
     addresses: ClusterAddresses = field(init=False)
     """``cluster``, or this node alone when it was None."""
     transports: tuple[str, ...] = field(init=False)
@@ -130,15 +132,18 @@ class ProxySettings:
         self.names = frozenset([self.domain, *(a.lower() for a in self.aliases)])
         host = f"[{self.address}]" if ":" in self.address else self.address
         self.sent_by = f"{host}:{self.port}"
+        self.tls_sent_by = f"{host}:{self.tls_port}" if self.tls_port else self.sent_by
         # Our Record-Route for each transport a leg may use, up to its token.
         # A TLS leg names the TLS port, where the phone's requests of the dialog must go.
         self.transports = TRANSPORTS + (("tls",) if self.tls_port else ())
         self._rr_starts = {
-            t: f"<sip:{self.sent_by if t != 'tls' else f'{host}:{self.tls_port}'}"
+            t: f"<sip:{self.sent_by if t != 'tls' else self.tls_sent_by}"
                f"{'' if t == 'udp' else ';transport=' + t};lr;{DIALOG_PARAM}="
             for t in self.transports}
         self._dialog_key = hmac.digest(self.secret or os.urandom(32), b"record-route", "sha256")
-        self.addresses = self.cluster or ClusterAddresses(self.names, [(self.address, self.port)])
+        nodes = [(self.address, self.port)] + ([(self.address, self.tls_port)]
+                                              if self.tls_port else [])
+        self.addresses = self.cluster or ClusterAddresses(self.names, nodes)
         self._address = self.address.lower()
         self._via_host = host
 
@@ -231,8 +236,16 @@ class ProxySettings:
         The parsed view is stored with it, so nobody parses back what we wrote.
         """
         t = transport.upper()
+        if t == "TLS":
+            req.set_top_via(f"SIP/2.0/TLS {self.tls_sent_by};branch={branch}",
+                            Via(t, self._via_host, self.tls_port, {"branch": branch}))
+            return
         req.set_top_via(f"SIP/2.0/{t} {self.sent_by};branch={branch}",
                         Via(t, self._via_host, self.port, {"branch": branch}))
+
+    def is_our_sent_by(self, sent_by: str) -> bool:
+        """Whether ``sent_by`` (``host:port``, lower case) is one of our Vias'."""
+        return sent_by == self.sent_by or sent_by == self.tls_sent_by
 
 
 class Context:
@@ -278,9 +291,10 @@ _LOOP_KEYS = frozenset({"from", "to", "call-id", "route", "proxy-require"})
 _MASK = 0xFFFFFFFFFFFFFFFF
 
 
-def _scan(req: Request, sent_by: str) -> tuple[str, str | None, bool, bool]:
+def _scan(req: Request, sent_by: str, tls_sent_by: str = "\0") -> tuple[str, str | None, bool,
+                                                                         bool]:
     """One pass over the headers: (loop hash, Max-Forwards text, has Proxy-Require,
-    has a Via naming ``sent_by``)."""
+    has a Via naming ``sent_by`` or ``tls_sent_by``)."""
     parts = [req.uri, req.cseq[0]]
     mf = None
     proxy_require = ours = False
@@ -290,7 +304,7 @@ def _scan(req: Request, sent_by: str) -> tuple[str, str | None, bool, bool]:
             if k == "proxy-require":
                 proxy_require = True
         elif k == "via":
-            if sent_by in v:
+            if sent_by in v or tls_sent_by in v:
                 ours = True
         elif k == "max-forwards":
             mf = v
@@ -324,8 +338,7 @@ def check_request(req: Request, settings: ProxySettings) -> str:
     request's loop hash means the request came back unchanged: ``482``. A
     Via of ours with another hash is a spiral and is fine.
     """
-    sent_by = settings.sent_by
-    loop, mf, proxy_require, ours = _scan(req, sent_by)
+    loop, mf, proxy_require, ours = _scan(req, settings.sent_by, settings.tls_sent_by)
     if mf is not None and parse_int(mf, "Max-Forwards", 255) <= 0:
         raise SipError(483, "Too Many Hops")
     if proxy_require:
@@ -337,7 +350,8 @@ def check_request(req: Request, settings: ProxySettings) -> str:
         prefix = branch_prefix(loop)
         for via in req.vias:
             port = via.port or 5060
-            if f"{via.host.lower()}:{port}" == sent_by and (via.branch or "").startswith(prefix):
+            if settings.is_our_sent_by(f"{via.host.lower()}:{port}") and \
+                    (via.branch or "").startswith(prefix):
                 raise SipError(482, "Loop Detected")
     return loop
 
@@ -595,7 +609,7 @@ def strip_our_via(resp: Response, settings: ProxySettings) -> tuple | None:
         top = resp.top_via
     except SipError:
         return None
-    if f"{top.host.lower()}:{top.port or 5060}" != settings.sent_by:
+    if not settings.is_our_sent_by(f"{top.host.lower()}:{top.port or 5060}"):
         return None
     resp.pop_first_value("via")
     if resp.get("via") is None:

@@ -778,11 +778,24 @@ def test_with_tls_a_sips_request_goes_over_tls_only(tls_core, location):
     sent = [(m, d) for m, d in out(tls_core) if d != ALICE]
     assert [d for _, d in sent] == [("tls", "10.0.0.2", 5062)]
     fwd = sent[0][0]
-    assert fwd.top_via.transport == "TLS"
+    assert (fwd.top_via.transport, fwd.top_via.port) == ("TLS", 5061)
     # The caller's leg is UDP, the callee's TLS: two Record-Routes (RFC 5658).
     rr = fwd.get_all("record-route")
     assert rr[0].startswith("<sip:127.0.0.1:5061;transport=tls;lr;") and len(rr) == 2
     assert rr[1].startswith("<sip:127.0.0.1:5060;lr;")
+
+
+def test_with_tls_a_loop_through_our_tls_via_gets_482(tls_core, location):
+    """Our Via over TLS names the TLS port; a request coming back with it is still a loop."""
+    tls_phone = ("tls", "10.0.0.2", 5062)
+    bind(location, "bob", tls_phone, contact="sip:bob@10.0.0.2:5062;transport=tls")
+    _, branches = forward(tls_core, request("MESSAGE", frm="sip:x@other.test"))
+    looped = parse_message(branches[tls_phone].encode())
+    assert looped.top_via.port == 5061
+    looped.uri = "sip:bob@example.test"
+    stamp_via(looped, *tls_phone)
+    tls_core.receive(looped, tls_phone, 0.1, WALL)
+    assert only(tls_core).status == 482
 
 
 def test_with_tls_a_sips_request_to_udp_phones_only_is_not_downgraded(tls_core, location):

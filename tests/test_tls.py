@@ -183,7 +183,7 @@ def test_a_call_between_two_tls_phones(node, certs):
         got = callee.read()
         assert got.startswith("INVITE sip:user1@"), got
         vias = header(got, "Via")
-        assert vias[0].startswith(f"SIP/2.0/TLS {node.address}:"), vias
+        assert vias[0].startswith(f"SIP/2.0/TLS {node.address}:{node.tls_port};"), vias
         rr = header(got, "Record-Route")
         assert len(rr) == 1 and f"{node.address}:{node.tls_port};transport=tls;lr" in rr[0], rr
         callee.send("SIP/2.0 200 OK\r\n" + "".join(f"Via: {v}\r\n" for v in vias)
