@@ -298,10 +298,11 @@ def guard_settings(cfg: NodeConfig) -> GuardSettings:
 
 def server_uris(cfg: NodeConfig) -> frozenset[str]:
     """The URIs naming the node itself (its domain, aliases and address, with
-    and without its port), lower case: digest-uris taken for any request."""
+    and without its port or TLS port), lower case: digest-uris taken for any request."""
     hosts = [cfg.domain, *cfg.aliases, f"[{cfg.address}]" if ":" in cfg.address else cfg.address]
+    ports = ("", f":{cfg.port}") + ((f":{cfg.tls_port}",) if cfg.tls_port else ())
     return frozenset(f"{scheme}:{host}{port}".lower() for scheme in ("sip", "sips")
-                     for host in hosts for port in ("", f":{cfg.port}"))
+                     for host in hosts for port in ports)
 
 
 def sqlite_dir(cfg: NodeConfig) -> str | None:

@@ -96,6 +96,9 @@ class TlsContexts:
         server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         server.minimum_version = ssl.TLSVersion.TLSv1_2
         server.load_cert_chain(cert, key)
+        # No TLS 1.3 session tickets: they arrive after the handshake, where clients
+        # such as sipsak take them for the answer and fail (and no phone resumes).
+        server.num_tickets = 0
         client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         client.minimum_version = ssl.TLSVersion.TLSv1_2
         client.load_cert_chain(cert, key)

@@ -280,6 +280,18 @@ def test_a_sips_contact_is_reached_over_a_tls_connection_the_node_opens(node, ce
         listener.close()
 
 
+def test_sipsak_registers_over_tls(node, certs):
+    """A real client: sipsak's usrloc test over TLS, checking the node's certificate
+    (it reads the first record after the handshake as the answer, so this also shows
+    the node sends no TLS 1.3 session tickets)."""
+    user = "user5"
+    reg = subprocess.run(["sipsak", "-U", "-s", f"sip:{user}@{node.address}:{node.tls_port}",
+                          "-E", "tls", "--tls-ca-cert", certs[0], "-u", user,
+                          "-a", dict(node.rows)[user], "-i", "-x", "120", "-v"],
+                         capture_output=True, text=True, timeout=30, check=False)
+    assert "completed successful" in reg.stdout, reg.stdout + reg.stderr + node.log_tail()
+
+
 def test_plaintext_on_the_tls_port_is_dropped_and_tls_still_works(node, certs):
     with socket.create_connection((node.address, node.tls_port), timeout=5) as s:
         s.sendall(b"OPTIONS sip:example.test SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:9;"
