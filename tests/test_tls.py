@@ -14,6 +14,7 @@ import pytest
 from actors.config import ConfigError, load_config
 from loadtest.harness import NodeProcess, free_port, write_users_csv
 from sipcore.digest import Credentials, expected_response, ha1
+from tests.phones import pjsua
 
 HEADER_TIMEOUT = 1.0
 
@@ -290,6 +291,33 @@ def test_sipsak_registers_over_tls(node, certs):
                           "-a", dict(node.rows)[user], "-i", "-x", "120", "-v"],
                          capture_output=True, text=True, timeout=30, check=False)
     assert "completed successful" in reg.stdout, reg.stdout + reg.stderr + node.log_tail()
+
+
+def test_pjsua2_calls_pjsua2_over_tls(node, certs):
+    """Two PJSUA2 phones with only a TLS transport, checking the node's certificate:
+    407, 200, ACK, RTP both ways and BYE, the dialog's requests over TLS."""
+    pytest.importorskip("pjsua2")
+    started = []
+    try:
+        for user in ("user6", "user7"):
+            p = pjsua(f"pjsua-{user}-tls", user, dict(node.rows)[user], node.domain,
+                      f"{node.address}:{node.tls_port}", "tls", free_port(), free_port(),
+                      ca=certs[0])
+            started.append(p)
+            p.wait_for("REGISTERED 200", "REGISTERED 4", "REGISTERED 5", "REGISTERED 1")
+            assert p.lines[-1].endswith("REGISTERED 200"), p.lines[-20:]
+        caller, callee = started
+        caller.send(f"call sip:user7@{node.domain}")
+        callee.wait_for("INCOMING")
+        caller.wait_for("CALL CONFIRMED")
+        callee.wait_for("CALL CONFIRMED")
+        assert caller.rtp_received() > 0 and callee.rtp_received() > 0
+        caller.send("hangup")
+        assert caller.wait_for("CALL DISCONNECTED").endswith(" 200")
+        callee.wait_for("CALL DISCONNECTED")
+    finally:
+        for p in started:
+            p.stop()
 
 
 def test_plaintext_on_the_tls_port_is_dropped_and_tls_still_works(node, certs):
