@@ -320,6 +320,32 @@ def test_pjsua2_calls_pjsua2_over_tls(node, certs):
             p.stop()
 
 
+def test_pjsua2_udp_and_pjsua2_tls_call_each_other(node, certs):
+    """Legs of different transports, UDP and TLS (double Record-Route, RFC 5658): the
+    call completes both ways, each phone's requests of the dialog on its own transport."""
+    pytest.importorskip("pjsua2")
+    started = []
+    try:
+        for user, transport, port in (("user8", "udp", node.port), ("user9", "tls", node.tls_port)):
+            p = pjsua(f"pjsua-{user}-{transport}", user, dict(node.rows)[user], node.domain,
+                      f"{node.address}:{port}", transport, free_port(), free_port(), ca=certs[0])
+            started.append(p)
+            p.wait_for("REGISTERED 200", "REGISTERED 4", "REGISTERED 5", "REGISTERED 1")
+            assert p.lines[-1].endswith("REGISTERED 200"), p.lines[-20:]
+        udp, tls = started
+        for caller, callee, user in ((udp, tls, "user9"), (tls, udp, "user8")):
+            caller.send(f"call sip:{user}@{node.domain}")
+            callee.wait_for("INCOMING")
+            caller.wait_for("CALL CONFIRMED")
+            callee.wait_for("CALL CONFIRMED")
+            callee.send("hangup")
+            assert callee.wait_for("CALL DISCONNECTED").endswith(" 200")
+            caller.wait_for("CALL DISCONNECTED")
+    finally:
+        for p in started:
+            p.stop()
+
+
 def test_plaintext_on_the_tls_port_is_dropped_and_tls_still_works(node, certs):
     with socket.create_connection((node.address, node.tls_port), timeout=5) as s:
         s.sendall(b"OPTIONS sip:example.test SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:9;"
