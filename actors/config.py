@@ -97,6 +97,9 @@ class NodeConfig:
     """PEM file of the node's certificate chain, for the TLS listener."""
     tls_key: str = ""
     """PEM file of the certificate's private key (mode 0600, refused otherwise)."""
+    tls_ca: str = ""
+    """PEM file of the CAs the node checks the far end's certificate against when it
+    opens a TLS connection (empty: encrypted, not checked)."""
     max_branches: int = 16
     """Branches one request may be forked to at most (all groups together)."""
     nat_handling: str = "auto"
@@ -135,7 +138,8 @@ _SECTIONS = {
     "sip": {"address": "address", "port": "port", "domain": "domain", "aliases": "aliases",
             "t1": "t1", "t2": "t2", "t4": "t4", "challenge_front": "challenge_front",
             "emergency_numbers": "emergency_numbers", "nat_handling": "nat_handling",
-            "tls_port": "tls_port", "tls_cert": "tls_cert", "tls_key": "tls_key"},
+            "tls_port": "tls_port", "tls_cert": "tls_cert", "tls_key": "tls_key",
+            "tls_ca": "tls_ca"},
     "registrar": {"min_expires": "min_expires", "max_expires": "max_expires",
                   "default_expires": "default_expires", "max_contacts": "max_contacts"},
     "auth": {"secret": "auth_secret", "nonce_lifetime": "nonce_lifetime",
@@ -252,6 +256,15 @@ def _check_tls(cfg: NodeConfig, base_dir: str) -> None:
         if not os.path.isfile(path):
             raise ConfigError(f"sip.{name}: no file {path}")
         setattr(cfg, name, path)
+    if cfg.tls_ca:
+        if not isinstance(cfg.tls_ca, str):
+            raise ConfigError(f"sip.tls_ca must name a PEM file, not {cfg.tls_ca!r}")
+        cfg.tls_ca = os.path.normpath(os.path.join(base_dir, cfg.tls_ca))
+        try:
+            ssl.create_default_context(cafile=cfg.tls_ca)
+        except (OSError, ssl.SSLError) as e:
+            raise ConfigError(f"sip.tls_ca {cfg.tls_ca}: not a PEM file of certificates: "
+                              f"{e}") from None
     try:
         check_private(cfg.tls_key, "TLS private key")
     except InsecureFileError as e:

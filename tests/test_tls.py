@@ -29,15 +29,17 @@ def make_cert(folder: str) -> tuple[str, str]:
     return cert, key
 
 
-def tls_node(work: str, cert: str, key: str) -> NodeProcess:
-    """A node (not started) with TLS on a free port and ten users."""
+def tls_node(work: str, cert: str, key: str, ca: str = "") -> NodeProcess:
+    """A node (not started) with TLS on a free port and ten users; ``ca`` is its
+    ``tls_ca``."""
     node = NodeProcess(work, limits=f"udp_rate = 0\ntcp_header_timeout = {HEADER_TIMEOUT}")
     node.tls_port = free_port(node.address)
     with open(node.config) as f:
         text = f.read()
     with open(node.config, "w") as f:
         f.write(text.replace("[sip]\n", f'[sip]\ntls_port = {node.tls_port}\n'
-                                        f'tls_cert = "{cert}"\ntls_key = "{key}"\n', 1))
+                                        f'tls_cert = "{cert}"\ntls_key = "{key}"\n'
+                                        + (f'tls_ca = "{ca}"\n' if ca else ""), 1))
     node.rows = write_users_csv(os.path.join(work, "users.csv"), 10)
     out = node.run_cli("user", "import", os.path.join(work, "users.csv"))
     assert out.returncode == 0, out.stderr
@@ -238,35 +240,49 @@ def register_udp(node, phone: "TlsPhone", contact: str) -> str:
 def test_a_sips_contact_is_reached_over_a_tls_connection_the_node_opens(node, certs):
     """A phone registers (over UDP) a sips Contact where it listens for TLS: a sips
     INVITE for it makes the node connect there over TLS (never UDP)."""
+    message_to_sips_contact(node, certs[0], certs, "user3", "user4")
+
+
+def message_to_sips_contact(node, cafile: str, served: tuple[str, str], callee_user: str,
+                            caller_user: str, refused: bool = False) -> str:
+    """``callee_user`` registers a sips Contact where it takes TLS with the certificate
+    ``served``; ``caller_user`` (over TLS, checking the node against ``cafile``) sends
+    it a MESSAGE that must arrive over a TLS connection the node opens (``refused``:
+    whose handshake the node must abort). Returns the caller's final answer."""
     server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server_ctx.load_cert_chain(*certs)
+    server_ctx.load_cert_chain(*served)
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(4)
     listener.settimeout(10)
     port = listener.getsockname()[1]
-    caller = TlsPhone(node, "user4", certs[0])
-    callee = TlsPhone(node, "user3", None)
+    caller = TlsPhone(node, caller_user, cafile)
+    callee = TlsPhone(node, callee_user, None)
     try:
-        answer = register_udp(node, callee, f"sips:user3@127.0.0.1:{port}")
+        answer = register_udp(node, callee, f"sips:{callee_user}@127.0.0.1:{port}")
         assert answer.startswith("SIP/2.0 200"), answer
         assert caller.register().startswith("SIP/2.0 200")
-        ruri = "sips:user3@example.test"
+        ruri = f"sips:{callee_user}@example.test"
         caller.send(f"MESSAGE {ruri} SIP/2.0\r\n{caller.via()}\r\n"
-                    f"From: <sips:user4@example.test>;tag=m1\r\nTo: <{ruri}>\r\n"
+                    f"From: <sips:{caller_user}@example.test>;tag=m1\r\nTo: <{ruri}>\r\n"
                     f"Call-ID: m{caller.call_id}\r\nCSeq: 1 MESSAGE\r\nMax-Forwards: 70\r\n"
                     f"Content-Type: text/plain\r\nContent-Length: 2\r\n\r\nhi")
         challenge = caller.final()
         assert challenge.startswith("SIP/2.0 407"), challenge
         caller.send(f"MESSAGE {ruri} SIP/2.0\r\n{caller.via()}\r\n"
-                    f"From: <sips:user4@example.test>;tag=m1\r\nTo: <{ruri}>\r\n"
+                    f"From: <sips:{caller_user}@example.test>;tag=m1\r\nTo: <{ruri}>\r\n"
                     f"Call-ID: m{caller.call_id}\r\nCSeq: 2 MESSAGE\r\nMax-Forwards: 70\r\n"
                     f"{caller.auth(challenge, 'MESSAGE', ruri)}"
                     f"Content-Type: text/plain\r\nContent-Length: 2\r\n\r\nhi")
         raw, _ = listener.accept()
+        if refused:
+            with pytest.raises(ssl.SSLError):
+                server_ctx.wrap_socket(raw, server_side=True)
+            raw.close()
+            return caller.final()
         callee.attach(server_ctx.wrap_socket(raw, server_side=True))
         got = callee.read()
-        assert got.startswith(f"MESSAGE sips:user3@127.0.0.1:{port} "), got
+        assert got.startswith(f"MESSAGE sips:{callee_user}@127.0.0.1:{port} "), got
         vias = header(got, "Via")
         assert vias[0].startswith(f"SIP/2.0/TLS {node.address}:"), vias
         callee.send("SIP/2.0 200 OK\r\n" + "".join(f"Via: {v}\r\n" for v in vias)
@@ -276,6 +292,7 @@ def test_a_sips_contact_is_reached_over_a_tls_connection_the_node_opens(node, ce
         ok = caller.final()
         assert ok.startswith("SIP/2.0 200"), ok
         callee.close()
+        return ok
     finally:
         caller.close()
         listener.close()
@@ -344,6 +361,22 @@ def test_pjsua2_udp_and_pjsua2_tls_call_each_other(node, certs):
     finally:
         for p in started:
             p.stop()
+
+
+def test_with_tls_ca_the_node_checks_the_certificates_it_is_shown(tmp_path, certs):
+    """With ``tls_ca``, a sips Contact whose certificate that CA did not sign is not
+    reached (the reason in the node's log, an error answer to the caller); one whose
+    certificate it signed is."""
+    trusted = make_cert(str(tmp_path))
+    checking = tls_node(str(tmp_path / "w"), *certs, ca=trusted[0]).start()
+    try:
+        answer = message_to_sips_contact(checking, certs[0], certs, "user1", "user2",
+                                         refused=True)
+        assert answer.startswith("SIP/2.0 5"), answer
+        assert "certificate verify failed" in checking.log_tail(200), checking.log_tail()
+        message_to_sips_contact(checking, certs[0], trusted, "user3", "user4")
+    finally:
+        checking.stop()
 
 
 def test_plaintext_on_the_tls_port_is_dropped_and_tls_still_works(node, certs):
