@@ -447,3 +447,44 @@ def test_silent_handshakes_count_against_the_per_source_cap(node, certs):
             # the node may not have counted the last closes yet
             assert time.monotonic() < deadline
             time.sleep(0.05)
+
+
+def test_an_oversized_message_over_tls_gets_513_and_the_connection_closes(node, certs):
+    """Hostile: TCP's size limit holds over TLS."""
+    phone = TlsPhone(node, "user0", certs[0])
+    try:
+        try:
+            phone.send(f"OPTIONS sip:example.test SIP/2.0\r\n{phone.via()}\r\n"
+                       f"From: <sip:user0@example.test>;tag=o\r\nTo: <sip:example.test>\r\n"
+                       f"Call-ID: big{phone.call_id}\r\nCSeq: 1 OPTIONS\r\n"
+                       f"Max-Forwards: 70\r\nContent-Length: 70000\r\n\r\n" + "x" * 70000)
+        except OSError:
+            pass        # the node answered and closed before the last bytes were written
+        answer = phone.read()
+        assert answer.startswith("SIP/2.0 513"), answer
+        with pytest.raises(AssertionError, match="closed the connection"):
+            phone.read()
+    finally:
+        phone.close()
+
+
+@pytest.mark.parametrize("lines, error", [
+    ("tls_port = 5061\n", "sip.tls_cert must name a PEM file"),
+    ('tls_port = PORT\ntls_cert = "CERT"\ntls_key = "KEY"\n', "other than sip.port"),
+    ('tls_port = 5061\ntls_cert = "CERT"\ntls_key = "CERT"\n', "not a PEM certificate and its key"),
+    ('tls_port = 5061\ntls_cert = "CERT"\ntls_key = "KEY"\ntls_ca = "KEY"\n', "sip.tls_ca"),
+])
+def test_tls_settings_are_checked(tmp_path, certs, lines, error):
+    node = NodeProcess(str(tmp_path))
+    cert_copy = str(tmp_path / "c.pem")
+    with open(certs[0]) as f, open(cert_copy, "w") as out:
+        out.write(f.read())
+    os.chmod(cert_copy, 0o600)
+    lines = lines.replace("PORT", str(node.port)).replace("CERT", cert_copy)
+    lines = lines.replace("KEY", certs[1])
+    with open(node.config) as f:
+        text = f.read()
+    with open(node.config, "w") as f:
+        f.write(text.replace("[sip]\n", "[sip]\n" + lines, 1))
+    with pytest.raises(ConfigError, match=error):
+        load_config(node.config)
