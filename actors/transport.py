@@ -450,6 +450,9 @@ class Transport:
                                         source_address=source)
         if transport == "tls":
             assert self.tls is not None
+            # The request follows the handshake's last flight at once: Nagle would
+            # hold it until the far end's delayed ACK (40 ms on Linux).
+            sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
             try:
                 sock = self.tls.client.wrap_socket(sock, server_hostname=host)
             except (OSError, ValueError):

@@ -71,6 +71,7 @@ class TlsPhone:
         if cafile is not None:
             ctx = ssl.create_default_context(cafile=cafile)
             raw = socket.create_connection((node.address, node.tls_port), timeout=5)
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self.attach(ctx.wrap_socket(raw, server_hostname=node.address))
 
     def attach(self, sock) -> None:
