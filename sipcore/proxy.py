@@ -207,7 +207,7 @@ class ProxySettings:
         """Whether ``uri`` is in a domain this proxy is responsible for.
 
         A domain name is ours whatever the port; our IP address only with
-        our port (a phone on the same host listens on another one).
+        our port or TLS port (a phone on the same host listens on another one).
         """
         if uri.scheme == "tel":
             return False
@@ -215,7 +215,7 @@ class ProxySettings:
         if host in self.names:
             return True
         port = uri.port or _DEFAULT_PORT.get(uri.scheme, 5060)
-        return host == self._address and port == self.port
+        return host == self._address and (port == self.port or port == self.tls_port != 0)
 
     def is_our_host(self, uri: SipUri) -> bool:
         """Whether ``uri`` names one of our domains or our address, whatever its port."""

@@ -13,6 +13,7 @@ from sipcore.message import Response, parse_message
 from sipcore.proxy import (BranchTarget, Lookup, ProxySettings, best_response, branch_request,
                            loop_hash, preprocess_route, route_next_hop, target_groups)
 from sipcore.rfc3263 import Target
+from sipcore.uri import parse_uri
 from sipcore.via import stamp_via
 
 DOMAIN = "example.test"
@@ -783,6 +784,14 @@ def test_with_tls_a_sips_request_goes_over_tls_only(tls_core, location):
     rr = fwd.get_all("record-route")
     assert rr[0].startswith("<sip:127.0.0.1:5061;transport=tls;lr;") and len(rr) == 2
     assert rr[1].startswith("<sip:127.0.0.1:5060;lr;")
+
+
+def test_with_tls_our_address_on_the_tls_port_is_local():
+    settings = ProxySettings(DOMAIN, *PROXY, tls_port=5061)
+    assert settings.is_local(parse_uri("sips:bob@127.0.0.1"))
+    assert settings.is_local(parse_uri("sip:bob@127.0.0.1:5061;transport=tls"))
+    assert not settings.is_local(parse_uri("sip:bob@127.0.0.1:5062"))
+    assert not ProxySettings(DOMAIN, *PROXY).is_local(parse_uri("sips:bob@127.0.0.1"))
 
 
 def test_with_tls_a_loop_through_our_tls_via_gets_482(tls_core, location):
