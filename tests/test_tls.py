@@ -500,3 +500,41 @@ def test_tls_settings_are_checked(tmp_path, certs, lines, error):
         f.write(text.replace("[sip]\n", "[sip]\n" + lines, 1))
     with pytest.raises(ConfigError, match=error):
         load_config(node.config)
+
+
+def test_a_sips_contact_that_never_handshakes_fails_the_branch_in_bounded_time(node, certs):
+    """Hostile: the far end takes the TCP connection and says nothing; the node gives
+    up on the handshake after its connect timeout, the caller gets a 5xx, and another
+    request is served meanwhile."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    port = listener.getsockname()[1]
+    caller = TlsPhone(node, "user2", certs[0])
+    callee = TlsPhone(node, "user1", None)
+    try:
+        assert register_udp(node, callee, f"sips:user1@127.0.0.1:{port}").startswith("SIP/2.0 200")
+        assert caller.register().startswith("SIP/2.0 200")
+        ruri = "sips:user1@example.test"
+        message = (f"MESSAGE {ruri} SIP/2.0\r\n{caller.via()}\r\n"
+                   f"From: <sips:user2@example.test>;tag=s1\r\nTo: <{ruri}>\r\n"
+                   f"Call-ID: s{caller.call_id}\r\nCSeq: CSEQ MESSAGE\r\nMax-Forwards: 70\r\n"
+                   f"AUTHContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nhi")
+        caller.send(message.replace("CSEQ", "1").replace("AUTH", ""))
+        challenge = caller.final()
+        assert challenge.startswith("SIP/2.0 407"), challenge
+        started = time.monotonic()
+        caller.send(message.replace("CSEQ", "2")
+                    .replace("AUTH", caller.auth(challenge, "MESSAGE", ruri)))
+        listener.settimeout(5)
+        silent, _ = listener.accept()
+        other = TlsPhone(node, "user0", certs[0])
+        assert other.register().startswith("SIP/2.0 200")    # served meanwhile
+        other.close()
+        answer = caller.final()
+        assert answer.startswith("SIP/2.0 5"), answer
+        assert time.monotonic() - started < 10
+        silent.close()
+    finally:
+        caller.close()
+        listener.close()
