@@ -4,6 +4,7 @@ The schema is documented in ``conf/node.example.toml`` and the README.
 """
 
 import os
+import ssl
 from dataclasses import dataclass, field
 
 from sipcore.authguard import GuardSettings
@@ -90,6 +91,15 @@ class NodeConfig:
     UDP port."""
     emergency_numbers: list[str] = field(default_factory=lambda: ["911", "112"])
     """Numbers whose calls no defence may challenge or refuse."""
+    tls_port: int = 0
+    """Port of the SIP over TLS listener on ``address`` (0: no TLS, 5061 is usual)."""
+    tls_cert: str = ""
+    """PEM file of the node's certificate chain, for the TLS listener."""
+    tls_key: str = ""
+    """PEM file of the certificate's private key (mode 0600, refused otherwise)."""
+    tls_ca: str = ""
+    """PEM file of the CAs the node checks the far end's certificate against when it
+    opens a TLS connection (empty: encrypted, not checked)."""
     max_branches: int = 16
     """Branches one request may be forked to at most (all groups together)."""
     nat_handling: str = "auto"
@@ -127,7 +137,9 @@ _SECTIONS = {
              "log_file": "log_file"},
     "sip": {"address": "address", "port": "port", "domain": "domain", "aliases": "aliases",
             "t1": "t1", "t2": "t2", "t4": "t4", "challenge_front": "challenge_front",
-            "emergency_numbers": "emergency_numbers", "nat_handling": "nat_handling"},
+            "emergency_numbers": "emergency_numbers", "nat_handling": "nat_handling",
+            "tls_port": "tls_port", "tls_cert": "tls_cert", "tls_key": "tls_key",
+            "tls_ca": "tls_ca"},
     "registrar": {"min_expires": "min_expires", "max_expires": "max_expires",
                   "default_expires": "default_expires", "max_contacts": "max_contacts"},
     "auth": {"secret": "auth_secret", "nonce_lifetime": "nonce_lifetime",
@@ -180,7 +192,7 @@ def parse_config(data: dict, base_dir: str = ".") -> NodeConfig:
     for name in ("port", "min_expires", "max_expires", "default_expires", "max_contacts",
                  "batch_max", "dns_port", "hwm", "snapshot_batch", "snapshot_rate",
                  "max_failures", "max_user_failures", "udp_burst", "tcp_max_connections",
-                 "tcp_max_per_source", "max_message_size", "max_branches"):
+                 "tcp_max_per_source", "max_message_size", "max_branches", "tls_port"):
         v = getattr(cfg, name)
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
             raise ConfigError(f"{name} must be a non-negative integer, not {v!r}")
@@ -219,6 +231,7 @@ def parse_config(data: dict, base_dir: str = ".") -> NodeConfig:
         cfg.data_dir = os.path.normpath(os.path.join(base_dir, cfg.data_dir))
     if cfg.log_file and not os.path.isabs(cfg.log_file):
         cfg.log_file = os.path.normpath(os.path.join(base_dir, cfg.log_file))
+    _check_tls(cfg, base_dir)
     cfg.domain = cfg.domain.lower()
     if cfg.database.startswith("sqlite:///") and not cfg.database.startswith("sqlite:////") \
             and ":memory:" not in cfg.database:
@@ -226,6 +239,41 @@ def parse_config(data: dict, base_dir: str = ".") -> NodeConfig:
         path = os.path.normpath(os.path.join(base_dir, rel))
         cfg.database = f"sqlite:///{path}" + (f"?{query}" if query else "")
     return cfg
+
+
+def _check_tls(cfg: NodeConfig, base_dir: str) -> None:
+    """With ``tls_port`` set: a certificate and a private key file (relative to
+    the configuration's folder), the key readable by its owner alone."""
+    if not cfg.tls_port:
+        return
+    if cfg.tls_port > 65535 or cfg.tls_port == cfg.port:
+        raise ConfigError(f"sip.tls_port must be a port other than sip.port, not {cfg.tls_port}")
+    for name in ("tls_cert", "tls_key"):
+        path = getattr(cfg, name)
+        if not isinstance(path, str) or not path:
+            raise ConfigError(f"sip.tls_port is set, so sip.{name} must name a PEM file")
+        path = os.path.normpath(os.path.join(base_dir, path))
+        if not os.path.isfile(path):
+            raise ConfigError(f"sip.{name}: no file {path}")
+        setattr(cfg, name, path)
+    if cfg.tls_ca:
+        if not isinstance(cfg.tls_ca, str):
+            raise ConfigError(f"sip.tls_ca must name a PEM file, not {cfg.tls_ca!r}")
+        cfg.tls_ca = os.path.normpath(os.path.join(base_dir, cfg.tls_ca))
+        try:
+            ssl.create_default_context(cafile=cfg.tls_ca)
+        except (OSError, ssl.SSLError) as e:
+            raise ConfigError(f"sip.tls_ca {cfg.tls_ca}: not a PEM file of certificates: "
+                              f"{e}") from None
+    try:
+        check_private(cfg.tls_key, "TLS private key")
+    except InsecureFileError as e:
+        raise ConfigError(str(e)) from None
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cfg.tls_cert, cfg.tls_key)
+    except (ssl.SSLError, ValueError) as e:
+        raise ConfigError(f"sip.tls_cert {cfg.tls_cert} and sip.tls_key {cfg.tls_key} "
+                          f"are not a PEM certificate and its key: {e}") from None
 
 
 def _sip_address(text: str, what: str) -> tuple[str, int]:
@@ -239,9 +287,12 @@ def _sip_address(text: str, what: str) -> tuple[str, int]:
 def cluster_addresses(cfg: NodeConfig, port: int | None = None) -> ClusterAddresses:
     """The cluster's names and node addresses as this node knows them: the domain,
     its aliases, its own ``[sip]`` address (``port``: the one it listens on, when
-    known) and each peer's ``sip``."""
+    known) and each peer's ``sip``; with TLS, the same hosts on ``tls_port`` (the
+    cluster's nodes share their TLS port, as they share the domain)."""
     nodes = [(cfg.address, port or cfg.port)]
     nodes.extend(_sip_address(p.sip, f"peer {p.id}") for p in cfg.peers if p.sip)
+    if cfg.tls_port:
+        nodes.extend([(host, cfg.tls_port) for host, _ in nodes])
     return ClusterAddresses([cfg.domain, *cfg.aliases], nodes)
 
 
@@ -260,10 +311,11 @@ def guard_settings(cfg: NodeConfig) -> GuardSettings:
 
 def server_uris(cfg: NodeConfig) -> frozenset[str]:
     """The URIs naming the node itself (its domain, aliases and address, with
-    and without its port), lower case: digest-uris taken for any request."""
+    and without its port or TLS port), lower case: digest-uris taken for any request."""
     hosts = [cfg.domain, *cfg.aliases, f"[{cfg.address}]" if ":" in cfg.address else cfg.address]
+    ports = ("", f":{cfg.port}") + ((f":{cfg.tls_port}",) if cfg.tls_port else ())
     return frozenset(f"{scheme}:{host}{port}".lower() for scheme in ("sip", "sips")
-                     for host in hosts for port in ("", f":{cfg.port}"))
+                     for host in hosts for port in ports)
 
 
 def sqlite_dir(cfg: NodeConfig) -> str | None:

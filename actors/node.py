@@ -41,7 +41,7 @@ from .proxy import ProxyActor
 from .registrar import RegistrarActor
 from .registrations import attach_registrations
 from .replicator import attach_replicator
-from .transport import Limits, Transport
+from .transport import Limits, TlsContexts, Transport
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,9 @@ class Node:
         rules = registrar_rules(cfg)
         front_in = front_paths(cfg)[0] if cfg.challenge_front else None
         self.transport = Transport(cfg.address, cfg.port, self.on_request, self.on_response,
-                                   front_path=front_in, limits=Limits.from_config(cfg))
+                                   front_path=front_in, limits=Limits.from_config(cfg),
+                                   tls=TlsContexts.load(cfg.tls_cert, cfg.tls_key, cfg.tls_ca)
+                                   if cfg.tls_port else None, tls_port=cfg.tls_port)
         self.transport.quick = self.on_datagram
         self.domains = frozenset(rules.domains)
         timers = {"t1": cfg.t1, "t2": cfg.t2, "t4": cfg.t4}

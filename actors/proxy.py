@@ -83,7 +83,8 @@ class ProxyActor:
         settings = ProxySettings(cfg.domain, cfg.address, transport.port, tuple(cfg.aliases),
                                  secret=secret, cluster=cluster_addresses(cfg, transport.port),
                                  emergency=frozenset(cfg.emergency_numbers),
-                                 max_branches=cfg.max_branches, nat_handling=cfg.nat_handling)
+                                 max_branches=cfg.max_branches, nat_handling=cfg.nat_handling,
+                                 tls_port=transport.tls_port if transport.tls else 0)
         if auth is None:
             auth = Authenticator(cfg.domain, secret, user_lookup, cfg.nonce_lifetime,
                                  tuple(cfg.auth_algorithms), max_nonces=500_000)

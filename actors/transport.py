@@ -1,4 +1,5 @@
-"""UDP and TCP on one address and port: bytes in, parsed messages out, and back.
+"""UDP and TCP on one address and port, and TLS on another: bytes in, parsed
+messages out, and back.
 
 The transport parses and validates each message, stamps the top Via of
 requests (``received``/``rport``), answers what is malformed with 400 (or
@@ -16,6 +17,10 @@ longest), closed after an idle time and when a message
 takes too long to arrive; a message over the maximum size over TCP gets
 513 where its header can be read, and its connection is closed. Lines
 about bad input are rate-limited per kind.
+
+TLS (RFC 3261 §26.2, when a ``TlsContexts`` is given) is TCP's framing and
+limits over ``ssl``: an accepted connection counts against the caps from
+its first byte, and its handshake must end within the header timeout.
 """
 
 import logging
@@ -27,7 +32,7 @@ from typing import Any
 from dataclasses import dataclass
 
 import gevent
-from gevent import socket
+from gevent import socket, ssl
 from gevent.lock import Semaphore
 from gevent.server import StreamServer
 
@@ -40,7 +45,7 @@ from .steering import steer_challenges
 
 log = logging.getLogger(__name__)
 
-#: A destination: ``(transport, host, port)``, transport "udp" or "tcp".
+#: A destination: ``(transport, host, port)``, transport "udp", "tcp" or "tls".
 Dest = tuple[str, str, int]
 
 _CONTENT_LENGTH = re.compile(rb"(?im)^(content-length|l)[ \t]*:[^\r\n]*")
@@ -74,12 +79,44 @@ class Limits:
         return SourceLimiter(self.udp_rate, self.udp_burst) if self.udp_rate > 0 else None
 
 
-class Connection:
-    """One TCP connection, with a lock so concurrent sends do not interleave."""
+@dataclass(frozen=True)
+class TlsContexts:
+    """The node's TLS: ``server`` for its listener, ``client`` for the
+    connections it opens."""
 
-    def __init__(self, sock, peer: tuple[str, int]):
+    server: ssl.SSLContext
+    client: ssl.SSLContext
+
+    @classmethod
+    def load(cls, cert: str, key: str, ca: str = "") -> "TlsContexts":
+        """Contexts from PEM files (TLS 1.2 at least). The node's outgoing
+        connections verify the far end against ``ca`` when given; without it
+        they are encrypted but the far end's certificate is not checked
+        (phones rarely hold one a CA signed)."""
+        server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        server.minimum_version = ssl.TLSVersion.TLSv1_2
+        server.load_cert_chain(cert, key)
+        # No TLS 1.3 session tickets: they arrive after the handshake, where clients
+        # such as sipsak take them for the answer and fail (and no phone resumes).
+        server.num_tickets = 0
+        client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        client.minimum_version = ssl.TLSVersion.TLSv1_2
+        client.load_cert_chain(cert, key)
+        if ca:
+            client.load_verify_locations(ca)
+        else:
+            client.check_hostname = False
+            client.verify_mode = ssl.CERT_NONE
+        return cls(server, client)
+
+
+class Connection:
+    """One TCP or TLS connection, with a lock so concurrent sends do not interleave."""
+
+    def __init__(self, sock, peer: tuple[str, int], transport: str = "tcp"):
         self.sock = sock
         self.peer = peer
+        self.transport = transport
         self.lock = Semaphore()
         self.framer = StreamFramer()
         #: monotonic time of the last bytes received (eviction picks the oldest)
@@ -105,7 +142,7 @@ class Transport:
 
     def __init__(self, address: str, port: int, on_request, on_response,
                  tcp_connect_timeout: float = 2.0, front_path: str | None = None,
-                 limits: Limits = Limits()):
+                 limits: Limits = Limits(), tls: TlsContexts | None = None, tls_port: int = 0):
         self.address = address
         self.port = port
         self.on_request = on_request
@@ -114,6 +151,9 @@ class Transport:
         self.family = _socket.AF_INET6 if ":" in address else _socket.AF_INET
         self.udp: Any = None
         self.tcp: StreamServer | None = None
+        self.tls = tls
+        self.tls_port = tls_port
+        self.tls_server: StreamServer | None = None
         self.connections: dict[tuple[str, int], Connection] = {}
         self._loop: gevent.Greenlet | None = None
         self.received = 0
@@ -130,7 +170,7 @@ class Transport:
         #: open TCP connections per source address
         self.per_source: dict[str, int] = {}
         self.stats = {"rate_limited": 0, "oversized": 0, "tcp_refused": 0, "tcp_evicted": 0,
-                      "tcp_timed_out": 0}
+                      "tcp_timed_out": 0, "tls_failed": 0}
 
     def start(self) -> None:
         """Bind both sockets and start receiving."""
@@ -151,6 +191,15 @@ class Transport:
         listener.listen(1024)
         self.tcp = StreamServer(listener, self._serve_connection)
         self.tcp.start()
+        if self.tls is not None:
+            listener = socket.socket(self.family, _socket.SOCK_STREAM)
+            listener.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
+            listener.bind((self.address, self.tls_port))
+            listener.listen(1024)
+            self.tls_port = listener.getsockname()[1]
+            self.tls_server = StreamServer(listener, self._serve_tls)
+            self.tls_server.start()
+            log.info("listening on %s:%d (tls)", self.address, self.tls_port)
         self._loop = gevent.spawn(self._udp_loop)
         log.info("listening on %s:%d (udp, tcp)", self.address, self.port)
 
@@ -160,8 +209,9 @@ class Transport:
             self._loop.kill(block=False)
         if self.forwarded is not None:
             self.forwarded.stop(timeout=1)
-        if self.tcp is not None:
-            self.tcp.stop(timeout=1)
+        for server in (self.tcp, self.tls_server):
+            if server is not None:
+                server.stop(timeout=1)
         for conn in list(self.connections.values()):
             conn.sock.close()
         if self.udp is not None:
@@ -256,7 +306,10 @@ class Transport:
             args = (*args, suppressed)
         log.info(msg, *args)
 
-    def _serve_connection(self, sock, addr) -> None:
+    def _serve_tls(self, sock, addr) -> None:
+        self._serve_connection(sock, addr, "tls")
+
+    def _serve_connection(self, sock, addr, transport: str = "tcp") -> None:
         ip = addr[0]
         limits = self.limits
         held = self.per_source.get(ip, 0)
@@ -274,17 +327,19 @@ class Transport:
                       len(self.connections), *idle.peer)
             del self.connections[idle.peer]
             idle.sock.close()
-        conn = Connection(sock, (ip, addr[1]))
+        conn = Connection(sock, (ip, addr[1]), transport)
         self.connections[conn.peer] = conn
-        self._read_connection(conn)
+        self._read_connection(conn, handshake=transport == "tls")
 
-    def _read_connection(self, conn: Connection) -> None:
+    def _read_connection(self, conn: Connection, handshake: bool = False) -> None:
         ip, port = conn.peer
         limits = self.limits
         conn.framer = StreamFramer(limits.max_message_size, limits.max_message_size)
         self.per_source[ip] = self.per_source.get(ip, 0) + 1
         started = None
         try:
+            if handshake and not self._accept_tls(conn):
+                return
             while True:
                 # Idle: nothing pending; a message under way must end by its deadline.
                 timeout = limits.tcp_idle_timeout
@@ -305,7 +360,7 @@ class Transport:
                     if raw == StreamFramer.PING:
                         conn.send(b"\r\n")
                     else:
-                        self.handle(raw, "tcp", ip, port)
+                        self.handle(raw, conn.transport, ip, port)
                 if conn.framer.buf.strip(b"\r\n"):
                     if started is None:
                         started = time.monotonic()
@@ -327,6 +382,26 @@ class Transport:
             else:
                 self.per_source.pop(ip, None)
             conn.sock.close()
+
+    def _accept_tls(self, conn: Connection) -> bool:
+        """The server side of a TLS handshake on an accepted connection, ended
+        within the header timeout; False (logged, counted) when it fails."""
+        ip, port = conn.peer
+        assert self.tls is not None
+        raw = conn.sock
+        raw.settimeout(self.limits.tcp_header_timeout)
+        try:
+            tls = self.tls.server.wrap_socket(raw, server_side=True,
+                                              do_handshake_on_connect=False)
+            conn.sock = tls
+            tls.do_handshake()
+            return True
+        except (OSError, ValueError) as e:
+            self.stats["tls_failed"] += 1
+            self._log("tls_failed", "tls handshake with %s:%d failed: %s", ip, port,
+                      "timed out" if isinstance(e, TimeoutError) else e)
+            raw.close()
+            return False
 
     def _too_large(self, conn: Connection) -> None:
         """Answer 513 to the oversized request whose header section the
@@ -355,23 +430,35 @@ class Transport:
                     self.udp.sendto(data, (host, port))
                 return True
             conn = self.connections.get((host, port))
-            if conn is None:
-                conn = self._connect(host, port)
+            if conn is None or conn.transport != transport:
+                conn = self._connect(transport, host, port)
             conn.send(data)
             return True
         except OSError as e:
             log.info("send to %s:%s:%d failed: %s", transport, host, port, e)
             return False
 
-    def _connect(self, host: str, port: int) -> Connection:
+    def _connect(self, transport: str, host: str, port: int) -> Connection:
         # From the node's own address (the one in its Via and Record-Route), not the
         # kernel's choice: on a host with several addresses the far end sees the node.
         source = None
         if self.address not in ("0.0.0.0", "::") and (":" in self.address) == (":" in host):
             source = (self.address, 0)
+        if transport == "tls" and self.tls is None:
+            raise OSError(f"no TLS on this node to reach {host}:{port}")
         sock = socket.create_connection((host, port), timeout=self.connect_timeout,
                                         source_address=source)
-        conn = Connection(sock, (host, port))
+        if transport == "tls":
+            assert self.tls is not None
+            # The request follows the handshake's last flight at once: Nagle would
+            # hold it until the far end's delayed ACK (40 ms on Linux).
+            sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
+            try:
+                sock = self.tls.client.wrap_socket(sock, server_hostname=host)
+            except (OSError, ValueError):
+                sock.close()
+                raise
+        conn = Connection(sock, (host, port), transport)
         self.connections[conn.peer] = conn
         gevent.spawn(self._read_connection, conn)
         return conn

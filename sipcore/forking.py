@@ -52,11 +52,11 @@ from .call_events import (ANSWER, ATTEMPT, BYE, CANCEL, FAILURE, RINGING, CallEv
 from .digest import BANNED
 from .errors import SipError
 from .message import Request, Response, error_response, make_response
-from .proxy import (ALLOW, DIALOG_METHODS, OPTIONS_FIELDS, STATELESS_PREFIX, TRANSPORTS,
+from .proxy import (ALLOW, DIALOG_METHODS, OPTIONS_FIELDS, STATELESS_PREFIX,
                     UNCHALLENGED, Branch,
                     BranchTarget, Context, Lookup, ProxySettings, best_response, branch_prefix,
-                    branch_request, check_request, destinations, first_route, max_breadth,
-                    preprocess_route, record_routes, route_next_hop, stateless_branch,
+                    branch_request, check_request, destinations, max_breadth,
+                    preprocess_route, sips_request, record_routes, route_next_hop, stateless_branch,
                     strip_our_via, target_groups,
                     trying_response)
 from .rfc3263 import Locator, Target
@@ -172,7 +172,7 @@ class ProxyCore:
         item = self._lookups.pop(token, None)
         if item is None:
             return
-        dests = destinations(targets)
+        dests = destinations(targets, self.settings.transports)
         if isinstance(item, Branch):
             if item.done:
                 return
@@ -251,7 +251,7 @@ class ProxyCore:
             raise
         routed = preprocess_route(req, s)
         ruri = req.ruri
-        if ruri.scheme == "sips" or (first_route(req) or "").lstrip("<").startswith("sips:"):
+        if not s.tls_port and sips_request(req):
             # §26.2: a sips request goes over TLS on every hop. The node has no TLS, so it
             # refuses rather than forward it over UDP or TCP.
             raise SipError(416, "SIPS Needs TLS, Not Offered Here")
@@ -431,11 +431,12 @@ class ProxyCore:
         if found is not None:
             return list(found)
         try:
-            loc = Locator(host, uri.port, uri.transport, scheme, supported=TRANSPORTS)
+            loc = Locator(host, uri.port, uri.transport, scheme,
+                          supported=self.settings.transports)
         except ValueError:
             return []
         if loc.done:
-            found = destinations(loc.targets)
+            found = destinations(loc.targets, self.settings.transports)
             if len(self._literal) > 10000:
                 self._literal.clear()
             self._literal[key] = found
@@ -449,6 +450,9 @@ class ProxyCore:
 
     def _send_branch(self, branch: Branch, now: float) -> bool:
         """Send the branch to its next destination in a new client transaction."""
+        if branch.dests and sips_request(branch.ctx.request):
+            # §26.2: never downgraded; a target reachable only over UDP or TCP is not tried.
+            branch.dests = [d for d in branch.dests if d[0] == "tls"]
         if not branch.dests:
             return False
         dest = branch.dests.pop(0)

@@ -22,7 +22,7 @@ REGISTER (its ``received`` and ``rport``) is used instead only
       next (``ProxyCore``).
 
 In every case the source is used only when the Contact's transport is the
-one the REGISTER came on and the Contact is not ``sips:`` (a flow cannot
+one the REGISTER came on, a ``sips:`` Contact's being TLS (a flow cannot
 change a request's transport or security); a binding with a Path follows
 its Path.
 

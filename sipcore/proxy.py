@@ -48,7 +48,7 @@ UNCHALLENGED = frozenset({"ACK", "CANCEL"})
 _PREFERRED = (401, 407, 415, 420, 484)
 _AUTH_HEADERS = {401: "www-authenticate", 407: "proxy-authenticate"}
 _DEFAULT_PORT = {"sip": 5060, "sips": 5061}
-#: transports the node speaks
+#: transports the node speaks (and "tls" when its settings give a ``tls_port``)
 TRANSPORTS = ("udp", "tcp")
 #: Max-Breadth of a request without one (RFC 5393 §5.1 recommends 60)
 DEFAULT_BREADTH = 60
@@ -74,9 +74,15 @@ class Lookup:
     """``sip`` or ``sips``."""
 
 
-def destinations(targets: list[Target]) -> list[tuple]:
-    """``(transport, host, port)`` for the RFC 3263 targets the node can reach (UDP, TCP)."""
-    return [(t.transport, t.host, t.port) for t in targets if t.transport in TRANSPORTS]
+def destinations(targets: list[Target], transports: tuple[str, ...] = TRANSPORTS) -> list[tuple]:
+    """``(transport, host, port)`` for the RFC 3263 targets over ``transports``."""
+    return [(t.transport, t.host, t.port) for t in targets if t.transport in transports]
+
+
+def sips_request(req: Request) -> bool:
+    """Whether ``req`` must go over TLS on every hop (RFC 3261 §26.2): a ``sips``
+    Request-URI, or a first Route that is one."""
+    return req.ruri.scheme == "sips" or (first_route(req) or "").lstrip("<").startswith("sips:")
 
 
 @dataclass
@@ -92,7 +98,8 @@ class ProxySettings:
     address (this one alone when None). ``emergency`` holds the numbers no
     defence may refuse; ``max_branches`` caps the branches of one request;
     ``nat_handling`` (one of ``sipcore.nat.NAT_HANDLING``) says when a
-    binding's flow replaces its Contact.
+    binding's flow replaces its Contact; ``tls_port`` is where the node takes
+    SIP over TLS (0: it has no TLS).
     """
 
     domain: str
@@ -105,12 +112,17 @@ class ProxySettings:
     emergency: frozenset = frozenset()
     max_branches: int = 16
     nat_handling: str = "auto"
+    tls_port: int = 0
     names: frozenset = field(init=False)
     """Lower-case domain names that are ours (``domain`` and ``aliases``)."""
     sent_by: str = field(init=False)
     """``address:port`` as written in our Via."""
+    tls_sent_by: str = field(init=False)
+    """``address:tls_port``, written in our Via over TLS (``sent_by`` without TLS)."""
     addresses: ClusterAddresses = field(init=False)
     """``cluster``, or this node alone when it was None."""
+    transports: tuple[str, ...] = field(init=False)
+    """The transports the node forwards over (``TRANSPORTS``, and "tls" with a ``tls_port``)."""
 
     def __post_init__(self) -> None:
         if self.nat_handling not in NAT_HANDLING:
@@ -120,11 +132,18 @@ class ProxySettings:
         self.names = frozenset([self.domain, *(a.lower() for a in self.aliases)])
         host = f"[{self.address}]" if ":" in self.address else self.address
         self.sent_by = f"{host}:{self.port}"
+        self.tls_sent_by = f"{host}:{self.tls_port}" if self.tls_port else self.sent_by
         # Our Record-Route for each transport a leg may use, up to its token.
-        self._rr_starts = {t: f"<sip:{self.sent_by}{'' if t == 'udp' else ';transport=' + t};lr;"
-                              f"{DIALOG_PARAM}=" for t in ("udp", "tcp")}
+        # A TLS leg names the TLS port, where the phone's requests of the dialog must go.
+        self.transports = TRANSPORTS + (("tls",) if self.tls_port else ())
+        self._rr_starts = {
+            t: f"<sip:{self.sent_by if t != 'tls' else self.tls_sent_by}"
+               f"{'' if t == 'udp' else ';transport=' + t};lr;{DIALOG_PARAM}="
+            for t in self.transports}
         self._dialog_key = hmac.digest(self.secret or os.urandom(32), b"record-route", "sha256")
-        self.addresses = self.cluster or ClusterAddresses(self.names, [(self.address, self.port)])
+        nodes = [(self.address, self.port)] + ([(self.address, self.tls_port)]
+                                              if self.tls_port else [])
+        self.addresses = self.cluster or ClusterAddresses(self.names, nodes)
         self._address = self.address.lower()
         self._via_host = host
 
@@ -188,7 +207,7 @@ class ProxySettings:
         """Whether ``uri`` is in a domain this proxy is responsible for.
 
         A domain name is ours whatever the port; our IP address only with
-        our port (a phone on the same host listens on another one).
+        our port or TLS port (a phone on the same host listens on another one).
         """
         if uri.scheme == "tel":
             return False
@@ -196,7 +215,7 @@ class ProxySettings:
         if host in self.names:
             return True
         port = uri.port or _DEFAULT_PORT.get(uri.scheme, 5060)
-        return host == self._address and port == self.port
+        return host == self._address and (port == self.port or port == self.tls_port != 0)
 
     def is_our_host(self, uri: SipUri) -> bool:
         """Whether ``uri`` names one of our domains or our address, whatever its port."""
@@ -217,8 +236,16 @@ class ProxySettings:
         The parsed view is stored with it, so nobody parses back what we wrote.
         """
         t = transport.upper()
+        if t == "TLS":
+            req.set_top_via(f"SIP/2.0/TLS {self.tls_sent_by};branch={branch}",
+                            Via(t, self._via_host, self.tls_port, {"branch": branch}))
+            return
         req.set_top_via(f"SIP/2.0/{t} {self.sent_by};branch={branch}",
                         Via(t, self._via_host, self.port, {"branch": branch}))
+
+    def is_our_sent_by(self, sent_by: str) -> bool:
+        """Whether ``sent_by`` (``host:port``, lower case) is one of our Vias'."""
+        return sent_by == self.sent_by or sent_by == self.tls_sent_by
 
 
 class Context:
@@ -264,9 +291,10 @@ _LOOP_KEYS = frozenset({"from", "to", "call-id", "route", "proxy-require"})
 _MASK = 0xFFFFFFFFFFFFFFFF
 
 
-def _scan(req: Request, sent_by: str) -> tuple[str, str | None, bool, bool]:
+def _scan(req: Request, sent_by: str, tls_sent_by: str = "\0") -> tuple[str, str | None, bool,
+                                                                         bool]:
     """One pass over the headers: (loop hash, Max-Forwards text, has Proxy-Require,
-    has a Via naming ``sent_by``)."""
+    has a Via naming ``sent_by`` or ``tls_sent_by``)."""
     parts = [req.uri, req.cseq[0]]
     mf = None
     proxy_require = ours = False
@@ -276,7 +304,7 @@ def _scan(req: Request, sent_by: str) -> tuple[str, str | None, bool, bool]:
             if k == "proxy-require":
                 proxy_require = True
         elif k == "via":
-            if sent_by in v:
+            if sent_by in v or tls_sent_by in v:
                 ours = True
         elif k == "max-forwards":
             mf = v
@@ -310,8 +338,7 @@ def check_request(req: Request, settings: ProxySettings) -> str:
     request's loop hash means the request came back unchanged: ``482``. A
     Via of ours with another hash is a spiral and is fine.
     """
-    sent_by = settings.sent_by
-    loop, mf, proxy_require, ours = _scan(req, sent_by)
+    loop, mf, proxy_require, ours = _scan(req, settings.sent_by, settings.tls_sent_by)
     if mf is not None and parse_int(mf, "Max-Forwards", 255) <= 0:
         raise SipError(483, "Too Many Hops")
     if proxy_require:
@@ -323,7 +350,8 @@ def check_request(req: Request, settings: ProxySettings) -> str:
         prefix = branch_prefix(loop)
         for via in req.vias:
             port = via.port or 5060
-            if f"{via.host.lower()}:{port}" == sent_by and (via.branch or "").startswith(prefix):
+            if settings.is_our_sent_by(f"{via.host.lower()}:{port}") and \
+                    (via.branch or "").startswith(prefix):
                 raise SipError(482, "Loop Detected")
     return loop
 
@@ -404,7 +432,7 @@ def parse_received(received: str | None) -> tuple | None:
         return None
     transport, _, rest = received.partition(":")
     host, _, port = rest.rpartition(":")
-    if transport not in ("udp", "tcp") or not host or not port.isdigit():
+    if transport not in ("udp", "tcp", "tls") or not host or not port.isdigit():
         return None
     return (transport, host.strip("[]"), int(port))
 
@@ -426,7 +454,9 @@ def binding_target(binding, nat_handling: str = "auto") -> BranchTarget:
             uri = parse_uri(contact)
         except SipError:
             uri = None
-        if (uri is None or uri.scheme != "sip" or (uri.transport or "udp") != dest[0]
+        # A sips Contact is reached over TLS only, so over a TLS flow or by its URI.
+        if (uri is None or uri.scheme not in ("sip", "sips")
+                or ("tls" if uri.scheme == "sips" else uri.transport or "udp") != dest[0]
                 or not use_flow(nat_handling, dest[0], uri.params.get("maddr") or uri.host_bare,
                                 dest[1], is_outbound(binding.instance, binding.reg_id))):
             dest = None
@@ -579,7 +609,7 @@ def strip_our_via(resp: Response, settings: ProxySettings) -> tuple | None:
         top = resp.top_via
     except SipError:
         return None
-    if f"{top.host.lower()}:{top.port or 5060}" != settings.sent_by:
+    if not settings.is_our_sent_by(f"{top.host.lower()}:{top.port or 5060}"):
         return None
     resp.pop_first_value("via")
     if resp.get("via") is None:

@@ -132,13 +132,14 @@ class Phone:
 
 
 def pjsua(name: str, user: str, password: str, domain: str, proxy: str, transport: str,
-          port: int, rtp_port: int) -> Phone:
+          port: int, rtp_port: int, ca: str = "") -> Phone:
     """A PJSUA2 phone registering ``user`` through ``proxy`` (``host:port``) over
-    ``transport`` only, listening on 127.0.0.1:``port``, RTP from ``rtp_port``."""
+    ``transport`` only, listening on 127.0.0.1:``port``, RTP from ``rtp_port``; over
+    TLS it checks the proxy's certificate against the PEM file ``ca``."""
     return Phone(name, [sys.executable, "-m", "tests.phones", "pjsua", "--user", user,
                         "--password", password, "--domain", domain, "--proxy", proxy,
                         "--transport", transport, "--port", str(port),
-                        "--rtp-port", str(rtp_port)], cwd=ROOT)
+                        "--rtp-port", str(rtp_port), "--ca", ca], cwd=ROOT)
 
 
 def baresip(name: str, folder: str, user: str, password: str, domain: str, proxy: str,
@@ -194,7 +195,11 @@ def _run_pjsua(args) -> None:
     tcfg = pj.TransportConfig()
     tcfg.port = args.port
     tcfg.boundAddress = "127.0.0.1"
-    kind = pj.PJSIP_TRANSPORT_TCP if args.transport == "tcp" else pj.PJSIP_TRANSPORT_UDP
+    kind = {"udp": pj.PJSIP_TRANSPORT_UDP, "tcp": pj.PJSIP_TRANSPORT_TCP,
+            "tls": pj.PJSIP_TRANSPORT_TLS}[args.transport]
+    if args.ca:
+        tcfg.tlsConfig.CaListFile = args.ca
+        tcfg.tlsConfig.verifyServer = True
     ep.transportCreate(kind, tcfg)
     ep.libStart()
     ep.audDevManager().setNullDev()
@@ -224,7 +229,7 @@ def _run_pjsua(args) -> None:
 
     acfg = pj.AccountConfig()
     acfg.idUri = f"sip:{args.user}@{args.domain}"
-    suffix = ";transport=tcp" if args.transport == "tcp" else ""
+    suffix = "" if args.transport == "udp" else f";transport={args.transport}"
     acfg.regConfig.registrarUri = f"sip:{args.proxy}{suffix}"
     acfg.sipConfig.proxies.append(f"sip:{args.proxy}{suffix};lr")
     acfg.mediaConfig.transportConfig.port = args.rtp_port
@@ -271,7 +276,9 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("pjsua")
     for opt in ("--user", "--password", "--domain", "--proxy"):
         p.add_argument(opt, required=True)
-    p.add_argument("--transport", choices=("udp", "tcp"), default="udp")
+    p.add_argument("--transport", choices=("udp", "tcp", "tls"), default="udp")
+    p.add_argument("--ca", default="", help="PEM file of the CA the proxy's TLS certificate"
+                                            " is checked against")
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--rtp-port", type=int, default=4000)
     args = parser.parse_args(argv)

@@ -13,6 +13,7 @@ from sipcore.message import Response, parse_message
 from sipcore.proxy import (BranchTarget, Lookup, ProxySettings, best_response, branch_request,
                            loop_hash, preprocess_route, route_next_hop, target_groups)
 from sipcore.rfc3263 import Target
+from sipcore.uri import parse_uri
 from sipcore.via import stamp_via
 
 DOMAIN = "example.test"
@@ -760,6 +761,59 @@ def test_sips_is_refused_never_downgraded(core, location):
                          extra=("Route: <sips:proxy.far.test;lr>",)), ALICE, 0.0, WALL)
     (resp, dest), = out(core)
     assert resp.status == 416
+
+
+@pytest.fixture
+def tls_core(location):
+    """The ``core`` proxy with TLS on port 5061 (no authentication)."""
+    return ProxyCore(ProxySettings(DOMAIN, *PROXY, tls_port=5061), location, trying_delay=0)
+
+
+def test_with_tls_a_sips_request_goes_over_tls_only(tls_core, location):
+    """§26.2 with TLS: a sips request reaches a phone registered over TLS (its
+    flow), and is never copied to a binding reachable only over UDP."""
+    bind(location, "bob", ("tls", "10.0.0.2", 5062), contact="sips:bob@10.0.0.2:5062")
+    bind(location, "bob", PHONES[1], n=1)
+    tls_core.receive(request("INVITE", uri="sips:bob@example.test", frm="sips:x@other.test",
+                             to="sips:bob@example.test"), ALICE, 0.0, WALL)
+    sent = [(m, d) for m, d in out(tls_core) if d != ALICE]
+    assert [d for _, d in sent] == [("tls", "10.0.0.2", 5062)]
+    fwd = sent[0][0]
+    assert (fwd.top_via.transport, fwd.top_via.port) == ("TLS", 5061)
+    # The caller's leg is UDP, the callee's TLS: two Record-Routes (RFC 5658).
+    rr = fwd.get_all("record-route")
+    assert rr[0].startswith("<sip:127.0.0.1:5061;transport=tls;lr;") and len(rr) == 2
+    assert rr[1].startswith("<sip:127.0.0.1:5060;lr;")
+
+
+def test_with_tls_our_address_on_the_tls_port_is_local():
+    settings = ProxySettings(DOMAIN, *PROXY, tls_port=5061)
+    assert settings.is_local(parse_uri("sips:bob@127.0.0.1"))
+    assert settings.is_local(parse_uri("sip:bob@127.0.0.1:5061;transport=tls"))
+    assert not settings.is_local(parse_uri("sip:bob@127.0.0.1:5062"))
+    assert not ProxySettings(DOMAIN, *PROXY).is_local(parse_uri("sips:bob@127.0.0.1"))
+
+
+def test_with_tls_a_loop_through_our_tls_via_gets_482(tls_core, location):
+    """Our Via over TLS names the TLS port; a request coming back with it is still a loop."""
+    tls_phone = ("tls", "10.0.0.2", 5062)
+    bind(location, "bob", tls_phone, contact="sip:bob@10.0.0.2:5062;transport=tls")
+    _, branches = forward(tls_core, request("MESSAGE", frm="sip:x@other.test"))
+    looped = parse_message(branches[tls_phone].encode())
+    assert looped.top_via.port == 5061
+    looped.uri = "sip:bob@example.test"
+    stamp_via(looped, *tls_phone)
+    tls_core.receive(looped, tls_phone, 0.1, WALL)
+    assert only(tls_core).status == 482
+
+
+def test_with_tls_a_sips_request_to_udp_phones_only_is_not_downgraded(tls_core, location):
+    bind(location, "bob", PHONES[0])
+    tls_core.receive(request("MESSAGE", uri="sips:bob@example.test", frm="sip:x@other.test",
+                             to="sips:bob@example.test"), ALICE, 0.0, WALL)
+    sent = out(tls_core)
+    assert all(dest == ALICE for _, dest in sent), sent
+    assert (sent[-1][0].status, sent[-1][0].reason) == (404, "Destination Not Found")
 
 
 def test_a_stack_of_forged_routes_naming_us_is_all_removed_once():
