@@ -1,0 +1,119 @@
+"""Call detail records from two real nodes: calls placed through node1 and ended by a BYE
+sent through node2 (as a phone that moved to the other SRV target) make one completed record
+each, with both nodes and the call's length; a page stored but never acknowledged (the master
+died between the two) is not counted twice."""
+
+import os
+import time
+
+import gevent
+import pytest
+
+from actors.bus import Bus
+from loadtest.answerer import AnsweringAgent
+from loadtest.harness import Cluster, write_users_csv
+from loadtest.sipclient import SipClient
+from store import cdrs
+from store import master as ms
+from tests.test_master_push import SETTINGS, wait_serving
+from web.cdr_collector import CdrCollector
+from web.cluster import ask
+
+HOLD = 0.3
+"""Seconds each call stays up between its 200 and its BYE."""
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    work = str(tmp_path_factory.mktemp("cdrs"))
+    cluster = Cluster(work, 2, settings=SETTINGS)
+    users = os.path.join(work, "users.csv")
+    rows = dict(write_users_csv(users, 10))
+    cluster.provision(users)
+    cluster.start()
+    for node in cluster.nodes:
+        assert wait_serving(cluster, node)
+    ms.init_master_store(f"sqlite:///{work}/master.db")
+    ms.setup("example.test")
+    for m in cluster.members.values():
+        ms.save_node(m.id, "", m.control, m.public_key)
+    # The master's collector speaks with a key every node lets on its control endpoint.
+    bus = Bus(cluster.client_public, cluster.client_secret, "master")
+    agent = AnsweringAgent(ring=0.05)
+    agent.start()
+    try:
+        yield cluster, CdrCollector(bus), agent, rows
+    finally:
+        agent.stop()
+        bus.close()
+        ms.close_master_store()
+        cluster.stop()
+
+
+def collect_until(collector, done, timeout=10.0):
+    """Collection rounds until ``done()`` holds; bounded."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        collector.collect_round()
+        if done():
+            return True
+        gevent.sleep(0.1)
+    return done()
+
+
+def test_bye_through_the_other_node_closes_one_record(setup):
+    cluster, collector, agent, rows = setup
+    n1, n2 = cluster.nodes
+    assert agent.register([(n1.address, n1.port)], [("user0", rows["user0"])],
+                          "example.test") == 1
+    caller = SipClient((n1.address, n1.port), "user1", rows["user1"], "example.test", t1=0.1,
+                       timeout=5.0)
+    call_ids = []
+    try:
+        for _ in range(3):
+            resp, dialog = caller.invite("sip:user0@example.test")
+            assert resp.status == 200 and dialog is not None
+            call_ids.append(dialog.call_id)
+            gevent.sleep(HOLD)
+            dialog._dest = lambda: (n2.address, n2.port)
+            assert dialog.bye().status == 200
+    finally:
+        caller.close()
+
+    def closed():
+        found = {c["call_id"]: c for c in cdrs.search(limit=100)["cdrs"]}
+        return all(found.get(cid, {}).get("outcome") == "completed"
+                   and found[cid]["answered_at"] is not None for cid in call_ids)
+    assert collect_until(collector, closed), cdrs.search()
+    for cid in call_ids:
+        rec = next(c for c in cdrs.search(limit=100)["cdrs"] if c["call_id"] == cid)
+        assert rec["nodes"] == ["node1", "node2"]
+        assert (rec["caller"], rec["callee"]) == ("sip:user1@example.test",
+                                                  "sip:user0@example.test")
+        assert HOLD <= rec["duration"] < HOLD + 2
+        assert rec["started_at"] <= rec["answered_at"] <= rec["ended_at"]
+    for node in cluster.nodes:
+        assert cluster.control(node, "events", since=0)["pending"] == 0
+
+
+def test_a_page_stored_but_never_acked_is_not_counted_twice(setup):
+    cluster, collector, _agent, rows = setup
+    n1 = cluster.nodes[0]
+    caller = SipClient((n1.address, n1.port), "user2", rows["user2"], "example.test", t1=0.1,
+                       timeout=5.0)
+    try:
+        resp, dialog = caller.invite("sip:user0@example.test")
+        assert resp.status == 200
+        assert dialog.bye().status == 200
+    finally:
+        caller.close()
+    node = ms.list_nodes()[0]
+    page = ask(collector.bus, node, {"cmd": "events", "since": cdrs.cursor("node1")})
+    assert page["events"], page
+    assert cdrs.store_events("node1", page["events"]) == len(page["events"])
+    before = cdrs.search(limit=1000)
+    assert collect_until(collector, lambda: cluster.control(n1, "events")["pending"] == 0)
+    after = cdrs.search(limit=1000)
+    assert after["total"] == before["total"] and after["cdrs"] == before["cdrs"]
+    rec = next(c for c in after["cdrs"] if c["call_id"] == dialog.call_id)
+    assert rec["outcome"] == "completed" and rec["nodes"] == ["node1"]
