@@ -9,7 +9,8 @@ so are events a failing store could not take.
 
 The master polls ``{"cmd": "events", "since": seq, "limit": n}`` and, once it
 has stored what it got, sends ``{"cmd": "events_ack", "upto": seq}``, which
-deletes those events here.
+deletes those events here. Peers may read the events but not acknowledge
+them: only the master or an admin's control key may make them go.
 """
 
 import logging
@@ -29,8 +30,10 @@ MAX_PAGE = 1000
 class CallOutbox:
     """Writes call events to the store, at most ``max_rows`` waiting; counts what it drops."""
 
-    def __init__(self, max_rows: int):
+    def __init__(self, max_rows: int, nodes: frozenset[str] = frozenset()):
         self.max_rows = max_rows
+        self.nodes = nodes
+        """ZAP names of the cluster's nodes: they may read events, never delete them."""
         self.pending = outbox_store.pending_count()
         self.stats = {"written": 0, "dropped": 0, "acked": 0}
 
@@ -67,6 +70,8 @@ class CallOutbox:
 
     def ack(self, request: dict) -> int:
         """Delete the call events numbered up to "upto" (the master has stored them)."""
+        if request.get("from") in self.nodes:
+            raise BusError(f"events_ack is the master's, not node {request['from']}'s")
         upto = request.get("upto")
         if not isinstance(upto, int) or isinstance(upto, bool) or upto < 0:
             raise BusError("upto must be a non-negative integer")
@@ -80,7 +85,8 @@ class CallOutbox:
 
 def attach_call_outbox(node) -> None:
     """Give the node's proxy an outbox and serve it on the control endpoint, if any."""
-    outbox = CallOutbox(node.cfg.max_call_events)
+    cfg = node.cfg
+    outbox = CallOutbox(cfg.max_call_events, frozenset([cfg.id, *(p.id for p in cfg.peers)]))
     node.proxy.outbox = outbox
     control = node.replicator.control if node.replicator is not None else None
     if control is not None:

@@ -9,7 +9,8 @@ import time
 import gevent
 import pytest
 
-from actors.bus import Bus
+from actors.bus import Bus, BusError, request
+from actors.config import load_config
 from loadtest.answerer import AnsweringAgent
 from loadtest.harness import Cluster, write_users_csv
 from loadtest.sipclient import SipClient
@@ -117,3 +118,16 @@ def test_a_page_stored_but_never_acked_is_not_counted_twice(setup):
     assert after["total"] == before["total"] and after["cdrs"] == before["cdrs"]
     rec = next(c for c in after["cdrs"] if c["call_id"] == dialog.call_id)
     assert rec["outcome"] == "completed" and rec["nodes"] == ["node1"]
+
+
+def test_a_peer_cannot_acknowledge_another_nodes_events(setup):
+    cluster = setup[0]
+    n1, n2 = cluster.nodes
+    cfg2 = load_config(n2.config)
+    peer = Bus(cfg2.public_key, cfg2.secret_key, n2.id)
+    try:
+        m1 = cluster.members[n1.id]
+        with pytest.raises(BusError, match="the master's"):
+            request(peer, m1.control, m1.public_key, {"cmd": "events_ack", "upto": 0}, 2.0)
+    finally:
+        peer.close()
