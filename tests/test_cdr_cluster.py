@@ -18,6 +18,7 @@ from store import cdrs
 from store import master as ms
 from tests.test_master_push import SETTINGS, wait_serving
 from web.cdr_collector import CdrCollector
+from tests.test_proxy import call, phone
 from web.cluster import ask
 
 HOLD = 0.3
@@ -29,9 +30,11 @@ def setup(tmp_path_factory):
     work = str(tmp_path_factory.mktemp("cdrs"))
     cluster = Cluster(work, 2, settings=SETTINGS)
     users = os.path.join(work, "users.csv")
-    rows = dict(write_users_csv(users, 10))
+    listed = write_users_csv(users, 50)
     cluster.provision(users)
     cluster.start()
+    for node in cluster.nodes:
+        node.rows, node.work = listed, work
     for node in cluster.nodes:
         assert wait_serving(cluster, node)
     ms.init_master_store(f"sqlite:///{work}/master.db")
@@ -43,7 +46,7 @@ def setup(tmp_path_factory):
     agent = AnsweringAgent(ring=0.05)
     agent.start()
     try:
-        yield cluster, CdrCollector(bus), agent, rows
+        yield cluster, CdrCollector(bus), agent, dict(listed)
     finally:
         agent.stop()
         bus.close()
@@ -131,3 +134,29 @@ def test_a_peer_cannot_acknowledge_another_nodes_events(setup):
             request(peer, m1.control, m1.public_key, {"cmd": "events_ack", "upto": 0}, 2.0)
     finally:
         peer.close()
+
+
+def test_500_sipp_calls_over_two_nodes_give_500_records(setup):
+    cluster, collector, _agent, _rows = setup
+    n1, n2 = cluster.nodes
+    uas = phone(n1, "user3", "uas_answer.xml")
+    try:
+        assert collect_until(collector, lambda: cluster.control(
+            n2, "bindings", user="user3@")["total"] == 1)
+        results = [call(n, "user3", calls=250, rate=100) for n in (n1, n2)]
+    finally:
+        uas.stop()
+    assert [(r.successful, r.failed) for r in results] == [(250, 0)] * 2, results[0].stderr
+
+    def mine():
+        return cdrs.search(callee="sip:user3@", limit=1000)
+    started = time.monotonic()
+    assert collect_until(collector, lambda: mine()["outcomes"]["completed"] == 500, 30.0), \
+        mine()["outcomes"]
+    found = mine()
+    assert found["total"] == 500 and len({c["call_id"] for c in found["cdrs"]}) == 500
+    assert {tuple(c["nodes"]) for c in found["cdrs"]} == {("node1",), ("node2",)}
+    assert all(0 <= c["duration"] < 2 for c in found["cdrs"])
+    assert time.monotonic() - started < 30
+    for node in cluster.nodes:
+        assert cluster.control(node, "events")["dropped"] == 0
