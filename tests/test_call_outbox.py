@@ -131,19 +131,33 @@ def test_the_outbox_is_bounded_and_counts_drops(store):
     box = CallOutbox(max_rows=5)
     box.add([_event(n) for n in range(3)], 1.0)
     box.add([_event(n) for n in range(3, 7)], 2.0)
-    assert box.pending == 5 and box.stats["dropped"] == 2
+    assert box.stats["dropped"] == 2 and outbox_store.events_since(0, 100) == []
+    box.flush()
+    assert box.pending == 5 and box.stats["batches"] == 1
     assert [e["call_id"] for e in outbox_store.events_since(0, 100)] == [f"c{n}" for n in range(5)]
     assert box.ack({"upto": 2}) == 2
     box.add([_event(9)], 3.0)
+    box.flush()
     assert box.pending == 4
     assert [e["seq"] for e in outbox_store.events_since(0, 100)] == [3, 4, 5, 6]
 
 
-def test_one_transaction_numbers_a_batch_and_never_reuses_a_number(store):
-    outbox_store.append_events([{"at": 1.0, "kind": "bye", "call_id": "x", "caller": "a",
-                                 "callee": "b", "source": "s", "status": None}] * 250)
-    assert outbox_store.last_seq() == 250
-    assert outbox_store.ack_upto(250) == 250
-    box = CallOutbox(max_rows=10)
-    box.add([_event(1)], 4.0)
+def test_numbers_are_never_reused_after_every_event_was_acked(store):
+    box = CallOutbox(max_rows=1000)
+    box.add([_event(n) for n in range(250)], 1.0)
+    box.flush()
+    assert box.ack({"upto": 250}) == 250 and outbox_store.pending_count() == 0
+    again = CallOutbox(max_rows=10)
+    again.add([_event(1)], 4.0)
+    again.flush()
     assert outbox_store.events_since(0, 10)[0]["seq"] == 251
+    assert CallOutbox(max_rows=10).next_seq == 252
+
+
+def test_a_peer_may_not_ack(store):
+    box = CallOutbox(max_rows=10, nodes=frozenset({"node2"}))
+    box.add([_event(1)], 1.0)
+    box.flush()
+    with pytest.raises(BusError, match="the master's"):
+        box.ack({"upto": 1, "from": "node2"})
+    assert box.ack({"upto": 1, "from": "master"}) == 1

@@ -54,6 +54,17 @@ def setup(tmp_path_factory):
         cluster.stop()
 
 
+def wait_for(predicate, timeout=5.0):
+    """``predicate()`` once it is truthy; bounded."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        gevent.sleep(0.05)
+    return predicate()
+
+
 def collect_until(collector, done, timeout=10.0):
     """Collection rounds until ``done()`` holds; bounded."""
     deadline = time.monotonic() + timeout
@@ -112,8 +123,13 @@ def test_a_page_stored_but_never_acked_is_not_counted_twice(setup):
     finally:
         caller.close()
     node = ms.list_nodes()[0]
-    page = ask(collector.bus, node, {"cmd": "events", "since": cdrs.cursor("node1")})
-    assert page["events"], page
+
+    def written():
+        got = ask(collector.bus, node, {"cmd": "events", "since": cdrs.cursor("node1")})
+        return got if any(e["kind"] == "bye" and e["call_id"] == dialog.call_id
+                          for e in got["events"]) else None
+    page = wait_for(written)
+    assert page, "the call's BYE never reached node1's outbox"
     assert cdrs.store_events("node1", page["events"]) == len(page["events"])
     before = cdrs.search(limit=1000)
     assert collect_until(collector, lambda: cluster.control(n1, "events")["pending"] == 0)
