@@ -1,10 +1,15 @@
 """Call detail records from two real nodes: calls placed through node1 and ended by a BYE
 sent through node2 (as a phone that moved to the other SRV target) make one completed record
 each, with both nodes and the call's length; a page stored but never acknowledged (the master
-died between the two) is not counted twice."""
+died between the two) is not counted twice; 500 SIPp calls over two nodes give 500 records;
+``run.py lab``'s master collects records and, killed mid-run and restarted, loses none."""
 
+import base64
+import json
 import os
+import signal
 import time
+import urllib.request
 
 import gevent
 import pytest
@@ -16,9 +21,10 @@ from loadtest.harness import Cluster, write_users_csv
 from loadtest.sipclient import SipClient
 from store import cdrs
 from store import master as ms
+from tests.test_lab import lab, lab_status, node_ip, run_py  # noqa: F401 (lab: the fixture)
 from tests.test_master_push import SETTINGS, wait_serving
-from web.cdr_collector import CdrCollector
 from tests.test_proxy import call, phone
+from web.cdr_collector import CdrCollector
 from web.cluster import ask
 
 HOLD = 0.3
@@ -176,3 +182,49 @@ def test_500_sipp_calls_over_two_nodes_give_500_records(setup):
     assert time.monotonic() - started < 30
     for node in cluster.nodes:
         assert cluster.control(node, "events")["dropped"] == 0
+
+
+def test_the_labs_master_collects_records_and_a_master_killed_mid_run_loses_none(lab):  # noqa: F811
+    _proc, data, base, _out = lab
+    with open(os.path.join(data, "master", "admin-password")) as f:
+        auth = "Basic " + base64.b64encode(f"admin:{f.read().strip()}".encode()).decode()
+
+    def records():
+        req = urllib.request.Request(f"http://{base}:8080/api/cdrs?callee=bob&limit=1000",
+                                     headers={"Authorization": auth})
+        try:
+            with urllib.request.urlopen(req, timeout=5) as r:
+                return json.loads(r.read())
+        except OSError:
+            return None
+    n1, n2 = (node_ip(base, 1), 5060), (node_ip(base, 2), 5060)
+    agent = AnsweringAgent(local_ip=n1[0], ring=0.02)
+    agent.start()
+    caller = SipClient(n1, "alice", "alice-secret", "example.test", local_ip=n1[0], t1=0.1,
+                       timeout=5.0)
+    call_ids = []
+
+    def place(n):
+        for _ in range(n):
+            resp, dialog = caller.invite("sip:bob@example.test")
+            assert resp.status == 200 and dialog is not None
+            call_ids.append(dialog.call_id)
+            dialog._dest = lambda: n2
+            assert dialog.bye().status == 200
+    try:
+        assert agent.register([n1], [("bob", "bob-secret")], "example.test") == 1
+        place(3)
+        assert wait_for(lambda: (records() or {}).get("outcomes", {}).get("completed") == 3,
+                        15), records()
+        os.kill(lab_status(data)["master"]["pid"], signal.SIGKILL)
+        place(3)
+        assert run_py("lab", "restart", "master", "--data", data).returncode == 0
+        assert wait_for(lambda: (records() or {}).get("outcomes", {}).get("completed") == 6,
+                        20), records()
+    finally:
+        caller.close()
+        agent.stop()
+    found = records()
+    assert found["total"] == 6
+    assert sorted(c["call_id"] for c in found["cdrs"]) == sorted(call_ids)
+    assert all(c["nodes"] == ["node1", "node2"] for c in found["cdrs"])
