@@ -228,3 +228,31 @@ def test_the_labs_master_collects_records_and_a_master_killed_mid_run_loses_none
     assert found["total"] == 6
     assert sorted(c["call_id"] for c in found["cdrs"]) == sorted(call_ids)
     assert all(c["nodes"] == ["node1", "node2"] for c in found["cdrs"])
+
+
+def test_a_call_whose_first_node_dies_mid_call_still_closes(setup):
+    cluster, collector, _agent, rows = setup
+    n1, n2 = cluster.nodes
+    caller = SipClient((n1.address, n1.port), "user4", rows["user4"], "example.test", t1=0.1,
+                       timeout=5.0)
+    try:
+        resp, dialog = caller.invite("sip:user0@example.test")
+        assert resp.status == 200
+
+        def answered():
+            return any(c["call_id"] == dialog.call_id and c["answered_at"]
+                       for c in cdrs.search(callee="user0", limit=1000)["cdrs"])
+        assert collect_until(collector, answered)
+        n1.kill()
+        dialog._dest = lambda: (n2.address, n2.port)
+        assert dialog.bye().status == 200
+    finally:
+        caller.close()
+
+    def record():
+        return next((c for c in cdrs.search(callee="user0", limit=1000)["cdrs"]
+                     if c["call_id"] == dialog.call_id), None)
+    assert collect_until(collector, lambda: record()["outcome"] == "completed")
+    rec = record()
+    assert rec["nodes"] == ["node1", "node2"] and rec["duration"] is not None
+    assert "error" in ask(collector.bus, ms.list_nodes()[0], {"cmd": "events"}, 0.5)
