@@ -12,12 +12,15 @@ deleted oldest first.
 import csv
 import io
 import json
+import logging
 from collections.abc import Iterable
 from typing import Any, cast
 
 import peewee
 
 from store.master import CallRecord, CdrCursor, master_db
+
+log = logging.getLogger(__name__)
 
 MAX_RECORDS = 1_000_000
 """Call detail records kept at most; the oldest go first."""
@@ -41,6 +44,25 @@ def cursor(node_id: str) -> int:
 def reset_cursor(node_id: str) -> None:
     """Forget the cursor of a node whose outbox started again from 1 (a new store)."""
     CdrCursor.delete().where(CdrCursor.node_id == node_id).execute()
+
+
+KINDS = frozenset(("attempt", "ringing", "answer", "failure", "cancel", "bye"))
+MAX_TEXT = 512
+"""Longest Call-ID, caller or callee kept (a longer one marks a malformed event)."""
+
+
+def _int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _well_formed(ev: dict[str, Any]) -> bool:
+    """Whether a node's event has the fields and types a record is made of."""
+    at, status = ev.get("at"), ev.get("status")
+    return (ev.get("kind") in KINDS
+            and all(isinstance(ev.get(k), str) and 0 < len(ev[k]) <= MAX_TEXT
+                    for k in ("call_id", "caller", "callee"))
+            and isinstance(at, (int, float)) and not isinstance(at, bool) and 0 <= at < 1e11
+            and (status is None or (_int(status) and 100 <= status <= 699)))
 
 
 def _earliest(a: float | None, b: float | None) -> float | None:
@@ -95,9 +117,16 @@ def store_events(node_id: str, events: list[dict[str, Any]]) -> int:
     transaction; return how many were new. The cursor moves to the last one."""
     with master_db.atomic():
         last = cursor(node_id)
-        fresh = [e for e in events if isinstance(e.get("seq"), int) and e["seq"] > last]
+        fresh = [e for e in events if isinstance(e, dict) and _int(e.get("seq"))
+                 and e["seq"] > last]
         if not fresh:
             return 0
+        top = max(e["seq"] for e in fresh)
+        bad = [e for e in fresh if not _well_formed(e)]
+        if bad:
+            log.warning("node %s sent %d malformed call events (first: seq %s); skipped",
+                        node_id, len(bad), bad[0]["seq"])
+            fresh = [e for e in fresh if _well_formed(e)]
         records: dict[str, CallRecord] = {}
         for ev in fresh:
             call_id = ev["call_id"]
@@ -110,7 +139,6 @@ def store_events(node_id: str, events: list[dict[str, Any]]) -> int:
         for rec in records.values():
             _close(rec)
             rec.save()
-        top = max(e["seq"] for e in fresh)
         (CdrCursor.insert(node_id=node_id, seq=top)
          .on_conflict(conflict_target=[CdrCursor.node_id], preserve=[CdrCursor.seq])
          .execute())

@@ -90,6 +90,17 @@ def test_a_node_with_a_new_store_starts_its_cursor_again(master):
     assert cdrs.store_events("node1", [ev(1, "attempt", 2.0, "c9")]) == 1
 
 
+@pytest.mark.parametrize("bad", [
+    {"kind": "pwned"}, {"call_id": ""}, {"call_id": "x" * 513}, {"caller": 5}, {"at": "now"},
+    {"at": True}, {"at": 1e300}, {"status": 99}, {"status": "486"}, {"status": 1000}])
+def test_forged_events_are_skipped_and_do_not_stall_the_node(master, bad):
+    assert cdrs.store_events("node1", [{**ev(1, "attempt", 1.0, "x"), **bad},
+                                       ev(2, "attempt", 2.0, "good")]) == 1
+    assert [c["call_id"] for c in cdrs.search()["cdrs"]] == ["good"]
+    assert cdrs.cursor("node1") == 2
+    assert cdrs.store_events("node1", ["junk", {"seq": True}, {"seq": "3"}]) == 0
+
+
 @pytest.fixture
 def app(master):
     cdrs.store_events("node1", [

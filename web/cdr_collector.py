@@ -65,22 +65,31 @@ class CdrCollector:
         for _ in range(PAGES_PER_ROUND):
             since = cdrs.cursor(node_id)
             answer = ask(self.bus, node, {"cmd": "events", "since": since, "limit": PAGE})
-            if "error" in answer:
+            if isinstance(answer, dict) and "error" in answer:
                 self.stats["errors"] += 1
-                return answer["error"]
-            if answer["last"] < since:
+                return str(answer["error"])
+            if not isinstance(answer, dict):
+                answer = {}
+            events, last = answer.get("events"), answer.get("last")
+            if (not isinstance(events, list) or not isinstance(last, int)
+                    or not all(isinstance(e, dict) and isinstance(e.get("seq"), int)
+                               for e in events)):
+                self.stats["errors"] += 1
+                log.warning("node %s answered events with a malformed page", node_id)
+                return "malformed answer"
+            if last < since:
                 log.warning("node %s numbers its call events from %d again (a new store): "
-                            "its cursor restarts", node_id, answer["last"])
+                            "its cursor restarts", node_id, last)
                 cdrs.reset_cursor(node_id)
                 continue
-            events = answer["events"]
             if not events:
-                if since and answer["pending"]:
+                if since and answer.get("pending"):
                     ask(self.bus, node, {"cmd": "events_ack", "upto": since})
                 return stored
             stored += cdrs.store_events(node_id, events)
             self.stats["events"] += len(events)
-            acked = ask(self.bus, node, {"cmd": "events_ack", "upto": events[-1]["seq"]})
+            top = max(e["seq"] for e in events)
+            acked = ask(self.bus, node, {"cmd": "events_ack", "upto": top})
             if isinstance(acked, dict) and "error" in acked:
                 log.info("node %s: events_ack failed: %s", node_id, acked["error"])
             if len(events) < PAGE:
