@@ -382,8 +382,11 @@ class NonceFactory:
         self.origin = origin
         self._origin = origin.encode()
         # HMAC (RFC 2104) keyed once: the hash states after the key's inner
-        # and outer pads are copied per MAC, which costs less than copying
-        # an ``hmac.HMAC`` (a Python object around the same two states).
+        # and outer pads are copied per MAC. Measured (loadtest/bench_hmac.py,
+        # pinned to one core): 1.4-1.7 us per MAC against 2.8-2.9 us for the standard
+        # library's one-shot hmac.digest, which keys anew each call; two MACs
+        # per authenticated REGISTER (make and check the nonce) save about 2.7 us
+        # of its ~80 us of CPU, 3%.
         key = bytes(secret)
         if len(key) > _HMAC_BLOCK:
             key = hashlib.sha256(key).digest()
