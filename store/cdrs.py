@@ -185,6 +185,33 @@ def search(caller: str = "", callee: str = "", outcome: str = "", since: float |
     return {"total": query.count(), "outcomes": counts, "cdrs": [_as_dict(r) for r in page]}
 
 
+PER_NODE_SCAN = 100_000
+"""Newest records :func:`per_node` reads at most."""
+
+
+def per_node(since: float) -> dict[str, dict[str, Any]]:
+    """Per node, over the calls started since ``since`` that it saw (the newest
+    :data:`PER_NODE_SCAN`): calls, answered, the answer-seizure ratio (answered / calls)
+    and the average call length (seconds, over completed calls with a duration)."""
+    rows = (CallRecord.select(CallRecord.nodes, CallRecord.answered_at, CallRecord.duration)
+            .where(CallRecord.started_at >= since).order_by(CallRecord.started_at.desc())
+            .limit(PER_NODE_SCAN).tuples())
+    out: dict[str, dict[str, Any]] = {}
+    for nodes, answered_at, duration in cast(Iterable[tuple[str, Any, Any]], rows):
+        for node in json.loads(nodes):
+            n = out.setdefault(node, {"calls": 0, "answered": 0, "talk": 0.0, "timed": 0})
+            n["calls"] += 1
+            n["answered"] += answered_at is not None
+            if duration is not None:
+                n["talk"] += duration
+                n["timed"] += 1
+    for n in out.values():
+        n["asr"] = round(n["answered"] / n["calls"], 3)
+        n["acl"] = round(n.pop("talk") / n["timed"], 1) if n["timed"] else None
+        del n["timed"]
+    return dict(sorted(out.items()))
+
+
 def _cell(value: Any) -> str:
     """A CSV cell that a spreadsheet will not run as a formula (OWASP CSV injection)."""
     text = "" if value is None else ";".join(value) if isinstance(value, list) else str(value)

@@ -3,6 +3,7 @@ outcomes, the bound, and ``/api/cdrs``, the calls page and the CSV through Flask
 
 import csv
 import io
+import time
 
 import pytest
 
@@ -169,3 +170,22 @@ def test_calls_page_shows_totals_records_and_escapes(app):
     assert "=HYPERLINK(&#34;x&#34;)" in html and '=HYPERLINK("x")' not in html
     assert c.get("/calls?since=nope").status_code == 400
     assert 'id="calls"' in c.get("/calls?outcome=busy").get_data(as_text=True)
+
+
+def test_per_node_answer_seizure_ratio_and_average_call_length(master):
+    now = time.time()
+    cdrs.store_events("node1", [ev(1, "attempt", now, "a"), ev(2, "answer", now + 1, "a"),
+                                ev(3, "bye", now + 11, "a"), ev(4, "attempt", now, "b"),
+                                ev(5, "failure", now + 1, "b", status=486),
+                                ev(6, "attempt", now - 90000, "old")])
+    cdrs.store_events("node2", [ev(1, "bye", now + 11, "a")])
+    assert cdrs.per_node(now - 86400) == {
+        "node1": {"calls": 2, "answered": 1, "asr": 0.5, "acl": 10.0},
+        "node2": {"calls": 1, "answered": 1, "asr": 1.0, "acl": 10.0}}
+    app = create_app({"SECRET_KEY": "k"}, Poked())
+    c = app.test_client()
+    assert c.get("/api/cdrs/nodes").status_code == 401
+    assert c.get("/api/cdrs/nodes", headers=basic()).get_json()["nodes"]["node1"]["asr"] == 0.5
+    login(c)
+    html = c.get("/calls").get_data(as_text=True)
+    assert 'id="per-node"' in html and "50%" in html

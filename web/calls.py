@@ -9,6 +9,7 @@ since the epoch), ``limit`` and ``offset``; ``format=csv`` (or the page's
 """
 
 import datetime
+import time
 
 from flask import Blueprint, Response, render_template, request
 
@@ -20,6 +21,8 @@ bp = Blueprint("calls", __name__)
 
 MAX_PAGE = 1000
 """Records one JSON answer or one page holds at most."""
+PER_NODE_WINDOW = 86400.0
+"""Seconds of calls the page's per-node answer-seizure ratio and average length cover."""
 MAX_CSV = 100_000
 """Records one CSV export holds at most."""
 
@@ -76,16 +79,24 @@ def api_cdrs():
     return csv_response(found) if as_csv else found
 
 
+@bp.get("/api/cdrs/nodes")
+@basic_auth_required
+def api_per_node():
+    """Per node, over the last day: calls, answered, answer-seizure ratio, average length."""
+    return {"window": PER_NODE_WINDOW, "nodes": cdrs.per_node(time.time() - PER_NODE_WINDOW)}
+
+
 @bp.get("/calls")
 @login_required
 def page():
-    """The calls page: filters, totals per outcome and the newest records."""
+    """The calls page: filters, totals per outcome, the newest records and, per node over
+    the last day, the answer-seizure ratio and the average call length."""
     try:
         args = filters(request.args)
     except FilterError as e:
         return render_template("calls.html", error=str(e), found=None, args=request.args), 400
     return render_template("calls.html", error="", found=cdrs.search(**args), args=request.args,
-                           when=_when)
+                           when=_when, per_node=cdrs.per_node(time.time() - PER_NODE_WINDOW))
 
 
 @bp.get("/calls.csv")
