@@ -42,7 +42,7 @@ def setup(tmp_path_factory):
     for node in cluster.nodes:
         node.rows, node.work = listed, work
     for node in cluster.nodes:
-        assert wait_serving(cluster, node)
+        assert wait_serving(cluster, node, 30.0), node.log_tail()
     ms.init_master_store(f"sqlite:///{work}/master.db")
     ms.setup("example.test")
     for m in cluster.members.values():
