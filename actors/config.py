@@ -83,6 +83,8 @@ class NodeConfig:
     log_rate: float = 20.0
     """Lines per second and per kind of event about bad input (the rest are counted, not logged)."""
     batch_max: int = 256
+    max_call_events: int = 100000
+    """Call events the node keeps for the master at most; more are dropped and counted."""
     t1: float = 0.5
     t2: float = 4.0
     t4: float = 5.0
@@ -153,7 +155,8 @@ _SECTIONS = {
                "tcp_idle_timeout": "tcp_idle_timeout",
                "tcp_header_timeout": "tcp_header_timeout",
                "max_message_size": "max_message_size", "log_rate": "log_rate"},
-    "database": {"url": "database", "batch_max": "batch_max"},
+    "database": {"url": "database", "batch_max": "batch_max",
+                 "max_call_events": "max_call_events"},
     "dns": {"servers": "dns_servers", "port": "dns_port"},
     "cluster": {"pub": "bus_pub", "snapshot": "bus_snapshot", "control": "control",
                 "secret_key": "secret_key", "public_key": "public_key",
@@ -192,7 +195,8 @@ def parse_config(data: dict, base_dir: str = ".") -> NodeConfig:
     for name in ("port", "min_expires", "max_expires", "default_expires", "max_contacts",
                  "batch_max", "dns_port", "hwm", "snapshot_batch", "snapshot_rate",
                  "max_failures", "max_user_failures", "udp_burst", "tcp_max_connections",
-                 "tcp_max_per_source", "max_message_size", "max_branches", "tls_port"):
+                 "tcp_max_per_source", "max_message_size", "max_branches", "tls_port",
+                 "max_call_events"):
         v = getattr(cfg, name)
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
             raise ConfigError(f"{name} must be a non-negative integer, not {v!r}")

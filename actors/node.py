@@ -30,6 +30,7 @@ from store.models import close_store, incr_state, init_store
 
 from . import logs
 from .bus import BusError
+from .call_outbox import attach_call_outbox
 from .config import (ConfigError, NodeConfig, guard_settings, load_config, registrar_rules,
                      server_uris, sqlite_dir)
 from .config_sync import attach_config_sync
@@ -166,6 +167,7 @@ class Node:
         self.registrar.greenlet.link_exception(self._actor_died)
         self.proxy = ProxyActor.from_config(cfg, secret, users.lookup, self.location,
                                             self.transport, auth)
+        attach_call_outbox(self)
         self.proxy.greenlet = self.group.spawn(self.proxy.run)
         self.proxy.greenlet.link_exception(self._actor_died)
         attach_drain(self)

@@ -71,6 +71,8 @@ class ProxyActor:
         self._deadline: float | None = None
         self._ticked = False
         self.call_log = CallLog()
+        self.outbox = None
+        """A ``CallOutbox`` that keeps call events for the master, if the node gave one."""
 
     @classmethod
     def from_config(cls, cfg, secret: bytes, user_lookup, location, transport,
@@ -183,7 +185,12 @@ class ProxyActor:
                     self._send_later(dest, data)
             for lookup in core.lookups():
                 gevent.spawn(self._resolve, lookup)
-            self.call_log.record(core.take_call_events(), self.clock())
+            events = core.take_call_events()
+            if events:
+                wall = self.clock()
+                self.call_log.record(events, wall)
+                if self.outbox is not None:
+                    self.outbox.add(events, wall)
             if not self._failed:
                 return
             failed, self._failed = self._failed, []

@@ -100,7 +100,43 @@ class Admin(MasterModel):
         table_name = "master_admins"
 
 
-MASTER_MODELS = (Setting, SipUser, ClusterNode, ConfigVersion, Admin)
+class CallRecord(MasterModel):
+    """One call detail record, assembled from every node's call events (``store.cdrs``)."""
+
+    id = peewee.AutoField()
+    call_id = peewee.TextField(unique=True)
+    caller = peewee.TextField()
+    callee = peewee.TextField()
+    started_at = peewee.DoubleField(index=True)
+    answered_at = peewee.DoubleField(null=True)
+    ended_at = peewee.DoubleField(null=True)
+    bye_at = peewee.DoubleField(null=True)
+    """When the first BYE was seen (the end of an answered call)."""
+    final_at = peewee.DoubleField(null=True)
+    """When the first failure or CANCEL was seen (the end of an unanswered call)."""
+    duration = peewee.DoubleField(null=True)
+    outcome = peewee.TextField(index=True)
+    status = peewee.IntegerField(null=True)
+    """The final failure status (486, 480...), if the call failed."""
+    cancelled = peewee.BooleanField(default=False)
+    nodes = peewee.TextField(default="[]")
+    """The nodes that saw the call, as a JSON list."""
+
+    class Meta:
+        table_name = "master_cdrs"
+
+
+class CdrCursor(MasterModel):
+    """The last call event stored from one node: later ones only are new."""
+
+    node_id = peewee.TextField(primary_key=True)
+    seq = peewee.BigIntegerField(default=0)
+
+    class Meta:
+        table_name = "master_cdr_cursors"
+
+
+MASTER_MODELS = (Setting, SipUser, ClusterNode, ConfigVersion, Admin, CallRecord, CdrCursor)
 """Every master model, in table-creation order."""
 
 

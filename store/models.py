@@ -104,7 +104,25 @@ class NodeState(BaseModel):
         table_name = "node_state"
 
 
-MODELS = (User, Binding, NodeState)
+class CallEventRow(BaseModel):
+    """One call event the node's proxy saw, waiting for the master (``store.call_events``)."""
+
+    seq = peewee.BigIntegerField(unique=True)
+    """This node's number for the event: increasing, never reused."""
+    at = peewee.DoubleField()
+    """Wall-clock time the proxy saw it (seconds since the epoch)."""
+    kind = peewee.TextField()
+    call_id = peewee.TextField()
+    caller = peewee.TextField()
+    callee = peewee.TextField()
+    source = peewee.TextField()
+    status = peewee.IntegerField(null=True)
+
+    class Meta:
+        table_name = "call_events"
+
+
+MODELS = (User, Binding, NodeState, CallEventRow)
 """Every model, in table-creation order."""
 
 BINDING_FIELDS = tuple(name for name in Binding._meta.sorted_field_names

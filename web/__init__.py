@@ -2,7 +2,8 @@
 
 ``create_app(config)`` builds the app with its blueprints: ``auth`` (login,
 logout, the login limiter), ``pages`` (nodes, users, registrations, restart),
-``dns`` (SRV weights, the zone, a BIND export),
+``dns`` (SRV weights, the zone, a BIND export), ``calls`` (call detail
+records: the calls page, its CSV and ``/api/cdrs``),
 ``api`` (JSON under ``/api``, HTTP Basic) and ``metrics`` (Prometheus). Every
 page and API call needs an admin; every form carries a CSRF token
 (Flask-WTF); the session cookie is HttpOnly and SameSite=Strict.
@@ -37,13 +38,14 @@ def create_app(config: dict, pusher=None) -> Flask:
     app.config.update(config)
     csrf.init_app(app)
     app.extensions["pusher"] = pusher
-    from . import api, auth, dns, metrics, pages
+    from . import api, auth, calls, dns, metrics, pages
     auth.init_app(app)
     app.register_blueprint(auth.bp)
     app.register_blueprint(pages.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(metrics.bp)
     app.register_blueprint(dns.bp)
+    app.register_blueprint(calls.bp)
     csrf.exempt(dns.api_set)
     csrf.exempt(api.bp)
     return app

@@ -14,14 +14,17 @@ ASK_TIMEOUT = 1.0
 """Seconds a node may take to answer the dashboard."""
 
 
+def ask(bus, node: dict, message: dict, timeout: float = ASK_TIMEOUT) -> dict:
+    """``node``'s result for ``message``, or ``{"error": text}``."""
+    try:
+        return request(bus, node["control"], node["public_key"], message, timeout)
+    except BusError as e:
+        return {"error": str(e)}
+
+
 def ask_all(bus, nodes: list[dict], message: dict) -> dict:
     """``{node id: result or {"error": text}}`` for ``message`` sent to every node."""
-    def one(node):
-        try:
-            return request(bus, node["control"], node["public_key"], message, ASK_TIMEOUT)
-        except BusError as e:
-            return {"error": str(e)}
-    jobs = {n["node_id"]: gevent.spawn(one, n) for n in nodes}
+    jobs = {n["node_id"]: gevent.spawn(ask, bus, n, message) for n in nodes}
     gevent.joinall(list(jobs.values()), timeout=ASK_TIMEOUT + 1)
     return {k: (j.value if j.successful() and j.value is not None else {"error": "no answer"})
             for k, j in jobs.items()}

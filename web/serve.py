@@ -4,8 +4,8 @@
 key pair and the first admin ``admin`` with a generated password, written
 to ``<data_dir>/admin-password`` (0600) and shown once on the terminal.
 Running opens the database, records the ``[[nodes]]`` of the configuration,
-starts the pusher and serves the dashboard with gevent's WSGI server until
-SIGTERM.
+starts the pusher and the call event collector, and serves the dashboard
+with gevent's WSGI server until SIGTERM.
 """
 
 import logging
@@ -21,6 +21,7 @@ from store import master as ms
 from store.db import StoreError
 
 from . import create_app
+from .cdr_collector import CdrCollector
 from .push import Pusher
 from .settings import SettingsError, init_files, load_settings, read_secret
 
@@ -58,6 +59,8 @@ def serve(settings) -> int:
     server.start()
     pusher.start()
     pusher.poke()
+    collector = CdrCollector(pusher.bus)
+    collector.start()
     log.info("dashboard on http://%s, domain %s, %d nodes", settings.listen, ms.domain(),
              len(settings.nodes))
     stopped = Event()
@@ -65,6 +68,7 @@ def serve(settings) -> int:
     gevent.signal_handler(signal.SIGINT, stopped.set)
     stopped.wait()
     server.stop(timeout=2)
+    collector.stop()
     pusher.stop()
     ms.close_master_store()
     return 0

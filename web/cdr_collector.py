@@ -1,0 +1,97 @@
+"""The master's collector of call events: every node's outbox into call detail records.
+
+One greenlet polls each node's ``events`` (through ``web.cluster.ask``, on
+the pusher's bus) every ``interval`` seconds, all nodes at once, a bounded
+number of pages per node and round. A page is stored first
+(``store.cdrs.store_events``, one transaction that also moves the node's
+cursor) and acknowledged after (``events_ack``): if the master dies between
+the two, the node sends the page again and the cursor makes it a no-op.
+"""
+
+import logging
+
+import gevent
+
+from store import cdrs
+from store import master as ms
+
+from .cluster import ask
+
+log = logging.getLogger(__name__)
+
+PAGE = 1000
+"""Events asked per request."""
+PAGES_PER_ROUND = 20
+"""Pages taken from one node per round at most, so one busy node cannot hold a round."""
+
+
+class CdrCollector:
+    """Polls every node's call events into the master's call detail records."""
+
+    def __init__(self, bus, interval: float = 1.0):
+        self.bus = bus
+        self.interval = interval
+        self.greenlet = None
+        self.stats = {"rounds": 0, "events": 0, "errors": 0}
+
+    def start(self) -> None:
+        """Start the polling greenlet."""
+        self.greenlet = gevent.spawn(self._run)
+
+    def stop(self) -> None:
+        """Stop polling (the bus belongs to the pusher)."""
+        if self.greenlet is not None:
+            self.greenlet.kill(block=True, timeout=2)
+            self.greenlet = None
+
+    def _run(self) -> None:
+        while True:
+            try:
+                self.collect_round()
+            except Exception:
+                log.exception("call event collection round failed")
+            gevent.sleep(self.interval)
+
+    def collect_round(self) -> dict:
+        """Take what every node has; ``{node id: events stored or error text}``."""
+        jobs = {n["node_id"]: gevent.spawn(self.collect, n) for n in ms.list_nodes()}
+        gevent.joinall(list(jobs.values()))
+        self.stats["rounds"] += 1
+        return {k: (j.value if j.successful() else "collection failed") for k, j in jobs.items()}
+
+    def collect(self, node: dict) -> int | str:
+        """Store and acknowledge ``node``'s pending events; how many were new, or an error."""
+        node_id, stored = node["node_id"], 0
+        for _ in range(PAGES_PER_ROUND):
+            since = cdrs.cursor(node_id)
+            answer = ask(self.bus, node, {"cmd": "events", "since": since, "limit": PAGE})
+            if isinstance(answer, dict) and "error" in answer:
+                self.stats["errors"] += 1
+                return str(answer["error"])
+            if not isinstance(answer, dict):
+                answer = {}
+            events, last = answer.get("events"), answer.get("last")
+            if (not isinstance(events, list) or not isinstance(last, int)
+                    or not all(isinstance(e, dict) and isinstance(e.get("seq"), int)
+                               for e in events)):
+                self.stats["errors"] += 1
+                log.warning("node %s answered events with a malformed page", node_id)
+                return "malformed answer"
+            if last < since:
+                log.warning("node %s numbers its call events from %d again (a new store): "
+                            "its cursor restarts", node_id, last)
+                cdrs.reset_cursor(node_id)
+                continue
+            if not events:
+                if since and answer.get("pending"):
+                    ask(self.bus, node, {"cmd": "events_ack", "upto": since})
+                return stored
+            stored += cdrs.store_events(node_id, events)
+            self.stats["events"] += len(events)
+            top = max(e["seq"] for e in events)
+            acked = ask(self.bus, node, {"cmd": "events_ack", "upto": top})
+            if isinstance(acked, dict) and "error" in acked:
+                log.info("node %s: events_ack failed: %s", node_id, acked["error"])
+            if len(events) < PAGE:
+                return stored
+        return stored
