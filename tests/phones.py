@@ -131,6 +131,23 @@ class Phone:
                 self.lines.append(line)
 
 
+def call_and_hang_up(caller: Phone, callee: Phone, uri: str, hang_up: Phone,
+                     rtp: bool = False) -> None:
+    """``caller`` (a PJSUA2 phone) calls ``uri``, which rings ``callee``; once both
+    confirm the call (and, with ``rtp``, both received RTP) ``hang_up`` ends it,
+    its BYE answered 200, and the other side sees the call end."""
+    caller.send(f"call {uri}")
+    callee.wait_for("INCOMING")
+    caller.wait_for("CALL CONFIRMED")
+    callee.wait_for("CALL CONFIRMED")
+    if rtp:
+        assert caller.rtp_received() > 0 and callee.rtp_received() > 0
+    other = callee if hang_up is caller else caller
+    hang_up.send("hangup")
+    assert hang_up.wait_for("CALL DISCONNECTED").endswith(" 200")
+    other.wait_for("CALL DISCONNECTED")
+
+
 def pjsua(name: str, user: str, password: str, domain: str, proxy: str, transport: str,
           port: int, rtp_port: int, ca: str = "") -> Phone:
     """A PJSUA2 phone registering ``user`` through ``proxy`` (``host:port``) over

@@ -11,7 +11,7 @@ import pytest
 
 from loadtest.harness import NodeProcess, free_port
 from tests.conftest import _in_ci
-from tests.phones import baresip, pjsua
+from tests.phones import baresip, call_and_hang_up, pjsua
 
 USERS = ("alice", "bob", "carol", "dave", "erin", "frank")
 
@@ -69,14 +69,7 @@ def test_pjsua2_calls_pjsua2_and_hangs_up(node, phones, transport):
     _need("pjsua2", _have_pjsua2())
     caller = _pjsua(node, phones, "alice", transport)
     callee = _pjsua(node, phones, "bob", transport)
-    caller.send(f"call sip:bob@{node.domain}")
-    callee.wait_for("INCOMING")
-    caller.wait_for("CALL CONFIRMED")
-    callee.wait_for("CALL CONFIRMED")
-    assert caller.rtp_received() > 0 and callee.rtp_received() > 0
-    caller.send("hangup")
-    assert caller.wait_for("CALL DISCONNECTED").endswith(" 200")
-    callee.wait_for("CALL DISCONNECTED")
+    call_and_hang_up(caller, callee, f"sip:bob@{node.domain}", caller, rtp=True)
 
 
 def test_pjsua2_udp_calls_pjsua2_tcp(node, phones):
@@ -85,13 +78,7 @@ def test_pjsua2_udp_calls_pjsua2_tcp(node, phones):
     udp = _pjsua(node, phones, "carol", "udp")
     tcp = _pjsua(node, phones, "dave", "tcp")
     for caller, callee, user in ((udp, tcp, "dave"), (tcp, udp, "carol")):
-        caller.send(f"call sip:{user}@{node.domain}")
-        callee.wait_for("INCOMING")
-        caller.wait_for("CALL CONFIRMED")
-        callee.wait_for("CALL CONFIRMED")
-        callee.send("hangup")
-        assert callee.wait_for("CALL DISCONNECTED").endswith(" 200")
-        caller.wait_for("CALL DISCONNECTED")
+        call_and_hang_up(caller, callee, f"sip:{user}@{node.domain}", callee)
 
 
 def _baresip(node, phones, tmp_path, user: str, transport: str):

@@ -15,7 +15,7 @@ from actors.config import ConfigError, load_config
 from loadtest.harness import NodeProcess, free_port, write_users_csv
 from sipcore.digest import Credentials, expected_response, ha1
 from tests.conftest import _in_ci
-from tests.phones import pjsua
+from tests.phones import call_and_hang_up, pjsua
 
 HEADER_TIMEOUT = 1.0
 
@@ -336,14 +336,7 @@ def test_pjsua2_calls_pjsua2_over_tls(node, certs):
             p.wait_for("REGISTERED 200", "REGISTERED 4", "REGISTERED 5", "REGISTERED 1")
             assert p.lines[-1].endswith("REGISTERED 200"), p.lines[-20:]
         caller, callee = started
-        caller.send(f"call sip:user7@{node.domain}")
-        callee.wait_for("INCOMING")
-        caller.wait_for("CALL CONFIRMED")
-        callee.wait_for("CALL CONFIRMED")
-        assert caller.rtp_received() > 0 and callee.rtp_received() > 0
-        caller.send("hangup")
-        assert caller.wait_for("CALL DISCONNECTED").endswith(" 200")
-        callee.wait_for("CALL DISCONNECTED")
+        call_and_hang_up(caller, callee, f"sip:user7@{node.domain}", caller, rtp=True)
     finally:
         for p in started:
             p.stop()
@@ -363,13 +356,7 @@ def test_pjsua2_udp_and_pjsua2_tls_call_each_other(node, certs):
             assert p.lines[-1].endswith("REGISTERED 200"), p.lines[-20:]
         udp, tls = started
         for caller, callee, user in ((udp, tls, "user9"), (tls, udp, "user8")):
-            caller.send(f"call sip:{user}@{node.domain}")
-            callee.wait_for("INCOMING")
-            caller.wait_for("CALL CONFIRMED")
-            callee.wait_for("CALL CONFIRMED")
-            callee.send("hangup")
-            assert callee.wait_for("CALL DISCONNECTED").endswith(" 200")
-            caller.wait_for("CALL DISCONNECTED")
+            call_and_hang_up(caller, callee, f"sip:{user}@{node.domain}", callee)
     finally:
         for p in started:
             p.stop()
