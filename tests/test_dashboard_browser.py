@@ -104,7 +104,8 @@ def test_sign_in_add_a_user_and_see_it_registered_on_both_nodes(master, browser)
     browser.find_element(By.ID, "username").send_keys("admin")
     browser.find_element(By.ID, "password").send_keys("wrong")
     browser.find_element(By.ID, "login").click()
-    assert "Wrong admin name or password." in browser.page_source
+    # The answer is a new page: wait (bounded) for it rather than read the old one.
+    WebDriverWait(browser, 10).until(lambda d: "Wrong admin name or password." in d.page_source)
     browser.find_element(By.ID, "username").clear()
     browser.find_element(By.ID, "username").send_keys("admin")
     browser.find_element(By.ID, "password").send_keys(master["password"])
