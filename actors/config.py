@@ -203,7 +203,7 @@ def parse_config(data: dict, base_dir: str = ".") -> NodeConfig:
     for name in ("failure_window", "ban_time", "udp_rate", "tcp_idle_timeout",
                  "tcp_header_timeout", "log_rate"):
         v = getattr(cfg, name)
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0:
+        if not isinstance(v, int | float) or isinstance(v, bool) or v < 0:
             raise ConfigError(f"{name} must be a non-negative number, not {v!r}")
     if not isinstance(cfg.require_qop, bool):
         raise ConfigError(f"auth.require_qop must be true or false, not {cfg.require_qop!r}")

@@ -81,9 +81,9 @@ class Member:
 def _toml_value(v) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
-    if isinstance(v, (int, float)):
+    if isinstance(v, int | float):
         return repr(v)
-    if isinstance(v, (list, tuple)):
+    if isinstance(v, list | tuple):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     text = str(v)
     if any(c in text for c in '"\\\n'):

@@ -217,7 +217,7 @@ class Node:
         kind, key = request.get("kind"), request.get("key")
         seconds = request.get("seconds", self.cfg.ban_time)
         if (kind not in (SOURCE, USER) or not isinstance(key, str) or not key
-                or not isinstance(seconds, (int, float)) or isinstance(seconds, bool)
+                or not isinstance(seconds, int | float) or isinstance(seconds, bool)
                 or seconds <= 0):
             raise BusError('ban needs "kind" (source or user), "key" and positive "seconds"')
         return self.guard.add(Ban(kind, key, time.time() + seconds), time.time(), share=True)

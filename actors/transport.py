@@ -72,11 +72,15 @@ class Limits:
         """The limits a node's configuration sets."""
         return cls(cfg.udp_rate, cfg.udp_burst, cfg.tcp_max_connections, cfg.tcp_max_per_source,
                    cfg.tcp_idle_timeout, cfg.tcp_header_timeout, cfg.max_message_size,
-                   cfg.log_rate, frozenset(getattr(cfg, "emergency_numbers", ()) or ()))
+                   cfg.log_rate, frozenset(cfg.emergency_numbers))
 
     def limiter(self) -> SourceLimiter | None:
         """The per-source UDP limiter, None when off."""
         return SourceLimiter(self.udp_rate, self.udp_burst) if self.udp_rate > 0 else None
+
+
+#: a transport's limits when none are given: the defaults above (no per-source UDP limit)
+NO_LIMITS = Limits()
 
 
 @dataclass(frozen=True)
@@ -142,7 +146,7 @@ class Transport:
 
     def __init__(self, address: str, port: int, on_request, on_response,
                  tcp_connect_timeout: float = 2.0, front_path: str | None = None,
-                 limits: Limits = Limits(), tls: TlsContexts | None = None, tls_port: int = 0):
+                 limits: Limits = NO_LIMITS, tls: TlsContexts | None = None, tls_port: int = 0):
         self.address = address
         self.port = port
         self.on_request = on_request

@@ -55,10 +55,14 @@ class GuardSettings:
     """Bound on each table (failure counters, bans, known sources)."""
 
 
+#: the guard's settings when none are given: the defaults of ``[auth]``
+DEFAULT_GUARD = GuardSettings()
+
+
 class AuthGuard:
     """Counts failures and keeps bans (see the module's text)."""
 
-    def __init__(self, settings: GuardSettings = GuardSettings()):
+    def __init__(self, settings: GuardSettings = DEFAULT_GUARD):
         self.settings = settings
         #: (kind, key) -> [failures, end of the window]
         self._failures: dict[tuple[str, str], list[float]] = {}

@@ -392,7 +392,7 @@ def decode_bans(data: bytes) -> tuple[str, list[tuple[str, str, float]]]:
     for row in rows:
         if (not isinstance(row, list) or len(row) != 3 or row[0] not in _BAN_KINDS
                 or not isinstance(row[1], str) or not 0 < len(row[1]) <= _MAX_BAN_KEY
-                or isinstance(row[2], bool) or not isinstance(row[2], (int, float))
+                or isinstance(row[2], bool) or not isinstance(row[2], int | float)
                 or not math.isfinite(row[2])):
             raise WireError(f"malformed ban {str(row)[:80]}")
         out.append((_BAN_KINDS[row[0]], row[1], float(row[2])))

@@ -198,7 +198,7 @@ def _writer(db: peewee.Database) -> _Writer:
 
 def _encode_path(path: list[str] | tuple[str, ...]) -> str:
     """A binding's ``path`` as its JSON text."""
-    if not isinstance(path, (list, tuple)):
+    if not isinstance(path, list | tuple):
         raise StoreError("binding field path must be a list of strings, not "
                          "%s" % type(path).__name__)
     return _dumps(list(path)) if path else "[]"

@@ -61,7 +61,7 @@ def _well_formed(ev: dict[str, Any]) -> bool:
     return (ev.get("kind") in KINDS
             and all(isinstance(ev.get(k), str) and 0 < len(ev[k]) <= MAX_TEXT
                     for k in ("call_id", "caller", "callee"))
-            and isinstance(at, (int, float)) and not isinstance(at, bool) and 0 <= at < 1e11
+            and isinstance(at, int | float) and not isinstance(at, bool) and 0 <= at < 1e11
             and (status is None or (_int(status) and 100 <= status <= 699)))
 
 

@@ -34,7 +34,7 @@ class JSONListField(peewee.TextField):
             return None
         if not value:
             return "[]"
-        if isinstance(value, (str, bytes)):
+        if isinstance(value, str | bytes):
             raise TypeError("%s must be a list of strings, not %s"
                             % (self.name, type(value).__name__))
         return json.dumps(list(value), separators=(",", ":"))
