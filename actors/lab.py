@@ -164,8 +164,12 @@ class LabNode(WatchedProcess):
     id: str = field(init=False)
     """The node id, ``node<k>``."""
 
+    where: str = field(init=False)
+    """The node's SIP address."""
+
     def __post_init__(self) -> None:
         self.id = f"node{self.k}"
+        self.where = f"{self.address}:5060"
 
     def start(self) -> None:
         """Start the node process, its output appended to its log."""
@@ -175,10 +179,6 @@ class LabNode(WatchedProcess):
                 stdout=logf, stderr=logf, cwd=ROOT)
         self.started = time.monotonic()
         self.reported = False
-
-    def where(self) -> str:
-        """The node's SIP address."""
-        return f"{self.address}:5060"
 
     def wait_ready(self, limit: float = READY_LIMIT) -> bool:
         """Wait (bounded) until the node answers OPTIONS with 200."""

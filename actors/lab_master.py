@@ -38,7 +38,7 @@ class LabMaster(WatchedProcess):
         self.root = root
         self.config = os.path.join(self.dir, "master.toml")
         self.log_path = os.path.join(self.dir, "master.log")
-        self.url = f"http://{base}:{MASTER_PORT}"
+        self.url = self.where = f"http://{base}:{MASTER_PORT}"
         self.proc: subprocess.Popen | None = None
         self.started = 0.0
         self.deaths = self.restarts = 0
@@ -101,10 +101,6 @@ class LabMaster(WatchedProcess):
                  self.config], stdout=logf, stderr=logf, cwd=self.root)
         self.started = time.monotonic()
         self.reported = False
-
-    def where(self) -> str:
-        """The dashboard's URL."""
-        return self.url
 
     def wait_ready(self, limit: float = 15.0) -> bool:
         """Wait (bounded) until the dashboard answers its login page."""

@@ -14,10 +14,8 @@ class WatchedProcess:
     deaths: int
     restarts: int
     last_exit: str
-
-    def where(self) -> str:
-        """The address it serves on, for ``run.py lab status``."""
-        raise NotImplementedError
+    where: str
+    """The address it serves on, for ``run.py lab status``."""
 
     def alive(self) -> bool:
         """Whether the process runs."""
@@ -37,7 +35,7 @@ class WatchedProcess:
     def status(self) -> dict:
         """JSON-ready state of the process for ``run.py lab status``."""
         up = self.alive()
-        return {"id": self.id, "address": self.where(), "running": up,
+        return {"id": self.id, "address": self.where, "running": up,
                 "uptime": round(time.monotonic() - self.started, 1) if up else 0.0,
                 "pid": self.proc.pid if up and self.proc else None,
                 "deaths": self.deaths, "restarts": self.restarts, "last_exit": self.last_exit}

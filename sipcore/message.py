@@ -131,6 +131,8 @@ class Message:
     """
 
     __slots__ = ("headers", "body", "_cache")
+    #: the request or status line, which ``Request`` and ``Response`` write
+    start_line: Callable[[], str]
 
     def __init__(self, headers: list[Field] | None = None, body: bytes = b""):
         self.headers = headers if headers is not None else []
@@ -362,10 +364,6 @@ class Message:
         return v
 
     # -- serialisation -------------------------------------------------------
-    def start_line(self) -> str:
-        """The request or status line (in the subclasses)."""
-        raise NotImplementedError
-
     def encode(self) -> bytes:
         """Serialise with a Content-Length that matches the body."""
         lines = [self.start_line()]

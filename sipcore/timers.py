@@ -15,6 +15,7 @@ cancellation. A timer that no longer applies is recognised when it fires
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum, IntEnum
 from operator import itemgetter
@@ -162,12 +163,8 @@ class TimerHandlers:
     _timers: TimerQueues
     _out: list[tuple[bytes, Any]]
     _t2: float
-
-    def _terminate(self, tx: Transaction) -> None:
-        raise NotImplementedError
-
-    def _timeout_tx(self, tx: Transaction, timer: Timer) -> None:
-        raise NotImplementedError
+    _terminate: Callable[[Transaction], None]
+    _timeout_tx: Callable[[Transaction, Timer], None]
 
     def handle_timer(self, now: float) -> None:
         """Fire every timer due at ``now``: retransmissions, timeouts, terminations."""
