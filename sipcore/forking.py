@@ -56,7 +56,7 @@ from .proxy import (ALLOW, DIALOG_METHODS, OPTIONS_FIELDS, STATELESS_PREFIX,
                     UNCHALLENGED, Branch,
                     BranchTarget, Context, Lookup, ProxySettings, best_response, branch_prefix,
                     branch_request, check_request, destinations, max_breadth,
-                    preprocess_route, sips_request, record_routes, route_next_hop, stateless_branch,
+                    preprocess_route, sips_request, route_next_hop, stateless_branch,
                     strip_our_via, target_groups,
                     trying_response)
 from .rfc3263 import Locator, Target
@@ -462,7 +462,7 @@ class ProxyCore:
             headers = [h[:] for h in req.headers]
             if inbound is not None:
                 headers[1:2] = [["record-route", "Record-Route", v]
-                                for v in record_routes(self.settings, req, inbound, dest[0])]
+                                for v in self.settings.record_routes(req, inbound, dest[0])]
             req = Request(req.method, req.uri, headers, req.body)
         branch.tries += 1
         self._seq += 1

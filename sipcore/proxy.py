@@ -161,6 +161,17 @@ class ProxySettings:
         of the dialog over it (§16.6, §19.1.1), and the dialog's token."""
         return f"{self._rr_starts[transport]}{self.dialog_token(req.call_id, req.from_.tag)}>"
 
+    def record_routes(self, req: Request, inbound: str, outbound: str) -> list[str]:
+        """The Record-Route values to put on top for ``req``, which came over ``inbound``
+        and leaves over ``outbound``: one when the legs share a transport, else two (RFC
+        5658 §4: the one facing the callee first, the one facing the caller below it),
+        with the dialog's token made once."""
+        end = f"{self.dialog_token(req.call_id, req.from_.tag)}>"
+        starts = self._rr_starts
+        if inbound == outbound:
+            return [starts[outbound] + end]
+        return [starts[outbound] + end, starts[inbound] + end]
+
     def is_record_route(self, route: str, req: Request) -> bool:
         """Whether ``route`` is, as we wrote it for any transport, the Record-Route of
         the dialog ``req`` is in (sent by either end: the caller's tag is in From or To)."""
@@ -495,16 +506,6 @@ def max_breadth(req: Request) -> int:
     if breadth == 0:
         raise SipError(440, "Max-Breadth Exceeded")
     return breadth
-
-
-def record_routes(settings: ProxySettings, req: Request, inbound: str,
-                  outbound: str) -> list[str]:
-    """The Record-Route values to put on top for ``req``, which came over ``inbound``
-    and leaves over ``outbound``: one when the legs share a transport, else two (RFC
-    5658 §4: the one facing the callee first, the one facing the caller below it)."""
-    if inbound == outbound:
-        return [settings.record_route(req, outbound)]
-    return [settings.record_route(req, outbound), settings.record_route(req, inbound)]
 
 
 def branch_request(req: Request, target: BranchTarget, record_route: str | None,
