@@ -763,6 +763,10 @@ INVALID_REQUESTS = [
      "folded line without a header"),
     ("nul-in-header", register(("User-Agent", "User-Agent: Tan\x00dem")), 400,
      "control character in a header line"),
+    ("nul-after-quoted-backslash", register(("To", 'To: "a\\\\\x00" <sip:alice@example.test>')), 400,
+     "control character in a header line"),
+    ("nul-quoted-outside-quotes", register(("User-Agent", "User-Agent: \\\x00")), 400,
+     "control character in a header line"),
     ("bare-lf-header-injection",
      register(("User-Agent", "User-Agent: x\nVia: SIP/2.0/UDP evil.test;branch=z9hG4bKevil")), 400,
      "control character in a header line"),
@@ -866,6 +870,14 @@ def test_malformed_response_is_dropped(start, rest, body):
     with pytest.raises(SipError) as exc:
         parse_message(build([start] + rest, body)).validate()
     assert exc.value.request is None
+
+
+def test_quoted_pair_nul_in_a_display_name():
+    # RFC 4475 §3.1.1.2: a quoted string may hold "\\" and a NUL; a NUL elsewhere is refused.
+    req = parse_message(register(("To", 'To: "a\\\x00b" <sip:alice@example.test>')))
+    req.validate()
+    assert req.to.name == "a\x00b"
+    assert parse_message(req.encode()).to.name == "a\x00b"
 
 
 # -- garbage never crashes ------------------------------------------------------
