@@ -98,9 +98,10 @@ def esc01(m):
 
 def escnull(m):
     assert m.to.uri.user == "null-%00-null"
-    # Two distinct contacts, neither cut short at its NUL.
+    # Two distinct contacts, neither cut short at its NUL; their binding keys keep
+    # the NULs escaped, for a store that refuses them (PostgreSQL does).
     keys = {c.uri.canonical() for c in m.contacts}
-    assert keys == {"sip:\x00@host5.example.com", "sip:\x00\x00@host5.example.com"}
+    assert keys == {"sip:%00@host5.example.com", "sip:%00%00@host5.example.com"}
 
 
 def esc02(m):
