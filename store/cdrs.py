@@ -212,7 +212,7 @@ def per_node(since: float) -> dict[str, dict[str, Any]]:
     return dict(sorted(out.items()))
 
 
-def _cell(value: Any) -> str:
+def csv_cell(value: Any) -> str:
     """A CSV cell that a spreadsheet will not run as a formula (OWASP CSV injection)."""
     text = "" if value is None else ";".join(value) if isinstance(value, list) else str(value)
     return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
@@ -224,5 +224,5 @@ def to_csv(cdrs: list[dict[str, Any]]) -> str:
     writer = csv.writer(out)
     writer.writerow(FIELDS)
     for cdr in cdrs:
-        writer.writerow([_cell(cdr[f]) for f in FIELDS])
+        writer.writerow([csv_cell(cdr[f]) for f in FIELDS])
     return out.getvalue()

@@ -137,7 +137,14 @@ class CdrCursor(MasterModel):
 
 
 MASTER_MODELS = (Setting, SipUser, ClusterNode, ConfigVersion, Admin, CallRecord, CdrCursor)
-"""Every master model, in table-creation order."""
+"""Every master model of this module, in table-creation order."""
+
+
+def master_models() -> tuple[type[MasterModel], ...]:
+    """Every table of the master's database: this module's and the modules' that
+    build on it (the audit log), which import this one and so are imported here late."""
+    from store.audit import AuditEntry
+    return (*MASTER_MODELS, AuditEntry)
 
 
 def init_master_store(url: str) -> peewee.Database:
@@ -145,7 +152,7 @@ def init_master_store(url: str) -> peewee.Database:
     db = open_database(url)
     master_db.initialize(db)
     try:
-        db.create_tables(MASTER_MODELS, safe=True)
+        db.create_tables(master_models(), safe=True)
     except peewee.DatabaseError as exc:
         raise StoreError("cannot create the master's tables: %s" % exc) from exc
     return db
