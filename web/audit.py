@@ -99,6 +99,7 @@ DESCRIBERS: dict[str, tuple[str, Describer]] = {
     "pages.drain_node": ("drain", _node),
     "api.drain_node": ("drain", _node),
     "auth.logout": ("logout", lambda: ("", {})),
+    "backups.download": ("backup downloaded", lambda: ("master", {})),
     "audit.retention": ("audit retention", _retention),
     "audit.api_retention": ("audit retention", _retention),
 }
