@@ -151,6 +151,14 @@ def test_damaged_or_forged_archives_are_refused_and_restore_nothing(data, tmp_pa
         manifest = json.loads(raw)
         manifest["files"]["../../evil"] = "0" * 64
         return json.dumps(manifest).encode()
+
+    def newer(name, raw):
+        return raw.replace(b'"schema": 2', b'"schema": 3') if name == "manifest.json" else raw
+    future = str(tmp_path / "future.tar.gz")
+    rewrite(path, future, newer)
+    with pytest.raises(archive.BackupError, match="newer than this release's 2"):
+        restore_backup(MasterSettings(data_dir=str(tmp_path / "n1"), database=data.database_url),
+                       future)
     forged = str(tmp_path / "forged.tar.gz")
     rewrite(path, forged, evil)
     restore_backup(MasterSettings(data_dir=str(tmp_path / "n2"), database=data.database_url),

@@ -29,7 +29,9 @@ from flask import Blueprint, current_app, render_template, send_file
 
 from store import backup as archive
 from store import master as ms
+from store import schema
 from store.files import make_private_dir, write_private
+from store.migrations import MASTER_MIGRATIONS
 
 from .auth import login_required
 from .pages import ActionForm
@@ -90,7 +92,8 @@ def make_backup(settings: MasterSettings, path: str, release: str = "") -> dict:
             files[CONFIG_NAME] = f.read()
     db = ms.master_db.obj
     manifest = archive.backup(path, db, ms.master_models(), files,
-                              {"release": release, "domain": ms.domain()})
+                              {"release": release, "domain": ms.domain(),
+                               "schema": schema.stored_version(db, "master")})
     log.info("backup of the master written to %s (%s)", path,
              ", ".join(f"{t} {v['rows']}" for t, v in manifest["tables"].items()))
     return manifest
@@ -102,6 +105,11 @@ def restore_backup(settings: MasterSettings, path: str) -> dict:
         raise SettingsError(f"{settings.data_dir} already holds a master (master.secret): "
                             "restore onto a fresh data directory")
     manifest = archive.read_manifest(path)
+    newest = schema.current_version(MASTER_MIGRATIONS)
+    if not isinstance(manifest.get("schema", 1), int) or manifest.get("schema", 1) > newest:
+        raise archive.BackupError(f"the archive holds master schema {manifest.get('schema')!r}, "
+                                  f"newer than this release's {newest}: restore it with the "
+                                  "release that made it")
     missing = {"master.public", "master.secret", "session.key"} - set(manifest["files"])
     if missing:
         raise archive.BackupError(f"the archive lacks {sorted(missing)}")
