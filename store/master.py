@@ -144,9 +144,10 @@ MASTER_MODELS = (Setting, SipUser, ClusterNode, ConfigVersion, Admin, CallRecord
 
 def master_models() -> tuple[type[MasterModel], ...]:
     """Every table of the master's database: this module's and the modules' that
-    build on it (the audit log), which import this one and so are imported here late."""
+    build on it (the audit log, alarms), which import this one and so are imported here late."""
+    from store.alarms import Alarm
     from store.audit import AuditEntry
-    return (*MASTER_MODELS, AuditEntry)
+    return (*MASTER_MODELS, AuditEntry, Alarm)
 
 
 def init_master_store(url: str) -> peewee.Database:

@@ -26,5 +26,11 @@ def _master_2_audit_log(migrator: SchemaMigrator, db: peewee.Database) -> None:
     db.create_tables([AuditEntry])
 
 
-MASTER_MIGRATIONS: tuple[Migration, ...] = (_master_2_audit_log,)
+def _master_3_alarms(migrator: SchemaMigrator, db: peewee.Database) -> None:
+    """The alarms' table (``store.alarms``)."""
+    from store.alarms import Alarm
+    db.create_tables([Alarm])
+
+
+MASTER_MIGRATIONS: tuple[Migration, ...] = (_master_2_audit_log, _master_3_alarms)
 """The master database's steps (``store.master``)."""

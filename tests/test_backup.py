@@ -15,8 +15,10 @@ import pytest
 
 from store import audit
 from store import backup as archive
+from store import schema
 from store import master as ms
 from store.db import open_database
+from store.migrations import MASTER_MIGRATIONS
 from tests.test_web import PASSWORD, Poked, login, token
 from web import create_app
 from web.backups import BackupPlan, BackupScheduler, make_backup, restore_backup
@@ -152,11 +154,15 @@ def test_damaged_or_forged_archives_are_refused_and_restore_nothing(data, tmp_pa
         manifest["files"]["../../evil"] = "0" * 64
         return json.dumps(manifest).encode()
 
+    now = schema.current_version(MASTER_MIGRATIONS)
+
     def newer(name, raw):
-        return raw.replace(b'"schema": 2', b'"schema": 3') if name == "manifest.json" else raw
+        if name != "manifest.json":
+            return raw
+        return raw.replace(b'"schema": %d' % now, b'"schema": %d' % (now + 1))
     future = str(tmp_path / "future.tar.gz")
     rewrite(path, future, newer)
-    with pytest.raises(archive.BackupError, match="newer than this release's 2"):
+    with pytest.raises(archive.BackupError, match=f"newer than this release's {now}"):
         restore_backup(MasterSettings(data_dir=str(tmp_path / "n1"), database=data.database_url),
                        future)
     forged = str(tmp_path / "forged.tar.gz")

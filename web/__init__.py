@@ -6,7 +6,8 @@ logout, the login limiter), ``pages`` (nodes, users, registrations, restart),
 records: the calls page, its CSV and ``/api/cdrs``),
 ``api`` (JSON under ``/api``, HTTP Basic), ``metrics`` (Prometheus) and
 ``audit`` (every admin action recorded: the audit page, its CSV, ``/api/audit``)
-and ``backups`` (a backup download; ``MASTER_SETTINGS`` names the data folder). Every
+``backups`` (a backup download; ``MASTER_SETTINGS`` names the data folder)
+and ``alarms`` (the alarms page and ``/api/alarms``). Every
 page and API call needs an admin; every form carries a CSRF token
 (Flask-WTF); the session cookie is HttpOnly and SameSite=Strict.
 ``app.extensions["pusher"]`` (optional) is poked on every configuration
@@ -40,9 +41,10 @@ def create_app(config: dict, pusher=None) -> Flask:
     app.config.update(config)
     csrf.init_app(app)
     app.extensions["pusher"] = pusher
-    from . import api, audit, auth, backups, calls, dns, metrics, pages
+    from . import alarms, api, audit, auth, backups, calls, dns, metrics, pages
     auth.init_app(app)
     audit.init_app(app)
+    alarms.init_app(app)
     app.register_blueprint(auth.bp)
     app.register_blueprint(pages.bp)
     app.register_blueprint(api.bp)
@@ -51,6 +53,7 @@ def create_app(config: dict, pusher=None) -> Flask:
     app.register_blueprint(calls.bp)
     app.register_blueprint(audit.bp)
     app.register_blueprint(backups.bp)
+    app.register_blueprint(alarms.bp)
     csrf.exempt(audit.api_retention)
     csrf.exempt(dns.api_set)
     csrf.exempt(api.bp)

@@ -4,7 +4,8 @@
 key pair and the first admin ``admin`` with a generated password, written
 to ``<data_dir>/admin-password`` (0600) and shown once on the terminal.
 Running opens the database, records the ``[[nodes]]`` of the configuration,
-starts the pusher, the call event collector and the backup schedule, and
+starts the pusher, the call event collector, the backup schedule and the
+alarm checker, and
 serves the dashboard with gevent's WSGI server until SIGTERM. ``backup FILE``
 and ``restore FILE`` write and restore an archive (``web.backups``).
 """
@@ -22,6 +23,7 @@ from store import master as ms
 from store.db import StoreError
 
 from . import create_app
+from .alarms import AlarmChecker, AlarmSettingsError, env_settings
 from .backups import BackupPlan, BackupScheduler, make_backup, restore_backup
 from .cdr_collector import CdrCollector
 from .push import Pusher
@@ -49,6 +51,10 @@ def init(settings) -> int:
 def serve(settings, release: str = "") -> int:
     """Run the dashboard and the pusher until SIGTERM or SIGINT."""
     plan = BackupPlan.of(settings)
+    try:
+        alarm_settings = env_settings(settings.alarms, settings.listen)
+    except AlarmSettingsError as e:
+        raise SettingsError(str(e)) from None
     ms.init_master_store(settings.database_url)
     for n in settings.nodes:
         ms.save_node(n["id"], n["sip"], n["control"], n["public_key"], n.get("bus", ""),
@@ -67,6 +73,8 @@ def serve(settings, release: str = "") -> int:
     collector.start()
     backups = BackupScheduler(settings, plan, release)
     backups.start()
+    alarms = AlarmChecker(alarm_settings, pusher.bus)
+    alarms.start()
     log.info("dashboard on http://%s, domain %s, %d nodes", settings.listen, ms.domain(),
              len(settings.nodes))
     stopped = Event()
@@ -75,6 +83,7 @@ def serve(settings, release: str = "") -> int:
     stopped.wait()
     server.stop(timeout=2)
     backups.stop()
+    alarms.stop()
     collector.stop()
     pusher.stop()
     ms.close_master_store()

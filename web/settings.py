@@ -18,7 +18,7 @@ dir = "backups"                 # relative to data_dir
 every = 86400                   # seconds between two; 0: none
 keep = 7                        # archives kept
 
-[alarms]                        # web.alarms
+[alarms]                        # webhook, smtp_*, thresholds: see web.alarms
 ```
 
 The master's own secrets live in ``data_dir``, each 0600: its CurveZMQ key
