@@ -286,3 +286,13 @@ def test_node_alarms_from_real_nodes_reach_the_webhook(tmp_path, hook):
         pusher.stop()
         ms.close_master_store()
         cluster.stop()
+
+
+def test_the_example_configuration_has_valid_backup_and_alarm_settings():
+    from web.alarms import env_settings
+    from web.backups import BackupPlan
+    from web.settings import load_settings
+    settings = load_settings("conf/master.example.toml")
+    assert BackupPlan.of(settings).keep == 7
+    alarms = env_settings(settings.alarms, settings.listen)
+    assert alarms.dashboard_url == "http://127.0.0.10:8080" and alarms.ban_storm == 20
