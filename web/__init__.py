@@ -7,7 +7,8 @@ records: the calls page, its CSV and ``/api/cdrs``),
 ``api`` (JSON under ``/api``, HTTP Basic), ``metrics`` (Prometheus) and
 ``audit`` (every admin action recorded: the audit page, its CSV, ``/api/audit``)
 ``backups`` (a backup download; ``MASTER_SETTINGS`` names the data folder)
-and ``alarms`` (the alarms page and ``/api/alarms``). Every
+``alarms`` (the alarms page and ``/api/alarms``) and ``bans`` (bans in force on
+every node, lifting one). Every
 page and API call needs an admin; every form carries a CSRF token
 (Flask-WTF); the session cookie is HttpOnly and SameSite=Strict.
 ``app.extensions["pusher"]`` (optional) is poked on every configuration
@@ -41,7 +42,7 @@ def create_app(config: dict, pusher=None) -> Flask:
     app.config.update(config)
     csrf.init_app(app)
     app.extensions["pusher"] = pusher
-    from . import alarms, api, audit, auth, backups, calls, dns, metrics, pages
+    from . import alarms, api, audit, auth, backups, bans, calls, dns, metrics, pages
     auth.init_app(app)
     audit.init_app(app)
     alarms.init_app(app)
@@ -54,6 +55,8 @@ def create_app(config: dict, pusher=None) -> Flask:
     app.register_blueprint(audit.bp)
     app.register_blueprint(backups.bp)
     app.register_blueprint(alarms.bp)
+    app.register_blueprint(bans.bp)
+    csrf.exempt(bans.api_lift)
     csrf.exempt(audit.api_retention)
     csrf.exempt(dns.api_set)
     csrf.exempt(api.bp)

@@ -81,6 +81,13 @@ def _node() -> tuple[str, dict]:
     return node, {}
 
 
+def _ban() -> tuple[str, dict]:
+    body = request.get_json(silent=True) if request.is_json else None
+    source = body if isinstance(body, dict) else request.form
+    kind, key = source.get("kind"), source.get("key")
+    return f"{str(kind)[:16]} {str(key)[:256]}", {}
+
+
 def _retention() -> tuple[str, dict]:
     return "audit retention", {"days": store.retention_days()}
 
@@ -100,6 +107,8 @@ DESCRIBERS: dict[str, tuple[str, Describer]] = {
     "api.drain_node": ("drain", _node),
     "auth.logout": ("logout", lambda: ("", {})),
     "backups.download": ("backup downloaded", lambda: ("master", {})),
+    "bans.lift_page": ("ban lifted", _ban),
+    "bans.api_lift": ("ban lifted", _ban),
     "audit.retention": ("audit retention", _retention),
     "audit.api_retention": ("audit retention", _retention),
 }
