@@ -135,6 +135,8 @@ def _describe(endpoint: str) -> tuple[str, str, dict]:
 def _before() -> None:
     if request.method not in CHANGING or request.endpoint in NOT_ACTIONS:
         return
+    if not session.get("admin") and request.authorization is None:
+        return  # not signed in: the view refuses it, and no state is read for it
     g.audit_actor = session.get("admin")
     g.audit_flashes = len(session.get("_flashes", []))  # earlier ones await a page view
     try:

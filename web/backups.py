@@ -46,6 +46,8 @@ SECRET_FILES = ("master.public", "master.secret", "session.key", "admin-password
 CONFIG_NAME = "master.toml"
 """The configuration file's name inside an archive."""
 RESTORED_CONFIG = "restored-master.toml"
+FIRST_DELAY = 60.0
+"""Seconds after the start before the first scheduled archive when there is none yet."""
 NAME = re.compile(r"^master-\d{8}T\d{6}Z\.tar\.gz$")
 """Scheduled archives' names (only these are pruned)."""
 
@@ -160,8 +162,8 @@ class BackupScheduler:
 
     def _due_in(self, now: float) -> float:
         names = scheduled(self.plan)
-        if not names:
-            return 0.0
+        if not names:  # the first one soon, but not in the middle of the master's start
+            return min(self.plan.every, FIRST_DELAY)
         last = os.path.getmtime(os.path.join(self.plan.dir, names[-1]))
         return max(0.0, last + self.plan.every - now)
 
