@@ -11,6 +11,7 @@ import sys
 import tarfile
 import time
 
+import gevent
 import pytest
 
 from store import audit
@@ -310,3 +311,30 @@ def test_master_restored_onto_a_new_data_folder_is_accepted_by_the_node(tmp_path
             p.terminate()
             p.wait(10)
         cluster.stop()
+
+
+def test_a_scheduled_backup_leaves_the_masters_loop_running(data, tmp_path):
+    rows = [{"call_id": f"c{i}", "caller": "a", "callee": "b", "started_at": float(i),
+             "outcome": "completed"} for i in range(40_000)]
+    with ms.master_db.atomic():
+        for chunk in range(0, len(rows), 100):
+            ms.CallRecord.insert_many(rows[chunk:chunk + 100]).execute()
+    data.backup = {"every": 3600, "keep": 1}
+    scheduler = BackupScheduler(data, BackupPlan.of(data))
+    gaps, running = [], [True]
+
+    def tick():
+        last = time.monotonic()
+        while running[0]:
+            gevent.sleep(0.01)
+            now = time.monotonic()
+            gaps.append(now - last)
+            last = now
+    ticker = gevent.spawn(tick)
+    started = time.monotonic()
+    path = scheduler.run_once(time.time())
+    took = time.monotonic() - started
+    running[0] = False
+    ticker.join(2)
+    assert archive.read_manifest(path)["tables"]["master_cdrs"]["rows"] == 40_000
+    assert took > 0.5 and gaps and max(gaps) < took / 2, (took, gaps[-5:])
