@@ -40,6 +40,10 @@ MAX_FILE = 1 << 20
 """Bytes a key or configuration file of the archive may have."""
 CHUNK = 500
 """Rows inserted per statement on restore."""
+MAX_MEMBERS = 1000
+"""Members an archive may have (ours have one per table and file)."""
+MAX_ROW = 1 << 20
+"""Bytes one row of a table may take in the archive."""
 
 
 class BackupError(StoreError):
@@ -114,25 +118,36 @@ def read_manifest(path: str) -> dict[str, Any]:
     """The archive's manifest, checked to be one of ours."""
     try:
         with tarfile.open(path, "r:gz") as tar:
-            return _manifest(tar)
+            return _manifest(_Reader(tar))
     except (OSError, tarfile.TarError, EOFError) as e:
         raise BackupError(f"{path} is not a readable backup archive: {e}") from None
 
 
-def _member(tar: tarfile.TarFile, name: str, limit: int | None) -> IO[bytes]:
-    try:
-        info = tar.getmember(name)
-    except KeyError:
-        raise BackupError(f"the archive has no {name}") from None
+class _Reader:
+    """An archive open for reading, with its members indexed by name (a bounded number)."""
+
+    def __init__(self, tar: tarfile.TarFile):
+        self.tar = tar
+        self.members: dict[str, tarfile.TarInfo] = {}
+        for k, info in enumerate(tar):
+            if k >= MAX_MEMBERS:
+                raise BackupError(f"the archive has more than {MAX_MEMBERS} members: not ours")
+            self.members[info.name] = info
+
+
+def _member(reader: _Reader, name: str, limit: int | None) -> IO[bytes]:
+    info = reader.members.get(name)
+    if info is None:
+        raise BackupError(f"the archive has no {name}")
     if not info.isfile() or (limit is not None and info.size > limit):
         raise BackupError(f"{name} in the archive is not a file of at most {limit} bytes")
-    data = tar.extractfile(info)
+    data = reader.tar.extractfile(info)
     if data is None:
         raise BackupError(f"{name} in the archive cannot be read")
     return data
 
 
-def _manifest(tar: tarfile.TarFile) -> dict[str, Any]:
+def _manifest(tar: _Reader) -> dict[str, Any]:
     try:
         manifest = json.loads(_member(tar, "manifest.json", MAX_MANIFEST).read())
     except ValueError:
@@ -154,7 +169,8 @@ def restore(path: str, db: peewee.Database, models: Iterable[type[peewee.Model]]
     or nothing; return the manifest and the named files (checked against their digests)."""
     models = list(models)
     try:
-        with tarfile.open(path, "r:gz") as tar:
+        with tarfile.open(path, "r:gz") as opened:
+            tar = _Reader(opened)
             manifest = _manifest(tar)
             files = {}
             for name in file_names:
@@ -176,7 +192,7 @@ def restore(path: str, db: peewee.Database, models: Iterable[type[peewee.Model]]
     return manifest, files
 
 
-def _load_table(tar: tarfile.TarFile, db: peewee.Database, model: type[peewee.Model],
+def _load_table(tar: _Reader, db: peewee.Database, model: type[peewee.Model],
                 tables: dict[str, Any]) -> None:
     name = model._meta.table_name
     expected = tables.get(name)
@@ -184,7 +200,10 @@ def _load_table(tar: tarfile.TarFile, db: peewee.Database, model: type[peewee.Mo
         return
     known = set(model._meta.columns)
     digest, count, batch = hashlib.sha256(), 0, []
-    for line in _member(tar, f"db/{name}.jsonl", None):
+    stream = _member(tar, f"db/{name}.jsonl", None)
+    while line := stream.readline(MAX_ROW + 1):
+        if len(line) > MAX_ROW:
+            raise BackupError(f"db/{name}.jsonl has a row over {MAX_ROW} bytes: not ours")
         digest.update(line)
         try:
             row = json.loads(line)

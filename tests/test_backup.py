@@ -184,6 +184,31 @@ def test_damaged_or_forged_archives_are_refused_and_restore_nothing(data, tmp_pa
                                           database=data.database_url), wrong)
 
 
+def test_an_archive_of_one_huge_row_or_countless_members_is_refused(data, tmp_path):
+    path = str(tmp_path / "b.tar.gz")
+    make_backup(data, path)
+    ms.close_master_store()
+    fresh(data.database_url)
+
+    def huge_row(name, raw):  # 4 MiB without a newline: compresses to almost nothing
+        return b"x" * (4 * archive.MAX_ROW) if name == "db/master_users.jsonl" else raw
+    bomb = str(tmp_path / "bomb.tar.gz")
+    rewrite(path, bomb, huge_row)
+    assert os.path.getsize(bomb) < 100_000
+    target = MasterSettings(data_dir=str(tmp_path / "n"), database=data.database_url)
+    with pytest.raises(archive.BackupError, match="row over"):
+        restore_backup(target, bomb)
+    many = str(tmp_path / "many.tar.gz")
+    with tarfile.open(path, "r:gz") as src, tarfile.open(many, "w:gz") as dst:
+        for k in range(archive.MAX_MEMBERS + 1):
+            dst.addfile(tarfile.TarInfo(f"junk/{k}"), io.BytesIO(b""))
+        for info in src.getmembers():
+            dst.addfile(info, src.extractfile(info))
+    with pytest.raises(archive.BackupError, match="more than"):
+        restore_backup(target, many)
+    assert ms.count_users() == 0
+
+
 def test_schedule_keeps_the_newest_archives_only(data, tmp_path):
     data.backup = {"every": 3600, "keep": 2}
     plan = BackupPlan.of(data)
