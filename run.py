@@ -127,6 +127,7 @@ def cmd_master(args) -> int:
     """Set up or run the configuration master (the dashboard)."""
     from web.serve import cmd_master as run_master
     setup_logging("INFO", "master")
+    args.release = __version__
     return run_master(args)
 
 
@@ -152,10 +153,14 @@ def main(argv=None) -> int:
     imp = usub.add_parser("import", help="import users from a CSV (username,password)")
     imp.add_argument("file")
     user.set_defaults(func=cmd_user)
-    master = sub.add_parser("master", help="run the configuration master (or: master init)")
-    master.add_argument("action", nargs="?", default="run", choices=("run", "init"),
+    master = sub.add_parser("master", help="run the configuration master (or: master init, "
+                            "master backup FILE, master restore FILE)")
+    master.add_argument("action", nargs="?", default="run",
+                        choices=("run", "init", "backup", "restore"),
                         help="run the dashboard (default), or set up its data folder, "
-                             "database, key pair and admin account")
+                             "database, key pair and admin account, or write an archive of "
+                             "the master (while it runs) or restore one onto a fresh data folder")
+    master.add_argument("file", nargs="?", help="with backup or restore: the archive")
     master.add_argument("--config", required=True, help="master configuration (TOML)")
     master.set_defaults(func=cmd_master)
     keys = sub.add_parser("keys", help="make a CurveZMQ key pair")

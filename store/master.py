@@ -20,6 +20,8 @@ import peewee
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from store.db import StoreError, open_database
+from store.migrations import MASTER_MIGRATIONS
+from store.schema import migrate
 from store.users import compute_ha1s, validate_domain, validate_username
 
 log = logging.getLogger(__name__)
@@ -137,17 +139,23 @@ class CdrCursor(MasterModel):
 
 
 MASTER_MODELS = (Setting, SipUser, ClusterNode, ConfigVersion, Admin, CallRecord, CdrCursor)
-"""Every master model, in table-creation order."""
+"""Every master model of this module, in table-creation order."""
+
+
+def master_models() -> tuple[type[MasterModel], ...]:
+    """Every table of the master's database: this module's and the modules' that
+    build on it (the audit log, alarms), which import this one and so are imported here late."""
+    from store.alarms import Alarm
+    from store.audit import AuditEntry
+    return (*MASTER_MODELS, AuditEntry, Alarm)
 
 
 def init_master_store(url: str) -> peewee.Database:
-    """Open the master's database at ``url``, bind the models, create missing tables."""
+    """Open the master's database at ``url``, bind the models, create missing tables
+    (an older schema migrates forward: ``store.schema``)."""
     db = open_database(url)
     master_db.initialize(db)
-    try:
-        db.create_tables(MASTER_MODELS, safe=True)
-    except peewee.DatabaseError as exc:
-        raise StoreError("cannot create the master's tables: %s" % exc) from exc
+    migrate(db, "master", master_models(), MASTER_MIGRATIONS)
     return db
 
 

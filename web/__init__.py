@@ -4,7 +4,11 @@
 logout, the login limiter), ``pages`` (nodes, users, registrations, restart),
 ``dns`` (SRV weights, the zone, a BIND export), ``calls`` (call detail
 records: the calls page, its CSV and ``/api/cdrs``),
-``api`` (JSON under ``/api``, HTTP Basic) and ``metrics`` (Prometheus). Every
+``api`` (JSON under ``/api``, HTTP Basic), ``metrics`` (Prometheus) and
+``audit`` (every admin action recorded: the audit page, its CSV, ``/api/audit``)
+``backups`` (a backup download; ``MASTER_SETTINGS`` names the data folder)
+``alarms`` (the alarms page and ``/api/alarms``) and ``bans`` (bans in force on
+every node, lifting one). Every
 page and API call needs an admin; every form carries a CSRF token
 (Flask-WTF); the session cookie is HttpOnly and SameSite=Strict.
 ``app.extensions["pusher"]`` (optional) is poked on every configuration
@@ -38,14 +42,22 @@ def create_app(config: dict, pusher=None) -> Flask:
     app.config.update(config)
     csrf.init_app(app)
     app.extensions["pusher"] = pusher
-    from . import api, auth, calls, dns, metrics, pages
+    from . import alarms, api, audit, auth, backups, bans, calls, dns, metrics, pages
     auth.init_app(app)
+    audit.init_app(app)
+    alarms.init_app(app)
     app.register_blueprint(auth.bp)
     app.register_blueprint(pages.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(metrics.bp)
     app.register_blueprint(dns.bp)
     app.register_blueprint(calls.bp)
+    app.register_blueprint(audit.bp)
+    app.register_blueprint(backups.bp)
+    app.register_blueprint(alarms.bp)
+    app.register_blueprint(bans.bp)
+    csrf.exempt(bans.api_lift)
+    csrf.exempt(audit.api_retention)
     csrf.exempt(dns.api_set)
     csrf.exempt(api.bp)
     return app
