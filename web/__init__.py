@@ -4,7 +4,8 @@
 logout, the login limiter), ``pages`` (nodes, users, registrations, restart),
 ``dns`` (SRV weights, the zone, a BIND export), ``calls`` (call detail
 records: the calls page, its CSV and ``/api/cdrs``),
-``api`` (JSON under ``/api``, HTTP Basic) and ``metrics`` (Prometheus). Every
+``api`` (JSON under ``/api``, HTTP Basic), ``join`` (join tokens, ``/api/join``
+with a token only, node removal) and ``metrics`` (Prometheus). Every
 page and API call needs an admin; every form carries a CSRF token
 (Flask-WTF); the session cookie is HttpOnly and SameSite=Strict.
 ``app.extensions["pusher"]`` (optional) is poked on every configuration
@@ -38,7 +39,7 @@ def create_app(config: dict, pusher=None) -> Flask:
     app.config.update(config)
     csrf.init_app(app)
     app.extensions["pusher"] = pusher
-    from . import api, auth, calls, dns, metrics, pages
+    from . import api, auth, calls, dns, join, metrics, pages
     auth.init_app(app)
     app.register_blueprint(auth.bp)
     app.register_blueprint(pages.bp)
@@ -46,6 +47,10 @@ def create_app(config: dict, pusher=None) -> Flask:
     app.register_blueprint(metrics.bp)
     app.register_blueprint(dns.bp)
     app.register_blueprint(calls.bp)
+    app.register_blueprint(join.bp)
+    csrf.exempt(join.api_join)
+    csrf.exempt(join.api_token)
+    csrf.exempt(join.api_remove)
     csrf.exempt(dns.api_set)
     csrf.exempt(api.bp)
     return app
