@@ -21,7 +21,7 @@ from store.models import get_state, set_state
 from store.users import replace_users
 
 from .bus import BusError
-from .membership import MembershipError, parse_peers, store_peers
+from .membership import MembershipError, follow_peers, parse_peers, store_peers
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def attach_config_sync(node) -> ConfigSync | None:
     if control is None:
         return None
     sync = ConfigSync(node.cfg.domain, node.users.reload, node.cfg.id,
-                      node.replicator.set_peers)
+                      lambda peers: follow_peers(node, peers))
     control.handle("config", sync.apply)
     control.handle("config_version", sync.version)
     return sync

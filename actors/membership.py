@@ -8,17 +8,20 @@ in its state (``cluster_peers``), so after a restart it starts with the
 peers of the last version it got rather than those of its file
 (``use_stored_peers``), and hands it to the replicator
 (``Replicator.set_peers``), which connects to a new peer's bus, drops a
-removed one and changes the keys its bus accepts, without a restart.
+removed one and changes the keys its bus accepts, without a restart; the
+registrar and the proxy learn the cluster's SIP addresses anew
+(``follow_peers``), so a Contact pointing at a new node is refused too.
 A push without ``peers`` leaves the peers as they are.
 """
 
+import dataclasses
 import logging
 import re
 
 from store.models import get_state, set_state
 
 from .bus import BusError, check_key
-from .config import ConfigError, NodeConfig, Peer, _sip_address
+from .config import ConfigError, NodeConfig, Peer, _sip_address, cluster_addresses
 
 log = logging.getLogger(__name__)
 
@@ -88,3 +91,16 @@ def use_stored_peers(cfg: NodeConfig) -> bool:
     log.info("peers from the master's last configuration: %s",
              ", ".join(p.id for p in cfg.peers) or "none")
     return True
+
+
+def follow_peers(node, peers: list[Peer]) -> None:
+    """Apply a pushed peer list to a running node: the replicator's peers, and the
+    cluster addresses its registrar and proxy check Contacts and Froms against."""
+    node.replicator.set_peers(peers)
+    transport = node.transport
+    addresses = cluster_addresses(dataclasses.replace(node.cfg, peers=list(peers)),
+                                  transport.port if transport is not None else None)
+    if node.registrar is not None:
+        node.registrar.rules.cluster = addresses
+    if node.proxy is not None:
+        node.proxy.core.settings.addresses = addresses

@@ -246,6 +246,13 @@ def test_second_node_joins_and_both_replicate_without_a_restart(cluster):
     assert registered(node2, "bob", "bob-pw"), node2.log_tail()
     assert wait(lambda: cluster.holds(node1, "bob"), CONVERGE), "node2's binding on node1"
     assert node1.proc.pid == pid and node1.alive(), "node1 was not restarted"
+    looped = subprocess.run(["sipsak", "-U", "-C", f"sip:bob@{node2.address}:{node2.port}",
+                             "-s", f"sip:bob@{node1.address}:{node1.port}", "-u", "bob",
+                             "-a", "bob-pw", "-i", "-x", "120", "-v"],
+                            capture_output=True, text=True, timeout=30)
+    said = looped.stdout + looped.stderr
+    assert "SIP/2.0 403" in said and "completed successful" not in said, \
+        "node1 knows node2's SIP address: a Contact pointing at it is refused"
 
 
 def test_a_spent_token_is_refused(cluster):
