@@ -10,193 +10,24 @@ spent token is refused, node1 restarted keeps the peers the master gave
 it, and node2 removed is cut off the bus and leaves the zone.
 """
 
-import base64
-import json
 import os
-import re
-import socket
 import subprocess
-import sys
 import time
-import urllib.request
 
 import pytest
 
-from actors.bus import Bus, BusError, request
-from actors.lab import options_ping
-from loadtest.harness import ROOT, free_port
-from store.files import write_private
+from tests.joined import JoinedNode, Master, run_py, wait
 from tests.test_master_push import registered
 
-ADDRESS = "127.0.0.1"
-READY = 20.0
-"""Bound on a process answering (seconds)."""
 CONVERGE = 15.0
 """Bound on a membership change or a registration reaching the other node (seconds)."""
 
 
-def run_py(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, os.path.join(ROOT, "run.py"), *args],
-                          capture_output=True, text=True, timeout=timeout, cwd=ROOT)
-
-
-def bus_ports() -> int:
-    """The first of three consecutive ports free on ``ADDRESS``."""
-    for _ in range(100):
-        base = free_port(ADDRESS)
-        try:
-            for port in (base + 1, base + 2):
-                with socket.socket() as s:
-                    s.bind((ADDRESS, port))
-        except OSError:
-            continue
-        return base
-    raise RuntimeError("no three free ports")
-
-
-def wait(cond, timeout: float, step: float = 0.05):
-    """Poll ``cond`` until it is true or ``timeout`` passes; return its last value."""
-    deadline = time.monotonic() + timeout
-    while not (value := cond()) and time.monotonic() < deadline:
-        time.sleep(step)
-    return value
-
-
-class Proc:
-    """One ``run.py`` process with its output in a log file."""
-
-    def __init__(self, args: list[str], log_path: str):
-        self.args, self.log_path, self.proc = args, log_path, None
-
-    def start(self) -> "Proc":
-        with open(self.log_path, "ab") as logf:
-            self.proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "run.py"),
-                                          *self.args], stdout=logf, stderr=logf, cwd=ROOT)
-        return self
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def stop(self) -> None:
-        if self.alive():
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-
-    def log_tail(self, n: int = 40) -> str:
-        with open(self.log_path, errors="replace") as f:
-            return "".join(f.readlines()[-n:])
-
-
-class JoinedNode(Proc):
-    """A node made by ``run.py node join`` (its configuration is the join's)."""
-
-    def __init__(self, work: str, name: str):
-        self.dir = os.path.join(work, name)
-        self.address, self.port, self.bus_port = ADDRESS, free_port(ADDRESS), bus_ports()
-        self.config = os.path.join(self.dir, "node.toml")
-        self.id = ""
-        self.control = f"tcp://{ADDRESS}:{self.bus_port + 2}"
-        os.makedirs(self.dir, exist_ok=True)
-        super().__init__(["node", "--config", self.config], os.path.join(self.dir, "out.log"))
-
-    def join(self, url: str, token: str) -> subprocess.CompletedProcess:
-        return run_py("node", "join", "--master", url, "--token", token, "--address",
-                      self.address, "--data", self.dir, "--port", str(self.port),
-                      "--bus-port", str(self.bus_port))
-
-    def public_key(self) -> str:
-        with open(os.path.join(self.dir, "bus.public")) as f:
-            return f.read().strip()
-
-    def start(self) -> "JoinedNode":
-        super().start()
-        if not wait(lambda: not self.alive() or options_ping(self.address, self.port, 0.2),
-                    READY) or not self.alive():
-            raise RuntimeError(f"node in {self.dir} not up: {self.log_tail()}")
-        return self
-
-
-class Cluster:
-    """The master process, its joined nodes, and a control client with the master's key."""
-
-    def __init__(self, work: str):
-        self.work = work
-        self.port = free_port(ADDRESS)
-        self.url = f"http://{ADDRESS}:{self.port}"
-        self.data = os.path.join(work, "master")
-        self.config = os.path.join(work, "master.toml")
-        write_private(self.config, f'[master]\nlisten = "{ADDRESS}:{self.port}"\n'
-                                   f'data_dir = "{self.data}"\ndomain = "example.test"\n'
-                                   'push_interval = 0.3\njoin_token_ttl = 600\n')
-        self.master = Proc(["master", "--config", self.config],
-                           os.path.join(work, "master.log"))
-        self.bus: Bus | None = None
-        self.nodes: dict[str, JoinedNode] = {}
-
-    def secret(self, name: str) -> str:
-        with open(os.path.join(self.data, name)) as f:
-            return f.read().strip()
-
-    def api(self, method: str, path: str, body: dict | None = None) -> dict:
-        auth = base64.b64encode(f"admin:{self.secret('admin-password')}".encode()).decode()
-        req = urllib.request.Request(self.url + path, method=method,
-                                     data=json.dumps(body).encode() if body else None,
-                                     headers={"Authorization": f"Basic {auth}",
-                                              "Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return json.loads(r.read())
-
-    def ask(self, node: JoinedNode, cmd: str, **args) -> dict:
-        if self.bus is None:
-            self.bus = Bus(self.secret("master.public"), self.secret("master.secret"), "test")
-        return request(self.bus, node.control, node.public_key(), {"cmd": cmd, **args}, 2.0)
-
-    def status(self, node: JoinedNode) -> dict | None:
-        try:
-            return self.ask(node, "status", brief=True)
-        except BusError:
-            return None
-
-    def holds(self, node: JoinedNode, user: str) -> bool:
-        try:
-            found = self.ask(node, "bindings", user=f"sip:{user}@")
-        except BusError:
-            return False
-        return any(b["aor"].startswith(f"sip:{user}@") for b in found["bindings"])
-
-    def close(self) -> None:
-        for node in self.nodes.values():
-            node.stop()
-        self.master.stop()
-        if self.bus is not None:
-            self.bus.close()
-
-
-def token_of(output: str) -> str:
-    found = re.search(r"--token (\S+)", output)
-    assert found, output
-    return found.group(1)
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    c = Cluster(str(tmp_path_factory.mktemp("join")))
-    init = run_py("master", "init", "--config", c.config)
-    assert init.returncode == 0, init.stderr
-    c.first_token = token_of(init.stdout)
-    c.master.start()
+    c = Master(str(tmp_path_factory.mktemp("join")))
     try:
-        def ready():
-            try:
-                with urllib.request.urlopen(c.url + "/login", timeout=1) as r:
-                    return r.status == 200
-            except OSError:
-                return False
-        assert wait(ready, READY), c.master.log_tail()
+        c.init_and_start()
         yield c
     finally:
         c.close()
@@ -225,10 +56,8 @@ def test_first_node_joins_with_the_token_init_printed(cluster):
 def test_second_node_joins_and_both_replicate_without_a_restart(cluster):
     node1 = cluster.nodes["node1"]
     pid = node1.proc.pid
-    out = run_py("master", "token", "--config", cluster.config)
-    assert out.returncode == 0, out.stderr
     node2 = cluster.nodes["node2"] = JoinedNode(cluster.work, "node2")
-    joined = node2.join(cluster.url, token_of(out.stdout))
+    joined = node2.join(cluster.url, cluster.token())
     assert joined.returncode == 0, joined.stderr
     assert "node2 joined example.test with 1 peers" in joined.stdout
     started = time.monotonic()
@@ -256,8 +85,7 @@ def test_second_node_joins_and_both_replicate_without_a_restart(cluster):
 
 
 def test_a_spent_token_is_refused(cluster):
-    out = run_py("master", "token", "--config", cluster.config)
-    token = token_of(out.stdout)
+    token = cluster.token()
     node3 = JoinedNode(cluster.work, "node3")
     assert node3.join(cluster.url, token).returncode == 0
     again = JoinedNode(cluster.work, "node3b").join(cluster.url, token)
