@@ -145,11 +145,19 @@ class Master:
         self.first_token = ""
 
     def init_and_start(self) -> "Master":
-        """``run.py master init`` (keeping its token), then the master until it answers."""
+        """``init``, then ``start``."""
+        return self.init().start()
+
+    def init(self) -> "Master":
+        """``run.py master init``, keeping the join token it prints."""
         init = run_py("master", "init", "--config", self.config, prefix=self.master.prefix)
         if init.returncode:
             raise RuntimeError(f"master init failed: {init.stderr}")
         self.first_token = token_of(init.stdout)
+        return self
+
+    def start(self) -> "Master":
+        """Run the master until it answers its login page (bounded)."""
         self.master.start()
 
         def ready():
