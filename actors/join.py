@@ -53,7 +53,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--master", help="with join: the master's URL, e.g. "
                         "https://master.example.test")
     parser.add_argument("--token", help="with join: a join token from the master "
-                        "(`run.py master token`, or the dashboard's Nodes page)")
+                        "(`run.py master token`, or the dashboard's Nodes page); `-` reads "
+                        "it from stdin, out of sight of ps")
     parser.add_argument("--address", help="with join: this node's IP address (default: "
                         "the one this host uses to reach the master)")
     parser.add_argument("--data", default=DEFAULT_DATA, help="with join: the node's data "
@@ -154,6 +155,7 @@ def cmd_join(args) -> tuple[int, str]:
 def _join(args) -> str:
     if not args.master or not args.token:
         raise JoinFailed("node join needs --master URL and --token TOKEN")
+    token = sys.stdin.readline(200).strip() if args.token == "-" else args.token
     if urllib.parse.urlsplit(args.master).scheme not in ("http", "https"):
         raise JoinFailed(f"--master must be an http:// or https:// URL, not {args.master!r}")
     address = args.address or _local_address(args.master)
@@ -174,7 +176,7 @@ def _join(args) -> str:
     ends = [f"tcp://{host}:{args.bus_port + k}" for k in range(3)]
     me = Member(args.id or "joining", ends[0], ends[1], ends[2], public, secret,
                 sip=f"{host}:{args.port}")
-    reply = post_join(args.master, {"token": args.token, "id": args.id, "sip": me.sip,
+    reply = post_join(args.master, {"token": token, "id": args.id, "sip": me.sip,
                                     "bus": me.pub, "snapshot": me.snapshot,
                                     "control": me.control, "public_key": public})
     text = node_toml(me, reply, data, address, args.port)

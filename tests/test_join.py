@@ -12,10 +12,12 @@ it, and node2 removed is cut off the bus and leaves the zone.
 
 import os
 import subprocess
+import sys
 import time
 
 import pytest
 
+from loadtest.harness import ROOT
 from tests.joined import JoinedNode, Master, run_py, wait
 from tests.test_master_push import registered
 
@@ -92,6 +94,14 @@ def test_a_spent_token_is_refused(cluster):
     assert again.returncode == 1 and "already used" in again.stderr, again.stderr
     forged = JoinedNode(cluster.work, "node3c").join(cluster.url, "forged-token")
     assert forged.returncode == 1 and "unknown" in forged.stderr
+    node4 = JoinedNode(cluster.work, "node4")
+    stdin = subprocess.run([sys.executable, os.path.join(ROOT, "run.py"), "node", "join",
+                            "--master", cluster.url, "--token", "-", "--address",
+                            node4.address, "--data", node4.dir, "--port", str(node4.port),
+                            "--bus-port", str(node4.bus_port)], input=cluster.token() + "\n",
+                           capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert stdin.returncode == 0 and "node4 joined" in stdin.stdout, stdin.stderr
+    assert run_py("master", "node", "remove", "node4", "--config", cluster.config).returncode == 0
     removed = run_py("master", "node", "remove", "node3", "--config", cluster.config)
     assert removed.returncode == 0, removed.stderr
     assert [n["node_id"] for n in cluster.api("GET", "/api/nodes")["nodes"]] == ["node1",
