@@ -230,7 +230,7 @@ class Replicator:
         for peer in removed:
             g, sock = self._subscribers.pop(peer, (None, None))
             if g is not None:
-                g.kill(block=False)
+                g.kill(block=True, timeout=1)  # out of its recv before its socket closes
                 bus.close_socket(sock)
             self.core.remove_peer(peer)
             del self.peers[peer]
@@ -249,7 +249,12 @@ class Replicator:
         the peers reconnect within ``reconnect_ivl`` through the ZAP handler, a removed
         key is refused, and what was in flight shows as a gap (then a snapshot)."""
         endpoint = self._pub_endpoint
-        sock.unbind(endpoint)
+        try:
+            sock.unbind(endpoint)
+        except busmod.zmq.ZMQError as e:
+            log.warning("cannot drop the connections to %s (%s): a removed peer keeps "
+                        "receiving until it disconnects", endpoint, e)
+            return
         deadline = self.monotonic() + 5.0
         while True:
             try:
