@@ -101,7 +101,18 @@ def test_a_spent_token_is_refused(cluster):
                             "--bus-port", str(node4.bus_port)], input=cluster.token() + "\n",
                            capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert stdin.returncode == 0 and "node4 joined" in stdin.stdout, stdin.stderr
+    # `node join --start` joins, then runs the node it made.
     assert run_py("master", "node", "remove", "node4", "--config", cluster.config).returncode == 0
+    node5 = JoinedNode(cluster.work, "node5")
+    node5.args = ["node", "join", "--master", cluster.url, "--token", cluster.token(),
+                  "--address", node5.address, "--data", node5.dir, "--port", str(node5.port),
+                  "--bus-port", str(node5.bus_port), "--id", "node5", "--start"]
+    try:
+        node5.start()
+        assert wait(lambda: (cluster.status(node5) or {}).get("state") == "synced", CONVERGE)
+    finally:
+        node5.stop()
+    assert run_py("master", "node", "remove", "node5", "--config", cluster.config).returncode == 0
     removed = run_py("master", "node", "remove", "node3", "--config", cluster.config)
     assert removed.returncode == 0, removed.stderr
     assert [n["node_id"] for n in cluster.api("GET", "/api/nodes")["nodes"]] == ["node1",
