@@ -152,6 +152,9 @@ def test_a_removed_node_is_cut_off_the_bus_and_leaves_the_zone(cluster):
     zone = cluster.api("GET", "/api/dns")["zone"]
     assert "node2.example.test." not in zone and "node1.example.test." in zone
     assert node1.proc.pid == pid and registered(node1, "bob", "bob-pw")
+    listed = run_py("master", "node", "list", "--config", cluster.config)
+    assert listed.returncode == 0 and listed.stdout.startswith("node1\t")
+    assert "node2" not in listed.stdout
 
 
 def _origins(cluster, node, user: str) -> set[str]:

@@ -193,10 +193,20 @@ def test_removal_takes_the_node_out_of_the_push_and_the_zone(app):
     assert c.delete("/api/nodes/node2", headers=basic()).status_code == 404
 
 
-def test_no_peers_are_pushed_while_a_node_lacks_its_bus_endpoints(app):
-    assert post(app.test_client(), request_for(1, jt.make_token(600)[0])).status_code == 201
-    ms.save_node("static", "192.0.2.50:5060", "tcp://192.0.2.50:7003", generate_keypair()[0])
+def test_no_peers_are_pushed_and_no_node_joins_while_a_node_lacks_its_bus_endpoints(app):
+    c = app.test_client()
+    assert post(c, request_for(1, jt.make_token(600)[0])).status_code == 201
+    key = generate_keypair()[0]
+    ms.save_node("static", "192.0.2.50:5060", "tcp://192.0.2.50:7003", key)
     assert "peers" not in ms.config_for(ms.current_version())
+    tok, _ = jt.make_token(600)
+    r = post(c, request_for(2, tok))
+    assert r.status_code == 409 and "bus and snapshot" in r.json["error"]
+    assert len(ms.list_nodes()) == 2
+    ms.save_node("static", "192.0.2.50:5060", "tcp://192.0.2.50:7003", key,
+                 "tcp://192.0.2.50:7001", snapshot="tcp://192.0.2.50:7002")
+    r = post(c, request_for(2, tok))
+    assert r.status_code == 201 and [p["id"] for p in r.json["peers"]] == ["node1", "static"]
 
 
 def test_dashboard_makes_a_token_and_removes_a_node(app):

@@ -132,8 +132,13 @@ def join(body: object, cluster_secret: str, master_key: str) -> dict[str, Any]:
                                 f"to {n['node_id']} already", 409)
         ms.save_node(node_id, fields["sip"], fields["control"], fields["public_key"],
                      fields["bus"], snapshot=fields["snapshot"])
+        pushed = ms.peers_push()
+        if "peers" not in pushed:  # raised inside the transaction: nothing is recorded
+            raise JoinError("the master does not know every node's bus and snapshot "
+                            "endpoints, so it cannot tell the nodes of each other: give each "
+                            "[[nodes]] entry of its configuration bus and snapshot", 409)
         version = ms.new_version(f"node {node_id} joined")
-        peers = ms.peers_push().get("peers", [])
+        peers = pushed["peers"]
     log.info("node %s joined from %s (configuration %d)", node_id, fields["sip"], version)
     return {"node_id": node_id, "domain": ms.domain(), "master_key": master_key,
             "auth_secret": cluster_secret, "version": version,
