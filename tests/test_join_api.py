@@ -224,3 +224,21 @@ def test_dashboard_makes_a_token_and_removes_a_node(app):
     assert c.post("/nodes/node1/remove").status_code == 400
     r = c.post("/nodes/node1/remove", data={"csrf_token": token(page)})
     assert r.status_code == 302 and ms.list_nodes() == []
+
+
+def test_a_master_database_older_than_snapshot_endpoints_gets_the_column(tmp_path):
+    path = tmp_path / "old.db"
+    con = sqlite3.connect(path)
+    con.execute("CREATE TABLE master_nodes (id INTEGER PRIMARY KEY, node_id TEXT UNIQUE, "
+                "sip TEXT, bus TEXT, control TEXT, public_key TEXT, weight INTEGER, "
+                "acked_version INTEGER, acked_at REAL, last_error TEXT)")
+    con.execute("INSERT INTO master_nodes VALUES (1, 'node1', '192.0.2.1:5060', "
+                "'tcp://192.0.2.1:7001', 'tcp://192.0.2.1:7003', 'k', 50, 3, 0, '')")
+    con.commit()
+    con.close()
+    ms.init_master_store(f"sqlite:///{path}")
+    try:
+        [node] = ms.list_nodes()
+        assert node["snapshot"] == "" and node["acked_version"] == 3
+    finally:
+        ms.close_master_store()
