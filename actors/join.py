@@ -29,11 +29,13 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
+from store.db import StoreError
 from store.files import make_private_dir, write_private
+from store.users import validate_domain
 
 from .bus import BusError, check_key
 from .keys import Member, cluster_toml, load_or_create_keypair
-from .membership import MembershipError, parse_peers
+from .membership import NODE_ID, MembershipError, parse_peers
 
 log = logging.getLogger(__name__)
 
@@ -122,21 +124,25 @@ def post_join(master_url: str, body: dict) -> dict:
 def node_toml(me: Member, reply: dict, data: str, address: str, port: int) -> str:
     """The joined node's configuration from the master's answer (checked first)."""
     try:
-        domain, node_id = reply["domain"], reply["node_id"]
+        domain, node_id = validate_domain(reply["domain"]), reply["node_id"]
+        if not isinstance(node_id, str) or not NODE_ID.match(node_id):
+            raise ValueError(f"node id {str(node_id)[:70]!r}")
         master_key = check_key(reply["master_key"], "master_key").decode()
         secret = reply["auth_secret"]
-        bytes.fromhex(secret)
+        if len(bytes.fromhex(secret)) < 16:
+            raise ValueError("auth_secret is shorter than 16 bytes")
         peers = parse_peers(reply.get("peers", []), node_id)
-    except (KeyError, TypeError, ValueError, BusError, MembershipError) as e:
+    except (KeyError, TypeError, ValueError, BusError, MembershipError, StoreError) as e:
         raise JoinFailed(f"the master's answer is malformed: {e}") from None
     if node_id != me.id:
         me = Member(node_id, me.pub, me.snapshot, me.control, me.public_key, me.secret_key,
                     me.sip)
     members = [Member(p.id, p.bus, p.snapshot, "", p.public_key, sip=p.sip) for p in peers]
-    head = (f'[node]\nid = "{node_id}"\ndata_dir = "{data}"\n\n'
-            f'[sip]\naddress = "{address}"\nport = {port}\ndomain = "{domain}"\n\n'
-            f'[auth]\nsecret = "{secret}"\n\n'
-            f'[database]\nurl = "sqlite:///{os.path.join(data, "tandem.db")}"\n\n')
+    text = json.dumps  # a JSON string is a TOML basic string, quotes and all escaped
+    head = (f'[node]\nid = {text(node_id)}\ndata_dir = {text(data)}\n\n'
+            f'[sip]\naddress = {text(address)}\nport = {port}\ndomain = {text(domain)}\n\n'
+            f'[auth]\nsecret = {text(secret)}\n\n'
+            f'[database]\nurl = {text("sqlite:///" + os.path.join(data, "tandem.db"))}\n\n')
     try:
         return head + cluster_toml(me, [me, *members], master_key=master_key)
     except ValueError as e:

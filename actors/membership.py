@@ -31,7 +31,8 @@ MAX_PEERS = 256
 """Peers a pushed list may name at most."""
 MAX_ENDPOINT = 200
 """Longest endpoint or address text taken."""
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+NODE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+"""A node id as a pushed list may name it (the master gives new nodes DNS labels)."""
 _ENDPOINT = re.compile(r"^tcp://[A-Za-z0-9.:\[\]-]+:\d{1,5}$")
 
 
@@ -51,7 +52,7 @@ def parse_peers(items: object, self_id: str) -> list[Peer]:
             raise MembershipError(f"a peer must be {{id, bus, snapshot, public_key, sip}}, "
                                   f"not {str(item)[:100]}")
         node_id = item.get("id")
-        if not isinstance(node_id, str) or not _ID.match(node_id):
+        if not isinstance(node_id, str) or not NODE_ID.match(node_id):
             raise MembershipError(f"bad peer id {str(node_id)[:70]!r}")
         for name in ("bus", "snapshot"):
             value = item.get(name)

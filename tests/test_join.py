@@ -14,9 +14,14 @@ import os
 import subprocess
 import sys
 import time
+import tomllib
 
 import pytest
 
+from actors.bus import generate_keypair
+from actors.config import parse_config
+from actors.join import JoinFailed, node_toml
+from actors.keys import Member
 from loadtest.harness import ROOT
 from tests.joined import JoinedNode, Master, run_py, wait
 from tests.test_master_push import registered
@@ -159,3 +164,39 @@ def test_a_removed_node_is_cut_off_the_bus_and_leaves_the_zone(cluster):
 
 def _origins(cluster, node, user: str) -> set[str]:
     return {b["origin"] for b in cluster.ask(node, "bindings", user=f"sip:{user}@")["bindings"]}
+
+
+def good_reply() -> dict:
+    return {"node_id": "node7", "domain": "example.test", "master_key": generate_keypair()[0],
+            "auth_secret": "ab" * 32, "version": 3,
+            "peers": [{"id": "node1", "bus": "tcp://192.0.2.1:7001",
+                       "snapshot": "tcp://192.0.2.1:7002", "public_key": generate_keypair()[0],
+                       "sip": "192.0.2.1:5060"}]}
+
+
+def me() -> Member:
+    return Member("joining", "tcp://192.0.2.7:7001", "tcp://192.0.2.7:7002",
+                  "tcp://192.0.2.7:7003", *generate_keypair(), sip="192.0.2.7:5060")
+
+
+def test_the_written_configuration_is_the_masters_answer(tmp_path):
+    reply = good_reply()
+    data = str(tmp_path / 'odd "dir"')
+    cfg = parse_config(tomllib.loads(node_toml(me(), reply, data, "192.0.2.7", 5060)))
+    assert (cfg.id, cfg.domain, cfg.address, cfg.port) == ("node7", "example.test",
+                                                          "192.0.2.7", 5060)
+    assert cfg.master_key == reply["master_key"] and cfg.auth_secret == "ab" * 32
+    assert cfg.data_dir == data and cfg.database == f"sqlite:///{data}/tandem.db"
+    assert [(p.id, p.bus, p.public_key) for p in cfg.peers] == \
+        [("node1", "tcp://192.0.2.1:7001", reply["peers"][0]["public_key"])]
+
+
+@pytest.mark.parametrize("bad", [
+    {"domain": 'example.test"\n[evil]'}, {"node_id": 'node7"\nx = 1'}, {"node_id": None},
+    {"master_key": "short"}, {"auth_secret": "zz"}, {"auth_secret": "ab"},
+    {"peers": [{"id": "node1", "bus": 'tcp://x"', "snapshot": "tcp://h:1",
+                "public_key": "k"}]}, {"domain": None},
+])
+def test_a_malformed_or_hostile_answer_is_refused(tmp_path, bad):
+    with pytest.raises(JoinFailed, match="malformed"):
+        node_toml(me(), {**good_reply(), **bad}, str(tmp_path), "192.0.2.7", 5060)

@@ -158,7 +158,7 @@ def api_join():
         return {"error": f"a join request is at most {MAX_BODY} bytes"}, 413
     try:
         body = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):
         body = None
     secret = current_app.config.get("CLUSTER_SECRET", "")
     master_key = current_app.config.get("MASTER_KEY", "")
