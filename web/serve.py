@@ -124,6 +124,8 @@ def cmd_master(args) -> int:
     """``run.py master [init | token | node list | node remove ID] --config master.toml``."""
     try:
         settings = load_settings(args.config)
+        if getattr(args, "words", None) and args.action != "node":
+            raise SettingsError(f"`master {args.action}` takes no {' '.join(args.words)!r}")
         if args.action == "init":
             return init(settings)
         if args.action in ("token", "node"):
