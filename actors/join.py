@@ -44,6 +44,8 @@ JOIN_TIMEOUT = 30.0
 MAX_REPLY = 1024 * 1024
 """Largest join answer read (bytes)."""
 DEFAULT_DATA = "/var/lib/tandem"
+SERVICE_CONFIG = "/etc/tandem/node.toml"
+"""The configuration ``conf/tandem-node.service`` runs the node with."""
 
 
 class JoinFailed(Exception):
@@ -188,10 +190,12 @@ def _join(args) -> str:
     text = node_toml(me, reply, data, address, args.port)
     write_private(config, text)
     node_id = reply["node_id"]
+    install = "" if config == SERVICE_CONFIG else \
+        f"install -m 0600 -o tandem -g tandem {config} {SERVICE_CONFIG} && "
     sys.stdout.write(
         f"{node_id} joined {reply['domain']} with {len(reply.get('peers', []))} peers; "
         f"configuration in {config} (0600).\n"
         f"Start it: .venv/bin/python run.py node --config {config}\n"
-        f"or as a service: install -m 0600 -o tandem -g tandem {config} "
-        "/etc/tandem/node.toml && systemctl enable --now tandem-node\n")
+        f"or as a service: {install}systemctl enable --now tandem-node "
+        "(conf/tandem-node.service)\n")
     return config
