@@ -179,6 +179,10 @@ def _join(args) -> str:
         raise JoinFailed(f"{config} exists: this host joined already (--force makes a new "
                          "configuration)")
     make_private_dir(data)
+    folder = os.path.dirname(config)
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        raise JoinFailed(f"cannot write the configuration into {folder}: make it, writable "
+                         "by the user running the join, first")
     public, secret = load_or_create_keypair(os.path.join(data, "bus"))
     host = _host(address)
     ends = [f"tcp://{host}:{args.bus_port + k}" for k in range(3)]
@@ -187,9 +191,13 @@ def _join(args) -> str:
     reply = post_join(args.master, {"token": token, "id": args.id, "sip": me.sip,
                                     "bus": me.pub, "snapshot": me.snapshot,
                                     "control": me.control, "public_key": public})
-    text = node_toml(me, reply, data, address, args.port)
-    write_private(config, text)
-    node_id = reply["node_id"]
+    node_id = reply.get("node_id")
+    try:
+        write_private(config, node_toml(me, reply, data, address, args.port))
+    except (JoinFailed, OSError) as e:
+        raise JoinFailed(f"{e}; the master recorded this node as {str(node_id)[:64]}: remove "
+                         "it there (run.py master node remove ID) and join with a new "
+                         "token") from None
     install = "" if config == SERVICE_CONFIG else \
         f"install -m 0600 -o tandem -g tandem {config} {SERVICE_CONFIG} && "
     sys.stdout.write(

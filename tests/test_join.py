@@ -124,6 +124,20 @@ def test_a_spent_token_is_refused(cluster):
                                                                                  "node2"]
 
 
+def test_a_join_that_cannot_write_its_configuration_stops_before_the_master(cluster):
+    token = cluster.token()
+    node = JoinedNode(cluster.work, "node6")
+    out = run_py("node", "join", "--master", cluster.url, "--token", token, "--address",
+                 node.address, "--data", node.dir, "--config",
+                 os.path.join(cluster.work, "missing", "node.toml"))
+    assert out.returncode == 1 and "cannot write the configuration" in out.stderr
+    again = node.join(cluster.url, token)
+    assert again.returncode == 0, "the token was not spent"
+    joined = again.stdout.split()[0]
+    assert run_py("master", "node", "remove", joined, "--config", cluster.config).returncode \
+        == 0
+
+
 def test_a_restarted_node_keeps_the_peers_the_master_gave_it(cluster):
     node1 = cluster.nodes["node1"]
     with open(node1.config) as f:
