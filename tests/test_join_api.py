@@ -59,6 +59,7 @@ def test_join_records_the_node_and_answers_what_it_needs(app):
     before = ms.current_version()
     r = post(c, request_for(1, tok))
     assert r.status_code == 201, r.json
+    assert r.headers["Cache-Control"] == "no-store"
     reply = r.json
     assert reply["node_id"] == "node1" and reply["domain"] == "example.test"
     assert reply["auth_secret"] == SECRET and reply["peers"] == []
@@ -175,7 +176,7 @@ def test_tokens_and_removal_need_an_admin(app):
     assert c.post("/api/tokens").status_code == 401
     assert c.delete("/api/nodes/node1").status_code == 401
     r = c.post("/api/tokens", headers=basic())
-    assert r.status_code == 201
+    assert r.status_code == 201 and r.headers["Cache-Control"] == "no-store"
     assert r.json["token"] in r.json["command"]
     assert r.json["command"].startswith(".venv/bin/python run.py node join --master "
                                         "http://192.0.2.1:8080 --token ")
@@ -216,7 +217,7 @@ def test_dashboard_makes_a_token_and_removes_a_node(app):
     page = c.get("/").get_data(as_text=True)
     assert 'id="join-token"' in page
     r = c.post("/nodes/token", data={"csrf_token": token(page)})
-    assert r.status_code == 200
+    assert r.status_code == 200 and r.headers["Cache-Control"] == "no-store"
     shown = re.search(r'<code id="token">([^<]+)</code>', r.get_data(as_text=True)).group(1)
     assert c.post("/nodes/token").status_code == 400
     assert post(c, request_for(1, shown)).status_code == 201

@@ -44,6 +44,8 @@ JOIN_FAILURES = 10
 """Refused joins from one address within a minute before it gets 429."""
 MAX_NODES = 64
 """Nodes the master manages at most (each node connects to every other)."""
+NO_STORE = {"Cache-Control": "no-store"}
+"""Answers holding a token or the cluster's secret are kept by no cache."""
 NODE_ID = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?$")
 """A node id: a lower-case DNS label (it names the node's A record in the zone)."""
 
@@ -174,7 +176,7 @@ def api_join():
         _limiter().fail(addr)
         return {"error": str(e)}, 400
     changed()
-    return reply, 201
+    return reply, 201, NO_STORE
 
 
 def new_token() -> tuple[str, float]:
@@ -197,7 +199,8 @@ def api_token():
         token, expires = new_token()
     except StoreError as e:
         return {"error": str(e)}, 409
-    return {"token": token, "expires_at": expires, "command": join_command(token)}, 201
+    return ({"token": token, "expires_at": expires, "command": join_command(token)}, 201,
+            NO_STORE)
 
 
 @bp.delete("/api/nodes/<node_id>")
@@ -224,7 +227,7 @@ def token_page():
         return redirect(url_for("pages.nodes"))
     return render_template("join_token.html", token=token, command=join_command(token),
                            expires=time.strftime("%Y-%m-%d %H:%M:%S UTC",
-                                                 time.gmtime(expires)))
+                                                 time.gmtime(expires))), 200, NO_STORE
 
 
 @bp.route("/nodes/<node_id>/remove", methods=["POST"])
