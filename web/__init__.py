@@ -6,7 +6,7 @@ logout, the login limiter), ``pages`` (nodes, users, registrations, restart),
 records: the calls page, its CSV and ``/api/cdrs``),
 ``api`` (JSON under ``/api``, HTTP Basic), ``join`` (join tokens, ``/api/join``
 with a token only, node removal) and ``metrics`` (Prometheus). Every
-page and API call needs an admin; every form carries a CSRF token
+page and API call but ``/api/join`` needs an admin; every form carries a CSRF token
 (Flask-WTF); the session cookie is HttpOnly and SameSite=Strict.
 ``app.extensions["pusher"]`` (optional) is poked on every configuration
 change, and its bus asks the nodes for state and bindings.
