@@ -13,6 +13,7 @@ configuration it got. ``config_version`` reports what the node runs.
 
 import logging
 
+from sipcore.dialplan import DialPlanError, parse_dialplan
 from store.db import StoreError
 from store.models import get_state, set_state
 from store.users import replace_users
@@ -35,6 +36,9 @@ class ConfigSync:
         self.domain = domain
         self.on_users = on_users
         self.stats = {"applied": 0, "stale": 0, "refused": 0}
+        self.on_dialplan = None
+        """Called with a pushed ``dialplan`` document, once checked and its version taken
+        (``actors.gateways.apply_dialplan``)."""
 
     def version(self, _request: dict | None = None) -> dict:
         """The configuration version this node runs (0: none from a master yet)."""
@@ -55,6 +59,7 @@ class ConfigSync:
                            f"this node serves {self.domain!r}")
         if not isinstance(users, list):
             raise BusError("users must be a list")
+        dialplan = self._dialplan(request)
         current = int(get_state(VERSION_KEY, 0))
         if version <= current:
             self.stats["stale"] += 1
@@ -67,8 +72,23 @@ class ConfigSync:
         self.stats["applied"] += 1
         if self.on_users is not None:
             self.on_users()
+        if dialplan is not None and self.on_dialplan is not None:
+            self.on_dialplan(dialplan)
         log.info("configuration %d applied: %d users, %d removed", version, written, deleted)
         return {"version": version, "applied": True}
+
+    @staticmethod
+    def _dialplan(request: dict) -> dict | None:
+        """The push's ``dialplan`` document (gateways, rules, user policies), checked
+        before anything is applied; None when the push has none (the plan stays)."""
+        doc = request.get("dialplan")
+        if doc is None:
+            return None
+        try:
+            parse_dialplan(doc)
+        except DialPlanError as e:
+            raise BusError(f"dial plan refused: {e}") from None
+        return doc
 
 
 def attach_config_sync(node) -> ConfigSync | None:
@@ -76,7 +96,7 @@ def attach_config_sync(node) -> ConfigSync | None:
     control = node.replicator.control if node.replicator is not None else None
     if control is None:
         return None
-    sync = ConfigSync(node.cfg.domain, node.users.reload)
+    sync = node.config_sync = ConfigSync(node.cfg.domain, node.users.reload)
     control.handle("config", sync.apply)
     control.handle("config_version", sync.version)
     return sync

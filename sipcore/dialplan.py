@@ -72,11 +72,13 @@ class Gateway:
     emergency: bool = False
     """Whether it takes emergency calls."""
 
-    def uri(self, number: str) -> str:
-        """The Request-URI of a call to ``number`` through this gateway."""
+    def uri(self, number: str | None) -> str:
+        """The Request-URI of a call to ``number`` through this gateway (None: the
+        gateway itself, as an OPTIONS probe names it)."""
         port = f":{self.port}" if self.port else ""
         transport = f";transport={self.transport}" if self.transport else ""
-        return f"sip:{self.prefix}{number}@{self.host}{port}{transport}"
+        user = "" if number is None else f"{self.prefix}{number}@"
+        return f"sip:{user}{self.host}{port}{transport}"
 
 
 @dataclass(frozen=True, slots=True)
