@@ -136,7 +136,17 @@ class CdrCursor(MasterModel):
         table_name = "master_cdr_cursors"
 
 
-MASTER_MODELS = (Setting, SipUser, ClusterNode, ConfigVersion, Admin, CallRecord, CdrCursor)
+class EmergencyCall(MasterModel):
+    """A call to an emergency number (its record in ``CallRecord`` is marked by it)."""
+
+    call_id = peewee.TextField(primary_key=True)
+
+    class Meta:
+        table_name = "master_emergency_calls"
+
+
+MASTER_MODELS = (Setting, SipUser, ClusterNode, ConfigVersion, Admin, CallRecord, CdrCursor,
+                 EmergencyCall)
 """Every master model, in table-creation order."""
 
 
@@ -305,7 +315,14 @@ def config_for(version: int) -> dict[str, Any]:
     query = (SipUser.select(SipUser.username, SipUser.ha1_md5, SipUser.ha1_sha256,
                             SipUser.enabled).order_by(SipUser.username).dicts())
     users = list(cast(Iterable[dict[str, Any]], query))
-    return {"version": version, "domain": domain(), "users": users}
+    return {"version": version, "domain": domain(), "users": users, **_dialplan_part()}
+
+
+def _dialplan_part() -> dict[str, Any]:
+    """The dial plan a version carries (``store.dialplan``), once the master has one."""
+    from store.dialplan import pushed_dialplan
+    doc = pushed_dialplan()
+    return {} if doc is None else {"dialplan": doc}
 
 
 def add_admin(username: str, password: str) -> None:

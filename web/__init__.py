@@ -38,7 +38,7 @@ def create_app(config: dict, pusher=None) -> Flask:
     app.config.update(config)
     csrf.init_app(app)
     app.extensions["pusher"] = pusher
-    from . import api, auth, calls, dns, metrics, pages
+    from . import api, auth, calls, dialplan, dns, metrics, pages
     auth.init_app(app)
     app.register_blueprint(auth.bp)
     app.register_blueprint(pages.bp)
@@ -48,4 +48,7 @@ def create_app(config: dict, pusher=None) -> Flask:
     app.register_blueprint(calls.bp)
     csrf.exempt(dns.api_set)
     csrf.exempt(api.bp)
+    app.register_blueprint(dialplan.bp)
+    app.register_blueprint(dialplan.api_bp)
+    csrf.exempt(dialplan.api_bp)
     return app
