@@ -5,6 +5,10 @@ credentials, and nowhere else."""
 
 import pytest
 
+from actors.bus import BusError
+from actors.config import NodeConfig
+from actors.config_sync import ConfigSync
+from actors.gateways import apply_dialplan, load_dialplan
 from sipcore.dialing import TRY_ELSEWHERE, Dialing, probe_request
 from sipcore.dialplan import parse_dialplan
 from sipcore.digest import Authenticator
@@ -189,3 +193,29 @@ def test_an_authenticated_user_cannot_reach_a_gateway_past_the_dial_plan(core, u
     sent = authed_invite(core, uri, extra=(f"Route: {route}",) if route else ())
     assert not forwarded(sent)
     assert [m.status for m, _ in sent if hasattr(m, "status")][-1] == 403
+
+
+# -- the node's side: a pushed plan is checked, kept and applied -------------------------
+def push(sync, version, **more):
+    return sync.apply({"from": "master", "version": version, "domain": DOMAIN, "users": [],
+                       **more})
+
+
+def test_a_pushed_plan_is_checked_kept_and_applied(store):
+    class Node:
+        cfg = NodeConfig("node1", DOMAIN, dialplan={"gateways": [PLAN["gateways"][0]]})
+        dialing = Dialing(parse_dialplan(None), lambda u: False, DOMAIN)
+
+    node = Node()
+    sync = ConfigSync(DOMAIN)
+    sync.on_dialplan = lambda doc: apply_dialplan(node, doc)
+    assert list(load_dialplan(node.cfg).gateways) == ["a"]      # the TOML's, before a push
+    bad = {**PLAN, "rules": [{"pattern": "9.", "gateways": ["nowhere"]}]}
+    with pytest.raises(BusError, match="no gateway named 'nowhere'"):
+        push(sync, 1, dialplan=bad)
+    assert sync.version()["version"] == 0 and node.dialing.plan.rules == []
+    assert push(sync, 2, dialplan=PLAN)["applied"]
+    assert node.dialing.plan.match("95551234").number == "5551234"
+    assert load_dialplan(node.cfg).match("95551234") is not None    # kept for a restart
+    assert push(sync, 3)["applied"]                                  # no plan: it stays
+    assert node.dialing.plan.match("95551234") is not None
