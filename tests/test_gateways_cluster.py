@@ -2,7 +2,8 @@
 API reaches every node; with the master SIGKILLed, and then with the phone's own node
 SIGKILLed, a call to 911 from a phone with a wrong password still reaches the emergency
 gateway (a SIPp UAS) with the caller's callback number, through any node; a number that is
-not an emergency number, with the same wrong password, goes nowhere."""
+not an emergency number, with the same wrong password, goes nowhere. The master shows each
+node's view of the gateways' health."""
 
 import base64
 import json
@@ -68,7 +69,8 @@ def test_emergency_calls_survive_the_master_and_the_phones_node(lab, tmp_path): 
     try:
         plan = {"gateways": [{"name": "carrier", "host": "127.0.0.1", "port": carrier.uas.port},
                              {"name": "psap", "host": "127.0.0.1", "port": psap.uas.port,
-                              "emergency": True}],
+                              "emergency": True},
+                             {"name": "gone", "host": "127.0.0.1", "port": free_port()}],
                 "rules": [{"pattern": "9.", "strip": 1, "gateways": ["carrier"],
                            "permission": "local"}],
                 "users": {"alice": {"permissions": ["local"], "emergency_callback": CALLBACK}},
@@ -76,6 +78,14 @@ def test_emergency_calls_survive_the_master_and_the_phones_node(lab, tmp_path): 
         version = api(base, password, "PUT", "/api/dialplan", plan)["version"]
         assert wait_for(lambda: all(v >= version for v in api(
             base, password, "GET", "/api/config")["nodes"].values()), 20)
+
+        def health():
+            views = api(base, password, "GET", "/api/dialplan/health")["nodes"]
+            return sorted(views) == ["node1", "node2"] and all(
+                v.get("psap", {}).get("state") == "up" and v["psap"]["misses"] == 0
+                and v.get("carrier", {}).get("state") == "up"
+                and v.get("gone", {}).get("state") == "down" for v in views.values())
+        assert wait_for(health, 15), api(base, password, "GET", "/api/dialplan/health")
         os.kill(lab_status(data)["master"]["pid"], signal.SIGKILL)
         n1, n2 = node_ip(base, 1), node_ip(base, 2)
         phone = SipClient((n1, 5060), "alice", "alice-secret", "example.test", t1=0.1)
