@@ -35,6 +35,7 @@ from .config import (ConfigError, NodeConfig, guard_settings, load_config, regis
                      server_uris, sqlite_dir)
 from .config_sync import attach_config_sync
 from .drain import Drain, attach_drain
+from .gateways import attach_dialing
 from .front import STATUS_EVERY, FrontProcess
 from .front import paths as front_paths
 from .membership import use_stored_peers
@@ -170,6 +171,7 @@ class Node:
         self.proxy = ProxyActor.from_config(cfg, secret, users.lookup, self.location,
                                             self.transport, auth)
         attach_call_outbox(self)
+        attach_dialing(self)
         self.proxy.greenlet = self.group.spawn(self.proxy.run)
         self.proxy.greenlet.link_exception(self._actor_died)
         attach_drain(self)
