@@ -148,6 +148,9 @@ class Node:
                                    tls=TlsContexts.load(cfg.tls_cert, cfg.tls_key, cfg.tls_ca)
                                    if cfg.tls_port else None, tls_port=cfg.tls_port)
         self.transport.quick = self.on_datagram
+        if self.transport.admission is not None:
+            guard = self.guard
+            self.transport.admission.trusted = lambda ip: guard.trusted(ip, time.time())
         self.domains = frozenset(rules.domains)
         timers = {"t1": cfg.t1, "t2": cfg.t2, "t4": cfg.t4}
         self.registrar = RegistrarActor(cfg.id, rules, auth, self.location, self.transport,

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 SOURCE = "source"
 USER = "user"
+#: seconds a source that authenticated stays ``trusted``
+TRUST_TIME = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +72,8 @@ class AuthGuard:
         self._bans: dict[tuple[str, str], Ban] = {}
         #: (user, source) -> last success time
         self._known: dict[tuple[str, str], float] = {}
+        #: source -> last success time, as any user (``trusted``)
+        self._good: dict[str, float] = {}
         #: bans made here and not yet taken by ``take_new``
         self._new: list[Ban] = []
         self.stats = {"failures": 0, "refused": 0, "bans": 0}
@@ -139,6 +143,17 @@ class AuthGuard:
             if len(known) >= self.settings.max_entries:
                 known.clear()
         known[(user, source or "")] = now
+        if source is not None:
+            good = self._good
+            if len(good) >= self.settings.max_entries and source not in good:
+                good.clear()
+            good[source] = now
+
+    def trusted(self, source: str, now: float) -> bool:
+        """Whether ``source`` authenticated (as anyone) within ``TRUST_TIME``: the
+        node's admission control sheds its new requests last."""
+        last = self._good.get(source)
+        return last is not None and now - last < TRUST_TIME
 
     def add(self, ban: Ban, now: float, share: bool = False) -> bool:
         """Apply ``ban`` (made here, by a peer or by an operator); True when it

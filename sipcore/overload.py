@@ -1,0 +1,183 @@
+"""Node-wide admission control, sans-IO: past its capacity a node sheds new work.
+
+The measure of load is the time a message waited before the node began to
+read it: for a UDP datagram, from its arrival in the kernel (the socket's
+receive timestamp) to the moment the receive loop takes it; for other
+transports, the node's event-loop lag. It needs no knowledge of what the
+node can take: a node keeping up reads each datagram within milliseconds,
+whatever the rate, and a node past its capacity lets its receive queue
+grow until the delay reaches seconds, the callers retransmit, and the
+retransmissions crowd out the work (goodput collapses). Shedding new work
+while the delay is over a bound keeps the queue short, so what is admitted
+is answered before the callers retransmit.
+
+``Admission.verdict`` looks at the raw bytes only (no full parse), and only
+new work is ever shed:
+
+- responses, requests inside a dialog (a To tag), ACK, BYE, CANCEL and
+  every other method that does not start a transaction of new work, pass;
+- an INVITE to an emergency number passes, always;
+- a retransmission of a request admitted earlier passes (its transaction
+  absorbs it); one of a request shed earlier is shed again, and the ACK of a
+  shed INVITE's 503 is absorbed (nothing holds a transaction for it);
+- the node is overloaded when every message for ``interval`` waited over
+  ``delay`` (CoDel's test of a standing queue, which a burst such as a
+  collector's pause does not make); then a new INVITE, REGISTER, SUBSCRIBE,
+  MESSAGE, OPTIONS, PUBLISH, REFER or NOTIFY is shed, except one carrying
+  credentials (the second half of work already begun) that waited less
+  than twice ``delay``, or four times from a source that authenticated
+  recently (``trusted``), so a flood from new sources cannot lock out the
+  phones the node already serves.
+
+Shed requests get 503 with a Retry-After (RFC 3261 §21.5.4), or nothing,
+by setting. The tables of branches are bounded: two generations, swapped
+every ``memory`` seconds or when full.
+"""
+
+import re
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+
+from .message import Request, make_response
+from .ratelimit import emergency_invite
+
+#: what ``verdict`` says
+ADMIT, SHED, ABSORB = 0, 1, 2
+
+#: methods that start new work (the others belong to a transaction or dialog under way)
+NEW_WORK = frozenset((b"INVITE", b"REGISTER", b"SUBSCRIBE", b"MESSAGE", b"OPTIONS", b"PUBLISH",
+                      b"REFER", b"NOTIFY"))
+#: a To header line with a tag parameter (compact form ``t`` too)
+_TO_TAG = re.compile(rb"\n(?:[Tt][Oo]|[Tt])[ \t]*:[^\r\n]*;[ \t]*[Tt][Aa][Gg][ \t]*=")
+#: the first Via's branch
+_BRANCH = re.compile(rb"\n(?:[Vv][Ii][Aa]|[Vv])[ \t]*:[^\r\n]*?;[ \t]*branch[ \t]*=[ \t]*"
+                     rb"([^;, \t\r\n]+)", re.IGNORECASE)
+#: an Authorization or Proxy-Authorization header line
+_CREDENTIALS = re.compile(rb"\n(?:proxy-)?authorization[ \t]*:", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class OverloadSettings:
+    """The ``[limits]`` settings of admission control."""
+
+    delay: float = 0.1
+    """Seconds a new request may have waited in the node's receive queue before it is shed
+    (credentials: twice that, a trusted source: four times; 0: never shed)."""
+    interval: float = 0.2
+    """Seconds every message must have waited over ``delay`` before the node counts as
+    overloaded (a shorter burst, such as a collector's pause, drains by itself)."""
+    response: str = "503"
+    """What a shed request gets: ``"503"`` (with Retry-After) or ``"drop"`` (nothing)."""
+    retry_after: int = 5
+    """Seconds of the 503's Retry-After (the node spreads them up to twice that)."""
+    memory: float = 32.0
+    """Seconds the branches of admitted and shed requests are remembered (64*T1)."""
+    max_branches: int = 100_000
+    """Branches remembered at most, per generation."""
+
+
+class Admission:
+    """Decides, from its bytes and the delay it waited, whether a request is taken.
+
+    ``trusted(ip)`` (optional) says whether a source authenticated recently.
+    """
+
+    def __init__(self, settings: OverloadSettings, emergency_numbers: Collection[str] = (),
+                 trusted: Callable[[str], bool] | None = None):
+        self.settings = settings
+        self.emergency = frozenset(emergency_numbers)
+        self.trusted = trusted
+        self._admitted: dict[bytes, None] = {}
+        self._admitted_old: dict[bytes, None] = {}
+        self._shed: dict[bytes, None] = {}
+        self._shed_old: dict[bytes, None] = {}
+        self._swap_at = 0.0
+        self._above_since: float | None = None
+        self.delay = 0.0
+        """The last delay measured (seconds)."""
+        self.stats = {"shed": 0, "absorbed": 0, "emergency": 0}
+
+    @property
+    def enabled(self) -> bool:
+        """Whether it can shed anything."""
+        return self.settings.delay > 0
+
+    def overloaded(self, delay: float, now: float) -> bool:
+        """Take the delay of one more message (seconds it waited); whether the node is
+        overloaded: every message of the last ``interval`` waited over ``delay`` (a
+        standing queue, as CoDel tells one from a burst that drains by itself)."""
+        self.delay = delay
+        if delay <= self.settings.delay:
+            self._above_since = None
+            return False
+        if self._above_since is None:
+            self._above_since = now
+        return now - self._above_since >= self.settings.interval
+
+    def verdict(self, data: bytes, ip: str, delay: float, now: float) -> int:
+        """``ADMIT``, ``SHED`` (answer 503 or drop) or ``ABSORB`` (drop, no answer) for
+        the message ``data`` from ``ip`` that waited ``delay`` seconds; ``now`` is a
+        monotonic clock."""
+        overloaded = self.overloaded(delay, now) and self.settings.delay > 0
+        method = data[:data.find(b" ", 0, 12)]
+        if method not in NEW_WORK:
+            if method == b"ACK" and (self._shed or self._shed_old):
+                branch = self._branch(data)
+                if branch is not None and (branch in self._shed or branch in self._shed_old):
+                    self.stats["absorbed"] += 1
+                    return ABSORB
+            return ADMIT
+        if now >= self._swap_at:
+            self._swap(now)
+        if not overloaded:
+            self._remember(data, self._admitted)
+            return ADMIT
+        if _TO_TAG.search(data):
+            return ADMIT
+        branch = self._branch(data)
+        if branch is not None:
+            if branch in self._admitted or branch in self._admitted_old:
+                return ADMIT
+            if branch in self._shed or branch in self._shed_old:
+                self.stats["shed"] += 1
+                return SHED
+        if method == b"INVITE" and emergency_invite(data, self.emergency):
+            self.stats["emergency"] += 1
+            self._remember(data, self._admitted, branch)
+            return ADMIT
+        if _CREDENTIALS.search(data):
+            limit = 2 * self.settings.delay
+            if self.trusted is not None and self.trusted(ip):
+                limit *= 2
+            if delay <= limit:
+                self._remember(data, self._admitted, branch)
+                return ADMIT
+        self.stats["shed"] += 1
+        if branch is not None:
+            self._shed[branch] = None
+        return SHED
+
+    def _branch(self, data: bytes) -> bytes | None:
+        m = _BRANCH.search(data)
+        return m.group(1) if m is not None else None
+
+    def _remember(self, data: bytes, table: dict[bytes, None], branch: bytes | None = None) -> None:
+        if branch is None:
+            branch = self._branch(data)
+            if branch is None:
+                return
+        table[branch] = None
+        if len(table) >= self.settings.max_branches:
+            self._swap_at = 0.0
+
+    def _swap(self, now: float) -> None:
+        """Forget the older generation of branches."""
+        self._admitted_old, self._admitted = self._admitted, {}
+        self._shed_old, self._shed = self._shed, {}
+        self._swap_at = now + self.settings.memory
+
+
+def shed_response(req: Request, retry_after: int, to_tag: str) -> bytes:
+    """The 503 a shed request gets (RFC 3261 §21.5.4: Retry-After says when to come back)."""
+    return make_response(req, 503, "Service Unavailable", [("Retry-After", str(retry_after))],
+                         to_tag=to_tag).encode()
