@@ -55,6 +55,9 @@ Dest = tuple[str, str, int]
 #: Linux's SO_TIMESTAMPNS (and SCM_TIMESTAMPNS): each datagram carries the
 #: wall-clock time it reached the socket (``socket`` does not name it)
 SO_TIMESTAMPNS = 35
+#: a shed request that waited more than this many times ``overload_delay`` is dropped, not
+#: answered 503
+DROP_FACTOR = 10
 #: how often the event loop's lag is measured (seconds)
 LAG_EVERY = 0.05
 
@@ -249,7 +252,9 @@ class Transport:
             return False
         self._log("overload", "overloaded (a new request waited %.0f ms): shedding new "
                   "requests", 1000 * delay)
-        if self.limits.overload_response == "drop":
+        # Ten times past its bound, the node cannot afford the parse a 503 needs.
+        if self.limits.overload_response == "drop" or \
+                delay > DROP_FACTOR * self.limits.overload_delay:
             return False
         try:
             req = parse_message(data, stream=transport != "udp")

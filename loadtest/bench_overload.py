@@ -40,6 +40,7 @@ from loadtest.harness import (ROOT, SIPP_BUFFERS, NodeProcess, free_port, run_si
 SERVER = ("taskset", "-c", "0")
 LOAD = ("taskset", "-c", "1")
 DOMAIN = "example.test"
+SIPP_EXTRA: tuple = ()
 
 
 def call_run(root: str, work: str, rate: int, seconds: float, callers: int,
@@ -65,7 +66,7 @@ def call_run(root: str, work: str, rate: int, seconds: float, callers: int,
         calls = int(rate * seconds)
         res = run_sipp("uac_auth_call.xml", f"{node.address}:{node.port}", work, inf=inf,
                        calls=calls, rate=rate, limit=max(2000, rate * 40),
-                       timeout=seconds + 60, extra=SIPP_BUFFERS, prefix=LOAD)
+                       timeout=seconds + 60, extra=(*SIPP_BUFFERS, *SIPP_EXTRA), prefix=LOAD)
         cpu = cpu_seconds(node.proc.pid) - cpu0
     finally:
         if uas is not None:

@@ -23,11 +23,11 @@ new work is ever shed:
 - the node is overloaded when every message for ``interval`` waited over
   ``delay`` (CoDel's test of a standing queue, which a burst such as a
   collector's pause does not make); then a new INVITE, REGISTER, SUBSCRIBE,
-  MESSAGE, OPTIONS, PUBLISH, REFER or NOTIFY is shed, except one carrying
-  credentials (the second half of work already begun) that waited less
-  than twice ``delay``, or four times from a source that authenticated
-  recently (``trusted``), so a flood from new sources cannot lock out the
-  phones the node already serves.
+  MESSAGE, OPTIONS, PUBLISH, REFER or NOTIFY is shed, unless it waited
+  less than twice ``delay`` and carries credentials (the second half of
+  work already begun) or comes from a source that authenticated recently
+  (``trusted``), or less than four times ``delay`` and does both: a flood
+  from new sources cannot lock out the phones the node already serves.
 
 Shed requests get 503 with a Retry-After (RFC 3261 §21.5.4), or nothing,
 by setting. The tables of branches are bounded: two generations, swapped
@@ -97,11 +97,6 @@ class Admission:
         """The last delay measured (seconds)."""
         self.stats = {"shed": 0, "absorbed": 0, "emergency": 0}
 
-    @property
-    def enabled(self) -> bool:
-        """Whether it can shed anything."""
-        return self.settings.delay > 0
-
     def overloaded(self, delay: float, now: float) -> bool:
         """Take the delay of one more message (seconds it waited); whether the node is
         overloaded: every message of the last ``interval`` waited over ``delay`` (a
@@ -119,6 +114,8 @@ class Admission:
         the message ``data`` from ``ip`` that waited ``delay`` seconds; ``now`` is a
         monotonic clock."""
         overloaded = self.overloaded(delay, now) and self.settings.delay > 0
+        if now >= self._swap_at:
+            self._swap(now)
         method = data[:data.find(b" ", 0, 12)]
         if method not in NEW_WORK:
             if method == b"ACK" and (self._shed or self._shed_old):
@@ -127,8 +124,6 @@ class Admission:
                     self.stats["absorbed"] += 1
                     return ABSORB
             return ADMIT
-        if now >= self._swap_at:
-            self._swap(now)
         if not overloaded:
             self._remember(data, self._admitted)
             return ADMIT
@@ -145,13 +140,16 @@ class Admission:
             self.stats["emergency"] += 1
             self._remember(data, self._admitted, branch)
             return ADMIT
+        # Work already begun (credentials answering a challenge) and sources that
+        # authenticated recently wait longer before they are shed.
+        limit = self.settings.delay
         if _CREDENTIALS.search(data):
-            limit = 2 * self.settings.delay
-            if self.trusted is not None and self.trusted(ip):
-                limit *= 2
-            if delay <= limit:
-                self._remember(data, self._admitted, branch)
-                return ADMIT
+            limit *= 2
+        if self.trusted is not None and self.trusted(ip):
+            limit *= 2
+        if delay <= limit:
+            self._remember(data, self._admitted, branch)
+            return ADMIT
         self.stats["shed"] += 1
         if branch is not None:
             self._shed[branch] = None
@@ -171,7 +169,9 @@ class Admission:
             self._swap_at = 0.0
 
     def _swap(self, now: float) -> None:
-        """Forget the older generation of branches."""
+        """Forget the older generation of branches (both, after a quiet ``memory``)."""
+        if now >= self._swap_at + self.settings.memory:
+            self._admitted, self._shed = {}, {}
         self._admitted_old, self._admitted = self._admitted, {}
         self._shed_old, self._shed = self._shed, {}
         self._swap_at = now + self.settings.memory
