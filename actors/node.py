@@ -29,6 +29,7 @@ from store import users as user_store
 from store.models import close_store, incr_state, init_store
 
 from . import logs
+from .ban_keeper import attach_ban_keeper
 from .bus import BusError
 from .call_outbox import attach_call_outbox
 from .config import (ConfigError, NodeConfig, guard_settings, load_config, registrar_rules,
@@ -159,6 +160,7 @@ class Node:
                                         log_rate=cfg.log_rate)
         attach_replicator(self)
         self.replicator.on_bans = self._peer_bans
+        attach_ban_keeper(self)
         if self.replicator.control is not None:
             self.replicator.control.handle("bans", self._list_bans)
             self.replicator.control.handle("unban", self._unban)

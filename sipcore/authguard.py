@@ -77,6 +77,8 @@ class AuthGuard:
         #: bans made here and not yet taken by ``take_new``
         self._new: list[Ban] = []
         self.stats = {"failures": 0, "refused": 0, "bans": 0}
+        #: counts every ban made or lifted (a keeper writes them out when it moved)
+        self.version = 0
 
     def refused(self, source: str | None, user: str, now: float) -> bool:
         """Whether credentials of ``user`` from ``source`` must be refused
@@ -174,6 +176,7 @@ class AuthGuard:
                 del bans[min(bans, key=lambda k: bans[k].until)]
         bans[key] = ban
         self.stats["bans"] += 1
+        self.version += 1
         if share:
             self._new.append(ban)
             del self._new[:-self.settings.max_entries]
@@ -185,6 +188,7 @@ class AuthGuard:
         ending at 0) for the peers."""
         self._failures.pop((kind, key), None)
         lifted = self._bans.pop((kind, key), None) is not None
+        self.version += lifted
         if lifted and share:
             self._new.append(Ban(kind, key, 0.0))
         return lifted
