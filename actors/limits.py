@@ -5,10 +5,16 @@ transport, the challenge front and the admission control read them from
 the ``Limits`` a configuration makes (``Limits.from_config``).
 """
 
+import mmap
+import os
 from dataclasses import dataclass, fields
 
 from sipcore.overload import OverloadSettings
-from sipcore.ratelimit import SourceLimiter
+from sipcore.ratelimit import SharedSourceLimiter, SourceLimiter
+from store.files import PRIVATE_FILE
+
+#: buckets of a shared limiter (a source's slot is a hash of its address)
+SHARED_SLOTS = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -51,9 +57,23 @@ class Limits:
         values["emergency_numbers"] = frozenset(cfg.emergency_numbers)
         return cls(**values)
 
-    def limiter(self) -> SourceLimiter | None:
-        """The per-source UDP limiter, None when off."""
-        return SourceLimiter(self.udp_rate, self.udp_burst) if self.udp_rate > 0 else None
+    def limiter(self, shared: str | None = None) -> SourceLimiter | SharedSourceLimiter | None:
+        """The per-source UDP limiter, None when off. With ``shared``, its buckets live
+        in that file (created 0600), which the node and its challenge front both map:
+        one budget per source for the two processes."""
+        if self.udp_rate <= 0:
+            return None
+        if shared is None:
+            return SourceLimiter(self.udp_rate, self.udp_burst)
+        size = SharedSourceLimiter.size(SHARED_SLOTS)
+        fd = os.open(shared, os.O_RDWR | os.O_CREAT, PRIVATE_FILE)
+        try:
+            if os.fstat(fd).st_size != size:
+                os.ftruncate(fd, size)
+            buffer = memoryview(mmap.mmap(fd, size))
+        finally:
+            os.close(fd)
+        return SharedSourceLimiter(buffer, self.udp_rate, self.udp_burst)
 
     def overload(self) -> OverloadSettings:
         """The admission control's settings."""
@@ -64,6 +84,12 @@ class Limits:
 
 #: a transport's limits when none are given: no per-source UDP limit, no shedding
 NO_LIMITS = Limits(udp_rate=0.0, overload_delay=0.0)
+
+def shared_buckets(cfg) -> str | None:
+    """The file of the per-source buckets a node shares with its challenge front (None
+    without a front)."""
+    return os.path.join(cfg.data_dir, "buckets") if cfg.challenge_front else None
+
 
 #: the ``[limits]`` settings a configuration file may give (every field but the emergency numbers)
 SETTINGS = tuple(f.name for f in fields(Limits) if f.name != "emergency_numbers")

@@ -39,6 +39,7 @@ from .drain import Drain, attach_drain
 from .front import STATUS_EVERY, FrontProcess
 from .front import paths as front_paths
 from .process import tune_gc
+from .limits import shared_buckets
 from .proxy import ProxyActor
 from .registrar import RegistrarActor
 from .registrations import attach_registrations
@@ -149,6 +150,9 @@ class Node:
                                    tls=TlsContexts.load(cfg.tls_cert, cfg.tls_key, cfg.tls_ca)
                                    if cfg.tls_port else None, tls_port=cfg.tls_port)
         self.transport.quick = self.on_datagram
+        if cfg.challenge_front:
+            # One budget per source for the node and its front (counted once).
+            self.transport.limiter = self.transport.limits.limiter(shared_buckets(cfg))
         if self.transport.admission is not None:
             guard = self.guard
             self.transport.admission.trusted = lambda ip: guard.trusted(ip, time.time())
