@@ -166,6 +166,8 @@ class Transport:
         #: the event loop's lag (seconds) at its last measure, the load measure of
         #: the messages that carry no receive timestamp (TCP, TLS)
         self.lag = 0.0
+        #: the wait of the last datagram read from the UDP socket (seconds)
+        self.udp_delay = 0.0
         self._lag_loop: gevent.Greenlet | None = None
 
     def start(self) -> None:
@@ -233,12 +235,13 @@ class Transport:
             t0 = monotonic()
             gevent.sleep(LAG_EVERY)
             self.lag = max(0.0, monotonic() - t0 - LAG_EVERY)
+            self.udp_delay = 0.0
 
     def load(self) -> float:
         """The delay a message without a receive timestamp is taken to have waited:
-        the larger of the event loop's lag and the last UDP datagram's wait."""
-        admission = self.admission
-        return max(self.lag, admission.delay if admission is not None else 0.0)
+        the larger of the event loop's lag and the wait of the last UDP datagram read
+        since the lag's last measure."""
+        return max(self.lag, self.udp_delay)
 
     def admit(self, data: bytes, transport: str, ip: str, port: int, delay: float) -> bool:
         """Ask the admission control about ``data`` (which waited ``delay`` s); shed it
@@ -284,6 +287,7 @@ class Transport:
             self._log("oversized", "dropped a datagram of %d bytes from %s", len(data), ip)
             return
         if self.admission is not None:
+            self.udp_delay = delay
             try:
                 if not self.admit(data, "udp", ip, port, delay):
                     return
