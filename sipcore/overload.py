@@ -20,14 +20,15 @@ new work is ever shed:
 - a retransmission of a request admitted earlier passes (its transaction
   absorbs it); one of a request shed earlier is shed again, and the ACK of a
   shed INVITE's 503 is absorbed (nothing holds a transaction for it);
-- the node is overloaded when every message for ``interval`` waited over
-  ``delay`` (CoDel's test of a standing queue, which a burst such as a
-  collector's pause does not make); then a new INVITE, REGISTER, SUBSCRIBE,
-  MESSAGE, OPTIONS, PUBLISH, REFER or NOTIFY is shed, unless it waited
-  less than twice ``delay`` and carries credentials (the second half of
-  work already begun) or comes from a source that authenticated recently
-  (``trusted``), or less than four times ``delay`` and does both: a flood
-  from new sources cannot lock out the phones the node already serves.
+- a share of the new INVITEs, REGISTERs, SUBSCRIBEs, MESSAGEs, OPTIONS,
+  PUBLISHes, REFERs and NOTIFYs is shed, a share that a controller moves
+  every ``interval`` by how far the standing queue (the smallest delay of
+  the interval) is over or under ``delay`` (as PIE, RFC 8033, moves its
+  drop probability), so that the node admits what it can do; while it
+  sheds, one carrying credentials (the second half of work already begun)
+  or from a source that authenticated recently (``trusted``) is shed only
+  past twice ``delay``, and one with both past four times: a flood from new
+  sources cannot lock out the phones the node already serves.
 
 Shed requests get 503 with a Retry-After (RFC 3261 §21.5.4), or nothing,
 by setting. The tables of branches are bounded: two generations, swapped
@@ -40,6 +41,12 @@ from dataclasses import dataclass
 
 from .message import Request, make_response
 from .ratelimit import emergency_invite
+
+#: how far the shed share moves per ``interval`` for a standing queue one ``delay`` over
+#: the bound (down as far for an empty queue)
+GAIN = 0.125
+#: no delay seen yet in this interval
+_NONE = float("inf")
 
 #: what ``verdict`` says
 ADMIT, SHED, ABSORB = 0, 1, 2
@@ -63,9 +70,9 @@ class OverloadSettings:
     delay: float = 0.1
     """Seconds a new request may have waited in the node's receive queue before it is shed
     (credentials: twice that, a trusted source: four times; 0: never shed)."""
-    interval: float = 0.2
-    """Seconds every message must have waited over ``delay`` before the node counts as
-    overloaded (a shorter burst, such as a collector's pause, drains by itself)."""
+    interval: float = 0.05
+    """Seconds between two adjustments of the share shed, each from the smallest delay
+    of the interval (the standing queue)."""
     response: str = "503"
     """What a shed request gets: ``"503"`` (with Retry-After) or ``"drop"`` (nothing)."""
     retry_after: int = 5
@@ -92,28 +99,42 @@ class Admission:
         self._shed: dict[bytes, None] = {}
         self._shed_old: dict[bytes, None] = {}
         self._swap_at = 0.0
-        self._above_since: float | None = None
+        self._smallest = _NONE
+        self._update_at = 0.0
+        self._credit = 0.0
+        self.share = 0.0
+        """The share of new work without credentials shed now (0 to 1)."""
         self.delay = 0.0
         """The last delay measured (seconds)."""
         self.stats = {"shed": 0, "absorbed": 0, "emergency": 0}
 
-    def overloaded(self, delay: float, now: float) -> bool:
-        """Take the delay of one more message (seconds it waited); whether the node is
-        overloaded: every message of the last ``interval`` waited over ``delay`` (a
-        standing queue, as CoDel tells one from a burst that drains by itself)."""
+    def measure(self, delay: float, now: float) -> float:
+        """Take the delay of one more message (seconds it waited); the share of new
+        work without credentials to shed now.
+
+        Every ``interval`` the share moves in proportion to how far the smallest
+        delay of that interval (the standing queue: a burst, such as a collector's
+        pause, drains and leaves little) is over or under ``delay`` (the integral
+        part of PIE's controller, RFC 8033): it settles where the work admitted is
+        what the node can do, with the queue near ``delay``.
+        """
         self.delay = delay
-        if delay <= self.settings.delay:
-            self._above_since = None
-            return False
-        if self._above_since is None:
-            self._above_since = now
-        return now - self._above_since >= self.settings.interval
+        if delay < self._smallest:
+            self._smallest = delay
+        if now >= self._update_at:
+            target = self.settings.delay
+            standing = self._smallest if self._smallest != _NONE else 0.0
+            share = self.share + GAIN * (standing - target) / target
+            self.share = min(1.0, max(0.0, share))
+            self._smallest = _NONE
+            self._update_at = now + self.settings.interval
+        return self.share
 
     def verdict(self, data: bytes, ip: str, delay: float, now: float) -> int:
         """``ADMIT``, ``SHED`` (answer 503 or drop) or ``ABSORB`` (drop, no answer) for
         the message ``data`` from ``ip`` that waited ``delay`` seconds; ``now`` is a
         monotonic clock."""
-        overloaded = self.overloaded(delay, now) and self.settings.delay > 0
+        share = self.measure(delay, now) if self.settings.delay > 0 else 0.0
         if now >= self._swap_at:
             self._swap(now)
         method = data[:data.find(b" ", 0, 12)]
@@ -124,7 +145,7 @@ class Admission:
                     self.stats["absorbed"] += 1
                     return ABSORB
             return ADMIT
-        if not overloaded:
+        if share <= 0.0:
             self._remember(data, self._admitted)
             return ADMIT
         if _TO_TAG.search(data):
@@ -141,13 +162,21 @@ class Admission:
             self._remember(data, self._admitted, branch)
             return ADMIT
         # Work already begun (credentials answering a challenge) and sources that
-        # authenticated recently wait longer before they are shed.
+        # authenticated recently are shed only when the queue is past twice (both:
+        # four times) the bound; the rest, a share of them.
         limit = self.settings.delay
         if _CREDENTIALS.search(data):
             limit *= 2
         if self.trusted is not None and self.trusted(ip):
             limit *= 2
-        if delay <= limit:
+        if limit > self.settings.delay:
+            admit = delay <= limit
+        else:
+            self._credit += share
+            admit = self._credit < 1.0
+            if not admit:
+                self._credit -= 1.0
+        if admit:
             self._remember(data, self._admitted, branch)
             return ADMIT
         self.stats["shed"] += 1

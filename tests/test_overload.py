@@ -17,7 +17,8 @@ from loadtest.sipclient import SipClient, SipClientError
 from sipcore.message import parse_message
 from sipcore.overload import ABSORB, ADMIT, SHED, Admission, OverloadSettings, shed_response
 
-SETTINGS = OverloadSettings(delay=0.1, interval=0.2, max_branches=1000)
+SETTINGS = OverloadSettings(delay=0.1, interval=0.05, max_branches=1000)
+RESPONSE = b"SIP/2.0 200 OK\r\n\r\n"
 
 
 def request(method="INVITE", to="sip:bob@example.test", branch=None, to_tag="", extra=""):
@@ -30,20 +31,43 @@ def request(method="INVITE", to="sip:bob@example.test", branch=None, to_tag="", 
 
 
 def overloaded(adm: Admission, now: float = 10.0) -> float:
-    """Make ``adm`` see a standing queue (messages over its delay for its interval)."""
-    adm.verdict(b"SIP/2.0 200 OK\r\n\r\n", "10.0.0.9", 0.5, now)
-    adm.verdict(b"SIP/2.0 200 OK\r\n\r\n", "10.0.0.9", 0.5, now + 0.25)
-    return now + 0.25
+    """Make ``adm`` see a standing queue until it sheds every new request it may."""
+    while adm.share < 1.0:
+        adm.verdict(RESPONSE, "10.0.0.9", 0.5, now)
+        now += SETTINGS.interval
+    return now
 
 
-def test_a_burst_shorter_than_the_interval_sheds_nothing():
+def test_a_burst_sheds_little_and_briefly():
     adm = Admission(SETTINGS)
-    assert adm.verdict(request(), "10.0.0.1", 0.5, 1.0) == ADMIT
-    assert adm.verdict(request(), "10.0.0.1", 0.5, 1.1) == ADMIT
-    # The queue drained: the clock starts again.
-    assert adm.verdict(request(), "10.0.0.1", 0.01, 1.15) == ADMIT
-    assert adm.verdict(request(), "10.0.0.1", 0.5, 1.3) == ADMIT
-    assert adm.stats["shed"] == 0
+    now = 1.0
+    # A 300 ms pause: what waited meanwhile is read within the next interval.
+    for i in range(100):
+        adm.verdict(request(), "10.0.0.1", 0.3 - i * 0.003, now + i * 0.0005)
+    shed = adm.stats["shed"]
+    for k in range(1, 10):
+        for i in range(50):
+            adm.verdict(request(), "10.0.0.1", 0.002, now + k * 0.05 + i * 0.001)
+    assert adm.share == 0.0
+    assert adm.stats["shed"] - shed <= 10, adm.stats
+
+
+def test_the_share_shed_follows_the_standing_queue():
+    adm = Admission(SETTINGS)
+    now = 1.0
+    for _ in range(4):
+        adm.verdict(RESPONSE, "10.0.0.1", 0.2, now)
+        now += SETTINGS.interval
+    assert 0.4 <= adm.share <= 0.6, adm.share
+    share = adm.share
+    verdicts = [adm.verdict(request(), "10.0.0.1", 0.2, now - 0.01) for _ in range(1000)]
+    assert abs(verdicts.count(SHED) - 1000 * share) <= 1
+    # The queue drained: the share comes down as fast.
+    for _ in range(4):
+        adm.verdict(RESPONSE, "10.0.0.1", 0.0, now)
+        now += SETTINGS.interval
+    assert adm.share == 0.0
+    assert adm.verdict(request(), "10.0.0.1", 0.0, now) == ADMIT
 
 
 def test_a_standing_queue_sheds_new_work_only():
