@@ -40,7 +40,7 @@ from gevent.server import StreamServer
 
 from sipcore.errors import SipError
 from sipcore.message import Request, StreamFramer, error_response, parse_message
-from sipcore.overload import ABSORB, ADMIT, Admission, shed_response
+from sipcore.overload import ABSORB, ADMIT, Admission, quick_shed, shed_response
 from sipcore.ratelimit import LogLimiter, emergency_invite
 from sipcore.via import stamp_via
 
@@ -259,14 +259,18 @@ class Transport:
         if self.limits.overload_response == "drop" or \
                 delay > DROP_FACTOR * self.limits.overload_delay:
             return False
+        retry = self.limits.overload_retry_after
+        retry = random.randint(retry, 2 * retry)
+        tag = "%012x" % random.getrandbits(48)
         try:
+            quick = quick_shed(data, ip, port, retry, tag) if transport == "udp" else None
+            if quick is not None:
+                self.send(("udp", *quick[1]), quick[0])
+                return False
             req = parse_message(data, stream=transport != "udp")
             req.validate()
             if isinstance(req, Request):
-                dest = stamp_via(req, transport, ip, port)
-                retry = self.limits.overload_retry_after
-                self.send(dest, shed_response(req, random.randint(retry, 2 * retry),
-                                              "%012x" % random.getrandbits(48)))
+                self.send(stamp_via(req, transport, ip, port), shed_response(req, retry, tag))
         except SipError:
             # Malformed and shed: the parse that would answer it is the work saved.
             pass

@@ -15,7 +15,9 @@ import time
 from loadtest.harness import NodeProcess, write_users_csv
 from loadtest.sipclient import SipClient, SipClientError
 from sipcore.message import parse_message
-from sipcore.overload import ABSORB, ADMIT, SHED, Admission, OverloadSettings, shed_response
+from sipcore.overload import (ABSORB, ADMIT, SHED, Admission, OverloadSettings, quick_shed,
+                              shed_response)
+from sipcore.via import stamp_via
 
 SETTINGS = OverloadSettings(delay=0.1, interval=0.05, max_branches=1000)
 RESPONSE = b"SIP/2.0 200 OK\r\n\r\n"
@@ -103,17 +105,18 @@ def test_retransmissions_follow_the_first_verdict():
     assert adm.verdict(request("ACK", branch="z9hG4bKshed"), "10.0.0.1", 0.5, later) == ADMIT
 
 
-def test_credentials_and_trusted_sources_wait_longer():
+def test_trusted_sources_wait_longer_and_longer_still_with_credentials():
     adm = Admission(SETTINGS, trusted=lambda ip: ip == "10.0.0.7")
     now = overloaded(adm)
     creds = 'Authorization: Digest username="alice"\r\n'
     proxy = 'Proxy-Authorization: Digest username="alice"\r\n'
-    assert adm.verdict(request(extra=proxy), "10.0.0.1", 0.15, now) == ADMIT
-    assert adm.verdict(request("REGISTER", extra=creds), "10.0.0.1", 0.15, now) == ADMIT
-    assert adm.verdict(request(extra=proxy), "10.0.0.1", 0.25, now) == SHED
+    # Credentials from a stranger are unchecked words: shed as the rest.
+    assert adm.verdict(request(extra=proxy), "10.0.0.1", 0.15, now) == SHED
+    assert adm.verdict(request("REGISTER", extra=creds), "10.0.0.1", 0.15, now) == SHED
     assert adm.verdict(request("REGISTER"), "10.0.0.7", 0.15, now) == ADMIT
     assert adm.verdict(request("REGISTER"), "10.0.0.7", 0.25, now) == SHED
     assert adm.verdict(request("REGISTER", extra=creds), "10.0.0.7", 0.35, now) == ADMIT
+    assert adm.verdict(request(extra=proxy), "10.0.0.7", 0.35, now) == ADMIT
     assert adm.verdict(request("REGISTER", extra=creds), "10.0.0.7", 0.45, now) == SHED
 
 
@@ -130,6 +133,37 @@ def test_the_503_says_when_to_come_back():
     assert resp.get("retry-after") == "7"
     assert resp.to.tag == "abc"
     assert resp.call_id == "c1"
+
+
+SHAPES = [
+    request(),
+    request("REGISTER", extra='Authorization: Digest username="a", nonce="n"\r\n'),
+    request().replace(b";rport", b""),
+    request().replace(b"Via: ", b"v: ").replace(b"To: ", b"t: ").replace(b"Call-ID", b"i"),
+    request().replace(b"Via: SIP/2.0/UDP 10.0.0.1:5060;", b"Via: SIP/2.0/UDP 10.0.0.1;")
+    .replace(b"From:", b"Via: SIP/2.0/UDP 192.0.2.1:5070;branch=z9hG4bKx\r\nFrom:"),
+    request().replace(b"\r\n\r\n", b"\r\n\r\nv=0\r\n").replace(b"Length: 0", b"Length: 5"),
+]
+
+
+def test_the_quick_503_is_the_general_paths_bytes():
+    for data in SHAPES:
+        for ip, port in (("10.0.0.1", 5060), ("198.51.100.4", 40000)):
+            quick = quick_shed(data, ip, port, 7, "abc")
+            assert quick is not None, data
+            req = parse_message(data)
+            req.validate()
+            dest = stamp_via(req, "udp", ip, port)
+            assert quick == (shed_response(req, 7, "abc"), dest[1:]), data
+
+
+def test_the_quick_503_leaves_unusual_shapes_to_the_parser():
+    folded = request().replace(b"From: <sip:alice", b"From:\r\n <sip:alice")
+    two_in_one = request().replace(b";rport\r\n", b";rport, SIP/2.0/UDP 192.0.2.1\r\n")
+    tagged = request(to_tag="t1")
+    tcp = request().replace(b"/UDP", b"/TCP")
+    for data in (folded, two_in_one, tagged, tcp, b"INVITE sip:x SIP/2.0\r\n"):
+        assert quick_shed(data, "10.0.0.1", 5060, 7, "abc") is None, data
 
 
 # -- a real node -----------------------------------------------------------------
