@@ -24,12 +24,13 @@ new work is ever shed:
   PUBLISHes, REFERs and NOTIFYs is shed, a share that a controller moves
   every ``interval`` by how far the standing queue (the smallest delay of
   the interval) is over or under ``delay`` (as PIE, RFC 8033, moves its
-  drop probability), so that the node admits what it can do; one from a
-  source that authenticated recently (``trusted``) is shed only past twice
-  ``delay``, and past four times when it carries credentials (the second
-  half of work already begun): a flood from new sources, credentials or
-  not, cannot lock out the phones the node already serves, and the first
-  of the others that gets through is trusted from then on.
+  drop probability), so that the node admits what it can do; the new work
+  of a source that authenticated recently (``trusted``) has its own share,
+  whose controller aims at twice ``delay``, and is shed only past four
+  times ``delay`` when it carries credentials (the second half of work
+  already begun): a flood from new sources, credentials or not, cannot lock
+  out the phones the node already serves, and the first of the others that
+  gets through is trusted from then on.
 
 Shed requests get 503 with a Retry-After (RFC 3261 §21.5.4), or nothing,
 by setting. The tables of branches are bounded: two generations, swapped
@@ -102,9 +103,12 @@ class Admission:
         self._swap_at = 0.0
         self._smallest = _NONE
         self._update_at = 0.0
-        self._credit = 0.0
+        self._credit = [0.0, 0.0]
         self.share = 0.0
-        """The share of new work without credentials shed now (0 to 1)."""
+        """The share of new work shed now (0 to 1), but a trusted source's."""
+        self.trusted_share = 0.0
+        """The share of a trusted source's new work without credentials shed now: the
+        same controller, aiming at twice the bound."""
         self.delay = 0.0
         """The last delay measured (seconds)."""
         self.stats = {"shed": 0, "absorbed": 0, "emergency": 0}
@@ -127,6 +131,8 @@ class Admission:
             standing = self._smallest if self._smallest != _NONE else 0.0
             share = self.share + GAIN * (standing - target) / target
             self.share = min(1.0, max(0.0, share))
+            share = self.trusted_share + GAIN * (standing - 2 * target) / target
+            self.trusted_share = min(1.0, max(0.0, share))
             self._smallest = _NONE
             self._update_at = now + self.settings.interval
         return self.share
@@ -162,20 +168,22 @@ class Admission:
             self.stats["emergency"] += 1
             self._remember(data, self._admitted, branch)
             return ADMIT
-        # A source that authenticated recently is shed only when the queue is past
-        # twice the bound (four times for its work already begun, credentials
-        # answering a challenge); the rest, a share of them. Credentials alone
-        # prove nothing before they are checked: a flood can carry them.
+        # A source that authenticated recently has its own share, that aims at twice
+        # the bound, and its work already begun (credentials answering a challenge)
+        # is shed only past four times the bound; the rest, ``share`` of them.
+        # Credentials alone prove nothing before they are checked: a flood can carry
+        # them.
+        kind = 0
         if self.trusted is not None and self.trusted(ip):
-            limit = 2 * self.settings.delay
             if _CREDENTIALS.search(data):
-                limit *= 2
-            admit = delay <= limit
-        else:
-            self._credit += share
-            admit = self._credit < 1.0
-            if not admit:
-                self._credit -= 1.0
+                admit = delay <= 4 * self.settings.delay
+                kind = -1
+            else:
+                share, kind = self.trusted_share, 1
+        if kind >= 0:
+            credit = self._credit[kind] + share
+            admit = credit < 1.0
+            self._credit[kind] = credit if admit else credit - 1.0
         if admit:
             self._remember(data, self._admitted, branch)
             return ADMIT

@@ -105,19 +105,31 @@ def test_retransmissions_follow_the_first_verdict():
     assert adm.verdict(request("ACK", branch="z9hG4bKshed"), "10.0.0.1", 0.5, later) == ADMIT
 
 
-def test_trusted_sources_wait_longer_and_longer_still_with_credentials():
+def test_trusted_sources_have_their_share_and_their_calls_under_way_pass():
     adm = Admission(SETTINGS, trusted=lambda ip: ip == "10.0.0.7")
-    now = overloaded(adm)
+    now = 1.0
+    for _ in range(4):
+        adm.verdict(RESPONSE, "10.0.0.1", 0.2, now)
+        now += SETTINGS.interval
+    now -= 0.01
+    assert adm.share >= 0.5 and adm.trusted_share == 0.0
     creds = 'Authorization: Digest username="alice"\r\n'
     proxy = 'Proxy-Authorization: Digest username="alice"\r\n'
     # Credentials from a stranger are unchecked words: shed as the rest.
-    assert adm.verdict(request(extra=proxy), "10.0.0.1", 0.15, now) == SHED
-    assert adm.verdict(request("REGISTER", extra=creds), "10.0.0.1", 0.15, now) == SHED
-    assert adm.verdict(request("REGISTER"), "10.0.0.7", 0.15, now) == ADMIT
-    assert adm.verdict(request("REGISTER"), "10.0.0.7", 0.25, now) == SHED
-    assert adm.verdict(request("REGISTER", extra=creds), "10.0.0.7", 0.35, now) == ADMIT
+    stranger = [adm.verdict(request("REGISTER", extra=creds), "10.0.0.1", 0.2, now)
+                for _ in range(100)]
+    assert abs(stranger.count(SHED) - 100 * adm.share) <= 1
+    assert all(adm.verdict(request("REGISTER"), "10.0.0.7", 0.2, now) == ADMIT
+               for _ in range(100))
     assert adm.verdict(request(extra=proxy), "10.0.0.7", 0.35, now) == ADMIT
     assert adm.verdict(request("REGISTER", extra=creds), "10.0.0.7", 0.45, now) == SHED
+    # Past twice the bound the trusted share grows too.
+    now = overloaded(adm, now + 0.01)
+    for _ in range(8):
+        adm.verdict(RESPONSE, "10.0.0.1", 0.5, now)
+        now += SETTINGS.interval
+    assert adm.trusted_share == 1.0
+    assert adm.verdict(request("REGISTER"), "10.0.0.7", 0.5, now - 0.01) == SHED
 
 
 def test_branch_tables_are_bounded():
