@@ -114,7 +114,12 @@ def test_a_spent_token_is_refused(cluster):
                   "--bus-port", str(node5.bus_port), "--id", "node5", "--start"]
     try:
         node5.start()
-        assert wait(lambda: (cluster.status(node5) or {}).get("state") == "synced", CONVERGE)
+        # Started at once, maybe before node1 and node2 know its key from the master's
+        # push: refused at first, it subscribes again and hears them.
+        assert wait(lambda: [v["liveness"] for k, v in
+                             (cluster.status(node5) or {"peers": {}})["peers"].items()
+                             if k in ("node1", "node2")] == ["alive", "alive"], CONVERGE), \
+            node5.log_tail()
     finally:
         node5.stop()
     assert run_py("master", "node", "remove", "node5", "--config", cluster.config).returncode == 0
