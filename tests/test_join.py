@@ -181,6 +181,22 @@ def test_a_removed_node_is_cut_off_the_bus_and_leaves_the_zone(cluster):
     assert "node2" not in listed.stdout
 
 
+def test_a_removed_node_added_back_is_heard_again_without_a_restart(cluster):
+    node1, node2 = cluster.nodes["node1"], cluster.nodes["node2"]
+    pid = node2.proc.pid
+    again = node2.join(cluster.url, cluster.token(), "--force", "--id", "node2")
+    assert again.returncode == 0, again.stderr
+    # node1 refused node2's subscription while node2 was out, and ZeroMQ does not retry
+    # a refused connection: node2 subscribes anew until node1 lets its key in again.
+    assert wait(lambda: all((cluster.status(a) or {}).get("peers", {}).get(b, {})
+                            .get("liveness") == "alive"
+                            for a, b in ((node1, "node2"), (node2, "node1"))), CONVERGE), \
+        (node1.log_tail(), node2.log_tail())
+    # alice's registration on node2 while it was out reaches node1 now (by snapshot).
+    assert wait(lambda: "node2" in _origins(cluster, node1, "alice"), CONVERGE)
+    assert node2.proc.pid == pid
+
+
 def _origins(cluster, node, user: str) -> set[str]:
     return {b["origin"] for b in cluster.ask(node, "bindings", user=f"sip:{user}@")["bindings"]}
 
