@@ -86,13 +86,14 @@ def lab_members(data: str, n: int, base: str = BASE_ADDRESS) -> list[Member]:
 
 def write_node_config(data: str, k: int, secret: str, members: list[Member],
                       lab_key: str, base: str = BASE_ADDRESS, master_key: str = "",
-                      tls: NodeCert | None = None, ca: str = "") -> str:
+                      tls: NodeCert | None = None) -> str:
     """Write lab node ``k``'s configuration (mode 0600); return its path. With
-    ``tls`` the node listens for TLS on TLS_PORT with that certificate and checks
-    the sips next hops it connects to against the CA file ``ca``."""
+    ``tls`` the node listens for TLS on TLS_PORT with that certificate. It sets no
+    ``tls_ca``: the connections a node opens go to phones' TLS Contacts, whose
+    certificates are their own (self-signed), never the lab CA's."""
     node_dir = make_private_dir(os.path.join(data, f"node{k}"))
     tls_lines = (f'tls_port = {TLS_PORT}\ntls_cert = "{tls.cert}"\ntls_key = "{tls.key}"\n'
-                 f'tls_ca = "{ca}"\n') if tls else ""
+                 if tls else "")
     text = f"""[node]
 id = "node{k}"
 data_dir = "{node_dir}"
@@ -238,7 +239,7 @@ class Lab:
             tls = node_cert(os.path.join(self.data, f"node{k}"), ca, f"node{k}",
                             node_address(k, self.base), DOMAIN)
             cfg = write_node_config(self.data, k, secret, self.members, self.lab_public, self.base,
-                                    master_key, tls, self.ca)
+                                    master_key, tls)
             init_store(f"sqlite:///{self.data}/node{k}/tandem.db")
             try:
                 for name, pw in DEMO_USERS:
