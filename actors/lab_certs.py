@@ -102,9 +102,9 @@ def node_cert(folder: str, ca: tuple[str, str], node_id: str, address: str,
               domain: str) -> NodeCert:
     """Node ``node_id``'s certificate (``tls.pem``, key ``tls.key`` 0600) under
     ``folder``, signed by ``ca`` (cert, key), for its IP ``address`` (as an IP and
-    as a DNS name), the SIP ``domain`` and ``<node_id>.<domain>``; kept when it still fits, else made
-    again. It serves as a TLS server (phones) and a client (the node's own
-    connections to sips next hops)."""
+    as a DNS name), the SIP ``domain`` and ``<node_id>.<domain>``; kept when it
+    still fits, else made again. It serves as a TLS server (phones) and a client
+    (the node's own connections to sips next hops)."""
     cert, key = os.path.join(folder, "tls.pem"), os.path.join(folder, "tls.key")
     # The address is a DNS name too: linphone's TLS (mbedTLS 2) matches the host it
     # connects to only against DNS names, and refuses the IP-only certificate.

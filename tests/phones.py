@@ -469,6 +469,7 @@ def _run_pjsua(args) -> None:
     cfg.logConfig.level = 1
     cfg.logConfig.consoleLevel = 1
     cfg.medConfig.noVad = True  # the null device's silence is still sent: RTP to count
+    cfg.medConfig.sndAutoCloseTime = -1  # one device clock for every call, never reopened
     ep.libInit(cfg)
     tcfg = pj.TransportConfig()
     tcfg.port = args.port
