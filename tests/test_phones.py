@@ -124,9 +124,13 @@ def lab(tmp_path_factory, request):
             proc.kill()
             proc.wait()
         if RESULTS:
-            reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-            if reporter is not None:
-                reporter.write_line("\n" + table())
+            # Past pytest's capture of the teardown, so the table shows on every run.
+            plugins = request.config.pluginmanager
+            reporter = plugins.get_plugin("terminalreporter")
+            capture = plugins.get_plugin("capturemanager")
+            if reporter is not None and capture is not None:
+                with capture.global_and_fixture_disabled():
+                    reporter.write_line("\n" + table())
 
 
 def start_phone(lab, kind: str, transport: str, node: str, folder: str) -> Softphone:
