@@ -2,8 +2,9 @@
 
 For UDP, TCP and TLS, every phone calls every phone: the caller registered on node1, the
 callee on node2 (over UDP; over TCP and TLS on node1 too, see CALLEE_NODE), the call
-through the cluster (407, 180, 200, ACK), held 3 s with RTP flowing phone to phone (each
-phone's own count of what it received), ended with a BYE.
+through the cluster (the caller's INVITE challenged with 407 and sent again with its
+credentials, the callee answering 200 at once, the ACK), held 3 s with RTP flowing phone
+to phone (each phone's own count of what it received), ended with a BYE.
 The cells of one transport run in three rounds of three calls at once (each phone in one
 call per round), and the suite prints the table phone x phone x transport at the end.
 A phone registered on a node that is then killed is called through the survivor; a phone
