@@ -34,16 +34,12 @@ from gevent import socket
 from gevent.event import Event
 
 from sipcore.digest import Authenticator
-from sipcore.errors import SipError
-from sipcore.message import parse_message
-from sipcore.quick_challenge import QuickChallenge
 from sipcore.ratelimit import emergency_invite
-from sipcore.registrar import challenge_bytes
-from sipcore.via import stamp_via
+from sipcore.register import RegisterPath
 
 from . import logs
 from .config import NodeConfig, registrar_rules
-from .process import new_tag, tune_gc
+from .process import STRICT, new_tag, tune_gc
 from .transport import Limits, drain, udp_socket, unix_socket, wrap
 
 log = logging.getLogger(__name__)
@@ -68,11 +64,10 @@ class ChallengeFront:
     def __init__(self, cfg: NodeConfig, secret: bytes, parent: int, clock=time.monotonic,
                  origin: str = "AAAAAAAA"):
         self.cfg = cfg
-        self.rules = registrar_rules(cfg)
         # The node's origin tag: its nonces are the node's own.
-        self.auth = Authenticator(cfg.domain, secret, lambda _user: None, cfg.nonce_lifetime,
-                                  tuple(cfg.auth_algorithms), origin=origin)
-        self.quick = QuickChallenge(self.rules.domains)
+        auth = Authenticator(cfg.domain, secret, lambda _user: None, cfg.nonce_lifetime,
+                             tuple(cfg.auth_algorithms), origin=origin)
+        self.path = RegisterPath(registrar_rules(cfg), auth, new_tag, strict=STRICT)
         self.clock = clock
         self.node_path, self.ctl_path = paths(cfg)
         self.synced_until = 0.0
@@ -140,46 +135,24 @@ class ChallengeFront:
         """Answer ``data`` with a challenge when it is a REGISTER without
         credentials and the node is synced; otherwise pass it on.
 
-        The usual REGISTER gets its 401 from ``QuickChallenge``; any other
-        goes through the general parser, which writes the same bytes. A
-        source over its rate limit is dropped first, as the node drops it."""
+        The 401 is the one REGISTER path's (``RegisterPath.challenge``);
+        errors are the node's to answer. A source over its rate limit is
+        dropped first, as the node drops it."""
         limiter = self.limiter
         if limiter is not None and not limiter.allow(ip, time.monotonic()) \
                 and not emergency_invite(data, self.limits.emergency_numbers):
             self.stats["rate_limited"] += 1
             return
         if self.clock() < self.synced_until:
-            quick = self.quick.answer(data, ip, port, self._challenges, new_tag)
-            if quick is not None:
+            answer = self.path.challenge(data, ip, port, time.time())
+            if answer is not None:
                 try:
-                    send(*quick)
+                    send(*answer)
                     self.stats["challenged"] += 1
                 except OSError as e:
                     log.info("sending a challenge to %s:%d failed: %s", ip, port, e)
                 return
-        if (data[:9] == b"REGISTER " and self.clock() < self.synced_until
-                and b"authorization" not in data.lower()):
-            try:
-                req = parse_message(data)
-                req.validate()
-                # The byte test above cannot see folding tricks; the parse can.
-                if req.method == "REGISTER" and not req.raw_values("authorization"):
-                    dest = stamp_via(req, "udp", ip, port)
-                    self.rules.check(req)
-                    send(challenge_bytes(req, self.auth.challenge(time.time()), new_tag()),
-                         (dest[1], dest[2]))
-                    self.stats["challenged"] += 1
-                    return
-            except SipError:
-                # Not answered here: the node answers errors, and logs them.
-                pass
-            except OSError as e:
-                log.info("sending a challenge to %s:%d failed: %s", ip, port, e)
-                return
         self.pending.append(wrap(ip, port, data))
-
-    def _challenges(self) -> list[str]:
-        return self.auth.challenge(time.time())
 
     def flush(self) -> None:
         """Pass the datagrams of the last burst to the node, in one write."""

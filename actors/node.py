@@ -23,7 +23,6 @@ from sipcore.errors import SipError
 from sipcore.location import Binding, Location, Sequencer
 from sipcore.message import error_response, make_response
 from sipcore.proxy import OPTIONS_FIELDS
-from sipcore.usual_register import scan
 from store import bindings as binding_store
 from store import users as user_store
 from store.models import close_store, incr_state, init_store
@@ -146,9 +145,8 @@ class Node:
         self.transport = Transport(cfg.address, cfg.port, self.on_request, self.on_response,
                                    front_path=front_in, limits=Limits.from_config(cfg),
                                    tls=TlsContexts.load(cfg.tls_cert, cfg.tls_key, cfg.tls_ca)
-                                   if cfg.tls_port else None, tls_port=cfg.tls_port)
-        self.transport.quick = self.on_datagram
-        self.domains = frozenset(rules.domains)
+                                   if cfg.tls_port else None, tls_port=cfg.tls_port,
+                                   quick=self.on_datagram)
         timers = {"t1": cfg.t1, "t2": cfg.t2, "t4": cfg.t4}
         self.registrar = RegistrarActor(cfg.id, rules, auth, self.location, self.transport,
                                         Sequencer(epoch), cfg.batch_max, timers=timers,
@@ -164,14 +162,14 @@ class Node:
         attach_registrations(self)
         self.transport.start()
         self.registrar.greenlet = self.group.spawn(self.registrar.run)
-        self.registrar.greenlet.link_exception(self._actor_died)
+        self.registrar.greenlet.link_exception(self.actor_died)
         self.proxy = ProxyActor.from_config(cfg, secret, users.lookup, self.location,
                                             self.transport, auth)
         attach_call_outbox(self)
         self.proxy.greenlet = self.group.spawn(self.proxy.run)
-        self.proxy.greenlet.link_exception(self._actor_died)
+        self.proxy.greenlet.link_exception(self.actor_died)
         attach_drain(self)
-        self.group.spawn(self._share_bans).link_exception(self._actor_died)
+        self.group.spawn(self._share_bans).link_exception(self.actor_died)
         if cfg.challenge_front:
             self.front = FrontProcess(cfg, secret, origin)
             self.front.start()
@@ -234,7 +232,9 @@ class Node:
             drain = self.drain
             self.front.tell(self.replicator.synced and not (drain is not None and drain.on))
 
-    def _actor_died(self, greenlet) -> None:
+    def actor_died(self, greenlet) -> None:
+        """An actor's greenlet died: log why and stop the node (a half-alive node
+        would keep taking requests it cannot answer)."""
         log.error("actor died: %r; stopping the node", greenlet.exception)
         self.stop()
 
@@ -259,23 +259,15 @@ class Node:
             self.proxy.submit(req, dest)
 
     def on_datagram(self, data: bytes, ip: str, port: int) -> bool:
-        """Give a usual REGISTER (``sipcore.usual_register``) to the registrar
-        unparsed: one with credentials to its inbox, one without to be
-        challenged at once. False for any other datagram, which the
-        transport then parses and gives to ``on_request``."""
+        """Offer a UDP datagram to the registrar unparsed (``RegistrarActor.take``)
+        while the node is synced and not draining. False when it did not take
+        it: the transport then parses it and gives it to ``on_request``."""
         if data[:9] != b"REGISTER " or not self.replicator.synced:
             return False
         drain = self.drain
         if drain is not None and drain.on:
             return False
-        usual = scan(data, ip, port, self.domains)
-        if usual is None:
-            return False
-        if "authorization" in usual.fields:
-            self.registrar.submit(usual, None)
-        else:
-            self.registrar.challenge(usual)
-        return True
+        return self.registrar.take(data, ip, port)
 
     def on_response(self, resp, source) -> None:
         """Responses belong to the proxy's client transactions."""

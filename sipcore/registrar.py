@@ -230,20 +230,6 @@ class RegistrarRules:
         return headers
 
 
-def challenge_response(req: Request, challenges: list[str], to_tag: str) -> Response:
-    """The 401 asking ``req``'s sender for credentials (§22.1), one
-    WWW-Authenticate per challenge."""
-    return make_response(req, 401, "Unauthorized",
-                         [("WWW-Authenticate", c) for c in challenges], to_tag=to_tag)
-
-
-def challenge_bytes(req: Request, challenges: list[str], to_tag: str) -> bytes:
-    """``challenge_response(...).encode()``, built directly (the hot path of a
-    REGISTER without credentials)."""
-    return response_bytes(req, 401, "Unauthorized",
-                          [("WWW-Authenticate", c) for c in challenges], to_tag=to_tag)
-
-
 def _is_address(host: str) -> bool:
     try:
         ip_address(host)
