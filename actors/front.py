@@ -28,6 +28,7 @@ import socket as _socket
 import subprocess
 import sys
 import time
+from typing import Any
 
 import gevent
 from gevent import socket
@@ -72,11 +73,12 @@ class ChallengeFront:
         self.node_path, self.ctl_path = paths(cfg)
         self.synced_until = 0.0
         self.parent = parent
-        self.udp = None
-        self.out = None
+        # gevent sockets (untyped), bound by start
+        self.udp: Any = None
+        self.out: Any = None
         self.pending: list[bytes] = []
         self.retry_at = 0.0
-        self.ctl = None
+        self.ctl: Any = None
         self.stats = {"challenged": 0, "passed": 0, "dropped": 0, "rate_limited": 0}
         # The node's own limit, applied here to the datagrams the kernel hands the front.
         self.limits = Limits.from_config(cfg)
@@ -189,7 +191,7 @@ class FrontProcess:
         self.cfg = cfg
         self.secret = secret
         self.origin = origin
-        self.proc = None
+        self.proc: subprocess.Popen[bytes] | None = None
         self.ctl_path = paths(cfg)[1]
         self.status = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM)
         self.status.setblocking(False)
@@ -199,14 +201,15 @@ class FrontProcess:
         node's pid and its nonces' origin tag go on its stdin."""
         if not self.cfg.source:
             raise ValueError("sip.challenge_front needs the node to run from a configuration file")
-        self.proc = subprocess.Popen(
+        proc = self.proc = subprocess.Popen(
             [sys.executable, os.path.join(ROOT, "run.py"), "front", "--config", self.cfg.source],
             stdin=subprocess.PIPE, cwd=ROOT)
+        assert proc.stdin is not None
         # The node's pid travels with the secret: a front whose node died
         # before it read them must see it at once.
-        self.proc.stdin.write(b"%s %d %s\n" % (self.secret.hex().encode(), os.getpid(),
-                                                 self.origin.encode()))
-        self.proc.stdin.close()
+        proc.stdin.write(b"%s %d %s\n" % (self.secret.hex().encode(), os.getpid(),
+                                            self.origin.encode()))
+        proc.stdin.close()
 
     def tell(self, synced: bool) -> None:
         """Send the node's sync status (every ``STATUS_EVERY`` seconds); a dead

@@ -22,7 +22,7 @@ from sipcore.digest import Authenticator, origin_tag
 from sipcore.errors import SipError
 from sipcore.location import Binding, Location, Sequencer
 from sipcore.message import error_response, make_response
-from sipcore.proxy import OPTIONS_FIELDS
+from sipcore.proxy import options_response
 from store import bindings as binding_store
 from store import users as user_store
 from store.models import close_store, incr_state, init_store
@@ -254,7 +254,10 @@ class Node:
         if method == "REGISTER":
             self.registrar.submit(req, dest)
         elif method == "OPTIONS" and self.proxy.is_for_node(req):
-            self._answer(req, dest, 200, OPTIONS_FIELDS)
+            try:
+                self.transport.send(dest, options_response(req, secrets.token_hex(6)).encode())
+            except SipError as err:
+                self.transport.send(dest, error_response(req, err).encode())
         else:
             self.proxy.submit(req, dest)
 

@@ -50,18 +50,17 @@ class RegistrarActor:
                  location: Location, transport, sequencer: Sequencer, batch_max: int = 256,
                  on_commit=None, timers: dict | None = None, clock=time.time,
                  monotonic=time.monotonic, ban_drop: bool = False, log_rate: float = 20.0):
-        self.node_id = node_id
         self.location = location
-        self.transport = transport
         self.sequencer = sequencer
-        self.batch_max = batch_max
-        self.on_commit = on_commit
-        self.clock = clock
-        self.monotonic = monotonic
         self.answered = AnsweredRequests((timers or {}).get("t1", 0.5))
         self.path = RegisterPath(rules, authenticator, new_tag, location, node_id, sequencer,
                                  self.answered, ban_drop=ban_drop, strict=STRICT,
                                  log_rate=log_rate)
+        self.transport = transport
+        self.batch_max = batch_max
+        self.on_commit = on_commit
+        self.clock = clock
+        self.monotonic = monotonic
         self.inbox: Queue = Queue()
         self.greenlet = None
         self.stats = {"commits": 0, "committed": 0, "ok": 0}
@@ -152,7 +151,7 @@ class RegistrarActor:
         deferred: list[Answer] = []
         changes: list[Binding] = []
         merged: list[Binding] = []
-        undo = []
+        undo: list[tuple[str, str, Binding | None]] = []
         # (binding, the one it replaced) for the log lines, written after the 200s
         noted: list[tuple[Binding, Binding | None]] | None = \
             [] if log.isEnabledFor(logging.INFO) else None

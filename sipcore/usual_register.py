@@ -167,8 +167,8 @@ def scan(data: bytes, ip: str, port: int, domains: Container[str]) -> UsualRegis
     if not present >= _COPIED or not present.isdisjoint(_REFUSED):
         return None
     for key, pattern in _CHECKED:
-        value = found.get(key)
-        if value is not None and pattern.fullmatch(value) is None:
+        checked = found.get(key)
+        if checked is not None and pattern.fullmatch(checked) is None:
             return None
     usual = UsualRegister()
     via = _stamp(usual, found["via"], ip, port)
@@ -181,7 +181,7 @@ def scan(data: bytes, ip: str, port: int, domains: Container[str]) -> UsualRegis
     usual.call_id = found["call-id"]
     found["via"] = via
     # The response copies these in the request's order.
-    copied = []
+    copied: list[str] = []
     for key in found:
         display = _DISPLAY.get(key)
         if display is not None:
