@@ -186,3 +186,30 @@ def test_store_on_both_backends_scrubs_bounds_and_prunes(master):
         audit.set_retention_days(0)
     assert audit.prune(now=5000.0 + 365 * 86400 + 1) == 1
     assert audit.search()["total"] == 5
+
+
+def test_join_tokens_joins_and_removals_are_recorded_without_the_token_or_secret(tmp_path):
+    from actors.bus import generate_keypair
+    from tests.test_join_api import SECRET, post, request_for
+    ms.init_master_store(f"sqlite:///{tmp_path}/master.db")
+    ms.setup("example.test")
+    ms.add_admin("admin", PASSWORD)
+    app = create_app({"SECRET_KEY": "k", "CLUSTER_SECRET": SECRET,
+                      "MASTER_KEY": generate_keypair()[0]}, Poked())
+    try:
+        c = app.test_client()
+        tok = c.post("/api/tokens", headers=basic()).json["token"]
+        assert post(c, request_for(1, tok)).status_code == 201
+        assert post(c, request_for(2, tok)).status_code in (400, 401, 403, 409)  # spent
+        node = ms.list_nodes()[0]["node_id"]
+        assert c.delete(f"/api/nodes/{node}", headers=basic()).status_code == 200
+        made, joined, refused, removed = (rows(action=a) for a in (
+            "join token made", "node joined", "join refused", "node removed"))
+        assert made[0]["actor"] == "admin" and made[0]["ok"]
+        assert joined[0]["actor"] == "join token" and joined[0]["target"] == node
+        assert not refused[0]["ok"] and refused[0]["result"]
+        assert removed[0]["before"]["exists"] and removed[0]["after"] == {"exists": False}
+        assert removed[0]["before"]["sip"] == "192.0.2.11:5060"
+        no_secret_anywhere(tok, SECRET)
+    finally:
+        ms.close_master_store()

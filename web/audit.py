@@ -88,6 +88,15 @@ def _ban() -> tuple[str, dict]:
     return f"{str(kind)[:16]} {str(key)[:256]}", {}
 
 
+def _removed_node() -> tuple[str, dict]:
+    node = str(request.view_args.get("node_id", ""))[:64] if request.view_args else ""
+    row = ms.ClusterNode.get_or_none(ms.ClusterNode.node_id == node)
+    if row is None:
+        return node, {"exists": False}
+    return node, {"exists": True, "sip": row.sip, "control": row.control,
+                  "acked_version": row.acked_version}
+
+
 def _retention() -> tuple[str, dict]:
     return "audit retention", {"days": store.retention_days()}
 
@@ -109,13 +118,17 @@ DESCRIBERS: dict[str, tuple[str, Describer]] = {
     "backups.download": ("backup downloaded", lambda: ("master", {})),
     "bans.lift_page": ("ban lifted", _ban),
     "bans.api_lift": ("ban lifted", _ban),
+    "join.api_token": ("join token made", lambda: ("", {})),
+    "join.token_page": ("join token made", lambda: ("", {})),
+    "join.api_remove": ("node removed", _removed_node),
+    "join.remove_page": ("node removed", _removed_node),
     "audit.retention": ("audit retention", _retention),
     "audit.api_retention": ("audit retention", _retention),
 }
 """Endpoint: (action, what it targets and the state it may change)."""
 
-NOT_ACTIONS = frozenset(("auth.login",))
-"""Changing endpoints recorded in their own way (logins)."""
+NOT_ACTIONS = frozenset(("auth.login", "join.api_join"))
+"""Changing endpoints recorded in their own way (logins, a node joining with a token)."""
 
 
 def init_app(app: Flask) -> None:
@@ -151,6 +164,8 @@ def _after(response: Response) -> Response:
     try:
         if request.endpoint == "auth.login":
             _login(response)
+        elif request.endpoint == "join.api_join":
+            _join(response)
         else:
             _action(response)
     except Exception:
@@ -178,6 +193,20 @@ def _login(response: Response) -> None:
     elif response.status_code == 429:
         store.record(name, "login blocked", address=_address(), ok=False,
                      result="too many failed logins from this address")
+
+
+def _join(response: Response) -> None:
+    """A node that joined with a token (its id and address, never the secret the reply
+    carries), or a join refused before the address's limiter stepped in."""
+    body = response.get_json(silent=True) if response.is_json else None
+    body = body if isinstance(body, dict) else {}
+    if response.status_code == 201:
+        store.record("join token", "node joined", str(body.get("node_id", ""))[:64],
+                     _address(), after={"node_id": body.get("node_id"),
+                                        "version": body.get("version")})
+    elif response.status_code != 429:
+        store.record("join token", "join refused", "", _address(), ok=False,
+                     result=str(body.get("error", response.status))[:500])
 
 
 def _outcome(response: Response) -> str:
