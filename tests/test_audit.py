@@ -62,10 +62,10 @@ def test_login_failed_login_and_blocked_login_are_recorded_with_the_address(app)
 
 def test_login_flood_is_blocked_and_recorded_without_the_passwords(app):
     c = app.test_client()
-    statuses = [login(c, f"guess-{i}").status_code for i in range(5)]
-    assert statuses == [401, 401, 401, 429, 429]
-    assert [e["action"] for e in rows()] == ["login blocked"] * 2 + ["failed login"] * 3
-    no_secret_anywhere(*[f"guess-{i}" for i in range(5)])
+    statuses = [login(c, f"guess-{i}").status_code for i in range(8)]
+    assert statuses == [401, 401, 401] + [429] * 5
+    assert [e["action"] for e in rows()] == ["login blocked"] + ["failed login"] * 3
+    no_secret_anywhere(*[f"guess-{i}" for i in range(8)])
 
 
 def test_forwarded_for_header_does_not_change_the_address(app):
@@ -213,3 +213,15 @@ def test_join_tokens_joins_and_removals_are_recorded_without_the_token_or_secret
         no_secret_anywhere(tok, SECRET)
     finally:
         ms.close_master_store()
+
+
+def test_over_the_cap_failed_rows_go_before_the_admins_changes(master, monkeypatch):
+    monkeypatch.setattr(audit, "MAX_ENTRIES", 5)
+    for i in range(3):
+        audit.record("admin", "user saved", f"u{i}", now=1000.0 + i)
+    for i in range(6):
+        audit.record("?", "failed login", ok=False, now=2000.0 + i)
+    assert audit.prune(now=2100.0) == 4
+    kept = rows()
+    assert [e["target"] for e in kept if e["ok"]] == ["u2", "u1", "u0"]
+    assert [e["at"] for e in kept if not e["ok"]] == [2005.0, 2004.0]

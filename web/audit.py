@@ -20,11 +20,12 @@ epoch), ``failed=1``, ``limit``, ``offset``; ``format=csv`` or
 
 import datetime
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
-from flask import (Blueprint, Flask, Response, flash, g, redirect, render_template, request,
-                   session, url_for)
+from flask import (Blueprint, Flask, Response, current_app, flash, g, redirect,
+                   render_template, request, session, url_for)
 
 from store import audit as store
 from store import master as ms
@@ -42,6 +43,11 @@ MAX_PAGE = 1000
 MAX_CSV = 100_000
 """Rows one CSV export holds at most."""
 CHANGING = frozenset(("POST", "PUT", "PATCH", "DELETE"))
+BLOCKED_EVERY = 60.0
+"""Seconds between two ``login blocked`` rows of one address (the limiter answers each
+request of a blocked address with 429; one row a minute tells the story)."""
+MAX_BLOCKED = 10_000
+"""Addresses whose last ``login blocked`` row is remembered at most."""
 
 
 def _user_state(name: str) -> dict[str, Any]:
@@ -156,6 +162,7 @@ def _before() -> None:
         g.audit_before = _describe(request.endpoint or "")
     except Exception:
         log.exception("audit: cannot read the state before %s", request.endpoint)
+        g.audit_before = (request.endpoint or "", request.path[:200], {})
 
 
 def _after(response: Response) -> Response:
@@ -191,8 +198,15 @@ def _login(response: Response) -> None:
         store.record(name, "failed login", address=_address(), ok=False,
                      result="wrong admin name or password")
     elif response.status_code == 429:
-        store.record(name, "login blocked", address=_address(), ok=False,
-                     result="too many failed logins from this address")
+        now, addr = time.monotonic(), _address()
+        _blocked = current_app.extensions.setdefault("audit_blocked", {})
+        if now - _blocked.get(addr, -BLOCKED_EVERY) < BLOCKED_EVERY:
+            return
+        if addr not in _blocked and len(_blocked) >= MAX_BLOCKED:
+            _blocked.pop(next(iter(_blocked)))
+        _blocked[addr] = now
+        store.record(name, "login blocked", address=addr, ok=False,
+                     result="too many failed logins from this address (one row a minute)")
 
 
 def _join(response: Response) -> None:
