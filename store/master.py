@@ -140,6 +140,15 @@ class CdrCursor(MasterModel):
         table_name = "master_cdr_cursors"
 
 
+class EmergencyCall(MasterModel):
+    """A call to an emergency number (its record in ``CallRecord`` is marked by it)."""
+
+    call_id = peewee.TextField(primary_key=True)
+
+    class Meta:
+        table_name = "master_emergency_calls"
+
+
 class JoinToken(MasterModel):
     """A join token (``store.join_tokens``): only its SHA-256 is kept, never the token."""
 
@@ -156,7 +165,7 @@ class JoinToken(MasterModel):
 
 
 MASTER_MODELS = (Setting, SipUser, ClusterNode, ConfigVersion, Admin, CallRecord, CdrCursor,
-                 JoinToken)
+                 JoinToken, EmergencyCall)
 """Every master model of this module, in table-creation order."""
 
 
@@ -343,7 +352,8 @@ def config_for(version: int) -> dict[str, Any]:
     query = (SipUser.select(SipUser.username, SipUser.ha1_md5, SipUser.ha1_sha256,
                             SipUser.enabled).order_by(SipUser.username).dicts())
     users = list(cast(Iterable[dict[str, Any]], query))
-    return {"version": version, "domain": domain(), "users": users, **peers_push()}
+    return {"version": version, "domain": domain(), "users": users, **peers_push(),
+            **_dialplan_part()}
 
 
 def peers_push() -> dict[str, Any]:
@@ -359,6 +369,13 @@ def peers_push() -> dict[str, Any]:
         return {}
     return {"peers": [{"id": n["node_id"], "bus": n["bus"], "snapshot": n["snapshot"],
                        "public_key": n["public_key"], "sip": n["sip"]} for n in nodes]}
+
+
+def _dialplan_part() -> dict[str, Any]:
+    """The dial plan a version carries (``store.dialplan``), once the master has one."""
+    from store.dialplan import pushed_dialplan
+    doc = pushed_dialplan()
+    return {} if doc is None else {"dialplan": doc}
 
 
 def add_admin(username: str, password: str) -> None:

@@ -41,6 +41,12 @@ def _master_4_join(migrator: SchemaMigrator, db: peewee.Database) -> None:
     db.create_tables([JoinToken])
 
 
+def _master_5_emergency_calls(migrator: SchemaMigrator, db: peewee.Database) -> None:
+    """The marks of emergency call records (``store.master.EmergencyCall``)."""
+    from store.master import EmergencyCall
+    db.create_tables([EmergencyCall])
+
+
 MASTER_MIGRATIONS: tuple[Migration, ...] = (_master_2_audit_log, _master_3_alarms,
-                                            _master_4_join)
+                                            _master_4_join, _master_5_emergency_calls)
 """The master database's steps (``store.master``)."""

@@ -43,7 +43,8 @@ def create_app(config: dict, pusher=None) -> Flask:
     app.config.update(config)
     csrf.init_app(app)
     app.extensions["pusher"] = pusher
-    from . import alarms, api, audit, auth, backups, bans, calls, dns, join, metrics, pages
+    from . import (alarms, api, audit, auth, backups, bans, calls, dialplan, dns, join, metrics,
+                   pages)
     auth.init_app(app)
     audit.init_app(app)
     alarms.init_app(app)
@@ -65,4 +66,7 @@ def create_app(config: dict, pusher=None) -> Flask:
     csrf.exempt(join.api_remove)
     csrf.exempt(dns.api_set)
     csrf.exempt(api.bp)
+    app.register_blueprint(dialplan.bp)
+    app.register_blueprint(dialplan.api_bp)
+    csrf.exempt(dialplan.api_bp)
     return app
