@@ -78,7 +78,10 @@ def scrub(value: Any) -> Any:
 def _json(value: Any) -> str:
     if value is None:
         return ""
-    return json.dumps(scrub(value), sort_keys=True, default=str)[:MAX_DETAIL]
+    text = json.dumps(scrub(value), sort_keys=True, default=str)
+    if len(text) > MAX_DETAIL:  # still JSON: the beginning, said to be cut
+        text = json.dumps({"cut at": MAX_DETAIL // 2, "text": text[:MAX_DETAIL // 2]})
+    return text
 
 
 def record(actor: str, action: str, target: str = "", address: str = "", *,

@@ -225,3 +225,25 @@ def test_over_the_cap_failed_rows_go_before_the_admins_changes(master, monkeypat
     kept = rows()
     assert [e["target"] for e in kept if e["ok"]] == ["u2", "u1", "u0"]
     assert [e["at"] for e in kept if not e["ok"]] == [2005.0, 2004.0]
+
+
+def test_dial_plan_changes_keep_only_the_parts_that_changed(app):
+    c = app.test_client()
+    gw = {"name": "carrier", "host": "gw.example.test", "port": 5080, "transport": "udp"}
+    r = c.post("/api/dialplan/gateways", json=gw, headers=basic())
+    assert r.status_code in (200, 201), r.get_data(as_text=True)
+    r = c.post("/api/dialplan/rules", json={"rule": {"pattern": "9.", "strip": 1,
+                                                      "gateways": ["nowhere"]}},
+               headers=basic())
+    assert r.status_code == 400
+    refused, added = rows(action="dial plan changed")
+    assert added["ok"] and added["target"] == "dial plan"
+    assert added["before"] == {"gateways": []} and added["after"]["gateways"][0]["name"] == \
+        "carrier"
+    assert not refused["ok"] and refused["before"] is None and "nowhere" in refused["result"]
+
+
+def test_a_state_too_large_is_kept_as_its_beginning_still_json(master):
+    audit.record("admin", "big", after={"rules": ["x" * 100] * 100})
+    after = rows()[0]["after"]
+    assert after["cut at"] == audit.MAX_DETAIL // 2 and after["text"].startswith('{"rules"')

@@ -143,7 +143,18 @@ def init_app(app: Flask) -> None:
     app.after_request(_after)
 
 
+def _dialplan() -> tuple[str, dict]:
+    from store.dialplan import get_dialplan
+    return "dial plan", get_dialplan()
+
+
+DIFFED = frozenset(("dial plan changed",))
+"""Actions whose before and after keep only the parts that changed (large states)."""
+
+
 def _describe(endpoint: str) -> tuple[str, str, dict]:
+    if endpoint.split(".", 1)[0] in ("dialplan", "dialplan_api"):
+        return ("dial plan changed", *_dialplan())
     action, describer = DESCRIBERS.get(endpoint, ("", None))
     if describer is None:
         return endpoint or request.path[:64], request.path[:200], {}
@@ -260,6 +271,12 @@ def _action(response: Response) -> None:
         changed = before.pop("_ha1", None) != after.pop("_ha1", None)
         if after.get("exists") and before.get("exists"):
             after["credentials changed"] = changed
+    if action in DIFFED:
+        changed = {k for k in set(before) | set(after) if before.get(k) != after.get(k)}
+        before = {k: v for k, v in before.items() if k in changed}
+        after = {k: v for k, v in after.items() if k in changed}
+        if not changed:
+            before, after = {}, {}
     if action == "drain":
         body = request.get_json(silent=True) if request.is_json else None
         on = body.get("on") if isinstance(body, dict) else request.form.get("on") == "1"
