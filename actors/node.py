@@ -162,10 +162,10 @@ class Node:
         timers = {"t1": cfg.t1, "t2": cfg.t2, "t4": cfg.t4}
         self.registrar = RegistrarActor(cfg.id, rules, auth, self.location, self.transport,
                                         Sequencer(epoch), cfg.batch_max, timers=timers,
+                                        on_commit=self.publish,
                                         ban_drop=cfg.ban_response == "drop",
                                         log_rate=cfg.log_rate)
         attach_replicator(self)
-        self.replicator.on_bans = self._peer_bans
         attach_ban_keeper(self)
         if self.replicator.control is not None:
             self.replicator.control.handle("bans", self._list_bans)
@@ -206,7 +206,12 @@ class Node:
             self.replicator.share_bans(bans)
             gevent.sleep(0.25)
 
-    def _peer_bans(self, origin: str, bans: list) -> None:
+    def publish(self, changes: list[Binding]) -> None:
+        """The registrar's ``on_commit``: give committed changes to the replicator."""
+        self.replicator.publish(changes)
+
+    def peer_bans(self, origin: str, bans: list) -> None:
+        """The replicator's ``on_bans``: apply the bans a peer shares."""
         if self.guard.apply_peer(origin, bans, time.time()):
             shown = ", ".join(f"{k} {key}" + ("" if u else " lifted") for k, key, u in bans[:10])
             log.warning("bans from %s applied: %s", origin, shown)

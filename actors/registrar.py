@@ -81,8 +81,20 @@ class RegistrarActor:
     def take(self, data: bytes, ip: str, port: int) -> bool:
         """Offer a UDP datagram: a usual REGISTER (``RegisterPath.recognise``)
         with credentials goes to the inbox unparsed, one without is challenged
-        at once. False for any other datagram, which the transport then parses."""
-        usual = self.path.recognise(data, ip, port)
+        at once. False for any other datagram, which the transport then parses.
+
+        An exception of the recognition is a bug: counted with the path's
+        fallbacks and logged, the datagram left to the general path (raised
+        under ``TANDEM_STRICT``)."""
+        try:
+            usual = self.path.recognise(data, ip, port)
+        except Exception:
+            self.path.stats["usual_fallback"] += 1
+            log.exception("recognising a datagram from %s:%d failed; the general path takes it",
+                          ip, port)
+            if STRICT:
+                raise
+            return False
         if usual is None:
             return False
         if "authorization" in usual.fields:

@@ -117,7 +117,7 @@ class Replicator:
 
     def __init__(self, cfg: NodeConfig, epoch: int, location: Location, apply,
                  bus: Bus | None = None, clock=time.time, monotonic=time.monotonic,
-                 settled=None):
+                 settled=None, on_bans=None):
         self.cfg = cfg
         self.id = cfg.id
         self.epoch = epoch
@@ -143,7 +143,7 @@ class Replicator:
         self.published_seq = 0
         #: bans to publish (``share_bans``); ``on_bans(origin, bans)`` applies a peer's
         self._bans: list = []
-        self.on_bans = None
+        self.on_bans = on_bans
         #: ``on_snapshot_request(peer)``, when set, hears of each snapshot a peer asks for
         self.on_snapshot_request = None
         self.inbox: Queue = Queue()
@@ -582,8 +582,10 @@ class Replicator:
 def attach_replicator(node) -> Replicator:
     """Wire a replicator, and the control endpoint when configured, into a ``Node``.
 
-    Hooks the registrar's ``on_commit`` and ``merge`` (and its inbox, to know
-    when merges have reached the table), starts the replicator (and
+    Gives it the registrar's ``merge`` (and its inbox, to know when merges
+    have reached the table) and the node's ``peer_bans``; the node's
+    ``publish`` (the registrar's ``on_commit``) hands it each commit. Starts
+    the replicator (and
     ``[cluster] control`` with ``status``, ``digest`` and ``lags``), and sets
     ``node.replicator``.
     Call it after the registrar is built and before the transport starts,
@@ -594,8 +596,8 @@ def attach_replicator(node) -> Replicator:
     registrar = node.registrar
     inbox = getattr(registrar, "inbox", None)
     rep = Replicator(cfg, registrar.sequencer.epoch, node.location, registrar.merge,
-                     settled=inbox.empty if inbox is not None else None)
-    registrar.on_commit = rep.publish
+                     settled=inbox.empty if inbox is not None else None,
+                     on_bans=node.peer_bans)
     rep.start(on_failure=node.actor_died)
     if cfg.control:
         if rep.bus is None:

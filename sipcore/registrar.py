@@ -6,6 +6,7 @@ returns the binding changes and the response. Nothing here touches I/O:
 the caller commits the changes and only then sends the response.
 """
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from email.utils import formatdate
 from ipaddress import ip_address
@@ -65,7 +66,7 @@ class RegistrarRules:
     and its aliases that are names (not addresses) count.
     """
 
-    def __init__(self, domain: str, aliases=(), min_expires: int = 60,
+    def __init__(self, domain: str, aliases: Iterable[str] = (), min_expires: int = 60,
                  max_expires: int = 3600, default_expires: int = 3600,
                  max_contacts: int = 10, cluster: ClusterAddresses | None = None):
         self.domains = {domain.lower(), *(a.lower() for a in aliases)}
@@ -114,8 +115,9 @@ class RegistrarRules:
                                     location, now, node_id, received)
         return RegisterOutcome(changes, req, self._ok(req, live, now), to_tag)
 
-    def update(self, aor: str, contacts, call_id: str, cseq: int, hdr_expires: int | None,
-               ua: str | None, path: list[str], location: Location, now: float, node_id: str,
+    def update(self, aor: str, contacts: str | list[NameAddr], call_id: str, cseq: int,
+               hdr_expires: int | None, ua: str | None, path: list[str], location: Location,
+               now: float, node_id: str,
                received: str | None) -> tuple[list[Binding], list[Binding]]:
         """``apply``'s work on the request's parts: ``(changes, live)``, the
         new versions to commit and the bindings of ``aor`` alive after them.
@@ -126,7 +128,8 @@ class RegistrarRules:
         current = location.get(aor)
         live = {k: b for k, b in current.items()
                 if not b.deleted and b.expires_at > now} if current else {}
-        if contacts == "*":
+        if isinstance(contacts, str):
+            # Request.contacts is a string only for the wildcard "*".
             if hdr_expires != 0:
                 raise SipParseError("wildcard Contact requires Expires: 0")
             changes = []
@@ -155,8 +158,10 @@ class RegistrarRules:
             raise SipError(403, "Too Many Contacts")
         return list(pending.values()), list(live.values())
 
-    def _binding(self, na: NameAddr, aor, current, call_id, cseq, hdr_expires, now,
-                 node_id, received, ua, path) -> tuple[str, Binding | None]:
+    def _binding(self, na: NameAddr, aor: str, current: dict[str, Binding], call_id: str,
+                 cseq: int, hdr_expires: int | None, now: float, node_id: str,
+                 received: str | None, ua: str | None,
+                 path: list[str]) -> tuple[str, Binding | None]:
         """One Contact's binding key and new version (a tombstone to remove; None: no change)."""
         p = na.params
         exp_text = p.get("expires")
@@ -201,7 +206,7 @@ class RegistrarRules:
                             reg_id=reg_id, received=received, user_agent=ua, origin=node_id,
                             updated_at=now if old is None else _stamp(old, call_id, now))
 
-    def _ok(self, req: Request, live, now: float) -> list[tuple[str, str]]:
+    def _ok(self, req: Request, live: list[Binding], now: float) -> list[tuple[str, str]]:
         """The 200's header fields: every live binding with the seconds it has
         left, the Path the registrar took (if the UA supports it), Date."""
         headers = self.contact_fields(live, now)

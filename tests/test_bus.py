@@ -373,15 +373,14 @@ def test_attach_replicator_wires_the_registrar_and_the_control_endpoint(pair):
     client_pub, client_sec = generate_keypair()
     cfg = pair.cfg("n1", control=f"ipc://{pair.dir}/n1.ctl", control_keys=[client_pub])
     merged = []
-    registrar = SimpleNamespace(sequencer=Sequencer(epoch=4), merge=merged.extend,
-                                on_commit=None)
+    registrar = SimpleNamespace(sequencer=Sequencer(epoch=4), merge=merged.extend)
     died = []
     node = SimpleNamespace(cfg=cfg, registrar=registrar, location=Location(),
-                           actor_died=died.append)
+                           actor_died=died.append, peer_bans=lambda origin, bans: None)
     rep = attach_replicator(node)
     client = Bus(client_pub, client_sec, "dashboard")
     try:
-        assert registrar.on_commit == rep.publish and node.replicator is rep
+        assert node.replicator is rep and rep.on_bans is node.peer_bans
         status = request(client, cfg.control, cfg.public_key, {"cmd": "status"}, 3.0)
         assert (status["id"], status["epoch"]) == ("n1", 4)
         assert status["peers"]["n2"]["liveness"] == "unknown"
