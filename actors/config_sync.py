@@ -8,7 +8,10 @@ client or anyone else gets an error and changes nothing. A version is
 applied only when it is newer than the one the node holds; the users go
 into the node's own store (one transaction) and the version into its node
 state, so a node restarted while the master is down serves the last
-configuration it got. ``config_version`` reports what the node runs.
+configuration it got. A version may also carry ``peers``, the cluster's
+membership (``actors.membership``): checked with the rest before anything
+is written, then kept and handed to ``on_peers``. ``config_version``
+reports what the node runs.
 """
 
 import logging
@@ -19,6 +22,7 @@ from store.models import get_state, set_state
 from store.users import replace_users
 
 from .bus import BusError
+from .membership import MembershipError, follow_peers, parse_peers, store_peers
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +36,11 @@ VERSION_KEY = "config_version"
 class ConfigSync:
     """Applies the master's configuration versions to one node's store."""
 
-    def __init__(self, domain: str, on_users=None):
+    def __init__(self, domain: str, on_users=None, node_id: str = "", on_peers=None):
         self.domain = domain
         self.on_users = on_users
+        self.node_id = node_id
+        self.on_peers = on_peers
         self.stats = {"applied": 0, "stale": 0, "refused": 0}
         self.on_dialplan = None
         """Called with a pushed ``dialplan`` document, once checked and its version taken
@@ -65,9 +71,17 @@ class ConfigSync:
             self.stats["stale"] += 1
             return {"version": current, "applied": False}
         try:
+            peers = parse_peers(request["peers"], self.node_id) if "peers" in request else None
+        except MembershipError as e:
+            raise BusError(f"configuration {version} refused: {e}") from None
+        try:
             written, deleted = replace_users(self.domain, users)
         except StoreError as e:
             raise BusError(f"configuration {version} refused: {e}") from None
+        if peers is not None:
+            store_peers(request["peers"])
+            if self.on_peers is not None:
+                self.on_peers(peers)
         set_state(VERSION_KEY, version)
         self.stats["applied"] += 1
         if self.on_users is not None:
@@ -96,7 +110,8 @@ def attach_config_sync(node) -> ConfigSync | None:
     control = node.replicator.control if node.replicator is not None else None
     if control is None:
         return None
-    sync = node.config_sync = ConfigSync(node.cfg.domain, node.users.reload)
+    sync = node.config_sync = ConfigSync(node.cfg.domain, node.users.reload, node.cfg.id,
+                                         lambda peers: follow_peers(node, peers))
     control.handle("config", sync.apply)
     control.handle("config_version", sync.version)
     return sync

@@ -54,7 +54,7 @@ READY_LIMIT = 15.0
 WATCH_INTERVAL = 0.2
 """Seconds between two looks at the node processes."""
 WEIGHTS_EVERY = 5
-"""Looks between two reads of the master's SRV weights (the DNS follows them)."""
+"""Looks between two reads of the master's nodes and SRV weights (the DNS follows them)."""
 
 
 def load_users(n: int = LOAD_USERS) -> list[tuple[str, str]]:
@@ -205,7 +205,8 @@ class Lab:
         self.lab_public = self.lab_secret = ""
         self.dns: DnsServer | None = None
         self.master = LabMaster(self.data, base, DOMAIN, ROOT)
-        self.weights: dict[str, int] = {}
+        self.zone_nodes: list[tuple[str, str, int, int]] = []
+        """The master's nodes as the DNS serves them (``store.master.zone_nodes``)."""
         self.serial = 1
         self.control = LabControlServer(self.data, self.status, self.restart)
         self.stopping = False
@@ -270,24 +271,27 @@ class Lab:
                 log.warning("lab DNS cannot use %s:%d: %s", self.base, port, e)
         return None
 
-    def _zone(self, weights: dict[str, int] | None = None, serial: int = 1) -> str:
-        """The lab's zone: every node, with its SRV weight (50 unless given)."""
-        weights = weights or {}
-        return cluster_zone(DOMAIN, [(n.id, n.address, 5060, weights.get(n.id, 50))
-                                     for n in self.nodes], serial=serial)
+    def _zone(self, nodes: list[tuple[str, str, int, int]] | None = None,
+              serial: int = 1) -> str:
+        """The lab's zone: the master's nodes with their SRV weights, or every lab node
+        at weight 50 until the master's are read."""
+        return cluster_zone(DOMAIN, nodes or [(n.id, n.address, 5060, 50) for n in self.nodes],
+                            serial=serial)
 
-    def _follow_weights(self) -> None:
-        """Serve the master's SRV weights once they change (the master may be down)."""
+    def _follow_master(self) -> None:
+        """Serve the master's nodes and SRV weights once they change (a weight set on
+        the DNS page, a node removed); the master may be down."""
         try:
-            weights = self.master.weights()
+            nodes = self.master.zone_nodes()
         except (StoreError, peewee.PeeweeException) as e:  # locked or missing: next time
-            log.debug("cannot read the master's weights: %s", e)
+            log.debug("cannot read the master's nodes: %s", e)
             return
-        if weights and weights != self.weights and self.dns is not None:
+        if nodes and nodes != self.zone_nodes and self.dns is not None:
             self.serial += 1
-            self.dns.update_zone(self._zone(weights, self.serial))
-            log.info("DNS weights now %s", weights)
-        self.weights = weights
+            self.dns.update_zone(self._zone(nodes, self.serial))
+            log.info("DNS zone now %s", ", ".join(f"{n[0]} {n[1]}:{n[2]} weight {n[3]}"
+                                                  for n in nodes))
+        self.zone_nodes = nodes
 
     def watch(self) -> None:
         """Report each node's death once, until Ctrl-C or SIGTERM; never exits on a death."""
@@ -295,7 +299,7 @@ class Lab:
         while not self.stopping:
             looks += 1
             if looks % WEIGHTS_EVERY == 0:
-                self._follow_weights()
+                self._follow_master()
             for node in self.watched():
                 if node.proc is not None and not node.alive() and not node.reported:
                     self._report_death(node)

@@ -85,11 +85,12 @@ class LabMaster(WatchedProcess):
         finally:
             master_store.close_master_store()
 
-    def weights(self) -> dict[str, int]:
-        """The SRV weight of each node as the master holds it (the DNS page sets them)."""
+    def zone_nodes(self) -> list[tuple[str, str, int, int]]:
+        """The nodes the master holds, each with its address, SIP port and SRV weight
+        (the DNS page sets weights, a removal takes a node out)."""
         master_store.init_master_store(f"sqlite:///{self.dir}/master.db")
         try:
-            return {n[0]: n[3] for n in master_store.zone_nodes()}
+            return master_store.zone_nodes()
         finally:
             master_store.close_master_store()
 

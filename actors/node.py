@@ -38,6 +38,7 @@ from .drain import Drain, attach_drain
 from .gateways import attach_dialing
 from .front import STATUS_EVERY, FrontProcess
 from .front import paths as front_paths
+from .membership import use_stored_peers
 from .process import tune_gc
 from .proxy import ProxyActor
 from .registrar import RegistrarActor
@@ -123,6 +124,7 @@ class Node:
             os.makedirs(sqlite_dir(cfg), exist_ok=True)
         init_store(cfg.database)
         epoch = incr_state("epoch")
+        use_stored_peers(cfg)
         now = time.time()
         # Loading allocates an object graph that only grows: a collector pass
         # over it would find nothing, so it is kept out of the way (see below).

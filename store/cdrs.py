@@ -222,7 +222,7 @@ def per_node(since: float) -> dict[str, dict[str, Any]]:
     return dict(sorted(out.items()))
 
 
-def _cell(value: Any) -> str:
+def csv_cell(value: Any) -> str:
     """A CSV cell that a spreadsheet will not run as a formula (OWASP CSV injection)."""
     text = "" if value is None else ";".join(value) if isinstance(value, list) else str(value)
     return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
@@ -234,5 +234,29 @@ def to_csv(cdrs: list[dict[str, Any]]) -> str:
     writer = csv.writer(out)
     writer.writerow(FIELDS)
     for cdr in cdrs:
-        writer.writerow([_cell(cdr[f]) for f in FIELDS])
+        writer.writerow([csv_cell(cdr[f]) for f in FIELDS])
     return out.getvalue()
+
+
+FAILURES = ("failed", "busy", "no answer")
+"""Outcomes counted as failures in :func:`timeline` (a cancel is the caller's choice)."""
+TIMELINE_SCAN = 200_000
+"""Records :func:`timeline` reads at most (the newest of the range)."""
+
+
+def timeline(since: float, until: float, buckets: int = 24) -> list[dict[str, Any]]:
+    """Calls and failures per equal slice of ``[since, until)`` (by start time):
+    ``[{"start", "end", "calls", "failures"}]``, oldest first."""
+    if until <= since or buckets < 1:
+        raise ValueError("timeline needs since < until and at least one bucket")
+    width = (until - since) / buckets
+    out = [{"start": since + k * width, "end": since + (k + 1) * width, "calls": 0,
+            "failures": 0} for k in range(buckets)]
+    rows = (CallRecord.select(CallRecord.started_at, CallRecord.outcome)
+            .where((CallRecord.started_at >= since) & (CallRecord.started_at < until))
+            .order_by(CallRecord.started_at.desc()).limit(TIMELINE_SCAN).tuples())
+    for started, outcome in cast(Iterable[tuple[float, str]], rows):
+        slot = out[min(buckets - 1, int((started - since) / width))]
+        slot["calls"] += 1
+        slot["failures"] += outcome in FAILURES
+    return out

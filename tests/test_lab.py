@@ -170,6 +170,12 @@ def test_the_master_provisions_every_node_and_its_death_stops_no_node(lab):
                               host, port=int(port), timeout=2)
         return sorted(r.weight for r in reply.answer[0])
     assert wait_for(lambda: served_weights() == [20, 80], 5), served_weights()
+    removal = urllib.request.Request(
+        f"http://{base}:8080/api/nodes/node2", method="DELETE",
+        headers={"Authorization": request.headers["Authorization"]})
+    with urllib.request.urlopen(removal, timeout=10) as r:
+        assert r.status == 200
+    assert wait_for(lambda: served_weights() == [80], 5), "the lab's DNS follows a removal"
 
 
 def test_lab_files_are_private(lab):
