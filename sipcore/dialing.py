@@ -96,16 +96,17 @@ class Dialing:
         self.stats["routed"] += 1
         return groups, self.identity(policy.caller_id or caller)
 
-    def emergency(self, number: str, user: str | None) -> tuple[list[list[BranchTarget]],
-                                                               str] | None:
+    def emergency(self, number: str, user: str | None, source: str | None = None
+                  ) -> tuple[list[list[BranchTarget]], str] | None:
         """The branch groups and identity of an emergency call to ``number`` from
-        ``user`` (None when unknown), or None when there is no emergency gateway."""
+        ``user`` (None when unknown) at address ``source``, or None when there is no
+        emergency gateway."""
         gateways = self.plan.emergency_gateways
         if not gateways:
             return None
         ordered: list[Gateway] = sorted(gateways, key=lambda g: g.name in self.down)
         self.stats["emergency"] += 1
-        callback = self.plan.callback(user) or (user or "anonymous")
+        callback = self.plan.callback(user, source) or (user or "anonymous")
         return [[BranchTarget(g.uri(number))] for g in ordered], self.identity(callback)
 
 

@@ -284,7 +284,7 @@ class ProxyCore:
         dialing = self.dialing
         dialled = failover = None
         if emergency and not in_dialog:
-            dialled = self._emergency_gateways(req, ruri, caller)
+            dialled = self._emergency_gateways(req, ruri, caller, stx.destination[1])
             if dialled is None:
                 groups = self._emergency_targets(req, ruri, local, caller, wall, breadth)
             else:
@@ -360,18 +360,20 @@ class ProxyCore:
             raise SipError(480, "No Route For Emergency Number")
         return [[BranchTarget(req.uri)]]
 
-    def _emergency_gateways(self, req: Request, ruri, caller: str | None):
-        """``(groups, identity)`` of an emergency call through the emergency gateways, or
-        None without any. The callback number is the authenticated caller's, else that of
-        the user the From names when it is of our domain (an emergency call whose
-        credentials failed still tells the emergency service who it probably is)."""
+    def _emergency_gateways(self, req: Request, ruri, caller: str | None, source: str):
+        """``(groups, identity)`` of an emergency call from address ``source`` through
+        the emergency gateways, or None without any. The callback number is that of the
+        authenticated caller, else of the user the From names when it is of our domain
+        (an emergency call whose credentials failed still tells the emergency service
+        who it probably is), else of the location ``source`` is in
+        (``DialPlan.callback``)."""
         if self.dialing is None:
             return None
         user = caller
         from_uri = req.from_.uri
         if user is None and from_uri.user and self.settings.names_domain(from_uri):
             user = unquote(from_uri.user)
-        return self.dialing.emergency(unquote(ruri.user).split(";")[0], user)
+        return self.dialing.emergency(unquote(ruri.user).split(";")[0], user, source)
 
     @staticmethod
     def _to_gateway(req: Request, identity: str) -> None:

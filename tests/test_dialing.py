@@ -219,3 +219,12 @@ def test_a_pushed_plan_is_checked_kept_and_applied(store):
     assert load_dialplan(node.cfg).match("95551234") is not None    # kept for a restart
     assert push(sync, 3)["applied"]                                  # no plan: it stays
     assert node.dialing.plan.match("95551234") is not None
+
+
+def test_emergency_callback_by_the_callers_location(core):
+    core.dialing.plan = parse_dialplan({**PLAN, "locations": [
+        {"network": "10.0.0.0/24", "callback": "+15551010"}]})
+    core.receive(request("INVITE", "sip:911@example.test", frm="sip:visitor@other.test"),
+                 ALICE, 0.0, WALL)
+    (inv, _), = forwarded(out(core))
+    assert inv.get("p-asserted-identity") == f"<sip:+15551010@{DOMAIN};user=phone>"
