@@ -139,11 +139,11 @@ class GatewayProber:
                 got = sock.recv(_MAX_ANSWER)
                 if not got:
                     return False
-                if _answers(got, call_id):
+                if is_probe_answer(got, call_id):
                     return True
 
 
-def _answers(data: bytes, call_id: str) -> bool:
+def is_probe_answer(data: bytes, call_id: str) -> bool:
     """Whether ``data`` is a response to the probe with ``call_id`` (any status: the
     gateway is alive even when it refuses OPTIONS)."""
     try:
