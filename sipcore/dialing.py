@@ -18,9 +18,10 @@ dial plan) two questions:
 A gateway call moves on to the route's next gateway only on an answer
 that means "try elsewhere" (``TRY_ELSEWHERE``): 408 (also what a Timer B
 or F timeout of the branch gives), 500, 502, 503 (also a transport error)
-and 504. Any other final answer (486 Busy, 404, 6xx...) is the callee's
-and ends the call. An emergency call tries every emergency gateway until
-one answers 2xx (a 6xx still ends it).
+and 504, or once Timer C cancelled the gateway's ringing branch. Any other
+final answer (486 Busy, 404, 6xx...) is the callee's and ends the call. An
+emergency call tries every emergency gateway until one answers 2xx (a 6xx
+still ends it).
 
 ``down`` is the set of gateway names the node's prober (``actors.gateways``)
 found silent; it only reads and writes names, so a new plan keeps it.

@@ -102,6 +102,8 @@ class ProxyCore:
         self._lookups: dict[int, object] = {}
         self._lookups_out: list[Lookup] = []
         self._ringing: dict[Branch, float] = {}
+        self._gave_up: set[Branch] = set()
+        """Gateway branches cancelled by Timer C: their end moves on to the next gateway."""
         self._literal: dict[tuple, list] = {}
         self._call_events: list[CallEvent] = []
         self.dialing = None
@@ -201,14 +203,16 @@ class ProxyCore:
             if not ctx.final_sent and ctx.server.status == 0:
                 self.layer.respond(ctx.server, trying_response(ctx.request), now)
         ringing = self._ringing
-        limit = now - self.timer_c
+        timer_c = self.timer_c
         while ringing:
             branch, since = next(iter(ringing.items()))
-            if since > limit:
+            if since + timer_c > now:     # as get_timer computes it (no float drift)
                 break
             del ringing[branch]
             if not branch.done and branch.tx is not None:
                 log.info("timer C fired for %s; cancelling the branch", branch.tx.key[0])
+                if branch.ctx.failover is not None:
+                    self._gave_up.add(branch)
                 self.layer.cancel(branch.tx, now)
         self._drain(now, now)
 
@@ -538,6 +542,9 @@ class ProxyCore:
         branch.dests = ()
         ctx.live -= 1
         self._ringing.pop(branch, None)
+        gave_up = bool(self._gave_up) and branch in self._gave_up
+        if gave_up:
+            self._gave_up.discard(branch)
         if ctx.final_sent:
             return
         if resp is not None:
@@ -545,7 +552,7 @@ class ProxyCore:
             if resp.status >= 600 and ctx.invite and not ctx.stopped:
                 ctx.stopped = True
                 self._cancel_branches(ctx, now, ())
-            elif ctx.failover is not None and resp.status not in ctx.failover:
+            elif ctx.failover is not None and resp.status not in ctx.failover and not gave_up:
                 ctx.stopped = True     # the callee's answer, not the gateway's failure
         self._advance(ctx, now)
 

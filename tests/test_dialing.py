@@ -8,7 +8,7 @@ import pytest
 from actors.bus import BusError
 from actors.config import NodeConfig
 from actors.config_sync import ConfigSync
-from actors.gateways import is_probe_answer, apply_dialplan, load_dialplan
+from actors.gateways import apply_dialplan, is_probe_answer, load_dialplan
 from sipcore.dialing import TRY_ELSEWHERE, Dialing, probe_request
 from sipcore.dialplan import parse_dialplan
 from sipcore.digest import Authenticator
@@ -261,3 +261,16 @@ def test_a_forged_or_stale_push_changes_no_plan(store):
 ])
 def test_only_an_answer_to_the_probe_counts(data, answered):
     assert is_probe_answer(data, "probe-1") is answered
+
+
+def test_timer_c_of_a_ringing_gateway_moves_on_to_the_next(core):
+    core.timer_c = 10.0
+    (inv, _), = forwarded(authed_invite(core, "sip:95551234@example.test"))
+    core.receive(reply(inv, 180), GW_A, 0.2, WALL)
+    out(core)
+    cancels = [m for m, d in run_until(core, 10.3) if getattr(m, "method", "") == "CANCEL"]
+    assert len(cancels) == 1
+    core.receive(reply(inv, 487), GW_A, 10.4, WALL)
+    (inv2, dest), = forwarded(out(core))
+    assert dest == GW_B and inv2.uri == "sip:775551234@127.0.0.22:5080"
+    assert not core._gave_up
