@@ -72,7 +72,8 @@ class LabMaster(WatchedProcess):
         """Write the configuration naming the nodes; give the master the users."""
         self.public_key()
         nodes = "".join(f'\n[[nodes]]\nid = "{m.id}"\nsip = "{sip[m.id]}"\nbus = "{m.pub}"\n'
-                        f'control = "{m.control}"\npublic_key = "{m.public_key}"\n'
+                        f'snapshot = "{m.snapshot}"\ncontrol = "{m.control}"\n'
+                        f'public_key = "{m.public_key}"\n'
                         for m in members if len(members) > 1)
         write_private(self.config, self._head() + nodes)
         rows = list(users)

@@ -32,7 +32,8 @@ from gevent.pool import Group
 from gevent.queue import Empty, Queue
 
 from sipcore.location import Binding, Location, is_newer
-from sipcore.replication import (ApplyBindings, Heartbeat, Notice, Replication, RequestSnapshot,
+from sipcore.replication import (ALIVE, SUSPECTED, ApplyBindings, Heartbeat, Notice,
+                                 Replication, RequestSnapshot,
                                  SetDigest, SnapshotAssembler, SnapshotError, Update, WireError,
                                  decode_heartbeat, decode_snapshot_request, decode_update,
                                  encode_heartbeat, encode_snapshot_request, encode_update,
@@ -61,6 +62,8 @@ LAND_LIMIT = 5.0
 """Seconds after which an update not yet in the location table is no longer measured."""
 LANDINGS = 20000
 """Updates whose lag is kept for the ``lags`` control command."""
+RESUBSCRIBE_AFTER = 3.0
+"""Seconds a peer may go unheard (unknown or dead) before its subscription is made anew."""
 
 
 def yield_to_sip(limit: float = YIELD_LIMIT) -> None:
@@ -141,6 +144,8 @@ class Replicator:
         #: bans to publish (``share_bans``); ``on_bans(origin, bans)`` applies a peer's
         self._bans: list = []
         self.on_bans = None
+        #: ``on_snapshot_request(peer)``, when set, hears of each snapshot a peer asks for
+        self.on_snapshot_request = None
         self.inbox: Queue = Queue()
         self.outbox: Queue = Queue()
         self.group = Group()
@@ -150,8 +155,8 @@ class Replicator:
         self.landings: deque[tuple[str, int, int, int, float]] = deque(maxlen=LANDINGS)
         """``(origin, epoch, first seq, last seq, lag seconds)`` of the latest updates."""
         self._in_flight: deque[tuple[ApplyBindings, float]] = deque()
-        self._subscribers: dict[str, tuple[gevent.Greenlet, object]] = {}
-        """Each peer's subscriber greenlet and SUB socket."""
+        self._subscribers: dict[str, tuple[gevent.Greenlet, object, float]] = {}
+        """Each peer's subscriber greenlet, SUB socket and when it was made."""
         self._on_failure = None
         self._pub_endpoint = ""
         self._drop_subscribers = False
@@ -210,7 +215,25 @@ class Replicator:
         g = self.group.spawn(self._subscriber, p.id, sub)
         if self._on_failure is not None:
             g.link_exception(self._on_failure)
-        self._subscribers[p.id] = (g, sub)
+        self._subscribers[p.id] = (g, sub, self.monotonic())
+
+    def _unfollow(self, peer: str) -> None:
+        """Close ``peer``'s subscription (its greenlet first, out of its recv)."""
+        entry = self._subscribers.pop(peer, None)
+        if entry is not None and self.bus is not None:
+            entry[0].kill(block=True, timeout=1)
+            self.bus.close_socket(entry[1])
+
+    def _resubscribe(self, now: float) -> None:
+        """Subscribe anew to each peer unheard for ``RESUBSCRIBE_AFTER``: ZeroMQ does not
+        retry a connection the peer's ZAP handler refused, which happens to a node that
+        joined while its peers did not know its key yet (the master tells them a moment
+        later); other connections ZeroMQ retries by itself, and a new one costs nothing."""
+        for peer, (_, _, since) in list(self._subscribers.items()):
+            state = self.core.peers[peer].liveness.state if peer in self.core.peers else ALIVE
+            if state not in (ALIVE, SUSPECTED) and now - since >= RESUBSCRIBE_AFTER:
+                self._unfollow(peer)
+                self._follow(self.peers[peer])
 
     def set_peers(self, peers: list[Peer]) -> None:
         """New membership from the master (``actors.membership``): applied by the main
@@ -228,10 +251,7 @@ class Replicator:
         assert bus is not None
         allow_peers(bus, self.cfg, list(wanted.values()))
         for peer in removed:
-            g, sock = self._subscribers.pop(peer, (None, None))
-            if g is not None:
-                g.kill(block=True, timeout=1)  # out of its recv before its socket closes
-                bus.close_socket(sock)
+            self._unfollow(peer)
             self.core.remove_peer(peer)
             del self.peers[peer]
         for p in added:
@@ -377,6 +397,7 @@ class Replicator:
                     self._act(core.snapshot_failed(peer, request, reason, now))
             if now >= next_tick:
                 self._act(core.tick(now))
+                self._resubscribe(now)
                 next_tick = now + tick_every
 
     def _act(self, actions: list) -> None:
@@ -478,6 +499,8 @@ class Replicator:
                 self.stats["bad_messages"] += 1
                 log.warning("dropped a bad snapshot request from %s: %s", user or "?", e)
                 continue
+            if self.on_snapshot_request is not None:
+                self.on_snapshot_request(node)
             try:
                 self._serve_snapshot(sock, frames[0], node, request)
             except BusError as e:

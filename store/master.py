@@ -140,6 +140,15 @@ class CdrCursor(MasterModel):
         table_name = "master_cdr_cursors"
 
 
+class EmergencyCall(MasterModel):
+    """A call to an emergency number (its record in ``CallRecord`` is marked by it)."""
+
+    call_id = peewee.TextField(primary_key=True)
+
+    class Meta:
+        table_name = "master_emergency_calls"
+
+
 class JoinToken(MasterModel):
     """A join token (``store.join_tokens``): only its SHA-256 is kept, never the token."""
 
@@ -153,15 +162,6 @@ class JoinToken(MasterModel):
 
     class Meta:
         table_name = "master_join_tokens"
-
-
-class EmergencyCall(MasterModel):
-    """A call to an emergency number (its record in ``CallRecord`` is marked by it)."""
-
-    call_id = peewee.TextField(primary_key=True)
-
-    class Meta:
-        table_name = "master_emergency_calls"
 
 
 MASTER_MODELS = (Setting, SipUser, ClusterNode, ConfigVersion, Admin, CallRecord, CdrCursor,

@@ -42,7 +42,7 @@ def _master_4_join(migrator: SchemaMigrator, db: peewee.Database) -> None:
 
 
 def _master_5_emergency_calls(migrator: SchemaMigrator, db: peewee.Database) -> None:
-    """The table that marks emergency call records (``store.cdrs``)."""
+    """The marks of emergency call records (``store.master.EmergencyCall``)."""
     from store.master import EmergencyCall
     db.create_tables([EmergencyCall])
 

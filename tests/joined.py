@@ -106,11 +106,11 @@ class JoinedNode(Proc):
         super().__init__(["node", "--config", self.config], os.path.join(self.dir, "out.log"),
                          prefix)
 
-    def join(self, url: str, token: str) -> subprocess.CompletedProcess:
-        """``run.py node join`` on this node's host."""
+    def join(self, url: str, token: str, *extra: str) -> subprocess.CompletedProcess:
+        """``run.py node join`` on this node's host (``extra``: more options)."""
         return run_py("node", "join", "--master", url, "--token", token, "--address",
                       self.address, "--data", self.dir, "--port", str(self.port),
-                      "--bus-port", str(self.bus_port), prefix=self.prefix)
+                      "--bus-port", str(self.bus_port), *extra, prefix=self.prefix)
 
     def public_key(self) -> str:
         """The public key ``node join`` made."""
