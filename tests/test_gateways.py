@@ -254,3 +254,38 @@ def test_the_prober_over_udp_tcp_and_srv(tmp_path):
                 u.stop()
         uas_tcp.stop()
         dns.stop()
+
+
+def test_a_gateway_named_by_dns_is_reached_through_its_srv_records(tmp_path):
+    work = str(tmp_path)
+    dead, live = free_port(), free_port()
+    dns = DnsServer(ZONE.format(dead=dead, live=live), "other.test")
+    dns.start()
+    gw = Gateway(live, work, "trunk")
+    plan = f"""
+[dns]
+servers = ["127.0.0.1"]
+port = {dns.port}
+
+[dialplan]
+probe_interval = 0
+
+[[dialplan.gateways]]
+name = "trunk"
+host = "trunk.other.test"
+
+[[dialplan.rules]]
+pattern = "+."
+gateways = ["trunk"]
+"""
+    node = start_node(work, extra=plan, t1=0.05, users=2)
+    try:
+        assert place(node, "user0", "+4930123456") == 200
+        invite = wait_for(gw.invites, 5)[0]
+        assert "INVITE sip:+4930123456@trunk.other.test" in invite
+        assert ("_sip._udp.trunk.other.test", "SRV") in dns.queries
+        assert "trying the next target" in node.log_tail(200)    # the dead SRV target first
+    finally:
+        node.stop()
+        gw.stop()
+        dns.stop()
