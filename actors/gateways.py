@@ -51,11 +51,14 @@ class GatewayProber:
         self.stats = {"probes": 0, "answers": 0}
 
     def health(self) -> dict:
-        """Each gateway's state: ``up`` or ``down``, and probes missed in a row."""
+        """Each gateway's state (``up`` or ``down``, probes missed in a row), the
+        probes' counts and the dial plan's (calls routed, refused, emergency)."""
         plan = self.dialing.plan
-        return {name: {"state": "down" if name in self.dialing.down else "up",
-                       "misses": self.misses.get(name, 0), "emergency": gw.emergency}
-                for name, gw in plan.gateways.items()}
+        gateways = {name: {"state": "down" if name in self.dialing.down else "up",
+                           "misses": self.misses.get(name, 0), "emergency": gw.emergency}
+                    for name, gw in plan.gateways.items()}
+        return {"gateways": gateways, "probes": dict(self.stats),
+                "calls": dict(self.dialing.stats)}
 
     def run(self) -> None:
         """Probe every gateway at the plan's interval, all of them at once, forever."""

@@ -243,8 +243,11 @@ def test_the_prober_over_udp_tcp_and_srv(tmp_path):
         assert ("_sip._udp.trunk.other.test", "SRV") in dns.queries
         assert not prober.probe(gws["gone"], 0.3) and "gone" not in dialing.down
         assert not prober.probe(gws["gone"], 0.3) and "gone" in dialing.down
-        assert prober.health()["gone"] == {"state": "down", "misses": 2, "emergency": False}
-        assert prober.health()["trunk"]["state"] == "up"
+        health = prober.health()
+        assert health["gateways"]["gone"] == {"state": "down", "misses": 2,
+                                              "emergency": False}
+        assert health["gateways"]["trunk"]["state"] == "up"
+        assert health["probes"]["answers"] == 3 and health["probes"]["probes"] >= 5
         revived = Gateway(dead, work, "revived")
         assert wait_for(lambda: prober.probe(gws["gone"], 0.5), 5)
         assert "gone" not in dialing.down

@@ -51,7 +51,8 @@ def _changed() -> None:
 
 
 def _health() -> dict:
-    """``{node id: {gateway: {"state", "misses"}} or {"error": ...}}`` as the nodes say."""
+    """``{node id: {"gateways": {name: {"state", "misses"}}, "probes", "calls"}`` (or
+    ``{"error": ...}``) as each node says."""
     pusher = current_app.extensions.get("pusher")
     bus = getattr(pusher, "bus", None)
     if bus is None:
