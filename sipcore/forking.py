@@ -39,6 +39,13 @@ tag or not, is handled as a new request (challenged if from our domain,
 ``403`` if it would be relayed for a stranger; a forged ACK is dropped).
 A call to an emergency number (``ProxySettings.emergency``) is never
 challenged nor refused by these defences.
+
+With a dial plan (``ProxyCore.dialing``, ``sipcore.dialing``), a number of our
+domain that is not a user goes to the gateways of the rule it matches, for an
+authenticated caller with the rule's permission, the next gateway tried only on
+"try elsewhere" (``Context.failover``); an emergency number goes to the
+emergency gateways whoever calls; and nobody reaches a gateway's address past
+the plan.
 """
 
 import logging
