@@ -11,9 +11,10 @@ from a socket of its own (UDP, or a TCP connection for a TCP gateway; a
 TLS gateway is not probed and counts as up) and waits up to the interval
 for any answer: a gateway that missed ``probe_misses`` probes in a row is
 marked down (WARNING) and left out of routes until it answers again (INFO).
-A DNS name is resolved per RFC 3263 before each probe; the first target is
-probed. Every probe is bounded in time, so a silent gateway costs the prober
-its wait, never the proxy.
+A DNS name is resolved per RFC 3263 before each probe; its targets are
+probed in order until one answers (a gateway is up while any of them is).
+Every probe is bounded in time, so a silent gateway costs the prober its
+wait, never the proxy.
 """
 
 import logging
@@ -34,6 +35,8 @@ log = logging.getLogger(__name__)
 STATE_KEY = "dialplan"
 """Node state key of the last dial plan document the master pushed."""
 _MAX_ANSWER = 65535
+_MAX_TARGETS = 4
+"""Targets of one gateway probed at most in one round."""
 
 
 class GatewayProber:
@@ -48,11 +51,14 @@ class GatewayProber:
         self.stats = {"probes": 0, "answers": 0}
 
     def health(self) -> dict:
-        """Each gateway's state: ``up`` or ``down``, and probes missed in a row."""
+        """Each gateway's state (``up`` or ``down``, probes missed in a row), the
+        probes' counts and the dial plan's (calls routed, refused, emergency)."""
         plan = self.dialing.plan
-        return {name: {"state": "down" if name in self.dialing.down else "up",
-                       "misses": self.misses.get(name, 0), "emergency": gw.emergency}
-                for name, gw in plan.gateways.items()}
+        gateways = {name: {"state": "down" if name in self.dialing.down else "up",
+                           "misses": self.misses.get(name, 0), "emergency": gw.emergency}
+                    for name, gw in plan.gateways.items()}
+        return {"gateways": gateways, "probes": dict(self.stats),
+                "calls": dict(self.dialing.stats)}
 
     def run(self) -> None:
         """Probe every gateway at the plan's interval, all of them at once, forever."""
@@ -103,13 +109,21 @@ class GatewayProber:
                         self.misses[name])
 
     def _ask(self, gateway: Gateway, timeout: float) -> bool:
+        """Whether one of the gateway's first targets (RFC 3263 order) answers, the
+        timeout shared between them."""
         if gateway.transport == "tls":
             return True
         targets = self.resolver.resolve(gateway.host, gateway.port, gateway.transport, "sip")
-        targets = [t for t in targets if t.transport in ("udp", "tcp")]
-        if not targets:
-            return False
-        target = targets[0]
+        targets = [t for t in targets if t.transport in ("udp", "tcp")][:_MAX_TARGETS]
+        for target in targets:
+            try:
+                if self._ask_target(gateway, target, timeout / len(targets)):
+                    return True
+            except (OSError, gevent.Timeout):
+                continue
+        return False
+
+    def _ask_target(self, gateway: Gateway, target, timeout: float) -> bool:
         call_id = f"{os.urandom(8).hex()}@{self.address}"
         branch = "z9hG4bK" + os.urandom(8).hex()
         family = socket.AF_INET6 if ":" in target.host else socket.AF_INET
@@ -128,11 +142,11 @@ class GatewayProber:
                 got = sock.recv(_MAX_ANSWER)
                 if not got:
                     return False
-                if _answers(got, call_id):
+                if is_probe_answer(got, call_id):
                     return True
 
 
-def _answers(data: bytes, call_id: str) -> bool:
+def is_probe_answer(data: bytes, call_id: str) -> bool:
     """Whether ``data`` is a response to the probe with ``call_id`` (any status: the
     gateway is alive even when it refuses OPTIONS)."""
     try:

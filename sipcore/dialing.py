@@ -18,9 +18,10 @@ dial plan) two questions:
 A gateway call moves on to the route's next gateway only on an answer
 that means "try elsewhere" (``TRY_ELSEWHERE``): 408 (also what a Timer B
 or F timeout of the branch gives), 500, 502, 503 (also a transport error)
-and 504. Any other final answer (486 Busy, 404, 6xx...) is the callee's
-and ends the call. An emergency call tries every emergency gateway until
-one answers 2xx (a 6xx still ends it).
+and 504, or once Timer C cancelled the gateway's ringing branch. Any other
+final answer (486 Busy, 404, 6xx...) is the callee's and ends the call. An
+emergency call tries every emergency gateway until one answers 2xx (a 6xx
+still ends it).
 
 ``down`` is the set of gateway names the node's prober (``actors.gateways``)
 found silent; it only reads and writes names, so a new plan keeps it.
@@ -96,16 +97,17 @@ class Dialing:
         self.stats["routed"] += 1
         return groups, self.identity(policy.caller_id or caller)
 
-    def emergency(self, number: str, user: str | None) -> tuple[list[list[BranchTarget]],
-                                                               str] | None:
+    def emergency(self, number: str, user: str | None, source: str | None = None
+                  ) -> tuple[list[list[BranchTarget]], str] | None:
         """The branch groups and identity of an emergency call to ``number`` from
-        ``user`` (None when unknown), or None when there is no emergency gateway."""
+        ``user`` (None when unknown) at address ``source``, or None when there is no
+        emergency gateway."""
         gateways = self.plan.emergency_gateways
         if not gateways:
             return None
         ordered: list[Gateway] = sorted(gateways, key=lambda g: g.name in self.down)
         self.stats["emergency"] += 1
-        callback = self.plan.callback(user) or (user or "anonymous")
+        callback = self.plan.callback(user, source) or (user or "anonymous")
         return [[BranchTarget(g.uri(number))] for g in ordered], self.identity(callback)
 
 

@@ -26,6 +26,7 @@ prefixes (at most its length plus one), and within each only rules of that
 prefix; with 1,000 rules a lookup tests a handful of them, not 1,000.
 """
 
+import ipaddress
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +45,7 @@ MAX_RULES = 5000
 MAX_GATEWAYS = 200
 MAX_USERS = 100_000
 MAX_PATTERN = 64
+MAX_LOCATIONS = 1000
 
 
 class DialPlanError(ValueError):
@@ -118,6 +120,14 @@ NO_POLICY = UserPolicy()
 
 
 @dataclass(frozen=True, slots=True)
+class Location:
+    """A network (a building, a floor) and the emergency callback number of calls from it."""
+
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network
+    callback: str
+
+
+@dataclass(frozen=True, slots=True)
 class Match:
     """Where a dialled number goes."""
 
@@ -141,6 +151,8 @@ class DialPlan:
     """Seconds between OPTIONS probes of each gateway (0: no probes, all count as up)."""
     probe_misses: int = 3
     """Probes in a row without an answer that mark a gateway down."""
+    locations: list[Location] = field(default_factory=list)
+    """Callback numbers by the caller's network, the most specific first."""
     _by_prefix: dict[str, list[tuple[Rule, re.Pattern[str]]]] = field(
         default_factory=dict, init=False, repr=False)
 
@@ -178,10 +190,26 @@ class DialPlan:
         """The policy of ``user`` (none: no permission, no caller ID)."""
         return self.users.get(user, NO_POLICY)
 
-    def callback(self, user: str | None) -> str:
-        """The emergency callback number for ``user`` (None: an unknown caller)."""
+    def callback(self, user: str | None, source: str | None = None) -> str:
+        """The emergency callback number for ``user`` (None: an unknown caller) calling
+        from address ``source``: the user's own, else that of the location the source
+        is in, else the user's caller ID, else the plan's default."""
         policy = self.users.get(user, NO_POLICY) if user else NO_POLICY
-        return policy.emergency_callback or policy.caller_id or self.default_callback
+        return (policy.emergency_callback or self.location_callback(source)
+                or policy.caller_id or self.default_callback)
+
+    def location_callback(self, source: str | None) -> str:
+        """The callback number of the most specific location holding ``source``, or ""."""
+        if not source or not self.locations:
+            return ""
+        try:
+            address = ipaddress.ip_address(source.strip("[]"))
+        except ValueError:
+            return ""
+        for loc in self.locations:
+            if address.version == loc.network.version and address in loc.network:
+                return loc.callback
+        return ""
 
 
 def compile_pattern(pattern: str) -> tuple[str, re.Pattern[str]]:
@@ -262,7 +290,8 @@ _GATEWAY_KEYS = frozenset({"name", "host", "port", "transport", "prefix", "emerg
 _RULE_KEYS = frozenset({"pattern", "strip", "prepend", "gateways", "permission"})
 _USER_KEYS = frozenset({"permissions", "caller_id", "emergency_callback"})
 _PLAN_KEYS = frozenset({"gateways", "rules", "users", "default_callback", "probe_interval",
-                        "probe_misses"})
+                        "probe_misses", "locations"})
+_LOCATION_KEYS = frozenset({"network", "callback"})
 
 
 def parse_gateway(body: Any, where: str) -> Gateway:
@@ -326,6 +355,21 @@ def parse_user(body: Any, where: str) -> UserPolicy:
                       _number(body, "emergency_callback", where))
 
 
+def parse_location(body: Any, where: str) -> Location:
+    """One location table: ``network`` (``10.1.0.0/16``) and its ``callback`` number."""
+    body = _keys(body, _LOCATION_KEYS, where)
+    text = _str(body, "network", where)
+    try:
+        network = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise _fail(where, f"network must be an address block such as 10.1.0.0/16, "
+                           f"not {text!r}") from None
+    callback = _number(body, "callback", where)
+    if not callback:
+        raise _fail(where, "callback is required")
+    return Location(network, callback)
+
+
 def parse_dialplan(doc: Any) -> DialPlan:
     """A ``DialPlan`` from its document (``{"gateways": [...], "rules": [...],
     "users": {name: {...}}, ...}``); ``DialPlanError`` naming the first faulty entry."""
@@ -361,5 +405,11 @@ def parse_dialplan(doc: Any) -> DialPlan:
     misses = doc.get("probe_misses", 3)
     if not isinstance(misses, int) or isinstance(misses, bool) or not 1 <= misses <= 100:
         raise _fail("dialplan", f"probe_misses must be 1-100, not {misses!r}")
+    raw_locations = doc.get("locations", [])
+    if not isinstance(raw_locations, list) or len(raw_locations) > MAX_LOCATIONS:
+        raise _fail("dialplan.locations", f"must be a list of at most {MAX_LOCATIONS}")
+    locations = sorted((parse_location(body, f"dialplan.locations[{k}]")
+                        for k, body in enumerate(raw_locations)),
+                       key=lambda loc: -loc.network.prefixlen)
     return DialPlan(gateways, rules, users, _number(doc, "default_callback", "dialplan"),
-                    float(interval), misses)
+                    float(interval), misses, locations)

@@ -39,6 +39,13 @@ tag or not, is handled as a new request (challenged if from our domain,
 ``403`` if it would be relayed for a stranger; a forged ACK is dropped).
 A call to an emergency number (``ProxySettings.emergency``) is never
 challenged nor refused by these defences.
+
+With a dial plan (``ProxyCore.dialing``, ``sipcore.dialing``), a number of our
+domain that is not a user goes to the gateways of the rule it matches, for an
+authenticated caller with the rule's permission, the next gateway tried only on
+"try elsewhere" (``Context.failover``); an emergency number goes to the
+emergency gateways whoever calls; and nobody reaches a gateway's address past
+the plan.
 """
 
 import logging
@@ -103,6 +110,8 @@ class ProxyCore:
         self._lookups: dict[int, object] = {}
         self._lookups_out: list[Lookup] = []
         self._ringing: dict[Branch, float] = {}
+        self._gave_up: set[Branch] = set()
+        """Gateway branches cancelled by Timer C: their end moves on to the next gateway."""
         self._literal: dict[tuple, list] = {}
         self._call_events: list[CallEvent] = []
         self.dialing = None
@@ -202,14 +211,16 @@ class ProxyCore:
             if not ctx.final_sent and ctx.server.status == 0:
                 self.layer.respond(ctx.server, trying_response(ctx.request), now)
         ringing = self._ringing
-        limit = now - self.timer_c
+        timer_c = self.timer_c
         while ringing:
             branch, since = next(iter(ringing.items()))
-            if since > limit:
+            if since + timer_c > now:     # as get_timer computes it (no float drift)
                 break
             del ringing[branch]
             if not branch.done and branch.tx is not None:
                 log.info("timer C fired for %s; cancelling the branch", branch.tx.key[0])
+                if branch.ctx.failover is not None:
+                    self._gave_up.add(branch)
                 self.layer.cancel(branch.tx, now)
         self._drain(now, now)
 
@@ -284,7 +295,7 @@ class ProxyCore:
         dialing = self.dialing
         dialled = failover = None
         if emergency and not in_dialog:
-            dialled = self._emergency_gateways(req, ruri, caller)
+            dialled = self._emergency_gateways(req, ruri, caller, stx.destination[1])
             if dialled is None:
                 groups = self._emergency_targets(req, ruri, local, caller, wall, breadth)
             else:
@@ -360,18 +371,20 @@ class ProxyCore:
             raise SipError(480, "No Route For Emergency Number")
         return [[BranchTarget(req.uri)]]
 
-    def _emergency_gateways(self, req: Request, ruri, caller: str | None):
-        """``(groups, identity)`` of an emergency call through the emergency gateways, or
-        None without any. The callback number is the authenticated caller's, else that of
-        the user the From names when it is of our domain (an emergency call whose
-        credentials failed still tells the emergency service who it probably is)."""
+    def _emergency_gateways(self, req: Request, ruri, caller: str | None, source: str):
+        """``(groups, identity)`` of an emergency call from address ``source`` through
+        the emergency gateways, or None without any. The callback number is that of the
+        authenticated caller, else of the user the From names when it is of our domain
+        (an emergency call whose credentials failed still tells the emergency service
+        who it probably is), else of the location ``source`` is in
+        (``DialPlan.callback``)."""
         if self.dialing is None:
             return None
         user = caller
         from_uri = req.from_.uri
         if user is None and from_uri.user and self.settings.names_domain(from_uri):
             user = unquote(from_uri.user)
-        return self.dialing.emergency(unquote(ruri.user).split(";")[0], user)
+        return self.dialing.emergency(unquote(ruri.user).split(";")[0], user, source)
 
     @staticmethod
     def _to_gateway(req: Request, identity: str) -> None:
@@ -536,6 +549,9 @@ class ProxyCore:
         branch.dests = ()
         ctx.live -= 1
         self._ringing.pop(branch, None)
+        gave_up = bool(self._gave_up) and branch in self._gave_up
+        if gave_up:
+            self._gave_up.discard(branch)
         if ctx.final_sent:
             return
         if resp is not None:
@@ -543,7 +559,7 @@ class ProxyCore:
             if resp.status >= 600 and ctx.invite and not ctx.stopped:
                 ctx.stopped = True
                 self._cancel_branches(ctx, now, ())
-            elif ctx.failover is not None and resp.status not in ctx.failover:
+            elif ctx.failover is not None and resp.status not in ctx.failover and not gave_up:
                 ctx.stopped = True     # the callee's answer, not the gateway's failure
         self._advance(ctx, now)
 

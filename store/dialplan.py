@@ -127,13 +127,13 @@ def save_user_policy(username: str, policy: Any) -> int:
     return save_dialplan(doc, f"dial permissions of {username[:64]} saved")
 
 
-EMERGENCY_KEYS = ("default_callback", "probe_interval", "probe_misses")
+EMERGENCY_KEYS = ("default_callback", "locations", "probe_interval", "probe_misses")
 """Plan-wide settings ``save_settings`` takes."""
 
 
 def save_settings(settings: Any) -> int:
-    """Set plan-wide settings: the default emergency callback number, the probes'
-    interval and misses."""
+    """Set plan-wide settings: the default emergency callback number, the callback
+    numbers by location (``[{"network", "callback"}]``), the probes' interval and misses."""
     if not isinstance(settings, dict) or not set(settings) <= set(EMERGENCY_KEYS):
         raise StoreError(f"settings take {', '.join(EMERGENCY_KEYS)}")
     doc = get_dialplan()

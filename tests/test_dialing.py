@@ -8,7 +8,7 @@ import pytest
 from actors.bus import BusError
 from actors.config import NodeConfig
 from actors.config_sync import ConfigSync
-from actors.gateways import apply_dialplan, load_dialplan
+from actors.gateways import apply_dialplan, is_probe_answer, load_dialplan
 from sipcore.dialing import TRY_ELSEWHERE, Dialing, probe_request
 from sipcore.dialplan import parse_dialplan
 from sipcore.digest import Authenticator
@@ -219,3 +219,58 @@ def test_a_pushed_plan_is_checked_kept_and_applied(store):
     assert load_dialplan(node.cfg).match("95551234") is not None    # kept for a restart
     assert push(sync, 3)["applied"]                                  # no plan: it stays
     assert node.dialing.plan.match("95551234") is not None
+
+
+def test_emergency_callback_by_the_callers_location(core):
+    core.dialing.plan = parse_dialplan({**PLAN, "locations": [
+        {"network": "10.0.0.0/24", "callback": "+15551010"}]})
+    core.receive(request("INVITE", "sip:911@example.test", frm="sip:visitor@other.test"),
+                 ALICE, 0.0, WALL)
+    (inv, _), = forwarded(out(core))
+    assert inv.get("p-asserted-identity") == f"<sip:+15551010@{DOMAIN};user=phone>"
+
+
+def test_a_forged_or_stale_push_changes_no_plan(store):
+    class Node:
+        cfg = NodeConfig("node1", DOMAIN)
+        dialing = Dialing(parse_dialplan(None), lambda u: False, DOMAIN)
+
+    node = Node()
+    sync = ConfigSync(DOMAIN)
+    sync.on_dialplan = lambda doc: apply_dialplan(node, doc)
+    with pytest.raises(BusError, match="master's key only"):
+        sync.apply({"from": "node2", "version": 5, "domain": DOMAIN, "users": [],
+                    "dialplan": PLAN})
+    assert push(sync, 2)["applied"]
+    assert not push(sync, 1, dialplan=PLAN)["applied"]              # replayed older version
+    huge = {**PLAN, "rules": [PLAN["rules"][1]] * 5001}
+    with pytest.raises(BusError, match="at most 5000"):
+        push(sync, 3, dialplan=huge)
+    assert node.dialing.plan.rules == [] and load_dialplan(node.cfg).rules == []
+
+
+@pytest.mark.parametrize("data, answered", [
+    (b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP x;branch=z9hG4bKa\r\nFrom: <sip:a@b>;tag=1\r\n"
+     b"To: <sip:c@d>\r\nCall-ID: probe-1\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n", True),
+    (b"SIP/2.0 405 No\r\nVia: SIP/2.0/UDP x;branch=z9hG4bKa\r\nFrom: <sip:a@b>;tag=1\r\n"
+     b"To: <sip:c@d>\r\nCall-ID: probe-1\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n", True),
+    (b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP x;branch=z9hG4bKa\r\nFrom: <sip:a@b>;tag=1\r\n"
+     b"To: <sip:c@d>\r\nCall-ID: forged\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n", False),
+    (b"OPTIONS sip:x SIP/2.0\r\nCall-ID: probe-1\r\n\r\n", False),
+    (b"\x00\xff garbage", False),
+])
+def test_only_an_answer_to_the_probe_counts(data, answered):
+    assert is_probe_answer(data, "probe-1") is answered
+
+
+def test_timer_c_of_a_ringing_gateway_moves_on_to_the_next(core):
+    core.timer_c = 10.0
+    (inv, _), = forwarded(authed_invite(core, "sip:95551234@example.test"))
+    core.receive(reply(inv, 180), GW_A, 0.2, WALL)
+    out(core)
+    cancels = [m for m, d in run_until(core, 10.3) if getattr(m, "method", "") == "CANCEL"]
+    assert len(cancels) == 1
+    core.receive(reply(inv, 487), GW_A, 10.4, WALL)
+    (inv2, dest), = forwarded(out(core))
+    assert dest == GW_B and inv2.uri == "sip:775551234@127.0.0.22:5080"
+    assert not core._gave_up

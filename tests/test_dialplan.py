@@ -122,3 +122,22 @@ def test_lookup_among_1000_rules_is_cheap():
     per = (time.perf_counter() - start) / n
     # A linear scan of 1,000 regexes costs ~100 us here; the grouped lookup a few us.
     assert per < 50e-6, per
+
+
+def test_callback_numbers_by_location():
+    p = plan([], {"alice": {"emergency_callback": "+15550911", "caller_id": "+15550001"},
+                  "bob": {"caller_id": "+15550002"}},
+             default_callback="+15550000",
+             locations=[{"network": "10.0.0.0/8", "callback": "+15551000"},
+                        {"network": "10.1.2.0/24", "callback": "+15551002"},
+                        {"network": "2001:db8::/32", "callback": "+15556000"}])
+    assert p.callback("alice", "10.1.2.3") == "+15550911"       # the user's own first
+    assert p.callback("bob", "10.1.2.3") == "+15551002"         # the most specific location
+    assert p.callback("bob", "10.9.9.9") == "+15551000"
+    assert p.callback("bob", "192.0.2.1") == "+15550002"        # then the caller ID
+    assert p.callback(None, "[2001:db8::5]") == "+15556000"
+    assert p.callback(None, "not-an-address") == "+15550000"
+    with pytest.raises(DialPlanError, match=r"locations\[0\]: network"):
+        plan([], locations=[{"network": "10.0.0.0/33", "callback": "+1"}])
+    with pytest.raises(DialPlanError, match="callback is required"):
+        plan([], locations=[{"network": "10.0.0.0/8"}])

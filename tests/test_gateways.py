@@ -9,9 +9,14 @@ import time
 import gevent
 import pytest
 
+from actors.dns import Resolver
+from actors.dnsserver import DnsServer
+from actors.gateways import GatewayProber
 from loadtest.bench_call import Uas
 from loadtest.harness import free_port
 from loadtest.sipclient import SipClient, SipClientError
+from sipcore.dialing import Dialing
+from sipcore.dialplan import parse_dialplan
 from tests.test_proxy import start_node
 
 CALLER_ID = "+15550100"
@@ -195,3 +200,95 @@ def test_gateway_health_marks_the_dead_one_down_and_up_again(tmp_path):
         gw_a.stop()
         if revived is not None:
             revived.stop()
+
+
+ZONE = """\
+$ORIGIN other.test.
+$TTL 60
+@ IN SOA ns.other.test. hostmaster.other.test. 1 3600 600 86400 60
+@ IN NS ns.other.test.
+ns IN A 127.0.0.1
+dead IN A 127.0.0.1
+live IN A 127.0.0.1
+_sip._udp.trunk IN SRV 10 0 {dead} dead.other.test.
+_sip._udp.trunk IN SRV 20 0 {live} live.other.test.
+_sip._udp.gone IN SRV 10 0 {dead} dead.other.test.
+"""
+
+
+def test_the_prober_over_udp_tcp_and_srv(tmp_path):
+    """OPTIONS probes against SIPp: over UDP, over TCP, and a DNS name whose first SRV
+    target is dead and second alive (up); a name whose only target is dead is down after
+    ``probe_misses`` probes, and up again once it answers."""
+    work = str(tmp_path)
+    dead, live, tcp = free_port(), free_port(), free_port()
+    dns = DnsServer(ZONE.format(dead=dead, live=live), "other.test")
+    dns.start()
+    uas = Gateway(live, work, "live")
+    uas_tcp = Uas("uas_answer.xml", tcp, work, transport="t1", args=("-aa",))
+    revived = None
+    try:
+        plan = parse_dialplan({"gateways": [
+            {"name": "udp", "host": "127.0.0.1", "port": live},
+            {"name": "tcp", "host": "127.0.0.1", "port": tcp, "transport": "tcp"},
+            {"name": "trunk", "host": "trunk.other.test"},
+            {"name": "gone", "host": "gone.other.test"}], "probe_misses": 2})
+        dialing = Dialing(plan, lambda u: False, "example.test")
+        prober = GatewayProber(dialing, Resolver(["127.0.0.1"], dns.port), "127.0.0.1",
+                               "example.test")
+        gws = plan.gateways
+        assert wait_for(lambda: prober.probe(gws["tcp"], 1.0), 5)   # SIPp's TCP listener up
+        assert prober.probe(gws["udp"], 1.0)
+        assert prober.probe(gws["trunk"], 1.0)
+        assert ("_sip._udp.trunk.other.test", "SRV") in dns.queries
+        assert not prober.probe(gws["gone"], 0.3) and "gone" not in dialing.down
+        assert not prober.probe(gws["gone"], 0.3) and "gone" in dialing.down
+        health = prober.health()
+        assert health["gateways"]["gone"] == {"state": "down", "misses": 2,
+                                              "emergency": False}
+        assert health["gateways"]["trunk"]["state"] == "up"
+        assert health["probes"]["answers"] == 3 and health["probes"]["probes"] >= 5
+        revived = Gateway(dead, work, "revived")
+        assert wait_for(lambda: prober.probe(gws["gone"], 0.5), 5)
+        assert "gone" not in dialing.down
+    finally:
+        for u in (uas, revived):
+            if u is not None:
+                u.stop()
+        uas_tcp.stop()
+        dns.stop()
+
+
+def test_a_gateway_named_by_dns_is_reached_through_its_srv_records(tmp_path):
+    work = str(tmp_path)
+    dead, live = free_port(), free_port()
+    dns = DnsServer(ZONE.format(dead=dead, live=live), "other.test")
+    dns.start()
+    gw = Gateway(live, work, "trunk")
+    plan = f"""
+[dns]
+servers = ["127.0.0.1"]
+port = {dns.port}
+
+[dialplan]
+probe_interval = 0
+
+[[dialplan.gateways]]
+name = "trunk"
+host = "trunk.other.test"
+
+[[dialplan.rules]]
+pattern = "+."
+gateways = ["trunk"]
+"""
+    node = start_node(work, extra=plan, t1=0.05, users=2)
+    try:
+        assert place(node, "user0", "+4930123456") == 200
+        invite = wait_for(gw.invites, 5)[0]
+        assert "INVITE sip:+4930123456@trunk.other.test" in invite
+        assert ("_sip._udp.trunk.other.test", "SRV") in dns.queries
+        assert "trying the next target" in node.log_tail(200)    # the dead SRV target first
+    finally:
+        node.stop()
+        gw.stop()
+        dns.stop()

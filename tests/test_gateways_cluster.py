@@ -3,7 +3,7 @@ API reaches every node; with the master SIGKILLed, and then with the phone's own
 SIGKILLed, a call to 911 from a phone with a wrong password still reaches the emergency
 gateway (a SIPp UAS) with the caller's callback number, through any node; a number that is
 not an emergency number, with the same wrong password, goes nowhere. The master shows each
-node's view of the gateways' health."""
+node's view of the gateways' health, and, back, marks the emergency call's record."""
 
 import base64
 import json
@@ -14,7 +14,7 @@ import urllib.request
 from loadtest.harness import free_port
 from loadtest.sipclient import SipClient, SipClientError
 from tests.test_gateways import Gateway, wait_for
-from tests.test_lab import lab, lab_status, node_ip  # noqa: F401 (lab: the fixture)
+from tests.test_lab import lab, lab_status, node_ip, run_py  # noqa: F401 (lab: the fixture)
 
 CALLBACK = "+15550911"
 
@@ -81,10 +81,11 @@ def test_emergency_calls_survive_the_master_and_the_phones_node(lab, tmp_path): 
 
         def health():
             views = api(base, password, "GET", "/api/dialplan/health")["nodes"]
+            gateways = [v.get("gateways", {}) for v in views.values()]
             return sorted(views) == ["node1", "node2"] and all(
-                v.get("psap", {}).get("state") == "up" and v["psap"]["misses"] == 0
-                and v.get("carrier", {}).get("state") == "up"
-                and v.get("gone", {}).get("state") == "down" for v in views.values())
+                g.get("psap", {}).get("state") == "up" and g["psap"]["misses"] == 0
+                and g.get("carrier", {}).get("state") == "up"
+                and g.get("gone", {}).get("state") == "down" for g in gateways)
         assert wait_for(health, 15), api(base, password, "GET", "/api/dialplan/health")
         os.kill(lab_status(data)["master"]["pid"], signal.SIGKILL)
         n1, n2 = node_ip(base, 1), node_ip(base, 2)
@@ -106,6 +107,23 @@ def test_emergency_calls_survive_the_master_and_the_phones_node(lab, tmp_path): 
         assert f"P-Asserted-Identity: <sip:{CALLBACK}@example.test;user=phone>" in invite
         assert call(n2, "alice", "wrong-password", "95551234") == 407
         assert len(carrier.invites()) == 1
+        assert call(n2, "alice", "alice-secret", "95551234") == 200
+        assert len(carrier.invites()) == 2
+
+        # The master, back, collects node2's call records: the emergency call is marked.
+        assert run_py("lab", "restart", "master", "--data", data).returncode == 0
+
+        def records():
+            try:
+                found = api(base, password, "GET", "/api/cdrs?callee=911")["cdrs"]
+            except OSError:
+                return None
+            return [c for c in found if "node2" in c["nodes"]]
+        found = wait_for(records, 30)
+        assert found and all(c["emergency"] for c in found), found
+        others = wait_for(lambda: api(base, password, "GET", "/api/cdrs?callee=95551234")["cdrs"],
+                          10)
+        assert others and not any(c["emergency"] for c in others), others
     finally:
         psap.stop()
         carrier.stop()

@@ -45,7 +45,11 @@ def test_gateways_rules_users_and_the_tester_through_the_api(app):
     assert r.status_code == 200
     assert api(c, "PUT", "/users/alice", {"permissions": ["local"], "caller_id": "+15550001",
                                           "emergency_callback": "+15550911"}).status_code == 200
-    assert api(c, "PUT", "/settings", {"default_callback": "+15550000"}).status_code == 200
+    assert api(c, "PUT", "/settings", {"default_callback": "+15550000", "locations": [
+        {"network": "10.1.0.0/16", "callback": "+15551000"}]}).status_code == 200
+    r = api(c, "PUT", "/settings", {"locations": [{"network": "10.1.0.0/99", "callback": "1"}]})
+    assert r.status_code == 400 and "locations[0]: network" in r.get_json()["error"]
+    assert api(c, "PUT", "/settings", {"secret": 1}).status_code == 400
     got = api(c, "GET", "/which?number=9011441234").get_json()
     assert got["rule"]["index"] == 0 and got["sent"] == "+441234"
     assert got["gateways"] == [{"name": "carrier",
@@ -99,7 +103,8 @@ def test_the_page_needs_login_and_csrf_and_shows_the_tester(app):
     r = c.get("/dialplan")
     assert r.status_code == 302 and "/login" in r.headers["Location"]
     login(c)
-    doc = {"gateways": [GW], "rules": [RULE], "users": {}}
+    doc = {"gateways": [GW], "rules": [RULE], "users": {},
+           "locations": [{"network": "10.1.0.0/16", "callback": "+15551000"}]}
     r = c.post("/dialplan", data={"plan": json.dumps(doc)})
     assert r.status_code == 400 and dp.get_dialplan()["rules"] == []
     page = c.get("/dialplan").get_data(as_text=True)
@@ -111,6 +116,7 @@ def test_the_page_needs_login_and_csrf_and_shows_the_tester(app):
     assert bad.status_code == 400 and "is not a digit" in bad.get_data(as_text=True)
     shown = c.get("/dialplan?number=95551234").get_data(as_text=True)
     assert "Rule 0 (9., needs local): sends 5551234 to carrier" in shown
+    assert "<td>10.1.0.0/16</td><td>+15551000</td>" in shown
     assert c.post("/dialplan/rules/0/delete").status_code == 400
     r = c.post("/dialplan/rules/0/delete", data={"csrf_token": token(page)})
     assert r.status_code == 302 and dp.get_dialplan()["rules"] == []

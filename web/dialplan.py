@@ -7,7 +7,7 @@ JSON API under ``/api/dialplan``: ``GET`` the plan; ``PUT`` a whole plan;
 /gateways/<name>``; ``POST /rules`` ``{"rule": {...}, "position": n}``, ``PUT
 /rules/<i>``, ``DELETE /rules/<i>``, ``POST /rules/<i>/move`` ``{"to": n}``;
 ``PUT /users/<name>`` ``{"permissions", "caller_id", "emergency_callback"}``;
-``PUT /settings`` ``{"default_callback", "probe_interval", "probe_misses"}``;
+``PUT /settings`` ``{"default_callback", "locations", "probe_interval", "probe_misses"}``;
 ``GET /which?number=`` the rule a number takes; ``GET /health`` each node's view
 of each gateway. Every change is checked by compiling the whole plan (400 with
 the reason otherwise) and makes a configuration version pushed to every node.
@@ -51,7 +51,8 @@ def _changed() -> None:
 
 
 def _health() -> dict:
-    """``{node id: {gateway: {"state", "misses"}} or {"error": ...}}`` as the nodes say."""
+    """``{node id: {"gateways": {name: {"state", "misses"}}, "probes", "calls"}`` (or
+    ``{"error": ...}``) as each node says."""
     pusher = current_app.extensions.get("pusher")
     bus = getattr(pusher, "bus", None)
     if bus is None:
@@ -164,7 +165,8 @@ def put_user(username):
 @api_bp.put("/settings")
 @basic_auth_required
 def put_settings():
-    """Set the default emergency callback number and the gateway probes' interval/misses."""
+    """Set the default emergency callback number, the callback numbers by location and
+    the gateway probes' interval/misses."""
     body, error = _body()
     return error or _apply(dp.save_settings, body)
 
