@@ -15,6 +15,12 @@ user of the domain) and whatever its From. A Route whose MAC does not match,
 or whose binding has expired, is no relay: the request is handled as any
 other (challenged, or refused as a relay by 403). Both nodes Record-Route, so
 the dialog's requests take the same two hops.
+
+The MAC does not bind the request itself: whoever reads a relay Route on the
+way between two nodes can send that phone other requests through its node
+until the binding expires (what any caller from outside the domain may do,
+but with a From of the domain). Keep the nodes' SIP traffic on a network of
+their own, or over TLS (a TLS flow is relayed over TLS).
 """
 
 import hmac

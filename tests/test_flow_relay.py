@@ -110,9 +110,7 @@ def test_a_forged_or_stale_relay_route_is_no_relay(cores, change):
         req.set("Route", route.replace("44433", "44434"))
     elif change == "ruri":
         req.uri = "sip:bob@127.0.0.1:44433;transport=TCP"
-    else:
-        pass  # the binding expires at WALL + 600
-    wall = WALL + 601 if change == "expired" else WALL
+    wall = WALL + 601 if change == "expired" else WALL    # the binding ends at WALL + 600
     data = req.encode()
     again = parse_message(data)
     again.validate()
