@@ -86,7 +86,9 @@ class ProxyActor:
                                  secret=secret, cluster=cluster_addresses(cfg, transport.port),
                                  emergency=frozenset(cfg.emergency_numbers),
                                  max_branches=cfg.max_branches, nat_handling=cfg.nat_handling,
-                                 tls_port=transport.tls_port if transport.tls else 0)
+                                 tls_port=transport.tls_port if transport.tls else 0,
+                                 node_id=cfg.id,
+                                 peer_hops=tuple((p.id, p.sip) for p in cfg.peers if p.sip))
         if auth is None:
             auth = Authenticator(cfg.domain, secret, user_lookup, cfg.nonce_lifetime,
                                  tuple(cfg.auth_algorithms), max_nonces=500_000)

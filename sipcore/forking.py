@@ -265,6 +265,8 @@ class ProxyCore:
             if err.status == 482:
                 log.info("loop detected: %s %s call %s", req.method, req.uri, req.call_id)
             raise
+        # A peer sending us a request for a flow we hold (sipcore.flow_relay).
+        flow = s.relayed_flow(req, wall) if s.peer_hops else None
         routed = preprocess_route(req, s)
         ruri = req.ruri
         if not s.tls_port and sips_request(req):
@@ -284,7 +286,8 @@ class ProxyCore:
         in_dialog = routed and req.to.tag is not None
         emergency = bool(s.emergency) and s.is_emergency(ruri)
         caller = None
-        if self.auth is not None and not in_dialog and method not in UNCHALLENGED:
+        if self.auth is not None and not in_dialog and flow is None and \
+                method not in UNCHALLENGED:
             from_uri = req.from_.uri
             if from_uri.user and s.names_domain(from_uri):
                 if emergency:
@@ -294,7 +297,9 @@ class ProxyCore:
         breadth = max_breadth(req) if not emergency else self._emergency_breadth(req)
         dialing = self.dialing
         dialled = failover = None
-        if emergency and not in_dialog:
+        if flow is not None:
+            groups = [[BranchTarget(req.uri, (), flow)]]
+        elif emergency and not in_dialog:
             dialled = self._emergency_gateways(req, ruri, caller, stx.destination[1])
             if dialled is None:
                 groups = self._emergency_targets(req, ruri, local, caller, wall, breadth)
@@ -354,7 +359,7 @@ class ProxyCore:
             bindings = [b for b in bindings if not points_here(parse_uri(b.contact))]
         if not bindings:
             raise SipError(480, "Temporarily Unavailable")
-        return target_groups(bindings, s.max_branches, breadth, s.nat_handling)
+        return target_groups(bindings, s.max_branches, breadth, s.nat_handling, s.relay_route)
 
     def _emergency_targets(self, req: Request, ruri, local: bool, caller, wall: float,
                            breadth: int) -> list:
@@ -366,7 +371,8 @@ class ProxyCore:
         number = ruri.user.split(";")[0]
         bindings = self.location.lookup(f"sip:{unquote(number)}@{s.domain}", wall)
         if bindings:
-            return target_groups(bindings, s.max_branches, breadth, s.nat_handling)
+            return target_groups(bindings, s.max_branches, breadth, s.nat_handling,
+                                 s.relay_route)
         if local or caller is None or (ruri.scheme == "tel" and req.get("route") is None):
             raise SipError(480, "No Route For Emergency Number")
         return [[BranchTarget(req.uri)]]
@@ -706,6 +712,8 @@ class ProxyCore:
             return False
         if s.emergency and s.is_emergency(req.ruri):
             return False
+        if s.peer_hops and req.get("route") is not None and s.relayed_flow(req, wall):
+            return False    # a peer's relay to a flow we hold: it checked the caller
         try:
             check_request(req, s)
         except SipError:

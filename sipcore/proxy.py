@@ -26,6 +26,7 @@ from urllib.parse import unquote
 
 from .cluster_addresses import ClusterAddresses
 from .errors import SipError
+from .flow_relay import flow_key, relay_route, relayed_flow
 from .headers import Via, parse_int, split_list
 from .message import Request, Response, make_response
 from .nat import NAT_HANDLING, is_outbound, use_flow
@@ -105,7 +106,10 @@ class ProxySettings:
     defence may refuse; ``max_branches`` caps the branches of one request;
     ``nat_handling`` (one of ``sipcore.nat.NAT_HANDLING``) says when a
     binding's flow replaces its Contact; ``tls_port`` is where the node takes
-    SIP over TLS (0: it has no TLS).
+    SIP over TLS (0: it has no TLS). ``node_id`` is the node's id and
+    ``peer_hops`` the ``(id, "host:port")`` of each peer's SIP address: a TCP
+    or TLS flow of a binding another node made is reached through that node
+    (``sipcore.flow_relay``).
     """
 
     domain: str
@@ -119,6 +123,8 @@ class ProxySettings:
     max_branches: int = 16
     nat_handling: str = "auto"
     tls_port: int = 0
+    node_id: str = ""
+    peer_hops: tuple[tuple[str, str], ...] = ()
     names: frozenset = field(init=False)
     """Lower-case domain names that are ours (``domain`` and ``aliases``)."""
     sent_by: str = field(init=False)
@@ -147,6 +153,8 @@ class ProxySettings:
                f"{'' if t == 'udp' else ';transport=' + t};lr;{DIALOG_PARAM}="
             for t in self.transports}
         self._dialog_key = hmac.digest(self.secret or os.urandom(32), b"record-route", "sha256")
+        self._flow_key = flow_key(self.secret or os.urandom(32))
+        self._peer_hops = dict(self.peer_hops)
         nodes = [(self.address, self.port)] + ([(self.address, self.tls_port)]
                                               if self.tls_port else [])
         self.addresses = self.cluster or ClusterAddresses(self.names, nodes)
@@ -207,6 +215,35 @@ class ProxySettings:
         """Whether ``uri`` routes to a node of the cluster (ours or a peer's, so a
         dialog survives its node's failover): no user part, a node's address."""
         return uri.user is None and self.addresses.points_here(uri)
+
+    # -- flows other nodes hold (sipcore.flow_relay) --------------------------------------
+    def relay_route(self, binding, dest: tuple) -> str | None:
+        """The Route to the node holding ``binding``'s TCP or TLS flow ``dest``, or
+        None when this node made the binding (or its origin is no known peer)."""
+        origin = binding.origin
+        hop = self._peer_hops.get(origin) if origin and origin != self.node_id else None
+        if hop is None or not binding.received:
+            return None
+        if dest[0] == "tls":
+            if not self.tls_port:
+                return None
+            hop = f"{hop.rpartition(':')[0]}:{self.tls_port}"
+        return relay_route(self._flow_key, hop, dest[0], binding.received, binding.expires_at,
+                           binding.contact)
+
+    def relayed_flow(self, req: Request, wall: float) -> tuple | None:
+        """The flow a peer asks this node to send ``req`` over: the destination its
+        first Route (naming a node of the cluster) carries with a valid MAC, else None."""
+        first = first_route(req)
+        if first is None:
+            return None
+        try:
+            uri = _route_uri(first)
+        except SipError:
+            return None
+        if not self.is_cluster_route(uri):
+            return None
+        return relayed_flow(self._flow_key, uri.params, req.uri, wall, parse_received)
 
     # -- callers and targets ---------------------------------------------------------
     def names_domain(self, uri: SipUri) -> bool:
@@ -458,13 +495,15 @@ def parse_received(received: str | None) -> tuple | None:
     return (transport, host.strip("[]"), int(port))
 
 
-def binding_target(binding, nat_handling: str = "auto") -> BranchTarget:
+def binding_target(binding, nat_handling: str = "auto", relay=None) -> BranchTarget:
     """The branch target for a location binding (RFC 3261 §16.5).
 
     With a Path the request follows it; else it goes to the Contact by RFC
     3263, or back over the flow the REGISTER came from when it is an RFC 5626
     outbound registration or NAT handling says so (``sipcore.nat``), the
-    Contact's transport matching the flow's.
+    Contact's transport matching the flow's. A TCP or TLS flow goes through
+    the Route ``relay(binding, flow)`` gives when it gives one (the node that
+    holds the connection, ``ProxySettings.relay_route``).
     """
     contact = binding.contact
     if binding.path:
@@ -481,11 +520,15 @@ def binding_target(binding, nat_handling: str = "auto") -> BranchTarget:
                 or not use_flow(nat_handling, dest[0], uri.params.get("maddr") or uri.host_bare,
                                 dest[1], is_outbound(binding.instance, binding.reg_id))):
             dest = None
+    if dest is not None and dest[0] != "udp" and relay is not None:
+        route = relay(binding, dest)
+        if route is not None:
+            return BranchTarget(contact, (route,))
     return BranchTarget(contact, (), dest)
 
 
 def target_groups(bindings: list, max_branches: int = 16, breadth: int = DEFAULT_BREADTH,
-                  nat_handling: str = "auto") -> list[list[BranchTarget]]:
+                  nat_handling: str = "auto", relay=None) -> list[list[BranchTarget]]:
     """§16.6: bindings (highest q first) as groups tried one after the other.
 
     Bindings of equal q are forked in parallel; a lower q is tried only
@@ -493,7 +536,8 @@ def target_groups(bindings: list, max_branches: int = 16, breadth: int = DEFAULT
     At most ``max_branches`` bindings are taken in all, and at most
     ``breadth`` (the request's Max-Breadth, RFC 5393 §5.1) in one group,
     which bounds what one request can make however many bindings it meets.
-    ``nat_handling`` is ``[sip] nat_handling`` (see ``binding_target``).
+    ``nat_handling`` is ``[sip] nat_handling`` and ``relay`` what reaches a flow
+    another node holds (see ``binding_target``).
     """
     groups: list[list[BranchTarget]] = []
     last_q = None
@@ -503,7 +547,7 @@ def target_groups(bindings: list, max_branches: int = 16, breadth: int = DEFAULT
             groups.append([])
             last_q = q
         if len(groups[-1]) < breadth:
-            groups[-1].append(binding_target(b, nat_handling))
+            groups[-1].append(binding_target(b, nat_handling, relay))
     return groups
 
 

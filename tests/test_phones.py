@@ -1,8 +1,8 @@
 """Real softphones (PJSUA2, Debian's baresip and linphonec) through ``run.py lab``.
 
 For UDP, TCP and TLS, every phone calls every phone: the caller registered on node1, the
-callee on node2 (over UDP; over TCP and TLS on node1 too, see CALLEE_NODE), the call
-through the cluster (the caller's INVITE challenged with 407 and sent again with its
+callee on node2 (over TCP and TLS node1 reaches the callee's connection through node2,
+``sipcore.flow_relay``), the call through the cluster (the caller's INVITE challenged with 407 and sent again with its
 credentials, the callee answering 200 at once, the ACK), held 3 s with RTP flowing phone
 to phone (each phone's own count of what it received), ended with a BYE.
 The cells of one transport run in three rounds of three calls at once (each phone in one
@@ -46,15 +46,6 @@ KNOWN_BAD: dict[tuple[str, str, str], str] = {}
 """(transport, caller, callee) cells that fail by a phone's own bug, with the reason; the
 test expects them to fail."""
 
-CALLEE_NODE = {"udp": 1, "tcp": 0, "tls": 0}
-"""Index of the lab node the callees register with, by transport. Over TCP and TLS all
-three phones write the local port of their connection in their Contact (PJSUA2's contact
-rewriting, RFC 5626 ``;ob`` with reg-id; linphone's rport fix-up; baresip's listener):
-that flow lives on the node holding the connection, and a node does not yet relay a
-request to the peer that holds a callee's flow, so the other node finds the port closed
-(Connection refused, then 500). Until it does, the callees of those transports register
-with the caller's node."""
-
 RESULTS: dict[tuple[str, str, str], str] = {}
 _USERS = itertools.count()
 
@@ -84,7 +75,7 @@ def _need_phones() -> None:
 def table() -> str:
     """The interop table: one row per transport and caller, one column per callee."""
     width = max(len(r) for r in (*RESULTS.values(), "linphone")) + 2
-    lines = ["Interop: caller on node1 -> callee on node2 (UDP) or node1 (TCP, TLS), held "
+    lines = ["Interop: caller on node1 -> callee on node2, held "
              f"{HOLD:.0f} s with RTP both ways, BYE",
              "transport  caller    " + "".join(f"{c:<{width}}" for c in PHONES)]
     for transport in TRANSPORTS:
@@ -204,8 +195,7 @@ def run_cell(transport: str, caller: Softphone, callee: Softphone, broken: dict)
 def test_every_phone_calls_every_phone_through_the_lab(lab, transport, tmp_path):
     _need_phones()
     callers = {k: start_phone(lab, k, transport, lab.nodes[0], str(tmp_path)) for k in PHONES}
-    callees = {k: start_phone(lab, k, transport, lab.nodes[CALLEE_NODE[transport]],
-                              str(tmp_path)) for k in PHONES}
+    callees = {k: start_phone(lab, k, transport, lab.nodes[1], str(tmp_path)) for k in PHONES}
     broken: dict = {}
     try:
         for p in (*callers.values(), *callees.values()):
@@ -234,11 +224,11 @@ def test_every_phone_calls_every_phone_through_the_lab(lab, transport, tmp_path)
 
 
 def test_pjsua2_udp_and_pjsua2_tcp_call_each_other(lab, tmp_path):
-    """Legs of different transports (double Record-Route, RFC 5658): the call completes
-    both ways, each phone's requests on its own transport (both on node1: CALLEE_NODE)."""
+    """Legs of different transports (double Record-Route, RFC 5658), each phone on another
+    node: the call completes both ways, each phone's requests on its own transport."""
     _need("pjsua2", _have_pjsua2())
     udp = start_phone(lab, "pjsua2", "udp", lab.nodes[0], str(tmp_path))
-    tcp = start_phone(lab, "pjsua2", "tcp", lab.nodes[CALLEE_NODE["tcp"]], str(tmp_path))
+    tcp = start_phone(lab, "pjsua2", "tcp", lab.nodes[1], str(tmp_path))
     try:
         udp.wait_registered()
         tcp.wait_registered()
