@@ -138,6 +138,7 @@ def cmd_master(args) -> int:
     """Set up or run the configuration master (the dashboard)."""
     from web.serve import cmd_master as run_master
     setup_logging("INFO", "master")
+    args.release = __version__
     return run_master(args)
 
 
@@ -168,13 +169,18 @@ def main(argv=None) -> int:
     imp = usub.add_parser("import", help="import users from a CSV (username,password)")
     imp.add_argument("file")
     user.set_defaults(func=cmd_user)
-    master = sub.add_parser("master", help="run the configuration master (or: master init)")
+    master = sub.add_parser("master", help="run the configuration master (or: master init, "
+                            "master token, master node list|remove ID, master backup FILE, "
+                            "master restore FILE)")
     master.add_argument("action", nargs="?", default="run",
-                        choices=("run", "init", "token", "node"),
+                        choices=("run", "init", "token", "node", "backup", "restore"),
                         help="run the dashboard (default); init: set up its data folder, "
                              "database, key pair and admin account; token: print a join "
-                             "token; node list, node remove ID")
-    master.add_argument("words", nargs="*", help="with node: list, or remove ID")
+                             "token; node list, node remove ID; backup FILE: write an archive "
+                             "of the master (while it runs); restore FILE: restore one onto a "
+                             "fresh data folder")
+    master.add_argument("words", nargs="*", help="with node: list, or remove ID; with backup "
+                        "or restore: the archive")
     master.add_argument("--config", required=True, help="master configuration (TOML)")
     master.set_defaults(func=cmd_master)
     keys = sub.add_parser("keys", help="make a CurveZMQ key pair")

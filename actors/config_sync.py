@@ -16,6 +16,7 @@ reports what the node runs.
 
 import logging
 
+from sipcore.dialplan import DialPlanError, parse_dialplan
 from store.db import StoreError
 from store.models import get_state, set_state
 from store.users import replace_users
@@ -41,6 +42,9 @@ class ConfigSync:
         self.node_id = node_id
         self.on_peers = on_peers
         self.stats = {"applied": 0, "stale": 0, "refused": 0}
+        self.on_dialplan = None
+        """Called with a pushed ``dialplan`` document, once checked and its version taken
+        (``actors.gateways.apply_dialplan``)."""
 
     def version(self, _request: dict | None = None) -> dict:
         """The configuration version this node runs (0: none from a master yet)."""
@@ -61,6 +65,7 @@ class ConfigSync:
                            f"this node serves {self.domain!r}")
         if not isinstance(users, list):
             raise BusError("users must be a list")
+        dialplan = self._dialplan(request)
         current = int(get_state(VERSION_KEY, 0))
         if version <= current:
             self.stats["stale"] += 1
@@ -81,8 +86,23 @@ class ConfigSync:
         self.stats["applied"] += 1
         if self.on_users is not None:
             self.on_users()
+        if dialplan is not None and self.on_dialplan is not None:
+            self.on_dialplan(dialplan)
         log.info("configuration %d applied: %d users, %d removed", version, written, deleted)
         return {"version": version, "applied": True}
+
+    @staticmethod
+    def _dialplan(request: dict) -> dict | None:
+        """The push's ``dialplan`` document (gateways, rules, user policies), checked
+        before anything is applied; None when the push has none (the plan stays)."""
+        doc = request.get("dialplan")
+        if doc is None:
+            return None
+        try:
+            parse_dialplan(doc)
+        except DialPlanError as e:
+            raise BusError(f"dial plan refused: {e}") from None
+        return doc
 
 
 def attach_config_sync(node) -> ConfigSync | None:
@@ -90,8 +110,8 @@ def attach_config_sync(node) -> ConfigSync | None:
     control = node.replicator.control if node.replicator is not None else None
     if control is None:
         return None
-    sync = ConfigSync(node.cfg.domain, node.users.reload, node.cfg.id,
-                      lambda peers: follow_peers(node, peers))
+    sync = node.config_sync = ConfigSync(node.cfg.domain, node.users.reload, node.cfg.id,
+                                         lambda peers: follow_peers(node, peers))
     control.handle("config", sync.apply)
     control.handle("config_version", sync.version)
     return sync

@@ -144,6 +144,8 @@ class Replicator:
         #: bans to publish (``share_bans``); ``on_bans(origin, bans)`` applies a peer's
         self._bans: list = []
         self.on_bans = None
+        #: ``on_snapshot_request(peer)``, when set, hears of each snapshot a peer asks for
+        self.on_snapshot_request = None
         self.inbox: Queue = Queue()
         self.outbox: Queue = Queue()
         self.group = Group()
@@ -497,6 +499,8 @@ class Replicator:
                 self.stats["bad_messages"] += 1
                 log.warning("dropped a bad snapshot request from %s: %s", user or "?", e)
                 continue
+            if self.on_snapshot_request is not None:
+                self.on_snapshot_request(node)
             try:
                 self._serve_snapshot(sock, frames[0], node, request)
             except BusError as e:

@@ -569,6 +569,32 @@ def _has_ctl(line: str) -> bool:
     return "\r" in line or "\n" in line or "\x00" in line
 
 
+def _bare_ctl(line: str) -> bool:
+    """Whether a header line holds a bare CR or LF, or a NUL outside a quoted-pair.
+
+    A quoted string may hold a backslash and a NUL (RFC 3261 §25.1
+    quoted-pair, RFC 4475 §3.1.1.2), which the structured parsers read;
+    a NUL anywhere else is refused.
+    """
+    if "\r" in line or "\n" in line:
+        return True
+    if "\x00" not in line:
+        return False
+    quoted = False
+    i, n = 0, len(line)
+    while i < n:
+        c = line[i]
+        if c == "\\" and quoted:
+            i += 2      # a quoted-pair, whatever it quotes
+            continue
+        if c == '"':
+            quoted = not quoted
+        elif c == "\x00":
+            return True
+        i += 1
+    return False
+
+
 def _parse_headers(lines: list[str], dirty: bool) -> tuple[Headers, SipParseError | None]:
     """Every readable header field of ``lines`` (after the start line), and the first problem.
 
@@ -583,7 +609,7 @@ def _parse_headers(lines: list[str], dirty: bool) -> tuple[Headers, SipParseErro
     names = _NAMES
     append = fields.append
     for line in islice(lines, 1, None):
-        if not line or (dirty and _has_ctl(line)):
+        if not line or (dirty and _bare_ctl(line)):
             problem = problem or SipParseError("control character in a header line")
             last = None
             continue

@@ -20,6 +20,8 @@ import peewee
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from store.db import StoreError, open_database
+from store.migrations import MASTER_MIGRATIONS
+from store.schema import migrate
 from store.users import compute_ha1s, validate_domain, validate_username
 
 log = logging.getLogger(__name__)
@@ -138,6 +140,15 @@ class CdrCursor(MasterModel):
         table_name = "master_cdr_cursors"
 
 
+class EmergencyCall(MasterModel):
+    """A call to an emergency number (its record in ``CallRecord`` is marked by it)."""
+
+    call_id = peewee.TextField(primary_key=True)
+
+    class Meta:
+        table_name = "master_emergency_calls"
+
+
 class JoinToken(MasterModel):
     """A join token (``store.join_tokens``): only its SHA-256 is kept, never the token."""
 
@@ -154,22 +165,24 @@ class JoinToken(MasterModel):
 
 
 MASTER_MODELS = (Setting, SipUser, ClusterNode, ConfigVersion, Admin, CallRecord, CdrCursor,
-                 JoinToken)
-"""Every master model, in table-creation order."""
+                 JoinToken, EmergencyCall)
+"""Every master model of this module, in table-creation order."""
+
+
+def master_models() -> tuple[type[MasterModel], ...]:
+    """Every table of the master's database: this module's and the modules' that
+    build on it (the audit log, alarms), which import this one and so are imported here late."""
+    from store.alarms import Alarm
+    from store.audit import AuditEntry
+    return (*MASTER_MODELS, AuditEntry, Alarm)
 
 
 def init_master_store(url: str) -> peewee.Database:
-    """Open the master's database at ``url``, bind the models, create missing tables."""
+    """Open the master's database at ``url``, bind the models, create missing tables
+    (an older schema migrates forward: ``store.schema``)."""
     db = open_database(url)
     master_db.initialize(db)
-    try:
-        db.create_tables(MASTER_MODELS, safe=True)
-        if "snapshot" not in {c.name for c in db.get_columns(ClusterNode._meta.table_name)}:
-            # Databases made before nodes had a snapshot endpoint.
-            add = "ALTER TABLE master_nodes ADD COLUMN snapshot TEXT NOT NULL DEFAULT ''"
-            db.execute_sql(add)  # type: ignore[no-untyped-call]
-    except peewee.DatabaseError as exc:
-        raise StoreError("cannot create the master's tables: %s" % exc) from exc
+    migrate(db, "master", master_models(), MASTER_MIGRATIONS)
     return db
 
 
@@ -339,7 +352,8 @@ def config_for(version: int) -> dict[str, Any]:
     query = (SipUser.select(SipUser.username, SipUser.ha1_md5, SipUser.ha1_sha256,
                             SipUser.enabled).order_by(SipUser.username).dicts())
     users = list(cast(Iterable[dict[str, Any]], query))
-    return {"version": version, "domain": domain(), "users": users, **peers_push()}
+    return {"version": version, "domain": domain(), "users": users, **peers_push(),
+            **_dialplan_part()}
 
 
 def peers_push() -> dict[str, Any]:
@@ -355,6 +369,13 @@ def peers_push() -> dict[str, Any]:
         return {}
     return {"peers": [{"id": n["node_id"], "bus": n["bus"], "snapshot": n["snapshot"],
                        "public_key": n["public_key"], "sip": n["sip"]} for n in nodes]}
+
+
+def _dialplan_part() -> dict[str, Any]:
+    """The dial plan a version carries (``store.dialplan``), once the master has one."""
+    from store.dialplan import pushed_dialplan
+    doc = pushed_dialplan()
+    return {} if doc is None else {"dialplan": doc}
 
 
 def add_admin(username: str, password: str) -> None:

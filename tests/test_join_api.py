@@ -231,6 +231,8 @@ def test_dashboard_makes_a_token_and_removes_a_node(app):
 def test_a_master_database_older_than_snapshot_endpoints_gets_the_column(tmp_path):
     path = tmp_path / "old.db"
     con = sqlite3.connect(path)
+    # A schema version 1 database: every table of then, no schema_versions table.
+    con.execute("CREATE TABLE master_settings (key TEXT PRIMARY KEY, value TEXT)")
     con.execute("CREATE TABLE master_nodes (id INTEGER PRIMARY KEY, node_id TEXT UNIQUE, "
                 "sip TEXT, bus TEXT, control TEXT, public_key TEXT, weight INTEGER, "
                 "acked_version INTEGER, acked_at REAL, last_error TEXT)")

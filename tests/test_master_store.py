@@ -14,8 +14,8 @@ from store.users import compute_ha1s
 def master(store_url):
     """The master store on an empty database of each backend."""
     db = open_database(store_url)
-    with db.bind_ctx(ms.MASTER_MODELS):
-        db.drop_tables(ms.MASTER_MODELS, safe=True)
+    with db.bind_ctx(ms.master_models()):
+        db.drop_tables(ms.master_models(), safe=True)
     db.close()
     ms.init_master_store(store_url)
     ms.setup("example.test")

@@ -17,6 +17,7 @@ from gevent.event import Event
 from gevent.pool import Group
 
 from actors.bus import Bus, BusError, request
+from store import audit
 from store import master as ms
 
 log = logging.getLogger(__name__)
@@ -109,8 +110,13 @@ class Pusher:
         except BusError as e:
             ms.record_ack(node["node_id"], version, str(e))
             log.info("node %s did not take configuration %d: %s", node["node_id"], version, e)
+            if str(e)[:500] != node["last_error"]:  # a dead node's retries are one row
+                audit.record("master", "push", node["node_id"], after={"version": version},
+                             result=str(e), ok=False)
             return str(e)
         acked = int(result.get("version", 0))
         ms.record_ack(node["node_id"], acked)
+        audit.record("master", "push", node["node_id"], before={"version": node["acked_version"]},
+                     after={"version": acked})
         log.info("node %s runs configuration %d", node["node_id"], acked)
         return f"version {acked}"

@@ -6,8 +6,10 @@ to ``<data_dir>/admin-password`` (0600) and shown once on the terminal, and
 prints a join token with the command a new node runs (``token`` prints
 another; ``node remove ID`` removes a node, ``node list`` lists them).
 Running opens the database, records the ``[[nodes]]`` of the configuration,
-starts the pusher and the call event collector, and serves the dashboard
-with gevent's WSGI server until SIGTERM.
+starts the pusher, the call event collector, the backup schedule and the
+alarm checker, and
+serves the dashboard with gevent's WSGI server until SIGTERM. ``backup FILE``
+and ``restore FILE`` write and restore an archive (``web.backups``).
 """
 
 import logging
@@ -25,6 +27,8 @@ from store import master as ms
 from store.db import StoreError
 
 from . import create_app
+from .alarms import AlarmChecker, AlarmSettingsError, env_settings
+from .backups import BackupPlan, BackupScheduler, make_backup, restore_backup
 from .cdr_collector import CdrCollector
 from .push import Pusher
 from .settings import SettingsError, cluster_secret, init_files, load_settings, read_secret
@@ -87,8 +91,13 @@ def node_command(settings, words: list[str]) -> int:
     return 0
 
 
-def serve(settings) -> int:
+def serve(settings, release: str = "") -> int:
     """Run the dashboard and the pusher until SIGTERM or SIGINT."""
+    plan = BackupPlan.of(settings)
+    try:
+        alarm_settings = env_settings(settings.alarms, settings.listen)
+    except AlarmSettingsError as e:
+        raise SettingsError(str(e)) from None
     ms.init_master_store(settings.database_url)
     for n in settings.nodes:
         ms.save_node(n["id"], n["sip"], n["control"], n["public_key"], n.get("bus", ""),
@@ -97,7 +106,8 @@ def serve(settings) -> int:
     pusher = Pusher(master_key, read_secret(settings.path("master.secret")),
                     settings.push_interval)
     app = create_app({"SECRET_KEY": read_secret(settings.path("session.key")),
-                      "LAB_DATA": settings.lab_data, "MASTER_KEY": master_key,
+                      "LAB_DATA": settings.lab_data, "MASTER_SETTINGS": settings,
+                      "RELEASE": release, "MASTER_KEY": master_key,
                       "CLUSTER_SECRET": cluster_secret(settings), "MASTER_URL": settings.public_url,
                       "JOIN_TOKEN_TTL": settings.join_token_ttl}, pusher)
     host, _, port = settings.listen.rpartition(":")
@@ -107,6 +117,10 @@ def serve(settings) -> int:
     pusher.poke()
     collector = CdrCollector(pusher.bus)
     collector.start()
+    backups = BackupScheduler(settings, plan, release)
+    backups.start()
+    alarms = AlarmChecker(alarm_settings, pusher.bus)
+    alarms.start()
     log.info("dashboard on http://%s, domain %s, %d nodes", settings.listen, ms.domain(),
              len(settings.nodes))
     stopped = Event()
@@ -114,6 +128,8 @@ def serve(settings) -> int:
     gevent.signal_handler(signal.SIGINT, stopped.set)
     stopped.wait()
     server.stop(timeout=2)
+    backups.stop()
+    alarms.stop()
     collector.stop()
     pusher.stop()
     ms.close_master_store()
@@ -121,13 +137,24 @@ def serve(settings) -> int:
 
 
 def cmd_master(args) -> int:
-    """``run.py master [init | token | node list | node remove ID] --config master.toml``."""
+    """``run.py master [init | token | node list | node remove ID | backup FILE |
+    restore FILE] --config master.toml``."""
+    release = getattr(args, "release", "")
     try:
         settings = load_settings(args.config)
-        if getattr(args, "words", None) and args.action != "node":
+        if getattr(args, "words", None) and args.action not in ("node", "backup", "restore"):
             raise SettingsError(f"`master {args.action}` takes no {' '.join(args.words)!r}")
         if args.action == "init":
             return init(settings)
+        if args.action in ("backup", "restore"):
+            if len(args.words) != 1:
+                raise SettingsError(f"master {args.action} needs the archive's file name")
+            archive = args.words[0]
+        if args.action == "restore":
+            manifest = restore_backup(settings, archive)
+            sys.stdout.write(f"restored {archive} (release {manifest.get('release') or '?'}) "
+                             f"into {settings.data_dir}\n")
+            return 0
         if args.action in ("token", "node"):
             if not os.path.exists(settings.path("master.secret")):
                 raise SettingsError(f"{settings.data_dir} is not set up: run "
@@ -138,7 +165,13 @@ def cmd_master(args) -> int:
         if not os.path.exists(settings.path("master.secret")):
             raise SettingsError(f"{settings.data_dir} is not set up: run "
                                 f"`run.py master init --config {args.config}` first")
-        return serve(settings)
+        if args.action == "backup":
+            ms.init_master_store(settings.database_url)
+            manifest = make_backup(settings, archive, release)
+            sys.stdout.write(f"backup written to {archive}: " + ", ".join(
+                f"{t} {v['rows']} rows" for t, v in manifest["tables"].items()) + "\n")
+            return 0
+        return serve(settings, release)
     except (SettingsError, StoreError, OSError) as e:
         log.error("%s", e)
         return 2

@@ -15,6 +15,13 @@ sip = "127.0.0.11:5060"
 control = "tcp://127.0.0.11:7003"
 snapshot = "tcp://127.0.0.11:7002"   # with bus: the master pushes the peer list
 public_key = "..."              # the node's CurveZMQ public key
+
+[backup]                        # scheduled backups (web.backups)
+dir = "backups"                 # relative to data_dir
+every = 86400                   # seconds between two; 0: none
+keep = 7                        # archives kept
+
+[alarms]                        # webhook, smtp_*, thresholds: see web.alarms
 ```
 
 The master's own secrets live in ``data_dir``, each 0600: its CurveZMQ key
@@ -49,6 +56,12 @@ class MasterSettings:
     push_interval: float = 2.0
     lab_data: str = ""
     """The data folder of the lab running the nodes (restarts go to its control socket)."""
+    config_path: str = ""
+    """The file these settings came from (a backup carries it)."""
+    backup: dict = field(default_factory=dict)
+    """The ``[backup]`` table (``web.backups.BackupPlan``)."""
+    alarms: dict = field(default_factory=dict)
+    """The ``[alarms]`` table (``web.alarms``)."""
     url: str = ""
     """The dashboard's URL as nodes reach it (printed in join commands); default from listen."""
     join_token_ttl: float = 3600.0
@@ -75,7 +88,7 @@ def load_settings(path: str) -> MasterSettings:
     body = data.get("master", {})
     known = {"listen", "data_dir", "database", "domain", "push_interval", "lab_data", "url",
              "join_token_ttl"}
-    unknown = (set(body) - known) | (set(data) - {"master", "nodes"})
+    unknown = (set(body) - known) | (set(data) - {"master", "nodes", "backup", "alarms"})
     if unknown:
         raise SettingsError(f"{path}: unknown settings {sorted(unknown)}")
     base = os.path.dirname(os.path.abspath(path))
@@ -94,7 +107,8 @@ def load_settings(path: str) -> MasterSettings:
                           database=body.get("database", ""), domain=body.get("domain", ""),
                           nodes=nodes, push_interval=float(body.get("push_interval", 2.0)),
                           lab_data=os.path.normpath(os.path.join(base, body["lab_data"]))
-                          if body.get("lab_data") else "")
+                          if body.get("lab_data") else "", config_path=os.path.abspath(path),
+                          backup=data.get("backup", {}), alarms=data.get("alarms", {}))
 
 
 def read_secret(path: str) -> str:
