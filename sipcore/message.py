@@ -569,17 +569,25 @@ def _has_ctl(line: str) -> bool:
     return "\r" in line or "\n" in line or "\x00" in line
 
 
-def _bare_ctl(line: str) -> bool:
-    """Whether a header line holds a bare CR or LF, or a NUL outside a quoted-pair.
+#: the header names (as keys) whose quoted strings may hold a NUL
+_NUL_QUOTABLE = frozenset(("from", "f", "to", "t"))
 
-    A quoted string may hold a backslash and a NUL (RFC 3261 §25.1
-    quoted-pair, RFC 4475 §3.1.1.2), which the structured parsers read;
-    a NUL anywhere else is refused.
+
+def _bare_ctl(line: str) -> bool:
+    """Whether a header line holds a bare CR or LF, or a NUL that may not be there.
+
+    A From or To display name may quote a NUL (RFC 3261 §25.1 quoted-pair,
+    RFC 4475 §3.1.1.2), which the address parser reads; nothing keeps those
+    names. A NUL anywhere else is refused: a quoted string of another header
+    may be kept (a Contact's ``+sip.instance`` is a binding's key, a Path or
+    User-Agent is stored with it), and a store may refuse a NUL.
     """
     if "\r" in line or "\n" in line:
         return True
     if "\x00" not in line:
         return False
+    if line.partition(":")[0].strip().lower() not in _NUL_QUOTABLE:
+        return True
     quoted = False
     i, n = 0, len(line)
     while i < n:

@@ -90,7 +90,7 @@ def messages(draw) -> bytes:
     return b"\r\n".join(lines) + draw(st.sampled_from([b"\r\n\r\n", b"\r\n", b""])) + body
 
 
-@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.one_of(messages(), st.binary(max_size=300)))
 def test_message_property(data):
     check_message(data)
@@ -123,7 +123,7 @@ def credentials(draw) -> bytes:
     return text.encode("utf-8", "surrogateescape")
 
 
-@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.one_of(credentials(), st.binary(max_size=200)))
 def test_credentials_property(data):
     check_credentials(data)

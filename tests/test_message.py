@@ -737,7 +737,12 @@ INVALID_REQUESTS = [
      "control character in a header line"),
     ("nul-after-quoted-backslash", register(("To", 'To: "a\\\\\x00" <sip:alice@example.test>')), 400,
      "control character in a header line"),
-    ("nul-quoted-outside-quotes", register(("User-Agent", "User-Agent: \\\x00")), 400,
+    ("nul-quoted-outside-quotes", register(("To", "To: \\\x00 <sip:alice@example.test>")), 400,
+     "control character in a header line"),
+    ("nul-quoted-in-a-kept-header", register(("User-Agent", 'User-Agent: "\\\x00"')), 400,
+     "control character in a header line"),
+    ("nul-quoted-in-an-instance", register(
+        ("Contact", 'Contact: <sip:alice@192.0.2.10>;+sip.instance="<urn:\\\x00>";reg-id=1')), 400,
      "control character in a header line"),
     ("bare-lf-header-injection",
      register(("User-Agent", "User-Agent: x\nVia: SIP/2.0/UDP evil.test;branch=z9hG4bKevil")), 400,

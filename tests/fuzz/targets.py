@@ -1,5 +1,6 @@
-"""What the fuzzers feed bytes to: a node's handling of a message, and of a
-digest Authorization value.
+"""What the fuzzers feed bytes to: a node's handling of a message (parsed as a
+datagram and as a stream, and a REGISTER through the registrar's rules), and
+of a digest Authorization value.
 
 Each target takes any bytes and may raise only ``SipError`` (the parser's
 documented error, ``sipcore.errors``); anything else, or a failed
@@ -12,7 +13,15 @@ from sipcore.digest import Authenticator, NonceFactory, expected_response, ha1, 
 from sipcore.errors import SipError
 from sipcore.message import (Message, Request, StreamFramer, error_response, make_response,
                              parse_message)
+from sipcore.location import Location
+from sipcore.registrar import RegistrarRules
 from sipcore.via import response_destination, stamp_via
+
+#: the registrar's rules the message target applies, for the RFC's domains and Tandem's
+_RULES = RegistrarRules("example.com", aliases=("example.test",))
+_LOCATION = Location()
+#: the clock the targets run at
+NOW = 1000.0
 
 
 def process(data: bytes, stream: bool = False) -> Message | SipError:
@@ -63,9 +72,35 @@ def process_stream(data: bytes) -> None:
             process(msg, stream=True)
 
 
+def register(msg: Message) -> None:
+    """What the registrar's rules (``sipcore.registrar``) do with a REGISTER
+    that passed authentication: only ``SipError`` may escape, and the 200 of
+    what they would commit is read back. The bindings are then kept, so that
+    the next REGISTER meets them."""
+    global _LOCATION
+    if not isinstance(msg, Request) or msg.method != "REGISTER":
+        return
+    if len(_LOCATION) > 1000:
+        _LOCATION = Location()      # bounded, whatever the fuzzer registers
+    try:
+        _RULES.check(msg)
+        aor, _ = _RULES.aor_of(msg)
+        outcome = _RULES.apply(msg, _LOCATION, NOW, "n1", "192.0.2.1", "t1", aor)
+    except SipError:
+        return
+    answer = parse_message(outcome.encode())
+    assert answer.status == 200 and answer.call_id == msg.call_id
+    for binding in outcome.changes:
+        assert "\x00" not in binding.key and "\r" not in binding.key and "\n" not in binding.key
+        _LOCATION.put(binding)
+
+
 def check_message(data: bytes) -> None:
-    """The message target: ``data`` as a datagram and as a stream."""
-    process(data)
+    """The message target: ``data`` as a datagram and as a stream, and through
+    the registrar's rules when it is a REGISTER."""
+    msg = process(data)
+    if isinstance(msg, Message):
+        register(msg)
     process_stream(data)
 
 
@@ -74,7 +109,6 @@ def check_message(data: bytes) -> None:
 REALM = "example.test"
 SECRET = b"fuzz-secret-fuzz-secret"
 ORIGIN = "fuzz0001"
-NOW = 1000.0
 USERS = {"alice": {"MD5": ha1("alice", REALM, "pw"), "SHA-256": ha1("alice", REALM, "pw", "SHA-256")}}
 #: a nonce the authenticators below take as fresh and their own
 NONCE = NonceFactory(SECRET, origin=ORIGIN).make(NOW)
@@ -136,12 +170,28 @@ DIGEST_SEEDS = [
 ]
 
 
+#: REGISTERs of the usual shapes, for the message target besides RFC 4475's messages
+REGISTER_SEEDS = [
+    "REGISTER sip:example.test SIP/2.0\r\n"
+    "Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK776asdhds;rport\r\nMax-Forwards: 70\r\n"
+    'To: "Alice" <sip:alice@example.test>\r\nFrom: "Alice" <sip:alice@example.test>;tag=19283\r\n'
+    "Call-ID: a84b4c76e66710@pc33.example.test\r\nCSeq: 314159 REGISTER\r\n"
+    "Contact: <sip:alice@192.0.2.10:5060;transport=udp>;+sip.instance="
+    '"<urn:uuid:00000000-0000-1000-8000-AABBCCDDEEFF>";reg-id=1;expires=3600;q=0.5\r\n'
+    "Expires: 3600\r\nSupported: path, outbound\r\nPath: <sip:p.example.test;lr>\r\n"
+    "User-Agent: Tandem-test/1.0\r\nContent-Length: 0\r\n\r\n",
+    "REGISTER sip:example.test SIP/2.0\r\nv: SIP/2.0/TCP [2001:db8::1]:5070;branch=z9hG4bK2\r\n"
+    "t: <sip:bob@example.test>\r\nf: <sip:bob@example.test>;tag=2\r\ni: c2\r\n"
+    "CSeq: 2 REGISTER\r\nm: *\r\nExpires: 0\r\nl: 0\r\n\r\n",
+]
+
+
 def seeds(target: str) -> list[bytes]:
     """The inputs a fuzzing run of ``target`` (``message`` or ``digest``) starts from."""
     if target == "digest":
         return [s.encode() for s in DIGEST_SEEDS]
     from tests.rfc4475_messages import MESSAGES
-    return [data for _, _, data in MESSAGES.values()]
+    return [s.encode() for s in REGISTER_SEEDS] + [data for _, _, data in MESSAGES.values()]
 
 
 def write_seeds(target: str, folder: str) -> None:
