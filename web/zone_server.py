@@ -40,7 +40,11 @@ class ZoneServer:
     def start(self) -> None:
         """Bind (``OSError`` if the port is taken) and start following the nodes."""
         server = DnsServer(zone_text(), ms.domain(), self.host, self.port)
-        server.start()
+        try:
+            server.start()
+        except OSError as e:
+            raise OSError(e.errno, f"[master] dns {self.host}:{self.port}: "
+                                   f"{e.strerror or e}") from None
         self.server = server
         self.greenlet = gevent.spawn(self._follow)
 
