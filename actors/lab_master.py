@@ -88,12 +88,18 @@ class LabMaster(WatchedProcess):
 
     def zone_nodes(self) -> list[tuple[str, str, int, int]]:
         """The nodes the master holds, each with its address, SIP port and SRV weight
-        (the DNS page sets weights, a removal takes a node out)."""
-        master_store.init_master_store(f"sqlite:///{self.dir}/master.db")
+        (the DNS page sets weights, a removal takes a node out).
+
+        The master's database stays open in the lab's process after the first read,
+        asked again each second (opening it each time logged a line each time); an
+        error closes it, to be opened anew next time."""
+        if master_store.master_db.obj is None:
+            master_store.init_master_store(f"sqlite:///{self.dir}/master.db")
         try:
             return master_store.zone_nodes()
-        finally:
+        except Exception:
             master_store.close_master_store()
+            raise
 
     def start(self) -> None:
         """Start ``run.py master``, its output appended to its log."""

@@ -80,9 +80,10 @@ def store_peers(items: list) -> None:
 
 def use_stored_peers(cfg: NodeConfig) -> bool:
     """Replace ``cfg.peers`` with the list of the last configuration applied, if any
-    (call after the store is open, before the replicator is built)."""
+    and if the node still follows a master (``[cluster] master_key``): call after the
+    store is open, before the replicator is built."""
     items = get_state(PEERS_KEY)
-    if items is None:
+    if items is None or not cfg.master_key:
         return False
     try:
         cfg.peers = parse_peers(items, cfg.id)

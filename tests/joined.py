@@ -18,6 +18,9 @@ import sys
 import time
 import urllib.request
 
+import dns.message
+import dns.query
+
 from actors.bus import Bus, BusError, request
 from actors.lab import options_ping
 from loadtest.harness import ROOT, free_port
@@ -133,11 +136,15 @@ class Master:
         self.work = work
         self.port = 8080 if prefix else free_port(address)
         self.url = f"http://{address}:{self.port}"
+        self.address = address
+        self.dns_port = 5353 if prefix else free_port(address)
+        """Where the master serves the cluster's zone (``[master] dns``)."""
         self.data = os.path.join(work, "master")
         self.config = os.path.join(work, "master.toml")
         write_private(self.config, f'[master]\nlisten = "{address}:{self.port}"\n'
                                    f'data_dir = "{self.data}"\ndomain = "example.test"\n'
-                                   'push_interval = 0.3\njoin_token_ttl = 600\n')
+                                   'push_interval = 0.3\njoin_token_ttl = 600\n'
+                                   f'dns = "{address}:{self.dns_port}"\n')
         self.master = Proc(["master", "--config", self.config],
                            os.path.join(work, "master.log"), prefix)
         self.bus: Bus | None = None
@@ -212,6 +219,12 @@ class Master:
         except BusError:
             return False
         return any(b["aor"].startswith(f"sip:{user}@") for b in found["bindings"])
+
+    def lookup(self, name: str, rdtype: str = "A") -> list[str]:
+        """The records of ``name`` the master's DNS serves (empty when none)."""
+        reply = dns.query.udp(dns.message.make_query(name, rdtype), self.address,
+                              port=self.dns_port, timeout=2)
+        return sorted(r.to_text() for rrset in reply.answer for r in rrset)
 
     def digests(self, timeout: float = 2.0) -> dict:
         """``{node id: digest summary or None}`` of every node that joined."""

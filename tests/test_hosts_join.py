@@ -131,6 +131,7 @@ def test_a_removed_node_is_dropped_while_the_others_serve(lab):
     gone = lab.master.nodes.pop("node2")
     zone = lab.master.api("GET", "/api/dns")["zone"]
     assert "node2.example.test." in zone and lab.net["node2"].address in zone
+    assert lab.master.lookup("node2.example.test") == [lab.net["node2"].address]
     lab.master.api("DELETE", "/api/nodes/node2")
     for node in lab.master.nodes.values():
         assert wait(lambda node=node: "node2" not in (lab.master.status(node)
@@ -144,4 +145,7 @@ def test_a_removed_node_is_dropped_while_the_others_serve(lab):
     zone = lab.master.api("GET", "/api/dns")["zone"]
     assert "node2.example.test." not in zone and lab.net["node2"].address not in zone
     assert "node4.example.test." in zone
+    assert wait(lambda: lab.master.lookup("node2.example.test") == [], CONVERGE)
+    assert lab.master.lookup("node4.example.test") == [lab.net["node4"].address]
+    assert len(lab.master.lookup("_sip._udp.example.test", "SRV")) == 3
     gone.stop()

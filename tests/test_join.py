@@ -160,6 +160,8 @@ def test_a_removed_node_is_cut_off_the_bus_and_leaves_the_zone(cluster):
     pid = node1.proc.pid
     zone = cluster.api("GET", "/api/dns")["zone"]
     assert "node2.example.test." in zone
+    assert cluster.lookup("node2.example.test") == [node2.address]
+    assert len(cluster.lookup("_sip._udp.example.test", "SRV")) == 2
     refused = cluster.status(node1)["bus"]["refused"]
     out = run_py("master", "node", "remove", "node2", "--config", cluster.config)
     assert out.returncode == 0, out.stderr
@@ -175,6 +177,10 @@ def test_a_removed_node_is_cut_off_the_bus_and_leaves_the_zone(cluster):
         "a registration on the removed node reached node1"
     zone = cluster.api("GET", "/api/dns")["zone"]
     assert "node2.example.test." not in zone and "node1.example.test." in zone
+    assert wait(lambda: cluster.lookup("node2.example.test") == [], CONVERGE), \
+        "the master's DNS follows the removal"
+    assert [r.split()[2] for r in cluster.lookup("_sip._udp.example.test", "SRV")] == \
+        [str(node1.port)]
     assert node1.proc.pid == pid and registered(node1, "bob", "bob-pw")
     listed = run_py("master", "node", "list", "--config", cluster.config)
     assert listed.returncode == 0 and listed.stdout.startswith("node1\t")

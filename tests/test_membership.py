@@ -66,8 +66,11 @@ def test_a_pushed_list_is_applied_kept_and_used_at_the_next_start(node_store):
     assert sync.apply(push(1, peers=items))["applied"]
     assert [[p.id for p in peers] for peers in seen] == [["node1", "node3"]]
     assert get_state("cluster_peers") == items
-    cfg = NodeConfig(id="node2", domain="example.test")
+    cfg = NodeConfig(id="node2", domain="example.test", master_key=generate_keypair()[0])
     assert use_stored_peers(cfg) and [p.id for p in cfg.peers] == ["node1", "node3"]
+    alone = NodeConfig(id="node2", domain="example.test")
+    assert not use_stored_peers(alone) and alone.peers == [], \
+        "a node taken off its master goes by its own file"
     assert sync.apply(push(2))["applied"]
     assert len(seen) == 1, "a version without peers leaves them as they are"
 

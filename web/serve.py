@@ -32,6 +32,7 @@ from .backups import BackupPlan, BackupScheduler, make_backup, restore_backup
 from .cdr_collector import CdrCollector
 from .push import Pusher
 from .settings import SettingsError, cluster_secret, init_files, load_settings, read_secret
+from .zone_server import ZoneServer
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +122,9 @@ def serve(settings, release: str = "") -> int:
     backups.start()
     alarms = AlarmChecker(alarm_settings, pusher.bus)
     alarms.start()
+    zone = ZoneServer(settings.dns) if settings.dns else None
+    if zone is not None:
+        zone.start()
     log.info("dashboard on http://%s, domain %s, %d nodes", settings.listen, ms.domain(),
              len(settings.nodes))
     stopped = Event()
@@ -128,6 +132,8 @@ def serve(settings, release: str = "") -> int:
     gevent.signal_handler(signal.SIGINT, stopped.set)
     stopped.wait()
     server.stop(timeout=2)
+    if zone is not None:
+        zone.stop()
     backups.stop()
     alarms.stop()
     collector.stop()

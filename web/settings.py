@@ -8,6 +8,7 @@ database = ""                   # default: sqlite:///<data_dir>/master.db
 domain = "example.test"         # used by `run.py master init`
 url = "https://master.example.test"   # how nodes reach the dashboard (join commands)
 join_token_ttl = 3600           # seconds a join token lives
+dns = ""                        # address:port: serve the cluster's zone there (off when empty)
 
 [[nodes]]                       # one per node the master pushes to
 id = "node1"
@@ -66,6 +67,8 @@ class MasterSettings:
     """The dashboard's URL as nodes reach it (printed in join commands); default from listen."""
     join_token_ttl: float = 3600.0
     """Seconds a join token lives."""
+    dns: str = ""
+    """``address:port`` where the master serves the cluster's zone (empty: it does not)."""
 
     @property
     def public_url(self) -> str:
@@ -87,7 +90,7 @@ def load_settings(path: str) -> MasterSettings:
     data = read_toml(path, SettingsError)
     body = data.get("master", {})
     known = {"listen", "data_dir", "database", "domain", "push_interval", "lab_data", "url",
-             "join_token_ttl"}
+             "join_token_ttl", "dns"}
     unknown = (set(body) - known) | (set(data) - {"master", "nodes", "backup", "alarms"})
     if unknown:
         raise SettingsError(f"{path}: unknown settings {sorted(unknown)}")
@@ -104,6 +107,7 @@ def load_settings(path: str) -> MasterSettings:
                             "most 30 days")
     return MasterSettings(data_dir=data_dir, listen=body.get("listen", DEFAULT_LISTEN),
                           url=str(body.get("url", "")), join_token_ttl=float(ttl),
+                          dns=str(body.get("dns", "")),
                           database=body.get("database", ""), domain=body.get("domain", ""),
                           nodes=nodes, push_interval=float(body.get("push_interval", 2.0)),
                           lab_data=os.path.normpath(os.path.join(base, body["lab_data"]))
