@@ -32,5 +32,21 @@ def _master_3_alarms(migrator: SchemaMigrator, db: peewee.Database) -> None:
     db.create_tables([Alarm])
 
 
-MASTER_MIGRATIONS: tuple[Migration, ...] = (_master_2_audit_log, _master_3_alarms)
+def _master_4_join(migrator: SchemaMigrator, db: peewee.Database) -> None:
+    """Nodes' snapshot endpoints (the peer list a push carries) and the join tokens' table."""
+    from store.master import ClusterNode, JoinToken
+    if "snapshot" not in {c.name for c in db.get_columns(ClusterNode._meta.table_name)}:
+        migrate(migrator.add_column(ClusterNode._meta.table_name, "snapshot",
+                                    peewee.TextField(default="")))
+    db.create_tables([JoinToken])
+
+
+def _master_5_emergency_calls(migrator: SchemaMigrator, db: peewee.Database) -> None:
+    """The marks of emergency call records (``store.master.EmergencyCall``)."""
+    from store.master import EmergencyCall
+    db.create_tables([EmergencyCall])
+
+
+MASTER_MIGRATIONS: tuple[Migration, ...] = (_master_2_audit_log, _master_3_alarms,
+                                            _master_4_join, _master_5_emergency_calls)
 """The master database's steps (``store.master``)."""
