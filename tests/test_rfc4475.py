@@ -450,6 +450,18 @@ def test_node_over_tcp(node):
     assert len(finals) == 2 and finals[0] == b"SIP/2.0 401 Unauthorized", lines
 
 
+def test_node_survives_overlarge_values_in_a_relayed_response(node):
+    # After §3.1.2.5 (overlarge scalar values in a response): a response whose top
+    # Via is the node's is relayed to the next Via; an rport of 99999 there once
+    # reached sendto, whose OverflowError killed the proxy actor and the node.
+    for second in ("rport=99999", "rport=abc", "rport=\u0661", "received=evil.example"):
+        data = (f"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP {node.address}:{node.port};branch=z9hG4bKs1\r\n"
+                f"Via: SIP/2.0/UDP 127.0.0.1;{second}\r\nFrom: <sip:a@b>;tag=1\r\n"
+                "To: <sip:a@b>;tag=2\r\nCall-ID: x\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n")
+        assert answers(node, data.encode(), quiet=0.2) == []
+    test_node_still_serves_after_the_torture(node)
+
+
 def test_node_still_serves_after_the_torture(node):
     for section in MESSAGES:
         answers(node, reachable(MESSAGES[section][2]), quiet=0.05)
