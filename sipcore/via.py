@@ -13,7 +13,10 @@ def stamp_via(req: Request, transport: str, ip: str, port: int) -> tuple[str, st
 
     Returns the destination for responses (§18.2.2, RFC 3581 §4):
     ``(transport, host, port)``. Over TCP the response goes back over the
-    connection the request came in on, named by the source address.
+    connection the request came in on, named by the source address. A
+    ``received`` the client wrote itself is replaced by the source: a
+    response goes where the request came from, never where its sender says
+    (which would make the node reflect its answers at any address).
     """
     via = req.top_via
     host = via.host
@@ -21,7 +24,7 @@ def stamp_via(req: Request, transport: str, ip: str, port: int) -> tuple[str, st
         host = host[1:-1]
     params = via.params
     rport = "rport" in params
-    if rport or host != ip:
+    if rport or host != ip or "received" in params:
         if rport:
             params["rport"] = str(port)
         params["received"] = ip

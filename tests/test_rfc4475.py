@@ -11,7 +11,9 @@ The parser (``sipcore.message``) is checked on all 49 messages, each with
 what a proxy or registrar then reads of it; a real node process is sent a
 sample over UDP and must answer each as the table says, gets the three
 messages whose sections speak of TCP over TCP, and must still answer
-OPTIONS after the lot.
+OPTIONS after the lot. Two hostile Vias the fuzzing led to are tried on it
+too: overlarge values in a relayed response's Via (which killed a node),
+and a ``received`` that would have it answer someone else.
 """
 
 import os
@@ -460,6 +462,27 @@ def test_node_survives_overlarge_values_in_a_relayed_response(node):
                 "To: <sip:a@b>;tag=2\r\nCall-ID: x\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n")
         assert answers(node, data.encode(), quiet=0.2) == []
     test_node_still_serves_after_the_torture(node)
+
+
+def test_node_answers_where_the_request_came_from(node):
+    # A Via's received written by the sender does not steer the answer elsewhere
+    # (here 127.0.0.2, another loopback address on the same port): no reflection.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as victim, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+        sender.bind(("127.0.0.1", 0))
+        port = sender.getsockname()[1]
+        victim.bind(("127.0.0.2", port))
+        options = (f"OPTIONS sip:{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{port};"
+                   f"received=127.0.0.2;branch=z9hG4bK{os.urandom(6).hex()}\r\n"
+                   f"From: <sip:probe@{DOMAIN}>;tag=1\r\nTo: <sip:{DOMAIN}>\r\n"
+                   f"Call-ID: {os.urandom(6).hex()}\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\n"
+                   "Content-Length: 0\r\n\r\n").encode()
+        sender.sendto(options, (node.address, node.port))
+        sender.settimeout(3.0)
+        assert sender.recv(65535).startswith(b"SIP/2.0 200")
+        victim.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            victim.recv(65535)
 
 
 def test_node_still_serves_after_the_torture(node):

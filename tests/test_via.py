@@ -28,7 +28,8 @@ def reference_stamp_via(req, transport, ip, port):
         params["rport"] = str(port)
         params["received"] = ip
         changed = True
-    elif host != ip:
+    elif host != ip or "received" in params:
+        # A received the client wrote is replaced: never where the sender says.
         params["received"] = ip
         changed = True
     if changed:
@@ -201,6 +202,15 @@ def _via_text(via) -> str:
 def test_generated_vias_stamp_as_before(lines, source, validate, vias):
     via_lines = ["Via: " + ", ".join(_via_text(v) for v in line) for line in lines]
     check(request(via_lines), *source, validate=validate, vias=vias)
+
+
+def test_a_received_written_by_the_client_is_replaced():
+    # Before, a request from 192.0.2.1 whose Via said 192.0.2.1;received=203.0.113.5
+    # had its responses sent to 203.0.113.5: a reflector at the sender's will.
+    req = parse_message(request(["Via: SIP/2.0/UDP 192.0.2.1:5070;received=203.0.113.5;branch=z9hG4bK1"]))
+    assert stamp_via(req, "udp", "192.0.2.1", 5070) == ("udp", "192.0.2.1", 5070)
+    assert req.get("via") == "SIP/2.0/UDP 192.0.2.1:5070;received=192.0.2.1;branch=z9hG4bK1"
+    assert response_destination(req) == ("udp", "192.0.2.1", 5070)
 
 
 @pytest.mark.parametrize("params, dest", [
