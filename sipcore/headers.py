@@ -132,7 +132,7 @@ def parse_via(value: str) -> Via:
 
 
 #: an empty parameter: nothing but whitespace between two ``;``, or after the last
-_EMPTY_PARAM = re.compile(r";[ \t]*(?:;|\Z)")
+_EMPTY_PARAM = re.compile(r";\s*(?:;|\Z)")
 
 
 def _via_params(text: str) -> dict[str, str | None]:

@@ -1,5 +1,7 @@
 """What a transport does to Via on receipt and where a response goes (RFC 3261 §18, RFC 3581)."""
 
+from ipaddress import ip_address
+
 from .errors import SipParseError
 from .message import Message, Request
 
@@ -11,7 +13,10 @@ def stamp_via(req: Request, transport: str, ip: str, port: int) -> tuple[str, st
 
     Returns the destination for responses (§18.2.2, RFC 3581 §4):
     ``(transport, host, port)``. Over TCP the response goes back over the
-    connection the request came in on, named by the source address.
+    connection the request came in on, named by the source address. A
+    ``received`` the client wrote itself is replaced by the source: a
+    response goes where the request came from, never where its sender says
+    (which would make the node reflect its answers at any address).
     """
     via = req.top_via
     host = via.host
@@ -19,7 +24,7 @@ def stamp_via(req: Request, transport: str, ip: str, port: int) -> tuple[str, st
         host = host[1:-1]
     params = via.params
     rport = "rport" in params
-    if rport or host != ip:
+    if rport or host != ip or "received" in params:
         if rport:
             params["rport"] = str(port)
         params["received"] = ip
@@ -47,19 +52,26 @@ def source_address(req: Request) -> str:
 
 
 def response_destination(msg: Message) -> tuple[str, str, int] | None:
-    """Where a proxy sends a response it forwards: the (new) top Via (§18.2.2)."""
+    """Where a proxy sends a response it forwards: the (new) top Via (§18.2.2).
+
+    None (the response is dropped) when that Via is malformed, its ``rport``
+    is not a port (1 to 65535) or its ``received`` not an IP address: the
+    Via comes from the wire, and a port or host a socket cannot take must
+    not reach one.
+    """
     try:
         via = msg.top_via
+        rport = via.rport
     except SipParseError:
         return None
-    transport = via.transport.lower()
-    params = via.params
-    host = params.get("received") or via.host
-    if host.startswith("["):
-        host = host[1:-1]
-    rport = params.get("rport")
-    if rport:
-        port = int(rport)
+    received = via.params.get("received")
+    if received is not None:
+        host = received[1:-1] if received.startswith("[") else received
+        try:
+            ip_address(host)
+        except ValueError:
+            return None
     else:
-        port = via.port or DEFAULT_PORTS.get(via.transport, 5060)
-    return (transport, host, port)
+        host = via.host[1:-1] if via.host.startswith("[") else via.host
+    port = rport or via.port or DEFAULT_PORTS.get(via.transport, 5060)
+    return (via.transport.lower(), host, port)

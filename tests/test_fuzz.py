@@ -40,7 +40,14 @@ CRASHES = {
         b'Digest username="alice",realm="example.test",nonce="NONCE",uri="sip:example.test",'
         b'response="RIGHT",algorithm=MD5,cnonce="6b\xff",qop=auth,nc=00000001',
     ],
-    "message": [],
+    "message": [
+        # A Via's rport that is not a port: ValueError, and 99999 an OverflowError in
+        # sendto that killed the proxy actor, and with it the node.
+        b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1;rport=abc\r\nFrom: <sip:a@b>;tag=1\r\n"
+        b"To: <sip:a@b>;tag=2\r\nCall-ID: x\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
+        b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1;rport=99999\r\nFrom: <sip:a@b>;tag=1\r\n"
+        b"To: <sip:a@b>;tag=2\r\nCall-ID: x\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
+    ],
 }
 TARGETS = {"message": check_message, "digest": check_credentials}
 

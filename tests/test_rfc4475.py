@@ -9,8 +9,11 @@ choice (be liberal or refuse), the comment says which Tandem makes.
 
 The parser (``sipcore.message``) is checked on all 49 messages, each with
 what a proxy or registrar then reads of it; a real node process is sent a
-sample over UDP and must answer each as the table says, and still answer
-OPTIONS after the lot.
+sample over UDP and must answer each as the table says, gets the three
+messages whose sections speak of TCP over TCP, and must still answer
+OPTIONS after the lot. Two hostile Vias the fuzzing led to are tried on it
+too: overlarge values in a relayed response's Via (which killed a node),
+and a ``received`` that would have it answer someone else.
 """
 
 import os
@@ -374,10 +377,15 @@ def answers(node: NodeProcess, data: bytes, quiet: float = 1.0) -> list[bytes]:
     return got
 
 
+#: how long the node waits for the rest of a message begun over TCP
+HEADER_TIMEOUT = 2.0
+
+
 @pytest.fixture(scope="module")
 def node(tmp_path_factory):
     """A node of the RFC's domain, ``example.com``."""
-    n = NodeProcess(str(tmp_path_factory.mktemp("rfc4475")), domain=DOMAIN).start()
+    n = NodeProcess(str(tmp_path_factory.mktemp("rfc4475")), domain=DOMAIN,
+                    limits=f"udp_rate = 0\ntcp_header_timeout = {HEADER_TIMEOUT}").start()
     yield n
     n.stop()
 
@@ -404,6 +412,77 @@ def test_node_answers(node, section):
     call_id = re.search(rb"(?im)^(?:call-id|i)[ \t]*:[ \t]*(\S+)", request)
     if call_id is not None and section not in ("3.3.8",):
         assert answer.call_id == call_id.group(1).decode()
+
+
+def over_tcp(node: NodeProcess, data: bytes, wait: float) -> tuple[list[bytes], bool]:
+    """Send ``data`` on a new TCP connection; return the answers' start lines
+    read within ``wait`` seconds and whether the node closed the connection."""
+    lines: list[bytes] = []
+    closed = False
+    with socket.create_connection((node.address, node.port), timeout=wait) as s:
+        s.sendall(data)
+        framer = StreamFramer()
+        deadline = time.monotonic() + wait
+        while (left := deadline - time.monotonic()) > 0:
+            s.settimeout(left)
+            try:
+                chunk = s.recv(65535)
+            except TimeoutError:
+                break
+            if not chunk:
+                closed = True
+                break
+            lines += [m.split(b"\r\n", 1)[0] for m in framer.feed(chunk)]
+    return lines, closed
+
+
+def test_node_over_tcp(node):
+    # §3.1.2.3: a negative Content-Length cannot be framed; the connection is closed.
+    _, closed = over_tcp(node, MESSAGES["3.1.2.3"][2], wait=5.0)
+    assert closed
+    # §3.1.2.2: a Content-Length past the data: the node waits for the rest, a bounded time.
+    started = time.monotonic()
+    lines, closed = over_tcp(node, MESSAGES["3.1.2.2"][2], wait=HEADER_TIMEOUT + 5.0)
+    assert closed and lines == [] and time.monotonic() - started < HEADER_TIMEOUT + 4.0
+    # §3.1.1.8: on a stream the INVITE after the REGISTER is a request of its own.
+    # (The REGISTER is challenged; the INVITE gets a final answer too; the noise after
+    # it, an octet of its body beyond its Content-Length, gets nothing.)
+    lines, _ = over_tcp(node, MESSAGES["3.1.1.8"][2], wait=3.0)
+    finals = [line for line in lines if not line.startswith(b"SIP/2.0 1")]
+    assert len(finals) == 2 and finals[0] == b"SIP/2.0 401 Unauthorized", lines
+
+
+def test_node_survives_overlarge_values_in_a_relayed_response(node):
+    # After §3.1.2.5 (overlarge scalar values in a response): a response whose top
+    # Via is the node's is relayed to the next Via; an rport of 99999 there once
+    # reached sendto, whose OverflowError killed the proxy actor and the node.
+    for second in ("rport=99999", "rport=abc", "rport=\u0661", "received=evil.example"):
+        data = (f"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP {node.address}:{node.port};branch=z9hG4bKs1\r\n"
+                f"Via: SIP/2.0/UDP 127.0.0.1;{second}\r\nFrom: <sip:a@b>;tag=1\r\n"
+                "To: <sip:a@b>;tag=2\r\nCall-ID: x\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n")
+        assert answers(node, data.encode(), quiet=0.2) == []
+    test_node_still_serves_after_the_torture(node)
+
+
+def test_node_answers_where_the_request_came_from(node):
+    # A Via's received written by the sender does not steer the answer elsewhere
+    # (here 127.0.0.2, another loopback address on the same port): no reflection.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as victim, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+        sender.bind(("127.0.0.1", 0))
+        port = sender.getsockname()[1]
+        victim.bind(("127.0.0.2", port))
+        options = (f"OPTIONS sip:{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{port};"
+                   f"received=127.0.0.2;branch=z9hG4bK{os.urandom(6).hex()}\r\n"
+                   f"From: <sip:probe@{DOMAIN}>;tag=1\r\nTo: <sip:{DOMAIN}>\r\n"
+                   f"Call-ID: {os.urandom(6).hex()}\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\n"
+                   "Content-Length: 0\r\n\r\n").encode()
+        sender.sendto(options, (node.address, node.port))
+        sender.settimeout(3.0)
+        assert sender.recv(65535).startswith(b"SIP/2.0 200")
+        victim.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            victim.recv(65535)
 
 
 def test_node_still_serves_after_the_torture(node):

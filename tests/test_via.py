@@ -28,7 +28,8 @@ def reference_stamp_via(req, transport, ip, port):
         params["rport"] = str(port)
         params["received"] = ip
         changed = True
-    elif host != ip:
+    elif host != ip or "received" in params:
+        # A received the client wrote is replaced: never where the sender says.
         params["received"] = ip
         changed = True
     if changed:
@@ -201,3 +202,30 @@ def _via_text(via) -> str:
 def test_generated_vias_stamp_as_before(lines, source, validate, vias):
     via_lines = ["Via: " + ", ".join(_via_text(v) for v in line) for line in lines]
     check(request(via_lines), *source, validate=validate, vias=vias)
+
+
+def test_a_received_written_by_the_client_is_replaced():
+    # Before, a request from 192.0.2.1 whose Via said 192.0.2.1;received=203.0.113.5
+    # had its responses sent to 203.0.113.5: a reflector at the sender's will.
+    req = parse_message(request(["Via: SIP/2.0/UDP 192.0.2.1:5070;received=203.0.113.5;branch=z9hG4bK1"]))
+    assert stamp_via(req, "udp", "192.0.2.1", 5070) == ("udp", "192.0.2.1", 5070)
+    assert req.get("via") == "SIP/2.0/UDP 192.0.2.1:5070;received=192.0.2.1;branch=z9hG4bK1"
+    assert response_destination(req) == ("udp", "192.0.2.1", 5070)
+
+
+@pytest.mark.parametrize("params, dest", [
+    (";rport=5070", ("udp", "192.0.2.7", 5070)),
+    (";rport", ("udp", "192.0.2.7", 5060)),
+    (";received=192.0.2.9;rport=5070", ("udp", "192.0.2.9", 5070)),
+    (";received=[2001:db8::9]", ("udp", "2001:db8::9", 5060)),
+    (";rport=abc", None), (";rport=99999", None), (";rport=0", None), (";rport=\u0661", None),
+    (";rport=-1", None), (";received=evil.example", None), (";received=\udcff", None),
+    (";received=", None),
+])
+def test_response_destination_takes_only_what_a_socket_takes(params, dest):
+    # A relayed response's Via comes from the wire: rport=99999 once reached sendto and
+    # its OverflowError killed the proxy actor, and the node with it.
+    resp = parse_message(("SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 192.0.2.7" + params + "\r\n"
+                          "From: <sip:a@b>;tag=1\r\nTo: <sip:a@b>;tag=2\r\nCall-ID: x\r\n"
+                          "CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n").encode("utf-8", "surrogateescape"))
+    assert response_destination(resp) == dest

@@ -52,7 +52,10 @@ def process(data: bytes, stream: bool = False) -> Message | SipError:
         assert answer.status == 200 and answer.call_id == msg.call_id
         assert parse_message(msg.encode()).encode() == msg.encode()
         stamp_via(msg, "udp", "192.0.2.1", 5060)
-        response_destination(msg)
+    # Where a response would be relayed: a port and an address a socket takes, or nowhere.
+    dest = response_destination(msg)
+    if dest is not None:
+        assert 0 < dest[2] < 65536 and dest[1].isascii() and dest[1]
     return msg
 
 
