@@ -9,9 +9,13 @@ from dataclasses import dataclass, field
 
 from sipcore.authguard import GuardSettings
 from sipcore.cluster_addresses import ClusterAddresses
+from sipcore.dialplan import DialPlanError, parse_dialplan
 from sipcore.nat import NAT_HANDLING
 from sipcore.registrar import RegistrarRules
 from store.files import InsecureFileError, check_private, read_toml
+
+from .limits import SETTINGS as LIMIT_SETTINGS
+from .limits import Limits
 
 
 class ConfigError(Exception):
@@ -66,22 +70,20 @@ class NodeConfig:
     """Seconds a ban (source) or a lockout (user) lasts."""
     ban_response: str = "403"
     """What a banned source's credentials get: ``"403"`` or ``"drop"`` (silence)."""
-    udp_rate: float = 200.0
+    udp_rate: float = Limits.udp_rate
     """Datagrams per second one source may send (token bucket; 0: no limit)."""
-    udp_burst: int = 400
-    """Datagrams one source may send at once above ``udp_rate``."""
-    tcp_max_connections: int = 2000
-    tcp_max_per_source: int = 32
-    """Connections from one IP address at once."""
-    tcp_idle_timeout: float = 300.0
-    """Seconds a TCP connection may stay silent (a CRLF keep-alive counts) before it is closed."""
-    tcp_header_timeout: float = 10.0
-    """Seconds a message may take from its first byte to its last over TCP."""
-    max_message_size: int = 65535
-    """Largest SIP message taken (bytes); a larger one over TCP gets 513, then
-    the connection closes."""
-    log_rate: float = 20.0
-    """Lines per second and per kind of event about bad input (the rest are counted, not logged)."""
+    udp_burst: int = Limits.udp_burst
+    tcp_max_connections: int = Limits.tcp_max_connections
+    tcp_max_per_source: int = Limits.tcp_max_per_source
+    tcp_idle_timeout: float = Limits.tcp_idle_timeout
+    tcp_header_timeout: float = Limits.tcp_header_timeout
+    max_message_size: int = Limits.max_message_size
+    log_rate: float = Limits.log_rate
+    overload_delay: float = Limits.overload_delay
+    overload_interval: float = Limits.overload_interval
+    overload_response: str = Limits.overload_response
+    overload_retry_after: int = Limits.overload_retry_after
+    """The ``[limits]`` settings: their meaning and defaults live in ``actors.limits.Limits``."""
     batch_max: int = 256
     max_call_events: int = 100000
     """Call events the node keeps for the master at most; more are dropped and counted."""
@@ -132,6 +134,8 @@ class NodeConfig:
     """Upper bound on bindings per second streamed to one snapshot request (0: no bound)."""
     sync_timeout: float = 5.0
     """Seconds a snapshot may go silent before it counts as failed and is retried."""
+    dialplan: dict = field(default_factory=dict)
+    """The ``[dialplan]`` document (gateways, rules, users; ``sipcore.dialplan``), checked."""
 
 
 _SECTIONS = {
@@ -149,12 +153,7 @@ _SECTIONS = {
              "max_failures": "max_failures", "max_user_failures": "max_user_failures",
              "failure_window": "failure_window", "ban_time": "ban_time",
              "ban_response": "ban_response"},
-    "limits": {"max_branches": "max_branches", "udp_rate": "udp_rate", "udp_burst": "udp_burst",
-               "tcp_max_connections": "tcp_max_connections",
-               "tcp_max_per_source": "tcp_max_per_source",
-               "tcp_idle_timeout": "tcp_idle_timeout",
-               "tcp_header_timeout": "tcp_header_timeout",
-               "max_message_size": "max_message_size", "log_rate": "log_rate"},
+    "limits": {"max_branches": "max_branches", **{name: name for name in LIMIT_SETTINGS}},
     "database": {"url": "database", "batch_max": "batch_max",
                  "max_call_events": "max_call_events"},
     "dns": {"servers": "dns_servers", "port": "dns_port"},
@@ -173,6 +172,9 @@ def parse_config(data: dict, base_dir: str = ".") -> NodeConfig:
     values: dict = {}
     for section, body in data.items():
         if section == "peers":
+            continue
+        if section == "dialplan":
+            values["dialplan"] = _dialplan(body)
             continue
         names = _SECTIONS.get(section)
         if names is None or not isinstance(body, dict):
@@ -196,12 +198,12 @@ def parse_config(data: dict, base_dir: str = ".") -> NodeConfig:
                  "batch_max", "dns_port", "hwm", "snapshot_batch", "snapshot_rate",
                  "max_failures", "max_user_failures", "udp_burst", "tcp_max_connections",
                  "tcp_max_per_source", "max_message_size", "max_branches", "tls_port",
-                 "max_call_events"):
+                 "max_call_events", "overload_retry_after"):
         v = getattr(cfg, name)
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
             raise ConfigError(f"{name} must be a non-negative integer, not {v!r}")
     for name in ("failure_window", "ban_time", "udp_rate", "tcp_idle_timeout",
-                 "tcp_header_timeout", "log_rate"):
+                 "tcp_header_timeout", "log_rate", "overload_delay", "overload_interval"):
         v = getattr(cfg, name)
         if not isinstance(v, int | float) or isinstance(v, bool) or v < 0:
             raise ConfigError(f"{name} must be a non-negative number, not {v!r}")
@@ -209,6 +211,9 @@ def parse_config(data: dict, base_dir: str = ".") -> NodeConfig:
         raise ConfigError(f"auth.require_qop must be true or false, not {cfg.require_qop!r}")
     if cfg.ban_response not in ("403", "drop"):
         raise ConfigError(f'auth.ban_response takes "403" or "drop", not {cfg.ban_response!r}')
+    if cfg.overload_response not in ("503", "drop"):
+        raise ConfigError('limits.overload_response takes "503" or "drop", '
+                          f"not {cfg.overload_response!r}")
     if cfg.max_message_size < 1500:
         raise ConfigError("limits.max_message_size must be at least 1500 bytes")
     if not isinstance(cfg.challenge_front, bool):
@@ -243,6 +248,15 @@ def parse_config(data: dict, base_dir: str = ".") -> NodeConfig:
         path = os.path.normpath(os.path.join(base_dir, rel))
         cfg.database = f"sqlite:///{path}" + (f"?{query}" if query else "")
     return cfg
+
+
+def _dialplan(body) -> dict:
+    """The ``[dialplan]`` section as it is, once ``sipcore.dialplan`` can compile it."""
+    try:
+        parse_dialplan(body)
+    except DialPlanError as e:
+        raise ConfigError(str(e)) from None
+    return body
 
 
 def _check_tls(cfg: NodeConfig, base_dir: str) -> None:

@@ -40,6 +40,7 @@ from sipcore.register import RegisterPath
 
 from . import logs
 from .config import NodeConfig, registrar_rules
+from .limits import shared_buckets
 from .process import STRICT, new_tag, tune_gc
 from .transport import Limits, drain, udp_socket, unix_socket, wrap
 
@@ -80,9 +81,10 @@ class ChallengeFront:
         self.retry_at = 0.0
         self.ctl: Any = None
         self.stats = {"challenged": 0, "passed": 0, "dropped": 0, "rate_limited": 0}
-        # The node's own limit, applied here to the datagrams the kernel hands the front.
+        # The node's own limit and buckets (a file both map), applied here to the
+        # datagrams the kernel hands the front: a source has one budget for both.
         self.limits = Limits.from_config(cfg)
-        self.limiter = self.limits.limiter()
+        self.limiter = self.limits.limiter(shared_buckets(cfg))
         self.stopped = Event()
 
     def start(self) -> None:

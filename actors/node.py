@@ -28,15 +28,19 @@ from store import users as user_store
 from store.models import close_store, incr_state, init_store
 
 from . import logs
+from .ban_keeper import attach_ban_keeper
 from .bus import BusError
 from .call_outbox import attach_call_outbox
 from .config import (ConfigError, NodeConfig, guard_settings, load_config, registrar_rules,
                      server_uris, sqlite_dir)
 from .config_sync import attach_config_sync
 from .drain import Drain, attach_drain
+from .gateways import attach_dialing
 from .front import STATUS_EVERY, FrontProcess
 from .front import paths as front_paths
+from .membership import use_stored_peers
 from .process import tune_gc
+from .limits import shared_buckets
 from .proxy import ProxyActor
 from .registrar import RegistrarActor
 from .registrations import attach_registrations
@@ -121,6 +125,7 @@ class Node:
             os.makedirs(sqlite_dir(cfg), exist_ok=True)
         init_store(cfg.database)
         epoch = incr_state("epoch")
+        use_stored_peers(cfg)
         now = time.time()
         # Loading allocates an object graph that only grows: a collector pass
         # over it would find nothing, so it is kept out of the way (see below).
@@ -147,6 +152,12 @@ class Node:
                                    tls=TlsContexts.load(cfg.tls_cert, cfg.tls_key, cfg.tls_ca)
                                    if cfg.tls_port else None, tls_port=cfg.tls_port,
                                    quick=self.on_datagram)
+        if cfg.challenge_front:
+            # One budget per source for the node and its front (counted once).
+            self.transport.limiter = self.transport.limits.limiter(shared_buckets(cfg))
+        if self.transport.admission is not None:
+            guard = self.guard
+            self.transport.admission.trusted = lambda ip: guard.trusted(ip, time.time())
         timers = {"t1": cfg.t1, "t2": cfg.t2, "t4": cfg.t4}
         self.registrar = RegistrarActor(cfg.id, rules, auth, self.location, self.transport,
                                         Sequencer(epoch), cfg.batch_max, timers=timers,
@@ -154,6 +165,7 @@ class Node:
                                         ban_drop=cfg.ban_response == "drop",
                                         log_rate=cfg.log_rate)
         attach_replicator(self)
+        attach_ban_keeper(self)
         if self.replicator.control is not None:
             self.replicator.control.handle("bans", self._list_bans)
             self.replicator.control.handle("unban", self._unban)
@@ -166,6 +178,7 @@ class Node:
         self.proxy = ProxyActor.from_config(cfg, secret, users.lookup, self.location,
                                             self.transport, auth)
         attach_call_outbox(self)
+        attach_dialing(self)
         self.proxy.greenlet = self.group.spawn(self.proxy.run)
         self.proxy.greenlet.link_exception(self.actor_died)
         attach_drain(self)

@@ -25,12 +25,14 @@ its first byte, and its handshake must end within the header timeout.
 
 import logging
 import os
+import random
 import re
 import socket as _socket
-from collections.abc import Callable
+import struct
 import time
-from typing import Any
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import gevent
 from gevent import socket, ssl
@@ -39,9 +41,11 @@ from gevent.server import StreamServer
 
 from sipcore.errors import SipError
 from sipcore.message import Request, StreamFramer, error_response, parse_message
-from sipcore.ratelimit import LogLimiter, SourceLimiter, emergency_invite
+from sipcore.overload import ABSORB, ADMIT, Admission, quick_shed, shed_response
+from sipcore.ratelimit import LogLimiter, emergency_invite
 from sipcore.via import stamp_via
 
+from .limits import NO_LIMITS, Limits
 from .steering import steer_challenges
 
 log = logging.getLogger(__name__)
@@ -49,39 +53,19 @@ log = logging.getLogger(__name__)
 #: A destination: ``(transport, host, port)``, transport "udp", "tcp" or "tls".
 Dest = tuple[str, str, int]
 
+#: Linux's SO_TIMESTAMPNS (and SCM_TIMESTAMPNS): each datagram carries the
+#: wall-clock time it reached the socket (``socket`` does not name it)
+SO_TIMESTAMPNS = 35
+#: a shed request that waited more than this many times ``overload_delay`` is dropped, not
+#: answered 503
+DROP_FACTOR = 10
+#: how often the event loop's lag is measured (seconds)
+LAG_EVERY = 0.05
+
+__all__ = ["Connection", "Dest", "Limits", "NO_LIMITS", "TlsContexts", "Transport", "drain",
+           "udp_socket", "unix_socket", "unwrap", "wrap"]
+
 _CONTENT_LENGTH = re.compile(rb"(?im)^(content-length|l)[ \t]*:[^\r\n]*")
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What a transport takes at most (the ``[limits]`` settings)."""
-
-    udp_rate: float = 0.0
-    """Datagrams per second per source (0: no limit)."""
-    udp_burst: int = 400
-    tcp_max_connections: int = 2000
-    tcp_max_per_source: int = 32
-    tcp_idle_timeout: float = 300.0
-    tcp_header_timeout: float = 10.0
-    max_message_size: int = 65535
-    log_rate: float = 20.0
-    emergency_numbers: frozenset = frozenset()
-    """Request-URI users of INVITEs no limit drops."""
-
-    @classmethod
-    def from_config(cls, cfg) -> "Limits":
-        """The limits a node's configuration sets."""
-        return cls(cfg.udp_rate, cfg.udp_burst, cfg.tcp_max_connections, cfg.tcp_max_per_source,
-                   cfg.tcp_idle_timeout, cfg.tcp_header_timeout, cfg.max_message_size,
-                   cfg.log_rate, frozenset(cfg.emergency_numbers))
-
-    def limiter(self) -> SourceLimiter | None:
-        """The per-source UDP limiter, None when off."""
-        return SourceLimiter(self.udp_rate, self.udp_burst) if self.udp_rate > 0 else None
-
-
-#: a transport's limits when none are given: the defaults above (no per-source UDP limit)
-NO_LIMITS = Limits()
 
 
 @dataclass(frozen=True)
@@ -177,6 +161,16 @@ class Transport:
         self.per_source: dict[str, int] = {}
         self.stats = {"rate_limited": 0, "oversized": 0, "tcp_refused": 0, "tcp_evicted": 0,
                       "tcp_timed_out": 0, "tls_failed": 0}
+        #: the node-wide admission control (``sipcore.overload``), None when off; the
+        #: node gives it ``trusted``
+        self.admission = Admission(limits.overload(), limits.emergency_numbers) \
+            if limits.overload_delay > 0 else None
+        #: the event loop's lag (seconds) at its last measure, the load measure of
+        #: the messages that carry no receive timestamp (TCP, TLS)
+        self.lag = 0.0
+        #: the wait of the last datagram read from the UDP socket (seconds)
+        self.udp_delay = 0.0
+        self._lag_loop: gevent.Greenlet | None = None
 
     def start(self) -> None:
         """Bind both sockets and start receiving."""
@@ -190,6 +184,9 @@ class Transport:
             forwarded.start()
         self.port = udp.getsockname()[1]
         self.udp = udp
+        if self.admission is not None:
+            udp.setsockopt(_socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            self._lag_loop = gevent.spawn(self._measure_lag)
         self._raw_sendto = udp._sock.sendto
         listener = socket.socket(self.family, _socket.SOCK_STREAM)
         listener.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
@@ -211,8 +208,9 @@ class Transport:
 
     def stop(self) -> None:
         """Close the sockets and every connection."""
-        if self._loop is not None:
-            self._loop.kill(block=False)
+        for loop in (self._loop, self._lag_loop):
+            if loop is not None:
+                loop.kill(block=False)
         if self.forwarded is not None:
             self.forwarded.stop(timeout=1)
         for server in (self.tcp, self.tls_server):
@@ -226,12 +224,64 @@ class Transport:
     # -- receiving -----------------------------------------------------------
     def _udp_loop(self) -> None:
         receive = self.receive
-        drain(self.udp._sock, lambda data, addr: receive(data, addr[0], addr[1]),
-              self.fair_share)
+        if self.admission is None:
+            drain(self.udp._sock, lambda data, addr: receive(data, addr[0], addr[1]),
+                  self.fair_share)
+        else:
+            drain_stamped(self.udp._sock, receive, self.fair_share)
 
-    def receive(self, data: bytes, ip: str, port: int) -> None:
-        """One UDP datagram from ``ip:port``: rate-limited, offered to
-        ``quick``, then handled; never raises."""
+    def _measure_lag(self) -> None:
+        """Measure how late the event loop wakes a sleeper, for ever."""
+        monotonic = time.monotonic
+        while True:
+            t0 = monotonic()
+            gevent.sleep(LAG_EVERY)
+            self.lag = max(0.0, monotonic() - t0 - LAG_EVERY)
+            self.udp_delay = 0.0
+
+    def load(self) -> float:
+        """The delay a message without a receive timestamp is taken to have waited:
+        the larger of the event loop's lag and the wait of the last UDP datagram read
+        since the lag's last measure."""
+        return max(self.lag, self.udp_delay)
+
+    def admit(self, data: bytes, transport: str, ip: str, port: int, delay: float) -> bool:
+        """Ask the admission control about ``data`` (which waited ``delay`` s); shed it
+        (503 or nothing, by setting) or absorb it and return False, or return True."""
+        admission = self.admission
+        assert admission is not None
+        verdict = admission.verdict(data, ip, delay, time.monotonic())
+        if verdict == ADMIT:
+            return True
+        if verdict == ABSORB:
+            return False
+        self._log("overload", "overloaded (a new request waited %.0f ms): shedding new "
+                  "requests", 1000 * delay)
+        # Ten times past its bound, the node cannot afford the parse a 503 needs.
+        if self.limits.overload_response == "drop" or \
+                delay > DROP_FACTOR * self.limits.overload_delay:
+            return False
+        retry = self.limits.overload_retry_after
+        retry = random.randint(retry, 2 * retry)
+        tag = "%012x" % random.getrandbits(48)
+        try:
+            quick = quick_shed(data, ip, port, retry, tag) if transport == "udp" else None
+            if quick is not None:
+                self.send(("udp", *quick[1]), quick[0])
+                return False
+            req = parse_message(data, stream=transport != "udp")
+            req.validate()
+            if isinstance(req, Request):
+                self.send(stamp_via(req, transport, ip, port), shed_response(req, retry, tag))
+        except SipError:
+            # Malformed and shed: the parse that would answer it is the work saved.
+            pass
+        return False
+
+    def receive(self, data: bytes, ip: str, port: int, delay: float = 0.0) -> None:
+        """One UDP datagram from ``ip:port`` that waited ``delay`` seconds to be read:
+        rate-limited, admitted (``sipcore.overload``), offered to ``quick``, then
+        handled; never raises."""
         limiter = self.limiter
         if limiter is not None and not limiter.allow(ip, time.monotonic()) \
                 and not emergency_invite(data, self.limits.emergency_numbers):
@@ -242,6 +292,13 @@ class Transport:
             self.stats["oversized"] += 1
             self._log("oversized", "dropped a datagram of %d bytes from %s", len(data), ip)
             return
+        if self.admission is not None:
+            self.udp_delay = delay
+            try:
+                if not self.admit(data, "udp", ip, port, delay):
+                    return
+            except Exception:
+                log.exception("admission control failed on a datagram from %s:%d", ip, port)
         quick = self.quick
         if quick is not None:
             try:
@@ -265,7 +322,9 @@ class Transport:
                     break
                 buf += data
                 for ip, port, payload in unwrap(buf):
-                    handle(payload, "udp", ip, port)
+                    if self.admission is None or self.admit(payload, "udp", ip, port,
+                                                            self.load()):
+                        handle(payload, "udp", ip, port)
                 # A busy stream never blocks, so recv() never yields: let
                 # the actors run between chunks, as the UDP loop does.
                 gevent.sleep(0)
@@ -365,7 +424,8 @@ class Transport:
                 for raw in conn.framer.feed(data):
                     if raw == StreamFramer.PING:
                         conn.send(b"\r\n")
-                    else:
+                    elif self.admission is None or self.admit(raw, conn.transport, ip, port,
+                                                              self.load()):
                         self.handle(raw, conn.transport, ip, port)
                 if conn.framer.buf.strip(b"\r\n"):
                     if started is None:
@@ -404,8 +464,8 @@ class Transport:
             return True
         except (OSError, ValueError) as e:
             self.stats["tls_failed"] += 1
-            self._log("tls_failed", "tls handshake with %s:%d failed: %s", ip, port,
-                      "timed out" if isinstance(e, TimeoutError) else e)
+            self._log("tls_failed", "tls handshake with %s:%d failed: %s%s", ip, port,
+                      "timed out" if isinstance(e, TimeoutError) else e, tls_failure_hint(e))
             raw.close()
             return False
 
@@ -470,6 +530,23 @@ class Transport:
         return conn
 
 
+_UNTRUSTED_ALERTS = ("ALERT_UNKNOWN_CA", "ALERT_BAD_CERTIFICATE", "ALERT_CERTIFICATE_UNKNOWN",
+                     "ALERT_UNSUPPORTED_CERTIFICATE", "ALERT_CERTIFICATE_EXPIRED")
+
+
+def tls_failure_hint(error: Exception) -> str:
+    """What a failed server-side handshake means, for its log line: a client that
+    refused the node's certificate, or one that spoke something other than TLS."""
+    reason = str(getattr(error, "reason", "") or "")
+    if reason.endswith(_UNTRUSTED_ALERTS):
+        return (" (the client does not trust this node's certificate: give the phone the CA "
+                "that signed sip.tls_cert, e.g. the lab CA, and use the node's address or "
+                "domain as the host it checks)")
+    if reason in ("WRONG_VERSION_NUMBER", "HTTP_REQUEST", "UNEXPECTED_RECORD"):
+        return " (the client did not speak TLS: plain SIP sent to the TLS port?)"
+    return ""
+
+
 def udp_socket(family: int, reuseport: bool = False):
     """A gevent UDP socket with large buffers (and SO_REUSEPORT when asked), not yet bound."""
     udp = socket.socket(family, _socket.SOCK_DGRAM)
@@ -518,6 +595,47 @@ def unwrap(buf: bytearray) -> list[tuple[str, int, bytes]]:
             raise ValueError("frame without a source address")
         out.append((ip.decode("ascii"), int(port), payload))
     return out
+
+
+def drain_stamped(raw, on_datagram, fair_share: int = 64) -> None:
+    """``drain`` for a socket with ``SO_TIMESTAMPNS`` on: ``on_datagram(data, ip,
+    port, delay)`` gets with each datagram the seconds it waited in the socket's
+    receive queue.
+
+    That is the time since its kernel timestamp, but at most the time since the
+    loop last found the socket empty: a datagram read then was not there yet.
+    The bound keeps out the time a datagram spent before the socket (on
+    loopback the timestamp is taken on the sender's side, whose processor may
+    be the one that is late), so the delay is the node's own backlog.
+    """
+    recvmsg = raw.recvmsg
+    unpack = struct.unpack
+    clock = time.time
+    hub = gevent.get_hub()
+    watcher = hub.loop.io(raw.fileno(), 1)
+    empty_at = clock()
+    while True:
+        n = 0
+        try:
+            while n < fair_share:
+                data, ancillary, _flags, addr = recvmsg(65535, 64)
+                now = clock()
+                delay = now - empty_at
+                for level, kind, value in ancillary:
+                    if level == _socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+                        sec, nsec = unpack("qq", value)
+                        delay = min(delay, now - sec - nsec * 1e-9)
+                on_datagram(data, addr[0], addr[1], delay)
+                n += 1
+        except BlockingIOError:
+            empty_at = clock()
+            hub.wait(watcher)
+            continue
+        except OSError as e:
+            log.warning("udp receive failed: %s", e)
+            gevent.sleep(0.01)
+            continue
+        gevent.sleep(0)
 
 
 def drain(raw, on_datagram, fair_share: int = 64, after_burst=None) -> None:

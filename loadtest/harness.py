@@ -66,8 +66,10 @@ class NodeProcess:
                  port: int | None = None, domain: str = "example.test",
                  database: str | None = None, extra: str = "", secret: str = "00" * 32,
                  front: bool = False, auth: str = "", limits: str = "udp_rate = 0",
-                 prefix: tuple = (), log_file: str = ""):
+                 prefix: tuple = (), log_file: str = "", root: str = ROOT):
         self.prefix = list(prefix)
+        self.root = root
+        """The source tree whose ``run.py`` runs (another checkout, for a before/after run)."""
         """Command prefix the node runs under (``ip netns exec NAME`` for another host)."""
         self.dir = os.path.join(workdir, node_id)
         os.makedirs(self.dir, exist_ok=True)
@@ -109,9 +111,9 @@ url = "{self.database}"
 
     def run_cli(self, *args: str) -> subprocess.CompletedProcess:
         """Run ``run.py ARGS --config this-node`` (e.g. user import) to completion."""
-        cmd = [sys.executable, os.path.join(ROOT, "run.py"), *args[:1], "--config",
+        cmd = [sys.executable, os.path.join(self.root, "run.py"), *args[:1], "--config",
                self.config, *args[1:]]
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=self.root)
 
     def start(self, ready_timeout: float = 20.0) -> "NodeProcess":
         """Start the process and wait until it answers OPTIONS (and, with a
@@ -120,9 +122,9 @@ url = "{self.database}"
         log_start = os.path.getsize(logged) if os.path.exists(logged) else 0
         with open(self.log_path, "ab") as logf:
             self.proc = subprocess.Popen(
-                [*self.prefix, sys.executable, os.path.join(ROOT, "run.py"), "node", "--config",
-                 self.config],
-                stdout=logf, stderr=logf, cwd=ROOT)
+                [*self.prefix, sys.executable, os.path.join(self.root, "run.py"), "node",
+                 "--config", self.config],
+                stdout=logf, stderr=logf, cwd=self.root)
         deadline = time.monotonic() + ready_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 SOURCE = "source"
 USER = "user"
+#: seconds a source that authenticated stays ``trusted``
+TRUST_TIME = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,9 +72,13 @@ class AuthGuard:
         self._bans: dict[tuple[str, str], Ban] = {}
         #: (user, source) -> last success time
         self._known: dict[tuple[str, str], float] = {}
+        #: source -> last success time, as any user (``trusted``)
+        self._good: dict[str, float] = {}
         #: bans made here and not yet taken by ``take_new``
         self._new: list[Ban] = []
         self.stats = {"failures": 0, "refused": 0, "bans": 0}
+        #: counts every ban made or lifted (a keeper writes them out when it moved)
+        self.version = 0
 
     def refused(self, source: str | None, user: str, now: float) -> bool:
         """Whether credentials of ``user`` from ``source`` must be refused
@@ -139,6 +145,17 @@ class AuthGuard:
             if len(known) >= self.settings.max_entries:
                 known.clear()
         known[(user, source or "")] = now
+        if source is not None:
+            good = self._good
+            if len(good) >= self.settings.max_entries and source not in good:
+                good.clear()
+            good[source] = now
+
+    def trusted(self, source: str, now: float) -> bool:
+        """Whether ``source`` authenticated (as anyone) within ``TRUST_TIME``: the
+        node's admission control sheds its new requests last."""
+        last = self._good.get(source)
+        return last is not None and now - last < TRUST_TIME
 
     def add(self, ban: Ban, now: float, share: bool = False) -> bool:
         """Apply ``ban`` (made here, by a peer or by an operator); True when it
@@ -159,6 +176,7 @@ class AuthGuard:
                 del bans[min(bans, key=lambda k: bans[k].until)]
         bans[key] = ban
         self.stats["bans"] += 1
+        self.version += 1
         if share:
             self._new.append(ban)
             del self._new[:-self.settings.max_entries]
@@ -170,6 +188,7 @@ class AuthGuard:
         ending at 0) for the peers."""
         self._failures.pop((kind, key), None)
         lifted = self._bans.pop((kind, key), None) is not None
+        self.version += lifted
         if lifted and share:
             self._new.append(Ban(kind, key, 0.0))
         return lifted

@@ -8,7 +8,9 @@ of event, the rest counted and summed up in the next line let through.
 Both take ``now`` (a monotonic clock) and bound their tables.
 """
 
+import hashlib
 import re
+import struct
 from collections.abc import Collection
 
 #: the user part of an INVITE's Request-URI: ``INVITE sip:911@...`` or ``tel:112``
@@ -66,6 +68,60 @@ class SourceLimiter:
             del buckets[source]
         if len(buckets) >= self.max_sources:
             buckets.clear()
+
+
+class SharedSourceLimiter:
+    """``SourceLimiter``'s buckets in a buffer that several processes map (the node and
+    its challenge front), so that a source has one budget however the kernel splits
+    its datagrams between them.
+
+    The buffer holds ``slots`` fixed records (source key, tokens, last refill); a
+    source's slot is chosen by a hash of its address that every process computes
+    alike, and a source finding its slot held by another takes it over with a full
+    bucket (a collision can give a burst again, never take one away). Two processes
+    may update one slot at once and lose a token's worth of bookkeeping: the budget
+    is approximate by that much, and memory is fixed.
+    """
+
+    RECORD = struct.Struct("<Qdd")
+
+    __slots__ = ("rate", "burst", "buffer", "slots", "dropped")
+
+    def __init__(self, buffer: bytearray | memoryview, rate: float, burst: int):
+        """``buffer``: writable (a ``memoryview`` of a shared mapping), a whole
+        number of ``RECORD`` sizes (zeros: all empty)."""
+        if rate <= 0 or burst < 1:
+            raise ValueError("rate must be positive and burst at least 1")
+        self.rate = float(rate)
+        self.burst = float(burst)
+        self.buffer = buffer
+        self.slots = len(buffer) // self.RECORD.size
+        if self.slots < 1:
+            raise ValueError("buffer too small for one bucket")
+        self.dropped = 0
+
+    @classmethod
+    def size(cls, slots: int) -> int:
+        """Bytes of a buffer of ``slots`` buckets."""
+        return slots * cls.RECORD.size
+
+    def allow(self, source: str, now: float) -> bool:
+        """Take a token from ``source``'s bucket; False (and counted) when it is empty."""
+        key = int.from_bytes(hashlib.blake2b(source.encode(), digest_size=8).digest(), "little")
+        key = key or 1
+        record = self.RECORD
+        offset = (key % self.slots) * record.size
+        held, tokens, last = record.unpack_from(self.buffer, offset)
+        if held != key:
+            record.pack_into(self.buffer, offset, key, self.burst - 1.0, now)
+            return True
+        tokens = min(self.burst, tokens + max(0.0, now - last) * self.rate)
+        if tokens < 1.0:
+            record.pack_into(self.buffer, offset, key, tokens, now)
+            self.dropped += 1
+            return False
+        record.pack_into(self.buffer, offset, key, tokens - 1.0, now)
+        return True
 
 
 def emergency_invite(data: bytes, numbers: Collection[str]) -> bool:

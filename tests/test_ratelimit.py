@@ -61,3 +61,24 @@ def test_log_limiter_lets_a_few_lines_through_and_counts_the_rest():
     assert log.allow("other", 0.0) == 0
     assert log.allow("malformed", 0.5) == 7, "the next line tells how many were dropped"
     assert LogLimiter(rate=0).allow("x", 0.0) == 0
+
+
+def test_a_shared_bucket_is_one_budget_for_two_processes():
+    from sipcore.ratelimit import SharedSourceLimiter
+    buffer = bytearray(SharedSourceLimiter.size(64))
+    node, front = SharedSourceLimiter(buffer, 10, 20), SharedSourceLimiter(buffer, 10, 20)
+    assert sum(lim.allow("a", 0.0) for _ in range(25) for lim in (node, front)) == 20
+    assert sum(lim.allow("a", 1.0) for _ in range(25) for lim in (node, front)) == 10
+    assert sum(front.allow("b", 1.0) for _ in range(30)) == 20, "another source, another bucket"
+    assert sum(node.allow("a", 100.0) for _ in range(50)) == 20, "never more than the burst"
+
+
+def test_a_shared_table_stays_its_size_under_many_sources():
+    from sipcore.ratelimit import SharedSourceLimiter
+    buffer = bytearray(SharedSourceLimiter.size(128))
+    lim = SharedSourceLimiter(buffer, 1, 2)
+    for i in range(20_000):
+        lim.allow(f"10.0.{i >> 8 & 255}.{i & 255}", i / 1e6)
+    assert len(buffer) == SharedSourceLimiter.size(128)
+    # A source whose slot another took starts again with a full bucket, never an empty one.
+    assert lim.allow("10.0.0.1", 1.0)
