@@ -158,7 +158,6 @@ class Node:
         if self.transport.admission is not None:
             guard = self.guard
             self.transport.admission.trusted = lambda ip: guard.trusted(ip, time.time())
-        self.domains = frozenset(rules.domains)
         timers = {"t1": cfg.t1, "t2": cfg.t2, "t4": cfg.t4}
         self.registrar = RegistrarActor(cfg.id, rules, auth, self.location, self.transport,
                                         Sequencer(epoch), cfg.batch_max, timers=timers,

@@ -29,8 +29,8 @@ import random
 import re
 import socket as _socket
 import struct
-from collections.abc import Callable
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
