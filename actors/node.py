@@ -38,8 +38,8 @@ from .config_sync import attach_config_sync
 from .drain import Drain, attach_drain
 from .front import STATUS_EVERY, FrontProcess
 from .front import paths as front_paths
-from .process import tune_gc
 from .limits import shared_buckets
+from .process import tune_gc
 from .proxy import ProxyActor
 from .registrar import RegistrarActor
 from .registrations import attach_registrations

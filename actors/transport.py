@@ -226,7 +226,8 @@ class Transport:
             drain(self.udp._sock, lambda data, addr: receive(data, addr[0], addr[1]),
                   self.fair_share)
         else:
-            drain_stamped(self.udp._sock, receive, self.fair_share, lambda: self.lag)
+            drain_stamped(self.udp._sock, receive, self.fair_share, lambda: self.lag,
+                          self.admission.drained)
 
     def _measure_lag(self) -> None:
         """Measure how late the event loop wakes a sleeper, for ever."""
@@ -578,10 +579,11 @@ def unwrap(buf: bytearray) -> list[tuple[str, int, bytes]]:
     return out
 
 
-def drain_stamped(raw, on_datagram, fair_share: int = 64, lag=lambda: 0.0) -> None:
+def drain_stamped(raw, on_datagram, fair_share: int = 64, lag=lambda: 0.0,
+                  on_empty=lambda: None) -> None:
     """``drain`` for a socket with ``SO_TIMESTAMPNS`` on: ``on_datagram(data, ip,
     port, delay)`` gets with each datagram the seconds it waited in the socket's
-    receive queue.
+    receive queue; ``on_empty()`` hears each time the socket is found empty.
 
     That is the time since its kernel timestamp, but at most the time since the
     loop last found the socket empty (a datagram read then was not there yet),
@@ -610,6 +612,7 @@ def drain_stamped(raw, on_datagram, fair_share: int = 64, lag=lambda: 0.0) -> No
                 on_datagram(data, addr[0], addr[1], delay)
                 n += 1
         except BlockingIOError:
+            on_empty()
             hub.wait(watcher)
             # Woken by a datagram: it came while the loop waited, at most as long ago
             # as the loop runs late (an idle loop wakes at once).

@@ -102,6 +102,7 @@ class Admission:
         self._shed_old: dict[bytes, None] = {}
         self._swap_at = 0.0
         self._smallest = _NONE
+        self._drained = False
         self._update_at = 0.0
         self._credit = [0.0, 0.0]
         self.share = 0.0
@@ -121,14 +122,16 @@ class Admission:
         delay of that interval (the standing queue: a burst, such as a collector's
         pause, drains and leaves little) is over or under ``delay`` (the integral
         part of PIE's controller, RFC 8033): it settles where the work admitted is
-        what the node can do, with the queue near ``delay``.
+        what the node can do, with the queue near ``delay``. An interval in which
+        the socket was found empty (``drained``) counts as no queue at all.
         """
         self.delay = delay
         if delay < self._smallest:
             self._smallest = delay
         if now >= self._update_at:
             target = self.settings.delay
-            standing = self._smallest if self._smallest != _NONE else 0.0
+            standing = self._smallest if self._smallest != _NONE and not self._drained else 0.0
+            self._drained = False
             share = self.share + GAIN * (standing - target) / target
             self.share = min(1.0, max(0.0, share))
             share = self.trusted_share + GAIN * (standing - 2 * target) / target
@@ -136,6 +139,12 @@ class Admission:
             self._smallest = _NONE
             self._update_at = now + self.settings.interval
         return self.share
+
+    def drained(self) -> None:
+        """The receive loop found its socket empty: the node caught up with its input
+        in this interval, so what waited was a burst or the node's process not being
+        run, not a backlog of its own that shedding would shorten."""
+        self._drained = True
 
     def verdict(self, data: bytes, ip: str, delay: float, now: float) -> int:
         """``ADMIT``, ``SHED`` (answer 503 or drop) or ``ABSORB`` (drop, no answer) for

@@ -56,6 +56,18 @@ def test_a_burst_sheds_little_and_briefly():
     assert adm.stats["shed"] - shed <= 10, adm.stats
 
 
+def test_a_node_that_empties_its_socket_sheds_nothing_however_late_it_reads():
+    """Late reads with the socket emptied in each interval: the node's process was not
+    run (a busy machine), not behind its own work."""
+    adm = Admission(SETTINGS)
+    now = 1.0
+    for _ in range(10):
+        adm.verdict(request(), "10.0.0.1", 0.4, now)
+        adm.drained()
+        now += SETTINGS.interval
+    assert adm.share == 0.0 and adm.stats["shed"] == 0
+
+
 def test_the_share_shed_follows_the_standing_queue():
     adm = Admission(SETTINGS)
     now = 1.0
