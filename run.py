@@ -38,9 +38,20 @@ def load_node_config(path: str, role: str = ""):
 
 
 def cmd_node(args) -> int:
-    """Run one node from its configuration file until SIGTERM."""
+    """Run one node from its configuration file until SIGTERM (or: join a cluster)."""
     from actors.bus import BusError
     from actors.node import Node
+    if args.action == "join":
+        from actors.join import cmd_join
+        setup_logging("INFO", "join")
+        code, config = cmd_join(args)
+        if code or not args.start:
+            return code
+        args.config = config
+    elif not args.config:
+        setup_logging("INFO")
+        logging.getLogger("tandem").error("run.py node needs --config (or: node join)")
+        return 2
     cfg = load_node_config(args.config)
     if cfg is None:
         return 2
@@ -127,6 +138,7 @@ def cmd_master(args) -> int:
     """Set up or run the configuration master (the dashboard)."""
     from web.serve import cmd_master as run_master
     setup_logging("INFO", "master")
+    args.release = __version__
     return run_master(args)
 
 
@@ -136,8 +148,13 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="run.py", description="Tandem SIP cluster")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
-    node = sub.add_parser("node", help="run one node")
-    node.add_argument("--config", required=True, help="node configuration (TOML)")
+    node = sub.add_parser("node", help="run one node (or: node join --master URL --token T)")
+    node.add_argument("action", nargs="?", default="run", choices=("run", "join"),
+                      help="run the node (default), or join a cluster with a master's token")
+    node.add_argument("--config", help="node configuration (TOML); with join: where to "
+                      "write it (default DATA/node.toml)")
+    from actors.join import configure_parser as configure_join
+    configure_join(node)
     node.set_defaults(func=cmd_node)
     front = sub.add_parser("front", help="a node's challenge front (the node starts it)")
     front.add_argument("--config", required=True, help="the node's configuration (TOML)")
@@ -152,10 +169,18 @@ def main(argv=None) -> int:
     imp = usub.add_parser("import", help="import users from a CSV (username,password)")
     imp.add_argument("file")
     user.set_defaults(func=cmd_user)
-    master = sub.add_parser("master", help="run the configuration master (or: master init)")
-    master.add_argument("action", nargs="?", default="run", choices=("run", "init"),
-                        help="run the dashboard (default), or set up its data folder, "
-                             "database, key pair and admin account")
+    master = sub.add_parser("master", help="run the configuration master (or: master init, "
+                            "master token, master node list|remove ID, master backup FILE, "
+                            "master restore FILE)")
+    master.add_argument("action", nargs="?", default="run",
+                        choices=("run", "init", "token", "node", "backup", "restore"),
+                        help="run the dashboard (default); init: set up its data folder, "
+                             "database, key pair and admin account; token: print a join "
+                             "token; node list, node remove ID; backup FILE: write an archive "
+                             "of the master (while it runs); restore FILE: restore one onto a "
+                             "fresh data folder")
+    master.add_argument("words", nargs="*", help="with node: list, or remove ID; with backup "
+                        "or restore: the archive")
     master.add_argument("--config", required=True, help="master configuration (TOML)")
     master.set_defaults(func=cmd_master)
     keys = sub.add_parser("keys", help="make a CurveZMQ key pair")

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from sipcore.authguard import GuardSettings
 from sipcore.cluster_addresses import ClusterAddresses
+from sipcore.dialplan import DialPlanError, parse_dialplan
 from sipcore.nat import NAT_HANDLING
 from sipcore.registrar import RegistrarRules
 from store.files import InsecureFileError, check_private, read_toml
@@ -133,6 +134,8 @@ class NodeConfig:
     """Upper bound on bindings per second streamed to one snapshot request (0: no bound)."""
     sync_timeout: float = 5.0
     """Seconds a snapshot may go silent before it counts as failed and is retried."""
+    dialplan: dict = field(default_factory=dict)
+    """The ``[dialplan]`` document (gateways, rules, users; ``sipcore.dialplan``), checked."""
 
 
 _SECTIONS = {
@@ -169,6 +172,9 @@ def parse_config(data: dict, base_dir: str = ".") -> NodeConfig:
     values: dict = {}
     for section, body in data.items():
         if section == "peers":
+            continue
+        if section == "dialplan":
+            values["dialplan"] = _dialplan(body)
             continue
         names = _SECTIONS.get(section)
         if names is None or not isinstance(body, dict):
@@ -242,6 +248,15 @@ def parse_config(data: dict, base_dir: str = ".") -> NodeConfig:
         path = os.path.normpath(os.path.join(base_dir, rel))
         cfg.database = f"sqlite:///{path}" + (f"?{query}" if query else "")
     return cfg
+
+
+def _dialplan(body) -> dict:
+    """The ``[dialplan]`` section as it is, once ``sipcore.dialplan`` can compile it."""
+    try:
+        parse_dialplan(body)
+    except DialPlanError as e:
+        raise ConfigError(str(e)) from None
+    return body
 
 
 def _check_tls(cfg: NodeConfig, base_dir: str) -> None:

@@ -8,16 +8,21 @@ client or anyone else gets an error and changes nothing. A version is
 applied only when it is newer than the one the node holds; the users go
 into the node's own store (one transaction) and the version into its node
 state, so a node restarted while the master is down serves the last
-configuration it got. ``config_version`` reports what the node runs.
+configuration it got. A version may also carry ``peers``, the cluster's
+membership (``actors.membership``): checked with the rest before anything
+is written, then kept and handed to ``on_peers``. ``config_version``
+reports what the node runs.
 """
 
 import logging
 
+from sipcore.dialplan import DialPlanError, parse_dialplan
 from store.db import StoreError
 from store.models import get_state, set_state
 from store.users import replace_users
 
 from .bus import BusError
+from .membership import MembershipError, follow_peers, parse_peers, store_peers
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +36,15 @@ VERSION_KEY = "config_version"
 class ConfigSync:
     """Applies the master's configuration versions to one node's store."""
 
-    def __init__(self, domain: str, on_users=None):
+    def __init__(self, domain: str, on_users=None, node_id: str = "", on_peers=None):
         self.domain = domain
         self.on_users = on_users
+        self.node_id = node_id
+        self.on_peers = on_peers
         self.stats = {"applied": 0, "stale": 0, "refused": 0}
+        self.on_dialplan = None
+        """Called with a pushed ``dialplan`` document, once checked and its version taken
+        (``actors.gateways.apply_dialplan``)."""
 
     def version(self, _request: dict | None = None) -> dict:
         """The configuration version this node runs (0: none from a master yet)."""
@@ -55,20 +65,44 @@ class ConfigSync:
                            f"this node serves {self.domain!r}")
         if not isinstance(users, list):
             raise BusError("users must be a list")
+        dialplan = self._dialplan(request)
         current = int(get_state(VERSION_KEY, 0))
         if version <= current:
             self.stats["stale"] += 1
             return {"version": current, "applied": False}
         try:
+            peers = parse_peers(request["peers"], self.node_id) if "peers" in request else None
+        except MembershipError as e:
+            raise BusError(f"configuration {version} refused: {e}") from None
+        try:
             written, deleted = replace_users(self.domain, users)
         except StoreError as e:
             raise BusError(f"configuration {version} refused: {e}") from None
+        if peers is not None:
+            store_peers(request["peers"])
+            if self.on_peers is not None:
+                self.on_peers(peers)
         set_state(VERSION_KEY, version)
         self.stats["applied"] += 1
         if self.on_users is not None:
             self.on_users()
+        if dialplan is not None and self.on_dialplan is not None:
+            self.on_dialplan(dialplan)
         log.info("configuration %d applied: %d users, %d removed", version, written, deleted)
         return {"version": version, "applied": True}
+
+    @staticmethod
+    def _dialplan(request: dict) -> dict | None:
+        """The push's ``dialplan`` document (gateways, rules, user policies), checked
+        before anything is applied; None when the push has none (the plan stays)."""
+        doc = request.get("dialplan")
+        if doc is None:
+            return None
+        try:
+            parse_dialplan(doc)
+        except DialPlanError as e:
+            raise BusError(f"dial plan refused: {e}") from None
+        return doc
 
 
 def attach_config_sync(node) -> ConfigSync | None:
@@ -76,7 +110,8 @@ def attach_config_sync(node) -> ConfigSync | None:
     control = node.replicator.control if node.replicator is not None else None
     if control is None:
         return None
-    sync = ConfigSync(node.cfg.domain, node.users.reload)
+    sync = node.config_sync = ConfigSync(node.cfg.domain, node.users.reload, node.cfg.id,
+                                         lambda peers: follow_peers(node, peers))
     control.handle("config", sync.apply)
     control.handle("config_version", sync.version)
     return sync

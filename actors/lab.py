@@ -1,9 +1,11 @@
 """``run.py lab``: a ready cluster on loopback, with demo users.
 
 Writes one configuration file per node under the lab's data folder (0700,
-its secrets 0600), provisions the demo users (and those of ``--users``) in
-every node's database, starts each node as its own process, waits until
-each answers OPTIONS, prints what a phone needs, and then watches the nodes:
+its secrets 0600), makes a lab CA and a TLS certificate per node (kept across
+restarts, see ``actors.lab_certs``) for each node's TLS listener on 5061,
+provisions the demo users (and those of ``--users``) in every node's
+database, starts each node as its own process, waits until each answers
+OPTIONS, prints what a phone needs, and then watches the nodes:
 a node that dies is reported at once (how it died, how long it had run) and
 the others, the DNS and the lab go on serving, since showing a failover is
 what the lab is for. ``run.py lab status`` and ``run.py lab restart NODE``
@@ -34,6 +36,7 @@ from store.users import add_user, add_users, import_users_csv
 from .bus import Bus, BusError, request
 from .dnsserver import DnsServer
 from .keys import Member, cluster_toml, load_or_create_keypair
+from .lab_certs import LabCertError, NodeCert, lab_ca, node_cert
 from .lab_control import LabControlError, LabControlServer
 from .lab_master import LabMaster
 from .watched import WatchedProcess
@@ -43,6 +46,8 @@ log = logging.getLogger(__name__)
 DOMAIN = "example.test"
 BASE_ADDRESS = "127.0.0.10"
 """The lab's first loopback address: DNS here, node k on the k-th after it."""
+TLS_PORT = 5061
+"""Every lab node's SIP over TLS port (RFC 3261 §26.2's default for sips)."""
 DEMO_USERS = [("alice", "alice-secret"), ("bob", "bob-secret"),
               ("carol", "carol-secret"), ("dave", "dave-secret")]
 LOAD_USERS = 200
@@ -54,7 +59,7 @@ READY_LIMIT = 15.0
 WATCH_INTERVAL = 0.2
 """Seconds between two looks at the node processes."""
 WEIGHTS_EVERY = 5
-"""Looks between two reads of the master's SRV weights (the DNS follows them)."""
+"""Looks between two reads of the master's nodes and SRV weights (the DNS follows them)."""
 
 
 def load_users(n: int = LOAD_USERS) -> list[tuple[str, str]]:
@@ -80,9 +85,15 @@ def lab_members(data: str, n: int, base: str = BASE_ADDRESS) -> list[Member]:
 
 
 def write_node_config(data: str, k: int, secret: str, members: list[Member],
-                      lab_key: str, base: str = BASE_ADDRESS, master_key: str = "") -> str:
-    """Write lab node ``k``'s configuration (mode 0600); return its path."""
+                      lab_key: str, base: str = BASE_ADDRESS, master_key: str = "",
+                      tls: NodeCert | None = None) -> str:
+    """Write lab node ``k``'s configuration (mode 0600); return its path. With
+    ``tls`` the node listens for TLS on TLS_PORT with that certificate. It sets no
+    ``tls_ca``: the connections a node opens go to phones' TLS Contacts, whose
+    certificates are their own (self-signed), never the lab CA's."""
     node_dir = make_private_dir(os.path.join(data, f"node{k}"))
+    tls_lines = (f'tls_port = {TLS_PORT}\ntls_cert = "{tls.cert}"\ntls_key = "{tls.key}"\n'
+                 if tls else "")
     text = f"""[node]
 id = "node{k}"
 data_dir = "{node_dir}"
@@ -92,7 +103,7 @@ log_level = "INFO"
 address = "{node_address(k, base)}"
 port = 5060
 domain = "{DOMAIN}"
-
+{tls_lines}
 [auth]
 secret = "{secret}"
 
@@ -205,10 +216,12 @@ class Lab:
         self.lab_public = self.lab_secret = ""
         self.dns: DnsServer | None = None
         self.master = LabMaster(self.data, base, DOMAIN, ROOT)
-        self.weights: dict[str, int] = {}
+        self.zone_nodes: list[tuple[str, str, int, int]] = []
+        """The master's nodes as the DNS serves them (``store.master.zone_nodes``)."""
         self.serial = 1
         self.control = LabControlServer(self.data, self.status, self.restart)
         self.stopping = False
+        self.ca = ""
 
     def say(self, text: str) -> None:
         """One message to the person watching the lab's terminal."""
@@ -221,9 +234,13 @@ class Lab:
         self.members = lab_members(self.data, self.n, self.base)
         self.lab_public, self.lab_secret = load_or_create_keypair(os.path.join(self.data, "lab"))
         master_key = self.master.public_key()
+        ca = lab_ca(os.path.join(self.data, "ca"))
+        self.ca = ca[0]
         for k in range(1, self.n + 1):
+            tls = node_cert(os.path.join(self.data, f"node{k}"), ca, f"node{k}",
+                            node_address(k, self.base), DOMAIN)
             cfg = write_node_config(self.data, k, secret, self.members, self.lab_public, self.base,
-                                    master_key)
+                                    master_key, tls)
             init_store(f"sqlite:///{self.data}/node{k}/tandem.db")
             try:
                 for name, pw in DEMO_USERS:
@@ -270,24 +287,27 @@ class Lab:
                 log.warning("lab DNS cannot use %s:%d: %s", self.base, port, e)
         return None
 
-    def _zone(self, weights: dict[str, int] | None = None, serial: int = 1) -> str:
-        """The lab's zone: every node, with its SRV weight (50 unless given)."""
-        weights = weights or {}
-        return cluster_zone(DOMAIN, [(n.id, n.address, 5060, weights.get(n.id, 50))
-                                     for n in self.nodes], serial=serial)
+    def _zone(self, nodes: list[tuple[str, str, int, int]] | None = None,
+              serial: int = 1) -> str:
+        """The lab's zone over UDP, TCP and TLS: the master's nodes with their SRV
+        weights, or every lab node at weight 50 until the master's are read."""
+        return cluster_zone(DOMAIN, nodes or [(n.id, n.address, 5060, 50) for n in self.nodes],
+                            serial=serial, tls_port=TLS_PORT)
 
-    def _follow_weights(self) -> None:
-        """Serve the master's SRV weights once they change (the master may be down)."""
+    def _follow_master(self) -> None:
+        """Serve the master's nodes and SRV weights once they change (a weight set on
+        the DNS page, a node removed); the master may be down."""
         try:
-            weights = self.master.weights()
+            nodes = self.master.zone_nodes()
         except (StoreError, peewee.PeeweeException) as e:  # locked or missing: next time
-            log.debug("cannot read the master's weights: %s", e)
+            log.debug("cannot read the master's nodes: %s", e)
             return
-        if weights and weights != self.weights and self.dns is not None:
+        if nodes and nodes != self.zone_nodes and self.dns is not None:
             self.serial += 1
-            self.dns.update_zone(self._zone(weights, self.serial))
-            log.info("DNS weights now %s", weights)
-        self.weights = weights
+            self.dns.update_zone(self._zone(nodes, self.serial))
+            log.info("DNS zone now %s", ", ".join(f"{n[0]} {n[1]}:{n[2]} weight {n[3]}"
+                                                  for n in nodes))
+        self.zone_nodes = nodes
 
     def watch(self) -> None:
         """Report each node's death once, until Ctrl-C or SIGTERM; never exits on a death."""
@@ -295,7 +315,7 @@ class Lab:
         while not self.stopping:
             looks += 1
             if looks % WEIGHTS_EVERY == 0:
-                self._follow_weights()
+                self._follow_master()
             for node in self.watched():
                 if node.proc is not None and not node.alive() and not node.reported:
                     self._report_death(node)
@@ -380,16 +400,20 @@ class Lab:
         lines = ["", "Tandem lab is running. Ctrl-C stops it.", ""]
         for node in self.nodes:
             state = f", {states[node.id]}" if node.id in states else ""
-            lines.append(f"  {node.id}: sip:{node.address}:5060 (UDP and TCP){state}, "
-                         f"log {node.log_path}")
+            lines.append(f"  {node.id}: sip:{node.address}:5060 (UDP and TCP), "
+                         f"sips:{node.address}:{TLS_PORT} (TLS){state}, log {node.log_path}")
         if self.dns is not None:
             lines += ["", f"  DNS for {DOMAIN} (NAPTR, SRV, A) on {self.base} port "
                       f"{self.dns.port}: dig @{self.base} -p {self.dns.port} "
-                      f"_sip._udp.{DOMAIN} SRV"]
+                      f"_sip._udp.{DOMAIN} SRV (and _sip._tcp, _sips._tcp)"]
         first = self.nodes[0].address
         others = ", ".join(n.address for n in self.nodes[1:])
         lines += ["", f"Point a phone at: registrar/proxy {first} port 5060, "
                   f"domain {DOMAIN}" + (f" (or any other node: {others})" if others else ""),
+                  f"TLS: port {TLS_PORT}; phones check the nodes' certificates against the "
+                  f"lab CA {self.ca}",
+                  f"  (e.g. baresip: sip_cafile {self.ca}; a node's certificate names its "
+                  f"address, {DOMAIN} and node<k>.{DOMAIN})",
                   "Users (username / password):"]
         lines += [f"  {u} / {p}" for u, p in DEMO_USERS]
         lines += [f"  load0 .. load{LOAD_USERS - 1} / load<i>-secret (for Locust: "
@@ -415,7 +439,11 @@ def run_lab(args) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     try:
-        lab.setup()
+        try:
+            lab.setup()
+        except (LabCertError, InsecureFileError) as e:
+            log.error("the lab cannot start: %s", e)
+            return 1
         if not lab.start():
             return 1
         lab.say(lab.banner(lab.replication_states()))

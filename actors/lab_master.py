@@ -72,7 +72,8 @@ class LabMaster(WatchedProcess):
         """Write the configuration naming the nodes; give the master the users."""
         self.public_key()
         nodes = "".join(f'\n[[nodes]]\nid = "{m.id}"\nsip = "{sip[m.id]}"\nbus = "{m.pub}"\n'
-                        f'control = "{m.control}"\npublic_key = "{m.public_key}"\n'
+                        f'snapshot = "{m.snapshot}"\ncontrol = "{m.control}"\n'
+                        f'public_key = "{m.public_key}"\n'
                         for m in members if len(members) > 1)
         write_private(self.config, self._head() + nodes)
         rows = list(users)
@@ -85,11 +86,12 @@ class LabMaster(WatchedProcess):
         finally:
             master_store.close_master_store()
 
-    def weights(self) -> dict[str, int]:
-        """The SRV weight of each node as the master holds it (the DNS page sets them)."""
+    def zone_nodes(self) -> list[tuple[str, str, int, int]]:
+        """The nodes the master holds, each with its address, SIP port and SRV weight
+        (the DNS page sets weights, a removal takes a node out)."""
         master_store.init_master_store(f"sqlite:///{self.dir}/master.db")
         try:
-            return {n[0]: n[3] for n in master_store.zone_nodes()}
+            return master_store.zone_nodes()
         finally:
             master_store.close_master_store()
 

@@ -36,9 +36,11 @@ from .config import (ConfigError, NodeConfig, guard_settings, load_config, regis
                      server_uris, sqlite_dir)
 from .config_sync import attach_config_sync
 from .drain import Drain, attach_drain
+from .gateways import attach_dialing
 from .front import STATUS_EVERY, FrontProcess
 from .front import paths as front_paths
 from .limits import shared_buckets
+from .membership import use_stored_peers
 from .process import tune_gc
 from .proxy import ProxyActor
 from .registrar import RegistrarActor
@@ -124,6 +126,7 @@ class Node:
             os.makedirs(sqlite_dir(cfg), exist_ok=True)
         init_store(cfg.database)
         epoch = incr_state("epoch")
+        use_stored_peers(cfg)
         now = time.time()
         # Loading allocates an object graph that only grows: a collector pass
         # over it would find nothing, so it is kept out of the way (see below).
@@ -177,6 +180,7 @@ class Node:
         self.proxy = ProxyActor.from_config(cfg, secret, users.lookup, self.location,
                                             self.transport, auth)
         attach_call_outbox(self)
+        attach_dialing(self)
         self.proxy.greenlet = self.group.spawn(self.proxy.run)
         self.proxy.greenlet.link_exception(self._actor_died)
         attach_drain(self)

@@ -32,7 +32,8 @@ from gevent.pool import Group
 from gevent.queue import Empty, Queue
 
 from sipcore.location import Binding, Location, is_newer
-from sipcore.replication import (ApplyBindings, Heartbeat, Notice, Replication, RequestSnapshot,
+from sipcore.replication import (ALIVE, SUSPECTED, ApplyBindings, Heartbeat, Notice,
+                                 Replication, RequestSnapshot,
                                  SetDigest, SnapshotAssembler, SnapshotError, Update, WireError,
                                  decode_heartbeat, decode_snapshot_request, decode_update,
                                  encode_heartbeat, encode_snapshot_request, encode_update,
@@ -41,7 +42,7 @@ from sipcore.replication_wire import MAX_BANS, decode_bans, encode_bans
 
 from . import bus as busmod
 from .bus import BUS_DOMAIN, CONTROL_DOMAIN, Bus, BusError, recv, recv_from, send
-from .config import NodeConfig
+from .config import NodeConfig, Peer
 from .config_sync import MASTER
 from .control import ControlServer
 
@@ -61,6 +62,8 @@ LAND_LIMIT = 5.0
 """Seconds after which an update not yet in the location table is no longer measured."""
 LANDINGS = 20000
 """Updates whose lag is kept for the ``lags`` control command."""
+RESUBSCRIBE_AFTER = 3.0
+"""Seconds a peer may go unheard (unknown or dead) before its subscription is made anew."""
 
 
 def yield_to_sip(limit: float = YIELD_LIMIT) -> None:
@@ -81,17 +84,23 @@ def make_bus(cfg: NodeConfig) -> Bus:
         raise BusError("the cluster needs [cluster] secret_key and public_key "
                        "(make them with `run.py keys`)")
     bus = Bus(cfg.public_key, cfg.secret_key, cfg.id)
-    peers = {}
-    for p in cfg.peers:
+    allow_peers(bus, cfg, cfg.peers)
+    return bus
+
+
+def allow_peers(bus: Bus, cfg: NodeConfig, peers: list[Peer]) -> None:
+    """Let ``peers`` in: on the bus, and with ``control_keys``, the master and the node
+    itself on the control endpoint (every other key is refused from now on)."""
+    keys = {}
+    for p in peers:
         if not p.public_key:
             raise BusError(f"peer {p.id} has no public_key")
-        peers[p.public_key] = p.id
-    bus.allow(BUS_DOMAIN, peers)
+        keys[p.public_key] = p.id
     control = {k: f"client{i}" for i, k in enumerate(cfg.control_keys)}
     if cfg.master_key:
         control[cfg.master_key] = MASTER
-    bus.allow(CONTROL_DOMAIN, {**control, **peers, cfg.public_key: cfg.id})
-    return bus
+    bus.allow(CONTROL_DOMAIN, {**control, **keys, cfg.public_key: cfg.id})
+    bus.allow(BUS_DOMAIN, keys)
 
 
 class Replicator:
@@ -146,6 +155,13 @@ class Replicator:
         self.landings: deque[tuple[str, int, int, int, float]] = deque(maxlen=LANDINGS)
         """``(origin, epoch, first seq, last seq, lag seconds)`` of the latest updates."""
         self._in_flight: deque[tuple[ApplyBindings, float]] = deque()
+        self._subscribers: dict[str, tuple[gevent.Greenlet, object, float]] = {}
+        """Each peer's subscriber greenlet, SUB socket and when it was made."""
+        self._on_failure = None
+        self._pub_endpoint = ""
+        self._drop_subscribers = False
+        """Set when a peer was removed: the publisher drops every connection to its PUB
+        socket (the others reconnect; the removed key is refused)."""
         self._landed = Event()
         self.stats = {"published": 0, "published_bindings": 0, "applied_bindings": 0,
                       "snapshots_served": 0, "snapshot_bindings_received": 0, "bad_messages": 0,
@@ -176,18 +192,99 @@ class Replicator:
         beat = (self.cfg.heartbeat, self.cfg.suspect_after)
         pub = bus.server(busmod.zmq.PUB, self.cfg.bus_pub, BUS_DOMAIN, self.cfg.hwm, beat)
         router = bus.server(busmod.zmq.ROUTER, self.cfg.bus_snapshot, BUS_DOMAIN, SNAPSHOT_HWM)
-        loops = [(self._publisher, pub), (self._snapshot_server, router), (self._lag_meter,)]
-        for p in self.peers.values():
-            sub = bus.client(busmod.zmq.SUB, p.bus, p.public_key, self.cfg.hwm, beat)
-            loops.append((self._subscriber, p.id, sub))
-        loops.append((self._run,))
+        self._pub_endpoint = pub.last_endpoint.decode()
+        self._on_failure = on_failure
+        loops = [(self._publisher, pub), (self._snapshot_server, router), (self._lag_meter,),
+                 (self._run,)]
         for fn, *args in loops:
             g = self.group.spawn(fn, *args)
             if on_failure is not None:
                 g.link_exception(on_failure)
+        for p in self.peers.values():
+            self._follow(p)
         log.info("replicator up: epoch %d, pub %s, snapshot %s, %d peers (%s)", self.epoch,
                  self.cfg.bus_pub, self.cfg.bus_snapshot, len(self.peers),
                  ", ".join(self.peers) or "none")
+
+    def _follow(self, p: Peer) -> None:
+        """Subscribe to ``p``'s PUB socket (its own greenlet and socket)."""
+        bus = self.bus
+        assert bus is not None
+        beat = (self.cfg.heartbeat, self.cfg.suspect_after)
+        sub = bus.client(busmod.zmq.SUB, p.bus, p.public_key, self.cfg.hwm, beat)
+        g = self.group.spawn(self._subscriber, p.id, sub)
+        if self._on_failure is not None:
+            g.link_exception(self._on_failure)
+        self._subscribers[p.id] = (g, sub, self.monotonic())
+
+    def _unfollow(self, peer: str) -> None:
+        """Close ``peer``'s subscription (its greenlet first, out of its recv)."""
+        entry = self._subscribers.pop(peer, None)
+        if entry is not None and self.bus is not None:
+            entry[0].kill(block=True, timeout=1)
+            self.bus.close_socket(entry[1])
+
+    def _resubscribe(self, now: float) -> None:
+        """Subscribe anew to each peer unheard for ``RESUBSCRIBE_AFTER``: ZeroMQ does not
+        retry a connection the peer's ZAP handler refused, which happens to a node that
+        joined while its peers did not know its key yet (the master tells them a moment
+        later); other connections ZeroMQ retries by itself, and a new one costs nothing."""
+        for peer, (_, _, since) in list(self._subscribers.items()):
+            state = self.core.peers[peer].liveness.state if peer in self.core.peers else ALIVE
+            if state not in (ALIVE, SUSPECTED) and now - since >= RESUBSCRIBE_AFTER:
+                self._unfollow(peer)
+                self._follow(self.peers[peer])
+
+    def set_peers(self, peers: list[Peer]) -> None:
+        """New membership from the master (``actors.membership``): applied by the main
+        loop, which owns the peers: new ones are followed, removed ones dropped."""
+        if self.clustered:
+            self.inbox.put(("peers", "", list(peers)))
+
+    def _change_peers(self, peers: list[Peer]) -> None:
+        wanted = {p.id: p for p in peers if p.id != self.id}
+        removed = [k for k, p in self.peers.items() if wanted.get(k) != p]
+        added = [p for k, p in wanted.items() if self.peers.get(k) != p]
+        if not removed and not added:
+            return
+        bus = self.bus
+        assert bus is not None
+        allow_peers(bus, self.cfg, list(wanted.values()))
+        for peer in removed:
+            self._unfollow(peer)
+            self.core.remove_peer(peer)
+            del self.peers[peer]
+        for p in added:
+            self.peers[p.id] = p
+            self.core.add_peer(p.id)
+            self._follow(p)
+        self.cfg.peers = list(self.peers.values())
+        if removed:
+            self._drop_subscribers = True
+        log.warning("peers now %s (added %s, removed %s)", ", ".join(self.peers) or "none",
+                    ", ".join(p.id for p in added) or "none", ", ".join(removed) or "none")
+
+    def _rebind(self, sock) -> None:
+        """Drop every connection to the PUB socket by unbinding and binding it again:
+        the peers reconnect within ``reconnect_ivl`` through the ZAP handler, a removed
+        key is refused, and what was in flight shows as a gap (then a snapshot)."""
+        endpoint = self._pub_endpoint
+        try:
+            sock.unbind(endpoint)
+        except busmod.zmq.ZMQError as e:
+            log.warning("cannot drop the connections to %s (%s): a removed peer keeps "
+                        "receiving until it disconnects", endpoint, e)
+            return
+        deadline = self.monotonic() + 5.0
+        while True:
+            try:
+                sock.bind(endpoint)
+                break
+            except busmod.zmq.ZMQError as e:
+                if self.monotonic() > deadline:
+                    raise BusError(f"cannot bind {endpoint} again: {e}") from None
+                gevent.sleep(0.01)
+        log.info("bus connections dropped: removed peers are refused from now on")
 
     def stop(self) -> None:
         """Stop the control endpoint, every greenlet, and close the bus."""
@@ -232,6 +329,9 @@ class Replicator:
                 bans, self._bans = self._bans, []
                 for i in range(0, len(bans), MAX_BANS):
                     send(sock, [busmod.BANS, encode_bans(self.id, bans[i:i + MAX_BANS])])
+            if self._drop_subscribers:
+                self._drop_subscribers = False
+                self._rebind(sock)
             if self.monotonic() >= next_beat:
                 body = encode_heartbeat(self.id, self.clock(), self.epoch, self.published_seq,
                                         self.core.state, self.core.versions())
@@ -278,7 +378,11 @@ class Replicator:
             now = self.monotonic()
             if item is not None:
                 kind, peer, *rest = item
-                if kind == busmod.UPDATE:
+                if kind == "peers":
+                    self._change_peers(rest[0])
+                elif peer not in core.peers:
+                    pass  # sent by a peer removed since
+                elif kind == busmod.UPDATE:
                     self._act(core.update_received(peer, rest[0], now))
                 elif kind == busmod.HEARTBEAT:
                     self._act(core.heartbeat_received(peer, rest[0], now, self.clock()))
@@ -293,6 +397,7 @@ class Replicator:
                     self._act(core.snapshot_failed(peer, request, reason, now))
             if now >= next_tick:
                 self._act(core.tick(now))
+                self._resubscribe(now)
                 next_tick = now + tick_every
 
     def _act(self, actions: list) -> None:
@@ -336,7 +441,9 @@ class Replicator:
 
     def _sync(self, peer: str, request: int) -> None:
         """Fetch one snapshot from ``peer``, applying batches as they come."""
-        p = self.peers[peer]
+        p = self.peers.get(peer)
+        if p is None:
+            return  # removed since it was asked for
         timeout = self.cfg.sync_timeout
         started = self.monotonic()
         bus = self.bus

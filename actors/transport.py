@@ -463,8 +463,8 @@ class Transport:
             return True
         except (OSError, ValueError) as e:
             self.stats["tls_failed"] += 1
-            self._log("tls_failed", "tls handshake with %s:%d failed: %s", ip, port,
-                      "timed out" if isinstance(e, TimeoutError) else e)
+            self._log("tls_failed", "tls handshake with %s:%d failed: %s%s", ip, port,
+                      "timed out" if isinstance(e, TimeoutError) else e, tls_failure_hint(e))
             raw.close()
             return False
 
@@ -527,6 +527,23 @@ class Transport:
         self.connections[conn.peer] = conn
         gevent.spawn(self._read_connection, conn)
         return conn
+
+
+_UNTRUSTED_ALERTS = ("ALERT_UNKNOWN_CA", "ALERT_BAD_CERTIFICATE", "ALERT_CERTIFICATE_UNKNOWN",
+                     "ALERT_UNSUPPORTED_CERTIFICATE", "ALERT_CERTIFICATE_EXPIRED")
+
+
+def tls_failure_hint(error: Exception) -> str:
+    """What a failed server-side handshake means, for its log line: a client that
+    refused the node's certificate, or one that spoke something other than TLS."""
+    reason = str(getattr(error, "reason", "") or "")
+    if reason.endswith(_UNTRUSTED_ALERTS):
+        return (" (the client does not trust this node's certificate: give the phone the CA "
+                "that signed sip.tls_cert, e.g. the lab CA, and use the node's address or "
+                "domain as the host it checks)")
+    if reason in ("WRONG_VERSION_NUMBER", "HTTP_REQUEST", "UNEXPECTED_RECORD"):
+        return " (the client did not speak TLS: plain SIP sent to the TLS port?)"
+    return ""
 
 
 def udp_socket(family: int, reuseport: bool = False):

@@ -53,13 +53,14 @@ class Uas:
     """A SIPp UAS scenario running in the background on one port."""
 
     def __init__(self, scenario: str, port: int, workdir: str, calls: int = 0,
-                 address: str = "127.0.0.1", transport: str = "u1", prefix: tuple = ()):
+                 address: str = "127.0.0.1", transport: str = "u1", prefix: tuple = (),
+                 args: tuple = ()):
         self.port = port
         self.stf = os.path.join(workdir, f"uas-{port}-{time.monotonic_ns()}.csv")
         sf = scenario if os.path.isabs(scenario) else os.path.join(SIPP_DIR, scenario)
         cmd = [*prefix, "sipp", "-sf", sf, "-i", address, "-p", str(port), "-t", transport,
                "-nostdin", "-trace_stat", "-stf", self.stf, "-fd", "1",
-               "-max_retrans", "5", "-recv_timeout", "20s", *SIPP_BUFFERS]
+               "-max_retrans", "5", "-recv_timeout", "20s", *SIPP_BUFFERS, *args]
         if calls:
             cmd += ["-m", str(calls)]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,

@@ -16,6 +16,8 @@ ANSWER = "answer"
 FAILURE = "failure"
 CANCEL = "cancel"
 BYE = "bye"
+EMERGENCY = "emergency"
+"""Queued right after the attempt of a call to an emergency number: its record is marked."""
 FINISHING = frozenset((FAILURE, CANCEL, BYE))
 """Kinds that end a call (or its attempt)."""
 
@@ -25,7 +27,7 @@ class CallEvent:
     """One step of a call, as the proxy saw it."""
 
     kind: str
-    """``attempt``, ``ringing``, ``answer``, ``failure``, ``cancel`` or ``bye``."""
+    """``attempt``, ``emergency``, ``ringing``, ``answer``, ``failure``, ``cancel`` or ``bye``."""
     call_id: str
     """The call's Call-ID."""
     caller: str

@@ -39,6 +39,9 @@ _ALGORITHMS = {
 
 
 _REQUIRED = ("username", "realm", "nonce", "uri", "response")
+#: how hashed text taken from a message is encoded: back to the bytes sent, which
+#: are what the client hashed (a byte that is not UTF-8 is a surrogate here)
+_WIRE = "surrogateescape"
 _HEX = "0123456789abcdefABCDEF"
 _WS = " \t\r\n"
 _KEY_STRIP = " \t\r\n,"
@@ -329,18 +332,18 @@ def expected_response(creds: Credentials, method: str, ha1_hex: str,
     if qop is None:
         if sess:
             return None
-        ha2 = h(f"{method}:{creds.uri}".encode()).hexdigest()
-        return h(f"{ha1_hex}:{creds.nonce}:{ha2}".encode()).hexdigest()
+        ha2 = h(f"{method}:{creds.uri}".encode("utf-8", _WIRE)).hexdigest()
+        return h(f"{ha1_hex}:{creds.nonce}:{ha2}".encode("utf-8", _WIRE)).hexdigest()
     if qop == "auth":
-        ha2 = h(f"{method}:{creds.uri}".encode()).hexdigest()
+        ha2 = h(f"{method}:{creds.uri}".encode("utf-8", _WIRE)).hexdigest()
     elif qop == "auth-int":
-        ha2 = h(f"{method}:{creds.uri}:{h(body).hexdigest()}".encode()).hexdigest()
+        ha2 = h(f"{method}:{creds.uri}:{h(body).hexdigest()}".encode("utf-8", _WIRE)).hexdigest()
     else:
         return None
     if sess:
-        ha1_hex = h(f"{ha1_hex}:{creds.nonce}:{creds.cnonce}".encode()).hexdigest()
+        ha1_hex = h(f"{ha1_hex}:{creds.nonce}:{creds.cnonce}".encode("utf-8", _WIRE)).hexdigest()
     return h(f"{ha1_hex}:{creds.nonce}:{creds.nc}:{creds.cnonce}:{qop}:{ha2}"
-             .encode()).hexdigest()
+             .encode("utf-8", _WIRE)).hexdigest()
 
 
 def _b64url(data: bytes) -> bytes:
@@ -780,9 +783,9 @@ class Authenticator:
         if ha2 is None:
             if len(ha2s) >= _HA2S_MAX:
                 ha2s.clear()
-            ha2 = ha2s[a2] = h(a2.encode()).hexdigest()
+            ha2 = ha2s[a2] = h(a2.encode("utf-8", _WIRE)).hexdigest()
         key = self._dummy[base] if user_ha1 is None else user_ha1
-        expected = h(f"{key}:{nonce}:{nc}:{cnonce}:auth:{ha2}".encode()).hexdigest()
+        expected = h(f"{key}:{nonce}:{nc}:{cnonce}:auth:{ha2}".encode("utf-8", _WIRE)).hexdigest()
         response = response.lower()
         if not response.isascii():
             response = ""

@@ -47,8 +47,9 @@ from collections import deque
 from typing import Any
 from urllib.parse import unquote
 
-from .call_events import (ANSWER, ATTEMPT, BYE, CANCEL, FAILURE, RINGING, CallEvent,
-                          call_event)
+from .call_events import (ANSWER, ATTEMPT, BYE, CANCEL, EMERGENCY, FAILURE, RINGING,
+                          CallEvent, call_event)
+from .dialing import TRY_ELSEWHERE
 from .digest import BANNED
 from .errors import SipError
 from .message import Request, Response, error_response, make_response
@@ -103,6 +104,9 @@ class ProxyCore:
         self._ringing: dict[Branch, float] = {}
         self._literal: dict[tuple, list] = {}
         self._call_events: list[CallEvent] = []
+        self.dialing = None
+        """A ``sipcore.dialing.Dialing`` when the node has a dial plan: numbers that are
+        not users go to gateways, emergency numbers to the emergency gateways."""
         self.stats = {"requests": 0, "forwarded": 0, "challenged": 0, "rejected": 0,
                       "cancelled": 0, "timeouts": 0, "stateless": 0}
 
@@ -277,8 +281,20 @@ class ProxyCore:
                 else:
                     caller = self._authenticate(req, unquote(from_uri.user), wall)
         breadth = max_breadth(req) if not emergency else self._emergency_breadth(req)
+        dialing = self.dialing
+        dialled = failover = None
         if emergency and not in_dialog:
-            groups = self._emergency_targets(req, ruri, local, caller, wall, breadth)
+            dialled = self._emergency_gateways(req, ruri, caller)
+            if dialled is None:
+                groups = self._emergency_targets(req, ruri, local, caller, wall, breadth)
+            else:
+                groups = dialled[0]
+        elif local and dialing is not None and ruri.user and dialing.takes(unquote(ruri.user)):
+            # A number that is not a user of the domain: the dial plan's, for our users only.
+            if caller is None:
+                raise SipError(403, "Relaying Denied")
+            dialled = dialing.route(unquote(ruri.user), caller)
+            groups, failover = dialled[0], TRY_ELSEWHERE
         elif local:
             groups = self._local_targets(ruri, wall, breadth)
         else:
@@ -286,12 +302,25 @@ class ProxyCore:
                 raise SipError(403, "Relaying Denied")
             if ruri.scheme == "tel" and not has_route:
                 raise SipError(404, "Not Found")
+            if dialing is not None and not in_dialog and dialing.names_gateway(req):
+                # A gateway is reached through the dial plan and its permissions only.
+                raise SipError(403, "Gateways Only Through The Dial Plan")
             groups = [[BranchTarget(req.uri)]]
         # Record-Route: the leg the request came on; each branch adds its own (RFC 5658).
         rr = stx.destination[0] if method in DIALOG_METHODS and req.to.tag is None else None
+        if dialled is not None:
+            self._to_gateway(req, dialled[1])
         ctx = stx.context = Context(stx, req, branch_prefix(loop), rr, groups, breadth)
+        ctx.failover = failover
         if method == "BYE" or (ctx.invite and req.to.tag is None):
+            if emergency and method != "BYE":
+                log.warning("emergency call %s from %s (%s) to %s: %s", req.call_id,
+                            req.from_.uri, "authenticated" if caller else "not authenticated",
+                            req.uri, "to the emergency gateways" if dialled else
+                            "no emergency gateway, routed as a user")
             self._call_event(BYE if method == "BYE" else ATTEMPT, req, stx.destination)
+            if emergency and method != "BYE":
+                self._call_event(EMERGENCY, req, stx.destination)
         if ctx.invite:
             if self.trying_delay > 0:
                 self._trying.append((now + self.trying_delay, ctx))
@@ -330,6 +359,28 @@ class ProxyCore:
         if local or caller is None or (ruri.scheme == "tel" and req.get("route") is None):
             raise SipError(480, "No Route For Emergency Number")
         return [[BranchTarget(req.uri)]]
+
+    def _emergency_gateways(self, req: Request, ruri, caller: str | None):
+        """``(groups, identity)`` of an emergency call through the emergency gateways, or
+        None without any. The callback number is the authenticated caller's, else that of
+        the user the From names when it is of our domain (an emergency call whose
+        credentials failed still tells the emergency service who it probably is)."""
+        if self.dialing is None:
+            return None
+        user = caller
+        from_uri = req.from_.uri
+        if user is None and from_uri.user and self.settings.names_domain(from_uri):
+            user = unquote(from_uri.user)
+        return self.dialing.emergency(unquote(ruri.user).split(";")[0], user)
+
+    @staticmethod
+    def _to_gateway(req: Request, identity: str) -> None:
+        """A request the dial plan sends to a gateway: no Route of the caller's (the
+        gateway is the next hop, nothing beyond it), and our identity of the caller
+        instead of any the caller asserted (RFC 3325)."""
+        for name in ("route", "p-asserted-identity", "p-preferred-identity"):
+            req.remove(name)
+        req.add("P-Asserted-Identity", identity)
 
     def _emergency_caller(self, req: Request, wall: float) -> str | None:
         """The authenticated user of a call to an emergency number, or None: such a
@@ -492,6 +543,8 @@ class ProxyCore:
             if resp.status >= 600 and ctx.invite and not ctx.stopped:
                 ctx.stopped = True
                 self._cancel_branches(ctx, now, ())
+            elif ctx.failover is not None and resp.status not in ctx.failover:
+                ctx.stopped = True     # the callee's answer, not the gateway's failure
         self._advance(ctx, now)
 
     def _cancel_branches(self, ctx: Context, now: float, headers) -> None:

@@ -125,10 +125,27 @@ def parse_via(value: str) -> Via:
     try:
         # _parse_via reads ";" + rest, trailing whitespace stripped: the same
         # pieces, less an empty first one, and each piece is stripped anyway.
-        params = parse_params(rest)
+        params = _via_params(rest)
     except SipParseError as err:
         raise SipParseError(f"malformed Via: {err.reason}") from None
     return Via(transport, host, port, params)
+
+
+#: an empty parameter: nothing but whitespace between two ``;``, or after the last
+_EMPTY_PARAM = re.compile(r";[ \t]*(?:;|\Z)")
+
+
+def _via_params(text: str) -> dict[str, str | None]:
+    """The parameters of a Via, ``text`` being what follows their first ``;``.
+
+    An empty parameter (``;;``, a ``;`` at the end) makes the Via malformed:
+    RFC 4475 §3.1.2.1 says such a request gets 400.
+    """
+    # One search, of the text behind a ";" of its own: the empty first parameter counts too.
+    if _EMPTY_PARAM.search(";" + text) and any(
+            not p.strip() for p in split_quoted(text, ";")):
+        raise SipParseError("empty parameter")
+    return parse_params(text)
 
 
 def _sent_by(head: str) -> tuple[str, str, int | None] | None:
@@ -163,7 +180,7 @@ def _parse_via(value: str) -> Via:
         rest = rest.strip()
         if rest and rest[0] != ";":
             raise SipParseError("junk after sent-by")
-        params = parse_params(rest)
+        params = _via_params(rest[1:]) if rest else {}
     except SipParseError as err:
         raise SipParseError(f"malformed Via: {err.reason}") from None
     return Via(transport.upper(), host, port, params)

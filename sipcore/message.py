@@ -569,6 +569,40 @@ def _has_ctl(line: str) -> bool:
     return "\r" in line or "\n" in line or "\x00" in line
 
 
+#: the header names (as keys) whose quoted strings may hold a NUL
+_NUL_QUOTABLE = frozenset(("from", "f", "to", "t"))
+
+
+def _bare_ctl(line: str) -> bool:
+    """Whether a header line holds a bare CR or LF, or a NUL that may not be there.
+
+    A From or To display name may quote a NUL (RFC 3261 §25.1 quoted-pair,
+    RFC 4475 §3.1.1.2), which the address parser reads; nothing keeps those
+    names. A NUL anywhere else is refused: a quoted string of another header
+    may be kept (a Contact's ``+sip.instance`` is a binding's key, a Path or
+    User-Agent is stored with it), and a store may refuse a NUL.
+    """
+    if "\r" in line or "\n" in line:
+        return True
+    if "\x00" not in line:
+        return False
+    if line.partition(":")[0].strip().lower() not in _NUL_QUOTABLE:
+        return True
+    quoted = False
+    i, n = 0, len(line)
+    while i < n:
+        c = line[i]
+        if c == "\\" and quoted:
+            i += 2      # a quoted-pair, whatever it quotes
+            continue
+        if c == '"':
+            quoted = not quoted
+        elif c == "\x00":
+            return True
+        i += 1
+    return False
+
+
 def _parse_headers(lines: list[str], dirty: bool) -> tuple[Headers, SipParseError | None]:
     """Every readable header field of ``lines`` (after the start line), and the first problem.
 
@@ -583,7 +617,7 @@ def _parse_headers(lines: list[str], dirty: bool) -> tuple[Headers, SipParseErro
     names = _NAMES
     append = fields.append
     for line in islice(lines, 1, None):
-        if not line or (dirty and _has_ctl(line)):
+        if not line or (dirty and _bare_ctl(line)):
             problem = problem or SipParseError("control character in a header line")
             last = None
             continue

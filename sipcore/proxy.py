@@ -263,7 +263,8 @@ class Context:
     """The response context of one forwarded request (§16)."""
 
     __slots__ = ("server", "request", "ruri", "invite", "prefix", "record_route", "groups",
-                 "breadth", "branches", "finals", "live", "final_sent", "stopped", "cancelled")
+                 "breadth", "branches", "finals", "live", "final_sent", "stopped", "cancelled",
+                 "failover")
 
     def __init__(self, server, request: Request, prefix: str, record_route: str | None,
                  groups: list, breadth: int = DEFAULT_BREADTH):
@@ -281,6 +282,9 @@ class Context:
         self.final_sent = False
         self.stopped = False
         self.cancelled = False
+        self.failover: frozenset | None = None
+        """Final statuses after which the next group is tried (None: any; a gateway
+        route sets ``sipcore.dialing.TRY_ELSEWHERE``)."""
 
 
 class Branch:

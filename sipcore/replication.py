@@ -190,9 +190,10 @@ class Replication:
                  heartbeat: float = 0.5, retry_after: float = 1.0, max_skew: float = MAX_SKEW,
                  queue_max: int = 10000, relay_grace: float | None = None):
         self.node_id = node_id
-        self.peers = {p: PeerState(p, Liveness(suspect_after, dead_after),
-                                   SkewMeter(limit=max_skew, tolerance=heartbeat / 2))
-                      for p in peers}
+        self._peer_settings = (suspect_after, dead_after, max_skew, heartbeat)
+        self.peers: dict[str, PeerState] = {}
+        for p in peers:
+            self.add_peer(p)
         self.started, self.alone_wait = now, alone_wait
         self.retry_after, self.queue_max = retry_after, queue_max
         self.relay_grace = 2 * heartbeat if relay_grace is None else relay_grace
@@ -212,6 +213,19 @@ class Replication:
             if held is not None:
                 out[p.id] = held
         return out
+
+    def add_peer(self, peer: str) -> None:
+        """Follow a new peer (membership changed): unknown until heard, then synced
+        from (``join``); a node already synced stays synced meanwhile."""
+        suspect_after, dead_after, max_skew, heartbeat = self._peer_settings
+        self.peers[peer] = PeerState(peer, Liveness(suspect_after, dead_after),
+                                     SkewMeter(limit=max_skew, tolerance=heartbeat / 2))
+
+    def remove_peer(self, peer: str) -> None:
+        """Stop following a peer; what arrives from it later is the caller's to drop."""
+        self.peers.pop(peer, None)
+        for p in self.peers.values():
+            p.claims.pop(peer, None)
 
     def heartbeat_received(self, peer: str, hb: Heartbeat, now: float, wall: float) -> list[Action]:
         """A heartbeat from ``peer``: its wall clock, epoch, last published seq and

@@ -303,13 +303,21 @@ class SipUri(NamedTuple):
         return f"sip:{user}@{self.host.lower()}" if user else f"sip:{self.host.lower()}"
 
     def canonical(self) -> str:
-        """A form for comparing contacts: case-folded scheme and host, escapes resolved."""
+        """A form for comparing contacts: case-folded scheme and host, escapes resolved.
+
+        An escape stays one (upper-cased) where resolving it would give a
+        control character, a byte that is not UTF-8 or a ``%``: the form is
+        a binding's key, kept in the store (which may refuse a NUL), and two
+        users differing only there stay apart (RFC 4475 §3.1.1.4).
+        """
         user = self.user
         if user is None:
             user = ""
         else:
             # unquote returns its argument when there is no "%"; the test saves the call.
-            user = (unquote(user) if "%" in user else user) + "@"
+            if "%" in user:
+                user = unquote(user, errors="surrogateescape").translate(_KEPT_ESCAPED)
+            user += "@"
         out = f"{self.scheme.lower()}:{user}{self.host.lower()}"
         if self.port is not None:
             out += f":{self.port}"
@@ -321,6 +329,11 @@ class SipUri(NamedTuple):
                     out += f";{k}={v.lower()}"
         return out
 
+
+#: what ``canonical`` writes escaped in a user part: control characters, ``%``, and the
+#: surrogates ``unquote`` gives for bytes that are not UTF-8
+_KEPT_ESCAPED = {c: f"%{c:02X}" for c in [*range(0x20), 0x25, 0x7F]}
+_KEPT_ESCAPED.update({0xDC80 + b: f"%{0x80 + b:02X}" for b in range(0x80)})
 
 #: URI parameters that take part in comparing contacts, in the order ``canonical`` writes them
 _CANONICAL_PARAMS = ("transport", "user", "maddr", "ttl", "method")

@@ -2,7 +2,8 @@
 
 :func:`cluster_zone` builds the zone that lets phones and other proxies
 find the cluster by RFC 3263: NAPTR records at the domain name point at the
-``_sip._udp`` and ``_sip._tcp`` SRV names, whose records share one priority
+``_sip._udp`` and ``_sip._tcp`` SRV names (and, when the nodes take TLS,
+``_sips._tcp`` through a SIPS+D2T NAPTR), whose records share one priority
 and split the load by weight between the nodes' A (or AAAA) records. The
 same text is served by the lab DNS server (``actors/dnsserver.py``) and can
 be exported to BIND unchanged.
@@ -70,16 +71,20 @@ def _check_node(entry: Sequence[Any]) -> ZoneNode:
     return ZoneNode(node.name, node.ip, int(node.port), weight)
 
 
-def srv_names(domain: str) -> dict[str, str]:
-    """The absolute SRV owner names of ``domain``, keyed by NAPTR service."""
+def srv_names(domain: str, tls: bool = False) -> dict[str, str]:
+    """The absolute SRV owner names of ``domain``, keyed by NAPTR service, in the
+    order of preference (SIPS+D2T last, with ``tls``)."""
     domain = _check_domain(domain)
-    return {"SIP+D2U": f"_sip._udp.{domain}.",
-            "SIP+D2T": f"_sip._tcp.{domain}."}
+    names = {"SIP+D2U": f"_sip._udp.{domain}.",
+             "SIP+D2T": f"_sip._tcp.{domain}."}
+    if tls:
+        names["SIPS+D2T"] = f"_sips._tcp.{domain}."
+    return names
 
 
 def cluster_zone(domain: str, nodes: Iterable[Sequence[Any]], ttl: int = 60, *,
                  serial: int = 1, nameserver: str | None = None,
-                 hostmaster: str | None = None) -> str:
+                 hostmaster: str | None = None, tls_port: int = 0) -> str:
     """Zone text (BIND master-file format) for the SIP ``domain``.
 
     ``nodes`` holds ``(name, ip, sip_port, weight)`` tuples (the weight may
@@ -89,8 +94,11 @@ def cluster_zone(domain: str, nodes: Iterable[Sequence[Any]], ttl: int = 60, *,
     node whose name lies inside the domain, SRV records at ``_sip._udp``
     and ``_sip._tcp`` with priority :data:`SRV_PRIORITY` and each node's
     weight, and NAPTR records for SIP+D2U (preferred) and SIP+D2T pointing
-    at those SRV names. Raises ``ValueError`` on an invalid domain, node
-    name, address, port or weight.
+    at those SRV names. With ``tls_port`` (every node takes TLS there), SRV
+    records at ``_sips._tcp`` on that port and a SIPS+D2T NAPTR after the
+    others (RFC 3263 §4.1: a client that wants TLS picks it; a ``sips`` URI
+    only it). Raises ``ValueError`` on an invalid domain, node name,
+    address, port, TLS port or weight.
     """
     domain = _check_domain(domain)
     entries = [_check_node(entry) for entry in nodes]
@@ -108,7 +116,10 @@ def cluster_zone(domain: str, nodes: Iterable[Sequence[Any]], ttl: int = 60, *,
         f"{int(serial)} 3600 600 86400 {ttl}",
         f"@ IN NS {nameserver}",
     ]
-    names = srv_names(domain)
+    tls_port = int(tls_port)
+    if not 0 <= tls_port < 65536:
+        raise ValueError(f"invalid TLS port: {tls_port}")
+    names = srv_names(domain, tls=bool(tls_port))
     for preference, (service, owner) in enumerate(names.items(), 1):
         lines.append(f'@ IN NAPTR 10 {preference * 10} "s" "{service}" "" '
                      f'{owner}')
@@ -117,8 +128,9 @@ def cluster_zone(domain: str, nodes: Iterable[Sequence[Any]], ttl: int = 60, *,
             continue
         rtype = "AAAA" if ipaddress.ip_address(node.ip).version == 6 else "A"
         lines.append(f"{node.fqdn(domain)} IN {rtype} {node.ip}")
-    for owner in names.values():
+    for service, owner in names.items():
         for node in entries:
+            port = tls_port if service == "SIPS+D2T" else node.port
             lines.append(f"{owner} IN SRV {SRV_PRIORITY} {node.weight} "
-                         f"{node.port} {node.fqdn(domain)}")
+                         f"{port} {node.fqdn(domain)}")
     return "\n".join(lines) + "\n"

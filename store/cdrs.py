@@ -18,7 +18,7 @@ from typing import Any, cast
 
 import peewee
 
-from store.master import CallRecord, CdrCursor, master_db
+from store.master import CallRecord, CdrCursor, EmergencyCall, master_db
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ OUTCOMES = ("completed", "busy", "no answer", "cancelled", "failed", "in progres
 """Every outcome a record may have."""
 
 FIELDS = ("call_id", "caller", "callee", "started_at", "answered_at", "ended_at", "duration",
-          "outcome", "status", "nodes")
+          "outcome", "status", "nodes", "emergency")
 """What a record carries in the API and the CSV export, in order."""
 
 
@@ -46,7 +46,7 @@ def reset_cursor(node_id: str) -> None:
     CdrCursor.delete().where(CdrCursor.node_id == node_id).execute()
 
 
-KINDS = frozenset(("attempt", "ringing", "answer", "failure", "cancel", "bye"))
+KINDS = frozenset(("attempt", "emergency", "ringing", "answer", "failure", "cancel", "bye"))
 MAX_TEXT = 512
 """Longest Call-ID, caller or callee kept (a longer one marks a malformed event)."""
 
@@ -139,6 +139,10 @@ def store_events(node_id: str, events: list[dict[str, Any]]) -> int:
         for rec in records.values():
             _close(rec)
             rec.save()
+        emergency = {ev["call_id"] for ev in fresh if ev["kind"] == "emergency"}
+        if emergency:
+            (EmergencyCall.insert_many([{"call_id": c} for c in sorted(emergency)])
+             .on_conflict_ignore().execute())
         (CdrCursor.insert(node_id=node_id, seq=top)
          .on_conflict(conflict_target=[CdrCursor.node_id], preserve=[CdrCursor.seq])
          .execute())
@@ -152,11 +156,14 @@ def _trim() -> None:
         oldest = (CallRecord.select(CallRecord.id).order_by(CallRecord.started_at)
                   .limit(extra))
         CallRecord.delete().where(CallRecord.id.in_(oldest)).execute()
+        (EmergencyCall.delete()
+         .where(EmergencyCall.call_id.not_in(CallRecord.select(CallRecord.call_id))).execute())
 
 
-def _as_dict(rec: CallRecord) -> dict[str, Any]:
-    out = {f: getattr(rec, f) for f in FIELDS}
+def _as_dict(rec: CallRecord, emergency: set[str]) -> dict[str, Any]:
+    out = {f: getattr(rec, f) for f in FIELDS if f != "emergency"}
     out["nodes"] = json.loads(rec.nodes)
+    out["emergency"] = rec.call_id in emergency
     return out
 
 
@@ -181,8 +188,11 @@ def search(caller: str = "", callee: str = "", outcome: str = "", since: float |
         counts[name] = count
     if outcome:
         query = query.where(CallRecord.outcome == outcome)
-    page = query.order_by(CallRecord.started_at.desc()).limit(limit).offset(offset)
-    return {"total": query.count(), "outcomes": counts, "cdrs": [_as_dict(r) for r in page]}
+    page = list(query.order_by(CallRecord.started_at.desc()).limit(limit).offset(offset))
+    ids = [r.call_id for r in page]
+    emergency = {e.call_id for e in EmergencyCall.select().where(EmergencyCall.call_id.in_(ids))}
+    return {"total": query.count(), "outcomes": counts,
+            "cdrs": [_as_dict(r, emergency) for r in page]}
 
 
 PER_NODE_SCAN = 100_000
@@ -212,7 +222,7 @@ def per_node(since: float) -> dict[str, dict[str, Any]]:
     return dict(sorted(out.items()))
 
 
-def _cell(value: Any) -> str:
+def csv_cell(value: Any) -> str:
     """A CSV cell that a spreadsheet will not run as a formula (OWASP CSV injection)."""
     text = "" if value is None else ";".join(value) if isinstance(value, list) else str(value)
     return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
@@ -224,5 +234,29 @@ def to_csv(cdrs: list[dict[str, Any]]) -> str:
     writer = csv.writer(out)
     writer.writerow(FIELDS)
     for cdr in cdrs:
-        writer.writerow([_cell(cdr[f]) for f in FIELDS])
+        writer.writerow([csv_cell(cdr[f]) for f in FIELDS])
     return out.getvalue()
+
+
+FAILURES = ("failed", "busy", "no answer")
+"""Outcomes counted as failures in :func:`timeline` (a cancel is the caller's choice)."""
+TIMELINE_SCAN = 200_000
+"""Records :func:`timeline` reads at most (the newest of the range)."""
+
+
+def timeline(since: float, until: float, buckets: int = 24) -> list[dict[str, Any]]:
+    """Calls and failures per equal slice of ``[since, until)`` (by start time):
+    ``[{"start", "end", "calls", "failures"}]``, oldest first."""
+    if until <= since or buckets < 1:
+        raise ValueError("timeline needs since < until and at least one bucket")
+    width = (until - since) / buckets
+    out = [{"start": since + k * width, "end": since + (k + 1) * width, "calls": 0,
+            "failures": 0} for k in range(buckets)]
+    rows = (CallRecord.select(CallRecord.started_at, CallRecord.outcome)
+            .where((CallRecord.started_at >= since) & (CallRecord.started_at < until))
+            .order_by(CallRecord.started_at.desc()).limit(TIMELINE_SCAN).tuples())
+    for started, outcome in cast(Iterable[tuple[float, str]], rows):
+        slot = out[min(buckets - 1, int((started - since) / width))]
+        slot["calls"] += 1
+        slot["failures"] += outcome in FAILURES
+    return out

@@ -20,6 +20,8 @@ import peewee
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from store.db import StoreError, open_database
+from store.migrations import MASTER_MIGRATIONS
+from store.schema import migrate
 from store.users import compute_ha1s, validate_domain, validate_username
 
 log = logging.getLogger(__name__)
@@ -67,6 +69,8 @@ class ClusterNode(MasterModel):
     node_id = peewee.TextField(unique=True)
     sip = peewee.TextField()
     bus = peewee.TextField(default="")
+    snapshot = peewee.TextField(default="")
+    """Its snapshot ROUTER endpoint: with ``bus``, what its peers connect to."""
     control = peewee.TextField()
     public_key = peewee.TextField()
     weight = peewee.IntegerField(default=50)
@@ -136,18 +140,49 @@ class CdrCursor(MasterModel):
         table_name = "master_cdr_cursors"
 
 
-MASTER_MODELS = (Setting, SipUser, ClusterNode, ConfigVersion, Admin, CallRecord, CdrCursor)
-"""Every master model, in table-creation order."""
+class EmergencyCall(MasterModel):
+    """A call to an emergency number (its record in ``CallRecord`` is marked by it)."""
+
+    call_id = peewee.TextField(primary_key=True)
+
+    class Meta:
+        table_name = "master_emergency_calls"
+
+
+class JoinToken(MasterModel):
+    """A join token (``store.join_tokens``): only its SHA-256 is kept, never the token."""
+
+    id = peewee.AutoField()
+    digest = peewee.CharField(max_length=64, unique=True)
+    created_at = peewee.DoubleField(default=time.time)
+    expires_at = peewee.DoubleField()
+    used_at = peewee.DoubleField(null=True)
+    used_by = peewee.TextField(default="")
+    """The node that joined with it."""
+
+    class Meta:
+        table_name = "master_join_tokens"
+
+
+MASTER_MODELS = (Setting, SipUser, ClusterNode, ConfigVersion, Admin, CallRecord, CdrCursor,
+                 JoinToken, EmergencyCall)
+"""Every master model of this module, in table-creation order."""
+
+
+def master_models() -> tuple[type[MasterModel], ...]:
+    """Every table of the master's database: this module's and the modules' that
+    build on it (the audit log, alarms), which import this one and so are imported here late."""
+    from store.alarms import Alarm
+    from store.audit import AuditEntry
+    return (*MASTER_MODELS, AuditEntry, Alarm)
 
 
 def init_master_store(url: str) -> peewee.Database:
-    """Open the master's database at ``url``, bind the models, create missing tables."""
+    """Open the master's database at ``url``, bind the models, create missing tables
+    (an older schema migrates forward: ``store.schema``)."""
     db = open_database(url)
     master_db.initialize(db)
-    try:
-        db.create_tables(MASTER_MODELS, safe=True)
-    except peewee.DatabaseError as exc:
-        raise StoreError("cannot create the master's tables: %s" % exc) from exc
+    migrate(db, "master", master_models(), MASTER_MIGRATIONS)
     return db
 
 
@@ -252,16 +287,28 @@ def count_users() -> int:
 
 
 def save_node(node_id: str, sip: str, control: str, public_key: str, bus: str = "",
-              weight: int = 50) -> None:
+              weight: int = 50, snapshot: str = "") -> None:
     """Add or change a node the master pushes to."""
     if not node_id or not control or not public_key:
         raise StoreError("a node needs an id, a control endpoint and a public key")
-    (ClusterNode.insert(node_id=node_id, sip=sip, bus=bus, control=control,
+    (ClusterNode.insert(node_id=node_id, sip=sip, bus=bus, snapshot=snapshot, control=control,
                         public_key=public_key, weight=weight)
      .on_conflict(conflict_target=[ClusterNode.node_id],
-                  preserve=[ClusterNode.sip, ClusterNode.bus, ClusterNode.control,
-                            ClusterNode.public_key, ClusterNode.weight])
+                  preserve=[ClusterNode.sip, ClusterNode.bus, ClusterNode.snapshot,
+                            ClusterNode.control, ClusterNode.public_key, ClusterNode.weight])
      .execute())
+
+
+def remove_node(node_id: str) -> int | None:
+    """Forget a node; the new configuration version (its peers drop it), or None if
+    there was no such node."""
+    with master_db.atomic():
+        if not ClusterNode.delete().where(ClusterNode.node_id == node_id).execute():
+            return None
+        CdrCursor.delete().where(CdrCursor.node_id == node_id).execute()
+        version = new_version(f"node {node_id} removed")
+    log.info("node %s removed (configuration %d)", node_id, version)
+    return version
 
 
 def list_nodes() -> list[dict[str, Any]]:
@@ -305,7 +352,30 @@ def config_for(version: int) -> dict[str, Any]:
     query = (SipUser.select(SipUser.username, SipUser.ha1_md5, SipUser.ha1_sha256,
                             SipUser.enabled).order_by(SipUser.username).dicts())
     users = list(cast(Iterable[dict[str, Any]], query))
-    return {"version": version, "domain": domain(), "users": users}
+    return {"version": version, "domain": domain(), "users": users, **peers_push(),
+            **_dialplan_part()}
+
+
+def peers_push() -> dict[str, Any]:
+    """The ``peers`` key of a push: every node's id, bus and snapshot endpoints, public
+    key and SIP address, from which each node takes its peers (``actors.membership``).
+
+    Empty (the key left out, so each node keeps the peers of its own file) while
+    some node lacks a bus or snapshot endpoint: a partial list would cut nodes
+    off each other.
+    """
+    nodes = list_nodes()
+    if not nodes or any(not n["bus"] or not n["snapshot"] for n in nodes):
+        return {}
+    return {"peers": [{"id": n["node_id"], "bus": n["bus"], "snapshot": n["snapshot"],
+                       "public_key": n["public_key"], "sip": n["sip"]} for n in nodes]}
+
+
+def _dialplan_part() -> dict[str, Any]:
+    """The dial plan a version carries (``store.dialplan``), once the master has one."""
+    from store.dialplan import pushed_dialplan
+    doc = pushed_dialplan()
+    return {} if doc is None else {"dialplan": doc}
 
 
 def add_admin(username: str, password: str) -> None:

@@ -18,6 +18,8 @@ from typing import Any, cast
 import peewee
 
 from store.db import StoreError, open_database
+from store.migrations import NODE_MIGRATIONS
+from store.schema import migrate
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +96,10 @@ class Binding(BaseModel):
         indexes = ((("aor", "key"), True),)
 
 
+Binding.add_index(peewee.ModelIndex(Binding, (Binding.expires_at,), name="bindings_expires_at"))
+"""The expiry purge's index (named as the schema migration that added it names it)."""
+
+
 class NodeState(BaseModel):
     """Small facts about this node (epoch counter, config version...)."""
 
@@ -133,17 +139,15 @@ BINDING_FIELDS = tuple(name for name in Binding._meta.sorted_field_names
 def init_store(url: str) -> peewee.Database:
     """Open the database at ``url``, bind the models to it, create tables.
 
-    Tables that already exist are left alone. Any database bound before is
-    closed first. Returns the opened database.
+    Tables that already exist are left alone; an older schema migrates forward
+    (``store.schema``). Any database bound before is closed first. Returns
+    the opened database.
     """
     db = open_database(url)
     if db_proxy.obj is not None and db_proxy.obj is not db:
         close_store()
     db_proxy.initialize(db)
-    try:
-        db.create_tables(MODELS, safe=True)
-    except peewee.DatabaseError as exc:
-        raise StoreError("cannot create tables: %s" % exc) from exc
+    migrate(db, "node", MODELS, NODE_MIGRATIONS)
     log.info("store ready (%s)", type(db).__name__)
     return db
 

@@ -9,10 +9,12 @@ PJSUA2 user agent (null audio device) that prints ``REGISTERED <code>``,
 ctrl_tcp module.
 """
 
+import abc
 import argparse
 import json
 import os
 import queue
+import re
 import select
 import socket
 import subprocess
@@ -26,13 +28,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 class Phone:
     """One softphone process: ``send`` a command line, ``wait_for`` an output line."""
 
-    def __init__(self, name: str, argv: list[str], cwd: str | None = None):
+    def __init__(self, name: str, argv: list[str], cwd: str | None = None,
+                 env: dict[str, str] | None = None):
         self.name = name
         self.lines: list[str] = []
         self._ctrl: socket.socket | None = None
         self._queue: queue.Queue = queue.Queue()
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True, bufsize=1, cwd=cwd)
+                                     stderr=subprocess.STDOUT, text=True, bufsize=1, cwd=cwd,
+                                     env={**os.environ, **(env or {})})
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
@@ -82,6 +86,9 @@ class Phone:
                 msg = json.loads(body)
                 if msg.get("event"):
                     self._queue.put(f"EVENT {msg.get('type')} {msg.get('param', '')}")
+                elif msg.get("response"):
+                    for line in str(msg.get("data", "")).splitlines() or [""]:
+                        self._queue.put(f"RESPONSE {msg.get('token')} {line}")
 
     def wait_for(self, *needles: str, timeout: float = 15.0) -> str:
         """The first output line (from now on) holding any of ``needles``; AssertionError
@@ -99,6 +106,20 @@ class Phone:
             self.lines.append(line)
             if any(n in line for n in needles):
                 return line
+
+    def no_line(self, *needles: str, within: float) -> None:
+        """AssertionError if an output line holding any of ``needles`` comes in the next
+        ``within`` seconds (a call that must stay up meanwhile, say)."""
+        deadline = time.monotonic() + within
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                line = self._queue.get(timeout=left)
+            except queue.Empty:
+                return
+            if line is None:
+                raise AssertionError(f"{self.name} exited:\n" + "\n".join(self.lines[-20:]))
+            self.lines.append(line)
+            assert not any(n in line for n in needles), f"{self.name}: {line}"
 
     def rtp_received(self, timeout: float = 10.0) -> int:
         """Packets a PJSUA2 phone received on its confirmed call, asked until some came
@@ -149,25 +170,41 @@ def call_and_hang_up(caller: Phone, callee: Phone, uri: str, hang_up: Phone,
 
 
 def pjsua(name: str, user: str, password: str, domain: str, proxy: str, transport: str,
-          port: int, rtp_port: int, ca: str = "") -> Phone:
+          port: int, rtp_port: int, ca: str = "", cert: tuple[str, str] = ("", "")) -> Phone:
     """A PJSUA2 phone registering ``user`` through ``proxy`` (``host:port``) over
     ``transport`` only, listening on 127.0.0.1:``port``, RTP from ``rtp_port``; over
-    TLS it checks the proxy's certificate against the PEM file ``ca``."""
+    TLS it checks the proxy's certificate against the PEM file ``ca`` and takes the
+    connections a node opens to it with ``cert`` (certificate and key files)."""
     return Phone(name, [sys.executable, "-m", "tests.phones", "pjsua", "--user", user,
                         "--password", password, "--domain", domain, "--proxy", proxy,
                         "--transport", transport, "--port", str(port),
-                        "--rtp-port", str(rtp_port), "--ca", ca], cwd=ROOT)
+                        "--rtp-port", str(rtp_port), "--ca", ca, "--cert", cert[0],
+                        "--key", cert[1]], cwd=ROOT)
 
 
 def baresip(name: str, folder: str, user: str, password: str, domain: str, proxy: str,
-            transport: str, port: int, rtp_port: int, ctrl_port: int) -> Phone:
+            transport: str, port: int, rtp_port: int, ctrl_port: int, ca: str = "",
+            cert: tuple[str, str] = ("", "")) -> Phone:
     """Debian's baresip with a configuration in ``folder`` (made here): ``user`` registered
-    through ``proxy`` over ``transport``, SIP on 127.0.0.1:``port``, a sine wave for its
+    through ``proxy`` over ``transport``, SIP on 127.0.0.1:``port`` (TLS on the port after
+    it, with ``cert``, certificate and key, for the connections a node opens; the
+    proxy's certificate checked against ``ca``: ``sip_cafile``), a sine wave for its
     microphone, a file for its speaker, calls answered at once; driven through its ctrl_tcp
-    module on 127.0.0.1:``ctrl_port`` (``Phone.send`` writes ``/command params``)."""
+    module on 127.0.0.1:``ctrl_port``, which must not be ``port + 1`` (``Phone.send``
+    writes ``/command params``)."""
     os.makedirs(folder, exist_ok=True)
+    tls = ""
+    if ca:
+        tls += f"sip_cafile {ca}\n"
+    if cert[0]:
+        pem = os.path.join(folder, "sip.pem")
+        with open(cert[0]) as c, open(cert[1]) as k, open(pem, "w") as f:
+            f.write(c.read() + k.read())
+        os.chmod(pem, 0o600)
+        tls += f"sip_certificate {pem}\n"
     with open(os.path.join(folder, "config"), "w") as f:
         f.write(f"""poll_method poll
+net_interface 127.0.0.1
 sip_listen 127.0.0.1:{port}
 sip_transports {transport}
 audio_player aufile,{os.path.join(folder, "heard.wav")}
@@ -179,7 +216,7 @@ auplay_srate 48000
 audio_alert aufile,{os.path.join(folder, "alert.wav")}
 rtp_ports {rtp_port}-{rtp_port + 9}
 ctrl_tcp_listen 127.0.0.1:{ctrl_port}
-module_path /usr/lib/baresip/modules
+{tls}module_path /usr/lib/baresip/modules
 module stdio.so
 module g711.so
 module ausine.so
@@ -198,6 +235,229 @@ module_app ctrl_tcp.so
     return phone
 
 
+def linphone(name: str, folder: str, user: str, password: str, domain: str, proxy: str,
+             transport: str, port: int, rtp_port: int, ca: str = "",
+             cert: tuple[str, str] = ("", "")) -> Phone:
+    """Debian's linphonec with a configuration in ``folder`` (made here): ``user``
+    registered through ``proxy`` over ``transport`` only (SIP on ``port``, RTP on
+    ``rtp_port``), calls answered at once (``-a``), over TLS the proxy checked against the
+    PEM file ``ca`` and ``cert`` (certificate and key) shown to a node that connects to
+    it; driven on stdin (``call URI``, ``terminate``), its log (level 6, RTP
+    statistics included) in ``folder``/log.
+
+    The ``[storage] uri`` is what makes it work at all: without it linphonec 5.1 opens its
+    message database under ``~/.local/share/linphone``, and when that folder is missing (a
+    fresh home, as in CI) the core stays in LinphoneGlobalStartup and never opens a SIP
+    transport: its REGISTER dies in belle-sip with "No listening point matching for
+    [udp://...]" and nothing reaches the node."""
+    os.makedirs(folder, exist_ok=True)
+    ports = {"udp": 0, "tcp": 0, "tls": 0}
+    ports[transport] = port
+    with open(os.path.join(folder, "rc"), "w") as f:
+        f.write(f"""[sip]
+sip_port={ports["udp"]}
+sip_tcp_port={ports["tcp"]}
+sip_tls_port={ports["tls"]}
+bind_address=127.0.0.1
+default_proxy=0
+register_only_when_network_is_up=0
+auto_net_state_mon=0
+use_ipv6=0
+ipv6_migration_done=1
+root_ca={ca}
+verify_server_certs=1
+verify_server_cn=1
+client_cert_chain={cert[0]}
+client_cert_key={cert[1]}
+[rtp]
+audio_rtp_port={rtp_port}
+nortp_timeout=30
+[storage]
+uri={os.path.join(folder, "linphone.db")}
+[misc]
+user_certificates_path={folder}
+[proxy_0]
+reg_proxy=<sip:{proxy};transport={transport}>
+reg_route=<sip:{proxy};transport={transport};lr>
+reg_identity=<sip:{user}@{domain}>
+reg_expires=600
+reg_sendregister=1
+publish=0
+[auth_info_0]
+username={user}
+passwd={password}
+realm={domain}
+domain={domain}
+""")
+    return Phone(name, ["stdbuf", "-oL", "linphonec", "-c", os.path.join(folder, "rc"), "-a",
+                        "-d", "6", "-l", os.path.join(folder, "log")], cwd=folder,
+                 env={"HOME": folder})
+
+
+LINPHONE_SOUND = "/usr/share/sounds/linphone/hello8000.wav"
+"""What linphonec plays into a call (``play``): with no sound card it sends no RTP else."""
+
+_BARESIP_RATE = re.compile(r"audio=(\d+)/(\d+)")
+_LINPHONE_RECEIVED = re.compile(r"ortp-message-received\s+(\d+) packets")
+
+
+class Softphone(abc.ABC):
+    """One phone of the interop suite, whatever its program: the steps of a call, each
+    waiting (bounded) on the phone's own output. ``kind`` names the program."""
+
+    kind = ""
+
+    def __init__(self, phone: Phone, user: str, transport: str):
+        self.phone, self.user, self.transport = phone, user, transport
+
+    @abc.abstractmethod
+    def wait_registered(self, timeout: float = 20.0) -> None:
+        """Until the phone says its REGISTER got a 200 (AssertionError else)."""
+
+    @abc.abstractmethod
+    def dial(self, uri: str) -> None:
+        """Call ``uri``."""
+
+    @abc.abstractmethod
+    def wait_established(self) -> None:
+        """Until the call is up on this phone (a callee answers at once)."""
+
+    def start_media(self) -> None:  # noqa: B027 (most phones need nothing)
+        """Whatever the phone needs to send audio once the call is up."""
+
+    @abc.abstractmethod
+    def rtp_received(self, timeout: float) -> int | None:
+        """RTP packets (or bits per second) received on the call, asked until some came or
+        ``timeout`` passed; None when the phone tells it only after the call."""
+
+    @abc.abstractmethod
+    def hang_up(self) -> None:
+        """Send the BYE and wait until the call is over here."""
+
+    @abc.abstractmethod
+    def wait_ended(self) -> None:
+        """Until the call, ended by the other side, is over here."""
+
+    def rtp_after_call(self) -> int:
+        """For a phone that tells RTP only after the call: the packets it received (the
+        others told it during the call: 0)."""
+        return 0
+
+    def stop(self) -> None:
+        """End the phone's process."""
+        self.phone.stop()
+
+
+class PjsuaPhone(Softphone):
+    kind = "pjsua2"
+
+    def wait_registered(self, timeout: float = 20.0) -> None:
+        line = self.phone.wait_for("REGISTERED", timeout=timeout)
+        assert line.endswith("REGISTERED 200"), self.phone.lines[-20:]
+
+    def dial(self, uri: str) -> None:
+        self.phone.send(f"call {uri}")
+
+    def wait_established(self) -> None:
+        self.phone.wait_for("CALL CONFIRMED")
+
+    def rtp_received(self, timeout: float) -> int | None:
+        return self.phone.rtp_received(timeout)
+
+    def hang_up(self) -> None:
+        self.phone.send("hangup")
+        line = self.phone.wait_for("CALL DISCONNECTED")
+        assert line.endswith(" 200"), f"the BYE was answered {line}"
+
+    def wait_ended(self) -> None:
+        self.phone.wait_for("CALL DISCONNECTED")
+
+
+class BaresipPhone(Softphone):
+    kind = "baresip"
+
+    def wait_registered(self, timeout: float = 20.0) -> None:
+        line = self.phone.wait_for(f"{{0/{self.transport.upper()}/v4}}", timeout=timeout)
+        assert " 200 OK " in line, self.phone.lines[-20:]
+        self.phone.send("/reginfo")  # opens the ctrl_tcp connection its events come on
+
+    def dial(self, uri: str) -> None:
+        self.phone.send(f"/dial {uri}")
+
+    def wait_established(self) -> None:
+        self.phone.wait_for("EVENT CALL_ESTABLISHED")
+
+    def rtp_received(self, timeout: float) -> int | None:
+        """baresip's status line, ``audio=<tx>/<rx> (bit/s)``, once both are above 0."""
+        deadline = time.monotonic() + timeout
+        rate = 0
+        while rate == 0 and time.monotonic() < deadline:
+            found = _BARESIP_RATE.search(self.phone.wait_for(
+                "audio=", timeout=max(0.5, deadline - time.monotonic())))
+            if found:
+                rate = min(int(found.group(1)), int(found.group(2)))
+        return rate
+
+    def hang_up(self) -> None:
+        self.phone.send("/hangup")
+        self.phone.wait_for("EVENT CALL_CLOSED")
+
+    def wait_ended(self) -> None:
+        self.phone.wait_for("EVENT CALL_CLOSED")
+
+
+class LinphonePhone(Softphone):
+    kind = "linphone"
+
+    def __init__(self, phone: Phone, user: str, transport: str, log: str):
+        super().__init__(phone, user, transport)
+        self.log = log
+        self.log_offset = 0
+
+    def wait_registered(self, timeout: float = 20.0) -> None:
+        """linphonec prints no registration event: ``status register`` is asked."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.phone.send("status register")
+            line = self.phone.wait_for("registered", timeout=5)
+            if line.startswith("registered, identity="):
+                return
+            assert time.monotonic() < deadline, self.phone.lines[-20:]
+            time.sleep(0.3)  # the next look, bounded by the deadline
+
+    def dial(self, uri: str) -> None:
+        self.phone.send(f"call {uri}")
+
+    def wait_established(self) -> None:
+        self.phone.wait_for(" connected.")
+        self.log_offset = os.path.getsize(self.log)
+
+    def start_media(self) -> None:
+        self.phone.send(f"play {LINPHONE_SOUND}")
+
+    def rtp_received(self, timeout: float) -> int | None:
+        return None
+
+    def hang_up(self) -> None:
+        self.phone.send("terminate")
+        self.phone.wait_for(" ended (")
+
+    def wait_ended(self) -> None:
+        self.phone.wait_for(" ended (")
+
+    def rtp_after_call(self) -> int:
+        """The audio session's received packets, from the RTP statistics linphone logs
+        when the call's streams stop (waited for, bounded)."""
+        deadline = time.monotonic() + 10
+        while True:
+            with open(self.log, errors="replace") as f:
+                f.seek(self.log_offset)
+                found = _LINPHONE_RECEIVED.findall(f.read())
+            if found or time.monotonic() > deadline:
+                return max(map(int, found)) if found else 0
+            time.sleep(0.1)
+
+
 def _run_pjsua(args) -> None:
     import pjsua2 as pj
 
@@ -208,6 +468,8 @@ def _run_pjsua(args) -> None:
     cfg.uaConfig.mainThreadOnly = True
     cfg.logConfig.level = 1
     cfg.logConfig.consoleLevel = 1
+    cfg.medConfig.noVad = True  # the null device's silence is still sent: RTP to count
+    cfg.medConfig.sndAutoCloseTime = -1  # one device clock for every call, never reopened
     ep.libInit(cfg)
     tcfg = pj.TransportConfig()
     tcfg.port = args.port
@@ -217,6 +479,9 @@ def _run_pjsua(args) -> None:
     if args.ca:
         tcfg.tlsConfig.CaListFile = args.ca
         tcfg.tlsConfig.verifyServer = True
+    if args.cert:
+        tcfg.tlsConfig.certFile = args.cert
+        tcfg.tlsConfig.privKeyFile = args.key
     ep.transportCreate(kind, tcfg)
     ep.libStart()
     ep.audDevManager().setNullDev()
@@ -231,6 +496,17 @@ def _run_pjsua(args) -> None:
         def onCallState(self, prm):
             info = self.getInfo()
             say(f"CALL {info.stateText} {info.lastStatusCode}")
+
+        def onCallMediaState(self, prm):
+            # The null device's silence into the call and the call to it, so the stream
+            # has frames to send whichever side offered.
+            devices = ep.audDevManager()
+            for i, media in enumerate(self.getInfo().media):
+                if (media.type == pj.PJMEDIA_TYPE_AUDIO
+                        and media.status == pj.PJSUA_CALL_MEDIA_ACTIVE):
+                    audio = self.getAudioMedia(i)
+                    devices.getCaptureDevMedia().startTransmit(audio)
+                    audio.startTransmit(devices.getPlaybackDevMedia())
 
     class Account(pj.Account):
         def onRegState(self, prm):
@@ -296,6 +572,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--transport", choices=("udp", "tcp", "tls"), default="udp")
     p.add_argument("--ca", default="", help="PEM file of the CA the proxy's TLS certificate"
                                             " is checked against")
+    p.add_argument("--cert", default="", help="PEM certificate for the TLS connections the"
+                                              " proxy opens to the phone")
+    p.add_argument("--key", default="", help="its private key")
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--rtp-port", type=int, default=4000)
     args = parser.parse_args(argv)

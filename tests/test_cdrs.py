@@ -189,3 +189,17 @@ def test_per_node_answer_seizure_ratio_and_average_call_length(master):
     login(c)
     html = c.get("/calls").get_data(as_text=True)
     assert 'id="per-node"' in html and "50%" in html
+
+
+def test_an_emergency_event_marks_the_record(master):
+    events = [{"seq": 1, "at": 100.0, "kind": "attempt", "call_id": "e1", "caller": "sip:a@x",
+               "callee": "sip:911@x", "source": "udp:1.2.3.4:5060", "status": None},
+              {"seq": 2, "at": 100.0, "kind": "emergency", "call_id": "e1", "caller": "sip:a@x",
+               "callee": "sip:911@x", "source": "udp:1.2.3.4:5060", "status": None},
+              {"seq": 3, "at": 100.0, "kind": "attempt", "call_id": "n1", "caller": "sip:a@x",
+               "callee": "sip:b@x", "source": "udp:1.2.3.4:5060", "status": None}]
+    assert cdrs.store_events("node1", events) == 3
+    assert cdrs.store_events("node1", events) == 0
+    found = {c["call_id"]: c["emergency"] for c in cdrs.search()["cdrs"]}
+    assert found == {"e1": True, "n1": False}
+    assert "emergency" in cdrs.to_csv(cdrs.search()["cdrs"]).splitlines()[0]

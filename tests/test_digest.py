@@ -920,3 +920,24 @@ def test_fast_path_property(cases):
         # Sent again: a replay, or the same failure once more.
         calls.append((values, now + 1.0))
     assert_paths_agree(calls)
+
+
+def test_credentials_holding_bytes_that_are_not_utf8():
+    # Found by the atheris digest target: a cnonce (or uri) holding a byte that is
+    # not UTF-8 (a surrogate once the message is decoded) made authenticate raise
+    # UnicodeEncodeError, a 500 and a logged traceback per request. The response
+    # is checked over the bytes the client sent, which are what it hashed.
+    nonce = issued()
+    ha2 = hashlib.md5(f"REGISTER:sip:{REALM}".encode()).hexdigest()
+    right = hashlib.md5(f"{USERS['alice']['MD5']}:{nonce}:00000001:".encode() + b"6b\xff"
+                        + f":auth:{ha2}".encode()).hexdigest()
+    for response, ok in ((right, True), ("0" * 32, False)):
+        value = (f'Digest username="alice",realm="{REALM}",nonce="{nonce}",uri="sip:{REALM}",'
+                 f'response="{response}",algorithm=MD5,cnonce="6b\udcff",qop=auth,nc=00000001')
+        for check in ("authenticate", "_authenticate_slow"):
+            result = getattr(make_auth(), check)("REGISTER", [value], 101.0, f"sip:{REALM}")
+            assert result.ok is ok, (check, result)
+    creds = parse_credentials(value.replace(f"sip:{REALM}", "sip:\udcfe"))
+    assert expected_response(creds, "REGISTER", USERS["alice"]["MD5"]) == hashlib.md5(
+        f"{USERS['alice']['MD5']}:{nonce}:00000001:6b".encode() + b"\xff:auth:"
+        + hashlib.md5(b"REGISTER:sip:\xfe").hexdigest().encode()).hexdigest()

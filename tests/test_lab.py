@@ -9,6 +9,7 @@ import os
 import random
 import signal
 import socket
+import ssl
 import stat
 import subprocess
 import sys
@@ -170,12 +171,49 @@ def test_the_master_provisions_every_node_and_its_death_stops_no_node(lab):
                               host, port=int(port), timeout=2)
         return sorted(r.weight for r in reply.answer[0])
     assert wait_for(lambda: served_weights() == [20, 80], 5), served_weights()
+    removal = urllib.request.Request(
+        f"http://{base}:8080/api/nodes/node2", method="DELETE",
+        headers={"Authorization": request.headers["Authorization"]})
+    with urllib.request.urlopen(removal, timeout=10) as r:
+        assert r.status == 200
+    assert wait_for(lambda: served_weights() == [80], 5), "the lab's DNS follows a removal"
+
+
+def test_the_lab_serves_tls_with_its_ca_and_the_dns_names_it(lab):
+    """Each node takes TLS on 5061 with a certificate the lab CA (printed for phones)
+    signed for its address and the domain; the DNS serves _sips._tcp SRV records and a
+    SIPS+D2T NAPTR; a real client (sipsak) registers over TLS checking the node."""
+    _proc, data, base, out_path = lab
+    ca = os.path.join(data, "ca", "ca.pem")
+    assert f"lab CA {ca}" in out_path.read_text()
+    for k in (1, 2):
+        ctx = ssl.create_default_context(cafile=ca)
+        for name in (node_ip(base, k), "example.test", f"node{k}.example.test"):
+            with socket.create_connection((node_ip(base, k), 5061), timeout=5) as raw, \
+                    ctx.wrap_socket(raw, server_hostname=name) as tls:
+                assert tls.version() in ("TLSv1.2", "TLSv1.3")
+    host, port = lab_status(data)["dns"].rsplit(":", 1)
+
+    def ask(name: str, rdtype: str):
+        reply = dns.query.udp(dns.message.make_query(name, rdtype), host, port=int(port),
+                              timeout=2)
+        return list(reply.answer[0]) if reply.answer else []
+    assert sorted((r.port, r.target.to_text()) for r in ask("_sips._tcp.example.test", "SRV")) \
+        == [(5061, "node1.example.test."), (5061, "node2.example.test.")]
+    assert {r.port for r in ask("_sip._tcp.example.test", "SRV")} == {5060}
+    assert (b"SIPS+D2T", "_sips._tcp.example.test.") in \
+        {(r.service, r.replacement.to_text()) for r in ask("example.test", "NAPTR")}
+    reg = subprocess.run(["sipsak", "-U", "-s", f"sip:alice@{node_ip(base, 2)}:5061", "-E", "tls",
+                          "--tls-ca-cert", ca, "-u", "alice", "-a", "alice-secret", "-i",
+                          "-x", "60", "-v"], capture_output=True, text=True, timeout=30)
+    assert "completed successful" in reg.stdout, reg.stdout + reg.stderr
 
 
 def test_lab_files_are_private(lab):
     _proc, data, _base, _out = lab
     assert stat.S_IMODE(os.stat(data).st_mode) == 0o700
-    for name in ("auth.secret", "lab.secret", "lab.sock", "node1/node.toml",
+    for name in ("auth.secret", "lab.secret", "lab.sock", "node1/node.toml", "ca/ca.key",
+                 "node1/tls.key", "node2/tls.key",
                  "master/master.db", "master/admin-password", "master/master.secret",
                  "node1/bus.secret", "node1/tandem.db", "node2/node.toml"):
         mode = stat.S_IMODE(os.stat(os.path.join(data, name)).st_mode)

@@ -13,6 +13,7 @@ import pytest
 
 from actors.bus import Bus, BusError, generate_keypair, request
 from loadtest.harness import Cluster
+from store import audit
 from store import master as ms
 from web.push import Pusher
 
@@ -84,6 +85,8 @@ def test_user_added_on_the_master_registers_on_every_node_within_a_second(setup)
     assert time.monotonic() - start < 1.0
     for node in cluster.nodes:
         assert cluster.control(node, "config_version")["version"] == version
+        pushed = audit.search(action="push", target=node.id)["entries"][0]
+        assert pushed["actor"] == "master" and pushed["after"] == {"version": version}
         assert registered(node, "zed", "zed-pw"), node.log_tail()
     version = ms.save_user("zed", "new-pw")
     pusher.poke()

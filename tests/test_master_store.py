@@ -14,8 +14,8 @@ from store.users import compute_ha1s
 def master(store_url):
     """The master store on an empty database of each backend."""
     db = open_database(store_url)
-    with db.bind_ctx(ms.MASTER_MODELS):
-        db.drop_tables(ms.MASTER_MODELS, safe=True)
+    with db.bind_ctx(ms.master_models()):
+        db.drop_tables(ms.master_models(), safe=True)
     db.close()
     ms.init_master_store(store_url)
     ms.setup("example.test")
@@ -93,3 +93,26 @@ def test_replace_users_writes_only_what_differs_and_removes_the_rest(store):
     with pytest.raises(StoreError):
         replace_users("example.test", [{"username": "x", "ha1_md5": "zz", "ha1_sha256": ""}])
     assert len(load_user_ha1s("example.test")) == 200
+
+
+def test_join_tokens_are_single_use_and_a_refused_join_spends_none(master):
+    from actors.bus import generate_keypair
+    from store import join_tokens as jt
+    from web.join import JoinError, join
+
+    def body(k, tok, **extra):
+        host = f"192.0.2.{k}"
+        return {"token": tok, "sip": f"{host}:5060", "bus": f"tcp://{host}:7001",
+                "snapshot": f"tcp://{host}:7002", "control": f"tcp://{host}:7003",
+                "public_key": generate_keypair()[0], **extra}
+    tok, _ = jt.make_token(600)
+    assert join(body(1, tok), "ab" * 32, generate_keypair()[0])["node_id"] == "node1"
+    with pytest.raises(JoinError, match="already used"):
+        join(body(2, tok), "ab" * 32, generate_keypair()[0])
+    tok2, _ = jt.make_token(600)
+    with pytest.raises(JoinError, match="belongs to node1"):
+        join(body(2, tok2, id="node1"), "ab" * 32, generate_keypair()[0])
+    assert jt.open_tokens() == 1
+    assert join(body(2, tok2), "ab" * 32, generate_keypair()[0])["node_id"] == "node2"
+    assert jt.open_tokens() == 0 and [n["node_id"] for n in ms.list_nodes()] == ["node1",
+                                                                                "node2"]

@@ -362,6 +362,29 @@ def test_cluster_zone_defaults_and_options():
     dns.zone.from_text(empty, origin="example.com")
 
 
+def test_cluster_zone_with_tls_port_serves_sips_srv_and_naptr():
+    """With ``tls_port`` the zone has ``_sips._tcp`` SRV records on that port and a
+    SIPS+D2T NAPTR after the others: a sips URI resolves to TLS only, a sip URI
+    still to UDP first."""
+    text = cluster_zone("example.com", [("node1", "192.0.2.1", 5060, 80),
+                                        ("node2", "192.0.2.2", 5060, 20)], tls_port=5061)
+    zone = dns.zone.from_text(text, origin="example.com", relativize=False)
+    naptrs = sorted((r.preference, r.service, r.replacement.to_text())
+                    for r in zone.get_rdataset("example.com.", "NAPTR"))
+    assert naptrs[-1] == (30, b"SIPS+D2T", "_sips._tcp.example.com.")
+    srv = {(r.target.to_text(), r.port, r.weight)
+           for r in zone.get_rdataset("_sips._tcp.example.com.", "SRV")}
+    assert srv == {("node1.example.com.", 5061, 80), ("node2.example.com.", 5061, 20)}
+    assert {r.port for r in zone.get_rdataset("_sip._tcp.example.com.", "SRV")} == {5060}
+    sips = locate("example.com", None, None, "sips", zone_lookup(zone), rng=random.Random(5))
+    assert {(t.host, t.port, t.transport) for t in sips} == {
+        ("192.0.2.1", 5061, "tls"), ("192.0.2.2", 5061, "tls")}
+    sip = locate("example.com", None, None, "sip", zone_lookup(zone), rng=random.Random(5))
+    assert sip[0].transport == "udp"
+    with pytest.raises(ValueError, match="TLS port"):
+        cluster_zone("example.com", [("a", "192.0.2.1", 5060)], tls_port=70000)
+
+
 @pytest.mark.parametrize("domain, nodes", [
     ("bad domain", [("a", "192.0.2.1", 5060, 50)]),
     ("example.com", [("a b", "192.0.2.1", 5060, 50)]),

@@ -390,7 +390,7 @@ def test_plaintext_on_the_tls_port_is_dropped_and_tls_still_works(node, certs):
         # no SIP answer in clear text.
         assert data == b"", data
     deadline = time.monotonic() + 5
-    while "tls handshake with 127.0.0.1" not in node.log_tail(200):
+    while "did not speak TLS: plain SIP sent to the TLS port?" not in node.log_tail(200):
         assert time.monotonic() < deadline, node.log_tail()
         time.sleep(0.05)
     test_a_phone_registers_over_tls(node, certs)

@@ -70,6 +70,17 @@ def test_user_comparison_stays_case_sensitive():
     assert parse_uri("sip:Alice@example.test").canonical() != parse_uri("sip:alice@example.test").canonical()
 
 
+def test_canonical_keeps_escaped_what_must_not_be_bare():
+    # RFC 4475 §3.1.1.4: %00 and %00%00 are two users; a binding key holds no NUL,
+    # CR or LF, and bytes that are not UTF-8 are not all one character.
+    keys = [parse_uri(f"sip:{user}@h").canonical()
+            for user in ("%00", "%00%00", "%2500", "%25", "%ff", "%FE", "a%0d%0ab", "%c3")]
+    assert keys == ["sip:%00@h", "sip:%00%00@h", "sip:%2500@h", "sip:%25@h", "sip:%FF@h",
+                    "sip:%FE@h", "sip:a%0D%0Ab@h", "sip:%C3@h"]
+    assert parse_uri("sip:%00@h").canonical() == parse_uri("sip:%00@H").canonical()
+    assert parse_uri("sip:m%C3%BCller@h").canonical() == parse_uri("sip:m\u00fcller@h").canonical()
+
+
 def test_canonical_keeps_significant_params_only():
     a = parse_uri("sip:alice@example.test;transport=TCP;foo=bar")
     b = parse_uri("sip:alice@example.test;transport=tcp")

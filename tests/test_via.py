@@ -12,7 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sipcore.headers import split_list
+from sipcore.errors import SipParseError
+from sipcore.headers import parse_via, split_list
 from sipcore.message import Request, parse_message
 from sipcore.via import DEFAULT_PORTS, response_destination, stamp_via
 
@@ -121,7 +122,6 @@ VIAS = [
     ("folded", ["Via  : SIP  /   2.0", " /UDP", "    192.0.2.2;branch=390skdjuw"]),
     ("flags", ["Via: SIP/2.0/UDP 127.0.0.1;lr;branch=z9hG4bK1;alias;rport"]),
     ("empty-value", ["Via: SIP/2.0/UDP 127.0.0.1;x=;branch=;rport"]),
-    ("empty-pieces", ["Via: SIP/2.0/UDP 192.0.2.1;;branch=z9hG4bK1;;"]),
     ("repeated-param", ["Via: SIP/2.0/UDP 127.0.0.1;rport=1;branch=z9hG4bK1;rport;received=a;received=b"]),
     ("maddr-ttl", ["Via: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK1;maddr=224.2.0.1;ttl=16"]),
     ("unicode", ["Via: SIP/2.0/UDP 127.0.0.1;branch=z9hG4bK\u00e9;x=\udcff;rport"]),
@@ -135,6 +135,19 @@ SOURCES = [("udp", "127.0.0.1", 5555), ("udp", "192.0.2.1", 6000), ("udp", "2001
 def test_stamp_via_as_before(lines, validate, vias):
     for transport, ip, port in SOURCES:
         check(request(lines), transport, ip, port, validate=validate, vias=vias)
+
+
+@pytest.mark.parametrize("via", ["SIP/2.0/UDP 192.0.2.1;;branch=z9hG4bK1;;", "SIP/2.0/UDP 192.0.2.1;",
+                                 "SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK1; ;rport",
+                                 "SIP/2.0/UDP 192.0.2.1 ;branch=z9hG4bK1 ; "])
+def test_an_empty_via_parameter_is_malformed(via):
+    # RFC 4475 §3.1.2.1: a Via with extra semicolons gets 400, both when its
+    # sent-by is cached and when it is parsed from scratch.
+    for _ in range(2):
+        with pytest.raises(SipParseError, match="empty parameter"):
+            parse_via(via)
+    with pytest.raises(SipParseError, match="empty parameter"):
+        parse_message(request([f"Via: {via}"])).validate()
 
 
 def test_common_case_text():

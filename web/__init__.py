@@ -4,8 +4,13 @@
 logout, the login limiter), ``pages`` (nodes, users, registrations, restart),
 ``dns`` (SRV weights, the zone, a BIND export), ``calls`` (call detail
 records: the calls page, its CSV and ``/api/cdrs``),
-``api`` (JSON under ``/api``, HTTP Basic) and ``metrics`` (Prometheus). Every
-page and API call needs an admin; every form carries a CSRF token
+``api`` (JSON under ``/api``, HTTP Basic), ``join`` (join tokens, ``/api/join``
+with a token only, node removal), ``metrics`` (Prometheus),
+``audit`` (every admin action recorded: the audit page, its CSV, ``/api/audit``),
+``backups`` (a backup download; ``MASTER_SETTINGS`` names the data folder),
+``alarms`` (the alarms page and ``/api/alarms``) and ``bans`` (bans in force on
+every node, lifting one). Every
+page and API call but ``/api/join`` needs an admin; every form carries a CSRF token
 (Flask-WTF); the session cookie is HttpOnly and SameSite=Strict.
 ``app.extensions["pusher"]`` (optional) is poked on every configuration
 change, and its bus asks the nodes for state and bindings.
@@ -38,14 +43,30 @@ def create_app(config: dict, pusher=None) -> Flask:
     app.config.update(config)
     csrf.init_app(app)
     app.extensions["pusher"] = pusher
-    from . import api, auth, calls, dns, metrics, pages
+    from . import (alarms, api, audit, auth, backups, bans, calls, dialplan, dns, join, metrics,
+                   pages)
     auth.init_app(app)
+    audit.init_app(app)
+    alarms.init_app(app)
     app.register_blueprint(auth.bp)
     app.register_blueprint(pages.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(metrics.bp)
     app.register_blueprint(dns.bp)
     app.register_blueprint(calls.bp)
+    app.register_blueprint(audit.bp)
+    app.register_blueprint(backups.bp)
+    app.register_blueprint(alarms.bp)
+    app.register_blueprint(bans.bp)
+    app.register_blueprint(join.bp)
+    csrf.exempt(bans.api_lift)
+    csrf.exempt(audit.api_retention)
+    csrf.exempt(join.api_join)
+    csrf.exempt(join.api_token)
+    csrf.exempt(join.api_remove)
     csrf.exempt(dns.api_set)
     csrf.exempt(api.bp)
+    app.register_blueprint(dialplan.bp)
+    app.register_blueprint(dialplan.api_bp)
+    csrf.exempt(dialplan.api_bp)
     return app

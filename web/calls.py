@@ -15,6 +15,7 @@ from flask import Blueprint, Response, render_template, request
 
 from store import cdrs
 
+from . import charts
 from .auth import basic_auth_required, login_required
 
 bp = Blueprint("calls", __name__)
@@ -25,6 +26,8 @@ PER_NODE_WINDOW = 86400.0
 """Seconds of calls the page's per-node answer-seizure ratio and average length cover."""
 MAX_CSV = 100_000
 """Records one CSV export holds at most."""
+CHART_WINDOW = 86400.0
+"""Seconds the calls chart covers when the filters give no time range."""
 
 
 class FilterError(ValueError):
@@ -89,14 +92,19 @@ def api_per_node():
 @bp.get("/calls")
 @login_required
 def page():
-    """The calls page: filters, totals per outcome, the newest records and, per node over
+    """The calls page: filters, totals per outcome, a chart of calls and failures over the
+    filtered time range (the last day by default), the newest records and, per node over
     the last day, the answer-seizure ratio and the average call length."""
     try:
         args = filters(request.args)
     except FilterError as e:
         return render_template("calls.html", error=str(e), found=None, args=request.args), 400
+    until = args["until"] if args["until"] is not None else time.time()
+    since = args["since"] if args["since"] is not None else until - CHART_WINDOW
+    chart = charts.calls_chart(cdrs.timeline(since, until)) if since < until else ""
     return render_template("calls.html", error="", found=cdrs.search(**args), args=request.args,
-                           when=_when, per_node=cdrs.per_node(time.time() - PER_NODE_WINDOW))
+                           when=_when, per_node=cdrs.per_node(time.time() - PER_NODE_WINDOW),
+                           chart=chart)
 
 
 @bp.get("/calls.csv")

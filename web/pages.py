@@ -1,6 +1,7 @@
 """The dashboard's pages: nodes (configuration version per node) and users."""
 
 import io
+import time
 
 from flask import (Blueprint, current_app, flash, redirect, render_template, request, url_for)
 from flask_wtf import FlaskForm
@@ -8,6 +9,7 @@ from flask_wtf.file import FileField, FileRequired
 from wtforms import PasswordField, StringField
 from wtforms.validators import DataRequired, Length
 
+from store import cdrs
 from store import master as ms
 from store.db import StoreError
 from store.users import read_users_csv
@@ -51,11 +53,13 @@ def bus():
 @bp.route("/")
 @login_required
 def nodes():
-    """Every node: state and bindings (asked now), and the configuration version it acknowledged."""
+    """Every node: state and bindings (asked now), the configuration version it acknowledged,
+    and over the last day its answer-seizure ratio and average call length."""
     nodes = ms.list_nodes()
     states = cluster.node_states(bus(), nodes) if bus() is not None else {}
     return render_template("nodes.html", nodes=nodes, version=ms.current_version(),
-                           domain=ms.domain(), states=states, action=ActionForm())
+                           domain=ms.domain(), states=states, action=ActionForm(),
+                           calls=cdrs.per_node(time.time() - 86400))
 
 
 @bp.route("/nodes/<node_id>/restart", methods=["POST"])

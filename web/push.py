@@ -14,8 +14,10 @@ import time
 
 import gevent
 from gevent.event import Event
+from gevent.pool import Group
 
 from actors.bus import Bus, BusError, request
+from store import audit
 from store import master as ms
 
 log = logging.getLogger(__name__)
@@ -34,6 +36,8 @@ class Pusher:
         self.interval = interval
         self.wake = Event()
         self.greenlet = None
+        self.jobs = Group()
+        """One greenlet per node of the round in progress (killed by ``stop``)."""
         self._cached: tuple[int, dict] | None = None
         self.last_round = 0.0
 
@@ -46,6 +50,7 @@ class Pusher:
         if self.greenlet is not None:
             self.greenlet.kill(block=True, timeout=2)
             self.greenlet = None
+        self.jobs.kill(block=True, timeout=2)
         self.bus.close()
 
     def poke(self) -> None:
@@ -72,7 +77,7 @@ class Pusher:
         outcome: dict[str, object] = {}
         if version == 0:
             return outcome
-        jobs = {n["node_id"]: gevent.spawn(self._check_and_push, n, version)
+        jobs = {n["node_id"]: self.jobs.spawn(self._check_and_push, n, version)
                 for n in ms.list_nodes()}
         gevent.joinall(list(jobs.values()), timeout=PUSH_TIMEOUT + 1)
         for node_id, job in jobs.items():
@@ -81,19 +86,20 @@ class Pusher:
         return outcome
 
     def _check_and_push(self, node: dict, version: int) -> str:
-        """Push ``version`` to a node behind it; a node thought current is asked first
-        (cheaply), since it may have lost its store and restarted meanwhile."""
-        if node["acked_version"] >= version:
-            try:
-                running = request(self.bus, node["control"], node["public_key"],
-                                  {"cmd": "config_version"}, timeout=CHECK_TIMEOUT)["version"]
-            except BusError as e:
-                ms.record_ack(node["node_id"], node["acked_version"], str(e))
-                return str(e)
-            if running >= version:
-                if node["last_error"]:
-                    ms.record_ack(node["node_id"], running)
-                return f"version {running}"
+        """Push ``version`` to a node behind it. Every node is asked first (cheaply)
+        which version it runs: one thought current may have lost its store and
+        restarted meanwhile, and one that is down costs the round ``CHECK_TIMEOUT``,
+        not ``PUSH_TIMEOUT`` (the round waits for every node)."""
+        try:
+            running = request(self.bus, node["control"], node["public_key"],
+                              {"cmd": "config_version"}, timeout=CHECK_TIMEOUT)["version"]
+        except BusError as e:
+            ms.record_ack(node["node_id"], node["acked_version"], str(e))
+            return str(e)
+        if running >= version:
+            if node["last_error"] or node["acked_version"] < running:
+                ms.record_ack(node["node_id"], running)
+            return f"version {running}"
         return self._push(node, version)
 
     def _push(self, node: dict, version: int) -> str:
@@ -104,8 +110,13 @@ class Pusher:
         except BusError as e:
             ms.record_ack(node["node_id"], version, str(e))
             log.info("node %s did not take configuration %d: %s", node["node_id"], version, e)
+            if str(e)[:500] != node["last_error"]:  # a dead node's retries are one row
+                audit.record("master", "push", node["node_id"], after={"version": version},
+                             result=str(e), ok=False)
             return str(e)
         acked = int(result.get("version", 0))
         ms.record_ack(node["node_id"], acked)
+        audit.record("master", "push", node["node_id"], before={"version": node["acked_version"]},
+                     after={"version": acked})
         log.info("node %s runs configuration %d", node["node_id"], acked)
         return f"version {acked}"

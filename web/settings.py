@@ -6,17 +6,28 @@ listen = "127.0.0.10:8080"      # the dashboard (gevent's WSGI server)
 data_dir = "/var/lib/tandem-master"
 database = ""                   # default: sqlite:///<data_dir>/master.db
 domain = "example.test"         # used by `run.py master init`
+url = "https://master.example.test"   # how nodes reach the dashboard (join commands)
+join_token_ttl = 3600           # seconds a join token lives
 
 [[nodes]]                       # one per node the master pushes to
 id = "node1"
 sip = "127.0.0.11:5060"
 control = "tcp://127.0.0.11:7003"
+snapshot = "tcp://127.0.0.11:7002"   # with bus: the master pushes the peer list
 public_key = "..."              # the node's CurveZMQ public key
+
+[backup]                        # scheduled backups (web.backups)
+dir = "backups"                 # relative to data_dir
+every = 86400                   # seconds between two; 0: none
+keep = 7                        # archives kept
+
+[alarms]                        # webhook, smtp_*, thresholds: see web.alarms
 ```
 
 The master's own secrets live in ``data_dir``, each 0600: its CurveZMQ key
 pair (``master.public``, ``master.secret``), the session-signing key
-(``session.key``) and the first admin's password (``admin-password``).
+(``session.key``), the cluster's ``[auth] secret`` that joining nodes get
+(``cluster.secret``) and the first admin's password (``admin-password``).
 """
 
 import os
@@ -45,6 +56,21 @@ class MasterSettings:
     push_interval: float = 2.0
     lab_data: str = ""
     """The data folder of the lab running the nodes (restarts go to its control socket)."""
+    config_path: str = ""
+    """The file these settings came from (a backup carries it)."""
+    backup: dict = field(default_factory=dict)
+    """The ``[backup]`` table (``web.backups.BackupPlan``)."""
+    alarms: dict = field(default_factory=dict)
+    """The ``[alarms]`` table (``web.alarms``)."""
+    url: str = ""
+    """The dashboard's URL as nodes reach it (printed in join commands); default from listen."""
+    join_token_ttl: float = 3600.0
+    """Seconds a join token lives."""
+
+    @property
+    def public_url(self) -> str:
+        """``url``, or ``http://<listen>``."""
+        return (self.url or f"http://{self.listen}").rstrip("/")
 
     @property
     def database_url(self) -> str:
@@ -60,8 +86,9 @@ def load_settings(path: str) -> MasterSettings:
     """Read and check ``path``."""
     data = read_toml(path, SettingsError)
     body = data.get("master", {})
-    known = {"listen", "data_dir", "database", "domain", "push_interval", "lab_data"}
-    unknown = (set(body) - known) | (set(data) - {"master", "nodes"})
+    known = {"listen", "data_dir", "database", "domain", "push_interval", "lab_data", "url",
+             "join_token_ttl"}
+    unknown = (set(body) - known) | (set(data) - {"master", "nodes", "backup", "alarms"})
     if unknown:
         raise SettingsError(f"{path}: unknown settings {sorted(unknown)}")
     base = os.path.dirname(os.path.abspath(path))
@@ -71,11 +98,17 @@ def load_settings(path: str) -> MasterSettings:
         missing = {"id", "sip", "control", "public_key"} - set(n)
         if missing:
             raise SettingsError(f"{path}: a [[nodes]] entry lacks {sorted(missing)}")
+    ttl = body.get("join_token_ttl", 3600.0)
+    if not isinstance(ttl, int | float) or isinstance(ttl, bool) or not 0 < ttl <= 30 * 86400:
+        raise SettingsError(f"{path}: join_token_ttl must be seconds, more than 0 and at "
+                            "most 30 days")
     return MasterSettings(data_dir=data_dir, listen=body.get("listen", DEFAULT_LISTEN),
+                          url=str(body.get("url", "")), join_token_ttl=float(ttl),
                           database=body.get("database", ""), domain=body.get("domain", ""),
                           nodes=nodes, push_interval=float(body.get("push_interval", 2.0)),
                           lab_data=os.path.normpath(os.path.join(base, body["lab_data"]))
-                          if body.get("lab_data") else "")
+                          if body.get("lab_data") else "", config_path=os.path.abspath(path),
+                          backup=data.get("backup", {}), alarms=data.get("alarms", {}))
 
 
 def read_secret(path: str) -> str:
@@ -99,8 +132,17 @@ def init_files(settings: MasterSettings) -> str | None:
         write_private(settings.path("master.secret"), secret + "\n")
     if not os.path.exists(settings.path("session.key")):
         write_private(settings.path("session.key"), secrets.token_hex(32) + "\n")
+    cluster_secret(settings)
     if os.path.exists(settings.path("admin-password")):
         return None
     password = secrets.token_urlsafe(18)
     write_private(settings.path("admin-password"), password + "\n")
     return password
+
+
+def cluster_secret(settings: MasterSettings) -> str:
+    """The cluster's ``[auth] secret`` (hex), made (0600) on first use; joining nodes get it."""
+    path = settings.path("cluster.secret")
+    if not os.path.exists(path):
+        write_private(path, secrets.token_hex(32) + "\n")
+    return read_secret(path)
