@@ -47,6 +47,9 @@ from .ratelimit import emergency_invite
 #: how far the shed share moves per ``interval`` for a standing queue one ``delay`` over
 #: the bound (down as far for an empty queue)
 GAIN = 0.125
+#: the largest share shed: a few new requests always get through, so that a phone
+#: new to a node flooded past its means can still authenticate and be ``trusted``
+MAX_SHARE = 0.95
 #: no delay seen yet in this interval
 _NONE = float("inf")
 
@@ -133,9 +136,9 @@ class Admission:
             standing = self._smallest if self._smallest != _NONE and not self._drained else 0.0
             self._drained = False
             share = self.share + GAIN * (standing - target) / target
-            self.share = min(1.0, max(0.0, share))
+            self.share = min(MAX_SHARE, max(0.0, share))
             share = self.trusted_share + GAIN * (standing - 2 * target) / target
-            self.trusted_share = min(1.0, max(0.0, share))
+            self.trusted_share = min(MAX_SHARE, max(0.0, share))
             self._smallest = _NONE
             self._update_at = now + self.settings.interval
         return self.share
