@@ -72,7 +72,7 @@ _CREDENTIALS = re.compile(rb"\n(?:proxy-)?authorization[ \t]*:", re.IGNORECASE)
 class OverloadSettings:
     """The ``[limits]`` settings of admission control."""
 
-    delay: float = 0.1
+    delay: float = 0.2
     """Seconds a new request may have waited in the node's receive queue before it is shed
     (credentials: twice that, a trusted source: four times; 0: never shed)."""
     interval: float = 0.05
