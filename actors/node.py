@@ -38,9 +38,9 @@ from .drain import Drain, attach_drain
 from .gateways import attach_dialing
 from .front import STATUS_EVERY, FrontProcess
 from .front import paths as front_paths
+from .limits import shared_buckets
 from .membership import use_stored_peers
 from .process import tune_gc
-from .limits import shared_buckets
 from .proxy import ProxyActor
 from .registrar import RegistrarActor
 from .registrations import attach_registrations

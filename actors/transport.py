@@ -228,7 +228,8 @@ class Transport:
             drain(self.udp._sock, lambda data, addr: receive(data, addr[0], addr[1]),
                   self.fair_share)
         else:
-            drain_stamped(self.udp._sock, receive, self.fair_share)
+            drain_stamped(self.udp._sock, receive, self.fair_share, lambda: self.lag,
+                          self.admission.drained)
 
     def _measure_lag(self) -> None:
         """Measure how late the event loop wakes a sleeper, for ever."""
@@ -597,16 +598,18 @@ def unwrap(buf: bytearray) -> list[tuple[str, int, bytes]]:
     return out
 
 
-def drain_stamped(raw, on_datagram, fair_share: int = 64) -> None:
+def drain_stamped(raw, on_datagram, fair_share: int = 64, lag=lambda: 0.0,
+                  on_empty=lambda: None) -> None:
     """``drain`` for a socket with ``SO_TIMESTAMPNS`` on: ``on_datagram(data, ip,
     port, delay)`` gets with each datagram the seconds it waited in the socket's
-    receive queue.
+    receive queue; ``on_empty()`` hears each time the socket is found empty.
 
     That is the time since its kernel timestamp, but at most the time since the
-    loop last found the socket empty: a datagram read then was not there yet.
-    The bound keeps out the time a datagram spent before the socket (on
-    loopback the timestamp is taken on the sender's side, whose processor may
-    be the one that is late), so the delay is the node's own backlog.
+    loop last found the socket empty (a datagram read then was not there yet),
+    or since it woke up after that, less the loop's lateness ``lag()``. The
+    bound keeps out the time a datagram spent before the socket (on loopback
+    the timestamp is taken on the sender's side, whose processor may be the
+    one that is late), so the delay is the node's own backlog.
     """
     recvmsg = raw.recvmsg
     unpack = struct.unpack
@@ -628,8 +631,11 @@ def drain_stamped(raw, on_datagram, fair_share: int = 64) -> None:
                 on_datagram(data, addr[0], addr[1], delay)
                 n += 1
         except BlockingIOError:
-            empty_at = clock()
+            on_empty()
             hub.wait(watcher)
+            # Woken by a datagram: it came while the loop waited, at most as long ago
+            # as the loop runs late (an idle loop wakes at once).
+            empty_at = clock() - lag()
             continue
         except OSError as e:
             log.warning("udp receive failed: %s", e)

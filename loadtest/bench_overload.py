@@ -81,7 +81,8 @@ def call_run(root: str, work: str, rate: int, seconds: float, callers: int,
 def find_capacity(root: str, work: str, start: int, step: int, seconds: float,
                   callers: int, limits: str) -> int:
     """The highest offered rate (``start``, ``start + step``...) at which 97% of the
-    calls complete at the offered rate."""
+    calls complete at the offered rate; when even ``start`` is too much, the calls per
+    second completed at ``start``."""
     best = 0
     rate = start
     while rate < 10000:
@@ -90,6 +91,7 @@ def find_capacity(root: str, work: str, start: int, step: int, seconds: float,
                          f"{r['cps']:.0f} calls/s, {r['retrans']} retransmissions\n")
         sys.stdout.flush()
         if r["ok"] < 0.97 * r["calls"] or r["cps"] < 0.9 * rate:
+            best = best or int(r["cps"])
             break
         best = rate
         rate += step

@@ -59,13 +59,17 @@ class NodeProcess:
 
     ``auth`` adds lines to its ``[auth]`` section, ``limits`` is its
     ``[limits]`` section: by default the per-source UDP rate limit is off,
-    since a load test sends everything from one address.
+    since a load test sends everything from one address, and so is the
+    shedding of new requests under overload (``overload_delay``), since on a
+    machine shared with other tests a node reads late for reasons not its
+    own; the tests and benchmarks of overload give their own ``limits``.
     """
 
     def __init__(self, workdir: str, node_id: str = "node1", address: str = "127.0.0.1",
                  port: int | None = None, domain: str = "example.test",
                  database: str | None = None, extra: str = "", secret: str = "00" * 32,
-                 front: bool = False, auth: str = "", limits: str = "udp_rate = 0",
+                 front: bool = False, auth: str = "",
+                 limits: str = "udp_rate = 0\noverload_delay = 0",
                  prefix: tuple = (), log_file: str = "", root: str = ROOT):
         self.prefix = list(prefix)
         self.root = root

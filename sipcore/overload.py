@@ -47,6 +47,9 @@ from .ratelimit import emergency_invite
 #: how far the shed share moves per ``interval`` for a standing queue one ``delay`` over
 #: the bound (down as far for an empty queue)
 GAIN = 0.125
+#: the largest share shed: a few new requests always get through, so that a phone
+#: new to a node flooded past its means can still authenticate and be ``trusted``
+MAX_SHARE = 0.95
 #: no delay seen yet in this interval
 _NONE = float("inf")
 
@@ -69,7 +72,7 @@ _CREDENTIALS = re.compile(rb"\n(?:proxy-)?authorization[ \t]*:", re.IGNORECASE)
 class OverloadSettings:
     """The ``[limits]`` settings of admission control."""
 
-    delay: float = 0.1
+    delay: float = 0.2
     """Seconds a new request may have waited in the node's receive queue before it is shed
     (credentials: twice that, a trusted source: four times; 0: never shed)."""
     interval: float = 0.05
@@ -102,6 +105,7 @@ class Admission:
         self._shed_old: dict[bytes, None] = {}
         self._swap_at = 0.0
         self._smallest = _NONE
+        self._drained = False
         self._update_at = 0.0
         self._credit = [0.0, 0.0]
         self.share = 0.0
@@ -121,21 +125,29 @@ class Admission:
         delay of that interval (the standing queue: a burst, such as a collector's
         pause, drains and leaves little) is over or under ``delay`` (the integral
         part of PIE's controller, RFC 8033): it settles where the work admitted is
-        what the node can do, with the queue near ``delay``.
+        what the node can do, with the queue near ``delay``. An interval in which
+        the socket was found empty (``drained``) counts as no queue at all.
         """
         self.delay = delay
         if delay < self._smallest:
             self._smallest = delay
         if now >= self._update_at:
             target = self.settings.delay
-            standing = self._smallest if self._smallest != _NONE else 0.0
+            standing = self._smallest if self._smallest != _NONE and not self._drained else 0.0
+            self._drained = False
             share = self.share + GAIN * (standing - target) / target
-            self.share = min(1.0, max(0.0, share))
+            self.share = min(MAX_SHARE, max(0.0, share))
             share = self.trusted_share + GAIN * (standing - 2 * target) / target
-            self.trusted_share = min(1.0, max(0.0, share))
+            self.trusted_share = min(MAX_SHARE, max(0.0, share))
             self._smallest = _NONE
             self._update_at = now + self.settings.interval
         return self.share
+
+    def drained(self) -> None:
+        """The receive loop found its socket empty: the node caught up with its input
+        in this interval, so what waited was a burst or the node's process not being
+        run, not a backlog of its own that shedding would shorten."""
+        self._drained = True
 
     def verdict(self, data: bytes, ip: str, delay: float, now: float) -> int:
         """``ADMIT``, ``SHED`` (answer 503 or drop) or ``ABSORB`` (drop, no answer) for

@@ -17,8 +17,8 @@ import time
 from loadtest.harness import NodeProcess, write_users_csv
 from loadtest.sipclient import SipClient, SipClientError
 from sipcore.message import parse_message
-from sipcore.overload import (ABSORB, ADMIT, SHED, Admission, OverloadSettings, quick_shed,
-                              shed_response)
+from sipcore.overload import (ABSORB, ADMIT, MAX_SHARE, SHED, Admission, OverloadSettings,
+                              quick_shed, shed_response)
 from sipcore.via import stamp_via
 
 SETTINGS = OverloadSettings(delay=0.1, interval=0.05, max_branches=1000)
@@ -35,10 +35,14 @@ def request(method="INVITE", to="sip:bob@example.test", branch=None, to_tag="", 
 
 
 def overloaded(adm: Admission, now: float = 10.0) -> float:
-    """Make ``adm`` see a standing queue until it sheds every new request it may."""
-    while adm.share < 1.0:
+    """Make ``adm`` see a standing queue until it sheds all it may (19 in 20 new requests)."""
+    while adm.share < MAX_SHARE:
         adm.verdict(RESPONSE, "10.0.0.9", 0.5, now)
         now += SETTINGS.interval
+    # Up to the one in twenty that gets through: the next ones are shed.
+    assert ADMIT in [adm.verdict(request(), "10.0.0.9", 0.5, now - 0.01) for _ in range(20)]
+    while adm.verdict(request(), "10.0.0.9", 0.5, now - 0.01) == SHED:
+        pass
     return now
 
 
@@ -54,6 +58,18 @@ def test_a_burst_sheds_little_and_briefly():
             adm.verdict(request(), "10.0.0.1", 0.002, now + k * 0.05 + i * 0.001)
     assert adm.share == 0.0
     assert adm.stats["shed"] - shed <= 10, adm.stats
+
+
+def test_a_node_that_empties_its_socket_sheds_nothing_however_late_it_reads():
+    """Late reads with the socket emptied in each interval: the node's process was not
+    run (a busy machine), not behind its own work."""
+    adm = Admission(SETTINGS)
+    now = 1.0
+    for _ in range(10):
+        adm.verdict(request(), "10.0.0.1", 0.4, now)
+        adm.drained()
+        now += SETTINGS.interval
+    assert adm.share == 0.0 and adm.stats["shed"] == 0
 
 
 def test_the_share_shed_follows_the_standing_queue():
@@ -130,8 +146,10 @@ def test_trusted_sources_have_their_share_and_their_calls_under_way_pass():
     for _ in range(8):
         adm.verdict(RESPONSE, "10.0.0.1", 0.5, now)
         now += SETTINGS.interval
-    assert adm.trusted_share == 1.0
-    assert adm.verdict(request("REGISTER"), "10.0.0.7", 0.5, now - 0.01) == SHED
+    assert adm.trusted_share == MAX_SHARE
+    verdicts = [adm.verdict(request("REGISTER"), "10.0.0.7", 0.5, now - 0.01)
+                for _ in range(100)]
+    assert 94 <= verdicts.count(SHED) <= 96, "never all: a few always get through"
 
 
 def test_branch_tables_are_bounded():
@@ -182,8 +200,8 @@ def test_the_quick_503_leaves_unusual_shapes_to_the_parser():
 
 # -- a real node -----------------------------------------------------------------
 FLOOD_SOURCES = 20
-FLOOD_SECONDS = 10.0
-FLOOD_RATE = 2000
+FLOOD_SECONDS = 16.0
+FLOOD_RATE = 1000
 """New INVITEs per second: within what a node sheds on the loaded test machine (a flood
 past that is the per-source limit's); the node is put past its capacity by stopping it
 for a second meanwhile (SIGSTOP), whatever the machine's speed."""
@@ -272,7 +290,7 @@ def test_a_flooded_node_sheds_new_calls_and_keeps_serving(tmp_path):
             shed = [r for r in replies[:] if r[0].startswith(b"SIP/2.0 503")]
             assert shed, f"no 503 in {len(replies)} replies to the flood"
             # The phone that registered before registers again during the flood, twice.
-            registered = sum(registers(phone, 5.0) for _ in range(2))
+            registered = sum(registers(phone, 6.0) for _ in range(2))
             # An emergency call from an address the node never saw is routed to 911.
             invite = request(to="sip:911@example.test").replace(b"10.0.0.1:5060",
                                                                  b"127.0.78.1:5062")
