@@ -103,6 +103,6 @@ def follow_peers(node, peers: list[Peer]) -> None:
     addresses = cluster_addresses(dataclasses.replace(node.cfg, peers=list(peers)),
                                   transport.port if transport is not None else None)
     if node.registrar is not None:
-        node.registrar.rules.cluster = addresses
+        node.registrar.path.rules.cluster = addresses
     if node.proxy is not None:
         node.proxy.core.settings.addresses = addresses
