@@ -12,7 +12,9 @@ TOML section or the master's push, the same shape) by ``parse_dialplan``:
   ``prepend`` digits to add, ``gateways`` (names, tried in order) and the
   ``permission`` a caller needs (empty: any authenticated user);
 - users: per user ``permissions``, ``caller_id`` (the identity sent on
-  outgoing calls) and ``emergency_callback`` (sent to emergency services).
+  outgoing calls) and ``emergency_callback`` (sent to emergency services);
+- trusted: the carriers and gateways trusted by source address
+  (``sipcore.trusted``).
 
 Patterns: digits, ``+``, ``*`` and ``#`` stand for themselves; ``x`` (or
 ``X``) for any digit, ``N`` for 2-9, ``Z`` for 1-9, ``[1-5]``/``[27]`` for
@@ -29,6 +31,8 @@ prefix; with 1,000 rules a lookup tests a handful of them, not 1,000.
 import re
 from dataclasses import dataclass, field
 from typing import Any
+
+from .trusted import TrustedError, TrustedPeers, parse_trusted
 
 #: what a dialled number may look like: optional +, then digits (and * or #)
 _NUMBER = re.compile(r"\+?[0-9*#]+")
@@ -141,6 +145,8 @@ class DialPlan:
     """Seconds between OPTIONS probes of each gateway (0: no probes, all count as up)."""
     probe_misses: int = 3
     """Probes in a row without an answer that mark a gateway down."""
+    trusted: TrustedPeers = field(default_factory=TrustedPeers)
+    """Carriers and gateways trusted by source address: never challenged, never relayed."""
     _by_prefix: dict[str, list[tuple[Rule, re.Pattern[str]]]] = field(
         default_factory=dict, init=False, repr=False)
 
@@ -262,7 +268,7 @@ _GATEWAY_KEYS = frozenset({"name", "host", "port", "transport", "prefix", "emerg
 _RULE_KEYS = frozenset({"pattern", "strip", "prepend", "gateways", "permission"})
 _USER_KEYS = frozenset({"permissions", "caller_id", "emergency_callback"})
 _PLAN_KEYS = frozenset({"gateways", "rules", "users", "default_callback", "probe_interval",
-                        "probe_misses"})
+                        "probe_misses", "trusted"})
 
 
 def parse_gateway(body: Any, where: str) -> Gateway:
@@ -361,5 +367,9 @@ def parse_dialplan(doc: Any) -> DialPlan:
     misses = doc.get("probe_misses", 3)
     if not isinstance(misses, int) or isinstance(misses, bool) or not 1 <= misses <= 100:
         raise _fail("dialplan", f"probe_misses must be 1-100, not {misses!r}")
+    try:
+        trusted = parse_trusted(doc.get("trusted"))
+    except TrustedError as e:
+        raise DialPlanError(str(e)) from None
     return DialPlan(gateways, rules, users, _number(doc, "default_callback", "dialplan"),
-                    float(interval), misses)
+                    float(interval), misses, trusted)

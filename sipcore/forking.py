@@ -273,7 +273,10 @@ class ProxyCore:
         in_dialog = routed and req.to.tag is not None
         emergency = bool(s.emergency) and s.is_emergency(ruri)
         caller = None
-        if self.auth is not None and not in_dialog and method not in UNCHALLENGED:
+        # A trusted carrier is not challenged, and reaches only our users and numbers.
+        peer = None if in_dialog else self._peer(stx.destination[1])
+        if (self.auth is not None and not in_dialog and method not in UNCHALLENGED
+                and peer is None):
             from_uri = req.from_.uri
             if from_uri.user and s.names_domain(from_uri):
                 if emergency:
@@ -292,14 +295,14 @@ class ProxyCore:
         elif local and dialing is not None and ruri.user and dialing.takes(unquote(ruri.user)):
             # A number that is not a user of the domain: the dial plan's, for our users only.
             if caller is None:
-                raise SipError(403, "Relaying Denied")
+                raise SipError(403, "No Trunk-To-Trunk Relay" if peer else "Relaying Denied")
             dialled = dialing.route(unquote(ruri.user), caller)
             groups, failover = dialled[0], TRY_ELSEWHERE
         elif local:
             groups = self._local_targets(ruri, wall, breadth)
         else:
             if caller is None and not in_dialog:
-                raise SipError(403, "Relaying Denied")
+                raise SipError(403, "No Trunk-To-Trunk Relay" if peer else "Relaying Denied")
             if ruri.scheme == "tel" and not has_route:
                 raise SipError(404, "Not Found")
             if dialing is not None and not in_dialog and dialing.names_gateway(req):
@@ -381,6 +384,11 @@ class ProxyCore:
         for name in ("route", "p-asserted-identity", "p-preferred-identity"):
             req.remove(name)
         req.add("P-Asserted-Identity", identity)
+
+    def _peer(self, host: str):
+        """The trusted peer (``sipcore.trusted``) a request from ``host`` comes from, or None."""
+        dialing = self.dialing
+        return None if dialing is None else dialing.plan.trusted.peer(host)
 
     def _emergency_caller(self, req: Request, wall: float) -> str | None:
         """The authenticated user of a call to an emergency number, or None: such a
@@ -689,6 +697,8 @@ class ProxyCore:
         if not from_uri.user or not s.names_domain(from_uri) or s.is_us(req.ruri):
             return False
         if s.emergency and s.is_emergency(req.ruri):
+            return False
+        if self._peer(source[1]) is not None:
             return False
         try:
             check_request(req, s)

@@ -19,7 +19,8 @@ def stamp_via(req: Request, transport: str, ip: str, port: int) -> tuple[str, st
         host = host[1:-1]
     params = via.params
     rport = "rport" in params
-    if rport or host != ip:
+    # A received the sender wrote itself is overwritten: it would name another source.
+    if rport or host != ip or params.get("received", ip) != ip:
         if rport:
             params["rport"] = str(port)
         params["received"] = ip

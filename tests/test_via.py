@@ -28,7 +28,8 @@ def reference_stamp_via(req, transport, ip, port):
         params["rport"] = str(port)
         params["received"] = ip
         changed = True
-    elif host != ip:
+    elif host != ip or params.get("received", ip) != ip:
+        # a received the sender wrote itself would name another source
         params["received"] = ip
         changed = True
     if changed:
