@@ -49,6 +49,12 @@ class Dialing:
         """Names of gateways that missed their probes."""
         self.stats = {"routed": 0, "no_route": 0, "forbidden": 0, "emergency": 0}
 
+    def alias(self, user: str) -> str | None:
+        """The user whose extension or DID the Request-URI user ``user`` is, or None (also
+        when a user of that name exists: a user's own name comes first)."""
+        owner = self.plan.owner(user)
+        return None if owner is None or self.is_user(user) else owner
+
     def takes(self, user: str) -> bool:
         """Whether a call to ``user`` of our domain goes through the dial plan."""
         return bool(self.plan.rules) and is_number(user) and not self.is_user(user)
@@ -94,7 +100,7 @@ class Dialing:
         if not groups:
             raise SipError(503, "No Gateway Available")
         self.stats["routed"] += 1
-        return groups, self.identity(policy.caller_id or caller)
+        return groups, self.identity(policy.presented or caller)
 
     def emergency(self, number: str, user: str | None) -> tuple[list[list[BranchTarget]],
                                                                str] | None:

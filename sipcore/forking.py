@@ -292,6 +292,10 @@ class ProxyCore:
                 groups = self._emergency_targets(req, ruri, local, caller, wall, breadth)
             else:
                 groups = dialled[0]
+        elif (local and dialing is not None and ruri.user
+              and (owner := dialing.alias(unquote(ruri.user))) is not None):
+            # An extension or DID of a user (looked up before the dial plan).
+            groups = self._local_targets(ruri, wall, breadth, owner)
         elif local and dialing is not None and ruri.user and dialing.takes(unquote(ruri.user)):
             # A number that is not a user of the domain: the dial plan's, for our users only.
             if caller is None:
@@ -331,8 +335,9 @@ class ProxyCore:
                 self.layer.respond(stx, trying_response(req), now)
         self._advance(ctx, now)
 
-    def _local_targets(self, ruri, wall: float, breadth: int) -> list:
-        """The branch groups for a user of our domain.
+    def _local_targets(self, ruri, wall: float, breadth: int, user: str | None = None) -> list:
+        """The branch groups for a user of our domain (``user``: the one an extension or
+        DID of the Request-URI belongs to).
 
         An unknown user and a user without a binding get the same ``480``
         after the same work (one location lookup), so that nobody learns
@@ -340,7 +345,8 @@ class ProxyCore:
         reaches the cluster itself are never forked to (they would loop).
         """
         s = self.settings
-        bindings = self.location.lookup(s.aor(ruri), wall)
+        aor = s.aor(ruri) if user is None else f"sip:{user}@{s.domain}"
+        bindings = self.location.lookup(aor, wall)
         if bindings:
             points_here = s.addresses.points_here
             bindings = [b for b in bindings if not points_here(parse_uri(b.contact))]

@@ -6,7 +6,7 @@ JSON API under ``/api/dialplan``: ``GET`` the plan; ``PUT`` a whole plan;
 ``POST /gateways`` a gateway (replaces one of the same name), ``DELETE
 /gateways/<name>``; ``POST /rules`` ``{"rule": {...}, "position": n}``, ``PUT
 /rules/<i>``, ``DELETE /rules/<i>``, ``POST /rules/<i>/move`` ``{"to": n}``;
-``PUT /users/<name>`` ``{"permissions", "caller_id", "emergency_callback"}``;
+``PUT /users/<name>`` ``{"permissions", "caller_id", "emergency_callback", "numbers"}``;
 ``PUT /settings`` ``{"default_callback", "probe_interval", "probe_misses"}``;
 ``GET /which?number=`` the rule a number takes; ``GET /health`` each node's view
 of each gateway. Every change is checked by compiling the whole plan (400 with
@@ -156,7 +156,7 @@ def move_rule(index):
 @api_bp.put("/users/<username>")
 @basic_auth_required
 def put_user(username):
-    """Set a user's permissions, caller ID and emergency callback number."""
+    """Set a user's permissions, caller ID, emergency callback number, extensions and DIDs."""
     body, error = _body()
     return error or _apply(dp.save_user_policy, username, body)
 
