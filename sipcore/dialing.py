@@ -84,6 +84,11 @@ class Dialing:
         """The ``P-Asserted-Identity`` value presenting ``number`` (or a user name)."""
         return f"<sip:{number}@{self.domain}{';user=phone' if is_number(number) else ''}>"
 
+    def asserted(self, user: str) -> str:
+        """The ``P-Asserted-Identity`` of ``user``'s calls, from the account: the caller ID
+        (one of the user's numbers), else the user's DID, else the user name."""
+        return self.identity(self.plan.policy(user).presented or user)
+
     def route(self, number: str, caller: str) -> tuple[list[list[BranchTarget]], str]:
         """The branch groups and identity of ``caller``'s call to ``number``."""
         found = self.plan.match(number)
@@ -100,7 +105,7 @@ class Dialing:
         if not groups:
             raise SipError(503, "No Gateway Available")
         self.stats["routed"] += 1
-        return groups, self.identity(policy.presented or caller)
+        return groups, self.asserted(caller)
 
     def emergency(self, number: str, user: str | None) -> tuple[list[list[BranchTarget]],
                                                                str] | None:

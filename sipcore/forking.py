@@ -39,6 +39,11 @@ tag or not, is handled as a new request (challenged if from our domain,
 ``403`` if it would be relayed for a stranger; a forged ACK is dropped).
 A call to an emergency number (``ProxySettings.emergency``) is never
 challenged nor refused by these defences.
+
+A trusted peer (``sipcore.trusted``, by source address) is not challenged
+and reaches only our users, their extensions and DIDs, never a gateway or
+another domain. Caller identity is screened at the edge (``sipcore.identity``,
+RFC 3325) on every new request.
 """
 
 import logging
@@ -52,6 +57,8 @@ from .call_events import (ANSWER, ATTEMPT, BYE, CANCEL, EMERGENCY, FAILURE, RING
 from .dialing import TRY_ELSEWHERE
 from .digest import BANNED
 from .errors import SipError
+from .identity import screen as screen_identity
+from .identity import withhold as withhold_identity
 from .message import Request, Response, error_response, make_response
 from .proxy import (ALLOW, DIALOG_METHODS, OPTIONS_FIELDS, STATELESS_PREFIX,
                     UNCHALLENGED, Branch,
@@ -315,8 +322,13 @@ class ProxyCore:
             groups = [[BranchTarget(req.uri)]]
         # Record-Route: the leg the request came on; each branch adds its own (RFC 5658).
         rr = stx.destination[0] if method in DIALOG_METHODS and req.to.tag is None else None
+        if not in_dialog:
+            screen_identity(req, peer is not None,
+                            None if caller is None else self._asserted(caller))
         if dialled is not None:
             self._to_gateway(req, dialled[1])
+        elif not in_dialog:
+            withhold_identity(req)      # toward a phone or another domain: untrusted
         ctx = stx.context = Context(stx, req, branch_prefix(loop), rr, groups, breadth)
         ctx.failover = failover
         if method == "BYE" or (ctx.invite and req.to.tag is None):
@@ -390,6 +402,13 @@ class ProxyCore:
         for name in ("route", "p-asserted-identity", "p-preferred-identity"):
             req.remove(name)
         req.add("P-Asserted-Identity", identity)
+
+    def _asserted(self, user: str) -> str:
+        """The ``P-Asserted-Identity`` of an authenticated user's request."""
+        dialing = self.dialing
+        if dialing is not None:
+            return dialing.asserted(user)
+        return f"<sip:{user}@{self.settings.domain}>"
 
     def _peer(self, host: str):
         """The trusted peer (``sipcore.trusted``) a request from ``host`` comes from, or None."""
