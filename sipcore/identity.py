@@ -33,10 +33,11 @@ def screen(req: Request, trusted_source: bool, identity: str | None) -> None:
     the caller is not authenticated) asserted instead of any other."""
     if req.get(PPI) is not None:
         req.remove(PPI)
-    if identity is not None:
-        req.set("P-Asserted-Identity", identity)
-    elif not trusted_source and req.get(PAI) is not None:
+    # remove() rebuilds the header list: only when there is something to remove
+    if req.get(PAI) is not None and (identity is not None or not trusted_source):
         req.remove(PAI)
+    if identity is not None:
+        req.add("P-Asserted-Identity", identity)
 
 
 def wants_privacy(req: Request) -> bool:

@@ -77,6 +77,27 @@ def delete_gateway(name: str) -> int | None:
     return save_dialplan(doc, f"gateway {name[:64]} deleted")
 
 
+def save_trusted(peer: Any) -> int:
+    """Trust a carrier or gateway by source address (``{"name", "address"}``, an IP
+    address or network; ``sipcore.trusted``), replacing the peer of the same name."""
+    if not isinstance(peer, dict) or not isinstance(peer.get("name"), str):
+        raise StoreError("a trusted peer is a JSON object with a name and an address")
+    doc = get_dialplan()
+    peers = [p for p in doc.get("trusted", []) if p.get("name") != peer["name"]]
+    doc["trusted"] = [*peers, peer]
+    return save_dialplan(doc, f"trusted peer {peer['name'][:64]} saved")
+
+
+def delete_trusted(name: str) -> int | None:
+    """Stop trusting the peer ``name``; None when there is none."""
+    doc = get_dialplan()
+    peers = [p for p in doc.get("trusted", []) if p.get("name") != name]
+    if len(peers) == len(doc.get("trusted", [])):
+        return None
+    doc["trusted"] = peers
+    return save_dialplan(doc, f"trusted peer {name[:64]} deleted")
+
+
 def save_rule(rule: Any, position: int | None = None) -> int:
     """Insert ``rule`` at ``position`` (None: last); rules are tried in order."""
     doc = get_dialplan()

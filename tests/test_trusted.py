@@ -8,7 +8,10 @@ from sipcore.dialing import Dialing
 from sipcore.dialplan import DialPlanError, parse_dialplan
 from sipcore.trusted import parse_trusted
 from sipcore.via import source_address, stamp_via
+from store import dialplan as dp
+from store import master as ms
 from tests.test_dialing import GW_A, PLAN, PSAP, core, forwarded  # noqa: F401 (fixture)
+from tests.test_web_dialplan import api, app  # noqa: F401 (fixture)
 from tests.test_proxy_core import (ALICE, DOMAIN, PHONES, WALL, bind, out, parse_message,
                                    request)
 
@@ -120,3 +123,24 @@ def test_an_emergency_call_from_a_trusted_carrier_still_goes(trusting):
     (_, dest), = forwarded(out(trusting))
     assert dest == PSAP
     assert dest != GW_A
+
+
+def test_trusted_peers_through_the_master_api(app):  # noqa: F811 (the fixture imported above)
+    c = app.test_client()
+    poked = app.extensions["pusher"]
+    assert api(c, "POST", "/trusted", {"name": "carrier", "address": "192.0.2.0/28"}
+               ).status_code == 200
+    version = api(c, "POST", "/trusted", {"name": "carrier", "address": "192.0.2.7"}
+                  ).get_json()["version"]
+    assert ms.config_for(version)["dialplan"]["trusted"] == [
+        {"name": "carrier", "address": "192.0.2.7"}]
+    assert poked.count >= 2
+    bad = api(c, "POST", "/trusted", {"name": "all", "address": "0.0.0.0/0"})
+    assert bad.status_code == 400 and "every address" in bad.get_json()["error"]
+    assert api(c, "POST", "/trusted", {"name": "x"}).status_code == 400
+    assert api(c, "POST", "/trusted", ["x"]).status_code == 400
+    assert api(c, "POST", "/trusted", {"name": "c2", "address": "192.0.2.9"},
+               headers={}).status_code == 401
+    assert api(c, "DELETE", "/trusted/carrier").status_code == 200
+    assert api(c, "DELETE", "/trusted/carrier").status_code == 404
+    assert dp.get_dialplan()["trusted"] == []

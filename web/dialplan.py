@@ -6,6 +6,7 @@ JSON API under ``/api/dialplan``: ``GET`` the plan; ``PUT`` a whole plan;
 ``POST /gateways`` a gateway (replaces one of the same name), ``DELETE
 /gateways/<name>``; ``POST /rules`` ``{"rule": {...}, "position": n}``, ``PUT
 /rules/<i>``, ``DELETE /rules/<i>``, ``POST /rules/<i>/move`` ``{"to": n}``;
+``POST /trusted`` ``{"name", "address"}`` a trusted peer, ``DELETE /trusted/<name>``;
 ``PUT /users/<name>`` ``{"permissions", "caller_id", "emergency_callback", "numbers"}``;
 ``PUT /settings`` ``{"default_callback", "probe_interval", "probe_misses"}``;
 ``GET /which?number=`` the rule a number takes; ``GET /health`` each node's view
@@ -111,6 +112,21 @@ def post_gateway():
 def delete_gateway(name):
     """Remove a gateway (400 while a rule uses it)."""
     return _apply(dp.delete_gateway, name)
+
+
+@api_bp.post("/trusted")
+@basic_auth_required
+def post_trusted():
+    """Trust a carrier or gateway by source address (replaces one of the same name)."""
+    body, error = _body()
+    return error or _apply(dp.save_trusted, body)
+
+
+@api_bp.delete("/trusted/<name>")
+@basic_auth_required
+def delete_trusted(name):
+    """Stop trusting a peer."""
+    return _apply(dp.delete_trusted, name)
 
 
 @api_bp.post("/rules")
