@@ -11,6 +11,7 @@ from sipcore.via import source_address, stamp_via
 from store import dialplan as dp
 from store import master as ms
 from tests.test_dialing import GW_A, PLAN, PSAP, core, forwarded  # noqa: F401 (fixture)
+from tests.test_web import login
 from tests.test_web_dialplan import api, app  # noqa: F401 (fixture)
 from tests.test_proxy_core import (ALICE, DOMAIN, PHONES, WALL, bind, out, parse_message,
                                    request)
@@ -144,3 +145,13 @@ def test_trusted_peers_through_the_master_api(app):  # noqa: F811 (the fixture i
     assert api(c, "DELETE", "/trusted/carrier").status_code == 200
     assert api(c, "DELETE", "/trusted/carrier").status_code == 404
     assert dp.get_dialplan()["trusted"] == []
+
+
+def test_the_dial_plan_page_shows_trusted_peers_and_numbers(app):  # noqa: F811
+    dp.save_trusted({"name": "carrier", "address": "192.0.2.7"})
+    dp.save_user_policy("alice", {"numbers": ["201", "+15551230201"]})
+    c = app.test_client()
+    login(c)
+    page = c.get("/dialplan").get_data(as_text=True)
+    assert "<td>carrier</td><td>192.0.2.7</td>" in page
+    assert "<td>201, +15551230201</td>" in page
