@@ -99,5 +99,5 @@ def attach_ban_keeper(node) -> BanKeeper:
             replicator.share_bans(bans)
 
     replicator.on_snapshot_request = resync
-    node.group.spawn(keeper.run).link_exception(node._actor_died)
+    node.group.spawn(keeper.run).link_exception(node.actor_died)
     return keeper

@@ -120,7 +120,7 @@ def attach_call_outbox(node) -> None:
     cfg = node.cfg
     outbox = CallOutbox(cfg.max_call_events, frozenset([cfg.id, *(p.id for p in cfg.peers)]))
     node.proxy.outbox = outbox
-    node.group.spawn(outbox.run).link_exception(node._actor_died)
+    node.group.spawn(outbox.run).link_exception(node.actor_died)
     control = node.replicator.control if node.replicator is not None else None
     if control is not None:
         control.handle("events", outbox.events)

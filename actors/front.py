@@ -28,23 +28,20 @@ import socket as _socket
 import subprocess
 import sys
 import time
+from typing import Any
 
 import gevent
 from gevent import socket
 from gevent.event import Event
 
 from sipcore.digest import Authenticator
-from sipcore.errors import SipError
-from sipcore.message import parse_message
-from sipcore.quick_challenge import QuickChallenge
 from sipcore.ratelimit import emergency_invite
-from sipcore.registrar import challenge_bytes
-from sipcore.via import stamp_via
+from sipcore.register import RegisterPath
 
 from . import logs
 from .config import NodeConfig, registrar_rules
 from .limits import shared_buckets
-from .process import new_tag, tune_gc
+from .process import STRICT, new_tag, tune_gc
 from .transport import Limits, drain, udp_socket, unix_socket, wrap
 
 log = logging.getLogger(__name__)
@@ -69,20 +66,20 @@ class ChallengeFront:
     def __init__(self, cfg: NodeConfig, secret: bytes, parent: int, clock=time.monotonic,
                  origin: str = "AAAAAAAA"):
         self.cfg = cfg
-        self.rules = registrar_rules(cfg)
         # The node's origin tag: its nonces are the node's own.
-        self.auth = Authenticator(cfg.domain, secret, lambda _user: None, cfg.nonce_lifetime,
-                                  tuple(cfg.auth_algorithms), origin=origin)
-        self.quick = QuickChallenge(self.rules.domains)
+        auth = Authenticator(cfg.domain, secret, lambda _user: None, cfg.nonce_lifetime,
+                             tuple(cfg.auth_algorithms), origin=origin)
+        self.path = RegisterPath(registrar_rules(cfg), auth, new_tag, strict=STRICT)
         self.clock = clock
         self.node_path, self.ctl_path = paths(cfg)
         self.synced_until = 0.0
         self.parent = parent
-        self.udp = None
-        self.out = None
+        # gevent sockets (untyped), bound by start
+        self.udp: Any = None
+        self.out: Any = None
         self.pending: list[bytes] = []
         self.retry_at = 0.0
-        self.ctl = None
+        self.ctl: Any = None
         self.stats = {"challenged": 0, "passed": 0, "dropped": 0, "rate_limited": 0}
         # The node's own limit and buckets (a file both map), applied here to the
         # datagrams the kernel hands the front: a source has one budget for both.
@@ -142,46 +139,24 @@ class ChallengeFront:
         """Answer ``data`` with a challenge when it is a REGISTER without
         credentials and the node is synced; otherwise pass it on.
 
-        The usual REGISTER gets its 401 from ``QuickChallenge``; any other
-        goes through the general parser, which writes the same bytes. A
-        source over its rate limit is dropped first, as the node drops it."""
+        The 401 is the one REGISTER path's (``RegisterPath.challenge``);
+        errors are the node's to answer. A source over its rate limit is
+        dropped first, as the node drops it."""
         limiter = self.limiter
         if limiter is not None and not limiter.allow(ip, time.monotonic()) \
                 and not emergency_invite(data, self.limits.emergency_numbers):
             self.stats["rate_limited"] += 1
             return
         if self.clock() < self.synced_until:
-            quick = self.quick.answer(data, ip, port, self._challenges, new_tag)
-            if quick is not None:
+            answer = self.path.challenge(data, ip, port, time.time())
+            if answer is not None:
                 try:
-                    send(*quick)
+                    send(*answer)
                     self.stats["challenged"] += 1
                 except OSError as e:
                     log.info("sending a challenge to %s:%d failed: %s", ip, port, e)
                 return
-        if (data[:9] == b"REGISTER " and self.clock() < self.synced_until
-                and b"authorization" not in data.lower()):
-            try:
-                req = parse_message(data)
-                req.validate()
-                # The byte test above cannot see folding tricks; the parse can.
-                if req.method == "REGISTER" and not req.raw_values("authorization"):
-                    dest = stamp_via(req, "udp", ip, port)
-                    self.rules.check(req)
-                    send(challenge_bytes(req, self.auth.challenge(time.time()), new_tag()),
-                         (dest[1], dest[2]))
-                    self.stats["challenged"] += 1
-                    return
-            except SipError:
-                # Not answered here: the node answers errors, and logs them.
-                pass
-            except OSError as e:
-                log.info("sending a challenge to %s:%d failed: %s", ip, port, e)
-                return
         self.pending.append(wrap(ip, port, data))
-
-    def _challenges(self) -> list[str]:
-        return self.auth.challenge(time.time())
 
     def flush(self) -> None:
         """Pass the datagrams of the last burst to the node, in one write."""
@@ -218,7 +193,7 @@ class FrontProcess:
         self.cfg = cfg
         self.secret = secret
         self.origin = origin
-        self.proc = None
+        self.proc: subprocess.Popen[bytes] | None = None
         self.ctl_path = paths(cfg)[1]
         self.status = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM)
         self.status.setblocking(False)
@@ -228,14 +203,15 @@ class FrontProcess:
         node's pid and its nonces' origin tag go on its stdin."""
         if not self.cfg.source:
             raise ValueError("sip.challenge_front needs the node to run from a configuration file")
-        self.proc = subprocess.Popen(
+        proc = self.proc = subprocess.Popen(
             [sys.executable, os.path.join(ROOT, "run.py"), "front", "--config", self.cfg.source],
             stdin=subprocess.PIPE, cwd=ROOT)
+        assert proc.stdin is not None
         # The node's pid travels with the secret: a front whose node died
         # before it read them must see it at once.
-        self.proc.stdin.write(b"%s %d %s\n" % (self.secret.hex().encode(), os.getpid(),
-                                                 self.origin.encode()))
-        self.proc.stdin.close()
+        proc.stdin.write(b"%s %d %s\n" % (self.secret.hex().encode(), os.getpid(),
+                                            self.origin.encode()))
+        proc.stdin.close()
 
     def tell(self, synced: bool) -> None:
         """Send the node's sync status (every ``STATUS_EVERY`` seconds); a dead

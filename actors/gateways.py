@@ -173,7 +173,7 @@ def attach_dialing(node) -> Dialing:
     node.proxy.core.dialing = dialing
     prober = node.gateway_prober = GatewayProber(dialing, node.proxy.resolver, cfg.address,
                                                  cfg.domain)
-    node.group.spawn(prober.run).link_exception(node._actor_died)
+    node.group.spawn(prober.run).link_exception(node.actor_died)
     sync = getattr(node, "config_sync", None)
     if sync is not None:
         sync.on_dialplan = lambda doc: apply_dialplan(node, doc)

@@ -22,8 +22,7 @@ from sipcore.digest import Authenticator, origin_tag
 from sipcore.errors import SipError
 from sipcore.location import Binding, Location, Sequencer
 from sipcore.message import error_response, make_response
-from sipcore.proxy import OPTIONS_FIELDS
-from sipcore.usual_register import scan
+from sipcore.proxy import options_response
 from store import bindings as binding_store
 from store import users as user_store
 from store.models import close_store, incr_state, init_store
@@ -151,8 +150,8 @@ class Node:
         self.transport = Transport(cfg.address, cfg.port, self.on_request, self.on_response,
                                    front_path=front_in, limits=Limits.from_config(cfg),
                                    tls=TlsContexts.load(cfg.tls_cert, cfg.tls_key, cfg.tls_ca)
-                                   if cfg.tls_port else None, tls_port=cfg.tls_port)
-        self.transport.quick = self.on_datagram
+                                   if cfg.tls_port else None, tls_port=cfg.tls_port,
+                                   quick=self.on_datagram)
         if cfg.challenge_front:
             # One budget per source for the node and its front (counted once).
             self.transport.limiter = self.transport.limits.limiter(shared_buckets(cfg))
@@ -176,15 +175,15 @@ class Node:
         attach_registrations(self)
         self.transport.start()
         self.registrar.greenlet = self.group.spawn(self.registrar.run)
-        self.registrar.greenlet.link_exception(self._actor_died)
+        self.registrar.greenlet.link_exception(self.actor_died)
         self.proxy = ProxyActor.from_config(cfg, secret, users.lookup, self.location,
                                             self.transport, auth)
         attach_call_outbox(self)
         attach_dialing(self)
         self.proxy.greenlet = self.group.spawn(self.proxy.run)
-        self.proxy.greenlet.link_exception(self._actor_died)
+        self.proxy.greenlet.link_exception(self.actor_died)
         attach_drain(self)
-        self.group.spawn(self._share_bans).link_exception(self._actor_died)
+        self.group.spawn(self._share_bans).link_exception(self.actor_died)
         if cfg.challenge_front:
             self.front = FrontProcess(cfg, secret, origin)
             self.front.start()
@@ -247,7 +246,9 @@ class Node:
             drain = self.drain
             self.front.tell(self.replicator.synced and not (drain is not None and drain.on))
 
-    def _actor_died(self, greenlet) -> None:
+    def actor_died(self, greenlet) -> None:
+        """An actor's greenlet died: log why and stop the node (a half-alive node
+        would keep taking requests it cannot answer)."""
         log.error("actor died: %r; stopping the node", greenlet.exception)
         self.stop()
 
@@ -267,28 +268,23 @@ class Node:
         if method == "REGISTER":
             self.registrar.submit(req, dest)
         elif method == "OPTIONS" and self.proxy.is_for_node(req):
-            self._answer(req, dest, 200, OPTIONS_FIELDS)
+            try:
+                self.transport.send(dest, options_response(req, secrets.token_hex(6)).encode())
+            except SipError as err:
+                self.transport.send(dest, error_response(req, err).encode())
         else:
             self.proxy.submit(req, dest)
 
     def on_datagram(self, data: bytes, ip: str, port: int) -> bool:
-        """Give a usual REGISTER (``sipcore.usual_register``) to the registrar
-        unparsed: one with credentials to its inbox, one without to be
-        challenged at once. False for any other datagram, which the
-        transport then parses and gives to ``on_request``."""
+        """Offer a UDP datagram to the registrar unparsed (``RegistrarActor.take``)
+        while the node is synced and not draining. False when it did not take
+        it: the transport then parses it and gives it to ``on_request``."""
         if data[:9] != b"REGISTER " or not self.replicator.synced:
             return False
         drain = self.drain
         if drain is not None and drain.on:
             return False
-        usual = scan(data, ip, port, self.domains)
-        if usual is None:
-            return False
-        if "authorization" in usual.fields:
-            self.registrar.submit(usual, None)
-        else:
-            self.registrar.challenge(usual)
-        return True
+        return self.registrar.take(data, ip, port)
 
     def on_response(self, resp, source) -> None:
         """Responses belong to the proxy's client transactions."""

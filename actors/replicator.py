@@ -596,14 +596,14 @@ def attach_replicator(node) -> Replicator:
     rep = Replicator(cfg, registrar.sequencer.epoch, node.location, registrar.merge,
                      settled=inbox.empty if inbox is not None else None)
     registrar.on_commit = rep.publish
-    rep.start(on_failure=node._actor_died)
+    rep.start(on_failure=node.actor_died)
     if cfg.control:
         if rep.bus is None:
             rep.bus = make_bus(cfg)
         control = ControlServer(rep.bus, cfg.control,
                                 {"status": rep.status, "digest": rep.digest,
                                  "lags": rep.lag_list})
-        control.start(on_failure=node._actor_died)
+        control.start(on_failure=node.actor_died)
         rep.control = control
     node.replicator = rep
     return rep

@@ -29,6 +29,7 @@ import random
 import re
 import socket as _socket
 import struct
+from collections.abc import Callable
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -130,7 +131,8 @@ class Transport:
 
     def __init__(self, address: str, port: int, on_request, on_response,
                  tcp_connect_timeout: float = 2.0, front_path: str | None = None,
-                 limits: Limits = NO_LIMITS, tls: TlsContexts | None = None, tls_port: int = 0):
+                 limits: Limits = NO_LIMITS, tls: TlsContexts | None = None, tls_port: int = 0,
+                 quick: Callable[[bytes, str, int], bool] | None = None):
         self.address = address
         self.port = port
         self.on_request = on_request
@@ -149,9 +151,9 @@ class Transport:
         self.fair_share = 64
         self.front_path = front_path
         self.forwarded: StreamServer | None = None
-        #: ``quick(data, ip, port)``, when set, sees each UDP datagram first
+        #: ``quick(data, ip, port)``, when given, sees each UDP datagram first
         #: and returns True when it took the datagram, which is then not parsed
-        self.quick = None
+        self.quick = quick
         self.limits = limits
         self.limiter = limits.limiter()
         self.log_limit = LogLimiter(limits.log_rate)

@@ -126,7 +126,7 @@ def main() -> int:
         if prof:
             prof.disable()
         cpu, wall = time.process_time() - c0, time.perf_counter() - t0
-        stats = dict(node.registrar.stats)
+        stats = node.registrar.statistics()
         node.stop()
     ok = stats["ok"]
     sys.stdout.write(f"{ok} of {count} registered, {stats['challenged']} challenged here, "

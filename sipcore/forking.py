@@ -60,11 +60,12 @@ from .errors import SipError
 from .identity import screen as screen_identity
 from .identity import withhold as withhold_identity
 from .message import Request, Response, error_response, make_response
-from .proxy import (ALLOW, DIALOG_METHODS, OPTIONS_FIELDS, STATELESS_PREFIX,
+from .proxy import (ALLOW, DIALOG_METHODS, STATELESS_PREFIX,
                     UNCHALLENGED, Branch,
                     BranchTarget, Context, Lookup, ProxySettings, best_response, branch_prefix,
                     branch_request, check_request, destinations, max_breadth,
-                    preprocess_route, sips_request, route_next_hop, stateless_branch,
+                    options_response, preprocess_route, sips_request, route_next_hop,
+                    stateless_branch,
                     strip_our_via, target_groups,
                     trying_response)
 from .rfc3263 import Locator, Target
@@ -271,8 +272,7 @@ class ProxyCore:
         local = not has_route and s.is_local(ruri)
         if local and ruri.user is None:
             if method == "OPTIONS":
-                self.layer.respond(stx, make_response(req, 200, headers=OPTIONS_FIELDS,
-                                                      to_tag=self._new_tag()), now)
+                self.layer.respond(stx, options_response(req, self._new_tag()), now)
                 return
             raise SipError(405, "Method Not Allowed", [("Allow", ALLOW)])
         # Only a Route the cluster wrote (its token verified) makes a request

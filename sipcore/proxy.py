@@ -40,6 +40,12 @@ ALLOW = ("INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, MESSAGE, SUBSCRIBE, NOTIF
 #: the fields of the 200 to an OPTIONS for the node itself (RFC 3261 §11.2)
 OPTIONS_FIELDS = (("Allow", ALLOW), ("Accept", "application/sdp"), ("Supported", "path, outbound"))
 
+
+def options_response(req: Request, to_tag: str) -> Response:
+    """The 200 to an OPTIONS for the node itself: the one answer, whether the
+    node gives it statelessly or the proxy's transaction layer does."""
+    return make_response(req, 200, headers=OPTIONS_FIELDS, to_tag=to_tag)
+
 #: methods that start a dialog, so the proxy Record-Routes them (§16.6 step 4)
 DIALOG_METHODS = frozenset({"INVITE", "SUBSCRIBE", "REFER"})
 #: methods never challenged (§22.1: CANCEL and ACK cannot be resubmitted)

@@ -21,7 +21,7 @@ from .uri import NameAddr, unquote_string
 
 SUPPORTED = frozenset({"path", "outbound"})
 
-_date_cache = [-1, ""]
+_date_cache: list[int | str] = [-1, ""]
 
 
 def http_date(now: float) -> str:
@@ -29,7 +29,7 @@ def http_date(now: float) -> str:
     sec = int(now)
     if _date_cache[0] != sec:
         _date_cache[0], _date_cache[1] = sec, formatdate(sec, usegmt=True)
-    return _date_cache[1]
+    return str(_date_cache[1])
 
 
 @dataclass
@@ -140,17 +140,17 @@ class RegistrarRules:
         before = len(live)
         pending: dict[str, Binding] = {}
         for na in contacts:
-            key, b = self._binding(na, aor, current, call_id, cseq, hdr_expires, now,
-                                   node_id, received, ua, path)
-            if b is None:
+            key, new = self._binding(na, aor, current, call_id, cseq, hdr_expires, now,
+                                     node_id, received, ua, path)
+            if new is None:
                 pending.pop(key, None)
                 live.pop(key, None)
                 continue
-            pending[key] = b
-            if b.deleted:
+            pending[key] = new
+            if new.deleted:
                 live.pop(key, None)
             else:
-                live[key] = b
+                live[key] = new
         if len(live) > self.max_contacts and len(live) > before:
             raise SipError(403, "Too Many Contacts")
         return list(pending.values()), list(live.values())
@@ -169,18 +169,19 @@ class RegistrarRules:
         if 0 < expires < self.min_expires:
             raise SipError(423, "Interval Too Brief", [("Min-Expires", str(self.min_expires))])
         expires = min(expires, self.max_expires)
-        instance = p.get("+sip.instance")
-        instance = unquote_string(instance) if instance else None
-        reg_id = p.get("reg-id") if instance else None
-        reg_id = parse_int(reg_id, "reg-id") if reg_id is not None else None
+        instance_text = p.get("+sip.instance")
+        instance = unquote_string(instance_text) if instance_text else None
+        reg_id_text = p.get("reg-id") if instance else None
+        reg_id = parse_int(reg_id_text, "reg-id") if reg_id_text is not None else None
         if instance:
             key = instance if reg_id is None else f"{instance};reg-id={reg_id}"
         else:
             key = na.uri.canonical()
         q = None
-        if p.get("q") is not None:
+        q_text = p.get("q")
+        if q_text is not None:
             try:
-                q = float(p["q"])
+                q = float(q_text)
             except ValueError:
                 raise SipParseError("malformed q value") from None
             if not 0.0 <= q <= 1.0:
@@ -228,20 +229,6 @@ class RegistrarRules:
             left = max(1, int(b.expires_at - now))
             headers.append(("Contact", f"<{b.contact}>;expires={left}{extra}"))
         return headers
-
-
-def challenge_response(req: Request, challenges: list[str], to_tag: str) -> Response:
-    """The 401 asking ``req``'s sender for credentials (§22.1), one
-    WWW-Authenticate per challenge."""
-    return make_response(req, 401, "Unauthorized",
-                         [("WWW-Authenticate", c) for c in challenges], to_tag=to_tag)
-
-
-def challenge_bytes(req: Request, challenges: list[str], to_tag: str) -> bytes:
-    """``challenge_response(...).encode()``, built directly (the hot path of a
-    REGISTER without credentials)."""
-    return response_bytes(req, 401, "Unauthorized",
-                          [("WWW-Authenticate", c) for c in challenges], to_tag=to_tag)
 
 
 def _is_address(host: str) -> bool:

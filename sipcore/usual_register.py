@@ -22,22 +22,21 @@ reads it. What it recognises is a subset of what is valid:
   User-Agent among them); any other header with a token for its name
   (its value is not looked at).
 
-Anything else gets ``None``, and the general path answers it. The challenge
-front (``sipcore.quick_challenge``) answers the usual REGISTER without
-credentials from a ``UsualRegister``, the registrar (``actors.registrar``)
-the usual one with credentials; ``tests/test_usual_register.py`` and
-``tests/test_quick_challenge.py`` hold them to the general path's bytes.
+Anything else gets ``None``, and the general path answers it. It is the
+shortcut of the one REGISTER path (``sipcore.register``), which answers a
+``UsualRegister`` with the very bytes the general parser's request gets;
+``tests/test_usual_register.py`` holds the two to the same answers.
 """
 
 import re
+from collections.abc import Container, Iterable
 from itertools import islice
 
+from .errors import SipParseError
 from .grammar import TOKEN, TOKEN_CLASS
 from .headers import CANONICAL
-from .message import _address, parse_message
-from .registrar import RegistrarRules, http_date
-from .transaction import MAGIC_COOKIE
-from .uri import parse_number
+from .message import Request, parse_message
+from .transaction import MAGIC_COOKIE, Key
 from .via import DEFAULT_PORTS, stamp_via
 
 _PORT = r"[1-9][0-9]{0,4}"
@@ -95,8 +94,22 @@ class UsualRegister:
 
     __slots__ = ("data", "ip", "port", "dest", "key", "copied", "to_at", "user", "to_host",
                  "call_id", "cseq", "fields", "uri")
+    data: bytes
+    ip: str
+    port: int
+    dest: tuple[str, int]
+    key: Key | None
+    copied: list[str]
+    to_at: int
+    user: str
+    to_host: str
+    call_id: str
+    cseq: int
+    fields: dict[str, str]
+    uri: str
 
-    def response(self, status: int, reason: str, headers, to_tag: str) -> bytes:
+    def response(self, status: int, reason: str, headers: Iterable[tuple[str, str]],
+                 to_tag: str) -> bytes:
         """What ``response_bytes(request, status, reason, headers, to_tag=to_tag)``
         writes for the parsed request: the copied fields, To with ``to_tag``,
         then ``headers`` (canonical names, no Content-Length)."""
@@ -108,51 +121,17 @@ class UsualRegister:
         lines.append("Content-Length: 0\r\n\r\n")
         return "\r\n".join(lines).encode()
 
-    def challenge(self, challenges: list[str], to_tag: str) -> bytes:
-        """The 401 that ``challenge_bytes(request, challenges, to_tag)`` writes
-        for the parsed request: one WWW-Authenticate per challenge."""
-        return self.response(401, "Unauthorized",
-                             [("WWW-Authenticate", c) for c in challenges], to_tag)
-
-    def request(self):
+    def request(self) -> tuple[Request, tuple[str, str, int]]:
         """The general path's request and destination: ``parse_message``,
         ``validate`` and ``stamp_via`` of the datagram."""
         req = parse_message(self.data)
         req.validate()
+        if not isinstance(req, Request):
+            raise SipParseError("a usual REGISTER that parses as a response")
         return req, stamp_via(req, "udp", self.ip, self.port)
 
-    def outcome(self, rules: RegistrarRules, location, now: float, node_id: str, to_tag: str):
-        """``(changes, 200 bytes)``: what ``rules.aor_of`` and ``rules.apply``
-        give for the parsed request. Raises the ``SipError`` they raise, and
-        ``NotUsual`` for what only the general path takes (no Contact or
-        more than one, a wildcard, a Contact not in angle brackets or with
-        a backslash, a Path, a To host not written as one of the domain's
-        names, a Via branch without the magic cookie). Nothing is changed:
-        the caller puts and commits the changes."""
-        fields = self.fields
-        contact = fields.get("contact")
-        if (contact is None or contact[:1] != "<" or "," in contact or "\\" in contact
-                or "path" in fields or self.to_host not in rules.domains or self.key is None):
-            raise NotUsual()
-        # Contact before Expires: the general path's order, so the same error wins.
-        contacts = [_address(contact, "Contact")]
-        expires = fields.get("expires")
-        if expires is not None:
-            expires = parse_number(expires, "Expires", 2 ** 32 - 1)
-        aor = f"sip:{self.user}@{rules.domain}"
-        changes, live = rules.update(aor, contacts, self.call_id, self.cseq, expires,
-                                     fields.get("user-agent"), [], location, now, node_id,
-                                     "udp:%s:%d" % self.dest)
-        headers = rules.contact_fields(live, now)
-        headers.append(("Date", http_date(now)))
-        return changes, self.response(200, "OK", headers, to_tag)
 
-
-class NotUsual(Exception):
-    """A REGISTER that ``UsualRegister.outcome`` leaves to the general path."""
-
-
-def scan(data: bytes, ip: str, port: int, domains) -> UsualRegister | None:
+def scan(data: bytes, ip: str, port: int, domains: Container[str]) -> UsualRegister | None:
     """The usual REGISTER ``data`` from ``ip:port`` (UDP), or None when the
     general path must read it. ``domains``: the host names a REGISTER may
     be for (``RegistrarRules.domains``)."""
@@ -188,8 +167,8 @@ def scan(data: bytes, ip: str, port: int, domains) -> UsualRegister | None:
     if not present >= _COPIED or not present.isdisjoint(_REFUSED):
         return None
     for key, pattern in _CHECKED:
-        value = found.get(key)
-        if value is not None and pattern.fullmatch(value) is None:
+        checked = found.get(key)
+        if checked is not None and pattern.fullmatch(checked) is None:
             return None
     usual = UsualRegister()
     via = _stamp(usual, found["via"], ip, port)
@@ -202,7 +181,7 @@ def scan(data: bytes, ip: str, port: int, domains) -> UsualRegister | None:
     usual.call_id = found["call-id"]
     found["via"] = via
     # The response copies these in the request's order.
-    copied = []
+    copied: list[str] = []
     for key in found:
         display = _DISPLAY.get(key)
         if display is not None:

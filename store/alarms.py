@@ -147,19 +147,25 @@ def last_call_seen() -> int:
 
 
 def emergency_calls(numbers: Iterable[str], limit: int = 1000) -> list[dict[str, Any]]:
-    """Call records newer than the last looked at whose callee's user part is an emergency
-    number; the check moves past every record it read."""
+    """Call records newer than the last looked at that a node marked as emergency calls
+    (its ``[sip] emergency_numbers``) or whose callee's user part is one of ``numbers``;
+    the check moves past every record it read."""
     numbers = set(numbers)
     after = last_call_seen()
     rows = cast(Iterable[dict[str, Any]],
-                ms.CallRecord.select(ms.CallRecord.id, ms.CallRecord.caller, ms.CallRecord.callee,
+                ms.CallRecord.select(ms.CallRecord.id, ms.CallRecord.call_id,
+                                     ms.CallRecord.caller, ms.CallRecord.callee,
                                      ms.CallRecord.started_at)
                 .where(ms.CallRecord.id > after).order_by(ms.CallRecord.id).limit(limit).dicts())
+    rows = list(rows)
+    marked = {c for (c,) in cast(Iterable[tuple[str]], ms.EmergencyCall.select(
+        ms.EmergencyCall.call_id).where(ms.EmergencyCall.call_id.in_(
+            [r["call_id"] for r in rows])).tuples())} if rows else set()
     found, top = [], after
     for r in rows:
         top = max(top, r["id"])
         user = str(r["callee"]).split(":", 1)[-1].split("@", 1)[0].split(";", 1)[0]
-        if user in numbers:
+        if user in numbers or r["call_id"] in marked:
             found.append(r)
     if top != after:
         ms.set_setting("alarms_last_call", top)

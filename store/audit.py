@@ -24,7 +24,7 @@ from store.cdrs import csv_cell
 from store.db import StoreError
 
 MAX_ENTRIES = 1_000_000
-"""Rows the log holds at most (the oldest go first)."""
+"""Rows the log holds at most (failed ones go first, then the oldest)."""
 DEFAULT_RETENTION_DAYS = 365
 """Days a row is kept unless ``audit_retention_days`` says otherwise."""
 MAX_RETENTION_DAYS = 3650
@@ -78,7 +78,10 @@ def scrub(value: Any) -> Any:
 def _json(value: Any) -> str:
     if value is None:
         return ""
-    return json.dumps(scrub(value), sort_keys=True, default=str)[:MAX_DETAIL]
+    text = json.dumps(scrub(value), sort_keys=True, default=str)
+    if len(text) > MAX_DETAIL:  # still JSON: the beginning, said to be cut
+        text = json.dumps({"cut at": MAX_DETAIL // 2, "text": text[:MAX_DETAIL // 2]})
+    return text
 
 
 def record(actor: str, action: str, target: str = "", address: str = "", *,
@@ -111,13 +114,16 @@ def set_retention_days(days: int) -> None:
 
 
 def prune(now: float | None = None) -> int:
-    """Delete the rows older than the retention and those beyond :data:`MAX_ENTRIES`;
-    how many went."""
+    """Delete the rows older than the retention and those beyond :data:`MAX_ENTRIES`
+    (failed ones first, then the oldest); how many went."""
     now = time.time() if now is None else now
     gone = AuditEntry.delete().where(AuditEntry.at < now - retention_days() * 86400).execute()
     extra = AuditEntry.select().count() - MAX_ENTRIES
     if extra > 0:
-        oldest = AuditEntry.select(AuditEntry.id).order_by(AuditEntry.id).limit(extra)
+        # Refused and failed rows go first: a flood of bad logins from many addresses
+        # must not push the admins' changes out of the log.
+        oldest = (AuditEntry.select(AuditEntry.id).order_by(AuditEntry.ok, AuditEntry.id)
+                  .limit(extra))
         gone += AuditEntry.delete().where(AuditEntry.id.in_(oldest)).execute()
     return int(gone)
 

@@ -3,7 +3,8 @@
 Each schema (``node``, ``master``) has a number in the ``schema_versions``
 table of its database and a list of migrations, one per version after the
 first; version 1 is the schema as releases before versioning made it (so
-a database without the table but with the schema's tables is version 1).
+a database without the table but with any of the schema's tables is
+version 1).
 On start, :func:`migrate` brings a database to the current version, one
 migration per transaction (DDL is transactional on SQLite and PostgreSQL,
 so a migration that fails leaves the version it started from); a new
@@ -63,7 +64,9 @@ def migrate(db: peewee.Database, name: str, models: Sequence[type[peewee.Model]]
             db.create_tables([SchemaVersion], safe=True)
             found = stored_version(db, name)
             if found is None:
-                found = 1 if models[0].table_exists() else 0  # type: ignore[no-untyped-call]
+                # Any table of the schema there: a database of the releases before versions.
+                tables = set(db.get_tables())
+                found = 1 if any(m._meta.table_name in tables for m in models) else 0
             if found > target:
                 raise StoreError(f"the {name} database has schema version {found}, newer than "
                                  f"this release's {target}: run the release that wrote it "

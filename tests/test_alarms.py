@@ -179,6 +179,13 @@ def test_emergency_calls_alarm_once_then_repeat_grouped(master, hook):
     assert hook.bodies[1]["count"] == 3
     checker.check(1200.0)  # quiet: closes without a notice
     assert store.count_open() == 0 and len(hook.bodies) == 2
+    cdrs.store_events("node2", [  # a node's own emergency number, marked by the node
+        {"seq": 1, "at": 1300.0, "kind": "attempt", "call_id": "c5", "caller": "sip:amy@x",
+         "callee": "sip:999@example.test", "source": "udp:127.0.0.1:5070", "status": None},
+        {"seq": 2, "at": 1300.0, "kind": "emergency", "call_id": "c5", "caller": "sip:amy@x",
+         "callee": "sip:999@example.test", "source": "udp:127.0.0.1:5070", "status": None}])
+    checker.check(1305.0)
+    assert hook.kinds("raised")[-1] == ("emergency call", "sip:999@example.test")
 
 
 def test_a_failing_webhook_is_retried_a_bounded_number_of_times(master, caplog):
@@ -222,9 +229,13 @@ def test_node_alarms_from_real_nodes_reach_the_webhook(tmp_path, hook):
     skew.mkdir()
     (skew / "sitecustomize.py").write_text(SKEWED_CLOCK)  # node2's host clock is 5 s fast
     public, secret = generate_keypair()
+    from loadtest.harness import free_port
+    dead_gateway = (f'[dialplan]\nprobe_interval = 0.2\nprobe_misses = 2\n'
+                    f'[[dialplan.gateways]]\nname = "pstn"\nhost = "127.0.0.1"\n'
+                    f'port = {free_port()}\nemergency = true\n')
     cluster = Cluster(str(tmp_path), 2, settings={"master_key": public, "heartbeat": 0.2,
                                                   "suspect_after": 1.0, "dead_after": 3.0,
-                                                  "alone_wait": 30.0})
+                                                  "alone_wait": 30.0}, extra=dead_gateway)
     cluster.nodes[1].prefix = ["env", f"PYTHONPATH={skew}"]
     ms.init_master_store(f"sqlite:///{tmp_path}/master.db")
     ms.setup("example.test")
@@ -244,11 +255,15 @@ def test_node_alarms_from_real_nodes_reach_the_webhook(tmp_path, hook):
         assert registered(cluster.nodes[0], "amy", "amy-pw")
         deadline = time.monotonic() + 10  # heartbeats measure the skew, the lag needs a sample
         while time.monotonic() < deadline and not {
-                ("clock skew", "node1-node2"), ("replication lag", "node2")} <= set(hook.kinds()):
+                ("clock skew", "node1-node2"), ("replication lag", "node2"),
+                ("gateway down", "pstn")} <= set(hook.kinds()):
             checker.check(time.time())
             gevent.sleep(0.2)
         assert ("clock skew", "node1-node2") in hook.kinds("raised")
         assert ("replication lag", "node2") in hook.kinds("raised")
+        gateway = next(b for b in hook.bodies if b["alarm"] == "gateway down")
+        assert "probes of node1, node2" in gateway["text"] and "emergency" in gateway["text"]
+        assert gateway["link"].endswith("/dialplan")
         skewed = next(b for b in hook.bodies if b["alarm"] == "clock skew")
         assert "differ by 5.0" in skewed["text"] and skewed["link"].endswith("/")
 

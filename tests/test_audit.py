@@ -62,10 +62,10 @@ def test_login_failed_login_and_blocked_login_are_recorded_with_the_address(app)
 
 def test_login_flood_is_blocked_and_recorded_without_the_passwords(app):
     c = app.test_client()
-    statuses = [login(c, f"guess-{i}").status_code for i in range(5)]
-    assert statuses == [401, 401, 401, 429, 429]
-    assert [e["action"] for e in rows()] == ["login blocked"] * 2 + ["failed login"] * 3
-    no_secret_anywhere(*[f"guess-{i}" for i in range(5)])
+    statuses = [login(c, f"guess-{i}").status_code for i in range(8)]
+    assert statuses == [401, 401, 401] + [429] * 5
+    assert [e["action"] for e in rows()] == ["login blocked"] + ["failed login"] * 3
+    no_secret_anywhere(*[f"guess-{i}" for i in range(8)])
 
 
 def test_forwarded_for_header_does_not_change_the_address(app):
@@ -186,3 +186,64 @@ def test_store_on_both_backends_scrubs_bounds_and_prunes(master):
         audit.set_retention_days(0)
     assert audit.prune(now=5000.0 + 365 * 86400 + 1) == 1
     assert audit.search()["total"] == 5
+
+
+def test_join_tokens_joins_and_removals_are_recorded_without_the_token_or_secret(tmp_path):
+    from actors.bus import generate_keypair
+    from tests.test_join_api import SECRET, post, request_for
+    ms.init_master_store(f"sqlite:///{tmp_path}/master.db")
+    ms.setup("example.test")
+    ms.add_admin("admin", PASSWORD)
+    app = create_app({"SECRET_KEY": "k", "CLUSTER_SECRET": SECRET,
+                      "MASTER_KEY": generate_keypair()[0]}, Poked())
+    try:
+        c = app.test_client()
+        tok = c.post("/api/tokens", headers=basic()).json["token"]
+        assert post(c, request_for(1, tok)).status_code == 201
+        assert post(c, request_for(2, tok)).status_code in (400, 401, 403, 409)  # spent
+        node = ms.list_nodes()[0]["node_id"]
+        assert c.delete(f"/api/nodes/{node}", headers=basic()).status_code == 200
+        made, joined, refused, removed = (rows(action=a) for a in (
+            "join token made", "node joined", "join refused", "node removed"))
+        assert made[0]["actor"] == "admin" and made[0]["ok"]
+        assert joined[0]["actor"] == "join token" and joined[0]["target"] == node
+        assert not refused[0]["ok"] and refused[0]["result"]
+        assert removed[0]["before"]["exists"] and removed[0]["after"] == {"exists": False}
+        assert removed[0]["before"]["sip"] == "192.0.2.11:5060"
+        no_secret_anywhere(tok, SECRET)
+    finally:
+        ms.close_master_store()
+
+
+def test_over_the_cap_failed_rows_go_before_the_admins_changes(master, monkeypatch):
+    monkeypatch.setattr(audit, "MAX_ENTRIES", 5)
+    for i in range(3):
+        audit.record("admin", "user saved", f"u{i}", now=1000.0 + i)
+    for i in range(6):
+        audit.record("?", "failed login", ok=False, now=2000.0 + i)
+    assert audit.prune(now=2100.0) == 4
+    kept = rows()
+    assert [e["target"] for e in kept if e["ok"]] == ["u2", "u1", "u0"]
+    assert [e["at"] for e in kept if not e["ok"]] == [2005.0, 2004.0]
+
+
+def test_dial_plan_changes_keep_only_the_parts_that_changed(app):
+    c = app.test_client()
+    gw = {"name": "carrier", "host": "gw.example.test", "port": 5080, "transport": "udp"}
+    r = c.post("/api/dialplan/gateways", json=gw, headers=basic())
+    assert r.status_code in (200, 201), r.get_data(as_text=True)
+    r = c.post("/api/dialplan/rules", json={"rule": {"pattern": "9.", "strip": 1,
+                                                      "gateways": ["nowhere"]}},
+               headers=basic())
+    assert r.status_code == 400
+    refused, added = rows(action="dial plan changed")
+    assert added["ok"] and added["target"] == "dial plan"
+    assert added["before"] == {"gateways": []} and added["after"]["gateways"][0]["name"] == \
+        "carrier"
+    assert not refused["ok"] and refused["before"] is None and "nowhere" in refused["result"]
+
+
+def test_a_state_too_large_is_kept_as_its_beginning_still_json(master):
+    audit.record("admin", "big", after={"rules": ["x" * 100] * 100})
+    after = rows()[0]["after"]
+    assert after["cut at"] == audit.MAX_DETAIL // 2 and after["text"].startswith('{"rules"')

@@ -77,7 +77,8 @@ def test_backup_then_restore_onto_a_fresh_database_gives_the_same_master(data, t
     target = MasterSettings(data_dir=str(tmp_path / "new"), database=data.database_url)
     restore_backup(target, path)
     assert {m: table(m) for m in ms.master_models()} == before
-    for name in ("master.public", "master.secret", "session.key", "admin-password"):
+    for name in ("master.public", "master.secret", "session.key", "cluster.secret",
+                 "admin-password"):
         with open(target.path(name)) as a, open(data.path(name)) as b:
             assert a.read() == b.read()
         assert stat.S_IMODE(os.stat(target.path(name)).st_mode) == 0o600

@@ -377,7 +377,7 @@ def test_attach_replicator_wires_the_registrar_and_the_control_endpoint(pair):
                                 on_commit=None)
     died = []
     node = SimpleNamespace(cfg=cfg, registrar=registrar, location=Location(),
-                           _actor_died=died.append)
+                           actor_died=died.append)
     rep = attach_replicator(node)
     client = Bus(client_pub, client_sec, "dashboard")
     try:

@@ -1,26 +1,28 @@
-"""The usual REGISTER read from its text (``sipcore.usual_register``) against the general path.
+"""The usual REGISTER's recognition (``sipcore.usual_register``) against the parser it shortcuts.
 
-For every REGISTER with credentials that ``scan`` takes and
-``UsualRegister.outcome`` answers, the general path (``parse_message``,
-``validate``, ``stamp_via``, ``server_key``, ``RegistrarRules.check``,
-``aor_of``, ``apply``) must find the same transaction, destination, user,
-credentials, binding changes and 200 bytes; where ``outcome`` raises a
-``SipError``, the general path must raise the same.
+The one REGISTER path (``sipcore.register.RegisterPath``) answers a
+REGISTER with credentials from its text when ``scan`` recognises it, and
+from ``parse_message`` otherwise, or with ``fast=False``. For every
+REGISTER the recognition takes and the path answers without going back to
+the parser, the parser must give the same answer: status, destination,
+bytes, binding changes.
 """
+
+import re
 
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from sipcore.digest import Authenticator, expected_response, ha1, parse_credentials
 from sipcore.errors import SipError
-from sipcore.location import Binding, Location, tombstone
-from sipcore.message import parse_message
+from sipcore.location import Binding, Location, Sequencer, tombstone
+from sipcore.message import Request, parse_message
+from sipcore.register import RegisterPath
 from sipcore.registrar import RegistrarRules
-from sipcore.transaction import server_key
-from sipcore.usual_register import NotUsual, scan
 from sipcore.via import stamp_via
-from tests.test_quick_challenge import PHONE as CHALLENGED_PHONE
-from tests.test_quick_challenge import message, mutated
+from tests.test_register import PHONE as CHALLENGED_PHONE
+from tests.test_register import message, mutated
 
 RULES = RegistrarRules("example.test", ["alias.test", "127.0.0.1"], min_expires=60,
                        max_expires=7200, default_expires=3600, max_contacts=3)
@@ -28,42 +30,64 @@ NOW = 1_700_000_000.5
 SOURCE = ("127.0.0.1", 5061)
 NAT = ("203.0.113.9", 40000)
 AOR = "sip:alice@example.test"
-AUTH = ('Digest username="alice",realm="example.test",cnonce="6b8b4567",nc=00000001,'
-        'qop=auth,uri="sip:example.test",nonce="abc",response="0123",algorithm=MD5')
+SECRET = b"k" * 32
+USERS = {"alice": {"MD5": ha1("alice", "example.test", "wonderland")}}
 
 
-def general(data: bytes, ip: str, port: int, location: Location):
-    """What the registrar's general path makes of ``data``: ``("ok", ...)``,
-    ``("error", status, reason)``, or None for what is no REGISTER with credentials."""
+def authenticator() -> Authenticator:
+    return Authenticator("example.test", SECRET, USERS.get, algorithms=("MD5",))
+
+
+def _credentials() -> str:
+    """Valid credentials of alice for ``sip:example.test``, for a nonce made at ``NOW``."""
+    nonce = re.search(r'nonce="([^"]*)"', authenticator().challenge(NOW)[0]).group(1)
+    value = ('Digest username="alice",realm="example.test",cnonce="6b8b4567",nc=00000001,'
+             f'qop=auth,uri="sip:example.test",nonce="{nonce}",response="RESPONSE",algorithm=MD5')
+    response = expected_response(parse_credentials(value), "REGISTER", USERS["alice"]["MD5"])
+    return value.replace("RESPONSE", response)
+
+
+AUTH = _credentials()
+
+
+def path(fast: bool, state: str) -> RegisterPath:
+    """A registrar's path over a fresh authenticator and the location table of ``state``."""
+    return RegisterPath(RULES, authenticator(), lambda: "TAG", location(state), "n1",
+                        Sequencer(1), fast=fast, strict=True)
+
+
+def _nonceless(data: bytes) -> bytes:
+    """``data`` with the nonces of its challenges written as ``N`` (each is fresh)."""
+    return re.sub(rb'nonce="[^"]*"', b'nonce="N"', data)
+
+
+def general(data: bytes, ip: str, port: int, state: str):
+    """The path's answer from the parser: ``(status, dest, bytes, changes)``,
+    ``("parse", status)`` for what the parser refuses, or None for no REGISTER."""
     try:
         req = parse_message(data)
         req.validate()
-        if req.method != "REGISTER" or not req.raw_values("authorization"):
+        if not isinstance(req, Request) or req.method != "REGISTER":
             return None
         dest = stamp_via(req, "udp", ip, port)
-        key = server_key(req)
-        RULES.check(req)
-        aor, user = RULES.aor_of(req)
-        outcome = RULES.apply(req, location, NOW, "n1", "%s:%s:%d" % dest, "TAG", aor)
-        return ("ok", key, (dest[1], dest[2]), user, req.raw_values("authorization"),
-                outcome.changes, outcome.encode())
     except SipError as err:
-        return ("error", err.status, err.reason)
+        return ("parse", err.status)
+    answer = path(False, state).answer(req, dest, NOW, 0.0)
+    return answer and (answer.status, answer.dest, _nonceless(answer.data), answer.changes)
 
 
-def quick(data: bytes, ip: str, port: int, location: Location):
-    """What the registrar's quick path makes of ``data``, in ``general``'s
-    terms; None where it leaves the request to the general path."""
-    usual = scan(data, ip, port, RULES.domains)
-    if usual is None or "authorization" not in usual.fields or usual.key is None:
+def quick(data: bytes, ip: str, port: int, state: str, declined: list | None = None):
+    """The path's answer from the recognition, in ``general``'s terms; None
+    where the recognition leaves the datagram to the parser. ``declined``
+    gets whether the recognised request went back to the general path."""
+    p = path(True, state)
+    usual = p.recognise(data, ip, port)
+    if usual is None:
         return None
-    try:
-        changes, out = usual.outcome(RULES, location, NOW, "n1", "TAG")
-    except NotUsual:
-        return None
-    except SipError as err:
-        return ("error", err.status, err.reason)
-    return ("ok", usual.key, usual.dest, usual.user, [usual.fields["authorization"]], changes, out)
+    answer = p.answer(usual, None, NOW, 0.0)
+    if declined is not None:
+        declined.append(p.stats["usual_declined"] > 0)
+    return answer and (answer.status, answer.dest, _nonceless(answer.data), answer.changes)
 
 
 SIPP = [("Via", "SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bK-17-2-0;rport"),
@@ -103,6 +127,7 @@ STATES = {
 
 
 def location(state: str) -> Location:
+    """The location table holding ``STATES[state]``."""
     loc = Location()
     for b in STATES[state]:
         loc.put(b)
@@ -114,18 +139,57 @@ def location(state: str) -> Location:
                                              ([(n, v.replace(";rport", "")) for n, v in PHONE], NAT)])
 def test_usual_registers_are_answered_quickly_and_exactly(headers, source, state):
     data = message("REGISTER sip:example.test SIP/2.0", headers)
-    answer = quick(data, *source, location(state))
+    declined: list[bool] = []
+    answer = quick(data, *source, state, declined)
     assert answer is not None
-    assert answer == general(data, *source, location(state))
+    assert answer == general(data, *source, state)
+    # Only an error (a CSeq out of order, too many contacts) is written by the general path.
+    assert declined == [answer[0] != 200]
 
 
-def test_outcome_changes_nothing():
-    loc = location("other phone")
-    before = {k: Binding(**{f: getattr(b, f) for f in Binding.__slots__})
-              for k, b in loc.get(AOR).items()}
-    usual = scan(message("REGISTER sip:example.test SIP/2.0", SIPP), *SOURCE, RULES.domains)
-    changes, _ = usual.outcome(RULES, loc, NOW, "n1", "TAG")
-    assert changes and loc.get(AOR) == before
+def test_a_usual_register_with_credentials_is_registered_from_its_text():
+    p = path(True, "other phone")
+    usual = p.recognise(message("REGISTER sip:example.test SIP/2.0", SIPP), *SOURCE)
+    answer = p.answer(usual, None, NOW, 0.0)
+    assert answer.status == 200 and answer.data.startswith(b"SIP/2.0 200 OK\r\n")
+    assert [b.contact for b in answer.changes] == ["sip:alice@127.0.0.1:5061;transport=UDP"]
+    assert [(b.epoch, b.seq) for b in answer.changes] == [(1, 1)]
+    assert p.stats["usual_declined"] == p.stats["usual_fallback"] == 0
+    # Nothing is put in the table: the caller commits first.
+    assert len(p.location.get(AOR)) == 1
+    # A retransmission while it is being committed is absorbed.
+    again = p.recognise(message("REGISTER sip:example.test SIP/2.0", SIPP), *SOURCE)
+    assert p.answer(again, None, NOW, 0.0) is None
+
+
+def test_a_wrong_password_gets_the_general_401():
+    data = message("REGISTER sip:example.test SIP/2.0",
+                   [(n, v.replace('response="', 'response="0') if n == "Authorization" else v)
+                    for n, v in SIPP])
+    p = path(True, "empty")
+    answer = p.answer(p.recognise(data, *SOURCE), None, NOW, 0.0)
+    assert answer.status == 401 and p.stats["usual_declined"] == 1
+    assert b"WWW-Authenticate: Digest" in answer.data and answer.changes == []
+
+
+def test_a_store_failure_on_the_fast_path_is_counted_logged_and_raised_under_strict(caplog):
+    def store_away(_user):
+        raise OSError("store away")
+
+    data = message("REGISTER sip:example.test SIP/2.0", SIPP)
+    for strict in (True, False):
+        p = RegisterPath(RULES, Authenticator("example.test", SECRET, store_away,
+                                              algorithms=("MD5",)),
+                         lambda: "TAG", location("empty"), "n1", Sequencer(1), strict=strict)
+        usual = p.recognise(data, *SOURCE)
+        if strict:
+            with pytest.raises(OSError):
+                p.answer(usual, None, NOW, 0.0)
+        else:
+            # The general path meets the same failure: the request gets a 500.
+            assert p.answer(usual, None, NOW, 0.0).status == 500
+        assert p.stats["usual_fallback"] == 1
+    assert "the general path answers it" in caplog.text
 
 
 @pytest.mark.parametrize("change", [
@@ -141,11 +205,15 @@ def test_outcome_changes_nothing():
     lambda h: [(n, "<sip:al%69ce@example.test>" if n == "To" else v) for n, v in h],
     lambda h: h + [("Require", "path")],
     lambda h: h + [("Proxy-Authorization", AUTH)],
+    lambda h: [(n, "30" if n == "Expires" else v) for n, v in h],       # 423
 ])
 def test_what_it_does_not_know_is_left_to_the_general_path(change):
     data = message("REGISTER sip:example.test SIP/2.0", change(SIPP))
-    assert quick(data, *SOURCE, location("other phone")) is None
-    assert general(data, *SOURCE, location("other phone")) is not None
+    declined: list[bool] = []
+    answer = quick(data, *SOURCE, "other phone", declined)
+    assert declined in ([], [True])
+    expected = general(data, *SOURCE, "other phone")
+    assert expected is not None and answer in (None, expected)
 
 
 # Pieces of REGISTERs for the property below: (forms the quick path takes,
@@ -215,11 +283,11 @@ def _register(draw):
 @given(_register(), st.sampled_from([SOURCE, NAT]))
 def test_quick_path_agrees_with_the_general_path(drawn, source):
     data, state = drawn
-    answer = quick(data, *source, location(state))
-    event("quick" if answer is not None and answer[0] == "ok" else
-          "quick error" if answer is not None else "general")
+    declined: list[bool] = []
+    answer = quick(data, *source, state, declined)
+    event("quick" if declined == [False] else "declined" if declined else "general")
     if answer is not None:
-        assert answer == general(data, *source, location(state))
+        assert answer == general(data, *source, state)
 
 
 
@@ -227,7 +295,7 @@ def test_quick_path_agrees_with_the_general_path(drawn, source):
 @given(mutated([message("REGISTER sip:example.test SIP/2.0", h) for h in (SIPP, PHONE)]),
        st.sampled_from(list(STATES)))
 def test_damaged_registers_are_answered_as_the_general_path_answers(data, state):
-    answer = quick(data, *NAT, location(state))
+    answer = quick(data, *NAT, state)
     event("quick" if answer is not None else "general")
     if answer is not None:
-        assert answer == general(data, *NAT, location(state))
+        assert answer == general(data, *NAT, state)

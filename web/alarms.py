@@ -13,10 +13,13 @@ raises an alarm (``store.alarms``: grouped, repeated at most every
 - ``clock skew``: a node sees a peer's clock off by more than ``max_skew``
   seconds (nodes report it from the wall clock in every heartbeat);
 - ``ban storm``: ``ban_storm`` or more bans in force on a node;
+- ``gateway down``: a gateway of the dial plan that nodes' OPTIONS probes
+  find down (one alarm per gateway, naming the nodes);
 - ``certificate expiring``: a certificate of ``certificates`` (PEM files the
   master can read, e.g. the nodes' TLS certificates) ends within
   ``cert_days`` days, or cannot be read;
-- ``emergency call``: a call record to one of ``emergency_numbers``.
+- ``emergency call``: a call record a node marked as one (its ``[sip]
+  emergency_numbers``) or to one of ``emergency_numbers``.
 
 Each notice is a JSON POST to ``webhook`` and/or an e-mail through
 ``smtp_host`` to ``smtp_to``, with a clear text and a link (``dashboard_url``
@@ -64,7 +67,7 @@ SEND_TIMEOUT = 10.0
 EVENT_KINDS = ("emergency call",)
 """Kinds that are events: nothing clears them, they close after a quiet while."""
 NODE_KINDS = ("node down", "node degraded", "configuration behind", "replication lag",
-              "clock skew", "ban storm")
+              "clock skew", "ban storm", "gateway down")
 """Kinds observed by asking the nodes (left as they are when the master has no bus)."""
 FILE_KINDS = ("certificate expiring",)
 
@@ -139,6 +142,25 @@ class Trouble:
 
 def _ts(ts: float) -> str:
     return datetime.datetime.fromtimestamp(ts, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def gateway_troubles(gateways: dict) -> list[Trouble]:
+    """Gateways that nodes find down (``gateways`` answers per node id: name -> health)."""
+    down: dict[str, list[str]] = {}
+    emergency = set()
+    for node, health in sorted(gateways.items()):
+        if not isinstance(health, dict) or "error" in health:
+            continue
+        for name, h in health.items():
+            if isinstance(h, dict) and h.get("state") == "down":
+                down.setdefault(str(name), []).append(node)
+                if h.get("emergency"):
+                    emergency.add(str(name))
+    return [Trouble("gateway down", name, f"gateway {name} does not answer the OPTIONS "
+                    f"probes of {', '.join(nodes)}: calls it would take go to the next "
+                    "gateway of their rule, or fail"
+                    + (" (it takes emergency calls!)." if name in emergency else "."),
+                    "/dialplan") for name, nodes in sorted(down.items())]
 
 
 def node_troubles(settings: AlarmSettings, nodes: list[dict], states: dict, bans: dict,
@@ -313,10 +335,11 @@ class AlarmChecker:
         if self.bus is not None:
             nodes = ms.list_nodes()
             states = cluster.node_states(self.bus, nodes)
-            bans = cluster.ask_all(self.bus, [n for n in nodes if "error" not in
-                                              states.get(n["node_id"], {"error": 1})],
-                                   {"cmd": "bans"})
+            alive = [n for n in nodes if "error" not in states.get(n["node_id"], {"error": 1})]
+            bans = cluster.ask_all(self.bus, alive, {"cmd": "bans"})
             troubles += node_troubles(s, nodes, states, bans, now)
+            troubles += gateway_troubles(cluster.ask_all(self.bus, alive,
+                                                         {"cmd": "gateways"}))
             kinds += NODE_KINDS
         for t in troubles:
             store.seen(t.kind, t.subject, t.text, t.link, now, s.repeat_every)

@@ -20,11 +20,12 @@ epoch), ``failed=1``, ``limit``, ``offset``; ``format=csv`` or
 
 import datetime
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
-from flask import (Blueprint, Flask, Response, flash, g, redirect, render_template, request,
-                   session, url_for)
+from flask import (Blueprint, Flask, Response, current_app, flash, g, redirect,
+                   render_template, request, session, url_for)
 
 from store import audit as store
 from store import master as ms
@@ -42,6 +43,11 @@ MAX_PAGE = 1000
 MAX_CSV = 100_000
 """Rows one CSV export holds at most."""
 CHANGING = frozenset(("POST", "PUT", "PATCH", "DELETE"))
+BLOCKED_EVERY = 60.0
+"""Seconds between two ``login blocked`` rows of one address (the limiter answers each
+request of a blocked address with 429; one row a minute tells the story)."""
+MAX_BLOCKED = 10_000
+"""Addresses whose last ``login blocked`` row is remembered at most."""
 
 
 def _user_state(name: str) -> dict[str, Any]:
@@ -88,6 +94,15 @@ def _ban() -> tuple[str, dict]:
     return f"{str(kind)[:16]} {str(key)[:256]}", {}
 
 
+def _removed_node() -> tuple[str, dict]:
+    node = str(request.view_args.get("node_id", ""))[:64] if request.view_args else ""
+    row = ms.ClusterNode.get_or_none(ms.ClusterNode.node_id == node)
+    if row is None:
+        return node, {"exists": False}
+    return node, {"exists": True, "sip": row.sip, "control": row.control,
+                  "acked_version": row.acked_version}
+
+
 def _retention() -> tuple[str, dict]:
     return "audit retention", {"days": store.retention_days()}
 
@@ -109,13 +124,17 @@ DESCRIBERS: dict[str, tuple[str, Describer]] = {
     "backups.download": ("backup downloaded", lambda: ("master", {})),
     "bans.lift_page": ("ban lifted", _ban),
     "bans.api_lift": ("ban lifted", _ban),
+    "join.api_token": ("join token made", lambda: ("", {})),
+    "join.token_page": ("join token made", lambda: ("", {})),
+    "join.api_remove": ("node removed", _removed_node),
+    "join.remove_page": ("node removed", _removed_node),
     "audit.retention": ("audit retention", _retention),
     "audit.api_retention": ("audit retention", _retention),
 }
 """Endpoint: (action, what it targets and the state it may change)."""
 
-NOT_ACTIONS = frozenset(("auth.login",))
-"""Changing endpoints recorded in their own way (logins)."""
+NOT_ACTIONS = frozenset(("auth.login", "join.api_join"))
+"""Changing endpoints recorded in their own way (logins, a node joining with a token)."""
 
 
 def init_app(app: Flask) -> None:
@@ -124,7 +143,18 @@ def init_app(app: Flask) -> None:
     app.after_request(_after)
 
 
+def _dialplan() -> tuple[str, dict]:
+    from store.dialplan import get_dialplan
+    return "dial plan", get_dialplan()
+
+
+DIFFED = frozenset(("dial plan changed",))
+"""Actions whose before and after keep only the parts that changed (large states)."""
+
+
 def _describe(endpoint: str) -> tuple[str, str, dict]:
+    if endpoint.split(".", 1)[0] in ("dialplan", "dialplan_api"):
+        return ("dial plan changed", *_dialplan())
     action, describer = DESCRIBERS.get(endpoint, ("", None))
     if describer is None:
         return endpoint or request.path[:64], request.path[:200], {}
@@ -143,6 +173,7 @@ def _before() -> None:
         g.audit_before = _describe(request.endpoint or "")
     except Exception:
         log.exception("audit: cannot read the state before %s", request.endpoint)
+        g.audit_before = (request.endpoint or "", request.path[:200], {})
 
 
 def _after(response: Response) -> Response:
@@ -151,6 +182,8 @@ def _after(response: Response) -> Response:
     try:
         if request.endpoint == "auth.login":
             _login(response)
+        elif request.endpoint == "join.api_join":
+            _join(response)
         else:
             _action(response)
     except Exception:
@@ -176,8 +209,29 @@ def _login(response: Response) -> None:
         store.record(name, "failed login", address=_address(), ok=False,
                      result="wrong admin name or password")
     elif response.status_code == 429:
-        store.record(name, "login blocked", address=_address(), ok=False,
-                     result="too many failed logins from this address")
+        now, addr = time.monotonic(), _address()
+        _blocked = current_app.extensions.setdefault("audit_blocked", {})
+        if now - _blocked.get(addr, -BLOCKED_EVERY) < BLOCKED_EVERY:
+            return
+        if addr not in _blocked and len(_blocked) >= MAX_BLOCKED:
+            _blocked.pop(next(iter(_blocked)))
+        _blocked[addr] = now
+        store.record(name, "login blocked", address=addr, ok=False,
+                     result="too many failed logins from this address (one row a minute)")
+
+
+def _join(response: Response) -> None:
+    """A node that joined with a token (its id and address, never the secret the reply
+    carries), or a join refused before the address's limiter stepped in."""
+    body = response.get_json(silent=True) if response.is_json else None
+    body = body if isinstance(body, dict) else {}
+    if response.status_code == 201:
+        store.record("join token", "node joined", str(body.get("node_id", ""))[:64],
+                     _address(), after={"node_id": body.get("node_id"),
+                                        "version": body.get("version")})
+    elif response.status_code != 429:
+        store.record("join token", "join refused", "", _address(), ok=False,
+                     result=str(body.get("error", response.status))[:500])
 
 
 def _outcome(response: Response) -> str:
@@ -217,6 +271,12 @@ def _action(response: Response) -> None:
         changed = before.pop("_ha1", None) != after.pop("_ha1", None)
         if after.get("exists") and before.get("exists"):
             after["credentials changed"] = changed
+    if action in DIFFED:
+        changed = {k for k in set(before) | set(after) if before.get(k) != after.get(k)}
+        before = {k: v for k, v in before.items() if k in changed}
+        after = {k: v for k, v in after.items() if k in changed}
+        if not changed:
+            before, after = {}, {}
     if action == "drain":
         body = request.get_json(silent=True) if request.is_json else None
         on = body.get("on") if isinstance(body, dict) else request.form.get("on") == "1"

@@ -3,8 +3,9 @@ and scheduled backups with retention.
 
 An archive (``store.backup``) holds the master's whole database as one
 moment, its CurveZMQ key pair (so the nodes, which know the master by its
-public key, accept a restored master), the session key, the first admin's
-password file and the configuration file. A restore goes onto a fresh data
+public key, accept a restored master), the session key, the cluster secret
+that joining nodes get (so they match the nodes that joined before), the
+first admin's password file and the configuration file. A restore goes onto a fresh data
 directory only: it refuses one that holds a key pair or a database with
 data. The configuration file of the archive is written beside the keys as
 ``restored-master.toml`` for the operator to compare; the restored master
@@ -41,8 +42,11 @@ log = logging.getLogger(__name__)
 
 bp = Blueprint("backups", __name__)
 
-SECRET_FILES = ("master.public", "master.secret", "session.key", "admin-password")
+SECRET_FILES = ("master.public", "master.secret", "session.key", "cluster.secret",
+                "admin-password")
 """The data folder's files an archive carries."""
+OPTIONAL_FILES = ("cluster.secret", "admin-password")
+"""Of those, the ones a master may lack (made on first use, or deleted by the admin)."""
 CONFIG_NAME = "master.toml"
 """The configuration file's name inside an archive."""
 RESTORED_CONFIG = "restored-master.toml"
@@ -86,7 +90,7 @@ def make_backup(settings: MasterSettings, path: str, release: str = "") -> dict:
             with open(settings.path(name), "rb") as f:
                 files[name] = f.read()
         except FileNotFoundError:
-            if name != "admin-password":
+            if name not in OPTIONAL_FILES:
                 raise SettingsError(f"{settings.path(name)} is missing: is "
                                     f"{settings.data_dir} a master's data folder?") from None
     if settings.config_path:

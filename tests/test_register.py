@@ -1,38 +1,52 @@
-"""The quick 401 (``sipcore.quick_challenge``) against the general path it stands for."""
+"""The one REGISTER path's challenge (``sipcore.register``), with and without the fast recognition.
+
+``RegisterPath.challenge`` is what the challenge front asks of every
+datagram; ``RegisterPath.answer`` what the registrar asks. Both write
+their 401 with ``unauthorized``. The recognition of the usual REGISTER
+(``fast=True``) must give the very bytes, to the same destination, that
+the parser's request gets (``fast=False``), or leave the datagram to it.
+"""
+
+import re
 
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from sipcore.errors import SipError
+from sipcore.digest import Authenticator
 from sipcore.message import parse_message
-from sipcore.quick_challenge import QuickChallenge
-from sipcore.registrar import RegistrarRules, challenge_bytes
+from sipcore.register import RegisterPath
+from sipcore.registrar import RegistrarRules
 from sipcore.via import stamp_via
 
 RULES = RegistrarRules("example.test", ["alias.test", "127.0.0.1"])
-QUICK = QuickChallenge(RULES.domains)
-CHALLENGES = ['Digest realm="example.test", nonce="n1", algorithm=MD5, qop="auth"',
-              'Digest realm="example.test", nonce="n1", algorithm=SHA-256, qop="auth"']
 SOURCE = ("127.0.0.1", 5061)
+NOW = 1_700_000_000.5
+
+
+def path(fast: bool) -> RegisterPath:
+    """The challenge front's path: an authenticator that knows no user."""
+    auth = Authenticator("example.test", b"k" * 32, lambda _user: None,
+                         algorithms=("MD5", "SHA-256"))
+    return RegisterPath(RULES, auth, lambda: "TAG", fast=fast, strict=True)
+
+
+def _same_nonce(answer):
+    """``answer`` with its nonces written as ``N`` (each authenticator makes its own)."""
+    return answer and (re.sub(rb'nonce="[^"]*"', b'nonce="N"', answer[0]), answer[1])
 
 
 def general(data: bytes, ip: str, port: int):
-    """What the front's general path answers: ``(bytes, (host, port))``, or None."""
-    try:
-        req = parse_message(data)
-        req.validate()
-        if req.method != "REGISTER" or req.raw_values("authorization"):
-            return None
-        dest = stamp_via(req, "udp", ip, port)
-        RULES.check(req)
-        return challenge_bytes(req, CHALLENGES, "TAG"), (dest[1], dest[2])
-    except SipError:
-        return None
+    """The path's 401 from the parser: ``(bytes, (host, port))``, or None."""
+    return _same_nonce(path(False).challenge(data, ip, port, NOW))
 
 
 def quick(data: bytes, ip: str, port: int):
-    return QUICK.answer(data, ip, port, lambda: CHALLENGES, lambda: "TAG")
+    """The path's 401 from the recognition, or None where it leaves the datagram to the parser."""
+    p = path(True)
+    if p.recognise(data, ip, port) is None:
+        return None
+    return _same_nonce(p.challenge(data, ip, port, NOW))
 
 
 def message(start: str, headers: list[tuple[str, str]], tail: str = "") -> bytes:
@@ -90,6 +104,32 @@ def test_what_it_does_not_know_is_left_to_the_general_path(change):
 def test_a_foreign_domain_or_a_body_is_left_to_the_general_path():
     assert quick(message("REGISTER sip:other.test SIP/2.0", SIPP), *SOURCE) is None
     assert quick(message("REGISTER sip:example.test SIP/2.0", SIPP, "x"), *SOURCE) is None
+
+
+def test_the_registrar_and_the_front_write_the_same_401():
+    """The registrar's answer to a REGISTER without credentials is the front's
+    challenge, parsed or recognised."""
+    data = message("REGISTER sip:example.test SIP/2.0", PHONE)
+    front = general(data, "203.0.113.9", 40000)
+    for fast in (True, False):
+        p = path(fast)
+        usual = p.recognise(data, "203.0.113.9", 40000)
+        if usual is not None:
+            answer = p.answer(usual, None, NOW, 0.0)
+        else:
+            req = parse_message(data)
+            answer = p.answer(req, stamp_via(req, "udp", "203.0.113.9", 40000), NOW, 0.0)
+        assert answer.status == 401 and answer.key is None and answer.changes == []
+        assert _same_nonce((answer.data, answer.dest[1:])) == front
+        assert (usual is not None) == fast
+
+
+def test_a_foreign_domain_is_refused_by_the_registrar_and_passed_on_by_the_front():
+    data = message("REGISTER sip:other.test SIP/2.0", SIPP)
+    assert general(data, *SOURCE) is None
+    req = parse_message(data)
+    answer = path(True).answer(req, stamp_via(req, "udp", *SOURCE), NOW, 0.0)
+    assert answer.status == 404
 
 
 # Pieces of REGISTERs for the property below: (forms the shortcut knows,
