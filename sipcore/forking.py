@@ -43,7 +43,8 @@ challenged nor refused by these defences.
 A trusted peer (``sipcore.trusted``, by source address) is not challenged
 and reaches only our users, their extensions and DIDs, never a gateway or
 another domain. Caller identity is screened at the edge (``sipcore.identity``,
-RFC 3325) on every new request.
+RFC 3325) on every request: a new one, and one inside a dialog (whose claimed
+identities from an untrusted source are removed, nothing asserted).
 """
 
 import logging
@@ -322,7 +323,9 @@ class ProxyCore:
             groups = [[BranchTarget(req.uri)]]
         # Record-Route: the leg the request came on; each branch adds its own (RFC 5658).
         rr = stx.destination[0] if method in DIALOG_METHODS and req.to.tag is None else None
-        if not in_dialog:
+        if in_dialog:
+            screen_identity(req, self._peer(stx.destination[1]) is not None, None)
+        else:
             screen_identity(req, peer is not None,
                             None if caller is None else self._asserted(caller))
         if dialled is not None:
@@ -751,6 +754,7 @@ class ProxyCore:
         if not dests or (mf is not None and mf <= 0):
             return False
         branch = stateless_branch(req)
+        screen_identity(req, self._peer(source[1]) is not None, None)
         req.pop_first_value("route")
         out = branch_request(req, BranchTarget(req.uri), None, self.settings.domain)
         self._send_stateless_to(out, branch, dests[0])

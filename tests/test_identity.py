@@ -11,7 +11,7 @@ from sipcore.identity import wants_privacy
 from sipcore.message import parse_message
 from tests.test_dialing import GW_A, PSAP, authed_invite, core, forwarded  # noqa: F401
 from tests.test_numbers import NUMBERED
-from tests.test_proxy_core import ALICE, DOMAIN, PHONES, WALL, bind, out, request
+from tests.test_proxy_core import ALICE, DOMAIN, PHONES, WALL, bind, our_route, out, request
 from tests.test_trusted import CARRIER
 
 FORGED = ("P-Asserted-Identity: <sip:+15559999999@example.test;user=phone>",
@@ -90,3 +90,16 @@ def test_an_authenticated_call_between_users_asserts_the_callers_account(numbere
 def test_privacy_values(value, wanted):
     req = parse_message(request("INVITE", extra=(f"Privacy: {value}",)).encode())
     assert wants_privacy(req) is wanted
+
+
+def test_claimed_identities_inside_a_dialog_are_removed_unless_trusted(numbered):
+    for source, kept in ((ALICE, False), (CARRIER, True)):
+        for method in ("BYE", "INVITE"):       # stateless and stateful in-dialog forwarding
+            numbered.receive(request(method, uri="sip:bob@10.0.0.2:5062", to_tag="t",
+                                     source=source, branch=f"z9hG4bK{method}{kept}",
+                                     extra=(f"Route: {our_route(numbered)}", *FORGED)),
+                             source, 0.0, WALL)
+            (fwd, _), = [(m, d) for m, d in out(numbered)
+                         if getattr(m, "method", "") == method]
+            assert (fwd.get("p-asserted-identity") is not None) is kept, (method, source)
+            assert fwd.get("p-preferred-identity") is None
