@@ -102,3 +102,13 @@ def test_the_master_keeps_numbers_and_pushes_them(master):
         dp.save_user_policy("bob", {"numbers": ["202"]})
     with pytest.raises(StoreError, match="already alice's"):
         dp.save_user_policy("bob", {"numbers": ["201"]})
+
+
+def test_the_master_refuses_a_user_named_as_someones_number(master):
+    dp.save_user_policy("alice", {"numbers": ALICE_NUMBERS})
+    with pytest.raises(StoreError, match="extension or DID"):
+        ms.save_user("201", "a-password-of-201")
+    with pytest.raises(StoreError, match="extension or DID"):
+        ms.save_users([("bob", "bob-password-1"), ("+15551230201", "pw-of-did-1")], "import")
+    assert ms.count_users() == 0
+    ms.save_user("203", "a-password-of-203")
