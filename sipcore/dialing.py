@@ -50,6 +50,12 @@ class Dialing:
         """Names of gateways that missed their probes."""
         self.stats = {"routed": 0, "no_route": 0, "forbidden": 0, "emergency": 0}
 
+    def alias(self, user: str) -> str | None:
+        """The user whose extension or DID the Request-URI user ``user`` is, or None (also
+        when a user of that name exists: a user's own name comes first)."""
+        owner = self.plan.owner(user)
+        return None if owner is None or self.is_user(user) else owner
+
     def takes(self, user: str) -> bool:
         """Whether a call to ``user`` of our domain goes through the dial plan."""
         return bool(self.plan.rules) and is_number(user) and not self.is_user(user)
@@ -79,6 +85,11 @@ class Dialing:
         """The ``P-Asserted-Identity`` value presenting ``number`` (or a user name)."""
         return f"<sip:{number}@{self.domain}{';user=phone' if is_number(number) else ''}>"
 
+    def asserted(self, user: str) -> str:
+        """The ``P-Asserted-Identity`` of ``user``'s calls, from the account: the caller ID
+        (one of the user's numbers), else the user's DID, else the user name."""
+        return self.identity(self.plan.policy(user).presented or user)
+
     def route(self, number: str, caller: str) -> tuple[list[list[BranchTarget]], str]:
         """The branch groups and identity of ``caller``'s call to ``number``."""
         found = self.plan.match(number)
@@ -95,7 +106,7 @@ class Dialing:
         if not groups:
             raise SipError(503, "No Gateway Available")
         self.stats["routed"] += 1
-        return groups, self.identity(policy.caller_id or caller)
+        return groups, self.asserted(caller)
 
     def emergency(self, number: str, user: str | None, source: str | None = None
                   ) -> tuple[list[list[BranchTarget]], str] | None:

@@ -12,7 +12,12 @@ TOML section or the master's push, the same shape) by ``parse_dialplan``:
   ``prepend`` digits to add, ``gateways`` (names, tried in order) and the
   ``permission`` a caller needs (empty: any authenticated user);
 - users: per user ``permissions``, ``caller_id`` (the identity sent on
-  outgoing calls) and ``emergency_callback`` (sent to emergency services).
+  outgoing calls, one of the user's numbers when the user has any),
+  ``emergency_callback`` (sent to emergency services) and ``numbers``, the
+  extensions and DIDs that are aliases of the user (``201``,
+  ``+15551230201``): a call to one reaches the user's phones;
+- trusted: the carriers and gateways trusted by source address
+  (``sipcore.trusted``).
 
 Patterns: digits, ``+``, ``*`` and ``#`` stand for themselves; ``x`` (or
 ``X``) for any digit, ``N`` for 2-9, ``Z`` for 1-9, ``[1-5]``/``[27]`` for
@@ -31,6 +36,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from .trusted import TrustedError, TrustedPeers, parse_trusted
+
 #: what a dialled number may look like: optional +, then digits (and * or #)
 _NUMBER = re.compile(r"\+?[0-9*#]+")
 _LITERAL = frozenset("0123456789+*#")
@@ -46,6 +53,8 @@ MAX_GATEWAYS = 200
 MAX_USERS = 100_000
 MAX_PATTERN = 64
 MAX_LOCATIONS = 1000
+MAX_NUMBERS = 32
+"""Extensions and DIDs one user may own."""
 
 
 class DialPlanError(ValueError):
@@ -114,6 +123,15 @@ class UserPolicy:
     """The number presented on outgoing calls (empty: the user name)."""
     emergency_callback: str = ""
     """The number emergency services call back (empty: ``caller_id``, then the plan's default)."""
+    numbers: tuple[str, ...] = ()
+    """The user's extensions and DIDs: calls to them reach the user."""
+
+    @property
+    def presented(self) -> str:
+        """The number the user's calls present: the caller ID, else the first DID (a
+        number in ``+`` form; an extension means nothing outside), else empty (the user
+        name is presented)."""
+        return self.caller_id or next((n for n in self.numbers if n[0] == "+"), "")
 
 
 NO_POLICY = UserPolicy()
@@ -153,10 +171,16 @@ class DialPlan:
     """Probes in a row without an answer that mark a gateway down."""
     locations: list[Location] = field(default_factory=list)
     """Callback numbers by the caller's network, the most specific first."""
+    trusted: TrustedPeers = field(default_factory=TrustedPeers)
+    """Carriers and gateways trusted by source address: never challenged, never relayed."""
     _by_prefix: dict[str, list[tuple[Rule, re.Pattern[str]]]] = field(
         default_factory=dict, init=False, repr=False)
+    _owners: dict[str, str] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
+        for name, policy in self.users.items():
+            for number in policy.numbers:
+                self._owners.setdefault(number, name)
         for rule in self.rules:
             literal, regex = compile_pattern(rule.pattern)
             self._by_prefix.setdefault(literal, []).append((rule, regex))
@@ -185,6 +209,10 @@ class DialPlan:
         rule = best[0]
         return Match(rule, rule.rewrite(number),
                      tuple(self.gateways[n] for n in rule.gateways))
+
+    def owner(self, number: str) -> str | None:
+        """The user whose extension or DID ``number`` is, or None."""
+        return self._owners.get(number)
 
     def policy(self, user: str) -> UserPolicy:
         """The policy of ``user`` (none: no permission, no caller ID)."""
@@ -288,9 +316,9 @@ def _keys(body: Any, allowed: frozenset[str], where: str) -> dict[str, Any]:
 
 _GATEWAY_KEYS = frozenset({"name", "host", "port", "transport", "prefix", "emergency"})
 _RULE_KEYS = frozenset({"pattern", "strip", "prepend", "gateways", "permission"})
-_USER_KEYS = frozenset({"permissions", "caller_id", "emergency_callback"})
+_USER_KEYS = frozenset({"permissions", "caller_id", "emergency_callback", "numbers"})
 _PLAN_KEYS = frozenset({"gateways", "rules", "users", "default_callback", "probe_interval",
-                        "probe_misses", "locations"})
+                        "probe_misses", "locations", "trusted"})
 _LOCATION_KEYS = frozenset({"network", "callback"})
 
 
@@ -351,8 +379,19 @@ def parse_user(body: Any, where: str) -> UserPolicy:
     if not isinstance(perms, list) or not all(
             isinstance(p, str) and _PERMISSION.fullmatch(p) for p in perms):
         raise _fail(where, "permissions must be a list of names (lower case, e.g. local)")
-    return UserPolicy(frozenset(perms), _number(body, "caller_id", where),
-                      _number(body, "emergency_callback", where))
+    numbers = body.get("numbers", [])
+    if not isinstance(numbers, list) or len(numbers) > MAX_NUMBERS or not all(
+            isinstance(n, str) and len(n) <= MAX_PATTERN and is_number(n) for n in numbers):
+        raise _fail(where, f"numbers must be a list of at most {MAX_NUMBERS} numbers "
+                           "(+, digits), e.g. [\"201\", \"+15551230201\"]")
+    if len(set(numbers)) != len(numbers):
+        raise _fail(where, "numbers lists a number twice")
+    caller_id = _number(body, "caller_id", where)
+    if caller_id and numbers and caller_id not in numbers:
+        # The identity a user's calls present is a number the user owns.
+        raise _fail(where, f"caller_id {caller_id!r} is not one of the user's numbers")
+    return UserPolicy(frozenset(perms), caller_id, _number(body, "emergency_callback", where),
+                      tuple(numbers))
 
 
 def parse_location(body: Any, where: str) -> Location:
@@ -398,6 +437,12 @@ def parse_dialplan(doc: Any) -> DialPlan:
         if not isinstance(name, str) or not name or len(name) > 128:
             raise _fail("dialplan.users", f"bad user name {name!r}")
         users[name] = parse_user(body, f"dialplan.users.{name}")
+    owners: dict[str, str] = {}
+    for name, policy in users.items():
+        for number in policy.numbers:
+            if owners.setdefault(number, name) != name:
+                raise _fail(f"dialplan.users.{name}",
+                            f"number {number} is already {owners[number]}'s")
     interval = doc.get("probe_interval", 10.0)
     if not isinstance(interval, int | float) or isinstance(interval, bool) or not (
             interval == 0 or 0.05 <= interval <= 3600):
@@ -411,5 +456,9 @@ def parse_dialplan(doc: Any) -> DialPlan:
     locations = sorted((parse_location(body, f"dialplan.locations[{k}]")
                         for k, body in enumerate(raw_locations)),
                        key=lambda loc: -loc.network.prefixlen)
+    try:
+        trusted = parse_trusted(doc.get("trusted"))
+    except TrustedError as e:
+        raise DialPlanError(str(e)) from None
     return DialPlan(gateways, rules, users, _number(doc, "default_callback", "dialplan"),
-                    float(interval), misses, locations)
+                    float(interval), misses, locations, trusted)

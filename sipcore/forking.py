@@ -46,6 +46,12 @@ authenticated caller with the rule's permission, the next gateway tried only on
 "try elsewhere" (``Context.failover``); an emergency number goes to the
 emergency gateways whoever calls; and nobody reaches a gateway's address past
 the plan.
+
+A trusted peer (``sipcore.trusted``, by source address) is not challenged
+and reaches only our users, their extensions and DIDs, never a gateway or
+another domain. Caller identity is screened at the edge (``sipcore.identity``,
+RFC 3325) on every request: a new one, and one inside a dialog (whose claimed
+identities from an untrusted source are removed, nothing asserted).
 """
 
 import logging
@@ -59,6 +65,8 @@ from .call_events import (ANSWER, ATTEMPT, BYE, CANCEL, EMERGENCY, FAILURE, RING
 from .dialing import TRY_ELSEWHERE
 from .digest import BANNED
 from .errors import SipError
+from .identity import screen as screen_identity
+from .identity import withhold as withhold_identity
 from .message import Request, Response, error_response, make_response
 from .proxy import (ALLOW, DIALOG_METHODS, STATELESS_PREFIX,
                     UNCHALLENGED, Branch,
@@ -286,8 +294,10 @@ class ProxyCore:
         in_dialog = routed and req.to.tag is not None
         emergency = bool(s.emergency) and s.is_emergency(ruri)
         caller = None
-        if self.auth is not None and not in_dialog and flow is None and \
-                method not in UNCHALLENGED:
+        # A trusted carrier is not challenged, and reaches only our users and numbers.
+        peer = None if in_dialog else self._peer(stx.destination[1])
+        if (self.auth is not None and not in_dialog and flow is None
+                and method not in UNCHALLENGED and peer is None):
             from_uri = req.from_.uri
             if from_uri.user and s.names_domain(from_uri):
                 if emergency:
@@ -305,17 +315,21 @@ class ProxyCore:
                 groups = self._emergency_targets(req, ruri, local, caller, wall, breadth)
             else:
                 groups = dialled[0]
+        elif (local and dialing is not None and ruri.user
+              and (owner := dialing.alias(unquote(ruri.user))) is not None):
+            # An extension or DID of a user (looked up before the dial plan).
+            groups = self._local_targets(ruri, wall, breadth, owner)
         elif local and dialing is not None and ruri.user and dialing.takes(unquote(ruri.user)):
             # A number that is not a user of the domain: the dial plan's, for our users only.
             if caller is None:
-                raise SipError(403, "Relaying Denied")
+                raise SipError(403, "No Trunk-To-Trunk Relay" if peer else "Relaying Denied")
             dialled = dialing.route(unquote(ruri.user), caller)
             groups, failover = dialled[0], TRY_ELSEWHERE
         elif local:
             groups = self._local_targets(ruri, wall, breadth)
         else:
             if caller is None and not in_dialog:
-                raise SipError(403, "Relaying Denied")
+                raise SipError(403, "No Trunk-To-Trunk Relay" if peer else "Relaying Denied")
             if ruri.scheme == "tel" and not has_route:
                 raise SipError(404, "Not Found")
             if dialing is not None and not in_dialog and dialing.names_gateway(req):
@@ -324,8 +338,15 @@ class ProxyCore:
             groups = [[BranchTarget(req.uri)]]
         # Record-Route: the leg the request came on; each branch adds its own (RFC 5658).
         rr = stx.destination[0] if method in DIALOG_METHODS and req.to.tag is None else None
+        if in_dialog:
+            screen_identity(req, self._peer(stx.destination[1]) is not None, None)
+        else:
+            screen_identity(req, peer is not None,
+                            None if caller is None else self._asserted(caller))
         if dialled is not None:
             self._to_gateway(req, dialled[1])
+        elif not in_dialog:
+            withhold_identity(req)      # toward a phone or another domain: untrusted
         ctx = stx.context = Context(stx, req, branch_prefix(loop), rr, groups, breadth)
         ctx.failover = failover
         if method == "BYE" or (ctx.invite and req.to.tag is None):
@@ -344,8 +365,9 @@ class ProxyCore:
                 self.layer.respond(stx, trying_response(req), now)
         self._advance(ctx, now)
 
-    def _local_targets(self, ruri, wall: float, breadth: int) -> list:
-        """The branch groups for a user of our domain.
+    def _local_targets(self, ruri, wall: float, breadth: int, user: str | None = None) -> list:
+        """The branch groups for a user of our domain (``user``: the one an extension or
+        DID of the Request-URI belongs to).
 
         An unknown user and a user without a binding get the same ``480``
         after the same work (one location lookup), so that nobody learns
@@ -353,7 +375,8 @@ class ProxyCore:
         reaches the cluster itself are never forked to (they would loop).
         """
         s = self.settings
-        bindings = self.location.lookup(s.aor(ruri), wall)
+        aor = s.aor(ruri) if user is None else f"sip:{user}@{s.domain}"
+        bindings = self.location.lookup(aor, wall)
         if bindings:
             points_here = s.addresses.points_here
             bindings = [b for b in bindings if not points_here(parse_uri(b.contact))]
@@ -400,6 +423,18 @@ class ProxyCore:
         for name in ("route", "p-asserted-identity", "p-preferred-identity"):
             req.remove(name)
         req.add("P-Asserted-Identity", identity)
+
+    def _asserted(self, user: str) -> str:
+        """The ``P-Asserted-Identity`` of an authenticated user's request."""
+        dialing = self.dialing
+        if dialing is not None:
+            return dialing.asserted(user)
+        return f"<sip:{user}@{self.settings.domain}>"
+
+    def _peer(self, host: str):
+        """The trusted peer (``sipcore.trusted``) a request from ``host`` comes from, or None."""
+        dialing = self.dialing
+        return None if dialing is None else dialing.plan.trusted.peer(host)
 
     def _emergency_caller(self, req: Request, wall: float) -> str | None:
         """The authenticated user of a call to an emergency number, or None: such a
@@ -714,6 +749,8 @@ class ProxyCore:
             return False
         if s.peer_hops and req.get("route") is not None and s.relayed_flow(req, wall):
             return False    # a peer's relay to a flow we hold: it checked the caller
+        if self._peer(source[1]) is not None:
+            return False
         try:
             check_request(req, s)
         except SipError:
@@ -740,6 +777,7 @@ class ProxyCore:
         if not dests or (mf is not None and mf <= 0):
             return False
         branch = stateless_branch(req)
+        screen_identity(req, self._peer(source[1]) is not None, None)
         req.pop_first_value("route")
         out = branch_request(req, BranchTarget(req.uri), None, self.settings.domain)
         self._send_stateless_to(out, branch, dests[0])

@@ -5,7 +5,9 @@ takes (and a node's ``[dialplan]`` section has), kept as the master setting
 :data:`KEY`. Every change is checked by compiling the whole plan first, so a
 plan that would not compile is never stored nor pushed, and makes a new
 configuration version (``store.master.config_for`` carries the plan to every
-node). ``which_rule`` answers "which rule would this number take?".
+node). The user policies carry each user's extensions and DIDs
+(``numbers``), checked never to be the name of a user. ``which_rule``
+answers "which rule would this number take?".
 """
 
 import json
@@ -13,7 +15,7 @@ from typing import Any
 
 from sipcore.dialplan import MAX_RULES, DialPlanError, is_number, parse_dialplan
 from store.db import StoreError
-from store.master import get_setting, master_db, new_version, set_setting
+from store.master import SipUser, get_setting, master_db, new_version, set_setting
 
 KEY = "dialplan"
 """Master setting holding the plan document."""
@@ -41,9 +43,15 @@ def save_dialplan(doc: Any, reason: str = "dial plan changed") -> int:
     if len(json.dumps(doc)) > MAX_DOCUMENT:
         raise StoreError(f"the dial plan is larger than {MAX_DOCUMENT} bytes")
     try:
-        parse_dialplan(doc)
+        plan = parse_dialplan(doc)
     except DialPlanError as e:
         raise StoreError(str(e)) from None
+    numbers = [n for policy in plan.users.values() for n in policy.numbers]
+    for chunk in range(0, len(numbers), 500):
+        taken = SipUser.select(SipUser.username).where(
+            SipUser.username.in_(numbers[chunk:chunk + 500])).first()
+        if taken is not None:
+            raise StoreError(f"number {taken.username} is the name of a user")
     with master_db.atomic():
         set_setting(KEY, doc)
         return new_version(reason)
@@ -67,6 +75,27 @@ def delete_gateway(name: str) -> int | None:
         return None
     doc["gateways"] = gateways
     return save_dialplan(doc, f"gateway {name[:64]} deleted")
+
+
+def save_trusted(peer: Any) -> int:
+    """Trust a carrier or gateway by source address (``{"name", "address"}``, an IP
+    address or network; ``sipcore.trusted``), replacing the peer of the same name."""
+    if not isinstance(peer, dict) or not isinstance(peer.get("name"), str):
+        raise StoreError("a trusted peer is a JSON object with a name and an address")
+    doc = get_dialplan()
+    peers = [p for p in doc.get("trusted", []) if p.get("name") != peer["name"]]
+    doc["trusted"] = [*peers, peer]
+    return save_dialplan(doc, f"trusted peer {peer['name'][:64]} saved")
+
+
+def delete_trusted(name: str) -> int | None:
+    """Stop trusting the peer ``name``; None when there is none."""
+    doc = get_dialplan()
+    peers = [p for p in doc.get("trusted", []) if p.get("name") != name]
+    if len(peers) == len(doc.get("trusted", [])):
+        return None
+    doc["trusted"] = peers
+    return save_dialplan(doc, f"trusted peer {name[:64]} deleted")
 
 
 def save_rule(rule: Any, position: int | None = None) -> int:
@@ -117,7 +146,7 @@ def move_rule(index: int, to: int) -> int | None:
 
 
 def save_user_policy(username: str, policy: Any) -> int:
-    """Set a user's permissions, caller ID and emergency callback number."""
+    """Set a user's permissions, caller ID, emergency callback number, extensions and DIDs."""
     if not isinstance(username, str) or not username or len(username) > 128:
         raise StoreError("a user name is 1-128 characters")
     doc = get_dialplan()

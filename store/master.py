@@ -225,9 +225,19 @@ def current_version() -> int:
     return ConfigVersion.select(peewee.fn.MAX(ConfigVersion.version)).scalar() or 0
 
 
+def _owned_numbers() -> set[str]:
+    """The extensions and DIDs the dial plan gives users (``store.dialplan``): no user may
+    be named as one, or calls to it would reach someone else."""
+    doc = get_setting("dialplan") or {}
+    return {n for policy in doc.get("users", {}).values() if isinstance(policy, dict)
+            for n in policy.get("numbers", [])}
+
+
 def save_user(username: str, password: str, enabled: bool = True) -> int:
     """Add a user or change its password; return the new configuration version."""
     validate_username(username)
+    if username in _owned_numbers():
+        raise StoreError(f"{username} is a user's extension or DID in the dial plan")
     if not isinstance(password, str) or not password:
         raise StoreError("password must be a non-empty string")
     ha1 = compute_ha1s(username, domain(), password)
@@ -249,7 +259,10 @@ def save_users(rows: list[tuple[str, str]], reason: str) -> int:
     """Add or change many ``(username, password)`` at once, one version; return it."""
     realm = domain()
     records = []
+    owned = _owned_numbers()
     for username, password in rows:
+        if username in owned:
+            raise StoreError(f"{username} is a user's extension or DID in the dial plan")
         ha1 = compute_ha1s(validate_username(username), realm, password)
         records.append({"username": username, "ha1_md5": ha1["MD5"],
                         "ha1_sha256": ha1["SHA-256"], "enabled": True})

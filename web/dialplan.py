@@ -6,7 +6,8 @@ JSON API under ``/api/dialplan``: ``GET`` the plan; ``PUT`` a whole plan;
 ``POST /gateways`` a gateway (replaces one of the same name), ``DELETE
 /gateways/<name>``; ``POST /rules`` ``{"rule": {...}, "position": n}``, ``PUT
 /rules/<i>``, ``DELETE /rules/<i>``, ``POST /rules/<i>/move`` ``{"to": n}``;
-``PUT /users/<name>`` ``{"permissions", "caller_id", "emergency_callback"}``;
+``POST /trusted`` ``{"name", "address"}`` a trusted peer, ``DELETE /trusted/<name>``;
+``PUT /users/<name>`` ``{"permissions", "caller_id", "emergency_callback", "numbers"}``;
 ``PUT /settings`` ``{"default_callback", "locations", "probe_interval", "probe_misses"}``;
 ``GET /which?number=`` the rule a number takes; ``GET /health`` each node's view
 of each gateway. Every change is checked by compiling the whole plan (400 with
@@ -114,6 +115,21 @@ def delete_gateway(name):
     return _apply(dp.delete_gateway, name)
 
 
+@api_bp.post("/trusted")
+@basic_auth_required
+def post_trusted():
+    """Trust a carrier or gateway by source address (replaces one of the same name)."""
+    body, error = _body()
+    return error or _apply(dp.save_trusted, body)
+
+
+@api_bp.delete("/trusted/<name>")
+@basic_auth_required
+def delete_trusted(name):
+    """Stop trusting a peer."""
+    return _apply(dp.delete_trusted, name)
+
+
 @api_bp.post("/rules")
 @basic_auth_required
 def post_rule():
@@ -157,7 +173,7 @@ def move_rule(index):
 @api_bp.put("/users/<username>")
 @basic_auth_required
 def put_user(username):
-    """Set a user's permissions, caller ID and emergency callback number."""
+    """Set a user's permissions, caller ID, emergency callback number, extensions and DIDs."""
     body, error = _body()
     return error or _apply(dp.save_user_policy, username, body)
 
