@@ -143,7 +143,7 @@ def test_atheris(target, tmp_path):
     """Run the target's fuzzer for ``SECONDS``; fail on a crash, with its input."""
     corpus = tmp_path / "corpus"
     corpus.mkdir()
-    cmd = [sys.executable, os.path.join(FUZZ, f"fuzz_{target}.py"), str(corpus),
+    cmd = [sys.executable, os.path.join(FUZZ, "run.py"), target, str(corpus),
            f"-max_total_time={SECONDS}", "-timeout=10", "-rss_limit_mb=2048", "-max_len=8192",
            f"-dict={os.path.join(FUZZ, 'sip.dict')}", f"-artifact_prefix={tmp_path}/",
            "-print_final_stats=1"]

@@ -5,8 +5,8 @@ of a digest Authorization value.
 Each target takes any bytes and may raise only ``SipError`` (the parser's
 documented error, ``sipcore.errors``); anything else, or a failed
 assertion, is a crash. The same functions serve the hypothesis properties
-(``tests/test_fuzz.py``), the atheris targets (``fuzz_message.py``,
-``fuzz_digest.py`` here) and ``tests/test_message.py``.
+(``tests/test_fuzz.py``), the atheris targets (``run.py message``,
+``run.py digest`` here) and ``tests/test_message.py``.
 """
 
 from sipcore.digest import Authenticator, NonceFactory, expected_response, ha1, parse_credentials
