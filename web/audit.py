@@ -32,6 +32,7 @@ from store import master as ms
 from store.db import StoreError
 
 from .auth import basic_auth_required, login_required
+from .filters import FilterError, range_and_page, texts
 from .pages import ActionForm
 
 log = logging.getLogger(__name__)
@@ -286,33 +287,12 @@ def _action(response: Response) -> None:
                  ok=response.status_code < 400)
 
 
-class FilterError(ValueError):
-    """A filter of the query string that cannot be used."""
-
-
 def filters(args, max_limit: int = MAX_PAGE) -> dict:
     """The :func:`store.audit.search` arguments of the query string ``args``."""
     out: dict[str, Any] = {}
-    for name in ("actor", "action", "target"):
-        value = args.get(name, "")
-        if len(value) > 64:
-            raise FilterError(f"{name} is longer than 64 characters")
-        out[name] = value
-    for name in ("since", "until"):
-        raw = args.get(name, "")
-        try:
-            out[name] = float(raw) if raw else None
-        except ValueError:
-            raise FilterError(f"{name} must be seconds since the epoch") from None
-        if out[name] is not None and not 0 <= out[name] < 1e11:
-            raise FilterError(f"{name} is out of range")
+    texts(args, ("actor", "action", "target"), out)
     out["failed"] = args.get("failed", "") in ("1", "true", "on")
-    for name, default, top in (("limit", 100, max_limit), ("offset", 0, 10**9)):
-        raw = args.get(name, "")
-        if raw and not raw.isdigit():
-            raise FilterError(f"{name} must be a non-negative integer")
-        out[name] = min(int(raw) if raw else default, top)
-    return out
+    return range_and_page(args, out, max_limit)
 
 
 def _csv(found: dict) -> Response:

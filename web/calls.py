@@ -17,6 +17,7 @@ from store import cdrs
 
 from . import charts
 from .auth import basic_auth_required, login_required
+from .filters import FilterError, range_and_page, texts
 
 bp = Blueprint("calls", __name__)
 
@@ -30,37 +31,15 @@ CHART_WINDOW = 86400.0
 """Seconds the calls chart covers when the filters give no time range."""
 
 
-class FilterError(ValueError):
-    """A filter of the query string that cannot be used (its message says why)."""
-
-
 def filters(args, max_limit: int = MAX_PAGE) -> dict:
     """The ``store.cdrs.search`` arguments of the query string ``args``."""
     out: dict = {}
-    for name in ("caller", "callee"):
-        value = args.get(name, "")
-        if len(value) > 64:
-            raise FilterError(f"{name} is longer than 64 characters")
-        out[name] = value
+    texts(args, ("caller", "callee"), out)
     outcome = args.get("outcome", "")
     if outcome and outcome not in cdrs.OUTCOMES:
         raise FilterError(f"outcome must be one of {', '.join(cdrs.OUTCOMES)}")
     out["outcome"] = outcome
-    for name in ("since", "until"):
-        raw = args.get(name, "")
-        try:
-            out[name] = float(raw) if raw else None
-        except ValueError:
-            raise FilterError(f"{name} must be seconds since the epoch, not {raw[:32]!r}") \
-                from None
-        if out[name] is not None and not 0 <= out[name] < 1e11:
-            raise FilterError(f"{name} is out of range")
-    for name, default, top in (("limit", 100, max_limit), ("offset", 0, 10**9)):
-        raw = args.get(name, "")
-        if raw and not raw.isdigit():
-            raise FilterError(f"{name} must be a non-negative integer")
-        out[name] = min(int(raw) if raw else default, top)
-    return out
+    return range_and_page(args, out, max_limit)
 
 
 def csv_response(found: dict) -> Response:
