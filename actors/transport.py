@@ -503,6 +503,13 @@ class Transport:
         except OSError as e:
             log.info("send to %s:%s:%d failed: %s", transport, host, port, e)
             return False
+        except (OverflowError, ValueError) as e:
+            # A destination no socket takes (a port past 65535, a host no codec
+            # encodes, a NUL), as a hostile Contact or Via may name: dropped, so that
+            # it never escapes into the actor that sends.
+            self._log("bad_destination", "bad destination %s:%.80r:%.20r dropped: %s",
+                      transport, host, port, e)
+            return False
 
     def _connect(self, transport: str, host: str, port: int) -> Connection:
         # From the node's own address (the one in its Via and Record-Route), not the
