@@ -519,6 +519,11 @@ class Transport:
             source = (self.address, 0)
         if transport == "tls" and self.tls is None:
             raise OSError(f"no TLS on this node to reach {host}:{port}")
+        if not 0 < port < 65536:
+            raise OverflowError(f"port must be 1-65535, not {port}")
+        # A host no codec takes raises here, in ``send``, rather than in the resolver's
+        # thread, whose hub prints every such error unlimited.
+        host.encode("idna")
         sock = socket.create_connection((host, port), timeout=self.connect_timeout,
                                         source_address=source)
         if transport == "tls":
