@@ -10,7 +10,8 @@ peers of the last version it got rather than those of its file
 (``Replicator.set_peers``), which connects to a new peer's bus, drops a
 removed one and changes the keys its bus accepts, without a restart; the
 registrar and the proxy learn the cluster's SIP addresses anew
-(``follow_peers``), so a Contact pointing at a new node is refused too.
+(``follow_peers``), so a Contact pointing at a new node is refused too, and a
+flow a new node holds is relayed through it.
 A push without ``peers`` leaves the peers as they are.
 """
 
@@ -96,8 +97,9 @@ def use_stored_peers(cfg: NodeConfig) -> bool:
 
 
 def follow_peers(node, peers: list[Peer]) -> None:
-    """Apply a pushed peer list to a running node: the replicator's peers, and the
-    cluster addresses its registrar and proxy check Contacts and Froms against."""
+    """Apply a pushed peer list to a running node: the replicator's peers, the
+    cluster addresses its registrar and proxy check Contacts and Froms against, and
+    the peers' SIP addresses the proxy relays other nodes' flows through."""
     node.replicator.set_peers(peers)
     transport = node.transport
     addresses = cluster_addresses(dataclasses.replace(node.cfg, peers=list(peers)),
@@ -106,3 +108,4 @@ def follow_peers(node, peers: list[Peer]) -> None:
         node.registrar.path.rules.cluster = addresses
     if node.proxy is not None:
         node.proxy.core.settings.addresses = addresses
+        node.proxy.core.settings.set_peer_hops((p.id, p.sip) for p in peers if p.sip)

@@ -504,6 +504,13 @@ class Transport:
         except OSError as e:
             log.info("send to %s:%s:%d failed: %s", transport, host, port, e)
             return False
+        except (OverflowError, ValueError) as e:
+            # A destination no socket takes (a port past 65535, a host no codec
+            # encodes, a NUL), as a hostile Contact or Via may name: dropped, so that
+            # it never escapes into the actor that sends.
+            self._log("bad_destination", "bad destination %s:%.80r:%.20r dropped: %s",
+                      transport, host, port, e)
+            return False
 
     def _connect(self, transport: str, host: str, port: int) -> Connection:
         # From the node's own address (the one in its Via and Record-Route), not the
@@ -513,6 +520,11 @@ class Transport:
             source = (self.address, 0)
         if transport == "tls" and self.tls is None:
             raise OSError(f"no TLS on this node to reach {host}:{port}")
+        if not 0 < port < 65536:
+            raise OverflowError(f"port must be 1-65535, not {port}")
+        # A host no codec takes raises here, in ``send``, rather than in the resolver's
+        # thread, whose hub prints every such error unlimited.
+        host.encode("idna")
         sock = socket.create_connection((host, port), timeout=self.connect_timeout,
                                         source_address=source)
         if transport == "tls":

@@ -217,6 +217,12 @@ class ProxySettings:
         return uri.user is None and self.addresses.points_here(uri)
 
     # -- flows other nodes hold (sipcore.flow_relay) --------------------------------------
+    def set_peer_hops(self, hops) -> None:
+        """New ``peer_hops`` (the master pushed a new peer list): a node that joined
+        later is reached through, and a removed one no longer."""
+        self.peer_hops = tuple(hops)
+        self._peer_hops = dict(self.peer_hops)
+
     def relay_route(self, binding, dest: tuple) -> str | None:
         """The Route to the node holding ``binding``'s TCP or TLS flow ``dest``, or
         None when this node made the binding (or its origin is no known peer)."""

@@ -4,14 +4,23 @@ The running part (a node connecting to a new peer and dropping a removed one
 without a restart) is in ``tests/test_join.py`` with real processes.
 """
 
+from types import SimpleNamespace
+
 import pytest
 
 from actors.bus import BusError, generate_keypair
 from actors.config import NodeConfig
 from actors.config_sync import MASTER, ConfigSync
-from actors.membership import MembershipError, parse_peers, use_stored_peers
+from actors.membership import MembershipError, follow_peers, parse_peers, use_stored_peers
+from actors.proxy import ProxyActor
+from actors.replicator import Replicator
+from sipcore.digest import Authenticator
+from sipcore.forking import ProxyCore
+from sipcore.location import Binding, Location
+from sipcore.proxy import ProxySettings
 from sipcore.replication import RequestSnapshot
 from store.models import close_store, get_state, init_store
+from tests.test_flow_relay import CONTACT, DOMAIN, FLOW, NODE1, NODE2, WALL, lookup, relayed
 from tests.test_replication import T0, core, hb, joined, kinds
 
 
@@ -107,3 +116,27 @@ def test_a_peer_added_at_run_time_is_synced_from_and_the_node_stays_synced():
     assert "n3" not in r.peers and r.versions() == {"n2": (1, 0)}
     assert r.synced
     r.remove_peer("n3")
+
+
+def test_a_peer_pushed_at_run_time_is_relayed_through():
+    """node1 started alone: a flow node2 holds is not reachable through it; once the
+    master's list names node2 (with its SIP address), node1 relays bob's request to
+    node2, and no longer once a list leaves node2 out."""
+    cfg = NodeConfig(id="node1", domain=DOMAIN, address=NODE1[0], port=NODE1[1])
+    location = Location()
+    binding = Binding(f"sip:bob@{DOMAIN}", "<urn:uuid:1>;reg-id=1", CONTACT, WALL + 600,
+                      "reg", 1, received="tcp:127.0.0.1:44433", instance="<urn:uuid:1>",
+                      reg_id=1, origin="node2")
+    location.put(binding)
+    auth = Authenticator(DOMAIN, b"k" * 32, lookup, algorithms=("MD5",))
+    core1 = ProxyCore(ProxySettings(DOMAIN, *NODE1, secret=b"s" * 32, node_id="node1"),
+                      location, auth, trying_delay=0)
+    node = SimpleNamespace(cfg=cfg, replicator=Replicator(cfg, 1, location, lambda b: None),
+                           transport=None, registrar=None, proxy=ProxyActor(core1, None, None))
+    assert core1.settings.relay_route(binding, FLOW) is None
+    node2 = {**entry(2), "sip": f"{NODE2[0]}:{NODE2[1]}"}
+    follow_peers(node, parse_peers([entry(1), node2], "node1"))
+    assert core1.settings.peer_hops == (("node2", f"{NODE2[0]}:{NODE2[1]}"),)
+    relayed(core1)
+    follow_peers(node, parse_peers([entry(3)], "node1"))
+    assert core1.settings.relay_route(binding, FLOW) is None, "a removed peer is no hop"

@@ -1,6 +1,8 @@
 """The transport's limits, fed datagrams in-process (its receive path parses and dispatches)."""
 
+import logging
 import os
+import socket
 
 from actors.transport import Limits, Transport
 
@@ -41,3 +43,27 @@ def test_no_limit_when_off_and_oversized_datagrams_dropped():
                                 b"Content-Length: 2000\r\n\r\n" + b"x" * 2000)
     t.receive(big, "192.0.2.9", 5060)
     assert len(got) == 1000 and t.stats["oversized"] == 1
+
+
+def test_a_hostile_destination_is_dropped_with_a_rate_limited_log(caplog):
+    """A port past 65535 or a host no codec takes (a label over 63 octets) is
+    dropped (no exception escapes), its log lines rate-limited; the transport still sends."""
+    t, _ = transport(log_rate=1.0)
+    t.start()
+    try:
+        peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        peer.bind(("127.0.0.1", 0))
+        peer.settimeout(2.0)
+        bad = [("udp", "127.0.0.1", 70000), ("tcp", "127.0.0.1", 70000),
+               ("tcp", "a" * 64 + ".test", 5060), ("udp", "b" * 64 + ".test", 99999)]
+        with caplog.at_level(logging.INFO, logger="actors.transport"):
+            for _ in range(20):
+                for dest in bad:
+                    assert t.send(dest, b"hello") is False
+        lines = [r for r in caplog.records if "bad destination" in r.getMessage()]
+        assert 1 <= len(lines) <= 12, "a burst of 10, then 1 a second, of 60 bad sends"
+        assert t.send(("udp", "127.0.0.1", peer.getsockname()[1]), b"still") is True
+        assert peer.recv(100) == b"still"
+        peer.close()
+    finally:
+        t.stop()
