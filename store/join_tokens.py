@@ -57,7 +57,8 @@ def make_token(ttl: float = DEFAULT_TTL, now: float | None = None) -> tuple[str,
     if open_tokens >= MAX_OPEN_TOKENS:
         raise StoreError(f"{open_tokens} join tokens wait unused already (the limit): "
                          "use them or let them expire")
-    token = secrets.token_urlsafe(32)
+    # A fixed head: a token that began with "-" would read as an option on the command line.
+    token = "tj-" + secrets.token_urlsafe(32)
     JoinToken.create(digest=digest(token), created_at=now, expires_at=now + ttl)
     return token, now + ttl
 

@@ -246,3 +246,8 @@ def test_a_master_database_older_than_snapshot_endpoints_gets_the_column(tmp_pat
         assert node["snapshot"] == "" and node["acked_version"] == 3
     finally:
         ms.close_master_store()
+
+
+def test_a_token_never_reads_as_a_command_line_option(app):
+    tokens = [jt.make_token(60)[0] for _ in range(50)]
+    assert all(t.startswith("tj-") and len(t) > 40 for t in tokens)

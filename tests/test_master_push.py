@@ -27,6 +27,7 @@ def setup(tmp_path_factory):
     public, secret = generate_keypair()
     cluster = Cluster(work, 2, settings={**SETTINGS, "master_key": public})
     cluster.start()
+    assert cluster.wait_synced(30)  # a node answers 503 Syncing until then
     ms.init_master_store(f"sqlite:///{work}/master.db")
     ms.setup("example.test")
     for m in cluster.members.values():

@@ -145,11 +145,13 @@ def _ts(ts: float) -> str:
 
 
 def gateway_troubles(gateways: dict) -> list[Trouble]:
-    """Gateways that nodes find down (``gateways`` answers per node id: name -> health)."""
+    """Gateways that nodes find down (the ``gateways`` answers per node id, each
+    ``{"gateways": {name: health}, ...}``, ``actors.gateways``)."""
     down: dict[str, list[str]] = {}
     emergency = set()
-    for node, health in sorted(gateways.items()):
-        if not isinstance(health, dict) or "error" in health:
+    for node, answer in sorted(gateways.items()):
+        health = answer.get("gateways") if isinstance(answer, dict) else None
+        if not isinstance(health, dict):
             continue
         for name, h in health.items():
             if isinstance(h, dict) and h.get("state") == "down":
