@@ -165,7 +165,7 @@ class Replicator:
         self._landed = Event()
         self.stats = {"published": 0, "published_bindings": 0, "applied_bindings": 0,
                       "snapshots_served": 0, "snapshot_bindings_received": 0, "bad_messages": 0,
-                      "lag_unmeasured": 0}
+                      "lag_unmeasured": 0, "from_removed_peers": 0}
 
     @property
     def synced(self) -> bool:
@@ -381,7 +381,8 @@ class Replicator:
                 if kind == "peers":
                     self._change_peers(rest[0])
                 elif peer not in core.peers:
-                    pass  # sent by a peer removed since
+                    # Queued before its sender was removed: no longer ours to apply.
+                    self.stats["from_removed_peers"] += 1
                 elif kind == busmod.UPDATE:
                     self._act(core.update_received(peer, rest[0], now))
                 elif kind == busmod.HEARTBEAT:
