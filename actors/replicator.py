@@ -32,8 +32,9 @@ from gevent.pool import Group
 from gevent.queue import Empty, Queue
 
 from sipcore.location import Binding, Location, is_newer
-from sipcore.replication import (ALIVE, SUSPECTED, ApplyBindings, Heartbeat, Notice,
-                                 Replication, RequestSnapshot,
+from sipcore.protocol import PROTOCOL_VERSION
+from sipcore.replication import (ALIVE, SUSPECTED, ApplyBindings, Heartbeat, NewerMessage,
+                                 Notice, Replication, RequestSnapshot,
                                  SetDigest, SnapshotAssembler, SnapshotError, Update, WireError,
                                  decode_heartbeat, decode_snapshot_request, decode_update,
                                  encode_heartbeat, encode_snapshot_request, encode_update,
@@ -165,7 +166,8 @@ class Replicator:
         self._landed = Event()
         self.stats = {"published": 0, "published_bindings": 0, "applied_bindings": 0,
                       "snapshots_served": 0, "snapshot_bindings_received": 0, "bad_messages": 0,
-                      "lag_unmeasured": 0, "from_removed_peers": 0}
+                      "lag_unmeasured": 0, "from_removed_peers": 0, "newer_protocol": 0,
+                      "unknown_kinds": 0}
 
     @property
     def synced(self) -> bool:
@@ -357,9 +359,16 @@ class Replicator:
                     msg = decode_bans(body)
                     sender = msg[0]
                 else:
-                    raise WireError(f"unknown message type {kind[:8]!r}")
+                    # A kind of a newer release (sipcore.protocol): not ours to read.
+                    self.stats["unknown_kinds"] += 1
+                    log.debug("ignored a message of unknown kind %r from %s", kind[:8], peer)
+                    continue
                 if sender != peer:
                     raise WireError(f"message of {sender} on {peer}'s connection")
+            except NewerMessage as e:
+                self.stats["newer_protocol"] += 1
+                log.info("dropped a message from %s: %s", peer, e)
+                continue
             except WireError as e:
                 self.stats["bad_messages"] += 1
                 log.warning("dropped a bad message from %s: %s", peer, e)
@@ -496,6 +505,10 @@ class Replicator:
                 node, request = decode_snapshot_request(frames[2])
                 if node != user:
                     raise WireError(f"request names {node} but the key is {user}'s")
+            except NewerMessage as e:
+                self.stats["newer_protocol"] += 1
+                log.info("dropped a snapshot request from %s: %s", user or "?", e)
+                continue
             except WireError as e:
                 self.stats["bad_messages"] += 1
                 log.warning("dropped a bad snapshot request from %s: %s", user or "?", e)
@@ -545,7 +558,7 @@ class Replicator:
         costs a pass over the table or the lags (``bindings``, ``entries``,
         ``lag_ms``), for polling a large table.
         """
-        out = {"id": self.id, "state": self.state, "epoch": self.epoch,
+        out = {"id": self.id, "pv": PROTOCOL_VERSION, "state": self.state, "epoch": self.epoch,
                "seq": self.published_seq,
                "peers": {k: v.status() for k, v in self.core.peers.items()},
                "bus": dict(self.bus.stats) if self.bus else {}, **self.stats}
