@@ -9,6 +9,12 @@ short-lived syncer per snapshot request (DEALER), and the main loop, which
 owns the sync rules (``sipcore.replication``) and gets everything else
 through its inbox; besides, a lag meter without a socket.
 
+Messages follow ``sipcore.protocol``: a kind this release does not know is
+ignored and counted (``unknown_kinds``), a body of a newer protocol version
+dropped and counted (``newer_protocol``), and each peer's heartbeats tell the
+sync rules what it speaks (``core.peers_support(feature)``: whether
+something new may go on the PUB socket, which reaches every peer).
+
 It never writes the location table or the store: received bindings go to
 ``apply(bindings)`` (the registrar's ``merge``), which keeps each one that
 ``is_newer`` and persists it in its next group commit. It reads the
@@ -164,6 +170,8 @@ class Replicator:
         """Set when a peer was removed: the publisher drops every connection to its PUB
         socket (the others reconnect; the removed key is refused)."""
         self._landed = Event()
+        self._newer_from: set[str] = set()
+        """Peers (ZAP names, so bounded) whose newer messages were logged already."""
         self.stats = {"published": 0, "published_bindings": 0, "applied_bindings": 0,
                       "snapshots_served": 0, "snapshot_bindings_received": 0, "bad_messages": 0,
                       "lag_unmeasured": 0, "from_removed_peers": 0, "newer_protocol": 0,
@@ -366,14 +374,21 @@ class Replicator:
                 if sender != peer:
                     raise WireError(f"message of {sender} on {peer}'s connection")
             except NewerMessage as e:
-                self.stats["newer_protocol"] += 1
-                log.info("dropped a message from %s: %s", peer, e)
+                self._newer(peer, "a message", e)
                 continue
             except WireError as e:
                 self.stats["bad_messages"] += 1
                 log.warning("dropped a bad message from %s: %s", peer, e)
                 continue
             put((kind, peer, msg))
+
+    def _newer(self, peer: str, what: str, error: NewerMessage) -> None:
+        """Count a message of a newer protocol version; log it once per peer (a newer
+        release should not send it: see ``sipcore.protocol``)."""
+        self.stats["newer_protocol"] += 1
+        level = logging.DEBUG if peer in self._newer_from else logging.WARNING
+        self._newer_from.add(peer)
+        log.log(level, "dropped %s from %s: %s", what, peer, error)
 
     def _run(self) -> None:
         tick_every = min(0.1, self.cfg.heartbeat / 2)
@@ -506,8 +521,7 @@ class Replicator:
                 if node != user:
                     raise WireError(f"request names {node} but the key is {user}'s")
             except NewerMessage as e:
-                self.stats["newer_protocol"] += 1
-                log.info("dropped a snapshot request from %s: %s", user or "?", e)
+                self._newer(user or "?", "a snapshot request", e)
                 continue
             except WireError as e:
                 self.stats["bad_messages"] += 1
@@ -550,7 +564,8 @@ class Replicator:
                  len(bindings), node, epoch, seq, (self.monotonic() - started) * 1000)
 
     def status(self, request: dict | None = None) -> dict:
-        """Node id, sync state, peers with their liveness, and counts (for ``control``).
+        """Node id, its protocol version (``pv``), sync state, peers with their liveness
+        and announced protocol version, and counts (for ``control``).
 
         ``lag_ms`` gives the p50 and p99 over the latest 4096 bindings received
         live: wall time from the origin's commit to this node's location table
