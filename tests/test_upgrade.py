@@ -8,7 +8,8 @@ the tests are skipped, and fail under ``CI``.
 - A mixed cluster: a node of the previous release and one of this release
   replicate registrations both ways and route SIPp calls both ways; this
   release's configuration master pushes users to both; the old node counts no
-  bad message from the new one.
+  bad message from the new one; the master's database is one the previous release
+  made, migrated forward by this release as it opens it.
 - A rolling upgrade: three nodes of the previous release under bounded SIPp
   load (registrations and calls through the nodes in service), upgraded one at
   a time (drain, SIGTERM, this release started on the same data folder, whose
@@ -25,14 +26,15 @@ import time
 
 import pytest
 
-from actors.bus import BusError, generate_keypair
+from actors.bus import BusError
 from loadtest.bench_call import Uas, register_contact, write_call_inf
 from loadtest.bench_register import write_register_inf
 from loadtest.harness import ROOT, Cluster, free_port, run_sipp, write_users_csv
 from sipcore.protocol import FIRST_VERSION, PROTOCOL_VERSION
 from store import master as ms
-from store.migrations import NODE_MIGRATIONS
-from store.schema import current_version
+from store.files import write_private
+from store.migrations import MASTER_MIGRATIONS, NODE_MIGRATIONS
+from store.schema import current_version, stored_version
 from tests.conftest import _in_ci
 from web.push import Pusher
 
@@ -133,10 +135,29 @@ def node_schema(node) -> int:
         return db.execute("SELECT version FROM schema_versions WHERE name = 'node'").fetchone()[0]
 
 
+def old_master(previous: str, work: str) -> tuple[str, str, str]:
+    """A master folder made by the previous release's ``run.py master init``: its
+    database URL and key pair."""
+    data = os.path.join(work, "master")
+    config = os.path.join(work, "master.toml")
+    write_private(config, f'[master]\nlisten = "127.0.0.1:{free_port()}"\n'
+                          f'data_dir = "{data}"\ndomain = "example.test"\n')
+    init = subprocess.run([sys.executable, os.path.join(previous, "run.py"), "master", "init",
+                           "--config", config], capture_output=True, text=True, timeout=60,
+                          cwd=previous)
+    assert init.returncode == 0, init.stderr
+    keys = []
+    for name in ("master.public", "master.secret"):
+        with open(os.path.join(data, name)) as f:
+            keys.append(f.read().strip())
+    return f"sqlite:///{data}/master.db", keys[0], keys[1]
+
+
 def test_a_previous_release_node_and_a_current_one_work_together(previous, tmp_path):
-    """Node1 runs the previous release, node2 this one; the master is this release's."""
+    """Node1 runs the previous release, node2 this one; the master is this release's,
+    on a database the previous release made (migrated forward as it opens)."""
     work = str(tmp_path)
-    master_public, master_secret = generate_keypair()
+    master_url, master_public, master_secret = old_master(previous, work)
     cluster = Cluster(work, 2, settings={**SETTINGS, "master_key": master_public})
     old, new = cluster.nodes
     old.root = previous
@@ -145,8 +166,9 @@ def test_a_previous_release_node_and_a_current_one_work_together(previous, tmp_p
     cluster.start()
     try:
         assert wait(lambda: following(cluster), 30), old.log_tail() + new.log_tail()
-        ms.init_master_store(f"sqlite:///{work}/master.db")
-        ms.setup("example.test")
+        ms.init_master_store(master_url)
+        assert ms.domain() == "example.test", "the previous release's settings are kept"
+        assert stored_version(ms.master_db.obj, "master") == current_version(MASTER_MIGRATIONS)
         rows = [(f"user{i}", f"pw{i}") for i in range(8)]
         for user, password in rows:
             version = ms.save_user(user, password)
