@@ -8,8 +8,11 @@ process without an accepted key never completes a handshake, receives
 nothing and cannot send anything. Clients (SUB, DEALER) authenticate the
 server by its public key.
 
-A message is a list of frames: a one-byte type (below), then a body. Every
-ZeroMQ error comes out as :class:`BusError`. Secret keys are never logged.
+A message is a list of frames: a one-byte type (below), then a body; every
+JSON body carries its protocol version ``"pv"`` (``sipcore.protocol``: a kind
+a node does not know is ignored and counted, a newer version dropped and
+counted). Every ZeroMQ error comes out as :class:`BusError`. Secret keys are
+never logged.
 """
 
 import json
@@ -19,6 +22,8 @@ from typing import overload
 import gevent
 import zmq.green as zmq
 from zmq.utils import z85
+
+from sipcore.protocol import stamp
 
 log = logging.getLogger(__name__)
 
@@ -294,7 +299,8 @@ class Bus:
 
 def request(bus: Bus, endpoint: str, server_key: str, message: dict,
             timeout: float = 2.0) -> dict:
-    """Send one control request (``{"cmd": ...}``) and return its reply.
+    """Send one control request (``{"cmd": ...}``, stamped with this release's protocol
+    version, ``sipcore.protocol``) and return its reply.
 
     Raises ``BusError`` if no reply comes within ``timeout`` seconds (an
     unknown key never gets one) or if the reply reports an error.
@@ -302,7 +308,7 @@ def request(bus: Bus, endpoint: str, server_key: str, message: dict,
     sock = bus.client(zmq.DEALER, endpoint, server_key, hwm=10)
     try:
         with gevent.Timeout(timeout, False):
-            send(sock, [CONTROL_REQUEST, pack(message)])
+            send(sock, [CONTROL_REQUEST, pack(stamp(message))])
             while True:
                 frames = sock.recv_multipart()
                 if len(frames) == 2 and frames[0] == CONTROL_REPLY:

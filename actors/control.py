@@ -13,12 +13,19 @@ set to the client's ZAP name (whatever the client wrote there), so a
 handler can tell the master from a peer; ``attach_replicator``
 registers ``status`` and ``digest``, and the node may add more with
 ``handle``. One greenlet owns the socket and answers requests one at a time.
+
+Requests and replies carry ``"pv"`` (``sipcore.protocol``): a request of a
+newer protocol version than this release reads gets an error reply naming
+both versions (counted in ``newer_protocol``), one without it is version 1;
+each reply's ``pv`` tells the client what this node speaks.
 """
 
 import logging
 
 import gevent
 import zmq.green as zmq
+
+from sipcore.protocol import PROTOCOL_VERSION, NewerProtocol, ProtocolError, check_version
 
 from .bus import (CONTROL_DOMAIN, CONTROL_REPLY, CONTROL_REQUEST, Bus, BusError, pack,
                   recv_from, send, unpack)
@@ -39,7 +46,7 @@ class ControlServer:
         self.handlers.update(handlers or {})
         self.greenlet = None
         self.sock = None
-        self.stats = {"requests": 0, "errors": 0}
+        self.stats = {"requests": 0, "errors": 0, "newer_protocol": 0, "unknown_commands": 0}
 
     def handle(self, cmd: str, fn) -> None:
         """Register ``fn(request: dict) -> result`` for ``cmd``."""
@@ -90,19 +97,27 @@ class ControlServer:
         self.stats["requests"] += 1
         try:
             request = unpack(body)
+            try:
+                check_version(request)
+            except NewerProtocol as e:
+                self.stats["newer_protocol"] += 1
+                raise BusError(str(e)) from None
+            except ProtocolError as e:
+                raise BusError(str(e)) from None
             request["from"] = user
             cmd = request.get("cmd")
             fn = self.handlers.get(cmd) if isinstance(cmd, str) else None
             if fn is None:
+                self.stats["unknown_commands"] += 1
                 known = ", ".join(sorted(self.handlers))
                 raise BusError(f"unknown command {cmd!r}; known: {known}")
             result = fn(request)
         except BusError as e:
             self.stats["errors"] += 1
-            return {"ok": False, "error": str(e)}
+            return {"pv": PROTOCOL_VERSION, "ok": False, "error": str(e)}
         except Exception:
             self.stats["errors"] += 1
             log.exception("control command from %s failed", user or "?")
-            return {"ok": False, "error": "internal error"}
+            return {"pv": PROTOCOL_VERSION, "ok": False, "error": "internal error"}
         log.debug("control %s from %s", cmd, user or "?")
-        return {"ok": True, "result": result}
+        return {"pv": PROTOCOL_VERSION, "ok": True, "result": result}

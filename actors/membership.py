@@ -11,7 +11,9 @@ peers of the last version it got rather than those of its file
 removed one and changes the keys its bus accepts, without a restart; the
 registrar and the proxy learn the cluster's SIP addresses anew
 (``follow_peers``), so a Contact pointing at a new node is refused too, and a
-flow a new node holds is relayed through it.
+flow a new node holds is relayed through it; the call outbox learns the new
+node ids too, so a new peer, like the others, may read call events but never
+acknowledge (delete) them.
 A push without ``peers`` leaves the peers as they are.
 """
 
@@ -98,8 +100,9 @@ def use_stored_peers(cfg: NodeConfig) -> bool:
 
 def follow_peers(node, peers: list[Peer]) -> None:
     """Apply a pushed peer list to a running node: the replicator's peers, the
-    cluster addresses its registrar and proxy check Contacts and Froms against, and
-    the peers' SIP addresses the proxy relays other nodes' flows through."""
+    cluster addresses its registrar and proxy check Contacts and Froms against, the
+    peers' SIP addresses the proxy relays other nodes' flows through, and the node ids
+    the call outbox refuses ``events_ack`` from."""
     node.replicator.set_peers(peers)
     transport = node.transport
     addresses = cluster_addresses(dataclasses.replace(node.cfg, peers=list(peers)),
@@ -109,3 +112,5 @@ def follow_peers(node, peers: list[Peer]) -> None:
     if node.proxy is not None:
         node.proxy.core.settings.addresses = addresses
         node.proxy.core.settings.set_peer_hops((p.id, p.sip) for p in peers if p.sip)
+        if node.proxy.outbox is not None:
+            node.proxy.outbox.nodes = frozenset([node.cfg.id, *(p.id for p in peers)])

@@ -9,6 +9,12 @@ short-lived syncer per snapshot request (DEALER), and the main loop, which
 owns the sync rules (``sipcore.replication``) and gets everything else
 through its inbox; besides, a lag meter without a socket.
 
+Messages follow ``sipcore.protocol``: a kind this release does not know is
+ignored and counted (``unknown_kinds``), a body of a newer protocol version
+dropped and counted (``newer_protocol``), and each peer's heartbeats tell the
+sync rules what it speaks (``core.peers_support(feature)``: whether
+something new may go on the PUB socket, which reaches every peer).
+
 It never writes the location table or the store: received bindings go to
 ``apply(bindings)`` (the registrar's ``merge``), which keeps each one that
 ``is_newer`` and persists it in its next group commit. It reads the
@@ -32,8 +38,9 @@ from gevent.pool import Group
 from gevent.queue import Empty, Queue
 
 from sipcore.location import Binding, Location, is_newer
-from sipcore.replication import (ALIVE, SUSPECTED, ApplyBindings, Heartbeat, Notice,
-                                 Replication, RequestSnapshot,
+from sipcore.protocol import PROTOCOL_VERSION
+from sipcore.replication import (ALIVE, SUSPECTED, ApplyBindings, Heartbeat, NewerMessage,
+                                 Notice, Replication, RequestSnapshot,
                                  SetDigest, SnapshotAssembler, SnapshotError, Update, WireError,
                                  decode_heartbeat, decode_snapshot_request, decode_update,
                                  encode_heartbeat, encode_snapshot_request, encode_update,
@@ -163,9 +170,12 @@ class Replicator:
         """Set when a peer was removed: the publisher drops every connection to its PUB
         socket (the others reconnect; the removed key is refused)."""
         self._landed = Event()
+        self._newer_from: set[str] = set()
+        """Peers (ZAP names, so bounded) whose newer messages were logged already."""
         self.stats = {"published": 0, "published_bindings": 0, "applied_bindings": 0,
                       "snapshots_served": 0, "snapshot_bindings_received": 0, "bad_messages": 0,
-                      "lag_unmeasured": 0, "from_removed_peers": 0}
+                      "lag_unmeasured": 0, "from_removed_peers": 0, "newer_protocol": 0,
+                      "unknown_kinds": 0}
 
     @property
     def synced(self) -> bool:
@@ -357,14 +367,28 @@ class Replicator:
                     msg = decode_bans(body)
                     sender = msg[0]
                 else:
-                    raise WireError(f"unknown message type {kind[:8]!r}")
+                    # A kind of a newer release (sipcore.protocol): not ours to read.
+                    self.stats["unknown_kinds"] += 1
+                    log.debug("ignored a message of unknown kind %r from %s", kind[:8], peer)
+                    continue
                 if sender != peer:
                     raise WireError(f"message of {sender} on {peer}'s connection")
+            except NewerMessage as e:
+                self._newer(peer, "a message", e)
+                continue
             except WireError as e:
                 self.stats["bad_messages"] += 1
                 log.warning("dropped a bad message from %s: %s", peer, e)
                 continue
             put((kind, peer, msg))
+
+    def _newer(self, peer: str, what: str, error: NewerMessage) -> None:
+        """Count a message of a newer protocol version; log it once per peer (a newer
+        release should not send it: see ``sipcore.protocol``)."""
+        self.stats["newer_protocol"] += 1
+        level = logging.DEBUG if peer in self._newer_from else logging.WARNING
+        self._newer_from.add(peer)
+        log.log(level, "dropped %s from %s: %s", what, peer, error)
 
     def _run(self) -> None:
         tick_every = min(0.1, self.cfg.heartbeat / 2)
@@ -496,6 +520,9 @@ class Replicator:
                 node, request = decode_snapshot_request(frames[2])
                 if node != user:
                     raise WireError(f"request names {node} but the key is {user}'s")
+            except NewerMessage as e:
+                self._newer(user or "?", "a snapshot request", e)
+                continue
             except WireError as e:
                 self.stats["bad_messages"] += 1
                 log.warning("dropped a bad snapshot request from %s: %s", user or "?", e)
@@ -537,7 +564,8 @@ class Replicator:
                  len(bindings), node, epoch, seq, (self.monotonic() - started) * 1000)
 
     def status(self, request: dict | None = None) -> dict:
-        """Node id, sync state, peers with their liveness, and counts (for ``control``).
+        """Node id, its protocol version (``pv``), sync state, peers with their liveness
+        and announced protocol version, and counts (for ``control``).
 
         ``lag_ms`` gives the p50 and p99 over the latest 4096 bindings received
         live: wall time from the origin's commit to this node's location table
@@ -545,7 +573,7 @@ class Replicator:
         costs a pass over the table or the lags (``bindings``, ``entries``,
         ``lag_ms``), for polling a large table.
         """
-        out = {"id": self.id, "state": self.state, "epoch": self.epoch,
+        out = {"id": self.id, "pv": PROTOCOL_VERSION, "state": self.state, "epoch": self.epoch,
                "seq": self.published_seq,
                "peers": {k: v.status() for k, v in self.core.peers.items()},
                "bus": dict(self.bus.stats) if self.bus else {}, **self.stats}

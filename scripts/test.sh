@@ -23,6 +23,8 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 source scripts/venv.sh requirements-dev.txt
+# tests/test_upgrade.py runs the previous release, found by its tag: a clone may lack tags.
+if [ -n "$(git remote 2>/dev/null)" ]; then git fetch --quiet --tags 2>/dev/null || true; fi
 status=0
 .venv/bin/python -m pytest -q "$@" || status=$?
 exit $status

@@ -24,7 +24,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from .replication_wire import (FIELDS, MAX_VERSIONS, SYNCED, SYNCING, Heartbeat, SetDigest,
+from .protocol import all_support
+from .replication_wire import (FIELDS, MAX_VERSIONS, SYNCED, SYNCING, Heartbeat, NewerMessage,
+                               SetDigest,
                                SnapshotAssembler, SnapshotEnd, SnapshotError, Update, Versions,
                                WireError, binding_hash, decode_heartbeat,
                                decode_snapshot_request, decode_update, encode_heartbeat,
@@ -33,8 +35,8 @@ from .replication_wire import (FIELDS, MAX_VERSIONS, SYNCED, SYNCING, Heartbeat,
 from .location import Binding
 
 __all__ = ["FIELDS", "MAX_VERSIONS", "MAX_SKEW", "SYNCING", "SYNCED", "UNKNOWN", "ALIVE",
-           "SUSPECTED", "DEAD", "Heartbeat", "SetDigest", "SnapshotAssembler", "SnapshotEnd",
-           "SnapshotError", "Update", "Versions", "WireError", "binding_hash",
+           "SUSPECTED", "DEAD", "Heartbeat", "NewerMessage", "SetDigest", "SnapshotAssembler",
+           "SnapshotEnd", "SnapshotError", "Update", "Versions", "WireError", "binding_hash",
            "decode_heartbeat", "decode_snapshot_request", "decode_update", "encode_heartbeat",
            "encode_snapshot_request", "encode_update", "row_binding", "snapshot_stream",
            "Liveness", "SkewMeter", "RequestSnapshot", "ApplyBindings", "Notice", "PeerState",
@@ -154,6 +156,7 @@ class PeerState:
                                      "failed_syncs"), 0)
         self.reasons: dict[str, int] = {}  # snapshot requests by reason
         self.remote_state = ""  # the peer's own state, from its heartbeats
+        self.protocol: int | None = None  # the protocol version its heartbeats announce
         self.relayed: tuple[int, int] | None = None  # its stream, as held via other peers
         self.claims: dict[str, tuple[tuple[int, int], float]] = {}  # origin -> (version, since)
 
@@ -170,7 +173,7 @@ class PeerState:
                 "relayed": list(self.relayed) if self.relayed else None,
                 "syncing": self.request is not None, "has_snapshot": self.has_snapshot,
                 "skew": round(self.skew.skew, 3), "skewed": self.skew.skewed,
-                "state": self.remote_state, "queued": len(self.queue),
+                "state": self.remote_state, "pv": self.protocol, "queued": len(self.queue),
                 "sync_reasons": dict(self.reasons), **self.counts}
 
 
@@ -214,6 +217,11 @@ class Replication:
                 out[p.id] = held
         return out
 
+    def peers_support(self, feature: str) -> bool:
+        """Whether every peer announced a protocol version with ``feature``
+        (``sipcore.protocol.FEATURES``): what goes on the PUB socket reaches them all."""
+        return all_support((p.protocol for p in self.peers.values()), feature)
+
     def add_peer(self, peer: str) -> None:
         """Follow a new peer (membership changed): unknown until heard, then synced
         from (``join``); a node already synced stays synced meanwhile."""
@@ -233,6 +241,7 @@ class Replication:
         p = self.peers[peer]
         out = self._heard(p, now)
         p.remote_state = hb.state
+        p.protocol = hb.protocol
         if p.skew.observe(hb.wall, wall):
             if p.skew.skewed:
                 out.append(Notice(f"clock of {peer} is {p.skew.skew:+.3f} s off ours; "

@@ -15,6 +15,12 @@ took the snapshot).
 A version vector ``"v"`` maps an origin node id to ``[epoch, seq]``: the
 last change of that origin the sender holds, all earlier ones of that
 epoch included. It is optional on the wire (an empty map when absent).
+
+Every body carries ``"pv"``, its protocol version (:mod:`sipcore.protocol`):
+a body of a newer version than this release reads raises
+:class:`NewerMessage` (a ``WireError`` the replicator counts apart), except a
+heartbeat, read whatever its version, whose ``pv`` tells what its sender
+speaks (``Heartbeat.protocol``).
 """
 
 import hashlib
@@ -27,6 +33,8 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from .location import Binding
+from .protocol import (FIRST_VERSION, PROTOCOL_VERSION, NewerProtocol, ProtocolError,
+                       check_version, version_of)
 
 if TYPE_CHECKING:
     from .authguard import Ban
@@ -63,6 +71,11 @@ class WireError(ValueError):
     """A replication message that is malformed or inconsistent."""
 
 
+class NewerMessage(WireError):
+    """A message of a newer protocol version than this release reads: dropped and
+    counted (``newer_protocol``), not a bad message."""
+
+
 class SnapshotError(Exception):
     """A snapshot stream that is incomplete or does not match its end marker."""
 
@@ -71,8 +84,9 @@ def _reject_constant(name: str) -> NoReturn:
     raise WireError(f"non-finite number {name} in message")
 
 
-def _loads(data: bytes) -> dict[str, Any]:
-    """Parse a JSON object body, turning every failure into ``WireError``."""
+def _loads(data: bytes, versioned: bool = True) -> dict[str, Any]:
+    """Parse a JSON object body, turning every failure into ``WireError``; with
+    ``versioned``, ``NewerMessage`` when its protocol version is newer than ours."""
     try:
         obj = json.loads(data, parse_constant=_reject_constant)
     except (ValueError, TypeError, RecursionError) as e:
@@ -81,6 +95,12 @@ def _loads(data: bytes) -> dict[str, Any]:
         raise WireError(f"not JSON: {e}") from None
     if not isinstance(obj, dict):
         raise WireError("message body is not a JSON object")
+    try:
+        check_version(obj) if versioned else version_of(obj)
+    except NewerProtocol as e:
+        raise NewerMessage(str(e)) from None
+    except ProtocolError as e:
+        raise WireError(str(e)) from None
     return obj
 
 
@@ -192,6 +212,8 @@ class Heartbeat:
     """The sender's own sync state: ``syncing`` or ``synced``."""
     versions: Versions = field(default_factory=dict)
     """The last (epoch, seq) the sender holds of each other origin."""
+    protocol: int = FIRST_VERSION
+    """The protocol version the sender speaks (1: a release without ``pv``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,7 +238,7 @@ class SnapshotEnd:
 
 def encode_update(origin: str, epoch: int, sent_at: float, bindings: list[Binding]) -> bytes:
     """The body of an update message for one commit of ``origin``'s own changes."""
-    return _dumps({"id": origin, "e": epoch, "t": sent_at,
+    return _dumps({"pv": PROTOCOL_VERSION, "id": origin, "e": epoch, "t": sent_at,
                    "b": [list(_row_of(b)) for b in bindings]}).encode()
 
 
@@ -240,15 +262,16 @@ def decode_update(data: bytes) -> Update:
 def encode_heartbeat(node: str, wall: float, epoch: int, seq: int, state: str,
                      versions: Versions | None = None) -> bytes:
     """The body of a heartbeat (``versions``: what the sender holds of other origins)."""
-    return _dumps({"id": node, "t": wall, "e": epoch, "s": seq, "st": state,
+    return _dumps({"pv": PROTOCOL_VERSION, "id": node, "t": wall, "e": epoch, "s": seq, "st": state,
                    "v": _encode_versions(versions)}).encode()
 
 
 def decode_heartbeat(data: bytes) -> Heartbeat:
     """Parse and check a heartbeat."""
-    obj = _loads(data)
+    obj = _loads(data, versioned=False)
     hb = Heartbeat(_get(obj, "id", _STR), _get(obj, "t", _NUM), _get(obj, "e", _INT),
-                   _get(obj, "s", _INT), _get(obj, "st", _STR), _versions(obj))
+                   _get(obj, "s", _INT), _get(obj, "st", _STR), _versions(obj),
+                   version_of(obj))
     if hb.state not in (SYNCING, SYNCED) or hb.seq < 0 or not hb.node:
         raise WireError("bad heartbeat state, node or sequence number")
     return hb
@@ -256,7 +279,7 @@ def decode_heartbeat(data: bytes) -> Heartbeat:
 
 def encode_snapshot_request(node: str, request: int) -> bytes:
     """The body of a snapshot request."""
-    return _dumps({"id": node, "r": request}).encode()
+    return _dumps({"pv": PROTOCOL_VERSION, "id": node, "r": request}).encode()
 
 
 def decode_snapshot_request(data: bytes) -> tuple[str, int]:
@@ -278,13 +301,15 @@ def snapshot_stream(request: int, bindings: list[Binding], batch_size: int,
     n = 0
     for start in range(0, len(bindings), batch_size):
         chunk = bindings[start:start + batch_size]
-        body = _dumps({"r": request, "n": n, "b": [_row_of(b) for b in chunk]}).encode()
+        body = _dumps({"pv": PROTOCOL_VERSION, "r": request, "n": n,
+                       "b": [_row_of(b) for b in chunk]}).encode()
         hasher.update(len(body).to_bytes(8, "big"))
         hasher.update(body)
         n += 1
         yield False, body, len(chunk)
-    end = _dumps({"r": request, "n": n, "c": len(bindings), "d": hasher.hexdigest(),
-                  "e": epoch, "s": seq, "v": _encode_versions(versions)}).encode()
+    end = _dumps({"pv": PROTOCOL_VERSION, "r": request, "n": n, "c": len(bindings),
+                  "d": hasher.hexdigest(), "e": epoch, "s": seq,
+                  "v": _encode_versions(versions)}).encode()
     yield True, end, 0
 
 
@@ -370,11 +395,11 @@ _BAN_CODES = {v: k for k, v in _BAN_KINDS.items()}
 
 
 def encode_bans(node: str, bans: "Iterable[Ban]") -> bytes:
-    """One bans message ``{"v": 1, "id", "b": [[kind, key, until], ...]}`` of
+    """One bans message ``{"pv", "v": 1, "id", "b": [[kind, key, until], ...]}`` of
     node ``node``: kind ``s`` (source) or ``u`` (user), ``until`` the
     wall-clock end of the ban, 0 for a ban lifted. ``bans`` are
     ``sipcore.authguard.Ban`` values (at most ``MAX_BANS``)."""
-    return _dumps({"v": BANS_VERSION, "id": node,
+    return _dumps({"pv": PROTOCOL_VERSION, "v": BANS_VERSION, "id": node,
                    "b": [[_BAN_CODES[b.kind], b.key, round(b.until, 3)] for b in bans]}).encode()
 
 

@@ -1,5 +1,6 @@
 """The bus, the control endpoint, keys and the replicator over real ZeroMQ sockets on loopback."""
 
+import json
 import os
 import shutil
 import stat
@@ -21,6 +22,7 @@ from actors.control import ControlServer
 from actors.keys import Member, cluster_toml, cmd_keys, load_or_create_keypair, read_keypair
 from actors.replicator import Replicator, attach_replicator
 from sipcore.location import Binding, Location, Sequencer
+from sipcore.protocol import PROTOCOL_VERSION
 from sipcore.replication import (SnapshotAssembler, encode_heartbeat, encode_snapshot_request,
                                  encode_update)
 
@@ -357,7 +359,7 @@ def test_bad_messages_from_a_peer_are_dropped_and_counted(pair):
             send(pub, [HEARTBEAT, encode_heartbeat("n2", time.time(), 1, 0, "synced")])
             return a.rep.core.peers["n2"].liveness.state == "alive"
         assert wait_for(junk_then_heartbeat, 5.0)
-        assert a.rep.stats["bad_messages"] >= 4
+        assert a.rep.stats["bad_messages"] >= 3 and a.rep.stats["unknown_kinds"] >= 1
         dealer = fake.client(zmq.DEALER, pair.ends["n1"][1], pair.keys["n1"][0])
         send(dealer, [SNAPSHOT_REQUEST, b"not json"], timeout=2.0)
         send(dealer, [SNAPSHOT_REQUEST, encode_snapshot_request("n3", 1)], timeout=2.0)
@@ -367,6 +369,94 @@ def test_bad_messages_from_a_peer_are_dropped_and_counted(pair):
         assert not any(g.dead for g in a.rep.group)
     finally:
         fake.close()
+
+
+def restamp(body: bytes, pv) -> bytes:
+    """``body`` with its protocol version set to ``pv`` (``None``: left out, as release 1)."""
+    obj = json.loads(body)
+    obj.pop("pv", None)
+    return json.dumps(obj if pv is None else {"pv": pv, **obj}).encode()
+
+
+def test_a_peer_of_another_release_is_read_by_its_protocol_version(pair, caplog):
+    """The rules of ``sipcore.protocol`` on real sockets: a newer heartbeat is read and
+    announces the peer's version; a newer update or snapshot request is dropped and
+    counted (a flood of them logged once); an unknown kind is ignored and counted; a
+    request without ``pv`` (release 1) is served; none of it is a bad message."""
+    a = pair("n1")
+    a.rep.start()
+    fake = Bus(*pair.keys["n2"], "n2")
+    fake.allow(BUS_DOMAIN, {pair.keys["n1"][0]: "n1"})
+    fake.start()
+    try:
+        pub = fake.server(zmq.PUB, pair.ends["n2"][0], BUS_DOMAIN)
+        mine = Binding("sip:x@example.test", "k", "sip:x@h", time.time() + 60, "c", 1,
+                       origin="n2", epoch=1, seq=1)
+        newer = restamp(encode_update("n2", 1, time.time(), [mine]), PROTOCOL_VERSION + 1)
+        assert not a.rep.core.peers_support("pv"), "a peer not heard yet supports nothing new"
+
+        def send_until_heard():
+            send(pub, [UPDATE, newer])
+            send(pub, [b"D", b'{"pv": 3, "dialogs": []}'])
+            beat = encode_heartbeat("n2", time.time(), 1, 0, "synced")
+            send(pub, [HEARTBEAT, restamp(beat, PROTOCOL_VERSION + 1)])
+            return a.rep.core.peers["n2"].protocol == PROTOCOL_VERSION + 1
+        assert wait_for(send_until_heard, 5.0)
+        for _ in range(50):
+            send(pub, [UPDATE, newer])
+        stats = a.rep.stats
+        assert wait_for(lambda: stats["newer_protocol"] >= 50, 2.0)
+        logged = [r for r in caplog.records if r.levelname == "WARNING"
+                  and "dropped a message from n2" in r.getMessage()]
+        assert len(logged) == 1, logged
+        assert stats["newer_protocol"] >= 1 and stats["unknown_kinds"] >= 1
+        assert stats["bad_messages"] == 0 and a.rep.core.peers["n2"].counts["updates"] == 0
+        assert a.rep.status()["peers"]["n2"]["pv"] == PROTOCOL_VERSION + 1
+        assert a.rep.status()["pv"] == PROTOCOL_VERSION and a.rep.core.peers_support("pv")
+        dealer = fake.client(zmq.DEALER, pair.ends["n1"][1], pair.keys["n1"][0])
+        send(dealer, [SNAPSHOT_REQUEST, restamp(encode_snapshot_request("n2", 7), 99)],
+             timeout=2.0)
+        send(dealer, [SNAPSHOT_REQUEST, restamp(encode_snapshot_request("n2", 8), None)],
+             timeout=2.0)
+        kind, body = recv(dealer, 3.0)
+        assert kind == SNAPSHOT_END and json.loads(body)["r"] == 8
+        assert json.loads(body)["pv"] == PROTOCOL_VERSION
+        assert stats["newer_protocol"] >= 2 and stats["bad_messages"] == 0
+        send(pub, [UPDATE, restamp(encode_update("n2", 1, time.time(), [mine]), "2")])
+        assert wait_for(lambda: stats["bad_messages"] == 1, 2.0), "a malformed pv is bad"
+        assert not any(g.dead for g in a.rep.group)
+    finally:
+        fake.close()
+
+
+def test_control_requests_carry_the_protocol_version(buses):
+    """A request of a newer version gets an error naming the versions (counted); one
+    without ``pv`` (release 1) is answered; every reply says what the node speaks."""
+    server, server_pub = buses(name="node")
+    admin, admin_pub = buses(name="admin")
+    server.allow(CONTROL_DOMAIN, {admin_pub: "dashboard"})
+    server.start()
+    seen = []
+    control = ControlServer(server, "tcp://127.0.0.1:*", {"status": seen.append})
+    control.start()
+    try:
+        endpoint = control.sock.last_endpoint.decode()
+        request(admin, endpoint, server_pub, {"cmd": "status"})
+        assert seen[-1]["pv"] == PROTOCOL_VERSION
+        with pytest.raises(BusError, match=f"protocol version 99, this node reads up to "
+                                           f"{PROTOCOL_VERSION}"):
+            request(admin, endpoint, server_pub, {"cmd": "status", "pv": 99})
+        with pytest.raises(BusError, match="bad protocol version"):
+            request(admin, endpoint, server_pub, {"cmd": "status", "pv": -1})
+        assert len(seen) == 1
+        reply = control.answer(b'{"cmd": "status"}', "old-master")
+        assert reply == {"pv": PROTOCOL_VERSION, "ok": True, "result": None}
+        assert "pv" not in seen[-1] and seen[-1]["from"] == "old-master"
+        assert control.answer(b'{"cmd": "dialogs"}')["pv"] == PROTOCOL_VERSION
+        ping = request(admin, endpoint, server_pub, {"cmd": "ping"})
+        assert (ping["newer_protocol"], ping["unknown_commands"]) == (1, 1)
+    finally:
+        control.stop()
 
 
 def test_attach_replicator_wires_the_registrar_and_the_control_endpoint(pair):

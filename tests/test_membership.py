@@ -9,11 +9,13 @@ from types import SimpleNamespace
 import pytest
 
 from actors.bus import BusError, generate_keypair
+from actors.call_outbox import CallOutbox
 from actors.config import NodeConfig
 from actors.config_sync import MASTER, ConfigSync
 from actors.membership import MembershipError, follow_peers, parse_peers, use_stored_peers
 from actors.proxy import ProxyActor
 from actors.replicator import Replicator
+from sipcore.call_events import CallEvent
 from sipcore.digest import Authenticator
 from sipcore.forking import ProxyCore
 from sipcore.location import Binding, Location
@@ -140,3 +142,26 @@ def test_a_peer_pushed_at_run_time_is_relayed_through():
     relayed(core1)
     follow_peers(node, parse_peers([entry(3)], "node1"))
     assert core1.settings.relay_route(binding, FLOW) is None, "a removed peer is no hop"
+
+
+def test_a_peer_pushed_at_run_time_may_read_but_never_acknowledge_call_events(store):
+    """The call outbox learns the pushed peers: node3, added at run time, is refused
+    ``events_ack`` as node2 is, while the master still acknowledges."""
+    cfg = NodeConfig(id="node1", domain=DOMAIN, address=NODE1[0], port=NODE1[1])
+    location = Location()
+    auth = Authenticator(DOMAIN, b"k" * 32, lookup, algorithms=("MD5",))
+    core1 = ProxyCore(ProxySettings(DOMAIN, *NODE1, secret=b"s" * 32, node_id="node1"),
+                      location, auth, trying_delay=0)
+    proxy = ProxyActor(core1, None, None)
+    proxy.outbox = CallOutbox(10, frozenset({"node1", "node2"}))
+    proxy.outbox.add([CallEvent("attempt", "c1", "sip:a@x.test", "sip:b@x.test", "udp:h:5")],
+                     1.0)
+    proxy.outbox.flush()
+    node = SimpleNamespace(cfg=cfg, replicator=Replicator(cfg, 1, location, lambda b: None),
+                           transport=None, registrar=None, proxy=proxy)
+    follow_peers(node, parse_peers([entry(2), entry(3)], "node1"))
+    for peer in ("node2", "node3"):
+        with pytest.raises(BusError, match=f"not node {peer}'s"):
+            proxy.outbox.ack({"from": peer, "upto": 1})
+    assert proxy.outbox.events({"since": 0})["pending"] == 1
+    assert proxy.outbox.ack({"from": MASTER, "upto": 1}) == 1

@@ -6,6 +6,7 @@ import random
 import pytest
 
 from sipcore.location import Binding, Location, tombstone
+from sipcore.protocol import PROTOCOL_VERSION
 from sipcore.replication import (ALIVE, DEAD, MAX_VERSIONS, SUSPECTED, SYNCED, SYNCING, UNKNOWN,
                                  ApplyBindings, Heartbeat, Liveness, Notice, Replication,
                                  RequestSnapshot, SetDigest, SkewMeter, SnapshotAssembler,
@@ -108,7 +109,7 @@ def test_random_corruption_only_ever_raises_wire_error():
 
 def test_heartbeat_and_request_round_trip():
     hb = decode_heartbeat(encode_heartbeat("n2", T0, 3, 41, SYNCED))
-    assert hb == Heartbeat("n2", T0, 3, 41, SYNCED)
+    assert hb == Heartbeat("n2", T0, 3, 41, SYNCED, protocol=PROTOCOL_VERSION)
     with pytest.raises(WireError):
         decode_heartbeat(encode_heartbeat("n2", T0, 3, 41, "confused"))
     with pytest.raises(WireError):
