@@ -452,6 +452,11 @@ def parse_dialplan(doc: Any) -> DialPlan:
             if owners.setdefault(number, name) != name:
                 raise _fail(f"dialplan.users.{name}",
                             f"number {number} is already {owners[number]}'s")
+    for name, policy in users.items():
+        # A caller ID presents a number the user owns; never one that is another user's.
+        if owners.get(policy.caller_id, name) != name:
+            raise _fail(f"dialplan.users.{name}", f"caller_id {policy.caller_id} is "
+                                                  f"{owners[policy.caller_id]}'s number")
     interval = doc.get("probe_interval", 10.0)
     if not isinstance(interval, int | float) or isinstance(interval, bool) or not (
             interval == 0 or 0.05 <= interval <= 3600):
