@@ -13,7 +13,8 @@ N nodes lets up to N times a limit through when calls are spread over them.
 A call is counted from its INVITE until the proxy sees it end: a final
 failure, a CANCEL, or a BYE (``sipcore.forking`` feeds it its call events).
 It counts against its caller and its callee when they are users of the
-domain, and against the first gateway it is offered to. A new call past a
+domain (a ring group's call against its caller; a member at their limit is
+not rung), and against the first gateway it is offered to. A new call past a
 user's limit gets ``486 Busy Here``; a gateway at its limit is skipped like
 a gateway that is down, and a call whose every gateway is full gets ``503``.
 A call to an emergency number is counted but never refused.
@@ -114,11 +115,15 @@ class CallCounts:
         return frozenset(n for n, c in self.gateways.items()
                          if 0 < limits.of_gateway(n) <= c)
 
+    def full(self, user: str, limits: Limits) -> bool:
+        """Whether ``user`` is at their limit."""
+        cap = limits.of_user(user)
+        return bool(cap) and self.users.get(user, 0) >= cap
+
     def check(self, users: tuple[str, ...], limits: Limits) -> None:
         """``SipError(486)`` when one of ``users`` is at their limit."""
         for user in users:
-            cap = limits.of_user(user)
-            if cap and self.users.get(user, 0) >= cap:
+            if self.full(user, limits):
                 self.stats["refused_user"] += 1
                 raise SipError(486, "Busy Here (Call Limit Reached)")
 

@@ -431,10 +431,14 @@ class ProxyCore:
             fallback = dialing.outside(target)
         else:
             fallback = []
-        groups, timeouts = ring_plan(
-            group, lambda user: [t for g in self._bound_targets(f"sip:{user}@{s.domain}",
-                                                                  wall, breadth) for t in g],
-            fallback, s.max_branches)
+        calls, limits = dialing.calls, dialing.plan.limits
+
+        def phones(user: str) -> list[BranchTarget]:
+            if calls.full(user, limits):
+                return []       # at their call limit: busy
+            return [t for g in self._bound_targets(f"sip:{user}@{s.domain}", wall, breadth)
+                    for t in g]
+        groups, timeouts = ring_plan(group, phones, fallback, s.max_branches)
         if not groups:
             raise SipError(480, "Temporarily Unavailable")
         return groups, timeouts

@@ -242,3 +242,15 @@ def test_cancel_by_the_caller_stops_the_timers(ringing):
     core.receive(reply(bob, 487, "b"), PHONES[0], 1.1, WALL)
     assert statuses(out(core)) == [487]
     assert not invites(run_until(core, 40.0))
+
+
+def test_a_member_at_their_call_limit_is_not_rung(dialing_core):  # noqa: F811
+    core = dialing_core
+    core.dialing = Dialing(parse_dialplan({**plan_with(), "limits": {"users": {"bob": 1}}}),
+                           core.dialing.is_user, DOMAIN)
+    bind(core.location, "bob", PHONES[0])
+    bind(core.location, "carol", PHONES[1])
+    core.dialing.calls.add("elsewhere", ("bob",), None, 0.0)
+    assert list(invites(call(core))) == [PHONES[1]]
+    core.dialing.calls.end("elsewhere")
+    assert set(invites(call(core, call_id="call-2"))) == {PHONES[0], PHONES[1]}
