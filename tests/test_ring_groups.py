@@ -254,3 +254,18 @@ def test_a_member_at_their_call_limit_is_not_rung(dialing_core):  # noqa: F811
     assert list(invites(call(core))) == [PHONES[1]]
     core.dialing.calls.end("elsewhere")
     assert set(invites(call(core, call_id="call-2"))) == {PHONES[0], PHONES[1]}
+
+
+def test_a_fallback_uri_back_to_the_group_ends_as_a_loop(dialing_core):  # noqa: F811
+    """A fallback naming the group's own number at the proxy's address comes back to it:
+    a spiral once (its Request-URI changed), then the loop check answers 482."""
+    core = dialing_core
+    core.dialing = Dialing(parse_dialplan(plan_with(fallback="sip:300@127.0.0.1:5060")),
+                           core.dialing.is_user, DOMAIN)
+    here = ("udp", "127.0.0.1", 5060)
+    sent = call(core)
+    for _ in range(2):
+        (again,) = [m for m, d in sent if getattr(m, "method", "") == "INVITE" and d == here]
+        core.receive(again, here, 0.1, WALL)
+        sent = out(core)
+    assert statuses(sent, here) == [482]
