@@ -11,6 +11,7 @@ from store import dialplan as dp
 from store import master as ms
 from store import ring_groups as rg
 from store.db import StoreError
+from tests.test_audit import rows
 from tests.test_web import PASSWORD, Poked, basic, login
 from web import create_app
 
@@ -129,3 +130,12 @@ def test_the_page_needs_login_and_csrf(app):
     assert c.post("/dialplan/groups/sales/delete").status_code == 400
     r = c.post("/dialplan/groups/sales/delete", data={"csrf_token": token(shown)})
     assert r.status_code == 302 and rg.get_groups() == []
+
+
+def test_changes_are_audited_as_dial_plan_changes(app):
+    c = app.test_client()
+    assert api(c, "POST", "/groups", SALES).status_code == 200
+    assert api(c, "PUT", "/limits", {"user": -1}).status_code == 400
+    refused, added = rows(action="dial plan changed")
+    assert added["ok"] and added["after"]["groups"] == [SALES]
+    assert not refused["ok"] and "0-100000" in refused["result"]
