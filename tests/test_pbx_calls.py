@@ -1,8 +1,8 @@
 """Ring groups and call limits through a real node process, SIPp standing as phones, as a
 gateway, as an emergency gateway and as a voicemail server: a ring group rings two phones and
-the second answers; a sequential group falls to its fallback when nobody answers; a user's
-limit gives 486 and a gateway's 503, both freed by the BYE; an emergency call passes a full
-limit."""
+the second answers (all at once, and in turn); a sequential group falls to its fallback when
+nobody answers; a user's limit gives 486 and a gateway's 503, both freed by the BYE; an
+emergency call passes a full limit."""
 
 import os
 
@@ -74,6 +74,13 @@ members = ["user3", "user4"]
 ring_timeout = 1
 fallback = "sip:voicemail@127.0.0.1:{ports["vm"]}"
 
+[[dialplan.groups]]
+name = "turns"
+numbers = ["302"]
+strategy = "sequential"
+members = ["user1", "user2"]
+ring_timeout = 1
+
 [dialplan.limits]
 users = {{user6 = 1}}
 gateways = {{a = 1}}
@@ -112,6 +119,22 @@ def test_a_ring_group_rings_two_phones_and_the_second_answers(lab):
         assert dialog.bye().status == 200
     finally:
         c.close()
+
+
+def test_a_sequential_group_rings_the_first_for_its_timeout_then_the_second_answers(lab):
+    node, _, phones = lab
+    before = {u: (phones[u].received("INVITE"), phones[u].received("CANCEL"))
+              for u in ("user1", "user2")}
+    c = client(node, "user0")
+    try:
+        resp, dialog = c.invite(f"sip:302@{node.domain}")
+        assert resp.status == 200 and dialog is not None
+        assert dialog.bye().status == 200
+    finally:
+        c.close()
+    assert phones["user1"].received("INVITE") == before["user1"][0] + 1
+    assert wait_for(lambda: phones["user1"].received("CANCEL") == before["user1"][1] + 1, 5)
+    assert phones["user2"].received("INVITE") == before["user2"][0] + 1
 
 
 def test_a_sequential_group_falls_to_its_fallback_when_nobody_answers(lab):
