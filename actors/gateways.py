@@ -194,4 +194,9 @@ def attach_dialing(node) -> Dialing:
     control = node.replicator.control if node.replicator is not None else None
     if control is not None:
         control.handle("gateways", lambda _request: prober.health())
+
+        def calls(_request: dict) -> dict:
+            """Calls in progress on this node per user and per gateway (the limits' counts)."""
+            return dialing.calls.snapshot()
+        control.handle("calls", calls)
     return dialing

@@ -9,7 +9,7 @@ dial plan) two questions:
   down skipped -- and the ``P-Asserted-Identity`` to send, or raises the
   ``SipError`` to answer: ``404`` when no rule takes the number, ``403``
   when the caller lacks the rule's permission, ``503`` when every gateway
-  of the route is down.
+  of the route is down or at its call limit (``sipcore.call_limits``).
 - ``emergency(user)``: the branch groups and identity of an emergency
   call, to the emergency gateways only (those up first, then those marked
   down: an emergency call is never refused for a probe's opinion), or None
@@ -29,7 +29,8 @@ found silent; it only reads and writes names, so a new plan keeps it.
 
 from collections.abc import Callable
 
-from .dialplan import DialPlan, Gateway, is_number
+from .call_limits import CallCounts
+from .dialplan import DialPlan, Gateway, Match, is_number
 from .errors import SipError
 from .message import Request
 from .proxy import BranchTarget
@@ -49,6 +50,8 @@ class Dialing:
         self.down: set[str] = set()
         """Names of gateways that missed their probes."""
         self.stats = {"routed": 0, "no_route": 0, "forbidden": 0, "emergency": 0}
+        self.calls = CallCounts()
+        """The node's calls in progress, per user and gateway (``sipcore.call_limits``)."""
 
     def alias(self, user: str) -> str | None:
         """The user whose extension or DID the Request-URI user ``user`` is, or None (also
@@ -90,8 +93,11 @@ class Dialing:
         (one of the user's numbers), else the user's DID, else the user name."""
         return self.identity(self.plan.policy(user).presented or user)
 
-    def route(self, number: str, caller: str) -> tuple[list[list[BranchTarget]], str]:
-        """The branch groups and identity of ``caller``'s call to ``number``."""
+    def route(self, number: str, caller: str, busy: frozenset[str] = frozenset()
+              ) -> tuple[list[list[BranchTarget]], str, str]:
+        """The branch groups and identity of ``caller``'s call to ``number``, and the name
+        of the gateway tried first; the gateways named in ``busy`` (at their call limit)
+        are skipped, ``503`` when that leaves none."""
         found = self.plan.match(number)
         if found is None:
             self.stats["no_route"] += 1
@@ -101,12 +107,26 @@ class Dialing:
         if permission and permission not in policy.permissions:
             self.stats["forbidden"] += 1
             raise SipError(403, f"Forbidden: Needs Permission {permission}")
-        groups = [[BranchTarget(g.uri(found.number))] for g in found.gateways
-                  if g.name not in self.down]
-        if not groups:
+        up = self._up(found, busy)
+        if not up:
+            if busy and self._up(found):
+                raise SipError(503, "Gateways Busy (Call Limit Reached)")
             raise SipError(503, "No Gateway Available")
         self.stats["routed"] += 1
-        return groups, self.asserted(caller)
+        return ([[BranchTarget(g.uri(found.number))] for g in up], self.asserted(caller),
+                up[0].name)
+
+    def _up(self, found: Match, busy: frozenset[str] = frozenset()) -> list[Gateway]:
+        return [g for g in found.gateways if g.name not in self.down and g.name not in busy]
+
+    def outside(self, number: str) -> list[list[BranchTarget]]:
+        """The branch groups of ``number`` dialled on the plan's own behalf (a ring
+        group's fallback): its rule's gateways that are up, no permission asked; none
+        when no rule takes it."""
+        found = self.plan.match(number)
+        if found is None:
+            return []
+        return [[BranchTarget(g.uri(found.number))] for g in self._up(found)]
 
     def emergency(self, number: str, user: str | None, source: str | None = None
                   ) -> tuple[list[list[BranchTarget]], str] | None:

@@ -17,7 +17,10 @@ TOML section or the master's push, the same shape) by ``parse_dialplan``:
   extensions and DIDs that are aliases of the user (``201``,
   ``+15551230201``): a call to one reaches the user's phones;
 - trusted: the carriers and gateways trusted by source address
-  (``sipcore.trusted``).
+  (``sipcore.trusted``);
+- groups: ring groups, numbers that ring several users
+  (``sipcore.ring_groups``); limits: concurrent calls per user and per
+  gateway (``sipcore.call_limits``).
 
 Patterns: digits, ``+``, ``*`` and ``#`` stand for themselves; ``x`` (or
 ``X``) for any digit, ``N`` for 2-9, ``Z`` for 1-9, ``[1-5]``/``[27]`` for
@@ -36,6 +39,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from .call_limits import Limits, LimitsError, parse_limits
+from .ring_groups import RingGroupError, RingGroups, parse_groups
 from .trusted import TrustedError, TrustedPeers, parse_trusted
 
 #: what a dialled number may look like: optional +, then digits (and * or #)
@@ -173,6 +178,10 @@ class DialPlan:
     """Callback numbers by the caller's network, the most specific first."""
     trusted: TrustedPeers = field(default_factory=TrustedPeers)
     """Carriers and gateways trusted by source address: never challenged, never relayed."""
+    ring_groups: RingGroups = field(default_factory=RingGroups)
+    """Numbers that ring several users (``sipcore.ring_groups``)."""
+    limits: Limits = field(default_factory=Limits)
+    """Concurrent calls per user and per gateway (``sipcore.call_limits``)."""
     _by_prefix: dict[str, list[tuple[Rule, re.Pattern[str]]]] = field(
         default_factory=dict, init=False, repr=False)
     _owners: dict[str, str] = field(default_factory=dict, init=False, repr=False)
@@ -318,7 +327,7 @@ _GATEWAY_KEYS = frozenset({"name", "host", "port", "transport", "prefix", "emerg
 _RULE_KEYS = frozenset({"pattern", "strip", "prepend", "gateways", "permission"})
 _USER_KEYS = frozenset({"permissions", "caller_id", "emergency_callback", "numbers"})
 _PLAN_KEYS = frozenset({"gateways", "rules", "users", "default_callback", "probe_interval",
-                        "probe_misses", "locations", "trusted"})
+                        "probe_misses", "locations", "trusted", "groups", "limits"})
 _LOCATION_KEYS = frozenset({"network", "callback"})
 
 
@@ -443,6 +452,11 @@ def parse_dialplan(doc: Any) -> DialPlan:
             if owners.setdefault(number, name) != name:
                 raise _fail(f"dialplan.users.{name}",
                             f"number {number} is already {owners[number]}'s")
+    for name, policy in users.items():
+        # A caller ID presents a number the user owns; never one that is another user's.
+        if owners.get(policy.caller_id, name) != name:
+            raise _fail(f"dialplan.users.{name}", f"caller_id {policy.caller_id} is "
+                                                  f"{owners[policy.caller_id]}'s number")
     interval = doc.get("probe_interval", 10.0)
     if not isinstance(interval, int | float) or isinstance(interval, bool) or not (
             interval == 0 or 0.05 <= interval <= 3600):
@@ -460,5 +474,11 @@ def parse_dialplan(doc: Any) -> DialPlan:
         trusted = parse_trusted(doc.get("trusted"))
     except TrustedError as e:
         raise DialPlanError(str(e)) from None
+    try:
+        ring_groups = parse_groups(doc.get("groups"), owners)
+        limits = parse_limits(doc.get("limits"), gateways)
+    except (RingGroupError, LimitsError) as e:
+        raise DialPlanError(str(e)) from None
     return DialPlan(gateways, rules, users, _number(doc, "default_callback", "dialplan"),
-                    float(interval), misses, locations, trusted)
+                    float(interval), misses, locations, trusted,
+                    ring_groups=ring_groups, limits=limits)

@@ -54,14 +54,15 @@ RFC 3325) on every request: a new one, and one inside a dialog (whose claimed
 identities from an untrusted source are removed, nothing asserted).
 """
 
+import heapq
 import logging
 import os
 from collections import deque
 from typing import Any
 from urllib.parse import unquote
 
-from .call_events import (ANSWER, ATTEMPT, BYE, CANCEL, EMERGENCY, FAILURE, RINGING,
-                          CallEvent, call_event)
+from .call_events import (ANSWER, ATTEMPT, BYE, CANCEL, EMERGENCY, FAILURE, FINISHING,
+                          RINGING, CallEvent, call_event)
 from .dialing import TRY_ELSEWHERE
 from .digest import BANNED
 from .errors import SipError
@@ -77,6 +78,7 @@ from .proxy import (ALLOW, DIALOG_METHODS, STATELESS_PREFIX,
                     strip_our_via, target_groups,
                     trying_response)
 from .rfc3263 import Locator, Target
+from .ring_groups import RingGroup, fallback_kind, ring_plan
 from .transaction import (AckReceived, RequestReceived, ResponseReceived, StrayResponse,
                           TransactionLayer, TransactionTimeout, TransportError)
 from .uri import parse_uri
@@ -121,6 +123,10 @@ class ProxyCore:
         self._gave_up: set[Branch] = set()
         """Gateway branches cancelled by Timer C: their end moves on to the next gateway."""
         self._literal: dict[tuple, list] = {}
+        self._ring_timers: list[tuple[float, int, Context, int]] = []
+        """Ring groups' timeouts: (deadline, seq, context, groups left when it started)."""
+        self._rung_out: set[Branch] = set()
+        """Branches cancelled at their ring timeout: their 487 is not the call's answer."""
         self._call_events: list[CallEvent] = []
         self.dialing = None
         """A ``sipcore.dialing.Dialing`` when the node has a dial plan: numbers that are
@@ -142,6 +148,8 @@ class ProxyCore:
         ev = call_event(kind, msg, source, status)
         if ev is not None:
             self._call_events.append(ev)
+            if kind in FINISHING and self.dialing is not None:
+                self.dialing.calls.end(ev.call_id)
 
     def lookups(self) -> list[Lookup]:
         """Take the RFC 3263 lookups to make."""
@@ -157,6 +165,10 @@ class ProxyCore:
                 t = c
         if self._trying:
             c = self._trying[0][0]
+            if t is None or c < t:
+                t = c
+        if self._ring_timers:
+            c = self._ring_timers[0][0]
             if t is None or c < t:
                 t = c
         return t
@@ -230,6 +242,11 @@ class ProxyCore:
                 if branch.ctx.failover is not None:
                     self._gave_up.add(branch)
                 self.layer.cancel(branch.tx, now)
+        timers = self._ring_timers
+        while timers and timers[0][0] <= now:
+            _, _, ctx, left = heapq.heappop(timers)
+            if not ctx.final_sent and not ctx.stopped and len(ctx.groups) == left:
+                self._ring_out(ctx, now)
         self._drain(now, now)
 
     # -- events ----------------------------------------------------------------
@@ -306,7 +323,8 @@ class ProxyCore:
                     caller = self._authenticate(req, unquote(from_uri.user), wall)
         breadth = max_breadth(req) if not emergency else self._emergency_breadth(req)
         dialing = self.dialing
-        dialled = failover = None
+        dialled = failover = ring = gateway = None
+        callee = None
         if flow is not None:
             groups = [[BranchTarget(req.uri, (), flow)]]
         elif emergency and not in_dialog:
@@ -316,17 +334,30 @@ class ProxyCore:
             else:
                 groups = dialled[0]
         elif (local and dialing is not None and ruri.user
+              and (group := self._ring_group(unquote(ruri.user))) is not None):
+            # A ring group's number: its members, then its fallback (sipcore.ring_groups).
+            groups, ring = self._ring_targets(group, wall, breadth)
+        elif (local and dialing is not None and ruri.user
               and (owner := dialing.alias(unquote(ruri.user))) is not None):
             # An extension or DID of a user (looked up before the dial plan).
             groups = self._local_targets(ruri, wall, breadth, owner)
+            callee = owner
         elif local and dialing is not None and ruri.user and dialing.takes(unquote(ruri.user)):
             # A number that is not a user of the domain: the dial plan's, for our users only.
             if caller is None:
                 raise SipError(403, "No Trunk-To-Trunk Relay" if peer else "Relaying Denied")
-            dialled = dialing.route(unquote(ruri.user), caller)
-            groups, failover = dialled[0], TRY_ELSEWHERE
+            busy = dialing.calls.busy_gateways(dialing.plan.limits) if dialing.calls.gateways \
+                else frozenset()
+            try:
+                groups, identity, gateway = dialing.route(unquote(ruri.user), caller, busy)
+            except SipError as err:
+                if busy and err.status == 503:
+                    dialing.calls.gateways_full()
+                raise
+            dialled, failover = (groups, identity), TRY_ELSEWHERE
         elif local:
             groups = self._local_targets(ruri, wall, breadth)
+            callee = unquote(ruri.user) if ruri.user else None
         else:
             if caller is None and not in_dialog:
                 raise SipError(403, "No Trunk-To-Trunk Relay" if peer else "Relaying Denied")
@@ -347,8 +378,11 @@ class ProxyCore:
             self._to_gateway(req, dialled[1])
         elif not in_dialog:
             withhold_identity(req)      # toward a phone or another domain: untrusted
+        if dialing is not None and method == "INVITE" and req.to.tag is None:
+            self._count_call(req, caller, callee, gateway, emergency, now)
         ctx = stx.context = Context(stx, req, branch_prefix(loop), rr, groups, breadth)
         ctx.failover = failover
+        ctx.ring = ring
         if method == "BYE" or (ctx.invite and req.to.tag is None):
             if emergency and method != "BYE":
                 log.warning("emergency call %s from %s (%s) to %s: %s", req.call_id,
@@ -365,6 +399,62 @@ class ProxyCore:
                 self.layer.respond(stx, trying_response(req), now)
         self._advance(ctx, now)
 
+    def _count_call(self, req: Request, caller: str | None, callee: str | None,
+                    gateway: str | None, emergency: bool, now: float) -> None:
+        """Count a new call against its users and gateway (``sipcore.call_limits``):
+        ``486`` past a user's limit, except for an emergency call (counted, never refused)."""
+        calls = self.dialing.calls
+        users = tuple(u for u in (caller, callee) if u)
+        if not emergency:
+            calls.check(users, self.dialing.plan.limits)
+        calls.add(req.call_id, users, gateway, now)
+
+    def _ring_group(self, number: str) -> RingGroup | None:
+        """The ring group ``number`` of our domain reaches (a user's own name comes first)."""
+        dialing = self.dialing
+        group = dialing.plan.ring_groups.get(number)
+        return None if group is None or dialing.is_user(number) else group
+
+    def _ring_targets(self, group: RingGroup, wall: float, breadth: int) -> tuple[list, list]:
+        """The branch groups and ring timeouts of a call to ring group ``group``: its
+        members' phones, then its fallback; ``480`` when none of it can be reached."""
+        dialing = self.dialing
+        s = self.settings
+        kind, target = fallback_kind(group, dialing.plan.owner)
+        if kind == "number" and dialing.is_user(target):
+            kind = "user"
+        if kind == "uri":
+            fallback = [[BranchTarget(target)]]
+        elif kind == "user":
+            fallback = self._bound_targets(f"sip:{target}@{s.domain}", wall, breadth)
+        elif kind == "number":
+            fallback = dialing.outside(target)
+        else:
+            fallback = []
+        calls, limits = dialing.calls, dialing.plan.limits
+
+        def phones(user: str) -> list[BranchTarget]:
+            if calls.full(user, limits):
+                return []       # at their call limit: busy
+            return [t for g in self._bound_targets(f"sip:{user}@{s.domain}", wall, breadth)
+                    for t in g]
+        groups, timeouts = ring_plan(group, phones, fallback, s.max_branches)
+        if not groups:
+            raise SipError(480, "Temporarily Unavailable")
+        return groups, timeouts
+
+    def _bound_targets(self, aor: str, wall: float, breadth: int) -> list:
+        """The branch groups of the phones bound to ``aor`` (none: ``[]``); bindings whose
+        contact reaches the cluster itself are never forked to (they would loop)."""
+        s = self.settings
+        bindings = self.location.lookup(aor, wall)
+        if bindings:
+            points_here = s.addresses.points_here
+            bindings = [b for b in bindings if not points_here(parse_uri(b.contact))]
+        if not bindings:
+            return []
+        return target_groups(bindings, s.max_branches, breadth, s.nat_handling, s.relay_route)
+
     def _local_targets(self, ruri, wall: float, breadth: int, user: str | None = None) -> list:
         """The branch groups for a user of our domain (``user``: the one an extension or
         DID of the Request-URI belongs to).
@@ -376,13 +466,10 @@ class ProxyCore:
         """
         s = self.settings
         aor = s.aor(ruri) if user is None else f"sip:{user}@{s.domain}"
-        bindings = self.location.lookup(aor, wall)
-        if bindings:
-            points_here = s.addresses.points_here
-            bindings = [b for b in bindings if not points_here(parse_uri(b.contact))]
-        if not bindings:
+        groups = self._bound_targets(aor, wall, breadth)
+        if not groups:
             raise SipError(480, "Temporarily Unavailable")
-        return target_groups(bindings, s.max_branches, breadth, s.nat_handling, s.relay_route)
+        return groups
 
     def _emergency_targets(self, req: Request, ruri, local: bool, caller, wall: float,
                            breadth: int) -> list:
@@ -479,10 +566,36 @@ class ProxyCore:
             if ctx.stopped or not ctx.groups:
                 self._send_final(ctx, now)
                 return
-            group = ctx.groups.pop(0)
-            share = max(1, ctx.breadth // len(group)) if group else 1
-            for target in group:
-                self._start_branch(ctx, target, now, share)
+            self._start_group(ctx, now)
+
+    def _start_group(self, ctx: Context, now: float) -> None:
+        """Fork to the context's next group (with its ring timeout, for a ring group)."""
+        group = ctx.groups.pop(0)
+        if ctx.ring:
+            timeout = ctx.ring.pop(0)
+            if timeout is not None:
+                self._seq += 1
+                heapq.heappush(self._ring_timers,
+                               (now + timeout, self._seq, ctx, len(ctx.groups)))
+        share = max(1, ctx.breadth // len(group)) if group else 1
+        for target in group:
+            self._start_branch(ctx, target, now, share)
+
+    def _ring_out(self, ctx: Context, now: float) -> None:
+        """A ring group's group rang for its ring timeout without an answer: cancel its
+        branches and ring the next group at once (the fallback, last); with none left
+        the caller gets ``480``."""
+        for b in ctx.branches:
+            if not b.done and b.tx is not None:
+                self._rung_out.add(b)
+        self._cancel_branches(ctx, now, ())
+        if ctx.groups:
+            self._start_group(ctx, now)
+        else:
+            resp = self._generated(ctx, 480, "No Answer")
+            if resp is not None:
+                ctx.finals.append(resp)
+        self._advance(ctx, now)
 
     def _start_branch(self, ctx: Context, target: BranchTarget, now: float,
                       breadth: int | None = None) -> None:
@@ -593,6 +706,10 @@ class ProxyCore:
         gave_up = bool(self._gave_up) and branch in self._gave_up
         if gave_up:
             self._gave_up.discard(branch)
+        if self._rung_out and branch in self._rung_out:
+            self._rung_out.discard(branch)
+            if resp is not None and resp.status == 487:
+                resp = None     # cancelled at its ring timeout: not the callee's answer
         if ctx.final_sent:
             return
         if resp is not None:

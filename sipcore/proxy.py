@@ -313,7 +313,7 @@ class Context:
 
     __slots__ = ("server", "request", "ruri", "invite", "prefix", "record_route", "groups",
                  "breadth", "branches", "finals", "live", "final_sent", "stopped", "cancelled",
-                 "failover")
+                 "failover", "ring")
 
     def __init__(self, server, request: Request, prefix: str, record_route: str | None,
                  groups: list, breadth: int = DEFAULT_BREADTH):
@@ -334,6 +334,8 @@ class Context:
         self.failover: frozenset | None = None
         """Final statuses after which the next group is tried (None: any; a gateway
         route sets ``sipcore.dialing.TRY_ELSEWHERE``)."""
+        self.ring: list[float | None] | None = None
+        """A ring group's call: the ring timeout of each group left (``sipcore.ring_groups``)."""
 
 
 class Branch:

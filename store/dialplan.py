@@ -47,6 +47,7 @@ def save_dialplan(doc: Any, reason: str = "dial plan changed") -> int:
     except DialPlanError as e:
         raise StoreError(str(e)) from None
     numbers = [n for policy in plan.users.values() for n in policy.numbers]
+    numbers += plan.ring_groups.by_number
     for chunk in range(0, len(numbers), 500):
         taken = SipUser.select(SipUser.username).where(
             SipUser.username.in_(numbers[chunk:chunk + 500])).first()

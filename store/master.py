@@ -229,8 +229,11 @@ def _owned_numbers() -> set[str]:
     """The extensions and DIDs the dial plan gives users (``store.dialplan``): no user may
     be named as one, or calls to it would reach someone else."""
     doc = get_setting("dialplan") or {}
-    return {n for policy in doc.get("users", {}).values() if isinstance(policy, dict)
-            for n in policy.get("numbers", [])}
+    owned = {n for policy in doc.get("users", {}).values() if isinstance(policy, dict)
+             for n in policy.get("numbers", [])}
+    # A ring group's numbers (sipcore.ring_groups) likewise.
+    return owned | {n for group in doc.get("groups", []) if isinstance(group, dict)
+                    for n in group.get("numbers", [])}
 
 
 def save_user(username: str, password: str, enabled: bool = True) -> int:

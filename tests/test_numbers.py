@@ -42,6 +42,7 @@ def test_numbers_are_parsed_and_owned():
     ({"a": {"numbers": "201"}}, "numbers must be"),
     ({"a": {"numbers": [str(200 + k) for k in range(MAX_NUMBERS + 1)]}}, "at most"),
     ({"a": {"numbers": ["201"], "caller_id": "+15559999999"}}, "not one of the user's"),
+    ({"a": {"numbers": ["201"]}, "b": {"caller_id": "201"}}, "caller_id 201 is a's number"),
 ])
 def test_bad_numbers_are_refused(users, message):
     with pytest.raises(DialPlanError, match=message):

@@ -44,7 +44,7 @@ def create_app(config: dict, pusher=None) -> Flask:
     csrf.init_app(app)
     app.extensions["pusher"] = pusher
     from . import (alarms, api, audit, auth, backups, bans, calls, dialplan, dns, join, metrics,
-                   pages)
+                   pages, ring_groups)
     auth.init_app(app)
     audit.init_app(app)
     alarms.init_app(app)
@@ -69,4 +69,7 @@ def create_app(config: dict, pusher=None) -> Flask:
     app.register_blueprint(dialplan.bp)
     app.register_blueprint(dialplan.api_bp)
     csrf.exempt(dialplan.api_bp)
+    app.register_blueprint(ring_groups.bp)
+    app.register_blueprint(ring_groups.api_bp)
+    csrf.exempt(ring_groups.api_bp)
     return app

@@ -154,7 +154,8 @@ DIFFED = frozenset(("dial plan changed",))
 
 
 def _describe(endpoint: str) -> tuple[str, str, dict]:
-    if endpoint.split(".", 1)[0] in ("dialplan", "dialplan_api"):
+    if endpoint.split(".", 1)[0] in ("dialplan", "dialplan_api", "ring_groups",
+                                     "ring_groups_api"):
         return ("dial plan changed", *_dialplan())
     action, describer = DESCRIBERS.get(endpoint, ("", None))
     if describer is None:
