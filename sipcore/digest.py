@@ -21,12 +21,17 @@ import random
 import re
 from binascii import b2a_base64
 from collections import deque
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from operator import itemgetter
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from .errors import SipParseError
 from .grammar import TOKEN, is_token
+
+if TYPE_CHECKING:
+    from .authguard import AuthGuard
 
 #: algorithm name -> hash constructor (RFC 7616 §3.2, RFC 8760)
 _HASHES = {"MD5": hashlib.md5, "SHA-256": hashlib.sha256}
@@ -72,7 +77,7 @@ _SHAPE_PARAM = (rf"({TOKEN})[ \t\r\n]*="
 _SHAPE_PARAM_RE = re.compile(_SHAPE_PARAM)
 _SHAPE_RE = re.compile(rf"(?:[ \t\r\n,]*{_SHAPE_PARAM}[ \t\r\n]*(?=,|\Z))*[ \t\r\n,]*")
 #: shape -> ``_shape(shape)``: a kind of client sends one shape every time
-_SHAPES: dict[str, tuple] = {}
+_SHAPES: dict[str, tuple[Any, ...]] = {}
 #: how many shapes are kept (the table is emptied when full), and the
 #: longest shape the fast path reads
 _SHAPES_MAX = 256
@@ -156,7 +161,7 @@ def _quoted(s: str, j: int) -> tuple[str, int]:
     raise _bad("unterminated quoted string")
 
 
-def _shape(shape: str) -> tuple:
+def _shape(shape: str) -> tuple[Any, ...]:
     """What a parameter list's shape says, or ``()`` when it is not plain.
 
     Returns the lower-cased names of the quoted strings, in order, and a
@@ -177,7 +182,7 @@ def _shape(shape: str) -> tuple:
     return tuple(quoted), others
 
 
-def _known_shape(shape: str) -> tuple:
+def _known_shape(shape: str) -> tuple[Any, ...]:
     """``_shape(shape)``, kept in ``_SHAPES``; ``()`` for a long shape."""
     known = _SHAPES.get(shape)
     if known is None:
@@ -402,7 +407,7 @@ class NonceFactory:
         # makes them unforgeable), so a seeded generator serves, without a
         # system call per challenge.
         self._rng = random.Random(os.urandom(16))
-        self._salts = iter(())
+        self._salts: Iterator[bytes] = iter(())
 
     def _salt(self) -> bytes:
         """The base64url salt of a new nonce, the first of a new batch.
@@ -473,7 +478,7 @@ class NonceCounts:
         if max_entries < 1:
             raise ValueError("max_entries must be positive")
         self.max_entries = max_entries
-        self._table: dict[str, list] = {}
+        self._table: dict[str, list[float]] = {}
         self._order: deque[str] = deque()
         self._floor = float("-inf")
 
@@ -558,11 +563,11 @@ class AuthResult:
 
 
 _new_object = object.__new__
-_set_ok = AuthResult.ok.__set__
-_set_username = AuthResult.username.__set__
-_set_challenges = AuthResult.challenges.__set__
-_set_stale = AuthResult.stale.__set__
-_set_reason = AuthResult.reason.__set__
+_set_ok = vars(AuthResult)["ok"].__set__
+_set_username = vars(AuthResult)["username"].__set__
+_set_challenges = vars(AuthResult)["challenges"].__set__
+_set_stale = vars(AuthResult)["stale"].__set__
+_set_reason = vars(AuthResult)["reason"].__set__
 
 
 def _success(username: str) -> AuthResult:
@@ -616,11 +621,12 @@ class Authenticator:
     the Request-URI.
     """
 
-    def __init__(self, realm: str, secret: bytes, lookup,
+    def __init__(self, realm: str, secret: bytes,
+                 lookup: Callable[[str], Mapping[str, str] | None],
                  nonce_lifetime: float = 300.0,
                  algorithms: tuple[str, ...] = ("SHA-256", "MD5"),
                  max_nonces: int = 100_000, origin: str = "AAAAAAAA",
-                 require_qop: bool = True, guard=None,
+                 require_qop: bool = True, guard: "AuthGuard | None" = None,
                  server_uris: frozenset[str] = frozenset()):
         """Build an authenticator; ``max_nonces`` bounds the replay table."""
         for a in algorithms:
@@ -650,7 +656,7 @@ class Authenticator:
         self._fresh_parts = [(head, f'", algorithm={a}, qop="auth"') for a in offered]
         self._stale_parts = [(head, rest + ", stale=true") for head, rest in self._fresh_parts]
         #: header value shape -> ``_plan(shape)``
-        self._plans: dict[str, tuple] = {}
+        self._plans: dict[str, tuple[Any, ...]] = {}
         #: per algorithm, ``method:uri`` -> its hex HA2
         self._ha2s: dict[str, dict[str, str]] = {a: {} for a in offered}
 
@@ -681,7 +687,7 @@ class Authenticator:
                 best, best_rank = creds, rank
         return best or unsupported
 
-    def _plan(self, shape: str) -> tuple:
+    def _plan(self, shape: str) -> tuple[Any, ...]:
         """How ``authenticate`` reads a header value of ``shape`` by itself.
 
         ``shape`` is the whole value with every quoted string emptied (see
@@ -846,7 +852,7 @@ class Authenticator:
         if status != "ok":
             return self._fail(now, status, stale=True)
         if qop is not None and not self.counts.accept(
-                creds.nonce, int(creds.nc, 16), now, expires_at):
+                creds.nonce, int(creds.nc or "0", 16), now, expires_at):
             return self._fail(now, "replay")
         if guard is not None:
             guard.succeeded(source, creds.username, now)
