@@ -1,7 +1,7 @@
 """The JSON API under ``/api``: HTTP Basic as an admin on every call.
 
-``GET /api/registrations`` (``?user=``), ``GET /api/users`` (``?q=``
-search), ``POST /api/users`` with ``{"username", "password"}``, ``DELETE
+``GET /api/registrations`` (``?user=``, ``?node=``, ``?after=``, ``?limit=``),
+``GET /api/users`` (``?q=`` search), ``POST /api/users`` with ``{"username", "password"}``, ``DELETE
 /api/users/<name>``, ``GET /api/nodes``, ``POST /api/nodes/<id>/restart``
 (through the lab), ``POST /api/nodes/<id>/drain`` with ``{"on": bool}``
 (straight to the node) and ``GET /api/config`` (the newest version and each
@@ -15,6 +15,7 @@ from store.db import StoreError
 
 from . import cluster, services
 from .auth import basic_auth_required
+from .filters import FilterError
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
@@ -83,13 +84,22 @@ def config():
 @bp.get("/registrations")
 @basic_auth_required
 def registrations():
-    """Every node's registrations merged: user, contact, primary node, nodes holding it."""
+    """Every node's registrations merged (``?user=``, ``?node=`` primary, ``?after=``
+    cursor, ``?limit=`` up to 500): each with its primary and the nodes holding it,
+    the counts by primary node and the load-balance index; ``next`` is the cursor of
+    the following page (null on the last)."""
+    try:
+        query = cluster.registration_filters(request.args,
+                                             [n["node_id"] for n in ms.list_nodes()])
+    except FilterError as e:
+        return {"error": str(e)}, 400
     pusher = current_app.extensions.get("pusher")
-    if pusher is None:
+    if getattr(pusher, "bus", None) is None:
         return {"error": "the master has no bus"}, 503
-    found = cluster.registrations(pusher.bus, ms.list_nodes(), request.args.get("user", "")[:64],
-                                  min(max(request.args.get("limit", 100, type=int), 1), 1000))
-    return {**found, "balance_index": cluster.balance_index(found["bindings"])}
+    found = cluster.registrations(pusher.bus, ms.list_nodes(), query["user"], query["node"],
+                                  query["after"], query["limit"])
+    last = found["bindings"][-1] if found["more"] else None
+    return {**found, "next": f"{last['aor']} {last['key']}" if last else None}
 
 
 @bp.post("/nodes/<node_id>/restart")

@@ -16,6 +16,8 @@ from store.users import read_users_csv
 
 from . import cluster, services
 from .auth import login_required
+from .charts import split_chart
+from .filters import FilterError
 
 bp = Blueprint("pages", __name__)
 
@@ -97,12 +99,21 @@ def drain_node(node_id):
 @bp.route("/registrations")
 @login_required
 def registrations():
-    """The registrations of every node merged, with primary node; filter by user."""
-    user = request.args.get("user", "")[:64]
-    found = (cluster.registrations(bus(), ms.list_nodes(), user) if bus() is not None
-             else {"bindings": [], "errors": {}, "totals": {}})
-    return render_template("registrations.html", user=user, **found,
-                           balance=cluster.balance_index(found["bindings"]))
+    """The registrations of every node merged, with primary node and the nodes holding
+    each; filters by user and primary node, pages by key, and the load split."""
+    node_ids = [n["node_id"] for n in ms.list_nodes()]
+    try:
+        query = cluster.registration_filters(request.args, node_ids)
+    except FilterError as e:
+        flash(f"Filter not used: {e}")
+        return redirect(url_for("pages.registrations"))
+    found = (cluster.registrations(bus(), ms.list_nodes(), query["user"], query["node"],
+                                   query["after"], query["limit"])
+             if bus() is not None else cluster.merge({}, query["limit"]))
+    last = found["bindings"][-1] if found["more"] else None
+    return render_template("registrations.html", query=query, node_ids=node_ids, now=time.time(),
+                           chart=split_chart(found["by_primary"]),
+                           next_after=f"{last['aor']} {last['key']}" if last else "", **found)
 
 
 @bp.route("/users", methods=["GET", "POST"])
