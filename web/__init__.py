@@ -43,6 +43,8 @@ def create_app(config: dict, pusher=None) -> Flask:
     app.config.update(config)
     csrf.init_app(app)
     app.extensions["pusher"] = pusher
+    from .user_files import Imports
+    app.extensions["user_imports"] = Imports(pusher.poke if pusher is not None else None)
     from . import (alarms, api, audit, auth, backups, bans, calls, dialplan, dns, join, metrics,
                    pages)
     auth.init_app(app)
