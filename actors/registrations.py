@@ -57,20 +57,30 @@ def bindings_page(location, request: dict, now: float | None = None) -> dict:
     after_aor = after[0] if after else ""
     by_origin: dict[str, int] = {}
     total = 0
-    candidates = []
+    aors = []   # those holding a match after the cursor: sorting names is cheaper than rows
     for n, (aor, per) in enumerate(list(location.table.items())):
         if n and n % YIELD_EVERY == 0:
             gevent.sleep(0)
         wanted = user in aor
-        for b in list(per.values()):
+        listed = after is None or aor > after_aor or aor == after_aor
+        hit = False
+        for b in per.values():    # no yield inside: ``per`` cannot change meanwhile
             if b.deleted or b.expires_at <= now:
                 continue
             by_origin[b.origin] = by_origin.get(b.origin, 0) + 1
             if wanted and (not origin or b.origin == origin):
                 total += 1
-                if after is None or aor > after_aor or (aor == after_aor and b.key > after[1]):
-                    candidates.append(b)
-    page = heapq.nsmallest(offset + limit, candidates, key=lambda b: (b.aor, b.key))[offset:]
+                hit = hit or (listed and (after is None or aor > after_aor or b.key > after[1]))
+        if hit:
+            aors.append(aor)
+    page = []
+    for aor in heapq.nsmallest(offset + limit, aors):   # each of them yields a row at least
+        page += sorted((b for b in location.get(aor).values()
+                        if not b.deleted and b.expires_at > now
+                        and (not origin or b.origin == origin)
+                        and (after is None or aor > after_aor or b.key > after[1])),
+                       key=lambda b: b.key)
+    page = page[offset:offset + limit]
     return {"total": total, "by_origin": by_origin,
             "bindings": [{f: getattr(b, f) for f in FIELDS} for b in page]}
 
