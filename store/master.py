@@ -287,6 +287,7 @@ def save_users(rows: list[tuple[str, str]], reason: str,
     realm = domain()
     records = []
     owned = _owned_numbers()
+    now = time.time()
     for n, (username, password) in enumerate(rows):
         if n % IMPORT_CHUNK == 0 and progress is not None:
             progress("hashing", n)
@@ -295,19 +296,22 @@ def save_users(rows: list[tuple[str, str]], reason: str,
         if not isinstance(password, str) or not password:
             raise StoreError(f"user {username}: password must be a non-empty string")
         secret = f"{validate_username(username)}:{realm}:{password}".encode()
-        records.append({"username": username, "ha1_md5": hashlib.md5(secret).hexdigest(),
-                        "ha1_sha256": hashlib.sha256(secret).hexdigest(), "enabled": True})
+        records.append((username, hashlib.md5(secret).hexdigest(),
+                        hashlib.sha256(secret).hexdigest(), True, now))
+    table, param = SipUser._meta.table_name, master_db.param
+    # One prepared statement run for every row (the driver's executemany): building a
+    # multi-row statement per chunk in peewee costs more than writing it.
+    upsert = (f"INSERT INTO {table} (username, ha1_md5, ha1_sha256, enabled, created_at) "
+              f"VALUES ({', '.join([param] * 5)}) ON CONFLICT (username) DO UPDATE SET "
+              "ha1_md5 = excluded.ha1_md5, ha1_sha256 = excluded.ha1_sha256")
     with master_db.atomic():
         if SipUser.select().count() + len(records) > MAX_USERS:
             raise StoreError("more than %d users" % MAX_USERS)
+        cursor = master_db.cursor()
         for n in range(0, len(records), IMPORT_CHUNK):
             if progress is not None:
                 progress("writing", n)
-            for chunk in peewee.chunked(records[n:n + IMPORT_CHUNK], 500):
-                (SipUser.insert_many(chunk)
-                 .on_conflict(conflict_target=[SipUser.username],
-                              preserve=[SipUser.ha1_md5, SipUser.ha1_sha256])
-                 .execute())
+            cursor.executemany(upsert, records[n:n + IMPORT_CHUNK])
         return new_version(reason)
 
 

@@ -173,3 +173,22 @@ def test_oversized_or_concurrent_imports_are_refused(app):
     assert first.status_code == 202 and second.status_code == 409
     assert wait_job(c, first.json["id"])["phase"] == "done"
     assert ms.count_users() == 3000
+
+
+def test_bulk_save_inserts_then_replaces_on_each_backend(store_url):
+    from tests.test_backup import fresh
+    fresh(store_url)
+    ms.init_master_store(store_url)
+    try:
+        ms.setup("example.test")
+        ms.save_users([("ann", "one"), ("ben", "one")], "first")
+        ms.set_user_enabled("ben", False)
+        before = state("ben")
+        ms.save_users([("ben", "two"), ("cid", "two")], "second")
+        assert ms.count_users() == 3 and state("ben")[0] is False     # state kept
+        assert state("ben")[1] != before[1] and state("ann")[0] is True
+        with pytest.raises(ms.StoreError, match="invalid username"):
+            ms.save_users([("dan", "x"), ("bad user", "x")], "third")
+        assert ms.count_users() == 3
+    finally:
+        ms.close_master_store()
