@@ -43,6 +43,11 @@ def test_every_user_route_needs_login_and_csrf(app):
     login(c)
     assert c.post("/users/amy/enable", data={"on": "0"}).status_code == 400   # no CSRF token
     assert state("amy")[0] is True
+    assert c.post("/users/amy/delete").status_code == 400
+    r = c.post("/users/import", data={"file": (io.BytesIO(b"username,password\nx,y\n"),
+                                               "x.csv")})
+    assert r.status_code == 400 and app.extensions["user_imports"].get(1) is None
+    assert ms.count_users() == 1
 
 
 def test_disable_enable_and_change_password_keep_what_they_should(app):
@@ -158,6 +163,9 @@ def test_a_bad_row_names_file_and_line_and_writes_nothing(app):
                       (b"name,pass\n", "header"), (b"username,password\nx,p,extra\n", "line 2")):
         job = wait_job(c, c.post("/api/users/import", data=bad, headers=basic()).json["id"])
         assert job["phase"] == "failed" and what in job["error"], bad
+    for empty in (b"", b"username,password\n"):
+        job = wait_job(c, c.post("/api/users/import", data=empty, headers=basic()).json["id"])
+        assert job["phase"] == "failed" and "holds no user" in job["error"]
     r = c.post("/api/users/import", data=b"username,password\n\xff\xfe,x\n", headers=basic())
     assert r.status_code == 400 and "not UTF-8" in r.json["error"]
     assert ms.count_users() == 1

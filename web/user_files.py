@@ -129,6 +129,9 @@ class Imports:
     def _import(self, job: ImportJob, text: str) -> None:
         try:
             rows = read_users_csv(io.StringIO(text, newline=""), job.name)
+            if not rows:
+                raise StoreError(f"{job.name} holds no user (expected the header "
+                                 "username,password, then one user a line)")
             job.total = len(rows)
             gevent.sleep(0)
             job.version = ms.save_users(rows, f"{len(rows)} users imported from {job.name}",
