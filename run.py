@@ -84,14 +84,47 @@ def cmd_front(args) -> int:
     return serve_front(cfg, secret, parent, origin)
 
 
+def cmd_user_via_master(args, url: str) -> int:
+    """``user add|import`` through the configuration master at ``url``."""
+    from actors import master_users as mu
+    log = logging.getLogger("tandem")
+    try:
+        creds = mu.admin_credentials(args.admin_file)
+        if args.action == "add":
+            version = mu.add_user(url, creds, args.name, args.password)
+            log.warning("user %s saved on the master (configuration %d, pushed to every node)",
+                        args.name, version)
+            return 0
+        job = mu.import_users(url, creds, args.file, on_progress=lambda j: sys.stderr.write(
+            f"import {j.get('id')}: {j.get('phase')} {j.get('done')} of {j.get('total')}\n"))
+    except mu.MasterError as e:
+        log.error("%s", e)
+        return 2
+    if job.get("phase") != "done":
+        log.error("%s", job.get("error") or f"import ended {job.get('phase')}")
+        return 2
+    log.warning("%d users imported on the master (configuration %d, pushed to every node)",
+                job.get("total", 0), job.get("version", 0))
+    return 0
+
+
 def cmd_user(args) -> int:
-    """Provision users in a node's database."""
+    """Provision users: on the configuration master when one is named (``--master`` or
+    ``TANDEM_MASTER_URL``), else in the node's own database."""
     from actors.config import ConfigError, load_config, sqlite_dir
+    from actors.master_users import MasterError, master_url
     from store.db import StoreError
     from store.models import init_store
     from store.users import add_user, import_users_csv
     setup_logging("WARNING")
     log = logging.getLogger("tandem")
+    try:
+        url = master_url(args.master)
+    except MasterError as e:
+        log.error("%s", e)
+        return 2
+    if url:
+        return cmd_user_via_master(args, url)
     try:
         cfg = load_config(args.config)
         folder = sqlite_dir(cfg)
@@ -99,8 +132,9 @@ def cmd_user(args) -> int:
             os.makedirs(folder, exist_ok=True)
         if cfg.master_key:
             log.error("%s takes its users from the configuration master ([cluster] master_key): "
-                      "add them there (the dashboard's Users page or POST /api/users); a user "
-                      "written here would be removed by the master's next push", args.config)
+                      "add them there (--master URL --admin-file FILE, the dashboard's Users "
+                      "page or POST /api/users); a user written here would be removed by the "
+                      "master's next push", args.config)
             return 2
         init_store(cfg.database)
         if args.action == "add":
@@ -162,11 +196,17 @@ def main(argv=None) -> int:
     user = sub.add_parser("user", help="provision users")
     user.add_argument("--config", default="conf/node.example.toml",
                       help="node configuration naming the database and domain")
+    via = argparse.ArgumentParser(add_help=False)
+    via.add_argument("--master", help="the configuration master's URL (or "
+                     "TANDEM_MASTER_URL): the users go there, and it pushes them to every node")
+    via.add_argument("--admin-file", help="with --master: a file (mode 0600) holding a master "
+                     "admin's name:password (or TANDEM_MASTER_ADMIN=name:password)")
     usub = user.add_subparsers(dest="action", required=True)
-    add = usub.add_parser("add", help="add or update one user")
+    add = usub.add_parser("add", help="add or update one user", parents=[via])
     add.add_argument("name")
     add.add_argument("--password", required=True)
-    imp = usub.add_parser("import", help="import users from a CSV (username,password)")
+    imp = usub.add_parser("import", help="import users from a CSV (username,password)",
+                          parents=[via])
     imp.add_argument("file")
     user.set_defaults(func=cmd_user)
     master = sub.add_parser("master", help="run the configuration master (or: master init, "

@@ -10,10 +10,11 @@ Every change to what nodes serve goes through :func:`new_version`, which
 numbers it; :func:`config_for` builds what is pushed for a version.
 """
 
+import hashlib
 import json
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, cast
 
 import peewee
@@ -236,47 +237,84 @@ def _owned_numbers() -> set[str]:
                     for n in group.get("numbers", [])}
 
 
-def save_user(username: str, password: str, enabled: bool = True) -> int:
-    """Add a user or change its password; return the new configuration version."""
+def save_user(username: str, password: str, enabled: bool | None = True) -> int:
+    """Add a user or change its password; return the new configuration version.
+
+    ``enabled=None`` keeps an existing user's state (a new one is enabled).
+    """
     validate_username(username)
     if username in _owned_numbers():
         raise StoreError(f"{username} is a user's extension or DID in the dial plan")
     if not isinstance(password, str) or not password:
         raise StoreError("password must be a non-empty string")
     ha1 = compute_ha1s(username, domain(), password)
+    kept = [SipUser.ha1_md5, SipUser.ha1_sha256] + ([] if enabled is None else [SipUser.enabled])
     with master_db.atomic():
         if SipUser.get_or_none(SipUser.username == username) is None \
                 and SipUser.select().count() >= MAX_USERS:
             raise StoreError("the master holds %d users already (the limit)" % MAX_USERS)
         (SipUser.insert(username=username, ha1_md5=ha1["MD5"], ha1_sha256=ha1["SHA-256"],
-                        enabled=bool(enabled))
-         .on_conflict(conflict_target=[SipUser.username],
-                      preserve=[SipUser.ha1_md5, SipUser.ha1_sha256, SipUser.enabled])
+                        enabled=enabled is not False)
+         .on_conflict(conflict_target=[SipUser.username], preserve=kept)
          .execute())
         version = new_version(f"user {username} saved")
     log.info("user %s saved (configuration %d)", username, version)
     return version
 
 
-def save_users(rows: list[tuple[str, str]], reason: str) -> int:
-    """Add or change many ``(username, password)`` at once, one version; return it."""
+def set_user_enabled(username: str, enabled: bool) -> int | None:
+    """Enable or disable a user (a disabled one can neither register nor call, but for
+    emergency numbers); the new configuration version, or None if there is no such user."""
+    with master_db.atomic():
+        if not SipUser.update(enabled=bool(enabled)).where(
+                SipUser.username == username).execute():
+            return None
+        version = new_version(f"user {username} {'enabled' if enabled else 'disabled'}")
+    log.info("user %s %s (configuration %d)", username, "enabled" if enabled else "disabled",
+             version)
+    return version
+
+
+IMPORT_CHUNK = 1000
+"""Users hashed, and written, between two calls of an import's ``progress``."""
+
+
+def save_users(rows: list[tuple[str, str]], reason: str,
+               progress: Callable[[str, int], None] | None = None) -> int:
+    """Add or change many ``(username, password)`` at once, one version; return it.
+
+    Every row is checked and hashed before the one transaction that writes
+    them all (so a bad row writes nothing). ``progress(phase, done)`` is called
+    every :data:`IMPORT_CHUNK` rows of the ``hashing`` and ``writing`` phases.
+    """
     realm = domain()
     records = []
     owned = _owned_numbers()
-    for username, password in rows:
+    now = time.time()
+    for n, (username, password) in enumerate(rows):
+        if n % IMPORT_CHUNK == 0 and progress is not None:
+            progress("hashing", n)
         if username in owned:
             raise StoreError(f"{username} is a user's extension or DID in the dial plan")
-        ha1 = compute_ha1s(validate_username(username), realm, password)
-        records.append({"username": username, "ha1_md5": ha1["MD5"],
-                        "ha1_sha256": ha1["SHA-256"], "enabled": True})
+        if not isinstance(password, str) or not password:
+            raise StoreError(f"user {username}: password must be a non-empty string")
+        secret = f"{validate_username(username)}:{realm}:{password}".encode()
+        records.append((username, hashlib.md5(secret).hexdigest(),
+                        hashlib.sha256(secret).hexdigest(), True, now))
+    table, param = SipUser._meta.table_name, master_db.param
+    # One prepared statement run for every row (the driver's executemany): building a
+    # multi-row statement per chunk in peewee costs more than writing it.
+    upsert = (f"INSERT INTO {table} (username, ha1_md5, ha1_sha256, enabled, created_at) "
+              f"VALUES ({', '.join([param] * 5)}) ON CONFLICT (username) DO UPDATE SET "
+              "ha1_md5 = excluded.ha1_md5, ha1_sha256 = excluded.ha1_sha256")
     with master_db.atomic():
         if SipUser.select().count() + len(records) > MAX_USERS:
             raise StoreError("more than %d users" % MAX_USERS)
-        for chunk in peewee.chunked(records, 100):
-            (SipUser.insert_many(chunk)
-             .on_conflict(conflict_target=[SipUser.username],
-                          preserve=[SipUser.ha1_md5, SipUser.ha1_sha256, SipUser.enabled])
-             .execute())
+        cursor = master_db.cursor()
+        for n in range(0, len(records), IMPORT_CHUNK):
+            if progress is not None:
+                progress("writing", n)
+            cursor.executemany(upsert, records[n:n + IMPORT_CHUNK])
         return new_version(reason)
 
 
@@ -288,18 +326,28 @@ def delete_user(username: str) -> int | None:
         return new_version(f"user {username} deleted")
 
 
-def list_users(search: str = "", limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
-    """Users by name (no HA1s), optionally those whose name contains ``search``."""
+def _users(search: str, enabled: bool | None) -> "peewee.ModelSelect[SipUser]":
     query = SipUser.select(SipUser.username, SipUser.enabled, SipUser.created_at)
     if search:
         query = query.where(SipUser.username.contains(search))
-    rows = query.order_by(SipUser.username).limit(limit).offset(offset).dicts()
+    if enabled is not None:
+        query = query.where(SipUser.enabled == enabled)
+    return query
+
+
+def list_users(search: str = "", limit: int = 100, offset: int = 0,
+               enabled: bool | None = None) -> list[dict[str, Any]]:
+    """Users by name (no HA1s), optionally those whose name contains ``search`` and those
+    enabled (``True``) or disabled (``False``)."""
+    rows = _users(search, enabled).order_by(SipUser.username).limit(limit).offset(offset).dicts()
     return list(cast(Iterable[dict[str, Any]], rows))
 
 
-def count_users() -> int:
-    """How many SIP users the master holds."""
-    return SipUser.select().count()
+def count_users(search: str = "", enabled: bool | None = None) -> int:
+    """How many SIP users the master holds (those matching, when filters are given)."""
+    if not search and enabled is None:
+        return SipUser.select().count()
+    return int(_users(search, enabled).count())
 
 
 def save_node(node_id: str, sip: str, control: str, public_key: str, bus: str = "",

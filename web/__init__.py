@@ -1,7 +1,8 @@
 """The configuration master's dashboard: a Flask app factory.
 
 ``create_app(config)`` builds the app with its blueprints: ``auth`` (login,
-logout, the login limiter), ``pages`` (nodes, users, registrations, restart),
+logout, the login limiter), ``pages`` (nodes, users and their imports and
+export, registrations, restart),
 ``dns`` (SRV weights, the zone, a BIND export), ``calls`` (call detail
 records: the calls page, its CSV and ``/api/cdrs``),
 ``api`` (JSON under ``/api``, HTTP Basic), ``join`` (join tokens, ``/api/join``
@@ -43,6 +44,8 @@ def create_app(config: dict, pusher=None) -> Flask:
     app.config.update(config)
     csrf.init_app(app)
     app.extensions["pusher"] = pusher
+    from .user_files import Imports
+    app.extensions["user_imports"] = Imports(pusher.poke if pusher is not None else None)
     from . import (alarms, api, audit, auth, backups, bans, calls, dialplan, dns, join, metrics,
                    pages, ring_groups)
     auth.init_app(app)

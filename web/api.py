@@ -1,20 +1,25 @@
 """The JSON API under ``/api``: HTTP Basic as an admin on every call.
 
-``GET /api/registrations`` (``?user=``), ``GET /api/users`` (``?q=``
-search), ``POST /api/users`` with ``{"username", "password"}``, ``DELETE
-/api/users/<name>``, ``GET /api/nodes``, ``POST /api/nodes/<id>/restart``
-(through the lab), ``POST /api/nodes/<id>/drain`` with ``{"on": bool}``
-(straight to the node) and ``GET /api/config`` (the newest version and each
-node's).
+``GET /api/registrations`` (``?user=``, ``?node=``, ``?after=``, ``?limit=``),
+``GET /api/users`` (``?q=`` search, ``?state=``), ``GET /api/users.csv``, ``POST
+/api/users`` with ``{"username", "password"}``, ``PATCH /api/users/<name>`` with
+``{"enabled": bool}``, ``DELETE /api/users/<name>``, ``POST /api/users/import`` (a CSV
+body; 202 and a job), ``GET /api/users/import/<id>`` (its progress), ``GET
+/api/nodes``, ``POST /api/nodes/<id>/restart`` (through the lab), ``POST
+/api/nodes/<id>/drain`` with ``{"on": bool}`` (straight to the node) and ``GET
+/api/config`` (the newest version and each node's).
 """
 
-from flask import Blueprint, current_app, request
+from flask import Blueprint, Response, current_app, request
 
 from store import master as ms
 from store.db import StoreError
 
 from . import cluster, services
 from .auth import basic_auth_required
+from .filters import FilterError
+from .pages import STATES, start_import, user_filters
+from .user_files import export_csv
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
@@ -31,27 +36,61 @@ def _changed() -> None:
 @bp.get("/users")
 @basic_auth_required
 def users():
-    """Users (no HA1s), ``?q=`` filters by name, ``?limit=`` up to 1000."""
+    """Users (no HA1s), ``?q=`` filters by name, ``?state=enabled|disabled``, ``?limit=`` up
+    to 1000, ``?offset=``."""
+    try:
+        query = user_filters(request.args)
+    except FilterError as e:
+        return {"error": str(e)}, 400
     limit = min(max(request.args.get("limit", 100, type=int), 1), 1000)
-    offset = max(request.args.get("offset", 0, type=int), 0)
-    return {"total": ms.count_users(),
-            "users": ms.list_users(request.args.get("q", "")[:64], limit, offset)}
+    enabled = STATES[query["state"]]
+    return {"total": ms.count_users(), "found": ms.count_users(query["q"], enabled),
+            "users": ms.list_users(query["q"], limit, query["offset"], enabled)}
+
+
+@bp.get("/users.csv")
+@basic_auth_required
+def export_users():
+    """The users as CSV (``?q=``, ``?state=``): name, enabled, creation time."""
+    try:
+        query = user_filters(request.args)
+    except FilterError as e:
+        return {"error": str(e)}, 400
+    return Response(export_csv(query["q"], STATES[query["state"]]), mimetype="text/csv",
+                    headers={"Content-Disposition": "attachment; filename=users.csv"})
 
 
 @bp.post("/users")
 @basic_auth_required
 def add_user():
-    """Add a user or change its password: ``{"username": ..., "password": ...}``."""
+    """Add a user or change its password: ``{"username": ..., "password": ...}``, and
+    ``"enabled"`` (a new user is enabled; an existing one keeps its state unless given)."""
     body = request.get_json(silent=True)
     if not isinstance(body, dict):
         return {"error": "expected a JSON object {\"username\", \"password\"}"}, 400
+    enabled = body.get("enabled")
+    if enabled is not None and not isinstance(enabled, bool):
+        return {"error": "enabled must be true or false"}, 400
     try:
-        version = ms.save_user(body.get("username"), body.get("password"),
-                               bool(body.get("enabled", True)))
+        version = ms.save_user(body.get("username"), body.get("password"), enabled)
     except StoreError as e:
         return {"error": str(e)}, 400
     _changed()
     return {"username": body["username"], "version": version}, 201
+
+
+@bp.patch("/users/<username>")
+@basic_auth_required
+def patch_user(username):
+    """Enable or disable a user on every node at once: ``{"enabled": true|false}``."""
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict) or not isinstance(body.get("enabled"), bool):
+        return {"error": 'expected a JSON object {"enabled": true|false}'}, 400
+    version = ms.set_user_enabled(username, body["enabled"])
+    if version is None:
+        return {"error": f"no user {username}"}, 404
+    _changed()
+    return {"username": username, "enabled": body["enabled"], "version": version}
 
 
 @bp.delete("/users/<username>")
@@ -63,6 +102,30 @@ def delete_user(username):
         return {"error": f"no user {username}"}, 404
     _changed()
     return {"username": username, "version": version}
+
+
+@bp.post("/users/import")
+@basic_auth_required
+def import_users():
+    """Start a background import of the CSV body (``username,password``; ``?name=`` names
+    the file in messages): 202 with the job, whose progress ``GET
+    /api/users/import/<id>`` tells."""
+    name = request.args.get("name", "upload.csv")[:128] or "upload.csv"
+    job = start_import(name, request.get_data(cache=False))
+    if isinstance(job, str):
+        return {"error": job}, 409 if "running" in job else 400
+    return job.as_dict(), 202
+
+
+@bp.get("/users/import/<int:job_id>")
+@basic_auth_required
+def import_status(job_id):
+    """An import's phase (checking, hashing, writing, done, failed), rows done and total,
+    the configuration version made or the error (naming the file and line)."""
+    job = current_app.extensions["user_imports"].get(job_id)
+    if job is None:
+        return {"error": f"no import {job_id}"}, 404
+    return job.as_dict()
 
 
 @bp.get("/nodes")
@@ -83,13 +146,22 @@ def config():
 @bp.get("/registrations")
 @basic_auth_required
 def registrations():
-    """Every node's registrations merged: user, contact, primary node, nodes holding it."""
+    """Every node's registrations merged (``?user=``, ``?node=`` primary, ``?after=``
+    cursor, ``?limit=`` up to 500): each with its primary and the nodes holding it,
+    the counts by primary node and the load-balance index; ``next`` is the cursor of
+    the following page (null on the last)."""
+    try:
+        query = cluster.registration_filters(request.args,
+                                             [n["node_id"] for n in ms.list_nodes()])
+    except FilterError as e:
+        return {"error": str(e)}, 400
     pusher = current_app.extensions.get("pusher")
-    if pusher is None:
+    if getattr(pusher, "bus", None) is None:
         return {"error": "the master has no bus"}, 503
-    found = cluster.registrations(pusher.bus, ms.list_nodes(), request.args.get("user", "")[:64],
-                                  min(max(request.args.get("limit", 100, type=int), 1), 1000))
-    return {**found, "balance_index": cluster.balance_index(found["bindings"])}
+    found = cluster.registrations(pusher.bus, ms.list_nodes(), query["user"], query["node"],
+                                  query["after"], query["limit"])
+    last = found["bindings"][-1] if found["more"] else None
+    return {**found, "next": f"{last['aor']} {last['key']}" if last else None}
 
 
 @bp.post("/nodes/<node_id>/restart")

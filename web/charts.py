@@ -1,4 +1,5 @@
-"""Charts drawn on the server as SVG (no JavaScript): calls and failures over time.
+"""Charts drawn on the server as SVG (no JavaScript): calls and failures over time, and
+the registrations split between primary nodes.
 
 The SVG is built from numbers and from labels escaped here, so it can be
 put into a page as it is.
@@ -52,4 +53,29 @@ def calls_chart(slots: list[dict]) -> Markup:
     parts.append(f'<text x="{WIDTH - MARGIN}" y="12" font-size="10" text-anchor="end">'
                  '<tspan fill="#4a7bd0">■ calls</tspan> <tspan fill="#d04a4a">■ failures'
                  '</tspan></text></svg>')
+    return Markup("".join(parts))
+
+
+def split_chart(by_primary: dict[str, int]) -> Markup:
+    """One horizontal bar per primary node: its share of the cluster's registrations,
+    with its count and percentage (the load split between registrars)."""
+    total = sum(by_primary.values())
+    if not total:
+        return Markup("")
+    row, label_w = 22, 120
+    height = row * len(by_primary) + 8
+    inner_w = WIDTH - label_w - 140
+    parts = [f'<svg id="split-chart" xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" '
+             f'height="{height}" viewBox="0 0 {WIDTH} {height}" role="img" '
+             f'aria-label="registrations by primary node">']
+    for k, (node, n) in enumerate(by_primary.items()):
+        y = 4 + k * row
+        w = inner_w * n / total
+        text = escape(f"{node}: {n} ({100 * n / total:.1f}%)")
+        parts.append(f'<text x="2" y="{y + 14}" font-size="12">{escape(node[:18])}</text>'
+                     f'<rect class="share" x="{label_w}" y="{y}" width="{w:.1f}" '
+                     f'height="{row - 6}" fill="#4a7bd0"><title>{text}</title></rect>'
+                     f'<text x="{label_w + w + 4:.1f}" y="{y + 14}" font-size="12">'
+                     f'{n} ({100 * n / total:.1f}%)</text>')
+    parts.append("</svg>")
     return Markup("".join(parts))

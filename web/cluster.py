@@ -10,6 +10,8 @@ import gevent
 
 from actors.bus import BusError, request
 
+from .filters import FilterError, texts
+
 ASK_TIMEOUT = 1.0
 """Seconds a node may take to answer the dashboard."""
 
@@ -35,27 +37,81 @@ def node_states(bus, nodes: list[dict]) -> dict:
     return ask_all(bus, nodes, {"cmd": "status"})
 
 
-def registrations(bus, nodes: list[dict], user: str = "", limit: int = 100) -> dict:
-    """The registrations of every node merged: ``{"bindings", "errors", "totals"}``."""
-    answers = ask_all(bus, nodes, {"cmd": "bindings", "user": user, "limit": limit})
+def merge(answers: dict, limit: int) -> dict:
+    """Merge the nodes' ``bindings`` answers (each asked for ``limit + 1`` rows after
+    the same key) into one page: ``{"bindings", "more", "errors", "totals",
+    "by_primary", "total", "balance_index"}``.
+
+    Keyset paging makes the merge exact: the first ``limit`` bindings after the
+    key among all nodes are among each node's first ``limit``, so each row's
+    ``present_on`` names every node that holds it. A primary node's count of
+    its own bindings is taken from itself (it is the authority on them), or,
+    when it did not answer, from the peer that holds most of them.
+    """
     merged: dict[tuple, dict] = {}
-    errors, totals = {}, {}
+    errors: dict[str, str] = {}
+    totals: dict[str, int] = {}
+    seen: dict[str, dict[str, int]] = {}
     for node_id, answer in answers.items():
         if "error" in answer:
             errors[node_id] = answer["error"]
             continue
         totals[node_id] = answer["total"]
+        seen[node_id] = answer.get("by_origin", {})
         for b in answer["bindings"]:
-            entry = merged.setdefault((b["aor"], b["contact"]), {**b, "present_on": []})
+            entry = merged.setdefault((b["aor"], b["key"]), {**b, "present_on": []})
             entry["present_on"].append(node_id)
-    rows = sorted(merged.values(), key=lambda b: (b["aor"], b["contact"]))[:limit]
-    return {"bindings": rows, "errors": errors, "totals": totals}
+    rows = sorted(merged.values(), key=lambda b: (b["aor"], b["key"]))
+    by_primary: dict[str, int] = {}
+    for counts in seen.values():
+        for origin, n in counts.items():
+            by_primary[origin] = max(by_primary.get(origin, 0), n)
+    for origin in by_primary:
+        if origin in seen:
+            by_primary[origin] = seen[origin].get(origin, 0)
+    for row in rows:
+        row["present_on"].sort()
+    return {"bindings": rows[:limit], "more": len(rows) > limit, "errors": errors,
+            "totals": totals, "by_primary": dict(sorted(by_primary.items())),
+            "total": sum(by_primary.values()), "balance_index": balance_index(by_primary)}
 
 
-def balance_index(bindings: list[dict]) -> float:
-    """1/Σ(nᵢ/N)² over the primary nodes: 1 when one node holds all, k when k share evenly."""
-    counts: dict[str, int] = {}
-    for b in bindings:
-        counts[b["origin"]] = counts.get(b["origin"], 0) + 1
-    total = sum(counts.values())
-    return 1 / sum((n / total) ** 2 for n in counts.values()) if total else 0.0
+def registrations(bus, nodes: list[dict], user: str = "", origin: str = "",
+                  after: tuple[str, str] | None = None, limit: int = 100) -> dict:
+    """The registrations of every node merged (see :func:`merge`): those whose AOR holds
+    ``user`` and whose primary is ``origin`` (when given), ``limit`` after ``after``."""
+    message = {"cmd": "bindings", "user": user, "origin": origin, "limit": limit + 1,
+               "after": list(after) if after else None}
+    return merge(ask_all(bus, nodes, message), limit)
+
+
+def balance_index(by_primary: dict[str, int]) -> float:
+    """1/Σ(nᵢ/N)² over the primary nodes' binding counts: 1 when one node holds all,
+    k when k share evenly (0 when there is none)."""
+    total = sum(by_primary.values())
+    return 1 / sum((n / total) ** 2 for n in by_primary.values()) if total else 0.0
+
+
+MAX_LIMIT = 500
+"""Most registrations one page or one JSON answer holds."""
+MAX_CURSOR = 4096
+"""Longest ``after`` cursor (a node takes an AOR and a key of 2048 characters each)."""
+
+
+def registration_filters(args, node_ids: list[str]) -> dict:
+    """``user``, ``node`` (a primary node's id), ``after`` (the cursor: the last row's
+    AOR and key, space-separated) and ``limit`` of a query string, checked."""
+    out: dict = {}
+    texts(args, ("user", "node"), out)
+    if out["node"] and out["node"] not in node_ids:
+        raise FilterError(f"no node {out['node']!r}")
+    raw = args.get("after", "")
+    if len(raw) > MAX_CURSOR or (raw and " " not in raw):
+        raise FilterError("after must be the AOR and key of a listed binding")
+    aor, _, key = raw.partition(" ")
+    out["after"] = (aor, key) if raw else None
+    limit = args.get("limit", "")
+    if limit and (not limit.isdigit() or not 1 <= int(limit) <= MAX_LIMIT):
+        raise FilterError(f"limit must be a whole number from 1 to {MAX_LIMIT}")
+    out["limit"] = int(limit) if limit else 100
+    return out

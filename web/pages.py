@@ -1,9 +1,9 @@
 """The dashboard's pages: nodes (configuration version per node) and users."""
 
-import io
 import time
 
-from flask import (Blueprint, current_app, flash, redirect, render_template, request, url_for)
+from flask import (Blueprint, Response, current_app, flash, redirect, render_template, request,
+                   session, url_for)
 from flask_wtf import FlaskForm
 from flask_wtf.file import FileField, FileRequired
 from wtforms import PasswordField, StringField
@@ -12,10 +12,12 @@ from wtforms.validators import DataRequired, Length
 from store import cdrs
 from store import master as ms
 from store.db import StoreError
-from store.users import read_users_csv
 
 from . import cluster, services
 from .auth import login_required
+from .charts import split_chart
+from .filters import FilterError, texts
+from .user_files import ImportBusy, export_csv
 
 bp = Blueprint("pages", __name__)
 
@@ -97,24 +99,53 @@ def drain_node(node_id):
 @bp.route("/registrations")
 @login_required
 def registrations():
-    """The registrations of every node merged, with primary node; filter by user."""
-    user = request.args.get("user", "")[:64]
-    found = (cluster.registrations(bus(), ms.list_nodes(), user) if bus() is not None
-             else {"bindings": [], "errors": {}, "totals": {}})
-    return render_template("registrations.html", user=user, **found,
-                           balance=cluster.balance_index(found["bindings"]))
+    """The registrations of every node merged, with primary node and the nodes holding
+    each; filters by user and primary node, pages by key, and the load split."""
+    node_ids = [n["node_id"] for n in ms.list_nodes()]
+    try:
+        query = cluster.registration_filters(request.args, node_ids)
+    except FilterError as e:
+        flash(f"Filter not used: {e}")
+        return redirect(url_for("pages.registrations"))
+    found = (cluster.registrations(bus(), ms.list_nodes(), query["user"], query["node"],
+                                   query["after"], query["limit"])
+             if bus() is not None else cluster.merge({}, query["limit"]))
+    last = found["bindings"][-1] if found["more"] else None
+    return render_template("registrations.html", query=query, node_ids=node_ids, now=time.time(),
+                           chart=split_chart(found["by_primary"]),
+                           next_after=f"{last['aor']} {last['key']}" if last else "", **found)
+
+
+PAGE_SIZE = 100
+"""Users one page lists."""
+STATES = {"": None, "enabled": True, "disabled": False}
+"""The state filter of the users page and its CSV."""
+
+
+def user_filters(args) -> dict:
+    """``q`` (a name part), ``state`` (enabled or disabled) and ``offset`` of a query string,
+    checked."""
+    out: dict = {}
+    texts(args, ("q", "state", "edit"), out)
+    if out["state"] not in STATES:
+        raise FilterError("state must be enabled or disabled")
+    raw = args.get("offset", "")
+    if raw and (not raw.isdigit() or len(raw) > 10):
+        raise FilterError("offset must be a whole number")
+    out["offset"] = min(int(raw) if raw else 0, ms.MAX_USERS)
+    return out
 
 
 @bp.route("/users", methods=["GET", "POST"])
 @login_required
 def users():
-    """List, search and add users."""
+    """List, search (by name, by state), page, add users and change their passwords."""
     form = UserForm()
     status = 200
     if request.method == "POST":
         if form.validate_on_submit():
             try:
-                version = ms.save_user(form.username.data, form.password.data)
+                version = ms.save_user(form.username.data, form.password.data, enabled=None)
             except StoreError as e:
                 flash(str(e))
                 status = 400
@@ -125,10 +156,46 @@ def users():
         else:
             flash("; ".join(f"{k}: {', '.join(v)}" for k, v in form.errors.items()))
             status = 400
-    search = request.args.get("q", "")[:64]
-    return render_template("users.html", form=form, users=ms.list_users(search), search=search,
-                           total=ms.count_users(), action=ActionForm(),
-                           upload=ImportForm()), status
+    try:
+        query = user_filters(request.args)
+    except FilterError as e:
+        flash(f"Filter not used: {e}")
+        query, status = user_filters({}), 400
+    enabled = STATES[query["state"]]
+    if request.method == "GET" and query["edit"]:
+        form.username.data = query["edit"]
+    return render_template("users.html", form=form, query=query, page_size=PAGE_SIZE,
+                           users=ms.list_users(query["q"], PAGE_SIZE, query["offset"], enabled),
+                           found=ms.count_users(query["q"], enabled), total=ms.count_users(),
+                           action=ActionForm(), upload=ImportForm()), status
+
+
+@bp.route("/users.csv")
+@login_required
+def export_users():
+    """The users (as filtered on the page) as a CSV download; never an HA1."""
+    try:
+        query = user_filters(request.args)
+    except FilterError as e:
+        return f"Filter not used: {e}", 400
+    return Response(export_csv(query["q"], STATES[query["state"]]), mimetype="text/csv",
+                    headers={"Content-Disposition": "attachment; filename=users.csv"})
+
+
+@bp.route("/users/<username>/enable", methods=["POST"])
+@login_required
+def enable_user(username):
+    """Enable (``on=1``) or disable (``on=0``) a user on every node at once."""
+    if not ActionForm().validate_on_submit():
+        return "CSRF token missing or wrong", 400
+    on = request.form.get("on") == "1"
+    version = ms.set_user_enabled(username, on)
+    if version is None:
+        flash(f"No user {username}.")
+    else:
+        changed()
+        flash(f"User {username} {'enabled' if on else 'disabled'}: configuration {version}.")
+    return redirect(url_for("pages.users", q=request.args.get("q", "")[:64]))
 
 
 @bp.route("/users/<username>/delete", methods=["POST"])
@@ -146,22 +213,42 @@ def delete_user(username):
     return redirect(url_for("pages.users"))
 
 
+def start_import(name: str, data: bytes):
+    """Start a background import of ``data`` (a CSV) read from ``name``: the job, or an
+    error message."""
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        return f"Nothing imported: {name} is not UTF-8 ({e.reason} at byte {e.start})"
+    try:
+        return current_app.extensions["user_imports"].start(
+            name, text, session.get("admin") or getattr(request.authorization, "username", "?"))
+    except ImportBusy as e:
+        return str(e)
+
+
 @bp.route("/users/import", methods=["POST"])
 @login_required
 def import_users():
-    """Import a CSV of users: all of it, or (on a bad line) nothing."""
+    """Import a CSV of users in the background (all of it, or on a bad line nothing),
+    then show its progress."""
     form = ImportForm()
     if not form.validate_on_submit():
         flash("; ".join(f"{k}: {', '.join(v)}" for k, v in form.errors.items()))
         return redirect(url_for("pages.users")), 303
-    name = form.file.data.filename or "upload.csv"
-    try:
-        text = io.TextIOWrapper(form.file.data.stream, encoding="utf-8-sig", newline="")
-        rows = read_users_csv(text, name)
-        version = ms.save_users(rows, f"{len(rows)} users imported from {name}")
-    except StoreError as e:
-        flash(f"Nothing imported: {e}")
+    job = start_import(form.file.data.filename or "upload.csv", form.file.data.read())
+    if isinstance(job, str):
+        flash(job)
         return redirect(url_for("pages.users")), 303
-    changed()
-    flash(f"{len(rows)} users imported from {name}: configuration {version}.")
-    return redirect(url_for("pages.users"))
+    flash(f"Import {job.id} of {job.name} started.")
+    return redirect(url_for("pages.import_status", job_id=job.id)), 303
+
+
+@bp.route("/users/import/<int:job_id>")
+@login_required
+def import_status(job_id):
+    """An import's progress; the page reloads itself every second until the import ends."""
+    job = current_app.extensions["user_imports"].get(job_id)
+    if job is None:
+        return render_template("import.html", job=None), 404
+    return render_template("import.html", job=job)
