@@ -2,6 +2,7 @@
 sent through node2 (as a phone that moved to the other SRV target) make one completed record
 each, with both nodes and the call's length; a page stored but never acknowledged (the master
 died between the two) is not counted twice; 500 SIPp calls over two nodes give 500 records;
+a BYE through a node whose store was wiped mid-call closes the record begun before;
 ``run.py lab``'s master collects records and, killed mid-run and restarted, loses none."""
 
 import base64
@@ -228,6 +229,45 @@ def test_the_labs_master_collects_records_and_a_master_killed_mid_run_loses_none
     assert found["total"] == 6
     assert sorted(c["call_id"] for c in found["cdrs"]) == sorted(call_ids)
     assert all(c["nodes"] == ["node1", "node2"] for c in found["cdrs"])
+
+
+def test_a_bye_after_its_nodes_store_was_wiped_closes_the_record_begun_before(setup):
+    """node2's store is wiped mid-call (stopped, database deleted, users imported again,
+    restarted and synced from node1): its outbox numbers events from 1 again, the
+    collector restarts node2's cursor, and the BYE, seq 1, folds into the Call-ID's
+    record made before the wipe: one completed record with its length."""
+    cluster, collector, _agent, rows = setup
+    n2 = cluster.nodes[1]
+    caller = SipClient((n2.address, n2.port), "user5", rows["user5"], "example.test", t1=0.1,
+                       timeout=5.0)
+    try:
+        resp, dialog = caller.invite("sip:user0@example.test")
+        assert resp.status == 200
+
+        def record():
+            return next((c for c in cdrs.search(caller="user5", limit=1000)["cdrs"]
+                         if c["call_id"] == dialog.call_id), None)
+        assert collect_until(collector, lambda: (record() or {}).get("answered_at"))
+        assert collect_until(collector, lambda: cluster.control(n2, "events")["pending"] == 0)
+        before = cdrs.cursor("node2")
+        assert before > 1
+        n2.stop()
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(f"{n2.dir}/tandem.db{suffix}"):
+                os.remove(f"{n2.dir}/tandem.db{suffix}")
+        imported = n2.run_cli("user", "import", os.path.join(n2.work, "users.csv"))
+        assert imported.returncode == 0, imported.stderr
+        n2.start()
+        assert wait_serving(cluster, n2, 30.0), n2.log_tail()
+        assert dialog.bye().status == 200
+    finally:
+        caller.close()
+    assert collect_until(collector, lambda: record()["outcome"] == "completed"), record()
+    rec = record()
+    assert rec["nodes"] == ["node2"] and rec["duration"] is not None and rec["duration"] >= 0
+    assert rec["started_at"] <= rec["answered_at"] <= rec["ended_at"]
+    assert [c["call_id"] for c in cdrs.search(limit=10_000)["cdrs"]].count(dialog.call_id) == 1
+    assert cdrs.cursor("node2") < before, "node2's cursor restarted with its new store"
 
 
 def test_a_call_whose_first_node_dies_mid_call_still_closes(setup):
