@@ -1,16 +1,21 @@
 """Locust against a real ``run.py lab``: phones found through SRV register and call, with no
-option but the lab's DNS address; then a node killed with SIGKILL during a run.
+option but the lab's DNS address; then a node killed with SIGKILL during a run: the
+failures show in the report, stop, and the survivor loses no registration.
 
 Each test starts its own two-node lab on a random loopback block (the ``lab``
 fixture of ``tests/test_lab.py``).
 """
 
+import base64
 import csv
+import json
 import os
 import signal
 import subprocess
 import sys
+import urllib.request
 
+from actors.lab_master import MASTER_PORT
 from loadtest.harness import ROOT
 from loadtest.report import format_summary, summarise
 from tests.test_lab import lab, lab_status, wait_for  # noqa: F401 - lab is a fixture
@@ -56,14 +61,40 @@ def test_locust_phones_register_and_call_through_the_lab(lab, tmp_path):  # noqa
     assert "INVITE setup" in report and "no failure in" in report, report
 
 
+def failed_so_far(history) -> int:
+    """The run's failures so far, from the last row of Locust's per-second history."""
+    with open(history, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["Name"] == "Aggregated"]
+    return int(float(rows[-1]["Total Failure Count"])) if rows else 0
+
+
+def held_on(data: str, base: str, node: str) -> set[tuple[str, str]]:
+    """The Locust users' bindings (address of record, contact) ``node`` holds, as the
+    lab's master merges every node's (``GET /api/registrations``)."""
+    with open(os.path.join(data, "master", "admin-password")) as f:
+        auth = base64.b64encode(f"admin:{f.read().strip()}".encode()).decode()
+    req = urllib.request.Request(f"http://{base}:{MASTER_PORT}/api/registrations?user=load"
+                                 "&limit=1000", headers={"Authorization": f"Basic {auth}"})
+    with urllib.request.urlopen(req, timeout=15) as r:
+        found = json.loads(r.read())
+    return {(b["aor"], b["contact"]) for b in found["bindings"] if node in b["present_on"]}
+
+
 def test_a_node_killed_during_a_locust_run_fails_calls_for_a_while_then_recovers(lab, tmp_path):  # noqa: F811
     _proc, data, base, _out = lab
     locust = start_locust(base, tmp_path, 20, 24)
     history = tmp_path / "out_stats_history.csv"
     try:
         assert wait_for(lambda: history.exists() and history.read_text().count("\n") >= 4, 30)
+        before = held_on(data, base, "node2")
+        assert len(before) >= 20, before
         pid = next(n["pid"] for n in lab_status(data)["nodes"] if n["id"] == "node1")
         os.kill(pid, signal.SIGKILL)
+        # Once phones have noticed the death (their first timeouts): the survivor still
+        # holds every binding it held.
+        assert wait_for(lambda: failed_so_far(history) > 0, 20)
+        lost = before - held_on(data, base, "node2")
+        assert not lost, f"registrations lost on the survivor: {sorted(lost)[:5]}"
     finally:
         finish(locust, 60)
     summary = summarise(str(tmp_path / "out"))
