@@ -10,14 +10,18 @@ import base64
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import urllib.request
 
+import pytest
+
 from actors.lab_master import MASTER_PORT
-from loadtest.harness import ROOT
+from loadtest.harness import ROOT, free_port
 from loadtest.report import format_summary, summarise
+from tests.conftest import _in_ci
 from tests.test_lab import lab, lab_status, wait_for  # noqa: F401 - lab is a fixture
 
 KINDS = {"REGISTER register", "INVITE setup", "INVITE ringing", "INVITE hold", "BYE hangup"}
@@ -109,3 +113,45 @@ def test_a_node_killed_during_a_locust_run_fails_calls_for_a_while_then_recovers
     rows = stats(tmp_path)
     assert int(rows[" Aggregated"]["Request Count"]) > 5 * int(
         rows[" Aggregated"]["Failure Count"]), report
+
+
+def test_locusts_web_ui_shows_the_runs_requests_and_charts(lab, tmp_path):  # noqa: F811
+    """The web UI (``--autostart`` instead of ``--headless``): its stats answer lists every
+    kind of request with no failure, and headless Chromium renders its three charts."""
+    if not shutil.which("chromium"):
+        if _in_ci():
+            pytest.fail("chromium is required when CI is set", pytrace=False)
+        pytest.skip("chromium not installed")
+    _proc, _data, base, _out = lab
+    port = free_port()
+    env = dict(os.environ, PYTHONPATH=ROOT, TANDEM_DNS=base, TANDEM_SIP_TIMEOUT="2")
+    with open(tmp_path / "locust.log", "wb") as log:
+        locust = subprocess.Popen(
+            [sys.executable, "-m", "locust", "-f", os.path.join(ROOT, "loadtest", "locustfile.py"),
+             "--autostart", "-u", "10", "-r", "10", "-t", "30s", "--web-host", "127.0.0.1",
+             "--web-port", str(port)], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+    url = f"http://127.0.0.1:{port}"
+
+    def stats() -> dict | None:
+        try:
+            with urllib.request.urlopen(url + "/stats/requests", timeout=5) as r:
+                got = json.loads(r.read())
+        except OSError:
+            return None
+        rows = {f"{s['method']} {s['name']}": s for s in got["stats"]}
+        return got if all(rows.get(k, {}).get("num_requests", 0) >= 1 for k in KINDS) else None
+    try:
+        got = wait_for(stats, 25)
+        assert got, (tmp_path / "locust.log").read_text()[-3000:]
+        assert got["fail_ratio"] == 0, got["errors"]
+        shown = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu",
+                                f"--user-data-dir={tmp_path / 'chromium'}",
+                                "--virtual-time-budget=5000", "--dump-dom",
+                                url + "/?tab=charts"], capture_output=True, text=True,
+                               timeout=60)
+        # Its charts (requests per second, response times, users) are ECharts canvases.
+        assert shown.stdout.count("_echarts_instance_") == 3, shown.stdout[-2000:]
+        assert shown.stdout.count("<canvas") >= 3
+    finally:
+        locust.terminate()
+        finish(locust, 30)
