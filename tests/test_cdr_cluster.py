@@ -1,6 +1,7 @@
 """Call detail records from two real nodes: calls placed through node1 and ended by a BYE
 sent through node2 (as a phone that moved to the other SRV target) make one completed record
-each, with both nodes and the call's length; a page stored but never acknowledged (the master
+each, with both nodes and the call's length; busy, cancelled and unanswered calls have
+those outcomes; a page stored but never acknowledged (the master
 died between the two) is not counted twice; 500 SIPp calls over two nodes give 500 records;
 a BYE through a node whose store was wiped mid-call closes the record begun before;
 ``run.py lab``'s master collects records and, killed mid-run and restarted, loses none."""
@@ -229,6 +230,36 @@ def test_the_labs_master_collects_records_and_a_master_killed_mid_run_loses_none
     assert found["total"] == 6
     assert sorted(c["call_id"] for c in found["cdrs"]) == sorted(call_ids)
     assert all(c["nodes"] == ["node1", "node2"] for c in found["cdrs"])
+
+
+def test_busy_cancelled_and_unanswered_calls_over_two_nodes_have_their_outcomes(setup):
+    """SIPp callees registered on node1, called through node2: a busy phone (486), calls
+    the caller cancels while they ring, and calls to a user with no phone (480) give one
+    record each with that outcome and status, none with a length."""
+    cluster, collector, _agent, _rows = setup
+    n1, n2 = cluster.nodes
+    busy, ringing = phone(n1, "user6", "uas_busy.xml"), phone(n1, "user7", "uas_ring_cancel.xml")
+    try:
+        assert collect_until(collector, lambda: all(cluster.control(
+            n2, "bindings", user=f"{u}@")["total"] == 1 for u in ("user6", "user7")))
+        call(n2, "user6", calls=3, rate=10)
+        cancelled = call(n2, "user7", "uac_cancel.xml", calls=3, rate=10)
+        assert cancelled.successful == 3, cancelled.stderr
+        call(n2, "user8", calls=3, rate=10)
+    finally:
+        busy.stop()
+        ringing.stop()
+    want = {"user6": ("busy", 486), "user7": ("cancelled", None), "user8": ("no answer", 480)}
+
+    def outcomes():
+        return {u: {(c["outcome"], c["status"], c["duration"])
+                    for c in cdrs.search(callee=f"sip:{u}@", limit=100)["cdrs"]}
+                for u in want}
+    assert collect_until(collector, lambda: all(
+        cdrs.search(callee=f"sip:{u}@")["outcomes"][o] == 3 for u, (o, _s) in want.items())), \
+        outcomes()
+    assert outcomes() == {u: {(o, status, None)} for u, (o, status) in want.items()}
+    assert all(cdrs.search(callee=f"sip:{u}@")["total"] == 3 for u in want)
 
 
 def test_a_bye_after_its_nodes_store_was_wiped_closes_the_record_begun_before(setup):
