@@ -2,7 +2,8 @@
 sent through node2 (as a phone that moved to the other SRV target) make one completed record
 each, with both nodes and the call's length; busy, cancelled and unanswered calls have
 those outcomes; a page stored but never acknowledged (the master
-died between the two) is not counted twice; 500 SIPp calls over two nodes give 500 records;
+died between the two) is not counted twice; 500 SIPp calls over two nodes, each held 1 s,
+give 500 records of that length;
 a BYE through a node whose store was wiped mid-call closes the record begun before;
 ``run.py lab``'s master collects records and, killed mid-run and restarted, loses none."""
 
@@ -31,6 +32,8 @@ from web.cluster import ask
 
 HOLD = 0.3
 """Seconds each call stays up between its 200 and its BYE."""
+HELD = 1.0
+"""Seconds SIPp holds each of the 500 calls between its ACK and its BYE."""
 
 
 @pytest.fixture(scope="module")
@@ -167,7 +170,8 @@ def test_500_sipp_calls_over_two_nodes_give_500_records(setup):
     try:
         assert collect_until(collector, lambda: cluster.control(
             n2, "bindings", user="user3@")["total"] == 1)
-        results = [call(n, "user3", calls=250, rate=100) for n in (n1, n2)]
+        results = [call(n, "user3", calls=250, rate=100, extra=("-d", str(int(HELD * 1000))))
+                   for n in (n1, n2)]
     finally:
         uas.stop()
     assert [(r.successful, r.failed) for r in results] == [(250, 0)] * 2, results[0].stderr
@@ -180,7 +184,9 @@ def test_500_sipp_calls_over_two_nodes_give_500_records(setup):
     found = mine()
     assert found["total"] == 500 and len({c["call_id"] for c in found["cdrs"]}) == 500
     assert {tuple(c["nodes"]) for c in found["cdrs"]} == {("node1",), ("node2",)}
-    assert all(0 <= c["duration"] < 2 for c in found["cdrs"])
+    # Each call was held HELD s between its ACK and its BYE (SIPp -d): its length.
+    assert all(HELD <= c["duration"] < HELD + 1.5 for c in found["cdrs"]), \
+        sorted(c["duration"] for c in found["cdrs"])[::50]
     assert time.monotonic() - started < 30
     for node in cluster.nodes:
         assert cluster.control(node, "events")["dropped"] == 0
