@@ -109,14 +109,16 @@ def hostile_node(tmp_path, answer):
 @pytest.mark.parametrize("bad", ["5061", 70000, -1, True, 5061.0, None, [5061], "9" * 10_000])
 def test_a_forged_tls_port_is_logged_and_not_stored(tmp_path, caplog, bad):
     """A node whose answer carries a TLS port that is no port (text, out of range, a
-    boolean, oversized) leaves the stored port as it was, with a short warning."""
+    boolean, oversized) leaves the stored port as it was, with one short warning however
+    often it says so."""
     answers = [{"version": 1, "tls_port": 5061}, {"version": 1, "tls_port": bad}]
     with hostile_node(tmp_path, lambda: answers[0]) as pusher:
         assert pusher.push_round() == {"node1": "version 1"}
         assert ms.zone_nodes()[0][4] == 5061
         answers.pop(0)
         with caplog.at_level(logging.WARNING, logger="web.push"):
-            assert pusher.push_round() == {"node1": "version 1"}
+            for _ in range(3):
+                assert pusher.push_round() == {"node1": "version 1"}
         assert ms.zone_nodes()[0][4] == 5061
         warned = [r.getMessage() for r in caplog.records if "not a port" in r.getMessage()]
         assert len(warned) == 1 and len(warned[0]) < 200, warned

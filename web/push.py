@@ -41,6 +41,8 @@ class Pusher:
         """One greenlet per node of the round in progress (killed by ``stop``)."""
         self._cached: tuple[int, dict] | None = None
         self.last_round = 0.0
+        self._bad_tls_port: set[str] = set()
+        """Nodes whose last reported TLS port was no port (warned once)."""
 
     def start(self) -> None:
         """Start the push greenlet."""
@@ -105,14 +107,17 @@ class Pusher:
             return f"version {running}"
         return self._push(node, version)
 
-    @staticmethod
-    def _note_tls_port(node: dict, port: object) -> None:
+    def _note_tls_port(self, node: dict, port: object) -> None:
         """Keep the TLS port a node reports (absent: 0, no TLS) for the zone's
-        ``_sips._tcp`` records; a value that is no port is logged and ignored."""
+        ``_sips._tcp`` records; a value that is no port is ignored, with a WARNING
+        the first time in a row (then DEBUG: a node polled every round)."""
         if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
-            log.warning("node %s reported TLS port %.40r: not a port, ignored",
-                        node["node_id"], port)
+            first = node["node_id"] not in self._bad_tls_port
+            self._bad_tls_port.add(node["node_id"])
+            log.log(logging.WARNING if first else logging.DEBUG,
+                    "node %s reported TLS port %.40r: not a port, ignored", node["node_id"], port)
             return
+        self._bad_tls_port.discard(node["node_id"])
         if port != node["tls_port"]:
             ms.set_tls_port(node["node_id"], port)
             log.info("node %s takes TLS on port %s", node["node_id"], port or "none")
