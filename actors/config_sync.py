@@ -11,7 +11,8 @@ state, so a node restarted while the master is down serves the last
 configuration it got. A version may also carry ``peers``, the cluster's
 membership (``actors.membership``): checked with the rest before anything
 is written, then kept and handed to ``on_peers``. ``config_version``
-reports what the node runs.
+reports what the node runs, and its SIP over TLS port (0 without TLS), which
+the master polls and puts in the cluster's zone as ``_sips._tcp``.
 """
 
 import logging
@@ -36,8 +37,11 @@ VERSION_KEY = "config_version"
 class ConfigSync:
     """Applies the master's configuration versions to one node's store."""
 
-    def __init__(self, domain: str, on_users=None, node_id: str = "", on_peers=None):
+    def __init__(self, domain: str, on_users=None, node_id: str = "", on_peers=None,
+                 tls_port: int = 0):
         self.domain = domain
+        self.tls_port = tls_port
+        """The port this node takes SIP over TLS on, 0 for none."""
         self.on_users = on_users
         self.node_id = node_id
         self.on_peers = on_peers
@@ -47,8 +51,10 @@ class ConfigSync:
         (``actors.gateways.apply_dialplan``)."""
 
     def version(self, _request: dict | None = None) -> dict:
-        """The configuration version this node runs (0: none from a master yet)."""
-        return {"version": int(get_state(VERSION_KEY, 0)), **self.stats}
+        """The configuration version this node runs (0: none from a master yet) and
+        its TLS port (0: no TLS)."""
+        return {"version": int(get_state(VERSION_KEY, 0)), "tls_port": self.tls_port,
+                **self.stats}
 
     def apply(self, request: dict) -> dict:
         """Apply a configuration version pushed by the master (refused from anyone else)."""
@@ -111,7 +117,8 @@ def attach_config_sync(node) -> ConfigSync | None:
     if control is None:
         return None
     sync = node.config_sync = ConfigSync(node.cfg.domain, node.users.reload, node.cfg.id,
-                                         lambda peers: follow_peers(node, peers))
+                                         lambda peers: follow_peers(node, peers),
+                                         node.cfg.tls_port)
     control.handle("config", sync.apply)
     control.handle("config_version", sync.version)
     return sync

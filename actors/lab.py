@@ -216,7 +216,7 @@ class Lab:
         self.lab_public = self.lab_secret = ""
         self.dns: DnsServer | None = None
         self.master = LabMaster(self.data, base, DOMAIN, ROOT)
-        self.zone_nodes: list[tuple[str, str, int, int]] = []
+        self.zone_nodes: list[tuple[str, str, int, int, int]] = []
         """The master's nodes as the DNS serves them (``store.master.zone_nodes``)."""
         self.serial = 1
         self.control = LabControlServer(self.data, self.status, self.restart)
@@ -287,12 +287,14 @@ class Lab:
                 log.warning("lab DNS cannot use %s:%d: %s", self.base, port, e)
         return None
 
-    def _zone(self, nodes: list[tuple[str, str, int, int]] | None = None,
+    def _zone(self, nodes: list[tuple[str, str, int, int, int]] | None = None,
               serial: int = 1) -> str:
         """The lab's zone over UDP, TCP and TLS: the master's nodes with their SRV
-        weights, or every lab node at weight 50 until the master's are read."""
-        return cluster_zone(DOMAIN, nodes or [(n.id, n.address, 5060, 50) for n in self.nodes],
-                            serial=serial, tls_port=TLS_PORT)
+        weights, or every lab node at weight 50 until the master's are read. Every
+        lab node takes TLS on TLS_PORT, known here before the master's first poll
+        reports it (``web.push``)."""
+        nodes = nodes or [(n.id, n.address, 5060, 50, TLS_PORT) for n in self.nodes]
+        return cluster_zone(DOMAIN, [(*node[:4], TLS_PORT) for node in nodes], serial=serial)
 
     def _follow_master(self) -> None:
         """Serve the master's nodes and SRV weights once they change (a weight set on

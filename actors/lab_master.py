@@ -86,9 +86,9 @@ class LabMaster(WatchedProcess):
         finally:
             master_store.close_master_store()
 
-    def zone_nodes(self) -> list[tuple[str, str, int, int]]:
-        """The nodes the master holds, each with its address, SIP port and SRV weight
-        (the DNS page sets weights, a removal takes a node out).
+    def zone_nodes(self) -> list[tuple[str, str, int, int, int]]:
+        """The nodes the master holds, each with its address, SIP port, SRV weight and
+        TLS port (the DNS page sets weights, a removal takes a node out).
 
         The master's database stays open in the lab's process after the first read,
         asked again each second (opening it each time logged a line each time); an

@@ -27,6 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from loadtest.bench_register import cpu_seconds, write_register_inf
 from loadtest.harness import (SIPP_BUFFERS, SIPP_DIR, NodeProcess, _last_stats,
                               free_port, run_sipp, write_users_csv)
+from loadtest.report import format_rows, sipp_row
 
 #: SIPp socket buffers (bytes): its 64 KB default drops datagrams in bursts
 def write_call_inf(path: str, callers, domain: str, callee: str) -> None:
@@ -117,7 +118,8 @@ def main() -> int:
             cpu0 = cpu_seconds(node.proc.pid)
             res = run_sipp("uac_auth_call.xml", f"{node.address}:{node.port}", work, inf=inf,
                            calls=args.calls, rate=args.rate, limit=args.limit,
-                           transport=args.transport, timeout=args.timeout, extra=SIPP_BUFFERS)
+                           transport=args.transport, timeout=args.timeout, extra=SIPP_BUFFERS,
+                           rtt=True)
             cpu = cpu_seconds(node.proc.pid) - cpu0
         finally:
             uas_stats = uas.stop() if uas is not None else {}
@@ -130,7 +132,9 @@ def main() -> int:
         f"{uas_stats.get('FailedCall(C)', '?')} failed\n"
         f"throughput: {res.successful / secs:.0f} calls/s (offered {args.rate}/s)\n"
         f"node CPU: {cpu:.2f} s = {100 * cpu / secs:.0f}% of one core, "
-        f"{1e6 * cpu / max(1, res.successful):.0f} us per call\n")
+        f"{1e6 * cpu / max(1, res.successful):.0f} us per call\n"
+        "in the columns of a Locust run's report (loadtest/report.py):\n"
+        + "\n".join(format_rows([sipp_row("INVITE setup", res)])) + "\n")
     return 0 if res.failed == 0 and res.returncode == 0 else 1
 
 

@@ -19,6 +19,7 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from loadtest.harness import SIPP_BUFFERS, NodeProcess, run_sipp, write_users_csv
+from loadtest.report import format_rows, sipp_row
 
 
 def cpu_times(pid: int) -> tuple[float, float]:
@@ -81,7 +82,7 @@ def main() -> int:
             front_user0, front_system0 = _sum_times(fronts)
             res = run_sipp("register_auth.xml", f"{node.address}:{node.port}", work, inf=inf,
                            calls=args.users, rate=args.rate, limit=args.limit,
-                           timeout=args.timeout, extra=SIPP_BUFFERS)
+                           timeout=args.timeout, extra=SIPP_BUFFERS, rtt=True)
             user, system = cpu_times(node.proc.pid)
             user, system = user - user0, system - system0
             cpu = user + system
@@ -106,7 +107,9 @@ def main() -> int:
         + "".join(f"challenge front: {stats}\n" for stats in front_stats)
         + f"{1e6 * (cpu + front_cpu) / max(1, res.successful):.0f} us of node CPU "
         "per authenticated registration\n"
-        f"SIPp CPU: {res.cpu:.2f} s = {100 * res.cpu / secs:.0f}% of one core\n")
+        f"SIPp CPU: {res.cpu:.2f} s = {100 * res.cpu / secs:.0f}% of one core\n"
+        "in the columns of a Locust run's report (loadtest/report.py):\n"
+        + "\n".join(format_rows([sipp_row("REGISTER register", res)])) + "\n")
     return 0 if res.failed == 0 and res.returncode == 0 else 1
 
 

@@ -7,6 +7,7 @@ timeout) and returns its final statistics.
 """
 
 import csv
+import glob
 import os
 import random
 import resource
@@ -15,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from actors.lab import options_ping
 from store.files import write_private
@@ -191,6 +192,8 @@ class SippResult:
     stderr: str
     cpu: float = 0.0
     """CPU seconds (user and system) SIPp used."""
+    rtt_ms: list[float] = field(default_factory=list)
+    """With ``rtt``: every response time the scenario measured (``rtd``), in ms."""
 
 
 def write_inf(path: str, rows: list[tuple]) -> None:
@@ -209,11 +212,14 @@ SIPP_BUFFERS = ("-buff_size", "4194304")
 def run_sipp(scenario: str, target: str, workdir: str, inf: str | None = None,
              calls: int = 1, rate: int = 10, limit: int = 200, transport: str = "u1",
              local_ip: str = "127.0.0.1", local_port: int | None = None,
-             timeout: float = 120.0, extra: tuple = (), prefix: tuple = ()) -> SippResult:
+             timeout: float = 120.0, extra: tuple = (), prefix: tuple = (),
+             rtt: bool = False) -> SippResult:
     """Run SIPp until ``calls`` calls are done (or ``timeout``); return its statistics.
 
     ``prefix`` runs it under a command such as ``ip netns exec HOST`` (then
     give ``local_port``: this process cannot probe another host's ports).
+    ``rtt`` keeps every response time the scenario measures (``-trace_rtt``:
+    its ``rtd`` marks, from the call's start) in the result's ``rtt_ms``.
     """
     os.makedirs(workdir, exist_ok=True)
     stf = os.path.join(workdir, f"sipp-{os.getpid()}-{time.monotonic_ns()}.csv")
@@ -225,7 +231,10 @@ def run_sipp(scenario: str, target: str, workdir: str, inf: str | None = None,
            "-recv_timeout", "10s", *extra]
     if inf:
         cmd += ["-inf", inf]
+    if rtt:
+        cmd += ["-trace_rtt", "-rtt_freq", "1"]
     cmd.append(target)
+    before = set(glob.glob(os.path.join(workdir, "*_rtt.csv")))
     t0 = time.monotonic()
     cpu0 = _children_cpu()
     proc = subprocess.run([c for c in cmd if c != "-bg"], capture_output=True, text=True,
@@ -233,10 +242,27 @@ def run_sipp(scenario: str, target: str, workdir: str, inf: str | None = None,
     elapsed = time.monotonic() - t0
     cpu = _children_cpu() - cpu0
     stats = _last_stats(stf)
+    rtts = []
+    for path in sorted(set(glob.glob(os.path.join(workdir, "*_rtt.csv"))) - before):
+        rtts += _rtts(path)
+        os.remove(path)
     return SippResult(proc.returncode, int(stats.get("SuccessfulCall(C)", 0) or 0),
                       int(stats.get("FailedCall(C)", 0) or 0),
                       int(stats.get("Retransmissions(C)", 0) or 0), elapsed, stats,
-                      proc.stderr[-3000:], cpu)
+                      proc.stderr[-3000:], cpu, rtts)
+
+
+def _rtts(path: str) -> list[float]:
+    """The response times (ms) of a SIPp ``-trace_rtt`` file (``date_ms;rtt_ms;rtd_no``)."""
+    out = []
+    with open(path, errors="replace") as f:
+        for line in f:
+            parts = line.strip().split(";")
+            try:
+                out.append(float(parts[1]))
+            except (IndexError, ValueError):
+                continue  # its header line
+    return out
 
 
 def _children_cpu() -> float:

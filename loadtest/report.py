@@ -4,8 +4,10 @@
 
 From the files ``locust --csv out`` writes it prints, per request type and
 name (REGISTER register, INVITE setup...), the count, failures, requests
-per second, median and p95 in ms (the figures ``bench_register.py`` and
-``bench_call.py`` print for SIPp, so they can be set side by side); then the
+per second, median and p95 in ms (``bench_register.py`` and
+``bench_call.py`` print their SIPp run's ``REGISTER register`` and ``INVITE
+setup`` rows in the same columns, :func:`sipp_row`, so they set side by
+side); then the
 failures by SIP status; then, from the per-second history, when failures
 were seen: the first and last second with new failures and how long the run
 took to recover (the failover window when a node was killed during it).
@@ -13,6 +15,7 @@ took to recover (the failover window when a node was killed during it).
 
 import argparse
 import csv
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -91,11 +94,33 @@ def summarise(prefix: str) -> Summary:
                    _number(history[-1]["Timestamp"]) - start if history else 0.0)
 
 
+def percentile(values: list[float], fraction: float) -> float:
+    """The nearest-rank ``fraction`` percentile of ``values`` (0 for none)."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
+
+
+def sipp_row(kind: str, result) -> Row:
+    """A SIPp run (``loadtest.harness.run_sipp`` with ``rtt``) as a report row: its calls,
+    failed calls, successful calls per second and the median and p95 of the response
+    time its scenario measures (``rtd``: from the call's start, as Locust's kinds)."""
+    return Row(kind, result.successful + result.failed, result.failed,
+               result.successful / result.elapsed if result.elapsed > 0 else 0.0,
+               percentile(result.rtt_ms, 0.5), percentile(result.rtt_ms, 0.95))
+
+
+def format_rows(rows: list[Row]) -> list[str]:
+    """The table of ``rows``: a header, then one line per row."""
+    lines = [f"{'kind':<20}{'count':>8}{'failed':>8}{'per s':>9}{'median ms':>11}{'p95 ms':>9}"]
+    return lines + [f"{r.kind:<20}{r.count:>8}{r.failures:>8}{r.rate:>9.1f}"
+                    f"{r.median_ms:>11.0f}{r.p95_ms:>9.0f}" for r in rows]
+
+
 def format_summary(s: Summary) -> str:
     """The report's text."""
-    lines = [f"{'kind':<20}{'count':>8}{'failed':>8}{'per s':>9}{'median ms':>11}{'p95 ms':>9}"]
-    lines += [f"{r.kind:<20}{r.count:>8}{r.failures:>8}{r.rate:>9.1f}{r.median_ms:>11.0f}"
-              f"{r.p95_ms:>9.0f}" for r in s.rows]
+    lines = format_rows(s.rows)
     if s.failures:
         lines += ["", "failures:"]
         lines += [f"  {n:>6}  {kind}: {error}" for kind, error, n in s.failures]

@@ -325,48 +325,60 @@ class ProxyCore:
         dialing = self.dialing
         dialled = failover = ring = gateway = None
         callee = None
-        if flow is not None:
-            groups = [[BranchTarget(req.uri, (), flow)]]
-        elif emergency and not in_dialog:
-            dialled = self._emergency_gateways(req, ruri, caller, stx.destination[1])
-            if dialled is None:
-                groups = self._emergency_targets(req, ruri, local, caller, wall, breadth)
+        try:
+            if flow is not None:
+                groups = [[BranchTarget(req.uri, (), flow)]]
+            elif emergency and not in_dialog:
+                dialled = self._emergency_gateways(req, ruri, caller, stx.destination[1])
+                if dialled is None:
+                    groups = self._emergency_targets(req, ruri, local, caller, wall, breadth)
+                else:
+                    groups = dialled[0]
+            elif (local and dialing is not None and ruri.user
+                  and (group := self._ring_group(unquote(ruri.user))) is not None):
+                # A ring group's number: its members, then its fallback (sipcore.ring_groups).
+                groups, ring = self._ring_targets(group, wall, breadth)
+            elif (local and dialing is not None and ruri.user
+                  and (owner := dialing.alias(unquote(ruri.user))) is not None):
+                # An extension or DID of a user (looked up before the dial plan).
+                groups = self._local_targets(ruri, wall, breadth, owner)
+                callee = owner
+            elif local and dialing is not None and ruri.user and dialing.takes(unquote(ruri.user)):
+                # A number that is not a user of the domain: the dial plan's, for our users only.
+                if caller is None:
+                    raise SipError(403, "No Trunk-To-Trunk Relay" if peer else "Relaying Denied")
+                busy = dialing.calls.busy_gateways(dialing.plan.limits) if dialing.calls.gateways \
+                    else frozenset()
+                try:
+                    groups, identity, gateway = dialing.route(unquote(ruri.user), caller, busy)
+                except SipError as err:
+                    if busy and err.status == 503:
+                        dialing.calls.gateways_full()
+                    raise
+                dialled, failover = (groups, identity), TRY_ELSEWHERE
+            elif local:
+                groups = self._local_targets(ruri, wall, breadth)
+                callee = unquote(ruri.user) if ruri.user else None
             else:
-                groups = dialled[0]
-        elif (local and dialing is not None and ruri.user
-              and (group := self._ring_group(unquote(ruri.user))) is not None):
-            # A ring group's number: its members, then its fallback (sipcore.ring_groups).
-            groups, ring = self._ring_targets(group, wall, breadth)
-        elif (local and dialing is not None and ruri.user
-              and (owner := dialing.alias(unquote(ruri.user))) is not None):
-            # An extension or DID of a user (looked up before the dial plan).
-            groups = self._local_targets(ruri, wall, breadth, owner)
-            callee = owner
-        elif local and dialing is not None and ruri.user and dialing.takes(unquote(ruri.user)):
-            # A number that is not a user of the domain: the dial plan's, for our users only.
-            if caller is None:
-                raise SipError(403, "No Trunk-To-Trunk Relay" if peer else "Relaying Denied")
-            busy = dialing.calls.busy_gateways(dialing.plan.limits) if dialing.calls.gateways \
-                else frozenset()
-            try:
-                groups, identity, gateway = dialing.route(unquote(ruri.user), caller, busy)
-            except SipError as err:
-                if busy and err.status == 503:
-                    dialing.calls.gateways_full()
-                raise
-            dialled, failover = (groups, identity), TRY_ELSEWHERE
-        elif local:
-            groups = self._local_targets(ruri, wall, breadth)
-            callee = unquote(ruri.user) if ruri.user else None
-        else:
-            if caller is None and not in_dialog:
-                raise SipError(403, "No Trunk-To-Trunk Relay" if peer else "Relaying Denied")
-            if ruri.scheme == "tel" and not has_route:
-                raise SipError(404, "Not Found")
-            if dialing is not None and not in_dialog and dialing.names_gateway(req):
-                # A gateway is reached through the dial plan and its permissions only.
-                raise SipError(403, "Gateways Only Through The Dial Plan")
-            groups = [[BranchTarget(req.uri)]]
+                if caller is None and not in_dialog:
+                    raise SipError(403, "No Trunk-To-Trunk Relay" if peer else "Relaying Denied")
+                if ruri.scheme == "tel" and not has_route:
+                    raise SipError(404, "Not Found")
+                if dialing is not None and not in_dialog and dialing.names_gateway(req):
+                    # A gateway is reached through the dial plan and its permissions only.
+                    raise SipError(403, "Gateways Only Through The Dial Plan")
+                groups = [[BranchTarget(req.uri)]]
+        except SipError as err:
+            if method == "INVITE" and not in_dialog and (caller or peer or emergency):
+                # A call that got past authentication (or came from a trusted carrier, or
+                # to an emergency number) and found no way on (a user with no phone, a
+                # number the dial plan refuses) is a call: it has a record. A stranger's
+                # refused INVITE is none (it would let anyone fill the records).
+                self._call_event(ATTEMPT, req, stx.destination)
+                if emergency:
+                    self._call_event(EMERGENCY, req, stx.destination)
+                self._call_event(FAILURE, req, stx.destination, err.status)
+            raise
         # Record-Route: the leg the request came on; each branch adds its own (RFC 5658).
         rr = stx.destination[0] if method in DIALOG_METHODS and req.to.tag is None else None
         if in_dialog:

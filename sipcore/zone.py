@@ -2,11 +2,11 @@
 
 :func:`cluster_zone` builds the zone that lets phones and other proxies
 find the cluster by RFC 3263: NAPTR records at the domain name point at the
-``_sip._udp`` and ``_sip._tcp`` SRV names (and, when the nodes take TLS,
+``_sip._udp`` and ``_sip._tcp`` SRV names (and, when nodes take TLS,
 ``_sips._tcp`` through a SIPS+D2T NAPTR), whose records share one priority
 and split the load by weight between the nodes' A (or AAAA) records. The
-same text is served by the lab DNS server (``actors/dnsserver.py``) and can
-be exported to BIND unchanged.
+same text is served by the lab DNS server (``actors/dnsserver.py``), by the
+master's (``web/zone_server.py``) and can be exported to BIND unchanged.
 """
 
 import ipaddress
@@ -36,6 +36,8 @@ class ZoneNode:
     """SIP port, for UDP and TCP alike."""
     weight: int = DEFAULT_WEIGHT
     """SRV weight, 0 to 65535."""
+    tls_port: int = 0
+    """SIP over TLS port (``_sips._tcp``), 0 when the node takes no TLS."""
 
     def fqdn(self, domain: str) -> str:
         """The node's absolute host name under ``domain``."""
@@ -53,8 +55,8 @@ def _check_domain(domain: str) -> str:
 
 
 def _check_node(entry: Sequence[Any]) -> ZoneNode:
-    if len(entry) not in (3, 4):
-        raise ValueError(f"node must be (name, ip, port[, weight]): {entry!r}")
+    if len(entry) not in (3, 4, 5):
+        raise ValueError(f"node must be (name, ip, port[, weight[, tls_port]]): {entry!r}")
     node = ZoneNode(*entry)
     labels = node.name.rstrip(".").split(".")
     if not node.name or not all(_LABEL.match(label) for label in labels):
@@ -68,7 +70,10 @@ def _check_node(entry: Sequence[Any]) -> ZoneNode:
     weight = DEFAULT_WEIGHT if node.weight is None else int(node.weight)
     if not 0 <= weight < 65536:
         raise ValueError(f"invalid SRV weight: {node.weight!r}")
-    return ZoneNode(node.name, node.ip, int(node.port), weight)
+    tls_port = int(node.tls_port or 0)
+    if not 0 <= tls_port < 65536:
+        raise ValueError(f"invalid TLS port: {node.tls_port!r}")
+    return ZoneNode(node.name, node.ip, int(node.port), weight, tls_port)
 
 
 def srv_names(domain: str, tls: bool = False) -> dict[str, str]:
@@ -84,21 +89,23 @@ def srv_names(domain: str, tls: bool = False) -> dict[str, str]:
 
 def cluster_zone(domain: str, nodes: Iterable[Sequence[Any]], ttl: int = 60, *,
                  serial: int = 1, nameserver: str | None = None,
-                 hostmaster: str | None = None, tls_port: int = 0) -> str:
+                 hostmaster: str | None = None) -> str:
     """Zone text (BIND master-file format) for the SIP ``domain``.
 
-    ``nodes`` holds ``(name, ip, sip_port, weight)`` tuples (the weight may
-    be left out or ``None`` for :data:`DEFAULT_WEIGHT`). The zone has an SOA
+    ``nodes`` holds ``(name, ip, sip_port, weight, tls_port)`` tuples (the
+    weight may be left out or ``None`` for :data:`DEFAULT_WEIGHT`, the TLS
+    port left out or 0 for a node without TLS). The zone has an SOA
     (``serial`` as given, negative TTL equal to ``ttl``), an NS record
     (``nameserver``, by default the first node), an A or AAAA record per
     node whose name lies inside the domain, SRV records at ``_sip._udp``
     and ``_sip._tcp`` with priority :data:`SRV_PRIORITY` and each node's
     weight, and NAPTR records for SIP+D2U (preferred) and SIP+D2T pointing
-    at those SRV names. With ``tls_port`` (every node takes TLS there), SRV
-    records at ``_sips._tcp`` on that port and a SIPS+D2T NAPTR after the
-    others (RFC 3263 §4.1: a client that wants TLS picks it; a ``sips`` URI
-    only it). Raises ``ValueError`` on an invalid domain, node name,
-    address, port, TLS port or weight.
+    at those SRV names. Each node with a TLS port has an SRV record at
+    ``_sips._tcp`` on that port (same priority and weight), and the zone a
+    SIPS+D2T NAPTR after the others when any node has one (RFC 3263 §4.1: a
+    client that wants TLS picks it; a ``sips`` URI only it). Raises
+    ``ValueError`` on an invalid domain, node name, address, port, TLS port or
+    weight.
     """
     domain = _check_domain(domain)
     entries = [_check_node(entry) for entry in nodes]
@@ -116,10 +123,7 @@ def cluster_zone(domain: str, nodes: Iterable[Sequence[Any]], ttl: int = 60, *,
         f"{int(serial)} 3600 600 86400 {ttl}",
         f"@ IN NS {nameserver}",
     ]
-    tls_port = int(tls_port)
-    if not 0 <= tls_port < 65536:
-        raise ValueError(f"invalid TLS port: {tls_port}")
-    names = srv_names(domain, tls=bool(tls_port))
+    names = srv_names(domain, tls=any(node.tls_port for node in entries))
     for preference, (service, owner) in enumerate(names.items(), 1):
         lines.append(f'@ IN NAPTR 10 {preference * 10} "s" "{service}" "" '
                      f'{owner}')
@@ -130,7 +134,9 @@ def cluster_zone(domain: str, nodes: Iterable[Sequence[Any]], ttl: int = 60, *,
         lines.append(f"{node.fqdn(domain)} IN {rtype} {node.ip}")
     for service, owner in names.items():
         for node in entries:
-            port = tls_port if service == "SIPS+D2T" else node.port
+            port = node.tls_port if service == "SIPS+D2T" else node.port
+            if not port:
+                continue
             lines.append(f"{owner} IN SRV {SRV_PRIORITY} {node.weight} "
                          f"{port} {node.fqdn(domain)}")
     return "\n".join(lines) + "\n"

@@ -75,6 +75,8 @@ class ClusterNode(MasterModel):
     control = peewee.TextField()
     public_key = peewee.TextField()
     weight = peewee.IntegerField(default=50)
+    tls_port = peewee.IntegerField(default=0)
+    """Its SIP over TLS port as it last reported it (``web.push``), 0 for none."""
     acked_version = peewee.IntegerField(default=0)
     acked_at = peewee.DoubleField(default=0.0)
     last_error = peewee.TextField(default="")
@@ -393,13 +395,23 @@ def set_weight(node_id: str, weight: int) -> None:
         raise StoreError("no node %r" % (node_id,))
 
 
-def zone_nodes() -> list[tuple[str, str, int, int]]:
-    """``(node id, address, SIP port, weight)`` of every node with a SIP address."""
+def set_tls_port(node_id: str, port: int) -> None:
+    """Remember the SIP over TLS port a node reported (0: it takes no TLS);
+    ``StoreError`` for a bad value."""
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
+        raise StoreError("TLS port of %s must be an integer from 0 to 65535" % (node_id,))
+    ClusterNode.update(tls_port=port).where(ClusterNode.node_id == node_id).execute()
+
+
+def zone_nodes() -> list[tuple[str, str, int, int, int]]:
+    """``(node id, address, SIP port, weight, TLS port)`` of every node with a SIP
+    address (TLS port 0: none reported)."""
     out = []
     for n in list_nodes():
         host, _, port = str(n["sip"]).rpartition(":")
         if host and port.isdigit():
-            out.append((str(n["node_id"]), host, int(port), int(n["weight"])))
+            out.append((str(n["node_id"]), host, int(port), int(n["weight"]),
+                        int(n["tls_port"])))
     return out
 
 

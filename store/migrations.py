@@ -47,6 +47,15 @@ def _master_5_emergency_calls(migrator: SchemaMigrator, db: peewee.Database) -> 
     db.create_tables([EmergencyCall])
 
 
+def _master_6_tls_port(migrator: SchemaMigrator, db: peewee.Database) -> None:
+    """The SIP over TLS port each node reports (its ``_sips._tcp`` SRV record)."""
+    from store.master import ClusterNode
+    if "tls_port" not in {c.name for c in db.get_columns(ClusterNode._meta.table_name)}:
+        migrate(migrator.add_column(ClusterNode._meta.table_name, "tls_port",
+                                    peewee.IntegerField(default=0)))
+
+
 MASTER_MIGRATIONS: tuple[Migration, ...] = (_master_2_audit_log, _master_3_alarms,
-                                            _master_4_join, _master_5_emergency_calls)
+                                            _master_4_join, _master_5_emergency_calls,
+                                            _master_6_tls_port)
 """The master database's steps (``store.master``)."""

@@ -24,6 +24,29 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_STATUS = re.compile(r"SIP/2\.0 (\d{3}) ")
+_REQUEST = re.compile(r"[A-Z]+ \S+ SIP/2\.0$")
+_CSEQ = re.compile(r"^CSeq:\s*\d+\s+([A-Za-z]+)", re.IGNORECASE)
+
+
+def final_status(lines: list[str], method: str) -> int | None:
+    """The status code of the first final response to ``method`` in a phone's trace of
+    the SIP messages it saw (one line per start or header line, as baresip's ``-s`` and
+    linphonec's log write them), or None when there is none yet."""
+    status = None
+    for raw in lines:
+        line = _ANSI.sub("", raw).strip()
+        if (found := _STATUS.search(line)) is not None:
+            status = int(found.group(1))
+        elif _REQUEST.search(line):
+            status = None
+        elif (cseq := _CSEQ.match(line)) is not None:
+            if status is not None and status >= 200 and cseq.group(1).upper() == method:
+                return status
+            status = None
+    return None
+
 
 class Phone:
     """One softphone process: ``send`` a command line, ``wait_for`` an output line."""
@@ -120,6 +143,19 @@ class Phone:
                 raise AssertionError(f"{self.name} exited:\n" + "\n".join(self.lines[-20:]))
             self.lines.append(line)
             assert not any(n in line for n in needles), f"{self.name}: {line}"
+
+    def final_status(self, method: str, since: int, timeout: float = 10.0) -> int:
+        """The status of the first final response to ``method`` the phone traced in its
+        output lines from ``since`` on (waited for, bounded; AssertionError without)."""
+        deadline = time.monotonic() + timeout
+        while (found := final_status(self.lines[since:], method)) is None:
+            left = deadline - time.monotonic()
+            try:
+                self.wait_for("CSeq", timeout=max(0.0, left))
+            except AssertionError:
+                raise AssertionError(f"{self.name}: no final response to {method} within "
+                                     f"{timeout}s") from None
+        return found
 
     def rtp_received(self, timeout: float = 10.0) -> int:
         """Packets a PJSUA2 phone received on its confirmed call, asked until some came
@@ -230,7 +266,8 @@ module_app ctrl_tcp.so
                 f'outbound="sip:{proxy};transport={transport}";regint=600;'
                 "answermode=auto;audio_codecs=PCMU,PCMA\n")
     # stdbuf: baresip writes through stdio, block-buffered on a pipe
-    phone = Phone(name, ["stdbuf", "-oL", "baresip", "-f", folder], cwd=folder)
+    # -s: its SIP trace, where the BYE's answer shows (tests.phones.final_status)
+    phone = Phone(name, ["stdbuf", "-oL", "baresip", "-s", "-f", folder], cwd=folder)
     phone.ctrl = ("127.0.0.1", ctrl_port)
     return phone
 
@@ -399,8 +436,13 @@ class BaresipPhone(Softphone):
         return rate
 
     def hang_up(self) -> None:
+        """``/hangup``; the call closes at once here, the BYE's answer comes after (in
+        the SIP trace, ``-s``)."""
+        since = len(self.phone.lines)
         self.phone.send("/hangup")
         self.phone.wait_for("EVENT CALL_CLOSED")
+        status = self.phone.final_status("BYE", since)
+        assert status == 200, f"the BYE was answered {status}"
 
     def wait_ended(self) -> None:
         self.phone.wait_for("EVENT CALL_CLOSED")
@@ -439,8 +481,20 @@ class LinphonePhone(Softphone):
         return None
 
     def hang_up(self) -> None:
+        """``terminate``, then the BYE's answer as linphonec's log shows the message."""
         self.phone.send("terminate")
         self.phone.wait_for(" ended (")
+        deadline = time.monotonic() + 10
+        while (status := final_status(self._log_lines(), "BYE")) is None:
+            assert time.monotonic() < deadline, "no final response to the BYE within 10 s"
+            time.sleep(0.1)
+        assert status == 200, f"the BYE was answered {status}"
+
+    def _log_lines(self) -> list[str]:
+        """linphonec's log lines since the call was established."""
+        with open(self.log, errors="replace") as f:
+            f.seek(self.log_offset)
+            return f.read().splitlines()
 
     def wait_ended(self) -> None:
         self.phone.wait_for(" ended (")
@@ -450,9 +504,7 @@ class LinphonePhone(Softphone):
         when the call's streams stop (waited for, bounded)."""
         deadline = time.monotonic() + 10
         while True:
-            with open(self.log, errors="replace") as f:
-                f.seek(self.log_offset)
-                found = _LINPHONE_RECEIVED.findall(f.read())
+            found = _LINPHONE_RECEIVED.findall("\n".join(self._log_lines()))
             if found or time.monotonic() > deadline:
                 return max(map(int, found)) if found else 0
             time.sleep(0.1)

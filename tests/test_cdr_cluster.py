@@ -1,7 +1,10 @@
 """Call detail records from two real nodes: calls placed through node1 and ended by a BYE
 sent through node2 (as a phone that moved to the other SRV target) make one completed record
-each, with both nodes and the call's length; a page stored but never acknowledged (the master
-died between the two) is not counted twice; 500 SIPp calls over two nodes give 500 records;
+each, with both nodes and the call's length; busy, cancelled and unanswered calls have
+those outcomes; a page stored but never acknowledged (the master
+died between the two) is not counted twice; 500 SIPp calls over two nodes, each held 1 s,
+give 500 records of that length;
+a BYE through a node whose store was wiped mid-call closes the record begun before;
 ``run.py lab``'s master collects records and, killed mid-run and restarted, loses none."""
 
 import base64
@@ -29,6 +32,8 @@ from web.cluster import ask
 
 HOLD = 0.3
 """Seconds each call stays up between its 200 and its BYE."""
+HELD = 1.0
+"""Seconds SIPp holds each of the 500 calls between its ACK and its BYE."""
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +170,8 @@ def test_500_sipp_calls_over_two_nodes_give_500_records(setup):
     try:
         assert collect_until(collector, lambda: cluster.control(
             n2, "bindings", user="user3@")["total"] == 1)
-        results = [call(n, "user3", calls=250, rate=100) for n in (n1, n2)]
+        results = [call(n, "user3", calls=250, rate=100, extra=("-d", str(int(HELD * 1000))))
+                   for n in (n1, n2)]
     finally:
         uas.stop()
     assert [(r.successful, r.failed) for r in results] == [(250, 0)] * 2, results[0].stderr
@@ -178,7 +184,9 @@ def test_500_sipp_calls_over_two_nodes_give_500_records(setup):
     found = mine()
     assert found["total"] == 500 and len({c["call_id"] for c in found["cdrs"]}) == 500
     assert {tuple(c["nodes"]) for c in found["cdrs"]} == {("node1",), ("node2",)}
-    assert all(0 <= c["duration"] < 2 for c in found["cdrs"])
+    # Each call was held HELD s between its ACK and its BYE (SIPp -d): its length.
+    assert all(HELD <= c["duration"] < HELD + 1.5 for c in found["cdrs"]), \
+        sorted(c["duration"] for c in found["cdrs"])[::50]
     assert time.monotonic() - started < 30
     for node in cluster.nodes:
         assert cluster.control(node, "events")["dropped"] == 0
@@ -228,6 +236,75 @@ def test_the_labs_master_collects_records_and_a_master_killed_mid_run_loses_none
     assert found["total"] == 6
     assert sorted(c["call_id"] for c in found["cdrs"]) == sorted(call_ids)
     assert all(c["nodes"] == ["node1", "node2"] for c in found["cdrs"])
+
+
+def test_busy_cancelled_and_unanswered_calls_over_two_nodes_have_their_outcomes(setup):
+    """SIPp callees registered on node1, called through node2: a busy phone (486), calls
+    the caller cancels while they ring, and calls to a user with no phone (480) give one
+    record each with that outcome and status, none with a length."""
+    cluster, collector, _agent, _rows = setup
+    n1, n2 = cluster.nodes
+    busy, ringing = phone(n1, "user6", "uas_busy.xml"), phone(n1, "user7", "uas_ring_cancel.xml")
+    try:
+        assert collect_until(collector, lambda: all(cluster.control(
+            n2, "bindings", user=f"{u}@")["total"] == 1 for u in ("user6", "user7")))
+        call(n2, "user6", calls=3, rate=10)
+        cancelled = call(n2, "user7", "uac_cancel.xml", calls=3, rate=10)
+        assert cancelled.successful == 3, cancelled.stderr
+        call(n2, "user8", calls=3, rate=10)
+    finally:
+        busy.stop()
+        ringing.stop()
+    want = {"user6": ("busy", 486), "user7": ("cancelled", None), "user8": ("no answer", 480)}
+
+    def outcomes():
+        return {u: {(c["outcome"], c["status"], c["duration"])
+                    for c in cdrs.search(callee=f"sip:{u}@", limit=100)["cdrs"]}
+                for u in want}
+    assert collect_until(collector, lambda: all(
+        cdrs.search(callee=f"sip:{u}@")["outcomes"][o] == 3 for u, (o, _s) in want.items())), \
+        outcomes()
+    assert outcomes() == {u: {(o, status, None)} for u, (o, status) in want.items()}
+    assert all(cdrs.search(callee=f"sip:{u}@")["total"] == 3 for u in want)
+
+
+def test_a_bye_after_its_nodes_store_was_wiped_closes_the_record_begun_before(setup):
+    """node2's store is wiped mid-call (stopped, database deleted, users imported again,
+    restarted and synced from node1): its outbox numbers events from 1 again, the
+    collector restarts node2's cursor, and the BYE, seq 1, folds into the Call-ID's
+    record made before the wipe: one completed record with its length."""
+    cluster, collector, _agent, rows = setup
+    n2 = cluster.nodes[1]
+    caller = SipClient((n2.address, n2.port), "user5", rows["user5"], "example.test", t1=0.1,
+                       timeout=5.0)
+    try:
+        resp, dialog = caller.invite("sip:user0@example.test")
+        assert resp.status == 200
+
+        def record():
+            return next((c for c in cdrs.search(caller="user5", limit=1000)["cdrs"]
+                         if c["call_id"] == dialog.call_id), None)
+        assert collect_until(collector, lambda: (record() or {}).get("answered_at"))
+        assert collect_until(collector, lambda: cluster.control(n2, "events")["pending"] == 0)
+        before = cdrs.cursor("node2")
+        assert before > 1
+        n2.stop()
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(f"{n2.dir}/tandem.db{suffix}"):
+                os.remove(f"{n2.dir}/tandem.db{suffix}")
+        imported = n2.run_cli("user", "import", os.path.join(n2.work, "users.csv"))
+        assert imported.returncode == 0, imported.stderr
+        n2.start()
+        assert wait_serving(cluster, n2, 30.0), n2.log_tail()
+        assert dialog.bye().status == 200
+    finally:
+        caller.close()
+    assert collect_until(collector, lambda: record()["outcome"] == "completed"), record()
+    rec = record()
+    assert rec["nodes"] == ["node2"] and rec["duration"] is not None and rec["duration"] >= 0
+    assert rec["started_at"] <= rec["answered_at"] <= rec["ended_at"]
+    assert [c["call_id"] for c in cdrs.search(limit=10_000)["cdrs"]].count(dialog.call_id) == 1
+    assert cdrs.cursor("node2") < before, "node2's cursor restarted with its new store"
 
 
 def test_a_call_whose_first_node_dies_mid_call_still_closes(setup):

@@ -122,6 +122,33 @@ def test_permission_and_no_rule(core, uri, status):
         assert "international" in resp.reason
 
 
+def test_an_authenticated_call_refused_before_any_branch_has_its_events(core):
+    """A user's call to a user with no phone (480) or a number the plan refuses (403, 404)
+    is a call: an attempt, then a failure with the status, for its record; the 407 before
+    it is none."""
+    for n, (uri, status) in enumerate((("sip:bob@example.test", 480),
+                                       ("sip:9011441234@example.test", 403),
+                                       ("sip:5551234@example.test", 404))):
+        core.take_call_events()
+        authed_invite(core, uri, call_id=f"refused-{n}")
+        events = core.take_call_events()
+        assert [(e.kind, e.status, e.call_id) for e in events] == [
+            ("attempt", None, f"refused-{n}"), ("failure", status, f"refused-{n}")]
+        assert (events[0].caller, events[0].callee) == ("sip:alice@example.test",
+                                                        "sip:bob@example.test")
+
+
+def test_a_strangers_refused_invite_leaves_no_call_event(core):
+    """An INVITE nobody authenticated and that goes nowhere (relaying denied, an unknown
+    user of ours) makes no record: anyone could fill the records with them."""
+    core.receive(request("INVITE", "sip:95551234@example.test", frm="sip:eve@other.test"),
+                 ALICE, 0.0, WALL)
+    core.receive(request("INVITE", "sip:nobody@example.test", frm="sip:eve@other.test",
+                         call_id="call-2", branch="z9hG4bKs2"), ALICE, 0.0, WALL)
+    assert [m.status for m, _ in out(core) if hasattr(m, "status")] == [403, 480]
+    assert core.take_call_events() == []
+
+
 def test_a_number_from_an_unauthenticated_caller_is_challenged_or_refused(core):
     core.receive(request("INVITE", "sip:95551234@example.test"), ALICE, 0.0, WALL)
     assert only(core).status == 407

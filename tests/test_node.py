@@ -11,6 +11,7 @@ import pytest
 
 from loadtest.bench_register import write_register_inf
 from loadtest.harness import NodeProcess, free_port, options_ping, run_sipp, write_users_csv
+from loadtest.report import format_rows, percentile, sipp_row
 from sipcore.digest import Credentials, expected_response, ha1
 
 USERS = 2000
@@ -86,6 +87,27 @@ def test_sipp_registers_2000_users_with_digest(node):
     found = live_bindings(node)
     assert len(found) == USERS
     assert all(len(v) == 1 for v in found.values())
+
+
+def test_a_sipp_run_reports_its_response_times_in_the_locust_reports_columns(node):
+    """``run_sipp(rtt=True)`` keeps one response time per registration (its ``rtd``, the
+    401 round included), and ``sipp_row`` sets them in ``loadtest/report.py``'s columns."""
+    rows = node.rows[:300]
+    inf = os.path.join(node.work, f"inf-{time.monotonic_ns()}.csv")
+    write_register_inf(inf, rows, node.domain, 3600)
+    res = run_sipp("register_auth.xml", f"{node.address}:{node.port}", node.work, inf=inf,
+                   calls=len(rows), rate=300, timeout=60, rtt=True)
+    assert (res.successful, res.failed) == (300, 0), res.stderr
+    assert len(res.rtt_ms) == 300 and all(0 <= ms < 5000 for ms in res.rtt_ms)
+    row = sipp_row("REGISTER register", res)
+    assert (row.count, row.failures) == (300, 0) and 0 < row.rate <= 310
+    assert row.median_ms <= row.p95_ms <= max(res.rtt_ms)
+    table = format_rows([row])
+    assert table[0].split() == ["kind", "count", "failed", "per", "s", "median", "ms", "p95",
+                                "ms"] and table[1].startswith("REGISTER register        300")
+    assert not [f for f in os.listdir(node.work) if f.endswith("_rtt.csv")]
+    assert percentile([], 0.95) == 0 and percentile([3, 1, 2, 4], 0.5) == 2
+    assert percentile(list(range(1, 101)), 0.95) == 95
 
 
 def test_query_lists_every_binding(node):

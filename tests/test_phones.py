@@ -4,7 +4,8 @@ For UDP, TCP and TLS, every phone calls every phone: the caller registered on no
 callee on node2 (over TCP and TLS node1 reaches the callee's connection through node2,
 ``sipcore.flow_relay``), the call through the cluster (the caller's INVITE challenged with 407 and sent again with its
 credentials, the callee answering 200 at once, the ACK), held 3 s with RTP flowing phone
-to phone (each phone's own count of what it received), ended with a BYE.
+to phone (each phone's own count of what it received), ended with a BYE the caller
+sees answered 200 (PJSUA2's call state, baresip's SIP trace, linphonec's log).
 The cells of one transport run in three rounds of three calls at once (each phone in one
 call per round), and the suite prints the table phone x phone x transport at the end.
 A phone registered on a node that is then killed is called through the survivor; a phone
@@ -32,7 +33,7 @@ from actors.lab_certs import lab_ca, node_cert
 from loadtest.harness import ROOT, free_port
 from tests.conftest import _in_ci
 from tests.phones import (BaresipPhone, LinphonePhone, PjsuaPhone, Softphone, baresip,
-                          linphone, pjsua)
+                          final_status, linphone, pjsua)
 
 DOMAIN = "example.test"
 PHONES = ("pjsua2", "baresip", "linphone")
@@ -189,6 +190,19 @@ def run_cell(transport: str, caller: Softphone, callee: Softphone, broken: dict)
                 pass
     RESULTS[cell] = "FAIL"
     broken.setdefault("why", {})[cell] = reason
+
+
+def test_the_byes_answer_is_read_from_a_phones_sip_trace():
+    """What the BYE check reads: the final response whose CSeq names BYE, not a
+    provisional one, not another method's, not the BYE request itself."""
+    trace = ["\x1b[36;1m#", "UDP 127.0.0.1:5060 -> 127.0.0.1:4000", "SIP/2.0 200 OK\r",
+             "CSeq: 2 INVITE\r", "BYE sip:bob@127.0.0.1:4002 SIP/2.0\r", "CSeq: 3 BYE\r",
+             "SIP/2.0 100 Trying", "CSeq: 3 BYE", "2026-01-01 belle-sip-message-"
+             "Message received: SIP/2.0 481 Call/Transaction Does Not Exist",
+             "Via: SIP/2.0/UDP 127.0.0.1:4000", "cseq: 3 bye", "SIP/2.0 200 OK", "CSeq: 3 BYE"]
+    assert final_status(trace, "BYE") == 481
+    assert final_status(trace[:8], "BYE") is None
+    assert final_status(trace[:4], "INVITE") == 200
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)

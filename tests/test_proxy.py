@@ -44,14 +44,15 @@ def node(tmp_path_factory):
 
 
 def call(node, callee, scenario="uac_auth_call.xml", calls=10, rate=50, callers=None,
-         timeout=60, transport="u1"):
+         timeout=60, transport="u1", extra=()):
     """Run a SIPp UAC from ``callers`` (default user10..user49) to ``callee``
-    (a user of the node's domain, or ``user@other.domain``)."""
+    (a user of the node's domain, or ``user@other.domain``); ``extra``: more SIPp
+    options (``-d MS``: each call held that long)."""
     inf = os.path.join(node.work, f"calls-{time.monotonic_ns()}.csv")
     write_call_inf(inf, callers or node.rows[10:], node.domain, callee)
     return run_sipp(scenario, f"{node.address}:{node.port}", node.work, inf=inf, calls=calls,
                     rate=rate, limit=500, timeout=timeout, transport=transport,
-                    extra=SIPP_BUFFERS)
+                    extra=(*SIPP_BUFFERS, *extra))
 
 
 def phone(node, user, scenario, calls=0, transport="u1"):

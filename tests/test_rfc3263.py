@@ -363,11 +363,11 @@ def test_cluster_zone_defaults_and_options():
 
 
 def test_cluster_zone_with_tls_port_serves_sips_srv_and_naptr():
-    """With ``tls_port`` the zone has ``_sips._tcp`` SRV records on that port and a
-    SIPS+D2T NAPTR after the others: a sips URI resolves to TLS only, a sip URI
+    """Nodes with a TLS port have ``_sips._tcp`` SRV records on that port and the zone
+    a SIPS+D2T NAPTR after the others: a sips URI resolves to TLS only, a sip URI
     still to UDP first."""
-    text = cluster_zone("example.com", [("node1", "192.0.2.1", 5060, 80),
-                                        ("node2", "192.0.2.2", 5060, 20)], tls_port=5061)
+    text = cluster_zone("example.com", [("node1", "192.0.2.1", 5060, 80, 5061),
+                                        ("node2", "192.0.2.2", 5060, 20, 5061)])
     zone = dns.zone.from_text(text, origin="example.com", relativize=False)
     naptrs = sorted((r.preference, r.service, r.replacement.to_text())
                     for r in zone.get_rdataset("example.com.", "NAPTR"))
@@ -381,8 +381,30 @@ def test_cluster_zone_with_tls_port_serves_sips_srv_and_naptr():
         ("192.0.2.1", 5061, "tls"), ("192.0.2.2", 5061, "tls")}
     sip = locate("example.com", None, None, "sip", zone_lookup(zone), rng=random.Random(5))
     assert sip[0].transport == "udp"
-    with pytest.raises(ValueError, match="TLS port"):
-        cluster_zone("example.com", [("a", "192.0.2.1", 5060)], tls_port=70000)
+    for bad in (70000, -1):
+        with pytest.raises(ValueError, match="TLS port"):
+            cluster_zone("example.com", [("a", "192.0.2.1", 5060, 50, bad)])
+
+
+def test_cluster_zone_sips_only_for_the_nodes_with_tls():
+    """A node without TLS (port 0 or left out) has no ``_sips._tcp`` record; a zone
+    whose nodes have none has neither the SRV name nor the SIPS+D2T NAPTR."""
+    text = cluster_zone("example.com", [("node1", "192.0.2.1", 5060, 70, 5071),
+                                        ("node2", "192.0.2.2", 5062, 30, 0),
+                                        ("node3", "192.0.2.3", 5064)])
+    zone = dns.zone.from_text(text, origin="example.com", relativize=False)
+    srv = [(r.priority, r.weight, r.port, r.target.to_text())
+           for r in zone.get_rdataset("_sips._tcp.example.com.", "SRV")]
+    assert srv == [(10, 70, 5071, "node1.example.com.")]
+    assert len(zone.get_rdataset("_sip._tcp.example.com.", "SRV")) == 3
+    sips = locate("example.com", None, None, "sips", zone_lookup(zone), rng=random.Random(5))
+    assert [(t.host, t.port, t.transport) for t in sips] == [("192.0.2.1", 5071, "tls")]
+    plain = cluster_zone("example.com", [("node1", "192.0.2.1", 5060, 50, 0),
+                                         ("node2", "192.0.2.2", 5060)])
+    assert "_sips" not in plain and "SIPS+D2T" not in plain
+    assert locate("example.com", None, None, "sips",
+                  zone_lookup(dns.zone.from_text(plain, origin="example.com",
+                                                 relativize=False))) == []
 
 
 @pytest.mark.parametrize("domain, nodes", [
@@ -392,6 +414,7 @@ def test_cluster_zone_with_tls_port_serves_sips_srv_and_naptr():
     ("example.com", [("a", "192.0.2.1", 0, 50)]),
     ("example.com", [("a", "192.0.2.1", 5060, 70000)]),
     ("example.com", [("a", "192.0.2.1")]),
+    ("example.com", [("a", "192.0.2.1", 5060, 50, 5061, 1)]),
 ])
 def test_cluster_zone_rejects_bad_input(domain, nodes):
     with pytest.raises(ValueError):

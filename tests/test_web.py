@@ -213,3 +213,10 @@ def test_dns_weights_zone_and_export(app):
     export = c.get("/dns/zone")
     assert export.headers["Content-Disposition"].endswith("example.test.zone")
     assert " 10 5060 " in export.get_data(as_text=True)
+    assert "_sips" not in export.get_data(as_text=True) and "<td>none</td>" in page
+    ms.set_tls_port("node1", 5061)  # as the node reported it (web.push)
+    assert "_sips._tcp.example.test. IN SRV 10 10 5061 node1.example.test." in \
+        c.get("/dns/zone").get_data(as_text=True)
+    assert '"SIPS+D2T"' in c.get("/api/dns", headers=basic()).json["zone"]
+    assert c.get("/api/dns", headers=basic()).json["tls_ports"] == {"node1": 5061}
+    assert "<td>5061</td>" in c.get("/dns").get_data(as_text=True)

@@ -1,8 +1,9 @@
 """The DNS page: the cluster's NAPTR, SRV and A records, SRV weights, a BIND export.
 
 The zone is made by ``sipcore.zone.cluster_zone`` from the nodes' SIP
-addresses and weights (50:50 by default). A lab's built-in DNS reads the
-weights from the master's database and serves the changed zone at once.
+addresses, weights (50:50 by default) and the TLS ports they report
+(``web.push``: ``_sips._tcp`` for each node with one). A lab's built-in DNS
+reads the weights from the master's database and serves the changed zone at once.
 """
 
 from flask import Blueprint, Response, flash, redirect, render_template, request, url_for
@@ -65,8 +66,10 @@ def export():
 @bp.get("/api/dns")
 @basic_auth_required
 def api_get():
-    """Weights per node and the zone text."""
-    return {"weights": {n[0]: n[3] for n in ms.zone_nodes()}, "zone": zone_text()}
+    """Weights and TLS ports (0: none) per node, and the zone text."""
+    nodes = ms.zone_nodes()
+    return {"weights": {n[0]: n[3] for n in nodes}, "tls_ports": {n[0]: n[4] for n in nodes},
+            "zone": zone_text()}
 
 
 @bp.post("/api/dns")

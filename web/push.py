@@ -3,7 +3,8 @@
 One greenlet owns the push. It wakes on every change (``poke``) and every
 ``interval`` seconds, and sends the newest configuration version to each
 node that does not run it (a node that acknowledged it is asked, cheaply,
-which version it runs), on the node's control endpoint with the
+which version it runs, and its TLS port, kept for the zone's ``_sips._tcp``
+records), on the node's control endpoint with the
 master's key pair (the nodes know it as ``[cluster] master_key``). A node
 that is down keeps its last version and gets the newest one once it answers
 again; the master is never needed for a call.
@@ -40,6 +41,8 @@ class Pusher:
         """One greenlet per node of the round in progress (killed by ``stop``)."""
         self._cached: tuple[int, dict] | None = None
         self.last_round = 0.0
+        self._bad_tls_port: set[str] = set()
+        """Nodes whose last reported TLS port was no port (warned once)."""
 
     def start(self) -> None:
         """Start the push greenlet."""
@@ -91,16 +94,33 @@ class Pusher:
         restarted meanwhile, and one that is down costs the round ``CHECK_TIMEOUT``,
         not ``PUSH_TIMEOUT`` (the round waits for every node)."""
         try:
-            running = request(self.bus, node["control"], node["public_key"],
-                              {"cmd": "config_version"}, timeout=CHECK_TIMEOUT)["version"]
+            answer = request(self.bus, node["control"], node["public_key"],
+                             {"cmd": "config_version"}, timeout=CHECK_TIMEOUT)
+            running = answer["version"]
         except BusError as e:
             ms.record_ack(node["node_id"], node["acked_version"], str(e))
             return str(e)
+        self._note_tls_port(node, answer.get("tls_port", 0))
         if running >= version:
             if node["last_error"] or node["acked_version"] < running:
                 ms.record_ack(node["node_id"], running)
             return f"version {running}"
         return self._push(node, version)
+
+    def _note_tls_port(self, node: dict, port: object) -> None:
+        """Keep the TLS port a node reports (absent: 0, no TLS) for the zone's
+        ``_sips._tcp`` records; a value that is no port is ignored, with a WARNING
+        the first time in a row (then DEBUG: a node polled every round)."""
+        if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
+            first = node["node_id"] not in self._bad_tls_port
+            self._bad_tls_port.add(node["node_id"])
+            log.log(logging.WARNING if first else logging.DEBUG,
+                    "node %s reported TLS port %.40r: not a port, ignored", node["node_id"], port)
+            return
+        self._bad_tls_port.discard(node["node_id"])
+        if port != node["tls_port"]:
+            ms.set_tls_port(node["node_id"], port)
+            log.info("node %s takes TLS on port %s", node["node_id"], port or "none")
 
     def _push(self, node: dict, version: int) -> str:
         message = {"cmd": "config", **self._config(version)}
