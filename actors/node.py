@@ -45,6 +45,7 @@ from .proxy import ProxyActor
 from .registrar import RegistrarActor
 from .registrations import attach_registrations
 from .replicator import attach_replicator
+from .services import Services, attach_services
 from .transport import Limits, TlsContexts, Transport
 
 log = logging.getLogger(__name__)
@@ -115,6 +116,7 @@ class Node:
         self.front = None
         self.users: UserDirectory | None = None
         self.drain: Drain | None = None
+        self.services: Services | None = None
         self.started_at = 0.0
 
     def start(self) -> None:
@@ -187,6 +189,7 @@ class Node:
             self.front = FrontProcess(cfg, secret, origin)
             self.front.start()
             self.group.spawn(self._tell_front)
+        attach_services(self)
         self.started_at = now
         tune_gc()
         log.info("node %s up: epoch %d, %d bindings loaded, %d users, domain %s",
@@ -269,6 +272,14 @@ class Node:
             drain.refused += 1
             self._answer(req, dest, 503, [("Retry-After", str(drain.retry_after))], "Draining")
             return
+        services = self.services
+        if services is not None and services.stopped:
+            stopped = "registrar" if method == "REGISTER" else "proxy"
+            if services.down(stopped):
+                if method != "ACK":
+                    self._answer(req, dest, 503, [("Retry-After", "30")],
+                                 f"{stopped.capitalize()} Stopped")
+                return
         if method == "REGISTER":
             self.registrar.submit(req, dest)
         elif method == "OPTIONS" and self.proxy.is_for_node(req):
@@ -285,13 +296,20 @@ class Node:
         it: the transport then parses it and gives it to ``on_request``."""
         if data[:9] != b"REGISTER " or not self.replicator.synced:
             return False
+        services = self.services
+        if services is not None and services.down("registrar"):
+            return False
         drain = self.drain
         if drain is not None and drain.on:
             return False
         return self.registrar.take(data, ip, port)
 
     def on_response(self, resp, source) -> None:
-        """Responses belong to the proxy's client transactions."""
+        """Responses belong to the proxy's client transactions (dropped while it is
+        stopped: its inbox must not grow)."""
+        services = self.services
+        if services is not None and services.down("proxy"):
+            return
         self.proxy.submit(resp, source)
 
     def _answer(self, req, dest, status, headers, reason=None) -> None:

@@ -4,8 +4,10 @@
 search), ``POST /api/users`` with ``{"username", "password"}``, ``DELETE
 /api/users/<name>``, ``GET /api/nodes``, ``POST /api/nodes/<id>/restart``
 (through the lab), ``POST /api/nodes/<id>/drain`` with ``{"on": bool}``
-(straight to the node) and ``GET /api/config`` (the newest version and each
-node's).
+(straight to the node), ``GET /api/nodes/<id>/services`` (state, uptime and
+restarts of each service), ``POST /api/nodes/<id>/services/<name>/stop|start|restart``
+(through the node's control channel, lab or not) and ``GET /api/config`` (the
+newest version and each node's).
 """
 
 from flask import Blueprint, current_app, request
@@ -114,5 +116,30 @@ def drain_node(node_id):
     try:
         return {"node": node_id,
                 **services.drain_node(getattr(pusher, "bus", None), node_id, body["on"])}
+    except services.ServiceError as e:
+        return {"error": str(e)}, 400
+
+
+@bp.get("/nodes/<node_id>/services")
+@basic_auth_required
+def node_services(node_id):
+    """A node's services: state, uptime (s) and restart count of each."""
+    pusher = current_app.extensions.get("pusher")
+    try:
+        return {"node": node_id,
+                "services": services.node_services(getattr(pusher, "bus", None), node_id)}
+    except services.ServiceError as e:
+        return {"error": str(e)}, 400
+
+
+@bp.post("/nodes/<node_id>/services/<name>/<any(stop, start, restart):action>")
+@basic_auth_required
+def service_action(node_id, name, action):
+    """Stop, start or restart one service of a node (any node, lab or not); its new state."""
+    pusher = current_app.extensions.get("pusher")
+    try:
+        return {"node": node_id,
+                **services.service_action(getattr(pusher, "bus", None), node_id, name[:64],
+                                          action)}
     except services.ServiceError as e:
         return {"error": str(e)}, 400

@@ -94,6 +94,34 @@ def drain_node(node_id):
     return redirect(url_for("pages.nodes"))
 
 
+@bp.route("/nodes/<node_id>/services")
+@login_required
+def node_services(node_id):
+    """A node's services with their state, uptime and restarts, and Stop, Start, Restart."""
+    try:
+        found, error = services.node_services(bus(), node_id), ""
+    except services.ServiceError as e:
+        found, error = {}, str(e)
+    return render_template("services.html", node_id=node_id, services=found, error=error,
+                           action=ActionForm()), (200 if found else 502)
+
+
+@bp.route("/nodes/<node_id>/services/<name>/<any(stop, start, restart):action>",
+          methods=["POST"])
+@login_required
+def service_action(node_id, name, action):
+    """Stop, start or restart one service of a node and show the result."""
+    if not ActionForm().validate_on_submit():
+        return "CSRF token missing or wrong", 400
+    try:
+        state = services.service_action(bus(), node_id, name[:64], action)
+    except services.ServiceError as e:
+        flash(f"{action.capitalize()} of {name[:64]} on {node_id} failed: {e}")
+    else:
+        flash(f"{name} on {node_id}: {state['state']} (restarts: {state['restarts']}).")
+    return redirect(url_for("pages.node_services", node_id=node_id))
+
+
 @bp.route("/registrations")
 @login_required
 def registrations():
