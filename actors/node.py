@@ -46,6 +46,7 @@ from .registrar import RegistrarActor
 from .registrations import attach_registrations
 from .replicator import attach_replicator
 from .services import Services, attach_services
+from .traffic import Traffic, attach_traffic
 from .transport import Limits, TlsContexts, Transport
 
 log = logging.getLogger(__name__)
@@ -117,6 +118,7 @@ class Node:
         self.users: UserDirectory | None = None
         self.drain: Drain | None = None
         self.services: Services | None = None
+        self.traffic = Traffic()
         self.started_at = 0.0
 
     def start(self) -> None:
@@ -190,6 +192,7 @@ class Node:
             self.front.start()
             self.group.spawn(self._tell_front)
         attach_services(self)
+        attach_traffic(self)
         self.started_at = now
         tune_gc()
         log.info("node %s up: epoch %d, %d bindings loaded, %d users, domain %s",
@@ -262,6 +265,7 @@ class Node:
     def on_request(self, req, dest) -> None:
         """Route a parsed request to the actor that owns it."""
         method = req.method
+        self.traffic.request(method)
         if not self.replicator.synced:
             if method != "ACK":
                 retry = str(self.replicator.retry_after())
@@ -302,7 +306,10 @@ class Node:
         drain = self.drain
         if drain is not None and drain.on:
             return False
-        return self.registrar.take(data, ip, port)
+        if self.registrar.take(data, ip, port):
+            self.traffic.request("REGISTER")
+            return True
+        return False
 
     def on_response(self, resp, source) -> None:
         """Responses belong to the proxy's client transactions (dropped while it is

@@ -123,7 +123,7 @@ def test_sign_in_add_a_user_and_see_it_registered_on_both_nodes(master, browser)
     assert page_with(browser, url + "/", "1 (current)"), master["log"].read_text()[-2000:]
     body = browser.find_element(By.TAG_NAME, "body").text
     assert body.count("1 (current)") == 2 and "(behind)" not in body
-    assert body.count("synced") == 2
+    assert body.count("alive") == 2
     browser.save_screenshot(str(shots / "nodes-current.png"))
     for node in cluster.nodes:
         reg = subprocess.run(["sipsak", "-U", "-s", f"sip:webuser@{node.address}:{node.port}",

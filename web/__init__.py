@@ -13,11 +13,14 @@ every node, lifting one). Every
 page and API call but ``/api/join`` needs an admin; every form carries a CSRF token
 (Flask-WTF); the session cookie is HttpOnly and SameSite=Strict.
 ``app.extensions["pusher"]`` (optional) is poked on every configuration
-change, and its bus asks the nodes for state and bindings.
+change, and its bus asks the nodes for state and bindings;
+``app.extensions["rates"]`` keeps their counters for the last minute's rates.
 """
 
 from flask import Flask
 from flask_wtf.csrf import CSRFProtect
+
+from .rates import Rates
 
 csrf = CSRFProtect()
 
@@ -43,6 +46,7 @@ def create_app(config: dict, pusher=None) -> Flask:
     app.config.update(config)
     csrf.init_app(app)
     app.extensions["pusher"] = pusher
+    app.extensions["rates"] = Rates()
     from . import (alarms, api, audit, auth, backups, bans, calls, dialplan, dns, join, metrics,
                    pages)
     auth.init_app(app)

@@ -17,6 +17,7 @@ from store.db import StoreError
 
 from . import cluster, services
 from .auth import basic_auth_required
+from .rates import states_and_rates
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
@@ -70,8 +71,14 @@ def delete_user(username):
 @bp.get("/nodes")
 @basic_auth_required
 def nodes():
-    """Every node: endpoints, weight, acknowledged version, last push error."""
-    return {"nodes": [{k: n[k] for k in NODE_FIELDS} for n in ms.list_nodes()]}
+    """Every node: endpoints, weight, acknowledged version, last push error, and (asked
+    now) health, uptime, bindings, rates over the last minute, replication lag per peer."""
+    nodes = ms.list_nodes()
+    pusher = current_app.extensions.get("pusher")
+    states, rates = states_and_rates(getattr(pusher, "bus", None), nodes)
+    rows = cluster.overview(nodes, states, rates, ms.current_version())
+    return {"nodes": [{**{k: n[k] for k in NODE_FIELDS}, **row}
+                      for n, row in zip(nodes, rows, strict=True)]}
 
 
 @bp.get("/config")

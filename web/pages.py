@@ -16,6 +16,7 @@ from store.users import read_users_csv
 
 from . import cluster, services
 from .auth import login_required
+from .rates import states_and_rates
 
 bp = Blueprint("pages", __name__)
 
@@ -53,11 +54,14 @@ def bus():
 @bp.route("/")
 @login_required
 def nodes():
-    """Every node: state and bindings (asked now), the configuration version it acknowledged,
-    and over the last day its answer-seizure ratio and average call length."""
+    """Every node: health, uptime, bindings, REGISTER and call rates over the last minute
+    and replication lag from each peer (asked now), the configuration version it
+    acknowledged, and over the last day its answer-seizure ratio and average call length."""
     nodes = ms.list_nodes()
-    states = cluster.node_states(bus(), nodes) if bus() is not None else {}
-    return render_template("nodes.html", nodes=nodes, version=ms.current_version(),
+    states, rates = states_and_rates(bus(), nodes)
+    version = ms.current_version()
+    rows = {r["node_id"]: r for r in cluster.overview(nodes, states, rates, version)}
+    return render_template("nodes.html", nodes=nodes, version=version, rows=rows,
                            domain=ms.domain(), states=states, action=ActionForm(),
                            calls=cdrs.per_node(time.time() - 86400))
 
