@@ -39,6 +39,7 @@ from .gateways import attach_dialing
 from .front import STATUS_EVERY, FrontProcess
 from .front import paths as front_paths
 from .limits import shared_buckets
+from .live_settings import use_stored_settings
 from .membership import use_stored_peers
 from .process import tune_gc
 from .proxy import ProxyActor
@@ -130,6 +131,7 @@ class Node:
         init_store(cfg.database)
         epoch = incr_state("epoch")
         use_stored_peers(cfg)
+        use_stored_settings(cfg)
         now = time.time()
         # Loading allocates an object graph that only grows: a collector pass
         # over it would find nothing, so it is kept out of the way (see below).

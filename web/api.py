@@ -6,14 +6,16 @@ search), ``POST /api/users`` with ``{"username", "password"}``, ``DELETE
 (through the lab), ``POST /api/nodes/<id>/drain`` with ``{"on": bool}``
 (straight to the node), ``GET /api/nodes/<id>/services`` (state, uptime and
 restarts of each service), ``POST /api/nodes/<id>/services/<name>/stop|start|restart``
-(through the node's control channel, lab or not) and ``GET /api/config`` (the
-newest version and each node's).
+(through the node's control channel, lab or not), ``GET /api/config`` (the
+newest version, each node's and the SIP settings) and ``PUT /api/config``
+(change SIP settings: a new version).
 """
 
 from flask import Blueprint, current_app, request
 
 from store import master as ms
 from store.db import StoreError
+from store.sip_settings import current_settings, save_settings
 
 from . import cluster, services
 from .auth import basic_auth_required
@@ -84,9 +86,24 @@ def nodes():
 @bp.get("/config")
 @basic_auth_required
 def config():
-    """The newest configuration version and the one each node runs."""
+    """The newest configuration version, the one each node runs and the SIP settings."""
     return {"version": ms.current_version(), "domain": ms.domain(),
+            "settings": current_settings(),
             "nodes": {n["node_id"]: n["acked_version"] for n in ms.list_nodes()}}
+
+
+@bp.put("/config")
+@basic_auth_required
+def set_config():
+    """Change SIP settings (some or all of ``aliases``, ``auth_algorithms``,
+    ``min_expires``, ``max_expires``, ``default_expires``): a new version pushed to
+    every node, or 400 with what is wrong and nothing changed."""
+    try:
+        version = save_settings(request.get_json(silent=True))
+    except StoreError as e:
+        return {"error": str(e)}, 400
+    _changed()
+    return {"version": version, "settings": current_settings()}
 
 
 @bp.get("/registrations")
