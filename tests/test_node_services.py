@@ -8,10 +8,13 @@ import os
 
 import pytest
 
-from actors.bus import BusError
+from actors.bus import Bus, BusError, generate_keypair, request
 from loadtest.harness import Cluster, write_users_csv
 from loadtest.sipclient import SipClient
 from store import master as ms
+from tests.test_node import request as sip_request
+from tests.test_front import wait_until
+from tests.test_node import sip_exchange
 from tests.test_web import PASSWORD, basic, login, token
 from web import create_app
 from web.push import Pusher
@@ -181,3 +184,71 @@ def test_the_page_shows_the_services_and_its_buttons_act_with_csrf_only(dashboar
     assert "failed" in r.get_data(as_text=True) and "control channel" in r.get_data(as_text=True)
     assert register(node) == 200
     assert c.get("/nodes/ghost/services").status_code == 502
+
+
+def test_a_restarted_proxy_answers_again(dashboard):
+    app, _cluster, node = dashboard
+    r = app.test_client().post(f"/api/nodes/{node.id}/services/proxy/restart", headers=basic())
+    assert r.status_code == 200 and r.json["state"] == "running" and r.json["restarts"] >= 1
+    answer = sip_exchange(node, sip_request("MESSAGE", uri=f"sip:user2@{node.domain}"))
+    assert answer is not None and answer.startswith("SIP/2.0 407"), answer   # the proxy asks
+
+
+def test_an_unknown_key_cannot_act_on_services(lab):
+    cluster, node = lab
+    public, secret = generate_keypair()
+    stranger = Bus(public, secret, "stranger")
+    member = cluster.members[node.id]
+    try:
+        with pytest.raises(BusError):
+            request(stranger, member.control, member.public_key,
+                    {"cmd": "service", "name": "registrar", "action": "stop"}, 1.0)
+    finally:
+        stranger.close()
+    assert cluster.control(node, "services")["registrar"]["state"] == "running"
+    assert register(node) == 200
+
+
+@pytest.fixture(scope="module")
+def fronted(tmp_path_factory):
+    """One harness node with a challenge front and no emergency numbers (so its proxy may
+    be stopped)."""
+    work = str(tmp_path_factory.mktemp("services-front"))
+    rows = write_users_csv(os.path.join(work, "users.csv"), 2)
+    cluster = Cluster(work, n=1, settings=SETTINGS)
+    node = cluster.nodes[0]
+    with open(node.config) as f:
+        text = f.read()
+    with open(node.config, "w") as f:
+        f.write(text.replace("challenge_front = false",
+                             "challenge_front = true\nemergency_numbers = []"))
+    node.front = True
+    cluster.provision(os.path.join(work, "users.csv"))
+    cluster.start()
+    try:
+        assert cluster.wait_synced(15)
+        node.rows = dict(rows)
+        yield cluster, node
+    finally:
+        cluster.stop()
+
+
+def test_front_restart_and_proxy_stop_on_a_node_with_a_front(fronted):
+    cluster, node = fronted
+    services = cluster.control(node, "services")
+    assert services["front"]["state"] == "running"
+    front = cluster.control(node, "service", timeout=10, name="front", action="restart")
+    assert front["state"] == "running" and front["restarts"] == 1
+    assert wait_until(lambda: register(node) == 200, 10)   # the new front challenges again
+
+    stopped = cluster.control(node, "service", timeout=10, name="proxy", action="stop")
+    assert stopped["state"] == "stopped"
+    try:
+        answer = sip_exchange(node, sip_request("MESSAGE", uri=f"sip:user1@{node.domain}"))
+        assert answer is not None and answer.startswith("SIP/2.0 503 Proxy Stopped"), answer
+        assert register(node) == 200                      # the registrar still serves
+    finally:
+        started = cluster.control(node, "service", timeout=10, name="proxy", action="start")
+    assert started["state"] == "running"
+    answer = sip_exchange(node, sip_request("MESSAGE", uri=f"sip:user1@{node.domain}"))
+    assert answer is not None and answer.startswith("SIP/2.0 407"), answer
