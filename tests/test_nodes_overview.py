@@ -19,7 +19,7 @@ from store import master as ms
 from tests.test_web import PASSWORD, basic, login
 from web import cluster, create_app
 from web.push import Pusher
-from web.rates import WINDOW, Rates
+from web.rates import WINDOW, Rates, RateSampler
 
 SETTINGS = {"heartbeat": 0.2, "alone_wait": 0.5, "sync_timeout": 3.0}
 
@@ -244,3 +244,23 @@ def test_nodes_and_metrics_need_an_admin(dashboard):
     assert c.get("/api/nodes").status_code == 401
     assert c.get("/metrics", headers=basic("wrong")).status_code == 401
     assert c.get("/").status_code == 302
+
+
+def test_the_sampler_feeds_rates_from_brief_status_answers(dashboard):
+    app, two = dashboard
+    first = two.nodes[0]
+    pusher = app.extensions["pusher"]
+    rates = Rates()
+    sampler = RateSampler(pusher.bus, rates, every=0.1)
+    with app.app_context():
+        sampler.sample()
+        assert register(first, "user2") == 200
+        time.sleep(0.05)
+        sampler.sample()
+    got = rates.of(first.id)
+    assert got["register_rate"] > 0 and got["window"] > 0, got
+    assert "ghost" not in rates.samples                       # no answer, no sample
+    ms.remove_node(first.id)
+    with app.app_context():
+        sampler.sample()
+    assert first.id not in rates.samples                      # a removed node is forgotten
