@@ -14,7 +14,8 @@ only restarted (its cache emptied), since the proxy needs it for every
 call to another domain; the proxy is not stopped while emergency numbers
 are configured, which must always be routed. While the registrar is
 stopped the node answers REGISTER with ``503`` (replicated bindings wait
-in its inbox and are merged when it starts again); while the proxy is
+in its inbox, unbounded, and are merged when it starts again: a stop is
+for a short maintenance, not for long); while the proxy is
 stopped, every other request but ACK gets ``503`` and responses are
 dropped. Everything here runs in the control greenlet, one action at a
 time.
