@@ -279,20 +279,19 @@ class Node:
             self._answer(req, dest, 503, [("Retry-After", str(drain.retry_after))], "Draining")
             return
         services = self.services
-        if services is not None and services.stopped:
-            stopped = "registrar" if method == "REGISTER" else "proxy"
-            if services.down(stopped):
-                if method != "ACK":
-                    self._answer(req, dest, 503, [("Retry-After", "30")],
-                                 f"{stopped.capitalize()} Stopped")
-                return
         if method == "REGISTER":
+            if services is not None and services.down("registrar"):
+                self._answer(req, dest, 503, [("Retry-After", "30")], "Registrar Stopped")
+                return
             self.registrar.submit(req, dest)
         elif method == "OPTIONS" and self.proxy.is_for_node(req):
             try:
                 self.transport.send(dest, options_response(req, secrets.token_hex(6)).encode())
             except SipError as err:
                 self.transport.send(dest, error_response(req, err).encode())
+        elif services is not None and services.down("proxy"):
+            if method != "ACK":
+                self._answer(req, dest, 503, [("Retry-After", "30")], "Proxy Stopped")
         else:
             self.proxy.submit(req, dest)
 

@@ -247,6 +247,8 @@ def test_front_restart_and_proxy_stop_on_a_node_with_a_front(fronted):
         answer = sip_exchange(node, sip_request("MESSAGE", uri=f"sip:user1@{node.domain}"))
         assert answer is not None and answer.startswith("SIP/2.0 503 Proxy Stopped"), answer
         assert register(node) == 200                      # the registrar still serves
+        ping = sip_exchange(node, sip_request("OPTIONS"))   # the node itself still answers
+        assert ping is not None and ping.startswith("SIP/2.0 200"), ping
     finally:
         started = cluster.control(node, "service", timeout=10, name="proxy", action="start")
     assert started["state"] == "running"
