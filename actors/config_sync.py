@@ -8,21 +8,26 @@ client or anyone else gets an error and changes nothing. A version is
 applied only when it is newer than the one the node holds; the users go
 into the node's own store (one transaction) and the version into its node
 state, so a node restarted while the master is down serves the last
-configuration it got. A version may also carry ``peers``, the cluster's
-membership (``actors.membership``): checked with the rest before anything
-is written, then kept and handed to ``on_peers``. ``config_version``
-reports what the node runs, and its SIP over TLS port (0 without TLS), which
-the master polls and puts in the cluster's zone as ``_sips._tcp``.
+configuration it got. A version may carry ``settings``, the SIP settings
+(``actors.live_settings``), applied without a restart. A version may also
+carry ``peers``, the cluster's membership (``actors.membership``): checked
+with the rest before anything is written, then kept and handed to
+``on_peers``. ``config_version`` reports what the node runs, and its SIP over
+TLS port (0 without TLS), which the master polls and puts in the cluster's
+zone as ``_sips._tcp``.
 """
 
 import logging
+from collections.abc import Callable
 
 from sipcore.dialplan import DialPlanError, parse_dialplan
+from sipcore.sip_settings import SettingsError, parse_settings
 from store.db import StoreError
 from store.models import get_state, set_state
 from store.users import replace_users
 
 from .bus import BusError
+from .live_settings import apply_settings, keep_settings
 from .membership import MembershipError, follow_peers, parse_peers, store_peers
 
 log = logging.getLogger(__name__)
@@ -49,6 +54,9 @@ class ConfigSync:
         self.on_dialplan = None
         """Called with a pushed ``dialplan`` document, once checked and its version taken
         (``actors.gateways.apply_dialplan``)."""
+        self.on_settings: Callable[[dict], None] | None = None
+        """Called with pushed SIP ``settings``, once checked and kept
+        (``actors.live_settings.apply_settings``)."""
 
     def version(self, _request: dict | None = None) -> dict:
         """The configuration version this node runs (0: none from a master yet) and
@@ -72,6 +80,7 @@ class ConfigSync:
         if not isinstance(users, list):
             raise BusError("users must be a list")
         dialplan = self._dialplan(request)
+        settings = self._settings(request)
         current = int(get_state(VERSION_KEY, 0))
         if version <= current:
             self.stats["stale"] += 1
@@ -94,8 +103,23 @@ class ConfigSync:
             self.on_users()
         if dialplan is not None and self.on_dialplan is not None:
             self.on_dialplan(dialplan)
+        if settings is not None:
+            keep_settings(settings)
+            if self.on_settings is not None:
+                self.on_settings(settings)
         log.info("configuration %d applied: %d users, %d removed", version, written, deleted)
         return {"version": version, "applied": True}
+
+    def _settings(self, request: dict) -> dict | None:
+        """The push's SIP ``settings`` checked before anything is applied; None when it
+        has none (the node keeps what it runs)."""
+        doc = request.get("settings")
+        if doc is None:
+            return None
+        try:
+            return parse_settings(doc, self.domain)
+        except SettingsError as e:
+            raise BusError(f"settings refused: {e}") from None
 
     @staticmethod
     def _dialplan(request: dict) -> dict | None:
@@ -119,6 +143,7 @@ def attach_config_sync(node) -> ConfigSync | None:
     sync = node.config_sync = ConfigSync(node.cfg.domain, node.users.reload, node.cfg.id,
                                          lambda peers: follow_peers(node, peers),
                                          node.cfg.tls_port)
+    sync.on_settings = lambda doc: apply_settings(node, doc)
     control.handle("config", sync.apply)
     control.handle("config_version", sync.version)
     return sync

@@ -39,12 +39,15 @@ from .gateways import attach_dialing
 from .front import STATUS_EVERY, FrontProcess
 from .front import paths as front_paths
 from .limits import shared_buckets
+from .live_settings import use_stored_settings
 from .membership import use_stored_peers
 from .process import tune_gc
 from .proxy import ProxyActor
 from .registrar import RegistrarActor
 from .registrations import attach_registrations
 from .replicator import attach_replicator
+from .services import Services, attach_services
+from .traffic import Traffic, attach_traffic
 from .transport import Limits, TlsContexts, Transport
 
 log = logging.getLogger(__name__)
@@ -115,6 +118,8 @@ class Node:
         self.front = None
         self.users: UserDirectory | None = None
         self.drain: Drain | None = None
+        self.services: Services | None = None
+        self.traffic = Traffic()
         self.started_at = 0.0
 
     def start(self) -> None:
@@ -126,6 +131,7 @@ class Node:
         init_store(cfg.database)
         epoch = incr_state("epoch")
         use_stored_peers(cfg)
+        use_stored_settings(cfg)
         now = time.time()
         # Loading allocates an object graph that only grows: a collector pass
         # over it would find nothing, so it is kept out of the way (see below).
@@ -187,6 +193,8 @@ class Node:
             self.front = FrontProcess(cfg, secret, origin)
             self.front.start()
             self.group.spawn(self._tell_front)
+        attach_services(self)
+        attach_traffic(self)
         self.started_at = now
         tune_gc()
         log.info("node %s up: epoch %d, %d bindings loaded, %d users, domain %s",
@@ -259,6 +267,7 @@ class Node:
     def on_request(self, req, dest) -> None:
         """Route a parsed request to the actor that owns it."""
         method = req.method
+        self.traffic.request(method)
         if not self.replicator.synced:
             if method != "ACK":
                 retry = str(self.replicator.retry_after())
@@ -269,13 +278,20 @@ class Node:
             drain.refused += 1
             self._answer(req, dest, 503, [("Retry-After", str(drain.retry_after))], "Draining")
             return
+        services = self.services
         if method == "REGISTER":
+            if services is not None and services.down("registrar"):
+                self._answer(req, dest, 503, [("Retry-After", "30")], "Registrar Stopped")
+                return
             self.registrar.submit(req, dest)
         elif method == "OPTIONS" and self.proxy.is_for_node(req):
             try:
                 self.transport.send(dest, options_response(req, secrets.token_hex(6)).encode())
             except SipError as err:
                 self.transport.send(dest, error_response(req, err).encode())
+        elif services is not None and services.down("proxy"):
+            if method != "ACK":
+                self._answer(req, dest, 503, [("Retry-After", "30")], "Proxy Stopped")
         else:
             self.proxy.submit(req, dest)
 
@@ -285,13 +301,23 @@ class Node:
         it: the transport then parses it and gives it to ``on_request``."""
         if data[:9] != b"REGISTER " or not self.replicator.synced:
             return False
+        services = self.services
+        if services is not None and services.down("registrar"):
+            return False
         drain = self.drain
         if drain is not None and drain.on:
             return False
-        return self.registrar.take(data, ip, port)
+        if self.registrar.take(data, ip, port):
+            self.traffic.request("REGISTER")
+            return True
+        return False
 
     def on_response(self, resp, source) -> None:
-        """Responses belong to the proxy's client transactions."""
+        """Responses belong to the proxy's client transactions (dropped while it is
+        stopped: its inbox must not grow)."""
+        services = self.services
+        if services is not None and services.down("proxy"):
+            return
         self.proxy.submit(resp, source)
 
     def _answer(self, req, dest, status, headers, reason=None) -> None:

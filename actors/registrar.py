@@ -43,6 +43,10 @@ class Merge:
         self.bindings = bindings
 
 
+_STOP = object()
+"""The inbox item that ends the loop once the batch before it is done (``stop``)."""
+
+
 class RegistrarActor:
     """Handles REGISTER for the node's domain."""
 
@@ -130,18 +134,48 @@ class RegistrarActor:
                     self._purge(now)
             if first is None:
                 continue
+            if first is _STOP:
+                return
             batch = [first]
+            stopping = False
             while len(batch) < self.batch_max:
                 try:
-                    batch.append(inbox.get_nowait())
+                    item = inbox.get_nowait()
                 except Empty:
                     break
+                if item is _STOP:
+                    stopping = True
+                    break
+                batch.append(item)
             try:
                 self._process(batch, self.clock(), mono)
             except Exception:
                 log.exception("registrar batch of %d failed", len(batch))
                 if STRICT:
                     raise
+            if stopping:
+                return
+
+    def stop(self, wait: float) -> None:
+        """End the loop after the requests queued before this call (killed after
+        ``wait`` seconds): a batch is never cut between its commit and its 200s.
+        What arrives later stays in the inbox for the next ``run``."""
+        greenlet = self.greenlet
+        if greenlet is None or greenlet.dead:
+            return
+        self.inbox.put(_STOP)
+        greenlet.join(timeout=wait)
+        if not greenlet.dead:
+            log.warning("registrar did not stop within %.0f s; killed", wait)
+            greenlet.kill(block=True, timeout=1)
+            # The marker must not end the next run: keep everything else, in order.
+            kept = []
+            while not self.inbox.empty():
+                item = self.inbox.get_nowait()
+                if item is not _STOP:
+                    kept.append(item)
+            for item in kept:
+                self.inbox.put(item)
 
     def _purge(self, now: float) -> None:
         try:

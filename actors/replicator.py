@@ -583,8 +583,19 @@ class Replicator:
         pick = (lambda f: round(lags[min(len(lags) - 1, int(f * len(lags)))] * 1000, 3)) \
             if lags else (lambda f: None)
         out.update(bindings=self.location.live_count(self.clock()), entries=len(self.location),
-                   lag_ms={"p50": pick(0.5), "p99": pick(0.99), "samples": len(lags)})
+                   lag_ms={"p50": pick(0.5), "p99": pick(0.99), "samples": len(lags)},
+                   peer_lag_ms=self.peer_lags())
         return out
+
+    def peer_lags(self, per_peer: int = 256) -> dict[str, float]:
+        """Median lag (ms) of the latest ``per_peer`` live updates from each peer: from
+        the peer's commit to this node's location table holding them."""
+        recent: dict[str, list[float]] = {}
+        for origin, _e, _f, _l, lag in reversed(self.landings):
+            kept = recent.setdefault(origin, [])
+            if len(kept) < per_peer:
+                kept.append(lag)
+        return {origin: round(sorted(v)[len(v) // 2] * 1000, 3) for origin, v in recent.items()}
 
     def lag_list(self, request: dict | None = None) -> dict:
         """The latest live updates received with their lag in ms (``origin`` filters).

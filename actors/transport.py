@@ -117,6 +117,10 @@ class Connection:
             self.sock.sendall(data)
 
 
+MAX_CODES = 1000
+"""Status codes counted in ``Transport.sent_codes`` (a response's code is three digits)."""
+
+
 class Transport:
     """SIP over UDP and TCP on ``address:port``.
 
@@ -171,6 +175,8 @@ class Transport:
         #: the wait of the last datagram read from the UDP socket (seconds)
         self.udp_delay = 0.0
         self._lag_loop: gevent.Greenlet | None = None
+        #: responses sent, by status code (three bytes), ``MAX_CODES`` codes at most
+        self.sent_codes: dict[bytes, int] = {}
 
     def start(self) -> None:
         """Bind both sockets and start receiving."""
@@ -488,6 +494,12 @@ class Transport:
     # -- sending -------------------------------------------------------------
     def send(self, dest: Dest, data: bytes) -> bool:
         """Send ``data`` to ``dest``; False on a transport error."""
+        if data[:8] == b"SIP/2.0 ":
+            sent, code = self.sent_codes, data[8:11]
+            if code in sent:
+                sent[code] += 1
+            elif len(sent) < MAX_CODES:
+                sent[code] = 1
         transport, host, port = dest
         try:
             if transport == "udp":

@@ -629,11 +629,6 @@ class Authenticator:
                  require_qop: bool = True, guard: "AuthGuard | None" = None,
                  server_uris: frozenset[str] = frozenset()):
         """Build an authenticator; ``max_nonces`` bounds the replay table."""
-        for a in algorithms:
-            if a not in _HASHES:
-                raise ValueError(f"unsupported digest algorithm {a!r}")
-        if not algorithms:
-            raise ValueError("no digest algorithm configured")
         self.realm = realm
         self.lookup = lookup
         self.nonces = NonceFactory(secret, nonce_lifetime, origin=origin)
@@ -641,6 +636,18 @@ class Authenticator:
         self.require_qop = require_qop
         self.guard = guard
         self.server_uris = server_uris
+        self.set_algorithms(algorithms)
+
+    def set_algorithms(self, algorithms: tuple[str, ...]) -> None:
+        """Offer and accept ``algorithms`` (in order of preference) from now on: the
+        next challenge offers them, credentials of any other are refused. Nonces and
+        their counts stay (a nonce names no algorithm)."""
+        for a in algorithms:
+            if a not in _HASHES:
+                raise ValueError(f"unsupported digest algorithm {a!r}")
+        if not algorithms:
+            raise ValueError("no digest algorithm configured")
+        realm = self.realm
         offered = list(dict.fromkeys(algorithms))
         self.algorithms = tuple(offered)
         self._accepted = {}

@@ -429,7 +429,7 @@ def config_for(version: int) -> dict[str, Any]:
                             SipUser.enabled).order_by(SipUser.username).dicts())
     users = list(cast(Iterable[dict[str, Any]], query))
     return {"version": version, "domain": domain(), "users": users, **peers_push(),
-            **_dialplan_part()}
+            **_dialplan_part(), **_settings_part()}
 
 
 def peers_push() -> dict[str, Any]:
@@ -452,6 +452,13 @@ def _dialplan_part() -> dict[str, Any]:
     from store.dialplan import pushed_dialplan
     doc = pushed_dialplan()
     return {} if doc is None else {"dialplan": doc}
+
+
+def _settings_part() -> dict[str, Any]:
+    """The SIP settings a version carries (``store.sip_settings``), once saved."""
+    from store.sip_settings import pushed_settings
+    doc = pushed_settings()
+    return {} if doc is None else {"settings": doc}
 
 
 def add_admin(username: str, password: str) -> None:

@@ -4,11 +4,13 @@
 its key; ``run.py master`` serves the dashboard (gevent's WSGI server). The
 browser signs in, adds a user, sees both nodes take the new configuration;
 sipsak registers the user on both nodes; the registrations page shows it
-with its primary node. Screenshots of each page go to ``screenshots/``
+with its primary node. A second run restarts a node's registrar from the
+Services page and pushes SHA-256 from the Settings page. Screenshots of each page go to ``screenshots/``
 under the test's temporary folder (its path is printed on failure).
 """
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -17,11 +19,13 @@ import time
 import pytest
 from selenium import webdriver
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support.ui import WebDriverWait
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from loadtest.harness import ROOT, Cluster, free_port
 from store.files import write_private
 from tests.conftest import _in_ci
+from tests.test_front import wait_until
+from tests.test_node import request, sip_exchange
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
@@ -123,7 +127,7 @@ def test_sign_in_add_a_user_and_see_it_registered_on_both_nodes(master, browser)
     assert page_with(browser, url + "/", "1 (current)"), master["log"].read_text()[-2000:]
     body = browser.find_element(By.TAG_NAME, "body").text
     assert body.count("1 (current)") == 2 and "(behind)" not in body
-    assert body.count("synced") == 2
+    assert body.count("alive") == 2
     browser.save_screenshot(str(shots / "nodes-current.png"))
     for node in cluster.nodes:
         reg = subprocess.run(["sipsak", "-U", "-s", f"sip:webuser@{node.address}:{node.port}",
@@ -137,3 +141,46 @@ def test_sign_in_add_a_user_and_see_it_registered_on_both_nodes(master, browser)
     browser.save_screenshot(str(shots / "registrations.png"))
     assert master["password"] not in browser.page_source
     assert master["password"] not in master["log"].read_text()
+
+
+def offered(node) -> list[str]:
+    """The algorithms of the node's 401 to a new REGISTER without credentials."""
+    return re.findall(r"algorithm=([A-Z0-9-]+)", sip_exchange(node, request("REGISTER")) or "")
+
+
+def sign_in(browser, master) -> None:
+    browser.get(master["url"] + "/login")
+    browser.find_element(By.ID, "username").send_keys("admin")
+    browser.find_element(By.ID, "password").send_keys(master["password"])
+    browser.find_element(By.ID, "login").click()
+    WebDriverWait(browser, 10).until(lambda d: "Nodes of example.test" in d.page_source)
+
+
+def test_restart_a_service_and_push_settings_from_the_browser(master, browser):
+    """Through a real ``run.py master`` and two nodes no lab runs: the Services page's
+    Restart button restarts node1's registrar (its count rises, it still registers), and
+    the Settings page's SHA-256 reaches the nodes' next 401 without a restart."""
+    cluster, url = master["cluster"], master["url"]
+    node = cluster.nodes[0]
+    assert cluster.wait_synced(30)
+    sign_in(browser, master)
+    browser.find_element(By.ID, f"services-{node.id}").click()
+    WebDriverWait(browser, 10).until(lambda d: f"Services of {node.id}" in d.page_source)
+    browser.find_element(By.ID, "restart-registrar").click()
+    WebDriverWait(browser, 10).until(
+        lambda d: f"registrar on {node.id}: running (restarts: 1)" in d.page_source)
+    assert cluster.control(node, "services")["registrar"]["restarts"] == 1
+    browser.save_screenshot(str(master["shots"] / "services.png"))
+    challenge = sip_exchange(node, request("REGISTER")) or ""
+    assert challenge.startswith("SIP/2.0 401"), challenge         # the registrar answers
+    assert "algorithm=SHA-256" not in challenge
+
+    browser.get(url + "/settings")
+    browser.find_element(By.ID, "algorithm-SHA-256").click()
+    Select(browser.find_element(By.ID, "preferred")).select_by_visible_text("SHA-256")
+    browser.find_element(By.ID, "save-settings").click()
+    WebDriverWait(browser, 10).until(lambda d: "Settings saved: configuration" in d.page_source)
+    browser.save_screenshot(str(master["shots"] / "settings.png"))
+    for n in cluster.nodes:
+        assert wait_until(lambda n=n: offered(n) == ["SHA-256", "MD5"], 10), offered(n)
+    assert page_with(browser, url + "/", "alive")

@@ -117,7 +117,9 @@ def test_api_adds_lists_and_deletes_users(app):
     assert c.get("/api/users", headers=basic()).json["users"][0]["username"] == "zed"
     assert "ha1" not in c.get("/api/users", headers=basic()).get_data(as_text=True)
     assert c.get("/api/config", headers=basic()).json == {
-        "version": 1, "domain": "example.test", "nodes": {"node1": 0}}
+        "version": 1, "domain": "example.test", "nodes": {"node1": 0},
+        "settings": {"aliases": [], "auth_algorithms": ["MD5"], "min_expires": 60,
+                     "max_expires": 3600, "default_expires": 3600}}
     assert c.post("/api/users", json=["x"], headers=basic()).status_code == 400
     assert c.post("/api/users", json={"username": "a:b", "password": "p"},
                   headers=basic()).status_code == 400

@@ -9,16 +9,20 @@ records: the calls page, its CSV and ``/api/cdrs``),
 with a token only, node removal), ``metrics`` (Prometheus),
 ``audit`` (every admin action recorded: the audit page, its CSV, ``/api/audit``),
 ``backups`` (a backup download; ``MASTER_SETTINGS`` names the data folder),
-``alarms`` (the alarms page and ``/api/alarms``) and ``bans`` (bans in force on
-every node, lifting one). Every
+``alarms`` (the alarms page and ``/api/alarms``), ``bans`` (bans in force on
+every node, lifting one) and ``sip_settings`` (aliases, digest algorithms,
+registrar expiry). Every
 page and API call but ``/api/join`` needs an admin; every form carries a CSRF token
 (Flask-WTF); the session cookie is HttpOnly and SameSite=Strict.
 ``app.extensions["pusher"]`` (optional) is poked on every configuration
-change, and its bus asks the nodes for state and bindings.
+change, and its bus asks the nodes for state and bindings;
+``app.extensions["rates"]`` keeps their counters for the last minute's rates.
 """
 
 from flask import Flask
 from flask_wtf.csrf import CSRFProtect
+
+from .rates import Rates
 
 csrf = CSRFProtect()
 
@@ -46,8 +50,9 @@ def create_app(config: dict, pusher=None) -> Flask:
     app.extensions["pusher"] = pusher
     from .user_files import Imports
     app.extensions["user_imports"] = Imports(pusher.poke if pusher is not None else None)
+    app.extensions["rates"] = Rates()
     from . import (alarms, api, audit, auth, backups, bans, calls, dialplan, dns, join, metrics,
-                   pages, ring_groups)
+                   pages, ring_groups, sip_settings)
     auth.init_app(app)
     audit.init_app(app)
     alarms.init_app(app)
@@ -62,6 +67,7 @@ def create_app(config: dict, pusher=None) -> Flask:
     app.register_blueprint(alarms.bp)
     app.register_blueprint(bans.bp)
     app.register_blueprint(join.bp)
+    app.register_blueprint(sip_settings.bp)
     csrf.exempt(bans.api_lift)
     csrf.exempt(audit.api_retention)
     csrf.exempt(join.api_join)

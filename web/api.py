@@ -6,19 +6,24 @@
 ``{"enabled": bool}``, ``DELETE /api/users/<name>``, ``POST /api/users/import`` (a CSV
 body; 202 and a job), ``GET /api/users/import/<id>`` (its progress), ``GET
 /api/nodes``, ``POST /api/nodes/<id>/restart`` (through the lab), ``POST
-/api/nodes/<id>/drain`` with ``{"on": bool}`` (straight to the node) and ``GET
-/api/config`` (the newest version and each node's).
+/api/nodes/<id>/drain`` with ``{"on": bool}`` (straight to the node), ``GET
+/api/nodes/<id>/services`` (state, uptime and restarts of each service), ``POST
+/api/nodes/<id>/services/<name>/stop|start|restart`` (through the node's control
+channel, lab or not), ``GET /api/config`` (the newest version, each node's and the SIP
+settings) and ``PUT /api/config`` (change SIP settings: a new version).
 """
 
 from flask import Blueprint, Response, current_app, request
 
 from store import master as ms
 from store.db import StoreError
+from store.sip_settings import current_settings, save_settings
 
 from . import cluster, services
 from .auth import basic_auth_required
 from .filters import FilterError
 from .pages import STATES, start_import, user_filters
+from .rates import states_and_rates
 from .user_files import export_csv
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -131,16 +136,37 @@ def import_status(job_id):
 @bp.get("/nodes")
 @basic_auth_required
 def nodes():
-    """Every node: endpoints, weight, acknowledged version, last push error."""
-    return {"nodes": [{k: n[k] for k in NODE_FIELDS} for n in ms.list_nodes()]}
+    """Every node: endpoints, weight, acknowledged version, last push error, and (asked
+    now) health, uptime, bindings, rates over the last minute, replication lag per peer."""
+    nodes = ms.list_nodes()
+    pusher = current_app.extensions.get("pusher")
+    states, rates = states_and_rates(getattr(pusher, "bus", None), nodes)
+    rows = cluster.overview(nodes, states, rates, ms.current_version())
+    return {"nodes": [{**{k: n[k] for k in NODE_FIELDS}, **row}
+                      for n, row in zip(nodes, rows, strict=True)]}
 
 
 @bp.get("/config")
 @basic_auth_required
 def config():
-    """The newest configuration version and the one each node runs."""
+    """The newest configuration version, the one each node runs and the SIP settings."""
     return {"version": ms.current_version(), "domain": ms.domain(),
+            "settings": current_settings(),
             "nodes": {n["node_id"]: n["acked_version"] for n in ms.list_nodes()}}
+
+
+@bp.put("/config")
+@basic_auth_required
+def set_config():
+    """Change SIP settings (some or all of ``aliases``, ``auth_algorithms``,
+    ``min_expires``, ``max_expires``, ``default_expires``): a new version pushed to
+    every node, or 400 with what is wrong and nothing changed."""
+    try:
+        version = save_settings(request.get_json(silent=True))
+    except StoreError as e:
+        return {"error": str(e)}, 400
+    _changed()
+    return {"version": version, "settings": current_settings()}
 
 
 @bp.get("/registrations")
@@ -186,5 +212,30 @@ def drain_node(node_id):
     try:
         return {"node": node_id,
                 **services.drain_node(getattr(pusher, "bus", None), node_id, body["on"])}
+    except services.ServiceError as e:
+        return {"error": str(e)}, 400
+
+
+@bp.get("/nodes/<node_id>/services")
+@basic_auth_required
+def node_services(node_id):
+    """A node's services: state, uptime (s) and restart count of each."""
+    pusher = current_app.extensions.get("pusher")
+    try:
+        return {"node": node_id,
+                "services": services.node_services(getattr(pusher, "bus", None), node_id)}
+    except services.ServiceError as e:
+        return {"error": str(e)}, 400
+
+
+@bp.post("/nodes/<node_id>/services/<name>/<any(stop, start, restart):action>")
+@basic_auth_required
+def service_action(node_id, name, action):
+    """Stop, start or restart one service of a node (any node, lab or not); its new state."""
+    pusher = current_app.extensions.get("pusher")
+    try:
+        return {"node": node_id,
+                **services.service_action(getattr(pusher, "bus", None), node_id, name[:64],
+                                          action)}
     except services.ServiceError as e:
         return {"error": str(e)}, 400

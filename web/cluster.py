@@ -37,6 +37,52 @@ def node_states(bus, nodes: list[dict]) -> dict:
     return ask_all(bus, nodes, {"cmd": "status"})
 
 
+ALIVE, SUSPECTED, DEAD, SYNCING = "alive", "suspected", "dead", "syncing"
+
+
+def health(states: dict) -> dict[str, str]:
+    """Each node's word: ``dead`` when it does not answer, ``syncing`` until it holds
+    every live peer's snapshot, ``suspected`` when a peer that answers suspects it (or
+    holds it dead: the master hears it, its peers do not), else ``alive``."""
+    seen: dict[str, set[str]] = {}
+    for status in states.values():
+        for peer, view in (status.get("peers") or {}).items():
+            seen.setdefault(peer, set()).add(view.get("liveness"))
+    out = {}
+    for node_id, status in states.items():
+        if "error" in status:
+            out[node_id] = DEAD
+        elif status.get("state") == "syncing":
+            out[node_id] = SYNCING
+        elif seen.get(node_id, set()) & {SUSPECTED, DEAD}:
+            out[node_id] = SUSPECTED
+        else:
+            out[node_id] = ALIVE
+    return out
+
+
+def overview(nodes: list[dict], states: dict, rates, current_version: int) -> list[dict]:
+    """One row per node for the Nodes page and ``/api/nodes``: health, uptime,
+    configuration version (current or behind), bindings, REGISTER and call rates
+    over the last minute (``rates``: a ``web.rates.Rates``) and the replication lag
+    (ms, median of recent updates) from each peer."""
+    words = health({n["node_id"]: states.get(n["node_id"], {"error": "not asked"})
+                    for n in nodes})
+    rows = []
+    for n in nodes:
+        status = states.get(n["node_id"], {})
+        up = "error" not in status and bool(status)
+        rows.append({"node_id": n["node_id"], "health": words[n["node_id"]],
+                     "uptime": status.get("uptime") if up else None,
+                     "config_version": n["acked_version"],
+                     "config_current": n["acked_version"] >= current_version,
+                     "bindings": status.get("bindings") if up else None,
+                     **rates.of(n["node_id"]),
+                     "replication_lag_ms": status.get("peer_lag_ms", {}) if up else {},
+                     "error": status.get("error")})
+    return rows
+
+
 def merge(answers: dict, limit: int) -> dict:
     """Merge the nodes' ``bindings`` answers (each asked for ``limit + 1`` rows after
     the same key) into one page: ``{"bindings", "more", "errors", "totals",

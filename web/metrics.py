@@ -1,7 +1,11 @@
 """``/metrics``: the cluster in Prometheus's text format, per node labels.
 
 Asked of every node at scrape time (``status``, bounded as the pages are);
-an unreachable node reports ``tandem_node_up 0`` and nothing else.
+an unreachable node reports ``tandem_node_up 0``, its health and nothing
+else. Per node: health (alive, suspected, dead, syncing), sync state,
+configuration version, uptime, bindings, requests by method, responses by
+code and calls (counters of the node's process, ``actors.traffic``), and the
+replication lag from each peer.
 HTTP Basic as an admin, like the API (Prometheus's ``basic_auth``).
 """
 
@@ -11,6 +15,7 @@ from store import master as ms
 
 from . import cluster
 from .auth import basic_auth_required
+from .rates import states_and_rates
 
 bp = Blueprint("metrics", __name__)
 
@@ -22,11 +27,43 @@ HELP = {
     "tandem_node_config_version": ("gauge", "configuration version the node acknowledged"),
     "tandem_node_bindings": ("gauge", "live bindings in the node's location table"),
     "tandem_node_replication_lag_p99_ms": ("gauge", "p99 replication lag of recent updates"),
+    "tandem_node_replication_lag_ms": ("gauge", "median lag of recent updates from each peer"),
+    "tandem_node_health": ("gauge", "1 for the node's health: alive, suspected, dead, syncing"),
+    "tandem_node_uptime_seconds": ("gauge", "seconds since the node's process started"),
+    "tandem_node_requests_total": ("counter", "SIP requests the node took, by method"),
+    "tandem_node_responses_total": ("counter", "SIP responses the node sent, by status code"),
+    "tandem_node_calls_total": ("counter", "call attempts the node's proxy handled"),
 }
 
 
 def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _number(value) -> float | int:
+    """A sample value from a node's answer: a number, anything else 0."""
+    return value if isinstance(value, int | float) and not isinstance(value, bool) else 0
+
+
+def _counters(samples: dict[str, list[str]], node: str, status: dict) -> None:
+    """The traffic counters, uptime and per-peer lags of one node's ``status`` answer."""
+    if "uptime" in status:
+        samples["tandem_node_uptime_seconds"].append(
+            f'tandem_node_uptime_seconds{{node="{node}"}} {_number(status["uptime"])}')
+    for key, name, label in (("requests", "tandem_node_requests_total", "method"),
+                             ("responses", "tandem_node_responses_total", "code")):
+        found = status.get(key)
+        for value, count in sorted(found.items() if isinstance(found, dict) else ()):
+            samples[name].append(f'{name}{{node="{node}",{label}="{_label(str(value))}"}} '
+                                 f"{_number(count)}")
+    if "calls" in status:
+        samples["tandem_node_calls_total"].append(
+            f'tandem_node_calls_total{{node="{node}"}} {_number(status["calls"])}')
+    lags = status.get("peer_lag_ms")
+    for peer, lag in sorted(lags.items() if isinstance(lags, dict) else ()):
+        samples["tandem_node_replication_lag_ms"].append(
+            f'tandem_node_replication_lag_ms{{node="{node}",peer="{_label(str(peer))}"}} '
+            f"{_number(lag)}")
 
 
 @bp.get("/metrics")
@@ -35,20 +72,28 @@ def metrics():
     """The exposition text."""
     nodes = ms.list_nodes()
     pusher = current_app.extensions.get("pusher")
-    states = cluster.node_states(pusher.bus, nodes) if getattr(pusher, "bus", None) else {}
+    states, _rates = states_and_rates(getattr(pusher, "bus", None), nodes)
+    health = cluster.health({n["node_id"]: states.get(n["node_id"], {"error": "not asked"})
+                             for n in nodes})
     samples: dict[str, list[str]] = {name: [] for name in HELP}
     samples["tandem_config_version_current"].append(f"tandem_config_version_current "
                                                     f"{ms.current_version()}")
     samples["tandem_users"].append(f"tandem_users {ms.count_users()}")
     for n in nodes:
-        label = f'{{node="{_label(n["node_id"])}"}}'
+        node = _label(n["node_id"])
+        label = f'{{node="{node}"}}'
         status = states.get(n["node_id"], {"error": "not asked"})
         up = "error" not in status
         samples["tandem_node_up"].append(f"tandem_node_up{label} {int(up)}")
         samples["tandem_node_config_version"].append(
             f"tandem_node_config_version{label} {n['acked_version']}")
+        for word in (cluster.ALIVE, cluster.SUSPECTED, cluster.DEAD, cluster.SYNCING):
+            samples["tandem_node_health"].append(
+                f'tandem_node_health{{node="{node}",state="{word}"}} '
+                f'{int(health[n["node_id"]] == word)}')
         if not up:
             continue
+        _counters(samples, node, status)
         samples["tandem_node_synced"].append(
             f"tandem_node_synced{label} {int(status.get('state') == 'synced')}")
         samples["tandem_node_bindings"].append(

@@ -17,6 +17,7 @@ from . import cluster, services
 from .auth import login_required
 from .charts import split_chart
 from .filters import FilterError, texts
+from .rates import states_and_rates
 from .user_files import ImportBusy, export_csv
 
 bp = Blueprint("pages", __name__)
@@ -55,11 +56,14 @@ def bus():
 @bp.route("/")
 @login_required
 def nodes():
-    """Every node: state and bindings (asked now), the configuration version it acknowledged,
-    and over the last day its answer-seizure ratio and average call length."""
+    """Every node: health, uptime, bindings, REGISTER and call rates over the last minute
+    and replication lag from each peer (asked now), the configuration version it
+    acknowledged, and over the last day its answer-seizure ratio and average call length."""
     nodes = ms.list_nodes()
-    states = cluster.node_states(bus(), nodes) if bus() is not None else {}
-    return render_template("nodes.html", nodes=nodes, version=ms.current_version(),
+    states, rates = states_and_rates(bus(), nodes)
+    version = ms.current_version()
+    rows = {r["node_id"]: r for r in cluster.overview(nodes, states, rates, version)}
+    return render_template("nodes.html", nodes=nodes, version=version, rows=rows,
                            domain=ms.domain(), states=states, action=ActionForm(),
                            calls=cdrs.per_node(time.time() - 86400))
 
@@ -94,6 +98,34 @@ def drain_node(node_id):
         flash(f"{node_id} drains: new calls and REGISTERs get 503." if on
               else f"{node_id} takes new calls and REGISTERs again.")
     return redirect(url_for("pages.nodes"))
+
+
+@bp.route("/nodes/<node_id>/services")
+@login_required
+def node_services(node_id):
+    """A node's services with their state, uptime and restarts, and Stop, Start, Restart."""
+    try:
+        found, error = services.node_services(bus(), node_id), ""
+    except services.ServiceError as e:
+        found, error = {}, str(e)
+    return render_template("services.html", node_id=node_id, services=found, error=error,
+                           action=ActionForm()), (200 if found else 502)
+
+
+@bp.route("/nodes/<node_id>/services/<name>/<any(stop, start, restart):action>",
+          methods=["POST"])
+@login_required
+def service_action(node_id, name, action):
+    """Stop, start or restart one service of a node and show the result."""
+    if not ActionForm().validate_on_submit():
+        return "CSRF token missing or wrong", 400
+    try:
+        state = services.service_action(bus(), node_id, name[:64], action)
+    except services.ServiceError as e:
+        flash(f"{action.capitalize()} of {name[:64]} on {node_id} failed: {e}")
+    else:
+        flash(f"{name} on {node_id}: {state['state']} (restarts: {state['restarts']}).")
+    return redirect(url_for("pages.node_services", node_id=node_id))
 
 
 @bp.route("/registrations")

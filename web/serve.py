@@ -6,9 +6,9 @@ to ``<data_dir>/admin-password`` (0600) and shown once on the terminal, and
 prints a join token with the command a new node runs (``token`` prints
 another; ``node remove ID`` removes a node, ``node list`` lists them).
 Running opens the database, records the ``[[nodes]]`` of the configuration,
-starts the pusher, the call event collector, the backup schedule and the
-alarm checker, and
-serves the dashboard with gevent's WSGI server until SIGTERM. ``backup FILE``
+starts the pusher, the call event collector, the rate sampler
+(``web.rates``), the backup schedule and the alarm checker, and serves
+the dashboard with gevent's WSGI server until SIGTERM. ``backup FILE``
 and ``restore FILE`` write and restore an archive (``web.backups``).
 """
 
@@ -30,6 +30,7 @@ from . import create_app
 from .alarms import AlarmChecker, AlarmSettingsError, env_settings
 from .backups import BackupPlan, BackupScheduler, make_backup, restore_backup
 from .cdr_collector import CdrCollector
+from .rates import RateSampler
 from .push import Pusher
 from .settings import SettingsError, cluster_secret, init_files, load_settings, read_secret
 from .zone_server import ZoneServer
@@ -118,6 +119,8 @@ def serve(settings, release: str = "") -> int:
     pusher.poke()
     collector = CdrCollector(pusher.bus)
     collector.start()
+    sampler = RateSampler(pusher.bus, app.extensions["rates"])
+    sampler.start()
     backups = BackupScheduler(settings, plan, release)
     backups.start()
     alarms = AlarmChecker(alarm_settings, pusher.bus)
@@ -136,6 +139,7 @@ def serve(settings, release: str = "") -> int:
         zone.stop()
     backups.stop()
     alarms.stop()
+    sampler.stop()
     collector.stop()
     pusher.stop()
     ms.close_master_store()

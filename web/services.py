@@ -1,4 +1,10 @@
-"""Service actions on a node: restart it through the lab that runs it, drain it.
+"""Service actions on a node: its services, restart it through the lab that runs it, drain it.
+
+Each node's services (SIP transport, registrar, proxy, replicator, DNS
+resolver, challenge front; ``actors.services``) are listed with the
+``services`` control command and stopped, started or restarted with
+``service``, on any node, lab or not; the node refuses what it cannot do
+safely and says why.
 
 A drain goes straight to the node's control endpoint (``drain``, see
 ``actors.drain``), as the dashboard's other questions do (``web.cluster``).
@@ -15,6 +21,9 @@ from store import master as ms
 
 from .cluster import ASK_TIMEOUT
 
+ACTION_TIMEOUT = 10.0
+"""Seconds a node may take to stop and start a service."""
+
 
 class ServiceError(Exception):
     """A service action that cannot be done, with the reason."""
@@ -30,6 +39,40 @@ def restart_node(lab_data: str, node_id: str) -> dict:
         return ask(lab_data, f"restart {node_id}")
     except LabControlError as e:
         raise ServiceError(str(e)) from None
+
+
+ACTIONS = ("stop", "start", "restart")
+
+
+def _node(node_id: str) -> dict:
+    node = next((n for n in ms.list_nodes() if n["node_id"] == node_id), None)
+    if node is None:
+        raise ServiceError(f"no node {node_id!r}")
+    return node
+
+
+def _ask(bus, node_id: str, message: dict, timeout: float = ASK_TIMEOUT):
+    node = _node(node_id)
+    if bus is None:
+        raise ServiceError("the master has no bus to reach the node")
+    try:
+        return request(bus, node["control"], node["public_key"], message, timeout)
+    except BusError as e:
+        raise ServiceError(f"{node_id}: {e}") from None
+
+
+def node_services(bus, node_id: str) -> dict:
+    """``{service: {"state", "uptime", "restarts"}}`` of node ``node_id``."""
+    return _ask(bus, node_id, {"cmd": "services"})
+
+
+def service_action(bus, node_id: str, name: str, action: str) -> dict:
+    """Stop, start or restart service ``name`` of node ``node_id``; its state after."""
+    if action not in ACTIONS:
+        raise ServiceError(f"unknown action {action[:40]!r}; known: {', '.join(ACTIONS)}")
+    # A registrar that stops waits for its batch: give the node the time it may take.
+    return _ask(bus, node_id, {"cmd": "service", "name": name, "action": action},
+                ACTION_TIMEOUT)
 
 
 def drain_node(bus, node_id: str, on: bool) -> dict:
