@@ -30,8 +30,8 @@ from store.files import write_private
 from store.migrations import MASTER_MIGRATIONS, NODE_MIGRATIONS
 from store.schema import current_version, stored_version
 from tests.joined import wait
-from tests.upgrades import (PREVIOUS_RELEASE, Load, Phones, calls, node_schema,
-                            previous_tree)
+from tests.upgrades import (PREVIOUS_RELEASE, Load, Phones, calls, previous_tree,
+                            schema_of)
 from web.push import Pusher
 
 SETTINGS = {"heartbeat": 0.2, "suspect_after": 1.0, "dead_after": 5.0, "alone_wait": 1.0,
@@ -181,7 +181,7 @@ def test_rolling_upgrade_from_the_previous_release_keeps_registrations_and_calls
                 node.root = ROOT
                 node.start(30)
                 assert wait(lambda n=node: serving(cluster, n), 30), node.log_tail()
-                assert node_schema(node.dir) == migrated
+                assert schema_of(os.path.join(node.dir, "tandem.db")) == migrated
                 assert cluster.control(node, "status")["pv"] == PROTOCOL_VERSION
         load.stop()
         ok, got = cluster.wait_converged(10)

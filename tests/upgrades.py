@@ -68,10 +68,11 @@ def previous_tree(tmp_path_factory) -> str:
     return dest
 
 
-def node_schema(data_dir: str) -> int:
-    """The node schema version the SQLite database in ``data_dir`` records."""
-    with sqlite3.connect(os.path.join(data_dir, "tandem.db")) as db:
-        return db.execute("SELECT version FROM schema_versions WHERE name = 'node'").fetchone()[0]
+def schema_of(database: str, name: str = "node") -> int:
+    """The schema version (``node`` or ``master``) the SQLite file ``database`` records."""
+    with sqlite3.connect(database) as db:
+        return db.execute("SELECT version FROM schema_versions WHERE name = ?",
+                          (name,)).fetchone()[0]
 
 
 @dataclass
