@@ -72,18 +72,24 @@ def old_cluster(net: Network, previous: str, work: str, rows: list) -> Master:
     """The previous release's master (users added through its API) and its three
     joined nodes, each on its own host, converged."""
     host = net["master"]
-    master = Master(work, host.address, tuple(host.prefix), root=previous).init().start()
-    for user, password in rows:
-        version = master.api("POST", "/api/users", {"username": user, "password": password})[
-            "version"]
-    for k, name in enumerate(NODES):
-        host = net[name]
-        node = JoinedNode(work, name, host.address, tuple(host.prefix), root=previous)
-        out = node.join(master.url, master.token() if k else master.first_token)
-        assert out.returncode == 0, out.stderr
-        master.nodes[name] = node.start()
-    assert wait(master.converged, SERVE, 0.1), master.digests()
-    assert wait(lambda: pushed(master, version), SERVE, 0.1), master.api("GET", "/api/nodes")
+    master = Master(work, host.address, tuple(host.prefix), root=previous)
+    try:
+        master.init().start()
+        for user, password in rows:
+            version = master.api("POST", "/api/users",
+                                 {"username": user, "password": password})["version"]
+        for k, name in enumerate(NODES):
+            host = net[name]
+            node = JoinedNode(work, name, host.address, tuple(host.prefix), root=previous)
+            out = node.join(master.url, master.token() if k else master.first_token)
+            assert out.returncode == 0, out.stderr
+            master.nodes[name] = node.start()
+        assert wait(master.converged, SERVE, 0.1), master.digests()
+        assert wait(lambda: pushed(master, version), SERVE, 0.1), \
+            master.api("GET", "/api/nodes")
+    except BaseException:
+        master.close()
+        raise
     return master
 
 
