@@ -19,6 +19,11 @@ status datagram four times a second, and at once when a drain starts);
 otherwise it passes everything on, so a syncing or draining node still
 answers 503. If the front dies, the kernel hands the port's datagrams to
 the node's own socket again; if the node dies, the front exits.
+
+The front needs no peer list, so the master's pushes of one
+(``actors.membership``) go to the node alone: it answers nothing from the
+cluster's addresses (a Contact naming a node is the node's to refuse, after
+the credentials, as the node does with a REGISTER it gets itself).
 """
 
 import logging

@@ -23,7 +23,7 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 source scripts/venv.sh requirements-dev.txt
-# tests/test_upgrade.py runs the previous release, found by its tag: a clone may lack tags.
+# tests/test_upgrade.py and test_hosts_upgrade.py run the previous release, found by its tag: a clone may lack tags.
 if [ -n "$(git remote 2>/dev/null)" ]; then git fetch --quiet --tags 2>/dev/null || true; fi
 status=0
 .venv/bin/python -m pytest -q "$@" || status=$?

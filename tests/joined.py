@@ -30,10 +30,11 @@ READY = 20.0
 """Bound on a process answering (seconds)."""
 
 
-def run_py(*args: str, timeout: float = 60.0, prefix: tuple = ()) -> subprocess.CompletedProcess:
-    """Run ``run.py ARGS`` (under ``prefix``) to completion."""
-    return subprocess.run([*prefix, sys.executable, os.path.join(ROOT, "run.py"), *args],
-                          capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+def run_py(*args: str, timeout: float = 60.0, prefix: tuple = (),
+           root: str = ROOT) -> subprocess.CompletedProcess:
+    """Run ``run.py ARGS`` of the tree ``root`` (under ``prefix``) to completion."""
+    return subprocess.run([*prefix, sys.executable, os.path.join(root, "run.py"), *args],
+                          capture_output=True, text=True, timeout=timeout, cwd=root)
 
 
 def bus_ports(address: str) -> int:
@@ -59,17 +60,21 @@ def wait(cond, timeout: float, step: float = 0.05):
 
 
 class Proc:
-    """One ``run.py`` process (under ``prefix``) with its output in a log file."""
+    """One ``run.py`` process (under ``prefix``) with its output in a log file.
 
-    def __init__(self, args: list[str], log_path: str, prefix: tuple = ()):
+    ``root`` is the source tree whose ``run.py`` runs (set it to another release's
+    tree between a ``stop`` and a ``start`` to upgrade the process)."""
+
+    def __init__(self, args: list[str], log_path: str, prefix: tuple = (), root: str = ROOT):
         self.args, self.log_path, self.prefix, self.proc = args, log_path, prefix, None
+        self.root = root
 
     def start(self) -> "Proc":
         """Start the process, its output appended to its log."""
         with open(self.log_path, "ab") as logf:
             self.proc = subprocess.Popen([*self.prefix, sys.executable,
-                                          os.path.join(ROOT, "run.py"), *self.args],
-                                         stdout=logf, stderr=logf, cwd=ROOT)
+                                          os.path.join(self.root, "run.py"), *self.args],
+                                         stdout=logf, stderr=logf, cwd=self.root)
         return self
 
     def alive(self) -> bool:
@@ -95,9 +100,11 @@ class Proc:
 class JoinedNode(Proc):
     """A node made by ``run.py node join`` (its configuration is the join's)."""
 
-    def __init__(self, work: str, name: str, address: str = "127.0.0.1", prefix: tuple = ()):
+    def __init__(self, work: str, name: str, address: str = "127.0.0.1", prefix: tuple = (),
+                 root: str = ROOT):
         """On loopback ``address`` with free ports; with ``prefix`` (another host),
-        on the standard ports (SIP 5060, bus 7001-7003)."""
+        on the standard ports (SIP 5060, bus 7001-7003); ``root``: the release's tree."""
+        self.id = name
         self.dir = os.path.join(work, name)
         self.address = address
         self.port = 5060 if prefix else free_port(address)
@@ -107,13 +114,14 @@ class JoinedNode(Proc):
         self.domain = "example.test"
         os.makedirs(self.dir, exist_ok=True)
         super().__init__(["node", "--config", self.config], os.path.join(self.dir, "out.log"),
-                         prefix)
+                         prefix, root)
 
     def join(self, url: str, token: str, *extra: str) -> subprocess.CompletedProcess:
         """``run.py node join`` on this node's host (``extra``: more options)."""
         return run_py("node", "join", "--master", url, "--token", token, "--address",
                       self.address, "--data", self.dir, "--port", str(self.port),
-                      "--bus-port", str(self.bus_port), *extra, prefix=self.prefix)
+                      "--bus-port", str(self.bus_port), *extra, prefix=self.prefix,
+                      root=self.root)
 
     def public_key(self) -> str:
         """The public key ``node join`` made."""
@@ -132,7 +140,9 @@ class JoinedNode(Proc):
 class Master:
     """The master process, the nodes that joined it, and a control client with its key."""
 
-    def __init__(self, work: str, address: str = "127.0.0.1", prefix: tuple = ()):
+    def __init__(self, work: str, address: str = "127.0.0.1", prefix: tuple = (),
+                 root: str = ROOT):
+        """``root``: the tree of the release the master runs (``self.master.root``)."""
         self.work = work
         self.port = 8080 if prefix else free_port(address)
         self.url = f"http://{address}:{self.port}"
@@ -146,7 +156,7 @@ class Master:
                                    'push_interval = 0.3\njoin_token_ttl = 600\n'
                                    f'dns = "{address}:{self.dns_port}"\n')
         self.master = Proc(["master", "--config", self.config],
-                           os.path.join(work, "master.log"), prefix)
+                           os.path.join(work, "master.log"), prefix, root)
         self.bus: Bus | None = None
         self.nodes: dict[str, JoinedNode] = {}
         self.first_token = ""
@@ -157,7 +167,8 @@ class Master:
 
     def init(self) -> "Master":
         """``run.py master init``, keeping the join token it prints."""
-        init = run_py("master", "init", "--config", self.config, prefix=self.master.prefix)
+        init = run_py("master", "init", "--config", self.config, prefix=self.master.prefix,
+                      root=self.master.root)
         if init.returncode:
             raise RuntimeError(f"master init failed: {init.stderr}")
         self.first_token = token_of(init.stdout)
@@ -179,7 +190,8 @@ class Master:
 
     def token(self) -> str:
         """A new join token from ``run.py master token``."""
-        out = run_py("master", "token", "--config", self.config, prefix=self.master.prefix)
+        out = run_py("master", "token", "--config", self.config, prefix=self.master.prefix,
+                     root=self.master.root)
         if out.returncode:
             raise RuntimeError(f"master token failed: {out.stderr}")
         return token_of(out.stdout)

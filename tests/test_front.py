@@ -6,6 +6,9 @@ import time
 
 import pytest
 
+from actors.bus import generate_keypair
+from actors.config import NodeConfig, Peer
+from actors.front import ChallengeFront
 from actors.transport import unwrap, wrap
 from loadtest.harness import NodeProcess, free_port, options_ping, write_users_csv
 from tests.test_digest import answer
@@ -169,3 +172,26 @@ def test_a_syncing_node_answers_503_through_the_front(tmp_path):
         assert answer is not None and answer.startswith("SIP/2.0 401"), answer
     finally:
         n.stop()
+
+
+def test_the_front_answers_from_no_peer_list_so_pushed_peers_need_not_reach_it():
+    """The front knows the peers of its configuration file only (it starts with the
+    node, and the master's pushes reach the node), and that is right because it never
+    answers from them: it only challenges, and the Contacts (checked against every
+    node's address, which the node follows from the pushes: ``actors.membership``) are
+    the node's to refuse, after the credentials, as the node itself does. So a
+    REGISTER without credentials whose Contact names a node the file lists (since
+    removed, its address perhaps a phone's now) or one added since gets the 401."""
+    peer = Peer("node2", "tcp://192.0.2.2:7001", "tcp://192.0.2.2:7002",
+                generate_keypair()[0], "192.0.2.2:5060")
+    cfg = NodeConfig(id="node1", domain="example.test", address="127.0.0.1", port=5060,
+                     peers=[peer])
+    front = ChallengeFront(cfg, b"s" * 32, os.getpid())
+    front.synced_until = float("inf")
+    sent = []
+    for host in ("192.0.2.2", "192.0.2.3"):
+        data = request("REGISTER", extra=f"\r\nContact: <sip:user0@{host}:5060>")
+        front.handle(data.replace("PORT", "5070").encode(), "127.0.0.1", 5070,
+                     lambda out, dest: sent.append((out.split(b"\r\n")[0], dest)))
+    assert sent == [(b"SIP/2.0 401 Unauthorized", ("127.0.0.1", 5070))] * 2, sent
+    assert front.pending == [] and front.stats["challenged"] == 2

@@ -1,9 +1,8 @@
 """Upgrades across releases: the previous tagged release against this one, real processes.
 
-The previous release is taken from git (the tag :data:`PREVIOUS_RELEASE`, else
-its commit :data:`PREVIOUS_COMMIT`, for a clone without tags), extracted with
-``git archive`` and run with the same interpreter. Without git or that commit
-the tests are skipped, and fail under ``CI``.
+The previous release comes from git (``tests.upgrades.previous_tree``: its tag,
+else its commit), run with the same interpreter; without it the tests are
+skipped, and fail under ``CI``.
 
 - A mixed cluster: a node of the previous release and one of this release
   replicate registrations both ways and route SIPp calls both ways; this
@@ -17,78 +16,34 @@ the tests are skipped, and fail under ``CI``.
 """
 
 import os
-import shutil
-import sqlite3
 import subprocess
 import sys
-import threading
-import time
 
 import pytest
 
 from actors.bus import BusError
-from loadtest.bench_call import Uas, register_contact, write_call_inf
-from loadtest.bench_register import write_register_inf
-from loadtest.harness import ROOT, Cluster, free_port, run_sipp, write_users_csv
+from loadtest.bench_call import Uas, register_contact
+from loadtest.harness import ROOT, Cluster, free_port, write_users_csv
 from sipcore.protocol import FIRST_VERSION, PROTOCOL_VERSION
 from store import master as ms
 from store.files import write_private
 from store.migrations import MASTER_MIGRATIONS, NODE_MIGRATIONS
 from store.schema import current_version, stored_version
-from tests.conftest import _in_ci
+from tests.joined import wait
+from tests.upgrades import (PREVIOUS_RELEASE, Load, Phones, calls, previous_tree,
+                            schema_of)
 from web.push import Pusher
 
-PREVIOUS_RELEASE = "v0.23.0"
-"""The tag of the release before this one (the one a rolling upgrade starts from)."""
-PREVIOUS_COMMIT = "c39eecb04a25d65e30b2fa0aefbe47f0142d4142"
-"""Its commit, for a clone made without tags."""
 SETTINGS = {"heartbeat": 0.2, "suspect_after": 1.0, "dead_after": 5.0, "alone_wait": 1.0,
             "sync_timeout": 3.0}
 FAILED_BOUND = 0
 """Registrations or calls that may fail during the rolling upgrade: none."""
 
 
-def _git(*args: str, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(["git", "-C", ROOT, *args], capture_output=True, timeout=60, **kw)
-
-
-def previous_commit() -> str | None:
-    """The previous release's commit: by its tag if the clone has it, else by its id."""
-    if shutil.which("git") is None:
-        return None
-    for ref in (f"{PREVIOUS_RELEASE}^{{commit}}", f"{PREVIOUS_COMMIT}^{{commit}}"):
-        out = _git("rev-parse", "--verify", "--quiet", ref, text=True)
-        if out.returncode == 0:
-            return out.stdout.strip()
-    return None
-
-
 @pytest.fixture(scope="module")
 def previous(tmp_path_factory) -> str:
-    """A folder holding the previous release's tree, runnable with this interpreter."""
-    commit = previous_commit()
-    if commit is None:
-        why = (f"the previous release ({PREVIOUS_RELEASE}, {PREVIOUS_COMMIT[:12]}) is not in "
-               f"this clone (`git fetch --tags`)")
-        if _in_ci():
-            pytest.fail(why + " and CI is set", pytrace=False)
-        pytest.skip(why)
-    dest = str(tmp_path_factory.mktemp(PREVIOUS_RELEASE))
-    archive = _git("archive", "--format=tar", commit)
-    assert archive.returncode == 0, archive.stderr
-    subprocess.run(["tar", "-x", "-C", dest], input=archive.stdout, check=True, timeout=60)
-    version = subprocess.run([sys.executable, os.path.join(dest, "run.py"), "--version"],
-                             capture_output=True, text=True, timeout=60, cwd=dest)
-    assert version.returncode == 0, version.stderr
-    return dest
-
-
-def wait(cond, timeout: float, step: float = 0.05):
-    """Poll ``cond`` until it is true or ``timeout`` passes; return its last value."""
-    deadline = time.monotonic() + timeout
-    while not (value := cond()) and time.monotonic() < deadline:
-        time.sleep(step)
-    return value
+    """A folder holding the previous release's tree (``tests.upgrades.previous_tree``)."""
+    return previous_tree(tmp_path_factory)
 
 
 def serving(cluster, node) -> bool:
@@ -97,25 +52,6 @@ def serving(cluster, node) -> bool:
         return cluster.control(node, "status", 1.0, brief=True)["state"] == "synced"
     except BusError:
         return False
-
-
-def calls(cluster, node, callers, callee: str, work: str) -> tuple[int, int]:
-    """Authenticated SIPp calls from ``callers`` through ``node`` to ``callee``:
-    ``(attempted, failed)``."""
-    inf = os.path.join(work, f"calls-{time.monotonic_ns()}.csv")
-    write_call_inf(inf, callers, node.domain, callee)
-    res = run_sipp("uac_auth_call.xml", f"{node.address}:{node.port}", work, inf=inf,
-                   calls=len(callers), rate=20, limit=20, timeout=30)
-    return len(callers), len(callers) - res.successful
-
-
-def registrations(cluster, node, rows, port: int, work: str) -> tuple[int, int]:
-    """Register ``rows`` through ``node`` from local ``port``: ``(attempted, failed)``."""
-    inf = os.path.join(work, f"reg-{time.monotonic_ns()}.csv")
-    write_register_inf(inf, rows, node.domain)
-    res = run_sipp("register_auth.xml", f"{node.address}:{node.port}", work, inf=inf,
-                   calls=len(rows), rate=100, local_port=port, timeout=30)
-    return len(rows), len(rows) - res.successful
 
 
 def following(cluster) -> bool:
@@ -127,12 +63,6 @@ def following(cluster) -> bool:
                    for p in cluster.control(n, "status", 1.0, brief=True)["peers"].values())
     except BusError:
         return False
-
-
-def node_schema(node) -> int:
-    """The node schema version its SQLite database records."""
-    with sqlite3.connect(os.path.join(node.dir, "tandem.db")) as db:
-        return db.execute("SELECT version FROM schema_versions WHERE name = 'node'").fetchone()[0]
 
 
 def old_master(previous: str, work: str) -> tuple[str, str, str]:
@@ -191,8 +121,8 @@ def test_a_previous_release_node_and_a_current_one_work_together(previous, tmp_p
         uas = [Uas("uas_answer.xml", port, work) for port in ports.values()]
 
         # Calls both ways: through the new node to the old node's phone, and back.
-        assert calls(cluster, new, rows[2:5], "user0", work) == (3, 0), new.log_tail()
-        assert calls(cluster, old, rows[5:8], "user1", work) == (3, 0), old.log_tail()
+        assert calls(new, rows[2:5], "user0", work, Phones()) == (3, 0), new.log_tail()
+        assert calls(old, rows[5:8], "user1", work, Phones()) == (3, 0), old.log_tail()
 
         old_status, new_status = (cluster.control(n, "status") for n in cluster.nodes)
         assert old_status["bad_messages"] == 0 and "pv" not in old_status
@@ -221,57 +151,6 @@ def test_a_previous_release_node_and_a_current_one_work_together(previous, tmp_p
         cluster.stop()
 
 
-class Load:
-    """Registrations and calls, round after round, through the nodes in service.
-
-    Each round registers every load user again (from one local port) and
-    places a few calls to each callee, through one node of ``self.targets``
-    (turn by turn), until ``stop()``; it counts what was attempted and failed.
-    """
-
-    def __init__(self, cluster, users, callees: list[str], work: str):
-        self.cluster, self.users, self.callees, self.work = cluster, users, callees, work
-        self.targets = list(cluster.nodes)
-        self.port = free_port()
-        self.rounds = 0
-        self.counts = {"registrations": [0, 0], "calls": [0, 0]}
-        self.failures: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def start(self) -> "Load":
-        self._thread.start()
-        return self
-
-    def _count(self, what: str, node, result: tuple[int, int]) -> None:
-        self.counts[what][0] += result[0]
-        self.counts[what][1] += result[1]
-        if result[1]:
-            self.failures.append(f"round {self.rounds}: {result[1]} {what} failed through "
-                                 f"{node.id}")
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            targets = list(self.targets)
-            node = targets[self.rounds % len(targets)]
-            self._count("registrations", node, registrations(self.cluster, node, self.users,
-                                                             self.port, self.work))
-            for k, callee in enumerate(self.callees):
-                callers = self.users[k * 3:k * 3 + 3]
-                self._count("calls", node, calls(self.cluster, node, callers, callee,
-                                                 self.work))
-            self.rounds += 1
-
-    def wait_rounds(self, n: int, timeout: float = 60) -> bool:
-        """Until ``n`` more rounds are done (bounded)."""
-        target = self.rounds + n
-        return bool(wait(lambda: self.rounds >= target, timeout, 0.1))
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=120)
-
-
 def test_rolling_upgrade_from_the_previous_release_keeps_registrations_and_calls(
         previous, tmp_path):
     work = str(tmp_path)
@@ -291,22 +170,19 @@ def test_rolling_upgrade_from_the_previous_release_keeps_registrations_and_calls
         for node, user, port in zip(cluster.nodes, callees, ports, strict=True):
             assert register_contact(node, user, f"pw{user[4:]}", port, work), node.log_tail()
         uas = [Uas("uas_answer.xml", port, work) for port in ports]
-        load = Load(cluster, rows[3:], callees, work).start()
+        load = Load(cluster.nodes, rows[3:], callees, work).start()
         assert load.wait_rounds(1), load.counts
         migrated = current_version(NODE_MIGRATIONS)
         for node in cluster.nodes:
-            load.targets = [n for n in cluster.nodes if n is not node]
-            assert load.wait_rounds(1), load.counts
-            cluster.control(node, "drain", on=True)
-            assert wait(lambda n=node: cluster.control(n, "status")["drained"], 10)
-            assert node.stop() == 0, node.log_tail()
-            node.root = ROOT
-            node.start(30)
-            assert wait(lambda n=node: serving(cluster, n), 30), node.log_tail()
-            assert node_schema(node) == migrated
-            assert cluster.control(node, "status")["pv"] == PROTOCOL_VERSION
-            load.targets = list(cluster.nodes)
-            assert load.wait_rounds(len(cluster.nodes)), load.counts
+            with load.sparing(node, cluster.nodes, len(cluster.nodes)):
+                cluster.control(node, "drain", on=True)
+                assert wait(lambda n=node: cluster.control(n, "status")["drained"], 10)
+                assert node.stop() == 0, node.log_tail()
+                node.root = ROOT
+                node.start(30)
+                assert wait(lambda n=node: serving(cluster, n), 30), node.log_tail()
+                assert schema_of(os.path.join(node.dir, "tandem.db")) == migrated
+                assert cluster.control(node, "status")["pv"] == PROTOCOL_VERSION
         load.stop()
         ok, got = cluster.wait_converged(10)
         live = 3 + len(rows[3:])
