@@ -95,6 +95,9 @@ class NodeConfig:
     UDP port."""
     emergency_numbers: list[str] = field(default_factory=lambda: ["911", "112"])
     """Numbers whose calls no defence may challenge or refuse."""
+    outside_line_prefix: str = ""
+    """Digits phones dial for an outside line (``9``): before an emergency number (9911)
+    it still makes an emergency call (``sipcore.emergency``)."""
     tls_port: int = 0
     """Port of the SIP over TLS listener on ``address`` (0: no TLS, 5061 is usual)."""
     tls_cert: str = ""
@@ -143,7 +146,8 @@ _SECTIONS = {
              "log_file": "log_file"},
     "sip": {"address": "address", "port": "port", "domain": "domain", "aliases": "aliases",
             "t1": "t1", "t2": "t2", "t4": "t4", "challenge_front": "challenge_front",
-            "emergency_numbers": "emergency_numbers", "nat_handling": "nat_handling",
+            "emergency_numbers": "emergency_numbers",
+            "outside_line_prefix": "outside_line_prefix", "nat_handling": "nat_handling",
             "tls_port": "tls_port", "tls_cert": "tls_cert", "tls_key": "tls_key",
             "tls_ca": "tls_ca"},
     "registrar": {"min_expires": "min_expires", "max_expires": "max_expires",
@@ -228,6 +232,9 @@ def parse_config(data: dict, base_dir: str = ".") -> NodeConfig:
     if not isinstance(cfg.emergency_numbers, list) or not all(
             isinstance(n, str) and n for n in cfg.emergency_numbers):
         raise ConfigError("sip.emergency_numbers must be a list of numbers as strings")
+    prefix = cfg.outside_line_prefix
+    if not isinstance(prefix, str) or len(prefix) > 4 or not (prefix == "" or prefix.isdigit()):
+        raise ConfigError("sip.outside_line_prefix must be up to 4 digits as a string (\"9\")")
     for p in peers:
         if p.sip:
             _sip_address(p.sip, f"peer {p.id}")

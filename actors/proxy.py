@@ -37,6 +37,7 @@ from sipcore.proxy import ProxySettings
 from .call_log import CallLog
 from .config import cluster_addresses
 from .dns import Resolver
+from .limits import emergency_numbers
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ class ProxyActor:
         secret keys the Record-Route tokens too."""
         settings = ProxySettings(cfg.domain, cfg.address, transport.port, tuple(cfg.aliases),
                                  secret=secret, cluster=cluster_addresses(cfg, transport.port),
-                                 emergency=frozenset(cfg.emergency_numbers),
+                                 emergency=emergency_numbers(cfg),
                                  max_branches=cfg.max_branches, nat_handling=cfg.nat_handling,
                                  tls_port=transport.tls_port if transport.tls else 0,
                                  node_id=cfg.id,

@@ -42,7 +42,7 @@ from gevent.server import StreamServer
 from sipcore.errors import SipError
 from sipcore.message import Request, StreamFramer, error_response, parse_message
 from sipcore.overload import ABSORB, ADMIT, Admission, quick_shed, shed_response
-from sipcore.ratelimit import LogLimiter, emergency_invite
+from sipcore.ratelimit import LogLimiter
 from sipcore.via import stamp_via
 
 from .limits import NO_LIMITS, Limits
@@ -285,7 +285,7 @@ class Transport:
         handled; never raises."""
         limiter = self.limiter
         if limiter is not None and not limiter.allow(ip, time.monotonic()) \
-                and not emergency_invite(data, self.limits.emergency_numbers):
+                and not self.limits.emergency_numbers.invite(data):
             self.stats["rate_limited"] += 1
             self._log("rate_limited", "rate limit: dropping datagrams from %s", ip)
             return

@@ -42,7 +42,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from .message import Request, make_response
-from .ratelimit import emergency_invite
+from .emergency import EmergencyNumbers
 
 #: how far the shed share moves per ``interval`` for a standing queue one ``delay`` over
 #: the bound (down as far for an empty queue)
@@ -94,10 +94,11 @@ class Admission:
     ``trusted(ip)`` (optional) says whether a source authenticated recently.
     """
 
-    def __init__(self, settings: OverloadSettings, emergency_numbers: Collection[str] = (),
+    def __init__(self, settings: OverloadSettings,
+                 emergency_numbers: EmergencyNumbers | Collection[str] = (),
                  trusted: Callable[[str], bool] | None = None):
         self.settings = settings
-        self.emergency = frozenset(emergency_numbers)
+        self.emergency = EmergencyNumbers.of(emergency_numbers)
         self.trusted = trusted
         self._admitted: dict[bytes, None] = {}
         self._admitted_old: dict[bytes, None] = {}
@@ -176,7 +177,7 @@ class Admission:
             if branch in self._shed or branch in self._shed_old:
                 self.stats["shed"] += 1
                 return SHED
-        if method == b"INVITE" and emergency_invite(data, self.emergency):
+        if method == b"INVITE" and self.emergency.invite(data):
             self.stats["emergency"] += 1
             self._remember(data, self._admitted, branch)
             return ADMIT

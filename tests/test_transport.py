@@ -5,6 +5,7 @@ import os
 import socket
 
 from actors.transport import Limits, Transport
+from sipcore.emergency import EmergencyNumbers
 
 
 def invite(user: str) -> bytes:
@@ -23,7 +24,8 @@ def transport(**limits) -> tuple[Transport, list]:
 
 
 def test_a_flooding_source_is_cut_to_its_burst_but_emergency_invites_pass():
-    t, got = transport(udp_rate=1.0, udp_burst=5, emergency_numbers=frozenset({"911"}))
+    t, got = transport(udp_rate=1.0, udp_burst=5,
+                       emergency_numbers=EmergencyNumbers(frozenset({"911"})))
     for _ in range(50):
         t.receive(invite("bob"), "192.0.2.9", 5060)
     for _ in range(20):
