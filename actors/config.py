@@ -5,7 +5,7 @@ The schema is documented in ``conf/node.example.toml`` and the README.
 
 import os
 import ssl
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from sipcore.authguard import GuardSettings
 from sipcore.cluster_addresses import ClusterAddresses
@@ -16,6 +16,7 @@ from store.files import InsecureFileError, check_private, read_toml
 
 from .limits import SETTINGS as LIMIT_SETTINGS
 from .limits import Limits
+from .notify import Channels
 
 
 class ConfigError(Exception):
@@ -139,6 +140,8 @@ class NodeConfig:
     """Seconds a snapshot may go silent before it counts as failed and is retried."""
     dialplan: dict = field(default_factory=dict)
     """The ``[dialplan]`` document (gateways, rules, users; ``sipcore.dialplan``), checked."""
+    emergency_notify: Channels = field(default_factory=Channels)
+    """``[emergency]``: where each emergency call is notified (``actors.emergency_notify``)."""
 
 
 _SECTIONS = {
@@ -179,6 +182,9 @@ def parse_config(data: dict, base_dir: str = ".") -> NodeConfig:
             continue
         if section == "dialplan":
             values["dialplan"] = _dialplan(body)
+            continue
+        if section == "emergency":
+            values["emergency_notify"] = _channels(body)
             continue
         names = _SECTIONS.get(section)
         if names is None or not isinstance(body, dict):
@@ -255,6 +261,30 @@ def parse_config(data: dict, base_dir: str = ".") -> NodeConfig:
         path = os.path.normpath(os.path.join(base_dir, rel))
         cfg.database = f"sqlite:///{path}" + (f"?{query}" if query else "")
     return cfg
+
+
+def _channels(body) -> Channels:
+    """The ``[emergency]`` section: webhook and e-mail settings, checked; the SMTP password
+    from ``TANDEM_SMTP_PASSWORD`` (never in the file)."""
+    if not isinstance(body, dict):
+        raise ConfigError("[emergency] must be a table")
+    known = {f.name: f for f in fields(Channels) if f.name != "smtp_password"}
+    defaults = Channels()
+    for k, v in body.items():
+        if k not in known:
+            raise ConfigError(f"unknown setting emergency.{k}")
+        default = getattr(defaults, k)
+        ok = (isinstance(v, list) and all(isinstance(a, str) and a for a in v)
+              if isinstance(default, list) else
+              isinstance(v, int) and not isinstance(v, bool) and 0 < v < 65536
+              if k == "smtp_port" else isinstance(v, type(default)))
+        if not ok:
+            raise ConfigError(f"emergency.{k} must be like {default!r}")
+    channels = Channels(**body, smtp_password=os.environ.get("TANDEM_SMTP_PASSWORD", ""))
+    problem = channels.problem()
+    if problem:
+        raise ConfigError(f"emergency.{problem}")
+    return channels
 
 
 def _dialplan(body) -> dict:

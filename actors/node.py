@@ -31,6 +31,7 @@ from . import logs
 from .ban_keeper import attach_ban_keeper
 from .bus import BusError
 from .call_outbox import attach_call_outbox
+from .emergency_notify import attach_emergency_notify
 from .config import (ConfigError, NodeConfig, guard_settings, load_config, registrar_rules,
                      server_uris, sqlite_dir)
 from .config_sync import attach_config_sync
@@ -179,6 +180,7 @@ class Node:
                                             self.transport, auth)
         attach_call_outbox(self)
         attach_dialing(self)
+        attach_emergency_notify(self)
         self.proxy.greenlet = self.group.spawn(self.proxy.run)
         self.proxy.greenlet.link_exception(self.actor_died)
         attach_drain(self)

@@ -74,6 +74,8 @@ class ProxyActor:
         self.call_log = CallLog()
         self.outbox = None
         """A ``CallOutbox`` that keeps call events for the master, if the node gave one."""
+        self.notifier = None
+        """An ``EmergencyNotifier`` that tells of emergency calls, if the node gave one."""
 
     @classmethod
     def from_config(cls, cfg, secret: bytes, user_lookup, location, transport,
@@ -194,6 +196,8 @@ class ProxyActor:
                 self.call_log.record(events, wall)
                 if self.outbox is not None:
                     self.outbox.add(events, wall)
+                if self.notifier is not None:
+                    self.notifier.add(events, wall)
             if not self._failed:
                 return
             failed, self._failed = self._failed, []
