@@ -60,6 +60,8 @@ bp = Blueprint("alarms", __name__)
 
 EVENT_KINDS = ("emergency call",)
 """Kinds that are events: nothing clears them, they close after a quiet while."""
+BANNER_MAX = 5
+"""Open emergency call alarms shown in the banner on top of every page, at most."""
 NODE_KINDS = ("node down", "node degraded", "configuration behind", "replication lag",
               "clock skew", "ban storm", "gateway down")
 """Kinds observed by asking the nodes (left as they are when the master has no bus)."""
@@ -279,7 +281,9 @@ class AlarmChecker:
         self.greenlet: gevent.Greenlet | None = None
 
     def start(self) -> None:
-        """Start checking."""
+        """Start checking: calls from now on are looked at (an emergency call collected
+        before the first periodic check included)."""
+        store.last_call_seen()
         self.greenlet = gevent.spawn(self._run)
 
     def stop(self) -> None:
@@ -295,6 +299,20 @@ class AlarmChecker:
                 self.check(time.time())
             except Exception:
                 log.exception("alarm check failed")
+
+    def emergency_now(self) -> None:
+        """Raise the alarm of the emergency calls just collected and send its notices now,
+        in a greenlet of its own (the collector's round does not wait on the webhook)."""
+        gevent.spawn(self._emergency_now)
+
+    def _emergency_now(self) -> None:
+        now = time.time()
+        try:
+            for t in call_troubles(self.settings):
+                store.seen(t.kind, t.subject, t.text, t.link, now, self.settings.repeat_every)
+            self.deliver(now)
+        except Exception:
+            log.exception("emergency call alarm failed")
 
     def check(self, now: float) -> list[Trouble]:
         """One round: observe, raise and clear, deliver the notices; the troubles seen."""
@@ -331,13 +349,15 @@ class AlarmChecker:
 
 
 def init_app(app: Flask) -> None:
-    """Show the number of open alarms in every page's menu."""
+    """Show the number of open alarms in every page's menu, and the open emergency call
+    alarms in a banner on top of every page."""
     @app.context_processor
     def open_alarms() -> dict:
         try:
-            return {"open_alarms": store.count_open()}
+            return {"open_alarms": store.count_open(),
+                    "emergency_alarms": store.open_of_kind(EVENT_KINDS[0], BANNER_MAX)}
         except Exception:  # a page must render even when the count cannot be read
-            return {"open_alarms": 0}
+            return {"open_alarms": 0, "emergency_alarms": []}
 
 
 @bp.get("/alarms")
