@@ -261,7 +261,13 @@ class Node:
     def on_request(self, req, dest) -> None:
         """Route a parsed request to the actor that owns it."""
         method = req.method
-        if not self.replicator.synced:
+        # Syncing, the node's bindings are incomplete, but an emergency call needs none
+        # (it goes to the emergency gateways): it passes, with its ACK and CANCEL, and so
+        # does what a Route takes within a dialog (the BYE of that call, as when draining).
+        if not self.replicator.synced and not (
+                (method in ("INVITE", "ACK", "CANCEL")
+                 and self.proxy.core.settings.is_emergency(req.ruri))
+                or (req.to.tag is not None and req.get("route") is not None)):
             if method != "ACK":
                 retry = str(self.replicator.retry_after())
                 self._answer(req, dest, 503, [("Retry-After", retry)], "Syncing")
