@@ -263,11 +263,13 @@ class Node:
         method = req.method
         # Syncing, the node's bindings are incomplete, but an emergency call needs none
         # (it goes to the emergency gateways): it passes, with its ACK and CANCEL, and so
-        # does what a Route takes within a dialog (the BYE of that call, as when draining).
+        # does what our own Record-Route takes within a dialog (that call's BYE, as when
+        # draining; a Route without the dialog's token proves nothing).
+        settings = self.proxy.core.settings
         if not self.replicator.synced and not (
-                (method in ("INVITE", "ACK", "CANCEL")
-                 and self.proxy.core.settings.is_emergency(req.ruri))
-                or (req.to.tag is not None and req.get("route") is not None)):
+                (method in ("INVITE", "ACK", "CANCEL") and settings.is_emergency(req.ruri))
+                or (req.to.tag is not None and (route := req.get("route")) is not None
+                    and settings.is_record_route(route, req))):
             if method != "ACK":
                 retry = str(self.replicator.retry_after())
                 self._answer(req, dest, 503, [("Retry-After", retry)], "Syncing")

@@ -191,6 +191,15 @@ def test_cell_node_syncing(tmp_path, psap):
         assert c.control(n1, "status", brief=True)["state"] == "syncing"
         assert register(n1) == 503
         assert dial(n1, "user2") == 503
+        # A request dressed up as within a dialog, its Route without the dialog's token.
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("127.0.0.1", 0))
+            s.settimeout(5)
+            forged = raw_invite(s.getsockname(), "user2", "UDP").replace(
+                b"To: <sip:user2@example.test>", b"To: <sip:user2@example.test>;tag=t1\r\n"
+                b"Route: <sip:%s:%d;lr>" % (n1.address.encode(), n1.port))
+            s.sendto(forged, (n1.address, n1.port))
+            assert s.recv(65535).startswith(b"SIP/2.0 503 Syncing")
         invite = reaches_psap(psap, n1, "911")
         assert "INVITE sip:911@" in invite
         assert c.control(n1, "status", brief=True)["state"] == "syncing"
