@@ -2,7 +2,8 @@
 emergency calls for every defence and for dialing, the same from the raw request line and
 from the parsed Request-URI; a number dressed up as one (suffixes, separators, other user
 parameters, percent-encoding, ``+``) is not. Dialing sends 9911 to the emergency gateway as
-911 with the callback number of the location the phone is in."""
+911 with the callback number of the location the phone is in. Locations with their civic
+address go through the dial plan's API and page, checked and escaped."""
 
 import pytest
 
@@ -15,10 +16,14 @@ from sipcore.location import Location
 from sipcore.overload import ADMIT, SHED, Admission
 from sipcore.proxy import ProxySettings
 from sipcore.uri import parse_uri
+from store import master as ms
 from tests.test_dialing import PLAN, PSAP, forwarded
 from tests.test_overload import SETTINGS, overloaded
 from tests.test_overload import request as raw_request
 from tests.test_proxy_core import ALICE, DOMAIN, PROXY, WALL, lookup, out, request
+from tests.test_web import PASSWORD, Poked, login
+from tests.test_web_dialplan import api as dialplan_api
+from web import create_app
 
 NUMBERS = EmergencyNumbers(frozenset({"911", "112"}), "9")
 
@@ -112,3 +117,30 @@ def test_a_bad_location_is_refused(place, error):
     with pytest.raises(DialPlanError, match=error):
         parse_dialplan({"locations": [{"network": "10.0.0.0/24", "callback": "+1555",
                                        **place}]})
+
+
+@pytest.fixture
+def dashboard(tmp_path):
+    """The dashboard on a fresh master store with an admin."""
+    ms.init_master_store(f"sqlite:///{tmp_path}/master.db")
+    ms.setup("example.test")
+    ms.add_admin("admin", PASSWORD)
+    yield create_app({"SECRET_KEY": "test-key"}, Poked())
+    ms.close_master_store()
+
+
+def test_locations_with_their_civic_address_through_the_api_and_the_page(dashboard):
+    c = dashboard.test_client()
+    place = {"network": "10.1.0.0/16", "callback": "+15551000", "name": "HQ <b>2</b>",
+             "address": "1 Main St, Springfield"}
+    r = dialplan_api(c, "PUT", "/settings", {"locations": [place]})
+    assert r.status_code == 200
+    assert ms.config_for(r.get_json()["version"])["dialplan"]["locations"] == [place]
+    for bad in ({**place, "address": "1 Main St\r\nX-Injected: 1"}, {**place, "floor": 2},
+                {**place, "name": "n" * 201}):
+        assert dialplan_api(c, "PUT", "/settings", {"locations": [bad]}).status_code == 400
+    assert dialplan_api(c, "PUT", "/settings", {"locations": [place]},
+                        headers={}).status_code == 401
+    login(c)
+    page = c.get("/dialplan").get_data(as_text=True)
+    assert "HQ &lt;b&gt;2&lt;/b&gt;" in page and "1 Main St, Springfield" in page

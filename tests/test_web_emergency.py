@@ -117,3 +117,4 @@ def test_an_ordinary_call_raises_nothing_and_the_banner_is_escaped(site):
     login(c)
     page = c.get("/calls").get_data(as_text=True)
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "<script>alert" not in page
+
