@@ -2,7 +2,8 @@
 an emergency call that must reach the emergency gateway (a SIPp UAS) and, where the defence
 refuses, an ordinary request that it does refuse:
 
-- master down: the nodes' master (its key configured) never answers;
+- master down: the nodes' master (its key configured) never answers; the node notifies
+  the webhook itself;
 - the caller's source banned (shared by every node): an authenticated call gets 403;
 - node drained: a REGISTER gets 503 Draining;
 - overload: a flood into a SIGSTOPped node makes it shed (503) new work;
@@ -26,6 +27,7 @@ from actors.bus import generate_keypair
 from loadtest.harness import Cluster, NodeProcess, free_port, write_users_csv
 from loadtest.sipclient import SipClient, SipClientError
 from tests.netns import Network, NamespacesUnavailable, ip
+from tests.test_alarms import Webhook
 from tests.test_gateways import Gateway, wait_for
 from tests.test_master_push import SETTINGS, wait_serving
 from tests.test_overload import flood
@@ -56,9 +58,10 @@ def psap(tmp_path_factory):
 
 def start_cluster(work: str, psap: Gateway, n: int = 2, start: int | None = None,
                   settings: dict | None = None, address: str = "127.0.0.1",
-                  locations: str = "", limits: str = "") -> tuple[Cluster, dict]:
+                  locations: str = "", limits: str = "", more: str = ""
+                  ) -> tuple[Cluster, dict]:
     cluster = Cluster(work, n, settings={**SETTINGS, **(settings or {})}, address=address,
-                      extra=plan(psap.uas.port, locations))
+                      extra=plan(psap.uas.port, locations) + more)
     users = os.path.join(work, "users.csv")
     rows = dict(write_users_csv(users, 5))
     if "master_key" not in (settings or {}):    # else the (absent) master holds the users
@@ -114,11 +117,19 @@ def reaches_psap(psap: Gateway, node: NodeProcess, number: str = "911") -> str:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory, psap):
+def hook():
+    h = Webhook()
+    yield h
+    h.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, psap, hook):
     work = str(tmp_path_factory.mktemp("matrix"))
     master_public, _ = generate_keypair()   # a master whose key the nodes know, never running
     c, _rows = start_cluster(work, psap, settings={"master_key": master_public},
-                             limits="overload_delay = 0.2")
+                             limits="overload_delay = 0.2",
+                             more=f'\n[emergency]\nwebhook = "{hook.url}"\n')
     try:
         for node in c.nodes:
             assert wait_serving(c, node, 30.0), node.log_tail()
@@ -127,9 +138,11 @@ def cluster(tmp_path_factory, psap):
         c.stop()
 
 
-def test_cell_master_down(cluster, psap):
+def test_cell_master_down(cluster, psap, hook):
     n1 = cluster.nodes[0]
     assert "INVITE sip:911@" in reaches_psap(psap, n1)
+    # The node itself tells the designated people: no master is needed.
+    assert wait_for(lambda: [b for b in hook.bodies if b.get("node") == "node1"], 10)
     assert dial(n1, "95551234", password="wrong") == 407
 
 
