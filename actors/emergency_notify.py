@@ -108,7 +108,12 @@ class EmergencyNotifier:
             self.wake.wait()
             self.wake.clear()
             while self.queued:
-                self.deliver(self.queued.popleft())
+                body = self.queued.popleft()
+                try:
+                    self.deliver(body)
+                except Exception:   # a notice must never stop the node that routes calls
+                    self.stats["failed"] += 1
+                    log.exception("emergency notice of call %s failed", body["call_id"])
 
     def deliver(self, body: dict) -> bool:
         """Send ``body`` on every channel, tried up to ``ATTEMPTS`` times; whether it went."""

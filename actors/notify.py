@@ -6,6 +6,7 @@ Each send is bounded by ``SEND_TIMEOUT`` and never raises: a channel that
 fails is logged (without its secrets) and reported as False.
 """
 
+import http.client
 import json
 import logging
 import smtplib
@@ -54,7 +55,7 @@ def post_json(url: str, body: dict, agent: str, timeout: float = SEND_TIMEOUT) -
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return 200 <= r.status < 300
-    except (OSError, urllib.error.URLError, ValueError) as e:
+    except (OSError, urllib.error.URLError, http.client.HTTPException, ValueError) as e:
         log.warning("webhook %s failed: %s", agent, e)
         return False
 

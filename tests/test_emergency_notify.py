@@ -12,10 +12,11 @@ import email.policy
 
 import gevent
 import pytest
+from gevent.server import StreamServer
 
 from actors.config import ConfigError, parse_config
 from actors.emergency_notify import EmergencyNotifier, source_host
-from actors.notify import Channels
+from actors.notify import Channels, post_json
 from loadtest.harness import free_port
 from loadtest.sipclient import SipClient, SipClientError
 from sipcore.call_events import CallEvent
@@ -173,3 +174,19 @@ def test_the_emergency_section_is_checked(body, error):
     with pytest.raises(ConfigError, match=error):
         parse_config({"node": {"id": "n1"}, "sip": {"domain": "example.test"},
                       "emergency": body})
+
+
+def test_a_webhook_answering_garbage_or_nothing_fails_cleanly():
+    def garbage(sock, _address):
+        sock.recv(65535)
+        sock.sendall(b"\x00\xffnot http at all\r\n\r\n")
+        sock.close()
+    server = StreamServer(("127.0.0.1", 0), garbage)
+    server.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/hook"
+        assert post_json(url, {"x": 1}, "test", timeout=2.0) is False
+        assert post_json(f"http://127.0.0.1:{free_port()}/", {"x": 1}, "test",
+                         timeout=2.0) is False
+    finally:
+        server.stop()
