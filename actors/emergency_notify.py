@@ -76,7 +76,12 @@ class EmergencyNotifier:
                 log.error("emergency notice of call %s dropped: %d waiting", ev.call_id,
                           len(self.queued))
                 continue
-            self.queued.append(self.notice(ev, wall))
+            try:
+                self.queued.append(self.notice(ev, wall))
+            except Exception:   # the proxy's loop calls this: a notice must never stop it
+                self.stats["failed"] += 1
+                log.exception("emergency notice of call %s not made", ev.call_id)
+                continue
             self.stats["queued"] += 1
             self.wake.set()
 

@@ -190,3 +190,14 @@ def test_a_webhook_answering_garbage_or_nothing_fails_cleanly():
                          timeout=2.0) is False
     finally:
         server.stop()
+
+
+def test_a_notice_that_cannot_be_made_never_stops_the_proxy(caplog):
+    def broken_plan():
+        raise RuntimeError("no plan")
+    notifier = EmergencyNotifier(Channels(webhook="http://127.0.0.1:1/"), broken_plan,
+                                 "node1", "example.test")
+    notifier.add([CallEvent("emergency", "c2", "sip:amy@example.test",
+                            "sip:911@example.test", "udp:10.0.0.1:5060")], 1000.0)
+    assert not notifier.queued and notifier.stats["failed"] == 1
+    assert "not made" in caplog.text
