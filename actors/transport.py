@@ -419,6 +419,8 @@ class Transport:
         if over:
             self.extra += 1
             self.stats["tcp_emergency_only"] += 1
+            self._log("tcp_emergency_only", "tcp connection from %s over its cap (%d from it): "
+                      "for emergency calls only", ip, held)
         try:
             self._read_connection(conn, handshake=transport == "tls")
         finally:
