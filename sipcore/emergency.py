@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from .uri import SipUri
 
 #: the scheme and user part of an INVITE's Request-URI, from the datagram's first line
-_INVITE_USER = re.compile(rb"INVITE (?:sips?:([^@>\s]+)@|tel:([^;>\s]+))")
+_INVITE_USER = re.compile(rb"INVITE (?:(?i:sips?):([^@>\s]+)@|(?i:tel):([^;>\s]+))")
 
 
 @dataclass(frozen=True)

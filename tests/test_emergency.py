@@ -30,7 +30,7 @@ NUMBERS = EmergencyNumbers(frozenset({"911", "112"}), "9")
 EMERGENCY = ["sip:911@example.test", "sip:9911@example.test", "sips:911@example.test",
              "tel:112", "tel:9112", "sip:911@example.test;user=phone",
              "sip:911;phone-context=example.test@example.test;user=phone",
-             "sip:9911@evil.example"]
+             "sip:9911@evil.example", "SIP:911@example.test", "TEL:112"]
 DRESSED_UP = ["sip:9110@example.test", "sip:911555@example.test", "sip:99911@example.test",
               "sip:9-911@example.test", "sip:911%23@example.test", "sip:%39%31%31@example.test",
               "sip:+911@example.test", "sip:911;isub=1@example.test;user=phone",
