@@ -15,7 +15,8 @@ connections capped per source address and in total (a new one evicts the
 connection silent the longest); a connection over a source's cap (many
 phones behind one NAT) carries emergency calls only: it must bring an
 INVITE to an emergency number within the header timeout, and then only
-what belongs to calls (ACK, CANCEL, BYE, responses); anything else closes
+what belongs to calls (ACK, CANCEL, BYE, responses, requests within a
+dialog); anything else closes
 it (at most ``EMERGENCY_EXTRA`` such connections at once, node-wide);
 connections are closed after an idle time and when a message takes too
 long to arrive; a message over the maximum size over TCP gets
@@ -45,7 +46,7 @@ from gevent.server import StreamServer
 
 from sipcore.errors import SipError
 from sipcore.message import Request, StreamFramer, error_response, parse_message
-from sipcore.overload import ABSORB, ADMIT, Admission, quick_shed, shed_response
+from sipcore.overload import ABSORB, ADMIT, Admission, in_dialog, quick_shed, shed_response
 from sipcore.ratelimit import LogLimiter
 from sipcore.via import stamp_via
 
@@ -106,7 +107,8 @@ class TlsContexts:
 EMERGENCY_EXTRA = 64
 """Connections over their source's cap, kept for emergency calls, at most (node-wide)."""
 _CALL_TRAFFIC = (b"ACK ", b"CANCEL ", b"BYE ", b"SIP/2.0 ")
-"""What an over-cap connection may carry besides INVITEs to an emergency number."""
+"""What an over-cap connection may carry besides INVITEs to an emergency number (and
+requests within a dialog, such as a re-INVITE)."""
 
 
 class Connection:
@@ -493,7 +495,7 @@ class Transport:
         if self.limits.emergency_numbers.invite(raw):
             conn.proven = True
             return True
-        return conn.proven and raw.startswith(_CALL_TRAFFIC)
+        return conn.proven and (raw.startswith(_CALL_TRAFFIC) or in_dialog(raw))
 
     def _accept_tls(self, conn: Connection) -> bool:
         """The server side of a TLS handshake on an accepted connection, ended

@@ -88,6 +88,11 @@ class OverloadSettings:
     """Branches remembered at most, per generation."""
 
 
+def in_dialog(data: bytes) -> bool:
+    """Whether the raw request ``data`` has a To tag (claims to be within a dialog)."""
+    return _TO_TAG.search(data) is not None
+
+
 class Admission:
     """Decides, from its bytes and the delay it waited, whether a request is taken.
 
@@ -168,7 +173,7 @@ class Admission:
         if share <= 0.0:
             self._remember(data, self._admitted)
             return ADMIT
-        if _TO_TAG.search(data):
+        if in_dialog(data):
             return ADMIT
         branch = self._branch(data)
         if branch is not None:

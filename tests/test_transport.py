@@ -79,7 +79,8 @@ def tcp_invite(user: str) -> bytes:
 
 def test_an_over_cap_tcp_connection_carries_emergency_calls_only(monkeypatch):
     """Over its source's cap, a connection that brings an INVITE to an emergency number
-    is served, and then only what belongs to calls: a REGISTER after it closes it; one
+    is served, and then only what belongs to calls (a re-INVITE passes, a REGISTER
+    after it closes it); one
     that brings anything else is closed; at most EMERGENCY_EXTRA such at once."""
     monkeypatch.setattr("actors.transport.EMERGENCY_EXTRA", 2)
     t, got = transport(tcp_max_per_source=1, tcp_header_timeout=1.0,
@@ -110,9 +111,13 @@ def test_an_over_cap_tcp_connection_carries_emergency_calls_only(monkeypatch):
         sos.sendall(tcp_invite("9911"))
         gevent.sleep(0.1)
         assert got == ["user1", "9911"]
+        sos.sendall(tcp_invite("user3").replace(b"To: <sip:user3@example.test>",
+                                                b"To: <sip:user3@example.test>;tag=t1"))
+        gevent.sleep(0.1)                               # a re-INVITE within the call
+        assert got == ["user1", "9911", "user3"]
         sos.sendall(b"REGISTER sip:example.test SIP/2.0\r\n" + tcp_invite("x").split(
             b"\r\n", 1)[1].replace(b"INVITE", b"REGISTER"))
-        assert closed(sos) and got == ["user1", "9911"]
+        assert closed(sos) and got == ["user1", "9911", "user3"]
         held = [connect(), connect()]                   # the extra ones, silent
         refused = connect()
         assert closed(refused) and t.stats["tcp_refused"] >= 1
