@@ -5,7 +5,7 @@ The schema is documented in ``conf/node.example.toml`` and the README.
 
 import os
 import ssl
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from sipcore.authguard import GuardSettings
 from sipcore.cluster_addresses import ClusterAddresses
@@ -16,6 +16,7 @@ from store.files import InsecureFileError, check_private, read_toml
 
 from .limits import SETTINGS as LIMIT_SETTINGS
 from .limits import Limits
+from .notify import Channels
 
 
 class ConfigError(Exception):
@@ -95,6 +96,9 @@ class NodeConfig:
     UDP port."""
     emergency_numbers: list[str] = field(default_factory=lambda: ["911", "112"])
     """Numbers whose calls no defence may challenge or refuse."""
+    outside_line_prefix: str = ""
+    """Digits phones dial for an outside line (``9``): before an emergency number (9911)
+    it still makes an emergency call (``sipcore.emergency``)."""
     tls_port: int = 0
     """Port of the SIP over TLS listener on ``address`` (0: no TLS, 5061 is usual)."""
     tls_cert: str = ""
@@ -136,6 +140,8 @@ class NodeConfig:
     """Seconds a snapshot may go silent before it counts as failed and is retried."""
     dialplan: dict = field(default_factory=dict)
     """The ``[dialplan]`` document (gateways, rules, users; ``sipcore.dialplan``), checked."""
+    emergency_notify: Channels = field(default_factory=Channels)
+    """``[emergency]``: where each emergency call is notified (``actors.emergency_notify``)."""
 
 
 _SECTIONS = {
@@ -143,7 +149,8 @@ _SECTIONS = {
              "log_file": "log_file"},
     "sip": {"address": "address", "port": "port", "domain": "domain", "aliases": "aliases",
             "t1": "t1", "t2": "t2", "t4": "t4", "challenge_front": "challenge_front",
-            "emergency_numbers": "emergency_numbers", "nat_handling": "nat_handling",
+            "emergency_numbers": "emergency_numbers",
+            "outside_line_prefix": "outside_line_prefix", "nat_handling": "nat_handling",
             "tls_port": "tls_port", "tls_cert": "tls_cert", "tls_key": "tls_key",
             "tls_ca": "tls_ca"},
     "registrar": {"min_expires": "min_expires", "max_expires": "max_expires",
@@ -175,6 +182,9 @@ def parse_config(data: dict, base_dir: str = ".") -> NodeConfig:
             continue
         if section == "dialplan":
             values["dialplan"] = _dialplan(body)
+            continue
+        if section == "emergency":
+            values["emergency_notify"] = _channels(body)
             continue
         names = _SECTIONS.get(section)
         if names is None or not isinstance(body, dict):
@@ -228,6 +238,9 @@ def parse_config(data: dict, base_dir: str = ".") -> NodeConfig:
     if not isinstance(cfg.emergency_numbers, list) or not all(
             isinstance(n, str) and n for n in cfg.emergency_numbers):
         raise ConfigError("sip.emergency_numbers must be a list of numbers as strings")
+    prefix = cfg.outside_line_prefix
+    if not isinstance(prefix, str) or len(prefix) > 4 or not (prefix == "" or prefix.isdigit()):
+        raise ConfigError("sip.outside_line_prefix must be up to 4 digits as a string (\"9\")")
     for p in peers:
         if p.sip:
             _sip_address(p.sip, f"peer {p.id}")
@@ -248,6 +261,30 @@ def parse_config(data: dict, base_dir: str = ".") -> NodeConfig:
         path = os.path.normpath(os.path.join(base_dir, rel))
         cfg.database = f"sqlite:///{path}" + (f"?{query}" if query else "")
     return cfg
+
+
+def _channels(body) -> Channels:
+    """The ``[emergency]`` section: webhook and e-mail settings, checked; the SMTP password
+    from ``TANDEM_SMTP_PASSWORD`` (never in the file)."""
+    if not isinstance(body, dict):
+        raise ConfigError("[emergency] must be a table")
+    known = {f.name: f for f in fields(Channels) if f.name != "smtp_password"}
+    defaults = Channels()
+    for k, v in body.items():
+        if k not in known:
+            raise ConfigError(f"unknown setting emergency.{k}")
+        default = getattr(defaults, k)
+        ok = (isinstance(v, list) and all(isinstance(a, str) and a for a in v)
+              if isinstance(default, list) else
+              isinstance(v, int) and not isinstance(v, bool) and 0 < v < 65536
+              if k == "smtp_port" else isinstance(v, type(default)))
+        if not ok:
+            raise ConfigError(f"emergency.{k} must be like {default!r}")
+    channels = Channels(**body, smtp_password=os.environ.get("TANDEM_SMTP_PASSWORD", ""))
+    problem = channels.problem()
+    if problem:
+        raise ConfigError(f"emergency.{problem}")
+    return channels
 
 
 def _dialplan(body) -> dict:

@@ -40,7 +40,6 @@ from gevent import socket
 from gevent.event import Event
 
 from sipcore.digest import Authenticator
-from sipcore.ratelimit import emergency_invite
 from sipcore.register import RegisterPath
 
 from . import logs
@@ -149,7 +148,7 @@ class ChallengeFront:
         dropped first, as the node drops it."""
         limiter = self.limiter
         if limiter is not None and not limiter.allow(ip, time.monotonic()) \
-                and not emergency_invite(data, self.limits.emergency_numbers):
+                and not self.limits.emergency_numbers.invite(data):
             self.stats["rate_limited"] += 1
             return
         if self.clock() < self.synced_until:

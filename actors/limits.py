@@ -7,14 +7,21 @@ the ``Limits`` a configuration makes (``Limits.from_config``).
 
 import mmap
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
+from sipcore.emergency import EmergencyNumbers
 from sipcore.overload import OverloadSettings
 from sipcore.ratelimit import SharedSourceLimiter, SourceLimiter
 from store.files import PRIVATE_FILE
 
 #: buckets of a shared limiter (a source's slot is a hash of its address)
 SHARED_SLOTS = 1 << 16
+
+
+def emergency_numbers(cfg) -> EmergencyNumbers:
+    """The emergency numbers of a node's configuration (``[sip] emergency_numbers`` and
+    ``outside_line_prefix``): what every defence and the dialing ask."""
+    return EmergencyNumbers(frozenset(cfg.emergency_numbers), cfg.outside_line_prefix)
 
 
 @dataclass(frozen=True)
@@ -47,14 +54,14 @@ class Limits:
     """What a shed request gets: ``"503"`` (with Retry-After) or ``"drop"``."""
     overload_retry_after: int = OverloadSettings.retry_after
     """Retry-After seconds of the overload 503 (spread up to twice that)."""
-    emergency_numbers: frozenset = frozenset()
-    """Request-URI users of INVITEs no limit drops (``[sip] emergency_numbers``)."""
+    emergency_numbers: EmergencyNumbers = field(default_factory=EmergencyNumbers)
+    """The INVITEs no limit drops (``[sip] emergency_numbers`` and ``outside_line_prefix``)."""
 
     @classmethod
     def from_config(cls, cfg) -> "Limits":
         """The limits a node's configuration sets."""
         values = {f.name: getattr(cfg, f.name) for f in fields(cls)}
-        values["emergency_numbers"] = frozenset(cfg.emergency_numbers)
+        values["emergency_numbers"] = emergency_numbers(cfg)
         return cls(**values)
 
     def limiter(self, shared: str | None = None) -> SourceLimiter | SharedSourceLimiter | None:

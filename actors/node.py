@@ -31,6 +31,7 @@ from . import logs
 from .ban_keeper import attach_ban_keeper
 from .bus import BusError
 from .call_outbox import attach_call_outbox
+from .emergency_notify import attach_emergency_notify
 from .config import (ConfigError, NodeConfig, guard_settings, load_config, registrar_rules,
                      server_uris, sqlite_dir)
 from .config_sync import attach_config_sync
@@ -185,6 +186,7 @@ class Node:
                                             self.transport, auth)
         attach_call_outbox(self)
         attach_dialing(self)
+        attach_emergency_notify(self)
         self.proxy.greenlet = self.group.spawn(self.proxy.run)
         self.proxy.greenlet.link_exception(self.actor_died)
         attach_drain(self)
@@ -268,7 +270,15 @@ class Node:
         """Route a parsed request to the actor that owns it."""
         method = req.method
         self.traffic.request(method)
-        if not self.replicator.synced:
+        # Syncing, the node's bindings are incomplete, but an emergency call needs none
+        # (it goes to the emergency gateways): it passes, with its ACK and CANCEL, and so
+        # does what our own Record-Route takes within a dialog (that call's BYE, as when
+        # draining; a Route without the dialog's token proves nothing).
+        settings = self.proxy.core.settings
+        if not self.replicator.synced and not (
+                (method in ("INVITE", "ACK", "CANCEL") and settings.is_emergency(req.ruri))
+                or (req.to.tag is not None and (route := req.get("route")) is not None
+                    and settings.is_record_route(route, req))):
             if method != "ACK":
                 retry = str(self.replicator.retry_after())
                 self._answer(req, dest, 503, [("Retry-After", retry)], "Syncing")

@@ -37,6 +37,7 @@ from sipcore.proxy import ProxySettings
 from .call_log import CallLog
 from .config import cluster_addresses
 from .dns import Resolver
+from .limits import emergency_numbers
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,8 @@ class ProxyActor:
         self.call_log = CallLog()
         self.outbox = None
         """A ``CallOutbox`` that keeps call events for the master, if the node gave one."""
+        self.notifier = None
+        """An ``EmergencyNotifier`` that tells of emergency calls, if the node gave one."""
 
     @classmethod
     def from_config(cls, cfg, secret: bytes, user_lookup, location, transport,
@@ -84,7 +87,7 @@ class ProxyActor:
         secret keys the Record-Route tokens too."""
         settings = ProxySettings(cfg.domain, cfg.address, transport.port, tuple(cfg.aliases),
                                  secret=secret, cluster=cluster_addresses(cfg, transport.port),
-                                 emergency=frozenset(cfg.emergency_numbers),
+                                 emergency=emergency_numbers(cfg),
                                  max_branches=cfg.max_branches, nat_handling=cfg.nat_handling,
                                  tls_port=transport.tls_port if transport.tls else 0,
                                  node_id=cfg.id,
@@ -193,6 +196,8 @@ class ProxyActor:
                 self.call_log.record(events, wall)
                 if self.outbox is not None:
                     self.outbox.add(events, wall)
+                if self.notifier is not None:
+                    self.notifier.add(events, wall)
             if not self._failed:
                 return
             failed, self._failed = self._failed, []

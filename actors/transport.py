@@ -11,10 +11,15 @@ may take it unparsed.
 Limits (``Limits``, from ``[limits]``): a per-source token bucket on UDP
 datagrams, checked before anything else (an INVITE to an emergency number
 always passes); datagrams over the maximum message size dropped; TCP
-connections capped per source address (a connection over the cap is
-closed at once) and in total (a new one evicts the connection silent the
-longest), closed after an idle time and when a message
-takes too long to arrive; a message over the maximum size over TCP gets
+connections capped per source address and in total (a new one evicts the
+connection silent the longest); a connection over a source's cap (many
+phones behind one NAT) carries emergency calls only: it must bring an
+INVITE to an emergency number within the header timeout, and then only
+what belongs to calls (ACK, CANCEL, BYE, responses, requests within a
+dialog); anything else closes
+it (at most ``EMERGENCY_EXTRA`` such connections at once, node-wide);
+connections are closed after an idle time and when a message takes too
+long to arrive; a message over the maximum size over TCP gets
 513 where its header can be read, and its connection is closed. Lines
 about bad input are rate-limited per kind.
 
@@ -41,8 +46,8 @@ from gevent.server import StreamServer
 
 from sipcore.errors import SipError
 from sipcore.message import Request, StreamFramer, error_response, parse_message
-from sipcore.overload import ABSORB, ADMIT, Admission, quick_shed, shed_response
-from sipcore.ratelimit import LogLimiter, emergency_invite
+from sipcore.overload import ABSORB, ADMIT, Admission, in_dialog, quick_shed, shed_response
+from sipcore.ratelimit import LogLimiter
 from sipcore.via import stamp_via
 
 from .limits import NO_LIMITS, Limits
@@ -99,13 +104,28 @@ class TlsContexts:
         return cls(server, client)
 
 
-class Connection:
-    """One TCP or TLS connection, with a lock so concurrent sends do not interleave."""
+EMERGENCY_EXTRA = 64
+"""Connections over their source's cap, kept for emergency calls, at most (node-wide)."""
+_CALL_TRAFFIC = (b"ACK ", b"CANCEL ", b"BYE ", b"SIP/2.0 ")
+"""What an over-cap connection may carry besides INVITEs to an emergency number (and
+requests within a dialog, such as a re-INVITE)."""
 
-    def __init__(self, sock, peer: tuple[str, int], transport: str = "tcp"):
+
+class Connection:
+    """One TCP or TLS connection, with a lock so concurrent sends do not interleave.
+    ``emergency_only``: over its source's cap, it carries emergency calls only."""
+
+    def __init__(self, sock, peer: tuple[str, int], transport: str = "tcp",
+                 emergency_only: bool = False):
         self.sock = sock
         self.peer = peer
         self.transport = transport
+        self.emergency_only = emergency_only
+        #: monotonic time it was accepted (an over-cap one's first message is due by then
+        #: plus the header timeout)
+        self.accepted = time.monotonic()
+        #: whether it brought an INVITE to an emergency number
+        self.proven = False
         self.lock = Semaphore()
         self.framer = StreamFramer()
         #: monotonic time of the last bytes received (eviction picks the oldest)
@@ -164,7 +184,9 @@ class Transport:
         #: open TCP connections per source address
         self.per_source: dict[str, int] = {}
         self.stats = {"rate_limited": 0, "oversized": 0, "tcp_refused": 0, "tcp_evicted": 0,
-                      "tcp_timed_out": 0, "tls_failed": 0}
+                      "tcp_timed_out": 0, "tls_failed": 0, "tcp_emergency_only": 0}
+        #: connections open over their source's cap (``EMERGENCY_EXTRA`` at most)
+        self.extra = 0
         #: the node-wide admission control (``sipcore.overload``), None when off; the
         #: node gives it ``trusted``
         self.admission = Admission(limits.overload(), limits.emergency_numbers) \
@@ -291,7 +313,7 @@ class Transport:
         handled; never raises."""
         limiter = self.limiter
         if limiter is not None and not limiter.allow(ip, time.monotonic()) \
-                and not emergency_invite(data, self.limits.emergency_numbers):
+                and not self.limits.emergency_numbers.invite(data):
             self.stats["rate_limited"] += 1
             self._log("rate_limited", "rate limit: dropping datagrams from %s", ip)
             return
@@ -385,7 +407,8 @@ class Transport:
         ip = addr[0]
         limits = self.limits
         held = self.per_source.get(ip, 0)
-        if held >= limits.tcp_max_per_source:
+        over = held >= limits.tcp_max_per_source
+        if over and (self.extra >= EMERGENCY_EXTRA or not limits.emergency_numbers):
             self.stats["tcp_refused"] += 1
             self._log("tcp_refused", "refused a tcp connection from %s: %d from it", ip, held)
             sock.close()
@@ -399,9 +422,18 @@ class Transport:
                       len(self.connections), *idle.peer)
             del self.connections[idle.peer]
             idle.sock.close()
-        conn = Connection(sock, (ip, addr[1]), transport)
+        conn = Connection(sock, (ip, addr[1]), transport, emergency_only=over)
         self.connections[conn.peer] = conn
-        self._read_connection(conn, handshake=transport == "tls")
+        if over:
+            self.extra += 1
+            self.stats["tcp_emergency_only"] += 1
+            self._log("tcp_emergency_only", "tcp connection from %s over its cap (%d from it): "
+                      "for emergency calls only", ip, held)
+        try:
+            self._read_connection(conn, handshake=transport == "tls")
+        finally:
+            if over:
+                self.extra -= 1
 
     def _read_connection(self, conn: Connection, handshake: bool = False) -> None:
         ip, port = conn.peer
@@ -417,6 +449,9 @@ class Transport:
                 timeout = limits.tcp_idle_timeout
                 if started is not None:
                     timeout = min(timeout, started + limits.tcp_header_timeout - time.monotonic())
+                if conn.emergency_only and not conn.proven:
+                    timeout = min(timeout, conn.accepted + limits.tcp_header_timeout
+                                  - time.monotonic())
                 conn.sock.settimeout(max(0.01, timeout))
                 try:
                     data = conn.sock.recv(65536)
@@ -431,6 +466,10 @@ class Transport:
                 for raw in conn.framer.feed(data):
                     if raw == StreamFramer.PING:
                         conn.send(b"\r\n")
+                    elif conn.emergency_only and not self._emergency_traffic(conn, raw):
+                        self._log("tcp_refused", "closing tcp %s:%d over the cap of its "
+                                  "source: not an emergency call", ip, port)
+                        return
                     elif self.admission is None or self.admit(raw, conn.transport, ip, port,
                                                               self.load()):
                         self.handle(raw, conn.transport, ip, port)
@@ -455,6 +494,14 @@ class Transport:
             else:
                 self.per_source.pop(ip, None)
             conn.sock.close()
+
+    def _emergency_traffic(self, conn: Connection, raw: bytes) -> bool:
+        """Whether an over-cap connection may carry ``raw``: an INVITE to an emergency
+        number, then what belongs to calls."""
+        if self.limits.emergency_numbers.invite(raw):
+            conn.proven = True
+            return True
+        return conn.proven and (raw.startswith(_CALL_TRAFFIC) or in_dialog(raw))
 
     def _accept_tls(self, conn: Connection) -> bool:
         """The server side of a TLS handshake on an accepted connection, ended

@@ -144,10 +144,13 @@ NO_POLICY = UserPolicy()
 
 @dataclass(frozen=True, slots=True)
 class Location:
-    """A network (a building, a floor) and the emergency callback number of calls from it."""
+    """A network (a building, a floor) and the emergency callback number of calls from it,
+    with the place's ``name`` and civic ``address`` (told to those notified of a call)."""
 
     network: ipaddress.IPv4Network | ipaddress.IPv6Network
     callback: str
+    name: str = ""
+    address: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,16 +240,21 @@ class DialPlan:
 
     def location_callback(self, source: str | None) -> str:
         """The callback number of the most specific location holding ``source``, or ""."""
+        loc = self.location(source)
+        return loc.callback if loc is not None else ""
+
+    def location(self, source: str | None) -> Location | None:
+        """The most specific location holding the address ``source``, or None."""
         if not source or not self.locations:
-            return ""
+            return None
         try:
             address = ipaddress.ip_address(source.strip("[]"))
         except ValueError:
-            return ""
+            return None
         for loc in self.locations:
             if address.version == loc.network.version and address in loc.network:
-                return loc.callback
-        return ""
+                return loc
+        return None
 
 
 def compile_pattern(pattern: str) -> tuple[str, re.Pattern[str]]:
@@ -328,7 +336,9 @@ _RULE_KEYS = frozenset({"pattern", "strip", "prepend", "gateways", "permission"}
 _USER_KEYS = frozenset({"permissions", "caller_id", "emergency_callback", "numbers"})
 _PLAN_KEYS = frozenset({"gateways", "rules", "users", "default_callback", "probe_interval",
                         "probe_misses", "locations", "trusted", "groups", "limits"})
-_LOCATION_KEYS = frozenset({"network", "callback"})
+_LOCATION_KEYS = frozenset({"network", "callback", "name", "address"})
+_PLACE = re.compile(r"[^\x00-\x1f\x7f]{1,200}")
+"""A location's name or civic address: printable, one line, at most 200 characters."""
 
 
 def parse_gateway(body: Any, where: str) -> Gateway:
@@ -404,7 +414,8 @@ def parse_user(body: Any, where: str) -> UserPolicy:
 
 
 def parse_location(body: Any, where: str) -> Location:
-    """One location table: ``network`` (``10.1.0.0/16``) and its ``callback`` number."""
+    """One location table: ``network`` (``10.1.0.0/16``), its ``callback`` number and
+    optional ``name`` and civic ``address``."""
     body = _keys(body, _LOCATION_KEYS, where)
     text = _str(body, "network", where)
     try:
@@ -415,7 +426,8 @@ def parse_location(body: Any, where: str) -> Location:
     callback = _number(body, "callback", where)
     if not callback:
         raise _fail(where, "callback is required")
-    return Location(network, callback)
+    return Location(network, callback, _str(body, "name", where, regex=_PLACE),
+                    _str(body, "address", where, regex=_PLACE))
 
 
 def parse_dialplan(doc: Any) -> DialPlan:

@@ -490,8 +490,8 @@ class ProxyCore:
         routing takes an authenticated caller's call. Nobody else's request is
         relayed to another domain for being to such a number."""
         s = self.settings
-        number = ruri.user.split(";")[0]
-        bindings = self.location.lookup(f"sip:{unquote(number)}@{s.domain}", wall)
+        number = s.emergency.of_uri(ruri)
+        bindings = self.location.lookup(f"sip:{number}@{s.domain}", wall)
         if bindings:
             return target_groups(bindings, s.max_branches, breadth, s.nat_handling,
                                  s.relay_route)
@@ -512,7 +512,7 @@ class ProxyCore:
         from_uri = req.from_.uri
         if user is None and from_uri.user and self.settings.names_domain(from_uri):
             user = unquote(from_uri.user)
-        return self.dialing.emergency(unquote(ruri.user).split(";")[0], user, source)
+        return self.dialing.emergency(self.settings.emergency.of_uri(ruri) or "", user, source)
 
     @staticmethod
     def _to_gateway(req: Request, identity: str) -> None:

@@ -42,7 +42,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from .message import Request, make_response
-from .ratelimit import emergency_invite
+from .emergency import EmergencyNumbers
 
 #: how far the shed share moves per ``interval`` for a standing queue one ``delay`` over
 #: the bound (down as far for an empty queue)
@@ -88,16 +88,22 @@ class OverloadSettings:
     """Branches remembered at most, per generation."""
 
 
+def in_dialog(data: bytes) -> bool:
+    """Whether the raw request ``data`` has a To tag (claims to be within a dialog)."""
+    return _TO_TAG.search(data) is not None
+
+
 class Admission:
     """Decides, from its bytes and the delay it waited, whether a request is taken.
 
     ``trusted(ip)`` (optional) says whether a source authenticated recently.
     """
 
-    def __init__(self, settings: OverloadSettings, emergency_numbers: Collection[str] = (),
+    def __init__(self, settings: OverloadSettings,
+                 emergency_numbers: EmergencyNumbers | Collection[str] = (),
                  trusted: Callable[[str], bool] | None = None):
         self.settings = settings
-        self.emergency = frozenset(emergency_numbers)
+        self.emergency = EmergencyNumbers.of(emergency_numbers)
         self.trusted = trusted
         self._admitted: dict[bytes, None] = {}
         self._admitted_old: dict[bytes, None] = {}
@@ -167,7 +173,7 @@ class Admission:
         if share <= 0.0:
             self._remember(data, self._admitted)
             return ADMIT
-        if _TO_TAG.search(data):
+        if in_dialog(data):
             return ADMIT
         branch = self._branch(data)
         if branch is not None:
@@ -176,7 +182,7 @@ class Admission:
             if branch in self._shed or branch in self._shed_old:
                 self.stats["shed"] += 1
                 return SHED
-        if method == b"INVITE" and emergency_invite(data, self.emergency):
+        if method == b"INVITE" and self.emergency.invite(data):
             self.stats["emergency"] += 1
             self._remember(data, self._admitted, branch)
             return ADMIT

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from urllib.parse import unquote
 
 from .cluster_addresses import ClusterAddresses
+from .emergency import EmergencyNumbers
 from .errors import SipError
 from .flow_relay import flow_key, relay_route, relayed_flow
 from .headers import Via, parse_int, split_list
@@ -103,7 +104,8 @@ class ProxySettings:
     Record-Route (the cluster's shared ``[auth]`` secret, so that any node
     accepts them; random when empty). ``cluster`` knows every node's
     address (this one alone when None). ``emergency`` holds the numbers no
-    defence may refuse; ``max_branches`` caps the branches of one request;
+    defence may refuse (``EmergencyNumbers``; a set of numbers is made one);
+    ``max_branches`` caps the branches of one request;
     ``nat_handling`` (one of ``sipcore.nat.NAT_HANDLING``) says when a
     binding's flow replaces its Contact; ``tls_port`` is where the node takes
     SIP over TLS (0: it has no TLS). ``node_id`` is the node's id and
@@ -119,7 +121,7 @@ class ProxySettings:
     supported: frozenset = frozenset()
     secret: bytes = b""
     cluster: ClusterAddresses | None = None
-    emergency: frozenset = frozenset()
+    emergency: EmergencyNumbers = field(default_factory=EmergencyNumbers)
     max_branches: int = 16
     nat_handling: str = "auto"
     tls_port: int = 0
@@ -137,6 +139,7 @@ class ProxySettings:
     """The transports the node forwards over (``TRANSPORTS``, and "tls" with a ``tls_port``)."""
 
     def __post_init__(self) -> None:
+        self.emergency = EmergencyNumbers.of(self.emergency)
         if self.nat_handling not in NAT_HANDLING:
             raise ValueError(f"nat_handling must be one of {NAT_HANDLING}, "
                              f"not {self.nat_handling!r}")
@@ -258,10 +261,8 @@ class ProxySettings:
         return self.addresses.names_domain(uri)
 
     def is_emergency(self, uri: SipUri) -> bool:
-        """Whether ``uri`` dials one of the emergency numbers."""
-        user = uri.user
-        return user is not None and (user in self.emergency
-                                     or unquote(user).split(";")[0] in self.emergency)
+        """Whether ``uri`` dials one of the emergency numbers (``sipcore.emergency``)."""
+        return self.emergency.of_uri(uri) is not None
 
     def is_local(self, uri: SipUri) -> bool:
         """Whether ``uri`` is in a domain this proxy is responsible for.

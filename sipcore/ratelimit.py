@@ -9,12 +9,8 @@ Both take ``now`` (a monotonic clock) and bound their tables.
 """
 
 import hashlib
-import re
 import struct
-from collections.abc import Collection
 
-#: the user part of an INVITE's Request-URI: ``INVITE sip:911@...`` or ``tel:112``
-_INVITE_USER = re.compile(rb"INVITE (?:sips?:([^@;> ]+)@|tel:([^;> ]+))")
 
 
 class SourceLimiter:
@@ -122,18 +118,6 @@ class SharedSourceLimiter:
             return False
         record.pack_into(self.buffer, offset, key, tokens - 1.0, now)
         return True
-
-
-def emergency_invite(data: bytes, numbers: Collection[str]) -> bool:
-    """Whether the datagram ``data`` is an INVITE to one of ``numbers``
-    (emergency calls pass every limit). Looks at the request line only."""
-    if not numbers or not data.startswith(b"INVITE "):
-        return False
-    m = _INVITE_USER.match(data)
-    if m is None:
-        return False
-    user = (m.group(1) or m.group(2)).decode("ascii", "replace")
-    return user in numbers
 
 
 class LogLimiter:

@@ -123,6 +123,13 @@ def search(open_only: bool = False, limit: int = 100) -> list[dict[str, Any]]:
     return [as_dict(r) for r in rows]
 
 
+def open_of_kind(kind: str, limit: int) -> list[dict[str, Any]]:
+    """The open alarms of ``kind``, newest first, at most ``limit``."""
+    rows = (Alarm.select().where((Alarm.open == True) & (Alarm.kind == kind))  # noqa: E712
+            .order_by(Alarm.last_at.desc()).limit(limit))
+    return [as_dict(r) for r in rows]
+
+
 def count_open() -> int:
     """How many alarms are open."""
     return Alarm.select().where(Alarm.open == True).count()  # noqa: E712

@@ -62,9 +62,11 @@ def test_the_check_sees_a_forbidden_import(tmp_path):
 
 @pytest.mark.parametrize("path", modules("web"), ids=lambda p: p.name)
 def test_web_uses_only_the_bus_of_a_node(path):
-    """The bus, the lab's control socket (a supervisor, not a node) and the
-    authoritative DNS server (the lab's and the master's, no node runs one)."""
+    """The bus, the lab's control socket (a supervisor, not a node), the
+    authoritative DNS server (the lab's and the master's, no node runs one) and the
+    notice sender (webhook and e-mail, shared by the alarms and the nodes)."""
     bad = sorted(n for n in imports_of(path)
                  if offending(n, {"actors"})
-                 and n not in ("actors.bus", "actors.lab_control", "actors.dnsserver"))
+                 and n not in ("actors.bus", "actors.lab_control", "actors.dnsserver",
+                                   "actors.notify"))
     assert not bad, f"web/{path.name} imports {bad}"

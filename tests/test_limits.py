@@ -8,6 +8,7 @@ from dataclasses import fields
 from actors.config import NodeConfig
 from actors.limits import Limits
 from loadtest.harness import NodeProcess
+from sipcore.emergency import EmergencyNumbers
 
 BURST = 20
 RATE = 5
@@ -19,7 +20,7 @@ def test_node_config_takes_the_defaults_of_limits():
     for f in fields(Limits):
         if f.name != "emergency_numbers":
             assert getattr(limits, f.name) == f.default, f.name
-    assert limits.emergency_numbers == frozenset({"911", "112"})
+    assert limits.emergency_numbers == EmergencyNumbers(frozenset({"911", "112"}))
 
 
 def register(port: int, i: int) -> bytes:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from sipcore.ratelimit import LogLimiter, SourceLimiter, emergency_invite
+from sipcore.ratelimit import LogLimiter, SourceLimiter
 
 
 def test_bucket_allows_the_burst_then_the_rate():
@@ -39,19 +39,6 @@ def test_bad_settings_refused():
         SourceLimiter(0, 10)
     with pytest.raises(ValueError):
         SourceLimiter(1, 0)
-
-
-@pytest.mark.parametrize("data, expected", [
-    (b"INVITE sip:911@example.test SIP/2.0\r\n", True),
-    (b"INVITE tel:112 SIP/2.0\r\n", True),
-    (b"INVITE sip:9110@example.test SIP/2.0\r\n", False),
-    (b"REGISTER sip:911@example.test SIP/2.0\r\n", False),
-    (b"INVITE sip:example.test SIP/2.0\r\n", False),
-    (b"\xff\xfe garbage", False),
-])
-def test_emergency_invites_recognised_from_the_request_line(data, expected):
-    assert emergency_invite(data, frozenset({"911", "112"})) is expected
-    assert not emergency_invite(data, frozenset())
 
 
 def test_log_limiter_lets_a_few_lines_through_and_counts_the_rest():

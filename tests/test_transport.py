@@ -4,7 +4,10 @@ import logging
 import os
 import socket
 
+import gevent
+
 from actors.transport import Limits, Transport
+from sipcore.emergency import EmergencyNumbers
 
 
 def invite(user: str) -> bytes:
@@ -23,7 +26,8 @@ def transport(**limits) -> tuple[Transport, list]:
 
 
 def test_a_flooding_source_is_cut_to_its_burst_but_emergency_invites_pass():
-    t, got = transport(udp_rate=1.0, udp_burst=5, emergency_numbers=frozenset({"911"}))
+    t, got = transport(udp_rate=1.0, udp_burst=5,
+                       emergency_numbers=EmergencyNumbers(frozenset({"911"})))
     for _ in range(50):
         t.receive(invite("bob"), "192.0.2.9", 5060)
     for _ in range(20):
@@ -66,4 +70,60 @@ def test_a_hostile_destination_is_dropped_with_a_rate_limited_log(caplog):
         assert peer.recv(100) == b"still"
         peer.close()
     finally:
+        t.stop()
+
+
+def tcp_invite(user: str) -> bytes:
+    return invite(user).replace(b"SIP/2.0/UDP", b"SIP/2.0/TCP")
+
+
+def test_an_over_cap_tcp_connection_carries_emergency_calls_only(monkeypatch):
+    """Over its source's cap, a connection that brings an INVITE to an emergency number
+    is served, and then only what belongs to calls (a re-INVITE passes, a REGISTER
+    after it closes it); one
+    that brings anything else is closed; at most EMERGENCY_EXTRA such at once."""
+    monkeypatch.setattr("actors.transport.EMERGENCY_EXTRA", 2)
+    t, got = transport(tcp_max_per_source=1, tcp_header_timeout=1.0,
+                       emergency_numbers=EmergencyNumbers(frozenset({"911"}), "9"))
+    t.start()
+    conns = []
+
+    def connect():
+        s = socket.create_connection(("127.0.0.1", t.port), timeout=3)
+        conns.append(s)
+        gevent.sleep(0.05)
+        return s
+
+    def closed(s):
+        s.settimeout(3)
+        try:
+            return s.recv(100) == b""
+        except OSError:
+            return True
+    try:
+        connect().sendall(tcp_invite("user1"))          # within the cap: anything goes
+        gevent.sleep(0.1)
+        assert got == ["user1"]
+        dressed = connect()
+        dressed.sendall(tcp_invite("9-911"))
+        assert closed(dressed) and got == ["user1"]
+        sos = connect()
+        sos.sendall(tcp_invite("9911"))
+        gevent.sleep(0.1)
+        assert got == ["user1", "9911"]
+        sos.sendall(tcp_invite("user3").replace(b"To: <sip:user3@example.test>",
+                                                b"To: <sip:user3@example.test>;tag=t1"))
+        gevent.sleep(0.1)                               # a re-INVITE within the call
+        assert got == ["user1", "9911", "user3"]
+        sos.sendall(b"REGISTER sip:example.test SIP/2.0\r\n" + tcp_invite("x").split(
+            b"\r\n", 1)[1].replace(b"INVITE", b"REGISTER"))
+        assert closed(sos) and got == ["user1", "9911", "user3"]
+        held = [connect(), connect()]                   # the extra ones, silent
+        refused = connect()
+        assert closed(refused) and t.stats["tcp_refused"] >= 1
+        assert all(closed(s) for s in held)             # silent past the header timeout
+        assert t.extra == 0
+    finally:
+        for s in conns:
+            s.close()
         t.stop()

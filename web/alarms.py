@@ -35,23 +35,19 @@ and the page that explains it). ``[alarms]`` of the master's configuration::
 """
 
 import datetime
-import json
 import logging
 import os
-import smtplib
 import ssl
 import subprocess
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass, field, fields
-from email.message import EmailMessage
 from typing import Any
 
 import gevent
 from flask import Blueprint, Flask, render_template, request
 
+from actors.notify import Channels, send_notice
 from store import alarms as store
 from store import master as ms
 
@@ -62,10 +58,10 @@ log = logging.getLogger(__name__)
 
 bp = Blueprint("alarms", __name__)
 
-SEND_TIMEOUT = 10.0
-"""Seconds one webhook POST or one SMTP conversation may take."""
 EVENT_KINDS = ("emergency call",)
 """Kinds that are events: nothing clears them, they close after a quiet while."""
+BANNER_MAX = 5
+"""Open emergency call alarms shown in the banner on top of every page, at most."""
 NODE_KINDS = ("node down", "node degraded", "configuration behind", "replication lag",
               "clock skew", "ban storm", "gateway down")
 """Kinds observed by asking the nodes (left as they are when the master has no bus)."""
@@ -117,10 +113,9 @@ class AlarmSettings:
             if not ok:
                 raise AlarmSettingsError(f"[alarms] {name} must be like {default!r}")
             setattr(out, name, value)
-        if out.webhook and not out.webhook.startswith(("http://", "https://")):
-            raise AlarmSettingsError("[alarms] webhook must be an http:// or https:// URL")
-        if out.smtp_host and not out.smtp_to:
-            raise AlarmSettingsError("[alarms] smtp_host needs smtp_to (a list of addresses)")
+        problem = Notifier(out).channels().problem()
+        if problem:
+            raise AlarmSettingsError(f"[alarms] {problem}")
         if out.check_every < 1:
             raise AlarmSettingsError("[alarms] check_every must be at least 1 second")
         return out
@@ -261,47 +256,21 @@ class Notifier:
                 "count": row.count, "first_at": row.first_at, "last_at": row.last_at,
                 "cluster": self.domain}
 
+    def channels(self) -> Channels:
+        """The webhook and e-mail settings of ``[alarms]``."""
+        s = self.settings
+        return Channels(s.webhook, s.smtp_host, s.smtp_port, s.smtp_from, s.smtp_to,
+                        s.smtp_user, s.smtp_password, s.smtp_starttls)
+
     def send(self, row: store.Alarm) -> bool:
         """Deliver ``row``'s notice on every channel; True when every one took it."""
         body = self.payload(row)
-        ok = True
-        if self.settings.webhook:
-            ok = self._webhook(body) and ok
-        if self.settings.smtp_host:
-            ok = self._mail(body) and ok
-        return ok
-
-    def _webhook(self, body: dict) -> bool:
-        req = urllib.request.Request(self.settings.webhook, data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json",
-                                              "User-Agent": "tandem-master"}, method="POST")
-        try:
-            with urllib.request.urlopen(req, timeout=SEND_TIMEOUT) as r:
-                return 200 <= r.status < 300
-        except (OSError, urllib.error.URLError) as e:
-            log.warning("alarm webhook failed: %s", e)
-            return False
-
-    def _mail(self, body: dict) -> bool:
-        s = self.settings
-        msg = EmailMessage()
         state = {"raised": "", "repeated": f" (repeated, {body['count']} times)",
                  "cleared": " (cleared)"}.get(body["state"], "")
-        msg["Subject"] = f"[tandem {self.domain}] {body['alarm']}: {body['subject']}{state}"
-        msg["From"], msg["To"] = s.smtp_from, ", ".join(s.smtp_to)
-        msg.set_content(f"{body['text']}\n\nState: {body['state']}, seen {body['count']} "
-                        f"times since {_ts(body['first_at'])}.\nDetails: {body['link']}\n")
-        try:
-            with smtplib.SMTP(s.smtp_host, s.smtp_port, timeout=SEND_TIMEOUT) as smtp:
-                if s.smtp_starttls:
-                    smtp.starttls(context=ssl.create_default_context())
-                if s.smtp_user:
-                    smtp.login(s.smtp_user, s.smtp_password)
-                smtp.send_message(msg)
-            return True
-        except (OSError, smtplib.SMTPException) as e:
-            log.warning("alarm e-mail through %s failed: %s", s.smtp_host, e)
-            return False
+        subject = f"[tandem {self.domain}] {body['alarm']}: {body['subject']}{state}"
+        text = (f"{body['text']}\n\nState: {body['state']}, seen {body['count']} "
+                f"times since {_ts(body['first_at'])}.\nDetails: {body['link']}\n")
+        return send_notice(self.channels(), body, subject, text, "tandem-master")
 
 
 class AlarmChecker:
@@ -312,7 +281,9 @@ class AlarmChecker:
         self.greenlet: gevent.Greenlet | None = None
 
     def start(self) -> None:
-        """Start checking."""
+        """Start checking: calls from now on are looked at (an emergency call collected
+        before the first periodic check included)."""
+        store.last_call_seen()
         self.greenlet = gevent.spawn(self._run)
 
     def stop(self) -> None:
@@ -328,6 +299,20 @@ class AlarmChecker:
                 self.check(time.time())
             except Exception:
                 log.exception("alarm check failed")
+
+    def emergency_now(self) -> None:
+        """Raise the alarm of the emergency calls just collected and send its notices now,
+        in a greenlet of its own (the collector's round does not wait on the webhook)."""
+        gevent.spawn(self._emergency_now)
+
+    def _emergency_now(self) -> None:
+        now = time.time()
+        try:
+            for t in call_troubles(self.settings):
+                store.seen(t.kind, t.subject, t.text, t.link, now, self.settings.repeat_every)
+            self.deliver(now)
+        except Exception:
+            log.exception("emergency call alarm failed")
 
     def check(self, now: float) -> list[Trouble]:
         """One round: observe, raise and clear, deliver the notices; the troubles seen."""
@@ -351,7 +336,7 @@ class AlarmChecker:
         return troubles
 
     def deliver(self, now: float) -> None:
-        """Send every waiting notice (each channel bounded by ``SEND_TIMEOUT``)."""
+        """Send every waiting notice (each channel bounded by ``actors.notify.SEND_TIMEOUT``)."""
         if not (self.settings.webhook or self.settings.smtp_host):
             return
         notifier = Notifier(self.settings, ms.get_setting("domain", ""))
@@ -364,13 +349,15 @@ class AlarmChecker:
 
 
 def init_app(app: Flask) -> None:
-    """Show the number of open alarms in every page's menu."""
+    """Show the number of open alarms in every page's menu, and the open emergency call
+    alarms in a banner on top of every page."""
     @app.context_processor
     def open_alarms() -> dict:
         try:
-            return {"open_alarms": store.count_open()}
+            return {"open_alarms": store.count_open(),
+                    "emergency_alarms": store.open_of_kind(EVENT_KINDS[0], BANNER_MAX)}
         except Exception:  # a page must render even when the count cannot be read
-            return {"open_alarms": 0}
+            return {"open_alarms": 0, "emergency_alarms": []}
 
 
 @bp.get("/alarms")

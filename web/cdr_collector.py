@@ -6,9 +6,13 @@ number of pages per node and round. A page is stored first
 (``store.cdrs.store_events``, one transaction that also moves the node's
 cursor) and acknowledged after (``events_ack``): if the master dies between
 the two, the node sends the page again and the cursor makes it a no-op.
+A round that stored an emergency call's event calls ``on_emergency`` at
+once (the alarms raise the ``emergency call`` alarm and its dashboard
+banner then, not at their next check).
 """
 
 import logging
+from collections.abc import Callable
 
 import gevent
 
@@ -28,11 +32,14 @@ PAGES_PER_ROUND = 20
 class CdrCollector:
     """Polls every node's call events into the master's call detail records."""
 
-    def __init__(self, bus, interval: float = 1.0):
+    def __init__(self, bus, interval: float = 1.0,
+                 on_emergency: Callable[[], None] | None = None):
         self.bus = bus
         self.interval = interval
+        self.on_emergency = on_emergency
         self.greenlet = None
-        self.stats = {"rounds": 0, "events": 0, "errors": 0}
+        self._emergency_seen = False
+        self.stats = {"rounds": 0, "events": 0, "errors": 0, "emergency": 0}
 
     def start(self) -> None:
         """Start the polling greenlet."""
@@ -57,6 +64,9 @@ class CdrCollector:
         jobs = {n["node_id"]: gevent.spawn(self.collect, n) for n in ms.list_nodes()}
         gevent.joinall(list(jobs.values()))
         self.stats["rounds"] += 1
+        if self._emergency_seen and self.on_emergency is not None:
+            self._emergency_seen = False
+            self.on_emergency()
         return {k: (j.value if j.successful() else "collection failed") for k, j in jobs.items()}
 
     def collect(self, node: dict) -> int | str:
@@ -88,6 +98,10 @@ class CdrCollector:
                 return stored
             stored += cdrs.store_events(node_id, events)
             self.stats["events"] += len(events)
+            emergency = sum(1 for e in events if e.get("kind") == "emergency")
+            if emergency:
+                self.stats["emergency"] += emergency
+                self._emergency_seen = True
             top = max(e["seq"] for e in events)
             acked = ask(self.bus, node, {"cmd": "events_ack", "upto": top})
             if isinstance(acked, dict) and "error" in acked:

@@ -117,14 +117,14 @@ def serve(settings, release: str = "") -> int:
     server.start()
     pusher.start()
     pusher.poke()
-    collector = CdrCollector(pusher.bus)
+    alarms = AlarmChecker(alarm_settings, pusher.bus)
+    alarms.start()
+    collector = CdrCollector(pusher.bus, on_emergency=alarms.emergency_now)
     collector.start()
     sampler = RateSampler(pusher.bus, app.extensions["rates"])
     sampler.start()
     backups = BackupScheduler(settings, plan, release)
     backups.start()
-    alarms = AlarmChecker(alarm_settings, pusher.bus)
-    alarms.start()
     zone = ZoneServer(settings.dns) if settings.dns else None
     if zone is not None:
         zone.start()
