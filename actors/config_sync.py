@@ -19,7 +19,7 @@ import logging
 from sipcore.dialplan import DialPlanError, parse_dialplan
 from store.db import StoreError
 from store.models import get_state, set_state
-from store.users import replace_users
+from store.users import pushed_users, replace_users
 
 from .bus import BusError
 from .membership import MembershipError, follow_peers, parse_peers, store_peers
@@ -31,6 +31,8 @@ MASTER = "master"
 
 VERSION_KEY = "config_version"
 """Node state key of the configuration version the node runs."""
+DIALPLAN_KEY = "dialplan"
+"""Node state key of the pushed dial plan (``actors.gateways.STATE_KEY``)."""
 
 
 class ConfigSync:
@@ -90,6 +92,25 @@ class ConfigSync:
             self.on_dialplan(dialplan)
         log.info("configuration %d applied: %d users, %d removed", version, written, deleted)
         return {"version": version, "applied": True}
+
+    def snapshot(self) -> dict:
+        """What the node runs now (version, users, dial plan), for :meth:`restore`."""
+        return {"version": int(get_state(VERSION_KEY, 0)), "users": pushed_users(self.domain),
+                "dialplan": get_state(DIALPLAN_KEY)}
+
+    def restore(self, snapshot: dict) -> None:
+        """Run what :meth:`snapshot` saw again (a rollback; the peer list stays: it
+        follows the nodes that exist)."""
+        try:
+            replace_users(self.domain, snapshot["users"])
+        except StoreError as e:
+            raise BusError(f"rollback failed: {e}") from None
+        set_state(VERSION_KEY, snapshot["version"])
+        if self.on_users is not None:
+            self.on_users()
+        if self.on_dialplan is not None and get_state(DIALPLAN_KEY) != snapshot["dialplan"]:
+            self.on_dialplan(snapshot["dialplan"])
+        log.warning("configuration rolled back to %d", snapshot["version"])
 
     @staticmethod
     def _dialplan(request: dict) -> dict | None:

@@ -45,6 +45,7 @@ from .proxy import ProxyActor
 from .registrar import RegistrarActor
 from .registrations import attach_registrations
 from .replicator import attach_replicator
+from .staged import attach_staged
 from .transport import Limits, TlsContexts, Transport
 
 log = logging.getLogger(__name__)
@@ -179,6 +180,7 @@ class Node:
                                             self.transport, auth)
         attach_call_outbox(self)
         attach_dialing(self)
+        attach_staged(self)
         self.proxy.greenlet = self.group.spawn(self.proxy.run)
         self.proxy.greenlet.link_exception(self.actor_died)
         attach_drain(self)

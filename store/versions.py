@@ -11,6 +11,7 @@ out like any change).
 
 import base64
 import json
+import time
 import zlib
 from collections.abc import Iterable
 from typing import Any, cast
@@ -18,8 +19,8 @@ from typing import Any, cast
 import peewee
 
 from store.db import StoreError
-from store.master import (ConfigVersion, MasterModel, Setting, SipUser, domain, get_setting,
-                          master_db, new_version, set_setting)
+from store.master import (ConfigVersion, MasterModel, Setting, SipUser, current_version, domain,
+                          get_setting, master_db, new_version, set_setting)
 
 KEEP = 50
 """Versions whose content is kept (the newest)."""
@@ -105,3 +106,22 @@ def restore(version: int) -> int | None:
         else:
             set_setting(DIALPLAN_KEY, old["dialplan"])
         return new_version(f"version {version} restored")
+
+
+ROLLOUT_KEY = "rollout_failed"
+"""Master setting: the version whose rollout stopped, the node and the reason."""
+
+
+def record_rollout_failure(version: int, node_id: str, reason: str) -> None:
+    """Remember that ``version`` broke ``node_id`` (which rolled back): pushing it stops."""
+    set_setting(ROLLOUT_KEY, {"version": version, "node": node_id, "reason": reason[:500],
+                              "at": time.time()})
+
+
+def rollout_failure() -> dict[str, Any] | None:
+    """The failed rollout of the newest version, None when it was not stopped (a newer
+    version, such as a fix or a restore, rolls out afresh)."""
+    failed = get_setting(ROLLOUT_KEY)
+    if not failed or failed.get("version") != current_version():
+        return None
+    return dict(failed)

@@ -4,13 +4,16 @@
 search), ``POST /api/users`` with ``{"username", "password"}``, ``DELETE
 /api/users/<name>``, ``GET /api/nodes``, ``POST /api/nodes/<id>/restart``
 (through the lab), ``POST /api/nodes/<id>/drain`` with ``{"on": bool}``
-(straight to the node) and ``GET /api/config`` (the newest version and each
-node's).
+(straight to the node), ``GET /api/config`` (the newest version and each
+node's), ``GET /api/versions`` (the newest versions, which can be restored, a
+stopped rollout) and ``POST /api/versions/<n>/restore`` (version n's users and
+dial plan again, as a new version rolled out like any change).
 """
 
 from flask import Blueprint, current_app, request
 
 from store import master as ms
+from store import versions
 from store.db import StoreError
 
 from . import cluster, services
@@ -116,3 +119,25 @@ def drain_node(node_id):
                 **services.drain_node(getattr(pusher, "bus", None), node_id, body["on"])}
     except services.ServiceError as e:
         return {"error": str(e)}, 400
+
+
+@bp.get("/versions")
+@basic_auth_required
+def list_versions():
+    """The newest versions (number, time, reason, restorable) and a stopped rollout."""
+    return {"versions": versions.list_versions(), "rollout_failed": versions.rollout_failure()}
+
+
+@bp.post("/versions/<int:number>/restore")
+@basic_auth_required
+def restore_version(number):
+    """Make version ``number``'s users and dial plan current again, as a new version."""
+    try:
+        version = versions.restore(number)
+    except StoreError as e:
+        return {"error": str(e)}, 400
+    if version is None:
+        return {"error": f"no version {number} with its content kept (the newest "
+                         f"{versions.KEEP} are)"}, 404
+    _changed()
+    return {"restored": number, "version": version}

@@ -1,9 +1,10 @@
 """The master's configuration push: every node gets the newest version, over CurveZMQ.
 
 One greenlet owns the push. It wakes on every change (``poke``) and every
-``interval`` seconds, and sends the newest configuration version to each
-node that does not run it (a node that acknowledged it is asked, cheaply,
-which version it runs), on the node's control endpoint with the
+``interval`` seconds, and rolls the newest configuration version out to each
+node that does not run it: one node first, the others once that one reports
+itself healthy (``config_staged``, ``actors.staged``); a node that rolls back
+stops the rollout. It talks to each node's control endpoint with the
 master's key pair (the nodes know it as ``[cluster] master_key``). A node
 that is down keeps its last version and gets the newest one once it answers
 again; the master is never needed for a call.
@@ -19,6 +20,7 @@ from gevent.pool import Group
 from actors.bus import Bus, BusError, request
 from store import audit
 from store import master as ms
+from store import versions
 
 log = logging.getLogger(__name__)
 
@@ -72,38 +74,65 @@ class Pusher:
         return self._cached[1]
 
     def push_round(self) -> dict:
-        """Send the newest version to every node behind it; ``{node id: outcome}``."""
+        """Roll the newest version out to every node behind it; ``{node id: outcome}``.
+
+        Every node is asked first (cheaply) which version it runs: one thought
+        current may have lost its store and restarted meanwhile, and one that is
+        down costs the round ``CHECK_TIMEOUT``, not ``PUSH_TIMEOUT``. While no node
+        runs the version, it goes to one node alone (the lowest id of those that
+        answer); only when that node reports itself healthy does it go to the
+        others. A node that reports itself unhealthy has rolled back: the rollout
+        of this version stops (``store.versions.rollout_failure``) until a newer one.
+        """
         version = ms.current_version()
-        outcome: dict[str, object] = {}
         if version == 0:
-            return outcome
-        jobs = {n["node_id"]: self.jobs.spawn(self._check_and_push, n, version)
-                for n in ms.list_nodes()}
+            return {}
+        nodes = ms.list_nodes()
+        asked = {n["node_id"]: self.jobs.spawn(self._running, n) for n in nodes}
+        gevent.joinall(list(asked.values()), timeout=CHECK_TIMEOUT + 1)
+        outcome: dict[str, object] = {}
+        behind, current = [], False
+        for n in nodes:
+            job = asked[n["node_id"]]
+            running = job.value if job.successful() else "no answer"
+            if isinstance(running, str):
+                ms.record_ack(n["node_id"], n["acked_version"], running)
+                outcome[n["node_id"]] = running
+            elif running >= version:
+                if n["last_error"] or n["acked_version"] < running:
+                    ms.record_ack(n["node_id"], running)
+                outcome[n["node_id"]] = f"version {running}"
+                current = True
+            else:
+                behind.append(n)
+        failed = versions.rollout_failure()
+        if behind and failed is not None:
+            outcome.update({n["node_id"]: f"rollout of {version} stopped: {failed['node']} "
+                            f"rolled back ({failed['reason']})" for n in behind})
+            behind = []
+        if behind and not current:
+            canary, behind = behind[0], behind[1:]  # list_nodes is ordered by id
+            outcome[canary["node_id"]] = result = self._push(canary, version)
+            if not result.startswith("version "):
+                behind = []
+        jobs = {n["node_id"]: self.jobs.spawn(self._push, n, version) for n in behind}
         gevent.joinall(list(jobs.values()), timeout=PUSH_TIMEOUT + 1)
         for node_id, job in jobs.items():
             outcome[node_id] = job.value if job.successful() else "push failed"
         self.last_round = time.time()
         return outcome
 
-    def _check_and_push(self, node: dict, version: int) -> str:
-        """Push ``version`` to a node behind it. Every node is asked first (cheaply)
-        which version it runs: one thought current may have lost its store and
-        restarted meanwhile, and one that is down costs the round ``CHECK_TIMEOUT``,
-        not ``PUSH_TIMEOUT`` (the round waits for every node)."""
+    def _running(self, node: dict) -> int | str:
+        """The version a node runs, or why it did not say."""
         try:
-            running = request(self.bus, node["control"], node["public_key"],
-                              {"cmd": "config_version"}, timeout=CHECK_TIMEOUT)["version"]
+            return int(request(self.bus, node["control"], node["public_key"],
+                               {"cmd": "config_version"}, timeout=CHECK_TIMEOUT)["version"])
         except BusError as e:
-            ms.record_ack(node["node_id"], node["acked_version"], str(e))
             return str(e)
-        if running >= version:
-            if node["last_error"] or node["acked_version"] < running:
-                ms.record_ack(node["node_id"], running)
-            return f"version {running}"
-        return self._push(node, version)
 
     def _push(self, node: dict, version: int) -> str:
-        message = {"cmd": "config", **self._config(version)}
+        """Stage ``version`` on a node; ``"version N"`` when it runs it healthy."""
+        message = {"cmd": "config_staged", **self._config(version)}
         try:
             result = request(self.bus, node["control"], node["public_key"], message,
                              timeout=PUSH_TIMEOUT)
@@ -113,10 +142,30 @@ class Pusher:
             if str(e)[:500] != node["last_error"]:  # a dead node's retries are one row
                 audit.record("master", "push", node["node_id"], after={"version": version},
                              result=str(e), ok=False)
+            self._undo(node, version)
             return str(e)
+        if not result.get("healthy", False):
+            reason = str(result.get("reason", "unhealthy"))
+            versions.record_rollout_failure(version, node["node_id"], reason)
+            error = f"configuration {version} refused or rolled back: {reason}"
+            ms.record_ack(node["node_id"], version, error)
+            audit.record("master", "rollout stopped", node["node_id"],
+                         after={"version": version}, result=reason, ok=False)
+            log.warning("node %s rolled configuration %d back (%s): rollout stopped",
+                        node["node_id"], version, reason)
+            return error
         acked = int(result.get("version", 0))
         ms.record_ack(node["node_id"], acked)
         audit.record("master", "push", node["node_id"], before={"version": node["acked_version"]},
                      after={"version": acked})
         log.info("node %s runs configuration %d", node["node_id"], acked)
         return f"version {acked}"
+
+    def _undo(self, node: dict, version: int) -> None:
+        """A staged push went unanswered: ask the node to put back what it ran before, in
+        case it applied the version without its answer arriving (best effort)."""
+        try:
+            request(self.bus, node["control"], node["public_key"],
+                    {"cmd": "config_rollback", "version": version}, timeout=CHECK_TIMEOUT)
+        except BusError:
+            pass
