@@ -113,3 +113,30 @@ def test_restore_makes_an_earlier_version_current_again(master):
     assert dp.pushed_dialplan() is None
     assert versions.content(restored)["users"] == versions.content(v1)["users"]
     assert versions.restore(9999) is None
+
+
+def test_rollback_command_restores_an_earlier_version(tmp_path):
+    from tests.test_dashboard_browser import run_master
+    config = str(tmp_path / "master.toml")
+    with open(config, "w") as f:
+        f.write(f'[master]\nlisten = "127.0.0.1:1"\ndata_dir = "{tmp_path}/data"\n'
+                'domain = "example.test"\n')
+    assert run_master("init", config=config).returncode == 0
+    url = f"sqlite:///{tmp_path}/data/master.db"
+    ms.init_master_store(url)
+    try:
+        old = ms.save_user("alice", "pw")
+        ms.save_user("bob", "pw")
+    finally:
+        ms.close_master_store()
+    out = run_master("rollback", str(old), config=config)
+    assert out.returncode == 0 and f"version {old} restored as configuration" in out.stdout
+    bad = run_master("rollback", "999", config=config)
+    assert bad.returncode == 2 and "no version 999" in bad.stderr
+    assert run_master("rollback", "x", config=config).returncode == 2
+    ms.init_master_store(url)
+    try:
+        assert [u["username"] for u in ms.list_users()] == ["alice"]
+        assert ms.current_version() == old + 2
+    finally:
+        ms.close_master_store()
