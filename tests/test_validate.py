@@ -29,10 +29,11 @@ def master(store_url):
 def refused(change, match: str) -> None:
     """``change()`` raises a StoreError matching ``match``; no version, content unchanged."""
     before, kept = ms.current_version(), versions.content(ms.current_version())
+    users = ms.list_users()
     with pytest.raises(StoreError, match=match):
         change()
-    assert ms.current_version() == before
-    assert versions.content(before) == kept == versions.current_content()
+    assert ms.current_version() == before and ms.list_users() == users
+    assert versions.content(before) == kept
 
 
 def test_a_rule_that_cannot_compile_is_refused(master):
@@ -140,3 +141,14 @@ def test_rollback_command_restores_an_earlier_version(tmp_path):
         assert ms.current_version() == old + 2
     finally:
         ms.close_master_store()
+
+
+def test_kept_content_stays_under_its_byte_budget(master, monkeypatch):
+    size = versions.VersionContent.get(
+        versions.VersionContent.version == ms.current_version()).content
+    monkeypatch.setattr(versions, "MAX_KEPT_BYTES", len(size) * 3 + 1)
+    for i in range(5):
+        ms.save_user(f"u{i}", "pw")
+    kept = [v["version"] for v in versions.list_versions() if v["restorable"]]
+    newest = ms.current_version()
+    assert kept and kept[0] == newest and len(kept) < 4
