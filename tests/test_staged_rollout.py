@@ -104,6 +104,10 @@ def test_a_bad_change_is_refused_with_its_reason_and_no_node_changes(setup):
 def test_a_change_that_breaks_the_first_node_is_rolled_back_there_and_stops(setup):
     cluster, pusher = setup
     before, good = states(cluster), ms.current_version()
+    ms.add_admin("admin", "admin-pw")
+    client = create_app({"SECRET_KEY": "k", "WTF_CSRF_ENABLED": False}, pusher).test_client()
+    assert client.post("/login", data={"username": "admin", "password": "admin-pw"}
+                       ).status_code == 302
     ms.setup("other.test")  # a domain the nodes do not serve
     try:
         bad = ms.new_version("domain other.test")
@@ -120,18 +124,17 @@ def test_a_change_that_breaks_the_first_node_is_rolled_back_there_and_stops(setu
         assert "rolled back" in nodes["node1"]["last_error"]
         assert all(nodes[k]["acked_version"] == good for k in nodes)
         assert audit.search(action="rollout stopped")["entries"][0]["target"] == "node1"
-        ms.add_admin("admin", "admin-pw")
-        client = create_app({"SECRET_KEY": "k", "WTF_CSRF_ENABLED": False}, pusher).test_client()
-        assert client.post("/login", data={"username": "admin", "password": "admin-pw"}
-                           ).status_code == 302
         page = client.get("/").get_data(as_text=True)
         assert 'id="rollout-failed"' in page and f"configuration {bad} stopped" in page
+        assert f'id="restore-{good}"' in page and f'id="restore-{bad}"' not in page
     finally:
         ms.setup("example.test")
-    fixed = versions.restore(good)  # the earlier version, restored: rolls out afresh
-    pusher.poke()
-    assert wait_acked(fixed, 10.0), ms.list_nodes()
+    r = client.post(f"/versions/{good}/restore")  # the earlier version: rolls out afresh
+    assert r.status_code == 302
+    fixed = ms.current_version()
+    assert fixed > bad and wait_acked(fixed, 10.0), ms.list_nodes()
     assert versions.rollout_failure() is None
+    assert 'id="rollout-failed"' not in client.get("/").get_data(as_text=True)
 
 
 def test_a_restored_version_reaches_every_node(setup):

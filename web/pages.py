@@ -16,6 +16,7 @@ from store.db import StoreError
 from store.users import read_users_csv
 
 from . import cluster, services
+from .calls import _when
 from .auth import login_required
 
 bp = Blueprint("pages", __name__)
@@ -62,7 +63,7 @@ def nodes():
                            domain=ms.domain(), states=states, action=ActionForm(),
                            calls=cdrs.per_node(time.time() - 86400),
                            rollout_failed=versions.rollout_failure(),
-                           versions=versions.list_versions(VERSIONS_SHOWN))
+                           versions=versions.list_versions(VERSIONS_SHOWN), when=_when)
 
 
 VERSIONS_SHOWN = 20
