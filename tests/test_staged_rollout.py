@@ -200,6 +200,11 @@ def test_hostile_rollbacks_restores_and_stages_are_refused(setup):
     admin = {"Authorization": "Basic " + base64.b64encode(b"admin:admin-pw").decode()}
     current = ms.current_version()
     assert client.post("/api/versions/99999/restore", headers=admin).status_code == 404
+    assert client.post("/api/versions/-1/restore", headers=admin).status_code == 404
+    assert client.post("/api/versions/1e9/restore", headers=admin).status_code == 404
+    assert client.get("/api/versions").status_code == 401
+    listed = client.get("/api/versions", headers=admin).json
+    assert listed["rollout_failed"] is None and listed["versions"][0]["version"] == current
     assert client.post(f"/api/versions/{current - 1}/restore").status_code == 401
     with client.session_transaction() as session:  # logged in, but no CSRF token sent
         session.update({"admin": "admin"})
