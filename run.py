@@ -210,17 +210,18 @@ def main(argv=None) -> int:
     imp.add_argument("file")
     user.set_defaults(func=cmd_user)
     master = sub.add_parser("master", help="run the configuration master (or: master init, "
-                            "master token, master node list|remove ID, master backup FILE, "
-                            "master restore FILE)")
+                            "master token, master node list|remove ID, master rollback N, "
+                            "master backup FILE, master restore FILE)")
     master.add_argument("action", nargs="?", default="run",
-                        choices=("run", "init", "token", "node", "backup", "restore"),
+                        choices=("run", "init", "token", "node", "rollback", "backup", "restore"),
                         help="run the dashboard (default); init: set up its data folder, "
                              "database, key pair and admin account; token: print a join "
-                             "token; node list, node remove ID; backup FILE: write an archive "
+                             "token; node list, node remove ID; rollback N: restore configuration "
+                             "version N (a new version, rolled out); backup FILE: write an archive "
                              "of the master (while it runs); restore FILE: restore one onto a "
                              "fresh data folder")
-    master.add_argument("words", nargs="*", help="with node: list, or remove ID; with backup "
-                        "or restore: the archive")
+    master.add_argument("words", nargs="*", help="with node: list, or remove ID; with "
+                        "rollback: N; with backup or restore: the archive")
     master.add_argument("--config", required=True, help="master configuration (TOML)")
     master.set_defaults(func=cmd_master)
     keys = sub.add_parser("keys", help="make a CurveZMQ key pair")

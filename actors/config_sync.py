@@ -24,10 +24,10 @@ from sipcore.dialplan import DialPlanError, parse_dialplan
 from sipcore.sip_settings import SettingsError, parse_settings
 from store.db import StoreError
 from store.models import get_state, set_state
-from store.users import replace_users
+from store.users import pushed_users, replace_users
 
 from .bus import BusError
-from .live_settings import apply_settings, keep_settings
+from .live_settings import SETTINGS_KEY, apply_settings, keep_settings
 from .membership import MembershipError, follow_peers, parse_peers, store_peers
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,8 @@ MASTER = "master"
 
 VERSION_KEY = "config_version"
 """Node state key of the configuration version the node runs."""
+DIALPLAN_KEY = "dialplan"
+"""Node state key of the pushed dial plan (``actors.gateways.STATE_KEY``)."""
 
 
 class ConfigSync:
@@ -120,6 +122,33 @@ class ConfigSync:
             return parse_settings(doc, self.domain)
         except SettingsError as e:
             raise BusError(f"settings refused: {e}") from None
+
+    def snapshot(self) -> dict:
+        """What the node runs now (version, users, dial plan, SIP settings), for
+        :meth:`restore`."""
+        return {"version": int(get_state(VERSION_KEY, 0)), "users": pushed_users(self.domain),
+                "dialplan": get_state(DIALPLAN_KEY), "settings": get_state(SETTINGS_KEY)}
+
+    def restore(self, snapshot: dict) -> None:
+        """Run what :meth:`snapshot` saw again (a rollback; the peer list stays: it
+        follows the nodes that exist)."""
+        try:
+            replace_users(self.domain, snapshot["users"])
+        except StoreError as e:
+            raise BusError(f"rollback failed: {e}") from None
+        set_state(VERSION_KEY, snapshot["version"])
+        if self.on_users is not None:
+            self.on_users()
+        if self.on_dialplan is not None and get_state(DIALPLAN_KEY) != snapshot["dialplan"]:
+            self.on_dialplan(snapshot["dialplan"])
+        # Settings the node ran before come back; a node that ran its file's (none pushed
+        # yet) keeps the pushed ones until its next start, which reads the file again.
+        before = snapshot.get("settings")
+        if before is not None and before != get_state(SETTINGS_KEY):
+            keep_settings(before)
+            if self.on_settings is not None:
+                self.on_settings(before)
+        log.warning("configuration rolled back to %d", snapshot["version"])
 
     @staticmethod
     def _dialplan(request: dict) -> dict | None:

@@ -169,8 +169,9 @@ def load_dialplan(cfg) -> DialPlan:
 
 def apply_dialplan(node, doc) -> None:
     """Take a dial plan document pushed by the master: checked (``DialPlanError``,
-    changing nothing), kept in the store, then routing with it."""
-    plan = parse_dialplan(doc)
+    changing nothing), kept in the store, then routing with it. None (a rollback to
+    before the master's first plan): the plan of the node's ``[dialplan]`` again."""
+    plan = parse_dialplan(doc if doc is not None else (node.cfg.dialplan or None))
     set_state(STATE_KEY, doc)
     dialing = getattr(node, "dialing", None)
     if dialing is not None:

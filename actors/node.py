@@ -49,6 +49,7 @@ from .registrations import attach_registrations
 from .replicator import attach_replicator
 from .services import Services, attach_services
 from .traffic import Traffic, attach_traffic
+from .staged import attach_staged
 from .transport import Limits, TlsContexts, Transport
 
 log = logging.getLogger(__name__)
@@ -187,6 +188,7 @@ class Node:
         attach_call_outbox(self)
         attach_dialing(self)
         attach_emergency_notify(self)
+        attach_staged(self)
         self.proxy.greenlet = self.group.spawn(self.proxy.run)
         self.proxy.greenlet.link_exception(self.actor_died)
         attach_drain(self)

@@ -7,7 +7,8 @@ It holds the domain settings, the SIP users (HA1 only), the nodes, the
 configuration versions and the admin accounts (password hashes only).
 
 Every change to what nodes serve goes through :func:`new_version`, which
-numbers it; :func:`config_for` builds what is pushed for a version.
+checks it (``store.validate``), numbers it and keeps its content
+(``store.versions``); :func:`config_for` builds what is pushed for a version.
 """
 
 import hashlib
@@ -177,7 +178,8 @@ def master_models() -> tuple[type[MasterModel], ...]:
     build on it (the audit log, alarms), which import this one and so are imported here late."""
     from store.alarms import Alarm
     from store.audit import AuditEntry
-    return (*MASTER_MODELS, AuditEntry, Alarm)
+    from store.versions import VersionContent
+    return (*MASTER_MODELS, AuditEntry, Alarm, VersionContent)
 
 
 def init_master_store(url: str) -> peewee.Database:
@@ -219,8 +221,18 @@ def domain() -> str:
 
 
 def new_version(reason: str) -> int:
-    """Record a new configuration version; return its number."""
-    return ConfigVersion.create(reason=reason[:200]).version
+    """Record a new configuration version and keep its content (``store.versions``); return
+    its number. The configuration is checked first (``store.validate``): a refused one
+    raises ``ConfigError`` saying why, and no version is made (the caller's transaction,
+    rolled back by the error, undoes the change)."""
+    from store import validate, versions
+    with master_db.atomic():
+        content = versions.current_content()
+        validate.check_config(content["domain"], content["dialplan"],
+                              versions.previous_dialplan())
+        number = ConfigVersion.create(reason=reason[:200]).version
+        versions.keep(number, content)
+    return number
 
 
 def current_version() -> int:

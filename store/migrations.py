@@ -55,7 +55,14 @@ def _master_6_tls_port(migrator: SchemaMigrator, db: peewee.Database) -> None:
                                     peewee.IntegerField(default=0)))
 
 
+def _master_7_version_content(migrator: SchemaMigrator, db: peewee.Database) -> None:
+    """The kept content of configuration versions (``store.versions``)."""
+    from store.versions import VersionContent
+    db.create_tables([VersionContent])
+
+
 MASTER_MIGRATIONS: tuple[Migration, ...] = (_master_2_audit_log, _master_3_alarms,
                                             _master_4_join, _master_5_emergency_calls,
-                                            _master_6_tls_port)
+                                            _master_6_tls_port,
+                                            _master_7_version_content)
 """The master database's steps (``store.master``)."""

@@ -295,6 +295,13 @@ def _ha1_row(user: dict[str, Any], domain: str) -> dict[str, Any]:
             "enabled": bool(user.get("enabled", True)), "created_at": time.time()}
 
 
+def pushed_users(domain: str) -> list[dict[str, Any]]:
+    """``domain``'s users as the master pushes them (HA1s), to push them back on a rollback."""
+    query = (User.select(User.username, User.ha1_md5, User.ha1_sha256, User.enabled)
+             .where(User.domain == domain).order_by(User.username).dicts())
+    return [{**u, "enabled": bool(u["enabled"])} for u in cast(Iterable[dict[str, Any]], query)]
+
+
 def replace_users(domain: str, users: list[dict[str, Any]]) -> tuple[int, int]:
     """Make ``domain``'s users exactly ``users`` (HA1s as the master pushes them).
 

@@ -9,6 +9,7 @@ from store import master as ms
 from store.db import StoreError, open_database
 from store.migrations import MASTER_MIGRATIONS, NODE_MIGRATIONS
 from store.models import MODELS, Binding, User, close_store, init_store
+from store.users import compute_ha1s
 
 
 def dropped(url: str, models) -> peewee.Database:
@@ -55,7 +56,9 @@ def test_a_master_database_of_the_previous_schema_migrates_and_keeps_its_rows(st
     db.close()
     ms.master_db.initialize(open_database(store_url))
     ms.setup("example.test")
-    ms.save_user("amy", "amy-pw")
+    ha1 = compute_ha1s("amy", "example.test", "amy-pw")  # as a version-1 release wrote them
+    ms.SipUser.create(username="amy", ha1_md5=ha1["MD5"], ha1_sha256=ha1["SHA-256"])
+    ms.ConfigVersion.create(reason="user amy saved")
     ms.add_admin("admin", "pw")
     assert not audit.AuditEntry.table_exists()
     ms.close_master_store()
@@ -64,6 +67,7 @@ def test_a_master_database_of_the_previous_schema_migrates_and_keeps_its_rows(st
         assert schema.stored_version(db, "master") == schema.current_version(MASTER_MIGRATIONS)
         assert ms.count_users() == 1 and ms.check_admin("admin", "pw")
         assert ms.current_version() == 1
+        assert ms.new_version("after the migration") == 2  # its content is kept from now on
         audit.record("admin", "after the migration")
         assert audit.search()["total"] == 1
     finally:

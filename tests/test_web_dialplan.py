@@ -20,7 +20,7 @@ def app(tmp_path):
     yield create_app({"SECRET_KEY": "test-key", "LOGIN_FAILURES": 3}, Poked())
     ms.close_master_store()
 
-GW = {"name": "carrier", "host": "gw.example.test", "port": 5080, "transport": "udp"}
+GW = {"name": "carrier", "host": "localhost", "port": 5080, "transport": "udp"}
 PSAP = {"name": "psap", "host": "127.0.0.9", "emergency": True}
 RULE = {"pattern": "9.", "strip": 1, "gateways": ["carrier"], "permission": "local"}
 
@@ -53,7 +53,7 @@ def test_gateways_rules_users_and_the_tester_through_the_api(app):
     got = api(c, "GET", "/which?number=9011441234").get_json()
     assert got["rule"]["index"] == 0 and got["sent"] == "+441234"
     assert got["gateways"] == [{"name": "carrier",
-                                "uri": "sip:+441234@gw.example.test:5080;transport=udp"}]
+                                "uri": "sip:+441234@localhost:5080;transport=udp"}]
     assert api(c, "GET", "/which?number=95551234").get_json()["rule"]["pattern"] == "9."
     assert api(c, "GET", "/which?number=5551234").get_json()["rule"] is None
     assert api(c, "POST", "/rules/1/move", {"to": 0}).status_code == 200

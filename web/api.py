@@ -10,12 +10,16 @@ body; 202 and a job), ``GET /api/users/import/<id>`` (its progress), ``GET
 /api/nodes/<id>/services`` (state, uptime and restarts of each service), ``POST
 /api/nodes/<id>/services/<name>/stop|start|restart`` (through the node's control
 channel, lab or not), ``GET /api/config`` (the newest version, each node's and the SIP
-settings) and ``PUT /api/config`` (change SIP settings: a new version).
+settings), ``PUT /api/config`` (change SIP settings: a new version), ``GET
+/api/versions`` (the newest versions, which can be restored, a stopped rollout) and
+``POST /api/versions/<n>/restore`` (version n's users and dial plan again, as a new
+version rolled out like any change).
 """
 
 from flask import Blueprint, Response, current_app, request
 
 from store import master as ms
+from store import versions
 from store.db import StoreError
 from store.sip_settings import current_settings, save_settings
 
@@ -239,3 +243,25 @@ def service_action(node_id, name, action):
                                           action)}
     except services.ServiceError as e:
         return {"error": str(e)}, 400
+
+
+@bp.get("/versions")
+@basic_auth_required
+def list_versions():
+    """The newest versions (number, time, reason, restorable) and a stopped rollout."""
+    return {"versions": versions.list_versions(), "rollout_failed": versions.rollout_failure()}
+
+
+@bp.post("/versions/<int:number>/restore")
+@basic_auth_required
+def restore_version(number):
+    """Make version ``number``'s users and dial plan current again, as a new version."""
+    try:
+        version = versions.restore(number)
+    except StoreError as e:
+        return {"error": str(e)}, 400
+    if version is None:
+        return {"error": f"no version {number} with its content kept (the newest "
+                         f"{versions.KEEP} are)"}, 404
+    _changed()
+    return {"restored": number, "version": version}

@@ -11,9 +11,11 @@ from wtforms.validators import DataRequired, Length
 
 from store import cdrs
 from store import master as ms
+from store import versions
 from store.db import StoreError
 
 from . import cluster, services
+from .calls import _when
 from .auth import login_required
 from .charts import split_chart
 from .filters import FilterError, texts
@@ -65,7 +67,31 @@ def nodes():
     rows = {r["node_id"]: r for r in cluster.overview(nodes, states, rates, version)}
     return render_template("nodes.html", nodes=nodes, version=version, rows=rows,
                            domain=ms.domain(), states=states, action=ActionForm(),
-                           calls=cdrs.per_node(time.time() - 86400))
+                           calls=cdrs.per_node(time.time() - 86400),
+                           rollout_failed=versions.rollout_failure(),
+                           versions=versions.list_versions(VERSIONS_SHOWN), when=_when)
+
+
+VERSIONS_SHOWN = 20
+"""Configuration versions the nodes page lists (the API lists every one kept)."""
+
+
+@bp.route("/versions/<int:number>/restore", methods=["POST"])
+@login_required
+def restore_version(number):
+    """Make an earlier version's users and dial plan current again (a new version)."""
+    if not ActionForm().validate_on_submit():
+        return "CSRF token missing or wrong", 400
+    try:
+        version = versions.restore(number)
+    except StoreError as e:
+        flash(f"Version {number} not restored: {e}")
+        return redirect(url_for("pages.nodes"))
+    if version is None:
+        return f"no version {number} with its content kept", 404
+    changed()
+    flash(f"Version {number} restored as version {version}; it rolls out now.")
+    return redirect(url_for("pages.nodes"))
 
 
 @bp.route("/nodes/<node_id>/restart", methods=["POST"])

@@ -1,10 +1,13 @@
 """The master's configuration push: every node gets the newest version, over CurveZMQ.
 
 One greenlet owns the push. It wakes on every change (``poke``) and every
-``interval`` seconds, and sends the newest configuration version to each
-node that does not run it (a node that acknowledged it is asked, cheaply,
+``interval`` seconds, and rolls the newest configuration version out to each
+node that does not run it: one node first, the others once that one reports
+itself healthy (``config_staged``, ``actors.staged``); a node that rolls back
+stops the rollout. A node of the previous release, which knows no staging, gets
+the plain ``config`` push (see README, Upgrades). Each node is asked, cheaply,
 which version it runs, and its TLS port, kept for the zone's ``_sips._tcp``
-records), on the node's control endpoint with the
+records. It talks to each node's control endpoint with the
 master's key pair (the nodes know it as ``[cluster] master_key``). A node
 that is down keeps its last version and gets the newest one once it answers
 again; the master is never needed for a call.
@@ -20,6 +23,7 @@ from gevent.pool import Group
 from actors.bus import Bus, BusError, request
 from store import audit
 from store import master as ms
+from store import versions
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +46,6 @@ class Pusher:
         self._cached: tuple[int, dict] | None = None
         self.last_round = 0.0
         self._bad_tls_port: set[str] = set()
-        """Nodes whose last reported TLS port was no port (warned once)."""
 
     def start(self) -> None:
         """Start the push greenlet."""
@@ -75,37 +78,63 @@ class Pusher:
         return self._cached[1]
 
     def push_round(self) -> dict:
-        """Send the newest version to every node behind it; ``{node id: outcome}``."""
+        """Roll the newest version out to every node behind it; ``{node id: outcome}``.
+
+        Every node is asked first (cheaply) which version it runs: one thought
+        current may have lost its store and restarted meanwhile, and one that is
+        down costs the round ``CHECK_TIMEOUT``, not ``PUSH_TIMEOUT``. While no node
+        runs the version, it goes to one node alone (the lowest id of those that
+        answer); only when that node reports itself healthy does it go to the
+        others. A node that reports itself unhealthy has rolled back: the rollout
+        of this version stops (``store.versions.rollout_failure``) until a newer one.
+        """
         version = ms.current_version()
-        outcome: dict[str, object] = {}
         if version == 0:
-            return outcome
-        jobs = {n["node_id"]: self.jobs.spawn(self._check_and_push, n, version)
-                for n in ms.list_nodes()}
+            return {}
+        nodes = ms.list_nodes()
+        asked = {n["node_id"]: self.jobs.spawn(self._running, n) for n in nodes}
+        gevent.joinall(list(asked.values()), timeout=CHECK_TIMEOUT + 1)
+        outcome: dict[str, object] = {}
+        behind, current = [], False
+        for n in nodes:
+            job = asked[n["node_id"]]
+            running = job.value if job.successful() else "no answer"
+            if isinstance(running, str):
+                ms.record_ack(n["node_id"], n["acked_version"], running)
+                outcome[n["node_id"]] = running
+            elif running >= version:
+                if n["last_error"] or n["acked_version"] < running:
+                    ms.record_ack(n["node_id"], running)
+                outcome[n["node_id"]] = f"version {running}"
+                current = True
+            else:
+                behind.append(n)
+        failed = versions.rollout_failure()
+        if behind and failed is not None:
+            outcome.update({n["node_id"]: f"rollout of {version} stopped: {failed['node']} "
+                            f"rolled back ({failed['reason']})" for n in behind})
+            behind = []
+        if behind and not current:
+            canary, behind = behind[0], behind[1:]  # list_nodes is ordered by id
+            outcome[canary["node_id"]] = result = self._push(canary, version)
+            if not result.startswith("version "):
+                behind = []
+        jobs = {n["node_id"]: self.jobs.spawn(self._push, n, version) for n in behind}
         gevent.joinall(list(jobs.values()), timeout=PUSH_TIMEOUT + 1)
         for node_id, job in jobs.items():
             outcome[node_id] = job.value if job.successful() else "push failed"
         self.last_round = time.time()
         return outcome
 
-    def _check_and_push(self, node: dict, version: int) -> str:
-        """Push ``version`` to a node behind it. Every node is asked first (cheaply)
-        which version it runs: one thought current may have lost its store and
-        restarted meanwhile, and one that is down costs the round ``CHECK_TIMEOUT``,
-        not ``PUSH_TIMEOUT`` (the round waits for every node)."""
+    def _running(self, node: dict) -> int | str:
+        """The version a node runs, or why it did not say."""
         try:
             answer = request(self.bus, node["control"], node["public_key"],
                              {"cmd": "config_version"}, timeout=CHECK_TIMEOUT)
-            running = answer["version"]
         except BusError as e:
-            ms.record_ack(node["node_id"], node["acked_version"], str(e))
             return str(e)
         self._note_tls_port(node, answer.get("tls_port", 0))
-        if running >= version:
-            if node["last_error"] or node["acked_version"] < running:
-                ms.record_ack(node["node_id"], running)
-            return f"version {running}"
-        return self._push(node, version)
+        return int(answer["version"])
 
     def _note_tls_port(self, node: dict, port: object) -> None:
         """Keep the TLS port a node reports (absent: 0, no TLS) for the zone's
@@ -123,20 +152,50 @@ class Pusher:
             log.info("node %s takes TLS on port %s", node["node_id"], port or "none")
 
     def _push(self, node: dict, version: int) -> str:
-        message = {"cmd": "config", **self._config(version)}
+        """Stage ``version`` on a node; ``"version N"`` when it runs it healthy."""
+        message = {"cmd": "config_staged", **self._config(version)}
         try:
-            result = request(self.bus, node["control"], node["public_key"], message,
-                             timeout=PUSH_TIMEOUT)
+            try:
+                result = request(self.bus, node["control"], node["public_key"], message,
+                                 timeout=PUSH_TIMEOUT)
+            except BusError as e:
+                if "unknown command 'config_staged'" not in str(e):
+                    raise
+                # A node of the previous release (v0.23.0) applies a version at once and
+                # checks nothing: its answer is taken as healthy.
+                result = request(self.bus, node["control"], node["public_key"],
+                                 {**message, "cmd": "config"}, timeout=PUSH_TIMEOUT)
+                result = {**result, "healthy": True}
         except BusError as e:
             ms.record_ack(node["node_id"], version, str(e))
             log.info("node %s did not take configuration %d: %s", node["node_id"], version, e)
             if str(e)[:500] != node["last_error"]:  # a dead node's retries are one row
                 audit.record("master", "push", node["node_id"], after={"version": version},
                              result=str(e), ok=False)
+            self._undo(node, version)
             return str(e)
+        if not result.get("healthy", False):
+            reason = str(result.get("reason", "unhealthy"))
+            versions.record_rollout_failure(version, node["node_id"], reason)
+            error = f"configuration {version} refused or rolled back: {reason}"
+            ms.record_ack(node["node_id"], version, error)
+            audit.record("master", "rollout stopped", node["node_id"],
+                         after={"version": version}, result=reason, ok=False)
+            log.warning("node %s rolled configuration %d back (%s): rollout stopped",
+                        node["node_id"], version, reason)
+            return error
         acked = int(result.get("version", 0))
         ms.record_ack(node["node_id"], acked)
         audit.record("master", "push", node["node_id"], before={"version": node["acked_version"]},
                      after={"version": acked})
         log.info("node %s runs configuration %d", node["node_id"], acked)
         return f"version {acked}"
+
+    def _undo(self, node: dict, version: int) -> None:
+        """A staged push went unanswered: ask the node to put back what it ran before, in
+        case it applied the version without its answer arriving (best effort)."""
+        try:
+            request(self.bus, node["control"], node["public_key"],
+                    {"cmd": "config_rollback", "version": version}, timeout=CHECK_TIMEOUT)
+        except BusError:
+            pass

@@ -1,5 +1,6 @@
 """``run.py master``: set up (``init``) or run the configuration master.
 
+``rollback N`` makes version N's users and dial plan current again.
 ``init`` makes the data folder, the database (0600), the master's CurveZMQ
 key pair and the first admin ``admin`` with a generated password, written
 to ``<data_dir>/admin-password`` (0600) and shown once on the terminal, and
@@ -22,7 +23,7 @@ import gevent
 from gevent.event import Event
 from gevent.pywsgi import WSGIServer
 
-from store import join_tokens
+from store import join_tokens, versions
 from store import master as ms
 from store.db import StoreError
 
@@ -93,6 +94,24 @@ def node_command(settings, words: list[str]) -> int:
     return 0
 
 
+def rollback_command(settings, words: list[str]) -> int:
+    """``rollback N``: make version N's users and dial plan current again (a new version
+    the running master rolls out within its push interval)."""
+    if len(words) != 1 or not words[0].isdigit():
+        raise SettingsError("expected `master rollback N` (a configuration version)")
+    ms.init_master_store(settings.database_url)
+    try:
+        version = versions.restore(int(words[0]))
+    finally:
+        ms.close_master_store()
+    if version is None:
+        raise SettingsError(f"no version {words[0]} with its content kept (the newest "
+                            f"{versions.KEEP} are)")
+    sys.stdout.write(f"version {words[0]} restored as configuration {version}: the running "
+                     "master rolls it out within its push interval.\n")
+    return 0
+
+
 def serve(settings, release: str = "") -> int:
     """Run the dashboard and the pusher until SIGTERM or SIGINT."""
     plan = BackupPlan.of(settings)
@@ -147,12 +166,13 @@ def serve(settings, release: str = "") -> int:
 
 
 def cmd_master(args) -> int:
-    """``run.py master [init | token | node list | node remove ID | backup FILE |
-    restore FILE] --config master.toml``."""
+    """``run.py master [init | token | node list | node remove ID | rollback N |
+    backup FILE | restore FILE] --config master.toml``."""
     release = getattr(args, "release", "")
     try:
         settings = load_settings(args.config)
-        if getattr(args, "words", None) and args.action not in ("node", "backup", "restore"):
+        if getattr(args, "words", None) and args.action not in ("node", "backup", "restore",
+                                                                 "rollback"):
             raise SettingsError(f"`master {args.action}` takes no {' '.join(args.words)!r}")
         if args.action == "init":
             return init(settings)
@@ -165,12 +185,14 @@ def cmd_master(args) -> int:
             sys.stdout.write(f"restored {archive} (release {manifest.get('release') or '?'}) "
                              f"into {settings.data_dir}\n")
             return 0
-        if args.action in ("token", "node"):
+        if args.action in ("token", "node", "rollback"):
             if not os.path.exists(settings.path("master.secret")):
                 raise SettingsError(f"{settings.data_dir} is not set up: run "
                                     f"`run.py master init --config {args.config}` first")
             if args.action == "token":
                 return token(settings)
+            if args.action == "rollback":
+                return rollback_command(settings, list(args.words))
             return node_command(settings, list(args.words))
         if not os.path.exists(settings.path("master.secret")):
             raise SettingsError(f"{settings.data_dir} is not set up: run "
