@@ -6,17 +6,20 @@ Refer-To carried; a transfer to an international number is refused before it rea
 carrier; an INVITE with a forged token is refused."""
 
 import os
+import threading
 
 import pytest
 
 from loadtest.bench_call import Uas, register_contact
 from loadtest.harness import free_port, run_sipp
+from tests.phones import pjsua
 from tests.test_gateways import Gateway, wait_for
 from tests.test_proxy import start_node
 from tests.test_trunks import raw_invite, send_from
 
 CARRIER_IP = "127.0.18.9"          # the trusted carrier's source address
 DID = "+15551230301"               # user0's number, which the carrier calls
+SOFTPHONE_DID = "+15551230303"     # user2's number: a PJSUA2 softphone
 CALLER = "+15557770000"
 
 
@@ -53,6 +56,10 @@ caller_id = "{DID}"
 
 [dialplan.users.user1]
 numbers = ["202"]
+
+[dialplan.users.user2]
+permissions = ["local"]
+numbers = ["203", "{SOFTPHONE_DID}"]
 """
 
 
@@ -187,6 +194,17 @@ def lab(tmp_path_factory):
         gateway.stop()
 
 
+def carrier_call(node, callee: str, port: int, log: str):
+    """The carrier's call to ``callee`` (a number of the domain), which the phone
+    transfers or hangs up; SIPp's result."""
+    inf = os.path.join(node.work, f"carrier-{os.urandom(4).hex()}.csv")
+    with open(inf, "w") as f:
+        f.write(f"SEQUENTIAL\n{CALLER};carrier.example;{callee}@{node.domain}\n")
+    return run_sipp("uac_carrier_transfer.xml", f"{node.address}:{node.port}", node.work,
+                    inf=inf, calls=1, local_ip=CARRIER_IP, local_port=port, timeout=25,
+                    extra=("-trace_msg", "-message_file", log))
+
+
 def transfer(node, phone_port: int, target: str, expect: int):
     """The carrier calls the DID; the phone answers and transfers to ``target``. Return
     the carrier's SIPp result and the phone's statistics."""
@@ -198,12 +216,7 @@ def transfer(node, phone_port: int, target: str, expect: int):
                 args=("-trace_msg", "-message_file", log, "-auth_uri",
                       f"{CALLER}@{CARRIER_IP}:{carrier_port};transport=UDP"))
     try:
-        inf = os.path.join(node.work, f"carrier-{os.urandom(4).hex()}.csv")
-        with open(inf, "w") as f:
-            f.write(f"SEQUENTIAL\n{CALLER};carrier.example;{DID}@{node.domain}\n")
-        res = run_sipp("uac_carrier_transfer.xml", f"{node.address}:{node.port}", node.work,
-                       inf=inf, calls=1, local_ip=CARRIER_IP, local_port=carrier_port, timeout=25,
-                       extra=("-trace_msg", "-message_file", log + ".carrier"))
+        res = carrier_call(node, DID, carrier_port, log + ".carrier")
         return res, phone.wait(10)
     finally:
         phone.stop()
@@ -250,3 +263,33 @@ def test_a_forged_token_is_refused(lab):
         answer = send_from(CARRIER_IP, node, text)
         assert answer is not None and answer.startswith("SIP/2.0 403 Transfer Refused"), answer
     assert (len(gateway.invites()), len(colleague.invites())) == before
+
+
+def test_a_softphone_transfers_the_carriers_call_to_a_colleague(lab):
+    # PJSUA2 answers the carrier's call and transfers it (a REFER it authenticates
+    # itself after the 407); the carrier completes the call to user1's extension.
+    node, _, colleague, _ = lab
+    before = len(colleague.invites())
+    phone = pjsua("pjsua-xfer", "user2", dict(node.rows)["user2"], node.domain,
+                  f"{node.address}:{node.port}", "udp", free_port(), free_port())
+    result: list = []
+    try:
+        assert phone.wait_for("REGISTERED").endswith(" 200"), phone.lines[-10:]
+        log = os.path.join(node.work, f"carrier-pjsua-{os.urandom(4).hex()}.log")
+        carrier = threading.Thread(target=lambda: result.append(
+            carrier_call(node, SOFTPHONE_DID, free_port(CARRIER_IP), log)))
+        carrier.start()
+        phone.wait_for("INCOMING")
+        phone.wait_for("CALL CONFIRMED")
+        phone.send(f"xfer sip:202@{node.domain}")
+        phone.wait_for("XFER 100")                    # the REFER went out
+        # the carrier accepted it (no NOTIFY from SIPp: PJSUA2 prints no final status)
+        # and hangs up the first call
+        phone.wait_for("CALL DISCONNECTED")
+        carrier.join(30)
+        assert result and result[0].successful == 1, (result, node.log_tail())
+    finally:
+        phone.stop()
+    invite = wait_for(lambda: colleague.invites()[before:], 5)[0]
+    assert "X-Tandem-Transfer" not in invite
+    assert f"Referred-By: <sip:user2@{node.domain}>" in invite
