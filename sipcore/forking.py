@@ -47,7 +47,7 @@ authenticated caller with the rule's permission, the next gateway tried only on
 emergency gateways whoever calls; and nobody reaches a gateway's address past
 the plan.
 
-A trusted peer (``sipcore.trusted``, by source address) is not challenged
+A trusted peer (``sipcore.trusted``, by source address or TLS certificate) is not challenged
 and reaches only our users, their extensions and DIDs, never a gateway or
 another domain. Caller identity is screened at the edge (``sipcore.identity``,
 RFC 3325) on every request: a new one, and one inside a dialog (whose claimed
@@ -62,6 +62,7 @@ as the transferor's call.
 import logging
 import os
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote
 
@@ -131,6 +132,9 @@ class ProxyCore:
         self.dialing = None
         """A ``sipcore.dialing.Dialing`` when the node has a dial plan: numbers that are
         not users go to gateways, emergency numbers to the emergency gateways."""
+        self.tls_peer: Callable[[str, int], tuple[str, str] | None] | None = None
+        """Set by the actor: ``(host, port) -> (fingerprint, common name) | None``, the
+        verified certificate the TLS connection from there presented (trusted peers)."""
         self.transfers = Transfers(settings.secret or os.urandom(32))
         """Transfer tokens (``sipcore.transfer``): a REFER's target checked, its
         transferee's INVITE routed as the transferor's call."""
@@ -304,7 +308,7 @@ class ProxyCore:
         emergency = bool(s.emergency) and s.is_emergency(ruri)
         caller = None
         # A trusted carrier is not challenged, and reaches only our users and numbers.
-        peer = None if in_dialog else self._peer(stx.destination[1])
+        peer = None if in_dialog else self._peer(stx.destination)
         # A transferee's INVITE with a token is the transferor's call (sipcore.transfer).
         transferor = None if in_dialog else self.transfers.redeem(req, s, wall)
         if (self.auth is not None and not in_dialog and flow is None
@@ -318,7 +322,7 @@ class ProxyCore:
         if transferor is not None:
             caller = transferor
         elif method == "REFER":
-            self._refer(req, caller, in_dialog, stx.destination[1], wall)
+            self._refer(req, caller, in_dialog, stx.destination, wall)
         breadth = max_breadth(req) if not emergency else self._emergency_breadth(req)
         dialing = self.dialing
         dialled = failover = None
@@ -354,7 +358,7 @@ class ProxyCore:
         # Record-Route: the leg the request came on; each branch adds its own (RFC 5658).
         rr = stx.destination[0] if method in DIALOG_METHODS and req.to.tag is None else None
         if in_dialog:
-            screen_identity(req, self._peer(stx.destination[1]) is not None, None)
+            screen_identity(req, self._peer(stx.destination) is not None, None)
         else:
             screen_identity(req, peer is not None, None if caller is None or transferor
                             else self._asserted(caller))
@@ -446,12 +450,17 @@ class ProxyCore:
             return dialing.asserted(user)
         return f"<sip:{user}@{self.settings.domain}>"
 
-    def _peer(self, host: str):
-        """The trusted peer (``sipcore.trusted``) a request from ``host`` comes from, or None."""
+    def _peer(self, source: tuple):
+        """The trusted peer (``sipcore.trusted``) a request from ``source`` (``(transport,
+        host, port)``) comes from, by its address or its TLS connection's certificate."""
         dialing = self.dialing
-        return None if dialing is None else dialing.plan.trusted.peer(host)
+        if dialing is None:
+            return None
+        certificate = (self.tls_peer(source[1], source[2])
+                       if source[0] == "tls" and self.tls_peer is not None else None)
+        return dialing.plan.trusted.peer(source[1], certificate)
 
-    def _refer(self, req: Request, caller: str | None, in_dialog: bool, source: str,
+    def _refer(self, req: Request, caller: str | None, in_dialog: bool, source: tuple,
                wall: float) -> None:
         """Check a REFER's target against its sender's permissions (``sipcore.transfer``);
         a phone of our domain inside a dialog is challenged for them first."""
@@ -780,7 +789,7 @@ class ProxyCore:
             return False    # a transferee's INVITE: _route checks its token instead
         if s.peer_hops and req.get("route") is not None and s.relayed_flow(req, wall):
             return False    # a peer's relay to a flow we hold: it checked the caller
-        if self._peer(source[1]) is not None:
+        if self._peer(source) is not None:
             return False
         try:
             check_request(req, s)
@@ -808,7 +817,7 @@ class ProxyCore:
         if not dests or (mf is not None and mf <= 0):
             return False
         branch = stateless_branch(req)
-        screen_identity(req, self._peer(source[1]) is not None, None)
+        screen_identity(req, self._peer(source) is not None, None)
         req.pop_first_value("route")
         out = branch_request(req, BranchTarget(req.uri), None, self.settings.domain)
         self._send_stateless_to(out, branch, dests[0])
