@@ -197,6 +197,14 @@ def test_tokens_unit_fake_clock():
     for n, tok in enumerate(toks):
         t.verify(tok, str(n), WALL)
     assert len(t._seen) <= 2
+    # another node of the cluster (same secret) takes it; its seen-set is its own, so a
+    # token used on one node is accepted once more on another (the documented limit)
+    node_a, node_b = Transfers(b"c" * 32), Transfers(b"c" * 32)
+    shared = node_a.token("alice", "202", WALL)
+    assert node_b.verify(shared, "202", WALL) == "alice"
+    assert node_a.verify(shared, "202", WALL) == "alice"
+    with pytest.raises(SipError, match="Already Used"):
+        node_b.verify(shared, "202", WALL)
     # names with any characters travel in the token
     odd = t.token("a.b+c@d", "202", WALL + 5)
     assert t.verify(odd, "202", WALL + 5) == "a.b+c@d"
