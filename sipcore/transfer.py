@@ -40,6 +40,7 @@ our users, and with a token it is the transferor's.
 import base64
 import binascii
 import hmac
+import logging
 from typing import TYPE_CHECKING
 from urllib.parse import quote, unquote
 
@@ -60,6 +61,8 @@ MAX_SEEN = 10000
 MAX_TOKEN = 200
 """Longest token read: anything longer is refused unparsed."""
 _KEY = TOKEN_HEADER.lower()
+
+log = logging.getLogger(__name__)
 
 
 def _b64(data: bytes) -> str:
@@ -146,8 +149,10 @@ class Transfers:
             raise SipError(400, "Bad Refer-To") from None
         try:
             target = check_target(addr.uri, transferor, settings, dialing)
-        except SipError:
+        except SipError as err:
             self.stats["refused"] += 1
+            log.info("transfer by %s (call %s) to %s refused: %s", transferor or "a peer",
+                     req.call_id, str(addr.uri)[:100], err.reason)
             raise
         self.stats["accepted"] += 1
         if transferor is None:
@@ -168,7 +173,14 @@ class Transfers:
                 or not settings.is_local(ruri)):
             self.stats["forged"] += 1
             raise _refused("Bad Token")
-        transferor = self.verify(values[0].strip(), unquote(ruri.user), wall)
+        try:
+            transferor = self.verify(values[0].strip(), unquote(ruri.user), wall)
+        except SipError as err:
+            log.info("transferred call %s to %s refused: %s", req.call_id, str(ruri)[:100],
+                     err.reason)     # never the token: it is a credential while it lasts
+            raise
+        log.info("transferred call %s to %s made as %s's", req.call_id, str(ruri)[:100],
+                 transferor)
         req.set("Referred-By", _aor(transferor, settings.domain))
         return transferor
 
