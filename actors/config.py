@@ -108,6 +108,10 @@ class NodeConfig:
     tls_ca: str = ""
     """PEM file of the CAs the node checks the far end's certificate against when it
     opens a TLS connection (empty: encrypted, not checked)."""
+    tls_peer_ca: str = ""
+    """PEM file of the CAs whose client certificates the TLS port asks for (optional
+    for the client; one presented must verify against them): trusted peers named by
+    certificate (``sipcore.trusted``) are recognised by it. Empty: none asked for."""
     max_branches: int = 16
     """Branches one request may be forked to at most (all groups together)."""
     nat_handling: str = "auto"
@@ -152,7 +156,7 @@ _SECTIONS = {
             "emergency_numbers": "emergency_numbers",
             "outside_line_prefix": "outside_line_prefix", "nat_handling": "nat_handling",
             "tls_port": "tls_port", "tls_cert": "tls_cert", "tls_key": "tls_key",
-            "tls_ca": "tls_ca"},
+            "tls_ca": "tls_ca", "tls_peer_ca": "tls_peer_ca"},
     "registrar": {"min_expires": "min_expires", "max_expires": "max_expires",
                   "default_expires": "default_expires", "max_contacts": "max_contacts"},
     "auth": {"secret": "auth_secret", "nonce_lifetime": "nonce_lifetime",
@@ -311,15 +315,19 @@ def _check_tls(cfg: NodeConfig, base_dir: str) -> None:
         if not os.path.isfile(path):
             raise ConfigError(f"sip.{name}: no file {path}")
         setattr(cfg, name, path)
-    if cfg.tls_ca:
-        if not isinstance(cfg.tls_ca, str):
-            raise ConfigError(f"sip.tls_ca must name a PEM file, not {cfg.tls_ca!r}")
-        cfg.tls_ca = os.path.normpath(os.path.join(base_dir, cfg.tls_ca))
+    for name in ("tls_ca", "tls_peer_ca"):
+        path = getattr(cfg, name)
+        if not path:
+            continue
+        if not isinstance(path, str):
+            raise ConfigError(f"sip.{name} must name a PEM file, not {path!r}")
+        path = os.path.normpath(os.path.join(base_dir, path))
         try:
-            ssl.create_default_context(cafile=cfg.tls_ca)
+            ssl.create_default_context(cafile=path)
         except (OSError, ssl.SSLError) as e:
-            raise ConfigError(f"sip.tls_ca {cfg.tls_ca}: not a PEM file of certificates: "
+            raise ConfigError(f"sip.{name} {path}: not a PEM file of certificates: "
                               f"{e}") from None
+        setattr(cfg, name, path)
     try:
         check_private(cfg.tls_key, "TLS private key")
     except InsecureFileError as e:

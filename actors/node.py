@@ -157,7 +157,8 @@ class Node:
         front_in = front_paths(cfg)[0] if cfg.challenge_front else None
         self.transport = Transport(cfg.address, cfg.port, self.on_request, self.on_response,
                                    front_path=front_in, limits=Limits.from_config(cfg),
-                                   tls=TlsContexts.load(cfg.tls_cert, cfg.tls_key, cfg.tls_ca)
+                                   tls=TlsContexts.load(cfg.tls_cert, cfg.tls_key, cfg.tls_ca,
+                                                        cfg.tls_peer_ca)
                                    if cfg.tls_port else None, tls_port=cfg.tls_port,
                                    quick=self.on_datagram)
         if cfg.challenge_front:

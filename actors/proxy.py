@@ -96,6 +96,8 @@ class ProxyActor:
             auth = Authenticator(cfg.domain, secret, user_lookup, cfg.nonce_lifetime,
                                  tuple(cfg.auth_algorithms), max_nonces=500_000)
         core = ProxyCore(settings, location, auth, t1=cfg.t1, t2=cfg.t2, t4=cfg.t4)
+        if transport.tls is not None:
+            core.tls_peer = transport.tls_certificate   # peers trusted by certificate
         resolver = Resolver(cfg.dns_servers or None, cfg.dns_port)
         return cls(core, transport, resolver)
 

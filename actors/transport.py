@@ -28,6 +28,7 @@ limits over ``ssl``: an accepted connection counts against the caps from
 its first byte, and its handshake must end within the header timeout.
 """
 
+import hashlib
 import logging
 import os
 import random
@@ -82,17 +83,22 @@ class TlsContexts:
     client: ssl.SSLContext
 
     @classmethod
-    def load(cls, cert: str, key: str, ca: str = "") -> "TlsContexts":
+    def load(cls, cert: str, key: str, ca: str = "", peer_ca: str = "") -> "TlsContexts":
         """Contexts from PEM files (TLS 1.2 at least). The node's outgoing
         connections verify the far end against ``ca`` when given; without it
         they are encrypted but the far end's certificate is not checked
-        (phones rarely hold one a CA signed)."""
+        (phones rarely hold one a CA signed). With ``peer_ca`` the listener asks
+        its clients for a certificate, which they may withhold but, presented,
+        must verify against ``peer_ca`` (a peer trusted by certificate)."""
         server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         server.minimum_version = ssl.TLSVersion.TLSv1_2
         server.load_cert_chain(cert, key)
         # No TLS 1.3 session tickets: they arrive after the handshake, where clients
         # such as sipsak take them for the answer and fail (and no phone resumes).
         server.num_tickets = 0
+        if peer_ca:
+            server.verify_mode = ssl.CERT_OPTIONAL
+            server.load_verify_locations(peer_ca)
         client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         client.minimum_version = ssl.TLSVersion.TLSv1_2
         client.load_cert_chain(cert, key)
@@ -130,6 +136,9 @@ class Connection:
         self.framer = StreamFramer()
         #: monotonic time of the last bytes received (eviction picks the oldest)
         self.active = time.monotonic()
+        #: the verified client certificate of an accepted TLS connection:
+        #: (SHA-256 of its DER, lower-case hex; its common name), or None
+        self.certificate: tuple[str, str] | None = None
 
     def send(self, data: bytes) -> None:
         """Write all of ``data``."""
@@ -515,6 +524,7 @@ class Transport:
                                               do_handshake_on_connect=False)
             conn.sock = tls
             tls.do_handshake()
+            conn.certificate = peer_certificate(tls)
             return True
         except (OSError, ValueError) as e:
             self.stats["tls_failed"] += 1
@@ -539,6 +549,12 @@ class Transport:
             pass
 
     # -- sending -------------------------------------------------------------
+    def tls_certificate(self, host: str, port: int) -> tuple[str, str] | None:
+        """The verified client certificate (fingerprint, common name) of the TLS
+        connection accepted from ``host:port``, or None."""
+        conn = self.connections.get((host, port))
+        return None if conn is None or conn.transport != "tls" else conn.certificate
+
     def send(self, dest: Dest, data: bytes) -> bool:
         """Send ``data`` to ``dest``; False on a transport error."""
         if data[:8] == b"SIP/2.0 ":
@@ -604,6 +620,18 @@ class Transport:
 
 _UNTRUSTED_ALERTS = ("ALERT_UNKNOWN_CA", "ALERT_BAD_CERTIFICATE", "ALERT_CERTIFICATE_UNKNOWN",
                      "ALERT_UNSUPPORTED_CERTIFICATE", "ALERT_CERTIFICATE_EXPIRED")
+
+
+def peer_certificate(sock) -> tuple[str, str] | None:
+    """The (SHA-256 fingerprint, common name) of the certificate the far end of a TLS
+    socket presented, or None. The server asks for one only with a ``peer_ca``, and
+    then one that did not verify has already failed the handshake."""
+    der = sock.getpeercert(binary_form=True)
+    if not der:
+        return None
+    subject = (sock.getpeercert() or {}).get("subject", ())
+    name = next((value for rdn in subject for key, value in rdn if key == "commonName"), "")
+    return hashlib.sha256(der).hexdigest(), name
 
 
 def tls_failure_hint(error: Exception) -> str:

@@ -66,23 +66,23 @@ class Dialing:
     def names_gateway(self, req: Request) -> bool:
         """Whether ``req``'s Request-URI or a Route of it names a gateway's host: such a
         request would reach the telephone network past the dial plan's permissions."""
-        gateways = self.plan.gateways.values()
-        if not gateways:
+        if not self.plan.gateways:
             return False
-
-        def is_gateway(uri: SipUri) -> bool:
-            host, port = uri.host_bare, uri.port or 5060
-            return any(g.host.strip("[]").lower() == host and g.port in (None, port)
-                       for g in gateways)
-        if is_gateway(req.ruri):
+        if self.is_gateway(req.ruri):
             return True
         for value in req.get_all("route"):
             try:
-                if is_gateway(parse_name_addr(value).uri):
+                if self.is_gateway(parse_name_addr(value).uri):
                     return True
             except SipError:
                 return True
         return False
+
+    def is_gateway(self, uri: SipUri) -> bool:
+        """Whether ``uri`` names one of the plan's gateways (its host, and its port if set)."""
+        host, port = uri.host_bare, uri.port or 5060
+        return any(g.host.strip("[]").lower() == host and g.port in (None, port)
+                   for g in self.plan.gateways.values())
 
     def identity(self, number: str) -> str:
         """The ``P-Asserted-Identity`` value presenting ``number`` (or a user name)."""
@@ -98,15 +98,7 @@ class Dialing:
         """The branch groups and identity of ``caller``'s call to ``number``, and the name
         of the gateway tried first; the gateways named in ``busy`` (at their call limit)
         are skipped, ``503`` when that leaves none."""
-        found = self.plan.match(number)
-        if found is None:
-            self.stats["no_route"] += 1
-            raise SipError(404, "No Route For Number")
-        permission = found.rule.permission
-        policy = self.plan.policy(caller)
-        if permission and permission not in policy.permissions:
-            self.stats["forbidden"] += 1
-            raise SipError(403, f"Forbidden: Needs Permission {permission}")
+        found = self.permit(number, caller)
         up = self._up(found, busy)
         if not up:
             if busy and self._up(found):
@@ -127,6 +119,19 @@ class Dialing:
         if found is None:
             return []
         return [[BranchTarget(g.uri(found.number))] for g in self._up(found)]
+
+    def permit(self, number: str, caller: str) -> Match:
+        """The rule match of ``caller``'s call to ``number``, or the ``SipError`` it gets:
+        ``404`` when no rule takes the number, ``403`` without the rule's permission."""
+        found = self.plan.match(number)
+        if found is None:
+            self.stats["no_route"] += 1
+            raise SipError(404, "No Route For Number")
+        permission = found.rule.permission
+        if permission and permission not in self.plan.policy(caller).permissions:
+            self.stats["forbidden"] += 1
+            raise SipError(403, f"Forbidden: Needs Permission {permission}")
+        return found
 
     def emergency(self, number: str, user: str | None, source: str | None = None
                   ) -> tuple[list[list[BranchTarget]], str] | None:

@@ -47,17 +47,23 @@ authenticated caller with the rule's permission, the next gateway tried only on
 emergency gateways whoever calls; and nobody reaches a gateway's address past
 the plan.
 
-A trusted peer (``sipcore.trusted``, by source address) is not challenged
+A trusted peer (``sipcore.trusted``, by source address or TLS certificate) is not challenged
 and reaches only our users, their extensions and DIDs, never a gateway or
 another domain. Caller identity is screened at the edge (``sipcore.identity``,
 RFC 3325) on every request: a new one, and one inside a dialog (whose claimed
 identities from an untrusted source are removed, nothing asserted).
+
+A REFER (``sipcore.transfer``) is handled statefully even inside a dialog: a
+phone of our domain is challenged, its target checked against its
+permissions, and its transferee's INVITE carrying the token it got is routed
+as the transferor's call.
 """
 
 import heapq
 import logging
 import os
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote
 
@@ -79,6 +85,7 @@ from .proxy import (ALLOW, DIALOG_METHODS, STATELESS_PREFIX,
                     trying_response)
 from .rfc3263 import Locator, Target
 from .ring_groups import RingGroup, fallback_kind, ring_plan
+from .transfer import TOKEN_HEADER, Transfers
 from .transaction import (AckReceived, RequestReceived, ResponseReceived, StrayResponse,
                           TransactionLayer, TransactionTimeout, TransportError)
 from .uri import parse_uri
@@ -131,6 +138,12 @@ class ProxyCore:
         self.dialing = None
         """A ``sipcore.dialing.Dialing`` when the node has a dial plan: numbers that are
         not users go to gateways, emergency numbers to the emergency gateways."""
+        self.tls_peer: Callable[[str, int], tuple[str, str] | None] | None = None
+        """Set by the actor: ``(host, port) -> (fingerprint, common name) | None``, the
+        verified certificate the TLS connection from there presented (trusted peers)."""
+        self.transfers = Transfers(settings.secret or os.urandom(32))
+        """Transfer tokens (``sipcore.transfer``): a REFER's target checked, its
+        transferee's INVITE routed as the transferor's call."""
         self.stats = {"requests": 0, "forwarded": 0, "challenged": 0, "rejected": 0,
                       "cancelled": 0, "timeouts": 0, "stateless": 0}
 
@@ -185,7 +198,7 @@ class ProxyCore:
                 return
         elif msg.to.tag is not None:
             route = msg.get("route")
-            if (msg.method not in _STATEFUL and route is not None
+            if (msg.method not in _STATEFUL and msg.method != "REFER" and route is not None
                     and self.settings.is_record_route(route, msg)
                     and self._forward_stateless(msg, source)):
                 return
@@ -312,15 +325,21 @@ class ProxyCore:
         emergency = bool(s.emergency) and s.is_emergency(ruri)
         caller = None
         # A trusted carrier is not challenged, and reaches only our users and numbers.
-        peer = None if in_dialog else self._peer(stx.destination[1])
+        peer = None if in_dialog else self._peer(stx.destination)
+        # A transferee's INVITE with a token is the transferor's call (sipcore.transfer).
+        transferor = None if in_dialog else self.transfers.redeem(req, s, wall)
         if (self.auth is not None and not in_dialog and flow is None
-                and method not in UNCHALLENGED and peer is None):
+                and method not in UNCHALLENGED and peer is None and transferor is None):
             from_uri = req.from_.uri
             if from_uri.user and s.names_domain(from_uri):
                 if emergency:
                     caller = self._emergency_caller(req, wall)
                 else:
                     caller = self._authenticate(req, unquote(from_uri.user), wall)
+        if transferor is not None:
+            caller = transferor
+        elif method == "REFER":
+            self._refer(req, caller, in_dialog, stx.destination, wall)
         breadth = max_breadth(req) if not emergency else self._emergency_breadth(req)
         dialing = self.dialing
         dialled = failover = ring = gateway = None
@@ -382,10 +401,10 @@ class ProxyCore:
         # Record-Route: the leg the request came on; each branch adds its own (RFC 5658).
         rr = stx.destination[0] if method in DIALOG_METHODS and req.to.tag is None else None
         if in_dialog:
-            screen_identity(req, self._peer(stx.destination[1]) is not None, None)
+            screen_identity(req, self._peer(stx.destination) is not None, None)
         else:
-            screen_identity(req, peer is not None,
-                            None if caller is None else self._asserted(caller))
+            screen_identity(req, peer is not None, None if caller is None or transferor
+                            else self._asserted(caller))
         if dialled is not None:
             self._to_gateway(req, dialled[1])
         elif not in_dialog:
@@ -530,10 +549,25 @@ class ProxyCore:
             return dialing.asserted(user)
         return f"<sip:{user}@{self.settings.domain}>"
 
-    def _peer(self, host: str):
-        """The trusted peer (``sipcore.trusted``) a request from ``host`` comes from, or None."""
+    def _peer(self, source: tuple):
+        """The trusted peer (``sipcore.trusted``) a request from ``source`` (``(transport,
+        host, port)``) comes from, by its address or its TLS connection's certificate."""
         dialing = self.dialing
-        return None if dialing is None else dialing.plan.trusted.peer(host)
+        if dialing is None:
+            return None
+        certificate = (self.tls_peer(source[1], source[2])
+                       if source[0] == "tls" and self.tls_peer is not None else None)
+        return dialing.plan.trusted.peer(source[1], certificate)
+
+    def _refer(self, req: Request, caller: str | None, in_dialog: bool, source: tuple,
+               wall: float) -> None:
+        """Check a REFER's target against its sender's permissions (``sipcore.transfer``);
+        a phone of our domain inside a dialog is challenged for them first."""
+        from_uri = req.from_.uri
+        if (in_dialog and self.auth is not None and self._peer(source) is None
+                and from_uri.user and self.settings.names_domain(from_uri)):
+            caller = self._authenticate(req, unquote(from_uri.user), wall, alias=True)
+        self.transfers.accept(req, caller, self.settings, self.dialing, wall)
 
     def _emergency_caller(self, req: Request, wall: float) -> str | None:
         """The authenticated user of a call to an emergency number, or None: such a
@@ -554,7 +588,10 @@ class ProxyCore:
         except SipError:
             return 1
 
-    def _authenticate(self, req: Request, user: str, wall: float) -> str:
+    def _authenticate(self, req: Request, user: str, wall: float, alias: bool = False) -> str:
+        """The user ``req``'s credentials prove, who must be ``user`` (with ``alias``,
+        also the user ``user`` is an extension or DID of: inside a call to a DID, the
+        callee's From is that number); else the ``SipError`` to answer."""
         result = self.auth.authenticate(req.method, req.raw_values("proxy-authorization"), wall,
                                         req.uri, source_address(req))
         if result is BANNED:
@@ -565,11 +602,12 @@ class ProxyCore:
                 log.info("%s from %s not authenticated: %s", req.method, user, result.reason)
             raise SipError(407, "Proxy Authentication Required",
                            [("Proxy-Authenticate", c) for c in result.challenges])
-        if result.username != user:
+        if result.username != user and not (
+                alias and self.dialing is not None and self.dialing.alias(user) == result.username):
             log.info("%s from %s with credentials of %s refused", req.method, user,
                      result.username)
             raise SipError(403, "Credentials Do Not Match From")
-        return user
+        return result.username
 
     # -- branches --------------------------------------------------------------
     def _advance(self, ctx: Context, now: float) -> None:
@@ -876,9 +914,11 @@ class ProxyCore:
             return False
         if s.emergency and s.is_emergency(req.ruri):
             return False
+        if req.get(TOKEN_HEADER) is not None:
+            return False    # a transferee's INVITE: _route checks its token instead
         if s.peer_hops and req.get("route") is not None and s.relayed_flow(req, wall):
             return False    # a peer's relay to a flow we hold: it checked the caller
-        if self._peer(source[1]) is not None:
+        if self._peer(source) is not None:
             return False
         try:
             check_request(req, s)
@@ -906,7 +946,7 @@ class ProxyCore:
         if not dests or (mf is not None and mf <= 0):
             return False
         branch = stateless_branch(req)
-        screen_identity(req, self._peer(source[1]) is not None, None)
+        screen_identity(req, self._peer(source) is not None, None)
         req.pop_first_value("route")
         out = branch_request(req, BranchTarget(req.uri), None, self.settings.domain)
         self._send_stateless_to(out, branch, dests[0])

@@ -80,7 +80,8 @@ def delete_gateway(name: str) -> int | None:
 
 def save_trusted(peer: Any) -> int:
     """Trust a carrier or gateway by source address (``{"name", "address"}``, an IP
-    address or network; ``sipcore.trusted``), replacing the peer of the same name."""
+    address or network) or TLS certificate (``certificate``, ``subject``;
+    ``sipcore.trusted``), replacing the peer of the same name."""
     if not isinstance(peer, dict) or not isinstance(peer.get("name"), str):
         raise StoreError("a trusted peer is a JSON object with a name and an address")
     doc = get_dialplan()

@@ -3,8 +3,10 @@ are events to wait for (with a bound), and whose stdin takes commands.
 
 ``Phone`` wraps one process. ``pjsua`` is run as ``python -m tests.phones pjsua ...``: a
 PJSUA2 user agent (null audio device) that prints ``REGISTERED <code>``,
-``INCOMING``, ``CALL <state> <code>`` and reads ``call URI``, ``hangup``, ``quit`` and
-``rtp`` (answered ``RTP <packets received>`` on the confirmed call, or ``RTP none``).
+``INCOMING``, ``CALL <state> <code>``, ``XFER <code>`` (a transfer's REFER or NOTIFY
+status) and reads ``call URI``, ``xfer URI`` (a blind transfer of the active call: a
+REFER), ``hangup``, ``quit`` and ``rtp`` (answered ``RTP <packets received>`` on the
+confirmed call, or ``RTP none``).
 ``baresip`` is Debian's program with a generated configuration, driven through its
 ctrl_tcp module.
 """
@@ -560,6 +562,9 @@ def _run_pjsua(args) -> None:
                     devices.getCaptureDevMedia().startTransmit(audio)
                     audio.startTransmit(devices.getPlaybackDevMedia())
 
+        def onCallTransferStatus(self, prm):
+            say(f"XFER {prm.statusCode}")
+
     class Account(pj.Account):
         def onRegState(self, prm):
             say(f"REGISTERED {prm.code}")
@@ -604,6 +609,11 @@ def _run_pjsua(args) -> None:
                         break
                 else:
                     say("RTP none")
+            elif cmd == "xfer":
+                for call in calls:
+                    if call.isActive():
+                        call.xfer(arg, pj.CallOpParam(True))
+                        break
             elif cmd == "hangup":
                 for call in calls:
                     if call.isActive():

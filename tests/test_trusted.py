@@ -6,6 +6,10 @@ import pytest
 
 from sipcore.dialing import Dialing
 from sipcore.dialplan import DialPlanError, parse_dialplan
+from sipcore.digest import Authenticator
+from sipcore.forking import ProxyCore
+from sipcore.location import Location
+from sipcore.proxy import ProxySettings
 from sipcore.trusted import parse_trusted
 from sipcore.via import source_address, stamp_via
 from store import dialplan as dp
@@ -13,8 +17,8 @@ from store import master as ms
 from tests.test_dialing import GW_A, PLAN, PSAP, core, forwarded  # noqa: F401 (fixture)
 from tests.test_web import login
 from tests.test_web_dialplan import api, app  # noqa: F401 (fixture)
-from tests.test_proxy_core import (ALICE, DOMAIN, PHONES, WALL, bind, out, parse_message,
-                                   request)
+from tests.test_proxy_core import (ALICE, DOMAIN, PHONES, PROXY, WALL, bind, lookup, out,
+                                   parse_message, request)
 
 CARRIER = ("udp", "10.9.0.5", 5060)
 TRUSTED_PLAN = {**PLAN, "trusted": [{"name": "carrier", "address": CARRIER[1]},
@@ -139,11 +143,15 @@ def test_trusted_peers_through_the_master_api(app):  # noqa: F811 (the fixture i
     bad = api(c, "POST", "/trusted", {"name": "all", "address": "0.0.0.0/0"})
     assert bad.status_code == 400 and "every address" in bad.get_json()["error"]
     assert api(c, "POST", "/trusted", {"name": "x"}).status_code == 400
+    assert api(c, "POST", "/trusted", {"name": "sbc", "certificate": "ab" * 32}
+               ).status_code == 200
+    assert api(c, "POST", "/trusted", {"name": "sbc", "certificate": "ab"}).status_code == 400
     assert api(c, "POST", "/trusted", ["x"]).status_code == 400
     assert api(c, "POST", "/trusted", {"name": "c2", "address": "192.0.2.9"},
                headers={}).status_code == 401
     assert api(c, "DELETE", "/trusted/carrier").status_code == 200
     assert api(c, "DELETE", "/trusted/carrier").status_code == 404
+    assert api(c, "DELETE", "/trusted/sbc").status_code == 200
     assert dp.get_dialplan()["trusted"] == []
 
 
@@ -155,3 +163,72 @@ def test_the_dial_plan_page_shows_trusted_peers_and_numbers(app):  # noqa: F811
     page = c.get("/dialplan").get_data(as_text=True)
     assert "<td>carrier</td><td>192.0.2.7</td>" in page
     assert "<td>201, +15551230201</td>" in page
+
+
+# -- peers trusted by TLS certificate ------------------------------------------------
+
+FINGERPRINT = "ab" * 32
+SBC_TLS = ("tls", "10.6.0.8", 40123)
+
+
+def test_peers_by_certificate():
+    peers = parse_trusted([{"name": "fp", "certificate": ":".join(["AB"] * 32)},
+                           {"name": "cn", "subject": "sbc.carrier.example"},
+                           {"name": "both", "certificate": "cd" * 32, "address": "10.5.0.0/24"}])
+    assert peers.peer("10.1.1.1", (FINGERPRINT, "x")).name == "fp"     # any address
+    assert peers.peer("10.1.1.1", ("ef" * 32, "sbc.carrier.example")).name == "cn"
+    assert peers.peer("10.5.0.9", ("cd" * 32, "")).name == "both"
+    assert peers.peer("10.1.1.1", ("cd" * 32, "")) is None             # wrong address
+    assert peers.peer("10.5.0.9", None) is None                        # no certificate
+    assert peers.peer("10.1.1.1", ("ef" * 32, "other")) is None
+
+
+@pytest.mark.parametrize("entry", [{"name": "x", "certificate": "ab" * 31},
+                                   {"name": "x", "certificate": "zz" * 32},
+                                   {"name": "x", "certificate": 7},
+                                   {"name": "x", "subject": ["a"]},
+                                   {"name": "x", "subject": "a\nb"},
+                                   {"name": "x", "fingerprint": "ab" * 32}])
+def test_bad_certificate_entries_are_refused(entry):
+    with pytest.raises(DialPlanError, match=r"trusted\[0\]"):
+        parse_dialplan({"trusted": [entry]})
+
+
+@pytest.fixture
+def certified():
+    settings = ProxySettings(DOMAIN, *PROXY, tls_port=5061)
+    px = ProxyCore(settings, Location(), Authenticator(DOMAIN, b"k" * 32, lookup),
+                     trying_delay=0)
+    plan = {**PLAN, "trusted": [{"name": "sbc", "certificate": FINGERPRINT}]}
+    px.dialing = Dialing(parse_dialplan(plan), lambda u: lookup(u) is not None, DOMAIN)
+    seen = {}
+    px.tls_peer = lambda host, port: seen.get((host, port))
+    return px, seen
+
+
+def test_a_tls_connection_presenting_the_certificate_is_trusted(certified):
+    px, seen = certified
+    bind(px.location, "bob", PHONES[0])
+    seen[SBC_TLS[1:]] = (FINGERPRINT, "sbc")
+    px.receive(request("INVITE", source=SBC_TLS, frm=f"sip:+15557770000@{DOMAIN}"),
+                 SBC_TLS, 0.0, WALL)
+    (_, dest), = forwarded(out(px))
+    assert dest == PHONES[0]
+    # trusted, yet no trunk-to-trunk relay
+    px.receive(request("INVITE", "sip:95551234@example.test", source=SBC_TLS, call_id="t2", branch="z9hG4bKt2",
+                         frm="sip:+15557770000@carrier.example"), SBC_TLS, 0.0, WALL)
+    assert statuses(out(px))[-1] == 403
+
+
+@pytest.mark.parametrize("source, certificate", [
+    (SBC_TLS, None),                                        # TLS without a certificate
+    (SBC_TLS, ("cd" * 32, "sbc")),                          # another certificate
+    (("tcp", "10.6.0.8", 40123), (FINGERPRINT, "sbc")),     # not the TLS connection
+])
+def test_without_the_certificate_a_request_is_challenged(certified, source, certificate):
+    px, seen = certified
+    bind(px.location, "bob", PHONES[0])
+    seen[("10.6.0.8", 40123)] = certificate
+    px.receive(request("INVITE", source=source, frm=f"sip:+15557770000@{DOMAIN}"),
+                 source, 0.0, WALL)
+    assert statuses(out(px)) == [407]

@@ -6,7 +6,8 @@ JSON API under ``/api/dialplan``: ``GET`` the plan; ``PUT`` a whole plan;
 ``POST /gateways`` a gateway (replaces one of the same name), ``DELETE
 /gateways/<name>``; ``POST /rules`` ``{"rule": {...}, "position": n}``, ``PUT
 /rules/<i>``, ``DELETE /rules/<i>``, ``POST /rules/<i>/move`` ``{"to": n}``;
-``POST /trusted`` ``{"name", "address"}`` a trusted peer, ``DELETE /trusted/<name>``;
+``POST /trusted`` ``{"name", "address", "certificate", "subject"}`` a trusted peer,
+``DELETE /trusted/<name>``;
 ``PUT /users/<name>`` ``{"permissions", "caller_id", "emergency_callback", "numbers"}``;
 ``PUT /settings`` ``{"default_callback", "locations", "probe_interval", "probe_misses"}``;
 ``GET /which?number=`` the rule a number takes; ``GET /health`` each node's view
@@ -118,7 +119,8 @@ def delete_gateway(name):
 @api_bp.post("/trusted")
 @basic_auth_required
 def post_trusted():
-    """Trust a carrier or gateway by source address (replaces one of the same name)."""
+    """Trust a carrier or gateway by source address or TLS certificate (replaces one of
+    the same name)."""
     body, error = _body()
     return error or _apply(dp.save_trusted, body)
 
