@@ -311,7 +311,7 @@ def save_users(rows: list[tuple[str, str]], reason: str,
         if username in owned:
             raise StoreError(f"{username} is a user's extension or DID in the dial plan")
         if not isinstance(password, str) or not password:
-            raise StoreError(f"user {username}: password must be a non-empty string")
+            raise StoreError(f"user {username} has no password")
         secret = f"{validate_username(username)}:{realm}:{password}".encode()
         records.append((username, hashlib.md5(secret).hexdigest(),
                         hashlib.sha256(secret).hexdigest(), True, now))
