@@ -22,6 +22,7 @@ from tests.joined import JoinedNode, Master, wait
 from tests.test_tls import make_cert
 from web.dns import zone_text
 from web.push import Pusher
+from store.migrations import MASTER_MIGRATIONS, _master_6_tls_port
 
 CONVERGE = 15.0
 """Bound on a node's report reaching the master's DNS (seconds)."""
@@ -142,7 +143,9 @@ def test_an_old_master_database_gets_the_tls_port_column(tmp_path):
     ms.close_master_store()
     with sqlite3.connect(path) as db:
         db.execute("ALTER TABLE master_nodes DROP COLUMN tls_port")
-        db.execute("UPDATE schema_versions SET version = version - 1 WHERE name = 'master'")
+        # the version before the step (version 1 has no step; step i makes version i + 2)
+        before = 1 + MASTER_MIGRATIONS.index(_master_6_tls_port)
+        db.execute("UPDATE schema_versions SET version = ? WHERE name = 'master'", (before,))
     ms.init_master_store(f"sqlite:///{path}")
     try:
         assert ms.zone_nodes() == [("node1", "127.0.0.1", 5060, 50, 0)]
