@@ -53,6 +53,7 @@ from store import master as ms
 
 from . import cluster
 from .auth import basic_auth_required, login_required
+from .periodic import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -273,32 +274,25 @@ class Notifier:
         return send_notice(self.channels(), body, subject, text, "tandem-master")
 
 
-class AlarmChecker:
+class AlarmChecker(Periodic):
     """Looks for troubles every ``check_every`` seconds and sends the notices."""
 
+    what = "alarm check"
+    wait_first = True
+
     def __init__(self, settings: AlarmSettings, bus=None):
+        super().__init__(settings.check_every)
         self.settings, self.bus = settings, bus
-        self.greenlet: gevent.Greenlet | None = None
 
     def start(self) -> None:
         """Start checking: calls from now on are looked at (an emergency call collected
         before the first periodic check included)."""
         store.last_call_seen()
-        self.greenlet = gevent.spawn(self._run)
+        super().start()
 
-    def stop(self) -> None:
-        """Stop checking."""
-        if self.greenlet is not None:
-            self.greenlet.kill(block=True, timeout=5)
-            self.greenlet = None
-
-    def _run(self) -> None:
-        while True:
-            gevent.sleep(self.settings.check_every)
-            try:
-                self.check(time.time())
-            except Exception:
-                log.exception("alarm check failed")
+    def round(self) -> None:
+        """One check of every trouble, now."""
+        self.check(time.time())
 
     def emergency_now(self) -> None:
         """Raise the alarm of the emergency calls just collected and send its notices now,

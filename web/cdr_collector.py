@@ -20,6 +20,7 @@ from store import cdrs
 from store import master as ms
 
 from .cluster import ask
+from .periodic import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -29,35 +30,22 @@ PAGES_PER_ROUND = 20
 """Pages taken from one node per round at most, so one busy node cannot hold a round."""
 
 
-class CdrCollector:
+class CdrCollector(Periodic):
     """Polls every node's call events into the master's call detail records."""
+
+    what = "call event collection round"
 
     def __init__(self, bus, interval: float = 1.0,
                  on_emergency: Callable[[], None] | None = None):
+        super().__init__(interval)
         self.bus = bus
-        self.interval = interval
         self.on_emergency = on_emergency
-        self.greenlet = None
         self._emergency_seen = False
         self.stats = {"rounds": 0, "events": 0, "errors": 0, "emergency": 0}
 
-    def start(self) -> None:
-        """Start the polling greenlet."""
-        self.greenlet = gevent.spawn(self._run)
-
-    def stop(self) -> None:
-        """Stop polling (the bus belongs to the pusher)."""
-        if self.greenlet is not None:
-            self.greenlet.kill(block=True, timeout=2)
-            self.greenlet = None
-
-    def _run(self) -> None:
-        while True:
-            try:
-                self.collect_round()
-            except Exception:
-                log.exception("call event collection round failed")
-            gevent.sleep(self.interval)
+    def round(self) -> dict:
+        """One collection round (:meth:`collect_round`)."""
+        return self.collect_round()
 
     def collect_round(self) -> dict:
         """Take what every node has; ``{node id: events stored or error text}``."""

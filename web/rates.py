@@ -15,12 +15,12 @@ import logging
 import time
 from collections import deque
 
-import gevent
 from flask import current_app
 
 from store import master as ms
 
 from . import cluster
+from .periodic import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -80,32 +80,19 @@ class Rates:
                 "call_rate": round((last[3] - first[3]) / span, 2), "window": round(span, 1)}
 
 
-class RateSampler:
+class RateSampler(Periodic):
     """Asks every node for its brief status every ``every`` seconds and feeds ``rates``."""
 
+    what = "sampling the nodes' counters"
+
     def __init__(self, bus, rates: Rates, every: float = SAMPLE_EVERY):
+        super().__init__(every)
         self.bus = bus
         self.rates = rates
-        self.every = every
-        self.greenlet: gevent.Greenlet | None = None
 
-    def start(self) -> None:
-        """Sample until ``stop``."""
-        self.greenlet = gevent.spawn(self._run)
-
-    def stop(self) -> None:
-        """Stop sampling."""
-        if self.greenlet is not None:
-            self.greenlet.kill(block=True, timeout=2)
-            self.greenlet = None
-
-    def _run(self) -> None:
-        while True:
-            try:
-                self.sample()
-            except Exception:
-                log.exception("sampling the nodes' counters failed")
-            gevent.sleep(self.every)
+    def round(self) -> None:
+        """One sample of every node (:meth:`sample`)."""
+        self.sample()
 
     def sample(self) -> None:
         """One sample of every node."""

@@ -12,10 +12,11 @@ forwarding) at it, or keep exporting the zone to BIND instead.
 
 import logging
 
-import gevent
 
 from actors.dnsserver import DnsServer
 from store import master as ms
+
+from .periodic import Periodic
 
 from .dns import zone_text
 
@@ -25,17 +26,19 @@ INTERVAL = 1.0
 """Seconds between two looks at the node table."""
 
 
-class ZoneServer:
+class ZoneServer(Periodic):
     """Serves the cluster's zone on ``listen`` and keeps it in step with the nodes."""
+
+    what = "updating the served zone"
+    wait_first = True
 
     def __init__(self, listen: str, interval: float = INTERVAL):
         host, _, port = listen.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError(f"[master] dns must be address:port, not {listen!r}")
         self.host, self.port = host.strip("[]"), int(port)
-        self.interval = interval
+        super().__init__(interval)
         self.server: DnsServer | None = None
-        self.greenlet: gevent.Greenlet | None = None
 
     def start(self) -> None:
         """Bind (``OSError`` if the port is taken) and start following the nodes."""
@@ -46,25 +49,19 @@ class ZoneServer:
             raise OSError(e.errno, f"[master] dns {self.host}:{self.port}: "
                                    f"{e.strerror or e}") from None
         self.server = server
-        self.greenlet = gevent.spawn(self._follow)
+        super().start()
 
-    def _follow(self) -> None:
+    def round(self) -> None:
+        """Serve the nodes' zone when it changed."""
         server = self.server
         assert server is not None
-        while True:
-            gevent.sleep(self.interval)
-            try:
-                text = zone_text()
-                if text != server.zone_text:
-                    server.update_zone(text)
-            except Exception:
-                log.exception("the zone was not updated")
+        text = zone_text()
+        if text != server.zone_text:
+            server.update_zone(text)
 
     def stop(self) -> None:
         """Stop following and close the sockets."""
-        if self.greenlet is not None:
-            self.greenlet.kill(block=True, timeout=2)
-            self.greenlet = None
+        super().stop()
         if self.server is not None:
             self.server.stop()
             self.server = None
