@@ -43,8 +43,10 @@ class MasterBus:
 
 
 @pytest.fixture
-def cluster(tmp_path):
-    """Three nodes (node1..node3) with their own tables, registered on the master."""
+def cluster(tmp_path, monkeypatch):
+    """Three nodes (node1..node3) with their own tables, registered on the master (given
+    5 s to answer: a loaded machine makes the first CurveZMQ handshakes slow)."""
+    monkeypatch.setattr("web.cluster.ASK_TIMEOUT", 5.0)
     ms.init_master_store(f"sqlite:///{tmp_path}/master.db")
     ms.setup("example.test")
     ms.add_admin("admin", PASSWORD)

@@ -16,10 +16,12 @@ ASK_TIMEOUT = 1.0
 """Seconds a node may take to answer the dashboard."""
 
 
-def ask(bus, node: dict, message: dict, timeout: float = ASK_TIMEOUT) -> dict:
-    """``node``'s result for ``message``, or ``{"error": text}``."""
+def ask(bus, node: dict, message: dict, timeout: float | None = None) -> dict:
+    """``node``'s result for ``message`` within ``timeout`` s (``ASK_TIMEOUT``), or
+    ``{"error": text}``."""
     try:
-        return request(bus, node["control"], node["public_key"], message, timeout)
+        return request(bus, node["control"], node["public_key"], message,
+                       ASK_TIMEOUT if timeout is None else timeout)
     except BusError as e:
         return {"error": str(e)}
 
