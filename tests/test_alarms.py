@@ -17,6 +17,7 @@ from store import alarms as store
 from store import cdrs
 from store import master as ms
 from tests.test_web import PASSWORD, Poked, login
+from web import cluster as web_cluster
 from web import create_app
 from web.alarms import AlarmChecker, AlarmSettings, AlarmSettingsError, cert_expiry
 
@@ -253,6 +254,14 @@ def test_node_alarms_from_real_nodes_reach_the_webhook(tmp_path, hook):
         pusher.poke()
         assert wait_acked(version, 10)
         assert registered(cluster.nodes[0], "amy", "amy-pw")
+
+        def both_probes_failed() -> bool:  # each node's prober marks pstn down on its own
+            answers = web_cluster.ask_all(pusher.bus, ms.list_nodes(), {"cmd": "gateways"})
+            return all((a.get("gateways") or {}).get("pstn", {}).get("state") == "down"
+                       for a in answers.values())
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and not both_probes_failed():
+            gevent.sleep(0.2)
         deadline = time.monotonic() + 10  # heartbeats measure the skew, the lag needs a sample
         while time.monotonic() < deadline and not {
                 ("clock skew", "node1-node2"), ("replication lag", "node2"),

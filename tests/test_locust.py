@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import urllib.parse
 import urllib.request
 
 import pytest
@@ -77,11 +78,19 @@ def held_on(data: str, base: str, node: str) -> set[tuple[str, str]]:
     lab's master merges every node's (``GET /api/registrations``)."""
     with open(os.path.join(data, "master", "admin-password")) as f:
         auth = base64.b64encode(f"admin:{f.read().strip()}".encode()).decode()
-    req = urllib.request.Request(f"http://{base}:{MASTER_PORT}/api/registrations?user=load"
-                                 "&limit=1000", headers={"Authorization": f"Basic {auth}"})
-    with urllib.request.urlopen(req, timeout=15) as r:
-        found = json.loads(r.read())
-    return {(b["aor"], b["contact"]) for b in found["bindings"] if node in b["present_on"]}
+    held: set[tuple[str, str]] = set()
+    after = ""
+    for _page in range(20):  # 500 a page; the Locust users hold a few hundred at most
+        query = urllib.parse.urlencode({"user": "load", "limit": 500, "after": after})
+        req = urllib.request.Request(f"http://{base}:{MASTER_PORT}/api/registrations?{query}",
+                                     headers={"Authorization": f"Basic {auth}"})
+        with urllib.request.urlopen(req, timeout=15) as r:
+            found = json.loads(r.read())
+        held |= {(b["aor"], b["contact"]) for b in found["bindings"] if node in b["present_on"]}
+        after = found.get("next") or ""
+        if not after:
+            return held
+    raise AssertionError("more pages of registrations than the Locust users can hold")
 
 
 def test_a_node_killed_during_a_locust_run_fails_calls_for_a_while_then_recovers(lab, tmp_path):  # noqa: F811
