@@ -34,6 +34,7 @@ from .call_outbox import attach_call_outbox
 from .config import (ConfigError, NodeConfig, guard_settings, load_config, registrar_rules,
                      server_uris, sqlite_dir)
 from .config_sync import attach_config_sync
+from .dialogs import attach_dialogs
 from .drain import Drain, attach_drain
 from .gateways import attach_dialing
 from .front import STATUS_EVERY, FrontProcess
@@ -115,6 +116,7 @@ class Node:
         self.front = None
         self.users: UserDirectory | None = None
         self.drain: Drain | None = None
+        self.dialogs = None
         self.started_at = 0.0
 
     def start(self) -> None:
@@ -182,6 +184,7 @@ class Node:
         self.proxy.greenlet = self.group.spawn(self.proxy.run)
         self.proxy.greenlet.link_exception(self.actor_died)
         attach_drain(self)
+        attach_dialogs(self)
         self.group.spawn(self._share_bans).link_exception(self.actor_died)
         if cfg.challenge_front:
             self.front = FrontProcess(cfg, secret, origin)
@@ -291,7 +294,11 @@ class Node:
         return self.registrar.take(data, ip, port)
 
     def on_response(self, resp, source) -> None:
-        """Responses belong to the proxy's client transactions."""
+        """Responses belong to the proxy's client transactions, but those to the probes
+        and BYEs of calls taken over from a dead node (``actors.dialogs``)."""
+        dialogs = self.dialogs
+        if dialogs is not None and dialogs.response(resp):
+            return
         self.proxy.submit(resp, source)
 
     def _answer(self, req, dest, status, headers, reason=None) -> None:

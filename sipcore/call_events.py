@@ -7,6 +7,7 @@ step of a call it handles; the node takes them with
 
 from dataclasses import dataclass
 
+from sipcore.dialogs import Dialog
 from sipcore.errors import SipError
 from sipcore.message import Message
 
@@ -38,10 +39,13 @@ class CallEvent:
     """``transport:host:port`` the call's request came from (the INVITE's, for responses)."""
     status: int | None = None
     """The final status of a failure (486, 408...), the 18x of a ringing; else None."""
+    dialog: Dialog | None = None
+    """On an ``answer``: the dialog the 2xx made (``sipcore.dialogs``), its times and
+    owner left for the node to stamp."""
 
 
-def call_event(kind: str, msg: Message, source: tuple[str, str, int], status: int | None = None
-               ) -> CallEvent | None:
+def call_event(kind: str, msg: Message, source: tuple[str, str, int], status: int | None = None,
+               dialog: Dialog | None = None) -> CallEvent | None:
     """The event of ``kind`` for the call ``msg`` (a request or response) belongs to;
     None when its From, To or Call-ID cannot be read."""
     try:
@@ -50,4 +54,5 @@ def call_event(kind: str, msg: Message, source: tuple[str, str, int], status: in
         call_id = msg.call_id
     except SipError:
         return None
-    return CallEvent(kind, call_id, caller, callee, ":".join(str(p) for p in source), status)
+    return CallEvent(kind, call_id, caller, callee, ":".join(str(p) for p in source), status,
+                     dialog)

@@ -1,0 +1,107 @@
+"""Calls survive their node (issue 17), with real node processes and SIPp at both ends.
+
+20 calls are answered through node 1, whose Record-Route names the domain; node 2
+knows their dialog records from the bus. Node 1 is killed (SIGKILL): node 2 takes
+its calls over (probing both ends, which answer), each caller's BYE goes to node 2
+along the Record-Route set, reaches the callee and is answered, and every record
+is closed, with a ``bye`` call event of each call on node 2.
+"""
+
+import os
+import subprocess
+import time
+
+from loadtest.bench_call import Uas, register_contact
+from loadtest.harness import SIPP_BUFFERS, SIPP_DIR, Cluster, _last_stats, free_port, \
+    write_users_csv
+
+CALLS = 20
+
+
+def wait_for(predicate, timeout: float, step: float = 0.1):
+    """Poll ``predicate`` until it returns a true value, or ``timeout``; its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() >= deadline:
+            return value
+        time.sleep(step)
+
+
+def status(cluster, node) -> dict:
+    from actors.bus import BusError
+    try:
+        return cluster.control(node, "status", brief=True)
+    except BusError:
+        return {}
+
+
+def test_calls_of_a_killed_node_are_ended_by_bye_through_a_survivor(tmp_path):
+    work = str(tmp_path)
+    cluster = Cluster(work, n=2, settings={"heartbeat": 0.2, "suspect_after": 0.6,
+                                           "dead_after": 1.5},
+                      extra='[dialogs]\nrecord_route = "example.test"\nprobe_timeout = 2')
+    rows = write_users_csv(os.path.join(work, "users.csv"), CALLS + 1)
+    cluster.provision(os.path.join(work, "users.csv"))
+    cluster.start()
+    one, two = cluster.nodes
+    uas = uac = None
+    try:
+        assert cluster.wait_synced(15)
+        port = free_port()
+        assert register_contact(one, "user0", "pw0", port, work)
+        assert cluster.wait_converged(5)[0]
+        uas = Uas("uas_answer_failover.xml", port, work,
+                  args=("-aa", "-key", "survivor_host", two.address, "-key", "survivor_port",
+                        str(two.port)))
+        inf = os.path.join(work, "calls.csv")
+        with open(inf, "w") as f:
+            f.write("SEQUENTIAL\n")
+            for user, pw in rows[1:]:
+                f.write(f"{user};{one.domain};user0@{one.domain};"
+                        f"[authentication username={user} password={pw}];"
+                        f"{two.address};{two.port}\n")
+        stf = os.path.join(work, "uac.csv")
+        uac = subprocess.Popen(
+            ["sipp", "-sf", os.path.join(SIPP_DIR, "uac_call_failover.xml"), "-m", str(CALLS),
+             "-r", "20", "-l", str(CALLS), "-t", "u1", "-i", "127.0.0.1", "-p",
+             str(free_port()), "-nostdin", "-trace_stat", "-stf", stf, "-fd", "1", "-aa",
+             "-max_retrans", "5", "-recv_timeout", "20s", "-inf", inf, *SIPP_BUFFERS,
+             f"{one.address}:{one.port}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=work)
+        # Every call answered through node 1, and its record known on node 2.
+        assert wait_for(lambda: status(cluster, one).get("calls") == CALLS
+                        and status(cluster, two).get("dialogs") == CALLS, 8), \
+            (status(cluster, one), status(cluster, two))
+        rr = cluster.control(two, "calls", owner=one.id)
+        assert rr["total"] == CALLS and all(c["answered_at"] >= c["started_at"] > 0
+                                            for c in rr["calls"])
+        one.kill()
+        taken = wait_for(lambda: status(cluster, two).get("calls") == CALLS, 5)
+        assert taken, status(cluster, two)
+        uac.wait(timeout=40)
+        stats = _last_stats(stf)
+        assert (int(stats["SuccessfulCall(C)"]), int(stats["FailedCall(C)"])) == (CALLS, 0), \
+            uac.stderr.read().decode()[-2000:] if uac.stderr else stats
+        after = status(cluster, two)
+        assert (after["calls"], after["dialogs"]) == (0, 0), after
+        assert after["dialog_stats"]["adopted"] == CALLS
+        assert after["dialog_stats"]["unanswered"] == 0      # both ends answered the probes
+        # A BYE event of every call on node 2, which closes its record (a retransmitted
+        # BYE forwarded again makes a second event; the master folds them into one end).
+        calls = {c["call_id"] for c in rr["calls"]}
+
+        def byes() -> set:
+            events = cluster.control(two, "events", since=0, limit=1000)["events"]
+            return {e["call_id"] for e in events if e["kind"] == "bye"}
+        assert wait_for(lambda: byes() == calls, 3), calls - byes()
+        assert int(uas.stop()["SuccessfulCall(C)"]) == CALLS
+        uas = None
+    finally:
+        for p in (uac,):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait(timeout=10)
+        if uas is not None:
+            uas.stop()
+        cluster.stop()
