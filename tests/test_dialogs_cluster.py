@@ -4,7 +4,8 @@
 knows their dialog records from the bus. Node 1 is killed (SIGKILL): node 2 takes
 its calls over (probing both ends, which answer), each caller's BYE goes to node 2
 along the Record-Route set, reaches the callee and is answered, and every record
-is closed, with a ``bye`` call event of each call on node 2.
+is closed, with a ``bye`` call event of each call on node 2. A drain says a node
+is not empty while it carries calls, and empty once they are over.
 """
 
 import os
@@ -76,6 +77,11 @@ def test_calls_of_a_killed_node_are_ended_by_bye_through_a_survivor(tmp_path):
         rr = cluster.control(two, "calls", owner=one.id)
         assert rr["total"] == CALLS and all(c["answered_at"] >= c["started_at"] > 0
                                             for c in rr["calls"])
+        # A drain counts the calls: node 1 is not empty while they last.
+        cluster.control(one, "drain", on=True)
+        drained = status(cluster, one)
+        assert (drained["draining"], drained["calls"], drained["drained"]) == (True, CALLS,
+                                                                                False)
         one.kill()
         taken = wait_for(lambda: status(cluster, two).get("calls") == CALLS, 5)
         assert taken, status(cluster, two)
@@ -96,6 +102,8 @@ def test_calls_of_a_killed_node_are_ended_by_bye_through_a_survivor(tmp_path):
             return {e["call_id"] for e in events if e["kind"] == "bye"}
         assert wait_for(lambda: byes() == calls, 3), calls - byes()
         assert int(uas.stop()["SuccessfulCall(C)"]) == CALLS
+        cluster.control(two, "drain", on=True)
+        assert wait_for(lambda: status(cluster, two).get("drained"), 5), status(cluster, two)
         uas = None
     finally:
         for p in (uac,):
