@@ -15,8 +15,8 @@ node id (``sipcore.dialogs.adopter``), which publishes them as its own and
 probes both ends of each with an OPTIONS inside the dialog over UDP, from the
 node's own SIP socket (``[dialogs] probe_timeout``). A call one of whose ends
 no longer answers is over: the survivor sends a BYE to each end (the one still
-there hangs up) and ends the record, with a ``bye`` call event for the call's
-CDR. A call whose ends both answer goes on; its phones' BYE, through any node
+there hangs up) and ends the record, with a ``lost`` call event (the call's
+CDR says ``node failure``). A call whose ends both answer goes on; its phones' BYE, through any node
 (the Record-Route names ``[dialogs] record_route``), ends it. Ends over TCP
 or TLS are not probed (the dead node held their connections): their calls
 wait for their BYE or ``max_age``.
@@ -34,7 +34,7 @@ import gevent
 import gevent.event
 from gevent.pool import Pool
 
-from sipcore.call_events import ANSWER, ATTEMPT, BYE, CANCEL, FAILURE, CallEvent
+from sipcore.call_events import ANSWER, ATTEMPT, BYE, CANCEL, FAILURE, LOST, CallEvent
 from sipcore.dialogs import (BRANCH_PREFIX, MAX_ROWS, Dialog, DialogTable, adopter,
                              bye_request, decode_dialogs, encode_dialogs, new_branch, parse_dest,
                              probe_request)
@@ -240,7 +240,7 @@ class Dialogs:
         self._ends.append(d.call_id)
         self._publish()
         if self.outbox is not None:
-            self.outbox.add([CallEvent(BYE, d.call_id, d.caller, d.callee,
+            self.outbox.add([CallEvent(LOST, d.call_id, d.caller, d.callee,
                                        f"node:{self.id}")], wall)
 
     # -- control --------------------------------------------------------------------

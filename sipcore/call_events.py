@@ -17,9 +17,12 @@ ANSWER = "answer"
 FAILURE = "failure"
 CANCEL = "cancel"
 BYE = "bye"
+LOST = "lost"
+"""A survivor ended the call: its node died and one of its ends no longer answered
+(``actors.dialogs``); the record's outcome is ``node failure``."""
 EMERGENCY = "emergency"
 """Queued right after the attempt of a call to an emergency number: its record is marked."""
-FINISHING = frozenset((FAILURE, CANCEL, BYE))
+FINISHING = frozenset((FAILURE, CANCEL, BYE, LOST))
 """Kinds that end a call (or its attempt)."""
 
 
@@ -28,7 +31,8 @@ class CallEvent:
     """One step of a call, as the proxy saw it."""
 
     kind: str
-    """``attempt``, ``emergency``, ``ringing``, ``answer``, ``failure``, ``cancel`` or ``bye``."""
+    """``attempt``, ``emergency``, ``ringing``, ``answer``, ``failure``, ``cancel``, ``bye``
+    or ``lost``."""
     call_id: str
     """The call's Call-ID."""
     caller: str

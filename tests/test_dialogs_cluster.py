@@ -37,39 +37,62 @@ def status(cluster, node) -> dict:
         return {}
 
 
-def test_calls_of_a_killed_node_are_ended_by_bye_through_a_survivor(tmp_path):
-    work = str(tmp_path)
+def two_nodes(work: str, users: int) -> tuple:
+    """Two nodes whose Record-Route names the domain, ``users`` users; started, synced."""
     cluster = Cluster(work, n=2, settings={"heartbeat": 0.2, "suspect_after": 0.6,
                                            "dead_after": 1.5},
                       extra='[dialogs]\nrecord_route = "example.test"\nprobe_timeout = 2')
-    rows = write_users_csv(os.path.join(work, "users.csv"), CALLS + 1)
+    rows = write_users_csv(os.path.join(work, "users.csv"), users)
     cluster.provision(os.path.join(work, "users.csv"))
     cluster.start()
+    return cluster, rows
+
+
+def start_calls(cluster, rows, work: str, calls: int):
+    """A SIPp callee (user0) and a SIPp caller placing ``calls`` calls through node 1 that
+    last 9 s, their later messages going to node 2; ``(uas, uac, its statistics file)``."""
+    one, two = cluster.nodes
+    assert cluster.wait_synced(15)
+    port = free_port()
+    assert register_contact(one, "user0", "pw0", port, work)
+    assert cluster.wait_converged(5)[0]
+    uas = Uas("uas_answer_failover.xml", port, work,
+              args=("-aa", "-key", "survivor_host", two.address, "-key", "survivor_port",
+                    str(two.port)))
+    inf = os.path.join(work, "calls.csv")
+    with open(inf, "w") as f:
+        f.write("SEQUENTIAL\n")
+        for user, pw in rows[1:calls + 1]:
+            f.write(f"{user};{one.domain};user0@{one.domain};"
+                    f"[authentication username={user} password={pw}];"
+                    f"{two.address};{two.port}\n")
+    stf = os.path.join(work, "uac.csv")
+    uac = subprocess.Popen(
+        ["sipp", "-sf", os.path.join(SIPP_DIR, "uac_call_failover.xml"), "-m", str(calls),
+         "-r", "20", "-l", str(calls), "-t", "u1", "-i", "127.0.0.1", "-p",
+         str(free_port()), "-nostdin", "-trace_stat", "-stf", stf, "-fd", "1", "-aa",
+         "-max_retrans", "5", "-recv_timeout", "20s", "-inf", inf, *SIPP_BUFFERS,
+         f"{one.address}:{one.port}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=work)
+    return uas, uac, stf
+
+
+def stop(uas, uac, cluster) -> None:
+    if uac is not None and uac.poll() is None:
+        uac.kill()
+        uac.wait(timeout=10)
+    if uas is not None:
+        uas.stop()
+    cluster.stop()
+
+
+def test_calls_of_a_killed_node_are_ended_by_bye_through_a_survivor(tmp_path):
+    work = str(tmp_path)
+    cluster, rows = two_nodes(work, CALLS + 1)
     one, two = cluster.nodes
     uas = uac = None
     try:
-        assert cluster.wait_synced(15)
-        port = free_port()
-        assert register_contact(one, "user0", "pw0", port, work)
-        assert cluster.wait_converged(5)[0]
-        uas = Uas("uas_answer_failover.xml", port, work,
-                  args=("-aa", "-key", "survivor_host", two.address, "-key", "survivor_port",
-                        str(two.port)))
-        inf = os.path.join(work, "calls.csv")
-        with open(inf, "w") as f:
-            f.write("SEQUENTIAL\n")
-            for user, pw in rows[1:]:
-                f.write(f"{user};{one.domain};user0@{one.domain};"
-                        f"[authentication username={user} password={pw}];"
-                        f"{two.address};{two.port}\n")
-        stf = os.path.join(work, "uac.csv")
-        uac = subprocess.Popen(
-            ["sipp", "-sf", os.path.join(SIPP_DIR, "uac_call_failover.xml"), "-m", str(CALLS),
-             "-r", "20", "-l", str(CALLS), "-t", "u1", "-i", "127.0.0.1", "-p",
-             str(free_port()), "-nostdin", "-trace_stat", "-stf", stf, "-fd", "1", "-aa",
-             "-max_retrans", "5", "-recv_timeout", "20s", "-inf", inf, *SIPP_BUFFERS,
-             f"{one.address}:{one.port}"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=work)
+        uas, uac, stf = start_calls(cluster, rows, work, CALLS)
         # Every call answered through node 1, and its record known on node 2.
         assert wait_for(lambda: status(cluster, one).get("calls") == CALLS
                         and status(cluster, two).get("dialogs") == CALLS, 8), \
@@ -104,12 +127,39 @@ def test_calls_of_a_killed_node_are_ended_by_bye_through_a_survivor(tmp_path):
         assert int(uas.stop()["SuccessfulCall(C)"]) == CALLS
         cluster.control(two, "drain", on=True)
         assert wait_for(lambda: status(cluster, two).get("drained"), 5), status(cluster, two)
-        uas = None
     finally:
-        for p in (uac,):
-            if p is not None and p.poll() is None:
-                p.kill()
-                p.wait(timeout=10)
-        if uas is not None:
-            uas.stop()
-        cluster.stop()
+        stop(uas, uac, cluster)
+
+
+def test_a_call_whose_caller_vanished_with_its_node_is_ended_by_the_survivor(tmp_path):
+    """Node 1 and the caller die together: node 2's probe of the caller goes unanswered,
+    so it sends BYE both ways; the callee answers its BYE, and the call ends as a
+    ``lost`` event (its record: ``node failure``)."""
+    work = str(tmp_path)
+    calls = 5
+    cluster, rows = two_nodes(work, calls + 1)
+    one, two = cluster.nodes
+    uas = uac = None
+    try:
+        uas, uac, _ = start_calls(cluster, rows, work, calls)
+        assert wait_for(lambda: status(cluster, two).get("dialogs") == calls, 8), \
+            status(cluster, two)
+        ids = {c["call_id"] for c in cluster.control(two, "calls")["calls"]}
+        uac.kill()
+        uac.wait(timeout=10)
+        one.kill()
+        # The callee gets each BYE (from node 2) and answers it: SIPp counts the call done.
+        assert wait_for(lambda: int(_last_stats(uas.stf).get("SuccessfulCall(C)", 0) or 0)
+                        == calls, 15), _last_stats(uas.stf)
+        # Node 2 ends the records once both BYEs are done (the caller's goes unanswered).
+        assert wait_for(lambda: status(cluster, two).get("dialogs") == 0, 6)
+        after = status(cluster, two)
+        assert (after["dialogs"], after["dialog_stats"]["unanswered"],
+                after["dialog_stats"]["ended_here"]) == (0, calls, calls), after
+
+        def lost() -> set:
+            events = cluster.control(two, "events", since=0, limit=1000)["events"]
+            return {e["call_id"] for e in events if e["kind"] == "lost"}
+        assert wait_for(lambda: lost() == ids, 3), ids - lost()
+    finally:
+        stop(uas, uac, cluster)
