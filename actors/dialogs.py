@@ -55,7 +55,7 @@ PROBES = 50
 class Dialogs:
     """One node's dialog records; see the module doc. ``replicator`` (None: alone)
     carries the records to the peers; ``outbox`` (the proxy's ``CallOutbox``, or
-    None) takes the ``bye`` events of calls this node ends."""
+    None) takes the ``lost`` events of calls this node ends."""
 
     def __init__(self, node_id: str, domain: str, address: str, replicator=None, outbox=None,
                  max_dialogs: int = 100_000, max_age: float = 12 * 3600.0,
@@ -69,15 +69,13 @@ class Dialogs:
         self._out: list[Dialog] = []
         self._ends: list[str] = []
         self._shared = False
-        self._adopting: set[str] = set()
         self.transport = None
         """The node's transport: probes and BYEs leave from its UDP socket (the address
         the phones know, and their NATs let in), their responses come back through
         ``response``."""
         self._waiting: dict[str, gevent.event.AsyncResult] = {}
         self.pool = Pool(PROBES)
-        self.stats = {"published": 0, "probed": 0, "unanswered": 0, "ended_here": 0,
-                      "bad_messages": 0}
+        self.stats = {"published": 0, "probed": 0, "unanswered": 0, "ended_here": 0}
 
     # -- what the proxy saw ----------------------------------------------------------
     def observe(self, events: list[CallEvent], wall: float) -> None:

@@ -12,9 +12,10 @@ import os
 import subprocess
 import time
 
-from loadtest.bench_call import Uas, register_contact
+from loadtest.bench_call import Uas
+from loadtest.bench_register import write_register_inf
 from loadtest.harness import SIPP_BUFFERS, SIPP_DIR, Cluster, _last_stats, free_port, \
-    write_users_csv
+    run_sipp, write_users_csv
 
 CALLS = 20
 
@@ -37,26 +38,35 @@ def status(cluster, node) -> dict:
         return {}
 
 
-def two_nodes(work: str, users: int) -> tuple:
-    """Two nodes whose Record-Route names the domain, ``users`` users; started, synced."""
+def two_nodes(work: str, users: int, hosts: list | None = None) -> tuple:
+    """Two nodes whose Record-Route names the domain, ``users`` users; started (``hosts``:
+    as ``Cluster`` takes them)."""
     cluster = Cluster(work, n=2, settings={"heartbeat": 0.2, "suspect_after": 0.6,
                                            "dead_after": 1.5},
-                      extra='[dialogs]\nrecord_route = "example.test"\nprobe_timeout = 2')
+                      extra='[dialogs]\nrecord_route = "example.test"\nprobe_timeout = 2',
+                      hosts=hosts)
     rows = write_users_csv(os.path.join(work, "users.csv"), users)
     cluster.provision(os.path.join(work, "users.csv"))
     cluster.start()
     return cluster, rows
 
 
-def start_calls(cluster, rows, work: str, calls: int):
+def start_calls(cluster, rows, work: str, calls: int, phones: str = "127.0.0.1",
+                prefix: tuple = (), ports: tuple[int, int] | None = None):
     """A SIPp callee (user0) and a SIPp caller placing ``calls`` calls through node 1 that
-    last 9 s, their later messages going to node 2; ``(uas, uac, its statistics file)``."""
+    last 9 s, their later messages going to node 2; ``(uas, uac, its statistics file)``.
+    ``phones`` is the phones' address, ``prefix`` runs them in another host (then give
+    ``ports``: the callee's and the caller's)."""
     one, two = cluster.nodes
     assert cluster.wait_synced(15)
-    port = free_port()
-    assert register_contact(one, "user0", "pw0", port, work)
+    port, uac_port = ports or (free_port(phones), free_port(phones))
+    reg = os.path.join(work, "reg.csv")
+    write_register_inf(reg, rows[:1], one.domain)
+    res = run_sipp("register_auth.xml", f"{one.address}:{one.port}", work, inf=reg, calls=1,
+                   local_ip=phones, local_port=port, timeout=20, prefix=prefix)
+    assert res.successful == 1, res.stderr
     assert cluster.wait_converged(5)[0]
-    uas = Uas("uas_answer_failover.xml", port, work,
+    uas = Uas("uas_answer_failover.xml", port, work, address=phones, prefix=prefix,
               args=("-aa", "-key", "survivor_host", two.address, "-key", "survivor_port",
                     str(two.port)))
     inf = os.path.join(work, "calls.csv")
@@ -68,9 +78,9 @@ def start_calls(cluster, rows, work: str, calls: int):
                     f"{two.address};{two.port}\n")
     stf = os.path.join(work, "uac.csv")
     uac = subprocess.Popen(
-        ["sipp", "-sf", os.path.join(SIPP_DIR, "uac_call_failover.xml"), "-m", str(calls),
-         "-r", "20", "-l", str(calls), "-t", "u1", "-i", "127.0.0.1", "-p",
-         str(free_port()), "-nostdin", "-trace_stat", "-stf", stf, "-fd", "1", "-aa",
+        [*prefix, "sipp", "-sf", os.path.join(SIPP_DIR, "uac_call_failover.xml"), "-m",
+         str(calls), "-r", "20", "-l", str(calls), "-t", "u1", "-i", phones, "-p",
+         str(uac_port), "-nostdin", "-trace_stat", "-stf", stf, "-fd", "1", "-aa",
          "-max_retrans", "5", "-recv_timeout", "20s", "-inf", inf, *SIPP_BUFFERS,
          f"{one.address}:{one.port}"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=work)
@@ -89,10 +99,16 @@ def stop(uas, uac, cluster) -> None:
 def test_calls_of_a_killed_node_are_ended_by_bye_through_a_survivor(tmp_path):
     work = str(tmp_path)
     cluster, rows = two_nodes(work, CALLS + 1)
+    survive_failover(cluster, rows, work)
+
+
+def survive_failover(cluster, rows, work: str, **phones) -> None:
+    """The issue's test on ``cluster`` (two nodes, ``CALLS + 1`` users in ``rows``,
+    started); ``phones`` go to ``start_calls``. Stops the cluster."""
     one, two = cluster.nodes
     uas = uac = None
     try:
-        uas, uac, stf = start_calls(cluster, rows, work, CALLS)
+        uas, uac, stf = start_calls(cluster, rows, work, CALLS, **phones)
         # Every call answered through node 1, and its record known on node 2.
         assert wait_for(lambda: status(cluster, one).get("calls") == CALLS
                         and status(cluster, two).get("dialogs") == CALLS, 8), \
@@ -161,5 +177,31 @@ def test_a_call_whose_caller_vanished_with_its_node_is_ended_by_the_survivor(tmp
             events = cluster.control(two, "events", since=0, limit=1000)["events"]
             return {e["call_id"] for e in events if e["kind"] == "lost"}
         assert wait_for(lambda: lost() == ids, 3), ids - lost()
+    finally:
+        stop(uas, uac, cluster)
+
+
+def test_a_restarted_node_learns_the_calls_in_progress_from_its_peer(tmp_path):
+    """Node 2 restarts during 3 calls through node 1: its resync brings their records
+    back (node 1 sends them again when asked for a snapshot); their BYEs end them."""
+    work = str(tmp_path)
+    calls = 3
+    cluster, rows = two_nodes(work, calls + 1)
+    one, two = cluster.nodes
+    uas = uac = None
+    try:
+        uas, uac, stf = start_calls(cluster, rows, work, calls)
+        assert wait_for(lambda: status(cluster, two).get("dialogs") == calls, 8), \
+            status(cluster, two)
+        two.stop()
+        two.start()
+        assert cluster.wait_synced(10)
+        assert wait_for(lambda: status(cluster, two).get("dialogs") == calls, 3), \
+            status(cluster, two)
+        uac.wait(timeout=30)
+        assert int(_last_stats(stf)["SuccessfulCall(C)"]) == calls
+        assert wait_for(lambda: status(cluster, one).get("dialogs") == 0
+                        and status(cluster, two).get("dialogs") == 0, 3), \
+            (status(cluster, one), status(cluster, two))
     finally:
         stop(uas, uac, cluster)
