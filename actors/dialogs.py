@@ -38,6 +38,7 @@ from sipcore.call_events import ANSWER, ATTEMPT, BYE, CANCEL, FAILURE, LOST, Cal
 from sipcore.dialogs import (BRANCH_PREFIX, MAX_ROWS, Dialog, DialogTable, adopter,
                              bye_request, decode_dialogs, encode_dialogs, new_branch, parse_dest,
                              probe_request)
+from sipcore.errors import SipError
 
 from . import bus as busmod
 from .bus import BusError
@@ -173,7 +174,10 @@ class Dialogs:
     def response(self, resp) -> bool:
         """A response the transport got: True when it answers one of our probes or
         BYEs (its branch is one of ours), which it then settles."""
-        branch = resp.top_via.branch or ""
+        try:
+            branch = resp.top_via.branch or ""
+        except SipError:
+            return False
         if not branch.startswith(BRANCH_PREFIX):
             return False
         waiter = self._waiting.get(branch)

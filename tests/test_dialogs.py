@@ -180,3 +180,7 @@ def test_the_node_keeps_records_from_its_proxy_events_and_refuses_bad_requests()
     assert keeper.response(ok) is True and not keeper._waiting
     other = parse_message(ok.encode().replace(BRANCH_PREFIX.encode(), b"z9hG4bKx"))
     assert keeper.response(other) is False
+    broken = parse_message(b"SIP/2.0 200 OK\r\nVia: !!!\r\nFrom: <sip:a@x>;tag=1\r\n"
+                           b"To: <sip:b@x>\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\n"
+                           b"Content-Length: 0\r\n\r\n")
+    assert keeper.response(broken) is False     # the proxy's to refuse, not a crash here
