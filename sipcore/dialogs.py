@@ -4,7 +4,7 @@ A node's proxy makes a :class:`Dialog` when it relays the 2xx of an INVITE
 (``sipcore.forking``, on the ``answer`` call event) and the record ends when
 a BYE of the call passes any node, or when the INVITE failed. Records are
 small (Call-ID, tags, the two ends' Contacts and the addresses the node
-reached them at, start and answer times, the owner node) and travel on the
+reached them at, the route set, start and answer times, the owner node) and travel on the
 cluster bus (``actors.dialogs``), so that every node knows every call: after
 a node dies, exactly one survivor (the lowest live node id, :func:`adopter`)
 takes its calls over.
@@ -48,9 +48,11 @@ MAX_ROWS = 1000
 """Records (or ends) one bus message carries at most."""
 MAX_TEXT = 512
 """Longest text field of a record on the wire."""
+MAX_ROUTE = 2048
+"""Longest route set kept (a longer one is not kept)."""
 
 DIALOG_FIELDS = ("call_id", "from_tag", "to_tag", "caller", "callee", "caller_contact",
-                 "callee_contact", "caller_dest", "callee_dest", "cseq", "started_at",
+                 "callee_contact", "caller_dest", "callee_dest", "route", "cseq", "started_at",
                  "answered_at", "owner")
 """A record's fields on the wire, in order."""
 
@@ -85,6 +87,9 @@ class Dialog:
     """``transport:host:port`` the INVITE came from (where the caller is reached)."""
     callee_dest: str
     """``transport:host:port`` the INVITE was sent to (where the callee answered)."""
+    route: str
+    """The route set: the 2xx's Record-Route values, top first, comma-separated (empty
+    when longer than :data:`MAX_ROUTE`)."""
     cseq: int
     """The CSeq number of the INVITE."""
     started_at: float
@@ -103,7 +108,7 @@ class Dialog:
         """A JSON-ready view for the control endpoint and the master's API."""
         return {"call_id": self.call_id, "caller": self.caller, "callee": self.callee,
                 "started_at": self.started_at, "answered_at": self.answered_at,
-                "owner": self.owner}
+                "owner": self.owner, "route": self.route}
 
 
 def _contact(msg: Any) -> str:
@@ -125,6 +130,7 @@ def answered_dialog(invite: Any, ok: Any, caller_dest: tuple[Any, ...],
         from_tag, to_tag = from_.tag, to.tag
         cseq = invite.cseq[0]
         call_id = invite.call_id
+        route = ",".join(ok.get_all("record-route"))
     except SipError:
         return None
     if not from_tag or not to_tag:
@@ -132,7 +138,7 @@ def answered_dialog(invite: Any, ok: Any, caller_dest: tuple[Any, ...],
     return Dialog(call_id, from_tag, to_tag, str(from_.uri)[:MAX_TEXT],
                   str(to.uri)[:MAX_TEXT], _contact(invite), _contact(ok),
                   ":".join(str(p) for p in caller_dest), ":".join(str(p) for p in callee_dest),
-                  cseq, 0.0, 0.0, "")
+                  route if len(route) <= MAX_ROUTE else "", cseq, 0.0, 0.0, "")
 
 
 def adopter(dead: str, live: Iterable[str]) -> str | None:
@@ -287,15 +293,17 @@ def _dialog(row: Any) -> Dialog:
     if not isinstance(row, list) or len(row) != len(DIALOG_FIELDS):
         raise DialogWireError(f"malformed dialog record {str(row)[:80]}")
     (call_id, from_tag, to_tag, caller, callee, caller_contact, callee_contact, caller_dest,
-     callee_dest, cseq, started_at, answered_at, owner) = row
+     callee_dest, route, cseq, started_at, answered_at, owner) = row
     if not (all(_text(v) for v in (call_id, from_tag, to_tag, caller, callee, owner))
             and all(_text(v, True) for v in (caller_contact, callee_contact, caller_dest,
                                               callee_dest))
+            and isinstance(route, str) and len(route) <= MAX_ROUTE
             and isinstance(cseq, int) and not isinstance(cseq, bool) and 0 <= cseq < 2 ** 31
             and _time(started_at) and _time(answered_at)):
         raise DialogWireError(f"malformed dialog record {str(row)[:80]}")
     return Dialog(call_id, from_tag, to_tag, caller, callee, caller_contact, callee_contact,
-                  caller_dest, callee_dest, cseq, float(started_at), float(answered_at), owner)
+                  caller_dest, callee_dest, route, cseq, float(started_at),
+                  float(answered_at), owner)
 
 
 def decode_dialogs(data: bytes) -> tuple[str, list[Dialog], list[str]]:

@@ -17,7 +17,8 @@ from sipcore.replication_wire import WireError
 def dialog(call_id: str = "c1", owner: str = "node1", answered: float = 100.0) -> Dialog:
     return Dialog(call_id, "ft", "tt", "sip:alice@example.test", "sip:bob@example.test",
                   "sip:alice@10.0.0.1:5070", "sip:bob@10.0.0.2:5080", "udp:10.0.0.1:5070",
-                  "udp:10.0.0.2:5080", 2, answered, answered, owner)
+                  "udp:10.0.0.2:5080", "<sip:example.test;lr;dlg=1>", 2, answered, answered,
+                  owner)
 
 
 def test_a_record_lives_from_its_answer_to_its_bye_with_its_start_time():
@@ -79,9 +80,11 @@ def test_the_wire_format_round_trips():
     b'{"pv": 2, "v": 1, "id": "n", "d": {}, "x": []}',
     json.dumps({"pv": 2, "v": 1, "id": "n", "d": [], "x": ["c"] * (MAX_ROWS + 1)}).encode(),
     json.dumps({"pv": 2, "v": 1, "id": "n", "d": [dialog("x" * 600).row()], "x": []}).encode(),
-    json.dumps({"pv": 2, "v": 1, "id": "n", "d": [dialog().row()[:9] + [True] +
+    json.dumps({"pv": 2, "v": 1, "id": "n", "d": [dialog().row()[:10] + [True] +
+                                                  dialog().row()[11:]], "x": []}).encode(),
+    json.dumps({"pv": 2, "v": 1, "id": "n", "d": [dialog().row()[:9] + ["r" * 3000] +
                                                   dialog().row()[10:]], "x": []}).encode(),
-    b'{"pv": 2, "v": 1, "id": "n", "d": [["c","f","t","a","b","","","","",1,NaN,1,"n"]],'
+    b'{"pv": 2, "v": 1, "id": "n", "d": [["c","f","t","a","b","","","","","",1,NaN,1,"n"]],'
     b' "x": []}',
     b"[" * 100000,
 ])
@@ -143,11 +146,13 @@ def test_the_proxy_core_gives_the_answer_event_its_dialog():
     ok = parse_message(b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 1.2.3.4;branch=z9hG4bK1\r\nFrom: "
                        b"<sip:a@example.test>;tag=f\r\nTo: <sip:bob@example.test>;tag=t\r\n"
                        b"Call-ID: c\r\nCSeq: 7 INVITE\r\nContact: <sip:bob@5.6.7.8>\r\n"
+                       b"Record-Route: <sip:p2;lr>\r\nRecord-Route: <sip:p1;lr>\r\n"
                        b"Content-Length: 0\r\n\r\n")
     d = answered_dialog(invite, ok, ("udp", "1.2.3.4", 5070), ("udp", "5.6.7.8", 5060))
     assert d is not None and (d.from_tag, d.to_tag, d.cseq, d.caller_contact,
                               d.callee_contact, d.callee_dest) == \
         ("f", "t", 7, "sip:a@1.2.3.4:5070", "sip:bob@5.6.7.8", "udp:5.6.7.8:5060")
+    assert d.route == "<sip:p2;lr>,<sip:p1;lr>"
     no_tag = parse_message(bytes(ok.encode()).replace(b";tag=t", b""))
     assert answered_dialog(invite, no_tag, ("udp", "1.2.3.4", 5070), ("udp", "5", 1)) is None
     assert ANSWER == "answer"

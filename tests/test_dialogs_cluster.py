@@ -116,6 +116,8 @@ def survive_failover(cluster, rows, work: str, **phones) -> None:
         rr = cluster.control(two, "calls", owner=one.id)
         assert rr["total"] == CALLS and all(c["answered_at"] >= c["started_at"] > 0
                                             for c in rr["calls"])
+        # The route set names the domain (every node answers it), with the dialog token.
+        assert all(c["route"].startswith("<sip:example.test;lr;dlg=") for c in rr["calls"])
         # A drain counts the calls: node 1 is not empty while they last.
         cluster.control(one, "drain", on=True)
         drained = status(cluster, one)
