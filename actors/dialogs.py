@@ -70,6 +70,8 @@ class Dialogs:
         self._out: list[Dialog] = []
         self._ends: list[str] = []
         self._shared = False
+        self._taken_from: set[str] = set()
+        """Dead peers whose calls this node took over (until they live again)."""
         self.transport = None
         """The node's transport: probes and BYEs leave from its UDP socket (the address
         the phones know, and their NATs let in), their responses come back through
@@ -156,13 +158,15 @@ class Dialogs:
         peers = rep.core.peers
         live = [self.id] + [p for p, st in peers.items()
                             if st.liveness.state in ("alive", "suspected")]
-        owners = {d.owner for d in self.table.dialogs.values()}
-        for dead in owners:
-            if dead == self.id or dead not in peers or peers[dead].liveness.state != "dead":
-                continue
+        dead_now = {p for p, st in peers.items() if st.liveness.state == "dead"}
+        self._taken_from &= dead_now        # a peer back alive may die again
+        for dead in dead_now - self._taken_from:
             if adopter(dead, live) != self.id:
                 continue
+            self._taken_from.add(dead)      # one pass over the table per death
             taken = self.table.adopt(dead, self.id)
+            if not taken:
+                continue
             log.warning("node %s is dead: %d of its calls taken over here; probing their ends",
                         dead, len(taken))
             self._out.extend(taken)

@@ -239,10 +239,14 @@ class DialogTable:
         """Drop the records answered more than ``max_age`` ago, and forget ends older
         than ``ended_memory``; the records dropped."""
         out = []
-        for d in list(self.dialogs.values()):
+        dialogs = self.dialogs
+        # Records are kept in the order they arrived, about that of their answers: the
+        # scan stops at the first young one (a late arrival waits a little longer).
+        while dialogs:
+            d = next(iter(dialogs.values()))
             if wall - d.answered_at < self.max_age:
-                continue
-            del self.dialogs[d.call_id]
+                break
+            del dialogs[d.call_id]
             out.append(d)
         self.stats["expired"] += len(out)
         ended = self._ended
