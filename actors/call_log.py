@@ -9,11 +9,12 @@ from ``ProxyCore.take_call_events`` with the node's wall clock.
 
 import logging
 
-from sipcore.call_events import BYE, CANCEL, FAILURE, FINISHING, CallEvent
+from sipcore.call_events import BYE, CANCEL, FAILURE, FINISHING, LOST, CallEvent
 
 log = logging.getLogger(__name__)
 
-_WORDS = {BYE: "ended (BYE)", CANCEL: "cancelled by the caller", FAILURE: "failed"}
+_WORDS = {BYE: "ended (BYE)", CANCEL: "cancelled by the caller", FAILURE: "failed",
+          LOST: "ended by this node (its node failed, an end was gone)"}
 
 
 class CallLog:

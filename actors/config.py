@@ -142,6 +142,16 @@ class NodeConfig:
     """Upper bound on bindings per second streamed to one snapshot request (0: no bound)."""
     sync_timeout: float = 5.0
     """Seconds a snapshot may go silent before it counts as failed and is retried."""
+    record_route: str = ""
+    """``[dialogs] record_route``: what the Record-Route names (``host`` or ``host:port``:
+    the domain, resolved by SRV, or a floating address) instead of this node's
+    address, so in-dialog requests reach any live node; empty: the node's address."""
+    max_dialogs: int = 100_000
+    """Dialog records kept at most (``sipcore.dialogs``)."""
+    dialog_max_age: float = 12 * 3600.0
+    """Seconds after its answer that a dialog record is dropped."""
+    probe_timeout: float = 4.0
+    """Seconds an end of a call taken over from a dead node has to answer an OPTIONS."""
     dialplan: dict = field(default_factory=dict)
     """The ``[dialplan]`` document (gateways, rules, users; ``sipcore.dialplan``), checked."""
     emergency_notify: Channels = field(default_factory=Channels)
@@ -168,6 +178,8 @@ _SECTIONS = {
     "database": {"url": "database", "batch_max": "batch_max",
                  "max_call_events": "max_call_events"},
     "dns": {"servers": "dns_servers", "port": "dns_port"},
+    "dialogs": {"record_route": "record_route", "max_dialogs": "max_dialogs",
+                "max_age": "dialog_max_age", "probe_timeout": "probe_timeout"},
     "cluster": {"pub": "bus_pub", "snapshot": "bus_snapshot", "control": "control",
                 "secret_key": "secret_key", "public_key": "public_key",
                 "heartbeat": "heartbeat", "suspect_after": "suspect_after",
@@ -212,12 +224,13 @@ def parse_config(data: dict, base_dir: str = ".") -> NodeConfig:
                  "batch_max", "dns_port", "hwm", "snapshot_batch", "snapshot_rate",
                  "max_failures", "max_user_failures", "udp_burst", "tcp_max_connections",
                  "tcp_max_per_source", "max_message_size", "max_branches", "tls_port",
-                 "max_call_events", "overload_retry_after"):
+                 "max_call_events", "overload_retry_after", "max_dialogs"):
         v = getattr(cfg, name)
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
             raise ConfigError(f"{name} must be a non-negative integer, not {v!r}")
     for name in ("failure_window", "ban_time", "udp_rate", "tcp_idle_timeout",
-                 "tcp_header_timeout", "log_rate", "overload_delay", "overload_interval"):
+                 "tcp_header_timeout", "log_rate", "overload_delay", "overload_interval",
+                 "dialog_max_age", "probe_timeout"):
         v = getattr(cfg, name)
         if not isinstance(v, int | float) or isinstance(v, bool) or v < 0:
             raise ConfigError(f"{name} must be a non-negative number, not {v!r}")
@@ -239,6 +252,10 @@ def parse_config(data: dict, base_dir: str = ".") -> NodeConfig:
         raise ConfigError(f"port out of range: {cfg.port}")
     if cfg.max_branches < 1:
         raise ConfigError("limits.max_branches must be at least 1")
+    if not isinstance(cfg.record_route, str) or any(
+            c in cfg.record_route for c in ' <>;,"@/') or len(cfg.record_route) > 255:
+        raise ConfigError("dialogs.record_route must be a host or host:port, "
+                          f"not {cfg.record_route!r}")
     if not isinstance(cfg.emergency_numbers, list) or not all(
             isinstance(n, str) and n for n in cfg.emergency_numbers):
         raise ConfigError("sip.emergency_numbers must be a list of numbers as strings")
@@ -350,13 +367,17 @@ def _sip_address(text: str, what: str) -> tuple[str, int]:
 def cluster_addresses(cfg: NodeConfig, port: int | None = None) -> ClusterAddresses:
     """The cluster's names and node addresses as this node knows them: the domain,
     its aliases, its own ``[sip]`` address (``port``: the one it listens on, when
-    known) and each peer's ``sip``; with TLS, the same hosts on ``tls_port`` (the
-    cluster's nodes share their TLS port, as they share the domain)."""
+    known) and each peer's ``sip``, and the host ``[dialogs] record_route`` names; with
+    TLS, the same hosts on ``tls_port`` (the cluster's nodes share their TLS port, as
+    they share the domain)."""
     nodes = [(cfg.address, port or cfg.port)]
     nodes.extend(_sip_address(p.sip, f"peer {p.id}") for p in cfg.peers if p.sip)
     if cfg.tls_port:
         nodes.extend([(host, cfg.tls_port) for host, _ in nodes])
-    return ClusterAddresses([cfg.domain, *cfg.aliases], nodes)
+    # What the Record-Route names (the domain, or a floating address) is the cluster's.
+    rr = cfg.record_route.rpartition(":")[0] if cfg.record_route.rpartition(":")[2].isdigit() \
+        else cfg.record_route
+    return ClusterAddresses([cfg.domain, *cfg.aliases, *([rr] if rr else [])], nodes)
 
 
 def registrar_rules(cfg: NodeConfig) -> RegistrarRules:

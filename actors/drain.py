@@ -9,8 +9,8 @@ requests (BYE, re-INVITE, ACK), CANCELs and responses. A call to one of
 ``status`` says ``draining`` and counts the proxy's pending transactions,
 so an operator (or the master) sees when the node is empty: ``drained``
 once no transaction waits for a final response (those answered only wait
-out their timers). Calls in progress are not counted: a node knows no
-dialogs yet (issue 17's dialog records).
+out their timers) and, with ``actors.dialogs`` attached, once the calls it
+owns (its dialog records) are over.
 """
 
 import logging

@@ -35,6 +35,7 @@ from .emergency_notify import attach_emergency_notify
 from .config import (ConfigError, NodeConfig, guard_settings, load_config, registrar_rules,
                      server_uris, sqlite_dir)
 from .config_sync import attach_config_sync
+from .dialogs import attach_dialogs
 from .drain import Drain, attach_drain
 from .gateways import attach_dialing
 from .front import STATUS_EVERY, FrontProcess
@@ -122,6 +123,7 @@ class Node:
         self.drain: Drain | None = None
         self.services: Services | None = None
         self.traffic = Traffic()
+        self.dialogs = None
         self.started_at = 0.0
 
     def start(self) -> None:
@@ -193,6 +195,7 @@ class Node:
         self.proxy.greenlet = self.group.spawn(self.proxy.run)
         self.proxy.greenlet.link_exception(self.actor_died)
         attach_drain(self)
+        attach_dialogs(self)
         self.group.spawn(self._share_bans).link_exception(self.actor_died)
         if cfg.challenge_front:
             self.front = FrontProcess(cfg, secret, origin)
@@ -327,7 +330,11 @@ class Node:
 
     def on_response(self, resp, source) -> None:
         """Responses belong to the proxy's client transactions (dropped while it is
-        stopped: its inbox must not grow)."""
+        stopped: its inbox must not grow), but those to the probes and BYEs of calls
+        taken over from a dead node (``actors.dialogs``)."""
+        dialogs = self.dialogs
+        if dialogs is not None and dialogs.response(resp):
+            return
         services = self.services
         if services is not None and services.down("proxy"):
             return

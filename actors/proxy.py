@@ -76,6 +76,8 @@ class ProxyActor:
         """A ``CallOutbox`` that keeps call events for the master, if the node gave one."""
         self.notifier = None
         """An ``EmergencyNotifier`` that tells of emergency calls, if the node gave one."""
+        self.dialogs = None
+        """The node's ``actors.dialogs.Dialogs``, which keeps the calls' dialog records."""
 
     @classmethod
     def from_config(cls, cfg, secret: bytes, user_lookup, location, transport,
@@ -90,7 +92,7 @@ class ProxyActor:
                                  emergency=emergency_numbers(cfg),
                                  max_branches=cfg.max_branches, nat_handling=cfg.nat_handling,
                                  tls_port=transport.tls_port if transport.tls else 0,
-                                 node_id=cfg.id,
+                                 node_id=cfg.id, rr_host=cfg.record_route,
                                  peer_hops=tuple((p.id, p.sip) for p in cfg.peers if p.sip))
         if auth is None:
             auth = Authenticator(cfg.domain, secret, user_lookup, cfg.nonce_lifetime,
@@ -200,6 +202,8 @@ class ProxyActor:
                     self.outbox.add(events, wall)
                 if self.notifier is not None:
                     self.notifier.add(events, wall)
+                if self.dialogs is not None:
+                    self.dialogs.observe(events, wall)
             if not self._failed:
                 return
             failed, self._failed = self._failed, []

@@ -153,6 +153,10 @@ class Replicator:
         self.on_bans = on_bans
         #: ``on_snapshot_request(peer)``, when set, hears of each snapshot a peer asks for
         self.on_snapshot_request = None
+        self.receivers: dict[bytes, tuple] = {}
+        """Other actors' bus kinds (``add_kind``): kind -> (decode, handle)."""
+        self._frames: deque[tuple[bytes, bytes]] = deque(maxlen=10000)
+        """Other actors' messages waiting for the publisher (``publish_frame``)."""
         self.inbox: Queue = Queue()
         self.outbox: Queue = Queue()
         self.group = Group()
@@ -319,6 +323,19 @@ class Replicator:
             self._bans.extend(bans)
             del self._bans[:-MAX_BANS * 10]
 
+    def add_kind(self, kind: bytes, decode, handle) -> None:
+        """Receive bus messages of ``kind`` for another actor: ``decode(body)`` returns
+        ``(sender, payload)`` or raises ``WireError`` (``NewerMessage`` for a newer
+        version); ``handle(peer, payload)`` runs in the main loop."""
+        self.receivers[kind] = (decode, handle)
+
+    def publish_frame(self, kind: bytes, body: bytes) -> None:
+        """Queue one message of another actor for the PUB socket (every peer; the caller
+        checks ``core.peers_support`` first). At most 10,000 wait; older ones go first."""
+        if self.clustered:
+            self._frames.append((kind, body))
+            self.outbox.put((0.0, []))    # wakes the publisher
+
     def _publisher(self, sock) -> None:
         heartbeat = self.cfg.heartbeat
         next_beat = self.monotonic()
@@ -329,7 +346,7 @@ class Replicator:
                     timeout=max(0.0, next_beat - self.monotonic()))
             except Empty:
                 changes = None
-            if changes is not None:
+            if changes:
                 body = encode_update(self.id, changes[0].epoch, committed_at, changes)
                 send(sock, [busmod.UPDATE, body])
                 self.published_seq = changes[-1].seq
@@ -339,6 +356,9 @@ class Replicator:
                 bans, self._bans = self._bans, []
                 for i in range(0, len(bans), MAX_BANS):
                     send(sock, [busmod.BANS, encode_bans(self.id, bans[i:i + MAX_BANS])])
+            frames = self._frames
+            while frames:
+                send(sock, list(frames.popleft()))
             if self._drop_subscribers:
                 self._drop_subscribers = False
                 self._rebind(sock)
@@ -356,7 +376,7 @@ class Replicator:
                 if len(frames) != 2:
                     raise WireError(f"{len(frames)} frames")
                 kind, body = frames
-                msg: Update | Heartbeat | tuple[str, list]
+                msg: Update | Heartbeat | tuple[str, list] | object
                 if kind == busmod.UPDATE:
                     msg = decode_update(body)
                     sender = msg.origin
@@ -366,6 +386,8 @@ class Replicator:
                 elif kind == busmod.BANS:
                     msg = decode_bans(body)
                     sender = msg[0]
+                elif kind in self.receivers:
+                    sender, msg = self.receivers[kind][0](body)
                 else:
                     # A kind of a newer release (sipcore.protocol): not ours to read.
                     self.stats["unknown_kinds"] += 1
@@ -414,6 +436,8 @@ class Replicator:
                 elif kind == busmod.BANS:
                     if self.on_bans is not None:
                         self.on_bans(peer, rest[0][1])
+                elif kind in self.receivers:
+                    self.receivers[kind][1](peer, rest[0])
                 elif kind == "done":
                     request, epoch, seq, versions = rest
                     self._act(core.snapshot_completed(peer, request, epoch, seq, now, versions))

@@ -7,6 +7,7 @@ step of a call it handles; the node takes them with
 
 from dataclasses import dataclass
 
+from sipcore.dialogs import Dialog
 from sipcore.errors import SipError
 from sipcore.message import Message
 
@@ -16,9 +17,12 @@ ANSWER = "answer"
 FAILURE = "failure"
 CANCEL = "cancel"
 BYE = "bye"
+LOST = "lost"
+"""A survivor ended the call: its node died and one of its ends no longer answered
+(``actors.dialogs``); the record's outcome is ``node failure``."""
 EMERGENCY = "emergency"
 """Queued right after the attempt of a call to an emergency number: its record is marked."""
-FINISHING = frozenset((FAILURE, CANCEL, BYE))
+FINISHING = frozenset((FAILURE, CANCEL, BYE, LOST))
 """Kinds that end a call (or its attempt)."""
 
 
@@ -27,7 +31,8 @@ class CallEvent:
     """One step of a call, as the proxy saw it."""
 
     kind: str
-    """``attempt``, ``emergency``, ``ringing``, ``answer``, ``failure``, ``cancel`` or ``bye``."""
+    """``attempt``, ``emergency``, ``ringing``, ``answer``, ``failure``, ``cancel``, ``bye``
+    or ``lost``."""
     call_id: str
     """The call's Call-ID."""
     caller: str
@@ -38,10 +43,13 @@ class CallEvent:
     """``transport:host:port`` the call's request came from (the INVITE's, for responses)."""
     status: int | None = None
     """The final status of a failure (486, 408...), the 18x of a ringing; else None."""
+    dialog: Dialog | None = None
+    """On an ``answer``: the dialog the 2xx made (``sipcore.dialogs``), its times and
+    owner left for the node to stamp."""
 
 
-def call_event(kind: str, msg: Message, source: tuple[str, str, int], status: int | None = None
-               ) -> CallEvent | None:
+def call_event(kind: str, msg: Message, source: tuple[str, str, int], status: int | None = None,
+               dialog: Dialog | None = None) -> CallEvent | None:
     """The event of ``kind`` for the call ``msg`` (a request or response) belongs to;
     None when its From, To or Call-ID cannot be read."""
     try:
@@ -50,4 +58,5 @@ def call_event(kind: str, msg: Message, source: tuple[str, str, int], status: in
         call_id = msg.call_id
     except SipError:
         return None
-    return CallEvent(kind, call_id, caller, callee, ":".join(str(p) for p in source), status)
+    return CallEvent(kind, call_id, caller, callee, ":".join(str(p) for p in source), status,
+                     dialog)

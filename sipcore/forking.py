@@ -70,6 +70,7 @@ from urllib.parse import unquote
 from .call_events import (ANSWER, ATTEMPT, BYE, CANCEL, EMERGENCY, FAILURE, FINISHING,
                           RINGING, CallEvent, call_event)
 from .dialing import TRY_ELSEWHERE
+from .dialogs import answered_dialog
 from .digest import BANNED
 from .errors import SipError
 from .identity import screen as screen_identity
@@ -157,8 +158,9 @@ class ProxyCore:
         out, self._call_events = self._call_events, []
         return out
 
-    def _call_event(self, kind: str, msg, source: tuple, status: int | None = None) -> None:
-        ev = call_event(kind, msg, source, status)
+    def _call_event(self, kind: str, msg, source: tuple, status: int | None = None,
+                    dialog=None) -> None:
+        ev = call_event(kind, msg, source, status, dialog)
         if ev is not None:
             self._call_events.append(ev)
             if kind in FINISHING and self.dialing is not None:
@@ -855,7 +857,9 @@ class ProxyCore:
                 return
             if ctx.invite:
                 if ctx.request.to.tag is None:
-                    self._call_event(ANSWER, resp, ctx.server.destination, status)
+                    self._call_event(ANSWER, resp, ctx.server.destination, status,
+                                     answered_dialog(ctx.request, resp, ctx.server.destination,
+                                                     tx.destination))
                 self._cancel_branches(ctx, now, _CALL_DONE)
             self._release(ctx)
             return

@@ -39,7 +39,7 @@ FIRST_VERSION = 1
 """The version of a body without ``pv`` (release v0.23.0)."""
 MAX_VERSION = 9999
 """A ``pv`` above this is malformed, not newer (it would not fit a log line)."""
-FEATURES: dict[str, int] = {"pv": 2}
+FEATURES: dict[str, int] = {"pv": 2, "dialogs": 2}
 """Each feature a sender may use only towards peers that have it -> the first
 protocol version with it. A helper adding a message kind or field adds it here
 (raising :data:`PROTOCOL_VERSION` when no version has it yet)."""

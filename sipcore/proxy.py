@@ -111,7 +111,10 @@ class ProxySettings:
     SIP over TLS (0: it has no TLS). ``node_id`` is the node's id and
     ``peer_hops`` the ``(id, "host:port")`` of each peer's SIP address: a TCP
     or TLS flow of a binding another node made is reached through that node
-    (``sipcore.flow_relay``).
+    (``sipcore.flow_relay``). ``rr_host`` is what the Record-Route names instead of
+    the node's own address: a name or address every node answers (the domain,
+    resolved by SRV, or a floating address; ``host`` or ``host:port``), so a phone
+    sends the requests of its call to whichever node lives (issue 17).
     """
 
     domain: str
@@ -127,6 +130,7 @@ class ProxySettings:
     tls_port: int = 0
     node_id: str = ""
     peer_hops: tuple[tuple[str, str], ...] = ()
+    rr_host: str = ""
     names: frozenset = field(init=False)
     """Lower-case domain names that are ours (``domain`` and ``aliases``)."""
     sent_by: str = field(init=False)
@@ -152,7 +156,7 @@ class ProxySettings:
         # A TLS leg names the TLS port, where the phone's requests of the dialog must go.
         self.transports = TRANSPORTS + (("tls",) if self.tls_port else ())
         self._rr_starts = {
-            t: f"<sip:{self.sent_by if t != 'tls' else self.tls_sent_by}"
+            t: f"<sip:{self._rr_hostport(t)}"
                f"{'' if t == 'udp' else ';transport=' + t};lr;{DIALOG_PARAM}="
             for t in self.transports}
         self._dialog_key = hmac.digest(self.secret or os.urandom(32), b"record-route", "sha256")
@@ -163,6 +167,15 @@ class ProxySettings:
         self.addresses = self.cluster or ClusterAddresses(self.names, nodes)
         self._address = self.address.lower()
         self._via_host = host
+
+    def _rr_hostport(self, transport: str) -> str:
+        """What our Record-Route names for a leg over ``transport``."""
+        if not self.rr_host:
+            return self.sent_by if transport != "tls" else self.tls_sent_by
+        host, sep, port = self.rr_host.rpartition(":")
+        if not sep or not port.isdigit() or "]" in port:
+            return self.rr_host             # a name without a port: SRV finds a node
+        return f"{host}:{self.tls_port}" if transport == "tls" else self.rr_host
 
     # -- dialogs we Record-Routed ------------------------------------------------
     def dialog_token(self, call_id: str, tag: str | None) -> str:

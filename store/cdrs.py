@@ -27,7 +27,8 @@ MAX_RECORDS = 1_000_000
 
 BUSY = frozenset((486, 600))
 NO_ANSWER = frozenset((408, 480))
-OUTCOMES = ("completed", "busy", "no answer", "cancelled", "failed", "in progress")
+OUTCOMES = ("completed", "busy", "no answer", "cancelled", "failed", "node failure",
+            "in progress")
 """Every outcome a record may have."""
 
 FIELDS = ("call_id", "caller", "callee", "started_at", "answered_at", "ended_at", "duration",
@@ -46,7 +47,8 @@ def reset_cursor(node_id: str) -> None:
     CdrCursor.delete().where(CdrCursor.node_id == node_id).execute()
 
 
-KINDS = frozenset(("attempt", "emergency", "ringing", "answer", "failure", "cancel", "bye"))
+KINDS = frozenset(("attempt", "emergency", "ringing", "answer", "failure", "cancel", "bye",
+                   "lost"))
 MAX_TEXT = 512
 """Longest Call-ID, caller or callee kept (a longer one marks a malformed event)."""
 
@@ -74,6 +76,9 @@ def _close(rec: CallRecord) -> None:
     if rec.bye_at is not None:
         rec.outcome = "completed"
         rec.ended_at = rec.bye_at
+    elif rec.lost_at is not None and rec.answered_at is not None:
+        rec.outcome = "node failure"
+        rec.ended_at = rec.lost_at
     elif rec.answered_at is not None:
         rec.outcome = "in progress"
         rec.ended_at = None
@@ -91,7 +96,7 @@ def _close(rec: CallRecord) -> None:
             rec.outcome = "in progress"
     rec.duration = (round(rec.ended_at - rec.answered_at, 3)
                     if rec.ended_at is not None and rec.answered_at is not None
-                    and rec.outcome == "completed" else None)
+                    and rec.outcome in ("completed", "node failure") else None)
 
 
 def _fold(rec: CallRecord, ev: dict[str, Any], node_id: str) -> None:
@@ -101,6 +106,8 @@ def _fold(rec: CallRecord, ev: dict[str, Any], node_id: str) -> None:
         rec.answered_at = _earliest(rec.answered_at, at)
     elif kind == "bye":
         rec.bye_at = _earliest(rec.bye_at, at)
+    elif kind == "lost":
+        rec.lost_at = _earliest(rec.lost_at, at)
     elif kind in ("failure", "cancel"):
         rec.final_at = _earliest(rec.final_at, at)
         if kind == "cancel":

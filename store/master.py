@@ -122,6 +122,8 @@ class CallRecord(MasterModel):
     """When the first BYE was seen (the end of an answered call)."""
     final_at = peewee.DoubleField(null=True)
     """When the first failure or CANCEL was seen (the end of an unanswered call)."""
+    lost_at = peewee.DoubleField(null=True)
+    """When a survivor ended the call because its node died and an end was gone."""
     duration = peewee.DoubleField(null=True)
     outcome = peewee.TextField(index=True)
     status = peewee.IntegerField(null=True)

@@ -61,8 +61,17 @@ def _master_7_version_content(migrator: SchemaMigrator, db: peewee.Database) -> 
     db.create_tables([VersionContent])
 
 
+def _master_8_cdr_lost(migrator: SchemaMigrator, db: peewee.Database) -> None:
+    """When a survivor ended a call whose node died (``store.master.CallRecord.lost_at``)."""
+    from store.master import CallRecord
+    if "lost_at" not in {c.name for c in db.get_columns(CallRecord._meta.table_name)}:
+        migrate(migrator.add_column(CallRecord._meta.table_name, "lost_at",
+                                    peewee.DoubleField(null=True)))
+
+
 MASTER_MIGRATIONS: tuple[Migration, ...] = (_master_2_audit_log, _master_3_alarms,
                                             _master_4_join, _master_5_emergency_calls,
                                             _master_6_tls_port,
-                                            _master_7_version_content)
+                                            _master_7_version_content,
+                                            _master_8_cdr_lost)
 """The master database's steps (``store.master``)."""

@@ -203,3 +203,15 @@ def test_an_emergency_event_marks_the_record(master):
     found = {c["call_id"]: c["emergency"] for c in cdrs.search()["cdrs"]}
     assert found == {"e1": True, "n1": False}
     assert "emergency" in cdrs.to_csv(cdrs.search()["cdrs"]).splitlines()[0]
+
+
+def test_a_call_a_survivor_ended_after_its_node_died_is_a_node_failure_closed_once(master):
+    cdrs.store_events("node1", [ev(1, "attempt", 100.0), ev(2, "answer", 102.0, status=200)])
+    cdrs.store_events("node2", [ev(1, "lost", 140.0), ev(2, "lost", 141.0)])
+    rec = one()
+    assert (rec["outcome"], rec["ended_at"], rec["duration"]) == ("node failure", 140.0, 38.0)
+    assert rec["nodes"] == ["node1", "node2"]
+    # A phone's BYE seen anyway (through a third node) wins: the call ended normally.
+    cdrs.store_events("node3", [ev(1, "bye", 139.0)])
+    assert (one()["outcome"], one()["ended_at"]) == ("completed", 139.0)
+    assert cdrs.search(outcome="node failure")["total"] == 0

@@ -89,6 +89,22 @@ def test_security_defaults_and_bad_values_refused():
             parse_config({**MINIMAL, section: {key: bad}})
 
 
+def test_dialogs_settings_default_and_bad_values_refused():
+    cfg = parse_config(MINIMAL)
+    assert (cfg.record_route, cfg.max_dialogs, cfg.probe_timeout) == ("", 100_000, 4.0)
+    cfg = parse_config({**MINIMAL, "dialogs": {"record_route": "example.test:5060",
+                                               "max_age": 60}})
+    assert (cfg.record_route, cfg.dialog_max_age) == ("example.test:5060", 60)
+    from actors.config import cluster_addresses
+    from sipcore.uri import parse_uri
+    assert cluster_addresses(cfg).points_here(parse_uri("sip:example.test:5060"))
+    for key, bad in (("record_route", "<sip:x>"), ("record_route", "a;lr"),
+                     ("record_route", "x" * 300), ("record_route", 5), ("max_dialogs", -1),
+                     ("probe_timeout", "soon"), ("nonsense", 1)):
+        with pytest.raises(ConfigError):
+            parse_config({**MINIMAL, "dialogs": {key: bad}})
+
+
 def test_nat_handling_defaults_to_auto_and_takes_three_values():
     assert parse_config(MINIMAL).nat_handling == "auto"
     for mode in ("auto", "always", "never"):

@@ -297,3 +297,21 @@ def test_a_flood_on_a_drained_node_gets_503s_and_leaves_no_state(lab):
     finally:
         drain(cluster, node, False)
         sock.close()
+
+
+def test_api_lists_a_nodes_calls_and_refuses_strangers_bad_limits_and_unknown_nodes(dashboard):
+    app, _cluster, node = dashboard
+    c = app.test_client()
+    url = f"/api/nodes/{node.id}/calls"
+    r = c.get(url, headers=basic())
+    assert r.status_code == 200 and r.json["node"] == node.id
+    assert r.json["total"] == len(r.json["calls"]) == 0
+    for headers in ({}, basic("wrong")):
+        assert c.get(url, headers=headers).status_code == 401
+    for limit in ("0", "1001", "x", "-5", "9" * 400):
+        r = c.get(f"{url}?limit={limit}", headers=basic())
+        assert r.status_code == 400 and "limit" in r.json["error"], limit
+    r = c.get("/api/nodes/nodeX/calls", headers=basic())
+    assert r.status_code == 400 and "no node" in r.json["error"]
+    r = c.get("/api/nodes/ghost/calls", headers=basic())
+    assert r.status_code == 400 and r.json["error"].startswith("ghost:")

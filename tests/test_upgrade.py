@@ -132,6 +132,9 @@ def test_a_previous_release_node_and_a_current_one_work_together(previous, tmp_p
         assert new_status["peers"][old.id]["pv"] == FIRST_VERSION
         assert (new_status["bad_messages"], new_status["newer_protocol"],
                 new_status["unknown_kinds"]) == (0, 0, 0)
+        # The new node kept records of the calls it answered, and sent none to the old one.
+        assert new_status["dialog_stats"]["answered"] >= 3
+        assert new_status["dialog_stats"]["published"] == 0
         with open(old.log_path, errors="replace") as f:
             assert "dropped a bad" not in f.read()
 
@@ -192,6 +195,9 @@ def test_rolling_upgrade_from_the_previous_release_keeps_registrations_and_calls
             assert {p["pv"] for p in status["peers"].values()} == {PROTOCOL_VERSION}
             assert all(p["updates"] >= 1 for p in status["peers"].values()), status["peers"]
             assert (status["bad_messages"], status["newer_protocol"]) == (0, 0)
+        # Once every node speaks this release, the calls' records go on the bus.
+        assert any(cluster.control(n, "status")["dialog_stats"]["published"]
+                   for n in cluster.nodes)
         (regs, reg_failed), (placed, call_failed) = (load.counts["registrations"],
                                                      load.counts["calls"])
         print(f"rolling upgrade {PREVIOUS_RELEASE} -> current: {load.rounds} rounds, "

@@ -7,7 +7,8 @@
 body; 202 and a job), ``GET /api/users/import/<id>`` (its progress), ``GET
 /api/nodes``, ``POST /api/nodes/<id>/restart`` (through the lab), ``POST
 /api/nodes/<id>/drain`` with ``{"on": bool}`` (straight to the node), ``GET
-/api/nodes/<id>/services`` (state, uptime and restarts of each service), ``POST
+/api/nodes/<id>/calls`` (``?limit=``: the calls the node carries, from its dialog
+records), ``GET /api/nodes/<id>/services`` (state, uptime and restarts of each service), ``POST
 /api/nodes/<id>/services/<name>/stop|start|restart`` (through the node's control
 channel, lab or not), ``GET /api/config`` (the newest version, each node's and the SIP
 settings), ``PUT /api/config`` (change SIP settings: a new version), ``GET
@@ -201,6 +202,23 @@ def restart_node(node_id):
     try:
         return {"node": node_id, "state": services.restart_node(current_app.config["LAB_DATA"],
                                                                 node_id)}
+    except services.ServiceError as e:
+        return {"error": str(e)}, 400
+
+
+@bp.get("/nodes/<node_id>/calls")
+@basic_auth_required
+def node_calls(node_id):
+    """The calls a node carries (``?limit=`` 1 to 1000, 100 by default): its total and
+    records (Call-ID, caller, callee, start and answer times, owner)."""
+    text = request.args.get("limit", "100")
+    limit = int(text) if text.isdigit() and len(text) <= 4 else 0
+    if not 1 <= limit <= 1000:
+        return {"error": "limit must be a whole number from 1 to 1000"}, 400
+    pusher = current_app.extensions.get("pusher")
+    try:
+        return {"node": node_id,
+                **services.node_calls(getattr(pusher, "bus", None), node_id, limit)}
     except services.ServiceError as e:
         return {"error": str(e)}, 400
 
