@@ -25,7 +25,17 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 source scripts/venv.sh requirements-dev.txt
 # tests/test_upgrade.py and test_hosts_upgrade.py run the previous release, found by its tag: a clone may lack tags.
-if [ -n "$(git remote 2>/dev/null)" ]; then git fetch --quiet --tags 2>/dev/null || true; fi
+# A shallow clone without the tag gets the previous release's commit (tests/upgrades.py) fetched.
+if [ -n "$(git remote 2>/dev/null)" ]; then
+  git fetch --quiet --tags 2>/dev/null || true
+  prev=$(sed -n 's/^PREVIOUS_COMMIT = "\([0-9a-f]*\)"/\1/p' tests/upgrades.py)
+  if [ -n "$prev" ] && ! git cat-file -e "$prev^{commit}" 2>/dev/null; then
+    if [ "$(git rev-parse --is-shallow-repository 2>/dev/null)" = true ]; then
+      git fetch --quiet --unshallow 2>/dev/null || true
+    fi
+    git cat-file -e "$prev^{commit}" 2>/dev/null || git fetch --quiet origin "$prev" 2>/dev/null || true
+  fi
+fi
 status=0
 .venv/bin/python -m pytest -q "$@" || status=$?
 exit $status
