@@ -148,29 +148,50 @@ def test_hostile_uploads_are_refused_and_change_nothing(master, tmp_path, monkey
     assert any("not one of ours" in r["result"] for r in rows)
 
 
+def dashboard_restore(url: str, password: str, path: str) -> requests.Response:
+    """Log in to the dashboard at ``url`` and upload the archive ``path`` to restore it."""
+    s = requests.Session()
+    page = s.get(f"{url}/login", timeout=10).text
+    s.post(f"{url}/login", data={"csrf_token": token(page), "username": "admin",
+                                 "password": password}, timeout=10)
+    page = s.get(f"{url}/backup", timeout=10).text
+    assert "Restore and restart" in page
+    with open(path, "rb") as f:
+        return s.post(f"{url}/backup/restore", timeout=30, allow_redirects=False,
+                      data={"csrf_token": token(page), "password": password},
+                      files={"archive": ("backup.tar.gz", f, "application/gzip")})
+
+
 def test_restored_from_the_dashboard_the_running_master_comes_back_accepted(tmp_path):
+    """A running master with a node, restored from its dashboard, then the same archive
+    restored from the dashboard of a fresh master (a new host) that the node accepts."""
     from loadtest.harness import ROOT, Cluster, free_port
     from store.files import write_private
     from tests.test_backup import api
     from tests.test_dashboard_browser import run_master
     from tests.test_master_push import registered
 
+    def write_config(name: str, port: int, nodes: str = "") -> str:
+        path = str(tmp_path / f"{name}.toml")
+        write_private(path, f'[master]\nlisten = "127.0.0.1:{port}"\n'
+                            f'data_dir = "{tmp_path}/{name}"\ndomain = "example.test"\n'
+                            f'push_interval = 0.3\n[backup]\nevery = 0\n' + nodes)
+        return path
+
+    def start(config: str, name: str) -> subprocess.Popen:
+        with open(tmp_path / f"{name}.log", "ab") as log:
+            return subprocess.Popen([sys.executable, os.path.join(ROOT, "run.py"), "master",
+                                     "--config", config], stdout=log, stderr=log, cwd=ROOT)
+
     port = free_port()
-    config = str(tmp_path / "m.toml")
-
-    def write_config(nodes: str = "") -> None:
-        write_private(config, f'[master]\nlisten = "127.0.0.1:{port}"\n'
-                              f'data_dir = "{tmp_path}/m"\ndomain = "example.test"\n'
-                              f'push_interval = 0.3\n[backup]\nevery = 0\n' + nodes)
-
-    write_config()
+    config = write_config("m", port)
     assert run_master("init", config=config).returncode == 0
     password = (tmp_path / "m" / "admin-password").read_text().strip()
     public = (tmp_path / "m" / "master.public").read_text().strip()
     cluster = Cluster(str(tmp_path), 1, settings={"master_key": public, "alone_wait": 0.5})
     m, n = cluster.members["node1"], cluster.nodes[0]
-    write_config(f'[[nodes]]\nid = "node1"\nsip = "{n.address}:{n.port}"\n'
-                 f'control = "{m.control}"\npublic_key = "{m.public_key}"\n')
+    config = write_config("m", port, f'[[nodes]]\nid = "node1"\nsip = "{n.address}:{n.port}"\n'
+                                     f'control = "{m.control}"\npublic_key = "{m.public_key}"\n')
     url = f"http://127.0.0.1:{port}"
 
     def acked(version):
@@ -179,12 +200,10 @@ def test_restored_from_the_dashboard_the_running_master_comes_back_accepted(tmp_
     def users():
         return sorted(u["username"] for u in api(f"{url}/api/users", password)["users"])
 
-    log = open(tmp_path / "m.log", "wb")  # noqa: SIM115 (closed in finally)
-    proc = None
+    procs = []
     try:
         cluster.start()
-        proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "run.py"), "master",
-                                 "--config", config], stdout=log, stderr=log, cwd=ROOT)
+        procs.append(start(config, "m"))
         assert wait_for(lambda: api(f"{url}/api/config", password), 20), \
             (tmp_path / "m.log").read_text()
         version = api(f"{url}/api/users", password, "POST",
@@ -196,20 +215,11 @@ def test_restored_from_the_dashboard_the_running_master_comes_back_accepted(tmp_
                       {"username": "bob", "password": "bob-pw"})["version"]
         assert wait_for(acked(version), 10) and registered(n, "bob", "bob-pw")
 
-        s = requests.Session()
-        page = s.get(f"{url}/login", timeout=10).text
-        s.post(f"{url}/login", data={"csrf_token": token(page), "username": "admin",
-                                     "password": password}, timeout=10)
-        page = s.get(f"{url}/backup", timeout=10).text
-        assert "Restore" in page
-        with open(path, "rb") as f:
-            r = s.post(f"{url}/backup/restore", timeout=30, allow_redirects=False,
-                       data={"csrf_token": token(page), "password": password},
-                       files={"archive": ("backup.tar.gz", f, "application/gzip")})
+        r = dashboard_restore(url, password, path)
         assert r.status_code == 303, r.text
         # The same process (execv) comes back on the same port with the archive's users.
         assert wait_for(lambda: users() == ["amy"], 30), (tmp_path / "m.log").read_text()
-        assert proc.poll() is None
+        assert procs[0].poll() is None
         kept = [d for d in os.listdir(tmp_path) if d.startswith("m.before-restore-")]
         assert len(kept) == 1 and os.path.exists(tmp_path / kept[0] / "master.db")
         assert (tmp_path / "m" / "master.public").read_text().strip() == public
@@ -218,11 +228,33 @@ def test_restored_from_the_dashboard_the_running_master_comes_back_accepted(tmp_
         assert registered(n, "amy", "amy-pw") and not registered(n, "bob", "bob-pw")
         rows = api(f"{url}/api/audit?action=restore+applied", password)["entries"]
         assert rows and rows[0]["actor"] == "admin"
-        page = s.get(f"{url}/backup", timeout=10).text  # the session key is the archive's
+        s = requests.Session()
+        page = s.get(f"{url}/login", timeout=10).text
+        s.post(f"{url}/login", data={"csrf_token": token(page), "username": "admin",
+                                     "password": password}, timeout=10)
+        page = s.get(f"{url}/backup", timeout=10).text
         assert re.search(r"restore-result.*applied", page, re.S), page
+        procs[0].terminate()
+        procs[0].wait(10)
+
+        # A new host: a fresh master (init, no node) restores the archive from its dashboard.
+        fresh_port = free_port()
+        fresh = write_config("fresh", fresh_port)
+        assert run_master("init", config=fresh).returncode == 0
+        fresh_password = (tmp_path / "fresh" / "admin-password").read_text().strip()
+        procs.append(start(fresh, "fresh"))
+        url = f"http://127.0.0.1:{fresh_port}"
+        assert wait_for(lambda: api(f"{url}/api/config", fresh_password), 20)
+        r = dashboard_restore(url, fresh_password, path)
+        assert r.status_code == 303, r.text
+        assert wait_for(lambda: users() == ["amy"], 30), (tmp_path / "fresh.log").read_text()
+        assert (tmp_path / "fresh" / "master.public").read_text().strip() == public
+        version = api(f"{url}/api/users", password, "POST",
+                      {"username": "cat", "password": "cat-pw"})["version"]
+        assert wait_for(acked(version), 10), (tmp_path / "fresh.log").read_text()
+        assert registered(n, "cat", "cat-pw") and registered(n, "amy", "amy-pw")
     finally:
-        if proc is not None:
-            proc.terminate()
-            proc.wait(10)
-        log.close()
+        for p in procs:
+            p.terminate()
+            p.wait(10)
         cluster.stop()

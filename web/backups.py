@@ -53,7 +53,7 @@ from flask import (Blueprint, current_app, g, redirect, render_template, request
 from store import audit
 from store import backup as archive
 from store import master as ms
-from store import schema
+from store import schema, versions
 from store.files import make_private_dir, write_private
 from store.migrations import MASTER_MIGRATIONS
 
@@ -241,14 +241,10 @@ def apply_staged(settings: MasterSettings) -> dict | None:
 
 
 def _number_past(handed_out: int, manifest: dict) -> int:
-    """Make the restored configuration a new version numbered past every version the master
-    handed out before the restore: a node takes only a newer number than the one it runs,
-    and would keep what came after the archive."""
-    with ms.master_db.atomic():
-        if ms.current_version() < handed_out:  # numbers whose content is in the kept folder
-            ms.ConfigVersion.create(version=handed_out, reason="numbers used before a restore")
-        return ms.new_version(f"restored from the archive of "
-                              f"{_stamp(manifest.get('created_at', 0))}")
+    """The restored configuration as a new version numbered past every version the master
+    handed out before the restore (``store.versions.number_past``)."""
+    return versions.number_past(handed_out, "restored from the archive of "
+                                f"{_stamp(manifest.get('created_at', 0))}")
 
 
 def _stamp(ts: float) -> str:
