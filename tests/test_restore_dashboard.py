@@ -103,6 +103,8 @@ def test_a_staged_archive_that_fails_at_the_start_leaves_the_master_as_it_was(ma
     ms.init_master_store(master.database_url)
     assert ms.count_users() == before[1] and ms.current_version() == before[2]
     assert os.path.exists(master.path("restore-failed.tar.gz"))
+    assert not [d for d in os.listdir(master.data_dir) if d.startswith("before-restore-")]
+    assert [d for d in os.listdir(master.data_dir) if d.startswith("failed-restore-")]
     assert audit.search(action="restore failed")["entries"][0]["ok"] is False
 
 
@@ -135,7 +137,10 @@ def test_hostile_uploads_are_refused_and_change_nothing(master, tmp_path, monkey
     assert upload(c, good, csrf=False).status_code == 400
     r = upload(c, good, password="wrong")
     assert r.status_code == 403 and "wrong password" in r.get_data(as_text=True)
-    for path, why in ((tampered, "does not match the manifest"),
+    corrupt = tmp_path / "corrupt.tar.gz"
+    corrupt.write_bytes(b"\x1f\x8b" + os.urandom(4000))
+    for path, why in ((str(corrupt), "not a readable backup archive"),
+                      (tampered, "does not match the manifest"),
                       (climbing, "not one of ours"), (linked, "not one of ours")):
         r = upload(c, path)
         assert r.status_code == 400 and why in r.get_data(as_text=True), path
@@ -220,8 +225,8 @@ def test_restored_from_the_dashboard_the_running_master_comes_back_accepted(tmp_
         # The same process (execv) comes back on the same port with the archive's users.
         assert wait_for(lambda: users() == ["amy"], 30), (tmp_path / "m.log").read_text()
         assert procs[0].poll() is None
-        kept = [d for d in os.listdir(tmp_path) if d.startswith("m.before-restore-")]
-        assert len(kept) == 1 and os.path.exists(tmp_path / kept[0] / "master.db")
+        kept = [d for d in os.listdir(tmp_path / "m") if d.startswith("before-restore-")]
+        assert len(kept) == 1 and os.path.exists(tmp_path / "m" / kept[0] / "master.db")
         assert (tmp_path / "m" / "master.public").read_text().strip() == public
         now = api(f"{url}/api/config", password)["version"]
         assert now > version and wait_for(acked(now), 10), (tmp_path / "m.log").read_text()

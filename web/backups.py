@@ -20,11 +20,13 @@ code of the command line's restore) before anything changes, then staged as
 closes its listeners and re-executes its own command line (``os.execv``:
 the same process id, so systemd, ``run.py lab`` or a shell see one process
 go on). At every start :func:`apply_staged` finds a staged archive, moves
-the data folder aside to ``<data_dir>.before-restore-<UTC time>`` (kept,
-never deleted), restores the archive into a fresh data folder with
-:func:`restore_backup` and starts the restored master; if the restore
-fails, the old folder is put back (the failed one kept as
-``.failed-restore-<time>``) and the old master starts. Either outcome is
+what the data folder holds into ``<data_dir>/before-restore-<UTC time>/``
+(kept, never deleted; the folder itself stays, since systemd's
+``StateDirectory`` is a fixed mount point under ``ProtectSystem=strict``),
+restores the archive into the emptied folder with :func:`restore_backup`
+and starts the restored master; if the restore fails, what was moved is put
+back (the failed attempt kept in ``failed-restore-<time>/``) and the old
+master starts. Either outcome is
 written to ``restore-result.json`` (shown on the backup page) and the
 audit log. This needs the database in the data folder (SQLite, the
 default): with ``[master] database`` set the dashboard refuses, and
@@ -186,9 +188,22 @@ def restore_backup(settings: MasterSettings, path: str) -> dict:
     return manifest
 
 
+KEPT_PREFIXES = ("before-restore-", "failed-restore-")
+"""Folders inside the data folder that a staged restore keeps (never moved, never deleted)."""
+
+
+def _move_contents(src: str, dst: str) -> None:
+    """Move what ``src`` holds into ``dst``, except the kept folders (one rename each: the
+    data folder itself stays, as systemd's ``StateDirectory`` must)."""
+    for name in os.listdir(src):
+        if not name.startswith(KEPT_PREFIXES):
+            os.rename(os.path.join(src, name), os.path.join(dst, name))
+
+
 def apply_staged(settings: MasterSettings) -> dict | None:
-    """At the master's start: restore a staged archive into a fresh data folder, the old one
-    kept aside (put back if the restore fails); the outcome, or None when none is staged."""
+    """At the master's start: restore a staged archive into the emptied data folder, what
+    it held kept in ``before-restore-<time>/`` inside it (put back if the restore fails);
+    the outcome, or None when none is staged."""
     staged = settings.path(STAGED)
     if not os.path.exists(staged):
         return None
@@ -204,36 +219,40 @@ def apply_staged(settings: MasterSettings) -> dict | None:
         handed_out = ms.current_version()
     finally:
         ms.close_master_store()
-    aside = f"{settings.data_dir}.before-restore-{_stamp(now)}"
-    os.rename(settings.data_dir, aside)
-    result: dict = {"at": now, "by": str(by.get("actor", "?")), "kept": aside}
+    kept = settings.path(f"before-restore-{_stamp(now)}")
+    result: dict = {"at": now, "by": str(by.get("actor", "?")), "kept": kept}
     try:
         if settings.database:
             raise SettingsError("[master] database is set: the dashboard restores onto the "
                                 "database in the data folder only")
-        manifest = restore_backup(settings, os.path.join(aside, STAGED))
+        os.mkdir(kept, 0o700)
+        _move_contents(settings.data_dir, kept)
+        manifest = restore_backup(settings, os.path.join(kept, STAGED))
         result.update(ok=True, created_at=manifest.get("created_at"),
                       release=manifest.get("release") or "?",
                       version=_number_past(handed_out, manifest))
     except Exception as e:  # whatever went wrong, the old master must come back
         ms.close_master_store()
         log.error("staged restore failed, the master starts as it was: %s", e)
-        if os.path.exists(settings.data_dir):
-            os.rename(settings.data_dir, f"{settings.data_dir}.failed-restore-{_stamp(now)}")
-        os.rename(aside, settings.data_dir)
+        if os.path.isdir(kept):
+            failed = settings.path(f"failed-restore-{_stamp(now)}")
+            os.mkdir(failed, 0o700)
+            _move_contents(settings.data_dir, failed)
+            _move_contents(kept, settings.data_dir)
+            os.rmdir(kept)
         os.replace(staged, settings.path("restore-failed.tar.gz"))
         result.update(ok=False, error=str(e)[:500], kept="")
         ms.init_master_store(settings.database_url)
     else:
-        log.warning("staged restore applied: the master runs on the archive made %s; the "
-                    "data folder before it is kept in %s", _stamp(manifest.get("created_at", 0)),
-                    aside)
+        log.warning("staged restore applied: the master runs on the archive made %s; what "
+                    "the data folder held before is kept in %s",
+                    _stamp(manifest.get("created_at", 0)), kept)
     try:
         audit.record(result["by"], "restore applied" if result["ok"] else "restore failed",
                      "master", str(by.get("address", "")), ok=result["ok"],
                      result=result.get("error") or f"archive of "
-                     f"{_stamp(result.get('created_at') or 0)}, data folder before it kept "
-                     f"in {aside}")
+                     f"{_stamp(result.get('created_at') or 0)}, the data folder before it "
+                     f"kept in {kept}")
     finally:
         ms.close_master_store()
     write_private(settings.path(RESULT), json.dumps(result))
@@ -359,10 +378,12 @@ def restore():
         return _page("choose an archive to upload", 400)
     fd, tmp = tempfile.mkstemp(prefix=".upload-", suffix=".tar.gz", dir=settings.data_dir)
     try:
-        with os.fdopen(fd, "wb") as out:
-            shutil.copyfileobj(upload.stream, out)
+        def save_and_check() -> dict:  # seconds of disk and CPU: off the master's loop
+            with os.fdopen(fd, "wb") as out:
+                shutil.copyfileobj(upload.stream, out)
+            return check_archive(tmp)
         try:
-            manifest = gevent.get_hub().threadpool.apply(check_archive, (tmp,))
+            manifest = gevent.get_hub().threadpool.apply(save_and_check)
         except (archive.BackupError, SettingsError) as e:
             return _page(f"archive refused, nothing changed: {e}", 400)
         write_private(settings.path(STAGED_BY), json.dumps(
