@@ -2,6 +2,7 @@
 master's own restart; hostile uploads refused with nothing changed; with real processes a
 running master restored from its dashboard that its node still accepts."""
 
+import http.client
 import io
 import json
 import os
@@ -219,6 +220,17 @@ def test_restored_from_the_dashboard_the_running_master_comes_back_accepted(tmp_
         version = api(f"{url}/api/users", password, "POST",
                       {"username": "bob", "password": "bob-pw"})["version"]
         assert wait_for(acked(version), 10) and registered(n, "bob", "bob-pw")
+
+        # An upload over the cap is refused from its Content-Length, before it is read.
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.putrequest("POST", "/backup/restore")
+        conn.putheader("Content-Type", "multipart/form-data; boundary=x")
+        conn.putheader("Content-Length", str(backups.MAX_ARCHIVE + 1))
+        conn.endheaders()
+        conn.send(b"--x\r\n")
+        assert conn.getresponse().status == 413
+        conn.close()
+        assert not os.path.exists(tmp_path / "m" / STAGED) and users() == ["amy", "bob"]
 
         r = dashboard_restore(url, password, path)
         assert r.status_code == 303, r.text
