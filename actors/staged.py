@@ -12,15 +12,29 @@ master then stops the rollout. ``config_rollback`` (the master's, when a staged
 push went unanswered) puts back what the node ran before a staged version
 that it still runs; ``config_health`` runs the self-check now. Only the
 master's key may stage or roll back (CurveZMQ proves it, as for ``config``).
+
+Test hook :data:`BREAK_AT_ENV`: no real change breaks one node's self-check
+after it applies (a version is checked on the master first, and one for a
+domain the node does not serve is refused before it applies), so the path
+"applied, unhealthy, rolled back by the node itself" is tested with real
+processes by starting a node with this variable set.
 """
 
 import logging
+import os
+
+from gevent import socket
 
 from .bus import BusError
 from .config_sync import MASTER, ConfigSync
 from .selfcheck import self_check
 
 log = logging.getLogger(__name__)
+
+BREAK_AT_ENV = "TANDEM_TEST_SELFCHECK_UNREACHABLE_AT"
+"""Tests only: while the node runs the configuration version this variable names, its
+self-check probes a UDP port that never answers, as a node broken by that version
+would answer nothing (``tests/test_staged_rollout.py``). Unset in any real setup."""
 
 
 class StagedConfig:
@@ -96,8 +110,16 @@ def attach_staged(node) -> StagedConfig | None:
     if sync is None:
         return None
     cfg = node.cfg
-    staged = node.staged_config = StagedConfig(
-        sync, lambda: self_check(cfg.address, cfg.port, cfg.domain))
+    broken_at = os.environ.get(BREAK_AT_ENV, "")
+
+    def check() -> str | None:
+        if broken_at and str(sync.version()["version"]) == broken_at:
+            family = socket.AF_INET6 if ":" in cfg.address else socket.AF_INET
+            with socket.socket(family, socket.SOCK_DGRAM) as silent:  # bound, never read
+                silent.bind((cfg.address, 0))
+                return self_check(cfg.address, silent.getsockname()[1], cfg.domain)
+        return self_check(cfg.address, cfg.port, cfg.domain)
+    staged = node.staged_config = StagedConfig(sync, check)
     control = node.replicator.control
     control.handle("config_staged", staged.stage)
     control.handle("config_health", staged.health)

@@ -10,17 +10,21 @@ the archive is one moment of the database while the master goes on writing
 The archive is a gzip'd tar, written 0600 through a temporary file renamed
 into place: ``db/<table>.jsonl`` (one JSON object per row), ``files/<name>``
 (keys, configuration) and ``manifest.json`` last, with the row count and the
-SHA-256 of every member. :func:`restore` checks the manifest before it
-writes anything, streams the rows into empty tables in one transaction, and
-refuses a database that already holds data. Nothing of the archive is ever
-extracted by its own names: only the tables and file names the caller knows
-are read.
+SHA-256 of every member. An archive with a member that is not a regular
+file named like ours (a link, a folder, ``../``) is refused. :func:`check`
+reads a whole archive as :func:`restore` does and writes nothing (the
+dashboard's restore checks an upload with it before staging it).
+:func:`restore` checks the manifest before it writes anything, streams the
+rows into empty tables in one transaction, and refuses a database that
+already holds data. Nothing of the archive is ever extracted by its own
+names: only the tables and file names the caller knows are read.
 """
 
 import hashlib
 import io
 import json
 import os
+import re
 import tarfile
 import tempfile
 import time
@@ -44,6 +48,9 @@ MAX_MEMBERS = 1000
 """Members an archive may have (ours have one per table and file)."""
 MAX_ROW = 1 << 20
 """Bytes one row of a table may take in the archive."""
+MEMBER = re.compile(r"^(manifest\.json|db/[a-z0-9_]{1,64}\.jsonl"
+                    r"|files/[A-Za-z0-9][A-Za-z0-9._-]{0,99})$")
+"""The names our archives' members have (no folder, no ``..``, nothing absolute)."""
 
 
 class BackupError(StoreError):
@@ -133,6 +140,13 @@ class _Reader:
             if k >= MAX_MEMBERS:
                 raise BackupError(f"the archive has more than {MAX_MEMBERS} members: not ours")
             self.members[info.name] = info
+        # Only once all are indexed (a bounded number): an archive of countless members
+        # is told as such.
+        for name, info in self.members.items():
+            if not info.isfile() or not MEMBER.match(name):
+                raise BackupError(f"the archive's member {name[:100]!r} is not one of ours "
+                                  "(a link, a folder or a name outside the archive's own): "
+                                  "refused")
 
 
 def _member(reader: _Reader, name: str, limit: int | None) -> IO[bytes]:
@@ -163,6 +177,36 @@ def _manifest(tar: _Reader) -> dict[str, Any]:
     return manifest
 
 
+def _files(tar: _Reader, manifest: dict[str, Any], file_names: Iterable[str]) -> dict[str, bytes]:
+    files = {}
+    for name in file_names:
+        if name not in manifest["files"]:
+            continue
+        data = _member(tar, f"files/{name}", MAX_FILE).read()
+        if hashlib.sha256(data).hexdigest() != manifest["files"][name]:
+            raise BackupError(f"files/{name} does not match the manifest's digest")
+        files[name] = data
+    return files
+
+
+def check(path: str, tables: Iterable[str], file_names: Iterable[str]) -> dict[str, Any]:
+    """Read the whole archive at ``path`` as :func:`restore` does, writing nothing: its
+    members (our names, regular files only), the manifest, the named files and every row
+    of ``tables`` against the manifest's digests; return the manifest."""
+    try:
+        with tarfile.open(path, "r:gz") as opened:
+            tar = _Reader(opened)
+            manifest = _manifest(tar)
+            _files(tar, manifest, file_names)
+            for name in tables:
+                if name in manifest["tables"]:
+                    for _ in _table_rows(tar, name, manifest["tables"][name]):
+                        pass
+    except (OSError, tarfile.TarError, EOFError) as e:
+        raise BackupError(f"{path} is not a readable backup archive: {e}") from None
+    return manifest
+
+
 def restore(path: str, db: peewee.Database, models: Iterable[type[peewee.Model]],
             file_names: Iterable[str]) -> tuple[dict[str, Any], dict[str, bytes]]:
     """Load the archive's rows into the (empty) tables of ``models`` (bound to ``db``), all
@@ -172,14 +216,7 @@ def restore(path: str, db: peewee.Database, models: Iterable[type[peewee.Model]]
         with tarfile.open(path, "r:gz") as opened:
             tar = _Reader(opened)
             manifest = _manifest(tar)
-            files = {}
-            for name in file_names:
-                if name not in manifest["files"]:
-                    continue
-                data = _member(tar, f"files/{name}", MAX_FILE).read()
-                if hashlib.sha256(data).hexdigest() != manifest["files"][name]:
-                    raise BackupError(f"files/{name} does not match the manifest's digest")
-                files[name] = data
+            files = _files(tar, manifest, file_names)
             with db.atomic():
                 for model in models:
                     if model.select().limit(1).exists():
@@ -192,14 +229,12 @@ def restore(path: str, db: peewee.Database, models: Iterable[type[peewee.Model]]
     return manifest, files
 
 
-def _load_table(tar: _Reader, db: peewee.Database, model: type[peewee.Model],
-                tables: dict[str, Any]) -> None:
-    name = model._meta.table_name
-    expected = tables.get(name)
-    if expected is None:  # a table newer than the archive: it starts empty
-        return
-    known = set(model._meta.columns)
-    digest, count, batch = hashlib.sha256(), 0, []
+def _table_rows(tar: _Reader, name: str, expected: Any) -> Iterator[dict[str, Any]]:
+    """The rows of table ``name``, each a bounded JSON object; the whole member checked
+    against the manifest's row count and digest once the last is read."""
+    if not isinstance(expected, dict):
+        raise BackupError(f"the manifest's entry of table {name} is not ours")
+    digest, count = hashlib.sha256(), 0
     stream = _member(tar, f"db/{name}.jsonl", None)
     while line := stream.readline(MAX_ROW + 1):
         if len(line) > MAX_ROW:
@@ -211,6 +246,22 @@ def _load_table(tar: _Reader, db: peewee.Database, model: type[peewee.Model],
             raise BackupError(f"db/{name}.jsonl has a line that is not JSON") from None
         if not isinstance(row, dict):
             raise BackupError(f"db/{name}.jsonl has a line that is not a row")
+        count += 1
+        yield row
+    if count != expected.get("rows") or digest.hexdigest() != expected.get("sha256"):
+        raise BackupError(f"db/{name}.jsonl does not match the manifest (rows or digest): "
+                          "the archive is damaged")
+
+
+def _load_table(tar: _Reader, db: peewee.Database, model: type[peewee.Model],
+                tables: dict[str, Any]) -> None:
+    name = model._meta.table_name
+    expected = tables.get(name)
+    if expected is None:  # a table newer than the archive: it starts empty
+        return
+    known = set(model._meta.columns)
+    count, batch = 0, []
+    for row in _table_rows(tar, name, expected):
         # A column the archive has and this release dropped is left out; a new one
         # gets its default.
         batch.append({k: v for k, v in row.items() if k in known})
@@ -220,9 +271,6 @@ def _load_table(tar: _Reader, db: peewee.Database, model: type[peewee.Model],
             batch = []
     if batch:
         model.insert_many(batch).execute()
-    if count != expected.get("rows") or digest.hexdigest() != expected.get("sha256"):
-        raise BackupError(f"db/{name}.jsonl does not match the manifest (rows or digest): "
-                          "the archive is damaged")
     pk = model._meta.primary_key
     if not is_sqlite(db) and isinstance(pk, peewee.AutoField) and count:
         # Rows came with their ids: the sequence must go on after the largest.

@@ -138,6 +138,16 @@ def restore(version: int) -> int | None:
         return new_version(f"version {version} restored")
 
 
+def number_past(used: int, reason: str) -> int:
+    """Make the current configuration a new version numbered past ``used``, a number
+    handed out before this master's database was restored (a node takes only a newer
+    number than the one it runs, and would keep a different content of the same one)."""
+    with master_db.atomic():
+        if current_version() < used:  # the skipped numbers' content is not ours
+            ConfigVersion.create(version=used, reason="numbers used before a restore")
+        return new_version(reason)
+
+
 ROLLOUT_KEY = "rollout_failed"
 """Master setting: the version whose rollout stopped, the node and the reason."""
 

@@ -147,6 +147,8 @@ def test_damaged_or_forged_archives_are_refused_and_restore_nothing(data, tmp_pa
     rewrite(path, bad, tampered)
     with pytest.raises(archive.BackupError, match="does not match the manifest"):
         restore_backup(target, bad)
+    assert not os.path.exists(target.data_dir)  # refused whole before anything is made
+    ms.init_master_store(data.database_url)
     assert ms.count_users() == 0 and ms.Admin.select().count() == 0  # all or nothing
 
     def evil(name, raw):
@@ -207,6 +209,7 @@ def test_an_archive_of_one_huge_row_or_countless_members_is_refused(data, tmp_pa
             dst.addfile(info, src.extractfile(info))
     with pytest.raises(archive.BackupError, match="more than"):
         restore_backup(target, many)
+    ms.init_master_store(data.database_url)
     assert ms.count_users() == 0
 
 

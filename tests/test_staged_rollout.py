@@ -94,7 +94,7 @@ def test_a_bad_change_is_refused_with_its_reason_and_no_node_changes(setup):
             ms.master_db.atomic():
         ms.set_setting("dialplan", {"gateways": [], "rules": [{"pattern": "["}]})
         ms.new_version("plan edited by hand")
-    with pytest.raises(StoreError, match="user mallory has no password"):
+    with pytest.raises(StoreError, match="user mallory: password must be a non-empty string"):
         ms.save_users([("mallory", "")], "import")
     assert ms.current_version() == version
     next_round(pusher)
@@ -135,6 +135,57 @@ def test_a_change_that_breaks_the_first_node_is_rolled_back_there_and_stops(setu
     assert fixed > bad and wait_acked(fixed, 10.0), ms.list_nodes()
     assert versions.rollout_failure() is None
     assert 'id="rollout-failed"' not in client.get("/").get_data(as_text=True)
+
+
+def test_a_version_that_fails_the_self_check_after_applying_is_rolled_back_by_the_node(setup):
+    """The node applies the version, checks itself over SIP, finds itself unhealthy and
+    rolls back by itself; the rollout stops there (the node is started with the test hook
+    ``actors.staged.BREAK_AT_ENV`` naming the version: no real change breaks one node)."""
+    from actors.staged import BREAK_AT_ENV
+    cluster, pusher = setup
+    first = cluster.nodes[0]
+    good = ms.current_version()
+    first.stop()
+    first.prefix = ["env", f"{BREAK_AT_ENV}={good + 1}"]
+    try:
+        first.start()
+    finally:
+        first.prefix = []  # its next start is a plain one
+    assert cluster.wait_synced(30)
+    before = states(cluster)
+    bad = ms.save_user("breaker", "breaker-pw")
+    assert bad == good + 1
+    ms.add_admin("admin", "admin-pw")
+    client = create_app({"SECRET_KEY": "k", "WTF_CSRF_ENABLED": False}, pusher).test_client()
+    admin = {"Authorization": "Basic " + base64.b64encode(b"admin:admin-pw").decode()}
+    pusher.poke()
+    deadline = time.monotonic() + 20.0  # the staged push takes the self-check's timeout
+    while (failed := versions.rollout_failure()) is None:
+        assert time.monotonic() < deadline, ms.list_nodes()
+        time.sleep(0.05)
+    assert failed["version"] == bad and failed["node"] == "node1", failed
+    assert "OPTIONS to itself got no answer" in failed["reason"]
+    next_round(pusher, 20.0)  # the next round does not push it anywhere either
+    after = states(cluster)
+    received, staged, rolled_back = before["node1"][1:]
+    # node1 received it, applied it (staged) and rolled it back: it runs the old version.
+    assert after["node1"] == (good, received + 1, staged + 1, rolled_back + 1), after
+    assert {k: after[k] for k in ("node2", "node3")} == {
+        k: before[k] for k in ("node2", "node3")}  # never received it
+    assert not registered(first, "breaker", "breaker-pw")
+    listed = client.get("/api/versions", headers=admin).json
+    assert listed["rollout_failed"]["version"] == bad
+    assert listed["rollout_failed"]["node"] == "node1"
+    assert client.post("/login", data={"username": "admin", "password": "admin-pw"}
+                       ).status_code == 302
+    page = client.get("/").get_data(as_text=True)
+    assert 'id="rollout-failed"' in page and f"configuration {bad} stopped" in page
+    assert audit.search(action="rollout stopped")["entries"][0]["target"] == "node1"
+    ms.delete_user("breaker")  # a fixed version goes on past the stopped one, to every node
+    fixed = ms.current_version()
+    pusher.poke()
+    assert fixed > bad and wait_acked(fixed, 15.0), ms.list_nodes()
+    assert versions.rollout_failure() is None
 
 
 def test_a_restored_version_reaches_every_node(setup):

@@ -126,6 +126,7 @@ DESCRIBERS: dict[str, tuple[str, Describer]] = {
     "api.drain_node": ("drain", _node),
     "auth.logout": ("logout", lambda: ("", {})),
     "backups.download": ("backup downloaded", lambda: ("master", {})),
+    "backups.restore": ("restore staged", lambda: ("master", {})),
     "bans.lift_page": ("ban lifted", _ban),
     "bans.api_lift": ("ban lifted", _ban),
     "join.api_token": ("join token made", lambda: ("", {})),
@@ -240,6 +241,8 @@ def _join(response: Response) -> None:
 
 
 def _outcome(response: Response) -> str:
+    if getattr(g, "audit_result", ""):  # a view's own words for what it did or refused
+        return str(g.audit_result)
     if response.is_json:
         body = response.get_json(silent=True)
         if isinstance(body, dict) and "error" in body:

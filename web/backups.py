@@ -11,6 +11,27 @@ data. The configuration file of the archive is written beside the keys as
 ``restored-master.toml`` for the operator to compare; the restored master
 runs with the configuration it is started with.
 
+The dashboard's restore (``POST /backup/restore``, also on a fresh master
+after ``run.py master init``): an admin uploads an archive (at most
+:data:`MAX_ARCHIVE` bytes) with the CSRF token and their password again. The
+archive is read whole by :func:`check_archive` (``store.backup.check``, the
+code of the command line's restore) before anything changes, then staged as
+``<data_dir>/restore-staged.tar.gz`` (0600), and the master restarts: it
+closes its listeners and re-executes its own command line (``os.execv``:
+the same process id, so systemd, ``run.py lab`` or a shell see one process
+go on). At every start :func:`apply_staged` finds a staged archive, moves
+what the data folder holds into ``<data_dir>/before-restore-<UTC time>/``
+(kept, never deleted; the folder itself stays, since systemd's
+``StateDirectory`` is a fixed mount point under ``ProtectSystem=strict``),
+restores the archive into the emptied folder with :func:`restore_backup`
+and starts the restored master; if the restore fails, what was moved is put
+back (the failed attempt kept in ``failed-restore-<time>/``) and the old
+master starts. Either outcome is
+written to ``restore-result.json`` (shown on the backup page) and the
+audit log. This needs the database in the data folder (SQLite, the
+default): with ``[master] database`` set the dashboard refuses, and
+``run.py master restore`` onto a fresh database is the way.
+
 Scheduled backups (``[backup]`` of the master's configuration): ``every``
 seconds (default a day; 0 for none) an archive goes to ``dir`` (default
 ``<data_dir>/backups``, 0700), and only the newest ``keep`` (default 7)
@@ -18,23 +39,27 @@ are kept.
 """
 
 import datetime
+import json
 import logging
 import os
 import re
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
 
 import gevent
-from flask import Blueprint, current_app, render_template, send_file
+from flask import (Blueprint, current_app, g, redirect, render_template, request, send_file,
+                   session, url_for)
 
+from store import audit
 from store import backup as archive
 from store import master as ms
-from store import schema
+from store import schema, versions
 from store.files import make_private_dir, write_private
 from store.migrations import MASTER_MIGRATIONS
 
-from .auth import login_required
+from .auth import check_login, login_required
 from .pages import ActionForm
 from .settings import MasterSettings, SettingsError
 
@@ -54,6 +79,14 @@ FIRST_DELAY = 60.0
 """Seconds after the start before the first scheduled archive when there is none yet."""
 NAME = re.compile(r"^master-\d{8}T\d{6}Z\.tar\.gz$")
 """Scheduled archives' names (only these are pruned)."""
+MAX_ARCHIVE = 256 << 20
+"""Bytes an uploaded archive may have (a bigger request gets 413, read no further)."""
+STAGED = "restore-staged.tar.gz"
+"""The archive the next start restores (in the data folder, 0600)."""
+STAGED_BY = "restore-staged.json"
+"""Who staged it, from where and when."""
+RESULT = "restore-result.json"
+"""The outcome of the last staged restore (in the data folder the master then runs on)."""
 
 
 @dataclass
@@ -118,12 +151,11 @@ def backup_in_thread(settings: MasterSettings, path: str, release: str = "") -> 
     return gevent.get_hub().threadpool.apply(job)
 
 
-def restore_backup(settings: MasterSettings, path: str) -> dict:
-    """Restore the archive at ``path`` into ``settings``' fresh data folder and database."""
-    if os.path.exists(settings.path("master.secret")):
-        raise SettingsError(f"{settings.data_dir} already holds a master (master.secret): "
-                            "restore onto a fresh data directory")
-    manifest = archive.read_manifest(path)
+def check_archive(path: str) -> dict:
+    """Read the whole archive at ``path`` (members, digests, rows), writing nothing, and
+    check it fits this release; its manifest."""
+    manifest = archive.check(path, [m._meta.table_name for m in ms.master_models()],
+                             (*SECRET_FILES, CONFIG_NAME))
     newest = schema.current_version(MASTER_MIGRATIONS)
     if not isinstance(manifest.get("schema", 1), int) or manifest.get("schema", 1) > newest:
         raise archive.BackupError(f"the archive holds master schema {manifest.get('schema')!r}, "
@@ -132,6 +164,15 @@ def restore_backup(settings: MasterSettings, path: str) -> dict:
     missing = {"master.public", "master.secret", "session.key"} - set(manifest["files"])
     if missing:
         raise archive.BackupError(f"the archive lacks {sorted(missing)}")
+    return manifest
+
+
+def restore_backup(settings: MasterSettings, path: str) -> dict:
+    """Restore the archive at ``path`` into ``settings``' fresh data folder and database."""
+    if os.path.exists(settings.path("master.secret")):
+        raise SettingsError(f"{settings.data_dir} already holds a master (master.secret): "
+                            "restore onto a fresh data directory")
+    manifest = check_archive(path)
     make_private_dir(settings.data_dir)
     ms.init_master_store(settings.database_url)
     _, files = archive.restore(path, ms.master_db.obj, ms.master_models(),
@@ -145,6 +186,84 @@ def restore_backup(settings: MasterSettings, path: str) -> dict:
              _stamp(manifest.get("created_at", 0)), manifest.get("release") or "?",
              settings.data_dir)
     return manifest
+
+
+KEPT_PREFIXES = ("before-restore-", "failed-restore-")
+"""Folders inside the data folder that a staged restore keeps (never moved, never deleted)."""
+
+
+def _move_contents(src: str, dst: str) -> None:
+    """Move what ``src`` holds into ``dst``, except the kept folders (one rename each: the
+    data folder itself stays, as systemd's ``StateDirectory`` must)."""
+    for name in os.listdir(src):
+        if not name.startswith(KEPT_PREFIXES):
+            os.rename(os.path.join(src, name), os.path.join(dst, name))
+
+
+def apply_staged(settings: MasterSettings) -> dict | None:
+    """At the master's start: restore a staged archive into the emptied data folder, what
+    it held kept in ``before-restore-<time>/`` inside it (put back if the restore fails);
+    the outcome, or None when none is staged."""
+    staged = settings.path(STAGED)
+    if not os.path.exists(staged):
+        return None
+    now = time.time()
+    try:
+        with open(settings.path(STAGED_BY)) as f:
+            by = json.load(f)
+    except (OSError, ValueError):
+        by = {}
+    by = by if isinstance(by, dict) else {}
+    ms.init_master_store(settings.database_url)
+    try:
+        handed_out = ms.current_version()
+    finally:
+        ms.close_master_store()
+    kept = settings.path(f"before-restore-{_stamp(now)}")
+    result: dict = {"at": now, "by": str(by.get("actor", "?")), "kept": kept}
+    try:
+        if settings.database:
+            raise SettingsError("[master] database is set: the dashboard restores onto the "
+                                "database in the data folder only")
+        os.mkdir(kept, 0o700)
+        _move_contents(settings.data_dir, kept)
+        manifest = restore_backup(settings, os.path.join(kept, STAGED))
+        result.update(ok=True, created_at=manifest.get("created_at"),
+                      release=manifest.get("release") or "?",
+                      version=_number_past(handed_out, manifest))
+    except Exception as e:  # whatever went wrong, the old master must come back
+        ms.close_master_store()
+        log.error("staged restore failed, the master starts as it was: %s", e)
+        if os.path.isdir(kept):
+            failed = settings.path(f"failed-restore-{_stamp(now)}")
+            os.mkdir(failed, 0o700)
+            _move_contents(settings.data_dir, failed)
+            _move_contents(kept, settings.data_dir)
+            os.rmdir(kept)
+        os.replace(staged, settings.path("restore-failed.tar.gz"))
+        result.update(ok=False, error=str(e)[:500], kept="")
+        ms.init_master_store(settings.database_url)
+    else:
+        log.warning("staged restore applied: the master runs on the archive made %s; what "
+                    "the data folder held before is kept in %s",
+                    _stamp(manifest.get("created_at", 0)), kept)
+    try:
+        audit.record(result["by"], "restore applied" if result["ok"] else "restore failed",
+                     "master", str(by.get("address", "")), ok=result["ok"],
+                     result=result.get("error") or f"archive of "
+                     f"{_stamp(result.get('created_at') or 0)}, the data folder before it "
+                     f"kept in {kept}")
+    finally:
+        ms.close_master_store()
+    write_private(settings.path(RESULT), json.dumps(result))
+    return result
+
+
+def _number_past(handed_out: int, manifest: dict) -> int:
+    """The restored configuration as a new version numbered past every version the master
+    handed out before the restore (``store.versions.number_past``)."""
+    return versions.number_past(handed_out, "restored from the archive of "
+                                f"{_stamp(manifest.get('created_at', 0))}")
 
 
 def _stamp(ts: float) -> str:
@@ -204,14 +323,82 @@ class BackupScheduler:
         return path
 
 
+def _last_result(settings: MasterSettings | None) -> dict | None:
+    if settings is None:
+        return None
+    try:
+        with open(settings.path(RESULT)) as f:
+            result = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return result if isinstance(result, dict) else None
+
+
+def _page(error: str = "", status: int = 200):
+    settings = current_app.config.get("MASTER_SETTINGS")
+    plan = BackupPlan.of(settings) if settings is not None else None
+    staged = settings is not None and os.path.exists(settings.path(STAGED))
+    if error:
+        g.audit_result = error  # the audit row tells why it was refused
+    return render_template("backup.html", plan=plan, archives=scheduled(plan) if plan else [],
+                           form=ActionForm(), error=error, staged=staged,
+                           result=_last_result(settings), max_mib=MAX_ARCHIVE >> 20,
+                           fresh=ms.ClusterNode.select().count() == 0), status
+
+
 @bp.get("/backup")
 @login_required
 def page():
-    """The backup page: the schedule, the scheduled archives, and a download button."""
+    """The backup page: the schedule, the scheduled archives, a download button, the restore
+    form and the outcome of the last restore."""
+    return _page()
+
+
+def allow_archive_upload() -> None:
+    """Before the CSRF check reads the form: the restore's upload may be an archive's size."""
+    if request.endpoint == "backups.restore":
+        request.max_content_length = MAX_ARCHIVE
+
+
+@bp.post("/backup/restore")
+@login_required
+def restore():
+    """Check an uploaded archive whole, stage it and restart the master into it (admins
+    only, with the CSRF token and their password again)."""
     settings = current_app.config.get("MASTER_SETTINGS")
-    plan = BackupPlan.of(settings) if settings is not None else None
-    return render_template("backup.html", plan=plan, archives=scheduled(plan) if plan else [],
-                           form=ActionForm())
+    if settings is None:
+        return _page("this dashboard runs without a master's data folder", 503)
+    if settings.database:
+        return _page("[master] database is set: stop the master and use `run.py master "
+                     "restore FILE` onto a fresh database", 409)
+    if not check_login(session.get("admin", ""), request.form.get("password", "")):
+        return _page("wrong password: the restore needs your admin password again", 403)
+    upload = request.files.get("archive")
+    if upload is None or not upload.filename:
+        return _page("choose an archive to upload", 400)
+    fd, tmp = tempfile.mkstemp(prefix=".upload-", suffix=".tar.gz", dir=settings.data_dir)
+    try:
+        def save_and_check() -> dict:  # seconds of disk and CPU: off the master's loop
+            with os.fdopen(fd, "wb") as out:
+                shutil.copyfileobj(upload.stream, out)
+            return check_archive(tmp)
+        try:
+            manifest = gevent.get_hub().threadpool.apply(save_and_check)
+        except (archive.BackupError, SettingsError) as e:
+            return _page(f"archive refused, nothing changed: {e}", 400)
+        write_private(settings.path(STAGED_BY), json.dumps(
+            {"actor": session.get("admin", ""), "address": request.remote_addr or "",
+             "at": time.time()}))
+        os.replace(tmp, settings.path(STAGED))
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    g.audit_result = (f"archive of {_stamp(manifest.get('created_at', 0))} (release "
+                      f"{manifest.get('release') or '?'}) staged; the master restarts into it")
+    restart = current_app.config.get("RESTART")
+    if restart is not None:
+        gevent.spawn_later(0.5, restart)  # once this answer is out
+    return redirect(url_for("backups.page"), 303)
 
 
 @bp.post("/backup")

@@ -94,6 +94,9 @@ class Pusher:
         nodes = ms.list_nodes()
         asked = {n["node_id"]: self.jobs.spawn(self._running, n) for n in nodes}
         gevent.joinall(list(asked.values()), timeout=CHECK_TIMEOUT + 1)
+        runs = [j.value for j in asked.values() if j.successful() and isinstance(j.value, int)]
+        if runs and max(runs) > version:
+            version = self._past(max(runs))
         outcome: dict[str, object] = {}
         behind, current = [], False
         for n in nodes:
@@ -125,6 +128,19 @@ class Pusher:
             outcome[node_id] = job.value if job.successful() else "push failed"
         self.last_round = time.time()
         return outcome
+
+    @staticmethod
+    def _past(running: int) -> int:
+        """A node runs a version newer than the master's newest: the master was restored
+        from an archive older than what the nodes run (e.g. onto a new host). The current
+        configuration becomes a new version numbered past it, so every node takes it."""
+        version = versions.number_past(running, f"numbered past version {running}, "
+                                                "which a node runs (a restored master)")
+        log.warning("a node runs configuration %d, newer than this master's: the current "
+                    "configuration is rolled out as %d", running, version)
+        audit.record("master", "versions renumbered", "", after={"version": version},
+                     result=f"a node ran version {running}, newer than the master's newest")
+        return version
 
     def _running(self, node: dict) -> int | str:
         """The version a node runs, or why it did not say."""

@@ -11,6 +11,10 @@ starts the pusher, the call event collector, the rate sampler
 (``web.rates``), the backup schedule and the alarm checker, and serves
 the dashboard with gevent's WSGI server until SIGTERM. ``backup FILE``
 and ``restore FILE`` write and restore an archive (``web.backups``).
+A restore staged on the dashboard is applied at the start, before the
+database opens; the dashboard asks for it with a restart: the master stops
+as on SIGTERM and re-executes its own command line (``os.execv``, same
+process id, so a supervisor sees it go on).
 """
 
 import logging
@@ -29,7 +33,7 @@ from store.db import StoreError
 
 from . import create_app
 from .alarms import AlarmChecker, AlarmSettingsError, env_settings
-from .backups import BackupPlan, BackupScheduler, make_backup, restore_backup
+from .backups import BackupPlan, BackupScheduler, apply_staged, make_backup, restore_backup
 from .cdr_collector import CdrCollector
 from .rates import RateSampler
 from .push import Pusher
@@ -37,6 +41,9 @@ from .settings import SettingsError, cluster_secret, init_files, load_settings, 
 from .zone_server import ZoneServer
 
 log = logging.getLogger(__name__)
+
+RESTART = -1
+"""What :func:`serve` returns when the dashboard asked for a restart (a staged restore)."""
 
 
 def init(settings) -> int:
@@ -149,7 +156,12 @@ def serve(settings, release: str = "") -> int:
         zone.start()
     log.info("dashboard on http://%s, domain %s, %d nodes", settings.listen, ms.domain(),
              len(settings.nodes))
-    stopped = Event()
+    stopped, restart = Event(), []
+
+    def restart_now() -> None:
+        restart.append(True)
+        stopped.set()
+    app.config["RESTART"] = restart_now
     gevent.signal_handler(signal.SIGTERM, stopped.set)
     gevent.signal_handler(signal.SIGINT, stopped.set)
     stopped.wait()
@@ -162,7 +174,15 @@ def serve(settings, release: str = "") -> int:
     collector.stop()
     pusher.stop()
     ms.close_master_store()
-    return 0
+    return RESTART if restart else 0
+
+
+def reexec() -> None:
+    """Replace this process by a fresh run of its own command line (its listeners are
+    closed; every other descriptor is close-on-exec, Python's default)."""
+    log.warning("the master restarts itself (a staged restore)")
+    logging.shutdown()
+    os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
 
 
 def cmd_master(args) -> int:
@@ -203,7 +223,10 @@ def cmd_master(args) -> int:
             sys.stdout.write(f"backup written to {archive}: " + ", ".join(
                 f"{t} {v['rows']} rows" for t, v in manifest["tables"].items()) + "\n")
             return 0
-        return serve(settings, release)
+        apply_staged(settings)
+        if serve(settings, release) == RESTART:
+            reexec()
+        return 0
     except (SettingsError, StoreError, OSError) as e:
         log.error("%s", e)
         return 2
