@@ -11,6 +11,16 @@ from playhouse.migrate import SchemaMigrator, migrate
 from store.schema import Migration
 
 
+def _add_column(migrator: SchemaMigrator, db: peewee.Database, table: str, name: str,
+                field: peewee.Field) -> None:
+    """Add column ``name`` to ``table`` unless it is there; a table not there yet is left to
+    the final ``create_tables``, which makes it whole (a database older than the table)."""
+    if table not in db.get_tables():
+        return
+    if name not in {c.name for c in db.get_columns(table)}:
+        migrate(migrator.add_column(table, name, field))
+
+
 def _node_2_binding_expiry_index(migrator: SchemaMigrator, db: peewee.Database) -> None:
     """Index the bindings' expiry: the periodic purge of expired rows was a full scan."""
     migrate(migrator.add_index("bindings", ("expires_at",), False))
@@ -35,9 +45,8 @@ def _master_3_alarms(migrator: SchemaMigrator, db: peewee.Database) -> None:
 def _master_4_join(migrator: SchemaMigrator, db: peewee.Database) -> None:
     """Nodes' snapshot endpoints (the peer list a push carries) and the join tokens' table."""
     from store.master import ClusterNode, JoinToken
-    if "snapshot" not in {c.name for c in db.get_columns(ClusterNode._meta.table_name)}:
-        migrate(migrator.add_column(ClusterNode._meta.table_name, "snapshot",
-                                    peewee.TextField(default="")))
+    _add_column(migrator, db, ClusterNode._meta.table_name, "snapshot",
+                peewee.TextField(default=""))
     db.create_tables([JoinToken])
 
 
@@ -50,9 +59,8 @@ def _master_5_emergency_calls(migrator: SchemaMigrator, db: peewee.Database) -> 
 def _master_6_tls_port(migrator: SchemaMigrator, db: peewee.Database) -> None:
     """The SIP over TLS port each node reports (its ``_sips._tcp`` SRV record)."""
     from store.master import ClusterNode
-    if "tls_port" not in {c.name for c in db.get_columns(ClusterNode._meta.table_name)}:
-        migrate(migrator.add_column(ClusterNode._meta.table_name, "tls_port",
-                                    peewee.IntegerField(default=0)))
+    _add_column(migrator, db, ClusterNode._meta.table_name, "tls_port",
+                peewee.IntegerField(default=0))
 
 
 def _master_7_version_content(migrator: SchemaMigrator, db: peewee.Database) -> None:
@@ -64,9 +72,8 @@ def _master_7_version_content(migrator: SchemaMigrator, db: peewee.Database) -> 
 def _master_8_cdr_lost(migrator: SchemaMigrator, db: peewee.Database) -> None:
     """When a survivor ended a call whose node died (``store.master.CallRecord.lost_at``)."""
     from store.master import CallRecord
-    if "lost_at" not in {c.name for c in db.get_columns(CallRecord._meta.table_name)}:
-        migrate(migrator.add_column(CallRecord._meta.table_name, "lost_at",
-                                    peewee.DoubleField(null=True)))
+    _add_column(migrator, db, CallRecord._meta.table_name, "lost_at",
+                peewee.DoubleField(null=True))
 
 
 MASTER_MIGRATIONS: tuple[Migration, ...] = (_master_2_audit_log, _master_3_alarms,
