@@ -199,5 +199,5 @@ def attach_dialing(node) -> Dialing:
         def calls(_request: dict) -> dict:
             """Calls in progress on this node per user and per gateway (the limits' counts)."""
             return dialing.calls.snapshot()
-        control.handle("calls", calls)
+        control.handle("call_counts", calls)
     return dialing

@@ -15,7 +15,7 @@ from tests.test_audit import rows
 from tests.test_web import PASSWORD, Poked, basic, login
 from web import create_app
 
-GW = {"name": "carrier", "host": "gw.example.test", "port": 5080}
+GW = {"name": "carrier", "host": "localhost", "port": 5080}
 SALES = {"name": "sales", "numbers": ["300", "+15551230300"], "members": ["alice", "bob"],
          "strategy": "sequential", "ring_timeout": 15, "fallback": "sip:vm@vm.example.test"}
 

@@ -44,7 +44,7 @@ def calls_now() -> dict:
     bus = getattr(pusher, "bus", None)
     if bus is None:
         return {}
-    return cluster.ask_all(bus, ms.list_nodes(), {"cmd": "calls"})
+    return cluster.ask_all(bus, ms.list_nodes(), {"cmd": "call_counts"})
 
 
 # -- JSON API ------------------------------------------------------------------------
