@@ -52,12 +52,12 @@ def attach_traffic(node) -> Traffic:
 
     def status(request: dict) -> dict:
         """The node's state (see the replicator's and the drain's) with its traffic counters:
-        requests by method, responses sent by code, calls, uptime (s)."""
+        requests by method, responses sent by code, call attempts, uptime (s)."""
         out = inner(request)
         out.update(started_at=node.started_at, uptime=round(time.time() - node.started_at, 1),
                    requests=dict(traffic.requests),
                    responses=codes(node.transport.sent_codes),
-                   calls=node.proxy.call_log.counts.get(ATTEMPT, 0))
+                   call_attempts=node.proxy.call_log.counts.get(ATTEMPT, 0))
         return out
 
     control.handle("status", status)

@@ -66,7 +66,7 @@ def value(metrics, name, **labels) -> float:
 
 # -- without nodes ------------------------------------------------------------------------
 def status(started=100.0, registers=0, calls=0, state="synced", peers=None):
-    return {"started_at": started, "requests": {"REGISTER": registers}, "calls": calls,
+    return {"started_at": started, "requests": {"REGISTER": registers}, "call_attempts": calls,
             "state": state, "peers": peers or {}}
 
 

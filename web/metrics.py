@@ -33,6 +33,7 @@ HELP = {
     "tandem_node_requests_total": ("counter", "SIP requests the node took, by method"),
     "tandem_node_responses_total": ("counter", "SIP responses the node sent, by status code"),
     "tandem_node_calls_total": ("counter", "call attempts the node's proxy handled"),
+    "tandem_node_calls_in_progress": ("gauge", "answered calls the node carries now"),
 }
 
 
@@ -56,9 +57,12 @@ def _counters(samples: dict[str, list[str]], node: str, status: dict) -> None:
         for value, count in sorted(found.items() if isinstance(found, dict) else ()):
             samples[name].append(f'{name}{{node="{node}",{label}="{_label(str(value))}"}} '
                                  f"{_number(count)}")
-    if "calls" in status:
+    if "call_attempts" in status:
         samples["tandem_node_calls_total"].append(
-            f'tandem_node_calls_total{{node="{node}"}} {_number(status["calls"])}')
+            f'tandem_node_calls_total{{node="{node}"}} {_number(status["call_attempts"])}')
+    if "calls" in status:
+        samples["tandem_node_calls_in_progress"].append(
+            f'tandem_node_calls_in_progress{{node="{node}"}} {_number(status["calls"])}')
     lags = status.get("peer_lag_ms")
     for peer, lag in sorted(lags.items() if isinstance(lags, dict) else ()):
         samples["tandem_node_replication_lag_ms"].append(

@@ -37,7 +37,7 @@ def _counts(status: dict) -> tuple[float, int, int] | None:
     if not isinstance(requests, dict) or "started_at" not in status:
         return None
     return (float(status["started_at"]), int(requests.get("REGISTER", 0)),
-            int(status.get("calls", 0)))
+            int(status.get("call_attempts", 0)))
 
 
 class Rates:
