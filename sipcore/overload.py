@@ -211,8 +211,11 @@ class Admission:
         return SHED
 
     def _branch(self, data: bytes) -> bytes | None:
+        # A bare magic cookie is every such phone's branch, no id of one request
+        # (``sipcore.transaction.unique_branch``): remembered, one verdict would hold
+        # for them all.
         m = _BRANCH.search(data)
-        return m.group(1) if m is not None else None
+        return m.group(1) if m is not None and m.group(1) != b"z9hG4bK" else None
 
     def _remember(self, data: bytes, table: dict[bytes, None], branch: bytes | None = None) -> None:
         if branch is None:

@@ -123,6 +123,16 @@ def test_retransmissions_follow_the_first_verdict():
     assert adm.verdict(request("ACK", branch="z9hG4bKshed"), "10.0.0.1", 0.5, later) == ADMIT
 
 
+def test_a_bare_magic_cookie_is_not_remembered_as_a_branch():
+    adm = Admission(SETTINGS)
+    assert adm.verdict(request(branch="z9hG4bK"), "10.0.0.1", 0.0, 1.0) == ADMIT
+    now = overloaded(adm)
+    # Another request with the same bare cookie is new work, not a retransmission.
+    verdicts = [adm.verdict(request(branch="z9hG4bK"), "10.0.0.1", 0.5, now) for _ in range(20)]
+    assert verdicts.count(SHED) >= 18
+    assert adm.verdict(request("ACK", branch="z9hG4bK"), "10.0.0.1", 0.0, now) == ADMIT
+
+
 def test_trusted_sources_have_their_share_and_their_calls_under_way_pass():
     adm = Admission(SETTINGS, trusted=lambda ip: ip == "10.0.0.7")
     now = 1.0
