@@ -122,6 +122,10 @@ class Admission:
         self.delay = 0.0
         """The last delay measured (seconds)."""
         self.stats = {"shed": 0, "absorbed": 0, "emergency": 0}
+        """Requests shed (retransmissions of shed ones included), ACKs of a shed INVITE's
+        503 absorbed, INVITEs to an emergency number let through while shedding."""
+        self.shed_by_method: dict[str, int] = {}
+        """Requests shed by method (one of ``NEW_WORK``: the table stays small)."""
 
     def measure(self, delay: float, now: float) -> float:
         """Take the delay of one more message (seconds it waited); the share of new
@@ -180,8 +184,7 @@ class Admission:
             if branch in self._admitted or branch in self._admitted_old:
                 return ADMIT
             if branch in self._shed or branch in self._shed_old:
-                self.stats["shed"] += 1
-                return SHED
+                return self._count_shed(method)
         if method == b"INVITE" and self.emergency.invite(data):
             self.stats["emergency"] += 1
             self._remember(data, self._admitted, branch)
@@ -205,10 +208,24 @@ class Admission:
         if admit:
             self._remember(data, self._admitted, branch)
             return ADMIT
-        self.stats["shed"] += 1
         if branch is not None:
             self._shed[branch] = None
+        return self._count_shed(method)
+
+    def _count_shed(self, method: bytes) -> int:
+        self.stats["shed"] += 1
+        name = method.decode("ascii")
+        self.shed_by_method[name] = self.shed_by_method.get(name, 0) + 1
         return SHED
+
+    def status(self) -> dict[str, object]:
+        """What the node's ``status`` answer says of admission control: requests shed in
+        all and by method, ACKs absorbed, emergency INVITEs let through while shedding,
+        the shares shed now and the last delay measured."""
+        return {"shed": self.stats["shed"], "shed_by_method": dict(self.shed_by_method),
+                "absorbed": self.stats["absorbed"], "emergency": self.stats["emergency"],
+                "share": round(self.share, 3), "trusted_share": round(self.trusted_share, 3),
+                "delay_ms": round(1000 * self.delay, 1)}
 
     def _branch(self, data: bytes) -> bytes | None:
         # A bare magic cookie is every such phone's branch, no id of one request
