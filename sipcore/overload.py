@@ -72,9 +72,13 @@ _CREDENTIALS = re.compile(rb"\n(?:proxy-)?authorization[ \t]*:", re.IGNORECASE)
 class OverloadSettings:
     """The ``[limits]`` settings of admission control."""
 
-    delay: float = 0.2
-    """Seconds a new request may have waited in the node's receive queue before it is shed
-    (credentials: twice that, a trusted source: four times; 0: never shed)."""
+    delay: float = 0.1
+    """Seconds of standing queue the controller aims at for new work from unknown sources
+    (a trusted source's: twice that; its credentials are shed only past four times; 0:
+    never shed). A proxied transaction waits in the queue twice (the request, then the
+    next hop's response) and must be answered within T1 (0.5 s) or be retransmitted:
+    at 0.2 s a trusted caller's work stood at 0.4 s, and offered twice its capacity a
+    node spent its time on retransmissions and calls that timed out (``bench_overload``)."""
     interval: float = 0.05
     """Seconds between two adjustments of the share shed, each from the smallest delay
     of the interval (the standing queue)."""

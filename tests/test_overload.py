@@ -162,6 +162,23 @@ def test_trusted_sources_have_their_share_and_their_calls_under_way_pass():
     assert 94 <= verdicts.count(SHED) <= 96, "never all: a few always get through"
 
 
+def test_by_default_trusted_work_is_shed_before_its_transactions_retransmit():
+    """A proxied transaction waits in the queue twice (request, then the next hop's
+    response): a standing queue of half T1 (0.5 s) must make the node shed a trusted
+    caller's new work, else its admitted transactions are retransmitted."""
+    adm = Admission(OverloadSettings(), trusted=lambda ip: True)
+    now = 1.0
+    for _ in range(10):
+        adm.verdict(RESPONSE, "10.0.0.7", 0.25, now)
+        now += adm.settings.interval
+    assert adm.share == MAX_SHARE and adm.trusted_share > 0.5
+    verdicts = [adm.verdict(request(), "10.0.0.7", 0.25, now) for _ in range(100)]
+    assert verdicts.count(SHED) > 50
+    # Its calls under way (credentials answering a challenge) still pass.
+    proxy = 'Proxy-Authorization: Digest username="alice"\r\n'
+    assert adm.verdict(request(extra=proxy), "10.0.0.7", 0.25, now) == ADMIT
+
+
 def test_branch_tables_are_bounded():
     adm = Admission(OverloadSettings(delay=0.1, interval=0.2, max_branches=50))
     for i in range(1000):
