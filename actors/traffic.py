@@ -52,12 +52,17 @@ def attach_traffic(node) -> Traffic:
 
     def status(request: dict) -> dict:
         """The node's state (see the replicator's and the drain's) with its traffic counters:
-        requests by method, responses sent by code, call attempts, uptime (s)."""
+        requests by method, responses sent by code, call attempts, uptime (s), what the transport's
+        defences refused by kind (``refused``) and admission control's figures (``overload``:
+        requests shed by method; None when it is off)."""
         out = inner(request)
+        admission = node.transport.admission
         out.update(started_at=node.started_at, uptime=round(time.time() - node.started_at, 1),
                    requests=dict(traffic.requests),
                    responses=codes(node.transport.sent_codes),
-                   call_attempts=node.proxy.call_log.counts.get(ATTEMPT, 0))
+                   call_attempts=node.proxy.call_log.counts.get(ATTEMPT, 0),
+                   refused=dict(node.transport.stats),
+                   overload=admission.status() if admission is not None else None)
         return out
 
     control.handle("status", status)

@@ -193,7 +193,8 @@ class Transport:
         #: open TCP connections per source address
         self.per_source: dict[str, int] = {}
         self.stats = {"rate_limited": 0, "oversized": 0, "tcp_refused": 0, "tcp_evicted": 0,
-                      "tcp_timed_out": 0, "tls_failed": 0, "tcp_emergency_only": 0}
+                      "tcp_timed_out": 0, "tls_failed": 0, "tcp_emergency_only": 0,
+                      "tcp_framing": 0}
         #: connections open over their source's cap (``EMERGENCY_EXTRA`` at most)
         self.extra = 0
         #: the node-wide admission control (``sipcore.overload``), None when off; the
@@ -488,9 +489,15 @@ class Transport:
                 else:
                     started = None
         except SipError as err:
+            # The stream cannot be cut into messages past this point: the request
+            # whose header section the framer holds gets its answer, then the
+            # connection is closed.
             if "too large" in err.reason:
                 self.stats["oversized"] += 1
-                self._too_large(conn)
+                self._unframed(conn, SipError(513, "Message Too Large"))
+            else:
+                self.stats["tcp_framing"] += 1
+                self._unframed(conn, SipError(400, f"Bad Request ({err.reason})"))
             self._log("tcp_framing", "closing tcp %s:%d: %s", ip, port, err.reason)
         except OSError as e:
             log.debug("tcp %s:%d: %s", ip, port, e)
@@ -533,18 +540,22 @@ class Transport:
             raw.close()
             return False
 
-    def _too_large(self, conn: Connection) -> None:
-        """Answer 513 to the oversized request whose header section the
-        framer holds, when that header can be read (else nothing)."""
+    def _unframed(self, conn: Connection, err: SipError) -> None:
+        """Answer ``err`` (513 for an oversized request, 400 for a malformed or
+        repeated Content-Length) to the request whose header section the framer
+        holds, when its request line and the headers a response copies can be
+        read with its Content-Length set aside (else nothing: no response could
+        be matched to it)."""
         buf = bytes(conn.framer.buf[:self.limits.max_message_size])
         end = buf.find(b"\r\n\r\n")
         if end < 0 or buf[:4] == b"SIP/":
             return
-        head = _CONTENT_LENGTH.sub(b"Content-Length: 0", buf[:end]) + b"\r\n\r\n"
+        # Every Content-Length line left out (there may be several): read as none.
+        lines = [line for line in buf[:end].split(b"\r\n") if not _CONTENT_LENGTH.match(line)]
         try:
-            req = parse_message(head)
+            req = parse_message(b"\r\n".join(lines) + b"\r\n\r\n")
             if isinstance(req, Request) and req.method != "ACK":
-                conn.send(error_response(req, SipError(513, "Message Too Large")).encode())
+                conn.send(error_response(req, err).encode())
         except (SipError, OSError):
             pass
 

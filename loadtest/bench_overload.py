@@ -4,7 +4,11 @@ Calls: authenticated calls through one node (``uac_auth_call.xml`` against a
 SIPp UAS, as ``bench_call`` places them), offered at 1x, 1.5x and 2x the
 node's capacity, for each source tree given (``--tree NAME=PATH``, e.g. the
 main branch before the change and this tree); completed calls per second
-and retransmissions at each. The node runs on core 0 (``taskset -c 0``),
+and retransmissions at each. ``completed/s`` divides the calls completed by
+SIPp's whole run, the tail included (a call that lost a message ends at
+SIPp's 10 s receive timeout, so a few such calls double it);
+``ok/offered s`` divides them by the seconds the load was offered: the
+node's goodput, to compare with the capacity. The node runs on core 0 (``taskset -c 0``),
 SIPp on core 1. Capacity is ``--capacity`` calls/s, or found first by
 offering rising rates to the last tree until fewer than 97% of the offered
 calls complete.
@@ -75,7 +79,11 @@ def call_run(root: str, work: str, rate: int, seconds: float, callers: int,
     return {"offered": rate, "calls": calls, "ok": res.successful, "failed": res.failed,
             "retrans": res.retransmissions, "secs": res.elapsed,
             "cps": res.successful / res.elapsed, "cpu": cpu,
-            "503": int(res.stats.get("FailedUnexpectedMessage(C)", 0) or 0), "sipp_cpu": res.cpu}
+            "503": int(res.stats.get("FailedUnexpectedMessage(C)", 0) or 0), "sipp_cpu": res.cpu,
+            "timed_out": sum(int(res.stats.get(k, 0) or 0) for k in
+                             ("FailedMaxUDPRetrans(C)", "FailedTimeoutOnRecv(C)",
+                              "FailedTimeoutOnSend(C)")),
+            "goodput": res.successful / seconds}
 
 
 def find_capacity(root: str, work: str, start: int, step: int, seconds: float,
@@ -196,6 +204,9 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=20.0, help="offered load duration per run")
     ap.add_argument("--callers", type=int, default=1000)
     ap.add_argument("--loads", default="1,1.5,2")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="repeat the trees in turn (before, after, before, after...): the "
+                         "machine is noisy, so compare the pairs of a round")
     ap.add_argument("--limits", default="udp_rate = 0",
                     help="[limits] of every node (a load generator is one source address)")
     ap.add_argument("--flood", action="store_true", help="run the REGISTER flood too")
@@ -216,16 +227,18 @@ def main() -> int:
                 trees[-1][1], os.path.join(work, "probe"), args.probe_start, args.probe_step,
                 min(args.seconds, 10.0), args.callers, args.limits)
             out.write(f"capacity: {capacity} calls/s\n\n")
-            out.write("tree     load  offered/s  calls   ok     failed  503/unexp  retrans  "
-                      "secs   completed/s  node cpu\n")
-            for name, path in trees:
+            out.write("tree     load  offered/s  calls   ok     failed  503/unexp  timed out  "
+                      "retrans  secs   completed/s  ok/offered s  node cpu\n")
+            for rnd, (name, path) in ((k, t) for k in range(args.rounds) for t in trees):
                 for load in [float(x) for x in args.loads.split(",")]:
                     rate = round(capacity * load)
-                    r = call_run(path, os.path.join(work, f"{name}-{load}"), rate, args.seconds,
+                    r = call_run(path, os.path.join(work, f"{name}-{load}-{rnd}"), rate,
+                                 args.seconds,
                                  args.callers, args.limits)
                     out.write(f"{name:8} {load:4.1f}x {rate:9d} {r['calls']:6d} {r['ok']:6d} "
-                              f"{r['failed']:7d} {r['503']:9d} {r['retrans']:8d} "
-                              f"{r['secs']:6.1f} {r['cps']:11.0f} {r['cpu']:8.1f}\n")
+                              f"{r['failed']:7d} {r['503']:9d} {r['timed_out']:10d} "
+                              f"{r['retrans']:8d} {r['secs']:6.1f} {r['cps']:11.0f} "
+                              f"{r['goodput']:13.0f} {r['cpu']:8.1f}\n")
                     out.flush()
         if args.flood:
             out.write(f"\nREGISTER flood: {args.flood_users} phones at {args.register_rate}/s "

@@ -298,7 +298,8 @@ class Cluster:
     Each node gets its own CurveZMQ key pair, PUB, snapshot and control
     endpoints, and every other node as a peer; ``settings`` adds
     ``[cluster]`` keys (``heartbeat``, ``dead_after``...). The client key
-    used for control requests is in every node's ``control_keys``.
+    used for control requests is in every node's ``control_keys``. ``limits``
+    replaces every node's ``[limits]`` section (``NodeProcess``'s default otherwise).
 
     By default every node is on loopback ``address`` with free ports. With
     ``hosts``, a list of ``(address, command prefix)`` one per node, node k
@@ -310,7 +311,8 @@ class Cluster:
 
     def __init__(self, workdir: str, n: int = 3, domain: str = "example.test",
                  settings: dict | None = None, address: str = "127.0.0.1", extra: str = "",
-                 auth: str = "", hosts: list[tuple[str, tuple]] | None = None):
+                 auth: str = "", hosts: list[tuple[str, tuple]] | None = None,
+                 limits: str | None = None):
         from actors.keys import Member, cluster_toml, generate_keypair
         self.client_public, self.client_secret = generate_keypair()
         if hosts is not None:
@@ -334,7 +336,8 @@ class Cluster:
             host, port = m.sip.rsplit(":", 1)
             self.nodes.append(NodeProcess(workdir, m.id, host, int(port), domain=domain,
                                           extra=text, auth=auth,
-                                          prefix=hosts[k][1] if hosts else ()))
+                                          prefix=hosts[k][1] if hosts else (),
+                                          **({"limits": limits} if limits is not None else {})))
         self._bus = None
 
     def provision(self, users_csv: str) -> None:

@@ -46,7 +46,8 @@ from .timers import (_ACCEPTED, _CALLING, _COMPLETED, _CONFIRMED,  # state alias
                      _PROCEEDING, _TRYING, State, Timer, TimerConfig, TimerHandlers, TimerQueues)
 
 __all__ = [
-    "MAGIC_COOKIE", "State", "Transaction", "ServerTransaction", "ClientTransaction",
+    "MAGIC_COOKIE", "unique_branch", "State", "Transaction", "ServerTransaction",
+    "ClientTransaction",
     "TransactionEvent", "RequestReceived", "AckReceived", "ResponseReceived",
     "StrayResponse", "TransactionTimeout", "TransportError", "TransactionLayer", "Timer",
     "new_branch", "server_key", "build_ack", "build_cancel",
@@ -218,19 +219,29 @@ def new_branch(randbytes: Callable[[int], bytes] | None = None) -> str:
     return MAGIC_COOKIE + (randbytes or secrets.token_bytes)(10).hex()
 
 
+def unique_branch(branch: str | None) -> bool:
+    """Whether a top Via ``branch`` identifies its transaction on its own (§17.2.3):
+    it starts with the magic cookie and has something after it. A bare
+    ``z9hG4bK`` is the same for every request that sends it, so it is no unique
+    id (§8.1.1.7): such a request is matched by the RFC 2543 rules."""
+    return branch is not None and len(branch) > len(MAGIC_COOKIE) and \
+        branch.startswith(MAGIC_COOKIE)
+
+
 def server_key(request: Request) -> Key:
     """The §17.2.3 matching key of a request; an ACK gets its INVITE's key.
 
-    With the magic cookie: ``(branch, sent-by host, sent-by port, method)``.
-    Without (RFC 2543): ``(None, Call-ID, CSeq number, From tag, top Via,
-    method)``. Raises ``SipError`` when the needed headers are malformed.
+    With a unique branch (``unique_branch``): ``(branch, sent-by host, sent-by
+    port, method)``. Without (RFC 2543, or a bare magic cookie): ``(None,
+    Call-ID, CSeq number, From tag, top Via, method)``. Raises ``SipError``
+    when the needed headers are malformed.
     """
     via = request.top_via
     method = request.method
     if method == "ACK":
         method = "INVITE"
     branch = via.branch
-    if branch and branch.startswith(MAGIC_COOKIE):
+    if unique_branch(branch):
         return (branch, via.host.lower(), via.port, method)
     return (None, request.call_id, request.cseq[0], request.from_.tag, str(via), method)
 

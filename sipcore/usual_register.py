@@ -36,7 +36,7 @@ from .errors import SipParseError
 from .grammar import TOKEN, TOKEN_CLASS
 from .headers import CANONICAL
 from .message import Request, parse_message
-from .transaction import MAGIC_COOKIE, Key
+from .transaction import Key, unique_branch
 from .via import DEFAULT_PORTS, stamp_via
 
 _PORT = r"[1-9][0-9]{0,4}"
@@ -52,7 +52,9 @@ _CALL_ID = re.compile(r"[!-~]+")
 _CSEQ = re.compile(r"([0-9]{1,9}) REGISTER")
 _MAX_FORWARDS = re.compile(r"0|[1-9][0-9]?|1[0-9]{2}|2[0-4][0-9]|25[0-5]")
 _ZERO = re.compile("0")
-_BRANCH_VALUE = rf"(z9hG4bK{TOKEN_CLASS}*)"
+#: a branch with the magic cookie and something after it (a bare cookie is no unique
+#: id: ``server_key`` keys it by the RFC 2543 rules, so this path leaves it alone)
+_BRANCH_VALUE = rf"(z9hG4bK{TOKEN_CLASS}+)"
 #: a Via with only a branch (with the magic cookie) and a valueless rport
 _VIA_USUAL = re.compile(rf"SIP/2\.0/UDP ({_HOST})(?::({_PORT}))?"
                         rf"(?:;branch={_BRANCH_VALUE};rport|(;rport);branch={_BRANCH_VALUE})")
@@ -241,9 +243,9 @@ def _stamp(usual: UsualRegister, value: str, ip: str, port: int) -> str | None:
     else:
         usual.dest = (ip, via_port or DEFAULT_PORTS["UDP"])
     branch = _BRANCH.search(params)
-    # Without the magic cookie the transaction key is made of other fields:
-    # the general path finds it.
-    if branch is None or not branch.group(1).startswith(MAGIC_COOKIE):
+    # Without a unique branch (no magic cookie, or the bare cookie) the
+    # transaction key is made of other fields: the general path finds it.
+    if branch is None or not unique_branch(branch.group(1)):
         usual.key = None
     else:
         usual.key = (branch.group(1), host.lower(), via_port, "REGISTER")

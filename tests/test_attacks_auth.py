@@ -282,6 +282,29 @@ def test_oversized_tcp_message_gets_513_and_the_connection_closes(limited_node):
     s.close()
 
 
+@pytest.mark.parametrize("length", [b"Content-Length: 1x", b"Content-Length: 0\r\nl: 5",
+                                    b"Content-Length: -3", b"Content-Length: 99999999999999"])
+def test_a_tcp_framing_error_gets_400_and_the_connection_closes(limited_node, length):
+    s = tcp_connect(limited_node)
+    request = options(s.getsockname()[1]).replace(b"UDP", b"TCP")
+    s.sendall(request.replace(b"Content-Length: 0", length))
+    s.settimeout(3.0)
+    answer = s.recv(65535)
+    assert answer.startswith(b"SIP/2.0 400 "), answer
+    call_id = next(line for line in request.split(b"\r\n") if line.startswith(b"Call-ID"))
+    assert call_id in answer
+    assert closed_within(s, 3.0)
+    s.close()
+
+
+def test_a_tcp_framing_error_without_a_readable_request_closes_silently(limited_node):
+    s = tcp_connect(limited_node)
+    s.sendall(b"GARBAGE\r\nContent-Length: x\r\n\r\n")
+    s.settimeout(3.0)
+    assert s.recv(65535) == b"", "nothing a response could be matched to"
+    s.close()
+
+
 @pytest.mark.parametrize("host", ["example.test", "EXAMPLE.test"])
 def test_usual_and_general_register_paths_apply_the_same_rules(lone_node, host):
     """The usual REGISTER (read from its text) and one the general parser

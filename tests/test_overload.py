@@ -14,7 +14,7 @@ import socket
 import threading
 import time
 
-from loadtest.harness import NodeProcess, write_users_csv
+from loadtest.harness import Cluster, NodeProcess, write_users_csv
 from loadtest.sipclient import SipClient, SipClientError
 from sipcore.message import parse_message
 from sipcore.overload import (ABSORB, ADMIT, MAX_SHARE, SHED, Admission, OverloadSettings,
@@ -123,6 +123,16 @@ def test_retransmissions_follow_the_first_verdict():
     assert adm.verdict(request("ACK", branch="z9hG4bKshed"), "10.0.0.1", 0.5, later) == ADMIT
 
 
+def test_a_bare_magic_cookie_is_not_remembered_as_a_branch():
+    adm = Admission(SETTINGS)
+    assert adm.verdict(request(branch="z9hG4bK"), "10.0.0.1", 0.0, 1.0) == ADMIT
+    now = overloaded(adm)
+    # Another request with the same bare cookie is new work, not a retransmission.
+    verdicts = [adm.verdict(request(branch="z9hG4bK"), "10.0.0.1", 0.5, now) for _ in range(20)]
+    assert verdicts.count(SHED) >= 18
+    assert adm.verdict(request("ACK", branch="z9hG4bK"), "10.0.0.1", 0.0, now) == ADMIT
+
+
 def test_trusted_sources_have_their_share_and_their_calls_under_way_pass():
     adm = Admission(SETTINGS, trusted=lambda ip: ip == "10.0.0.7")
     now = 1.0
@@ -150,6 +160,23 @@ def test_trusted_sources_have_their_share_and_their_calls_under_way_pass():
     verdicts = [adm.verdict(request("REGISTER"), "10.0.0.7", 0.5, now - 0.01)
                 for _ in range(100)]
     assert 94 <= verdicts.count(SHED) <= 96, "never all: a few always get through"
+
+
+def test_by_default_trusted_work_is_shed_before_its_transactions_retransmit():
+    """A proxied transaction waits in the queue twice (request, then the next hop's
+    response): a standing queue of half T1 (0.5 s) must make the node shed a trusted
+    caller's new work, else its admitted transactions are retransmitted."""
+    adm = Admission(OverloadSettings(), trusted=lambda ip: True)
+    now = 1.0
+    for _ in range(10):
+        adm.verdict(RESPONSE, "10.0.0.7", 0.25, now)
+        now += adm.settings.interval
+    assert adm.share == MAX_SHARE and adm.trusted_share > 0.5
+    verdicts = [adm.verdict(request(), "10.0.0.7", 0.25, now) for _ in range(100)]
+    assert verdicts.count(SHED) > 50
+    # Its calls under way (credentials answering a challenge) still pass.
+    proxy = 'Proxy-Authorization: Digest username="alice"\r\n'
+    assert adm.verdict(request(extra=proxy), "10.0.0.7", 0.25, now) == ADMIT
 
 
 def test_branch_tables_are_bounded():
@@ -340,3 +367,41 @@ def sos_invite(sos: SipClient, deadline: float) -> bool:
         if data.startswith(b"INVITE "):
             return True
     return False
+
+
+def test_the_status_answer_counts_what_was_shed_by_method(tmp_path):
+    """A backlog of new OPTIONS left in a stopped node's socket is shed; the node's
+    ``status`` answer says how many, by method, and the metrics text carries them."""
+    cluster = Cluster(str(tmp_path), n=1, settings={"heartbeat": 0.2, "alone_wait": 0.5},
+                      limits="udp_rate = 0\noverload_delay = 0.01\noverload_retry_after = 3")
+    cluster.start()
+    node = cluster.nodes[0]
+    try:
+        before = cluster.control(node, "status")
+        assert before["overload"]["shed"] == 0 and before["overload"]["shed_by_method"] == {}
+        assert before["refused"]["tcp_framing"] == 0
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("127.0.0.1", 0))
+            s.settimeout(0.0)
+            shed = 0
+            # New OPTIONS as fast as this process writes them, until the node sheds
+            # (or 10 s): far more than a node reads, whatever the machine.
+            deadline = time.monotonic() + 10
+            while shed < 20 and time.monotonic() < deadline:
+                for _ in range(50):
+                    s.sendto(request("OPTIONS"), (node.address, node.port))
+                try:
+                    while True:
+                        shed += s.recv(65535).startswith(b"SIP/2.0 503")
+                except (BlockingIOError, InterruptedError):
+                    pass
+        status = cluster.control(node, "status")["overload"]
+        assert status["shed_by_method"].get("OPTIONS", 0) >= max(shed, 1), (shed, status)
+        assert set(status["shed_by_method"]) == {"OPTIONS"}
+        assert status["shed"] == sum(status["shed_by_method"].values())
+        from web.metrics import HELP, _counters
+        samples: dict = {name: [] for name in HELP}
+        _counters(samples, "node1", cluster.control(node, "status"))
+        assert any('method="OPTIONS"' in line for line in samples["tandem_node_shed_total"])
+    finally:
+        cluster.stop()

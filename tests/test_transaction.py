@@ -13,7 +13,7 @@ from sipcore.transaction import (MAGIC_COOKIE, AckReceived, ClientTransaction,
                                  RequestReceived, ResponseReceived, ServerTransaction,
                                  State, StrayResponse, TransactionLayer,
                                  TransactionTimeout, TransportError, build_ack,
-                                 build_cancel, new_branch)
+                                 build_cancel, new_branch, server_key)
 
 UDP = ("udp", "10.0.0.2", 5060)
 TCP = ("tcp", "10.0.0.2", 40000)
@@ -300,6 +300,20 @@ def test_rfc2543_requests_without_magic_cookie():
         b"To: <sip:x@y>\r\nCall-ID: 1\r\nCSeq: 1 OPTIONS\r\n\r\n")
     layer.receive(no_branch, UDP, 0.5)
     assert isinstance(events(layer)[-1], RequestReceived)
+
+
+def test_a_bare_magic_cookie_is_keyed_by_the_rfc2543_rules():
+    # Every request of such a phone sends the same "z9hG4bK": keyed as a branch,
+    # a second request from the same sent-by would be taken for a retransmission.
+    layer = TransactionLayer()
+    first = request("OPTIONS", branch="z9hG4bK", call_id="one")
+    assert server_key(first)[0] is None
+    tx = new_server(layer, first)
+    layer.receive(request("OPTIONS", branch="z9hG4bK", call_id="one"), UDP, 0.1)
+    assert events(layer) == []
+    other = new_server(layer, request("OPTIONS", branch="z9hG4bK", call_id="two"), 0.2)
+    assert other is not tx
+    assert server_key(request("OPTIONS", branch="z9hG4bKx"))[0] == "z9hG4bKx"
 
 
 def test_request_with_unparsable_via_raises_sip_error():

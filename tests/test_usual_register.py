@@ -162,6 +162,28 @@ def test_a_usual_register_with_credentials_is_registered_from_its_text():
     assert p.answer(again, None, NOW, 0.0) is None
 
 
+@pytest.mark.parametrize("fast", [True, False])
+@pytest.mark.parametrize("branch, second_answered", [("z9hG4bK", True), ("z9hG4bK-17-2-0", False)])
+def test_a_bare_magic_cookie_is_no_transaction_key_on_either_path(fast, branch, second_answered):
+    # Two REGISTERs differing in Call-ID, with the same top Via: with a unique branch
+    # the second is a retransmission (absorbed); with the bare cookie, a new request.
+    p = path(fast, "empty")
+    answers = []
+    for call_id in ("first-call", "second-call"):
+        headers = [(n, v.replace("z9hG4bK-17-2-0", branch) if n == "Via" else
+                    call_id if n == "Call-ID" else v) for n, v in SIPP]
+        data = message("REGISTER sip:example.test SIP/2.0", headers)
+        if fast:
+            usual = p.recognise(data, *SOURCE)
+            assert usual is not None and (usual.key is None) == second_answered
+            answers.append(p.answer(usual, None, NOW, 0.0))
+        else:
+            req = parse_message(data)
+            answers.append(p.answer(req, stamp_via(req, "udp", *SOURCE), NOW, 0.0))
+    assert answers[0].status == 200
+    assert (answers[1] is not None) == second_answered
+
+
 def test_a_wrong_password_gets_the_general_401():
     data = message("REGISTER sip:example.test SIP/2.0",
                    [(n, v.replace('response="', 'response="0') if n == "Authorization" else v)
@@ -224,8 +246,8 @@ PIECES = {
              ["sip:Example.test", "sip:other.test", "sip:alice@example.test", "sips:example.test"]),
     "via": (["SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bK-1;rport",
              "SIP/2.0/UDP 192.0.2.4;branch=z9hG4bKx.y;rport", "SIP/2.0/UDP pc.test:5070;branch=z9hG4bKa",
-             "SIP/2.0/UDP 127.0.0.1:5061;rport;branch=z9hG4bK-2", "SIP/2.0/UDP 10.0.0.1;rport;branch=z9hG4bK"],
-            ["SIP/2.0/UDP 127.0.0.1:5061;branch=1;rport", "SIP/2.0/UDP 127.0.0.1:5061;rport",
+             "SIP/2.0/UDP 127.0.0.1:5061;rport;branch=z9hG4bK-2"],
+            ["SIP/2.0/UDP 127.0.0.1:5061;branch=1;rport", "SIP/2.0/UDP 10.0.0.1;rport;branch=z9hG4bK", "SIP/2.0/UDP 127.0.0.1:5061;rport",
              "SIP/2.0/UDP 127.0.0.1;branch=z9hG4bK1;rport=9", "SIP/2.0/TCP 127.0.0.1;branch=z9hG4bK1",
              "SIP/2.0/UDP PC.test;branch=z9hG4bKB", "SIP/2.0/UDP 127.0.0.1;branch=z9hG4bK1;branch=z9hG4bK2",
              "SIP/2.0/UDP 127.0.0.1:99999;branch=z9hG4bK1;rport", "SIP/2.0/UDP 127.0.0.1;rport;branch=z9hG4bK1;rport",

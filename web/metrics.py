@@ -34,6 +34,7 @@ HELP = {
     "tandem_node_responses_total": ("counter", "SIP responses the node sent, by status code"),
     "tandem_node_calls_total": ("counter", "call attempts the node's proxy handled"),
     "tandem_node_calls_in_progress": ("gauge", "answered calls the node carries now"),
+    "tandem_node_shed_total": ("counter", "new requests the node shed under overload, by method"),
 }
 
 
@@ -57,6 +58,12 @@ def _counters(samples: dict[str, list[str]], node: str, status: dict) -> None:
         for value, count in sorted(found.items() if isinstance(found, dict) else ()):
             samples[name].append(f'{name}{{node="{node}",{label}="{_label(str(value))}"}} '
                                  f"{_number(count)}")
+    overload = status.get("overload")
+    shed = overload.get("shed_by_method") if isinstance(overload, dict) else None
+    for method, count in sorted(shed.items() if isinstance(shed, dict) else ()):
+        samples["tandem_node_shed_total"].append(
+            f'tandem_node_shed_total{{node="{node}",method="{_label(str(method))}"}} '
+            f"{_number(count)}")
     if "call_attempts" in status:
         samples["tandem_node_calls_total"].append(
             f'tandem_node_calls_total{{node="{node}"}} {_number(status["call_attempts"])}')
