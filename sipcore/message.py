@@ -13,7 +13,7 @@ from itertools import islice
 from typing import Any
 
 from .errors import SipError, SipParseError
-from .grammar import is_token
+from .grammar import DIGITS, is_token
 from .headers import CANONICAL, LIST_HEADERS, Via, parse_cseq, parse_via, split_list
 from .uri import (
     NameAddr,
@@ -722,7 +722,7 @@ def _start_line_general(first: str, headers: list[Field]) -> Request | Response:
         parts = first.split(" ", 2)
         if parts[0] != "SIP/2.0":
             raise SipParseError("unsupported SIP version in response")
-        if len(parts) < 2 or len(parts[1]) != 3 or parts[1].strip("0123456789"):
+        if len(parts) < 2 or len(parts[1]) != 3 or parts[1].strip(DIGITS):
             raise SipParseError("malformed status line")
         status = int(parts[1])
         if not 100 <= status <= 699:

@@ -7,7 +7,7 @@ from typing import Any, NamedTuple, NoReturn, TypeVar
 from urllib.parse import unquote
 
 from .errors import SipParseError
-from .grammar import SEPARATOR_CLASS
+from .grammar import ALPHANUM, DIGITS, HEXDIG, HOST_MARKS, MARK, SEPARATOR_CLASS, alnum_class
 
 SCHEMES = ("sip", "sips", "tel")
 
@@ -40,16 +40,17 @@ def read_only(params: dict[str, str | None]) -> Mapping[str, str | None]:
     """Parsed parameters made read-only, to keep in a shared parse."""
     return Params(params) if params else NO_PARAMS
 
-_ALNUM = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 #: characters of a URI scheme after its first letter (RFC 3986 §3.1)
-_SCHEME_CHARS = _ALNUM + "+-."
-#: characters of a host name or IPv4 address (RFC 3261 §25.1; ``_`` is seen in the wild)
-_HOST_CHARS = _ALNUM + "-._"
+_SCHEME_CHARS = ALPHANUM + "+-."
+#: characters of a host name or IPv4 address (RFC 3261 §25.1)
+_HOST_CHARS = ALPHANUM + HOST_MARKS
 #: characters inside an IPv6 reference's brackets
-_IPV6_CHARS = "0123456789abcdefABCDEF:."
+_IPV6_CHARS = HEXDIG + ":."
 #: characters of a tel URI number, global or local (RFC 3966 §3)
-_TEL_CHARS = "0123456789abcdefABCDEF+-.()*#"
-_DIGITS = "0123456789"
+_TEL_CHARS = HEXDIG + "+-.()*#"
+#: user characters besides alphanum: ``unreserved``, ``user-unreserved`` but
+#: ``?`` (no headers) and ``%`` of ``escaped``
+_USER_MARKS = MARK + "&=+$,;/%"
 
 
 def only(text: str, chars: str) -> bool:
@@ -388,13 +389,13 @@ def _remember(cache: dict[str, _V], text: str, value: _V, limit: int | None = No
 #: by letter: IGNORECASE would also take ``ſ`` and ``İ`` for ``s`` and ``i``.
 _SIP_URI_PATTERN = (
     r"([sS][iI][pP][sS]?):"
-    r"(?:([A-Za-z0-9\-_.!~*'()&=+$,;/%]++)@)?"
-    r"([A-Za-z0-9\-._]++|\[[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*\])"
+    rf"(?:({alnum_class(_USER_MARKS)}++)@)?"
+    rf"({alnum_class(HOST_MARKS)}++|\[[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*\])"
     r"(?::([0-9]{1,5}))?"
     r"(?:;([!#-;=A-~]*+))?")
 _SIMPLE_SIP_URI = re.compile(_SIP_URI_PATTERN)
 #: the user class of ``_SIP_URI_PATTERN``
-_USER_CHARS = _ALNUM + "-_.!~*'()&=+$,;/%"
+_USER_CHARS = ALPHANUM + _USER_MARKS
 #: every spelling of the schemes of ``_SIP_URI_PATTERN``, to its lower-case one
 _SIP_SCHEMES = {"".join(letters): scheme for scheme in ("sip", "sips")
                 for letters in product(*zip(scheme, scheme.upper(), strict=True))}
@@ -546,7 +547,7 @@ class NameAddr(NamedTuple):
         if v is None:
             return None
         whole, _, frac = v.partition(".")
-        if (whole not in ("0", "1") or len(frac) > 3 or (frac and not only(frac, _DIGITS))
+        if (whole not in ("0", "1") or len(frac) > 3 or (frac and not only(frac, DIGITS))
                 or (whole == "1" and frac.strip("0"))):
             raise SipParseError(f"bad Contact q value {v[:20]!r}")
         return float(v)
