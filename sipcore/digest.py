@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from .errors import SipParseError
-from .grammar import TOKEN, is_token
+from .grammar import HEXDIG, LWS_CHARS, TOKEN, is_token
 
 if TYPE_CHECKING:
     from .authguard import AuthGuard
@@ -47,9 +47,7 @@ _REQUIRED = ("username", "realm", "nonce", "uri", "response")
 #: how hashed text taken from a message is encoded: back to the bytes sent, which
 #: are what the client hashed (a byte that is not UTF-8 is a surrogate here)
 _WIRE = "surrogateescape"
-_HEX = "0123456789abcdefABCDEF"
-_WS = " \t\r\n"
-_KEY_STRIP = " \t\r\n,"
+_KEY_STRIP = LWS_CHARS + ","
 #: standard base64 alphabet -> URL-safe one (RFC 4648 §5)
 _URLSAFE = bytes.maketrans(b"+/", b"-_")
 #: SHA-256 block size, the length of an HMAC key pad (RFC 2104)
@@ -234,21 +232,21 @@ def _params_slow(s: str, i: int) -> dict[str, str]:
         if not is_token(key):
             raise _bad("malformed parameter name")
         j = eq + 1
-        while j < n and s[j] in _WS:
+        while j < n and s[j] in LWS_CHARS:
             j += 1
         if j < n and s[j] == '"':
             value, j = _quoted(s, j + 1)
             comma = s.find(",", j)
             if comma < 0:
                 comma = n
-            if s[j:comma].strip(_WS):
+            if s[j:comma].strip(LWS_CHARS):
                 raise _bad("junk after quoted string")
             i = comma + 1
         else:
             comma = s.find(",", j)
             if comma < 0:
                 comma = n
-            value = s[j:comma].strip(_WS)
+            value = s[j:comma].strip(LWS_CHARS)
             i = comma + 1
         if key in params:
             raise _bad("duplicate parameter")
@@ -280,8 +278,8 @@ def parse_credentials(value: str) -> Credentials:
     realm, nonce, uri, response) is missing, a parameter is repeated,
     ``qop`` comes without ``nc``/``cnonce`` or ``nc`` is not 8 hex digits.
     """
-    s = value.lstrip(_WS)
-    if s[:6].lower() != "digest" or (len(s) > 6 and s[6] not in _WS):
+    s = value.lstrip(LWS_CHARS)
+    if s[:6].lower() != "digest" or (len(s) > 6 and s[6] not in LWS_CHARS):
         raise _bad("not Digest")
     p = _params(s, 6)
     if "username*" in p:
@@ -303,7 +301,7 @@ def parse_credentials(value: str) -> Credentials:
         qop = qop.lower()
         if nc is None or cnonce is None:
             raise _bad("qop without nc or cnonce")
-        if len(nc) != 8 or nc.strip(_HEX):
+        if len(nc) != 8 or nc.strip(HEXDIG):
             raise _bad("malformed nc")
     return Credentials(
         p["username"], p["realm"], p["nonce"], p["uri"], p["response"].lower(),
@@ -681,7 +679,7 @@ class Authenticator:
         best_rank = len(self.algorithms)
         unsupported = None
         for value in header_values:
-            s = value.lstrip(_WS)
+            s = value.lstrip(LWS_CHARS)
             if s[:6].lower() != "digest":
                 continue
             creds = parse_credentials(s)
@@ -707,8 +705,8 @@ class Authenticator:
         strings from the pieces, the algorithm, its hash, its HA2 cache, and
         nc as sent and as a number. Returns ``()`` for any other shape.
         """
-        s = shape.lstrip(_WS)
-        if s[:6].lower() != "digest" or len(s) <= 6 or s[6] not in _WS:
+        s = shape.lstrip(LWS_CHARS)
+        if s[:6].lower() != "digest" or len(s) <= 6 or s[6] not in LWS_CHARS:
             return ()
         known = _known_shape(s[6:])
         if not known:
@@ -722,7 +720,7 @@ class Authenticator:
         nc = others.get("nc", "")
         # An algorithm offered here is its own base; a -sess one is not.
         if (self._accepted.get(algorithm) != algorithm or qop.lower() != "auth"
-                or len(nc) != 8 or nc.strip(_HEX) or not set(_PLAN_FIELDS).issubset(quoted)):
+                or len(nc) != 8 or nc.strip(HEXDIG) or not set(_PLAN_FIELDS).issubset(quoted)):
             return ()
         where = [2 * quoted.index(name) + 1 for name in _PLAN_FIELDS]
         return (2 * len(quoted) + 1, itemgetter(*where), algorithm, _HASHES[algorithm],

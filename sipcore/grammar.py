@@ -8,13 +8,27 @@ characters) or a regular-expression character class.
 
 import re
 
-ALPHANUM = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+DIGITS = "0123456789"
+#: ``HEXDIG`` of either case (nonce-counts, IPv6 references, tel URIs)
+HEXDIG = DIGITS + "abcdefABCDEF"
+ALPHANUM = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ" + DIGITS
+#: ``mark``: with alphanum, the ``unreserved`` characters of a URI
+MARK = "-_.!~*'()"
 #: ``token`` characters besides alphanum: ``-.!%*_+`'~``
 TOKEN_MARKS = "-.!%*_+`'~"
+#: characters of a host name or IPv4 address besides alphanum (``_`` is seen in the wild)
+HOST_MARKS = "-._"
+
+
+def alnum_class(marks: str) -> str:
+    """A regular-expression class of alphanum and ``marks``."""
+    return f"[A-Za-z0-9{re.escape(marks)}]"
+
+
 #: every ``token`` character, for ``not text.strip(TOKEN_CHARS)``
 TOKEN_CHARS = ALPHANUM + TOKEN_MARKS
 #: a ``token`` character as a regular-expression class
-TOKEN_CLASS = f"[A-Za-z0-9{re.escape(TOKEN_MARKS)}]"
+TOKEN_CLASS = alnum_class(TOKEN_MARKS)
 #: one ``token``
 TOKEN = f"{TOKEN_CLASS}+"
 #: ``separators``: characters that may not appear in a token or an unquoted display name

@@ -110,7 +110,9 @@ def parse_via(value: str) -> Via:
 
     Every call returns a new ``Via`` with its own ``params``, which
     callers may change (``received``, ``rport``); the sent-by part is
-    looked up by its text and only the parameters are parsed.
+    looked up by its text and only the parameters are parsed (``_parse_via``
+    parses it all): 11% of the instructions of parsing an INVITE and reading
+    its views (``loadtest/count_shortcuts.py``).
     """
     head, semi, rest = value.partition(";")
     sent_by = _SENT_BY_CACHE.get(head)

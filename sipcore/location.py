@@ -51,15 +51,6 @@ class Binding:
     deleted: bool = False
     """A tombstone: the binding was removed; kept until ``expires_at``."""
 
-    def to_record(self) -> dict[str, Any]:
-        """A plain dict for the store (``path`` as JSON text)."""
-        return {"aor": self.aor, "key": self.key, "contact": self.contact,
-                "expires_at": self.expires_at, "call_id": self.call_id, "cseq": self.cseq,
-                "q": self.q, "path": json.dumps(self.path) if self.path else "[]",
-                "instance": self.instance, "reg_id": self.reg_id, "received": self.received,
-                "user_agent": self.user_agent, "origin": self.origin, "epoch": self.epoch,
-                "seq": self.seq, "updated_at": self.updated_at, "deleted": self.deleted}
-
     @classmethod
     def from_record(cls, rec: dict[str, Any]) -> "Binding":
         """Build from a store record (``path`` may be JSON text or a list)."""

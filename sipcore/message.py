@@ -13,7 +13,7 @@ from itertools import islice
 from typing import Any
 
 from .errors import SipError, SipParseError
-from .grammar import is_token
+from .grammar import DIGITS, is_token
 from .headers import CANONICAL, LIST_HEADERS, Via, parse_cseq, parse_via, split_list
 from .uri import (
     NameAddr,
@@ -654,6 +654,9 @@ def _parse_headers(lines: list[str], dirty: bool) -> tuple[Headers, SipParseErro
 def _plain_fields(lines: list[str]) -> Headers | None:
     """The indexed fields of header lines that all read ``Name: value``, or None.
 
+    This saves 11% of the instructions of parsing an INVITE and reading its
+    views (``loadtest/count_shortcuts.py``).
+
     None when some line is anything else (folded, without ``": "``, with a
     name that is not a token...): ``_parse_headers`` must read the lines
     its own way. ``lines`` hold no CR, LF or NUL. A name that is a token
@@ -708,7 +711,11 @@ def _set_body(msg: Message, body: bytes, stream: bool) -> None:
 
 
 def _start_line(first: str, headers: list[Field]) -> Request | Response:
-    """The message the start line ``first`` begins, holding ``headers``; raise ``SipError``."""
+    """The message the start line ``first`` begins, holding ``headers``; raise ``SipError``.
+
+    The usual request line skips ``_start_line_general``'s checks: 1.2% of the
+    instructions of parsing an INVITE and reading its views (``loadtest/count_shortcuts.py``).
+    """
     parts = first.split(" ")
     if len(parts) == 3 and parts[0] in _METHODS and parts[2] == "SIP/2.0":
         # The usual request line, whose method is a token: _start_line_general's request.
@@ -722,7 +729,7 @@ def _start_line_general(first: str, headers: list[Field]) -> Request | Response:
         parts = first.split(" ", 2)
         if parts[0] != "SIP/2.0":
             raise SipParseError("unsupported SIP version in response")
-        if len(parts) < 2 or len(parts[1]) != 3 or parts[1].strip("0123456789"):
+        if len(parts) < 2 or len(parts[1]) != 3 or parts[1].strip(DIGITS):
             raise SipParseError("malformed status line")
         status = int(parts[1])
         if not 100 <= status <= 699:

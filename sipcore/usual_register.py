@@ -33,7 +33,7 @@ from collections.abc import Container, Iterable
 from itertools import islice
 
 from .errors import SipParseError
-from .grammar import TOKEN, TOKEN_CLASS
+from .grammar import MARK, TOKEN, TOKEN_CLASS, alnum_class
 from .headers import CANONICAL
 from .message import Request, parse_message
 from .transaction import Key, unique_branch
@@ -44,7 +44,7 @@ _HOST = r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?"
 _START = re.compile(rf"REGISTER sip:({_HOST})(?::({_PORT}))? SIP/2\.0")
 _VIA = re.compile(rf"SIP/2\.0/UDP ({_HOST})(?::({_PORT}))?"
                   rf"((?:;[a-z0-9-]+(?:={TOKEN})?)*)")
-_ADDRESS = (r'(?:"[ !#-\[\]-~]*" *)?<sips?:([A-Za-z0-9_.!~*\'()&=+$,-]+)'
+_ADDRESS = (rf'(?:"[ !#-\[\]-~]*" *)?<sips?:({alnum_class(MARK + "&=+$,")}+)'
             rf"@({_HOST})>")
 _FROM = re.compile(rf"{_ADDRESS}(?:;tag={TOKEN})?")
 _TO = re.compile(_ADDRESS)

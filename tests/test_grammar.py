@@ -6,7 +6,18 @@ import pytest
 
 from sipcore.digest import parse_credentials
 from sipcore.errors import SipParseError
-from sipcore.grammar import SEPARATOR_CLASS, SEPARATORS, TOKEN, TOKEN_CHARS, is_token
+from sipcore.grammar import (
+    ALPHANUM,
+    HEXDIG,
+    MARK,
+    SEPARATOR_CLASS,
+    SEPARATORS,
+    TOKEN,
+    TOKEN_CHARS,
+    TOKEN_MARKS,
+    alnum_class,
+    is_token,
+)
 from sipcore.message import parse_message
 
 ASCII = [chr(c) for c in range(128)]
@@ -44,3 +55,12 @@ def test_digest_parameter_names_follow_the_sip_token(name):
     value = f'Digest {name}="alice", realm="example.test", nonce="n", uri="sip:example.test", response="r"'
     with pytest.raises(SipParseError):
         parse_credentials(value)
+
+
+def test_character_sets_agree_with_rfc3261():
+    assert set(ALPHANUM) == {c for c in ASCII if c.isalnum()}
+    assert set(HEXDIG) == set("0123456789abcdefABCDEF")
+    assert set(MARK) == set("-_.!~*'()")
+    # a class built by alnum_class holds exactly alphanum and its marks, escaped or not
+    for marks in (MARK, TOKEN_MARKS, "-]^\\"):
+        assert {c for c in ASCII if re.fullmatch(alnum_class(marks), c)} == set(ALPHANUM + marks)

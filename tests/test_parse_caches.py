@@ -603,12 +603,12 @@ def test_params_property(text):
 @given(st.one_of(st.from_regex(r"[!#-;=-~]*", fullmatch=True),
                  st.lists(st.sampled_from([";", "=", "a", "B", "tag", "1", ";;", "=="]),
                           max_size=8).map("".join)))
-def test_plain_params_property(text):
-    """The parameters of a text of the name-addr shortcut's class read as ``parse_params`` reads them."""
+def test_shortcut_params_property(text):
+    """The parameters of a text of the name-addr shortcut's class read as the reference reads them."""
     expected = outcome(_parse_params_reference, text)
-    assert outcome(uri._plain_params, text) == expected
+    assert outcome(parse_params, text) == expected
     if expected[0] == "ok":
-        assert list(uri._plain_params(text).items()) == list(_parse_params_reference(text).items())
+        assert list(parse_params(text).items()) == list(_parse_params_reference(text).items())
 
 @_SETTINGS
 @given(st.lists(st.sampled_from(['"', "<", ">", ";", ",", "\\", "a", " ", "b=c", '""', "<>", "x;y"]),

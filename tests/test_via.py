@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sipcore.errors import SipParseError
-from sipcore.headers import parse_via, split_list
+from sipcore.headers import parse_via
 from sipcore.message import Request, parse_message
 from sipcore.via import DEFAULT_PORTS, response_destination, stamp_via
 
@@ -33,28 +33,13 @@ def reference_stamp_via(req, transport, ip, port):
         params["received"] = ip
         changed = True
     if changed:
-        _reference_replace_top_via(req, str(via))
+        req.set_top_via(str(via), via)
     if transport != "udp":
         return (transport, ip, port)
     if "rport" in params:
         return ("udp", ip, port)
     target = params.get("received") or host
     return ("udp", target, via.port or DEFAULT_PORTS.get(via.transport, 5060))
-
-
-def _reference_replace_top_via(msg, value):
-    top = msg.top_via
-    for h in msg.headers:
-        if h[0] == "via":
-            v = h[2]
-            if "," in v:
-                rest = split_list(v)[1:]
-                h[2] = ", ".join([value, *rest])
-            else:
-                h[2] = value
-            break
-    msg._cache.pop("vias", None)
-    msg._cache["top_via"] = top
 
 
 def request(via_lines) -> bytes:
