@@ -12,9 +12,11 @@ configuration it got. A version may carry ``settings``, the SIP settings
 (``actors.live_settings``), applied without a restart. A version may also
 carry ``peers``, the cluster's membership (``actors.membership``): checked
 with the rest before anything is written, then kept and handed to
-``on_peers``. ``config_version`` reports what the node runs, and its SIP over
+``on_peers``. ``config_version`` reports what the node runs, its SIP over
 TLS port (0 without TLS), which the master polls and puts in the cluster's
-zone as ``_sips._tcp``.
+zone as ``_sips._tcp``, and whether the node is synced (a node still syncing
+answers SIP 503, so it cannot check itself: the master does not make it the
+first node of a staged rollout, ``web.push``).
 """
 
 import logging
@@ -59,12 +61,15 @@ class ConfigSync:
         self.on_settings: Callable[[dict], None] | None = None
         """Called with pushed SIP ``settings``, once checked and kept
         (``actors.live_settings.apply_settings``)."""
+        self.synced: Callable[[], bool] = lambda: True
+        """Whether the node is synced (serves SIP); ``attach_config_sync`` asks its
+        replicator."""
 
     def version(self, _request: dict | None = None) -> dict:
-        """The configuration version this node runs (0: none from a master yet) and
-        its TLS port (0: no TLS)."""
+        """The configuration version this node runs (0: none from a master yet), its TLS
+        port (0: no TLS) and whether it is synced."""
         return {"version": int(get_state(VERSION_KEY, 0)), "tls_port": self.tls_port,
-                **self.stats}
+                "synced": bool(self.synced()), **self.stats}
 
     def apply(self, request: dict) -> dict:
         """Apply a configuration version pushed by the master (refused from anyone else)."""
@@ -173,6 +178,7 @@ def attach_config_sync(node) -> ConfigSync | None:
                                          lambda peers: follow_peers(node, peers),
                                          node.cfg.tls_port)
     sync.on_settings = lambda doc: apply_settings(node, doc)
+    sync.synced = lambda: node.replicator.synced
     control.handle("config", sync.apply)
     control.handle("config_version", sync.version)
     return sync

@@ -11,6 +11,15 @@ records. It talks to each node's control endpoint with the
 master's key pair (the nodes know it as ``[cluster] master_key``). A node
 that is down keeps its last version and gets the newest one once it answers
 again; the master is never needed for a call.
+
+The first node of a rollout must be able to check itself: it is a node that
+says it is synced (one still syncing answers SIP 503 to everything), and the
+push tells it that it is the first (a node that restarted since it said so
+refuses to take the version unchecked). A round
+waits for its pushes at most ``ROUND_WAIT``: a slower push (a node that
+stopped in the middle of one never answers; ``PUSH_TIMEOUT`` ends it) goes on
+by itself, its node skipped until it ends, so one node never holds back the
+versions of the others; a push to a node removed meanwhile is dropped.
 """
 
 import logging
@@ -31,6 +40,8 @@ PUSH_TIMEOUT = 30.0
 """Seconds a node may take to apply and acknowledge one version (10,000 users take about one)."""
 CHECK_TIMEOUT = 1.0
 """Seconds a node may take to say which version it runs."""
+ROUND_WAIT = 5.0
+"""Seconds a round waits for its pushes; a slower one goes on past the round."""
 
 
 class Pusher:
@@ -46,6 +57,9 @@ class Pusher:
         self._cached: tuple[int, dict] | None = None
         self.last_round = 0.0
         self._bad_tls_port: set[str] = set()
+        self.pushing: dict[str, tuple[int, gevent.Greenlet]] = {}
+        """Each node's push in progress: the version and its greenlet (it may outlast
+        its round)."""
 
     def start(self) -> None:
         """Start the push greenlet."""
@@ -84,50 +98,101 @@ class Pusher:
         current may have lost its store and restarted meanwhile, and one that is
         down costs the round ``CHECK_TIMEOUT``, not ``PUSH_TIMEOUT``. While no node
         runs the version, it goes to one node alone (the lowest id of those that
-        answer); only when that node reports itself healthy does it go to the
-        others. A node that reports itself unhealthy has rolled back: the rollout
-        of this version stops (``store.versions.rollout_failure``) until a newer one.
+        answer and are synced); only when that node reports itself healthy does it
+        go to the others. A node whose push is still going on is not asked. A node
+        that reports itself unhealthy has rolled back: the rollout of this version
+        stops (``store.versions.rollout_failure``) until a newer one.
         """
         version = ms.current_version()
         if version == 0:
             return {}
         nodes = ms.list_nodes()
-        asked = {n["node_id"]: self.jobs.spawn(self._running, n) for n in nodes}
+        busy = self._in_progress({n["node_id"] for n in nodes})
+        idle = [n for n in nodes if n["node_id"] not in busy]
+        asked = {n["node_id"]: self.jobs.spawn(self._running, n) for n in idle}
         gevent.joinall(list(asked.values()), timeout=CHECK_TIMEOUT + 1)
-        runs = [j.value for j in asked.values() if j.successful() and isinstance(j.value, int)]
+        runs = [j.value[0] for j in asked.values() if j.successful() and isinstance(j.value,
+                                                                                  tuple)]
         if runs and max(runs) > version:
             version = self._past(max(runs))
-        outcome: dict[str, object] = {}
-        behind, current = [], False
-        for n in nodes:
+        outcome: dict[str, object] = {n: f"push of {v} in progress" for n, v in busy.items()}
+        behind, synced, current = [], set(), False
+        for n in idle:
             job = asked[n["node_id"]]
-            running = job.value if job.successful() else "no answer"
-            if isinstance(running, str):
-                ms.record_ack(n["node_id"], n["acked_version"], running)
-                outcome[n["node_id"]] = running
-            elif running >= version:
+            answer = job.value if job.successful() else "no answer"
+            if isinstance(answer, str):
+                ms.record_ack(n["node_id"], n["acked_version"], answer)
+                outcome[n["node_id"]] = answer
+                continue
+            running, is_synced = answer
+            if running >= version:
                 if n["last_error"] or n["acked_version"] < running:
                     ms.record_ack(n["node_id"], running)
                 outcome[n["node_id"]] = f"version {running}"
                 current = True
             else:
                 behind.append(n)
+                if is_synced:
+                    synced.add(n["node_id"])
         failed = versions.rollout_failure()
         if behind and failed is not None:
             outcome.update({n["node_id"]: f"rollout of {version} stopped: {failed['node']} "
                             f"rolled back ({failed['reason']})" for n in behind})
             behind = []
         if behind and not current:
-            canary, behind = behind[0], behind[1:]  # list_nodes is ordered by id
-            outcome[canary["node_id"]] = result = self._push(canary, version)
-            if not result.startswith("version "):
-                behind = []
-        jobs = {n["node_id"]: self.jobs.spawn(self._push, n, version) for n in behind}
-        gevent.joinall(list(jobs.values()), timeout=PUSH_TIMEOUT + 1)
+            behind = self._canary(behind, synced, busy, version, outcome)
+        jobs = {n["node_id"]: self._start_push(n, version) for n in behind}
+        gevent.joinall(list(jobs.values()), timeout=ROUND_WAIT)
         for node_id, job in jobs.items():
-            outcome[node_id] = job.value if job.successful() else "push failed"
+            outcome[node_id] = self._outcome(job, version)
         self.last_round = time.time()
         return outcome
+
+    def _canary(self, behind: list[dict], synced: set[str], busy: dict[str, int],
+                version: int, outcome: dict[str, object]) -> list[dict]:
+        """No node runs ``version`` yet: stage it on one node first, the lowest id of those
+        behind that are synced (one syncing cannot check itself). The nodes to push to
+        next: the others once that one runs it healthy, else none."""
+        waiting = "waiting for the first node of the rollout"
+        if version in busy.values():  # its push goes on from an earlier round
+            outcome.update({n["node_id"]: waiting for n in behind})
+            return []
+        first = next((n for n in behind if n["node_id"] in synced), None)  # ordered by id
+        if first is None:
+            outcome.update({n["node_id"]: f"{waiting}: no node synced to check {version}"
+                            for n in behind})
+            return []
+        job = self._start_push(first, version, first=True)
+        job.join(timeout=ROUND_WAIT)
+        outcome[first["node_id"]] = result = self._outcome(job, version)
+        rest = [n for n in behind if n is not first]
+        if not (job.ready() and isinstance(result, str) and result.startswith("version ")):
+            outcome.update({n["node_id"]: waiting for n in rest})
+            return []
+        return rest
+
+    def _in_progress(self, listed: set[str]) -> dict[str, int]:
+        """``{node id: version}`` of the pushes still going on; a push to a node no longer
+        listed (removed) is dropped."""
+        for node_id, (_, job) in list(self.pushing.items()):
+            if job.ready():
+                del self.pushing[node_id]
+            elif node_id not in listed:
+                del self.pushing[node_id]
+                job.kill(block=False)
+                log.info("push to node %s dropped: the node was removed", node_id)
+        return {node_id: v for node_id, (v, _) in self.pushing.items()}
+
+    def _start_push(self, node: dict, version: int, first: bool = False) -> gevent.Greenlet:
+        job = self.jobs.spawn(self._push, node, version, first)
+        self.pushing[node["node_id"]] = (version, job)
+        return job
+
+    @staticmethod
+    def _outcome(job: gevent.Greenlet, version: int) -> object:
+        if not job.ready():
+            return f"push of {version} in progress"
+        return job.value if job.successful() else "push failed"
 
     @staticmethod
     def _past(running: int) -> int:
@@ -142,15 +207,16 @@ class Pusher:
                      result=f"a node ran version {running}, newer than the master's newest")
         return version
 
-    def _running(self, node: dict) -> int | str:
-        """The version a node runs, or why it did not say."""
+    def _running(self, node: dict) -> tuple[int, bool] | str:
+        """The version a node runs and whether it is synced (a node of a release that
+        does not say is taken as synced), or why it did not say."""
         try:
             answer = request(self.bus, node["control"], node["public_key"],
                              {"cmd": "config_version"}, timeout=CHECK_TIMEOUT)
         except BusError as e:
             return str(e)
         self._note_tls_port(node, answer.get("tls_port", 0))
-        return int(answer["version"])
+        return int(answer["version"]), answer.get("synced", True) is not False
 
     def _note_tls_port(self, node: dict, port: object) -> None:
         """Keep the TLS port a node reports (absent: 0, no TLS) for the zone's
@@ -167,9 +233,12 @@ class Pusher:
             ms.set_tls_port(node["node_id"], port)
             log.info("node %s takes TLS on port %s", node["node_id"], port or "none")
 
-    def _push(self, node: dict, version: int) -> str:
-        """Stage ``version`` on a node; ``"version N"`` when it runs it healthy."""
+    def _push(self, node: dict, version: int, first: bool = False) -> str:
+        """Stage ``version`` on a node; ``"version N"`` when it runs it healthy. ``first``:
+        the first node of the rollout, which must check it (``actors.staged``)."""
         message = {"cmd": "config_staged", **self._config(version)}
+        if first:
+            message["first"] = True
         try:
             try:
                 result = request(self.bus, node["control"], node["public_key"], message,
