@@ -95,36 +95,39 @@ class StagedConfig:
         before = self.check()
         if before is not None:
             raise BusError(f"this node does not serve even before the change: {before}")
-        snapshot = self.sync.snapshot()
-        try:
-            result = self.sync.apply(request)
-        except BusError as e:
-            return {"version": snapshot["version"], "applied": False, "healthy": False,
-                    "rolled_back": False, "reason": str(e)}
-        if not result["applied"]:
-            return {**result, "healthy": True}
-        self.stats["staged"] += 1
-        self.previous, self.staged_version = snapshot, result["version"]
+        result, answer = self._take(request)
+        if answer is not None:
+            return answer
+        kept = self.previous["version"] if self.previous is not None else 0
         reason = self.check()
         if reason is None:
             return {**result, "healthy": True}
         self._roll_back()
-        return {"version": snapshot["version"], "applied": False, "healthy": False,
+        return {"version": kept, "applied": False, "healthy": False,
                 "rolled_back": True, "reason": reason}
 
-    def _stage_syncing(self, request: dict) -> dict:
-        """Take a version while syncing, unchecked; check it once synced (class doc)."""
+    def _take(self, request: dict) -> tuple[dict, dict | None]:
+        """Apply ``request``'s version, keeping the one it replaces to roll back to:
+        ``(the apply's result, None)``, or ``({}, the answer)`` when nothing was staged
+        (refused, or not newer than the version running)."""
         snapshot = self.sync.snapshot()
         try:
             result = self.sync.apply(request)
         except BusError as e:
-            return {"version": snapshot["version"], "applied": False, "healthy": False,
-                    "rolled_back": False, "reason": str(e)}
+            return {}, {"version": snapshot["version"], "applied": False, "healthy": False,
+                        "rolled_back": False, "reason": str(e)}
         if not result["applied"]:
-            return {**result, "healthy": True}
+            return {}, {**result, "healthy": True}
         self.stats["staged"] += 1
-        self.stats["unchecked"] += 1
         self.previous, self.staged_version = snapshot, result["version"]
+        return result, None
+
+    def _stage_syncing(self, request: dict) -> dict:
+        """Take a version while syncing, unchecked; check it once synced (class doc)."""
+        result, answer = self._take(request)
+        if answer is not None:
+            return answer
+        self.stats["unchecked"] += 1
         if self.later is not None:
             self.later.kill(block=False)
         self.later = self.spawn(self._check_once_synced, result["version"])
