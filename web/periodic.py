@@ -2,13 +2,14 @@
 the served zone): one greenlet each, one round every ``every`` seconds."""
 
 import logging
+from abc import ABC, abstractmethod
 
 import gevent
 
 log = logging.getLogger(__name__)
 
 
-class Periodic:
+class Periodic(ABC):
     """Runs :meth:`round` in a greenlet of its own every ``every`` seconds, from
     :meth:`start` until :meth:`stop`. A round that raises is logged and the next one
     comes anyway: a master task never dies of one bad answer."""
@@ -22,9 +23,9 @@ class Periodic:
         self.every = every
         self.greenlet: gevent.Greenlet | None = None
 
+    @abstractmethod
     def round(self) -> object:
         """One round of the task."""
-        raise NotImplementedError
 
     def start(self) -> None:
         """Start the rounds."""
