@@ -24,6 +24,8 @@ import re
 import signal
 import subprocess
 
+import pytest
+
 NS_PREFIX = "tandem-"
 BRIDGE_PREFIX = "tb"
 VETH_PREFIX = "tv"
@@ -178,3 +180,15 @@ class Network:
         for host in self.hosts.values():
             ip("link", "del", host.veth, check=False)
         ip("link", "del", self.bridge, check=False)
+
+
+def network_or_skip(names: list[str]) -> "Network":
+    """A ``Network`` of hosts ``names``; where the kernel refuses namespaces the test is
+    skipped, and failed when CI is set (CI must run it)."""
+    from tests.conftest import _in_ci
+    try:
+        return Network(names)
+    except NamespacesUnavailable as exc:
+        if _in_ci():
+            pytest.fail(f"network namespaces are required when CI is set: {exc}", pytrace=False)
+        pytest.skip(f"the kernel refuses network namespaces here: {exc}")

@@ -2,20 +2,12 @@
 ``tests/test_dialogs_cluster.py`` with each node on its own host and the phones on a
 third, so the survivor's probes and the phones' BYEs cross a real network."""
 
-import pytest
-
-from tests.conftest import _in_ci
-from tests.netns import NamespacesUnavailable, Network
+from tests.netns import network_or_skip
 from tests.test_dialogs_cluster import CALLS, survive_failover, two_nodes
 
 
 def test_calls_of_a_killed_host_are_ended_by_bye_through_the_other(tmp_path):
-    try:
-        net = Network(["node1", "node2", "phones"])
-    except NamespacesUnavailable as exc:
-        if _in_ci():
-            pytest.fail(f"network namespaces are required when CI is set: {exc}", pytrace=False)
-        pytest.skip(f"the kernel refuses network namespaces here: {exc}")
+    net = network_or_skip(["node1", "node2", "phones"])
     try:
         work = str(tmp_path)
         hosts = [(net[f"node{k}"].address, tuple(net[f"node{k}"].prefix)) for k in (1, 2)]

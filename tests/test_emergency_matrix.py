@@ -26,7 +26,7 @@ import pytest
 from actors.bus import generate_keypair
 from loadtest.harness import Cluster, NodeProcess, free_port, write_users_csv
 from loadtest.sipclient import SipClient, SipClientError
-from tests.netns import Network, NamespacesUnavailable, ip
+from tests.netns import network_or_skip, ip
 from tests.test_alarms import Webhook
 from tests.test_gateways import Gateway, wait_for
 from tests.test_master_push import SETTINGS, wait_serving
@@ -282,10 +282,7 @@ def sh(host_prefix: list[str], *cmd: str) -> None:
 
 
 def test_cell_nat_in_front_with_its_address_banned(tmp_path, psap):
-    try:
-        net = Network(["router", "phone"])
-    except NamespacesUnavailable as e:
-        pytest.skip(f"network namespaces unavailable: {e}")
+    net = network_or_skip(["router", "phone"])
     try:
         router, phone = net["router"], net["phone"]
         # The phone leaves the bridge for a private network behind the router.

@@ -20,8 +20,7 @@ import pytest
 from loadtest.bench_call import Uas, write_call_inf
 from loadtest.bench_register import write_register_inf
 from loadtest.harness import Cluster, run_sipp, write_users_csv
-from tests.conftest import _in_ci
-from tests.netns import NamespacesUnavailable, Network, sweep
+from tests.netns import Network, network_or_skip, sweep
 
 USERS = 600
 SETTINGS = {"heartbeat": 0.2, "suspect_after": 1.0, "dead_after": 3.0, "alone_wait": 2.0,
@@ -70,12 +69,7 @@ def wait(cond, timeout: float, step: float = 0.05):
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    try:
-        net = Network(["node1", "node2", "node3", "phones"])
-    except NamespacesUnavailable as exc:
-        if _in_ci():
-            pytest.fail(f"network namespaces are required when CI is set: {exc}", pytrace=False)
-        pytest.skip(f"the kernel refuses network namespaces here: {exc}")
+    net = network_or_skip(["node1", "node2", "node3", "phones"])
     cluster = None
     try:
         work = str(tmp_path_factory.mktemp("hosts"))

@@ -18,9 +18,8 @@ import pytest
 from loadtest.bench_register import write_register_inf
 from loadtest.harness import run_sipp, write_users_csv
 from store import master as ms
-from tests.conftest import _in_ci
 from tests.joined import JoinedNode, Master, wait
-from tests.netns import NamespacesUnavailable, Network
+from tests.netns import Network, network_or_skip
 
 USERS = 400
 CONVERGE = 30.0
@@ -63,12 +62,7 @@ class Lab:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    try:
-        net = Network(["master", "node1", "node2", "node3", "node4", "phones"])
-    except NamespacesUnavailable as exc:
-        if _in_ci():
-            pytest.fail(f"network namespaces are required when CI is set: {exc}", pytrace=False)
-        pytest.skip(f"the kernel refuses network namespaces here: {exc}")
+    net = network_or_skip(["master", "node1", "node2", "node3", "node4", "phones"])
     master = None
     try:
         work = str(tmp_path_factory.mktemp("hosts-join"))

@@ -23,9 +23,8 @@ from loadtest.harness import ROOT, write_users_csv
 from sipcore.protocol import PROTOCOL_VERSION
 from store.migrations import MASTER_MIGRATIONS, NODE_MIGRATIONS
 from store.schema import current_version
-from tests.conftest import _in_ci
 from tests.joined import JoinedNode, Master, wait
-from tests.netns import NamespacesUnavailable, Network
+from tests.netns import Network, network_or_skip
 from tests.upgrades import PREVIOUS_RELEASE, Load, Phones, previous_tree, registrations, schema_of
 
 NODES = ("node1", "node2", "node3")
@@ -46,12 +45,7 @@ def previous(tmp_path_factory) -> str:
 
 @pytest.fixture
 def net():
-    try:
-        network = Network(["master", *NODES, "phones"])
-    except NamespacesUnavailable as exc:
-        if _in_ci():
-            pytest.fail(f"network namespaces are required when CI is set: {exc}", pytrace=False)
-        pytest.skip(f"the kernel refuses network namespaces here: {exc}")
+    network = network_or_skip(["master", *NODES, "phones"])
     try:
         yield network
     finally:
