@@ -12,6 +12,8 @@ import os
 import secrets
 import signal
 import time
+from collections.abc import Callable
+from typing import Any
 
 import gevent
 from gevent.event import Event
@@ -21,7 +23,7 @@ from sipcore.authguard import SOURCE, USER, AuthGuard, Ban
 from sipcore.digest import Authenticator, origin_tag
 from sipcore.errors import SipError
 from sipcore.location import Binding, Location, Sequencer
-from sipcore.message import error_response, make_response
+from sipcore.message import Request, Response, error_response, make_response
 from sipcore.proxy import options_response
 from store import bindings as binding_store
 from store import users as user_store
@@ -35,7 +37,7 @@ from .emergency_notify import attach_emergency_notify
 from .config import (ConfigError, NodeConfig, guard_settings, load_config, registrar_rules,
                      server_uris, sqlite_dir)
 from .config_sync import attach_config_sync
-from .dialogs import attach_dialogs
+from .dialogs import Dialogs, attach_dialogs
 from .drain import Drain, attach_drain
 from .gateways import attach_dialing
 from .front import STATUS_EVERY, FrontProcess
@@ -47,11 +49,11 @@ from .process import tune_gc
 from .proxy import ProxyActor
 from .registrar import RegistrarActor
 from .registrations import attach_registrations
-from .replicator import attach_replicator
+from .replicator import Replicator, attach_replicator
 from .services import Services, attach_services
 from .traffic import Traffic, attach_traffic
 from .staged import attach_staged
-from .transport import Limits, TlsContexts, Transport
+from .transport import Dest, Limits, TlsContexts, Transport
 
 log = logging.getLogger(__name__)
 
@@ -64,13 +66,14 @@ class UserDirectory:
     user added while the node runs can register immediately.
     """
 
-    def __init__(self, domain: str, refresh: float = 10.0, clock=time.time):
+    def __init__(self, domain: str, refresh: float = 10.0,
+                 clock: Callable[[], float] = time.time):
         self.domain = domain
         self.refresh = refresh
         self.clock = clock
-        self.users: dict[str, dict] = {}
+        self.users: dict[str, dict[str, str]] = {}
         self.checked_at = 0.0
-        self.version = None
+        self.version: int | None = None
 
     def reload(self) -> None:
         """Read every user of the domain."""
@@ -88,7 +91,7 @@ class UserDirectory:
         self.checked_at = 0.0
         self.version = None
 
-    def lookup(self, username: str) -> dict | None:
+    def lookup(self, username: str) -> dict[str, str] | None:
         """HA1 values of ``username`` or None."""
         if self.clock() - self.checked_at > self.refresh:
             self.checked_at = self.clock()
@@ -109,29 +112,33 @@ class UserDirectory:
 class Node:
     """One Tandem node."""
 
+    guard: AuthGuard
+    """The password-guessing guard, made by start() from the settings it loads."""
+
     def __init__(self, cfg: NodeConfig):
         self.cfg = cfg
         self.group = Group()
         self.stopped = Event()
         self.location = Location()
-        self.transport = None
-        self.registrar = None
-        self.proxy = None
-        self.replicator = None
-        self.front = None
+        # The actors, built by start() (the attach_* functions set the others).
+        self.transport: Transport | None = None
+        self.registrar: RegistrarActor | None = None
+        self.proxy: ProxyActor | None = None
+        self.replicator: Replicator | None = None
+        self.front: FrontProcess | None = None
         self.users: UserDirectory | None = None
         self.drain: Drain | None = None
         self.services: Services | None = None
         self.traffic = Traffic()
-        self.dialogs = None
+        self.dialogs: Dialogs | None = None
         self.started_at = 0.0
 
     def start(self) -> None:
         """Open the store, load the bindings and start every actor."""
         cfg = self.cfg
         os.makedirs(cfg.data_dir, exist_ok=True)
-        if sqlite_dir(cfg):
-            os.makedirs(sqlite_dir(cfg), exist_ok=True)
+        if db_dir := sqlite_dir(cfg):
+            os.makedirs(db_dir, exist_ok=True)
         init_store(cfg.database)
         epoch = incr_state("epoch")
         use_stored_peers(cfg)
@@ -157,49 +164,46 @@ class Node:
                              server_uris=server_uris(cfg))
         rules = registrar_rules(cfg)
         front_in = front_paths(cfg)[0] if cfg.challenge_front else None
-        self.transport = Transport(cfg.address, cfg.port, self.on_request, self.on_response,
-                                   front_path=front_in, limits=Limits.from_config(cfg),
-                                   tls=TlsContexts.load(cfg.tls_cert, cfg.tls_key, cfg.tls_ca,
-                                                        cfg.tls_peer_ca)
-                                   if cfg.tls_port else None, tls_port=cfg.tls_port,
-                                   quick=self.on_datagram)
+        tls = (TlsContexts.load(cfg.tls_cert, cfg.tls_key, cfg.tls_ca, cfg.tls_peer_ca)
+               if cfg.tls_port else None)
+        transport = self.transport = Transport(
+            cfg.address, cfg.port, self.on_request, self.on_response, front_path=front_in,
+            limits=Limits.from_config(cfg), tls=tls, tls_port=cfg.tls_port,
+            quick=self.on_datagram)
         if cfg.challenge_front:
             # One budget per source for the node and its front (counted once).
-            self.transport.limiter = self.transport.limits.limiter(shared_buckets(cfg))
-        if self.transport.admission is not None:
+            transport.limiter = transport.limits.limiter(shared_buckets(cfg))
+        if transport.admission is not None:
             guard = self.guard
-            self.transport.admission.trusted = lambda ip: guard.trusted(ip, time.time())
+            transport.admission.trusted = lambda ip: guard.trusted(ip, time.time())
         timers = {"t1": cfg.t1, "t2": cfg.t2, "t4": cfg.t4}
-        self.registrar = RegistrarActor(cfg.id, rules, auth, self.location, self.transport,
-                                        Sequencer(epoch), cfg.batch_max, timers=timers,
-                                        on_commit=self.publish,
-                                        ban_drop=cfg.ban_response == "drop",
-                                        log_rate=cfg.log_rate)
-        attach_replicator(self)
+        registrar = self.registrar = RegistrarActor(
+            cfg.id, rules, auth, self.location, transport, Sequencer(epoch), cfg.batch_max,
+            timers=timers, on_commit=self.publish, ban_drop=cfg.ban_response == "drop",
+            log_rate=cfg.log_rate)
+        control = attach_replicator(self).control
         attach_ban_keeper(self)
-        if self.replicator.control is not None:
-            self.replicator.control.handle("bans", self._list_bans)
-            self.replicator.control.handle("unban", self._unban)
-            self.replicator.control.handle("ban", self._ban)
+        if control is not None:
+            control.handle("bans", self._list_bans)
+            control.handle("unban", self._unban)
+            control.handle("ban", self._ban)
         attach_config_sync(self)
         attach_registrations(self)
-        self.transport.start()
-        self.registrar.greenlet = self.group.spawn(self.registrar.run)
-        self.registrar.greenlet.link_exception(self.actor_died)
-        self.proxy = ProxyActor.from_config(cfg, secret, users.lookup, self.location,
-                                            self.transport, auth)
+        transport.start()
+        registrar.greenlet = self.spawn_actor(registrar.run)
+        proxy = self.proxy = ProxyActor.from_config(cfg, secret, users.lookup, self.location,
+                                                    transport, auth)
         attach_call_outbox(self)
         attach_dialing(self)
         attach_emergency_notify(self)
         attach_staged(self)
-        self.proxy.greenlet = self.group.spawn(self.proxy.run)
-        self.proxy.greenlet.link_exception(self.actor_died)
+        proxy.greenlet = self.spawn_actor(proxy.run)
         attach_drain(self)
         attach_dialogs(self)
-        self.group.spawn(self._share_bans).link_exception(self.actor_died)
+        self.spawn_actor(self._share_bans)
         if cfg.challenge_front:
-            self.front = FrontProcess(cfg, secret, origin)
-            self.front.start()
+            front = self.front = FrontProcess(cfg, secret, origin)
+            front.start()
             self.group.spawn(self._tell_front)
         attach_services(self)
         attach_traffic(self)
@@ -208,8 +212,16 @@ class Node:
         log.info("node %s up: epoch %d, %d bindings loaded, %d users, domain %s",
                  cfg.id, epoch, loaded, len(users.users), cfg.domain)
 
+    def spawn_actor(self, run: Callable[[], object]) -> gevent.Greenlet:
+        """Run ``run`` in the node's group; its death stops the node (``actor_died``)."""
+        greenlet = self.group.spawn(run)
+        greenlet.link_exception(self.actor_died)
+        return greenlet
+
     def _share_bans(self) -> None:
         """Log the bans the guard made or lifted, and give them to the peers."""
+        replicator = self.replicator
+        assert replicator is not None, "started after the replicator"
         while True:
             bans = self.guard.take_new()
             for b in bans:
@@ -218,33 +230,35 @@ class Node:
                                 b.kind, b.key, b.until - time.time())
                 else:
                     log.warning("ban of %s %s lifted", b.kind, b.key)
-            self.replicator.share_bans(bans)
+            replicator.share_bans(bans)
             gevent.sleep(0.25)
 
     def publish(self, changes: list[Binding]) -> None:
         """The registrar's ``on_commit``: give committed changes to the replicator."""
-        self.replicator.publish(changes)
+        replicator = self.replicator
+        assert replicator is not None, "the registrar commits once the replicator runs"
+        replicator.publish(changes)
 
-    def peer_bans(self, origin: str, bans: list) -> None:
+    def peer_bans(self, origin: str, bans: list[tuple[str, str, float]]) -> None:
         """The replicator's ``on_bans``: apply the bans a peer shares."""
         if self.guard.apply_peer(origin, bans, time.time()):
             shown = ", ".join(f"{k} {key}" + ("" if u else " lifted") for k, key, u in bans[:10])
             log.warning("bans from %s applied: %s", origin, shown)
 
-    def _list_bans(self, _request: dict) -> list:
+    def _list_bans(self, _request: dict[str, Any]) -> list[dict[str, Any]]:
         """Bans in force against password guessing: kind, key, seconds left, origin."""
         now = time.time()
         return [{"kind": b.kind, "key": b.key, "left": round(b.until - now, 1),
                  "origin": b.origin or self.cfg.id} for b in self.guard.bans(now)]
 
-    def _unban(self, request: dict) -> bool:
+    def _unban(self, request: dict[str, Any]) -> bool:
         """Lift a ban on every node: {"kind": "source"|"user", "key": address or user}."""
         kind, key = request.get("kind"), request.get("key")
         if kind not in (SOURCE, USER) or not isinstance(key, str):
             raise BusError('unban needs "kind" (source or user) and "key"')
         return self.guard.lift(kind, key)
 
-    def _ban(self, request: dict) -> bool:
+    def _ban(self, request: dict[str, Any]) -> bool:
         """Ban on every node: {"kind": "source"|"user", "key", "seconds"} (default ban_time)."""
         kind, key = request.get("kind"), request.get("key")
         seconds = request.get("seconds", self.cfg.ban_time)
@@ -262,31 +276,35 @@ class Node:
     def tell_front(self) -> None:
         """Let the challenge front answer only while the node is synced and not
         draining (otherwise it passes everything on, to get the node's 503)."""
-        if self.front is not None:
+        front, replicator = self.front, self.replicator
+        if front is not None and replicator is not None:
             drain = self.drain
-            self.front.tell(self.replicator.synced and not (drain is not None and drain.on))
+            front.tell(replicator.synced and not (drain is not None and drain.on))
 
-    def actor_died(self, greenlet) -> None:
+    def actor_died(self, greenlet: gevent.Greenlet) -> None:
         """An actor's greenlet died: log why and stop the node (a half-alive node
         would keep taking requests it cannot answer)."""
         log.error("actor died: %r; stopping the node", greenlet.exception)
         self.stop()
 
-    def on_request(self, req, dest) -> None:
+    def on_request(self, req: Request, dest: Dest) -> None:
         """Route a parsed request to the actor that owns it."""
+        # The transport that calls this is started after these are built.
+        proxy, replicator, registrar = self.proxy, self.replicator, self.registrar
+        assert proxy is not None and replicator is not None and registrar is not None
         method = req.method
         self.traffic.request(method)
         # Syncing, the node's bindings are incomplete, but an emergency call needs none
         # (it goes to the emergency gateways): it passes, with its ACK and CANCEL, and so
         # does what our own Record-Route takes within a dialog (that call's BYE, as when
         # draining; a Route without the dialog's token proves nothing).
-        settings = self.proxy.core.settings
-        if not self.replicator.synced and not (
+        settings = proxy.core.settings
+        if not replicator.synced and not (
                 (method in ("INVITE", "ACK", "CANCEL") and settings.is_emergency(req.ruri))
                 or (req.to.tag is not None and (route := req.get("route")) is not None
                     and settings.is_record_route(route, req))):
             if method != "ACK":
-                retry = str(self.replicator.retry_after())
+                retry = str(replicator.retry_after())
                 self._answer(req, dest, 503, [("Retry-After", retry)], "Syncing")
             return
         drain = self.drain
@@ -299,23 +317,26 @@ class Node:
             if services is not None and services.down("registrar"):
                 self._answer(req, dest, 503, [("Retry-After", "30")], "Registrar Stopped")
                 return
-            self.registrar.submit(req, dest)
-        elif method == "OPTIONS" and self.proxy.is_for_node(req):
+            registrar.submit(req, dest)
+        elif method == "OPTIONS" and proxy.is_for_node(req):
             try:
-                self.transport.send(dest, options_response(req, secrets.token_hex(6)).encode())
+                resp = options_response(req, secrets.token_hex(6))
             except SipError as err:
-                self.transport.send(dest, error_response(req, err).encode())
+                resp = error_response(req, err)
+            proxy.transport.send(dest, resp.encode())
         elif services is not None and services.down("proxy"):
             if method != "ACK":
                 self._answer(req, dest, 503, [("Retry-After", "30")], "Proxy Stopped")
         else:
-            self.proxy.submit(req, dest)
+            proxy.submit(req, dest)
 
     def on_datagram(self, data: bytes, ip: str, port: int) -> bool:
         """Offer a UDP datagram to the registrar unparsed (``RegistrarActor.take``)
         while the node is synced and not draining. False when it did not take
         it: the transport then parses it and gives it to ``on_request``."""
-        if data[:9] != b"REGISTER " or not self.replicator.synced:
+        replicator, registrar = self.replicator, self.registrar
+        assert replicator is not None and registrar is not None, "called once started"
+        if data[:9] != b"REGISTER " or not replicator.synced:
             return False
         services = self.services
         if services is not None and services.down("registrar"):
@@ -323,29 +344,31 @@ class Node:
         drain = self.drain
         if drain is not None and drain.on:
             return False
-        if self.registrar.take(data, ip, port):
+        if registrar.take(data, ip, port):
             self.traffic.request("REGISTER")
             return True
         return False
 
-    def on_response(self, resp, source) -> None:
+    def on_response(self, resp: Response, source: Dest) -> None:
         """Responses belong to the proxy's client transactions (dropped while it is
         stopped: its inbox must not grow), but those to the probes and BYEs of calls
         taken over from a dead node (``actors.dialogs``)."""
         dialogs = self.dialogs
         if dialogs is not None and dialogs.response(resp):
             return
-        services = self.services
-        if services is not None and services.down("proxy"):
+        services, proxy = self.services, self.proxy
+        if (services is not None and services.down("proxy")) or proxy is None:
             return
-        self.proxy.submit(resp, source)
+        proxy.submit(resp, source)
 
-    def _answer(self, req, dest, status, headers, reason=None) -> None:
+    def _answer(self, req: Request, dest: Dest, status: int, headers: list[tuple[str, str]],
+                reason: str | None = None) -> None:
         try:
             resp = make_response(req, status, reason, headers, to_tag=secrets.token_hex(6))
         except SipError as err:
             resp = error_response(req, err)
-        self.transport.send(dest, resp.encode())
+        if self.transport is not None:
+            self.transport.send(dest, resp.encode())
 
     def stop(self) -> None:
         """Stop receiving, stop the actors, close the store."""

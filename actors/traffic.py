@@ -27,7 +27,7 @@ OTHER = "other"
 class Traffic:
     """Requests taken, by method."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.requests: dict[str, int] = {}
 
     def request(self, method: str) -> None:
