@@ -25,6 +25,7 @@ from sipcore.errors import SipError
 from sipcore.location import Binding, Location, Sequencer
 from sipcore.message import Request, Response, error_response, make_response
 from sipcore.proxy import options_response
+from sipcore.via import Dest
 from store import bindings as binding_store
 from store import users as user_store
 from store.models import close_store, incr_state, init_store
@@ -53,7 +54,7 @@ from .replicator import Replicator, attach_replicator
 from .services import Services, attach_services
 from .traffic import Traffic, attach_traffic
 from .staged import attach_staged
-from .transport import Dest, Limits, TlsContexts, Transport
+from .transport import Limits, TlsContexts, Transport
 
 log = logging.getLogger(__name__)
 

@@ -26,13 +26,16 @@ tick in the inbox when the core's next timer is due, checking every
 
 import logging
 import time
+from typing import Any, NamedTuple
 
 import gevent
 from gevent.queue import Empty, Queue
 
 from sipcore.digest import Authenticator
 from sipcore.forking import ProxyCore
+from sipcore.message import Request, Response
 from sipcore.proxy import ProxySettings
+from sipcore.via import Dest
 
 from .call_log import CallLog
 from .config import cluster_addresses
@@ -41,9 +44,33 @@ from .limits import emergency_numbers
 
 log = logging.getLogger(__name__)
 
-_DNS = "dns"
-_ERROR = "error"
-_TICK = ("tick", None)
+class Received(NamedTuple):
+    """An inbox message: a request or response from the transport."""
+
+    msg: Request | Response
+    source: Dest
+
+
+class Resolved(NamedTuple):
+    """An inbox message: the targets an RFC 3263 lookup found (empty: none)."""
+
+    token: Any
+    targets: list[Any]
+
+
+class SendFailed(NamedTuple):
+    """An inbox message: a TCP connection to ``dest`` could not be made or written."""
+
+    dest: Dest
+
+
+class Tick(NamedTuple):
+    """An inbox message: the core's next timer is due (``ProxyActor._ticker``)."""
+
+
+_TICK = Tick()
+
+InboxMessage = Received | Resolved | SendFailed | Tick
 
 
 class ProxyActor:
@@ -65,7 +92,7 @@ class ProxyActor:
         self.tick = tick
         self.monotonic = monotonic
         self.clock = clock
-        self.inbox: Queue = Queue()
+        self.inbox: Queue[InboxMessage] = Queue()
         self.greenlet = None
         self._connecting: dict[tuple, list[bytes]] = {}
         self._failed: list[tuple] = []
@@ -111,9 +138,9 @@ class ProxyActor:
         return (ruri.user is None and req.get("route") is None
                 and self.core.settings.is_our_host(ruri))
 
-    def submit(self, msg, source) -> None:
+    def submit(self, msg: Request | Response, source: Dest) -> None:
         """Give the actor a request or response from the transport."""
-        self.inbox.put((msg, source))
+        self.inbox.put(Received(msg, source))
 
     def run(self) -> None:
         """The actor's loop: inbox batches, timers, output (and its ticker)."""
@@ -164,19 +191,18 @@ class ProxyActor:
         except Exception:
             log.exception("proxy: %s failed", getattr(fn, "__name__", fn))
 
-    def _handle(self, item: tuple, now: float, wall: float) -> None:
-        first = item[0]
+    def _handle(self, item: InboxMessage, now: float, wall: float) -> None:
         try:
-            if item is _TICK:
-                self._ticked = False
-            elif first is _DNS:
-                self.core.resolved(item[1], item[2], now)
-            elif first is _ERROR:
-                self.core.transport_error(item[1], now)
+            if isinstance(item, Received):
+                self.core.receive(item.msg, item.source, now, wall)
+            elif isinstance(item, Resolved):
+                self.core.resolved(item.token, item.targets, now)
+            elif isinstance(item, SendFailed):
+                self.core.transport_error(item.dest, now)
             else:
-                self.core.receive(first, item[1], now, wall)
+                self._ticked = False
         except Exception:
-            log.exception("proxy: error handling %r from %s", first, item[1])
+            log.exception("proxy: error handling %r", item)
 
     def _flush(self, now: float) -> None:
         """Send what the core queued, start its lookups, report failed sends back."""
@@ -228,7 +254,7 @@ class ProxyActor:
         finally:
             del self._connecting[dest]
         if not ok:
-            self.inbox.put((_ERROR, dest))
+            self.inbox.put(SendFailed(dest))
 
     def _resolve(self, lookup) -> None:
         """One RFC 3263 resolution in its own greenlet; the answer goes to the inbox."""
@@ -238,4 +264,4 @@ class ProxyActor:
         except Exception:
             log.exception("proxy: resolving %s failed", lookup.host)
             targets = []
-        self.inbox.put((_DNS, lookup.token, targets))
+        self.inbox.put(Resolved(lookup.token, targets))

@@ -15,6 +15,7 @@ for a batch.
 
 import logging
 import time
+from typing import NamedTuple
 
 import gevent
 from gevent.queue import Empty, Queue
@@ -24,9 +25,10 @@ from sipcore.digest import Authenticator
 from sipcore.errors import SipError
 from sipcore.location import Binding, Location, Sequencer
 from sipcore.message import Request
-from sipcore.register import Answer, Dest, RegisterPath
+from sipcore.register import Answer, RegisterPath
 from sipcore.registrar import RegistrarRules
 from sipcore.usual_register import UsualRegister
+from sipcore.via import Dest
 from store import bindings as binding_store
 
 from .process import STRICT, new_tag
@@ -34,17 +36,27 @@ from .process import STRICT, new_tag
 log = logging.getLogger(__name__)
 
 
-class Merge:
-    """An inbox item: replicated binding versions to merge."""
+class Register(NamedTuple):
+    """An inbox message: a REGISTER to answer, parsed or usual (``dest`` None for a
+    usual one, which carries its source)."""
 
-    __slots__ = ("bindings",)
-
-    def __init__(self, bindings: list[Binding]):
-        self.bindings = bindings
+    req: Request | UsualRegister
+    dest: Dest | None
 
 
-_STOP = object()
-"""The inbox item that ends the loop once the batch before it is done (``stop``)."""
+class Merge(NamedTuple):
+    """An inbox message: replicated binding versions to merge."""
+
+    bindings: list[Binding]
+
+
+class Stop(NamedTuple):
+    """An inbox message: end the loop once the batch before it is done (``stop``)."""
+
+
+_STOP = Stop()
+
+InboxMessage = Register | Merge | Stop
 
 
 class RegistrarActor:
@@ -65,7 +77,7 @@ class RegistrarActor:
         self.on_commit = on_commit
         self.clock = clock
         self.monotonic = monotonic
-        self.inbox: Queue = Queue()
+        self.inbox: Queue[InboxMessage] = Queue()
         self.greenlet = None
         self.stats = {"commits": 0, "committed": 0, "ok": 0}
 
@@ -80,7 +92,7 @@ class RegistrarActor:
 
     def submit(self, req: Request | UsualRegister, dest: Dest | None) -> None:
         """Give a REGISTER to the actor (``dest`` None for a usual one)."""
-        self.inbox.put((req, dest))
+        self.inbox.put(Register(req, dest))
 
     def take(self, data: bytes, ip: str, port: int) -> bool:
         """Offer a UDP datagram: a usual REGISTER (``RegisterPath.recognise``)
@@ -102,7 +114,7 @@ class RegistrarActor:
         if usual is None:
             return False
         if "authorization" in usual.fields:
-            self.inbox.put((usual, None))
+            self.inbox.put(Register(usual, None))
         else:
             answer = self.path.answer(usual, None, self.clock(), 0.0)
             if answer is not None:
@@ -119,6 +131,7 @@ class RegistrarActor:
         inbox = self.inbox
         next_expiry = next_purge = self.monotonic()
         while True:
+            first: InboxMessage | None
             try:
                 first = inbox.get(timeout=max(0.0, next_expiry - self.monotonic()))
             except Empty:
@@ -134,16 +147,16 @@ class RegistrarActor:
                     self._purge(now)
             if first is None:
                 continue
-            if first is _STOP:
+            if isinstance(first, Stop):
                 return
-            batch = [first]
+            batch: list[Register | Merge] = [first]
             stopping = False
             while len(batch) < self.batch_max:
                 try:
                     item = inbox.get_nowait()
                 except Empty:
                     break
-                if item is _STOP:
+                if isinstance(item, Stop):
                     stopping = True
                     break
                 batch.append(item)
@@ -172,7 +185,7 @@ class RegistrarActor:
             kept = []
             while not self.inbox.empty():
                 item = self.inbox.get_nowait()
-                if item is not _STOP:
+                if not isinstance(item, Stop):
                     kept.append(item)
             for item in kept:
                 self.inbox.put(item)
@@ -190,7 +203,7 @@ class RegistrarActor:
             self.answered.answered(key, answer.data, answer.dest[0] != "udp", mono)
         self.transport.send(answer.dest, answer.data)
 
-    def _process(self, batch: list, now: float, mono: float) -> None:
+    def _process(self, batch: list[Register | Merge], now: float, mono: float) -> None:
         """One group commit: answer every request and merge, write once, then send."""
         location = self.location
         answer_of = self.path.answer
@@ -203,10 +216,10 @@ class RegistrarActor:
             [] if log.isEnabledFor(logging.INFO) else None
         seq_before = self.sequencer.peek()
         for item in batch:
-            if type(item) is Merge:
+            if isinstance(item, Merge):
                 merged.extend(b for b in item.bindings if location.merge_undoable(b, undo))
                 continue
-            answer = answer_of(item[0], item[1], now, mono)
+            answer = answer_of(item.req, item.dest, now, mono)
             if answer is None:
                 continue
             made = answer.changes

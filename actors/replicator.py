@@ -31,6 +31,7 @@ import itertools
 import logging
 import time
 from collections import deque
+from typing import Any, NamedTuple
 
 import gevent
 from gevent.event import Event
@@ -41,7 +42,8 @@ from sipcore.location import Binding, Location, is_newer
 from sipcore.protocol import PROTOCOL_VERSION
 from sipcore.replication import (ALIVE, SUSPECTED, ApplyBindings, Heartbeat, NewerMessage,
                                  Notice, Replication, RequestSnapshot,
-                                 SetDigest, SnapshotAssembler, SnapshotError, Update, WireError,
+                                 SetDigest, SnapshotAssembler, SnapshotError, Update, Versions,
+                                 WireError,
                                  decode_heartbeat, decode_snapshot_request, decode_update,
                                  encode_heartbeat, encode_snapshot_request, encode_update,
                                  snapshot_stream)
@@ -71,6 +73,42 @@ LANDINGS = 20000
 """Updates whose lag is kept for the ``lags`` control command."""
 RESUBSCRIBE_AFTER = 3.0
 """Seconds a peer may go unheard (unknown or dead) before its subscription is made anew."""
+
+
+class Heard(NamedTuple):
+    """An inbox message: a message read from a peer's publisher (an update, a
+    heartbeat, bans, or another actor's kind), already decoded and checked."""
+
+    kind: bytes
+    peer: str
+    msg: Any
+
+
+class PeersChanged(NamedTuple):
+    """An inbox message: the master's new membership (``set_peers``)."""
+
+    peers: list[Peer]
+
+
+class SnapshotDone(NamedTuple):
+    """An inbox message: the snapshot ``request`` from ``peer`` arrived whole."""
+
+    peer: str
+    request: int
+    epoch: int
+    seq: int
+    versions: Versions | None
+
+
+class SnapshotFailed(NamedTuple):
+    """An inbox message: the snapshot ``request`` from ``peer`` failed."""
+
+    peer: str
+    request: int
+    reason: str
+
+
+InboxMessage = Heard | PeersChanged | SnapshotDone | SnapshotFailed
 
 
 def yield_to_sip(limit: float = YIELD_LIMIT) -> None:
@@ -157,7 +195,7 @@ class Replicator:
         """Other actors' bus kinds (``add_kind``): kind -> (decode, handle)."""
         self._frames: deque[tuple[bytes, bytes]] = deque(maxlen=10000)
         """Other actors' messages waiting for the publisher (``publish_frame``)."""
-        self.inbox: Queue = Queue()
+        self.inbox: Queue[InboxMessage] = Queue()
         self.outbox: Queue = Queue()
         self.group = Group()
         self.syncs = Group()
@@ -253,7 +291,7 @@ class Replicator:
         """New membership from the master (``actors.membership``): applied by the main
         loop, which owns the peers: new ones are followed, removed ones dropped."""
         if self.clustered:
-            self.inbox.put(("peers", "", list(peers)))
+            self.inbox.put(PeersChanged(list(peers)))
 
     def _change_peers(self, peers: list[Peer]) -> None:
         wanted = {p.id: p for p in peers if p.id != self.id}
@@ -402,7 +440,7 @@ class Replicator:
                 self.stats["bad_messages"] += 1
                 log.warning("dropped a bad message from %s: %s", peer, e)
                 continue
-            put((kind, peer, msg))
+            put(Heard(kind, peer, msg))
 
     def _newer(self, peer: str, what: str, error: NewerMessage) -> None:
         """Count a message of a newer protocol version; log it once per peer (a newer
@@ -417,37 +455,41 @@ class Replicator:
         next_tick = self.monotonic()
         core = self.core
         while True:
+            item: InboxMessage | None
             try:
                 item = self.inbox.get(timeout=max(0.0, next_tick - self.monotonic()))
             except Empty:
                 item = None
             now = self.monotonic()
-            if item is not None:
-                kind, peer, *rest = item
-                if kind == "peers":
-                    self._change_peers(rest[0])
-                elif peer not in core.peers:
-                    # Queued before its sender was removed: no longer ours to apply.
-                    self.stats["from_removed_peers"] += 1
-                elif kind == busmod.UPDATE:
-                    self._act(core.update_received(peer, rest[0], now))
-                elif kind == busmod.HEARTBEAT:
-                    self._act(core.heartbeat_received(peer, rest[0], now, self.clock()))
-                elif kind == busmod.BANS:
-                    if self.on_bans is not None:
-                        self.on_bans(peer, rest[0][1])
-                elif kind in self.receivers:
-                    self.receivers[kind][1](peer, rest[0])
-                elif kind == "done":
-                    request, epoch, seq, versions = rest
-                    self._act(core.snapshot_completed(peer, request, epoch, seq, now, versions))
-                else:
-                    request, reason = rest
-                    self._act(core.snapshot_failed(peer, request, reason, now))
+            if isinstance(item, PeersChanged):
+                self._change_peers(item.peers)
+            elif item is not None and item.peer not in core.peers:
+                # Queued before its sender was removed: no longer ours to apply.
+                self.stats["from_removed_peers"] += 1
+            elif isinstance(item, Heard):
+                self._heard(item, now)
+            elif isinstance(item, SnapshotDone):
+                self._act(core.snapshot_completed(item.peer, item.request, item.epoch,
+                                                  item.seq, now, item.versions))
+            elif isinstance(item, SnapshotFailed):
+                self._act(core.snapshot_failed(item.peer, item.request, item.reason, now))
             if now >= next_tick:
                 self._act(core.tick(now))
                 self._resubscribe(now)
                 next_tick = now + tick_every
+
+    def _heard(self, heard: Heard, now: float) -> None:
+        kind, peer, msg = heard
+        core = self.core
+        if kind == busmod.UPDATE:
+            self._act(core.update_received(peer, msg, now))
+        elif kind == busmod.HEARTBEAT:
+            self._act(core.heartbeat_received(peer, msg, now, self.clock()))
+        elif kind == busmod.BANS:
+            if self.on_bans is not None:
+                self.on_bans(peer, msg[1])
+        elif kind in self.receivers:
+            self.receivers[kind][1](peer, msg)
 
     def _act(self, actions: list) -> None:
         for a in actions:
@@ -521,11 +563,11 @@ class Replicator:
                 else:
                     raise BusError(f"snapshot refused: {body[:200].decode(errors='replace')}")
         except (BusError, WireError, SnapshotError) as e:
-            self.inbox.put(("failed", peer, request, str(e)))
+            self.inbox.put(SnapshotFailed(peer, request, str(e)))
             return
         except Exception as e:
             log.exception("snapshot from %s crashed", peer)
-            self.inbox.put(("failed", peer, request, repr(e)))
+            self.inbox.put(SnapshotFailed(peer, request, repr(e)))
             return
         finally:
             if sock is not None:
@@ -533,7 +575,7 @@ class Replicator:
         self.stats["snapshot_bindings_received"] += end.count
         log.info("snapshot from %s: %d bindings in %d batches, %.0f ms, digest ok", peer,
                  end.count, end.batches, (self.monotonic() - started) * 1000)
-        self.inbox.put(("done", peer, request, end.epoch, end.seq, end.versions))
+        self.inbox.put(SnapshotDone(peer, request, end.epoch, end.seq, end.versions))
 
     def _snapshot_server(self, sock) -> None:
         while True:

@@ -49,15 +49,13 @@ from sipcore.errors import SipError
 from sipcore.message import Request, StreamFramer, error_response, parse_message
 from sipcore.overload import ABSORB, ADMIT, Admission, in_dialog, quick_shed, shed_response
 from sipcore.ratelimit import LogLimiter
-from sipcore.via import stamp_via
+from sipcore.via import Dest, stamp_via
 
 from .limits import NO_LIMITS, Limits
 from .steering import steer_challenges
 
 log = logging.getLogger(__name__)
 
-#: A destination: ``(transport, host, port)``, transport "udp", "tcp" or "tls".
-Dest = tuple[str, str, int]
 
 #: Linux's SO_TIMESTAMPNS (and SCM_TIMESTAMPNS): each datagram carries the
 #: wall-clock time it reached the socket (``socket`` does not name it)

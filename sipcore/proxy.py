@@ -21,6 +21,7 @@ layer; everything here works on one message at a time and keeps no state:
 
 import hmac
 import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
@@ -29,12 +30,13 @@ from .emergency import EmergencyNumbers
 from .errors import SipError
 from .flow_relay import flow_key, relay_route, relayed_flow
 from .headers import Via, parse_int, split_list
+from .location import Binding
 from .message import Request, Response, make_response
 from .nat import NAT_HANDLING, is_outbound, use_flow
 from .rfc3263 import Target
-from .transaction import MAGIC_COOKIE
+from .transaction import MAGIC_COOKIE, ClientTransaction, ServerTransaction
 from .uri import SipUri, parse_name_addr, parse_uri
-from .via import response_destination
+from .via import Dest, response_destination
 
 #: what the proxy lets through (and the Allow of its 405)
 ALLOW = ("INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, MESSAGE, SUBSCRIBE, NOTIFY, "
@@ -82,7 +84,7 @@ class Lookup:
     """``sip`` or ``sips``."""
 
 
-def destinations(targets: list[Target], transports: tuple[str, ...] = TRANSPORTS) -> list[tuple]:
+def destinations(targets: list[Target], transports: tuple[str, ...] = TRANSPORTS) -> list[Dest]:
     """``(transport, host, port)`` for the RFC 3263 targets over ``transports``."""
     return [(t.transport, t.host, t.port) for t in targets if t.transport in transports]
 
@@ -121,7 +123,7 @@ class ProxySettings:
     address: str
     port: int
     aliases: tuple[str, ...] = ()
-    supported: frozenset = frozenset()
+    supported: frozenset[str] = frozenset()
     secret: bytes = b""
     cluster: ClusterAddresses | None = None
     emergency: EmergencyNumbers = field(default_factory=EmergencyNumbers)
@@ -131,7 +133,7 @@ class ProxySettings:
     node_id: str = ""
     peer_hops: tuple[tuple[str, str], ...] = ()
     rr_host: str = ""
-    names: frozenset = field(init=False)
+    names: frozenset[str] = field(init=False)
     """Lower-case domain names that are ours (``domain`` and ``aliases``)."""
     sent_by: str = field(init=False)
     """``address:port`` as written in our Via."""
@@ -233,13 +235,13 @@ class ProxySettings:
         return uri.user is None and self.addresses.points_here(uri)
 
     # -- flows other nodes hold (sipcore.flow_relay) --------------------------------------
-    def set_peer_hops(self, hops) -> None:
+    def set_peer_hops(self, hops: Iterable[tuple[str, str]]) -> None:
         """New ``peer_hops`` (the master pushed a new peer list): a node that joined
         later is reached through, and a removed one no longer."""
         self.peer_hops = tuple(hops)
         self._peer_hops = dict(self.peer_hops)
 
-    def relay_route(self, binding, dest: tuple) -> str | None:
+    def relay_route(self, binding: Binding, dest: Dest) -> str | None:
         """The Route to the node holding ``binding``'s TCP or TLS flow ``dest``, or
         None when this node made the binding (or its origin is no known peer)."""
         origin = binding.origin
@@ -253,7 +255,7 @@ class ProxySettings:
         return relay_route(self._flow_key, hop, dest[0], binding.received, binding.expires_at,
                            binding.contact)
 
-    def relayed_flow(self, req: Request, wall: float) -> tuple | None:
+    def relayed_flow(self, req: Request, wall: float) -> Dest | None:
         """The flow a peer asks this node to send ``req`` over: the destination its
         first Route (naming a node of the cluster) carries with a valid MAC, else None."""
         first = first_route(req)
@@ -329,8 +331,9 @@ class Context:
                  "breadth", "branches", "finals", "live", "final_sent", "stopped", "cancelled",
                  "failover", "ring")
 
-    def __init__(self, server, request: Request, prefix: str, record_route: str | None,
-                 groups: list, breadth: int = DEFAULT_BREADTH):
+    def __init__(self, server: ServerTransaction, request: Request, prefix: str,
+                 record_route: str | None, groups: "list[list[BranchTarget]]",
+                 breadth: int = DEFAULT_BREADTH):
         self.server = server
         self.request = request
         self.ruri = request.ruri
@@ -345,7 +348,7 @@ class Context:
         self.final_sent = False
         self.stopped = False
         self.cancelled = False
-        self.failover: frozenset | None = None
+        self.failover: frozenset[int] | None = None
         """Final statuses after which the next group is tried (None: any; a gateway
         route sets ``sipcore.dialing.TRY_ELSEWHERE``)."""
         self.ring: list[float | None] | None = None
@@ -360,8 +363,8 @@ class Branch:
     def __init__(self, ctx: Context):
         self.ctx = ctx
         self.request: Request | None = None
-        self.dests: list = []
-        self.tx = None
+        self.dests: list[Dest] = []
+        self.tx: ClientTransaction | None = None
         self.done = False
         self.tries = 0
 
@@ -501,12 +504,12 @@ class BranchTarget:
     """The Request-URI of the branch."""
     routes: tuple[str, ...] = ()
     """Route values to put first (a binding's Path, RFC 3327)."""
-    dest: tuple | None = None
+    dest: Dest | None = None
     """A known destination ``(transport, host, port)`` (the flow a phone registered
     from), or None to locate the next hop by RFC 3263."""
 
 
-def parse_received(received: str | None) -> tuple | None:
+def parse_received(received: str | None) -> Dest | None:
     """``"udp:1.2.3.4:5060"`` (a binding's ``received``) as a destination tuple."""
     if not received:
         return None
@@ -517,7 +520,12 @@ def parse_received(received: str | None) -> tuple | None:
     return (transport, host.strip("[]"), int(port))
 
 
-def binding_target(binding, nat_handling: str = "auto", relay=None) -> BranchTarget:
+Relay = Callable[[Binding, Dest], str | None]
+"""What gives the Route to the node holding a binding's flow (``ProxySettings.relay_route``)."""
+
+
+def binding_target(binding: Binding, nat_handling: str = "auto",
+                   relay: Relay | None = None) -> BranchTarget:
     """The branch target for a location binding (RFC 3261 §16.5).
 
     With a Path the request follows it; else it goes to the Contact by RFC
@@ -549,8 +557,9 @@ def binding_target(binding, nat_handling: str = "auto", relay=None) -> BranchTar
     return BranchTarget(contact, (), dest)
 
 
-def target_groups(bindings: list, max_branches: int = 16, breadth: int = DEFAULT_BREADTH,
-                  nat_handling: str = "auto", relay=None) -> list[list[BranchTarget]]:
+def target_groups(bindings: list[Binding], max_branches: int = 16,
+                  breadth: int = DEFAULT_BREADTH, nat_handling: str = "auto",
+                  relay: Relay | None = None) -> list[list[BranchTarget]]:
     """§16.6: bindings (highest q first) as groups tried one after the other.
 
     Bindings of equal q are forked in parallel; a lower q is tried only
@@ -595,7 +604,7 @@ def branch_request(req: Request, target: BranchTarget, record_route: str | None,
     ``realm`` (the credentials were for us). Its first header is an empty
     Via to be filled by ``set_via``.
     """
-    headers: list = [["via", "Via", ""]]
+    headers: list[list[str]] = [["via", "Via", ""]]
     if record_route is not None:
         headers.append(["record-route", "Record-Route", record_route])
     for r in target.routes:
@@ -678,7 +687,7 @@ def trying_response(req: Request) -> Response:
     return make_response(req, 100)
 
 
-def strip_our_via(resp: Response, settings: ProxySettings) -> tuple | None:
+def strip_our_via(resp: Response, settings: ProxySettings) -> Dest | None:
     """For a response relayed without a transaction (§16.11, §18.2.2): when its top
     Via is ours and another follows, remove ours and return where the response goes;
     else None (it is dropped)."""

@@ -36,12 +36,10 @@ from .registrar import RegistrarRules, http_date
 from .transaction import Key
 from .uri import parse_number
 from .usual_register import UsualRegister, scan
-from .via import source_address, stamp_via
+from .via import Dest, source_address, stamp_via
 
 log = logging.getLogger(__name__)
 
-#: where an answer goes: (transport, host, port)
-Dest = tuple[str, str, int]
 
 
 class NotUsual(Exception):

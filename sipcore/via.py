@@ -5,6 +5,9 @@ from ipaddress import ip_address
 from .errors import SipParseError
 from .message import Message, Request
 
+Dest = tuple[str, str, int]
+"""Where a message goes: ``(transport, host, port)``, transport "udp", "tcp" or "tls"."""
+
 DEFAULT_PORTS = {"UDP": 5060, "TCP": 5060, "TLS": 5061, "SCTP": 5060}
 
 
@@ -51,7 +54,7 @@ def source_address(req: Request) -> str:
     return host[1:-1] if host.startswith("[") else host
 
 
-def response_destination(msg: Message) -> tuple[str, str, int] | None:
+def response_destination(msg: Message) -> Dest | None:
     """Where a proxy sends a response it forwards: the (new) top Via (§18.2.2).
 
     None (the response is dropped) when that Via is malformed, its ``rport``

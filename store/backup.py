@@ -276,4 +276,4 @@ def _load_table(tar: _Reader, db: peewee.Database, model: type[peewee.Model],
         # Rows came with their ids: the sequence must go on after the largest.
         db.execute_sql("SELECT setval(pg_get_serial_sequence(%s, %s), "
                        "(SELECT MAX(" + pk.column_name + ") FROM " + name + "))",
-                       (name, pk.column_name))  # type: ignore[no-untyped-call]
+                       (name, pk.column_name))

@@ -52,9 +52,13 @@ sizes times the few NULL patterns a deployment's phones produce.
 import json
 import logging
 import time
+from collections.abc import Iterable, Sequence
 from operator import attrgetter
+from typing import Any
 
 import peewee
+
+from sipcore.location import Binding as Record
 
 from store.db import StoreError, begin_statement, is_sqlite, max_variables
 from store.models import BINDING_FIELDS, Binding, get_database
@@ -127,9 +131,9 @@ class _Writer:
         if self._sqlite:
             # Chunks of power-of-two sizes only (see the module doc).
             self._most = 1 << (self._most.bit_length() - 1)
-        self._texts: dict[tuple, str] = {}
+        self._texts: dict[tuple[int, tuple[int, ...]], str] = {}
 
-    def statements(self, records: list) -> list[tuple[str, list]]:
+    def statements(self, records: Sequence[Record]) -> list[tuple[str, list[Any]]]:
         """Return (sql, parameters) of the upserts of binding objects ``records``."""
         params = _params_of(records)
         if self._sqlite:
@@ -166,7 +170,7 @@ class _Writer:
             rest -= rows
         return sizes
 
-    def _text(self, rows: int, nulls: tuple) -> str:
+    def _text(self, rows: int, nulls: tuple[int, ...]) -> str:
         """The upsert of ``rows`` rows, with a NULL literal for the columns
         at ``nulls``."""
         key = (rows, nulls)
@@ -217,7 +221,7 @@ def _reset_if_broken(db: peewee.Database) -> None:
                     exc_info=True)
 
 
-def write_bindings(bindings: list) -> None:
+def write_bindings(bindings: Sequence[Record]) -> None:
     """Write many bindings in ONE transaction; durable when this returns.
 
     ``bindings`` are objects with an attribute per record key
@@ -241,9 +245,9 @@ def write_bindings(bindings: list) -> None:
     _commit(db, records)
 
 
-def _params_of(bindings) -> list:
+def _params_of(bindings: Iterable[Record]) -> list[Any]:
     """Flatten ``bindings`` into one list of statement parameters."""
-    params: list = []
+    params: list[Any] = []
     extend = params.extend
     append = params.append
     for b in bindings:
@@ -257,7 +261,7 @@ def _params_of(bindings) -> list:
     return params
 
 
-def _commit(db: peewee.Database, records: list) -> None:
+def _commit(db: peewee.Database, records: Sequence[Record]) -> None:
     """Upsert ``records`` in one transaction, in statements of as many rows as the
     backend takes."""
     started = time.perf_counter()
@@ -280,14 +284,16 @@ def _commit(db: peewee.Database, records: list) -> None:
         log.debug("wrote %d bindings in %.1f ms", len(records), elapsed * 1000)
 
 
-def _write_failed(db: peewee.Database, records: list, exc: Exception) -> StoreError:
+def _write_failed(db: peewee.Database, records: Sequence[Record],
+                  exc: Exception) -> StoreError:
     """Reset a broken connection; return the error that reports ``exc``."""
     _reset_if_broken(db)
     return StoreError("write of %d bindings failed, nothing written: %s"
                       % (len(records), exc))
 
 
-def _transact(db: peewee.Database, cursor, begin: str, statements: list) -> None:
+def _transact(db: peewee.Database, cursor: Any, begin: str,
+              statements: list[tuple[str, list[Any]]]) -> None:
     """Run ``statements`` between ``begin`` and COMMIT on ``cursor``, a
     cursor of ``db``'s connection; roll back on any error."""
     cursor.execute(begin)
@@ -306,7 +312,7 @@ def _transact(db: peewee.Database, cursor, begin: str, statements: list) -> None
     db.pop_transaction()
 
 
-def _roll_back(db: peewee.Database, cursor) -> None:
+def _roll_back(db: peewee.Database, cursor: Any) -> None:
     """Roll back the transaction open on ``cursor``'s connection.
 
     If ROLLBACK fails (SQLite may have rolled back by itself after an I/O
@@ -325,7 +331,7 @@ def _roll_back(db: peewee.Database, cursor) -> None:
                         "rollback failed", exc_info=True)
 
 
-def load_bindings(include_deleted: bool = True) -> list[dict]:
+def load_bindings(include_deleted: bool = True) -> list[dict[str, Any]]:
     """Return every stored binding as a record dict (see the module doc).
 
     With ``include_deleted`` (the default, for filling the location table
@@ -342,7 +348,7 @@ def load_bindings(include_deleted: bool = True) -> list[dict]:
     except peewee.PeeweeException as exc:
         _reset_if_broken(db)
         raise StoreError("cannot load bindings: %s" % exc) from exc
-    records: list = []
+    records: list[dict[str, Any]] = []
     append = records.append
     for row in rows:
         record = dict(zip(BINDING_FIELDS, row, strict=True))
@@ -360,7 +366,7 @@ def purge_expired(now: float) -> int:
     db = get_database()
     try:
         with db.atomic():
-            count = (Binding.delete()
+            count: int = (Binding.delete()
                      .where(Binding.expires_at < now)
                      .execute())
     except peewee.PeeweeException as exc:

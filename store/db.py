@@ -101,7 +101,7 @@ def open_database(url: str) -> peewee.Database:
         raise StoreError("cannot open database %s: %s"
                          % (redact_url(url), exc)) from exc
     if isinstance(db, peewee.SqliteDatabase) and db.database != ":memory:":
-        mode = db.execute_sql("PRAGMA journal_mode").fetchone()[0]  # type: ignore[no-untyped-call]
+        mode = db.execute_sql("PRAGMA journal_mode").fetchone()[0]
         if str(mode).lower() != "wal":
             log.warning("sqlite database %s is in journal mode %s, not wal",
                         db.database, mode)
@@ -185,7 +185,7 @@ def max_variables(db: peewee.Database) -> int:
     """
     if not is_sqlite(db):
         return 65535
-    getlimit = getattr(db.connection(), "getlimit", None)  # type: ignore[no-untyped-call]
+    getlimit = getattr(db.connection(), "getlimit", None)
     if getlimit is None:
         return 999
     return int(getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER))
