@@ -20,7 +20,7 @@ _WORDS = {BYE: "ended (BYE)", CANCEL: "cancelled by the caller", FAILURE: "faile
 class CallLog:
     """Writes the log lines of the call events of one node's proxy; counts them by kind."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.counts: dict[str, int] = {}
 
     def record(self, events: list[CallEvent], wall: float) -> None:

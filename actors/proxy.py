@@ -26,21 +26,30 @@ tick in the inbox when the core's next timer is due, checking every
 
 import logging
 import time
-from typing import Any, NamedTuple
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import gevent
 from gevent.queue import Empty, Queue
 
 from sipcore.digest import Authenticator
 from sipcore.forking import ProxyCore
+from sipcore.location import Location
 from sipcore.message import Request, Response
-from sipcore.proxy import ProxySettings
+from sipcore.proxy import Lookup, ProxySettings
+from sipcore.rfc3263 import Target
 from sipcore.via import Dest
 
 from .call_log import CallLog
-from .config import cluster_addresses
+from .config import NodeConfig, cluster_addresses
 from .dns import Resolver
 from .limits import emergency_numbers
+from .transport import Transport
+
+if TYPE_CHECKING:
+    from .call_outbox import CallOutbox
+    from .dialogs import Dialogs
+    from .emergency_notify import EmergencyNotifier
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +63,8 @@ class Received(NamedTuple):
 class Resolved(NamedTuple):
     """An inbox message: the targets an RFC 3263 lookup found (empty: none)."""
 
-    token: Any
-    targets: list[Any]
+    token: int
+    targets: list[Target]
 
 
 class SendFailed(NamedTuple):
@@ -83,8 +92,10 @@ class ProxyActor:
     turn of the loop; ``tick`` how late a timer may fire.
     """
 
-    def __init__(self, core: ProxyCore, transport, resolver, batch_max: int = 512,
-                 tick: float = 0.01, monotonic=time.monotonic, clock=time.time):
+    def __init__(self, core: ProxyCore, transport: Transport, resolver: Resolver,
+                 batch_max: int = 512, tick: float = 0.01,
+                 monotonic: Callable[[], float] = time.monotonic,
+                 clock: Callable[[], float] = time.time):
         self.core = core
         self.transport = transport
         self.resolver = resolver
@@ -94,21 +105,22 @@ class ProxyActor:
         self.clock = clock
         self.inbox: Queue[InboxMessage] = Queue()
         self.greenlet = None
-        self._connecting: dict[tuple, list[bytes]] = {}
-        self._failed: list[tuple] = []
+        self._connecting: dict[Dest, list[bytes]] = {}
+        self._failed: list[Dest] = []
         self._deadline: float | None = None
         self._ticked = False
         self.call_log = CallLog()
-        self.outbox = None
+        self.outbox: CallOutbox | None = None
         """A ``CallOutbox`` that keeps call events for the master, if the node gave one."""
-        self.notifier = None
+        self.notifier: EmergencyNotifier | None = None
         """An ``EmergencyNotifier`` that tells of emergency calls, if the node gave one."""
-        self.dialogs = None
+        self.dialogs: Dialogs | None = None
         """The node's ``actors.dialogs.Dialogs``, which keeps the calls' dialog records."""
 
     @classmethod
-    def from_config(cls, cfg, secret: bytes, user_lookup, location, transport,
-                    auth: Authenticator | None = None) -> "ProxyActor":
+    def from_config(cls, cfg: NodeConfig, secret: bytes,
+                    user_lookup: Callable[[str], dict[str, str] | None], location: Location,
+                    transport: Transport, auth: Authenticator | None = None) -> "ProxyActor":
         """Build the actor of a node: ``auth`` (the node's Authenticator, whose
         nonces, counts and guard the registrar shares) or one of its own (same
         secret and users), the location table (read only), a resolver on
@@ -130,7 +142,7 @@ class ProxyActor:
         resolver = Resolver(cfg.dns_servers or None, cfg.dns_port)
         return cls(core, transport, resolver)
 
-    def is_for_node(self, req) -> bool:
+    def is_for_node(self, req: Request) -> bool:
         """Whether ``req`` is addressed to the node itself rather than through it: no
         user part, no Route, our domain or address (any port). Read-only, callable
         from any greenlet."""
@@ -185,7 +197,7 @@ class ProxyActor:
                 self._ticked = True
                 self.inbox.put(_TICK)
 
-    def _guard(self, fn, *args) -> None:
+    def _guard(self, fn: Callable[..., object], *args: Any) -> None:
         try:
             fn(*args)
         except Exception:
@@ -236,7 +248,7 @@ class ProxyActor:
             for dest in dict.fromkeys(failed):
                 self._guard(core.transport_error, dest, now)
 
-    def _send_later(self, dest: tuple, data: bytes) -> None:
+    def _send_later(self, dest: Dest, data: bytes) -> None:
         pending = self._connecting.get(dest)
         if pending is not None:
             pending.append(data)
@@ -244,7 +256,7 @@ class ProxyActor:
         self._connecting[dest] = [data]
         gevent.spawn(self._connect_and_send, dest)
 
-    def _connect_and_send(self, dest: tuple) -> None:
+    def _connect_and_send(self, dest: Dest) -> None:
         """Open a TCP connection and send what queued for it (outside the actor's loop)."""
         pending = self._connecting[dest]
         ok = True
@@ -256,7 +268,7 @@ class ProxyActor:
         if not ok:
             self.inbox.put(SendFailed(dest))
 
-    def _resolve(self, lookup) -> None:
+    def _resolve(self, lookup: Lookup) -> None:
         """One RFC 3263 resolution in its own greenlet; the answer goes to the inbox."""
         try:
             targets = self.resolver.resolve(lookup.host, lookup.port, lookup.transport,

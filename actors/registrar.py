@@ -15,6 +15,7 @@ for a batch.
 
 import logging
 import time
+from collections.abc import Callable
 from typing import NamedTuple
 
 import gevent
@@ -32,6 +33,7 @@ from sipcore.via import Dest
 from store import bindings as binding_store
 
 from .process import STRICT, new_tag
+from .transport import Transport
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +65,13 @@ class RegistrarActor:
     """Handles REGISTER for the node's domain."""
 
     def __init__(self, node_id: str, rules: RegistrarRules, authenticator: Authenticator,
-                 location: Location, transport, sequencer: Sequencer, batch_max: int = 256,
-                 on_commit=None, timers: dict | None = None, clock=time.time,
-                 monotonic=time.monotonic, ban_drop: bool = False, log_rate: float = 20.0):
+                 location: Location, transport: Transport, sequencer: Sequencer,
+                 batch_max: int = 256,
+                 on_commit: Callable[[list[Binding]], None] | None = None,
+                 timers: dict[str, float] | None = None,
+                 clock: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic, ban_drop: bool = False,
+                 log_rate: float = 20.0):
         self.location = location
         self.sequencer = sequencer
         self.answered = AnsweredRequests((timers or {}).get("t1", 0.5))

@@ -31,16 +31,20 @@ import itertools
 import logging
 import time
 from collections import deque
-from typing import Any, NamedTuple
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import gevent
+import zmq.green as zmq
 from gevent.event import Event
 from gevent.pool import Group
 from gevent.queue import Empty, Queue
 
 from sipcore.location import Binding, Location, is_newer
 from sipcore.protocol import PROTOCOL_VERSION
-from sipcore.replication import (ALIVE, SUSPECTED, ApplyBindings, Heartbeat, NewerMessage,
+from sipcore.authguard import Ban
+from sipcore.replication import (ALIVE, SUSPECTED, Action, ApplyBindings, Heartbeat,
+                                 NewerMessage,
                                  Notice, Replication, RequestSnapshot,
                                  SetDigest, SnapshotAssembler, SnapshotError, Update, Versions,
                                  WireError,
@@ -54,6 +58,9 @@ from .bus import BUS_DOMAIN, CONTROL_DOMAIN, Bus, BusError, recv, recv_from, sen
 from .config import NodeConfig, Peer
 from .config_sync import MASTER
 from .control import ControlServer
+
+if TYPE_CHECKING:
+    from .node import Node
 
 log = logging.getLogger(__name__)
 
@@ -160,9 +167,12 @@ class Replicator:
     claims the versions it holds of other origins only once it is.
     """
 
-    def __init__(self, cfg: NodeConfig, epoch: int, location: Location, apply,
-                 bus: Bus | None = None, clock=time.time, monotonic=time.monotonic,
-                 settled=None, on_bans=None):
+    def __init__(self, cfg: NodeConfig, epoch: int, location: Location,
+                 apply: Callable[[list[Binding]], None], bus: Bus | None = None,
+                 clock: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic,
+                 settled: Callable[[], bool] | None = None,
+                 on_bans: Callable[[str, list[tuple[str, str, float]]], None] | None = None):
         self.cfg = cfg
         self.id = cfg.id
         self.epoch = epoch
@@ -187,11 +197,12 @@ class Replicator:
             self.core.synced = True
         self.published_seq = 0
         #: bans to publish (``share_bans``); ``on_bans(origin, bans)`` applies a peer's
-        self._bans: list = []
+        self._bans: list[Ban] = []
         self.on_bans = on_bans
         #: ``on_snapshot_request(peer)``, when set, hears of each snapshot a peer asks for
-        self.on_snapshot_request = None
-        self.receivers: dict[bytes, tuple] = {}
+        self.on_snapshot_request: Callable[[str], None] | None = None
+        self.receivers: dict[bytes, tuple[Callable[[bytes], tuple[str, Any]],
+                                          Callable[[str, Any], None]]] = {}
         """Other actors' bus kinds (``add_kind``): kind -> (decode, handle)."""
         self._frames: deque[tuple[bytes, bytes]] = deque(maxlen=10000)
         """Other actors' messages waiting for the publisher (``publish_frame``)."""
@@ -206,7 +217,7 @@ class Replicator:
         self._in_flight: deque[tuple[ApplyBindings, float]] = deque()
         self._subscribers: dict[str, tuple[gevent.Greenlet, object, float]] = {}
         """Each peer's subscriber greenlet, SUB socket and when it was made."""
-        self._on_failure = None
+        self._on_failure: Callable[[gevent.Greenlet], None] | None = None
         self._pub_endpoint = ""
         self._drop_subscribers = False
         """Set when a peer was removed: the publisher drops every connection to its PUB
@@ -233,7 +244,7 @@ class Replicator:
         """Seconds for a ``Retry-After`` header while syncing."""
         return self.core.retry_after_hint(self.monotonic())
 
-    def start(self, on_failure=None) -> None:
+    def start(self, on_failure: Callable[[gevent.Greenlet], None] | None = None) -> None:
         """Start the ZAP handler and every greenlet; ``on_failure(greenlet)`` if one dies."""
         if not self.clustered:
             log.info("replication off: no peers and no [cluster] pub endpoint")
@@ -316,7 +327,7 @@ class Replicator:
         log.warning("peers now %s (added %s, removed %s)", ", ".join(self.peers) or "none",
                     ", ".join(p.id for p in added) or "none", ", ".join(removed) or "none")
 
-    def _rebind(self, sock) -> None:
+    def _rebind(self, sock: "zmq.Socket[bytes]") -> None:
         """Drop every connection to the PUB socket by unbinding and binding it again:
         the peers reconnect within ``reconnect_ivl`` through the ZAP handler, a removed
         key is refused, and what was in flight shows as a gap (then a snapshot)."""
@@ -354,14 +365,15 @@ class Replicator:
         if changes and self.clustered:
             self.outbox.put((self.clock(), changes))
 
-    def share_bans(self, bans: list) -> None:
+    def share_bans(self, bans: list[Ban]) -> None:
         """Queue bans made or lifted here (``sipcore.authguard.Ban``) for the
         peers; published with the next update or heartbeat."""
         if bans and self.clustered:
             self._bans.extend(bans)
             del self._bans[:-MAX_BANS * 10]
 
-    def add_kind(self, kind: bytes, decode, handle) -> None:
+    def add_kind(self, kind: bytes, decode: Callable[[bytes], tuple[str, Any]],
+                 handle: Callable[[str, Any], None]) -> None:
         """Receive bus messages of ``kind`` for another actor: ``decode(body)`` returns
         ``(sender, payload)`` or raises ``WireError`` (``NewerMessage`` for a newer
         version); ``handle(peer, payload)`` runs in the main loop."""
@@ -374,7 +386,7 @@ class Replicator:
             self._frames.append((kind, body))
             self.outbox.put((0.0, []))    # wakes the publisher
 
-    def _publisher(self, sock) -> None:
+    def _publisher(self, sock: "zmq.Socket[bytes]") -> None:
         heartbeat = self.cfg.heartbeat
         next_beat = self.monotonic()
         outbox = self.outbox
@@ -406,7 +418,7 @@ class Replicator:
                 send(sock, [busmod.HEARTBEAT, body])
                 next_beat = self.monotonic() + heartbeat
 
-    def _subscriber(self, peer: str, sock) -> None:
+    def _subscriber(self, peer: str, sock: "zmq.Socket[bytes]") -> None:
         put = self.inbox.put
         while True:
             frames = recv(sock)
@@ -414,7 +426,7 @@ class Replicator:
                 if len(frames) != 2:
                     raise WireError(f"{len(frames)} frames")
                 kind, body = frames
-                msg: Update | Heartbeat | tuple[str, list] | object
+                msg: Update | Heartbeat | tuple[str, list[tuple[str, str, float]]] | object
                 if kind == busmod.UPDATE:
                     msg = decode_update(body)
                     sender = msg.origin
@@ -491,7 +503,7 @@ class Replicator:
         elif kind in self.receivers:
             self.receivers[kind][1](peer, msg)
 
-    def _act(self, actions: list) -> None:
+    def _act(self, actions: list[Action]) -> None:
         for a in actions:
             if isinstance(a, ApplyBindings):
                 self.stats["applied_bindings"] += len(a.bindings)
@@ -577,7 +589,7 @@ class Replicator:
                  end.count, end.batches, (self.monotonic() - started) * 1000)
         self.inbox.put(SnapshotDone(peer, request, end.epoch, end.seq, end.versions))
 
-    def _snapshot_server(self, sock) -> None:
+    def _snapshot_server(self, sock: "zmq.Socket[bytes]") -> None:
         while True:
             frames, user = recv_from(sock)
             try:
@@ -600,7 +612,8 @@ class Replicator:
             except BusError as e:
                 log.warning("snapshot for %s aborted: %s", node, e)
 
-    def _serve_snapshot(self, sock, ident: bytes, node: str, request: int) -> None:
+    def _serve_snapshot(self, sock: "zmq.Socket[bytes]", ident: bytes, node: str,
+                        request: int) -> None:
         started = self.monotonic()
         versions = self.core.versions()
         with gevent.Timeout(SETTLE_LIMIT, False):
@@ -629,7 +642,7 @@ class Replicator:
         log.info("served a snapshot of %d bindings to %s at epoch %d seq %d in %.0f ms",
                  len(bindings), node, epoch, seq, (self.monotonic() - started) * 1000)
 
-    def status(self, request: dict | None = None) -> dict:
+    def status(self, request: dict[str, Any] | None = None) -> dict[str, Any]:
         """Node id, its protocol version (``pv``), sync state, peers with their liveness
         and announced protocol version, and counts (for ``control``).
 
@@ -663,7 +676,7 @@ class Replicator:
                 kept.append(lag)
         return {origin: round(sorted(v)[len(v) // 2] * 1000, 3) for origin, v in recent.items()}
 
-    def lag_list(self, request: dict | None = None) -> dict:
+    def lag_list(self, request: dict[str, Any] | None = None) -> dict[str, Any]:
         """The latest live updates received with their lag in ms (``origin`` filters).
 
         Each entry is ``[origin, epoch, first seq, last seq, lag ms]``; the lag
@@ -674,7 +687,7 @@ class Replicator:
                 "updates": [[o, e, f, la, round(lag * 1000, 3)]
                             for o, e, f, la, lag in self.landings if origin in (None, o)]}
 
-    def digest(self, _request: dict | None = None) -> dict:
+    def digest(self, _request: dict[str, Any] | None = None) -> dict[str, Any]:
         """Digest of every unexpired binding and tombstone (``SetDigest.summary``)."""
         wall = self.clock()
         bindings = self.location.all()
@@ -685,7 +698,7 @@ class Replicator:
         return {"id": self.id, "state": self.state, **d.summary()}
 
 
-def attach_replicator(node) -> Replicator:
+def attach_replicator(node: "Node") -> Replicator:
     """Wire a replicator, and the control endpoint when configured, into a ``Node``.
 
     Gives it the registrar's ``merge`` (and its inbox, to know when merges
@@ -700,10 +713,9 @@ def attach_replicator(node) -> Replicator:
     """
     cfg = node.cfg
     registrar = node.registrar
-    inbox = getattr(registrar, "inbox", None)
+    assert registrar is not None, "built before the replicator"
     rep = Replicator(cfg, registrar.sequencer.epoch, node.location, registrar.merge,
-                     settled=inbox.empty if inbox is not None else None,
-                     on_bans=node.peer_bans)
+                     settled=registrar.inbox.empty, on_bans=node.peer_bans)
     rep.start(on_failure=node.actor_died)
     if cfg.control:
         if rep.bus is None:

@@ -63,19 +63,20 @@ import heapq
 import logging
 import os
 from collections import deque
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, cast
 from urllib.parse import unquote
 
 from .call_events import (ANSWER, ATTEMPT, BYE, CANCEL, EMERGENCY, FAILURE, FINISHING,
                           RINGING, CallEvent, call_event)
-from .dialing import TRY_ELSEWHERE
-from .dialogs import answered_dialog
-from .digest import BANNED
+from .dialing import TRY_ELSEWHERE, Dialing
+from .dialogs import Dialog, answered_dialog
+from .digest import BANNED, Authenticator
 from .errors import SipError
 from .identity import screen as screen_identity
 from .identity import withhold as withhold_identity
-from .message import Request, Response, error_response, make_response
+from .location import Location
+from .message import Message, Request, Response, error_response, make_response
 from .proxy import (ALLOW, DIALOG_METHODS, STATELESS_PREFIX,
                     UNCHALLENGED, Branch,
                     BranchTarget, Context, Lookup, ProxySettings, best_response, branch_prefix,
@@ -87,10 +88,12 @@ from .proxy import (ALLOW, DIALOG_METHODS, STATELESS_PREFIX,
 from .rfc3263 import Locator, Target
 from .ring_groups import RingGroup, fallback_kind, ring_plan
 from .transfer import TOKEN_HEADER, Transfers
-from .transaction import (AckReceived, RequestReceived, ResponseReceived, StrayResponse,
-                          TransactionLayer, TransactionTimeout, TransportError)
-from .uri import parse_uri
-from .via import source_address
+from .transaction import (AckReceived, ClientTransaction, RequestReceived, ResponseReceived,
+                          ServerTransaction, StrayResponse, Transaction, TransactionLayer,
+                          TransactionTimeout, TransportError)
+from .trusted import TrustedPeer
+from .uri import SipUri, parse_uri
+from .via import Dest, source_address
 
 log = logging.getLogger(__name__)
 
@@ -112,31 +115,32 @@ class ProxyCore:
     (§17.2.1 asks for it within 200 ms; 0 sends it at once).
     """
 
-    def __init__(self, settings: ProxySettings, location, authenticator=None,
+    def __init__(self, settings: ProxySettings, location: Location,
+                 authenticator: Authenticator | None = None,
                  *, t1: float = 0.5, t2: float = 4.0, t4: float = 5.0,
-                 timer_c: float = 180.0, trying_delay: float = 0.2):
+                 timer_c: float = 180.0, trying_delay: float = 0.2) -> None:
         self.settings = settings
         self.location = location
         self.auth = authenticator
         self.timer_c = timer_c
         self.trying_delay = trying_delay
-        self._trying: deque = deque()
+        self._trying: deque[tuple[float, Context]] = deque()
         self.layer = TransactionLayer(t1, t2, t4, auto_trying=False)
         self._seq = 0
         self._tag = os.urandom(4).hex()
         self._unique = os.urandom(3).hex()
-        self._lookups: dict[int, object] = {}
+        self._lookups: dict[int, Branch | tuple[Request, str] | None] = {}
         self._lookups_out: list[Lookup] = []
         self._ringing: dict[Branch, float] = {}
         self._gave_up: set[Branch] = set()
         """Gateway branches cancelled by Timer C: their end moves on to the next gateway."""
-        self._literal: dict[tuple, list] = {}
+        self._literal: dict[tuple[str, int | None, str | None, str], list[Dest]] = {}
         self._ring_timers: list[tuple[float, int, Context, int]] = []
         """Ring groups' timeouts: (deadline, seq, context, groups left when it started)."""
         self._rung_out: set[Branch] = set()
         """Branches cancelled at their ring timeout: their 487 is not the call's answer."""
         self._call_events: list[CallEvent] = []
-        self.dialing = None
+        self.dialing: Dialing | None = None
         """A ``sipcore.dialing.Dialing`` when the node has a dial plan: numbers that are
         not users go to gateways, emergency numbers to the emergency gateways."""
         self.tls_peer: Callable[[str, int], tuple[str, str] | None] | None = None
@@ -158,9 +162,10 @@ class ProxyCore:
         out, self._call_events = self._call_events, []
         return out
 
-    def _call_event(self, kind: str, msg, source: tuple, status: int | None = None,
-                    dialog=None) -> None:
-        ev = call_event(kind, msg, source, status, dialog)
+    def _call_event(self, kind: str, msg: Message, source: object, status: int | None = None,
+                    dialog: Dialog | None = None) -> None:
+        # source: a Dest, mostly a transaction's destination (which the layer types object)
+        ev = call_event(kind, msg, cast(Dest, source), status, dialog)
         if ev is not None:
             self._call_events.append(ev)
             if kind in FINISHING and self.dialing is not None:
@@ -189,7 +194,7 @@ class ProxyCore:
         return t
 
     # -- inputs --------------------------------------------------------------
-    def receive(self, msg: Request | Response, source: tuple, now: float,
+    def receive(self, msg: Request | Response, source: Dest, now: float,
                 wall: float | None = None) -> None:
         """Feed one validated message from ``source`` (``(transport, host, port)``)."""
         if type(msg) is Response:
@@ -198,15 +203,20 @@ class ProxyCore:
                 if dest is not None:
                     self.layer.send(msg, dest)
                 return
+        # msg is a Request below, but mypy narrows `type(msg) is Response` only where it
+        # holds (Response is not final); a cast per use would cost calls on every request.
         elif msg.to.tag is not None:
             route = msg.get("route")
-            if (msg.method not in _STATEFUL and msg.method != "REFER" and route is not None
-                    and self.settings.is_record_route(route, msg)
-                    and self._forward_stateless(msg, source)):
+            if (msg.method not in _STATEFUL and msg.method != "REFER"  # type: ignore[union-attr]
+                    and route is not None
+                    and self.settings.is_record_route(route, msg)  # type: ignore[arg-type]
+                    and self._forward_stateless(msg, source)):  # type: ignore[arg-type]
                 return
-        elif (self.auth is not None and msg.method not in UNCHALLENGED
+        elif (self.auth is not None
+              and msg.method not in UNCHALLENGED  # type: ignore[union-attr]
               and msg.get("proxy-authorization") is None
-              and self._challenge(msg, source, now if wall is None else wall)):
+              and self._challenge(msg, source,  # type: ignore[arg-type]
+                                  now if wall is None else wall)):
             return
         try:
             self.layer.receive(msg, source, now, source[0] != "udp")
@@ -232,7 +242,7 @@ class ProxyCore:
             self._send_stateless_to(item[0], item[1], dests[0])
         self._drain(now, now)
 
-    def transport_error(self, dest: tuple, now: float) -> None:
+    def transport_error(self, dest: Dest, now: float) -> None:
         """Sending to ``dest`` failed: its transactions fail over or end."""
         self.layer.transport_error(dest, now)
         self._drain(now, now)
@@ -266,7 +276,9 @@ class ProxyCore:
 
     # -- events ----------------------------------------------------------------
     def _drain(self, now: float, wall: float) -> None:
-        layer = self.layer
+        # Any: the events are told apart by their exact type (kind), which mypy does not
+        # narrow ev by; a cast per event would cost a call in this loop.
+        layer: Any = self.layer
         while (ev := layer.next_event()) is not None:
             kind = type(ev)
             if kind is ResponseReceived:
@@ -287,7 +299,8 @@ class ProxyCore:
             elif kind is TransportError:
                 self._on_failure(ev.transaction, 503, now)
 
-    def _on_request(self, stx, req: Request, now: float, wall: float) -> None:
+    def _on_request(self, stx: ServerTransaction, req: Request, now: float,
+                    wall: float) -> None:
         self.stats["requests"] += 1
         try:
             self._route(stx, req, now, wall)
@@ -296,7 +309,7 @@ class ProxyCore:
             self.layer.respond(stx, make_response(req, err.status, err.reason, err.headers,
                                                   to_tag=self._new_tag()), now)
 
-    def _route(self, stx, req: Request, now: float, wall: float) -> None:
+    def _route(self, stx: ServerTransaction, req: Request, now: float, wall: float) -> None:
         """§16.3 to §16.5 for a new request; raises ``SipError`` to answer it."""
         s = self.settings
         try:
@@ -327,7 +340,7 @@ class ProxyCore:
         emergency = bool(s.emergency) and s.is_emergency(ruri)
         caller = None
         # A trusted carrier is not challenged, and reaches only our users and numbers.
-        peer = None if in_dialog else self._peer(stx.destination)
+        peer = None if in_dialog else self._peer(cast(Dest, stx.destination))
         # A transferee's INVITE with a token is the transferor's call (sipcore.transfer).
         transferor = None if in_dialog else self.transfers.redeem(req, s, wall)
         if (self.auth is not None and not in_dialog and flow is None
@@ -341,7 +354,7 @@ class ProxyCore:
         if transferor is not None:
             caller = transferor
         elif method == "REFER":
-            self._refer(req, caller, in_dialog, stx.destination, wall)
+            self._refer(req, caller, in_dialog, cast(Dest, stx.destination), wall)
         breadth = max_breadth(req) if not emergency else self._emergency_breadth(req)
         dialing = self.dialing
         dialled = failover = ring = gateway = None
@@ -350,7 +363,8 @@ class ProxyCore:
             if flow is not None:
                 groups = [[BranchTarget(req.uri, (), flow)]]
             elif emergency and not in_dialog:
-                dialled = self._emergency_gateways(req, ruri, caller, stx.destination[1])
+                dialled = self._emergency_gateways(req, ruri, caller,
+                                                   cast(Dest, stx.destination)[1])
                 if dialled is None:
                     groups = self._emergency_targets(req, ruri, local, caller, wall, breadth)
                 else:
@@ -401,9 +415,10 @@ class ProxyCore:
                 self._call_event(FAILURE, req, stx.destination, err.status)
             raise
         # Record-Route: the leg the request came on; each branch adds its own (RFC 5658).
-        rr = stx.destination[0] if method in DIALOG_METHODS and req.to.tag is None else None
+        rr = (cast(Dest, stx.destination)[0] if method in DIALOG_METHODS and req.to.tag is None
+              else None)
         if in_dialog:
-            screen_identity(req, self._peer(stx.destination) is not None, None)
+            screen_identity(req, self._peer(cast(Dest, stx.destination)) is not None, None)
         else:
             screen_identity(req, peer is not None, None if caller is None or transferor
                             else self._asserted(caller))
@@ -436,22 +451,23 @@ class ProxyCore:
                     gateway: str | None, emergency: bool, now: float) -> None:
         """Count a new call against its users and gateway (``sipcore.call_limits``):
         ``486`` past a user's limit, except for an emergency call (counted, never refused)."""
-        calls = self.dialing.calls
+        calls = cast(Dialing, self.dialing).calls
         users = tuple(u for u in (caller, callee) if u)
         if not emergency:
-            calls.check(users, self.dialing.plan.limits)
+            calls.check(users, cast(Dialing, self.dialing).plan.limits)
         calls.add(req.call_id, users, gateway, now)
 
     def _ring_group(self, number: str) -> RingGroup | None:
         """The ring group ``number`` of our domain reaches (a user's own name comes first)."""
-        dialing = self.dialing
+        dialing = cast(Dialing, self.dialing)
         group = dialing.plan.ring_groups.get(number)
         return None if group is None or dialing.is_user(number) else group
 
-    def _ring_targets(self, group: RingGroup, wall: float, breadth: int) -> tuple[list, list]:
+    def _ring_targets(self, group: RingGroup, wall: float, breadth: int
+                      ) -> tuple[list[list[BranchTarget]], list[float | None]]:
         """The branch groups and ring timeouts of a call to ring group ``group``: its
         members' phones, then its fallback; ``480`` when none of it can be reached."""
-        dialing = self.dialing
+        dialing = cast(Dialing, self.dialing)
         s = self.settings
         kind, target = fallback_kind(group, dialing.plan.owner)
         if kind == "number" and dialing.is_user(target):
@@ -476,7 +492,7 @@ class ProxyCore:
             raise SipError(480, "Temporarily Unavailable")
         return groups, timeouts
 
-    def _bound_targets(self, aor: str, wall: float, breadth: int) -> list:
+    def _bound_targets(self, aor: str, wall: float, breadth: int) -> list[list[BranchTarget]]:
         """The branch groups of the phones bound to ``aor`` (none: ``[]``); bindings whose
         contact reaches the cluster itself are never forked to (they would loop)."""
         s = self.settings
@@ -488,7 +504,8 @@ class ProxyCore:
             return []
         return target_groups(bindings, s.max_branches, breadth, s.nat_handling, s.relay_route)
 
-    def _local_targets(self, ruri, wall: float, breadth: int, user: str | None = None) -> list:
+    def _local_targets(self, ruri: SipUri, wall: float, breadth: int,
+                       user: str | None = None) -> list[list[BranchTarget]]:
         """The branch groups for a user of our domain (``user``: the one an extension or
         DID of the Request-URI belongs to).
 
@@ -504,8 +521,8 @@ class ProxyCore:
             raise SipError(480, "Temporarily Unavailable")
         return groups
 
-    def _emergency_targets(self, req: Request, ruri, local: bool, caller, wall: float,
-                           breadth: int) -> list:
+    def _emergency_targets(self, req: Request, ruri: SipUri, local: bool, caller: str | None,
+                           wall: float, breadth: int) -> list[list[BranchTarget]]:
         """Where a call to an emergency number goes: the phones registered as that
         number of our domain, whatever domain the Request-URI names; else where
         routing takes an authenticated caller's call. Nobody else's request is
@@ -520,7 +537,8 @@ class ProxyCore:
             raise SipError(480, "No Route For Emergency Number")
         return [[BranchTarget(req.uri)]]
 
-    def _emergency_gateways(self, req: Request, ruri, caller: str | None, source: str):
+    def _emergency_gateways(self, req: Request, ruri: SipUri, caller: str | None, source: str
+                            ) -> tuple[list[list[BranchTarget]], str] | None:
         """``(groups, identity)`` of an emergency call from address ``source`` through
         the emergency gateways, or None without any. The callback number is that of the
         authenticated caller, else of the user the From names when it is of our domain
@@ -551,7 +569,7 @@ class ProxyCore:
             return dialing.asserted(user)
         return f"<sip:{user}@{self.settings.domain}>"
 
-    def _peer(self, source: tuple):
+    def _peer(self, source: Dest) -> TrustedPeer | None:
         """The trusted peer (``sipcore.trusted``) a request from ``source`` (``(transport,
         host, port)``) comes from, by its address or its TLS connection's certificate."""
         dialing = self.dialing
@@ -561,7 +579,7 @@ class ProxyCore:
                        if source[0] == "tls" and self.tls_peer is not None else None)
         return dialing.plan.trusted.peer(source[1], certificate)
 
-    def _refer(self, req: Request, caller: str | None, in_dialog: bool, source: tuple,
+    def _refer(self, req: Request, caller: str | None, in_dialog: bool, source: Dest,
                wall: float) -> None:
         """Check a REFER's target against its sender's permissions (``sipcore.transfer``);
         a phone of our domain inside a dialog is challenged for them first."""
@@ -577,8 +595,8 @@ class ProxyCore:
         values = req.raw_values("proxy-authorization")
         if not values:
             return None
-        result = self.auth.authenticate(req.method, values, wall)
-        if result.ok and result.username == unquote(req.from_.uri.user):
+        result = cast(Authenticator, self.auth).authenticate(req.method, values, wall)
+        if result.ok and result.username == unquote(cast(str, req.from_.uri.user)):
             return result.username
         return None
 
@@ -594,8 +612,9 @@ class ProxyCore:
         """The user ``req``'s credentials prove, who must be ``user`` (with ``alias``,
         also the user ``user`` is an extension or DID of: inside a call to a DID, the
         callee's From is that number); else the ``SipError`` to answer."""
-        result = self.auth.authenticate(req.method, req.raw_values("proxy-authorization"), wall,
-                                        req.uri, source_address(req))
+        result = cast(Authenticator, self.auth).authenticate(
+            req.method, req.raw_values("proxy-authorization"), wall, req.uri,
+            source_address(req))
         if result is BANNED:
             raise SipError(403, "Forbidden (Too Many Failed Authentications)")
         if not result.ok:
@@ -609,7 +628,7 @@ class ProxyCore:
             log.info("%s from %s with credentials of %s refused", req.method, user,
                      result.username)
             raise SipError(403, "Credentials Do Not Match From")
-        return result.username
+        return cast(str, result.username)     # ok: the user's name
 
     # -- branches --------------------------------------------------------------
     def _advance(self, ctx: Context, now: float) -> None:
@@ -661,7 +680,7 @@ class ProxyCore:
                 hop = route_next_hop(req, ctx.ruri if target.uri == ctx.request.uri else None)
             except SipError as err:
                 branch.done = True
-                ctx.finals.append(self._generated(ctx, err.status, err.reason))
+                ctx.finals.append(cast(Response, self._generated(ctx, err.status, err.reason)))
                 return
         branch.request = req
         ctx.live += 1
@@ -677,7 +696,7 @@ class ProxyCore:
         if not self._send_branch(branch, now):
             branch.done = True
             ctx.live -= 1
-            ctx.finals.append(self._generated(ctx, *_UNREACHABLE))
+            ctx.finals.append(cast(Response, self._generated(ctx, *_UNREACHABLE)))
 
     def _add_contact_fallback(self, branch: Branch, target: BranchTarget) -> None:
         """After a TCP flow (which dies with its connection), try the contact itself."""
@@ -689,7 +708,8 @@ class ProxyCore:
             if dest not in branch.dests:
                 branch.dests.append(dest)
 
-    def _locate(self, uri, item, lookup: bool = True) -> list | None:
+    def _locate(self, uri: SipUri, item: Branch | tuple[Request, str] | None,
+                lookup: bool = True) -> list[Dest] | None:
         """Destinations for ``uri`` at once (an IP address), or None after queueing a
         Lookup for ``item`` (``[]`` instead when ``lookup`` is false)."""
         scheme = uri.scheme
@@ -726,7 +746,7 @@ class ProxyCore:
         if not branch.dests:
             return False
         dest = branch.dests.pop(0)
-        req = branch.request
+        req = cast(Request, branch.request)     # set before the branch is sent
         inbound = branch.ctx.record_route
         if branch.tries or inbound is not None:
             headers = [h[:] for h in req.headers]
@@ -752,7 +772,7 @@ class ProxyCore:
         if branch.tx is not None:
             branch.tx.fork = None
         branch.tx = branch.request = None
-        branch.dests = ()
+        branch.dests = ()   # type: ignore[assignment]  # an ended branch's: () shared, not a list
         ctx.live -= 1
         self._ringing.pop(branch, None)
         gave_up = bool(self._gave_up) and branch in self._gave_up
@@ -773,7 +793,8 @@ class ProxyCore:
                 ctx.stopped = True     # the callee's answer, not the gateway's failure
         self._advance(ctx, now)
 
-    def _cancel_branches(self, ctx: Context, now: float, headers) -> None:
+    def _cancel_branches(self, ctx: Context, now: float,
+                         headers: Sequence[tuple[str, str]]) -> None:
         for b in ctx.branches:
             if b.done:
                 continue
@@ -783,20 +804,21 @@ class ProxyCore:
                 b.done = True
                 ctx.live -= 1
                 if not ctx.final_sent:
-                    ctx.finals.append(self._generated(ctx, 487, "Request Terminated"))
+                    ctx.finals.append(cast(Response,
+                                           self._generated(ctx, 487, "Request Terminated")))
 
     def _send_final(self, ctx: Context, now: float) -> None:
         ctx.final_sent = True
         if ctx.cancelled:
             resp = next((r for r in ctx.finals if r.status == 487), None)
             if resp is None:
-                resp = self._generated(ctx, 487, "Request Terminated")
+                resp = cast(Response, self._generated(ctx, 487, "Request Terminated"))
         elif not ctx.finals:
-            resp = self._generated(ctx, 408, "Request Timeout")
+            resp = cast(Response, self._generated(ctx, 408, "Request Timeout"))
         else:
             resp = best_response(ctx.finals)
             if resp.status == 503:
-                resp = self._generated(ctx, 500, "Server Internal Error")
+                resp = cast(Response, self._generated(ctx, 500, "Server Internal Error"))
         if resp.status == 408:
             self.stats["timeouts"] += 1
             log.info("%s to %s: no final response; 408", ctx.request.method, ctx.request.uri)
@@ -813,10 +835,12 @@ class ProxyCore:
         leaves no reference cycle, so it is freed as soon as its
         transactions end, without waiting for the cyclic collector.
         """
+        # proxy.Context types the fields of a live context; a released one is only read
+        # behind checks (_generated's request is None, final_sent).
         ctx.server.context = None
-        ctx.request = None
-        ctx.finals = ctx.branches = ()
-        ctx.groups = None
+        ctx.request = None  # type: ignore[assignment]
+        ctx.finals = ctx.branches = ()  # type: ignore[assignment]
+        ctx.groups = None  # type: ignore[assignment]
 
     def _generated(self, ctx: Context, status: int, reason: str) -> Response | None:
         """A response of our own for the context's request (None once it is answered)."""
@@ -825,12 +849,12 @@ class ProxyCore:
         return make_response(ctx.request, status, reason, to_tag=self._new_tag())
 
     # -- responses -------------------------------------------------------------
-    def _on_response(self, tx, resp: Response, now: float) -> None:
-        branch = tx.fork
+    def _on_response(self, tx: ClientTransaction, resp: Response, now: float) -> None:
+        branch = cast("Branch | None", tx.fork)
         if branch is None:
             if tx.relay_to is not None and 200 <= resp.status < 300:
                 resp.pop_first_value("via")
-                self.layer.respond(tx.relay_to, resp, now)
+                self.layer.respond(cast(ServerTransaction, tx.relay_to), resp, now)
             return
         ctx = branch.ctx
         status = resp.status
@@ -858,29 +882,32 @@ class ProxyCore:
             if ctx.invite:
                 if ctx.request.to.tag is None:
                     self._call_event(ANSWER, resp, ctx.server.destination, status,
-                                     answered_dialog(ctx.request, resp, ctx.server.destination,
-                                                     tx.destination))
+                                     answered_dialog(ctx.request, resp,
+                                                     cast(Dest, ctx.server.destination),
+                                                     cast(Dest, tx.destination)))
                 self._cancel_branches(ctx, now, _CALL_DONE)
             self._release(ctx)
             return
         if branch.tx is not tx or branch.done:
             return
         if status == 503 and branch.dests and not ctx.stopped:
-            log.info("503 from %s:%s:%d; trying the next target", *tx.destination)
+            log.info("503 from %s:%s:%d; trying the next target",
+                     *cast(Dest, tx.destination))
             if self._send_branch(branch, now):
                 return
         resp.pop_first_value("via")
         self._branch_final(branch, resp, now)
 
-    def _on_failure(self, tx, status: int, now: float) -> None:
+    def _on_failure(self, tx: Transaction, status: int, now: float) -> None:
         """A timeout (408) or transport error (503) of a transaction."""
-        branch = tx.fork
+        branch = cast("Branch | None", tx.fork)
         if branch is None or branch.tx is not tx or branch.done:
             return
         ctx = branch.ctx
         if branch.dests and not ctx.stopped:
             log.info("%s to %s:%s:%d; trying the next target",
-                     "timeout" if status == 408 else "transport error", *tx.destination)
+                     "timeout" if status == 408 else "transport error",
+                     *cast(Dest, tx.destination))
             if self._send_branch(branch, now):
                 return
         reason = "Request Timeout" if status == 408 else "Service Unavailable"
@@ -896,7 +923,7 @@ class ProxyCore:
             return
         self.layer.respond(ev.transaction, make_response(cancel, 200, to_tag=self._new_tag()),
                            now)
-        ctx = invite.context
+        ctx = cast("Context | None", invite.context)
         if ctx is None or ctx.final_sent or ctx.cancelled:
             return
         self.stats["cancelled"] += 1
@@ -908,7 +935,7 @@ class ProxyCore:
         self._advance(ctx, now)
 
     # -- stateless answers and forwarding ---------------------------------------
-    def _challenge(self, req: Request, source: tuple, wall: float) -> bool:
+    def _challenge(self, req: Request, source: Dest, wall: float) -> bool:
         """Answer ``407`` without a transaction to a request of one of our users that
         carries no credentials, as most proxies do: a retransmission simply gets a
         fresh challenge, and the ACK of the 407 is dropped. False if not such a request."""
@@ -929,12 +956,13 @@ class ProxyCore:
         except SipError:
             return False
         self.stats["challenged"] += 1
-        headers = [("Proxy-Authenticate", c) for c in self.auth.challenge(wall)]
+        headers = [("Proxy-Authenticate", c)
+                   for c in cast(Authenticator, self.auth).challenge(wall)]
         self.layer.send(make_response(req, 407, "Proxy Authentication Required", headers,
                                       to_tag=self._new_tag()), source)
         return True
 
-    def _forward_stateless(self, req: Request, source: tuple) -> bool:
+    def _forward_stateless(self, req: Request, source: Dest) -> bool:
         """Forward an in-dialog request routed through us without a transaction (§16.11).
 
         Taken when our Route is its only one and the Request-URI names an
@@ -985,7 +1013,7 @@ class ProxyCore:
         if dests:
             self._send_stateless_to(out, branch, dests[0])
 
-    def _send_stateless_to(self, req: Request, branch: str, dest: tuple) -> None:
+    def _send_stateless_to(self, req: Request, branch: str, dest: Dest) -> None:
         self.settings.set_via(req, dest[0], branch)
         self.layer.send(req, dest)
 

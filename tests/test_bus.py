@@ -13,6 +13,7 @@ from types import SimpleNamespace
 import gevent
 import pytest
 import zmq.green as zmq
+from gevent.queue import Queue
 
 from actors.bus import (BUS_DOMAIN, CONTROL_DOMAIN, HEARTBEAT, SNAPSHOT_END, SNAPSHOT_REQUEST,
                         UPDATE, Bus, BusError, check_key, generate_keypair, recv, recv_from,
@@ -463,7 +464,8 @@ def test_attach_replicator_wires_the_registrar_and_the_control_endpoint(pair):
     client_pub, client_sec = generate_keypair()
     cfg = pair.cfg("n1", control=f"ipc://{pair.dir}/n1.ctl", control_keys=[client_pub])
     merged = []
-    registrar = SimpleNamespace(sequencer=Sequencer(epoch=4), merge=merged.extend)
+    registrar = SimpleNamespace(sequencer=Sequencer(epoch=4), merge=merged.extend,
+                                inbox=Queue())
     died = []
     node = SimpleNamespace(cfg=cfg, registrar=registrar, location=Location(),
                            actor_died=died.append, peer_bans=lambda origin, bans: None)
