@@ -167,16 +167,14 @@ class Node:
         front_in = front_paths(cfg)[0] if cfg.challenge_front else None
         tls = (TlsContexts.load(cfg.tls_cert, cfg.tls_key, cfg.tls_ca, cfg.tls_peer_ca)
                if cfg.tls_port else None)
+        guard = self.guard
         transport = self.transport = Transport(
             cfg.address, cfg.port, self.on_request, self.on_response, front_path=front_in,
             limits=Limits.from_config(cfg), tls=tls, tls_port=cfg.tls_port,
-            quick=self.on_datagram)
-        if cfg.challenge_front:
+            quick=self.on_datagram,
             # One budget per source for the node and its front (counted once).
-            transport.limiter = transport.limits.limiter(shared_buckets(cfg))
-        if transport.admission is not None:
-            guard = self.guard
-            transport.admission.trusted = lambda ip: guard.trusted(ip, time.time())
+            shared_buckets=shared_buckets(cfg) if cfg.challenge_front else None,
+            trusted=lambda ip: guard.trusted(ip, time.time()))
         timers = {"t1": cfg.t1, "t2": cfg.t2, "t4": cfg.t4}
         registrar = self.registrar = RegistrarActor(
             cfg.id, rules, auth, self.location, transport, Sequencer(epoch), cfg.batch_max,

@@ -163,7 +163,9 @@ class Transport:
     def __init__(self, address: str, port: int, on_request, on_response,
                  tcp_connect_timeout: float = 2.0, front_path: str | None = None,
                  limits: Limits = NO_LIMITS, tls: TlsContexts | None = None, tls_port: int = 0,
-                 quick: Callable[[bytes, str, int], bool] | None = None):
+                 quick: Callable[[bytes, str, int], bool] | None = None,
+                 shared_buckets: str | None = None,
+                 trusted: Callable[[str], bool] | None = None):
         self.address = address
         self.port = port
         self.on_request = on_request
@@ -186,7 +188,9 @@ class Transport:
         #: and returns True when it took the datagram, which is then not parsed
         self.quick = quick
         self.limits = limits
-        self.limiter = limits.limiter()
+        #: the per-source limiter; its buckets are in ``shared_buckets`` when the node
+        #: shares one budget per source with its challenge front
+        self.limiter = limits.limiter(shared_buckets)
         self.log_limit = LogLimiter(limits.log_rate)
         #: open TCP connections per source address
         self.per_source: dict[str, int] = {}
@@ -195,9 +199,9 @@ class Transport:
                       "tcp_framing": 0}
         #: connections open over their source's cap (``EMERGENCY_EXTRA`` at most)
         self.extra = 0
-        #: the node-wide admission control (``sipcore.overload``), None when off; the
-        #: node gives it ``trusted``
-        self.admission = Admission(limits.overload(), limits.emergency_numbers) \
+        #: the node-wide admission control (``sipcore.overload``), None when off;
+        #: ``trusted(ip)`` says whether a source authenticated recently
+        self.admission = Admission(limits.overload(), limits.emergency_numbers, trusted) \
             if limits.overload_delay > 0 else None
         #: the event loop's lag (seconds) at its last measure, the load measure of
         #: the messages that carry no receive timestamp (TCP, TLS)
