@@ -2,7 +2,7 @@
 
 import pytest
 
-from actors.node import UserDirectory
+from store.user_directory import UserDirectory
 from store import users
 from store.models import close_store, init_store
 
