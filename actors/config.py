@@ -116,6 +116,9 @@ class NodeConfig:
     """Branches one request may be forked to at most (all groups together)."""
     nat_handling: str = "auto"
     """When a call goes to the flow a phone registered on, not its Contact (``sipcore.nat``)."""
+    keepalive_interval: float = 0.0
+    """``[nat] keepalive_interval``: seconds between the keepalives this node sends on the
+    flows it owns (``actors.keepalive``); 0: none."""
     source: str = ""
     """The file this configuration was read from (empty when built in memory)."""
     dns_servers: list[str] = field(default_factory=list)
@@ -168,6 +171,7 @@ _SECTIONS = {
     "database": {"url": "database", "batch_max": "batch_max",
                  "max_call_events": "max_call_events"},
     "dns": {"servers": "dns_servers", "port": "dns_port"},
+    "nat": {"keepalive_interval": "keepalive_interval"},
     "cluster": {"pub": "bus_pub", "snapshot": "bus_snapshot", "control": "control",
                 "secret_key": "secret_key", "public_key": "public_key",
                 "heartbeat": "heartbeat", "suspect_after": "suspect_after",
@@ -217,7 +221,8 @@ def parse_config(data: dict, base_dir: str = ".") -> NodeConfig:
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
             raise ConfigError(f"{name} must be a non-negative integer, not {v!r}")
     for name in ("failure_window", "ban_time", "udp_rate", "tcp_idle_timeout",
-                 "tcp_header_timeout", "log_rate", "overload_delay", "overload_interval"):
+                 "tcp_header_timeout", "log_rate", "overload_delay", "overload_interval",
+                 "keepalive_interval"):
         v = getattr(cfg, name)
         if not isinstance(v, int | float) or isinstance(v, bool) or v < 0:
             raise ConfigError(f"{name} must be a non-negative number, not {v!r}")

@@ -37,6 +37,7 @@ from .config import (ConfigError, NodeConfig, guard_settings, load_config, regis
 from .config_sync import attach_config_sync
 from .drain import Drain, attach_drain
 from .gateways import attach_dialing
+from .keepalive import attach_keepalive
 from .front import STATUS_EVERY, FrontProcess
 from .front import paths as front_paths
 from .limits import shared_buckets
@@ -122,6 +123,7 @@ class Node:
         self.drain: Drain | None = None
         self.services: Services | None = None
         self.traffic = Traffic()
+        self.keepalive = None
         self.started_at = 0.0
 
     def start(self) -> None:
@@ -193,6 +195,7 @@ class Node:
         self.proxy.greenlet = self.group.spawn(self.proxy.run)
         self.proxy.greenlet.link_exception(self.actor_died)
         attach_drain(self)
+        attach_keepalive(self)
         self.group.spawn(self._share_bans).link_exception(self.actor_died)
         if cfg.challenge_front:
             self.front = FrontProcess(cfg, secret, origin)

@@ -587,6 +587,23 @@ class Transport:
                       transport, host, port, e)
             return False
 
+    def keepalive(self, dest: Dest, data: bytes) -> bool:
+        """Send a keepalive on the flow ``dest``: a datagram, or over the connection
+        to it when one is open (never a new one); False when not sent."""
+        transport, host, port = dest
+        try:
+            if transport == "udp":
+                self._raw_sendto(data, (host, port))
+                return True
+            conn = self.connections.get((host, port))
+            if conn is None or conn.transport != transport:
+                return False
+            conn.send(data)
+            return True
+        except OSError as e:
+            log.info("keepalive to %s:%s:%d failed: %s", transport, host, port, e)
+            return False
+
     def _connect(self, transport: str, host: str, port: int) -> Connection:
         # From the node's own address (the one in its Via and Record-Route), not the
         # kernel's choice: on a host with several addresses the far end sees the node.
