@@ -38,6 +38,7 @@ from .config_sync import attach_config_sync
 from .drain import Drain, attach_drain
 from .gateways import attach_dialing
 from .keepalive import attach_keepalive
+from .takeover import attach_takeover, start_takeover
 from .front import STATUS_EVERY, FrontProcess
 from .front import paths as front_paths
 from .limits import shared_buckets
@@ -124,6 +125,7 @@ class Node:
         self.services: Services | None = None
         self.traffic = Traffic()
         self.keepalive = None
+        self.takeover = None
         self.started_at = 0.0
 
     def start(self) -> None:
@@ -157,6 +159,7 @@ class Node:
                              server_uris=server_uris(cfg))
         rules = registrar_rules(cfg)
         front_in = front_paths(cfg)[0] if cfg.challenge_front else None
+        attach_takeover(self)
         self.transport = Transport(cfg.address, cfg.port, self.on_request, self.on_response,
                                    front_path=front_in, limits=Limits.from_config(cfg),
                                    tls=TlsContexts.load(cfg.tls_cert, cfg.tls_key, cfg.tls_ca,
@@ -196,6 +199,7 @@ class Node:
         self.proxy.greenlet.link_exception(self.actor_died)
         attach_drain(self)
         attach_keepalive(self)
+        start_takeover(self)
         self.group.spawn(self._share_bans).link_exception(self.actor_died)
         if cfg.challenge_front:
             self.front = FrontProcess(cfg, secret, origin)
@@ -352,6 +356,8 @@ class Node:
             self.front.stop()
         if self.transport is not None:
             self.transport.stop()
+        if self.takeover is not None:
+            self.takeover.release()
         if self.replicator is not None:
             self.replicator.stop()
         self.group.kill(block=True, timeout=2)

@@ -1,0 +1,221 @@
+"""Floating address takeover: who holds which address (``sipcore.takeover``), the settings,
+and three nodes on hosts with a PJSUA2 phone behind a NAT router (iptables MASQUERADE):
+the phone registered on node1 is called through node2 once node1's host dies, no address
+is taken without a quorum, and node1 gets its address back when it returns."""
+
+import os
+import socket
+import subprocess
+import time
+
+import pytest
+
+from actors.config import ConfigError, Peer, parse_config, server_uris
+from loadtest.harness import Cluster, write_users_csv
+from sipcore.location import Binding
+from sipcore.takeover import has_quorum, to_hold, udp_sources
+from tests.conftest import _in_ci
+from tests.netns import NS_PREFIX, VETH_PREFIX, NamespacesUnavailable, Network, ip
+from tests.phones import pjsua
+
+NODES = ["n1", "n2", "n3"]
+
+
+def test_lowest_live_node_takes_the_dead_ones_with_a_quorum():
+    assert to_hold("n2", NODES, {"n1": "dead", "n3": "alive"}) == {"n1"}
+    assert to_hold("n3", NODES, {"n1": "dead", "n2": "alive"}) == set()
+    # A suspected peer is alive: no takeover on a missed heartbeat.
+    assert to_hold("n2", NODES, {"n1": "suspected", "n3": "alive"}) == set()
+    # Two of three dead: no quorum, nothing taken (it may be this node that is cut off).
+    assert to_hold("n2", NODES, {"n1": "dead", "n3": "dead"}) == set()
+    assert not has_quorum("n2", NODES, {"n1": "dead", "n3": "unknown"})
+    # Two nodes never take over: a survivor cannot tell a death from a cut.
+    assert to_hold("n1", ["n1", "n2"], {"n2": "dead"}) == set()
+    five = ["n1", "n2", "n3", "n4", "n5"]
+    assert to_hold("n3", five, {"n1": "dead", "n2": "dead", "n4": "alive",
+                                "n5": "alive"}) == {"n1", "n2"}
+
+
+def test_udp_sources_of_a_dead_origin():
+    now = 1000.0
+
+    def b(key, received, origin="n1", expires=now + 60, deleted=False):
+        return Binding("sip:a@x", key, "sip:a@192.168.1.2", expires, "c", 1,
+                       received=received, origin=origin, deleted=deleted)
+    got = udp_sources([b("1", "udp:203.0.113.1:4000"), b("2", "tcp:203.0.113.1:4001"),
+                       b("3", "udp:203.0.113.2:1", origin="n2"),
+                       b("4", "udp:203.0.113.3:1", expires=now),
+                       b("5", "udp:203.0.113.4:1", deleted=True), b("6", "garbage")], "n1", now)
+    assert got == {("203.0.113.1", 4000)}
+
+
+BASE = {"node": {"id": "n1"}, "sip": {"domain": "example.test", "address": "10.0.0.1"}}
+
+
+def test_settings_and_the_taken_addresses_as_digest_uris():
+    peers = [{"id": "n2", "bus": "tcp://10.0.1.2:7001", "snapshot": "tcp://10.0.1.2:7002",
+              "sip": "10.0.0.2:5070"}]
+    cfg = parse_config({**BASE, "cluster": {"takeover": True}, "peers": peers})
+    assert "sip:10.0.0.2:5070" in server_uris(cfg) and "sip:10.0.0.2" in server_uris(cfg)
+    assert "sip:10.0.0.2" not in server_uris(parse_config({**BASE, "peers": peers}))
+    bad = [{"takeover": "yes"}, {"takeover_lifetime": 1}, {"takeover_interface": "eth0; rm"},
+           {"takeover_interface": "x" * 16}]
+    for setting in bad:
+        with pytest.raises(ConfigError):
+            parse_config({**BASE, "cluster": setting})
+    with pytest.raises(ConfigError, match="every peer's sip"):
+        parse_config({**BASE, "cluster": {"takeover": True},
+                      "peers": [{**peers[0], "sip": ""}]})
+    with pytest.raises(ConfigError, match="IPv4"):
+        parse_config({**BASE, "sip": {**BASE["sip"], "address": "0.0.0.0"},
+                      "cluster": {"takeover": True}})
+    assert Peer("n2", "b", "s").sip == ""
+
+
+SETTINGS = {"heartbeat": 0.2, "suspect_after": 1.0, "dead_after": 3.0, "alone_wait": 2.0,
+            "sync_timeout": 3.0, "takeover": True, "takeover_interface": "eth0",
+            "takeover_lifetime": 6}
+TAKEOVER_BOUND = 12.0
+"""Seconds from a node's death to its phone called through a survivor, at most (README):
+dead_after (3 s) + a heartbeat, plus room for a loaded machine."""
+
+
+class NatLab:
+    """Three nodes on floating addresses, and a phone host behind a NAT router host."""
+
+    def __init__(self, net: Network, cluster: Cluster, phone_ns: str, user: tuple):
+        self.net, self.cluster, self.phone_ns, self.user = net, cluster, phone_ns, user
+        self.nodes = cluster.nodes
+
+
+def _nat_phone_host(net: Network) -> str:
+    """A phone namespace on 192.168.77.0/24 behind the ``nat`` host, which masquerades."""
+    nat = net["nat"]
+    phone = f"{NS_PREFIX}{net.pid}-phone"
+    inner = f"{VETH_PREFIX}{net.pid}x99"
+    ip("netns", "add", phone)
+    net._namespaces.append(phone)
+    ip("link", "set", "lo", "up", netns=phone)
+    ip("link", "add", inner, "type", "veth", "peer", "name", "eth0", "netns", phone)
+    ip("link", "set", inner, "netns", nat.ns)
+    ip("addr", "add", "192.168.77.1/24", "dev", inner, netns=nat.ns)
+    ip("link", "set", inner, "up", netns=nat.ns)
+    ip("addr", "add", "192.168.77.2/24", "dev", "eth0", netns=phone)
+    ip("link", "set", "eth0", "up", netns=phone)
+    ip("route", "add", "default", "via", "192.168.77.1", netns=phone)
+    for cmd in (["sysctl", "-qw", "net.ipv4.ip_forward=1"],
+                ["iptables", "-t", "nat", "-A", "POSTROUTING", "-o", "eth0", "-j",
+                 "MASQUERADE"]):
+        subprocess.run([*nat.prefix, *cmd], check=True, capture_output=True, timeout=30)
+    return phone
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    try:
+        net = Network(["node1", "node2", "node3", "nat"])
+    except NamespacesUnavailable as exc:
+        if _in_ci():
+            pytest.fail(f"network namespaces are required when CI is set: {exc}", pytrace=False)
+        pytest.skip(f"the kernel refuses network namespaces here: {exc}")
+    cluster = None
+    try:
+        phone_ns = _nat_phone_host(net)
+        work = str(tmp_path_factory.mktemp("takeover"))
+        hosts = [(net[f"node{k}"].address, tuple(net[f"node{k}"].prefix)) for k in (1, 2, 3)]
+        cluster = Cluster(work, settings=SETTINGS, hosts=hosts,
+                          sip_addresses=[f"{net.subnet}.{100 + k}" for k in (1, 2, 3)],
+                          extra="[nat]\nkeepalive_interval = 5")
+        rows = write_users_csv(os.path.join(work, "users.csv"), 2)
+        cluster.provision(os.path.join(work, "users.csv"))
+        cluster.start()
+        assert cluster.wait_synced(20.0), [n.log_tail() for n in cluster.nodes]
+        yield NatLab(net, cluster, phone_ns, rows[0])
+    finally:
+        if cluster is not None:
+            cluster.stop()
+        net.close()
+
+
+def addresses(host) -> str:
+    return ip("-4", "-o", "addr", "show", "dev", "eth0", netns=host.ns).stdout
+
+
+def wait(cond, timeout: float, step: float = 0.1):
+    """Poll ``cond`` until it is true or ``timeout`` passes; return its last value."""
+    deadline = time.monotonic() + timeout
+    while not (value := cond()) and time.monotonic() < deadline:
+        time.sleep(step)
+    return value
+
+
+def call(address: str, source: str, user: str, domain: str, timeout: float = 5.0) -> str:
+    """INVITE ``user`` through the node at ``address`` from a stranger on ``source``; the
+    first final response's status line, or "" when none came in ``timeout``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(timeout)
+        s.bind((source, 0))
+        port = s.getsockname()[1]
+        to = f"sip:{user}@{domain}"
+        s.sendto((f"INVITE {to} SIP/2.0\r\n"
+                  f"Via: SIP/2.0/UDP {source}:{port};branch=z9hG4bK{os.urandom(6).hex()};rport\r\n"
+                  f"From: <sip:stranger@other.test>;tag=f1\r\nTo: <{to}>\r\n"
+                  f"Call-ID: {os.urandom(8).hex()}\r\nCSeq: 1 INVITE\r\nMax-Forwards: 70\r\n"
+                  f"Contact: <sip:x@{source}:{port}>\r\nContent-Length: 0\r\n\r\n").encode(),
+                 (address, 5060))
+        try:
+            while True:
+                text = s.recv(65535).decode()
+                if not text.startswith("SIP/2.0 1"):
+                    return text.split("\r\n", 1)[0]
+        except TimeoutError:
+            return ""
+
+
+def test_phone_behind_nat_on_node1_is_called_through_node2_after_node1_dies(lab):
+    node1, node2, node3 = lab.nodes
+    user, password = lab.user
+    bridge = f"{lab.net.subnet}.1"
+    assert f"{node1.address}/32" in addresses(lab.net["node1"])
+    phone = pjsua("nat-phone", user, password, node1.domain, f"{node1.address}:5060", "udp",
+                  5060, 4000, bind="192.168.77.2", prefix=("ip", "netns", "exec", lab.phone_ns))
+    try:
+        phone.wait_for("REGISTERED 200", timeout=20)
+        # The binding replicated to node2 (which alone could not reach the phone: the
+        # NAT's mapping is open to node1's address only).
+        assert lab.cluster.wait_converged(10)[0]
+        lab.net["node1"].link(False)      # node1's host dies: its cable out...
+        node1.proc.kill()                 # ...and its process gone
+        died = time.monotonic()
+        taken = wait(lambda: f"{node1.address}/32" in addresses(lab.net["node2"]),
+                     TAKEOVER_BOUND)
+        assert taken, node2.log_tail()
+        assert f"{node1.address}/32" not in addresses(lab.net["node3"])
+        status = ""
+        while time.monotonic() - died < TAKEOVER_BOUND and not status.startswith("SIP/2.0 200"):
+            status = call(node2.address, bridge, user, node2.domain, timeout=2)
+        reached = time.monotonic() - died
+        assert status.startswith("SIP/2.0 200"), (status, node2.log_tail())
+        phone.wait_for("INCOMING", timeout=5)
+        assert reached < TAKEOVER_BOUND
+        print(f"\nphone behind NAT on node1 called through node2 {reached:.1f} s after "
+              "node1's death")
+        phone.send("hangup")
+
+        # Node3 dies too: node2 alone has no quorum and gives node1's address back.
+        lab.net["node3"].link(False)
+        node3.proc.kill()
+        assert wait(lambda: f"{node1.address}/32" not in addresses(lab.net["node2"]), 15), \
+            node2.log_tail()
+
+        # Both come back: node1 holds its own address again, node2 none but its own.
+        for k, node in ((1, node1), (3, node3)):
+            lab.net[f"node{k}"].link(True)
+            node.start()
+        assert lab.cluster.wait_converged(30)[0]
+        time.sleep(1.0)   # a few takeover ticks: nothing may be taken by then
+        assert f"{node1.address}/32" in addresses(lab.net["node1"])
+        assert f"{node1.address}/32" not in addresses(lab.net["node2"])
+        assert lab.cluster.control(node2, "status")["taken_over"] == {}
+    finally:
+        phone.stop()
