@@ -3,19 +3,16 @@ and three nodes on hosts with a PJSUA2 phone behind a NAT router (iptables MASQU
 the phone registered on node1 is called through node2 once node1's host dies, no address
 is taken without a quorum, and node1 gets its address back when it returns."""
 
-import os
-import socket
-import subprocess
 import time
 
 import pytest
 
 from actors.config import ConfigError, Peer, parse_config, server_uris
-from loadtest.harness import Cluster, write_users_csv
+from loadtest.bench_failover import NatLab, call
 from sipcore.location import Binding
 from sipcore.takeover import has_quorum, to_hold, udp_sources
 from tests.conftest import _in_ci
-from tests.netns import NS_PREFIX, VETH_PREFIX, NamespacesUnavailable, Network, ip
+from tests.netns import NamespacesUnavailable
 from tests.phones import pjsua
 
 NODES = ["n1", "n2", "n3"]
@@ -72,73 +69,23 @@ def test_settings_and_the_taken_addresses_as_digest_uris():
     assert Peer("n2", "b", "s").sip == ""
 
 
-SETTINGS = {"heartbeat": 0.2, "suspect_after": 1.0, "dead_after": 3.0, "alone_wait": 2.0,
-            "sync_timeout": 3.0, "takeover": True, "takeover_interface": "eth0",
-            "takeover_lifetime": 6}
 TAKEOVER_BOUND = 12.0
 """Seconds from a node's death to its phone called through a survivor, at most (README):
 dead_after (3 s) + a heartbeat, plus room for a loaded machine."""
 
 
-class NatLab:
-    """Three nodes on floating addresses, and a phone host behind a NAT router host."""
-
-    def __init__(self, net: Network, cluster: Cluster, phone_ns: str, user: tuple):
-        self.net, self.cluster, self.phone_ns, self.user = net, cluster, phone_ns, user
-        self.nodes = cluster.nodes
-
-
-def _nat_phone_host(net: Network) -> str:
-    """A phone namespace on 192.168.77.0/24 behind the ``nat`` host, which masquerades."""
-    nat = net["nat"]
-    phone = f"{NS_PREFIX}{net.pid}-phone"
-    inner = f"{VETH_PREFIX}{net.pid}x99"
-    ip("netns", "add", phone)
-    net._namespaces.append(phone)
-    ip("link", "set", "lo", "up", netns=phone)
-    ip("link", "add", inner, "type", "veth", "peer", "name", "eth0", "netns", phone)
-    ip("link", "set", inner, "netns", nat.ns)
-    ip("addr", "add", "192.168.77.1/24", "dev", inner, netns=nat.ns)
-    ip("link", "set", inner, "up", netns=nat.ns)
-    ip("addr", "add", "192.168.77.2/24", "dev", "eth0", netns=phone)
-    ip("link", "set", "eth0", "up", netns=phone)
-    ip("route", "add", "default", "via", "192.168.77.1", netns=phone)
-    for cmd in (["sysctl", "-qw", "net.ipv4.ip_forward=1"],
-                ["iptables", "-t", "nat", "-A", "POSTROUTING", "-o", "eth0", "-j",
-                 "MASQUERADE"]):
-        subprocess.run([*nat.prefix, *cmd], check=True, capture_output=True, timeout=30)
-    return phone
-
-
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     try:
-        net = Network(["node1", "node2", "node3", "nat"])
+        lab = NatLab(str(tmp_path_factory.mktemp("takeover")))
     except NamespacesUnavailable as exc:
         if _in_ci():
             pytest.fail(f"network namespaces are required when CI is set: {exc}", pytrace=False)
         pytest.skip(f"the kernel refuses network namespaces here: {exc}")
-    cluster = None
     try:
-        phone_ns = _nat_phone_host(net)
-        work = str(tmp_path_factory.mktemp("takeover"))
-        hosts = [(net[f"node{k}"].address, tuple(net[f"node{k}"].prefix)) for k in (1, 2, 3)]
-        cluster = Cluster(work, settings=SETTINGS, hosts=hosts,
-                          sip_addresses=[f"{net.subnet}.{100 + k}" for k in (1, 2, 3)],
-                          extra="[nat]\nkeepalive_interval = 5")
-        rows = write_users_csv(os.path.join(work, "users.csv"), 2)
-        cluster.provision(os.path.join(work, "users.csv"))
-        cluster.start()
-        assert cluster.wait_synced(20.0), [n.log_tail() for n in cluster.nodes]
-        yield NatLab(net, cluster, phone_ns, rows[0])
+        yield lab
     finally:
-        if cluster is not None:
-            cluster.stop()
-        net.close()
-
-
-def addresses(host) -> str:
-    return ip("-4", "-o", "addr", "show", "dev", "eth0", netns=host.ns).stdout
+        lab.close()
 
 
 def wait(cond, timeout: float, step: float = 0.1):
@@ -149,48 +96,23 @@ def wait(cond, timeout: float, step: float = 0.1):
     return value
 
 
-def call(address: str, source: str, user: str, domain: str, timeout: float = 5.0) -> str:
-    """INVITE ``user`` through the node at ``address`` from a stranger on ``source``; the
-    first final response's status line, or "" when none came in ``timeout``."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.settimeout(timeout)
-        s.bind((source, 0))
-        port = s.getsockname()[1]
-        to = f"sip:{user}@{domain}"
-        s.sendto((f"INVITE {to} SIP/2.0\r\n"
-                  f"Via: SIP/2.0/UDP {source}:{port};branch=z9hG4bK{os.urandom(6).hex()};rport\r\n"
-                  f"From: <sip:stranger@other.test>;tag=f1\r\nTo: <{to}>\r\n"
-                  f"Call-ID: {os.urandom(8).hex()}\r\nCSeq: 1 INVITE\r\nMax-Forwards: 70\r\n"
-                  f"Contact: <sip:x@{source}:{port}>\r\nContent-Length: 0\r\n\r\n").encode(),
-                 (address, 5060))
-        try:
-            while True:
-                text = s.recv(65535).decode()
-                if not text.startswith("SIP/2.0 1"):
-                    return text.split("\r\n", 1)[0]
-        except TimeoutError:
-            return ""
-
-
 def test_phone_behind_nat_on_node1_is_called_through_node2_after_node1_dies(lab):
-    node1, node2, node3 = lab.nodes
-    user, password = lab.user
-    bridge = f"{lab.net.subnet}.1"
-    assert f"{node1.address}/32" in addresses(lab.net["node1"])
+    node1, node2 = lab.nodes[:2]
+    user, password = lab.users[0]
+    bridge = lab.bridge
+    assert f"{node1.address}/32" in lab.addresses("node1")
     phone = pjsua("nat-phone", user, password, node1.domain, f"{node1.address}:5060", "udp",
-                  5060, 4000, bind="192.168.77.2", prefix=("ip", "netns", "exec", lab.phone_ns))
+                  5060, 4000, bind="192.168.77.2", prefix=tuple(lab.phone_prefix))
     try:
         phone.wait_for("REGISTERED 200", timeout=20)
         # The binding replicated to node2 (which alone could not reach the phone: the
         # NAT's mapping is open to node1's address only).
         assert lab.cluster.wait_converged(10)[0]
-        lab.net["node1"].link(False)      # node1's host dies: its cable out...
-        node1.proc.kill()                 # ...and its process gone
-        died = time.monotonic()
-        taken = wait(lambda: f"{node1.address}/32" in addresses(lab.net["node2"]),
+        died = lab.kill(1)
+        taken = wait(lambda: f"{node1.address}/32" in lab.addresses("node2"),
                      TAKEOVER_BOUND)
         assert taken, node2.log_tail()
-        assert f"{node1.address}/32" not in addresses(lab.net["node3"])
+        assert f"{node1.address}/32" not in lab.addresses("node3")
         status = ""
         while time.monotonic() - died < TAKEOVER_BOUND and not status.startswith("SIP/2.0 200"):
             status = call(node2.address, bridge, user, node2.domain, timeout=2)
@@ -203,19 +125,15 @@ def test_phone_behind_nat_on_node1_is_called_through_node2_after_node1_dies(lab)
         phone.send("hangup")
 
         # Node3 dies too: node2 alone has no quorum and gives node1's address back.
-        lab.net["node3"].link(False)
-        node3.proc.kill()
-        assert wait(lambda: f"{node1.address}/32" not in addresses(lab.net["node2"]), 15), \
+        lab.kill(3)
+        assert wait(lambda: f"{node1.address}/32" not in lab.addresses("node2"), 15), \
             node2.log_tail()
 
         # Both come back: node1 holds its own address again, node2 none but its own.
-        for k, node in ((1, node1), (3, node3)):
-            lab.net[f"node{k}"].link(True)
-            node.start()
-        assert lab.cluster.wait_converged(30)[0]
+        lab.revive(1, 3)
         time.sleep(1.0)   # a few takeover ticks: nothing may be taken by then
-        assert f"{node1.address}/32" in addresses(lab.net["node1"])
-        assert f"{node1.address}/32" not in addresses(lab.net["node2"])
+        assert f"{node1.address}/32" in lab.addresses("node1")
+        assert f"{node1.address}/32" not in lab.addresses("node2")
         assert lab.cluster.control(node2, "status")["taken_over"] == {}
     finally:
         phone.stop()
