@@ -394,8 +394,11 @@ def cluster_addresses(cfg: NodeConfig, port: int | None = None) -> ClusterAddres
 def registrar_rules(cfg: NodeConfig) -> RegistrarRules:
     """The registrar rules a node's configuration sets (the node and its challenge front
     share them)."""
-    return RegistrarRules(cfg.domain, [*cfg.aliases, cfg.address], cfg.min_expires, cfg.max_expires,
-                          cfg.default_expires, cfg.max_contacts, cluster_addresses(cfg))
+    # With takeover a REGISTER may name a peer's address this node took over.
+    taken = [_sip_address(p.sip, p.id)[0] for p in cfg.peers] if cfg.takeover else []
+    return RegistrarRules(cfg.domain, [*cfg.aliases, cfg.address, *taken], cfg.min_expires,
+                          cfg.max_expires, cfg.default_expires, cfg.max_contacts,
+                          cluster_addresses(cfg))
 
 
 def guard_settings(cfg: NodeConfig) -> GuardSettings:

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from actors.config import ConfigError, Peer, parse_config, server_uris
+from actors.config import ConfigError, Peer, parse_config, registrar_rules, server_uris
 from loadtest.bench_failover import NatLab, call
 from sipcore.location import Binding
 from sipcore.takeover import has_quorum, to_hold, udp_sources
@@ -55,6 +55,9 @@ def test_settings_and_the_taken_addresses_as_digest_uris():
     cfg = parse_config({**BASE, "cluster": {"takeover": True}, "peers": peers})
     assert "sip:10.0.0.2:5070" in server_uris(cfg) and "sip:10.0.0.2" in server_uris(cfg)
     assert "sip:10.0.0.2" not in server_uris(parse_config({**BASE, "peers": peers}))
+    # A REGISTER to the taken address is for this node's domain too, and only then.
+    assert "10.0.0.2" in registrar_rules(cfg).domains
+    assert "10.0.0.2" not in registrar_rules(parse_config({**BASE, "peers": peers})).domains
     bad = [{"takeover": "yes"}, {"takeover_lifetime": 1}, {"takeover_interface": "eth0; rm"},
            {"takeover_interface": "x" * 16}]
     for setting in bad:
