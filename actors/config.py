@@ -4,6 +4,7 @@ The schema is documented in ``conf/node.example.toml`` and the README.
 """
 
 import os
+import re
 import ssl
 from dataclasses import dataclass, field, fields
 
@@ -116,6 +117,9 @@ class NodeConfig:
     """Branches one request may be forked to at most (all groups together)."""
     nat_handling: str = "auto"
     """When a call goes to the flow a phone registered on, not its Contact (``sipcore.nat``)."""
+    keepalive_interval: float = 0.0
+    """``[nat] keepalive_interval``: seconds between the keepalives this node sends on the
+    flows it owns (``actors.keepalive``); 0: none."""
     source: str = ""
     """The file this configuration was read from (empty when built in memory)."""
     dns_servers: list[str] = field(default_factory=list)
@@ -134,6 +138,12 @@ class NodeConfig:
     """Public keys (Z85) of clients allowed on the control endpoint besides peers (dashboard)."""
     master_key: str = ""
     """The configuration master's public key (Z85): the only client whose pushes are applied."""
+    takeover: bool = False
+    """``[cluster] takeover``: this node's ``[sip] address`` floats (``actors.takeover``)."""
+    takeover_interface: str = "eth0"
+    """The interface the floating addresses go on."""
+    takeover_lifetime: float = 10.0
+    """Seconds a taken address lives unless renewed (a holder cut off loses it then)."""
     hwm: int = 10000
     """ZeroMQ high-water mark (messages) of the replication PUB and SUB sockets."""
     snapshot_batch: int = 1000
@@ -180,13 +190,16 @@ _SECTIONS = {
     "dns": {"servers": "dns_servers", "port": "dns_port"},
     "dialogs": {"record_route": "record_route", "max_dialogs": "max_dialogs",
                 "max_age": "dialog_max_age", "probe_timeout": "probe_timeout"},
+    "nat": {"keepalive_interval": "keepalive_interval"},
     "cluster": {"pub": "bus_pub", "snapshot": "bus_snapshot", "control": "control",
                 "secret_key": "secret_key", "public_key": "public_key",
                 "heartbeat": "heartbeat", "suspect_after": "suspect_after",
                 "dead_after": "dead_after", "alone_wait": "alone_wait",
                 "control_keys": "control_keys", "master_key": "master_key", "hwm": "hwm",
                 "snapshot_batch": "snapshot_batch",
-                "snapshot_rate": "snapshot_rate", "sync_timeout": "sync_timeout"},
+                "snapshot_rate": "snapshot_rate", "sync_timeout": "sync_timeout",
+                "takeover": "takeover", "takeover_interface": "takeover_interface",
+                "takeover_lifetime": "takeover_lifetime"},
 }
 
 
@@ -230,7 +243,7 @@ def parse_config(data: dict, base_dir: str = ".") -> NodeConfig:
             raise ConfigError(f"{name} must be a non-negative integer, not {v!r}")
     for name in ("failure_window", "ban_time", "udp_rate", "tcp_idle_timeout",
                  "tcp_header_timeout", "log_rate", "overload_delay", "overload_interval",
-                 "dialog_max_age", "probe_timeout"):
+                 "dialog_max_age", "probe_timeout", "keepalive_interval"):
         v = getattr(cfg, name)
         if not isinstance(v, int | float) or isinstance(v, bool) or v < 0:
             raise ConfigError(f"{name} must be a non-negative number, not {v!r}")
@@ -265,6 +278,7 @@ def parse_config(data: dict, base_dir: str = ".") -> NodeConfig:
     for p in peers:
         if p.sip:
             _sip_address(p.sip, f"peer {p.id}")
+    _check_takeover(cfg)
     bad = [a for a in cfg.auth_algorithms if a not in ("MD5", "SHA-256")]
     if bad or not cfg.auth_algorithms:
         raise ConfigError(f"auth.algorithms takes MD5 and/or SHA-256, not {bad}")
@@ -356,6 +370,23 @@ def _check_tls(cfg: NodeConfig, base_dir: str) -> None:
                           f"are not a PEM certificate and its key: {e}") from None
 
 
+def _check_takeover(cfg: NodeConfig) -> None:
+    if not isinstance(cfg.takeover, bool):
+        raise ConfigError(f"cluster.takeover must be true or false, not {cfg.takeover!r}")
+    lifetime = cfg.takeover_lifetime
+    if not isinstance(lifetime, int | float) or isinstance(lifetime, bool) or lifetime < 2:
+        raise ConfigError(f"cluster.takeover_lifetime must be 2 s or more, not {lifetime!r}")
+    if not isinstance(cfg.takeover_interface, str) \
+            or not re.fullmatch(r"[A-Za-z0-9_.@-]{1,15}", cfg.takeover_interface):
+        raise ConfigError(f"cluster.takeover_interface: bad name {cfg.takeover_interface!r}")
+    if cfg.takeover:
+        if ":" in cfg.address or cfg.address in ("0.0.0.0", ""):
+            raise ConfigError("cluster.takeover needs an IPv4 [sip] address of its own")
+        missing = [p.id for p in cfg.peers if not p.sip]
+        if missing:
+            raise ConfigError(f"cluster.takeover needs every peer's sip address: {missing}")
+
+
 def _sip_address(text: str, what: str) -> tuple[str, int]:
     """``host:port`` (``[v6]:port``) as a pair; ``ConfigError`` when malformed."""
     host, sep, port = text.rpartition(":")
@@ -383,8 +414,11 @@ def cluster_addresses(cfg: NodeConfig, port: int | None = None) -> ClusterAddres
 def registrar_rules(cfg: NodeConfig) -> RegistrarRules:
     """The registrar rules a node's configuration sets (the node and its challenge front
     share them)."""
-    return RegistrarRules(cfg.domain, [*cfg.aliases, cfg.address], cfg.min_expires, cfg.max_expires,
-                          cfg.default_expires, cfg.max_contacts, cluster_addresses(cfg))
+    # With takeover a REGISTER may name a peer's address this node took over.
+    taken = [_sip_address(p.sip, p.id)[0] for p in cfg.peers] if cfg.takeover else []
+    return RegistrarRules(cfg.domain, [*cfg.aliases, cfg.address, *taken], cfg.min_expires,
+                          cfg.max_expires, cfg.default_expires, cfg.max_contacts,
+                          cluster_addresses(cfg))
 
 
 def guard_settings(cfg: NodeConfig) -> GuardSettings:
@@ -398,8 +432,15 @@ def server_uris(cfg: NodeConfig) -> frozenset[str]:
     and without its port or TLS port), lower case: digest-uris taken for any request."""
     hosts = [cfg.domain, *cfg.aliases, f"[{cfg.address}]" if ":" in cfg.address else cfg.address]
     ports = ("", f":{cfg.port}") + ((f":{cfg.tls_port}",) if cfg.tls_port else ())
-    return frozenset(f"{scheme}:{host}{port}".lower() for scheme in ("sip", "sips")
-                     for host in hosts for port in ports)
+    uris = {f"{scheme}:{host}{port}".lower() for scheme in ("sip", "sips")
+            for host in hosts for port in ports}
+    if cfg.takeover:
+        # A peer's address this node may take over: requests name it then.
+        for p in cfg.peers:
+            host, port = _sip_address(p.sip, p.id)
+            uris.update(f"{scheme}:{host}{end}" for scheme in ("sip", "sips")
+                        for end in ("", f":{port}", *ports[2:]))
+    return frozenset(uris)
 
 
 def sqlite_dir(cfg: NodeConfig) -> str | None:

@@ -41,6 +41,8 @@ from .config_sync import attach_config_sync
 from .dialogs import Dialogs, attach_dialogs
 from .drain import Drain, attach_drain
 from .gateways import attach_dialing
+from .keepalive import Keepalive, attach_keepalive
+from .takeover import Takeover, attach_takeover, start_takeover
 from .front import STATUS_EVERY, FrontProcess
 from .front import paths as front_paths
 from .limits import shared_buckets
@@ -80,6 +82,8 @@ class Node:
         self.services: Services | None = None
         self.traffic = Traffic()
         self.dialogs: Dialogs | None = None
+        self.keepalive: Keepalive | None = None
+        self.takeover: Takeover | None = None
         self.started_at = 0.0
 
     def start(self) -> None:
@@ -113,6 +117,7 @@ class Node:
                              server_uris=server_uris(cfg))
         rules = registrar_rules(cfg)
         front_in = front_paths(cfg)[0] if cfg.challenge_front else None
+        attach_takeover(self)
         tls = (TlsContexts.load(cfg.tls_cert, cfg.tls_key, cfg.tls_ca, cfg.tls_peer_ca)
                if cfg.tls_port else None)
         guard = self.guard
@@ -147,6 +152,8 @@ class Node:
         proxy.greenlet = self.spawn_actor(proxy.run)
         attach_drain(self)
         attach_dialogs(self)
+        attach_keepalive(self)
+        start_takeover(self)
         self.spawn_actor(self._share_bans)
         if cfg.challenge_front:
             front = self.front = FrontProcess(cfg, secret, origin)
@@ -326,6 +333,8 @@ class Node:
             self.front.stop()
         if self.transport is not None:
             self.transport.stop()
+        if self.takeover is not None:
+            self.takeover.release()
         if self.replicator is not None:
             self.replicator.stop()
         self.group.kill(block=True, timeout=2)

@@ -144,6 +144,9 @@ class Connection:
             self.sock.sendall(data)
 
 
+MAX_SOURCES = 100_000
+"""UDP peers whose datagrams leave from a further address (``Transport.route_from``)."""
+
 MAX_CODES = 1000
 """Status codes counted in ``Transport.sent_codes`` (a response's code is three digits)."""
 
@@ -211,6 +214,11 @@ class Transport:
         self._lag_loop: gevent.Greenlet | None = None
         #: responses sent, by status code (three bytes), ``MAX_CODES`` codes at most
         self.sent_codes: dict[bytes, int] = {}
+        #: further addresses listened on (``add_address``): UDP socket, servers, loop of each
+        self.addresses: dict[str, tuple[Any, list[StreamServer], gevent.Greenlet]] = {}
+        #: UDP sources (``MAX_SOURCES`` at most) heard on, or routed to, a further
+        #: address: what is sent to them leaves from that address, which their NAT expects
+        self.sources: dict[tuple[str, int], Any] = {}
 
     def start(self) -> None:
         """Bind both sockets and start receiving."""
@@ -256,10 +264,76 @@ class Transport:
         for server in (self.tcp, self.tls_server):
             if server is not None:
                 server.stop(timeout=1)
+        for address in list(self.addresses):
+            self.remove_address(address)
         for conn in list(self.connections.values()):
             conn.sock.close()
         if self.udp is not None:
             self.udp.close()
+
+    def add_address(self, address: str) -> None:
+        """Listen on ``address`` too, on the same ports (UDP, TCP and TLS): another
+        node's floating address taken over (``actors.takeover``)."""
+        if address in self.addresses or address == self.address:
+            return
+        udp = udp_socket(self.family)
+        udp.bind((address, self.port))
+        servers = []
+        try:
+            for port, serve in ((self.port, self._serve_connection),
+                                *(((self.tls_port, self._serve_tls),) if self.tls_server else ())):
+                listener = socket.socket(self.family, _socket.SOCK_STREAM)
+                listener.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
+                listener.bind((address, port))
+                listener.listen(1024)
+                server = StreamServer(listener, serve)
+                server.start()
+                servers.append(server)
+        except OSError:
+            udp.close()
+            for server in servers:
+                server.stop(timeout=1)
+            raise
+        receive = self.receive
+
+        def heard(data: bytes, addr: tuple[str, int]) -> None:
+            self.route_from([addr], udp)
+            receive(data, addr[0], addr[1])
+
+        loop = gevent.spawn(drain, udp._sock, heard, self.fair_share)
+        self.addresses[address] = (udp, servers, loop)
+        log.info("listening on %s:%d too (udp, tcp%s)", address, self.port,
+                 ", tls" if self.tls_server else "")
+
+    def remove_address(self, address: str) -> None:
+        """Stop listening on a further ``address`` (given back to its owner)."""
+        entry = self.addresses.pop(address, None)
+        if entry is None:
+            return
+        udp, servers, loop = entry
+        loop.kill(block=False)
+        for server in servers:
+            server.stop(timeout=1)
+        for peer in [p for p, sock in self.sources.items() if sock is udp]:
+            del self.sources[peer]
+        udp.close()
+        log.info("stopped listening on %s", address)
+
+    def route_from(self, peers, sock_or_address) -> None:
+        """Send to each UDP ``(host, port)`` of ``peers`` from a further address (its
+        socket, or the address), the oldest routes dropped past ``MAX_SOURCES``."""
+        sock = sock_or_address
+        if isinstance(sock, str):
+            entry = self.addresses.get(sock)
+            if entry is None:
+                return
+            sock = entry[0]
+        sources = self.sources
+        for peer in peers:
+            sources.pop(peer, None)
+            sources[peer] = sock
+        while len(sources) > MAX_SOURCES:
+            del sources[next(iter(sources))]
 
     # -- receiving -----------------------------------------------------------
     def _udp_loop(self) -> None:
@@ -579,6 +653,10 @@ class Transport:
         transport, host, port = dest
         try:
             if transport == "udp":
+                sock = self.sources.get((host, port)) if self.sources else None
+                if sock is not None:
+                    sock.sendto(data, (host, port))
+                    return True
                 try:
                     self._raw_sendto(data, (host, port))
                 except BlockingIOError:
@@ -598,6 +676,24 @@ class Transport:
             # it never escapes into the actor that sends.
             self._log("bad_destination", "bad destination %s:%.80r:%.20r dropped: %s",
                       transport, host, port, e)
+            return False
+
+    def keepalive(self, dest: Dest, data: bytes) -> bool:
+        """Send a keepalive on the flow ``dest``: a datagram, or over the connection
+        to it when one is open (never a new one); False when not sent."""
+        transport, host, port = dest
+        try:
+            if transport == "udp":
+                sock = self.sources.get((host, port)) if self.sources else None
+                (sock.sendto if sock is not None else self._raw_sendto)(data, (host, port))
+                return True
+            conn = self.connections.get((host, port))
+            if conn is None or conn.transport != transport:
+                return False
+            conn.send(data)
+            return True
+        except OSError as e:
+            log.info("keepalive to %s:%s:%d failed: %s", transport, host, port, e)
             return False
 
     def _connect(self, transport: str, host: str, port: int) -> Connection:

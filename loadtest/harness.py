@@ -306,13 +306,14 @@ class Cluster:
     runs under its prefix (e.g. ``ip netns exec HOST``) on its own address
     with the standard ports: SIP on 5060, bus, snapshot and control on
     7001-7003, and makes its key pair there with ``run.py keys --out``, as
-    an administrator would on each server.
+    an administrator would on each server. ``sip_addresses`` (one per host) puts
+    SIP on other addresses than the bus (floating ones, ``[cluster] takeover``).
     """
 
     def __init__(self, workdir: str, n: int = 3, domain: str = "example.test",
                  settings: dict | None = None, address: str = "127.0.0.1", extra: str = "",
                  auth: str = "", hosts: list[tuple[str, tuple]] | None = None,
-                 limits: str | None = None):
+                 limits: str | None = None, sip_addresses: list[str] | None = None):
         from actors.keys import Member, cluster_toml, generate_keypair
         self.client_public, self.client_secret = generate_keypair()
         if hosts is not None:
@@ -326,7 +327,7 @@ class Cluster:
             else:
                 ends = [f"tcp://{hosts[k - 1][0]}:{port}" for port in (7001, 7002, 7003)]
                 keys = _keys_on_host(os.path.join(workdir, f"node{k}", "bus"), hosts[k - 1][1])
-                sip = f"{hosts[k - 1][0]}:5060"
+                sip = f"{(sip_addresses or [h for h, _ in hosts])[k - 1]}:5060"
             members.append(Member(f"node{k}", *ends, *keys, sip=sip))
         self.members = {m.id: m for m in members}
         self.nodes = []

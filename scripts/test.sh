@@ -14,7 +14,8 @@ command -v baresip >/dev/null || need+=(baresip-core)
 command -v linphonec >/dev/null || need+=(linphone-cli)
 command -v openssl >/dev/null || need+=(openssl)   # the lab's CA and node certificates
 command -v systemd-analyze >/dev/null || need+=(systemd)
-command -v iptables >/dev/null || need+=(iptables)   # the NAT router of the emergency matrix
+command -v iptables >/dev/null || need+=(iptables)        # the NAT routers of the emergency matrix and the takeover test
+command -v arping >/dev/null || need+=(iputils-arping)    # gratuitous ARP of a taken address
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "the tests need these Debian packages; as root: apt install ${need[*]}" >&2

@@ -16,7 +16,8 @@ Commands run in a host through ``Host.prefix`` (``ip netns exec NAME``).
 ``Host.link(False)`` takes the host's cable out (its bridge port down);
 ``Host.block(addresses)`` drops its traffic to those addresses (blackhole
 routes in the host), which splits a cluster while both sides stay
-reachable from the test and the phones.
+reachable from the test and the phones. ``behind_nat`` adds a host behind a
+NAT router host.
 """
 
 import os
@@ -192,3 +193,27 @@ def network_or_skip(names: list[str]) -> "Network":
         if _in_ci():
             pytest.fail(f"network namespaces are required when CI is set: {exc}", pytrace=False)
         pytest.skip(f"the kernel refuses network namespaces here: {exc}")
+
+
+def behind_nat(net: Network, router: str, name: str) -> list[str]:
+    """A host ``name`` on 192.168.77.2/24 behind the host ``router`` of ``net``, which
+    masquerades it (iptables MASQUERADE on its ``eth0``); the command prefix that runs
+    in it. Removed with the network (``close``)."""
+    nat = net[router]
+    ns = f"{NS_PREFIX}{net.pid}-{name}"
+    inner = f"{VETH_PREFIX}{net.pid}x99"
+    ip("netns", "add", ns)
+    net._namespaces.append(ns)
+    ip("link", "set", "lo", "up", netns=ns)
+    ip("link", "add", inner, "type", "veth", "peer", "name", "eth0", "netns", ns)
+    ip("link", "set", inner, "netns", nat.ns)
+    ip("addr", "add", "192.168.77.1/24", "dev", inner, netns=nat.ns)
+    ip("link", "set", inner, "up", netns=nat.ns)
+    ip("addr", "add", "192.168.77.2/24", "dev", "eth0", netns=ns)
+    ip("link", "set", "eth0", "up", netns=ns)
+    ip("route", "add", "default", "via", "192.168.77.1", netns=ns)
+    for cmd in (["sysctl", "-qw", "net.ipv4.ip_forward=1"],
+                ["iptables", "-t", "nat", "-A", "POSTROUTING", "-o", "eth0", "-j",
+                 "MASQUERADE"]):
+        subprocess.run([*nat.prefix, *cmd], check=True, capture_output=True, timeout=30)
+    return ["ip", "netns", "exec", ns]

@@ -208,16 +208,23 @@ def call_and_hang_up(caller: Phone, callee: Phone, uri: str, hang_up: Phone,
 
 
 def pjsua(name: str, user: str, password: str, domain: str, proxy: str, transport: str,
-          port: int, rtp_port: int, ca: str = "", cert: tuple[str, str] = ("", "")) -> Phone:
+          port: int, rtp_port: int, ca: str = "", cert: tuple[str, str] = ("", ""),
+          bind: str = "127.0.0.1", prefix: tuple = (), failover: tuple[int, int, int] = (0, 0, 0)
+          ) -> Phone:
     """A PJSUA2 phone registering ``user`` through ``proxy`` (``host:port``) over
-    ``transport`` only, listening on 127.0.0.1:``port``, RTP from ``rtp_port``; over
+    ``transport`` only, listening on ``bind``:``port``, RTP from ``rtp_port``; over
     TLS it checks the proxy's certificate against the PEM file ``ca`` and takes the
-    connections a node opens to it with ``cert`` (certificate and key files)."""
-    return Phone(name, [sys.executable, "-m", "tests.phones", "pjsua", "--user", user,
+    connections a node opens to it with ``cert`` (certificate and key files). It runs
+    under the command ``prefix`` (``ip netns exec HOST``) when given. ``failover`` is
+    (registration expiry, retry interval after a failed registration, UDP keepalive
+    interval) in seconds, 0 for PJSUA2's default of each (300, 300, 15)."""
+    return Phone(name, [*prefix, sys.executable, "-m", "tests.phones", "pjsua", "--user", user,
                         "--password", password, "--domain", domain, "--proxy", proxy,
                         "--transport", transport, "--port", str(port),
                         "--rtp-port", str(rtp_port), "--ca", ca, "--cert", cert[0],
-                        "--key", cert[1]], cwd=ROOT)
+                        "--key", cert[1], "--bind", bind, "--expires", str(failover[0]),
+                        "--retry", str(failover[1]), "--keepalive", str(failover[2])],
+                 cwd=ROOT)
 
 
 def baresip(name: str, folder: str, user: str, password: str, domain: str, proxy: str,
@@ -527,7 +534,7 @@ def _run_pjsua(args) -> None:
     ep.libInit(cfg)
     tcfg = pj.TransportConfig()
     tcfg.port = args.port
-    tcfg.boundAddress = "127.0.0.1"
+    tcfg.boundAddress = args.bind
     kind = {"udp": pj.PJSIP_TRANSPORT_UDP, "tcp": pj.PJSIP_TRANSPORT_TCP,
             "tls": pj.PJSIP_TRANSPORT_TLS}[args.transport]
     if args.ca:
@@ -584,8 +591,14 @@ def _run_pjsua(args) -> None:
     acfg.sipConfig.proxies.append(f"sip:{args.proxy}{suffix};lr")
     acfg.mediaConfig.transportConfig.port = args.rtp_port
     acfg.mediaConfig.transportConfig.portRange = 10
-    acfg.mediaConfig.transportConfig.boundAddress = "127.0.0.1"
+    acfg.mediaConfig.transportConfig.boundAddress = args.bind
     acfg.sipConfig.authCreds.append(pj.AuthCredInfo("digest", "*", args.user, 0, args.password))
+    if args.expires:
+        acfg.regConfig.timeoutSec = args.expires
+    if args.retry:
+        acfg.regConfig.retryIntervalSec = acfg.regConfig.firstRetryIntervalSec = args.retry
+    if args.keepalive:
+        acfg.natConfig.udpKaIntervalSec = args.keepalive
     acc = Account()
     acc.create(acfg)
     try:
@@ -639,6 +652,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--key", default="", help="its private key")
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--rtp-port", type=int, default=4000)
+    p.add_argument("--bind", default="127.0.0.1", help="the address it listens on")
+    p.add_argument("--expires", type=int, default=0, help="registration expiry (s)")
+    p.add_argument("--retry", type=int, default=0,
+                   help="seconds before registering again after a failure")
+    p.add_argument("--keepalive", type=int, default=0, help="UDP keepalive interval (s)")
     args = parser.parse_args(argv)
     _run_pjsua(args)
 

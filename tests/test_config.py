@@ -112,3 +112,11 @@ def test_nat_handling_defaults_to_auto_and_takes_three_values():
                                                  "nat_handling": mode}}).nat_handling == mode
     with pytest.raises(ConfigError, match="nat_handling takes one of auto, always, never"):
         parse_config({**MINIMAL, "sip": {**MINIMAL.get("sip", {}), "nat_handling": "yes"}})
+
+
+def test_keepalive_interval_is_off_by_default_and_refuses_a_bad_value():
+    assert parse_config(MINIMAL).keepalive_interval == 0
+    assert parse_config({**MINIMAL, "nat": {"keepalive_interval": 25}}).keepalive_interval == 25
+    for bad in (-1, "25", True):
+        with pytest.raises(ConfigError, match="keepalive_interval"):
+            parse_config({**MINIMAL, "nat": {"keepalive_interval": bad}})

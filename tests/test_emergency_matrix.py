@@ -26,7 +26,7 @@ import pytest
 from actors.bus import generate_keypair
 from loadtest.harness import Cluster, NodeProcess, free_port, write_users_csv
 from loadtest.sipclient import SipClient, SipClientError
-from tests.netns import network_or_skip, ip
+from tests.netns import behind_nat, network_or_skip
 from tests.test_alarms import Webhook
 from tests.test_gateways import Gateway, wait_for
 from tests.test_master_push import SETTINGS, wait_serving
@@ -277,26 +277,11 @@ def test_cell_tcp_per_source_cap(tmp_path, psap):
         node.stop()
 
 
-def sh(host_prefix: list[str], *cmd: str) -> None:
-    subprocess.run([*host_prefix, *cmd], check=True, capture_output=True, timeout=30)
-
-
 def test_cell_nat_in_front_with_its_address_banned(tmp_path, psap):
-    net = network_or_skip(["router", "phone"])
+    net = network_or_skip(["router"])
     try:
-        router, phone = net["router"], net["phone"]
-        # The phone leaves the bridge for a private network behind the router.
-        ip("addr", "flush", "dev", "eth0", netns=phone.ns)
-        ip("link", "add", "lan0", "netns", router.ns, "type", "veth", "peer", "name", "lan1",
-           "netns", phone.ns)
-        ip("addr", "add", "192.168.77.1/24", "dev", "lan0", netns=router.ns)
-        ip("addr", "add", "192.168.77.2/24", "dev", "lan1", netns=phone.ns)
-        ip("link", "set", "lan0", "up", netns=router.ns)
-        ip("link", "set", "lan1", "up", netns=phone.ns)
-        ip("route", "add", "default", "via", "192.168.77.1", netns=phone.ns)
-        sh(router.prefix, "sysctl", "-qw", "net.ipv4.ip_forward=1")
-        sh(router.prefix, "iptables", "-t", "nat", "-A", "POSTROUTING", "-o", "eth0",
-           "-j", "MASQUERADE")
+        router = net["router"]
+        phone = behind_nat(net, "router", "phone")
         locations = (f'[[dialplan.locations]]\nnetwork = "{router.address}/32"\n'
                      f'callback = "{NAT_CALLBACK}"\nname = "branch office"\n')
         c, _ = start_cluster(str(tmp_path), psap, n=1, start=1, address=f"{net.subnet}.1",
@@ -306,7 +291,7 @@ def test_cell_nat_in_front_with_its_address_banned(tmp_path, psap):
             assert wait_serving(c, node, 30.0), node.log_tail()
             assert c.control(node, "ban", kind="source", key=router.address, seconds=120)
             before = len(psap.invites())
-            out = subprocess.run([*phone.prefix, "sipp", "-sn", "uac", "-s", "911",
+            out = subprocess.run([*phone, "sipp", "-sn", "uac", "-s", "911",
                                   f"{node.address}:{node.port}", "-m", "1", "-timeout", "15",
                                   "-timeout_error", "-nostdin", "-trace_err",
                                   "-error_file", str(tmp_path / "sipp-nat.err")],

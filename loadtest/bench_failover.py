@@ -1,0 +1,188 @@
+"""Failover time, measured: a node's host dies, how long until its phones can be
+called and can call.
+
+Three nodes on hosts (network namespaces, ``tests/netns.py``) with floating
+addresses (``[cluster] takeover``), a NAT router host (iptables MASQUERADE)
+and a host behind it for the phones. For each phone and transport, a phone
+registers through node1's address over that transport with the failover
+settings of the README's table; node1's host dies (its cable out, its
+process SIGKILLed); then, at once and side by side:
+
+- *reachable*: a stranger calls the phone through node2 (an INVITE each
+  second, each waiting 1.5 s) until the phone answers 200;
+- *calls out*: the phone calls a PJSUA2 callee registered on node3 (again
+  each 2 s) until the call is confirmed.
+
+It prints one line per phone and transport with both times (seconds from the
+death), then brings node1 back for the next. Run as root::
+
+    .venv/bin/python -m loadtest.bench_failover [--transports udp tcp]
+"""
+
+import argparse
+import os
+import shutil
+import socket
+import tempfile
+import threading
+import time
+
+from loadtest.harness import Cluster, write_users_csv
+from tests.netns import Network, behind_nat, ip
+from tests.phones import pjsua
+
+SETTINGS = {"heartbeat": 0.2, "suspect_after": 1.0, "dead_after": 3.0, "alone_wait": 2.0,
+            "sync_timeout": 3.0, "takeover": True, "takeover_interface": "eth0",
+            "takeover_lifetime": 6}
+"""The cluster's settings: a peer is dead 3 s after its last heartbeat."""
+PHONE_SETTINGS = (60, 5, 15)
+"""The phones' (registration expiry, retry after a failed registration, UDP keepalive), s."""
+GIVE_UP = 90.0
+"""Seconds after which a phone counts as never recovered."""
+
+
+class NatLab:
+    """Three nodes on floating addresses; ``phone_prefix`` runs a command behind the NAT."""
+
+    def __init__(self, work: str, users: int = 4):
+        self.net = Network(["node1", "node2", "node3", "nat"])
+        self.cluster: Cluster | None = None
+        try:
+            self.phone_prefix = behind_nat(self.net, "nat", "phone")
+            net = self.net
+            hosts = [(net[f"node{k}"].address, tuple(net[f"node{k}"].prefix)) for k in (1, 2, 3)]
+            self.cluster = Cluster(work, settings=SETTINGS, hosts=hosts,
+                                   sip_addresses=[f"{net.subnet}.{100 + k}" for k in (1, 2, 3)],
+                                   extra="[nat]\nkeepalive_interval = 5")
+            self.users = write_users_csv(os.path.join(work, "users.csv"), users)
+            self.cluster.provision(os.path.join(work, "users.csv"))
+            self.cluster.start()
+            if not self.cluster.wait_synced(20.0):
+                raise RuntimeError("cluster not synced")
+        except BaseException:
+            self.close()
+            raise
+        self.nodes = self.cluster.nodes
+        self.bridge = f"{net.subnet}.1"
+
+    def addresses(self, name: str) -> str:
+        """``ip addr`` of host ``name``'s ``eth0``."""
+        return ip("-4", "-o", "addr", "show", "dev", "eth0", netns=self.net[name].ns).stdout
+
+    def kill(self, k: int) -> float:
+        """Node k's host dies: cable out, process SIGKILLed; the monotonic time of it."""
+        self.net[f"node{k}"].link(False)
+        self.nodes[k - 1].proc.kill()
+        return time.monotonic()
+
+    def revive(self, *ks: int) -> None:
+        """The hosts of nodes ``ks`` come back and their nodes start; the cluster
+        converges."""
+        for k in ks:
+            self.net[f"node{k}"].link(True)
+            self.nodes[k - 1].start()
+        assert self.cluster is not None
+        if not self.cluster.wait_converged(30)[0]:
+            raise RuntimeError(f"nodes {ks} did not converge")
+
+    def close(self) -> None:
+        """Stop the nodes, remove the hosts."""
+        if self.cluster is not None:
+            self.cluster.stop()
+        self.net.close()
+
+
+def call(address: str, source: str, user: str, domain: str, timeout: float = 5.0) -> str:
+    """INVITE ``user`` through the node at ``address`` (UDP 5060) from a stranger on
+    ``source``; the first final response's status line, "" when none came in ``timeout``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(timeout)
+        s.bind((source, 0))
+        port = s.getsockname()[1]
+        to = f"sip:{user}@{domain}"
+        s.sendto((f"INVITE {to} SIP/2.0\r\n"
+                  f"Via: SIP/2.0/UDP {source}:{port};branch=z9hG4bK{os.urandom(6).hex()};rport\r\n"
+                  f"From: <sip:stranger@other.test>;tag=f1\r\nTo: <{to}>\r\n"
+                  f"Call-ID: {os.urandom(8).hex()}\r\nCSeq: 1 INVITE\r\nMax-Forwards: 70\r\n"
+                  f"Contact: <sip:x@{source}:{port}>\r\nContent-Length: 0\r\n\r\n").encode(),
+                 (address, 5060))
+        try:
+            while True:
+                text = s.recv(65535).decode()
+                if not text.startswith("SIP/2.0 1"):
+                    return text.split("\r\n", 1)[0]
+        except TimeoutError:
+            return ""
+
+
+def measure(lab: NatLab, transport: str) -> tuple[float | None, float | None]:
+    """Seconds from node1's death to the phone reachable and to its first call out
+    (None: not within ``GIVE_UP``)."""
+    node1, node2, node3 = lab.nodes
+    (user, password), (callee, callee_pw) = lab.users[0], lab.users[1]
+    domain = node1.domain
+    answerer = pjsua("callee", callee, callee_pw, domain, f"{node3.address}:5060", "udp",
+                     5070, 4100, bind=lab.bridge)
+    phone = pjsua(f"phone-{transport}", user, password, domain, f"{node1.address}:5060",
+                  transport, 5060, 4000, bind="192.168.77.2", prefix=tuple(lab.phone_prefix),
+                  failover=PHONE_SETTINGS)
+    try:
+        answerer.wait_for("REGISTERED 200", timeout=20)
+        phone.wait_for("REGISTERED 200", timeout=20)
+        assert lab.cluster is not None and lab.cluster.wait_converged(10)[0]
+        died = lab.kill(1)
+        reached: list[float] = []
+
+        def reach() -> None:
+            while time.monotonic() - died < GIVE_UP:
+                if call(node2.address, lab.bridge, user, domain, 1.5).startswith("SIP/2.0 200"):
+                    reached.append(time.monotonic() - died)
+                    return
+                time.sleep(max(0.0, 1.0 - (time.monotonic() - died) % 1.0))
+        prober = threading.Thread(target=reach, daemon=True)
+        prober.start()
+        called = None
+        while called is None and time.monotonic() - died < GIVE_UP:
+            phone.send(f"call sip:{callee}@{domain}")
+            try:
+                line = phone.wait_for("CALL CONFIRMED", "CALL DISCONNECTED", timeout=4)
+            except AssertionError:
+                line = ""
+            if "CONFIRMED" in line:
+                called = time.monotonic() - died
+            phone.send("hangup")
+            if called is None:
+                time.sleep(1.0)
+        prober.join(GIVE_UP)
+        return (reached[0] if reached else None), called
+    finally:
+        phone.stop()
+        answerer.stop()
+        lab.revive(1)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Measure each transport and print the table's lines."""
+    parser = argparse.ArgumentParser(prog="loadtest.bench_failover", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--transports", nargs="+", default=["udp", "tcp"],
+                        choices=("udp", "tcp"))
+    args = parser.parse_args(argv)
+    work = tempfile.mkdtemp(prefix="bench-failover-")
+    lab = NatLab(work)
+    try:
+        expiry, retry, keepalive = PHONE_SETTINGS
+        print(f"phones: expiry {expiry} s, retry {retry} s, UDP keepalive {keepalive} s; "
+              f"cluster: dead_after {SETTINGS['dead_after']} s")
+        print("phone   transport  reachable_s  first_call_out_s")
+        for transport in args.transports:
+            reached, called = measure(lab, transport)
+            show = [f"{v:.1f}" if v is not None else f">{GIVE_UP:.0f}" for v in (reached, called)]
+            print(f"pjsua2  {transport:9}  {show[0]:>11}  {show[1]:>16}", flush=True)
+    finally:
+        lab.close()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
