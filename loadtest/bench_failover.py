@@ -3,10 +3,11 @@ called and can call.
 
 Three nodes on hosts (network namespaces, ``tests/netns.py``) with floating
 addresses (``[cluster] takeover``), a NAT router host (iptables MASQUERADE)
-and a host behind it for the phones. For each phone and transport, a phone
-registers through node1's address over that transport with the failover
-settings of the README's table; node1's host dies (its cable out, its
-process SIGKILLed); then, at once and side by side:
+and a host behind it for the phones. For each phone (PJSUA2, baresip,
+linphonec) and transport, the phone registers through node1's address over
+that transport with the failover settings of the README's table; node1's
+host dies (its cable out, its process SIGKILLed); then, at once and side by
+side:
 
 - *reachable*: a stranger calls the phone through node2 (an INVITE each
   second, each waiting 1.5 s) until the phone answers 200;
@@ -16,7 +17,8 @@ process SIGKILLed); then, at once and side by side:
 It prints one line per phone and transport with both times (seconds from the
 death), then brings node1 back for the next. Run as root::
 
-    .venv/bin/python -m loadtest.bench_failover [--transports udp tcp]
+    .venv/bin/python -m loadtest.bench_failover [--phones pjsua2 baresip linphone]
+        [--transports udp tcp]
 """
 
 import argparse
@@ -29,7 +31,8 @@ import time
 
 from loadtest.harness import Cluster, write_users_csv
 from tests.netns import Network, behind_nat, ip
-from tests.phones import pjsua
+from tests.phones import (BaresipPhone, LinphonePhone, PjsuaPhone, Softphone, baresip,
+                          linphone, pjsua)
 
 SETTINGS = {"heartbeat": 0.2, "suspect_after": 1.0, "dead_after": 3.0, "alone_wait": 2.0,
             "sync_timeout": 3.0, "takeover": True, "takeover_interface": "eth0",
@@ -39,6 +42,9 @@ PHONE_SETTINGS = (60, 5, 15)
 """The phones' (registration expiry, retry after a failed registration, UDP keepalive), s."""
 GIVE_UP = 90.0
 """Seconds after which a phone counts as never recovered."""
+PHONES = ("pjsua2", "baresip", "linphone")
+PHONE_ADDRESS = "192.168.77.2"
+"""The phones' host's address behind the NAT (``tests.netns.behind_nat``)."""
 
 
 class NatLab:
@@ -50,6 +56,11 @@ class NatLab:
         try:
             self.phone_prefix = behind_nat(self.net, "nat", "phone")
             net = self.net
+            # baresip is driven over TCP (ctrl_tcp) on the phones' host: reached through
+            # the NAT router, which forwards what comes from outside untranslated.
+            ip("route", "replace", f"{PHONE_ADDRESS.rpartition('.')[0]}.0/24", "via",
+               net["nat"].address)
+            self.routed = True
             hosts = [(net[f"node{k}"].address, tuple(net[f"node{k}"].prefix)) for k in (1, 2, 3)]
             self.cluster = Cluster(work, settings=SETTINGS, hosts=hosts,
                                    sip_addresses=[f"{net.subnet}.{100 + k}" for k in (1, 2, 3)],
@@ -86,9 +97,11 @@ class NatLab:
             raise RuntimeError(f"nodes {ks} did not converge")
 
     def close(self) -> None:
-        """Stop the nodes, remove the hosts."""
+        """Stop the nodes, remove the hosts (and the route to the phones' network)."""
         if self.cluster is not None:
             self.cluster.stop()
+        if getattr(self, "routed", False):
+            ip("route", "del", f"{PHONE_ADDRESS.rpartition('.')[0]}.0/24", check=False)
         self.net.close()
 
 
@@ -115,20 +128,41 @@ def call(address: str, source: str, user: str, domain: str, timeout: float = 5.0
             return ""
 
 
-def measure(lab: NatLab, transport: str) -> tuple[float | None, float | None]:
+def start_phone(lab: NatLab, kind: str, transport: str, work: str) -> Softphone:
+    """Phone ``kind`` behind the NAT, registering the first user through node1's
+    address over ``transport`` with the failover settings ``PHONE_SETTINGS``."""
+    user, password = lab.users[0]
+    domain, proxy = lab.nodes[0].domain, f"{lab.nodes[0].address}:5060"
+    prefix, name = tuple(lab.phone_prefix), f"phone-{kind}-{transport}"
+    folder = os.path.join(work, name)
+    if kind == "pjsua2":
+        return PjsuaPhone(pjsua(name, user, password, domain, proxy, transport, 5060, 4000,
+                                bind=PHONE_ADDRESS, prefix=prefix, failover=PHONE_SETTINGS),
+                          user, transport)
+    if kind == "baresip":
+        return BaresipPhone(baresip(name, folder, user, password, domain, proxy, transport,
+                                    5060, 4000, 5090, bind=PHONE_ADDRESS, prefix=prefix,
+                                    expires=PHONE_SETTINGS[0]), user, transport)
+    return LinphonePhone(linphone(name, folder, user, password, domain, proxy, transport,
+                                  5060, 4000, bind=PHONE_ADDRESS, prefix=prefix,
+                                  expires=PHONE_SETTINGS[0]),
+                         user, transport, os.path.join(folder, "log"))
+
+
+def measure(lab: NatLab, kind: str, transport: str, work: str
+            ) -> tuple[float | None, float | None]:
     """Seconds from node1's death to the phone reachable and to its first call out
     (None: not within ``GIVE_UP``)."""
     node1, node2, node3 = lab.nodes
-    (user, password), (callee, callee_pw) = lab.users[0], lab.users[1]
+    user = lab.users[0][0]
+    callee, callee_pw = lab.users[1]
     domain = node1.domain
     answerer = pjsua("callee", callee, callee_pw, domain, f"{node3.address}:5060", "udp",
                      5070, 4100, bind=lab.bridge)
-    phone = pjsua(f"phone-{transport}", user, password, domain, f"{node1.address}:5060",
-                  transport, 5060, 4000, bind="192.168.77.2", prefix=tuple(lab.phone_prefix),
-                  failover=PHONE_SETTINGS)
+    phone = start_phone(lab, kind, transport, work)
     try:
         answerer.wait_for("REGISTERED 200", timeout=20)
-        phone.wait_for("REGISTERED 200", timeout=20)
+        phone.wait_registered(20)
         assert lab.cluster is not None and lab.cluster.wait_converged(10)[0]
         died = lab.kill(1)
         reached: list[float] = []
@@ -143,15 +177,9 @@ def measure(lab: NatLab, transport: str) -> tuple[float | None, float | None]:
         prober.start()
         called = None
         while called is None and time.monotonic() - died < GIVE_UP:
-            phone.send(f"call sip:{callee}@{domain}")
-            try:
-                line = phone.wait_for("CALL CONFIRMED", "CALL DISCONNECTED", timeout=4)
-            except AssertionError:
-                line = ""
-            if "CONFIRMED" in line:
+            if phone.try_call(f"sip:{callee}@{domain}", 4.0):
                 called = time.monotonic() - died
-            phone.send("hangup")
-            if called is None:
+            else:
                 time.sleep(1.0)
         prober.join(GIVE_UP)
         return (reached[0] if reached else None), called
@@ -165,6 +193,7 @@ def main(argv: list[str] | None = None) -> None:
     """Measure each transport and print the table's lines."""
     parser = argparse.ArgumentParser(prog="loadtest.bench_failover", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--phones", nargs="+", default=list(PHONES), choices=PHONES)
     parser.add_argument("--transports", nargs="+", default=["udp", "tcp"],
                         choices=("udp", "tcp"))
     args = parser.parse_args(argv)
@@ -174,11 +203,13 @@ def main(argv: list[str] | None = None) -> None:
         expiry, retry, keepalive = PHONE_SETTINGS
         print(f"phones: expiry {expiry} s, retry {retry} s, UDP keepalive {keepalive} s; "
               f"cluster: dead_after {SETTINGS['dead_after']} s")
-        print("phone   transport  reachable_s  first_call_out_s")
-        for transport in args.transports:
-            reached, called = measure(lab, transport)
-            show = [f"{v:.1f}" if v is not None else f">{GIVE_UP:.0f}" for v in (reached, called)]
-            print(f"pjsua2  {transport:9}  {show[0]:>11}  {show[1]:>16}", flush=True)
+        print("phone     transport  reachable_s  first_call_out_s")
+        for kind in args.phones:
+            for transport in args.transports:
+                reached, called = measure(lab, kind, transport, work)
+                show = [f"{v:.1f}" if v is not None else f">{GIVE_UP:.0f}"
+                        for v in (reached, called)]
+                print(f"{kind:9} {transport:9}  {show[0]:>11}  {show[1]:>16}", flush=True)
     finally:
         lab.close()
         shutil.rmtree(work, ignore_errors=True)

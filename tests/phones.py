@@ -229,14 +229,17 @@ def pjsua(name: str, user: str, password: str, domain: str, proxy: str, transpor
 
 def baresip(name: str, folder: str, user: str, password: str, domain: str, proxy: str,
             transport: str, port: int, rtp_port: int, ctrl_port: int, ca: str = "",
-            cert: tuple[str, str] = ("", "")) -> Phone:
+            cert: tuple[str, str] = ("", ""), bind: str = "127.0.0.1", prefix: tuple = (),
+            expires: int = 600) -> Phone:
     """Debian's baresip with a configuration in ``folder`` (made here): ``user`` registered
-    through ``proxy`` over ``transport``, SIP on 127.0.0.1:``port`` (TLS on the port after
-    it, with ``cert``, certificate and key, for the connections a node opens; the
-    proxy's certificate checked against ``ca``: ``sip_cafile``), a sine wave for its
-    microphone, a file for its speaker, calls answered at once; driven through its ctrl_tcp
-    module on 127.0.0.1:``ctrl_port``, which must not be ``port + 1`` (``Phone.send``
-    writes ``/command params``)."""
+    through ``proxy`` over ``transport`` every ``expires`` seconds, SIP on
+    ``bind``:``port`` (TLS on the port after it, with ``cert``, certificate and key, for
+    the connections a node opens; the proxy's certificate checked against ``ca``:
+    ``sip_cafile``), a sine wave for its microphone, a file for its speaker, calls
+    answered at once; driven through its ctrl_tcp module on ``ctrl_port``, which must
+    not be ``port + 1`` (``Phone.send`` writes ``/command params``), on 127.0.0.1, or on
+    ``bind`` when it runs under the command ``prefix`` (``ip netns exec HOST``), whose
+    loopback the caller cannot reach."""
     os.makedirs(folder, exist_ok=True)
     tls = ""
     if ca:
@@ -247,10 +250,11 @@ def baresip(name: str, folder: str, user: str, password: str, domain: str, proxy
             f.write(c.read() + k.read())
         os.chmod(pem, 0o600)
         tls += f"sip_certificate {pem}\n"
+    ctrl = (bind if prefix else "127.0.0.1", ctrl_port)
     with open(os.path.join(folder, "config"), "w") as f:
         f.write(f"""poll_method poll
-net_interface 127.0.0.1
-sip_listen 127.0.0.1:{port}
+net_interface {bind}
+sip_listen {bind}:{port}
 sip_transports {transport}
 audio_player aufile,{os.path.join(folder, "heard.wav")}
 audio_source ausine,440
@@ -260,7 +264,7 @@ auplay_channels 2
 auplay_srate 48000
 audio_alert aufile,{os.path.join(folder, "alert.wav")}
 rtp_ports {rtp_port}-{rtp_port + 9}
-ctrl_tcp_listen 127.0.0.1:{ctrl_port}
+ctrl_tcp_listen {ctrl[0]}:{ctrl[1]}
 {tls}module_path /usr/lib/baresip/modules
 module stdio.so
 module g711.so
@@ -272,21 +276,23 @@ module_app ctrl_tcp.so
 """)
     with open(os.path.join(folder, "accounts"), "w") as f:
         f.write(f'<sip:{user}@{domain};transport={transport}>;auth_pass={password};'
-                f'outbound="sip:{proxy};transport={transport}";regint=600;'
+                f'outbound="sip:{proxy};transport={transport}";regint={expires};'
                 "answermode=auto;audio_codecs=PCMU,PCMA\n")
     # stdbuf: baresip writes through stdio, block-buffered on a pipe
     # -s: its SIP trace, where the BYE's answer shows (tests.phones.final_status)
-    phone = Phone(name, ["stdbuf", "-oL", "baresip", "-s", "-f", folder], cwd=folder)
-    phone.ctrl = ("127.0.0.1", ctrl_port)
+    phone = Phone(name, [*prefix, "stdbuf", "-oL", "baresip", "-s", "-f", folder], cwd=folder)
+    phone.ctrl = ctrl
     return phone
 
 
 def linphone(name: str, folder: str, user: str, password: str, domain: str, proxy: str,
              transport: str, port: int, rtp_port: int, ca: str = "",
-             cert: tuple[str, str] = ("", "")) -> Phone:
+             cert: tuple[str, str] = ("", ""), bind: str = "127.0.0.1", prefix: tuple = (),
+             expires: int = 600) -> Phone:
     """Debian's linphonec with a configuration in ``folder`` (made here): ``user``
-    registered through ``proxy`` over ``transport`` only (SIP on ``port``, RTP on
-    ``rtp_port``), calls answered at once (``-a``), over TLS the proxy checked against the
+    registered through ``proxy`` over ``transport`` only every ``expires`` seconds (SIP
+    on ``bind``:``port``, RTP on ``rtp_port``; under the command ``prefix`` when given),
+    calls answered at once (``-a``), over TLS the proxy checked against the
     PEM file ``ca`` and ``cert`` (certificate and key) shown to a node that connects to
     it; driven on stdin (``call URI``, ``terminate``), its log (level 6, RTP
     statistics included) in ``folder``/log.
@@ -304,7 +310,7 @@ def linphone(name: str, folder: str, user: str, password: str, domain: str, prox
 sip_port={ports["udp"]}
 sip_tcp_port={ports["tcp"]}
 sip_tls_port={ports["tls"]}
-bind_address=127.0.0.1
+bind_address={bind}
 default_proxy=0
 register_only_when_network_is_up=0
 auto_net_state_mon=0
@@ -326,7 +332,7 @@ user_certificates_path={folder}
 reg_proxy=<sip:{proxy};transport={transport}>
 reg_route=<sip:{proxy};transport={transport};lr>
 reg_identity=<sip:{user}@{domain}>
-reg_expires=600
+reg_expires={expires}
 reg_sendregister=1
 publish=0
 [auth_info_0]
@@ -335,7 +341,7 @@ passwd={password}
 realm={domain}
 domain={domain}
 """)
-    return Phone(name, ["stdbuf", "-oL", "linphonec", "-c", os.path.join(folder, "rc"), "-a",
+    return Phone(name, [*prefix, "stdbuf", "-oL", "linphonec", "-c", os.path.join(folder, "rc"), "-a",
                         "-d", "6", "-l", os.path.join(folder, "log")], cwd=folder,
                  env={"HOME": folder})
 
@@ -352,9 +358,26 @@ class Softphone(abc.ABC):
     waiting (bounded) on the phone's own output. ``kind`` names the program."""
 
     kind = ""
+    established = ""
+    """What the phone prints when a call is up."""
+    ended: tuple[str, ...] = ()
+    """What it prints when a call ends or fails."""
+    hangup_command = ""
+    """What ends the phone's call (or gives up its attempt)."""
 
     def __init__(self, phone: Phone, user: str, transport: str):
         self.phone, self.user, self.transport = phone, user, transport
+
+    def try_call(self, uri: str, timeout: float) -> bool:
+        """Call ``uri``: True when the call was up within ``timeout`` seconds; the call,
+        or the attempt, is ended either way (without waiting for the BYE's answer)."""
+        self.dial(uri)
+        try:
+            line = self.phone.wait_for(self.established, *self.ended, timeout=timeout)
+        except AssertionError:
+            line = ""
+        self.phone.send(self.hangup_command)
+        return self.established in line
 
     @abc.abstractmethod
     def wait_registered(self, timeout: float = 20.0) -> None:
@@ -396,6 +419,9 @@ class Softphone(abc.ABC):
 
 class PjsuaPhone(Softphone):
     kind = "pjsua2"
+    established = "CALL CONFIRMED"
+    ended = ("CALL DISCONNECTED",)
+    hangup_command = "hangup"
 
     def wait_registered(self, timeout: float = 20.0) -> None:
         line = self.phone.wait_for("REGISTERED", timeout=timeout)
@@ -405,7 +431,7 @@ class PjsuaPhone(Softphone):
         self.phone.send(f"call {uri}")
 
     def wait_established(self) -> None:
-        self.phone.wait_for("CALL CONFIRMED")
+        self.phone.wait_for(self.established)
 
     def rtp_received(self, timeout: float) -> int | None:
         return self.phone.rtp_received(timeout)
@@ -421,6 +447,9 @@ class PjsuaPhone(Softphone):
 
 class BaresipPhone(Softphone):
     kind = "baresip"
+    established = "EVENT CALL_ESTABLISHED"
+    ended = ("EVENT CALL_CLOSED",)
+    hangup_command = "/hangup"
 
     def wait_registered(self, timeout: float = 20.0) -> None:
         line = self.phone.wait_for(f"{{0/{self.transport.upper()}/v4}}", timeout=timeout)
@@ -431,7 +460,7 @@ class BaresipPhone(Softphone):
         self.phone.send(f"/dial {uri}")
 
     def wait_established(self) -> None:
-        self.phone.wait_for("EVENT CALL_ESTABLISHED")
+        self.phone.wait_for(self.established)
 
     def rtp_received(self, timeout: float) -> int | None:
         """baresip's status line, ``audio=<tx>/<rx> (bit/s)``, once both are above 0."""
@@ -459,6 +488,9 @@ class BaresipPhone(Softphone):
 
 class LinphonePhone(Softphone):
     kind = "linphone"
+    established = " connected."
+    ended = (" ended (", " error", "failed")
+    hangup_command = "terminate"
 
     def __init__(self, phone: Phone, user: str, transport: str, log: str):
         super().__init__(phone, user, transport)
@@ -480,7 +512,7 @@ class LinphonePhone(Softphone):
         self.phone.send(f"call {uri}")
 
     def wait_established(self) -> None:
-        self.phone.wait_for(" connected.")
+        self.phone.wait_for(self.established)
         self.log_offset = os.path.getsize(self.log)
 
     def start_media(self) -> None:
