@@ -25,9 +25,7 @@ import logging
 import os
 import socket
 import sys
-import urllib.error
 import urllib.parse
-import urllib.request
 
 from store.db import StoreError
 from store.files import make_private_dir, write_private
@@ -35,14 +33,13 @@ from store.users import validate_domain
 
 from .bus import BusError, check_key
 from .keys import Member, cluster_toml, load_or_create_keypair
+from .master_api import ask_master
 from .membership import NODE_ID, MembershipError, parse_peers
 
 log = logging.getLogger(__name__)
 
 JOIN_TIMEOUT = 30.0
 """Seconds the master may take to answer a join."""
-MAX_REPLY = 1024 * 1024
-"""Largest join answer read (bytes)."""
 DEFAULT_DATA = "/var/lib/tandem"
 SERVICE_CONFIG = "/etc/tandem/node.toml"
 """The configuration ``conf/tandem-node.service`` runs the node with."""
@@ -96,31 +93,9 @@ def _host(address: str) -> str:
 
 def post_join(master_url: str, body: dict) -> dict:
     """POST ``body`` to the master's ``/api/join``; its answer, or ``JoinFailed``."""
-    req = urllib.request.Request(master_url.rstrip("/") + "/api/join",
-                                 data=json.dumps(body).encode(), method="POST",
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=JOIN_TIMEOUT) as r:
-            data = r.read(MAX_REPLY + 1)
-    except urllib.error.HTTPError as e:
-        try:
-            reason = json.loads(e.read(4096)).get("error", "")
-        except (ValueError, AttributeError):
-            reason = ""
-        raise JoinFailed(f"the master refused the join ({e.code}): "
-                         f"{reason or e.reason}") from None
-    except (urllib.error.URLError, OSError) as e:
-        raise JoinFailed(f"cannot reach the master at {master_url}: "
-                         f"{getattr(e, 'reason', e)}") from None
-    if len(data) > MAX_REPLY:
-        raise JoinFailed("the master's answer is too large")
-    try:
-        reply = json.loads(data)
-    except ValueError:
-        raise JoinFailed("the master's answer is not JSON") from None
-    if not isinstance(reply, dict):
-        raise JoinFailed("the master's answer is not a JSON object")
-    return reply
+    return ask_master(master_url, "/api/join", method="POST", body=json.dumps(body).encode(),
+                      headers={"Content-Type": "application/json"}, timeout=JOIN_TIMEOUT,
+                      refused="the master refused the join", error=JoinFailed)
 
 
 def node_toml(me: Member, reply: dict, data: str, address: str, port: int) -> str:

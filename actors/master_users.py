@@ -18,9 +18,9 @@ import json
 import os
 import stat
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
+
+from .master_api import MasterError, ask_master
 
 URL_ENV = "TANDEM_MASTER_URL"
 """Environment variable naming the master's URL."""
@@ -32,12 +32,7 @@ IMPORT_TIMEOUT = 900.0
 """Seconds an import may take on the master before the command gives up waiting."""
 MAX_FILE = 8 * 1024 * 1024
 """Largest CSV sent (the master refuses bigger ones)."""
-MAX_REPLY = 1024 * 1024
-"""Largest answer read from the master."""
 
-
-class MasterError(Exception):
-    """The master could not be asked, or refused (the message says why)."""
 
 
 def master_url(given: str | None) -> str:
@@ -78,28 +73,8 @@ def admin_credentials(path: str | None) -> tuple[str, str]:
 def _ask(url: str, creds: tuple[str, str], method: str, path: str, body: bytes | None = None,
          content_type: str = "application/json") -> dict:
     token = base64.b64encode(f"{creds[0]}:{creds[1]}".encode()).decode()
-    req = urllib.request.Request(url + path, data=body, method=method,
-                                 headers={"Authorization": f"Basic {token}",
-                                          "Content-Type": content_type})
-    try:
-        with urllib.request.urlopen(req, timeout=TIMEOUT) as r:
-            data = r.read(MAX_REPLY + 1)
-    except urllib.error.HTTPError as e:
-        try:
-            reason = json.loads(e.read(4096)).get("error", "")
-        except (ValueError, AttributeError):
-            reason = ""
-        raise MasterError(f"the master refused ({e.code}): {reason or e.reason}") from None
-    except (urllib.error.URLError, OSError) as e:
-        raise MasterError(f"cannot reach the master at {url}: "
-                          f"{getattr(e, 'reason', e)}") from None
-    try:
-        reply = json.loads(data[:MAX_REPLY])
-    except ValueError:
-        raise MasterError("the master's answer is not JSON") from None
-    if not isinstance(reply, dict):
-        raise MasterError("the master's answer is not a JSON object")
-    return reply
+    return ask_master(url, path, method=method, body=body, timeout=TIMEOUT,
+                      headers={"Authorization": f"Basic {token}", "Content-Type": content_type})
 
 
 def add_user(url: str, creds: tuple[str, str], name: str, password: str) -> int:
