@@ -74,17 +74,10 @@ class AlarmSettingsError(ValueError):
 
 
 @dataclass
-class AlarmSettings:
-    """The ``[alarms]`` settings (see the module's docstring)."""
+class AlarmSettings(Channels):
+    """The ``[alarms]`` settings (see the module's docstring): where notices go
+    (``Channels``, shared with the nodes' own notices) and when troubles count."""
 
-    webhook: str = ""
-    smtp_host: str = ""
-    smtp_port: int = 25
-    smtp_from: str = "tandem@localhost"
-    smtp_to: list[str] = field(default_factory=list)
-    smtp_user: str = ""
-    smtp_password: str = field(default="", repr=False)
-    smtp_starttls: bool = False
     dashboard_url: str = ""
     check_every: float = 10.0
     repeat_every: float = 900.0
@@ -114,7 +107,7 @@ class AlarmSettings:
             if not ok:
                 raise AlarmSettingsError(f"[alarms] {name} must be like {default!r}")
             setattr(out, name, value)
-        problem = Notifier(out).channels().problem()
+        problem = out.problem()
         if problem:
             raise AlarmSettingsError(f"[alarms] {problem}")
         if out.check_every < 1:
@@ -257,12 +250,6 @@ class Notifier:
                 "count": row.count, "first_at": row.first_at, "last_at": row.last_at,
                 "cluster": self.domain}
 
-    def channels(self) -> Channels:
-        """The webhook and e-mail settings of ``[alarms]``."""
-        s = self.settings
-        return Channels(s.webhook, s.smtp_host, s.smtp_port, s.smtp_from, s.smtp_to,
-                        s.smtp_user, s.smtp_password, s.smtp_starttls)
-
     def send(self, row: store.Alarm) -> bool:
         """Deliver ``row``'s notice on every channel; True when every one took it."""
         body = self.payload(row)
@@ -271,7 +258,7 @@ class Notifier:
         subject = f"[tandem {self.domain}] {body['alarm']}: {body['subject']}{state}"
         text = (f"{body['text']}\n\nState: {body['state']}, seen {body['count']} "
                 f"times since {_ts(body['first_at'])}.\nDetails: {body['link']}\n")
-        return send_notice(self.channels(), body, subject, text, "tandem-master")
+        return send_notice(self.settings, body, subject, text, "tandem-master")
 
 
 class AlarmChecker(Periodic):
@@ -331,7 +318,7 @@ class AlarmChecker(Periodic):
 
     def deliver(self, now: float) -> None:
         """Send every waiting notice (each channel bounded by ``actors.notify.SEND_TIMEOUT``)."""
-        if not (self.settings.webhook or self.settings.smtp_host):
+        if not self.settings:
             return
         notifier = Notifier(self.settings, ms.get_setting("domain", ""))
         for row in store.pending():
