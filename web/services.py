@@ -80,28 +80,10 @@ def drain_node(bus, node_id: str, on: bool) -> dict:
     """Drain node ``node_id`` (``on``) or end its drain; the node's drain state."""
     if not isinstance(on, bool):
         raise ServiceError('drain needs "on": true or false')
-    node = next((n for n in ms.list_nodes() if n["node_id"] == node_id), None)
-    if node is None:
-        raise ServiceError(f"no node {node_id!r}")
-    if bus is None:
-        raise ServiceError("the master has no bus to reach the node")
-    try:
-        return request(bus, node["control"], node["public_key"], {"cmd": "drain", "on": on},
-                       ASK_TIMEOUT)
-    except BusError as e:
-        raise ServiceError(f"{node_id}: {e}") from None
+    return _ask(bus, node_id, {"cmd": "drain", "on": on})
 
 
 def node_calls(bus, node_id: str, limit: int = 100) -> dict:
     """The calls node ``node_id`` carries (its dialog records, ``actors.dialogs``): the
     total and the first ``limit`` (1 to 1000), oldest first."""
-    node = next((n for n in ms.list_nodes() if n["node_id"] == node_id), None)
-    if node is None:
-        raise ServiceError(f"no node {node_id!r}")
-    if bus is None:
-        raise ServiceError("the master has no bus to reach the node")
-    try:
-        return request(bus, node["control"], node["public_key"],
-                       {"cmd": "calls", "owner": node_id, "limit": limit}, ASK_TIMEOUT)
-    except BusError as e:
-        raise ServiceError(f"{node_id}: {e}") from None
+    return _ask(bus, node_id, {"cmd": "calls", "owner": node_id, "limit": limit})
