@@ -99,25 +99,28 @@ def _fits(cert: str, ca: str, names: list[str]) -> bool:
 
 
 def node_cert(folder: str, ca: tuple[str, str], node_id: str, address: str,
-              domain: str) -> NodeCert:
+              domain: str, also: tuple[str, ...] = ()) -> NodeCert:
     """Node ``node_id``'s certificate (``tls.pem``, key ``tls.key`` 0600) under
-    ``folder``, signed by ``ca`` (cert, key), for its IP ``address`` (as an IP and
-    as a DNS name), the SIP ``domain`` and ``<node_id>.<domain>``; kept when it
-    still fits, else made again. It serves as a TLS server (phones) and a client
-    (the node's own connections to sips next hops)."""
+    ``folder``, signed by ``ca`` (cert, key), for its IP ``address`` and the further
+    addresses ``also`` (each as an IP and as a DNS name: the floating addresses of
+    peers it may take over, ``actors.takeover``, whose phones reconnect to it), the
+    SIP ``domain`` and ``<node_id>.<domain>``; kept when it still fits, else made
+    again. It serves as a TLS server (phones) and a client (the node's own
+    connections to sips next hops)."""
     cert, key = os.path.join(folder, "tls.pem"), os.path.join(folder, "tls.key")
     # The address is a DNS name too: linphone's TLS (mbedTLS 2) matches the host it
     # connects to only against DNS names, and refuses the IP-only certificate.
-    names = [f"IP Address:{address}", f"DNS:{address}", f"DNS:{domain}",
-             f"DNS:{node_id}.{domain}"]
+    addresses = [address, *(a for a in also if a != address)]
+    names = [*(f"{kind}:{a}" for a in addresses for kind in ("IP Address", "DNS")),
+             f"DNS:{domain}", f"DNS:{node_id}.{domain}"]
     if os.path.exists(cert) and os.path.exists(key):
         check_private(key, f"{node_id} TLS key")
         if _fits(cert, ca[0], names):
             return NodeCert(cert, key)
     _new_key(key)
     csr = _openssl("req", "-new", "-key", key, "-subj", f"/O=Tandem lab/CN={node_id}.{domain}")
-    extensions = (f"subjectAltName=IP:{address},DNS:{address},DNS:{domain},"
-                  f"DNS:{node_id}.{domain}\n"
+    alt = ",".join(f"{kind}:{a}" for a in addresses for kind in ("IP", "DNS"))
+    extensions = (f"subjectAltName={alt},DNS:{domain},DNS:{node_id}.{domain}\n"
                   "basicConstraints=critical,CA:FALSE\n"
                   "keyUsage=critical,digitalSignature,keyEncipherment\n"
                   "extendedKeyUsage=serverAuth,clientAuth\n")

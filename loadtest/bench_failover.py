@@ -18,7 +18,11 @@ It prints one line per phone and transport with both times (seconds from the
 death), then brings node1 back for the next. Run as root::
 
     .venv/bin/python -m loadtest.bench_failover [--phones pjsua2 baresip linphone]
-        [--transports udp tcp]
+        [--transports udp tcp tls]
+
+Over TLS every node's certificate (signed by a CA made for the run) names every
+floating address, since a phone reconnects to its dead node's address, now
+held by a survivor.
 """
 
 import argparse
@@ -29,7 +33,9 @@ import tempfile
 import threading
 import time
 
+from actors.lab_certs import lab_ca, node_cert
 from loadtest.harness import Cluster, write_users_csv
+from store.files import make_private_dir
 from tests.netns import Network, behind_nat, ip
 from tests.phones import (BaresipPhone, LinphonePhone, PjsuaPhone, Softphone, baresip,
                           linphone, pjsua)
@@ -43,6 +49,7 @@ PHONE_SETTINGS = (60, 5, 15)
 GIVE_UP = 90.0
 """Seconds after which a phone counts as never recovered."""
 PHONES = ("pjsua2", "baresip", "linphone")
+DOMAIN = "example.test"
 PHONE_ADDRESS = "192.168.77.2"
 """The phones' host's address behind the NAT (``tests.netns.behind_nat``)."""
 
@@ -53,7 +60,14 @@ class NatLab:
     def __init__(self, work: str, users: int = 4):
         self.net = Network(["node1", "node2", "node3", "nat"])
         self.cluster: Cluster | None = None
+        floating = [f"{self.net.subnet}.{100 + k}" for k in (1, 2, 3)]
         try:
+            # Each node's certificate names every floating address: a TLS phone whose
+            # node died reconnects to that address, now held by a survivor.
+            self.ca = lab_ca(os.path.join(work, "ca"))
+            certs = [node_cert(make_private_dir(os.path.join(work, f"cert{k}")), self.ca,
+                               f"node{k}", floating[k - 1], DOMAIN, also=tuple(floating))
+                     for k in (1, 2, 3)]
             self.phone_prefix = behind_nat(self.net, "nat", "phone")
             net = self.net
             # baresip is driven over TCP (ctrl_tcp) on the phones' host: reached through
@@ -62,9 +76,10 @@ class NatLab:
                net["nat"].address)
             self.routed = True
             hosts = [(net[f"node{k}"].address, tuple(net[f"node{k}"].prefix)) for k in (1, 2, 3)]
-            self.cluster = Cluster(work, settings=SETTINGS, hosts=hosts,
-                                   sip_addresses=[f"{net.subnet}.{100 + k}" for k in (1, 2, 3)],
-                                   extra="[nat]\nkeepalive_interval = 5")
+            self.cluster = Cluster(work, domain=DOMAIN, settings=SETTINGS, hosts=hosts,
+                                   sip_addresses=floating, extra="[nat]\nkeepalive_interval = 5",
+                                   sip_lines=[f'tls_port = 5061\ntls_cert = "{c.cert}"\n'
+                                              f'tls_key = "{c.key}"' for c in certs])
             self.users = write_users_csv(os.path.join(work, "users.csv"), users)
             self.cluster.provision(os.path.join(work, "users.csv"))
             self.cluster.start()
@@ -132,19 +147,21 @@ def start_phone(lab: NatLab, kind: str, transport: str, work: str) -> Softphone:
     """Phone ``kind`` behind the NAT, registering the first user through node1's
     address over ``transport`` with the failover settings ``PHONE_SETTINGS``."""
     user, password = lab.users[0]
-    domain, proxy = lab.nodes[0].domain, f"{lab.nodes[0].address}:5060"
+    port = 5061 if transport == "tls" else 5060
+    domain, proxy = lab.nodes[0].domain, f"{lab.nodes[0].address}:{port}"
     prefix, name = tuple(lab.phone_prefix), f"phone-{kind}-{transport}"
     folder = os.path.join(work, name)
+    ca = lab.ca[0] if transport == "tls" else ""
     if kind == "pjsua2":
         return PjsuaPhone(pjsua(name, user, password, domain, proxy, transport, 5060, 4000,
-                                bind=PHONE_ADDRESS, prefix=prefix, failover=PHONE_SETTINGS),
-                          user, transport)
+                                ca=ca, bind=PHONE_ADDRESS, prefix=prefix,
+                                failover=PHONE_SETTINGS), user, transport)
     if kind == "baresip":
         return BaresipPhone(baresip(name, folder, user, password, domain, proxy, transport,
-                                    5060, 4000, 5090, bind=PHONE_ADDRESS, prefix=prefix,
+                                    5060, 4000, 5090, ca=ca, bind=PHONE_ADDRESS, prefix=prefix,
                                     expires=PHONE_SETTINGS[0]), user, transport)
     return LinphonePhone(linphone(name, folder, user, password, domain, proxy, transport,
-                                  5060, 4000, bind=PHONE_ADDRESS, prefix=prefix,
+                                  5060, 4000, ca=ca, bind=PHONE_ADDRESS, prefix=prefix,
                                   expires=PHONE_SETTINGS[0]),
                          user, transport, os.path.join(folder, "log"))
 
@@ -195,7 +212,7 @@ def main(argv: list[str] | None = None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--phones", nargs="+", default=list(PHONES), choices=PHONES)
     parser.add_argument("--transports", nargs="+", default=["udp", "tcp"],
-                        choices=("udp", "tcp"))
+                        choices=("udp", "tcp", "tls"))
     args = parser.parse_args(argv)
     work = tempfile.mkdtemp(prefix="bench-failover-")
     lab = NatLab(work)

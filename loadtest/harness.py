@@ -58,7 +58,8 @@ def write_users_csv(path: str, n: int, prefix: str = "user", start: int = 0) -> 
 class NodeProcess:
     """One ``run.py node`` process with its own folder, database and port.
 
-    ``auth`` adds lines to its ``[auth]`` section, ``limits`` is its
+    ``auth`` adds lines to its ``[auth]`` section, ``sip_lines`` to its ``[sip]``
+    section (TLS), ``limits`` is its
     ``[limits]`` section: by default the per-source UDP rate limit is off,
     since a load test sends everything from one address, and so is the
     shedding of new requests under overload (``overload_delay``), since on a
@@ -71,7 +72,7 @@ class NodeProcess:
                  database: str | None = None, extra: str = "", secret: str = "00" * 32,
                  front: bool = False, auth: str = "",
                  limits: str = "udp_rate = 0\noverload_delay = 0",
-                 prefix: tuple = (), log_file: str = "", root: str = ROOT):
+                 prefix: tuple = (), log_file: str = "", root: str = ROOT, sip_lines: str = ""):
         self.prefix = list(prefix)
         self.root = root
         """The source tree whose ``run.py`` runs (another checkout, for a before/after run)."""
@@ -101,6 +102,7 @@ address = "{address}"
 port = {self.port}
 domain = "{domain}"
 challenge_front = {"true" if front else "false"}
+{sip_lines}
 
 [auth]
 secret = "{secret}"
@@ -308,12 +310,14 @@ class Cluster:
     7001-7003, and makes its key pair there with ``run.py keys --out``, as
     an administrator would on each server. ``sip_addresses`` (one per host) puts
     SIP on other addresses than the bus (floating ones, ``[cluster] takeover``).
+    ``sip_lines`` go into every node's ``[sip]`` section, or, a list, one per node.
     """
 
     def __init__(self, workdir: str, n: int = 3, domain: str = "example.test",
                  settings: dict | None = None, address: str = "127.0.0.1", extra: str = "",
                  auth: str = "", hosts: list[tuple[str, tuple]] | None = None,
-                 limits: str | None = None, sip_addresses: list[str] | None = None):
+                 limits: str | None = None, sip_addresses: list[str] | None = None,
+                 sip_lines: str | list[str] = ""):
         from actors.keys import Member, cluster_toml, generate_keypair
         self.client_public, self.client_secret = generate_keypair()
         if hosts is not None:
@@ -337,6 +341,8 @@ class Cluster:
             host, port = m.sip.rsplit(":", 1)
             self.nodes.append(NodeProcess(workdir, m.id, host, int(port), domain=domain,
                                           extra=text, auth=auth,
+                                          sip_lines=(sip_lines if isinstance(sip_lines, str)
+                                                     else sip_lines[k]),
                                           prefix=hosts[k][1] if hosts else (),
                                           **({"limits": limits} if limits is not None else {})))
         self._bus = None
