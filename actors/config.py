@@ -120,6 +120,9 @@ class NodeConfig:
     keepalive_interval: float = 0.0
     """``[nat] keepalive_interval``: seconds between the keepalives this node sends on the
     flows it owns (``actors.keepalive``); 0: none."""
+    flow_timer: int = 0
+    """``[nat] flow_timer``: seconds between an RFC 5626 outbound phone's own keepalives,
+    sent to it as ``Flow-Timer``; its failover waits up to that long; 0: the phone's own."""
     source: str = ""
     """The file this configuration was read from (empty when built in memory)."""
     dns_servers: list[str] = field(default_factory=list)
@@ -190,7 +193,7 @@ _SECTIONS = {
     "dns": {"servers": "dns_servers", "port": "dns_port"},
     "dialogs": {"record_route": "record_route", "max_dialogs": "max_dialogs",
                 "max_age": "dialog_max_age", "probe_timeout": "probe_timeout"},
-    "nat": {"keepalive_interval": "keepalive_interval"},
+    "nat": {"keepalive_interval": "keepalive_interval", "flow_timer": "flow_timer"},
     "cluster": {"pub": "bus_pub", "snapshot": "bus_snapshot", "control": "control",
                 "secret_key": "secret_key", "public_key": "public_key",
                 "heartbeat": "heartbeat", "suspect_after": "suspect_after",
@@ -237,7 +240,7 @@ def parse_config(data: dict, base_dir: str = ".") -> NodeConfig:
                  "batch_max", "dns_port", "hwm", "snapshot_batch", "snapshot_rate",
                  "max_failures", "max_user_failures", "udp_burst", "tcp_max_connections",
                  "tcp_max_per_source", "max_message_size", "max_branches", "tls_port",
-                 "max_call_events", "overload_retry_after", "max_dialogs"):
+                 "max_call_events", "overload_retry_after", "max_dialogs", "flow_timer"):
         v = getattr(cfg, name)
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
             raise ConfigError(f"{name} must be a non-negative integer, not {v!r}")
@@ -418,7 +421,7 @@ def registrar_rules(cfg: NodeConfig) -> RegistrarRules:
     taken = [_sip_address(p.sip, p.id)[0] for p in cfg.peers] if cfg.takeover else []
     return RegistrarRules(cfg.domain, [*cfg.aliases, cfg.address, *taken], cfg.min_expires,
                           cfg.max_expires, cfg.default_expires, cfg.max_contacts,
-                          cluster_addresses(cfg))
+                          cluster_addresses(cfg), cfg.flow_timer)
 
 
 def guard_settings(cfg: NodeConfig) -> GuardSettings:

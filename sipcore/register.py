@@ -335,5 +335,10 @@ class RegisterPath:
                                      fields.get("user-agent"), [], self.location, now,
                                      self.node_id, "udp:%s:%d" % usual.dest)
         headers = rules.contact_fields(live, now)
+        supported = fields.get("supported")
+        if supported is not None:
+            # One Via (a usual REGISTER has no other): this node is the first hop.
+            headers.extend(rules.flow_fields(
+                [o.strip().lower() for o in supported.split(",")], changes, True))
         headers.append(("Date", http_date(now)))
         return changes, usual.response(200, "OK", headers, self.new_tag())

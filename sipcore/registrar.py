@@ -18,6 +18,7 @@ from .errors import SipError, SipParseError
 from .headers import parse_int
 from .location import Binding, Location, tombstone
 from .message import Request, Response, make_response, response_bytes
+from .nat import is_outbound
 from .uri import NameAddr, unquote_string
 
 SUPPORTED = frozenset({"path", "outbound"})
@@ -68,7 +69,8 @@ class RegistrarRules:
 
     def __init__(self, domain: str, aliases: Iterable[str] = (), min_expires: int = 60,
                  max_expires: int = 3600, default_expires: int = 3600,
-                 max_contacts: int = 10, cluster: ClusterAddresses | None = None):
+                 max_contacts: int = 10, cluster: ClusterAddresses | None = None,
+                 flow_timer: int = 0):
         self.domains = {domain.lower(), *(a.lower() for a in aliases)}
         if cluster is None:
             cluster = ClusterAddresses([n for n in self.domains if not _is_address(n)], ())
@@ -78,6 +80,9 @@ class RegistrarRules:
         self.max_expires = max_expires
         self.default_expires = default_expires
         self.max_contacts = max_contacts
+        self.flow_timer = flow_timer
+        """Seconds between a UA's keepalives on an outbound flow, sent as ``Flow-Timer``
+        (RFC 5626 §5.4) beside ``Require: outbound``; 0 leaves it to the UA."""
 
     def check(self, req: Request) -> None:
         """Steps 1–2: is the domain ours, are required extensions supported."""
@@ -113,7 +118,7 @@ class RegistrarRules:
         changes, live = self.update(aor, contacts, call_id, cseq, expires, req.get("user-agent"),
                                     req.get_all("path") if contacts and contacts != "*" else [],
                                     location, now, node_id, received)
-        return RegisterOutcome(changes, req, self._ok(req, live, now), to_tag)
+        return RegisterOutcome(changes, req, self._ok(req, changes, live, now), to_tag)
 
     def update(self, aor: str, contacts: str | list[NameAddr], call_id: str, cseq: int,
                hdr_expires: int | None, ua: str | None, path: list[str], location: Location,
@@ -206,17 +211,37 @@ class RegistrarRules:
                             reg_id=reg_id, received=received, user_agent=ua, origin=node_id,
                             updated_at=now if old is None else _stamp(old, call_id, now))
 
-    def _ok(self, req: Request, live: list[Binding], now: float) -> list[tuple[str, str]]:
+    def _ok(self, req: Request, changes: list[Binding], live: list[Binding],
+            now: float) -> list[tuple[str, str]]:
         """The 200's header fields: every live binding with the seconds it has
-        left, the Path the registrar took (if the UA supports it), Date."""
+        left, the Path the registrar took (if the UA supports it), the outbound
+        confirmation (``flow_fields``), Date."""
         headers = self.contact_fields(live, now)
         paths = req.raw_values("path")
-        if paths:
-            options = req.get_all("supported") + req.get_all("require")
-            if "path" in (o.lower() for o in options):
-                headers.extend(("Path", v) for v in paths)
+        options = [o.lower() for o in req.get_all("supported") + req.get_all("require")]
+        if paths and "path" in options:
+            headers.extend(("Path", v) for v in paths)
+        first_hop = len(req.vias) == 1 or bool(paths and _ob_param(req.get_all("path")[0]))
+        headers.extend(self.flow_fields(options, changes, first_hop))
         headers.append(("Date", http_date(now)))
         return headers
+
+    def flow_fields(self, options: Iterable[str], changes: list[Binding],
+                    first_hop: bool) -> list[tuple[str, str]]:
+        """``Require: outbound`` (and ``Flow-Timer``) for a 200, or nothing.
+
+        A UA that supports outbound (``options``: its Supported and Require tags, in
+        lower case) and registered an outbound flow (a Contact with ``+sip.instance``
+        and ``reg-id``, among ``changes``) straight to this node, or through an edge
+        proxy whose Path says ``ob`` (``first_hop``), is told the registrar took it as
+        one (RFC 5626 §6): only then does it keep the flow alive and register again
+        at once when the flow fails (libre, PJSIP)."""
+        if not first_hop or "outbound" not in options or not any(
+                is_outbound(b.instance, b.reg_id) and not b.deleted for b in changes):
+            return []
+        if self.flow_timer:
+            return [("Require", "outbound"), ("Flow-Timer", str(self.flow_timer))]
+        return [("Require", "outbound")]
 
     @staticmethod
     def contact_fields(live: list[Binding], now: float) -> list[tuple[str, str]]:
@@ -234,6 +259,13 @@ class RegistrarRules:
             left = max(1, int(b.expires_at - now))
             headers.append(("Contact", f"<{b.contact}>;expires={left}{extra}"))
         return headers
+
+
+def _ob_param(path: str) -> bool:
+    """Whether the first Path URI carries ``ob`` (RFC 5626 §5.1: its edge proxy keeps
+    the flow)."""
+    uri = path.split(">", 1)[0]
+    return any(p.split("=", 1)[0].strip().lower() == "ob" for p in uri.split(";")[1:])
 
 
 def _is_address(host: str) -> bool:

@@ -19,7 +19,7 @@ reads it. What it recognises is a subset of what is valid:
   0 to 255, Content-Length 0;
 - no Require, Proxy-Require or Proxy-Authorization, and at most one line
   of each header looked at here (Authorization, Contact, Expires, Path,
-  User-Agent among them); any other header with a token for its name
+  Supported, User-Agent among them); any other header with a token for its name
   (its value is not looked at).
 
 Anything else gets ``None``, and the general path answers it. It is the
@@ -69,7 +69,7 @@ _COPIED = {"via", "from", "to", "call-id", "cseq"}
 _DISPLAY = {"via": "Via", "from": "From", "to": "To", "call-id": "Call-ID", "cseq": "CSeq"}
 _REFUSED = {"require", "proxy-require", "proxy-authorization"}
 #: the headers read by the registrar besides those checked here
-_KEPT = ("authorization", "contact", "expires", "path", "user-agent")
+_KEPT = ("authorization", "contact", "expires", "path", "supported", "user-agent")
 #: the form each header's value must have, when present (Via, To and CSeq
 #: are read further after this check)
 _CHECKED = (("from", _FROM), ("call-id", _CALL_ID), ("max-forwards", _MAX_FORWARDS),

@@ -431,6 +431,52 @@ def test_instance_binding_removed_by_expires_zero_even_from_a_new_address(rules,
     assert [b.deleted for b in out.changes] == [True] and listed(out.response) == {}
 
 
+def test_an_outbound_flow_is_confirmed_with_require_outbound(rules, loc):
+    """RFC 5626 §6: a UA that supports outbound and registered a flow straight to the
+    registrar is told so (libre and PJSIP keep the flow alive only then)."""
+    flow = f'<{PC};ob>;+sip.instance="{INSTANCE}";reg-id=1'
+    out = register(rules, loc, reg(flow, extra=["Supported: path, outbound"]))
+    assert out.response.get_all("require") == ["outbound"]
+    assert out.response.get("flow-timer") is None, "no Flow-Timer unless one is set"
+    timed = RegistrarRules("example.test", flow_timer=25)
+    out = register(timed, Location(), reg(flow, extra=["Supported: outbound"]))
+    assert (out.response.get("require"), out.response.get("flow-timer")) == ("outbound", "25")
+
+
+@pytest.mark.parametrize("contact, extra", [
+    (f'<{PC};ob>;+sip.instance="{INSTANCE}";reg-id=1', []),
+    (f'<{PC}>;+sip.instance="{INSTANCE}"', ["Supported: outbound"]),
+    (f"<{PC}>;reg-id=1", ["Supported: outbound"]),
+    (f"<{PC}>", ["Supported: outbound"]),
+    (f'<{PC};ob>;+sip.instance="{INSTANCE}";reg-id=1',
+     ["Supported: outbound", "Via: SIP/2.0/UDP 192.0.2.50;branch=z9hG4bK-edge"]),
+    (f'<{PC};ob>;+sip.instance="{INSTANCE}";reg-id=1',
+     ["Supported: outbound, path", "Via: SIP/2.0/UDP 192.0.2.50;branch=z9hG4bK-edge",
+      "Path: <sip:192.0.2.50;lr>"]),
+], ids=["no-supported", "no-reg-id", "no-instance", "plain", "edge-without-path",
+        "edge-path-without-ob"])
+def test_require_outbound_only_for_an_outbound_flow_that_ends_here(rules, loc, contact, extra):
+    """No Require: outbound to a UA that did not ask for it, for a binding that is not
+    a flow, or past an edge proxy that did not say it keeps the flow (``;ob``)."""
+    out = register(rules, loc, reg(contact, extra=extra))
+    assert out.response.get("require") is None
+
+
+def test_an_edge_proxy_keeping_the_flow_gets_require_outbound(rules, loc):
+    flow = f'<{PC};ob>;+sip.instance="{INSTANCE}";reg-id=1'
+    out = register(rules, loc, reg(flow, extra=[
+        "Supported: outbound, path", "Via: SIP/2.0/UDP 192.0.2.50;branch=z9hG4bK-edge",
+        "Path: <sip:192.0.2.50;lr;ob>"]))
+    assert out.response.get("require") == "outbound"
+
+
+def test_removing_a_flow_is_no_flow_to_confirm(rules, loc):
+    flow = f'<{PC};ob>;+sip.instance="{INSTANCE}";reg-id=1'
+    register(rules, loc, reg(flow, extra=["Supported: outbound"]))
+    out = register(rules, loc, reg(flow, expires=0, cseq=2, extra=["Supported: outbound"]))
+    assert out.response.get("require") is None
+
+
 # -- max_contacts --------------------------------------------------------------------------------
 
 def test_too_many_contacts_is_403_and_nothing_applied(rules, loc):

@@ -147,6 +147,22 @@ def test_usual_registers_are_answered_quickly_and_exactly(headers, source, state
     assert declined == [answer[0] != 200]
 
 
+@pytest.mark.parametrize("supported, required", [
+    ("path, outbound", True), ("outbound", True), ("path", False), (None, False)])
+def test_an_outbound_flow_gets_require_outbound_from_its_text(supported, required):
+    """The phone registers an RFC 5626 flow (+sip.instance, reg-id): its 200 says
+    ``Require: outbound`` when it supports outbound, from the text as from the parser."""
+    headers = [(n, v) for n, v in PHONE if n != "Supported"]
+    if supported is not None:
+        headers.insert(-1, ("Supported", supported))
+    data = message("REGISTER sip:example.test SIP/2.0", headers)
+    declined: list[bool] = []
+    answer = quick(data, *NAT, "empty", declined)
+    assert answer is not None and answer == general(data, *NAT, "empty")
+    assert declined == [False]
+    assert answer[0] == 200 and (b"\r\nRequire: outbound\r\n" in answer[2]) == required
+
+
 def test_a_usual_register_with_credentials_is_registered_from_its_text():
     p = path(True, "other phone")
     usual = p.recognise(message("REGISTER sip:example.test SIP/2.0", SIPP), *SOURCE)
