@@ -230,9 +230,10 @@ def pjsua(name: str, user: str, password: str, domain: str, proxy: str, transpor
 def baresip(name: str, folder: str, user: str, password: str, domain: str, proxy: str,
             transport: str, port: int, rtp_port: int, ctrl_port: int, ca: str = "",
             cert: tuple[str, str] = ("", ""), bind: str = "127.0.0.1", prefix: tuple = (),
-            expires: int = 600) -> Phone:
+            expires: int = 600, outbound: bool = False) -> Phone:
     """Debian's baresip with a configuration in ``folder`` (made here): ``user`` registered
-    through ``proxy`` over ``transport`` every ``expires`` seconds, SIP on
+    through ``proxy`` over ``transport`` every ``expires`` seconds (as an RFC 5626 outbound
+    flow with ``outbound``: keepalives, and a new registration when the flow fails), SIP on
     ``bind``:``port`` (TLS on the port after it, with ``cert``, certificate and key, for
     the connections a node opens; the proxy's certificate checked against ``ca``:
     ``sip_cafile``), a sine wave for its microphone, a file for its speaker, calls
@@ -270,6 +271,7 @@ module stdio.so
 module g711.so
 module ausine.so
 module aufile.so
+module_tmp uuid.so
 module_app account.so
 module_app menu.so
 module_app ctrl_tcp.so
@@ -277,6 +279,7 @@ module_app ctrl_tcp.so
     with open(os.path.join(folder, "accounts"), "w") as f:
         f.write(f'<sip:{user}@{domain};transport={transport}>;auth_pass={password};'
                 f'outbound="sip:{proxy};transport={transport}";regint={expires};'
+                f'{"sipnat=outbound;" if outbound else ""}'
                 "answermode=auto;audio_codecs=PCMU,PCMA\n")
     # stdbuf: baresip writes through stdio, block-buffered on a pipe
     # -s: its SIP trace, where the BYE's answer shows (tests.phones.final_status)
@@ -370,13 +373,22 @@ class Softphone(abc.ABC):
 
     def try_call(self, uri: str, timeout: float) -> bool:
         """Call ``uri``: True when the call was up within ``timeout`` seconds; the call,
-        or the attempt, is ended either way (without waiting for the BYE's answer)."""
+        or the attempt, is ended either way (without waiting for the BYE's answer).
+
+        The phone's word that the attempt ended is awaited (a few seconds at most): left
+        in its output, it would end the next attempt's wait at once, and that attempt's
+        hang-up would cut the next call before its challenge was even answered."""
         self.dial(uri)
         try:
             line = self.phone.wait_for(self.established, *self.ended, timeout=timeout)
         except AssertionError:
             line = ""
         self.phone.send(self.hangup_command)
+        if not any(end in line for end in self.ended):
+            try:
+                self.phone.wait_for(*self.ended, timeout=5.0)
+            except AssertionError:
+                pass
         return self.established in line
 
     @abc.abstractmethod
@@ -452,7 +464,8 @@ class BaresipPhone(Softphone):
     hangup_command = "/hangup"
 
     def wait_registered(self, timeout: float = 20.0) -> None:
-        line = self.phone.wait_for(f"{{0/{self.transport.upper()}/v4}}", timeout=timeout)
+        # {reg-id/transport/family}: reg-id is 0, or 1 for an RFC 5626 outbound flow
+        line = self.phone.wait_for(f"/{self.transport.upper()}/v4}}", timeout=timeout)
         assert " 200 OK " in line, self.phone.lines[-20:]
         self.phone.send("/reginfo")  # opens the ctrl_tcp connection its events come on
 

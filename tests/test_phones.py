@@ -126,9 +126,11 @@ def lab(tmp_path_factory, request):
                     reporter.write_line("\n" + table())
 
 
-def start_phone(lab, kind: str, transport: str, node: str, folder: str) -> Softphone:
+def start_phone(lab, kind: str, transport: str, node: str, folder: str,
+                outbound: bool = False) -> Softphone:
     """A new ``kind`` phone for a new lab user, registering with ``node`` over
-    ``transport`` (not waited for)."""
+    ``transport`` (not waited for); baresip as an RFC 5626 outbound flow with
+    ``outbound``."""
     i = next(_USERS)
     user, password = f"load{i}", f"load{i}-secret"
     proxy = f"{node}:{5061 if transport == 'tls' else 5060}"
@@ -144,7 +146,8 @@ def start_phone(lab, kind: str, transport: str, node: str, folder: str) -> Softp
         while ctrl in (port, port + 1):     # baresip takes TLS on port + 1
             ctrl = free_port()
         return BaresipPhone(baresip(name, home, user, password, DOMAIN, proxy, transport, port,
-                                    free_port(), ctrl, ca=lab.ca, cert=cert), user, transport)
+                                    free_port(), ctrl, ca=lab.ca, cert=cert,
+                                    outbound=outbound), user, transport)
     return LinphonePhone(linphone(name, home, user, password, DOMAIN, proxy, transport, port,
                                   free_port(), ca=lab.ca, cert=cert), user, transport,
                          os.path.join(home, "log"))
@@ -251,6 +254,24 @@ def test_pjsua2_udp_and_pjsua2_tcp_call_each_other(lab, tmp_path):
     finally:
         udp.stop()
         tcp.stop()
+
+
+def test_an_outbound_baresip_is_confirmed_and_called_over_its_flow(lab, tmp_path):
+    """baresip registers an RFC 5626 flow over TCP (``sipnat=outbound``): the node's 200
+    says ``Require: outbound`` (without it baresip never pings its flow), and a call
+    from a phone on the other node reaches it over that flow."""
+    _need("baresip", shutil.which("baresip") is not None)
+    flow = start_phone(lab, "baresip", "tcp", lab.nodes[0], str(tmp_path), outbound=True)
+    caller = start_phone(lab, "baresip", "udp", lab.nodes[1], str(tmp_path))
+    try:
+        flow.wait_registered()
+        caller.wait_registered()
+        trace = "\n".join(flow.phone.lines)
+        assert "reg-id=1" in trace and "\nRequire: outbound" in trace, trace[-3000:]
+        call(caller, flow)
+    finally:
+        flow.stop()
+        caller.stop()
 
 
 def test_a_phone_that_does_not_trust_the_lab_ca_is_refused_with_a_clear_log_line(lab, tmp_path):
