@@ -44,6 +44,8 @@ SETTINGS = {"heartbeat": 0.2, "suspect_after": 1.0, "dead_after": 3.0, "alone_wa
             "sync_timeout": 3.0, "takeover": True, "takeover_interface": "eth0",
             "takeover_lifetime": 6}
 """The cluster's settings: a peer is dead 3 s after its last heartbeat."""
+NAT_SETTINGS = "[nat]\nkeepalive_interval = 5\nflow_timer = 10"
+"""The nodes ping the flows they own every 5 s; outbound phones ping theirs every 10 s."""
 PHONE_SETTINGS = (60, 5, 15)
 """The phones' (registration expiry, retry after a failed registration, UDP keepalive), s."""
 GIVE_UP = 90.0
@@ -77,7 +79,7 @@ class NatLab:
             self.routed = True
             hosts = [(net[f"node{k}"].address, tuple(net[f"node{k}"].prefix)) for k in (1, 2, 3)]
             self.cluster = Cluster(work, domain=DOMAIN, settings=SETTINGS, hosts=hosts,
-                                   sip_addresses=floating, extra="[nat]\nkeepalive_interval = 5",
+                                   sip_addresses=floating, extra=NAT_SETTINGS,
                                    sip_lines=[f'tls_port = 5061\ntls_cert = "{c.cert}"\n'
                                               f'tls_key = "{c.key}"' for c in certs])
             self.users = write_users_csv(os.path.join(work, "users.csv"), users)
@@ -159,7 +161,8 @@ def start_phone(lab: NatLab, kind: str, transport: str, work: str) -> Softphone:
     if kind == "baresip":
         return BaresipPhone(baresip(name, folder, user, password, domain, proxy, transport,
                                     5060, 4000, 5090, ca=ca, bind=PHONE_ADDRESS, prefix=prefix,
-                                    expires=PHONE_SETTINGS[0]), user, transport)
+                                    expires=PHONE_SETTINGS[0], outbound=transport != "udp"),
+                            user, transport)
     return LinphonePhone(linphone(name, folder, user, password, domain, proxy, transport,
                                   5060, 4000, ca=ca, bind=PHONE_ADDRESS, prefix=prefix,
                                   expires=PHONE_SETTINGS[0]),
