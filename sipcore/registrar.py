@@ -235,7 +235,7 @@ class RegistrarRules:
         and ``reg-id``, among ``changes``) straight to this node, or through an edge
         proxy whose Path says ``ob`` (``first_hop``), is told the registrar took it as
         one (RFC 5626 §6): only then does it keep the flow alive and register again
-        at once when the flow fails (libre, PJSIP)."""
+        at once when the flow fails (libre, the SIP stack of baresip)."""
         if not first_hop or "outbound" not in options or not any(
                 is_outbound(b.instance, b.reg_id) and not b.deleted for b in changes):
             return []
