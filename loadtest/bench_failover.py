@@ -145,10 +145,11 @@ def call(address: str, source: str, user: str, domain: str, timeout: float = 5.0
             return ""
 
 
-def start_phone(lab: NatLab, kind: str, transport: str, work: str) -> Softphone:
-    """Phone ``kind`` behind the NAT, registering the first user through node1's
-    address over ``transport`` with the failover settings ``PHONE_SETTINGS``."""
-    user, password = lab.users[0]
+def start_phone(lab: NatLab, kind: str, transport: str, work: str,
+                account: tuple[str, str]) -> Softphone:
+    """Phone ``kind`` behind the NAT, registering ``account`` (user, password) through
+    node1's address over ``transport`` with the failover settings ``PHONE_SETTINGS``."""
+    user, password = account
     port = 5061 if transport == "tls" else 5060
     domain, proxy = lab.nodes[0].domain, f"{lab.nodes[0].address}:{port}"
     prefix, name = tuple(lab.phone_prefix), f"phone-{kind}-{transport}"
@@ -169,17 +170,18 @@ def start_phone(lab: NatLab, kind: str, transport: str, work: str) -> Softphone:
                          user, transport, os.path.join(folder, "log"))
 
 
-def measure(lab: NatLab, kind: str, transport: str, work: str
+def measure(lab: NatLab, kind: str, transport: str, work: str, run: int = 0
             ) -> tuple[float | None, float | None]:
     """Seconds from node1's death to the phone reachable and to its first call out
-    (None: not within ``GIVE_UP``)."""
+    (None: not within ``GIVE_UP``). Run ``run`` has users of its own: a binding an
+    earlier run's phone left would take a share of the calls to the phone."""
     node1, node2, node3 = lab.nodes
-    user = lab.users[0][0]
-    callee, callee_pw = lab.users[1]
+    user = lab.users[2 * run][0]
+    callee, callee_pw = lab.users[2 * run + 1]
     domain = node1.domain
     answerer = pjsua("callee", callee, callee_pw, domain, f"{node3.address}:5060", "udp",
                      5070, 4100, bind=lab.bridge)
-    phone = start_phone(lab, kind, transport, work)
+    phone = start_phone(lab, kind, transport, work, lab.users[2 * run])
     try:
         answerer.wait_for("REGISTERED 200", timeout=20)
         phone.wait_registered(20)
@@ -218,18 +220,17 @@ def main(argv: list[str] | None = None) -> None:
                         choices=("udp", "tcp", "tls"))
     args = parser.parse_args(argv)
     work = tempfile.mkdtemp(prefix="bench-failover-")
-    lab = NatLab(work)
+    lab = NatLab(work, users=2 * len(args.phones) * len(args.transports))
     try:
         expiry, retry, keepalive = PHONE_SETTINGS
         print(f"phones: expiry {expiry} s, retry {retry} s, UDP keepalive {keepalive} s; "
               f"cluster: dead_after {SETTINGS['dead_after']} s")
         print("phone     transport  reachable_s  first_call_out_s")
-        for kind in args.phones:
-            for transport in args.transports:
-                reached, called = measure(lab, kind, transport, work)
-                show = [f"{v:.1f}" if v is not None else f">{GIVE_UP:.0f}"
-                        for v in (reached, called)]
-                print(f"{kind:9} {transport:9}  {show[0]:>11}  {show[1]:>16}", flush=True)
+        runs = [(kind, transport) for kind in args.phones for transport in args.transports]
+        for run, (kind, transport) in enumerate(runs):
+            reached, called = measure(lab, kind, transport, work, run)
+            show = [f"{v:.1f}" if v is not None else f">{GIVE_UP:.0f}" for v in (reached, called)]
+            print(f"{kind:9} {transport:9}  {show[0]:>11}  {show[1]:>16}", flush=True)
     finally:
         lab.close()
         shutil.rmtree(work, ignore_errors=True)
