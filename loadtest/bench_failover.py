@@ -124,25 +124,56 @@ class NatLab:
 
 def call(address: str, source: str, user: str, domain: str, timeout: float = 5.0) -> str:
     """INVITE ``user`` through the node at ``address`` (UDP 5060) from a stranger on
-    ``source``; the first final response's status line, "" when none came in ``timeout``."""
+    ``source``; the first final response's status line, "" when none came in ``timeout``.
+
+    A caller who gives up hangs up: an INVITE still ringing at ``timeout`` is
+    cancelled. Left ringing, it keeps the phone busy (linphonec answers every later
+    call 486 until its own 30 s ringing timeout), which a measure would count as the
+    phone unreachable."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.settimeout(timeout)
         s.bind((source, 0))
         port = s.getsockname()[1]
         to = f"sip:{user}@{domain}"
-        s.sendto((f"INVITE {to} SIP/2.0\r\n"
-                  f"Via: SIP/2.0/UDP {source}:{port};branch=z9hG4bK{os.urandom(6).hex()};rport\r\n"
-                  f"From: <sip:stranger@other.test>;tag=f1\r\nTo: <{to}>\r\n"
-                  f"Call-ID: {os.urandom(8).hex()}\r\nCSeq: 1 INVITE\r\nMax-Forwards: 70\r\n"
+        head = (f"Via: SIP/2.0/UDP {source}:{port};branch=z9hG4bK{os.urandom(6).hex()};rport\r\n"
+                f"From: <sip:stranger@other.test>;tag=f1\r\nTo: <{to}>\r\n"
+                f"Call-ID: {os.urandom(8).hex()}\r\n")
+        s.sendto((f"INVITE {to} SIP/2.0\r\n{head}CSeq: 1 INVITE\r\nMax-Forwards: 70\r\n"
                   f"Contact: <sip:x@{source}:{port}>\r\nContent-Length: 0\r\n\r\n").encode(),
                  (address, 5060))
-        try:
-            while True:
-                text = s.recv(65535).decode()
-                if not text.startswith("SIP/2.0 1"):
-                    return text.split("\r\n", 1)[0]
-        except TimeoutError:
+        final = _final(s)
+        if final is not None:
+            return final.split("\r\n", 1)[0]
+        s.sendto((f"CANCEL {to} SIP/2.0\r\n{head}CSeq: 1 CANCEL\r\nMax-Forwards: 70\r\n"
+                  "Content-Length: 0\r\n\r\n").encode(), (address, 5060))
+        s.settimeout(2.0)
+        final = _final(s, "INVITE")
+        if final is None:
             return ""
+        if final.startswith("SIP/2.0 2"):
+            return final.split("\r\n", 1)[0]
+        tag = next((line.split(":", 1)[1].strip() for line in final.split("\r\n")
+                    if line.lower().startswith(("to:", "t:"))), f"<{to}>")
+        s.sendto((f"ACK {to} SIP/2.0\r\n{head.replace(f'To: <{to}>', f'To: {tag}')}"
+                  "CSeq: 1 ACK\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n").encode(),
+                 (address, 5060))
+        return ""
+
+
+def _final(s: socket.socket, method: str = "") -> str | None:
+    """The next final response read from ``s`` (of CSeq method ``method`` if given),
+    None when the socket's timeout passes first."""
+    try:
+        while True:
+            text = s.recv(65535).decode()
+            if text.startswith("SIP/2.0 1"):
+                continue
+            cseq = next((line for line in text.split("\r\n")
+                         if line.lower().startswith("cseq:")), "")
+            if not method or cseq.endswith(f" {method}"):
+                return text
+    except TimeoutError:
+        return None
 
 
 def start_phone(lab: NatLab, kind: str, transport: str, work: str,
@@ -216,7 +247,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="loadtest.bench_failover", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--phones", nargs="+", default=list(PHONES), choices=PHONES)
-    parser.add_argument("--transports", nargs="+", default=["udp", "tcp"],
+    parser.add_argument("--transports", nargs="+", default=["udp", "tcp", "tls"],
                         choices=("udp", "tcp", "tls"))
     args = parser.parse_args(argv)
     work = tempfile.mkdtemp(prefix="bench-failover-")
