@@ -197,26 +197,23 @@ class ProxyCore:
     def receive(self, msg: Request | Response, source: Dest, now: float,
                 wall: float | None = None) -> None:
         """Feed one validated message from ``source`` (``(transport, host, port)``)."""
-        if type(msg) is Response:
+        if isinstance(msg, Response):
             if (msg.top_via.branch or "").startswith(STATELESS_PREFIX):
                 dest = strip_our_via(msg, self.settings)
                 if dest is not None:
                     self.layer.send(msg, dest)
                 return
-        # msg is a Request below, but mypy narrows `type(msg) is Response` only where it
-        # holds (Response is not final); a cast per use would cost calls on every request.
         elif msg.to.tag is not None:
             route = msg.get("route")
-            if (msg.method not in _STATEFUL and msg.method != "REFER"  # type: ignore[union-attr]
+            if (msg.method not in _STATEFUL and msg.method != "REFER"
                     and route is not None
-                    and self.settings.is_record_route(route, msg)  # type: ignore[arg-type]
-                    and self._forward_stateless(msg, source)):  # type: ignore[arg-type]
+                    and self.settings.is_record_route(route, msg)
+                    and self._forward_stateless(msg, source)):
                 return
         elif (self.auth is not None
-              and msg.method not in UNCHALLENGED  # type: ignore[union-attr]
+              and msg.method not in UNCHALLENGED
               and msg.get("proxy-authorization") is None
-              and self._challenge(msg, source,  # type: ignore[arg-type]
-                                  now if wall is None else wall)):
+              and self._challenge(msg, source, now if wall is None else wall)):
             return
         try:
             self.layer.receive(msg, source, now, source[0] != "udp")

@@ -54,7 +54,7 @@ FIELDS = ("id", "kind", "subject", "text", "link", "first_at", "last_at", "count
 
 
 def _open(key: str) -> Alarm | None:
-    return Alarm.get_or_none((Alarm.key == key) & (Alarm.open == True))  # noqa: E712
+    return Alarm.get_or_none((Alarm.key == key) & (Alarm.open == True))
 
 
 def seen(kind: str, subject: str, text: str, link: str, now: float,
@@ -79,7 +79,7 @@ def seen(kind: str, subject: str, text: str, link: str, now: float,
 def clear_absent(kinds: Iterable[str], present: set[str], now: float) -> int:
     """Close the open alarms of ``kinds`` whose key is not in ``present``; how many."""
     closed = 0
-    for row in Alarm.select().where((Alarm.open == True) & Alarm.kind.in_(list(kinds))):  # noqa: E712
+    for row in Alarm.select().where((Alarm.open == True) & Alarm.kind.in_(list(kinds))):
         if row.key not in present:
             row.open, row.cleared_at, row.notice, row.attempts = False, now, "cleared", 0
             row.save()
@@ -90,7 +90,7 @@ def clear_absent(kinds: Iterable[str], present: set[str], now: float) -> int:
 def close_quiet(kinds: Iterable[str], quiet: float, now: float) -> int:
     """Close, without a notice, the open events of ``kinds`` not seen for ``quiet`` seconds."""
     return int(Alarm.update(open=False, cleared_at=now)
-               .where((Alarm.open == True) & Alarm.kind.in_(list(kinds))  # noqa: E712
+               .where((Alarm.open == True) & Alarm.kind.in_(list(kinds))
                       & (Alarm.last_at < now - quiet)).execute())
 
 
@@ -118,27 +118,27 @@ def search(open_only: bool = False, limit: int = 100) -> list[dict[str, Any]]:
     """Alarms, open ones first, newest first."""
     query = Alarm.select()
     if open_only:
-        query = query.where(Alarm.open == True)  # noqa: E712
+        query = query.where(Alarm.open == True)
     rows = query.order_by(Alarm.open.desc(), Alarm.last_at.desc()).limit(limit)
     return [as_dict(r) for r in rows]
 
 
 def open_of_kind(kind: str, limit: int) -> list[dict[str, Any]]:
     """The open alarms of ``kind``, newest first, at most ``limit``."""
-    rows = (Alarm.select().where((Alarm.open == True) & (Alarm.kind == kind))  # noqa: E712
+    rows = (Alarm.select().where((Alarm.open == True) & (Alarm.kind == kind))
             .order_by(Alarm.last_at.desc()).limit(limit))
     return [as_dict(r) for r in rows]
 
 
 def count_open() -> int:
     """How many alarms are open."""
-    return Alarm.select().where(Alarm.open == True).count()  # noqa: E712
+    return Alarm.select().where(Alarm.open == True).count()
 
 
 def _trim() -> None:
     extra = Alarm.select().count() - MAX_ALARMS
     if extra > 0:
-        oldest = (Alarm.select(Alarm.id).where(Alarm.open == False)  # noqa: E712
+        oldest = (Alarm.select(Alarm.id).where(Alarm.open == False)
                   .order_by(Alarm.id).limit(extra))
         Alarm.delete().where(Alarm.id.in_(oldest)).execute()
 

@@ -152,7 +152,7 @@ def search(actor: str = "", action: str = "", target: str = "", since: float | N
     if until is not None:
         query = query.where(AuditEntry.at < until)
     if failed:
-        query = query.where(AuditEntry.ok == False)  # noqa: E712 (peewee builds SQL from ==)
+        query = query.where(AuditEntry.ok == False)
     page = query.order_by(AuditEntry.at.desc(), AuditEntry.id.desc()).limit(limit).offset(offset)
     return {"total": query.count(), "entries": [_as_dict(r) for r in page]}
 

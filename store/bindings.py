@@ -342,7 +342,7 @@ def load_bindings(include_deleted: bool = True) -> list[dict[str, Any]]:
     columns = [getattr(Binding, name) for name in BINDING_FIELDS]
     query = Binding.select(*columns)
     if not include_deleted:
-        query = query.where(Binding.deleted == False)  # noqa: E712
+        query = query.where(Binding.deleted == False)
     try:
         rows = db.execute_sql(*query.sql()).fetchall()
     except peewee.PeeweeException as exc:
@@ -387,7 +387,7 @@ def count_bindings(live_only: bool = True, *, now: float | None = None) -> int:
     get_database()
     query = Binding.select()
     if live_only:
-        query = query.where(Binding.deleted == False)  # noqa: E712
+        query = query.where(Binding.deleted == False)
     if now is not None:
         query = query.where(Binding.expires_at >= now)
     try:

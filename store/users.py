@@ -220,7 +220,7 @@ def get_user_ha1(username: str, domain: str) -> dict[str, str] | None:
     get_database()
     row = (User.select(User.ha1_md5, User.ha1_sha256)
            .where((User.username == username) & (User.domain == domain)
-                  & (User.enabled == True))  # noqa: E712
+                  & (User.enabled == True))
            .tuples()
            .first())
     if row is None:
@@ -232,7 +232,7 @@ def load_user_ha1s(domain: str) -> dict[str, dict[str, str]]:
     """Return the HA1s of every enabled user of ``domain``, by username."""
     get_database()
     query = (User.select(User.username, User.ha1_md5, User.ha1_sha256)
-             .where((User.domain == domain) & (User.enabled == True))  # noqa
+             .where((User.domain == domain) & (User.enabled == True))
              .tuples())
     # .tuples() and .dicts() change the rows, which peewee's annotations do not say.
     rows = cast(Iterable[tuple[str, str, str]], query)
