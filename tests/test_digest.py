@@ -494,8 +494,10 @@ def test_wrong_password_and_unknown_user_look_the_same():
     for r in (wrong, unknown, missing_alg):
         assert (r.ok, r.username, r.stale, r.reason) == (False, None, False, "denied")
         assert len(r.challenges) == 2
-    strip = lambda r: [c.split('nonce="')[0] + c.split('nonce="')[1][NONCE_LENGTH + 1:]  # noqa: E731
-                       for c in r.challenges]
+
+    def strip(r):
+        return [c.split('nonce="')[0] + c.split('nonce="')[1][NONCE_LENGTH + 1:]
+                for c in r.challenges]
     assert strip(wrong) == strip(unknown) == strip(missing_alg)
 
 
