@@ -22,6 +22,7 @@ def load_node_config(path: str, role: str = ""):
     log lines carry the node id, and ``/role`` if given); None, logged, when
     the file is wrong."""
     from actors.config import ConfigError, load_config
+
     try:
         cfg = load_config(path)
     except ConfigError as e:
@@ -41,8 +42,10 @@ def cmd_node(args) -> int:
     """Run one node from its configuration file until SIGTERM (or: join a cluster)."""
     from actors.bus import BusError
     from actors.node import Node
+
     if args.action == "join":
         from actors.join import cmd_join
+
         setup_logging("INFO", "join")
         code, config = cmd_join(args)
         if code or not args.start:
@@ -69,6 +72,7 @@ def cmd_node(args) -> int:
 def cmd_front(args) -> int:
     """Run a node's challenge front (started by the node: secret, pid and origin tag on stdin)."""
     from actors.front import serve_front
+
     cfg = load_node_config(args.config, "front")
     if cfg is None:
         return 2
@@ -79,7 +83,8 @@ def cmd_front(args) -> int:
         secret, parent, origin = b"", 0, ""
     if not secret:
         logging.getLogger("tandem").error(
-            "expected the secret, the node's pid and its origin tag on stdin")
+            "expected the secret, the node's pid and its origin tag on stdin"
+        )
         return 2
     return serve_front(cfg, secret, parent, origin)
 
@@ -87,24 +92,37 @@ def cmd_front(args) -> int:
 def cmd_user_via_master(args, url: str) -> int:
     """``user add|import`` through the configuration master at ``url``."""
     from actors import master_users as mu
+
     log = logging.getLogger("tandem")
     try:
         creds = mu.admin_credentials(args.admin_file)
         if args.action == "add":
             version = mu.add_user(url, creds, args.name, args.password)
-            log.warning("user %s saved on the master (configuration %d, pushed to every node)",
-                        args.name, version)
+            log.warning(
+                "user %s saved on the master (configuration %d, pushed to every node)",
+                args.name,
+                version,
+            )
             return 0
-        job = mu.import_users(url, creds, args.file, on_progress=lambda j: sys.stderr.write(
-            f"import {j.get('id')}: {j.get('phase')} {j.get('done')} of {j.get('total')}\n"))
+        job = mu.import_users(
+            url,
+            creds,
+            args.file,
+            on_progress=lambda j: sys.stderr.write(
+                f"import {j.get('id')}: {j.get('phase')} {j.get('done')} of {j.get('total')}\n"
+            ),
+        )
     except mu.MasterError as e:
         log.error("%s", e)
         return 2
     if job.get("phase") != "done":
         log.error("%s", job.get("error") or f"import ended {job.get('phase')}")
         return 2
-    log.warning("%d users imported on the master (configuration %d, pushed to every node)",
-                job.get("total", 0), job.get("version", 0))
+    log.warning(
+        "%d users imported on the master (configuration %d, pushed to every node)",
+        job.get("total", 0),
+        job.get("version", 0),
+    )
     return 0
 
 
@@ -116,6 +134,7 @@ def cmd_user(args) -> int:
     from store.db import StoreError
     from store.models import init_store
     from store.users import add_user, import_users_csv
+
     setup_logging("WARNING")
     log = logging.getLogger("tandem")
     try:
@@ -131,10 +150,13 @@ def cmd_user(args) -> int:
         if folder:
             os.makedirs(folder, exist_ok=True)
         if cfg.master_key:
-            log.error("%s takes its users from the configuration master ([cluster] master_key): "
-                      "add them there (--master URL --admin-file FILE, the dashboard's Users "
-                      "page or POST /api/users); a user written here would be removed by the "
-                      "master's next push", args.config)
+            log.error(
+                "%s takes its users from the configuration master ([cluster] master_key): "
+                "add them there (--master URL --admin-file FILE, the dashboard's Users "
+                "page or POST /api/users); a user written here would be removed by the "
+                "master's next push",
+                args.config,
+            )
             return 2
         init_store(cfg.database)
         if args.action == "add":
@@ -153,6 +175,7 @@ def cmd_lab(args) -> int:
     """Start a ready lab on loopback, or ask a running one for its state or a restart."""
     from actors.lab import run_lab
     from actors.lab_control import LabControlError, ask
+
     setup_logging("INFO", "lab")
     if args.action == "run":
         return run_lab(args)
@@ -171,6 +194,7 @@ def cmd_lab(args) -> int:
 def cmd_master(args) -> int:
     """Set up or run the configuration master (the dashboard)."""
     from web.serve import cmd_master as run_master
+
     setup_logging("INFO", "master")
     args.release = __version__
     return run_master(args)
@@ -179,67 +203,109 @@ def cmd_master(args) -> int:
 def main(argv=None) -> int:
     """Parse the command line and run the chosen command."""
     from actors.keys import cmd_keys, configure_parser as configure_keys
+
     p = argparse.ArgumentParser(prog="run.py", description="Tandem SIP cluster")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     node = sub.add_parser("node", help="run one node (or: node join --master URL --token T)")
-    node.add_argument("action", nargs="?", default="run", choices=("run", "join"),
-                      help="run the node (default), or join a cluster with a master's token")
-    node.add_argument("--config", help="node configuration (TOML); with join: where to "
-                      "write it (default DATA/node.toml)")
+    node.add_argument(
+        "action",
+        nargs="?",
+        default="run",
+        choices=("run", "join"),
+        help="run the node (default), or join a cluster with a master's token",
+    )
+    node.add_argument(
+        "--config",
+        help="node configuration (TOML); with join: where to write it (default DATA/node.toml)",
+    )
     from actors.join import configure_parser as configure_join
+
     configure_join(node)
     node.set_defaults(func=cmd_node)
     front = sub.add_parser("front", help="a node's challenge front (the node starts it)")
     front.add_argument("--config", required=True, help="the node's configuration (TOML)")
     front.set_defaults(func=cmd_front)
     user = sub.add_parser("user", help="provision users")
-    user.add_argument("--config", default="conf/node.example.toml",
-                      help="node configuration naming the database and domain")
+    user.add_argument(
+        "--config",
+        default="conf/node.example.toml",
+        help="node configuration naming the database and domain",
+    )
     via = argparse.ArgumentParser(add_help=False)
-    via.add_argument("--master", help="the configuration master's URL (or "
-                     "TANDEM_MASTER_URL): the users go there, and it pushes them to every node")
-    via.add_argument("--admin-file", help="with --master: a file (mode 0600) holding a master "
-                     "admin's name:password (or TANDEM_MASTER_ADMIN=name:password)")
+    via.add_argument(
+        "--master",
+        help="the configuration master's URL (or "
+        "TANDEM_MASTER_URL): the users go there, and it pushes them to every node",
+    )
+    via.add_argument(
+        "--admin-file",
+        help="with --master: a file (mode 0600) holding a master "
+        "admin's name:password (or TANDEM_MASTER_ADMIN=name:password)",
+    )
     usub = user.add_subparsers(dest="action", required=True)
     add = usub.add_parser("add", help="add or update one user", parents=[via])
     add.add_argument("name")
     add.add_argument("--password", required=True)
-    imp = usub.add_parser("import", help="import users from a CSV (username,password)",
-                          parents=[via])
+    imp = usub.add_parser(
+        "import", help="import users from a CSV (username,password)", parents=[via]
+    )
     imp.add_argument("file")
     user.set_defaults(func=cmd_user)
-    master = sub.add_parser("master", help="run the configuration master (or: master init, "
-                            "master token, master node list|remove ID, master rollback N, "
-                            "master backup FILE, master restore FILE)")
-    master.add_argument("action", nargs="?", default="run",
-                        choices=("run", "init", "token", "node", "rollback", "backup", "restore"),
-                        help="run the dashboard (default); init: set up its data folder, "
-                             "database, key pair and admin account; token: print a join "
-                             "token; node list, node remove ID; rollback N: restore configuration "
-                             "version N (a new version, rolled out); backup FILE: write an archive "
-                             "of the master (while it runs); restore FILE: restore one onto a "
-                             "fresh data folder")
-    master.add_argument("words", nargs="*", help="with node: list, or remove ID; with "
-                        "rollback: N; with backup or restore: the archive")
+    master = sub.add_parser(
+        "master",
+        help="run the configuration master (or: master init, "
+        "master token, master node list|remove ID, master rollback N, "
+        "master backup FILE, master restore FILE)",
+    )
+    master.add_argument(
+        "action",
+        nargs="?",
+        default="run",
+        choices=("run", "init", "token", "node", "rollback", "backup", "restore"),
+        help="run the dashboard (default); init: set up its data folder, "
+        "database, key pair and admin account; token: print a join "
+        "token; node list, node remove ID; rollback N: restore configuration "
+        "version N (a new version, rolled out); backup FILE: write an archive "
+        "of the master (while it runs); restore FILE: restore one onto a "
+        "fresh data folder",
+    )
+    master.add_argument(
+        "words",
+        nargs="*",
+        help="with node: list, or remove ID; with rollback: N; with backup or restore: the archive",
+    )
     master.add_argument("--config", required=True, help="master configuration (TOML)")
     master.set_defaults(func=cmd_master)
     keys = sub.add_parser("keys", help="make a CurveZMQ key pair")
     configure_keys(keys)
     keys.set_defaults(func=cmd_keys)
-    lab = sub.add_parser("lab", help="start a ready lab on loopback (or: lab status, "
-                         "lab restart NODE)")
-    lab.add_argument("action", nargs="?", default="run", choices=("run", "status", "restart"),
-                     help="run the lab (default), or ask the running lab for its state "
-                          "or to restart a node")
+    lab = sub.add_parser(
+        "lab", help="start a ready lab on loopback (or: lab status, lab restart NODE)"
+    )
+    lab.add_argument(
+        "action",
+        nargs="?",
+        default="run",
+        choices=("run", "status", "restart"),
+        help="run the lab (default), or ask the running lab for its state or to restart a node",
+    )
     lab.add_argument("node", nargs="?", help="with restart: the node id, e.g. node2")
     lab.add_argument("--users", help="CSV of extra users (username,password)")
     lab.add_argument("--data", default="var/lab", help="where the lab keeps its state")
-    lab.add_argument("--nodes", type=int, default=2, choices=range(1, 10), metavar="N",
-                     help="how many nodes (replicating), 1 to 9")
-    lab.add_argument("--base", default="127.0.0.10",
-                     help="the lab's first loopback address: its DNS; node k gets the k-th "
-                          "address after it")
+    lab.add_argument(
+        "--nodes",
+        type=int,
+        default=2,
+        choices=range(1, 10),
+        metavar="N",
+        help="how many nodes (replicating), 1 to 9",
+    )
+    lab.add_argument(
+        "--base",
+        default="127.0.0.10",
+        help="the lab's first loopback address: its DNS; node k gets the k-th address after it",
+    )
     lab.set_defaults(func=cmd_lab)
     args = p.parse_args(argv)
     os.umask(0o077)  # whatever Tandem creates (keys, configs, databases, logs) is its owner's only

@@ -192,8 +192,14 @@ class Bus:
     def _authenticate(self, frames: list[bytes]) -> list[bytes]:
         """One ZAP (RFC 27) request in, its reply frames out."""
         if len(frames) < 6:
-            return [b"1.0", frames[1] if len(frames) > 1 else b"", b"500", b"bad ZAP request",
-                    b"", b""]
+            return [
+                b"1.0",
+                frames[1] if len(frames) > 1 else b"",
+                b"500",
+                b"bad ZAP request",
+                b"",
+                b"",
+            ]
         version, request_id, domain, address, _identity, mechanism = frames[:6]
         allowed = self._allowed.get(domain, {})
         name = None
@@ -206,15 +212,26 @@ class Bus:
             level = logging.DEBUG if (domain, key) in self._refused_keys else logging.WARNING
             if len(self._refused_keys) < 1000:
                 self._refused_keys.add((domain, key))
-            log.log(level, "refused %s client key %s from %s on domain %s",
-                    mechanism.decode(errors="replace"), key.decode() or "-",
-                    address.decode(errors="replace"), domain.decode(errors="replace"))
+            log.log(
+                level,
+                "refused %s client key %s from %s on domain %s",
+                mechanism.decode(errors="replace"),
+                key.decode() or "-",
+                address.decode(errors="replace"),
+                domain.decode(errors="replace"),
+            )
             return [b"1.0", request_id, b"400", b"unknown key", b"", b""]
         self.stats["accepted"] += 1
         return [b"1.0", request_id, b"200", b"OK", name.encode(), b""]
 
-    def server(self, kind: int, endpoint: str, domain: str, hwm: int = 1000,
-               heartbeat: tuple[float, float] | None = None):
+    def server(
+        self,
+        kind: int,
+        endpoint: str,
+        domain: str,
+        hwm: int = 1000,
+        heartbeat: tuple[float, float] | None = None,
+    ):
         """Bind a Curve server socket (PUB or ROUTER) on ``endpoint`` for ``domain``.
 
         ``heartbeat=(interval, timeout)`` turns on ZMTP heartbeats (see ``_socket``).
@@ -235,8 +252,14 @@ class Bus:
             raise BusError(f"cannot bind {endpoint}: {e}") from None
         return sock
 
-    def client(self, kind: int, endpoint: str, server_key: str, hwm: int = 1000,
-               heartbeat: tuple[float, float] | None = None):
+    def client(
+        self,
+        kind: int,
+        endpoint: str,
+        server_key: str,
+        hwm: int = 1000,
+        heartbeat: tuple[float, float] | None = None,
+    ):
         """Connect a Curve client socket (SUB or DEALER) to a server with ``server_key``."""
         sock = self._socket(kind, hwm, heartbeat)
         try:
@@ -300,8 +323,7 @@ class Bus:
         self.ctx.destroy(linger=0)
 
 
-def request(bus: Bus, endpoint: str, server_key: str, message: dict,
-            timeout: float = 2.0) -> dict:
+def request(bus: Bus, endpoint: str, server_key: str, message: dict, timeout: float = 2.0) -> dict:
     """Send one control request (``{"cmd": ...}``, stamped with this release's protocol
     version, ``sipcore.protocol``) and return its reply.
 

@@ -13,8 +13,12 @@ from sipcore.call_events import BYE, CANCEL, FAILURE, FINISHING, LOST, CallEvent
 
 log = logging.getLogger(__name__)
 
-_WORDS = {BYE: "ended (BYE)", CANCEL: "cancelled by the caller", FAILURE: "failed",
-          LOST: "ended by this node (its node failed, an end was gone)"}
+_WORDS = {
+    BYE: "ended (BYE)",
+    CANCEL: "cancelled by the caller",
+    FAILURE: "failed",
+    LOST: "ended by this node (its node failed, an end was gone)",
+}
 
 
 class CallLog:
@@ -29,8 +33,23 @@ class CallLog:
             self.counts[ev.kind] = self.counts.get(ev.kind, 0) + 1
             status = f" {ev.status}" if ev.status is not None else ""
             if ev.kind in FINISHING:
-                log.info("call %s from %s to %s (source %s): %s%s", ev.call_id, ev.caller,
-                         ev.callee, ev.source, _WORDS[ev.kind], status)
+                log.info(
+                    "call %s from %s to %s (source %s): %s%s",
+                    ev.call_id,
+                    ev.caller,
+                    ev.callee,
+                    ev.source,
+                    _WORDS[ev.kind],
+                    status,
+                )
             elif log.isEnabledFor(logging.DEBUG):
-                log.debug("call %s from %s to %s (source %s): %s%s at %.3f", ev.call_id,
-                          ev.caller, ev.callee, ev.source, ev.kind, status, wall)
+                log.debug(
+                    "call %s from %s to %s (source %s): %s%s at %.3f",
+                    ev.call_id,
+                    ev.caller,
+                    ev.callee,
+                    ev.source,
+                    ev.kind,
+                    status,
+                    wall,
+                )

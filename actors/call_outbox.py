@@ -42,8 +42,9 @@ class CallOutbox:
     waiting; counts what it drops. ``nodes`` are the ZAP names of the cluster's nodes:
     they may read events, never delete them."""
 
-    def __init__(self, max_rows: int, nodes: frozenset[str] = frozenset(),
-                 flush_every: float = 0.05):
+    def __init__(
+        self, max_rows: int, nodes: frozenset[str] = frozenset(), flush_every: float = 0.05
+    ):
         self.max_rows = max_rows
         self.nodes = nodes
         self.flush_every = flush_every
@@ -57,12 +58,24 @@ class CallOutbox:
         room = max(0, self.max_rows - self.pending - len(self.queued))
         if len(events) > room:
             self.stats["dropped"] += len(events) - room
-            log.warning("call event outbox full (%d events): %d events dropped",
-                        self.max_rows, len(events) - room)
+            log.warning(
+                "call event outbox full (%d events): %d events dropped",
+                self.max_rows,
+                len(events) - room,
+            )
             events = events[:room]
-        self.queued.extend({"at": wall, "kind": e.kind, "call_id": e.call_id,
-                            "caller": e.caller, "callee": e.callee, "source": e.source,
-                            "status": e.status} for e in events)
+        self.queued.extend(
+            {
+                "at": wall,
+                "kind": e.kind,
+                "call_id": e.call_id,
+                "caller": e.caller,
+                "callee": e.callee,
+                "source": e.source,
+                "status": e.status,
+            }
+            for e in events
+        )
 
     def flush(self) -> None:
         """Write what queued, in one transaction."""
@@ -95,9 +108,13 @@ class CallOutbox:
         for name, value in (("since", since), ("limit", limit)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise BusError(f"{name} must be a non-negative integer")
-        return {"events": outbox_store.events_since(since, min(limit, MAX_PAGE)),
-                "last": self.next_seq - 1, "pending": self.pending,
-                "max": self.max_rows, **self.stats}
+        return {
+            "events": outbox_store.events_since(since, min(limit, MAX_PAGE)),
+            "last": self.next_seq - 1,
+            "pending": self.pending,
+            "max": self.max_rows,
+            **self.stats,
+        }
 
     def ack(self, request: dict) -> int:
         """Delete the call events numbered up to "upto" (the master has stored them)."""

@@ -172,37 +172,72 @@ class NodeConfig:
 
 
 _SECTIONS = {
-    "node": {"id": "id", "data_dir": "data_dir", "log_level": "log_level",
-             "log_file": "log_file"},
-    "sip": {"address": "address", "port": "port", "domain": "domain", "aliases": "aliases",
-            "t1": "t1", "t2": "t2", "t4": "t4", "challenge_front": "challenge_front",
-            "emergency_numbers": "emergency_numbers",
-            "outside_line_prefix": "outside_line_prefix", "nat_handling": "nat_handling",
-            "tls_port": "tls_port", "tls_cert": "tls_cert", "tls_key": "tls_key",
-            "tls_ca": "tls_ca", "tls_peer_ca": "tls_peer_ca"},
-    "registrar": {"min_expires": "min_expires", "max_expires": "max_expires",
-                  "default_expires": "default_expires", "max_contacts": "max_contacts"},
-    "auth": {"secret": "auth_secret", "nonce_lifetime": "nonce_lifetime",
-             "algorithms": "auth_algorithms", "require_qop": "require_qop",
-             "max_failures": "max_failures", "max_user_failures": "max_user_failures",
-             "failure_window": "failure_window", "ban_time": "ban_time",
-             "ban_response": "ban_response"},
+    "node": {"id": "id", "data_dir": "data_dir", "log_level": "log_level", "log_file": "log_file"},
+    "sip": {
+        "address": "address",
+        "port": "port",
+        "domain": "domain",
+        "aliases": "aliases",
+        "t1": "t1",
+        "t2": "t2",
+        "t4": "t4",
+        "challenge_front": "challenge_front",
+        "emergency_numbers": "emergency_numbers",
+        "outside_line_prefix": "outside_line_prefix",
+        "nat_handling": "nat_handling",
+        "tls_port": "tls_port",
+        "tls_cert": "tls_cert",
+        "tls_key": "tls_key",
+        "tls_ca": "tls_ca",
+        "tls_peer_ca": "tls_peer_ca",
+    },
+    "registrar": {
+        "min_expires": "min_expires",
+        "max_expires": "max_expires",
+        "default_expires": "default_expires",
+        "max_contacts": "max_contacts",
+    },
+    "auth": {
+        "secret": "auth_secret",
+        "nonce_lifetime": "nonce_lifetime",
+        "algorithms": "auth_algorithms",
+        "require_qop": "require_qop",
+        "max_failures": "max_failures",
+        "max_user_failures": "max_user_failures",
+        "failure_window": "failure_window",
+        "ban_time": "ban_time",
+        "ban_response": "ban_response",
+    },
     "limits": {"max_branches": "max_branches", **{name: name for name in LIMIT_SETTINGS}},
-    "database": {"url": "database", "batch_max": "batch_max",
-                 "max_call_events": "max_call_events"},
+    "database": {"url": "database", "batch_max": "batch_max", "max_call_events": "max_call_events"},
     "dns": {"servers": "dns_servers", "port": "dns_port"},
-    "dialogs": {"record_route": "record_route", "max_dialogs": "max_dialogs",
-                "max_age": "dialog_max_age", "probe_timeout": "probe_timeout"},
+    "dialogs": {
+        "record_route": "record_route",
+        "max_dialogs": "max_dialogs",
+        "max_age": "dialog_max_age",
+        "probe_timeout": "probe_timeout",
+    },
     "nat": {"keepalive_interval": "keepalive_interval", "flow_timer": "flow_timer"},
-    "cluster": {"pub": "bus_pub", "snapshot": "bus_snapshot", "control": "control",
-                "secret_key": "secret_key", "public_key": "public_key",
-                "heartbeat": "heartbeat", "suspect_after": "suspect_after",
-                "dead_after": "dead_after", "alone_wait": "alone_wait",
-                "control_keys": "control_keys", "master_key": "master_key", "hwm": "hwm",
-                "snapshot_batch": "snapshot_batch",
-                "snapshot_rate": "snapshot_rate", "sync_timeout": "sync_timeout",
-                "takeover": "takeover", "takeover_interface": "takeover_interface",
-                "takeover_lifetime": "takeover_lifetime"},
+    "cluster": {
+        "pub": "bus_pub",
+        "snapshot": "bus_snapshot",
+        "control": "control",
+        "secret_key": "secret_key",
+        "public_key": "public_key",
+        "heartbeat": "heartbeat",
+        "suspect_after": "suspect_after",
+        "dead_after": "dead_after",
+        "alone_wait": "alone_wait",
+        "control_keys": "control_keys",
+        "master_key": "master_key",
+        "hwm": "hwm",
+        "snapshot_batch": "snapshot_batch",
+        "snapshot_rate": "snapshot_rate",
+        "sync_timeout": "sync_timeout",
+        "takeover": "takeover",
+        "takeover_interface": "takeover_interface",
+        "takeover_lifetime": "takeover_lifetime",
+    },
 }
 
 
@@ -236,17 +271,46 @@ def parse_config(data: dict, base_dir: str = ".") -> NodeConfig:
             raise ConfigError(f"bad [[peers]] entry: {e}") from None
     values["peers"] = peers
     cfg = NodeConfig(**values)
-    for name in ("port", "min_expires", "max_expires", "default_expires", "max_contacts",
-                 "batch_max", "dns_port", "hwm", "snapshot_batch", "snapshot_rate",
-                 "max_failures", "max_user_failures", "udp_burst", "tcp_max_connections",
-                 "tcp_max_per_source", "max_message_size", "max_branches", "tls_port",
-                 "max_call_events", "overload_retry_after", "max_dialogs", "flow_timer"):
+    for name in (
+        "port",
+        "min_expires",
+        "max_expires",
+        "default_expires",
+        "max_contacts",
+        "batch_max",
+        "dns_port",
+        "hwm",
+        "snapshot_batch",
+        "snapshot_rate",
+        "max_failures",
+        "max_user_failures",
+        "udp_burst",
+        "tcp_max_connections",
+        "tcp_max_per_source",
+        "max_message_size",
+        "max_branches",
+        "tls_port",
+        "max_call_events",
+        "overload_retry_after",
+        "max_dialogs",
+        "flow_timer",
+    ):
         v = getattr(cfg, name)
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
             raise ConfigError(f"{name} must be a non-negative integer, not {v!r}")
-    for name in ("failure_window", "ban_time", "udp_rate", "tcp_idle_timeout",
-                 "tcp_header_timeout", "log_rate", "overload_delay", "overload_interval",
-                 "dialog_max_age", "probe_timeout", "keepalive_interval"):
+    for name in (
+        "failure_window",
+        "ban_time",
+        "udp_rate",
+        "tcp_idle_timeout",
+        "tcp_header_timeout",
+        "log_rate",
+        "overload_delay",
+        "overload_interval",
+        "dialog_max_age",
+        "probe_timeout",
+        "keepalive_interval",
+    ):
         v = getattr(cfg, name)
         if not isinstance(v, int | float) or isinstance(v, bool) or v < 0:
             raise ConfigError(f"{name} must be a non-negative number, not {v!r}")
@@ -255,29 +319,36 @@ def parse_config(data: dict, base_dir: str = ".") -> NodeConfig:
     if cfg.ban_response not in ("403", "drop"):
         raise ConfigError(f'auth.ban_response takes "403" or "drop", not {cfg.ban_response!r}')
     if cfg.overload_response not in ("503", "drop"):
-        raise ConfigError('limits.overload_response takes "503" or "drop", '
-                          f"not {cfg.overload_response!r}")
+        raise ConfigError(
+            f'limits.overload_response takes "503" or "drop", not {cfg.overload_response!r}'
+        )
     if cfg.max_message_size < 1500:
         raise ConfigError("limits.max_message_size must be at least 1500 bytes")
     if not isinstance(cfg.challenge_front, bool):
         raise ConfigError(f"sip.challenge_front must be true or false, not {cfg.challenge_front!r}")
     if cfg.nat_handling not in NAT_HANDLING:
-        raise ConfigError(f"sip.nat_handling takes one of {', '.join(NAT_HANDLING)}, "
-                          f"not {cfg.nat_handling!r}")
+        raise ConfigError(
+            f"sip.nat_handling takes one of {', '.join(NAT_HANDLING)}, not {cfg.nat_handling!r}"
+        )
     if not 0 < cfg.port < 65536:
         raise ConfigError(f"port out of range: {cfg.port}")
     if cfg.max_branches < 1:
         raise ConfigError("limits.max_branches must be at least 1")
-    if not isinstance(cfg.record_route, str) or any(
-            c in cfg.record_route for c in ' <>;,"@/') or len(cfg.record_route) > 255:
-        raise ConfigError("dialogs.record_route must be a host or host:port, "
-                          f"not {cfg.record_route!r}")
+    if (
+        not isinstance(cfg.record_route, str)
+        or any(c in cfg.record_route for c in ' <>;,"@/')
+        or len(cfg.record_route) > 255
+    ):
+        raise ConfigError(
+            f"dialogs.record_route must be a host or host:port, not {cfg.record_route!r}"
+        )
     if not isinstance(cfg.emergency_numbers, list) or not all(
-            isinstance(n, str) and n for n in cfg.emergency_numbers):
+        isinstance(n, str) and n for n in cfg.emergency_numbers
+    ):
         raise ConfigError("sip.emergency_numbers must be a list of numbers as strings")
     prefix = cfg.outside_line_prefix
     if not isinstance(prefix, str) or len(prefix) > 4 or not (prefix == "" or prefix.isdigit()):
-        raise ConfigError("sip.outside_line_prefix must be up to 4 digits as a string (\"9\")")
+        raise ConfigError('sip.outside_line_prefix must be up to 4 digits as a string ("9")')
     for p in peers:
         if p.sip:
             _sip_address(p.sip, f"peer {p.id}")
@@ -293,9 +364,12 @@ def parse_config(data: dict, base_dir: str = ".") -> NodeConfig:
         cfg.log_file = os.path.normpath(os.path.join(base_dir, cfg.log_file))
     _check_tls(cfg, base_dir)
     cfg.domain = cfg.domain.lower()
-    if cfg.database.startswith("sqlite:///") and not cfg.database.startswith("sqlite:////") \
-            and ":memory:" not in cfg.database:
-        rel, _, query = cfg.database[len("sqlite:///"):].partition("?")
+    if (
+        cfg.database.startswith("sqlite:///")
+        and not cfg.database.startswith("sqlite:////")
+        and ":memory:" not in cfg.database
+    ):
+        rel, _, query = cfg.database[len("sqlite:///") :].partition("?")
         path = os.path.normpath(os.path.join(base_dir, rel))
         cfg.database = f"sqlite:///{path}" + (f"?{query}" if query else "")
     return cfg
@@ -312,10 +386,13 @@ def _channels(body) -> Channels:
         if k not in known:
             raise ConfigError(f"unknown setting emergency.{k}")
         default = getattr(defaults, k)
-        ok = (isinstance(v, list) and all(isinstance(a, str) and a for a in v)
-              if isinstance(default, list) else
-              isinstance(v, int) and not isinstance(v, bool) and 0 < v < 65536
-              if k == "smtp_port" else isinstance(v, type(default)))
+        ok = (
+            isinstance(v, list) and all(isinstance(a, str) and a for a in v)
+            if isinstance(default, list)
+            else isinstance(v, int) and not isinstance(v, bool) and 0 < v < 65536
+            if k == "smtp_port"
+            else isinstance(v, type(default))
+        )
         if not ok:
             raise ConfigError(f"emergency.{k} must be like {default!r}")
     channels = Channels(**body, smtp_password=os.environ.get("TANDEM_SMTP_PASSWORD", ""))
@@ -359,8 +436,7 @@ def _check_tls(cfg: NodeConfig, base_dir: str) -> None:
         try:
             ssl.create_default_context(cafile=path)
         except (OSError, ssl.SSLError) as e:
-            raise ConfigError(f"sip.{name} {path}: not a PEM file of certificates: "
-                              f"{e}") from None
+            raise ConfigError(f"sip.{name} {path}: not a PEM file of certificates: {e}") from None
         setattr(cfg, name, path)
     try:
         check_private(cfg.tls_key, "TLS private key")
@@ -369,8 +445,10 @@ def _check_tls(cfg: NodeConfig, base_dir: str) -> None:
     try:
         ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cfg.tls_cert, cfg.tls_key)
     except (ssl.SSLError, ValueError) as e:
-        raise ConfigError(f"sip.tls_cert {cfg.tls_cert} and sip.tls_key {cfg.tls_key} "
-                          f"are not a PEM certificate and its key: {e}") from None
+        raise ConfigError(
+            f"sip.tls_cert {cfg.tls_cert} and sip.tls_key {cfg.tls_key} "
+            f"are not a PEM certificate and its key: {e}"
+        ) from None
 
 
 def _check_takeover(cfg: NodeConfig) -> None:
@@ -379,8 +457,9 @@ def _check_takeover(cfg: NodeConfig) -> None:
     lifetime = cfg.takeover_lifetime
     if not isinstance(lifetime, int | float) or isinstance(lifetime, bool) or lifetime < 2:
         raise ConfigError(f"cluster.takeover_lifetime must be 2 s or more, not {lifetime!r}")
-    if not isinstance(cfg.takeover_interface, str) \
-            or not re.fullmatch(r"[A-Za-z0-9_.@-]{1,15}", cfg.takeover_interface):
+    if not isinstance(cfg.takeover_interface, str) or not re.fullmatch(
+        r"[A-Za-z0-9_.@-]{1,15}", cfg.takeover_interface
+    ):
         raise ConfigError(f"cluster.takeover_interface: bad name {cfg.takeover_interface!r}")
     if cfg.takeover:
         if ":" in cfg.address or cfg.address in ("0.0.0.0", ""):
@@ -409,8 +488,11 @@ def cluster_addresses(cfg: NodeConfig, port: int | None = None) -> ClusterAddres
     if cfg.tls_port:
         nodes.extend([(host, cfg.tls_port) for host, _ in nodes])
     # What the Record-Route names (the domain, or a floating address) is the cluster's.
-    rr = cfg.record_route.rpartition(":")[0] if cfg.record_route.rpartition(":")[2].isdigit() \
+    rr = (
+        cfg.record_route.rpartition(":")[0]
+        if cfg.record_route.rpartition(":")[2].isdigit()
         else cfg.record_route
+    )
     return ClusterAddresses([cfg.domain, *cfg.aliases, *([rr] if rr else [])], nodes)
 
 
@@ -419,15 +501,23 @@ def registrar_rules(cfg: NodeConfig) -> RegistrarRules:
     share them)."""
     # With takeover a REGISTER may name a peer's address this node took over.
     taken = [_sip_address(p.sip, p.id)[0] for p in cfg.peers] if cfg.takeover else []
-    return RegistrarRules(cfg.domain, [*cfg.aliases, cfg.address, *taken], cfg.min_expires,
-                          cfg.max_expires, cfg.default_expires, cfg.max_contacts,
-                          cluster_addresses(cfg), cfg.flow_timer)
+    return RegistrarRules(
+        cfg.domain,
+        [*cfg.aliases, cfg.address, *taken],
+        cfg.min_expires,
+        cfg.max_expires,
+        cfg.default_expires,
+        cfg.max_contacts,
+        cluster_addresses(cfg),
+        cfg.flow_timer,
+    )
 
 
 def guard_settings(cfg: NodeConfig) -> GuardSettings:
     """The guard against password guessing that a node's ``[auth]`` settings make."""
-    return GuardSettings(cfg.max_failures, cfg.max_user_failures, float(cfg.failure_window),
-                         float(cfg.ban_time))
+    return GuardSettings(
+        cfg.max_failures, cfg.max_user_failures, float(cfg.failure_window), float(cfg.ban_time)
+    )
 
 
 def server_uris(cfg: NodeConfig) -> frozenset[str]:
@@ -435,21 +525,28 @@ def server_uris(cfg: NodeConfig) -> frozenset[str]:
     and without its port or TLS port), lower case: digest-uris taken for any request."""
     hosts = [cfg.domain, *cfg.aliases, f"[{cfg.address}]" if ":" in cfg.address else cfg.address]
     ports = ("", f":{cfg.port}") + ((f":{cfg.tls_port}",) if cfg.tls_port else ())
-    uris = {f"{scheme}:{host}{port}".lower() for scheme in ("sip", "sips")
-            for host in hosts for port in ports}
+    uris = {
+        f"{scheme}:{host}{port}".lower()
+        for scheme in ("sip", "sips")
+        for host in hosts
+        for port in ports
+    }
     if cfg.takeover:
         # A peer's address this node may take over: requests name it then.
         for p in cfg.peers:
             host, port = _sip_address(p.sip, p.id)
-            uris.update(f"{scheme}:{host}{end}" for scheme in ("sip", "sips")
-                        for end in ("", f":{port}", *ports[2:]))
+            uris.update(
+                f"{scheme}:{host}{end}"
+                for scheme in ("sip", "sips")
+                for end in ("", f":{port}", *ports[2:])
+            )
     return frozenset(uris)
 
 
 def sqlite_dir(cfg: NodeConfig) -> str | None:
     """The folder of the SQLite database file, if the database is SQLite."""
     if cfg.database.startswith("sqlite:////"):
-        return os.path.dirname(cfg.database[len("sqlite:///"):].partition("?")[0])
+        return os.path.dirname(cfg.database[len("sqlite:///") :].partition("?")[0])
     return None
 
 

@@ -46,8 +46,9 @@ DIALPLAN_KEY = "dialplan"
 class ConfigSync:
     """Applies the master's configuration versions to one node's store."""
 
-    def __init__(self, domain: str, on_users=None, node_id: str = "", on_peers=None,
-                 tls_port: int = 0):
+    def __init__(
+        self, domain: str, on_users=None, node_id: str = "", on_peers=None, tls_port: int = 0
+    ):
         self.domain = domain
         self.tls_port = tls_port
         """The port this node takes SIP over TLS on, 0 for none."""
@@ -68,22 +69,30 @@ class ConfigSync:
     def version(self, _request: dict | None = None) -> dict:
         """The configuration version this node runs (0: none from a master yet), its TLS
         port (0: no TLS) and whether it is synced."""
-        return {"version": int(get_state(VERSION_KEY, 0)), "tls_port": self.tls_port,
-                "synced": bool(self.synced()), **self.stats}
+        return {
+            "version": int(get_state(VERSION_KEY, 0)),
+            "tls_port": self.tls_port,
+            "synced": bool(self.synced()),
+            **self.stats,
+        }
 
     def apply(self, request: dict) -> dict:
         """Apply a configuration version pushed by the master (refused from anyone else)."""
         if request.get("from") != MASTER:
             self.stats["refused"] += 1
-            log.warning("refused a configuration push from %s: not the master's key",
-                        request.get("from") or "?")
+            log.warning(
+                "refused a configuration push from %s: not the master's key",
+                request.get("from") or "?",
+            )
             raise BusError("configuration is accepted from the master's key only")
         version, users = request.get("version"), request.get("users")
         if not isinstance(version, int) or isinstance(version, bool) or version < 1:
             raise BusError("version must be a positive integer")
         if request.get("domain") != self.domain:
-            raise BusError(f"configuration for domain {request.get('domain')!r}, "
-                           f"this node serves {self.domain!r}")
+            raise BusError(
+                f"configuration for domain {request.get('domain')!r}, "
+                f"this node serves {self.domain!r}"
+            )
         if not isinstance(users, list):
             raise BusError("users must be a list")
         dialplan = self._dialplan(request)
@@ -131,8 +140,12 @@ class ConfigSync:
     def snapshot(self) -> dict:
         """What the node runs now (version, users, dial plan, SIP settings), for
         :meth:`restore`."""
-        return {"version": int(get_state(VERSION_KEY, 0)), "users": pushed_users(self.domain),
-                "dialplan": get_state(DIALPLAN_KEY), "settings": get_state(SETTINGS_KEY)}
+        return {
+            "version": int(get_state(VERSION_KEY, 0)),
+            "users": pushed_users(self.domain),
+            "dialplan": get_state(DIALPLAN_KEY),
+            "settings": get_state(SETTINGS_KEY),
+        }
 
     def restore(self, snapshot: dict) -> None:
         """Run what :meth:`snapshot` saw again (a rollback; the peer list stays: it
@@ -174,9 +187,13 @@ def attach_config_sync(node) -> ConfigSync | None:
     control = node.replicator.control if node.replicator is not None else None
     if control is None:
         return None
-    sync = node.config_sync = ConfigSync(node.cfg.domain, node.users.reload, node.cfg.id,
-                                         lambda peers: follow_peers(node, peers),
-                                         node.cfg.tls_port)
+    sync = node.config_sync = ConfigSync(
+        node.cfg.domain,
+        node.users.reload,
+        node.cfg.id,
+        lambda peers: follow_peers(node, peers),
+        node.cfg.tls_port,
+    )
     sync.on_settings = lambda doc: apply_settings(node, doc)
     sync.synced = lambda: node.replicator.synced
     control.handle("config", sync.apply)

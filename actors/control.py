@@ -27,8 +27,17 @@ import zmq.green as zmq
 
 from sipcore.protocol import PROTOCOL_VERSION, NewerProtocol, ProtocolError, check_version
 
-from .bus import (CONTROL_DOMAIN, CONTROL_REPLY, CONTROL_REQUEST, Bus, BusError, pack,
-                  recv_from, send, unpack)
+from .bus import (
+    CONTROL_DOMAIN,
+    CONTROL_REPLY,
+    CONTROL_REQUEST,
+    Bus,
+    BusError,
+    pack,
+    recv_from,
+    send,
+    unpack,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +63,10 @@ class ControlServer:
 
     def _help(self, _request: dict) -> dict:
         """Every command with the first line of its handler's docstring."""
-        return {cmd: ((fn.__doc__ or "").strip().splitlines() or [""])[0]
-                for cmd, fn in sorted(self.handlers.items())}
+        return {
+            cmd: ((fn.__doc__ or "").strip().splitlines() or [""])[0]
+            for cmd, fn in sorted(self.handlers.items())
+        }
 
     def _ping(self, _request: dict) -> dict:
         """This server's name and request counts (a liveness check)."""

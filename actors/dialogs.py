@@ -35,9 +35,19 @@ import gevent.event
 from gevent.pool import Pool
 
 from sipcore.call_events import ANSWER, ATTEMPT, BYE, CANCEL, FAILURE, LOST, CallEvent
-from sipcore.dialogs import (BRANCH_PREFIX, MAX_ROWS, Dialog, DialogTable, adopter,
-                             bye_request, decode_dialogs, encode_dialogs, new_branch, parse_dest,
-                             probe_request)
+from sipcore.dialogs import (
+    BRANCH_PREFIX,
+    MAX_ROWS,
+    Dialog,
+    DialogTable,
+    adopter,
+    bye_request,
+    decode_dialogs,
+    encode_dialogs,
+    new_branch,
+    parse_dest,
+    probe_request,
+)
 from sipcore.errors import SipError
 
 from . import bus as busmod
@@ -58,9 +68,18 @@ class Dialogs:
     carries the records to the peers; ``outbox`` (the proxy's ``CallOutbox``, or
     None) takes the ``lost`` events of calls this node ends."""
 
-    def __init__(self, node_id: str, domain: str, address: str, replicator=None, outbox=None,
-                 max_dialogs: int = 100_000, max_age: float = 12 * 3600.0,
-                 probe_timeout: float = 4.0, clock=time.time):
+    def __init__(
+        self,
+        node_id: str,
+        domain: str,
+        address: str,
+        replicator=None,
+        outbox=None,
+        max_dialogs: int = 100_000,
+        max_age: float = 12 * 3600.0,
+        probe_timeout: float = 4.0,
+        clock=time.time,
+    ):
         self.id, self.domain, self.address = node_id, domain, address
         self.table = DialogTable(node_id, max_dialogs, max_age)
         self.replicator = replicator
@@ -89,8 +108,9 @@ class Dialogs:
             if kind == ATTEMPT:
                 table.attempt(ev.call_id, wall)
             elif kind == ANSWER and ev.dialog is not None:
-                d = table.answered(replace(ev.dialog, started_at=wall, answered_at=wall,
-                                           owner=self.id))
+                d = table.answered(
+                    replace(ev.dialog, started_at=wall, answered_at=wall, owner=self.id)
+                )
                 self._out.append(d)
             elif kind == BYE:
                 if table.ended(ev.call_id, wall) is not None or self._shared:
@@ -112,8 +132,10 @@ class Dialogs:
         if not self._may_share():
             return
         for i in range(0, max(len(out), len(ends)), MAX_ROWS):
-            self.replicator.publish_frame(busmod.DIALOGS, encode_dialogs(
-                self.id, out[i:i + MAX_ROWS], ends[i:i + MAX_ROWS]))
+            self.replicator.publish_frame(
+                busmod.DIALOGS,
+                encode_dialogs(self.id, out[i : i + MAX_ROWS], ends[i : i + MAX_ROWS]),
+            )
             self.stats["published"] += 1
 
     def share_all(self, _peer: str | None = None) -> None:
@@ -146,8 +168,11 @@ class Dialogs:
         """One turn of the loop (see the module doc)."""
         expired = self.table.expire(self.clock())
         if expired:
-            log.warning("%d dialog records dropped %d s after their answer (BYE missed)",
-                        len(expired), int(self.table.max_age))
+            log.warning(
+                "%d dialog records dropped %d s after their answer (BYE missed)",
+                len(expired),
+                int(self.table.max_age),
+            )
         shared = self._may_share()
         if shared and not self._shared:
             self.share_all()
@@ -156,19 +181,23 @@ class Dialogs:
         if rep is None or not rep.clustered:
             return
         peers = rep.core.peers
-        live = [self.id] + [p for p, st in peers.items()
-                            if st.liveness.state in ("alive", "suspected")]
+        live = [self.id] + [
+            p for p, st in peers.items() if st.liveness.state in ("alive", "suspected")
+        ]
         dead_now = {p for p, st in peers.items() if st.liveness.state == "dead"}
-        self._taken_from &= dead_now        # a peer back alive may die again
+        self._taken_from &= dead_now  # a peer back alive may die again
         for dead in dead_now - self._taken_from:
             if adopter(dead, live) != self.id:
                 continue
-            self._taken_from.add(dead)      # one pass over the table per death
+            self._taken_from.add(dead)  # one pass over the table per death
             taken = self.table.adopt(dead, self.id)
             if not taken:
                 continue
-            log.warning("node %s is dead: %d of its calls taken over here; probing their ends",
-                        dead, len(taken))
+            log.warning(
+                "node %s is dead: %d of its calls taken over here; probing their ends",
+                dead,
+                len(taken),
+            )
             self._out.extend(taken)
             self._publish()
             for d in taken:
@@ -222,8 +251,9 @@ class Dialogs:
         if where is None or where[0] != "udp":
             return None
         self.stats["probed"] += 1
-        status = self._exchange(dest, lambda sent_by, branch: probe_request(
-            d, to_caller, sent_by, branch))
+        status = self._exchange(
+            dest, lambda sent_by, branch: probe_request(d, to_caller, sent_by, branch)
+        )
         return status is not None and status not in (408, 481)
 
     def _check(self, d: Dialog) -> None:
@@ -232,12 +262,21 @@ class Dialogs:
         if False not in ends or self.table.get(d.call_id) is None:
             return
         self.stats["unanswered"] += 1
-        log.warning("call %s (%s to %s): %s no longer answers; ending it with a BYE to "
-                    "each end", d.call_id, d.caller, d.callee,
-                    "the caller" if ends[0] is False else "the callee")
-        byes = [gevent.spawn(self._exchange, dest, lambda sent_by, branch, c=to_caller:
-                             bye_request(d, c, sent_by, branch))
-                for dest, to_caller in ((d.caller_dest, True), (d.callee_dest, False))]
+        log.warning(
+            "call %s (%s to %s): %s no longer answers; ending it with a BYE to each end",
+            d.call_id,
+            d.caller,
+            d.callee,
+            "the caller" if ends[0] is False else "the callee",
+        )
+        byes = [
+            gevent.spawn(
+                self._exchange,
+                dest,
+                lambda sent_by, branch, c=to_caller: bye_request(d, c, sent_by, branch),
+            )
+            for dest, to_caller in ((d.caller_dest, True), (d.callee_dest, False))
+        ]
         gevent.joinall(byes)
         wall = self.clock()
         if self.table.ended(d.call_id, wall) is None:
@@ -246,8 +285,9 @@ class Dialogs:
         self._ends.append(d.call_id)
         self._publish()
         if self.outbox is not None:
-            self.outbox.add([CallEvent(LOST, d.call_id, d.caller, d.callee,
-                                       f"node:{self.id}")], wall)
+            self.outbox.add(
+                [CallEvent(LOST, d.call_id, d.caller, d.callee, f"node:{self.id}")], wall
+            )
 
     # -- control --------------------------------------------------------------------
     def calls(self, request: dict) -> dict:
@@ -258,13 +298,19 @@ class Dialogs:
         if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
             raise BusError("limit must be a non-negative integer")
         found = self.table.of(owner) if owner else list(self.table.dialogs.values())
-        return {"id": self.id, "total": len(found),
-                "calls": [d.summary() for d in found[:min(limit, MAX_LIST)]]}
+        return {
+            "id": self.id,
+            "total": len(found),
+            "calls": [d.summary() for d in found[: min(limit, MAX_LIST)]],
+        }
 
     def status(self) -> dict:
         """What ``status`` adds: this node's calls, every record known, counts."""
-        return {"calls": self.table.count(self.id), "dialogs": len(self.table),
-                "dialog_stats": {**self.table.stats, **self.stats}}
+        return {
+            "calls": self.table.count(self.id),
+            "dialogs": len(self.table),
+            "dialog_stats": {**self.table.stats, **self.stats},
+        }
 
 
 def attach_dialogs(node) -> Dialogs:
@@ -272,9 +318,16 @@ def attach_dialogs(node) -> Dialogs:
     its replicator; serve ``calls`` and add to ``status``. Call after ``attach_drain``."""
     cfg = node.cfg
     rep = node.replicator
-    dialogs = node.dialogs = Dialogs(cfg.id, cfg.domain, cfg.address, rep,
-                                     node.proxy.outbox, cfg.max_dialogs, cfg.dialog_max_age,
-                                     cfg.probe_timeout)
+    dialogs = node.dialogs = Dialogs(
+        cfg.id,
+        cfg.domain,
+        cfg.address,
+        rep,
+        node.proxy.outbox,
+        cfg.max_dialogs,
+        cfg.dialog_max_age,
+        cfg.probe_timeout,
+    )
     node.proxy.dialogs = dialogs
     dialogs.transport = node.transport
     if rep is not None:
@@ -303,4 +356,3 @@ def attach_dialogs(node) -> Dialogs:
 
         control.handle("status", status)
     return dialogs
-

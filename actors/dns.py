@@ -40,20 +40,26 @@ def _text(name: dns.name.Name) -> str:
 
 
 def _naptr(rdata) -> Naptr:
-    return Naptr(rdata.order, rdata.preference,
-                 rdata.flags.decode("ascii", "replace"),
-                 rdata.service.decode("ascii", "replace"),
-                 rdata.regexp.decode("ascii", "replace"),
-                 _text(rdata.replacement))
+    return Naptr(
+        rdata.order,
+        rdata.preference,
+        rdata.flags.decode("ascii", "replace"),
+        rdata.service.decode("ascii", "replace"),
+        rdata.regexp.decode("ascii", "replace"),
+        _text(rdata.replacement),
+    )
 
 
 def _srv(rdata) -> Srv:
     return Srv(rdata.priority, rdata.weight, rdata.port, _text(rdata.target))
 
 
-_CONVERT = {"NAPTR": _naptr, "SRV": _srv,
-            "A": lambda rdata: rdata.address,
-            "AAAA": lambda rdata: rdata.address}
+_CONVERT = {
+    "NAPTR": _naptr,
+    "SRV": _srv,
+    "A": lambda rdata: rdata.address,
+    "AAAA": lambda rdata: rdata.address,
+}
 
 
 class Resolver:
@@ -69,18 +75,23 @@ class Resolver:
     preference, ``max_entries`` in the cache.
     """
 
-    def __init__(self, nameservers: list[str] | None = None, port: int = 53,
-                 timeout: float = 2.0, rng=None, *,
-                 clock: Callable[[], float] = time.monotonic,
-                 supported: Iterable[str] = SUPPORTED_TRANSPORTS,
-                 families: Iterable[str] = ("A", "AAAA"),
-                 max_entries: int = 10000):
+    def __init__(
+        self,
+        nameservers: list[str] | None = None,
+        port: int = 53,
+        timeout: float = 2.0,
+        rng=None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        supported: Iterable[str] = SUPPORTED_TRANSPORTS,
+        families: Iterable[str] = ("A", "AAAA"),
+        max_entries: int = 10000,
+    ):
         if nameservers is None:
             try:
                 self._resolver = dns.resolver.Resolver(configure=True)
             except dns.exception.DNSException as exc:
-                logger.warning("dns: no system resolver configuration (%s); "
-                               "using 127.0.0.1", exc)
+                logger.warning("dns: no system resolver configuration (%s); using 127.0.0.1", exc)
                 self._resolver = dns.resolver.Resolver(configure=False)
                 self._resolver.nameservers = ["127.0.0.1"]
         else:
@@ -98,17 +109,20 @@ class Resolver:
         self._max_entries = max_entries
         self._cache: dict[tuple[str, str], tuple[float, tuple]] = {}
         if not monkey.is_module_patched("socket"):
-            logger.warning("dns: socket is not monkey-patched; lookups will "
-                           "block every greenlet")
+            logger.warning("dns: socket is not monkey-patched; lookups will block every greenlet")
 
     @property
     def nameservers(self) -> list[str]:
         """The name servers queried, in order."""
         return [str(server) for server in self._resolver.nameservers]
 
-    def resolve(self, uri_host: str, port: int | None = None,
-                transport: str | None = None, scheme: str = "sip"
-                ) -> list[Target]:
+    def resolve(
+        self,
+        uri_host: str,
+        port: int | None = None,
+        transport: str | None = None,
+        scheme: str = "sip",
+    ) -> list[Target]:
         """The targets for a SIP URI, in the order to try them.
 
         ``uri_host``, ``port`` (``None`` if the URI has none),
@@ -118,9 +132,15 @@ class Resolver:
         fewer targets or ``[]``, with a log line.
         """
         try:
-            locator = Locator(uri_host, port, transport, scheme,
-                              supported=self._supported,
-                              families=self._families, rng=self._rng)
+            locator = Locator(
+                uri_host,
+                port,
+                transport,
+                scheme,
+                supported=self._supported,
+                families=self._families,
+                rng=self._rng,
+            )
         except ValueError as exc:
             logger.warning("dns: cannot resolve %s: %s", uri_host, exc)
             return []
@@ -132,28 +152,28 @@ class Resolver:
                 locator.feed(query, answers.get(query, ()))
         targets = locator.targets
         if targets:
-            logger.debug("dns: %s:%s;transport=%s -> %s", uri_host, port,
-                         transport, targets)
+            logger.debug("dns: %s:%s;transport=%s -> %s", uri_host, port, transport, targets)
         else:
-            logger.info("dns: no target for %s:%s;transport=%s (%s)",
-                        uri_host, port, transport, locator.reason)
+            logger.info(
+                "dns: no target for %s:%s;transport=%s (%s)",
+                uri_host,
+                port,
+                transport,
+                locator.reason,
+            )
         return targets
 
-    def lookup(self, name: str, rdtype: str, timeout: float | None = None
-               ) -> tuple:
+    def lookup(self, name: str, rdtype: str, timeout: float | None = None) -> tuple:
         """One cached lookup of ``rdtype`` (NAPTR, SRV, A or AAAA) at
         ``name``: :class:`Naptr` or :class:`Srv` values or address strings,
         ``()`` for no data or a failure. Raises ``ValueError`` for another
         ``rdtype``."""
         if rdtype.upper() not in _CONVERT:
             raise ValueError(f"unsupported record type: {rdtype}")
-        deadline = time.monotonic() + (self.timeout if timeout is None
-                                       else timeout)
-        return self._lookup(Query(name.rstrip(".").lower(), rdtype.upper()),
-                            deadline)
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        return self._lookup(Query(name.rstrip(".").lower(), rdtype.upper()), deadline)
 
-    def _run(self, queries: tuple[Query, ...], deadline: float
-             ) -> dict[Query, tuple]:
+    def _run(self, queries: tuple[Query, ...], deadline: float) -> dict[Query, tuple]:
         answers = {}
         jobs = {}
         for query in queries:
@@ -170,8 +190,7 @@ class Resolver:
                 answers[query] = job.value
             else:
                 job.kill(block=False)
-                logger.warning("dns: %s %s abandoned", query.name,
-                               query.rdtype)
+                logger.warning("dns: %s %s abandoned", query.name, query.rdtype)
         return answers
 
     def _cached(self, query: Query) -> tuple | None:
@@ -188,8 +207,7 @@ class Resolver:
             return
         now = self._clock()
         if len(self._cache) >= self._max_entries:
-            for key in [k for k, (expires, _) in self._cache.items()
-                        if expires <= now]:
+            for key in [k for k, (expires, _) in self._cache.items() if expires <= now]:
                 del self._cache[key]
             while len(self._cache) >= self._max_entries:
                 del self._cache[next(iter(self._cache))]
@@ -201,15 +219,18 @@ class Resolver:
             return cached
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            logger.warning("dns: %s %s skipped, time is up", query.name,
-                           query.rdtype)
+            logger.warning("dns: %s %s skipped, time is up", query.name, query.rdtype)
             return ()
         timer = gevent.Timeout(remaining)
         timer.start()
         try:
             answer = self._resolver.resolve(
-                dns.name.from_text(query.name), query.rdtype, search=False,
-                raise_on_no_answer=False, lifetime=remaining)
+                dns.name.from_text(query.name),
+                query.rdtype,
+                search=False,
+                raise_on_no_answer=False,
+                lifetime=remaining,
+            )
         except gevent.Timeout as exc:
             if exc is not timer:
                 raise
@@ -223,12 +244,12 @@ class Resolver:
             logger.warning("dns: %s %s: timeout", query.name, query.rdtype)
             return ()
         except dns.resolver.NoNameservers as exc:
-            logger.warning("dns: %s %s: no server answered: %s", query.name,
-                           query.rdtype, exc)
+            logger.warning("dns: %s %s: no server answered: %s", query.name, query.rdtype, exc)
             return ()
         except Exception as exc:
-            logger.warning("dns: %s %s failed: %s", query.name, query.rdtype,
-                           exc or type(exc).__name__)
+            logger.warning(
+                "dns: %s %s failed: %s", query.name, query.rdtype, exc or type(exc).__name__
+            )
             return ()
         finally:
             timer.close()

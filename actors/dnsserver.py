@@ -43,8 +43,7 @@ class _Zone:
 
     def __init__(self, text: str, origin: dns.name.Name):
         try:
-            self.zone = dns.zone.from_text(text, origin=origin,
-                                           relativize=False)
+            self.zone = dns.zone.from_text(text, origin=origin, relativize=False)
         except (dns.exception.DNSException, ValueError, KeyError) as exc:
             raise ValueError(f"invalid zone for {origin}: {exc}") from exc
         self.text = text
@@ -58,7 +57,8 @@ class _Zone:
                 name = name.parent()
         soa = self.zone.find_rdataset(origin, dns.rdatatype.SOA)
         self.negative_soa = dns.rrset.from_rdata_list(
-            origin, min(soa.ttl, soa[0].minimum), list(soa))
+            origin, min(soa.ttl, soa[0].minimum), list(soa)
+        )
 
     def rdatasets(self, name: dns.name.Name, rdtype: dns.rdatatype.RdataType) -> list:
         """The rdatasets of ``name`` for ``rdtype`` (all of them for ANY)."""
@@ -80,8 +80,7 @@ class DnsServer:
     Raises ``ValueError`` for a zone that does not parse.
     """
 
-    def __init__(self, zone_text: str, origin: str,
-                 address: str = "127.0.0.1", port: int = 0):
+    def __init__(self, zone_text: str, origin: str, address: str = "127.0.0.1", port: int = 0):
         self.origin = dns.name.from_text(origin)
         """The zone's origin as an absolute ``dns.name.Name``."""
         self.address = address
@@ -105,32 +104,32 @@ class DnsServer:
         """Serve ``zone_text`` from now on; raises ``ValueError`` (and
         keeps the old zone) if it does not parse."""
         self._zone = _Zone(zone_text, self.origin)
-        logger.info("dns server: zone %s updated (%d names)",
-                    self.origin, len(self._zone.zone.nodes))
+        logger.info(
+            "dns server: zone %s updated (%d names)", self.origin, len(self._zone.zone.nodes)
+        )
 
     def start(self) -> None:
         """Bind UDP and TCP on the same port and start serving."""
         for _ in range(20):
-            udp = DatagramServer((self.address, self.port), self._on_datagram,
-                                 spawn=256)
+            udp = DatagramServer((self.address, self.port), self._on_datagram, spawn=256)
             udp.start()
-            tcp = StreamServer((self.address, udp.server_port),
-                               self._on_connection, spawn=64)
+            tcp = StreamServer((self.address, udp.server_port), self._on_connection, spawn=64)
             try:
                 tcp.start()
             except OSError as exc:
                 if exc.errno != errno.EADDRINUSE or self.port:
-                    logger.warning("dns server: TCP on port %d unavailable "
-                                   "(%s); serving UDP only",
-                                   udp.server_port, exc)
+                    logger.warning(
+                        "dns server: TCP on port %d unavailable (%s); serving UDP only",
+                        udp.server_port,
+                        exc,
+                    )
                     tcp = None
                 else:
                     udp.stop()
                     continue
             self._udp, self._tcp = udp, tcp
             self.port = udp.server_port
-            logger.info("dns server: zone %s on %s port %d", self.origin,
-                        self.address, self.port)
+            logger.info("dns server: zone %s on %s port %d", self.origin, self.address, self.port)
             return
         raise OSError(errno.EADDRINUSE, "no port free for both UDP and TCP")
 
@@ -173,8 +172,9 @@ class DnsServer:
         try:
             query = dns.message.from_wire(data)
         except Exception as exc:
-            logger.warning("dns server: malformed query from %s dropped: %s",
-                           peer, exc or type(exc).__name__)
+            logger.warning(
+                "dns server: malformed query from %s dropped: %s", peer, exc or type(exc).__name__
+            )
             return None
         if query.flags & dns.flags.QR:
             logger.warning("dns server: response from %s dropped", peer)
@@ -182,8 +182,9 @@ class DnsServer:
         self.query_count += 1
         if query.question:
             question = query.question[0]
-            self.queries.append((question.name.to_text(omit_final_dot=True),
-                                 dns.rdatatype.to_text(question.rdtype)))
+            self.queries.append(
+                (question.name.to_text(omit_final_dot=True), dns.rdatatype.to_text(question.rdtype))
+            )
         try:
             response = self.answer(query)
             if tcp:
@@ -206,8 +207,10 @@ class DnsServer:
             return response
         question = query.question[0]
         qname, rdtype = question.name, question.rdtype
-        if (question.rdclass not in (dns.rdataclass.IN, dns.rdataclass.ANY)
-                or not qname.is_subdomain(zone.origin)):
+        if question.rdclass not in (
+            dns.rdataclass.IN,
+            dns.rdataclass.ANY,
+        ) or not qname.is_subdomain(zone.origin):
             response.set_rcode(dns.rcode.REFUSED)
             return response
         response.flags |= dns.flags.AA

@@ -49,8 +49,7 @@ class Drain:
         method = req.method
         if method == "REGISTER":
             return True
-        return (method in DIALOG_METHODS and req.to.tag is None
-                and not self.is_emergency(req.ruri))
+        return method in DIALOG_METHODS and req.to.tag is None and not self.is_emergency(req.ruri)
 
     def set(self, request: dict) -> dict:
         """Apply ``{"on": bool, "retry_after": seconds}``; the drain state after it."""
@@ -58,13 +57,20 @@ class Drain:
         retry = request.get("retry_after", RETRY_AFTER)
         if not isinstance(on, bool):
             raise BusError('drain needs "on": true or false')
-        if (not isinstance(retry, int) or isinstance(retry, bool)
-                or not 1 <= retry <= MAX_RETRY_AFTER):
+        if (
+            not isinstance(retry, int)
+            or isinstance(retry, bool)
+            or not 1 <= retry <= MAX_RETRY_AFTER
+        ):
             raise BusError(f'"retry_after" must be whole seconds from 1 to {MAX_RETRY_AFTER}')
         if on != self.on:
-            log.warning("%s: %s", request.get("from") or "control",
-                        f"draining, new calls and REGISTERs get 503 (Retry-After {retry})"
-                        if on else "drain ended, taking new calls and REGISTERs again")
+            log.warning(
+                "%s: %s",
+                request.get("from") or "control",
+                f"draining, new calls and REGISTERs get 503 (Retry-After {retry})"
+                if on
+                else "drain ended, taking new calls and REGISTERs again",
+            )
         self.on, self.retry_after = on, retry
         return {"draining": on, "retry_after": retry}
 
@@ -83,11 +89,14 @@ def attach_drain(node) -> None:
         out = replicator_status(request)
         layer = node.proxy.core.layer
         pending = layer.unanswered()
-        out.update(draining=drain.on, pending_server=pending["server"],
-                   pending_client=pending["client"],
-                   transactions=layer.stats()["server"] + layer.stats()["client"],
-                   drained=drain.on and not pending["server"] and not pending["client"],
-                   drain_refused=drain.refused)
+        out.update(
+            draining=drain.on,
+            pending_server=pending["server"],
+            pending_client=pending["client"],
+            transactions=layer.stats()["server"] + layer.stats()["client"],
+            drained=drain.on and not pending["server"] and not pending["client"],
+            drain_refused=drain.refused,
+        )
         return out
 
     def set_drain(request: dict) -> dict:

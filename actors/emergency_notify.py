@@ -56,8 +56,7 @@ class EmergencyNotifier:
 
     ``plan()`` gives the node's current dial plan (its locations and callback numbers)."""
 
-    def __init__(self, channels: Channels, plan: Callable[[], DialPlan], node_id: str,
-                 domain: str):
+    def __init__(self, channels: Channels, plan: Callable[[], DialPlan], node_id: str, domain: str):
         self.channels = channels
         self.plan = plan
         self.node_id = node_id
@@ -73,12 +72,13 @@ class EmergencyNotifier:
                 continue
             if len(self.queued) >= MAX_QUEUED:
                 self.stats["dropped"] += 1
-                log.error("emergency notice of call %s dropped: %d waiting", ev.call_id,
-                          len(self.queued))
+                log.error(
+                    "emergency notice of call %s dropped: %d waiting", ev.call_id, len(self.queued)
+                )
                 continue
             try:
                 self.queued.append(self.notice(ev, wall))
-            except Exception:   # the proxy's loop calls this: a notice must never stop it
+            except Exception:  # the proxy's loop calls this: a notice must never stop it
                 self.stats["failed"] += 1
                 log.exception("emergency notice of call %s not made", ev.call_id)
                 continue
@@ -93,19 +93,34 @@ class EmergencyNotifier:
         user, _, domain = rest.rpartition("@")
         ours = domain.lower().rstrip(".") == self.domain.lower()
         place = plan.location(host)
-        where = (f"{place.name or place.network}" + (f", {place.address}" if place.address
-                                                     else "")) if place else "unknown location"
+        where = (
+            (f"{place.name or place.network}" + (f", {place.address}" if place.address else ""))
+            if place
+            else "unknown location"
+        )
         callback = plan.callback(user if ours and user else None, host)
         when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(wall))
-        return {"event": "emergency call", "call_id": ev.call_id, "caller": ev.caller,
-                "callee": ev.callee, "node": self.node_id, "cluster": self.domain,
-                "source": host, "at": wall,
-                "location": {"network": str(place.network), "name": place.name,
-                             "address": place.address} if place else None,
-                "callback": callback,
-                "text": f"EMERGENCY CALL from {ev.caller} to {ev.callee} at {where} "
-                        f"(address {host}, callback {callback or 'none'}), through "
-                        f"{self.node_id} at {when}."}
+        return {
+            "event": "emergency call",
+            "call_id": ev.call_id,
+            "caller": ev.caller,
+            "callee": ev.callee,
+            "node": self.node_id,
+            "cluster": self.domain,
+            "source": host,
+            "at": wall,
+            "location": {
+                "network": str(place.network),
+                "name": place.name,
+                "address": place.address,
+            }
+            if place
+            else None,
+            "callback": callback,
+            "text": f"EMERGENCY CALL from {ev.caller} to {ev.callee} at {where} "
+            f"(address {host}, callback {callback or 'none'}), through "
+            f"{self.node_id} at {when}.",
+        }
 
     def run(self) -> None:
         """Send the queued notices, forever (the node's group runs it)."""
@@ -116,7 +131,7 @@ class EmergencyNotifier:
                 body = self.queued.popleft()
                 try:
                     self.deliver(body)
-                except Exception:   # a notice must never stop the node that routes calls
+                except Exception:  # a notice must never stop the node that routes calls
                     self.stats["failed"] += 1
                     log.exception("emergency notice of call %s failed", body["call_id"])
 
@@ -124,16 +139,16 @@ class EmergencyNotifier:
         """Send ``body`` on every channel, tried up to ``ATTEMPTS`` times; whether it went."""
         subject = f"[tandem {self.domain}] EMERGENCY CALL from {body['caller']}"
         for attempt in range(1, ATTEMPTS + 1):
-            if send_notice(self.channels, body, subject, body["text"] + "\n",
-                           "tandem-node"):
+            if send_notice(self.channels, body, subject, body["text"] + "\n", "tandem-node"):
                 self.stats["sent"] += 1
                 log.warning("emergency notice of call %s sent", body["call_id"])
                 return True
             if attempt < ATTEMPTS:
                 gevent.sleep(RETRY_AFTER)
         self.stats["failed"] += 1
-        log.error("emergency notice of call %s given up after %d attempts", body["call_id"],
-                  ATTEMPTS)
+        log.error(
+            "emergency notice of call %s given up after %d attempts", body["call_id"], ATTEMPTS
+        )
         return False
 
 
@@ -143,7 +158,8 @@ def attach_emergency_notify(node) -> None:
     cfg = node.cfg
     if not cfg.emergency_notify:
         return
-    notifier = EmergencyNotifier(cfg.emergency_notify, lambda: node.dialing.plan, cfg.id,
-                                 cfg.domain)
+    notifier = EmergencyNotifier(
+        cfg.emergency_notify, lambda: node.dialing.plan, cfg.id, cfg.domain
+    )
     node.proxy.notifier = notifier
     node.group.spawn(notifier.run).link_exception(node.actor_died)

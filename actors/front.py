@@ -67,12 +67,24 @@ def paths(cfg: NodeConfig) -> tuple[str, str]:
 class ChallengeFront:
     """The front's receive loop (one gevent process)."""
 
-    def __init__(self, cfg: NodeConfig, secret: bytes, parent: int, clock=time.monotonic,
-                 origin: str = "AAAAAAAA"):
+    def __init__(
+        self,
+        cfg: NodeConfig,
+        secret: bytes,
+        parent: int,
+        clock=time.monotonic,
+        origin: str = "AAAAAAAA",
+    ):
         self.cfg = cfg
         # The node's origin tag: its nonces are the node's own.
-        auth = Authenticator(cfg.domain, secret, lambda _user: None, cfg.nonce_lifetime,
-                             tuple(cfg.auth_algorithms), origin=origin)
+        auth = Authenticator(
+            cfg.domain,
+            secret,
+            lambda _user: None,
+            cfg.nonce_lifetime,
+            tuple(cfg.auth_algorithms),
+            origin=origin,
+        )
         self.path = RegisterPath(registrar_rules(cfg), auth, new_tag, strict=STRICT)
         self.clock = clock
         self.node_path, self.ctl_path = paths(cfg)
@@ -107,8 +119,10 @@ class ChallengeFront:
         def on_datagram(data, addr):
             handle(data, addr[0], addr[1], raw_send)
 
-        loops = [gevent.spawn(drain, self.udp._sock, on_datagram, 64, self.flush),
-                 gevent.spawn(self._status_loop)]
+        loops = [
+            gevent.spawn(drain, self.udp._sock, on_datagram, 64, self.flush),
+            gevent.spawn(self._status_loop),
+        ]
         try:
             gevent.wait([self.stopped, *loops], count=1)
         finally:
@@ -130,8 +144,11 @@ class ChallengeFront:
                     elif status == b"syncing":
                         self.synced_until = 0.0
                 if answering != (self.clock() < self.synced_until):
-                    log.info("answering challenges" if not answering else
-                             "node syncing or draining: passing every request on")
+                    log.info(
+                        "answering challenges"
+                        if not answering
+                        else "node syncing or draining: passing every request on"
+                    )
             except OSError as e:
                 log.warning("status socket: %s", e)
                 gevent.sleep(1.0)
@@ -147,8 +164,11 @@ class ChallengeFront:
         errors are the node's to answer. A source over its rate limit is
         dropped first, as the node drops it."""
         limiter = self.limiter
-        if limiter is not None and not limiter.allow(ip, time.monotonic()) \
-                and not self.limits.emergency_numbers.invite(data):
+        if (
+            limiter is not None
+            and not limiter.allow(ip, time.monotonic())
+            and not self.limits.emergency_numbers.invite(data)
+        ):
             self.stats["rate_limited"] += 1
             return
         if self.clock() < self.synced_until:
@@ -209,20 +229,25 @@ class FrontProcess:
             raise ValueError("sip.challenge_front needs the node to run from a configuration file")
         proc = self.proc = subprocess.Popen(
             [sys.executable, os.path.join(ROOT, "run.py"), "front", "--config", self.cfg.source],
-            stdin=subprocess.PIPE, cwd=ROOT)
+            stdin=subprocess.PIPE,
+            cwd=ROOT,
+        )
         assert proc.stdin is not None
         # The node's pid travels with the secret: a front whose node died
         # before it read them must see it at once.
-        proc.stdin.write(b"%s %d %s\n" % (self.secret.hex().encode(), os.getpid(),
-                                            self.origin.encode()))
+        proc.stdin.write(
+            b"%s %d %s\n" % (self.secret.hex().encode(), os.getpid(), self.origin.encode())
+        )
         proc.stdin.close()
 
     def tell(self, synced: bool) -> None:
         """Send the node's sync status (every ``STATUS_EVERY`` seconds); a dead
         front is reported once."""
         if self.proc is not None and self.proc.poll() is not None:
-            log.warning("challenge front exited with %s; the node takes the whole port",
-                        self.proc.returncode)
+            log.warning(
+                "challenge front exited with %s; the node takes the whole port",
+                self.proc.returncode,
+            )
             self.proc = None
         if self.proc is None:
             return

@@ -54,11 +54,15 @@ class GatewayProber:
         """Each gateway's state (``up`` or ``down``, probes missed in a row), the
         probes' counts and the dial plan's (calls routed, refused, emergency)."""
         plan = self.dialing.plan
-        gateways = {name: {"state": "down" if name in self.dialing.down else "up",
-                           "misses": self.misses.get(name, 0), "emergency": gw.emergency}
-                    for name, gw in plan.gateways.items()}
-        return {"gateways": gateways, "probes": dict(self.stats),
-                "calls": dict(self.dialing.stats)}
+        gateways = {
+            name: {
+                "state": "down" if name in self.dialing.down else "up",
+                "misses": self.misses.get(name, 0),
+                "emergency": gw.emergency,
+            }
+            for name, gw in plan.gateways.items()
+        }
+        return {"gateways": gateways, "probes": dict(self.stats), "calls": dict(self.dialing.stats)}
 
     def run(self) -> None:
         """Probe every gateway at the plan's interval, all of them at once, forever."""
@@ -105,8 +109,9 @@ class GatewayProber:
         self.misses[name] = self.misses.get(name, 0) + 1
         if self.misses[name] >= self.dialing.plan.probe_misses and name not in down:
             down.add(name)
-            log.warning("gateway %s missed %d probes: down, left out of routes", name,
-                        self.misses[name])
+            log.warning(
+                "gateway %s missed %d probes: down, left out of routes", name, self.misses[name]
+            )
 
     def _ask(self, gateway: Gateway, timeout: float) -> bool:
         """Whether one of the gateway's first targets (RFC 3263 order) answers, the
@@ -131,8 +136,9 @@ class GatewayProber:
         with gevent.Timeout(timeout), socket.socket(family, kind) as sock:
             sock.bind((self.address, 0))
             port = sock.getsockname()[1]
-            data = probe_request(gateway, self.address, port, target.transport, self.domain,
-                                 call_id, branch)
+            data = probe_request(
+                gateway, self.address, port, target.transport, self.domain, call_id, branch
+            )
             if kind == socket.SOCK_DGRAM:
                 sock.sendto(data, (target.host, target.port))
             else:
@@ -176,8 +182,12 @@ def apply_dialplan(node, doc) -> None:
     dialing = getattr(node, "dialing", None)
     if dialing is not None:
         dialing.plan = plan
-    log.info("dial plan applied: %d gateways, %d rules, %d users", len(plan.gateways),
-             len(plan.rules), len(plan.users))
+    log.info(
+        "dial plan applied: %d gateways, %d rules, %d users",
+        len(plan.gateways),
+        len(plan.rules),
+        len(plan.users),
+    )
 
 
 def attach_dialing(node) -> Dialing:
@@ -186,8 +196,9 @@ def attach_dialing(node) -> Dialing:
     users = node.users
     dialing = node.dialing = Dialing(load_dialplan(cfg), lambda u: u in users.users, cfg.domain)
     node.proxy.core.dialing = dialing
-    prober = node.gateway_prober = GatewayProber(dialing, node.proxy.resolver, cfg.address,
-                                                 cfg.domain)
+    prober = node.gateway_prober = GatewayProber(
+        dialing, node.proxy.resolver, cfg.address, cfg.domain
+    )
     node.group.spawn(prober.run).link_exception(node.actor_died)
     sync = getattr(node, "config_sync", None)
     if sync is not None:
@@ -199,5 +210,6 @@ def attach_dialing(node) -> Dialing:
         def calls(_request: dict) -> dict:
             """Calls in progress on this node per user and per gateway (the limits' counts)."""
             return dialing.calls.snapshot()
+
         control.handle("call_counts", calls)
     return dialing

@@ -51,24 +51,43 @@ class JoinFailed(Exception):
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Add the ``node join`` options to ``parser``."""
-    parser.add_argument("--master", help="with join: the master's URL, e.g. "
-                        "https://master.example.test")
-    parser.add_argument("--token", help="with join: a join token from the master "
-                        "(`run.py master token`, or the dashboard's Nodes page); `-` reads "
-                        "it from stdin, out of sight of ps")
-    parser.add_argument("--address", help="with join: this node's IP address (default: "
-                        "the one this host uses to reach the master)")
-    parser.add_argument("--data", default=DEFAULT_DATA, help="with join: the node's data "
-                        f"folder (default {DEFAULT_DATA})")
-    parser.add_argument("--id", default="", help="with join: the node id to ask for "
-                        "(default: the master picks nodeN)")
+    parser.add_argument(
+        "--master", help="with join: the master's URL, e.g. https://master.example.test"
+    )
+    parser.add_argument(
+        "--token",
+        help="with join: a join token from the master "
+        "(`run.py master token`, or the dashboard's Nodes page); `-` reads "
+        "it from stdin, out of sight of ps",
+    )
+    parser.add_argument(
+        "--address",
+        help="with join: this node's IP address (default: "
+        "the one this host uses to reach the master)",
+    )
+    parser.add_argument(
+        "--data",
+        default=DEFAULT_DATA,
+        help=f"with join: the node's data folder (default {DEFAULT_DATA})",
+    )
+    parser.add_argument(
+        "--id",
+        default="",
+        help="with join: the node id to ask for (default: the master picks nodeN)",
+    )
     parser.add_argument("--port", type=int, default=5060, help="with join: SIP port (5060)")
-    parser.add_argument("--bus-port", type=int, default=7001, help="with join: the first of "
-                        "three ports for the bus, snapshots and control (7001)")
-    parser.add_argument("--start", action="store_true", help="with join: run the node "
-                        "once it has joined")
-    parser.add_argument("--force", action="store_true", help="with join: overwrite an "
-                        "existing configuration")
+    parser.add_argument(
+        "--bus-port",
+        type=int,
+        default=7001,
+        help="with join: the first of three ports for the bus, snapshots and control (7001)",
+    )
+    parser.add_argument(
+        "--start", action="store_true", help="with join: run the node once it has joined"
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="with join: overwrite an existing configuration"
+    )
 
 
 def _local_address(master_url: str) -> str:
@@ -77,14 +96,14 @@ def _local_address(master_url: str) -> str:
     host = parts.hostname or ""
     port = parts.port or (443 if parts.scheme == "https" else 80)
     try:
-        family, kind, proto, _, addr = socket.getaddrinfo(host, port,
-                                                          type=socket.SOCK_DGRAM)[0]
+        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
         with socket.socket(family, kind, proto) as s:
             s.connect(addr)
             return s.getsockname()[0]
     except OSError as e:
-        raise JoinFailed(f"cannot tell this node's address towards {host} ({e}): "
-                         "give --address") from None
+        raise JoinFailed(
+            f"cannot tell this node's address towards {host} ({e}): give --address"
+        ) from None
 
 
 def _host(address: str) -> str:
@@ -93,9 +112,16 @@ def _host(address: str) -> str:
 
 def post_join(master_url: str, body: dict) -> dict:
     """POST ``body`` to the master's ``/api/join``; its answer, or ``JoinFailed``."""
-    return ask_master(master_url, "/api/join", method="POST", body=json.dumps(body).encode(),
-                      headers={"Content-Type": "application/json"}, timeout=JOIN_TIMEOUT,
-                      refused="the master refused the join", error=JoinFailed)
+    return ask_master(
+        master_url,
+        "/api/join",
+        method="POST",
+        body=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+        timeout=JOIN_TIMEOUT,
+        refused="the master refused the join",
+        error=JoinFailed,
+    )
 
 
 def node_toml(me: Member, reply: dict, data: str, address: str, port: int) -> str:
@@ -112,14 +138,15 @@ def node_toml(me: Member, reply: dict, data: str, address: str, port: int) -> st
     except (KeyError, TypeError, ValueError, BusError, MembershipError, StoreError) as e:
         raise JoinFailed(f"the master's answer is malformed: {e}") from None
     if node_id != me.id:
-        me = Member(node_id, me.pub, me.snapshot, me.control, me.public_key, me.secret_key,
-                    me.sip)
+        me = Member(node_id, me.pub, me.snapshot, me.control, me.public_key, me.secret_key, me.sip)
     members = [Member(p.id, p.bus, p.snapshot, "", p.public_key, sip=p.sip) for p in peers]
     text = json.dumps  # a JSON string is a TOML basic string, quotes and all escaped
-    head = (f'[node]\nid = {text(node_id)}\ndata_dir = {text(data)}\n\n'
-            f'[sip]\naddress = {text(address)}\nport = {port}\ndomain = {text(domain)}\n\n'
-            f'[auth]\nsecret = {text(secret)}\n\n'
-            f'[database]\nurl = {text("sqlite:///" + os.path.join(data, "tandem.db"))}\n\n')
+    head = (
+        f"[node]\nid = {text(node_id)}\ndata_dir = {text(data)}\n\n"
+        f"[sip]\naddress = {text(address)}\nport = {port}\ndomain = {text(domain)}\n\n"
+        f"[auth]\nsecret = {text(secret)}\n\n"
+        f"[database]\nurl = {text('sqlite:///' + os.path.join(data, 'tandem.db'))}\n\n"
+    )
     try:
         return head + cluster_toml(me, [me, *members], master_key=master_key)
     except ValueError as e:
@@ -151,34 +178,53 @@ def _join(args) -> str:
     data = os.path.abspath(args.data)
     config = os.path.abspath(args.config or os.path.join(data, "node.toml"))
     if os.path.exists(config) and not args.force:
-        raise JoinFailed(f"{config} exists: this host joined already (--force makes a new "
-                         "configuration)")
+        raise JoinFailed(
+            f"{config} exists: this host joined already (--force makes a new configuration)"
+        )
     make_private_dir(data)
     folder = os.path.dirname(config)
     if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
-        raise JoinFailed(f"cannot write the configuration into {folder}: make it, writable "
-                         "by the user running the join, first")
+        raise JoinFailed(
+            f"cannot write the configuration into {folder}: make it, writable "
+            "by the user running the join, first"
+        )
     public, secret = load_or_create_keypair(os.path.join(data, "bus"))
     host = _host(address)
     ends = [f"tcp://{host}:{args.bus_port + k}" for k in range(3)]
-    me = Member(args.id or "joining", ends[0], ends[1], ends[2], public, secret,
-                sip=f"{host}:{args.port}")
-    reply = post_join(args.master, {"token": token, "id": args.id, "sip": me.sip,
-                                    "bus": me.pub, "snapshot": me.snapshot,
-                                    "control": me.control, "public_key": public})
+    me = Member(
+        args.id or "joining", ends[0], ends[1], ends[2], public, secret, sip=f"{host}:{args.port}"
+    )
+    reply = post_join(
+        args.master,
+        {
+            "token": token,
+            "id": args.id,
+            "sip": me.sip,
+            "bus": me.pub,
+            "snapshot": me.snapshot,
+            "control": me.control,
+            "public_key": public,
+        },
+    )
     node_id = reply.get("node_id")
     try:
         write_private(config, node_toml(me, reply, data, address, args.port))
     except (JoinFailed, OSError) as e:
-        raise JoinFailed(f"{e}; the master recorded this node as {str(node_id)[:64]}: remove "
-                         "it there (run.py master node remove ID) and join with a new "
-                         "token") from None
-    install = "" if config == SERVICE_CONFIG else \
-        f"install -m 0600 -o tandem -g tandem {config} {SERVICE_CONFIG} && "
+        raise JoinFailed(
+            f"{e}; the master recorded this node as {str(node_id)[:64]}: remove "
+            "it there (run.py master node remove ID) and join with a new "
+            "token"
+        ) from None
+    install = (
+        ""
+        if config == SERVICE_CONFIG
+        else f"install -m 0600 -o tandem -g tandem {config} {SERVICE_CONFIG} && "
+    )
     sys.stdout.write(
         f"{node_id} joined {reply['domain']} with {len(reply.get('peers', []))} peers; "
         f"configuration in {config} (0600).\n"
         f"Start it: .venv/bin/python run.py node --config {config}\n"
         f"or as a service: {install}systemctl enable --now tandem-node "
-        "(conf/tandem-node.service)\n")
+        "(conf/tandem-node.service)\n"
+    )
     return config

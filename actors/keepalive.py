@@ -25,8 +25,15 @@ MAX_FLOWS = 200_000
 class Keepalive:
     """Sends the keepalives of the flows that the node owns."""
 
-    def __init__(self, node_id: str, location, transport, interval: float,
-                 nat_handling: str = "auto", clock=time.time):
+    def __init__(
+        self,
+        node_id: str,
+        location,
+        transport,
+        interval: float,
+        nat_handling: str = "auto",
+        clock=time.time,
+    ):
         self.owners: set[str] = {node_id}
         """Node ids whose bindings' flows this node keeps alive."""
         self.location = location
@@ -39,14 +46,15 @@ class Keepalive:
 
     def round(self) -> int:
         """Send one keepalive on each owned flow; the number sent."""
-        flows = keepalive_flows(self.location.all(), self.owners, self.clock(),
-                                self.nat_handling, MAX_FLOWS)
+        flows = keepalive_flows(
+            self.location.all(), self.owners, self.clock(), self.nat_handling, MAX_FLOWS
+        )
         sent = 0
         for i, dest in enumerate(flows):
             if self.transport.keepalive(dest, KEEPALIVE):
                 sent += 1
             if i % 1000 == 999:
-                gevent.sleep(0)    # SIP traffic goes on between batches
+                gevent.sleep(0)  # SIP traffic goes on between batches
         self.sent += sent
         return sent
 
@@ -67,8 +75,9 @@ def attach_keepalive(node) -> Keepalive | None:
     node.keepalive = None
     if cfg.keepalive_interval <= 0:
         return None
-    keepalive = node.keepalive = Keepalive(cfg.id, node.location, node.transport,
-                                           cfg.keepalive_interval, cfg.nat_handling)
+    keepalive = node.keepalive = Keepalive(
+        cfg.id, node.location, node.transport, cfg.keepalive_interval, cfg.nat_handling
+    )
     node.group.spawn(keepalive.run).link_exception(node.actor_died)
     log.info("keepalives every %.0f s on the flows this node owns", cfg.keepalive_interval)
     return keepalive

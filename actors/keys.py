@@ -16,8 +16,16 @@ from store.files import InsecureFileError, check_private, make_private_dir, writ
 
 from .bus import BusError, check_key, generate_keypair
 
-__all__ = ["generate_keypair", "write_keypair", "read_keypair", "load_or_create_keypair",
-           "Member", "cluster_toml", "configure_parser", "cmd_keys"]
+__all__ = [
+    "generate_keypair",
+    "write_keypair",
+    "read_keypair",
+    "load_or_create_keypair",
+    "Member",
+    "cluster_toml",
+    "configure_parser",
+    "cmd_keys",
+]
 
 
 def write_keypair(prefix: str, public: str, secret: str) -> tuple[str, str]:
@@ -97,17 +105,26 @@ def cluster_toml(me: Member, members: list[Member], **settings) -> str:
     ``members`` may include ``me`` (it is skipped); ``settings`` adds other
     ``[cluster]`` keys such as ``heartbeat`` or ``control_keys``.
     """
-    lines = ["[cluster]", f"pub = {_toml_value(me.pub)}",
-             f"snapshot = {_toml_value(me.snapshot)}", f"control = {_toml_value(me.control)}",
-             f"public_key = {_toml_value(me.public_key)}",
-             f"secret_key = {_toml_value(me.secret_key)}"]
+    lines = [
+        "[cluster]",
+        f"pub = {_toml_value(me.pub)}",
+        f"snapshot = {_toml_value(me.snapshot)}",
+        f"control = {_toml_value(me.control)}",
+        f"public_key = {_toml_value(me.public_key)}",
+        f"secret_key = {_toml_value(me.secret_key)}",
+    ]
     lines += [f"{k} = {_toml_value(v)}" for k, v in settings.items()]
     for m in members:
         if m.id == me.id:
             continue
-        lines += ["", "[[peers]]", f"id = {_toml_value(m.id)}", f"bus = {_toml_value(m.pub)}",
-                  f"snapshot = {_toml_value(m.snapshot)}",
-                  f"public_key = {_toml_value(m.public_key)}"]
+        lines += [
+            "",
+            "[[peers]]",
+            f"id = {_toml_value(m.id)}",
+            f"bus = {_toml_value(m.pub)}",
+            f"snapshot = {_toml_value(m.snapshot)}",
+            f"public_key = {_toml_value(m.public_key)}",
+        ]
         if m.sip:
             lines.append(f"sip = {_toml_value(m.sip)}")
     return "\n".join(lines) + "\n"
@@ -115,8 +132,11 @@ def cluster_toml(me: Member, members: list[Member], **settings) -> str:
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Add ``run.py keys`` options to ``parser``."""
-    parser.add_argument("--out", metavar="PREFIX",
-                        help="write PREFIX.public and PREFIX.secret instead of printing both")
+    parser.add_argument(
+        "--out",
+        metavar="PREFIX",
+        help="write PREFIX.public and PREFIX.secret instead of printing both",
+    )
     parser.add_argument("--force", action="store_true", help="overwrite existing files")
 
 
@@ -124,12 +144,15 @@ def cmd_keys(args) -> int:
     """``run.py keys``: make one CurveZMQ key pair for a node or the dashboard."""
     public, secret = generate_keypair()
     if not getattr(args, "out", None):
-        sys.stdout.write("# Keep secret_key private; give public_key to every peer.\n"
-                         f"[cluster]\npublic_key = \"{public}\"\nsecret_key = \"{secret}\"\n")
+        sys.stdout.write(
+            "# Keep secret_key private; give public_key to every peer.\n"
+            f'[cluster]\npublic_key = "{public}"\nsecret_key = "{secret}"\n'
+        )
         return 0
     prefix = args.out
-    if not getattr(args, "force", False) and (os.path.exists(prefix + ".public")
-                                              or os.path.exists(prefix + ".secret")):
+    if not getattr(args, "force", False) and (
+        os.path.exists(prefix + ".public") or os.path.exists(prefix + ".secret")
+    ):
         sys.stderr.write(f"{prefix}.public or {prefix}.secret exists; use --force\n")
         return 1
     try:

@@ -48,8 +48,12 @@ BASE_ADDRESS = "127.0.0.10"
 """The lab's first loopback address: DNS here, node k on the k-th after it."""
 TLS_PORT = 5061
 """Every lab node's SIP over TLS port (RFC 3261 §26.2's default for sips)."""
-DEMO_USERS = [("alice", "alice-secret"), ("bob", "bob-secret"),
-              ("carol", "carol-secret"), ("dave", "dave-secret")]
+DEMO_USERS = [
+    ("alice", "alice-secret"),
+    ("bob", "bob-secret"),
+    ("carol", "carol-secret"),
+    ("dave", "dave-secret"),
+]
 LOAD_USERS = 200
 """Load-test users the lab provisions: ``load0``.. with password ``load<i>-secret``
 (what ``loadtest/locustfile.py`` uses by default)."""
@@ -79,21 +83,38 @@ def lab_members(data: str, n: int, base: str = BASE_ADDRESS) -> list[Member]:
         node_dir = make_private_dir(os.path.join(data, f"node{k}"))
         public, secret = load_or_create_keypair(os.path.join(node_dir, "bus"))
         ip = node_address(k, base)
-        members.append(Member(f"node{k}", f"tcp://{ip}:7001", f"tcp://{ip}:7002",
-                              f"tcp://{ip}:7003", public, secret, sip=f"{ip}:5060"))
+        members.append(
+            Member(
+                f"node{k}",
+                f"tcp://{ip}:7001",
+                f"tcp://{ip}:7002",
+                f"tcp://{ip}:7003",
+                public,
+                secret,
+                sip=f"{ip}:5060",
+            )
+        )
     return members
 
 
-def write_node_config(data: str, k: int, secret: str, members: list[Member],
-                      lab_key: str, base: str = BASE_ADDRESS, master_key: str = "",
-                      tls: NodeCert | None = None) -> str:
+def write_node_config(
+    data: str,
+    k: int,
+    secret: str,
+    members: list[Member],
+    lab_key: str,
+    base: str = BASE_ADDRESS,
+    master_key: str = "",
+    tls: NodeCert | None = None,
+) -> str:
     """Write lab node ``k``'s configuration (mode 0600); return its path. With
     ``tls`` the node listens for TLS on TLS_PORT with that certificate. It sets no
     ``tls_ca``: the connections a node opens go to phones' TLS Contacts, whose
     certificates are their own (self-signed), never the lab CA's."""
     node_dir = make_private_dir(os.path.join(data, f"node{k}"))
-    tls_lines = (f'tls_port = {TLS_PORT}\ntls_cert = "{tls.cert}"\ntls_key = "{tls.key}"\n'
-                 if tls else "")
+    tls_lines = (
+        f'tls_port = {TLS_PORT}\ntls_cert = "{tls.cert}"\ntls_key = "{tls.key}"\n' if tls else ""
+    )
     text = f"""[node]
 id = "node{k}"
 data_dir = "{node_dir}"
@@ -120,11 +141,13 @@ url = "sqlite:///{node_dir}/tandem.db"
 def options_ping(address: str, port: int = 5060, timeout: float = 0.5) -> bytes | None:
     """Send one OPTIONS over UDP; return the response bytes, or None after ``timeout``."""
     branch = "z9hG4bK" + secrets.token_hex(8)
-    msg = (f"OPTIONS sip:{address}:{port} SIP/2.0\r\n"
-           f"Via: SIP/2.0/UDP 127.0.0.1:9;branch={branch};rport\r\n"
-           f"From: <sip:probe@{DOMAIN}>;tag=1\r\nTo: <sip:{address}>\r\n"
-           f"Call-ID: {branch}\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\n"
-           "Content-Length: 0\r\n\r\n").encode()
+    msg = (
+        f"OPTIONS sip:{address}:{port} SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:9;branch={branch};rport\r\n"
+        f"From: <sip:probe@{DOMAIN}>;tag=1\r\nTo: <sip:{address}>\r\n"
+        f"Call-ID: {branch}\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\n"
+        "Content-Length: 0\r\n\r\n"
+    ).encode()
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.settimeout(timeout)
         try:
@@ -187,7 +210,10 @@ class LabNode(WatchedProcess):
         with open(self.log_path, "ab") as logf:
             self.proc = subprocess.Popen(
                 [sys.executable, os.path.join(ROOT, "run.py"), "node", "--config", self.config],
-                stdout=logf, stderr=logf, cwd=ROOT)
+                stdout=logf,
+                stderr=logf,
+                cwd=ROOT,
+            )
         self.started = time.monotonic()
         self.reported = False
 
@@ -204,8 +230,9 @@ class LabNode(WatchedProcess):
 class Lab:
     """The lab's nodes, DNS and control socket, from set-up to Ctrl-C."""
 
-    def __init__(self, data: str, n: int, users_csv: str | None = None,
-                 base: str = BASE_ADDRESS, out=None):
+    def __init__(
+        self, data: str, n: int, users_csv: str | None = None, base: str = BASE_ADDRESS, out=None
+    ):
         self.data = make_private_dir(os.path.abspath(data))
         self.n = n
         self.users_csv = users_csv
@@ -237,10 +264,16 @@ class Lab:
         ca = lab_ca(os.path.join(self.data, "ca"))
         self.ca = ca[0]
         for k in range(1, self.n + 1):
-            tls = node_cert(os.path.join(self.data, f"node{k}"), ca, f"node{k}",
-                            node_address(k, self.base), DOMAIN)
-            cfg = write_node_config(self.data, k, secret, self.members, self.lab_public, self.base,
-                                    master_key, tls)
+            tls = node_cert(
+                os.path.join(self.data, f"node{k}"),
+                ca,
+                f"node{k}",
+                node_address(k, self.base),
+                DOMAIN,
+            )
+            cfg = write_node_config(
+                self.data, k, secret, self.members, self.lab_public, self.base, master_key, tls
+            )
             init_store(f"sqlite:///{self.data}/node{k}/tandem.db")
             try:
                 for name, pw in DEMO_USERS:
@@ -250,10 +283,20 @@ class Lab:
                     import_users_csv(self.users_csv, DOMAIN)
             finally:
                 close_store()
-            self.nodes.append(LabNode(k, node_address(k, self.base), cfg,
-                                      os.path.join(self.data, f"node{k}", "node.log")))
-        self.master.setup(self.members, {n.id: f"{n.address}:5060" for n in self.nodes},
-                          DEMO_USERS + load_users(), self.users_csv)
+            self.nodes.append(
+                LabNode(
+                    k,
+                    node_address(k, self.base),
+                    cfg,
+                    os.path.join(self.data, f"node{k}", "node.log"),
+                )
+            )
+        self.master.setup(
+            self.members,
+            {n.id: f"{n.address}:5060" for n in self.nodes},
+            DEMO_USERS + load_users(),
+            self.users_csv,
+        )
 
     def watched(self) -> list:
         """The processes the lab watches and restarts: the nodes and the master."""
@@ -269,8 +312,9 @@ class Lab:
                 return False
         self.master.start()
         if not self.master.wait_ready():
-            log.error("the master did not start; see %s (the nodes go on serving)",
-                      self.master.log_path)
+            log.error(
+                "the master did not start; see %s (the nodes go on serving)", self.master.log_path
+            )
         self.dns = self._start_dns()
         self.control.start()
         return True
@@ -287,8 +331,9 @@ class Lab:
                 log.warning("lab DNS cannot use %s:%d: %s", self.base, port, e)
         return None
 
-    def _zone(self, nodes: list[tuple[str, str, int, int, int]] | None = None,
-              serial: int = 1) -> str:
+    def _zone(
+        self, nodes: list[tuple[str, str, int, int, int]] | None = None, serial: int = 1
+    ) -> str:
         """The lab's zone over UDP, TCP and TLS: the master's nodes with their SRV
         weights, or every lab node at weight 50 until the master's are read. Every
         lab node takes TLS on TLS_PORT, known here before the master's first poll
@@ -307,8 +352,9 @@ class Lab:
         if nodes and nodes != self.zone_nodes and self.dns is not None:
             self.serial += 1
             self.dns.update_zone(self._zone(nodes, self.serial))
-            log.info("DNS zone now %s", ", ".join(f"{n[0]} {n[1]}:{n[2]} weight {n[3]}"
-                                                  for n in nodes))
+            log.info(
+                "DNS zone now %s", ", ".join(f"{n[0]} {n[1]}:{n[2]} weight {n[3]}" for n in nodes)
+            )
         self.zone_nodes = nodes
 
     def watch(self) -> None:
@@ -332,20 +378,27 @@ class Lab:
         others = [n.id for n in self.nodes if n.alive()]
         if others:
             one = len(others) == 1
-            serving = (f"{', '.join(others)} go{'es' if one else ''} on serving, "
-                       f"and phones move to {'it' if one else 'them'}")
+            serving = (
+                f"{', '.join(others)} go{'es' if one else ''} on serving, "
+                f"and phones move to {'it' if one else 'them'}"
+            )
         else:
             serving = "no node is left serving"
         log.error("%s died (%s) after %.0f s; %s", node.id, node.last_exit, ran, serving)
-        self.say(f"\n!! {node.id} ({node.address}) died: {node.last_exit}, after {ran:.0f} s; "
-                 f"{serving}.\n"
-                 f"   Its log: {node.log_path}\n"
-                 f"   Bring it back: bash scripts/lab.sh restart {node.id} --data {self.data}\n")
+        self.say(
+            f"\n!! {node.id} ({node.address}) died: {node.last_exit}, after {ran:.0f} s; "
+            f"{serving}.\n"
+            f"   Its log: {node.log_path}\n"
+            f"   Bring it back: bash scripts/lab.sh restart {node.id} --data {self.data}\n"
+        )
 
     def status(self) -> dict:
         """Every node's process state (the control socket's ``status``)."""
-        return {"nodes": [n.status() for n in self.nodes], "master": self.master.status(),
-                "dns": f"{self.base}:{self.dns.port}" if self.dns else None}
+        return {
+            "nodes": [n.status() for n in self.nodes],
+            "master": self.master.status(),
+            "dns": f"{self.base}:{self.dns.port}" if self.dns else None,
+        }
 
     def restart(self, node_id: str) -> dict:
         """Stop (if running) and start node ``node_id``; wait until it answers OPTIONS."""
@@ -387,8 +440,9 @@ class Lab:
             while True:
                 for m in self.members:
                     try:
-                        states[m.id] = request(bus, m.control, m.public_key,
-                                               {"cmd": "status"})["state"]
+                        states[m.id] = request(bus, m.control, m.public_key, {"cmd": "status"})[
+                            "state"
+                        ]
                     except BusError as e:
                         states[m.id] = f"no answer ({e})"
                 if all(v == "synced" for v in states.values()) or time.monotonic() > deadline:
@@ -402,32 +456,49 @@ class Lab:
         lines = ["", "Tandem lab is running. Ctrl-C stops it.", ""]
         for node in self.nodes:
             state = f", {states[node.id]}" if node.id in states else ""
-            lines.append(f"  {node.id}: sip:{node.address}:5060 (UDP and TCP), "
-                         f"sips:{node.address}:{TLS_PORT} (TLS){state}, log {node.log_path}")
+            lines.append(
+                f"  {node.id}: sip:{node.address}:5060 (UDP and TCP), "
+                f"sips:{node.address}:{TLS_PORT} (TLS){state}, log {node.log_path}"
+            )
         if self.dns is not None:
-            lines += ["", f"  DNS for {DOMAIN} (NAPTR, SRV, A) on {self.base} port "
-                      f"{self.dns.port}: dig @{self.base} -p {self.dns.port} "
-                      f"_sip._udp.{DOMAIN} SRV (and _sip._tcp, _sips._tcp)"]
+            lines += [
+                "",
+                f"  DNS for {DOMAIN} (NAPTR, SRV, A) on {self.base} port "
+                f"{self.dns.port}: dig @{self.base} -p {self.dns.port} "
+                f"_sip._udp.{DOMAIN} SRV (and _sip._tcp, _sips._tcp)",
+            ]
         first = self.nodes[0].address
         others = ", ".join(n.address for n in self.nodes[1:])
-        lines += ["", f"Point a phone at: registrar/proxy {first} port 5060, "
-                  f"domain {DOMAIN}" + (f" (or any other node: {others})" if others else ""),
-                  f"TLS: port {TLS_PORT}; phones check the nodes' certificates against the "
-                  f"lab CA {self.ca}",
-                  f"  (e.g. baresip: sip_cafile {self.ca}; a node's certificate names its "
-                  f"address, {DOMAIN} and node<k>.{DOMAIN})",
-                  "Users (username / password):"]
+        lines += [
+            "",
+            f"Point a phone at: registrar/proxy {first} port 5060, "
+            f"domain {DOMAIN}" + (f" (or any other node: {others})" if others else ""),
+            f"TLS: port {TLS_PORT}; phones check the nodes' certificates against the "
+            f"lab CA {self.ca}",
+            f"  (e.g. baresip: sip_cafile {self.ca}; a node's certificate names its "
+            f"address, {DOMAIN} and node<k>.{DOMAIN})",
+            "Users (username / password):",
+        ]
         lines += [f"  {u} / {p}" for u, p in DEMO_USERS]
-        lines += [f"  load0 .. load{LOAD_USERS - 1} / load<i>-secret (for Locust: "
-                  f"locust -f loadtest/locustfile.py --headless -u 50 -r 10 -t 30s --csv out)"]
+        lines += [
+            f"  load0 .. load{LOAD_USERS - 1} / load<i>-secret (for Locust: "
+            f"locust -f loadtest/locustfile.py --headless -u 50 -r 10 -t 30s --csv out)"
+        ]
         if self.master.alive():
-            lines += ["", f"Dashboard (configuration master): {self.master.url}, "
-                      f"admin / {self.master.password()}",
-                      f"  (password kept in {self.master.dir}/admin-password, mode 0600; "
-                      "users added there reach every node)"]
-        lines += ["", f"Try: sipsak -U -s sip:alice@{first} -u alice -a alice-secret -x 120 -vv",
-                  f"Kill a node to see failover; the lab reports it and keeps serving. "
-                  f"State: bash scripts/lab.sh status --data {self.data}", ""]
+            lines += [
+                "",
+                f"Dashboard (configuration master): {self.master.url}, "
+                f"admin / {self.master.password()}",
+                f"  (password kept in {self.master.dir}/admin-password, mode 0600; "
+                "users added there reach every node)",
+            ]
+        lines += [
+            "",
+            f"Try: sipsak -U -s sip:alice@{first} -u alice -a alice-secret -x 120 -vv",
+            f"Kill a node to see failover; the lab reports it and keeps serving. "
+            f"State: bash scripts/lab.sh status --data {self.data}",
+            "",
+        ]
         return "\n".join(lines)
 
 

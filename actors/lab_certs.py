@@ -49,11 +49,19 @@ class NodeCert:
 def _openssl(*args: str, stdin: str | None = None) -> str:
     """Run ``openssl args``; its standard output, or LabCertError with its error."""
     try:
-        done = subprocess.run(["openssl", *args], input=stdin, capture_output=True, text=True,
-                              timeout=OPENSSL_TIMEOUT, check=False)
+        done = subprocess.run(
+            ["openssl", *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=OPENSSL_TIMEOUT,
+            check=False,
+        )
     except FileNotFoundError:
-        raise LabCertError("the lab makes its TLS certificates with the openssl command, "
-                           "which is missing (Debian: apt install openssl)") from None
+        raise LabCertError(
+            "the lab makes its TLS certificates with the openssl command, "
+            "which is missing (Debian: apt install openssl)"
+        ) from None
     except subprocess.TimeoutExpired:
         raise LabCertError(f"openssl {args[0]} took longer than {OPENSSL_TIMEOUT:.0f} s") from None
     if done.returncode != 0:
@@ -63,8 +71,9 @@ def _openssl(*args: str, stdin: str | None = None) -> str:
 
 def _new_key(path: str) -> None:
     """A new RSA 2048 key at ``path``, written 0600 (never readable by others)."""
-    write_private(path, _openssl("genpkey", "-algorithm", "RSA", "-pkeyopt",
-                                 "rsa_keygen_bits:2048"))
+    write_private(
+        path, _openssl("genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048")
+    )
 
 
 def lab_ca(folder: str) -> tuple[str, str]:
@@ -76,10 +85,24 @@ def lab_ca(folder: str) -> tuple[str, str]:
         check_private(key, "lab CA key")
         return cert, key
     _new_key(key)
-    _openssl("req", "-x509", "-new", "-key", key, "-days", str(CA_DAYS), "-sha256",
-             "-subj", "/O=Tandem lab/CN=Tandem lab CA",
-             "-addext", "basicConstraints=critical,CA:TRUE,pathlen:0",
-             "-addext", "keyUsage=critical,keyCertSign,cRLSign", "-out", cert)
+    _openssl(
+        "req",
+        "-x509",
+        "-new",
+        "-key",
+        key,
+        "-days",
+        str(CA_DAYS),
+        "-sha256",
+        "-subj",
+        "/O=Tandem lab/CN=Tandem lab CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE,pathlen:0",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+        "-out",
+        cert,
+    )
     log.info("lab CA made: %s", cert)
     return cert, key
 
@@ -98,8 +121,14 @@ def _fits(cert: str, ca: str, names: list[str]) -> bool:
     return all(name in present for name in names)
 
 
-def node_cert(folder: str, ca: tuple[str, str], node_id: str, address: str,
-              domain: str, also: tuple[str, ...] = ()) -> NodeCert:
+def node_cert(
+    folder: str,
+    ca: tuple[str, str],
+    node_id: str,
+    address: str,
+    domain: str,
+    also: tuple[str, ...] = (),
+) -> NodeCert:
     """Node ``node_id``'s certificate (``tls.pem``, key ``tls.key`` 0600) under
     ``folder``, signed by ``ca`` (cert, key), for its IP ``address`` and the further
     addresses ``also`` (each as an IP and as a DNS name: the floating addresses of
@@ -111,8 +140,11 @@ def node_cert(folder: str, ca: tuple[str, str], node_id: str, address: str,
     # The address is a DNS name too: linphone's TLS (mbedTLS 2) matches the host it
     # connects to only against DNS names, and refuses the IP-only certificate.
     addresses = [address, *(a for a in also if a != address)]
-    names = [*(f"{kind}:{a}" for a in addresses for kind in ("IP Address", "DNS")),
-             f"DNS:{domain}", f"DNS:{node_id}.{domain}"]
+    names = [
+        *(f"{kind}:{a}" for a in addresses for kind in ("IP Address", "DNS")),
+        f"DNS:{domain}",
+        f"DNS:{node_id}.{domain}",
+    ]
     if os.path.exists(cert) and os.path.exists(key):
         check_private(key, f"{node_id} TLS key")
         if _fits(cert, ca[0], names):
@@ -120,17 +152,32 @@ def node_cert(folder: str, ca: tuple[str, str], node_id: str, address: str,
     _new_key(key)
     csr = _openssl("req", "-new", "-key", key, "-subj", f"/O=Tandem lab/CN={node_id}.{domain}")
     alt = ",".join(f"{kind}:{a}" for a in addresses for kind in ("IP", "DNS"))
-    extensions = (f"subjectAltName={alt},DNS:{domain},DNS:{node_id}.{domain}\n"
-                  "basicConstraints=critical,CA:FALSE\n"
-                  "keyUsage=critical,digitalSignature,keyEncipherment\n"
-                  "extendedKeyUsage=serverAuth,clientAuth\n")
+    extensions = (
+        f"subjectAltName={alt},DNS:{domain},DNS:{node_id}.{domain}\n"
+        "basicConstraints=critical,CA:FALSE\n"
+        "keyUsage=critical,digitalSignature,keyEncipherment\n"
+        "extendedKeyUsage=serverAuth,clientAuth\n"
+    )
     ext_path = os.path.join(folder, "tls.ext")
     with open(ext_path, "w") as f:
         f.write(extensions)
     try:
-        signed = _openssl("x509", "-req", "-CA", ca[0], "-CAkey", ca[1], "-set_serial",
-                          str(int.from_bytes(os.urandom(8), "big")), "-days", str(NODE_DAYS),
-                          "-sha256", "-extfile", ext_path, stdin=csr)
+        signed = _openssl(
+            "x509",
+            "-req",
+            "-CA",
+            ca[0],
+            "-CAkey",
+            ca[1],
+            "-set_serial",
+            str(int.from_bytes(os.urandom(8), "big")),
+            "-days",
+            str(NODE_DAYS),
+            "-sha256",
+            "-extfile",
+            ext_path,
+            stdin=csr,
+        )
     finally:
         os.unlink(ext_path)
     with open(cert, "w") as f:

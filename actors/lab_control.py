@@ -45,8 +45,7 @@ class LabControlServer:
     or raises ``LabControlError`` with a message for the user.
     """
 
-    def __init__(self, data: str, status: Callable[[], object],
-                 restart: Callable[[str], object]):
+    def __init__(self, data: str, status: Callable[[], object], restart: Callable[[str], object]):
         self.path = socket_path(data)
         self._status = status
         self._restart = restart

@@ -46,17 +46,31 @@ class LabMaster(WatchedProcess):
         self.reported = False
 
     def _head(self) -> str:
-        return (f'[master]\nlisten = "{self.address}:{MASTER_PORT}"\n'
-                f'data_dir = "{self.dir}"\ndomain = "{self.domain}"\npush_interval = 1.0\n'
-                f'lab_data = "{os.path.dirname(self.dir)}"\n')
+        return (
+            f'[master]\nlisten = "{self.address}:{MASTER_PORT}"\n'
+            f'data_dir = "{self.dir}"\ndomain = "{self.domain}"\npush_interval = 1.0\n'
+            f'lab_data = "{os.path.dirname(self.dir)}"\n'
+        )
 
     def public_key(self) -> str:
         """The master's CurveZMQ public key (made by ``init`` on first use)."""
         if not os.path.exists(os.path.join(self.dir, "master.public")):
             write_private(self.config, self._head())
-            init = subprocess.run([sys.executable, os.path.join(self.root, "run.py"), "master",
-                                   "init", "--config", self.config], capture_output=True,
-                                  text=True, timeout=60, cwd=self.root, check=False)
+            init = subprocess.run(
+                [
+                    sys.executable,
+                    os.path.join(self.root, "run.py"),
+                    "master",
+                    "init",
+                    "--config",
+                    self.config,
+                ],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                cwd=self.root,
+                check=False,
+            )
             if init.returncode:
                 raise RuntimeError(f"master init failed: {init.stderr.strip()}")
         with open(os.path.join(self.dir, "master.public")) as f:
@@ -67,14 +81,22 @@ class LabMaster(WatchedProcess):
         with open(os.path.join(self.dir, "admin-password")) as f:
             return f.read().strip()
 
-    def setup(self, members: list[Member], sip: dict[str, str], users: list[tuple[str, str]],
-              users_csv: str | None) -> None:
+    def setup(
+        self,
+        members: list[Member],
+        sip: dict[str, str],
+        users: list[tuple[str, str]],
+        users_csv: str | None,
+    ) -> None:
         """Write the configuration naming the nodes; give the master the users."""
         self.public_key()
-        nodes = "".join(f'\n[[nodes]]\nid = "{m.id}"\nsip = "{sip[m.id]}"\nbus = "{m.pub}"\n'
-                        f'snapshot = "{m.snapshot}"\ncontrol = "{m.control}"\n'
-                        f'public_key = "{m.public_key}"\n'
-                        for m in members if len(members) > 1)
+        nodes = "".join(
+            f'\n[[nodes]]\nid = "{m.id}"\nsip = "{sip[m.id]}"\nbus = "{m.pub}"\n'
+            f'snapshot = "{m.snapshot}"\ncontrol = "{m.control}"\n'
+            f'public_key = "{m.public_key}"\n'
+            for m in members
+            if len(members) > 1
+        )
         write_private(self.config, self._head() + nodes)
         rows = list(users)
         if users_csv:
@@ -105,8 +127,17 @@ class LabMaster(WatchedProcess):
         """Start ``run.py master``, its output appended to its log."""
         with open(self.log_path, "ab") as logf:
             self.proc = subprocess.Popen(
-                [sys.executable, os.path.join(self.root, "run.py"), "master", "--config",
-                 self.config], stdout=logf, stderr=logf, cwd=self.root)
+                [
+                    sys.executable,
+                    os.path.join(self.root, "run.py"),
+                    "master",
+                    "--config",
+                    self.config,
+                ],
+                stdout=logf,
+                stderr=logf,
+                cwd=self.root,
+            )
         self.started = time.monotonic()
         self.reported = False
 

@@ -84,13 +84,17 @@ class Limits:
 
     def overload(self) -> OverloadSettings:
         """The admission control's settings."""
-        return OverloadSettings(delay=self.overload_delay, interval=self.overload_interval,
-                                response=self.overload_response,
-                                retry_after=self.overload_retry_after)
+        return OverloadSettings(
+            delay=self.overload_delay,
+            interval=self.overload_interval,
+            response=self.overload_response,
+            retry_after=self.overload_retry_after,
+        )
 
 
 #: a transport's limits when none are given: no per-source UDP limit, no shedding
 NO_LIMITS = Limits(udp_rate=0.0, overload_delay=0.0)
+
 
 def shared_buckets(cfg) -> str | None:
     """The file of the per-source buckets a node shares with its challenge front (None

@@ -30,7 +30,10 @@ def _set_config(cfg: NodeConfig, doc: dict) -> None:
     cfg.aliases = list(doc["aliases"])
     cfg.auth_algorithms = list(doc["auth_algorithms"])
     cfg.min_expires, cfg.max_expires, cfg.default_expires = (
-        doc["min_expires"], doc["max_expires"], doc["default_expires"])
+        doc["min_expires"],
+        doc["max_expires"],
+        doc["default_expires"],
+    )
 
 
 def use_stored_settings(cfg: NodeConfig) -> bool:
@@ -61,7 +64,10 @@ def apply_settings(node, doc: dict) -> None:
     rules = node.registrar.path.rules
     rules.domains = {n.lower() for n in (*names, cfg.address)}
     rules.min_expires, rules.max_expires, rules.default_expires = (
-        cfg.min_expires, cfg.max_expires, cfg.default_expires)
+        cfg.min_expires,
+        cfg.max_expires,
+        cfg.default_expires,
+    )
     addresses = ClusterAddresses(names, rules.cluster.nodes)
     rules.cluster = addresses
     node.registrar.path.domains = frozenset(rules.domains)
@@ -73,6 +79,11 @@ def apply_settings(node, doc: dict) -> None:
     auth = node.registrar.auth
     auth.set_algorithms(tuple(cfg.auth_algorithms))
     auth.server_uris = server_uris(cfg)
-    log.info("SIP settings applied: aliases %s, digest %s, expires %d..%d (default %d)",
-             ", ".join(cfg.aliases) or "none", ", ".join(cfg.auth_algorithms),
-             cfg.min_expires, cfg.max_expires, cfg.default_expires)
+    log.info(
+        "SIP settings applied: aliases %s, digest %s, expires %d..%d (default %d)",
+        ", ".join(cfg.aliases) or "none",
+        ", ".join(cfg.auth_algorithms),
+        cfg.min_expires,
+        cfg.max_expires,
+        cfg.default_expires,
+    )

@@ -17,16 +17,24 @@ class MasterError(Exception):
     """The master could not be asked, or refused (the message says why)."""
 
 
-def ask_master(url: str, path: str, *, method: str = "GET", body: bytes | None = None,
-               headers: dict[str, str] | None = None, timeout: float = 30.0,
-               refused: str = "the master refused",
-               error: type[Exception] = MasterError) -> dict:
+def ask_master(
+    url: str,
+    path: str,
+    *,
+    method: str = "GET",
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 30.0,
+    refused: str = "the master refused",
+    error: type[Exception] = MasterError,
+) -> dict:
     """``method`` ``url + path`` with ``body``; the master's answer, a JSON object.
 
     Any failure raises ``error`` with a message for a person: ``refused`` and the HTTP code
     with the master's ``error`` field when it said no, otherwise what went wrong."""
-    req = urllib.request.Request(url.rstrip("/") + path, data=body, method=method,
-                                 headers=headers or {})
+    req = urllib.request.Request(
+        url.rstrip("/") + path, data=body, method=method, headers=headers or {}
+    )
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             data = r.read(MAX_REPLY + 1)
@@ -37,8 +45,7 @@ def ask_master(url: str, path: str, *, method: str = "GET", body: bytes | None =
             reason = ""
         raise error(f"{refused} ({e.code}): {reason or e.reason}") from None
     except (urllib.error.URLError, OSError) as e:
-        raise error(f"cannot reach the master at {url}: "
-                    f"{getattr(e, 'reason', e)}") from None
+        raise error(f"cannot reach the master at {url}: {getattr(e, 'reason', e)}") from None
     if len(data) > MAX_REPLY:
         raise error("the master's answer is too large")
     try:

@@ -34,7 +34,6 @@ MAX_FILE = 8 * 1024 * 1024
 """Largest CSV sent (the master refuses bigger ones)."""
 
 
-
 def master_url(given: str | None) -> str:
     """The master's URL from ``--master`` or the environment; "" when there is none."""
     url = (given or os.environ.get(URL_ENV, "")).strip()
@@ -52,14 +51,15 @@ def admin_credentials(path: str | None) -> tuple[str, str]:
             raise MasterError(f"cannot read the admin file {path}: {e.strerror}") from None
         with os.fdopen(fd, encoding="utf-8") as f:
             if stat.S_IMODE(os.fstat(f.fileno()).st_mode) & 0o077:
-                raise MasterError(f"the admin file {path} may be read by others: "
-                                  f"chmod 600 {path}")
+                raise MasterError(f"the admin file {path} may be read by others: chmod 600 {path}")
             text = f.readline(4096).rstrip("\r\n")
     else:
         text = os.environ.get(ADMIN_ENV, "")
         if not text:
-            raise MasterError(f"a master's admin is needed: --admin-file FILE (mode 0600, "
-                              f"name:password) or {ADMIN_ENV}=name:password")
+            raise MasterError(
+                f"a master's admin is needed: --admin-file FILE (mode 0600, "
+                f"name:password) or {ADMIN_ENV}=name:password"
+            )
         if ":" not in text:
             raise MasterError(f"{ADMIN_ENV} must be name:password")
     name, sep, password = text.partition(":")
@@ -70,22 +70,40 @@ def admin_credentials(path: str | None) -> tuple[str, str]:
     return name, password
 
 
-def _ask(url: str, creds: tuple[str, str], method: str, path: str, body: bytes | None = None,
-         content_type: str = "application/json") -> dict:
+def _ask(
+    url: str,
+    creds: tuple[str, str],
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    content_type: str = "application/json",
+) -> dict:
     token = base64.b64encode(f"{creds[0]}:{creds[1]}".encode()).decode()
-    return ask_master(url, path, method=method, body=body, timeout=TIMEOUT,
-                      headers={"Authorization": f"Basic {token}", "Content-Type": content_type})
+    return ask_master(
+        url,
+        path,
+        method=method,
+        body=body,
+        timeout=TIMEOUT,
+        headers={"Authorization": f"Basic {token}", "Content-Type": content_type},
+    )
 
 
 def add_user(url: str, creds: tuple[str, str], name: str, password: str) -> int:
     """Add a user or change its password on the master; the configuration version made."""
-    reply = _ask(url, creds, "POST", "/api/users",
-                 json.dumps({"username": name, "password": password}).encode())
+    reply = _ask(
+        url,
+        creds,
+        "POST",
+        "/api/users",
+        json.dumps({"username": name, "password": password}).encode(),
+    )
     return int(reply.get("version", 0))
 
 
-def import_users(url: str, creds: tuple[str, str], path: str, poll: float = 0.2,
-                 on_progress=None) -> dict:
+def import_users(
+    url: str, creds: tuple[str, str], path: str, poll: float = 0.2, on_progress=None
+) -> dict:
     """Import the CSV at ``path`` on the master and wait until it ends; the finished job
     (its ``error`` names the file and line of a bad row). ``on_progress(job)`` is called
     whenever its phase or count moves."""
@@ -102,8 +120,10 @@ def import_users(url: str, creds: tuple[str, str], path: str, poll: float = 0.2,
     shown = ""
     while job.get("running"):
         if time.monotonic() > deadline:
-            raise MasterError(f"import {job.get('id')} still runs on the master after "
-                              f"{IMPORT_TIMEOUT:.0f} s: see the dashboard")
+            raise MasterError(
+                f"import {job.get('id')} still runs on the master after "
+                f"{IMPORT_TIMEOUT:.0f} s: see the dashboard"
+            )
         time.sleep(poll)
         job = _ask(url, creds, "GET", f"/api/users/import/{int(job['id'])}")
         now = f"{job.get('phase')} {job.get('done')}/{job.get('total')}"

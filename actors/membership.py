@@ -50,17 +50,20 @@ def parse_peers(items: object, self_id: str) -> list[Peer]:
         raise MembershipError(f"peers must be a list of at most {MAX_PEERS} nodes")
     peers: dict[str, Peer] = {}
     for item in items:
-        if not isinstance(item, dict) or set(item) - {"id", "bus", "snapshot", "public_key",
-                                                      "sip"}:
-            raise MembershipError(f"a peer must be {{id, bus, snapshot, public_key, sip}}, "
-                                  f"not {str(item)[:100]}")
+        if not isinstance(item, dict) or set(item) - {"id", "bus", "snapshot", "public_key", "sip"}:
+            raise MembershipError(
+                f"a peer must be {{id, bus, snapshot, public_key, sip}}, not {str(item)[:100]}"
+            )
         node_id = item.get("id")
         if not isinstance(node_id, str) or not NODE_ID.match(node_id):
             raise MembershipError(f"bad peer id {str(node_id)[:70]!r}")
         for name in ("bus", "snapshot"):
             value = item.get(name)
-            if not isinstance(value, str) or len(value) > MAX_ENDPOINT \
-                    or not _ENDPOINT.match(value):
+            if (
+                not isinstance(value, str)
+                or len(value) > MAX_ENDPOINT
+                or not _ENDPOINT.match(value)
+            ):
                 raise MembershipError(f"peer {node_id}: {name} must be tcp://host:port")
         try:
             key = check_key(str(item.get("public_key", "")), f"public key of {node_id}").decode()
@@ -71,8 +74,9 @@ def parse_peers(items: object, self_id: str) -> list[Peer]:
         if node_id in peers:
             raise MembershipError(f"peer {node_id} named twice")
         if node_id != self_id:
-            peers[node_id] = Peer(node_id, item["bus"], item["snapshot"], key,
-                                  str(item.get("sip") or ""))
+            peers[node_id] = Peer(
+                node_id, item["bus"], item["snapshot"], key, str(item.get("sip") or "")
+            )
     return list(peers.values())
 
 
@@ -93,8 +97,10 @@ def use_stored_peers(cfg: NodeConfig) -> bool:
     except MembershipError as e:
         log.warning("stored peer list ignored (%s): the file's peers are used", e)
         return False
-    log.info("peers from the master's last configuration: %s",
-             ", ".join(p.id for p in cfg.peers) or "none")
+    log.info(
+        "peers from the master's last configuration: %s",
+        ", ".join(p.id for p in cfg.peers) or "none",
+    )
     return True
 
 
@@ -105,8 +111,10 @@ def follow_peers(node, peers: list[Peer]) -> None:
     the call outbox refuses ``events_ack`` from."""
     node.replicator.set_peers(peers)
     transport = node.transport
-    addresses = cluster_addresses(dataclasses.replace(node.cfg, peers=list(peers)),
-                                  transport.port if transport is not None else None)
+    addresses = cluster_addresses(
+        dataclasses.replace(node.cfg, peers=list(peers)),
+        transport.port if transport is not None else None,
+    )
     if node.registrar is not None:
         node.registrar.path.rules.cluster = addresses
     if node.proxy is not None:

@@ -35,8 +35,15 @@ from .ban_keeper import attach_ban_keeper
 from .bus import BusError
 from .call_outbox import attach_call_outbox
 from .emergency_notify import attach_emergency_notify
-from .config import (ConfigError, NodeConfig, guard_settings, load_config, registrar_rules,
-                     server_uris, sqlite_dir)
+from .config import (
+    ConfigError,
+    NodeConfig,
+    guard_settings,
+    load_config,
+    registrar_rules,
+    server_uris,
+    sqlite_dir,
+)
 from .config_sync import attach_config_sync
 from .dialogs import Dialogs, attach_dialogs
 from .drain import Drain, attach_drain
@@ -59,6 +66,7 @@ from .staged import attach_staged
 from .transport import Limits, TlsContexts, Transport
 
 log = logging.getLogger(__name__)
+
 
 class Node:
     """One Tandem node."""
@@ -101,8 +109,10 @@ class Node:
         # over it would find nothing, so it is kept out of the way (see below).
         gc.disable()
         loaded = self.location.load(
-            b for b in map(Binding.from_record, binding_store.load_bindings(include_deleted=True))
-            if b.expires_at > now)
+            b
+            for b in map(Binding.from_record, binding_store.load_bindings(include_deleted=True))
+            if b.expires_at > now
+        )
         users = self.users = UserDirectory(cfg.domain)
         users.reload()
         self.users = users
@@ -111,28 +121,55 @@ class Node:
         # never counted again on a peer or after a restart.
         origin = origin_tag(cfg.id, epoch)
         self.guard = AuthGuard(guard_settings(cfg))
-        auth = Authenticator(cfg.domain, secret, users.lookup, cfg.nonce_lifetime,
-                             tuple(cfg.auth_algorithms), max_nonces=500_000, origin=origin,
-                             require_qop=cfg.require_qop, guard=self.guard,
-                             server_uris=server_uris(cfg))
+        auth = Authenticator(
+            cfg.domain,
+            secret,
+            users.lookup,
+            cfg.nonce_lifetime,
+            tuple(cfg.auth_algorithms),
+            max_nonces=500_000,
+            origin=origin,
+            require_qop=cfg.require_qop,
+            guard=self.guard,
+            server_uris=server_uris(cfg),
+        )
         rules = registrar_rules(cfg)
         front_in = front_paths(cfg)[0] if cfg.challenge_front else None
         attach_takeover(self)
-        tls = (TlsContexts.load(cfg.tls_cert, cfg.tls_key, cfg.tls_ca, cfg.tls_peer_ca)
-               if cfg.tls_port else None)
+        tls = (
+            TlsContexts.load(cfg.tls_cert, cfg.tls_key, cfg.tls_ca, cfg.tls_peer_ca)
+            if cfg.tls_port
+            else None
+        )
         guard = self.guard
         transport = self.transport = Transport(
-            cfg.address, cfg.port, self.on_request, self.on_response, front_path=front_in,
-            limits=Limits.from_config(cfg), tls=tls, tls_port=cfg.tls_port,
+            cfg.address,
+            cfg.port,
+            self.on_request,
+            self.on_response,
+            front_path=front_in,
+            limits=Limits.from_config(cfg),
+            tls=tls,
+            tls_port=cfg.tls_port,
             quick=self.on_datagram,
             # One budget per source for the node and its front (counted once).
             shared_buckets=shared_buckets(cfg) if cfg.challenge_front else None,
-            trusted=lambda ip: guard.trusted(ip, time.time()))
+            trusted=lambda ip: guard.trusted(ip, time.time()),
+        )
         timers = {"t1": cfg.t1, "t2": cfg.t2, "t4": cfg.t4}
         registrar = self.registrar = RegistrarActor(
-            cfg.id, rules, auth, self.location, transport, Sequencer(epoch), cfg.batch_max,
-            timers=timers, on_commit=self.publish, ban_drop=cfg.ban_response == "drop",
-            log_rate=cfg.log_rate)
+            cfg.id,
+            rules,
+            auth,
+            self.location,
+            transport,
+            Sequencer(epoch),
+            cfg.batch_max,
+            timers=timers,
+            on_commit=self.publish,
+            ban_drop=cfg.ban_response == "drop",
+            log_rate=cfg.log_rate,
+        )
         control = attach_replicator(self).control
         attach_ban_keeper(self)
         if control is not None:
@@ -143,8 +180,9 @@ class Node:
         attach_registrations(self)
         transport.start()
         registrar.greenlet = self.spawn_actor(registrar.run)
-        proxy = self.proxy = ProxyActor.from_config(cfg, secret, users.lookup, self.location,
-                                                    transport, auth)
+        proxy = self.proxy = ProxyActor.from_config(
+            cfg, secret, users.lookup, self.location, transport, auth
+        )
         attach_call_outbox(self)
         attach_dialing(self)
         attach_emergency_notify(self)
@@ -163,8 +201,14 @@ class Node:
         attach_traffic(self)
         self.started_at = now
         tune_gc()
-        log.info("node %s up: epoch %d, %d bindings loaded, %d users, domain %s",
-                 cfg.id, epoch, loaded, len(users.users), cfg.domain)
+        log.info(
+            "node %s up: epoch %d, %d bindings loaded, %d users, domain %s",
+            cfg.id,
+            epoch,
+            loaded,
+            len(users.users),
+            cfg.domain,
+        )
 
     def spawn_actor(self, run: Callable[[], object]) -> gevent.Greenlet:
         """Run ``run`` in the node's group; its death stops the node (``actor_died``)."""
@@ -180,8 +224,12 @@ class Node:
             bans = self.guard.take_new()
             for b in bans:
                 if b.until:
-                    log.warning("banned %s %s for %.0f s after repeated failed authentications",
-                                b.kind, b.key, b.until - time.time())
+                    log.warning(
+                        "banned %s %s for %.0f s after repeated failed authentications",
+                        b.kind,
+                        b.key,
+                        b.until - time.time(),
+                    )
                 else:
                     log.warning("ban of %s %s lifted", b.kind, b.key)
             replicator.share_bans(bans)
@@ -202,8 +250,15 @@ class Node:
     def _list_bans(self, _request: dict[str, Any]) -> list[dict[str, Any]]:
         """Bans in force against password guessing: kind, key, seconds left, origin."""
         now = time.time()
-        return [{"kind": b.kind, "key": b.key, "left": round(b.until - now, 1),
-                 "origin": b.origin or self.cfg.id} for b in self.guard.bans(now)]
+        return [
+            {
+                "kind": b.kind,
+                "key": b.key,
+                "left": round(b.until - now, 1),
+                "origin": b.origin or self.cfg.id,
+            }
+            for b in self.guard.bans(now)
+        ]
 
     def _unban(self, request: dict[str, Any]) -> bool:
         """Lift a ban on every node: {"kind": "source"|"user", "key": address or user}."""
@@ -216,9 +271,14 @@ class Node:
         """Ban on every node: {"kind": "source"|"user", "key", "seconds"} (default ban_time)."""
         kind, key = request.get("kind"), request.get("key")
         seconds = request.get("seconds", self.cfg.ban_time)
-        if (kind not in (SOURCE, USER) or not isinstance(key, str) or not key
-                or not isinstance(seconds, int | float) or isinstance(seconds, bool)
-                or seconds <= 0):
+        if (
+            kind not in (SOURCE, USER)
+            or not isinstance(key, str)
+            or not key
+            or not isinstance(seconds, int | float)
+            or isinstance(seconds, bool)
+            or seconds <= 0
+        ):
             raise BusError('ban needs "kind" (source or user), "key" and positive "seconds"')
         return self.guard.add(Ban(kind, key, time.time() + seconds), time.time(), share=True)
 
@@ -254,9 +314,13 @@ class Node:
         # draining; a Route without the dialog's token proves nothing).
         settings = proxy.core.settings
         if not replicator.synced and not (
-                (method in ("INVITE", "ACK", "CANCEL") and settings.is_emergency(req.ruri))
-                or (req.to.tag is not None and (route := req.get("route")) is not None
-                    and settings.is_record_route(route, req))):
+            (method in ("INVITE", "ACK", "CANCEL") and settings.is_emergency(req.ruri))
+            or (
+                req.to.tag is not None
+                and (route := req.get("route")) is not None
+                and settings.is_record_route(route, req)
+            )
+        ):
             if method != "ACK":
                 retry = str(replicator.retry_after())
                 self._answer(req, dest, 503, [("Retry-After", retry)], "Syncing")
@@ -315,8 +379,14 @@ class Node:
             return
         proxy.submit(resp, source)
 
-    def _answer(self, req: Request, dest: Dest, status: int, headers: list[tuple[str, str]],
-                reason: str | None = None) -> None:
+    def _answer(
+        self,
+        req: Request,
+        dest: Dest,
+        status: int,
+        headers: list[tuple[str, str]],
+        reason: str | None = None,
+    ) -> None:
         try:
             resp = make_response(req, status, reason, headers, to_tag=secrets.token_hex(6))
         except SipError as err:
@@ -361,8 +431,11 @@ class Node:
                 log.error("SIGHUP: configuration not reloaded: %s", e)
         if self.users is not None:
             self.users.expire()
-        log.warning("SIGHUP: log file %s, log level %s, users reloaded at the next lookup",
-                    "reopened" if reopened else "not used (stderr)", level)
+        log.warning(
+            "SIGHUP: log file %s, log level %s, users reloaded at the next lookup",
+            "reopened" if reopened else "not used (stderr)",
+            level,
+        )
 
     def serve_forever(self) -> None:
         """Run until SIGTERM or SIGINT, then stop cleanly; SIGHUP reloads (``reload``)."""

@@ -49,9 +49,12 @@ class Channels:
 
 def post_json(url: str, body: dict, agent: str, timeout: float = SEND_TIMEOUT) -> bool:
     """POST ``body`` as JSON to ``url``; True on a 2xx answer."""
-    req = urllib.request.Request(url, data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json",
-                                          "User-Agent": agent}, method="POST")
+    req = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json", "User-Agent": agent},
+        method="POST",
+    )
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return 200 <= r.status < 300
@@ -60,8 +63,7 @@ def post_json(url: str, body: dict, agent: str, timeout: float = SEND_TIMEOUT) -
         return False
 
 
-def send_mail(channels: Channels, subject: str, text: str,
-              timeout: float = SEND_TIMEOUT) -> bool:
+def send_mail(channels: Channels, subject: str, text: str, timeout: float = SEND_TIMEOUT) -> bool:
     """Mail ``text`` under ``subject`` to ``channels.smtp_to``; True when the server took it."""
     msg = EmailMessage()
     msg["Subject"] = subject

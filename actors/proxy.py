@@ -53,6 +53,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+
 class Received(NamedTuple):
     """An inbox message: a request or response from the transport."""
 
@@ -92,10 +93,16 @@ class ProxyActor:
     turn of the loop; ``tick`` how late a timer may fire.
     """
 
-    def __init__(self, core: ProxyCore, transport: Transport, resolver: Resolver,
-                 batch_max: int = 512, tick: float = 0.01,
-                 monotonic: Callable[[], float] = time.monotonic,
-                 clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        core: ProxyCore,
+        transport: Transport,
+        resolver: Resolver,
+        batch_max: int = 512,
+        tick: float = 0.01,
+        monotonic: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.time,
+    ):
         self.core = core
         self.transport = transport
         self.resolver = resolver
@@ -118,27 +125,47 @@ class ProxyActor:
         """The node's ``actors.dialogs.Dialogs``, which keeps the calls' dialog records."""
 
     @classmethod
-    def from_config(cls, cfg: NodeConfig, secret: bytes,
-                    user_lookup: Callable[[str], dict[str, str] | None], location: Location,
-                    transport: Transport, auth: Authenticator | None = None) -> "ProxyActor":
+    def from_config(
+        cls,
+        cfg: NodeConfig,
+        secret: bytes,
+        user_lookup: Callable[[str], dict[str, str] | None],
+        location: Location,
+        transport: Transport,
+        auth: Authenticator | None = None,
+    ) -> "ProxyActor":
         """Build the actor of a node: ``auth`` (the node's Authenticator, whose
         nonces, counts and guard the registrar shares) or one of its own (same
         secret and users), the location table (read only), a resolver on
         ``cfg.dns_servers``/``cfg.dns_port`` (the system's when none). The
         secret keys the Record-Route tokens too."""
-        settings = ProxySettings(cfg.domain, cfg.address, transport.port, tuple(cfg.aliases),
-                                 secret=secret, cluster=cluster_addresses(cfg, transport.port),
-                                 emergency=emergency_numbers(cfg),
-                                 max_branches=cfg.max_branches, nat_handling=cfg.nat_handling,
-                                 tls_port=transport.tls_port if transport.tls else 0,
-                                 node_id=cfg.id, rr_host=cfg.record_route,
-                                 peer_hops=tuple((p.id, p.sip) for p in cfg.peers if p.sip))
+        settings = ProxySettings(
+            cfg.domain,
+            cfg.address,
+            transport.port,
+            tuple(cfg.aliases),
+            secret=secret,
+            cluster=cluster_addresses(cfg, transport.port),
+            emergency=emergency_numbers(cfg),
+            max_branches=cfg.max_branches,
+            nat_handling=cfg.nat_handling,
+            tls_port=transport.tls_port if transport.tls else 0,
+            node_id=cfg.id,
+            rr_host=cfg.record_route,
+            peer_hops=tuple((p.id, p.sip) for p in cfg.peers if p.sip),
+        )
         if auth is None:
-            auth = Authenticator(cfg.domain, secret, user_lookup, cfg.nonce_lifetime,
-                                 tuple(cfg.auth_algorithms), max_nonces=500_000)
+            auth = Authenticator(
+                cfg.domain,
+                secret,
+                user_lookup,
+                cfg.nonce_lifetime,
+                tuple(cfg.auth_algorithms),
+                max_nonces=500_000,
+            )
         core = ProxyCore(settings, location, auth, t1=cfg.t1, t2=cfg.t2, t4=cfg.t4)
         if transport.tls is not None:
-            core.tls_peer = transport.tls_certificate   # peers trusted by certificate
+            core.tls_peer = transport.tls_certificate  # peers trusted by certificate
         resolver = Resolver(cfg.dns_servers or None, cfg.dns_port)
         return cls(core, transport, resolver)
 
@@ -147,8 +174,9 @@ class ProxyActor:
         user part, no Route, our domain or address (any port). Read-only, callable
         from any greenlet."""
         ruri = req.ruri
-        return (ruri.user is None and req.get("route") is None
-                and self.core.settings.is_our_host(ruri))
+        return (
+            ruri.user is None and req.get("route") is None and self.core.settings.is_our_host(ruri)
+        )
 
     def submit(self, msg: Request | Response, source: Dest) -> None:
         """Give the actor a request or response from the transport."""
@@ -224,8 +252,9 @@ class ProxyActor:
         connections = transport.connections
         for _ in range(10):
             for data, dest in core.messages_to_send():
-                if dest[0] == "udp" or ((dest[1], dest[2]) in connections
-                                        and dest not in self._connecting):
+                if dest[0] == "udp" or (
+                    (dest[1], dest[2]) in connections and dest not in self._connecting
+                ):
                     if not send(dest, data):
                         self._failed.append(dest)
                 else:
@@ -271,8 +300,9 @@ class ProxyActor:
     def _resolve(self, lookup: Lookup) -> None:
         """One RFC 3263 resolution in its own greenlet; the answer goes to the inbox."""
         try:
-            targets = self.resolver.resolve(lookup.host, lookup.port, lookup.transport,
-                                            lookup.scheme)
+            targets = self.resolver.resolve(
+                lookup.host, lookup.port, lookup.transport, lookup.scheme
+            )
         except Exception:
             log.exception("proxy: resolving %s failed", lookup.host)
             targets = []

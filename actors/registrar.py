@@ -64,20 +64,37 @@ InboxMessage = Register | Merge | Stop
 class RegistrarActor:
     """Handles REGISTER for the node's domain."""
 
-    def __init__(self, node_id: str, rules: RegistrarRules, authenticator: Authenticator,
-                 location: Location, transport: Transport, sequencer: Sequencer,
-                 batch_max: int = 256,
-                 on_commit: Callable[[list[Binding]], None] | None = None,
-                 timers: dict[str, float] | None = None,
-                 clock: Callable[[], float] = time.time,
-                 monotonic: Callable[[], float] = time.monotonic, ban_drop: bool = False,
-                 log_rate: float = 20.0):
+    def __init__(
+        self,
+        node_id: str,
+        rules: RegistrarRules,
+        authenticator: Authenticator,
+        location: Location,
+        transport: Transport,
+        sequencer: Sequencer,
+        batch_max: int = 256,
+        on_commit: Callable[[list[Binding]], None] | None = None,
+        timers: dict[str, float] | None = None,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        ban_drop: bool = False,
+        log_rate: float = 20.0,
+    ):
         self.location = location
         self.sequencer = sequencer
         self.answered = AnsweredRequests((timers or {}).get("t1", 0.5))
-        self.path = RegisterPath(rules, authenticator, new_tag, location, node_id, sequencer,
-                                 self.answered, ban_drop=ban_drop, strict=STRICT,
-                                 log_rate=log_rate)
+        self.path = RegisterPath(
+            rules,
+            authenticator,
+            new_tag,
+            location,
+            node_id,
+            sequencer,
+            self.answered,
+            ban_drop=ban_drop,
+            strict=STRICT,
+            log_rate=log_rate,
+        )
         self.transport = transport
         self.batch_max = batch_max
         self.on_commit = on_commit
@@ -112,8 +129,9 @@ class RegistrarActor:
             usual = self.path.recognise(data, ip, port)
         except Exception:
             self.path.stats["usual_fallback"] += 1
-            log.exception("recognising a datagram from %s:%d failed; the general path takes it",
-                          ip, port)
+            log.exception(
+                "recognising a datagram from %s:%d failed; the general path takes it", ip, port
+            )
             if STRICT:
                 raise
             return False
@@ -218,8 +236,9 @@ class RegistrarActor:
         merged: list[Binding] = []
         undo: list[tuple[str, str, Binding | None]] = []
         # (binding, the one it replaced) for the log lines, written after the 200s
-        noted: list[tuple[Binding, Binding | None]] | None = \
+        noted: list[tuple[Binding, Binding | None]] | None = (
             [] if log.isEnabledFor(logging.INFO) else None
+        )
         seq_before = self.sequencer.peek()
         for item in batch:
             if isinstance(item, Merge):
@@ -243,8 +262,9 @@ class RegistrarActor:
             try:
                 binding_store.write_bindings(changes + merged)
             except Exception:
-                log.exception("group commit of %d bindings failed; answering 500",
-                              len(changes) + len(merged))
+                log.exception(
+                    "group commit of %d bindings failed; answering 500", len(changes) + len(merged)
+                )
                 for aor, key, old in reversed(undo):
                     location.restore(aor, key, old)
                 self.sequencer.rewind(seq_before)
@@ -289,9 +309,18 @@ class RegistrarActor:
         sources = {(b.aor, b.call_id): b.received for b, _old in noted}
         location = self.location
         for (aor, call_id), (added, removed, refreshed) in per.items():
-            contacts = sum(1 for x in location.get(aor).values()
-                           if not x.deleted and x.expires_at > now)
-            log.log(logging.INFO if added or removed else logging.DEBUG,
-                    "registration of %s (Call-ID %s) from %s: %d contacts now, "
-                    "%d added, %d removed, %d refreshed", aor, call_id,
-                    sources[aor, call_id] or "?", contacts, added, removed, refreshed)
+            contacts = sum(
+                1 for x in location.get(aor).values() if not x.deleted and x.expires_at > now
+            )
+            log.log(
+                logging.INFO if added or removed else logging.DEBUG,
+                "registration of %s (Call-ID %s) from %s: %d contacts now, "
+                "%d added, %d removed, %d refreshed",
+                aor,
+                call_id,
+                sources[aor, call_id] or "?",
+                contacts,
+                added,
+                removed,
+                refreshed,
+            )

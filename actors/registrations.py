@@ -35,8 +35,7 @@ FIELDS = ("aor", "key", "contact", "expires_at", "user_agent", "received", "orig
 
 
 def _checked(request: dict) -> tuple[str, str, tuple[str, str] | None, int, int]:
-    user, origin, after = request.get("user", ""), request.get("origin", ""), \
-        request.get("after")
+    user, origin, after = request.get("user", ""), request.get("origin", ""), request.get("after")
     offset, limit = request.get("offset", 0), request.get("limit", 100)
     for name, text in (("user", user), ("origin", origin)):
         if not isinstance(text, str) or len(text) > MAX_TEXT:
@@ -44,8 +43,11 @@ def _checked(request: dict) -> tuple[str, str, tuple[str, str] | None, int, int]
     for name, value in (("offset", offset), ("limit", limit)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise BusError(f"{name} must be a non-negative integer")
-    if after is not None and (not isinstance(after, list) or len(after) != 2 or not all(
-            isinstance(x, str) and len(x) <= MAX_TEXT for x in after)):
+    if after is not None and (
+        not isinstance(after, list)
+        or len(after) != 2
+        or not all(isinstance(x, str) and len(x) <= MAX_TEXT for x in after)
+    ):
         raise BusError("after must be [aor, key], two strings")
     return user, origin, (after[0], after[1]) if after else None, offset, min(limit, MAX_PAGE)
 
@@ -57,14 +59,14 @@ def bindings_page(location, request: dict, now: float | None = None) -> dict:
     after_aor = after[0] if after else ""
     by_origin: dict[str, int] = {}
     total = 0
-    aors = []   # those holding a match after the cursor: sorting names is cheaper than rows
+    aors = []  # those holding a match after the cursor: sorting names is cheaper than rows
     for n, (aor, per) in enumerate(list(location.table.items())):
         if n and n % YIELD_EVERY == 0:
             gevent.sleep(0)
         wanted = user in aor
         listed = after is None or aor > after_aor or aor == after_aor
         hit = False
-        for b in per.values():    # no yield inside: ``per`` cannot change meanwhile
+        for b in per.values():  # no yield inside: ``per`` cannot change meanwhile
             if b.deleted or b.expires_at <= now:
                 continue
             by_origin[b.origin] = by_origin.get(b.origin, 0) + 1
@@ -74,15 +76,24 @@ def bindings_page(location, request: dict, now: float | None = None) -> dict:
         if hit:
             aors.append(aor)
     page = []
-    for aor in heapq.nsmallest(offset + limit, aors):   # each of them yields a row at least
-        page += sorted((b for b in location.get(aor).values()
-                        if not b.deleted and b.expires_at > now
-                        and (not origin or b.origin == origin)
-                        and (after is None or aor > after_aor or b.key > after[1])),
-                       key=lambda b: b.key)
-    page = page[offset:offset + limit]
-    return {"total": total, "by_origin": by_origin,
-            "bindings": [{f: getattr(b, f) for f in FIELDS} for b in page]}
+    for aor in heapq.nsmallest(offset + limit, aors):  # each of them yields a row at least
+        page += sorted(
+            (
+                b
+                for b in location.get(aor).values()
+                if not b.deleted
+                and b.expires_at > now
+                and (not origin or b.origin == origin)
+                and (after is None or aor > after_aor or b.key > after[1])
+            ),
+            key=lambda b: b.key,
+        )
+    page = page[offset : offset + limit]
+    return {
+        "total": total,
+        "by_origin": by_origin,
+        "bindings": [{f: getattr(b, f) for f in FIELDS} for b in page],
+    }
 
 
 def attach_registrations(node) -> None:

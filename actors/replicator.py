@@ -43,14 +43,30 @@ from gevent.queue import Empty, Queue
 from sipcore.location import Binding, Location, is_newer
 from sipcore.protocol import PROTOCOL_VERSION
 from sipcore.authguard import Ban
-from sipcore.replication import (ALIVE, SUSPECTED, Action, ApplyBindings, Heartbeat,
-                                 NewerMessage,
-                                 Notice, Replication, RequestSnapshot,
-                                 SetDigest, SnapshotAssembler, SnapshotError, Update, Versions,
-                                 WireError,
-                                 decode_heartbeat, decode_snapshot_request, decode_update,
-                                 encode_heartbeat, encode_snapshot_request, encode_update,
-                                 snapshot_stream)
+from sipcore.replication import (
+    ALIVE,
+    SUSPECTED,
+    Action,
+    ApplyBindings,
+    Heartbeat,
+    NewerMessage,
+    Notice,
+    Replication,
+    RequestSnapshot,
+    SetDigest,
+    SnapshotAssembler,
+    SnapshotError,
+    Update,
+    Versions,
+    WireError,
+    decode_heartbeat,
+    decode_snapshot_request,
+    decode_update,
+    encode_heartbeat,
+    encode_snapshot_request,
+    encode_update,
+    snapshot_stream,
+)
 from sipcore.replication_wire import MAX_BANS, decode_bans, encode_bans
 
 from . import bus as busmod
@@ -133,8 +149,9 @@ def make_bus(cfg: NodeConfig) -> Bus:
     ``control_keys`` and the master (named ``master``) on the control endpoint.
     Raises ``BusError`` on a bad key."""
     if not cfg.secret_key or not cfg.public_key:
-        raise BusError("the cluster needs [cluster] secret_key and public_key "
-                       "(make them with `run.py keys`)")
+        raise BusError(
+            "the cluster needs [cluster] secret_key and public_key (make them with `run.py keys`)"
+        )
     bus = Bus(cfg.public_key, cfg.secret_key, cfg.id)
     allow_peers(bus, cfg, cfg.peers)
     return bus
@@ -167,12 +184,18 @@ class Replicator:
     claims the versions it holds of other origins only once it is.
     """
 
-    def __init__(self, cfg: NodeConfig, epoch: int, location: Location,
-                 apply: Callable[[list[Binding]], None], bus: Bus | None = None,
-                 clock: Callable[[], float] = time.time,
-                 monotonic: Callable[[], float] = time.monotonic,
-                 settled: Callable[[], bool] | None = None,
-                 on_bans: Callable[[str, list[tuple[str, str, float]]], None] | None = None):
+    def __init__(
+        self,
+        cfg: NodeConfig,
+        epoch: int,
+        location: Location,
+        apply: Callable[[list[Binding]], None],
+        bus: Bus | None = None,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        settled: Callable[[], bool] | None = None,
+        on_bans: Callable[[str, list[tuple[str, str, float]]], None] | None = None,
+    ):
         self.cfg = cfg
         self.id = cfg.id
         self.epoch = epoch
@@ -190,9 +213,16 @@ class Replicator:
         self.control: ControlServer | None = None
         """The node's ``ControlServer`` when ``attach_replicator`` made one."""
         self.peers = {p.id: p for p in cfg.peers}
-        self.core = Replication(cfg.id, self.peers, monotonic(), suspect_after=cfg.suspect_after,
-                                dead_after=cfg.dead_after, alone_wait=cfg.alone_wait,
-                                heartbeat=cfg.heartbeat, retry_after=min(1.0, cfg.sync_timeout))
+        self.core = Replication(
+            cfg.id,
+            self.peers,
+            monotonic(),
+            suspect_after=cfg.suspect_after,
+            dead_after=cfg.dead_after,
+            alone_wait=cfg.alone_wait,
+            heartbeat=cfg.heartbeat,
+            retry_after=min(1.0, cfg.sync_timeout),
+        )
         if not self.clustered:
             self.core.synced = True
         self.published_seq = 0
@@ -201,8 +231,9 @@ class Replicator:
         self.on_bans = on_bans
         #: ``on_snapshot_request(peer)``, when set, hears of each snapshot a peer asks for
         self.on_snapshot_request: Callable[[str], None] | None = None
-        self.receivers: dict[bytes, tuple[Callable[[bytes], tuple[str, Any]],
-                                          Callable[[str, Any], None]]] = {}
+        self.receivers: dict[
+            bytes, tuple[Callable[[bytes], tuple[str, Any]], Callable[[str, Any], None]]
+        ] = {}
         """Other actors' bus kinds (``add_kind``): kind -> (decode, handle)."""
         self._frames: deque[tuple[bytes, bytes]] = deque(maxlen=10000)
         """Other actors' messages waiting for the publisher (``publish_frame``)."""
@@ -225,10 +256,18 @@ class Replicator:
         self._landed = Event()
         self._newer_from: set[str] = set()
         """Peers (ZAP names, so bounded) whose newer messages were logged already."""
-        self.stats = {"published": 0, "published_bindings": 0, "applied_bindings": 0,
-                      "snapshots_served": 0, "snapshot_bindings_received": 0, "bad_messages": 0,
-                      "lag_unmeasured": 0, "from_removed_peers": 0, "newer_protocol": 0,
-                      "unknown_kinds": 0}
+        self.stats = {
+            "published": 0,
+            "published_bindings": 0,
+            "applied_bindings": 0,
+            "snapshots_served": 0,
+            "snapshot_bindings_received": 0,
+            "bad_messages": 0,
+            "lag_unmeasured": 0,
+            "from_removed_peers": 0,
+            "newer_protocol": 0,
+            "unknown_kinds": 0,
+        }
 
     @property
     def synced(self) -> bool:
@@ -250,24 +289,33 @@ class Replicator:
             log.info("replication off: no peers and no [cluster] pub endpoint")
             return
         bus = self.bus
-        assert bus is not None    # a clustered replicator always has one
+        assert bus is not None  # a clustered replicator always has one
         bus.start()
         beat = (self.cfg.heartbeat, self.cfg.suspect_after)
         pub = bus.server(busmod.zmq.PUB, self.cfg.bus_pub, BUS_DOMAIN, self.cfg.hwm, beat)
         router = bus.server(busmod.zmq.ROUTER, self.cfg.bus_snapshot, BUS_DOMAIN, SNAPSHOT_HWM)
         self._pub_endpoint = pub.last_endpoint.decode()
         self._on_failure = on_failure
-        loops = [(self._publisher, pub), (self._snapshot_server, router), (self._lag_meter,),
-                 (self._run,)]
+        loops = [
+            (self._publisher, pub),
+            (self._snapshot_server, router),
+            (self._lag_meter,),
+            (self._run,),
+        ]
         for fn, *args in loops:
             g = self.group.spawn(fn, *args)
             if on_failure is not None:
                 g.link_exception(on_failure)
         for p in self.peers.values():
             self._follow(p)
-        log.info("replicator up: epoch %d, pub %s, snapshot %s, %d peers (%s)", self.epoch,
-                 self.cfg.bus_pub, self.cfg.bus_snapshot, len(self.peers),
-                 ", ".join(self.peers) or "none")
+        log.info(
+            "replicator up: epoch %d, pub %s, snapshot %s, %d peers (%s)",
+            self.epoch,
+            self.cfg.bus_pub,
+            self.cfg.bus_snapshot,
+            len(self.peers),
+            ", ".join(self.peers) or "none",
+        )
 
     def _follow(self, p: Peer) -> None:
         """Subscribe to ``p``'s PUB socket (its own greenlet and socket)."""
@@ -324,8 +372,12 @@ class Replicator:
         self.cfg.peers = list(self.peers.values())
         if removed:
             self._drop_subscribers = True
-        log.warning("peers now %s (added %s, removed %s)", ", ".join(self.peers) or "none",
-                    ", ".join(p.id for p in added) or "none", ", ".join(removed) or "none")
+        log.warning(
+            "peers now %s (added %s, removed %s)",
+            ", ".join(self.peers) or "none",
+            ", ".join(p.id for p in added) or "none",
+            ", ".join(removed) or "none",
+        )
 
     def _rebind(self, sock: "zmq.Socket[bytes]") -> None:
         """Drop every connection to the PUB socket by unbinding and binding it again:
@@ -335,8 +387,12 @@ class Replicator:
         try:
             sock.unbind(endpoint)
         except busmod.zmq.ZMQError as e:
-            log.warning("cannot drop the connections to %s (%s): a removed peer keeps "
-                        "receiving until it disconnects", endpoint, e)
+            log.warning(
+                "cannot drop the connections to %s (%s): a removed peer keeps "
+                "receiving until it disconnects",
+                endpoint,
+                e,
+            )
             return
         deadline = self.monotonic() + 5.0
         while True:
@@ -370,10 +426,14 @@ class Replicator:
         peers; published with the next update or heartbeat."""
         if bans and self.clustered:
             self._bans.extend(bans)
-            del self._bans[:-MAX_BANS * 10]
+            del self._bans[: -MAX_BANS * 10]
 
-    def add_kind(self, kind: bytes, decode: Callable[[bytes], tuple[str, Any]],
-                 handle: Callable[[str, Any], None]) -> None:
+    def add_kind(
+        self,
+        kind: bytes,
+        decode: Callable[[bytes], tuple[str, Any]],
+        handle: Callable[[str, Any], None],
+    ) -> None:
         """Receive bus messages of ``kind`` for another actor: ``decode(body)`` returns
         ``(sender, payload)`` or raises ``WireError`` (``NewerMessage`` for a newer
         version); ``handle(peer, payload)`` runs in the main loop."""
@@ -384,7 +444,7 @@ class Replicator:
         checks ``core.peers_support`` first). At most 10,000 wait; older ones go first."""
         if self.clustered:
             self._frames.append((kind, body))
-            self.outbox.put((0.0, []))    # wakes the publisher
+            self.outbox.put((0.0, []))  # wakes the publisher
 
     def _publisher(self, sock: "zmq.Socket[bytes]") -> None:
         heartbeat = self.cfg.heartbeat
@@ -392,8 +452,7 @@ class Replicator:
         outbox = self.outbox
         while True:
             try:
-                committed_at, changes = outbox.get(
-                    timeout=max(0.0, next_beat - self.monotonic()))
+                committed_at, changes = outbox.get(timeout=max(0.0, next_beat - self.monotonic()))
             except Empty:
                 changes = None
             if changes:
@@ -405,7 +464,7 @@ class Replicator:
             if self._bans:
                 bans, self._bans = self._bans, []
                 for i in range(0, len(bans), MAX_BANS):
-                    send(sock, [busmod.BANS, encode_bans(self.id, bans[i:i + MAX_BANS])])
+                    send(sock, [busmod.BANS, encode_bans(self.id, bans[i : i + MAX_BANS])])
             frames = self._frames
             while frames:
                 send(sock, list(frames.popleft()))
@@ -413,8 +472,14 @@ class Replicator:
                 self._drop_subscribers = False
                 self._rebind(sock)
             if self.monotonic() >= next_beat:
-                body = encode_heartbeat(self.id, self.clock(), self.epoch, self.published_seq,
-                                        self.core.state, self.core.versions())
+                body = encode_heartbeat(
+                    self.id,
+                    self.clock(),
+                    self.epoch,
+                    self.published_seq,
+                    self.core.state,
+                    self.core.versions(),
+                )
                 send(sock, [busmod.HEARTBEAT, body])
                 next_beat = self.monotonic() + heartbeat
 
@@ -481,8 +546,11 @@ class Replicator:
             elif isinstance(item, Heard):
                 self._heard(item, now)
             elif isinstance(item, SnapshotDone):
-                self._act(core.snapshot_completed(item.peer, item.request, item.epoch,
-                                                  item.seq, now, item.versions))
+                self._act(
+                    core.snapshot_completed(
+                        item.peer, item.request, item.epoch, item.seq, now, item.versions
+                    )
+                )
             elif isinstance(item, SnapshotFailed):
                 self._act(core.snapshot_failed(item.peer, item.request, item.reason, now))
             if now >= next_tick:
@@ -532,8 +600,7 @@ class Replicator:
                         lag = max(0.0, now - a.sent_at)
                         first = a.bindings[0]
                         self.lags.extend(itertools.repeat(lag, min(len(a.bindings), 4096)))
-                        self.landings.append((first.origin, first.epoch, first.seq, last.seq,
-                                              lag))
+                        self.landings.append((first.origin, first.epoch, first.seq, last.seq, lag))
                     elif now - handed_at < LAND_LIMIT:
                         pending.append((a, handed_at))
                     else:
@@ -550,12 +617,15 @@ class Replicator:
         timeout = self.cfg.sync_timeout
         started = self.monotonic()
         bus = self.bus
-        assert bus is not None    # only a clustered replicator syncs
+        assert bus is not None  # only a clustered replicator syncs
         sock = None
         try:
             sock = bus.client(busmod.zmq.DEALER, p.snapshot, p.public_key, SNAPSHOT_HWM)
-            send(sock, [busmod.SNAPSHOT_REQUEST, encode_snapshot_request(self.id, request)],
-                 timeout=timeout)
+            send(
+                sock,
+                [busmod.SNAPSHOT_REQUEST, encode_snapshot_request(self.id, request)],
+                timeout=timeout,
+            )
             assembler = SnapshotAssembler(request)
             while True:
                 frames = recv(sock, timeout)
@@ -567,7 +637,7 @@ class Replicator:
                 if kind == busmod.SNAPSHOT_BATCH:
                     bindings = assembler.add(body)
                     for i in range(0, len(bindings), APPLY_CHUNK):
-                        self.apply(bindings[i:i + APPLY_CHUNK])
+                        self.apply(bindings[i : i + APPLY_CHUNK])
                         yield_to_sip()
                 elif kind == busmod.SNAPSHOT_END:
                     end = assembler.finish(body)
@@ -585,8 +655,13 @@ class Replicator:
             if sock is not None:
                 bus.close_socket(sock)
         self.stats["snapshot_bindings_received"] += end.count
-        log.info("snapshot from %s: %d bindings in %d batches, %.0f ms, digest ok", peer,
-                 end.count, end.batches, (self.monotonic() - started) * 1000)
+        log.info(
+            "snapshot from %s: %d bindings in %d batches, %.0f ms, digest ok",
+            peer,
+            end.count,
+            end.batches,
+            (self.monotonic() - started) * 1000,
+        )
         self.inbox.put(SnapshotDone(peer, request, end.epoch, end.seq, end.versions))
 
     def _snapshot_server(self, sock: "zmq.Socket[bytes]") -> None:
@@ -612,24 +687,29 @@ class Replicator:
             except BusError as e:
                 log.warning("snapshot for %s aborted: %s", node, e)
 
-    def _serve_snapshot(self, sock: "zmq.Socket[bytes]", ident: bytes, node: str,
-                        request: int) -> None:
+    def _serve_snapshot(
+        self, sock: "zmq.Socket[bytes]", ident: bytes, node: str, request: int
+    ) -> None:
         started = self.monotonic()
         versions = self.core.versions()
         with gevent.Timeout(SETTLE_LIMIT, False):
             while not self.settled():
                 gevent.sleep(LAND_POLL)
         if not self.settled():
-            log.info("updates still on their way to the table: the snapshot for %s "
-                     "claims no version of other origins", node)
+            log.info(
+                "updates still on their way to the table: the snapshot for %s "
+                "claims no version of other origins",
+                node,
+            )
             versions = {}
         wall = self.clock()
         bindings = [b for b in self.location.all() if b.expires_at > wall]
         epoch, seq = self.epoch, self.published_seq
         rate = self.cfg.snapshot_rate
         sent = 0
-        for is_end, body, n in snapshot_stream(request, bindings, max(1, self.cfg.snapshot_batch),
-                                               epoch, seq, versions):
+        for is_end, body, n in snapshot_stream(
+            request, bindings, max(1, self.cfg.snapshot_batch), epoch, seq, versions
+        ):
             kind = busmod.SNAPSHOT_END if is_end else busmod.SNAPSHOT_BATCH
             send(sock, [ident, kind, body], timeout=self.cfg.sync_timeout)
             sent += n
@@ -639,8 +719,14 @@ class Replicator:
             else:
                 yield_to_sip()
         self.stats["snapshots_served"] += 1
-        log.info("served a snapshot of %d bindings to %s at epoch %d seq %d in %.0f ms",
-                 len(bindings), node, epoch, seq, (self.monotonic() - started) * 1000)
+        log.info(
+            "served a snapshot of %d bindings to %s at epoch %d seq %d in %.0f ms",
+            len(bindings),
+            node,
+            epoch,
+            seq,
+            (self.monotonic() - started) * 1000,
+        )
 
     def status(self, request: dict[str, Any] | None = None) -> dict[str, Any]:
         """Node id, its protocol version (``pv``), sync state, peers with their liveness
@@ -652,18 +738,30 @@ class Replicator:
         costs a pass over the table or the lags (``bindings``, ``entries``,
         ``lag_ms``), for polling a large table.
         """
-        out = {"id": self.id, "pv": PROTOCOL_VERSION, "state": self.state, "epoch": self.epoch,
-               "seq": self.published_seq,
-               "peers": {k: v.status() for k, v in self.core.peers.items()},
-               "bus": dict(self.bus.stats) if self.bus else {}, **self.stats}
+        out = {
+            "id": self.id,
+            "pv": PROTOCOL_VERSION,
+            "state": self.state,
+            "epoch": self.epoch,
+            "seq": self.published_seq,
+            "peers": {k: v.status() for k, v in self.core.peers.items()},
+            "bus": dict(self.bus.stats) if self.bus else {},
+            **self.stats,
+        }
         if (request or {}).get("brief"):
             return out
         lags = sorted(self.lags)
-        pick = (lambda f: round(lags[min(len(lags) - 1, int(f * len(lags)))] * 1000, 3)) \
-            if lags else (lambda f: None)
-        out.update(bindings=self.location.live_count(self.clock()), entries=len(self.location),
-                   lag_ms={"p50": pick(0.5), "p99": pick(0.99), "samples": len(lags)},
-                   peer_lag_ms=self.peer_lags())
+        pick = (
+            (lambda f: round(lags[min(len(lags) - 1, int(f * len(lags)))] * 1000, 3))
+            if lags
+            else (lambda f: None)
+        )
+        out.update(
+            bindings=self.location.live_count(self.clock()),
+            entries=len(self.location),
+            lag_ms={"p50": pick(0.5), "p99": pick(0.99), "samples": len(lags)},
+            peer_lag_ms=self.peer_lags(),
+        )
         return out
 
     def peer_lags(self, per_peer: int = 256) -> dict[str, float]:
@@ -683,9 +781,15 @@ class Replicator:
         runs from the origin's commit to this node's location table holding it.
         """
         origin = (request or {}).get("origin")
-        return {"id": self.id, "unmeasured": self.stats["lag_unmeasured"],
-                "updates": [[o, e, f, la, round(lag * 1000, 3)]
-                            for o, e, f, la, lag in self.landings if origin in (None, o)]}
+        return {
+            "id": self.id,
+            "unmeasured": self.stats["lag_unmeasured"],
+            "updates": [
+                [o, e, f, la, round(lag * 1000, 3)]
+                for o, e, f, la, lag in self.landings
+                if origin in (None, o)
+            ],
+        }
 
     def digest(self, _request: dict[str, Any] | None = None) -> dict[str, Any]:
         """Digest of every unexpired binding and tombstone (``SetDigest.summary``)."""
@@ -693,7 +797,7 @@ class Replicator:
         bindings = self.location.all()
         d = SetDigest()
         for i in range(0, len(bindings), 5000):
-            d.add(bindings[i:i + 5000], wall)
+            d.add(bindings[i : i + 5000], wall)
             gevent.sleep(0)
         return {"id": self.id, "state": self.state, **d.summary()}
 
@@ -714,15 +818,21 @@ def attach_replicator(node: "Node") -> Replicator:
     cfg = node.cfg
     registrar = node.registrar
     assert registrar is not None, "built before the replicator"
-    rep = Replicator(cfg, registrar.sequencer.epoch, node.location, registrar.merge,
-                     settled=registrar.inbox.empty, on_bans=node.peer_bans)
+    rep = Replicator(
+        cfg,
+        registrar.sequencer.epoch,
+        node.location,
+        registrar.merge,
+        settled=registrar.inbox.empty,
+        on_bans=node.peer_bans,
+    )
     rep.start(on_failure=node.actor_died)
     if cfg.control:
         if rep.bus is None:
             rep.bus = make_bus(cfg)
-        control = ControlServer(rep.bus, cfg.control,
-                                {"status": rep.status, "digest": rep.digest,
-                                 "lags": rep.lag_list})
+        control = ControlServer(
+            rep.bus, cfg.control, {"status": rep.status, "digest": rep.digest, "lags": rep.lag_list}
+        )
         control.start(on_failure=node.actor_died)
         rep.control = control
     node.replicator = rep

@@ -77,9 +77,11 @@ class Services:
         out = {}
         for name in NAMES:
             state = self.state(name)
-            out[name] = {"state": state, "restarts": self.restarts[name],
-                         "uptime": round(now - self.started_at[name], 1)
-                         if state == RUNNING else None}
+            out[name] = {
+                "state": state,
+                "restarts": self.restarts[name],
+                "uptime": round(now - self.started_at[name], 1) if state == RUNNING else None,
+            }
         return out
 
     def down(self, name: str) -> bool:
@@ -104,8 +106,12 @@ class Services:
             self.started_at[name] = self.clock()
             if action == "restart":
                 self.restarts[name] += 1
-        log.warning("%s: service %s %s", request.get("from") or "control", name,
-                    {"stop": "stopped", "start": "started", "restart": "restarted"}[action])
+        log.warning(
+            "%s: service %s %s",
+            request.get("from") or "control",
+            name,
+            {"stop": "stopped", "start": "started", "restart": "restarted"}[action],
+        )
         return {"name": name, **self.list()[name]}
 
     def _check(self, name: str, action: str) -> None:
@@ -113,14 +119,20 @@ class Services:
         if name == "front" and node.front is None:
             raise ServiceRefused("no challenge front: [sip] challenge_front is off on this node")
         if name == "replicator":
-            raise ServiceRefused("the replicator carries the control channel and the cluster's "
-                                 "replication: restart the node's process instead")
+            raise ServiceRefused(
+                "the replicator carries the control channel and the cluster's "
+                "replication: restart the node's process instead"
+            )
         if name == "dns" and action == "stop":
-            raise ServiceRefused("the proxy needs the resolver for every call to another "
-                                 "domain: restart it (empties its cache) instead")
+            raise ServiceRefused(
+                "the proxy needs the resolver for every call to another "
+                "domain: restart it (empties its cache) instead"
+            )
         if name == "proxy" and action == "stop" and node.cfg.emergency_numbers:
-            raise ServiceRefused("emergency numbers are configured and must always be routed: "
-                                 "restart the proxy instead")
+            raise ServiceRefused(
+                "emergency numbers are configured and must always be routed: "
+                "restart the proxy instead"
+            )
 
     def _stop_transport(self) -> None:
         self.node.transport.stop()

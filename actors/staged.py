@@ -59,8 +59,9 @@ SYNC_POLL = 0.1
 class StagedConfig:
     """``config_staged``, ``config_health`` and ``config_rollback`` of one node."""
 
-    def __init__(self, sync: ConfigSync, check, synced=None, sync_wait: float = SYNC_WAIT,
-                 spawn=gevent.spawn):
+    def __init__(
+        self, sync: ConfigSync, check, synced=None, sync_wait: float = SYNC_WAIT, spawn=gevent.spawn
+    ):
         self.sync = sync
         self.check = check
         """``check() -> None | reason``: the node's self-check."""
@@ -79,8 +80,9 @@ class StagedConfig:
     @staticmethod
     def _master_only(request: dict, what: str) -> None:
         if request.get("from") != MASTER:
-            log.warning("refused %s from %s: not the master's key", what,
-                        request.get("from") or "?")
+            log.warning(
+                "refused %s from %s: not the master's key", what, request.get("from") or "?"
+            )
             raise BusError(f"{what} is accepted from the master's key only")
 
     def stage(self, request: dict) -> dict:
@@ -89,8 +91,10 @@ class StagedConfig:
         self.stats["received"] += 1
         if not self.synced():
             if request.get("first"):
-                raise BusError("this node is syncing: it cannot check itself, so it cannot "
-                               "be the first node of a rollout")
+                raise BusError(
+                    "this node is syncing: it cannot check itself, so it cannot "
+                    "be the first node of a rollout"
+                )
             return self._stage_syncing(request)
         before = self.check()
         if before is not None:
@@ -103,8 +107,13 @@ class StagedConfig:
         if reason is None:
             return {**result, "healthy": True}
         self._roll_back()
-        return {"version": kept, "applied": False, "healthy": False,
-                "rolled_back": True, "reason": reason}
+        return {
+            "version": kept,
+            "applied": False,
+            "healthy": False,
+            "rolled_back": True,
+            "reason": reason,
+        }
 
     def _take(self, request: dict) -> tuple[dict, dict | None]:
         """Apply ``request``'s version, keeping the one it replaces to roll back to:
@@ -114,8 +123,13 @@ class StagedConfig:
         try:
             result = self.sync.apply(request)
         except BusError as e:
-            return {}, {"version": snapshot["version"], "applied": False, "healthy": False,
-                        "rolled_back": False, "reason": str(e)}
+            return {}, {
+                "version": snapshot["version"],
+                "applied": False,
+                "healthy": False,
+                "rolled_back": False,
+                "reason": str(e),
+            }
         if not result["applied"]:
             return {}, {**result, "healthy": True}
         self.stats["staged"] += 1
@@ -131,10 +145,13 @@ class StagedConfig:
         if self.later is not None:
             self.later.kill(block=False)
         self.later = self.spawn(self._check_once_synced, result["version"])
-        log.info("configuration %d taken while syncing: checked once synced",
-                 result["version"])
-        return {**result, "healthy": True, "checked": False,
-                "reason": "taken while syncing: checked once synced"}
+        log.info("configuration %d taken while syncing: checked once synced", result["version"])
+        return {
+            **result,
+            "healthy": True,
+            "checked": False,
+            "reason": "taken while syncing: checked once synced",
+        }
 
     def _check_once_synced(self, version: int) -> None:
         """Wait (bounded) until synced, then check the node while it runs ``version``;
@@ -142,8 +159,11 @@ class StagedConfig:
         deadline = time.monotonic() + self.sync_wait
         while not self.synced():
             if time.monotonic() >= deadline:
-                log.warning("configuration %d taken while syncing: not synced within %.0f s, "
-                            "not checked", version, self.sync_wait)
+                log.warning(
+                    "configuration %d taken while syncing: not synced within %.0f s, not checked",
+                    version,
+                    self.sync_wait,
+                )
                 return
             gevent.sleep(SYNC_POLL)
         if not self._runs_staged(version):
@@ -151,19 +171,29 @@ class StagedConfig:
         reason = self.check()
         if reason is None or not self._runs_staged(version):  # a newer one came meanwhile
             return
-        log.warning("configuration %d taken while syncing fails the self-check (%s): "
-                    "rolled back", version, reason)
+        log.warning(
+            "configuration %d taken while syncing fails the self-check (%s): rolled back",
+            version,
+            reason,
+        )
         self._roll_back()
 
     def _runs_staged(self, version: int) -> bool:
-        return (self.previous is not None and self.staged_version == version
-                and self.sync.version()["version"] == version)
+        return (
+            self.previous is not None
+            and self.staged_version == version
+            and self.sync.version()["version"] == version
+        )
 
     def health(self, _request: dict) -> dict:
         """Run the self-check now: the version run, healthy or not and why."""
         reason = self.check()
-        return {**self.sync.version(), "healthy": reason is None, "reason": reason or "",
-                **self.stats}
+        return {
+            **self.sync.version(),
+            "healthy": reason is None,
+            "reason": reason or "",
+            **self.stats,
+        }
 
     def rollback(self, request: dict) -> dict:
         """Put back what ran before staged version ``version``, if the node still runs it."""
@@ -198,8 +228,10 @@ def attach_staged(node) -> StagedConfig | None:
                 silent.bind((cfg.address, 0))
                 return self_check(cfg.address, silent.getsockname()[1], cfg.domain)
         return self_check(cfg.address, cfg.port, cfg.domain)
-    staged = node.staged_config = StagedConfig(sync, check, lambda: node.replicator.synced,
-                                               spawn=node.group.spawn)
+
+    staged = node.staged_config = StagedConfig(
+        sync, check, lambda: node.replicator.synced, spawn=node.group.spawn
+    )
     control = node.replicator.control
     control.handle("config_staged", staged.stage)
     control.handle("config_health", staged.health)

@@ -56,7 +56,7 @@ def challenge_program(scan: int = SCAN) -> list[tuple]:
     Authorization in the first ``scan`` bytes."""
     prog = [
         _insn(_LD_W_LEN),
-        _insn(_JGE_K, 9, jt=1),                 # shorter than "REGISTER ": the node's
+        _insn(_JGE_K, 9, jt=1),  # shorter than "REGISTER ": the node's
         _insn(_RET_K, NODE),
         _insn(_LD_W_ABS, 0),
         _insn(_JEQ_K, int.from_bytes(b"REGI", "big"), jt=1),

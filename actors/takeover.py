@@ -31,7 +31,6 @@ from sipcore.uri import split_hostport
 from sipcore.takeover import to_hold, udp_sources
 
 
-
 log = logging.getLogger(__name__)
 
 
@@ -77,8 +76,9 @@ class Takeover:
 
     def _announce(self, address: str) -> None:
         if self.arping:
-            self.run(["arping", "-q", "-U", "-c", "1", "-I", self.interface, "-s", address,
-                      address])
+            self.run(
+                ["arping", "-q", "-U", "-c", "1", "-I", self.interface, "-s", address, address]
+            )
 
     def _addresses(self) -> dict[str, str]:
         peers = self.node.replicator.peers
@@ -95,8 +95,20 @@ class Takeover:
         for pid in wanted:
             address = addresses[pid]
             lft = str(int(self.lifetime))
-            if not self.run(["ip", "addr", "replace", f"{address}/32", "dev", self.interface,
-                             "valid_lft", lft, "preferred_lft", lft]):
+            if not self.run(
+                [
+                    "ip",
+                    "addr",
+                    "replace",
+                    f"{address}/32",
+                    "dev",
+                    self.interface,
+                    "valid_lft",
+                    lft,
+                    "preferred_lft",
+                    lft,
+                ]
+            ):
                 continue
             if pid not in self.held:
                 try:
@@ -108,8 +120,13 @@ class Takeover:
                 self.held[pid] = address
                 self.taken += 1
                 self._announce(address)
-                log.warning("took over %s's address %s (%s is %s)", pid, address, pid,
-                            states.get(pid, "unknown"))
+                log.warning(
+                    "took over %s's address %s (%s is %s)",
+                    pid,
+                    address,
+                    pid,
+                    states.get(pid, "unknown"),
+                )
             self._route(pid, address)
         keepalive = self.node.keepalive
         if keepalive is not None:
@@ -159,8 +176,11 @@ def attach_takeover(node) -> Takeover | None:
         return None
     takeover = node.takeover = Takeover(node, arping=has_arping())
     if len(cfg.peers) < 2:
-        log.warning("takeover needs 3 nodes or more: with %d, no address is ever taken over "
-                    "(a quorum is a strict majority)", len(cfg.peers) + 1)
+        log.warning(
+            "takeover needs 3 nodes or more: with %d, no address is ever taken over "
+            "(a quorum is a strict majority)",
+            len(cfg.peers) + 1,
+        )
     if not takeover.arping:
         log.warning("arping not installed: neighbours learn a taken address slowly")
     takeover.claim_own()

@@ -16,8 +16,24 @@ import time
 
 from sipcore.call_events import ATTEMPT
 
-METHODS = frozenset(("REGISTER", "INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "SUBSCRIBE",
-                     "NOTIFY", "PUBLISH", "MESSAGE", "INFO", "PRACK", "UPDATE", "REFER"))
+METHODS = frozenset(
+    (
+        "REGISTER",
+        "INVITE",
+        "ACK",
+        "BYE",
+        "CANCEL",
+        "OPTIONS",
+        "SUBSCRIBE",
+        "NOTIFY",
+        "PUBLISH",
+        "MESSAGE",
+        "INFO",
+        "PRACK",
+        "UPDATE",
+        "REFER",
+    )
+)
 """Methods counted by name; any other (a hostile token) is counted as ``other``, so the
 table stays bounded."""
 
@@ -57,12 +73,15 @@ def attach_traffic(node) -> Traffic:
         requests shed by method; None when it is off)."""
         out = inner(request)
         admission = node.transport.admission
-        out.update(started_at=node.started_at, uptime=round(time.time() - node.started_at, 1),
-                   requests=dict(traffic.requests),
-                   responses=codes(node.transport.sent_codes),
-                   call_attempts=node.proxy.call_log.counts.get(ATTEMPT, 0),
-                   refused=dict(node.transport.stats),
-                   overload=admission.status() if admission is not None else None)
+        out.update(
+            started_at=node.started_at,
+            uptime=round(time.time() - node.started_at, 1),
+            requests=dict(traffic.requests),
+            responses=codes(node.transport.sent_codes),
+            call_attempts=node.proxy.call_log.counts.get(ATTEMPT, 0),
+            refused=dict(node.transport.stats),
+            overload=admission.status() if admission is not None else None,
+        )
         return out
 
     control.handle("status", status)

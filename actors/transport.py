@@ -66,8 +66,19 @@ DROP_FACTOR = 10
 #: how often the event loop's lag is measured (seconds)
 LAG_EVERY = 0.05
 
-__all__ = ["Connection", "Dest", "Limits", "NO_LIMITS", "TlsContexts", "Transport", "drain",
-           "udp_socket", "unix_socket", "unwrap", "wrap"]
+__all__ = [
+    "Connection",
+    "Dest",
+    "Limits",
+    "NO_LIMITS",
+    "TlsContexts",
+    "Transport",
+    "drain",
+    "udp_socket",
+    "unix_socket",
+    "unwrap",
+    "wrap",
+]
 
 _CONTENT_LENGTH = re.compile(rb"(?im)^(content-length|l)[ \t]*:[^\r\n]*")
 
@@ -119,8 +130,9 @@ class Connection:
     """One TCP or TLS connection, with a lock so concurrent sends do not interleave.
     ``emergency_only``: over its source's cap, it carries emergency calls only."""
 
-    def __init__(self, sock, peer: tuple[str, int], transport: str = "tcp",
-                 emergency_only: bool = False):
+    def __init__(
+        self, sock, peer: tuple[str, int], transport: str = "tcp", emergency_only: bool = False
+    ):
         self.sock = sock
         self.peer = peer
         self.transport = transport
@@ -163,12 +175,21 @@ class Transport:
     ``front_path``, each with its original source.
     """
 
-    def __init__(self, address: str, port: int, on_request, on_response,
-                 tcp_connect_timeout: float = 2.0, front_path: str | None = None,
-                 limits: Limits = NO_LIMITS, tls: TlsContexts | None = None, tls_port: int = 0,
-                 quick: Callable[[bytes, str, int], bool] | None = None,
-                 shared_buckets: str | None = None,
-                 trusted: Callable[[str], bool] | None = None):
+    def __init__(
+        self,
+        address: str,
+        port: int,
+        on_request,
+        on_response,
+        tcp_connect_timeout: float = 2.0,
+        front_path: str | None = None,
+        limits: Limits = NO_LIMITS,
+        tls: TlsContexts | None = None,
+        tls_port: int = 0,
+        quick: Callable[[bytes, str, int], bool] | None = None,
+        shared_buckets: str | None = None,
+        trusted: Callable[[str], bool] | None = None,
+    ):
         self.address = address
         self.port = port
         self.on_request = on_request
@@ -197,15 +218,25 @@ class Transport:
         self.log_limit = LogLimiter(limits.log_rate)
         #: open TCP connections per source address
         self.per_source: dict[str, int] = {}
-        self.stats = {"rate_limited": 0, "oversized": 0, "tcp_refused": 0, "tcp_evicted": 0,
-                      "tcp_timed_out": 0, "tls_failed": 0, "tcp_emergency_only": 0,
-                      "tcp_framing": 0}
+        self.stats = {
+            "rate_limited": 0,
+            "oversized": 0,
+            "tcp_refused": 0,
+            "tcp_evicted": 0,
+            "tcp_timed_out": 0,
+            "tls_failed": 0,
+            "tcp_emergency_only": 0,
+            "tcp_framing": 0,
+        }
         #: connections open over their source's cap (``EMERGENCY_EXTRA`` at most)
         self.extra = 0
         #: the node-wide admission control (``sipcore.overload``), None when off;
         #: ``trusted(ip)`` says whether a source authenticated recently
-        self.admission = Admission(limits.overload(), limits.emergency_numbers, trusted) \
-            if limits.overload_delay > 0 else None
+        self.admission = (
+            Admission(limits.overload(), limits.emergency_numbers, trusted)
+            if limits.overload_delay > 0
+            else None
+        )
         #: the event loop's lag (seconds) at its last measure, the load measure of
         #: the messages that carry no receive timestamp (TCP, TLS)
         self.lag = 0.0
@@ -280,8 +311,10 @@ class Transport:
         udp.bind((address, self.port))
         servers = []
         try:
-            for port, serve in ((self.port, self._serve_connection),
-                                *(((self.tls_port, self._serve_tls),) if self.tls_server else ())):
+            for port, serve in (
+                (self.port, self._serve_connection),
+                *(((self.tls_port, self._serve_tls),) if self.tls_server else ()),
+            ):
                 listener = socket.socket(self.family, _socket.SOCK_STREAM)
                 listener.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
                 listener.bind((address, port))
@@ -302,8 +335,12 @@ class Transport:
 
         loop = gevent.spawn(drain, udp._sock, heard, self.fair_share)
         self.addresses[address] = (udp, servers, loop)
-        log.info("listening on %s:%d too (udp, tcp%s)", address, self.port,
-                 ", tls" if self.tls_server else "")
+        log.info(
+            "listening on %s:%d too (udp, tcp%s)",
+            address,
+            self.port,
+            ", tls" if self.tls_server else "",
+        )
 
     def remove_address(self, address: str) -> None:
         """Stop listening on a further ``address`` (given back to its owner)."""
@@ -339,11 +376,13 @@ class Transport:
     def _udp_loop(self) -> None:
         receive = self.receive
         if self.admission is None:
-            drain(self.udp._sock, lambda data, addr: receive(data, addr[0], addr[1]),
-                  self.fair_share)
+            drain(
+                self.udp._sock, lambda data, addr: receive(data, addr[0], addr[1]), self.fair_share
+            )
         else:
-            drain_stamped(self.udp._sock, receive, self.fair_share, lambda: self.lag,
-                          self.admission.drained)
+            drain_stamped(
+                self.udp._sock, receive, self.fair_share, lambda: self.lag, self.admission.drained
+            )
 
     def _measure_lag(self) -> None:
         """Measure how late the event loop wakes a sleeper, for ever."""
@@ -370,11 +409,16 @@ class Transport:
             return True
         if verdict == ABSORB:
             return False
-        self._log("overload", "overloaded (a new request waited %.0f ms): shedding new "
-                  "requests", 1000 * delay)
+        self._log(
+            "overload",
+            "overloaded (a new request waited %.0f ms): shedding new requests",
+            1000 * delay,
+        )
         # Ten times past its bound, the node cannot afford the parse a 503 needs.
-        if self.limits.overload_response == "drop" or \
-                delay > DROP_FACTOR * self.limits.overload_delay:
+        if (
+            self.limits.overload_response == "drop"
+            or delay > DROP_FACTOR * self.limits.overload_delay
+        ):
             return False
         retry = self.limits.overload_retry_after
         retry = random.randint(retry, 2 * retry)
@@ -398,8 +442,11 @@ class Transport:
         rate-limited, admitted (``sipcore.overload``), offered to ``quick``, then
         handled; never raises."""
         limiter = self.limiter
-        if limiter is not None and not limiter.allow(ip, time.monotonic()) \
-                and not self.limits.emergency_numbers.invite(data):
+        if (
+            limiter is not None
+            and not limiter.allow(ip, time.monotonic())
+            and not self.limits.emergency_numbers.invite(data)
+        ):
             self.stats["rate_limited"] += 1
             self._log("rate_limited", "rate limit: dropping datagrams from %s", ip)
             return
@@ -437,8 +484,7 @@ class Transport:
                     break
                 buf += data
                 for ip, port, payload in unwrap(buf):
-                    if self.admission is None or self.admit(payload, "udp", ip, port,
-                                                            self.load()):
+                    if self.admission is None or self.admit(payload, "udp", ip, port, self.load()):
                         handle(payload, "udp", ip, port)
                 # A busy stream never blocks, so recv() never yields: let
                 # the actors run between chunks, as the UDP loop does.
@@ -464,10 +510,14 @@ class Transport:
                 self.on_response(msg, (transport, ip, port))
         except SipError as err:
             self.malformed += 1
-            req = err.request if err.request is not None else (
-                msg if isinstance(msg, Request) else None)
-            self._log("malformed", "malformed message from %s:%s:%d: %s", transport, ip, port,
-                      err.reason)
+            req = (
+                err.request
+                if err.request is not None
+                else (msg if isinstance(msg, Request) else None)
+            )
+            self._log(
+                "malformed", "malformed message from %s:%s:%d: %s", transport, ip, port, err.reason
+            )
             if req is not None and req.method != "ACK":
                 try:
                     self.send((transport, ip, port), error_response(req, err).encode())
@@ -504,8 +554,12 @@ class Transport:
             # connections held open by a few addresses cannot lock clients out.
             idle = min(self.connections.values(), key=lambda c: c.active)
             self.stats["tcp_evicted"] += 1
-            self._log("tcp_evicted", "%d tcp connections: closing the idlest, from %s:%d",
-                      len(self.connections), *idle.peer)
+            self._log(
+                "tcp_evicted",
+                "%d tcp connections: closing the idlest, from %s:%d",
+                len(self.connections),
+                *idle.peer,
+            )
             del self.connections[idle.peer]
             idle.sock.close()
         conn = Connection(sock, (ip, addr[1]), transport, emergency_only=over)
@@ -513,8 +567,12 @@ class Transport:
         if over:
             self.extra += 1
             self.stats["tcp_emergency_only"] += 1
-            self._log("tcp_emergency_only", "tcp connection from %s over its cap (%d from it): "
-                      "for emergency calls only", ip, held)
+            self._log(
+                "tcp_emergency_only",
+                "tcp connection from %s over its cap (%d from it): for emergency calls only",
+                ip,
+                held,
+            )
         try:
             self._read_connection(conn, handshake=transport == "tls")
         finally:
@@ -536,15 +594,21 @@ class Transport:
                 if started is not None:
                     timeout = min(timeout, started + limits.tcp_header_timeout - time.monotonic())
                 if conn.emergency_only and not conn.proven:
-                    timeout = min(timeout, conn.accepted + limits.tcp_header_timeout
-                                  - time.monotonic())
+                    timeout = min(
+                        timeout, conn.accepted + limits.tcp_header_timeout - time.monotonic()
+                    )
                 conn.sock.settimeout(max(0.01, timeout))
                 try:
                     data = conn.sock.recv(65536)
                 except TimeoutError:
                     self.stats["tcp_timed_out"] += 1
-                    self._log("tcp_timeout", "closing tcp %s:%d: %s", ip, port,
-                              "message too slow" if started is not None else "idle")
+                    self._log(
+                        "tcp_timeout",
+                        "closing tcp %s:%d: %s",
+                        ip,
+                        port,
+                        "message too slow" if started is not None else "idle",
+                    )
                     break
                 if not data:
                     break
@@ -553,11 +617,16 @@ class Transport:
                     if raw == StreamFramer.PING:
                         conn.send(b"\r\n")
                     elif conn.emergency_only and not self._emergency_traffic(conn, raw):
-                        self._log("tcp_refused", "closing tcp %s:%d over the cap of its "
-                                  "source: not an emergency call", ip, port)
+                        self._log(
+                            "tcp_refused",
+                            "closing tcp %s:%d over the cap of its source: not an emergency call",
+                            ip,
+                            port,
+                        )
                         return
-                    elif self.admission is None or self.admit(raw, conn.transport, ip, port,
-                                                              self.load()):
+                    elif self.admission is None or self.admit(
+                        raw, conn.transport, ip, port, self.load()
+                    ):
                         self.handle(raw, conn.transport, ip, port)
                 if conn.framer.buf.strip(b"\r\n"):
                     if started is None:
@@ -603,16 +672,21 @@ class Transport:
         raw = conn.sock
         raw.settimeout(self.limits.tcp_header_timeout)
         try:
-            tls = self.tls.server.wrap_socket(raw, server_side=True,
-                                              do_handshake_on_connect=False)
+            tls = self.tls.server.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
             conn.sock = tls
             tls.do_handshake()
             conn.certificate = peer_certificate(tls)
             return True
         except (OSError, ValueError) as e:
             self.stats["tls_failed"] += 1
-            self._log("tls_failed", "tls handshake with %s:%d failed: %s%s", ip, port,
-                      "timed out" if isinstance(e, TimeoutError) else e, tls_failure_hint(e))
+            self._log(
+                "tls_failed",
+                "tls handshake with %s:%d failed: %s%s",
+                ip,
+                port,
+                "timed out" if isinstance(e, TimeoutError) else e,
+                tls_failure_hint(e),
+            )
             raw.close()
             return False
 
@@ -622,7 +696,7 @@ class Transport:
         holds, when its request line and the headers a response copies can be
         read with its Content-Length set aside (else nothing: no response could
         be matched to it)."""
-        buf = bytes(conn.framer.buf[:self.limits.max_message_size])
+        buf = bytes(conn.framer.buf[: self.limits.max_message_size])
         end = buf.find(b"\r\n\r\n")
         if end < 0 or buf[:4] == b"SIP/":
             return
@@ -674,8 +748,14 @@ class Transport:
             # A destination no socket takes (a port past 65535, a host no codec
             # encodes, a NUL), as a hostile Contact or Via may name: dropped, so that
             # it never escapes into the actor that sends.
-            self._log("bad_destination", "bad destination %s:%.80r:%.20r dropped: %s",
-                      transport, host, port, e)
+            self._log(
+                "bad_destination",
+                "bad destination %s:%.80r:%.20r dropped: %s",
+                transport,
+                host,
+                port,
+                e,
+            )
             return False
 
     def keepalive(self, dest: Dest, data: bytes) -> bool:
@@ -709,8 +789,9 @@ class Transport:
         # A host no codec takes raises here, in ``send``, rather than in the resolver's
         # thread, whose hub prints every such error unlimited.
         host.encode("idna")
-        sock = socket.create_connection((host, port), timeout=self.connect_timeout,
-                                        source_address=source)
+        sock = socket.create_connection(
+            (host, port), timeout=self.connect_timeout, source_address=source
+        )
         if transport == "tls":
             assert self.tls is not None
             # The request follows the handshake's last flight at once: Nagle would
@@ -727,8 +808,13 @@ class Transport:
         return conn
 
 
-_UNTRUSTED_ALERTS = ("ALERT_UNKNOWN_CA", "ALERT_BAD_CERTIFICATE", "ALERT_CERTIFICATE_UNKNOWN",
-                     "ALERT_UNSUPPORTED_CERTIFICATE", "ALERT_CERTIFICATE_EXPIRED")
+_UNTRUSTED_ALERTS = (
+    "ALERT_UNKNOWN_CA",
+    "ALERT_BAD_CERTIFICATE",
+    "ALERT_CERTIFICATE_UNKNOWN",
+    "ALERT_UNSUPPORTED_CERTIFICATE",
+    "ALERT_CERTIFICATE_EXPIRED",
+)
 
 
 def peer_certificate(sock) -> tuple[str, str] | None:
@@ -748,9 +834,11 @@ def tls_failure_hint(error: Exception) -> str:
     refused the node's certificate, or one that spoke something other than TLS."""
     reason = str(getattr(error, "reason", "") or "")
     if reason.endswith(_UNTRUSTED_ALERTS):
-        return (" (the client does not trust this node's certificate: give the phone the CA "
-                "that signed sip.tls_cert, e.g. the lab CA, and use the node's address or "
-                "domain as the host it checks)")
+        return (
+            " (the client does not trust this node's certificate: give the phone the CA "
+            "that signed sip.tls_cert, e.g. the lab CA, and use the node's address or "
+            "domain as the host it checks)"
+        )
     if reason in ("WRONG_VERSION_NUMBER", "HTTP_REQUEST", "UNEXPECTED_RECORD"):
         return " (the client did not speak TLS: plain SIP sent to the TLS port?)"
     return ""
@@ -796,8 +884,8 @@ def unwrap(buf: bytearray) -> list[tuple[str, int, bytes]]:
             raise ValueError("frame of %d bytes" % size)
         if len(buf) < 4 + size:
             break
-        frame = bytes(buf[4:4 + size])
-        del buf[:4 + size]
+        frame = bytes(buf[4 : 4 + size])
+        del buf[: 4 + size]
         head, nl, payload = frame.partition(b"\n")
         ip, _, port = head.partition(b" ")
         if not nl or not port.isdigit():
@@ -806,8 +894,9 @@ def unwrap(buf: bytearray) -> list[tuple[str, int, bytes]]:
     return out
 
 
-def drain_stamped(raw, on_datagram, fair_share: int = 64, lag=lambda: 0.0,
-                  on_empty=lambda: None) -> None:
+def drain_stamped(
+    raw, on_datagram, fair_share: int = 64, lag=lambda: 0.0, on_empty=lambda: None
+) -> None:
     """``drain`` for a socket with ``SO_TIMESTAMPNS`` on: ``on_datagram(data, ip,
     port, delay)`` gets with each datagram the seconds it waited in the socket's
     receive queue; ``on_empty()`` hears each time the socket is found empty.

@@ -35,7 +35,13 @@ class WatchedProcess:
     def status(self) -> dict:
         """JSON-ready state of the process for ``run.py lab status``."""
         up = self.alive()
-        return {"id": self.id, "address": self.where, "running": up,
-                "uptime": round(time.monotonic() - self.started, 1) if up else 0.0,
-                "pid": self.proc.pid if up and self.proc else None,
-                "deaths": self.deaths, "restarts": self.restarts, "last_exit": self.last_exit}
+        return {
+            "id": self.id,
+            "address": self.where,
+            "running": up,
+            "uptime": round(time.monotonic() - self.started, 1) if up else 0.0,
+            "pid": self.proc.pid if up and self.proc else None,
+            "deaths": self.deaths,
+            "restarts": self.restarts,
+            "last_exit": self.last_exit,
+        }

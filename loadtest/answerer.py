@@ -42,8 +42,9 @@ class AnsweringAgent:
     is called from one greenlet), their responses handed over by a queue.
     """
 
-    def __init__(self, local_ip: str = "127.0.0.1", ring: float = 0.05, t1: float = 0.5,
-                 timeout: float = 8.0):
+    def __init__(
+        self, local_ip: str = "127.0.0.1", ring: float = 0.05, t1: float = 0.5, timeout: float = 8.0
+    ):
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind((local_ip, 0))
         self.local = self.sock.getsockname()
@@ -78,15 +79,29 @@ class AnsweringAgent:
             phone.close()
         self.sock.close()
 
-    def register(self, nodes: list[tuple[str, int]], users: list[tuple[str, str]], domain: str,
-                 expires: int = 300) -> int:
+    def register(
+        self,
+        nodes: list[tuple[str, int]],
+        users: list[tuple[str, str]],
+        domain: str,
+        expires: int = 300,
+    ) -> int:
         """Register (or refresh) ``users`` with this agent as their contact; return how many
         got a 2xx. A node that does not answer is put last, and the user tried at the next
         one, as a phone does; failures are logged with their status."""
         if not self.phones:
             # Registered from this socket: the proxy sends calls back over the REGISTER's flow.
-            self.phones = [SipClient(nodes[0], u, pw, domain, timeout=self.timeout,
-                                     shared=(self.sock, self._responses)) for u, pw in users]
+            self.phones = [
+                SipClient(
+                    nodes[0],
+                    u,
+                    pw,
+                    domain,
+                    timeout=self.timeout,
+                    shared=(self.sock, self._responses),
+                )
+                for u, pw in users
+            ]
         self.nodes = list(nodes)
         ok = 0
         for phone in self.phones:
@@ -96,16 +111,16 @@ class AnsweringAgent:
                     resp = phone.register(expires)
                     break
                 except SipClientError as e:
-                    log.warning("answerer: REGISTER %s at %s failed: %s", phone.user,
-                                phone.server, e)
+                    log.warning(
+                        "answerer: REGISTER %s at %s failed: %s", phone.user, phone.server, e
+                    )
                     self.nodes.append(self.nodes.pop(0))
             else:
                 continue
             if resp.status < 300:
                 ok += 1
             else:
-                log.warning("answerer: REGISTER %s got %d %s", phone.user, resp.status,
-                            resp.reason)
+                log.warning("answerer: REGISTER %s got %d %s", phone.user, resp.status, resp.reason)
         return ok
 
     def _serve(self) -> None:
@@ -154,9 +169,9 @@ class AnsweringAgent:
                 self._send(req, addr, 200)
                 self._send(pending[0], addr, 487, pending[1])
             elif (branch, "INVITE") in self._last:
-                self._send(req, addr, 200)     # answered already: the CANCEL changes nothing
+                self._send(req, addr, 200)  # answered already: the CANCEL changes nothing
             else:
-                self._send(req, addr, 481)     # no such transaction (§9.2)
+                self._send(req, addr, 481)  # no such transaction (§9.2)
         elif method == "OPTIONS":
             self._send(req, addr, 200)
         else:
@@ -186,8 +201,9 @@ class AnsweringAgent:
     def _sdp(self) -> bytes:
         return sdp_offer(self.local[0], 40002)
 
-    def _send(self, req: Request, addr, status: int, tag: str | None = None,
-              body: bytes = b"") -> bytes:
+    def _send(
+        self, req: Request, addr, status: int, tag: str | None = None, body: bytes = b""
+    ) -> bytes:
         headers = [("Contact", f"<sip:answer@{self.local[0]}:{self.local[1]}>")]
         if req.method == "INVITE" and 100 < status < 300:
             # The dialog's route set (§12.1.1): the proxies that Record-Routed stay on its path.

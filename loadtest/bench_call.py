@@ -25,9 +25,17 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from loadtest.bench_register import cpu_seconds, write_register_inf
-from loadtest.harness import (SIPP_BUFFERS, SIPP_DIR, NodeProcess, _last_stats,
-                              free_port, run_sipp, write_users_csv)
+from loadtest.harness import (
+    SIPP_BUFFERS,
+    SIPP_DIR,
+    NodeProcess,
+    _last_stats,
+    free_port,
+    run_sipp,
+    write_users_csv,
+)
 from loadtest.report import format_rows, sipp_row
+
 
 #: SIPp socket buffers (bytes): its 64 KB default drops datagrams in bursts
 def write_call_inf(path: str, callers, domain: str, callee: str) -> None:
@@ -40,32 +48,72 @@ def write_call_inf(path: str, callers, domain: str, callee: str) -> None:
             f.write(f"{user};{domain};{target};[authentication username={user} password={pw}]\n")
 
 
-def register_contact(node, user: str, password: str, port: int, workdir: str,
-                     transport: str = "u1") -> bool:
+def register_contact(
+    node, user: str, password: str, port: int, workdir: str, transport: str = "u1"
+) -> bool:
     """Register ``user`` with a contact on local ``port`` (where a UAS will listen)."""
     inf = os.path.join(workdir, f"reg-{user}-{port}.csv")
     write_register_inf(inf, [(user, password)], node.domain)
-    res = run_sipp("register_auth.xml", f"{node.address}:{node.port}", workdir, inf=inf,
-                   calls=1, rate=10, local_port=port, transport=transport, timeout=20)
+    res = run_sipp(
+        "register_auth.xml",
+        f"{node.address}:{node.port}",
+        workdir,
+        inf=inf,
+        calls=1,
+        rate=10,
+        local_port=port,
+        transport=transport,
+        timeout=20,
+    )
     return res.successful == 1
 
 
 class Uas:
     """A SIPp UAS scenario running in the background on one port."""
 
-    def __init__(self, scenario: str, port: int, workdir: str, calls: int = 0,
-                 address: str = "127.0.0.1", transport: str = "u1", prefix: tuple = (),
-                 args: tuple = ()):
+    def __init__(
+        self,
+        scenario: str,
+        port: int,
+        workdir: str,
+        calls: int = 0,
+        address: str = "127.0.0.1",
+        transport: str = "u1",
+        prefix: tuple = (),
+        args: tuple = (),
+    ):
         self.port = port
         self.stf = os.path.join(workdir, f"uas-{port}-{time.monotonic_ns()}.csv")
         sf = scenario if os.path.isabs(scenario) else os.path.join(SIPP_DIR, scenario)
-        cmd = [*prefix, "sipp", "-sf", sf, "-i", address, "-p", str(port), "-t", transport,
-               "-nostdin", "-trace_stat", "-stf", self.stf, "-fd", "1",
-               "-max_retrans", "5", "-recv_timeout", "20s", *SIPP_BUFFERS, *args]
+        cmd = [
+            *prefix,
+            "sipp",
+            "-sf",
+            sf,
+            "-i",
+            address,
+            "-p",
+            str(port),
+            "-t",
+            transport,
+            "-nostdin",
+            "-trace_stat",
+            "-stf",
+            self.stf,
+            "-fd",
+            "1",
+            "-max_retrans",
+            "5",
+            "-recv_timeout",
+            "20s",
+            *SIPP_BUFFERS,
+            *args,
+        ]
         if calls:
             cmd += ["-m", str(calls)]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                     cwd=workdir)
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=workdir
+        )
 
     def stop(self, timeout: float = 10.0) -> dict:
         """Stop SIPp (gracefully, then by force) and return its last statistics."""
@@ -116,10 +164,19 @@ def main() -> int:
                 return 1
             uas = Uas("uas_answer.xml", port, work)
             cpu0 = cpu_seconds(node.proc.pid)
-            res = run_sipp("uac_auth_call.xml", f"{node.address}:{node.port}", work, inf=inf,
-                           calls=args.calls, rate=args.rate, limit=args.limit,
-                           transport=args.transport, timeout=args.timeout, extra=SIPP_BUFFERS,
-                           rtt=True)
+            res = run_sipp(
+                "uac_auth_call.xml",
+                f"{node.address}:{node.port}",
+                work,
+                inf=inf,
+                calls=args.calls,
+                rate=args.rate,
+                limit=args.limit,
+                transport=args.transport,
+                timeout=args.timeout,
+                extra=SIPP_BUFFERS,
+                rtt=True,
+            )
             cpu = cpu_seconds(node.proc.pid) - cpu0
         finally:
             uas_stats = uas.stop() if uas is not None else {}
@@ -134,7 +191,9 @@ def main() -> int:
         f"node CPU: {cpu:.2f} s = {100 * cpu / secs:.0f}% of one core, "
         f"{1e6 * cpu / max(1, res.successful):.0f} us per call\n"
         "in the columns of a Locust run's report (loadtest/report.py):\n"
-        + "\n".join(format_rows([sipp_row("INVITE setup", res)])) + "\n")
+        + "\n".join(format_rows([sipp_row("INVITE setup", res)]))
+        + "\n"
+    )
     return 0 if res.failed == 0 and res.returncode == 0 else 1
 
 

@@ -33,12 +33,25 @@ NUMBER = "95551234567"
 
 def dialplan_toml(rules: int, gateway_port: int, callers: list[str]) -> str:
     """A ``[dialplan]`` of ``rules`` rules to one gateway, ``local`` for every caller."""
-    lines = ["[dialplan]", "probe_interval = 0", "",
-             "[[dialplan.gateways]]", 'name = "gw"', 'host = "127.0.0.1"',
-             f"port = {gateway_port}", ""]
+    lines = [
+        "[dialplan]",
+        "probe_interval = 0",
+        "",
+        "[[dialplan.gateways]]",
+        'name = "gw"',
+        'host = "127.0.0.1"',
+        f"port = {gateway_port}",
+        "",
+    ]
     for k in range(rules):
-        lines += ["[[dialplan.rules]]", f'pattern = "9{k:03d}xxxxxxx"', "strip = 1",
-                  'gateways = ["gw"]', 'permission = "local"', ""]
+        lines += [
+            "[[dialplan.rules]]",
+            f'pattern = "9{k:03d}xxxxxxx"',
+            "strip = 1",
+            'gateways = ["gw"]',
+            'permission = "local"',
+            "",
+        ]
     for user in callers:
         lines += [f"[dialplan.users.{user}]", 'permissions = ["local"]', ""]
     return "\n".join(lines)
@@ -49,18 +62,29 @@ def place(node, work: str, rows, callee: str, args) -> tuple:
     inf = os.path.join(work, f"calls-{callee}.csv")
     write_call_inf(inf, rows, node.domain, callee)
     cpu0 = cpu_seconds(node.proc.pid)
-    res = run_sipp("uac_auth_call.xml", f"{node.address}:{node.port}", work, inf=inf,
-                   calls=args.calls, rate=args.rate, limit=args.limit, timeout=args.timeout,
-                   extra=SIPP_BUFFERS, prefix=LOAD_CPU)
+    res = run_sipp(
+        "uac_auth_call.xml",
+        f"{node.address}:{node.port}",
+        work,
+        inf=inf,
+        calls=args.calls,
+        rate=args.rate,
+        limit=args.limit,
+        timeout=args.timeout,
+        extra=SIPP_BUFFERS,
+        prefix=LOAD_CPU,
+    )
     return res, cpu_seconds(node.proc.pid) - cpu0
 
 
 def report(name: str, res, cpu: float, rate: int) -> str:
     secs = res.elapsed
-    return (f"{name}: {res.successful} ok, {res.failed} failed, {res.retransmissions} "
-            f"retransmissions in {secs:.2f} s; {res.successful / secs:.0f} calls/s "
-            f"(offered {rate}/s); node CPU {cpu:.2f} s = "
-            f"{1e6 * cpu / max(1, res.successful):.0f} us per call\n")
+    return (
+        f"{name}: {res.successful} ok, {res.failed} failed, {res.retransmissions} "
+        f"retransmissions in {secs:.2f} s; {res.successful / secs:.0f} calls/s "
+        f"(offered {rate}/s); node CPU {cpu:.2f} s = "
+        f"{1e6 * cpu / max(1, res.successful):.0f} us per call\n"
+    )
 
 
 def main() -> int:
@@ -77,8 +101,11 @@ def main() -> int:
         gateway_port, phone_port = free_port(), free_port()
         users = os.path.join(work, "users.csv")
         rows = write_users_csv(users, args.callers + 1)
-        node = NodeProcess(work, prefix=NODE_CPU, extra=dialplan_toml(
-            args.rules, gateway_port, [u for u, _ in rows[1:]]))
+        node = NodeProcess(
+            work,
+            prefix=NODE_CPU,
+            extra=dialplan_toml(args.rules, gateway_port, [u for u, _ in rows[1:]]),
+        )
         out = node.run_cli("user", "import", users)
         if out.returncode:
             sys.stderr.write(out.stderr)
@@ -99,8 +126,7 @@ def main() -> int:
                     uas.stop()
             node.stop()
     sys.stdout.write(report("calls between phones", *between, args.rate))
-    sys.stdout.write(report(f"calls to a gateway through {args.rules} rules", *dialled,
-                            args.rate))
+    sys.stdout.write(report(f"calls to a gateway through {args.rules} rules", *dialled, args.rate))
     return 0 if between[0].failed == 0 and dialled[0].failed == 0 else 1
 
 

@@ -37,12 +37,26 @@ from actors.lab_certs import lab_ca, node_cert
 from loadtest.harness import Cluster, write_users_csv
 from store.files import make_private_dir
 from tests.netns import Network, behind_nat, ip
-from tests.phones import (BaresipPhone, LinphonePhone, PjsuaPhone, Softphone, baresip,
-                          linphone, pjsua)
+from tests.phones import (
+    BaresipPhone,
+    LinphonePhone,
+    PjsuaPhone,
+    Softphone,
+    baresip,
+    linphone,
+    pjsua,
+)
 
-SETTINGS = {"heartbeat": 0.2, "suspect_after": 1.0, "dead_after": 3.0, "alone_wait": 2.0,
-            "sync_timeout": 3.0, "takeover": True, "takeover_interface": "eth0",
-            "takeover_lifetime": 6}
+SETTINGS = {
+    "heartbeat": 0.2,
+    "suspect_after": 1.0,
+    "dead_after": 3.0,
+    "alone_wait": 2.0,
+    "sync_timeout": 3.0,
+    "takeover": True,
+    "takeover_interface": "eth0",
+    "takeover_lifetime": 6,
+}
 """The cluster's settings: a peer is dead 3 s after its last heartbeat."""
 NAT_SETTINGS = "[nat]\nkeepalive_interval = 5\nflow_timer = 10"
 """The nodes ping the flows they own every 5 s; outbound phones ping theirs every 10 s."""
@@ -67,21 +81,41 @@ class NatLab:
             # Each node's certificate names every floating address: a TLS phone whose
             # node died reconnects to that address, now held by a survivor.
             self.ca = lab_ca(os.path.join(work, "ca"))
-            certs = [node_cert(make_private_dir(os.path.join(work, f"cert{k}")), self.ca,
-                               f"node{k}", floating[k - 1], DOMAIN, also=tuple(floating))
-                     for k in (1, 2, 3)]
+            certs = [
+                node_cert(
+                    make_private_dir(os.path.join(work, f"cert{k}")),
+                    self.ca,
+                    f"node{k}",
+                    floating[k - 1],
+                    DOMAIN,
+                    also=tuple(floating),
+                )
+                for k in (1, 2, 3)
+            ]
             self.phone_prefix = behind_nat(self.net, "nat", "phone")
             net = self.net
             # baresip is driven over TCP (ctrl_tcp) on the phones' host: reached through
             # the NAT router, which forwards what comes from outside untranslated.
-            ip("route", "replace", f"{PHONE_ADDRESS.rpartition('.')[0]}.0/24", "via",
-               net["nat"].address)
+            ip(
+                "route",
+                "replace",
+                f"{PHONE_ADDRESS.rpartition('.')[0]}.0/24",
+                "via",
+                net["nat"].address,
+            )
             self.routed = True
             hosts = [(net[f"node{k}"].address, tuple(net[f"node{k}"].prefix)) for k in (1, 2, 3)]
-            self.cluster = Cluster(work, domain=DOMAIN, settings=SETTINGS, hosts=hosts,
-                                   sip_addresses=floating, extra=NAT_SETTINGS,
-                                   sip_lines=[f'tls_port = 5061\ntls_cert = "{c.cert}"\n'
-                                              f'tls_key = "{c.key}"' for c in certs])
+            self.cluster = Cluster(
+                work,
+                domain=DOMAIN,
+                settings=SETTINGS,
+                hosts=hosts,
+                sip_addresses=floating,
+                extra=NAT_SETTINGS,
+                sip_lines=[
+                    f'tls_port = 5061\ntls_cert = "{c.cert}"\ntls_key = "{c.key}"' for c in certs
+                ],
+            )
             self.users = write_users_csv(os.path.join(work, "users.csv"), users)
             self.cluster.provision(os.path.join(work, "users.csv"))
             self.cluster.start()
@@ -135,28 +169,49 @@ def call(address: str, source: str, user: str, domain: str, timeout: float = 5.0
         s.bind((source, 0))
         port = s.getsockname()[1]
         to = f"sip:{user}@{domain}"
-        head = (f"Via: SIP/2.0/UDP {source}:{port};branch=z9hG4bK{os.urandom(6).hex()};rport\r\n"
-                f"From: <sip:stranger@other.test>;tag=f1\r\nTo: <{to}>\r\n"
-                f"Call-ID: {os.urandom(8).hex()}\r\n")
-        s.sendto((f"INVITE {to} SIP/2.0\r\n{head}CSeq: 1 INVITE\r\nMax-Forwards: 70\r\n"
-                  f"Contact: <sip:x@{source}:{port}>\r\nContent-Length: 0\r\n\r\n").encode(),
-                 (address, 5060))
+        head = (
+            f"Via: SIP/2.0/UDP {source}:{port};branch=z9hG4bK{os.urandom(6).hex()};rport\r\n"
+            f"From: <sip:stranger@other.test>;tag=f1\r\nTo: <{to}>\r\n"
+            f"Call-ID: {os.urandom(8).hex()}\r\n"
+        )
+        s.sendto(
+            (
+                f"INVITE {to} SIP/2.0\r\n{head}CSeq: 1 INVITE\r\nMax-Forwards: 70\r\n"
+                f"Contact: <sip:x@{source}:{port}>\r\nContent-Length: 0\r\n\r\n"
+            ).encode(),
+            (address, 5060),
+        )
         final = _final(s)
         if final is not None:
             return final.split("\r\n", 1)[0]
-        s.sendto((f"CANCEL {to} SIP/2.0\r\n{head}CSeq: 1 CANCEL\r\nMax-Forwards: 70\r\n"
-                  "Content-Length: 0\r\n\r\n").encode(), (address, 5060))
+        s.sendto(
+            (
+                f"CANCEL {to} SIP/2.0\r\n{head}CSeq: 1 CANCEL\r\nMax-Forwards: 70\r\n"
+                "Content-Length: 0\r\n\r\n"
+            ).encode(),
+            (address, 5060),
+        )
         s.settimeout(2.0)
         final = _final(s, "INVITE")
         if final is None:
             return ""
         if final.startswith("SIP/2.0 2"):
             return final.split("\r\n", 1)[0]
-        tag = next((line.split(":", 1)[1].strip() for line in final.split("\r\n")
-                    if line.lower().startswith(("to:", "t:"))), f"<{to}>")
-        s.sendto((f"ACK {to} SIP/2.0\r\n{head.replace(f'To: <{to}>', f'To: {tag}')}"
-                  "CSeq: 1 ACK\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n").encode(),
-                 (address, 5060))
+        tag = next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in final.split("\r\n")
+                if line.lower().startswith(("to:", "t:"))
+            ),
+            f"<{to}>",
+        )
+        s.sendto(
+            (
+                f"ACK {to} SIP/2.0\r\n{head.replace(f'To: <{to}>', f'To: {tag}')}"
+                "CSeq: 1 ACK\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+            ).encode(),
+            (address, 5060),
+        )
         return ""
 
 
@@ -168,16 +223,18 @@ def _final(s: socket.socket, method: str = "") -> str | None:
             text = s.recv(65535).decode()
             if text.startswith("SIP/2.0 1"):
                 continue
-            cseq = next((line for line in text.split("\r\n")
-                         if line.lower().startswith("cseq:")), "")
+            cseq = next(
+                (line for line in text.split("\r\n") if line.lower().startswith("cseq:")), ""
+            )
             if not method or cseq.endswith(f" {method}"):
                 return text
     except TimeoutError:
         return None
 
 
-def start_phone(lab: NatLab, kind: str, transport: str, work: str,
-                account: tuple[str, str]) -> Softphone:
+def start_phone(
+    lab: NatLab, kind: str, transport: str, work: str, account: tuple[str, str]
+) -> Softphone:
     """Phone ``kind`` behind the NAT, registering ``account`` (user, password) through
     node1's address over ``transport`` with the failover settings ``PHONE_SETTINGS``."""
     user, password = account
@@ -187,22 +244,71 @@ def start_phone(lab: NatLab, kind: str, transport: str, work: str,
     folder = os.path.join(work, name)
     ca = lab.ca[0] if transport == "tls" else ""
     if kind == "pjsua2":
-        return PjsuaPhone(pjsua(name, user, password, domain, proxy, transport, 5060, 4000,
-                                ca=ca, bind=PHONE_ADDRESS, prefix=prefix,
-                                failover=PHONE_SETTINGS), user, transport)
+        return PjsuaPhone(
+            pjsua(
+                name,
+                user,
+                password,
+                domain,
+                proxy,
+                transport,
+                5060,
+                4000,
+                ca=ca,
+                bind=PHONE_ADDRESS,
+                prefix=prefix,
+                failover=PHONE_SETTINGS,
+            ),
+            user,
+            transport,
+        )
     if kind == "baresip":
-        return BaresipPhone(baresip(name, folder, user, password, domain, proxy, transport,
-                                    5060, 4000, 5090, ca=ca, bind=PHONE_ADDRESS, prefix=prefix,
-                                    expires=PHONE_SETTINGS[0], outbound=transport != "udp"),
-                            user, transport)
-    return LinphonePhone(linphone(name, folder, user, password, domain, proxy, transport,
-                                  5060, 4000, ca=ca, bind=PHONE_ADDRESS, prefix=prefix,
-                                  expires=PHONE_SETTINGS[0]),
-                         user, transport, os.path.join(folder, "log"))
+        return BaresipPhone(
+            baresip(
+                name,
+                folder,
+                user,
+                password,
+                domain,
+                proxy,
+                transport,
+                5060,
+                4000,
+                5090,
+                ca=ca,
+                bind=PHONE_ADDRESS,
+                prefix=prefix,
+                expires=PHONE_SETTINGS[0],
+                outbound=transport != "udp",
+            ),
+            user,
+            transport,
+        )
+    return LinphonePhone(
+        linphone(
+            name,
+            folder,
+            user,
+            password,
+            domain,
+            proxy,
+            transport,
+            5060,
+            4000,
+            ca=ca,
+            bind=PHONE_ADDRESS,
+            prefix=prefix,
+            expires=PHONE_SETTINGS[0],
+        ),
+        user,
+        transport,
+        os.path.join(folder, "log"),
+    )
 
 
-def measure(lab: NatLab, kind: str, transport: str, work: str, run: int = 0
-            ) -> tuple[float | None, float | None]:
+def measure(
+    lab: NatLab, kind: str, transport: str, work: str, run: int = 0
+) -> tuple[float | None, float | None]:
     """Seconds from node1's death to the phone reachable and to its first call out
     (None: not within ``GIVE_UP``). Run ``run`` has users of its own: a binding an
     earlier run's phone left would take a share of the calls to the phone."""
@@ -210,8 +316,17 @@ def measure(lab: NatLab, kind: str, transport: str, work: str, run: int = 0
     user = lab.users[2 * run][0]
     callee, callee_pw = lab.users[2 * run + 1]
     domain = node1.domain
-    answerer = pjsua("callee", callee, callee_pw, domain, f"{node3.address}:5060", "udp",
-                     5070, 4100, bind=lab.bridge)
+    answerer = pjsua(
+        "callee",
+        callee,
+        callee_pw,
+        domain,
+        f"{node3.address}:5060",
+        "udp",
+        5070,
+        4100,
+        bind=lab.bridge,
+    )
     phone = start_phone(lab, kind, transport, work, lab.users[2 * run])
     try:
         answerer.wait_for("REGISTERED 200", timeout=20)
@@ -226,6 +341,7 @@ def measure(lab: NatLab, kind: str, transport: str, work: str, run: int = 0
                     reached.append(time.monotonic() - died)
                     return
                 time.sleep(max(0.0, 1.0 - (time.monotonic() - died) % 1.0))
+
         prober = threading.Thread(target=reach, daemon=True)
         prober.start()
         called = None
@@ -244,18 +360,24 @@ def measure(lab: NatLab, kind: str, transport: str, work: str, run: int = 0
 
 def main(argv: list[str] | None = None) -> None:
     """Measure each transport and print the table's lines."""
-    parser = argparse.ArgumentParser(prog="loadtest.bench_failover", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="loadtest.bench_failover",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--phones", nargs="+", default=list(PHONES), choices=PHONES)
-    parser.add_argument("--transports", nargs="+", default=["udp", "tcp", "tls"],
-                        choices=("udp", "tcp", "tls"))
+    parser.add_argument(
+        "--transports", nargs="+", default=["udp", "tcp", "tls"], choices=("udp", "tcp", "tls")
+    )
     args = parser.parse_args(argv)
     work = tempfile.mkdtemp(prefix="bench-failover-")
     lab = NatLab(work, users=2 * len(args.phones) * len(args.transports))
     try:
         expiry, retry, keepalive = PHONE_SETTINGS
-        print(f"phones: expiry {expiry} s, retry {retry} s, UDP keepalive {keepalive} s; "
-              f"cluster: dead_after {SETTINGS['dead_after']} s")
+        print(
+            f"phones: expiry {expiry} s, retry {retry} s, UDP keepalive {keepalive} s; "
+            f"cluster: dead_after {SETTINGS['dead_after']} s"
+        )
         print("phone     transport  reachable_s  first_call_out_s")
         runs = [(kind, transport) for kind in args.phones for transport in args.transports]
         for run, (kind, transport) in enumerate(runs):

@@ -64,23 +64,38 @@ def main() -> int:
             for m in cluster.members.values():
                 ms.save_node(m.id, "", m.control, m.public_key)
             start = time.monotonic()
-            version = ms.save_users([(f"user{i}", f"pw{i}") for i in range(args.users)],
-                                    "bench")
+            version = ms.save_users([(f"user{i}", f"pw{i}") for i in range(args.users)], "bench")
             out(f"master: {args.users} users stored in {time.monotonic() - start:.2f} s")
             elapsed, _ = timed_round(pusher, version)
-            out(f"push of {args.users} users to 2 nodes, applied and acknowledged: "
-                f"{elapsed:.2f} s")
+            out(f"push of {args.users} users to 2 nodes, applied and acknowledged: {elapsed:.2f} s")
             version = ms.save_user("user0", "changed")
             elapsed, _ = timed_round(pusher, version)
             out(f"push after one change ({args.users} users again): {elapsed:.2f} s")
             last = args.users - 1
             for node in cluster.nodes:
-                reg = subprocess.run(["sipsak", "-U", "-s",
-                                      f"sip:user{last}@{node.address}:{node.port}",
-                                      "-u", f"user{last}", "-a", f"pw{last}", "-i", "-x", "120"],
-                                     capture_output=True, text=True, timeout=30, check=False)
-                out(f"{node.id}: REGISTER user{last}: "
-                    f"{'200 OK' if reg.returncode == 0 else 'FAILED ' + reg.stdout[-200:]}")
+                reg = subprocess.run(
+                    [
+                        "sipsak",
+                        "-U",
+                        "-s",
+                        f"sip:user{last}@{node.address}:{node.port}",
+                        "-u",
+                        f"user{last}",
+                        "-a",
+                        f"pw{last}",
+                        "-i",
+                        "-x",
+                        "120",
+                    ],
+                    capture_output=True,
+                    text=True,
+                    timeout=30,
+                    check=False,
+                )
+                out(
+                    f"{node.id}: REGISTER user{last}: "
+                    f"{'200 OK' if reg.returncode == 0 else 'FAILED ' + reg.stdout[-200:]}"
+                )
         finally:
             pusher.stop()
             ms.close_master_store()

@@ -63,8 +63,11 @@ def main() -> int:
     ap.add_argument("--limit", type=int, default=3000, help="SIPp concurrent calls")
     ap.add_argument("--timeout", type=int, default=120)
     ap.add_argument("--database", help="database URL (default: SQLite in a temp folder)")
-    ap.add_argument("--front", action="store_true",
-                    help="run the node with its challenge front (sip.challenge_front)")
+    ap.add_argument(
+        "--front",
+        action="store_true",
+        help="run the node with its challenge front (sip.challenge_front)",
+    )
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="tandem-bench-") as work:
         node = NodeProcess(work, database=args.database, front=args.front)
@@ -80,9 +83,18 @@ def main() -> int:
             user0, system0 = cpu_times(node.proc.pid)
             fronts = children(node.proc.pid)
             front_user0, front_system0 = _sum_times(fronts)
-            res = run_sipp("register_auth.xml", f"{node.address}:{node.port}", work, inf=inf,
-                           calls=args.users, rate=args.rate, limit=args.limit,
-                           timeout=args.timeout, extra=SIPP_BUFFERS, rtt=True)
+            res = run_sipp(
+                "register_auth.xml",
+                f"{node.address}:{node.port}",
+                work,
+                inf=inf,
+                calls=args.users,
+                rate=args.rate,
+                limit=args.limit,
+                timeout=args.timeout,
+                extra=SIPP_BUFFERS,
+                rtt=True,
+            )
             user, system = cpu_times(node.proc.pid)
             user, system = user - user0, system - system0
             cpu = user + system
@@ -92,9 +104,11 @@ def main() -> int:
         finally:
             node.stop()
         # The front logs what it answered and what it passed on as it stops.
-        front_stats = [line.split("challenge front stopped: ", 1)[1]
-                       for line in node.log_tail(200).splitlines()
-                       if "challenge front stopped: " in line]
+        front_stats = [
+            line.split("challenge front stopped: ", 1)[1]
+            for line in node.log_tail(200).splitlines()
+            if "challenge front stopped: " in line
+        ]
     secs = res.elapsed
     sys.stdout.write(
         f"authenticated REGISTER: {res.successful} ok, {res.failed} failed, "
@@ -102,14 +116,20 @@ def main() -> int:
         f"throughput: {res.successful / secs:.0f} REGISTER/s (offered {args.rate}/s)\n"
         f"node CPU: {cpu:.2f} s = {100 * cpu / secs:.0f}% of one core "
         f"(user {user:.2f} s, system {system:.2f} s)\n"
-        + (f"challenge front CPU: {front_cpu:.2f} s = {100 * front_cpu / secs:.0f}% of one core "
-           f"(user {front_user:.2f} s, system {front_system:.2f} s)\n" if fronts else "")
+        + (
+            f"challenge front CPU: {front_cpu:.2f} s = {100 * front_cpu / secs:.0f}% of one core "
+            f"(user {front_user:.2f} s, system {front_system:.2f} s)\n"
+            if fronts
+            else ""
+        )
         + "".join(f"challenge front: {stats}\n" for stats in front_stats)
         + f"{1e6 * (cpu + front_cpu) / max(1, res.successful):.0f} us of node CPU "
         "per authenticated registration\n"
         f"SIPp CPU: {res.cpu:.2f} s = {100 * res.cpu / secs:.0f}% of one core\n"
         "in the columns of a Locust run's report (loadtest/report.py):\n"
-        + "\n".join(format_rows([sipp_row("REGISTER register", res)])) + "\n")
+        + "\n".join(format_rows([sipp_row("REGISTER register", res)]))
+        + "\n"
+    )
     return 0 if res.failed == 0 and res.returncode == 0 else 1
 
 

@@ -51,15 +51,25 @@ def preload(cluster: Cluster, total: int) -> None:
     now = time.time()
     for k, node in enumerate(cluster.nodes):
         init_store(node.database)
-        rows = [Binding(f"sip:user{i:06d}@example.test", f"sip:user{i:06d}@10.{i >> 16}."
-                        f"{(i >> 8) & 255}.{i & 255}:5060", f"sip:user{i:06d}@10.{i >> 16}."
-                        f"{(i >> 8) & 255}.{i & 255}:5060", now + 7200, f"bench-{i}", 1,
-                        received=f"udp:10.{i >> 16}.{(i >> 8) & 255}.{i & 255}:5060",
-                        user_agent="bench/1", origin=node.id, epoch=1, seq=i + 1,
-                        updated_at=now)
-                for i in range(k, total, len(cluster.nodes))]
+        rows = [
+            Binding(
+                f"sip:user{i:06d}@example.test",
+                f"sip:user{i:06d}@10.{i >> 16}.{(i >> 8) & 255}.{i & 255}:5060",
+                f"sip:user{i:06d}@10.{i >> 16}.{(i >> 8) & 255}.{i & 255}:5060",
+                now + 7200,
+                f"bench-{i}",
+                1,
+                received=f"udp:10.{i >> 16}.{(i >> 8) & 255}.{i & 255}:5060",
+                user_agent="bench/1",
+                origin=node.id,
+                epoch=1,
+                seq=i + 1,
+                updated_at=now,
+            )
+            for i in range(k, total, len(cluster.nodes))
+        ]
         for start in range(0, len(rows), 5000):
-            binding_store.write_bindings(rows[start:start + 5000])
+            binding_store.write_bindings(rows[start : start + 5000])
         close_store()
 
 
@@ -89,12 +99,15 @@ def main() -> int:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="tandem-regs-") as work:
         public, secret = generate_keypair()
-        cluster = Cluster(work, 3, settings={"master_key": public, "alone_wait": 1.0,
-                                             "sync_timeout": 60.0})
+        cluster = Cluster(
+            work, 3, settings={"master_key": public, "alone_wait": 1.0, "sync_timeout": 60.0}
+        )
         start = time.monotonic()
         preload(cluster, args.bindings)
-        out(f"{args.bindings} bindings written into 3 node stores (a third each) in "
-            f"{time.monotonic() - start:.1f} s")
+        out(
+            f"{args.bindings} bindings written into 3 node stores (a third each) in "
+            f"{time.monotonic() - start:.1f} s"
+        )
         pusher = Pusher(public, secret)
         try:
             start = time.monotonic()
@@ -102,9 +115,11 @@ def main() -> int:
             converged, digests = cluster.wait_converged(180)
             if not converged:
                 raise SystemExit(f"the nodes did not converge: {digests}")
-            out(f"3 nodes started and converged by replication in "
+            out(
+                f"3 nodes started and converged by replication in "
                 f"{time.monotonic() - start:.1f} s: "
-                + ", ".join(f"{k} {v['live']} live" for k, v in digests.items()))
+                + ", ".join(f"{k} {v['live']} live" for k, v in digests.items())
+            )
             ms.init_master_store(f"sqlite:///{work}/master.db")
             ms.setup("example.test")
             ms.add_admin("admin", "bench-pw")
@@ -113,34 +128,47 @@ def main() -> int:
             client = create_app({"SECRET_KEY": "bench"}, pusher).test_client()
             start = time.perf_counter()
             ms.check_admin("admin", "bench-pw")
-            out(f"(each API call checks the admin's password hash first: "
-                f"{(time.perf_counter() - start) * 1000:.0f} ms of it; the page uses a session)")
+            out(
+                f"(each API call checks the admin's password hash first: "
+                f"{(time.perf_counter() - start) * 1000:.0f} ms of it; the page uses a session)"
+            )
             auth = {"Authorization": "Basic " + base64.b64encode(b"admin:bench-pw").decode()}
             first, answer = timed(client, "/api/registrations?limit=100", auth, 1)
             found = answer.json
-            out(f"first API page (100 rows of {found['total']}, present on "
+            out(
+                f"first API page (100 rows of {found['total']}, present on "
                 f"{len(found['bindings'][0]['present_on'])} nodes, balance index "
                 f"{found['balance_index']:.3f}, errors {found['errors']}): "
-                f"{first[0] * 1000:.0f} ms")
+                f"{first[0] * 1000:.0f} ms"
+            )
             times, _ = timed(client, "/api/registrations?limit=100", auth, args.runs)
             out(figures("API first page", times))
             login = client.get("/login").get_data(as_text=True)
             csrf = login.split('name="csrf_token" type="hidden" value="')[1].split('"')[0]
-            client.post("/login", data={"csrf_token": csrf, "username": "admin",
-                                        "password": "bench-pw"})
+            client.post(
+                "/login", data={"csrf_token": csrf, "username": "admin", "password": "bench-pw"}
+            )
             times, _ = timed(client, "/registrations", {}, args.runs)
             out(figures("HTML page (first page, chart, totals)", times))
             cursor = f"sip:user{args.bindings * 9 // 10:06d}@example.test x"
-            times, _ = timed(client, f"/api/registrations?limit=100&after={cursor}", auth,
-                             args.runs)
+            times, _ = timed(
+                client, f"/api/registrations?limit=100&after={cursor}", auth, args.runs
+            )
             out(figures("API page at 90% (cursor)", times))
-            for label, query in (("user filter (one user)", f"user=user{args.bindings // 2:06d}"),
-                                 ("user filter (substring, a tenth)", "user=user04"),
-                                 ("primary node filter", "node=node2"),
-                                 ("user and node filters", "user=user07&node=node3")):
+            for label, query in (
+                ("user filter (one user)", f"user=user{args.bindings // 2:06d}"),
+                ("user filter (substring, a tenth)", "user=user04"),
+                ("primary node filter", "node=node2"),
+                ("user and node filters", "user=user07&node=node3"),
+            ):
                 times, answer = timed(client, f"/api/registrations?{query}", auth, args.runs)
-                out(figures(f"{label} [{len(answer.json['bindings'])} rows shown of "
-                            f"{answer.json['totals']['node1']}]", times))
+                out(
+                    figures(
+                        f"{label} [{len(answer.json['bindings'])} rows shown of "
+                        f"{answer.json['totals']['node1']}]",
+                        times,
+                    )
+                )
         finally:
             pusher.stop()
             ms.close_master_store()

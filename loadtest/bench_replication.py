@@ -98,29 +98,45 @@ def load() -> str:
     return "load average %.2f %.2f %.2f on %d cores" % (*os.getloadavg(), os.cpu_count())
 
 
-def sipp_register(node: NodeProcess, work: str, rows: list, rate: int, limit: int,
-                  timeout: float):
+def sipp_register(node: NodeProcess, work: str, rows: list, rate: int, limit: int, timeout: float):
     """SIPp registers ``rows`` through ``node`` at ``rate``/s (register_auth.xml)."""
     inf = os.path.join(work, f"inf-{time.monotonic_ns()}.csv")
     write_register_inf(inf, rows, node.domain)
-    return run_sipp("register_auth.xml", f"{node.address}:{node.port}", work, inf=inf,
-                    calls=len(rows), rate=rate, limit=limit, timeout=timeout)
+    return run_sipp(
+        "register_auth.xml",
+        f"{node.address}:{node.port}",
+        work,
+        inf=inf,
+        calls=len(rows),
+        rate=rate,
+        limit=limit,
+        timeout=timeout,
+    )
 
 
 def make_cluster(work: str) -> Cluster:
     """Three nodes configured with ``SETTINGS``, every port from ``stable_port``."""
     cluster = Cluster(work, 3, settings=SETTINGS)
-    members = [dataclasses.replace(m, **{k: f"tcp://127.0.0.1:{free_port()}"
-                                         for k in ("pub", "snapshot", "control")})
-               for m in cluster.members.values()]
+    members = [
+        dataclasses.replace(
+            m, **{k: f"tcp://127.0.0.1:{free_port()}" for k in ("pub", "snapshot", "control")}
+        )
+        for m in cluster.members.values()
+    ]
     cluster.members = {m.id: m for m in members}
-    cluster.nodes = [NodeProcess(work, m.id, port=free_port(), extra="\n" + cluster_toml(
-        m, members, control_keys=[cluster.client_public], **SETTINGS)) for m in members]
+    cluster.nodes = [
+        NodeProcess(
+            work,
+            m.id,
+            port=free_port(),
+            extra="\n" + cluster_toml(m, members, control_keys=[cluster.client_public], **SETTINGS),
+        )
+        for m in members
+    ]
     return cluster
 
 
-def start_cluster(work: str, users_csv: str | None, provision_first_only: bool = False
-                  ) -> Cluster:
+def start_cluster(work: str, users_csv: str | None, provision_first_only: bool = False) -> Cluster:
     """Three nodes (``make_cluster``), users imported, started and synced."""
     cluster = make_cluster(work)
     if users_csv:
@@ -140,6 +156,7 @@ def start_cluster(work: str, users_csv: str | None, provision_first_only: bool =
 
 
 # -- (a) lag ---------------------------------------------------------------------------------
+
 
 def ms(value: float | None) -> str:
     """A lag in ms for the report (``-`` when there is none)."""
@@ -163,9 +180,11 @@ def bench_lag(work: str, users: int, rate: int) -> bool:
         statuses = {p.id: cluster.control(p, "status")["lag_ms"] for p in peers}
     finally:
         cluster.stop()
-    out(f"    SIPp: {res.successful} registered, {res.failed} failed, "
+    out(
+        f"    SIPp: {res.successful} registered, {res.failed} failed, "
         f"{res.retransmissions} retransmissions in {res.elapsed:.2f} s "
-        f"({res.successful / res.elapsed:.0f}/s); node1 published {published} bindings")
+        f"({res.successful / res.elapsed:.0f}/s); node1 published {published} bindings"
+    )
     per_update: dict[tuple, list[float]] = {}
     for peer in peers:
         listing = listings[peer.id]
@@ -173,37 +192,50 @@ def bench_lag(work: str, users: int, rate: int) -> bool:
         for _, epoch, first, last, lag in listing["updates"]:
             pairs.append((lag, last - first + 1))
             per_update.setdefault((epoch, first, last), []).append(lag)
-        out(f"    {peer.id}: {sum(w for _, w in pairs)} bindings measured "
+        out(
+            f"    {peer.id}: {sum(w for _, w in pairs)} bindings measured "
             f"({listing['unmeasured']} updates not), p50 {ms(weighted_percentile(pairs, 0.5))}, "
             f"p99 {ms(weighted_percentile(pairs, 0.99))}, "
             f"max {ms(max((v for v, _ in pairs), default=None))}; its status lag_ms "
             f"(last {statuses[peer.id]['samples']} bindings): p50 {statuses[peer.id]['p50']} "
-            f"p99 {statuses[peer.id]['p99']}")
-    every = [(max(lags), last - first + 1) for (_, first, last), lags in per_update.items()
-             if len(lags) == len(peers)]
+            f"p99 {statuses[peer.id]['p99']}"
+        )
+    every = [
+        (max(lags), last - first + 1)
+        for (_, first, last), lags in per_update.items()
+        if len(lags) == len(peers)
+    ]
     p50, p99 = weighted_percentile(every, 0.5), weighted_percentile(every, 0.99)
     met = p99 is not None and p99 < LAG_TARGET_MS
-    out(f"    on every peer (the later of the two, {sum(w for _, w in every)} bindings): "
-        f"p50 {ms(p50)}, p99 {ms(p99)}   target p99 < {LAG_TARGET_MS:.0f} ms: {mark(met)}")
-    out(f"    all three digests equal {converged_after:.2f} s after SIPp ended: {ok}"
-        + ("" if ok else f" {got}"))
+    out(
+        f"    on every peer (the later of the two, {sum(w for _, w in every)} bindings): "
+        f"p50 {ms(p50)}, p99 {ms(p99)}   target p99 < {LAG_TARGET_MS:.0f} ms: {mark(met)}"
+    )
+    out(
+        f"    all three digests equal {converged_after:.2f} s after SIPp ended: {ok}"
+        + ("" if ok else f" {got}")
+    )
     return ok and res.failed == 0 and met
 
 
 # -- (b) throughput --------------------------------------------------------------------------
 
+
 def bench_throughput(work: str, users: int, rounds: int, rate: int, limit: int) -> bool:
     """REGISTER/s of node1 with two peers against a node without replication."""
-    out(f"(b) REGISTER throughput, {users} new users per run, {rate}/s offered "
-        f"(SIPp limit {limit}); {rounds} runs of each configuration, alternated")
+    out(
+        f"(b) REGISTER throughput, {users} new users per run, {rate}/s offered "
+        f"(SIPp limit {limit}); {rounds} runs of each configuration, alternated"
+    )
     os.makedirs(work)
     rows = write_users_csv(os.path.join(work, "users.csv"), users * rounds)
     solo = NodeProcess(os.path.join(work, "solo"), "solo", port=free_port())
     res = solo.run_cli("user", "import", os.path.join(work, "users.csv"))
     if res.returncode:
         raise RuntimeError(f"user import failed: {res.stderr}")
-    cluster = start_cluster(os.path.join(work, "cluster"), os.path.join(work, "users.csv"),
-                            provision_first_only=True)
+    cluster = start_cluster(
+        os.path.join(work, "cluster"), os.path.join(work, "users.csv"), provision_first_only=True
+    )
     results = {"replication on": [], "replication off": []}
     cpu = {"replication on": [], "replication off": []}
     ok = True
@@ -216,7 +248,7 @@ def bench_throughput(work: str, users: int, rounds: int, rate: int, limit: int) 
                 order.reverse()
             for config in order:
                 node = primary if config == "replication on" else solo
-                part = rows[r * users:(r + 1) * users]
+                part = rows[r * users : (r + 1) * users]
                 cpu0 = cpu_seconds(node.proc.pid)
                 peers0 = [cpu_seconds(p.proc.pid) for p in cluster.nodes[1:]]
                 res = sipp_register(node, work, part, rate, limit, 120)
@@ -228,37 +260,49 @@ def bench_throughput(work: str, users: int, rounds: int, rate: int, limit: int) 
                 if config == "replication on":
                     synced, _ = cluster.wait_converged(30.0)
                     ok = ok and synced
-                    peer_cpu = [cpu_seconds(p.proc.pid) - c0
-                                for p, c0 in zip(cluster.nodes[1:], peers0, strict=False)]
-                    extra = (f"; peers converged: {synced}, peer CPU "
-                             + ", ".join(f"{1e6 * c / max(1, res.successful):.0f}"
-                                         for c in peer_cpu) + " us/binding")
+                    peer_cpu = [
+                        cpu_seconds(p.proc.pid) - c0
+                        for p, c0 in zip(cluster.nodes[1:], peers0, strict=False)
+                    ]
+                    extra = (
+                        f"; peers converged: {synced}, peer CPU "
+                        + ", ".join(f"{1e6 * c / max(1, res.successful):.0f}" for c in peer_cpu)
+                        + " us/binding"
+                    )
                 ok = ok and res.failed == 0
-                out(f"    run {r + 1} {config:15}: {res.successful} ok, {res.failed} failed, "
+                out(
+                    f"    run {r + 1} {config:15}: {res.successful} ok, {res.failed} failed, "
                     f"{res.retransmissions} retransmissions in {res.elapsed:.2f} s = "
                     f"{tput:.0f} REGISTER/s; node CPU {cpu[config][-1]:.0f} us/registration; "
-                    f"load {os.getloadavg()[0]:.2f}{extra}")
+                    f"load {os.getloadavg()[0]:.2f}{extra}"
+                )
     finally:
         solo.stop()
         cluster.stop()
     on = statistics.median(results["replication on"])
     off = statistics.median(results["replication off"])
     ratio = on / off
-    out(f"    medians: replication on {on:.0f}/s, off {off:.0f}/s; ratio {ratio:.1%}   "
-        f"target >= {RATIO_TARGET:.0%}: {mark(ratio >= RATIO_TARGET)}")
-    out(f"    node CPU per registration, medians: on "
+    out(
+        f"    medians: replication on {on:.0f}/s, off {off:.0f}/s; ratio {ratio:.1%}   "
+        f"target >= {RATIO_TARGET:.0%}: {mark(ratio >= RATIO_TARGET)}"
+    )
+    out(
+        f"    node CPU per registration, medians: on "
         f"{statistics.median(cpu['replication on']):.0f} us, off "
-        f"{statistics.median(cpu['replication off']):.0f} us")
+        f"{statistics.median(cpu['replication off']):.0f} us"
+    )
     return ok and ratio >= RATIO_TARGET
 
 
 # -- (c) resync ------------------------------------------------------------------------------
+
 
 def provision_bindings(node: NodeProcess, n: int) -> None:
     """Write ``n`` live bindings of origin ``node`` straight into its database."""
     from sipcore.location import Binding
     from store.bindings import write_bindings
     from store.models import close_store, init_store
+
     init_store(node.database)
     try:
         now = time.time()
@@ -266,10 +310,26 @@ def provision_bindings(node: NodeProcess, n: int) -> None:
             records = []
             for i in range(start, min(n, start + 20000)):
                 contact = f"sip:user{i}@127.0.0.1:5099;transport=udp"
-                records.append(Binding(f"sip:user{i}@{node.domain}", contact, contact, now + 3000,
-                                       f"cid{i}@bench", 2, None, [], None, None,
-                                       "udp:127.0.0.1:5099", "bench", node.id, 0, i + 1,
-                                       now))
+                records.append(
+                    Binding(
+                        f"sip:user{i}@{node.domain}",
+                        contact,
+                        contact,
+                        now + 3000,
+                        f"cid{i}@bench",
+                        2,
+                        None,
+                        [],
+                        None,
+                        None,
+                        "udp:127.0.0.1:5099",
+                        "bench",
+                        node.id,
+                        0,
+                        i + 1,
+                        now,
+                    )
+                )
             write_bindings(records)
     finally:
         close_store()
@@ -279,8 +339,10 @@ def snapshot_lines(node: NodeProcess, since: int) -> list[str]:
     """The node's log lines about received snapshots, written after byte ``since``."""
     with open(node.log_path, errors="replace") as f:
         f.seek(since)
-        return ["%s %s bindings in %s ms" % (m[1], m[2], m[4])
-                for m in _SNAPSHOT_LINE.finditer(f.read())]
+        return [
+            "%s %s bindings in %s ms" % (m[1], m[2], m[4])
+            for m in _SNAPSHOT_LINE.finditer(f.read())
+        ]
 
 
 def state_of(cluster: Cluster, node: NodeProcess) -> str | None:
@@ -291,8 +353,7 @@ def state_of(cluster: Cluster, node: NodeProcess) -> str | None:
         return None
 
 
-def timed_start(cluster: Cluster, node: NodeProcess, target: dict,
-                timeout: float = 60.0) -> dict:
+def timed_start(cluster: Cluster, node: NodeProcess, target: dict, timeout: float = 60.0) -> dict:
     """Start ``node`` and time, from the process launch: until SIP answers, until it
     is synced with every snapshot complete, and until its digest equals ``target``.
 
@@ -310,8 +371,7 @@ def timed_start(cluster: Cluster, node: NodeProcess, target: dict,
         except BusError:
             return False
         live = [p for p in st["peers"].values() if p["liveness"] in ("alive", "suspected")]
-        return st["state"] == "synced" and all(p["has_snapshot"] and not p["syncing"]
-                                               for p in live)
+        return st["state"] == "synced" and all(p["has_snapshot"] and not p["syncing"] for p in live)
 
     if not wait_until(synced, timeout):
         raise RuntimeError(f"{node.id} never synced: {node.log_tail()}")
@@ -348,26 +408,34 @@ def bench_resync(work: str, n: int, restarts: int) -> bool:
         target = cluster.control(first, "digest", 10.0)
         if target["live"] != n:
             raise RuntimeError(f"node1 holds {target['live']} bindings, not {n}")
-        for node, what in ((third, "empty database, 1 peer holds them"),
-                           (second, "empty database, 2 peers hold them")):
+        for node, what in (
+            (third, "empty database, 1 peer holds them"),
+            (second, "empty database, 2 peers hold them"),
+        ):
             t = timed_start(cluster, node, target)
-            out(f"    node joins, {what}: SIP up {t['sip up']:.2f} s, synced "
+            out(
+                f"    node joins, {what}: SIP up {t['sip up']:.2f} s, synced "
                 f"{t['synced']:.2f} s, digest equal {t['digest equal']:.2f} s after launch; "
-                f"snapshots: {', '.join(t['snapshots'])}")
+                f"snapshots: {', '.join(t['snapshots'])}"
+            )
         for i in range(restarts):
             second.kill()
             t = timed_start(cluster, second, target)
             restart_times.append(t["digest equal"])
-            out(f"    node2 SIGKILLed and restarted ({i + 1}), its database holds them: SIP up "
+            out(
+                f"    node2 SIGKILLed and restarted ({i + 1}), its database holds them: SIP up "
                 f"{t['sip up']:.2f} s, synced {t['synced']:.2f} s, digest equal "
-                f"{t['digest equal']:.2f} s after launch; snapshots: {', '.join(t['snapshots'])}")
+                f"{t['digest equal']:.2f} s after launch; snapshots: {', '.join(t['snapshots'])}"
+            )
         ok, _ = cluster.wait_converged(10.0)
     finally:
         cluster.stop()
     median = statistics.median(restart_times)
-    out(f"    restarted node, launch to digest equal: median {median:.2f} s, worst "
+    out(
+        f"    restarted node, launch to digest equal: median {median:.2f} s, worst "
         f"{max(restart_times):.2f} s of {restarts}   target < {RESYNC_TARGET_S:.0f} s "
-        f"(median): {mark(median < RESYNC_TARGET_S)}")
+        f"(median): {mark(median < RESYNC_TARGET_S)}"
+    )
     return ok and median < RESYNC_TARGET_S
 
 
@@ -382,8 +450,9 @@ def main() -> int:
     ap.add_argument("--tp-rate", type=int, default=8000, help="offered REGISTER/s for (b)")
     ap.add_argument("--tp-limit", type=int, default=300, help="SIPp concurrent calls for (b)")
     ap.add_argument("--bindings", type=int, default=100000, help="bindings resynced in (c)")
-    ap.add_argument("--only", choices=("a", "b", "c"), action="append",
-                    help="run only these parts (repeatable)")
+    ap.add_argument(
+        "--only", choices=("a", "b", "c"), action="append", help="run only these parts (repeatable)"
+    )
     args = ap.parse_args()
     lag_users = args.lag_users or (3000 if args.quick else 10000)
     tp_users = args.tp_users or (5000 if args.quick else 10000)
@@ -398,8 +467,9 @@ def main() -> int:
         if "a" in parts:
             ok &= bench_lag(os.path.join(work, "lag"), lag_users, args.lag_rate)
         if "b" in parts:
-            ok &= bench_throughput(os.path.join(work, "tp"), tp_users, rounds, args.tp_rate,
-                                   args.tp_limit)
+            ok &= bench_throughput(
+                os.path.join(work, "tp"), tp_users, rounds, args.tp_rate, args.tp_limit
+            )
         if "c" in parts:
             ok &= bench_resync(os.path.join(work, "resync"), args.bindings, restarts)
     out(f"done in {time.monotonic() - started:.0f} s; {load()}")

@@ -60,19 +60,26 @@ def main() -> int:
             ms.add_admin("admin", "bench-pw")
             client = create_app({"SECRET_KEY": "bench"}).test_client()
             auth = {"Authorization": "Basic " + base64.b64encode(b"admin:bench-pw").decode()}
-            body = ("username,password\n" + "".join(f"user{i:06d},secret-{i}\n"
-                                                    for i in range(args.users))).encode()
+            body = (
+                "username,password\n"
+                + "".join(f"user{i:06d},secret-{i}\n" for i in range(args.users))
+            ).encode()
             out(f"CSV of {args.users} users: {len(body) / 1e6:.1f} MB")
             bad = body + b"bad user,x\n"
             took, job, _ = run_import(client, auth, "bad.csv", bad)
-            out(f"the same plus a bad last line: {job['phase']} in {took:.2f} s "
-                f"({job['error'][:90]}); users stored: {ms.count_users()}")
+            out(
+                f"the same plus a bad last line: {job['phase']} in {took:.2f} s "
+                f"({job['error'][:90]}); users stored: {ms.count_users()}"
+            )
             took, job, seen = run_import(client, auth, "users.csv", body)
-            phases = sorted({p for p, _ in seen}, key=["checking", "hashing", "writing",
-                                                       "done", "failed"].index)
-            out(f"import of {job['total']} users: {job['phase']} in {took:.2f} s "
+            phases = sorted(
+                {p for p, _ in seen}, key=["checking", "hashing", "writing", "done", "failed"].index
+            )
+            out(
+                f"import of {job['total']} users: {job['phase']} in {took:.2f} s "
                 f"({args.users / took:.0f} users/s), configuration {job['version']}; "
-                f"{len(seen)} polls saw phases {', '.join(phases)}")
+                f"{len(seen)} polls saw phases {', '.join(phases)}"
+            )
             took, job, _ = run_import(client, auth, "users.csv", body)
             out(f"the same file again (every password replaced): {job['phase']} in {took:.2f} s")
             out(f"users stored: {ms.count_users()}")

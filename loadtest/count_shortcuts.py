@@ -40,13 +40,17 @@ def invites(n: int, seed: int, users: int) -> list[bytes]:
     out = []
     for i in range(n):
         user = f"caller{seed}x{i % users}"
-        out.append((f"INVITE sip:callee@example.test SIP/2.0\r\n"
-                    f"Via: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bK-{seed}-{i}-1;rport\r\n"
-                    f"From: <sip:{user}@example.test>;tag={seed}SIPpTag00{i}\r\n"
-                    f"To: <sip:callee@example.test>\r\n"
-                    f"Call-ID: {seed}-{i}@127.0.0.1\r\nCSeq: 2 INVITE\r\n"
-                    f"Contact: <sip:{user}@127.0.0.1:5061;transport=UDP>\r\nMax-Forwards: 70\r\n"
-                    f"Content-Type: application/sdp\r\nContent-Length: 0\r\n\r\n").encode())
+        out.append(
+            (
+                f"INVITE sip:callee@example.test SIP/2.0\r\n"
+                f"Via: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bK-{seed}-{i}-1;rport\r\n"
+                f"From: <sip:{user}@example.test>;tag={seed}SIPpTag00{i}\r\n"
+                f"To: <sip:callee@example.test>\r\n"
+                f"Call-ID: {seed}-{i}@127.0.0.1\r\nCSeq: 2 INVITE\r\n"
+                f"Contact: <sip:{user}@127.0.0.1:5061;transport=UDP>\r\nMax-Forwards: 70\r\n"
+                f"Content-Type: application/sdp\r\nContent-Length: 0\r\n\r\n"
+            ).encode()
+        )
     return out
 
 

@@ -34,8 +34,10 @@ def free_port(address: str = "127.0.0.1") -> int:
     """
     for _ in range(200):
         port = random.randint(20000, 32000)
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u, \
-                socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+        with (
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u,
+            socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t,
+        ):
             try:
                 u.bind((address, port))
                 t.bind((address, port))
@@ -67,12 +69,24 @@ class NodeProcess:
     own; the tests and benchmarks of overload give their own ``limits``.
     """
 
-    def __init__(self, workdir: str, node_id: str = "node1", address: str = "127.0.0.1",
-                 port: int | None = None, domain: str = "example.test",
-                 database: str | None = None, extra: str = "", secret: str = "00" * 32,
-                 front: bool = False, auth: str = "",
-                 limits: str = "udp_rate = 0\noverload_delay = 0",
-                 prefix: tuple = (), log_file: str = "", root: str = ROOT, sip_lines: str = ""):
+    def __init__(
+        self,
+        workdir: str,
+        node_id: str = "node1",
+        address: str = "127.0.0.1",
+        port: int | None = None,
+        domain: str = "example.test",
+        database: str | None = None,
+        extra: str = "",
+        secret: str = "00" * 32,
+        front: bool = False,
+        auth: str = "",
+        limits: str = "udp_rate = 0\noverload_delay = 0",
+        prefix: tuple = (),
+        log_file: str = "",
+        root: str = ROOT,
+        sip_lines: str = "",
+    ):
         self.prefix = list(prefix)
         self.root = root
         """The source tree whose ``run.py`` runs (another checkout, for a before/after run)."""
@@ -91,7 +105,9 @@ class NodeProcess:
         """``[node] log_file``, where the node logs instead, if set."""
         self.proc = None
         self.front = front
-        write_private(self.config, f"""[node]
+        write_private(
+            self.config,
+            f"""[node]
 id = "{node_id}"
 data_dir = "{self.dir}"
 log_level = "INFO"
@@ -114,12 +130,19 @@ secret = "{secret}"
 [database]
 url = "{self.database}"
 {extra}
-""")
+""",
+        )
 
     def run_cli(self, *args: str) -> subprocess.CompletedProcess:
         """Run ``run.py ARGS --config this-node`` (e.g. user import) to completion."""
-        cmd = [sys.executable, os.path.join(self.root, "run.py"), *args[:1], "--config",
-               self.config, *args[1:]]
+        cmd = [
+            sys.executable,
+            os.path.join(self.root, "run.py"),
+            *args[:1],
+            "--config",
+            self.config,
+            *args[1:],
+        ]
         return subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=self.root)
 
     def start(self, ready_timeout: float = 20.0) -> "NodeProcess":
@@ -129,15 +152,25 @@ url = "{self.database}"
         log_start = os.path.getsize(logged) if os.path.exists(logged) else 0
         with open(self.log_path, "ab") as logf:
             self.proc = subprocess.Popen(
-                [*self.prefix, sys.executable, os.path.join(self.root, "run.py"), "node",
-                 "--config", self.config],
-                stdout=logf, stderr=logf, cwd=self.root)
+                [
+                    *self.prefix,
+                    sys.executable,
+                    os.path.join(self.root, "run.py"),
+                    "node",
+                    "--config",
+                    self.config,
+                ],
+                stdout=logf,
+                stderr=logf,
+                cwd=self.root,
+            )
         deadline = time.monotonic() + ready_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.id} exited: {self.log_tail()}")
             if options_ping(self.address, self.port, 0.2) and (
-                    not self.front or self._logged_since(log_start, "answering challenges")):
+                not self.front or self._logged_since(log_start, "answering challenges")
+            ):
                 return self
         raise RuntimeError(f"{self.id} not ready after {ready_timeout}s: {self.log_tail()}")
 
@@ -211,11 +244,22 @@ def write_inf(path: str, rows: list[tuple]) -> None:
 SIPP_BUFFERS = ("-buff_size", "4194304")
 
 
-def run_sipp(scenario: str, target: str, workdir: str, inf: str | None = None,
-             calls: int = 1, rate: int = 10, limit: int = 200, transport: str = "u1",
-             local_ip: str = "127.0.0.1", local_port: int | None = None,
-             timeout: float = 120.0, extra: tuple = (), prefix: tuple = (),
-             rtt: bool = False) -> SippResult:
+def run_sipp(
+    scenario: str,
+    target: str,
+    workdir: str,
+    inf: str | None = None,
+    calls: int = 1,
+    rate: int = 10,
+    limit: int = 200,
+    transport: str = "u1",
+    local_ip: str = "127.0.0.1",
+    local_port: int | None = None,
+    timeout: float = 120.0,
+    extra: tuple = (),
+    prefix: tuple = (),
+    rtt: bool = False,
+) -> SippResult:
     """Run SIPp until ``calls`` calls are done (or ``timeout``); return its statistics.
 
     ``prefix`` runs it under a command such as ``ip netns exec HOST`` (then
@@ -226,11 +270,39 @@ def run_sipp(scenario: str, target: str, workdir: str, inf: str | None = None,
     os.makedirs(workdir, exist_ok=True)
     stf = os.path.join(workdir, f"sipp-{os.getpid()}-{time.monotonic_ns()}.csv")
     sf = scenario if os.path.isabs(scenario) else os.path.join(SIPP_DIR, scenario)
-    cmd = [*prefix, "sipp", "-sf", sf, "-m", str(calls), "-r", str(rate), "-l", str(limit),
-           "-t", transport, "-i", local_ip, "-p", str(local_port or free_port(local_ip)),
-           "-nostdin", "-bg", "-trace_stat", "-stf", stf, "-fd", "1",
-           "-timeout", f"{int(timeout)}s", "-timeout_error", "-max_retrans", "5",
-           "-recv_timeout", "10s", *extra]
+    cmd = [
+        *prefix,
+        "sipp",
+        "-sf",
+        sf,
+        "-m",
+        str(calls),
+        "-r",
+        str(rate),
+        "-l",
+        str(limit),
+        "-t",
+        transport,
+        "-i",
+        local_ip,
+        "-p",
+        str(local_port or free_port(local_ip)),
+        "-nostdin",
+        "-bg",
+        "-trace_stat",
+        "-stf",
+        stf,
+        "-fd",
+        "1",
+        "-timeout",
+        f"{int(timeout)}s",
+        "-timeout_error",
+        "-max_retrans",
+        "5",
+        "-recv_timeout",
+        "10s",
+        *extra,
+    ]
     if inf:
         cmd += ["-inf", inf]
     if rtt:
@@ -239,8 +311,13 @@ def run_sipp(scenario: str, target: str, workdir: str, inf: str | None = None,
     before = set(glob.glob(os.path.join(workdir, "*_rtt.csv")))
     t0 = time.monotonic()
     cpu0 = _children_cpu()
-    proc = subprocess.run([c for c in cmd if c != "-bg"], capture_output=True, text=True,
-                          timeout=timeout + 30, cwd=workdir)
+    proc = subprocess.run(
+        [c for c in cmd if c != "-bg"],
+        capture_output=True,
+        text=True,
+        timeout=timeout + 30,
+        cwd=workdir,
+    )
     elapsed = time.monotonic() - t0
     cpu = _children_cpu() - cpu0
     stats = _last_stats(stf)
@@ -248,10 +325,17 @@ def run_sipp(scenario: str, target: str, workdir: str, inf: str | None = None,
     for path in sorted(set(glob.glob(os.path.join(workdir, "*_rtt.csv"))) - before):
         rtts += _rtts(path)
         os.remove(path)
-    return SippResult(proc.returncode, int(stats.get("SuccessfulCall(C)", 0) or 0),
-                      int(stats.get("FailedCall(C)", 0) or 0),
-                      int(stats.get("Retransmissions(C)", 0) or 0), elapsed, stats,
-                      proc.stderr[-3000:], cpu, rtts)
+    return SippResult(
+        proc.returncode,
+        int(stats.get("SuccessfulCall(C)", 0) or 0),
+        int(stats.get("FailedCall(C)", 0) or 0),
+        int(stats.get("Retransmissions(C)", 0) or 0),
+        elapsed,
+        stats,
+        proc.stderr[-3000:],
+        cpu,
+        rtts,
+    )
 
 
 def _rtts(path: str) -> list[float]:
@@ -287,8 +371,14 @@ def _last_stats(path: str) -> dict:
 def _keys_on_host(prefix: str, command_prefix: tuple) -> tuple[str, str]:
     """Run ``run.py keys --out PREFIX`` under ``command_prefix``; return the pair it wrote."""
     from actors.keys import read_keypair
-    out = subprocess.run([*command_prefix, sys.executable, os.path.join(ROOT, "run.py"), "keys",
-                          "--out", prefix], capture_output=True, text=True, timeout=60, cwd=ROOT)
+
+    out = subprocess.run(
+        [*command_prefix, sys.executable, os.path.join(ROOT, "run.py"), "keys", "--out", prefix],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
     if out.returncode:
         raise RuntimeError(f"run.py keys --out {prefix} failed: {out.stderr}")
     return read_keypair(prefix)
@@ -313,12 +403,22 @@ class Cluster:
     ``sip_lines`` go into every node's ``[sip]`` section, or, a list, one per node.
     """
 
-    def __init__(self, workdir: str, n: int = 3, domain: str = "example.test",
-                 settings: dict | None = None, address: str = "127.0.0.1", extra: str = "",
-                 auth: str = "", hosts: list[tuple[str, tuple]] | None = None,
-                 limits: str | None = None, sip_addresses: list[str] | None = None,
-                 sip_lines: str | list[str] = ""):
+    def __init__(
+        self,
+        workdir: str,
+        n: int = 3,
+        domain: str = "example.test",
+        settings: dict | None = None,
+        address: str = "127.0.0.1",
+        extra: str = "",
+        auth: str = "",
+        hosts: list[tuple[str, tuple]] | None = None,
+        limits: str | None = None,
+        sip_addresses: list[str] | None = None,
+        sip_lines: str | list[str] = "",
+    ):
         from actors.keys import Member, cluster_toml, generate_keypair
+
         self.client_public, self.client_secret = generate_keypair()
         if hosts is not None:
             n = len(hosts)
@@ -336,15 +436,26 @@ class Cluster:
         self.members = {m.id: m for m in members}
         self.nodes = []
         for k, m in enumerate(members):
-            text = extra + "\n" + cluster_toml(m, members, control_keys=[self.client_public],
-                                               **(settings or {}))
+            text = (
+                extra
+                + "\n"
+                + cluster_toml(m, members, control_keys=[self.client_public], **(settings or {}))
+            )
             host, port = m.sip.rsplit(":", 1)
-            self.nodes.append(NodeProcess(workdir, m.id, host, int(port), domain=domain,
-                                          extra=text, auth=auth,
-                                          sip_lines=(sip_lines if isinstance(sip_lines, str)
-                                                     else sip_lines[k]),
-                                          prefix=hosts[k][1] if hosts else (),
-                                          **({"limits": limits} if limits is not None else {})))
+            self.nodes.append(
+                NodeProcess(
+                    workdir,
+                    m.id,
+                    host,
+                    int(port),
+                    domain=domain,
+                    extra=text,
+                    auth=auth,
+                    sip_lines=(sip_lines if isinstance(sip_lines, str) else sip_lines[k]),
+                    prefix=hosts[k][1] if hosts else (),
+                    **({"limits": limits} if limits is not None else {}),
+                )
+            )
         self._bus = None
 
     def provision(self, users_csv: str) -> None:
@@ -376,6 +487,7 @@ class Cluster:
         Raises ``actors.bus.BusError`` when it does not answer within ``timeout``.
         """
         from actors.bus import Bus, request
+
         if self._bus is None:
             self._bus = Bus(self.client_public, self.client_secret, "harness")
         m = self.members[node.id]
@@ -384,6 +496,7 @@ class Cluster:
     def digests(self, nodes=None, timeout: float = 2.0) -> dict:
         """``{node id: digest summary}``; ``None`` for a node that does not answer."""
         from actors.bus import BusError
+
         out = {}
         for node in nodes or self.nodes:
             try:
@@ -401,8 +514,10 @@ class Cluster:
         while True:
             got = self.digests(nodes, timeout=max(0.2, min(2.0, deadline - time.monotonic())))
             values = list(got.values())
-            if all(v is not None and v["state"] == "synced" for v in values) and \
-                    len({v["digest"] for v in values}) == 1:
+            if (
+                all(v is not None and v["state"] == "synced" for v in values)
+                and len({v["digest"] for v in values}) == 1
+            ):
                 return True, got
             if time.monotonic() >= deadline:
                 return False, got
@@ -411,6 +526,7 @@ class Cluster:
     def wait_synced(self, timeout: float, step: float = 0.05) -> bool:
         """Poll until every running node reports ``synced``."""
         from actors.bus import BusError
+
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:

@@ -81,11 +81,14 @@ def discover(host: str | None) -> list[tuple[str, int]]:
         return [(url.hostname or "127.0.0.1", url.port or 5060)]
     for address, port in dns_servers():
         targets = Resolver([address], port, timeout=1.0, supported=("udp",)).resolve(
-            DOMAIN, transport="udp")
+            DOMAIN, transport="udp"
+        )
         if targets:
             return [(t.host, t.port) for t in targets]
-    raise RuntimeError(f"no SIP node found: no SRV answer for _sip._udp.{DOMAIN} from "
-                       f"{dns_servers()}; is `run.py lab` running? (or set --host, TANDEM_DNS)")
+    raise RuntimeError(
+        f"no SIP node found: no SRV answer for _sip._udp.{DOMAIN} from "
+        f"{dns_servers()}; is `run.py lab` running? (or set --host, TANDEM_DNS)"
+    )
 
 
 def timed(request_type: str, name: str, call, ok=lambda r: r.status < 300):
@@ -98,10 +101,14 @@ def timed(request_type: str, name: str, call, ok=lambda r: r.status < 300):
             exc = SipStatusError(f"{resp.status} {resp.reason}")
     except SipClientError as e:
         exc = e
-    events.request.fire(request_type=request_type, name=name,
-                        response_time=(time.perf_counter() - start) * 1000,
-                        response_length=len(resp.body) if resp is not None else 0,
-                        exception=exc, context={})
+    events.request.fire(
+        request_type=request_type,
+        name=name,
+        response_time=(time.perf_counter() - start) * 1000,
+        response_length=len(resp.body) if resp is not None else 0,
+        exception=exc,
+        context={},
+    )
     return resp
 
 
@@ -124,9 +131,15 @@ def start_answering(environment, **_kw):
     first = _agent.register(nodes, callees, DOMAIN, CALLEE_EXPIRES)
     if first != len(callees):
         environment.events.request.fire(
-            request_type="REGISTER", name="callees", response_time=0, response_length=0,
-            exception=SipStatusError(f"{len(callees) - first} of {len(callees)} callees "
-                                     "not registered"), context={})
+            request_type="REGISTER",
+            name="callees",
+            response_time=0,
+            response_length=0,
+            exception=SipStatusError(
+                f"{len(callees) - first} of {len(callees)} callees not registered"
+            ),
+            context={},
+        )
     _refresher = gevent.spawn_later(CALLEE_EXPIRES / 2, refresh)
 
 
@@ -152,8 +165,9 @@ class SipPhone(User):
         super().__init__(environment)
         self.nodes = discover(self.host)
         n = next(_next_phone) % PHONES
-        self.client = SipClient(self.nodes[0], f"load{n}", f"load{n}-secret", DOMAIN,
-                                timeout=SIP_TIMEOUT)
+        self.client = SipClient(
+            self.nodes[0], f"load{n}", f"load{n}-secret", DOMAIN, timeout=SIP_TIMEOUT
+        )
 
     def failover(self) -> None:
         """Move to the next node of the SRV order (after a timeout)."""
@@ -178,8 +192,7 @@ class SipPhone(User):
         try:
             resp = self.client.register(0)
             if resp.status >= 300:
-                log.warning("%s: unregister got %d %s", self.client.user, resp.status,
-                            resp.reason)
+                log.warning("%s: unregister got %d %s", self.client.user, resp.status, resp.reason)
         except SipClientError as e:
             log.warning("%s: unregister failed: %s", self.client.user, e)
         self.client.close()
@@ -213,15 +226,23 @@ class CallingPhone(SipPhone):
                 rang.append(time.perf_counter())
 
         result = []
-        resp = timed("INVITE", "setup",
-                     lambda: result.append(self.client.invite(callee, ringing)) or result[0][0])
+        resp = timed(
+            "INVITE",
+            "setup",
+            lambda: result.append(self.client.invite(callee, ringing)) or result[0][0],
+        )
         if resp is None:
             self.failover()
             return
         if rang:
-            events.request.fire(request_type="INVITE", name="ringing",
-                                response_time=(rang[0] - start) * 1000, response_length=0,
-                                exception=None, context={})
+            events.request.fire(
+                request_type="INVITE",
+                name="ringing",
+                response_time=(rang[0] - start) * 1000,
+                response_length=0,
+                exception=None,
+                context={},
+            )
         dialog = result[0][1]
         if dialog is None:
             return

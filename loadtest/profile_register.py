@@ -47,20 +47,24 @@ def _md5(text: str) -> str:
 def registration(i: int, src_port: int, nonce: str) -> tuple[bytes, bytes]:
     """The two datagrams of user ``i``'s registration, as SIPp writes them."""
     user = f"user{i}"
-    common = (f"Via: SIP/2.0/UDP 127.0.0.1:{src_port};branch=z9hG4bK-{i}-%d;rport\r\n"
-              f"From: <sip:{user}@{DOMAIN}>;tag=1234SIPpTag{i}\r\n"
-              f"To: <sip:{user}@{DOMAIN}>\r\n"
-              f"Call-ID: {i}-1234@127.0.0.1\r\n"
-              "CSeq: %d REGISTER\r\n"
-              f"Contact: <sip:{user}@127.0.0.1:{src_port};transport=UDP>\r\n")
+    common = (
+        f"Via: SIP/2.0/UDP 127.0.0.1:{src_port};branch=z9hG4bK-{i}-%d;rport\r\n"
+        f"From: <sip:{user}@{DOMAIN}>;tag=1234SIPpTag{i}\r\n"
+        f"To: <sip:{user}@{DOMAIN}>\r\n"
+        f"Call-ID: {i}-1234@127.0.0.1\r\n"
+        "CSeq: %d REGISTER\r\n"
+        f"Contact: <sip:{user}@127.0.0.1:{src_port};transport=UDP>\r\n"
+    )
     tail = "Max-Forwards: 70\r\nExpires: 3600\r\nUser-Agent: SIPp\r\nContent-Length: 0\r\n\r\n"
     first = f"REGISTER sip:{DOMAIN} SIP/2.0\r\n" + common % (1, 1) + tail
     ha1 = _md5(f"{user}:{DOMAIN}:pw{i}")
     cnonce = f"{i:08x}"
     resp = _md5(f"{ha1}:{nonce}:00000001:{cnonce}:auth:{_md5(f'REGISTER:sip:{DOMAIN}')}")
-    auth = (f'Authorization: Digest username="{user}",realm="{DOMAIN}",cnonce="{cnonce}",'
-            f'nc=00000001,qop=auth,uri="sip:{DOMAIN}",nonce="{nonce}",response="{resp}",'
-            'algorithm=MD5\r\n')
+    auth = (
+        f'Authorization: Digest username="{user}",realm="{DOMAIN}",cnonce="{cnonce}",'
+        f'nc=00000001,qop=auth,uri="sip:{DOMAIN}",nonce="{nonce}",response="{resp}",'
+        "algorithm=MD5\r\n"
+    )
     second = f"REGISTER sip:{DOMAIN} SIP/2.0\r\n" + common % (2, 2) + auth + tail
     return first.encode(), second.encode()
 
@@ -69,12 +73,19 @@ def main() -> int:
     """Build the node, feed it, print the cost per registration."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--users", type=int, default=20000)
-    ap.add_argument("--register", type=int, default=None,
-                    help="register only the first N users (default: all); comparing two "
-                         "counts under valgrind gives instructions per registration")
-    ap.add_argument("--credentials-only", action="store_true",
-                    help="feed only the REGISTERs with credentials, as a node whose "
-                         "challenge front answers the others gets them")
+    ap.add_argument(
+        "--register",
+        type=int,
+        default=None,
+        help="register only the first N users (default: all); comparing two "
+        "counts under valgrind gives instructions per registration",
+    )
+    ap.add_argument(
+        "--credentials-only",
+        action="store_true",
+        help="feed only the REGISTERs with credentials, as a node whose "
+        "challenge front answers the others gets them",
+    )
     ap.add_argument("--burst", type=int, default=64, help="datagrams handled between yields")
     ap.add_argument("--profile", action="store_true", help="print a cProfile listing")
     args = ap.parse_args()
@@ -87,12 +98,17 @@ def main() -> int:
         with open(csv, "w") as f:
             f.write("username,password\n")
             f.writelines(f"user{i},pw{i}\n" for i in range(args.users))
-        cfg = parse_config({"node": {"id": "prof", "data_dir": work},
-                            "sip": {"address": "127.0.0.1", "port": free_port(), "domain": DOMAIN},
-                            "auth": {"secret": "00" * 32},
-                            # every datagram comes from one address: no per-source limit
-                            "limits": {"udp_rate": 0},
-                            "database": {"url": f"sqlite:///{work}/tandem.db"}}, work)
+        cfg = parse_config(
+            {
+                "node": {"id": "prof", "data_dir": work},
+                "sip": {"address": "127.0.0.1", "port": free_port(), "domain": DOMAIN},
+                "auth": {"secret": "00" * 32},
+                # every datagram comes from one address: no per-source limit
+                "limits": {"udp_rate": 0},
+                "database": {"url": f"sqlite:///{work}/tandem.db"},
+            },
+            work,
+        )
         init_store(cfg.database)
         import_users_csv(csv, DOMAIN)
         close_store()
@@ -107,7 +123,7 @@ def main() -> int:
         def feed():
             burst = args.burst
             for k in range(0, len(messages), burst // 2):
-                for first, second in messages[k:k + burst // 2]:
+                for first, second in messages[k : k + burst // 2]:
                     if not args.credentials_only:
                         receive(first, "127.0.0.1", src_port)
                     receive(second, "127.0.0.1", src_port)
@@ -129,10 +145,12 @@ def main() -> int:
         stats = node.registrar.statistics()
         node.stop()
     ok = stats["ok"]
-    sys.stdout.write(f"{ok} of {count} registered, {stats['challenged']} challenged here, "
-                     f"{stats['rejected']} rejected, {stats['commits']} commits\n"
-                     f"cpu {cpu:.2f} s, wall {wall:.2f} s: {1e6 * cpu / max(ok, 1):.0f} us "
-                     f"CPU per authenticated registration\n")
+    sys.stdout.write(
+        f"{ok} of {count} registered, {stats['challenged']} challenged here, "
+        f"{stats['rejected']} rejected, {stats['commits']} commits\n"
+        f"cpu {cpu:.2f} s, wall {wall:.2f} s: {1e6 * cpu / max(ok, 1):.0f} us "
+        f"CPU per authenticated registration\n"
+    )
     if prof:
         order = os.environ.get("PROFILE_SORT", "tottime")
         pstats.Stats(prof, stream=sys.stdout).sort_stats(order).print_stats(35)

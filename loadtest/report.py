@@ -73,13 +73,27 @@ def summarise(prefix: str) -> Summary:
     """Read ``<prefix>_stats.csv`` (required), ``_failures.csv`` and ``_stats_history.csv``."""
     stats = _read(prefix + "_stats.csv")
     if not stats:
-        raise FileNotFoundError(f"{prefix}_stats.csv is missing or empty: was locust run "
-                                f"with --csv {prefix}?")
-    rows = [Row("all" if r["Name"] == "Aggregated" else f"{r['Type']} {r['Name']}",
-                int(r["Request Count"]), int(r["Failure Count"]), _number(r["Requests/s"]),
-                _number(r["50%"]), _number(r["95%"])) for r in stats]
-    failures = sorted(((f"{r['Method']} {r['Name']}", r["Error"], int(r["Occurrences"]))
-                       for r in _read(prefix + "_failures.csv")), key=lambda f: -f[2])
+        raise FileNotFoundError(
+            f"{prefix}_stats.csv is missing or empty: was locust run with --csv {prefix}?"
+        )
+    rows = [
+        Row(
+            "all" if r["Name"] == "Aggregated" else f"{r['Type']} {r['Name']}",
+            int(r["Request Count"]),
+            int(r["Failure Count"]),
+            _number(r["Requests/s"]),
+            _number(r["50%"]),
+            _number(r["95%"]),
+        )
+        for r in stats
+    ]
+    failures = sorted(
+        (
+            (f"{r['Method']} {r['Name']}", r["Error"], int(r["Occurrences"]))
+            for r in _read(prefix + "_failures.csv")
+        ),
+        key=lambda f: -f[2],
+    )
     history = [r for r in _read(prefix + "_stats_history.csv") if r["Name"] == "Aggregated"]
     start = _number(history[0]["Timestamp"]) if history else 0.0
     seconds = []
@@ -89,9 +103,13 @@ def summarise(prefix: str) -> Summary:
         if total > last:
             seconds.append(_number(r["Timestamp"]) - start)
         last = total
-    return Summary(rows, failures, seconds[0] if seconds else None,
-                   seconds[-1] if seconds else None,
-                   _number(history[-1]["Timestamp"]) - start if history else 0.0)
+    return Summary(
+        rows,
+        failures,
+        seconds[0] if seconds else None,
+        seconds[-1] if seconds else None,
+        _number(history[-1]["Timestamp"]) - start if history else 0.0,
+    )
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -106,16 +124,23 @@ def sipp_row(kind: str, result) -> Row:
     """A SIPp run (``loadtest.harness.run_sipp`` with ``rtt``) as a report row: its calls,
     failed calls, successful calls per second and the median and p95 of the response
     time its scenario measures (``rtd``: from the call's start, as Locust's kinds)."""
-    return Row(kind, result.successful + result.failed, result.failed,
-               result.successful / result.elapsed if result.elapsed > 0 else 0.0,
-               percentile(result.rtt_ms, 0.5), percentile(result.rtt_ms, 0.95))
+    return Row(
+        kind,
+        result.successful + result.failed,
+        result.failed,
+        result.successful / result.elapsed if result.elapsed > 0 else 0.0,
+        percentile(result.rtt_ms, 0.5),
+        percentile(result.rtt_ms, 0.95),
+    )
 
 
 def format_rows(rows: list[Row]) -> list[str]:
     """The table of ``rows``: a header, then one line per row."""
     lines = [f"{'kind':<20}{'count':>8}{'failed':>8}{'per s':>9}{'median ms':>11}{'p95 ms':>9}"]
-    return lines + [f"{r.kind:<20}{r.count:>8}{r.failures:>8}{r.rate:>9.1f}"
-                    f"{r.median_ms:>11.0f}{r.p95_ms:>9.0f}" for r in rows]
+    return lines + [
+        f"{r.kind:<20}{r.count:>8}{r.failures:>8}{r.rate:>9.1f}{r.median_ms:>11.0f}{r.p95_ms:>9.0f}"
+        for r in rows
+    ]
 
 
 def format_summary(s: Summary) -> str:
@@ -128,9 +153,12 @@ def format_summary(s: Summary) -> str:
         lines += ["", f"no failure in {s.length:.0f} s"]
     else:
         assert s.failing_until is not None
-        lines += ["", f"failures from {s.failing_from:.0f} s to {s.failing_until:.0f} s into "
-                  f"the run: recovered {s.failing_until - s.failing_from + 1:.0f} s after the "
-                  f"first ({s.length:.0f} s in all)"]
+        lines += [
+            "",
+            f"failures from {s.failing_from:.0f} s to {s.failing_until:.0f} s into "
+            f"the run: recovered {s.failing_until - s.failing_from + 1:.0f} s after the "
+            f"first ({s.length:.0f} s in all)",
+        ]
     return "\n".join(lines)
 
 

@@ -24,8 +24,10 @@ class SipClientError(Exception):
 
 def sdp_offer(address: str, port: int, direction: str = "sendrecv") -> bytes:
     """A minimal audio SDP (RFC 4566) at ``address``:``port``; ``sendonly`` holds the peer."""
-    return (f"v=0\r\no=- 1 1 IN IP4 {address}\r\ns=-\r\nc=IN IP4 {address}\r\nt=0 0\r\n"
-            f"m=audio {port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na={direction}\r\n").encode()
+    return (
+        f"v=0\r\no=- 1 1 IN IP4 {address}\r\ns=-\r\nc=IN IP4 {address}\r\nt=0 0\r\n"
+        f"m=audio {port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na={direction}\r\n"
+    ).encode()
 
 
 class SipClient:
@@ -35,9 +37,17 @@ class SipClient:
     next SRV target after a node stops answering).
     """
 
-    def __init__(self, server: tuple[str, int], user: str, password: str, domain: str,
-                 local_ip: str = "127.0.0.1", t1: float = 0.5, timeout: float = 32.0,
-                 shared: "tuple[socket.socket, Queue] | None" = None):
+    def __init__(
+        self,
+        server: tuple[str, int],
+        user: str,
+        password: str,
+        domain: str,
+        local_ip: str = "127.0.0.1",
+        t1: float = 0.5,
+        timeout: float = 32.0,
+        shared: "tuple[socket.socket, Queue] | None" = None,
+    ):
         self.server = server
         self.user = user
         self.password = password
@@ -72,12 +82,13 @@ class SipClient:
         Every call uses this client's Call-ID with the next CSeq, so a second
         call refreshes the same binding (RFC 3261 §10.2.4).
         """
-        return self.request("REGISTER", f"sip:{self.domain}",
-                            [("Contact", self._contact()),
-                             ("Expires", str(expires))])
+        return self.request(
+            "REGISTER",
+            f"sip:{self.domain}",
+            [("Contact", self._contact()), ("Expires", str(expires))],
+        )
 
-    def request(self, method: str, uri: str, headers: list[tuple[str, str]],
-                **kw) -> Response:
+    def request(self, method: str, uri: str, headers: list[tuple[str, str]], **kw) -> Response:
         """Send ``method`` and return its final response (after one challenge).
 
         Keyword arguments go to the transaction (``to``, ``call_id``,
@@ -106,10 +117,16 @@ class SipClient:
         call_id = os.urandom(8).hex() + "@" + self.local[0]
         tag = os.urandom(4).hex()
         body = sdp_offer(self.local[0], 40000)
-        resp = self.request("INVITE", callee, [("Contact", self._contact()),
-                                               ("Content-Type", "application/sdp")],
-                            to=f"<{callee}>", call_id=call_id, from_tag=tag, body=body,
-                            ringing=ringing)
+        resp = self.request(
+            "INVITE",
+            callee,
+            [("Contact", self._contact()), ("Content-Type", "application/sdp")],
+            to=f"<{callee}>",
+            call_id=call_id,
+            from_tag=tag,
+            body=body,
+            ringing=ringing,
+        )
         if resp.status >= 300:
             return resp, None
         dialog = Dialog.from_2xx(self, resp, callee, call_id, tag)
@@ -119,16 +136,26 @@ class SipClient:
     def _contact(self) -> str:
         return f"<sip:{self.user}@{self.local[0]}:{self.local[1]}>"
 
-    def _transaction(self, method: str, uri: str, headers, *, to: str | None = None,
-                     call_id: str | None = None, from_tag: str | None = None,
-                     body: bytes = b"", dest: tuple[str, int] | None = None,
-                     ringing=None) -> Response:
+    def _transaction(
+        self,
+        method: str,
+        uri: str,
+        headers,
+        *,
+        to: str | None = None,
+        call_id: str | None = None,
+        from_tag: str | None = None,
+        body: bytes = b"",
+        dest: tuple[str, int] | None = None,
+        ringing=None,
+    ) -> Response:
         self.cseq += 1
         branch = "z9hG4bK" + os.urandom(8).hex()
         to = to or f"<{self.aor}>"
         from_ = f"<{self.aor}>;tag={from_tag or self.tag}"
-        data = self._encode(method, uri, branch, from_, to, call_id or self.call_id,
-                            self.cseq, headers, body)
+        data = self._encode(
+            method, uri, branch, from_, to, call_id or self.call_id, self.cseq, headers, body
+        )
         dest = dest or self.server
         deadline = time.monotonic() + self.timeout
         interval = self.t1
@@ -173,33 +200,63 @@ class SipClient:
         except socket.timeout:
             return None
 
-    def _ack_failure(self, uri: str, branch: str, from_: str, resp: Response,
-                     dest: tuple[str, int]) -> None:
+    def _ack_failure(
+        self, uri: str, branch: str, from_: str, resp: Response, dest: tuple[str, int]
+    ) -> None:
         """The ACK of a non-2xx final response: same branch, the response's To (§17.1.1.3)."""
         to = resp.get("To") or ""
-        self.sock.sendto(self._encode("ACK", uri, branch, from_, to, resp.call_id,
-                                      resp.cseq[0], [], b""), dest)
+        self.sock.sendto(
+            self._encode("ACK", uri, branch, from_, to, resp.call_id, resp.cseq[0], [], b""), dest
+        )
 
-    def _encode(self, method: str, uri: str, branch: str, from_: str, to: str, call_id: str,
-                cseq: int, headers, body: bytes) -> bytes:
-        lines = [f"{method} {uri} SIP/2.0",
-                 f"Via: SIP/2.0/UDP {self.local[0]}:{self.local[1]};branch={branch};rport",
-                 f"From: {from_}", f"To: {to}", f"Call-ID: {call_id}",
-                 f"CSeq: {cseq} {method}", "Max-Forwards: 70",
-                 *(f"{k}: {v}" for k, v in headers), f"Content-Length: {len(body)}", "", ""]
+    def _encode(
+        self,
+        method: str,
+        uri: str,
+        branch: str,
+        from_: str,
+        to: str,
+        call_id: str,
+        cseq: int,
+        headers,
+        body: bytes,
+    ) -> bytes:
+        lines = [
+            f"{method} {uri} SIP/2.0",
+            f"Via: SIP/2.0/UDP {self.local[0]}:{self.local[1]};branch={branch};rport",
+            f"From: {from_}",
+            f"To: {to}",
+            f"Call-ID: {call_id}",
+            f"CSeq: {cseq} {method}",
+            "Max-Forwards: 70",
+            *(f"{k}: {v}" for k, v in headers),
+            f"Content-Length: {len(body)}",
+            "",
+            "",
+        ]
         return "\r\n".join(lines).encode() + body
 
     def _credentials(self, method: str, uri: str, challenge: str) -> str:
         params = parse_params(challenge.split(None, 1)[1].replace(",", ";"))
         unq = {k: (v or "").strip().strip('"') for k, v in params.items()}
         cnonce = os.urandom(4).hex()
-        creds = Credentials(username=self.user, realm=unq["realm"], nonce=unq["nonce"], uri=uri,
-                            response="", algorithm="MD5", qop="auth", nc="00000001",
-                            cnonce=cnonce)
+        creds = Credentials(
+            username=self.user,
+            realm=unq["realm"],
+            nonce=unq["nonce"],
+            uri=uri,
+            response="",
+            algorithm="MD5",
+            qop="auth",
+            nc="00000001",
+            cnonce=cnonce,
+        )
         response = expected_response(creds, method, ha1(self.user, unq["realm"], self.password))
-        return (f'Digest username="{self.user}", realm="{unq["realm"]}", nonce="{unq["nonce"]}", '
-                f'uri="{uri}", response="{response}", algorithm=MD5, qop=auth, nc=00000001, '
-                f'cnonce="{cnonce}"')
+        return (
+            f'Digest username="{self.user}", realm="{unq["realm"]}", nonce="{unq["nonce"]}", '
+            f'uri="{uri}", response="{response}", algorithm=MD5, qop=auth, nc=00000001, '
+            f'cnonce="{cnonce}"'
+        )
 
 
 class Dialog:
@@ -209,8 +266,15 @@ class Dialog:
     Record-Route, reversed), sent to the first route's host and port.
     """
 
-    def __init__(self, client: SipClient, call_id: str, local_tag: str, remote: str,
-                 target: str, routes: list[str]):
+    def __init__(
+        self,
+        client: SipClient,
+        call_id: str,
+        local_tag: str,
+        remote: str,
+        target: str,
+        routes: list[str],
+    ):
         self.client = client
         self.call_id = call_id
         self.local_tag = local_tag
@@ -219,16 +283,23 @@ class Dialog:
         self.routes = routes
 
     @classmethod
-    def from_2xx(cls, client: SipClient, resp: Response, callee: str, call_id: str,
-                 tag: str) -> "Dialog":
+    def from_2xx(
+        cls, client: SipClient, resp: Response, callee: str, call_id: str, tag: str
+    ) -> "Dialog":
         """The dialog a 2xx to an INVITE of ``client`` creates."""
         try:
             contacts = resp.contacts
             target = str(contacts[0].uri) if isinstance(contacts, list) and contacts else callee
         except SipError as e:
             raise SipClientError(f"2xx with a bad Contact: {e}") from e
-        return cls(client, call_id, tag, resp.get("To") or f"<{callee}>", target,
-                   list(reversed(resp.get_all("Record-Route"))))
+        return cls(
+            client,
+            call_id,
+            tag,
+            resp.get("To") or f"<{callee}>",
+            target,
+            list(reversed(resp.get_all("Record-Route"))),
+        )
 
     def _dest(self) -> tuple[str, int]:
         if not self.routes:
@@ -245,20 +316,36 @@ class Dialog:
     def ack(self, cseq: int) -> None:
         """The ACK of the 2xx with CSeq ``cseq``: its own transaction, never answered."""
         c = self.client
-        data = c._encode("ACK", self.target, "z9hG4bK" + os.urandom(8).hex(),
-                         f"<{c.aor}>;tag={self.local_tag}", self.remote, self.call_id, cseq,
-                         self._headers(), b"")
+        data = c._encode(
+            "ACK",
+            self.target,
+            "z9hG4bK" + os.urandom(8).hex(),
+            f"<{c.aor}>;tag={self.local_tag}",
+            self.remote,
+            self.call_id,
+            cseq,
+            self._headers(),
+            b"",
+        )
         c.sock.sendto(data, self._dest())
 
-    def request(self, method: str, body: bytes = b"",
-                headers: list[tuple[str, str]] | None = None) -> Response:
+    def request(
+        self, method: str, body: bytes = b"", headers: list[tuple[str, str]] | None = None
+    ) -> Response:
         """Send ``method`` inside the dialog; a 2xx to a re-INVITE is ACKed."""
         hdrs = self._headers() + (headers or [])
         if method == "INVITE":
             hdrs.append(("Contact", self.client._contact()))
-        resp = self.client.request(method, self.target, hdrs, to=self.remote,
-                                   call_id=self.call_id, from_tag=self.local_tag, body=body,
-                                   dest=self._dest())
+        resp = self.client.request(
+            method,
+            self.target,
+            hdrs,
+            to=self.remote,
+            call_id=self.call_id,
+            from_tag=self.local_tag,
+            body=body,
+            dest=self._dest(),
+        )
         if method == "INVITE" and 200 <= resp.status < 300:
             self.ack(resp.cseq[0])
         return resp
@@ -266,8 +353,11 @@ class Dialog:
     def hold(self) -> Response:
         """A re-INVITE offering ``sendonly`` audio (RFC 3264 §8.4): the far end is on hold."""
         c = self.client
-        return self.request("INVITE", sdp_offer(c.local[0], 40000, "sendonly"),
-                            [("Content-Type", "application/sdp")])
+        return self.request(
+            "INVITE",
+            sdp_offer(c.local[0], 40000, "sendonly"),
+            [("Content-Type", "application/sdp")],
+        )
 
     def bye(self) -> Response:
         """End the call."""

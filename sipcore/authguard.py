@@ -179,7 +179,7 @@ class AuthGuard:
         self.version += 1
         if share:
             self._new.append(ban)
-            del self._new[:-self.settings.max_entries]
+            del self._new[: -self.settings.max_entries]
         return True
 
     def lift(self, kind: str, key: str, share: bool = True) -> bool:

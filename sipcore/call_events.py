@@ -48,8 +48,13 @@ class CallEvent:
     owner left for the node to stamp."""
 
 
-def call_event(kind: str, msg: Message, source: tuple[str, str, int], status: int | None = None,
-               dialog: Dialog | None = None) -> CallEvent | None:
+def call_event(
+    kind: str,
+    msg: Message,
+    source: tuple[str, str, int],
+    status: int | None = None,
+    dialog: Dialog | None = None,
+) -> CallEvent | None:
     """The event of ``kind`` for the call ``msg`` (a request or response) belongs to;
     None when its From, To or Call-ID cannot be read."""
     try:
@@ -58,5 +63,6 @@ def call_event(kind: str, msg: Message, source: tuple[str, str, int], status: in
         call_id = msg.call_id
     except SipError:
         return None
-    return CallEvent(kind, call_id, caller, callee, ":".join(str(p) for p in source), status,
-                     dialog)
+    return CallEvent(
+        kind, call_id, caller, callee, ":".join(str(p) for p in source), status, dialog
+    )

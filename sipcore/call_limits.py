@@ -82,9 +82,12 @@ def parse_limits(doc: Any, gateways: Any = ()) -> Limits:
             if key == "gateways" and name not in gateways:
                 raise LimitsError(f"dialplan.limits.gateways: no gateway named {name!r}")
         tables[key] = {n: _count(v, f"dialplan.limits.{key}.{n}") for n, v in table.items()}
-    return Limits(_count(doc.get("user", 0), "dialplan.limits.user"),
-                  _count(doc.get("gateway", 0), "dialplan.limits.gateway"),
-                  tables["users"], tables["gateways"])
+    return Limits(
+        _count(doc.get("user", 0), "dialplan.limits.user"),
+        _count(doc.get("gateway", 0), "dialplan.limits.gateway"),
+        tables["users"],
+        tables["gateways"],
+    )
 
 
 @dataclass(slots=True)
@@ -112,8 +115,7 @@ class CallCounts:
 
     def busy_gateways(self, limits: Limits) -> frozenset[str]:
         """The gateways at their limit (skipped for a new call)."""
-        return frozenset(n for n, c in self.gateways.items()
-                         if 0 < limits.of_gateway(n) <= c)
+        return frozenset(n for n, c in self.gateways.items() if 0 < limits.of_gateway(n) <= c)
 
     def full(self, user: str, limits: Limits) -> bool:
         """Whether ``user`` is at their limit."""
@@ -131,8 +133,7 @@ class CallCounts:
         """Note a call refused because every gateway of its route was full."""
         self.stats["refused_gateway"] += 1
 
-    def add(self, call_id: str, users: tuple[str, ...], gateway: str | None,
-            now: float) -> None:
+    def add(self, call_id: str, users: tuple[str, ...], gateway: str | None, now: float) -> None:
         """Count call ``call_id`` (once: an INVITE seen again changes nothing)."""
         self.sweep(now)
         if call_id in self._calls:
@@ -171,8 +172,12 @@ class CallCounts:
 
     def snapshot(self) -> dict[str, Any]:
         """What the master shows: calls per user and per gateway, and the totals."""
-        return {"calls": len(self._calls), "users": dict(self.users),
-                "gateways": dict(self.gateways), "stats": dict(self.stats)}
+        return {
+            "calls": len(self._calls),
+            "users": dict(self.users),
+            "gateways": dict(self.gateways),
+            "stats": dict(self.stats),
+        }
 
 
 def _down(counts: dict[str, int], key: str) -> None:

@@ -81,8 +81,10 @@ class Dialing:
     def is_gateway(self, uri: SipUri) -> bool:
         """Whether ``uri`` names one of the plan's gateways (its host, and its port if set)."""
         host, port = uri.host_bare, uri.port or 5060
-        return any(g.host.strip("[]").lower() == host and g.port in (None, port)
-                   for g in self.plan.gateways.values())
+        return any(
+            g.host.strip("[]").lower() == host and g.port in (None, port)
+            for g in self.plan.gateways.values()
+        )
 
     def identity(self, number: str) -> str:
         """The ``P-Asserted-Identity`` value presenting ``number`` (or a user name)."""
@@ -93,8 +95,9 @@ class Dialing:
         (one of the user's numbers), else the user's DID, else the user name."""
         return self.identity(self.plan.policy(user).presented or user)
 
-    def route(self, number: str, caller: str, busy: frozenset[str] = frozenset()
-              ) -> tuple[list[list[BranchTarget]], str, str]:
+    def route(
+        self, number: str, caller: str, busy: frozenset[str] = frozenset()
+    ) -> tuple[list[list[BranchTarget]], str, str]:
         """The branch groups and identity of ``caller``'s call to ``number``, and the name
         of the gateway tried first; the gateways named in ``busy`` (at their call limit)
         are skipped, ``503`` when that leaves none."""
@@ -105,8 +108,11 @@ class Dialing:
                 raise SipError(503, "Gateways Busy (Call Limit Reached)")
             raise SipError(503, "No Gateway Available")
         self.stats["routed"] += 1
-        return ([[BranchTarget(g.uri(found.number))] for g in up], self.asserted(caller),
-                up[0].name)
+        return (
+            [[BranchTarget(g.uri(found.number))] for g in up],
+            self.asserted(caller),
+            up[0].name,
+        )
 
     def _up(self, found: Match, busy: frozenset[str] = frozenset()) -> list[Gateway]:
         return [g for g in found.gateways if g.name not in self.down and g.name not in busy]
@@ -133,8 +139,9 @@ class Dialing:
             raise SipError(403, f"Forbidden: Needs Permission {permission}")
         return found
 
-    def emergency(self, number: str, user: str | None, source: str | None = None
-                  ) -> tuple[list[list[BranchTarget]], str] | None:
+    def emergency(
+        self, number: str, user: str | None, source: str | None = None
+    ) -> tuple[list[list[BranchTarget]], str] | None:
         """The branch groups and identity of an emergency call to ``number`` from
         ``user`` (None when unknown) at address ``source``, or None when there is no
         emergency gateway."""
@@ -147,18 +154,27 @@ class Dialing:
         return [[BranchTarget(g.uri(number))] for g in ordered], self.identity(callback)
 
 
-def probe_request(gateway: Gateway, via_host: str, via_port: int, transport: str,
-                  domain: str, call_id: str, branch: str) -> bytes:
+def probe_request(
+    gateway: Gateway,
+    via_host: str,
+    via_port: int,
+    transport: str,
+    domain: str,
+    call_id: str,
+    branch: str,
+) -> bytes:
     """The OPTIONS that asks ``gateway`` whether it is alive (RFC 3261 §11), sent from
     ``via_host:via_port`` over ``transport``; its answer is matched by ``call_id``."""
     host = f"[{via_host}]" if ":" in via_host else via_host
     target = gateway.uri(None)
-    return (f"OPTIONS {target} SIP/2.0\r\n"
-            f"Via: SIP/2.0/{transport.upper()} {host}:{via_port};branch={branch};rport\r\n"
-            "Max-Forwards: 70\r\n"
-            f"From: <sip:gateway-probe@{domain}>;tag={branch[-10:]}\r\n"
-            f"To: <{target}>\r\n"
-            f"Call-ID: {call_id}\r\n"
-            "CSeq: 1 OPTIONS\r\n"
-            "Accept: application/sdp\r\n"
-            "Content-Length: 0\r\n\r\n").encode()
+    return (
+        f"OPTIONS {target} SIP/2.0\r\n"
+        f"Via: SIP/2.0/{transport.upper()} {host}:{via_port};branch={branch};rport\r\n"
+        "Max-Forwards: 70\r\n"
+        f"From: <sip:gateway-probe@{domain}>;tag={branch[-10:]}\r\n"
+        f"To: <{target}>\r\n"
+        f"Call-ID: {call_id}\r\n"
+        "CSeq: 1 OPTIONS\r\n"
+        "Accept: application/sdp\r\n"
+        "Content-Length: 0\r\n\r\n"
+    ).encode()

@@ -51,9 +51,22 @@ MAX_TEXT = 512
 MAX_ROUTE = 2048
 """Longest route set kept (a longer one is not kept)."""
 
-DIALOG_FIELDS = ("call_id", "from_tag", "to_tag", "caller", "callee", "caller_contact",
-                 "callee_contact", "caller_dest", "callee_dest", "route", "cseq", "started_at",
-                 "answered_at", "owner")
+DIALOG_FIELDS = (
+    "call_id",
+    "from_tag",
+    "to_tag",
+    "caller",
+    "callee",
+    "caller_contact",
+    "callee_contact",
+    "caller_dest",
+    "callee_dest",
+    "route",
+    "cseq",
+    "started_at",
+    "answered_at",
+    "owner",
+)
 """A record's fields on the wire, in order."""
 
 
@@ -106,9 +119,15 @@ class Dialog:
 
     def summary(self) -> dict[str, Any]:
         """A JSON-ready view for the control endpoint and the master's API."""
-        return {"call_id": self.call_id, "caller": self.caller, "callee": self.callee,
-                "started_at": self.started_at, "answered_at": self.answered_at,
-                "owner": self.owner, "route": self.route}
+        return {
+            "call_id": self.call_id,
+            "caller": self.caller,
+            "callee": self.callee,
+            "started_at": self.started_at,
+            "answered_at": self.answered_at,
+            "owner": self.owner,
+            "route": self.route,
+        }
 
 
 def _contact(msg: Any) -> str:
@@ -119,9 +138,9 @@ def _contact(msg: Any) -> str:
     return str(contacts[0].uri)[:MAX_TEXT] if contacts and contacts != "*" else ""
 
 
-def answered_dialog(invite: Any, ok: Any, caller_dest: tuple[Any, ...],
-                    callee_dest: tuple[Any, ...]
-                    ) -> Dialog | None:
+def answered_dialog(
+    invite: Any, ok: Any, caller_dest: tuple[Any, ...], callee_dest: tuple[Any, ...]
+) -> Dialog | None:
     """The dialog a 2xx (``ok``) to ``invite`` makes, the INVITE having come from
     ``caller_dest`` and gone to ``callee_dest`` (``(transport, host, port)``); its times
     are 0 and its owner empty, for the node to stamp. None without both tags."""
@@ -135,10 +154,22 @@ def answered_dialog(invite: Any, ok: Any, caller_dest: tuple[Any, ...],
         return None
     if not from_tag or not to_tag:
         return None
-    return Dialog(call_id, from_tag, to_tag, str(from_.uri)[:MAX_TEXT],
-                  str(to.uri)[:MAX_TEXT], _contact(invite), _contact(ok),
-                  ":".join(str(p) for p in caller_dest), ":".join(str(p) for p in callee_dest),
-                  route if len(route) <= MAX_ROUTE else "", cseq, 0.0, 0.0, "")
+    return Dialog(
+        call_id,
+        from_tag,
+        to_tag,
+        str(from_.uri)[:MAX_TEXT],
+        str(to.uri)[:MAX_TEXT],
+        _contact(invite),
+        _contact(ok),
+        ":".join(str(p) for p in caller_dest),
+        ":".join(str(p) for p in callee_dest),
+        route if len(route) <= MAX_ROUTE else "",
+        cseq,
+        0.0,
+        0.0,
+        "",
+    )
 
 
 def adopter(dead: str, live: Iterable[str]) -> str | None:
@@ -152,16 +183,28 @@ def adopter(dead: str, live: Iterable[str]) -> str | None:
 class DialogTable:
     """The dialog records one node knows, its own and its peers'; see the module doc."""
 
-    def __init__(self, node_id: str, max_dialogs: int = MAX_DIALOGS, max_age: float = MAX_AGE,
-                 ended_memory: float = ENDED_MEMORY):
+    def __init__(
+        self,
+        node_id: str,
+        max_dialogs: int = MAX_DIALOGS,
+        max_age: float = MAX_AGE,
+        ended_memory: float = ENDED_MEMORY,
+    ):
         self.node_id = node_id
         self.max_dialogs, self.max_age, self.ended_memory = max_dialogs, max_age, ended_memory
         self.dialogs: OrderedDict[str, Dialog] = OrderedDict()
         """Call-ID -> record, oldest answered first."""
         self._ended: OrderedDict[str, float] = OrderedDict()
         self._pending: OrderedDict[str, float] = OrderedDict()
-        self.stats = {"answered": 0, "ended": 0, "evicted": 0, "expired": 0, "adopted": 0,
-                      "received": 0, "stale": 0}
+        self.stats = {
+            "answered": 0,
+            "ended": 0,
+            "evicted": 0,
+            "expired": 0,
+            "adopted": 0,
+            "received": 0,
+            "stale": 0,
+        }
 
     def __len__(self) -> int:
         return len(self.dialogs)
@@ -280,8 +323,15 @@ def encode_dialogs(node: str, dialogs: Iterable[Dialog], ends: Iterable[str] = (
     """One dialogs message ``{"pv", "v": 1, "id", "d": [rows], "x": [Call-IDs]}`` of
     ``node``: records made or taken over (in :data:`DIALOG_FIELDS` order) and calls
     ended (at most :data:`MAX_ROWS` of each)."""
-    return _dumps({"pv": PROTOCOL_VERSION, "v": DIALOGS_VERSION, "id": node,
-                   "d": [d.row() for d in dialogs], "x": list(ends)}).encode()
+    return _dumps(
+        {
+            "pv": PROTOCOL_VERSION,
+            "v": DIALOGS_VERSION,
+            "id": node,
+            "d": [d.row() for d in dialogs],
+            "x": list(ends),
+        }
+    ).encode()
 
 
 def _text(value: Any, empty: bool = False) -> bool:
@@ -289,25 +339,61 @@ def _text(value: Any, empty: bool = False) -> bool:
 
 
 def _time(value: Any) -> bool:
-    return (isinstance(value, int | float) and not isinstance(value, bool)
-            and math.isfinite(value) and 0 <= value < 1e11)
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and 0 <= value < 1e11
+    )
 
 
 def _dialog(row: Any) -> Dialog:
     if not isinstance(row, list) or len(row) != len(DIALOG_FIELDS):
         raise DialogWireError(f"malformed dialog record {str(row)[:80]}")
-    (call_id, from_tag, to_tag, caller, callee, caller_contact, callee_contact, caller_dest,
-     callee_dest, route, cseq, started_at, answered_at, owner) = row
-    if not (all(_text(v) for v in (call_id, from_tag, to_tag, caller, callee, owner))
-            and all(_text(v, True) for v in (caller_contact, callee_contact, caller_dest,
-                                              callee_dest))
-            and isinstance(route, str) and len(route) <= MAX_ROUTE
-            and isinstance(cseq, int) and not isinstance(cseq, bool) and 0 <= cseq < 2 ** 31
-            and _time(started_at) and _time(answered_at)):
+    (
+        call_id,
+        from_tag,
+        to_tag,
+        caller,
+        callee,
+        caller_contact,
+        callee_contact,
+        caller_dest,
+        callee_dest,
+        route,
+        cseq,
+        started_at,
+        answered_at,
+        owner,
+    ) = row
+    if not (
+        all(_text(v) for v in (call_id, from_tag, to_tag, caller, callee, owner))
+        and all(_text(v, True) for v in (caller_contact, callee_contact, caller_dest, callee_dest))
+        and isinstance(route, str)
+        and len(route) <= MAX_ROUTE
+        and isinstance(cseq, int)
+        and not isinstance(cseq, bool)
+        and 0 <= cseq < 2**31
+        and _time(started_at)
+        and _time(answered_at)
+    ):
         raise DialogWireError(f"malformed dialog record {str(row)[:80]}")
-    return Dialog(call_id, from_tag, to_tag, caller, callee, caller_contact, callee_contact,
-                  caller_dest, callee_dest, route, cseq, float(started_at),
-                  float(answered_at), owner)
+    return Dialog(
+        call_id,
+        from_tag,
+        to_tag,
+        caller,
+        callee,
+        caller_contact,
+        callee_contact,
+        caller_dest,
+        callee_dest,
+        route,
+        cseq,
+        float(started_at),
+        float(answered_at),
+        owner,
+    )
 
 
 def decode_dialogs(data: bytes) -> tuple[str, list[Dialog], list[str]]:
@@ -356,12 +442,30 @@ def parse_dest(dest: str) -> tuple[str, str, int] | None:
     return transport.lower(), host.strip("[]"), int(port)
 
 
-def _request(method: str, uri: str, sent_by: str, branch: str, from_: str, to: str,
-             call_id: str, cseq: int, extra: tuple[str, ...] = ()) -> bytes:
-    lines = [f"{method} {uri} SIP/2.0",
-             f"Via: SIP/2.0/UDP {sent_by};branch={branch};rport",
-             "Max-Forwards: 70", f"From: {from_}", f"To: {to}", f"Call-ID: {call_id}",
-             f"CSeq: {cseq} {method}", *extra, "Content-Length: 0", "", ""]
+def _request(
+    method: str,
+    uri: str,
+    sent_by: str,
+    branch: str,
+    from_: str,
+    to: str,
+    call_id: str,
+    cseq: int,
+    extra: tuple[str, ...] = (),
+) -> bytes:
+    lines = [
+        f"{method} {uri} SIP/2.0",
+        f"Via: SIP/2.0/UDP {sent_by};branch={branch};rport",
+        "Max-Forwards: 70",
+        f"From: {from_}",
+        f"To: {to}",
+        f"Call-ID: {call_id}",
+        f"CSeq: {cseq} {method}",
+        *extra,
+        "Content-Length: 0",
+        "",
+        "",
+    ]
     return "\r\n".join(lines).encode()
 
 
@@ -384,19 +488,51 @@ def probe_request(d: Dialog, to_caller: bool, sent_by: str, branch: str) -> byte
 def bye_request(d: Dialog, to_caller: bool, sent_by: str, branch: str) -> bytes:
     """The BYE that ends ``d`` towards one end (the caller when ``to_caller``), with a
     Reason saying why (RFC 3326)."""
-    return in_dialog_request("BYE", d, to_caller, sent_by, branch, d.cseq + 1000,
-                             ('Reason: SIP;cause=480;text="Call ended: its node failed and '
-                              'the other end does not answer"',))
+    return in_dialog_request(
+        "BYE",
+        d,
+        to_caller,
+        sent_by,
+        branch,
+        d.cseq + 1000,
+        (
+            'Reason: SIP;cause=480;text="Call ended: its node failed and '
+            'the other end does not answer"',
+        ),
+    )
 
 
-def in_dialog_request(method: str, d: Dialog, to_caller: bool, sent_by: str, branch: str,
-                      cseq: int, extra: tuple[str, ...] = ()) -> bytes:
+def in_dialog_request(
+    method: str,
+    d: Dialog,
+    to_caller: bool,
+    sent_by: str,
+    branch: str,
+    cseq: int,
+    extra: tuple[str, ...] = (),
+) -> bytes:
     """A request of ``d`` towards one end, as the other end would send it: the
     dialog's tags, a CSeq above any either end used in the INVITE."""
     if to_caller:
-        return _request(method, _dest_uri(d.caller_dest, d.caller_contact), sent_by, branch,
-                        f"<{d.callee}>;tag={d.to_tag}", f"<{d.caller}>;tag={d.from_tag}",
-                        d.call_id, cseq, extra)
-    return _request(method, _dest_uri(d.callee_dest, d.callee_contact), sent_by, branch,
-                    f"<{d.caller}>;tag={d.from_tag}", f"<{d.callee}>;tag={d.to_tag}",
-                    d.call_id, cseq, extra)
+        return _request(
+            method,
+            _dest_uri(d.caller_dest, d.caller_contact),
+            sent_by,
+            branch,
+            f"<{d.callee}>;tag={d.to_tag}",
+            f"<{d.caller}>;tag={d.from_tag}",
+            d.call_id,
+            cseq,
+            extra,
+        )
+    return _request(
+        method,
+        _dest_uri(d.callee_dest, d.callee_contact),
+        sent_by,
+        branch,
+        f"<{d.caller}>;tag={d.from_tag}",
+        f"<{d.callee}>;tag={d.to_tag}",
+        d.call_id,
+        cseq,
+        extra,
+    )

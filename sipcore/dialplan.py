@@ -116,7 +116,7 @@ class Rule:
 
     def rewrite(self, number: str) -> str:
         """The number sent on, after ``strip`` and ``prepend``."""
-        return self.prepend + number[self.strip:]
+        return self.prepend + number[self.strip :]
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,7 +186,8 @@ class DialPlan:
     limits: Limits = field(default_factory=Limits)
     """Concurrent calls per user and per gateway (``sipcore.call_limits``)."""
     _by_prefix: dict[str, list[tuple[Rule, re.Pattern[str]]]] = field(
-        default_factory=dict, init=False, repr=False)
+        default_factory=dict, init=False, repr=False
+    )
     _owners: dict[str, str] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -219,8 +220,7 @@ class DialPlan:
         if best is None:
             return None
         rule = best[0]
-        return Match(rule, rule.rewrite(number),
-                     tuple(self.gateways[n] for n in rule.gateways))
+        return Match(rule, rule.rewrite(number), tuple(self.gateways[n] for n in rule.gateways))
 
     def owner(self, number: str) -> str | None:
         """The user whose extension or DID ``number`` is, or None."""
@@ -235,8 +235,12 @@ class DialPlan:
         from address ``source``: the user's own, else that of the location the source
         is in, else the user's caller ID, else the plan's default."""
         policy = self.users.get(user, NO_POLICY) if user else NO_POLICY
-        return (policy.emergency_callback or self.location_callback(source)
-                or policy.caller_id or self.default_callback)
+        return (
+            policy.emergency_callback
+            or self.location_callback(source)
+            or policy.caller_id
+            or self.default_callback
+        )
 
     def location_callback(self, source: str | None) -> str:
         """The callback number of the most specific location holding ``source``, or ""."""
@@ -274,8 +278,10 @@ def compile_pattern(pattern: str) -> tuple[str, re.Pattern[str]]:
             if i != len(pattern) - 1:
                 raise DialPlanError(f"pattern {pattern!r}: '.' (the tail) must come last")
             if i == 0:
-                raise DialPlanError(f"pattern {pattern!r}: a tail alone would take every "
-                                    "number; write at least one digit or wildcard before it")
+                raise DialPlanError(
+                    f"pattern {pattern!r}: a tail alone would take every "
+                    "number; write at least one digit or wildcard before it"
+                )
             parts.append("[0-9*#]+")
         elif c in _LITERAL:
             parts.append(re.escape(c))
@@ -287,15 +293,19 @@ def compile_pattern(pattern: str) -> tuple[str, re.Pattern[str]]:
         elif c == "[":
             m = _CLASS.match(pattern, i)
             if m is None:
-                raise DialPlanError(f"pattern {pattern!r}: bad class at position {i + 1} "
-                                    "(write e.g. [2-9] or [147])")
+                raise DialPlanError(
+                    f"pattern {pattern!r}: bad class at position {i + 1} "
+                    "(write e.g. [2-9] or [147])"
+                )
             parts.append(m.group(0))
             wild = True
             i = m.end()
             continue
         else:
-            raise DialPlanError(f"pattern {pattern!r}: {c!r} at position {i + 1} is not a "
-                                "digit, +, *, #, x, N, Z, [class] or a final '.'")
+            raise DialPlanError(
+                f"pattern {pattern!r}: {c!r} at position {i + 1} is not a "
+                "digit, +, *, #, x, N, Z, [class] or a final '.'"
+            )
         i += 1
     return literal, re.compile("".join(parts))
 
@@ -305,8 +315,13 @@ def _fail(where: str, what: str) -> DialPlanError:
     return DialPlanError(f"{where}: {what}")
 
 
-def _str(body: dict[str, Any], key: str, where: str, default: str = "",
-         regex: re.Pattern[str] | None = None) -> str:
+def _str(
+    body: dict[str, Any],
+    key: str,
+    where: str,
+    default: str = "",
+    regex: re.Pattern[str] | None = None,
+) -> str:
     value = body.get(key, default)
     if not isinstance(value, str):
         raise _fail(where, f"{key} must be a string, not {value!r}")
@@ -334,8 +349,20 @@ def _keys(body: Any, allowed: frozenset[str], where: str) -> dict[str, Any]:
 _GATEWAY_KEYS = frozenset({"name", "host", "port", "transport", "prefix", "emergency"})
 _RULE_KEYS = frozenset({"pattern", "strip", "prepend", "gateways", "permission"})
 _USER_KEYS = frozenset({"permissions", "caller_id", "emergency_callback", "numbers"})
-_PLAN_KEYS = frozenset({"gateways", "rules", "users", "default_callback", "probe_interval",
-                        "probe_misses", "locations", "trusted", "groups", "limits"})
+_PLAN_KEYS = frozenset(
+    {
+        "gateways",
+        "rules",
+        "users",
+        "default_callback",
+        "probe_interval",
+        "probe_misses",
+        "locations",
+        "trusted",
+        "groups",
+        "limits",
+    }
+)
 _LOCATION_KEYS = frozenset({"network", "callback", "name", "address"})
 _PLACE = re.compile(r"[^\x00-\x1f\x7f]{1,200}")
 """A location's name or civic address: printable, one line, at most 200 characters."""
@@ -351,13 +378,13 @@ def parse_gateway(body: Any, where: str) -> Gateway:
     if not host:
         raise _fail(where, "host is required")
     port = body.get("port")
-    if port is not None and (not isinstance(port, int) or isinstance(port, bool)
-                             or not 0 < port < 65536):
+    if port is not None and (
+        not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536
+    ):
         raise _fail(where, f"port must be 1-65535, not {port!r}")
     transport = body.get("transport")
     if transport is not None and transport not in _TRANSPORTS:
-        raise _fail(where, f"transport must be one of {', '.join(_TRANSPORTS)}, "
-                           f"not {transport!r}")
+        raise _fail(where, f"transport must be one of {', '.join(_TRANSPORTS)}, not {transport!r}")
     prefix = _str(body, "prefix", where)
     if prefix and not re.fullmatch(r"[0-9*#+]{1,16}", prefix):
         raise _fail(where, f"prefix must be up to 16 digits, not {prefix!r}")
@@ -396,21 +423,29 @@ def parse_user(body: Any, where: str) -> UserPolicy:
     body = _keys(body, _USER_KEYS, where)
     perms = body.get("permissions", [])
     if not isinstance(perms, list) or not all(
-            isinstance(p, str) and _PERMISSION.fullmatch(p) for p in perms):
+        isinstance(p, str) and _PERMISSION.fullmatch(p) for p in perms
+    ):
         raise _fail(where, "permissions must be a list of names (lower case, e.g. local)")
     numbers = body.get("numbers", [])
-    if not isinstance(numbers, list) or len(numbers) > MAX_NUMBERS or not all(
-            isinstance(n, str) and len(n) <= MAX_PATTERN and is_number(n) for n in numbers):
-        raise _fail(where, f"numbers must be a list of at most {MAX_NUMBERS} numbers "
-                           "(+, digits), e.g. [\"201\", \"+15551230201\"]")
+    if (
+        not isinstance(numbers, list)
+        or len(numbers) > MAX_NUMBERS
+        or not all(isinstance(n, str) and len(n) <= MAX_PATTERN and is_number(n) for n in numbers)
+    ):
+        raise _fail(
+            where,
+            f"numbers must be a list of at most {MAX_NUMBERS} numbers "
+            '(+, digits), e.g. ["201", "+15551230201"]',
+        )
     if len(set(numbers)) != len(numbers):
         raise _fail(where, "numbers lists a number twice")
     caller_id = _number(body, "caller_id", where)
     if caller_id and numbers and caller_id not in numbers:
         # The identity a user's calls present is a number the user owns.
         raise _fail(where, f"caller_id {caller_id!r} is not one of the user's numbers")
-    return UserPolicy(frozenset(perms), caller_id, _number(body, "emergency_callback", where),
-                      tuple(numbers))
+    return UserPolicy(
+        frozenset(perms), caller_id, _number(body, "emergency_callback", where), tuple(numbers)
+    )
 
 
 def parse_location(body: Any, where: str) -> Location:
@@ -421,13 +456,18 @@ def parse_location(body: Any, where: str) -> Location:
     try:
         network = ipaddress.ip_network(text, strict=False)
     except ValueError:
-        raise _fail(where, f"network must be an address block such as 10.1.0.0/16, "
-                           f"not {text!r}") from None
+        raise _fail(
+            where, f"network must be an address block such as 10.1.0.0/16, not {text!r}"
+        ) from None
     callback = _number(body, "callback", where)
     if not callback:
         raise _fail(where, "callback is required")
-    return Location(network, callback, _str(body, "name", where, regex=_PLACE),
-                    _str(body, "address", where, regex=_PLACE))
+    return Location(
+        network,
+        callback,
+        _str(body, "name", where, regex=_PLACE),
+        _str(body, "address", where, regex=_PLACE),
+    )
 
 
 def parse_dialplan(doc: Any) -> DialPlan:
@@ -451,8 +491,9 @@ def parse_dialplan(doc: Any) -> DialPlan:
         if gw.name in gateways:
             raise _fail(f"dialplan.gateways[{k}]", f"a second gateway named {gw.name!r}")
         gateways[gw.name] = gw
-    rules = [parse_rule(body, k, gateways, f"dialplan.rules[{k}]")
-             for k, body in enumerate(raw_rules)]
+    rules = [
+        parse_rule(body, k, gateways, f"dialplan.rules[{k}]") for k, body in enumerate(raw_rules)
+    ]
     users = {}
     for name, body in raw_users.items():
         if not isinstance(name, str) or not name or len(name) > 128:
@@ -462,16 +503,22 @@ def parse_dialplan(doc: Any) -> DialPlan:
     for name, policy in users.items():
         for number in policy.numbers:
             if owners.setdefault(number, name) != name:
-                raise _fail(f"dialplan.users.{name}",
-                            f"number {number} is already {owners[number]}'s")
+                raise _fail(
+                    f"dialplan.users.{name}", f"number {number} is already {owners[number]}'s"
+                )
     for name, policy in users.items():
         # A caller ID presents a number the user owns; never one that is another user's.
         if owners.get(policy.caller_id, name) != name:
-            raise _fail(f"dialplan.users.{name}", f"caller_id {policy.caller_id} is "
-                                                  f"{owners[policy.caller_id]}'s number")
+            raise _fail(
+                f"dialplan.users.{name}",
+                f"caller_id {policy.caller_id} is {owners[policy.caller_id]}'s number",
+            )
     interval = doc.get("probe_interval", 10.0)
-    if not isinstance(interval, int | float) or isinstance(interval, bool) or not (
-            interval == 0 or 0.05 <= interval <= 3600):
+    if (
+        not isinstance(interval, int | float)
+        or isinstance(interval, bool)
+        or not (interval == 0 or 0.05 <= interval <= 3600)
+    ):
         raise _fail("dialplan", f"probe_interval must be 0 or 0.05-3600 s, not {interval!r}")
     misses = doc.get("probe_misses", 3)
     if not isinstance(misses, int) or isinstance(misses, bool) or not 1 <= misses <= 100:
@@ -479,9 +526,10 @@ def parse_dialplan(doc: Any) -> DialPlan:
     raw_locations = doc.get("locations", [])
     if not isinstance(raw_locations, list) or len(raw_locations) > MAX_LOCATIONS:
         raise _fail("dialplan.locations", f"must be a list of at most {MAX_LOCATIONS}")
-    locations = sorted((parse_location(body, f"dialplan.locations[{k}]")
-                        for k, body in enumerate(raw_locations)),
-                       key=lambda loc: -loc.network.prefixlen)
+    locations = sorted(
+        (parse_location(body, f"dialplan.locations[{k}]") for k, body in enumerate(raw_locations)),
+        key=lambda loc: -loc.network.prefixlen,
+    )
     try:
         trusted = parse_trusted(doc.get("trusted"))
     except TrustedError as e:
@@ -491,6 +539,15 @@ def parse_dialplan(doc: Any) -> DialPlan:
         limits = parse_limits(doc.get("limits"), gateways)
     except (RingGroupError, LimitsError) as e:
         raise DialPlanError(str(e)) from None
-    return DialPlan(gateways, rules, users, _number(doc, "default_callback", "dialplan"),
-                    float(interval), misses, locations, trusted,
-                    ring_groups=ring_groups, limits=limits)
+    return DialPlan(
+        gateways,
+        rules,
+        users,
+        _number(doc, "default_callback", "dialplan"),
+        float(interval),
+        misses,
+        locations,
+        trusted,
+        ring_groups=ring_groups,
+        limits=limits,
+    )

@@ -38,8 +38,10 @@ _HASHES = {"MD5": hashlib.md5, "SHA-256": hashlib.sha256}
 
 #: upper-cased algorithm token -> canonical spelling
 _ALGORITHMS = {
-    "MD5": "MD5", "MD5-SESS": "MD5-sess",
-    "SHA-256": "SHA-256", "SHA-256-SESS": "SHA-256-sess",
+    "MD5": "MD5",
+    "MD5-SESS": "MD5-sess",
+    "SHA-256": "SHA-256",
+    "SHA-256-SESS": "SHA-256-sess",
 }
 
 
@@ -70,8 +72,10 @@ _USED_UP = 1 << 32
 #
 # A text matches these patterns in one way at most (an absent value is not an
 # empty run), so that a failing match does not try many ways first.
-_SHAPE_PARAM = (rf"({TOKEN})[ \t\r\n]*="
-                r'(?:[ \t\r\n]*(?:("")|([^ \t\r\n,"\\]+)))?')
+_SHAPE_PARAM = (
+    rf"({TOKEN})[ \t\r\n]*="
+    r'(?:[ \t\r\n]*(?:("")|([^ \t\r\n,"\\]+)))?'
+)
 _SHAPE_PARAM_RE = re.compile(_SHAPE_PARAM)
 _SHAPE_RE = re.compile(rf"(?:[ \t\r\n,]*{_SHAPE_PARAM}[ \t\r\n]*(?=,|\Z))*[ \t\r\n,]*")
 #: shape -> ``_shape(shape)``: a kind of client sends one shape every time
@@ -304,12 +308,22 @@ def parse_credentials(value: str) -> Credentials:
         if len(nc) != 8 or nc.strip(HEXDIG):
             raise _bad("malformed nc")
     return Credentials(
-        p["username"], p["realm"], p["nonce"], p["uri"], p["response"].lower(),
-        algorithm, qop, nc, cnonce, p.get("opaque"))
+        p["username"],
+        p["realm"],
+        p["nonce"],
+        p["uri"],
+        p["response"].lower(),
+        algorithm,
+        qop,
+        nc,
+        cnonce,
+        p.get("opaque"),
+    )
 
 
-def expected_response(creds: Credentials, method: str, ha1_hex: str,
-                      body: bytes = b"") -> str | None:
+def expected_response(
+    creds: Credentials, method: str, ha1_hex: str, body: bytes = b""
+) -> str | None:
     """Return the hex response a client knowing ``ha1_hex`` must send.
 
     Covers qop ``auth`` (RFC 2617 §3.2.2.1), qop absent (RFC 2069
@@ -345,8 +359,9 @@ def expected_response(creds: Credentials, method: str, ha1_hex: str,
         return None
     if sess:
         ha1_hex = h(f"{ha1_hex}:{creds.nonce}:{creds.cnonce}".encode("utf-8", _WIRE)).hexdigest()
-    return h(f"{ha1_hex}:{creds.nonce}:{creds.nc}:{creds.cnonce}:{qop}:{ha2}"
-             .encode("utf-8", _WIRE)).hexdigest()
+    return h(
+        f"{ha1_hex}:{creds.nonce}:{creds.nc}:{creds.cnonce}:{qop}:{ha2}".encode("utf-8", _WIRE)
+    ).hexdigest()
 
 
 def _b64url(data: bytes) -> bytes:
@@ -373,11 +388,15 @@ class NonceFactory:
     forged one (``"invalid"``).
     """
 
-    __slots__ = ("_inner", "_outer", "lifetime", "max_skew", "_rng", "_salts", "origin",
-                 "_origin")
+    __slots__ = ("_inner", "_outer", "lifetime", "max_skew", "_rng", "_salts", "origin", "_origin")
 
-    def __init__(self, secret: bytes, lifetime: float = 300.0,
-                 max_skew: float = 5.0, origin: str = "AAAAAAAA"):
+    def __init__(
+        self,
+        secret: bytes,
+        lifetime: float = 300.0,
+        max_skew: float = 5.0,
+        origin: str = "AAAAAAAA",
+    ):
         """``lifetime``: seconds a nonce stays fresh; ``max_skew``: seconds a
         nonce may seem to come from the future (clock skew between nodes);
         ``origin``: this node's ``origin_tag``."""
@@ -415,7 +434,7 @@ class NonceFactory:
         so the encoding of a batch is the encodings of its salts end to end.
         """
         text = _b64url(self._rng.getrandbits(72 * _SALT_BATCH).to_bytes(9 * _SALT_BATCH, "big"))
-        salts = iter([text[i:i + 12] for i in range(0, 12 * _SALT_BATCH, 12)])
+        salts = iter([text[i : i + 12] for i in range(0, 12 * _SALT_BATCH, 12)])
         self._salts = salts
         return next(salts)
 
@@ -619,13 +638,19 @@ class Authenticator:
     the Request-URI.
     """
 
-    def __init__(self, realm: str, secret: bytes,
-                 lookup: Callable[[str], Mapping[str, str] | None],
-                 nonce_lifetime: float = 300.0,
-                 algorithms: tuple[str, ...] = ("SHA-256", "MD5"),
-                 max_nonces: int = 100_000, origin: str = "AAAAAAAA",
-                 require_qop: bool = True, guard: "AuthGuard | None" = None,
-                 server_uris: frozenset[str] = frozenset()):
+    def __init__(
+        self,
+        realm: str,
+        secret: bytes,
+        lookup: Callable[[str], Mapping[str, str] | None],
+        nonce_lifetime: float = 300.0,
+        algorithms: tuple[str, ...] = ("SHA-256", "MD5"),
+        max_nonces: int = 100_000,
+        origin: str = "AAAAAAAA",
+        require_qop: bool = True,
+        guard: "AuthGuard | None" = None,
+        server_uris: frozenset[str] = frozenset(),
+    ):
         """Build an authenticator; ``max_nonces`` bounds the replay table."""
         self.realm = realm
         self.lookup = lookup
@@ -719,16 +744,33 @@ class Authenticator:
         qop = others.get("qop", "")
         nc = others.get("nc", "")
         # An algorithm offered here is its own base; a -sess one is not.
-        if (self._accepted.get(algorithm) != algorithm or qop.lower() != "auth"
-                or len(nc) != 8 or nc.strip(HEXDIG) or not set(_PLAN_FIELDS).issubset(quoted)):
+        if (
+            self._accepted.get(algorithm) != algorithm
+            or qop.lower() != "auth"
+            or len(nc) != 8
+            or nc.strip(HEXDIG)
+            or not set(_PLAN_FIELDS).issubset(quoted)
+        ):
             return ()
         where = [2 * quoted.index(name) + 1 for name in _PLAN_FIELDS]
-        return (2 * len(quoted) + 1, itemgetter(*where), algorithm, _HASHES[algorithm],
-                self._ha2s[algorithm], nc, int(nc, 16))
+        return (
+            2 * len(quoted) + 1,
+            itemgetter(*where),
+            algorithm,
+            _HASHES[algorithm],
+            self._ha2s[algorithm],
+            nc,
+            int(nc, 16),
+        )
 
-    def authenticate(self, method: str, header_values: list[str],
-                     now: float, uri: str | None = None,
-                     source: str | None = None) -> AuthResult:
+    def authenticate(
+        self,
+        method: str,
+        header_values: list[str],
+        now: float,
+        uri: str | None = None,
+        source: str | None = None,
+    ) -> AuthResult:
         """Check a request's Authorization (or Proxy-Authorization) values.
 
         Picks the credentials for our realm (the strongest algorithm if
@@ -810,8 +852,15 @@ class Authenticator:
             guard.succeeded(source, username, now)
         return _success(username)
 
-    def _denied(self, nonce: str, status: str, expires_at: float, source: str | None,
-                username: str, now: float) -> AuthResult:
+    def _denied(
+        self,
+        nonce: str,
+        status: str,
+        expires_at: float,
+        source: str | None,
+        username: str,
+        now: float,
+    ) -> AuthResult:
         """A wrong answer: its nonce is used up, the guard counts it."""
         if status == "ok":
             self.counts.use_up(nonce, now, expires_at)
@@ -819,9 +868,14 @@ class Authenticator:
             self.guard.failed(source, username, now)
         return self._fail(now, "denied")
 
-    def _authenticate_slow(self, method: str, header_values: list[str],
-                           now: float, uri: str | None = None,
-                           source: str | None = None) -> AuthResult:
+    def _authenticate_slow(
+        self,
+        method: str,
+        header_values: list[str],
+        now: float,
+        uri: str | None = None,
+        source: str | None = None,
+    ) -> AuthResult:
         """``authenticate`` for any values, through ``parse_credentials``."""
         creds = self._pick(header_values) if header_values else None
         if creds is None:
@@ -857,7 +911,8 @@ class Authenticator:
         if status != "ok":
             return self._fail(now, status, stale=True)
         if qop is not None and not self.counts.accept(
-                creds.nonce, int(creds.nc or "0", 16), now, expires_at):
+            creds.nonce, int(creds.nc or "0", 16), now, expires_at
+        ):
             return self._fail(now, "replay")
         if guard is not None:
             guard.succeeded(source, creds.username, now)

@@ -41,8 +41,9 @@ class EmergencyNumbers:
         object.__setattr__(self, "numbers", frozenset(self.numbers))
 
     @classmethod
-    def of(cls, numbers: "EmergencyNumbers | Iterable[str]",
-           outside_line_prefix: str = "") -> "EmergencyNumbers":
+    def of(
+        cls, numbers: "EmergencyNumbers | Iterable[str]", outside_line_prefix: str = ""
+    ) -> "EmergencyNumbers":
         """``numbers`` as they are, or a collection of numbers made into an instance."""
         if isinstance(numbers, EmergencyNumbers):
             return numbers
@@ -56,14 +57,17 @@ class EmergencyNumbers:
         if not user or not self.numbers:
             return None
         digits, sep, param = user.partition(";")
-        if sep and (not param.startswith("phone-context=") or ";" in param
-                    or len(param) == len("phone-context=")):
+        if sep and (
+            not param.startswith("phone-context=")
+            or ";" in param
+            or len(param) == len("phone-context=")
+        ):
             return None
         if digits in self.numbers:
             return digits
         prefix = self.outside_line_prefix
-        if prefix and digits.startswith(prefix) and digits[len(prefix):] in self.numbers:
-            return digits[len(prefix):]
+        if prefix and digits.startswith(prefix) and digits[len(prefix) :] in self.numbers:
+            return digits[len(prefix) :]
         return None
 
     def of_uri(self, uri: SipUri) -> str | None:

@@ -19,8 +19,7 @@ class SipError(Exception):
 
     request: Request | None = None
 
-    def __init__(self, status: int, reason: str,
-                 headers: list[tuple[str, str]] | None = None):
+    def __init__(self, status: int, reason: str, headers: list[tuple[str, str]] | None = None):
         super().__init__(f"{status} {reason}")
         self.status = status
         self.reason = reason

@@ -45,18 +45,23 @@ def flow_mac(key: bytes, flow: str, expires: int, ruri: str) -> str:
     return hmac.digest(key, f"{flow}\0{expires}\0{ruri}".encode(), "sha256")[:12].hex()
 
 
-def relay_route(key: bytes, hop: str, transport: str, flow: str, expires: float,
-                ruri: str) -> str:
+def relay_route(key: bytes, hop: str, transport: str, flow: str, expires: float, ruri: str) -> str:
     """The Route value that takes a request for ``ruri`` to the node at ``hop``
     (``host:port``) over ``transport``, which sends it over ``flow``."""
     exp = int(expires)
-    return (f"<sip:{hop};transport={transport};lr;{FLOW_PARAM}={flow};{EXPIRES_PARAM}={exp};"
-            f"{MAC_PARAM}={flow_mac(key, flow, exp, ruri)}>")
+    return (
+        f"<sip:{hop};transport={transport};lr;{FLOW_PARAM}={flow};{EXPIRES_PARAM}={exp};"
+        f"{MAC_PARAM}={flow_mac(key, flow, exp, ruri)}>"
+    )
 
 
-def relayed_flow(key: bytes, params: Mapping[str, str | None], ruri: str, wall: float,
-                 parse_flow: Callable[[str], tuple[str, str, int] | None]
-                 ) -> tuple[str, str, int] | None:
+def relayed_flow(
+    key: bytes,
+    params: Mapping[str, str | None],
+    ruri: str,
+    wall: float,
+    parse_flow: Callable[[str], tuple[str, str, int] | None],
+) -> tuple[str, str, int] | None:
     """The destination of a relay Route's flow (its URI ``params``, for a request
     whose Request-URI is ``ruri``), or None when it is no relay, its MAC does not
     match or its binding has expired at ``wall``."""

@@ -67,8 +67,18 @@ from collections.abc import Callable, Sequence
 from typing import Any, cast
 from urllib.parse import unquote
 
-from .call_events import (ANSWER, ATTEMPT, BYE, CANCEL, EMERGENCY, FAILURE, FINISHING,
-                          RINGING, CallEvent, call_event)
+from .call_events import (
+    ANSWER,
+    ATTEMPT,
+    BYE,
+    CANCEL,
+    EMERGENCY,
+    FAILURE,
+    FINISHING,
+    RINGING,
+    CallEvent,
+    call_event,
+)
 from .dialing import TRY_ELSEWHERE, Dialing
 from .dialogs import Dialog, answered_dialog
 from .digest import BANNED, Authenticator
@@ -77,20 +87,46 @@ from .identity import screen as screen_identity
 from .identity import withhold as withhold_identity
 from .location import Location
 from .message import Message, Request, Response, error_response, make_response
-from .proxy import (ALLOW, DIALOG_METHODS, STATELESS_PREFIX,
-                    UNCHALLENGED, Branch,
-                    BranchTarget, Context, Lookup, ProxySettings, best_response, branch_prefix,
-                    branch_request, check_request, destinations, max_breadth,
-                    options_response, preprocess_route, sips_request, route_next_hop,
-                    stateless_branch,
-                    strip_our_via, target_groups,
-                    trying_response)
+from .proxy import (
+    ALLOW,
+    DIALOG_METHODS,
+    STATELESS_PREFIX,
+    UNCHALLENGED,
+    Branch,
+    BranchTarget,
+    Context,
+    Lookup,
+    ProxySettings,
+    best_response,
+    branch_prefix,
+    branch_request,
+    check_request,
+    destinations,
+    max_breadth,
+    options_response,
+    preprocess_route,
+    sips_request,
+    route_next_hop,
+    stateless_branch,
+    strip_our_via,
+    target_groups,
+    trying_response,
+)
 from .rfc3263 import Locator, Target
 from .ring_groups import RingGroup, fallback_kind, ring_plan
 from .transfer import TOKEN_HEADER, Transfers
-from .transaction import (AckReceived, ClientTransaction, RequestReceived, ResponseReceived,
-                          ServerTransaction, StrayResponse, Transaction, TransactionLayer,
-                          TransactionTimeout, TransportError)
+from .transaction import (
+    AckReceived,
+    ClientTransaction,
+    RequestReceived,
+    ResponseReceived,
+    ServerTransaction,
+    StrayResponse,
+    Transaction,
+    TransactionLayer,
+    TransactionTimeout,
+    TransportError,
+)
 from .trusted import TrustedPeer
 from .uri import SipUri, parse_uri
 from .via import Dest, source_address
@@ -115,10 +151,18 @@ class ProxyCore:
     (§17.2.1 asks for it within 200 ms; 0 sends it at once).
     """
 
-    def __init__(self, settings: ProxySettings, location: Location,
-                 authenticator: Authenticator | None = None,
-                 *, t1: float = 0.5, t2: float = 4.0, t4: float = 5.0,
-                 timer_c: float = 180.0, trying_delay: float = 0.2) -> None:
+    def __init__(
+        self,
+        settings: ProxySettings,
+        location: Location,
+        authenticator: Authenticator | None = None,
+        *,
+        t1: float = 0.5,
+        t2: float = 4.0,
+        t4: float = 5.0,
+        timer_c: float = 180.0,
+        trying_delay: float = 0.2,
+    ) -> None:
         self.settings = settings
         self.location = location
         self.auth = authenticator
@@ -149,8 +193,15 @@ class ProxyCore:
         self.transfers = Transfers(settings.secret or os.urandom(32))
         """Transfer tokens (``sipcore.transfer``): a REFER's target checked, its
         transferee's INVITE routed as the transferor's call."""
-        self.stats = {"requests": 0, "forwarded": 0, "challenged": 0, "rejected": 0,
-                      "cancelled": 0, "timeouts": 0, "stateless": 0}
+        self.stats = {
+            "requests": 0,
+            "forwarded": 0,
+            "challenged": 0,
+            "rejected": 0,
+            "cancelled": 0,
+            "timeouts": 0,
+            "stateless": 0,
+        }
 
     # -- outputs -------------------------------------------------------------
     def messages_to_send(self) -> list[tuple[bytes, Any]]:
@@ -162,8 +213,14 @@ class ProxyCore:
         out, self._call_events = self._call_events, []
         return out
 
-    def _call_event(self, kind: str, msg: Message, source: object, status: int | None = None,
-                    dialog: Dialog | None = None) -> None:
+    def _call_event(
+        self,
+        kind: str,
+        msg: Message,
+        source: object,
+        status: int | None = None,
+        dialog: Dialog | None = None,
+    ) -> None:
         # source: a Dest, mostly a transaction's destination (which the layer types object)
         ev = call_event(kind, msg, cast(Dest, source), status, dialog)
         if ev is not None:
@@ -194,8 +251,9 @@ class ProxyCore:
         return t
 
     # -- inputs --------------------------------------------------------------
-    def receive(self, msg: Request | Response, source: Dest, now: float,
-                wall: float | None = None) -> None:
+    def receive(
+        self, msg: Request | Response, source: Dest, now: float, wall: float | None = None
+    ) -> None:
         """Feed one validated message from ``source`` (``(transport, host, port)``)."""
         if isinstance(msg, Response):
             if (msg.top_via.branch or "").startswith(STATELESS_PREFIX):
@@ -205,15 +263,20 @@ class ProxyCore:
                 return
         elif msg.to.tag is not None:
             route = msg.get("route")
-            if (msg.method not in _STATEFUL and msg.method != "REFER"
-                    and route is not None
-                    and self.settings.is_record_route(route, msg)
-                    and self._forward_stateless(msg, source)):
+            if (
+                msg.method not in _STATEFUL
+                and msg.method != "REFER"
+                and route is not None
+                and self.settings.is_record_route(route, msg)
+                and self._forward_stateless(msg, source)
+            ):
                 return
-        elif (self.auth is not None
-              and msg.method not in UNCHALLENGED
-              and msg.get("proxy-authorization") is None
-              and self._challenge(msg, source, now if wall is None else wall)):
+        elif (
+            self.auth is not None
+            and msg.method not in UNCHALLENGED
+            and msg.get("proxy-authorization") is None
+            and self._challenge(msg, source, now if wall is None else wall)
+        ):
             return
         try:
             self.layer.receive(msg, source, now, source[0] != "udp")
@@ -256,7 +319,7 @@ class ProxyCore:
         timer_c = self.timer_c
         while ringing:
             branch, since = next(iter(ringing.items()))
-            if since + timer_c > now:     # as get_timer computes it (no float drift)
+            if since + timer_c > now:  # as get_timer computes it (no float drift)
                 break
             del ringing[branch]
             if not branch.done and branch.tx is not None:
@@ -296,15 +359,17 @@ class ProxyCore:
             elif kind is TransportError:
                 self._on_failure(ev.transaction, 503, now)
 
-    def _on_request(self, stx: ServerTransaction, req: Request, now: float,
-                    wall: float) -> None:
+    def _on_request(self, stx: ServerTransaction, req: Request, now: float, wall: float) -> None:
         self.stats["requests"] += 1
         try:
             self._route(stx, req, now, wall)
         except SipError as err:
             self.stats["rejected"] += 1
-            self.layer.respond(stx, make_response(req, err.status, err.reason, err.headers,
-                                                  to_tag=self._new_tag()), now)
+            self.layer.respond(
+                stx,
+                make_response(req, err.status, err.reason, err.headers, to_tag=self._new_tag()),
+                now,
+            )
 
     def _route(self, stx: ServerTransaction, req: Request, now: float, wall: float) -> None:
         """§16.3 to §16.5 for a new request; raises ``SipError`` to answer it."""
@@ -340,8 +405,14 @@ class ProxyCore:
         peer = None if in_dialog else self._peer(cast(Dest, stx.destination))
         # A transferee's INVITE with a token is the transferor's call (sipcore.transfer).
         transferor = None if in_dialog else self.transfers.redeem(req, s, wall)
-        if (self.auth is not None and not in_dialog and flow is None
-                and method not in UNCHALLENGED and peer is None and transferor is None):
+        if (
+            self.auth is not None
+            and not in_dialog
+            and flow is None
+            and method not in UNCHALLENGED
+            and peer is None
+            and transferor is None
+        ):
             from_uri = req.from_.uri
             if from_uri.user and s.names_domain(from_uri):
                 if emergency:
@@ -360,18 +431,27 @@ class ProxyCore:
             if flow is not None:
                 groups = [[BranchTarget(req.uri, (), flow)]]
             elif emergency and not in_dialog:
-                dialled = self._emergency_gateways(req, ruri, caller,
-                                                   cast(Dest, stx.destination)[1])
+                dialled = self._emergency_gateways(
+                    req, ruri, caller, cast(Dest, stx.destination)[1]
+                )
                 if dialled is None:
                     groups = self._emergency_targets(req, ruri, local, caller, wall, breadth)
                 else:
                     groups = dialled[0]
-            elif (local and dialing is not None and ruri.user
-                  and (group := self._ring_group(unquote(ruri.user))) is not None):
+            elif (
+                local
+                and dialing is not None
+                and ruri.user
+                and (group := self._ring_group(unquote(ruri.user))) is not None
+            ):
                 # A ring group's number: its members, then its fallback (sipcore.ring_groups).
                 groups, ring = self._ring_targets(group, wall, breadth)
-            elif (local and dialing is not None and ruri.user
-                  and (owner := dialing.alias(unquote(ruri.user))) is not None):
+            elif (
+                local
+                and dialing is not None
+                and ruri.user
+                and (owner := dialing.alias(unquote(ruri.user))) is not None
+            ):
                 # An extension or DID of a user (looked up before the dial plan).
                 groups = self._local_targets(ruri, wall, breadth, owner)
                 callee = owner
@@ -379,8 +459,11 @@ class ProxyCore:
                 # A number that is not a user of the domain: the dial plan's, for our users only.
                 if caller is None:
                     raise SipError(403, "No Trunk-To-Trunk Relay" if peer else "Relaying Denied")
-                busy = dialing.calls.busy_gateways(dialing.plan.limits) if dialing.calls.gateways \
+                busy = (
+                    dialing.calls.busy_gateways(dialing.plan.limits)
+                    if dialing.calls.gateways
                     else frozenset()
+                )
                 try:
                     groups, identity, gateway = dialing.route(unquote(ruri.user), caller, busy)
                 except SipError as err:
@@ -412,17 +495,23 @@ class ProxyCore:
                 self._call_event(FAILURE, req, stx.destination, err.status)
             raise
         # Record-Route: the leg the request came on; each branch adds its own (RFC 5658).
-        rr = (cast(Dest, stx.destination)[0] if method in DIALOG_METHODS and req.to.tag is None
-              else None)
+        rr = (
+            cast(Dest, stx.destination)[0]
+            if method in DIALOG_METHODS and req.to.tag is None
+            else None
+        )
         if in_dialog:
             screen_identity(req, self._peer(cast(Dest, stx.destination)) is not None, None)
         else:
-            screen_identity(req, peer is not None, None if caller is None or transferor
-                            else self._asserted(caller))
+            screen_identity(
+                req,
+                peer is not None,
+                None if caller is None or transferor else self._asserted(caller),
+            )
         if dialled is not None:
             self._to_gateway(req, dialled[1])
         elif not in_dialog:
-            withhold_identity(req)      # toward a phone or another domain: untrusted
+            withhold_identity(req)  # toward a phone or another domain: untrusted
         if dialing is not None and method == "INVITE" and req.to.tag is None:
             self._count_call(req, caller, callee, gateway, emergency, now)
         ctx = stx.context = Context(stx, req, branch_prefix(loop), rr, groups, breadth)
@@ -430,10 +519,16 @@ class ProxyCore:
         ctx.ring = ring
         if method == "BYE" or (ctx.invite and req.to.tag is None):
             if emergency and method != "BYE":
-                log.warning("emergency call %s from %s (%s) to %s: %s", req.call_id,
-                            req.from_.uri, "authenticated" if caller else "not authenticated",
-                            req.uri, "to the emergency gateways" if dialled else
-                            "no emergency gateway, routed as a user")
+                log.warning(
+                    "emergency call %s from %s (%s) to %s: %s",
+                    req.call_id,
+                    req.from_.uri,
+                    "authenticated" if caller else "not authenticated",
+                    req.uri,
+                    "to the emergency gateways"
+                    if dialled
+                    else "no emergency gateway, routed as a user",
+                )
             self._call_event(BYE if method == "BYE" else ATTEMPT, req, stx.destination)
             if emergency and method != "BYE":
                 self._call_event(EMERGENCY, req, stx.destination)
@@ -444,8 +539,15 @@ class ProxyCore:
                 self.layer.respond(stx, trying_response(req), now)
         self._advance(ctx, now)
 
-    def _count_call(self, req: Request, caller: str | None, callee: str | None,
-                    gateway: str | None, emergency: bool, now: float) -> None:
+    def _count_call(
+        self,
+        req: Request,
+        caller: str | None,
+        callee: str | None,
+        gateway: str | None,
+        emergency: bool,
+        now: float,
+    ) -> None:
         """Count a new call against its users and gateway (``sipcore.call_limits``):
         ``486`` past a user's limit, except for an emergency call (counted, never refused)."""
         calls = cast(Dialing, self.dialing).calls
@@ -460,8 +562,9 @@ class ProxyCore:
         group = dialing.plan.ring_groups.get(number)
         return None if group is None or dialing.is_user(number) else group
 
-    def _ring_targets(self, group: RingGroup, wall: float, breadth: int
-                      ) -> tuple[list[list[BranchTarget]], list[float | None]]:
+    def _ring_targets(
+        self, group: RingGroup, wall: float, breadth: int
+    ) -> tuple[list[list[BranchTarget]], list[float | None]]:
         """The branch groups and ring timeouts of a call to ring group ``group``: its
         members' phones, then its fallback; ``480`` when none of it can be reached."""
         dialing = cast(Dialing, self.dialing)
@@ -481,9 +584,11 @@ class ProxyCore:
 
         def phones(user: str) -> list[BranchTarget]:
             if calls.full(user, limits):
-                return []       # at their call limit: busy
-            return [t for g in self._bound_targets(f"sip:{user}@{s.domain}", wall, breadth)
-                    for t in g]
+                return []  # at their call limit: busy
+            return [
+                t for g in self._bound_targets(f"sip:{user}@{s.domain}", wall, breadth) for t in g
+            ]
+
         groups, timeouts = ring_plan(group, phones, fallback, s.max_branches)
         if not groups:
             raise SipError(480, "Temporarily Unavailable")
@@ -501,8 +606,9 @@ class ProxyCore:
             return []
         return target_groups(bindings, s.max_branches, breadth, s.nat_handling, s.relay_route)
 
-    def _local_targets(self, ruri: SipUri, wall: float, breadth: int,
-                       user: str | None = None) -> list[list[BranchTarget]]:
+    def _local_targets(
+        self, ruri: SipUri, wall: float, breadth: int, user: str | None = None
+    ) -> list[list[BranchTarget]]:
         """The branch groups for a user of our domain (``user``: the one an extension or
         DID of the Request-URI belongs to).
 
@@ -518,8 +624,9 @@ class ProxyCore:
             raise SipError(480, "Temporarily Unavailable")
         return groups
 
-    def _emergency_targets(self, req: Request, ruri: SipUri, local: bool, caller: str | None,
-                           wall: float, breadth: int) -> list[list[BranchTarget]]:
+    def _emergency_targets(
+        self, req: Request, ruri: SipUri, local: bool, caller: str | None, wall: float, breadth: int
+    ) -> list[list[BranchTarget]]:
         """Where a call to an emergency number goes: the phones registered as that
         number of our domain, whatever domain the Request-URI names; else where
         routing takes an authenticated caller's call. Nobody else's request is
@@ -528,14 +635,14 @@ class ProxyCore:
         number = s.emergency.of_uri(ruri)
         bindings = self.location.lookup(f"sip:{number}@{s.domain}", wall)
         if bindings:
-            return target_groups(bindings, s.max_branches, breadth, s.nat_handling,
-                                 s.relay_route)
+            return target_groups(bindings, s.max_branches, breadth, s.nat_handling, s.relay_route)
         if local or caller is None or (ruri.scheme == "tel" and req.get("route") is None):
             raise SipError(480, "No Route For Emergency Number")
         return [[BranchTarget(req.uri)]]
 
-    def _emergency_gateways(self, req: Request, ruri: SipUri, caller: str | None, source: str
-                            ) -> tuple[list[list[BranchTarget]], str] | None:
+    def _emergency_gateways(
+        self, req: Request, ruri: SipUri, caller: str | None, source: str
+    ) -> tuple[list[list[BranchTarget]], str] | None:
         """``(groups, identity)`` of an emergency call from address ``source`` through
         the emergency gateways, or None without any. The callback number is that of the
         authenticated caller, else of the user the From names when it is of our domain
@@ -572,17 +679,26 @@ class ProxyCore:
         dialing = self.dialing
         if dialing is None:
             return None
-        certificate = (self.tls_peer(source[1], source[2])
-                       if source[0] == "tls" and self.tls_peer is not None else None)
+        certificate = (
+            self.tls_peer(source[1], source[2])
+            if source[0] == "tls" and self.tls_peer is not None
+            else None
+        )
         return dialing.plan.trusted.peer(source[1], certificate)
 
-    def _refer(self, req: Request, caller: str | None, in_dialog: bool, source: Dest,
-               wall: float) -> None:
+    def _refer(
+        self, req: Request, caller: str | None, in_dialog: bool, source: Dest, wall: float
+    ) -> None:
         """Check a REFER's target against its sender's permissions (``sipcore.transfer``);
         a phone of our domain inside a dialog is challenged for them first."""
         from_uri = req.from_.uri
-        if (in_dialog and self.auth is not None and self._peer(source) is None
-                and from_uri.user and self.settings.names_domain(from_uri)):
+        if (
+            in_dialog
+            and self.auth is not None
+            and self._peer(source) is None
+            and from_uri.user
+            and self.settings.names_domain(from_uri)
+        ):
             caller = self._authenticate(req, unquote(from_uri.user), wall, alias=True)
         self.transfers.accept(req, caller, self.settings, self.dialing, wall)
 
@@ -610,22 +726,25 @@ class ProxyCore:
         also the user ``user`` is an extension or DID of: inside a call to a DID, the
         callee's From is that number); else the ``SipError`` to answer."""
         result = cast(Authenticator, self.auth).authenticate(
-            req.method, req.raw_values("proxy-authorization"), wall, req.uri,
-            source_address(req))
+            req.method, req.raw_values("proxy-authorization"), wall, req.uri, source_address(req)
+        )
         if result is BANNED:
             raise SipError(403, "Forbidden (Too Many Failed Authentications)")
         if not result.ok:
             self.stats["challenged"] += 1
             if result.reason != "missing":
                 log.info("%s from %s not authenticated: %s", req.method, user, result.reason)
-            raise SipError(407, "Proxy Authentication Required",
-                           [("Proxy-Authenticate", c) for c in result.challenges])
+            raise SipError(
+                407,
+                "Proxy Authentication Required",
+                [("Proxy-Authenticate", c) for c in result.challenges],
+            )
         if result.username != user and not (
-                alias and self.dialing is not None and self.dialing.alias(user) == result.username):
-            log.info("%s from %s with credentials of %s refused", req.method, user,
-                     result.username)
+            alias and self.dialing is not None and self.dialing.alias(user) == result.username
+        ):
+            log.info("%s from %s with credentials of %s refused", req.method, user, result.username)
             raise SipError(403, "Credentials Do Not Match From")
-        return cast(str, result.username)     # ok: the user's name
+        return cast(str, result.username)  # ok: the user's name
 
     # -- branches --------------------------------------------------------------
     def _advance(self, ctx: Context, now: float) -> None:
@@ -643,8 +762,7 @@ class ProxyCore:
             timeout = ctx.ring.pop(0)
             if timeout is not None:
                 self._seq += 1
-                heapq.heappush(self._ring_timers,
-                               (now + timeout, self._seq, ctx, len(ctx.groups)))
+                heapq.heappush(self._ring_timers, (now + timeout, self._seq, ctx, len(ctx.groups)))
         share = max(1, ctx.breadth // len(group)) if group else 1
         for target in group:
             self._start_branch(ctx, target, now, share)
@@ -665,13 +783,19 @@ class ProxyCore:
                 ctx.finals.append(resp)
         self._advance(ctx, now)
 
-    def _start_branch(self, ctx: Context, target: BranchTarget, now: float,
-                      breadth: int | None = None) -> None:
+    def _start_branch(
+        self, ctx: Context, target: BranchTarget, now: float, breadth: int | None = None
+    ) -> None:
         branch = Branch(ctx)
         ctx.branches.append(branch)
         # An empty Record-Route to fill when the branch's transport is known (_send_branch).
-        req = branch_request(ctx.request, target, None if ctx.record_route is None else "",
-                             self.settings.domain, breadth)
+        req = branch_request(
+            ctx.request,
+            target,
+            None if ctx.record_route is None else "",
+            self.settings.domain,
+            breadth,
+        )
         if target.dest is None or target.routes:
             try:
                 hop = route_next_hop(req, ctx.ruri if target.uri == ctx.request.uri else None)
@@ -705,8 +829,9 @@ class ProxyCore:
             if dest not in branch.dests:
                 branch.dests.append(dest)
 
-    def _locate(self, uri: SipUri, item: Branch | tuple[Request, str] | None,
-                lookup: bool = True) -> list[Dest] | None:
+    def _locate(
+        self, uri: SipUri, item: Branch | tuple[Request, str] | None, lookup: bool = True
+    ) -> list[Dest] | None:
         """Destinations for ``uri`` at once (an IP address), or None after queueing a
         Lookup for ``item`` (``[]`` instead when ``lookup`` is false)."""
         scheme = uri.scheme
@@ -718,8 +843,7 @@ class ProxyCore:
         if found is not None:
             return list(found)
         try:
-            loc = Locator(host, uri.port, uri.transport, scheme,
-                          supported=self.settings.transports)
+            loc = Locator(host, uri.port, uri.transport, scheme, supported=self.settings.transports)
         except ValueError:
             return []
         if loc.done:
@@ -743,13 +867,15 @@ class ProxyCore:
         if not branch.dests:
             return False
         dest = branch.dests.pop(0)
-        req = cast(Request, branch.request)     # set before the branch is sent
+        req = cast(Request, branch.request)  # set before the branch is sent
         inbound = branch.ctx.record_route
         if branch.tries or inbound is not None:
             headers = [h[:] for h in req.headers]
             if inbound is not None:
-                headers[1:2] = [["record-route", "Record-Route", v]
-                                for v in self.settings.record_routes(req, inbound, dest[0])]
+                headers[1:2] = [
+                    ["record-route", "Record-Route", v]
+                    for v in self.settings.record_routes(req, inbound, dest[0])
+                ]
             req = Request(req.method, req.uri, headers, req.body)
         branch.tries += 1
         self._seq += 1
@@ -769,7 +895,7 @@ class ProxyCore:
         if branch.tx is not None:
             branch.tx.fork = None
         branch.tx = branch.request = None
-        branch.dests = ()   # type: ignore[assignment]  # an ended branch's: () shared, not a list
+        branch.dests = ()  # type: ignore[assignment]  # an ended branch's: () shared, not a list
         ctx.live -= 1
         self._ringing.pop(branch, None)
         gave_up = bool(self._gave_up) and branch in self._gave_up
@@ -778,7 +904,7 @@ class ProxyCore:
         if self._rung_out and branch in self._rung_out:
             self._rung_out.discard(branch)
             if resp is not None and resp.status == 487:
-                resp = None     # cancelled at its ring timeout: not the callee's answer
+                resp = None  # cancelled at its ring timeout: not the callee's answer
         if ctx.final_sent:
             return
         if resp is not None:
@@ -787,11 +913,12 @@ class ProxyCore:
                 ctx.stopped = True
                 self._cancel_branches(ctx, now, ())
             elif ctx.failover is not None and resp.status not in ctx.failover and not gave_up:
-                ctx.stopped = True     # the callee's answer, not the gateway's failure
+                ctx.stopped = True  # the callee's answer, not the gateway's failure
         self._advance(ctx, now)
 
-    def _cancel_branches(self, ctx: Context, now: float,
-                         headers: Sequence[tuple[str, str]]) -> None:
+    def _cancel_branches(
+        self, ctx: Context, now: float, headers: Sequence[tuple[str, str]]
+    ) -> None:
         for b in ctx.branches:
             if b.done:
                 continue
@@ -801,8 +928,9 @@ class ProxyCore:
                 b.done = True
                 ctx.live -= 1
                 if not ctx.final_sent:
-                    ctx.finals.append(cast(Response,
-                                           self._generated(ctx, 487, "Request Terminated")))
+                    ctx.finals.append(
+                        cast(Response, self._generated(ctx, 487, "Request Terminated"))
+                    )
 
     def _send_final(self, ctx: Context, now: float) -> None:
         ctx.final_sent = True
@@ -878,18 +1006,25 @@ class ProxyCore:
                 return
             if ctx.invite:
                 if ctx.request.to.tag is None:
-                    self._call_event(ANSWER, resp, ctx.server.destination, status,
-                                     answered_dialog(ctx.request, resp,
-                                                     cast(Dest, ctx.server.destination),
-                                                     cast(Dest, tx.destination)))
+                    self._call_event(
+                        ANSWER,
+                        resp,
+                        ctx.server.destination,
+                        status,
+                        answered_dialog(
+                            ctx.request,
+                            resp,
+                            cast(Dest, ctx.server.destination),
+                            cast(Dest, tx.destination),
+                        ),
+                    )
                 self._cancel_branches(ctx, now, _CALL_DONE)
             self._release(ctx)
             return
         if branch.tx is not tx or branch.done:
             return
         if status == 503 and branch.dests and not ctx.stopped:
-            log.info("503 from %s:%s:%d; trying the next target",
-                     *cast(Dest, tx.destination))
+            log.info("503 from %s:%s:%d; trying the next target", *cast(Dest, tx.destination))
             if self._send_branch(branch, now):
                 return
         resp.pop_first_value("via")
@@ -902,9 +1037,11 @@ class ProxyCore:
             return
         ctx = branch.ctx
         if branch.dests and not ctx.stopped:
-            log.info("%s to %s:%s:%d; trying the next target",
-                     "timeout" if status == 408 else "transport error",
-                     *cast(Dest, tx.destination))
+            log.info(
+                "%s to %s:%s:%d; trying the next target",
+                "timeout" if status == 408 else "transport error",
+                *cast(Dest, tx.destination),
+            )
             if self._send_branch(branch, now):
                 return
         reason = "Request Timeout" if status == 408 else "Service Unavailable"
@@ -915,11 +1052,11 @@ class ProxyCore:
         cancel = ev.request
         invite = ev.invite
         if invite is None:
-            self.layer.respond(ev.transaction, make_response(
-                cancel, 481, to_tag=self._new_tag()), now)
+            self.layer.respond(
+                ev.transaction, make_response(cancel, 481, to_tag=self._new_tag()), now
+            )
             return
-        self.layer.respond(ev.transaction, make_response(cancel, 200, to_tag=self._new_tag()),
-                           now)
+        self.layer.respond(ev.transaction, make_response(cancel, 200, to_tag=self._new_tag()), now)
         ctx = cast("Context | None", invite.context)
         if ctx is None or ctx.final_sent or ctx.cancelled:
             return
@@ -943,9 +1080,9 @@ class ProxyCore:
         if s.emergency and s.is_emergency(req.ruri):
             return False
         if req.get(TOKEN_HEADER) is not None:
-            return False    # a transferee's INVITE: _route checks its token instead
+            return False  # a transferee's INVITE: _route checks its token instead
         if s.peer_hops and req.get("route") is not None and s.relayed_flow(req, wall):
-            return False    # a peer's relay to a flow we hold: it checked the caller
+            return False  # a peer's relay to a flow we hold: it checked the caller
         if self._peer(source) is not None:
             return False
         try:
@@ -953,10 +1090,15 @@ class ProxyCore:
         except SipError:
             return False
         self.stats["challenged"] += 1
-        headers = [("Proxy-Authenticate", c)
-                   for c in cast(Authenticator, self.auth).challenge(wall)]
-        self.layer.send(make_response(req, 407, "Proxy Authentication Required", headers,
-                                      to_tag=self._new_tag()), source)
+        headers = [
+            ("Proxy-Authenticate", c) for c in cast(Authenticator, self.auth).challenge(wall)
+        ]
+        self.layer.send(
+            make_response(
+                req, 407, "Proxy Authentication Required", headers, to_tag=self._new_tag()
+            ),
+            source,
+        )
         return True
 
     def _forward_stateless(self, req: Request, source: Dest) -> bool:
@@ -990,7 +1132,8 @@ class ProxyCore:
         s = self.settings
         try:
             if (ack.to.tag or "").startswith(self._tag) or (
-                    ack.get("route") is None and s.is_local(ack.ruri)):
+                ack.get("route") is None and s.is_local(ack.ruri)
+            ):
                 return
             branch = stateless_branch(ack)
             if not preprocess_route(ack, s):
@@ -1017,4 +1160,3 @@ class ProxyCore:
     def _new_tag(self) -> str:
         self._seq += 1
         return f"{self._tag}{self._seq:x}"
-

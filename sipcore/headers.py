@@ -17,21 +17,65 @@ from .uri import (
 )
 
 COMPACT = {
-    "v": "Via", "f": "From", "t": "To", "i": "Call-ID", "m": "Contact",
-    "l": "Content-Length", "c": "Content-Type", "k": "Supported",
-    "s": "Subject", "e": "Content-Encoding", "o": "Event", "u": "Allow-Events",
-    "r": "Refer-To", "b": "Referred-By", "x": "Session-Expires",
+    "v": "Via",
+    "f": "From",
+    "t": "To",
+    "i": "Call-ID",
+    "m": "Contact",
+    "l": "Content-Length",
+    "c": "Content-Type",
+    "k": "Supported",
+    "s": "Subject",
+    "e": "Content-Encoding",
+    "o": "Event",
+    "u": "Allow-Events",
+    "r": "Refer-To",
+    "b": "Referred-By",
+    "x": "Session-Expires",
 }
 
 _KNOWN = [
-    "Via", "From", "To", "Call-ID", "CSeq", "Contact", "Max-Forwards",
-    "Expires", "Min-Expires", "Content-Length", "Content-Type", "Route",
-    "Record-Route", "Path", "Supported", "Require", "Proxy-Require",
-    "Unsupported", "Allow", "Authorization", "Proxy-Authorization",
-    "WWW-Authenticate", "Proxy-Authenticate", "User-Agent", "Server", "Date",
-    "Retry-After", "Accept", "Event", "Subject", "Content-Encoding",
-    "Allow-Events", "Refer-To", "Referred-By", "Session-Expires", "Timestamp",
-    "Warning", "Organization", "Priority", "Reason", "Service-Route",
+    "Via",
+    "From",
+    "To",
+    "Call-ID",
+    "CSeq",
+    "Contact",
+    "Max-Forwards",
+    "Expires",
+    "Min-Expires",
+    "Content-Length",
+    "Content-Type",
+    "Route",
+    "Record-Route",
+    "Path",
+    "Supported",
+    "Require",
+    "Proxy-Require",
+    "Unsupported",
+    "Allow",
+    "Authorization",
+    "Proxy-Authorization",
+    "WWW-Authenticate",
+    "Proxy-Authenticate",
+    "User-Agent",
+    "Server",
+    "Date",
+    "Retry-After",
+    "Accept",
+    "Event",
+    "Subject",
+    "Content-Encoding",
+    "Allow-Events",
+    "Refer-To",
+    "Referred-By",
+    "Session-Expires",
+    "Timestamp",
+    "Warning",
+    "Organization",
+    "Priority",
+    "Reason",
+    "Service-Route",
 ]
 
 #: lower-case name or compact letter -> canonical spelling
@@ -39,11 +83,24 @@ CANONICAL = {n.lower(): n for n in _KNOWN}
 CANONICAL.update(COMPACT)
 
 #: headers whose values may be comma-separated lists (RFC 3261 §7.3.1)
-LIST_HEADERS = frozenset({
-    "via", "contact", "route", "record-route", "path", "supported", "require",
-    "proxy-require", "unsupported", "allow", "accept", "allow-events",
-    "service-route", "warning",
-})
+LIST_HEADERS = frozenset(
+    {
+        "via",
+        "contact",
+        "route",
+        "record-route",
+        "path",
+        "supported",
+        "require",
+        "proxy-require",
+        "unsupported",
+        "allow",
+        "accept",
+        "allow-events",
+        "service-route",
+        "warning",
+    }
+)
 
 
 def split_list(value: str) -> list[str]:
@@ -55,8 +112,11 @@ def split_list(value: str) -> list[str]:
 
 #: ``SIP/2.0/transport sent-by params``, case-insensitive as ABNF strings are (RFC 5234);
 #: the transport is a token (TLS-SCTP, WSS...)
-_VIA = re.compile(rf"\s*SIP\s*/\s*2\.0\s*/\s*({TOKEN})\s+"
-                  r"(\[[^\]]*\]|[^;:\s\[]+)(?:\s*:\s*([0-9]+))?\s*(.*)\Z", re.S | re.I)
+_VIA = re.compile(
+    rf"\s*SIP\s*/\s*2\.0\s*/\s*({TOKEN})\s+"
+    r"(\[[^\]]*\]|[^;:\s\[]+)(?:\s*:\s*([0-9]+))?\s*(.*)\Z",
+    re.S | re.I,
+)
 
 
 @dataclass(slots=True)
@@ -144,8 +204,7 @@ def _via_params(text: str) -> dict[str, str | None]:
     RFC 4475 §3.1.2.1 says such a request gets 400.
     """
     # One search, of the text behind a ";" of its own: the empty first parameter counts too.
-    if _EMPTY_PARAM.search(";" + text) and any(
-            not p.strip() for p in split_quoted(text, ";")):
+    if _EMPTY_PARAM.search(";" + text) and any(not p.strip() for p in split_quoted(text, ";")):
         raise SipParseError("empty parameter")
     return parse_params(text)
 
@@ -205,8 +264,12 @@ def parse_cseq(value: str) -> tuple[int, str]:
 def _parse_cseq(value: str) -> tuple[int, str]:
     """Parse a CSeq value from scratch; raise ``SipParseError`` when malformed."""
     parts = value.split()
-    if (len(parts) != 2 or not parts[0].isdigit() or not parts[0].isascii()
-            or parts[1].strip(TOKEN_CHARS)):
+    if (
+        len(parts) != 2
+        or not parts[0].isdigit()
+        or not parts[0].isascii()
+        or parts[1].strip(TOKEN_CHARS)
+    ):
         raise SipParseError("malformed CSeq")
     num = parts[0]
     if len(num) > 10:
@@ -214,12 +277,11 @@ def _parse_cseq(value: str) -> tuple[int, str]:
         if len(num) > 10:
             raise SipParseError("CSeq number too large")
     n = int(num)
-    if n >= 2 ** 31:
+    if n >= 2**31:
         raise SipParseError("CSeq number too large")
     return n, parts[1]
 
 
-def parse_int(value: str, name: str, maximum: int = 2 ** 32 - 1) -> int:
+def parse_int(value: str, name: str, maximum: int = 2**32 - 1) -> int:
     """Parse a non-negative integer header such as Expires or Max-Forwards."""
     return parse_number(value.strip(), name, maximum)
-

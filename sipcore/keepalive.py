@@ -25,8 +25,13 @@ KEEPALIVE = b"\r\n\r\n"
 """The keepalive sent on a flow (RFC 5626 §3.5.1 "double CRLF")."""
 
 
-def keepalive_flows(bindings: Iterable[Binding], owners: Collection[str], now: float,
-                    nat_handling: str = "auto", limit: int = 100_000) -> set[tuple[str, str, int]]:
+def keepalive_flows(
+    bindings: Iterable[Binding],
+    owners: Collection[str],
+    now: float,
+    nat_handling: str = "auto",
+    limit: int = 100_000,
+) -> set[tuple[str, str, int]]:
     """The flows ``(transport, host, port)`` to keep alive: of the live bindings whose
     origin is in ``owners`` and that are reached over their flow (``binding_target``
     gives a destination), each once, ``limit`` at most."""

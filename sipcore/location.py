@@ -60,10 +60,25 @@ class Binding:
         elif p is None:
             p = []
         g = rec.get
-        return cls(rec["aor"], rec["key"], rec["contact"], rec["expires_at"], rec["call_id"],
-                   rec["cseq"], g("q"), p, g("instance"), g("reg_id"), g("received"),
-                   g("user_agent"), g("origin", ""), g("epoch", 0), g("seq", 0),
-                   g("updated_at", 0.0), bool(g("deleted")))
+        return cls(
+            rec["aor"],
+            rec["key"],
+            rec["contact"],
+            rec["expires_at"],
+            rec["call_id"],
+            rec["cseq"],
+            g("q"),
+            p,
+            g("instance"),
+            g("reg_id"),
+            g("received"),
+            g("user_agent"),
+            g("origin", ""),
+            g("epoch", 0),
+            g("seq", 0),
+            g("updated_at", 0.0),
+            bool(g("deleted")),
+        )
 
     def version(self) -> tuple[Any, ...]:
         """The order in which versions of one binding supersede each other.
@@ -183,8 +198,12 @@ class Location:
 
     def live_count(self, now: float) -> int:
         """How many bindings are live."""
-        return sum(1 for per in self.table.values() for b in per.values()
-                   if not b.deleted and b.expires_at > now)
+        return sum(
+            1
+            for per in self.table.values()
+            for b in per.values()
+            if not b.deleted and b.expires_at > now
+        )
 
 
 def tombstone(b: Binding, **changes: Any) -> Binding:

@@ -27,30 +27,72 @@ from .uri import (
 REQUIRED = ("via", "from", "to", "call-id", "cseq")
 #: headers a request may carry once only (RFC 4475 §3.3.8); Content-Length is checked when parsing
 SINGLE = ("from", "to", "call-id", "cseq", "max-forwards")
-_REQUIRED = frozenset(REQUIRED)     # for one superset test in the common case
+_REQUIRED = frozenset(REQUIRED)  # for one superset test in the common case
 #: the methods of RFC 3261 and its extensions, for the usual request line
-_METHODS = frozenset(("REGISTER", "INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "SUBSCRIBE",
-                      "NOTIFY", "PUBLISH", "MESSAGE", "INFO", "PRACK", "UPDATE", "REFER"))
+_METHODS = frozenset(
+    (
+        "REGISTER",
+        "INVITE",
+        "ACK",
+        "BYE",
+        "CANCEL",
+        "OPTIONS",
+        "SUBSCRIBE",
+        "NOTIFY",
+        "PUBLISH",
+        "MESSAGE",
+        "INFO",
+        "PRACK",
+        "UPDATE",
+        "REFER",
+    )
+)
 #: header name as written (canonical, lower-case or compact) -> (lookup key, canonical spelling)
 _NAMES = {low: (canon.lower(), canon) for low, canon in CANONICAL.items()}
 _NAMES.update({canon: (canon.lower(), canon) for canon in CANONICAL.values()})
 
 REASONS = {
-    100: "Trying", 180: "Ringing", 181: "Call Is Being Forwarded", 182: "Queued",
-    183: "Session Progress", 200: "OK", 202: "Accepted", 301: "Moved Permanently",
-    302: "Moved Temporarily", 400: "Bad Request", 401: "Unauthorized",
-    403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
-    407: "Proxy Authentication Required", 408: "Request Timeout",
-    413: "Request Entity Too Large", 414: "Request-URI Too Long",
-    415: "Unsupported Media Type", 416: "Unsupported URI Scheme",
-    420: "Bad Extension", 423: "Interval Too Brief",
-    480: "Temporarily Unavailable", 481: "Call/Transaction Does Not Exist",
-    482: "Loop Detected", 483: "Too Many Hops", 484: "Address Incomplete",
-    486: "Busy Here", 487: "Request Terminated", 488: "Not Acceptable Here",
-    500: "Server Internal Error", 501: "Not Implemented", 502: "Bad Gateway",
-    503: "Service Unavailable", 504: "Server Time-out",
-    505: "Version Not Supported", 513: "Message Too Large", 600: "Busy Everywhere",
-    603: "Decline", 604: "Does Not Exist Anywhere", 606: "Not Acceptable",
+    100: "Trying",
+    180: "Ringing",
+    181: "Call Is Being Forwarded",
+    182: "Queued",
+    183: "Session Progress",
+    200: "OK",
+    202: "Accepted",
+    301: "Moved Permanently",
+    302: "Moved Temporarily",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    407: "Proxy Authentication Required",
+    408: "Request Timeout",
+    413: "Request Entity Too Large",
+    414: "Request-URI Too Long",
+    415: "Unsupported Media Type",
+    416: "Unsupported URI Scheme",
+    420: "Bad Extension",
+    423: "Interval Too Brief",
+    480: "Temporarily Unavailable",
+    481: "Call/Transaction Does Not Exist",
+    482: "Loop Detected",
+    483: "Too Many Hops",
+    484: "Address Incomplete",
+    486: "Busy Here",
+    487: "Request Terminated",
+    488: "Not Acceptable Here",
+    500: "Server Internal Error",
+    501: "Not Implemented",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Server Time-out",
+    505: "Version Not Supported",
+    513: "Message Too Large",
+    600: "Busy Everywhere",
+    603: "Decline",
+    604: "Does Not Exist Anywhere",
+    606: "Not Acceptable",
 }
 
 
@@ -112,8 +154,20 @@ def _dropping_index(name: str) -> Callable[..., Any]:
     return change
 
 
-for _name in ("__setitem__", "__delitem__", "__iadd__", "__imul__", "append", "extend",
-              "insert", "pop", "remove", "clear", "sort", "reverse"):
+for _name in (
+    "__setitem__",
+    "__delitem__",
+    "__iadd__",
+    "__imul__",
+    "append",
+    "extend",
+    "insert",
+    "pop",
+    "remove",
+    "clear",
+    "sort",
+    "reverse",
+):
     setattr(Headers, _name, _dropping_index(_name))
 del _name
 
@@ -348,7 +402,7 @@ class Message:
     def expires(self) -> int | None:
         """The Expires header, or None."""
         v = self._get("expires")
-        return None if v is None else parse_number(v.strip(), "Expires", 2 ** 32 - 1)
+        return None if v is None else parse_number(v.strip(), "Expires", 2**32 - 1)
 
     def _address_header(self, key: str, name: str) -> NameAddr:
         """Header ``key`` (From or To) parsed; a 400 naming ``name`` when missing or malformed."""
@@ -381,8 +435,9 @@ class Request(Message):
 
     __slots__ = ("method", "_uri")
 
-    def __init__(self, method: str, uri: str, headers: list[Field] | None = None,
-                 body: bytes = b""):
+    def __init__(
+        self, method: str, uri: str, headers: list[Field] | None = None, body: bytes = b""
+    ):
         # Message.__init__ inlined: a request is built for every datagram.
         self.headers = headers if headers is not None else []
         self.body = body
@@ -439,13 +494,16 @@ class Request(Message):
         else:
             keys = [h[0] for h in headers]
             present = dict.fromkeys(keys)
-            repeated = ({key for key in keys if keys.count(key) > 1}
-                        if len(present) != len(keys) else _NO_KEYS)
+            repeated = (
+                {key for key in keys if keys.count(key) > 1}
+                if len(present) != len(keys)
+                else _NO_KEYS
+            )
         if not present.keys() >= _REQUIRED:
             for key in REQUIRED:
                 if key not in present:
                     raise SipParseError(f"missing {CANONICAL[key]} header")
-        if repeated:        # some header is repeated: is it a single one?
+        if repeated:  # some header is repeated: is it a single one?
             for key in SINGLE:
                 if key in repeated:
                     raise SipParseError(f"more than one {CANONICAL[key]} header")
@@ -471,8 +529,13 @@ class Response(Message):
 
     __slots__ = ("status", "reason")
 
-    def __init__(self, status: int, reason: str | None = None,
-                 headers: list[Field] | None = None, body: bytes = b""):
+    def __init__(
+        self,
+        status: int,
+        reason: str | None = None,
+        headers: list[Field] | None = None,
+        body: bytes = b"",
+    ):
         # Message.__init__ inlined: a response is built for every request answered.
         self.headers = headers if headers is not None else []
         self.body = body
@@ -496,8 +559,13 @@ class Response(Message):
 
 
 #: header key -> cached views built from it
-_VIEWS = {"via": ("vias", "top_via"), "from": ("from",), "to": ("to",),
-          "contact": ("contacts",), "cseq": ("cseq",)}
+_VIEWS = {
+    "via": ("vias", "top_via"),
+    "from": ("from",),
+    "to": ("to",),
+    "contact": ("contacts",),
+    "cseq": ("cseq",),
+}
 
 
 def _address(value: str, name: str) -> NameAddr:
@@ -526,7 +594,7 @@ def parse_message(data: bytes, stream: bool = False) -> Request | Response:
     every header line that could be read, for ``error_response``.
     """
     if data[:1] in (b"\r", b"\n"):
-        data = data.lstrip(b"\r\n")        # CRLFs before the start line (§7.5)
+        data = data.lstrip(b"\r\n")  # CRLFs before the start line (§7.5)
     end = data.find(b"\r\n\r\n")
     complete = True
     if end >= 0:
@@ -556,7 +624,7 @@ def parse_message(data: bytes, stream: bool = False) -> Request | Response:
             problem = SipParseError("no empty line after the header section")
         else:
             try:
-                _set_body(msg, data[end + sep:], stream)
+                _set_body(msg, data[end + sep :], stream)
             except SipError as err:
                 problem = err
     if problem is not None:
@@ -593,7 +661,7 @@ def _bare_ctl(line: str) -> bool:
     while i < n:
         c = line[i]
         if c == "\\" and quoted:
-            i += 2      # a quoted-pair, whatever it quotes
+            i += 2  # a quoted-pair, whatever it quotes
             continue
         if c == '"':
             quoted = not quoted
@@ -691,7 +759,7 @@ def _plain_fields(lines: list[str]) -> Headers | None:
 
 def _set_body(msg: Message, body: bytes, stream: bool) -> None:
     headers = msg.headers
-    assert isinstance(headers, Headers)    # msg is what the parser made
+    assert isinstance(headers, Headers)  # msg is what the parser made
     first = headers.first
     if first is None:
         first = headers.reindex()
@@ -701,7 +769,7 @@ def _set_body(msg: Message, body: bytes, stream: bool) -> None:
         return
     v = h[2]
     # "0" is what nearly every request without a body says.
-    clen = 0 if v == "0" else parse_number(v, "Content-Length", 2 ** 32 - 1)
+    clen = 0 if v == "0" else parse_number(v, "Content-Length", 2**32 - 1)
     if "content-length" in headers.repeated:
         # Only now: a malformed first value is the error, as reading the fields in order finds.
         raise SipParseError("more than one Content-Length header")
@@ -741,8 +809,11 @@ def _start_line_general(first: str, headers: list[Field]) -> Request | Response:
         words = first.split()
         err: SipError = SipParseError("malformed request line")
         if len(words) >= 3 and is_token(words[0]) and words[-1] == "SIP/2.0":
-            err = SipParseError("whitespace in Request-URI" if len(words) > 3
-                                else "extra whitespace in request line")
+            err = SipParseError(
+                "whitespace in Request-URI"
+                if len(words) > 3
+                else "extra whitespace in request line"
+            )
             err.request = Request(words[0], " ".join(words[1:-1]), headers)
         raise err
     method, uri, version = parts
@@ -751,16 +822,21 @@ def _start_line_general(first: str, headers: list[Field]) -> Request | Response:
     req = Request(method, uri, headers)
     if version != "SIP/2.0":
         if not version.upper().startswith("SIP/"):
-            raise SipParseError("malformed request line")    # not SIP: drop, never answer
+            raise SipParseError("malformed request line")  # not SIP: drop, never answer
         unsupported = SipError(505, "Version Not Supported")
         unsupported.request = req
         raise unsupported
     return req
 
 
-def make_response(req: Request, status: int, reason: str | None = None,
-                  headers: Sequence[tuple[str, str]] = (), body: bytes = b"",
-                  to_tag: str | None = None) -> Response:
+def make_response(
+    req: Request,
+    status: int,
+    reason: str | None = None,
+    headers: Sequence[tuple[str, str]] = (),
+    body: bytes = b"",
+    to_tag: str | None = None,
+) -> Response:
     """Build a response to ``req`` per §8.2.6: copy Via, From, To, Call-ID, CSeq.
 
     ``to_tag`` is added to To when it has none and the status is above 100.
@@ -804,9 +880,14 @@ def error_response(req: Request, err: SipError, to_tag: str | None = None) -> Re
     return make_response(req, err.status, err.reason, err.headers, to_tag=to_tag)
 
 
-def response_bytes(req: Request, status: int, reason: str | None = None,
-                   headers: Sequence[tuple[str, str]] = (), body: bytes = b"",
-                   to_tag: str | None = None) -> bytes:
+def response_bytes(
+    req: Request,
+    status: int,
+    reason: str | None = None,
+    headers: Sequence[tuple[str, str]] = (),
+    body: bytes = b"",
+    to_tag: str | None = None,
+) -> bytes:
     """``make_response(req, status, reason, headers, body, to_tag).encode()``, built directly.
 
     For a response that is only sent: the wire lines are written straight
@@ -860,7 +941,7 @@ class StreamFramer:
         self.buf = bytearray()
         self.max_header = max_header
         self.max_body = max_body
-        self._scan = 0          # where to resume looking for the end of the headers
+        self._scan = 0  # where to resume looking for the end of the headers
 
     def feed(self, data: bytes) -> list[bytes]:
         """Add received bytes; return every message now complete."""
@@ -874,8 +955,8 @@ class StreamFramer:
                     del buf[:4]
                     continue
                 if len(buf) < 4 and b"\r\n\r\n".startswith(buf):
-                    break    # the start of a keep-alive or of a message's CRLF
-                del buf[:2 if buf.startswith(b"\r\n") else 1]
+                    break  # the start of a keep-alive or of a message's CRLF
+                del buf[: 2 if buf.startswith(b"\r\n") else 1]
                 self._scan = 0
                 continue
             end = buf.find(b"\r\n\r\n", self._scan)

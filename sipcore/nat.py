@@ -53,9 +53,18 @@ from ipaddress import IPv4Address, IPv6Address
 #: the values of ``[sip] nat_handling``
 NAT_HANDLING = ("auto", "always", "never")
 
-_PRIVATE = tuple(ipaddress.ip_network(n) for n in (
-    "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "169.254.0.0/16",
-    "fc00::/7", "fe80::/10"))
+_PRIVATE = tuple(
+    ipaddress.ip_network(n)
+    for n in (
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "100.64.0.0/10",
+        "169.254.0.0/16",
+        "fc00::/7",
+        "fe80::/10",
+    )
+)
 
 
 def _address(host: str) -> IPv4Address | IPv6Address | None:
@@ -84,8 +93,9 @@ def is_outbound(instance: str | None, reg_id: int | None) -> bool:
     return bool(instance) and reg_id is not None
 
 
-def use_flow(mode: str, transport: str, contact_host: str, source_host: str,
-             outbound: bool) -> bool:
+def use_flow(
+    mode: str, transport: str, contact_host: str, source_host: str, outbound: bool
+) -> bool:
     """Whether to send to the REGISTER's source rather than to the Contact (``mode`` is one
     of ``NAT_HANDLING``; the caller checked that ``transport`` is the Contact's too)."""
     if outbound or mode == "always":

@@ -57,13 +57,17 @@ _NONE = float("inf")
 ADMIT, SHED, ABSORB = 0, 1, 2
 
 #: methods that start new work (the others belong to a transaction or dialog under way)
-NEW_WORK = frozenset((b"INVITE", b"REGISTER", b"SUBSCRIBE", b"MESSAGE", b"OPTIONS", b"PUBLISH",
-                      b"REFER", b"NOTIFY"))
+NEW_WORK = frozenset(
+    (b"INVITE", b"REGISTER", b"SUBSCRIBE", b"MESSAGE", b"OPTIONS", b"PUBLISH", b"REFER", b"NOTIFY")
+)
 #: a To header line with a tag parameter (compact form ``t`` too)
 _TO_TAG = re.compile(rb"\n(?:[Tt][Oo]|[Tt])[ \t]*:[^\r\n]*;[ \t]*[Tt][Aa][Gg][ \t]*=")
 #: the first Via's branch
-_BRANCH = re.compile(rb"\n(?:[Vv][Ii][Aa]|[Vv])[ \t]*:[^\r\n]*?;[ \t]*branch[ \t]*=[ \t]*"
-                     rb"([^;, \t\r\n]+)", re.IGNORECASE)
+_BRANCH = re.compile(
+    rb"\n(?:[Vv][Ii][Aa]|[Vv])[ \t]*:[^\r\n]*?;[ \t]*branch[ \t]*=[ \t]*"
+    rb"([^;, \t\r\n]+)",
+    re.IGNORECASE,
+)
 #: an Authorization or Proxy-Authorization header line
 _CREDENTIALS = re.compile(rb"\n(?:proxy-)?authorization[ \t]*:", re.IGNORECASE)
 
@@ -103,9 +107,12 @@ class Admission:
     ``trusted(ip)`` (optional) says whether a source authenticated recently.
     """
 
-    def __init__(self, settings: OverloadSettings,
-                 emergency_numbers: EmergencyNumbers | Collection[str] = (),
-                 trusted: Callable[[str], bool] | None = None):
+    def __init__(
+        self,
+        settings: OverloadSettings,
+        emergency_numbers: EmergencyNumbers | Collection[str] = (),
+        trusted: Callable[[str], bool] | None = None,
+    ):
         self.settings = settings
         self.emergency = EmergencyNumbers.of(emergency_numbers)
         self.trusted = trusted
@@ -170,7 +177,7 @@ class Admission:
         share = self.measure(delay, now) if self.settings.delay > 0 else 0.0
         if now >= self._swap_at:
             self._swap(now)
-        method = data[:data.find(b" ", 0, 12)]
+        method = data[: data.find(b" ", 0, 12)]
         if method not in NEW_WORK:
             if method == b"ACK" and (self._shed or self._shed_old):
                 branch = self._branch(data)
@@ -226,10 +233,15 @@ class Admission:
         """What the node's ``status`` answer says of admission control: requests shed in
         all and by method, ACKs absorbed, emergency INVITEs let through while shedding,
         the shares shed now and the last delay measured."""
-        return {"shed": self.stats["shed"], "shed_by_method": dict(self.shed_by_method),
-                "absorbed": self.stats["absorbed"], "emergency": self.stats["emergency"],
-                "share": round(self.share, 3), "trusted_share": round(self.trusted_share, 3),
-                "delay_ms": round(1000 * self.delay, 1)}
+        return {
+            "shed": self.stats["shed"],
+            "shed_by_method": dict(self.shed_by_method),
+            "absorbed": self.stats["absorbed"],
+            "emergency": self.stats["emergency"],
+            "share": round(self.share, 3),
+            "trusted_share": round(self.trusted_share, 3),
+            "delay_ms": round(1000 * self.delay, 1),
+        }
 
     def _branch(self, data: bytes) -> bytes | None:
         # A bare magic cookie is every such phone's branch, no id of one request
@@ -259,20 +271,37 @@ class Admission:
 #: the header names a response copies (RFC 3261 §8.2.6.2), compact forms too
 _COPIED = frozenset((b"via", b"v", b"from", b"f", b"to", b"t", b"call-id", b"i", b"cseq"))
 #: the full name of each
-_FULL = {b"v": b"via", b"f": b"from", b"t": b"to", b"i": b"call-id", b"via": b"via",
-         b"from": b"from", b"to": b"to", b"call-id": b"call-id", b"cseq": b"cseq"}
+_FULL = {
+    b"v": b"via",
+    b"f": b"from",
+    b"t": b"to",
+    b"i": b"call-id",
+    b"via": b"via",
+    b"from": b"from",
+    b"to": b"to",
+    b"call-id": b"call-id",
+    b"cseq": b"cseq",
+}
 #: the spelling the general path writes each with
-_DISPLAY = {b"via": b"Via", b"from": b"From", b"to": b"To", b"call-id": b"Call-ID",
-            b"cseq": b"CSeq"}
+_DISPLAY = {
+    b"via": b"Via",
+    b"from": b"From",
+    b"to": b"To",
+    b"call-id": b"Call-ID",
+    b"cseq": b"CSeq",
+}
 #: the port of the first Via's sent-by
-_VIA_PORT = re.compile(rb"^Via: SIP/2\.0/UDP ([^:;, \t\[\]]+)(?::([0-9]{1,5}))?"
-                       rb"(?=;|$)")
+_VIA_PORT = re.compile(
+    rb"^Via: SIP/2\.0/UDP ([^:;, \t\[\]]+)(?::([0-9]{1,5}))?"
+    rb"(?=;|$)"
+)
 #: a valueless rport parameter
 _RPORT = re.compile(rb";rport(?=;|$)")
 
 
-def quick_shed(data: bytes, ip: str, port: int, retry_after: int,
-               to_tag: str) -> tuple[bytes, tuple[str, int]] | None:
+def quick_shed(
+    data: bytes, ip: str, port: int, retry_after: int, to_tag: str
+) -> tuple[bytes, tuple[str, int]] | None:
     """The 503 to the shed UDP request ``data`` from ``ip:port`` and where it goes, written
     from its text; None when it is not of the plain shape this reads (the caller then
     parses it and uses ``shed_response``).
@@ -303,7 +332,7 @@ def quick_shed(data: bytes, ip: str, port: int, retry_after: int,
             continue
         # Written as the general path writes it: full name, one space, the value.
         name = _FULL[name]
-        line = b"%s: %s" % (_DISPLAY[name], line[colon + 1:].strip(b" \t"))
+        line = b"%s: %s" % (_DISPLAY[name], line[colon + 1 :].strip(b" \t"))
         if name == b"via":
             if dest is None:
                 m = _VIA_PORT.match(line)
@@ -312,7 +341,7 @@ def quick_shed(data: bytes, ip: str, port: int, retry_after: int,
                 rport = _RPORT.search(line)
                 if rport:
                     dest = (ip, port)
-                    line = b"%s;rport=%d%s" % (line[:rport.start()], port, line[rport.end():])
+                    line = b"%s;rport=%d%s" % (line[: rport.start()], port, line[rport.end() :])
                 else:
                     dest = (ip, int(m.group(2) or 5060))
                 if rport or m.group(1) != ip.encode():
@@ -332,5 +361,6 @@ def quick_shed(data: bytes, ip: str, port: int, retry_after: int,
 
 def shed_response(req: Request, retry_after: int, to_tag: str) -> bytes:
     """The 503 a shed request gets (RFC 3261 §21.5.4: Retry-After says when to come back)."""
-    return make_response(req, 503, "Service Unavailable", [("Retry-After", str(retry_after))],
-                         to_tag=to_tag).encode()
+    return make_response(
+        req, 503, "Service Unavailable", [("Retry-After", str(retry_after))], to_tag=to_tag
+    ).encode()

@@ -39,8 +39,10 @@ from .uri import SipUri, parse_name_addr, parse_uri
 from .via import Dest, response_destination
 
 #: what the proxy lets through (and the Allow of its 405)
-ALLOW = ("INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, MESSAGE, SUBSCRIBE, NOTIFY, "
-         "REFER, INFO, UPDATE, PRACK")
+ALLOW = (
+    "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, MESSAGE, SUBSCRIBE, NOTIFY, "
+    "REFER, INFO, UPDATE, PRACK"
+)
 #: the fields of the 200 to an OPTIONS for the node itself (RFC 3261 §11.2)
 OPTIONS_FIELDS = (("Allow", ALLOW), ("Accept", "application/sdp"), ("Supported", "path, outbound"))
 
@@ -49,6 +51,7 @@ def options_response(req: Request, to_tag: str) -> Response:
     """The 200 to an OPTIONS for the node itself: the one answer, whether the
     node gives it statelessly or the proxy's transaction layer does."""
     return make_response(req, 200, headers=OPTIONS_FIELDS, to_tag=to_tag)
+
 
 #: methods that start a dialog, so the proxy Record-Routes them (§16.6 step 4)
 DIALOG_METHODS = frozenset({"INVITE", "SUBSCRIBE", "REFER"})
@@ -147,8 +150,9 @@ class ProxySettings:
     def __post_init__(self) -> None:
         self.emergency = EmergencyNumbers.of(self.emergency)
         if self.nat_handling not in NAT_HANDLING:
-            raise ValueError(f"nat_handling must be one of {NAT_HANDLING}, "
-                             f"not {self.nat_handling!r}")
+            raise ValueError(
+                f"nat_handling must be one of {NAT_HANDLING}, not {self.nat_handling!r}"
+            )
         self.domain = self.domain.lower()
         self.names = frozenset([self.domain, *(a.lower() for a in self.aliases)])
         host = f"[{self.address}]" if ":" in self.address else self.address
@@ -159,13 +163,15 @@ class ProxySettings:
         self.transports = TRANSPORTS + (("tls",) if self.tls_port else ())
         self._rr_starts = {
             t: f"<sip:{self._rr_hostport(t)}"
-               f"{'' if t == 'udp' else ';transport=' + t};lr;{DIALOG_PARAM}="
-            for t in self.transports}
+            f"{'' if t == 'udp' else ';transport=' + t};lr;{DIALOG_PARAM}="
+            for t in self.transports
+        }
         self._dialog_key = hmac.digest(self.secret or os.urandom(32), b"record-route", "sha256")
         self._flow_key = flow_key(self.secret or os.urandom(32))
         self._peer_hops = dict(self.peer_hops)
-        nodes = [(self.address, self.port)] + ([(self.address, self.tls_port)]
-                                              if self.tls_port else [])
+        nodes = [(self.address, self.port)] + (
+            [(self.address, self.tls_port)] if self.tls_port else []
+        )
         self.addresses = self.cluster or ClusterAddresses(self.names, nodes)
         self._address = self.address.lower()
         self._via_host = host
@@ -176,7 +182,7 @@ class ProxySettings:
             return self.sent_by if transport != "tls" else self.tls_sent_by
         host, sep, port = self.rr_host.rpartition(":")
         if not sep or not port.isdigit() or "]" in port:
-            return self.rr_host             # a name without a port: SRV finds a node
+            return self.rr_host  # a name without a port: SRV finds a node
         return f"{host}:{self.tls_port}" if transport == "tls" else self.rr_host
 
     # -- dialogs we Record-Routed ------------------------------------------------
@@ -226,8 +232,9 @@ class ProxySettings:
         if not token:
             return False
         call_id = req.call_id
-        return (hmac.compare_digest(token, self.dialog_token(call_id, req.from_.tag))
-                or hmac.compare_digest(token, self.dialog_token(call_id, req.to.tag)))
+        return hmac.compare_digest(
+            token, self.dialog_token(call_id, req.from_.tag)
+        ) or hmac.compare_digest(token, self.dialog_token(call_id, req.to.tag))
 
     def is_cluster_route(self, uri: SipUri) -> bool:
         """Whether ``uri`` routes to a node of the cluster (ours or a peer's, so a
@@ -252,8 +259,9 @@ class ProxySettings:
             if not self.tls_port:
                 return None
             hop = f"{hop.rpartition(':')[0]}:{self.tls_port}"
-        return relay_route(self._flow_key, hop, dest[0], binding.received, binding.expires_at,
-                           binding.contact)
+        return relay_route(
+            self._flow_key, hop, dest[0], binding.received, binding.expires_at, binding.contact
+        )
 
     def relayed_flow(self, req: Request, wall: float) -> Dest | None:
         """The flow a peer asks this node to send ``req`` over: the destination its
@@ -313,11 +321,15 @@ class ProxySettings:
         """
         t = transport.upper()
         if t == "TLS":
-            req.set_top_via(f"SIP/2.0/TLS {self.tls_sent_by};branch={branch}",
-                            Via(t, self._via_host, self.tls_port, {"branch": branch}))
+            req.set_top_via(
+                f"SIP/2.0/TLS {self.tls_sent_by};branch={branch}",
+                Via(t, self._via_host, self.tls_port, {"branch": branch}),
+            )
             return
-        req.set_top_via(f"SIP/2.0/{t} {self.sent_by};branch={branch}",
-                        Via(t, self._via_host, self.port, {"branch": branch}))
+        req.set_top_via(
+            f"SIP/2.0/{t} {self.sent_by};branch={branch}",
+            Via(t, self._via_host, self.port, {"branch": branch}),
+        )
 
     def is_our_sent_by(self, sent_by: str) -> bool:
         """Whether ``sent_by`` (``host:port``, lower case) is one of our Vias'."""
@@ -327,13 +339,34 @@ class ProxySettings:
 class Context:
     """The response context of one forwarded request (§16)."""
 
-    __slots__ = ("server", "request", "ruri", "invite", "prefix", "record_route", "groups",
-                 "breadth", "branches", "finals", "live", "final_sent", "stopped", "cancelled",
-                 "failover", "ring")
+    __slots__ = (
+        "server",
+        "request",
+        "ruri",
+        "invite",
+        "prefix",
+        "record_route",
+        "groups",
+        "breadth",
+        "branches",
+        "finals",
+        "live",
+        "final_sent",
+        "stopped",
+        "cancelled",
+        "failover",
+        "ring",
+    )
 
-    def __init__(self, server: ServerTransaction, request: Request, prefix: str,
-                 record_route: str | None, groups: "list[list[BranchTarget]]",
-                 breadth: int = DEFAULT_BREADTH):
+    def __init__(
+        self,
+        server: ServerTransaction,
+        request: Request,
+        prefix: str,
+        record_route: str | None,
+        groups: "list[list[BranchTarget]]",
+        breadth: int = DEFAULT_BREADTH,
+    ):
         self.server = server
         self.request = request
         self.ruri = request.ruri
@@ -374,8 +407,9 @@ _LOOP_KEYS = frozenset({"from", "to", "call-id", "route", "proxy-require"})
 _MASK = 0xFFFFFFFFFFFFFFFF
 
 
-def _scan(req: Request, sent_by: str, tls_sent_by: str = "\0") -> tuple[str, str | None, bool,
-                                                                         bool]:
+def _scan(
+    req: Request, sent_by: str, tls_sent_by: str = "\0"
+) -> tuple[str, str | None, bool, bool]:
     """One pass over the headers: (loop hash, Max-Forwards text, has Proxy-Require,
     has a Via naming ``sent_by`` or ``tls_sent_by``)."""
     parts = [req.uri, req.cseq[0]]
@@ -433,8 +467,9 @@ def check_request(req: Request, settings: ProxySettings) -> str:
         prefix = branch_prefix(loop)
         for via in req.vias:
             port = via.port or 5060
-            if settings.is_our_sent_by(f"{via.host.lower()}:{port}") and \
-                    (via.branch or "").startswith(prefix):
+            if settings.is_our_sent_by(f"{via.host.lower()}:{port}") and (
+                via.branch or ""
+            ).startswith(prefix):
                 raise SipError(482, "Loop Detected")
     return loop
 
@@ -473,7 +508,7 @@ def preprocess_route(req: Request, settings: ProxySettings) -> bool:
         req.pop_first_value("route")
         second = req.get("route")
         if second is not None and settings.is_record_route(second, req):
-            req.pop_first_value("route")    # the other half of a double Record-Route
+            req.pop_first_value("route")  # the other half of a double Record-Route
         return True
     proven = False
     ruri = req.ruri
@@ -524,8 +559,9 @@ Relay = Callable[[Binding, Dest], str | None]
 """What gives the Route to the node holding a binding's flow (``ProxySettings.relay_route``)."""
 
 
-def binding_target(binding: Binding, nat_handling: str = "auto",
-                   relay: Relay | None = None) -> BranchTarget:
+def binding_target(
+    binding: Binding, nat_handling: str = "auto", relay: Relay | None = None
+) -> BranchTarget:
     """The branch target for a location binding (RFC 3261 §16.5).
 
     With a Path the request follows it; else it goes to the Contact by RFC
@@ -545,10 +581,18 @@ def binding_target(binding: Binding, nat_handling: str = "auto",
         except SipError:
             uri = None
         # A sips Contact is reached over TLS only, so over a TLS flow or by its URI.
-        if (uri is None or uri.scheme not in ("sip", "sips")
-                or ("tls" if uri.scheme == "sips" else uri.transport or "udp") != dest[0]
-                or not use_flow(nat_handling, dest[0], uri.params.get("maddr") or uri.host_bare,
-                                dest[1], is_outbound(binding.instance, binding.reg_id))):
+        if (
+            uri is None
+            or uri.scheme not in ("sip", "sips")
+            or ("tls" if uri.scheme == "sips" else uri.transport or "udp") != dest[0]
+            or not use_flow(
+                nat_handling,
+                dest[0],
+                uri.params.get("maddr") or uri.host_bare,
+                dest[1],
+                is_outbound(binding.instance, binding.reg_id),
+            )
+        ):
             dest = None
     if dest is not None and dest[0] != "udp" and relay is not None:
         route = relay(binding, dest)
@@ -557,9 +601,13 @@ def binding_target(binding: Binding, nat_handling: str = "auto",
     return BranchTarget(contact, (), dest)
 
 
-def target_groups(bindings: list[Binding], max_branches: int = 16,
-                  breadth: int = DEFAULT_BREADTH, nat_handling: str = "auto",
-                  relay: Relay | None = None) -> list[list[BranchTarget]]:
+def target_groups(
+    bindings: list[Binding],
+    max_branches: int = 16,
+    breadth: int = DEFAULT_BREADTH,
+    nat_handling: str = "auto",
+    relay: Relay | None = None,
+) -> list[list[BranchTarget]]:
     """§16.6: bindings (highest q first) as groups tried one after the other.
 
     Bindings of equal q are forked in parallel; a lower q is tried only
@@ -587,14 +635,19 @@ def max_breadth(req: Request) -> int:
     value = req.get("max-breadth")
     if value is None:
         return DEFAULT_BREADTH
-    breadth = parse_int(value, "Max-Breadth", 2 ** 31)
+    breadth = parse_int(value, "Max-Breadth", 2**31)
     if breadth == 0:
         raise SipError(440, "Max-Breadth Exceeded")
     return breadth
 
 
-def branch_request(req: Request, target: BranchTarget, record_route: str | None,
-                   realm: str | None, breadth: int | None = None) -> Request:
+def branch_request(
+    req: Request,
+    target: BranchTarget,
+    record_route: str | None,
+    realm: str | None,
+    breadth: int | None = None,
+) -> Request:
     """§16.6 steps 1–5 for one target: a copy of ``req`` to forward.
 
     The copy gets the target's Request-URI, Max-Forwards decremented (70
@@ -616,7 +669,8 @@ def branch_request(req: Request, target: BranchTarget, record_route: str | None,
             mf = True
             v = str(max(0, int(v) - 1))
         elif (k == "proxy-authorization" and realm_text is not None and realm_text in v) or (
-                k == "max-breadth" and breadth is not None):
+            k == "max-breadth" and breadth is not None
+        ):
             continue
         headers.append([k, n, v])
     if not mf:
@@ -712,4 +766,3 @@ def stateless_branch(req: Request) -> str:
     key = [req.uri]
     key.extend(v for k, _, v in req.headers if k in _STATELESS_KEYS)
     return "%s%016x" % (STATELESS_PREFIX, hash(tuple(key)) & _MASK)
-

@@ -12,7 +12,6 @@ import hashlib
 import struct
 
 
-
 class SourceLimiter:
     """One token bucket per source address: ``rate`` tokens a second, at most ``burst``.
 

@@ -41,7 +41,6 @@ from .via import Dest, source_address, stamp_via
 log = logging.getLogger(__name__)
 
 
-
 class NotUsual(Exception):
     """A usual REGISTER whose answer only the general path writes."""
 
@@ -93,11 +92,20 @@ class RegisterPath:
     instead of a 403; ``fast`` turns on the recognition of usual REGISTERs.
     """
 
-    def __init__(self, rules: RegistrarRules, auth: Authenticator, new_tag: Callable[[], str],
-                 location: Location | None = None, node_id: str = "",
-                 sequencer: Sequencer | None = None, answered: AnsweredRequests | None = None,
-                 ban_drop: bool = False, fast: bool = True, strict: bool = False,
-                 log_rate: float = 20.0):
+    def __init__(
+        self,
+        rules: RegistrarRules,
+        auth: Authenticator,
+        new_tag: Callable[[], str],
+        location: Location | None = None,
+        node_id: str = "",
+        sequencer: Sequencer | None = None,
+        answered: AnsweredRequests | None = None,
+        ban_drop: bool = False,
+        fast: bool = True,
+        strict: bool = False,
+        log_rate: float = 20.0,
+    ):
         self.rules = rules
         self.auth = auth
         self.new_tag = new_tag
@@ -110,8 +118,14 @@ class RegisterPath:
         self.strict = strict
         self.domains = frozenset(rules.domains)
         self.log_limit = LogLimiter(log_rate)
-        self.stats = {"register": 0, "challenged": 0, "rejected": 0, "banned": 0,
-                      "usual_declined": 0, "usual_fallback": 0}
+        self.stats = {
+            "register": 0,
+            "challenged": 0,
+            "rejected": 0,
+            "banned": 0,
+            "usual_declined": 0,
+            "usual_fallback": 0,
+        }
 
     def recognise(self, data: bytes, ip: str, port: int) -> UsualRegister | None:
         """The usual REGISTER ``data`` from ``ip:port`` (UDP), or None when the
@@ -120,8 +134,9 @@ class RegisterPath:
             return None
         return scan(data, ip, port, self.domains)
 
-    def challenge(self, data: bytes, ip: str, port: int,
-                  now: float) -> tuple[bytes, tuple[str, int]] | None:
+    def challenge(
+        self, data: bytes, ip: str, port: int, now: float
+    ) -> tuple[bytes, tuple[str, int]] | None:
         """The challenge front's part: ``(401, (host, port))`` for a REGISTER
         datagram without credentials for one of the domains, or None for any
         other datagram (the node answers it, errors included)."""
@@ -136,8 +151,11 @@ class RegisterPath:
             req = parse_message(data)
             req.validate()
             # The byte test above cannot see folding tricks; the parse can.
-            if not isinstance(req, Request) or req.method != "REGISTER" \
-                    or req.raw_values("authorization"):
+            if (
+                not isinstance(req, Request)
+                or req.method != "REGISTER"
+                or req.raw_values("authorization")
+            ):
                 return None
             dest = stamp_via(req, "udp", ip, port)
             self.rules.check(req)
@@ -150,8 +168,9 @@ class RegisterPath:
         self.stats["challenged"] += 1
         return unauthorized(req, self.auth.challenge(now), self.new_tag())
 
-    def answer(self, req: Request | UsualRegister, dest: Dest | None, now: float,
-               mono: float) -> Answer | None:
+    def answer(
+        self, req: Request | UsualRegister, dest: Dest | None, now: float, mono: float
+    ) -> Answer | None:
         """The answer to the REGISTER ``req`` from ``dest`` (None for a usual
         one: it knows its source), at wall-clock ``now`` and monotonic
         ``mono``; None when nothing is to be sent (a retransmission of a
@@ -167,8 +186,15 @@ class RegisterPath:
         assert isinstance(req, Request) and dest is not None
         return self._general(req, dest, now, mono)
 
-    def _general(self, req: Request, dest: Dest, now: float, mono: float,
-                 key: Key | None = None, result: AuthResult | None = None) -> Answer | None:
+    def _general(
+        self,
+        req: Request,
+        dest: Dest,
+        now: float,
+        mono: float,
+        key: Key | None = None,
+        result: AuthResult | None = None,
+    ) -> Answer | None:
         """``answer`` for a parsed REGISTER. ``key`` is given when its
         transaction was received already, and ``result`` when its credentials
         were checked already (a usual REGISTER left to this path)."""
@@ -198,25 +224,27 @@ class RegisterPath:
             return answer
         except SipError as err:
             stats["rejected"] += 1
-            return Answer(dest, error_response_bytes(req, err, to_tag=new_tag()), err.status,
-                          key, [], req)
+            return Answer(
+                dest, error_response_bytes(req, err, to_tag=new_tag()), err.status, key, [], req
+            )
         except Exception:
             # A bug must cost this request a 500, not the whole batch
             # its answer (nor leave its transaction pending for ever).
             log.exception("REGISTER from %s:%s:%d failed", *dest)
             stats["rejected"] += 1
             bug = SipError(500, "Server Internal Error")
-            return Answer(dest, error_response_bytes(req, bug, to_tag=new_tag()), 500, key, [],
-                          req)
+            return Answer(dest, error_response_bytes(req, bug, to_tag=new_tag()), 500, key, [], req)
 
-    def _register(self, req: Request, dest: Dest, now: float, mono: float, key: Key,
-                  result: AuthResult | None) -> Answer | None:
+    def _register(
+        self, req: Request, dest: Dest, now: float, mono: float, key: Key, result: AuthResult | None
+    ) -> Answer | None:
         """Steps 1–8 for a REGISTER with credentials."""
         rules = self.rules
         rules.check(req)
         if result is None:
-            result = self.auth.authenticate("REGISTER", req.raw_values("authorization"), now,
-                                            req.uri, source_address(req))
+            result = self.auth.authenticate(
+                "REGISTER", req.raw_values("authorization"), now, req.uri, source_address(req)
+            )
         if result is BANNED:
             self.stats["banned"] += 1
             if self.ban_drop:
@@ -228,16 +256,22 @@ class RegisterPath:
                 # A guesser on many addresses must not fill the disk: lines rate-limited.
                 suppressed = self.log_limit.allow("not_authenticated", mono)
                 if suppressed is not None:
-                    log.info("REGISTER for %s from %s:%s:%d not authenticated: %s%s",
-                             req.to.uri.user, *dest, result.reason,
-                             f" ({suppressed} more not logged)" if suppressed else "")
-            return Answer(dest, unauthorized(req, result.challenges, self.new_tag()), 401, key,
-                          [], req)
+                    log.info(
+                        "REGISTER for %s from %s:%s:%d not authenticated: %s%s",
+                        req.to.uri.user,
+                        *dest,
+                        result.reason,
+                        f" ({suppressed} more not logged)" if suppressed else "",
+                    )
+            return Answer(
+                dest, unauthorized(req, result.challenges, self.new_tag()), 401, key, [], req
+            )
         aor, user = rules.aor_of(req)
         if result.username != user:
             raise SipError(403, "Not Allowed To Register This User")
-        outcome = rules.apply(req, self.location, now, self.node_id, "%s:%s:%d" % dest,
-                              self.new_tag(), aor)
+        outcome = rules.apply(
+            req, self.location, now, self.node_id, "%s:%s:%d" % dest, self.new_tag(), aor
+        )
         self._number(outcome.changes)
         return Answer(dest, outcome.encode(), 200, key, outcome.changes, req)
 
@@ -268,36 +302,51 @@ class RegisterPath:
         # answers it as it answers any request.
         try:
             made, data = self._outcome(usual, now)
-            result = self.auth.authenticate("REGISTER", [usual.fields["authorization"]], now,
-                                            usual.uri, usual.ip)
+            result = self.auth.authenticate(
+                "REGISTER", [usual.fields["authorization"]], now, usual.uri, usual.ip
+            )
         except NotUsual as e:
             return self._fall_back(usual, now, mono, str(e), key)
         except SipError as err:
             return self._fall_back(usual, now, mono, f"{err.status} {err.reason}", key)
         except Exception:
             self.stats["usual_fallback"] += 1
-            log.exception("usual REGISTER from %s:%d failed; the general path answers it",
-                          *usual.dest)
+            log.exception(
+                "usual REGISTER from %s:%d failed; the general path answers it", *usual.dest
+            )
             if self.strict:
                 raise
             return self._general_of(usual, now, mono, key)
         if not result.ok or result.username != usual.user:
-            return self._fall_back(usual, now, mono, result.reason or "another user", key,
-                                   result)
+            return self._fall_back(usual, now, mono, result.reason or "another user", key, result)
         self._number(made)
         self.stats["register"] += 1
         return Answer(dest, data, 200, key, made, usual)
 
-    def _fall_back(self, usual: UsualRegister, now: float, mono: float, why: str,
-                   key: Key | None = None, result: AuthResult | None = None) -> Answer | None:
+    def _fall_back(
+        self,
+        usual: UsualRegister,
+        now: float,
+        mono: float,
+        why: str,
+        key: Key | None = None,
+        result: AuthResult | None = None,
+    ) -> Answer | None:
         """Leave ``usual`` to the general path, by design (counted, at DEBUG)."""
         self.stats["usual_declined"] += 1
-        log.debug("usual REGISTER from %s:%d left to the general path: %s",
-                  usual.ip, usual.port, why)
+        log.debug(
+            "usual REGISTER from %s:%d left to the general path: %s", usual.ip, usual.port, why
+        )
         return self._general_of(usual, now, mono, key, result)
 
-    def _general_of(self, usual: UsualRegister, now: float, mono: float, key: Key | None = None,
-                    result: AuthResult | None = None) -> Answer | None:
+    def _general_of(
+        self,
+        usual: UsualRegister,
+        now: float,
+        mono: float,
+        key: Key | None = None,
+        result: AuthResult | None = None,
+    ) -> Answer | None:
         try:
             req, dest = usual.request()
         except SipError:
@@ -328,17 +377,27 @@ class RegisterPath:
         # Contact before Expires: the general path's order, so the same error wins.
         contacts = [_address(contact, "Contact")]
         expires_text = fields.get("expires")
-        expires = None if expires_text is None else \
-            parse_number(expires_text, "Expires", 2 ** 32 - 1)
+        expires = None if expires_text is None else parse_number(expires_text, "Expires", 2**32 - 1)
         aor = f"sip:{usual.user}@{rules.domain}"
-        changes, live = rules.update(aor, contacts, usual.call_id, usual.cseq, expires,
-                                     fields.get("user-agent"), [], self.location, now,
-                                     self.node_id, "udp:%s:%d" % usual.dest)
+        changes, live = rules.update(
+            aor,
+            contacts,
+            usual.call_id,
+            usual.cseq,
+            expires,
+            fields.get("user-agent"),
+            [],
+            self.location,
+            now,
+            self.node_id,
+            "udp:%s:%d" % usual.dest,
+        )
         headers = rules.contact_fields(live, now)
         supported = fields.get("supported")
         if supported is not None:
             # One Via (a usual REGISTER has no other): this node is the first hop.
-            headers.extend(rules.flow_fields(
-                [o.strip().lower() for o in supported.split(",")], changes, True))
+            headers.extend(
+                rules.flow_fields([o.strip().lower() for o in supported.split(",")], changes, True)
+            )
         headers.append(("Date", http_date(now)))
         return changes, usual.response(200, "OK", headers, self.new_tag())

@@ -67,10 +67,17 @@ class RegistrarRules:
     and its aliases that are names (not addresses) count.
     """
 
-    def __init__(self, domain: str, aliases: Iterable[str] = (), min_expires: int = 60,
-                 max_expires: int = 3600, default_expires: int = 3600,
-                 max_contacts: int = 10, cluster: ClusterAddresses | None = None,
-                 flow_timer: int = 0):
+    def __init__(
+        self,
+        domain: str,
+        aliases: Iterable[str] = (),
+        min_expires: int = 60,
+        max_expires: int = 3600,
+        default_expires: int = 3600,
+        max_contacts: int = 10,
+        cluster: ClusterAddresses | None = None,
+        flow_timer: int = 0,
+    ):
         self.domains = {domain.lower(), *(a.lower() for a in aliases)}
         if cluster is None:
             cluster = ClusterAddresses([n for n in self.domains if not _is_address(n)], ())
@@ -101,8 +108,16 @@ class RegistrarRules:
         user = unquote(uri.user)
         return f"sip:{user}@{self.domain}", user
 
-    def apply(self, req: Request, location: Location, now: float, node_id: str,
-              received: str | None, to_tag: str, aor: str | None = None) -> RegisterOutcome:
+    def apply(
+        self,
+        req: Request,
+        location: Location,
+        now: float,
+        node_id: str,
+        received: str | None,
+        to_tag: str,
+        aor: str | None = None,
+    ) -> RegisterOutcome:
         """Steps 5–8 for an authenticated and authorised REGISTER.
 
         Nothing is written: either every change is returned (to be put and
@@ -115,15 +130,35 @@ class RegistrarRules:
         call_id = req.call_id
         cseq = req.cseq[0]
         expires = req.expires
-        changes, live = self.update(aor, contacts, call_id, cseq, expires, req.get("user-agent"),
-                                    req.get_all("path") if contacts and contacts != "*" else [],
-                                    location, now, node_id, received)
+        changes, live = self.update(
+            aor,
+            contacts,
+            call_id,
+            cseq,
+            expires,
+            req.get("user-agent"),
+            req.get_all("path") if contacts and contacts != "*" else [],
+            location,
+            now,
+            node_id,
+            received,
+        )
         return RegisterOutcome(changes, req, self._ok(req, changes, live, now), to_tag)
 
-    def update(self, aor: str, contacts: str | list[NameAddr], call_id: str, cseq: int,
-               hdr_expires: int | None, ua: str | None, path: list[str], location: Location,
-               now: float, node_id: str,
-               received: str | None) -> tuple[list[Binding], list[Binding]]:
+    def update(
+        self,
+        aor: str,
+        contacts: str | list[NameAddr],
+        call_id: str,
+        cseq: int,
+        hdr_expires: int | None,
+        ua: str | None,
+        path: list[str],
+        location: Location,
+        now: float,
+        node_id: str,
+        received: str | None,
+    ) -> tuple[list[Binding], list[Binding]]:
         """``apply``'s work on the request's parts: ``(changes, live)``, the
         new versions to commit and the bindings of ``aor`` alive after them.
 
@@ -131,8 +166,11 @@ class RegistrarRules:
         ``hdr_expires`` the Expires header, ``path`` the Path values.
         """
         current = location.get(aor)
-        live = {k: b for k, b in current.items()
-                if not b.deleted and b.expires_at > now} if current else {}
+        live = (
+            {k: b for k, b in current.items() if not b.deleted and b.expires_at > now}
+            if current
+            else {}
+        )
         if isinstance(contacts, str):
             # Request.contacts is a string only for the wildcard "*".
             if hdr_expires != 0:
@@ -140,16 +178,24 @@ class RegistrarRules:
             changes = []
             for b in live.values():
                 _check_order(b, call_id, cseq)
-                changes.append(tombstone(b, call_id=call_id, cseq=cseq, origin=node_id,
-                                         updated_at=_stamp(b, call_id, now)))
+                changes.append(
+                    tombstone(
+                        b,
+                        call_id=call_id,
+                        cseq=cseq,
+                        origin=node_id,
+                        updated_at=_stamp(b, call_id, now),
+                    )
+                )
             return changes, []
         if not contacts:
             return [], list(live.values())
         before = len(live)
         pending: dict[str, Binding] = {}
         for na in contacts:
-            key, new = self._binding(na, aor, current, call_id, cseq, hdr_expires, now,
-                                     node_id, received, ua, path)
+            key, new = self._binding(
+                na, aor, current, call_id, cseq, hdr_expires, now, node_id, received, ua, path
+            )
             if new is None:
                 pending.pop(key, None)
                 live.pop(key, None)
@@ -163,10 +209,20 @@ class RegistrarRules:
             raise SipError(403, "Too Many Contacts")
         return list(pending.values()), list(live.values())
 
-    def _binding(self, na: NameAddr, aor: str, current: dict[str, Binding], call_id: str,
-                 cseq: int, hdr_expires: int | None, now: float, node_id: str,
-                 received: str | None, ua: str | None,
-                 path: list[str]) -> tuple[str, Binding | None]:
+    def _binding(
+        self,
+        na: NameAddr,
+        aor: str,
+        current: dict[str, Binding],
+        call_id: str,
+        cseq: int,
+        hdr_expires: int | None,
+        now: float,
+        node_id: str,
+        received: str | None,
+        ua: str | None,
+        path: list[str],
+    ) -> tuple[str, Binding | None]:
         """One Contact's binding key and new version (a tombstone to remove; None: no change)."""
         p = na.params
         exp_text = p.get("expires")
@@ -202,17 +258,35 @@ class RegistrarRules:
         if expires == 0:
             if old is None or old.deleted or old.expires_at <= now:
                 return key, None
-            return key, tombstone(old, call_id=call_id, cseq=cseq, origin=node_id,
-                                  updated_at=_stamp(old, call_id, now))
+            return key, tombstone(
+                old,
+                call_id=call_id,
+                cseq=cseq,
+                origin=node_id,
+                updated_at=_stamp(old, call_id, now),
+            )
         if self.cluster.points_here(na.uri):
             raise SipError(403, "Contact Points At This Cluster")
-        return key, Binding(aor=aor, key=key, contact=str(na.uri), expires_at=now + expires,
-                            call_id=call_id, cseq=cseq, q=q, path=path, instance=instance,
-                            reg_id=reg_id, received=received, user_agent=ua, origin=node_id,
-                            updated_at=now if old is None else _stamp(old, call_id, now))
+        return key, Binding(
+            aor=aor,
+            key=key,
+            contact=str(na.uri),
+            expires_at=now + expires,
+            call_id=call_id,
+            cseq=cseq,
+            q=q,
+            path=path,
+            instance=instance,
+            reg_id=reg_id,
+            received=received,
+            user_agent=ua,
+            origin=node_id,
+            updated_at=now if old is None else _stamp(old, call_id, now),
+        )
 
-    def _ok(self, req: Request, changes: list[Binding], live: list[Binding],
-            now: float) -> list[tuple[str, str]]:
+    def _ok(
+        self, req: Request, changes: list[Binding], live: list[Binding], now: float
+    ) -> list[tuple[str, str]]:
         """The 200's header fields: every live binding with the seconds it has
         left, the Path the registrar took (if the UA supports it), the outbound
         confirmation (``flow_fields``), Date."""
@@ -226,8 +300,9 @@ class RegistrarRules:
         headers.append(("Date", http_date(now)))
         return headers
 
-    def flow_fields(self, options: Iterable[str], changes: list[Binding],
-                    first_hop: bool) -> list[tuple[str, str]]:
+    def flow_fields(
+        self, options: Iterable[str], changes: list[Binding], first_hop: bool
+    ) -> list[tuple[str, str]]:
         """``Require: outbound`` (and ``Flow-Timer``) for a 200, or nothing.
 
         A UA that supports outbound (``options``: its Supported and Require tags, in
@@ -236,8 +311,11 @@ class RegistrarRules:
         proxy whose Path says ``ob`` (``first_hop``), is told the registrar took it as
         one (RFC 5626 §6): only then does it keep the flow alive and register again
         at once when the flow fails (libre, the SIP stack of baresip)."""
-        if not first_hop or "outbound" not in options or not any(
-                is_outbound(b.instance, b.reg_id) and not b.deleted for b in changes):
+        if (
+            not first_hop
+            or "outbound" not in options
+            or not any(is_outbound(b.instance, b.reg_id) and not b.deleted for b in changes)
+        ):
             return []
         if self.flow_timer:
             return [("Require", "outbound"), ("Flow-Timer", str(self.flow_timer))]

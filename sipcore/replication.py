@@ -25,22 +25,68 @@ from dataclasses import dataclass
 from typing import Any
 
 from .protocol import all_support
-from .replication_wire import (FIELDS, MAX_VERSIONS, SYNCED, SYNCING, Heartbeat, NewerMessage,
-                               SetDigest,
-                               SnapshotAssembler, SnapshotEnd, SnapshotError, Update, Versions,
-                               WireError, binding_hash, decode_heartbeat,
-                               decode_snapshot_request, decode_update, encode_heartbeat,
-                               encode_snapshot_request, encode_update, row_binding,
-                               snapshot_stream)
+from .replication_wire import (
+    FIELDS,
+    MAX_VERSIONS,
+    SYNCED,
+    SYNCING,
+    Heartbeat,
+    NewerMessage,
+    SetDigest,
+    SnapshotAssembler,
+    SnapshotEnd,
+    SnapshotError,
+    Update,
+    Versions,
+    WireError,
+    binding_hash,
+    decode_heartbeat,
+    decode_snapshot_request,
+    decode_update,
+    encode_heartbeat,
+    encode_snapshot_request,
+    encode_update,
+    row_binding,
+    snapshot_stream,
+)
 from .location import Binding
 
-__all__ = ["FIELDS", "MAX_VERSIONS", "MAX_SKEW", "SYNCING", "SYNCED", "UNKNOWN", "ALIVE",
-           "SUSPECTED", "DEAD", "Heartbeat", "NewerMessage", "SetDigest", "SnapshotAssembler",
-           "SnapshotEnd", "SnapshotError", "Update", "Versions", "WireError", "binding_hash",
-           "decode_heartbeat", "decode_snapshot_request", "decode_update", "encode_heartbeat",
-           "encode_snapshot_request", "encode_update", "row_binding", "snapshot_stream",
-           "Liveness", "SkewMeter", "RequestSnapshot", "ApplyBindings", "Notice", "PeerState",
-           "Replication"]
+__all__ = [
+    "FIELDS",
+    "MAX_VERSIONS",
+    "MAX_SKEW",
+    "SYNCING",
+    "SYNCED",
+    "UNKNOWN",
+    "ALIVE",
+    "SUSPECTED",
+    "DEAD",
+    "Heartbeat",
+    "NewerMessage",
+    "SetDigest",
+    "SnapshotAssembler",
+    "SnapshotEnd",
+    "SnapshotError",
+    "Update",
+    "Versions",
+    "WireError",
+    "binding_hash",
+    "decode_heartbeat",
+    "decode_snapshot_request",
+    "decode_update",
+    "encode_heartbeat",
+    "encode_snapshot_request",
+    "encode_update",
+    "row_binding",
+    "snapshot_stream",
+    "Liveness",
+    "SkewMeter",
+    "RequestSnapshot",
+    "ApplyBindings",
+    "Notice",
+    "PeerState",
+    "Replication",
+]
 
 MAX_SKEW = 1.0
 """Clock skew (seconds) above which a peer is reported as skewed."""
@@ -67,8 +113,13 @@ class Liveness:
         if self.last_heard is None:
             return None
         silent = now - self.last_heard
-        new = ALIVE if silent < self.suspect_after else \
-            SUSPECTED if silent < self.dead_after else DEAD
+        new = (
+            ALIVE
+            if silent < self.suspect_after
+            else SUSPECTED
+            if silent < self.dead_after
+            else DEAD
+        )
         old, self.state = self.state, new
         return old if new != old else None
 
@@ -152,8 +203,9 @@ class PeerState:
         self.retry_at: float | None = None  # when to retry a failed snapshot
         self.has_snapshot = False  # a snapshot completed since the peer was last dead
         self.queue: deque[Update] = deque()
-        self.counts = dict.fromkeys(("updates", "duplicates", "gaps", "dropped", "syncs",
-                                     "failed_syncs"), 0)
+        self.counts = dict.fromkeys(
+            ("updates", "duplicates", "gaps", "dropped", "syncs", "failed_syncs"), 0
+        )
         self.reasons: dict[str, int] = {}  # snapshot requests by reason
         self.remote_state = ""  # the peer's own state, from its heartbeats
         self.protocol: int | None = None  # the protocol version its heartbeats announce
@@ -169,12 +221,21 @@ class PeerState:
 
     def status(self) -> dict[str, Any]:
         """A JSON-ready view for the control endpoint."""
-        return {"liveness": self.liveness.state, "epoch": self.epoch, "seq": self.seq,
-                "relayed": list(self.relayed) if self.relayed else None,
-                "syncing": self.request is not None, "has_snapshot": self.has_snapshot,
-                "skew": round(self.skew.skew, 3), "skewed": self.skew.skewed,
-                "state": self.remote_state, "pv": self.protocol, "queued": len(self.queue),
-                "sync_reasons": dict(self.reasons), **self.counts}
+        return {
+            "liveness": self.liveness.state,
+            "epoch": self.epoch,
+            "seq": self.seq,
+            "relayed": list(self.relayed) if self.relayed else None,
+            "syncing": self.request is not None,
+            "has_snapshot": self.has_snapshot,
+            "skew": round(self.skew.skew, 3),
+            "skewed": self.skew.skewed,
+            "state": self.remote_state,
+            "pv": self.protocol,
+            "queued": len(self.queue),
+            "sync_reasons": dict(self.reasons),
+            **self.counts,
+        }
 
 
 class Replication:
@@ -188,10 +249,21 @@ class Replication:
     updates still in flight are not taken for a gap.
     """
 
-    def __init__(self, node_id: str, peers: Iterable[str], now: float, *,
-                 suspect_after: float, dead_after: float, alone_wait: float,
-                 heartbeat: float = 0.5, retry_after: float = 1.0, max_skew: float = MAX_SKEW,
-                 queue_max: int = 10000, relay_grace: float | None = None):
+    def __init__(
+        self,
+        node_id: str,
+        peers: Iterable[str],
+        now: float,
+        *,
+        suspect_after: float,
+        dead_after: float,
+        alone_wait: float,
+        heartbeat: float = 0.5,
+        retry_after: float = 1.0,
+        max_skew: float = MAX_SKEW,
+        queue_max: int = 10000,
+        relay_grace: float | None = None,
+    ):
         self.node_id = node_id
         self._peer_settings = (suspect_after, dead_after, max_skew, heartbeat)
         self.peers: dict[str, PeerState] = {}
@@ -226,8 +298,11 @@ class Replication:
         """Follow a new peer (membership changed): unknown until heard, then synced
         from (``join``); a node already synced stays synced meanwhile."""
         suspect_after, dead_after, max_skew, heartbeat = self._peer_settings
-        self.peers[peer] = PeerState(peer, Liveness(suspect_after, dead_after),
-                                     SkewMeter(limit=max_skew, tolerance=heartbeat / 2))
+        self.peers[peer] = PeerState(
+            peer,
+            Liveness(suspect_after, dead_after),
+            SkewMeter(limit=max_skew, tolerance=heartbeat / 2),
+        )
 
     def remove_peer(self, peer: str) -> None:
         """Stop following a peer; what arrives from it later is the caller's to drop."""
@@ -244,8 +319,13 @@ class Replication:
         p.protocol = hb.protocol
         if p.skew.observe(hb.wall, wall):
             if p.skew.skewed:
-                out.append(Notice(f"clock of {peer} is {p.skew.skew:+.3f} s off ours; "
-                                  "expiry times are absolute", True))
+                out.append(
+                    Notice(
+                        f"clock of {peer} is {p.skew.skew:+.3f} s off ours; "
+                        "expiry times are absolute",
+                        True,
+                    )
+                )
             else:
                 out.append(Notice(f"clock of {peer} back within {p.skew.limit} s of ours"))
         if p.request is not None or p.retry_at is not None:
@@ -256,8 +336,9 @@ class Replication:
             out += self._sync(p, "epoch", now)
         elif hb.seq > p.seq:
             p.counts["gaps"] += 1
-            out.append(Notice(f"gap from {peer}: heartbeat says seq {hb.seq}, "
-                              f"last applied {p.seq}", True))
+            out.append(
+                Notice(f"gap from {peer}: heartbeat says seq {hb.seq}, last applied {p.seq}", True)
+            )
             out += self._sync(p, "gap", now)
         else:
             out += self._check_claims(p, hb.versions, now)
@@ -284,9 +365,13 @@ class Replication:
                 o.counts["gaps"] += 1
                 have = "nothing" if held is None else "%d/%d" % held
                 claims.clear()
-                return [Notice(f"gap from {origin} ({o.liveness.state}): {p.id} holds "
-                               f"{claim[0][0]}/{claim[0][1]}, we hold {have}; asking {p.id}",
-                               True)] + self._sync(p, "relay", now)
+                return [
+                    Notice(
+                        f"gap from {origin} ({o.liveness.state}): {p.id} holds "
+                        f"{claim[0][0]}/{claim[0][1]}, we hold {have}; asking {p.id}",
+                        True,
+                    )
+                ] + self._sync(p, "relay", now)
         return []
 
     def update_received(self, peer: str, upd: Update, now: float) -> list[Action]:
@@ -306,15 +391,21 @@ class Replication:
             return out
         if upd.first > p.seq + 1:
             p.counts["gaps"] += 1
-            out.append(Notice(f"gap from {peer}: got seq {upd.first}, expected {p.seq + 1}",
-                              True))
+            out.append(Notice(f"gap from {peer}: got seq {upd.first}, expected {p.seq + 1}", True))
             self._enqueue(p, upd)
             return out + self._sync(p, "gap", now)
         out.append(self._apply(p, upd))
         return out
 
-    def snapshot_completed(self, peer: str, request: int, epoch: int, seq: int,
-                           now: float, versions: Versions | None = None) -> list[Action]:
+    def snapshot_completed(
+        self,
+        peer: str,
+        request: int,
+        epoch: int,
+        seq: int,
+        now: float,
+        versions: Versions | None = None,
+    ) -> list[Action]:
         """The snapshot ``request`` from ``peer`` arrived whole and was applied.
 
         ``(epoch, seq)`` is the peer's own stamp in its end marker and

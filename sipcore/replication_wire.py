@@ -33,15 +33,37 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from .location import Binding
-from .protocol import (FIRST_VERSION, PROTOCOL_VERSION, NewerProtocol, ProtocolError,
-                       check_version, version_of)
+from .protocol import (
+    FIRST_VERSION,
+    PROTOCOL_VERSION,
+    NewerProtocol,
+    ProtocolError,
+    check_version,
+    version_of,
+)
 
 if TYPE_CHECKING:
     from .authguard import Ban
 
-FIELDS = ("aor", "key", "contact", "expires_at", "call_id", "cseq", "q", "path",
-          "instance", "reg_id", "received", "user_agent", "origin", "epoch", "seq",
-          "updated_at", "deleted")
+FIELDS = (
+    "aor",
+    "key",
+    "contact",
+    "expires_at",
+    "call_id",
+    "cseq",
+    "q",
+    "path",
+    "instance",
+    "reg_id",
+    "received",
+    "user_agent",
+    "origin",
+    "epoch",
+    "seq",
+    "updated_at",
+    "deleted",
+)
 """Order of a binding's fields on the wire (the ``Binding`` constructor's order)."""
 
 if tuple(Binding.__dataclass_fields__) != FIELDS:
@@ -56,15 +78,25 @@ Versions = dict[str, tuple[int, int]]
 """A version vector: origin node id -> (epoch, seq) of the last change held."""
 
 _NUM, _INT, _STR, _BOOL, _LIST = "number", "integer", "string", "boolean", "list"
-_KINDS = {"expires_at": _NUM, "q": _NUM, "updated_at": _NUM, "cseq": _INT, "reg_id": _INT,
-          "epoch": _INT, "seq": _INT, "path": _LIST, "deleted": _BOOL}
+_KINDS = {
+    "expires_at": _NUM,
+    "q": _NUM,
+    "updated_at": _NUM,
+    "cseq": _INT,
+    "reg_id": _INT,
+    "epoch": _INT,
+    "seq": _INT,
+    "path": _LIST,
+    "deleted": _BOOL,
+}
 _OPTIONAL = {"q", "instance", "reg_id", "received", "user_agent"}
 _SPEC = tuple((f, _KINDS.get(f, _STR), f in _OPTIONAL) for f in FIELDS)
 _TYPES = {_NUM: (int, float), _INT: (int,), _STR: (str,), _BOOL: (bool,), _LIST: (list,)}
 _NFIELDS = len(FIELDS)
 _row_of = attrgetter(*FIELDS)
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False,
-                          check_circular=False, allow_nan=False).encode
+_dumps = json.JSONEncoder(
+    separators=(",", ":"), ensure_ascii=False, check_circular=False, allow_nan=False
+).encode
 
 
 class WireError(ValueError):
@@ -127,10 +159,16 @@ def _versions(obj: dict[str, Any]) -> Versions:
         raise WireError(f"version vector names more than {MAX_VERSIONS} origins")
     out = {}
     for origin, pair in raw.items():
-        if not origin or type(pair) is not list or len(pair) != 2 or \
-                any(type(x) is not int or x < 0 for x in pair):
-            raise WireError(f"bad version of origin {origin[:40]!r}: must be "
-                            "[epoch, seq], non-negative integers")
+        if (
+            not origin
+            or type(pair) is not list
+            or len(pair) != 2
+            or any(type(x) is not int or x < 0 for x in pair)
+        ):
+            raise WireError(
+                f"bad version of origin {origin[:40]!r}: must be "
+                "[epoch, seq], non-negative integers"
+            )
         out[origin] = (pair[0], pair[1])
     return out
 
@@ -151,8 +189,7 @@ def _row_type_error(row: list[Any]) -> WireError:
             if not optional:
                 return WireError(f"binding field {name} is missing")
         elif type(value) not in _TYPES[kind]:
-            return WireError(f"binding field {name} must be a {kind}, "
-                             f"not {type(value).__name__}")
+            return WireError(f"binding field {name} must be a {kind}, not {type(value).__name__}")
     return WireError("binding field types")
 
 
@@ -238,8 +275,15 @@ class SnapshotEnd:
 
 def encode_update(origin: str, epoch: int, sent_at: float, bindings: list[Binding]) -> bytes:
     """The body of an update message for one commit of ``origin``'s own changes."""
-    return _dumps({"pv": PROTOCOL_VERSION, "id": origin, "e": epoch, "t": sent_at,
-                   "b": [list(_row_of(b)) for b in bindings]}).encode()
+    return _dumps(
+        {
+            "pv": PROTOCOL_VERSION,
+            "id": origin,
+            "e": epoch,
+            "t": sent_at,
+            "b": [list(_row_of(b)) for b in bindings],
+        }
+    ).encode()
 
 
 def decode_update(data: bytes) -> Update:
@@ -252,26 +296,43 @@ def decode_update(data: bytes) -> Update:
     first = bindings[0].seq
     for i, b in enumerate(bindings):
         if b.origin != origin or b.epoch != epoch:
-            raise WireError(f"update from {origin}/{epoch} carries a change of "
-                            f"{b.origin}/{b.epoch}")
+            raise WireError(
+                f"update from {origin}/{epoch} carries a change of {b.origin}/{b.epoch}"
+            )
         if b.seq != first + i:
             raise WireError(f"update sequence numbers not consecutive at {b.seq}")
     return Update(origin, epoch, first, bindings[-1].seq, sent_at, bindings)
 
 
-def encode_heartbeat(node: str, wall: float, epoch: int, seq: int, state: str,
-                     versions: Versions | None = None) -> bytes:
+def encode_heartbeat(
+    node: str, wall: float, epoch: int, seq: int, state: str, versions: Versions | None = None
+) -> bytes:
     """The body of a heartbeat (``versions``: what the sender holds of other origins)."""
-    return _dumps({"pv": PROTOCOL_VERSION, "id": node, "t": wall, "e": epoch, "s": seq, "st": state,
-                   "v": _encode_versions(versions)}).encode()
+    return _dumps(
+        {
+            "pv": PROTOCOL_VERSION,
+            "id": node,
+            "t": wall,
+            "e": epoch,
+            "s": seq,
+            "st": state,
+            "v": _encode_versions(versions),
+        }
+    ).encode()
 
 
 def decode_heartbeat(data: bytes) -> Heartbeat:
     """Parse and check a heartbeat."""
     obj = _loads(data, versioned=False)
-    hb = Heartbeat(_get(obj, "id", _STR), _get(obj, "t", _NUM), _get(obj, "e", _INT),
-                   _get(obj, "s", _INT), _get(obj, "st", _STR), _versions(obj),
-                   version_of(obj))
+    hb = Heartbeat(
+        _get(obj, "id", _STR),
+        _get(obj, "t", _NUM),
+        _get(obj, "e", _INT),
+        _get(obj, "s", _INT),
+        _get(obj, "st", _STR),
+        _versions(obj),
+        version_of(obj),
+    )
     if hb.state not in (SYNCING, SYNCED) or hb.seq < 0 or not hb.node:
         raise WireError("bad heartbeat state, node or sequence number")
     return hb
@@ -288,9 +349,14 @@ def decode_snapshot_request(data: bytes) -> tuple[str, int]:
     return _get(obj, "id", _STR), _get(obj, "r", _INT)
 
 
-def snapshot_stream(request: int, bindings: list[Binding], batch_size: int,
-                    epoch: int, seq: int, versions: Versions | None = None
-                    ) -> Iterator[tuple[bool, bytes, int]]:
+def snapshot_stream(
+    request: int,
+    bindings: list[Binding],
+    batch_size: int,
+    epoch: int,
+    seq: int,
+    versions: Versions | None = None,
+) -> Iterator[tuple[bool, bytes, int]]:
     """Encode a snapshot lazily: ``(is_end, body, bindings_in_body)`` per message.
 
     ``bindings`` is taken as given (the caller copies the table at one
@@ -300,16 +366,26 @@ def snapshot_stream(request: int, bindings: list[Binding], batch_size: int,
     hasher = hashlib.blake2b(digest_size=16)
     n = 0
     for start in range(0, len(bindings), batch_size):
-        chunk = bindings[start:start + batch_size]
-        body = _dumps({"pv": PROTOCOL_VERSION, "r": request, "n": n,
-                       "b": [_row_of(b) for b in chunk]}).encode()
+        chunk = bindings[start : start + batch_size]
+        body = _dumps(
+            {"pv": PROTOCOL_VERSION, "r": request, "n": n, "b": [_row_of(b) for b in chunk]}
+        ).encode()
         hasher.update(len(body).to_bytes(8, "big"))
         hasher.update(body)
         n += 1
         yield False, body, len(chunk)
-    end = _dumps({"pv": PROTOCOL_VERSION, "r": request, "n": n, "c": len(bindings),
-                  "d": hasher.hexdigest(), "e": epoch, "s": seq,
-                  "v": _encode_versions(versions)}).encode()
+    end = _dumps(
+        {
+            "pv": PROTOCOL_VERSION,
+            "r": request,
+            "n": n,
+            "c": len(bindings),
+            "d": hasher.hexdigest(),
+            "e": epoch,
+            "s": seq,
+            "v": _encode_versions(versions),
+        }
+    ).encode()
     yield True, end, 0
 
 
@@ -346,14 +422,22 @@ class SnapshotAssembler:
     def finish(self, body: bytes) -> SnapshotEnd:
         """Check the end marker against what arrived; return it."""
         obj = _loads(body)
-        end = SnapshotEnd(_get(obj, "r", _INT), _get(obj, "n", _INT), _get(obj, "c", _INT),
-                          _get(obj, "d", _STR), _get(obj, "e", _INT), _get(obj, "s", _INT),
-                          _versions(obj))
+        end = SnapshotEnd(
+            _get(obj, "r", _INT),
+            _get(obj, "n", _INT),
+            _get(obj, "c", _INT),
+            _get(obj, "d", _STR),
+            _get(obj, "e", _INT),
+            _get(obj, "s", _INT),
+            _versions(obj),
+        )
         if end.request != self.request:
             raise WireError("end marker of another snapshot request")
         if end.batches != self.batches or end.count != self.count:
-            raise SnapshotError(f"snapshot incomplete: got {self.count} bindings in "
-                                f"{self.batches} batches, server sent {end.count} in {end.batches}")
+            raise SnapshotError(
+                f"snapshot incomplete: got {self.count} bindings in "
+                f"{self.batches} batches, server sent {end.count} in {end.batches}"
+            )
         if end.digest != self._hasher.hexdigest():
             raise SnapshotError("snapshot digest mismatch")
         return end
@@ -399,8 +483,14 @@ def encode_bans(node: str, bans: "Iterable[Ban]") -> bytes:
     node ``node``: kind ``s`` (source) or ``u`` (user), ``until`` the
     wall-clock end of the ban, 0 for a ban lifted. ``bans`` are
     ``sipcore.authguard.Ban`` values (at most ``MAX_BANS``)."""
-    return _dumps({"pv": PROTOCOL_VERSION, "v": BANS_VERSION, "id": node,
-                   "b": [[_BAN_CODES[b.kind], b.key, round(b.until, 3)] for b in bans]}).encode()
+    return _dumps(
+        {
+            "pv": PROTOCOL_VERSION,
+            "v": BANS_VERSION,
+            "id": node,
+            "b": [[_BAN_CODES[b.kind], b.key, round(b.until, 3)] for b in bans],
+        }
+    ).encode()
 
 
 def decode_bans(data: bytes) -> tuple[str, list[tuple[str, str, float]]]:
@@ -415,10 +505,16 @@ def decode_bans(data: bytes) -> tuple[str, list[tuple[str, str, float]]]:
         raise WireError(f"{len(rows)} bans in one message")
     out = []
     for row in rows:
-        if (not isinstance(row, list) or len(row) != 3 or row[0] not in _BAN_KINDS
-                or not isinstance(row[1], str) or not 0 < len(row[1]) <= _MAX_BAN_KEY
-                or isinstance(row[2], bool) or not isinstance(row[2], int | float)
-                or not math.isfinite(row[2])):
+        if (
+            not isinstance(row, list)
+            or len(row) != 3
+            or row[0] not in _BAN_KINDS
+            or not isinstance(row[1], str)
+            or not 0 < len(row[1]) <= _MAX_BAN_KEY
+            or isinstance(row[2], bool)
+            or not isinstance(row[2], int | float)
+            or not math.isfinite(row[2])
+        ):
             raise WireError(f"malformed ban {str(row)[:80]}")
         out.append((_BAN_KINDS[row[0]], row[1], float(row[2])))
     return node, out

@@ -143,8 +143,7 @@ def srv_order(records: Iterable[_S], rng: random.Random) -> list[_S]:
     ordered = []
     for priority in sorted({r.priority for r in records}):
         group = [r for r in records if r.priority == priority]
-        group = ([r for r in group if r.weight == 0]
-                 + [r for r in group if r.weight != 0])
+        group = [r for r in group if r.weight == 0] + [r for r in group if r.weight != 0]
         while group:
             pick = rng.randint(0, sum(r.weight for r in group))
             running = 0
@@ -156,9 +155,9 @@ def srv_order(records: Iterable[_S], rng: random.Random) -> list[_S]:
     return ordered
 
 
-def naptr_order(records: Iterable[Naptr], scheme: str = "sip",
-                supported: Iterable[str] = SUPPORTED_TRANSPORTS
-                ) -> list[tuple[str, str]]:
+def naptr_order(
+    records: Iterable[Naptr], scheme: str = "sip", supported: Iterable[str] = SUPPORTED_TRANSPORTS
+) -> list[tuple[str, str]]:
     """Usable NAPTR records as ``(srv_name, transport)``, best first.
 
     Keeps flag ``"s"`` records whose service is SIP+D2U, SIP+D2T or
@@ -169,15 +168,17 @@ def naptr_order(records: Iterable[Naptr], scheme: str = "sip",
     usable = []
     for record in records:
         transport = NAPTR_SERVICES.get(record.service.upper())
-        if (record.flags.lower() != "s" or transport is None
-                or transport not in supported
-                or (scheme == "sips" and transport != "tls")
-                or record.replacement in ("", ".")):
+        if (
+            record.flags.lower() != "s"
+            or transport is None
+            or transport not in supported
+            or (scheme == "sips" and transport != "tls")
+            or record.replacement in ("", ".")
+        ):
             continue
         usable.append(record)
     usable.sort(key=lambda r: (r.order, r.preference))
-    return [(_norm(r.replacement), NAPTR_SERVICES[r.service.upper()])
-            for r in usable]
+    return [(_norm(r.replacement), NAPTR_SERVICES[r.service.upper()]) for r in usable]
 
 
 def srv_name(transport: str, host: str) -> str:
@@ -214,12 +215,18 @@ class Locator:
     the address lookups to make, in order, and ``rng`` orders SRV records.
     """
 
-    def __init__(self, host: str, port: int | None = None,
-                 transport: str | None = None, scheme: str = "sip", *,
-                 is_ip: bool | None = None,
-                 supported: Iterable[str] = SUPPORTED_TRANSPORTS,
-                 families: Sequence[str] = ("A", "AAAA"),
-                 rng: random.Random | None = None):
+    def __init__(
+        self,
+        host: str,
+        port: int | None = None,
+        transport: str | None = None,
+        scheme: str = "sip",
+        *,
+        is_ip: bool | None = None,
+        supported: Iterable[str] = SUPPORTED_TRANSPORTS,
+        families: Sequence[str] = ("A", "AAAA"),
+        rng: random.Random | None = None,
+    ):
         scheme = scheme.lower()
         if scheme not in ("sip", "sips"):
             raise ValueError(f"not a SIP URI scheme: {scheme!r}")
@@ -240,8 +247,9 @@ class Locator:
         self._srv_plan: list[tuple[Query, str]] = []
         self._address_plan: list[tuple[str, int, str]] = []
         self._fallback = ""
-        self._start(port, uri_transport(transport, scheme),
-                    is_ip_literal(host) if is_ip is None else is_ip)
+        self._start(
+            port, uri_transport(transport, scheme), is_ip_literal(host) if is_ip is None else is_ip
+        )
 
     @property
     def done(self) -> bool:
@@ -288,14 +296,12 @@ class Locator:
         if chosen not in self._supported:
             self._finish(f"transport {chosen} not supported")
         elif is_ip:
-            self._finish("", [Target(self.host, port or DEFAULT_PORTS[chosen],
-                                     chosen, self.host)])
+            self._finish("", [Target(self.host, port or DEFAULT_PORTS[chosen], chosen, self.host)])
         elif port is not None:
             self._address_step([(self.host, port, chosen)])
         elif transport:
             self._fallback = transport
-            self._srv_step([(Query(srv_name(transport, self.host), "SRV"),
-                             transport)])
+            self._srv_step([(Query(srv_name(transport, self.host), "SRV"), transport)])
         else:
             self.step = "naptr"
             self._pending = {Query(self.host, "NAPTR"): None}
@@ -317,8 +323,9 @@ class Locator:
         else:
             self._fallback = self._default_transport()
             allowed = ("tls",) if self.scheme == "sips" else SRV_PREFERENCE
-            plan = [(Query(srv_name(t, self.host), "SRV"), t)
-                    for t in allowed if t in self._supported]
+            plan = [
+                (Query(srv_name(t, self.host), "SRV"), t) for t in allowed if t in self._supported
+            ]
         self._srv_step(plan)
 
     def _srv_step(self, plan: list[tuple[Query, str]]) -> None:
@@ -347,9 +354,12 @@ class Locator:
     def _address_step(self, plan: list[tuple[str, int, str]]) -> None:
         self.step = "address"
         self._address_plan = plan
-        self._pending = {Query(name, family): None
-                         for name, _, _ in plan if not is_ip_literal(name)
-                         for family in self._families}
+        self._pending = {
+            Query(name, family): None
+            for name, _, _ in plan
+            if not is_ip_literal(name)
+            for family in self._families
+        }
         if not self._pending:
             self._after_address()
 
@@ -359,11 +369,12 @@ class Locator:
             if is_ip_literal(name):
                 addresses = [name]
             else:
-                addresses = [address for family in self._families
-                             for address in self._answers.get(
-                                 Query(name, family), ())]
-            targets.extend(Target(address, port, transport, name)
-                           for address in addresses)
+                addresses = [
+                    address
+                    for family in self._families
+                    for address in self._answers.get(Query(name, family), ())
+                ]
+            targets.extend(Target(address, port, transport, name) for address in addresses)
         seen = set()
         unique = []
         for target in targets:
@@ -380,9 +391,14 @@ class Locator:
         self._targets = targets or []
 
 
-def locate(host: str, port: int | None, transport: str | None, scheme: str,
-           lookup: Callable[[Query], Iterable[Any] | None], **options: Any
-           ) -> list[Target]:
+def locate(
+    host: str,
+    port: int | None,
+    transport: str | None,
+    scheme: str,
+    lookup: Callable[[Query], Iterable[Any] | None],
+    **options: Any,
+) -> list[Target]:
     """Drive a :class:`Locator` with a blocking ``lookup(query)`` callable.
 
     ``options`` go to :class:`Locator` (``is_ip``, ``supported``,

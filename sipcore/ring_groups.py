@@ -89,19 +89,28 @@ def _raw_group(body: Any, where: str) -> dict[str, Any]:
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise _fail(where, f"name must be letters, digits, '.', '_' or '-', not {name!r}")
     numbers = body.get("numbers", [])
-    if not isinstance(numbers, list) or not 0 < len(numbers) <= MAX_NUMBERS or not all(
-            isinstance(n, str) and _NUMBER.fullmatch(n) for n in numbers):
+    if (
+        not isinstance(numbers, list)
+        or not 0 < len(numbers) <= MAX_NUMBERS
+        or not all(isinstance(n, str) and _NUMBER.fullmatch(n) for n in numbers)
+    ):
         raise _fail(where, f"numbers must be a list of 1-{MAX_NUMBERS} numbers (+, digits)")
     strategy = body.get("strategy", "simultaneous")
     if strategy not in STRATEGIES:
         raise _fail(where, f"strategy must be one of {', '.join(STRATEGIES)}, not {strategy!r}")
     members = body.get("members")
-    if not isinstance(members, list) or not 0 < len(members) <= MAX_MEMBERS or not all(
-            isinstance(m, str) and 0 < len(m) <= 128 for m in members):
+    if (
+        not isinstance(members, list)
+        or not 0 < len(members) <= MAX_MEMBERS
+        or not all(isinstance(m, str) and 0 < len(m) <= 128 for m in members)
+    ):
         raise _fail(where, f"members must be a list of 1-{MAX_MEMBERS} user or group names")
     timeout = body.get("ring_timeout", DEFAULT_RING_TIMEOUT)
-    if not isinstance(timeout, int | float) or isinstance(timeout, bool) or not (
-            1 <= timeout <= 300):
+    if (
+        not isinstance(timeout, int | float)
+        or isinstance(timeout, bool)
+        or not (1 <= timeout <= 300)
+    ):
         raise _fail(where, f"ring_timeout must be 1-300 s, not {timeout!r}")
     fallback = body.get("fallback", "")
     if not isinstance(fallback, str) or len(fallback) > 256:
@@ -113,8 +122,14 @@ def _raw_group(body: Any, where: str) -> dict[str, Any]:
             raise _fail(where, f"fallback {fallback[:64]!r} is not a SIP URI") from None
         if uri.scheme not in ("sip", "sips"):
             raise _fail(where, "fallback must be a sip: or sips: URI")
-    return {"name": name, "numbers": tuple(numbers), "strategy": strategy,
-            "members": tuple(members), "ring_timeout": float(timeout), "fallback": fallback}
+    return {
+        "name": name,
+        "numbers": tuple(numbers),
+        "strategy": strategy,
+        "members": tuple(members),
+        "ring_timeout": float(timeout),
+        "fallback": fallback,
+    }
 
 
 def _expand(name: str, raw: dict[str, dict[str, Any]], trail: tuple[str, ...]) -> list[str]:
@@ -123,13 +138,15 @@ def _expand(name: str, raw: dict[str, dict[str, Any]], trail: tuple[str, ...]) -
     for member in raw[name]["members"]:
         if member in raw:
             if member in trail:
-                raise _fail(f"dialplan.groups.{trail[0]}",
-                            f"contains itself ({' > '.join((*trail, member))})")
+                raise _fail(
+                    f"dialplan.groups.{trail[0]}",
+                    f"contains itself ({' > '.join((*trail, member))})",
+                )
             users.extend(_expand(member, raw, (*trail, member)))
         else:
             users.append(member)
         if len(users) > MAX_MEMBERS * MAX_MEMBERS:
-            break     # a wide nesting: refused below without expanding it further
+            break  # a wide nesting: refused below without expanding it further
     return users
 
 
@@ -149,30 +166,41 @@ def parse_groups(doc: Any, owners: dict[str, str]) -> RingGroups:
             raise _fail(f"dialplan.groups[{k}]", f"a second group named {name!r}")
         for number in group["numbers"]:
             if number in owners:
-                raise _fail(f"dialplan.groups.{name}",
-                            f"number {number} is already {owners[number]}'s")
+                raise _fail(
+                    f"dialplan.groups.{name}", f"number {number} is already {owners[number]}'s"
+                )
             if numbers.setdefault(number, name) != name:
-                raise _fail(f"dialplan.groups.{name}",
-                            f"number {number} is already group {numbers[number]}'s")
+                raise _fail(
+                    f"dialplan.groups.{name}",
+                    f"number {number} is already group {numbers[number]}'s",
+                )
         raw[name] = group
     by_name = {}
     for name, group in raw.items():
         users = list(dict.fromkeys(_expand(name, raw, (name,))))
         if len(users) > MAX_MEMBERS:
-            raise _fail(f"dialplan.groups.{name}",
-                        f"rings more than {MAX_MEMBERS} users once nested groups are expanded")
+            raise _fail(
+                f"dialplan.groups.{name}",
+                f"rings more than {MAX_MEMBERS} users once nested groups are expanded",
+            )
         fallback = group["fallback"]
         if fallback in numbers or fallback in raw:
-            raise _fail(f"dialplan.groups.{name}",
-                        f"fallback {fallback!r} is a group: it would ring in a loop")
-        by_name[name] = RingGroup(name, group["numbers"], group["strategy"], tuple(users),
-                                  group["ring_timeout"], fallback)
+            raise _fail(
+                f"dialplan.groups.{name}",
+                f"fallback {fallback!r} is a group: it would ring in a loop",
+            )
+        by_name[name] = RingGroup(
+            name, group["numbers"], group["strategy"], tuple(users), group["ring_timeout"], fallback
+        )
     return RingGroups(by_name, {n: by_name[g] for n, g in numbers.items()})
 
 
-def ring_plan(group: RingGroup, phones: Callable[[str], list[BranchTarget]],
-              fallback: list[list[BranchTarget]], max_branches: int
-              ) -> tuple[list[list[BranchTarget]], list[float | None]]:
+def ring_plan(
+    group: RingGroup,
+    phones: Callable[[str], list[BranchTarget]],
+    fallback: list[list[BranchTarget]],
+    max_branches: int,
+) -> tuple[list[list[BranchTarget]], list[float | None]]:
     """The branch groups of a call to ``group`` and the ring timeout of each (None: no
     timeout of ours, only Timer C): ``phones(user)`` gives a member's phones (none:
     the member is skipped), ``fallback`` the fallback's branch groups. At most
@@ -183,8 +211,7 @@ def ring_plan(group: RingGroup, phones: Callable[[str], list[BranchTarget]],
         if everyone:
             groups.append(everyone)
     else:
-        groups.extend(ringing for user in group.members
-                      if (ringing := phones(user)[:max_branches]))
+        groups.extend(ringing for user in group.members if (ringing := phones(user)[:max_branches]))
     timeouts: list[float | None] = [group.ring_timeout] * len(groups)
     groups.extend(fallback)
     timeouts.extend([None] * len(fallback))

@@ -26,16 +26,26 @@ class Probe:
     healthy: frozenset[int]
 
 
-def _request(method: str, ruri: str, from_uri: str, to_uri: str, via: str, call_id: str,
-             branch: str, tag: str) -> bytes:
-    return (f"{method} {ruri} SIP/2.0\r\n"
-            f"Via: SIP/2.0/UDP {via};branch={branch};rport\r\n"
-            "Max-Forwards: 70\r\n"
-            f"From: <{from_uri}>;tag={tag}\r\n"
-            f"To: <{to_uri}>\r\n"
-            f"Call-ID: {call_id}\r\n"
-            f"CSeq: 1 {method}\r\n"
-            "Content-Length: 0\r\n\r\n").encode()
+def _request(
+    method: str,
+    ruri: str,
+    from_uri: str,
+    to_uri: str,
+    via: str,
+    call_id: str,
+    branch: str,
+    tag: str,
+) -> bytes:
+    return (
+        f"{method} {ruri} SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP {via};branch={branch};rport\r\n"
+        "Max-Forwards: 70\r\n"
+        f"From: <{from_uri}>;tag={tag}\r\n"
+        f"To: <{to_uri}>\r\n"
+        f"Call-ID: {call_id}\r\n"
+        f"CSeq: 1 {method}\r\n"
+        "Content-Length: 0\r\n\r\n"
+    ).encode()
 
 
 def probes(domain: str, via_host: str, via_port: int, token: str) -> list[Probe]:
@@ -47,14 +57,22 @@ def probes(domain: str, via_host: str, via_port: int, token: str) -> list[Probe]
     stranger = f"sip:{CHECK_USER}@selfcheck.invalid"
     nobody = f"sip:{CHECK_USER}-{token}@{domain}"
     out = []
-    for i, (method, ruri, src, dst, healthy) in enumerate((
+    for i, (method, ruri, src, dst, healthy) in enumerate(
+        (
             ("OPTIONS", f"sip:{domain}", me, f"sip:{domain}", {200}),
             ("REGISTER", f"sip:{domain}", me, me, {401}),
-            ("INVITE", nobody, stranger, nobody, {404, 480}))):
+            ("INVITE", nobody, stranger, nobody, {404, 480}),
+        )
+    ):
         call_id = f"selfcheck-{i}-{token}@{host}"
-        out.append(Probe(method, _request(method, ruri, src, dst, via, call_id,
-                                          f"z9hG4bK{token}{i}", f"{token}{i}"),
-                         call_id, frozenset(healthy)))
+        out.append(
+            Probe(
+                method,
+                _request(method, ruri, src, dst, via, call_id, f"z9hG4bK{token}{i}", f"{token}{i}"),
+                call_id,
+                frozenset(healthy),
+            )
+        )
     return out
 
 
@@ -63,9 +81,11 @@ def ack_for(probe: Probe, to_value: str) -> bytes:
     lines = probe.data.decode().split("\r\n")
     head = {line.split(":", 1)[0]: line for line in lines[1:] if ":" in line}
     ruri = lines[0].split(" ")[1]
-    return (f"ACK {ruri} SIP/2.0\r\n{head['Via']}\r\nMax-Forwards: 70\r\n{head['From']}\r\n"
-            f"To: {to_value}\r\n{head['Call-ID']}\r\nCSeq: 1 ACK\r\n"
-            "Content-Length: 0\r\n\r\n").encode()
+    return (
+        f"ACK {ruri} SIP/2.0\r\n{head['Via']}\r\nMax-Forwards: 70\r\n{head['From']}\r\n"
+        f"To: {to_value}\r\n{head['Call-ID']}\r\nCSeq: 1 ACK\r\n"
+        "Content-Length: 0\r\n\r\n"
+    ).encode()
 
 
 def verdict(probe: Probe, status: int | None) -> str | None:

@@ -19,12 +19,19 @@ MAX_EXPIRES = 7 * 86400
 
 FIELDS = ("aliases", "auth_algorithms", "min_expires", "max_expires", "default_expires")
 
-DEFAULTS: dict[str, Any] = {"aliases": [], "auth_algorithms": ["MD5"], "min_expires": 60,
-                            "max_expires": 3600, "default_expires": 3600}
+DEFAULTS: dict[str, Any] = {
+    "aliases": [],
+    "auth_algorithms": ["MD5"],
+    "min_expires": 60,
+    "max_expires": 3600,
+    "default_expires": 3600,
+}
 """What a node runs when neither its file nor the master says otherwise."""
 
-_HOST = re.compile(r"(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
-                   r"(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*")
+_HOST = re.compile(
+    r"(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+    r"(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*"
+)
 
 
 class SettingsError(ValueError):
@@ -34,8 +41,9 @@ class SettingsError(ValueError):
 def _seconds(doc: dict[str, Any], name: str) -> int:
     value = doc[name]
     if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_EXPIRES:
-        raise SettingsError(f"{name} must be whole seconds from 1 to {MAX_EXPIRES}, "
-                            f"not {str(value)[:40]!r}")
+        raise SettingsError(
+            f"{name} must be whole seconds from 1 to {MAX_EXPIRES}, not {str(value)[:40]!r}"
+        )
     return value
 
 
@@ -46,8 +54,7 @@ def parse_settings(doc: Any, domain: str) -> dict[str, Any]:
         raise SettingsError("settings must be a JSON object")
     unknown = sorted(set(doc) - set(FIELDS))
     if unknown:
-        raise SettingsError(f"unknown setting {str(unknown[0])[:40]!r}; known: "
-                            f"{', '.join(FIELDS)}")
+        raise SettingsError(f"unknown setting {str(unknown[0])[:40]!r}; known: {', '.join(FIELDS)}")
     missing = [f for f in FIELDS if f not in doc]
     if missing:
         raise SettingsError(f"missing setting {missing[0]}")
@@ -64,15 +71,27 @@ def parse_settings(doc: Any, domain: str) -> dict[str, Any]:
         if name not in names:
             names.append(name)
     algorithms = doc["auth_algorithms"]
-    if (not isinstance(algorithms, list) or not algorithms
-            or any(a not in ALGORITHMS for a in algorithms)
-            or len(set(algorithms)) != len(algorithms)):
-        raise SettingsError(f"auth_algorithms must list {' and/or '.join(ALGORITHMS)} "
-                            f"(each once, preferred first), not {str(algorithms)[:80]}")
-    low, high, default = (_seconds(doc, n) for n in ("min_expires", "max_expires",
-                                                     "default_expires"))
+    if (
+        not isinstance(algorithms, list)
+        or not algorithms
+        or any(a not in ALGORITHMS for a in algorithms)
+        or len(set(algorithms)) != len(algorithms)
+    ):
+        raise SettingsError(
+            f"auth_algorithms must list {' and/or '.join(ALGORITHMS)} "
+            f"(each once, preferred first), not {str(algorithms)[:80]}"
+        )
+    low, high, default = (
+        _seconds(doc, n) for n in ("min_expires", "max_expires", "default_expires")
+    )
     if not low <= default <= high:
-        raise SettingsError(f"need min_expires <= default_expires <= max_expires, "
-                            f"not {low}, {default}, {high}")
-    return {"aliases": names, "auth_algorithms": list(algorithms), "min_expires": low,
-            "max_expires": high, "default_expires": default}
+        raise SettingsError(
+            f"need min_expires <= default_expires <= max_expires, not {low}, {default}, {high}"
+        )
+    return {
+        "aliases": names,
+        "auth_algorithms": list(algorithms),
+        "min_expires": low,
+        "max_expires": high,
+        "default_expires": default,
+    }

@@ -41,8 +41,9 @@ def to_hold(me: str, nodes: Collection[str], states: Mapping[str, str]) -> set[s
     return {n for n in nodes if n not in alive}
 
 
-def udp_sources(bindings: Iterable[Binding], origin: str, now: float,
-                limit: int = 100_000) -> set[tuple[str, int]]:
+def udp_sources(
+    bindings: Iterable[Binding], origin: str, now: float, limit: int = 100_000
+) -> set[tuple[str, int]]:
     """Where the live UDP bindings that ``origin`` made came from (``(host, port)``,
     ``limit`` at most): the NAT mappings open to ``origin``'s address, from which a
     node that took it over must send to them."""

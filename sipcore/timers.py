@@ -30,6 +30,7 @@ Entry = tuple[float, Any, "Timer"]
 _INF = float("inf")
 _BY_DEADLINE = itemgetter(0)
 
+
 class State(Enum):
     """Transaction states of RFC 3261 §17 (plus Accepted from RFC 6026)."""
 
@@ -48,6 +49,7 @@ _PROCEEDING = State.PROCEEDING
 _COMPLETED = State.COMPLETED
 _CONFIRMED = State.CONFIRMED
 _ACCEPTED = State.ACCEPTED
+
 
 class Timer(IntEnum):
     """Timer kinds, as stored in queue entries (RFC 3261 §17 and RFC 6026 §8.4)."""
@@ -175,7 +177,7 @@ class TimerHandlers:
     def _retransmit(self, tx: Transaction, now: float, kind: Timer, interval: float) -> None:
         tx._interval = interval
         data = tx._data
-        if data is not None:    # always set while a retransmitting state lasts
+        if data is not None:  # always set while a retransmitting state lasts
             self._out.append((data, tx.destination))
         self._timers.add(now, interval, tx, kind)
 
@@ -227,10 +229,19 @@ _H = TimerHandlers
 #: what each timer does when it fires: D, J and K all end a Completed transaction, L and M
 #: an Accepted one
 HANDLERS = {
-    Timer.A: _H._on_a, Timer.B: _H._on_b, Timer.D: _H._on_completed_end, Timer.E: _H._on_e,
-    Timer.F: _H._on_f, Timer.G: _H._on_g, Timer.H: _H._on_h, Timer.I: _H._on_i,
-    Timer.J: _H._on_completed_end, Timer.K: _H._on_completed_end, Timer.M: _H._on_m,
-    Timer.CANCEL: _H._on_cancel, Timer.L: _H._on_m,
+    Timer.A: _H._on_a,
+    Timer.B: _H._on_b,
+    Timer.D: _H._on_completed_end,
+    Timer.E: _H._on_e,
+    Timer.F: _H._on_f,
+    Timer.G: _H._on_g,
+    Timer.H: _H._on_h,
+    Timer.I: _H._on_i,
+    Timer.J: _H._on_completed_end,
+    Timer.K: _H._on_completed_end,
+    Timer.M: _H._on_m,
+    Timer.CANCEL: _H._on_cancel,
+    Timer.L: _H._on_m,
 }
 # The same table indexed by the timer's value: firing is one tuple index.
 _FIRE = tuple(HANDLERS[t] for t in Timer)

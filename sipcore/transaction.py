@@ -42,15 +42,40 @@ from typing import Any
 from .errors import SipError
 from .headers import split_list
 from .message import Request, Response, make_response
-from .timers import (_ACCEPTED, _CALLING, _COMPLETED, _CONFIRMED,  # state aliases, shared
-                     _PROCEEDING, _TRYING, State, Timer, TimerConfig, TimerHandlers, TimerQueues)
+from .timers import (
+    _ACCEPTED,
+    _CALLING,
+    _COMPLETED,
+    _CONFIRMED,  # state aliases, shared
+    _PROCEEDING,
+    _TRYING,
+    State,
+    Timer,
+    TimerConfig,
+    TimerHandlers,
+    TimerQueues,
+)
 
 __all__ = [
-    "MAGIC_COOKIE", "unique_branch", "State", "Transaction", "ServerTransaction",
+    "MAGIC_COOKIE",
+    "unique_branch",
+    "State",
+    "Transaction",
+    "ServerTransaction",
     "ClientTransaction",
-    "TransactionEvent", "RequestReceived", "AckReceived", "ResponseReceived",
-    "StrayResponse", "TransactionTimeout", "TransportError", "TransactionLayer", "Timer",
-    "new_branch", "server_key", "build_ack", "build_cancel",
+    "TransactionEvent",
+    "RequestReceived",
+    "AckReceived",
+    "ResponseReceived",
+    "StrayResponse",
+    "TransactionTimeout",
+    "TransportError",
+    "TransactionLayer",
+    "Timer",
+    "new_branch",
+    "server_key",
+    "build_ack",
+    "build_cancel",
 ]
 
 #: a transaction's matching key (§17.1.3, §17.2.3)
@@ -74,13 +99,32 @@ class Transaction:
     (client), 0 before any.
     """
 
-    __slots__ = ("key", "method", "request", "destination", "reliable", "state",
-                 "status", "context", "fork", "relay_to", "_data", "_interval")
+    __slots__ = (
+        "key",
+        "method",
+        "request",
+        "destination",
+        "reliable",
+        "state",
+        "status",
+        "context",
+        "fork",
+        "relay_to",
+        "_data",
+        "_interval",
+    )
 
     is_server = False
 
-    def __init__(self, key: Key, method: str, request: Request | None,
-                 destination: object, reliable: bool, state: State):
+    def __init__(
+        self,
+        key: Key,
+        method: str,
+        request: Request | None,
+        destination: object,
+        reliable: bool,
+        state: State,
+    ):
         self.key = key
         self.method = method
         self.request = request
@@ -128,8 +172,15 @@ class ClientTransaction(Transaction):
 
     __slots__ = ("cancel", "_ack", "_cancel_pending")
 
-    def __init__(self, key: Key, method: str, request: Request | None, destination: object,
-                 reliable: bool, state: State):
+    def __init__(
+        self,
+        key: Key,
+        method: str,
+        request: Request | None,
+        destination: object,
+        reliable: bool,
+        state: State,
+    ):
         super().__init__(key, method, request, destination, reliable, state)
         self.cancel: ClientTransaction | None = None
         self._ack: bytes | None = None
@@ -224,8 +275,9 @@ def unique_branch(branch: str | None) -> bool:
     it starts with the magic cookie and has something after it. A bare
     ``z9hG4bK`` is the same for every request that sends it, so it is no unique
     id (§8.1.1.7): such a request is matched by the RFC 2543 rules."""
-    return branch is not None and len(branch) > len(MAGIC_COOKIE) and \
-        branch.startswith(MAGIC_COOKIE)
+    return (
+        branch is not None and len(branch) > len(MAGIC_COOKIE) and branch.startswith(MAGIC_COOKIE)
+    )
 
 
 def server_key(request: Request) -> Key:
@@ -299,8 +351,15 @@ class TransactionLayer(TimerHandlers):
     server transaction answers 100 Trying at once (§17.2.1, §16.2).
     """
 
-    def __init__(self, t1: float = 0.5, t2: float = 4.0, t4: float = 5.0, *,
-                 timer_d: float = 32.0, auto_trying: bool = True):
+    def __init__(
+        self,
+        t1: float = 0.5,
+        t2: float = 4.0,
+        t4: float = 5.0,
+        *,
+        timer_d: float = 32.0,
+        auto_trying: bool = True,
+    ):
         self.config = TimerConfig(t1, t2, t4, timer_d)
         self.auto_trying = auto_trying
         self._t1 = t1
@@ -340,8 +399,10 @@ class TransactionLayer(TimerHandlers):
         when both are 0; answered ones only wait out their timers). A pass over
         the tables, for a control request, not for the hot path."""
         waiting = (_CALLING, _TRYING, _PROCEEDING)
-        return {"server": sum(1 for tx in self._server.values() if tx.state in waiting),
-                "client": sum(1 for tx in self._client.values() if tx.state in waiting)}
+        return {
+            "server": sum(1 for tx in self._server.values() if tx.state in waiting),
+            "client": sum(1 for tx in self._client.values() if tx.state in waiting),
+        }
 
     def find_server(self, request: Request) -> ServerTransaction | None:
         """The live server transaction ``request`` belongs to (an ACK's INVITE), or None."""
@@ -364,8 +425,9 @@ class TransactionLayer(TimerHandlers):
         self._out.append((data, destination))
 
     # -- inputs ----------------------------------------------------------------
-    def receive(self, message: Request | Response, source: object, now: float,
-                reliable: bool = False) -> None:
+    def receive(
+        self, message: Request | Response, source: object, now: float, reliable: bool = False
+    ) -> None:
         """Feed one parsed message received from ``source``.
 
         Requests should have passed ``Request.validate()``: a request whose
@@ -397,8 +459,9 @@ class TransactionLayer(TimerHandlers):
                 self._out.append((tx._data, tx.destination))
             return
         invite = method == "INVITE"
-        tx = ServerTransaction(key, method, req, source, reliable,
-                               _PROCEEDING if invite else _TRYING)
+        tx = ServerTransaction(
+            key, method, req, source, reliable, _PROCEEDING if invite else _TRYING
+        )
         self._server[key] = tx
         if reliable:
             self._index(tx)
@@ -436,8 +499,9 @@ class TransactionLayer(TimerHandlers):
                 tx.state = _COMPLETED
                 self._timers.add(now, self._t4, tx, Timer.K)
 
-    def _invite_response(self, tx: ClientTransaction, resp: Response, status: int,
-                         state: State, now: float) -> None:
+    def _invite_response(
+        self, tx: ClientTransaction, resp: Response, status: int, state: State, now: float
+    ) -> None:
         live = state is _CALLING or state is _PROCEEDING
         if status < 200:
             if live:
@@ -459,7 +523,7 @@ class TransactionLayer(TimerHandlers):
             tx.state = _COMPLETED
             tx.status = status
             tx._cancel_pending = None
-            assert tx.request is not None    # kept until the transaction completes
+            assert tx.request is not None  # kept until the transaction completes
             ack = build_ack(tx.request, resp).encode()
             self._out.append((ack, tx.destination))
             self._events.append(ResponseReceived(tx, resp))
@@ -517,8 +581,9 @@ class TransactionLayer(TimerHandlers):
             self._timers.add(now, self._timeout, tx, Timer.J)
         return True
 
-    def send_request(self, request: Request, destination: object, now: float,
-                     reliable: bool = False) -> ClientTransaction:
+    def send_request(
+        self, request: Request, destination: object, now: float, reliable: bool = False
+    ) -> ClientTransaction:
         """Start a client transaction for ``request`` and queue it for ``destination``.
 
         The request must carry its top Via with a branch made by the caller
@@ -538,8 +603,9 @@ class TransactionLayer(TimerHandlers):
         if key in self._client:
             raise ValueError(f"branch {branch} already used for {method}")
         invite = method == "INVITE"
-        tx = ClientTransaction(key, method, request, destination, reliable,
-                               _CALLING if invite else _TRYING)
+        tx = ClientTransaction(
+            key, method, request, destination, reliable, _CALLING if invite else _TRYING
+        )
         data = tx._data = request.encode()
         self._client[key] = tx
         self._index(tx)
@@ -551,8 +617,9 @@ class TransactionLayer(TimerHandlers):
         timers.add(now, self._timeout, tx, Timer.B if invite else Timer.F)
         return tx
 
-    def cancel(self, tx: ClientTransaction, now: float,
-               headers: Sequence[tuple[str, str]] = ()) -> bool:
+    def cancel(
+        self, tx: ClientTransaction, now: float, headers: Sequence[tuple[str, str]] = ()
+    ) -> bool:
         """Cancel INVITE client transaction ``tx`` (§9.1).
 
         The CANCEL is sent at once if a provisional response arrived, else
@@ -568,7 +635,7 @@ class TransactionLayer(TimerHandlers):
         state = tx.state
         if state is not _CALLING and state is not _PROCEEDING:
             return False
-        assert tx.request is not None    # kept while calling or proceeding
+        assert tx.request is not None  # kept while calling or proceeding
         tx._cancel_pending = build_cancel(tx.request, headers)
         if state is _PROCEEDING:
             self._send_cancel(tx, now)
@@ -576,7 +643,7 @@ class TransactionLayer(TimerHandlers):
 
     def _send_cancel(self, tx: ClientTransaction, now: float) -> None:
         request = tx._cancel_pending
-        assert request is not None    # set by cancel()
+        assert request is not None  # set by cancel()
         tx._cancel_pending = None
         tx.cancel = self.send_request(request, tx.destination, now, tx.reliable)
         self._timers.add(now, self._timeout, tx, Timer.CANCEL)

@@ -91,8 +91,14 @@ class Transfers:
         self.max_seen = max_seen
         self._seen: dict[str, int] = {}
         """MAC -> expiry of the tokens redeemed here, oldest first."""
-        self.stats = {"accepted": 0, "refused": 0, "redeemed": 0, "forged": 0,
-                      "expired": 0, "replayed": 0}
+        self.stats = {
+            "accepted": 0,
+            "refused": 0,
+            "redeemed": 0,
+            "forged": 0,
+            "expired": 0,
+            "replayed": 0,
+        }
 
     # -- tokens ----------------------------------------------------------------
     def _mac(self, transferor: str, target: str, expiry: int) -> str:
@@ -123,7 +129,7 @@ class Transfers:
             self.stats["expired"] += 1
             raise _refused("Token Expired")
         seen = self._seen
-        while seen:                        # expiries grow with insertion: prune the front
+        while seen:  # expiries grow with insertion: prune the front
             first = next(iter(seen))
             if seen[first] >= wall and len(seen) < self.max_seen:
                 break
@@ -136,8 +142,14 @@ class Transfers:
         return transferor
 
     # -- requests ----------------------------------------------------------------
-    def accept(self, req: Request, transferor: str | None, settings: "ProxySettings",
-               dialing: "Dialing | None", wall: float) -> None:
+    def accept(
+        self,
+        req: Request,
+        transferor: str | None,
+        settings: "ProxySettings",
+        dialing: "Dialing | None",
+        wall: float,
+    ) -> None:
         """Check a REFER's target against ``transferor``'s permissions (see the module);
         add the token and Referred-By when it is accepted, raise ``SipError`` if not."""
         values = req.get_all("refer-to")
@@ -151,8 +163,13 @@ class Transfers:
             target = check_target(addr.uri, transferor, settings, dialing)
         except SipError as err:
             self.stats["refused"] += 1
-            log.info("transfer by %s (call %s) to %s refused: %s", transferor or "a peer",
-                     req.call_id, str(addr.uri)[:100], err.reason)
+            log.info(
+                "transfer by %s (call %s) to %s refused: %s",
+                transferor or "a peer",
+                req.call_id,
+                str(addr.uri)[:100],
+                err.reason,
+            )
             raise
         self.stats["accepted"] += 1
         if transferor is None:
@@ -169,31 +186,36 @@ class Transfers:
             return None
         req.remove(_KEY)
         ruri = req.ruri
-        if (len(values) != 1 or req.method != "INVITE" or not ruri.user
-                or not settings.is_local(ruri)):
+        if (
+            len(values) != 1
+            or req.method != "INVITE"
+            or not ruri.user
+            or not settings.is_local(ruri)
+        ):
             self.stats["forged"] += 1
             raise _refused("Bad Token")
         try:
             transferor = self.verify(values[0].strip(), unquote(ruri.user), wall)
         except SipError as err:
-            log.info("transferred call %s to %s refused: %s", req.call_id, str(ruri)[:100],
-                     err.reason)     # never the token: it is a credential while it lasts
+            log.info(
+                "transferred call %s to %s refused: %s", req.call_id, str(ruri)[:100], err.reason
+            )  # never the token: it is a credential while it lasts
             raise
-        log.info("transferred call %s to %s made as %s's", req.call_id, str(ruri)[:100],
-                 transferor)
+        log.info("transferred call %s to %s made as %s's", req.call_id, str(ruri)[:100], transferor)
         req.set("Referred-By", _aor(transferor, settings.domain))
         return transferor
 
 
-def check_target(uri: SipUri, transferor: str | None, settings: "ProxySettings",
-                 dialing: "Dialing | None") -> str | None:
+def check_target(
+    uri: SipUri, transferor: str | None, settings: "ProxySettings", dialing: "Dialing | None"
+) -> str | None:
     """The user or number of our domain that ``transferor`` (None: not authenticated)
     may transfer to at ``uri``, None for a target elsewhere it may reach; ``SipError``
     403 naming why for one it may not."""
     if uri.scheme not in ("sip", "sips"):
         raise _refused("Target Must Be A SIP URI")
     if settings.emergency and settings.is_emergency(uri):
-        return None                        # never refused, and routed without a token
+        return None  # never refused, and routed without a token
     if not settings.is_local(uri):
         if dialing is not None and dialing.is_gateway(uri):
             raise _refused("Gateways Only Through The Dial Plan")
@@ -214,7 +236,8 @@ def check_target(uri: SipUri, transferor: str | None, settings: "ProxySettings",
 def with_token(addr: NameAddr, token: str) -> str:
     """The Refer-To value ``addr`` with ``token`` as its URI's transfer header (any
     such header it held replaced)."""
-    kept = [h for h in addr.uri.headers.split("&")
-            if h and unquote(h.partition("=")[0]).lower() != _KEY]
+    kept = [
+        h for h in addr.uri.headers.split("&") if h and unquote(h.partition("=")[0]).lower() != _KEY
+    ]
     kept.append(f"{TOKEN_HEADER}={token}")
     return str(NameAddr(addr.uri._replace(headers="&".join(kept)), addr.display, addr.params))

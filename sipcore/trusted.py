@@ -50,8 +50,9 @@ class TrustedPeer:
         """Whether ``certificate`` (fingerprint, common name) is this peer's."""
         if certificate is None:
             return False
-        return ((not self.fingerprint or certificate[0] == self.fingerprint)
-                and (not self.subject or certificate[1] == self.subject))
+        return (not self.fingerprint or certificate[0] == self.fingerprint) and (
+            not self.subject or certificate[1] == self.subject
+        )
 
 
 class TrustedPeers:
@@ -60,19 +61,23 @@ class TrustedPeers:
     def __init__(self, peers: tuple[TrustedPeer, ...] = ()):
         self.peers = peers
         # One address is the usual entry: a dict answers those without parsing the source.
-        by_address = [p for p in peers if p.network is not None and not p.fingerprint
-                      and not p.subject]
-        self._hosts = {str(p.network.network_address): p for p in by_address
-                       if p.network is not None and p.network.num_addresses == 1}
-        self._networks = tuple(p for p in by_address
-                               if p.network is not None and p.network.num_addresses > 1)
+        by_address = [
+            p for p in peers if p.network is not None and not p.fingerprint and not p.subject
+        ]
+        self._hosts = {
+            str(p.network.network_address): p
+            for p in by_address
+            if p.network is not None and p.network.num_addresses == 1
+        }
+        self._networks = tuple(
+            p for p in by_address if p.network is not None and p.network.num_addresses > 1
+        )
         self._certified = tuple(p for p in peers if p.fingerprint or p.subject)
 
     def __bool__(self) -> bool:
         return bool(self.peers)
 
-    def peer(self, host: str, certificate: tuple[str, str] | None = None
-             ) -> TrustedPeer | None:
+    def peer(self, host: str, certificate: tuple[str, str] | None = None) -> TrustedPeer | None:
         """The trusted peer ``host`` (a source address) belongs to, or None;
         ``certificate`` is the (fingerprint, common name) of the verified TLS
         certificate the request's connection presented, None for none."""
@@ -105,8 +110,9 @@ def parse_trusted(raw: Any) -> TrustedPeers:
     for k, body in enumerate(raw):
         where = f"dialplan.trusted[{k}]"
         if not isinstance(body, dict) or set(body) - _KEYS:
-            raise TrustedError(f"{where}: must be a table of name and address, certificate "
-                               "or subject")
+            raise TrustedError(
+                f"{where}: must be a table of name and address, certificate or subject"
+            )
         name, address = body.get("name"), body.get("address")
         if not isinstance(name, str) or not _NAME.fullmatch(name):
             raise TrustedError(f"{where}: name must be letters, digits, '.', '_' or '-'")
@@ -114,11 +120,13 @@ def parse_trusted(raw: Any) -> TrustedPeers:
         network = None
         if address is not None or not (fingerprint or subject):
             try:
-                network = ipaddress.ip_network(address if isinstance(address, str) else "",
-                                               strict=False)
+                network = ipaddress.ip_network(
+                    address if isinstance(address, str) else "", strict=False
+                )
             except ValueError:
-                raise TrustedError(f"{where}: address must be an IP address or network, "
-                                   f"not {address!r}") from None
+                raise TrustedError(
+                    f"{where}: address must be an IP address or network, not {address!r}"
+                ) from None
             if network.prefixlen == 0 and not (fingerprint or subject):
                 raise TrustedError(f"{where}: {address} would trust every address")
         peers.append(TrustedPeer(name, network, fingerprint, subject))
@@ -132,9 +140,13 @@ def _certificate(where: str, body: dict[str, Any]) -> tuple[str, str]:
         raise TrustedError(f"{where}: certificate must be a SHA-256 fingerprint")
     fingerprint = fingerprint.replace(":", "").lower()
     if fingerprint and (len(fingerprint) != 64 or set(fingerprint) - _HEX):
-        raise TrustedError(f"{where}: certificate must be a SHA-256 fingerprint "
-                           "(64 hex digits, ':' allowed)")
-    if not isinstance(subject, str) or len(subject) > 200 or (
-            subject and not subject.isprintable()):
+        raise TrustedError(
+            f"{where}: certificate must be a SHA-256 fingerprint (64 hex digits, ':' allowed)"
+        )
+    if (
+        not isinstance(subject, str)
+        or len(subject) > 200
+        or (subject and not subject.isprintable())
+    ):
         raise TrustedError(f"{where}: subject must be a certificate's common name")
     return fingerprint, subject

@@ -12,7 +12,6 @@ from .grammar import ALPHANUM, DIGITS, HEXDIG, HOST_MARKS, MARK, SEPARATOR_CLASS
 SCHEMES = ("sip", "sips", "tel")
 
 
-
 class Params(dict[str, str | None]):
     """Parsed parameters, read-only: they live in parses shared process-wide.
 
@@ -39,6 +38,7 @@ NO_PARAMS = Params()
 def read_only(params: dict[str, str | None]) -> Mapping[str, str | None]:
     """Parsed parameters made read-only, to keep in a shared parse."""
     return Params(params) if params else NO_PARAMS
+
 
 #: characters of a URI scheme after its first letter (RFC 3986 §3.1)
 _SCHEME_CHARS = ALPHANUM + "+-."
@@ -189,7 +189,7 @@ def split_hostport(text: str) -> tuple[str, int | None]:
         if end < 0:
             raise SipParseError("unterminated IPv6 reference")
         host = text[: end + 1]
-        rest = text[end + 1:]
+        rest = text[end + 1 :]
         if rest and not rest.startswith(":"):
             raise SipParseError("bad host")
         port_text = rest[1:] if rest else ""
@@ -363,13 +363,17 @@ _SIP_URI_PATTERN = (
     rf"(?:({alnum_class(_USER_MARKS)}++)@)?"
     rf"({alnum_class(HOST_MARKS)}++|\[[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*\])"
     r"(?::([0-9]{1,5}))?"
-    r"(?:;([!#-;=A-~]*+))?")
+    r"(?:;([!#-;=A-~]*+))?"
+)
 _SIMPLE_SIP_URI = re.compile(_SIP_URI_PATTERN)
 #: the user class of ``_SIP_URI_PATTERN``
 _USER_CHARS = ALPHANUM + _USER_MARKS
 #: every spelling of the schemes of ``_SIP_URI_PATTERN``, to its lower-case one
-_SIP_SCHEMES = {"".join(letters): scheme for scheme in ("sip", "sips")
-                for letters in product(*zip(scheme, scheme.upper(), strict=True))}
+_SIP_SCHEMES = {
+    "".join(letters): scheme
+    for scheme in ("sip", "sips")
+    for letters in product(*zip(scheme, scheme.upper(), strict=True))
+}
 #: ``(host, port, params)`` of a URI of the common form by its host part,
 #: the text after the ``@`` ending the user (after the scheme without a
 #: user): every user of a domain, or of a client's address, shares it. The
@@ -423,8 +427,11 @@ def _sip_uri(text: str) -> SipUri | None:
         if len(_HOST_PART_CACHE) >= _CACHE_MAX:
             _HOST_PART_CACHE.clear()
         _HOST_PART_CACHE[host_part] = known
-    elif user is not None and not (user.isalnum() and user.isascii()) and (
-            not user or user.strip(_USER_CHARS)):
+    elif (
+        user is not None
+        and not (user.isalnum() and user.isascii())
+        and (not user or user.strip(_USER_CHARS))
+    ):
         # Letters and digits alone (most users) need no look at the other user characters.
         return None
     host, port, params = known
@@ -467,7 +474,7 @@ def _parse_uri_general(text: str) -> SipUri:
     # "?" (RFC 3261 §25.1 user-unreserved), so the first "@" ends them.
     at = rest.find("@")
     if at >= 0:
-        userinfo, rest = rest[:at], rest[at + 1:]
+        userinfo, rest = rest[:at], rest[at + 1 :]
         user, sep, pw = userinfo.partition(":")
         if sep:
             password = pw
@@ -521,8 +528,12 @@ class NameAddr(NamedTuple):
         if v is None:
             return None
         whole, _, frac = v.partition(".")
-        if (whole not in ("0", "1") or len(frac) > 3 or (frac and not only(frac, DIGITS))
-                or (whole == "1" and frac.strip("0"))):
+        if (
+            whole not in ("0", "1")
+            or len(frac) > 3
+            or (frac and not only(frac, DIGITS))
+            or (whole == "1" and frac.strip("0"))
+        ):
             raise SipParseError(f"bad Contact q value {v[:20]!r}")
         return float(v)
 
@@ -530,7 +541,7 @@ class NameAddr(NamedTuple):
     def expires(self) -> int | None:
         """The Contact ``expires`` parameter in seconds (at most 2**32-1), or None."""
         v = self.params.get("expires")
-        return None if v is None else parse_number(v, "Contact expires", 2 ** 32 - 1)
+        return None if v is None else parse_number(v, "Contact expires", 2**32 - 1)
 
     @property
     def instance(self) -> str | None:
@@ -549,7 +560,7 @@ class NameAddr(NamedTuple):
         v = self.params.get("reg-id")
         if v is None:
             return None
-        n = parse_number(v, "reg-id", 2 ** 31 - 1)
+        n = parse_number(v, "reg-id", 2**31 - 1)
         if n == 0:
             raise SipParseError("reg-id out of range")
         return n
@@ -640,9 +651,9 @@ def _parse_name_addr_general(text: str) -> NameAddr:
             if e < 0:
                 raise SipParseError("unterminated quoted string")
             lt = text.find("<", e + 1)
-            if lt < 0 or text[e + 1:lt].strip():
+            if lt < 0 or text[e + 1 : lt].strip():
                 raise SipParseError("bad display name")
-            display = text[:e + 1]
+            display = text[: e + 1]
         else:
             lt = text.find("<")
             if lt < 0:
@@ -657,8 +668,8 @@ def _parse_name_addr_general(text: str) -> NameAddr:
         gt = text.find(">", lt)
         if gt < 0:
             raise SipParseError("unterminated <URI>")
-        uri = parse_uri(text[lt + 1:gt])
-        after = text[gt + 1:].lstrip()
+        uri = parse_uri(text[lt + 1 : gt])
+        after = text[gt + 1 :].lstrip()
         if after and after[0] != ";":
             raise SipParseError("junk after <URI>")
         return NameAddr(uri, display, read_only(parse_params(after)))

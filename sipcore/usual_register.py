@@ -42,10 +42,14 @@ from .via import DEFAULT_PORTS, stamp_via
 _PORT = r"[1-9][0-9]{0,4}"
 _HOST = r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?"
 _START = re.compile(rf"REGISTER sip:({_HOST})(?::({_PORT}))? SIP/2\.0")
-_VIA = re.compile(rf"SIP/2\.0/UDP ({_HOST})(?::({_PORT}))?"
-                  rf"((?:;[a-z0-9-]+(?:={TOKEN})?)*)")
-_ADDRESS = (rf'(?:"[ !#-\[\]-~]*" *)?<sips?:({alnum_class(MARK + "&=+$,")}+)'
-            rf"@({_HOST})>")
+_VIA = re.compile(
+    rf"SIP/2\.0/UDP ({_HOST})(?::({_PORT}))?"
+    rf"((?:;[a-z0-9-]+(?:={TOKEN})?)*)"
+)
+_ADDRESS = (
+    rf'(?:"[ !#-\[\]-~]*" *)?<sips?:({alnum_class(MARK + "&=+$,")}+)'
+    rf"@({_HOST})>"
+)
 _FROM = re.compile(rf"{_ADDRESS}(?:;tag={TOKEN})?")
 _TO = re.compile(_ADDRESS)
 _CALL_ID = re.compile(r"[!-~]+")
@@ -56,8 +60,10 @@ _ZERO = re.compile("0")
 #: id: ``server_key`` keys it by the RFC 2543 rules, so this path leaves it alone)
 _BRANCH_VALUE = rf"(z9hG4bK{TOKEN_CLASS}+)"
 #: a Via with only a branch (with the magic cookie) and a valueless rport
-_VIA_USUAL = re.compile(rf"SIP/2\.0/UDP ({_HOST})(?::({_PORT}))?"
-                        rf"(?:;branch={_BRANCH_VALUE};rport|(;rport);branch={_BRANCH_VALUE})")
+_VIA_USUAL = re.compile(
+    rf"SIP/2\.0/UDP ({_HOST})(?::({_PORT}))?"
+    rf"(?:;branch={_BRANCH_VALUE};rport|(;rport);branch={_BRANCH_VALUE})"
+)
 _PARAM_NAME = re.compile(r";([a-z0-9-]+)")
 _RPORT = re.compile(r";rport(?=;|\Z)")
 _BRANCH = re.compile(r";branch=([^;]*)")
@@ -72,14 +78,20 @@ _REFUSED = {"require", "proxy-require", "proxy-authorization"}
 _KEPT = ("authorization", "contact", "expires", "path", "supported", "user-agent")
 #: the form each header's value must have, when present (Via, To and CSeq
 #: are read further after this check)
-_CHECKED = (("from", _FROM), ("call-id", _CALL_ID), ("max-forwards", _MAX_FORWARDS),
-            ("content-length", _ZERO))
+_CHECKED = (
+    ("from", _FROM),
+    ("call-id", _CALL_ID),
+    ("max-forwards", _MAX_FORWARDS),
+    ("content-length", _ZERO),
+)
 #: header name as written -> its lower-case canonical name, for the names
 #: looked at here (the others, whatever their case, are let be)
-_KEYS = {spelling: canon.lower()
-         for low, canon in CANONICAL.items()
-         if canon.lower() in _COPIED | _REFUSED | {*_KEPT, *dict(_CHECKED)}
-         for spelling in (low, canon, low.upper())}
+_KEYS = {
+    spelling: canon.lower()
+    for low, canon in CANONICAL.items()
+    if canon.lower() in _COPIED | _REFUSED | {*_KEPT, *dict(_CHECKED)}
+    for spelling in (low, canon, low.upper())
+}
 
 
 class UsualRegister:
@@ -94,8 +106,21 @@ class UsualRegister:
     Request-URI as written.
     """
 
-    __slots__ = ("data", "ip", "port", "dest", "key", "copied", "to_at", "user", "to_host",
-                 "call_id", "cseq", "fields", "uri")
+    __slots__ = (
+        "data",
+        "ip",
+        "port",
+        "dest",
+        "key",
+        "copied",
+        "to_at",
+        "user",
+        "to_host",
+        "call_id",
+        "cseq",
+        "fields",
+        "uri",
+    )
     data: bytes
     ip: str
     port: int
@@ -110,15 +135,20 @@ class UsualRegister:
     fields: dict[str, str]
     uri: str
 
-    def response(self, status: int, reason: str, headers: Iterable[tuple[str, str]],
-                 to_tag: str) -> bytes:
+    def response(
+        self, status: int, reason: str, headers: Iterable[tuple[str, str]], to_tag: str
+    ) -> bytes:
         """What ``response_bytes(request, status, reason, headers, to_tag=to_tag)``
         writes for the parsed request: the copied fields, To with ``to_tag``,
         then ``headers`` (canonical names, no Content-Length)."""
         copied = self.copied
         at = self.to_at
-        lines = [f"SIP/2.0 {status} {reason}", *copied[:at], f"{copied[at]};tag={to_tag}",
-                 *copied[at + 1:]]
+        lines = [
+            f"SIP/2.0 {status} {reason}",
+            *copied[:at],
+            f"{copied[at]};tag={to_tag}",
+            *copied[at + 1 :],
+        ]
         lines.extend(map("%s: %s".__mod__, headers))
         lines.append("Content-Length: 0\r\n\r\n")
         return "\r\n".join(lines).encode()
@@ -218,7 +248,7 @@ def _stamp(usual: UsualRegister, value: str, ip: str, port: int) -> str | None:
         usual.key = (branch or after, host.lower(), via_port, "REGISTER")
         if first is None:
             return f"{value}={port};received={ip}"
-        return f"{value[:m.start(4)]};rport={port}{value[m.end(4):]};received={ip}"
+        return f"{value[: m.start(4)]};rport={port}{value[m.end(4) :]};received={ip}"
     m = _VIA.fullmatch(value)
     if m is None:
         return None

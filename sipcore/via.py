@@ -23,7 +23,7 @@ def stamp_via(req: Request, transport: str, ip: str, port: int) -> tuple[str, st
     """
     via = req.top_via
     host = via.host
-    if "[" in host:         # parse_via's host holds "[" only as an IPv6 reference's first character
+    if "[" in host:  # parse_via's host holds "[" only as an IPv6 reference's first character
         host = host[1:-1]
     params = via.params
     rport = "rport" in params
@@ -34,8 +34,11 @@ def stamp_via(req: Request, transport: str, ip: str, port: int) -> tuple[str, st
         # str(via) written out (Via.__str__ and format_params): this runs for
         # every request, and the calls and the list comprehension cost more
         # than the formatting itself.
-        text = (f"SIP/2.0/{via.transport} {via.host}" if via.port is None
-                else f"SIP/2.0/{via.transport} {via.host}:{via.port}")
+        text = (
+            f"SIP/2.0/{via.transport} {via.host}"
+            if via.port is None
+            else f"SIP/2.0/{via.transport} {via.host}:{via.port}"
+        )
         for k, v in params.items():
             text = f"{text};{k}" if v is None else f"{text};{k}={v}"
         req.set_top_via(text, via)

@@ -80,16 +80,21 @@ def srv_names(domain: str, tls: bool = False) -> dict[str, str]:
     """The absolute SRV owner names of ``domain``, keyed by NAPTR service, in the
     order of preference (SIPS+D2T last, with ``tls``)."""
     domain = _check_domain(domain)
-    names = {"SIP+D2U": f"_sip._udp.{domain}.",
-             "SIP+D2T": f"_sip._tcp.{domain}."}
+    names = {"SIP+D2U": f"_sip._udp.{domain}.", "SIP+D2T": f"_sip._tcp.{domain}."}
     if tls:
         names["SIPS+D2T"] = f"_sips._tcp.{domain}."
     return names
 
 
-def cluster_zone(domain: str, nodes: Iterable[Sequence[Any]], ttl: int = 60, *,
-                 serial: int = 1, nameserver: str | None = None,
-                 hostmaster: str | None = None) -> str:
+def cluster_zone(
+    domain: str,
+    nodes: Iterable[Sequence[Any]],
+    ttl: int = 60,
+    *,
+    serial: int = 1,
+    nameserver: str | None = None,
+    hostmaster: str | None = None,
+) -> str:
     """Zone text (BIND master-file format) for the SIP ``domain``.
 
     ``nodes`` holds ``(name, ip, sip_port, weight, tls_port)`` tuples (the
@@ -119,14 +124,12 @@ def cluster_zone(domain: str, nodes: Iterable[Sequence[Any]], ttl: int = 60, *,
     lines = [
         f"$ORIGIN {domain}.",
         f"$TTL {ttl}",
-        f"@ IN SOA {nameserver} {hostmaster} "
-        f"{int(serial)} 3600 600 86400 {ttl}",
+        f"@ IN SOA {nameserver} {hostmaster} {int(serial)} 3600 600 86400 {ttl}",
         f"@ IN NS {nameserver}",
     ]
     names = srv_names(domain, tls=any(node.tls_port for node in entries))
     for preference, (service, owner) in enumerate(names.items(), 1):
-        lines.append(f'@ IN NAPTR 10 {preference * 10} "s" "{service}" "" '
-                     f'{owner}')
+        lines.append(f'@ IN NAPTR 10 {preference * 10} "s" "{service}" "" {owner}')
     for node in entries:
         if not node.fqdn(domain).endswith(f".{domain}."):
             continue
@@ -137,6 +140,5 @@ def cluster_zone(domain: str, nodes: Iterable[Sequence[Any]], ttl: int = 60, *,
             port = node.tls_port if service == "SIPS+D2T" else node.port
             if not port:
                 continue
-            lines.append(f"{owner} IN SRV {SRV_PRIORITY} {node.weight} "
-                         f"{port} {node.fqdn(domain)}")
+            lines.append(f"{owner} IN SRV {SRV_PRIORITY} {node.weight} {port} {node.fqdn(domain)}")
     return "\n".join(lines) + "\n"

@@ -49,23 +49,40 @@ class Alarm(ms.MasterModel):
         table_name = "master_alarms"
 
 
-FIELDS = ("id", "kind", "subject", "text", "link", "first_at", "last_at", "count", "open",
-          "cleared_at")
+FIELDS = (
+    "id",
+    "kind",
+    "subject",
+    "text",
+    "link",
+    "first_at",
+    "last_at",
+    "count",
+    "open",
+    "cleared_at",
+)
 
 
 def _open(key: str) -> Alarm | None:
     return Alarm.get_or_none((Alarm.key == key) & (Alarm.open == True))
 
 
-def seen(kind: str, subject: str, text: str, link: str, now: float,
-         repeat_every: float) -> Alarm:
+def seen(kind: str, subject: str, text: str, link: str, now: float, repeat_every: float) -> Alarm:
     """Record that trouble ``kind`` of ``subject`` is there now; the alarm's row."""
     key = f"{kind}:{subject}"[:400]
     with ms.master_db.atomic():
         row = _open(key)
         if row is None:
-            row = Alarm.create(key=key, kind=kind, subject=subject[:200], text=text[:1000],
-                               link=link[:400], first_at=now, last_at=now, notice="raised")
+            row = Alarm.create(
+                key=key,
+                kind=kind,
+                subject=subject[:200],
+                text=text[:1000],
+                link=link[:400],
+                first_at=now,
+                last_at=now,
+                notice="raised",
+            )
             _trim()
             return row
         row.count += 1
@@ -89,15 +106,20 @@ def clear_absent(kinds: Iterable[str], present: set[str], now: float) -> int:
 
 def close_quiet(kinds: Iterable[str], quiet: float, now: float) -> int:
     """Close, without a notice, the open events of ``kinds`` not seen for ``quiet`` seconds."""
-    return int(Alarm.update(open=False, cleared_at=now)
-               .where((Alarm.open == True) & Alarm.kind.in_(list(kinds))
-                      & (Alarm.last_at < now - quiet)).execute())
+    return int(
+        Alarm.update(open=False, cleared_at=now)
+        .where((Alarm.open == True) & Alarm.kind.in_(list(kinds)) & (Alarm.last_at < now - quiet))
+        .execute()
+    )
 
 
 def pending() -> list[Alarm]:
     """Alarms with a notice still to deliver, oldest first."""
-    return list(Alarm.select().where((Alarm.notice != "") & (Alarm.attempts < MAX_ATTEMPTS))
-                .order_by(Alarm.id))
+    return list(
+        Alarm.select()
+        .where((Alarm.notice != "") & (Alarm.attempts < MAX_ATTEMPTS))
+        .order_by(Alarm.id)
+    )
 
 
 def delivered(row: Alarm, ok: bool, now: float) -> None:
@@ -125,8 +147,12 @@ def search(open_only: bool = False, limit: int = 100) -> list[dict[str, Any]]:
 
 def open_of_kind(kind: str, limit: int) -> list[dict[str, Any]]:
     """The open alarms of ``kind``, newest first, at most ``limit``."""
-    rows = (Alarm.select().where((Alarm.open == True) & (Alarm.kind == kind))
-            .order_by(Alarm.last_at.desc()).limit(limit))
+    rows = (
+        Alarm.select()
+        .where((Alarm.open == True) & (Alarm.kind == kind))
+        .order_by(Alarm.last_at.desc())
+        .limit(limit)
+    )
     return [as_dict(r) for r in rows]
 
 
@@ -138,8 +164,7 @@ def count_open() -> int:
 def _trim() -> None:
     extra = Alarm.select().count() - MAX_ALARMS
     if extra > 0:
-        oldest = (Alarm.select(Alarm.id).where(Alarm.open == False)
-                  .order_by(Alarm.id).limit(extra))
+        oldest = Alarm.select(Alarm.id).where(Alarm.open == False).order_by(Alarm.id).limit(extra)
         Alarm.delete().where(Alarm.id.in_(oldest)).execute()
 
 
@@ -159,15 +184,34 @@ def emergency_calls(numbers: Iterable[str], limit: int = 1000) -> list[dict[str,
     the check moves past every record it read."""
     numbers = set(numbers)
     after = last_call_seen()
-    rows = cast(Iterable[dict[str, Any]],
-                ms.CallRecord.select(ms.CallRecord.id, ms.CallRecord.call_id,
-                                     ms.CallRecord.caller, ms.CallRecord.callee,
-                                     ms.CallRecord.started_at)
-                .where(ms.CallRecord.id > after).order_by(ms.CallRecord.id).limit(limit).dicts())
+    rows = cast(
+        Iterable[dict[str, Any]],
+        ms.CallRecord.select(
+            ms.CallRecord.id,
+            ms.CallRecord.call_id,
+            ms.CallRecord.caller,
+            ms.CallRecord.callee,
+            ms.CallRecord.started_at,
+        )
+        .where(ms.CallRecord.id > after)
+        .order_by(ms.CallRecord.id)
+        .limit(limit)
+        .dicts(),
+    )
     rows = list(rows)
-    marked = {c for (c,) in cast(Iterable[tuple[str]], ms.EmergencyCall.select(
-        ms.EmergencyCall.call_id).where(ms.EmergencyCall.call_id.in_(
-            [r["call_id"] for r in rows])).tuples())} if rows else set()
+    marked = (
+        {
+            c
+            for (c,) in cast(
+                Iterable[tuple[str]],
+                ms.EmergencyCall.select(ms.EmergencyCall.call_id)
+                .where(ms.EmergencyCall.call_id.in_([r["call_id"] for r in rows]))
+                .tuples(),
+            )
+        }
+        if rows
+        else set()
+    )
     found, top = [], after
     for r in rows:
         top = max(top, r["id"])
@@ -177,4 +221,3 @@ def emergency_calls(numbers: Iterable[str], limit: int = 1000) -> list[dict[str,
     if top != after:
         ms.set_setting("alarms_last_call", top)
     return found
-

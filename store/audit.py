@@ -68,8 +68,10 @@ _last_prune = 0.0
 def scrub(value: Any) -> Any:
     """``value`` with every secret-named key's value replaced by ``"[redacted]"``."""
     if isinstance(value, dict):
-        return {str(k): "[redacted]" if any(w in str(k).lower() for w in SECRET_WORDS)
-                else scrub(v) for k, v in value.items()}
+        return {
+            str(k): "[redacted]" if any(w in str(k).lower() for w in SECRET_WORDS) else scrub(v)
+            for k, v in value.items()
+        }
     if isinstance(value, list | tuple):
         return [scrub(v) for v in value]
     return value
@@ -80,19 +82,36 @@ def _json(value: Any) -> str:
         return ""
     text = json.dumps(scrub(value), sort_keys=True, default=str)
     if len(text) > MAX_DETAIL:  # still JSON: the beginning, said to be cut
-        text = json.dumps({"cut at": MAX_DETAIL // 2, "text": text[:MAX_DETAIL // 2]})
+        text = json.dumps({"cut at": MAX_DETAIL // 2, "text": text[: MAX_DETAIL // 2]})
     return text
 
 
-def record(actor: str, action: str, target: str = "", address: str = "", *,
-           before: Any = None, after: Any = None, result: str = "", ok: bool = True,
-           now: float | None = None) -> None:
+def record(
+    actor: str,
+    action: str,
+    target: str = "",
+    address: str = "",
+    *,
+    before: Any = None,
+    after: Any = None,
+    result: str = "",
+    ok: bool = True,
+    now: float | None = None,
+) -> None:
     """Write one row (secrets scrubbed, texts bounded); prune now and then."""
     global _last_prune
     at = time.time() if now is None else now
-    AuditEntry.create(at=at, actor=(actor or "?")[:MAX_TEXT], address=(address or "")[:MAX_TEXT],
-                      action=action[:MAX_TEXT], target=(target or "")[:MAX_TEXT], ok=bool(ok),
-                      before=_json(before), after=_json(after), result=(result or "")[:MAX_DETAIL])
+    AuditEntry.create(
+        at=at,
+        actor=(actor or "?")[:MAX_TEXT],
+        address=(address or "")[:MAX_TEXT],
+        action=action[:MAX_TEXT],
+        target=(target or "")[:MAX_TEXT],
+        ok=bool(ok),
+        before=_json(before),
+        after=_json(after),
+        result=(result or "")[:MAX_DETAIL],
+    )
     if at - _last_prune >= PRUNE_EVERY:
         _last_prune = at
         prune(at)
@@ -105,10 +124,10 @@ def retention_days() -> int:
 
 def set_retention_days(days: int) -> None:
     """Change the retention (1 to :data:`MAX_RETENTION_DAYS` days) and prune at once."""
-    if not isinstance(days, int) or isinstance(days, bool) or \
-            not 1 <= days <= MAX_RETENTION_DAYS:
-        raise StoreError(f"audit retention must be a whole number of days from 1 to "
-                         f"{MAX_RETENTION_DAYS}")
+    if not isinstance(days, int) or isinstance(days, bool) or not 1 <= days <= MAX_RETENTION_DAYS:
+        raise StoreError(
+            f"audit retention must be a whole number of days from 1 to {MAX_RETENTION_DAYS}"
+        )
     ms.set_setting("audit_retention_days", days)
     prune()
 
@@ -122,8 +141,9 @@ def prune(now: float | None = None) -> int:
     if extra > 0:
         # Refused and failed rows go first: a flood of bad logins from many addresses
         # must not push the admins' changes out of the log.
-        oldest = (AuditEntry.select(AuditEntry.id).order_by(AuditEntry.ok, AuditEntry.id)
-                  .limit(extra))
+        oldest = (
+            AuditEntry.select(AuditEntry.id).order_by(AuditEntry.ok, AuditEntry.id).limit(extra)
+        )
         gone += AuditEntry.delete().where(AuditEntry.id.in_(oldest)).execute()
     return int(gone)
 
@@ -135,9 +155,16 @@ def _as_dict(row: AuditEntry) -> dict[str, Any]:
     return out
 
 
-def search(actor: str = "", action: str = "", target: str = "", since: float | None = None,
-           until: float | None = None, failed: bool = False, limit: int = 100,
-           offset: int = 0) -> dict[str, Any]:
+def search(
+    actor: str = "",
+    action: str = "",
+    target: str = "",
+    since: float | None = None,
+    until: float | None = None,
+    failed: bool = False,
+    limit: int = 100,
+    offset: int = 0,
+) -> dict[str, Any]:
     """Rows matching the filters (actor and action exact, target a substring, ``failed``
     only those that did not succeed), newest first: ``{"total", "entries"}``."""
     query = AuditEntry.select()
@@ -169,6 +196,14 @@ def to_csv(entries: list[dict[str, Any]]) -> str:
     writer = csv.writer(out)
     writer.writerow(FIELDS)
     for e in entries:
-        writer.writerow([csv_cell(json.dumps(e[f], sort_keys=True) if f in ("before", "after")
-                                  and e[f] is not None else e[f]) for f in FIELDS])
+        writer.writerow(
+            [
+                csv_cell(
+                    json.dumps(e[f], sort_keys=True)
+                    if f in ("before", "after") and e[f] is not None
+                    else e[f]
+                )
+                for f in FIELDS
+            ]
+        )
     return out.getvalue()

@@ -48,8 +48,10 @@ MAX_MEMBERS = 1000
 """Members an archive may have (ours have one per table and file)."""
 MAX_ROW = 1 << 20
 """Bytes one row of a table may take in the archive."""
-MEMBER = re.compile(r"^(manifest\.json|db/[a-z0-9_]{1,64}\.jsonl"
-                    r"|files/[A-Za-z0-9][A-Za-z0-9._-]{0,99})$")
+MEMBER = re.compile(
+    r"^(manifest\.json|db/[a-z0-9_]{1,64}\.jsonl"
+    r"|files/[A-Za-z0-9][A-Za-z0-9._-]{0,99})$"
+)
 """The names our archives' members have (no folder, no ``..``, nothing absolute)."""
 
 
@@ -76,14 +78,25 @@ def _add(tar: tarfile.TarFile, name: str, data: IO[bytes], size: int) -> None:
     tar.addfile(info, data)
 
 
-def backup(path: str, db: peewee.Database, models: Iterable[type[peewee.Model]],
-           files: dict[str, bytes], meta: dict[str, Any]) -> dict[str, Any]:
+def backup(
+    path: str,
+    db: peewee.Database,
+    models: Iterable[type[peewee.Model]],
+    files: dict[str, bytes],
+    meta: dict[str, Any],
+) -> dict[str, Any]:
     """Write the archive at ``path`` (0600): every row of ``models`` (bound to ``db``) as
     one moment of ``db``, the ``files`` by name, and ``meta`` in the manifest; return
     the manifest."""
     folder = os.path.dirname(os.path.abspath(path))
-    manifest: dict[str, Any] = {"format": FORMAT, "format_version": FORMAT_VERSION,
-                                "created_at": time.time(), **meta, "tables": {}, "files": {}}
+    manifest: dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "created_at": time.time(),
+        **meta,
+        "tables": {},
+        "files": {},
+    }
     fd, tmp = tempfile.mkstemp(prefix=".backup-", dir=folder)
     try:
         os.fchmod(fd, PRIVATE_FILE)
@@ -144,9 +157,11 @@ class _Reader:
         # is told as such.
         for name, info in self.members.items():
             if not info.isfile() or not MEMBER.match(name):
-                raise BackupError(f"the archive's member {name[:100]!r} is not one of ours "
-                                  "(a link, a folder or a name outside the archive's own): "
-                                  "refused")
+                raise BackupError(
+                    f"the archive's member {name[:100]!r} is not one of ours "
+                    "(a link, a folder or a name outside the archive's own): "
+                    "refused"
+                )
 
 
 def _member(reader: _Reader, name: str, limit: int | None) -> IO[bytes]:
@@ -169,10 +184,11 @@ def _manifest(tar: _Reader) -> dict[str, Any]:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise BackupError("not a Tandem master backup (no such manifest)")
     if manifest.get("format_version") != FORMAT_VERSION:
-        raise BackupError(f"backup format {manifest.get('format_version')!r} is not "
-                          f"{FORMAT_VERSION}: restore it with the release that made it")
-    if not isinstance(manifest.get("tables"), dict) or not isinstance(manifest.get("files"),
-                                                                       dict):
+        raise BackupError(
+            f"backup format {manifest.get('format_version')!r} is not "
+            f"{FORMAT_VERSION}: restore it with the release that made it"
+        )
+    if not isinstance(manifest.get("tables"), dict) or not isinstance(manifest.get("files"), dict):
         raise BackupError("the archive's manifest lists no tables or files")
     return manifest
 
@@ -207,8 +223,9 @@ def check(path: str, tables: Iterable[str], file_names: Iterable[str]) -> dict[s
     return manifest
 
 
-def restore(path: str, db: peewee.Database, models: Iterable[type[peewee.Model]],
-            file_names: Iterable[str]) -> tuple[dict[str, Any], dict[str, bytes]]:
+def restore(
+    path: str, db: peewee.Database, models: Iterable[type[peewee.Model]], file_names: Iterable[str]
+) -> tuple[dict[str, Any], dict[str, bytes]]:
     """Load the archive's rows into the (empty) tables of ``models`` (bound to ``db``), all
     or nothing; return the manifest and the named files (checked against their digests)."""
     models = list(models)
@@ -220,8 +237,10 @@ def restore(path: str, db: peewee.Database, models: Iterable[type[peewee.Model]]
             with db.atomic():
                 for model in models:
                     if model.select().limit(1).exists():
-                        raise BackupError(f"table {model._meta.table_name} already holds "
-                                          "data: restore onto a fresh database")
+                        raise BackupError(
+                            f"table {model._meta.table_name} already holds "
+                            "data: restore onto a fresh database"
+                        )
                 for model in models:
                     _load_table(tar, db, model, manifest["tables"])
     except (OSError, tarfile.TarError, EOFError) as e:
@@ -249,12 +268,14 @@ def _table_rows(tar: _Reader, name: str, expected: Any) -> Iterator[dict[str, An
         count += 1
         yield row
     if count != expected.get("rows") or digest.hexdigest() != expected.get("sha256"):
-        raise BackupError(f"db/{name}.jsonl does not match the manifest (rows or digest): "
-                          "the archive is damaged")
+        raise BackupError(
+            f"db/{name}.jsonl does not match the manifest (rows or digest): the archive is damaged"
+        )
 
 
-def _load_table(tar: _Reader, db: peewee.Database, model: type[peewee.Model],
-                tables: dict[str, Any]) -> None:
+def _load_table(
+    tar: _Reader, db: peewee.Database, model: type[peewee.Model], tables: dict[str, Any]
+) -> None:
     name = model._meta.table_name
     expected = tables.get(name)
     if expected is None:  # a table newer than the archive: it starts empty
@@ -274,6 +295,8 @@ def _load_table(tar: _Reader, db: peewee.Database, model: type[peewee.Model],
     pk = model._meta.primary_key
     if not is_sqlite(db) and isinstance(pk, peewee.AutoField) and count:
         # Rows came with their ids: the sequence must go on after the largest.
-        db.execute_sql("SELECT setval(pg_get_serial_sequence(%s, %s), "
-                       "(SELECT MAX(" + pk.column_name + ") FROM " + name + "))",
-                       (name, pk.column_name))
+        db.execute_sql(
+            "SELECT setval(pg_get_serial_sequence(%s, %s), "
+            "(SELECT MAX(" + pk.column_name + ") FROM " + name + "))",
+            (name, pk.column_name),
+        )

@@ -81,11 +81,10 @@ _DELETED_AT = BINDING_FIELDS.index("deleted")
 if not _PATH_AT < _DELETED_AT == _NFIELDS - 1:
     raise ImportError("store.bindings expects path before deleted, last")
 _head_of = attrgetter(*BINDING_FIELDS[:_PATH_AT])
-_middle_of = attrgetter(*BINDING_FIELDS[_PATH_AT + 1:_DELETED_AT])
+_middle_of = attrgetter(*BINDING_FIELDS[_PATH_AT + 1 : _DELETED_AT])
 _dumps = json.JSONEncoder(separators=(",", ":")).encode
 _loads = json.loads
-_NULLABLE_AT = tuple(at for at, name in enumerate(BINDING_FIELDS)
-                     if getattr(Binding, name).null)
+_NULLABLE_AT = tuple(at for at, name in enumerate(BINDING_FIELDS) if getattr(Binding, name).null)
 # SQLite's value of a bool (None stays None, for NOT NULL to reject it).
 _sqlite_flag = {False: 0, True: 1}.get
 
@@ -100,13 +99,12 @@ def _upsert_template(db: peewee.Database) -> tuple[str, str, str]:
     The statement for n rows is ``prefix + ", ".join([group] * n) + suffix``.
     """
     columns = [getattr(Binding, name) for name in BINDING_FIELDS]
-    updated = [column for column in columns
-               if column.name not in ("aor", "key")]
-    query = (Binding
-             .insert_many([(0,) * _NFIELDS], fields=columns)
-             .on_conflict(conflict_target=[Binding.aor, Binding.key],
-                          preserve=updated)
-             .as_rowcount())
+    updated = [column for column in columns if column.name not in ("aor", "key")]
+    query = (
+        Binding.insert_many([(0,) * _NFIELDS], fields=columns)
+        .on_conflict(conflict_target=[Binding.aor, Binding.key], preserve=updated)
+        .as_rowcount()
+    )
     sql, params = query.sql()
     group = "(%s)" % ", ".join([db.param] * _NFIELDS)
     if len(params) != _NFIELDS or sql.count(group) != 1:
@@ -126,8 +124,7 @@ class _Writer:
         self._prefix, self._group, self._suffix = _upsert_template(db)
         self._param = db.param
         self._sqlite = is_sqlite(db)
-        self._most = max(1, min(MAX_ROWS_PER_STATEMENT,
-                                max_variables(db) // _NFIELDS))
+        self._most = max(1, min(MAX_ROWS_PER_STATEMENT, max_variables(db) // _NFIELDS))
         if self._sqlite:
             # Chunks of power-of-two sizes only (see the module doc).
             self._most = 1 << (self._most.bit_length() - 1)
@@ -137,8 +134,7 @@ class _Writer:
         """Return (sql, parameters) of the upserts of binding objects ``records``."""
         params = _params_of(records)
         if self._sqlite:
-            params[_DELETED_AT::_NFIELDS] = map(
-                _sqlite_flag, params[_DELETED_AT::_NFIELDS])
+            params[_DELETED_AT::_NFIELDS] = map(_sqlite_flag, params[_DELETED_AT::_NFIELDS])
         statements = []
         end = 0
         for rows in self._chunk_rows(len(records)):
@@ -146,8 +142,7 @@ class _Writer:
             chunk = params[start:end]
             nulls: tuple[int, ...] = ()
             if self._sqlite:
-                nulls = tuple(at for at in _NULLABLE_AT
-                              if chunk[at::_NFIELDS].count(None) == rows)
+                nulls = tuple(at for at in _NULLABLE_AT if chunk[at::_NFIELDS].count(None) == rows)
                 width = _NFIELDS
                 # From the last column back, so that the earlier ones keep
                 # their place in each row.
@@ -179,8 +174,8 @@ class _Writer:
             group = self._group
             if nulls:
                 group = "(%s)" % ", ".join(
-                    "NULL" if at in nulls else self._param
-                    for at in range(_NFIELDS))
+                    "NULL" if at in nulls else self._param for at in range(_NFIELDS)
+                )
             sql = self._prefix + ", ".join([group] * rows) + self._suffix
             if len(self._texts) < MAX_CACHED_STATEMENTS:
                 self._texts[key] = sql
@@ -203,8 +198,9 @@ def _writer(db: peewee.Database) -> _Writer:
 def _encode_path(path: list[str] | tuple[str, ...]) -> str:
     """A binding's ``path`` as its JSON text."""
     if not isinstance(path, list | tuple):
-        raise StoreError("binding field path must be a list of strings, not "
-                         "%s" % type(path).__name__)
+        raise StoreError(
+            "binding field path must be a list of strings, not %s" % type(path).__name__
+        )
     return _dumps(list(path)) if path else "[]"
 
 
@@ -217,8 +213,7 @@ def _reset_if_broken(db: peewee.Database) -> None:
         if not db.is_closed() and not db.is_connection_usable():
             db.close()
     except peewee.PeeweeException:
-        log.warning("could not close a broken database connection",
-                    exc_info=True)
+        log.warning("could not close a broken database connection", exc_info=True)
 
 
 def write_bindings(bindings: Sequence[Record]) -> None:
@@ -284,16 +279,15 @@ def _commit(db: peewee.Database, records: Sequence[Record]) -> None:
         log.debug("wrote %d bindings in %.1f ms", len(records), elapsed * 1000)
 
 
-def _write_failed(db: peewee.Database, records: Sequence[Record],
-                  exc: Exception) -> StoreError:
+def _write_failed(db: peewee.Database, records: Sequence[Record], exc: Exception) -> StoreError:
     """Reset a broken connection; return the error that reports ``exc``."""
     _reset_if_broken(db)
-    return StoreError("write of %d bindings failed, nothing written: %s"
-                      % (len(records), exc))
+    return StoreError("write of %d bindings failed, nothing written: %s" % (len(records), exc))
 
 
-def _transact(db: peewee.Database, cursor: Any, begin: str,
-              statements: list[tuple[str, list[Any]]]) -> None:
+def _transact(
+    db: peewee.Database, cursor: Any, begin: str, statements: list[tuple[str, list[Any]]]
+) -> None:
     """Run ``statements`` between ``begin`` and COMMIT on ``cursor``, a
     cursor of ``db``'s connection; roll back on any error."""
     cursor.execute(begin)
@@ -327,8 +321,9 @@ def _roll_back(db: peewee.Database, cursor: Any) -> None:
         try:
             db.close()
         except peewee.PeeweeException:
-            log.warning("could not close a database connection whose "
-                        "rollback failed", exc_info=True)
+            log.warning(
+                "could not close a database connection whose rollback failed", exc_info=True
+            )
 
 
 def load_bindings(include_deleted: bool = True) -> list[dict[str, Any]]:
@@ -366,9 +361,7 @@ def purge_expired(now: float) -> int:
     db = get_database()
     try:
         with db.atomic():
-            count: int = (Binding.delete()
-                     .where(Binding.expires_at < now)
-                     .execute())
+            count: int = Binding.delete().where(Binding.expires_at < now).execute()
     except peewee.PeeweeException as exc:
         _reset_if_broken(db)
         raise StoreError("cannot purge expired bindings: %s" % exc) from exc

@@ -36,15 +36,19 @@ def append_events(rows: list[dict[str, Any]], first: int) -> None:
     try:
         with get_database().atomic():
             for start in range(0, len(numbered), 100):
-                CallEventRow.insert_many(numbered[start:start + 100]).execute()
+                CallEventRow.insert_many(numbered[start : start + 100]).execute()
     except peewee.PeeweeException as e:
         raise StoreError(f"cannot write call events: {e}") from e
 
 
 def events_since(since: int, limit: int) -> list[dict[str, Any]]:
     """At most ``limit`` events numbered above ``since``, in order."""
-    query = (CallEventRow.select().where(CallEventRow.seq > since)
-             .order_by(CallEventRow.seq).limit(limit))
+    query = (
+        CallEventRow.select()
+        .where(CallEventRow.seq > since)
+        .order_by(CallEventRow.seq)
+        .limit(limit)
+    )
     return [{f: getattr(row, f) for f in FIELDS} for row in query]
 
 
@@ -60,5 +64,3 @@ def ack_upto(upto: int) -> int:
 def pending_count() -> int:
     """How many events wait in the outbox."""
     return int(CallEventRow.select().count())
-
-

@@ -27,12 +27,22 @@ MAX_RECORDS = 1_000_000
 
 BUSY = frozenset((486, 600))
 NO_ANSWER = frozenset((408, 480))
-OUTCOMES = ("completed", "busy", "no answer", "cancelled", "failed", "node failure",
-            "in progress")
+OUTCOMES = ("completed", "busy", "no answer", "cancelled", "failed", "node failure", "in progress")
 """Every outcome a record may have."""
 
-FIELDS = ("call_id", "caller", "callee", "started_at", "answered_at", "ended_at", "duration",
-          "outcome", "status", "nodes", "emergency")
+FIELDS = (
+    "call_id",
+    "caller",
+    "callee",
+    "started_at",
+    "answered_at",
+    "ended_at",
+    "duration",
+    "outcome",
+    "status",
+    "nodes",
+    "emergency",
+)
 """What a record carries in the API and the CSV export, in order."""
 
 
@@ -47,8 +57,7 @@ def reset_cursor(node_id: str) -> None:
     CdrCursor.delete().where(CdrCursor.node_id == node_id).execute()
 
 
-KINDS = frozenset(("attempt", "emergency", "ringing", "answer", "failure", "cancel", "bye",
-                   "lost"))
+KINDS = frozenset(("attempt", "emergency", "ringing", "answer", "failure", "cancel", "bye", "lost"))
 MAX_TEXT = 512
 """Longest Call-ID, caller or callee kept (a longer one marks a malformed event)."""
 
@@ -60,11 +69,17 @@ def _int(value: Any) -> bool:
 def _well_formed(ev: dict[str, Any]) -> bool:
     """Whether a node's event has the fields and types a record is made of."""
     at, status = ev.get("at"), ev.get("status")
-    return (ev.get("kind") in KINDS
-            and all(isinstance(ev.get(k), str) and 0 < len(ev[k]) <= MAX_TEXT
-                    for k in ("call_id", "caller", "callee"))
-            and isinstance(at, int | float) and not isinstance(at, bool) and 0 <= at < 1e11
-            and (status is None or (_int(status) and 100 <= status <= 699)))
+    return (
+        ev.get("kind") in KINDS
+        and all(
+            isinstance(ev.get(k), str) and 0 < len(ev[k]) <= MAX_TEXT
+            for k in ("call_id", "caller", "callee")
+        )
+        and isinstance(at, int | float)
+        and not isinstance(at, bool)
+        and 0 <= at < 1e11
+        and (status is None or (_int(status) and 100 <= status <= 699))
+    )
 
 
 def _earliest(a: float | None, b: float | None) -> float | None:
@@ -94,9 +109,13 @@ def _close(rec: CallRecord) -> None:
             rec.outcome = "failed"
         else:
             rec.outcome = "in progress"
-    rec.duration = (round(rec.ended_at - rec.answered_at, 3)
-                    if rec.ended_at is not None and rec.answered_at is not None
-                    and rec.outcome in ("completed", "node failure") else None)
+    rec.duration = (
+        round(rec.ended_at - rec.answered_at, 3)
+        if rec.ended_at is not None
+        and rec.answered_at is not None
+        and rec.outcome in ("completed", "node failure")
+        else None
+    )
 
 
 def _fold(rec: CallRecord, ev: dict[str, Any], node_id: str) -> None:
@@ -124,23 +143,33 @@ def store_events(node_id: str, events: list[dict[str, Any]]) -> int:
     transaction; return how many were new. The cursor moves to the last one."""
     with master_db.atomic():
         last = cursor(node_id)
-        fresh = [e for e in events if isinstance(e, dict) and _int(e.get("seq"))
-                 and e["seq"] > last]
+        fresh = [
+            e for e in events if isinstance(e, dict) and _int(e.get("seq")) and e["seq"] > last
+        ]
         if not fresh:
             return 0
         top = max(e["seq"] for e in fresh)
         bad = [e for e in fresh if not _well_formed(e)]
         if bad:
-            log.warning("node %s sent %d malformed call events (first: seq %s); skipped",
-                        node_id, len(bad), bad[0]["seq"])
+            log.warning(
+                "node %s sent %d malformed call events (first: seq %s); skipped",
+                node_id,
+                len(bad),
+                bad[0]["seq"],
+            )
             fresh = [e for e in fresh if _well_formed(e)]
         records: dict[str, CallRecord] = {}
         for ev in fresh:
             call_id = ev["call_id"]
             rec = records.get(call_id) or CallRecord.get_or_none(CallRecord.call_id == call_id)
             if rec is None:
-                rec = CallRecord(call_id=call_id, caller=ev["caller"], callee=ev["callee"],
-                                 started_at=float(ev["at"]), outcome="in progress")
+                rec = CallRecord(
+                    call_id=call_id,
+                    caller=ev["caller"],
+                    callee=ev["callee"],
+                    started_at=float(ev["at"]),
+                    outcome="in progress",
+                )
             records[call_id] = rec
             _fold(rec, ev, node_id)
         for rec in records.values():
@@ -148,11 +177,16 @@ def store_events(node_id: str, events: list[dict[str, Any]]) -> int:
             rec.save()
         emergency = {ev["call_id"] for ev in fresh if ev["kind"] == "emergency"}
         if emergency:
-            (EmergencyCall.insert_many([{"call_id": c} for c in sorted(emergency)])
-             .on_conflict_ignore().execute())
-        (CdrCursor.insert(node_id=node_id, seq=top)
-         .on_conflict(conflict_target=[CdrCursor.node_id], preserve=[CdrCursor.seq])
-         .execute())
+            (
+                EmergencyCall.insert_many([{"call_id": c} for c in sorted(emergency)])
+                .on_conflict_ignore()
+                .execute()
+            )
+        (
+            CdrCursor.insert(node_id=node_id, seq=top)
+            .on_conflict(conflict_target=[CdrCursor.node_id], preserve=[CdrCursor.seq])
+            .execute()
+        )
         _trim()
     return len(fresh)
 
@@ -160,11 +194,13 @@ def store_events(node_id: str, events: list[dict[str, Any]]) -> int:
 def _trim() -> None:
     extra = CallRecord.select().count() - MAX_RECORDS
     if extra > 0:
-        oldest = (CallRecord.select(CallRecord.id).order_by(CallRecord.started_at)
-                  .limit(extra))
+        oldest = CallRecord.select(CallRecord.id).order_by(CallRecord.started_at).limit(extra)
         CallRecord.delete().where(CallRecord.id.in_(oldest)).execute()
-        (EmergencyCall.delete()
-         .where(EmergencyCall.call_id.not_in(CallRecord.select(CallRecord.call_id))).execute())
+        (
+            EmergencyCall.delete()
+            .where(EmergencyCall.call_id.not_in(CallRecord.select(CallRecord.call_id)))
+            .execute()
+        )
 
 
 def _as_dict(rec: CallRecord, emergency: set[str]) -> dict[str, Any]:
@@ -174,8 +210,15 @@ def _as_dict(rec: CallRecord, emergency: set[str]) -> dict[str, Any]:
     return out
 
 
-def search(caller: str = "", callee: str = "", outcome: str = "", since: float | None = None,
-           until: float | None = None, limit: int = 100, offset: int = 0) -> dict[str, Any]:
+def search(
+    caller: str = "",
+    callee: str = "",
+    outcome: str = "",
+    since: float | None = None,
+    until: float | None = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> dict[str, Any]:
     """Records matching the filters (caller and callee: substrings; since and until: start
     times), newest first: ``{"total", "cdrs", "outcomes"}`` (counts per outcome)."""
     query = CallRecord.select()
@@ -188,9 +231,12 @@ def search(caller: str = "", callee: str = "", outcome: str = "", since: float |
     if until is not None:
         query = query.where(CallRecord.started_at < until)
     counts = {o: 0 for o in OUTCOMES}
-    grouped = cast(Iterable[tuple[str, int]],
-                   query.select(CallRecord.outcome, peewee.fn.COUNT(CallRecord.id))
-                   .group_by(CallRecord.outcome).tuples())
+    grouped = cast(
+        Iterable[tuple[str, int]],
+        query.select(CallRecord.outcome, peewee.fn.COUNT(CallRecord.id))
+        .group_by(CallRecord.outcome)
+        .tuples(),
+    )
     for name, count in grouped:
         counts[name] = count
     if outcome:
@@ -198,8 +244,11 @@ def search(caller: str = "", callee: str = "", outcome: str = "", since: float |
     page = list(query.order_by(CallRecord.started_at.desc()).limit(limit).offset(offset))
     ids = [r.call_id for r in page]
     emergency = {e.call_id for e in EmergencyCall.select().where(EmergencyCall.call_id.in_(ids))}
-    return {"total": query.count(), "outcomes": counts,
-            "cdrs": [_as_dict(r, emergency) for r in page]}
+    return {
+        "total": query.count(),
+        "outcomes": counts,
+        "cdrs": [_as_dict(r, emergency) for r in page],
+    }
 
 
 PER_NODE_SCAN = 100_000
@@ -210,9 +259,13 @@ def per_node(since: float) -> dict[str, dict[str, Any]]:
     """Per node, over the calls started since ``since`` that it saw (the newest
     :data:`PER_NODE_SCAN`): calls, answered, the answer-seizure ratio (answered / calls)
     and the average call length (seconds, over completed calls with a duration)."""
-    rows = (CallRecord.select(CallRecord.nodes, CallRecord.answered_at, CallRecord.duration)
-            .where(CallRecord.started_at >= since).order_by(CallRecord.started_at.desc())
-            .limit(PER_NODE_SCAN).tuples())
+    rows = (
+        CallRecord.select(CallRecord.nodes, CallRecord.answered_at, CallRecord.duration)
+        .where(CallRecord.started_at >= since)
+        .order_by(CallRecord.started_at.desc())
+        .limit(PER_NODE_SCAN)
+        .tuples()
+    )
     out: dict[str, dict[str, Any]] = {}
     for nodes, answered_at, duration in cast(Iterable[tuple[str, Any, Any]], rows):
         for node in json.loads(nodes):
@@ -257,11 +310,17 @@ def timeline(since: float, until: float, buckets: int = 24) -> list[dict[str, An
     if until <= since or buckets < 1:
         raise ValueError("timeline needs since < until and at least one bucket")
     width = (until - since) / buckets
-    out = [{"start": since + k * width, "end": since + (k + 1) * width, "calls": 0,
-            "failures": 0} for k in range(buckets)]
-    rows = (CallRecord.select(CallRecord.started_at, CallRecord.outcome)
-            .where((CallRecord.started_at >= since) & (CallRecord.started_at < until))
-            .order_by(CallRecord.started_at.desc()).limit(TIMELINE_SCAN).tuples())
+    out = [
+        {"start": since + k * width, "end": since + (k + 1) * width, "calls": 0, "failures": 0}
+        for k in range(buckets)
+    ]
+    rows = (
+        CallRecord.select(CallRecord.started_at, CallRecord.outcome)
+        .where((CallRecord.started_at >= since) & (CallRecord.started_at < until))
+        .order_by(CallRecord.started_at.desc())
+        .limit(TIMELINE_SCAN)
+        .tuples()
+    )
     for started, outcome in cast(Iterable[tuple[float, str]], rows):
         slot = out[min(buckets - 1, int((started - since) / width))]
         slot["calls"] += 1

@@ -72,8 +72,7 @@ def redact_url(url: str) -> str:
     if parts.port is not None:
         host = "%s:%d" % (host, parts.port)
     netloc = "%s:***@%s" % (parts.username or "", host)
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query,
-                       parts.fragment))
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 def open_database(url: str) -> peewee.Database:
@@ -94,17 +93,16 @@ def open_database(url: str) -> peewee.Database:
         raise StoreError(
             "unsupported database URL scheme %r in %s: use "
             "sqlite:///abs/path.db or postgresql://user:pw@host:port/dbname"
-            % (scheme, redact_url(url)))
+            % (scheme, redact_url(url))
+        )
     try:
         db.connect(reuse_if_open=True)
     except peewee.DatabaseError as exc:
-        raise StoreError("cannot open database %s: %s"
-                         % (redact_url(url), exc)) from exc
+        raise StoreError("cannot open database %s: %s" % (redact_url(url), exc)) from exc
     if isinstance(db, peewee.SqliteDatabase) and db.database != ":memory:":
         mode = db.execute_sql("PRAGMA journal_mode").fetchone()[0]
         if str(mode).lower() != "wal":
-            log.warning("sqlite database %s is in journal mode %s, not wal",
-                        db.database, mode)
+            log.warning("sqlite database %s is in journal mode %s, not wal", db.database, mode)
     log.info("opened database %s", redact_url(url))
     return db
 
@@ -113,28 +111,33 @@ def _open_sqlite(url: str) -> peewee.SqliteDatabase:
     """Build (without connecting) the SQLite database named by ``url``."""
     parts = urlsplit(url)
     if parts.netloc:
-        raise StoreError("sqlite URL %s has a host part; use sqlite:///abs/"
-                         "path.db (three slashes, absolute path)" % url)
+        raise StoreError(
+            "sqlite URL %s has a host part; use sqlite:///abs/"
+            "path.db (three slashes, absolute path)" % url
+        )
     path = parts.path
     if path == "/:memory:":
         path = ":memory:"
     elif not path.startswith("/") or path == "/":
-        raise StoreError("sqlite URL %s needs an absolute file path, e.g. "
-                         "sqlite:///var/lib/tandem/store.db" % url)
+        raise StoreError(
+            "sqlite URL %s needs an absolute file path, e.g. "
+            "sqlite:///var/lib/tandem/store.db" % url
+        )
     else:
         directory = os.path.dirname(path)
         if not os.path.isdir(directory):
-            raise StoreError("directory %s of sqlite database %s does not "
-                             "exist" % (directory, url))
+            raise StoreError("directory %s of sqlite database %s does not exist" % (directory, url))
         create_private(path)
     synchronous = "normal"
     for name, value in parse_qsl(parts.query, keep_blank_values=True):
         if name != "synchronous":
-            raise StoreError("unknown sqlite URL parameter %r in %s "
-                             "(known: synchronous)" % (name, url))
+            raise StoreError(
+                "unknown sqlite URL parameter %r in %s (known: synchronous)" % (name, url)
+            )
         if value.lower() not in SQLITE_SYNCHRONOUS:
-            raise StoreError("bad synchronous=%r in %s (one of %s)"
-                             % (value, url, ", ".join(SQLITE_SYNCHRONOUS)))
+            raise StoreError(
+                "bad synchronous=%r in %s (one of %s)" % (value, url, ", ".join(SQLITE_SYNCHRONOUS))
+            )
         synchronous = value.lower()
     pragmas = [
         ("journal_mode", "wal"),
@@ -142,19 +145,20 @@ def _open_sqlite(url: str) -> peewee.SqliteDatabase:
         ("foreign_keys", 1),
         ("busy_timeout", SQLITE_BUSY_TIMEOUT_MS),
     ]
-    return peewee.SqliteDatabase(path, pragmas=pragmas,
-                                 timeout=SQLITE_BUSY_TIMEOUT_MS / 1000,
-                                 lock_type=SQLITE_LOCK_TYPE)
+    return peewee.SqliteDatabase(
+        path, pragmas=pragmas, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000, lock_type=SQLITE_LOCK_TYPE
+    )
 
 
 def _open_postgresql(url: str) -> peewee.PostgresqlDatabase:
     """Build (without connecting) the PostgreSQL database named by ``url``."""
     parts = urlsplit(url)
     if not parts.path.strip("/"):
-        raise StoreError("postgresql URL %s names no database; use "
-                         "postgresql://user:pw@host:port/dbname"
-                         % redact_url(url))
-    dsn = "postgresql" + url[len(parts.scheme):]
+        raise StoreError(
+            "postgresql URL %s names no database; use "
+            "postgresql://user:pw@host:port/dbname" % redact_url(url)
+        )
+    dsn = "postgresql" + url[len(parts.scheme) :]
     params: dict[str, Any] = {}
     query = dict(parse_qsl(parts.query, keep_blank_values=True))
     if "connect_timeout" not in query:

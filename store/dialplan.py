@@ -49,8 +49,11 @@ def save_dialplan(doc: Any, reason: str = "dial plan changed") -> int:
     numbers = [n for policy in plan.users.values() for n in policy.numbers]
     numbers += plan.ring_groups.by_number
     for chunk in range(0, len(numbers), 500):
-        taken = SipUser.select(SipUser.username).where(
-            SipUser.username.in_(numbers[chunk:chunk + 500])).first()
+        taken = (
+            SipUser.select(SipUser.username)
+            .where(SipUser.username.in_(numbers[chunk : chunk + 500]))
+            .first()
+        )
         if taken is not None:
             raise StoreError(f"number {taken.username} is the name of a user")
     with master_db.atomic():
@@ -185,7 +188,9 @@ def which_rule(number: Any) -> dict[str, Any]:
     if found is None:
         return {"number": number, "rule": None}
     rule = found.rule
-    return {"number": number, "rule": {"index": rule.index, "pattern": rule.pattern,
-                                       "permission": rule.permission},
-            "sent": found.number,
-            "gateways": [{"name": g.name, "uri": g.uri(found.number)} for g in found.gateways]}
+    return {
+        "number": number,
+        "rule": {"index": rule.index, "pattern": rule.pattern, "permission": rule.permission},
+        "sent": found.number,
+        "gateways": [{"name": g.name, "uri": g.uri(found.number)} for g in found.gateways],
+    }

@@ -63,7 +63,8 @@ def check_private(path: str, what: str) -> None:
     if mode & 0o077:
         raise InsecureFileError(
             f"{what} {path} holds secrets but has mode {mode:04o}, so other users of this "
-            f"host can read it; run: chmod 600 {path}")
+            f"host can read it; run: chmod 600 {path}"
+        )
 
 
 def read_toml(path: str, error: type[Exception]) -> dict[str, Any]:

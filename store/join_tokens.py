@@ -51,12 +51,18 @@ def make_token(ttl: float = DEFAULT_TTL, now: float | None = None) -> tuple[str,
     now = time.time() if now is None else now
     JoinToken.delete().where(
         (JoinToken.expires_at < now - KEEP_SPENT)
-        | (JoinToken.used_at.is_null(False) & (JoinToken.used_at < now - KEEP_SPENT))).execute()
-    open_tokens = JoinToken.select().where(JoinToken.used_at.is_null(True),
-                                           JoinToken.expires_at > now).count()
+        | (JoinToken.used_at.is_null(False) & (JoinToken.used_at < now - KEEP_SPENT))
+    ).execute()
+    open_tokens = (
+        JoinToken.select()
+        .where(JoinToken.used_at.is_null(True), JoinToken.expires_at > now)
+        .count()
+    )
     if open_tokens >= MAX_OPEN_TOKENS:
-        raise StoreError(f"{open_tokens} join tokens wait unused already (the limit): "
-                         "use them or let them expire")
+        raise StoreError(
+            f"{open_tokens} join tokens wait unused already (the limit): "
+            "use them or let them expire"
+        )
     # A fixed head: a token that began with "-" would read as an option on the command line.
     token = "tj-" + secrets.token_urlsafe(32)
     JoinToken.create(digest=digest(token), created_at=now, expires_at=now + ttl)
@@ -77,9 +83,11 @@ def take_token(token: object, node_id: str, now: float | None = None) -> None:
         raise TokenError("join token already used")
     if row.expires_at <= now:
         raise TokenError("join token expired")
-    taken = (JoinToken.update(used_at=now, used_by=node_id)
-             .where(JoinToken.id == row.id, JoinToken.used_at.is_null(True),
-                    JoinToken.expires_at > now).execute())
+    taken = (
+        JoinToken.update(used_at=now, used_by=node_id)
+        .where(JoinToken.id == row.id, JoinToken.used_at.is_null(True), JoinToken.expires_at > now)
+        .execute()
+    )
     if taken != 1:
         raise TokenError("join token already used")
 
@@ -87,5 +95,8 @@ def take_token(token: object, node_id: str, now: float | None = None) -> None:
 def open_tokens(now: float | None = None) -> int:
     """How many tokens wait unused and unexpired."""
     now = time.time() if now is None else now
-    return JoinToken.select().where(JoinToken.used_at.is_null(True),
-                                    JoinToken.expires_at > now).count()
+    return (
+        JoinToken.select()
+        .where(JoinToken.used_at.is_null(True), JoinToken.expires_at > now)
+        .count()
+    )

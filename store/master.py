@@ -170,8 +170,17 @@ class JoinToken(MasterModel):
         table_name = "master_join_tokens"
 
 
-MASTER_MODELS = (Setting, SipUser, ClusterNode, ConfigVersion, Admin, CallRecord, CdrCursor,
-                 JoinToken, EmergencyCall)
+MASTER_MODELS = (
+    Setting,
+    SipUser,
+    ClusterNode,
+    ConfigVersion,
+    Admin,
+    CallRecord,
+    CdrCursor,
+    JoinToken,
+    EmergencyCall,
+)
 """Every master model of this module, in table-creation order."""
 
 
@@ -181,6 +190,7 @@ def master_models() -> tuple[type[MasterModel], ...]:
     from store.alarms import Alarm
     from store.audit import AuditEntry
     from store.versions import VersionContent
+
     return (*MASTER_MODELS, AuditEntry, Alarm, VersionContent)
 
 
@@ -209,16 +219,20 @@ def get_setting(key: str, default: Any = None) -> Any:
 
 def set_setting(key: str, value: Any) -> None:
     """Store ``value`` (JSON-ready) under ``key``."""
-    (Setting.insert(key=key, value=json.dumps(value))
-     .on_conflict(conflict_target=[Setting.key], preserve=[Setting.value]).execute())
+    (
+        Setting.insert(key=key, value=json.dumps(value))
+        .on_conflict(conflict_target=[Setting.key], preserve=[Setting.value])
+        .execute()
+    )
 
 
 def domain() -> str:
     """The cluster's SIP domain (also the digest realm)."""
     value = get_setting("domain")
     if not value:
-        raise StoreError("the master has no domain: set [master] domain and run "
-                         "`run.py master init`")
+        raise StoreError(
+            "the master has no domain: set [master] domain and run `run.py master init`"
+        )
     return str(value)
 
 
@@ -228,10 +242,10 @@ def new_version(reason: str) -> int:
     raises ``ConfigError`` saying why, and no version is made (the caller's transaction,
     rolled back by the error, undoes the change)."""
     from store import validate, versions
+
     with master_db.atomic():
         content = versions.current_content()
-        validate.check_config(content["domain"], content["dialplan"],
-                              versions.previous_dialplan())
+        validate.check_config(content["domain"], content["dialplan"], versions.previous_dialplan())
         number = ConfigVersion.create(reason=reason[:200]).version
         versions.keep(number, content)
     return number
@@ -246,11 +260,19 @@ def _owned_numbers() -> set[str]:
     """The extensions and DIDs the dial plan gives users (``store.dialplan``): no user may
     be named as one, or calls to it would reach someone else."""
     doc = get_setting("dialplan") or {}
-    owned = {n for policy in doc.get("users", {}).values() if isinstance(policy, dict)
-             for n in policy.get("numbers", [])}
+    owned = {
+        n
+        for policy in doc.get("users", {}).values()
+        if isinstance(policy, dict)
+        for n in policy.get("numbers", [])
+    }
     # A ring group's numbers (sipcore.ring_groups) likewise.
-    return owned | {n for group in doc.get("groups", []) if isinstance(group, dict)
-                    for n in group.get("numbers", [])}
+    return owned | {
+        n
+        for group in doc.get("groups", [])
+        if isinstance(group, dict)
+        for n in group.get("numbers", [])
+    }
 
 
 def save_user(username: str, password: str, enabled: bool | None = True) -> int:
@@ -266,13 +288,21 @@ def save_user(username: str, password: str, enabled: bool | None = True) -> int:
     ha1 = compute_ha1s(username, domain(), password)
     kept = [SipUser.ha1_md5, SipUser.ha1_sha256] + ([] if enabled is None else [SipUser.enabled])
     with master_db.atomic():
-        if SipUser.get_or_none(SipUser.username == username) is None \
-                and SipUser.select().count() >= MAX_USERS:
+        if (
+            SipUser.get_or_none(SipUser.username == username) is None
+            and SipUser.select().count() >= MAX_USERS
+        ):
             raise StoreError("the master holds %d users already (the limit)" % MAX_USERS)
-        (SipUser.insert(username=username, ha1_md5=ha1["MD5"], ha1_sha256=ha1["SHA-256"],
-                        enabled=enabled is not False)
-         .on_conflict(conflict_target=[SipUser.username], preserve=kept)
-         .execute())
+        (
+            SipUser.insert(
+                username=username,
+                ha1_md5=ha1["MD5"],
+                ha1_sha256=ha1["SHA-256"],
+                enabled=enabled is not False,
+            )
+            .on_conflict(conflict_target=[SipUser.username], preserve=kept)
+            .execute()
+        )
         version = new_version(f"user {username} saved")
     log.info("user %s saved (configuration %d)", username, version)
     return version
@@ -282,12 +312,12 @@ def set_user_enabled(username: str, enabled: bool) -> int | None:
     """Enable or disable a user (a disabled one can neither register nor call, but for
     emergency numbers); the new configuration version, or None if there is no such user."""
     with master_db.atomic():
-        if not SipUser.update(enabled=bool(enabled)).where(
-                SipUser.username == username).execute():
+        if not SipUser.update(enabled=bool(enabled)).where(SipUser.username == username).execute():
             return None
         version = new_version(f"user {username} {'enabled' if enabled else 'disabled'}")
-    log.info("user %s %s (configuration %d)", username, "enabled" if enabled else "disabled",
-             version)
+    log.info(
+        "user %s %s (configuration %d)", username, "enabled" if enabled else "disabled", version
+    )
     return version
 
 
@@ -295,8 +325,9 @@ IMPORT_CHUNK = 1000
 """Users hashed, and written, between two calls of an import's ``progress``."""
 
 
-def save_users(rows: list[tuple[str, str]], reason: str,
-               progress: Callable[[str, int], None] | None = None) -> int:
+def save_users(
+    rows: list[tuple[str, str]], reason: str, progress: Callable[[str, int], None] | None = None
+) -> int:
     """Add or change many ``(username, password)`` at once, one version; return it.
 
     Every row is checked and hashed before the one transaction that writes
@@ -315,14 +346,23 @@ def save_users(rows: list[tuple[str, str]], reason: str,
         if not isinstance(password, str) or not password:
             raise StoreError(f"user {username} has no password")
         secret = f"{validate_username(username)}:{realm}:{password}".encode()
-        records.append((username, hashlib.md5(secret).hexdigest(),
-                        hashlib.sha256(secret).hexdigest(), True, now))
+        records.append(
+            (
+                username,
+                hashlib.md5(secret).hexdigest(),
+                hashlib.sha256(secret).hexdigest(),
+                True,
+                now,
+            )
+        )
     table, param = SipUser._meta.table_name, master_db.param
     # One prepared statement run for every row (the driver's executemany): building a
     # multi-row statement per chunk in peewee costs more than writing it.
-    upsert = (f"INSERT INTO {table} (username, ha1_md5, ha1_sha256, enabled, created_at) "
-              f"VALUES ({', '.join([param] * 5)}) ON CONFLICT (username) DO UPDATE SET "
-              "ha1_md5 = excluded.ha1_md5, ha1_sha256 = excluded.ha1_sha256")
+    upsert = (
+        f"INSERT INTO {table} (username, ha1_md5, ha1_sha256, enabled, created_at) "
+        f"VALUES ({', '.join([param] * 5)}) ON CONFLICT (username) DO UPDATE SET "
+        "ha1_md5 = excluded.ha1_md5, ha1_sha256 = excluded.ha1_sha256"
+    )
     with master_db.atomic():
         if SipUser.select().count() + len(records) > MAX_USERS:
             raise StoreError("more than %d users" % MAX_USERS)
@@ -330,7 +370,7 @@ def save_users(rows: list[tuple[str, str]], reason: str,
         for n in range(0, len(records), IMPORT_CHUNK):
             if progress is not None:
                 progress("writing", n)
-            cursor.executemany(upsert, records[n:n + IMPORT_CHUNK])
+            cursor.executemany(upsert, records[n : n + IMPORT_CHUNK])
         return new_version(reason)
 
 
@@ -351,8 +391,9 @@ def _users(search: str, enabled: bool | None) -> "peewee.ModelSelect[SipUser]":
     return query
 
 
-def list_users(search: str = "", limit: int = 100, offset: int = 0,
-               enabled: bool | None = None) -> list[dict[str, Any]]:
+def list_users(
+    search: str = "", limit: int = 100, offset: int = 0, enabled: bool | None = None
+) -> list[dict[str, Any]]:
     """Users by name (no HA1s), optionally those whose name contains ``search`` and those
     enabled (``True``) or disabled (``False``)."""
     rows = _users(search, enabled).order_by(SipUser.username).limit(limit).offset(offset).dicts()
@@ -366,17 +407,41 @@ def count_users(search: str = "", enabled: bool | None = None) -> int:
     return int(_users(search, enabled).count())
 
 
-def save_node(node_id: str, sip: str, control: str, public_key: str, bus: str = "",
-              weight: int = 50, snapshot: str = "") -> None:
+def save_node(
+    node_id: str,
+    sip: str,
+    control: str,
+    public_key: str,
+    bus: str = "",
+    weight: int = 50,
+    snapshot: str = "",
+) -> None:
     """Add or change a node the master pushes to."""
     if not node_id or not control or not public_key:
         raise StoreError("a node needs an id, a control endpoint and a public key")
-    (ClusterNode.insert(node_id=node_id, sip=sip, bus=bus, snapshot=snapshot, control=control,
-                        public_key=public_key, weight=weight)
-     .on_conflict(conflict_target=[ClusterNode.node_id],
-                  preserve=[ClusterNode.sip, ClusterNode.bus, ClusterNode.snapshot,
-                            ClusterNode.control, ClusterNode.public_key, ClusterNode.weight])
-     .execute())
+    (
+        ClusterNode.insert(
+            node_id=node_id,
+            sip=sip,
+            bus=bus,
+            snapshot=snapshot,
+            control=control,
+            public_key=public_key,
+            weight=weight,
+        )
+        .on_conflict(
+            conflict_target=[ClusterNode.node_id],
+            preserve=[
+                ClusterNode.sip,
+                ClusterNode.bus,
+                ClusterNode.snapshot,
+                ClusterNode.control,
+                ClusterNode.public_key,
+                ClusterNode.weight,
+            ],
+        )
+        .execute()
+    )
 
 
 def remove_node(node_id: str) -> int | None:
@@ -424,8 +489,7 @@ def zone_nodes() -> list[tuple[str, str, int, int, int]]:
     for n in list_nodes():
         host, _, port = str(n["sip"]).rpartition(":")
         if host and port.isdigit():
-            out.append((str(n["node_id"]), host, int(port), int(n["weight"]),
-                        int(n["tls_port"])))
+            out.append((str(n["node_id"]), host, int(port), int(n["weight"]), int(n["tls_port"])))
     return out
 
 
@@ -439,11 +503,20 @@ def record_ack(node_id: str, version: int, error: str = "") -> None:
 
 def config_for(version: int) -> dict[str, Any]:
     """What version ``version`` tells every node: the domain and every user's HA1s."""
-    query = (SipUser.select(SipUser.username, SipUser.ha1_md5, SipUser.ha1_sha256,
-                            SipUser.enabled).order_by(SipUser.username).dicts())
+    query = (
+        SipUser.select(SipUser.username, SipUser.ha1_md5, SipUser.ha1_sha256, SipUser.enabled)
+        .order_by(SipUser.username)
+        .dicts()
+    )
     users = list(cast(Iterable[dict[str, Any]], query))
-    return {"version": version, "domain": domain(), "users": users, **peers_push(),
-            **_dialplan_part(), **_settings_part()}
+    return {
+        "version": version,
+        "domain": domain(),
+        "users": users,
+        **peers_push(),
+        **_dialplan_part(),
+        **_settings_part(),
+    }
 
 
 def peers_push() -> dict[str, Any]:
@@ -457,13 +530,24 @@ def peers_push() -> dict[str, Any]:
     nodes = list_nodes()
     if not nodes or any(not n["bus"] or not n["snapshot"] for n in nodes):
         return {}
-    return {"peers": [{"id": n["node_id"], "bus": n["bus"], "snapshot": n["snapshot"],
-                       "public_key": n["public_key"], "sip": n["sip"]} for n in nodes]}
+    return {
+        "peers": [
+            {
+                "id": n["node_id"],
+                "bus": n["bus"],
+                "snapshot": n["snapshot"],
+                "public_key": n["public_key"],
+                "sip": n["sip"],
+            }
+            for n in nodes
+        ]
+    }
 
 
 def _dialplan_part() -> dict[str, Any]:
     """The dial plan a version carries (``store.dialplan``), once the master has one."""
     from store.dialplan import pushed_dialplan
+
     doc = pushed_dialplan()
     return {} if doc is None else {"dialplan": doc}
 
@@ -471,6 +555,7 @@ def _dialplan_part() -> dict[str, Any]:
 def _settings_part() -> dict[str, Any]:
     """The SIP settings a version carries (``store.sip_settings``), once saved."""
     from store.sip_settings import pushed_settings
+
     doc = pushed_settings()
     return {} if doc is None else {"settings": doc}
 
@@ -480,9 +565,11 @@ def add_admin(username: str, password: str) -> None:
     if not username or not password:
         raise StoreError("an admin needs a name and a password")
     digest = generate_password_hash(password)
-    (Admin.insert(username=username, password_hash=digest)
-     .on_conflict(conflict_target=[Admin.username], preserve=[Admin.password_hash])
-     .execute())
+    (
+        Admin.insert(username=username, password_hash=digest)
+        .on_conflict(conflict_target=[Admin.username], preserve=[Admin.password_hash])
+        .execute()
+    )
 
 
 def check_admin(username: str, password: str) -> bool:

@@ -37,8 +37,9 @@ class JSONListField(peewee.TextField):
         if not value:
             return "[]"
         if isinstance(value, str | bytes):
-            raise TypeError("%s must be a list of strings, not %s"
-                            % (self.name, type(value).__name__))
+            raise TypeError(
+                "%s must be a list of strings, not %s" % (self.name, type(value).__name__)
+            )
         return json.dumps(list(value), separators=(",", ":"))
 
     def python_value(self, value: Any) -> Any:
@@ -131,8 +132,7 @@ class CallEventRow(BaseModel):
 MODELS = (User, Binding, NodeState, CallEventRow)
 """Every model, in table-creation order."""
 
-BINDING_FIELDS = tuple(name for name in Binding._meta.sorted_field_names
-                       if name != "id")
+BINDING_FIELDS = tuple(name for name in Binding._meta.sorted_field_names if name != "id")
 """Names of a binding record's keys: every Binding column except ``id``."""
 
 
@@ -166,8 +166,7 @@ def get_database() -> peewee.Database:
     """Return the bound database, or raise :class:`StoreError` if none is."""
     db = db_proxy.obj
     if db is None:
-        raise StoreError("the store is not initialised: call "
-                         "store.models.init_store(url) first")
+        raise StoreError("the store is not initialised: call store.models.init_store(url) first")
     return cast(peewee.Database, db)
 
 
@@ -188,12 +187,12 @@ def set_state(key: str, value: Any) -> None:
     """Store the JSON-serialisable ``value`` under ``key``, replacing any."""
     get_database()
     encoded = json.dumps(value)
-    (NodeState
-     .insert(key=key, value=encoded)
-     .on_conflict(conflict_target=[NodeState.key],
-                  preserve=[NodeState.value])
-     .as_rowcount()
-     .execute())
+    (
+        NodeState.insert(key=key, value=encoded)
+        .on_conflict(conflict_target=[NodeState.key], preserve=[NodeState.value])
+        .as_rowcount()
+        .execute()
+    )
 
 
 def incr_state(key: str, by: int = 1) -> int:

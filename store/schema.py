@@ -54,8 +54,12 @@ def stored_version(db: peewee.Database, name: str) -> int | None:
         return None if row is None else int(row.version)
 
 
-def migrate(db: peewee.Database, name: str, models: Sequence[type[peewee.Model]],
-            migrations: Sequence[Migration]) -> int:
+def migrate(
+    db: peewee.Database,
+    name: str,
+    models: Sequence[type[peewee.Model]],
+    migrations: Sequence[Migration],
+) -> int:
     """Bring schema ``name`` of ``db`` (its tables: ``models``) to the current version,
     creating it when new; return the version it was at (0 for a new database)."""
     target = current_version(migrations)
@@ -68,9 +72,11 @@ def migrate(db: peewee.Database, name: str, models: Sequence[type[peewee.Model]]
                 tables = set(db.get_tables())
                 found = 1 if any(m._meta.table_name in tables for m in models) else 0
             if found > target:
-                raise StoreError(f"the {name} database has schema version {found}, newer than "
-                                 f"this release's {target}: run the release that wrote it "
-                                 "(or a newer one)")
+                raise StoreError(
+                    f"the {name} database has schema version {found}, newer than "
+                    f"this release's {target}: run the release that wrote it "
+                    "(or a newer one)"
+                )
             if found == 0:
                 with db.atomic():
                     db.create_tables(models, safe=True)
@@ -86,12 +92,15 @@ def migrate(db: peewee.Database, name: str, models: Sequence[type[peewee.Model]]
                 _stamp(name, target)
             db.create_tables(models, safe=True)
     except peewee.DatabaseError as exc:
-        raise StoreError(f"cannot bring the {name} database to schema version {target}: "
-                         f"{exc}") from exc
+        raise StoreError(
+            f"cannot bring the {name} database to schema version {target}: {exc}"
+        ) from exc
     return found
 
 
 def _stamp(name: str, version: int) -> None:
-    (SchemaVersion.insert(name=name, version=version)
-     .on_conflict(conflict_target=[SchemaVersion.name], preserve=[SchemaVersion.version])
-     .execute())
+    (
+        SchemaVersion.insert(name=name, version=version)
+        .on_conflict(conflict_target=[SchemaVersion.name], preserve=[SchemaVersion.version])
+        .execute()
+    )

@@ -18,8 +18,7 @@ class UserDirectory:
     user added while the node runs can register immediately.
     """
 
-    def __init__(self, domain: str, refresh: float = 10.0,
-                 clock: Callable[[], float] = time.time):
+    def __init__(self, domain: str, refresh: float = 10.0, clock: Callable[[], float] = time.time):
         self.domain = domain
         self.refresh = refresh
         self.clock = clock

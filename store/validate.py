@@ -33,8 +33,9 @@ class ConfigError(StoreError):
     """A change refused before it became a version (the message says why)."""
 
 
-def check_config(domain: str, dialplan: dict[str, Any] | None,
-                 previous_dialplan: dict[str, Any] | None) -> None:
+def check_config(
+    domain: str, dialplan: dict[str, Any] | None, previous_dialplan: dict[str, Any] | None
+) -> None:
     """Refuse (``ConfigError``) a configuration that nodes could not serve."""
     try:
         validate_domain(domain)
@@ -50,16 +51,23 @@ def check_config(domain: str, dialplan: dict[str, Any] | None,
     known = _gateway_hosts(previous_dialplan)
     for gateway in plan.gateways.values():
         if gateway.host not in known and not resolves(gateway.host):
-            raise ConfigError(f"gateway {gateway.name}: host {gateway.host} does not resolve "
-                              "(no address, no SRV record)")
+            raise ConfigError(
+                f"gateway {gateway.name}: host {gateway.host} does not resolve "
+                "(no address, no SRV record)"
+            )
 
 
 def _check_users() -> None:
     """Every user has both HA1 digests of the right size."""
     from store.master import SipUser
-    bad = (SipUser.select(SipUser.username)
-           .where((peewee.fn.LENGTH(SipUser.ha1_md5) != 32)
-                  | (peewee.fn.LENGTH(SipUser.ha1_sha256) != 64)).first())
+
+    bad = (
+        SipUser.select(SipUser.username)
+        .where(
+            (peewee.fn.LENGTH(SipUser.ha1_md5) != 32) | (peewee.fn.LENGTH(SipUser.ha1_sha256) != 64)
+        )
+        .first()
+    )
     if bad is not None:
         raise ConfigError(f"user {bad.username} has no password (no HA1 digest)")
 

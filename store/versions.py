@@ -21,8 +21,18 @@ from typing import Any, cast
 import peewee
 
 from store.db import StoreError
-from store.master import (ConfigVersion, MasterModel, Setting, SipUser, current_version, domain,
-                          get_setting, master_db, new_version, set_setting)
+from store.master import (
+    ConfigVersion,
+    MasterModel,
+    Setting,
+    SipUser,
+    current_version,
+    domain,
+    get_setting,
+    master_db,
+    new_version,
+    set_setting,
+)
 
 KEEP = 50
 """Versions whose content is kept (the newest)."""
@@ -51,26 +61,32 @@ _USER_FIELDS = ("username", "ha1_md5", "ha1_sha256", "enabled")
 
 
 def _pack(content: dict[str, Any]) -> str:
-    text = json.dumps({"domain": content["domain"], "users": content["users"]},
-                      separators=(",", ":"))
+    text = json.dumps(
+        {"domain": content["domain"], "users": content["users"]}, separators=(",", ":")
+    )
     return base64.b64encode(zlib.compress(text.encode(), 1)).decode()
 
 
 def _unpack(row: VersionContent) -> dict[str, Any]:
     packed = json.loads(zlib.decompress(base64.b64decode(row.content)))
-    return {"domain": packed["domain"],
-            "users": [dict(zip(_USER_FIELDS, u, strict=True)) for u in packed["users"]],
-            "dialplan": None if row.dialplan is None else json.loads(row.dialplan)}
+    return {
+        "domain": packed["domain"],
+        "users": [dict(zip(_USER_FIELDS, u, strict=True)) for u in packed["users"]],
+        "dialplan": None if row.dialplan is None else json.loads(row.dialplan),
+    }
 
 
 def current_content() -> dict[str, Any]:
     """The users and dial plan the master holds now, as a version keeps them (each user a
     ``[username, ha1_md5, ha1_sha256, enabled]``: read straight from the cursor, since
     every change reads every user)."""
-    query = (SipUser.select(SipUser.username, SipUser.ha1_md5, SipUser.ha1_sha256,
-                            SipUser.enabled).order_by(SipUser.username))
-    users = [[u, md5, sha256, bool(enabled)]
-             for u, md5, sha256, enabled in master_db.execute(query).fetchall()]
+    query = SipUser.select(
+        SipUser.username, SipUser.ha1_md5, SipUser.ha1_sha256, SipUser.enabled
+    ).order_by(SipUser.username)
+    users = [
+        [u, md5, sha256, bool(enabled)]
+        for u, md5, sha256, enabled in master_db.execute(query).fetchall()
+    ]
     return {"domain": domain(), "users": users, "dialplan": get_setting(DIALPLAN_KEY)}
 
 
@@ -79,13 +95,21 @@ def keep(version: int, content: dict[str, Any]) -> None:
     :data:`KEEP`, or than those that fill :data:`MAX_KEPT_BYTES` (the newest is always kept)."""
     plan = None if content["dialplan"] is None else json.dumps(content["dialplan"])
     # A number may come back when versions were deleted (a database emptied by hand).
-    (VersionContent.insert(version=version, content=_pack(content), dialplan=plan)
-     .on_conflict(conflict_target=[VersionContent.version],
-                  preserve=[VersionContent.content, VersionContent.dialplan])
-     .execute())
-    sizes = (VersionContent.select(VersionContent.version,
-                                   peewee.fn.LENGTH(VersionContent.content).coerce(False))
-             .order_by(VersionContent.version.desc()).tuples())
+    (
+        VersionContent.insert(version=version, content=_pack(content), dialplan=plan)
+        .on_conflict(
+            conflict_target=[VersionContent.version],
+            preserve=[VersionContent.content, VersionContent.dialplan],
+        )
+        .execute()
+    )
+    sizes = (
+        VersionContent.select(
+            VersionContent.version, peewee.fn.LENGTH(VersionContent.content).coerce(False)
+        )
+        .order_by(VersionContent.version.desc())
+        .tuples()
+    )
     total, old = 0, []
     for i, (number, size) in enumerate(cast(Iterable[tuple[int, int]], sizes)):
         total += int(size)
@@ -103,17 +127,19 @@ def content(version: int) -> dict[str, Any] | None:
 
 def previous_dialplan() -> dict[str, Any] | None:
     """The dial plan of the newest version that kept content (None: none)."""
-    row = (VersionContent.select(VersionContent.dialplan)
-           .order_by(VersionContent.version.desc()).first())
+    row = (
+        VersionContent.select(VersionContent.dialplan)
+        .order_by(VersionContent.version.desc())
+        .first()
+    )
     return None if row is None or row.dialplan is None else json.loads(row.dialplan)
 
 
 def list_versions(limit: int = KEEP) -> list[dict[str, Any]]:
     """The newest versions: number, time, reason and whether it can be restored."""
     kept = {int(r.version) for r in VersionContent.select(VersionContent.version)}
-    rows = (ConfigVersion.select().order_by(ConfigVersion.version.desc()).limit(limit).dicts())
-    return [{**r, "restorable": r["version"] in kept}
-            for r in cast(Iterable[dict[str, Any]], rows)]
+    rows = ConfigVersion.select().order_by(ConfigVersion.version.desc()).limit(limit).dicts()
+    return [{**r, "restorable": r["version"] in kept} for r in cast(Iterable[dict[str, Any]], rows)]
 
 
 def restore(version: int) -> int | None:
@@ -125,8 +151,9 @@ def restore(version: int) -> int | None:
     if old is None:
         return None
     if old["domain"] != domain():
-        raise StoreError(f"version {version} is for domain {old['domain']}, the master serves "
-                         f"{domain()}")
+        raise StoreError(
+            f"version {version} is for domain {old['domain']}, the master serves {domain()}"
+        )
     with master_db.atomic():
         SipUser.delete().execute()
         for chunk in peewee.chunked(old["users"], 100):
@@ -154,8 +181,10 @@ ROLLOUT_KEY = "rollout_failed"
 
 def record_rollout_failure(version: int, node_id: str, reason: str) -> None:
     """Remember that ``version`` broke ``node_id`` (which rolled back): pushing it stops."""
-    set_setting(ROLLOUT_KEY, {"version": version, "node": node_id, "reason": reason[:500],
-                              "at": time.time()})
+    set_setting(
+        ROLLOUT_KEY,
+        {"version": version, "node": node_id, "reason": reason[:500], "at": time.time()},
+    )
 
 
 def rollout_failure() -> dict[str, Any] | None:

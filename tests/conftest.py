@@ -52,8 +52,7 @@ def start_private_server() -> PostgresServer:
     except PostgresUnavailable as exc:
         missing = str(exc)
     if missing and _in_ci():
-        pytest.fail("PostgreSQL is required when CI is set: " + missing,
-                    pytrace=False)
+        pytest.fail("PostgreSQL is required when CI is set: " + missing, pytrace=False)
     if missing:
         pytest.skip("PostgreSQL tests skipped: " + missing)
     return server

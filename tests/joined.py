@@ -30,11 +30,17 @@ READY = 20.0
 """Bound on a process answering (seconds)."""
 
 
-def run_py(*args: str, timeout: float = 60.0, prefix: tuple = (),
-           root: str = ROOT) -> subprocess.CompletedProcess:
+def run_py(
+    *args: str, timeout: float = 60.0, prefix: tuple = (), root: str = ROOT
+) -> subprocess.CompletedProcess:
     """Run ``run.py ARGS`` of the tree ``root`` (under ``prefix``) to completion."""
-    return subprocess.run([*prefix, sys.executable, os.path.join(root, "run.py"), *args],
-                          capture_output=True, text=True, timeout=timeout, cwd=root)
+    return subprocess.run(
+        [*prefix, sys.executable, os.path.join(root, "run.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=root,
+    )
 
 
 def bus_ports(address: str) -> int:
@@ -72,9 +78,12 @@ class Proc:
     def start(self) -> "Proc":
         """Start the process, its output appended to its log."""
         with open(self.log_path, "ab") as logf:
-            self.proc = subprocess.Popen([*self.prefix, sys.executable,
-                                          os.path.join(self.root, "run.py"), *self.args],
-                                         stdout=logf, stderr=logf, cwd=self.root)
+            self.proc = subprocess.Popen(
+                [*self.prefix, sys.executable, os.path.join(self.root, "run.py"), *self.args],
+                stdout=logf,
+                stderr=logf,
+                cwd=self.root,
+            )
         return self
 
     def alive(self) -> bool:
@@ -100,8 +109,9 @@ class Proc:
 class JoinedNode(Proc):
     """A node made by ``run.py node join`` (its configuration is the join's)."""
 
-    def __init__(self, work: str, name: str, address: str = "127.0.0.1", prefix: tuple = (),
-                 root: str = ROOT):
+    def __init__(
+        self, work: str, name: str, address: str = "127.0.0.1", prefix: tuple = (), root: str = ROOT
+    ):
         """On loopback ``address`` with free ports; with ``prefix`` (another host),
         on the standard ports (SIP 5060, bus 7001-7003); ``root``: the release's tree."""
         self.id = name
@@ -113,15 +123,31 @@ class JoinedNode(Proc):
         self.control = f"tcp://{address}:{self.bus_port + 2}"
         self.domain = "example.test"
         os.makedirs(self.dir, exist_ok=True)
-        super().__init__(["node", "--config", self.config], os.path.join(self.dir, "out.log"),
-                         prefix, root)
+        super().__init__(
+            ["node", "--config", self.config], os.path.join(self.dir, "out.log"), prefix, root
+        )
 
     def join(self, url: str, token: str, *extra: str) -> subprocess.CompletedProcess:
         """``run.py node join`` on this node's host (``extra``: more options)."""
-        return run_py("node", "join", "--master", url, "--token", token, "--address",
-                      self.address, "--data", self.dir, "--port", str(self.port),
-                      "--bus-port", str(self.bus_port), *extra, prefix=self.prefix,
-                      root=self.root)
+        return run_py(
+            "node",
+            "join",
+            "--master",
+            url,
+            "--token",
+            token,
+            "--address",
+            self.address,
+            "--data",
+            self.dir,
+            "--port",
+            str(self.port),
+            "--bus-port",
+            str(self.bus_port),
+            *extra,
+            prefix=self.prefix,
+            root=self.root,
+        )
 
     def public_key(self) -> str:
         """The public key ``node join`` made."""
@@ -131,8 +157,10 @@ class JoinedNode(Proc):
     def start(self) -> "JoinedNode":
         """Run the node and wait (bounded) until it answers OPTIONS."""
         super().start()
-        if not wait(lambda: not self.alive() or options_ping(self.address, self.port, 0.2),
-                    READY) or not self.alive():
+        if (
+            not wait(lambda: not self.alive() or options_ping(self.address, self.port, 0.2), READY)
+            or not self.alive()
+        ):
             raise RuntimeError(f"node in {self.dir} not up: {self.log_tail()}")
         return self
 
@@ -140,8 +168,7 @@ class JoinedNode(Proc):
 class Master:
     """The master process, the nodes that joined it, and a control client with its key."""
 
-    def __init__(self, work: str, address: str = "127.0.0.1", prefix: tuple = (),
-                 root: str = ROOT):
+    def __init__(self, work: str, address: str = "127.0.0.1", prefix: tuple = (), root: str = ROOT):
         """``root``: the tree of the release the master runs (``self.master.root``)."""
         self.work = work
         self.port = 8080 if prefix else free_port(address)
@@ -151,12 +178,16 @@ class Master:
         """Where the master serves the cluster's zone (``[master] dns``)."""
         self.data = os.path.join(work, "master")
         self.config = os.path.join(work, "master.toml")
-        write_private(self.config, f'[master]\nlisten = "{address}:{self.port}"\n'
-                                   f'data_dir = "{self.data}"\ndomain = "example.test"\n'
-                                   'push_interval = 0.3\njoin_token_ttl = 600\n'
-                                   f'dns = "{address}:{self.dns_port}"\n')
-        self.master = Proc(["master", "--config", self.config],
-                           os.path.join(work, "master.log"), prefix, root)
+        write_private(
+            self.config,
+            f'[master]\nlisten = "{address}:{self.port}"\n'
+            f'data_dir = "{self.data}"\ndomain = "example.test"\n'
+            "push_interval = 0.3\njoin_token_ttl = 600\n"
+            f'dns = "{address}:{self.dns_port}"\n',
+        )
+        self.master = Proc(
+            ["master", "--config", self.config], os.path.join(work, "master.log"), prefix, root
+        )
         self.bus: Bus | None = None
         self.nodes: dict[str, JoinedNode] = {}
         self.first_token = ""
@@ -167,8 +198,14 @@ class Master:
 
     def init(self) -> "Master":
         """``run.py master init``, keeping the join token it prints."""
-        init = run_py("master", "init", "--config", self.config, prefix=self.master.prefix,
-                      root=self.master.root)
+        init = run_py(
+            "master",
+            "init",
+            "--config",
+            self.config,
+            prefix=self.master.prefix,
+            root=self.master.root,
+        )
         if init.returncode:
             raise RuntimeError(f"master init failed: {init.stderr}")
         self.first_token = token_of(init.stdout)
@@ -184,14 +221,21 @@ class Master:
                     return r.status == 200
             except OSError:
                 return False
+
         if not wait(ready, READY):
             raise RuntimeError(f"master not up: {self.master.log_tail()}")
         return self
 
     def token(self) -> str:
         """A new join token from ``run.py master token``."""
-        out = run_py("master", "token", "--config", self.config, prefix=self.master.prefix,
-                     root=self.master.root)
+        out = run_py(
+            "master",
+            "token",
+            "--config",
+            self.config,
+            prefix=self.master.prefix,
+            root=self.master.root,
+        )
         if out.returncode:
             raise RuntimeError(f"master token failed: {out.stderr}")
         return token_of(out.stdout)
@@ -204,10 +248,12 @@ class Master:
     def api(self, method: str, path: str, body: dict | None = None) -> dict:
         """A JSON API call as the admin; its JSON answer."""
         auth = base64.b64encode(f"admin:{self.secret('admin-password')}".encode()).decode()
-        req = urllib.request.Request(self.url + path, method=method,
-                                     data=json.dumps(body).encode() if body else None,
-                                     headers={"Authorization": f"Basic {auth}",
-                                              "Content-Type": "application/json"})
+        req = urllib.request.Request(
+            self.url + path,
+            method=method,
+            data=json.dumps(body).encode() if body else None,
+            headers={"Authorization": f"Basic {auth}", "Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(req, timeout=10) as r:
             return json.loads(r.read())
 
@@ -234,8 +280,9 @@ class Master:
 
     def lookup(self, name: str, rdtype: str = "A") -> list[str]:
         """The records of ``name`` the master's DNS serves (empty when none)."""
-        reply = dns.query.udp(dns.message.make_query(name, rdtype), self.address,
-                              port=self.dns_port, timeout=2)
+        reply = dns.query.udp(
+            dns.message.make_query(name, rdtype), self.address, port=self.dns_port, timeout=2
+        )
         return sorted(r.to_text() for rrset in reply.answer for r in rrset)
 
     def digests(self, timeout: float = 2.0) -> dict:
@@ -252,8 +299,10 @@ class Master:
         """The digests when every node is synced with the same digest, else None."""
         got = self.digests()
         values = list(got.values())
-        if all(v is not None and v["state"] == "synced" for v in values) and \
-                len({v["digest"] for v in values}) == 1:
+        if (
+            all(v is not None and v["state"] == "synced" for v in values)
+            and len({v["digest"] for v in values}) == 1
+        ):
             return got
         return None
 

@@ -36,7 +36,9 @@ class NamespacesUnavailable(Exception):
     """The kernel (or the lack of privileges or of ``ip``) refuses network namespaces."""
 
 
-def ip(*args: str, netns: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+def ip(
+    *args: str, netns: str | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
     """Run ``ip ARGS`` (in ``netns`` when given); raise ``RuntimeError`` on failure."""
     cmd = ["ip", *(("-n", netns) if netns else ()), *args]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
@@ -66,8 +68,9 @@ def sweep() -> list[str]:
     are touched. Returns the names removed.
     """
     removed = []
-    listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
-                             timeout=30).stdout
+    listing = subprocess.run(
+        ["ip", "netns", "list"], capture_output=True, text=True, timeout=30
+    ).stdout
     for line in listing.splitlines():
         name = line.split()[0] if line.split() else ""
         m = re.fullmatch(re.escape(NS_PREFIX) + r"(\d+)-.+", name)
@@ -120,8 +123,7 @@ class Host:
     def unblock(self) -> None:
         """Remove every ``block``."""
         while self._blocked:
-            ip("route", "del", "blackhole", f"{self._blocked.pop()}/32", netns=self.ns,
-               check=False)
+            ip("route", "del", "blackhole", f"{self._blocked.pop()}/32", netns=self.ns, check=False)
 
 
 class Network:
@@ -139,8 +141,9 @@ class Network:
         self.subnet = _free_subnet(self.pid)
         probe = f"{NS_PREFIX}{self.pid}-probe"
         try:
-            made = subprocess.run(["ip", "netns", "add", probe], capture_output=True,
-                                  text=True, timeout=30)
+            made = subprocess.run(
+                ["ip", "netns", "add", probe], capture_output=True, text=True, timeout=30
+            )
         except FileNotFoundError as exc:
             raise NamespacesUnavailable(f"no ip command: {exc}") from None
         if made.returncode:
@@ -162,8 +165,7 @@ class Network:
             ip("netns", "add", host.ns)
             self._namespaces.append(host.ns)
             ip("link", "set", "lo", "up", netns=host.ns)
-            ip("link", "add", host.veth, "type", "veth", "peer", "name", "eth0",
-               "netns", host.ns)
+            ip("link", "add", host.veth, "type", "veth", "peer", "name", "eth0", "netns", host.ns)
             ip("link", "set", host.veth, "master", self.bridge)
             ip("link", "set", host.veth, "up")
             ip("addr", "add", f"{host.address}/24", "dev", "eth0", netns=host.ns)
@@ -187,6 +189,7 @@ def network_or_skip(names: list[str]) -> "Network":
     """A ``Network`` of hosts ``names``; where the kernel refuses namespaces the test is
     skipped, and failed when CI is set (CI must run it)."""
     from tests.conftest import _in_ci
+
     try:
         return Network(names)
     except NamespacesUnavailable as exc:
@@ -212,8 +215,9 @@ def behind_nat(net: Network, router: str, name: str) -> list[str]:
     ip("addr", "add", "192.168.77.2/24", "dev", "eth0", netns=ns)
     ip("link", "set", "eth0", "up", netns=ns)
     ip("route", "add", "default", "via", "192.168.77.1", netns=ns)
-    for cmd in (["sysctl", "-qw", "net.ipv4.ip_forward=1"],
-                ["iptables", "-t", "nat", "-A", "POSTROUTING", "-o", "eth0", "-j",
-                 "MASQUERADE"]):
+    for cmd in (
+        ["sysctl", "-qw", "net.ipv4.ip_forward=1"],
+        ["iptables", "-t", "nat", "-A", "POSTROUTING", "-o", "eth0", "-j", "MASQUERADE"],
+    ):
         subprocess.run([*nat.prefix, *cmd], check=True, capture_output=True, timeout=30)
     return ["ip", "netns", "exec", ns]

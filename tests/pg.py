@@ -56,13 +56,13 @@ def find_bindir() -> str | None:
     """Return the directory holding initdb and pg_ctl, or None."""
     if os.environ.get("TANDEM_PG_BIN"):
         return _first_with_server([os.environ["TANDEM_PG_BIN"]])
-    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin"),
-                        key=_version_of, reverse=True)
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=_version_of, reverse=True)
     pg_config = shutil.which("pg_config")
     if pg_config:
         try:
-            out = subprocess.run([pg_config, "--bindir"], capture_output=True,
-                                 text=True, timeout=10, check=True).stdout
+            out = subprocess.run(
+                [pg_config, "--bindir"], capture_output=True, text=True, timeout=10, check=True
+            ).stdout
             candidates.append(out.strip())
         except (OSError, subprocess.SubprocessError):
             pass
@@ -81,8 +81,10 @@ def _version_of(bindir: str) -> int:
 def _first_with_server(candidates: list[str]) -> str | None:
     """Return the first directory holding initdb, pg_ctl and postgres."""
     for bindir in candidates:
-        if all(os.access(os.path.join(bindir, name), os.X_OK)
-               for name in ("initdb", "pg_ctl", "postgres")):
+        if all(
+            os.access(os.path.join(bindir, name), os.X_OK)
+            for name in ("initdb", "pg_ctl", "postgres")
+        ):
             return bindir
     return None
 
@@ -129,21 +131,24 @@ class PostgresServer:
     def start(self) -> "PostgresServer":
         """Create the cluster, start the server, create the database."""
         if self.bindir is None:
-            where = ("$TANDEM_PG_BIN=%s" % os.environ["TANDEM_PG_BIN"]
-                     if os.environ.get("TANDEM_PG_BIN") else
-                     "/usr/lib/postgresql/*/bin, pg_config --bindir or PATH")
+            where = (
+                "$TANDEM_PG_BIN=%s" % os.environ["TANDEM_PG_BIN"]
+                if os.environ.get("TANDEM_PG_BIN")
+                else "/usr/lib/postgresql/*/bin, pg_config --bindir or PATH"
+            )
             raise PostgresUnavailable(
                 "PostgreSQL server binaries (initdb, pg_ctl, postgres) not "
                 "found in %s; install them (Debian: apt-get install "
-                "postgresql-15) or set TANDEM_PG_URL to a server" % where)
+                "postgresql-15) or set TANDEM_PG_URL to a server" % where
+            )
         owner = None
         if os.geteuid() == 0:
             try:
                 owner = pwd.getpwnam("postgres")
             except KeyError:
                 raise PostgresUnavailable(
-                    "running as root, and there is no 'postgres' OS user to "
-                    "run initdb as") from None
+                    "running as root, and there is no 'postgres' OS user to run initdb as"
+                ) from None
             self._run_as = ["runuser", "-u", "postgres", "--"]
         self.tmpdir = tempfile.mkdtemp(prefix="tandem-pg-")
         atexit.register(self.stop)
@@ -156,8 +161,7 @@ class PostgresServer:
         except BaseException:
             self.stop()
             raise
-        self.url = "postgresql://postgres@127.0.0.1:%d/%s" % (
-            self.port, self.database)
+        self.url = "postgresql://postgres@127.0.0.1:%d/%s" % (self.port, self.database)
         log.info("private PostgreSQL at %s (dir %s)", self.url, self.tmpdir)
         return self
 
@@ -167,18 +171,22 @@ class PostgresServer:
         with open(output, "wb") as out:
             try:
                 done = subprocess.run(
-                    self._run_as + args, stdin=subprocess.DEVNULL, stdout=out,
-                    stderr=subprocess.STDOUT, cwd=self.tmpdir,
-                    timeout=START_TIMEOUT_S)
+                    self._run_as + args,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    cwd=self.tmpdir,
+                    timeout=START_TIMEOUT_S,
+                )
             except subprocess.TimeoutExpired:
-                raise PostgresError("%s timed out after %ds"
-                                    % (what, START_TIMEOUT_S)) from None
+                raise PostgresError("%s timed out after %ds" % (what, START_TIMEOUT_S)) from None
         if done.returncode != 0:
             with open(output, errors="replace") as out:
                 text = out.read()
-            raise PostgresError("%s failed (exit %d): %s\n%s"
-                                % (what, done.returncode, " ".join(args),
-                                   text + self._log_tail()))
+            raise PostgresError(
+                "%s failed (exit %d): %s\n%s"
+                % (what, done.returncode, " ".join(args), text + self._log_tail())
+            )
 
     def _log_tail(self) -> str:
         """The end of the server log, for error messages."""
@@ -189,18 +197,47 @@ class PostgresServer:
             return ""
 
     def _initdb(self) -> None:
-        self._run([os.path.join(self.bindir, "initdb"), "-D", self.datadir,
-                   "-U", "postgres", "-A", "trust", "-E", "UTF8",
-                   "--no-locale", "--no-sync"], "initdb")
+        self._run(
+            [
+                os.path.join(self.bindir, "initdb"),
+                "-D",
+                self.datadir,
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--no-locale",
+                "--no-sync",
+            ],
+            "initdb",
+        )
 
     def _pg_ctl(self, action: str) -> None:
         """Run ``pg_ctl <action>`` (start, restart) on this server's port."""
-        options = ("-c listen_addresses=127.0.0.1 -p %d -k %s "
-                   "-c fsync=off -c full_page_writes=off"
-                   % (self.port, self.tmpdir))
-        self._run([os.path.join(self.bindir, "pg_ctl"), "-D", self.datadir,
-                   "-l", self.logfile, "-w", "-t", str(START_TIMEOUT_S),
-                   "-m", "fast", "-o", options, action], "pg_ctl " + action)
+        options = (
+            "-c listen_addresses=127.0.0.1 -p %d -k %s "
+            "-c fsync=off -c full_page_writes=off" % (self.port, self.tmpdir)
+        )
+        self._run(
+            [
+                os.path.join(self.bindir, "pg_ctl"),
+                "-D",
+                self.datadir,
+                "-l",
+                self.logfile,
+                "-w",
+                "-t",
+                str(START_TIMEOUT_S),
+                "-m",
+                "fast",
+                "-o",
+                options,
+                action,
+            ],
+            "pg_ctl " + action,
+        )
 
     def _start_server(self) -> None:
         last = None
@@ -223,9 +260,10 @@ class PostgresServer:
 
     def _create_database(self) -> None:
         import psycopg2
-        conn = psycopg2.connect(host="127.0.0.1", port=self.port,
-                                user="postgres", dbname="postgres",
-                                connect_timeout=10)
+
+        conn = psycopg2.connect(
+            host="127.0.0.1", port=self.port, user="postgres", dbname="postgres", connect_timeout=10
+        )
         try:
             conn.autocommit = True
             with conn.cursor() as cur:
@@ -241,12 +279,22 @@ class PostgresServer:
             pidfile = os.path.join(self.datadir, "postmaster.pid")
             if os.path.exists(pidfile):
                 try:
-                    self._run([os.path.join(self.bindir, "pg_ctl"), "-D",
-                               self.datadir, "-m", "fast", "-w", "-t",
-                               str(START_TIMEOUT_S), "stop"], "pg_ctl stop")
+                    self._run(
+                        [
+                            os.path.join(self.bindir, "pg_ctl"),
+                            "-D",
+                            self.datadir,
+                            "-m",
+                            "fast",
+                            "-w",
+                            "-t",
+                            str(START_TIMEOUT_S),
+                            "stop",
+                        ],
+                        "pg_ctl stop",
+                    )
                 except PostgresError:
-                    log.warning("pg_ctl stop failed, killing the server",
-                                exc_info=True)
+                    log.warning("pg_ctl stop failed, killing the server", exc_info=True)
                     self._kill(pidfile)
             shutil.rmtree(self.tmpdir, ignore_errors=True)
             self.tmpdir = None
@@ -260,16 +308,15 @@ class PostgresServer:
                 pid = int(handle.readline())
             os.kill(pid, signal.SIGKILL)
         except (OSError, ValueError):
-            log.warning("could not kill the server of %s", pidfile,
-                        exc_info=True)
+            log.warning("could not kill the server of %s", pidfile, exc_info=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Start a server, then run a command with TANDEM_PG_URL, or serve."""
-    parser = argparse.ArgumentParser(prog="python -m tests.pg",
-                                     description=__doc__.split("\n")[0])
-    parser.add_argument("command", nargs=argparse.REMAINDER,
-                        help="command to run with TANDEM_PG_URL set")
+    parser = argparse.ArgumentParser(prog="python -m tests.pg", description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "command", nargs=argparse.REMAINDER, help="command to run with TANDEM_PG_URL set"
+    )
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     logging.basicConfig(level=logging.INFO)

@@ -53,15 +53,23 @@ def final_status(lines: list[str], method: str) -> int | None:
 class Phone:
     """One softphone process: ``send`` a command line, ``wait_for`` an output line."""
 
-    def __init__(self, name: str, argv: list[str], cwd: str | None = None,
-                 env: dict[str, str] | None = None):
+    def __init__(
+        self, name: str, argv: list[str], cwd: str | None = None, env: dict[str, str] | None = None
+    ):
         self.name = name
         self.lines: list[str] = []
         self._ctrl: socket.socket | None = None
         self._queue: queue.Queue = queue.Queue()
-        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True, bufsize=1, cwd=cwd,
-                                     env={**os.environ, **(env or {})})
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+            cwd=cwd,
+            env={**os.environ, **(env or {})},
+        )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
@@ -107,7 +115,7 @@ class Phone:
                 size, _, rest = buf.partition(b":")
                 if not size.isdigit() or len(rest) < int(size) + 1:
                     break
-                body, buf = rest[:int(size)], rest[int(size) + 1:]
+                body, buf = rest[: int(size)], rest[int(size) + 1 :]
                 msg = json.loads(body)
                 if msg.get("event"):
                     self._queue.put(f"EVENT {msg.get('type')} {msg.get('param', '')}")
@@ -155,8 +163,9 @@ class Phone:
             try:
                 self.wait_for("CSeq", timeout=max(0.0, left))
             except AssertionError:
-                raise AssertionError(f"{self.name}: no final response to {method} within "
-                                     f"{timeout}s") from None
+                raise AssertionError(
+                    f"{self.name}: no final response to {method} within {timeout}s"
+                ) from None
         return found
 
     def rtp_received(self, timeout: float = 10.0) -> int:
@@ -190,8 +199,9 @@ class Phone:
                 self.lines.append(line)
 
 
-def call_and_hang_up(caller: Phone, callee: Phone, uri: str, hang_up: Phone,
-                     rtp: bool = False) -> None:
+def call_and_hang_up(
+    caller: Phone, callee: Phone, uri: str, hang_up: Phone, rtp: bool = False
+) -> None:
     """``caller`` (a PJSUA2 phone) calls ``uri``, which rings ``callee``; once both
     confirm the call (and, with ``rtp``, both received RTP) ``hang_up`` ends it,
     its BYE answered 200, and the other side sees the call end."""
@@ -207,10 +217,21 @@ def call_and_hang_up(caller: Phone, callee: Phone, uri: str, hang_up: Phone,
     other.wait_for("CALL DISCONNECTED")
 
 
-def pjsua(name: str, user: str, password: str, domain: str, proxy: str, transport: str,
-          port: int, rtp_port: int, ca: str = "", cert: tuple[str, str] = ("", ""),
-          bind: str = "127.0.0.1", prefix: tuple = (), failover: tuple[int, int, int] = (0, 0, 0)
-          ) -> Phone:
+def pjsua(
+    name: str,
+    user: str,
+    password: str,
+    domain: str,
+    proxy: str,
+    transport: str,
+    port: int,
+    rtp_port: int,
+    ca: str = "",
+    cert: tuple[str, str] = ("", ""),
+    bind: str = "127.0.0.1",
+    prefix: tuple = (),
+    failover: tuple[int, int, int] = (0, 0, 0),
+) -> Phone:
     """A PJSUA2 phone registering ``user`` through ``proxy`` (``host:port``) over
     ``transport`` only, listening on ``bind``:``port``, RTP from ``rtp_port``; over
     TLS it checks the proxy's certificate against the PEM file ``ca`` and takes the
@@ -218,19 +239,65 @@ def pjsua(name: str, user: str, password: str, domain: str, proxy: str, transpor
     under the command ``prefix`` (``ip netns exec HOST``) when given. ``failover`` is
     (registration expiry, retry interval after a failed registration, UDP keepalive
     interval) in seconds, 0 for PJSUA2's default of each (300, 300, 15)."""
-    return Phone(name, [*prefix, sys.executable, "-m", "tests.phones", "pjsua", "--user", user,
-                        "--password", password, "--domain", domain, "--proxy", proxy,
-                        "--transport", transport, "--port", str(port),
-                        "--rtp-port", str(rtp_port), "--ca", ca, "--cert", cert[0],
-                        "--key", cert[1], "--bind", bind, "--expires", str(failover[0]),
-                        "--retry", str(failover[1]), "--keepalive", str(failover[2])],
-                 cwd=ROOT)
+    return Phone(
+        name,
+        [
+            *prefix,
+            sys.executable,
+            "-m",
+            "tests.phones",
+            "pjsua",
+            "--user",
+            user,
+            "--password",
+            password,
+            "--domain",
+            domain,
+            "--proxy",
+            proxy,
+            "--transport",
+            transport,
+            "--port",
+            str(port),
+            "--rtp-port",
+            str(rtp_port),
+            "--ca",
+            ca,
+            "--cert",
+            cert[0],
+            "--key",
+            cert[1],
+            "--bind",
+            bind,
+            "--expires",
+            str(failover[0]),
+            "--retry",
+            str(failover[1]),
+            "--keepalive",
+            str(failover[2]),
+        ],
+        cwd=ROOT,
+    )
 
 
-def baresip(name: str, folder: str, user: str, password: str, domain: str, proxy: str,
-            transport: str, port: int, rtp_port: int, ctrl_port: int, ca: str = "",
-            cert: tuple[str, str] = ("", ""), bind: str = "127.0.0.1", prefix: tuple = (),
-            expires: int = 600, outbound: bool = False) -> Phone:
+def baresip(
+    name: str,
+    folder: str,
+    user: str,
+    password: str,
+    domain: str,
+    proxy: str,
+    transport: str,
+    port: int,
+    rtp_port: int,
+    ctrl_port: int,
+    ca: str = "",
+    cert: tuple[str, str] = ("", ""),
+    bind: str = "127.0.0.1",
+    prefix: tuple = (),
+    expires: int = 600,
+    outbound: bool = False,
+) -> Phone:
     """Debian's baresip with a configuration in ``folder`` (made here): ``user`` registered
     through ``proxy`` over ``transport`` every ``expires`` seconds (as an RFC 5626 outbound
     flow with ``outbound``: keepalives, and a new registration when the flow fails), SIP on
@@ -277,10 +344,12 @@ module_app menu.so
 module_app ctrl_tcp.so
 """)
     with open(os.path.join(folder, "accounts"), "w") as f:
-        f.write(f'<sip:{user}@{domain};transport={transport}>;auth_pass={password};'
-                f'outbound="sip:{proxy};transport={transport}";regint={expires};'
-                f'{"sipnat=outbound;" if outbound else ""}'
-                "answermode=auto;audio_codecs=PCMU,PCMA\n")
+        f.write(
+            f"<sip:{user}@{domain};transport={transport}>;auth_pass={password};"
+            f'outbound="sip:{proxy};transport={transport}";regint={expires};'
+            f"{'sipnat=outbound;' if outbound else ''}"
+            "answermode=auto;audio_codecs=PCMU,PCMA\n"
+        )
     # stdbuf: baresip writes through stdio, block-buffered on a pipe
     # -s: its SIP trace, where the BYE's answer shows (tests.phones.final_status)
     phone = Phone(name, [*prefix, "stdbuf", "-oL", "baresip", "-s", "-f", folder], cwd=folder)
@@ -288,10 +357,22 @@ module_app ctrl_tcp.so
     return phone
 
 
-def linphone(name: str, folder: str, user: str, password: str, domain: str, proxy: str,
-             transport: str, port: int, rtp_port: int, ca: str = "",
-             cert: tuple[str, str] = ("", ""), bind: str = "127.0.0.1", prefix: tuple = (),
-             expires: int = 600) -> Phone:
+def linphone(
+    name: str,
+    folder: str,
+    user: str,
+    password: str,
+    domain: str,
+    proxy: str,
+    transport: str,
+    port: int,
+    rtp_port: int,
+    ca: str = "",
+    cert: tuple[str, str] = ("", ""),
+    bind: str = "127.0.0.1",
+    prefix: tuple = (),
+    expires: int = 600,
+) -> Phone:
     """Debian's linphonec with a configuration in ``folder`` (made here): ``user``
     registered through ``proxy`` over ``transport`` only every ``expires`` seconds (SIP
     on ``bind``:``port``, RTP on ``rtp_port``; under the command ``prefix`` when given),
@@ -344,9 +425,24 @@ passwd={password}
 realm={domain}
 domain={domain}
 """)
-    return Phone(name, [*prefix, "stdbuf", "-oL", "linphonec", "-c", os.path.join(folder, "rc"), "-a",
-                        "-d", "6", "-l", os.path.join(folder, "log")], cwd=folder,
-                 env={"HOME": folder})
+    return Phone(
+        name,
+        [
+            *prefix,
+            "stdbuf",
+            "-oL",
+            "linphonec",
+            "-c",
+            os.path.join(folder, "rc"),
+            "-a",
+            "-d",
+            "6",
+            "-l",
+            os.path.join(folder, "log"),
+        ],
+        cwd=folder,
+        env={"HOME": folder},
+    )
 
 
 LINPHONE_SOUND = "/usr/share/sounds/linphone/hello8000.wav"
@@ -480,8 +576,9 @@ class BaresipPhone(Softphone):
         deadline = time.monotonic() + timeout
         rate = 0
         while rate == 0 and time.monotonic() < deadline:
-            found = _BARESIP_RATE.search(self.phone.wait_for(
-                "audio=", timeout=max(0.5, deadline - time.monotonic())))
+            found = _BARESIP_RATE.search(
+                self.phone.wait_for("audio=", timeout=max(0.5, deadline - time.monotonic()))
+            )
             if found:
                 rate = min(int(found.group(1)), int(found.group(2)))
         return rate
@@ -580,8 +677,11 @@ def _run_pjsua(args) -> None:
     tcfg = pj.TransportConfig()
     tcfg.port = args.port
     tcfg.boundAddress = args.bind
-    kind = {"udp": pj.PJSIP_TRANSPORT_UDP, "tcp": pj.PJSIP_TRANSPORT_TCP,
-            "tls": pj.PJSIP_TRANSPORT_TLS}[args.transport]
+    kind = {
+        "udp": pj.PJSIP_TRANSPORT_UDP,
+        "tcp": pj.PJSIP_TRANSPORT_TCP,
+        "tls": pj.PJSIP_TRANSPORT_TLS,
+    }[args.transport]
     if args.ca:
         tcfg.tlsConfig.CaListFile = args.ca
         tcfg.tlsConfig.verifyServer = True
@@ -608,8 +708,10 @@ def _run_pjsua(args) -> None:
             # has frames to send whichever side offered.
             devices = ep.audDevManager()
             for i, media in enumerate(self.getInfo().media):
-                if (media.type == pj.PJMEDIA_TYPE_AUDIO
-                        and media.status == pj.PJSUA_CALL_MEDIA_ACTIVE):
+                if (
+                    media.type == pj.PJMEDIA_TYPE_AUDIO
+                    and media.status == pj.PJSUA_CALL_MEDIA_ACTIVE
+                ):
                     audio = self.getAudioMedia(i)
                     devices.getCaptureDevMedia().startTransmit(audio)
                     audio.startTransmit(devices.getPlaybackDevMedia())
@@ -690,17 +792,22 @@ def main(argv: list[str] | None = None) -> None:
     for opt in ("--user", "--password", "--domain", "--proxy"):
         p.add_argument(opt, required=True)
     p.add_argument("--transport", choices=("udp", "tcp", "tls"), default="udp")
-    p.add_argument("--ca", default="", help="PEM file of the CA the proxy's TLS certificate"
-                                            " is checked against")
-    p.add_argument("--cert", default="", help="PEM certificate for the TLS connections the"
-                                              " proxy opens to the phone")
+    p.add_argument(
+        "--ca", default="", help="PEM file of the CA the proxy's TLS certificate is checked against"
+    )
+    p.add_argument(
+        "--cert",
+        default="",
+        help="PEM certificate for the TLS connections the proxy opens to the phone",
+    )
     p.add_argument("--key", default="", help="its private key")
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--rtp-port", type=int, default=4000)
     p.add_argument("--bind", default="127.0.0.1", help="the address it listens on")
     p.add_argument("--expires", type=int, default=0, help="registration expiry (s)")
-    p.add_argument("--retry", type=int, default=0,
-                   help="seconds before registering again after a failure")
+    p.add_argument(
+        "--retry", type=int, default=0, help="seconds before registering again after a failure"
+    )
     p.add_argument("--keepalive", type=int, default=0, help="UDP keepalive interval (s)")
     args = parser.parse_args(argv)
     _run_pjsua(args)

@@ -9,14 +9,17 @@ from sipcore.message import parse_message
 
 def register(branch="z9hG4bKaaa", sent_by="10.0.0.2:5060", cseq=1, via=None):
     via = via or f"SIP/2.0/UDP {sent_by};branch={branch}"
-    return parse_message((
-        "REGISTER sip:example.test SIP/2.0\r\n"
-        f"Via: {via}\r\n"
-        "From: <sip:alice@example.test>;tag=f1\r\n"
-        "To: <sip:alice@example.test>\r\n"
-        "Call-ID: c1\r\n"
-        f"CSeq: {cseq} REGISTER\r\n"
-        "Content-Length: 0\r\n\r\n").encode())
+    return parse_message(
+        (
+            "REGISTER sip:example.test SIP/2.0\r\n"
+            f"Via: {via}\r\n"
+            "From: <sip:alice@example.test>;tag=f1\r\n"
+            "To: <sip:alice@example.test>\r\n"
+            "Call-ID: c1\r\n"
+            f"CSeq: {cseq} REGISTER\r\n"
+            "Content-Length: 0\r\n\r\n"
+        ).encode()
+    )
 
 
 def test_retransmission_absorbed_while_pending_then_answered_until_timer_j():

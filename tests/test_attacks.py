@@ -42,8 +42,9 @@ def node(tmp_path_factory):
 
 def phone(node, user):
     """A registered phone: a ``SipClient`` whose socket is the contact it registered."""
-    client = SipClient((node.address, node.port), user, dict(node.rows)[user], node.domain, t1=0.25,
-                       timeout=8.0)
+    client = SipClient(
+        (node.address, node.port), user, dict(node.rows)[user], node.domain, t1=0.25, timeout=8.0
+    )
     resp = client.register()
     assert resp.status == 200, resp.status
     return client
@@ -64,15 +65,18 @@ def received(sock, wait: float = QUIET) -> list[Request]:
     return got
 
 
-def forged(method, target, route, frm="sip:stranger@other.test", call_id=None, to_tag="t1",
-           from_tag="f1"):
+def forged(
+    method, target, route, frm="sip:stranger@other.test", call_id=None, to_tag="t1", from_tag="f1"
+):
     """An in-dialog-looking request (``PORT``: the sender's port, for ``exchange``)."""
     call_id = call_id or os.urandom(8).hex()
-    return (f"{method} {target} SIP/2.0\r\n"
-            f"Via: SIP/2.0/UDP 127.0.0.1:PORT;branch=z9hG4bK{os.urandom(6).hex()};rport\r\n"
-            f"Route: {route}\r\nFrom: <{frm}>;tag={from_tag}\r\nTo: <{target}>;tag={to_tag}\r\n"
-            f"Call-ID: {call_id}\r\nCSeq: 2 {method}\r\nMax-Forwards: 70\r\n"
-            "Contact: <sip:x@127.0.0.1:PORT>\r\nContent-Length: 0\r\n\r\n")
+    return (
+        f"{method} {target} SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:PORT;branch=z9hG4bK{os.urandom(6).hex()};rport\r\n"
+        f"Route: {route}\r\nFrom: <{frm}>;tag={from_tag}\r\nTo: <{target}>;tag={to_tag}\r\n"
+        f"Call-ID: {call_id}\r\nCSeq: 2 {method}\r\nMax-Forwards: 70\r\n"
+        "Contact: <sip:x@127.0.0.1:PORT>\r\nContent-Length: 0\r\n\r\n"
+    )
 
 
 def listener():
@@ -114,8 +118,15 @@ def test_a_token_from_another_call_does_not_open_a_relay(node):
         assert answer.startswith("SIP/2.0 403"), answer
         assert received(far) == []
         # within its own dialog the same Route is honoured (the callee hangs up)
-        bye = forged("BYE", f"sip:x@127.0.0.1:{far.getsockname()[1]}", rr, call_id=call_id,
-                     frm="sip:user1@example.test", from_tag="callee", to_tag="f1")
+        bye = forged(
+            "BYE",
+            f"sip:x@127.0.0.1:{far.getsockname()[1]}",
+            rr,
+            call_id=call_id,
+            frm="sip:user1@example.test",
+            from_tag="callee",
+            to_tag="f1",
+        )
         exchange(node, bye, timeout=QUIET)
         assert [m.method for m in received(far)] == ["BYE"]
     finally:
@@ -123,17 +134,31 @@ def test_a_token_from_another_call_does_not_open_a_relay(node):
         callee.close()
 
 
-@pytest.mark.parametrize("contact", [
-    "<sip:user2@{addr}:{port}>", "sip:user2@{addr}:{port}", "<sip:user2@example.test>",
-    "<sip:user2@EXAMPLE.test.:5080>", f"<sip:user2@{ALIAS}>",
-    "<sip:user2@10.9.9.9:{port};maddr={addr}>"])
+@pytest.mark.parametrize(
+    "contact",
+    [
+        "<sip:user2@{addr}:{port}>",
+        "sip:user2@{addr}:{port}",
+        "<sip:user2@example.test>",
+        "<sip:user2@EXAMPLE.test.:5080>",
+        f"<sip:user2@{ALIAS}>",
+        "<sip:user2@10.9.9.9:{port};maddr={addr}>",
+    ],
+)
 def test_register_contact_pointing_at_the_cluster_is_refused(node, contact):
-    client = SipClient((node.address, node.port), "user2", dict(node.rows)["user2"],
-                       node.domain, t1=0.25, timeout=8.0)
+    client = SipClient(
+        (node.address, node.port),
+        "user2",
+        dict(node.rows)["user2"],
+        node.domain,
+        t1=0.25,
+        timeout=8.0,
+    )
     try:
         value = contact.format(addr=node.address, port=node.port)
-        resp = client.request("REGISTER", f"sip:{node.domain}", [("Contact", value),
-                                                                ("Expires", "600")])
+        resp = client.request(
+            "REGISTER", f"sip:{node.domain}", [("Contact", value), ("Expires", "600")]
+        )
         assert (resp.status, resp.reason) == (403, "Contact Points At This Cluster")
     finally:
         client.close()
@@ -141,12 +166,21 @@ def test_register_contact_pointing_at_the_cluster_is_refused(node, contact):
 
 def test_the_issues_loop_cannot_be_set_up_and_its_invite_ends_at_once(node):
     """Issue 11: ten contacts pointing back, then one unauthenticated INVITE."""
-    client = SipClient((node.address, node.port), "user3", dict(node.rows)["user3"],
-                       node.domain, t1=0.25, timeout=8.0)
+    client = SipClient(
+        (node.address, node.port),
+        "user3",
+        dict(node.rows)["user3"],
+        node.domain,
+        t1=0.25,
+        timeout=8.0,
+    )
     try:
         for k in range(10):
-            resp = client.request("REGISTER", f"sip:{node.domain}", [
-                ("Contact", f"<sip:user3-{k}@{node.address}:{node.port}>")])
+            resp = client.request(
+                "REGISTER",
+                f"sip:{node.domain}",
+                [("Contact", f"<sip:user3-{k}@{node.address}:{node.port}>")],
+            )
             assert resp.status == 403
     finally:
         client.close()
@@ -158,11 +192,20 @@ def test_the_issues_loop_cannot_be_set_up_and_its_invite_ends_at_once(node):
 def test_max_breadth_bounds_the_branches_of_one_invite(node):
     phones = [phone(node, "user4") for _ in range(4)]
     try:
-        answer = exchange(node, invite("sip:user4@example.test").replace(
-            "Max-Forwards: 70\r\n", "Max-Forwards: 70\r\nMax-Breadth: 0\r\n"))
+        answer = exchange(
+            node,
+            invite("sip:user4@example.test").replace(
+                "Max-Forwards: 70\r\n", "Max-Forwards: 70\r\nMax-Breadth: 0\r\n"
+            ),
+        )
         assert answer.startswith("SIP/2.0 440"), answer
-        exchange(node, invite("sip:user4@example.test").replace(
-            "Max-Forwards: 70\r\n", "Max-Forwards: 70\r\nMax-Breadth: 2\r\n"), timeout=QUIET)
+        exchange(
+            node,
+            invite("sip:user4@example.test").replace(
+                "Max-Forwards: 70\r\n", "Max-Forwards: 70\r\nMax-Breadth: 2\r\n"
+            ),
+            timeout=QUIET,
+        )
         got = {p.local: m for p in phones for m in received(p.sock, 0.3) if m.method == "INVITE"}
         assert len(got) == 2 and all(m.get("max-breadth") == "1" for m in got.values())
     finally:
@@ -170,9 +213,17 @@ def test_max_breadth_bounds_the_branches_of_one_invite(node):
             p.close()
 
 
-@pytest.mark.parametrize("frm", [
-    "sip:user5@example.test.", "sip:user5@EXAMPLE.TEST", "sip:user5@{addr}",
-    "sip:user5@{addr}:5070", f"sip:user5@{ALIAS}", "sip:user5@{addr}:{port}"])
+@pytest.mark.parametrize(
+    "frm",
+    [
+        "sip:user5@example.test.",
+        "sip:user5@EXAMPLE.TEST",
+        "sip:user5@{addr}",
+        "sip:user5@{addr}:5070",
+        f"sip:user5@{ALIAS}",
+        "sip:user5@{addr}:{port}",
+    ],
+)
 def test_spoofed_caller_in_any_spelling_of_the_domain_is_challenged(node, frm):
     callee = phone(node, "user6")
     try:
@@ -200,7 +251,8 @@ def test_unknown_user_and_user_without_binding_look_the_same(node):
                 times[user].append(time.perf_counter() - start)
                 head = answer.split("\r\n\r\n")[0].split("\r\n")
                 answers.setdefault(user, set()).add(
-                    (head[0], tuple(sorted(h.split(":")[0] for h in head[1:]))))
+                    (head[0], tuple(sorted(h.split(":")[0] for h in head[1:])))
+                )
     assert answers["nobody"] == answers["user9"]
     assert {a[0] for a in answers["nobody"]} == {"SIP/2.0 480 Temporarily Unavailable"}
     low = {u: statistics.quantiles(t, n=4)[0] for u, t in times.items()}
@@ -211,12 +263,19 @@ def test_emergency_calls_are_never_challenged_nor_refused(node):
     sos = phone(node, "911")
     sos_contact = f"sip:911@{sos.local[0]}:{sos.local[1]}"
     try:
-        for to, frm in (("sip:911@example.test", "sip:user7@example.test"),
-                        ("sip:911@example.test", "sip:user7@example.test."),
-                        ("sip:911@far.test", "sip:stranger@other.test"),
-                        ("tel:911", "sip:user7@example.test")):
-            exchange(node, invite(to, frm=frm).replace(
-                "Max-Forwards: 70\r\n", "Max-Forwards: 70\r\nMax-Breadth: 0\r\n"), timeout=0.5)
+        for to, frm in (
+            ("sip:911@example.test", "sip:user7@example.test"),
+            ("sip:911@example.test", "sip:user7@example.test."),
+            ("sip:911@far.test", "sip:stranger@other.test"),
+            ("tel:911", "sip:user7@example.test"),
+        ):
+            exchange(
+                node,
+                invite(to, frm=frm).replace(
+                    "Max-Forwards: 70\r\n", "Max-Forwards: 70\r\nMax-Breadth: 0\r\n"
+                ),
+                timeout=0.5,
+            )
             got = [m for m in received(sos.sock, 0.5) if m.method == "INVITE"]
             assert got and got[0].uri == sos_contact, (to, frm)
         answer = exchange(node, invite("sip:112@example.test", frm="sip:user7@example.test"))
@@ -240,10 +299,12 @@ def test_in_a_cluster_a_peer_is_refused_as_contact_and_honours_our_tokens(tmp_pa
     callee = far = None
     try:
         assert cluster.wait_synced(15)
-        client = SipClient((one.address, one.port), "user2", "pw2", one.domain, t1=0.25,
-                           timeout=8.0)
-        resp = client.request("REGISTER", f"sip:{one.domain}",
-                              [("Contact", f"<sip:user2@{two.address}:{two.port}>")])
+        client = SipClient(
+            (one.address, one.port), "user2", "pw2", one.domain, t1=0.25, timeout=8.0
+        )
+        resp = client.request(
+            "REGISTER", f"sip:{one.domain}", [("Contact", f"<sip:user2@{two.address}:{two.port}>")]
+        )
         client.close()
         assert (resp.status, resp.reason) == (403, "Contact Points At This Cluster")
         callee = phone(one, "user1")
@@ -254,8 +315,15 @@ def test_in_a_cluster_a_peer_is_refused_as_contact_and_honours_our_tokens(tmp_pa
         target = f"sip:x@127.0.0.1:{far.getsockname()[1]}"
         answer = exchange(two, forged("INVITE", target, rr))
         assert answer.startswith("SIP/2.0 403"), answer
-        bye = forged("BYE", target, rr, call_id=call_id, frm="sip:user1@example.test",
-                     from_tag="callee", to_tag="f1")
+        bye = forged(
+            "BYE",
+            target,
+            rr,
+            call_id=call_id,
+            frm="sip:user1@example.test",
+            from_tag="callee",
+            to_tag="f1",
+        )
         exchange(two, bye, timeout=QUIET)
         got = received(far)
         # node 2 forwards it statefully (Timer E retransmits: the far end never answers)
@@ -269,9 +337,25 @@ def test_in_a_cluster_a_peer_is_refused_as_contact_and_honours_our_tokens(tmp_pa
 
 
 def test_sipsak_cannot_register_the_domain_as_its_contact(node):
-    reg = subprocess.run(["sipsak", "-U", "-s", f"sip:user8@{node.address}:{node.port}",
-                          "-C", "sip:user8@example.test", "-u", "user8", "-a",
-                          dict(node.rows)["user8"], "-x", "120", "-vv"],
-                         capture_output=True, text=True, timeout=30)
+    reg = subprocess.run(
+        [
+            "sipsak",
+            "-U",
+            "-s",
+            f"sip:user8@{node.address}:{node.port}",
+            "-C",
+            "sip:user8@example.test",
+            "-u",
+            "user8",
+            "-a",
+            dict(node.rows)["user8"],
+            "-x",
+            "120",
+            "-vv",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert reg.returncode != 0
     assert "403 Contact Points At This Cluster" in reg.stdout + reg.stderr, reg.stdout

@@ -32,13 +32,15 @@ class Phone:
 
     def register(self, node, auth: str = "") -> bytes:
         self.cseq += 1
-        return (f"REGISTER sip:example.test SIP/2.0\r\n"
-                f"Via: SIP/2.0/UDP {self.sock.getsockname()[0]}:{self.port};branch=z9hG4bK{os.urandom(6).hex()};rport\r\n"
-                f"From: <sip:{self.user}@example.test>;tag=t{self.cseq}\r\n"
-                f"To: <sip:{self.user}@example.test>\r\nCall-ID: {self.call_id}\r\n"
-                f"CSeq: {self.cseq} REGISTER\r\n"
-                f"Contact: <sip:{self.user}@{self.sock.getsockname()[0]}:{self.port}>\r\n"
-                f"{auth}Max-Forwards: 70\r\nExpires: 600\r\nContent-Length: 0\r\n\r\n").encode()
+        return (
+            f"REGISTER sip:example.test SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP {self.sock.getsockname()[0]}:{self.port};branch=z9hG4bK{os.urandom(6).hex()};rport\r\n"
+            f"From: <sip:{self.user}@example.test>;tag=t{self.cseq}\r\n"
+            f"To: <sip:{self.user}@example.test>\r\nCall-ID: {self.call_id}\r\n"
+            f"CSeq: {self.cseq} REGISTER\r\n"
+            f"Contact: <sip:{self.user}@{self.sock.getsockname()[0]}:{self.port}>\r\n"
+            f"{auth}Max-Forwards: 70\r\nExpires: 600\r\nContent-Length: 0\r\n\r\n"
+        ).encode()
 
     def send(self, node, data: bytes) -> str:
         self.sock.sendto(data, (node.address, node.port))
@@ -46,13 +48,25 @@ class Phone:
 
     def authorization(self, answer: str, password: str | None = None, nc: int = 1) -> str:
         nonce = answer.split('nonce="', 1)[1].split('"', 1)[0]
-        creds = Credentials(self.user, "example.test", nonce, "sip:example.test", "", "MD5",
-                            "auth", f"{nc:08x}", "c0ffee")
-        resp = expected_response(creds, "REGISTER",
-                                 ha1(self.user, "example.test", password or self.password))
-        return (f'Authorization: Digest username="{self.user}",realm="example.test",'
-                f'nonce="{nonce}",uri="sip:example.test",response="{resp}",algorithm=MD5,'
-                f'cnonce="c0ffee",qop=auth,nc={nc:08x}\r\n')
+        creds = Credentials(
+            self.user,
+            "example.test",
+            nonce,
+            "sip:example.test",
+            "",
+            "MD5",
+            "auth",
+            f"{nc:08x}",
+            "c0ffee",
+        )
+        resp = expected_response(
+            creds, "REGISTER", ha1(self.user, "example.test", password or self.password)
+        )
+        return (
+            f'Authorization: Digest username="{self.user}",realm="example.test",'
+            f'nonce="{nonce}",uri="sip:example.test",response="{resp}",algorithm=MD5,'
+            f'cnonce="c0ffee",qop=auth,nc={nc:08x}\r\n'
+        )
 
     def login(self, node) -> tuple[str, str]:
         """Register on ``node`` as a phone does (following stale=true once);
@@ -77,8 +91,11 @@ def users_csv(path: str, rows) -> str:
 @pytest.fixture
 def lone_node(tmp_path):
     node = NodeProcess(str(tmp_path), auth="max_failures = 10\nban_time = 600")
-    out = node.run_cli("user", "import", users_csv(str(tmp_path / "u.csv"),
-                                                    [("alice", PASSWORD), ("bob", "pw-bob")]))
+    out = node.run_cli(
+        "user",
+        "import",
+        users_csv(str(tmp_path / "u.csv"), [("alice", PASSWORD), ("bob", "pw-bob")]),
+    )
     assert out.returncode == 0, out.stderr
     node.start()
     yield node
@@ -91,9 +108,20 @@ def test_svcrack_does_not_find_the_password_at_its_50th_word(lone_node, tmp_path
     words = [f"guess{i:03d}" for i in range(120)]
     words[49] = PASSWORD
     (tmp_path / "dict.txt").write_text("\n".join(words) + "\n")
-    out = subprocess.run([svcrack_path(), "-u", "alice", "-d", str(tmp_path / "dict.txt"),
-                          "--maximumtime=3", f"udp://{lone_node.address}:{lone_node.port}"],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [
+            svcrack_path(),
+            "-u",
+            "alice",
+            "-d",
+            str(tmp_path / "dict.txt"),
+            "--maximumtime=3",
+            f"udp://{lone_node.address}:{lone_node.port}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert PASSWORD not in out.stdout + out.stderr, out.stdout + out.stderr
     with open(lone_node.log_path) as f:
         assert "banned source 127.0.0.1" in f.read()
@@ -127,8 +155,9 @@ def test_replayed_register_refused_after_a_restart(lone_node):
 
 @pytest.fixture
 def cluster(tmp_path):
-    c = Cluster(str(tmp_path), n=2, settings={"heartbeat": 0.2},
-                auth="max_failures = 5\nban_time = 600")
+    c = Cluster(
+        str(tmp_path), n=2, settings={"heartbeat": 0.2}, auth="max_failures = 5\nban_time = 600"
+    )
     c.provision(users_csv(str(tmp_path / "u.csv"), [("alice", PASSWORD), ("bob", "pw-bob")]))
     c.start()
     assert c.wait_synced(20.0)
@@ -159,8 +188,9 @@ def test_a_ban_made_on_one_node_holds_on_the_other_and_lifts_everywhere(cluster)
     guesser = Phone("alice", "nope")
     for _ in range(5):
         challenge = guesser.send(one, guesser.register(one))
-        assert guesser.send(one, guesser.register(one, guesser.authorization(challenge))) \
-            .startswith("SIP/2.0 401")
+        assert guesser.send(
+            one, guesser.register(one, guesser.authorization(challenge))
+        ).startswith("SIP/2.0 401")
     deadline = time.monotonic() + 5.0
     while not cluster.control(two, "bans") and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -181,9 +211,11 @@ def test_a_ban_made_on_one_node_holds_on_the_other_and_lifts_everywhere(cluster)
 
 # -- flooding and exhaustion ---------------------------------------------------
 
-LIMITS = ("udp_rate = 50\nudp_burst = 100\ntcp_max_connections = 200\ntcp_max_per_source = 20\n"
-          "tcp_idle_timeout = 1.0\ntcp_header_timeout = 1.0\nmax_message_size = 4000\n"
-          "log_rate = 5")
+LIMITS = (
+    "udp_rate = 50\nudp_burst = 100\ntcp_max_connections = 200\ntcp_max_per_source = 20\n"
+    "tcp_idle_timeout = 1.0\ntcp_header_timeout = 1.0\nmax_message_size = 4000\n"
+    "log_rate = 5"
+)
 
 
 @pytest.fixture
@@ -197,11 +229,13 @@ def limited_node(tmp_path):
 
 
 def options(port: int) -> bytes:
-    return (f"OPTIONS sip:example.test SIP/2.0\r\n"
-            f"Via: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK{os.urandom(6).hex()}\r\n"
-            f"From: <sip:x@example.test>;tag=1\r\nTo: <sip:example.test>\r\n"
-            f"Call-ID: {os.urandom(6).hex()}\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\n"
-            "Content-Length: 0\r\n\r\n").encode()
+    return (
+        f"OPTIONS sip:example.test SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK{os.urandom(6).hex()}\r\n"
+        f"From: <sip:x@example.test>;tag=1\r\nTo: <sip:example.test>\r\n"
+        f"Call-ID: {os.urandom(6).hex()}\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\n"
+        "Content-Length: 0\r\n\r\n"
+    ).encode()
 
 
 def test_udp_flood_is_limited_per_source_and_others_still_register(limited_node):
@@ -214,8 +248,10 @@ def test_udp_flood_is_limited_per_source_and_others_still_register(limited_node)
         f.seek(0, 2)
         log_start = f.tell()
     for i in range(5000):
-        flood.sendto(b"GARBAGE %d\r\n\r\n" % i if i % 2 else options(flooder),
-                     (limited_node.address, limited_node.port))
+        flood.sendto(
+            b"GARBAGE %d\r\n\r\n" % i if i % 2 else options(flooder),
+            (limited_node.address, limited_node.port),
+        )
     phone = Phone("bob", "pw-bob")
     answer, _ = phone.login(limited_node)
     assert answer.startswith("SIP/2.0 200"), answer
@@ -274,16 +310,27 @@ def test_tcp_connections_capped_per_source_idle_and_slow_ones_closed(limited_nod
 def test_oversized_tcp_message_gets_513_and_the_connection_closes(limited_node):
     s = tcp_connect(limited_node)
     body = b"x" * 10_000
-    s.sendall(options(s.getsockname()[1]).replace(b"UDP", b"TCP")
-              .replace(b"Content-Length: 0", b"Content-Length: %d" % len(body)) + body)
+    s.sendall(
+        options(s.getsockname()[1])
+        .replace(b"UDP", b"TCP")
+        .replace(b"Content-Length: 0", b"Content-Length: %d" % len(body))
+        + body
+    )
     s.settimeout(3.0)
     assert s.recv(65535).startswith(b"SIP/2.0 513")
     assert closed_within(s, 3.0)
     s.close()
 
 
-@pytest.mark.parametrize("length", [b"Content-Length: 1x", b"Content-Length: 0\r\nl: 5",
-                                    b"Content-Length: -3", b"Content-Length: 99999999999999"])
+@pytest.mark.parametrize(
+    "length",
+    [
+        b"Content-Length: 1x",
+        b"Content-Length: 0\r\nl: 5",
+        b"Content-Length: -3",
+        b"Content-Length: 99999999999999",
+    ],
+)
 def test_a_tcp_framing_error_gets_400_and_the_connection_closes(limited_node, length):
     s = tcp_connect(limited_node)
     request = options(s.getsockname()[1]).replace(b"UDP", b"TCP")
@@ -313,14 +360,16 @@ def test_usual_and_general_register_paths_apply_the_same_rules(lone_node, host):
     phone = Phone("bob", "pw-bob", address="127.0.0.5" if host.islower() else "127.0.0.6")
 
     def send(auth=""):
-        data = phone.register(lone_node, auth).replace(b"REGISTER sip:example.test",
-                                                       f"REGISTER sip:{host}".encode())
+        data = phone.register(lone_node, auth).replace(
+            b"REGISTER sip:example.test", f"REGISTER sip:{host}".encode()
+        )
         return phone.send(lone_node, data)
 
     challenge = send()
     assert challenge.startswith("SIP/2.0 401"), challenge
-    wrong_uri = phone.authorization(challenge).replace('uri="sip:example.test"',
-                                                       'uri="sip:bob@example.test"')
+    wrong_uri = phone.authorization(challenge).replace(
+        'uri="sip:example.test"', 'uri="sip:bob@example.test"'
+    )
     answer = send(wrong_uri)
     assert answer.startswith("SIP/2.0 400") and "uri does not match" in answer, answer
     for _ in range(10):
@@ -339,8 +388,9 @@ def test_banned_source_gets_silence_with_ban_response_drop(tmp_path):
         phone = Phone("bob", "pw-bob")
         for _ in range(2):
             challenge = phone.send(node, phone.register(node))
-            assert phone.send(node, phone.register(node, phone.authorization(challenge, "x"))) \
-                .startswith("SIP/2.0 401")
+            assert phone.send(
+                node, phone.register(node, phone.authorization(challenge, "x"))
+            ).startswith("SIP/2.0 401")
         challenge = phone.send(node, phone.register(node))
         assert challenge.startswith("SIP/2.0 401"), "a REGISTER without credentials is challenged"
         phone.sock.settimeout(1.0)
@@ -363,15 +413,19 @@ def test_idle_tcp_connections_filling_the_cap_leave_real_clients_served(tmp_path
     try:
         for address, count in (("127.0.0.8", 20), ("127.0.0.9", 10)):
             for _ in range(count):
-                held.append(socket.create_connection((node.address, node.port), timeout=3.0,
-                                                     source_address=(address, 0)))
+                held.append(
+                    socket.create_connection(
+                        (node.address, node.port), timeout=3.0, source_address=(address, 0)
+                    )
+                )
         # An answer on the last one shows the node has accepted them all (in order).
         last = held[-1]
         last.sendall(options(last.getsockname()[1]).replace(b"UDP", b"TCP"))
         assert last.recv(65535).startswith(b"SIP/2.0 200")
         for attempt in range(3):
-            client = socket.create_connection((node.address, node.port), timeout=3.0,
-                                              source_address=("127.0.0.11", 0))
+            client = socket.create_connection(
+                (node.address, node.port), timeout=3.0, source_address=("127.0.0.11", 0)
+            )
             client.sendall(options(client.getsockname()[1]).replace(b"UDP", b"TCP"))
             client.settimeout(3.0)
             assert client.recv(65535).startswith(b"SIP/2.0 200"), attempt

@@ -71,8 +71,12 @@ def test_login_flood_is_blocked_and_recorded_without_the_passwords(app):
 def test_forwarded_for_header_does_not_change_the_address(app):
     c = app.test_client()
     page = c.get("/login").get_data(as_text=True)
-    c.post("/login", data={"csrf_token": token(page), "username": "admin", "password": "x"},
-           headers={"X-Forwarded-For": "203.0.113.9"}, environ_base={"REMOTE_ADDR": "127.0.0.7"})
+    c.post(
+        "/login",
+        data={"csrf_token": token(page), "username": "admin", "password": "x"},
+        headers={"X-Forwarded-For": "203.0.113.9"},
+        environ_base={"REMOTE_ADDR": "127.0.0.7"},
+    )
     assert rows()[0]["address"] == "127.0.0.7"
 
 
@@ -108,11 +112,17 @@ def test_api_changes_and_failed_basic_auth_are_recorded(app):
     r = c.post("/api/dns", json={"weights": {"node1": 70}}, headers=basic())
     assert r.status_code == 200
     found = rows()
-    assert [e["action"] for e in found] == ["dns weights", "drain", "failed login",
-                                            "user saved", "user saved"]
+    assert [e["action"] for e in found] == [
+        "dns weights",
+        "drain",
+        "failed login",
+        "user saved",
+        "user saved",
+    ]
     dns, drain, failed, bad, good = found
-    assert dns["before"] == {"weights": {"node1": 50}} and dns["after"] == {"weights":
-                                                                           {"node1": 70}}
+    assert dns["before"] == {"weights": {"node1": 50}} and dns["after"] == {
+        "weights": {"node1": 70}
+    }
     assert drain["target"] == "node1" and not drain["ok"] and "no bus" in drain["result"]
     assert failed["actor"] == "admin" and "HTTP Basic refused" in failed["result"]
     assert not bad["ok"] and "username" in bad["result"] and good["ok"]
@@ -131,7 +141,7 @@ def test_page_filters_csv_and_api(app):
     c = app.test_client()
     login(c)
     c.get("/")
-    audit.record("=HYPERLINK(\"http://evil\")", "failed login", address="127.0.0.9", ok=False)
+    audit.record('=HYPERLINK("http://evil")', "failed login", address="127.0.0.9", ok=False)
     page = c.get("/audit?action=login").get_data(as_text=True)
     assert "<td>login</td>" in page and "HYPERLINK" not in page
     page = c.get("/audit?failed=1").get_data(as_text=True)
@@ -153,29 +163,37 @@ def test_retention_setting_prunes_old_rows_and_is_itself_audited(app):
     login(c)
     audit.record("admin", "old", now=1000.0)
     page = c.get("/audit").get_data(as_text=True)
-    r = c.post("/audit/retention", data={"csrf_token": token(page), "days": "30"},
-               follow_redirects=True)
+    r = c.post(
+        "/audit/retention", data={"csrf_token": token(page), "days": "30"}, follow_redirects=True
+    )
     assert "kept 30 days" in r.get_data(as_text=True)
     assert rows(action="old") == []
     change = rows(action="audit retention")[0]
     assert change["before"] == {"days": 365} and change["after"] == {"days": 30}
-    r = c.post("/audit/retention", data={"csrf_token": token(page), "days": "0"},
-               follow_redirects=True)
+    r = c.post(
+        "/audit/retention", data={"csrf_token": token(page), "days": "0"}, follow_redirects=True
+    )
     assert "Retention not changed" in r.get_data(as_text=True) and audit.retention_days() == 30
     assert c.post("/audit/retention", data={"days": "1"}).status_code == 400  # no CSRF token
-    assert c.post("/api/audit/retention", json={"days": 7}, headers=basic()).json == \
-        {"retention_days": 7}
+    assert c.post("/api/audit/retention", json={"days": 7}, headers=basic()).json == {
+        "retention_days": 7
+    }
     assert c.post("/api/audit/retention", json={"days": "7"}, headers=basic()).status_code == 400
 
 
 def test_store_on_both_backends_scrubs_bounds_and_prunes(master):
-    audit.record("admin", "x" * 500, "t", "127.0.0.1",
-                 before={"password": "pw", "nested": [{"ha1_md5": "abc", "ok": 1}]},
-                 after={"secret_key": "s", "name": "n"}, now=5000.0)
+    audit.record(
+        "admin",
+        "x" * 500,
+        "t",
+        "127.0.0.1",
+        before={"password": "pw", "nested": [{"ha1_md5": "abc", "ok": 1}]},
+        after={"secret_key": "s", "name": "n"},
+        now=5000.0,
+    )
     e = rows()[0]
     assert len(e["action"]) == audit.MAX_TEXT
-    assert e["before"] == {"password": "[redacted]",
-                           "nested": [{"ha1_md5": "[redacted]", "ok": 1}]}
+    assert e["before"] == {"password": "[redacted]", "nested": [{"ha1_md5": "[redacted]", "ok": 1}]}
     assert e["after"] == {"secret_key": "[redacted]", "name": "n"}
     for i in range(5):
         audit.record("admin", "act", f"n{i}", now=10_000.0 + i)
@@ -191,11 +209,13 @@ def test_store_on_both_backends_scrubs_bounds_and_prunes(master):
 def test_join_tokens_joins_and_removals_are_recorded_without_the_token_or_secret(tmp_path):
     from actors.bus import generate_keypair
     from tests.test_join_api import SECRET, post, request_for
+
     ms.init_master_store(f"sqlite:///{tmp_path}/master.db")
     ms.setup("example.test")
     ms.add_admin("admin", PASSWORD)
-    app = create_app({"SECRET_KEY": "k", "CLUSTER_SECRET": SECRET,
-                      "MASTER_KEY": generate_keypair()[0]}, Poked())
+    app = create_app(
+        {"SECRET_KEY": "k", "CLUSTER_SECRET": SECRET, "MASTER_KEY": generate_keypair()[0]}, Poked()
+    )
     try:
         c = app.test_client()
         tok = c.post("/api/tokens", headers=basic()).json["token"]
@@ -203,8 +223,10 @@ def test_join_tokens_joins_and_removals_are_recorded_without_the_token_or_secret
         assert post(c, request_for(2, tok)).status_code in (400, 401, 403, 409)  # spent
         node = ms.list_nodes()[0]["node_id"]
         assert c.delete(f"/api/nodes/{node}", headers=basic()).status_code == 200
-        made, joined, refused, removed = (rows(action=a) for a in (
-            "join token made", "node joined", "join refused", "node removed"))
+        made, joined, refused, removed = (
+            rows(action=a)
+            for a in ("join token made", "node joined", "join refused", "node removed")
+        )
         assert made[0]["actor"] == "admin" and made[0]["ok"]
         assert joined[0]["actor"] == "join token" and joined[0]["target"] == node
         assert not refused[0]["ok"] and refused[0]["result"]
@@ -232,14 +254,17 @@ def test_dial_plan_changes_keep_only_the_parts_that_changed(app):
     gw = {"name": "carrier", "host": "localhost", "port": 5080, "transport": "udp"}
     r = c.post("/api/dialplan/gateways", json=gw, headers=basic())
     assert r.status_code in (200, 201), r.get_data(as_text=True)
-    r = c.post("/api/dialplan/rules", json={"rule": {"pattern": "9.", "strip": 1,
-                                                      "gateways": ["nowhere"]}},
-               headers=basic())
+    r = c.post(
+        "/api/dialplan/rules",
+        json={"rule": {"pattern": "9.", "strip": 1, "gateways": ["nowhere"]}},
+        headers=basic(),
+    )
     assert r.status_code == 400
     refused, added = rows(action="dial plan changed")
     assert added["ok"] and added["target"] == "dial plan"
-    assert added["before"] == {"gateways": []} and added["after"]["gateways"][0]["name"] == \
-        "carrier"
+    assert (
+        added["before"] == {"gateways": []} and added["after"]["gateways"][0]["name"] == "carrier"
+    )
     assert not refused["ok"] and refused["before"] is None and "nowhere" in refused["result"]
 
 

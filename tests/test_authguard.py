@@ -4,8 +4,11 @@ from sipcore.authguard import SOURCE, USER, AuthGuard, Ban, GuardSettings
 
 
 def guard(**kw) -> AuthGuard:
-    return AuthGuard(GuardSettings(**{"max_failures": 3, "max_user_failures": 5,
-                                      "window": 60.0, "ban_time": 100.0, **kw}))
+    return AuthGuard(
+        GuardSettings(
+            **{"max_failures": 3, "max_user_failures": 5, "window": 60.0, "ban_time": 100.0, **kw}
+        )
+    )
 
 
 def test_source_banned_past_threshold_in_window_then_released():
@@ -45,7 +48,9 @@ def test_user_locked_except_for_sources_that_knew_the_password():
 def test_peer_bans_applied_listed_and_lifted():
     g = guard()
     assert g.add(Ban(SOURCE, "203.0.113.5", 50.0, "node2"), 10.0)
-    assert not g.add(Ban(SOURCE, "203.0.113.5", 40.0, "node3"), 10.0), "a shorter ban changes nothing"
+    assert not g.add(Ban(SOURCE, "203.0.113.5", 40.0, "node3"), 10.0), (
+        "a shorter ban changes nothing"
+    )
     assert not g.add(Ban(SOURCE, "203.0.113.6", 5.0), 10.0), "an ended ban is not taken"
     assert not g.add(Ban("weird", "x", 50.0), 10.0)
     assert g.refused("203.0.113.5", "u", 11.0)
@@ -69,21 +74,31 @@ def test_bans_on_the_wire_round_trip_and_malformed_ones_refused():
     import pytest
 
     from sipcore.replication_wire import MAX_BANS, WireError, decode_bans, encode_bans
+
     g = guard()
     g.add(Ban(SOURCE, "203.0.113.9", 500.0), 10.0, share=True)
     g.lift(SOURCE, "203.0.113.9")
     body = encode_bans("node1", g.take_new())
     assert len(body) < 120, "small on the wire"
     node, bans = decode_bans(body)
-    assert node == "node1" and bans == [(SOURCE, "203.0.113.9", 500.0), (SOURCE, "203.0.113.9", 0.0)]
+    assert node == "node1" and bans == [
+        (SOURCE, "203.0.113.9", 500.0),
+        (SOURCE, "203.0.113.9", 0.0),
+    ]
     peer = guard()
     assert peer.apply_peer(node, bans[:1], 10.0) == 1 and peer.refused("203.0.113.9", "u", 11.0)
     assert peer.apply_peer(node, bans[1:], 10.0) == 1 and not peer.refused("203.0.113.9", "u", 11.0)
     assert peer.take_new() == [], "a peer's bans and lifts are not shared again"
-    for bad in (b'{"v":2,"id":"n","b":[]}', b'{"v":1,"id":"n","b":[["x","k",1]]}',
-                b'{"v":1,"id":"n","b":[["s","",1]]}', b'{"v":1,"id":"n","b":[["s","k",true]]}',
-                b'{"v":1,"id":"n","b":[["s","k"]]}', b"[]", b"\xff",
-                b'{"v":1,"id":"n","b":[["s","' + b"k" * 300 + b'",1]]}',
-                ('{"v":1,"id":"n","b":[' + ",".join(['["s","k",1]'] * (MAX_BANS + 1)) + "]}").encode()):
+    for bad in (
+        b'{"v":2,"id":"n","b":[]}',
+        b'{"v":1,"id":"n","b":[["x","k",1]]}',
+        b'{"v":1,"id":"n","b":[["s","",1]]}',
+        b'{"v":1,"id":"n","b":[["s","k",true]]}',
+        b'{"v":1,"id":"n","b":[["s","k"]]}',
+        b"[]",
+        b"\xff",
+        b'{"v":1,"id":"n","b":[["s","' + b"k" * 300 + b'",1]]}',
+        ('{"v":1,"id":"n","b":[' + ",".join(['["s","k",1]'] * (MAX_BANS + 1)) + "]}").encode(),
+    ):
         with pytest.raises(WireError):
             decode_bans(bad)

@@ -48,8 +48,11 @@ def fresh(url: str) -> None:
 def data(tmp_path, store_url):
     """A master's data folder with keys and a database of each backend, some rows in it."""
     fresh(store_url)
-    settings = MasterSettings(data_dir=str(tmp_path / "data"), database=store_url,
-                              config_path=str(tmp_path / "master.toml"))
+    settings = MasterSettings(
+        data_dir=str(tmp_path / "data"),
+        database=store_url,
+        config_path=str(tmp_path / "master.toml"),
+    )
     (tmp_path / "master.toml").write_text('[master]\ndomain = "example.test"\n')
     init_files(settings)
     ms.init_master_store(store_url)
@@ -77,8 +80,13 @@ def test_backup_then_restore_onto_a_fresh_database_gives_the_same_master(data, t
     target = MasterSettings(data_dir=str(tmp_path / "new"), database=data.database_url)
     restore_backup(target, path)
     assert {m: table(m) for m in ms.master_models()} == before
-    for name in ("master.public", "master.secret", "session.key", "cluster.secret",
-                 "admin-password"):
+    for name in (
+        "master.public",
+        "master.secret",
+        "session.key",
+        "cluster.secret",
+        "admin-password",
+    ):
         with open(target.path(name)) as a, open(data.path(name)) as b:
             assert a.read() == b.read()
         assert stat.S_IMODE(os.stat(target.path(name)).st_mode) == 0o600
@@ -101,14 +109,27 @@ def test_restore_refuses_a_database_with_data_and_leaves_it_alone(data, tmp_path
 
 
 def test_the_archive_is_one_moment_while_another_process_writes(data, tmp_path):
-    ms.CallRecord.insert_many([{"call_id": f"c{i}", "caller": "a", "callee": "b",
-                                "started_at": float(i), "outcome": "completed"}
-                               for i in range(20_000)]).execute()
+    ms.CallRecord.insert_many(
+        [
+            {
+                "call_id": f"c{i}",
+                "caller": "a",
+                "callee": "b",
+                "started_at": float(i),
+                "outcome": "completed",
+            }
+            for i in range(20_000)
+        ]
+    ).execute()
     ms.ConfigVersion.delete().execute()
     audit.AuditEntry.delete().execute()
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
-    writer = subprocess.Popen([sys.executable, "-c", WRITER, data.database_url, "100000"],
-                              stdout=subprocess.PIPE, text=True, env=env)
+    writer = subprocess.Popen(
+        [sys.executable, "-c", WRITER, data.database_url, "100000"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         assert writer.stdout.readline().strip() == "0"  # it writes now
         path = str(tmp_path / "b.tar.gz")
@@ -143,6 +164,7 @@ def test_damaged_or_forged_archives_are_refused_and_restore_nothing(data, tmp_pa
 
     def tampered(name, raw):
         return raw.replace(b'"u7"', b'"mallory"') if name == "db/master_users.jsonl" else raw
+
     bad = str(tmp_path / "tampered.tar.gz")
     rewrite(path, bad, tampered)
     with pytest.raises(archive.BackupError, match="does not match the manifest"):
@@ -164,27 +186,32 @@ def test_damaged_or_forged_archives_are_refused_and_restore_nothing(data, tmp_pa
         if name != "manifest.json":
             return raw
         return raw.replace(b'"schema": %d' % now, b'"schema": %d' % (now + 1))
+
     future = str(tmp_path / "future.tar.gz")
     rewrite(path, future, newer)
     with pytest.raises(archive.BackupError, match=f"newer than this release's {now}"):
-        restore_backup(MasterSettings(data_dir=str(tmp_path / "n1"), database=data.database_url),
-                       future)
+        restore_backup(
+            MasterSettings(data_dir=str(tmp_path / "n1"), database=data.database_url), future
+        )
     forged = str(tmp_path / "forged.tar.gz")
     rewrite(path, forged, evil)
-    restore_backup(MasterSettings(data_dir=str(tmp_path / "n2"), database=data.database_url),
-                   forged)
+    restore_backup(
+        MasterSettings(data_dir=str(tmp_path / "n2"), database=data.database_url), forged
+    )
     assert not os.path.exists(tmp_path / "evil") and not os.path.exists(tmp_path.parent / "evil")
     ms.close_master_store()
     fresh(data.database_url)
 
     def huge(name, raw):
         return b" " * (archive.MAX_MANIFEST + 1) if name == "manifest.json" else raw
+
     big = str(tmp_path / "big.tar.gz")
     rewrite(path, big, huge)
     for wrong in (big, str(tmp_path / "master.toml")):
         with pytest.raises(archive.BackupError):
-            restore_backup(MasterSettings(data_dir=str(tmp_path / "n3"),
-                                          database=data.database_url), wrong)
+            restore_backup(
+                MasterSettings(data_dir=str(tmp_path / "n3"), database=data.database_url), wrong
+            )
 
 
 def test_an_archive_of_one_huge_row_or_countless_members_is_refused(data, tmp_path):
@@ -195,6 +222,7 @@ def test_an_archive_of_one_huge_row_or_countless_members_is_refused(data, tmp_pa
 
     def huge_row(name, raw):  # 4 MiB without a newline: compresses to almost nothing
         return b"x" * (4 * archive.MAX_ROW) if name == "db/master_users.jsonl" else raw
+
     bomb = str(tmp_path / "bomb.tar.gz")
     rewrite(path, bomb, huge_row)
     assert os.path.getsize(bomb) < 100_000
@@ -249,10 +277,13 @@ def test_dashboard_download_is_for_admins_with_the_token_and_is_audited(data, tm
 def api(url: str, password: str, method: str = "GET", body: dict | None = None) -> dict:
     import base64
     import urllib.request
-    req = urllib.request.Request(url, method=method,
-                                 data=json.dumps(body).encode() if body is not None else None)
-    req.add_header("Authorization", "Basic " + base64.b64encode(
-        f"admin:{password}".encode()).decode())
+
+    req = urllib.request.Request(
+        url, method=method, data=json.dumps(body).encode() if body is not None else None
+    )
+    req.add_header(
+        "Authorization", "Basic " + base64.b64encode(f"admin:{password}".encode()).decode()
+    )
     req.add_header("Content-Type", "application/json")
     with urllib.request.urlopen(req, timeout=10) as r:
         return json.loads(r.read())
@@ -279,15 +310,22 @@ def test_master_restored_onto_a_new_data_folder_is_accepted_by_the_node(tmp_path
 
     def config(name: str, port: int, nodes: str = "") -> str:
         path = str(tmp_path / f"{name}.toml")
-        write_private(path, f'[master]\nlisten = "127.0.0.1:{port}"\n'
-                            f'data_dir = "{tmp_path}/{name}"\ndomain = "example.test"\n'
-                            f'push_interval = 0.3\n[backup]\nevery = 0\n' + nodes)
+        write_private(
+            path,
+            f'[master]\nlisten = "127.0.0.1:{port}"\n'
+            f'data_dir = "{tmp_path}/{name}"\ndomain = "example.test"\n'
+            f"push_interval = 0.3\n[backup]\nevery = 0\n" + nodes,
+        )
         return path
 
     def start(path: str, log: str) -> subprocess.Popen:
         with open(tmp_path / log, "wb") as out:
-            return subprocess.Popen([sys.executable, os.path.join(ROOT, "run.py"), "master",
-                                     "--config", path], stdout=out, stderr=out, cwd=ROOT)
+            return subprocess.Popen(
+                [sys.executable, os.path.join(ROOT, "run.py"), "master", "--config", path],
+                stdout=out,
+                stderr=out,
+                cwd=ROOT,
+            )
 
     def acked(url: str, password: str, version: int):
         return lambda: api(f"{url}/api/config", password)["nodes"]["node1"] >= version
@@ -299,18 +337,22 @@ def test_master_restored_onto_a_new_data_folder_is_accepted_by_the_node(tmp_path
     password = (tmp_path / "a" / "admin-password").read_text().strip()
     cluster = Cluster(str(tmp_path), 1, settings={"master_key": public, "alone_wait": 0.5})
     m, n = cluster.members["node1"], cluster.nodes[0]
-    nodes = (f'[[nodes]]\nid = "node1"\nsip = "{n.address}:{n.port}"\n'
-             f'control = "{m.control}"\npublic_key = "{m.public_key}"\n')
+    nodes = (
+        f'[[nodes]]\nid = "node1"\nsip = "{n.address}:{n.port}"\n'
+        f'control = "{m.control}"\npublic_key = "{m.public_key}"\n'
+    )
     first = config("a", port_a, nodes)
     procs = []
     try:
         cluster.start()
         procs.append(start(first, "a.log"))
         url = f"http://127.0.0.1:{port_a}"
-        assert wait_for(lambda: api(f"{url}/api/config", password), 20), \
-            (tmp_path / "a.log").read_text()
-        version = api(f"{url}/api/users", password, "POST",
-                      {"username": "amy", "password": "amy-pw"})["version"]
+        assert wait_for(lambda: api(f"{url}/api/config", password), 20), (
+            tmp_path / "a.log"
+        ).read_text()
+        version = api(
+            f"{url}/api/users", password, "POST", {"username": "amy", "password": "amy-pw"}
+        )["version"]
         assert wait_for(acked(url, password, version), 10)
         assert registered(n, "amy", "amy-pw")
         path = str(tmp_path / "master-backup.tar.gz")
@@ -326,11 +368,13 @@ def test_master_restored_onto_a_new_data_folder_is_accepted_by_the_node(tmp_path
         assert (tmp_path / "b" / "master.public").read_text().strip() == public
         procs.append(start(second, "b.log"))
         url = f"http://127.0.0.1:{port_b}"
-        assert wait_for(lambda: api(f"{url}/api/config", password), 20), \
-            (tmp_path / "b.log").read_text()
+        assert wait_for(lambda: api(f"{url}/api/config", password), 20), (
+            tmp_path / "b.log"
+        ).read_text()
         assert [u["username"] for u in api(f"{url}/api/users", password)["users"]] == ["amy"]
-        version = api(f"{url}/api/users", password, "POST",
-                      {"username": "bob", "password": "bob-pw"})["version"]
+        version = api(
+            f"{url}/api/users", password, "POST", {"username": "bob", "password": "bob-pw"}
+        )["version"]
         assert wait_for(acked(url, password, version), 10), (tmp_path / "b.log").read_text()
         assert registered(n, "bob", "bob-pw") and registered(n, "amy", "amy-pw")
         out = run_master("restore", path, config=second)
@@ -343,11 +387,19 @@ def test_master_restored_onto_a_new_data_folder_is_accepted_by_the_node(tmp_path
 
 
 def test_a_scheduled_backup_leaves_the_masters_loop_running(data, tmp_path):
-    rows = [{"call_id": f"c{i}", "caller": "a", "callee": "b", "started_at": float(i),
-             "outcome": "completed"} for i in range(40_000)]
+    rows = [
+        {
+            "call_id": f"c{i}",
+            "caller": "a",
+            "callee": "b",
+            "started_at": float(i),
+            "outcome": "completed",
+        }
+        for i in range(40_000)
+    ]
     with ms.master_db.atomic():
         for chunk in range(0, len(rows), 100):
-            ms.CallRecord.insert_many(rows[chunk:chunk + 100]).execute()
+            ms.CallRecord.insert_many(rows[chunk : chunk + 100]).execute()
     data.backup = {"every": 3600, "keep": 1}
     scheduler = BackupScheduler(data, BackupPlan.of(data))
     gaps, running = [], [True]
@@ -359,6 +411,7 @@ def test_a_scheduled_backup_leaves_the_masters_loop_running(data, tmp_path):
             now = time.monotonic()
             gaps.append(now - last)
             last = now
+
     ticker = gevent.spawn(tick)
     started = time.monotonic()
     path = scheduler.run_once(time.time())

@@ -34,7 +34,8 @@ def test_bans_in_force_are_written_0600_and_read_back(tmp_path):
     again = AuthGuard()
     assert BanKeeper(again, path, clock).load() == 1
     assert [(b.kind, b.key, b.until) for b in again.bans(clock.now)] == [
-        (SOURCE, "192.0.2.7", 1600.0)]
+        (SOURCE, "192.0.2.7", 1600.0)
+    ]
 
 
 def test_a_damaged_file_is_logged_and_skipped(tmp_path, caplog):
@@ -66,12 +67,14 @@ def test_a_ban_survives_a_restart_and_reaches_a_node_that_joins_later(tmp_path):
         assert cluster.control(one, "ban", kind="user", key="mallory", seconds=600)
         assert cluster.control(one, "unban", kind="user", key="mallory")
         path = os.path.join(one.dir, "bans.json")
+
         def saved() -> str:
             try:
                 with open(path) as f:
                     return f.read()
             except FileNotFoundError:
                 return ""
+
         assert wait_for(lambda: "198.51.100.9" in saved() and "mallory" not in saved(), 5.0)
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
         # node2 missed the ban: it gets it when it asks node1 for its snapshot.
@@ -79,6 +82,7 @@ def test_a_ban_survives_a_restart_and_reaches_a_node_that_joins_later(tmp_path):
 
         def keys(node):
             return [(b["kind"], b["key"]) for b in cluster.control(node, "bans")]
+
         assert wait_for(lambda: keys(two), 15.0) == [("source", "198.51.100.9")]
         # Both stop; node1 comes back alone and still holds it.
         cluster.stop()

@@ -16,10 +16,10 @@ def lab(tmp_path_factory):
     from actors.bus import generate_keypair
     from loadtest.harness import Cluster
     from web.push import Pusher
+
     work = str(tmp_path_factory.mktemp("bans"))
     public, secret = generate_keypair()
-    cluster = Cluster(work, 2, settings={"master_key": public, "heartbeat": 0.2,
-                                         "alone_wait": 1.0})
+    cluster = Cluster(work, 2, settings={"master_key": public, "heartbeat": 0.2, "alone_wait": 1.0})
     cluster.start()
     ms.init_master_store(f"sqlite:///{work}/master.db")
     ms.setup("example.test")
@@ -37,8 +37,7 @@ def lab(tmp_path_factory):
 
 
 def held(cluster, key: str) -> set:
-    return {n.id for n in cluster.nodes
-            if any(b["key"] == key for b in cluster.control(n, "bans"))}
+    return {n.id for n in cluster.nodes if any(b["key"] == key for b in cluster.control(n, "bans"))}
 
 
 def wait_held(cluster, key: str, nodes: set, timeout: float = 10.0) -> bool:
@@ -58,8 +57,11 @@ def test_ban_is_listed_on_both_nodes_and_lifted_from_the_page(lab):
     login(c)
     page = c.get("/bans").get_data(as_text=True)
     assert "<td>192.0.2.7</td>" in page and "node1, node2" in page
-    r = c.post("/bans/lift", data={"csrf_token": token(page), "kind": "source",
-                                   "key": "192.0.2.7"}, follow_redirects=True)
+    r = c.post(
+        "/bans/lift",
+        data={"csrf_token": token(page), "kind": "source", "key": "192.0.2.7"},
+        follow_redirects=True,
+    )
     assert "Ban of source 192.0.2.7 lifted on node1" in r.get_data(as_text=True)
     assert wait_held(cluster, "192.0.2.7", set())
     row = audit.search(action="ban lifted")["entries"][0]
@@ -75,10 +77,16 @@ def test_api_lists_and_lifts_and_refuses_hostile_lifts(lab):
     assert c.get("/api/bans").status_code == 401
     assert c.post("/api/bans/lift", json={"kind": "user", "key": "mallory"}).status_code == 401
     found = c.get("/api/bans", headers=basic()).json
-    assert [(b["kind"], b["key"], sorted(b["nodes"])) for b in found["bans"]] == \
-        [("user", "mallory", ["node1", "node2"])]
-    for body in ({"kind": "everyone", "key": "x"}, {"kind": "user", "key": "x" * 257},
-                 {"kind": "user", "key": ""}, {"kind": "user"}, ["user", "mallory"]):
+    assert [(b["kind"], b["key"], sorted(b["nodes"])) for b in found["bans"]] == [
+        ("user", "mallory", ["node1", "node2"])
+    ]
+    for body in (
+        {"kind": "everyone", "key": "x"},
+        {"kind": "user", "key": "x" * 257},
+        {"kind": "user", "key": ""},
+        {"kind": "user"},
+        ["user", "mallory"],
+    ):
         assert c.post("/api/bans/lift", json=body, headers=basic()).status_code == 400
     assert held(cluster, "mallory") == {"node1", "node2"}
     login(c)

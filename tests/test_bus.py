@@ -15,17 +15,35 @@ import pytest
 import zmq.green as zmq
 from gevent.queue import Queue
 
-from actors.bus import (BUS_DOMAIN, CONTROL_DOMAIN, HEARTBEAT, SNAPSHOT_END, SNAPSHOT_REQUEST,
-                        UPDATE, Bus, BusError, check_key, generate_keypair, recv, recv_from,
-                        request, send, unpack)
+from actors.bus import (
+    BUS_DOMAIN,
+    CONTROL_DOMAIN,
+    HEARTBEAT,
+    SNAPSHOT_END,
+    SNAPSHOT_REQUEST,
+    UPDATE,
+    Bus,
+    BusError,
+    check_key,
+    generate_keypair,
+    recv,
+    recv_from,
+    request,
+    send,
+    unpack,
+)
 from actors.config import NodeConfig, Peer, parse_config
 from actors.control import ControlServer
 from actors.keys import Member, cluster_toml, cmd_keys, load_or_create_keypair, read_keypair
 from actors.replicator import Replicator, attach_replicator
 from sipcore.location import Binding, Location, Sequencer
 from sipcore.protocol import PROTOCOL_VERSION
-from sipcore.replication import (SnapshotAssembler, encode_heartbeat, encode_snapshot_request,
-                                 encode_update)
+from sipcore.replication import (
+    SnapshotAssembler,
+    encode_heartbeat,
+    encode_snapshot_request,
+    encode_update,
+)
 
 
 def wait_for(cond, timeout=5.0, step=0.01):
@@ -47,6 +65,7 @@ def buses():
         bus = Bus(pub, sec, name)
         made.append(bus)
         return bus, pub
+
     yield make
     for bus in made:
         bus.close()
@@ -59,10 +78,11 @@ def tcp_server(bus, kind, domain=BUS_DOMAIN, hwm=1000):
 
 # -- keys and framing -----------------------------------------------------------------------
 
+
 def test_check_key_never_echoes_the_key():
     pub, sec = generate_keypair()
     assert check_key(pub, "public_key") == pub.encode()
-    for bad in ("short", sec[:-1] + "\"", 42, ""):
+    for bad in ("short", sec[:-1] + '"', 42, ""):
         with pytest.raises(BusError) as e:
             check_key(bad, "secret_key")
         assert "secret_key" in str(e.value)
@@ -115,18 +135,29 @@ def test_keys_files_and_cluster_toml(tmp_path, capsys):
     assert cmd_keys(Namespace(out=prefix, force=False)) == 1
     assert cmd_keys(Namespace(out=prefix, force=True)) == 0
     assert sec not in capsys.readouterr().out
-    members = [Member(f"n{i}", f"tcp://127.0.0.1:{7000 + i}", f"tcp://127.0.0.1:{7100 + i}",
-                      f"tcp://127.0.0.1:{7200 + i}", *generate_keypair()) for i in (1, 2, 3)]
-    text = "[node]\nid = \"n1\"\n[sip]\ndomain = \"example.test\"\n" + cluster_toml(
-        members[0], members, heartbeat=0.2, control_keys=[pub])
+    members = [
+        Member(
+            f"n{i}",
+            f"tcp://127.0.0.1:{7000 + i}",
+            f"tcp://127.0.0.1:{7100 + i}",
+            f"tcp://127.0.0.1:{7200 + i}",
+            *generate_keypair(),
+        )
+        for i in (1, 2, 3)
+    ]
+    text = '[node]\nid = "n1"\n[sip]\ndomain = "example.test"\n' + cluster_toml(
+        members[0], members, heartbeat=0.2, control_keys=[pub]
+    )
     cfg = parse_config(tomllib.loads(text))
     assert cfg.bus_pub == members[0].pub and cfg.secret_key == members[0].secret_key
     assert cfg.heartbeat == 0.2 and cfg.control_keys == [pub]
-    assert [(p.id, p.bus, p.public_key) for p in cfg.peers] == \
-        [(m.id, m.pub, m.public_key) for m in members[1:]]
+    assert [(p.id, p.bus, p.public_key) for p in cfg.peers] == [
+        (m.id, m.pub, m.public_key) for m in members[1:]
+    ]
 
 
 # -- CurveZMQ access control ----------------------------------------------------------------
+
 
 def test_subscriber_with_unknown_key_receives_nothing(buses):
     server, server_pub = buses(name="server")
@@ -142,11 +173,14 @@ def test_subscriber_with_unknown_key_receives_nothing(buses):
     def drain(sock, into):
         while True:
             into.append(recv(sock))
+
     readers = [gevent.spawn(drain, good, got), gevent.spawn(drain, bad, leaked)]
     try:
+
         def publish_until_received():
             send(pub, [HEARTBEAT, b"{}"])
             return len(got) >= 20
+
         assert wait_for(publish_until_received, 5.0)
         for _ in range(20):
             send(pub, [HEARTBEAT, b"{}"])
@@ -217,6 +251,7 @@ def test_control_endpoint_answers_allowed_keys_only(buses):
 
 # -- the replicator over real sockets -------------------------------------------------------
 
+
 class InProcessNode:
     """One in-process replicator with its own location table and store stand-in."""
 
@@ -236,9 +271,18 @@ class InProcessNode:
         for i in range(start, start + n):
             epoch, seq = self.sequencer.next()
             contact = f"sip:u{i}@10.0.0.1:5060"
-            b = Binding(f"sip:u{i}@example.test", contact, contact, time.time() + 7200,
-                        f"c{i}", 1, origin=self.rep.id, epoch=epoch, seq=seq,
-                        updated_at=time.time())
+            b = Binding(
+                f"sip:u{i}@example.test",
+                contact,
+                contact,
+                time.time() + 7200,
+                f"c{i}",
+                1,
+                origin=self.rep.id,
+                epoch=epoch,
+                seq=seq,
+                updated_at=time.time(),
+            )
             self.location.put(b)
             made.append(b)
         if publish:
@@ -258,16 +302,29 @@ def pair():
 
     def cfg(n, **kw):
         peers = [Peer(p, ends[p][0], ends[p][1], keys[p][0]) for p in keys if p != n]
-        return NodeConfig(id=n, domain="example.test", bus_pub=ends[n][0],
-                          bus_snapshot=ends[n][1], public_key=keys[n][0],
-                          secret_key=keys[n][1], peers=peers, heartbeat=0.05,
-                          suspect_after=0.5, dead_after=1.0, alone_wait=0.5,
-                          snapshot_batch=1000, sync_timeout=1.0, **kw)
+        return NodeConfig(
+            id=n,
+            domain="example.test",
+            bus_pub=ends[n][0],
+            bus_snapshot=ends[n][1],
+            public_key=keys[n][0],
+            secret_key=keys[n][1],
+            peers=peers,
+            heartbeat=0.05,
+            suspect_after=0.5,
+            dead_after=1.0,
+            alone_wait=0.5,
+            snapshot_batch=1000,
+            sync_timeout=1.0,
+            **kw,
+        )
+
     made = {}
 
     def make(n, **kw):
         made[n] = InProcessNode(n, cfg(n, **kw))
         return made[n]
+
     make.keys, make.ends, make.cfg, make.dir = keys, ends, cfg, d
     yield make
     for m in made.values():
@@ -349,16 +406,30 @@ def test_bad_messages_from_a_peer_are_dropped_and_counted(pair):
     fake.start()
     try:
         pub = fake.server(zmq.PUB, pair.ends["n2"][0], BUS_DOMAIN)
-        stranger = Binding("sip:x@example.test", "k", "sip:x@h", time.time() + 60, "c", 1,
-                           origin="n3", epoch=1, seq=1)
-        junk = ([UPDATE, b"{"], [HEARTBEAT], [b"Z", b"{}"],
-                [UPDATE, encode_update("n3", 1, time.time(), [stranger])])
+        stranger = Binding(
+            "sip:x@example.test",
+            "k",
+            "sip:x@h",
+            time.time() + 60,
+            "c",
+            1,
+            origin="n3",
+            epoch=1,
+            seq=1,
+        )
+        junk = (
+            [UPDATE, b"{"],
+            [HEARTBEAT],
+            [b"Z", b"{}"],
+            [UPDATE, encode_update("n3", 1, time.time(), [stranger])],
+        )
 
         def junk_then_heartbeat():
             for frames in junk:
                 send(pub, frames)
             send(pub, [HEARTBEAT, encode_heartbeat("n2", time.time(), 1, 0, "synced")])
             return a.rep.core.peers["n2"].liveness.state == "alive"
+
         assert wait_for(junk_then_heartbeat, 5.0)
         assert a.rep.stats["bad_messages"] >= 3 and a.rep.stats["unknown_kinds"] >= 1
         dealer = fake.client(zmq.DEALER, pair.ends["n1"][1], pair.keys["n1"][0])
@@ -391,8 +462,17 @@ def test_a_peer_of_another_release_is_read_by_its_protocol_version(pair, caplog)
     fake.start()
     try:
         pub = fake.server(zmq.PUB, pair.ends["n2"][0], BUS_DOMAIN)
-        mine = Binding("sip:x@example.test", "k", "sip:x@h", time.time() + 60, "c", 1,
-                       origin="n2", epoch=1, seq=1)
+        mine = Binding(
+            "sip:x@example.test",
+            "k",
+            "sip:x@h",
+            time.time() + 60,
+            "c",
+            1,
+            origin="n2",
+            epoch=1,
+            seq=1,
+        )
         newer = restamp(encode_update("n2", 1, time.time(), [mine]), PROTOCOL_VERSION + 1)
         assert not a.rep.core.peers_support("pv"), "a peer not heard yet supports nothing new"
 
@@ -402,23 +482,27 @@ def test_a_peer_of_another_release_is_read_by_its_protocol_version(pair, caplog)
             beat = encode_heartbeat("n2", time.time(), 1, 0, "synced")
             send(pub, [HEARTBEAT, restamp(beat, PROTOCOL_VERSION + 1)])
             return a.rep.core.peers["n2"].protocol == PROTOCOL_VERSION + 1
+
         assert wait_for(send_until_heard, 5.0)
         for _ in range(50):
             send(pub, [UPDATE, newer])
         stats = a.rep.stats
         assert wait_for(lambda: stats["newer_protocol"] >= 50, 2.0)
-        logged = [r for r in caplog.records if r.levelname == "WARNING"
-                  and "dropped a message from n2" in r.getMessage()]
+        logged = [
+            r
+            for r in caplog.records
+            if r.levelname == "WARNING" and "dropped a message from n2" in r.getMessage()
+        ]
         assert len(logged) == 1, logged
         assert stats["newer_protocol"] >= 1 and stats["unknown_kinds"] >= 1
         assert stats["bad_messages"] == 0 and a.rep.core.peers["n2"].counts["updates"] == 0
         assert a.rep.status()["peers"]["n2"]["pv"] == PROTOCOL_VERSION + 1
         assert a.rep.status()["pv"] == PROTOCOL_VERSION and a.rep.core.peers_support("pv")
         dealer = fake.client(zmq.DEALER, pair.ends["n1"][1], pair.keys["n1"][0])
-        send(dealer, [SNAPSHOT_REQUEST, restamp(encode_snapshot_request("n2", 7), 99)],
-             timeout=2.0)
-        send(dealer, [SNAPSHOT_REQUEST, restamp(encode_snapshot_request("n2", 8), None)],
-             timeout=2.0)
+        send(dealer, [SNAPSHOT_REQUEST, restamp(encode_snapshot_request("n2", 7), 99)], timeout=2.0)
+        send(
+            dealer, [SNAPSHOT_REQUEST, restamp(encode_snapshot_request("n2", 8), None)], timeout=2.0
+        )
         kind, body = recv(dealer, 3.0)
         assert kind == SNAPSHOT_END and json.loads(body)["r"] == 8
         assert json.loads(body)["pv"] == PROTOCOL_VERSION
@@ -444,8 +528,9 @@ def test_control_requests_carry_the_protocol_version(buses):
         endpoint = control.sock.last_endpoint.decode()
         request(admin, endpoint, server_pub, {"cmd": "status"})
         assert seen[-1]["pv"] == PROTOCOL_VERSION
-        with pytest.raises(BusError, match=f"protocol version 99, this node reads up to "
-                                           f"{PROTOCOL_VERSION}"):
+        with pytest.raises(
+            BusError, match=f"protocol version 99, this node reads up to {PROTOCOL_VERSION}"
+        ):
             request(admin, endpoint, server_pub, {"cmd": "status", "pv": 99})
         with pytest.raises(BusError, match="bad protocol version"):
             request(admin, endpoint, server_pub, {"cmd": "status", "pv": -1})
@@ -464,11 +549,15 @@ def test_attach_replicator_wires_the_registrar_and_the_control_endpoint(pair):
     client_pub, client_sec = generate_keypair()
     cfg = pair.cfg("n1", control=f"ipc://{pair.dir}/n1.ctl", control_keys=[client_pub])
     merged = []
-    registrar = SimpleNamespace(sequencer=Sequencer(epoch=4), merge=merged.extend,
-                                inbox=Queue())
+    registrar = SimpleNamespace(sequencer=Sequencer(epoch=4), merge=merged.extend, inbox=Queue())
     died = []
-    node = SimpleNamespace(cfg=cfg, registrar=registrar, location=Location(),
-                           actor_died=died.append, peer_bans=lambda origin, bans: None)
+    node = SimpleNamespace(
+        cfg=cfg,
+        registrar=registrar,
+        location=Location(),
+        actor_died=died.append,
+        peer_bans=lambda origin, bans: None,
+    )
     rep = attach_replicator(node)
     client = Bus(client_pub, client_sec, "dashboard")
     try:
@@ -476,8 +565,12 @@ def test_attach_replicator_wires_the_registrar_and_the_control_endpoint(pair):
         status = request(client, cfg.control, cfg.public_key, {"cmd": "status"}, 3.0)
         assert (status["id"], status["epoch"]) == ("n1", 4)
         assert status["peers"]["n2"]["liveness"] == "unknown"
-        assert wait_for(lambda: request(client, cfg.control, cfg.public_key,
-                                        {"cmd": "status"})["state"] == "synced", 3.0)
+        assert wait_for(
+            lambda: (
+                request(client, cfg.control, cfg.public_key, {"cmd": "status"})["state"] == "synced"
+            ),
+            3.0,
+        )
         digest = request(client, cfg.control, cfg.public_key, {"cmd": "digest"})
         assert (digest["live"], digest["tombstones"]) == (0, 0)
     finally:
@@ -496,7 +589,8 @@ def test_without_peers_replication_is_off_and_synced():
 
 
 def test_a_clustered_node_without_keys_is_refused():
-    cfg = NodeConfig(id="n1", domain="example.test", bus_pub="ipc:///tmp/x",
-                     bus_snapshot="ipc:///tmp/y")
+    cfg = NodeConfig(
+        id="n1", domain="example.test", bus_pub="ipc:///tmp/x", bus_snapshot="ipc:///tmp/y"
+    )
     with pytest.raises(BusError, match="secret_key and public_key"):
         Replicator(cfg, 1, Location(), list)

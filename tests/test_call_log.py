@@ -7,8 +7,10 @@ import pytest
 
 from tests.test_proxy import call, phone, start_node
 
-LINE = re.compile(r"INFO actors\.call_log: call (\S+) from sip:(\S+)@\S+ to sip:(\S+)@\S+ "
-                  r"\(source (udp|tcp):127\.0\.0\.1:\d+\): (.*)$")
+LINE = re.compile(
+    r"INFO actors\.call_log: call (\S+) from sip:(\S+)@\S+ to sip:(\S+)@\S+ "
+    r"\(source (udp|tcp):127\.0\.0\.1:\d+\): (.*)$"
+)
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +36,9 @@ def test_each_answered_call_leaves_one_line_at_its_bye(node):
     lines = call_lines(node, "ended (BYE)")
     assert len(lines) == 20
     assert len({call_id for call_id, *_ in lines}) == 20
-    assert all(callee == "user0" and re.fullmatch(r"user\d+", caller)
-               for _cid, caller, callee, *_ in lines)
+    assert all(
+        callee == "user0" and re.fullmatch(r"user\d+", caller) for _cid, caller, callee, *_ in lines
+    )
 
 
 def test_busy_and_cancelled_calls_say_so_with_their_status(node):

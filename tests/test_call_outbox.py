@@ -57,8 +57,11 @@ def test_sipp_calls_leave_numbered_events_until_acked(cluster):
         call(node, "user1", calls=3, rate=10)
     finally:
         uas.stop()
-    got = wait_for(lambda: (lambda r: r if sum(e["kind"] == "failure" for e in r["events"]) >= 3
-                            else None)(drain(cluster, node)))
+    got = wait_for(
+        lambda: (lambda r: r if sum(e["kind"] == "failure" for e in r["events"]) >= 3 else None)(
+            drain(cluster, node)
+        )
+    )
     assert got, drain(cluster, node)
     events = got["events"]
     seqs = [e["seq"] for e in events]
@@ -85,8 +88,11 @@ def test_events_survive_a_sigkill_and_numbers_go_on(cluster):
     finally:
         uas.stop()
     assert res.successful == 5, res.stderr
-    kept = wait_for(lambda: (lambda r: r if sum(e["kind"] == "bye" for e in r["events"]) == 5
-                             else None)(drain(cluster, node, since=before)))
+    kept = wait_for(
+        lambda: (lambda r: r if sum(e["kind"] == "bye" for e in r["events"]) == 5 else None)(
+            drain(cluster, node, since=before)
+        )
+    )
     assert kept
     node.kill()
     node.start()
@@ -96,8 +102,7 @@ def test_events_survive_a_sigkill_and_numbers_go_on(cluster):
     cluster.control(node, "events_ack", upto=again["last"])
 
 
-@pytest.mark.parametrize("args", [{"since": "0"}, {"since": -1}, {"limit": True},
-                                  {"limit": 1.5}])
+@pytest.mark.parametrize("args", [{"since": "0"}, {"since": -1}, {"limit": True}, {"limit": 1.5}])
 def test_bad_events_requests_are_refused(cluster, args):
     with pytest.raises(BusError, match="non-negative integer"):
         cluster.control(cluster.nodes[0], "events", **args)

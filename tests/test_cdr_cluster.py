@@ -90,10 +90,10 @@ def collect_until(collector, done, timeout=10.0):
 def test_bye_through_the_other_node_closes_one_record(setup):
     cluster, collector, agent, rows = setup
     n1, n2 = cluster.nodes
-    assert agent.register([(n1.address, n1.port)], [("user0", rows["user0"])],
-                          "example.test") == 1
-    caller = SipClient((n1.address, n1.port), "user1", rows["user1"], "example.test", t1=0.1,
-                       timeout=5.0)
+    assert agent.register([(n1.address, n1.port)], [("user0", rows["user0"])], "example.test") == 1
+    caller = SipClient(
+        (n1.address, n1.port), "user1", rows["user1"], "example.test", t1=0.1, timeout=5.0
+    )
     call_ids = []
     try:
         for _ in range(3):
@@ -108,14 +108,20 @@ def test_bye_through_the_other_node_closes_one_record(setup):
 
     def closed():
         found = {c["call_id"]: c for c in cdrs.search(limit=100)["cdrs"]}
-        return all(found.get(cid, {}).get("outcome") == "completed"
-                   and found[cid]["answered_at"] is not None for cid in call_ids)
+        return all(
+            found.get(cid, {}).get("outcome") == "completed"
+            and found[cid]["answered_at"] is not None
+            for cid in call_ids
+        )
+
     assert collect_until(collector, closed), cdrs.search()
     for cid in call_ids:
         rec = next(c for c in cdrs.search(limit=100)["cdrs"] if c["call_id"] == cid)
         assert rec["nodes"] == ["node1", "node2"]
-        assert (rec["caller"], rec["callee"]) == ("sip:user1@example.test",
-                                                  "sip:user0@example.test")
+        assert (rec["caller"], rec["callee"]) == (
+            "sip:user1@example.test",
+            "sip:user0@example.test",
+        )
         assert HOLD <= rec["duration"] < HOLD + 2
         assert rec["started_at"] <= rec["answered_at"] <= rec["ended_at"]
     for node in cluster.nodes:
@@ -125,8 +131,9 @@ def test_bye_through_the_other_node_closes_one_record(setup):
 def test_a_page_stored_but_never_acked_is_not_counted_twice(setup):
     cluster, collector, _agent, rows = setup
     n1 = cluster.nodes[0]
-    caller = SipClient((n1.address, n1.port), "user2", rows["user2"], "example.test", t1=0.1,
-                       timeout=5.0)
+    caller = SipClient(
+        (n1.address, n1.port), "user2", rows["user2"], "example.test", t1=0.1, timeout=5.0
+    )
     try:
         resp, dialog = caller.invite("sip:user0@example.test")
         assert resp.status == 200
@@ -137,8 +144,12 @@ def test_a_page_stored_but_never_acked_is_not_counted_twice(setup):
 
     def written():
         got = ask(collector.bus, node, {"cmd": "events", "since": cdrs.cursor("node1")})
-        return got if any(e["kind"] == "bye" and e["call_id"] == dialog.call_id
-                          for e in got["events"]) else None
+        return (
+            got
+            if any(e["kind"] == "bye" and e["call_id"] == dialog.call_id for e in got["events"])
+            else None
+        )
+
     page = wait_for(written)
     assert page, "the call's BYE never reached node1's outbox"
     assert cdrs.store_events("node1", page["events"]) == len(page["events"])
@@ -168,27 +179,33 @@ def test_500_sipp_calls_over_two_nodes_give_500_records(setup):
     n1, n2 = cluster.nodes
     uas = phone(n1, "user3", "uas_answer.xml")
     try:
-        assert collect_until(collector, lambda: cluster.control(
-            n2, "bindings", user="user3@")["total"] == 1)
-        results = [call(n, "user3", calls=250, rate=100, extra=("-d", str(int(HELD * 1000))))
-                   for n in (n1, n2)]
+        assert collect_until(
+            collector, lambda: cluster.control(n2, "bindings", user="user3@")["total"] == 1
+        )
+        results = [
+            call(n, "user3", calls=250, rate=100, extra=("-d", str(int(HELD * 1000))))
+            for n in (n1, n2)
+        ]
     finally:
         uas.stop()
     assert [(r.successful, r.failed) for r in results] == [(250, 0)] * 2, results[0].stderr
 
     def mine():
         return cdrs.search(callee="sip:user3@", limit=1000)
+
     started = time.monotonic()
-    assert collect_until(collector, lambda: mine()["outcomes"]["completed"] == 500, 30.0), \
-        mine()["outcomes"]
+    assert collect_until(collector, lambda: mine()["outcomes"]["completed"] == 500, 30.0), mine()[
+        "outcomes"
+    ]
     found = mine()
     assert found["total"] == 500 and len({c["call_id"] for c in found["cdrs"]}) == 500
     assert {tuple(c["nodes"]) for c in found["cdrs"]} == {("node1",), ("node2",)}
     # Each call was held HELD s between its ACK and its BYE (SIPp -d): its length, as
     # the node saw the 200 and the BYE (a busy proxy stamps a batch's messages with the
     # time it took them, so a 200 behind others may be stamped a few ms late).
-    assert all(HELD - 0.05 <= c["duration"] < HELD + 1.5 for c in found["cdrs"]), \
-        sorted(c["duration"] for c in found["cdrs"])[::50]
+    assert all(HELD - 0.05 <= c["duration"] < HELD + 1.5 for c in found["cdrs"]), sorted(
+        c["duration"] for c in found["cdrs"]
+    )[::50]
     assert time.monotonic() - started < 30
     for node in cluster.nodes:
         assert cluster.control(node, "events")["dropped"] == 0
@@ -200,18 +217,21 @@ def test_the_labs_master_collects_records_and_a_master_killed_mid_run_loses_none
         auth = "Basic " + base64.b64encode(f"admin:{f.read().strip()}".encode()).decode()
 
     def records():
-        req = urllib.request.Request(f"http://{base}:8080/api/cdrs?callee=bob&limit=1000",
-                                     headers={"Authorization": auth})
+        req = urllib.request.Request(
+            f"http://{base}:8080/api/cdrs?callee=bob&limit=1000", headers={"Authorization": auth}
+        )
         try:
             with urllib.request.urlopen(req, timeout=5) as r:
                 return json.loads(r.read())
         except OSError:
             return None
+
     n1, n2 = (node_ip(base, 1), 5060), (node_ip(base, 2), 5060)
     agent = AnsweringAgent(local_ip=n1[0], ring=0.02)
     agent.start()
-    caller = SipClient(n1, "alice", "alice-secret", "example.test", local_ip=n1[0], t1=0.1,
-                       timeout=5.0)
+    caller = SipClient(
+        n1, "alice", "alice-secret", "example.test", local_ip=n1[0], t1=0.1, timeout=5.0
+    )
     call_ids = []
 
     def place(n):
@@ -221,16 +241,19 @@ def test_the_labs_master_collects_records_and_a_master_killed_mid_run_loses_none
             call_ids.append(dialog.call_id)
             dialog._dest = lambda: n2
             assert dialog.bye().status == 200
+
     try:
         assert agent.register([n1], [("bob", "bob-secret")], "example.test") == 1
         place(3)
-        assert wait_for(lambda: (records() or {}).get("outcomes", {}).get("completed") == 3,
-                        15), records()
+        assert wait_for(lambda: (records() or {}).get("outcomes", {}).get("completed") == 3, 15), (
+            records()
+        )
         os.kill(lab_status(data)["master"]["pid"], signal.SIGKILL)
         place(3)
         assert run_py("lab", "restart", "master", "--data", data).returncode == 0
-        assert wait_for(lambda: (records() or {}).get("outcomes", {}).get("completed") == 6,
-                        20), records()
+        assert wait_for(lambda: (records() or {}).get("outcomes", {}).get("completed") == 6, 20), (
+            records()
+        )
     finally:
         caller.close()
         agent.stop()
@@ -248,8 +271,13 @@ def test_busy_cancelled_and_unanswered_calls_over_two_nodes_have_their_outcomes(
     n1, n2 = cluster.nodes
     busy, ringing = phone(n1, "user6", "uas_busy.xml"), phone(n1, "user7", "uas_ring_cancel.xml")
     try:
-        assert collect_until(collector, lambda: all(cluster.control(
-            n2, "bindings", user=f"{u}@")["total"] == 1 for u in ("user6", "user7")))
+        assert collect_until(
+            collector,
+            lambda: all(
+                cluster.control(n2, "bindings", user=f"{u}@")["total"] == 1
+                for u in ("user6", "user7")
+            ),
+        )
         call(n2, "user6", calls=3, rate=10)
         cancelled = call(n2, "user7", "uac_cancel.xml", calls=3, rate=10)
         assert cancelled.successful == 3, cancelled.stderr
@@ -260,12 +288,20 @@ def test_busy_cancelled_and_unanswered_calls_over_two_nodes_have_their_outcomes(
     want = {"user6": ("busy", 486), "user7": ("cancelled", None), "user8": ("no answer", 480)}
 
     def outcomes():
-        return {u: {(c["outcome"], c["status"], c["duration"])
-                    for c in cdrs.search(callee=f"sip:{u}@", limit=100)["cdrs"]}
-                for u in want}
-    assert collect_until(collector, lambda: all(
-        cdrs.search(callee=f"sip:{u}@")["outcomes"][o] == 3 for u, (o, _s) in want.items())), \
-        outcomes()
+        return {
+            u: {
+                (c["outcome"], c["status"], c["duration"])
+                for c in cdrs.search(callee=f"sip:{u}@", limit=100)["cdrs"]
+            }
+            for u in want
+        }
+
+    assert collect_until(
+        collector,
+        lambda: all(
+            cdrs.search(callee=f"sip:{u}@")["outcomes"][o] == 3 for u, (o, _s) in want.items()
+        ),
+    ), outcomes()
     assert outcomes() == {u: {(o, status, None)} for u, (o, status) in want.items()}
     assert all(cdrs.search(callee=f"sip:{u}@")["total"] == 3 for u in want)
 
@@ -277,15 +313,23 @@ def test_a_bye_after_its_nodes_store_was_wiped_closes_the_record_begun_before(se
     record made before the wipe: one completed record with its length."""
     cluster, collector, _agent, rows = setup
     n2 = cluster.nodes[1]
-    caller = SipClient((n2.address, n2.port), "user5", rows["user5"], "example.test", t1=0.1,
-                       timeout=5.0)
+    caller = SipClient(
+        (n2.address, n2.port), "user5", rows["user5"], "example.test", t1=0.1, timeout=5.0
+    )
     try:
         resp, dialog = caller.invite("sip:user0@example.test")
         assert resp.status == 200
 
         def record():
-            return next((c for c in cdrs.search(caller="user5", limit=1000)["cdrs"]
-                         if c["call_id"] == dialog.call_id), None)
+            return next(
+                (
+                    c
+                    for c in cdrs.search(caller="user5", limit=1000)["cdrs"]
+                    if c["call_id"] == dialog.call_id
+                ),
+                None,
+            )
+
         assert collect_until(collector, lambda: (record() or {}).get("answered_at"))
         assert collect_until(collector, lambda: cluster.control(n2, "events")["pending"] == 0)
         before = cdrs.cursor("node2")
@@ -312,15 +356,19 @@ def test_a_bye_after_its_nodes_store_was_wiped_closes_the_record_begun_before(se
 def test_a_call_whose_first_node_dies_mid_call_still_closes(setup):
     cluster, collector, _agent, rows = setup
     n1, n2 = cluster.nodes
-    caller = SipClient((n1.address, n1.port), "user4", rows["user4"], "example.test", t1=0.1,
-                       timeout=5.0)
+    caller = SipClient(
+        (n1.address, n1.port), "user4", rows["user4"], "example.test", t1=0.1, timeout=5.0
+    )
     try:
         resp, dialog = caller.invite("sip:user0@example.test")
         assert resp.status == 200
 
         def answered():
-            return any(c["call_id"] == dialog.call_id and c["answered_at"]
-                       for c in cdrs.search(callee="user0", limit=1000)["cdrs"])
+            return any(
+                c["call_id"] == dialog.call_id and c["answered_at"]
+                for c in cdrs.search(callee="user0", limit=1000)["cdrs"]
+            )
+
         assert collect_until(collector, answered)
         n1.kill()
         dialog._dest = lambda: (n2.address, n2.port)
@@ -329,8 +377,15 @@ def test_a_call_whose_first_node_dies_mid_call_still_closes(setup):
         caller.close()
 
     def record():
-        return next((c for c in cdrs.search(callee="user0", limit=1000)["cdrs"]
-                     if c["call_id"] == dialog.call_id), None)
+        return next(
+            (
+                c
+                for c in cdrs.search(callee="user0", limit=1000)["cdrs"]
+                if c["call_id"] == dialog.call_id
+            ),
+            None,
+        )
+
     assert collect_until(collector, lambda: record()["outcome"] == "completed")
     rec = record()
     assert rec["nodes"] == ["node1", "node2"] and rec["duration"] is not None

@@ -25,8 +25,16 @@ def master(tmp_path):
 
 
 def ev(seq, kind, at, call_id="c1", status=None, caller=A, callee=B):
-    return {"seq": seq, "at": at, "kind": kind, "call_id": call_id, "caller": caller,
-            "callee": callee, "source": "udp:127.0.0.1:5070", "status": status}
+    return {
+        "seq": seq,
+        "at": at,
+        "kind": kind,
+        "call_id": call_id,
+        "caller": caller,
+        "callee": callee,
+        "source": "udp:127.0.0.1:5070",
+        "status": status,
+    }
 
 
 def one(call_id="c1"):
@@ -38,8 +46,10 @@ def one(call_id="c1"):
 def test_a_call_whose_bye_passed_another_node_first_is_one_completed_record(master):
     assert cdrs.store_events("node2", [ev(1, "bye", 130.0)]) == 1
     assert one()["outcome"] == "completed" and one()["duration"] is None
-    cdrs.store_events("node1", [ev(1, "attempt", 100.0), ev(2, "ringing", 101.0, status=180),
-                                ev(3, "answer", 105.5)])
+    cdrs.store_events(
+        "node1",
+        [ev(1, "attempt", 100.0), ev(2, "ringing", 101.0, status=180), ev(3, "answer", 105.5)],
+    )
     rec = one()
     assert (rec["started_at"], rec["answered_at"], rec["ended_at"]) == (100.0, 105.5, 130.0)
     assert rec["duration"] == 24.5 and rec["nodes"] == ["node1", "node2"]
@@ -55,27 +65,40 @@ def test_events_seen_twice_count_once(master):
     assert cdrs.search()["total"] == 2 and one()["duration"] == 9.0
 
 
-@pytest.mark.parametrize("events,outcome,status", [
-    ([("failure", 486)], "busy", 486),
-    ([("failure", 600)], "busy", 600),
-    ([("failure", 408)], "no answer", 408),
-    ([("failure", 480)], "no answer", 480),
-    ([("cancel", None), ("failure", 487)], "cancelled", 487),
-    ([("failure", 503)], "failed", 503),
-    ([], "in progress", None),
-    ([("answer", None)], "in progress", None),
-])
+@pytest.mark.parametrize(
+    "events,outcome,status",
+    [
+        ([("failure", 486)], "busy", 486),
+        ([("failure", 600)], "busy", 600),
+        ([("failure", 408)], "no answer", 408),
+        ([("failure", 480)], "no answer", 480),
+        ([("cancel", None), ("failure", 487)], "cancelled", 487),
+        ([("failure", 503)], "failed", 503),
+        ([], "in progress", None),
+        ([("answer", None)], "in progress", None),
+    ],
+)
 def test_outcomes(master, events, outcome, status):
-    cdrs.store_events("node1", [ev(1, "attempt", 1.0)] + [
-        ev(k, kind, 1.0 + k, status=st) for k, (kind, st) in enumerate(events, 2)])
+    cdrs.store_events(
+        "node1",
+        [ev(1, "attempt", 1.0)]
+        + [ev(k, kind, 1.0 + k, status=st) for k, (kind, st) in enumerate(events, 2)],
+    )
     rec = one()
     assert (rec["outcome"], rec["status"]) == (outcome, status)
     assert (rec["ended_at"] is None) == (outcome == "in progress")
 
 
 def test_a_failed_reinvite_does_not_end_an_answered_call(master):
-    cdrs.store_events("node1", [ev(1, "attempt", 1.0), ev(2, "answer", 2.0),
-                                ev(3, "failure", 3.0, status=491), ev(4, "bye", 9.0)])
+    cdrs.store_events(
+        "node1",
+        [
+            ev(1, "attempt", 1.0),
+            ev(2, "answer", 2.0),
+            ev(3, "failure", 3.0, status=491),
+            ev(4, "bye", 9.0),
+        ],
+    )
     assert (one()["outcome"], one()["duration"]) == ("completed", 7.0)
 
 
@@ -91,12 +114,28 @@ def test_a_node_with_a_new_store_starts_its_cursor_again(master):
     assert cdrs.store_events("node1", [ev(1, "attempt", 2.0, "c9")]) == 1
 
 
-@pytest.mark.parametrize("bad", [
-    {"kind": "pwned"}, {"call_id": ""}, {"call_id": "x" * 513}, {"caller": 5}, {"at": "now"},
-    {"at": True}, {"at": 1e300}, {"status": 99}, {"status": "486"}, {"status": 1000}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"kind": "pwned"},
+        {"call_id": ""},
+        {"call_id": "x" * 513},
+        {"caller": 5},
+        {"at": "now"},
+        {"at": True},
+        {"at": 1e300},
+        {"status": 99},
+        {"status": "486"},
+        {"status": 1000},
+    ],
+)
 def test_forged_events_are_skipped_and_do_not_stall_the_node(master, bad):
-    assert cdrs.store_events("node1", [{**ev(1, "attempt", 1.0, "x"), **bad},
-                                       ev(2, "attempt", 2.0, "good")]) == 1
+    assert (
+        cdrs.store_events(
+            "node1", [{**ev(1, "attempt", 1.0, "x"), **bad}, ev(2, "attempt", 2.0, "good")]
+        )
+        == 1
+    )
     assert [c["call_id"] for c in cdrs.search()["cdrs"]] == ["good"]
     assert cdrs.cursor("node1") == 2
     assert cdrs.store_events("node1", ["junk", {"seq": True}, {"seq": "3"}]) == 0
@@ -104,13 +143,20 @@ def test_forged_events_are_skipped_and_do_not_stall_the_node(master, bad):
 
 @pytest.fixture
 def app(master):
-    cdrs.store_events("node1", [
-        ev(1, "attempt", 1000.0, "ok"), ev(2, "answer", 1001.0, "ok"), ev(3, "bye", 1031.0, "ok"),
-        ev(4, "attempt", 2000.0, "busy", caller=B, callee=A),
-        ev(5, "failure", 2001.0, "busy", status=486, caller=B, callee=A),
-        ev(6, "attempt", 3000.0, "=evil", caller="sip:=HYPERLINK(\"x\")@example.test"),
-        ev(7, "failure", 3001.0, "=evil", status=503,
-           caller="sip:=HYPERLINK(\"x\")@example.test")])
+    cdrs.store_events(
+        "node1",
+        [
+            ev(1, "attempt", 1000.0, "ok"),
+            ev(2, "answer", 1001.0, "ok"),
+            ev(3, "bye", 1031.0, "ok"),
+            ev(4, "attempt", 2000.0, "busy", caller=B, callee=A),
+            ev(5, "failure", 2001.0, "busy", status=486, caller=B, callee=A),
+            ev(6, "attempt", 3000.0, "=evil", caller='sip:=HYPERLINK("x")@example.test'),
+            ev(
+                7, "failure", 3001.0, "=evil", status=503, caller='sip:=HYPERLINK("x")@example.test'
+            ),
+        ],
+    )
     return create_app({"SECRET_KEY": "test-key"}, Poked())
 
 
@@ -121,20 +167,25 @@ def test_api_cdrs_filters(app):
     body = r.get_json()
     assert [x["call_id"] for x in body["cdrs"]] == ["=evil", "busy", "ok"]
     assert body["outcomes"]["completed"] == 1 and body["outcomes"]["busy"] == 1
-    assert [x["call_id"] for x in c.get("/api/cdrs?outcome=busy", headers=basic())
-            .get_json()["cdrs"]] == ["busy"]
-    assert [x["call_id"] for x in c.get("/api/cdrs?caller=user2", headers=basic())
-            .get_json()["cdrs"]] == ["busy"]
-    assert [x["call_id"] for x in c.get("/api/cdrs?callee=user1", headers=basic())
-            .get_json()["cdrs"]] == ["busy"]
+    assert [
+        x["call_id"] for x in c.get("/api/cdrs?outcome=busy", headers=basic()).get_json()["cdrs"]
+    ] == ["busy"]
+    assert [
+        x["call_id"] for x in c.get("/api/cdrs?caller=user2", headers=basic()).get_json()["cdrs"]
+    ] == ["busy"]
+    assert [
+        x["call_id"] for x in c.get("/api/cdrs?callee=user1", headers=basic()).get_json()["cdrs"]
+    ] == ["busy"]
     got = c.get("/api/cdrs?since=1500&until=2500", headers=basic()).get_json()
     assert [x["call_id"] for x in got["cdrs"]] == ["busy"] and got["total"] == 1
     ok = c.get("/api/cdrs?outcome=completed", headers=basic()).get_json()["cdrs"][0]
     assert ok["duration"] == 30.0 and ok["nodes"] == ["node1"]
 
 
-@pytest.mark.parametrize("query", ["since=yesterday", "until=1e300", "outcome=won",
-                                   "limit=-1", "offset=x", "caller=" + "a" * 65])
+@pytest.mark.parametrize(
+    "query",
+    ["since=yesterday", "until=1e300", "outcome=won", "limit=-1", "offset=x", "caller=" + "a" * 65],
+)
 def test_api_cdrs_refuses_bad_filters(app, query):
     r = app.test_client().get("/api/cdrs?" + query, headers=basic())
     assert r.status_code == 400 and "error" in r.get_json()
@@ -174,14 +225,22 @@ def test_calls_page_shows_totals_records_and_escapes(app):
 
 def test_per_node_answer_seizure_ratio_and_average_call_length(master):
     now = time.time()
-    cdrs.store_events("node1", [ev(1, "attempt", now, "a"), ev(2, "answer", now + 1, "a"),
-                                ev(3, "bye", now + 11, "a"), ev(4, "attempt", now, "b"),
-                                ev(5, "failure", now + 1, "b", status=486),
-                                ev(6, "attempt", now - 90000, "old")])
+    cdrs.store_events(
+        "node1",
+        [
+            ev(1, "attempt", now, "a"),
+            ev(2, "answer", now + 1, "a"),
+            ev(3, "bye", now + 11, "a"),
+            ev(4, "attempt", now, "b"),
+            ev(5, "failure", now + 1, "b", status=486),
+            ev(6, "attempt", now - 90000, "old"),
+        ],
+    )
     cdrs.store_events("node2", [ev(1, "bye", now + 11, "a")])
     assert cdrs.per_node(now - 86400) == {
         "node1": {"calls": 2, "answered": 1, "asr": 0.5, "acl": 10.0},
-        "node2": {"calls": 1, "answered": 1, "asr": 1.0, "acl": 10.0}}
+        "node2": {"calls": 1, "answered": 1, "asr": 1.0, "acl": 10.0},
+    }
     app = create_app({"SECRET_KEY": "k"}, Poked())
     c = app.test_client()
     assert c.get("/api/cdrs/nodes").status_code == 401
@@ -192,12 +251,38 @@ def test_per_node_answer_seizure_ratio_and_average_call_length(master):
 
 
 def test_an_emergency_event_marks_the_record(master):
-    events = [{"seq": 1, "at": 100.0, "kind": "attempt", "call_id": "e1", "caller": "sip:a@x",
-               "callee": "sip:911@x", "source": "udp:1.2.3.4:5060", "status": None},
-              {"seq": 2, "at": 100.0, "kind": "emergency", "call_id": "e1", "caller": "sip:a@x",
-               "callee": "sip:911@x", "source": "udp:1.2.3.4:5060", "status": None},
-              {"seq": 3, "at": 100.0, "kind": "attempt", "call_id": "n1", "caller": "sip:a@x",
-               "callee": "sip:b@x", "source": "udp:1.2.3.4:5060", "status": None}]
+    events = [
+        {
+            "seq": 1,
+            "at": 100.0,
+            "kind": "attempt",
+            "call_id": "e1",
+            "caller": "sip:a@x",
+            "callee": "sip:911@x",
+            "source": "udp:1.2.3.4:5060",
+            "status": None,
+        },
+        {
+            "seq": 2,
+            "at": 100.0,
+            "kind": "emergency",
+            "call_id": "e1",
+            "caller": "sip:a@x",
+            "callee": "sip:911@x",
+            "source": "udp:1.2.3.4:5060",
+            "status": None,
+        },
+        {
+            "seq": 3,
+            "at": 100.0,
+            "kind": "attempt",
+            "call_id": "n1",
+            "caller": "sip:a@x",
+            "callee": "sip:b@x",
+            "source": "udp:1.2.3.4:5060",
+            "status": None,
+        },
+    ]
     assert cdrs.store_events("node1", events) == 3
     assert cdrs.store_events("node1", events) == 0
     found = {c["call_id"]: c["emergency"] for c in cdrs.search()["cdrs"]}

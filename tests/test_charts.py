@@ -39,15 +39,33 @@ def calls(node: str, start: float, specs) -> None:
             kinds += [("failure", at + 1, 486 if outcome == "busy" else 500)]
         for kind, when, status in kinds:
             seq += 1
-            events.append({"seq": seq, "at": when, "kind": kind, "call_id": call_id,
-                           "caller": A, "callee": B, "source": "udp:127.0.0.1:5070",
-                           "status": status})
+            events.append(
+                {
+                    "seq": seq,
+                    "at": when,
+                    "kind": kind,
+                    "call_id": call_id,
+                    "caller": A,
+                    "callee": B,
+                    "source": "udp:127.0.0.1:5070",
+                    "status": status,
+                }
+            )
     cdrs.store_events(node, events)
 
 
 def test_timeline_counts_calls_and_failures_per_slot(app):
-    calls("node1", 1000.0, [("a", 0, "completed"), ("b", 10, "busy"), ("c", 3599, "failed"),
-                            ("d", 3600, "completed"), ("e", 7300, "completed")])
+    calls(
+        "node1",
+        1000.0,
+        [
+            ("a", 0, "completed"),
+            ("b", 10, "busy"),
+            ("c", 3599, "failed"),
+            ("d", 3600, "completed"),
+            ("e", 7300, "completed"),
+        ],
+    )
     slots = cdrs.timeline(1000.0, 1000.0 + 3 * 3600, 3)
     assert [(s["calls"], s["failures"]) for s in slots] == [(3, 2), (1, 0), (1, 0)]
     assert slots[1]["start"] == 4600.0 and slots[-1]["end"] == 11800.0
@@ -56,8 +74,14 @@ def test_timeline_counts_calls_and_failures_per_slot(app):
 
 
 def test_chart_is_svg_with_bars_in_proportion():
-    svg = str(calls_chart([{"start": 0.0, "end": 60.0, "calls": 4, "failures": 1},
-                           {"start": 60.0, "end": 120.0, "calls": 2, "failures": 2}]))
+    svg = str(
+        calls_chart(
+            [
+                {"start": 0.0, "end": 60.0, "calls": 4, "failures": 1},
+                {"start": 60.0, "end": 120.0, "calls": 2, "failures": 2},
+            ]
+        )
+    )
     root = ET.fromstring(svg)
     rects = root.findall("{http://www.w3.org/2000/svg}rect")
     heights = [float(r.get("height")) for r in rects]
@@ -68,8 +92,11 @@ def test_chart_is_svg_with_bars_in_proportion():
 
 def test_calls_page_shows_the_chart_and_nodes_page_the_asr(app):
     now = time.time()
-    calls("node1", now - 7000, [("a", 0, "completed"), ("b", 60, "completed"),
-                                ("c", 120, "busy"), ("d", 180, "failed")])
+    calls(
+        "node1",
+        now - 7000,
+        [("a", 0, "completed"), ("b", 60, "completed"), ("c", 120, "busy"), ("d", 180, "failed")],
+    )
     c = app.test_client()
     login(c)
     page = c.get("/calls").get_data(as_text=True)

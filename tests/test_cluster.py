@@ -17,8 +17,14 @@ from loadtest.bench_register import write_register_inf
 from loadtest.harness import Cluster, free_port, run_sipp, write_users_csv
 
 USERS = 5000
-SETTINGS = {"heartbeat": 0.2, "suspect_after": 1.0, "dead_after": 10.0, "alone_wait": 2.0,
-            "sync_timeout": 3.0, "hwm": 1000}
+SETTINGS = {
+    "heartbeat": 0.2,
+    "suspect_after": 1.0,
+    "dead_after": 10.0,
+    "alone_wait": 2.0,
+    "sync_timeout": 3.0,
+    "hwm": 1000,
+}
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +40,10 @@ def cluster(tmp_path_factory):
         try:
             c.control(c.nodes[0], "ping", 5.0)
         except BusError:
-            pytest.fail("no control endpoint: actors/node.py must call "
-                        "actors.replicator.attach_replicator(node)\n" + c.nodes[0].log_tail())
+            pytest.fail(
+                "no control endpoint: actors/node.py must call "
+                "actors.replicator.attach_replicator(node)\n" + c.nodes[0].log_tail()
+            )
         assert c.wait_synced(15.0), [n.log_tail() for n in c.nodes]
         yield c
     finally:
@@ -67,8 +75,16 @@ def register(cluster, node, rows, port, expires=3600, rate=1000):
     """Register (or with ``expires=0`` unregister) ``rows`` through ``node`` from ``port``."""
     inf = os.path.join(cluster.work, f"inf-{time.monotonic_ns()}.csv")
     write_register_inf(inf, rows, node.domain, expires)
-    return run_sipp("register_auth.xml", f"{node.address}:{node.port}", cluster.work, inf=inf,
-                    calls=len(rows), rate=rate, local_port=port, timeout=90)
+    return run_sipp(
+        "register_auth.xml",
+        f"{node.address}:{node.port}",
+        cluster.work,
+        inf=inf,
+        calls=len(rows),
+        rate=rate,
+        local_port=port,
+        timeout=90,
+    )
 
 
 def in_parallel(*jobs):
@@ -103,7 +119,7 @@ def test_unregistrations_propagate(ready):
     jobs = []
     for k, node in enumerate(c.nodes):
         owner = c.nodes[(k + 1) % 3]
-        jobs.append((c, node, gone[(k + 1) % 3::3], c.ports[owner.id], 0))
+        jobs.append((c, node, gone[(k + 1) % 3 :: 3], c.ports[owner.id], 0))
     assert_all_ok(in_parallel(*jobs))
     ok, got = c.wait_converged(2.0)
     assert ok, got
@@ -115,8 +131,9 @@ def test_sigkill_and_restart_holds_the_same_set_within_five_seconds(ready):
     a, b, third = c.nodes
     a.kill()
     more = c.rows[3000:3500]
-    assert_all_ok(in_parallel((c, b, more[0::2], c.ports[b.id]),
-                              (c, third, more[1::2], c.ports[third.id])))
+    assert_all_ok(
+        in_parallel((c, b, more[0::2], c.ports[b.id]), (c, third, more[1::2], c.ports[third.id]))
+    )
     ok, _ = c.wait_converged(2.0, nodes=[b, third])
     assert ok
     started = time.monotonic()
@@ -159,8 +176,10 @@ def test_sigstop_while_updates_flow_then_sigcont_converges_through_the_gap_rule(
     assert ok, got
     assert {d["live"] for d in got.values()} == {before["bindings"] + USERS}
     after = c.control(b, "status")["peers"]
-    gap_syncs = sum(after[p]["sync_reasons"].get("gap", 0) -
-                    before["peers"][p]["sync_reasons"].get("gap", 0) for p in (a.id, third.id))
+    gap_syncs = sum(
+        after[p]["sync_reasons"].get("gap", 0) - before["peers"][p]["sync_reasons"].get("gap", 0)
+        for p in (a.id, third.id)
+    )
     assert gap_syncs >= 1, after
 
 
@@ -186,8 +205,9 @@ def test_last_updates_of_a_node_that_dies_are_relayed_by_the_peer_that_got_them(
         third.signal(signal.SIGCONT)
     ok, got = c.wait_converged(8.0, nodes=[b, third])
     assert ok, got
-    assert wait(lambda: (peers_of(third)[a.id]["relayed"] or [0, 0])[1] == last, 5.0), \
-        peers_of(third)
+    assert wait(lambda: (peers_of(third)[a.id]["relayed"] or [0, 0])[1] == last, 5.0), peers_of(
+        third
+    )
     assert peers_of(third)[b.id]["sync_reasons"].get("relay", 0) > relays_before
 
 

@@ -23,11 +23,13 @@ def test_challenges_offer_md5_only_by_default():
 def test_a_real_node_challenges_with_one_md5_header(tmp_path):
     node = NodeProcess(str(tmp_path)).start()
     try:
-        msg = (b"REGISTER sip:example.test SIP/2.0\r\n"
-               b"Via: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bKmd5only;rport\r\n"
-               b"From: <sip:alice@example.test>;tag=1\r\nTo: <sip:alice@example.test>\r\n"
-               b"Call-ID: md5only\r\nCSeq: 1 REGISTER\r\nMax-Forwards: 70\r\n"
-               b"Contact: <sip:alice@127.0.0.1:9>\r\nContent-Length: 0\r\n\r\n")
+        msg = (
+            b"REGISTER sip:example.test SIP/2.0\r\n"
+            b"Via: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bKmd5only;rport\r\n"
+            b"From: <sip:alice@example.test>;tag=1\r\nTo: <sip:alice@example.test>\r\n"
+            b"Call-ID: md5only\r\nCSeq: 1 REGISTER\r\nMax-Forwards: 70\r\n"
+            b"Contact: <sip:alice@127.0.0.1:9>\r\nContent-Length: 0\r\n\r\n"
+        )
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.settimeout(5)
             s.sendto(msg, (node.address, node.port))
@@ -79,12 +81,22 @@ def test_store_creates_sqlite_files_private(tmp_path):
 
 def test_security_defaults_and_bad_values_refused():
     cfg = parse_config(MINIMAL)
-    assert (cfg.require_qop, cfg.max_failures, cfg.ban_time, cfg.ban_response) == (True, 10, 600.0, "403")
+    assert (cfg.require_qop, cfg.max_failures, cfg.ban_time, cfg.ban_response) == (
+        True,
+        10,
+        600.0,
+        "403",
+    )
     assert (cfg.udp_rate, cfg.udp_burst, cfg.tcp_max_per_source) == (200.0, 400, 32)
-    for section, key, bad in (("auth", "ban_response", "teapot"), ("auth", "max_failures", -1),
-                              ("auth", "require_qop", "yes"), ("auth", "ban_time", "long"),
-                              ("limits", "udp_rate", -5), ("limits", "max_message_size", 100),
-                              ("limits", "nonsense", 1)):
+    for section, key, bad in (
+        ("auth", "ban_response", "teapot"),
+        ("auth", "max_failures", -1),
+        ("auth", "require_qop", "yes"),
+        ("auth", "ban_time", "long"),
+        ("limits", "udp_rate", -5),
+        ("limits", "max_message_size", 100),
+        ("limits", "nonsense", 1),
+    ):
         with pytest.raises(ConfigError):
             parse_config({**MINIMAL, section: {key: bad}})
 
@@ -92,15 +104,21 @@ def test_security_defaults_and_bad_values_refused():
 def test_dialogs_settings_default_and_bad_values_refused():
     cfg = parse_config(MINIMAL)
     assert (cfg.record_route, cfg.max_dialogs, cfg.probe_timeout) == ("", 100_000, 4.0)
-    cfg = parse_config({**MINIMAL, "dialogs": {"record_route": "example.test:5060",
-                                               "max_age": 60}})
+    cfg = parse_config({**MINIMAL, "dialogs": {"record_route": "example.test:5060", "max_age": 60}})
     assert (cfg.record_route, cfg.dialog_max_age) == ("example.test:5060", 60)
     from actors.config import cluster_addresses
     from sipcore.uri import parse_uri
+
     assert cluster_addresses(cfg).points_here(parse_uri("sip:example.test:5060"))
-    for key, bad in (("record_route", "<sip:x>"), ("record_route", "a;lr"),
-                     ("record_route", "x" * 300), ("record_route", 5), ("max_dialogs", -1),
-                     ("probe_timeout", "soon"), ("nonsense", 1)):
+    for key, bad in (
+        ("record_route", "<sip:x>"),
+        ("record_route", "a;lr"),
+        ("record_route", "x" * 300),
+        ("record_route", 5),
+        ("max_dialogs", -1),
+        ("probe_timeout", "soon"),
+        ("nonsense", 1),
+    ):
         with pytest.raises(ConfigError):
             parse_config({**MINIMAL, "dialogs": {key: bad}})
 
@@ -108,8 +126,12 @@ def test_dialogs_settings_default_and_bad_values_refused():
 def test_nat_handling_defaults_to_auto_and_takes_three_values():
     assert parse_config(MINIMAL).nat_handling == "auto"
     for mode in ("auto", "always", "never"):
-        assert parse_config({**MINIMAL, "sip": {**MINIMAL.get("sip", {}),
-                                                 "nat_handling": mode}}).nat_handling == mode
+        assert (
+            parse_config(
+                {**MINIMAL, "sip": {**MINIMAL.get("sip", {}), "nat_handling": mode}}
+            ).nat_handling
+            == mode
+        )
     with pytest.raises(ConfigError, match="nat_handling takes one of auto, always, never"):
         parse_config({**MINIMAL, "sip": {**MINIMAL.get("sip", {}), "nat_handling": "yes"}})
 

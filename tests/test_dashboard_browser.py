@@ -31,22 +31,30 @@ CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
 
 def run_master(*args, config):
-    return subprocess.run([sys.executable, os.path.join(ROOT, "run.py"), "master", *args,
-                           "--config", config], capture_output=True, text=True, timeout=60,
-                          cwd=ROOT, check=False)
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, "run.py"), "master", *args, "--config", config],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        check=False,
+    )
 
 
 @pytest.fixture
 def master(tmp_path):
     if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
         if _in_ci():
-            pytest.fail("Debian's chromium and chromium-driver are required when CI is set",
-                        pytrace=False)
+            pytest.fail(
+                "Debian's chromium and chromium-driver are required when CI is set", pytrace=False
+            )
         pytest.skip("needs Debian's chromium and chromium-driver (scripts/test.sh installs them)")
     port = free_port()
     config = str(tmp_path / "master.toml")
-    head = (f'[master]\nlisten = "127.0.0.1:{port}"\ndata_dir = "{tmp_path}/data"\n'
-            f'domain = "example.test"\npush_interval = 0.5\n')
+    head = (
+        f'[master]\nlisten = "127.0.0.1:{port}"\ndata_dir = "{tmp_path}/data"\n'
+        f'domain = "example.test"\npush_interval = 0.5\n'
+    )
     write_private(config, head)
     init = run_master("init", config=config)
     assert init.returncode == 0, init.stderr
@@ -54,17 +62,28 @@ def master(tmp_path):
     password = (tmp_path / "data" / "admin-password").read_text().strip()
     assert password in init.stdout and password not in init.stderr
     cluster = Cluster(str(tmp_path), 2, settings={"master_key": public, "alone_wait": 1.0})
-    nodes = "".join(f'\n[[nodes]]\nid = "{m.id}"\nsip = "{n.address}:{n.port}"\n'
-                    f'control = "{m.control}"\npublic_key = "{m.public_key}"\n'
-                    for m, n in zip(cluster.members.values(), cluster.nodes, strict=True))
+    nodes = "".join(
+        f'\n[[nodes]]\nid = "{m.id}"\nsip = "{n.address}:{n.port}"\n'
+        f'control = "{m.control}"\npublic_key = "{m.public_key}"\n'
+        for m, n in zip(cluster.members.values(), cluster.nodes, strict=True)
+    )
     write_private(config, head + nodes)
     with open(tmp_path / "master.log", "wb") as log:
-        proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "run.py"), "master",
-                                 "--config", config], stdout=log, stderr=log, cwd=ROOT)
+        proc = subprocess.Popen(
+            [sys.executable, os.path.join(ROOT, "run.py"), "master", "--config", config],
+            stdout=log,
+            stderr=log,
+            cwd=ROOT,
+        )
     try:
         cluster.start()
-        yield {"url": f"http://127.0.0.1:{port}", "password": password, "cluster": cluster,
-               "log": tmp_path / "master.log", "shots": tmp_path / "screenshots"}
+        yield {
+            "url": f"http://127.0.0.1:{port}",
+            "password": password,
+            "cluster": cluster,
+            "log": tmp_path / "master.log",
+            "shots": tmp_path / "screenshots",
+        }
     finally:
         proc.terminate()
         proc.wait(timeout=10)
@@ -75,12 +94,20 @@ def master(tmp_path):
 def browser(tmp_path):
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run",
-                 f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+    ):
         options.add_argument(flag)
-    driver = webdriver.Chrome(options=options,
-                              service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
+    driver = webdriver.Chrome(
+        options=options, service=webdriver.ChromeService(executable_path=CHROMEDRIVER)
+    )
     driver.set_page_load_timeout(20)
     yield driver
     driver.quit()
@@ -130,9 +157,26 @@ def test_sign_in_add_a_user_and_see_it_registered_on_both_nodes(master, browser)
     assert body.count("alive") == 2
     browser.save_screenshot(str(shots / "nodes-current.png"))
     for node in cluster.nodes:
-        reg = subprocess.run(["sipsak", "-U", "-s", f"sip:webuser@{node.address}:{node.port}",
-                              "-u", "webuser", "-a", "web-pw-1", "-i", "-x", "120", "-v"],
-                             capture_output=True, text=True, timeout=30, check=False)
+        reg = subprocess.run(
+            [
+                "sipsak",
+                "-U",
+                "-s",
+                f"sip:webuser@{node.address}:{node.port}",
+                "-u",
+                "webuser",
+                "-a",
+                "web-pw-1",
+                "-i",
+                "-x",
+                "120",
+                "-v",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
         assert "completed successful" in reg.stdout, reg.stdout + node.log_tail()
     assert page_with(browser, url + "/registrations?user=webuser", "node1, node2")
     rows = browser.find_elements(By.CSS_SELECTOR, "#registrations tr")
@@ -168,11 +212,12 @@ def test_restart_a_service_and_push_settings_from_the_browser(master, browser):
     WebDriverWait(browser, 10).until(lambda d: f"Services of {node.id}" in d.page_source)
     browser.find_element(By.ID, "restart-registrar").click()
     WebDriverWait(browser, 10).until(
-        lambda d: f"registrar on {node.id}: running (restarts: 1)" in d.page_source)
+        lambda d: f"registrar on {node.id}: running (restarts: 1)" in d.page_source
+    )
     assert cluster.control(node, "services")["registrar"]["restarts"] == 1
     browser.save_screenshot(str(master["shots"] / "services.png"))
     challenge = sip_exchange(node, request("REGISTER")) or ""
-    assert challenge.startswith("SIP/2.0 401"), challenge         # the registrar answers
+    assert challenge.startswith("SIP/2.0 401"), challenge  # the registrar answers
     assert "algorithm=SHA-256" not in challenge
 
     browser.get(url + "/settings")

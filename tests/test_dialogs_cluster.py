@@ -14,8 +14,15 @@ import time
 
 from loadtest.bench_call import Uas
 from loadtest.bench_register import write_register_inf
-from loadtest.harness import SIPP_BUFFERS, SIPP_DIR, Cluster, _last_stats, free_port, \
-    run_sipp, write_users_csv
+from loadtest.harness import (
+    SIPP_BUFFERS,
+    SIPP_DIR,
+    Cluster,
+    _last_stats,
+    free_port,
+    run_sipp,
+    write_users_csv,
+)
 
 CALLS = 20
 
@@ -32,6 +39,7 @@ def wait_for(predicate, timeout: float, step: float = 0.1):
 
 def status(cluster, node) -> dict:
     from actors.bus import BusError
+
     try:
         return cluster.control(node, "status", brief=True)
     except BusError:
@@ -41,18 +49,28 @@ def status(cluster, node) -> dict:
 def two_nodes(work: str, users: int, hosts: list | None = None) -> tuple:
     """Two nodes whose Record-Route names the domain, ``users`` users; started (``hosts``:
     as ``Cluster`` takes them)."""
-    cluster = Cluster(work, n=2, settings={"heartbeat": 0.2, "suspect_after": 0.6,
-                                           "dead_after": 1.5},
-                      extra='[dialogs]\nrecord_route = "example.test"\nprobe_timeout = 2',
-                      hosts=hosts)
+    cluster = Cluster(
+        work,
+        n=2,
+        settings={"heartbeat": 0.2, "suspect_after": 0.6, "dead_after": 1.5},
+        extra='[dialogs]\nrecord_route = "example.test"\nprobe_timeout = 2',
+        hosts=hosts,
+    )
     rows = write_users_csv(os.path.join(work, "users.csv"), users)
     cluster.provision(os.path.join(work, "users.csv"))
     cluster.start()
     return cluster, rows
 
 
-def start_calls(cluster, rows, work: str, calls: int, phones: str = "127.0.0.1",
-                prefix: tuple = (), ports: tuple[int, int] | None = None):
+def start_calls(
+    cluster,
+    rows,
+    work: str,
+    calls: int,
+    phones: str = "127.0.0.1",
+    prefix: tuple = (),
+    ports: tuple[int, int] | None = None,
+):
     """A SIPp callee (user0) and a SIPp caller placing ``calls`` calls through node 1 that
     last 9 s, their later messages going to node 2; ``(uas, uac, its statistics file)``.
     ``phones`` is the phones' address, ``prefix`` runs them in another host (then give
@@ -62,28 +80,75 @@ def start_calls(cluster, rows, work: str, calls: int, phones: str = "127.0.0.1",
     port, uac_port = ports or (free_port(phones), free_port(phones))
     reg = os.path.join(work, "reg.csv")
     write_register_inf(reg, rows[:1], one.domain)
-    res = run_sipp("register_auth.xml", f"{one.address}:{one.port}", work, inf=reg, calls=1,
-                   local_ip=phones, local_port=port, timeout=20, prefix=prefix)
+    res = run_sipp(
+        "register_auth.xml",
+        f"{one.address}:{one.port}",
+        work,
+        inf=reg,
+        calls=1,
+        local_ip=phones,
+        local_port=port,
+        timeout=20,
+        prefix=prefix,
+    )
     assert res.successful == 1, res.stderr
     assert cluster.wait_converged(5)[0]
-    uas = Uas("uas_answer_failover.xml", port, work, address=phones, prefix=prefix,
-              args=("-aa", "-key", "survivor_host", two.address, "-key", "survivor_port",
-                    str(two.port)))
+    uas = Uas(
+        "uas_answer_failover.xml",
+        port,
+        work,
+        address=phones,
+        prefix=prefix,
+        args=("-aa", "-key", "survivor_host", two.address, "-key", "survivor_port", str(two.port)),
+    )
     inf = os.path.join(work, "calls.csv")
     with open(inf, "w") as f:
         f.write("SEQUENTIAL\n")
-        for user, pw in rows[1:calls + 1]:
-            f.write(f"{user};{one.domain};user0@{one.domain};"
-                    f"[authentication username={user} password={pw}];"
-                    f"{two.address};{two.port}\n")
+        for user, pw in rows[1 : calls + 1]:
+            f.write(
+                f"{user};{one.domain};user0@{one.domain};"
+                f"[authentication username={user} password={pw}];"
+                f"{two.address};{two.port}\n"
+            )
     stf = os.path.join(work, "uac.csv")
     uac = subprocess.Popen(
-        [*prefix, "sipp", "-sf", os.path.join(SIPP_DIR, "uac_call_failover.xml"), "-m",
-         str(calls), "-r", "20", "-l", str(calls), "-t", "u1", "-i", phones, "-p",
-         str(uac_port), "-nostdin", "-trace_stat", "-stf", stf, "-fd", "1", "-aa",
-         "-max_retrans", "5", "-recv_timeout", "20s", "-inf", inf, *SIPP_BUFFERS,
-         f"{one.address}:{one.port}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=work)
+        [
+            *prefix,
+            "sipp",
+            "-sf",
+            os.path.join(SIPP_DIR, "uac_call_failover.xml"),
+            "-m",
+            str(calls),
+            "-r",
+            "20",
+            "-l",
+            str(calls),
+            "-t",
+            "u1",
+            "-i",
+            phones,
+            "-p",
+            str(uac_port),
+            "-nostdin",
+            "-trace_stat",
+            "-stf",
+            stf,
+            "-fd",
+            "1",
+            "-aa",
+            "-max_retrans",
+            "5",
+            "-recv_timeout",
+            "20s",
+            "-inf",
+            inf,
+            *SIPP_BUFFERS,
+            f"{one.address}:{one.port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        cwd=work,
+    )
     return uas, uac, stf
 
 
@@ -110,33 +175,40 @@ def survive_failover(cluster, rows, work: str, **phones) -> None:
     try:
         uas, uac, stf = start_calls(cluster, rows, work, CALLS, **phones)
         # Every call answered through node 1, and its record known on node 2.
-        assert wait_for(lambda: status(cluster, one).get("calls") == CALLS
-                        and status(cluster, two).get("dialogs") == CALLS, 8), \
-            (status(cluster, one), status(cluster, two))
+        assert wait_for(
+            lambda: (
+                status(cluster, one).get("calls") == CALLS
+                and status(cluster, two).get("dialogs") == CALLS
+            ),
+            8,
+        ), (status(cluster, one), status(cluster, two))
         rr = cluster.control(two, "calls", owner=one.id)
-        assert rr["total"] == CALLS and all(c["answered_at"] >= c["started_at"] > 0
-                                            for c in rr["calls"])
+        assert rr["total"] == CALLS and all(
+            c["answered_at"] >= c["started_at"] > 0 for c in rr["calls"]
+        )
         # The route set names the domain (every node answers it), with the dialog token.
         assert all(c["route"].startswith("<sip:example.test;lr;dlg=") for c in rr["calls"])
         # A drain counts the calls: node 1 is not empty while they last.
         cluster.control(one, "drain", on=True)
         drained = status(cluster, one)
-        assert (drained["draining"], drained["calls"], drained["drained"]) == (True, CALLS,
-                                                                                False)
+        assert (drained["draining"], drained["calls"], drained["drained"]) == (True, CALLS, False)
         one.kill()
         killed = time.monotonic()
         taken = wait_for(lambda: status(cluster, two).get("calls") == CALLS, 5, step=0.02)
         assert taken, status(cluster, two)
-        print(f"\n{CALLS} calls of the killed node taken over by node 2 "
-              f"{time.monotonic() - killed:.2f} s after the kill (dead_after 1.5 s)")
+        print(
+            f"\n{CALLS} calls of the killed node taken over by node 2 "
+            f"{time.monotonic() - killed:.2f} s after the kill (dead_after 1.5 s)"
+        )
         uac.wait(timeout=40)
         stats = _last_stats(stf)
-        assert (int(stats["SuccessfulCall(C)"]), int(stats["FailedCall(C)"])) == (CALLS, 0), \
+        assert (int(stats["SuccessfulCall(C)"]), int(stats["FailedCall(C)"])) == (CALLS, 0), (
             uac.stderr.read().decode()[-2000:] if uac.stderr else stats
+        )
         after = status(cluster, two)
         assert (after["calls"], after["dialogs"]) == (0, 0), after
         assert after["dialog_stats"]["adopted"] == CALLS
-        assert after["dialog_stats"]["unanswered"] == 0      # both ends answered the probes
+        assert after["dialog_stats"]["unanswered"] == 0  # both ends answered the probes
         # A BYE event of every call on node 2, which closes its record (a retransmitted
         # BYE forwarded again makes a second event; the master folds them into one end).
         calls = {c["call_id"] for c in rr["calls"]}
@@ -144,6 +216,7 @@ def survive_failover(cluster, rows, work: str, **phones) -> None:
         def byes() -> set:
             events = cluster.control(two, "events", since=0, limit=1000)["events"]
             return {e["call_id"] for e in events if e["kind"] == "bye"}
+
         assert wait_for(lambda: byes() == calls, 3), calls - byes()
         assert int(uas.stop()["SuccessfulCall(C)"]) == CALLS
         cluster.control(two, "drain", on=True)
@@ -163,24 +236,30 @@ def test_a_call_whose_caller_vanished_with_its_node_is_ended_by_the_survivor(tmp
     uas = uac = None
     try:
         uas, uac, _ = start_calls(cluster, rows, work, calls)
-        assert wait_for(lambda: status(cluster, two).get("dialogs") == calls, 8), \
-            status(cluster, two)
+        assert wait_for(lambda: status(cluster, two).get("dialogs") == calls, 8), status(
+            cluster, two
+        )
         ids = {c["call_id"] for c in cluster.control(two, "calls")["calls"]}
         uac.kill()
         uac.wait(timeout=10)
         one.kill()
         # The callee gets each BYE (from node 2) and answers it: SIPp counts the call done.
-        assert wait_for(lambda: int(_last_stats(uas.stf).get("SuccessfulCall(C)", 0) or 0)
-                        == calls, 15), _last_stats(uas.stf)
+        assert wait_for(
+            lambda: int(_last_stats(uas.stf).get("SuccessfulCall(C)", 0) or 0) == calls, 15
+        ), _last_stats(uas.stf)
         # Node 2 ends the records once both BYEs are done (the caller's goes unanswered).
         assert wait_for(lambda: status(cluster, two).get("dialogs") == 0, 6)
         after = status(cluster, two)
-        assert (after["dialogs"], after["dialog_stats"]["unanswered"],
-                after["dialog_stats"]["ended_here"]) == (0, calls, calls), after
+        assert (
+            after["dialogs"],
+            after["dialog_stats"]["unanswered"],
+            after["dialog_stats"]["ended_here"],
+        ) == (0, calls, calls), after
 
         def lost() -> set:
             events = cluster.control(two, "events", since=0, limit=1000)["events"]
             return {e["call_id"] for e in events if e["kind"] == "lost"}
+
         assert wait_for(lambda: lost() == ids, 3), ids - lost()
     finally:
         stop(uas, uac, cluster)
@@ -196,17 +275,23 @@ def test_a_restarted_node_learns_the_calls_in_progress_from_its_peer(tmp_path):
     uas = uac = None
     try:
         uas, uac, stf = start_calls(cluster, rows, work, calls)
-        assert wait_for(lambda: status(cluster, two).get("dialogs") == calls, 8), \
-            status(cluster, two)
+        assert wait_for(lambda: status(cluster, two).get("dialogs") == calls, 8), status(
+            cluster, two
+        )
         two.stop()
         two.start()
         assert cluster.wait_synced(10)
-        assert wait_for(lambda: status(cluster, two).get("dialogs") == calls, 3), \
-            status(cluster, two)
+        assert wait_for(lambda: status(cluster, two).get("dialogs") == calls, 3), status(
+            cluster, two
+        )
         uac.wait(timeout=30)
         assert int(_last_stats(stf)["SuccessfulCall(C)"]) == calls
-        assert wait_for(lambda: status(cluster, one).get("dialogs") == 0
-                        and status(cluster, two).get("dialogs") == 0, 3), \
-            (status(cluster, one), status(cluster, two))
+        assert wait_for(
+            lambda: (
+                status(cluster, one).get("dialogs") == 0
+                and status(cluster, two).get("dialogs") == 0
+            ),
+            3,
+        ), (status(cluster, one), status(cluster, two))
     finally:
         stop(uas, uac, cluster)

@@ -13,7 +13,13 @@ def test_calls_of_a_killed_host_are_ended_by_bye_through_the_other(tmp_path):
         hosts = [(net[f"node{k}"].address, tuple(net[f"node{k}"].prefix)) for k in (1, 2)]
         cluster, rows = two_nodes(work, CALLS + 1, hosts)
         phones = net["phones"]
-        survive_failover(cluster, rows, work, phones=phones.address,
-                         prefix=tuple(phones.prefix), ports=(23000, 23001))
+        survive_failover(
+            cluster,
+            rows,
+            work,
+            phones=phones.address,
+            prefix=tuple(phones.prefix),
+            ports=(23000, 23001),
+        )
     finally:
         net.close()

@@ -10,8 +10,19 @@ from hypothesis import strategies as st
 
 from sipcore import digest
 from sipcore.digest import (
-    BANNED, NONCE_LENGTH, Authenticator, AuthResult, Credentials, NonceCounts, NonceFactory,
-    _params, _params_slow, expected_response, ha1, origin_tag, parse_credentials,
+    BANNED,
+    NONCE_LENGTH,
+    Authenticator,
+    AuthResult,
+    Credentials,
+    NonceCounts,
+    NonceFactory,
+    _params,
+    _params_slow,
+    expected_response,
+    ha1,
+    origin_tag,
+    parse_credentials,
 )
 from sipcore.errors import SipParseError
 
@@ -20,7 +31,8 @@ RFC2617_HEADER = (
     'nonce="dcd98b7102dd2f0e8b11d0f600bfb0c093", uri="/dir/index.html", '
     'qop=auth, nc=00000001, cnonce="0a4f113b", '
     'response="6629fae49393a05397450978507c4ef1", '
-    'opaque="5ccc069c403ebaf9f0171e9517f40e41"')
+    'opaque="5ccc069c403ebaf9f0171e9517f40e41"'
+)
 
 RFC7616_REALM = "http-auth@example.org"
 RFC7616_NONCE = "7ypf/xlj9XXwfDPEoM4URrv/xwf94BcCAzFZH4GiTo0v"
@@ -33,16 +45,21 @@ def rfc7616_header(algorithm: str, response: str) -> str:
         f'Digest username="Mufasa", realm="{RFC7616_REALM}", '
         f'uri="/dir/index.html", algorithm={algorithm}, '
         f'nonce="{RFC7616_NONCE}", nc=00000001, cnonce="{RFC7616_CNONCE}", '
-        f'qop=auth, response="{response}", opaque="{RFC7616_OPAQUE}"')
+        f'qop=auth, response="{response}", opaque="{RFC7616_OPAQUE}"'
+    )
 
 
 # ---- known vectors -------------------------------------------------------
 
+
 def test_ha1_md5_and_sha256():
-    assert ha1("Mufasa", "testrealm@host.com", "Circle Of Life") == \
-        "939e7578ed9e3c518a452acee763bce9"
-    assert ha1("Mufasa", RFC7616_REALM, "Circle of Life", "SHA-256") == \
-        hashlib.sha256(b"Mufasa:http-auth@example.org:Circle of Life").hexdigest()
+    assert (
+        ha1("Mufasa", "testrealm@host.com", "Circle Of Life") == "939e7578ed9e3c518a452acee763bce9"
+    )
+    assert (
+        ha1("Mufasa", RFC7616_REALM, "Circle of Life", "SHA-256")
+        == hashlib.sha256(b"Mufasa:http-auth@example.org:Circle of Life").hexdigest()
+    )
     assert len(ha1("a", "b", "c", "SHA-256")) == 64
     with pytest.raises(ValueError):
         ha1("a", "b", "c", "SHA-512")
@@ -74,28 +91,28 @@ def test_expected_response_variants():
     md5 = lambda s: hashlib.md5(s.encode()).hexdigest()  # noqa: E731
     h = ha1("bob", "r", "pw")
     base = Credentials("bob", "r", "n1", "sip:r", "x")
-    assert expected_response(base, "REGISTER", h) == \
-        md5(f"{h}:n1:{md5('REGISTER:sip:r')}")
-    sess = Credentials("bob", "r", "n1", "sip:r", "x", "MD5-sess", "auth",
-                       "00000001", "cn")
+    assert expected_response(base, "REGISTER", h) == md5(f"{h}:n1:{md5('REGISTER:sip:r')}")
+    sess = Credentials("bob", "r", "n1", "sip:r", "x", "MD5-sess", "auth", "00000001", "cn")
     ha1_sess = md5(f"{h}:n1:cn")
-    assert expected_response(sess, "REGISTER", h) == \
-        md5(f"{ha1_sess}:n1:00000001:cn:auth:{md5('REGISTER:sip:r')}")
+    assert expected_response(sess, "REGISTER", h) == md5(
+        f"{ha1_sess}:n1:00000001:cn:auth:{md5('REGISTER:sip:r')}"
+    )
     body = b"v=0\r\n"
-    aint = Credentials("bob", "r", "n1", "sip:r", "x", "MD5", "auth-int",
-                       "00000001", "cn")
+    aint = Credentials("bob", "r", "n1", "sip:r", "x", "MD5", "auth-int", "00000001", "cn")
     ha2 = md5(f"INVITE:sip:r:{hashlib.md5(body).hexdigest()}")
-    assert expected_response(aint, "INVITE", h, body) == \
-        md5(f"{h}:n1:00000001:cn:auth-int:{ha2}")
-    assert expected_response(Credentials("bob", "r", "n", "u", "x", "SHA-512"),
-                             "GET", h) is None
-    assert expected_response(Credentials("bob", "r", "n", "u", "x", "MD5-sess"),
-                             "GET", h) is None
-    assert expected_response(Credentials("bob", "r", "n", "u", "x", "MD5",
-                                         "bogus", "00000001", "c"), "GET", h) is None
+    assert expected_response(aint, "INVITE", h, body) == md5(f"{h}:n1:00000001:cn:auth-int:{ha2}")
+    assert expected_response(Credentials("bob", "r", "n", "u", "x", "SHA-512"), "GET", h) is None
+    assert expected_response(Credentials("bob", "r", "n", "u", "x", "MD5-sess"), "GET", h) is None
+    assert (
+        expected_response(
+            Credentials("bob", "r", "n", "u", "x", "MD5", "bogus", "00000001", "c"), "GET", h
+        )
+        is None
+    )
 
 
 # ---- nonces --------------------------------------------------------------
+
 
 def test_nonce_round_trip():
     f = NonceFactory(b"secret", lifetime=300.0)
@@ -143,8 +160,7 @@ def test_nonce_format():
         assert n[24:32] == f.origin
         assert n[32:] == old_mac(n[:32])
     # A salt whose base64 needs both URL-safe characters.
-    prefix = ("%012x" % 1_000_000 + base64.urlsafe_b64encode(b"\xfb\xff\xbf" * 3).decode()
-              + f.origin)
+    prefix = "%012x" % 1_000_000 + base64.urlsafe_b64encode(b"\xfb\xff\xbf" * 3).decode() + f.origin
     assert "-" in prefix and "_" in prefix
     assert f.check(prefix + old_mac(prefix), 1000.0) == "ok"
 
@@ -155,6 +171,7 @@ def test_nonce_secret_required():
 
 
 # ---- nonce counts --------------------------------------------------------
+
 
 def test_nc_replay_refused_increasing_accepted():
     t = NonceCounts()
@@ -192,11 +209,13 @@ def test_nonce_counts_expired_entries_swept_first():
 
 # ---- parsing -------------------------------------------------------------
 
+
 def test_parse_tricky_input():
     c = parse_credentials(
         '  digest   USERNAME = "Mu\\"fa\\\\sa" ,Realm="a, b=c",nonce=abc,'
         '\turi = "sip:x@y;transport=udp",  response="ABCDEF", '
-        'ALGORITHM=sha-256,  qop="AUTH", NC=0000000a, cnonce="q\\"",foo=bar,')
+        'ALGORITHM=sha-256,  qop="AUTH", NC=0000000a, cnonce="q\\"",foo=bar,'
+    )
     assert c.username == 'Mu"fa\\sa'
     assert c.realm == "a, b=c"
     assert c.nonce == "abc"
@@ -211,41 +230,48 @@ def test_parse_tricky_input():
 
 def test_parse_quoted_commas_and_equals_without_escapes():
     c = parse_credentials(
-        'Digest username="a,b", realm="x=y, z", nonce="n", uri="sip:u;lr", '
-        'response="0", opaque=""')
+        'Digest username="a,b", realm="x=y, z", nonce="n", uri="sip:u;lr", response="0", opaque=""'
+    )
     assert (c.username, c.realm, c.uri, c.opaque) == ("a,b", "x=y, z", "sip:u;lr", "")
 
 
 def test_parse_defaults_and_username_star():
     c = parse_credentials(
-        "Digest username*=UTF-8''J%C3%A4s%C3%B8n, realm=r, nonce=n, uri=u, response=00")
+        "Digest username*=UTF-8''J%C3%A4s%C3%B8n, realm=r, nonce=n, uri=u, response=00"
+    )
     assert c.username == "Jäsøn"
     assert c.algorithm == "MD5" and c.qop is None and c.nc is None
-    assert parse_credentials(
-        "Digest username=a,realm=r,nonce=n,uri=u,response=0,algorithm=md5-sess"
-    ).algorithm == "MD5-sess"
+    assert (
+        parse_credentials(
+            "Digest username=a,realm=r,nonce=n,uri=u,response=0,algorithm=md5-sess"
+        ).algorithm
+        == "MD5-sess"
+    )
 
 
-@pytest.mark.parametrize("value", [
-    "",
-    "Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ==",
-    "Digestusername=a",
-    'Digest realm="r", nonce="n", uri="u", response="0"',
-    'Digest username="a", nonce="n", uri="u", response="0"',
-    'Digest username="a", realm="r", uri="u", response="0"',
-    'Digest username="a", realm="r", nonce="n", response="0"',
-    'Digest username="a", realm="r", nonce="n", uri="u"',
-    'Digest username="a, realm="r", nonce="n", uri="u", response="0',
-    'Digest username="a" x, realm="r", nonce="n", uri="u", response="0"',
-    'Digest username="a", username="b", realm="r", nonce="n", uri="u", response="0"',
-    'Digest username="a", realm="r", nonce="n", uri="u", response="0", qop=auth',
-    'Digest username="a", realm="r", nonce="n", uri="u", response="0", qop=auth, '
-    'nc=1, cnonce="c"',
-    'Digest username="a", realm="r", nonce="n", uri="u", response="0", qop=auth, '
-    'nc=0x000001, cnonce="c"',
-    'Digest username="a", realm="r", nonce="n", uri="u", response="0", stray',
-    "Digest username*=nope, realm=r, nonce=n, uri=u, response=0",
-])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "",
+        "Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ==",
+        "Digestusername=a",
+        'Digest realm="r", nonce="n", uri="u", response="0"',
+        'Digest username="a", nonce="n", uri="u", response="0"',
+        'Digest username="a", realm="r", uri="u", response="0"',
+        'Digest username="a", realm="r", nonce="n", response="0"',
+        'Digest username="a", realm="r", nonce="n", uri="u"',
+        'Digest username="a, realm="r", nonce="n", uri="u", response="0',
+        'Digest username="a" x, realm="r", nonce="n", uri="u", response="0"',
+        'Digest username="a", username="b", realm="r", nonce="n", uri="u", response="0"',
+        'Digest username="a", realm="r", nonce="n", uri="u", response="0", qop=auth',
+        'Digest username="a", realm="r", nonce="n", uri="u", response="0", qop=auth, '
+        'nc=1, cnonce="c"',
+        'Digest username="a", realm="r", nonce="n", uri="u", response="0", qop=auth, '
+        'nc=0x000001, cnonce="c"',
+        'Digest username="a", realm="r", nonce="n", uri="u", response="0", stray',
+        "Digest username*=nope, realm=r, nonce=n, uri=u, response=0",
+    ],
+)
 def test_parse_malformed_is_400(value):
     with pytest.raises(SipParseError) as err:
         parse_credentials(value)
@@ -253,6 +279,7 @@ def test_parse_malformed_is_400(value):
 
 
 # ---- parameter lists: fast path against the scanner ----------------------
+
 
 def params_outcome(parse, value: str):
     """What ``parse(value, 6)`` gives for a ``Digest ...`` value: its dict or its error."""
@@ -277,9 +304,11 @@ def no_shapes():
     digest._SHAPES.clear()
 
 
-SIPP = ('username="user17",realm="example.test",cnonce="6b8b4567",nc=00000001,qop=auth,'
-        'uri="sip:example.test",nonce="0000000f4240AbCdEf-_12345678901234567890123456789012",'
-        'response="0123456789abcdef0123456789abcdef",algorithm=MD5')
+SIPP = (
+    'username="user17",realm="example.test",cnonce="6b8b4567",nc=00000001,qop=auth,'
+    'uri="sip:example.test",nonce="0000000f4240AbCdEf-_12345678901234567890123456789012",'
+    'response="0123456789abcdef0123456789abcdef",algorithm=MD5'
+)
 
 PARAM_LISTS = [
     SIPP,
@@ -289,10 +318,10 @@ PARAM_LISTS = [
     'username="Mu\\"fa", realm="r"',
     'username="a\\\\", realm="r"',
     'username="a\\',
-    'realm=a\\,b',
+    "realm=a\\,b",
     ' username = "a" , realm= r ,\tnc =1',
     'opaque="", nc=, uri=',
-    'foo=bar, x-y*=1, username*=UTF-8\'\'a%20b',
+    "foo=bar, x-y*=1, username*=UTF-8''a%20b",
     'USERNAME="a", Realm=r, NC=00000001',
     'username="a',
     'username="a", realm="r',
@@ -301,32 +330,32 @@ PARAM_LISTS = [
     'username="a" x, realm="r"',
     'username="a"realm="r"',
     'username="a"  ,realm="r"',
-    'username=a b, realm=r',
+    "username=a b, realm=r",
     'username="a", username="b"',
     'username="a", USERNAME="b"',
-    'nc=1, NC=2',
-    'username',
+    "nc=1, NC=2",
+    "username",
     'username="a", stray',
     'stray, username="a"',
     'a"b=c',
-    'a b=c',
-    '=x',
+    "a b=c",
+    "=x",
     ' = "x"',
-    'a;b=c',
+    "a;b=c",
     'a=x"y',
     'a="x""y"',
     'a="""',
     'a=""""',
     'a="x", b="y',
-    'a==b, c=d=e',
+    "a==b, c=d=e",
     'a="é", ü=1, b=é',
     'a=\x0bb\x0b, c="\x0b"',
     'a=\r\n"x"\r\n,\r\nb=c',
     'a="x"\x0b, b=c',
     'a="x\ny"',
-    '',
-    '   ',
-    ',',
+    "",
+    "   ",
+    ",",
     '"',
     '""',
     '="a", b',
@@ -339,8 +368,11 @@ def test_params_fast_path_agrees_with_scanner(no_shapes, text):
 
 
 def test_params_same_shape_other_values(no_shapes):
-    assert _params('Digest username="a", realm="r", nc=00000001', 6) == \
-        {"username": "a", "realm": "r", "nc": "00000001"}
+    assert _params('Digest username="a", realm="r", nc=00000001', 6) == {
+        "username": "a",
+        "realm": "r",
+        "nc": "00000001",
+    }
     second = _params('Digest username="b, c", realm="", nc=00000001', 6)
     assert second == {"username": "b, c", "realm": "", "nc": "00000001"}
     assert len(digest._SHAPES) == 1
@@ -354,7 +386,7 @@ def test_params_shapes_bounded(no_shapes):
         assert _params(f'Digest username="a", nc={n:08x}', 6)["nc"] == f"{n:08x}"
         assert len(digest._SHAPES) <= digest._SHAPES_MAX
     digest._SHAPES.clear()
-    long = 'Digest username="a", ' + "x" * digest._SHAPE_TEXT_MAX + '=1'
+    long = 'Digest username="a", ' + "x" * digest._SHAPE_TEXT_MAX + "=1"
     assert _params(long, 6)["username"] == "a"
     assert not digest._SHAPES
 
@@ -362,8 +394,26 @@ def test_params_shapes_bounded(no_shapes):
 # Mostly well-formed pieces, so that plain shapes are common, with odd ones
 # among them.
 _PARAM_NAMES = [
-    "username", "realm", "nonce", "uri", "response", "qop", "nc", "cnonce", "algorithm",
-    "opaque", "username*", "Realm", "x-y", "NC", "a b", 'a"', "", "é", ",", "a\\",
+    "username",
+    "realm",
+    "nonce",
+    "uri",
+    "response",
+    "qop",
+    "nc",
+    "cnonce",
+    "algorithm",
+    "opaque",
+    "username*",
+    "Realm",
+    "x-y",
+    "NC",
+    "a b",
+    'a"',
+    "",
+    "é",
+    ",",
+    "a\\",
 ]
 _SPACES = st.sampled_from(["", "", "", "", " ", "\t", "\r\n "])
 _SEPARATORS = st.sampled_from([",", ",", ",", ", ", ", ", ", ", " ,", ",,", ", ,", "", " "])
@@ -382,9 +432,21 @@ def _render(names, items, which: int) -> str:
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.permutations(_PARAM_NAMES),
-       st.lists(st.tuples(_SPACES, _SPACES, st.booleans(), st.tuples(_QUOTED, _QUOTED),
-                          _BARE, _SPACES, _SEPARATORS), max_size=6))
+@given(
+    st.permutations(_PARAM_NAMES),
+    st.lists(
+        st.tuples(
+            _SPACES,
+            _SPACES,
+            st.booleans(),
+            st.tuples(_QUOTED, _QUOTED),
+            _BARE,
+            _SPACES,
+            _SEPARATORS,
+        ),
+        max_size=6,
+    ),
+)
 def test_params_property(names, items):
     # The two renderings share a layout, so a plain shape the first makes
     # known is found again for the second, with other quoted contents.
@@ -393,8 +455,14 @@ def test_params_property(names, items):
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.sampled_from(list('ab=,"\\ \t\r\n\x0bé') + [
-    "username", "Realm", '"x"', '""', ", ", "=x", '="q,r"']), max_size=16).map("".join))
+@given(
+    st.lists(
+        st.sampled_from(
+            list('ab=,"\\ \t\r\n\x0bé') + ["username", "Realm", '"x"', '""', ", ", "=x", '="q,r"']
+        ),
+        max_size=16,
+    ).map("".join)
+)
 def test_params_property_any_text(text):
     assert_params_agree("Digest " + text)
 
@@ -403,8 +471,10 @@ def test_params_property_any_text(text):
 
 REALM = "tandem.test"
 USERS = {
-    "alice": {"MD5": ha1("alice", REALM, "wonderland"),
-              "SHA-256": ha1("alice", REALM, "wonderland", "SHA-256")},
+    "alice": {
+        "MD5": ha1("alice", REALM, "wonderland"),
+        "SHA-256": ha1("alice", REALM, "wonderland", "SHA-256"),
+    },
     "oldie": {"MD5": ha1("oldie", REALM, "pw")},
     "blank": {"MD5": ""},
 }
@@ -414,22 +484,42 @@ def make_auth(**kw) -> Authenticator:
     return Authenticator(REALM, b"cluster-secret", USERS.get, **kw)
 
 
-def answer(challenge: str, user: str, password: str, method: str = "REGISTER",
-           nc: int = 1, cnonce: str = "0a4f113b", qop: bool = True,
-           algorithm: str | None = None, uri: str = f"sip:{REALM}") -> str:
+def answer(
+    challenge: str,
+    user: str,
+    password: str,
+    method: str = "REGISTER",
+    nc: int = 1,
+    cnonce: str = "0a4f113b",
+    qop: bool = True,
+    algorithm: str | None = None,
+    uri: str = f"sip:{REALM}",
+) -> str:
     """Play the client: answer one challenge value."""
     params = parse_credentials(
-        challenge + ', username="x", uri="x", response="0"'
-        + (', nc=00000001, cnonce="x"' if 'qop=' in challenge else ""))
+        challenge
+        + ', username="x", uri="x", response="0"'
+        + (', nc=00000001, cnonce="x"' if "qop=" in challenge else "")
+    )
     alg = algorithm or params.algorithm
-    creds = Credentials(user, params.realm, params.nonce, uri, "", alg,
-                        "auth" if qop else None, f"{nc:08x}" if qop else None,
-                        cnonce if qop else None)
+    creds = Credentials(
+        user,
+        params.realm,
+        params.nonce,
+        uri,
+        "",
+        alg,
+        "auth" if qop else None,
+        f"{nc:08x}" if qop else None,
+        cnonce if qop else None,
+    )
     base = alg.removesuffix("-sess")
     resp = expected_response(creds, method, ha1(user, params.realm, password, base))
-    value = (f'Digest username="{user}", realm="{params.realm}", '
-             f'nonce="{params.nonce}", uri="{uri}", response="{resp}", '
-             f'algorithm={alg}')
+    value = (
+        f'Digest username="{user}", realm="{params.realm}", '
+        f'nonce="{params.nonce}", uri="{uri}", response="{resp}", '
+        f"algorithm={alg}"
+    )
     if qop:
         value += f', qop=auth, nc={nc:08x}, cnonce="{cnonce}"'
     return value
@@ -469,10 +559,10 @@ def test_correct_credentials_ok(algorithm):
 def test_sess_variant_and_rfc2069_accepted():
     a = make_auth(require_qop=False)
     ch = challenge_for(a.authenticate("REGISTER", [], 0.0), "MD5")
-    assert a.authenticate("REGISTER", [answer(ch, "alice", "wonderland",
-                                              algorithm="MD5-sess")], 1.0).ok
-    assert a.authenticate("REGISTER", [answer(ch, "alice", "wonderland",
-                                              qop=False)], 1.0).ok
+    assert a.authenticate(
+        "REGISTER", [answer(ch, "alice", "wonderland", algorithm="MD5-sess")], 1.0
+    ).ok
+    assert a.authenticate("REGISTER", [answer(ch, "alice", "wonderland", qop=False)], 1.0).ok
 
 
 def test_rfc2069_refused_when_qop_is_required():
@@ -489,15 +579,19 @@ def test_wrong_password_and_unknown_user_look_the_same():
     wrong = a.authenticate("REGISTER", [answer(fresh(), "alice", "nope")], 1.0)
     unknown = a.authenticate("REGISTER", [answer(fresh(), "mallory", "nope")], 1.0)
     missing_alg = a.authenticate(
-        "REGISTER", [answer(challenge_for(a.authenticate("REGISTER", [], 0.0), "SHA-256"),
-                            "oldie", "pw")], 1.0)
+        "REGISTER",
+        [answer(challenge_for(a.authenticate("REGISTER", [], 0.0), "SHA-256"), "oldie", "pw")],
+        1.0,
+    )
     for r in (wrong, unknown, missing_alg):
         assert (r.ok, r.username, r.stale, r.reason) == (False, None, False, "denied")
         assert len(r.challenges) == 2
 
     def strip(r):
-        return [c.split('nonce="')[0] + c.split('nonce="')[1][NONCE_LENGTH + 1:]
-                for c in r.challenges]
+        return [
+            c.split('nonce="')[0] + c.split('nonce="')[1][NONCE_LENGTH + 1 :] for c in r.challenges
+        ]
+
     assert strip(wrong) == strip(unknown) == strip(missing_alg)
 
 
@@ -544,7 +638,9 @@ def test_wrong_answer_after_success_uses_the_nonce_up():
     ch = challenge_for(a.authenticate("REGISTER", [], 0.0), "MD5")
     assert a.authenticate("REGISTER", [answer(ch, "alice", "wonderland", nc=1)], 1.0).ok
     assert not a.authenticate("REGISTER", [answer(ch, "alice", "bad", nc=2)], 1.0).ok
-    assert a.authenticate("REGISTER", [answer(ch, "alice", "wonderland", nc=3)], 1.0).reason == "used"
+    assert (
+        a.authenticate("REGISTER", [answer(ch, "alice", "wonderland", nc=3)], 1.0).reason == "used"
+    )
 
 
 def test_digest_uri_must_match_the_request_uri():
@@ -587,13 +683,20 @@ def test_nonce_of_another_node_or_boot_is_stale_when_answered_rightly():
     wrong = two.authenticate("REGISTER", [answer(ch, "alice", "bad", nc=2)], 1.0)
     assert not wrong.stale and wrong.reason == "denied"
     assert origin_tag("node1", 1) != origin_tag("node1", 2)
-    assert NonceFactory(b"cluster-secret", origin=origin_tag("node2", 1)).check(
-        challenge_for(one.authenticate("REGISTER", [], 0.0), "MD5").split('nonce="')[1][:NONCE_LENGTH],
-        1.0) == "foreign"
+    assert (
+        NonceFactory(b"cluster-secret", origin=origin_tag("node2", 1)).check(
+            challenge_for(one.authenticate("REGISTER", [], 0.0), "MD5").split('nonce="')[1][
+                :NONCE_LENGTH
+            ],
+            1.0,
+        )
+        == "foreign"
+    )
 
 
 def test_guard_counts_failures_and_bans_before_any_password_check():
     from sipcore.authguard import AuthGuard, GuardSettings
+
     guard = AuthGuard(GuardSettings(max_failures=3, window=60.0, ban_time=100.0))
     a = make_auth(guard=guard)
 
@@ -657,8 +760,10 @@ def test_no_secret_in_repr():
 
 # ---- nonce keys, salts and counts: fast ways against the plain ones ------
 
-@pytest.mark.parametrize("secret", [b"k", b"\x00" * 32, bytes(range(64)), bytes(range(65)),
-                                    b"long secret " * 20])
+
+@pytest.mark.parametrize(
+    "secret", [b"k", b"\x00" * 32, bytes(range(64)), bytes(range(65)), b"long secret " * 20]
+)
 def test_nonce_mac_is_hmac_sha256_for_any_secret_length(secret):
     f = NonceFactory(secret)
     for i in range(3):
@@ -698,9 +803,13 @@ class SweepingAlways(NonceCounts):
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.integers(1, 6),
-       st.lists(st.tuples(st.integers(0, 9), st.integers(0, 3), st.integers(0, 30),
-                          st.integers(0, 40)), max_size=60))
+@given(
+    st.integers(1, 6),
+    st.lists(
+        st.tuples(st.integers(0, 9), st.integers(0, 3), st.integers(0, 30), st.integers(0, 40)),
+        max_size=60,
+    ),
+)
 def test_nonce_counts_skip_only_idle_sweeps(size, calls):
     fast, plain = NonceCounts(size), SweepingAlways(size)
     now = 0.0
@@ -714,6 +823,7 @@ def test_nonce_counts_skip_only_idle_sweeps(size, calls):
 
 
 # ---- Authenticator fast path against the general path --------------------
+
 
 def test_success_result_equals_constructed_one():
     made = digest._success("alice")
@@ -755,8 +865,9 @@ def assert_paths_agree(calls, **kw):
     fast, fast_lookups = recording_auth(**kw)
     slow, slow_lookups = recording_auth(**kw)
     for values, now in calls:
-        assert auth_outcome(fast.authenticate, values, now) == \
-            auth_outcome(slow._authenticate_slow, values, now)
+        assert auth_outcome(fast.authenticate, values, now) == auth_outcome(
+            slow._authenticate_slow, values, now
+        )
         assert fast_lookups == slow_lookups
         assert fast.counts._table == slow.counts._table
 
@@ -765,10 +876,25 @@ SIPP_ORDER = ("username", "realm", "cnonce", "nc", "qop", "uri", "nonce", "respo
 PHONE_ORDER = ("username", "realm", "nonce", "uri", "response", "algorithm", "cnonce", "qop", "nc")
 
 
-def credentials_value(nonce, user="alice", password="wonderland", realm=REALM,
-                      algorithm="MD5", qop="auth", nc="00000001", cnonce="6b8b4567",
-                      uri=f"sip:{REALM}", order=SIPP_ORDER, separator=",", quoted=(),
-                      response=None, scheme="Digest ", extra="", upper=False, ha1_hex=None):
+def credentials_value(
+    nonce,
+    user="alice",
+    password="wonderland",
+    realm=REALM,
+    algorithm="MD5",
+    qop="auth",
+    nc="00000001",
+    cnonce="6b8b4567",
+    uri=f"sip:{REALM}",
+    order=SIPP_ORDER,
+    separator=",",
+    quoted=(),
+    response=None,
+    scheme="Digest ",
+    extra="",
+    upper=False,
+    ha1_hex=None,
+):
     """A client's value: ``quoted`` names also quote algorithm, qop or nc,
     ``response`` replaces the right one (computed from ``ha1_hex`` if
     given), ``upper`` upper-cases it; a None parameter is left out."""
@@ -781,12 +907,21 @@ def credentials_value(nonce, user="alice", password="wonderland", realm=REALM,
         response = expected_response(creds, "REGISTER", ha1_hex) or "0" * 32
     if upper:
         response = response.upper()
-    values = {"username": user, "realm": realm, "nonce": nonce, "uri": uri,
-              "response": response, "algorithm": algorithm, "qop": qop, "nc": nc,
-              "cnonce": cnonce}
+    values = {
+        "username": user,
+        "realm": realm,
+        "nonce": nonce,
+        "uri": uri,
+        "response": response,
+        "algorithm": algorithm,
+        "qop": qop,
+        "nc": nc,
+        "cnonce": cnonce,
+    }
     plain = {"algorithm", "qop", "nc"} - set(quoted)
-    parts = [f"{k}={v}" if k in plain else f'{k}="{v}"'
-             for k in order if (v := values[k]) is not None]
+    parts = [
+        f"{k}={v}" if k in plain else f'{k}="{v}"' for k in order if (v := values[k]) is not None
+    ]
     return scheme + separator.join(parts) + extra
 
 
@@ -795,8 +930,10 @@ def issued(at=100.0):
     return NonceFactory(b"cluster-secret").make(at)
 
 
-@pytest.mark.parametrize("order,separator", [(SIPP_ORDER, ","), (PHONE_ORDER, ", "),
-                                             (SIPP_ORDER, ", "), (PHONE_ORDER, ",")])
+@pytest.mark.parametrize(
+    "order,separator",
+    [(SIPP_ORDER, ","), (PHONE_ORDER, ", "), (SIPP_ORDER, ", "), (PHONE_ORDER, ",")],
+)
 @pytest.mark.parametrize("algorithm", [None, "MD5", "SHA-256", "sha-256"])
 def test_usual_credentials_take_the_fast_path(monkeypatch, order, separator, algorithm):
     a, _ = recording_auth()
@@ -805,29 +942,54 @@ def test_usual_credentials_take_the_fast_path(monkeypatch, order, separator, alg
     nonce = issued()
     value = credentials_value(nonce, algorithm=algorithm, order=order, separator=separator)
     assert a.authenticate("REGISTER", [value], 101.0) == AuthResult(True, "alice", [], False, "ok")
-    value = credentials_value(nonce, algorithm=algorithm, order=order, separator=separator,
-                              nc="00000002", cnonce="x")
+    value = credentials_value(
+        nonce, algorithm=algorithm, order=order, separator=separator, nc="00000002", cnonce="x"
+    )
     assert a.authenticate("REGISTER", [value], 101.0).ok
     assert not a.authenticate("REGISTER", [value], 101.0).ok
 
 
-@pytest.mark.parametrize("change", [
-    {}, {"upper": True}, {"user": "mallory"}, {"password": "nope"},
-    {"user": "oldie", "algorithm": "SHA-256"}, {"user": "blank", "ha1_hex": ""},
-    {"user": 'al"ice'}, {"user": 'al\\"ice'}, {"user": "al\\\\ice"},
-    {"realm": "elsewhere"}, {"scheme": "Digest\t"}, {"scheme": " digest "},
-    {"scheme": "Digest,"}, {"scheme": "Bearer "},
-    {"algorithm": "MD5-sess"}, {"algorithm": "SHA-512"}, {"qop": "auth-int"},
-    {"qop": None, "nc": None, "cnonce": None},
-    {"quoted": ("qop",)}, {"quoted": ("nc",)}, {"quoted": ("algorithm",)},
-    {"quoted": ("algorithm",), "algorithm": "SHA-256"},
-    {"quoted": ("algorithm",), "algorithm": "MD5-sess"},
-    {"nc": "0000000A"}, {"nc": "00000000"}, {"nc": "1"}, {"nc": "0000001g"},
-    {"nc": "0x000001"}, {"cnonce": None}, {"uri": None},
-    {"response": "é" * 32}, {"response": "0" * 32},
-    {"extra": ", username*=UTF-8''alice"}, {"extra": ', opaque="x", foo=bar'},
-    {"extra": ', response="0"'}, {"extra": ', x="'},
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {},
+        {"upper": True},
+        {"user": "mallory"},
+        {"password": "nope"},
+        {"user": "oldie", "algorithm": "SHA-256"},
+        {"user": "blank", "ha1_hex": ""},
+        {"user": 'al"ice'},
+        {"user": 'al\\"ice'},
+        {"user": "al\\\\ice"},
+        {"realm": "elsewhere"},
+        {"scheme": "Digest\t"},
+        {"scheme": " digest "},
+        {"scheme": "Digest,"},
+        {"scheme": "Bearer "},
+        {"algorithm": "MD5-sess"},
+        {"algorithm": "SHA-512"},
+        {"qop": "auth-int"},
+        {"qop": None, "nc": None, "cnonce": None},
+        {"quoted": ("qop",)},
+        {"quoted": ("nc",)},
+        {"quoted": ("algorithm",)},
+        {"quoted": ("algorithm",), "algorithm": "SHA-256"},
+        {"quoted": ("algorithm",), "algorithm": "MD5-sess"},
+        {"nc": "0000000A"},
+        {"nc": "00000000"},
+        {"nc": "1"},
+        {"nc": "0000001g"},
+        {"nc": "0x000001"},
+        {"cnonce": None},
+        {"uri": None},
+        {"response": "é" * 32},
+        {"response": "0" * 32},
+        {"extra": ", username*=UTF-8''alice"},
+        {"extra": ', opaque="x", foo=bar'},
+        {"extra": ', response="0"'},
+        {"extra": ', x="'},
+    ],
+)
 def test_fast_path_agrees_with_general_path(change):
     nonce = issued()
     value = credentials_value(nonce, **change)
@@ -885,8 +1047,7 @@ _ODD = {
     "uri": ["é", ""],
     "separator": [" ,", ",\t", ",,", ", \r\n "],
     "scheme": ["DIGEST\t", "  Digest ", "Digest", "Digest,", 'Digest"', "Basic ", "Bearer "],
-    "extra": [", username*=UTF-8''alice", ', realm="other"', ', x="', ", x", " x",
-              ', y="\\\\"'],
+    "extra": [", username*=UTF-8''alice", ', realm="other"', ', x="', ", x", " x", ', y="\\\\"'],
     "quoted": [("algorithm",), ("qop",), ("nc",)],
 }
 
@@ -894,12 +1055,28 @@ _ODD = {
 @st.composite
 def credential_values(draw):
     """A client's Authorization value, often usual, else with odd parameters."""
-    nonce = draw(st.one_of(st.just(issued()), st.sampled_from([
-        issued(), issued(-1000.0), issued(200.0), "Z" + issued()[1:],
-        NonceFactory(b"other").make(100.0), issued()[:-1], "é" * 48, ""])))
+    nonce = draw(
+        st.one_of(
+            st.just(issued()),
+            st.sampled_from(
+                [
+                    issued(),
+                    issued(-1000.0),
+                    issued(200.0),
+                    "Z" + issued()[1:],
+                    NonceFactory(b"other").make(100.0),
+                    issued()[:-1],
+                    "é" * 48,
+                    "",
+                ]
+            ),
+        )
+    )
     odd = draw(st.booleans())
-    kw = {name: draw(st.sampled_from(usual + _ODD[name] if odd else usual))
-          for name, usual in _USUAL.items()}
+    kw = {
+        name: draw(st.sampled_from(usual + _ODD[name] if odd else usual))
+        for name, usual in _USUAL.items()
+    }
     kw["order"] = draw(st.permutations(SIPP_ORDER))
     kw["upper"] = draw(st.sampled_from([False] * 7 + [True]))
     right = draw(st.sampled_from([True, True, True, False]))
@@ -911,9 +1088,17 @@ def credential_values(draw):
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.tuples(credential_values(), st.sampled_from([1, 1, 1, 0, 2, 3]),
-                          st.sampled_from([99.0, 101.0, 101.0, 150.0, 401.0])),
-                min_size=1, max_size=4))
+@given(
+    st.lists(
+        st.tuples(
+            credential_values(),
+            st.sampled_from([1, 1, 1, 0, 2, 3]),
+            st.sampled_from([99.0, 101.0, 101.0, 150.0, 401.0]),
+        ),
+        min_size=1,
+        max_size=4,
+    )
+)
 def test_fast_path_property(cases):
     calls = []
     for value, kind, now in cases:
@@ -931,15 +1116,23 @@ def test_credentials_holding_bytes_that_are_not_utf8():
     # is checked over the bytes the client sent, which are what it hashed.
     nonce = issued()
     ha2 = hashlib.md5(f"REGISTER:sip:{REALM}".encode()).hexdigest()
-    right = hashlib.md5(f"{USERS['alice']['MD5']}:{nonce}:00000001:".encode() + b"6b\xff"
-                        + f":auth:{ha2}".encode()).hexdigest()
+    right = hashlib.md5(
+        f"{USERS['alice']['MD5']}:{nonce}:00000001:".encode() + b"6b\xff" + f":auth:{ha2}".encode()
+    ).hexdigest()
     for response, ok in ((right, True), ("0" * 32, False)):
-        value = (f'Digest username="alice",realm="{REALM}",nonce="{nonce}",uri="sip:{REALM}",'
-                 f'response="{response}",algorithm=MD5,cnonce="6b\udcff",qop=auth,nc=00000001')
+        value = (
+            f'Digest username="alice",realm="{REALM}",nonce="{nonce}",uri="sip:{REALM}",'
+            f'response="{response}",algorithm=MD5,cnonce="6b\udcff",qop=auth,nc=00000001'
+        )
         for check in ("authenticate", "_authenticate_slow"):
             result = getattr(make_auth(), check)("REGISTER", [value], 101.0, f"sip:{REALM}")
             assert result.ok is ok, (check, result)
     creds = parse_credentials(value.replace(f"sip:{REALM}", "sip:\udcfe"))
-    assert expected_response(creds, "REGISTER", USERS["alice"]["MD5"]) == hashlib.md5(
-        f"{USERS['alice']['MD5']}:{nonce}:00000001:6b".encode() + b"\xff:auth:"
-        + hashlib.md5(b"REGISTER:sip:\xfe").hexdigest().encode()).hexdigest()
+    assert (
+        expected_response(creds, "REGISTER", USERS["alice"]["MD5"])
+        == hashlib.md5(
+            f"{USERS['alice']['MD5']}:{nonce}:00000001:6b".encode()
+            + b"\xff:auth:"
+            + hashlib.md5(b"REGISTER:sip:\xfe").hexdigest().encode()
+        ).hexdigest()
+    )

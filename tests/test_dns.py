@@ -76,8 +76,7 @@ def clock():
 
 @pytest.fixture
 def resolver(server, clock):
-    return Resolver(["127.0.0.1"], port=server.port, timeout=2.0,
-                    rng=random.Random(1), clock=clock)
+    return Resolver(["127.0.0.1"], port=server.port, timeout=2.0, rng=random.Random(1), clock=clock)
 
 
 def ask(server, name, rdtype, tcp=False):
@@ -90,14 +89,15 @@ def test_naptr_srv_a_chain(server, resolver):
     targets = resolver.resolve(DOMAIN, None, None, "sip")
     assert sorted(targets[:2], key=lambda t: t.port) == [
         Target("127.0.0.11", 5060, "udp", "node1.example.com"),
-        Target("127.0.0.12", 5062, "udp", "node2.example.com")]
+        Target("127.0.0.12", 5062, "udp", "node2.example.com"),
+    ]
     assert sorted(targets[2:], key=lambda t: t.port) == [
         Target("127.0.0.11", 5060, "tcp", "node1.example.com"),
-        Target("127.0.0.12", 5062, "tcp", "node2.example.com")]
+        Target("127.0.0.12", 5062, "tcp", "node2.example.com"),
+    ]
     asked = list(server.queries)
     assert asked[0] == ("example.com", "NAPTR")
-    assert set(asked[1:3]) == {("_sip._udp.example.com", "SRV"),
-                               ("_sip._tcp.example.com", "SRV")}
+    assert set(asked[1:3]) == {("_sip._udp.example.com", "SRV"), ("_sip._tcp.example.com", "SRV")}
     assert {rdtype for _, rdtype in asked[3:]} == {"A", "AAAA"}
     assert server.query_count == 7
 
@@ -107,14 +107,14 @@ def test_srv_without_naptr(clock):
     srv.start()
     try:
         resolver = Resolver(["127.0.0.1"], port=srv.port, clock=clock)
-        assert resolver.resolve("example.net") == \
-            [Target("127.0.0.21", 5070, "tcp", "pbx.example.net"),
-             Target("::1", 5070, "tcp", "pbx.example.net")]
-        srv_queries = [name for name, rdtype in srv.queries
-                       if rdtype == "SRV"]
-        assert sorted(srv_queries) == sorted([
-            "_sips._tcp.example.net", "_sip._tcp.example.net",
-            "_sip._udp.example.net"])
+        assert resolver.resolve("example.net") == [
+            Target("127.0.0.21", 5070, "tcp", "pbx.example.net"),
+            Target("::1", 5070, "tcp", "pbx.example.net"),
+        ]
+        srv_queries = [name for name, rdtype in srv.queries if rdtype == "SRV"]
+        assert sorted(srv_queries) == sorted(
+            ["_sips._tcp.example.net", "_sip._tcp.example.net", "_sip._udp.example.net"]
+        )
     finally:
         srv.stop()
 
@@ -123,23 +123,24 @@ def test_explicit_transport_asks_one_srv(server, resolver):
     targets = resolver.resolve(DOMAIN, None, "tcp", "sip")
     assert {t.transport for t in targets} == {"tcp"} and len(targets) == 2
     assert ("example.com", "NAPTR") not in server.queries
-    assert [q for q in server.queries if q[1] == "SRV"] == \
-        [("_sip._tcp.example.com", "SRV")]
+    assert [q for q in server.queries if q[1] == "SRV"] == [("_sip._tcp.example.com", "SRV")]
 
 
 def test_explicit_port_skips_srv(server, resolver):
-    assert resolver.resolve("node2.example.com", 5090, None, "sip") == \
-        [Target("127.0.0.12", 5090, "udp", "node2.example.com")]
+    assert resolver.resolve("node2.example.com", 5090, None, "sip") == [
+        Target("127.0.0.12", 5090, "udp", "node2.example.com")
+    ]
     assert {rdtype for _, rdtype in server.queries} == {"A", "AAAA"}
 
 
 def test_ip_literal_makes_no_query(server, resolver):
-    assert resolver.resolve("127.0.0.99", None, None, "sip") == \
-        [Target("127.0.0.99", 5060, "udp", "127.0.0.99")]
-    assert resolver.resolve("[::1]", 5070, "tcp", "sip") == \
-        [Target("::1", 5070, "tcp", "::1")]
-    assert resolver.resolve("127.0.0.99", None, None, "sips") == \
-        [Target("127.0.0.99", 5061, "tls", "127.0.0.99")]
+    assert resolver.resolve("127.0.0.99", None, None, "sip") == [
+        Target("127.0.0.99", 5060, "udp", "127.0.0.99")
+    ]
+    assert resolver.resolve("[::1]", 5070, "tcp", "sip") == [Target("::1", 5070, "tcp", "::1")]
+    assert resolver.resolve("127.0.0.99", None, None, "sips") == [
+        Target("127.0.0.99", 5061, "tls", "127.0.0.99")
+    ]
     assert server.query_count == 0
 
 
@@ -153,7 +154,9 @@ def test_cache_honours_ttl(server, resolver, clock):
     assert set(resolver.resolve(DOMAIN)) == set(first)
     assert server.query_count == count + 2
     assert set(list(server.queries)[-2:]) == {
-        ("node1.example.com", "AAAA"), ("node2.example.com", "AAAA")}
+        ("node1.example.com", "AAAA"),
+        ("node2.example.com", "AAAA"),
+    }
     clock.advance(60 - NEGATIVE_TTL_CAP)
     assert set(resolver.resolve(DOMAIN)) == set(first)
     assert server.query_count == 2 * count + 2
@@ -177,30 +180,31 @@ def test_nxdomain_gives_empty_list(server, resolver):
 
 
 def test_zone_update_is_served_live(server, resolver, clock):
-    assert resolver.resolve("node1.example.com", 5060) == \
-        [Target("127.0.0.11", 5060, "udp", "node1.example.com")]
-    server.update_zone(cluster_zone(DOMAIN, [("node1", "127.0.0.31", 5060,
-                                              50)], ttl=60))
+    assert resolver.resolve("node1.example.com", 5060) == [
+        Target("127.0.0.11", 5060, "udp", "node1.example.com")
+    ]
+    server.update_zone(cluster_zone(DOMAIN, [("node1", "127.0.0.31", 5060, 50)], ttl=60))
     clock.advance(61)
-    assert resolver.resolve("node1.example.com", 5060) == \
-        [Target("127.0.0.31", 5060, "udp", "node1.example.com")]
+    assert resolver.resolve("node1.example.com", 5060) == [
+        Target("127.0.0.31", 5060, "udp", "node1.example.com")
+    ]
     assert resolver.resolve("node2.example.com", 5060) == []
     with pytest.raises(ValueError):
         server.update_zone("this is not a zone")
-    assert ask(server, "node1.example.com", "A").answer[0][0].address == \
-        "127.0.0.31"
+    assert ask(server, "node1.example.com", "A").answer[0][0].address == "127.0.0.31"
 
 
 def test_srv_weights_split_first_choice(clock):
-    srv = DnsServer(cluster_zone(DOMAIN, [("node1", "127.0.0.11", 5060, 80),
-                                          ("node2", "127.0.0.12", 5060, 20)]),
-                    DOMAIN)
+    srv = DnsServer(
+        cluster_zone(
+            DOMAIN, [("node1", "127.0.0.11", 5060, 80), ("node2", "127.0.0.12", 5060, 20)]
+        ),
+        DOMAIN,
+    )
     srv.start()
     try:
-        resolver = Resolver(["127.0.0.1"], port=srv.port,
-                            rng=random.Random(9), clock=clock)
-        firsts = Counter(resolver.resolve(DOMAIN, None, "udp")[0].host
-                         for _ in range(2000))
+        resolver = Resolver(["127.0.0.1"], port=srv.port, rng=random.Random(9), clock=clock)
+        firsts = Counter(resolver.resolve(DOMAIN, None, "udp")[0].host for _ in range(2000))
         assert firsts["127.0.0.11"] / 2000 == pytest.approx(0.8, abs=0.04)
         assert srv.query_count == 5
     finally:
@@ -227,8 +231,7 @@ def test_resolution_blocks_only_its_greenlet():
     sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sink.bind(("127.0.0.1", 0))
     try:
-        resolver = Resolver(["127.0.0.1"], port=sink.getsockname()[1],
-                            timeout=1.0)
+        resolver = Resolver(["127.0.0.1"], port=sink.getsockname()[1], timeout=1.0)
         job = gevent.spawn(resolver.resolve, DOMAIN)
         ticks = gevent.spawn(lambda: [gevent.sleep(0.01) for _ in range(10)])
         assert ticks.join(timeout=0.5) is None and ticks.ready()
@@ -243,8 +246,10 @@ def test_server_answers(server):
     assert reply.rcode() == dns.rcode.NOERROR
     assert reply.flags & dns.flags.AA
     assert {r.port for r in reply.answer[0]} == {5060, 5062}
-    assert {rrset.name.to_text() for rrset in reply.additional} >= \
-        {"node1.example.com.", "node2.example.com."}
+    assert {rrset.name.to_text() for rrset in reply.additional} >= {
+        "node1.example.com.",
+        "node2.example.com.",
+    }
     for rdtype in ("SOA", "NS", "NAPTR"):
         reply = ask(server, DOMAIN, rdtype)
         assert reply.answer[0].rdtype == dns.rdatatype.from_text(rdtype)
@@ -285,5 +290,4 @@ def test_server_drops_malformed_queries(server, caplog):
     assert server.query_count == 0
     assert caplog.text.count("malformed query") == 4
     assert "response from" in caplog.text
-    assert ask(server, "node2.example.com", "A").answer[0][0].address == \
-        "127.0.0.12"
+    assert ask(server, "node2.example.com", "A").answer[0][0].address == "127.0.0.12"

@@ -58,14 +58,31 @@ def lab(tmp_path_factory):
 
 
 def client(node, user):
-    return SipClient((node.address, node.port), user, node.rows[user], node.domain, t1=0.25,
-                     timeout=8.0)
+    return SipClient(
+        (node.address, node.port), user, node.rows[user], node.domain, t1=0.25, timeout=8.0
+    )
 
 
 def sipsak_register(node, user) -> str:
-    out = subprocess.run(["sipsak", "-U", "-s", f"sip:{user}@{node.address}:{node.port}",
-                          "-u", user, "-a", node.rows[user], "-i", "-x", "120", "-vv"],
-                         capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        [
+            "sipsak",
+            "-U",
+            "-s",
+            f"sip:{user}@{node.address}:{node.port}",
+            "-u",
+            user,
+            "-a",
+            node.rows[user],
+            "-i",
+            "-x",
+            "120",
+            "-vv",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     return out.stdout + out.stderr
 
 
@@ -90,12 +107,15 @@ def test_drain_refuses_new_calls_and_registers_but_not_dialogs_nor_emergencies(l
         refused, none = caller.invite(f"sip:user1@{node.domain}")
         assert (refused.status, refused.get("retry-after"), none) == (503, "30", None)
 
-        hold = call.request("INVITE", sdp_offer(caller.local[0], 40000, "sendonly"),
-                            [("Content-Type", "application/sdp")])
-        assert hold.status == 200                          # a re-INVITE (hold) goes on
-        assert call.request("BYE").status == 200          # the call in progress ends
+        hold = call.request(
+            "INVITE",
+            sdp_offer(caller.local[0], 40000, "sendonly"),
+            [("Content-Type", "application/sdp")],
+        )
+        assert hold.status == 200  # a re-INVITE (hold) goes on
+        assert call.request("BYE").status == 200  # the call in progress ends
         resp, sos = caller.invite(f"sip:911@{node.domain}")
-        assert resp.status == 200 and sos is not None      # never refused by a drain
+        assert resp.status == 200 and sos is not None  # never refused by a drain
         assert sos.request("BYE").status == 200
         assert cluster.control(node, "status")["drain_refused"] >= 3
         deadline = time.monotonic() + 5
@@ -117,13 +137,21 @@ def test_drain_refuses_new_calls_and_registers_but_not_dialogs_nor_emergencies(l
 
 def test_sipp_registrations_fail_while_draining_and_succeed_after(lab):
     cluster, node = lab
-    rows = [(f"user{k}", node.rows[f"user{k}"]) for k in range(3, 6)]   # not the callee
+    rows = [(f"user{k}", node.rows[f"user{k}"]) for k in range(3, 6)]  # not the callee
     inf = os.path.join(node.dir, "drain-register.csv")
     write_register_inf(inf, rows, node.domain)
 
     def sipp():
-        return run_sipp("register_auth.xml", f"{node.address}:{node.port}", node.dir, inf=inf,
-                        calls=len(rows), rate=100, timeout=30)
+        return run_sipp(
+            "register_auth.xml",
+            f"{node.address}:{node.port}",
+            node.dir,
+            inf=inf,
+            calls=len(rows),
+            rate=100,
+            timeout=30,
+        )
+
     try:
         drain(cluster, node, True)
         res = sipp()
@@ -144,11 +172,18 @@ def test_a_drain_with_retry_after_is_told_to_phones(lab):
         drain(cluster, node, False)
 
 
-@pytest.mark.parametrize("args", [{"on": "yes"}, {"on": 1}, {},
-                                  {"on": True, "retry_after": 0},
-                                  {"on": True, "retry_after": 10 ** 9},
-                                  {"on": True, "retry_after": True},
-                                  {"on": True, "retry_after": "30"}])
+@pytest.mark.parametrize(
+    "args",
+    [
+        {"on": "yes"},
+        {"on": 1},
+        {},
+        {"on": True, "retry_after": 0},
+        {"on": True, "retry_after": 10**9},
+        {"on": True, "retry_after": True},
+        {"on": True, "retry_after": "30"},
+    ],
+)
 def test_bad_drain_requests_are_refused_and_change_nothing(lab, args):
     cluster, node = lab
     with pytest.raises(BusError, match=r"drain needs|retry_after"):
@@ -163,8 +198,7 @@ def test_an_unknown_key_cannot_drain_the_node(lab):
     member = cluster.members[node.id]
     try:
         with pytest.raises(BusError):
-            request(stranger, member.control, member.public_key, {"cmd": "drain", "on": True},
-                    1.0)
+            request(stranger, member.control, member.public_key, {"cmd": "drain", "on": True}, 1.0)
     finally:
         stranger.close()
     assert cluster.control(node, "status")["draining"] is False
@@ -195,8 +229,7 @@ def test_api_drains_and_undrains_a_real_node(dashboard):
     c = app.test_client()
     url = f"/api/nodes/{node.id}/drain"
     r = c.post(url, json={"on": True}, headers=basic())
-    assert r.status_code == 200 and r.json == {"node": node.id, "draining": True,
-                                               "retry_after": 30}
+    assert r.status_code == 200 and r.json == {"node": node.id, "draining": True, "retry_after": 30}
     assert client(node, "user5").register().status == 503
     r = c.post(url, json={"on": False}, headers=basic())
     assert r.status_code == 200 and r.json["draining"] is False
@@ -232,14 +265,22 @@ def test_nodes_page_drain_button_needs_csrf_and_shows_the_state(dashboard):
     assert cluster.control(node, "status")["draining"] is False
     page = c.get("/").get_data(as_text=True)
     assert f'id="drain-{node.id}" type="submit">Drain<' in page
-    r = c.post(f"/nodes/{node.id}/drain", data={"csrf_token": token(page), "on": "1"},
-               follow_redirects=True)
+    r = c.post(
+        f"/nodes/{node.id}/drain",
+        data={"csrf_token": token(page), "on": "1"},
+        follow_redirects=True,
+    )
     page = r.get_data(as_text=True)
-    assert f"{node.id} drains" in page and re.search(r"draining, \d+ pending|drained \(empty\)", page)
+    assert f"{node.id} drains" in page and re.search(
+        r"draining, \d+ pending|drained \(empty\)", page
+    )
     assert f'id="drain-{node.id}" type="submit">Undrain<' in page
     assert cluster.control(node, "status")["draining"] is True
-    r = c.post(f"/nodes/{node.id}/drain", data={"csrf_token": token(page), "on": "0"},
-               follow_redirects=True)
+    r = c.post(
+        f"/nodes/{node.id}/drain",
+        data={"csrf_token": token(page), "on": "0"},
+        follow_redirects=True,
+    )
     assert "takes new calls and REGISTERs again" in r.get_data(as_text=True)
     assert cluster.control(node, "status")["draining"] is False
 
@@ -247,11 +288,13 @@ def test_nodes_page_drain_button_needs_csrf_and_shows_the_state(dashboard):
 def test_the_challenge_front_passes_registers_on_while_the_node_drains(tmp_path):
     """With ``challenge_front`` a REGISTER without credentials is answered by the front:
     while the node drains the front passes it on, so it gets the node's 503 too."""
-    me = Member("node1", *[f"tcp://127.0.0.1:{free_port()}" for _ in range(3)],
-                *generate_keypair())
+    me = Member("node1", *[f"tcp://127.0.0.1:{free_port()}" for _ in range(3)], *generate_keypair())
     public, secret = generate_keypair()
-    n = NodeProcess(str(tmp_path), front=True,
-                    extra=cluster_toml(me, [me], control_keys=[public], alone_wait=0.5))
+    n = NodeProcess(
+        str(tmp_path),
+        front=True,
+        extra=cluster_toml(me, [me], control_keys=[public], alone_wait=0.5),
+    )
     n.start()
     bus = Bus(public, secret, "test")
     try:
@@ -262,14 +305,20 @@ def test_the_challenge_front_passes_registers_on_while_the_node_drains(tmp_path)
         # The front hears of the drain by a datagram from the node: at once, but not
         # before the control answer.
         answers: list = []
-        assert wait_until(lambda: (answers.append(sip_exchange(n, sip_request("REGISTER"), 0.5))
-                                   or (answers[-1] or "").startswith("SIP/2.0 503 Draining")),
-                          5), answers[-1:]
+        assert wait_until(
+            lambda: (
+                answers.append(sip_exchange(n, sip_request("REGISTER"), 0.5))
+                or (answers[-1] or "").startswith("SIP/2.0 503 Draining")
+            ),
+            5,
+        ), answers[-1:]
         assert "Retry-After: 30" in answers[-1]
         ask["on"] = False
         assert request(bus, me.control, me.public_key, ask, 2.0)["draining"] is False
-        assert wait_until(lambda: (sip_exchange(n, sip_request("REGISTER"), 0.5) or "")
-                          .startswith("SIP/2.0 401"), 5)
+        assert wait_until(
+            lambda: (sip_exchange(n, sip_request("REGISTER"), 0.5) or "").startswith("SIP/2.0 401"),
+            5,
+        )
     finally:
         bus.close()
         n.stop()

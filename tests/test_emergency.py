@@ -27,16 +27,35 @@ from web import create_app
 
 NUMBERS = EmergencyNumbers(frozenset({"911", "112"}), "9")
 
-EMERGENCY = ["sip:911@example.test", "sip:9911@example.test", "sips:911@example.test",
-             "tel:112", "tel:9112", "sip:911@example.test;user=phone",
-             "sip:911;phone-context=example.test@example.test;user=phone",
-             "sip:9911@evil.example", "SIP:911@example.test", "TEL:112"]
-DRESSED_UP = ["sip:9110@example.test", "sip:911555@example.test", "sip:99911@example.test",
-              "sip:9-911@example.test", "sip:911%23@example.test", "sip:%39%31%31@example.test",
-              "sip:+911@example.test", "sip:911;isub=1@example.test;user=phone",
-              "sip:911;phone-context=@example.test", "sip:911;phone-context=a;x=1@example.test",
-              "sips:9110@example.test", "tel:9-911", "tel:+911", "sip:example.test",
-              "sip:91@example.test"]
+EMERGENCY = [
+    "sip:911@example.test",
+    "sip:9911@example.test",
+    "sips:911@example.test",
+    "tel:112",
+    "tel:9112",
+    "sip:911@example.test;user=phone",
+    "sip:911;phone-context=example.test@example.test;user=phone",
+    "sip:9911@evil.example",
+    "SIP:911@example.test",
+    "TEL:112",
+]
+DRESSED_UP = [
+    "sip:9110@example.test",
+    "sip:911555@example.test",
+    "sip:99911@example.test",
+    "sip:9-911@example.test",
+    "sip:911%23@example.test",
+    "sip:%39%31%31@example.test",
+    "sip:+911@example.test",
+    "sip:911;isub=1@example.test;user=phone",
+    "sip:911;phone-context=@example.test",
+    "sip:911;phone-context=a;x=1@example.test",
+    "sips:9110@example.test",
+    "tel:9-911",
+    "tel:+911",
+    "sip:example.test",
+    "sip:91@example.test",
+]
 
 
 @pytest.mark.parametrize("uri", EMERGENCY)
@@ -70,8 +89,14 @@ def test_admission_admits_9911_under_overload_and_sheds_a_dressed_up_number():
         assert adm.verdict(raw_request(to=to), "10.0.0.1", 0.5, now) == SHED, to
 
 
-PLACES = [{"network": "10.0.0.0/24", "callback": "+15551010", "name": "HQ floor 2",
-           "address": "1 Main St, Springfield, floor 2"}]
+PLACES = [
+    {
+        "network": "10.0.0.0/24",
+        "callback": "+15551010",
+        "name": "HQ floor 2",
+        "address": "1 Main St, Springfield, floor 2",
+    }
+]
 
 
 @pytest.fixture
@@ -80,16 +105,20 @@ def core():
     auth = Authenticator(DOMAIN, b"k" * 32, lookup, algorithms=("MD5",))
     c = ProxyCore(settings, Location(), auth, trying_delay=0, t1=0.5)
     users = {"bob": {"permissions": ["local"]}}
-    c.dialing = Dialing(parse_dialplan({**PLAN, "users": users, "locations": PLACES}),
-                        lambda u: lookup(u) is not None, DOMAIN)
+    c.dialing = Dialing(
+        parse_dialplan({**PLAN, "users": users, "locations": PLACES}),
+        lambda u: lookup(u) is not None,
+        DOMAIN,
+    )
     return c
 
 
 def test_9911_reaches_the_emergency_gateway_as_911_with_the_locations_callback(core):
     assert ALICE[1].startswith("10.0.0.")
-    core.receive(request("INVITE", "sip:9911@example.test", frm=f"sip:bob@{DOMAIN}"),
-                 ALICE, 0.0, WALL)
-    (inv, dest), = forwarded(out(core))
+    core.receive(
+        request("INVITE", "sip:9911@example.test", frm=f"sip:bob@{DOMAIN}"), ALICE, 0.0, WALL
+    )
+    ((inv, dest),) = forwarded(out(core))
     assert dest == PSAP and inv.uri == "sip:911@127.0.0.23:5080"
     assert inv.get("p-asserted-identity") == f"<sip:+15551010@{DOMAIN};user=phone>"
     loc = core.dialing.plan.location(ALICE[1])
@@ -98,8 +127,9 @@ def test_9911_reaches_the_emergency_gateway_as_911_with_the_locations_callback(c
     assert core.dialing.plan.location("not an address") is None
 
 
-@pytest.mark.parametrize("uri", ["sip:9-911@example.test", "sip:9110@example.test",
-                                 "sip:911;isub=1@example.test"])
+@pytest.mark.parametrize(
+    "uri", ["sip:9-911@example.test", "sip:9110@example.test", "sip:911;isub=1@example.test"]
+)
 def test_a_dressed_up_number_is_challenged_not_routed(core, uri):
     core.receive(request("INVITE", uri, frm=f"sip:bob@{DOMAIN}"), ALICE, 0.0, WALL)
     msgs = out(core)
@@ -107,16 +137,18 @@ def test_a_dressed_up_number_is_challenged_not_routed(core, uri):
     assert [m.status for m, _ in msgs if hasattr(m, "status")][-1] in (403, 407)
 
 
-@pytest.mark.parametrize("place, error", [
-    ({"name": "x\r\nInjected: 1"}, "name"),
-    ({"address": "a" * 201}, "address"),
-    ({"address": 5}, "address"),
-    ({"floor": "2"}, "floor"),
-])
+@pytest.mark.parametrize(
+    "place, error",
+    [
+        ({"name": "x\r\nInjected: 1"}, "name"),
+        ({"address": "a" * 201}, "address"),
+        ({"address": 5}, "address"),
+        ({"floor": "2"}, "floor"),
+    ],
+)
 def test_a_bad_location_is_refused(place, error):
     with pytest.raises(DialPlanError, match=error):
-        parse_dialplan({"locations": [{"network": "10.0.0.0/24", "callback": "+1555",
-                                       **place}]})
+        parse_dialplan({"locations": [{"network": "10.0.0.0/24", "callback": "+1555", **place}]})
 
 
 @pytest.fixture
@@ -131,16 +163,24 @@ def dashboard(tmp_path):
 
 def test_locations_with_their_civic_address_through_the_api_and_the_page(dashboard):
     c = dashboard.test_client()
-    place = {"network": "10.1.0.0/16", "callback": "+15551000", "name": "HQ <b>2</b>",
-             "address": "1 Main St, Springfield"}
+    place = {
+        "network": "10.1.0.0/16",
+        "callback": "+15551000",
+        "name": "HQ <b>2</b>",
+        "address": "1 Main St, Springfield",
+    }
     r = dialplan_api(c, "PUT", "/settings", {"locations": [place]})
     assert r.status_code == 200
     assert ms.config_for(r.get_json()["version"])["dialplan"]["locations"] == [place]
-    for bad in ({**place, "address": "1 Main St\r\nX-Injected: 1"}, {**place, "floor": 2},
-                {**place, "name": "n" * 201}):
+    for bad in (
+        {**place, "address": "1 Main St\r\nX-Injected: 1"},
+        {**place, "floor": 2},
+        {**place, "name": "n" * 201},
+    ):
         assert dialplan_api(c, "PUT", "/settings", {"locations": [bad]}).status_code == 400
-    assert dialplan_api(c, "PUT", "/settings", {"locations": [place]},
-                        headers={}).status_code == 401
+    assert (
+        dialplan_api(c, "PUT", "/settings", {"locations": [place]}, headers={}).status_code == 401
+    )
     login(c)
     page = c.get("/dialplan").get_data(as_text=True)
     assert "HQ &lt;b&gt;2&lt;/b&gt;" in page and "1 Main St, Springfield" in page

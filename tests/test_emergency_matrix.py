@@ -56,15 +56,27 @@ def psap(tmp_path_factory):
     gw.stop()
 
 
-def start_cluster(work: str, psap: Gateway, n: int = 2, start: int | None = None,
-                  settings: dict | None = None, address: str = "127.0.0.1",
-                  locations: str = "", limits: str = "", more: str = ""
-                  ) -> tuple[Cluster, dict]:
-    cluster = Cluster(work, n, settings={**SETTINGS, **(settings or {})}, address=address,
-                      extra=plan(psap.uas.port, locations) + more)
+def start_cluster(
+    work: str,
+    psap: Gateway,
+    n: int = 2,
+    start: int | None = None,
+    settings: dict | None = None,
+    address: str = "127.0.0.1",
+    locations: str = "",
+    limits: str = "",
+    more: str = "",
+) -> tuple[Cluster, dict]:
+    cluster = Cluster(
+        work,
+        n,
+        settings={**SETTINGS, **(settings or {})},
+        address=address,
+        extra=plan(psap.uas.port, locations) + more,
+    )
     users = os.path.join(work, "users.csv")
     rows = dict(write_users_csv(users, 5))
-    if "master_key" not in (settings or {}):    # else the (absent) master holds the users
+    if "master_key" not in (settings or {}):  # else the (absent) master holds the users
         cluster.provision(users)
     for node in cluster.nodes:
         node.rows = rows
@@ -72,20 +84,27 @@ def start_cluster(work: str, psap: Gateway, n: int = 2, start: int | None = None
             with open(node.config) as f:
                 text = f.read()
             with open(node.config, "w") as f:
-                f.write(text.replace("[limits]\n", f"[limits]\n{limits}\n", 1)
-                        .replace("overload_delay = 0\n", ""))
+                f.write(
+                    text.replace("[limits]\n", f"[limits]\n{limits}\n", 1).replace(
+                        "overload_delay = 0\n", ""
+                    )
+                )
     for node in cluster.nodes[:start]:
         node.start()
     return cluster, rows
 
 
-def dial(node: NodeProcess, number: str, password: str | None = None,
-         user: str = "user1") -> int:
+def dial(node: NodeProcess, number: str, password: str | None = None, user: str = "user1") -> int:
     """``number`` from ``user``; hang up a 2xx; the final status (407/403 when the
     credentials were refused)."""
-    c = SipClient((node.address, node.port), user,
-                  password if password is not None else node.rows[user], "example.test",
-                  t1=0.1, timeout=10.0)
+    c = SipClient(
+        (node.address, node.port),
+        user,
+        password if password is not None else node.rows[user],
+        "example.test",
+        t1=0.1,
+        timeout=10.0,
+    )
     try:
         resp, dialog = c.invite(f"sip:{number}@example.test")
         if dialog is not None:
@@ -101,8 +120,9 @@ def dial(node: NodeProcess, number: str, password: str | None = None,
 
 
 def register(node: NodeProcess, user: str = "user2") -> int:
-    c = SipClient((node.address, node.port), user, node.rows[user], "example.test", t1=0.1,
-                  timeout=5.0)
+    c = SipClient(
+        (node.address, node.port), user, node.rows[user], "example.test", t1=0.1, timeout=5.0
+    )
     try:
         return c.register().status
     finally:
@@ -126,10 +146,14 @@ def hook():
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory, psap, hook):
     work = str(tmp_path_factory.mktemp("matrix"))
-    master_public, _ = generate_keypair()   # a master whose key the nodes know, never running
-    c, _rows = start_cluster(work, psap, settings={"master_key": master_public},
-                             limits="overload_delay = 0.2",
-                             more=f'\n[emergency]\nwebhook = "{hook.url}"\n')
+    master_public, _ = generate_keypair()  # a master whose key the nodes know, never running
+    c, _rows = start_cluster(
+        work,
+        psap,
+        settings={"master_key": master_public},
+        limits="overload_delay = 0.2",
+        more=f'\n[emergency]\nwebhook = "{hook.url}"\n',
+    )
     try:
         for node in c.nodes:
             assert wait_serving(c, node, 30.0), node.log_tail()
@@ -150,8 +174,8 @@ def test_cell_source_banned(cluster, psap):
     n1, n2 = cluster.nodes
     assert cluster.control(n1, "ban", kind="source", key="127.0.0.1", seconds=120)
     try:
-        assert wait_for(lambda: cluster.control(n2, "bans"), 5)   # shared with the peer
-        assert dial(n1, "user2") == 403          # right password, banned source
+        assert wait_for(lambda: cluster.control(n2, "bans"), 5)  # shared with the peer
+        assert dial(n1, "user2") == 403  # right password, banned source
         for node in (n1, n2):
             assert "INVITE sip:911@" in reaches_psap(psap, node)
     finally:
@@ -175,7 +199,7 @@ def test_cell_overload(cluster, psap):
     flooder = threading.Thread(target=flood, args=(n1, stop, replies, progress))
     flooder.start()
     try:
-        n1.signal(signal.SIGSTOP)    # a second of the flood waits in the node's socket
+        n1.signal(signal.SIGSTOP)  # a second of the flood waits in the node's socket
         try:
             deadline = time.monotonic() + 5
             while progress["sent"] < 2000 and time.monotonic() < deadline:
@@ -183,8 +207,9 @@ def test_cell_overload(cluster, psap):
         finally:
             n1.signal(signal.SIGCONT)
         # The flood grows until the node sheds (test_overload.flood): bounded by 10 s.
-        assert wait_for(lambda: any(r[0].startswith(b"SIP/2.0 503") for r in replies[:]), 10), \
+        assert wait_for(lambda: any(r[0].startswith(b"SIP/2.0 503") for r in replies[:]), 10), (
             progress
+        )
         invite = reaches_psap(psap, n1)
     finally:
         stop.set()
@@ -211,8 +236,10 @@ def test_cell_node_syncing(tmp_path, psap):
             s.bind(("127.0.0.1", 0))
             s.settimeout(5)
             forged = raw_invite(s.getsockname(), "user2", "UDP").replace(
-                b"To: <sip:user2@example.test>", b"To: <sip:user2@example.test>;tag=t1\r\n"
-                b"Route: <sip:%s:%d;lr>" % (n1.address.encode(), n1.port))
+                b"To: <sip:user2@example.test>",
+                b"To: <sip:user2@example.test>;tag=t1\r\n"
+                b"Route: <sip:%s:%d;lr>" % (n1.address.encode(), n1.port),
+            )
             s.sendto(forged, (n1.address, n1.port))
             assert s.recv(65535).startswith(b"SIP/2.0 503 Syncing")
         invite = reaches_psap(psap, n1, "911")
@@ -224,12 +251,14 @@ def test_cell_node_syncing(tmp_path, psap):
 
 def raw_invite(local: tuple[str, int], number: str, transport: str = "TCP") -> bytes:
     tag = os.urandom(4).hex()
-    return (f"INVITE sip:{number}@example.test SIP/2.0\r\n"
-            f"Via: SIP/2.0/{transport} {local[0]}:{local[1]};branch=z9hG4bK{tag};rport\r\n"
-            f"From: <sip:user1@example.test>;tag={tag}\r\nTo: <sip:{number}@example.test>\r\n"
-            f"Call-ID: {tag}@matrix\r\nCSeq: 1 INVITE\r\nMax-Forwards: 70\r\n"
-            f"Contact: <sip:user1@{local[0]}:{local[1]};transport=tcp>\r\n"
-            "Content-Length: 0\r\n\r\n").encode()
+    return (
+        f"INVITE sip:{number}@example.test SIP/2.0\r\n"
+        f"Via: SIP/2.0/{transport} {local[0]}:{local[1]};branch=z9hG4bK{tag};rport\r\n"
+        f"From: <sip:user1@example.test>;tag={tag}\r\nTo: <sip:{number}@example.test>\r\n"
+        f"Call-ID: {tag}@matrix\r\nCSeq: 1 INVITE\r\nMax-Forwards: 70\r\n"
+        f"Contact: <sip:user1@{local[0]}:{local[1]};transport=tcp>\r\n"
+        "Content-Length: 0\r\n\r\n"
+    ).encode()
 
 
 def connect(node: NodeProcess) -> socket.socket:
@@ -249,16 +278,18 @@ def closed_within(s: socket.socket, seconds: float) -> bool:
 
 
 def test_cell_tcp_per_source_cap(tmp_path, psap):
-    node = NodeProcess(str(tmp_path), extra=plan(psap.uas.port),
-                       limits="udp_rate = 0\noverload_delay = 0\ntcp_max_per_source = 2\n"
-                              "tcp_header_timeout = 2")
+    node = NodeProcess(
+        str(tmp_path),
+        extra=plan(psap.uas.port),
+        limits="udp_rate = 0\noverload_delay = 0\ntcp_max_per_source = 2\ntcp_header_timeout = 2",
+    )
     node.start()
     held = [connect(node) for _ in range(2)]
     try:
-        other = connect(node)      # over the cap: not an emergency call, closed
+        other = connect(node)  # over the cap: not an emergency call, closed
         other.sendall(raw_invite(other.getsockname(), "9110"))
         assert closed_within(other, 3.0)
-        idle = connect(node)       # over the cap and silent: closed after the header timeout
+        idle = connect(node)  # over the cap and silent: closed after the header timeout
         assert closed_within(idle, 4.0)
         before = len(psap.invites())
         sos = connect(node)
@@ -282,25 +313,45 @@ def test_cell_nat_in_front_with_its_address_banned(tmp_path, psap):
     try:
         router = net["router"]
         phone = behind_nat(net, "router", "phone")
-        locations = (f'[[dialplan.locations]]\nnetwork = "{router.address}/32"\n'
-                     f'callback = "{NAT_CALLBACK}"\nname = "branch office"\n')
-        c, _ = start_cluster(str(tmp_path), psap, n=1, start=1, address=f"{net.subnet}.1",
-                             locations=locations)
+        locations = (
+            f'[[dialplan.locations]]\nnetwork = "{router.address}/32"\n'
+            f'callback = "{NAT_CALLBACK}"\nname = "branch office"\n'
+        )
+        c, _ = start_cluster(
+            str(tmp_path), psap, n=1, start=1, address=f"{net.subnet}.1", locations=locations
+        )
         try:
             node = c.nodes[0]
             assert wait_serving(c, node, 30.0), node.log_tail()
             assert c.control(node, "ban", kind="source", key=router.address, seconds=120)
             before = len(psap.invites())
-            out = subprocess.run([*phone, "sipp", "-sn", "uac", "-s", "911",
-                                  f"{node.address}:{node.port}", "-m", "1", "-timeout", "15",
-                                  "-timeout_error", "-nostdin", "-trace_err",
-                                  "-error_file", str(tmp_path / "sipp-nat.err")],
-                                 capture_output=True, text=True, timeout=30,
-                                 cwd=str(tmp_path))
+            out = subprocess.run(
+                [
+                    *phone,
+                    "sipp",
+                    "-sn",
+                    "uac",
+                    "-s",
+                    "911",
+                    f"{node.address}:{node.port}",
+                    "-m",
+                    "1",
+                    "-timeout",
+                    "15",
+                    "-timeout_error",
+                    "-nostdin",
+                    "-trace_err",
+                    "-error_file",
+                    str(tmp_path / "sipp-nat.err"),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                cwd=str(tmp_path),
+            )
             assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
             invite = wait_for(lambda: psap.invites()[before:], 5)[-1]
-            assert f"P-Asserted-Identity: <sip:{NAT_CALLBACK}@example.test;user=phone>" \
-                in invite
+            assert f"P-Asserted-Identity: <sip:{NAT_CALLBACK}@example.test;user=phone>" in invite
         finally:
             c.stop()
     finally:

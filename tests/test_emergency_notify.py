@@ -57,13 +57,16 @@ def site(tmp_path_factory):
     work = str(tmp_path_factory.mktemp("emergency"))
     psap = Gateway(free_port(), work, "psap")
     hook, smtp = Webhook(), SmtpReceiver()
-    extra = plan_toml(psap.uas.port) + f"""
+    extra = (
+        plan_toml(psap.uas.port)
+        + f"""
 [emergency]
 webhook = "{hook.url}"
 smtp_host = "127.0.0.1"
 smtp_port = {smtp.port}
 smtp_to = ["security@example.test"]
 """
+    )
     node = start_node(work, extra=extra, t1=0.05, users=5, sip='outside_line_prefix = "9"\n')
     try:
         yield node, psap, hook, smtp
@@ -77,9 +80,15 @@ smtp_to = ["security@example.test"]
 def dial(node, number: str, password: str | None = None, local_ip: str = "127.0.0.1") -> int:
     """``number`` from user0 at ``local_ip``; hang up a 2xx; the final status (407: the
     credentials were refused)."""
-    c = SipClient((node.address, node.port), "user0",
-                  password if password is not None else dict(node.rows)["user0"],
-                  node.domain, local_ip=local_ip, t1=0.05, timeout=15.0)
+    c = SipClient(
+        (node.address, node.port),
+        "user0",
+        password if password is not None else dict(node.rows)["user0"],
+        node.domain,
+        local_ip=local_ip,
+        t1=0.05,
+        timeout=15.0,
+    )
     try:
         resp, dialog = c.invite(f"sip:{number}@{node.domain}")
         if dialog is not None:
@@ -107,11 +116,15 @@ def test_9911_from_a_mapped_subnet_reaches_the_gateway_and_notifies(site):
     body = wait_for(lambda: hook.bodies, 10)[-1]
     assert body["event"] == "emergency call" and body["caller"] == f"sip:user0@{node.domain}"
     assert body["callee"] == f"sip:9911@{node.domain}" and body["callback"] == CALLBACK
-    assert body["location"] == {"network": "127.0.0.1/32", "name": "HQ floor 2",
-                                "address": "1 Main St, Springfield, floor 2"}
+    assert body["location"] == {
+        "network": "127.0.0.1/32",
+        "name": "HQ floor 2",
+        "address": "1 Main St, Springfield, floor 2",
+    }
     assert "HQ floor 2, 1 Main St" in body["text"] and body["node"] == "node1"
-    mail = email.message_from_string(wait_for(lambda: smtp.messages, 10)[-1],
-                                     policy=email.policy.default)
+    mail = email.message_from_string(
+        wait_for(lambda: smtp.messages, 10)[-1], policy=email.policy.default
+    )
     assert mail["To"] == "security@example.test"
     assert "EMERGENCY CALL from sip:user0@" in mail["Subject"]
     assert "1 Main St, Springfield" in text_of(mail.as_string())
@@ -134,27 +147,33 @@ def test_a_dressed_up_number_goes_nowhere_and_tells_no_one(site):
     calls, notices, mails = len(psap.invites()), len(hook.bodies), len(smtp.messages)
     for number in ("9-911", "99110", "9110"):
         assert dial(node, number, password="wrong") == 407, number
-    gevent.sleep(0.5)   # what a wrong notice would need to arrive: none may
-    assert (len(psap.invites()), len(hook.bodies), len(smtp.messages)) == (
-        calls, notices, mails)
+    gevent.sleep(0.5)  # what a wrong notice would need to arrive: none may
+    assert (len(psap.invites()), len(hook.bodies), len(smtp.messages)) == (calls, notices, mails)
 
 
 def test_a_failing_webhook_is_retried_bounded_and_keeps_no_secret(monkeypatch, caplog):
     down = Webhook(status=500)
     monkeypatch.setattr("actors.emergency_notify.RETRY_AFTER", 0.05)
     try:
-        channels = Channels(webhook=down.url, smtp_host="127.0.0.1", smtp_port=1,
-                            smtp_to=["x@y"], smtp_password="hunter2")
-        notifier = EmergencyNotifier(channels, lambda: parse_dialplan(None), "node1",
-                                     "example.test")
-        ev = CallEvent("emergency", "c1", "sip:amy@example.test", "sip:911@example.test",
-                       "udp:[::1]:5060")
+        channels = Channels(
+            webhook=down.url,
+            smtp_host="127.0.0.1",
+            smtp_port=1,
+            smtp_to=["x@y"],
+            smtp_password="hunter2",
+        )
+        notifier = EmergencyNotifier(
+            channels, lambda: parse_dialplan(None), "node1", "example.test"
+        )
+        ev = CallEvent(
+            "emergency", "c1", "sip:amy@example.test", "sip:911@example.test", "udp:[::1]:5060"
+        )
         notifier.add([ev, CallEvent("attempt", "c1", "a", "b", "udp:1.2.3.4:5")], 1000.0)
         assert len(notifier.queued) == 1 and notifier.queued[0]["source"] == "::1"
         assert not notifier.deliver(notifier.queued.popleft())
         assert len(down.bodies) == 3 and notifier.stats["failed"] == 1
         assert "given up" in caplog.text and "hunter2" not in caplog.text
-        for _ in range(1100):    # a flood of emergency events: the queue stays bounded
+        for _ in range(1100):  # a flood of emergency events: the queue stays bounded
             notifier.add([ev], 1000.0)
         assert len(notifier.queued) == 1000 and notifier.stats["dropped"] == 100
     finally:
@@ -162,18 +181,20 @@ def test_a_failing_webhook_is_retried_bounded_and_keeps_no_secret(monkeypatch, c
     assert source_host("tcp:10.1.2.3:5060") == "10.1.2.3"
 
 
-@pytest.mark.parametrize("body, error", [
-    ({"webhook": "file:///etc/passwd"}, "http"),
-    ({"smtp_host": "mail"}, "smtp_to"),
-    ({"smtp_password": "x"}, "unknown setting"),
-    ({"smtp_port": 0}, "smtp_port"),
-    ({"smtp_to": "a@b"}, "smtp_to"),
-    ({"webhooks": "x"}, "unknown setting"),
-])
+@pytest.mark.parametrize(
+    "body, error",
+    [
+        ({"webhook": "file:///etc/passwd"}, "http"),
+        ({"smtp_host": "mail"}, "smtp_to"),
+        ({"smtp_password": "x"}, "unknown setting"),
+        ({"smtp_port": 0}, "smtp_port"),
+        ({"smtp_to": "a@b"}, "smtp_to"),
+        ({"webhooks": "x"}, "unknown setting"),
+    ],
+)
 def test_the_emergency_section_is_checked(body, error):
     with pytest.raises(ConfigError, match=error):
-        parse_config({"node": {"id": "n1"}, "sip": {"domain": "example.test"},
-                      "emergency": body})
+        parse_config({"node": {"id": "n1"}, "sip": {"domain": "example.test"}, "emergency": body})
 
 
 def test_a_webhook_answering_garbage_or_nothing_fails_cleanly():
@@ -181,13 +202,13 @@ def test_a_webhook_answering_garbage_or_nothing_fails_cleanly():
         sock.recv(65535)
         sock.sendall(b"\x00\xffnot http at all\r\n\r\n")
         sock.close()
+
     server = StreamServer(("127.0.0.1", 0), garbage)
     server.start()
     try:
         url = f"http://127.0.0.1:{server.server_port}/hook"
         assert post_json(url, {"x": 1}, "test", timeout=2.0) is False
-        assert post_json(f"http://127.0.0.1:{free_port()}/", {"x": 1}, "test",
-                         timeout=2.0) is False
+        assert post_json(f"http://127.0.0.1:{free_port()}/", {"x": 1}, "test", timeout=2.0) is False
     finally:
         server.stop()
 
@@ -195,9 +216,21 @@ def test_a_webhook_answering_garbage_or_nothing_fails_cleanly():
 def test_a_notice_that_cannot_be_made_never_stops_the_proxy(caplog):
     def broken_plan():
         raise RuntimeError("no plan")
-    notifier = EmergencyNotifier(Channels(webhook="http://127.0.0.1:1/"), broken_plan,
-                                 "node1", "example.test")
-    notifier.add([CallEvent("emergency", "c2", "sip:amy@example.test",
-                            "sip:911@example.test", "udp:10.0.0.1:5060")], 1000.0)
+
+    notifier = EmergencyNotifier(
+        Channels(webhook="http://127.0.0.1:1/"), broken_plan, "node1", "example.test"
+    )
+    notifier.add(
+        [
+            CallEvent(
+                "emergency",
+                "c2",
+                "sip:amy@example.test",
+                "sip:911@example.test",
+                "udp:10.0.0.1:5060",
+            )
+        ],
+        1000.0,
+    )
     assert not notifier.queued and notifier.stats["failed"] == 1
     assert "not made" in caplog.text

@@ -11,8 +11,9 @@ CALLS = 20
 
 def test_phone_registered_on_killed_node_is_called_through_another(tmp_path):
     work = str(tmp_path)
-    cluster = Cluster(work, n=3, settings={"heartbeat": 0.2, "suspect_after": 0.6,
-                                           "dead_after": 1.5})
+    cluster = Cluster(
+        work, n=3, settings={"heartbeat": 0.2, "suspect_after": 0.6, "dead_after": 1.5}
+    )
     rows = write_users_csv(os.path.join(work, "users.csv"), 20)
     cluster.provision(os.path.join(work, "users.csv"))
     cluster.start()
@@ -28,8 +29,16 @@ def test_phone_registered_on_killed_node_is_called_through_another(tmp_path):
         uas = Uas("uas_answer.xml", port, work)
         inf = os.path.join(work, f"calls-{time.monotonic_ns()}.csv")
         write_call_inf(inf, rows[1:], b.domain, "user0")
-        res = run_sipp("uac_auth_call.xml", f"{b.address}:{b.port}", work, inf=inf,
-                       calls=CALLS, rate=20, limit=20, timeout=60)
+        res = run_sipp(
+            "uac_auth_call.xml",
+            f"{b.address}:{b.port}",
+            work,
+            inf=inf,
+            calls=CALLS,
+            rate=20,
+            limit=20,
+            timeout=60,
+        )
         assert (res.successful, res.failed) == (CALLS, 0), res.stderr
     finally:
         if uas is not None:

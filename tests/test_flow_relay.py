@@ -23,8 +23,14 @@ CALLER = ("udp", "10.0.0.1", 5061)
 
 def settings(me, node_id, peer, peer_id) -> ProxySettings:
     cluster = ClusterAddresses([DOMAIN], [NODE1, NODE2])
-    return ProxySettings(DOMAIN, *me, secret=b"s" * 32, cluster=cluster, node_id=node_id,
-                         peer_hops=((peer_id, f"{peer[0]}:{peer[1]}"),))
+    return ProxySettings(
+        DOMAIN,
+        *me,
+        secret=b"s" * 32,
+        cluster=cluster,
+        node_id=node_id,
+        peer_hops=((peer_id, f"{peer[0]}:{peer[1]}"),),
+    )
 
 
 def lookup(user):
@@ -36,23 +42,44 @@ def cores():
     """node1 and node2, the same binding of bob in both, made on node2 over its TCP
     connection (an RFC 5626 flow, its Contact the connection's port)."""
     made = []
-    for me, node_id, peer, peer_id in ((NODE1, "node1", NODE2, "node2"),
-                                       (NODE2, "node2", NODE1, "node1")):
+    for me, node_id, peer, peer_id in (
+        (NODE1, "node1", NODE2, "node2"),
+        (NODE2, "node2", NODE1, "node1"),
+    ):
         location = Location()
-        location.put(Binding(f"sip:bob@{DOMAIN}", "<urn:uuid:1>;reg-id=1", CONTACT,
-                             WALL + 600, "reg", 1, received="tcp:127.0.0.1:44433",
-                             instance="<urn:uuid:1>", reg_id=1, origin="node2"))
+        location.put(
+            Binding(
+                f"sip:bob@{DOMAIN}",
+                "<urn:uuid:1>;reg-id=1",
+                CONTACT,
+                WALL + 600,
+                "reg",
+                1,
+                received="tcp:127.0.0.1:44433",
+                instance="<urn:uuid:1>",
+                reg_id=1,
+                origin="node2",
+            )
+        )
         auth = Authenticator(DOMAIN, b"k" * 32, lookup, algorithms=("MD5",))
-        made.append(ProxyCore(settings(me, node_id, peer, peer_id), location, auth,
-                              trying_delay=0))
+        made.append(ProxyCore(settings(me, node_id, peer, peer_id), location, auth, trying_delay=0))
     return made
 
 
 def message(source, uri=f"sip:bob@{DOMAIN}", frm="sip:carol@other.test", extra=()):
-    lines = [f"MESSAGE {uri} SIP/2.0",
-             f"Via: SIP/2.0/{source[0].upper()} {source[1]}:{source[2]};branch=z9hG4bKm1",
-             "Max-Forwards: 70", f"From: <{frm}>;tag=f", f"To: <sip:bob@{DOMAIN}>",
-             "Call-ID: m1", "CSeq: 1 MESSAGE", *extra, "Content-Length: 2", "", "hi"]
+    lines = [
+        f"MESSAGE {uri} SIP/2.0",
+        f"Via: SIP/2.0/{source[0].upper()} {source[1]}:{source[2]};branch=z9hG4bKm1",
+        "Max-Forwards: 70",
+        f"From: <{frm}>;tag=f",
+        f"To: <sip:bob@{DOMAIN}>",
+        "Call-ID: m1",
+        "CSeq: 1 MESSAGE",
+        *extra,
+        "Content-Length: 2",
+        "",
+        "hi",
+    ]
     req = parse_message("\r\n".join(lines).encode())
     req.validate()
     stamp_via(req, *source)
@@ -110,7 +137,7 @@ def test_a_forged_or_stale_relay_route_is_no_relay(cores, change):
         req.set("Route", route.replace("44433", "44434"))
     elif change == "ruri":
         req.uri = "sip:bob@127.0.0.1:44433;transport=TCP"
-    wall = WALL + 601 if change == "expired" else WALL    # the binding ends at WALL + 600
+    wall = WALL + 601 if change == "expired" else WALL  # the binding ends at WALL + 600
     data = req.encode()
     again = parse_message(data)
     again.validate()
@@ -126,7 +153,8 @@ def test_a_relay_for_a_caller_of_the_domain_is_not_challenged_again(cores):
     """node1 challenged alice's request; node2 sends it on over its flow without a 407."""
     core1, core2 = cores
     route = core1.settings.relay_route(core1.location.lookup(f"sip:bob@{DOMAIN}", WALL)[0], FLOW)
-    req = message(("tcp", *NODE1), uri=CONTACT, frm=f"sip:alice@{DOMAIN}",
-                  extra=(f"Route: {route}",))
+    req = message(
+        ("tcp", *NODE1), uri=CONTACT, frm=f"sip:alice@{DOMAIN}", extra=(f"Route: {route}",)
+    )
     out = at_node2(core2, req)
     assert [d for m, d in out if not isinstance(m, Response)] == [FLOW], out

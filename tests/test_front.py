@@ -64,6 +64,7 @@ def node(tmp_path):
 def challenged_by_front(node, timeout: float = 5.0) -> bool:
     """Whether a REGISTER without credentials gets its 401 while the node
     itself is stopped, i.e. from the front alone."""
+
     def attempt():
         node.signal(signal.SIGSTOP)
         try:
@@ -71,6 +72,7 @@ def challenged_by_front(node, timeout: float = 5.0) -> bool:
         finally:
             node.signal(signal.SIGCONT)
         return answer is not None and answer.startswith("SIP/2.0 401")
+
     return wait_until(attempt, timeout, step=0.2)
 
 
@@ -93,8 +95,9 @@ def test_registrations_with_the_front(node):
     assert (res.successful, res.failed, res.retransmissions) == (USERS, 0, 0), res.stderr
     assert challenged_by_front(node), "the front answers challenges itself"
     bad = sip_exchange(node, request("REGISTER", drop=("From",)))
-    assert bad is not None and bad.startswith("SIP/2.0 400") and "From" in bad.split("\r\n")[0], \
+    assert bad is not None and bad.startswith("SIP/2.0 400") and "From" in bad.split("\r\n")[0], (
         "what the front cannot answer reaches the node"
+    )
     assert node.stop() == 0
     with open(node.log_path) as f:
         log = f.read()
@@ -108,16 +111,24 @@ def test_the_kernel_hands_credentials_to_the_node_itself(node):
     REGISTER without credentials waits for the front."""
     challenge = sip_exchange(node, request("REGISTER"))
     assert challenge is not None and challenge.startswith("SIP/2.0 401"), challenge
-    www = next(line.split(":", 1)[1].strip() for line in challenge.split("\r\n")
-               if line.startswith("WWW-Authenticate:") and "algorithm=MD5" in line)
+    www = next(
+        line.split(":", 1)[1].strip()
+        for line in challenge.split("\r\n")
+        if line.startswith("WWW-Authenticate:") and "algorithm=MD5" in line
+    )
     user, password = node.rows[0]
     creds = answer(www, user, password, uri="sip:example.test")
     pid = front_pid(node)
     os.kill(pid, signal.SIGSTOP)
     try:
         assert sip_exchange(node, request("OPTIONS")).startswith("SIP/2.0 200")
-        ok = sip_exchange(node, request("REGISTER", extra=(
-            f"\r\nContact: <sip:{user}@127.0.0.1:5999>\r\nAuthorization: {creds}")))
+        ok = sip_exchange(
+            node,
+            request(
+                "REGISTER",
+                extra=(f"\r\nContact: <sip:{user}@127.0.0.1:5999>\r\nAuthorization: {creds}"),
+            ),
+        )
         assert ok is not None and ok.startswith("SIP/2.0 200"), ok
         assert "<sip:user0@127.0.0.1:5999>;expires=" in ok
         assert sip_exchange(node, request("REGISTER"), timeout=0.5) is None
@@ -155,12 +166,18 @@ def test_calls_through_a_node_with_the_front(node):
 def test_a_syncing_node_answers_503_through_the_front(tmp_path):
     """Until the node is synced the front answers nothing: the node's 503 gets through."""
     from actors.keys import Member, cluster_toml, generate_keypair
-    me, ghost = (Member(name, *[f"tcp://127.0.0.1:{free_port()}" for _ in range(3)],
-                        *generate_keypair()) for name in ("node1", "node2"))
+
+    me, ghost = (
+        Member(name, *[f"tcp://127.0.0.1:{free_port()}" for _ in range(3)], *generate_keypair())
+        for name in ("node1", "node2")
+    )
     # node2 never starts: node1 syncs "alone" only after alone_wait.
-    n = NodeProcess(str(tmp_path), front=True,
-                    extra=cluster_toml(me, [me, ghost], alone_wait=4.0, heartbeat=0.2))
-    n.front = False            # start() must not wait for the front: it cannot answer yet
+    n = NodeProcess(
+        str(tmp_path),
+        front=True,
+        extra=cluster_toml(me, [me, ghost], alone_wait=4.0, heartbeat=0.2),
+    )
+    n.front = False  # start() must not wait for the front: it cannot answer yet
     n.start()
     try:
         assert wait_until(lambda: front_pid(n) is not None, 10), n.log_tail()
@@ -182,16 +199,26 @@ def test_the_front_answers_from_no_peer_list_so_pushed_peers_need_not_reach_it()
     the node's to refuse, after the credentials, as the node itself does. So a
     REGISTER without credentials whose Contact names a node the file lists (since
     removed, its address perhaps a phone's now) or one added since gets the 401."""
-    peer = Peer("node2", "tcp://192.0.2.2:7001", "tcp://192.0.2.2:7002",
-                generate_keypair()[0], "192.0.2.2:5060")
-    cfg = NodeConfig(id="node1", domain="example.test", address="127.0.0.1", port=5060,
-                     peers=[peer])
+    peer = Peer(
+        "node2",
+        "tcp://192.0.2.2:7001",
+        "tcp://192.0.2.2:7002",
+        generate_keypair()[0],
+        "192.0.2.2:5060",
+    )
+    cfg = NodeConfig(
+        id="node1", domain="example.test", address="127.0.0.1", port=5060, peers=[peer]
+    )
     front = ChallengeFront(cfg, b"s" * 32, os.getpid())
     front.synced_until = float("inf")
     sent = []
     for host in ("192.0.2.2", "192.0.2.3"):
         data = request("REGISTER", extra=f"\r\nContact: <sip:user0@{host}:5060>")
-        front.handle(data.replace("PORT", "5070").encode(), "127.0.0.1", 5070,
-                     lambda out, dest: sent.append((out.split(b"\r\n")[0], dest)))
+        front.handle(
+            data.replace("PORT", "5070").encode(),
+            "127.0.0.1",
+            5070,
+            lambda out, dest: sent.append((out.split(b"\r\n")[0], dest)),
+        )
     assert sent == [(b"SIP/2.0 401 Unauthorized", ("127.0.0.1", 5070))] * 2, sent
     assert front.pending == [] and front.stats["challenged"] == 2

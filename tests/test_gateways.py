@@ -75,8 +75,9 @@ class Gateway:
 
     def __init__(self, port: int, work: str, name: str):
         self.log = os.path.join(work, f"gw-{name}-{port}.log")
-        self.uas = Uas("uas_answer.xml", port, work,
-                       args=("-aa", "-trace_msg", "-message_file", self.log))
+        self.uas = Uas(
+            "uas_answer.xml", port, work, args=("-aa", "-trace_msg", "-message_file", self.log)
+        )
 
     def invites(self) -> list[str]:
         """The INVITEs it received so far, as text."""
@@ -85,8 +86,11 @@ class Gateway:
                 text = f.read()
         except FileNotFoundError:
             return []
-        return [m for m in text.split("----------------------------------------------")
-                if "received" in m and "\nINVITE " in m]
+        return [
+            m
+            for m in text.split("----------------------------------------------")
+            if "received" in m and "\nINVITE " in m
+        ]
 
     def stop(self) -> None:
         self.uas.stop()
@@ -119,9 +123,14 @@ def lab(tmp_path_factory):
 
 
 def client(node, user, password=None):
-    return SipClient((node.address, node.port), user,
-                     password if password is not None else dict(node.rows)[user],
-                     node.domain, t1=0.05, timeout=15.0)
+    return SipClient(
+        (node.address, node.port),
+        user,
+        password if password is not None else dict(node.rows)[user],
+        node.domain,
+        t1=0.05,
+        timeout=15.0,
+    )
 
 
 def place(node, user, number, password=None):
@@ -145,15 +154,14 @@ def test_a_number_reaches_the_second_gateway_after_the_first_times_out(lab):
     invite = wait_for(lambda: gw_a.invites()[before:], 5)[0]
     assert "INVITE sip:05551234@127.0.0.1" in invite
     assert f"P-Asserted-Identity: <sip:{CALLER_ID}@{node.domain};user=phone>" in invite
-    assert took >= 64 * 0.05 * 0.9, took     # Timer B of the dead gateway ran out first
+    assert took >= 64 * 0.05 * 0.9, took  # Timer B of the dead gateway ran out first
 
 
 def test_long_distance_digits_and_permission(lab):
     node, gw_a, _ = lab
     before = len(gw_a.invites())
     assert place(node, "user0", "15551234567") == 200
-    assert "INVITE sip:0+15551234567@127.0.0.1" in wait_for(lambda: gw_a.invites()[before:],
-                                                            5)[0]
+    assert "INVITE sip:0+15551234567@127.0.0.1" in wait_for(lambda: gw_a.invites()[before:], 5)[0]
     assert place(node, "user1", "15551234567") == 403
     assert place(node, "user0", "5551234") == 404
 
@@ -185,16 +193,18 @@ def test_gateway_health_marks_the_dead_one_down_and_up_again(tmp_path):
     node = start_node(work, extra=dialplan_toml(ports, probe_interval=0.2), users=2)
     revived = None
     try:
-        assert wait_for(lambda: "gateway dead missed 2 probes: down" in node.log_tail(200), 10), \
+        assert wait_for(lambda: "gateway dead missed 2 probes: down" in node.log_tail(200), 10), (
             node.log_tail()
+        )
         assert "gateway a missed" not in node.log_tail(200)
         started = time.monotonic()
         assert place(node, "user0", "95551234") == 200
         # Straight to the second gateway: not Timer B (32 s at the default T1) of the first.
         assert time.monotonic() - started < 3.0
         revived = Gateway(ports["dead"], work, "dead")
-        assert wait_for(lambda: "gateway dead answers again: up" in node.log_tail(200), 10), \
+        assert wait_for(lambda: "gateway dead answers again: up" in node.log_tail(200), 10), (
             node.log_tail()
+        )
     finally:
         node.stop()
         gw_a.stop()
@@ -228,24 +238,30 @@ def test_the_prober_over_udp_tcp_and_srv(tmp_path):
     uas_tcp = Uas("uas_answer.xml", tcp, work, transport="t1", args=("-aa",))
     revived = None
     try:
-        plan = parse_dialplan({"gateways": [
-            {"name": "udp", "host": "127.0.0.1", "port": live},
-            {"name": "tcp", "host": "127.0.0.1", "port": tcp, "transport": "tcp"},
-            {"name": "trunk", "host": "trunk.other.test"},
-            {"name": "gone", "host": "gone.other.test"}], "probe_misses": 2})
+        plan = parse_dialplan(
+            {
+                "gateways": [
+                    {"name": "udp", "host": "127.0.0.1", "port": live},
+                    {"name": "tcp", "host": "127.0.0.1", "port": tcp, "transport": "tcp"},
+                    {"name": "trunk", "host": "trunk.other.test"},
+                    {"name": "gone", "host": "gone.other.test"},
+                ],
+                "probe_misses": 2,
+            }
+        )
         dialing = Dialing(plan, lambda u: False, "example.test")
-        prober = GatewayProber(dialing, Resolver(["127.0.0.1"], dns.port), "127.0.0.1",
-                               "example.test")
+        prober = GatewayProber(
+            dialing, Resolver(["127.0.0.1"], dns.port), "127.0.0.1", "example.test"
+        )
         gws = plan.gateways
-        assert wait_for(lambda: prober.probe(gws["tcp"], 1.0), 5)   # SIPp's TCP listener up
+        assert wait_for(lambda: prober.probe(gws["tcp"], 1.0), 5)  # SIPp's TCP listener up
         assert prober.probe(gws["udp"], 1.0)
         assert prober.probe(gws["trunk"], 1.0)
         assert ("_sip._udp.trunk.other.test", "SRV") in dns.queries
         assert not prober.probe(gws["gone"], 0.3) and "gone" not in dialing.down
         assert not prober.probe(gws["gone"], 0.3) and "gone" in dialing.down
         health = prober.health()
-        assert health["gateways"]["gone"] == {"state": "down", "misses": 2,
-                                              "emergency": False}
+        assert health["gateways"]["gone"] == {"state": "down", "misses": 2, "emergency": False}
         assert health["gateways"]["trunk"]["state"] == "up"
         assert health["probes"]["answers"] == 3 and health["probes"]["probes"] >= 5
         revived = Gateway(dead, work, "revived")
@@ -287,7 +303,7 @@ gateways = ["trunk"]
         invite = wait_for(gw.invites, 5)[0]
         assert "INVITE sip:+4930123456@trunk.other.test" in invite
         assert ("_sip._udp.trunk.other.test", "SRV") in dns.queries
-        assert "trying the next target" in node.log_tail(200)    # the dead SRV target first
+        assert "trying the next target" in node.log_tail(200)  # the dead SRV target first
     finally:
         node.stop()
         gw.stop()

@@ -21,10 +21,14 @@ CALLBACK = "+15550911"
 
 def api(base: str, password: str, method: str, path: str, body=None) -> dict:
     req = urllib.request.Request(
-        f"http://{base}:8080{path}", method=method,
+        f"http://{base}:8080{path}",
+        method=method,
         data=json.dumps(body).encode() if body is not None else None,
-        headers={"Content-Type": "application/json", "Authorization": "Basic "
-                 + base64.b64encode(f"admin:{password}".encode()).decode()})
+        headers={
+            "Content-Type": "application/json",
+            "Authorization": "Basic " + base64.b64encode(f"admin:{password}".encode()).decode(),
+        },
+    )
     with urllib.request.urlopen(req, timeout=10) as r:
         return json.loads(r.read())
 
@@ -48,8 +52,7 @@ def call(address: str, user: str, password: str, number: str) -> int:
 def emergency_call(address: str, work: str, psap: Gateway) -> str:
     """911 from alice with a wrong password through ``address``: the INVITE the PSAP got."""
     before = len(psap.invites())
-    c = SipClient((address, 5060), "alice", "wrong-password", "example.test", t1=0.1,
-                  timeout=15.0)
+    c = SipClient((address, 5060), "alice", "wrong-password", "example.test", t1=0.1, timeout=15.0)
     try:
         resp, dialog = c.invite("sip:911@example.test")
         assert resp.status == 200, resp.status
@@ -67,25 +70,37 @@ def test_emergency_calls_survive_the_master_and_the_phones_node(lab, tmp_path): 
     psap = Gateway(free_port(), work, "psap")
     carrier = Gateway(free_port(), work, "carrier")
     try:
-        plan = {"gateways": [{"name": "carrier", "host": "127.0.0.1", "port": carrier.uas.port},
-                             {"name": "psap", "host": "127.0.0.1", "port": psap.uas.port,
-                              "emergency": True},
-                             {"name": "gone", "host": "127.0.0.1", "port": free_port()}],
-                "rules": [{"pattern": "9.", "strip": 1, "gateways": ["carrier"],
-                           "permission": "local"}],
-                "users": {"alice": {"permissions": ["local"], "emergency_callback": CALLBACK}},
-                "probe_interval": 1.0}
+        plan = {
+            "gateways": [
+                {"name": "carrier", "host": "127.0.0.1", "port": carrier.uas.port},
+                {"name": "psap", "host": "127.0.0.1", "port": psap.uas.port, "emergency": True},
+                {"name": "gone", "host": "127.0.0.1", "port": free_port()},
+            ],
+            "rules": [
+                {"pattern": "9.", "strip": 1, "gateways": ["carrier"], "permission": "local"}
+            ],
+            "users": {"alice": {"permissions": ["local"], "emergency_callback": CALLBACK}},
+            "probe_interval": 1.0,
+        }
         version = api(base, password, "PUT", "/api/dialplan", plan)["version"]
-        assert wait_for(lambda: all(v >= version for v in api(
-            base, password, "GET", "/api/config")["nodes"].values()), 20)
+        assert wait_for(
+            lambda: all(
+                v >= version for v in api(base, password, "GET", "/api/config")["nodes"].values()
+            ),
+            20,
+        )
 
         def health():
             views = api(base, password, "GET", "/api/dialplan/health")["nodes"]
             gateways = [v.get("gateways", {}) for v in views.values()]
             return sorted(views) == ["node1", "node2"] and all(
-                g.get("psap", {}).get("state") == "up" and g["psap"]["misses"] == 0
+                g.get("psap", {}).get("state") == "up"
+                and g["psap"]["misses"] == 0
                 and g.get("carrier", {}).get("state") == "up"
-                and g.get("gone", {}).get("state") == "down" for g in gateways)
+                and g.get("gone", {}).get("state") == "down"
+                for g in gateways
+            )
+
         assert wait_for(health, 15), api(base, password, "GET", "/api/dialplan/health")
         os.kill(lab_status(data)["master"]["pid"], signal.SIGKILL)
         n1, n2 = node_ip(base, 1), node_ip(base, 2)
@@ -119,10 +134,12 @@ def test_emergency_calls_survive_the_master_and_the_phones_node(lab, tmp_path): 
             except OSError:
                 return None
             return [c for c in found if "node2" in c["nodes"]]
+
         found = wait_for(records, 30)
         assert found and all(c["emergency"] for c in found), found
-        others = wait_for(lambda: api(base, password, "GET", "/api/cdrs?callee=95551234")["cdrs"],
-                          10)
+        others = wait_for(
+            lambda: api(base, password, "GET", "/api/cdrs?callee=95551234")["cdrs"], 10
+        )
         assert others and not any(c["emergency"] for c in others), others
     finally:
         psap.stop()

@@ -35,16 +35,27 @@ def test_separators_are_no_token_characters():
     assert not set(SEPARATORS) & RFC3261_TOKEN
 
 
-@pytest.mark.parametrize("text, ok", [("INVITE", True), ("x-Custom.1", True), ("", False),
-                                      ("IN VITE", False), ("a|b", False), ("é", False)])
+@pytest.mark.parametrize(
+    "text, ok",
+    [
+        ("INVITE", True),
+        ("x-Custom.1", True),
+        ("", False),
+        ("IN VITE", False),
+        ("a|b", False),
+        ("é", False),
+    ],
+)
 def test_is_token(text, ok):
     assert is_token(text) is ok
 
 
 def test_a_method_outside_the_token_grammar_is_refused():
-    data = (b"INV|TE sip:bob@example.test SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK1\r\n"
-            b"From: <sip:a@example.test>;tag=1\r\nTo: <sip:bob@example.test>\r\nCall-ID: c\r\n"
-            b"CSeq: 1 INVITE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n")
+    data = (
+        b"INV|TE sip:bob@example.test SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK1\r\n"
+        b"From: <sip:a@example.test>;tag=1\r\nTo: <sip:bob@example.test>\r\nCall-ID: c\r\n"
+        b"CSeq: 1 INVITE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    )
     with pytest.raises(SipParseError):
         parse_message(data)
 

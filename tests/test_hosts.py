@@ -23,8 +23,13 @@ from loadtest.harness import Cluster, run_sipp, write_users_csv
 from tests.netns import Network, network_or_skip, sweep
 
 USERS = 600
-SETTINGS = {"heartbeat": 0.2, "suspect_after": 1.0, "dead_after": 3.0, "alone_wait": 2.0,
-            "sync_timeout": 3.0}
+SETTINGS = {
+    "heartbeat": 0.2,
+    "suspect_after": 1.0,
+    "dead_after": 3.0,
+    "alone_wait": 2.0,
+    "sync_timeout": 3.0,
+}
 CONVERGE = 30.0
 """Bound on convergence after a heal or restart (seconds)."""
 
@@ -41,20 +46,33 @@ class Lab:
         """Register (``expires=0``: remove) ``rows`` through ``node`` from phones:``port``."""
         inf = os.path.join(self.work, f"inf-{time.monotonic_ns()}.csv")
         write_register_inf(inf, rows, node.domain, expires)
-        res = run_sipp("register_auth.xml", f"{node.address}:{node.port}", self.work, inf=inf,
-                       calls=len(rows), rate=500, local_ip=self.phones.address,
-                       local_port=port, timeout=60, prefix=tuple(self.phones.prefix))
+        res = run_sipp(
+            "register_auth.xml",
+            f"{node.address}:{node.port}",
+            self.work,
+            inf=inf,
+            calls=len(rows),
+            rate=500,
+            local_ip=self.phones.address,
+            local_port=port,
+            timeout=60,
+            prefix=tuple(self.phones.prefix),
+        )
         assert (res.returncode, res.failed, res.successful) == (0, 0, len(rows)), res.stderr
         return res
 
     def bindings(self, node, user: str) -> list[tuple]:
         """``(contact, expires_at, origin, deleted)`` of ``user``'s bindings in ``node``'s store."""
-        con = sqlite3.connect(f"file:{node.database.removeprefix('sqlite:///')}?mode=ro",
-                              uri=True, timeout=10)
+        con = sqlite3.connect(
+            f"file:{node.database.removeprefix('sqlite:///')}?mode=ro", uri=True, timeout=10
+        )
         try:
-            return sorted(con.execute(
-                "SELECT contact, expires_at, origin, deleted FROM bindings WHERE aor LIKE ?",
-                (f"%:{user}@%",)).fetchall())
+            return sorted(
+                con.execute(
+                    "SELECT contact, expires_at, origin, deleted FROM bindings WHERE aor LIKE ?",
+                    (f"%:{user}@%",),
+                ).fetchall()
+            )
         finally:
             con.close()
 
@@ -112,12 +130,15 @@ def test_a_node_cut_off_while_phones_register_elsewhere_converges_when_plugged_b
     host = lab.net[cut.id]
     host.link(False)
     try:
-        assert wait(lambda: lab.cluster.control(a, "status")["peers"][cut.id]["liveness"]
-                    != "alive", 5.0), "node1 still hears the cut-off node"
+        assert wait(
+            lambda: lab.cluster.control(a, "status")["peers"][cut.id]["liveness"] != "alive", 5.0
+        ), "node1 still hears the cut-off node"
         rows = lab.rows[:200]
         with ThreadPoolExecutor(2) as pool:
-            jobs = [pool.submit(lab.register, a, rows[0::2], 21001),
-                    pool.submit(lab.register, b, rows[1::2], 21002)]
+            jobs = [
+                pool.submit(lab.register, a, rows[0::2], 21001),
+                pool.submit(lab.register, b, rows[1::2], 21002),
+            ]
             [job.result() for job in jobs]
         ok, got = lab.cluster.wait_converged(10.0, nodes=[a, b])
         assert ok, got
@@ -129,8 +150,10 @@ def test_a_node_cut_off_while_phones_register_elsewhere_converges_when_plugged_b
     took = time.monotonic() - healed
     assert ok, got
     assert {d["live"] for d in got.values()} == {before + 200}
-    print(f"\ncut-off node {cut.id} converged {took:.2f}s after its link came back up "
-          f"({len(got)} digests equal, {before + 200} live bindings)")
+    print(
+        f"\ncut-off node {cut.id} converged {took:.2f}s after its link came back up "
+        f"({len(got)} digests equal, {before + 200} live bindings)"
+    )
 
 
 def test_a_split_where_both_sides_register_heals_to_the_newest_binding(ready):
@@ -152,8 +175,9 @@ def test_a_split_where_both_sides_register_heals_to_the_newest_binding(ready):
     try:
         # A long split: each side takes the other for dead (dead_after), so
         # healing goes through the reconnect path, not just a heartbeat gap.
-        assert wait(lambda: lab.cluster.control(c, "status")["peers"][a.id]["liveness"]
-                    == "dead", 10.0), "node3 does not take node1 for dead"
+        assert wait(
+            lambda: lab.cluster.control(c, "status")["peers"][a.id]["liveness"] == "dead", 10.0
+        ), "node3 does not take node1 for dead"
         # Both sides take new registrations, and the same AoR with another contact each.
         lab.register(a, lab.rows[400:450] + row(both), 22002)
         lab.register(c, lab.rows[450:500] + row(both), 22003)
@@ -176,19 +200,25 @@ def test_a_split_where_both_sides_register_heals_to_the_newest_binding(ready):
 
     contact = f"sip:{both}@{lab.phones.address}:"
     for node in lab.nodes:
-        got_rows = {u: lab.bindings(node, u)
-                    for u in (both, removed, conflict, refreshed_then_removed)}
-        assert sorted(r[0].split(";")[0].removeprefix(contact) for r in got_rows[both]
-                      if not r[3]) == ["22002", "22003"], got_rows[both]
+        got_rows = {
+            u: lab.bindings(node, u) for u in (both, removed, conflict, refreshed_then_removed)
+        }
+        assert sorted(
+            r[0].split(";")[0].removeprefix(contact) for r in got_rows[both] if not r[3]
+        ) == ["22002", "22003"], got_rows[both]
         assert [r[3] for r in got_rows[removed]] == [1], got_rows[removed]
-        assert [r[3] for r in got_rows[refreshed_then_removed]] == [1], \
-            got_rows[refreshed_then_removed]
+        assert [r[3] for r in got_rows[refreshed_then_removed]] == [1], got_rows[
+            refreshed_then_removed
+        ]
         [(_, expires_at, origin, deleted)] = got_rows[conflict]
-        assert (origin, deleted) == (c.id, 0) and expires_at - time.time() < 1800 + 5, \
-            got_rows[conflict]
-    print(f"\nsplit node1+node2 | node3 healed: converged in {took:.2f}s, "
-          f"{next(iter(got.values()))['live']} live bindings, digests equal on "
-          f"{len(got)} nodes")
+        assert (origin, deleted) == (c.id, 0) and expires_at - time.time() < 1800 + 5, got_rows[
+            conflict
+        ]
+    print(
+        f"\nsplit node1+node2 | node3 healed: converged in {took:.2f}s, "
+        f"{next(iter(got.values()))['live']} live bindings, digests equal on "
+        f"{len(got)} nodes"
+    )
 
 
 def test_rolling_restart_under_call_load_fails_no_call_beyond_the_stopped_node(ready):
@@ -197,8 +227,13 @@ def test_rolling_restart_under_call_load_fails_no_call_beyond_the_stopped_node(r
     lab.register(lab.nodes[0], lab.rows[-1:], callee_port)
     ok, got = lab.cluster.wait_converged(10.0)
     assert ok, got
-    uas = Uas("uas_answer.xml", callee_port, lab.work, address=lab.phones.address,
-              prefix=tuple(lab.phones.prefix))
+    uas = Uas(
+        "uas_answer.xml",
+        callee_port,
+        lab.work,
+        address=lab.phones.address,
+        prefix=tuple(lab.phones.prefix),
+    )
     report = []
     try:
         for k, stopped in enumerate(lab.nodes):
@@ -206,11 +241,20 @@ def test_rolling_restart_under_call_load_fails_no_call_beyond_the_stopped_node(r
             inf = os.path.join(lab.work, f"calls-{k}.csv")
             write_call_inf(inf, lab.rows[:calls], through.domain, lab.rows[-1][0])
             with ThreadPoolExecutor(1) as pool:
-                load = pool.submit(run_sipp, "uac_auth_call.xml",
-                                   f"{through.address}:{through.port}", lab.work, inf=inf,
-                                   calls=calls, rate=20, limit=20, local_ip=lab.phones.address,
-                                   local_port=23001 + k, timeout=60,
-                                   prefix=tuple(lab.phones.prefix))
+                load = pool.submit(
+                    run_sipp,
+                    "uac_auth_call.xml",
+                    f"{through.address}:{through.port}",
+                    lab.work,
+                    inf=inf,
+                    calls=calls,
+                    rate=20,
+                    limit=20,
+                    local_ip=lab.phones.address,
+                    local_port=23001 + k,
+                    timeout=60,
+                    prefix=tuple(lab.phones.prefix),
+                )
                 assert stopped.stop() == 0, stopped.log_tail()
                 restarted = time.monotonic()
                 stopped.start()
@@ -235,8 +279,9 @@ def test_sweep_removes_the_namespaces_of_dead_runs_only(lab):
     try:
         removed = sweep()
         assert stale in removed
-        listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
-                                 timeout=30).stdout
+        listing = subprocess.run(
+            ["ip", "netns", "list"], capture_output=True, text=True, timeout=30
+        ).stdout
         assert stale not in listing
         assert all(h.ns in listing for h in lab.net.hosts.values()), listing
     finally:

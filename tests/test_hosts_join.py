@@ -47,9 +47,18 @@ class Lab:
         """Register ``rows`` through ``node`` from phones:``port``; every one must succeed."""
         inf = os.path.join(self.master.work, f"inf-{time.monotonic_ns()}.csv")
         write_register_inf(inf, rows, node.domain, 3600)
-        res = run_sipp("register_auth.xml", f"{node.address}:{node.port}", self.master.work,
-                       inf=inf, calls=len(rows), rate=rate, local_ip=self.phones.address,
-                       local_port=port, timeout=60, prefix=tuple(self.phones.prefix))
+        res = run_sipp(
+            "register_auth.xml",
+            f"{node.address}:{node.port}",
+            self.master.work,
+            inf=inf,
+            calls=len(rows),
+            rate=rate,
+            local_ip=self.phones.address,
+            local_port=port,
+            timeout=60,
+            prefix=tuple(self.phones.prefix),
+        )
         assert (res.returncode, res.failed, res.successful) == (0, 0, len(rows)), res.stderr
         return res
 
@@ -107,18 +116,27 @@ def test_a_fourth_node_joins_while_phones_register(lab):
         n4 = lab.node("node4")
         running = time.monotonic() - started
         for name in ("node1", "node2", "node3"):
-            assert wait(lambda name=name: (lab.master.status(lab.master.nodes[name]) or {})
-                        .get("peers", {}).get("node4", {}).get("liveness") == "alive",
-                        CONVERGE), f"{name} does not hear node4"
+            assert wait(
+                lambda name=name: (
+                    (lab.master.status(lab.master.nodes[name]) or {})
+                    .get("peers", {})
+                    .get("node4", {})
+                    .get("liveness")
+                    == "alive"
+                ),
+                CONVERGE,
+            ), f"{name} does not hear node4"
         linked = time.monotonic() - started
         res = load.result()
     got = lab.converged()
     took = time.monotonic() - started
     assert {d["live"] for d in got.values()} == {350} and len(got) == 4, got
     assert lab.master.holds(n4, "user349") and lab.master.holds(n4, "user0")
-    print(f"\nnode4 joined under load: running {running:.2f} s after `node join`, heard by "
-          f"every node after {linked:.2f} s, 4 digests equal after {took:.2f} s; "
-          f"{res.successful} registrations through node1 meanwhile, {res.failed} failed")
+    print(
+        f"\nnode4 joined under load: running {running:.2f} s after `node join`, heard by "
+        f"every node after {linked:.2f} s, 4 digests equal after {took:.2f} s; "
+        f"{res.successful} registrations through node1 meanwhile, {res.failed} failed"
+    )
 
 
 def test_a_removed_node_is_dropped_while_the_others_serve(lab):
@@ -128,11 +146,19 @@ def test_a_removed_node_is_dropped_while_the_others_serve(lab):
     assert lab.master.lookup("node2.example.test") == [lab.net["node2"].address]
     lab.master.api("DELETE", "/api/nodes/node2")
     for node in lab.master.nodes.values():
-        assert wait(lambda node=node: "node2" not in (lab.master.status(node)
-                                                      or {"peers": {"node2": 1}})["peers"],
-                    CONVERGE), node.log_tail()
-    assert wait(lambda: (lab.master.status(gone) or {}).get("peers", {}).get("node1", {})
-                .get("liveness") in ("suspected", "dead"), CONVERGE), gone.log_tail()
+        assert wait(
+            lambda node=node: (
+                "node2" not in (lab.master.status(node) or {"peers": {"node2": 1}})["peers"]
+            ),
+            CONVERGE,
+        ), node.log_tail()
+    assert wait(
+        lambda: (
+            (lab.master.status(gone) or {}).get("peers", {}).get("node1", {}).get("liveness")
+            in ("suspected", "dead")
+        ),
+        CONVERGE,
+    ), gone.log_tail()
     lab.register(lab.master.nodes["node3"], lab.rows[350:], 24004)
     got = lab.converged()
     assert {d["live"] for d in got.values()} == {USERS} and len(got) == 3, got

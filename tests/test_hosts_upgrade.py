@@ -70,8 +70,9 @@ def old_cluster(net: Network, previous: str, work: str, rows: list) -> Master:
     try:
         master.init().start()
         for user, password in rows:
-            version = master.api("POST", "/api/users",
-                                 {"username": user, "password": password})["version"]
+            version = master.api("POST", "/api/users", {"username": user, "password": password})[
+                "version"
+            ]
         for k, name in enumerate(NODES):
             host = net[name]
             node = JoinedNode(work, name, host.address, tuple(host.prefix), root=previous)
@@ -79,8 +80,7 @@ def old_cluster(net: Network, previous: str, work: str, rows: list) -> Master:
             assert out.returncode == 0, out.stderr
             master.nodes[name] = node.start()
         assert wait(master.converged, SERVE, 0.1), master.digests()
-        assert wait(lambda: pushed(master, version), SERVE, 0.1), \
-            master.api("GET", "/api/nodes")
+        assert wait(lambda: pushed(master, version), SERVE, 0.1), master.api("GET", "/api/nodes")
     except BaseException:
         master.close()
         raise
@@ -101,9 +101,10 @@ def test_rolling_upgrade_on_separate_hosts_fails_no_call(previous, net, tmp_path
             assert "pv" not in master.ask(node, "status"), "not the previous release"
         callees = [user for user, _ in rows[:3]]
         for k, node in enumerate(nodes):
-            assert registrations(node, rows[k:k + 1], 25001 + k, work, phones) == (1, 0)
-            uas.append(Uas("uas_answer.xml", 25001 + k, work, address=phones.address,
-                           prefix=phones.prefix))
+            assert registrations(node, rows[k : k + 1], 25001 + k, work, phones) == (1, 0)
+            uas.append(
+                Uas("uas_answer.xml", 25001 + k, work, address=phones.address, prefix=phones.prefix)
+            )
         load = Load(nodes, rows[3:], callees, work, phones).start()
         assert load.wait_rounds(1), load.counts
         migrated = current_version(NODE_MIGRATIONS)
@@ -127,11 +128,13 @@ def test_rolling_upgrade_on_separate_hosts_fails_no_call(previous, net, tmp_path
         master.start()
         late = ("late", "late-pw")
         version = master.api("POST", "/api/users", {"username": late[0], "password": late[1]})[
-            "version"]
+            "version"
+        ]
         assert wait(lambda: pushed(master, version), SERVE, 0.1), master.api("GET", "/api/nodes")
         took["master"] = time.monotonic() - stopped
-        assert schema_of(os.path.join(master.data, "master.db"), "master") == \
-            current_version(MASTER_MIGRATIONS)
+        assert schema_of(os.path.join(master.data, "master.db"), "master") == current_version(
+            MASTER_MIGRATIONS
+        )
         assert load.wait_rounds(1), load.counts
         load.stop()
         assert registrations(nodes[1], [late], 25010, work, phones) == (1, 0)
@@ -142,12 +145,16 @@ def test_rolling_upgrade_on_separate_hosts_fails_no_call(previous, net, tmp_path
             status = master.ask(node, "status")
             assert {p["pv"] for p in status["peers"].values()} == {PROTOCOL_VERSION}
             assert (status["bad_messages"], status["newer_protocol"]) == (0, 0)
-        (regs, reg_failed), (placed, call_failed) = (load.counts["registrations"],
-                                                     load.counts["calls"])
-        print(f"\nrolling upgrade {PREVIOUS_RELEASE} -> current on 5 hosts: {load.rounds} rounds, "
-              f"registrations {regs} attempted {reg_failed} failed, "
-              f"calls {placed} attempted {call_failed} failed; stop to serving: "
-              + ", ".join(f"{k} {v:.2f} s" for k, v in took.items()))
+        (regs, reg_failed), (placed, call_failed) = (
+            load.counts["registrations"],
+            load.counts["calls"],
+        )
+        print(
+            f"\nrolling upgrade {PREVIOUS_RELEASE} -> current on 5 hosts: {load.rounds} rounds, "
+            f"registrations {regs} attempted {reg_failed} failed, "
+            f"calls {placed} attempted {call_failed} failed; stop to serving: "
+            + ", ".join(f"{k} {v:.2f} s" for k, v in took.items())
+        )
         assert reg_failed + call_failed <= FAILED_BOUND, load.failures
         assert regs and placed
     finally:

@@ -32,9 +32,15 @@ def app(tmp_path):
     ms.setup("example.test")
     ms.add_admin("admin", "admin-pw-123")
     master_public, _ = generate_keypair()
-    app = create_app({"SECRET_KEY": "test-key", "CLUSTER_SECRET": SECRET,
-                      "MASTER_KEY": master_public, "MASTER_URL": "http://192.0.2.1:8080"},
-                     Poked())
+    app = create_app(
+        {
+            "SECRET_KEY": "test-key",
+            "CLUSTER_SECRET": SECRET,
+            "MASTER_KEY": master_public,
+            "MASTER_URL": "http://192.0.2.1:8080",
+        },
+        Poked(),
+    )
     app.db_path = f"{tmp_path}/master.db"
     yield app
     ms.close_master_store()
@@ -43,9 +49,15 @@ def app(tmp_path):
 def request_for(k: int, tok: str, **extra) -> dict:
     """A join request of a node on 192.0.2.1k."""
     host = f"192.0.2.{10 + k}"
-    return {"token": tok, "sip": f"{host}:5060", "bus": f"tcp://{host}:7001",
-            "snapshot": f"tcp://{host}:7002", "control": f"tcp://{host}:7003",
-            "public_key": generate_keypair()[0], **extra}
+    return {
+        "token": tok,
+        "sip": f"{host}:5060",
+        "bus": f"tcp://{host}:7001",
+        "snapshot": f"tcp://{host}:7002",
+        "control": f"tcp://{host}:7003",
+        "public_key": generate_keypair()[0],
+        **extra,
+    }
 
 
 def post(client, body, **kw):
@@ -73,8 +85,12 @@ def test_join_records_the_node_and_answers_what_it_needs(app):
     assert r.json["node_id"] == "edge-2"
     assert [p["id"] for p in r.json["peers"]] == ["node1"]
     node = {n["node_id"]: n for n in ms.list_nodes()}["edge-2"]
-    assert (node["sip"], node["bus"], node["snapshot"], node["public_key"]) == \
-        (second["sip"], second["bus"], second["snapshot"], second["public_key"])
+    assert (node["sip"], node["bus"], node["snapshot"], node["public_key"]) == (
+        second["sip"],
+        second["bus"],
+        second["snapshot"],
+        second["public_key"],
+    )
     pushed = ms.config_for(ms.current_version())["peers"]
     assert sorted(p["id"] for p in pushed) == ["edge-2", "node1"]
     zone = zone_text()
@@ -120,16 +136,20 @@ def test_expired_forged_and_missing_tokens_are_refused(app):
 def test_a_refused_join_leaves_the_token_unspent(app):
     c = app.test_client()
     tok, _ = jt.make_token(600)
-    for bad in ({"public_key": "not a key"}, {"sip": "example.test:5060"},
-                {"bus": "ipc:///tmp/x"}, {"control": "tcp://0.0.0.0:7003"},
-                {"id": "Bad_Id"}, {"id": "a" * 40}):
+    for bad in (
+        {"public_key": "not a key"},
+        {"sip": "example.test:5060"},
+        {"bus": "ipc:///tmp/x"},
+        {"control": "tcp://0.0.0.0:7003"},
+        {"id": "Bad_Id"},
+        {"id": "a" * 40},
+    ):
         r = post(c, request_for(1, tok, **bad))
         assert r.status_code == 400, (bad, r.json)
     assert post(c, request_for(1, tok)).status_code == 201
     tok2, _ = jt.make_token(600)
     taken = ms.list_nodes()[0]
-    for clash in ({"id": "node1"}, {"public_key": taken["public_key"]},
-                  {"sip": taken["sip"]}):
+    for clash in ({"id": "node1"}, {"public_key": taken["public_key"]}, {"sip": taken["sip"]}):
         r = post(c, request_for(2, tok2, **clash))
         assert r.status_code == 409 and "belongs to node1" in r.json["error"], clash
     assert post(c, request_for(2, tok2)).status_code == 201
@@ -178,8 +198,9 @@ def test_tokens_and_removal_need_an_admin(app):
     r = c.post("/api/tokens", headers=basic())
     assert r.status_code == 201 and r.headers["Cache-Control"] == "no-store"
     assert r.json["token"] in r.json["command"]
-    assert r.json["command"].startswith(".venv/bin/python run.py node join --master "
-                                        "http://192.0.2.1:8080 --token ")
+    assert r.json["command"].startswith(
+        ".venv/bin/python run.py node join --master http://192.0.2.1:8080 --token "
+    )
     assert post(c, request_for(1, r.json["token"])).status_code == 201
 
 
@@ -205,8 +226,14 @@ def test_no_peers_are_pushed_and_no_node_joins_while_a_node_lacks_its_bus_endpoi
     r = post(c, request_for(2, tok))
     assert r.status_code == 409 and "bus and snapshot" in r.json["error"]
     assert len(ms.list_nodes()) == 2
-    ms.save_node("static", "192.0.2.50:5060", "tcp://192.0.2.50:7003", key,
-                 "tcp://192.0.2.50:7001", snapshot="tcp://192.0.2.50:7002")
+    ms.save_node(
+        "static",
+        "192.0.2.50:5060",
+        "tcp://192.0.2.50:7003",
+        key,
+        "tcp://192.0.2.50:7001",
+        snapshot="tcp://192.0.2.50:7002",
+    )
     r = post(c, request_for(2, tok))
     assert r.status_code == 201 and [p["id"] for p in r.json["peers"]] == ["node1", "static"]
 
@@ -233,11 +260,15 @@ def test_a_master_database_older_than_snapshot_endpoints_gets_the_column(tmp_pat
     con = sqlite3.connect(path)
     # A schema version 1 database: every table of then, no schema_versions table.
     con.execute("CREATE TABLE master_settings (key TEXT PRIMARY KEY, value TEXT)")
-    con.execute("CREATE TABLE master_nodes (id INTEGER PRIMARY KEY, node_id TEXT UNIQUE, "
-                "sip TEXT, bus TEXT, control TEXT, public_key TEXT, weight INTEGER, "
-                "acked_version INTEGER, acked_at REAL, last_error TEXT)")
-    con.execute("INSERT INTO master_nodes VALUES (1, 'node1', '192.0.2.1:5060', "
-                "'tcp://192.0.2.1:7001', 'tcp://192.0.2.1:7003', 'k', 50, 3, 0, '')")
+    con.execute(
+        "CREATE TABLE master_nodes (id INTEGER PRIMARY KEY, node_id TEXT UNIQUE, "
+        "sip TEXT, bus TEXT, control TEXT, public_key TEXT, weight INTEGER, "
+        "acked_version INTEGER, acked_at REAL, last_error TEXT)"
+    )
+    con.execute(
+        "INSERT INTO master_nodes VALUES (1, 'node1', '192.0.2.1:5060', "
+        "'tcp://192.0.2.1:7001', 'tcp://192.0.2.1:7003', 'k', 50, 3, 0, '')"
+    )
     con.commit()
     con.close()
     ms.init_master_store(f"sqlite:///{path}")

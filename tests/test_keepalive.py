@@ -13,10 +13,25 @@ from tests.test_nat import _register, _udp
 NOW = 1_000_000.0
 
 
-def _b(key: str, contact: str, received: str, origin: str = "n1", expires: float = NOW + 60,
-       deleted: bool = False) -> Binding:
-    return Binding("sip:a@example.test", key, contact, expires, "c", 1, received=received,
-                   origin=origin, deleted=deleted)
+def _b(
+    key: str,
+    contact: str,
+    received: str,
+    origin: str = "n1",
+    expires: float = NOW + 60,
+    deleted: bool = False,
+) -> Binding:
+    return Binding(
+        "sip:a@example.test",
+        key,
+        contact,
+        expires,
+        "c",
+        1,
+        received=received,
+        origin=origin,
+        deleted=deleted,
+    )
 
 
 def test_only_owned_live_flows_once_each():
@@ -41,8 +56,11 @@ def test_flows_are_bounded():
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory):
-    n = NodeProcess(str(tmp_path_factory.mktemp("keepalive")), address="127.0.0.2",
-                    extra="[nat]\nkeepalive_interval = 0.3")
+    n = NodeProcess(
+        str(tmp_path_factory.mktemp("keepalive")),
+        address="127.0.0.2",
+        extra="[nat]\nkeepalive_interval = 0.3",
+    )
     for user in ("alice", "bob"):
         out = n.run_cli("user", "add", user, "--password", "pw")
         assert out.returncode == 0, out.stderr
@@ -68,8 +86,13 @@ def test_natted_udp_phone_gets_keepalives_and_a_reachable_one_none(node):
         _register(node, natted, "alice", "sip:alice@192.168.7.7:5060", 5060)
         assert _keepalives(natted, 2) == 2
         # A phone called on its Contact (not behind NAT) needs none: none is sent there.
-        _register(node, sender, "bob", f"sip:bob@127.0.0.1:{listener.getsockname()[1]}",
-                  listener.getsockname()[1])
+        _register(
+            node,
+            sender,
+            "bob",
+            f"sip:bob@127.0.0.1:{listener.getsockname()[1]}",
+            listener.getsockname()[1],
+        )
         sender.settimeout(1.5)
         assert _keepalives(sender, 1) == 0
         assert _keepalives(listener, 1) == 0

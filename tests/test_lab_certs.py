@@ -18,8 +18,9 @@ def ca(tmp_path_factory):
     return lab_ca(str(tmp_path_factory.mktemp("lab") / "ca"))
 
 
-def handshake(cert: str, key: str, cafile: str, address: str = "127.0.0.1",
-              server_hostname: str | None = None) -> str:
+def handshake(
+    cert: str, key: str, cafile: str, address: str = "127.0.0.1", server_hostname: str | None = None
+) -> str:
     """A TLS handshake with a server on ``address`` holding ``cert``; the client checks it
     against ``cafile`` and ``server_hostname`` (the address by default). The TLS version,
     or ssl.SSLError."""
@@ -42,8 +43,10 @@ def handshake(cert: str, key: str, cafile: str, address: str = "127.0.0.1",
         server.start()
         ctx = ssl.create_default_context(cafile=cafile)
         try:
-            with socket.create_connection(listener.getsockname(), timeout=10) as raw, \
-                    ctx.wrap_socket(raw, server_hostname=server_hostname or address) as tls:
+            with (
+                socket.create_connection(listener.getsockname(), timeout=10) as raw,
+                ctx.wrap_socket(raw, server_hostname=server_hostname or address) as tls,
+            ):
                 return str(tls.version())
         finally:
             server.join(10)
@@ -66,8 +69,7 @@ def test_a_client_without_the_lab_ca_refuses_the_node(ca, tmp_path):
         handshake(cert.cert, cert.key, other[0])
 
 
-def test_certificates_are_kept_across_restarts_and_made_again_when_they_no_longer_fit(
-        ca, tmp_path):
+def test_certificates_are_kept_across_restarts_and_made_again_when_they_no_longer_fit(ca, tmp_path):
     first = node_cert(str(tmp_path), ca, "node1", "127.0.0.1", "example.test")
     with open(first.cert) as f:
         pem = f.read()

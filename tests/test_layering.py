@@ -15,10 +15,31 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 #: modules that do I/O, block, or belong to an outer layer
 IO_MODULES = {
-    "socket", "select", "selectors", "ssl", "asyncio", "threading", "multiprocessing",
-    "subprocess", "signal", "gevent", "zmq", "peewee", "psycopg2", "sqlite3", "flask",
-    "requests", "urllib.request", "http", "dns.resolver", "dns.query", "locust",
-    "actors", "store", "web", "run",
+    "socket",
+    "select",
+    "selectors",
+    "ssl",
+    "asyncio",
+    "threading",
+    "multiprocessing",
+    "subprocess",
+    "signal",
+    "gevent",
+    "zmq",
+    "peewee",
+    "psycopg2",
+    "sqlite3",
+    "flask",
+    "requests",
+    "urllib.request",
+    "http",
+    "dns.resolver",
+    "dns.query",
+    "locust",
+    "actors",
+    "store",
+    "web",
+    "run",
 }
 OUTER_MODULES = {"actors", "web", "run", "gevent", "zmq", "flask", "locust"}
 
@@ -57,7 +78,10 @@ def test_store_module_uses_no_actor_or_web(path):
 def test_the_check_sees_a_forbidden_import(tmp_path):
     sample = tmp_path / "sample.py"
     sample.write_text("def f():\n    import gevent.socket\n    from actors.bus import Bus\n")
-    assert {n for n in imports_of(sample) if offending(n, IO_MODULES)} == {"gevent.socket", "actors.bus"}
+    assert {n for n in imports_of(sample) if offending(n, IO_MODULES)} == {
+        "gevent.socket",
+        "actors.bus",
+    }
 
 
 @pytest.mark.parametrize("path", modules("web"), ids=lambda p: p.name)
@@ -65,8 +89,10 @@ def test_web_uses_only_the_bus_of_a_node(path):
     """The bus, the lab's control socket (a supervisor, not a node), the
     authoritative DNS server (the lab's and the master's, no node runs one) and the
     notice sender (webhook and e-mail, shared by the alarms and the nodes)."""
-    bad = sorted(n for n in imports_of(path)
-                 if offending(n, {"actors"})
-                 and n not in ("actors.bus", "actors.lab_control", "actors.dnsserver",
-                                   "actors.notify"))
+    bad = sorted(
+        n
+        for n in imports_of(path)
+        if offending(n, {"actors"})
+        and n not in ("actors.bus", "actors.lab_control", "actors.dnsserver", "actors.notify")
+    )
     assert not bad, f"web/{path.name} imports {bad}"

@@ -24,19 +24,22 @@ def test_node_config_takes_the_defaults_of_limits():
 
 
 def register(port: int, i: int) -> bytes:
-    return (f"REGISTER sip:example.test SIP/2.0\r\n"
-            f"Via: SIP/2.0/UDP 127.0.66.1:{port};branch=z9hG4bK{os.urandom(6).hex()};rport\r\n"
-            f"From: <sip:bob@example.test>;tag=r{i}\r\nTo: <sip:bob@example.test>\r\n"
-            f"Call-ID: lim{i}\r\nCSeq: {i + 1} REGISTER\r\nContact: <sip:bob@127.0.66.1:{port}>\r\n"
-            "Max-Forwards: 70\r\nExpires: 600\r\nContent-Length: 0\r\n\r\n").encode()
+    return (
+        f"REGISTER sip:example.test SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 127.0.66.1:{port};branch=z9hG4bK{os.urandom(6).hex()};rport\r\n"
+        f"From: <sip:bob@example.test>;tag=r{i}\r\nTo: <sip:bob@example.test>\r\n"
+        f"Call-ID: lim{i}\r\nCSeq: {i + 1} REGISTER\r\nContact: <sip:bob@127.0.66.1:{port}>\r\n"
+        "Max-Forwards: 70\r\nExpires: 600\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
 
 
 def options(port: int, i: int) -> bytes:
-    return (f"OPTIONS sip:example.test SIP/2.0\r\n"
-            f"Via: SIP/2.0/UDP 127.0.66.1:{port};branch=z9hG4bK{os.urandom(6).hex()};rport\r\n"
-            f"From: <sip:x@example.test>;tag=o{i}\r\nTo: <sip:example.test>\r\n"
-            f"Call-ID: opt{i}\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
-            ).encode()
+    return (
+        f"OPTIONS sip:example.test SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 127.0.66.1:{port};branch=z9hG4bK{os.urandom(6).hex()};rport\r\n"
+        f"From: <sip:x@example.test>;tag=o{i}\r\nTo: <sip:example.test>\r\n"
+        f"Call-ID: opt{i}\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
 
 
 def answers(sock: socket.socket, status: str, most: int, quiet: float = 1.0) -> int:

@@ -12,11 +12,13 @@ AOR = "sip:alice@example.test"
 BOB = "sip:bob@example.test"
 
 
-def bind(key="sip:alice@192.0.2.10", aor=AOR, expires_at=1000.0, call_id="c1", cseq=1,
-         **kw) -> Binding:
+def bind(
+    key="sip:alice@192.0.2.10", aor=AOR, expires_at=1000.0, call_id="c1", cseq=1, **kw
+) -> Binding:
     kw.setdefault("origin", "n1")
-    return Binding(aor=aor, key=key, contact=key, expires_at=expires_at, call_id=call_id,
-                   cseq=cseq, **kw)
+    return Binding(
+        aor=aor, key=key, contact=key, expires_at=expires_at, call_id=call_id, cseq=cseq, **kw
+    )
 
 
 def snapshot(loc: Location) -> dict:
@@ -24,6 +26,7 @@ def snapshot(loc: Location) -> dict:
 
 
 # -- put, get, lookup ------------------------------------------------------------------
+
 
 def test_put_get_and_counts():
     loc = Location()
@@ -53,6 +56,7 @@ def test_lookup_orders_by_q_and_skips_tombstones_and_expired():
 
 
 # -- expiry without any request ------------------------------------------------------------
+
 
 def test_expire_drops_bindings_and_tombstones_at_their_time():
     loc = Location()
@@ -110,6 +114,7 @@ def test_expire_many_bindings_in_time_order():
 
 
 # -- merge and is_newer ---------------------------------------------------------------------
+
 
 def test_merge_new_and_duplicate():
     loc = Location()
@@ -173,6 +178,7 @@ def test_merge_converges_whatever_the_order():
 
 # -- restore after a failed commit ------------------------------------------------------------
 
+
 def test_restore_drops_a_new_key_and_its_aor():
     loc = Location()
     b = bind()
@@ -224,18 +230,37 @@ def test_restore_the_same_key_twice_in_one_batch():
 
 # -- records --------------------------------------------------------------------------------------
 
+
 def record(b: Binding) -> dict:
     """``b`` as a database row reads: every field, ``path`` as JSON text."""
     return {**dataclasses.asdict(b), "path": json.dumps(b.path)}
 
 
-@pytest.mark.parametrize("b", [
-    bind(),
-    Binding(AOR, "<urn:uuid:1>;reg-id=1", "sip:alice@192.0.2.10:5060;ob", 1234.5, "c@x", 7,
-            q=0.5, path=["<sip:edge1;lr>", "<sip:edge2;lr>"], instance="<urn:uuid:1>", reg_id=1,
-            received="udp:192.0.2.10:5060", user_agent="phone/1", origin="n2", epoch=3, seq=99,
-            updated_at=1200.25, deleted=True),
-])
+@pytest.mark.parametrize(
+    "b",
+    [
+        bind(),
+        Binding(
+            AOR,
+            "<urn:uuid:1>;reg-id=1",
+            "sip:alice@192.0.2.10:5060;ob",
+            1234.5,
+            "c@x",
+            7,
+            q=0.5,
+            path=["<sip:edge1;lr>", "<sip:edge2;lr>"],
+            instance="<urn:uuid:1>",
+            reg_id=1,
+            received="udp:192.0.2.10:5060",
+            user_agent="phone/1",
+            origin="n2",
+            epoch=3,
+            seq=99,
+            updated_at=1200.25,
+            deleted=True,
+        ),
+    ],
+)
 def test_record_round_trip(b):
     rec = record(b)
     assert isinstance(rec["path"], str) and json.loads(rec["path"]) == b.path
@@ -263,6 +288,7 @@ def test_record_path_is_a_copy():
 
 
 # -- sequencer ------------------------------------------------------------------------------------
+
 
 def test_sequencer():
     s = Sequencer(epoch=7)

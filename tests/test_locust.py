@@ -33,10 +33,30 @@ def start_locust(base: str, tmp_path, users: int, seconds: int) -> subprocess.Po
     env = dict(os.environ, PYTHONPATH=ROOT, TANDEM_DNS=base, TANDEM_SIP_TIMEOUT="2")
     with open(tmp_path / "locust.log", "wb") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "locust", "-f", os.path.join(ROOT, "loadtest", "locustfile.py"),
-             "--headless", "-u", str(users), "-r", str(users), "-t", f"{seconds}s",
-             "--csv", str(tmp_path / "out"), "--only-summary", "--stop-timeout", "5"],
-            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+            [
+                sys.executable,
+                "-m",
+                "locust",
+                "-f",
+                os.path.join(ROOT, "loadtest", "locustfile.py"),
+                "--headless",
+                "-u",
+                str(users),
+                "-r",
+                str(users),
+                "-t",
+                f"{seconds}s",
+                "--csv",
+                str(tmp_path / "out"),
+                "--only-summary",
+                "--stop-timeout",
+                "5",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env=env,
+        )
 
 
 def finish(proc: subprocess.Popen, limit: float) -> None:
@@ -82,8 +102,10 @@ def held_on(data: str, base: str, node: str) -> set[tuple[str, str]]:
     after = ""
     for _page in range(20):  # 500 a page; the Locust users hold a few hundred at most
         query = urllib.parse.urlencode({"user": "load", "limit": 500, "after": after})
-        req = urllib.request.Request(f"http://{base}:{MASTER_PORT}/api/registrations?{query}",
-                                     headers={"Authorization": f"Basic {auth}"})
+        req = urllib.request.Request(
+            f"http://{base}:{MASTER_PORT}/api/registrations?{query}",
+            headers={"Authorization": f"Basic {auth}"},
+        )
         with urllib.request.urlopen(req, timeout=15) as r:
             found = json.loads(r.read())
         held |= {(b["aor"], b["contact"]) for b in found["bindings"] if node in b["present_on"]}
@@ -113,15 +135,17 @@ def test_a_node_killed_during_a_locust_run_fails_calls_for_a_while_then_recovers
     summary = summarise(str(tmp_path / "out"))
     report = format_summary(summary)
     assert summary.failing_from is not None, report
-    assert any("timeout" in error or "no final response" in error
-               for _kind, error, _n in summary.failures), report
+    assert any(
+        "timeout" in error or "no final response" in error for _kind, error, _n in summary.failures
+    ), report
     # Every phone times out once (2 s) on the dead node and moves on: the last seconds are clean.
     assert summary.failing_until is not None, report
     assert summary.failing_until - summary.failing_from <= 8, report
     assert summary.failing_until < summary.length - 3, report
     rows = stats(tmp_path)
     assert int(rows[" Aggregated"]["Request Count"]) > 5 * int(
-        rows[" Aggregated"]["Failure Count"]), report
+        rows[" Aggregated"]["Failure Count"]
+    ), report
 
 
 def test_locusts_web_ui_shows_the_runs_requests_and_charts(lab, tmp_path):  # noqa: F811
@@ -136,9 +160,29 @@ def test_locusts_web_ui_shows_the_runs_requests_and_charts(lab, tmp_path):  # no
     env = dict(os.environ, PYTHONPATH=ROOT, TANDEM_DNS=base, TANDEM_SIP_TIMEOUT="2")
     with open(tmp_path / "locust.log", "wb") as log:
         locust = subprocess.Popen(
-            [sys.executable, "-m", "locust", "-f", os.path.join(ROOT, "loadtest", "locustfile.py"),
-             "--autostart", "-u", "10", "-r", "10", "-t", "30s", "--web-host", "127.0.0.1",
-             "--web-port", str(port)], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+            [
+                sys.executable,
+                "-m",
+                "locust",
+                "-f",
+                os.path.join(ROOT, "loadtest", "locustfile.py"),
+                "--autostart",
+                "-u",
+                "10",
+                "-r",
+                "10",
+                "-t",
+                "30s",
+                "--web-host",
+                "127.0.0.1",
+                "--web-port",
+                str(port),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env=env,
+        )
     url = f"http://127.0.0.1:{port}"
 
     def stats() -> dict | None:
@@ -149,15 +193,26 @@ def test_locusts_web_ui_shows_the_runs_requests_and_charts(lab, tmp_path):  # no
             return None
         rows = {f"{s['method']} {s['name']}": s for s in got["stats"]}
         return got if all(rows.get(k, {}).get("num_requests", 0) >= 1 for k in KINDS) else None
+
     try:
         got = wait_for(stats, 25)
         assert got, (tmp_path / "locust.log").read_text()[-3000:]
         assert got["fail_ratio"] == 0, got["errors"]
-        shown = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu",
-                                f"--user-data-dir={tmp_path / 'chromium'}",
-                                "--virtual-time-budget=5000", "--dump-dom",
-                                url + "/?tab=charts"], capture_output=True, text=True,
-                               timeout=60)
+        shown = subprocess.run(
+            [
+                "chromium",
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                f"--user-data-dir={tmp_path / 'chromium'}",
+                "--virtual-time-budget=5000",
+                "--dump-dom",
+                url + "/?tab=charts",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         # Its charts (requests per second, response times, users) are ECharts canvases.
         assert shown.stdout.count("_echarts_instance_") == 3, shown.stdout[-2000:]
         assert shown.stdout.count("<canvas") >= 3

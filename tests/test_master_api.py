@@ -52,13 +52,16 @@ def test_a_json_object_comes_back_and_the_body_goes_out(master):
     assert server.bodies == [b'{"a": 1}']
 
 
-@pytest.mark.parametrize("path, message", [
-    ("/refused", r"the master refused \(403\): bad token"),
-    ("/refused-html", r"the master refused \(500\): Internal Server Error"),
-    ("/huge", "too large"),
-    ("/garbage", "not JSON"),
-    ("/list", "not a JSON object"),
-])
+@pytest.mark.parametrize(
+    "path, message",
+    [
+        ("/refused", r"the master refused \(403\): bad token"),
+        ("/refused-html", r"the master refused \(500\): Internal Server Error"),
+        ("/huge", "too large"),
+        ("/garbage", "not JSON"),
+        ("/list", "not a JSON object"),
+    ],
+)
 def test_every_bad_answer_is_a_clear_error(master, path, message):
     with pytest.raises(MasterError, match=message):
         ask_master(master[1], path)
@@ -69,8 +72,7 @@ def test_the_caller_names_its_error_and_what_was_refused(master):
         pass
 
     with pytest.raises(JoinFailed, match=r"the master refused the join \(403\): bad token"):
-        ask_master(master[1], "/refused", refused="the master refused the join",
-                   error=JoinFailed)
+        ask_master(master[1], "/refused", refused="the master refused the join", error=JoinFailed)
 
 
 def test_an_unreachable_master_is_named():

@@ -17,8 +17,13 @@ from store import audit
 from store import master as ms
 from web.push import Pusher
 
-SETTINGS = {"heartbeat": 0.2, "suspect_after": 1.0, "dead_after": 10.0, "alone_wait": 1.0,
-            "sync_timeout": 3.0}
+SETTINGS = {
+    "heartbeat": 0.2,
+    "suspect_after": 1.0,
+    "dead_after": 10.0,
+    "alone_wait": 1.0,
+    "sync_timeout": 3.0,
+}
 
 
 @pytest.fixture(scope="module")
@@ -67,9 +72,25 @@ def wait_serving(cluster, node, timeout: float = 10.0) -> bool:
 
 
 def sipsak_register(node, user: str, password: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["sipsak", "-U", "-s", f"sip:{user}@{node.address}:{node.port}",
-                           "-u", user, "-a", password, "-i", "-x", "120", "-v"],
-                          capture_output=True, text=True, timeout=30)
+    return subprocess.run(
+        [
+            "sipsak",
+            "-U",
+            "-s",
+            f"sip:{user}@{node.address}:{node.port}",
+            "-u",
+            user,
+            "-a",
+            password,
+            "-i",
+            "-x",
+            "120",
+            "-v",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
 
 
 def registered(node, user, password) -> bool:
@@ -100,8 +121,11 @@ def test_push_from_another_key_is_refused(setup):
     cluster, _ = setup
     node = cluster.nodes[0]
     before = cluster.control(node, "config_version")
-    forged = {"version": before["version"] + 100, "domain": "example.test",
-              "users": [{"username": "mallory", "ha1_md5": "0" * 32, "ha1_sha256": "0" * 64}]}
+    forged = {
+        "version": before["version"] + 100,
+        "domain": "example.test",
+        "users": [{"username": "mallory", "ha1_md5": "0" * 32, "ha1_sha256": "0" * 64}],
+    }
     with pytest.raises(BusError, match="master's key only"):
         cluster.control(node, "config", **forged)
     stranger = Bus(*generate_keypair(), "stranger")
@@ -147,7 +171,9 @@ def test_node_down_gets_the_newest_version_back_and_keeps_it_without_master(setu
     down.kill()
     down.start()
     assert wait_serving(cluster, down)
-    assert registered(down, "yan", "yan-pw"), "a node restarted without its master serves its last configuration"
+    assert registered(down, "yan", "yan-pw"), (
+        "a node restarted without its master serves its last configuration"
+    )
     pusher.start()
 
 
@@ -155,6 +181,7 @@ def test_dashboard_shows_every_nodes_state_and_the_merged_registrations(setup):
     import base64
 
     from web import create_app
+
     cluster, pusher = setup
     version = ms.save_user("reg", "reg-pw")
     pusher.poke()
@@ -173,7 +200,7 @@ def test_dashboard_shows_every_nodes_state_and_the_merged_registrations(setup):
     assert rows and rows[0]["origin"] == "node1", found
     assert sorted(rows[0]["present_on"]) == ["node1", "node2"]
     assert found["errors"] == {} and found["by_primary"]["node1"] >= 1
-    assert 1.0 <= found["balance_index"] <= 2.0     # the whole cluster's split, two nodes
+    assert 1.0 <= found["balance_index"] <= 2.0  # the whole cluster's split, two nodes
     assert client.get("/api/registrations?user=reg").status_code == 401
     text = client.get("/metrics", headers=auth).get_data(as_text=True)
     for node_id in ("node1", "node2"):

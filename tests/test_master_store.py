@@ -82,8 +82,10 @@ def test_sqlite_database_is_private(tmp_path):
 
 def test_replace_users_writes_only_what_differs_and_removes_the_rest(store):
     from store.users import load_user_ha1s, replace_users
-    pushed = [{"username": f"u{i}", "ha1_md5": f"{i:032x}", "ha1_sha256": f"{i:064x}"}
-              for i in range(300)]
+
+    pushed = [
+        {"username": f"u{i}", "ha1_md5": f"{i:032x}", "ha1_sha256": f"{i:064x}"} for i in range(300)
+    ]
     assert replace_users("example.test", pushed) == (300, 0)
     assert replace_users("example.test", pushed) == (0, 0)
     pushed[5] = {**pushed[5], "ha1_md5": "f" * 32}
@@ -102,9 +104,16 @@ def test_join_tokens_are_single_use_and_a_refused_join_spends_none(master):
 
     def body(k, tok, **extra):
         host = f"192.0.2.{k}"
-        return {"token": tok, "sip": f"{host}:5060", "bus": f"tcp://{host}:7001",
-                "snapshot": f"tcp://{host}:7002", "control": f"tcp://{host}:7003",
-                "public_key": generate_keypair()[0], **extra}
+        return {
+            "token": tok,
+            "sip": f"{host}:5060",
+            "bus": f"tcp://{host}:7001",
+            "snapshot": f"tcp://{host}:7002",
+            "control": f"tcp://{host}:7003",
+            "public_key": generate_keypair()[0],
+            **extra,
+        }
+
     tok, _ = jt.make_token(600)
     assert join(body(1, tok), "ab" * 32, generate_keypair()[0])["node_id"] == "node1"
     with pytest.raises(JoinError, match="already used"):
@@ -114,5 +123,4 @@ def test_join_tokens_are_single_use_and_a_refused_join_spends_none(master):
         join(body(2, tok2, id="node1"), "ab" * 32, generate_keypair()[0])
     assert jt.open_tokens() == 1
     assert join(body(2, tok2), "ab" * 32, generate_keypair()[0])["node_id"] == "node2"
-    assert jt.open_tokens() == 0 and [n["node_id"] for n in ms.list_nodes()] == ["node1",
-                                                                                "node2"]
+    assert jt.open_tokens() == 0 and [n["node_id"] for n in ms.list_nodes()] == ["node1", "node2"]

@@ -104,8 +104,7 @@ def test_credentials_must_be_private_and_right(setup):
     assert out.returncode == 2 and "admin" in out.stderr
     out = cli(node, "ftp://127.0.0.1/", admin_file, "add", "nope", "--password", "x")
     assert out.returncode == 2 and "http" in out.stderr
-    out = cli(node, f"http://127.0.0.1:{free_port()}", admin_file, "add", "nope",
-              "--password", "x")
+    out = cli(node, f"http://127.0.0.1:{free_port()}", admin_file, "add", "nope", "--password", "x")
     assert out.returncode == 2 and "cannot reach the master" in out.stderr
     assert ms.SipUser.get_or_none(ms.SipUser.username == "nope") is None
 
@@ -136,12 +135,17 @@ def test_a_disabled_user_is_refused_on_every_node_but_may_call_emergency(setup):
     cluster, app, _, _, _ = setup
     c = app.test_client()
     for name in ("dis", "911"):
-        assert c.post("/api/users", json={"username": name, "password": f"{name}-pw"},
-                      headers=basic(ADMIN_PW)).status_code == 201
+        assert (
+            c.post(
+                "/api/users",
+                json={"username": name, "password": f"{name}-pw"},
+                headers=basic(ADMIN_PW),
+            ).status_code
+            == 201
+        )
     assert wait_acked(ms.current_version(), 5.0)
     one, two = cluster.nodes
-    sos = SipClient((one.address, one.port), "911", "911-pw", "example.test", t1=0.25,
-                    timeout=5.0)
+    sos = SipClient((one.address, one.port), "911", "911-pw", "example.test", t1=0.25, timeout=5.0)
     try:
         assert sos.register().status == 200
         assert registered(two, "dis", "dis-pw")
@@ -151,8 +155,9 @@ def test_a_disabled_user_is_refused_on_every_node_but_may_call_emergency(setup):
         assert wait_acked(r.json["version"], 1.0) and time.monotonic() - start < 1.0
         for node in cluster.nodes:
             assert not registered(node, "dis", "dis-pw"), node.id
-        caller = SipClient((two.address, two.port), "dis", "dis-pw", "example.test", t1=0.25,
-                           timeout=3.0)
+        caller = SipClient(
+            (two.address, two.port), "dis", "dis-pw", "example.test", t1=0.25, timeout=3.0
+        )
         try:
             with pytest.raises(SipClientError, match=r"credentials refused|403"):
                 caller.invite("sip:viacli@example.test")
@@ -162,8 +167,10 @@ def test_a_disabled_user_is_refused_on_every_node_but_may_call_emergency(setup):
             assert got and got[0].uri.startswith("sip:911@127.0.0.1"), got
         finally:
             caller.close()
-        assert c.patch("/api/users/dis", json={"enabled": True},
-                       headers=basic(ADMIN_PW)).status_code == 200
+        assert (
+            c.patch("/api/users/dis", json={"enabled": True}, headers=basic(ADMIN_PW)).status_code
+            == 200
+        )
         start = time.monotonic()
         assert wait_acked(ms.current_version(), 5.0)
         assert time.monotonic() - start < 1.0, time.monotonic() - start

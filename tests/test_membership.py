@@ -27,32 +27,57 @@ from tests.test_replication import T0, core, hb, joined, kinds
 
 
 def entry(k: int, **extra) -> dict:
-    return {"id": f"node{k}", "bus": f"tcp://192.0.2.{k}:7001",
-            "snapshot": f"tcp://192.0.2.{k}:7002", "public_key": generate_keypair()[0],
-            "sip": f"192.0.2.{k}:5060", **extra}
+    return {
+        "id": f"node{k}",
+        "bus": f"tcp://192.0.2.{k}:7001",
+        "snapshot": f"tcp://192.0.2.{k}:7002",
+        "public_key": generate_keypair()[0],
+        "sip": f"192.0.2.{k}:5060",
+        **extra,
+    }
 
 
 def test_a_good_list_gives_every_peer_but_the_node_itself():
     items = [entry(1), entry(2), entry(3)]
     peers = parse_peers(items, "node2")
     assert [p.id for p in peers] == ["node1", "node3"]
-    assert (peers[0].bus, peers[0].snapshot, peers[0].public_key, peers[0].sip) == \
-        (items[0]["bus"], items[0]["snapshot"], items[0]["public_key"], items[0]["sip"])
+    assert (peers[0].bus, peers[0].snapshot, peers[0].public_key, peers[0].sip) == (
+        items[0]["bus"],
+        items[0]["snapshot"],
+        items[0]["public_key"],
+        items[0]["sip"],
+    )
 
 
-@pytest.mark.parametrize("bad", [
-    {"id": "bad id"}, {"id": ""}, {"id": 7}, {"bus": "ipc:///tmp/bus"},
-    {"snapshot": "tcp://192.0.2.1"}, {"bus": 'tcp://x";rm:1'}, {"public_key": "~" * 40},
-    {"public_key": None}, {"sip": "192.0.2.1"}, {"extra": 1}, {"bus": "tcp://h:1" + "1" * 300},
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"id": "bad id"},
+        {"id": ""},
+        {"id": 7},
+        {"bus": "ipc:///tmp/bus"},
+        {"snapshot": "tcp://192.0.2.1"},
+        {"bus": 'tcp://x";rm:1'},
+        {"public_key": "~" * 40},
+        {"public_key": None},
+        {"sip": "192.0.2.1"},
+        {"extra": 1},
+        {"bus": "tcp://h:1" + "1" * 300},
+    ],
+)
 def test_a_bad_entry_refuses_the_whole_list(bad):
     with pytest.raises(MembershipError):
         parse_peers([entry(1), entry(2, **bad)], "node9")
 
 
 def test_lists_that_are_not_lists_too_long_or_name_a_node_twice_are_refused():
-    for items in ({"node1": entry(1)}, "node1", [entry(1), entry(1)],
-                  [entry(k % 250 + 1, id=f"n{k}") for k in range(257)], ["node1"]):
+    for items in (
+        {"node1": entry(1)},
+        "node1",
+        [entry(1), entry(1)],
+        [entry(k % 250 + 1, id=f"n{k}") for k in range(257)],
+        ["node1"],
+    ):
         with pytest.raises(MembershipError):
             parse_peers(items, "node9")
 
@@ -65,9 +90,15 @@ def node_store(tmp_path):
 
 
 def push(version: int, **extra) -> dict:
-    return {"from": MASTER, "version": version, "domain": "example.test", "users": [
-        {"username": "alice", "ha1_md5": "0" * 32, "ha1_sha256": "0" * 64, "enabled": True}],
-        **extra}
+    return {
+        "from": MASTER,
+        "version": version,
+        "domain": "example.test",
+        "users": [
+            {"username": "alice", "ha1_md5": "0" * 32, "ha1_sha256": "0" * 64, "enabled": True}
+        ],
+        **extra,
+    }
 
 
 def test_a_pushed_list_is_applied_kept_and_used_at_the_next_start(node_store):
@@ -80,8 +111,9 @@ def test_a_pushed_list_is_applied_kept_and_used_at_the_next_start(node_store):
     cfg = NodeConfig(id="node2", domain="example.test", master_key=generate_keypair()[0])
     assert use_stored_peers(cfg) and [p.id for p in cfg.peers] == ["node1", "node3"]
     alone = NodeConfig(id="node2", domain="example.test")
-    assert not use_stored_peers(alone) and alone.peers == [], \
+    assert not use_stored_peers(alone) and alone.peers == [], (
         "a node taken off its master goes by its own file"
+    )
     assert sync.apply(push(2))["applied"]
     assert len(seen) == 1, "a version without peers leaves them as they are"
 
@@ -126,15 +158,33 @@ def test_a_peer_pushed_at_run_time_is_relayed_through():
     node2, and no longer once a list leaves node2 out."""
     cfg = NodeConfig(id="node1", domain=DOMAIN, address=NODE1[0], port=NODE1[1])
     location = Location()
-    binding = Binding(f"sip:bob@{DOMAIN}", "<urn:uuid:1>;reg-id=1", CONTACT, WALL + 600,
-                      "reg", 1, received="tcp:127.0.0.1:44433", instance="<urn:uuid:1>",
-                      reg_id=1, origin="node2")
+    binding = Binding(
+        f"sip:bob@{DOMAIN}",
+        "<urn:uuid:1>;reg-id=1",
+        CONTACT,
+        WALL + 600,
+        "reg",
+        1,
+        received="tcp:127.0.0.1:44433",
+        instance="<urn:uuid:1>",
+        reg_id=1,
+        origin="node2",
+    )
     location.put(binding)
     auth = Authenticator(DOMAIN, b"k" * 32, lookup, algorithms=("MD5",))
-    core1 = ProxyCore(ProxySettings(DOMAIN, *NODE1, secret=b"s" * 32, node_id="node1"),
-                      location, auth, trying_delay=0)
-    node = SimpleNamespace(cfg=cfg, replicator=Replicator(cfg, 1, location, lambda b: None),
-                           transport=None, registrar=None, proxy=ProxyActor(core1, None, None))
+    core1 = ProxyCore(
+        ProxySettings(DOMAIN, *NODE1, secret=b"s" * 32, node_id="node1"),
+        location,
+        auth,
+        trying_delay=0,
+    )
+    node = SimpleNamespace(
+        cfg=cfg,
+        replicator=Replicator(cfg, 1, location, lambda b: None),
+        transport=None,
+        registrar=None,
+        proxy=ProxyActor(core1, None, None),
+    )
     assert core1.settings.relay_route(binding, FLOW) is None
     node2 = {**entry(2), "sip": f"{NODE2[0]}:{NODE2[1]}"}
     follow_peers(node, parse_peers([entry(1), node2], "node1"))
@@ -150,15 +200,23 @@ def test_a_peer_pushed_at_run_time_may_read_but_never_acknowledge_call_events(st
     cfg = NodeConfig(id="node1", domain=DOMAIN, address=NODE1[0], port=NODE1[1])
     location = Location()
     auth = Authenticator(DOMAIN, b"k" * 32, lookup, algorithms=("MD5",))
-    core1 = ProxyCore(ProxySettings(DOMAIN, *NODE1, secret=b"s" * 32, node_id="node1"),
-                      location, auth, trying_delay=0)
+    core1 = ProxyCore(
+        ProxySettings(DOMAIN, *NODE1, secret=b"s" * 32, node_id="node1"),
+        location,
+        auth,
+        trying_delay=0,
+    )
     proxy = ProxyActor(core1, None, None)
     proxy.outbox = CallOutbox(10, frozenset({"node1", "node2"}))
-    proxy.outbox.add([CallEvent("attempt", "c1", "sip:a@x.test", "sip:b@x.test", "udp:h:5")],
-                     1.0)
+    proxy.outbox.add([CallEvent("attempt", "c1", "sip:a@x.test", "sip:b@x.test", "udp:h:5")], 1.0)
     proxy.outbox.flush()
-    node = SimpleNamespace(cfg=cfg, replicator=Replicator(cfg, 1, location, lambda b: None),
-                           transport=None, registrar=None, proxy=proxy)
+    node = SimpleNamespace(
+        cfg=cfg,
+        replicator=Replicator(cfg, 1, location, lambda b: None),
+        transport=None,
+        registrar=None,
+        proxy=proxy,
+    )
     follow_peers(node, parse_peers([entry(2), entry(3)], "node1"))
     for peer in ("node2", "node3"):
         with pytest.raises(BusError, match=f"not node {peer}'s"):

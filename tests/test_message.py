@@ -10,8 +10,16 @@ from sipcore import message
 from sipcore.errors import SipError, SipParseError
 from sipcore.headers import CANONICAL
 from sipcore.grammar import is_token
-from sipcore.message import (Request, Response, StreamFramer, error_response,
-                             error_response_bytes, make_response, parse_message, response_bytes)
+from sipcore.message import (
+    Request,
+    Response,
+    StreamFramer,
+    error_response,
+    error_response_bytes,
+    make_response,
+    parse_message,
+    response_bytes,
+)
 from sipcore.uri import parse_name_addr, parse_number
 from tests.fuzz.targets import process
 
@@ -32,8 +40,11 @@ REGISTER_LINES = [
     "Content-Length: 0",
 ]
 #: the five headers every response copies, as written in REGISTER_LINES
-COPIED = {line.split(":")[0].lower(): line.split(":", 1)[1].strip()
-          for line in REGISTER_LINES[1:] if line.split(":")[0] in ("Via", "To", "From", "Call-ID", "CSeq")}
+COPIED = {
+    line.split(":")[0].lower(): line.split(":", 1)[1].strip()
+    for line in REGISTER_LINES[1:]
+    if line.split(":")[0] in ("Via", "To", "From", "Call-ID", "CSeq")
+}
 
 
 def build(lines, body: bytes = b"") -> bytes:
@@ -80,6 +91,7 @@ def reject(data: bytes, status: int = 400, words: str = ""):
 
 # -- valid messages -----------------------------------------------------------
 
+
 def test_register_parses_and_validates():
     req = parse_message(register())
     req.validate()
@@ -91,7 +103,12 @@ def test_register_parses_and_validates():
     assert req.from_.tag == "1928301774" and req.to.tag is None
     assert req.to.uri.aor() == "sip:alice@example.test"
     via = req.top_via
-    assert (via.transport, via.host, via.port, via.branch) == ("UDP", "192.0.2.10", 5060, "z9hG4bK776asdhds")
+    assert (via.transport, via.host, via.port, via.branch) == (
+        "UDP",
+        "192.0.2.10",
+        5060,
+        "z9hG4bK776asdhds",
+    )
     assert "rport" in via.params and via.rport is None
     [contact] = req.contacts
     assert contact.instance == INSTANCE and contact.reg_id == 1 and contact.expires == 3600
@@ -102,8 +119,10 @@ def test_register_parses_and_validates():
 def torture_invite() -> tuple[bytes, bytes]:
     """A short tortuous INVITE after RFC 4475 §3.1.1.1: odd spacing, tabs,
     folding, mixed case and compact names, escaped quotes, empty values."""
-    body = (b"v=0\r\no=mhandley 29 51 IN IP4 192.0.2.3\r\ns=-\r\nc=IN IP4 192.0.2.4\r\n"
-            b"t=0 0\r\nm=audio 49217 RTP/AVP 0 12\r\nm=video 3227 RTP/AVP 31\r\na=rtpmap:31 LPC\r\n")
+    body = (
+        b"v=0\r\no=mhandley 29 51 IN IP4 192.0.2.3\r\ns=-\r\nc=IN IP4 192.0.2.4\r\n"
+        b"t=0 0\r\nm=audio 49217 RTP/AVP 0 12\r\nm=video 3227 RTP/AVP 31\r\na=rtpmap:31 LPC\r\n"
+    )
     lines = [
         "INVITE sip:vivekg@chair-dnrc.example.test;unknownparam SIP/2.0",
         "TO :",
@@ -157,7 +176,11 @@ def test_torture_invite():
     assert req.get("newfangledheader") == "newfangled value continued newfangled value"
     assert req.get("UnknownHeaderWithUnusualValue") == ";;,,;;,;"
     [route] = req.get_all("route")
-    assert parse_name_addr(route).uri.params == {"lr": None, "unknownwith": "value", "unknown-no-value": None}
+    assert parse_name_addr(route).uri.params == {
+        "lr": None,
+        "unknownwith": "value",
+        "unknown-no-value": None,
+    }
     [contact] = req.contacts
     assert contact.name == 'Quoted string ""'
     assert contact.params == {"newparam": "newvalue", "secondparam": None, "q": "0.33"}
@@ -172,17 +195,19 @@ def test_torture_invite():
 def test_wide_range_of_token_characters():
     # After RFC 4475 §3.1.1.2: every token character in a method and in parameters.
     method = "!interesting-Method0123456789_*+`.%indeed'~"
-    data = build([
-        f"{method} sip:1_odd.URI~(to-be!sure)&isn't+it$/odd?,/;;*:&it+has=1,odd!*pass$wo~d_too.(it)@example.test SIP/2.0",
-        "Via: SIP/2.0/TCP host1.example.test;branch=z9hG4bK-.!%66*_+`'~",
-        'To: "BEL:\\\x07 NUL:\\\x00 DEL:\\\x7f" <sip:1_odd@example.test>'.replace("\x00", "0"),
-        "From: token1~` token2'+_ token3*%!.- <sip:mundane@example.test>;fromParam''~+*_!.-%=\"работающий\";tag=_token~1'+`*%!-.",
-        "Call-ID: intmeth.word%ZK-!.*_+'@word`~)(><:\\/\"][?}{",
-        f"CSeq: 139122385 {method}",
-        "Max-Forwards: 255",
-        "extensionHeader-!.%*+_`'~:\t\tweird extension value",
-        "Content-Length: 0",
-    ])
+    data = build(
+        [
+            f"{method} sip:1_odd.URI~(to-be!sure)&isn't+it$/odd?,/;;*:&it+has=1,odd!*pass$wo~d_too.(it)@example.test SIP/2.0",
+            "Via: SIP/2.0/TCP host1.example.test;branch=z9hG4bK-.!%66*_+`'~",
+            'To: "BEL:\\\x07 NUL:\\\x00 DEL:\\\x7f" <sip:1_odd@example.test>'.replace("\x00", "0"),
+            "From: token1~` token2'+_ token3*%!.- <sip:mundane@example.test>;fromParam''~+*_!.-%=\"работающий\";tag=_token~1'+`*%!-.",
+            "Call-ID: intmeth.word%ZK-!.*_+'@word`~)(><:\\/\"][?}{",
+            f"CSeq: 139122385 {method}",
+            "Max-Forwards: 255",
+            "extensionHeader-!.%*+_`'~:\t\tweird extension value",
+            "Content-Length: 0",
+        ]
+    )
     req = parse_message(data)
     req.validate()
     assert req.method == method and req.cseq == (139122385, method)
@@ -196,18 +221,22 @@ def test_wide_range_of_token_characters():
 
 def test_escaped_uris_compare_equal():
     # After RFC 4475 §3.1.1.3.
-    req = parse_message(build([
-        "INVITE sip:sips%3Auser%40example.test@example.net SIP/2.0",
-        "To: sip:%75se%72@example.test",
-        "From: <sip:I%20have%20spaces@example.net>;tag=938",
-        "Max-Forwards: 87",
-        "i: esc01.239409asdfakjkn23onasd0-3234",
-        "CSeq: 234234 INVITE",
-        "Via: SIP/2.0/UDP host5.example.net;branch=z9hG4bKkdjuw",
-        "C: application/sdp",
-        "Contact: <sip:cal%6Cer@host5.example.net;%6C%72;n%61me=v%61lue%25%34%31>",
-        "Content-Length: 0",
-    ]))
+    req = parse_message(
+        build(
+            [
+                "INVITE sip:sips%3Auser%40example.test@example.net SIP/2.0",
+                "To: sip:%75se%72@example.test",
+                "From: <sip:I%20have%20spaces@example.net>;tag=938",
+                "Max-Forwards: 87",
+                "i: esc01.239409asdfakjkn23onasd0-3234",
+                "CSeq: 234234 INVITE",
+                "Via: SIP/2.0/UDP host5.example.net;branch=z9hG4bKkdjuw",
+                "C: application/sdp",
+                "Contact: <sip:cal%6Cer@host5.example.net;%6C%72;n%61me=v%61lue%25%34%31>",
+                "Content-Length: 0",
+            ]
+        )
+    )
     req.validate()
     assert req.to.uri.aor() == parse_message(register()).to.uri.aor().replace("alice", "user")
     assert req.to.uri.canonical() == "sip:user@example.test"
@@ -221,7 +250,9 @@ def test_escaped_uris_compare_equal():
 
 def test_escaped_method_is_its_own_token():
     # After RFC 4475 §3.1.1.5: "%" in a method is not an escape.
-    req = parse_message(register(("CSeq", "CSeq: 1 RE%47IST%45R"), start="RE%47IST%45R sip:example.test SIP/2.0"))
+    req = parse_message(
+        register(("CSeq", "CSeq: 1 RE%47IST%45R"), start="RE%47IST%45R sip:example.test SIP/2.0")
+    )
     req.validate()
     assert req.method == "RE%47IST%45R" and req.method != "REGISTER"
 
@@ -236,17 +267,19 @@ def test_long_values():
     # After RFC 4475 §3.1.1.7: long values and many Vias.
     vias = [f"Via: SIP/2.0/TCP sip{i}.example.test:5060;branch=z9hG4bK{i:05d}" for i in range(60)]
     long_name = "I have a user name of " + "extreme " * 500 + "length"
-    data = build([
-        "INVITE sip:user@example.test SIP/2.0",
-        f'To: "{long_name}" <sip:user@example.test>;tag={"a" * 3000}',
-        "From: sip:amazinglylongcallername" + "long" * 300 + "@example.test;tag=12982424",
-        "Call-ID: " + "longreq.one" + "really" * 1000 + "longcallid",
-        "CSeq: 3882340 INVITE",
-        *vias,
-        "Unknown-LongName-" + "x" * 200 + ": unknown-" + "long" * 2000 + "-value",
-        "Max-Forwards: 70",
-        "Content-Length: 0",
-    ])
+    data = build(
+        [
+            "INVITE sip:user@example.test SIP/2.0",
+            f'To: "{long_name}" <sip:user@example.test>;tag={"a" * 3000}',
+            "From: sip:amazinglylongcallername" + "long" * 300 + "@example.test;tag=12982424",
+            "Call-ID: " + "longreq.one" + "really" * 1000 + "longcallid",
+            "CSeq: 3882340 INVITE",
+            *vias,
+            "Unknown-LongName-" + "x" * 200 + ": unknown-" + "long" * 2000 + "-value",
+            "Max-Forwards: 70",
+            "Content-Length: 0",
+        ]
+    )
     req = parse_message(data)
     req.validate()
     assert len(req.vias) == 60 and req.vias[59].branch == "z9hG4bK00059"
@@ -256,15 +289,21 @@ def test_long_values():
 
 def test_extra_octets_after_content_length_are_dropped_over_udp():
     # After RFC 4475 §3.1.1.8: a second message in the same datagram is ignored.
-    second = build(["INVITE sip:joe@example.test SIP/2.0", "t: sip:joe@example.test", "Content-Length: 0"])
+    second = build(
+        ["INVITE sip:joe@example.test SIP/2.0", "t: sip:joe@example.test", "Content-Length: 0"]
+    )
     req = parse_message(register() + second)
     req.validate()
     assert req.method == "REGISTER" and req.body == b""
 
 
 def test_user_part_with_parameters():
-    req = parse_message(register(("CSeq", "CSeq: 1 OPTIONS"),
-                                 start="OPTIONS sip:user;par=u%40example.net@example.test SIP/2.0"))
+    req = parse_message(
+        register(
+            ("CSeq", "CSeq: 1 OPTIONS"),
+            start="OPTIONS sip:user;par=u%40example.net@example.test SIP/2.0",
+        )
+    )
     req.validate()
     assert req.ruri.user == "user;par=u%40example.net" and req.ruri.host == "example.test"
     assert req.ruri.params == {}
@@ -272,17 +311,30 @@ def test_user_part_with_parameters():
 
 def test_varied_and_unknown_transports():
     # After RFC 4475 §3.1.1.10: Vias in one header and repeated, known and unknown transports.
-    req = parse_message(register(("Via", CRLF.join([
-        "Via: SIP/2.0/UDP t1.example.test;branch=z9hG4bKkdjuw",
-        "Via: SIP/2.0/SCTP t2.example.test;branch=z9hG4bKklasjdhf",
-        "Via: SIP/2.0/TLS t3.example.test;branch=z9hG4bK2980unddj",
-        "v: SIP/2.0/UNKNOWN t4.example.test;branch=z9hG4bKasd0f3en",
-        "VIA: SIP/2.0/tcp t5.example.test;branch=z9hG4bK0a9idfnee, SIP/2.0/TLS-SCTP t6.example.test:5061;branch=z9hG4bK6, sip/2.0/wss [2001:db8::7]:443;branch=z9hG4bK7",
-    ]))))
+    req = parse_message(
+        register(
+            (
+                "Via",
+                CRLF.join(
+                    [
+                        "Via: SIP/2.0/UDP t1.example.test;branch=z9hG4bKkdjuw",
+                        "Via: SIP/2.0/SCTP t2.example.test;branch=z9hG4bKklasjdhf",
+                        "Via: SIP/2.0/TLS t3.example.test;branch=z9hG4bK2980unddj",
+                        "v: SIP/2.0/UNKNOWN t4.example.test;branch=z9hG4bKasd0f3en",
+                        "VIA: SIP/2.0/tcp t5.example.test;branch=z9hG4bK0a9idfnee, SIP/2.0/TLS-SCTP t6.example.test:5061;branch=z9hG4bK6, sip/2.0/wss [2001:db8::7]:443;branch=z9hG4bK7",
+                    ]
+                ),
+            )
+        )
+    )
     req.validate()
     assert [(v.transport, v.host) for v in req.vias] == [
-        ("UDP", "t1.example.test"), ("SCTP", "t2.example.test"), ("TLS", "t3.example.test"),
-        ("UNKNOWN", "t4.example.test"), ("TCP", "t5.example.test"), ("TLS-SCTP", "t6.example.test"),
+        ("UDP", "t1.example.test"),
+        ("SCTP", "t2.example.test"),
+        ("TLS", "t3.example.test"),
+        ("UNKNOWN", "t4.example.test"),
+        ("TCP", "t5.example.test"),
+        ("TLS-SCTP", "t6.example.test"),
         ("WSS", "[2001:db8::7]"),
     ]
     assert req.vias[6].port == 443
@@ -290,23 +342,40 @@ def test_varied_and_unknown_transports():
 
 
 def test_via_received_and_rport():
-    resp = parse_message(build([
-        "SIP/2.0 200 OK",
-        "Via: SIP/2.0/UDP [2001:db8::10]:5060;branch=z9hG4bKa;received=2001:db8::99;rport=5070",
-        "Via: SIP/2.0/UDP proxy.example.test;branch=z9hG4bKb;RPORT;Received=192.0.2.1",
-        "To: <sip:alice@example.test>;tag=x", "From: <sip:alice@example.test>;tag=y",
-        "Call-ID: c1", "CSeq: 2 REGISTER", "Content-Length: 0",
-    ]))
+    resp = parse_message(
+        build(
+            [
+                "SIP/2.0 200 OK",
+                "Via: SIP/2.0/UDP [2001:db8::10]:5060;branch=z9hG4bKa;received=2001:db8::99;rport=5070",
+                "Via: SIP/2.0/UDP proxy.example.test;branch=z9hG4bKb;RPORT;Received=192.0.2.1",
+                "To: <sip:alice@example.test>;tag=x",
+                "From: <sip:alice@example.test>;tag=y",
+                "Call-ID: c1",
+                "CSeq: 2 REGISTER",
+                "Content-Length: 0",
+            ]
+        )
+    )
     resp.validate()
     first, second = resp.vias
-    assert (first.host, first.port, first.received, first.rport) == ("[2001:db8::10]", 5060, "2001:db8::99", 5070)
+    assert (first.host, first.port, first.received, first.rport) == (
+        "[2001:db8::10]",
+        5060,
+        "2001:db8::99",
+        5070,
+    )
     assert (second.received, second.rport, "rport" in second.params) == ("192.0.2.1", None, True)
-    assert str(first) == "SIP/2.0/UDP [2001:db8::10]:5060;branch=z9hG4bKa;received=2001:db8::99;rport=5070"
+    assert (
+        str(first)
+        == "SIP/2.0/UDP [2001:db8::10]:5060;branch=z9hG4bKa;received=2001:db8::99;rport=5070"
+    )
 
 
 @pytest.mark.parametrize("rport", ["abc", "0", "65536", "\u00b2", "9" * 5000])
 def test_bad_rport_value(rport):
-    via = parse_message(register(("Via", f"Via: SIP/2.0/UDP h.example.test;branch=z9hG4bKa;rport={rport}"))).top_via
+    via = parse_message(
+        register(("Via", f"Via: SIP/2.0/UDP h.example.test;branch=z9hG4bKa;rport={rport}"))
+    ).top_via
     with pytest.raises(SipParseError) as exc:
         via.rport  # noqa: B018
     assert "rport" in exc.value.reason
@@ -314,10 +383,19 @@ def test_bad_rport_value(rport):
 
 def test_multipart_binary_body_intact():
     # After RFC 4475 §3.1.1.11: a binary body, with CRLFs and NULs inside.
-    body = (b"--boundary42\r\nContent-Type: application/sdp\r\n\r\nv=0\r\n\r\n--boundary42\r\n"
-            b"Content-Type: application/octet-stream\r\n\r\n" + bytes(range(256)) + b"\r\n\r\n--boundary42--\r\n")
-    req = parse_message(register(("Content-Length", f"Content-Length: {len(body)}"),
-                                 (None, 'Content-Type: multipart/mixed;boundary=boundary42'), body=body))
+    body = (
+        b"--boundary42\r\nContent-Type: application/sdp\r\n\r\nv=0\r\n\r\n--boundary42\r\n"
+        b"Content-Type: application/octet-stream\r\n\r\n"
+        + bytes(range(256))
+        + b"\r\n\r\n--boundary42--\r\n"
+    )
+    req = parse_message(
+        register(
+            ("Content-Length", f"Content-Length: {len(body)}"),
+            (None, "Content-Type: multipart/mixed;boundary=boundary42"),
+            body=body,
+        )
+    )
     req.validate()
     assert req.body == body
     wire = req.encode()
@@ -327,9 +405,14 @@ def test_multipart_binary_body_intact():
 
 def test_unusual_and_empty_reason_phrases():
     # After RFC 4475 §3.1.1.12 and §3.1.1.13.
-    rest = ["Via: SIP/2.0/UDP 192.0.2.198;branch=z9hG4bK1324923", "Call-ID: unreason.1234ksdfak3j2erwedfsASdf",
-            "CSeq: 35 INVITE", "From: sip:user@example.test;tag=11141343", "To: sip:user@example.test;tag=2229",
-            "Content-Length: 0"]
+    rest = [
+        "Via: SIP/2.0/UDP 192.0.2.198;branch=z9hG4bK1324923",
+        "Call-ID: unreason.1234ksdfak3j2erwedfsASdf",
+        "CSeq: 35 INVITE",
+        "From: sip:user@example.test;tag=11141343",
+        "To: sip:user@example.test;tag=2229",
+        "Content-Length: 0",
+    ]
     reason = "= 2**3 * 5**2 \u043d\u043e \u0441\u0442\u043e \u0434\u0435\u0432\u044f\u043d\u043e\u0441\u0442\u043e"
     resp = parse_message(build([f"SIP/2.0 200 {reason}"] + rest))
     resp.validate()
@@ -343,41 +426,94 @@ def test_unusual_and_empty_reason_phrases():
 
 def test_rfc2543_syntax_is_accepted():
     # After RFC 4475 §3.4.1: no branch cookie, no From tag, addr-spec To and From.
-    req = parse_message(build([
-        "INVITE sip:UserB@example.test SIP/2.0", "Via: SIP/2.0/UDP 192.0.2.15",
-        "From: <sip:UserA@example.test>", "To: sip:UserB@example.test", "Call-ID: 242342@192.0.2.15",
-        "CSeq: 8 INVITE", "Max-Forwards: 7", "Content-Length: 0",
-    ]))
+    req = parse_message(
+        build(
+            [
+                "INVITE sip:UserB@example.test SIP/2.0",
+                "Via: SIP/2.0/UDP 192.0.2.15",
+                "From: <sip:UserA@example.test>",
+                "To: sip:UserB@example.test",
+                "Call-ID: 242342@192.0.2.15",
+                "CSeq: 8 INVITE",
+                "Max-Forwards: 7",
+                "Content-Length: 0",
+            ]
+        )
+    )
     req.validate()
     assert req.top_via.branch is None and req.top_via.port is None
     assert req.from_.tag is None
 
 
 def test_compact_forms():
-    req = parse_message(build([
-        "INVITE sip:bob@example.test SIP/2.0",
-        "v: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bKc", "f: <sip:alice@example.test>;tag=1",
-        "t: <sip:bob@example.test>", "i: compact@192.0.2.1", "CSeq: 1 INVITE",
-        "m: <sip:alice@192.0.2.1>", "c: text/plain", "k: path, outbound", "s: hello",
-        "e: gzip", "o: presence", "u: dialog", "r: <sip:carol@example.test>", "l: 5",
-    ], b"hello"))
+    req = parse_message(
+        build(
+            [
+                "INVITE sip:bob@example.test SIP/2.0",
+                "v: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bKc",
+                "f: <sip:alice@example.test>;tag=1",
+                "t: <sip:bob@example.test>",
+                "i: compact@192.0.2.1",
+                "CSeq: 1 INVITE",
+                "m: <sip:alice@192.0.2.1>",
+                "c: text/plain",
+                "k: path, outbound",
+                "s: hello",
+                "e: gzip",
+                "o: presence",
+                "u: dialog",
+                "r: <sip:carol@example.test>",
+                "l: 5",
+            ],
+            b"hello",
+        )
+    )
     req.validate()
     names = [h[1] for h in req.headers]
-    assert names == ["Via", "From", "To", "Call-ID", "CSeq", "Contact", "Content-Type", "Supported",
-                     "Subject", "Content-Encoding", "Event", "Allow-Events", "Refer-To", "Content-Length"]
-    assert req.get("Supported") == "path, outbound" and req.get_all("supported") == ["path", "outbound"]
+    assert names == [
+        "Via",
+        "From",
+        "To",
+        "Call-ID",
+        "CSeq",
+        "Contact",
+        "Content-Type",
+        "Supported",
+        "Subject",
+        "Content-Encoding",
+        "Event",
+        "Allow-Events",
+        "Refer-To",
+        "Content-Length",
+    ]
+    assert req.get("Supported") == "path, outbound" and req.get_all("supported") == [
+        "path",
+        "outbound",
+    ]
     assert req.get("event") == "presence" and req.get("REFER-TO") == "<sip:carol@example.test>"
     assert req.body == b"hello"
     wire = req.encode()
-    assert b"\r\nCall-ID: compact@192.0.2.1\r\n" in wire and b"\r\nContent-Length: 5\r\n\r\nhello" in wire
+    assert (
+        b"\r\nCall-ID: compact@192.0.2.1\r\n" in wire
+        and b"\r\nContent-Length: 5\r\n\r\nhello" in wire
+    )
 
 
 def test_header_names_are_case_insensitive():
-    req = parse_message(build([
-        "OPTIONS sip:example.test SIP/2.0", "vIA: SIP/2.0/UDP h.example.test;branch=z9hG4bKx",
-        "TO: <sip:a@example.test>", "fRoM: <sip:a@example.test>;tag=1", "CALL-ID: x",
-        "cseq: 1 OPTIONS", "max-FORWARDS: 10", "content-length: 0",
-    ]))
+    req = parse_message(
+        build(
+            [
+                "OPTIONS sip:example.test SIP/2.0",
+                "vIA: SIP/2.0/UDP h.example.test;branch=z9hG4bKx",
+                "TO: <sip:a@example.test>",
+                "fRoM: <sip:a@example.test>;tag=1",
+                "CALL-ID: x",
+                "cseq: 1 OPTIONS",
+                "max-FORWARDS: 10",
+                "content-length: 0",
+            ]
+        )
+    )
     req.validate()
     assert req.get("Call-ID") == req.get("call-id") == "x"
     assert req.max_forwards == 10
@@ -385,15 +521,30 @@ def test_header_names_are_case_insensitive():
 
 
 def test_header_names_with_space_before_the_colon():
-    req = parse_message(build([
-        "OPTIONS sip:example.test SIP/2.0", "Via : SIP/2.0/UDP h.example.test;branch=z9hG4bKx",
-        "t\t: <sip:a@example.test>", "FROM  : <sip:a@example.test>;tag=1", "Call-ID:x",
-        "CSeq:  1 OPTIONS  ", "X-Odd \t: kept", "Content-Length: 0",
-    ]))
+    req = parse_message(
+        build(
+            [
+                "OPTIONS sip:example.test SIP/2.0",
+                "Via : SIP/2.0/UDP h.example.test;branch=z9hG4bKx",
+                "t\t: <sip:a@example.test>",
+                "FROM  : <sip:a@example.test>;tag=1",
+                "Call-ID:x",
+                "CSeq:  1 OPTIONS  ",
+                "X-Odd \t: kept",
+                "Content-Length: 0",
+            ]
+        )
+    )
     req.validate()
     assert [h[:2] for h in req.headers] == [
-        ["via", "Via"], ["to", "To"], ["from", "From"], ["call-id", "Call-ID"], ["cseq", "CSeq"],
-        ["x-odd", "X-Odd"], ["content-length", "Content-Length"]]
+        ["via", "Via"],
+        ["to", "To"],
+        ["from", "From"],
+        ["call-id", "Call-ID"],
+        ["cseq", "CSeq"],
+        ["x-odd", "X-Odd"],
+        ["content-length", "Content-Length"],
+    ]
     assert req.get("x-odd") == "kept" and req.cseq == (1, "OPTIONS") and req.call_id == "x"
 
 
@@ -405,7 +556,7 @@ def test_line_holding_only_a_header_name_has_no_colon():
 def test_unknown_headers_preserved_byte_for_byte_and_order_kept():
     unknown = [
         'X-Custom-HEADER: Some;weird=Value, "quoted, \\"escaped\\"" <sip:x@y>;;,,',
-        "P-Asserted-Identity: \"Alice\" <sip:alice@example.test>",
+        'P-Asserted-Identity: "Alice" <sip:alice@example.test>',
         "x-lower-case: \t inner  spaces  kept",
         "Weird.Name!%*+`'~: value",
     ]
@@ -415,7 +566,9 @@ def test_unknown_headers_preserved_byte_for_byte_and_order_kept():
     for line in unknown[:2] + unknown[3:]:
         assert ("\r\n" + line + "\r\n").encode() in wire
     assert b"\r\nx-lower-case: inner  spaces  kept\r\n" in wire
-    order = [line.split(":")[0] for line in REGISTER_LINES[1:-1]] + [u.split(":")[0] for u in unknown]
+    order = [line.split(":")[0] for line in REGISTER_LINES[1:-1]] + [
+        u.split(":")[0] for u in unknown
+    ]
     assert [h[1] for h in parse_message(wire).headers][:-1] == order
     assert wire == data.replace(b"\r\nx-lower-case: \t inner", b"\r\nx-lower-case: inner")
 
@@ -449,19 +602,31 @@ def test_crlfs_before_start_line_are_ignored():
 
 
 def test_invalid_utf8_is_kept_byte_for_byte():
-    data = register(("To", "To: \"M\udcfcller\" <sip:mueller@example.test>"))
+    data = register(("To", 'To: "M\udcfcller" <sip:mueller@example.test>'))
     assert b'"M\xfcller"' in data
     req = parse_message(data)
     req.validate()
     assert req.encode() == data
-    assert b'To: "M\xfcller" <sip:mueller@example.test>;tag=t' in make_response(req, 200, to_tag="t").encode()
+    assert (
+        b'To: "M\xfcller" <sip:mueller@example.test>;tag=t'
+        in make_response(req, 200, to_tag="t").encode()
+    )
 
 
 def test_contact_list_in_one_header_and_repeated():
-    req = parse_message(register(("Contact", CRLF.join([
-        'Contact: <sip:a@192.0.2.1>;q=0.5, "Bob, Jr." <sip:b@192.0.2.2>;q=1;expires=60, sip:c@192.0.2.3;q=0.25',
-        "m: <sip:d@[2001:db8::4]:5070>",
-    ]))))
+    req = parse_message(
+        register(
+            (
+                "Contact",
+                CRLF.join(
+                    [
+                        'Contact: <sip:a@192.0.2.1>;q=0.5, "Bob, Jr." <sip:b@192.0.2.2>;q=1;expires=60, sip:c@192.0.2.3;q=0.25',
+                        "m: <sip:d@[2001:db8::4]:5070>",
+                    ]
+                ),
+            )
+        )
+    )
     contacts = req.contacts
     assert [c.uri.user for c in contacts] == ["a", "b", "c", "d"]
     assert [c.q for c in contacts] == [0.5, 1.0, 0.25, None]
@@ -473,15 +638,20 @@ def test_wildcard_contact():
     req = parse_message(register(("Contact", "Contact:  * "), ("Expires", "Expires: 0")))
     req.validate()
     assert req.contacts == "*" and req.expires == 0
-    mixed = parse_message(register(("Contact", "Contact: *"), (None, "Contact: <sip:a@example.test>")))
+    mixed = parse_message(
+        register(("Contact", "Contact: *"), (None, "Contact: <sip:a@example.test>"))
+    )
     with pytest.raises(SipParseError) as exc:
         mixed.contacts  # noqa: B018
     assert "wildcard Contact" in exc.value.reason
 
 
 def test_contact_errors_name_the_header():
-    for line in ["Contact: sip:user@example.test?Route=%3Csip:sip.example.test%3E",
-                 "Contact: <mailto:alice@example.test>", "Contact: <sip:a@example.test"]:
+    for line in [
+        "Contact: sip:user@example.test?Route=%3Csip:sip.example.test%3E",
+        "Contact: <mailto:alice@example.test>",
+        "Contact: <sip:a@example.test",
+    ]:
         req = parse_message(register(("Contact", line)))
         req.validate()
         with pytest.raises(SipParseError) as exc:
@@ -490,13 +660,19 @@ def test_contact_errors_name_the_header():
 
 
 def test_path_header():
-    req = parse_message(register((None, "Path: <sip:p1.example.test;lr>,<sip:p2.example.test;lr>"),
-                                 (None, "Path: <sip:P3.example.test;lr;ob>")))
+    req = parse_message(
+        register(
+            (None, "Path: <sip:p1.example.test;lr>,<sip:p2.example.test;lr>"),
+            (None, "Path: <sip:P3.example.test;lr;ob>"),
+        )
+    )
     paths = [parse_name_addr(p).uri for p in req.get_all("path")]
     assert [p.host for p in paths] == ["p1.example.test", "p2.example.test", "P3.example.test"]
     assert paths[2].params == {"lr": None, "ob": None}
-    assert req.raw_values("Path") == ["<sip:p1.example.test;lr>,<sip:p2.example.test;lr>",
-                                      "<sip:P3.example.test;lr;ob>"]
+    assert req.raw_values("Path") == [
+        "<sip:p1.example.test;lr>,<sip:p2.example.test;lr>",
+        "<sip:P3.example.test;lr;ob>",
+    ]
 
 
 def test_expires_header():
@@ -516,12 +692,20 @@ def test_max_forwards_is_optional():
 
 
 def test_response_parses():
-    resp = parse_message(build([
-        "SIP/2.0 401 Unauthorized", "Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKa;received=192.0.2.99",
-        "To: <sip:alice@example.test>;tag=srv", "From: <sip:alice@example.test>;tag=cl", "Call-ID: c",
-        "CSeq: 1 REGISTER", 'WWW-Authenticate: Digest realm="example.test", nonce="abc", qop="auth"',
-        "Content-Length: 0",
-    ]))
+    resp = parse_message(
+        build(
+            [
+                "SIP/2.0 401 Unauthorized",
+                "Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKa;received=192.0.2.99",
+                "To: <sip:alice@example.test>;tag=srv",
+                "From: <sip:alice@example.test>;tag=cl",
+                "Call-ID: c",
+                "CSeq: 1 REGISTER",
+                'WWW-Authenticate: Digest realm="example.test", nonce="abc", qop="auth"',
+                "Content-Length: 0",
+            ]
+        )
+    )
     resp.validate()
     assert (resp.status, resp.reason) == (401, "Unauthorized")
     assert resp.get("www-authenticate") == 'Digest realm="example.test", nonce="abc", qop="auth"'
@@ -578,28 +762,48 @@ def test_get_returns_the_first_of_repeated_headers():
 
 def test_repeated_list_headers_pass_validation():
     second_via = "v: SIP/2.0/UDP p.example.test;branch=z9hG4bK2"
-    req = parse_message(register((None, "Contact: <sip:alice@192.0.2.11>"),
-                                 ("Via", REGISTER_LINES[1] + CRLF + second_via)))
+    req = parse_message(
+        register(
+            (None, "Contact: <sip:alice@192.0.2.11>"),
+            ("Via", REGISTER_LINES[1] + CRLF + second_via),
+        )
+    )
     req.validate()
     assert len(req.contacts) == 2 and len(req.vias) == 2
 
 
 # -- make_response ------------------------------------------------------------
 
+
 def test_make_response_copies_the_right_headers():
-    req = parse_message(register(("Via", CRLF.join([
-        "Via: SIP/2.0/UDP proxy.example.test;branch=z9hG4bK1, SIP/2.0/TCP p2.example.test;branch=z9hG4bK2",
-        "Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK776asdhds;rport"]))))
+    req = parse_message(
+        register(
+            (
+                "Via",
+                CRLF.join(
+                    [
+                        "Via: SIP/2.0/UDP proxy.example.test;branch=z9hG4bK1, SIP/2.0/TCP p2.example.test;branch=z9hG4bK2",
+                        "Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK776asdhds;rport",
+                    ]
+                ),
+            )
+        )
+    )
     req.validate()
-    resp = make_response(req, 200, headers=[("Expires", "3600"), ("m", "<sip:alice@192.0.2.10>")],
-                         to_tag="as8d7f")
+    resp = make_response(
+        req, 200, headers=[("Expires", "3600"), ("m", "<sip:alice@192.0.2.10>")], to_tag="as8d7f"
+    )
     wire = resp.encode()
     back = parse_message(wire)
     back.validate()
     assert (back.status, back.reason) == (200, "OK")
     assert back.raw_values("via") == req.raw_values("via")
     assert [v.branch for v in back.vias] == ["z9hG4bK1", "z9hG4bK2", "z9hG4bK776asdhds"]
-    assert back.get("from") == req.get("from") and back.call_id == req.call_id and back.cseq == req.cseq
+    assert (
+        back.get("from") == req.get("from")
+        and back.call_id == req.call_id
+        and back.cseq == req.cseq
+    )
     assert back.to.tag == "as8d7f" and back.to.uri == req.to.uri
     assert back.get("contact") == "<sip:alice@192.0.2.10>" and back.get("expires") == "3600"
     assert back.get("user-agent") is None and back.get("max-forwards") is None
@@ -649,19 +853,42 @@ def test_make_response_names_extra_headers_as_add_does():
 
 INVALID_REQUESTS = [
     # (id, message, status, words in the reason)
-    ("negative-content-length", register(("Content-Length", "Content-Length: -999")), 400,
-     "malformed Content-Length"),
-    ("non-numeric-content-length", register(("Content-Length", "Content-Length: zero")), 400,
-     "malformed Content-Length"),
-    ("unicode-digit-content-length", register(("Content-Length", "Content-Length: \u00b2")), 400,
-     "malformed Content-Length"),
-    ("huge-content-length", register(("Content-Length", "Content-Length: " + "9" * 5000)), 400,
-     "Content-Length out of range"),
-    ("body-shorter-than-content-length",
-     register(("Content-Length", "Content-Length: 9999"), body=b"v=0\r\ns=-\r\n"), 400,
-     "body shorter than Content-Length"),
-    ("two-content-lengths", register((None, "l: 8"), body=b"12345678"), 400,
-     "more than one Content-Length"),
+    (
+        "negative-content-length",
+        register(("Content-Length", "Content-Length: -999")),
+        400,
+        "malformed Content-Length",
+    ),
+    (
+        "non-numeric-content-length",
+        register(("Content-Length", "Content-Length: zero")),
+        400,
+        "malformed Content-Length",
+    ),
+    (
+        "unicode-digit-content-length",
+        register(("Content-Length", "Content-Length: \u00b2")),
+        400,
+        "malformed Content-Length",
+    ),
+    (
+        "huge-content-length",
+        register(("Content-Length", "Content-Length: " + "9" * 5000)),
+        400,
+        "Content-Length out of range",
+    ),
+    (
+        "body-shorter-than-content-length",
+        register(("Content-Length", "Content-Length: 9999"), body=b"v=0\r\ns=-\r\n"),
+        400,
+        "body shorter than Content-Length",
+    ),
+    (
+        "two-content-lengths",
+        register((None, "l: 8"), body=b"12345678"),
+        400,
+        "more than one Content-Length",
+    ),
     ("missing-to", register(("To", None)), 400, "missing To header"),
     ("missing-from", register(("From", None)), 400, "missing From header"),
     ("missing-call-id", register(("Call-ID", None)), 400, "missing Call-ID header"),
@@ -669,93 +896,239 @@ INVALID_REQUESTS = [
     ("missing-via", register(("Via", None)), 400, "missing Via header"),
     ("empty-call-id", register(("Call-ID", "Call-ID:  ")), 400, "empty Call-ID"),
     ("cseq-not-a-number", register(("CSeq", "CSeq: abc REGISTER")), 400, "malformed CSeq"),
-    ("cseq-unicode-digits", register(("CSeq", "CSeq: \u0661\u0662 REGISTER")), 400, "malformed CSeq"),
+    (
+        "cseq-unicode-digits",
+        register(("CSeq", "CSeq: \u0661\u0662 REGISTER")),
+        400,
+        "malformed CSeq",
+    ),
     ("cseq-2**31", register(("CSeq", "CSeq: 2147483648 REGISTER")), 400, "CSeq number too large"),
-    ("cseq-overlarge", register(("CSeq", "CSeq: 36893488147419103232 REGISTER")), 400,
-     "CSeq number too large"),
-    ("cseq-5000-digits", register(("CSeq", "CSeq: " + "7" * 5000 + " REGISTER")), 400,
-     "CSeq number too large"),
+    (
+        "cseq-overlarge",
+        register(("CSeq", "CSeq: 36893488147419103232 REGISTER")),
+        400,
+        "CSeq number too large",
+    ),
+    (
+        "cseq-5000-digits",
+        register(("CSeq", "CSeq: " + "7" * 5000 + " REGISTER")),
+        400,
+        "CSeq number too large",
+    ),
     ("cseq-negative", register(("CSeq", "CSeq: -1 REGISTER")), 400, "malformed CSeq"),
     ("cseq-without-method", register(("CSeq", "CSeq: 1")), 400, "malformed CSeq"),
     ("cseq-separators", register(("CSeq", "CSeq: 8;; REGISTER")), 400, "malformed CSeq"),
-    ("cseq-method-mismatch", register(("CSeq", "CSeq: 314159 INVITE")), 400,
-     "CSeq method does not match the request method"),
-    ("unknown-method-mismatch", register(start="NEWMETHOD sip:example.test SIP/2.0"), 400,
-     "CSeq method does not match"),
-    ("max-forwards-not-a-number", register(("Max-Forwards", "Max-Forwards: seventy")), 400,
-     "malformed Max-Forwards"),
-    ("max-forwards-256", register(("Max-Forwards", "Max-Forwards: 256")), 400,
-     "Max-Forwards out of range"),
-    ("max-forwards-negative", register(("Max-Forwards", "Max-Forwards: -1")), 400,
-     "malformed Max-Forwards"),
+    (
+        "cseq-method-mismatch",
+        register(("CSeq", "CSeq: 314159 INVITE")),
+        400,
+        "CSeq method does not match the request method",
+    ),
+    (
+        "unknown-method-mismatch",
+        register(start="NEWMETHOD sip:example.test SIP/2.0"),
+        400,
+        "CSeq method does not match",
+    ),
+    (
+        "max-forwards-not-a-number",
+        register(("Max-Forwards", "Max-Forwards: seventy")),
+        400,
+        "malformed Max-Forwards",
+    ),
+    (
+        "max-forwards-256",
+        register(("Max-Forwards", "Max-Forwards: 256")),
+        400,
+        "Max-Forwards out of range",
+    ),
+    (
+        "max-forwards-negative",
+        register(("Max-Forwards", "Max-Forwards: -1")),
+        400,
+        "malformed Max-Forwards",
+    ),
     ("two-to", register((None, "To: sip:other@example.net")), 400, "more than one To header"),
-    ("two-from", register((None, "f: sip:caller@example.net;tag=2")), 400, "more than one From header"),
+    (
+        "two-from",
+        register((None, "f: sip:caller@example.net;tag=2")),
+        400,
+        "more than one From header",
+    ),
     ("two-call-id", register((None, "i: other@192.0.2.2")), 400, "more than one Call-ID header"),
     ("two-cseq", register((None, "CSeq: 59 REGISTER")), 400, "more than one CSeq header"),
-    ("two-max-forwards", register((None, "Max-Forwards: 5")), 400, "more than one Max-Forwards header"),
+    (
+        "two-max-forwards",
+        register((None, "Max-Forwards: 5")),
+        400,
+        "more than one Max-Forwards header",
+    ),
     ("sip-3.0", register(start="REGISTER sip:example.test SIP/3.0"), 505, "Version Not Supported"),
     ("sip-7.0-lower-case", register(start="REGISTER sip:example.test sip/7.0"), 505, "Version"),
-    ("unknown-scheme-request-uri", register(start="REGISTER nobodyKnowsThisScheme:totallyopaquecontent SIP/2.0"),
-     416, "Unsupported URI Scheme"),
-    ("atypical-scheme-request-uri", register(start="REGISTER soap.beep://192.0.2.103:3002 SIP/2.0"), 416,
-     "Unsupported URI Scheme"),
-    ("angle-brackets-around-request-uri", register(start="REGISTER <sip:example.test> SIP/2.0"), 400,
-     "bad Request-URI"),
-    ("headers-in-request-uri", register(start="REGISTER sip:example.test?Route=%3Csip:example.test%3E SIP/2.0"),
-     400, "headers in the Request-URI"),
-    ("bad-port-in-request-uri", register(start="REGISTER sip:example.test:99999 SIP/2.0"), 400,
-     "bad Request-URI: bad port"),
-    ("whitespace-in-request-uri", register(start="REGISTER sip:example.test; lr SIP/2.0"), 400,
-     "whitespace in Request-URI"),
-    ("two-spaces-in-request-line", register(start="REGISTER  sip:example.test  SIP/2.0"), 400,
-     "extra whitespace in request line"),
-    ("trailing-space-in-request-line", register(start="REGISTER sip:example.test SIP/2.0 "), 400,
-     "extra whitespace in request line"),
-    ("tabs-in-request-line", register(start="REGISTER\tsip:example.test\tSIP/2.0"), 400,
-     "extra whitespace in request line"),
-    ("unterminated-quote-in-to", register(("To", 'To: "Mr. J. User <sip:j.user@example.test>')), 400,
-     "bad To header: unterminated quoted string"),
-    ("unquoted-display-with-comma", register(("From", "From: Bell, Alexander <sip:bell@example.test>;tag=43")),
-     400, "bad From header: display name with separators must be quoted"),
-    ("unknown-scheme-in-from", register(("From", "From: <http://example.test/>;tag=1")), 400,
-     "bad From header: unsupported URI scheme 'http'"),
-    ("unterminated-angle-in-to", register(("To", "To: <sip:alice@example.test")), 400,
-     "bad To header: unterminated <URI>"),
+    (
+        "unknown-scheme-request-uri",
+        register(start="REGISTER nobodyKnowsThisScheme:totallyopaquecontent SIP/2.0"),
+        416,
+        "Unsupported URI Scheme",
+    ),
+    (
+        "atypical-scheme-request-uri",
+        register(start="REGISTER soap.beep://192.0.2.103:3002 SIP/2.0"),
+        416,
+        "Unsupported URI Scheme",
+    ),
+    (
+        "angle-brackets-around-request-uri",
+        register(start="REGISTER <sip:example.test> SIP/2.0"),
+        400,
+        "bad Request-URI",
+    ),
+    (
+        "headers-in-request-uri",
+        register(start="REGISTER sip:example.test?Route=%3Csip:example.test%3E SIP/2.0"),
+        400,
+        "headers in the Request-URI",
+    ),
+    (
+        "bad-port-in-request-uri",
+        register(start="REGISTER sip:example.test:99999 SIP/2.0"),
+        400,
+        "bad Request-URI: bad port",
+    ),
+    (
+        "whitespace-in-request-uri",
+        register(start="REGISTER sip:example.test; lr SIP/2.0"),
+        400,
+        "whitespace in Request-URI",
+    ),
+    (
+        "two-spaces-in-request-line",
+        register(start="REGISTER  sip:example.test  SIP/2.0"),
+        400,
+        "extra whitespace in request line",
+    ),
+    (
+        "trailing-space-in-request-line",
+        register(start="REGISTER sip:example.test SIP/2.0 "),
+        400,
+        "extra whitespace in request line",
+    ),
+    (
+        "tabs-in-request-line",
+        register(start="REGISTER\tsip:example.test\tSIP/2.0"),
+        400,
+        "extra whitespace in request line",
+    ),
+    (
+        "unterminated-quote-in-to",
+        register(("To", 'To: "Mr. J. User <sip:j.user@example.test>')),
+        400,
+        "bad To header: unterminated quoted string",
+    ),
+    (
+        "unquoted-display-with-comma",
+        register(("From", "From: Bell, Alexander <sip:bell@example.test>;tag=43")),
+        400,
+        "bad From header: display name with separators must be quoted",
+    ),
+    (
+        "unknown-scheme-in-from",
+        register(("From", "From: <http://example.test/>;tag=1")),
+        400,
+        "bad From header: unsupported URI scheme 'http'",
+    ),
+    (
+        "unterminated-angle-in-to",
+        register(("To", "To: <sip:alice@example.test")),
+        400,
+        "bad To header: unterminated <URI>",
+    ),
     ("via-garbage", register(("Via", "Via: garbage")), 400, "malformed Via"),
-    ("via-bad-port", register(("Via", "Via: SIP/2.0/UDP 192.0.2.10:99999;branch=z9hG4bKx")), 400,
-     "malformed Via: bad port"),
-    ("via-bad-ipv6", register(("Via", "Via: SIP/2.0/UDP [2001:db8::1;branch=z9hG4bKx")), 400,
-     "malformed Via"),
-    ("via-bad-version", register(("Via", "Via: SIP/3.0/UDP 192.0.2.10;branch=z9hG4bKx")), 400,
-     "malformed Via"),
-    ("header-line-without-colon", register(start=REGISTER_LINES[0] + "\r\nNoColonHere"), 400,
-     "header line without a colon"),
+    (
+        "via-bad-port",
+        register(("Via", "Via: SIP/2.0/UDP 192.0.2.10:99999;branch=z9hG4bKx")),
+        400,
+        "malformed Via: bad port",
+    ),
+    (
+        "via-bad-ipv6",
+        register(("Via", "Via: SIP/2.0/UDP [2001:db8::1;branch=z9hG4bKx")),
+        400,
+        "malformed Via",
+    ),
+    (
+        "via-bad-version",
+        register(("Via", "Via: SIP/3.0/UDP 192.0.2.10;branch=z9hG4bKx")),
+        400,
+        "malformed Via",
+    ),
+    (
+        "header-line-without-colon",
+        register(start=REGISTER_LINES[0] + "\r\nNoColonHere"),
+        400,
+        "header line without a colon",
+    ),
     ("bad-header-name", register((None, "Bad Name: x")), 400, "bad header name 'Bad Name'"),
-    ("folded-line-before-any-header", register(start=REGISTER_LINES[0] + "\r\n folded"), 400,
-     "folded line without a header"),
-    ("nul-in-header", register(("User-Agent", "User-Agent: Tan\x00dem")), 400,
-     "control character in a header line"),
-    ("nul-after-quoted-backslash", register(("To", 'To: "a\\\\\x00" <sip:alice@example.test>')), 400,
-     "control character in a header line"),
-    ("nul-quoted-outside-quotes", register(("To", "To: \\\x00 <sip:alice@example.test>")), 400,
-     "control character in a header line"),
-    ("nul-quoted-in-a-kept-header", register(("User-Agent", 'User-Agent: "\\\x00"')), 400,
-     "control character in a header line"),
-    ("nul-quoted-in-an-instance", register(
-        ("Contact", 'Contact: <sip:alice@192.0.2.10>;+sip.instance="<urn:\\\x00>";reg-id=1')), 400,
-     "control character in a header line"),
-    ("bare-lf-header-injection",
-     register(("User-Agent", "User-Agent: x\nVia: SIP/2.0/UDP evil.test;branch=z9hG4bKevil")), 400,
-     "control character in a header line"),
+    (
+        "folded-line-before-any-header",
+        register(start=REGISTER_LINES[0] + "\r\n folded"),
+        400,
+        "folded line without a header",
+    ),
+    (
+        "nul-in-header",
+        register(("User-Agent", "User-Agent: Tan\x00dem")),
+        400,
+        "control character in a header line",
+    ),
+    (
+        "nul-after-quoted-backslash",
+        register(("To", 'To: "a\\\\\x00" <sip:alice@example.test>')),
+        400,
+        "control character in a header line",
+    ),
+    (
+        "nul-quoted-outside-quotes",
+        register(("To", "To: \\\x00 <sip:alice@example.test>")),
+        400,
+        "control character in a header line",
+    ),
+    (
+        "nul-quoted-in-a-kept-header",
+        register(("User-Agent", 'User-Agent: "\\\x00"')),
+        400,
+        "control character in a header line",
+    ),
+    (
+        "nul-quoted-in-an-instance",
+        register(
+            ("Contact", 'Contact: <sip:alice@192.0.2.10>;+sip.instance="<urn:\\\x00>";reg-id=1')
+        ),
+        400,
+        "control character in a header line",
+    ),
+    (
+        "bare-lf-header-injection",
+        register(("User-Agent", "User-Agent: x\nVia: SIP/2.0/UDP evil.test;branch=z9hG4bKevil")),
+        400,
+        "control character in a header line",
+    ),
     ("bare-cr-in-header", register(("User-Agent", "User-Agent: a\rb")), 400, "control character"),
-    ("nul-in-request-line", register(start="REGISTER sip:exa\x00mple.test SIP/2.0"), 400,
-     "control character in the start line"),
+    (
+        "nul-in-request-line",
+        register(start="REGISTER sip:exa\x00mple.test SIP/2.0"),
+        400,
+        "control character in the start line",
+    ),
     ("no-empty-line-after-headers", register()[:-4], 400, "no empty line after the header section"),
 ]
 
 
-@pytest.mark.parametrize("data, status, words", [case[1:] for case in INVALID_REQUESTS],
-                         ids=[case[0] for case in INVALID_REQUESTS])
+@pytest.mark.parametrize(
+    "data, status, words",
+    [case[1:] for case in INVALID_REQUESTS],
+    ids=[case[0] for case in INVALID_REQUESTS],
+)
 def test_invalid_request_gets_its_response(data, status, words):
     err, answer = reject(data, status, words)
     for key, value in COPIED.items():
@@ -778,7 +1151,10 @@ def test_every_answer_carries_via_call_id_and_cseq_unless_missing():
 
 
 def test_lone_start_line():
-    for data in [b"REGISTER sip:example.test SIP/2.0\r\n", b"REGISTER sip:example.test SIP/2.0\r\n\r\n"]:
+    for data in [
+        b"REGISTER sip:example.test SIP/2.0\r\n",
+        b"REGISTER sip:example.test SIP/2.0\r\n\r\n",
+    ]:
         _err, answer = reject(data, 400, "missing Via header")
         assert answer.headers == [["content-length", "Content-Length", "0"]]
     with pytest.raises(SipParseError) as exc:
@@ -787,8 +1163,16 @@ def test_lone_start_line():
 
 
 def test_bare_cr_or_lf_anywhere_is_found():
-    reject(register(start="REGISTER sip:exa\rmple.test SIP/2.0"), 400, "control character in the start line")
-    reject(register(start="REGISTER sip:exa\nmple.test SIP/2.0"), 400, "control character in the start line")
+    reject(
+        register(start="REGISTER sip:exa\rmple.test SIP/2.0"),
+        400,
+        "control character in the start line",
+    )
+    reject(
+        register(start="REGISTER sip:exa\nmple.test SIP/2.0"),
+        400,
+        "control character in the start line",
+    )
     reject(register()[:-4] + b"\r\r\n\r\n", 400, "control character in a header line")
     reject(register(("Expires", "Expires: 3600\n")), 400, "control character in a header line")
     reject(register(("Expires", "\rExpires: 3600")), 400, "control character in a header line")
@@ -804,17 +1188,24 @@ def test_error_with_extra_headers():
     req = parse_message(register())
     err = SipError(423, "Interval Too Brief", [("Min-Expires", "60")])
     answer = parse_message(error_response(req, err).encode())
-    assert (answer.status, answer.reason, answer.get("min-expires")) == (423, "Interval Too Brief", "60")
+    assert (answer.status, answer.reason, answer.get("min-expires")) == (
+        423,
+        "Interval Too Brief",
+        "60",
+    )
 
 
-@pytest.mark.parametrize("data", [
-    b"REGISTER sip:example.test\r\n\r\n",
-    b"REGISTER\r\n\r\n",
-    b"REG@STER sip:example.test SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\n\r\n",
-    b"REGISTER sip:example.test HTTP/1.1\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\n\r\n",
-    b"GET / HTTP/1.1\r\nHost: example.test\r\n\r\n",
-    b"REGISTER sip:example.test; lr\r\n\r\n",
-])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"REGISTER sip:example.test\r\n\r\n",
+        b"REGISTER\r\n\r\n",
+        b"REG@STER sip:example.test SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\n\r\n",
+        b"REGISTER sip:example.test HTTP/1.1\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: example.test\r\n\r\n",
+        b"REGISTER sip:example.test; lr\r\n\r\n",
+    ],
+)
 def test_unanswerable_requests(data):
     with pytest.raises(SipError) as exc:
         parse_message(data).validate()
@@ -823,26 +1214,34 @@ def test_unanswerable_requests(data):
 
 # -- invalid responses: dropped -----------------------------------------------
 
-RESPONSE_REST = ["Via: SIP/2.0/UDP 192.0.2.10;branch=z9hG4bKa", "To: <sip:a@example.test>;tag=1",
-                 "From: <sip:a@example.test>;tag=2", "Call-ID: c", "CSeq: 1 INVITE"]
+RESPONSE_REST = [
+    "Via: SIP/2.0/UDP 192.0.2.10;branch=z9hG4bKa",
+    "To: <sip:a@example.test>;tag=1",
+    "From: <sip:a@example.test>;tag=2",
+    "Call-ID: c",
+    "CSeq: 1 INVITE",
+]
 
 
-@pytest.mark.parametrize("start, rest, body", [
-    ("SIP/2.0 4294967301 better not break the receiver", RESPONSE_REST, b""),
-    ("SIP/2.0 99 Too Low", RESPONSE_REST, b""),
-    ("SIP/2.0 700 Too High", RESPONSE_REST, b""),
-    ("SIP/2.0 2OO OK", RESPONSE_REST, b""),
-    ("SIP/2.0 \u00b2\u00b2\u00b2 OK", RESPONSE_REST, b""),
-    ("SIP/2.0  200 OK", RESPONSE_REST, b""),
-    ("SIP/3.0 200 OK", RESPONSE_REST, b""),
-    ("SIP/2.0", RESPONSE_REST, b""),
-    ("SIP/2.0 200 OK", RESPONSE_REST[1:], b""),
-    ("SIP/2.0 200 OK", RESPONSE_REST[:-1] + ["CSeq: 36893488147419103232 INVITE"], b""),
-    ("SIP/2.0 200 OK", RESPONSE_REST + ["Content-Length: 10"], b"short"),
-    ("SIP/2.0 200 OK", RESPONSE_REST + ["Content-Length: 1", "Content-Length: 1"], b"x"),
-    ("SIP/2.0 200 OK", RESPONSE_REST + ["No colon"], b""),
-    ("SIP/2.0 200 OK", ["Via: SIP/2.0/UDP [::1"] + RESPONSE_REST[1:], b""),
-])
+@pytest.mark.parametrize(
+    "start, rest, body",
+    [
+        ("SIP/2.0 4294967301 better not break the receiver", RESPONSE_REST, b""),
+        ("SIP/2.0 99 Too Low", RESPONSE_REST, b""),
+        ("SIP/2.0 700 Too High", RESPONSE_REST, b""),
+        ("SIP/2.0 2OO OK", RESPONSE_REST, b""),
+        ("SIP/2.0 \u00b2\u00b2\u00b2 OK", RESPONSE_REST, b""),
+        ("SIP/2.0  200 OK", RESPONSE_REST, b""),
+        ("SIP/3.0 200 OK", RESPONSE_REST, b""),
+        ("SIP/2.0", RESPONSE_REST, b""),
+        ("SIP/2.0 200 OK", RESPONSE_REST[1:], b""),
+        ("SIP/2.0 200 OK", RESPONSE_REST[:-1] + ["CSeq: 36893488147419103232 INVITE"], b""),
+        ("SIP/2.0 200 OK", RESPONSE_REST + ["Content-Length: 10"], b"short"),
+        ("SIP/2.0 200 OK", RESPONSE_REST + ["Content-Length: 1", "Content-Length: 1"], b"x"),
+        ("SIP/2.0 200 OK", RESPONSE_REST + ["No colon"], b""),
+        ("SIP/2.0 200 OK", ["Via: SIP/2.0/UDP [::1"] + RESPONSE_REST[1:], b""),
+    ],
+)
 def test_malformed_response_is_dropped(start, rest, body):
     with pytest.raises(SipError) as exc:
         parse_message(build([start] + rest, body)).validate()
@@ -860,15 +1259,35 @@ def test_quoted_pair_nul_in_a_display_name():
 # -- garbage never crashes ------------------------------------------------------
 
 GARBAGE = [
-    b"", b"\r\n", b"\r\n" * 50, b"\n\n\n\n", b"\r\r\r\r", b"\x00" * 100, b" " * 40, b"\t\r\n\r\n",
-    b"\xff\xfe\xfd\xfc\r\n\r\n", b"\xc3\x28\xa0\xa1\r\n\xe2\x82\r\n\r\n", b"SIP/2.0\r\n\r\n",
-    b"SIP/2.0 \r\n\r\n", b"SIP/\r\n\r\n", b": \r\n\r\n", b"INVITE sip:a@b SIP/2.0\r\n:\r\n\r\n",
-    b"INVITE sip:a@b SIP/2.0\r\n \r\n\r\n", b"INVITE sip:a@b SIP/2.0\r\nVia:\r\n\r\n",
-    b"INVITE sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP\r\n\r\n", b"INVITE sip:a@b SIP/2.0\r\nContact: <\r\n\r\n",
-    b"INVITE sip:a@b SIP/2.0\r\nTo: \"\r\n\r\n", b"INVITE sip:a@b SIP/2.0\r\nTo: \"\\\r\n\r\n",
-    b"INVITE sip:a@b SIP/2.0\r\nCSeq: \r\n\r\n", b"INVITE sip:a@b SIP/2.0\r\nl: \xff\r\n\r\n",
-    b"INVITE : SIP/2.0\r\n\r\n", b"INVITE sip: SIP/2.0\r\n\r\n", b"INVITE sip:@ SIP/2.0\r\n\r\n",
-    b"INVITE sip:[ SIP/2.0\r\n\r\n", b"INVITE tel: SIP/2.0\r\n\r\n", b"\x00INVITE sip:a@b SIP/2.0\r\n\r\n",
+    b"",
+    b"\r\n",
+    b"\r\n" * 50,
+    b"\n\n\n\n",
+    b"\r\r\r\r",
+    b"\x00" * 100,
+    b" " * 40,
+    b"\t\r\n\r\n",
+    b"\xff\xfe\xfd\xfc\r\n\r\n",
+    b"\xc3\x28\xa0\xa1\r\n\xe2\x82\r\n\r\n",
+    b"SIP/2.0\r\n\r\n",
+    b"SIP/2.0 \r\n\r\n",
+    b"SIP/\r\n\r\n",
+    b": \r\n\r\n",
+    b"INVITE sip:a@b SIP/2.0\r\n:\r\n\r\n",
+    b"INVITE sip:a@b SIP/2.0\r\n \r\n\r\n",
+    b"INVITE sip:a@b SIP/2.0\r\nVia:\r\n\r\n",
+    b"INVITE sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP\r\n\r\n",
+    b"INVITE sip:a@b SIP/2.0\r\nContact: <\r\n\r\n",
+    b'INVITE sip:a@b SIP/2.0\r\nTo: "\r\n\r\n',
+    b'INVITE sip:a@b SIP/2.0\r\nTo: "\\\r\n\r\n',
+    b"INVITE sip:a@b SIP/2.0\r\nCSeq: \r\n\r\n",
+    b"INVITE sip:a@b SIP/2.0\r\nl: \xff\r\n\r\n",
+    b"INVITE : SIP/2.0\r\n\r\n",
+    b"INVITE sip: SIP/2.0\r\n\r\n",
+    b"INVITE sip:@ SIP/2.0\r\n\r\n",
+    b"INVITE sip:[ SIP/2.0\r\n\r\n",
+    b"INVITE tel: SIP/2.0\r\n\r\n",
+    b"\x00INVITE sip:a@b SIP/2.0\r\n\r\n",
     "INVITE sip:\u00e4@\u00e4 SIP/2.0\r\n\r\n".encode(),
 ]
 
@@ -889,10 +1308,45 @@ def test_random_binary_never_crashes():
 
 # -- property-style fuzzing ---------------------------------------------------
 
-INTERESTING = [b"\r\n", b"\r\n ", b"\r\n\r\n", b"\x00", b"\r", b"\n", b" ", b"\t", b":", b";", b",", b"<",
-               b">", b'"', b"\\", b"%", b"@", b"[", b"]", b"?", b"=", b"/", b"*", b"\xff", b"\xc3",
-               "\u2028".encode(), "\u00b2".encode(), "\u0661".encode(), b"9" * 30, b"-", b"SIP/2.0",
-               b"0", b"sip:", b"tel:", b";tag=", b";branch=z9hG4bK", b"Content-Length: 99"]
+INTERESTING = [
+    b"\r\n",
+    b"\r\n ",
+    b"\r\n\r\n",
+    b"\x00",
+    b"\r",
+    b"\n",
+    b" ",
+    b"\t",
+    b":",
+    b";",
+    b",",
+    b"<",
+    b">",
+    b'"',
+    b"\\",
+    b"%",
+    b"@",
+    b"[",
+    b"]",
+    b"?",
+    b"=",
+    b"/",
+    b"*",
+    b"\xff",
+    b"\xc3",
+    "\u2028".encode(),
+    "\u00b2".encode(),
+    "\u0661".encode(),
+    b"9" * 30,
+    b"-",
+    b"SIP/2.0",
+    b"0",
+    b"sip:",
+    b"tel:",
+    b";tag=",
+    b";branch=z9hG4bK",
+    b"Content-Length: 99",
+]
 
 
 def mutate(rng: random.Random, data: bytes) -> bytes:
@@ -905,12 +1359,12 @@ def mutate(rng: random.Random, data: bytes) -> bytes:
         elif op == 1:
             buf[pos:pos] = rng.choice(INTERESTING)
         elif op == 2:
-            del buf[pos:pos + rng.randint(1, 12)]
+            del buf[pos : pos + rng.randint(1, 12)]
         elif op == 3:
             del buf[pos:]
         elif op == 4 and buf:
             start = rng.randrange(len(buf))
-            buf[pos:pos] = buf[start:start + rng.randint(1, 60)]
+            buf[pos:pos] = buf[start : start + rng.randint(1, 60)]
         else:
             buf[pos:pos] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 5)))
     return bytes(buf)
@@ -918,12 +1372,27 @@ def mutate(rng: random.Random, data: bytes) -> bytes:
 
 def fuzz_seeds() -> list[bytes]:
     invite, _ = torture_invite()
-    response = build(["SIP/2.0 200 OK"] + RESPONSE_REST + [
-        'Contact: "A" <sip:a@[2001:db8::1]:5060;transport=tcp>;q=0.5;expires=60, <tel:+1-201-555-0123>',
-        "Via: SIP/2.0/TCP p.example.test;received=192.0.2.1;rport=5060", "Content-Length: 3"], b"abc")
-    return [register(), invite, response,
-            register(("Contact", "Contact: *"), ("Expires", "Expires: 0"), (None, "Path: <sip:p.example.test;lr>")),
-            register(("Content-Length", "Content-Length: 10"), body=b"0123456789")]
+    response = build(
+        ["SIP/2.0 200 OK"]
+        + RESPONSE_REST
+        + [
+            'Contact: "A" <sip:a@[2001:db8::1]:5060;transport=tcp>;q=0.5;expires=60, <tel:+1-201-555-0123>',
+            "Via: SIP/2.0/TCP p.example.test;received=192.0.2.1;rport=5060",
+            "Content-Length: 3",
+        ],
+        b"abc",
+    )
+    return [
+        register(),
+        invite,
+        response,
+        register(
+            ("Contact", "Contact: *"),
+            ("Expires", "Expires: 0"),
+            (None, "Path: <sip:p.example.test;lr>"),
+        ),
+        register(("Content-Length", "Content-Length: 10"), body=b"0123456789"),
+    ]
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -943,6 +1412,7 @@ def test_fuzzed_messages_only_raise_sip_errors(seed):
 
 # -- response_bytes: make_response(...).encode() without the Response ----------
 
+
 def parsed_request(data: bytes) -> tuple[Request | None, SipError | None]:
     """A fresh parse of ``data``: the request (or the request its error carries) and the error."""
     try:
@@ -956,24 +1426,40 @@ def parsed_request(data: bytes) -> tuple[Request | None, SipError | None]:
 def response_corpus() -> list[bytes]:
     """Requests valid, malformed and odd, each to be answered."""
     invite, _ = torture_invite()
-    many = [(None, f"X-Header-{i}: value {i};p=\"q, r\"") for i in range(60)]
+    many = [(None, f'X-Header-{i}: value {i};p="q, r"') for i in range(60)]
     return [
-        register(), invite, register(*many),
-        register(("Via", CRLF.join([
-            "Via: SIP/2.0/UDP proxy.example.test;branch=z9hG4bK1, SIP/2.0/TCP p2.example.test;branch=z9hG4bK2",
-            "v: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK776asdhds;rport=5060;received=192.0.2.10",
-            "VIA : SIP/2.0/UDP [2001:db8::1];branch=z9hG4bK3"]))),
+        register(),
+        invite,
+        register(*many),
+        register(
+            (
+                "Via",
+                CRLF.join(
+                    [
+                        "Via: SIP/2.0/UDP proxy.example.test;branch=z9hG4bK1, SIP/2.0/TCP p2.example.test;branch=z9hG4bK2",
+                        "v: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK776asdhds;rport=5060;received=192.0.2.10",
+                        "VIA : SIP/2.0/UDP [2001:db8::1];branch=z9hG4bK3",
+                    ]
+                ),
+            )
+        ),
         register(("To", "To: <sip:alice@example.test>;tag=abc")),
         register(("To", "t: <sip:alice@example.test> ;\tTAG = abc")),
         register(("To", "To: <sip:alice@example.test;tag=uri-param>")),
         register(("To", 'To: "Mr. J. User <sip:j.user@example.test>')),
         register(("To", "To: garbage;tag=x")),
-        register(("To", "To: <sip:alice@example.test>"), (None, "t: <sip:alice@example.test>;tag=abc")),
+        register(
+            ("To", "To: <sip:alice@example.test>"), (None, "t: <sip:alice@example.test>;tag=abc")
+        ),
         register(("To", "To: <sip:alice@example.test>;tag=abc"), (None, "TO: <http://x>")),
         register(("To", "To: <http://x>"), (None, "to: <sip:alice@example.test>")),
-        register(("From", 'From: "\u00c5lice \u2603" <sip:alice@example.test>;tag=\u00e9'),
-                 ("To", "To: <sip:\u00e5@example.test>")),
-        register(("Call-ID", "Call-ID: \udcff\udcfe@example.test"), ("To", "To: <sip:a@b>;x=\udce9")),
+        register(
+            ("From", 'From: "\u00c5lice \u2603" <sip:alice@example.test>;tag=\u00e9'),
+            ("To", "To: <sip:\u00e5@example.test>"),
+        ),
+        register(
+            ("Call-ID", "Call-ID: \udcff\udcfe@example.test"), ("To", "To: <sip:a@b>;x=\udce9")
+        ),
         register(("CSeq", "cseq: 7 REGISTER"), ("Call-ID", "i: compact@example.test")),
         register(("Content-Length", "Content-Length: 5"), body=b"hello"),
         register(("Via", None), ("CSeq", None)),
@@ -985,17 +1471,38 @@ def response_corpus() -> list[bytes]:
 
 
 #: (status, reason, to_tag) combinations answered with
-RESPONSE_KINDS = [(100, None, "t1"), (180, None, None), (200, "OK", "as8d7f"), (401, "Unauthorized", "x"),
-                  (400, "", "x"), (299, None, ""), (101, "D\u00e9j\u00e0", "t\u00e9"), (699, "Six", "z")]
+RESPONSE_KINDS = [
+    (100, None, "t1"),
+    (180, None, None),
+    (200, "OK", "as8d7f"),
+    (401, "Unauthorized", "x"),
+    (400, "", "x"),
+    (299, None, ""),
+    (101, "D\u00e9j\u00e0", "t\u00e9"),
+    (699, "Six", "z"),
+]
 #: extra header lists, with names in every spelling make_response accepts
 RESPONSE_HEADERS = [
     (),
-    [("Contact", "<sip:user1@127.0.0.1:5555;transport=UDP>;expires=3600"),
-     ("Date", "Mon, 01 Jan 2024 00:00:00 GMT")],
+    [
+        ("Contact", "<sip:user1@127.0.0.1:5555;transport=UDP>;expires=3600"),
+        ("Date", "Mon, 01 Jan 2024 00:00:00 GMT"),
+    ],
     [("WWW-Authenticate", 'Digest realm="example.test", nonce="' + "n" * 48 + '", qop="auth"')] * 2,
-    [("m", "<sip:a@b>"), ("l", "99"), ("CONTENT-LENGTH", "5"), ("Content-Length", "0"), ("x-custom", "v"),
-     ("Max-forwards", "70"), ("i", "other"), ("t", "<sip:t@example.test>"), ("WWW-AUTHENTICATE", ""),
-     ("X-\u00dcnicode", "v\udcff\u2603"), ("v", "SIP/2.0/UDP h"), ("Min-Expires", 60)],
+    [
+        ("m", "<sip:a@b>"),
+        ("l", "99"),
+        ("CONTENT-LENGTH", "5"),
+        ("Content-Length", "0"),
+        ("x-custom", "v"),
+        ("Max-forwards", "70"),
+        ("i", "other"),
+        ("t", "<sip:t@example.test>"),
+        ("WWW-AUTHENTICATE", ""),
+        ("X-\u00dcnicode", "v\udcff\u2603"),
+        ("v", "SIP/2.0/UDP h"),
+        ("Min-Expires", 60),
+    ],
 ]
 
 
@@ -1046,47 +1553,107 @@ def test_response_bytes_defaults():
 def test_error_response_bytes_equals_error_response_encoded():
     for data in [register()] + [case[1] for case in INVALID_REQUESTS]:
         req, _ = parsed_request(data)
-        for err in [SipError(423, "Interval Too Brief", [("Min-Expires", "60")]),
-                    SipError(500, "Database Unavailable", [("Retry-After", "5"), ("l", "7")]),
-                    SipParseError("bad \udcff thing")]:
+        for err in [
+            SipError(423, "Interval Too Brief", [("Min-Expires", "60")]),
+            SipError(500, "Database Unavailable", [("Retry-After", "5"), ("l", "7")]),
+            SipParseError("bad \udcff thing"),
+        ]:
             for to_tag in (None, "e1"):
-                assert error_response_bytes(req, err, to_tag) == error_response(req, err, to_tag).encode()
+                assert (
+                    error_response_bytes(req, err, to_tag)
+                    == error_response(req, err, to_tag).encode()
+                )
 
 
-_HEADER_NAMES = st.sampled_from(["Via", "v", "VIA", "To", "t", "TO", "From", "f", "Call-ID", "i", "CSeq",
-                                 "cseq", "Contact", "m", "Content-Length", "l", "Max-Forwards", "X-Odd",
-                                 "x-odd", "Expires", "Bad Name", ""])
+_HEADER_NAMES = st.sampled_from(
+    [
+        "Via",
+        "v",
+        "VIA",
+        "To",
+        "t",
+        "TO",
+        "From",
+        "f",
+        "Call-ID",
+        "i",
+        "CSeq",
+        "cseq",
+        "Contact",
+        "m",
+        "Content-Length",
+        "l",
+        "Max-Forwards",
+        "X-Odd",
+        "x-odd",
+        "Expires",
+        "Bad Name",
+        "",
+    ]
+)
 _HEADER_VALUES = st.one_of(
-    st.sampled_from(["<sip:a@example.test>", "<sip:a@example.test>;tag=1", "sip:a@b ; TAG = 2",
-                     "<sip:a@example.test;tag=u>", '"unterminated <sip:a@b>', "<http://x>", "",
-                     "SIP/2.0/UDP h;branch=z9hG4bK1;rport", "SIP/2.0/UDP a, SIP/2.0/TCP b", "1 REGISTER",
-                     "c@h", "0", "5", " folded"]).map(str.encode),
+    st.sampled_from(
+        [
+            "<sip:a@example.test>",
+            "<sip:a@example.test>;tag=1",
+            "sip:a@b ; TAG = 2",
+            "<sip:a@example.test;tag=u>",
+            '"unterminated <sip:a@b>',
+            "<http://x>",
+            "",
+            "SIP/2.0/UDP h;branch=z9hG4bK1;rport",
+            "SIP/2.0/UDP a, SIP/2.0/TCP b",
+            "1 REGISTER",
+            "c@h",
+            "0",
+            "5",
+            " folded",
+        ]
+    ).map(str.encode),
     st.binary(max_size=16).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b"")),
-    st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n"),
-            max_size=16).map(str.encode))
+    st.text(
+        st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n"), max_size=16
+    ).map(str.encode),
+)
 _SEPARATORS = st.sampled_from([b": ", b":", b" : ", b"\t:\t"])
-_START_LINES = st.sampled_from([b"REGISTER sip:example.test SIP/2.0", b"INVITE sip:a@b SIP/2.0",
-                                b"OPTIONS  sip:x  SIP/2.0", b"REGISTER sip:x SIP/3.0"])
-_TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n"), max_size=12)
+_START_LINES = st.sampled_from(
+    [
+        b"REGISTER sip:example.test SIP/2.0",
+        b"INVITE sip:a@b SIP/2.0",
+        b"OPTIONS  sip:x  SIP/2.0",
+        b"REGISTER sip:x SIP/3.0",
+    ]
+)
+_TEXT = st.text(
+    st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n"), max_size=12
+)
 
 
 @settings(max_examples=400, deadline=None)
-@given(_START_LINES,
-       st.lists(st.tuples(_HEADER_NAMES.map(str.encode), _SEPARATORS, _HEADER_VALUES), max_size=12),
-       st.binary(max_size=8),
-       st.one_of(st.integers(100, 699), st.sampled_from([100, 101, 200, 401])),
-       st.one_of(st.none(), _TEXT),
-       st.lists(st.tuples(st.one_of(_HEADER_NAMES, _TEXT.filter(bool)), _TEXT), max_size=4),
-       st.binary(max_size=8),
-       st.one_of(st.none(), st.just(""), st.text("abc123", min_size=1, max_size=8)))
-def test_generated_requests_get_the_same_response_bytes(start, lines, tail, status, reason, headers,
-                                                        body, to_tag):
-    data = b"\r\n".join([start] + [name + sep + value for name, sep, value in lines]) + b"\r\n\r\n" + tail
+@given(
+    _START_LINES,
+    st.lists(st.tuples(_HEADER_NAMES.map(str.encode), _SEPARATORS, _HEADER_VALUES), max_size=12),
+    st.binary(max_size=8),
+    st.one_of(st.integers(100, 699), st.sampled_from([100, 101, 200, 401])),
+    st.one_of(st.none(), _TEXT),
+    st.lists(st.tuples(st.one_of(_HEADER_NAMES, _TEXT.filter(bool)), _TEXT), max_size=4),
+    st.binary(max_size=8),
+    st.one_of(st.none(), st.just(""), st.text("abc123", min_size=1, max_size=8)),
+)
+def test_generated_requests_get_the_same_response_bytes(
+    start, lines, tail, status, reason, headers, body, to_tag
+):
+    data = (
+        b"\r\n".join([start] + [name + sep + value for name, sep, value in lines])
+        + b"\r\n\r\n"
+        + tail
+    )
     assert parsed_request(data)[0] is not None
     assert_same_response(data, status, reason, headers, body, to_tag)
 
 
 # -- StreamFramer ---------------------------------------------------------------
+
 
 def framed_messages() -> list[bytes]:
     invite, _ = torture_invite()
@@ -1112,7 +1679,7 @@ def test_framer_one_byte_at_a_time():
     f = StreamFramer()
     out = []
     for i in range(len(stream)):
-        out += f.feed(stream[i:i + 1])
+        out += f.feed(stream[i : i + 1])
     assert out == framed_messages()
 
 
@@ -1131,7 +1698,7 @@ def test_framer_keepalives():
     assert f.feed(b"\r\n\r\n") == [StreamFramer.PING]
     assert f.feed(b"\r\n") == []
     assert f.feed(b"\r\n" + msg + b"\r\n\r\n") == [StreamFramer.PING, msg, StreamFramer.PING]
-    assert f.feed(b"\r\n" + msg) == [msg]          # a lone CRLF before a message is skipped
+    assert f.feed(b"\r\n" + msg) == [msg]  # a lone CRLF before a message is skipped
     assert f.feed(b"\r") == [] and f.feed(b"\n\r") == [] and f.feed(b"\n") == [StreamFramer.PING]
 
 
@@ -1193,7 +1760,7 @@ def test_framer_fuzzed_streams_only_raise_sip_errors():
             pos = 0
             while pos < len(data):
                 step = rng.randint(1, 200)
-                for msg in f.feed(data[pos:pos + step]):
+                for msg in f.feed(data[pos : pos + step]):
                     if msg != StreamFramer.PING:
                         process(msg)
                 pos += step
@@ -1209,24 +1776,80 @@ def test_framer_fuzzed_streams_only_raise_sip_errors():
 # list of fields by scanning it; ``_set_body``, ``make_response`` and
 # ``response_bytes`` are checked against their previous versions, kept here.
 
+
 def _lines(data: bytes) -> list[str]:
     return data.split(b"\r\n\r\n")[0].decode("utf-8", "surrogateescape").split("\r\n")
 
 
-_NAMES_AS_WRITTEN = st.sampled_from([
-    "Via", "v", "VIA", "via", "To", "t", "From", "f", "Call-ID", "call-id", "Call-Id", "i", "CSeq",
-    "Contact", "m", "Content-Length", "l", "Max-Forwards", "Expires", "X-Odd", "x-odd", "P-Asserted-Identity",
-    "Bad Name", "", " Via", "\tTo", "Via ", "X:Y", "\u00e9t\u00e9", "!%*_+`'~.-", "Route"])
+_NAMES_AS_WRITTEN = st.sampled_from(
+    [
+        "Via",
+        "v",
+        "VIA",
+        "via",
+        "To",
+        "t",
+        "From",
+        "f",
+        "Call-ID",
+        "call-id",
+        "Call-Id",
+        "i",
+        "CSeq",
+        "Contact",
+        "m",
+        "Content-Length",
+        "l",
+        "Max-Forwards",
+        "Expires",
+        "X-Odd",
+        "x-odd",
+        "P-Asserted-Identity",
+        "Bad Name",
+        "",
+        " Via",
+        "\tTo",
+        "Via ",
+        "X:Y",
+        "\u00e9t\u00e9",
+        "!%*_+`'~.-",
+        "Route",
+    ]
+)
 _SEPARATORS_AS_WRITTEN = st.sampled_from([": ", ":", " : ", ":  ", ":\t", "", " "])
-_VALUES_AS_WRITTEN = st.sampled_from([
-    "", " ", "x", "x ", " x", "\tx\t", "<sip:a@b>;tag=1", "a: b", "a:b", "SIP/2.0/UDP h;branch=z9hG4bK1",
-    "a, b", "\u00a0x\u00a0", "x\x0b", "\x1cx", "\u00e9", "0", "70", "1 REGISTER"])
+_VALUES_AS_WRITTEN = st.sampled_from(
+    [
+        "",
+        " ",
+        "x",
+        "x ",
+        " x",
+        "\tx\t",
+        "<sip:a@b>;tag=1",
+        "a: b",
+        "a:b",
+        "SIP/2.0/UDP h;branch=z9hG4bK1",
+        "a, b",
+        "\u00a0x\u00a0",
+        "x\x0b",
+        "\x1cx",
+        "\u00e9",
+        "0",
+        "70",
+        "1 REGISTER",
+    ]
+)
 _HEADER_LINES = st.lists(
-    st.tuples(_NAMES_AS_WRITTEN, _SEPARATORS_AS_WRITTEN, _VALUES_AS_WRITTEN).map("".join), max_size=10)
+    st.tuples(_NAMES_AS_WRITTEN, _SEPARATORS_AS_WRITTEN, _VALUES_AS_WRITTEN).map("".join),
+    max_size=10,
+)
 #: lines all of the form the shortcut reads
 _PLAIN_LINES = st.lists(
-    st.tuples(_NAMES_AS_WRITTEN.filter(lambda n: n and is_token(n)),
-              _VALUES_AS_WRITTEN).map(": ".join), max_size=10)
+    st.tuples(_NAMES_AS_WRITTEN.filter(lambda n: n and is_token(n)), _VALUES_AS_WRITTEN).map(
+        ": ".join
+    ),
+    max_size=10,
+)
 
 
 @settings(max_examples=1500, deadline=None)
@@ -1243,13 +1866,17 @@ def test_plain_fields_read_what_parse_headers_reads(lines, odd_line_last):
     general, problem = message._parse_headers(lines, False)
     assert problem is None and headers == general
     assert type(headers) is message.Headers
-    if headers.first is not None:        # indexed as it was read: as reindex would
+    if headers.first is not None:  # indexed as it was read: as reindex would
         first, repeated = headers.first, headers.repeated
         assert first == headers.reindex() and repeated == headers.repeated == set()
 
 
 def test_plain_fields_read_the_usual_messages():
-    for data in [register(), register((None, "X-Odd: 1"), ("To", "To: <sip:a@b>")), torture_invite()[0]]:
+    for data in [
+        register(),
+        register((None, "X-Odd: 1"), ("To", "To: <sip:a@b>")),
+        torture_invite()[0],
+    ]:
         lines = _lines(data)
         if any(line[:1] in (" ", "\t") for line in lines):
             assert message._plain_fields(lines) is None
@@ -1258,19 +1885,34 @@ def test_plain_fields_read_the_usual_messages():
 
 
 def test_plain_fields_leave_odd_lines_to_parse_headers():
-    for odd in ["Via : x", "Via:x", " folded", "no colon", ": x", "X-A b: 1", "\u00e9: 1", "Via:: x"]:
+    for odd in [
+        "Via : x",
+        "Via:x",
+        " folded",
+        "no colon",
+        ": x",
+        "X-A b: 1",
+        "\u00e9: 1",
+        "Via:: x",
+    ]:
         assert message._plain_fields(["REGISTER sip:a SIP/2.0", "To: <sip:a@b>", odd]) is None, odd
 
 
 _START_LINES_AS_WRITTEN = st.one_of(
-    st.tuples(st.sampled_from(sorted(message._METHODS)
-                              + ["FOO", "register", "SIP/2.0", "", "INV ITE", "\u00c9"]),
-              st.sampled_from([" ", "  ", "\t"]),
-              st.sampled_from(["sip:a@b", "", "sip:a b", "x"]),
-              st.sampled_from([" ", "  "]),
-              st.sampled_from(["SIP/2.0", "SIP/3.0", "sip/2.0", "HTTP/1.1", "SIP/2.0 ", ""])).map("".join),
-    st.sampled_from(["SIP/2.0 200 OK", "SIP/2.0 180 Ringing extra", "SIP/2.1 200 OK", "SIP/2.0 2000 X"]),
-    st.text(max_size=12))
+    st.tuples(
+        st.sampled_from(
+            sorted(message._METHODS) + ["FOO", "register", "SIP/2.0", "", "INV ITE", "\u00c9"]
+        ),
+        st.sampled_from([" ", "  ", "\t"]),
+        st.sampled_from(["sip:a@b", "", "sip:a b", "x"]),
+        st.sampled_from([" ", "  "]),
+        st.sampled_from(["SIP/2.0", "SIP/3.0", "sip/2.0", "HTTP/1.1", "SIP/2.0 ", ""]),
+    ).map("".join),
+    st.sampled_from(
+        ["SIP/2.0 200 OK", "SIP/2.0 180 Ringing extra", "SIP/2.1 200 OK", "SIP/2.0 2000 X"]
+    ),
+    st.text(max_size=12),
+)
 
 
 def _start_outcome(parse, line):
@@ -1287,7 +1929,9 @@ def _start_outcome(parse, line):
 @settings(max_examples=1500, deadline=None)
 @given(_START_LINES_AS_WRITTEN)
 def test_start_line_shortcut_reads_what_the_general_path_reads(line):
-    assert _start_outcome(message._start_line, line) == _start_outcome(message._start_line_general, line)
+    assert _start_outcome(message._start_line, line) == _start_outcome(
+        message._start_line_general, line
+    )
 
 
 # The ways code outside Message changes a parsed message's fields in place.
@@ -1309,8 +1953,20 @@ _EDITS = [
     lambda h: h.clear(),
     lambda h: h[0].__setitem__(2, "changed in place"),
 ]
-_ASKED = ["via", "To", "from", "call-id", "CSeq", "contact", "expires", "Route", "path", "require",
-          "content-length", "x-odd"]
+_ASKED = [
+    "via",
+    "To",
+    "from",
+    "call-id",
+    "CSeq",
+    "contact",
+    "expires",
+    "Route",
+    "path",
+    "require",
+    "content-length",
+    "x-odd",
+]
 
 
 def _views(req: Request) -> list:
@@ -1355,7 +2011,7 @@ def _set_body_reference(msg, body: bytes, stream: bool) -> None:
             if clen is not None:
                 raise SipParseError("more than one Content-Length header")
             v = h[2]
-            clen = 0 if v == "0" else parse_number(v, "Content-Length", 2 ** 32 - 1)
+            clen = 0 if v == "0" else parse_number(v, "Content-Length", 2**32 - 1)
     if clen is None:
         msg.body = b"" if stream else body
     else:
@@ -1374,27 +2030,50 @@ def _body_outcome(set_body, fields, body, stream):
 
 
 @settings(max_examples=800, deadline=None)
-@given(st.lists(st.sampled_from(["0", "3", "007", "x", "", "99999999999", "5"]), max_size=3),
-       st.integers(0, 4), st.binary(max_size=6), st.booleans())
+@given(
+    st.lists(st.sampled_from(["0", "3", "007", "x", "", "99999999999", "5"]), max_size=3),
+    st.integers(0, 4),
+    st.binary(max_size=6),
+    st.booleans(),
+)
 def test_set_body_as_before(lengths, at, body, stream):
     fields = [["via", "Via", "SIP/2.0/UDP h"], ["to", "To", "<sip:a@b>"]]
     for i, value in enumerate(lengths):
         fields.insert(min(at + i, len(fields)), ["content-length", "Content-Length", value])
-    assert (_body_outcome(message._set_body, message.Headers(f[:] for f in fields), body, stream)
-            == _body_outcome(_set_body_reference, [f[:] for f in fields], body, stream))
+    assert _body_outcome(
+        message._set_body, message.Headers(f[:] for f in fields), body, stream
+    ) == _body_outcome(_set_body_reference, [f[:] for f in fields], body, stream)
 
 
 def test_first_content_length_error_comes_before_the_repetition():
-    reject(build(REGISTER_LINES[:-1] + ["Content-Length: x", "l: 0"]), 400, "malformed Content-Length")
-    reject(build(REGISTER_LINES[:-1] + ["Content-Length: 0", "l: x"]), 400, "more than one Content-Length")
+    reject(
+        build(REGISTER_LINES[:-1] + ["Content-Length: x", "l: 0"]), 400, "malformed Content-Length"
+    )
+    reject(
+        build(REGISTER_LINES[:-1] + ["Content-Length: 0", "l: x"]),
+        400,
+        "more than one Content-Length",
+    )
 
 
 @settings(max_examples=800, deadline=None)
-@given(st.lists(st.sampled_from(["via", "from", "to", "call-id", "cseq", "max-forwards", "contact", "x"]),
-                max_size=9))
+@given(
+    st.lists(
+        st.sampled_from(["via", "from", "to", "call-id", "cseq", "max-forwards", "contact", "x"]),
+        max_size=9,
+    )
+)
 def test_validate_reads_indexed_and_plain_fields_alike(keys):
-    values = {"via": "SIP/2.0/UDP h;branch=z9hG4bK1", "from": "<sip:a@b>;tag=1", "to": "<sip:a@b>",
-              "call-id": "c1", "cseq": "1 OPTIONS", "max-forwards": "70", "contact": "<sip:a@h>", "x": "1"}
+    values = {
+        "via": "SIP/2.0/UDP h;branch=z9hG4bK1",
+        "from": "<sip:a@b>;tag=1",
+        "to": "<sip:a@b>",
+        "call-id": "c1",
+        "cseq": "1 OPTIONS",
+        "max-forwards": "70",
+        "contact": "<sip:a@h>",
+        "x": "1",
+    }
     fields = [[k, CANONICAL.get(k, k), values[k]] for k in keys]
     outcomes = []
     for headers in (message.Headers(f[:] for f in fields), [f[:] for f in fields]):

@@ -14,21 +14,24 @@ from sipcore.nat import is_outbound, nat_detected, use_flow
 from sipcore.proxy import ProxySettings, binding_target
 
 
-@pytest.mark.parametrize("contact, source, nat", [
-    ("192.168.1.20", "203.0.113.7", True),       # RFC 1918 behind a NAT
-    ("10.1.2.3", "198.51.100.1", True),
-    ("172.31.0.9", "198.51.100.1", True),
-    ("100.64.3.3", "198.51.100.1", True),        # RFC 6598 carrier-grade NAT
-    ("fd00::5", "2001:db8::1", True),             # IPv6 unique local
-    ("[fd00::5]", "2001:db8::1", True),
-    ("169.254.7.7", "198.51.100.1", True),
-    ("127.0.0.1", "203.0.113.7", True),          # loopback named from another host
-    ("192.168.1.20", "192.168.1.20", False),     # same private network, reached directly
-    ("127.0.4.9", "127.0.4.1", False),           # loopback from loopback: same host
-    ("198.51.100.9", "203.0.113.7", False),      # a third party registered another device
-    ("172.32.0.1", "198.51.100.1", False),       # just outside 172.16/12
-    ("phone.example.net", "203.0.113.7", False),  # a name: RFC 3263 finds it
-])
+@pytest.mark.parametrize(
+    "contact, source, nat",
+    [
+        ("192.168.1.20", "203.0.113.7", True),  # RFC 1918 behind a NAT
+        ("10.1.2.3", "198.51.100.1", True),
+        ("172.31.0.9", "198.51.100.1", True),
+        ("100.64.3.3", "198.51.100.1", True),  # RFC 6598 carrier-grade NAT
+        ("fd00::5", "2001:db8::1", True),  # IPv6 unique local
+        ("[fd00::5]", "2001:db8::1", True),
+        ("169.254.7.7", "198.51.100.1", True),
+        ("127.0.0.1", "203.0.113.7", True),  # loopback named from another host
+        ("192.168.1.20", "192.168.1.20", False),  # same private network, reached directly
+        ("127.0.4.9", "127.0.4.1", False),  # loopback from loopback: same host
+        ("198.51.100.9", "203.0.113.7", False),  # a third party registered another device
+        ("172.32.0.1", "198.51.100.1", False),  # just outside 172.16/12
+        ("phone.example.net", "203.0.113.7", False),  # a name: RFC 3263 finds it
+    ],
+)
 def test_nat_detected(contact, source, nat):
     assert nat_detected(contact, source) is nat
 
@@ -50,8 +53,9 @@ def test_modes():
 
 
 def _binding(contact, received, instance=None, reg_id=None):
-    return Binding("sip:bob@example.test", contact, contact, 0, "c", 1, None, [], instance,
-                   reg_id, received)
+    return Binding(
+        "sip:bob@example.test", contact, contact, 0, "c", 1, None, [], instance, reg_id, received
+    )
 
 
 def test_udp_contact_on_another_port_is_the_target():
@@ -76,8 +80,9 @@ def test_outbound_flow_and_its_limits():
     b = _binding("sip:bob@198.51.100.9:5070;ob", "udp:203.0.113.7:5060", "<urn:uuid:1>", 1)
     assert binding_target(b, "never").dest == ("udp", "203.0.113.7", 5060)
     # a flow never changes the transport nor carries a sips request
-    b = _binding("sip:bob@198.51.100.9:5070;transport=tcp", "udp:203.0.113.7:5060",
-                 "<urn:uuid:1>", 1)
+    b = _binding(
+        "sip:bob@198.51.100.9:5070;transport=tcp", "udp:203.0.113.7:5060", "<urn:uuid:1>", 1
+    )
     assert binding_target(b).dest is None
     b = _binding("sips:bob@198.51.100.9:5070", "tcp:203.0.113.7:5060", "<urn:uuid:1>", 1)
     assert binding_target(b).dest is None
@@ -94,6 +99,7 @@ def test_settings_refuse_an_unknown_mode():
 
 
 # -- a real node: the Contact is called, not the REGISTER's source ------------------
+
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory):
@@ -123,11 +129,18 @@ def _answer_busy(listener: socket.socket) -> str:
         if text.startswith("INVITE "):
             break
     head = text.split("\r\n\r\n", 1)[0].split("\r\n")
-    keep = [h for h in head[1:] if h.split(":", 1)[0].lower() in ("via", "from", "to", "call-id",
-                                                                 "cseq")]
+    keep = [
+        h
+        for h in head[1:]
+        if h.split(":", 1)[0].lower() in ("via", "from", "to", "call-id", "cseq")
+    ]
     keep = [h + ";tag=busy" if h.lower().startswith("to:") else h for h in keep]
-    listener.sendto(("SIP/2.0 486 Busy Here\r\n" + "\r\n".join(keep)
-                     + "\r\nContent-Length: 0\r\n\r\n").encode(), src)
+    listener.sendto(
+        (
+            "SIP/2.0 486 Busy Here\r\n" + "\r\n".join(keep) + "\r\nContent-Length: 0\r\n\r\n"
+        ).encode(),
+        src,
+    )
     return text
 
 
@@ -136,12 +149,16 @@ def _call(node, user: str) -> str:
     with _udp(40) as s:
         port = s.getsockname()[1]
         to = f"sip:{user}@{node.domain}"
-        s.sendto((f"INVITE {to} SIP/2.0\r\n"
-                  f"Via: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK{os.urandom(6).hex()};rport\r\n"
-                  f"From: <sip:stranger@other.test>;tag=f1\r\nTo: <{to}>\r\n"
-                  f"Call-ID: {os.urandom(8).hex()}\r\nCSeq: 1 INVITE\r\nMax-Forwards: 70\r\n"
-                  f"Contact: <sip:x@127.0.0.1:{port}>\r\nContent-Length: 0\r\n\r\n").encode(),
-                 (node.address, node.port))
+        s.sendto(
+            (
+                f"INVITE {to} SIP/2.0\r\n"
+                f"Via: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK{os.urandom(6).hex()};rport\r\n"
+                f"From: <sip:stranger@other.test>;tag=f1\r\nTo: <{to}>\r\n"
+                f"Call-ID: {os.urandom(8).hex()}\r\nCSeq: 1 INVITE\r\nMax-Forwards: 70\r\n"
+                f"Contact: <sip:x@127.0.0.1:{port}>\r\nContent-Length: 0\r\n\r\n"
+            ).encode(),
+            (node.address, node.port),
+        )
         while True:
             text = s.recv(65535).decode()
             if not text.startswith("SIP/2.0 1"):
@@ -152,9 +169,25 @@ def test_sipsak_registering_another_listener_gets_it_called(node):
     """sipsak -C binds a contact that is not sipsak: the call reaches that contact."""
     with _udp() as device:
         contact = f"sip:alice@127.0.0.1:{device.getsockname()[1]}"
-        reg = subprocess.run(["sipsak", "-U", "-C", contact, "-s",
-                              f"sip:alice@{node.address}:{node.port}", "-u", "alice", "-a", "pw",
-                              "-x", "600"], capture_output=True, text=True, timeout=20)
+        reg = subprocess.run(
+            [
+                "sipsak",
+                "-U",
+                "-C",
+                contact,
+                "-s",
+                f"sip:alice@{node.address}:{node.port}",
+                "-u",
+                "alice",
+                "-a",
+                "pw",
+                "-x",
+                "600",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
         assert reg.returncode == 0, reg.stdout + reg.stderr
         result = gevent.spawn(_call, node, "alice")
         invite = _answer_busy(device)
@@ -168,25 +201,41 @@ def _register(node, sender: socket.socket, user: str, contact: str, via_port: in
 
     def send(cseq: int, auth: str = "") -> str:
         branch = f"z9hG4bK{cseq}{call_id}"
-        sender.sendto((f"REGISTER sip:{node.domain} SIP/2.0\r\n"
-                       f"Via: SIP/2.0/UDP 127.0.0.1:{via_port};rport;branch={branch}\r\n"
-                       f"From: <sip:{user}@{node.domain}>;tag=r\r\n"
-                       f"To: <sip:{user}@{node.domain}>\r\n"
-                       f"Call-ID: {call_id}\r\nCSeq: {cseq} REGISTER\r\nMax-Forwards: 70\r\n"
-                       f"Contact: <{contact}>\r\nExpires: 600\r\n{auth}"
-                       "Content-Length: 0\r\n\r\n").encode(), (node.address, node.port))
+        sender.sendto(
+            (
+                f"REGISTER sip:{node.domain} SIP/2.0\r\n"
+                f"Via: SIP/2.0/UDP 127.0.0.1:{via_port};rport;branch={branch}\r\n"
+                f"From: <sip:{user}@{node.domain}>;tag=r\r\n"
+                f"To: <sip:{user}@{node.domain}>\r\n"
+                f"Call-ID: {call_id}\r\nCSeq: {cseq} REGISTER\r\nMax-Forwards: 70\r\n"
+                f"Contact: <{contact}>\r\nExpires: 600\r\n{auth}"
+                "Content-Length: 0\r\n\r\n"
+            ).encode(),
+            (node.address, node.port),
+        )
         return sender.recv(65535).decode()
 
     challenge = send(1)
     assert challenge.startswith("SIP/2.0 401"), challenge
     nonce = challenge.split('nonce="', 1)[1].split('"', 1)[0]
-    creds = Credentials(username=user, realm=node.domain, nonce=nonce,
-                        uri=f"sip:{node.domain}", response="", algorithm="MD5",
-                        qop="auth", nc="00000001", cnonce="c0ffee")
+    creds = Credentials(
+        username=user,
+        realm=node.domain,
+        nonce=nonce,
+        uri=f"sip:{node.domain}",
+        response="",
+        algorithm="MD5",
+        qop="auth",
+        nc="00000001",
+        cnonce="c0ffee",
+    )
     response = expected_response(creds, "REGISTER", ha1(user, node.domain, "pw"))
-    ok = send(2, f'Authorization: Digest username="{user}",realm="{node.domain}",'
-                 f'nonce="{nonce}",uri="sip:{node.domain}",response="{response}",'
-                 'algorithm=MD5,qop=auth,nc=00000001,cnonce="c0ffee"\r\n')
+    ok = send(
+        2,
+        f'Authorization: Digest username="{user}",realm="{node.domain}",'
+        f'nonce="{nonce}",uri="sip:{node.domain}",response="{response}",'
+        'algorithm=MD5,qop=auth,nc=00000001,cnonce="c0ffee"\r\n',
+    )
     assert ok.startswith("SIP/2.0 200"), ok
 
 
@@ -222,10 +271,12 @@ def test_udp_call_to_a_tcp_contact_double_record_routes_from_the_node_address(no
         result.kill()
     invite = data.decode()
     assert invite.startswith(f"INVITE {contact} SIP/2.0")
-    routes = [line.split(":", 1)[1].strip() for line in invite.split("\r\n")
-              if line.lower().startswith("record-route:")]
+    routes = [
+        line.split(":", 1)[1].strip()
+        for line in invite.split("\r\n")
+        if line.lower().startswith("record-route:")
+    ]
     here = f"{node.address}:{node.port}"
     joined = ", ".join(routes)
     token = joined.rsplit(";dlg=", 1)[-1].rstrip(">")
-    assert joined == (f"<sip:{here};transport=tcp;lr;dlg={token}>, "
-                      f"<sip:{here};lr;dlg={token}>")
+    assert joined == (f"<sip:{here};transport=tcp;lr;dlg={token}>, <sip:{here};lr;dlg={token}>")

@@ -36,8 +36,9 @@ def live_bindings(node) -> dict:
     path = node.database.removeprefix("sqlite:///")
     con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        rows = con.execute("SELECT aor, contact FROM bindings WHERE deleted = 0 AND expires_at > ?",
-                           (time.time(),)).fetchall()
+        rows = con.execute(
+            "SELECT aor, contact FROM bindings WHERE deleted = 0 AND expires_at > ?", (time.time(),)
+        ).fetchall()
     finally:
         con.close()
     out: dict = {}
@@ -46,13 +47,22 @@ def live_bindings(node) -> dict:
     return out
 
 
-def register(node, rows, expires=3600, transport="u1", port=None, scenario="register_auth.xml",
-             rate=500):
+def register(
+    node, rows, expires=3600, transport="u1", port=None, scenario="register_auth.xml", rate=500
+):
     inf = os.path.join(node.work, f"inf-{time.monotonic_ns()}.csv")
     write_register_inf(inf, rows, node.domain, expires)
-    return run_sipp(scenario, f"{node.address}:{node.port}", node.work, inf=inf,
-                    calls=len(rows), rate=rate, transport=transport, local_port=port,
-                    timeout=90)
+    return run_sipp(
+        scenario,
+        f"{node.address}:{node.port}",
+        node.work,
+        inf=inf,
+        calls=len(rows),
+        rate=rate,
+        transport=transport,
+        local_port=port,
+        timeout=90,
+    )
 
 
 def sip_exchange(node, text: str, timeout: float = 2.0) -> str | None:
@@ -77,8 +87,12 @@ def request(method="OPTIONS", drop=(), extra="", uri="sip:example.test"):
         "Max-Forwards: 70",
     ]
     headers = [h for h in headers if h.split(":")[0] not in drop]
-    return f"{method} {uri} SIP/2.0\r\n" + "\r\n".join(headers) + extra + \
-        "\r\nContent-Length: 0\r\n\r\n"
+    return (
+        f"{method} {uri} SIP/2.0\r\n"
+        + "\r\n".join(headers)
+        + extra
+        + "\r\nContent-Length: 0\r\n\r\n"
+    )
 
 
 def test_sipp_registers_2000_users_with_digest(node):
@@ -95,16 +109,33 @@ def test_a_sipp_run_reports_its_response_times_in_the_locust_reports_columns(nod
     rows = node.rows[:300]
     inf = os.path.join(node.work, f"inf-{time.monotonic_ns()}.csv")
     write_register_inf(inf, rows, node.domain, 3600)
-    res = run_sipp("register_auth.xml", f"{node.address}:{node.port}", node.work, inf=inf,
-                   calls=len(rows), rate=300, timeout=60, rtt=True)
+    res = run_sipp(
+        "register_auth.xml",
+        f"{node.address}:{node.port}",
+        node.work,
+        inf=inf,
+        calls=len(rows),
+        rate=300,
+        timeout=60,
+        rtt=True,
+    )
     assert (res.successful, res.failed) == (300, 0), res.stderr
     assert len(res.rtt_ms) == 300 and all(0 <= ms < 5000 for ms in res.rtt_ms)
     row = sipp_row("REGISTER register", res)
     assert (row.count, row.failures) == (300, 0) and 0 < row.rate <= 310
     assert row.median_ms <= row.p95_ms <= max(res.rtt_ms)
     table = format_rows([row])
-    assert table[0].split() == ["kind", "count", "failed", "per", "s", "median", "ms", "p95",
-                                "ms"] and table[1].startswith("REGISTER register        300")
+    assert table[0].split() == [
+        "kind",
+        "count",
+        "failed",
+        "per",
+        "s",
+        "median",
+        "ms",
+        "p95",
+        "ms",
+    ] and table[1].startswith("REGISTER register        300")
     assert not [f for f in os.listdir(node.work) if f.endswith("_rtt.csv")]
     assert percentile([], 0.95) == 0 and percentile([3, 1, 2, 4], 0.5) == 2
     assert percentile(list(range(1, 101)), 0.95) == 95
@@ -150,9 +181,25 @@ def test_sipsak_options_and_register(node):
     opt = subprocess.run(["sipsak", "-s", target], capture_output=True, text=True, timeout=20)
     assert opt.returncode == 0, opt.stdout + opt.stderr
     user, pw = node.rows[-1]
-    reg = subprocess.run(["sipsak", "-U", "-s", f"sip:{user}@{node.address}:{node.port}",
-                          "-u", user, "-a", pw, "-i", "-x", "120", "-v"],
-                         capture_output=True, text=True, timeout=30)
+    reg = subprocess.run(
+        [
+            "sipsak",
+            "-U",
+            "-s",
+            f"sip:{user}@{node.address}:{node.port}",
+            "-u",
+            user,
+            "-a",
+            pw,
+            "-i",
+            "-x",
+            "120",
+            "-v",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert reg.returncode == 0, reg.stdout + reg.stderr
     assert "completed successful" in reg.stdout
 
@@ -165,7 +212,12 @@ def test_missing_header_gets_400_naming_it(node, missing):
 
 def test_garbage_gets_nothing_and_node_lives(node):
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        for junk in (b"\x00\xff" * 200, b"INVITE\r\n\r\n", b"SIP/2.0 999\r\n\r\n", os.urandom(1400)):
+        for junk in (
+            b"\x00\xff" * 200,
+            b"INVITE\r\n\r\n",
+            b"SIP/2.0 999\r\n\r\n",
+            os.urandom(1400),
+        ):
             s.sendto(junk, (node.address, node.port))
     assert options_ping(node.address, node.port, 2.0).startswith(b"SIP/2.0 200")
 
@@ -207,24 +259,36 @@ class Phone:
 
     def credentials(self, nonce: str, password: str, nc: int = 1, user: str | None = None) -> str:
         user = user or self.user
-        creds = Credentials(username=user, realm="example.test", nonce=nonce,
-                            uri="sip:example.test", response="", algorithm="MD5", qop="auth",
-                            nc=f"{nc:08x}", cnonce="0a4f113b")
+        creds = Credentials(
+            username=user,
+            realm="example.test",
+            nonce=nonce,
+            uri="sip:example.test",
+            response="",
+            algorithm="MD5",
+            qop="auth",
+            nc=f"{nc:08x}",
+            cnonce="0a4f113b",
+        )
         response = expected_response(creds, "REGISTER", ha1(user, "example.test", password))
-        return (f'Authorization: Digest username="{user}",realm="example.test",'
-                f'cnonce="0a4f113b",nc={nc:08x},qop=auth,uri="sip:example.test",'
-                f'nonce="{nonce}",response="{response}",algorithm=MD5\r\n')
+        return (
+            f'Authorization: Digest username="{user}",realm="example.test",'
+            f'cnonce="0a4f113b",nc={nc:08x},qop=auth,uri="sip:example.test",'
+            f'nonce="{nonce}",response="{response}",algorithm=MD5\r\n'
+        )
 
     def register(self, auth: str = "", expires: int = 3600) -> bytes:
         self.cseq += 1
-        return (f"REGISTER sip:example.test SIP/2.0\r\n"
-                f"Via: SIP/2.0/UDP 127.0.0.1:{self.port};branch=z9hG4bK{os.urandom(6).hex()};rport\r\n"
-                f"From: <sip:{self.user}@example.test>;tag=t{self.cseq}\r\n"
-                f"To: <sip:{self.user}@example.test>\r\nCall-ID: {self.call_id}\r\n"
-                f"CSeq: {self.cseq} REGISTER\r\n"
-                f"Contact: <sip:{self.user}@127.0.0.1:{self.port};transport=UDP>\r\n"
-                f"{auth}Max-Forwards: 70\r\nExpires: {expires}\r\nUser-Agent: SIPp\r\n"
-                "Content-Length: 0\r\n\r\n").encode()
+        return (
+            f"REGISTER sip:example.test SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 127.0.0.1:{self.port};branch=z9hG4bK{os.urandom(6).hex()};rport\r\n"
+            f"From: <sip:{self.user}@example.test>;tag=t{self.cseq}\r\n"
+            f"To: <sip:{self.user}@example.test>\r\nCall-ID: {self.call_id}\r\n"
+            f"CSeq: {self.cseq} REGISTER\r\n"
+            f"Contact: <sip:{self.user}@127.0.0.1:{self.port};transport=UDP>\r\n"
+            f"{auth}Max-Forwards: 70\r\nExpires: {expires}\r\nUser-Agent: SIPp\r\n"
+            "Content-Length: 0\r\n\r\n"
+        ).encode()
 
     def send(self, data: bytes) -> str:
         self.sock.sendto(data, (self.node.address, self.node.port))
@@ -332,15 +396,18 @@ def test_each_registration_change_logs_one_info_line(node):
             time.sleep(0.05)
 
     assert register(node, rows, port=port).failed == 0
-    assert register(node, rows, port=port).failed == 0       # refreshes: not at INFO
+    assert register(node, rows, port=port).failed == 0  # refreshes: not at INFO
     assert register(node, rows, port=port, expires=0).failed == 0
     for user, _ in rows:
         got = lines(user)
         assert len(got) == 2, got
-        assert all(" INFO " in ln and f"from udp:127.0.0.1:{port}: " in ln
-                   and "(Call-ID " in ln for ln in got)
+        assert all(
+            " INFO " in ln and f"from udp:127.0.0.1:{port}: " in ln and "(Call-ID " in ln
+            for ln in got
+        )
         # Earlier tests of this module may have left the user another contact.
         before = int(got[0].rsplit(": ", 1)[1].split()[0]) - 1
-        assert got[0].rstrip().endswith(
-            f"{before + 1} contacts now, 1 added, 0 removed, 0 refreshed")
+        assert (
+            got[0].rstrip().endswith(f"{before + 1} contacts now, 1 added, 0 removed, 0 refreshed")
+        )
         assert got[1].rstrip().endswith(f"{before} contacts now, 0 added, 1 removed, 0 refreshed")

@@ -59,19 +59,19 @@ def dashboard(lab, tmp_path):
 
 
 def register(node, user="user1") -> int:
-    c = SipClient((node.address, node.port), user, node.rows[user], node.domain, t1=0.25,
-                  timeout=5.0)
+    c = SipClient(
+        (node.address, node.port), user, node.rows[user], node.domain, t1=0.25, timeout=5.0
+    )
     try:
         status = c.register().status
         if status == 200:
-            c.register(expires=0)       # each client is a new contact: do not pile them up
+            c.register(expires=0)  # each client is a new contact: do not pile them up
         return status
     finally:
         c.close()
 
 
-def test_restart_of_the_registrar_through_the_api_counts_and_the_node_still_registers(
-        dashboard):
+def test_restart_of_the_registrar_through_the_api_counts_and_the_node_still_registers(dashboard):
     app, _cluster, node = dashboard
     c = app.test_client()
     before = c.get(f"/api/nodes/{node.id}/services", headers=basic()).json["services"]
@@ -109,23 +109,28 @@ def test_a_restarted_transport_serves_register_again(dashboard):
     assert register(node) == 200
 
 
-@pytest.mark.parametrize("name,action,reason", [
-    ("replicator", "restart", "control channel"),
-    ("replicator", "stop", "control channel"),
-    ("dns", "stop", "resolver"),
-    ("proxy", "stop", "emergency numbers"),
-    ("front", "restart", "challenge_front is off"),
-    ("nosuch", "restart", "unknown service"),
-    ("x" * 500, "stop", "unknown service"),
-])
+@pytest.mark.parametrize(
+    "name,action,reason",
+    [
+        ("replicator", "restart", "control channel"),
+        ("replicator", "stop", "control channel"),
+        ("dns", "stop", "resolver"),
+        ("proxy", "stop", "emergency numbers"),
+        ("front", "restart", "challenge_front is off"),
+        ("nosuch", "restart", "unknown service"),
+        ("x" * 500, "stop", "unknown service"),
+    ],
+)
 def test_refused_actions_say_why_and_change_nothing(dashboard, name, action, reason):
     app, _cluster, node = dashboard
     c = app.test_client()
     before = c.get(f"/api/nodes/{node.id}/services", headers=basic()).json["services"]
     r = c.post(f"/api/nodes/{node.id}/services/{name}/{action}", headers=basic())
     assert r.status_code == 400 and reason in r.json["error"], r.json
-    assert c.get(f"/api/nodes/{node.id}/services", headers=basic()).json["services"].keys() \
+    assert (
+        c.get(f"/api/nodes/{node.id}/services", headers=basic()).json["services"].keys()
         == before.keys()
+    )
     assert register(node) == 200
 
 
@@ -137,8 +142,12 @@ def test_the_resolver_restarts(dashboard):
 
 def test_bad_commands_on_the_control_channel_are_refused(lab):
     cluster, node = lab
-    for args in ({}, {"name": "registrar"}, {"name": "registrar", "action": "kill"},
-                 {"name": ["registrar"], "action": "stop"}):
+    for args in (
+        {},
+        {"name": "registrar"},
+        {"name": "registrar", "action": "kill"},
+        {"name": ["registrar"], "action": "stop"},
+    ):
         with pytest.raises(BusError, match="unknown"):
             cluster.control(node, "service", **args)
     assert cluster.control(node, "services")["registrar"]["state"] == "running"
@@ -147,17 +156,20 @@ def test_bad_commands_on_the_control_channel_are_refused(lab):
 def test_unknown_node_action_and_unauthenticated_calls(dashboard):
     app, cluster, node = dashboard
     c = app.test_client()
-    assert c.post(f"/api/nodes/{node.id}/services/registrar/kill",
-                  headers=basic()).status_code == 404
+    assert (
+        c.post(f"/api/nodes/{node.id}/services/registrar/kill", headers=basic()).status_code == 404
+    )
     r = c.post("/api/nodes/ghost/services/registrar/restart", headers=basic())
     assert r.status_code == 400 and "no node" in r.json["error"]
-    for method, path in (("get", f"/api/nodes/{node.id}/services"),
-                         ("post", f"/api/nodes/{node.id}/services/registrar/stop")):
+    for method, path in (
+        ("get", f"/api/nodes/{node.id}/services"),
+        ("post", f"/api/nodes/{node.id}/services/registrar/stop"),
+    ):
         assert getattr(c, method)(path).status_code == 401
         assert getattr(c, method)(path, headers=basic("wrong")).status_code == 401
     assert c.get(f"/nodes/{node.id}/services").status_code == 302
     r = c.post(f"/nodes/{node.id}/services/registrar/stop")
-    assert r.status_code in (302, 400)                   # CSRF refused before the login
+    assert r.status_code in (302, 400)  # CSRF refused before the login
     assert cluster.control(node, "services")["registrar"]["state"] == "running"
     assert register(node) == 200
 
@@ -170,17 +182,21 @@ def test_the_page_shows_the_services_and_its_buttons_act_with_csrf_only(dashboar
     assert 'id="restart-registrar"' in page and "running" in page
     before = cluster.control(node, "services")["registrar"]["restarts"]
     r = c.post(f"/nodes/{node.id}/services/registrar/restart")
-    assert r.status_code == 400                                 # no CSRF token
-    r = c.post(f"/nodes/{node.id}/services/registrar/restart",
-               data={"csrf_token": "forged"})
+    assert r.status_code == 400  # no CSRF token
+    r = c.post(f"/nodes/{node.id}/services/registrar/restart", data={"csrf_token": "forged"})
     assert r.status_code == 400
     assert cluster.control(node, "services")["registrar"]["restarts"] == before
-    r = c.post(f"/nodes/{node.id}/services/registrar/restart",
-               data={"csrf_token": token(page)}, follow_redirects=True)
-    assert f"registrar on {node.id}: running (restarts: {before + 1})" in \
-        r.get_data(as_text=True)
-    r = c.post(f"/nodes/{node.id}/services/replicator/stop",
-               data={"csrf_token": token(page)}, follow_redirects=True)
+    r = c.post(
+        f"/nodes/{node.id}/services/registrar/restart",
+        data={"csrf_token": token(page)},
+        follow_redirects=True,
+    )
+    assert f"registrar on {node.id}: running (restarts: {before + 1})" in r.get_data(as_text=True)
+    r = c.post(
+        f"/nodes/{node.id}/services/replicator/stop",
+        data={"csrf_token": token(page)},
+        follow_redirects=True,
+    )
     assert "failed" in r.get_data(as_text=True) and "control channel" in r.get_data(as_text=True)
     assert register(node) == 200
     assert c.get("/nodes/ghost/services").status_code == 502
@@ -191,7 +207,7 @@ def test_a_restarted_proxy_answers_again(dashboard):
     r = app.test_client().post(f"/api/nodes/{node.id}/services/proxy/restart", headers=basic())
     assert r.status_code == 200 and r.json["state"] == "running" and r.json["restarts"] >= 1
     answer = sip_exchange(node, sip_request("MESSAGE", uri=f"sip:user2@{node.domain}"))
-    assert answer is not None and answer.startswith("SIP/2.0 407"), answer   # the proxy asks
+    assert answer is not None and answer.startswith("SIP/2.0 407"), answer  # the proxy asks
 
 
 def test_an_unknown_key_cannot_act_on_services(lab):
@@ -201,8 +217,13 @@ def test_an_unknown_key_cannot_act_on_services(lab):
     member = cluster.members[node.id]
     try:
         with pytest.raises(BusError):
-            request(stranger, member.control, member.public_key,
-                    {"cmd": "service", "name": "registrar", "action": "stop"}, 1.0)
+            request(
+                stranger,
+                member.control,
+                member.public_key,
+                {"cmd": "service", "name": "registrar", "action": "stop"},
+                1.0,
+            )
     finally:
         stranger.close()
     assert cluster.control(node, "services")["registrar"]["state"] == "running"
@@ -220,8 +241,11 @@ def fronted(tmp_path_factory):
     with open(node.config) as f:
         text = f.read()
     with open(node.config, "w") as f:
-        f.write(text.replace("challenge_front = false",
-                             "challenge_front = true\nemergency_numbers = []"))
+        f.write(
+            text.replace(
+                "challenge_front = false", "challenge_front = true\nemergency_numbers = []"
+            )
+        )
     node.front = True
     cluster.provision(os.path.join(work, "users.csv"))
     cluster.start()
@@ -239,15 +263,15 @@ def test_front_restart_and_proxy_stop_on_a_node_with_a_front(fronted):
     assert services["front"]["state"] == "running"
     front = cluster.control(node, "service", timeout=10, name="front", action="restart")
     assert front["state"] == "running" and front["restarts"] == 1
-    assert wait_until(lambda: register(node) == 200, 10)   # the new front challenges again
+    assert wait_until(lambda: register(node) == 200, 10)  # the new front challenges again
 
     stopped = cluster.control(node, "service", timeout=10, name="proxy", action="stop")
     assert stopped["state"] == "stopped"
     try:
         answer = sip_exchange(node, sip_request("MESSAGE", uri=f"sip:user1@{node.domain}"))
         assert answer is not None and answer.startswith("SIP/2.0 503 Proxy Stopped"), answer
-        assert register(node) == 200                      # the registrar still serves
-        ping = sip_exchange(node, sip_request("OPTIONS"))   # the node itself still answers
+        assert register(node) == 200  # the registrar still serves
+        ping = sip_exchange(node, sip_request("OPTIONS"))  # the node itself still answers
         assert ping is not None and ping.startswith("SIP/2.0 200"), ping
     finally:
         started = cluster.control(node, "service", timeout=10, name="proxy", action="start")

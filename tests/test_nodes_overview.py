@@ -50,8 +50,7 @@ def parse_exposition(text: str) -> dict[str, list[tuple[dict, float]]]:
         assert m, f"not a sample: {line!r}"
         name = m.group(1)
         assert name in typed, f"sample before its TYPE: {line!r}"
-        labels = dict(re.findall(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"',
-                                 m.group(2) or ""))
+        labels = dict(re.findall(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"', m.group(2) or ""))
         value = float(m.group(3))
         assert not math.isnan(value), line
         out[name].append((labels, value))
@@ -66,8 +65,13 @@ def value(metrics, name, **labels) -> float:
 
 # -- without nodes ------------------------------------------------------------------------
 def status(started=100.0, registers=0, calls=0, state="synced", peers=None):
-    return {"started_at": started, "requests": {"REGISTER": registers}, "call_attempts": calls,
-            "state": state, "peers": peers or {}}
+    return {
+        "started_at": started,
+        "requests": {"REGISTER": registers},
+        "call_attempts": calls,
+        "state": state,
+        "peers": peers or {},
+    }
 
 
 def test_rates_over_the_last_minute_with_a_fake_clock():
@@ -78,14 +82,14 @@ def test_rates_over_the_last_minute_with_a_fake_clock():
     now[0] += 30
     rates.record({"n1": status(registers=70, calls=4)})
     assert rates.of("n1") == {"register_rate": 2.0, "call_rate": 0.1, "window": 30.0}
-    now[0] += 40                                      # the first sample leaves the window
+    now[0] += 40  # the first sample leaves the window
     rates.record({"n1": status(registers=150, calls=4)})
     assert rates.of("n1") == {"register_rate": 2.0, "call_rate": 0.0, "window": 40.0}
     now[0] += 5
-    rates.record({"n1": status(started=200.0, registers=3)})   # a new process
+    rates.record({"n1": status(started=200.0, registers=3)})  # a new process
     assert rates.of("n1")["register_rate"] is None
     now[0] += WINDOW * 2
-    assert rates.of("n1")["register_rate"] is None    # nothing within the last minute
+    assert rates.of("n1")["register_rate"] is None  # nothing within the last minute
     rates.forget({"n2"})
     assert "n1" not in rates.samples
 
@@ -100,10 +104,13 @@ def test_rates_ignore_answers_without_counters_and_bound_their_samples():
 
 
 def test_health_words():
-    states = {"a": status(peers={"b": {"liveness": "alive"}, "c": {"liveness": "suspected"}}),
-              "b": status(state="syncing"), "c": status(), "d": {"error": "no answer"}}
-    assert cluster.health(states) == {"a": "alive", "b": "syncing", "c": "suspected",
-                                      "d": "dead"}
+    states = {
+        "a": status(peers={"b": {"liveness": "alive"}, "c": {"liveness": "suspected"}}),
+        "b": status(state="syncing"),
+        "c": status(),
+        "d": {"error": "no answer"},
+    }
+    assert cluster.health(states) == {"a": "alive", "b": "syncing", "c": "suspected", "d": "dead"}
 
 
 # -- two real nodes -----------------------------------------------------------------------
@@ -141,8 +148,9 @@ def dashboard(two, tmp_path):
 
 
 def register(node, user, expires=3600) -> int:
-    c = SipClient((node.address, node.port), user, node.rows[user], node.domain, t1=0.25,
-                  timeout=5.0)
+    c = SipClient(
+        (node.address, node.port), user, node.rows[user], node.domain, t1=0.25, timeout=5.0
+    )
     try:
         return c.register(expires).status
     finally:
@@ -163,7 +171,7 @@ def test_api_nodes_shows_health_rates_bindings_and_lag_per_peer(dashboard):
     while first.id not in (two.control(second, "status").get("peer_lag_ms") or {}):
         assert time.monotonic() < deadline, "node2 holds no lag from node1"
         time.sleep(0.05)
-    time.sleep(0.2)                                   # the rates need a span between samples
+    time.sleep(0.2)  # the rates need a span between samples
     now = {n["node_id"]: n for n in c.get("/api/nodes", headers=basic()).json["nodes"]}
     row = now[first.id]
     assert row["register_rate"] > 0 and 0 < row["window"] <= WINDOW, row
@@ -173,7 +181,7 @@ def test_api_nodes_shows_health_rates_bindings_and_lag_per_peer(dashboard):
 
     page = login(c) and c.get("/").get_data(as_text=True)
     assert page.count('class="state">alive') == 2 and 'class="state">dead' in page
-    assert f"{first.id}: " in page                   # the lag from node1, on node2's row
+    assert f"{first.id}: " in page  # the lag from node1, on node2's row
 
 
 def test_metrics_parse_and_count_by_method_and_code(dashboard):
@@ -185,19 +193,18 @@ def test_metrics_parse_and_count_by_method_and_code(dashboard):
     oks = value(m, "tandem_node_responses_total", node=first.id, code="200")
     challenges = value(m, "tandem_node_responses_total", node=first.id, code="401")
     assert register(first, "user0") == 200
-    c2 = SipClient((first.address, first.port), "user0", "wrong", first.domain, t1=0.25,
-                   timeout=5.0)
+    c2 = SipClient(
+        (first.address, first.port), "user0", "wrong", first.domain, t1=0.25, timeout=5.0
+    )
     try:
         with pytest.raises(SipClientError, match="401"):
             c2.register()
     finally:
         c2.close()
     m = parse_exposition(c.get("/metrics", headers=basic()).get_data(as_text=True))
-    assert value(m, "tandem_node_requests_total", node=first.id, method="REGISTER") \
-        >= registers + 3
+    assert value(m, "tandem_node_requests_total", node=first.id, method="REGISTER") >= registers + 3
     assert value(m, "tandem_node_responses_total", node=first.id, code="200") >= oks + 1
-    assert value(m, "tandem_node_responses_total", node=first.id, code="401") \
-        >= challenges + 2
+    assert value(m, "tandem_node_responses_total", node=first.id, code="401") >= challenges + 2
     assert value(m, "tandem_node_health", node=first.id, state="alive") == 1
     assert value(m, "tandem_node_health", node="ghost", state="dead") == 1
     assert value(m, "tandem_node_up", node="ghost") == 0
@@ -218,22 +225,32 @@ def test_a_hostile_method_is_counted_as_other(dashboard):
         port = s.getsockname()[1]
         for k in range(5):
             method = f"XMETHOD{k}"
-            s.sendto((f"{method} sip:{first.domain} SIP/2.0\r\n"
-                      f"Via: SIP/2.0/UDP {first.address}:{port};branch=z9hG4bK-x{k}\r\n"
-                      f"Max-Forwards: 70\r\nFrom: <sip:a@{first.domain}>;tag=1\r\n"
-                      f"To: <sip:b@{first.domain}>\r\nCall-ID: x{k}\r\nCSeq: 1 {method}\r\n"
-                      "Content-Length: 0\r\n\r\n").encode(), (first.address, first.port))
+            s.sendto(
+                (
+                    f"{method} sip:{first.domain} SIP/2.0\r\n"
+                    f"Via: SIP/2.0/UDP {first.address}:{port};branch=z9hG4bK-x{k}\r\n"
+                    f"Max-Forwards: 70\r\nFrom: <sip:a@{first.domain}>;tag=1\r\n"
+                    f"To: <sip:b@{first.domain}>\r\nCall-ID: x{k}\r\nCSeq: 1 {method}\r\n"
+                    "Content-Length: 0\r\n\r\n"
+                ).encode(),
+                (first.address, first.port),
+            )
             s.recvfrom(65535)
-    m = parse_exposition(app.test_client().get("/metrics", headers=basic())
-                         .get_data(as_text=True))
+    m = parse_exposition(app.test_client().get("/metrics", headers=basic()).get_data(as_text=True))
     assert value(m, "tandem_node_requests_total", node=first.id, method="other") >= 5
-    assert not any(ls.get("method", "").startswith("XMETHOD")
-                   for ls, _ in m["tandem_node_requests_total"])
+    assert not any(
+        ls.get("method", "").startswith("XMETHOD") for ls, _ in m["tandem_node_requests_total"]
+    )
 
 
 def test_parser_refuses_bad_lines():
-    for bad in ("x 1\n", "# TYPE x gauge\nx{a=\"1} 1\n", "# TYPE x gauge\nx one\n",
-                "# TYPE x gauge\n# TYPE x gauge\n", "# TYPE x gauge\nx 1"):
+    for bad in (
+        "x 1\n",
+        '# TYPE x gauge\nx{a="1} 1\n',
+        "# TYPE x gauge\nx one\n",
+        "# TYPE x gauge\n# TYPE x gauge\n",
+        "# TYPE x gauge\nx 1",
+    ):
         with pytest.raises((AssertionError, ValueError)):
             parse_exposition(bad)
 
@@ -259,8 +276,8 @@ def test_the_sampler_feeds_rates_from_brief_status_answers(dashboard):
         sampler.sample()
     got = rates.of(first.id)
     assert got["register_rate"] > 0 and got["window"] > 0, got
-    assert "ghost" not in rates.samples                       # no answer, no sample
+    assert "ghost" not in rates.samples  # no answer, no sample
     ms.remove_node(first.id)
     with app.app_context():
         sampler.sample()
-    assert first.id not in rates.samples                      # a removed node is forgotten
+    assert first.id not in rates.samples  # a removed node is forgotten

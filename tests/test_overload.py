@@ -17,8 +17,16 @@ import time
 from loadtest.harness import Cluster, NodeProcess, write_users_csv
 from loadtest.sipclient import SipClient, SipClientError
 from sipcore.message import parse_message
-from sipcore.overload import (ABSORB, ADMIT, MAX_SHARE, SHED, Admission, OverloadSettings,
-                              quick_shed, shed_response)
+from sipcore.overload import (
+    ABSORB,
+    ADMIT,
+    MAX_SHARE,
+    SHED,
+    Admission,
+    OverloadSettings,
+    quick_shed,
+    shed_response,
+)
 from sipcore.via import stamp_via
 
 SETTINGS = OverloadSettings(delay=0.1, interval=0.05, max_branches=1000)
@@ -29,9 +37,11 @@ def request(method="INVITE", to="sip:bob@example.test", branch=None, to_tag="", 
     """A request's bytes (``to_tag``: inside a dialog)."""
     branch = branch or "z9hG4bK" + os.urandom(6).hex()
     tag = f";tag={to_tag}" if to_tag else ""
-    return (f"{method} {to} SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1:5060;branch={branch};rport\r\n"
-            f"From: <sip:alice@example.test>;tag=f1\r\nTo: <{to}>{tag}\r\nCall-ID: c1\r\n"
-            f"CSeq: 1 {method}\r\nMax-Forwards: 70\r\n{extra}Content-Length: 0\r\n\r\n").encode()
+    return (
+        f"{method} {to} SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1:5060;branch={branch};rport\r\n"
+        f"From: <sip:alice@example.test>;tag=f1\r\nTo: <{to}>{tag}\r\nCall-ID: c1\r\n"
+        f"CSeq: 1 {method}\r\nMax-Forwards: 70\r\n{extra}Content-Length: 0\r\n\r\n"
+    ).encode()
 
 
 def overloaded(adm: Admission, now: float = 10.0) -> float:
@@ -144,11 +154,11 @@ def test_trusted_sources_have_their_share_and_their_calls_under_way_pass():
     creds = 'Authorization: Digest username="alice"\r\n'
     proxy = 'Proxy-Authorization: Digest username="alice"\r\n'
     # Credentials from a stranger are unchecked words: shed as the rest.
-    stranger = [adm.verdict(request("REGISTER", extra=creds), "10.0.0.1", 0.2, now)
-                for _ in range(100)]
+    stranger = [
+        adm.verdict(request("REGISTER", extra=creds), "10.0.0.1", 0.2, now) for _ in range(100)
+    ]
     assert abs(stranger.count(SHED) - 100 * adm.share) <= 1
-    assert all(adm.verdict(request("REGISTER"), "10.0.0.7", 0.2, now) == ADMIT
-               for _ in range(100))
+    assert all(adm.verdict(request("REGISTER"), "10.0.0.7", 0.2, now) == ADMIT for _ in range(100))
     assert adm.verdict(request(extra=proxy), "10.0.0.7", 0.35, now) == ADMIT
     assert adm.verdict(request("REGISTER", extra=creds), "10.0.0.7", 0.45, now) == SHED
     # Past twice the bound the trusted share grows too.
@@ -157,8 +167,7 @@ def test_trusted_sources_have_their_share_and_their_calls_under_way_pass():
         adm.verdict(RESPONSE, "10.0.0.1", 0.5, now)
         now += SETTINGS.interval
     assert adm.trusted_share == MAX_SHARE
-    verdicts = [adm.verdict(request("REGISTER"), "10.0.0.7", 0.5, now - 0.01)
-                for _ in range(100)]
+    verdicts = [adm.verdict(request("REGISTER"), "10.0.0.7", 0.5, now - 0.01) for _ in range(100)]
     assert 94 <= verdicts.count(SHED) <= 96, "never all: a few always get through"
 
 
@@ -199,7 +208,8 @@ SHAPES = [
     request("REGISTER", extra='Authorization: Digest username="a", nonce="n"\r\n'),
     request().replace(b";rport", b""),
     request().replace(b"Via: ", b"v: ").replace(b"To: ", b"t: ").replace(b"Call-ID", b"i"),
-    request().replace(b"Via: SIP/2.0/UDP 10.0.0.1:5060;", b"Via: SIP/2.0/UDP 10.0.0.1;")
+    request()
+    .replace(b"Via: SIP/2.0/UDP 10.0.0.1:5060;", b"Via: SIP/2.0/UDP 10.0.0.1;")
     .replace(b"From:", b"Via: SIP/2.0/UDP 192.0.2.1:5070;branch=z9hG4bKx\r\nFrom:"),
     request().replace(b"\r\n\r\n", b"\r\n\r\nv=0\r\n").replace(b"Length: 0", b"Length: 5"),
 ]
@@ -250,7 +260,8 @@ def flood(node, stop: threading.Event, replies: list, progress: dict) -> int:
         s.setblocking(False)
         socks.append(s)
     template = request(to="sip:user1@example.test", branch="z9hG4bKfl%d").replace(
-        b"10.0.0.1:5060", b"127.0.77.1:%d" % socks[0].getsockname()[1])
+        b"10.0.0.1:5060", b"127.0.77.1:%d" % socks[0].getsockname()[1]
+    )
     sent, due, rate, shed = 0, 0.0, FLOOD_RATE, False
     start = last = raised = time.monotonic()
     try:
@@ -262,8 +273,7 @@ def flood(node, stop: threading.Event, replies: list, progress: dict) -> int:
             last = now
             while sent < due:
                 try:
-                    socks[sent % FLOOD_SOURCES].sendto(template % sent,
-                                                       (node.address, node.port))
+                    socks[sent % FLOOD_SOURCES].sendto(template % sent, (node.address, node.port))
                 except OSError:
                     pass
                 sent += 1
@@ -300,11 +310,20 @@ def test_a_flooded_node_sheds_new_calls_and_keeps_serving(tmp_path):
     clients = []
     stop = threading.Event()
     try:
+
         def client(user, password, address="127.0.0.1") -> SipClient:
-            c = SipClient((node.address, node.port), user, password, node.domain,
-                          local_ip=address, t1=0.25, timeout=8.0)
+            c = SipClient(
+                (node.address, node.port),
+                user,
+                password,
+                node.domain,
+                local_ip=address,
+                t1=0.25,
+                timeout=8.0,
+            )
             clients.append(c)
             return c
+
         sos = client("911", "pw1")
         assert sos.register().status == 200
         phone = client("user2", rows["user2"])
@@ -324,21 +343,25 @@ def test_a_flooded_node_sheds_new_calls_and_keeps_serving(tmp_path):
             finally:
                 node.signal(signal.SIGCONT)
             deadline = time.monotonic() + 10
-            while not any(r[0].startswith(b"SIP/2.0 503") for r in replies[:]) \
-                    and time.monotonic() < deadline:
+            while (
+                not any(r[0].startswith(b"SIP/2.0 503") for r in replies[:])
+                and time.monotonic() < deadline
+            ):
                 time.sleep(0.05)
             shed = [r for r in replies[:] if r[0].startswith(b"SIP/2.0 503")]
-            assert shed, (f"no 503 in {progress.get('replies')} replies to a flood of "
-                          f"{progress['sent']} INVITEs (last {progress.get('rate')}/s)")
+            assert shed, (
+                f"no 503 in {progress.get('replies')} replies to a flood of "
+                f"{progress['sent']} INVITEs (last {progress.get('rate')}/s)"
+            )
             # The phone that registered before registers again during the flood, twice.
             registered = sum(registers(phone, 6.0) for _ in range(2))
             # An emergency call from an address the node never saw is routed to 911.
-            invite = request(to="sip:911@example.test").replace(b"10.0.0.1:5060",
-                                                                 b"127.0.78.1:5062")
+            invite = request(to="sip:911@example.test").replace(
+                b"10.0.0.1:5060", b"127.0.78.1:5062"
+            )
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
                 s.bind(("127.0.78.1", 5062))
-                first = first_response(s, invite, (node.address, node.port),
-                                       time.monotonic() + 8)
+                first = first_response(s, invite, (node.address, node.port), time.monotonic() + 8)
                 routed = sos_invite(sos, time.monotonic() + 5)
         finally:
             stop.set()
@@ -369,8 +392,9 @@ def registers(phone: SipClient, within: float) -> bool:
     return False
 
 
-def first_response(sock: socket.socket, invite: bytes, to: tuple[str, int],
-                   deadline: float) -> bytes:
+def first_response(
+    sock: socket.socket, invite: bytes, to: tuple[str, int], deadline: float
+) -> bytes:
     """Send ``invite`` from ``sock`` as a phone does over UDP, retransmitted at T1 = 0.5 s
     doubling (RFC 3261 Timer A: the flood can fill the node's socket buffer, which drops
     datagrams before any code of the node sees them), until a response comes back or
@@ -402,8 +426,12 @@ def sos_invite(sos: SipClient, deadline: float) -> bool:
 def test_the_status_answer_counts_what_was_shed_by_method(tmp_path):
     """A backlog of new OPTIONS left in a stopped node's socket is shed; the node's
     ``status`` answer says how many, by method, and the metrics text carries them."""
-    cluster = Cluster(str(tmp_path), n=1, settings={"heartbeat": 0.2, "alone_wait": 0.5},
-                      limits="udp_rate = 0\noverload_delay = 0.01\noverload_retry_after = 3")
+    cluster = Cluster(
+        str(tmp_path),
+        n=1,
+        settings={"heartbeat": 0.2, "alone_wait": 0.5},
+        limits="udp_rate = 0\noverload_delay = 0.01\noverload_retry_after = 3",
+    )
     cluster.start()
     node = cluster.nodes[0]
     try:
@@ -430,6 +458,7 @@ def test_the_status_answer_counts_what_was_shed_by_method(tmp_path):
         assert set(status["shed_by_method"]) == {"OPTIONS"}
         assert status["shed"] == sum(status["shed_by_method"].values())
         from web.metrics import HELP, _counters
+
         samples: dict = {name: [] for name in HELP}
         _counters(samples, "node1", cluster.control(node, "status"))
         assert any('method="OPTIONS"' in line for line in samples["tandem_node_shed_total"])

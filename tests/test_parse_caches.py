@@ -21,15 +21,32 @@ import pytest
 from sipcore import headers, uri
 from sipcore.errors import SipParseError
 from sipcore.headers import _parse_cseq, _parse_via, parse_cseq, parse_int, parse_via
-from sipcore.uri import (SipUri, UnsupportedScheme, _parse_name_addr, _parse_name_addr_general,
-                         _parse_uri, _parse_uri_general, format_params, parse_name_addr,
-                         parse_number, parse_params, parse_uri, split_quoted)
+from sipcore.uri import (
+    SipUri,
+    UnsupportedScheme,
+    _parse_name_addr,
+    _parse_name_addr_general,
+    _parse_uri,
+    _parse_uri_general,
+    format_params,
+    parse_name_addr,
+    parse_number,
+    parse_params,
+    parse_uri,
+    split_quoted,
+)
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-CACHES = (uri._URI_CACHE, uri._ADDR_CACHE, uri._HOST_PART_CACHE, uri._NUMBER_CACHE,
-          headers._SENT_BY_CACHE, headers._CSEQ_CACHE)
+CACHES = (
+    uri._URI_CACHE,
+    uri._ADDR_CACHE,
+    uri._HOST_PART_CACHE,
+    uri._NUMBER_CACHE,
+    headers._SENT_BY_CACHE,
+    headers._CSEQ_CACHE,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -96,30 +113,53 @@ ADDRESS_PARTS = [
 
 #: what may follow the address part, the last ones malformed
 TAILS = [
-    "", ";tag=1234SIPpTag0017", " ; TAG = X ;lr", ";q=0.5;expires=3600",
-    ' ;+sip.instance="<urn:uuid:1;2>";reg-id=1', ";tag=a>b", "\t;tag=1 ", ";tag=1;tag=2",
-    " junk", "x;tag=1", ";=x", ';a="unterminated', ">",
+    "",
+    ";tag=1234SIPpTag0017",
+    " ; TAG = X ;lr",
+    ";q=0.5;expires=3600",
+    ' ;+sip.instance="<urn:uuid:1;2>";reg-id=1',
+    ";tag=a>b",
+    "\t;tag=1 ",
+    ";tag=1;tag=2",
+    " junk",
+    "x;tag=1",
+    ";=x",
+    ';a="unterminated',
+    ">",
 ]
 
 #: addr-spec forms (no ``<>``) and values without a complete name-addr
 OTHER_ADDRESSES = [
-    "sip:alice@example.test;tag=1", "sip:alice@example.test;transport=tcp;TAG=x",
-    "  sip:a@example.test ;tag=1  ", "tel:+1;tag=2", "sip:a@b?x=y;tag=1", "isbn:123",
-    "sip:a@b;x=>", "sip:a@b>;tag=1", "<sip:a@example.test", '"A"', '"A" ', "", "   ",
+    "sip:alice@example.test;tag=1",
+    "sip:alice@example.test;transport=tcp;TAG=x",
+    "  sip:a@example.test ;tag=1  ",
+    "tel:+1;tag=2",
+    "sip:a@b?x=y;tag=1",
+    "isbn:123",
+    "sip:a@b;x=>",
+    "sip:a@b>;tag=1",
+    "<sip:a@example.test",
+    '"A"',
+    '"A" ',
+    "",
+    "   ",
     "sip:a@[::1]:5060;tag=1",
 ]
 
-NAME_ADDR_TEXTS = ([a + t for a, t in itertools.product(ADDRESS_PARTS, TAILS)]
-                   + ["  " + a + ";tag=1 " for a in ADDRESS_PARTS] + OTHER_ADDRESSES)
+NAME_ADDR_TEXTS = (
+    [a + t for a, t in itertools.product(ADDRESS_PARTS, TAILS)]
+    + ["  " + a + ";tag=1 " for a in ADDRESS_PARTS]
+    + OTHER_ADDRESSES
+)
 
 
 @pytest.mark.parametrize("text", NAME_ADDR_TEXTS)
 def test_name_addr_equals_uncached_parse(text):
     expected = outcome(_parse_name_addr_general, text)
-    assert outcome(parse_name_addr, text) == expected       # nothing cached
-    assert outcome(parse_name_addr, text) == expected       # whole text cached (when valid)
+    assert outcome(parse_name_addr, text) == expected  # nothing cached
+    assert outcome(parse_name_addr, text) == expected  # whole text cached (when valid)
     uri._ADDR_CACHE.clear()
-    assert outcome(parse_name_addr, text) == expected       # address part cached
+    assert outcome(parse_name_addr, text) == expected  # address part cached
 
 
 @pytest.mark.parametrize("part", ADDRESS_PARTS)
@@ -137,7 +177,7 @@ def test_from_values_differing_by_tag_share_the_uri_not_the_params():
     b = parse_name_addr("<sip:user17@example.test>;tag=2")
     assert a.uri is b.uri and a.params is not b.params
     assert (a.tag, b.tag) == ("1", "2")
-    assert parse_name_addr("<sip:user17@example.test>;tag=1") is a    # whole-text cache, as before
+    assert parse_name_addr("<sip:user17@example.test>;tag=1") is a  # whole-text cache, as before
 
 
 def test_to_after_from_shares_the_uri():
@@ -160,17 +200,35 @@ def test_addr_spec_parameters_stay_header_parameters():
 
 #: Via texts before the first ``;``, the last ones malformed
 SENT_BYS = [
-    "SIP/2.0/UDP 127.0.0.1:5061", "SIP/2.0/UDP 127.0.0.1", "SIP/2.0/UDP 127.0.0.1 ",
-    " sip / 2.0 / tcp  host.example.test : 5060 ", "SIP/2.0/TLS [2001:db8::1]:5061",
-    "SIP/2.0/UDP [::1]", "SIP/2.0/ws-sctp h_1.example.test:00080",
-    "SIP/2.0/UDP [a;b]:5060", "SIP/2.0/UDP [::1", "SIP/2.0/UDP host:0", "SIP/2.0/UDP host:70000",
-    "SIP/2.0/UDP host:", "SIP/2.0/UDP host junk", "SIP/2.0/UDP", "SIP/2.1/UDP host",
-    "SIP/2.0/UDP ho\u00e4st", "",
+    "SIP/2.0/UDP 127.0.0.1:5061",
+    "SIP/2.0/UDP 127.0.0.1",
+    "SIP/2.0/UDP 127.0.0.1 ",
+    " sip / 2.0 / tcp  host.example.test : 5060 ",
+    "SIP/2.0/TLS [2001:db8::1]:5061",
+    "SIP/2.0/UDP [::1]",
+    "SIP/2.0/ws-sctp h_1.example.test:00080",
+    "SIP/2.0/UDP [a;b]:5060",
+    "SIP/2.0/UDP [::1",
+    "SIP/2.0/UDP host:0",
+    "SIP/2.0/UDP host:70000",
+    "SIP/2.0/UDP host:",
+    "SIP/2.0/UDP host junk",
+    "SIP/2.0/UDP",
+    "SIP/2.1/UDP host",
+    "SIP/2.0/UDP ho\u00e4st",
+    "",
 ]
 
 VIA_TAILS = [
-    "", ";branch=z9hG4bK-1234-17-1;rport", " ;branch=x ; RPORT=5 ", ";received=192.0.2.1;rport=5061",
-    ";", ";=x", ';a="x;y"', ';a="unterminated', ";branch=a;branch=b",
+    "",
+    ";branch=z9hG4bK-1234-17-1;rport",
+    " ;branch=x ; RPORT=5 ",
+    ";received=192.0.2.1;rport=5061",
+    ";",
+    ";=x",
+    ';a="x;y"',
+    ';a="unterminated',
+    ";branch=a;branch=b",
 ]
 
 
@@ -189,12 +247,13 @@ def test_via_after_another_branch_of_the_same_sent_by(sent_by):
         assert outcome(parse_via, text) == outcome(_parse_via, text), (primer, text)
 
 
-@pytest.mark.parametrize("text", ["SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bK-1;rport",
-                                  "SIP/2.0/UDP 127.0.0.1:5061"])
+@pytest.mark.parametrize(
+    "text", ["SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bK-1;rport", "SIP/2.0/UDP 127.0.0.1:5061"]
+)
 def test_changing_a_via_does_not_change_the_next_parse(text):
     first = parse_via(text)
     expected = dict(first.params)
-    first.params["received"] = "192.0.2.9"      # as stamp_via does
+    first.params["received"] = "192.0.2.9"  # as stamp_via does
     first.params["rport"] = "5099"
     first.host = "changed"
     again = parse_via(text)
@@ -204,11 +263,25 @@ def test_changing_a_via_does_not_change_the_next_parse(text):
 
 # -- parse_cseq, parse_int, parse_number ------------------------------------------
 
-@pytest.mark.parametrize("text", [
-    "1 REGISTER", " 1  REGISTER ", "0001 INVITE", "2147483647 ACK", "0" * 30 + "7 BYE",
-    "2147483648 INVITE", "1", "1 REGISTER x", "-1 INVITE", "\u0661 INVITE", "1 INV/ITE", "",
-    "9" * 50 + " INVITE",
-])
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "1 REGISTER",
+        " 1  REGISTER ",
+        "0001 INVITE",
+        "2147483647 ACK",
+        "0" * 30 + "7 BYE",
+        "2147483648 INVITE",
+        "1",
+        "1 REGISTER x",
+        "-1 INVITE",
+        "\u0661 INVITE",
+        "1 INV/ITE",
+        "",
+        "9" * 50 + " INVITE",
+    ],
+)
 def test_cseq_equals_uncached_parse(text):
     expected = outcome(_parse_cseq, text)
     for _ in range(3):
@@ -236,9 +309,26 @@ def _parse_number_reference(value: str, name: str, maximum: int) -> int:
     return n
 
 
-@pytest.mark.parametrize("text", ["70", "0", "0070", "255", "256", "4294967295", "4294967296",
-                                  "0" * 25 + "9", "9" * 25, "", " 70", "7a", "\u00b2", "\u0661"])
-@pytest.mark.parametrize("maximum", [0, 69, 70, 255, 2 ** 32 - 1])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "70",
+        "0",
+        "0070",
+        "255",
+        "256",
+        "4294967295",
+        "4294967296",
+        "0" * 25 + "9",
+        "9" * 25,
+        "",
+        " 70",
+        "7a",
+        "\u00b2",
+        "\u0661",
+    ],
+)
+@pytest.mark.parametrize("maximum", [0, 69, 70, 255, 2**32 - 1])
 def test_number_equals_uncached_parse(text, maximum):
     expected = outcome(_parse_number_reference, text, "Max-Forwards", maximum)
     for _ in range(3):
@@ -255,20 +345,23 @@ def test_number_bound_and_name_are_checked_on_every_call():
 
 # -- caches stay bounded ----------------------------------------------------------
 
+
 def test_caches_are_emptied_when_full(monkeypatch):
     monkeypatch.setattr(uri, "_CACHE_MAX", 8)
     for i in range(50):
         parse_name_addr(f'"User {i}" <sip:user{i}@example.test>;tag={i}')
         parse_name_addr(f"<sip:user{i}@192.0.2.{i}:5060;transport=udp>")
         parse_via(f"SIP/2.0/UDP 192.0.2.{i}:5060;branch=z9hG4bK-{i}")
-        assert all(len(c) <= 8 for c in (uri._URI_CACHE, uri._ADDR_CACHE, uri._HOST_PART_CACHE,
-                                          headers._SENT_BY_CACHE))
+        assert all(
+            len(c) <= 8
+            for c in (uri._URI_CACHE, uri._ADDR_CACHE, uri._HOST_PART_CACHE, headers._SENT_BY_CACHE)
+        )
 
 
 def test_small_caches_are_bounded_and_skip_long_texts():
     for i in range(3 * uri._SMALL_CACHE_MAX):
         parse_cseq(f"{i} INVITE")
-        parse_number(str(i), "X", 2 ** 32 - 1)
+        parse_number(str(i), "X", 2**32 - 1)
         assert len(headers._CSEQ_CACHE) <= uri._SMALL_CACHE_MAX
         assert len(uri._NUMBER_CACHE) <= uri._SMALL_CACHE_MAX
     headers._CSEQ_CACHE.clear()
@@ -279,6 +372,7 @@ def test_small_caches_are_bounded_and_skip_long_texts():
 
 
 # -- parse_params, format_params, SipUri.__str__ and canonical -----------------------
+
 
 def _split_quoted_reference(value: str, sep: str) -> list[str]:
     """``split_quoted`` as it was: three searches from every position reached."""
@@ -373,9 +467,26 @@ def _canonical_reference(u: SipUri) -> str:
 
 
 PARAM_TEXTS = [
-    "", ";", ";;", "lr", ";lr", ";branch=z9hG4bK-1;rport", ";tag=1234SIPpTag0017", "Transport=UDP",
-    " ; Q = 0.5 ; ", ";a=\tb", ";a=\u00a0b\u00a0", ";A=B\x0b", ';a="x;y";b', ";a=<x;y>;b", ";x=",
-    ";=x", "=x", ';a="unterminated', ";a=1;A=2", ";\u00c9T\u00c9=1",
+    "",
+    ";",
+    ";;",
+    "lr",
+    ";lr",
+    ";branch=z9hG4bK-1;rport",
+    ";tag=1234SIPpTag0017",
+    "Transport=UDP",
+    " ; Q = 0.5 ; ",
+    ";a=\tb",
+    ";a=\u00a0b\u00a0",
+    ";A=B\x0b",
+    ';a="x;y";b',
+    ";a=<x;y>;b",
+    ";x=",
+    ";=x",
+    "=x",
+    ';a="unterminated',
+    ";a=1;A=2",
+    ";\u00c9T\u00c9=1",
 ]
 
 
@@ -390,10 +501,16 @@ def test_params_equal_reference(text):
 
 
 URIS = [
-    "sip:alice@example.test", "SIP:Alice@EXAMPLE.test:5060", "sips:a:pw@h.test:5061;transport=TLS;lr?x=y",
+    "sip:alice@example.test",
+    "SIP:Alice@EXAMPLE.test:5060",
+    "sips:a:pw@h.test:5061;transport=TLS;lr?x=y",
     "sip:%61lice@example.test;User=Phone;maddr=192.0.2.1;ttl=5;method=INVITE;transport=TCP",
-    "sip:[2001:DB8::1]:5070;lr", "sip:registrar.example.test", "sip:a@b.test?subject=x",
-    "tel:+1-201-555-0123;phone-context=example.test", "tel:7042", "sip:user;par=u%40x@example.test",
+    "sip:[2001:DB8::1]:5070;lr",
+    "sip:registrar.example.test",
+    "sip:a@b.test?subject=x",
+    "tel:+1-201-555-0123;phone-context=example.test",
+    "tel:7042",
+    "sip:user;par=u%40x@example.test",
 ]
 
 
@@ -419,39 +536,144 @@ def test_format_params_of_non_text_values():
 #: by the shortcut or left to the general parser
 URI_TEXTS = [
     # the common forms
-    "sip:user17@example.test", "sip:user17@127.0.0.1:5061;transport=UDP", "sip:example.test",
-    "sips:a@h.test:5061;transport=TLS;lr", "sip:a@h;maddr=192.0.2.1;ttl=5;method=INVITE",
+    "sip:user17@example.test",
+    "sip:user17@127.0.0.1:5061;transport=UDP",
+    "sip:example.test",
+    "sips:a@h.test:5061;transport=TLS;lr",
+    "sip:a@h;maddr=192.0.2.1;ttl=5;method=INVITE",
     # scheme case, and letters IGNORECASE would take
-    "SIP:A@EXAMPLE.TEST;TRANSPORT=UDP", "SiPs:a@h", "sIP:h", "\u017fip:h", "s\u0130p:h", "sipx:h",
-    "sipss:h", "sip", "sip:", "sips:", ":h", "http://example.test/", "isbn:123",
+    "SIP:A@EXAMPLE.TEST;TRANSPORT=UDP",
+    "SiPs:a@h",
+    "sIP:h",
+    "\u017fip:h",
+    "s\u0130p:h",
+    "sipx:h",
+    "sipss:h",
+    "sip",
+    "sip:",
+    "sips:",
+    ":h",
+    "http://example.test/",
+    "isbn:123",
     # users
-    "sip:@h", "sip:user@", "sip:user@:5060", "sip:user:pw@h", "sip:user:@h", "sip::pw@h",
-    "sip:a@b@c", "sip:%40@h", "sip:user%40x@h", "sip:%zz@h", "sip:user;par=u%40x@h;lr",
-    "sip:a;b=c@h;x", "sip:a?b@h", "sip:a!~*'()&=+$,/-_.@h", "sip:\u00e9@h", "sip:a\u00a0b@h",
-    "sip:a\nb@h", "sip:a b@h", "sip:a\tb@h", "sip:\"a\"@h", "sip:a<b@h", "sip:a>b@h",
+    "sip:@h",
+    "sip:user@",
+    "sip:user@:5060",
+    "sip:user:pw@h",
+    "sip:user:@h",
+    "sip::pw@h",
+    "sip:a@b@c",
+    "sip:%40@h",
+    "sip:user%40x@h",
+    "sip:%zz@h",
+    "sip:user;par=u%40x@h;lr",
+    "sip:a;b=c@h;x",
+    "sip:a?b@h",
+    "sip:a!~*'()&=+$,/-_.@h",
+    "sip:\u00e9@h",
+    "sip:a\u00a0b@h",
+    "sip:a\nb@h",
+    "sip:a b@h",
+    "sip:a\tb@h",
+    'sip:"a"@h',
+    "sip:a<b@h",
+    "sip:a>b@h",
     # hosts
-    "sip:h.", "sip:-h_", "sip:a@.", "sip:a@h\u00e9", "sip:a@h/x", "sip:a@h,x", "sip:a@h%41",
-    "sip:[::1]", "sip:a@[::1]:5060", "sip:a@[2001:DB8::10]:5061;lr", "sip:a@[::ffff:1.2.3.4]",
-    "sip:a@[::1]x", "sip:a@[::1];lr", "sip:a@[::1]:", "sip:a@[::1", "sip:a@[1.2.3.4]",
-    "sip:a@[]", "sip:a@[:]", "sip:a@[::g]", "sip:a@[fe80::1%25eth0]", "sip:a@[fe80::1%25]",
-    "sip:a@[::1]]", "sip:a@h]", "sip:a@h[", "sip:a@[[::1]]",
+    "sip:h.",
+    "sip:-h_",
+    "sip:a@.",
+    "sip:a@h\u00e9",
+    "sip:a@h/x",
+    "sip:a@h,x",
+    "sip:a@h%41",
+    "sip:[::1]",
+    "sip:a@[::1]:5060",
+    "sip:a@[2001:DB8::10]:5061;lr",
+    "sip:a@[::ffff:1.2.3.4]",
+    "sip:a@[::1]x",
+    "sip:a@[::1];lr",
+    "sip:a@[::1]:",
+    "sip:a@[::1",
+    "sip:a@[1.2.3.4]",
+    "sip:a@[]",
+    "sip:a@[:]",
+    "sip:a@[::g]",
+    "sip:a@[fe80::1%25eth0]",
+    "sip:a@[fe80::1%25]",
+    "sip:a@[::1]]",
+    "sip:a@h]",
+    "sip:a@h[",
+    "sip:a@[[::1]]",
     # ports
-    "sip:user@host:", "sip:user@host:0", "sip:h:00000", "sip:h:1", "sip:h:00080", "sip:h:65535",
-    "sip:h:65536", "sip:h:99999", "sip:h:000000", "sip:h:123456", "sip:h:005060", "sip:h:+5060",
-    "sip:h:-1", "sip:h: 5060", "sip:h:5060:5060", "sip:h:5o60", "sip:h:\u0661", "sip:h:\u00b2",
+    "sip:user@host:",
+    "sip:user@host:0",
+    "sip:h:00000",
+    "sip:h:1",
+    "sip:h:00080",
+    "sip:h:65535",
+    "sip:h:65536",
+    "sip:h:99999",
+    "sip:h:000000",
+    "sip:h:123456",
+    "sip:h:005060",
+    "sip:h:+5060",
+    "sip:h:-1",
+    "sip:h: 5060",
+    "sip:h:5060:5060",
+    "sip:h:5o60",
+    "sip:h:\u0661",
+    "sip:h:\u00b2",
     "sip:h:0;lr",
     # parameters
-    "sip:h;", "sip:h;;", "sip:h;lr", "sip:h;LR;Transport=Udp", "sip:h;a=1;A=2", "sip:h;=x",
-    "sip:h;a=", "sip:h;a==b", "sip:h;a=b=c", "sip:h;a=[::1]:5", "sip:h;a=\\x", "sip:h;a=\u00e9",
-    "sip:h;\u00c9=1", 'sip:h;a="x;y"', 'sip:h;a="x', "sip:h;a=<x;y>", "sip:h;a=x>y", "sip:h;a@b",
-    "sip:h:5060;", "sip:a@h:5060;transport", "sip:h;a=b?x=y", "sip:h?x=y", "sip:h?",
+    "sip:h;",
+    "sip:h;;",
+    "sip:h;lr",
+    "sip:h;LR;Transport=Udp",
+    "sip:h;a=1;A=2",
+    "sip:h;=x",
+    "sip:h;a=",
+    "sip:h;a==b",
+    "sip:h;a=b=c",
+    "sip:h;a=[::1]:5",
+    "sip:h;a=\\x",
+    "sip:h;a=\u00e9",
+    "sip:h;\u00c9=1",
+    'sip:h;a="x;y"',
+    'sip:h;a="x',
+    "sip:h;a=<x;y>",
+    "sip:h;a=x>y",
+    "sip:h;a@b",
+    "sip:h:5060;",
+    "sip:a@h:5060;transport",
+    "sip:h;a=b?x=y",
+    "sip:h?x=y",
+    "sip:h?",
     # an "@" after the host: the general parser takes what is before it for the user
-    "sip:h:5060;a@b", "sip:h;a:b@c", "sip:[::1];a@b", "sip:a@h;b@c",
+    "sip:h:5060;a@b",
+    "sip:h;a:b@c",
+    "sip:[::1];a@b",
+    "sip:a@h;b@c",
     # whitespace
-    " sip:h", "sip:h ", "\tsip:h;lr\t", "sip:h\n", "sip:h\r\n", "\x1csip:h\x1f", "sip:h\x85",
-    "sip:h\u00a0", "sip: h", "sip:h ;lr", "sip:h; lr", "sip:h;lr\x0b", "", "   ",
+    " sip:h",
+    "sip:h ",
+    "\tsip:h;lr\t",
+    "sip:h\n",
+    "sip:h\r\n",
+    "\x1csip:h\x1f",
+    "sip:h\x85",
+    "sip:h\u00a0",
+    "sip: h",
+    "sip:h ;lr",
+    "sip:h; lr",
+    "sip:h;lr\x0b",
+    "",
+    "   ",
     # tel
-    "tel:+1-201-555-0123;phone-context=example.test", "TEL:7042", "tel:", "tel:;x", "tel:12a;=x",
+    "tel:+1-201-555-0123;phone-context=example.test",
+    "TEL:7042",
+    "tel:",
+    "tel:;x",
+    "tel:12a;=x",
 ]
 
 
@@ -468,8 +690,23 @@ def test_uri_shortcut_equals_general_parse(text):
 
 
 #: what may follow a ``<uri>``, the last ones malformed
-ADDR_TAILS = TAILS + [";", ";;", ";tag", ";a=b?c@d>e", ";a=<b>", ' ;a="b"', ";a=\u00e9", ";tag=1 ",
-                      ";tag=", ";tag=\u00e9", ";tag=\u0661", ";tag=a-b", ";TAG=x", ";tag=1;", ";tag=x\x0b"]
+ADDR_TAILS = TAILS + [
+    ";",
+    ";;",
+    ";tag",
+    ";a=b?c@d>e",
+    ";a=<b>",
+    ' ;a="b"',
+    ";a=\u00e9",
+    ";tag=1 ",
+    ";tag=",
+    ";tag=\u00e9",
+    ";tag=\u0661",
+    ";tag=a-b",
+    ";TAG=x",
+    ";tag=1;",
+    ";tag=x\x0b",
+]
 
 
 @pytest.mark.parametrize("text", URI_TEXTS)
@@ -488,8 +725,10 @@ def test_name_addr_shortcut_equals_general_parse(text):
 
 def test_common_forms_take_the_shortcuts(monkeypatch):
     """The shortcuts do not give up on the forms they are for."""
+
     def refuse(text):
         raise AssertionError(f"general parser called for {text!r}")
+
     monkeypatch.setattr(uri, "_parse_uri_general", refuse)
     monkeypatch.setattr(uri, "_parse_name_addr_general", refuse)
     u = parse_uri("SIP:user17@127.0.0.1:5061;transport=UDP;lr")
@@ -497,18 +736,29 @@ def test_common_forms_take_the_shortcuts(monkeypatch):
     ipv6 = SipUri("sips", None, None, "[2001:db8::1]", 65535)
     assert parse_uri("sips:[2001:db8::1]:65535;") == ipv6
     na = parse_name_addr("<sip:user17@example.test>;tag=1234SIPpTag0017")
-    assert (na.uri, na.display, na.params) == (parse_uri("sip:user17@example.test"), None,
-                                               {"tag": "1234SIPpTag0017"})
+    assert (na.uri, na.display, na.params) == (
+        parse_uri("sip:user17@example.test"),
+        None,
+        {"tag": "1234SIPpTag0017"},
+    )
     assert parse_name_addr("<sip:example.test;lr>").params == {}
     na = parse_name_addr('"Alice Smith"\t<sip:alice@example.test>;tag=9;lr')
     assert (na.display, na.params) == ('"Alice Smith"', {"tag": "9", "lr": None})
     assert parse_uri("sip:a%40b;x=y@example.test").user == "a%40b;x=y"
-    assert uri._URI_CACHE.keys() == {"SIP:user17@127.0.0.1:5061;transport=UDP;lr",
-                                      "sips:[2001:db8::1]:65535;", "sip:user17@example.test",
-                                      "sip:example.test;lr", "sip:alice@example.test",
-                                      "sip:a%40b;x=y@example.test"}
-    assert uri._HOST_PART_CACHE.keys() == {"127.0.0.1:5061;transport=UDP;lr", "[2001:db8::1]:65535;",
-                                            "example.test", "example.test;lr"}
+    assert uri._URI_CACHE.keys() == {
+        "SIP:user17@127.0.0.1:5061;transport=UDP;lr",
+        "sips:[2001:db8::1]:65535;",
+        "sip:user17@example.test",
+        "sip:example.test;lr",
+        "sip:alice@example.test",
+        "sip:a%40b;x=y@example.test",
+    }
+    assert uri._HOST_PART_CACHE.keys() == {
+        "127.0.0.1:5061;transport=UDP;lr",
+        "[2001:db8::1]:65535;",
+        "example.test",
+        "example.test;lr",
+    }
 
 
 def test_host_part_is_matched_once(monkeypatch):
@@ -520,6 +770,7 @@ def test_host_part_is_matched_once(monkeypatch):
         def fullmatch(self, text, pattern=uri._SIMPLE_SIP_URI):
             matched.append(text)
             return pattern.fullmatch(text)
+
     monkeypatch.setattr(uri, "_SIMPLE_SIP_URI", Recording())
     second = parse_uri("SIPS:bob@example.test:5070;transport=tcp")
     third = parse_uri("sip:example.test:5070;transport=tcp")
@@ -557,19 +808,51 @@ def test_shortcut_errors_are_those_of_the_general_parser():
 # -- properties ----------------------------------------------------------------------
 
 #: pieces that make the parsers take their rarer branches
-_PIECES = st.sampled_from([
-    '"', "<", ">", ";", "=", " ", "\t", "\\", ":", "@", ".", ",", "?", "[", "]", "a", "B", "1",
-    "sip:", "tel:+1", "<sip:a@b.test>", "tag=", "lr", "[::1]", ":5060", "SIP/2.0/UDP ",
-    "\u00a0", "\x0b", "\u00e9", "%41",
-])
+_PIECES = st.sampled_from(
+    [
+        '"',
+        "<",
+        ">",
+        ";",
+        "=",
+        " ",
+        "\t",
+        "\\",
+        ":",
+        "@",
+        ".",
+        ",",
+        "?",
+        "[",
+        "]",
+        "a",
+        "B",
+        "1",
+        "sip:",
+        "tel:+1",
+        "<sip:a@b.test>",
+        "tag=",
+        "lr",
+        "[::1]",
+        ":5060",
+        "SIP/2.0/UDP ",
+        "\u00a0",
+        "\x0b",
+        "\u00e9",
+        "%41",
+    ]
+)
 _TEXTS = st.lists(_PIECES, max_size=12).map("".join)
-_SETTINGS = settings(max_examples=300, deadline=None,
-                     suppress_health_check=[HealthCheck.function_scoped_fixture])
+_SETTINGS = settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
 
 def _prime(parse, text, other):
     """Parse ``other`` after every prefix of ``text``, to fill the caches with related values."""
     for cut in range(len(text) + 1):
         try_parse(parse, text[:cut] + other)
+
 
 @_SETTINGS
 @given(_TEXTS, _TEXTS)
@@ -581,6 +864,7 @@ def test_name_addr_property(text, other):
     assert outcome(parse_name_addr, text) == expected
     assert outcome(parse_name_addr, text) == expected
 
+
 @_SETTINGS
 @given(st.sampled_from(SENT_BYS), _TEXTS, _TEXTS)
 def test_via_property(sent_by, text, other):
@@ -588,6 +872,7 @@ def test_via_property(sent_by, text, other):
     text = sent_by + text
     _prime(parse_via, text, other)
     assert outcome(parse_via, text) == outcome(_parse_via, text)
+
 
 @_SETTINGS
 @given(_TEXTS)
@@ -599,10 +884,16 @@ def test_params_property(text):
         assert list(params.items()) == list(_parse_params_reference(text).items())
         assert format_params(params) == _format_params_reference(params)
 
+
 @_SETTINGS
-@given(st.one_of(st.from_regex(r"[!#-;=-~]*", fullmatch=True),
-                 st.lists(st.sampled_from([";", "=", "a", "B", "tag", "1", ";;", "=="]),
-                          max_size=8).map("".join)))
+@given(
+    st.one_of(
+        st.from_regex(r"[!#-;=-~]*", fullmatch=True),
+        st.lists(st.sampled_from([";", "=", "a", "B", "tag", "1", ";;", "=="]), max_size=8).map(
+            "".join
+        ),
+    )
+)
 def test_shortcut_params_property(text):
     """The parameters of a text of the name-addr shortcut's class read as the reference reads them."""
     expected = outcome(_parse_params_reference, text)
@@ -610,11 +901,18 @@ def test_shortcut_params_property(text):
     if expected[0] == "ok":
         assert list(parse_params(text).items()) == list(_parse_params_reference(text).items())
 
+
 @_SETTINGS
-@given(st.lists(st.sampled_from(['"', "<", ">", ";", ",", "\\", "a", " ", "b=c", '""', "<>", "x;y"]),
-                max_size=14).map("".join), st.sampled_from([";", ","]))
+@given(
+    st.lists(
+        st.sampled_from(['"', "<", ">", ";", ",", "\\", "a", " ", "b=c", '""', "<>", "x;y"]),
+        max_size=14,
+    ).map("".join),
+    st.sampled_from([";", ","]),
+)
 def test_split_quoted_property(text, sep):
     assert outcome(split_quoted, text, sep) == outcome(_split_quoted_reference, text, sep)
+
 
 @_SETTINGS
 @given(_TEXTS)
@@ -628,14 +926,53 @@ def test_uri_property(text):
 
 
 #: pieces of URIs around the edges of ``_SIMPLE_SIP_URI``
-_URI_PIECES = st.sampled_from([
-    "sip:", "SIPS:", "sIp:", "tel:", "\u017fip:", "user", "@", ":", "5060", "0", "65536", "00080",
-    "[", "]", "::1", "[::1]", ";", "=", "lr", ":5060;", "transport=UDP", "%40", " ", "\t", "\n",
-    "?", ">", "<", '"', ".", "-", "_", "\u00e9", "\u0661", "\u00a0", "\x1c", "A", "7",
-])
+_URI_PIECES = st.sampled_from(
+    [
+        "sip:",
+        "SIPS:",
+        "sIp:",
+        "tel:",
+        "\u017fip:",
+        "user",
+        "@",
+        ":",
+        "5060",
+        "0",
+        "65536",
+        "00080",
+        "[",
+        "]",
+        "::1",
+        "[::1]",
+        ";",
+        "=",
+        "lr",
+        ":5060;",
+        "transport=UDP",
+        "%40",
+        " ",
+        "\t",
+        "\n",
+        "?",
+        ">",
+        "<",
+        '"',
+        ".",
+        "-",
+        "_",
+        "\u00e9",
+        "\u0661",
+        "\u00a0",
+        "\x1c",
+        "A",
+        "7",
+    ]
+)
 #: texts of the shortcut's form, and texts near it
-_URI_TEXTS = st.one_of(st.from_regex(uri._SIMPLE_SIP_URI, fullmatch=True),
-                       st.lists(_URI_PIECES, max_size=10).map("".join))
+_URI_TEXTS = st.one_of(
+    st.from_regex(uri._SIMPLE_SIP_URI, fullmatch=True),
+    st.lists(_URI_PIECES, max_size=10).map("".join),
+)
 
 
 @_SETTINGS
@@ -653,9 +990,28 @@ def _host_part(text: str) -> str:
 
 
 _SCHEMES = st.sampled_from(["sip", "SIP", "sIpS", "sips", "tel", "sipx", "\u017fip", "", "sip "])
-_USERS = st.one_of(st.none(), st.sampled_from(
-    ["", "alice", "User17", "a;b=c", "%40x", "a b", "a@b", "\u00e9", "a:pw", "a?b", "a>b",
-     "A!~*'()&=+$,;/%-_.", "\u0661", "7"]), st.text(max_size=4))
+_USERS = st.one_of(
+    st.none(),
+    st.sampled_from(
+        [
+            "",
+            "alice",
+            "User17",
+            "a;b=c",
+            "%40x",
+            "a b",
+            "a@b",
+            "\u00e9",
+            "a:pw",
+            "a?b",
+            "a>b",
+            "A!~*'()&=+$,;/%-_.",
+            "\u0661",
+            "7",
+        ]
+    ),
+    st.text(max_size=4),
+)
 
 
 @_SETTINGS
@@ -666,6 +1022,7 @@ def test_uri_with_a_host_part_seen_before_property(text, scheme1, user1, scheme2
 
     def uri_text(scheme, user):
         return f"{scheme}:{host_part}" if user is None else f"{scheme}:{user}@{host_part}"
+
     for cache in CACHES:
         cache.clear()
     try_parse(_parse_uri, text)
@@ -674,19 +1031,39 @@ def test_uri_with_a_host_part_seen_before_property(text, scheme1, user1, scheme2
     got, expected = _uri_outcomes(second)
     assert got == expected
     uri._URI_CACHE.clear()
-    assert outcome(_parse_name_addr, f"<{second}>") == outcome(_parse_name_addr_general, f"<{second}>")
+    assert outcome(_parse_name_addr, f"<{second}>") == outcome(
+        _parse_name_addr_general, f"<{second}>"
+    )
 
 
 #: display names around the edges of ``_DISPLAY_NAME_ADDR``
-_DISPLAYS = st.sampled_from(['"A" ', '"" ', '"a<b>" ', '"a;b" ', r'"x\"y" ', '"u"\t', '"v"', '"w"  ',
-                             '"x" \u00a0', "A ", '"open ', '"\u00e9" '])
+_DISPLAYS = st.sampled_from(
+    [
+        '"A" ',
+        '"" ',
+        '"a<b>" ',
+        '"a;b" ',
+        r'"x\"y" ',
+        '"u"\t',
+        '"v"',
+        '"w"  ',
+        '"x" \u00a0',
+        "A ",
+        '"open ',
+        '"\u00e9" ',
+    ]
+)
 
 
 @_SETTINGS
-@given(st.one_of(st.from_regex(uri._DISPLAY_NAME_ADDR, fullmatch=True),
-                 st.tuples(_URI_TEXTS, _TEXTS).map(lambda p: f"<{p[0]}>{p[1]}"),
-                 st.tuples(_DISPLAYS, _URI_TEXTS, _TEXTS).map(lambda p: f"{p[0]}<{p[1]}>{p[2]}")),
-       st.booleans())
+@given(
+    st.one_of(
+        st.from_regex(uri._DISPLAY_NAME_ADDR, fullmatch=True),
+        st.tuples(_URI_TEXTS, _TEXTS).map(lambda p: f"<{p[0]}>{p[1]}"),
+        st.tuples(_DISPLAYS, _URI_TEXTS, _TEXTS).map(lambda p: f"{p[0]}<{p[1]}>{p[2]}"),
+    ),
+    st.booleans(),
+)
 def test_name_addr_shortcut_property(text, uri_cached):
     for cache in CACHES:
         cache.clear()
@@ -697,8 +1074,14 @@ def test_name_addr_shortcut_property(text, uri_cached):
     assert outcome(_parse_name_addr, text) == expected
 
 
-@pytest.mark.parametrize("text", ["sip:alice@example.test;transport=tcp", "sip:bob@example.test",
-                                  "tel:+15551234567;phone-context=example.test"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "sip:alice@example.test;transport=tcp",
+        "sip:bob@example.test",
+        "tel:+15551234567;phone-context=example.test",
+    ],
+)
 def test_a_shared_parse_cannot_be_written(text):
     """Parses are shared process-wide: a write must fail, not corrupt every later parse."""
     parsed = parse_uri(text)
@@ -706,8 +1089,13 @@ def test_a_shared_parse_cannot_be_written(text):
     for value in (parsed, na):
         with pytest.raises(AttributeError):
             value.params = {}
-        for write in (lambda p: p.__setitem__("lr", None), lambda p: p.pop("tag", None),
-                      lambda p: p.update(x="1"), lambda p: p.clear(), lambda p: p.setdefault("x")):
+        for write in (
+            lambda p: p.__setitem__("lr", None),
+            lambda p: p.pop("tag", None),
+            lambda p: p.update(x="1"),
+            lambda p: p.clear(),
+            lambda p: p.setdefault("x"),
+        ):
             with pytest.raises(TypeError):
                 write(value.params)
     with pytest.raises(AttributeError):

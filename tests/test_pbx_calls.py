@@ -22,8 +22,7 @@ class Phone:
         port = free_port()
         self.log = os.path.join(node.work, f"phone-{user}-{port}.log")
         assert register_contact(node, user, dict(node.rows)[user], port, node.work)
-        self.uas = Uas(scenario, port, node.work,
-                       args=("-trace_msg", "-message_file", self.log))
+        self.uas = Uas(scenario, port, node.work, args=("-trace_msg", "-message_file", self.log))
 
     def received(self, method: str) -> int:
         """How many ``method`` requests it received so far."""
@@ -32,8 +31,11 @@ class Phone:
                 text = f.read()
         except FileNotFoundError:
             return 0
-        return sum(1 for m in text.split("----------------------------------------------")
-                   if "received" in m and f"\n{method} sip:" in m)
+        return sum(
+            1
+            for m in text.split("----------------------------------------------")
+            if "received" in m and f"\n{method} sip:" in m
+        )
 
     def stop(self) -> None:
         self.uas.stop()
@@ -95,11 +97,13 @@ def lab(tmp_path_factory):
     node = start_node(work, extra=plan_toml(ports), t1=0.05, users=10)
     phones = {}
     try:
-        phones = {"user1": Phone(node, "user1", "uas_ring_cancel.xml"),
-                  "user2": Phone(node, "user2", "uas_answer.xml"),
-                  "user3": Phone(node, "user3", "uas_ring_cancel.xml"),
-                  "user4": Phone(node, "user4", "uas_ring_cancel.xml"),
-                  "user7": Phone(node, "user7", "uas_answer.xml")}
+        phones = {
+            "user1": Phone(node, "user1", "uas_ring_cancel.xml"),
+            "user2": Phone(node, "user2", "uas_answer.xml"),
+            "user3": Phone(node, "user3", "uas_ring_cancel.xml"),
+            "user4": Phone(node, "user4", "uas_ring_cancel.xml"),
+            "user7": Phone(node, "user7", "uas_answer.xml"),
+        }
         yield node, servers, phones
     finally:
         node.stop()
@@ -113,8 +117,8 @@ def test_a_ring_group_rings_two_phones_and_the_second_answers(lab):
     try:
         resp, dialog = c.invite(f"sip:+15551230300@{node.domain}")
         assert resp.status == 200 and dialog is not None
-        assert phones["user1"].received("INVITE") == 1      # it rang too ...
-        assert wait_for(lambda: phones["user1"].received("CANCEL") == 1, 5)   # ... and stopped
+        assert phones["user1"].received("INVITE") == 1  # it rang too ...
+        assert wait_for(lambda: phones["user1"].received("CANCEL") == 1, 5)  # ... and stopped
         assert phones["user2"].received("INVITE") == 1
         assert dialog.bye().status == 200
     finally:
@@ -123,8 +127,9 @@ def test_a_ring_group_rings_two_phones_and_the_second_answers(lab):
 
 def test_a_sequential_group_rings_the_first_for_its_timeout_then_the_second_answers(lab):
     node, _, phones = lab
-    before = {u: (phones[u].received("INVITE"), phones[u].received("CANCEL"))
-              for u in ("user1", "user2")}
+    before = {
+        u: (phones[u].received("INVITE"), phones[u].received("CANCEL")) for u in ("user1", "user2")
+    }
     c = client(node, "user0")
     try:
         resp, dialog = c.invite(f"sip:302@{node.domain}")
@@ -161,7 +166,7 @@ def test_the_user_limit_gives_486_and_frees_up_after_bye(lab):
         assert resp.status == 200 and first is not None
         resp, second = c.invite(f"sip:user7@{node.domain}")
         assert resp.status == 486 and second is None
-        assert phones["user7"].received("INVITE") == answered + 1    # refused by the node
+        assert phones["user7"].received("INVITE") == answered + 1  # refused by the node
         assert first.bye().status == 200
         resp, third = c.invite(f"sip:user7@{node.domain}")
         assert resp.status == 200 and third is not None
@@ -179,7 +184,7 @@ def test_the_gateway_limit_gives_503_and_frees_up_after_bye(lab):
         assert resp.status == 200 and first is not None
         resp, second = two.invite(f"sip:95551235@{node.domain}")
         assert resp.status == 503 and second is None
-        assert len(servers["a"].invites()) == before + 1     # never offered to the gateway
+        assert len(servers["a"].invites()) == before + 1  # never offered to the gateway
         assert first.bye().status == 200
         resp, third = two.invite(f"sip:95551235@{node.domain}")
         assert resp.status == 200 and third is not None
@@ -195,7 +200,7 @@ def test_an_emergency_call_passes_a_full_limit(lab):
     try:
         resp, held = c.invite(f"sip:user7@{node.domain}")
         assert resp.status == 200 and held is not None
-        assert c.invite(f"sip:user7@{node.domain}")[0].status == 486     # at the limit
+        assert c.invite(f"sip:user7@{node.domain}")[0].status == 486  # at the limit
         before = len(servers["psap"].invites())
         resp, emergency = c.invite(f"sip:911@{node.domain}")
         assert resp.status == 200 and emergency is not None

@@ -24,20 +24,32 @@ def test_groups_and_limits_from_the_master_hold_on_a_node(lab, tmp_path):  # noq
     n1 = node_ip(base, 1)
     bob = None
     try:
-        plan = {"gateways": [{"name": "carrier", "host": "127.0.0.1", "port": carrier.uas.port}],
-                "rules": [{"pattern": "9.", "strip": 1, "gateways": ["carrier"]}],
-                "users": {}, "probe_interval": 0,
-                "groups": [{"name": "sales", "numbers": ["300"], "members": ["bob", "carol"],
-                            "ring_timeout": 10}],
-                "limits": {"users": {"alice": 1}}}
+        plan = {
+            "gateways": [{"name": "carrier", "host": "127.0.0.1", "port": carrier.uas.port}],
+            "rules": [{"pattern": "9.", "strip": 1, "gateways": ["carrier"]}],
+            "users": {},
+            "probe_interval": 0,
+            "groups": [
+                {
+                    "name": "sales",
+                    "numbers": ["300"],
+                    "members": ["bob", "carol"],
+                    "ring_timeout": 10,
+                }
+            ],
+            "limits": {"users": {"alice": 1}},
+        }
         version = api(base, password, "PUT", "/api/dialplan", plan)["version"]
-        assert wait_for(lambda: all(v >= version for v in api(
-            base, password, "GET", "/api/config")["nodes"].values()), 20)
+        assert wait_for(
+            lambda: all(
+                v >= version for v in api(base, password, "GET", "/api/config")["nodes"].values()
+            ),
+            20,
+        )
         node = SimpleNamespace(address=n1, port=5060, domain="example.test")
         assert register_contact(node, "bob", "bob-secret", phone_port, work)
         bob = Gateway(phone_port, work, "bob")
-        alice = SipClient((n1, 5060), "alice", "alice-secret", "example.test", t1=0.1,
-                          timeout=15.0)
+        alice = SipClient((n1, 5060), "alice", "alice-secret", "example.test", t1=0.1, timeout=15.0)
         try:
             resp, dialog = alice.invite("sip:300@example.test")
             assert resp.status == 200 and dialog is not None
@@ -47,8 +59,13 @@ def test_groups_and_limits_from_the_master_hold_on_a_node(lab, tmp_path):  # noq
             assert alice.invite("sip:95551234@example.test")[0].status == 486
             assert carrier.invites() == []
             assert dialog.bye().status == 200
-            assert wait_for(lambda: api(base, password, "GET", "/api/dialplan/calls")[
-                "nodes"]["node1"]["users"] == {}, 5)
+            assert wait_for(
+                lambda: (
+                    api(base, password, "GET", "/api/dialplan/calls")["nodes"]["node1"]["users"]
+                    == {}
+                ),
+                5,
+            )
             resp, dialog = alice.invite("sip:95551234@example.test")
             assert resp.status == 200 and dialog is not None
             assert dialog.bye().status == 200

@@ -32,8 +32,16 @@ import pytest
 from actors.lab_certs import lab_ca, node_cert
 from loadtest.harness import ROOT, free_port
 from tests.conftest import _in_ci
-from tests.phones import (BaresipPhone, LinphonePhone, PjsuaPhone, Softphone, baresip,
-                          final_status, linphone, pjsua)
+from tests.phones import (
+    BaresipPhone,
+    LinphonePhone,
+    PjsuaPhone,
+    Softphone,
+    baresip,
+    final_status,
+    linphone,
+    pjsua,
+)
 
 DOMAIN = "example.test"
 PHONES = ("pjsua2", "baresip", "linphone")
@@ -76,9 +84,10 @@ def _need_phones() -> None:
 def table() -> str:
     """The interop table: one row per transport and caller, one column per callee."""
     width = max(len(r) for r in (*RESULTS.values(), "linphone")) + 2
-    lines = ["Interop: caller on node1 -> callee on node2, held "
-             f"{HOLD:.0f} s with RTP both ways, BYE",
-             "transport  caller    " + "".join(f"{c:<{width}}" for c in PHONES)]
+    lines = [
+        f"Interop: caller on node1 -> callee on node2, held {HOLD:.0f} s with RTP both ways, BYE",
+        "transport  caller    " + "".join(f"{c:<{width}}" for c in PHONES),
+    ]
     for transport in TRANSPORTS:
         for caller in PHONES:
             row = [RESULTS.get((transport, caller, callee), "not run") for callee in PHONES]
@@ -95,9 +104,22 @@ def lab(tmp_path_factory, request):
     data = str(folder / "lab")
     out_path = folder / "lab.out"
     with open(out_path, "wb") as out:
-        proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "run.py"), "lab", "--data",
-                                 data, "--base", base, "--nodes", "2"],
-                                stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                os.path.join(ROOT, "run.py"),
+                "lab",
+                "--data",
+                data,
+                "--base",
+                base,
+                "--nodes",
+                "2",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
     try:
         deadline = time.monotonic() + 60
         while "Ctrl-C stops it" not in out_path.read_text():
@@ -106,9 +128,14 @@ def lab(tmp_path_factory, request):
         ca = (os.path.join(data, "ca", "ca.pem"), os.path.join(data, "ca", "ca.key"))
         phone_cert = node_cert(str(folder), ca, "phone", "127.0.0.1", DOMAIN)
         prefix = base.rsplit(".", 1)[0]
-        yield SimpleNamespace(proc=proc, data=data, ca=ca[0], out=out_path,
-                              nodes=[f"{prefix}.11", f"{prefix}.12"],
-                              cert=(phone_cert.cert, phone_cert.key))
+        yield SimpleNamespace(
+            proc=proc,
+            data=data,
+            ca=ca[0],
+            out=out_path,
+            nodes=[f"{prefix}.11", f"{prefix}.12"],
+            cert=(phone_cert.cert, phone_cert.key),
+        )
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -126,8 +153,9 @@ def lab(tmp_path_factory, request):
                     reporter.write_line("\n" + table())
 
 
-def start_phone(lab, kind: str, transport: str, node: str, folder: str,
-                outbound: bool = False) -> Softphone:
+def start_phone(
+    lab, kind: str, transport: str, node: str, folder: str, outbound: bool = False
+) -> Softphone:
     """A new ``kind`` phone for a new lab user, registering with ``node`` over
     ``transport`` (not waited for); baresip as an RFC 5626 outbound flow with
     ``outbound``."""
@@ -137,20 +165,65 @@ def start_phone(lab, kind: str, transport: str, node: str, folder: str,
     name = f"{kind}-{user}-{transport}"
     cert = lab.cert if transport == "tls" else ("", "")
     if kind == "pjsua2":
-        return PjsuaPhone(pjsua(name, user, password, DOMAIN, proxy, transport, free_port(),
-                                free_port(), ca=lab.ca, cert=cert), user, transport)
+        return PjsuaPhone(
+            pjsua(
+                name,
+                user,
+                password,
+                DOMAIN,
+                proxy,
+                transport,
+                free_port(),
+                free_port(),
+                ca=lab.ca,
+                cert=cert,
+            ),
+            user,
+            transport,
+        )
     home = os.path.join(folder, name)
     port = free_port()
     if kind == "baresip":
         ctrl = free_port()
-        while ctrl in (port, port + 1):     # baresip takes TLS on port + 1
+        while ctrl in (port, port + 1):  # baresip takes TLS on port + 1
             ctrl = free_port()
-        return BaresipPhone(baresip(name, home, user, password, DOMAIN, proxy, transport, port,
-                                    free_port(), ctrl, ca=lab.ca, cert=cert,
-                                    outbound=outbound), user, transport)
-    return LinphonePhone(linphone(name, home, user, password, DOMAIN, proxy, transport, port,
-                                  free_port(), ca=lab.ca, cert=cert), user, transport,
-                         os.path.join(home, "log"))
+        return BaresipPhone(
+            baresip(
+                name,
+                home,
+                user,
+                password,
+                DOMAIN,
+                proxy,
+                transport,
+                port,
+                free_port(),
+                ctrl,
+                ca=lab.ca,
+                cert=cert,
+                outbound=outbound,
+            ),
+            user,
+            transport,
+        )
+    return LinphonePhone(
+        linphone(
+            name,
+            home,
+            user,
+            password,
+            DOMAIN,
+            proxy,
+            transport,
+            port,
+            free_port(),
+            ca=lab.ca,
+            cert=cert,
+        ),
+        user,
+        transport,
+        os.path.join(home, "log"),
+    )
 
 
 def call(caller: Softphone, callee: Softphone) -> None:
@@ -166,8 +239,9 @@ def call(caller: Softphone, callee: Softphone) -> None:
         got = p.rtp_received(timeout=HOLD + 5)
         assert got is None or got > 0, f"{p.kind} received no RTP: {p.phone.lines[-1]}"
     for p in (caller, callee):
-        p.phone.no_line("EVENT CALL_CLOSED", "CALL DISCONNECTED", " ended (",
-                        within=held - time.monotonic())
+        p.phone.no_line(
+            "EVENT CALL_CLOSED", "CALL DISCONNECTED", " ended (", within=held - time.monotonic()
+        )
     caller.hang_up()
     callee.wait_ended()
     for p in (caller, callee):
@@ -186,7 +260,7 @@ def run_cell(transport: str, caller: Softphone, callee: Softphone, broken: dict)
             return
         except AssertionError as e:
             reason = str(e).splitlines()[0][:160]
-        for p in (caller, callee):     # leave the phones idle for the next round
+        for p in (caller, callee):  # leave the phones idle for the next round
             try:
                 p.hang_up()
             except AssertionError:
@@ -198,11 +272,22 @@ def run_cell(transport: str, caller: Softphone, callee: Softphone, broken: dict)
 def test_the_byes_answer_is_read_from_a_phones_sip_trace():
     """What the BYE check reads: the final response whose CSeq names BYE, not a
     provisional one, not another method's, not the BYE request itself."""
-    trace = ["\x1b[36;1m#", "UDP 127.0.0.1:5060 -> 127.0.0.1:4000", "SIP/2.0 200 OK\r",
-             "CSeq: 2 INVITE\r", "BYE sip:bob@127.0.0.1:4002 SIP/2.0\r", "CSeq: 3 BYE\r",
-             "SIP/2.0 100 Trying", "CSeq: 3 BYE", "2026-01-01 belle-sip-message-"
-             "Message received: SIP/2.0 481 Call/Transaction Does Not Exist",
-             "Via: SIP/2.0/UDP 127.0.0.1:4000", "cseq: 3 bye", "SIP/2.0 200 OK", "CSeq: 3 BYE"]
+    trace = [
+        "\x1b[36;1m#",
+        "UDP 127.0.0.1:5060 -> 127.0.0.1:4000",
+        "SIP/2.0 200 OK\r",
+        "CSeq: 2 INVITE\r",
+        "BYE sip:bob@127.0.0.1:4002 SIP/2.0\r",
+        "CSeq: 3 BYE\r",
+        "SIP/2.0 100 Trying",
+        "CSeq: 3 BYE",
+        "2026-01-01 belle-sip-message-"
+        "Message received: SIP/2.0 481 Call/Transaction Does Not Exist",
+        "Via: SIP/2.0/UDP 127.0.0.1:4000",
+        "cseq: 3 bye",
+        "SIP/2.0 200 OK",
+        "CSeq: 3 BYE",
+    ]
     assert final_status(trace, "BYE") == 481
     assert final_status(trace[:8], "BYE") is None
     assert final_status(trace[:4], "INVITE") == 200
@@ -221,9 +306,18 @@ def test_every_phone_calls_every_phone_through_the_lab(lab, transport, tmp_path)
             except AssertionError as e:
                 broken[p] = f"{p.kind} did not register: {str(e).splitlines()[0]}"
         for r in range(len(PHONES)):
-            threads = [threading.Thread(target=run_cell, args=(
-                transport, callers[PHONES[i]], callees[PHONES[(i + r) % len(PHONES)]], broken))
-                for i in range(len(PHONES))]
+            threads = [
+                threading.Thread(
+                    target=run_cell,
+                    args=(
+                        transport,
+                        callers[PHONES[i]],
+                        callees[PHONES[(i + r) % len(PHONES)]],
+                        broken,
+                    ),
+                )
+                for i in range(len(PHONES))
+            ]
             for t in threads:
                 t.start()
             for t in threads:
@@ -235,8 +329,9 @@ def test_every_phone_calls_every_phone_through_the_lab(lab, transport, tmp_path)
     why = broken.get("why", {})
     unexpected = {c: why[c] for c in why if c not in KNOWN_BAD}
     fixed = [c for c in KNOWN_BAD if c[0] == transport and RESULTS.get(c) == "pass"]
-    assert not unexpected, json.dumps({" ".join(c): r for c, r in unexpected.items()},
-                                      indent=1) + "\n" + table()
+    assert not unexpected, (
+        json.dumps({" ".join(c): r for c, r in unexpected.items()}, indent=1) + "\n" + table()
+    )
     assert not fixed, f"known-bad cells now pass, update KNOWN_BAD: {fixed}"
 
 
@@ -281,8 +376,18 @@ def test_a_phone_that_does_not_trust_the_lab_ca_is_refused_with_a_clear_log_line
     _need("linphonec", shutil.which("linphonec") is not None)
     other_ca = lab_ca(str(tmp_path / "other-ca"))[0]
     home = str(tmp_path / "linphone-untrusting")
-    phone = linphone("linphone-untrusting", home, "alice", "alice-secret", DOMAIN,
-                     f"{lab.nodes[0]}:5061", "tls", free_port(), free_port(), ca=other_ca)
+    phone = linphone(
+        "linphone-untrusting",
+        home,
+        "alice",
+        "alice-secret",
+        DOMAIN,
+        f"{lab.nodes[0]}:5061",
+        "tls",
+        free_port(),
+        free_port(),
+        ca=other_ca,
+    )
     log_path = os.path.join(lab.data, "node1", "node.log")
     try:
         deadline = time.monotonic() + 15
@@ -310,10 +415,14 @@ def test_a_phone_on_a_killed_node_is_called_through_the_survivor(lab, tmp_path):
     try:
         caller.wait_registered()
         callee.wait_registered()
-        call(caller, callee)            # node1 has node2's binding by now
-        status = subprocess.run([sys.executable, os.path.join(ROOT, "run.py"), "lab", "status",
-                                 "--data", lab.data], capture_output=True, text=True,
-                                timeout=30, cwd=ROOT)
+        call(caller, callee)  # node1 has node2's binding by now
+        status = subprocess.run(
+            [sys.executable, os.path.join(ROOT, "run.py"), "lab", "status", "--data", lab.data],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            cwd=ROOT,
+        )
         node2 = json.loads(status.stdout)["nodes"][1]
         os.kill(node2["pid"], signal.SIGKILL)
         deadline = time.monotonic() + 10
@@ -324,5 +433,17 @@ def test_a_phone_on_a_killed_node_is_called_through_the_survivor(lab, tmp_path):
     finally:
         caller.stop()
         callee.stop()
-        subprocess.run([sys.executable, os.path.join(ROOT, "run.py"), "lab", "restart", "node2",
-                        "--data", lab.data], capture_output=True, timeout=60, cwd=ROOT)
+        subprocess.run(
+            [
+                sys.executable,
+                os.path.join(ROOT, "run.py"),
+                "lab",
+                "restart",
+                "node2",
+                "--data",
+                lab.data,
+            ],
+            capture_output=True,
+            timeout=60,
+            cwd=ROOT,
+        )

@@ -5,13 +5,30 @@ import json
 import pytest
 
 from sipcore.location import Binding
-from sipcore.protocol import (FEATURES, FIRST_VERSION, PROTOCOL_VERSION, NewerProtocol,
-                              ProtocolError, all_support, check_version, peer_supports, stamp,
-                              version_of)
+from sipcore.protocol import (
+    FEATURES,
+    FIRST_VERSION,
+    PROTOCOL_VERSION,
+    NewerProtocol,
+    ProtocolError,
+    all_support,
+    check_version,
+    peer_supports,
+    stamp,
+    version_of,
+)
 from sipcore.replication import Heartbeat, NewerMessage, SnapshotAssembler, WireError
-from sipcore.replication_wire import (decode_bans, decode_heartbeat, decode_snapshot_request,
-                                      decode_update, encode_bans, encode_heartbeat,
-                                      encode_snapshot_request, encode_update, snapshot_stream)
+from sipcore.replication_wire import (
+    decode_bans,
+    decode_heartbeat,
+    decode_snapshot_request,
+    decode_update,
+    encode_bans,
+    encode_heartbeat,
+    encode_snapshot_request,
+    encode_update,
+    snapshot_stream,
+)
 from sipcore.authguard import Ban
 from tests.test_replication import T0, core, hb
 
@@ -21,9 +38,13 @@ B = Binding("sip:a@example.test", "k", "sip:a@h", T0 + 60, "c", 1, origin="n2", 
 def every_body() -> list[bytes]:
     """One body of each kind this release writes on the bus."""
     stream = [body for _, body, _ in snapshot_stream(4, [B], 10, 1, 1)]
-    return [encode_update("n2", 1, T0, [B]), encode_heartbeat("n2", T0, 1, 1, "synced"),
-            encode_snapshot_request("n2", 4), encode_bans("n2", [Ban("source", "10.0.0.1", T0)]),
-            *stream]
+    return [
+        encode_update("n2", 1, T0, [B]),
+        encode_heartbeat("n2", T0, 1, 1, "synced"),
+        encode_snapshot_request("n2", 4),
+        encode_bans("n2", [Ban("source", "10.0.0.1", T0)]),
+        *stream,
+    ]
 
 
 def test_every_bus_body_carries_this_releases_version():
@@ -45,11 +66,14 @@ def restamped(body: bytes, pv) -> bytes:
     return json.dumps({**json.loads(body), "pv": pv}).encode()
 
 
-@pytest.mark.parametrize("decode, body", [
-    (decode_update, encode_update("n2", 1, T0, [B])),
-    (decode_snapshot_request, encode_snapshot_request("n2", 4)),
-    (decode_bans, encode_bans("n2", [])),
-])
+@pytest.mark.parametrize(
+    "decode, body",
+    [
+        (decode_update, encode_update("n2", 1, T0, [B])),
+        (decode_snapshot_request, encode_snapshot_request("n2", 4)),
+        (decode_bans, encode_bans("n2", [])),
+    ],
+)
 def test_a_newer_body_is_refused_as_newer_and_a_malformed_version_as_bad(decode, body):
     with pytest.raises(NewerMessage, match=f"protocol version {PROTOCOL_VERSION + 1}"):
         decode(restamped(body, PROTOCOL_VERSION + 1))

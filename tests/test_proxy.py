@@ -8,8 +8,14 @@ import pytest
 
 from actors.dnsserver import DnsServer
 from loadtest.bench_call import Uas, register_contact, write_call_inf
-from loadtest.harness import (SIPP_BUFFERS, NodeProcess, free_port, options_ping, run_sipp,
-                              write_users_csv)
+from loadtest.harness import (
+    SIPP_BUFFERS,
+    NodeProcess,
+    free_port,
+    options_ping,
+    run_sipp,
+    write_users_csv,
+)
 
 USERS = 50
 CALLS = 2000
@@ -28,7 +34,7 @@ def start_node(work, extra="", t1=None, users=USERS, sip="", numbers=0):
     n.rows = write_users_csv(os.path.join(work, "users.csv"), users)
     if numbers:
         n.rows += write_users_csv(os.path.join(work, "numbers.csv"), numbers, "91", 1)
-    for name in ("users.csv", "numbers.csv")[:1 + bool(numbers)]:
+    for name in ("users.csv", "numbers.csv")[: 1 + bool(numbers)]:
         out = n.run_cli("user", "import", os.path.join(work, name))
         assert out.returncode == 0, out.stderr
     n.work = work
@@ -43,16 +49,34 @@ def node(tmp_path_factory):
     n.stop()
 
 
-def call(node, callee, scenario="uac_auth_call.xml", calls=10, rate=50, callers=None,
-         timeout=60, transport="u1", extra=()):
+def call(
+    node,
+    callee,
+    scenario="uac_auth_call.xml",
+    calls=10,
+    rate=50,
+    callers=None,
+    timeout=60,
+    transport="u1",
+    extra=(),
+):
     """Run a SIPp UAC from ``callers`` (default user10..user49) to ``callee``
     (a user of the node's domain, or ``user@other.domain``); ``extra``: more SIPp
     options (``-d MS``: each call held that long)."""
     inf = os.path.join(node.work, f"calls-{time.monotonic_ns()}.csv")
     write_call_inf(inf, callers or node.rows[10:], node.domain, callee)
-    return run_sipp(scenario, f"{node.address}:{node.port}", node.work, inf=inf, calls=calls,
-                    rate=rate, limit=500, timeout=timeout, transport=transport,
-                    extra=(*SIPP_BUFFERS, *extra))
+    return run_sipp(
+        scenario,
+        f"{node.address}:{node.port}",
+        node.work,
+        inf=inf,
+        calls=calls,
+        rate=rate,
+        limit=500,
+        timeout=timeout,
+        transport=transport,
+        extra=(*SIPP_BUFFERS, *extra),
+    )
 
 
 def phone(node, user, scenario, calls=0, transport="u1"):
@@ -86,11 +110,13 @@ def invite(to, frm="sip:stranger@other.test", call_id=None, branch=None):
     """An INVITE's text for ``exchange`` (``PORT`` is the sender's port)."""
     call_id = call_id or os.urandom(8).hex()
     branch = branch or "z9hG4bK" + os.urandom(6).hex()
-    return (f"INVITE {to} SIP/2.0\r\n"
-            f"Via: SIP/2.0/UDP 127.0.0.1:PORT;branch={branch};rport\r\n"
-            f"From: <{frm}>;tag=f1\r\nTo: <{to}>\r\nCall-ID: {call_id}\r\n"
-            "CSeq: 1 INVITE\r\nMax-Forwards: 70\r\nContact: <sip:x@127.0.0.1:PORT>\r\n"
-            "Content-Length: 0\r\n\r\n")
+    return (
+        f"INVITE {to} SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:PORT;branch={branch};rport\r\n"
+        f"From: <{frm}>;tag=f1\r\nTo: <{to}>\r\nCall-ID: {call_id}\r\n"
+        "CSeq: 1 INVITE\r\nMax-Forwards: 70\r\nContact: <sip:x@127.0.0.1:PORT>\r\n"
+        "Content-Length: 0\r\n\r\n"
+    )
 
 
 def test_2000_authenticated_calls_without_a_failure(node):
@@ -168,8 +194,9 @@ def test_other_domain_through_srv_fails_over_from_a_dead_target(tmp_path):
     dead, live = free_port(), free_port()
     dns = DnsServer(OTHER_ZONE.format(dead=dead, live=live), "other.test")
     dns.start()
-    n = start_node(str(tmp_path), extra=f'[dns]\nservers = ["127.0.0.1"]\nport = {dns.port}\n',
-                   t1=0.05)
+    n = start_node(
+        str(tmp_path), extra=f'[dns]\nservers = ["127.0.0.1"]\nport = {dns.port}\n', t1=0.05
+    )
     uas = Uas("uas_answer.xml", live, n.work)
     try:
         res = call(n, "bob@other.test", calls=3, rate=10, callers=n.rows[:3])
@@ -194,8 +221,12 @@ def test_thousands_of_pending_transactions_do_not_block(tmp_path):
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
             for k in range(2000):
-                s.sendto(invite("sip:user7@example.test", call_id=f"pending-{k}")
-                         .replace("PORT", str(port)).encode(), (n.address, n.port))
+                s.sendto(
+                    invite("sip:user7@example.test", call_id=f"pending-{k}")
+                    .replace("PORT", str(port))
+                    .encode(),
+                    (n.address, n.port),
+                )
             started = time.monotonic()
             answer = options_ping(n.address, n.port, 2.0)
             assert answer is not None and answer.startswith(b"SIP/2.0 200")

@@ -52,6 +52,7 @@ def test_log_limiter_lets_a_few_lines_through_and_counts_the_rest():
 
 def test_a_shared_bucket_is_one_budget_for_two_processes():
     from sipcore.ratelimit import SharedSourceLimiter
+
     buffer = bytearray(SharedSourceLimiter.size(64))
     node, front = SharedSourceLimiter(buffer, 10, 20), SharedSourceLimiter(buffer, 10, 20)
     assert sum(lim.allow("a", 0.0) for _ in range(25) for lim in (node, front)) == 20
@@ -62,6 +63,7 @@ def test_a_shared_bucket_is_one_budget_for_two_processes():
 
 def test_a_shared_table_stays_its_size_under_many_sources():
     from sipcore.ratelimit import SharedSourceLimiter
+
     buffer = bytearray(SharedSourceLimiter.size(128))
     lim = SharedSourceLimiter(buffer, 1, 2)
     for i in range(20_000):

@@ -17,16 +17,25 @@ PC = "sip:alice@192.0.2.10:5060"
 INSTANCE = "<urn:uuid:00000000-0000-1000-8000-000a95a0e128>"
 
 
-def reg(*contacts, to="sip:alice@example.test", ruri="sip:example.test", call_id="c1@pc",
-        cseq=1, expires=None, extra=()):
+def reg(
+    *contacts,
+    to="sip:alice@example.test",
+    ruri="sip:example.test",
+    call_id="c1@pc",
+    cseq=1,
+    expires=None,
+    extra=(),
+):
     """A REGISTER as bytes on the wire, parsed."""
-    lines = [f"REGISTER {ruri} SIP/2.0",
-             "Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK-1",
-             "Max-Forwards: 70",
-             f"From: <{to}>;tag=f1",
-             f"To: <{to}>",
-             f"Call-ID: {call_id}",
-             f"CSeq: {cseq} REGISTER"]
+    lines = [
+        f"REGISTER {ruri} SIP/2.0",
+        "Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK-1",
+        "Max-Forwards: 70",
+        f"From: <{to}>;tag=f1",
+        f"To: <{to}>",
+        f"Call-ID: {call_id}",
+        f"CSeq: {cseq} REGISTER",
+    ]
     lines += [f"Contact: {c}" for c in contacts]
     if expires is not None:
         lines.append(f"Expires: {expires}")
@@ -37,8 +46,14 @@ def reg(*contacts, to="sip:alice@example.test", ruri="sip:example.test", call_id
 
 @pytest.fixture
 def rules():
-    return RegistrarRules("example.test", aliases=("alias.test", "192.0.2.1"), min_expires=60,
-                          max_expires=3600, default_expires=1800, max_contacts=3)
+    return RegistrarRules(
+        "example.test",
+        aliases=("alias.test", "192.0.2.1"),
+        min_expires=60,
+        max_expires=3600,
+        default_expires=1800,
+        max_contacts=3,
+    )
 
 
 @pytest.fixture
@@ -82,8 +97,17 @@ def fails(status, rules, loc, req, now=T0):
 
 # -- steps 1-2: domain and Require --------------------------------------------
 
-@pytest.mark.parametrize("ruri", ["sip:example.test", "sip:EXAMPLE.test:5060", "sips:example.test",
-                                  "sip:alias.test", "sip:192.0.2.1"])
+
+@pytest.mark.parametrize(
+    "ruri",
+    [
+        "sip:example.test",
+        "sip:EXAMPLE.test:5060",
+        "sips:example.test",
+        "sip:alias.test",
+        "sip:192.0.2.1",
+    ],
+)
 def test_check_accepts_our_domain_and_aliases(rules, ruri):
     rules.check(reg(ruri=ruri))
 
@@ -109,15 +133,19 @@ def test_require_supported_options_pass(rules):
 
 # -- step 5: address of record --------------------------------------------------
 
-@pytest.mark.parametrize("to, aor, user", [
-    ("sip:alice@example.test", AOR, "alice"),
-    ("sip:alice@EXAMPLE.TEST", AOR, "alice"),
-    ("sip:alice@alias.test", AOR, "alice"),
-    ("sips:alice@example.test", AOR, "alice"),
-    ("sip:%61lice@example.test", AOR, "alice"),
-    ("sip:alice@example.test;user=phone", AOR, "alice"),
-    ("sip:Alice@example.test", "sip:Alice@example.test", "Alice"),
-])
+
+@pytest.mark.parametrize(
+    "to, aor, user",
+    [
+        ("sip:alice@example.test", AOR, "alice"),
+        ("sip:alice@EXAMPLE.TEST", AOR, "alice"),
+        ("sip:alice@alias.test", AOR, "alice"),
+        ("sips:alice@example.test", AOR, "alice"),
+        ("sip:%61lice@example.test", AOR, "alice"),
+        ("sip:alice@example.test;user=phone", AOR, "alice"),
+        ("sip:Alice@example.test", "sip:Alice@example.test", "Alice"),
+    ],
+)
 def test_aor_of(rules, to, aor, user):
     assert rules.aor_of(reg(to=to)) == (aor, user)
 
@@ -138,6 +166,7 @@ def test_escaped_user_and_alias_reach_the_same_bindings(rules, loc):
 
 # -- steps 6-8: adding, refreshing, removing ------------------------------------
 
+
 def test_add_binding_and_200(rules, loc):
     req = reg(f"<{PC}>", expires=600, extra=["User-Agent: phone/1.0"])
     out = register(rules, loc, req)
@@ -156,8 +185,7 @@ def test_add_binding_and_200(rules, loc):
 
 
 def test_contact_expires_param_wins_over_expires_header(rules, loc):
-    out = register(rules, loc, reg(f"<{PC}>;expires=120", "<sip:alice@192.0.2.11>",
-                                   expires=300))
+    out = register(rules, loc, reg(f"<{PC}>;expires=120", "<sip:alice@192.0.2.11>", expires=300))
     assert expires_of(out.response) == {PC: 120, "sip:alice@192.0.2.11": 300}
 
 
@@ -168,14 +196,16 @@ def test_default_expiry_when_neither(rules, loc):
 
 
 def test_maximum_expiry_clamp(rules, loc):
-    out = register(rules, loc, reg(f"<{PC}>;expires=86400", "<sip:alice@192.0.2.11>",
-                                   expires=4294967295))
+    out = register(
+        rules, loc, reg(f"<{PC}>;expires=86400", "<sip:alice@192.0.2.11>", expires=4294967295)
+    )
     assert expires_of(out.response) == {PC: 3600, "sip:alice@192.0.2.11": 3600}
     assert {b.expires_at for b in out.changes} == {T0 + 3600}
 
 
-@pytest.mark.parametrize("contact, expires", [(f"<{PC}>;expires=59", None), (f"<{PC}>", 1),
-                                              (f"<{PC}>;expires=30", 3600)])
+@pytest.mark.parametrize(
+    "contact, expires", [(f"<{PC}>;expires=59", None), (f"<{PC}>", 1), (f"<{PC}>;expires=30", 3600)]
+)
 def test_interval_too_brief_is_423_with_min_expires(rules, loc, contact, expires):
     err = fails(423, rules, loc, reg(contact, expires=expires))
     assert dict(err.headers)["Min-Expires"] == "60"
@@ -186,8 +216,10 @@ def test_min_expires_itself_is_accepted(rules, loc):
     assert expires_of(out.response) == {PC: 60}
 
 
-@pytest.mark.parametrize("contact, expires", [(f"<{PC}>;expires=soon", None), (f"<{PC}>", "x"),
-                                              (f"<{PC}>;expires=-5", None)])
+@pytest.mark.parametrize(
+    "contact, expires",
+    [(f"<{PC}>;expires=soon", None), (f"<{PC}>", "x"), (f"<{PC}>;expires=-5", None)],
+)
 def test_malformed_expiry_is_400(rules, loc, contact, expires):
     fails(400, rules, loc, reg(contact, expires=expires))
 
@@ -205,8 +237,9 @@ def test_refresh_matches_contacts_by_uri_comparison(rules, loc):
     register(rules, loc, reg("<sip:alice@PC.Example.test:5060>"))
     out = register(rules, loc, reg("<sip:alice@pc.example.test:5060>", cseq=2), T0 + 1)
     assert len(listed(out.response)) == 1 and len(loc) == 1
-    out = register(rules, loc, reg("<sip:alice@pc.example.test:5060;transport=tcp>", cseq=3),
-                   T0 + 2)
+    out = register(
+        rules, loc, reg("<sip:alice@pc.example.test:5060;transport=tcp>", cseq=3), T0 + 2
+    )
     assert len(listed(out.response)) == 2
 
 
@@ -244,29 +277,41 @@ def test_expired_binding_is_not_removed_again(rules, loc):
 
 
 def test_several_contacts_are_applied_together(rules, loc):
-    out = register(rules, loc, reg(f"<{PC}>;q=0.5, <sip:alice@192.0.2.11>;q=1",
-                                   "<sip:alice@192.0.2.12>", expires=600))
+    out = register(
+        rules,
+        loc,
+        reg(f"<{PC}>;q=0.5, <sip:alice@192.0.2.11>;q=1", "<sip:alice@192.0.2.12>", expires=600),
+    )
     assert len(out.changes) == 3
     assert set(listed(out.response)) == {PC, "sip:alice@192.0.2.11", "sip:alice@192.0.2.12"}
-    assert next(b.contact for b in loc.lookup(AOR, T0)) in ("sip:alice@192.0.2.11",
-                                                         "sip:alice@192.0.2.12")
+    assert next(b.contact for b in loc.lookup(AOR, T0)) in (
+        "sip:alice@192.0.2.11",
+        "sip:alice@192.0.2.12",
+    )
 
 
 def test_same_contact_twice_in_one_request_makes_one_change(rules, loc):
     out = register(rules, loc, reg(f"<{PC}>;expires=100", f"<{PC}>;expires=200"))
     assert len(out.changes) == 1 and expires_of(out.response) == {PC: 200}
-    out = register(rules, loc, reg("<sip:alice@192.0.2.11>", "<sip:alice@192.0.2.11>;expires=0",
-                                   cseq=2))
+    out = register(
+        rules, loc, reg("<sip:alice@192.0.2.11>", "<sip:alice@192.0.2.11>;expires=0", cseq=2)
+    )
     assert out.changes == [] and expires_of(out.response) == {PC: 200}
 
 
-@pytest.mark.parametrize("bad", [f"<{PC}>;q=2", f"<{PC}>;expires=10", f"<{PC}>;q=x",
-                                 f"<{PC}>;expires=zz"])
+@pytest.mark.parametrize(
+    "bad", [f"<{PC}>;q=2", f"<{PC}>;expires=10", f"<{PC}>;q=x", f"<{PC}>;expires=zz"]
+)
 def test_one_bad_contact_fails_the_whole_request(rules, loc, bad):
     register(rules, loc, reg("<sip:alice@192.0.2.13>"))
     status = 423 if "expires=10" in bad else 400
-    fails(status, rules, loc, reg("<sip:alice@192.0.2.11>", "<sip:alice@192.0.2.13>;expires=0",
-                                  bad, cseq=2), T0 + 1)
+    fails(
+        status,
+        rules,
+        loc,
+        reg("<sip:alice@192.0.2.11>", "<sip:alice@192.0.2.13>;expires=0", bad, cseq=2),
+        T0 + 1,
+    )
 
 
 def test_one_out_of_order_contact_fails_the_whole_request(rules, loc):
@@ -275,6 +320,7 @@ def test_one_out_of_order_contact_fails_the_whole_request(rules, loc):
 
 
 # -- Call-ID / CSeq ordering --------------------------------------------------------
+
 
 @pytest.mark.parametrize("cseq", [5, 4, 1])
 def test_same_call_id_with_cseq_not_higher_fails(rules, loc, cseq):
@@ -311,6 +357,7 @@ def test_new_version_outranks_a_stored_one_stamped_by_a_clock_ahead(rules, loc):
 
 # -- Contact: * -------------------------------------------------------------------------
 
+
 def test_wildcard_with_expires_zero_removes_every_binding(rules, loc):
     register(rules, loc, reg(f"<{PC}>", "<sip:alice@192.0.2.11>", expires=600))
     register(rules, loc, reg("<sip:alice@192.0.2.12>", call_id="other", expires=60))
@@ -321,8 +368,9 @@ def test_wildcard_with_expires_zero_removes_every_binding(rules, loc):
     assert loc.lookup(AOR, T0 + 70) == []
 
 
-@pytest.mark.parametrize("contacts, expires", [(("*",), 60), (("*",), None),
-                                               (("*", f"<{PC}>"), 0), ((f"*, <{PC}>",), 0)])
+@pytest.mark.parametrize(
+    "contacts, expires", [(("*",), 60), (("*",), None), (("*", f"<{PC}>"), 0), ((f"*, <{PC}>",), 0)]
+)
 def test_wildcard_misuse_is_400(rules, loc, contacts, expires):
     register(rules, loc, reg(f"<{PC}>"))
     fails(400, rules, loc, reg(*contacts, expires=expires, cseq=2), T0 + 1)
@@ -334,6 +382,7 @@ def test_wildcard_with_old_cseq_fails(rules, loc):
 
 
 # -- the 200 -------------------------------------------------------------------------------
+
 
 def test_register_without_contact_lists_bindings(rules, loc):
     register(rules, loc, reg(f"<{PC}>;q=0.7", expires=600))
@@ -349,7 +398,9 @@ def test_expired_bindings_are_not_listed(rules, loc):
     register(rules, loc, reg(f"<{PC}>", expires=60))
     register(rules, loc, reg("<sip:alice@192.0.2.11>", call_id="c2", expires=600))
     assert set(listed(register(rules, loc, reg(), T0 + 59.5).response)) == {
-        PC, "sip:alice@192.0.2.11"}
+        PC,
+        "sip:alice@192.0.2.11",
+    }
     assert set(listed(register(rules, loc, reg(), T0 + 60).response)) == {"sip:alice@192.0.2.11"}
 
 
@@ -359,12 +410,21 @@ def test_a_live_binding_is_never_listed_with_expires_zero(rules, loc):
 
 
 def test_q_values_are_kept_and_listed(rules, loc):
-    out = register(rules, loc, reg(f"<{PC}>;q=0", "<sip:alice@192.0.2.11>;q=1.0",
-                                   "<sip:alice@192.0.2.12>;q=0.125"))
-    assert {b.contact: b.q for b in out.changes} == {PC: 0.0, "sip:alice@192.0.2.11": 1.0,
-                                                     "sip:alice@192.0.2.12": 0.125}
+    out = register(
+        rules,
+        loc,
+        reg(f"<{PC}>;q=0", "<sip:alice@192.0.2.11>;q=1.0", "<sip:alice@192.0.2.12>;q=0.125"),
+    )
+    assert {b.contact: b.q for b in out.changes} == {
+        PC: 0.0,
+        "sip:alice@192.0.2.11": 1.0,
+        "sip:alice@192.0.2.12": 0.125,
+    }
     assert {u: p.get("q") for u, p in listed(out.response).items()} == {
-        PC: "0", "sip:alice@192.0.2.11": "1", "sip:alice@192.0.2.12": "0.125"}
+        PC: "0",
+        "sip:alice@192.0.2.11": "1",
+        "sip:alice@192.0.2.12": "0.125",
+    }
 
 
 @pytest.mark.parametrize("q", ["1.5", "-0.1", "nan", "inf", "high"])
@@ -374,12 +434,16 @@ def test_q_out_of_range_or_malformed_is_400(rules, loc, q):
 
 # -- Path (RFC 3327) ------------------------------------------------------------------
 
+
 def test_path_is_kept_with_the_binding_and_echoed_when_supported(rules, loc):
     paths = ["<sip:edge1.example.test;lr>", "<sip:edge2.example.test;lr>, <sip:e3.test;lr>"]
     req = reg(f"<{PC}>", extra=[f"Path: {p}" for p in paths] + ["Supported: path"])
     out = register(rules, loc, req)
-    assert out.changes[0].path == ["<sip:edge1.example.test;lr>", "<sip:edge2.example.test;lr>",
-                                   "<sip:e3.test;lr>"]
+    assert out.changes[0].path == [
+        "<sip:edge1.example.test;lr>",
+        "<sip:edge2.example.test;lr>",
+        "<sip:e3.test;lr>",
+    ]
     assert loc.lookup(AOR, T0)[0].path == out.changes[0].path
     assert out.response.raw_values("path") == paths
 
@@ -392,6 +456,7 @@ def test_path_echo_needs_path_support(rules, loc, extra, echoed):
 
 
 # -- +sip.instance / reg-id (RFC 5626) -------------------------------------------------------
+
 
 def test_one_binding_per_instance_and_reg_id(rules, loc):
     c1 = f'<{PC};ob>;+sip.instance="{INSTANCE}";reg-id=1'
@@ -426,8 +491,12 @@ def test_reg_id_without_instance_is_ignored(rules, loc):
 
 def test_instance_binding_removed_by_expires_zero_even_from_a_new_address(rules, loc):
     register(rules, loc, reg(f'<{PC}>;+sip.instance="{INSTANCE}";reg-id=1'))
-    out = register(rules, loc, reg(f'<sip:alice@192.0.2.99>;+sip.instance="{INSTANCE}";reg-id=1',
-                                   expires=0, cseq=2), T0 + 1)
+    out = register(
+        rules,
+        loc,
+        reg(f'<sip:alice@192.0.2.99>;+sip.instance="{INSTANCE}";reg-id=1', expires=0, cseq=2),
+        T0 + 1,
+    )
     assert [b.deleted for b in out.changes] == [True] and listed(out.response) == {}
 
 
@@ -443,18 +512,35 @@ def test_an_outbound_flow_is_confirmed_with_require_outbound(rules, loc):
     assert (out.response.get("require"), out.response.get("flow-timer")) == ("outbound", "25")
 
 
-@pytest.mark.parametrize("contact, extra", [
-    (f'<{PC};ob>;+sip.instance="{INSTANCE}";reg-id=1', []),
-    (f'<{PC}>;+sip.instance="{INSTANCE}"', ["Supported: outbound"]),
-    (f"<{PC}>;reg-id=1", ["Supported: outbound"]),
-    (f"<{PC}>", ["Supported: outbound"]),
-    (f'<{PC};ob>;+sip.instance="{INSTANCE}";reg-id=1',
-     ["Supported: outbound", "Via: SIP/2.0/UDP 192.0.2.50;branch=z9hG4bK-edge"]),
-    (f'<{PC};ob>;+sip.instance="{INSTANCE}";reg-id=1',
-     ["Supported: outbound, path", "Via: SIP/2.0/UDP 192.0.2.50;branch=z9hG4bK-edge",
-      "Path: <sip:192.0.2.50;lr>"]),
-], ids=["no-supported", "no-reg-id", "no-instance", "plain", "edge-without-path",
-        "edge-path-without-ob"])
+@pytest.mark.parametrize(
+    "contact, extra",
+    [
+        (f'<{PC};ob>;+sip.instance="{INSTANCE}";reg-id=1', []),
+        (f'<{PC}>;+sip.instance="{INSTANCE}"', ["Supported: outbound"]),
+        (f"<{PC}>;reg-id=1", ["Supported: outbound"]),
+        (f"<{PC}>", ["Supported: outbound"]),
+        (
+            f'<{PC};ob>;+sip.instance="{INSTANCE}";reg-id=1',
+            ["Supported: outbound", "Via: SIP/2.0/UDP 192.0.2.50;branch=z9hG4bK-edge"],
+        ),
+        (
+            f'<{PC};ob>;+sip.instance="{INSTANCE}";reg-id=1',
+            [
+                "Supported: outbound, path",
+                "Via: SIP/2.0/UDP 192.0.2.50;branch=z9hG4bK-edge",
+                "Path: <sip:192.0.2.50;lr>",
+            ],
+        ),
+    ],
+    ids=[
+        "no-supported",
+        "no-reg-id",
+        "no-instance",
+        "plain",
+        "edge-without-path",
+        "edge-path-without-ob",
+    ],
+)
 def test_require_outbound_only_for_an_outbound_flow_that_ends_here(rules, loc, contact, extra):
     """No Require: outbound to a UA that did not ask for it, for a binding that is not
     a flow, or past an edge proxy that did not say it keeps the flow (``;ob``)."""
@@ -464,9 +550,18 @@ def test_require_outbound_only_for_an_outbound_flow_that_ends_here(rules, loc, c
 
 def test_an_edge_proxy_keeping_the_flow_gets_require_outbound(rules, loc):
     flow = f'<{PC};ob>;+sip.instance="{INSTANCE}";reg-id=1'
-    out = register(rules, loc, reg(flow, extra=[
-        "Supported: outbound, path", "Via: SIP/2.0/UDP 192.0.2.50;branch=z9hG4bK-edge",
-        "Path: <sip:192.0.2.50;lr;ob>"]))
+    out = register(
+        rules,
+        loc,
+        reg(
+            flow,
+            extra=[
+                "Supported: outbound, path",
+                "Via: SIP/2.0/UDP 192.0.2.50;branch=z9hG4bK-edge",
+                "Path: <sip:192.0.2.50;lr;ob>",
+            ],
+        ),
+    )
     assert out.response.get("require") == "outbound"
 
 
@@ -479,6 +574,7 @@ def test_removing_a_flow_is_no_flow_to_confirm(rules, loc):
 
 # -- max_contacts --------------------------------------------------------------------------------
 
+
 def test_too_many_contacts_is_403_and_nothing_applied(rules, loc):
     register(rules, loc, reg(f"<{PC}>", "<sip:alice@192.0.2.11>"))
     fails(403, rules, loc, reg("<sip:alice@192.0.2.12>", "<sip:alice@192.0.2.13>", cseq=2))
@@ -488,20 +584,32 @@ def test_too_many_contacts_is_403_and_nothing_applied(rules, loc):
 
 
 def test_max_contacts_ignores_expired_and_removed_bindings(rules, loc):
-    register(rules, loc, reg(f"<{PC}>", "<sip:alice@192.0.2.11>", "<sip:alice@192.0.2.12>",
-                             expires=60))
+    register(
+        rules, loc, reg(f"<{PC}>", "<sip:alice@192.0.2.11>", "<sip:alice@192.0.2.12>", expires=60)
+    )
     register(rules, loc, reg(f"<{PC}>;expires=0", cseq=2))
     out = register(rules, loc, reg("<sip:alice@192.0.2.13>", cseq=3))
     assert len(listed(out.response)) == 3
-    out = register(rules, loc, reg("<sip:alice@192.0.2.14>", "<sip:alice@192.0.2.15>", cseq=4),
-                   T0 + 61)
+    out = register(
+        rules, loc, reg("<sip:alice@192.0.2.14>", "<sip:alice@192.0.2.15>", cseq=4), T0 + 61
+    )
     assert len(listed(out.response)) == 3
 
 
 def test_a_table_over_the_limit_can_still_be_refreshed_and_cleaned(rules, loc):
     for i in range(5):
-        loc.put(Binding(AOR, f"sip:alice@192.0.2.{20 + i}", f"sip:alice@192.0.2.{20 + i}",
-                        T0 + 600, "old", 1, origin="n2", updated_at=T0 - 5))
+        loc.put(
+            Binding(
+                AOR,
+                f"sip:alice@192.0.2.{20 + i}",
+                f"sip:alice@192.0.2.{20 + i}",
+                T0 + 600,
+                "old",
+                1,
+                origin="n2",
+                updated_at=T0 - 5,
+            )
+        )
     out = register(rules, loc, reg("<sip:alice@192.0.2.20>", call_id="x"))
     assert len(listed(out.response)) == 5
     out = register(rules, loc, reg("<sip:alice@192.0.2.21>;expires=0", call_id="x", cseq=2))

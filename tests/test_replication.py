@@ -7,24 +7,66 @@ import pytest
 
 from sipcore.location import Binding, Location, tombstone
 from sipcore.protocol import PROTOCOL_VERSION
-from sipcore.replication import (ALIVE, DEAD, MAX_VERSIONS, SUSPECTED, SYNCED, SYNCING, UNKNOWN,
-                                 ApplyBindings, Heartbeat, Liveness, Notice, Replication,
-                                 RequestSnapshot, SetDigest, SkewMeter, SnapshotAssembler,
-                                 SnapshotError, Update, WireError, decode_heartbeat,
-                                 decode_snapshot_request, decode_update, encode_heartbeat,
-                                 encode_snapshot_request, encode_update, row_binding,
-                                 snapshot_stream)
+from sipcore.replication import (
+    ALIVE,
+    DEAD,
+    MAX_VERSIONS,
+    SUSPECTED,
+    SYNCED,
+    SYNCING,
+    UNKNOWN,
+    ApplyBindings,
+    Heartbeat,
+    Liveness,
+    Notice,
+    Replication,
+    RequestSnapshot,
+    SetDigest,
+    SkewMeter,
+    SnapshotAssembler,
+    SnapshotError,
+    Update,
+    WireError,
+    decode_heartbeat,
+    decode_snapshot_request,
+    decode_update,
+    encode_heartbeat,
+    encode_snapshot_request,
+    encode_update,
+    row_binding,
+    snapshot_stream,
+)
 
 T0 = 1_700_000_000.0
 
 
-def b(user="alice", contact=None, seq=1, origin="n1", epoch=1, cseq=1, call_id=None,
-      updated_at=T0, expires_at=T0 + 3600, **kw) -> Binding:
+def b(
+    user="alice",
+    contact=None,
+    seq=1,
+    origin="n1",
+    epoch=1,
+    cseq=1,
+    call_id=None,
+    updated_at=T0,
+    expires_at=T0 + 3600,
+    **kw,
+) -> Binding:
     """A binding of ``sip:user@example.test`` stamped by ``origin``."""
     contact = contact or f"sip:{user}@10.0.0.1:5060"
-    return Binding(aor=f"sip:{user}@example.test", key=contact, contact=contact,
-                   expires_at=expires_at, call_id=call_id or f"cid-{user}", cseq=cseq,
-                   origin=origin, epoch=epoch, seq=seq, updated_at=updated_at, **kw)
+    return Binding(
+        aor=f"sip:{user}@example.test",
+        key=contact,
+        contact=contact,
+        expires_at=expires_at,
+        call_id=call_id or f"cid-{user}",
+        cseq=cseq,
+        origin=origin,
+        epoch=epoch,
+        seq=seq,
+        updated_at=updated_at,
+        **kw,
+    )
 
 
 def update(first, n=1, origin="n1", epoch=1, sent_at=T0) -> Update:
@@ -39,26 +81,37 @@ def kinds(actions, cls):
 
 # -- wire format -------------------------------------------------------------------------
 
+
 def test_update_round_trip_keeps_every_field():
-    full = b(seq=7, q=0.5, path=["<sip:edge@10.0.0.9;lr>"], instance="urn:uuid:1", reg_id=2,
-             received="udp:10.0.0.1:5060", user_agent="Phone/1.0 ünïcode")
+    full = b(
+        seq=7,
+        q=0.5,
+        path=["<sip:edge@10.0.0.9;lr>"],
+        instance="urn:uuid:1",
+        reg_id=2,
+        received="udp:10.0.0.1:5060",
+        user_agent="Phone/1.0 ünïcode",
+    )
     later = b(user="bob", seq=8, deleted=True)
     upd = decode_update(encode_update("n1", 1, T0 + 0.25, [full, later]))
     assert (upd.origin, upd.epoch, upd.first, upd.last, upd.sent_at) == ("n1", 1, 7, 8, T0 + 0.25)
     assert upd.bindings == [full, later]
 
 
-@pytest.mark.parametrize("body, match", [
-    (b"\xff\xfe", "not JSON"),
-    (b"[1, 2]", "JSON object"),
-    (b'{"e": 1, "t": 1.0, "b": []}', "missing field 'id'"),
-    (b'{"id": "n1", "e": true, "t": 1.0, "b": []}', "must be a integer"),
-    (b'{"id": "n1", "e": 1, "t": "now", "b": []}', "must be a number"),
-    (b'{"id": "n1", "e": 1, "t": NaN, "b": []}', "non-finite"),
-    (b'{"id": "n1", "e": 1, "t": 1.0, "b": []}', "without bindings"),
-    (b'{"id": "n1", "e": 1, "t": 1.0, "b": [[1, 2]]}', "list of 17 fields"),
-    (b'{"id": "n1", "e": 1, "t": 1.0, "b": {}}', "must be a list"),
-])
+@pytest.mark.parametrize(
+    "body, match",
+    [
+        (b"\xff\xfe", "not JSON"),
+        (b"[1, 2]", "JSON object"),
+        (b'{"e": 1, "t": 1.0, "b": []}', "missing field 'id'"),
+        (b'{"id": "n1", "e": true, "t": 1.0, "b": []}', "must be a integer"),
+        (b'{"id": "n1", "e": 1, "t": "now", "b": []}', "must be a number"),
+        (b'{"id": "n1", "e": 1, "t": NaN, "b": []}', "non-finite"),
+        (b'{"id": "n1", "e": 1, "t": 1.0, "b": []}', "without bindings"),
+        (b'{"id": "n1", "e": 1, "t": 1.0, "b": [[1, 2]]}', "list of 17 fields"),
+        (b'{"id": "n1", "e": 1, "t": 1.0, "b": {}}', "must be a list"),
+    ],
+)
 def test_decode_update_rejects_malformed_bodies(body, match):
     with pytest.raises(WireError, match=match):
         decode_update(body)
@@ -70,15 +123,24 @@ def _row_body(mutate) -> bytes:
     return json.dumps(obj).encode()
 
 
-@pytest.mark.parametrize("index, value, match", [
-    (5, True, "cseq must be a integer"), (5, -1, "not be negative"), (3, 1e999, "finite"),
-    (7, [1], "path must be a list of strings"), (7, "x", "path must be a list"),
-    (16, 0, "deleted must be a boolean"), (0, "", "must not be empty"),
-    (12, None, "origin is missing"), (6, "high", "q must be a number"),
-])
+@pytest.mark.parametrize(
+    "index, value, match",
+    [
+        (5, True, "cseq must be a integer"),
+        (5, -1, "not be negative"),
+        (3, 1e999, "finite"),
+        (7, [1], "path must be a list of strings"),
+        (7, "x", "path must be a list"),
+        (16, 0, "deleted must be a boolean"),
+        (0, "", "must not be empty"),
+        (12, None, "origin is missing"),
+        (6, "high", "q must be a number"),
+    ],
+)
 def test_decode_update_rejects_bad_binding_fields(index, value, match):
     def mutate(row):
         row[index] = value
+
     with pytest.raises(WireError, match=match):
         decode_update(_row_body(mutate))
 
@@ -121,6 +183,7 @@ def test_heartbeat_and_request_round_trip():
 
 # -- snapshots -----------------------------------------------------------------------------
 
+
 def stream(bindings, batch=3, request=5, epoch=2, seq=40):
     return list(snapshot_stream(request, bindings, batch, epoch, seq))
 
@@ -155,8 +218,9 @@ def test_snapshot_truncated_stream_is_detected():
     asm = SnapshotAssembler(5)
     asm.add(msgs[0][1])
     asm.add(msgs[1][1])
-    with pytest.raises(SnapshotError, match="incomplete: got 6 bindings in 2 batches, "
-                                            "server sent 9 in 3"):
+    with pytest.raises(
+        SnapshotError, match="incomplete: got 6 bindings in 2 batches, server sent 9 in 3"
+    ):
         asm.finish(msgs[-1][1])
 
 
@@ -191,8 +255,9 @@ def test_snapshot_of_another_request_is_rejected():
 
 def test_rows_sharing_call_id_and_cseq_all_survive_a_snapshot():
     """sipXecs dropped rows with equal Call-ID and CSeq: one REGISTER, several contacts."""
-    one_register = [b(contact=f"sip:alice@10.0.0.{i}", call_id="same", cseq=7, seq=i)
-                    for i in range(1, 6)]
+    one_register = [
+        b(contact=f"sip:alice@10.0.0.{i}", call_id="same", cseq=7, seq=i) for i in range(1, 6)
+    ]
     msgs = stream(one_register, batch=2)
     asm = SnapshotAssembler(5)
     got = [x for _, body, _ in msgs[:-1] for x in asm.add(body)]
@@ -203,6 +268,7 @@ def test_rows_sharing_call_id_and_cseq_all_survive_a_snapshot():
 
 
 # -- merge order ----------------------------------------------------------------------------
+
 
 def test_update_applied_twice_changes_nothing():
     loc = Location()
@@ -255,6 +321,7 @@ def test_ties_break_on_origin_so_every_node_picks_the_same():
 
 # -- set digest -----------------------------------------------------------------------------
 
+
 def test_set_digest_is_order_independent_and_content_sensitive():
     items = [b(user=f"u{i}", seq=i) for i in range(50)] + [b(user="t", deleted=True)]
     d1 = SetDigest().add(items).summary()
@@ -266,6 +333,7 @@ def test_set_digest_is_order_independent_and_content_sensitive():
 
 
 # -- liveness and skew ----------------------------------------------------------------------
+
 
 def test_liveness_transitions_with_a_fake_clock():
     lv = Liveness(suspect_after=1.5, dead_after=5.0)
@@ -281,8 +349,9 @@ def test_liveness_transitions_with_a_fake_clock():
 
 def beats(meter, offset, start, n, every=0.5):
     """Feed ``n`` heartbeats sent every ``every`` s by a clock ``offset`` s ahead of ours."""
-    changed = [meter.observe(T0 + start + i * every + offset, T0 + start + i * every)
-               for i in range(n)]
+    changed = [
+        meter.observe(T0 + start + i * every + offset, T0 + start + i * every) for i in range(n)
+    ]
     return any(changed)
 
 
@@ -315,6 +384,7 @@ def test_heartbeat_of_a_peer_back_from_a_pause_still_counts():
 
 # -- sync rules -----------------------------------------------------------------------------
 
+
 def core(peers=("n2", "n3"), now=0.0, **kw):
     kw = {"suspect_after": 1.5, "dead_after": 5.0, "alone_wait": 3.0, **kw}
     return Replication("n1", peers, now, **kw)
@@ -328,8 +398,9 @@ def test_skew_is_reported_by_the_sync_rules():
     r = core(peers=("n2",), heartbeat=0.5)
     notices = []
     for i in range(4):
-        notices += kinds(r.heartbeat_received("n2", hb(wall=T0 + 3 + i * 0.5), i * 0.5,
-                                              T0 + i * 0.5), Notice)
+        notices += kinds(
+            r.heartbeat_received("n2", hb(wall=T0 + 3 + i * 0.5), i * 0.5, T0 + i * 0.5), Notice
+        )
     assert any("clock of n2 is +3.000 s off ours" in n.text and n.warning for n in notices)
     assert r.peers["n2"].status()["skewed"] is True
 
@@ -520,6 +591,7 @@ def test_row_binding_builds_a_binding():
 
 # -- version vectors: gaps of a third origin ------------------------------------------------
 
+
 def test_heartbeat_and_end_marker_carry_version_vectors():
     hb_ = decode_heartbeat(encode_heartbeat("n2", T0, 3, 41, SYNCED, {"n3": (2, 7), "n1": (5, 0)}))
     assert hb_.versions == {"n3": (2, 7), "n1": (5, 0)}
@@ -530,11 +602,19 @@ def test_heartbeat_and_end_marker_carry_version_vectors():
     assert asm.finish(msgs[-1][1]).versions == {"n3": (1, 9)}
 
 
-@pytest.mark.parametrize("vector", [
-    "[]", '{"n3": [1]}', '{"n3": [1, -1]}', '{"n3": [true, 1]}', '{"n3": [1.5, 1]}',
-    '{"n3": "1/2"}', '{"": [1, 2]}',
-    json.dumps({f"n{i}": [1, 1] for i in range(MAX_VERSIONS + 1)}),
-])
+@pytest.mark.parametrize(
+    "vector",
+    [
+        "[]",
+        '{"n3": [1]}',
+        '{"n3": [1, -1]}',
+        '{"n3": [true, 1]}',
+        '{"n3": [1.5, 1]}',
+        '{"n3": "1/2"}',
+        '{"": [1, 2]}',
+        json.dumps({f"n{i}": [1, 1] for i in range(MAX_VERSIONS + 1)}),
+    ],
+)
 def test_bad_version_vectors_are_wire_errors(vector):
     body = ('{"id": "n2", "t": 1.0, "e": 1, "s": 0, "st": "synced", "v": %s}' % vector).encode()
     with pytest.raises(WireError):
@@ -578,25 +658,33 @@ def test_versions_report_direct_and_relayed_streams_but_never_our_own():
 def test_peer_holding_what_a_dead_origin_sent_last_is_asked_for_a_snapshot():
     """n3 sent seq 3, n1 missed it, n2 got it; n3 dies before a heartbeat reveals the gap."""
     r = both_joined()
-    assert kinds(r.heartbeat_received("n2", hbv(versions={"n3": (1, 3)}), 0.2, T0),
-                 RequestSnapshot) == []
-    assert kinds(r.heartbeat_received("n2", hbv(versions={"n3": (1, 3)}), 1.0, T0),
-                 RequestSnapshot) == [], "n3 is still alive: its own heartbeat will tell"
+    assert (
+        kinds(r.heartbeat_received("n2", hbv(versions={"n3": (1, 3)}), 0.2, T0), RequestSnapshot)
+        == []
+    )
+    assert (
+        kinds(r.heartbeat_received("n2", hbv(versions={"n3": (1, 3)}), 1.0, T0), RequestSnapshot)
+        == []
+    ), "n3 is still alive: its own heartbeat will tell"
     r.tick(1.7)
     assert r.peers["n3"].liveness.state == SUSPECTED
     acts = r.heartbeat_received("n2", hbv(versions={"n3": (1, 3)}), 1.7, T0)
     (req,) = kinds(acts, RequestSnapshot)
     assert (req.peer, req.reason) == ("n2", "relay")
-    assert any("gap from n3" in n.text and "n2 holds 1/3, we hold 1/2" in n.text
-               for n in kinds(acts, Notice))
+    assert any(
+        "gap from n3" in n.text and "n2 holds 1/3, we hold 1/2" in n.text
+        for n in kinds(acts, Notice)
+    )
     assert r.peers["n3"].counts["gaps"] == 1 and r.peers["n2"].reasons["relay"] == 1
     r.snapshot_completed("n2", req.request, 1, 0, 1.8, {"n3": (1, 3)})
     assert r.versions()["n3"] == (1, 3)
     assert (r.peers["n3"].epoch, r.peers["n3"].seq) == (1, 2)
     for t in (2.5, 3.0, 6.0):
         r.tick(t)
-        assert kinds(r.heartbeat_received("n2", hbv(versions={"n3": (1, 3)}), t, T0),
-                     RequestSnapshot) == []
+        assert (
+            kinds(r.heartbeat_received("n2", hbv(versions={"n3": (1, 3)}), t, T0), RequestSnapshot)
+            == []
+        )
 
 
 def test_a_claim_must_last_the_grace_period():
@@ -615,8 +703,10 @@ def test_claims_about_an_origin_alive_to_us_never_ask_a_relay():
     for i in range(20):
         t = 0.2 + i * 0.4
         r.heartbeat_received("n3", hb("n3", seq=2), t, T0)
-        assert kinds(r.heartbeat_received("n2", hbv(versions={"n3": (1, 5)}), t, T0),
-                     RequestSnapshot) == []
+        assert (
+            kinds(r.heartbeat_received("n2", hbv(versions={"n3": (1, 5)}), t, T0), RequestSnapshot)
+            == []
+        )
         r.tick(t)
 
 
@@ -626,35 +716,44 @@ def test_a_claim_caught_up_by_the_origin_stream_is_forgotten():
     r.update_received("n3", update(3, origin="n3"), 0.3)
     r.tick(2.0)
     assert r.peers["n3"].liveness.state == SUSPECTED
-    assert kinds(r.heartbeat_received("n2", hbv(versions={"n3": (1, 3)}), 2.0, T0),
-                 RequestSnapshot) == []
-    assert kinds(r.heartbeat_received("n2", hbv(versions={"n3": (1, 3)}), 3.0, T0),
-                 RequestSnapshot) == []
+    assert (
+        kinds(r.heartbeat_received("n2", hbv(versions={"n3": (1, 3)}), 2.0, T0), RequestSnapshot)
+        == []
+    )
+    assert (
+        kinds(r.heartbeat_received("n2", hbv(versions={"n3": (1, 3)}), 3.0, T0), RequestSnapshot)
+        == []
+    )
 
 
 def test_a_newer_epoch_of_a_dead_origin_is_a_gap_too():
     r = both_joined()
     r.tick(2.0)
     r.heartbeat_received("n2", hbv(versions={"n3": (2, 1)}), 2.0, T0)
-    (req,) = kinds(r.heartbeat_received("n2", hbv(versions={"n3": (2, 1)}), 2.6, T0),
-                   RequestSnapshot)
+    (req,) = kinds(
+        r.heartbeat_received("n2", hbv(versions={"n3": (2, 1)}), 2.6, T0), RequestSnapshot
+    )
     assert req.reason == "relay"
 
 
 def test_an_origin_never_heard_is_covered_by_the_relay_join_snapshot():
     """n1 starts after n3 died: the join snapshot of n2 says what it held of n3."""
     r = core(relay_grace=0.5)
-    (req,) = kinds(r.heartbeat_received("n2", hbv(versions={"n3": (1, 9)}), 0.0, T0),
-                   RequestSnapshot)
+    (req,) = kinds(
+        r.heartbeat_received("n2", hbv(versions={"n3": (1, 9)}), 0.0, T0), RequestSnapshot
+    )
     assert req.reason == "join"
     r.snapshot_completed("n2", req.request, 1, 0, 0.1, {"n3": (1, 9)})
     for t in (0.5, 1.0, 4.0):
         r.tick(t)
-        assert kinds(r.heartbeat_received("n2", hbv(versions={"n3": (1, 9)}), t, T0),
-                     RequestSnapshot) == []
+        assert (
+            kinds(r.heartbeat_received("n2", hbv(versions={"n3": (1, 9)}), t, T0), RequestSnapshot)
+            == []
+        )
     r.heartbeat_received("n2", hbv(versions={"n3": (1, 10)}), 4.1, T0)
-    (req,) = kinds(r.heartbeat_received("n2", hbv(versions={"n3": (1, 10)}), 4.7, T0),
-                   RequestSnapshot)
+    (req,) = kinds(
+        r.heartbeat_received("n2", hbv(versions={"n3": (1, 10)}), 4.7, T0), RequestSnapshot
+    )
     assert req.reason == "relay"
 
 
@@ -671,10 +770,11 @@ def test_no_relay_while_the_sender_itself_is_being_synced():
     r.tick(2.0)
     claim = {"n3": (1, 3)}
     r.heartbeat_received("n2", hbv(versions=claim), 2.0, T0)
-    (req,) = kinds(r.heartbeat_received("n2", hbv(versions=claim, seq=4), 2.1, T0),
-                   RequestSnapshot)
+    (req,) = kinds(r.heartbeat_received("n2", hbv(versions=claim, seq=4), 2.1, T0), RequestSnapshot)
     assert req.reason == "gap"
-    assert kinds(r.heartbeat_received("n2", hbv(versions=claim, seq=4), 3.0, T0),
-                 RequestSnapshot) == []
+    assert (
+        kinds(r.heartbeat_received("n2", hbv(versions=claim, seq=4), 3.0, T0), RequestSnapshot)
+        == []
+    )
     r.snapshot_completed("n2", req.request, 1, 4, 3.1, claim)
     assert r.versions()["n3"] == (1, 3)

@@ -39,9 +39,14 @@ def master(tmp_path):
 
 
 def client(settings, restarts=None):
-    app = create_app({"SECRET_KEY": "k", "MASTER_SETTINGS": settings,
-                      "RESTART": (lambda: restarts.append(1)) if restarts is not None else None},
-                     Poked())
+    app = create_app(
+        {
+            "SECRET_KEY": "k",
+            "MASTER_SETTINGS": settings,
+            "RESTART": (lambda: restarts.append(1)) if restarts is not None else None,
+        },
+        Poked(),
+    )
     return app.test_client()
 
 
@@ -120,8 +125,13 @@ def test_hostile_uploads_are_refused_and_change_nothing(master, tmp_path, monkey
     good = str(tmp_path / "b.tar.gz")
     make_backup(master, good)
     tampered = str(tmp_path / "tampered.tar.gz")
-    rewrite(good, tampered, lambda name, raw: raw.replace(b'"amy"', b'"eve"')
-            if name == "db/master_users.jsonl" else raw)
+    rewrite(
+        good,
+        tampered,
+        lambda name, raw: (
+            raw.replace(b'"amy"', b'"eve"') if name == "db/master_users.jsonl" else raw
+        ),
+    )
     climbing = str(tmp_path / "climbing.tar.gz")
     members(good, climbing, tarfile.TarInfo("../../evil"))
     link = tarfile.TarInfo("files/master.secret")
@@ -140,9 +150,12 @@ def test_hostile_uploads_are_refused_and_change_nothing(master, tmp_path, monkey
     assert r.status_code == 403 and "wrong password" in r.get_data(as_text=True)
     corrupt = tmp_path / "corrupt.tar.gz"
     corrupt.write_bytes(b"\x1f\x8b" + os.urandom(4000))
-    for path, why in ((str(corrupt), "not a readable backup archive"),
-                      (tampered, "does not match the manifest"),
-                      (climbing, "not one of ours"), (linked, "not one of ours")):
+    for path, why in (
+        (str(corrupt), "not a readable backup archive"),
+        (tampered, "does not match the manifest"),
+        (climbing, "not one of ours"),
+        (linked, "not one of ours"),
+    ):
         r = upload(c, path)
         assert r.status_code == 400 and why in r.get_data(as_text=True), path
         assert "nothing changed" in r.get_data(as_text=True)
@@ -158,14 +171,21 @@ def dashboard_restore(url: str, password: str, path: str) -> requests.Response:
     """Log in to the dashboard at ``url`` and upload the archive ``path`` to restore it."""
     s = requests.Session()
     page = s.get(f"{url}/login", timeout=10).text
-    s.post(f"{url}/login", data={"csrf_token": token(page), "username": "admin",
-                                 "password": password}, timeout=10)
+    s.post(
+        f"{url}/login",
+        data={"csrf_token": token(page), "username": "admin", "password": password},
+        timeout=10,
+    )
     page = s.get(f"{url}/backup", timeout=10).text
     assert "Restore and restart" in page
     with open(path, "rb") as f:
-        return s.post(f"{url}/backup/restore", timeout=30, allow_redirects=False,
-                      data={"csrf_token": token(page), "password": password},
-                      files={"archive": ("backup.tar.gz", f, "application/gzip")})
+        return s.post(
+            f"{url}/backup/restore",
+            timeout=30,
+            allow_redirects=False,
+            data={"csrf_token": token(page), "password": password},
+            files={"archive": ("backup.tar.gz", f, "application/gzip")},
+        )
 
 
 def test_restored_from_the_dashboard_the_running_master_comes_back_accepted(tmp_path):
@@ -179,15 +199,22 @@ def test_restored_from_the_dashboard_the_running_master_comes_back_accepted(tmp_
 
     def write_config(name: str, port: int, nodes: str = "") -> str:
         path = str(tmp_path / f"{name}.toml")
-        write_private(path, f'[master]\nlisten = "127.0.0.1:{port}"\n'
-                            f'data_dir = "{tmp_path}/{name}"\ndomain = "example.test"\n'
-                            f'push_interval = 0.3\n[backup]\nevery = 0\n' + nodes)
+        write_private(
+            path,
+            f'[master]\nlisten = "127.0.0.1:{port}"\n'
+            f'data_dir = "{tmp_path}/{name}"\ndomain = "example.test"\n'
+            f"push_interval = 0.3\n[backup]\nevery = 0\n" + nodes,
+        )
         return path
 
     def start(config: str, name: str) -> subprocess.Popen:
         with open(tmp_path / f"{name}.log", "ab") as log:
-            return subprocess.Popen([sys.executable, os.path.join(ROOT, "run.py"), "master",
-                                     "--config", config], stdout=log, stderr=log, cwd=ROOT)
+            return subprocess.Popen(
+                [sys.executable, os.path.join(ROOT, "run.py"), "master", "--config", config],
+                stdout=log,
+                stderr=log,
+                cwd=ROOT,
+            )
 
     port = free_port()
     config = write_config("m", port)
@@ -196,8 +223,12 @@ def test_restored_from_the_dashboard_the_running_master_comes_back_accepted(tmp_
     public = (tmp_path / "m" / "master.public").read_text().strip()
     cluster = Cluster(str(tmp_path), 1, settings={"master_key": public, "alone_wait": 0.5})
     m, n = cluster.members["node1"], cluster.nodes[0]
-    config = write_config("m", port, f'[[nodes]]\nid = "node1"\nsip = "{n.address}:{n.port}"\n'
-                                     f'control = "{m.control}"\npublic_key = "{m.public_key}"\n')
+    config = write_config(
+        "m",
+        port,
+        f'[[nodes]]\nid = "node1"\nsip = "{n.address}:{n.port}"\n'
+        f'control = "{m.control}"\npublic_key = "{m.public_key}"\n',
+    )
     url = f"http://127.0.0.1:{port}"
 
     def acked(version):
@@ -210,15 +241,18 @@ def test_restored_from_the_dashboard_the_running_master_comes_back_accepted(tmp_
     try:
         cluster.start()
         procs.append(start(config, "m"))
-        assert wait_for(lambda: api(f"{url}/api/config", password), 20), \
-            (tmp_path / "m.log").read_text()
-        version = api(f"{url}/api/users", password, "POST",
-                      {"username": "amy", "password": "amy-pw"})["version"]
+        assert wait_for(lambda: api(f"{url}/api/config", password), 20), (
+            tmp_path / "m.log"
+        ).read_text()
+        version = api(
+            f"{url}/api/users", password, "POST", {"username": "amy", "password": "amy-pw"}
+        )["version"]
         assert wait_for(acked(version), 10)
         path = str(tmp_path / "backup.tar.gz")
         assert run_master("backup", path, config=config).returncode == 0
-        version = api(f"{url}/api/users", password, "POST",
-                      {"username": "bob", "password": "bob-pw"})["version"]
+        version = api(
+            f"{url}/api/users", password, "POST", {"username": "bob", "password": "bob-pw"}
+        )["version"]
         assert wait_for(acked(version), 10) and registered(n, "bob", "bob-pw")
 
         # An upload over the cap is refused from its Content-Length, before it is read.
@@ -247,8 +281,11 @@ def test_restored_from_the_dashboard_the_running_master_comes_back_accepted(tmp_
         assert rows and rows[0]["actor"] == "admin"
         s = requests.Session()
         page = s.get(f"{url}/login", timeout=10).text
-        s.post(f"{url}/login", data={"csrf_token": token(page), "username": "admin",
-                                     "password": password}, timeout=10)
+        s.post(
+            f"{url}/login",
+            data={"csrf_token": token(page), "username": "admin", "password": password},
+            timeout=10,
+        )
         page = s.get(f"{url}/backup", timeout=10).text
         assert re.search(r"restore-result.*applied", page, re.S), page
         procs[0].terminate()
@@ -266,8 +303,9 @@ def test_restored_from_the_dashboard_the_running_master_comes_back_accepted(tmp_
         assert r.status_code == 303, r.text
         assert wait_for(lambda: users() == ["amy"], 30), (tmp_path / "fresh.log").read_text()
         assert (tmp_path / "fresh" / "master.public").read_text().strip() == public
-        version = api(f"{url}/api/users", password, "POST",
-                      {"username": "cat", "password": "cat-pw"})["version"]
+        version = api(
+            f"{url}/api/users", password, "POST", {"username": "cat", "password": "cat-pw"}
+        )["version"]
         assert wait_for(acked(version), 10), (tmp_path / "fresh.log").read_text()
         assert registered(n, "cat", "cat-pw") and registered(n, "amy", "amy-pw")
     finally:

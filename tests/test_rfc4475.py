@@ -27,13 +27,19 @@ import pytest
 
 from loadtest.harness import NodeProcess
 from sipcore.errors import SipError
-from sipcore.message import (Request, Response, StreamFramer, error_response, make_response,
-                             parse_message)
+from sipcore.message import (
+    Request,
+    Response,
+    StreamFramer,
+    error_response,
+    make_response,
+    parse_message,
+)
 from sipcore.proxy import ProxySettings, check_request
 from sipcore.transaction import server_key
 from tests.rfc4475_messages import MESSAGES
 
-DOMAIN = "example.com"     # the RFC's domain, made the node's own
+DOMAIN = "example.com"  # the RFC's domain, made the node's own
 
 
 @dataclass(frozen=True)
@@ -64,14 +70,21 @@ def wsinv(m):
     assert m.from_.name == 'J Rosenberg \\"'
     assert (m.max_forwards, m.cseq, m.call_id) == (68, (9, "INVITE"), "wsinv.ndaksdj@192.0.2.1")
     assert [(v.transport, v.host, v.branch) for v in m.vias] == [
-        ("UDP", "192.0.2.2", "390skdjuw"), ("TCP", "spindle.example.com", "z9hG4bK9ikj8"),
-        ("UDP", "192.168.255.111", "z9hG4bK30239")]
-    assert m.get("subject") == "" and m.get("NewFangledHeader") == "newfangled value continued newfangled value"
+        ("UDP", "192.0.2.2", "390skdjuw"),
+        ("TCP", "spindle.example.com", "z9hG4bK9ikj8"),
+        ("UDP", "192.168.255.111", "z9hG4bK30239"),
+    ]
+    assert (
+        m.get("subject") == ""
+        and m.get("NewFangledHeader") == "newfangled value continued newfangled value"
+    )
     assert m.get("UnknownHeaderWithUnusualValue") == ";;,,;;,;"
     [contact] = m.contacts
     assert contact.name == 'Quoted string ""' and contact.q == 0.33
     assert contact.params["newparam"] == "newvalue" and "secondparam" in contact.params
-    assert m.get_all("route") == ["<sip:services.example.com;lr;unknownwith=value;unknown-no-value>"]
+    assert m.get_all("route") == [
+        "<sip:services.example.com;lr;unknownwith=value;unknown-no-value>"
+    ]
     assert len(m.body) == 150
 
 
@@ -175,12 +188,14 @@ def badbranch(m):
 
 def proxy_checks(status: int, words: str, unsupported: str | None = None):
     """A check that §16.3 validation at a proxy answers ``status``."""
+
     def check(m):
         with pytest.raises(SipError) as exc:
             check_request(m, ProxySettings(domain=DOMAIN, address="192.0.2.200", port=5060))
         assert (exc.value.status, words in exc.value.reason) == (status, True), exc.value
         if unsupported is not None:
             assert dict(exc.value.headers)["Unsupported"] == unsupported
+
     return check
 
 
@@ -246,7 +261,7 @@ OUTCOMES: dict[str, Outcome] = {
     "3.1.2.4": Outcome(400, "CSeq number too large"),
     "3.1.2.5": Outcome(None, kind="drop"),
     "3.1.2.6": Outcome(400, "unterminated quoted string"),
-    "3.1.2.7": Outcome(400, "bad Request-URI"),          # not liberal: the brackets are refused
+    "3.1.2.7": Outcome(400, "bad Request-URI"),  # not liberal: the brackets are refused
     "3.1.2.8": Outcome(400, "whitespace in Request-URI"),
     "3.1.2.9": Outcome(400, "extra whitespace in request line"),
     "3.1.2.10": Outcome(400, "extra whitespace in request line"),
@@ -271,10 +286,14 @@ OUTCOMES: dict[str, Outcome] = {
     # A registrar needs SIP URIs in To and From: 400.
     "3.3.4": Outcome(400, "unsupported URI scheme"),
     # A proxy answers 420 listing the Proxy-Require options it lacks.
-    "3.3.5": Outcome(None, check=proxy_checks(420, "Bad Extension",
-                                               "noProxiesSupportThis, norDoAnyProxiesSupportThis")),
-    "3.3.6": Outcome(None, check=invut),          # a proxy forwards what it need not read
-    "3.3.7": Outcome(None, check=regaut01),       # the registrar challenges (401)
+    "3.3.5": Outcome(
+        None,
+        check=proxy_checks(
+            420, "Bad Extension", "noProxiesSupportThis, norDoAnyProxiesSupportThis"
+        ),
+    ),
+    "3.3.6": Outcome(None, check=invut),  # a proxy forwards what it need not read
+    "3.3.7": Outcome(None, check=regaut01),  # the registrar challenges (401)
     "3.3.8": Outcome(400, "more than one From header"),
     "3.3.9": Outcome(400, "more than one Content-Length header"),
     # Taken by the parser; a proxy drops it: its top Via is not the proxy's.
@@ -283,7 +302,7 @@ OUTCOMES: dict[str, Outcome] = {
     "3.3.12": Outcome(None, check=cparam01),
     "3.3.13": Outcome(None, check=cparam02),
     "3.3.14": Outcome(None, check=regescrt),
-    "3.3.15": Outcome(None, check=sdp01),         # a proxy forwards; the endpoint answers 406
+    "3.3.15": Outcome(None, check=sdp01),  # a proxy forwards; the endpoint answers 406
     # §3.4 backward compatibility.
     "3.4.1": Outcome(None, check=inv2543),
 }
@@ -334,17 +353,34 @@ def test_dblreq_over_tcp_is_two_requests():
 #: sections sent to the node: (what the node answers, or None for silence, and
 #: a header the answer must hold)
 NODE_SAMPLE = {
-    "3.1.1.2": (407, "Proxy-Authenticate"),   # parsed whole; its From names the domain
-    "3.1.1.8": (401, "WWW-Authenticate"),     # the REGISTER is challenged, the INVITE ignored
-    "3.1.1.12": (None, None), "3.1.1.13": (None, None),   # responses to nothing: dropped
-    "3.1.2.1": (400, None), "3.1.2.2": (400, None), "3.1.2.3": (400, None),
-    "3.1.2.4": (400, None), "3.1.2.5": (None, None), "3.1.2.6": (400, None),
-    "3.1.2.7": (400, None), "3.1.2.9": (400, None), "3.1.2.11": (400, None),
-    "3.1.2.15": (400, None), "3.1.2.16": (505, None), "3.1.2.17": (400, None),
-    "3.1.2.18": (400, None), "3.1.2.19": (None, None),
-    "3.3.1": (400, None), "3.3.2": (416, None), "3.3.3": (416, None), "3.3.4": (400, None),
-    "3.3.5": (420, "Unsupported"), "3.3.7": (401, "WWW-Authenticate"), "3.3.8": (400, None),
-    "3.3.9": (400, None), "3.3.10": (None, None), "3.3.11": (483, None),
+    "3.1.1.2": (407, "Proxy-Authenticate"),  # parsed whole; its From names the domain
+    "3.1.1.8": (401, "WWW-Authenticate"),  # the REGISTER is challenged, the INVITE ignored
+    "3.1.1.12": (None, None),
+    "3.1.1.13": (None, None),  # responses to nothing: dropped
+    "3.1.2.1": (400, None),
+    "3.1.2.2": (400, None),
+    "3.1.2.3": (400, None),
+    "3.1.2.4": (400, None),
+    "3.1.2.5": (None, None),
+    "3.1.2.6": (400, None),
+    "3.1.2.7": (400, None),
+    "3.1.2.9": (400, None),
+    "3.1.2.11": (400, None),
+    "3.1.2.15": (400, None),
+    "3.1.2.16": (505, None),
+    "3.1.2.17": (400, None),
+    "3.1.2.18": (400, None),
+    "3.1.2.19": (None, None),
+    "3.3.1": (400, None),
+    "3.3.2": (416, None),
+    "3.3.3": (416, None),
+    "3.3.4": (400, None),
+    "3.3.5": (420, "Unsupported"),
+    "3.3.7": (401, "WWW-Authenticate"),
+    "3.3.8": (400, None),
+    "3.3.9": (400, None),
+    "3.3.10": (None, None),
+    "3.3.11": (483, None),
 }
 
 #: the top Via's sent-by, on one line, and what follows it
@@ -384,8 +420,11 @@ HEADER_TIMEOUT = 2.0
 @pytest.fixture(scope="module")
 def node(tmp_path_factory):
     """A node of the RFC's domain, ``example.com``."""
-    n = NodeProcess(str(tmp_path_factory.mktemp("rfc4475")), domain=DOMAIN,
-                    limits=f"udp_rate = 0\ntcp_header_timeout = {HEADER_TIMEOUT}").start()
+    n = NodeProcess(
+        str(tmp_path_factory.mktemp("rfc4475")),
+        domain=DOMAIN,
+        limits=f"udp_rate = 0\ntcp_header_timeout = {HEADER_TIMEOUT}",
+    ).start()
     yield n
     n.stop()
 
@@ -457,9 +496,11 @@ def test_node_survives_overlarge_values_in_a_relayed_response(node):
     # Via is the node's is relayed to the next Via; an rport of 99999 there once
     # reached sendto, whose OverflowError killed the proxy actor and the node.
     for second in ("rport=99999", "rport=abc", "rport=\u0661", "received=evil.example"):
-        data = (f"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP {node.address}:{node.port};branch=z9hG4bKs1\r\n"
-                f"Via: SIP/2.0/UDP 127.0.0.1;{second}\r\nFrom: <sip:a@b>;tag=1\r\n"
-                "To: <sip:a@b>;tag=2\r\nCall-ID: x\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n")
+        data = (
+            f"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP {node.address}:{node.port};branch=z9hG4bKs1\r\n"
+            f"Via: SIP/2.0/UDP 127.0.0.1;{second}\r\nFrom: <sip:a@b>;tag=1\r\n"
+            "To: <sip:a@b>;tag=2\r\nCall-ID: x\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+        )
         assert answers(node, data.encode(), quiet=0.2) == []
     test_node_still_serves_after_the_torture(node)
 
@@ -467,16 +508,20 @@ def test_node_survives_overlarge_values_in_a_relayed_response(node):
 def test_node_answers_where_the_request_came_from(node):
     # A Via's received written by the sender does not steer the answer elsewhere
     # (here 127.0.0.2, another loopback address on the same port): no reflection.
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as victim, \
-            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as victim,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender,
+    ):
         sender.bind(("127.0.0.1", 0))
         port = sender.getsockname()[1]
         victim.bind(("127.0.0.2", port))
-        options = (f"OPTIONS sip:{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{port};"
-                   f"received=127.0.0.2;branch=z9hG4bK{os.urandom(6).hex()}\r\n"
-                   f"From: <sip:probe@{DOMAIN}>;tag=1\r\nTo: <sip:{DOMAIN}>\r\n"
-                   f"Call-ID: {os.urandom(6).hex()}\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\n"
-                   "Content-Length: 0\r\n\r\n").encode()
+        options = (
+            f"OPTIONS sip:{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{port};"
+            f"received=127.0.0.2;branch=z9hG4bK{os.urandom(6).hex()}\r\n"
+            f"From: <sip:probe@{DOMAIN}>;tag=1\r\nTo: <sip:{DOMAIN}>\r\n"
+            f"Call-ID: {os.urandom(6).hex()}\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\n"
+            "Content-Length: 0\r\n\r\n"
+        ).encode()
         sender.sendto(options, (node.address, node.port))
         sender.settimeout(3.0)
         assert sender.recv(65535).startswith(b"SIP/2.0 200")
@@ -488,10 +533,12 @@ def test_node_answers_where_the_request_came_from(node):
 def test_node_still_serves_after_the_torture(node):
     for section in MESSAGES:
         answers(node, reachable(MESSAGES[section][2]), quiet=0.05)
-    options = (f"OPTIONS sip:{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1;branch=z9hG4bK"
-               f"{os.urandom(6).hex()};rport\r\nFrom: <sip:probe@{DOMAIN}>;tag=1\r\n"
-               f"To: <sip:{DOMAIN}>\r\nCall-ID: {os.urandom(6).hex()}\r\nCSeq: 1 OPTIONS\r\n"
-               "Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n").encode()
+    options = (
+        f"OPTIONS sip:{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1;branch=z9hG4bK"
+        f"{os.urandom(6).hex()};rport\r\nFrom: <sip:probe@{DOMAIN}>;tag=1\r\n"
+        f"To: <sip:{DOMAIN}>\r\nCall-ID: {os.urandom(6).hex()}\r\nCSeq: 1 OPTIONS\r\n"
+        "Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
     got = answers(node, options, quiet=3.0)
     assert got and parse_message(got[-1]).status == 200, got
     assert node.proc.poll() is None

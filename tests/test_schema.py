@@ -29,10 +29,19 @@ def test_a_node_database_of_the_previous_schema_migrates_and_keeps_its_rows(stor
     with db.bind_ctx(MODELS):  # version 1: these tables, no expiry index, no version
         db.create_tables(MODELS)
         db.execute_sql("DROP INDEX bindings_expires_at")
-        User.create(username="amy", domain="example.test", ha1_md5="0" * 32,
-                    ha1_sha256="0" * 64)
-        Binding.create(aor="sip:amy@example.test", key="k", contact="sip:amy@h", expires_at=9e9,
-                       call_id="c", cseq=1, origin="node1", epoch=1, seq=1, updated_at=1.0)
+        User.create(username="amy", domain="example.test", ha1_md5="0" * 32, ha1_sha256="0" * 64)
+        Binding.create(
+            aor="sip:amy@example.test",
+            key="k",
+            contact="sip:amy@h",
+            expires_at=9e9,
+            call_id="c",
+            cseq=1,
+            origin="node1",
+            epoch=1,
+            seq=1,
+            updated_at=1.0,
+        )
     assert "bindings_expires_at" not in indexes(db, "bindings")
     db.close()
     db = init_store(store_url)
@@ -104,6 +113,7 @@ class Thing(peewee.Model):
 
 def test_a_failing_step_leaves_the_version_before_it(tmp_path):
     from playhouse.migrate import migrate
+
     db = open_database(f"sqlite:///{tmp_path}/t.db")
     with db.bind_ctx([Thing]):
         assert schema.migrate(db, "toy", [Thing], []) == 0

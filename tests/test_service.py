@@ -16,8 +16,10 @@ from loadtest.harness import ROOT, NodeProcess, run_sipp, write_users_csv
 from store.files import write_private
 from tests.conftest import _in_ci
 
-UNITS = {"node": os.path.join(ROOT, "conf", "tandem-node.service"),
-         "master": os.path.join(ROOT, "conf", "tandem-master.service")}
+UNITS = {
+    "node": os.path.join(ROOT, "conf", "tandem-node.service"),
+    "master": os.path.join(ROOT, "conf", "tandem-master.service"),
+}
 
 
 def unit(path: str) -> configparser.ConfigParser:
@@ -52,17 +54,22 @@ def test_node_unit_may_bind_5060_and_nothing_more():
 def test_systemd_analyze_verify_accepts_the_unit(name, tmp_path):
     if shutil.which("systemd-analyze") is None:
         if _in_ci():
-            pytest.fail("systemd-analyze (Debian's systemd) is required when CI is set",
-                        pytrace=False)
+            pytest.fail(
+                "systemd-analyze (Debian's systemd) is required when CI is set", pytrace=False
+            )
         pytest.skip("systemd-analyze is not installed (scripts/test.sh installs systemd)")
     # verify wants ExecStart's program to exist: point /opt/tandem at this tree.
     with open(UNITS[name]) as f:
-        text = f.read().replace("/opt/tandem/.venv/bin/python", sys.executable) \
+        text = (
+            f.read()
+            .replace("/opt/tandem/.venv/bin/python", sys.executable)
             .replace("/opt/tandem/", ROOT + "/")
+        )
     path = tmp_path / os.path.basename(UNITS[name])
     path.write_text(text)
-    out = subprocess.run(["systemd-analyze", "verify", str(path)], capture_output=True,
-                         text=True, timeout=60)
+    out = subprocess.run(
+        ["systemd-analyze", "verify", str(path)], capture_output=True, text=True, timeout=60
+    )
     # Unknown keys and bad values are only warnings (exit status 0) naming the file.
     warnings = [line for line in out.stderr.splitlines() if path.name in line]
     assert out.returncode == 0 and not warnings, out.stderr
@@ -87,8 +94,9 @@ def text_of(path: str) -> str:
 @pytest.fixture
 def logging_node(tmp_path):
     """A node logging to ``logs/node.log`` under its folder (not yet there)."""
-    node = NodeProcess(str(tmp_path), address="127.0.0.1",
-                       log_file=str(tmp_path / "node1" / "logs" / "node.log"))
+    node = NodeProcess(
+        str(tmp_path), address="127.0.0.1", log_file=str(tmp_path / "node1" / "logs" / "node.log")
+    )
     with open(node.config) as f:
         node.toml = f.read()
     node.rows = write_users_csv(os.path.join(str(tmp_path), "users.csv"), 2)
@@ -101,8 +109,15 @@ def logging_node(tmp_path):
 def register(node, user: str, password: str) -> bool:
     inf = os.path.join(node.dir, f"reg-{time.monotonic_ns()}.csv")
     write_register_inf(inf, [(user, password)], node.domain)
-    res = run_sipp("register_auth.xml", f"{node.address}:{node.port}", node.dir, inf=inf,
-                   calls=1, rate=10, timeout=10)
+    res = run_sipp(
+        "register_auth.xml",
+        f"{node.address}:{node.port}",
+        node.dir,
+        inf=inf,
+        calls=1,
+        rate=10,
+        timeout=10,
+    )
     return res.successful == 1
 
 
@@ -116,8 +131,9 @@ def test_log_file_is_private_and_reopened_on_sighup(logging_node):
     rotated = node.log_file + ".1"
     os.rename(node.log_file, rotated)
     node.signal(signal.SIGHUP)
-    assert wait(lambda: "SIGHUP: log file reopened" in text_of(node.log_file), 10.0), \
-        text_of(rotated)[-2000:]
+    assert wait(lambda: "SIGHUP: log file reopened" in text_of(node.log_file), 10.0), text_of(
+        rotated
+    )[-2000:]
     assert stat.S_IMODE(os.stat(node.log_file).st_mode) == 0o600
     assert "SIGHUP" not in text_of(rotated)
     assert node.proc.poll() is None
@@ -130,8 +146,9 @@ def test_sighup_applies_the_log_level_and_a_changed_password_at_once(logging_nod
     write_private(node.config, node.toml.replace('log_level = "INFO"', 'log_level = "DEBUG"'))
     assert node.run_cli("user", "add", user, "--password", "changed-pw").returncode == 0
     node.signal(signal.SIGHUP)
-    assert wait(lambda: "log level DEBUG" in text_of(node.log_file), 10.0), \
-        text_of(node.log_file)[-2000:]
+    assert wait(lambda: "log level DEBUG" in text_of(node.log_file), 10.0), text_of(node.log_file)[
+        -2000:
+    ]
     assert register(node, user, "changed-pw")
     assert not register(node, user, old)
 
@@ -154,8 +171,9 @@ def test_sighup_with_a_broken_configuration_keeps_the_node_running(logging_node)
     node = logging_node
     write_private(node.config, node.toml.replace("[sip]", "[sip\n"))
     node.signal(signal.SIGHUP)
-    assert wait(lambda: "configuration not reloaded" in text_of(node.log_file), 10.0), \
-        text_of(node.log_file)[-2000:]
+    assert wait(lambda: "configuration not reloaded" in text_of(node.log_file), 10.0), text_of(
+        node.log_file
+    )[-2000:]
     assert node.proc.poll() is None
     user, password = node.rows[1]
     assert register(node, user, password)
@@ -183,8 +201,9 @@ def test_sighup_reaches_the_challenge_front_which_reopens_the_log_too(tmp_path):
         assert wait(lambda: "SIGHUP: log file reopened" in text_of(log_file), 10.0)
         node.stop()
         # The front logs its end into the reopened file, not the rotated one.
-        assert wait(lambda: "challenge front stopped" in text_of(log_file), 10.0), \
-            text_of(log_file + ".1")[-2000:]
+        assert wait(lambda: "challenge front stopped" in text_of(log_file), 10.0), text_of(
+            log_file + ".1"
+        )[-2000:]
         assert not os.path.exists(f"/proc/{front}") or node.proc.poll() is not None
     finally:
         node.stop()

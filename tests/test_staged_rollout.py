@@ -54,8 +54,12 @@ def states(cluster) -> dict:
     for node in cluster.nodes:
         health = cluster.control(node, "config_health", 5.0)
         assert health["healthy"], (node.id, health)
-        out[node.id] = (health["version"], health["received"], health["staged"],
-                        health["rolled_back"])
+        out[node.id] = (
+            health["version"],
+            health["received"],
+            health["staged"],
+            health["rolled_back"],
+        )
     return out
 
 
@@ -78,8 +82,10 @@ def test_each_node_checks_itself_over_sip(setup):
     node.stop()  # a node that does not answer SIP is not healthy: the check can fail
     try:
         from actors.selfcheck import self_check
-        assert "OPTIONS to itself got no answer" in self_check(node.address, node.port,
-                                                                 "example.test", 0.5)
+
+        assert "OPTIONS to itself got no answer" in self_check(
+            node.address, node.port, "example.test", 0.5
+        )
     finally:
         node.start()
     assert cluster.wait_synced(30)
@@ -90,8 +96,7 @@ def test_a_bad_change_is_refused_with_its_reason_and_no_node_changes(setup):
     before, version = states(cluster), ms.current_version()
     with pytest.raises(StoreError, match=r"host nowhere\.invalid does not resolve"):
         dp.save_gateway({"name": "carrier", "host": "nowhere.invalid"})
-    with pytest.raises(StoreError, match="the dial plan does not compile"), \
-            ms.master_db.atomic():
+    with pytest.raises(StoreError, match="the dial plan does not compile"), ms.master_db.atomic():
         ms.set_setting("dialplan", {"gateways": [], "rules": [{"pattern": "["}]})
         ms.new_version("plan edited by hand")
     with pytest.raises(StoreError, match="user mallory has no password"):
@@ -106,8 +111,9 @@ def test_a_change_that_breaks_the_first_node_is_rolled_back_there_and_stops(setu
     before, good = states(cluster), ms.current_version()
     ms.add_admin("admin", "admin-pw")
     client = create_app({"SECRET_KEY": "k", "WTF_CSRF_ENABLED": False}, pusher).test_client()
-    assert client.post("/login", data={"username": "admin", "password": "admin-pw"}
-                       ).status_code == 302
+    assert (
+        client.post("/login", data={"username": "admin", "password": "admin-pw"}).status_code == 302
+    )
     ms.setup("other.test")  # a domain the nodes do not serve
     try:
         bad = ms.new_version("domain other.test")
@@ -119,7 +125,8 @@ def test_a_change_that_breaks_the_first_node_is_rolled_back_there_and_stops(setu
         after = states(cluster)
         assert after["node1"] == (good, before["node1"][1] + 1, *before["node1"][2:])
         assert {k: after[k] for k in ("node2", "node3")} == {
-            k: before[k] for k in ("node2", "node3")}  # never received it
+            k: before[k] for k in ("node2", "node3")
+        }  # never received it
         nodes = {n["node_id"]: n for n in ms.list_nodes()}
         assert "rolled back" in nodes["node1"]["last_error"]
         assert all(nodes[k]["acked_version"] == good for k in nodes)
@@ -142,6 +149,7 @@ def test_a_version_that_fails_the_self_check_after_applying_is_rolled_back_by_th
     rolls back by itself; the rollout stops there (the node is started with the test hook
     ``actors.staged.BREAK_AT_ENV`` naming the version: no real change breaks one node)."""
     from actors.staged import BREAK_AT_ENV
+
     cluster, pusher = setup
     first = cluster.nodes[0]
     good = ms.current_version()
@@ -171,13 +179,15 @@ def test_a_version_that_fails_the_self_check_after_applying_is_rolled_back_by_th
     # node1 received it, applied it (staged) and rolled it back: it runs the old version.
     assert after["node1"] == (good, received + 1, staged + 1, rolled_back + 1), after
     assert {k: after[k] for k in ("node2", "node3")} == {
-        k: before[k] for k in ("node2", "node3")}  # never received it
+        k: before[k] for k in ("node2", "node3")
+    }  # never received it
     assert not registered(first, "breaker", "breaker-pw")
     listed = client.get("/api/versions", headers=admin).json
     assert listed["rollout_failed"]["version"] == bad
     assert listed["rollout_failed"]["node"] == "node1"
-    assert client.post("/login", data={"username": "admin", "password": "admin-pw"}
-                       ).status_code == 302
+    assert (
+        client.post("/login", data={"username": "admin", "password": "admin-pw"}).status_code == 302
+    )
     page = client.get("/").get_data(as_text=True)
     assert 'id="rollout-failed"' in page and f"configuration {bad} stopped" in page
     assert audit.search(action="rollout stopped")["entries"][0]["target"] == "node1"
@@ -216,17 +226,25 @@ def test_the_master_can_undo_a_staged_version_a_node_still_runs(setup):
     m = cluster.members[node.id]
     running = cluster.control(node, "config_version")["version"]
     staged = {"cmd": "config_staged", **ms.config_for(running + 1)}
-    staged["users"] = [*staged["users"], {"username": "staged", "ha1_md5": "0" * 32,
-                                          "ha1_sha256": "0" * 64, "enabled": True}]
+    staged["users"] = [
+        *staged["users"],
+        {"username": "staged", "ha1_md5": "0" * 32, "ha1_sha256": "0" * 64, "enabled": True},
+    ]
     reply = request(pusher.bus, m.control, m.public_key, staged, 10.0)
     assert reply["healthy"] and reply["version"] == running + 1
-    undone = request(pusher.bus, m.control, m.public_key,
-                     {"cmd": "config_rollback", "version": running + 1}, 5.0)
+    undone = request(
+        pusher.bus, m.control, m.public_key, {"cmd": "config_rollback", "version": running + 1}, 5.0
+    )
     assert undone == {"version": running, "rolled_back": True}
     assert cluster.control(node, "config_version")["version"] == running
     with pytest.raises(BusError, match="not a staged version"):
-        request(pusher.bus, m.control, m.public_key,
-                {"cmd": "config_rollback", "version": running + 1}, 5.0)
+        request(
+            pusher.bus,
+            m.control,
+            m.public_key,
+            {"cmd": "config_rollback", "version": running + 1},
+            5.0,
+        )
 
 
 def test_hostile_rollbacks_restores_and_stages_are_refused(setup):

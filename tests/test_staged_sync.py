@@ -54,6 +54,7 @@ def staged_node(reason=None):
     def check():
         state["checks"] += 1
         return reason
+
     staged = StagedConfig(FakeSync(), check, lambda: state["synced"], sync_wait=10.0)
     return staged, state
 
@@ -112,9 +113,15 @@ class FakeNode:
         self.bus = Bus(self.public, secret, node_id)
         self.bus.allow(CONTROL_DOMAIN, {master_public: "master"})
         self.endpoint = f"tcp://127.0.0.1:{free_port()}"
-        self.server = ControlServer(self.bus, self.endpoint, {
-            "config_version": lambda _r: {"version": self.running, "synced": self.synced},
-            "config_staged": self._stage, "config_rollback": self._rollback})
+        self.server = ControlServer(
+            self.bus,
+            self.endpoint,
+            {
+                "config_version": lambda _r: {"version": self.running, "synced": self.synced},
+                "config_staged": self._stage,
+                "config_rollback": self._rollback,
+            },
+        )
 
     def _stage(self, request: dict) -> dict:
         self.staged.append(request)
@@ -156,8 +163,10 @@ def master_with(tmp_path, monkeypatch, *specs: tuple[str, bool]):
 
 
 def test_the_first_node_of_a_rollout_is_the_lowest_synced_one(tmp_path, monkeypatch):
-    with master_with(tmp_path, monkeypatch, ("node1", False), ("node2", True),
-                     ("node3", True)) as (pusher, nodes):
+    with master_with(tmp_path, monkeypatch, ("node1", False), ("node2", True), ("node3", True)) as (
+        pusher,
+        nodes,
+    ):
         version = ms.new_version("test")
         outcome = pusher.push_round()
         assert outcome == {n: f"version {version}" for n in nodes}, outcome
@@ -166,8 +175,7 @@ def test_the_first_node_of_a_rollout_is_the_lowest_synced_one(tmp_path, monkeypa
 
 
 def test_with_no_synced_node_behind_the_rollout_waits(tmp_path, monkeypatch):
-    with master_with(tmp_path, monkeypatch, ("node1", False), ("node2", False)) as \
-            (pusher, nodes):
+    with master_with(tmp_path, monkeypatch, ("node1", False), ("node2", False)) as (pusher, nodes):
         version = ms.new_version("test")
         outcome = pusher.push_round()
         assert all("no node synced" in str(o) for o in outcome.values()), outcome
@@ -178,8 +186,10 @@ def test_with_no_synced_node_behind_the_rollout_waits(tmp_path, monkeypatch):
 
 
 def test_a_push_that_never_ends_holds_back_no_other_node(tmp_path, monkeypatch):
-    with master_with(tmp_path, monkeypatch, ("node1", True), ("node2", True),
-                     ("node3", True)) as (pusher, nodes):
+    with master_with(tmp_path, monkeypatch, ("node1", True), ("node2", True), ("node3", True)) as (
+        pusher,
+        nodes,
+    ):
         nodes["node3"].hang = True  # stopped in the middle of its push: never answers
         first = ms.new_version("test")
         outcome = pusher.push_round()
@@ -187,8 +197,11 @@ def test_a_push_that_never_ends_holds_back_no_other_node(tmp_path, monkeypatch):
         assert outcome["node1"] == outcome["node2"] == f"version {first}"
         second = ms.new_version("a node removed")
         outcome = pusher.push_round()
-        assert outcome == {"node1": f"version {second}", "node2": f"version {second}",
-                           "node3": f"push of {first} in progress"}, outcome
+        assert outcome == {
+            "node1": f"version {second}",
+            "node2": f"version {second}",
+            "node3": f"push of {first} in progress",
+        }, outcome
         _, job = pusher.pushing["node3"]
         third = ms.remove_node("node3")
         assert third is not None

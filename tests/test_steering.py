@@ -6,16 +6,20 @@ import pytest
 
 from actors.steering import FRONT, NODE, SCAN, challenge_program, steer_challenges
 
-AUTH = ('Authorization: Digest username="alice", realm="example.test", nonce="abc", '
-        'uri="sip:example.test", response="0123456789abcdef0123456789abcdef"\r\n')
+AUTH = (
+    'Authorization: Digest username="alice", realm="example.test", nonce="abc", '
+    'uri="sip:example.test", response="0123456789abcdef0123456789abcdef"\r\n'
+)
 
 
 def register(extra: str = "", pad: int = 0) -> bytes:
-    return ("REGISTER sip:example.test SIP/2.0\r\n"
-            "Via: SIP/2.0/UDP 127.0.0.1:5062;branch=z9hG4bK1\r\n"
-            + ("X-Pad: " + "p" * pad + "\r\n" if pad else "")
-            + "From: <sip:alice@example.test>;tag=1\r\nTo: <sip:alice@example.test>\r\n"
-            "Call-ID: c1\r\nCSeq: 1 REGISTER\r\n" + extra + "Content-Length: 0\r\n\r\n").encode()
+    return (
+        "REGISTER sip:example.test SIP/2.0\r\n"
+        "Via: SIP/2.0/UDP 127.0.0.1:5062;branch=z9hG4bK1\r\n"
+        + ("X-Pad: " + "p" * pad + "\r\n" if pad else "")
+        + "From: <sip:alice@example.test>;tag=1\r\nTo: <sip:alice@example.test>\r\n"
+        "Call-ID: c1\r\nCSeq: 1 REGISTER\r\n" + extra + "Content-Length: 0\r\n\r\n"
+    ).encode()
 
 
 @pytest.fixture
@@ -61,21 +65,24 @@ def receiver(socks: dict, client, data: bytes) -> int:
 # anything, the front passes on what it does not answer), so only what
 # the program promises is tested: a name in another case, or
 # Proxy-Authorization, may go either way.
-@pytest.mark.parametrize("data, expected", [
-    (register(), FRONT),
-    (register(AUTH), NODE),
-    (register("Expires: 60\r\n" + AUTH + "Contact: <sip:a@127.0.0.1>\r\n"), NODE),
-    (register(pad=SCAN), FRONT),            # beyond the scan: the front passes it on
-    (register(AUTH, pad=1), NODE),          # every alignment of the header is found
-    (register(AUTH, pad=2), NODE),
-    (register(AUTH, pad=3), NODE),
-    (register(AUTH).replace(b"REGISTER sip", b"OPTIONS sip", 1), NODE),
-    (b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1;branch=z9hG4bK1\r\n\r\n", NODE),
-    (b"REGISTERsip:example.test SIP/2.0\r\n\r\n", NODE),
-    (b"REGISTER", NODE),
-    (b"\r\n\r\n", NODE),
-    (b"REGISTER ", FRONT),
-])
+@pytest.mark.parametrize(
+    "data, expected",
+    [
+        (register(), FRONT),
+        (register(AUTH), NODE),
+        (register("Expires: 60\r\n" + AUTH + "Contact: <sip:a@127.0.0.1>\r\n"), NODE),
+        (register(pad=SCAN), FRONT),  # beyond the scan: the front passes it on
+        (register(AUTH, pad=1), NODE),  # every alignment of the header is found
+        (register(AUTH, pad=2), NODE),
+        (register(AUTH, pad=3), NODE),
+        (register(AUTH).replace(b"REGISTER sip", b"OPTIONS sip", 1), NODE),
+        (b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1;branch=z9hG4bK1\r\n\r\n", NODE),
+        (b"REGISTERsip:example.test SIP/2.0\r\n\r\n", NODE),
+        (b"REGISTER", NODE),
+        (b"\r\n\r\n", NODE),
+        (b"REGISTER ", FRONT),
+    ],
+)
 def test_the_kernel_steers_each_datagram(group, data, expected):
     socks, client = group
     assert receiver(socks, client, data) == expected

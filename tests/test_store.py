@@ -16,8 +16,15 @@ import pytest
 from sipcore.location import Binding as LocBinding
 from store import bindings, users
 from store.db import StoreError, open_database, redact_url
-from store.models import (BINDING_FIELDS, close_store, get_database,
-                          get_state, incr_state, init_store, set_state)
+from store.models import (
+    BINDING_FIELDS,
+    close_store,
+    get_database,
+    get_state,
+    incr_state,
+    init_store,
+    set_state,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 NOW = 1_760_000_000.123456
@@ -60,18 +67,34 @@ def by_identity(records: list[dict]) -> dict:
 
 # --- the PostgreSQL fixture --------------------------------------------------
 
-@pytest.mark.parametrize("ci, outcome, code, message", [
-    ("1", "1 passed, 1 error", 1, "PostgreSQL is required when CI is set"),
-    ("", "1 passed, 1 skipped", 0, "PostgreSQL tests skipped"),
-])
+
+@pytest.mark.parametrize(
+    "ci, outcome, code, message",
+    [
+        ("1", "1 passed, 1 error", 1, "PostgreSQL is required when CI is set"),
+        ("", "1 passed, 1 skipped", 0, "PostgreSQL tests skipped"),
+    ],
+)
 def test_pg_fixture_without_binaries(tmp_path, ci, outcome, code, message):
-    env = dict(os.environ, CI=ci, TANDEM_PG_BIN=str(tmp_path),
-               PYTHONPATH=str(REPO))
+    env = dict(os.environ, CI=ci, TANDEM_PG_BIN=str(tmp_path), PYTHONPATH=str(REPO))
     env.pop("TANDEM_PG_URL", None)
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-rs", "-p",
-         "no:cacheprovider", "tests/test_store.py::test_node_state"],
-        cwd=str(REPO), env=env, capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-rs",
+            "-p",
+            "no:cacheprovider",
+            "tests/test_store.py::test_node_state",
+        ],
+        cwd=str(REPO),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert outcome in done.stdout, done.stdout
     assert done.returncode == code
     assert message in done.stdout
@@ -93,16 +116,20 @@ def test_postgresql_reconnects_after_restart(pg_server):
 
 # --- store.db ---------------------------------------------------------------
 
-@pytest.mark.parametrize("url, message", [
-    ("mysql://u:secret@h/db", "unsupported database URL scheme"),
-    ("/var/lib/store.db", "unsupported database URL scheme"),
-    ("sqlite://host/x.db", "host part"),
-    ("sqlite:///", "absolute file path"),
-    ("sqlite:///no/such/dir/x.db", "does not exist"),
-    ("sqlite:///tmp/x.db?synchronous=sometimes", "bad synchronous"),
-    ("sqlite:///tmp/x.db?cache=big", "unknown sqlite URL parameter"),
-    ("postgresql://u:secret@127.0.0.1:5432", "names no database"),
-])
+
+@pytest.mark.parametrize(
+    "url, message",
+    [
+        ("mysql://u:secret@h/db", "unsupported database URL scheme"),
+        ("/var/lib/store.db", "unsupported database URL scheme"),
+        ("sqlite://host/x.db", "host part"),
+        ("sqlite:///", "absolute file path"),
+        ("sqlite:///no/such/dir/x.db", "does not exist"),
+        ("sqlite:///tmp/x.db?synchronous=sometimes", "bad synchronous"),
+        ("sqlite:///tmp/x.db?cache=big", "unknown sqlite URL parameter"),
+        ("postgresql://u:secret@127.0.0.1:5432", "names no database"),
+    ],
+)
 def test_open_database_bad_url(url, message):
     with pytest.raises(StoreError, match=message) as info:
         open_database(url)
@@ -121,16 +148,22 @@ def test_redact_url():
     assert redact_url("sqlite:///a.db") == "sqlite:///a.db"
 
 
-@pytest.mark.parametrize("query, level", [("", 1), ("?synchronous=full", 2),
-                                          ("?synchronous=OFF", 0)])
+@pytest.mark.parametrize(
+    "query, level", [("", 1), ("?synchronous=full", 2), ("?synchronous=OFF", 0)]
+)
 def test_sqlite_pragmas(tmp_path, query, level):
     db = open_database("sqlite:///%s%s" % (tmp_path / "p.db", query))
     try:
-        pragmas = {name: db.execute_sql("PRAGMA " + name).fetchone()[0]
-                   for name in ("journal_mode", "synchronous", "foreign_keys",
-                                "busy_timeout")}
-        assert pragmas == {"journal_mode": "wal", "synchronous": level,
-                           "foreign_keys": 1, "busy_timeout": 5000}
+        pragmas = {
+            name: db.execute_sql("PRAGMA " + name).fetchone()[0]
+            for name in ("journal_mode", "synchronous", "foreign_keys", "busy_timeout")
+        }
+        assert pragmas == {
+            "journal_mode": "wal",
+            "synchronous": level,
+            "foreign_keys": 1,
+            "busy_timeout": 5000,
+        }
     finally:
         db.close()
 
@@ -163,6 +196,7 @@ def test_init_store_twice_keeps_data(store, store_url):
 
 # --- store.models: NodeState ------------------------------------------------
 
+
 def test_node_state(store):
     assert get_state("epoch") is None
     assert get_state("epoch", 0) == 0
@@ -178,13 +212,24 @@ def test_node_state(store):
 
 # --- store.bindings ---------------------------------------------------------
 
+
 def test_round_trip_all_fields(store):
-    records = [make_binding(1),
-               make_binding(2, q=None, instance=None, reg_id=None,
-                            received=None, user_agent=None, path=[],
-                            key="sip:user2@192.0.2.2:5060"),
-               make_binding(3, contact="sip:ü@example.com;x=\"é\"",
-                            path=["<sip:a;lr>"], expires_at=NOW + 0.000001)]
+    records = [
+        make_binding(1),
+        make_binding(
+            2,
+            q=None,
+            instance=None,
+            reg_id=None,
+            received=None,
+            user_agent=None,
+            path=[],
+            key="sip:user2@192.0.2.2:5060",
+        ),
+        make_binding(
+            3, contact='sip:ü@example.com;x="é"', path=["<sip:a;lr>"], expires_at=NOW + 0.000001
+        ),
+    ]
     write(records)
     loaded = by_identity(bindings.load_bindings())
     assert loaded == by_identity(records)
@@ -203,10 +248,19 @@ def test_times_keep_double_precision(store):
 
 def test_upsert_same_key_twice_keeps_newer(store):
     first = make_binding(1)
-    newer = make_binding(1, contact="sip:moved@198.51.100.1", cseq=99,
-                         seq=50, expires_at=NOW + 9999, path=["<sip:x;lr>"],
-                         user_agent=None, q=None, origin="node-b", epoch=4,
-                         received="tcp:198.51.100.1:40000")
+    newer = make_binding(
+        1,
+        contact="sip:moved@198.51.100.1",
+        cseq=99,
+        seq=50,
+        expires_at=NOW + 9999,
+        path=["<sip:x;lr>"],
+        user_agent=None,
+        q=None,
+        origin="node-b",
+        epoch=4,
+        received="tcp:198.51.100.1:40000",
+    )
     write([first])
     write([newer])
     assert bindings.load_bindings() == [newer]
@@ -248,12 +302,10 @@ def test_write_bindings_sizes_and_null_columns(store, size):
     a nullable column that is None in all, some or none of a statement's
     rows comes back as written (SQLite writes the all-None ones as NULL
     literals)."""
-    bare = dict(q=None, instance=None, reg_id=None, received=None,
-                user_agent=None, path=[])
+    bare = dict(q=None, instance=None, reg_id=None, received=None, user_agent=None, path=[])
     batches = [
         [make_binding(i, **bare) for i in range(size)],
-        [make_binding(i, **(bare if i % 3 else {}), deleted=i % 2 == 0)
-         for i in range(size)],
+        [make_binding(i, **(bare if i % 3 else {}), deleted=i % 2 == 0) for i in range(size)],
         [make_binding(i, cseq=7, user_agent=None) for i in range(size)],
     ]
     for records in batches:
@@ -270,8 +322,7 @@ def test_write_bindings_failure_mid_batch_rolls_back(store):
     transaction, for the next write and for peewee's own transactions."""
     kept = [LocBinding.from_record(make_binding(i)) for i in range(5)]
     bindings.write_bindings(kept)
-    changed = [LocBinding.from_record(make_binding(i, cseq=50))
-               for i in range(1200)]
+    changed = [LocBinding.from_record(make_binding(i, cseq=50)) for i in range(1200)]
     changed[1100].contact = None
     with pytest.raises(StoreError, match="nothing written"):
         bindings.write_bindings(changed)
@@ -295,8 +346,7 @@ def test_sqlite_disk_full_mid_batch_rolls_back(tmp_path):
         pages = db.execute_sql("PRAGMA page_count").fetchone()[0]
         # Each row fills about a page: the first statement (256 rows) fits.
         db.execute_sql("PRAGMA max_page_count = %d" % (pages + 400))
-        big = [LocBinding.from_record(make_binding(i, contact="x" * 3000))
-               for i in range(1000)]
+        big = [LocBinding.from_record(make_binding(i, contact="x" * 3000)) for i in range(1000)]
         with pytest.raises(StoreError, match="full"):
             bindings.write_bindings(big)
         assert not db.in_transaction()
@@ -322,8 +372,7 @@ def test_large_batch(store):
     assert by_identity(bindings.load_bindings()) == by_identity(records)
 
 
-@pytest.mark.parametrize("bad", [{"contact": None}, {"expires_at": None},
-                                 {"origin": None}])
+@pytest.mark.parametrize("bad", [{"contact": None}, {"expires_at": None}, {"origin": None}])
 def test_batch_is_atomic(store, bad):
     kept = make_binding(9000, aor="sip:kept@example.com")
     write([kept])
@@ -337,13 +386,16 @@ def test_batch_is_atomic(store, bad):
     assert bindings.count_bindings() == 11
 
 
-@pytest.mark.parametrize("mangle, message", [
-    (lambda b: delattr(b, "seq"), "not a binding"),
-    (lambda b: setattr(b, "path", "<sip:x;lr>"), "path must be a list"),
-    (lambda b: setattr(b, "path", 5), "path must be a list"),
-    (lambda b: setattr(b, "path", None), "path must be a list"),
-    (lambda b: setattr(b, "contact", {"not": "a string"}), "nothing written"),
-])
+@pytest.mark.parametrize(
+    "mangle, message",
+    [
+        (lambda b: delattr(b, "seq"), "not a binding"),
+        (lambda b: setattr(b, "path", "<sip:x;lr>"), "path must be a list"),
+        (lambda b: setattr(b, "path", 5), "path must be a list"),
+        (lambda b: setattr(b, "path", None), "path must be a list"),
+        (lambda b: setattr(b, "contact", {"not": "a string"}), "nothing written"),
+    ],
+)
 def test_bad_binding_rejected(store, mangle, message):
     binding = LocBinding(**make_binding(2))
     mangle(binding)
@@ -383,9 +435,13 @@ def test_tombstones(store):
 
 
 def test_count_with_now(store):
-    write([make_binding(1, expires_at=NOW - 1),
-                          make_binding(2, expires_at=NOW + 1),
-                          make_binding(3, expires_at=NOW + 1, deleted=True)])
+    write(
+        [
+            make_binding(1, expires_at=NOW - 1),
+            make_binding(2, expires_at=NOW + 1),
+            make_binding(3, expires_at=NOW + 1, deleted=True),
+        ]
+    )
     assert bindings.count_bindings(now=NOW) == 1
     assert bindings.count_bindings(live_only=False, now=NOW) == 2
     assert bindings.count_bindings() == 2
@@ -397,11 +453,9 @@ def test_purge_expired(store):
     fresh_live = make_binding(3, expires_at=NOW + 10)
     fresh_tomb = make_binding(4, expires_at=NOW + 10, deleted=True)
     edge = make_binding(5, expires_at=NOW)
-    write([expired_live, expired_tomb, fresh_live, fresh_tomb,
-                          edge])
+    write([expired_live, expired_tomb, fresh_live, fresh_tomb, edge])
     assert bindings.purge_expired(NOW) == 2
-    assert by_identity(bindings.load_bindings()) == by_identity(
-        [fresh_live, fresh_tomb, edge])
+    assert by_identity(bindings.load_bindings()) == by_identity([fresh_live, fresh_tomb, edge])
     assert bindings.purge_expired(NOW) == 0
     assert bindings.purge_expired(NOW + 11) == 3
     assert bindings.count_bindings(live_only=False) == 0
@@ -437,16 +491,22 @@ def test_sqlite_batch_survives_sigkill(tmp_path):
     data = tmp_path / "records.json"
     data.write_text(json.dumps(records))
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, url, str(data)],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, cwd=str(REPO), env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CHILD, url, str(data)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=str(REPO),
+        env=env,
+    )
     try:
         line = read_line(proc, timeout=60)
         if line != "written":
             proc.kill()
             _, err = proc.communicate(timeout=10)
-            pytest.fail("child did not write the batch: %r\n%s"
-                        % (line, err.decode(errors="replace")))
+            pytest.fail(
+                "child did not write the batch: %r\n%s" % (line, err.decode(errors="replace"))
+            )
         os.kill(proc.pid, signal.SIGKILL)
         assert proc.wait(timeout=10) == -signal.SIGKILL
     finally:
@@ -467,16 +527,15 @@ def test_sqlite_batch_survives_sigkill(tmp_path):
 
 # --- store.users ------------------------------------------------------------
 
+
 def ha1s(username, realm, password):
     """HA1s computed independently of store.users."""
     secret = ("%s:%s:%s" % (username, realm, password)).encode()
-    return {"MD5": hashlib.md5(secret).hexdigest(),
-            "SHA-256": hashlib.sha256(secret).hexdigest()}
+    return {"MD5": hashlib.md5(secret).hexdigest(), "SHA-256": hashlib.sha256(secret).hexdigest()}
 
 
 def test_compute_ha1s_rfc2617_vector():
-    result = users.compute_ha1s("Mufasa", "testrealm@host.com",
-                                "Circle Of Life")
+    result = users.compute_ha1s("Mufasa", "testrealm@host.com", "Circle Of Life")
     assert result["MD5"] == "939e7578ed9e3c518a452acee763bce9"
     assert result == ha1s("Mufasa", "testrealm@host.com", "Circle Of Life")
 
@@ -486,20 +545,21 @@ def test_add_and_lookup_user(store):
     users.add_user("alice", "example.com", "s3cret")
     users.add_user("bob.smith+1", "example.com", "pässword")
     users.add_user("alice", "other.org", "different")
-    assert users.get_user_ha1("alice", "example.com") == ha1s(
-        "alice", "example.com", "s3cret")
+    assert users.get_user_ha1("alice", "example.com") == ha1s("alice", "example.com", "s3cret")
     assert users.get_user_ha1("bob.smith+1", "example.com") == ha1s(
-        "bob.smith+1", "example.com", "pässword")
-    assert users.get_user_ha1("alice", "other.org") == ha1s(
-        "alice", "other.org", "different")
+        "bob.smith+1", "example.com", "pässword"
+    )
+    assert users.get_user_ha1("alice", "other.org") == ha1s("alice", "other.org", "different")
     assert users.get_user_ha1("carol", "example.com") is None
     listed = users.list_users("example.com")
     assert [u["username"] for u in listed] == ["alice", "bob.smith+1"]
-    assert all(u["enabled"] is True and u["domain"] == "example.com"
-               and before - 1 <= u["created_at"] <= time.time() + 1
-               for u in listed)
-    assert set(users.load_user_ha1s("example.com")) == {"alice",
-                                                        "bob.smith+1"}
+    assert all(
+        u["enabled"] is True
+        and u["domain"] == "example.com"
+        and before - 1 <= u["created_at"] <= time.time() + 1
+        for u in listed
+    )
+    assert set(users.load_user_ha1s("example.com")) == {"alice", "bob.smith+1"}
 
 
 def test_no_plain_password_stored(store):
@@ -513,8 +573,7 @@ def test_add_existing_user(store):
     with pytest.raises(StoreError, match="already exists"):
         users.add_user("alice", "example.com", "two")
     users.add_user("alice", "example.com", "two", replace=True)
-    assert users.get_user_ha1("alice", "example.com") == ha1s(
-        "alice", "example.com", "two")
+    assert users.get_user_ha1("alice", "example.com") == ha1s("alice", "example.com", "two")
     assert len(users.list_users("example.com")) == 1
 
 
@@ -529,8 +588,7 @@ def test_disable_and_delete_user(store):
     assert users.delete_user("alice", "example.com")
     assert not users.delete_user("alice", "example.com")
     assert users.get_user_ha1("alice", "example.com") is None
-    assert users.load_user_ha1s("example.com") == {
-        "bob": ha1s("bob", "example.com", "pw")}
+    assert users.load_user_ha1s("example.com") == {"bob": ha1s("bob", "example.com", "pw")}
 
 
 def test_users_version_moves_on_every_change(store):
@@ -553,8 +611,9 @@ def test_users_version_moves_on_every_change(store):
     assert not moved()
 
 
-@pytest.mark.parametrize("username", ["", "al ice", "a:b", "a@b", "tab\t",
-                                      "new\nline", "bad%zz", None])
+@pytest.mark.parametrize(
+    "username", ["", "al ice", "a:b", "a@b", "tab\t", "new\nline", "bad%zz", None]
+)
 def test_bad_username(store, username):
     with pytest.raises(StoreError, match="invalid username"):
         users.add_user(username, "example.com", "pw")
@@ -578,41 +637,39 @@ def write_csv(path: Path, text: str) -> str:
 
 
 def test_import_csv(store, tmp_path):
-    path = write_csv(tmp_path / "u.csv",
-                     "\ufeffusername,password\nalice,one\n\nbob,two\n"
-                     "carol,\"p,w \"\"q\"\"\"\n")
+    path = write_csv(
+        tmp_path / "u.csv", '\ufeffusername,password\nalice,one\n\nbob,two\ncarol,"p,w ""q"""\n'
+    )
     assert users.import_users_csv(path, "example.com") == 3
-    assert users.get_user_ha1("alice", "example.com") == ha1s(
-        "alice", "example.com", "one")
-    assert users.get_user_ha1("carol", "example.com") == ha1s(
-        "carol", "example.com", 'p,w "q"')
+    assert users.get_user_ha1("alice", "example.com") == ha1s("alice", "example.com", "one")
+    assert users.get_user_ha1("carol", "example.com") == ha1s("carol", "example.com", 'p,w "q"')
     assert users.list_users("other.org") == []
 
 
 def test_reimport_changes_password(store, tmp_path):
     users.add_user("dave", "example.com", "keep")
     first = write_csv(tmp_path / "1.csv", "username,password\nalice,one\n")
-    second = write_csv(tmp_path / "2.csv",
-                       "username,password\nalice,new\nbob,b\n")
+    second = write_csv(tmp_path / "2.csv", "username,password\nalice,new\nbob,b\n")
     users.import_users_csv(first, "example.com")
     created = users.list_users("example.com")[0]["created_at"]
     assert users.import_users_csv(second, "example.com") == 2
-    assert users.get_user_ha1("alice", "example.com") == ha1s(
-        "alice", "example.com", "new")
+    assert users.get_user_ha1("alice", "example.com") == ha1s("alice", "example.com", "new")
     listed = users.list_users("example.com")
     assert [u["username"] for u in listed] == ["alice", "bob", "dave"]
     assert listed[0]["created_at"] == created
 
 
-@pytest.mark.parametrize("text, message", [
-    ("username,password\nalice,one\nbob\n", "line 3: expected 2 fields"),
-    ("username,password\nalice,one\nbob,two,three\n", "line 3: expected 2"),
-    ("username,password\nalice,one\nb@d,two\n", "line 3: invalid username"),
-    ("username,password\nalice,one\nbob,\n", "line 3: password"),
-    ("username,password\n\nalice,one\nalice,two\n",
-     "line 4: user 'alice' already on line 3"),
-    ("user,pass\nalice,one\n", "line 1: header must be"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("username,password\nalice,one\nbob\n", "line 3: expected 2 fields"),
+        ("username,password\nalice,one\nbob,two,three\n", "line 3: expected 2"),
+        ("username,password\nalice,one\nb@d,two\n", "line 3: invalid username"),
+        ("username,password\nalice,one\nbob,\n", "line 3: password"),
+        ("username,password\n\nalice,one\nalice,two\n", "line 4: user 'alice' already on line 3"),
+        ("user,pass\nalice,one\n", "line 1: header must be"),
+    ],
+)
 def test_import_csv_bad_row(store, tmp_path, text, message):
     path = write_csv(tmp_path / "bad.csv", text)
     with pytest.raises(StoreError, match=message) as info:
@@ -632,10 +689,12 @@ def test_import_csv_unreadable(store, tmp_path):
 
 def test_add_users_in_bulk_checks_all_before_writing(store):
     users.add_user("load0", "example.com", "old")
-    assert users.add_users([("load0", "load0-secret"), ("load1", "load1-secret")],
-                           "example.com") == 2
+    assert (
+        users.add_users([("load0", "load0-secret"), ("load1", "load1-secret")], "example.com") == 2
+    )
     assert users.get_user_ha1("load0", "example.com") == users.compute_ha1s(
-        "load0", "example.com", "load0-secret")
+        "load0", "example.com", "load0-secret"
+    )
     before = users.users_version()
     with pytest.raises(StoreError, match="invalid username"):
         users.add_users([("load2", "x"), ("bad:name", "x")], "example.com")

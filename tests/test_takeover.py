@@ -29,20 +29,40 @@ def test_lowest_live_node_takes_the_dead_ones_with_a_quorum():
     # Two nodes never take over: a survivor cannot tell a death from a cut.
     assert to_hold("n1", ["n1", "n2"], {"n2": "dead"}) == set()
     five = ["n1", "n2", "n3", "n4", "n5"]
-    assert to_hold("n3", five, {"n1": "dead", "n2": "dead", "n4": "alive",
-                                "n5": "alive"}) == {"n1", "n2"}
+    assert to_hold("n3", five, {"n1": "dead", "n2": "dead", "n4": "alive", "n5": "alive"}) == {
+        "n1",
+        "n2",
+    }
 
 
 def test_udp_sources_of_a_dead_origin():
     now = 1000.0
 
     def b(key, received, origin="n1", expires=now + 60, deleted=False):
-        return Binding("sip:a@x", key, "sip:a@192.168.1.2", expires, "c", 1,
-                       received=received, origin=origin, deleted=deleted)
-    got = udp_sources([b("1", "udp:203.0.113.1:4000"), b("2", "tcp:203.0.113.1:4001"),
-                       b("3", "udp:203.0.113.2:1", origin="n2"),
-                       b("4", "udp:203.0.113.3:1", expires=now),
-                       b("5", "udp:203.0.113.4:1", deleted=True), b("6", "garbage")], "n1", now)
+        return Binding(
+            "sip:a@x",
+            key,
+            "sip:a@192.168.1.2",
+            expires,
+            "c",
+            1,
+            received=received,
+            origin=origin,
+            deleted=deleted,
+        )
+
+    got = udp_sources(
+        [
+            b("1", "udp:203.0.113.1:4000"),
+            b("2", "tcp:203.0.113.1:4001"),
+            b("3", "udp:203.0.113.2:1", origin="n2"),
+            b("4", "udp:203.0.113.3:1", expires=now),
+            b("5", "udp:203.0.113.4:1", deleted=True),
+            b("6", "garbage"),
+        ],
+        "n1",
+        now,
+    )
     assert got == {("203.0.113.1", 4000)}
 
 
@@ -50,25 +70,35 @@ BASE = {"node": {"id": "n1"}, "sip": {"domain": "example.test", "address": "10.0
 
 
 def test_settings_and_the_taken_addresses_as_digest_uris():
-    peers = [{"id": "n2", "bus": "tcp://10.0.1.2:7001", "snapshot": "tcp://10.0.1.2:7002",
-              "sip": "10.0.0.2:5070"}]
+    peers = [
+        {
+            "id": "n2",
+            "bus": "tcp://10.0.1.2:7001",
+            "snapshot": "tcp://10.0.1.2:7002",
+            "sip": "10.0.0.2:5070",
+        }
+    ]
     cfg = parse_config({**BASE, "cluster": {"takeover": True}, "peers": peers})
     assert "sip:10.0.0.2:5070" in server_uris(cfg) and "sip:10.0.0.2" in server_uris(cfg)
     assert "sip:10.0.0.2" not in server_uris(parse_config({**BASE, "peers": peers}))
     # A REGISTER to the taken address is for this node's domain too, and only then.
     assert "10.0.0.2" in registrar_rules(cfg).domains
     assert "10.0.0.2" not in registrar_rules(parse_config({**BASE, "peers": peers})).domains
-    bad = [{"takeover": "yes"}, {"takeover_lifetime": 1}, {"takeover_interface": "eth0; rm"},
-           {"takeover_interface": "x" * 16}]
+    bad = [
+        {"takeover": "yes"},
+        {"takeover_lifetime": 1},
+        {"takeover_interface": "eth0; rm"},
+        {"takeover_interface": "x" * 16},
+    ]
     for setting in bad:
         with pytest.raises(ConfigError):
             parse_config({**BASE, "cluster": setting})
     with pytest.raises(ConfigError, match="every peer's sip"):
-        parse_config({**BASE, "cluster": {"takeover": True},
-                      "peers": [{**peers[0], "sip": ""}]})
+        parse_config({**BASE, "cluster": {"takeover": True}, "peers": [{**peers[0], "sip": ""}]})
     with pytest.raises(ConfigError, match="IPv4"):
-        parse_config({**BASE, "sip": {**BASE["sip"], "address": "0.0.0.0"},
-                      "cluster": {"takeover": True}})
+        parse_config(
+            {**BASE, "sip": {**BASE["sip"], "address": "0.0.0.0"}, "cluster": {"takeover": True}}
+        )
     assert Peer("n2", "b", "s").sip == ""
 
 
@@ -104,16 +134,25 @@ def test_phone_behind_nat_on_node1_is_called_through_node2_after_node1_dies(lab)
     user, password = lab.users[0]
     bridge = lab.bridge
     assert f"{node1.address}/32" in lab.addresses("node1")
-    phone = pjsua("nat-phone", user, password, node1.domain, f"{node1.address}:5060", "udp",
-                  5060, 4000, bind="192.168.77.2", prefix=tuple(lab.phone_prefix))
+    phone = pjsua(
+        "nat-phone",
+        user,
+        password,
+        node1.domain,
+        f"{node1.address}:5060",
+        "udp",
+        5060,
+        4000,
+        bind="192.168.77.2",
+        prefix=tuple(lab.phone_prefix),
+    )
     try:
         phone.wait_for("REGISTERED 200", timeout=20)
         # The binding replicated to node2 (which alone could not reach the phone: the
         # NAT's mapping is open to node1's address only).
         assert lab.cluster.wait_converged(10)[0]
         died = lab.kill(1)
-        taken = wait(lambda: f"{node1.address}/32" in lab.addresses("node2"),
-                     TAKEOVER_BOUND)
+        taken = wait(lambda: f"{node1.address}/32" in lab.addresses("node2"), TAKEOVER_BOUND)
         assert taken, node2.log_tail()
         assert f"{node1.address}/32" not in lab.addresses("node3")
         status = ""
@@ -123,18 +162,20 @@ def test_phone_behind_nat_on_node1_is_called_through_node2_after_node1_dies(lab)
         assert status.startswith("SIP/2.0 200"), (status, node2.log_tail())
         phone.wait_for("INCOMING", timeout=5)
         assert reached < TAKEOVER_BOUND
-        print(f"\nphone behind NAT on node1 called through node2 {reached:.1f} s after "
-              "node1's death")
+        print(
+            f"\nphone behind NAT on node1 called through node2 {reached:.1f} s after node1's death"
+        )
         phone.send("hangup")
 
         # Node3 dies too: node2 alone has no quorum and gives node1's address back.
         lab.kill(3)
-        assert wait(lambda: f"{node1.address}/32" not in lab.addresses("node2"), 15), \
+        assert wait(lambda: f"{node1.address}/32" not in lab.addresses("node2"), 15), (
             node2.log_tail()
+        )
 
         # Both come back: node1 holds its own address again, node2 none but its own.
         lab.revive(1, 3)
-        time.sleep(1.0)   # a few takeover ticks: nothing may be taken by then
+        time.sleep(1.0)  # a few takeover ticks: nothing may be taken by then
         assert f"{node1.address}/32" in lab.addresses("node1")
         assert f"{node1.address}/32" not in lab.addresses("node2")
         assert lab.cluster.control(node2, "status")["taken_over"] == {}

@@ -23,9 +23,29 @@ HEADER_TIMEOUT = 1.0
 def make_cert(folder: str) -> tuple[str, str]:
     """A self-signed certificate for 127.0.0.1 and its key (0600), made by openssl."""
     cert, key = os.path.join(folder, "cert.pem"), os.path.join(folder, "key.pem")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-                    "-keyout", key, "-out", cert], check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            key,
+            "-out",
+            cert,
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     os.chmod(key, 0o600)
     return cert, key
 
@@ -38,9 +58,14 @@ def tls_node(work: str, cert: str, key: str, ca: str = "") -> NodeProcess:
     with open(node.config) as f:
         text = f.read()
     with open(node.config, "w") as f:
-        f.write(text.replace("[sip]\n", f'[sip]\ntls_port = {node.tls_port}\n'
-                                        f'tls_cert = "{cert}"\ntls_key = "{key}"\n'
-                                        + (f'tls_ca = "{ca}"\n' if ca else ""), 1))
+        f.write(
+            text.replace(
+                "[sip]\n",
+                f"[sip]\ntls_port = {node.tls_port}\n"
+                f'tls_cert = "{cert}"\ntls_key = "{key}"\n' + (f'tls_ca = "{ca}"\n' if ca else ""),
+                1,
+            )
+        )
     node.rows = write_users_csv(os.path.join(work, "users.csv"), 10)
     out = node.run_cli("user", "import", os.path.join(work, "users.csv"))
     assert out.returncode == 0, out.stderr
@@ -118,13 +143,16 @@ class TlsPhone:
     def auth(self, challenge: str, method: str, uri: str) -> str:
         """The Authorization or Proxy-Authorization answering ``challenge``."""
         nonce = challenge.split('nonce="', 1)[1].split('"', 1)[0]
-        creds = Credentials(self.user, "example.test", nonce, uri, "", "MD5", "auth",
-                            "00000001", "c0ffee")
+        creds = Credentials(
+            self.user, "example.test", nonce, uri, "", "MD5", "auth", "00000001", "c0ffee"
+        )
         resp = expected_response(creds, method, ha1(self.user, "example.test", self.password))
         name = "Proxy-Authorization" if challenge.startswith("SIP/2.0 407") else "Authorization"
-        return (f'{name}: Digest username="{self.user}",realm="example.test",nonce="{nonce}",'
-                f'uri="{uri}",response="{resp}",algorithm=MD5,cnonce="c0ffee",qop=auth,'
-                f'nc=00000001\r\n')
+        return (
+            f'{name}: Digest username="{self.user}",realm="example.test",nonce="{nonce}",'
+            f'uri="{uri}",response="{resp}",algorithm=MD5,cnonce="c0ffee",qop=auth,'
+            f"nc=00000001\r\n"
+        )
 
     def register(self) -> str:
         """REGISTER over the connection, answering the challenge; the final answer."""
@@ -132,11 +160,13 @@ class TlsPhone:
         for _ in range(2):
             self.cseq += 1
             auth = self.auth(answer, "REGISTER", "sip:example.test") if answer else ""
-            self.send(f"REGISTER sip:example.test SIP/2.0\r\n{self.via()}\r\n"
-                      f"From: <sip:{self.user}@example.test>;tag=r{self.cseq}\r\n"
-                      f"To: <sip:{self.user}@example.test>\r\nCall-ID: {self.call_id}\r\n"
-                      f"CSeq: {self.cseq} REGISTER\r\nContact: {self.contact()}\r\n{auth}"
-                      f"Max-Forwards: 70\r\nExpires: 600\r\nContent-Length: 0\r\n\r\n")
+            self.send(
+                f"REGISTER sip:example.test SIP/2.0\r\n{self.via()}\r\n"
+                f"From: <sip:{self.user}@example.test>;tag=r{self.cseq}\r\n"
+                f"To: <sip:{self.user}@example.test>\r\nCall-ID: {self.call_id}\r\n"
+                f"CSeq: {self.cseq} REGISTER\r\nContact: {self.contact()}\r\n{auth}"
+                f"Max-Forwards: 70\r\nExpires: 600\r\nContent-Length: 0\r\n\r\n"
+            )
             answer = self.final()
             if not answer.startswith("SIP/2.0 401"):
                 return answer
@@ -180,19 +210,23 @@ def test_a_call_between_two_tls_phones(node, certs):
         sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
 
         def invite(cseq: int, auth: str = "") -> str:
-            return (f"INVITE {ruri} SIP/2.0\r\n{caller.via()}\r\n"
-                    f"From: <sip:user2@example.test>;tag=c1\r\nTo: <{ruri}>\r\n"
-                    f"Call-ID: {call_id}\r\nCSeq: {cseq} INVITE\r\nContact: {caller.contact()}\r\n"
-                    f"{auth}Max-Forwards: 70\r\nContent-Type: application/sdp\r\n"
-                    f"Content-Length: {len(sdp)}\r\n\r\n{sdp}")
+            return (
+                f"INVITE {ruri} SIP/2.0\r\n{caller.via()}\r\n"
+                f"From: <sip:user2@example.test>;tag=c1\r\nTo: <{ruri}>\r\n"
+                f"Call-ID: {call_id}\r\nCSeq: {cseq} INVITE\r\nContact: {caller.contact()}\r\n"
+                f"{auth}Max-Forwards: 70\r\nContent-Type: application/sdp\r\n"
+                f"Content-Length: {len(sdp)}\r\n\r\n{sdp}"
+            )
 
         caller.send(invite(1))
         challenge = caller.final()
         assert challenge.startswith("SIP/2.0 407"), challenge
-        caller.send(f"ACK {ruri} SIP/2.0\r\n{header(challenge, 'Via')[0].join(['Via: ', ''])}\r\n"
-                    f"From: <sip:user2@example.test>;tag=c1\r\nTo: {header(challenge, 'To')[0]}\r\n"
-                    f"Call-ID: {call_id}\r\nCSeq: 1 ACK\r\nMax-Forwards: 70\r\n"
-                    f"Content-Length: 0\r\n\r\n")
+        caller.send(
+            f"ACK {ruri} SIP/2.0\r\n{header(challenge, 'Via')[0].join(['Via: ', ''])}\r\n"
+            f"From: <sip:user2@example.test>;tag=c1\r\nTo: {header(challenge, 'To')[0]}\r\n"
+            f"Call-ID: {call_id}\r\nCSeq: 1 ACK\r\nMax-Forwards: 70\r\n"
+            f"Content-Length: 0\r\n\r\n"
+        )
         caller.send(invite(2, caller.auth(challenge, "INVITE", ruri)))
 
         got = callee.read()
@@ -201,25 +235,33 @@ def test_a_call_between_two_tls_phones(node, certs):
         assert vias[0].startswith(f"SIP/2.0/TLS {node.address}:{node.tls_port};"), vias
         rr = header(got, "Record-Route")
         assert len(rr) == 1 and f"{node.address}:{node.tls_port};transport=tls;lr" in rr[0], rr
-        callee.send("SIP/2.0 200 OK\r\n" + "".join(f"Via: {v}\r\n" for v in vias)
-                    + f"Record-Route: {rr[0]}\r\nFrom: {header(got, 'From')[0]}\r\n"
-                    f"To: {header(got, 'To')[0]};tag=b1\r\nCall-ID: {call_id}\r\n"
-                    f"CSeq: 2 INVITE\r\nContact: {callee.contact()}\r\n"
-                    f"Content-Type: application/sdp\r\nContent-Length: {len(sdp)}\r\n\r\n{sdp}")
+        callee.send(
+            "SIP/2.0 200 OK\r\n"
+            + "".join(f"Via: {v}\r\n" for v in vias)
+            + f"Record-Route: {rr[0]}\r\nFrom: {header(got, 'From')[0]}\r\n"
+            f"To: {header(got, 'To')[0]};tag=b1\r\nCall-ID: {call_id}\r\n"
+            f"CSeq: 2 INVITE\r\nContact: {callee.contact()}\r\n"
+            f"Content-Type: application/sdp\r\nContent-Length: {len(sdp)}\r\n\r\n{sdp}"
+        )
         ok = caller.final()
         assert ok.startswith("SIP/2.0 200"), ok
         route = header(ok, "Record-Route")[0]
         for method, cseq in (("ACK", 2), ("BYE", 3)):
-            caller.send(f"{method} {callee.contact()[1:-1]} SIP/2.0\r\n{caller.via()}\r\n"
-                        f"Route: {route}\r\nFrom: <sip:user2@example.test>;tag=c1\r\n"
-                        f"To: <{ruri}>;tag=b1\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n"
-                        f"Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n")
+            caller.send(
+                f"{method} {callee.contact()[1:-1]} SIP/2.0\r\n{caller.via()}\r\n"
+                f"Route: {route}\r\nFrom: <sip:user2@example.test>;tag=c1\r\n"
+                f"To: <{ruri}>;tag=b1\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n"
+                f"Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+            )
             got = callee.read()
             assert got.startswith(f"{method} "), got
             assert header(got, "Via")[0].startswith("SIP/2.0/TLS"), got
-        callee.send("SIP/2.0 200 OK\r\n" + "".join(f"Via: {v}\r\n" for v in header(got, "Via"))
-                    + f"From: {header(got, 'From')[0]}\r\nTo: {header(got, 'To')[0]}\r\n"
-                    f"Call-ID: {call_id}\r\nCSeq: 3 BYE\r\nContent-Length: 0\r\n\r\n")
+        callee.send(
+            "SIP/2.0 200 OK\r\n"
+            + "".join(f"Via: {v}\r\n" for v in header(got, "Via"))
+            + f"From: {header(got, 'From')[0]}\r\nTo: {header(got, 'To')[0]}\r\n"
+            f"Call-ID: {call_id}\r\nCSeq: 3 BYE\r\nContent-Length: 0\r\n\r\n"
+        )
         bye_ok = caller.final()
         assert bye_ok.startswith("SIP/2.0 200") and "3 BYE" in bye_ok, bye_ok
     finally:
@@ -236,13 +278,17 @@ def register_udp(node, phone: "TlsPhone", contact: str) -> str:
         answer = ""
         for cseq in (1, 2):
             auth = phone.auth(answer, "REGISTER", "sip:example.test") if answer else ""
-            s.sendto((f"REGISTER sip:example.test SIP/2.0\r\n"
-                      f"Via: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bKu{cseq}{phone.call_id}\r\n"
-                      f"From: <sip:{phone.user}@example.test>;tag=u{cseq}\r\n"
-                      f"To: <sip:{phone.user}@example.test>\r\nCall-ID: u{phone.call_id}\r\n"
-                      f"CSeq: {cseq} REGISTER\r\nContact: <{contact}>\r\n{auth}"
-                      f"Max-Forwards: 70\r\nExpires: 600\r\nContent-Length: 0\r\n\r\n").encode(),
-                     (node.address, node.port))
+            s.sendto(
+                (
+                    f"REGISTER sip:example.test SIP/2.0\r\n"
+                    f"Via: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bKu{cseq}{phone.call_id}\r\n"
+                    f"From: <sip:{phone.user}@example.test>;tag=u{cseq}\r\n"
+                    f"To: <sip:{phone.user}@example.test>\r\nCall-ID: u{phone.call_id}\r\n"
+                    f"CSeq: {cseq} REGISTER\r\nContact: <{contact}>\r\n{auth}"
+                    f"Max-Forwards: 70\r\nExpires: 600\r\nContent-Length: 0\r\n\r\n"
+                ).encode(),
+                (node.address, node.port),
+            )
             answer = s.recv(65535).decode()
             if not answer.startswith("SIP/2.0 401"):
                 break
@@ -255,8 +301,14 @@ def test_a_sips_contact_is_reached_over_a_tls_connection_the_node_opens(node, ce
     message_to_sips_contact(node, certs[0], certs, "user3", "user4")
 
 
-def message_to_sips_contact(node, cafile: str, served: tuple[str, str], callee_user: str,
-                            caller_user: str, refused: bool = False) -> str:
+def message_to_sips_contact(
+    node,
+    cafile: str,
+    served: tuple[str, str],
+    callee_user: str,
+    caller_user: str,
+    refused: bool = False,
+) -> str:
     """``callee_user`` registers a sips Contact where it takes TLS with the certificate
     ``served``; ``caller_user`` (over TLS, checking the node against ``cafile``) sends
     it a MESSAGE that must arrive over a TLS connection the node opens (``refused``:
@@ -275,17 +327,21 @@ def message_to_sips_contact(node, cafile: str, served: tuple[str, str], callee_u
         assert answer.startswith("SIP/2.0 200"), answer
         assert caller.register().startswith("SIP/2.0 200")
         ruri = f"sips:{callee_user}@example.test"
-        caller.send(f"MESSAGE {ruri} SIP/2.0\r\n{caller.via()}\r\n"
-                    f"From: <sips:{caller_user}@example.test>;tag=m1\r\nTo: <{ruri}>\r\n"
-                    f"Call-ID: m{caller.call_id}\r\nCSeq: 1 MESSAGE\r\nMax-Forwards: 70\r\n"
-                    f"Content-Type: text/plain\r\nContent-Length: 2\r\n\r\nhi")
+        caller.send(
+            f"MESSAGE {ruri} SIP/2.0\r\n{caller.via()}\r\n"
+            f"From: <sips:{caller_user}@example.test>;tag=m1\r\nTo: <{ruri}>\r\n"
+            f"Call-ID: m{caller.call_id}\r\nCSeq: 1 MESSAGE\r\nMax-Forwards: 70\r\n"
+            f"Content-Type: text/plain\r\nContent-Length: 2\r\n\r\nhi"
+        )
         challenge = caller.final()
         assert challenge.startswith("SIP/2.0 407"), challenge
-        caller.send(f"MESSAGE {ruri} SIP/2.0\r\n{caller.via()}\r\n"
-                    f"From: <sips:{caller_user}@example.test>;tag=m1\r\nTo: <{ruri}>\r\n"
-                    f"Call-ID: m{caller.call_id}\r\nCSeq: 2 MESSAGE\r\nMax-Forwards: 70\r\n"
-                    f"{caller.auth(challenge, 'MESSAGE', ruri)}"
-                    f"Content-Type: text/plain\r\nContent-Length: 2\r\n\r\nhi")
+        caller.send(
+            f"MESSAGE {ruri} SIP/2.0\r\n{caller.via()}\r\n"
+            f"From: <sips:{caller_user}@example.test>;tag=m1\r\nTo: <{ruri}>\r\n"
+            f"Call-ID: m{caller.call_id}\r\nCSeq: 2 MESSAGE\r\nMax-Forwards: 70\r\n"
+            f"{caller.auth(challenge, 'MESSAGE', ruri)}"
+            f"Content-Type: text/plain\r\nContent-Length: 2\r\n\r\nhi"
+        )
         raw, _ = listener.accept()
         if refused:
             with pytest.raises(ssl.SSLError):
@@ -297,10 +353,13 @@ def message_to_sips_contact(node, cafile: str, served: tuple[str, str], callee_u
         assert got.startswith(f"MESSAGE sips:{callee_user}@127.0.0.1:{port} "), got
         vias = header(got, "Via")
         assert vias[0].startswith(f"SIP/2.0/TLS {node.address}:"), vias
-        callee.send("SIP/2.0 200 OK\r\n" + "".join(f"Via: {v}\r\n" for v in vias)
-                    + f"From: {header(got, 'From')[0]}\r\nTo: {header(got, 'To')[0]};tag=x\r\n"
-                    f"Call-ID: {header(got, 'Call-ID')[0]}\r\nCSeq: 2 MESSAGE\r\n"
-                    f"Content-Length: 0\r\n\r\n")
+        callee.send(
+            "SIP/2.0 200 OK\r\n"
+            + "".join(f"Via: {v}\r\n" for v in vias)
+            + f"From: {header(got, 'From')[0]}\r\nTo: {header(got, 'To')[0]};tag=x\r\n"
+            f"Call-ID: {header(got, 'Call-ID')[0]}\r\nCSeq: 2 MESSAGE\r\n"
+            f"Content-Length: 0\r\n\r\n"
+        )
         ok = caller.final()
         assert ok.startswith("SIP/2.0 200"), ok
         callee.close()
@@ -315,10 +374,30 @@ def test_sipsak_registers_over_tls(node, certs):
     (it reads the first record after the handshake as the answer, so this also shows
     the node sends no TLS 1.3 session tickets)."""
     user = "user5"
-    reg = subprocess.run(["sipsak", "-U", "-s", f"sip:{user}@{node.address}:{node.tls_port}",
-                          "-E", "tls", "--tls-ca-cert", certs[0], "-u", user,
-                          "-a", dict(node.rows)[user], "-i", "-x", "120", "-v"],
-                         capture_output=True, text=True, timeout=30, check=False)
+    reg = subprocess.run(
+        [
+            "sipsak",
+            "-U",
+            "-s",
+            f"sip:{user}@{node.address}:{node.tls_port}",
+            "-E",
+            "tls",
+            "--tls-ca-cert",
+            certs[0],
+            "-u",
+            user,
+            "-a",
+            dict(node.rows)[user],
+            "-i",
+            "-x",
+            "120",
+            "-v",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert "completed successful" in reg.stdout, reg.stdout + reg.stderr + node.log_tail()
 
 
@@ -329,9 +408,17 @@ def test_pjsua2_calls_pjsua2_over_tls(node, certs):
     started = []
     try:
         for user in ("user6", "user7"):
-            p = pjsua(f"pjsua-{user}-tls", user, dict(node.rows)[user], node.domain,
-                      f"{node.address}:{node.tls_port}", "tls", free_port(), free_port(),
-                      ca=certs[0])
+            p = pjsua(
+                f"pjsua-{user}-tls",
+                user,
+                dict(node.rows)[user],
+                node.domain,
+                f"{node.address}:{node.tls_port}",
+                "tls",
+                free_port(),
+                free_port(),
+                ca=certs[0],
+            )
             started.append(p)
             p.wait_for("REGISTERED 200", "REGISTERED 4", "REGISTERED 5", "REGISTERED 1")
             assert p.lines[-1].endswith("REGISTERED 200"), p.lines[-20:]
@@ -349,8 +436,17 @@ def test_pjsua2_udp_and_pjsua2_tls_call_each_other(node, certs):
     started = []
     try:
         for user, transport, port in (("user8", "udp", node.port), ("user9", "tls", node.tls_port)):
-            p = pjsua(f"pjsua-{user}-{transport}", user, dict(node.rows)[user], node.domain,
-                      f"{node.address}:{port}", transport, free_port(), free_port(), ca=certs[0])
+            p = pjsua(
+                f"pjsua-{user}-{transport}",
+                user,
+                dict(node.rows)[user],
+                node.domain,
+                f"{node.address}:{port}",
+                transport,
+                free_port(),
+                free_port(),
+                ca=certs[0],
+            )
             started.append(p)
             p.wait_for("REGISTERED 200", "REGISTERED 4", "REGISTERED 5", "REGISTERED 1")
             assert p.lines[-1].endswith("REGISTERED 200"), p.lines[-20:]
@@ -369,8 +465,7 @@ def test_with_tls_ca_the_node_checks_the_certificates_it_is_shown(tmp_path, cert
     trusted = make_cert(str(tmp_path))
     checking = tls_node(str(tmp_path / "w"), *certs, ca=trusted[0]).start()
     try:
-        answer = message_to_sips_contact(checking, certs[0], certs, "user1", "user2",
-                                         refused=True)
+        answer = message_to_sips_contact(checking, certs[0], certs, "user1", "user2", refused=True)
         assert answer.startswith("SIP/2.0 5"), answer
         assert "certificate verify failed" in checking.log_tail(200), checking.log_tail()
         message_to_sips_contact(checking, certs[0], trusted, "user3", "user4")
@@ -380,8 +475,10 @@ def test_with_tls_ca_the_node_checks_the_certificates_it_is_shown(tmp_path, cert
 
 def test_plaintext_on_the_tls_port_is_dropped_and_tls_still_works(node, certs):
     with socket.create_connection((node.address, node.tls_port), timeout=5) as s:
-        s.sendall(b"OPTIONS sip:example.test SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:9;"
-                  b"branch=z9hG4bKplain\r\nContent-Length: 0\r\n\r\n")
+        s.sendall(
+            b"OPTIONS sip:example.test SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:9;"
+            b"branch=z9hG4bKplain\r\nContent-Length: 0\r\n\r\n"
+        )
         try:
             data = s.recv(65536)
         except ConnectionResetError:
@@ -421,8 +518,7 @@ def test_silent_handshakes_count_against_the_per_source_cap(node, certs):
     ``tcp_max_per_source`` (32) the next is kept for emergency calls only, so it is closed
     by the handshake timeout too, and once the held ones time out a phone from that
     address registers again."""
-    held = [socket.create_connection((node.address, node.tls_port), timeout=5)
-            for _ in range(32)]
+    held = [socket.create_connection((node.address, node.tls_port), timeout=5) for _ in range(32)]
     try:
         with socket.create_connection((node.address, node.tls_port), timeout=5) as extra:
             try:
@@ -430,12 +526,11 @@ def test_silent_handshakes_count_against_the_per_source_cap(node, certs):
             except ConnectionResetError:
                 pass
         deadline = time.monotonic() + 5
-        while "tcp connection from 127.0.0.1 over its cap (32 from it)" not in \
-                node.log_tail(400):
+        while "tcp connection from 127.0.0.1 over its cap (32 from it)" not in node.log_tail(400):
             assert time.monotonic() < deadline, node.log_tail()
             time.sleep(0.05)
         for s in held:
-            assert s.recv(1) == b""          # closed by the handshake timeout
+            assert s.recv(1) == b""  # closed by the handshake timeout
     finally:
         for s in held:
             s.close()
@@ -455,12 +550,14 @@ def test_an_oversized_message_over_tls_gets_513_and_the_connection_closes(node, 
     phone = TlsPhone(node, "user0", certs[0])
     try:
         try:
-            phone.send(f"OPTIONS sip:example.test SIP/2.0\r\n{phone.via()}\r\n"
-                       f"From: <sip:user0@example.test>;tag=o\r\nTo: <sip:example.test>\r\n"
-                       f"Call-ID: big{phone.call_id}\r\nCSeq: 1 OPTIONS\r\n"
-                       f"Max-Forwards: 70\r\nContent-Length: 70000\r\n\r\n" + "x" * 70000)
+            phone.send(
+                f"OPTIONS sip:example.test SIP/2.0\r\n{phone.via()}\r\n"
+                f"From: <sip:user0@example.test>;tag=o\r\nTo: <sip:example.test>\r\n"
+                f"Call-ID: big{phone.call_id}\r\nCSeq: 1 OPTIONS\r\n"
+                f"Max-Forwards: 70\r\nContent-Length: 70000\r\n\r\n" + "x" * 70000
+            )
         except OSError:
-            pass        # the node answered and closed before the last bytes were written
+            pass  # the node answered and closed before the last bytes were written
         answer = phone.read()
         assert answer.startswith("SIP/2.0 513"), answer
         with pytest.raises(AssertionError, match="closed the connection"):
@@ -469,12 +566,18 @@ def test_an_oversized_message_over_tls_gets_513_and_the_connection_closes(node, 
         phone.close()
 
 
-@pytest.mark.parametrize("lines, error", [
-    ("tls_port = 5061\n", "sip.tls_cert must name a PEM file"),
-    ('tls_port = PORT\ntls_cert = "CERT"\ntls_key = "KEY"\n', "other than sip.port"),
-    ('tls_port = 5061\ntls_cert = "CERT"\ntls_key = "CERT"\n', "not a PEM certificate and its key"),
-    ('tls_port = 5061\ntls_cert = "CERT"\ntls_key = "KEY"\ntls_ca = "KEY"\n', "sip.tls_ca"),
-])
+@pytest.mark.parametrize(
+    "lines, error",
+    [
+        ("tls_port = 5061\n", "sip.tls_cert must name a PEM file"),
+        ('tls_port = PORT\ntls_cert = "CERT"\ntls_key = "KEY"\n', "other than sip.port"),
+        (
+            'tls_port = 5061\ntls_cert = "CERT"\ntls_key = "CERT"\n',
+            "not a PEM certificate and its key",
+        ),
+        ('tls_port = 5061\ntls_cert = "CERT"\ntls_key = "KEY"\ntls_ca = "KEY"\n', "sip.tls_ca"),
+    ],
+)
 def test_tls_settings_are_checked(tmp_path, certs, lines, error):
     node = NodeProcess(str(tmp_path))
     cert_copy = str(tmp_path / "c.pem")
@@ -505,20 +608,23 @@ def test_a_sips_contact_that_never_handshakes_fails_the_branch_in_bounded_time(n
         assert register_udp(node, callee, f"sips:user1@127.0.0.1:{port}").startswith("SIP/2.0 200")
         assert caller.register().startswith("SIP/2.0 200")
         ruri = "sips:user1@example.test"
-        message = (f"MESSAGE {ruri} SIP/2.0\r\n{caller.via()}\r\n"
-                   f"From: <sips:user2@example.test>;tag=s1\r\nTo: <{ruri}>\r\n"
-                   f"Call-ID: s{caller.call_id}\r\nCSeq: CSEQ MESSAGE\r\nMax-Forwards: 70\r\n"
-                   f"AUTHContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nhi")
+        message = (
+            f"MESSAGE {ruri} SIP/2.0\r\n{caller.via()}\r\n"
+            f"From: <sips:user2@example.test>;tag=s1\r\nTo: <{ruri}>\r\n"
+            f"Call-ID: s{caller.call_id}\r\nCSeq: CSEQ MESSAGE\r\nMax-Forwards: 70\r\n"
+            f"AUTHContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nhi"
+        )
         caller.send(message.replace("CSEQ", "1").replace("AUTH", ""))
         challenge = caller.final()
         assert challenge.startswith("SIP/2.0 407"), challenge
         started = time.monotonic()
-        caller.send(message.replace("CSEQ", "2")
-                    .replace("AUTH", caller.auth(challenge, "MESSAGE", ruri)))
+        caller.send(
+            message.replace("CSEQ", "2").replace("AUTH", caller.auth(challenge, "MESSAGE", ruri))
+        )
         listener.settimeout(5)
         silent, _ = listener.accept()
         other = TlsPhone(node, "user0", certs[0])
-        assert other.register().startswith("SIP/2.0 200")    # served meanwhile
+        assert other.register().startswith("SIP/2.0 200")  # served meanwhile
         other.close()
         answer = caller.final()
         assert answer.startswith("SIP/2.0 5"), answer

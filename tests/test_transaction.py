@@ -9,29 +9,51 @@ import pytest
 from sipcore.errors import SipError
 from sipcore.message import Request, make_response, parse_message
 from sipcore.timers import Timer, TimerConfig, TimerQueues
-from sipcore.transaction import (MAGIC_COOKIE, AckReceived, ClientTransaction,
-                                 RequestReceived, ResponseReceived, ServerTransaction,
-                                 State, StrayResponse, TransactionLayer,
-                                 TransactionTimeout, TransportError, build_ack,
-                                 build_cancel, new_branch, server_key)
+from sipcore.transaction import (
+    MAGIC_COOKIE,
+    AckReceived,
+    ClientTransaction,
+    RequestReceived,
+    ResponseReceived,
+    ServerTransaction,
+    State,
+    StrayResponse,
+    TransactionLayer,
+    TransactionTimeout,
+    TransportError,
+    build_ack,
+    build_cancel,
+    new_branch,
+    server_key,
+)
 
 UDP = ("udp", "10.0.0.2", 5060)
 TCP = ("tcp", "10.0.0.2", 40000)
 PEER = ("udp", "10.0.0.9", 5060)
 
 
-def request(method="REGISTER", branch="z9hG4bKaaa", cseq=1, sent_by="10.0.0.2:5060",
-            extra="", call_id="call-1@x", uri="sip:bob@example.com", vias=()) -> Request:
+def request(
+    method="REGISTER",
+    branch="z9hG4bKaaa",
+    cseq=1,
+    sent_by="10.0.0.2:5060",
+    extra="",
+    call_id="call-1@x",
+    uri="sip:bob@example.com",
+    vias=(),
+) -> Request:
     """A parsed request as it would come off the wire."""
     via_lines = "".join(f"Via: {v}\r\n" for v in vias)
-    text = (f"{method} {uri} SIP/2.0\r\n"
-            f"Via: SIP/2.0/UDP {sent_by};branch={branch}\r\n{via_lines}"
-            "Max-Forwards: 70\r\n"
-            "From: <sip:alice@example.com>;tag=from1\r\n"
-            "To: <sip:bob@example.com>\r\n"
-            f"Call-ID: {call_id}\r\n"
-            f"CSeq: {cseq} {method}\r\n"
-            f"{extra}Content-Length: 0\r\n\r\n")
+    text = (
+        f"{method} {uri} SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP {sent_by};branch={branch}\r\n{via_lines}"
+        "Max-Forwards: 70\r\n"
+        "From: <sip:alice@example.com>;tag=from1\r\n"
+        "To: <sip:bob@example.com>\r\n"
+        f"Call-ID: {call_id}\r\n"
+        f"CSeq: {cseq} {method}\r\n"
+        f"{extra}Content-Length: 0\r\n\r\n"
+    )
     return parse_message(text.encode())
 
 
@@ -68,6 +90,7 @@ def new_server(layer, req, now=0.0, source=UDP, reliable=False):
 
 
 # -- server, non-INVITE ---------------------------------------------------------------
+
 
 def test_new_request_event_and_retransmission_in_trying_absorbed():
     layer = TransactionLayer()
@@ -145,6 +168,7 @@ def test_same_branch_other_sent_by_or_method_is_another_transaction():
 
 
 # -- server, INVITE -------------------------------------------------------------------
+
 
 def test_invite_server_sends_100_and_resends_last_provisional():
     layer = TransactionLayer()
@@ -297,7 +321,8 @@ def test_rfc2543_requests_without_magic_cookie():
     assert tx.state is State.CONFIRMED
     no_branch = parse_message(
         b"OPTIONS sip:x@y SIP/2.0\r\nVia: SIP/2.0/UDP h\r\nFrom: <sip:a@b>\r\n"
-        b"To: <sip:x@y>\r\nCall-ID: 1\r\nCSeq: 1 OPTIONS\r\n\r\n")
+        b"To: <sip:x@y>\r\nCall-ID: 1\r\nCSeq: 1 OPTIONS\r\n\r\n"
+    )
     layer.receive(no_branch, UDP, 0.5)
     assert isinstance(events(layer)[-1], RequestReceived)
 
@@ -325,6 +350,7 @@ def test_request_with_unparsable_via_raises_sip_error():
 
 
 # -- client, non-INVITE ---------------------------------------------------------------
+
 
 def test_timer_e_capped_at_t2_and_timer_f_timeout():
     layer = TransactionLayer()
@@ -374,6 +400,7 @@ def test_reliable_non_invite_client():
 
 
 # -- client, INVITE -------------------------------------------------------------------
+
 
 def test_timer_a_doubles_and_timer_b_times_out():
     layer = TransactionLayer()
@@ -470,23 +497,30 @@ def test_unmatched_and_malformed_responses_dropped():
     layer.receive(response_to(other, 486), PEER, 1.0)
     layer.receive(response_to(request("OPTIONS"), 200), PEER, 1.0)
     layer.receive(response_to(request("CANCEL"), 200), PEER, 1.0)
-    for raw in (b"SIP/2.0 200 OK\r\nCSeq: 1 INVITE\r\n\r\n",
-                b"SIP/2.0 200 OK\r\nVia: nonsense\r\nCSeq: 1 INVITE\r\n\r\n",
-                b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP h;branch=z9hG4bKaaa\r\nCSeq: x\r\n\r\n",
-                b"SIP/2.0 486 Busy\r\nVia: SIP/2.0/UDP h\r\nCSeq: 1 INVITE\r\n\r\n"):
+    for raw in (
+        b"SIP/2.0 200 OK\r\nCSeq: 1 INVITE\r\n\r\n",
+        b"SIP/2.0 200 OK\r\nVia: nonsense\r\nCSeq: 1 INVITE\r\n\r\n",
+        b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP h;branch=z9hG4bKaaa\r\nCSeq: x\r\n\r\n",
+        b"SIP/2.0 486 Busy\r\nVia: SIP/2.0/UDP h\r\nCSeq: 1 INVITE\r\n\r\n",
+    ):
         layer.receive(parse_message(raw), PEER, 1.0)
     assert events(layer) == [] and sent(layer) == []
 
 
 # -- CANCEL ---------------------------------------------------------------------------
 
+
 def test_cancel_deferred_until_provisional_and_built_per_9_1():
     layer = TransactionLayer()
-    req = request("INVITE", cseq=7, extra="Route: <sip:p1;lr>\r\nContact: <sip:a@h>\r\n",
-                  vias=("SIP/2.0/UDP 10.0.0.1;branch=z9hG4bKup",))
+    req = request(
+        "INVITE",
+        cseq=7,
+        extra="Route: <sip:p1;lr>\r\nContact: <sip:a@h>\r\n",
+        vias=("SIP/2.0/UDP 10.0.0.1;branch=z9hG4bKup",),
+    )
     tx = layer.send_request(req, PEER, 0.0)
     sent(layer)
-    assert layer.cancel(tx, 0.2, headers=[("Reason", 'SIP;cause=487')])
+    assert layer.cancel(tx, 0.2, headers=[("Reason", "SIP;cause=487")])
     assert sent(layer) == [] and tx.cancel is None
     layer.receive(response_to(req, 180), PEER, 0.3)
     assert isinstance(tx.cancel, ClientTransaction)
@@ -554,6 +588,7 @@ def test_no_final_after_cancel_times_out():
 
 
 # -- transport errors, helpers, purity ------------------------------------------------
+
 
 def test_transport_error_for_a_transaction_and_for_a_destination():
     layer = TransactionLayer()

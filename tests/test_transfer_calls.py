@@ -17,9 +17,9 @@ from tests.test_gateways import Gateway, wait_for
 from tests.test_proxy import start_node
 from tests.test_trunks import raw_invite, send_from
 
-CARRIER_IP = "127.0.18.9"          # the trusted carrier's source address
-DID = "+15551230301"               # user0's number, which the carrier calls
-SOFTPHONE_DID = "+15551230303"     # user2's number: a PJSUA2 softphone
+CARRIER_IP = "127.0.18.9"  # the trusted carrier's source address
+DID = "+15551230301"  # user0's number, which the carrier calls
+SOFTPHONE_DID = "+15551230303"  # user2's number: a PJSUA2 softphone
 CALLER = "+15557770000"
 
 
@@ -161,13 +161,16 @@ def phone_scenario(node, target: str, expect: int) -> str:
     password = dict(node.rows)["user0"]
 
     def refer(cseq: int, auth: str) -> str:
-        return (REFER.replace("CSEQ", str(cseq)).replace("AUTH", auth)
-                .replace("TARGET", target))
-    text = (PHONE.replace("REFER_1", refer(1, ""))
-            .replace("REFER_2", refer(2, f"[authentication username=user0 password={password}]"))
-            .replace("EXPECT", str(expect))
-            .replace("ENDING", HANGUP_BY_CARRIER if expect == 202 else HANGUP_BY_PHONE)
-            .replace("DID", DID).replace("DOMAIN", node.domain))
+        return REFER.replace("CSEQ", str(cseq)).replace("AUTH", auth).replace("TARGET", target)
+
+    text = (
+        PHONE.replace("REFER_1", refer(1, ""))
+        .replace("REFER_2", refer(2, f"[authentication username=user0 password={password}]"))
+        .replace("EXPECT", str(expect))
+        .replace("ENDING", HANGUP_BY_CARRIER if expect == 202 else HANGUP_BY_PHONE)
+        .replace("DID", DID)
+        .replace("DOMAIN", node.domain)
+    )
     path = os.path.join(node.work, f"phone-{target.split('@')[0][4:]}-{expect}.xml")
     with open(path, "w") as f:
         f.write(text)
@@ -200,9 +203,17 @@ def carrier_call(node, callee: str, port: int, log: str):
     inf = os.path.join(node.work, f"carrier-{os.urandom(4).hex()}.csv")
     with open(inf, "w") as f:
         f.write(f"SEQUENTIAL\n{CALLER};carrier.example;{callee}@{node.domain}\n")
-    return run_sipp("uac_carrier_transfer.xml", f"{node.address}:{node.port}", node.work,
-                    inf=inf, calls=1, local_ip=CARRIER_IP, local_port=port, timeout=25,
-                    extra=("-trace_msg", "-message_file", log))
+    return run_sipp(
+        "uac_carrier_transfer.xml",
+        f"{node.address}:{node.port}",
+        node.work,
+        inf=inf,
+        calls=1,
+        local_ip=CARRIER_IP,
+        local_port=port,
+        timeout=25,
+        extra=("-trace_msg", "-message_file", log),
+    )
 
 
 def transfer(node, phone_port: int, target: str, expect: int):
@@ -212,9 +223,19 @@ def transfer(node, phone_port: int, target: str, expect: int):
     carrier_port = free_port(CARRIER_IP)
     # SIPp's digest-uri is remote_ip:remote_port unless told: the REFER's Request-URI is
     # the carrier's Contact.
-    phone = Uas(phone_scenario(node, target, expect), phone_port, node.work, calls=1,
-                args=("-trace_msg", "-message_file", log, "-auth_uri",
-                      f"{CALLER}@{CARRIER_IP}:{carrier_port};transport=UDP"))
+    phone = Uas(
+        phone_scenario(node, target, expect),
+        phone_port,
+        node.work,
+        calls=1,
+        args=(
+            "-trace_msg",
+            "-message_file",
+            log,
+            "-auth_uri",
+            f"{CALLER}@{CARRIER_IP}:{carrier_port};transport=UDP",
+        ),
+    )
     try:
         res = carrier_call(node, DID, carrier_port, log + ".carrier")
         return res, phone.wait(10)
@@ -229,7 +250,7 @@ def test_a_blind_transfer_of_an_inbound_call_to_a_colleague_completes(lab):
     assert res.successful == 1, (res, node.log_tail())
     assert phone.get("SuccessfulCall(C)") == "1", phone
     invite = wait_for(lambda: colleague.invites()[before:], 5)[0]
-    assert "X-Tandem-Transfer" not in invite           # the token never leaves the cluster
+    assert "X-Tandem-Transfer" not in invite  # the token never leaves the cluster
     assert f"Referred-By: <sip:user0@{node.domain}>" in invite
 
 
@@ -248,7 +269,7 @@ def test_a_transfer_to_an_international_number_is_refused(lab):
     node, phone_port, _, gateway = lab
     before = len(gateway.invites())
     res, phone = transfer(node, phone_port, f"sip:9004420794601@{node.domain}", 403)
-    assert res.successful == 1, (res, node.log_tail())   # the carrier saw no REFER, a BYE
+    assert res.successful == 1, (res, node.log_tail())  # the carrier saw no REFER, a BYE
     assert phone.get("SuccessfulCall(C)") == "1", phone  # the phone got its 403
     assert gateway.invites()[before:] == []
 
@@ -258,8 +279,9 @@ def test_a_forged_token_is_refused(lab):
     before = len(gateway.invites()), len(colleague.invites())
     for uri in (f"sip:95551234@{node.domain}", f"sip:202@{node.domain}"):
         text = raw_invite(uri, f"sip:{CALLER}@carrier.example").replace(
-            "Content-Length: 0", f"X-Tandem-Transfer: 9999999999.dXNlcjA.{'A' * 22}\r\n"
-                                 "Content-Length: 0")
+            "Content-Length: 0",
+            f"X-Tandem-Transfer: 9999999999.dXNlcjA.{'A' * 22}\r\nContent-Length: 0",
+        )
         answer = send_from(CARRIER_IP, node, text)
         assert answer is not None and answer.startswith("SIP/2.0 403 Transfer Refused"), answer
     assert (len(gateway.invites()), len(colleague.invites())) == before
@@ -270,19 +292,30 @@ def test_a_softphone_transfers_the_carriers_call_to_a_colleague(lab):
     # itself after the 407); the carrier completes the call to user1's extension.
     node, _, colleague, _ = lab
     before = len(colleague.invites())
-    phone = pjsua("pjsua-xfer", "user2", dict(node.rows)["user2"], node.domain,
-                  f"{node.address}:{node.port}", "udp", free_port(), free_port())
+    phone = pjsua(
+        "pjsua-xfer",
+        "user2",
+        dict(node.rows)["user2"],
+        node.domain,
+        f"{node.address}:{node.port}",
+        "udp",
+        free_port(),
+        free_port(),
+    )
     result: list = []
     try:
         assert phone.wait_for("REGISTERED").endswith(" 200"), phone.lines[-10:]
         log = os.path.join(node.work, f"carrier-pjsua-{os.urandom(4).hex()}.log")
-        carrier = threading.Thread(target=lambda: result.append(
-            carrier_call(node, SOFTPHONE_DID, free_port(CARRIER_IP), log)))
+        carrier = threading.Thread(
+            target=lambda: result.append(
+                carrier_call(node, SOFTPHONE_DID, free_port(CARRIER_IP), log)
+            )
+        )
         carrier.start()
         phone.wait_for("INCOMING")
         phone.wait_for("CALL CONFIRMED")
         phone.send(f"xfer sip:202@{node.domain}")
-        phone.wait_for("XFER 100")                    # the REFER went out
+        phone.wait_for("XFER 100")  # the REFER went out
         # the carrier accepted it (no NOTIFY from SIPp: PJSUA2 prints no final status)
         # and hangs up the first call
         phone.wait_for("CALL DISCONNECTED")

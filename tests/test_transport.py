@@ -11,23 +11,31 @@ from sipcore.emergency import EmergencyNumbers
 
 
 def invite(user: str) -> bytes:
-    return (f"INVITE sip:{user}@example.test SIP/2.0\r\n"
-            f"Via: SIP/2.0/UDP 192.0.2.9:5060;branch=z9hG4bK{os.urandom(6).hex()}\r\n"
-            f"From: <sip:alice@example.test>;tag=1\r\nTo: <sip:{user}@example.test>\r\n"
-            f"Call-ID: {os.urandom(6).hex()}\r\nCSeq: 1 INVITE\r\nMax-Forwards: 70\r\n"
-            "Contact: <sip:alice@192.0.2.9>\r\nContent-Length: 0\r\n\r\n").encode()
+    return (
+        f"INVITE sip:{user}@example.test SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 192.0.2.9:5060;branch=z9hG4bK{os.urandom(6).hex()}\r\n"
+        f"From: <sip:alice@example.test>;tag=1\r\nTo: <sip:{user}@example.test>\r\n"
+        f"Call-ID: {os.urandom(6).hex()}\r\nCSeq: 1 INVITE\r\nMax-Forwards: 70\r\n"
+        "Contact: <sip:alice@192.0.2.9>\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
 
 
 def transport(**limits) -> tuple[Transport, list]:
     got: list = []
-    t = Transport("127.0.0.1", 0, lambda req, dest: got.append(req.ruri.user), lambda *a: None,
-                  limits=Limits(**limits))
+    t = Transport(
+        "127.0.0.1",
+        0,
+        lambda req, dest: got.append(req.ruri.user),
+        lambda *a: None,
+        limits=Limits(**limits),
+    )
     return t, got
 
 
 def test_a_flooding_source_is_cut_to_its_burst_but_emergency_invites_pass():
-    t, got = transport(udp_rate=1.0, udp_burst=5,
-                       emergency_numbers=EmergencyNumbers(frozenset({"911"})))
+    t, got = transport(
+        udp_rate=1.0, udp_burst=5, emergency_numbers=EmergencyNumbers(frozenset({"911"}))
+    )
     for _ in range(50):
         t.receive(invite("bob"), "192.0.2.9", 5060)
     for _ in range(20):
@@ -43,8 +51,9 @@ def test_no_limit_when_off_and_oversized_datagrams_dropped():
     for _ in range(1000):
         t.receive(invite("bob"), "192.0.2.9", 5060)
     assert len(got) == 1000
-    big = invite("bob").replace(b"Content-Length: 0\r\n\r\n",
-                                b"Content-Length: 2000\r\n\r\n" + b"x" * 2000)
+    big = invite("bob").replace(
+        b"Content-Length: 0\r\n\r\n", b"Content-Length: 2000\r\n\r\n" + b"x" * 2000
+    )
     t.receive(big, "192.0.2.9", 5060)
     assert len(got) == 1000 and t.stats["oversized"] == 1
 
@@ -58,8 +67,12 @@ def test_a_hostile_destination_is_dropped_with_a_rate_limited_log(caplog):
         peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         peer.bind(("127.0.0.1", 0))
         peer.settimeout(2.0)
-        bad = [("udp", "127.0.0.1", 70000), ("tcp", "127.0.0.1", 70000),
-               ("tcp", "a" * 64 + ".test", 5060), ("udp", "b" * 64 + ".test", 99999)]
+        bad = [
+            ("udp", "127.0.0.1", 70000),
+            ("tcp", "127.0.0.1", 70000),
+            ("tcp", "a" * 64 + ".test", 5060),
+            ("udp", "b" * 64 + ".test", 99999),
+        ]
         with caplog.at_level(logging.INFO, logger="actors.transport"):
             for _ in range(20):
                 for dest in bad:
@@ -83,8 +96,11 @@ def test_an_over_cap_tcp_connection_carries_emergency_calls_only(monkeypatch):
     after it closes it); one
     that brings anything else is closed; at most EMERGENCY_EXTRA such at once."""
     monkeypatch.setattr("actors.transport.EMERGENCY_EXTRA", 2)
-    t, got = transport(tcp_max_per_source=1, tcp_header_timeout=1.0,
-                       emergency_numbers=EmergencyNumbers(frozenset({"911"}), "9"))
+    t, got = transport(
+        tcp_max_per_source=1,
+        tcp_header_timeout=1.0,
+        emergency_numbers=EmergencyNumbers(frozenset({"911"}), "9"),
+    )
     t.start()
     conns = []
 
@@ -100,8 +116,9 @@ def test_an_over_cap_tcp_connection_carries_emergency_calls_only(monkeypatch):
             return s.recv(100) == b""
         except OSError:
             return True
+
     try:
-        connect().sendall(tcp_invite("user1"))          # within the cap: anything goes
+        connect().sendall(tcp_invite("user1"))  # within the cap: anything goes
         gevent.sleep(0.1)
         assert got == ["user1"]
         dressed = connect()
@@ -111,17 +128,22 @@ def test_an_over_cap_tcp_connection_carries_emergency_calls_only(monkeypatch):
         sos.sendall(tcp_invite("9911"))
         gevent.sleep(0.1)
         assert got == ["user1", "9911"]
-        sos.sendall(tcp_invite("user3").replace(b"To: <sip:user3@example.test>",
-                                                b"To: <sip:user3@example.test>;tag=t1"))
-        gevent.sleep(0.1)                               # a re-INVITE within the call
+        sos.sendall(
+            tcp_invite("user3").replace(
+                b"To: <sip:user3@example.test>", b"To: <sip:user3@example.test>;tag=t1"
+            )
+        )
+        gevent.sleep(0.1)  # a re-INVITE within the call
         assert got == ["user1", "9911", "user3"]
-        sos.sendall(b"REGISTER sip:example.test SIP/2.0\r\n" + tcp_invite("x").split(
-            b"\r\n", 1)[1].replace(b"INVITE", b"REGISTER"))
+        sos.sendall(
+            b"REGISTER sip:example.test SIP/2.0\r\n"
+            + tcp_invite("x").split(b"\r\n", 1)[1].replace(b"INVITE", b"REGISTER")
+        )
         assert closed(sos) and got == ["user1", "9911", "user3"]
-        held = [connect(), connect()]                   # the extra ones, silent
+        held = [connect(), connect()]  # the extra ones, silent
         refused = connect()
         assert closed(refused) and t.stats["tcp_refused"] >= 1
-        assert all(closed(s) for s in held)             # silent past the header timeout
+        assert all(closed(s) for s in held)  # silent past the header timeout
         assert t.extra == 0
     finally:
         for s in conns:

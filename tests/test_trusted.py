@@ -17,12 +17,27 @@ from store import master as ms
 from tests.test_dialing import GW_A, PLAN, PSAP, core, forwarded  # noqa: F401 (fixture)
 from tests.test_web import login
 from tests.test_web_dialplan import api, app  # noqa: F401 (fixture)
-from tests.test_proxy_core import (ALICE, DOMAIN, PHONES, PROXY, WALL, bind, lookup, out,
-                                   parse_message, request)
+from tests.test_proxy_core import (
+    ALICE,
+    DOMAIN,
+    PHONES,
+    PROXY,
+    WALL,
+    bind,
+    lookup,
+    out,
+    parse_message,
+    request,
+)
 
 CARRIER = ("udp", "10.9.0.5", 5060)
-TRUSTED_PLAN = {**PLAN, "trusted": [{"name": "carrier", "address": CARRIER[1]},
-                                    {"name": "sbc", "address": "10.8.0.0/29"}]}
+TRUSTED_PLAN = {
+    **PLAN,
+    "trusted": [
+        {"name": "carrier", "address": CARRIER[1]},
+        {"name": "sbc", "address": "10.8.0.0/29"},
+    ],
+}
 
 
 @pytest.fixture
@@ -36,9 +51,13 @@ def statuses(sent):
 
 
 def test_peers_by_address_and_network():
-    peers = parse_trusted([{"name": "c", "address": "192.0.2.7"},
-                           {"name": "n", "address": "198.51.100.0/28"},
-                           {"name": "v6", "address": "2001:db8::/64"}])
+    peers = parse_trusted(
+        [
+            {"name": "c", "address": "192.0.2.7"},
+            {"name": "n", "address": "198.51.100.0/28"},
+            {"name": "v6", "address": "2001:db8::/64"},
+        ]
+    )
     assert peers.peer("192.0.2.7").name == "c"
     assert peers.peer("192.0.2.8") is None
     assert peers.peer("198.51.100.15").name == "n"
@@ -48,12 +67,17 @@ def test_peers_by_address_and_network():
     assert parse_trusted(None).peer("192.0.2.7") is None
 
 
-@pytest.mark.parametrize("entry", [{"name": "all", "address": "0.0.0.0/0"},
-                                   {"name": "six", "address": "::/0"},
-                                   {"name": "x", "address": "carrier.example"},
-                                   {"name": "x", "address": 17},
-                                   {"name": "bad name!", "address": "192.0.2.1"},
-                                   {"name": "x", "address": "192.0.2.1", "secret": "y"}])
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"name": "all", "address": "0.0.0.0/0"},
+        {"name": "six", "address": "::/0"},
+        {"name": "x", "address": "carrier.example"},
+        {"name": "x", "address": 17},
+        {"name": "bad name!", "address": "192.0.2.1"},
+        {"name": "x", "address": "192.0.2.1", "secret": "y"},
+    ],
+)
 def test_bad_trusted_entries_are_refused(entry):
     with pytest.raises(DialPlanError, match=r"trusted\[0\]"):
         parse_dialplan({"trusted": [entry]})
@@ -67,19 +91,31 @@ def test_too_many_peers_are_refused():
 
 def test_a_trusted_carrier_reaches_a_user_unchallenged(trusting):
     bind(trusting.location, "bob", PHONES[0])
-    trusting.receive(request("INVITE", source=CARRIER, frm=f"sip:+15557770000@{DOMAIN}"),
-                     CARRIER, 0.0, WALL)
-    (_, dest), = forwarded(out(trusting))
+    trusting.receive(
+        request("INVITE", source=CARRIER, frm=f"sip:+15557770000@{DOMAIN}"), CARRIER, 0.0, WALL
+    )
+    ((_, dest),) = forwarded(out(trusting))
     assert dest == PHONES[0]
     # a network entry is trusted too
     sbc = ("udp", "10.8.0.6", 5060)
-    trusting.receive(request("INVITE", source=sbc, frm=f"sip:+15557770001@{DOMAIN}",
-                             call_id="c2"), sbc, 0.0, WALL)
+    trusting.receive(
+        request("INVITE", source=sbc, frm=f"sip:+15557770001@{DOMAIN}", call_id="c2"),
+        sbc,
+        0.0,
+        WALL,
+    )
     assert [d for _, d in forwarded(out(trusting))] == [PHONES[0]]
 
 
-@pytest.mark.parametrize("uri", ["sip:95551234@example.test", "sip:+15551234567@example.test",
-                                 "sip:someone@other.test", "sip:5551234@127.0.0.21:5080"])
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "sip:95551234@example.test",
+        "sip:+15551234567@example.test",
+        "sip:someone@other.test",
+        "sip:5551234@127.0.0.21:5080",
+    ],
+)
 def test_a_trusted_carrier_cannot_relay_to_a_gateway_or_elsewhere(trusting, uri):
     for frm in (f"sip:+15557770000@{DOMAIN}", "sip:+15557770000@carrier.example"):
         trusting.receive(request("INVITE", uri, source=CARRIER, frm=frm), CARRIER, 0.0, WALL)
@@ -89,8 +125,9 @@ def test_a_trusted_carrier_cannot_relay_to_a_gateway_or_elsewhere(trusting, uri)
 
 
 def test_trunk_to_trunk_says_so(trusting):
-    trusting.receive(request("INVITE", "sip:95551234@example.test", source=CARRIER),
-                     CARRIER, 0.0, WALL)
+    trusting.receive(
+        request("INVITE", "sip:95551234@example.test", source=CARRIER), CARRIER, 0.0, WALL
+    )
     resp = [m for m, _ in out(trusting) if hasattr(m, "status")][-1]
     assert (resp.status, resp.reason) == (403, "No Trunk-To-Trunk Relay")
 
@@ -109,11 +146,13 @@ def test_a_request_claiming_the_carriers_address_is_challenged(trusting):
 
 
 def test_a_forged_received_parameter_is_overwritten(trusting):
-    text = ("INVITE sip:bob@example.test SIP/2.0\r\n"
-            f"Via: SIP/2.0/UDP {ALICE[1]}:{ALICE[2]};branch=z9hG4bKf;received={CARRIER[1]}\r\n"
-            "Max-Forwards: 70\r\nFrom: <sip:+1555@example.test>;tag=a\r\n"
-            "To: <sip:bob@example.test>\r\nCall-ID: f1\r\nCSeq: 1 INVITE\r\n"
-            "Content-Length: 0\r\n\r\n")
+    text = (
+        "INVITE sip:bob@example.test SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP {ALICE[1]}:{ALICE[2]};branch=z9hG4bKf;received={CARRIER[1]}\r\n"
+        "Max-Forwards: 70\r\nFrom: <sip:+1555@example.test>;tag=a\r\n"
+        "To: <sip:bob@example.test>\r\nCall-ID: f1\r\nCSeq: 1 INVITE\r\n"
+        "Content-Length: 0\r\n\r\n"
+    )
     req = parse_message(text.encode())
     req.validate()
     dest = stamp_via(req, *ALICE)
@@ -123,9 +162,15 @@ def test_a_forged_received_parameter_is_overwritten(trusting):
 
 
 def test_an_emergency_call_from_a_trusted_carrier_still_goes(trusting):
-    trusting.receive(request("INVITE", "sip:911@example.test", source=CARRIER,
-                             frm="sip:+15557770000@carrier.example"), CARRIER, 0.0, WALL)
-    (_, dest), = forwarded(out(trusting))
+    trusting.receive(
+        request(
+            "INVITE", "sip:911@example.test", source=CARRIER, frm="sip:+15557770000@carrier.example"
+        ),
+        CARRIER,
+        0.0,
+        WALL,
+    )
+    ((_, dest),) = forwarded(out(trusting))
     assert dest == PSAP
     assert dest != GW_A
 
@@ -133,22 +178,27 @@ def test_an_emergency_call_from_a_trusted_carrier_still_goes(trusting):
 def test_trusted_peers_through_the_master_api(app):  # noqa: F811 (the fixture imported above)
     c = app.test_client()
     poked = app.extensions["pusher"]
-    assert api(c, "POST", "/trusted", {"name": "carrier", "address": "192.0.2.0/28"}
-               ).status_code == 200
-    version = api(c, "POST", "/trusted", {"name": "carrier", "address": "192.0.2.7"}
-                  ).get_json()["version"]
+    assert (
+        api(c, "POST", "/trusted", {"name": "carrier", "address": "192.0.2.0/28"}).status_code
+        == 200
+    )
+    version = api(c, "POST", "/trusted", {"name": "carrier", "address": "192.0.2.7"}).get_json()[
+        "version"
+    ]
     assert ms.config_for(version)["dialplan"]["trusted"] == [
-        {"name": "carrier", "address": "192.0.2.7"}]
+        {"name": "carrier", "address": "192.0.2.7"}
+    ]
     assert poked.count >= 2
     bad = api(c, "POST", "/trusted", {"name": "all", "address": "0.0.0.0/0"})
     assert bad.status_code == 400 and "every address" in bad.get_json()["error"]
     assert api(c, "POST", "/trusted", {"name": "x"}).status_code == 400
-    assert api(c, "POST", "/trusted", {"name": "sbc", "certificate": "ab" * 32}
-               ).status_code == 200
+    assert api(c, "POST", "/trusted", {"name": "sbc", "certificate": "ab" * 32}).status_code == 200
     assert api(c, "POST", "/trusted", {"name": "sbc", "certificate": "ab"}).status_code == 400
     assert api(c, "POST", "/trusted", ["x"]).status_code == 400
-    assert api(c, "POST", "/trusted", {"name": "c2", "address": "192.0.2.9"},
-               headers={}).status_code == 401
+    assert (
+        api(c, "POST", "/trusted", {"name": "c2", "address": "192.0.2.9"}, headers={}).status_code
+        == 401
+    )
     assert api(c, "DELETE", "/trusted/carrier").status_code == 200
     assert api(c, "DELETE", "/trusted/carrier").status_code == 404
     assert api(c, "DELETE", "/trusted/sbc").status_code == 200
@@ -172,23 +222,32 @@ SBC_TLS = ("tls", "10.6.0.8", 40123)
 
 
 def test_peers_by_certificate():
-    peers = parse_trusted([{"name": "fp", "certificate": ":".join(["AB"] * 32)},
-                           {"name": "cn", "subject": "sbc.carrier.example"},
-                           {"name": "both", "certificate": "cd" * 32, "address": "10.5.0.0/24"}])
-    assert peers.peer("10.1.1.1", (FINGERPRINT, "x")).name == "fp"     # any address
+    peers = parse_trusted(
+        [
+            {"name": "fp", "certificate": ":".join(["AB"] * 32)},
+            {"name": "cn", "subject": "sbc.carrier.example"},
+            {"name": "both", "certificate": "cd" * 32, "address": "10.5.0.0/24"},
+        ]
+    )
+    assert peers.peer("10.1.1.1", (FINGERPRINT, "x")).name == "fp"  # any address
     assert peers.peer("10.1.1.1", ("ef" * 32, "sbc.carrier.example")).name == "cn"
     assert peers.peer("10.5.0.9", ("cd" * 32, "")).name == "both"
-    assert peers.peer("10.1.1.1", ("cd" * 32, "")) is None             # wrong address
-    assert peers.peer("10.5.0.9", None) is None                        # no certificate
+    assert peers.peer("10.1.1.1", ("cd" * 32, "")) is None  # wrong address
+    assert peers.peer("10.5.0.9", None) is None  # no certificate
     assert peers.peer("10.1.1.1", ("ef" * 32, "other")) is None
 
 
-@pytest.mark.parametrize("entry", [{"name": "x", "certificate": "ab" * 31},
-                                   {"name": "x", "certificate": "zz" * 32},
-                                   {"name": "x", "certificate": 7},
-                                   {"name": "x", "subject": ["a"]},
-                                   {"name": "x", "subject": "a\nb"},
-                                   {"name": "x", "fingerprint": "ab" * 32}])
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"name": "x", "certificate": "ab" * 31},
+        {"name": "x", "certificate": "zz" * 32},
+        {"name": "x", "certificate": 7},
+        {"name": "x", "subject": ["a"]},
+        {"name": "x", "subject": "a\nb"},
+        {"name": "x", "fingerprint": "ab" * 32},
+    ],
+)
 def test_bad_certificate_entries_are_refused(entry):
     with pytest.raises(DialPlanError, match=r"trusted\[0\]"):
         parse_dialplan({"trusted": [entry]})
@@ -197,8 +256,7 @@ def test_bad_certificate_entries_are_refused(entry):
 @pytest.fixture
 def certified():
     settings = ProxySettings(DOMAIN, *PROXY, tls_port=5061)
-    px = ProxyCore(settings, Location(), Authenticator(DOMAIN, b"k" * 32, lookup),
-                     trying_delay=0)
+    px = ProxyCore(settings, Location(), Authenticator(DOMAIN, b"k" * 32, lookup), trying_delay=0)
     plan = {**PLAN, "trusted": [{"name": "sbc", "certificate": FINGERPRINT}]}
     px.dialing = Dialing(parse_dialplan(plan), lambda u: lookup(u) is not None, DOMAIN)
     seen = {}
@@ -210,25 +268,41 @@ def test_a_tls_connection_presenting_the_certificate_is_trusted(certified):
     px, seen = certified
     bind(px.location, "bob", PHONES[0])
     seen[SBC_TLS[1:]] = (FINGERPRINT, "sbc")
-    px.receive(request("INVITE", source=SBC_TLS, frm=f"sip:+15557770000@{DOMAIN}"),
-                 SBC_TLS, 0.0, WALL)
-    (_, dest), = forwarded(out(px))
+    px.receive(
+        request("INVITE", source=SBC_TLS, frm=f"sip:+15557770000@{DOMAIN}"), SBC_TLS, 0.0, WALL
+    )
+    ((_, dest),) = forwarded(out(px))
     assert dest == PHONES[0]
     # trusted, yet no trunk-to-trunk relay
-    px.receive(request("INVITE", "sip:95551234@example.test", source=SBC_TLS, call_id="t2", branch="z9hG4bKt2",
-                         frm="sip:+15557770000@carrier.example"), SBC_TLS, 0.0, WALL)
+    px.receive(
+        request(
+            "INVITE",
+            "sip:95551234@example.test",
+            source=SBC_TLS,
+            call_id="t2",
+            branch="z9hG4bKt2",
+            frm="sip:+15557770000@carrier.example",
+        ),
+        SBC_TLS,
+        0.0,
+        WALL,
+    )
     assert statuses(out(px))[-1] == 403
 
 
-@pytest.mark.parametrize("source, certificate", [
-    (SBC_TLS, None),                                        # TLS without a certificate
-    (SBC_TLS, ("cd" * 32, "sbc")),                          # another certificate
-    (("tcp", "10.6.0.8", 40123), (FINGERPRINT, "sbc")),     # not the TLS connection
-])
+@pytest.mark.parametrize(
+    "source, certificate",
+    [
+        (SBC_TLS, None),  # TLS without a certificate
+        (SBC_TLS, ("cd" * 32, "sbc")),  # another certificate
+        (("tcp", "10.6.0.8", 40123), (FINGERPRINT, "sbc")),  # not the TLS connection
+    ],
+)
 def test_without_the_certificate_a_request_is_challenged(certified, source, certificate):
     px, seen = certified
     bind(px.location, "bob", PHONES[0])
     seen[("10.6.0.8", 40123)] = certificate
-    px.receive(request("INVITE", source=source, frm=f"sip:+15557770000@{DOMAIN}"),
-                 source, 0.0, WALL)
+    px.receive(
+        request("INVITE", source=source, frm=f"sip:+15557770000@{DOMAIN}"), source, 0.0, WALL
+    )
     assert statuses(out(px)) == [407]

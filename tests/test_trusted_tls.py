@@ -24,8 +24,21 @@ def openssl(*args: str) -> None:
 
 def make_ca(folder: str, name: str) -> tuple[str, str]:
     cert, key = os.path.join(folder, f"{name}.pem"), os.path.join(folder, f"{name}.key")
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
-            f"/CN={name}", "-keyout", key, "-out", cert)
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        f"/CN={name}",
+        "-keyout",
+        key,
+        "-out",
+        cert,
+    )
     return cert, key
 
 
@@ -33,10 +46,24 @@ def client_cert(folder: str, ca: tuple[str, str], name: str, cn: str) -> tuple[s
     """A client certificate with common name ``cn`` that ``ca`` signed."""
     cert, key = os.path.join(folder, f"{name}.pem"), os.path.join(folder, f"{name}.key")
     csr = os.path.join(folder, f"{name}.csr")
-    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={cn}", "-keyout", key,
-            "-out", csr)
-    openssl("x509", "-req", "-in", csr, "-CA", ca[0], "-CAkey", ca[1], "-CAcreateserial",
-            "-days", "1", "-out", cert)
+    openssl(
+        "req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={cn}", "-keyout", key, "-out", csr
+    )
+    openssl(
+        "x509",
+        "-req",
+        "-in",
+        csr,
+        "-CA",
+        ca[0],
+        "-CAkey",
+        ca[1],
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-out",
+        cert,
+    )
     return cert, key
 
 
@@ -57,7 +84,9 @@ def lab(tmp_path_factory):
         text = f.read()
     text = text.replace("[sip]\n", f'[sip]\ntls_peer_ca = "{ca[0]}"\n', 1)
     with open(node.config, "w") as f:
-        f.write(text + f"""
+        f.write(
+            text
+            + f"""
 [dialplan]
 probe_interval = 0
 
@@ -67,7 +96,8 @@ certificate = "{fingerprint(carrier[0])}"
 
 [dialplan.users.user0]
 numbers = ["{DID}"]
-""")
+"""
+        )
     node.start()
     try:
         yield node, carrier, other, rogue
@@ -87,12 +117,16 @@ def invite_over_tls(node, cert: tuple[str, str] | None) -> str:
     with ctx.wrap_socket(raw) as sock:
         host, port = sock.getsockname()[:2]
         uri = f"sip:{DID}@{node.domain}"
-        sock.sendall((f"INVITE {uri} SIP/2.0\r\n"
-                      f"Via: SIP/2.0/TLS {host}:{port};branch=z9hG4bK{os.urandom(6).hex()}\r\n"
-                      f"From: <sip:+15557770000@{node.domain}>;tag=c1\r\nTo: <{uri}>\r\n"
-                      f"Call-ID: {os.urandom(8).hex()}\r\nCSeq: 1 INVITE\r\n"
-                      f"Contact: <sip:c@{host}:{port};transport=tls>\r\nMax-Forwards: 70\r\n"
-                      "Content-Length: 0\r\n\r\n").encode())
+        sock.sendall(
+            (
+                f"INVITE {uri} SIP/2.0\r\n"
+                f"Via: SIP/2.0/TLS {host}:{port};branch=z9hG4bK{os.urandom(6).hex()}\r\n"
+                f"From: <sip:+15557770000@{node.domain}>;tag=c1\r\nTo: <{uri}>\r\n"
+                f"Call-ID: {os.urandom(8).hex()}\r\nCSeq: 1 INVITE\r\n"
+                f"Contact: <sip:c@{host}:{port};transport=tls>\r\nMax-Forwards: 70\r\n"
+                "Content-Length: 0\r\n\r\n"
+            ).encode()
+        )
         buf = b""
         while True:
             data = sock.recv(65536)
@@ -124,7 +158,7 @@ def test_a_certificate_another_ca_signed_fails_the_handshake(lab):
         answer = invite_over_tls(node, rogue)
     except (ssl.SSLError, ConnectionError):
         return
-    assert answer == "", answer      # TLS 1.3: the refusal shows at the client's first read
+    assert answer == "", answer  # TLS 1.3: the refusal shows at the client's first read
 
 
 def test_a_tls_peer_ca_that_is_no_certificate_file_is_refused(tmp_path):

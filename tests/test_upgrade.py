@@ -30,12 +30,16 @@ from store.files import write_private
 from store.migrations import MASTER_MIGRATIONS, NODE_MIGRATIONS
 from store.schema import current_version, stored_version
 from tests.joined import wait
-from tests.upgrades import (PREVIOUS_RELEASE, Load, Phones, calls, previous_tree,
-                            schema_of)
+from tests.upgrades import PREVIOUS_RELEASE, Load, Phones, calls, previous_tree, schema_of
 from web.push import Pusher
 
-SETTINGS = {"heartbeat": 0.2, "suspect_after": 1.0, "dead_after": 5.0, "alone_wait": 1.0,
-            "sync_timeout": 3.0}
+SETTINGS = {
+    "heartbeat": 0.2,
+    "suspect_after": 1.0,
+    "dead_after": 5.0,
+    "alone_wait": 1.0,
+    "sync_timeout": 3.0,
+}
 FAILED_BOUND = 0
 """Registrations or calls that may fail during the rolling upgrade: none."""
 
@@ -58,9 +62,11 @@ def following(cluster) -> bool:
     """Whether every node hears every peer and holds a snapshot of it (so what follows
     travels as live updates)."""
     try:
-        return all(p["liveness"] == "alive" and p["has_snapshot"]
-                   for n in cluster.nodes
-                   for p in cluster.control(n, "status", 1.0, brief=True)["peers"].values())
+        return all(
+            p["liveness"] == "alive" and p["has_snapshot"]
+            for n in cluster.nodes
+            for p in cluster.control(n, "status", 1.0, brief=True)["peers"].values()
+        )
     except BusError:
         return False
 
@@ -70,11 +76,18 @@ def old_master(previous: str, work: str) -> tuple[str, str, str]:
     database URL and key pair."""
     data = os.path.join(work, "master")
     config = os.path.join(work, "master.toml")
-    write_private(config, f'[master]\nlisten = "127.0.0.1:{free_port()}"\n'
-                          f'data_dir = "{data}"\ndomain = "example.test"\n')
-    init = subprocess.run([sys.executable, os.path.join(previous, "run.py"), "master", "init",
-                           "--config", config], capture_output=True, text=True, timeout=60,
-                          cwd=previous)
+    write_private(
+        config,
+        f'[master]\nlisten = "127.0.0.1:{free_port()}"\n'
+        f'data_dir = "{data}"\ndomain = "example.test"\n',
+    )
+    init = subprocess.run(
+        [sys.executable, os.path.join(previous, "run.py"), "master", "init", "--config", config],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=previous,
+    )
     assert init.returncode == 0, init.stderr
     keys = []
     for name in ("master.public", "master.secret"):
@@ -107,8 +120,9 @@ def test_a_previous_release_node_and_a_current_one_work_together(previous, tmp_p
         pusher = Pusher(master_public, master_secret, interval=0.2)
         pusher.start()
         pusher.poke()
-        assert wait(lambda: all(n["acked_version"] >= version for n in ms.list_nodes()), 10), \
+        assert wait(lambda: all(n["acked_version"] >= version for n in ms.list_nodes()), 10), (
             ms.list_nodes()
+        )
         for node in cluster.nodes:
             assert cluster.control(node, "config_version")["version"] == version
 
@@ -130,8 +144,11 @@ def test_a_previous_release_node_and_a_current_one_work_together(previous, tmp_p
         assert new_status["peers"][old.id]["updates"] >= 1, "live updates, old to new"
         assert new_status["pv"] == PROTOCOL_VERSION
         assert new_status["peers"][old.id]["pv"] == FIRST_VERSION
-        assert (new_status["bad_messages"], new_status["newer_protocol"],
-                new_status["unknown_kinds"]) == (0, 0, 0)
+        assert (
+            new_status["bad_messages"],
+            new_status["newer_protocol"],
+            new_status["unknown_kinds"],
+        ) == (0, 0, 0)
         # The new node kept records of the calls it answered, and sent none to the old one.
         assert new_status["dialog_stats"]["answered"] >= 3
         assert new_status["dialog_stats"]["published"] == 0
@@ -155,7 +172,8 @@ def test_a_previous_release_node_and_a_current_one_work_together(previous, tmp_p
 
 
 def test_rolling_upgrade_from_the_previous_release_keeps_registrations_and_calls(
-        previous, tmp_path):
+    previous, tmp_path
+):
     work = str(tmp_path)
     cluster = Cluster(work, 3, settings=SETTINGS)
     for node in cluster.nodes:
@@ -196,13 +214,16 @@ def test_rolling_upgrade_from_the_previous_release_keeps_registrations_and_calls
             assert all(p["updates"] >= 1 for p in status["peers"].values()), status["peers"]
             assert (status["bad_messages"], status["newer_protocol"]) == (0, 0)
         # Once every node speaks this release, the calls' records go on the bus.
-        assert any(cluster.control(n, "status")["dialog_stats"]["published"]
-                   for n in cluster.nodes)
-        (regs, reg_failed), (placed, call_failed) = (load.counts["registrations"],
-                                                     load.counts["calls"])
-        print(f"rolling upgrade {PREVIOUS_RELEASE} -> current: {load.rounds} rounds, "
-              f"registrations {regs} attempted {reg_failed} failed, "
-              f"calls {placed} attempted {call_failed} failed")
+        assert any(cluster.control(n, "status")["dialog_stats"]["published"] for n in cluster.nodes)
+        (regs, reg_failed), (placed, call_failed) = (
+            load.counts["registrations"],
+            load.counts["calls"],
+        )
+        print(
+            f"rolling upgrade {PREVIOUS_RELEASE} -> current: {load.rounds} rounds, "
+            f"registrations {regs} attempted {reg_failed} failed, "
+            f"calls {placed} attempted {call_failed} failed"
+        )
         assert reg_failed + call_failed <= FAILED_BOUND, load.failures
         assert regs and placed
     finally:

@@ -7,21 +7,41 @@ import pytest
 
 from sipcore.errors import SipError, SipParseError
 from sipcore.headers import parse_via
-from sipcore.uri import (NameAddr, SipUri, UnsupportedScheme, check_host, format_params,
-                         parse_name_addr, parse_number, parse_params, parse_uri, split_hostport,
-                         split_quoted, unquote_string)
+from sipcore.uri import (
+    NameAddr,
+    SipUri,
+    UnsupportedScheme,
+    check_host,
+    format_params,
+    parse_name_addr,
+    parse_number,
+    parse_params,
+    parse_uri,
+    split_hostport,
+    split_quoted,
+    unquote_string,
+)
 
 
 # -- parse_uri: valid ---------------------------------------------------------
 
+
 def test_plain_sip_uri():
     u = parse_uri("sip:alice@example.test")
-    assert (u.scheme, u.user, u.password, u.host, u.port) == ("sip", "alice", None, "example.test", None)
+    assert (u.scheme, u.user, u.password, u.host, u.port) == (
+        "sip",
+        "alice",
+        None,
+        "example.test",
+        None,
+    )
     assert u.params == {} and u.headers == ""
 
 
 def test_full_sip_uri():
-    u = parse_uri("sips:alice:secret@Example.TEST:5061;transport=TLS;lr;maddr=192.0.2.1?subject=x&priority=urgent")
+    u = parse_uri(
+        "sips:alice:secret@Example.TEST:5061;transport=TLS;lr;maddr=192.0.2.1?subject=x&priority=urgent"
+    )
     assert u.scheme == "sips"
     assert (u.user, u.password) == ("alice", "secret")
     assert (u.host, u.port) == ("Example.TEST", 5061)
@@ -47,12 +67,15 @@ def test_scheme_is_case_insensitive():
     assert parse_uri("SiPs:alice@example.test").scheme == "sips"
 
 
-@pytest.mark.parametrize("text, host, port, bare", [
-    ("sip:alice@[2001:db8::10]", "[2001:db8::10]", None, "2001:db8::10"),
-    ("sip:alice@[2001:DB8::10]:5070;transport=tcp", "[2001:DB8::10]", 5070, "2001:db8::10"),
-    ("sip:[::ffff:192.0.2.1]:5060", "[::ffff:192.0.2.1]", 5060, "::ffff:192.0.2.1"),
-    ("sip:192.0.2.1:5060", "192.0.2.1", 5060, "192.0.2.1"),
-])
+@pytest.mark.parametrize(
+    "text, host, port, bare",
+    [
+        ("sip:alice@[2001:db8::10]", "[2001:db8::10]", None, "2001:db8::10"),
+        ("sip:alice@[2001:DB8::10]:5070;transport=tcp", "[2001:DB8::10]", 5070, "2001:db8::10"),
+        ("sip:[::ffff:192.0.2.1]:5060", "[::ffff:192.0.2.1]", 5060, "::ffff:192.0.2.1"),
+        ("sip:192.0.2.1:5060", "192.0.2.1", 5060, "192.0.2.1"),
+    ],
+)
 def test_ipv6_and_ipv4_hosts(text, host, port, bare):
     u = parse_uri(text)
     assert (u.host, u.port, u.host_bare) == (host, port, bare)
@@ -61,22 +84,35 @@ def test_ipv6_and_ipv4_hosts(text, host, port, bare):
 def test_escaped_user_equals_unescaped():
     escaped = parse_uri("sip:%61lice@example.test")
     plain = parse_uri("sip:alice@EXAMPLE.test")
-    assert escaped.user == "%61lice"          # kept as written, for forwarding
+    assert escaped.user == "%61lice"  # kept as written, for forwarding
     assert escaped.aor() == plain.aor() == "sip:alice@example.test"
     assert escaped.canonical() == plain.canonical()
 
 
 def test_user_comparison_stays_case_sensitive():
-    assert parse_uri("sip:Alice@example.test").canonical() != parse_uri("sip:alice@example.test").canonical()
+    assert (
+        parse_uri("sip:Alice@example.test").canonical()
+        != parse_uri("sip:alice@example.test").canonical()
+    )
 
 
 def test_canonical_keeps_escaped_what_must_not_be_bare():
     # RFC 4475 §3.1.1.4: %00 and %00%00 are two users; a binding key holds no NUL,
     # CR or LF, and bytes that are not UTF-8 are not all one character.
-    keys = [parse_uri(f"sip:{user}@h").canonical()
-            for user in ("%00", "%00%00", "%2500", "%25", "%ff", "%FE", "a%0d%0ab", "%c3")]
-    assert keys == ["sip:%00@h", "sip:%00%00@h", "sip:%2500@h", "sip:%25@h", "sip:%FF@h",
-                    "sip:%FE@h", "sip:a%0D%0Ab@h", "sip:%C3@h"]
+    keys = [
+        parse_uri(f"sip:{user}@h").canonical()
+        for user in ("%00", "%00%00", "%2500", "%25", "%ff", "%FE", "a%0d%0ab", "%c3")
+    ]
+    assert keys == [
+        "sip:%00@h",
+        "sip:%00%00@h",
+        "sip:%2500@h",
+        "sip:%25@h",
+        "sip:%FF@h",
+        "sip:%FE@h",
+        "sip:a%0D%0Ab@h",
+        "sip:%C3@h",
+    ]
     assert parse_uri("sip:%00@h").canonical() == parse_uri("sip:%00@H").canonical()
     assert parse_uri("sip:m%C3%BCller@h").canonical() == parse_uri("sip:m\u00fcller@h").canonical()
 
@@ -124,20 +160,24 @@ def test_at_sign_in_escaped_header_value():
     assert u.headers == "Replaces=abc%40host%3Bto-tag%3D1"
 
 
-@pytest.mark.parametrize("text", [
-    "sip:alice@example.test",
-    "sips:alice:pw@example.test:5061;transport=tls;lr",
-    "sip:alice@[2001:db8::1]:5060;maddr=[2001:db8::2]",
-    "sip:example.test;lr?subject=hello%20world",
-    "tel:+1-201-555-0123;phone-context=example.test",
-    "tel:7042;phone-context=example.test;isub=12",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "sip:alice@example.test",
+        "sips:alice:pw@example.test:5061;transport=tls;lr",
+        "sip:alice@[2001:db8::1]:5060;maddr=[2001:db8::2]",
+        "sip:example.test;lr?subject=hello%20world",
+        "tel:+1-201-555-0123;phone-context=example.test",
+        "tel:7042;phone-context=example.test;isub=12",
+    ],
+)
 def test_str_round_trip(text):
     assert str(parse_uri(text)) == text
     assert parse_uri(str(parse_uri(text))) == parse_uri(text)
 
 
 # -- tel URIs ---------------------------------------------------------------
+
 
 def test_tel_uri_with_parameters():
     u = parse_uri("tel:+1-201-555-0123;ext=1234;phone-context=+1")
@@ -160,16 +200,37 @@ def test_bad_tel_uris(text):
 
 # -- parse_uri: invalid -----------------------------------------------------
 
-@pytest.mark.parametrize("text", [
-    "", "sip", "sip:", ":alice@example.test", "sip:@example.test", "sip:alice@",
-    "sip:alice@:5060", "sip:alice@example.test:", "sip:alice@example.test:0",
-    "sip:alice@example.test:65536", "sip:alice@example.test:5x",
-    "sip:alice@example.test:" + "9" * 5000, "sip:alice@example.test:\u00b2",
-    "sip:alice@exa mple.test", "sip:alice@exa\tmple.test", "sip:alice@exa<mple",
-    "sip:alice@[2001:db8::1", "sip:alice@[2001:db8::1]x", "sip:alice@[zz::1]",
-    "sip:alice@[]", "sip:alice@[1.2.3.4]", "sip:alice@ex\u00e4mple.test",
-    "<sip:alice@example.test>", "\"sip\":x", "sip:alice@example.test\x00",
-])
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "sip",
+        "sip:",
+        ":alice@example.test",
+        "sip:@example.test",
+        "sip:alice@",
+        "sip:alice@:5060",
+        "sip:alice@example.test:",
+        "sip:alice@example.test:0",
+        "sip:alice@example.test:65536",
+        "sip:alice@example.test:5x",
+        "sip:alice@example.test:" + "9" * 5000,
+        "sip:alice@example.test:\u00b2",
+        "sip:alice@exa mple.test",
+        "sip:alice@exa\tmple.test",
+        "sip:alice@exa<mple",
+        "sip:alice@[2001:db8::1",
+        "sip:alice@[2001:db8::1]x",
+        "sip:alice@[zz::1]",
+        "sip:alice@[]",
+        "sip:alice@[1.2.3.4]",
+        "sip:alice@ex\u00e4mple.test",
+        "<sip:alice@example.test>",
+        '"sip":x',
+        "sip:alice@example.test\x00",
+    ],
+)
 def test_malformed_uris_are_400(text):
     with pytest.raises(SipParseError) as exc:
         parse_uri(text)
@@ -178,12 +239,15 @@ def test_malformed_uris_are_400(text):
     assert "\r" not in exc.value.reason and "\n" not in exc.value.reason
 
 
-@pytest.mark.parametrize("text, scheme", [
-    ("http://example.test/", "http"),
-    ("nobodyKnowsThisScheme:totallyopaquecontent", "nobodyknowsthisscheme"),
-    ("soap.beep://192.0.2.103:3002", "soap.beep"),
-    ("urn:uuid:f81d4fae-7dec-11d0-a765-00a0c91e6bf6", "urn"),
-])
+@pytest.mark.parametrize(
+    "text, scheme",
+    [
+        ("http://example.test/", "http"),
+        ("nobodyKnowsThisScheme:totallyopaquecontent", "nobodyknowsthisscheme"),
+        ("soap.beep://192.0.2.103:3002", "soap.beep"),
+        ("urn:uuid:f81d4fae-7dec-11d0-a765-00a0c91e6bf6", "urn"),
+    ],
+)
 def test_unknown_scheme_is_416(text, scheme):
     with pytest.raises(UnsupportedScheme) as exc:
         parse_uri(text)
@@ -196,6 +260,7 @@ def test_unknown_scheme_is_416(text, scheme):
 
 # -- helpers ------------------------------------------------------------------
 
+
 def test_split_hostport():
     assert split_hostport("example.test") == ("example.test", None)
     assert split_hostport("example.test:5060") == ("example.test", 5060)
@@ -207,7 +272,13 @@ def test_split_hostport():
 
 
 def test_check_host():
-    for good in ("example.test", "a-b_c.example.test", "192.0.2.1", "[2001:db8::1]", "[::ffff:1.2.3.4]"):
+    for good in (
+        "example.test",
+        "a-b_c.example.test",
+        "192.0.2.1",
+        "[2001:db8::1]",
+        "[::ffff:1.2.3.4]",
+    ):
         check_host(good)
     for bad in ("", "a b", "a/b", "[::1", "[]", "[g::1]", "a@b"):
         with pytest.raises(SipParseError):
@@ -229,9 +300,15 @@ def test_parse_number():
 
 def test_parse_params():
     assert parse_params("") == {}
-    assert parse_params(";lr;Transport=UDP; q = 0.5 ;;") == {"lr": None, "transport": "UDP", "q": "0.5"}
+    assert parse_params(";lr;Transport=UDP; q = 0.5 ;;") == {
+        "lr": None,
+        "transport": "UDP",
+        "q": "0.5",
+    }
     assert parse_params('+sip.instance="<urn:uuid:a;b>";reg-id=1') == {
-        "+sip.instance": '"<urn:uuid:a;b>"', "reg-id": "1"}
+        "+sip.instance": '"<urn:uuid:a;b>"',
+        "reg-id": "1",
+    }
     assert parse_params("branch=") == {"branch": ""}
     with pytest.raises(SipParseError):
         parse_params(";=x")
@@ -247,7 +324,11 @@ def test_format_params_round_trip():
 
 def test_split_quoted():
     assert split_quoted("a,b,,c", ",") == ["a", "b", "", "c"]
-    assert split_quoted('"x, y" <sip:a>, <sip:b;p=1,2>, c', ",") == ['"x, y" <sip:a>', " <sip:b;p=1,2>", " c"]
+    assert split_quoted('"x, y" <sip:a>, <sip:b;p=1,2>, c', ",") == [
+        '"x, y" <sip:a>',
+        " <sip:b;p=1,2>",
+        " c",
+    ]
     assert split_quoted(r'"a\",b", c', ",") == [r'"a\",b"', " c"]
     assert split_quoted(r'"a\\", c', ",") == [r'"a\\"', " c"]
     assert split_quoted("<sip:a,b", ",") == ["<sip:a,b"]
@@ -263,6 +344,7 @@ def test_unquote_string():
 
 
 # -- name-addr and addr-spec --------------------------------------------------
+
 
 def test_name_addr_with_quoted_display_and_escaped_quotes():
     na = parse_name_addr(r'"J Rosenberg \\\""       <sip:jdrosen@example.test>  ;  tag = 98asjd8')
@@ -313,8 +395,10 @@ def test_name_addr_with_uri_headers():
 
 
 def test_contact_parameters_q_expires_instance_reg_id():
-    na = parse_name_addr('<sip:alice@192.0.2.4:5060;transport=tcp>;q=0.5;expires=3600;'
-                         '+sip.instance="<urn:uuid:00000000-0000-1000-8000-000A95A0E128>";reg-id=1')
+    na = parse_name_addr(
+        "<sip:alice@192.0.2.4:5060;transport=tcp>;q=0.5;expires=3600;"
+        '+sip.instance="<urn:uuid:00000000-0000-1000-8000-000A95A0E128>";reg-id=1'
+    )
     assert na.q == 0.5
     assert na.expires == 3600
     assert na.instance == "urn:uuid:00000000-0000-1000-8000-000A95A0E128"
@@ -328,16 +412,32 @@ def test_contact_parameters_absent():
     assert (na.q, na.expires, na.instance, na.reg_id, na.tag, na.name) == (None,) * 6
 
 
-@pytest.mark.parametrize("q, value", [("0", 0.0), ("1", 1.0), ("1.000", 1.0), ("0.001", 0.001), ("0.", 0.0)])
+@pytest.mark.parametrize(
+    "q, value", [("0", 0.0), ("1", 1.0), ("1.000", 1.0), ("0.001", 0.001), ("0.", 0.0)]
+)
 def test_valid_q_values(q, value):
     assert parse_name_addr(f"<sip:a@example.test>;q={q}").q == value
 
 
-@pytest.mark.parametrize("params", [
-    "q=2", "q=1.5", "q=0.5555", "q=abc", "q=-0.5", "q=", "q=.5",
-    "expires=abc", "expires=-1", "expires=4294967296", "expires=" + "9" * 5000,
-    "reg-id=0", "reg-id=x", "reg-id=2147483648",
-])
+@pytest.mark.parametrize(
+    "params",
+    [
+        "q=2",
+        "q=1.5",
+        "q=0.5555",
+        "q=abc",
+        "q=-0.5",
+        "q=",
+        "q=.5",
+        "expires=abc",
+        "expires=-1",
+        "expires=4294967296",
+        "expires=" + "9" * 5000,
+        "reg-id=0",
+        "reg-id=x",
+        "reg-id=2147483648",
+    ],
+)
 def test_invalid_contact_parameters(params):
     na = parse_name_addr(f"<sip:a@example.test>;{params}")
     name = params.split("=")[0]
@@ -346,21 +446,24 @@ def test_invalid_contact_parameters(params):
     assert exc.value.status == 400
 
 
-@pytest.mark.parametrize("text, words", [
-    ('"Mr. J. User <sip:j.user@example.test>', "unterminated quoted string"),
-    ("Bell, Alexander <sip:a.g.bell@example.test>;tag=43", "must be quoted"),
-    ("Bell@Home <sip:bell@example.test>", "must be quoted"),
-    ('"A" B <sip:a@example.test>', "bad display name"),
-    ('"A" ', "bad display name"),
-    ("<sip:a@example.test", "unterminated <URI>"),
-    ("<sip:a@example.test> junk", "junk after <URI>"),
-    ("sip:user@example.test?Route=%3Csip:sip.example.test%3E", "enclosed in <>"),
-    ("", "empty address"),
-    ("   ", "empty address"),
-    ("<http://example.test/>", "unsupported URI scheme 'http'"),
-    ("isbn:2983792873", "unsupported URI scheme 'isbn'"),
-    ("< sip:a@exa mple.test >", "whitespace in URI"),
-])
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ('"Mr. J. User <sip:j.user@example.test>', "unterminated quoted string"),
+        ("Bell, Alexander <sip:a.g.bell@example.test>;tag=43", "must be quoted"),
+        ("Bell@Home <sip:bell@example.test>", "must be quoted"),
+        ('"A" B <sip:a@example.test>', "bad display name"),
+        ('"A" ', "bad display name"),
+        ("<sip:a@example.test", "unterminated <URI>"),
+        ("<sip:a@example.test> junk", "junk after <URI>"),
+        ("sip:user@example.test?Route=%3Csip:sip.example.test%3E", "enclosed in <>"),
+        ("", "empty address"),
+        ("   ", "empty address"),
+        ("<http://example.test/>", "unsupported URI scheme 'http'"),
+        ("isbn:2983792873", "unsupported URI scheme 'isbn'"),
+        ("< sip:a@exa mple.test >", "whitespace in URI"),
+    ],
+)
 def test_malformed_name_addr(text, words):
     with pytest.raises(SipParseError) as exc:
         parse_name_addr(text)
@@ -370,8 +473,12 @@ def test_malformed_name_addr(text, words):
 
 
 def test_name_addr_str_round_trip():
-    for text in ['"Alice" <sip:alice@example.test>;tag=1', "<sip:a@[::1]:5060;lr>",
-                 "<tel:+1-201-555-0123>;tag=x", '<sip:a@b.test>;+sip.instance="<urn:uuid:1>";reg-id=2']:
+    for text in [
+        '"Alice" <sip:alice@example.test>;tag=1',
+        "<sip:a@[::1]:5060;lr>",
+        "<tel:+1-201-555-0123>;tag=x",
+        '<sip:a@b.test>;+sip.instance="<urn:uuid:1>";reg-id=2',
+    ]:
         na = parse_name_addr(text)
         assert str(na) == text
         assert parse_name_addr(str(na)) == na

@@ -45,12 +45,15 @@ def test_a_stored_plan_that_cannot_compile_makes_no_version(master):
         with ms.master_db.atomic():
             ms.set_setting("dialplan", {"gateways": [{"name": "g"}], "rules": [], "users": {}})
             ms.new_version("plan edited by hand")
+
     refused(change, "the dial plan does not compile: .*host is required")
 
 
 def test_a_gateway_that_does_not_resolve_is_refused(master):
-    refused(lambda: dp.save_gateway({"name": "carrier", "host": "no-such-gw.invalid"}),
-            "gateway carrier: host no-such-gw.invalid does not resolve")
+    refused(
+        lambda: dp.save_gateway({"name": "carrier", "host": "no-such-gw.invalid"}),
+        "gateway carrier: host no-such-gw.invalid does not resolve",
+    )
     assert dp.save_gateway({"name": "carrier", "host": "localhost"}) == ms.current_version()
     assert dp.save_gateway({"name": "other", "host": "192.0.2.7"}) == ms.current_version()
     assert not resolves("no-such-gw.invalid") and resolves("[2001:db8::1]")
@@ -58,13 +61,16 @@ def test_a_gateway_that_does_not_resolve_is_refused(master):
 
 def test_a_user_without_a_password_is_refused(master):
     refused(lambda: ms.save_user("bob", ""), "password")
-    refused(lambda: ms.save_users([("bob", "bob-pw"), ("carol", "")], "import"),
-            "user carol has no password")
+    refused(
+        lambda: ms.save_users([("bob", "bob-pw"), ("carol", "")], "import"),
+        "user carol has no password",
+    )
 
     def no_ha1():
         with ms.master_db.atomic():
             ms.SipUser.create(username="dave", ha1_md5="", ha1_sha256="")
             ms.new_version("user dave saved")
+
     refused(no_ha1, "user dave has no password")
     assert ms.list_users("dave") == []
 
@@ -74,6 +80,7 @@ def test_a_domain_that_is_not_a_host_name_is_refused(master):
         with ms.master_db.atomic():
             ms.set_setting("domain", "bad domain!")
             ms.new_version("domain changed")
+
     refused(change, "domain refused: invalid domain 'bad domain!'")
     assert ms.domain() == "example.test"
 
@@ -83,8 +90,9 @@ def test_the_api_answers_the_reason_and_makes_no_version(master):
     client = create_app({"SECRET_KEY": "k"}).test_client()
     auth = {"Authorization": "Basic " + base64.b64encode(b"admin:admin-pw").decode()}
     before = ms.current_version()
-    r = client.post("/api/dialplan/gateways", json={"name": "gw", "host": "nowhere.invalid"},
-                    headers=auth)
+    r = client.post(
+        "/api/dialplan/gateways", json={"name": "gw", "host": "nowhere.invalid"}, headers=auth
+    )
     assert r.status_code == 400 and "does not resolve" in r.json["error"]
     r = client.post("/api/users", json={"username": "bob", "password": ""}, headers=auth)
     assert r.status_code == 400 and "password" in r.json["error"]
@@ -99,8 +107,11 @@ def test_only_the_newest_versions_keep_their_content(master):
     assert versions.content(first) is None and versions.content(newest - versions.KEEP) is None
     assert versions.content(newest - versions.KEEP + 1) is not None
     assert versions.VersionContent.select().count() == versions.KEEP
-    assert not any(v["restorable"] for v in versions.list_versions(100)
-                   if v["version"] <= newest - versions.KEEP)
+    assert not any(
+        v["restorable"]
+        for v in versions.list_versions(100)
+        if v["version"] <= newest - versions.KEEP
+    )
 
 
 def test_restore_makes_an_earlier_version_current_again(master):
@@ -118,10 +129,13 @@ def test_restore_makes_an_earlier_version_current_again(master):
 
 def test_rollback_command_restores_an_earlier_version(tmp_path):
     from tests.test_dashboard_browser import run_master
+
     config = str(tmp_path / "master.toml")
     with open(config, "w") as f:
-        f.write(f'[master]\nlisten = "127.0.0.1:1"\ndata_dir = "{tmp_path}/data"\n'
-                'domain = "example.test"\n')
+        f.write(
+            f'[master]\nlisten = "127.0.0.1:1"\ndata_dir = "{tmp_path}/data"\n'
+            'domain = "example.test"\n'
+        )
     assert run_master("init", config=config).returncode == 0
     url = f"sqlite:///{tmp_path}/data/master.db"
     ms.init_master_store(url)
@@ -145,7 +159,8 @@ def test_rollback_command_restores_an_earlier_version(tmp_path):
 
 def test_kept_content_stays_under_its_byte_budget(master, monkeypatch):
     size = versions.VersionContent.get(
-        versions.VersionContent.version == ms.current_version()).content
+        versions.VersionContent.version == ms.current_version()
+    ).content
     monkeypatch.setattr(versions, "MAX_KEPT_BYTES", len(size) * 3 + 1)
     for i in range(5):
         ms.save_user(f"u{i}", "pw")

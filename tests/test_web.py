@@ -39,8 +39,9 @@ def token(html: str) -> str:
 
 def login(client, password=PASSWORD):
     page = client.get("/login").get_data(as_text=True)
-    return client.post("/login", data={"csrf_token": token(page), "username": "admin",
-                                       "password": password})
+    return client.post(
+        "/login", data={"csrf_token": token(page), "username": "admin", "password": password}
+    )
 
 
 def basic(password=PASSWORD, user="admin"):
@@ -60,8 +61,14 @@ def test_pages_need_login(app):
 
 def test_api_without_credentials_gets_401_and_no_data(app):
     c = app.test_client()
-    for method, path in (("get", "/api/users"), ("get", "/api/nodes"), ("get", "/api/config"),
-                         ("post", "/api/users"), ("delete", "/api/users/x"), ("get", "/metrics")):
+    for method, path in (
+        ("get", "/api/users"),
+        ("get", "/api/nodes"),
+        ("get", "/api/config"),
+        ("post", "/api/users"),
+        ("delete", "/api/users/x"),
+        ("get", "/metrics"),
+    ):
         r = getattr(c, method)(path)
         assert r.status_code == 401, path
         assert "node1" not in r.get_data(as_text=True)
@@ -75,8 +82,11 @@ def test_login_then_add_user_on_the_page(app):
     cookie = r.headers["Set-Cookie"]
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
     page = c.get("/users").get_data(as_text=True)
-    r = c.post("/users", data={"csrf_token": token(page), "username": "zed",
-                               "password": "zed-pw"}, follow_redirects=True)
+    r = c.post(
+        "/users",
+        data={"csrf_token": token(page), "username": "zed", "password": "zed-pw"},
+        follow_redirects=True,
+    )
     assert "User zed saved: configuration 1." in r.get_data(as_text=True)
     assert app.extensions["pusher"].count == 1
     assert "zed-pw" not in c.get("/users").get_data(as_text=True)
@@ -117,12 +127,22 @@ def test_api_adds_lists_and_deletes_users(app):
     assert c.get("/api/users", headers=basic()).json["users"][0]["username"] == "zed"
     assert "ha1" not in c.get("/api/users", headers=basic()).get_data(as_text=True)
     assert c.get("/api/config", headers=basic()).json == {
-        "version": 1, "domain": "example.test", "nodes": {"node1": 0},
-        "settings": {"aliases": [], "auth_algorithms": ["MD5"], "min_expires": 60,
-                     "max_expires": 3600, "default_expires": 3600}}
+        "version": 1,
+        "domain": "example.test",
+        "nodes": {"node1": 0},
+        "settings": {
+            "aliases": [],
+            "auth_algorithms": ["MD5"],
+            "min_expires": 60,
+            "max_expires": 3600,
+            "default_expires": 3600,
+        },
+    }
     assert c.post("/api/users", json=["x"], headers=basic()).status_code == 400
-    assert c.post("/api/users", json={"username": "a:b", "password": "p"},
-                  headers=basic()).status_code == 400
+    assert (
+        c.post("/api/users", json={"username": "a:b", "password": "p"}, headers=basic()).status_code
+        == 400
+    )
     assert c.delete("/api/users/zed", headers=basic()).status_code == 200
     assert c.delete("/api/users/zed", headers=basic()).status_code == 404
 
@@ -132,14 +152,16 @@ def test_csv_import_all_or_nothing(app):
     login(c)
     page = c.get("/users").get_data(as_text=True)
     good = b"username,password\nu1,p1\nu2,p2\n"
-    r = c.post("/users/import", data={"csrf_token": token(page),
-                                      "file": (io.BytesIO(good), "good.csv")})
+    r = c.post(
+        "/users/import", data={"csrf_token": token(page), "file": (io.BytesIO(good), "good.csv")}
+    )
     assert r.status_code == 303
     assert app.extensions["user_imports"].wait(10)
     assert "2 users imported in" in c.get(r.headers["Location"]).get_data(as_text=True)
     bad = b"username,password\nu3,p3\nu 4,p4\n"
-    r = c.post("/users/import", data={"csrf_token": token(page),
-                                      "file": (io.BytesIO(bad), "bad.csv")})
+    r = c.post(
+        "/users/import", data={"csrf_token": token(page), "file": (io.BytesIO(bad), "bad.csv")}
+    )
     assert app.extensions["user_imports"].wait(10)
     assert "bad.csv line 3" in c.get(r.headers["Location"]).get_data(as_text=True)
     assert ms.count_users() == 2
@@ -150,14 +172,16 @@ def test_oversized_import_is_refused(app):
     login(c)
     page = c.get("/users").get_data(as_text=True)
     big = b"username,password\n" + b"u,p\n" * (MAX_UPLOAD // 4 + 1)
-    r = c.post("/users/import", data={"csrf_token": token(page),
-                                      "file": (io.BytesIO(big), "big.csv")})
+    r = c.post(
+        "/users/import", data={"csrf_token": token(page), "file": (io.BytesIO(big), "big.csv")}
+    )
     assert r.status_code == 413
     assert ms.count_users() == 0
 
 
 def test_example_settings_parse_and_bad_ones_are_named(tmp_path):
     from web.settings import SettingsError, load_settings
+
     settings = load_settings("conf/master.example.toml")
     assert settings.listen == "127.0.0.10:8080" and len(settings.nodes) == 2
     assert settings.database_url.endswith("var/master/master.db")
@@ -206,19 +230,22 @@ def test_dns_weights_zone_and_export(app):
     login(c)
     page = c.get("/dns").get_data(as_text=True)
     assert c.post("/dns", data={"weight-node1": "10"}).status_code == 400
-    r = c.post("/dns", data={"csrf_token": token(page), "weight-node1": "10"},
-               follow_redirects=True)
+    r = c.post(
+        "/dns", data={"csrf_token": token(page), "weight-node1": "10"}, follow_redirects=True
+    )
     assert "Weights saved" in r.get_data(as_text=True)
-    r = c.post("/dns", data={"csrf_token": token(page), "weight-node1": "-3"},
-               follow_redirects=True)
+    r = c.post(
+        "/dns", data={"csrf_token": token(page), "weight-node1": "-3"}, follow_redirects=True
+    )
     assert "Weights not changed" in r.get_data(as_text=True)
     export = c.get("/dns/zone")
     assert export.headers["Content-Disposition"].endswith("example.test.zone")
     assert " 10 5060 " in export.get_data(as_text=True)
     assert "_sips" not in export.get_data(as_text=True) and "<td>none</td>" in page
     ms.set_tls_port("node1", 5061)  # as the node reported it (web.push)
-    assert "_sips._tcp.example.test. IN SRV 10 10 5061 node1.example.test." in \
-        c.get("/dns/zone").get_data(as_text=True)
+    assert "_sips._tcp.example.test. IN SRV 10 10 5061 node1.example.test." in c.get(
+        "/dns/zone"
+    ).get_data(as_text=True)
     assert '"SIPS+D2T"' in c.get("/api/dns", headers=basic()).json["zone"]
     assert c.get("/api/dns", headers=basic()).json["tls_ports"] == {"node1": 5061}
     assert "<td>5061</td>" in c.get("/dns").get_data(as_text=True)

@@ -20,17 +20,20 @@ def app(tmp_path):
     yield create_app({"SECRET_KEY": "test-key", "LOGIN_FAILURES": 3}, Poked())
     ms.close_master_store()
 
+
 GW = {"name": "carrier", "host": "localhost", "port": 5080, "transport": "udp"}
 PSAP = {"name": "psap", "host": "127.0.0.9", "emergency": True}
 RULE = {"pattern": "9.", "strip": 1, "gateways": ["carrier"], "permission": "local"}
 
 
 def api(client, method, path, body=None, headers=None, raw=None):
-    return client.open(f"/api/dialplan{path}", method=method,
-                       data=raw if raw is not None else
-                       (json.dumps(body) if body is not None else None),
-                       content_type="application/json",
-                       headers=basic() if headers is None else headers)
+    return client.open(
+        f"/api/dialplan{path}",
+        method=method,
+        data=raw if raw is not None else (json.dumps(body) if body is not None else None),
+        content_type="application/json",
+        headers=basic() if headers is None else headers,
+    )
 
 
 def test_gateways_rules_users_and_the_tester_through_the_api(app):
@@ -39,21 +42,51 @@ def test_gateways_rules_users_and_the_tester_through_the_api(app):
     assert api(c, "POST", "/gateways", GW).status_code == 200
     assert api(c, "POST", "/gateways", PSAP).status_code == 200
     assert api(c, "POST", "/rules", {"rule": RULE}).status_code == 200
-    r = api(c, "POST", "/rules", {"rule": {"pattern": "9011.", "strip": 4, "prepend": "+",
-                                           "gateways": ["carrier"],
-                                           "permission": "international"}, "position": 0})
+    r = api(
+        c,
+        "POST",
+        "/rules",
+        {
+            "rule": {
+                "pattern": "9011.",
+                "strip": 4,
+                "prepend": "+",
+                "gateways": ["carrier"],
+                "permission": "international",
+            },
+            "position": 0,
+        },
+    )
     assert r.status_code == 200
-    assert api(c, "PUT", "/users/alice", {"permissions": ["local"], "caller_id": "+15550001",
-                                          "emergency_callback": "+15550911"}).status_code == 200
-    assert api(c, "PUT", "/settings", {"default_callback": "+15550000", "locations": [
-        {"network": "10.1.0.0/16", "callback": "+15551000"}]}).status_code == 200
+    assert (
+        api(
+            c,
+            "PUT",
+            "/users/alice",
+            {"permissions": ["local"], "caller_id": "+15550001", "emergency_callback": "+15550911"},
+        ).status_code
+        == 200
+    )
+    assert (
+        api(
+            c,
+            "PUT",
+            "/settings",
+            {
+                "default_callback": "+15550000",
+                "locations": [{"network": "10.1.0.0/16", "callback": "+15551000"}],
+            },
+        ).status_code
+        == 200
+    )
     r = api(c, "PUT", "/settings", {"locations": [{"network": "10.1.0.0/99", "callback": "1"}]})
     assert r.status_code == 400 and "locations[0]: network" in r.get_json()["error"]
     assert api(c, "PUT", "/settings", {"secret": 1}).status_code == 400
     got = api(c, "GET", "/which?number=9011441234").get_json()
     assert got["rule"]["index"] == 0 and got["sent"] == "+441234"
-    assert got["gateways"] == [{"name": "carrier",
-                                "uri": "sip:+441234@localhost:5080;transport=udp"}]
+    assert got["gateways"] == [
+        {"name": "carrier", "uri": "sip:+441234@localhost:5080;transport=udp"}
+    ]
     assert api(c, "GET", "/which?number=95551234").get_json()["rule"]["pattern"] == "9."
     assert api(c, "GET", "/which?number=5551234").get_json()["rule"] is None
     assert api(c, "POST", "/rules/1/move", {"to": 0}).status_code == 200
@@ -73,8 +106,14 @@ def test_before_any_plan_no_version_carries_one(app):
 
 def test_hostile_api_requests(app):
     c = app.test_client()
-    for method, path in (("GET", ""), ("PUT", ""), ("POST", "/gateways"), ("GET", "/which"),
-                         ("DELETE", "/rules/0"), ("GET", "/health")):
+    for method, path in (
+        ("GET", ""),
+        ("PUT", ""),
+        ("POST", "/gateways"),
+        ("GET", "/which"),
+        ("DELETE", "/rules/0"),
+        ("GET", "/health"),
+    ):
         r = api(c, method, path, {}, headers={})
         assert r.status_code == 401, (method, path)
     assert api(c, "POST", "/gateways", GW).status_code == 200
@@ -94,7 +133,7 @@ def test_hostile_api_requests(app):
     assert r.status_code == 400 and "no gateway named 'carrier'" in r.get_json()["error"]
     assert dp.get_dialplan()["gateways"] == [GW]
     for path in ("", "/which?number=1", "/health"):
-        r = api(c, "GET", path, headers=basic("wrong"))     # 429 once the login limiter bans
+        r = api(c, "GET", path, headers=basic("wrong"))  # 429 once the login limiter bans
         assert r.status_code in (401, 429) and "plan" not in r.get_json()
 
 
@@ -103,16 +142,24 @@ def test_the_page_needs_login_and_csrf_and_shows_the_tester(app):
     r = c.get("/dialplan")
     assert r.status_code == 302 and "/login" in r.headers["Location"]
     login(c)
-    doc = {"gateways": [GW], "rules": [RULE], "users": {},
-           "locations": [{"network": "10.1.0.0/16", "callback": "+15551000"}]}
+    doc = {
+        "gateways": [GW],
+        "rules": [RULE],
+        "users": {},
+        "locations": [{"network": "10.1.0.0/16", "callback": "+15551000"}],
+    }
     r = c.post("/dialplan", data={"plan": json.dumps(doc)})
     assert r.status_code == 400 and dp.get_dialplan()["rules"] == []
     page = c.get("/dialplan").get_data(as_text=True)
     r = c.post("/dialplan", data={"plan": json.dumps(doc), "csrf_token": token(page)})
     assert r.status_code == 302 and dp.get_dialplan()["rules"] == [RULE]
-    bad = c.post("/dialplan", data={"plan": json.dumps({**doc, "rules": [{**RULE,
-                                                                          "pattern": "9q"}]}),
-                                    "csrf_token": token(page)})
+    bad = c.post(
+        "/dialplan",
+        data={
+            "plan": json.dumps({**doc, "rules": [{**RULE, "pattern": "9q"}]}),
+            "csrf_token": token(page),
+        },
+    )
     assert bad.status_code == 400 and "is not a digit" in bad.get_data(as_text=True)
     shown = c.get("/dialplan?number=95551234").get_data(as_text=True)
     assert "Rule 0 (9., needs local): sends 5551234 to carrier" in shown

@@ -66,8 +66,9 @@ emergency = true
 
 
 def dial(node, rows, number: str) -> int:
-    c = SipClient((node.address, node.port), "user1", rows["user1"], "example.test", t1=0.1,
-                  timeout=10.0)
+    c = SipClient(
+        (node.address, node.port), "user1", rows["user1"], "example.test", t1=0.1, timeout=10.0
+    )
     try:
         resp, dialog = c.invite(f"sip:{number}@example.test")
         if dialog is not None:
@@ -104,17 +105,34 @@ def test_an_ordinary_call_raises_nothing_and_the_banner_is_escaped(site):
     collect_until(collector, lambda: False, timeout=1.0)
     assert collector.stats["emergency"] == before and len(emergency_alarms()) == seen
     # A caller that reads as markup is shown as text.
-    cdrs.store_events("node9", [
-        {"seq": 1, "at": 1000.0, "kind": "attempt", "call_id": "x1",
-         "caller": "sip:<script>alert(1)</script>@x", "callee": "sip:112@example.test",
-         "source": "udp:10.0.0.1:5060", "status": None},
-        {"seq": 2, "at": 1000.0, "kind": "emergency", "call_id": "x1",
-         "caller": "sip:<script>alert(1)</script>@x", "callee": "sip:112@example.test",
-         "source": "udp:10.0.0.1:5060", "status": None}])
+    cdrs.store_events(
+        "node9",
+        [
+            {
+                "seq": 1,
+                "at": 1000.0,
+                "kind": "attempt",
+                "call_id": "x1",
+                "caller": "sip:<script>alert(1)</script>@x",
+                "callee": "sip:112@example.test",
+                "source": "udp:10.0.0.1:5060",
+                "status": None,
+            },
+            {
+                "seq": 2,
+                "at": 1000.0,
+                "kind": "emergency",
+                "call_id": "x1",
+                "caller": "sip:<script>alert(1)</script>@x",
+                "callee": "sip:112@example.test",
+                "source": "udp:10.0.0.1:5060",
+                "status": None,
+            },
+        ],
+    )
     collector.on_emergency()
     assert wait_for(lambda: len(emergency_alarms()) > seen, 5)
     c = create_app({"SECRET_KEY": "k"}, Poked()).test_client()
     login(c)
     page = c.get("/calls").get_data(as_text=True)
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "<script>alert" not in page
-

@@ -23,15 +23,23 @@ from web.charts import split_chart
 from web.cluster import balance_index, merge
 
 
-def binding(user: str, origin: str, n: int = 0, ttl: float = 600.0,
-            now: float | None = None, **kw) -> Binding:
+def binding(
+    user: str, origin: str, n: int = 0, ttl: float = 600.0, now: float | None = None, **kw
+) -> Binding:
     """A binding expiring ``ttl`` s after ``now`` (the time of the call: a time taken when
     the module is imported is long past when a whole suite reaches these tests)."""
     expires = (time.time() if now is None else now) + ttl
-    return Binding(f"sip:{user}@example.test", f"sip:{user}@10.0.0.{n}:5060",
-                   f"sip:{user}@10.0.0.{n}:5060", expires, f"c-{user}-{n}", 1,
-                   origin=origin, user_agent=kw.get("ua", "phone/1"),
-                   received=f"udp:10.0.0.{n}:5060")
+    return Binding(
+        f"sip:{user}@example.test",
+        f"sip:{user}@10.0.0.{n}:5060",
+        f"sip:{user}@10.0.0.{n}:5060",
+        expires,
+        f"c-{user}-{n}",
+        1,
+        origin=origin,
+        user_agent=kw.get("ua", "phone/1"),
+        received=f"udp:10.0.0.{n}:5060",
+    )
 
 
 class MasterBus:
@@ -60,12 +68,12 @@ def cluster(tmp_path, monkeypatch):
         bus = Bus(pub, sec, f"node{k}")
         bus.allow(CONTROL_DOMAIN, {master_pub: "master"})
         location = Location()
-        control = ControlServer(bus, "tcp://127.0.0.1:*",
-                                {"bindings": lambda r, loc=location: bindings_page(loc, r)})
+        control = ControlServer(
+            bus, "tcp://127.0.0.1:*", {"bindings": lambda r, loc=location: bindings_page(loc, r)}
+        )
         control.start()
         made.append((bus, control))
-        ms.save_node(f"node{k}", f"127.0.0.1:{5060 + k}", control.sock.last_endpoint.decode(),
-                     pub)
+        ms.save_node(f"node{k}", f"127.0.0.1:{5060 + k}", control.sock.last_endpoint.decode(), pub)
         nodes[f"node{k}"] = location
     app = create_app({"SECRET_KEY": "k"}, MasterBus(master))
     yield app, nodes
@@ -94,21 +102,38 @@ def test_node_page_filters_pages_by_key_and_counts_by_primary():
     assert [b["aor"] for b in rest["bindings"]] == [f"sip:u{k}@example.test" for k in range(4, 10)]
     only = bindings_page(loc, {"origin": "node2", "user": "u8"}, now)
     assert only["total"] == 1 and only["bindings"][0]["origin"] == "node2"
-    for bad in ({"limit": -1}, {"limit": True}, {"after": "x"}, {"after": ["a", 1]},
-                {"user": "x" * 5000}, {"origin": 3}, {"after": ["a", "b", "c"]}):
+    for bad in (
+        {"limit": -1},
+        {"limit": True},
+        {"after": "x"},
+        {"after": ["a", 1]},
+        {"user": "x" * 5000},
+        {"origin": 3},
+        {"after": ["a", "b", "c"]},
+    ):
         with pytest.raises(BusError):
             bindings_page(loc, bad, now)
 
 
 def test_merge_is_exact_across_pages_and_takes_each_primarys_own_count():
-    a = {"total": 3, "by_origin": {"node1": 2, "node2": 1}, "bindings": [
-        {"aor": "sip:a@x", "key": "1"}, {"aor": "sip:b@x", "key": "1"}, {"aor": "sip:c@x", "key": "1"}]}
-    b = {"total": 2, "by_origin": {"node1": 1, "node2": 1}, "bindings": [
-        {"aor": "sip:b@x", "key": "1"}, {"aor": "sip:c@x", "key": "1"}]}
+    a = {
+        "total": 3,
+        "by_origin": {"node1": 2, "node2": 1},
+        "bindings": [
+            {"aor": "sip:a@x", "key": "1"},
+            {"aor": "sip:b@x", "key": "1"},
+            {"aor": "sip:c@x", "key": "1"},
+        ],
+    }
+    b = {
+        "total": 2,
+        "by_origin": {"node1": 1, "node2": 1},
+        "bindings": [{"aor": "sip:b@x", "key": "1"}, {"aor": "sip:c@x", "key": "1"}],
+    }
     found = merge({"node1": a, "node2": b, "node3": {"error": "no reply"}}, 2)
     assert [r["aor"] for r in found["bindings"]] == ["sip:a@x", "sip:b@x"] and found["more"]
     assert found["bindings"][1]["present_on"] == ["node1", "node2"]
-    assert found["by_primary"] == {"node1": 2, "node2": 1}   # each primary's own count
+    assert found["by_primary"] == {"node1": 2, "node2": 1}  # each primary's own count
     assert found["errors"] == {"node3": "no reply"} and found["total"] == 3
     assert balance_index({"node1": 10}) == 1.0
     assert balance_index({"node1": 5, "node2": 5, "node3": 5}) == pytest.approx(3.0)
@@ -136,14 +161,17 @@ def test_page_and_api_merge_every_node_with_paging_and_filters(cluster):
     assert 2.9 < found["balance_index"] <= 3.0 and found["errors"] == {}
     seen = [r["aor"] for r in found["bindings"]]
     while found["next"]:
-        found = c.get("/api/registrations", query_string={"limit": 5, "after": found["next"]},
-                      headers=basic()).json
+        found = c.get(
+            "/api/registrations", query_string={"limit": 5, "after": found["next"]}, headers=basic()
+        ).json
         seen += [r["aor"] for r in found["bindings"]]
     assert len(seen) == 13 == len(set(seen)) and seen == sorted(seen)
     only = c.get("/api/registrations?node=node2&user=user0", headers=basic()).json
-    assert [r["aor"] for r in only["bindings"]] == ["sip:user01@example.test",
-                                                    "sip:user04@example.test",
-                                                    "sip:user07@example.test"]
+    assert [r["aor"] for r in only["bindings"]] == [
+        "sip:user01@example.test",
+        "sip:user04@example.test",
+        "sip:user07@example.test",
+    ]
     login(c)
     page = c.get("/registrations?limit=5").get_data(as_text=True)
     assert 'id="split-chart"' in page and 'id="next-page"' in page
@@ -167,8 +195,16 @@ def test_registrations_need_login_and_refuse_bad_filters(cluster):
     assert c.get("/api/registrations").status_code == 401
     r = c.get("/registrations")
     assert r.status_code == 302 and "/login" in r.headers["Location"]
-    for query in ("limit=0", "limit=100000000000000000000", "limit=-3", "limit=abc",
-                  "node=nobody", "user=" + "x" * 65, "after=nospace", "after=" + "a " * 3000):
+    for query in (
+        "limit=0",
+        "limit=100000000000000000000",
+        "limit=-3",
+        "limit=abc",
+        "node=nobody",
+        "user=" + "x" * 65,
+        "after=nospace",
+        "after=" + "a " * 3000,
+    ):
         r = c.get(f"/api/registrations?{query}", headers=basic())
         assert r.status_code == 400 and "error" in r.json, query
     login(c)
@@ -180,6 +216,7 @@ def test_registrations_need_login_and_refuse_bad_filters(cluster):
 
 def test_api_without_a_bus_says_so(tmp_path):
     from tests.test_web import Poked
+
     ms.init_master_store(f"sqlite:///{tmp_path}/master.db")
     ms.setup("example.test")
     ms.add_admin("admin", PASSWORD)

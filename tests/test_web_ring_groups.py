@@ -16,8 +16,14 @@ from tests.test_web import PASSWORD, Poked, basic, login
 from web import create_app
 
 GW = {"name": "carrier", "host": "localhost", "port": 5080}
-SALES = {"name": "sales", "numbers": ["300", "+15551230300"], "members": ["alice", "bob"],
-         "strategy": "sequential", "ring_timeout": 15, "fallback": "sip:vm@vm.example.test"}
+SALES = {
+    "name": "sales",
+    "numbers": ["300", "+15551230300"],
+    "members": ["alice", "bob"],
+    "strategy": "sequential",
+    "ring_timeout": 15,
+    "fallback": "sip:vm@vm.example.test",
+}
 
 
 @pytest.fixture
@@ -30,32 +36,38 @@ def app(tmp_path):
 
 
 def api(client, method, path, body=None, headers=None, raw=None):
-    return client.open(f"/api/dialplan{path}", method=method,
-                       data=raw if raw is not None else
-                       (json.dumps(body) if body is not None else None),
-                       content_type="application/json",
-                       headers=basic() if headers is None else headers)
+    return client.open(
+        f"/api/dialplan{path}",
+        method=method,
+        data=raw if raw is not None else (json.dumps(body) if body is not None else None),
+        content_type="application/json",
+        headers=basic() if headers is None else headers,
+    )
 
 
 def token(html: str, prefix: str = "") -> str:
-    return re.search(rf'name="{prefix}csrf_token" type="hidden" value="([^"]+)"',
-                     html).group(1)
+    return re.search(rf'name="{prefix}csrf_token" type="hidden" value="([^"]+)"', html).group(1)
 
 
 def test_groups_and_limits_through_the_api_are_pushed(app):
     c = app.test_client()
     assert api(c, "POST", "/gateways", GW).status_code == 200
     assert api(c, "POST", "/groups", SALES).status_code == 200
-    assert api(c, "POST", "/groups", {"name": "all", "numbers": ["400"],
-                                      "members": ["sales", "carol"]}).status_code == 200
+    assert (
+        api(
+            c, "POST", "/groups", {"name": "all", "numbers": ["400"], "members": ["sales", "carol"]}
+        ).status_code
+        == 200
+    )
     version = api(c, "PUT", "/limits", {"user": 2, "gateways": {"carrier": 10}}).get_json()[
-        "version"]
+        "version"
+    ]
     pushed = ms.config_for(version)["dialplan"]
     assert [g["name"] for g in pushed["groups"]] == ["sales", "all"]
     assert pushed["limits"] == {"user": 2, "gateways": {"carrier": 10}}
     assert api(c, "GET", "/groups").get_json()["groups"][0] == SALES
     assert api(c, "GET", "/limits").get_json()["limits"]["user"] == 2
-    assert api(c, "GET", "/calls").get_json() == {"nodes": {}}     # no bus in this test
+    assert api(c, "GET", "/calls").get_json() == {"nodes": {}}  # no bus in this test
     r = api(c, "DELETE", "/groups/sales")
     assert r.status_code == 400 and "has sales as a member" in r.get_json()["error"]
     assert api(c, "DELETE", "/groups/all").status_code == 200
@@ -77,16 +89,19 @@ def test_numbers_of_groups_users_and_user_names_never_clash(app):
         rg.save_group({**SALES, "name": "y", "numbers": ["400"]})
 
 
-@pytest.mark.parametrize("body, message", [
-    ({**SALES, "members": ["sales"]}, "contains itself"),
-    ({**SALES, "fallback": "300"}, "loop"),
-    ({**SALES, "members": [f"u{k}" for k in range(33)]}, "members must be"),
-    ({**SALES, "ring_timeout": -5}, "ring_timeout"),
-    ({**SALES, "fallback": "sip:vm@<evil>"}, "fallback"),
-    ({**SALES, "name": "<script>"}, "name must be"),
-    ({"numbers": ["300"]}, "with a name"),
-    (["a list"], "with a name"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ({**SALES, "members": ["sales"]}, "contains itself"),
+        ({**SALES, "fallback": "300"}, "loop"),
+        ({**SALES, "members": [f"u{k}" for k in range(33)]}, "members must be"),
+        ({**SALES, "ring_timeout": -5}, "ring_timeout"),
+        ({**SALES, "fallback": "sip:vm@<evil>"}, "fallback"),
+        ({**SALES, "name": "<script>"}, "name must be"),
+        ({"numbers": ["300"]}, "with a name"),
+        (["a list"], "with a name"),
+    ],
+)
 def test_bad_groups_get_400_with_the_reason(app, body, message):
     r = api(app.test_client(), "POST", "/groups", body)
     assert r.status_code == 400 and message in r.get_json()["error"]
@@ -95,12 +110,18 @@ def test_bad_groups_get_400_with_the_reason(app, body, message):
 
 def test_hostile_api_requests(app):
     c = app.test_client()
-    for method, path in (("GET", "/groups"), ("POST", "/groups"), ("DELETE", "/groups/x"),
-                         ("GET", "/limits"), ("PUT", "/limits"), ("GET", "/calls")):
+    for method, path in (
+        ("GET", "/groups"),
+        ("POST", "/groups"),
+        ("DELETE", "/groups/x"),
+        ("GET", "/limits"),
+        ("PUT", "/limits"),
+        ("GET", "/calls"),
+    ):
         assert api(c, method, path, {}, headers={}).status_code == 401, (method, path)
     r = api(c, "PUT", "/limits", {"gateways": {"nowhere": 1}})
     assert r.status_code == 400 and "no gateway named 'nowhere'" in r.get_json()["error"]
-    for bad in ({"user": -1}, {"user": 10 ** 12}, {"user": "1"}, ["a list"], {"x": 1}):
+    for bad in ({"user": -1}, {"user": 10**12}, {"user": "1"}, ["a list"], {"x": 1}):
         assert api(c, "PUT", "/limits", bad).status_code == 400, bad
     assert api(c, "PUT", "/limits", raw=b"not json").status_code == 400
     r = api(c, "POST", "/groups", raw=b"{" + b" " * (dp.MAX_DOCUMENT + 8192) + b"}")
@@ -114,16 +135,25 @@ def test_the_page_needs_login_and_csrf(app):
     assert r.status_code == 302 and "/login" in r.headers["Location"]
     login(c)
     r = c.post("/dialplan/groups", data={"group-body": json.dumps(SALES)})
-    assert r.status_code == 400 and rg.get_groups() == []          # no CSRF token
+    assert r.status_code == 400 and rg.get_groups() == []  # no CSRF token
     page = c.get("/dialplan/groups").get_data(as_text=True)
-    r = c.post("/dialplan/groups", data={"group-body": json.dumps(SALES),
-                                         "group-csrf_token": token(page, "group-")})
+    r = c.post(
+        "/dialplan/groups",
+        data={"group-body": json.dumps(SALES), "group-csrf_token": token(page, "group-")},
+    )
     assert r.status_code == 302 and rg.get_groups() == [SALES]
-    r = c.post("/dialplan/groups", data={"group-body": json.dumps({**SALES, "members": []}),
-                                         "group-csrf_token": token(page, "group-")})
+    r = c.post(
+        "/dialplan/groups",
+        data={
+            "group-body": json.dumps({**SALES, "members": []}),
+            "group-csrf_token": token(page, "group-"),
+        },
+    )
     assert r.status_code == 400 and "members must be" in r.get_data(as_text=True)
-    r = c.post("/dialplan/groups", data={"limits-body": '{"user": 3}',
-                                         "limits-csrf_token": token(page, "limits-")})
+    r = c.post(
+        "/dialplan/groups",
+        data={"limits-body": '{"user": 3}', "limits-csrf_token": token(page, "limits-")},
+    )
     assert r.status_code == 302 and rg.get_limits() == {"user": 3}
     shown = c.get("/dialplan/groups").get_data(as_text=True)
     assert "<td>300, +15551230300</td><td>sequential</td>" in shown

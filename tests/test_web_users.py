@@ -36,16 +36,19 @@ def test_every_user_route_needs_login_and_csrf(app):
         r = c.get(path)
         assert r.status_code == 302 and "/login" in r.headers["Location"], path
     assert c.post("/users/amy/enable", data={"on": "0"}).status_code in (302, 400)
-    for method, path in (("get", "/api/users.csv"), ("patch", "/api/users/amy"),
-                         ("post", "/api/users/import"), ("get", "/api/users/import/1")):
+    for method, path in (
+        ("get", "/api/users.csv"),
+        ("patch", "/api/users/amy"),
+        ("post", "/api/users/import"),
+        ("get", "/api/users/import/1"),
+    ):
         r = getattr(c, method)(path)
         assert r.status_code == 401 and "amy" not in r.get_data(as_text=True), path
     login(c)
-    assert c.post("/users/amy/enable", data={"on": "0"}).status_code == 400   # no CSRF token
+    assert c.post("/users/amy/enable", data={"on": "0"}).status_code == 400  # no CSRF token
     assert state("amy")[0] is True
     assert c.post("/users/amy/delete").status_code == 400
-    r = c.post("/users/import", data={"file": (io.BytesIO(b"username,password\nx,y\n"),
-                                               "x.csv")})
+    r = c.post("/users/import", data={"file": (io.BytesIO(b"username,password\nx,y\n"), "x.csv")})
     assert r.status_code == 400 and app.extensions["user_imports"].get(1) is None
     assert ms.count_users() == 1
 
@@ -56,25 +59,32 @@ def test_disable_enable_and_change_password_keep_what_they_should(app):
     login(c)
     page = c.get("/users").get_data(as_text=True)
     pokes = app.extensions["pusher"].count
-    r = c.post("/users/amy/enable", data={"csrf_token": token(page), "on": "0"},
-               follow_redirects=True)
+    r = c.post(
+        "/users/amy/enable", data={"csrf_token": token(page), "on": "0"}, follow_redirects=True
+    )
     assert "User amy disabled" in r.get_data(as_text=True) and state("amy")[0] is False
-    assert app.extensions["pusher"].count == pokes + 1      # pushed to every node at once
+    assert app.extensions["pusher"].count == pokes + 1  # pushed to every node at once
     ha1 = state("amy")[1]
     c.post("/users", data={"csrf_token": token(page), "username": "amy", "password": "new"})
-    assert state("amy")[0] is False and state("amy")[1] != ha1   # a new password, still off
+    assert state("amy")[0] is False and state("amy")[1] != ha1  # a new password, still off
     assert "new-username" in c.get("/users?edit=amy").get_data(as_text=True)
     assert 'value="amy"' in c.get("/users?edit=amy").get_data(as_text=True)
     r = c.patch("/api/users/amy", json={"enabled": True}, headers=basic())
     assert r.status_code == 200 and state("amy")[0] is True
     for bad in ({"enabled": "yes"}, {}, [], None):
         assert c.patch("/api/users/amy", json=bad, headers=basic()).status_code == 400
-    assert c.patch("/api/users/nobody", json={"enabled": False}, headers=basic()).status_code \
-        == 404
-    assert c.post("/api/users", json={"username": "amy", "password": "x", "enabled": "no"},
-                  headers=basic()).status_code == 400
-    r = c.post("/users/nobody/enable", data={"csrf_token": token(page), "on": "1"},
-               follow_redirects=True)
+    assert c.patch("/api/users/nobody", json={"enabled": False}, headers=basic()).status_code == 404
+    assert (
+        c.post(
+            "/api/users",
+            json={"username": "amy", "password": "x", "enabled": "no"},
+            headers=basic(),
+        ).status_code
+        == 400
+    )
+    r = c.post(
+        "/users/nobody/enable", data={"csrf_token": token(page), "on": "1"}, follow_redirects=True
+    )
     assert "No user nobody" in r.get_data(as_text=True)
     audit = c.get("/api/audit?action=user enabled or disabled", headers=basic()).json
     assert len(audit["entries"]) >= 2
@@ -92,7 +102,7 @@ def test_search_state_filter_and_paging(app):
     page = c.get("/users").get_data(as_text=True)
     assert "u099" in page and "u100" not in page and 'id="next-users"' in page
     assert "u149" in c.get("/users?offset=100").get_data(as_text=True)
-    assert c.get("/users?offset=9999999999").status_code == 200      # past the end: empty
+    assert c.get("/users?offset=9999999999").status_code == 200  # past the end: empty
     for bad in ("offset=99999999999999999999", "offset=-1", "state=maybe", "q=" + "x" * 65):
         r = c.get(f"/users?{bad}")
         assert r.status_code == 400 and "Filter not used" in r.get_data(as_text=True), bad
@@ -102,9 +112,10 @@ def test_search_state_filter_and_paging(app):
 
 
 def test_export_quotes_formula_cells_and_holds_no_secret(app):
-    ms.save_users([("=cmd", "pw"), ("+1", "pw"), ("-2", "pw"), ("=HYPERLINK(1)", "pw"),
-                  ("bob", "pw")],
-                  "hostile names")
+    ms.save_users(
+        [("=cmd", "pw"), ("+1", "pw"), ("-2", "pw"), ("=HYPERLINK(1)", "pw"), ("bob", "pw")],
+        "hostile names",
+    )
     c = app.test_client()
     login(c)
     r = c.get("/users.csv")
@@ -122,7 +133,7 @@ def test_export_quotes_formula_cells_and_holds_no_secret(app):
 def wait_job(c, job_id, seen=None, timeout=30.0) -> dict:
     deadline = time.monotonic() + timeout
     while True:
-        time.sleep(0)     # let the import greenlet take a step
+        time.sleep(0)  # let the import greenlet take a step
         job = c.get(f"/api/users/import/{job_id}", headers=basic()).json
         if seen is not None:
             seen.append(job)
@@ -153,14 +164,21 @@ def test_a_bad_row_names_file_and_line_and_writes_nothing(app):
     ms.save_user("keep", "keep-pw")
     before = state("keep")
     c = app.test_client()
-    body = "username,password\nkeep,changed\n" + "".join(f"q{k},pw\n" for k in range(500)) \
+    body = (
+        "username,password\nkeep,changed\n"
+        + "".join(f"q{k},pw\n" for k in range(500))
         + "bad user,pw\n"
-    job = wait_job(c, c.post("/api/users/import?name=staff.csv", data=body,
-                             headers=basic()).json["id"])
+    )
+    job = wait_job(
+        c, c.post("/api/users/import?name=staff.csv", data=body, headers=basic()).json["id"]
+    )
     assert job["phase"] == "failed" and "staff.csv line 503" in job["error"]
     assert ms.count_users() == 1 and state("keep") == before
-    for bad, what in ((b"username,password\nx,p\nx,q\n", "already on line 2"),
-                      (b"name,pass\n", "header"), (b"username,password\nx,p,extra\n", "line 2")):
+    for bad, what in (
+        (b"username,password\nx,p\nx,q\n", "already on line 2"),
+        (b"name,pass\n", "header"),
+        (b"username,password\nx,p,extra\n", "line 2"),
+    ):
         job = wait_job(c, c.post("/api/users/import", data=bad, headers=basic()).json["id"])
         assert job["phase"] == "failed" and what in job["error"], bad
     for empty in (b"", b"username,password\n"):
@@ -185,6 +203,7 @@ def test_oversized_or_concurrent_imports_are_refused(app):
 
 def test_bulk_save_inserts_then_replaces_on_each_backend(store_url):
     from tests.test_backup import fresh
+
     fresh(store_url)
     ms.init_master_store(store_url)
     try:
@@ -193,7 +212,7 @@ def test_bulk_save_inserts_then_replaces_on_each_backend(store_url):
         ms.set_user_enabled("ben", False)
         before = state("ben")
         ms.save_users([("ben", "two"), ("cid", "two")], "second")
-        assert ms.count_users() == 3 and state("ben")[0] is False     # state kept
+        assert ms.count_users() == 3 and state("ben")[0] is False  # state kept
         assert state("ben")[1] != before[1] and state("ann")[0] is True
         with pytest.raises(ms.StoreError, match="invalid username"):
             ms.save_users([("dan", "x"), ("bad user", "x")], "third")

@@ -34,8 +34,11 @@ def with_tls(node: JoinedNode, cert: str, key: str) -> int:
     with open(node.config) as f:
         text = f.read()
     with open(node.config, "w") as f:
-        f.write(text.replace("[sip]\n", f'[sip]\ntls_port = {port}\ntls_cert = "{cert}"\n'
-                                        f'tls_key = "{key}"\n', 1))
+        f.write(
+            text.replace(
+                "[sip]\n", f'[sip]\ntls_port = {port}\ntls_cert = "{cert}"\ntls_key = "{key}"\n', 1
+            )
+        )
     return port
 
 
@@ -62,10 +65,13 @@ def cluster(tmp_path_factory):
 def test_the_masters_dns_serves_sips_for_the_node_with_tls_only(cluster):
     node1, node2 = cluster.nodes["node1"], cluster.nodes["node2"]
     want = [f"10 50 {node1.tls_port} node1.example.test."]
-    assert wait(lambda: cluster.lookup("_sips._tcp.example.test", "SRV") == want, CONVERGE), \
-        (cluster.lookup("_sips._tcp.example.test", "SRV"), cluster.master.log_tail())
-    assert len(cluster.lookup("_sip._tcp.example.test", "SRV")) == 2, \
+    assert wait(lambda: cluster.lookup("_sips._tcp.example.test", "SRV") == want, CONVERGE), (
+        cluster.lookup("_sips._tcp.example.test", "SRV"),
+        cluster.master.log_tail(),
+    )
+    assert len(cluster.lookup("_sip._tcp.example.test", "SRV")) == 2, (
         "node2 (no TLS) is still in _sip._tcp"
+    )
     naptr = cluster.lookup("example.test", "NAPTR")
     assert '10 30 "s" "SIPS+D2T" "" _sips._tcp.example.test.' in naptr, naptr
     got = cluster.api("GET", "/api/dns")
@@ -78,8 +84,13 @@ def test_the_masters_dns_serves_sips_for_the_node_with_tls_only(cluster):
 def test_a_weight_set_on_the_master_reaches_the_sips_record(cluster):
     node1 = cluster.nodes["node1"]
     cluster.api("POST", "/api/dns", {"weights": {"node1": 70}})
-    assert wait(lambda: cluster.lookup("_sips._tcp.example.test", "SRV")
-                == [f"10 70 {node1.tls_port} node1.example.test."], CONVERGE)
+    assert wait(
+        lambda: (
+            cluster.lookup("_sips._tcp.example.test", "SRV")
+            == [f"10 70 {node1.tls_port} node1.example.test."]
+        ),
+        CONVERGE,
+    )
 
 
 @contextmanager

@@ -53,8 +53,10 @@ def previous_tree(tmp_path_factory) -> str:
     (skips the test when the clone lacks it; fails it under ``CI``)."""
     commit = previous_commit()
     if commit is None:
-        why = (f"the previous release ({PREVIOUS_RELEASE}, {PREVIOUS_COMMIT[:12]}) is not in "
-               f"this clone (`git fetch --tags`)")
+        why = (
+            f"the previous release ({PREVIOUS_RELEASE}, {PREVIOUS_COMMIT[:12]}) is not in "
+            f"this clone (`git fetch --tags`)"
+        )
         if _in_ci():
             pytest.fail(why + " and CI is set", pytrace=False)
         pytest.skip(why)
@@ -62,8 +64,13 @@ def previous_tree(tmp_path_factory) -> str:
     archive = _git("archive", "--format=tar", commit)
     assert archive.returncode == 0, archive.stderr
     subprocess.run(["tar", "-x", "-C", dest], input=archive.stdout, check=True, timeout=60)
-    version = subprocess.run([sys.executable, os.path.join(dest, "run.py"), "--version"],
-                             capture_output=True, text=True, timeout=60, cwd=dest)
+    version = subprocess.run(
+        [sys.executable, os.path.join(dest, "run.py"), "--version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=dest,
+    )
     assert version.returncode == 0, version.stderr
     return dest
 
@@ -71,8 +78,9 @@ def previous_tree(tmp_path_factory) -> str:
 def schema_of(database: str, name: str = "node") -> int:
     """The schema version (``node`` or ``master``) the SQLite file ``database`` records."""
     with sqlite3.connect(database) as db:
-        return db.execute("SELECT version FROM schema_versions WHERE name = ?",
-                          (name,)).fetchone()[0]
+        return db.execute("SELECT version FROM schema_versions WHERE name = ?", (name,)).fetchone()[
+            0
+        ]
 
 
 @dataclass
@@ -98,9 +106,19 @@ def calls(node, callers, callee: str, work: str, phones: Phones) -> tuple[int, i
     ``(attempted, failed)``."""
     inf = os.path.join(work, f"calls-{time.monotonic_ns()}.csv")
     write_call_inf(inf, callers, node.domain, callee)
-    res = run_sipp("uac_auth_call.xml", f"{node.address}:{node.port}", work, inf=inf,
-                   calls=len(callers), rate=20, limit=20, local_ip=phones.address,
-                   local_port=phones.port(), timeout=30, prefix=phones.prefix)
+    res = run_sipp(
+        "uac_auth_call.xml",
+        f"{node.address}:{node.port}",
+        work,
+        inf=inf,
+        calls=len(callers),
+        rate=20,
+        limit=20,
+        local_ip=phones.address,
+        local_port=phones.port(),
+        timeout=30,
+        prefix=phones.prefix,
+    )
     return len(callers), len(callers) - res.successful
 
 
@@ -108,9 +126,18 @@ def registrations(node, rows, port: int, work: str, phones: Phones) -> tuple[int
     """Register ``rows`` through ``node`` from local ``port``: ``(attempted, failed)``."""
     inf = os.path.join(work, f"reg-{time.monotonic_ns()}.csv")
     write_register_inf(inf, rows, node.domain)
-    res = run_sipp("register_auth.xml", f"{node.address}:{node.port}", work, inf=inf,
-                   calls=len(rows), rate=100, local_ip=phones.address, local_port=port,
-                   timeout=30, prefix=phones.prefix)
+    res = run_sipp(
+        "register_auth.xml",
+        f"{node.address}:{node.port}",
+        work,
+        inf=inf,
+        calls=len(rows),
+        rate=100,
+        local_ip=phones.address,
+        local_port=port,
+        timeout=30,
+        prefix=phones.prefix,
+    )
     return len(rows), len(rows) - res.successful
 
 
@@ -123,8 +150,7 @@ class Load:
     Nodes need ``id``, ``address``, ``port`` and ``domain``.
     """
 
-    def __init__(self, nodes, users, callees: list[str], work: str,
-                 phones: Phones | None = None):
+    def __init__(self, nodes, users, callees: list[str], work: str, phones: Phones | None = None):
         self.users, self.callees, self.work = users, callees, work
         self.phones = phones or Phones()
         self.targets = list(nodes)
@@ -143,19 +169,22 @@ class Load:
         self.counts[what][0] += result[0]
         self.counts[what][1] += result[1]
         if result[1]:
-            self.failures.append(f"round {self.rounds}: {result[1]} {what} failed through "
-                                 f"{node.id}")
+            self.failures.append(
+                f"round {self.rounds}: {result[1]} {what} failed through {node.id}"
+            )
 
     def _run(self) -> None:
         while not self._stop.is_set():
             targets = list(self.targets)
             node = targets[self.rounds % len(targets)]
-            self._count("registrations", node, registrations(node, self.users, self.port,
-                                                             self.work, self.phones))
+            self._count(
+                "registrations",
+                node,
+                registrations(node, self.users, self.port, self.work, self.phones),
+            )
             for k, callee in enumerate(self.callees):
-                callers = self.users[k * 3:k * 3 + 3]
-                self._count("calls", node, calls(node, callers, callee, self.work,
-                                                 self.phones))
+                callers = self.users[k * 3 : k * 3 + 3]
+                self._count("calls", node, calls(node, callers, callee, self.work, self.phones))
             self.rounds += 1
 
     def wait_rounds(self, n: int, timeout: float = 60) -> bool:

@@ -47,14 +47,31 @@ def create_app(config: dict, pusher=None) -> Flask:
     )
     app.config.update(config)
     from .backups import allow_archive_upload
+
     app.before_request(allow_archive_upload)  # before the CSRF check reads the body
     csrf.init_app(app)
     app.extensions["pusher"] = pusher
     from .user_files import Imports
+
     app.extensions["user_imports"] = Imports(pusher.poke if pusher is not None else None)
     app.extensions["rates"] = Rates()
-    from . import (alarms, api, audit, auth, backups, bans, calls, dialplan, dns, join, metrics,
-                   pages, ring_groups, sip_settings)
+    from . import (
+        alarms,
+        api,
+        audit,
+        auth,
+        backups,
+        bans,
+        calls,
+        dialplan,
+        dns,
+        join,
+        metrics,
+        pages,
+        ring_groups,
+        sip_settings,
+    )
+
     auth.init_app(app)
     audit.init_app(app)
     alarms.init_app(app)

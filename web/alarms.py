@@ -63,8 +63,15 @@ EVENT_KINDS = ("emergency call",)
 """Kinds that are events: nothing clears them, they close after a quiet while."""
 BANNER_MAX = 5
 """Open emergency call alarms shown in the banner on top of every page, at most."""
-NODE_KINDS = ("node down", "node degraded", "configuration behind", "replication lag",
-              "clock skew", "ban storm", "gateway down")
+NODE_KINDS = (
+    "node down",
+    "node degraded",
+    "configuration behind",
+    "replication lag",
+    "clock skew",
+    "ban storm",
+    "gateway down",
+)
 """Kinds observed by asking the nodes (left as they are when the master has no bus)."""
 FILE_KINDS = ("certificate expiring",)
 
@@ -99,11 +106,13 @@ class AlarmSettings(Channels):
         out = cls()
         for name, value in table.items():
             default = getattr(out, name)
-            ok = (isinstance(value, list) and all(isinstance(v, str) for v in value)
-                  if isinstance(default, list) else
-                  isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
-                  if isinstance(default, int | float) and not isinstance(default, bool) else
-                  isinstance(value, type(default)))
+            ok = (
+                isinstance(value, list) and all(isinstance(v, str) for v in value)
+                if isinstance(default, list)
+                else isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
+                if isinstance(default, int | float) and not isinstance(default, bool)
+                else isinstance(value, type(default))
+            )
             if not ok:
                 raise AlarmSettingsError(f"[alarms] {name} must be like {default!r}")
             setattr(out, name, value)
@@ -147,67 +156,123 @@ def gateway_troubles(gateways: dict) -> list[Trouble]:
                 down.setdefault(str(name), []).append(node)
                 if h.get("emergency"):
                     emergency.add(str(name))
-    return [Trouble("gateway down", name, f"gateway {name} does not answer the OPTIONS "
-                    f"probes of {', '.join(nodes)}: calls it would take go to the next "
-                    "gateway of their rule, or fail"
-                    + (" (it takes emergency calls!)." if name in emergency else "."),
-                    "/dialplan") for name, nodes in sorted(down.items())]
+    return [
+        Trouble(
+            "gateway down",
+            name,
+            f"gateway {name} does not answer the OPTIONS "
+            f"probes of {', '.join(nodes)}: calls it would take go to the next "
+            "gateway of their rule, or fail"
+            + (" (it takes emergency calls!)." if name in emergency else "."),
+            "/dialplan",
+        )
+        for name, nodes in sorted(down.items())
+    ]
 
 
-def node_troubles(settings: AlarmSettings, nodes: list[dict], states: dict, bans: dict,
-                  now: float) -> list[Trouble]:
+def node_troubles(
+    settings: AlarmSettings, nodes: list[dict], states: dict, bans: dict, now: float
+) -> list[Trouble]:
     """The troubles in what the nodes answered (``status`` and ``bans`` per node id)."""
     out = []
     newest = ms.current_version()
     for n in nodes:
         node, st = n["node_id"], states.get(n["node_id"], {"error": "not asked"})
         if "error" in st:
-            out.append(Trouble("node down", node, f"{node} does not answer the master "
-                               f"({st['error']}): it may be dead or cut off.", "/"))
+            out.append(
+                Trouble(
+                    "node down",
+                    node,
+                    f"{node} does not answer the master "
+                    f"({st['error']}): it may be dead or cut off.",
+                    "/",
+                )
+            )
         elif st.get("state") != "synced":
-            out.append(Trouble("node degraded", node, f"{node} answers but is "
-                               f"{st.get('state')}, not synced with its peers.", "/"))
+            out.append(
+                Trouble(
+                    "node degraded",
+                    node,
+                    f"{node} answers but is {st.get('state')}, not synced with its peers.",
+                    "/",
+                )
+            )
         if n["acked_version"] < newest:
             missing = ms.ConfigVersion.get_or_none(
-                ms.ConfigVersion.version == n["acked_version"] + 1)
+                ms.ConfigVersion.version == n["acked_version"] + 1
+            )
             since = missing.created_at if missing is not None else now
             if now - since > settings.behind_after:
-                out.append(Trouble("configuration behind", node, f"{node} runs configuration "
-                                   f"{n['acked_version']}, the newest is {newest} (since "
-                                   f"{_ts(since)}); last push error: "
-                                   f"{n['last_error'] or 'none'}.", "/"))
+                out.append(
+                    Trouble(
+                        "configuration behind",
+                        node,
+                        f"{node} runs configuration "
+                        f"{n['acked_version']}, the newest is {newest} (since "
+                        f"{_ts(since)}); last push error: "
+                        f"{n['last_error'] or 'none'}.",
+                        "/",
+                    )
+                )
         if "error" in st:
             continue
         p99 = (st.get("lag_ms") or {}).get("p99")
         if isinstance(p99, int | float) and p99 > settings.lag_ms:
-            out.append(Trouble("replication lag", node, f"{node} receives its peers' "
-                               f"registrations {p99:.0f} ms after they were made (p99), over "
-                               f"{settings.lag_ms:.0f} ms.", "/"))
+            out.append(
+                Trouble(
+                    "replication lag",
+                    node,
+                    f"{node} receives its peers' "
+                    f"registrations {p99:.0f} ms after they were made (p99), over "
+                    f"{settings.lag_ms:.0f} ms.",
+                    "/",
+                )
+            )
         for peer, ps in sorted((st.get("peers") or {}).items()):
             if not isinstance(ps, dict) or ps.get("liveness") == "dead":
                 continue  # a dead peer's last skew is stale
             skew = ps.get("skew")
             if isinstance(skew, int | float) and abs(skew) > settings.max_skew:
                 pair = "-".join(sorted((node, peer)))
-                out.append(Trouble("clock skew", pair, f"the clocks of {node} and {peer} "
-                                   f"differ by {abs(skew):.2f} s (over {settings.max_skew} s): "
-                                   "registration expiry times are absolute, fix NTP.", "/"))
+                out.append(
+                    Trouble(
+                        "clock skew",
+                        pair,
+                        f"the clocks of {node} and {peer} "
+                        f"differ by {abs(skew):.2f} s (over {settings.max_skew} s): "
+                        "registration expiry times are absolute, fix NTP.",
+                        "/",
+                    )
+                )
         in_force = bans.get(node)
         if isinstance(in_force, list) and len(in_force) >= settings.ban_storm:
-            out.append(Trouble("ban storm", node, f"{len(in_force)} bans in force on {node} "
-                               f"(alarm at {settings.ban_storm}): a password-guessing attack "
-                               "is under way.", "/alarms"))
+            out.append(
+                Trouble(
+                    "ban storm",
+                    node,
+                    f"{len(in_force)} bans in force on {node} "
+                    f"(alarm at {settings.ban_storm}): a password-guessing attack "
+                    "is under way.",
+                    "/alarms",
+                )
+            )
     return list({(t.kind, t.subject): t for t in out}.values())
 
 
 def cert_expiry(path: str) -> float:
     """When the PEM certificate at ``path`` ends (seconds since the epoch)."""
-    out = subprocess.run(["openssl", "x509", "-enddate", "-noout", "-in", path],
-                         capture_output=True, text=True, timeout=10, check=False)
+    out = subprocess.run(
+        ["openssl", "x509", "-enddate", "-noout", "-in", path],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=False,
+    )
     if out.returncode or not out.stdout.startswith("notAfter="):
-        raise ValueError(out.stderr.strip().splitlines()[-1] if out.stderr.strip()
-                         else "not a PEM certificate")
-    return float(ssl.cert_time_to_seconds(out.stdout.strip()[len("notAfter="):]))
+        raise ValueError(
+            out.stderr.strip().splitlines()[-1] if out.stderr.strip() else "not a PEM certificate"
+        )
+    return float(ssl.cert_time_to_seconds(out.stdout.strip()[len("notAfter=") :]))
 
 
 def file_troubles(settings: AlarmSettings, now: float) -> list[Trouble]:
@@ -217,24 +282,40 @@ def file_troubles(settings: AlarmSettings, now: float) -> list[Trouble]:
         try:
             ends = cert_expiry(path)
         except (OSError, ValueError, subprocess.SubprocessError) as e:
-            out.append(Trouble("certificate expiring", path, f"certificate {path} cannot be "
-                               f"read ({e}).", "/alarms"))
+            out.append(
+                Trouble(
+                    "certificate expiring",
+                    path,
+                    f"certificate {path} cannot be read ({e}).",
+                    "/alarms",
+                )
+            )
             continue
         if ends - now < settings.cert_days * 86400:
             left = (ends - now) / 86400
             what = f"expired {-left:.0f} days ago" if left < 0 else f"ends in {left:.1f} days"
-            out.append(Trouble("certificate expiring", path, f"certificate {path} {what} "
-                               f"({_ts(ends)}): renew it.", "/alarms"))
+            out.append(
+                Trouble(
+                    "certificate expiring",
+                    path,
+                    f"certificate {path} {what} ({_ts(ends)}): renew it.",
+                    "/alarms",
+                )
+            )
     return out
 
 
 def call_troubles(settings: AlarmSettings) -> list[Trouble]:
     """Emergency calls recorded since the last check."""
-    return [Trouble("emergency call", str(c["callee"]),
-                    f"emergency call from {c['caller']} to {c['callee']} at "
-                    f"{_ts(c['started_at'])}.",
-                    f"/calls?callee={urllib.parse.quote(str(c['callee']))}")
-            for c in store.emergency_calls(settings.emergency_numbers)]
+    return [
+        Trouble(
+            "emergency call",
+            str(c["callee"]),
+            f"emergency call from {c['caller']} to {c['callee']} at {_ts(c['started_at'])}.",
+            f"/calls?callee={urllib.parse.quote(str(c['callee']))}",
+        )
+        for c in store.emergency_calls(settings.emergency_numbers)
+    ]
 
 
 class Notifier:
@@ -245,19 +326,31 @@ class Notifier:
 
     def payload(self, row: store.Alarm) -> dict[str, Any]:
         """What a notice says, JSON-ready."""
-        return {"alarm": row.kind, "subject": row.subject, "state": row.notice,
-                "text": row.text, "link": self.settings.dashboard_url.rstrip("/") + row.link,
-                "count": row.count, "first_at": row.first_at, "last_at": row.last_at,
-                "cluster": self.domain}
+        return {
+            "alarm": row.kind,
+            "subject": row.subject,
+            "state": row.notice,
+            "text": row.text,
+            "link": self.settings.dashboard_url.rstrip("/") + row.link,
+            "count": row.count,
+            "first_at": row.first_at,
+            "last_at": row.last_at,
+            "cluster": self.domain,
+        }
 
     def send(self, row: store.Alarm) -> bool:
         """Deliver ``row``'s notice on every channel; True when every one took it."""
         body = self.payload(row)
-        state = {"raised": "", "repeated": f" (repeated, {body['count']} times)",
-                 "cleared": " (cleared)"}.get(body["state"], "")
+        state = {
+            "raised": "",
+            "repeated": f" (repeated, {body['count']} times)",
+            "cleared": " (cleared)",
+        }.get(body["state"], "")
         subject = f"[tandem {self.domain}] {body['alarm']}: {body['subject']}{state}"
-        text = (f"{body['text']}\n\nState: {body['state']}, seen {body['count']} "
-                f"times since {_ts(body['first_at'])}.\nDetails: {body['link']}\n")
+        text = (
+            f"{body['text']}\n\nState: {body['state']}, seen {body['count']} "
+            f"times since {_ts(body['first_at'])}.\nDetails: {body['link']}\n"
+        )
         return send_notice(self.settings, body, subject, text, "tandem-master")
 
 
@@ -306,8 +399,7 @@ class AlarmChecker(Periodic):
             alive = [n for n in nodes if "error" not in states.get(n["node_id"], {"error": 1})]
             bans = cluster.ask_all(self.bus, alive, {"cmd": "bans"})
             troubles += node_troubles(s, nodes, states, bans, now)
-            troubles += gateway_troubles(cluster.ask_all(self.bus, alive,
-                                                         {"cmd": "gateways"}))
+            troubles += gateway_troubles(cluster.ask_all(self.bus, alive, {"cmd": "gateways"}))
             kinds += NODE_KINDS
         for t in troubles:
             store.seen(t.kind, t.subject, t.text, t.link, now, s.repeat_every)
@@ -325,18 +417,26 @@ class AlarmChecker(Periodic):
             ok = notifier.send(row)
             store.delivered(row, ok, now)
             if not ok and row.attempts >= store.MAX_ATTEMPTS:
-                log.error("alarm notice %s of %s %s given up after %d attempts", row.notice,
-                          row.kind, row.subject, row.attempts)
+                log.error(
+                    "alarm notice %s of %s %s given up after %d attempts",
+                    row.notice,
+                    row.kind,
+                    row.subject,
+                    row.attempts,
+                )
 
 
 def init_app(app: Flask) -> None:
     """Show the number of open alarms in every page's menu, and the open emergency call
     alarms in a banner on top of every page."""
+
     @app.context_processor
     def open_alarms() -> dict:
         try:
-            return {"open_alarms": store.count_open(),
-                    "emergency_alarms": store.open_of_kind(EVENT_KINDS[0], BANNER_MAX)}
+            return {
+                "open_alarms": store.count_open(),
+                "emergency_alarms": store.open_of_kind(EVENT_KINDS[0], BANNER_MAX),
+            }
         except Exception:  # a page must render even when the count cannot be read
             return {"open_alarms": 0, "emergency_alarms": []}
 

@@ -33,8 +33,17 @@ from .user_files import export_csv
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
-NODE_FIELDS = ("node_id", "sip", "bus", "control", "public_key", "weight", "acked_version",
-               "acked_at", "last_error")
+NODE_FIELDS = (
+    "node_id",
+    "sip",
+    "bus",
+    "control",
+    "public_key",
+    "weight",
+    "acked_version",
+    "acked_at",
+    "last_error",
+)
 
 
 def _changed() -> None:
@@ -54,8 +63,11 @@ def users():
         return {"error": str(e)}, 400
     limit = min(max(request.args.get("limit", 100, type=int), 1), 1000)
     enabled = STATES[query["state"]]
-    return {"total": ms.count_users(), "found": ms.count_users(query["q"], enabled),
-            "users": ms.list_users(query["q"], limit, query["offset"], enabled)}
+    return {
+        "total": ms.count_users(),
+        "found": ms.count_users(query["q"], enabled),
+        "users": ms.list_users(query["q"], limit, query["offset"], enabled),
+    }
 
 
 @bp.get("/users.csv")
@@ -66,8 +78,11 @@ def export_users():
         query = user_filters(request.args)
     except FilterError as e:
         return {"error": str(e)}, 400
-    return Response(export_csv(query["q"], STATES[query["state"]]), mimetype="text/csv",
-                    headers={"Content-Disposition": "attachment; filename=users.csv"})
+    return Response(
+        export_csv(query["q"], STATES[query["state"]]),
+        mimetype="text/csv",
+        headers={"Content-Disposition": "attachment; filename=users.csv"},
+    )
 
 
 @bp.post("/users")
@@ -77,7 +92,7 @@ def add_user():
     ``"enabled"`` (a new user is enabled; an existing one keeps its state unless given)."""
     body = request.get_json(silent=True)
     if not isinstance(body, dict):
-        return {"error": "expected a JSON object {\"username\", \"password\"}"}, 400
+        return {"error": 'expected a JSON object {"username", "password"}'}, 400
     enabled = body.get("enabled")
     if enabled is not None and not isinstance(enabled, bool):
         return {"error": "enabled must be true or false"}, 400
@@ -147,17 +162,23 @@ def nodes():
     pusher = current_app.extensions.get("pusher")
     states, rates = states_and_rates(getattr(pusher, "bus", None), nodes)
     rows = cluster.overview(nodes, states, rates, ms.current_version())
-    return {"nodes": [{**{k: n[k] for k in NODE_FIELDS}, **row}
-                      for n, row in zip(nodes, rows, strict=True)]}
+    return {
+        "nodes": [
+            {**{k: n[k] for k in NODE_FIELDS}, **row} for n, row in zip(nodes, rows, strict=True)
+        ]
+    }
 
 
 @bp.get("/config")
 @basic_auth_required
 def config():
     """The newest configuration version, the one each node runs and the SIP settings."""
-    return {"version": ms.current_version(), "domain": ms.domain(),
-            "settings": current_settings(),
-            "nodes": {n["node_id"]: n["acked_version"] for n in ms.list_nodes()}}
+    return {
+        "version": ms.current_version(),
+        "domain": ms.domain(),
+        "settings": current_settings(),
+        "nodes": {n["node_id"]: n["acked_version"] for n in ms.list_nodes()},
+    }
 
 
 @bp.put("/config")
@@ -182,15 +203,15 @@ def registrations():
     the counts by primary node and the load-balance index; ``next`` is the cursor of
     the following page (null on the last)."""
     try:
-        query = cluster.registration_filters(request.args,
-                                             [n["node_id"] for n in ms.list_nodes()])
+        query = cluster.registration_filters(request.args, [n["node_id"] for n in ms.list_nodes()])
     except FilterError as e:
         return {"error": str(e)}, 400
     pusher = current_app.extensions.get("pusher")
     if getattr(pusher, "bus", None) is None:
         return {"error": "the master has no bus"}, 503
-    found = cluster.registrations(pusher.bus, ms.list_nodes(), query["user"], query["node"],
-                                  query["after"], query["limit"])
+    found = cluster.registrations(
+        pusher.bus, ms.list_nodes(), query["user"], query["node"], query["after"], query["limit"]
+    )
     last = found["bindings"][-1] if found["more"] else None
     return {**found, "next": f"{last['aor']} {last['key']}" if last else None}
 
@@ -200,8 +221,10 @@ def registrations():
 def restart_node(node_id):
     """Restart a node's process through the lab; its new process state."""
     try:
-        return {"node": node_id, "state": services.restart_node(current_app.config["LAB_DATA"],
-                                                                node_id)}
+        return {
+            "node": node_id,
+            "state": services.restart_node(current_app.config["LAB_DATA"], node_id),
+        }
     except services.ServiceError as e:
         return {"error": str(e)}, 400
 
@@ -217,8 +240,10 @@ def node_calls(node_id):
         return {"error": "limit must be a whole number from 1 to 1000"}, 400
     pusher = current_app.extensions.get("pusher")
     try:
-        return {"node": node_id,
-                **services.node_calls(getattr(pusher, "bus", None), node_id, limit)}
+        return {
+            "node": node_id,
+            **services.node_calls(getattr(pusher, "bus", None), node_id, limit),
+        }
     except services.ServiceError as e:
         return {"error": str(e)}, 400
 
@@ -232,8 +257,10 @@ def drain_node(node_id):
         return {"error": 'expected a JSON object {"on": true|false}'}, 400
     pusher = current_app.extensions.get("pusher")
     try:
-        return {"node": node_id,
-                **services.drain_node(getattr(pusher, "bus", None), node_id, body["on"])}
+        return {
+            "node": node_id,
+            **services.drain_node(getattr(pusher, "bus", None), node_id, body["on"]),
+        }
     except services.ServiceError as e:
         return {"error": str(e)}, 400
 
@@ -244,8 +271,10 @@ def node_services(node_id):
     """A node's services: state, uptime (s) and restart count of each."""
     pusher = current_app.extensions.get("pusher")
     try:
-        return {"node": node_id,
-                "services": services.node_services(getattr(pusher, "bus", None), node_id)}
+        return {
+            "node": node_id,
+            "services": services.node_services(getattr(pusher, "bus", None), node_id),
+        }
     except services.ServiceError as e:
         return {"error": str(e)}, 400
 
@@ -256,9 +285,10 @@ def service_action(node_id, name, action):
     """Stop, start or restart one service of a node (any node, lab or not); its new state."""
     pusher = current_app.extensions.get("pusher")
     try:
-        return {"node": node_id,
-                **services.service_action(getattr(pusher, "bus", None), node_id, name[:64],
-                                          action)}
+        return {
+            "node": node_id,
+            **services.service_action(getattr(pusher, "bus", None), node_id, name[:64], action),
+        }
     except services.ServiceError as e:
         return {"error": str(e)}, 400
 
@@ -279,7 +309,8 @@ def restore_version(number):
     except StoreError as e:
         return {"error": str(e)}, 400
     if version is None:
-        return {"error": f"no version {number} with its content kept (the newest "
-                         f"{versions.KEEP} are)"}, 404
+        return {
+            "error": f"no version {number} with its content kept (the newest {versions.KEEP} are)"
+        }, 404
     _changed()
     return {"restored": number, "version": version}

@@ -24,8 +24,19 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from flask import (Blueprint, Flask, Response, current_app, flash, g, redirect,
-                   render_template, request, session, url_for)
+from flask import (
+    Blueprint,
+    Flask,
+    Response,
+    current_app,
+    flash,
+    g,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
 
 from store import audit as store
 from store import master as ms
@@ -100,8 +111,12 @@ def _removed_node() -> tuple[str, dict]:
     row = ms.ClusterNode.get_or_none(ms.ClusterNode.node_id == node)
     if row is None:
         return node, {"exists": False}
-    return node, {"exists": True, "sip": row.sip, "control": row.control,
-                  "acked_version": row.acked_version}
+    return node, {
+        "exists": True,
+        "sip": row.sip,
+        "control": row.control,
+        "acked_version": row.acked_version,
+    }
 
 
 def _retention() -> tuple[str, dict]:
@@ -150,6 +165,7 @@ def init_app(app: Flask) -> None:
 
 def _dialplan() -> tuple[str, dict]:
     from store.dialplan import get_dialplan
+
     return "dial plan", get_dialplan()
 
 
@@ -158,8 +174,7 @@ DIFFED = frozenset(("dial plan changed",))
 
 
 def _describe(endpoint: str) -> tuple[str, str, dict]:
-    if endpoint.split(".", 1)[0] in ("dialplan", "dialplan_api", "ring_groups",
-                                     "ring_groups_api"):
+    if endpoint.split(".", 1)[0] in ("dialplan", "dialplan_api", "ring_groups", "ring_groups_api"):
         return ("dial plan changed", *_dialplan())
     action, describer = DESCRIBERS.get(endpoint, ("", None))
     if describer is None:
@@ -212,8 +227,13 @@ def _login(response: Response) -> None:
     if response.status_code == 302:
         store.record(name, "login", address=_address())
     elif response.status_code == 401:
-        store.record(name, "failed login", address=_address(), ok=False,
-                     result="wrong admin name or password")
+        store.record(
+            name,
+            "failed login",
+            address=_address(),
+            ok=False,
+            result="wrong admin name or password",
+        )
     elif response.status_code == 429:
         now, addr = time.monotonic(), _address()
         _blocked = current_app.extensions.setdefault("audit_blocked", {})
@@ -222,8 +242,13 @@ def _login(response: Response) -> None:
         if addr not in _blocked and len(_blocked) >= MAX_BLOCKED:
             _blocked.pop(next(iter(_blocked)))
         _blocked[addr] = now
-        store.record(name, "login blocked", address=addr, ok=False,
-                     result="too many failed logins from this address (one row a minute)")
+        store.record(
+            name,
+            "login blocked",
+            address=addr,
+            ok=False,
+            result="too many failed logins from this address (one row a minute)",
+        )
 
 
 def _join(response: Response) -> None:
@@ -232,12 +257,22 @@ def _join(response: Response) -> None:
     body = response.get_json(silent=True) if response.is_json else None
     body = body if isinstance(body, dict) else {}
     if response.status_code == 201:
-        store.record("join token", "node joined", str(body.get("node_id", ""))[:64],
-                     _address(), after={"node_id": body.get("node_id"),
-                                        "version": body.get("version")})
+        store.record(
+            "join token",
+            "node joined",
+            str(body.get("node_id", ""))[:64],
+            _address(),
+            after={"node_id": body.get("node_id"), "version": body.get("version")},
+        )
     elif response.status_code != 429:
-        store.record("join token", "join refused", "", _address(), ok=False,
-                     result=str(body.get("error", response.status))[:500])
+        store.record(
+            "join token",
+            "join refused",
+            "",
+            _address(),
+            ok=False,
+            result=str(body.get("error", response.status))[:500],
+        )
 
 
 def _outcome(response: Response) -> str:
@@ -248,7 +283,7 @@ def _outcome(response: Response) -> str:
         if isinstance(body, dict) and "error" in body:
             return str(body["error"])
         return "" if response.status_code < 400 else response.status
-    flashes = [m for _, m in session.get("_flashes", [])[getattr(g, "audit_flashes", 0):]]
+    flashes = [m for _, m in session.get("_flashes", [])[getattr(g, "audit_flashes", 0) :]]
     return " ".join(flashes) or ("" if response.status_code < 400 else response.status)
 
 
@@ -258,16 +293,27 @@ def _action(response: Response) -> None:
         name = _basic_name()
         if response.status_code == 401:
             if name or request.authorization is not None:
-                store.record(name or "?", "failed login", address=_address(), ok=False,
-                             result=f"HTTP Basic refused on {request.path[:200]}")
+                store.record(
+                    name or "?",
+                    "failed login",
+                    address=_address(),
+                    ok=False,
+                    result=f"HTTP Basic refused on {request.path[:200]}",
+                )
             return
         actor = name
     if not actor:
         return
     described = getattr(g, "audit_before", None)
     if described is None:  # refused before the view ran (CSRF, 404, 405)
-        store.record(actor, request.endpoint or request.path[:64], request.path,
-                     address=_address(), ok=False, result=_outcome(response))
+        store.record(
+            actor,
+            request.endpoint or request.path[:64],
+            request.path,
+            address=_address(),
+            ok=False,
+            result=_outcome(response),
+        )
         return
     action, target, before = described
     after: dict = {}
@@ -289,9 +335,16 @@ def _action(response: Response) -> None:
         body = request.get_json(silent=True) if request.is_json else None
         on = body.get("on") if isinstance(body, dict) else request.form.get("on") == "1"
         action = "drain" if on else "undrain"
-    store.record(actor, action, target, _address(), before=before or None,
-                 after=after or None, result=_outcome(response),
-                 ok=response.status_code < 400)
+    store.record(
+        actor,
+        action,
+        target,
+        _address(),
+        before=before or None,
+        after=after or None,
+        result=_outcome(response),
+        ok=response.status_code < 400,
+    )
 
 
 def filters(args, max_limit: int = MAX_PAGE) -> dict:
@@ -303,8 +356,11 @@ def filters(args, max_limit: int = MAX_PAGE) -> dict:
 
 
 def _csv(found: dict) -> Response:
-    return Response(store.to_csv(found["entries"]), mimetype="text/csv",
-                    headers={"Content-Disposition": "attachment; filename=audit.csv"})
+    return Response(
+        store.to_csv(found["entries"]),
+        mimetype="text/csv",
+        headers={"Content-Disposition": "attachment; filename=audit.csv"},
+    )
 
 
 def _when(ts: float) -> str:
@@ -318,12 +374,25 @@ def page():
     try:
         args = filters(request.args)
     except FilterError as e:
-        return render_template("audit.html", error=str(e), found=None, args=request.args,
-                               actions=store.actions(), days=store.retention_days(),
-                               form=ActionForm()), 400
-    return render_template("audit.html", error="", found=store.search(**args), args=request.args,
-                           actions=store.actions(), days=store.retention_days(), when=_when,
-                           form=ActionForm())
+        return render_template(
+            "audit.html",
+            error=str(e),
+            found=None,
+            args=request.args,
+            actions=store.actions(),
+            days=store.retention_days(),
+            form=ActionForm(),
+        ), 400
+    return render_template(
+        "audit.html",
+        error="",
+        found=store.search(**args),
+        args=request.args,
+        actions=store.actions(),
+        days=store.retention_days(),
+        when=_when,
+        form=ActionForm(),
+    )
 
 
 @bp.get("/audit.csv")

@@ -9,8 +9,17 @@ import functools
 import logging
 import time
 
-from flask import (Blueprint, abort, current_app, flash, redirect, render_template, request,
-                   session, url_for)
+from flask import (
+    Blueprint,
+    abort,
+    current_app,
+    flash,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
 from flask_wtf import FlaskForm
 from wtforms import PasswordField, StringField
 from wtforms.validators import DataRequired, Length
@@ -58,8 +67,9 @@ class Limiter:
 
 def init_app(app) -> None:
     """Give ``app`` its login limiter."""
-    app.extensions["login_limiter"] = Limiter(app.config["LOGIN_FAILURES"],
-                                              app.config["LOGIN_WINDOW"])
+    app.extensions["login_limiter"] = Limiter(
+        app.config["LOGIN_FAILURES"], app.config["LOGIN_WINDOW"]
+    )
 
 
 def _limiter() -> Limiter:
@@ -80,24 +90,34 @@ def check_login(username: str, password: str) -> bool:
 
 def login_required(view):
     """A page for signed-in admins only (others go to the login page)."""
+
     @functools.wraps(view)
     def wrapped(*args, **kwargs):
         if not session.get("admin"):
             return redirect(url_for("auth.login", next=request.path))
         return view(*args, **kwargs)
+
     return wrapped
 
 
 def basic_auth_required(view):
     """An API call for admins by HTTP Basic only: 401 otherwise, never data."""
+
     @functools.wraps(view)
     def wrapped(*args, **kwargs):
         creds = request.authorization
-        if creds is None or creds.type != "basic" or \
-                not check_login(creds.username or "", creds.password or ""):
-            return ({"error": "admin credentials required (HTTP Basic)"}, 401,
-                    {"WWW-Authenticate": 'Basic realm="tandem"'})
+        if (
+            creds is None
+            or creds.type != "basic"
+            or not check_login(creds.username or "", creds.password or "")
+        ):
+            return (
+                {"error": "admin credentials required (HTTP Basic)"},
+                401,
+                {"WWW-Authenticate": 'Basic realm="tandem"'},
+            )
         return view(*args, **kwargs)
+
     return wrapped
 
 

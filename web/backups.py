@@ -49,8 +49,17 @@ import time
 from dataclasses import dataclass
 
 import gevent
-from flask import (Blueprint, current_app, g, redirect, render_template, request, send_file,
-                   session, url_for)
+from flask import (
+    Blueprint,
+    current_app,
+    g,
+    redirect,
+    render_template,
+    request,
+    send_file,
+    session,
+    url_for,
+)
 
 from store import audit
 from store import backup as archive
@@ -67,8 +76,7 @@ log = logging.getLogger(__name__)
 
 bp = Blueprint("backups", __name__)
 
-SECRET_FILES = ("master.public", "master.secret", "session.key", "cluster.secret",
-                "admin-password")
+SECRET_FILES = ("master.public", "master.secret", "session.key", "cluster.secret", "admin-password")
 """The data folder's files an archive carries."""
 OPTIONAL_FILES = ("cluster.secret", "admin-password")
 """Of those, the ones a master may lack (made on first use, or deleted by the admin)."""
@@ -105,8 +113,7 @@ class BackupPlan:
         if unknown:
             raise SettingsError(f"unknown [backup] settings {sorted(unknown)}")
         every, keep = table.get("every", 86400), table.get("keep", 7)
-        if not isinstance(every, int | float) or every < 0 or \
-                not isinstance(keep, int) or keep < 1:
+        if not isinstance(every, int | float) or every < 0 or not isinstance(keep, int) or keep < 1:
             raise SettingsError("[backup] every must be seconds >= 0 and keep a count >= 1")
         if 0 < every < 60:
             raise SettingsError("[backup] every must be at least 60 seconds (or 0: none)")
@@ -124,17 +131,26 @@ def make_backup(settings: MasterSettings, path: str, release: str = "") -> dict:
                 files[name] = f.read()
         except FileNotFoundError:
             if name not in OPTIONAL_FILES:
-                raise SettingsError(f"{settings.path(name)} is missing: is "
-                                    f"{settings.data_dir} a master's data folder?") from None
+                raise SettingsError(
+                    f"{settings.path(name)} is missing: is "
+                    f"{settings.data_dir} a master's data folder?"
+                ) from None
     if settings.config_path:
         with open(settings.config_path, "rb") as f:
             files[CONFIG_NAME] = f.read()
     db = ms.master_db.obj
-    manifest = archive.backup(path, db, ms.master_models(), files,
-                              {"release": release, "domain": ms.domain(),
-                               "schema": schema.stored_version(db, "master")})
-    log.info("backup of the master written to %s (%s)", path,
-             ", ".join(f"{t} {v['rows']}" for t, v in manifest["tables"].items()))
+    manifest = archive.backup(
+        path,
+        db,
+        ms.master_models(),
+        files,
+        {"release": release, "domain": ms.domain(), "schema": schema.stored_version(db, "master")},
+    )
+    log.info(
+        "backup of the master written to %s (%s)",
+        path,
+        ", ".join(f"{t} {v['rows']}" for t, v in manifest["tables"].items()),
+    )
     return manifest
 
 
@@ -143,24 +159,29 @@ def backup_in_thread(settings: MasterSettings, path: str, release: str = "") -> 
     so the master's greenlets (dashboard, pushes, call records) go on meanwhile: an
     export is CPU and disk work that would hold the loop for seconds (7.8 s for
     200,000 call records, measured)."""
+
     def job() -> dict:
         try:
             return make_backup(settings, path, release)
         finally:
             ms.master_db.obj.close()  # this thread's connection only
+
     return gevent.get_hub().threadpool.apply(job)
 
 
 def check_archive(path: str) -> dict:
     """Read the whole archive at ``path`` (members, digests, rows), writing nothing, and
     check it fits this release; its manifest."""
-    manifest = archive.check(path, [m._meta.table_name for m in ms.master_models()],
-                             (*SECRET_FILES, CONFIG_NAME))
+    manifest = archive.check(
+        path, [m._meta.table_name for m in ms.master_models()], (*SECRET_FILES, CONFIG_NAME)
+    )
     newest = schema.current_version(MASTER_MIGRATIONS)
     if not isinstance(manifest.get("schema", 1), int) or manifest.get("schema", 1) > newest:
-        raise archive.BackupError(f"the archive holds master schema {manifest.get('schema')!r}, "
-                                  f"newer than this release's {newest}: restore it with the "
-                                  "release that made it")
+        raise archive.BackupError(
+            f"the archive holds master schema {manifest.get('schema')!r}, "
+            f"newer than this release's {newest}: restore it with the "
+            "release that made it"
+        )
     missing = {"master.public", "master.secret", "session.key"} - set(manifest["files"])
     if missing:
         raise archive.BackupError(f"the archive lacks {sorted(missing)}")
@@ -170,21 +191,28 @@ def check_archive(path: str) -> dict:
 def restore_backup(settings: MasterSettings, path: str) -> dict:
     """Restore the archive at ``path`` into ``settings``' fresh data folder and database."""
     if os.path.exists(settings.path("master.secret")):
-        raise SettingsError(f"{settings.data_dir} already holds a master (master.secret): "
-                            "restore onto a fresh data directory")
+        raise SettingsError(
+            f"{settings.data_dir} already holds a master (master.secret): "
+            "restore onto a fresh data directory"
+        )
     manifest = check_archive(path)
     make_private_dir(settings.data_dir)
     ms.init_master_store(settings.database_url)
-    _, files = archive.restore(path, ms.master_db.obj, ms.master_models(),
-                               (*SECRET_FILES, CONFIG_NAME))
+    _, files = archive.restore(
+        path, ms.master_db.obj, ms.master_models(), (*SECRET_FILES, CONFIG_NAME)
+    )
     for name in SECRET_FILES:
         if name in files:
             write_private(settings.path(name), files[name].decode())
     if CONFIG_NAME in files:
         write_private(settings.path(RESTORED_CONFIG), files[CONFIG_NAME].decode())
-    log.info("master restored from %s (made %s by release %s) into %s", path,
-             _stamp(manifest.get("created_at", 0)), manifest.get("release") or "?",
-             settings.data_dir)
+    log.info(
+        "master restored from %s (made %s by release %s) into %s",
+        path,
+        _stamp(manifest.get("created_at", 0)),
+        manifest.get("release") or "?",
+        settings.data_dir,
+    )
     return manifest
 
 
@@ -223,14 +251,19 @@ def apply_staged(settings: MasterSettings) -> dict | None:
     result: dict = {"at": now, "by": str(by.get("actor", "?")), "kept": kept}
     try:
         if settings.database:
-            raise SettingsError("[master] database is set: the dashboard restores onto the "
-                                "database in the data folder only")
+            raise SettingsError(
+                "[master] database is set: the dashboard restores onto the "
+                "database in the data folder only"
+            )
         os.mkdir(kept, 0o700)
         _move_contents(settings.data_dir, kept)
         manifest = restore_backup(settings, os.path.join(kept, STAGED))
-        result.update(ok=True, created_at=manifest.get("created_at"),
-                      release=manifest.get("release") or "?",
-                      version=_number_past(handed_out, manifest))
+        result.update(
+            ok=True,
+            created_at=manifest.get("created_at"),
+            release=manifest.get("release") or "?",
+            version=_number_past(handed_out, manifest),
+        )
     except Exception as e:  # whatever went wrong, the old master must come back
         ms.close_master_store()
         log.error("staged restore failed, the master starts as it was: %s", e)
@@ -244,15 +277,24 @@ def apply_staged(settings: MasterSettings) -> dict | None:
         result.update(ok=False, error=str(e)[:500], kept="")
         ms.init_master_store(settings.database_url)
     else:
-        log.warning("staged restore applied: the master runs on the archive made %s; what "
-                    "the data folder held before is kept in %s",
-                    _stamp(manifest.get("created_at", 0)), kept)
+        log.warning(
+            "staged restore applied: the master runs on the archive made %s; what "
+            "the data folder held before is kept in %s",
+            _stamp(manifest.get("created_at", 0)),
+            kept,
+        )
     try:
-        audit.record(result["by"], "restore applied" if result["ok"] else "restore failed",
-                     "master", str(by.get("address", "")), ok=result["ok"],
-                     result=result.get("error") or f"archive of "
-                     f"{_stamp(result.get('created_at') or 0)}, the data folder before it "
-                     f"kept in {kept}")
+        audit.record(
+            result["by"],
+            "restore applied" if result["ok"] else "restore failed",
+            "master",
+            str(by.get("address", "")),
+            ok=result["ok"],
+            result=result.get("error")
+            or f"archive of "
+            f"{_stamp(result.get('created_at') or 0)}, the data folder before it "
+            f"kept in {kept}",
+        )
     finally:
         ms.close_master_store()
     write_private(settings.path(RESULT), json.dumps(result))
@@ -262,8 +304,9 @@ def apply_staged(settings: MasterSettings) -> dict | None:
 def _number_past(handed_out: int, manifest: dict) -> int:
     """The restored configuration as a new version numbered past every version the master
     handed out before the restore (``store.versions.number_past``)."""
-    return versions.number_past(handed_out, "restored from the archive of "
-                                f"{_stamp(manifest.get('created_at', 0))}")
+    return versions.number_past(
+        handed_out, f"restored from the archive of {_stamp(manifest.get('created_at', 0))}"
+    )
 
 
 def _stamp(ts: float) -> str:
@@ -317,7 +360,7 @@ class BackupScheduler:
         make_private_dir(self.plan.dir)
         path = os.path.join(self.plan.dir, f"master-{_stamp(now)}.tar.gz")
         backup_in_thread(self.settings, path, self.release)
-        for old in scheduled(self.plan)[:-self.plan.keep]:
+        for old in scheduled(self.plan)[: -self.plan.keep]:
             os.unlink(os.path.join(self.plan.dir, old))
             log.info("old backup %s removed (keep %d)", old, self.plan.keep)
         return path
@@ -340,10 +383,17 @@ def _page(error: str = "", status: int = 200):
     staged = settings is not None and os.path.exists(settings.path(STAGED))
     if error:
         g.audit_result = error  # the audit row tells why it was refused
-    return render_template("backup.html", plan=plan, archives=scheduled(plan) if plan else [],
-                           form=ActionForm(), error=error, staged=staged,
-                           result=_last_result(settings), max_mib=MAX_ARCHIVE >> 20,
-                           fresh=ms.ClusterNode.select().count() == 0), status
+    return render_template(
+        "backup.html",
+        plan=plan,
+        archives=scheduled(plan) if plan else [],
+        form=ActionForm(),
+        error=error,
+        staged=staged,
+        result=_last_result(settings),
+        max_mib=MAX_ARCHIVE >> 20,
+        fresh=ms.ClusterNode.select().count() == 0,
+    ), status
 
 
 @bp.get("/backup")
@@ -369,8 +419,11 @@ def restore():
     if settings is None:
         return _page("this dashboard runs without a master's data folder", 503)
     if settings.database:
-        return _page("[master] database is set: stop the master and use `run.py master "
-                     "restore FILE` onto a fresh database", 409)
+        return _page(
+            "[master] database is set: stop the master and use `run.py master "
+            "restore FILE` onto a fresh database",
+            409,
+        )
     if not check_login(session.get("admin", ""), request.form.get("password", "")):
         return _page("wrong password: the restore needs your admin password again", 403)
     upload = request.files.get("archive")
@@ -378,23 +431,34 @@ def restore():
         return _page("choose an archive to upload", 400)
     fd, tmp = tempfile.mkstemp(prefix=".upload-", suffix=".tar.gz", dir=settings.data_dir)
     try:
+
         def save_and_check() -> dict:  # seconds of disk and CPU: off the master's loop
             with os.fdopen(fd, "wb") as out:
                 shutil.copyfileobj(upload.stream, out)
             return check_archive(tmp)
+
         try:
             manifest = gevent.get_hub().threadpool.apply(save_and_check)
         except (archive.BackupError, SettingsError) as e:
             return _page(f"archive refused, nothing changed: {e}", 400)
-        write_private(settings.path(STAGED_BY), json.dumps(
-            {"actor": session.get("admin", ""), "address": request.remote_addr or "",
-             "at": time.time()}))
+        write_private(
+            settings.path(STAGED_BY),
+            json.dumps(
+                {
+                    "actor": session.get("admin", ""),
+                    "address": request.remote_addr or "",
+                    "at": time.time(),
+                }
+            ),
+        )
         os.replace(tmp, settings.path(STAGED))
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    g.audit_result = (f"archive of {_stamp(manifest.get('created_at', 0))} (release "
-                      f"{manifest.get('release') or '?'}) staged; the master restarts into it")
+    g.audit_result = (
+        f"archive of {_stamp(manifest.get('created_at', 0))} (release "
+        f"{manifest.get('release') or '?'}) staged; the master restarts into it"
+    )
     restart = current_app.config.get("RESTART")
     if restart is not None:
         gevent.spawn_later(0.5, restart)  # once this answer is out
@@ -417,5 +481,9 @@ def download():
         data = open(path, "rb")  # noqa: SIM115 (send_file closes it after the download)
     finally:
         os.unlink(path)  # the open file lives on, the name goes at once
-    return send_file(data, mimetype="application/gzip", as_attachment=True,
-                     download_name=f"tandem-master-{_stamp(time.time())}.tar.gz")
+    return send_file(
+        data,
+        mimetype="application/gzip",
+        as_attachment=True,
+        download_name=f"tandem-master-{_stamp(time.time())}.tar.gz",
+    )

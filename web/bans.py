@@ -43,8 +43,7 @@ def bans_in_force(bus) -> dict:
             entry = merged.setdefault((b["kind"], b["key"]), {**b, "nodes": []})
             entry["left"] = max(entry["left"], b["left"])
             entry["nodes"].append(node)
-    return {"bans": sorted(merged.values(), key=lambda b: (b["kind"], b["key"])),
-            "errors": errors}
+    return {"bans": sorted(merged.values(), key=lambda b: (b["kind"], b["key"])), "errors": errors}
 
 
 def lift(bus, kind, key) -> dict:
@@ -56,8 +55,10 @@ def lift(bus, kind, key) -> dict:
     if bus is None:
         raise BanError("the master has no bus to reach the nodes")
     answers = cluster.ask_all(bus, ms.list_nodes(), {"cmd": "unban", "kind": kind, "key": key})
-    return {node: (a if isinstance(a, bool) else a.get("error", "no answer"))
-            for node, a in answers.items()}
+    return {
+        node: (a if isinstance(a, bool) else a.get("error", "no answer"))
+        for node, a in answers.items()
+    }
 
 
 @bp.get("/bans")

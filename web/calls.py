@@ -44,8 +44,11 @@ def filters(args, max_limit: int = MAX_PAGE) -> dict:
 
 def csv_response(found: dict) -> Response:
     """The found records as a CSV download."""
-    return Response(cdrs.to_csv(found["cdrs"]), mimetype="text/csv",
-                    headers={"Content-Disposition": "attachment; filename=cdrs.csv"})
+    return Response(
+        cdrs.to_csv(found["cdrs"]),
+        mimetype="text/csv",
+        headers={"Content-Disposition": "attachment; filename=cdrs.csv"},
+    )
 
 
 @bp.get("/api/cdrs")
@@ -81,9 +84,15 @@ def page():
     until = args["until"] if args["until"] is not None else time.time()
     since = args["since"] if args["since"] is not None else until - CHART_WINDOW
     chart = charts.calls_chart(cdrs.timeline(since, until)) if since < until else ""
-    return render_template("calls.html", error="", found=cdrs.search(**args), args=request.args,
-                           when=_when, per_node=cdrs.per_node(time.time() - PER_NODE_WINDOW),
-                           chart=chart)
+    return render_template(
+        "calls.html",
+        error="",
+        found=cdrs.search(**args),
+        args=request.args,
+        when=_when,
+        per_node=cdrs.per_node(time.time() - PER_NODE_WINDOW),
+        chart=chart,
+    )
 
 
 @bp.get("/calls.csv")
@@ -100,5 +109,4 @@ def export():
 def _when(ts: float | None) -> str:
     if ts is None:
         return ""
-    return datetime.datetime.fromtimestamp(ts, datetime.UTC).strftime(
-        "%Y-%m-%d %H:%M:%S")
+    return datetime.datetime.fromtimestamp(ts, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")

@@ -35,8 +35,7 @@ class CdrCollector(Periodic):
 
     what = "call event collection round"
 
-    def __init__(self, bus, interval: float = 1.0,
-                 on_emergency: Callable[[], None] | None = None):
+    def __init__(self, bus, interval: float = 1.0, on_emergency: Callable[[], None] | None = None):
         super().__init__(interval)
         self.bus = bus
         self.on_emergency = on_emergency
@@ -69,15 +68,21 @@ class CdrCollector(Periodic):
             if not isinstance(answer, dict):
                 answer = {}
             events, last = answer.get("events"), answer.get("last")
-            if (not isinstance(events, list) or not isinstance(last, int)
-                    or not all(isinstance(e, dict) and isinstance(e.get("seq"), int)
-                               for e in events)):
+            if (
+                not isinstance(events, list)
+                or not isinstance(last, int)
+                or not all(isinstance(e, dict) and isinstance(e.get("seq"), int) for e in events)
+            ):
                 self.stats["errors"] += 1
                 log.warning("node %s answered events with a malformed page", node_id)
                 return "malformed answer"
             if last < since:
-                log.warning("node %s numbers its call events from %d again (a new store): "
-                            "its cursor restarts", node_id, last)
+                log.warning(
+                    "node %s numbers its call events from %d again (a new store): "
+                    "its cursor restarts",
+                    node_id,
+                    last,
+                )
                 cdrs.reset_cursor(node_id)
                 continue
             if not events:

@@ -29,30 +29,44 @@ def calls_chart(slots: list[dict]) -> Markup:
     step = inner_w / len(slots)
     bar = max(1.0, step / 2 - 1)
     span = slots[-1]["end"] - slots[0]["start"]
-    parts = [f'<svg id="calls-chart" xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" '
-             f'height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" '
-             f'aria-label="calls and failures over time">',
-             f'<line x1="{MARGIN}" y1="{HEIGHT - MARGIN}" x2="{WIDTH - MARGIN}" '
-             f'y2="{HEIGHT - MARGIN}" stroke="#888"/>',
-             f'<text x="2" y="{MARGIN}" font-size="10">{top}</text>',
-             f'<text x="2" y="{HEIGHT - MARGIN}" font-size="10">0</text>']
+    parts = [
+        f'<svg id="calls-chart" xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" '
+        f'height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" '
+        f'aria-label="calls and failures over time">',
+        f'<line x1="{MARGIN}" y1="{HEIGHT - MARGIN}" x2="{WIDTH - MARGIN}" '
+        f'y2="{HEIGHT - MARGIN}" stroke="#888"/>',
+        f'<text x="2" y="{MARGIN}" font-size="10">{top}</text>',
+        f'<text x="2" y="{HEIGHT - MARGIN}" font-size="10">0</text>',
+    ]
     for k, s in enumerate(slots):
         x = MARGIN + k * step
-        tip = escape(f"{_label(s['start'], span)} to {_label(s['end'], span)} UTC: "
-                     f"{s['calls']} calls, {s['failures']} failures")
-        for offset, value, colour, kind in ((0.0, s["calls"], "#4a7bd0", "calls"),
-                                            (bar + 1, s["failures"], "#d04a4a", "failures")):
+        tip = escape(
+            f"{_label(s['start'], span)} to {_label(s['end'], span)} UTC: "
+            f"{s['calls']} calls, {s['failures']} failures"
+        )
+        for offset, value, colour, kind in (
+            (0.0, s["calls"], "#4a7bd0", "calls"),
+            (bar + 1, s["failures"], "#d04a4a", "failures"),
+        ):
             h = inner_h * value / top
-            parts.append(f'<rect class="{kind}" x="{x + offset:.1f}" '
-                         f'y="{HEIGHT - MARGIN - h:.1f}" width="{bar:.1f}" height="{h:.1f}" '
-                         f'fill="{colour}"><title>{tip}</title></rect>')
-    parts.append(f'<text x="{MARGIN}" y="{HEIGHT - 8}" font-size="10">'
-                 f'{escape(_label(slots[0]["start"], span))} UTC</text>')
-    parts.append(f'<text x="{WIDTH - MARGIN}" y="{HEIGHT - 8}" font-size="10" '
-                 f'text-anchor="end">{escape(_label(slots[-1]["end"], span))} UTC</text>')
-    parts.append(f'<text x="{WIDTH - MARGIN}" y="12" font-size="10" text-anchor="end">'
-                 '<tspan fill="#4a7bd0">■ calls</tspan> <tspan fill="#d04a4a">■ failures'
-                 '</tspan></text></svg>')
+            parts.append(
+                f'<rect class="{kind}" x="{x + offset:.1f}" '
+                f'y="{HEIGHT - MARGIN - h:.1f}" width="{bar:.1f}" height="{h:.1f}" '
+                f'fill="{colour}"><title>{tip}</title></rect>'
+            )
+    parts.append(
+        f'<text x="{MARGIN}" y="{HEIGHT - 8}" font-size="10">'
+        f"{escape(_label(slots[0]['start'], span))} UTC</text>"
+    )
+    parts.append(
+        f'<text x="{WIDTH - MARGIN}" y="{HEIGHT - 8}" font-size="10" '
+        f'text-anchor="end">{escape(_label(slots[-1]["end"], span))} UTC</text>'
+    )
+    parts.append(
+        f'<text x="{WIDTH - MARGIN}" y="12" font-size="10" text-anchor="end">'
+        '<tspan fill="#4a7bd0">■ calls</tspan> <tspan fill="#d04a4a">■ failures'
+        "</tspan></text></svg>"
+    )
     return Markup("".join(parts))
 
 
@@ -65,17 +79,21 @@ def split_chart(by_primary: dict[str, int]) -> Markup:
     row, label_w = 22, 120
     height = row * len(by_primary) + 8
     inner_w = WIDTH - label_w - 140
-    parts = [f'<svg id="split-chart" xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" '
-             f'height="{height}" viewBox="0 0 {WIDTH} {height}" role="img" '
-             f'aria-label="registrations by primary node">']
+    parts = [
+        f'<svg id="split-chart" xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" '
+        f'height="{height}" viewBox="0 0 {WIDTH} {height}" role="img" '
+        f'aria-label="registrations by primary node">'
+    ]
     for k, (node, n) in enumerate(by_primary.items()):
         y = 4 + k * row
         w = inner_w * n / total
         text = escape(f"{node}: {n} ({100 * n / total:.1f}%)")
-        parts.append(f'<text x="2" y="{y + 14}" font-size="12">{escape(node[:18])}</text>'
-                     f'<rect class="share" x="{label_w}" y="{y}" width="{w:.1f}" '
-                     f'height="{row - 6}" fill="#4a7bd0"><title>{text}</title></rect>'
-                     f'<text x="{label_w + w + 4:.1f}" y="{y + 14}" font-size="12">'
-                     f'{n} ({100 * n / total:.1f}%)</text>')
+        parts.append(
+            f'<text x="2" y="{y + 14}" font-size="12">{escape(node[:18])}</text>'
+            f'<rect class="share" x="{label_w}" y="{y}" width="{w:.1f}" '
+            f'height="{row - 6}" fill="#4a7bd0"><title>{text}</title></rect>'
+            f'<text x="{label_w + w + 4:.1f}" y="{y + 14}" font-size="12">'
+            f"{n} ({100 * n / total:.1f}%)</text>"
+        )
     parts.append("</svg>")
     return Markup("".join(parts))

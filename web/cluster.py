@@ -20,8 +20,13 @@ def ask(bus, node: dict, message: dict, timeout: float | None = None) -> dict:
     """``node``'s result for ``message`` within ``timeout`` s (``ASK_TIMEOUT``), or
     ``{"error": text}``."""
     try:
-        return request(bus, node["control"], node["public_key"], message,
-                       ASK_TIMEOUT if timeout is None else timeout)
+        return request(
+            bus,
+            node["control"],
+            node["public_key"],
+            message,
+            ASK_TIMEOUT if timeout is None else timeout,
+        )
     except BusError as e:
         return {"error": str(e)}
 
@@ -30,8 +35,10 @@ def ask_all(bus, nodes: list[dict], message: dict) -> dict:
     """``{node id: result or {"error": text}}`` for ``message`` sent to every node."""
     jobs = {n["node_id"]: gevent.spawn(ask, bus, n, message) for n in nodes}
     gevent.joinall(list(jobs.values()), timeout=ASK_TIMEOUT + 1)
-    return {k: (j.value if j.successful() and j.value is not None else {"error": "no answer"})
-            for k, j in jobs.items()}
+    return {
+        k: (j.value if j.successful() and j.value is not None else {"error": "no answer"})
+        for k, j in jobs.items()
+    }
 
 
 def node_states(bus, nodes: list[dict]) -> dict:
@@ -68,20 +75,24 @@ def overview(nodes: list[dict], states: dict, rates, current_version: int) -> li
     configuration version (current or behind), bindings, REGISTER and call rates
     over the last minute (``rates``: a ``web.rates.Rates``) and the replication lag
     (ms, median of recent updates) from each peer."""
-    words = health({n["node_id"]: states.get(n["node_id"], {"error": "not asked"})
-                    for n in nodes})
+    words = health({n["node_id"]: states.get(n["node_id"], {"error": "not asked"}) for n in nodes})
     rows = []
     for n in nodes:
         status = states.get(n["node_id"], {})
         up = "error" not in status and bool(status)
-        rows.append({"node_id": n["node_id"], "health": words[n["node_id"]],
-                     "uptime": status.get("uptime") if up else None,
-                     "config_version": n["acked_version"],
-                     "config_current": n["acked_version"] >= current_version,
-                     "bindings": status.get("bindings") if up else None,
-                     **rates.of(n["node_id"]),
-                     "replication_lag_ms": status.get("peer_lag_ms", {}) if up else {},
-                     "error": status.get("error")})
+        rows.append(
+            {
+                "node_id": n["node_id"],
+                "health": words[n["node_id"]],
+                "uptime": status.get("uptime") if up else None,
+                "config_version": n["acked_version"],
+                "config_current": n["acked_version"] >= current_version,
+                "bindings": status.get("bindings") if up else None,
+                **rates.of(n["node_id"]),
+                "replication_lag_ms": status.get("peer_lag_ms", {}) if up else {},
+                "error": status.get("error"),
+            }
+        )
     return rows
 
 
@@ -119,17 +130,34 @@ def merge(answers: dict, limit: int) -> dict:
             by_primary[origin] = seen[origin].get(origin, 0)
     for row in rows:
         row["present_on"].sort()
-    return {"bindings": rows[:limit], "more": len(rows) > limit, "errors": errors,
-            "totals": totals, "by_primary": dict(sorted(by_primary.items())),
-            "total": sum(by_primary.values()), "balance_index": balance_index(by_primary)}
+    return {
+        "bindings": rows[:limit],
+        "more": len(rows) > limit,
+        "errors": errors,
+        "totals": totals,
+        "by_primary": dict(sorted(by_primary.items())),
+        "total": sum(by_primary.values()),
+        "balance_index": balance_index(by_primary),
+    }
 
 
-def registrations(bus, nodes: list[dict], user: str = "", origin: str = "",
-                  after: tuple[str, str] | None = None, limit: int = 100) -> dict:
+def registrations(
+    bus,
+    nodes: list[dict],
+    user: str = "",
+    origin: str = "",
+    after: tuple[str, str] | None = None,
+    limit: int = 100,
+) -> dict:
     """The registrations of every node merged (see :func:`merge`): those whose AOR holds
     ``user`` and whose primary is ``origin`` (when given), ``limit`` after ``after``."""
-    message = {"cmd": "bindings", "user": user, "origin": origin, "limit": limit + 1,
-               "after": list(after) if after else None}
+    message = {
+        "cmd": "bindings",
+        "user": user,
+        "origin": origin,
+        "limit": limit + 1,
+        "after": list(after) if after else None,
+    }
     return merge(ask_all(bus, nodes, message), limit)
 
 

@@ -17,7 +17,7 @@ the reason otherwise) and makes a configuration version pushed to every node.
 
 import json
 
-from flask import (Blueprint, current_app, flash, redirect, render_template, request, url_for)
+from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
 from flask_wtf import FlaskForm
 from wtforms import TextAreaField
 from wtforms.validators import DataRequired, Length
@@ -237,8 +237,15 @@ def page():
             tested = dp.which_rule(number)
         except StoreError as e:
             tested = {"error": str(e)}
-    return render_template("dialplan.html", plan=plan, form=form, action=ActionForm(),
-                           number=number, tested=tested, health=_health()), status
+    return render_template(
+        "dialplan.html",
+        plan=plan,
+        form=form,
+        action=ActionForm(),
+        number=number,
+        tested=tested,
+        health=_health(),
+    ), status
 
 
 @bp.route("/dialplan/rules/<int:index>/<op>", methods=["POST"])
@@ -261,6 +268,7 @@ def rule_action(index, op):
         flash(f"No rule {index}.")
     else:
         _changed()
-        flash(f"Rule {index} {'deleted' if op == 'delete' else 'moved up'}: "
-              f"configuration {version}.")
+        flash(
+            f"Rule {index} {'deleted' if op == 'delete' else 'moved up'}: configuration {version}."
+        )
     return redirect(url_for("dialplan.page"))

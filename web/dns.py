@@ -29,8 +29,11 @@ def _set_weights(weights: dict) -> None:
     for node_id, weight in weights.items():
         if node_id not in known:
             raise StoreError(f"no node {node_id!r} with a SIP address")
-        if not isinstance(weight, int) or isinstance(weight, bool) or \
-                not 0 <= weight <= ms.MAX_WEIGHT:
+        if (
+            not isinstance(weight, int)
+            or isinstance(weight, bool)
+            or not 0 <= weight <= ms.MAX_WEIGHT
+        ):
             raise StoreError(f"weight of {node_id} must be an integer from 0 to {ms.MAX_WEIGHT}")
     for node_id, weight in weights.items():
         ms.set_weight(node_id, weight)
@@ -45,8 +48,13 @@ def page():
         if not form.validate_on_submit():
             return "CSRF token missing or wrong", 400
         try:
-            _set_weights({k[len("weight-"):]: int(v) if v.strip().isdigit() else v
-                          for k, v in request.form.items() if k.startswith("weight-")})
+            _set_weights(
+                {
+                    k[len("weight-") :]: int(v) if v.strip().isdigit() else v
+                    for k, v in request.form.items()
+                    if k.startswith("weight-")
+                }
+            )
         except StoreError as e:
             flash(f"Weights not changed: {e}")
         else:
@@ -59,8 +67,11 @@ def page():
 @login_required
 def export():
     """The zone as a BIND master file."""
-    return Response(zone_text(), mimetype="text/plain",
-                    headers={"Content-Disposition": f"attachment; filename={ms.domain()}.zone"})
+    return Response(
+        zone_text(),
+        mimetype="text/plain",
+        headers={"Content-Disposition": f"attachment; filename={ms.domain()}.zone"},
+    )
 
 
 @bp.get("/api/dns")
@@ -68,8 +79,11 @@ def export():
 def api_get():
     """Weights and TLS ports (0: none) per node, and the zone text."""
     nodes = ms.zone_nodes()
-    return {"weights": {n[0]: n[3] for n in nodes}, "tls_ports": {n[0]: n[4] for n in nodes},
-            "zone": zone_text()}
+    return {
+        "weights": {n[0]: n[3] for n in nodes},
+        "tls_ports": {n[0]: n[4] for n in nodes},
+        "zone": zone_text(),
+    }
 
 
 @bp.post("/api/dns")
@@ -79,7 +93,7 @@ def api_set():
     body = request.get_json(silent=True)
     weights = body.get("weights") if isinstance(body, dict) else None
     if not isinstance(weights, dict):
-        return {"error": "expected {\"weights\": {node id: weight}}"}, 400
+        return {"error": 'expected {"weights": {node id: weight}}'}, 400
     try:
         _set_weights(weights)
     except StoreError as e:

@@ -25,8 +25,7 @@ def range_and_page(args, out: dict[str, Any], max_limit: int) -> dict[str, Any]:
         try:
             out[name] = float(raw) if raw else None
         except ValueError:
-            raise FilterError(f"{name} must be seconds since the epoch, not {raw[:32]!r}") \
-                from None
+            raise FilterError(f"{name} must be seconds since the epoch, not {raw[:32]!r}") from None
         if out[name] is not None and not 0 <= out[name] < 1e11:
             raise FilterError(f"{name} is out of range")
     for name, default, top in (("limit", 100, max_limit), ("offset", 0, 10**9)):

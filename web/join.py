@@ -85,26 +85,32 @@ def _endpoint(text: object, what: str) -> str:
     """A ``tcp://ip:port`` ZeroMQ endpoint, else ``JoinError``."""
     if not isinstance(text, str) or not text.startswith("tcp://"):
         raise JoinError(f"{what} must be tcp://ip:port")
-    _host_port(text[len("tcp://"):], what)
+    _host_port(text[len("tcp://") :], what)
     return text
 
 
 def check_request(body: object) -> dict[str, Any]:
     """The fields of a join request, checked (``JoinError`` names the first wrong one)."""
     if not isinstance(body, dict):
-        raise JoinError("expected a JSON object {token, sip, bus, snapshot, control, "
-                        "public_key[, id]}")
+        raise JoinError(
+            "expected a JSON object {token, sip, bus, snapshot, control, public_key[, id]}"
+        )
     node_id = body.get("id") or ""
     if node_id and (not isinstance(node_id, str) or not NODE_ID.match(node_id)):
-        raise JoinError("id must be a lower-case DNS label (letters, digits, '-'), "
-                        "at most 32 characters")
+        raise JoinError(
+            "id must be a lower-case DNS label (letters, digits, '-'), at most 32 characters"
+        )
     try:
         key = check_key(str(body.get("public_key", "")), "public_key").decode()
     except BusError as e:
         raise JoinError(str(e)) from None
     _host_port(body.get("sip"), "sip")
-    return {"id": node_id, "sip": body["sip"], "public_key": key,
-            **{k: _endpoint(body.get(k), k) for k in ("bus", "snapshot", "control")}}
+    return {
+        "id": node_id,
+        "sip": body["sip"],
+        "public_key": key,
+        **{k: _endpoint(body.get(k), k) for k in ("bus", "snapshot", "control")},
+    }
 
 
 def _free_id(taken: set[str]) -> str:
@@ -126,25 +132,52 @@ def join(body: object, cluster_secret: str, master_key: str) -> dict[str, Any]:
         except jt.TokenError as e:
             raise JoinError(str(e), 403) from None
         for n in nodes:
-            clash = next((k for k, v in (("id", node_id), ("public_key", fields["public_key"]),
-                                         ("sip", fields["sip"]), ("bus", fields["bus"]))
-                          if n["node_id" if k == "id" else k] == v), None)
+            clash = next(
+                (
+                    k
+                    for k, v in (
+                        ("id", node_id),
+                        ("public_key", fields["public_key"]),
+                        ("sip", fields["sip"]),
+                        ("bus", fields["bus"]),
+                    )
+                    if n["node_id" if k == "id" else k] == v
+                ),
+                None,
+            )
             if clash is not None:  # raised inside the transaction: the token stays unspent
-                raise JoinError(f"{clash} {n['node_id' if clash == 'id' else clash]} belongs "
-                                f"to {n['node_id']} already", 409)
-        ms.save_node(node_id, fields["sip"], fields["control"], fields["public_key"],
-                     fields["bus"], snapshot=fields["snapshot"])
+                raise JoinError(
+                    f"{clash} {n['node_id' if clash == 'id' else clash]} belongs "
+                    f"to {n['node_id']} already",
+                    409,
+                )
+        ms.save_node(
+            node_id,
+            fields["sip"],
+            fields["control"],
+            fields["public_key"],
+            fields["bus"],
+            snapshot=fields["snapshot"],
+        )
         pushed = ms.peers_push()
         if "peers" not in pushed:  # raised inside the transaction: nothing is recorded
-            raise JoinError("the master does not know every node's bus and snapshot "
-                            "endpoints, so it cannot tell the nodes of each other: give each "
-                            "[[nodes]] entry of its configuration bus and snapshot", 409)
+            raise JoinError(
+                "the master does not know every node's bus and snapshot "
+                "endpoints, so it cannot tell the nodes of each other: give each "
+                "[[nodes]] entry of its configuration bus and snapshot",
+                409,
+            )
         version = ms.new_version(f"node {node_id} joined")
         peers = pushed["peers"]
     log.info("node %s joined from %s (configuration %d)", node_id, fields["sip"], version)
-    return {"node_id": node_id, "domain": ms.domain(), "master_key": master_key,
-            "auth_secret": cluster_secret, "version": version,
-            "peers": [p for p in peers if p["id"] != node_id]}
+    return {
+        "node_id": node_id,
+        "domain": ms.domain(),
+        "master_key": master_key,
+        "auth_secret": cluster_secret,
+        "version": version,
+        "peers": [p for p in peers if p["id"] != node_id],
+    }
 
 
 @bp.post("/api/join")
@@ -154,8 +187,9 @@ def api_join():
     addr = request.remote_addr or "?"
     if _limiter().blocked(addr):
         return {"error": "too many refused joins from this address; wait a minute"}, 429
-    if (request.content_length or 0) > MAX_BODY or \
-            len(data := request.stream.read(MAX_BODY + 1)) > MAX_BODY:
+    if (request.content_length or 0) > MAX_BODY or len(
+        data := request.stream.read(MAX_BODY + 1)
+    ) > MAX_BODY:
         _limiter().fail(addr)
         return {"error": f"a join request is at most {MAX_BODY} bytes"}, 413
     try:
@@ -187,8 +221,9 @@ def new_token() -> tuple[str, float]:
 def join_command(token: str) -> str:
     """The command that joins a new node with ``token``."""
     url = current_app.config.get("MASTER_URL") or request.host_url.rstrip("/")
-    return (f".venv/bin/python run.py node join --master {url} --token {token} "
-            "--address NODE-ADDRESS")
+    return (
+        f".venv/bin/python run.py node join --master {url} --token {token} --address NODE-ADDRESS"
+    )
 
 
 @bp.post("/api/tokens")
@@ -199,8 +234,7 @@ def api_token():
         token, expires = new_token()
     except StoreError as e:
         return {"error": str(e)}, 409
-    return ({"token": token, "expires_at": expires, "command": join_command(token)}, 201,
-            NO_STORE)
+    return ({"token": token, "expires_at": expires, "command": join_command(token)}, 201, NO_STORE)
 
 
 @bp.delete("/api/nodes/<node_id>")
@@ -225,9 +259,16 @@ def token_page():
     except StoreError as e:
         flash(f"No token made: {e}")
         return redirect(url_for("pages.nodes"))
-    return render_template("join_token.html", token=token, command=join_command(token),
-                           expires=time.strftime("%Y-%m-%d %H:%M:%S UTC",
-                                                 time.gmtime(expires))), 200, NO_STORE
+    return (
+        render_template(
+            "join_token.html",
+            token=token,
+            command=join_command(token),
+            expires=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(expires)),
+        ),
+        200,
+        NO_STORE,
+    )
 
 
 @bp.route("/nodes/<node_id>/remove", methods=["POST"])
@@ -241,6 +282,8 @@ def remove_page(node_id):
         flash(f"No node {node_id}.")
     else:
         changed()
-        flash(f"{node_id} removed: configuration {version}; its peers drop it. "
-              f"Stop its service on its host.")
+        flash(
+            f"{node_id} removed: configuration {version}; its peers drop it. "
+            f"Stop its service on its host."
+        )
     return redirect(url_for("pages.nodes"))

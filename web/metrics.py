@@ -51,30 +51,38 @@ def _counters(samples: dict[str, list[str]], node: str, status: dict) -> None:
     """The traffic counters, uptime and per-peer lags of one node's ``status`` answer."""
     if "uptime" in status:
         samples["tandem_node_uptime_seconds"].append(
-            f'tandem_node_uptime_seconds{{node="{node}"}} {_number(status["uptime"])}')
-    for key, name, label in (("requests", "tandem_node_requests_total", "method"),
-                             ("responses", "tandem_node_responses_total", "code")):
+            f'tandem_node_uptime_seconds{{node="{node}"}} {_number(status["uptime"])}'
+        )
+    for key, name, label in (
+        ("requests", "tandem_node_requests_total", "method"),
+        ("responses", "tandem_node_responses_total", "code"),
+    ):
         found = status.get(key)
         for value, count in sorted(found.items() if isinstance(found, dict) else ()):
-            samples[name].append(f'{name}{{node="{node}",{label}="{_label(str(value))}"}} '
-                                 f"{_number(count)}")
+            samples[name].append(
+                f'{name}{{node="{node}",{label}="{_label(str(value))}"}} {_number(count)}'
+            )
     overload = status.get("overload")
     shed = overload.get("shed_by_method") if isinstance(overload, dict) else None
     for method, count in sorted(shed.items() if isinstance(shed, dict) else ()):
         samples["tandem_node_shed_total"].append(
             f'tandem_node_shed_total{{node="{node}",method="{_label(str(method))}"}} '
-            f"{_number(count)}")
+            f"{_number(count)}"
+        )
     if "call_attempts" in status:
         samples["tandem_node_calls_total"].append(
-            f'tandem_node_calls_total{{node="{node}"}} {_number(status["call_attempts"])}')
+            f'tandem_node_calls_total{{node="{node}"}} {_number(status["call_attempts"])}'
+        )
     if "calls" in status:
         samples["tandem_node_calls_in_progress"].append(
-            f'tandem_node_calls_in_progress{{node="{node}"}} {_number(status["calls"])}')
+            f'tandem_node_calls_in_progress{{node="{node}"}} {_number(status["calls"])}'
+        )
     lags = status.get("peer_lag_ms")
     for peer, lag in sorted(lags.items() if isinstance(lags, dict) else ()):
         samples["tandem_node_replication_lag_ms"].append(
             f'tandem_node_replication_lag_ms{{node="{node}",peer="{_label(str(peer))}"}} '
-            f"{_number(lag)}")
+            f"{_number(lag)}"
+        )
 
 
 @bp.get("/metrics")
@@ -84,11 +92,13 @@ def metrics():
     nodes = ms.list_nodes()
     pusher = current_app.extensions.get("pusher")
     states, _rates = states_and_rates(getattr(pusher, "bus", None), nodes)
-    health = cluster.health({n["node_id"]: states.get(n["node_id"], {"error": "not asked"})
-                             for n in nodes})
+    health = cluster.health(
+        {n["node_id"]: states.get(n["node_id"], {"error": "not asked"}) for n in nodes}
+    )
     samples: dict[str, list[str]] = {name: [] for name in HELP}
-    samples["tandem_config_version_current"].append(f"tandem_config_version_current "
-                                                    f"{ms.current_version()}")
+    samples["tandem_config_version_current"].append(
+        f"tandem_config_version_current {ms.current_version()}"
+    )
     samples["tandem_users"].append(f"tandem_users {ms.count_users()}")
     for n in nodes:
         node = _label(n["node_id"])
@@ -97,22 +107,27 @@ def metrics():
         up = "error" not in status
         samples["tandem_node_up"].append(f"tandem_node_up{label} {int(up)}")
         samples["tandem_node_config_version"].append(
-            f"tandem_node_config_version{label} {n['acked_version']}")
+            f"tandem_node_config_version{label} {n['acked_version']}"
+        )
         for word in (cluster.ALIVE, cluster.SUSPECTED, cluster.DEAD, cluster.SYNCING):
             samples["tandem_node_health"].append(
                 f'tandem_node_health{{node="{node}",state="{word}"}} '
-                f'{int(health[n["node_id"]] == word)}')
+                f"{int(health[n['node_id']] == word)}"
+            )
         if not up:
             continue
         _counters(samples, node, status)
         samples["tandem_node_synced"].append(
-            f"tandem_node_synced{label} {int(status.get('state') == 'synced')}")
+            f"tandem_node_synced{label} {int(status.get('state') == 'synced')}"
+        )
         samples["tandem_node_bindings"].append(
-            f"tandem_node_bindings{label} {int(status.get('bindings', 0))}")
+            f"tandem_node_bindings{label} {int(status.get('bindings', 0))}"
+        )
         p99 = (status.get("lag_ms") or {}).get("p99")
         if p99 is not None:
             samples["tandem_node_replication_lag_p99_ms"].append(
-                f"tandem_node_replication_lag_p99_ms{label} {p99}")
+                f"tandem_node_replication_lag_p99_ms{label} {p99}"
+            )
     lines = []
     for name, (kind, text) in HELP.items():
         lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}", *samples[name]]

@@ -2,8 +2,17 @@
 
 import time
 
-from flask import (Blueprint, Response, current_app, flash, redirect, render_template, request,
-                   session, url_for)
+from flask import (
+    Blueprint,
+    Response,
+    current_app,
+    flash,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
 from flask_wtf import FlaskForm
 from flask_wtf.file import FileField, FileRequired
 from wtforms import PasswordField, StringField
@@ -65,11 +74,19 @@ def nodes():
     states, rates = states_and_rates(bus(), nodes)
     version = ms.current_version()
     rows = {r["node_id"]: r for r in cluster.overview(nodes, states, rates, version)}
-    return render_template("nodes.html", nodes=nodes, version=version, rows=rows,
-                           domain=ms.domain(), states=states, action=ActionForm(),
-                           calls=cdrs.per_node(time.time() - 86400),
-                           rollout_failed=versions.rollout_failure(),
-                           versions=versions.list_versions(VERSIONS_SHOWN), when=_when)
+    return render_template(
+        "nodes.html",
+        nodes=nodes,
+        version=version,
+        rows=rows,
+        domain=ms.domain(),
+        states=states,
+        action=ActionForm(),
+        calls=cdrs.per_node(time.time() - 86400),
+        rollout_failed=versions.rollout_failure(),
+        versions=versions.list_versions(VERSIONS_SHOWN),
+        when=_when,
+    )
 
 
 VERSIONS_SHOWN = 20
@@ -121,8 +138,11 @@ def drain_node(node_id):
     except services.ServiceError as e:
         flash(f"{'Drain' if on else 'Undrain'} of {node_id} failed: {e}")
     else:
-        flash(f"{node_id} drains: new calls and REGISTERs get 503." if on
-              else f"{node_id} takes new calls and REGISTERs again.")
+        flash(
+            f"{node_id} drains: new calls and REGISTERs get 503."
+            if on
+            else f"{node_id} takes new calls and REGISTERs again."
+        )
     return redirect(url_for("pages.nodes"))
 
 
@@ -134,12 +154,12 @@ def node_services(node_id):
         found, error = services.node_services(bus(), node_id), ""
     except services.ServiceError as e:
         found, error = {}, str(e)
-    return render_template("services.html", node_id=node_id, services=found, error=error,
-                           action=ActionForm()), (200 if found else 502)
+    return render_template(
+        "services.html", node_id=node_id, services=found, error=error, action=ActionForm()
+    ), (200 if found else 502)
 
 
-@bp.route("/nodes/<node_id>/services/<name>/<any(stop, start, restart):action>",
-          methods=["POST"])
+@bp.route("/nodes/<node_id>/services/<name>/<any(stop, start, restart):action>", methods=["POST"])
 @login_required
 def service_action(node_id, name, action):
     """Stop, start or restart one service of a node and show the result."""
@@ -165,13 +185,23 @@ def registrations():
     except FilterError as e:
         flash(f"Filter not used: {e}")
         return redirect(url_for("pages.registrations"))
-    found = (cluster.registrations(bus(), ms.list_nodes(), query["user"], query["node"],
-                                   query["after"], query["limit"])
-             if bus() is not None else cluster.merge({}, query["limit"]))
+    found = (
+        cluster.registrations(
+            bus(), ms.list_nodes(), query["user"], query["node"], query["after"], query["limit"]
+        )
+        if bus() is not None
+        else cluster.merge({}, query["limit"])
+    )
     last = found["bindings"][-1] if found["more"] else None
-    return render_template("registrations.html", query=query, node_ids=node_ids, now=time.time(),
-                           chart=split_chart(found["by_primary"]),
-                           next_after=f"{last['aor']} {last['key']}" if last else "", **found)
+    return render_template(
+        "registrations.html",
+        query=query,
+        node_ids=node_ids,
+        now=time.time(),
+        chart=split_chart(found["by_primary"]),
+        next_after=f"{last['aor']} {last['key']}" if last else "",
+        **found,
+    )
 
 
 PAGE_SIZE = 100
@@ -222,10 +252,17 @@ def users():
     enabled = STATES[query["state"]]
     if request.method == "GET" and query["edit"]:
         form.username.data = query["edit"]
-    return render_template("users.html", form=form, query=query, page_size=PAGE_SIZE,
-                           users=ms.list_users(query["q"], PAGE_SIZE, query["offset"], enabled),
-                           found=ms.count_users(query["q"], enabled), total=ms.count_users(),
-                           action=ActionForm(), upload=ImportForm()), status
+    return render_template(
+        "users.html",
+        form=form,
+        query=query,
+        page_size=PAGE_SIZE,
+        users=ms.list_users(query["q"], PAGE_SIZE, query["offset"], enabled),
+        found=ms.count_users(query["q"], enabled),
+        total=ms.count_users(),
+        action=ActionForm(),
+        upload=ImportForm(),
+    ), status
 
 
 @bp.route("/users.csv")
@@ -236,8 +273,11 @@ def export_users():
         query = user_filters(request.args)
     except FilterError as e:
         return f"Filter not used: {e}", 400
-    return Response(export_csv(query["q"], STATES[query["state"]]), mimetype="text/csv",
-                    headers={"Content-Disposition": "attachment; filename=users.csv"})
+    return Response(
+        export_csv(query["q"], STATES[query["state"]]),
+        mimetype="text/csv",
+        headers={"Content-Disposition": "attachment; filename=users.csv"},
+    )
 
 
 @bp.route("/users/<username>/enable", methods=["POST"])
@@ -280,7 +320,8 @@ def start_import(name: str, data: bytes):
         return f"Nothing imported: {name} is not UTF-8 ({e.reason} at byte {e.start})"
     try:
         return current_app.extensions["user_imports"].start(
-            name, text, session.get("admin") or getattr(request.authorization, "username", "?"))
+            name, text, session.get("admin") or getattr(request.authorization, "username", "?")
+        )
     except ImportBusy as e:
         return str(e)
 

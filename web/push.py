@@ -111,8 +111,7 @@ class Pusher:
         idle = [n for n in nodes if n["node_id"] not in busy]
         asked = {n["node_id"]: self.jobs.spawn(self._running, n) for n in idle}
         gevent.joinall(list(asked.values()), timeout=CHECK_TIMEOUT + 1)
-        runs = [j.value[0] for j in asked.values() if j.successful() and isinstance(j.value,
-                                                                                  tuple)]
+        runs = [j.value[0] for j in asked.values() if j.successful() and isinstance(j.value, tuple)]
         if runs and max(runs) > version:
             version = self._past(max(runs))
         outcome: dict[str, object] = {n: f"push of {v} in progress" for n, v in busy.items()}
@@ -136,8 +135,13 @@ class Pusher:
                     synced.add(n["node_id"])
         failed = versions.rollout_failure()
         if behind and failed is not None:
-            outcome.update({n["node_id"]: f"rollout of {version} stopped: {failed['node']} "
-                            f"rolled back ({failed['reason']})" for n in behind})
+            outcome.update(
+                {
+                    n["node_id"]: f"rollout of {version} stopped: {failed['node']} "
+                    f"rolled back ({failed['reason']})"
+                    for n in behind
+                }
+            )
             behind = []
         if behind and not current:
             behind = self._canary(behind, synced, busy, version, outcome)
@@ -148,8 +152,14 @@ class Pusher:
         self.last_round = time.time()
         return outcome
 
-    def _canary(self, behind: list[dict], synced: set[str], busy: dict[str, int],
-                version: int, outcome: dict[str, object]) -> list[dict]:
+    def _canary(
+        self,
+        behind: list[dict],
+        synced: set[str],
+        busy: dict[str, int],
+        version: int,
+        outcome: dict[str, object],
+    ) -> list[dict]:
         """No node runs ``version`` yet: stage it on one node first, the lowest id of those
         behind that are synced (one syncing cannot check itself). The nodes to push to
         next: the others once that one runs it healthy, else none."""
@@ -159,8 +169,9 @@ class Pusher:
             return []
         first = next((n for n in behind if n["node_id"] in synced), None)  # ordered by id
         if first is None:
-            outcome.update({n["node_id"]: f"{waiting}: no node synced to check {version}"
-                            for n in behind})
+            outcome.update(
+                {n["node_id"]: f"{waiting}: no node synced to check {version}" for n in behind}
+            )
             return []
         job = self._start_push(first, version, first=True)
         job.join(timeout=ROUND_WAIT)
@@ -199,20 +210,35 @@ class Pusher:
         """A node runs a version newer than the master's newest: the master was restored
         from an archive older than what the nodes run (e.g. onto a new host). The current
         configuration becomes a new version numbered past it, so every node takes it."""
-        version = versions.number_past(running, f"numbered past version {running}, "
-                                                "which a node runs (a restored master)")
-        log.warning("a node runs configuration %d, newer than this master's: the current "
-                    "configuration is rolled out as %d", running, version)
-        audit.record("master", "versions renumbered", "", after={"version": version},
-                     result=f"a node ran version {running}, newer than the master's newest")
+        version = versions.number_past(
+            running, f"numbered past version {running}, which a node runs (a restored master)"
+        )
+        log.warning(
+            "a node runs configuration %d, newer than this master's: the current "
+            "configuration is rolled out as %d",
+            running,
+            version,
+        )
+        audit.record(
+            "master",
+            "versions renumbered",
+            "",
+            after={"version": version},
+            result=f"a node ran version {running}, newer than the master's newest",
+        )
         return version
 
     def _running(self, node: dict) -> tuple[int, bool] | str:
         """The version a node runs and whether it is synced (a node of a release that
         does not say is taken as synced), or why it did not say."""
         try:
-            answer = request(self.bus, node["control"], node["public_key"],
-                             {"cmd": "config_version"}, timeout=CHECK_TIMEOUT)
+            answer = request(
+                self.bus,
+                node["control"],
+                node["public_key"],
+                {"cmd": "config_version"},
+                timeout=CHECK_TIMEOUT,
+            )
         except BusError as e:
             return str(e)
         self._note_tls_port(node, answer.get("tls_port", 0))
@@ -225,8 +251,12 @@ class Pusher:
         if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
             first = node["node_id"] not in self._bad_tls_port
             self._bad_tls_port.add(node["node_id"])
-            log.log(logging.WARNING if first else logging.DEBUG,
-                    "node %s reported TLS port %.40r: not a port, ignored", node["node_id"], port)
+            log.log(
+                logging.WARNING if first else logging.DEBUG,
+                "node %s reported TLS port %.40r: not a port, ignored",
+                node["node_id"],
+                port,
+            )
             return
         self._bad_tls_port.discard(node["node_id"])
         if port != node["tls_port"]:
@@ -241,22 +271,34 @@ class Pusher:
             message["first"] = True
         try:
             try:
-                result = request(self.bus, node["control"], node["public_key"], message,
-                                 timeout=PUSH_TIMEOUT)
+                result = request(
+                    self.bus, node["control"], node["public_key"], message, timeout=PUSH_TIMEOUT
+                )
             except BusError as e:
                 if "unknown command 'config_staged'" not in str(e):
                     raise
                 # A node of the previous release (v0.23.0) applies a version at once and
                 # checks nothing: its answer is taken as healthy.
-                result = request(self.bus, node["control"], node["public_key"],
-                                 {**message, "cmd": "config"}, timeout=PUSH_TIMEOUT)
+                result = request(
+                    self.bus,
+                    node["control"],
+                    node["public_key"],
+                    {**message, "cmd": "config"},
+                    timeout=PUSH_TIMEOUT,
+                )
                 result = {**result, "healthy": True}
         except BusError as e:
             ms.record_ack(node["node_id"], version, str(e))
             log.info("node %s did not take configuration %d: %s", node["node_id"], version, e)
             if str(e)[:500] != node["last_error"]:  # a dead node's retries are one row
-                audit.record("master", "push", node["node_id"], after={"version": version},
-                             result=str(e), ok=False)
+                audit.record(
+                    "master",
+                    "push",
+                    node["node_id"],
+                    after={"version": version},
+                    result=str(e),
+                    ok=False,
+                )
             self._undo(node, version)
             return str(e)
         if not result.get("healthy", False):
@@ -264,15 +306,30 @@ class Pusher:
             versions.record_rollout_failure(version, node["node_id"], reason)
             error = f"configuration {version} refused or rolled back: {reason}"
             ms.record_ack(node["node_id"], version, error)
-            audit.record("master", "rollout stopped", node["node_id"],
-                         after={"version": version}, result=reason, ok=False)
-            log.warning("node %s rolled configuration %d back (%s): rollout stopped",
-                        node["node_id"], version, reason)
+            audit.record(
+                "master",
+                "rollout stopped",
+                node["node_id"],
+                after={"version": version},
+                result=reason,
+                ok=False,
+            )
+            log.warning(
+                "node %s rolled configuration %d back (%s): rollout stopped",
+                node["node_id"],
+                version,
+                reason,
+            )
             return error
         acked = int(result.get("version", 0))
         ms.record_ack(node["node_id"], acked)
-        audit.record("master", "push", node["node_id"], before={"version": node["acked_version"]},
-                     after={"version": acked})
+        audit.record(
+            "master",
+            "push",
+            node["node_id"],
+            before={"version": node["acked_version"]},
+            after={"version": acked},
+        )
         log.info("node %s runs configuration %d", node["node_id"], acked)
         return f"version {acked}"
 
@@ -280,7 +337,12 @@ class Pusher:
         """A staged push went unanswered: ask the node to put back what it ran before, in
         case it applied the version without its answer arriving (best effort)."""
         try:
-            request(self.bus, node["control"], node["public_key"],
-                    {"cmd": "config_rollback", "version": version}, timeout=CHECK_TIMEOUT)
+            request(
+                self.bus,
+                node["control"],
+                node["public_key"],
+                {"cmd": "config_rollback", "version": version},
+                timeout=CHECK_TIMEOUT,
+            )
         except BusError:
             pass

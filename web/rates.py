@@ -36,8 +36,11 @@ def _counts(status: dict) -> tuple[float, int, int] | None:
     requests = status.get("requests")
     if not isinstance(requests, dict) or "started_at" not in status:
         return None
-    return (float(status["started_at"]), int(requests.get("REGISTER", 0)),
-            int(status.get("call_attempts", 0)))
+    return (
+        float(status["started_at"]),
+        int(requests.get("REGISTER", 0)),
+        int(status.get("call_attempts", 0)),
+    )
 
 
 class Rates:
@@ -55,9 +58,10 @@ class Rates:
             if counts is None:
                 continue
             series = self.samples.setdefault(node_id, deque(maxlen=MAX_SAMPLES))
-            if series and (series[-1][1] != counts[0] or series[-1][2] > counts[1]
-                           or series[-1][3] > counts[2]):
-                series.clear()                 # a new process: its counters start over
+            if series and (
+                series[-1][1] != counts[0] or series[-1][2] > counts[1] or series[-1][3] > counts[2]
+            ):
+                series.clear()  # a new process: its counters start over
             series.append((now, *counts))
             while series and now - series[0][0] > WINDOW:
                 series.popleft()
@@ -76,8 +80,11 @@ class Rates:
             return {"register_rate": None, "call_rate": None, "window": None}
         first, last = kept[0], kept[-1]
         span = last[0] - first[0]
-        return {"register_rate": round((last[2] - first[2]) / span, 2),
-                "call_rate": round((last[3] - first[3]) / span, 2), "window": round(span, 1)}
+        return {
+            "register_rate": round((last[2] - first[2]) / span, 2),
+            "call_rate": round((last[3] - first[3]) / span, 2),
+            "window": round(span, 1),
+        }
 
 
 class RateSampler(Periodic):

@@ -124,9 +124,15 @@ def page():
     limits = rg.get_limits()
     if not limits_form.body.data:
         limits_form.body.data = json.dumps(limits, indent=2)
-    return render_template("ring_groups.html", groups=rg.get_groups(), limits=limits,
-                           group_form=group_form, limits_form=limits_form,
-                           action=ActionForm(), calls=calls_now()), status
+    return render_template(
+        "ring_groups.html",
+        groups=rg.get_groups(),
+        limits=limits,
+        group_form=group_form,
+        limits_form=limits_form,
+        action=ActionForm(),
+        calls=calls_now(),
+    ), status
 
 
 @bp.route("/dialplan/groups/<name>/delete", methods=["POST"])

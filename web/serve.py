@@ -55,8 +55,9 @@ def init(settings) -> int:
     ms.setup(settings.domain)
     if password is not None:
         ms.add_admin("admin", password)
-        sys.stdout.write(f"admin password: {password}\n"
-                         f"(also in {settings.path('admin-password')}, mode 0600)\n")
+        sys.stdout.write(
+            f"admin password: {password}\n(also in {settings.path('admin-password')}, mode 0600)\n"
+        )
     public = read_secret(settings.path("master.public"))
     sys.stdout.write(f"master public key (each node's [cluster] master_key): {public}\n")
     return token(settings)
@@ -70,9 +71,11 @@ def token(settings) -> int:
     finally:
         ms.close_master_store()
     when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(expires))
-    sys.stdout.write(f"join token (single use, until {when}): {made}\n"
-                     f"on the new node's host: .venv/bin/python run.py node join --master "
-                     f"{settings.public_url} --token {made} --address NODE-ADDRESS\n")
+    sys.stdout.write(
+        f"join token (single use, until {when}): {made}\n"
+        f"on the new node's host: .venv/bin/python run.py node join --master "
+        f"{settings.public_url} --token {made} --address NODE-ADDRESS\n"
+    )
     return 0
 
 
@@ -82,8 +85,10 @@ def node_command(settings, words: list[str]) -> int:
     try:
         if words == ["list"]:
             for n in ms.list_nodes():
-                sys.stdout.write(f"{n['node_id']}\t{n['sip']}\t{n['control']}\t"
-                                 f"configuration {n['acked_version']}\n")
+                sys.stdout.write(
+                    f"{n['node_id']}\t{n['sip']}\t{n['control']}\t"
+                    f"configuration {n['acked_version']}\n"
+                )
             return 0
         if len(words) != 2 or words[0] != "remove":
             raise SettingsError("expected `master node list` or `master node remove ID`")
@@ -92,12 +97,17 @@ def node_command(settings, words: list[str]) -> int:
         ms.close_master_store()
     if version is None:
         raise SettingsError(f"no node {words[1]!r}")
-    sys.stdout.write(f"{words[1]} removed (configuration {version}): the running master "
-                     "pushes the new peer list within its push interval; stop the node's "
-                     "service on its host.\n")
+    sys.stdout.write(
+        f"{words[1]} removed (configuration {version}): the running master "
+        "pushes the new peer list within its push interval; stop the node's "
+        "service on its host.\n"
+    )
     if any(n["id"] == words[1] for n in settings.nodes):
-        log.warning("%s is still a [[nodes]] entry of the master's configuration: remove it "
-                    "there too, or the master's next start adds it back", words[1])
+        log.warning(
+            "%s is still a [[nodes]] entry of the master's configuration: remove it "
+            "there too, or the master's next start adds it back",
+            words[1],
+        )
     return 0
 
 
@@ -112,10 +122,13 @@ def rollback_command(settings, words: list[str]) -> int:
     finally:
         ms.close_master_store()
     if version is None:
-        raise SettingsError(f"no version {words[0]} with its content kept (the newest "
-                            f"{versions.KEEP} are)")
-    sys.stdout.write(f"version {words[0]} restored as configuration {version}: the running "
-                     "master rolls it out within its push interval.\n")
+        raise SettingsError(
+            f"no version {words[0]} with its content kept (the newest {versions.KEEP} are)"
+        )
+    sys.stdout.write(
+        f"version {words[0]} restored as configuration {version}: the running "
+        "master rolls it out within its push interval.\n"
+    )
     return 0
 
 
@@ -128,16 +141,30 @@ def serve(settings, release: str = "") -> int:
         raise SettingsError(str(e)) from None
     ms.init_master_store(settings.database_url)
     for n in settings.nodes:
-        ms.save_node(n["id"], n["sip"], n["control"], n["public_key"], n.get("bus", ""),
-                     int(n.get("weight", 50)), n.get("snapshot", ""))
+        ms.save_node(
+            n["id"],
+            n["sip"],
+            n["control"],
+            n["public_key"],
+            n.get("bus", ""),
+            int(n.get("weight", 50)),
+            n.get("snapshot", ""),
+        )
     master_key = read_secret(settings.path("master.public"))
-    pusher = Pusher(master_key, read_secret(settings.path("master.secret")),
-                    settings.push_interval)
-    app = create_app({"SECRET_KEY": read_secret(settings.path("session.key")),
-                      "LAB_DATA": settings.lab_data, "MASTER_SETTINGS": settings,
-                      "RELEASE": release, "MASTER_KEY": master_key,
-                      "CLUSTER_SECRET": cluster_secret(settings), "MASTER_URL": settings.public_url,
-                      "JOIN_TOKEN_TTL": settings.join_token_ttl}, pusher)
+    pusher = Pusher(master_key, read_secret(settings.path("master.secret")), settings.push_interval)
+    app = create_app(
+        {
+            "SECRET_KEY": read_secret(settings.path("session.key")),
+            "LAB_DATA": settings.lab_data,
+            "MASTER_SETTINGS": settings,
+            "RELEASE": release,
+            "MASTER_KEY": master_key,
+            "CLUSTER_SECRET": cluster_secret(settings),
+            "MASTER_URL": settings.public_url,
+            "JOIN_TOKEN_TTL": settings.join_token_ttl,
+        },
+        pusher,
+    )
     host, _, port = settings.listen.rpartition(":")
     server = WSGIServer((host, int(port)), app, log=None)
     server.start()
@@ -154,13 +181,18 @@ def serve(settings, release: str = "") -> int:
     zone = ZoneServer(settings.dns) if settings.dns else None
     if zone is not None:
         zone.start()
-    log.info("dashboard on http://%s, domain %s, %d nodes", settings.listen, ms.domain(),
-             len(settings.nodes))
+    log.info(
+        "dashboard on http://%s, domain %s, %d nodes",
+        settings.listen,
+        ms.domain(),
+        len(settings.nodes),
+    )
     stopped, restart = Event(), []
 
     def restart_now() -> None:
         restart.append(True)
         stopped.set()
+
     app.config["RESTART"] = restart_now
     gevent.signal_handler(signal.SIGTERM, stopped.set)
     gevent.signal_handler(signal.SIGINT, stopped.set)
@@ -191,8 +223,12 @@ def cmd_master(args) -> int:
     release = getattr(args, "release", "")
     try:
         settings = load_settings(args.config)
-        if getattr(args, "words", None) and args.action not in ("node", "backup", "restore",
-                                                                 "rollback"):
+        if getattr(args, "words", None) and args.action not in (
+            "node",
+            "backup",
+            "restore",
+            "rollback",
+        ):
             raise SettingsError(f"`master {args.action}` takes no {' '.join(args.words)!r}")
         if args.action == "init":
             return init(settings)
@@ -202,26 +238,35 @@ def cmd_master(args) -> int:
             archive = args.words[0]
         if args.action == "restore":
             manifest = restore_backup(settings, archive)
-            sys.stdout.write(f"restored {archive} (release {manifest.get('release') or '?'}) "
-                             f"into {settings.data_dir}\n")
+            sys.stdout.write(
+                f"restored {archive} (release {manifest.get('release') or '?'}) "
+                f"into {settings.data_dir}\n"
+            )
             return 0
         if args.action in ("token", "node", "rollback"):
             if not os.path.exists(settings.path("master.secret")):
-                raise SettingsError(f"{settings.data_dir} is not set up: run "
-                                    f"`run.py master init --config {args.config}` first")
+                raise SettingsError(
+                    f"{settings.data_dir} is not set up: run "
+                    f"`run.py master init --config {args.config}` first"
+                )
             if args.action == "token":
                 return token(settings)
             if args.action == "rollback":
                 return rollback_command(settings, list(args.words))
             return node_command(settings, list(args.words))
         if not os.path.exists(settings.path("master.secret")):
-            raise SettingsError(f"{settings.data_dir} is not set up: run "
-                                f"`run.py master init --config {args.config}` first")
+            raise SettingsError(
+                f"{settings.data_dir} is not set up: run "
+                f"`run.py master init --config {args.config}` first"
+            )
         if args.action == "backup":
             ms.init_master_store(settings.database_url)
             manifest = make_backup(settings, archive, release)
-            sys.stdout.write(f"backup written to {archive}: " + ", ".join(
-                f"{t} {v['rows']} rows" for t, v in manifest["tables"].items()) + "\n")
+            sys.stdout.write(
+                f"backup written to {archive}: "
+                + ", ".join(f"{t} {v['rows']} rows" for t, v in manifest["tables"].items())
+                + "\n"
+            )
             return 0
         apply_staged(settings)
         if serve(settings, release) == RESTART:

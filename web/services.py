@@ -72,8 +72,7 @@ def service_action(bus, node_id: str, name: str, action: str) -> dict:
     if action not in ACTIONS:
         raise ServiceError(f"unknown action {action[:40]!r}; known: {', '.join(ACTIONS)}")
     # A registrar that stops waits for its batch: give the node the time it may take.
-    return _ask(bus, node_id, {"cmd": "service", "name": name, "action": action},
-                ACTION_TIMEOUT)
+    return _ask(bus, node_id, {"cmd": "service", "name": name, "action": action}, ACTION_TIMEOUT)
 
 
 def drain_node(bus, node_id: str, on: bool) -> dict:

@@ -89,8 +89,17 @@ def load_settings(path: str) -> MasterSettings:
     """Read and check ``path``."""
     data = read_toml(path, SettingsError)
     body = data.get("master", {})
-    known = {"listen", "data_dir", "database", "domain", "push_interval", "lab_data", "url",
-             "join_token_ttl", "dns"}
+    known = {
+        "listen",
+        "data_dir",
+        "database",
+        "domain",
+        "push_interval",
+        "lab_data",
+        "url",
+        "join_token_ttl",
+        "dns",
+    }
     unknown = (set(body) - known) | (set(data) - {"master", "nodes", "backup", "alarms"})
     if unknown:
         raise SettingsError(f"{path}: unknown settings {sorted(unknown)}")
@@ -103,16 +112,26 @@ def load_settings(path: str) -> MasterSettings:
             raise SettingsError(f"{path}: a [[nodes]] entry lacks {sorted(missing)}")
     ttl = body.get("join_token_ttl", 3600.0)
     if not isinstance(ttl, int | float) or isinstance(ttl, bool) or not 0 < ttl <= 30 * 86400:
-        raise SettingsError(f"{path}: join_token_ttl must be seconds, more than 0 and at "
-                            "most 30 days")
-    return MasterSettings(data_dir=data_dir, listen=body.get("listen", DEFAULT_LISTEN),
-                          url=str(body.get("url", "")), join_token_ttl=float(ttl),
-                          dns=str(body.get("dns", "")),
-                          database=body.get("database", ""), domain=body.get("domain", ""),
-                          nodes=nodes, push_interval=float(body.get("push_interval", 2.0)),
-                          lab_data=os.path.normpath(os.path.join(base, body["lab_data"]))
-                          if body.get("lab_data") else "", config_path=os.path.abspath(path),
-                          backup=data.get("backup", {}), alarms=data.get("alarms", {}))
+        raise SettingsError(
+            f"{path}: join_token_ttl must be seconds, more than 0 and at most 30 days"
+        )
+    return MasterSettings(
+        data_dir=data_dir,
+        listen=body.get("listen", DEFAULT_LISTEN),
+        url=str(body.get("url", "")),
+        join_token_ttl=float(ttl),
+        dns=str(body.get("dns", "")),
+        database=body.get("database", ""),
+        domain=body.get("domain", ""),
+        nodes=nodes,
+        push_interval=float(body.get("push_interval", 2.0)),
+        lab_data=os.path.normpath(os.path.join(base, body["lab_data"]))
+        if body.get("lab_data")
+        else "",
+        config_path=os.path.abspath(path),
+        backup=data.get("backup", {}),
+        alarms=data.get("alarms", {}),
+    )
 
 
 def read_secret(path: str) -> str:
@@ -122,8 +141,9 @@ def read_secret(path: str) -> str:
         with open(path) as f:
             return f.read().strip()
     except OSError as e:
-        raise SettingsError(f"cannot read {path}: {e.strerror} "
-                            "(run `run.py master init` first)") from None
+        raise SettingsError(
+            f"cannot read {path}: {e.strerror} (run `run.py master init` first)"
+        ) from None
 
 
 def init_files(settings: MasterSettings) -> str | None:

@@ -23,9 +23,10 @@ bp = Blueprint("sip_settings", __name__)
 def _form_changes(form) -> dict:
     """The settings a submitted form asks for (numbers left as text are refused)."""
     aliases = [a.strip() for a in form.get("aliases", "")[:4096].replace(",", " ").split()]
-    changes: dict = {"aliases": aliases,
-                     "auth_algorithms": [a for a in ALGORITHMS
-                                         if form.get(f"algorithm-{a}") == "on"]}
+    changes: dict = {
+        "aliases": aliases,
+        "auth_algorithms": [a for a in ALGORITHMS if form.get(f"algorithm-{a}") == "on"],
+    }
     order = form.get("preferred", "")
     if order in changes["auth_algorithms"]:
         changes["auth_algorithms"].remove(order)
@@ -53,5 +54,10 @@ def page():
             changed()
             flash(f"Settings saved: configuration {version}.")
             return redirect(url_for("sip_settings.page"))
-    return render_template("sip_settings.html", settings=current_settings(), domain=ms.domain(),
-                           algorithms=ALGORITHMS, action=ActionForm()), status
+    return render_template(
+        "sip_settings.html",
+        settings=current_settings(),
+        domain=ms.domain(),
+        algorithms=ALGORITHMS,
+        action=ActionForm(),
+    ), status

@@ -45,8 +45,13 @@ def export_csv(search: str = "", enabled: bool | None = None) -> str:
     writer.writerow(EXPORT_FIELDS)
     for u in ms.list_users(search, ms.MAX_USERS, 0, enabled):
         created = datetime.datetime.fromtimestamp(u["created_at"], datetime.UTC)
-        writer.writerow([csv_cell(u["username"]), "yes" if u["enabled"] else "no",
-                         created.strftime("%Y-%m-%d %H:%M:%S")])
+        writer.writerow(
+            [
+                csv_cell(u["username"]),
+                "yes" if u["enabled"] else "no",
+                created.strftime("%Y-%m-%d %H:%M:%S"),
+            ]
+        )
     return out.getvalue()
 
 
@@ -111,31 +116,40 @@ class Imports:
 
     def _progress(self, job: ImportJob, phase: str, done: int) -> None:
         job.phase, job.done = phase, done
-        gevent.sleep(0)   # let the pages (and their polls) be served meanwhile
+        gevent.sleep(0)  # let the pages (and their polls) be served meanwhile
 
     def _run(self, job: ImportJob, text: str) -> None:
         try:
             self._import(job, text)
-            audit.record(job.actor, "users imported", job.name,
-                         after={"users": job.total, "version": job.version},
-                         result=job.error or f"{job.total} users imported in "
-                                             f"{job.finished_at - job.started_at:.1f} s",
-                         ok=not job.error)
+            audit.record(
+                job.actor,
+                "users imported",
+                job.name,
+                after={"users": job.total, "version": job.version},
+                result=job.error
+                or f"{job.total} users imported in {job.finished_at - job.started_at:.1f} s",
+                ok=not job.error,
+            )
         except Exception:
             log.exception("audit: cannot record user import %d", job.id)
         finally:
-            ms.master_db.close()    # this greenlet's own connection
+            ms.master_db.close()  # this greenlet's own connection
 
     def _import(self, job: ImportJob, text: str) -> None:
         try:
             rows = read_users_csv(io.StringIO(text, newline=""), job.name)
             if not rows:
-                raise StoreError(f"{job.name} holds no user (expected the header "
-                                 "username,password, then one user a line)")
+                raise StoreError(
+                    f"{job.name} holds no user (expected the header "
+                    "username,password, then one user a line)"
+                )
             job.total = len(rows)
             gevent.sleep(0)
-            job.version = ms.save_users(rows, f"{len(rows)} users imported from {job.name}",
-                                        lambda phase, done: self._progress(job, phase, done))
+            job.version = ms.save_users(
+                rows,
+                f"{len(rows)} users imported from {job.name}",
+                lambda phase, done: self._progress(job, phase, done),
+            )
         except StoreError as e:
             job.phase, job.error = "failed", f"Nothing imported: {e}"
         except Exception:
@@ -146,5 +160,9 @@ class Imports:
             if self.on_done is not None:
                 self.on_done()
         job.finished_at = time.time()
-        log.info("user import %d from %s: %s", job.id, job.name, job.error or
-                 f"{job.total} users, configuration {job.version}")
+        log.info(
+            "user import %d from %s: %s",
+            job.id,
+            job.name,
+            job.error or f"{job.total} users, configuration {job.version}",
+        )

@@ -46,8 +46,9 @@ class ZoneServer(Periodic):
         try:
             server.start()
         except OSError as e:
-            raise OSError(e.errno, f"[master] dns {self.host}:{self.port}: "
-                                   f"{e.strerror or e}") from None
+            raise OSError(
+                e.errno, f"[master] dns {self.host}:{self.port}: {e.strerror or e}"
+            ) from None
         self.server = server
         super().start()
 

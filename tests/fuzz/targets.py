@@ -11,8 +11,14 @@ assertion, is a crash. The same functions serve the hypothesis properties
 
 from sipcore.digest import Authenticator, NonceFactory, expected_response, ha1, parse_credentials
 from sipcore.errors import SipError
-from sipcore.message import (Message, Request, StreamFramer, error_response, make_response,
-                             parse_message)
+from sipcore.message import (
+    Message,
+    Request,
+    StreamFramer,
+    error_response,
+    make_response,
+    parse_message,
+)
 from sipcore.location import Location
 from sipcore.registrar import RegistrarRules
 from sipcore.via import response_destination, stamp_via
@@ -84,7 +90,7 @@ def register(msg: Message) -> None:
     if not isinstance(msg, Request) or msg.method != "REGISTER":
         return
     if len(_LOCATION) > 1000:
-        _LOCATION = Location()      # bounded, whatever the fuzzer registers
+        _LOCATION = Location()  # bounded, whatever the fuzzer registers
     try:
         _RULES.check(msg)
         aor, _ = _RULES.aor_of(msg)
@@ -112,7 +118,9 @@ def check_message(data: bytes) -> None:
 REALM = "example.test"
 SECRET = b"fuzz-secret-fuzz-secret"
 ORIGIN = "fuzz0001"
-USERS = {"alice": {"MD5": ha1("alice", REALM, "pw"), "SHA-256": ha1("alice", REALM, "pw", "SHA-256")}}
+USERS = {
+    "alice": {"MD5": ha1("alice", REALM, "pw"), "SHA-256": ha1("alice", REALM, "pw", "SHA-256")}
+}
 #: a nonce the authenticators below take as fresh and their own
 NONCE = NonceFactory(SECRET, origin=ORIGIN).make(NOW)
 
@@ -154,8 +162,9 @@ def check_credentials(data: bytes) -> None:
                 text = text.replace("RIGHT", right)
     fast, slow = _authenticator(), _authenticator()
     for now in (NOW, NOW + 1.0):
-        assert _outcome(fast.authenticate, "REGISTER", [text], now, f"sip:{REALM}") == \
-            _outcome(slow._authenticate_slow, "REGISTER", [text], now, f"sip:{REALM}")
+        assert _outcome(fast.authenticate, "REGISTER", [text], now, f"sip:{REALM}") == _outcome(
+            slow._authenticate_slow, "REGISTER", [text], now, f"sip:{REALM}"
+        )
 
 
 # -- seeds --------------------------------------------------------------------
@@ -194,12 +203,14 @@ def seeds(target: str) -> list[bytes]:
     if target == "digest":
         return [s.encode() for s in DIGEST_SEEDS]
     from tests.rfc4475_messages import MESSAGES
+
     return [s.encode() for s in REGISTER_SEEDS] + [data for _, _, data in MESSAGES.values()]
 
 
 def write_seeds(target: str, folder: str) -> None:
     """Write ``seeds(target)`` into ``folder``, one file each."""
     import os
+
     os.makedirs(folder, exist_ok=True)
     for i, data in enumerate(seeds(target)):
         with open(os.path.join(folder, f"seed-{i:03d}"), "wb") as f:
