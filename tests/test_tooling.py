@@ -1,4 +1,4 @@
-"""The code passes the linters configured in pyproject.toml: ruff and mypy."""
+"""The code passes the linters configured in pyproject.toml: ruff (lint and format) and mypy."""
 
 import subprocess
 import sys
@@ -9,12 +9,18 @@ REPO = Path(__file__).resolve().parents[1]
 
 def run_tool(*args: str) -> subprocess.CompletedProcess:
     """Run a tool of this interpreter's environment in the checkout."""
-    return subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True, timeout=600
+    )
 
 
 def test_ruff_finds_nothing():
     done = run_tool("ruff", "check", "--no-cache", ".")
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_ruff_format_changes_nothing():
+    done = run_tool("ruff", "format", "--check", "--no-cache", ".")
     assert done.returncode == 0, done.stdout + done.stderr
 
 
