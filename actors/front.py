@@ -163,12 +163,7 @@ class ChallengeFront:
         The 401 is the one REGISTER path's (``RegisterPath.challenge``);
         errors are the node's to answer. A source over its rate limit is
         dropped first, as the node drops it."""
-        limiter = self.limiter
-        if (
-            limiter is not None
-            and not limiter.allow(ip, time.monotonic())
-            and not self.limits.emergency_numbers.invite(data)
-        ):
+        if self.limits.over_rate(self.limiter, ip, data):
             self.stats["rate_limited"] += 1
             return
         if self.clock() < self.synced_until:

@@ -7,6 +7,7 @@ the ``Limits`` a configuration makes (``Limits.from_config``).
 
 import mmap
 import os
+import time
 from dataclasses import dataclass, field, fields
 
 from sipcore.emergency import EmergencyNumbers
@@ -81,6 +82,18 @@ class Limits:
         finally:
             os.close(fd)
         return SharedSourceLimiter(buffer, self.udp_rate, self.udp_burst)
+
+    def over_rate(
+        self, limiter: SourceLimiter | SharedSourceLimiter | None, ip: str, data: bytes
+    ) -> bool:
+        """Whether the datagram ``data`` from ``ip`` is over its source's rate
+        (``limiter``; None: no limit) and is dropped unread; an emergency INVITE never
+        is. The node's transport and the challenge front both ask it."""
+        return (
+            limiter is not None
+            and not limiter.allow(ip, time.monotonic())
+            and not self.emergency_numbers.invite(data)
+        )
 
     def overload(self) -> OverloadSettings:
         """The admission control's settings."""

@@ -15,29 +15,11 @@ challenge front sends from its own process are not counted here.
 import time
 
 from sipcore.call_events import ATTEMPT
-
-METHODS = frozenset(
-    (
-        "REGISTER",
-        "INVITE",
-        "ACK",
-        "BYE",
-        "CANCEL",
-        "OPTIONS",
-        "SUBSCRIBE",
-        "NOTIFY",
-        "PUBLISH",
-        "MESSAGE",
-        "INFO",
-        "PRACK",
-        "UPDATE",
-        "REFER",
-    )
-)
-"""Methods counted by name; any other (a hostile token) is counted as ``other``, so the
-table stays bounded."""
+from sipcore.message import METHODS
 
 OTHER = "other"
+"""The kind a method not in ``METHODS`` (a hostile token) is counted as: the table of
+requests by method stays bounded."""
 
 
 class Traffic:

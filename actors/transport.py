@@ -441,12 +441,7 @@ class Transport:
         """One UDP datagram from ``ip:port`` that waited ``delay`` seconds to be read:
         rate-limited, admitted (``sipcore.overload``), offered to ``quick``, then
         handled; never raises."""
-        limiter = self.limiter
-        if (
-            limiter is not None
-            and not limiter.allow(ip, time.monotonic())
-            and not self.limits.emergency_numbers.invite(data)
-        ):
+        if self.limits.over_rate(self.limiter, ip, data):
             self.stats["rate_limited"] += 1
             self._log("rate_limited", "rate limit: dropping datagrams from %s", ip)
             return

@@ -28,8 +28,8 @@ REQUIRED = ("via", "from", "to", "call-id", "cseq")
 #: headers a request may carry once only (RFC 4475 §3.3.8); Content-Length is checked when parsing
 SINGLE = ("from", "to", "call-id", "cseq", "max-forwards")
 _REQUIRED = frozenset(REQUIRED)  # for one superset test in the common case
-#: the methods of RFC 3261 and its extensions, for the usual request line
-_METHODS = frozenset(
+#: the methods of RFC 3261 and its extensions: the usual request line's, the traffic counters' kinds
+METHODS = frozenset(
     (
         "REGISTER",
         "INVITE",
@@ -785,7 +785,7 @@ def _start_line(first: str, headers: list[Field]) -> Request | Response:
     instructions of parsing an INVITE and reading its views (``loadtest/count_shortcuts.py``).
     """
     parts = first.split(" ")
-    if len(parts) == 3 and parts[0] in _METHODS and parts[2] == "SIP/2.0":
+    if len(parts) == 3 and parts[0] in METHODS and parts[2] == "SIP/2.0":
         # The usual request line, whose method is a token: _start_line_general's request.
         return Request(parts[0], parts[1], headers)
     return _start_line_general(first, headers)

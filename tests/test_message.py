@@ -1901,7 +1901,7 @@ def test_plain_fields_leave_odd_lines_to_parse_headers():
 _START_LINES_AS_WRITTEN = st.one_of(
     st.tuples(
         st.sampled_from(
-            sorted(message._METHODS) + ["FOO", "register", "SIP/2.0", "", "INV ITE", "\u00c9"]
+            sorted(message.METHODS) + ["FOO", "register", "SIP/2.0", "", "INV ITE", "\u00c9"]
         ),
         st.sampled_from([" ", "  ", "\t"]),
         st.sampled_from(["sip:a@b", "", "sip:a b", "x"]),
