@@ -173,19 +173,21 @@ def test_trusted_sources_have_their_share_and_their_calls_under_way_pass():
 
 def test_by_default_trusted_work_is_shed_before_its_transactions_retransmit():
     """A proxied transaction waits in the queue twice (request, then the next hop's
-    response): a standing queue of half T1 (0.5 s) must make the node shed a trusted
-    caller's new work, else its admitted transactions are retransmitted."""
+    response) and must be answered within T1 (0.5 s): by default a standing queue of
+    0.15 s makes the node shed a trusted caller's new work, and it still takes that
+    caller's calls under way, whose credentials are shed only past 0.2 s."""
     adm = Admission(OverloadSettings(), trusted=lambda ip: True)
     now = 1.0
     for _ in range(10):
-        adm.verdict(RESPONSE, "10.0.0.7", 0.25, now)
+        adm.verdict(RESPONSE, "10.0.0.7", 0.15, now)
         now += adm.settings.interval
     assert adm.share == MAX_SHARE and adm.trusted_share > 0.5
-    verdicts = [adm.verdict(request(), "10.0.0.7", 0.25, now) for _ in range(100)]
+    verdicts = [adm.verdict(request(), "10.0.0.7", 0.15, now) for _ in range(100)]
     assert verdicts.count(SHED) > 50
-    # Its calls under way (credentials answering a challenge) still pass.
+    # Its calls under way (credentials answering a challenge) still pass, up to 0.2 s.
     proxy = 'Proxy-Authorization: Digest username="alice"\r\n'
-    assert adm.verdict(request(extra=proxy), "10.0.0.7", 0.25, now) == ADMIT
+    assert adm.verdict(request(extra=proxy), "10.0.0.7", 0.15, now) == ADMIT
+    assert adm.verdict(request(extra=proxy), "10.0.0.7", 0.25, now) == SHED
 
 
 def test_branch_tables_are_bounded():
