@@ -132,6 +132,40 @@ def test_svcrack_does_not_find_the_password_at_its_50th_word(lone_node, tmp_path
     assert answer.startswith("SIP/2.0 403"), answer
 
 
+@pytest.mark.parametrize("method", ["REGISTER", "INVITE", "OPTIONS"])
+def test_svwar_finds_no_user(lone_node, tmp_path, method):
+    """svwar with a dictionary holding the node's users (alice registered, bob not)
+    among names that are no user: every name gets the answer a made-up user gets, so
+    it finds nothing."""
+    phone = Phone("alice", PASSWORD)
+    answer, _ = phone.login(lone_node)
+    assert answer.startswith("SIP/2.0 200"), answer
+    words = ["alice", "bob", "carol", "dave", "admin", "100", "1000", "2001", "operator"]
+    (tmp_path / "users.txt").write_text("\n".join(words) + "\n")
+    out = subprocess.run(
+        [
+            os.path.join(os.path.dirname(sys.executable), "sipvicious_svwar"),
+            "-d",
+            str(tmp_path / "users.txt"),
+            "-m",
+            method,
+            "--domain",
+            "example.test",
+            "--maximumtime=10",
+            # Without it svwar stops at once, seeing a made-up user challenged: an
+            # attacker forces the scan.
+            "--force",
+            f"udp://{lone_node.address}:{lone_node.port}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    said = out.stdout + out.stderr
+    assert "found nothing" in said, said
+    assert "Extension" not in said and "alice" not in out.stdout, said
+
+
 def test_guesses_on_one_nonce_never_confirm_the_password(lone_node):
     """One nonce, one guess: after a wrong answer even the right one fails."""
     phone = Phone("bob", "pw-bob")
