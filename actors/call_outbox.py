@@ -12,8 +12,9 @@ before anyone can acknowledge them (the master only sees written ones).
 
 The outbox is bounded by ``[database] max_call_events`` (written and
 queued together): events beyond it are refused and counted in ``dropped``
-(better a known count of lost events than a full disk), and so are events
-a failing store could not take.
+(better a known count of lost events than a full disk). Events a failing
+store does not take stay queued, within that bound, and go in the next
+write that succeeds; the node's ``Health`` hears of both (``actors.health``).
 
 The master polls ``{"cmd": "events", "since": seq, "limit": n}`` and, once it
 has stored what it got, sends ``{"cmd": "events_ack", "upto": seq}``, which
@@ -30,6 +31,7 @@ from store import call_events as outbox_store
 from store.db import StoreError
 
 from .bus import BusError
+from .health import DATABASE, Health
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +45,14 @@ class CallOutbox:
     they may read events, never delete them."""
 
     def __init__(
-        self, max_rows: int, nodes: frozenset[str] = frozenset(), flush_every: float = 0.05
+        self,
+        max_rows: int,
+        nodes: frozenset[str] = frozenset(),
+        flush_every: float = 0.05,
+        health: Health | None = None,
     ):
         self.max_rows = max_rows
+        self.health = health or Health()
         self.nodes = nodes
         self.flush_every = flush_every
         self.pending = outbox_store.pending_count()
@@ -79,15 +86,16 @@ class CallOutbox:
 
     def flush(self) -> None:
         """Write what queued, in one transaction."""
-        rows, self.queued = self.queued, []
+        rows = self.queued
         if not rows:
             return
         try:
             outbox_store.append_events(rows, self.next_seq)
         except StoreError as e:
-            self.stats["dropped"] += len(rows)
-            log.error("%d call events lost: %s", len(rows), e)
+            self.health.fail(DATABASE, f"{len(rows)} call events wait: {e}")
             return
+        self.queued = []
+        self.health.ok(DATABASE)
         self.next_seq += len(rows)
         self.pending += len(rows)
         self.stats["written"] += len(rows)
@@ -135,7 +143,9 @@ def attach_call_outbox(node) -> None:
     """Give the node's proxy an outbox, start its writer in the node's group, and serve it
     on the control endpoint, if any."""
     cfg = node.cfg
-    outbox = CallOutbox(cfg.max_call_events, frozenset([cfg.id, *(p.id for p in cfg.peers)]))
+    outbox = CallOutbox(
+        cfg.max_call_events, frozenset([cfg.id, *(p.id for p in cfg.peers)]), health=node.health
+    )
     node.proxy.outbox = outbox
     node.group.spawn(outbox.run).link_exception(node.actor_died)
     control = node.replicator.control if node.replicator is not None else None

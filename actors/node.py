@@ -48,6 +48,7 @@ from .config_sync import attach_config_sync
 from .dialogs import Dialogs, attach_dialogs
 from .drain import Drain, attach_drain
 from .gateways import attach_dialing
+from .health import DATABASE, Health, attach_health
 from .keepalive import Keepalive, attach_keepalive
 from .takeover import Takeover, attach_takeover, start_takeover
 from .front import STATUS_EVERY, FrontProcess
@@ -92,6 +93,7 @@ class Node:
         self.dialogs: Dialogs | None = None
         self.keepalive: Keepalive | None = None
         self.takeover: Takeover | None = None
+        self.health = Health()
         self.started_at = 0.0
 
     def start(self) -> None:
@@ -169,6 +171,7 @@ class Node:
             on_commit=self.publish,
             ban_drop=cfg.ban_response == "drop",
             log_rate=cfg.log_rate,
+            health=self.health,
         )
         control = attach_replicator(self).control
         attach_ban_keeper(self)
@@ -176,6 +179,7 @@ class Node:
             control.handle("bans", self._list_bans)
             control.handle("unban", self._unban)
             control.handle("ban", self._ban)
+        attach_health(self)
         attach_config_sync(self)
         attach_registrations(self)
         transport.start()
@@ -288,12 +292,14 @@ class Node:
             gevent.sleep(STATUS_EVERY)
 
     def tell_front(self) -> None:
-        """Let the challenge front answer only while the node is synced and not
-        draining (otherwise it passes everything on, to get the node's 503)."""
+        """Let the challenge front answer only while the node is synced, healthy and
+        not draining (otherwise it passes everything on, to get the node's answer)."""
         front, replicator = self.front, self.replicator
         if front is not None and replicator is not None:
             drain = self.drain
-            front.tell(replicator.synced and not (drain is not None and drain.on))
+            front.tell(
+                replicator.synced and self.health.healthy and not (drain is not None and drain.on)
+            )
 
     def actor_died(self, greenlet: gevent.Greenlet) -> None:
         """An actor's greenlet died: log why and stop the node (a half-alive node
@@ -335,8 +341,19 @@ class Node:
             if services is not None and services.down("registrar"):
                 self._answer(req, dest, 503, [("Retry-After", "30")], "Registrar Stopped")
                 return
+            if self.health.failing(DATABASE):
+                # Known to take no write (the health check retries it): the phone
+                # tries the next server at once (RFC 3263 4.3).
+                wait = [("Retry-After", str(self.health.retry_after))]
+                self._answer(req, dest, 503, wait, "Database Unavailable")
+                return
             registrar.submit(req, dest)
         elif method == "OPTIONS" and proxy.is_for_node(req):
+            if not self.health.healthy:
+                # Phones and proxies that watch a server with OPTIONS move away.
+                wait = [("Retry-After", str(self.health.retry_after))]
+                self._answer(req, dest, 503, wait, "Degraded")
+                return
             try:
                 resp = options_response(req, secrets.token_hex(6))
             except SipError as err:
@@ -354,7 +371,7 @@ class Node:
         it: the transport then parses it and gives it to ``on_request``."""
         replicator, registrar = self.replicator, self.registrar
         assert replicator is not None and registrar is not None, "called once started"
-        if data[:9] != b"REGISTER " or not replicator.synced:
+        if data[:9] != b"REGISTER " or not replicator.synced or self.health.failing(DATABASE):
             return False
         services = self.services
         if services is not None and services.down("registrar"):

@@ -4,7 +4,9 @@ One greenlet owns the inbox, the non-INVITE server transactions of
 REGISTER, and the writes to the location table. It takes every REGISTER
 waiting in its inbox as one batch, applies the rules to each, writes all
 binding changes of the batch in one database transaction (group commit),
-and only then sends the 200s, so a binding is durable before its 200.
+and only then sends the 200s, so a binding is durable before its 200. A
+commit that fails changes nothing: its REGISTERs get 503 and the node's
+``Health`` is told (``actors.health``), as it is of the next success.
 
 Each REGISTER is answered by the one REGISTER path, ``sipcore.register``:
 this actor only batches, commits and sends. A datagram the transport offers
@@ -18,7 +20,6 @@ import time
 from collections.abc import Callable
 from typing import NamedTuple
 
-import gevent
 from gevent.queue import Empty, Queue
 
 from sipcore.answered import AnsweredRequests
@@ -31,7 +32,9 @@ from sipcore.registrar import RegistrarRules
 from sipcore.usual_register import UsualRegister
 from sipcore.via import Dest
 from store import bindings as binding_store
+from store.db import StoreError
 
+from .health import DATABASE, REGISTRAR, Health
 from .process import STRICT, new_tag
 from .transport import Transport
 
@@ -79,8 +82,10 @@ class RegistrarActor:
         monotonic: Callable[[], float] = time.monotonic,
         ban_drop: bool = False,
         log_rate: float = 20.0,
+        health: Health | None = None,
     ):
         self.location = location
+        self.health = health or Health()
         self.sequencer = sequencer
         self.answered = AnsweredRequests((timers or {}).get("t1", 0.5))
         self.path = RegisterPath(
@@ -103,6 +108,9 @@ class RegistrarActor:
         self.inbox: Queue[InboxMessage] = Queue()
         self.greenlet = None
         self.stats = {"commits": 0, "committed": 0, "ok": 0}
+        self.unwritten: dict[tuple[str, str], Binding] = {}
+        """Replicated versions in the table that a failed commit did not write, by
+        (aor, key): at most one per binding of the table."""
 
     @property
     def auth(self) -> Authenticator:
@@ -169,6 +177,8 @@ class RegistrarActor:
                 if mono >= next_purge:
                     next_purge = mono + 60.0
                     self._purge(now)
+                if self.unwritten:
+                    self._run_batch([], mono)
             if first is None:
                 continue
             if isinstance(first, Stop):
@@ -184,14 +194,22 @@ class RegistrarActor:
                     stopping = True
                     break
                 batch.append(item)
-            try:
-                self._process(batch, self.clock(), mono)
-            except Exception:
-                log.exception("registrar batch of %d failed", len(batch))
-                if STRICT:
-                    raise
+            self._run_batch(batch, mono)
             if stopping:
                 return
+
+    def _run_batch(self, batch: list[Register | Merge], mono: float) -> None:
+        """``_process`` one batch; one that raises is a fault of the registrar (a bug),
+        which the next batch that does not clears."""
+        try:
+            self._process(batch, self.clock(), mono)
+        except Exception as exc:
+            if self.health.fail(REGISTRAR, f"a batch of {len(batch)} raised {exc!r}"):
+                log.exception("registrar batch of %d failed", len(batch))
+            if STRICT:
+                raise
+        else:
+            self.health.ok(REGISTRAR)
 
     def stop(self, wait: float) -> None:
         """End the loop after the requests queued before this call (killed after
@@ -217,8 +235,8 @@ class RegistrarActor:
     def _purge(self, now: float) -> None:
         try:
             binding_store.purge_expired(now)
-        except Exception:
-            log.exception("purging expired bindings failed")
+        except Exception as exc:  # the purge is retried in a minute; the node goes on
+            self.health.fail(DATABASE, f"purging expired bindings failed: {exc}")
 
     def _send(self, answer: Answer, mono: float) -> None:
         """Send ``answer``, recording it in its server transaction if it has one."""
@@ -242,7 +260,7 @@ class RegistrarActor:
         seq_before = self.sequencer.peek()
         for item in batch:
             if isinstance(item, Merge):
-                merged.extend(b for b in item.bindings if location.merge_undoable(b, undo))
+                merged.extend(b for b in item.bindings if location.merge(b))
                 continue
             answer = answer_of(item.req, item.dest, now, mono)
             if answer is None:
@@ -258,26 +276,19 @@ class RegistrarActor:
                 deferred.append(answer)
             else:
                 self._send(answer, mono)
-        if changes or merged:
+        unwritten = self.unwritten
+        if changes or merged or unwritten:
+            # Older versions first: of two of one binding, the write keeps the last.
+            pending = [*unwritten.values(), *changes, *merged] if unwritten else changes + merged
             try:
-                binding_store.write_bindings(changes + merged)
-            except Exception:
-                log.exception(
-                    "group commit of %d bindings failed; answering 500", len(changes) + len(merged)
-                )
-                for aor, key, old in reversed(undo):
-                    location.restore(aor, key, old)
-                self.sequencer.rewind(seq_before)
-                err = SipError(500, "Database Unavailable", [("Retry-After", "5")])
-                for answer in deferred:
-                    answer.data = answer.failed(err, new_tag())
-                    self._send(answer, mono)
-                if merged:
-                    # Replicated versions must not be lost: retry them shortly.
-                    gevent.spawn_later(1.0, self.merge, merged)
+                binding_store.write_bindings(pending)
+            except Exception as exc:
+                self._commit_failed(exc, deferred, merged, undo, seq_before, mono)
                 return
+            unwritten.clear()
+            self.health.ok(DATABASE)
             self.stats["commits"] += 1
-            self.stats["committed"] += len(changes) + len(merged)
+            self.stats["committed"] += len(pending)
             if self.on_commit is not None and changes:
                 try:
                     self.on_commit(changes)
@@ -288,6 +299,40 @@ class RegistrarActor:
             self._send(answer, mono)
         if noted:
             self._log_changes(noted, now)
+
+    def _commit_failed(
+        self,
+        exc: Exception,
+        deferred: list[Answer],
+        merged: list[Binding],
+        undo: list[tuple[str, str, Binding | None]],
+        seq_before: int,
+        mono: float,
+    ) -> None:
+        """A group commit failed: nothing of it was written. The REGISTERs' changes
+        and the sequence go back, and each REGISTER waiting for it gets 503 (RFC 3263:
+        the phone tries the next server). Replicated versions stay in the table (a
+        peer holds them durably; calls to them still route) and wait in
+        ``unwritten`` for the next write, tried at least once a second. The node is
+        degraded until a write succeeds."""
+        n = len(undo) + len(merged)
+        if self.health.fail(DATABASE, f"group commit failed: {exc}") and not isinstance(
+            exc, StoreError
+        ):
+            log.exception("group commit of %d bindings failed", n)
+        location = self.location
+        for aor, key, old in reversed(undo):
+            location.restore(aor, key, old)
+        unwritten = self.unwritten
+        for b in merged:
+            # Put back any a REGISTER's undo took away (the newer version wins).
+            location.merge(b)
+            unwritten[b.aor, b.key] = b
+        self.sequencer.rewind(seq_before)
+        err = SipError(503, "Database Unavailable", [("Retry-After", str(self.health.retry_after))])
+        for answer in deferred:
+            answer.data = answer.failed(err, new_tag())
+            self._send(answer, mono)
 
     def _log_changes(self, noted: list[tuple[Binding, Binding | None]], now: float) -> None:
         """One line per committed registration change (issue 14): user, Call-ID,

@@ -152,15 +152,6 @@ class Location:
             return True
         return False
 
-    def merge_undoable(self, b: Binding, undo: list[tuple[str, str, Binding | None]]) -> bool:
-        """``merge``, recording ``(aor, key, previous)`` in ``undo`` when applied."""
-        old = self.get(b.aor).get(b.key)
-        if is_newer(b, old):
-            self.put(b)
-            undo.append((b.aor, b.key, old))
-            return True
-        return False
-
     def restore(self, aor: str, key: str, old: Binding | None) -> None:
         """Put back ``old`` (or drop the key) after a failed commit."""
         if old is None:

@@ -60,7 +60,7 @@ import peewee
 
 from sipcore.location import Binding as Record
 
-from store.db import StoreError, begin_statement, is_sqlite, max_variables
+from store.db import StoreError, begin_statement, is_sqlite, max_variables, reset_after_failure
 from store.models import BINDING_FIELDS, Binding, get_database
 
 log = logging.getLogger(__name__)
@@ -204,18 +204,6 @@ def _encode_path(path: list[str] | tuple[str, ...]) -> str:
     return _dumps(list(path)) if path else "[]"
 
 
-def _reset_if_broken(db: peewee.Database) -> None:
-    """Close this thread's connection if an error left it unusable.
-
-    The next call then opens a new one (e.g. after a PostgreSQL restart).
-    """
-    try:
-        if not db.is_closed() and not db.is_connection_usable():
-            db.close()
-    except peewee.PeeweeException:
-        log.warning("could not close a broken database connection", exc_info=True)
-
-
 def write_bindings(bindings: Sequence[Record]) -> None:
     """Write many bindings in ONE transaction; durable when this returns.
 
@@ -281,7 +269,7 @@ def _commit(db: peewee.Database, records: Sequence[Record]) -> None:
 
 def _write_failed(db: peewee.Database, records: Sequence[Record], exc: Exception) -> StoreError:
     """Reset a broken connection; return the error that reports ``exc``."""
-    _reset_if_broken(db)
+    reset_after_failure(db)
     return StoreError("write of %d bindings failed, nothing written: %s" % (len(records), exc))
 
 
@@ -341,7 +329,7 @@ def load_bindings(include_deleted: bool = True) -> list[dict[str, Any]]:
     try:
         rows = db.execute_sql(*query.sql()).fetchall()
     except peewee.PeeweeException as exc:
-        _reset_if_broken(db)
+        reset_after_failure(db)
         raise StoreError("cannot load bindings: %s" % exc) from exc
     records: list[dict[str, Any]] = []
     append = records.append
@@ -363,7 +351,7 @@ def purge_expired(now: float) -> int:
         with db.atomic():
             count: int = Binding.delete().where(Binding.expires_at < now).execute()
     except peewee.PeeweeException as exc:
-        _reset_if_broken(db)
+        reset_after_failure(db)
         raise StoreError("cannot purge expired bindings: %s" % exc) from exc
     if count:
         log.info("purged %d expired bindings", count)
@@ -386,5 +374,5 @@ def count_bindings(live_only: bool = True, *, now: float | None = None) -> int:
     try:
         return query.count()
     except peewee.PeeweeException as exc:
-        _reset_if_broken(get_database())
+        reset_after_failure(get_database())
         raise StoreError("cannot count bindings: %s" % exc) from exc

@@ -13,7 +13,7 @@ from typing import Any
 
 import peewee
 
-from store.db import StoreError
+from store.db import StoreError, reset_after_failure
 from store.models import CallEventRow, get_database, get_state, set_state
 
 SEQ_KEY = "call_event_seq"
@@ -38,6 +38,7 @@ def append_events(rows: list[dict[str, Any]], first: int) -> None:
             for start in range(0, len(numbered), 100):
                 CallEventRow.insert_many(numbered[start : start + 100]).execute()
     except peewee.PeeweeException as e:
+        reset_after_failure(get_database())
         raise StoreError(f"cannot write call events: {e}") from e
 
 

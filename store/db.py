@@ -166,6 +166,25 @@ def _open_postgresql(url: str) -> peewee.PostgresqlDatabase:
     return peewee.PostgresqlDatabase(dsn, **params)
 
 
+def reset_after_failure(db: peewee.Database) -> None:
+    """Close this thread's connection after a failed operation; the next call opens
+    a new one.
+
+    A failure may leave the connection unusable (a PostgreSQL restart) or
+    usable but wrong for good: SQLite opens a file it cannot write (while a
+    disk is read-only) read-only, and the connection stays so once the disk
+    is back. A connection inside a transaction is left to the transaction's
+    own rollback, and an in-memory database (closing it would lose it) is kept.
+    """
+    if isinstance(db, peewee.SqliteDatabase) and db.database == ":memory:":
+        return
+    try:
+        if not db.is_closed() and not db.in_transaction():
+            db.close()
+    except peewee.PeeweeException:
+        log.warning("could not close a database connection after a failure", exc_info=True)
+
+
 def is_sqlite(db: peewee.Database) -> bool:
     """Tell whether ``db`` is a SQLite database (as opposed to PostgreSQL)."""
     return isinstance(db, peewee.SqliteDatabase)

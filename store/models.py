@@ -17,7 +17,7 @@ from typing import Any, cast
 
 import peewee
 
-from store.db import StoreError, open_database
+from store.db import StoreError, open_database, reset_after_failure
 from store.migrations import NODE_MIGRATIONS
 from store.schema import migrate
 
@@ -193,6 +193,22 @@ def set_state(key: str, value: Any) -> None:
         .as_rowcount()
         .execute()
     )
+
+
+CHECKED_KEY = "write_checked_at"
+"""NodeState key :func:`check_writable` writes."""
+
+
+def check_writable() -> None:
+    """Write and commit one small row (the time, under :data:`CHECKED_KEY`):
+    the node's check that its database takes writes again after a fault.
+    Raises :class:`StoreError` when it does not."""
+    db = get_database()
+    try:
+        set_state(CHECKED_KEY, time.time())
+    except peewee.PeeweeException as exc:
+        reset_after_failure(db)
+        raise StoreError("the database takes no write: %s" % exc) from exc
 
 
 def incr_state(key: str, by: int = 1) -> int:

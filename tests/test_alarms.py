@@ -277,6 +277,27 @@ def test_a_failing_webhook_is_retried_a_bounded_number_of_times(master, caplog):
         down.stop()
 
 
+def test_a_degraded_node_raises_an_alarm_naming_its_fault(master):
+    from web.alarms import node_troubles
+
+    nodes = [{"node_id": "node1", "acked_version": ms.current_version(), "last_error": ""}]
+    fault = {"database": {"reason": "disk I/O error", "for": 3.0, "failures": 4}}
+    for faults in (fault, {"database": "not a dict"}, "not a dict"):
+        states = {"node1": {"state": "degraded", "faults": faults}}
+        troubles = node_troubles(AlarmSettings(), nodes, states, {}, time.time())
+        assert [(t.kind, t.subject) for t in troubles] == [("node degraded", "node1")]
+    assert (
+        "database: disk I/O error"
+        in node_troubles(
+            AlarmSettings(),
+            nodes,
+            {"node1": {"state": "degraded", "faults": fault}},
+            {},
+            time.time(),
+        )[0].text
+    )
+
+
 def test_alarms_page_and_api_need_an_admin(master):
     store.seen("node down", "node2", "node2 <b>does not answer</b>", "/", 1000.0, 60)
     app = create_app({"SECRET_KEY": "k"}, Poked())

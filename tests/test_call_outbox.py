@@ -9,6 +9,7 @@ import pytest
 
 from actors.bus import Bus, BusError, request
 from actors.call_outbox import CallOutbox
+from actors.health import DATABASE
 from actors.keys import generate_keypair
 from loadtest.harness import Cluster, write_users_csv
 from sipcore.call_events import CallEvent
@@ -166,3 +167,18 @@ def test_a_peer_may_not_ack(store):
     with pytest.raises(BusError, match="the master's"):
         box.ack({"upto": 1, "from": "node2"})
     assert box.ack({"upto": 1, "from": "master"}) == 1
+
+
+def test_events_a_failing_store_does_not_take_wait_for_its_next_write(store):
+    box = CallOutbox(max_rows=10)
+    store.execute_sql("ALTER TABLE call_events RENAME TO call_events_away")
+    box.add([_event(n) for n in range(3)], 1.0)
+    box.flush()
+    assert box.health.failing(DATABASE) and box.stats["written"] == 0 and len(box.queued) == 3
+    box.add([_event(n) for n in range(3, 12)], 2.0)
+    assert box.stats["dropped"] == 2  # the bound holds while they wait
+    box.flush()
+    store.execute_sql("ALTER TABLE call_events_away RENAME TO call_events")
+    box.flush()
+    assert box.health.healthy and box.queued == [] and box.pending == 10
+    assert [e["call_id"] for e in outbox_store.events_since(0, 100)] == [f"c{n}" for n in range(10)]

@@ -109,8 +109,15 @@ def test_health_words():
         "b": status(state="syncing"),
         "c": status(),
         "d": {"error": "no answer"},
+        "e": status(state="degraded"),
     }
-    assert cluster.health(states) == {"a": "alive", "b": "syncing", "c": "suspected", "d": "dead"}
+    assert cluster.health(states) == {
+        "a": "alive",
+        "b": "syncing",
+        "c": "suspected",
+        "d": "dead",
+        "e": "degraded",
+    }
 
 
 # -- two real nodes -----------------------------------------------------------------------

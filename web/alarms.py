@@ -6,7 +6,8 @@ raises an alarm (``store.alarms``: grouped, repeated at most every
 ``repeat_every`` seconds, cleared when the trouble is gone) for:
 
 - ``node down``: a node does not answer its control endpoint;
-- ``node degraded``: a node answers but is not synced (syncing, alone);
+- ``node degraded``: a node answers but is not synced (syncing, alone) or reports a
+  fault (its database fails: ``actors.health``);
 - ``configuration behind``: a node runs an older configuration than the
   newest for more than ``behind_after`` seconds;
 - ``replication lag``: a node's p99 replication lag is above ``lag_ms``;
@@ -185,6 +186,20 @@ def node_troubles(
                     node,
                     f"{node} does not answer the master "
                     f"({st['error']}): it may be dead or cut off.",
+                    "/",
+                )
+            )
+        elif st.get("state") == "degraded":
+            faults = st.get("faults") if isinstance(st.get("faults"), dict) else {}
+            what = "; ".join(
+                f"{k}: {v.get('reason') if isinstance(v, dict) else v}" for k, v in faults.items()
+            )
+            out.append(
+                Trouble(
+                    "node degraded",
+                    node,
+                    f"{node} answers but reports a fault ({what}); it refuses what it "
+                    "cannot do (OPTIONS 503) and retries until the fault clears.",
                     "/",
                 )
             )

@@ -46,12 +46,13 @@ def node_states(bus, nodes: list[dict]) -> dict:
     return ask_all(bus, nodes, {"cmd": "status"})
 
 
-ALIVE, SUSPECTED, DEAD, SYNCING = "alive", "suspected", "dead", "syncing"
+ALIVE, SUSPECTED, DEAD, SYNCING, DEGRADED = "alive", "suspected", "dead", "syncing", "degraded"
 
 
 def health(states: dict) -> dict[str, str]:
     """Each node's word: ``dead`` when it does not answer, ``syncing`` until it holds
-    every live peer's snapshot, ``suspected`` when a peer that answers suspects it (or
+    every live peer's snapshot, ``degraded`` while a part of it fails (its database:
+    ``actors.health``), ``suspected`` when a peer that answers suspects it (or
     holds it dead: the master hears it, its peers do not), else ``alive``."""
     seen: dict[str, set[str]] = {}
     for status in states.values():
@@ -63,6 +64,8 @@ def health(states: dict) -> dict[str, str]:
             out[node_id] = DEAD
         elif status.get("state") == "syncing":
             out[node_id] = SYNCING
+        elif status.get("state") == "degraded":
+            out[node_id] = DEGRADED
         elif seen.get(node_id, set()) & {SUSPECTED, DEAD}:
             out[node_id] = SUSPECTED
         else:

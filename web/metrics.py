@@ -2,7 +2,7 @@
 
 Asked of every node at scrape time (``status``, bounded as the pages are);
 an unreachable node reports ``tandem_node_up 0``, its health and nothing
-else. Per node: health (alive, suspected, dead, syncing), sync state,
+else. Per node: health (alive, suspected, dead, syncing, degraded), sync state,
 configuration version, uptime, bindings, requests by method, responses by
 code and calls (counters of the node's process, ``actors.traffic``), and the
 replication lag from each peer.
@@ -28,7 +28,10 @@ HELP = {
     "tandem_node_bindings": ("gauge", "live bindings in the node's location table"),
     "tandem_node_replication_lag_p99_ms": ("gauge", "p99 replication lag of recent updates"),
     "tandem_node_replication_lag_ms": ("gauge", "median lag of recent updates from each peer"),
-    "tandem_node_health": ("gauge", "1 for the node's health: alive, suspected, dead, syncing"),
+    "tandem_node_health": (
+        "gauge",
+        "1 for the node's health: alive, suspected, dead, syncing, degraded",
+    ),
     "tandem_node_uptime_seconds": ("gauge", "seconds since the node's process started"),
     "tandem_node_requests_total": ("counter", "SIP requests the node took, by method"),
     "tandem_node_responses_total": ("counter", "SIP responses the node sent, by status code"),
@@ -109,7 +112,13 @@ def metrics():
         samples["tandem_node_config_version"].append(
             f"tandem_node_config_version{label} {n['acked_version']}"
         )
-        for word in (cluster.ALIVE, cluster.SUSPECTED, cluster.DEAD, cluster.SYNCING):
+        for word in (
+            cluster.ALIVE,
+            cluster.SUSPECTED,
+            cluster.DEAD,
+            cluster.SYNCING,
+            cluster.DEGRADED,
+        ):
             samples["tandem_node_health"].append(
                 f'tandem_node_health{{node="{node}",state="{word}"}} '
                 f"{int(health[n['node_id']] == word)}"
