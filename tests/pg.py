@@ -258,6 +258,15 @@ class PostgresServer:
         """
         self._pg_ctl("restart")
 
+    def pause(self) -> None:
+        """Stop the server (fast shutdown), keeping its data and port for :meth:`resume`:
+        the database is gone for its clients until then."""
+        self._pg_ctl("stop")
+
+    def resume(self) -> None:
+        """Start the server :meth:`pause` stopped, on the same port and data."""
+        self._pg_ctl("start")
+
     def _create_database(self) -> None:
         import psycopg2
 

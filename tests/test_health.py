@@ -16,7 +16,7 @@ import pytest
 
 from actors.health import DATABASE, REGISTRAR, Health
 from actors.lab import options_ping
-from loadtest.harness import Cluster, write_users_csv
+from loadtest.harness import Cluster, NodeProcess, write_users_csv
 from loadtest.sipclient import SipClient
 from sipcore.message import parse_message
 
@@ -188,3 +188,34 @@ def test_a_node_whose_database_fails_says_so_and_recovers_alone(cluster):
         lines = [line for line in f if "database" in line or "group commit" in line]
     assert 2 <= len(lines) <= 10, "".join(lines)
     assert any("database recovered" in line for line in lines), "".join(lines)
+
+
+def test_a_node_whose_postgresql_server_goes_away_says_so_and_recovers_alone(tmp_path, pg_server):
+    import psycopg2
+
+    node = NodeProcess(str(tmp_path), database=pg_server.url)
+    rows = dict(write_users_csv(str(tmp_path / "users.csv"), 5))
+    out = node.run_cli("user", "import", str(tmp_path / "users.csv"))
+    assert out.returncode == 0, out.stderr
+    node.start()
+    try:
+
+        def phone_of(user: str) -> SipClient:
+            return SipClient(
+                (node.address, node.port), user, rows[user], node.domain, t1=0.25, timeout=5
+            )
+
+        assert phone_of("user0").register().status == 200
+        pg_server.pause()
+        refused = phone_of("user1").register()
+        assert refused.status == 503 and refused.get("retry-after"), refused.status
+        assert options_status(node) == 503
+        pg_server.resume()
+        assert wait(lambda: options_status(node) == 200, 15.0), node.log_tail()
+        assert phone_of("user2").register().status == 200
+    finally:
+        node.kill()
+    with psycopg2.connect(pg_server.url) as db, db.cursor() as cur:
+        cur.execute("SELECT aor FROM bindings WHERE NOT deleted")
+        stored = {aor.split(":", 1)[1].split("@", 1)[0] for (aor,) in cur.fetchall()}
+    assert stored == {"user0", "user2"}
