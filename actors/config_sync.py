@@ -63,16 +63,20 @@ class ConfigSync:
         """Called with pushed SIP ``settings``, once checked and kept
         (``actors.live_settings.apply_settings``)."""
         self.synced: Callable[[], bool] = lambda: True
-        """Whether the node is synced (serves SIP); ``attach_config_sync`` asks its
-        replicator."""
+        """Whether the node is synced and healthy (serves SIP, can check a version);
+        ``attach_config_sync`` asks its replicator and its health."""
+        self.boot = 0
+        """The node's epoch (one more at each start)."""
 
     def version(self, _request: dict | None = None) -> dict:
         """The configuration version this node runs (0: none from a master yet), its TLS
-        port (0: no TLS) and whether it is synced."""
+        port (0: no TLS), whether it is synced and healthy, and its boot (the epoch: a
+        push to an earlier boot will never be answered)."""
         return {
             "version": int(get_state(VERSION_KEY, 0)),
             "tls_port": self.tls_port,
             "synced": bool(self.synced()),
+            "boot": self.boot,
             **self.stats,
         }
 
@@ -195,7 +199,8 @@ def attach_config_sync(node) -> ConfigSync | None:
         node.cfg.tls_port,
     )
     sync.on_settings = lambda doc: apply_settings(node, doc)
-    sync.synced = lambda: node.replicator.synced
+    sync.synced = lambda: node.replicator.synced and node.health.healthy
+    sync.boot = node.registrar.sequencer.epoch
     control.handle("config", sync.apply)
     control.handle("config_version", sync.version)
     return sync

@@ -105,7 +105,7 @@ class FakeNode:
     and staged pushes (each request kept); ``hang`` makes staged pushes never answer."""
 
     def __init__(self, node_id: str, master_public: str, synced: bool = True):
-        self.id, self.synced, self.running = node_id, synced, 0
+        self.id, self.synced, self.running, self.boot = node_id, synced, 0, 1
         self.staged: list[dict] = []
         self.hang = False
         self.release = Event()
@@ -113,15 +113,31 @@ class FakeNode:
         self.bus = Bus(self.public, secret, node_id)
         self.bus.allow(CONTROL_DOMAIN, {master_public: "master"})
         self.endpoint = f"tcp://127.0.0.1:{free_port()}"
-        self.server = ControlServer(
+        self.server = self._server()
+
+    def _server(self) -> ControlServer:
+        return ControlServer(
             self.bus,
             self.endpoint,
             {
-                "config_version": lambda _r: {"version": self.running, "synced": self.synced},
+                "config_version": lambda _r: {
+                    "version": self.running,
+                    "synced": self.synced,
+                    "boot": self.boot,
+                },
                 "config_staged": self._stage,
                 "config_rollback": self._rollback,
             },
         )
+
+    def restart(self) -> None:
+        """Stop the endpoint (a request it holds is never answered) and start it again,
+        as a new boot that does not hang."""
+        self.server.stop()
+        self.release.set()
+        self.hang, self.boot = False, self.boot + 1
+        self.server = self._server()
+        self.server.start()
 
     def _stage(self, request: dict) -> dict:
         self.staged.append(request)
@@ -202,10 +218,23 @@ def test_a_push_that_never_ends_holds_back_no_other_node(tmp_path, monkeypatch):
             "node2": f"version {second}",
             "node3": f"push of {first} in progress",
         }, outcome
-        _, job = pusher.pushing["node3"]
+        _, job, _ = pusher.pushing["node3"]
         third = ms.remove_node("node3")
         assert third is not None
         assert pusher.push_round() == {"node1": f"version {third}", "node2": f"version {third}"}
         job.join(timeout=5)
         assert job.ready() and "node3" not in pusher.pushing, "the removed node's push dropped"
         assert len(nodes["node3"].staged) == 1
+
+
+def test_a_push_to_a_node_that_restarted_in_its_middle_is_made_again(tmp_path, monkeypatch):
+    with master_with(tmp_path, monkeypatch, ("node1", True), ("node2", True)) as (pusher, nodes):
+        nodes["node1"].hang = True  # the first node of the rollout stops in its push
+        version = ms.new_version("test")
+        outcome = pusher.push_round()
+        assert outcome["node1"] == f"push of {version} in progress", outcome
+        assert pusher.push_round()["node1"] == f"push of {version} in progress"
+        nodes["node1"].restart()
+        # The push to its former boot is dropped at once, not after PUSH_TIMEOUT.
+        assert pusher.push_round() == {n: f"version {version}" for n in nodes}
+        assert len(nodes["node1"].staged) == 2 and nodes["node1"].staged[1]["first"] is True

@@ -57,9 +57,11 @@ class Pusher:
         self._cached: tuple[int, dict] | None = None
         self.last_round = 0.0
         self._bad_tls_port: set[str] = set()
-        self.pushing: dict[str, tuple[int, gevent.Greenlet]] = {}
-        """Each node's push in progress: the version and its greenlet (it may outlast
-        its round)."""
+        self._boots: dict[str, object] = {}
+        """Each node's boot as it last told it (``config_version``)."""
+        self.pushing: dict[str, tuple[int, gevent.Greenlet, object]] = {}
+        """Each node's push in progress: the version, its greenlet (it may outlast
+        its round) and the boot of the node it went to."""
 
     def start(self) -> None:
         """Start the push greenlet."""
@@ -99,7 +101,9 @@ class Pusher:
         down costs the round ``CHECK_TIMEOUT``, not ``PUSH_TIMEOUT``. While no node
         runs the version, it goes to one node alone (the lowest id of those that
         answer and are synced); only when that node reports itself healthy does it
-        go to the others. A node whose push is still going on is not asked. A node
+        go to the others. A node whose push is still going on is asked only whether
+        it restarted since (its ``boot``): that push then never ends, and is dropped
+        (the node is pushed to again at once). A node
         that reports itself unhealthy has rolled back: the rollout of this version
         stops (``store.versions.rollout_failure``) until a newer one.
         """
@@ -107,11 +111,17 @@ class Pusher:
         if version == 0:
             return {}
         nodes = ms.list_nodes()
-        busy = self._in_progress({n["node_id"] for n in nodes})
-        idle = [n for n in nodes if n["node_id"] not in busy]
-        asked = {n["node_id"]: self.jobs.spawn(self._running, n) for n in idle}
+        self._in_progress({n["node_id"] for n in nodes})
+        asked = {n["node_id"]: self.jobs.spawn(self._running, n) for n in nodes}
         gevent.joinall(list(asked.values()), timeout=CHECK_TIMEOUT + 1)
-        runs = [j.value[0] for j in asked.values() if j.successful() and isinstance(j.value, tuple)]
+        self._drop_restarted(asked)
+        busy = {node_id: v for node_id, (v, _, _) in self.pushing.items()}
+        idle = [n for n in nodes if n["node_id"] not in busy]
+        runs = [
+            j.value[0]
+            for node_id, j in asked.items()
+            if node_id not in busy and j.successful() and isinstance(j.value, tuple)
+        ]
         if runs and max(runs) > version:
             version = self._past(max(runs))
         outcome: dict[str, object] = {n: f"push of {v} in progress" for n, v in busy.items()}
@@ -123,7 +133,7 @@ class Pusher:
                 ms.record_ack(n["node_id"], n["acked_version"], answer)
                 outcome[n["node_id"]] = answer
                 continue
-            running, is_synced = answer
+            running, is_synced, _boot = answer
             if running >= version:
                 if n["last_error"] or n["acked_version"] < running:
                     ms.record_ack(n["node_id"], running)
@@ -182,21 +192,30 @@ class Pusher:
             return []
         return rest
 
-    def _in_progress(self, listed: set[str]) -> dict[str, int]:
-        """``{node id: version}`` of the pushes still going on; a push to a node no longer
-        listed (removed) is dropped."""
-        for node_id, (_, job) in list(self.pushing.items()):
+    def _in_progress(self, listed: set[str]) -> None:
+        """Forget the pushes that ended; drop those to a node no longer listed (removed)."""
+        for node_id, (_, job, _) in list(self.pushing.items()):
             if job.ready():
                 del self.pushing[node_id]
             elif node_id not in listed:
                 del self.pushing[node_id]
                 job.kill(block=False)
                 log.info("push to node %s dropped: the node was removed", node_id)
-        return {node_id: v for node_id, (v, _) in self.pushing.items()}
+
+    def _drop_restarted(self, asked: dict[str, gevent.Greenlet]) -> None:
+        """Drop the pushes to a node that answers from another boot than the one pushed
+        to: it restarted in the middle of its push, which will never be answered."""
+        for node_id, (version, job, boot) in list(self.pushing.items()):
+            check = asked.get(node_id)
+            answer = check.value if check is not None and check.successful() else None
+            if isinstance(answer, tuple) and None not in (boot, answer[2]) and answer[2] != boot:
+                del self.pushing[node_id]
+                job.kill(block=False)
+                log.info("push of %d to node %s dropped: the node restarted", version, node_id)
 
     def _start_push(self, node: dict, version: int, first: bool = False) -> gevent.Greenlet:
         job = self.jobs.spawn(self._push, node, version, first)
-        self.pushing[node["node_id"]] = (version, job)
+        self.pushing[node["node_id"]] = (version, job, self._boots.get(node["node_id"]))
         return job
 
     @staticmethod
@@ -228,9 +247,10 @@ class Pusher:
         )
         return version
 
-    def _running(self, node: dict) -> tuple[int, bool] | str:
-        """The version a node runs and whether it is synced (a node of a release that
-        does not say is taken as synced), or why it did not say."""
+    def _running(self, node: dict) -> tuple[int, bool, object] | str:
+        """The version a node runs, whether it is synced (a node of a release that
+        does not say is taken as synced) and its boot (None from a release that does not
+        say; kept for the push that follows), or why it did not say."""
         try:
             answer = request(
                 self.bus,
@@ -242,7 +262,8 @@ class Pusher:
         except BusError as e:
             return str(e)
         self._note_tls_port(node, answer.get("tls_port", 0))
-        return int(answer["version"]), answer.get("synced", True) is not False
+        boot = self._boots[node["node_id"]] = answer.get("boot")
+        return int(answer["version"]), answer.get("synced", True) is not False, boot
 
     def _note_tls_port(self, node: dict, port: object) -> None:
         """Keep the TLS port a node reports (absent: 0, no TLS) for the zone's
