@@ -3,17 +3,43 @@
 ``setup_logging`` installs one handler on the root logger: stderr by
 default, or ``[node] log_file`` created 0600 and appended to. ``reopen``
 closes and reopens that file (after logrotate has renamed it, on SIGHUP);
-``set_level`` changes the level at run time.
+``set_level`` changes the level at run time. Tracebacks are bounded per place
+that logs them (``ExceptionLimit``): an input that trips a bug again and
+again must not fill the disk.
 """
 
 import logging
 import os
 import sys
+import time
 from typing import TextIO
 
+from sipcore.ratelimit import LogLimiter
 from store.files import PRIVATE_FILE, make_private_dir
 
 FORMAT = "%(asctime)s {node} %(levelname)s %(name)s: %(message)s"
+
+
+class ExceptionLimit(logging.Filter):
+    """Lets through at most ``rate`` records with a traceback a second (10 at once) per
+    place that logs them (logger and message); the next one let through says how many
+    were left out. Records without a traceback pass: the lines about bad input have
+    limits of their own (``log_rate``), and the others are not per packet."""
+
+    def __init__(self, rate: float = 1.0):
+        super().__init__()
+        self.limit = LogLimiter(rate)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Whether ``record`` is logged (its message notes the ones left out before)."""
+        if not record.exc_info:
+            return True
+        suppressed = self.limit.allow(f"{record.name}:{record.msg}", time.monotonic())
+        if suppressed is None:
+            return False
+        if suppressed:
+            record.msg = f"{record.msg} ({suppressed} more like it not logged)"
+        return True
 
 
 class PrivateFileHandler(logging.StreamHandler[TextIO]):
@@ -59,6 +85,7 @@ def setup_logging(level: str, node_id: str = "-", log_file: str = "") -> None:
     handler: logging.Handler
     handler = PrivateFileHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(FORMAT.format(node=node_id)))
+    handler.addFilter(ExceptionLimit())
     root = logging.getLogger()
     for old in root.handlers:
         old.close()
