@@ -16,6 +16,7 @@ command -v openssl >/dev/null || need+=(openssl)   # the lab's CA and node certi
 command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v iptables >/dev/null || need+=(iptables)        # the NAT routers of the emergency matrix and the takeover test
 command -v arping >/dev/null || need+=(iputils-arping)    # gratuitous ARP of a taken address
+command -v chattr >/dev/null || need+=(e2fsprogs)         # a node's database made immutable (tests/test_health.py)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "the tests need these Debian packages; as root: apt install ${need[*]}" >&2
