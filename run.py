@@ -66,7 +66,7 @@ def cmd_node(args) -> int:
         node.stop()
         return 1
     node.serve_forever()
-    return 0
+    return node.exit_code
 
 
 def cmd_front(args) -> int:

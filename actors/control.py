@@ -21,6 +21,8 @@ each reply's ``pv`` tells the client what this node speaks.
 """
 
 import logging
+from collections.abc import Callable
+from typing import Any
 
 import gevent
 import zmq.green as zmq
@@ -51,7 +53,7 @@ class ControlServer:
     def __init__(self, bus: Bus, endpoint: str, handlers: dict | None = None):
         self.bus = bus
         self.endpoint = endpoint
-        self.handlers = {"help": self._help, "ping": self._ping}
+        self.handlers: dict[str, Callable[[dict], Any]] = {"help": self._help, "ping": self._ping}
         self.handlers.update(handlers or {})
         self.greenlet = None
         self.sock = None
@@ -60,6 +62,19 @@ class ControlServer:
     def handle(self, cmd: str, fn) -> None:
         """Register ``fn(request: dict) -> result`` for ``cmd``."""
         self.handlers[cmd] = fn
+
+    def extend(self, cmd: str, more: Callable[[dict, dict], object]) -> None:
+        """Complete the answer (a dict) of ``cmd``'s handler: ``more(request, answer)``
+        adds to it (each part of the node adds its own to ``status``)."""
+        inner = self.handlers[cmd]
+
+        def handler(request: dict) -> dict:
+            out = inner(request)
+            more(request, out)
+            return out
+
+        handler.__doc__ = inner.__doc__
+        self.handlers[cmd] = handler
 
     def _help(self, _request: dict) -> dict:
         """Every command with the first line of its handler's docstring."""

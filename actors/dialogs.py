@@ -344,15 +344,12 @@ def attach_dialogs(node) -> Dialogs:
     control = rep.control if rep is not None else None
     if control is not None:
         control.handle("calls", dialogs.calls)
-        drain_status = control.handlers["status"]
 
-        def status(request: dict) -> dict:
-            """The drain's status, with the calls this node still carries."""
-            out = drain_status(request)
+        def status(_request: dict, out: dict) -> None:
+            # The calls this node still carries: a node that carries one is not drained.
             out.update(dialogs.status())
             if "drained" in out:
                 out["drained"] = out["drained"] and out["calls"] == 0
-            return out
 
-        control.handle("status", status)
+        control.extend("status", status)
     return dialogs

@@ -82,11 +82,8 @@ def attach_drain(node) -> None:
     control = node.replicator.control if node.replicator is not None else None
     if control is None:
         return
-    replicator_status = control.handlers["status"]
 
-    def status(request: dict) -> dict:
-        """The replicator's status, whether the node drains, and its pending transactions."""
-        out = replicator_status(request)
+    def status(_request: dict, out: dict) -> None:
         layer = node.proxy.core.layer
         pending = layer.unanswered()
         out.update(
@@ -97,7 +94,6 @@ def attach_drain(node) -> None:
             drained=drain.on and not pending["server"] and not pending["client"],
             drain_refused=drain.refused,
         )
-        return out
 
     def set_drain(request: dict) -> dict:
         """Drain the node or end it: {"on": bool, "retry_after": seconds (default 30)}."""
@@ -105,5 +101,5 @@ def attach_drain(node) -> None:
         node.tell_front()
         return result
 
-    control.handle("status", status)
+    control.extend("status", status)
     control.handle("drain", set_drain)

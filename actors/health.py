@@ -150,14 +150,10 @@ def attach_health(node) -> None:
     node.group.spawn(health.run).link_exception(node.actor_died)
     control = node.replicator.control if node.replicator is not None else None
     if control is not None:
-        inner = control.handlers["status"]
 
-        def status(request: dict) -> dict:
-            """The node's state (``degraded`` while something fails, with the faults)."""
-            out = inner(request)
+        def status(_request: dict, out: dict) -> None:
             if not health.healthy:
                 out["state"] = DEGRADED
                 out["faults"] = health.status()
-            return out
 
-        control.handle("status", status)
+        control.extend("status", status)

@@ -94,6 +94,8 @@ class Node:
         self.keepalive: Keepalive | None = None
         self.takeover: Takeover | None = None
         self.health = Health()
+        self.failure: str | None = None
+        """Why the node stopped by itself (an actor died), None otherwise."""
         self.started_at = 0.0
 
     def start(self) -> None:
@@ -303,9 +305,17 @@ class Node:
 
     def actor_died(self, greenlet: gevent.Greenlet) -> None:
         """An actor's greenlet died: log why and stop the node (a half-alive node
-        would keep taking requests it cannot answer)."""
+        would keep taking requests it cannot answer), with a failure: the process
+        exits 1 (``exit_code``), and its service manager starts it again
+        (``Restart=on-failure``), which resyncs from its peers."""
         log.error("actor died: %r; stopping the node", greenlet.exception)
+        self.failure = repr(greenlet.exception)
         self.stop()
+
+    @property
+    def exit_code(self) -> int:
+        """The process's exit status once stopped: 1 after an actor died, else 0."""
+        return 1 if self.failure is not None else 0
 
     def on_request(self, req: Request, dest: Dest) -> None:
         """Route a parsed request to the actor that owns it."""

@@ -46,14 +46,11 @@ def attach_traffic(node) -> Traffic:
     control = node.replicator.control if node.replicator is not None else None
     if control is None:
         return traffic
-    inner = control.handlers["status"]
 
-    def status(request: dict) -> dict:
-        """The node's state (see the replicator's and the drain's) with its traffic counters:
-        requests by method, responses sent by code, call attempts, uptime (s), what the transport's
-        defences refused by kind (``refused``) and admission control's figures (``overload``:
-        requests shed by method; None when it is off)."""
-        out = inner(request)
+    def status(_request: dict, out: dict) -> None:
+        # Requests by method, responses sent by code, call attempts, uptime (s), what the
+        # transport's defences refused by kind (``refused``) and admission control's
+        # figures (``overload``: requests shed by method; None when it is off).
         admission = node.transport.admission
         out.update(
             started_at=node.started_at,
@@ -64,7 +61,6 @@ def attach_traffic(node) -> Traffic:
             refused=dict(node.transport.stats),
             overload=admission.status() if admission is not None else None,
         )
-        return out
 
-    control.handle("status", status)
+    control.extend("status", status)
     return traffic

@@ -10,23 +10,17 @@ import logging
 import os
 import sqlite3
 import subprocess
-import time
 
 import pytest
 
 from actors.health import DATABASE, REGISTRAR, Health
+from actors.config import NodeConfig
 from actors.lab import options_ping
+from actors.node import Node
 from loadtest.harness import Cluster, NodeProcess, write_users_csv
 from loadtest.sipclient import SipClient
 from sipcore.message import parse_message
-
-SETTINGS = {
-    "heartbeat": 0.2,
-    "suspect_after": 1.0,
-    "dead_after": 10.0,
-    "alone_wait": 2.0,
-    "sync_timeout": 3.0,
-}
+from tests.test_cluster import SETTINGS, wait
 
 
 class FakeClock:
@@ -110,14 +104,6 @@ def cluster(tmp_path):
             for path in _db_files(node):
                 subprocess.run(["chattr", "-i", path], capture_output=True)
         c.stop()
-
-
-def wait(cond, timeout: float, step: float = 0.1):
-    """Poll ``cond`` until it is true or ``timeout`` passes; return its last value."""
-    deadline = time.monotonic() + timeout
-    while not (value := cond()) and time.monotonic() < deadline:
-        time.sleep(step)
-    return value
 
 
 def options_status(node) -> int | None:
@@ -219,3 +205,15 @@ def test_a_node_whose_postgresql_server_goes_away_says_so_and_recovers_alone(tmp
         cur.execute("SELECT aor FROM bindings WHERE NOT deleted")
         stored = {aor.split(":", 1)[1].split("@", 1)[0] for (aor,) in cur.fetchall()}
     assert stored == {"user0", "user2"}
+
+
+def test_a_node_whose_actor_dies_stops_with_a_failure_for_its_service_to_restart():
+    node = Node(NodeConfig(id="solo", domain="example.test"))
+    assert node.exit_code == 0
+
+    def broken() -> None:
+        raise RuntimeError("a bug")
+
+    node.spawn_actor(broken).join(timeout=5)
+    assert node.stopped.wait(5) and "a bug" in (node.failure or "")
+    assert node.exit_code == 1
