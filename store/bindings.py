@@ -268,7 +268,8 @@ def _commit(db: peewee.Database, records: Sequence[Record]) -> None:
 
 
 def _write_failed(db: peewee.Database, records: Sequence[Record], exc: Exception) -> StoreError:
-    """Reset a broken connection; return the error that reports ``exc``."""
+    """Close the connection the failure may have spoiled (``reset_after_failure``);
+    return the error that reports ``exc``."""
     reset_after_failure(db)
     return StoreError("write of %d bindings failed, nothing written: %s" % (len(records), exc))
 
