@@ -57,8 +57,6 @@ class Pusher:
         self._cached: tuple[int, dict] | None = None
         self.last_round = 0.0
         self._bad_tls_port: set[str] = set()
-        self._boots: dict[str, object] = {}
-        """Each node's boot as it last told it (``config_version``)."""
         self.pushing: dict[str, tuple[int, gevent.Greenlet, object]] = {}
         """Each node's push in progress: the version, its greenlet (it may outlast
         its round) and the boot of the node it went to."""
@@ -133,7 +131,7 @@ class Pusher:
                 ms.record_ack(n["node_id"], n["acked_version"], answer)
                 outcome[n["node_id"]] = answer
                 continue
-            running, is_synced, _boot = answer
+            running, is_synced, n["boot"] = answer
             if running >= version:
                 if n["last_error"] or n["acked_version"] < running:
                     ms.record_ack(n["node_id"], running)
@@ -215,7 +213,7 @@ class Pusher:
 
     def _start_push(self, node: dict, version: int, first: bool = False) -> gevent.Greenlet:
         job = self.jobs.spawn(self._push, node, version, first)
-        self.pushing[node["node_id"]] = (version, job, self._boots.get(node["node_id"]))
+        self.pushing[node["node_id"]] = (version, job, node.get("boot"))
         return job
 
     @staticmethod
@@ -250,7 +248,7 @@ class Pusher:
     def _running(self, node: dict) -> tuple[int, bool, object] | str:
         """The version a node runs, whether it is synced (a node of a release that
         does not say is taken as synced) and its boot (None from a release that does not
-        say; kept for the push that follows), or why it did not say."""
+        say), or why it did not say."""
         try:
             answer = request(
                 self.bus,
@@ -262,8 +260,7 @@ class Pusher:
         except BusError as e:
             return str(e)
         self._note_tls_port(node, answer.get("tls_port", 0))
-        boot = self._boots[node["node_id"]] = answer.get("boot")
-        return int(answer["version"]), answer.get("synced", True) is not False, boot
+        return int(answer["version"]), answer.get("synced", True) is not False, answer.get("boot")
 
     def _note_tls_port(self, node: dict, port: object) -> None:
         """Keep the TLS port a node reports (absent: 0, no TLS) for the zone's
